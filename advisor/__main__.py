@@ -1,0 +1,5 @@
+"""Entry point for ``python -m advisor``."""
+
+from advisor.cli import main
+
+main()

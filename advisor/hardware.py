@@ -1,0 +1,221 @@
+"""Hardware data: datasheet profiles (profiles/hardware/*.yaml) and the probe's report."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from advisor.errors import DataError, UserError
+from advisor.resources import profiles_dir
+from advisor.units import GIB
+
+_ID = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceKind(str, Enum):
+    """The kind of device a training step runs on."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    ROCM = "rocm"
+    MPS = "mps"
+
+
+class PeakTflops(_Frozen):
+    """Dense (no structured sparsity) peak throughput in TFLOP/s, per datatype."""
+
+    fp32: float = Field(gt=0)
+    tf32: float | None = Field(default=None, gt=0)
+    fp16: float | None = Field(default=None, gt=0)
+    bf16: float | None = Field(default=None, gt=0)
+    fp8: float | None = Field(default=None, gt=0)
+
+
+class Interconnect(_Frozen):
+    """A link between devices, with its datasheet bandwidth."""
+
+    name: str
+    bandwidth_gb_s: float = Field(
+        gt=0, description="aggregate bidirectional bandwidth per device, GB/s (datasheet)"
+    )
+
+
+class HardwareProfile(_Frozen):
+    """One accelerator (or CPU machine) as its datasheet describes it."""
+
+    id: str = Field(pattern=_ID)
+    name: str
+    kind: DeviceKind
+    vendor: str
+    memory_gib: float = Field(gt=0, description="device memory (GPU) or RAM (CPU), GiB")
+    memory_bandwidth_gb_s: float = Field(gt=0, description="peak memory bandwidth, GB/s")
+    peak_tflops: PeakTflops
+    compute_capability: str | None = Field(default=None, pattern=r"^\d+\.\d+$")
+    cores: int | None = Field(default=None, gt=0, description="CPU cores (CPU profiles)")
+    intra_node: Interconnect | None = None
+    inter_node: Interconnect | None = None
+    host_memory_gib: float | None = Field(
+        default=None, gt=0, description="host RAM of a typical node, for offload planning"
+    )
+    tdp_watts: float | None = Field(default=None, gt=0)
+    notes: str = ""
+    sources: list[str] = Field(min_length=1)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GIB)
+
+    @property
+    def cc(self) -> float:
+        """Compute capability as a number (0.0 for non-CUDA devices)."""
+        return float(self.compute_capability) if self.compute_capability else 0.0
+
+
+def load_hardware_profiles(folder: Path | None = None) -> dict[str, HardwareProfile]:
+    """Load every ``*.yaml`` in ``profiles/hardware``.
+
+    Raises:
+        DataError: listing every invalid file, not just the first.
+    """
+    folder = folder or profiles_dir() / "hardware"
+    profiles: dict[str, HardwareProfile] = {}
+    problems: list[str] = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            raw = yaml.safe_load(path.read_text())
+            profile = HardwareProfile.model_validate(raw)
+        except yaml.YAMLError as exc:
+            problems.append(f"{path}: invalid YAML: {exc}")
+            continue
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                problems.append(f"{path}: {loc}: {err['msg']}")
+            continue
+        if profile.id != path.stem:
+            problems.append(f"{path}: id: {profile.id!r} does not match the file name")
+        if profile.id in profiles:
+            problems.append(f"{path}: id: duplicate profile id {profile.id!r}")
+        profiles[profile.id] = profile
+    if problems:
+        raise DataError(problems)
+    return profiles
+
+
+def get_hardware_profile(name: str) -> HardwareProfile:
+    """Return the profile called ``name``.
+
+    Raises:
+        UserError: naming the known profiles when ``name`` is not one.
+    """
+    profiles = load_hardware_profiles()
+    if name not in profiles:
+        raise UserError(
+            f"unknown hardware profile {name!r}",
+            "run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
+        )
+    return profiles[name]
+
+
+# --- The probe's report (filled by advisor.probe; pure data here so the core can read it) ---
+
+
+class CpuInfo(_Frozen):
+    """The host CPU as the kernel and torch see it."""
+
+    model: str
+    physical_cores: int | None
+    logical_cores: int
+    usable_cores: int = Field(description="CPUs this process may run on (affinity)")
+    cgroup_cpu_limit: float | None = Field(
+        default=None, description="CPU quota from the cgroup, in cores (None: unlimited)"
+    )
+    features: dict[str, bool] = Field(
+        description="ISA features that matter to torch kernels: avx2, avx512f, avx512_bf16, amx_bf16, amx_tile"
+    )
+    fast_bf16: bool = Field(
+        description="bf16 matrix multiply is at least 0.9x as fast as fp32 (measured when torch is "
+        "available, else from the avx512_bf16/AMX flags); without it bf16 can be 100x slower"
+    )
+    fast_fp16: bool = Field(default=False, description="the same for fp16")
+    fast_16bit_source: str = Field(
+        default="isa flags", description="'measured' (a short GEMM per dtype) or 'isa flags'"
+    )
+    gemm_gflops: dict[str, float] = Field(
+        default_factory=dict, description="measured GEMM throughput per dtype, GFLOP/s"
+    )
+    torch_capability: str | None = Field(
+        default=None, description="torch.backends.cpu.get_cpu_capability()"
+    )
+    torch_threads: int | None = Field(default=None, description="torch intra-op threads")
+
+
+class MemoryInfo(_Frozen):
+    """Host memory and the limit that really applies to this process."""
+
+    total_bytes: int
+    available_bytes: int
+    cgroup_version: str | None = Field(description="'v1', 'v2' or None when no cgroup is found")
+    cgroup_limit_bytes: int | None = Field(description="the cgroup's memory limit (None: unlimited)")
+    effective_limit_bytes: int = Field(description="the smaller of physical RAM and the cgroup limit")
+    effective_available_bytes: int
+    limit_source: str = Field(description="which limit applies: physical RAM or the cgroup file")
+
+
+class GpuInfo(_Frozen):
+    """One accelerator."""
+
+    index: int
+    name: str
+    backend: str = Field(description="nvml, torch.cuda or mps: where the facts came from")
+    memory_total_bytes: int | None = None
+    memory_free_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    compute_capability: str | None = None
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    power_limit_w: float | None = None
+    pcie_generation: int | None = None
+    pcie_width: int | None = None
+    nvlink_links: int | None = Field(default=None, description="active NVLink links")
+    bf16: bool = False
+    tf32: bool = False
+    fp8: bool = False
+    flash_attention_2: bool = Field(
+        default=False, description="FlashAttention-2 eligible: CUDA cc >= 8.0, fp16/bf16 only"
+    )
+
+
+class SoftwareInfo(_Frozen):
+    """The Python and torch stack."""
+
+    python: str
+    torch_version: str | None = None
+    torch_build: str | None = Field(default=None, description="cpu, cuda or rocm")
+    cuda_version: str | None = None
+    cudnn_version: str | None = None
+    sdpa_backends: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="device -> SDPA backends that ran a tiny forward pass there",
+    )
+
+
+class ProbeReport(_Frozen):
+    """Everything `optadvise probe` found out about this machine."""
+
+    schema_version: int = 1
+    hostname: str
+    cpu: CpuInfo
+    memory: MemoryInfo
+    gpus: list[GpuInfo]
+    accelerator: str = Field(description="cuda, rocm, mps or none")
+    software: SoftwareInfo
+    warnings: list[str] = Field(default_factory=list)
+    seconds: float = Field(description="wall time the probe took")

@@ -1,0 +1,180 @@
+"""Rich tables, trees, bars and JSON: how reports look. No decisions are made here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from advisor.hardware import HardwareProfile, ProbeReport
+from advisor.units import format_bytes
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
+    """Print a pydantic model (or a list or dict of them) as JSON on stdout."""
+    if isinstance(model, BaseModel):
+        text = model.model_dump_json(indent=2)
+    elif isinstance(model, list):
+        text = json.dumps([m.model_dump(mode="json") for m in model], indent=2)
+    else:
+        text = json.dumps(model, indent=2, default=_default)
+    sys.stdout.write(text + "\n")
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def bar(fraction: float, width: int = 24) -> str:
+    """A text bar for a fraction in [0, 1] (over 1 is drawn full, in red by the caller)."""
+    fraction = max(0.0, min(1.0, fraction))
+    full = int(round(fraction * width))
+    return "█" * full + "░" * (width - full)
+
+
+def _yes(flag: bool | None) -> str:
+    return "[green]yes[/]" if flag else "[dim]no[/]"
+
+
+def _kv_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def render_probe(report: ProbeReport) -> None:
+    """Draw the probe report as tables."""
+    cpu, mem, sw = report.cpu, report.memory, report.software
+    isa = ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in cpu.features.items())
+    cores = f"{cpu.physical_cores or '?'} physical / {cpu.logical_cores} logical"
+    cores += f", {cpu.usable_cores} usable"
+    if cpu.cgroup_cpu_limit:
+        cores += f", cgroup quota {cpu.cgroup_cpu_limit:g}"
+    gemm = ", ".join(f"{k} {v:g}" for k, v in cpu.gemm_gflops.items())
+    rows = [
+        ("model", cpu.model),
+        ("cores", cores),
+        ("ISA", isa),
+        ("torch capability", str(cpu.torch_capability or "n/a")),
+        ("torch threads", str(cpu.torch_threads or "n/a")),
+        ("GEMM GFLOP/s", gemm or "not measured (--no-torch)"),
+        ("fast bf16 / fp16", f"{_yes(cpu.fast_bf16)} / {_yes(cpu.fast_fp16)} ({cpu.fast_16bit_source})"),
+    ]
+    console.print(_kv_table("CPU", rows))
+    if cpu.gemm_gflops and not cpu.fast_bf16:
+        console.print(
+            "  [yellow]bf16 is slow on this CPU: train in fp32 here (16-bit paths are steered away)[/]"
+        )
+    console.print()
+    limit = format_bytes(mem.effective_limit_bytes)
+    rows = [
+        ("total", format_bytes(mem.total_bytes)),
+        ("available", format_bytes(mem.effective_available_bytes)),
+        ("effective limit", f"{limit} — {mem.limit_source}"),
+        (
+            "cgroup",
+            f"{mem.cgroup_version or 'none found'}, limit "
+            + (format_bytes(mem.cgroup_limit_bytes) if mem.cgroup_limit_bytes else "unlimited"),
+        ),
+    ]
+    console.print(_kv_table("Memory", rows))
+    console.print()
+    if not report.gpus:
+        console.print("[bold]GPUs[/]  none found: training runs on the CPU.")
+    else:
+        table = Table(title="GPUs", title_justify="left")
+        for col in ("#", "name", "memory (free/total)", "cc", "driver / CUDA", "power", "PCIe",
+                    "NVLink", "bf16", "tf32", "fp8", "FA-2"):
+            table.add_column(col)
+        for g in report.gpus:
+            memory = (
+                f"{format_bytes(g.memory_free_bytes or 0)} / {format_bytes(g.memory_total_bytes)}"
+                if g.memory_total_bytes
+                else "?"
+            )
+            table.add_row(
+                str(g.index),
+                g.name,
+                memory,
+                g.compute_capability or "-",
+                f"{g.driver_version or '-'} / {g.cuda_driver_version or '-'}",
+                f"{g.power_limit_w:.0f} W" if g.power_limit_w else "-",
+                f"gen{g.pcie_generation} x{g.pcie_width}" if g.pcie_generation else "-",
+                str(g.nvlink_links) if g.nvlink_links is not None else "-",
+                _yes(g.bf16),
+                _yes(g.tf32),
+                _yes(g.fp8),
+                _yes(g.flash_attention_2),
+            )
+        console.print(table)
+    console.print()
+    backends = "; ".join(f"{dev}: {', '.join(b) or 'none'}" for dev, b in sw.sdpa_backends.items())
+    rows = [
+        ("python", sw.python),
+        ("torch", f"{sw.torch_version or 'not installed'} ({sw.torch_build or '-'} build)"),
+        ("CUDA / cuDNN", f"{sw.cuda_version or '-'} / {sw.cudnn_version or '-'}"),
+        ("SDPA backends", backends or "not probed"),
+    ]
+    console.print(_kv_table("Software", rows))
+    for w in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    console.print(f"[dim]probed in {report.seconds:.2f} s[/]")
+
+
+def render_hardware_profile(p: HardwareProfile) -> None:
+    """Draw one datasheet profile."""
+    tf = p.peak_tflops
+    peaks = ", ".join(
+        f"{k} {v:g}" for k, v in (("fp32", tf.fp32), ("tf32", tf.tf32), ("fp16", tf.fp16),
+                                  ("bf16", tf.bf16), ("fp8", tf.fp8)) if v
+    )
+    rows = [
+        ("profile", f"{p.id} (datasheet, --hardware)"),
+        ("name", p.name),
+        ("kind", p.kind.value),
+        ("memory", f"{p.memory_gib:g} GiB at {p.memory_bandwidth_gb_s:g} GB/s"),
+        ("dense TFLOP/s", peaks),
+        ("compute capability", p.compute_capability or "-"),
+        ("interconnect", p.intra_node.name + f" {p.intra_node.bandwidth_gb_s:g} GB/s" if p.intra_node else "-"),
+        ("sources", "\n".join(p.sources)),
+    ]
+    console.print(_kv_table("Hardware profile", rows))
+
+
+def render_profiles(hardware: list[HardwareProfile], models: list[tuple[str, str, str, int]]) -> None:
+    """Draw the hardware and model profile lists."""
+    table = Table(title="Hardware profiles (--hardware)", title_justify="left")
+    for col in ("id", "name", "memory", "bandwidth", "bf16 TFLOP/s", "fp8", "cc"):
+        table.add_column(col)
+    for p in hardware:
+        table.add_row(
+            p.id,
+            p.name,
+            f"{p.memory_gib:g} GiB",
+            f"{p.memory_bandwidth_gb_s:g} GB/s",
+            f"{p.peak_tflops.bf16:g}" if p.peak_tflops.bf16 else "-",
+            f"{p.peak_tflops.fp8:g}" if p.peak_tflops.fp8 else "-",
+            p.compute_capability or "-",
+        )
+    console.print(table)
+    if models:
+        table = Table(title="Model profiles (--model)", title_justify="left")
+        for col in ("id", "name", "arch", "parameters"):
+            table.add_column(col)
+        for ident, name, arch, params in models:
+            from advisor.units import format_count
+
+            table.add_row(ident, name, arch, format_count(params))
+        console.print(table)

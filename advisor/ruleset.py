@@ -1,0 +1,247 @@
+"""The rule base: rules/*.yaml loaded into typed, validated rules with their file and line.
+
+A rule file looks like::
+
+    rules:
+      - id: mezo-when-first-order-does-not-fit
+        title: Zeroth-order fine-tuning when no first-order method fits
+        when: {all: [{fact: task, eq: finetune}, {fact: first_order_fits, eq: false}]}
+        then:
+          - prefer: [mezo]
+            weight: 3
+          - advise: MeZO needs only inference memory; expect many more steps.
+        rationale: ...
+        sources:
+          - {authors: Malladi et al., year: 2023, title: Fine-Tuning Language Models with Just Forward Passes}
+
+Actions: ``require`` and ``exclude`` are hard constraints; ``prefer`` and ``avoid`` add or
+subtract ``weight`` (default 1) to a technique's score; ``advise`` attaches text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from advisor.conditions import Condition, comparisons
+from advisor.errors import DataError
+from advisor.facts import Fact, FactSpace, FactType, load_facts
+from advisor.resources import rules_dir
+from advisor.yamlio import line_of, load_yaml, yaml_error_line
+
+RESERVED_FILES = frozenset({"taxonomy.yaml", "facts.yaml"})
+_KEBAB = r"^[a-z0-9]+(-[a-z0-9.]+)*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Frozen):
+    """A published source of a rule: authors, year, title."""
+
+    authors: str = Field(min_length=2)
+    year: int = Field(ge=1900, le=2100)
+    title: str = Field(min_length=3)
+    url: str | None = None
+
+    def cite(self) -> str:
+        return f"{self.authors} {self.year}, {self.title}"
+
+
+class Action(_Frozen):
+    """What follows when a rule's condition holds: exactly one verb."""
+
+    require: list[str] | None = Field(default=None, min_length=1)
+    exclude: list[str] | None = Field(default=None, min_length=1)
+    prefer: list[str] | None = Field(default=None, min_length=1)
+    avoid: list[str] | None = Field(default=None, min_length=1)
+    advise: str | None = Field(default=None, min_length=5)
+    weight: float | None = Field(default=None, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_verb(self) -> Action:
+        verbs = [v for v in ("require", "exclude", "prefer", "avoid", "advise") if getattr(self, v)]
+        if len(verbs) != 1:
+            raise ValueError(
+                f"an action needs exactly one of require, exclude, prefer, avoid, advise; got {verbs}"
+            )
+        if self.weight is not None and verbs[0] not in ("prefer", "avoid"):
+            raise ValueError("only prefer and avoid take a weight")
+        return self
+
+    @property
+    def verb(self) -> str:
+        return next(v for v in ("require", "exclude", "prefer", "avoid", "advise") if getattr(self, v))
+
+    @property
+    def techniques(self) -> list[str]:
+        value = getattr(self, self.verb)
+        return list(value) if isinstance(value, list) else []
+
+    @property
+    def score(self) -> float:
+        """Signed soft weight: +weight for prefer, -weight for avoid, 0 otherwise."""
+        w = self.weight if self.weight is not None else 1.0
+        return {"prefer": w, "avoid": -w}.get(self.verb, 0.0)
+
+
+class Rule(_Frozen):
+    """One rule: when a condition over facts holds, these actions follow, for these reasons."""
+
+    id: str = Field(pattern=_KEBAB)
+    title: str = Field(min_length=5)
+    when: Condition
+    then: list[Action] = Field(min_length=1)
+    rationale: str = ""
+    sources: list[Source] = []
+
+
+class RuleFile(_Frozen):
+    """One rules/*.yaml document."""
+
+    rules: list[Rule]
+
+
+class LocatedRule(_Frozen):
+    """A rule and where it was written."""
+
+    rule: Rule
+    file: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class RuleSet(BaseModel):
+    """Every rule of a rule base, sorted by id (file order never matters)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rules: list[LocatedRule]
+    facts: FactSpace
+
+    def get(self, rule_id: str) -> LocatedRule | None:
+        return next((r for r in self.rules if r.rule.id == rule_id), None)
+
+
+def rule_files(dirs: Sequence[Path]) -> list[Path]:
+    """The rule files of the given folders, in a stable order."""
+    files: list[Path] = []
+    for d in dirs:
+        files.extend(p for p in sorted(d.glob("*.yaml")) if p.name not in RESERVED_FILES)
+    return files
+
+
+def load_rules(
+    extra_dirs: Sequence[Path] = (),
+    *,
+    technique_ids: set[str],
+    facts: FactSpace | None = None,
+    base_dir: Path | None = None,
+) -> RuleSet:
+    """Load the shipped rules plus any user folders, and validate every reference.
+
+    Args:
+        extra_dirs: user rule folders, used alongside the shipped ones.
+        technique_ids: the taxonomy's ids (a rule naming another id is an error).
+        facts: the declared facts (default: the shipped rules/facts.yaml).
+        base_dir: the shipped rule folder (default: the installed one).
+
+    Returns:
+        The rule set, sorted by rule id.
+
+    Raises:
+        DataError: listing every problem as ``file:line: id: field: message``.
+    """
+    base = base_dir or rules_dir()
+    facts = facts or load_facts(base / "facts.yaml")
+    problems: list[str] = []
+    located: list[LocatedRule] = []
+    for d in extra_dirs:
+        if not d.is_dir():
+            problems.append(f"{d}: not a folder of rule files")
+    for path in rule_files([base, *[d for d in extra_dirs if d.is_dir()]]):
+        located.extend(_load_file(path, problems))
+    seen: dict[str, LocatedRule] = {}
+    for lr in located:
+        if lr.rule.id in seen:
+            problems.append(
+                f"{lr.where}: {lr.rule.id}: id: duplicate rule id (first at {seen[lr.rule.id].where})"
+            )
+        else:
+            seen[lr.rule.id] = lr
+        problems.extend(_reference_problems(lr, facts, technique_ids))
+    if problems:
+        raise DataError(problems)
+    return RuleSet(rules=sorted(seen.values(), key=lambda r: r.rule.id), facts=facts)
+
+
+def _load_file(path: Path, problems: list[str]) -> list[LocatedRule]:
+    try:
+        raw = load_yaml(path)
+    except OSError as exc:
+        problems.append(f"{path}:0: -: file: cannot read: {exc.strerror}")
+        return []
+    except yaml.YAMLError as exc:
+        msg = str(exc).replace("\n", " ")
+        problems.append(f"{path}:{yaml_error_line(exc)}: -: yaml: invalid YAML: {msg}")
+        return []
+    if not isinstance(raw, dict) or not isinstance(raw.get("rules"), list):
+        problems.append(f"{path}:1: -: rules: a rule file is a mapping with a `rules` list")
+        return []
+    out: list[LocatedRule] = []
+    # Validate rule by rule so that one bad rule does not hide the others' problems.
+    extra_keys = set(raw) - {"rules"}
+    for key in sorted(extra_keys):
+        problems.append(f"{path}:{line_of(raw, (key,))}: -: {key}: unknown top-level key")
+    for i, item in enumerate(raw["rules"]):
+        line = line_of(raw, ("rules", i))
+        try:
+            rule = Rule.model_validate(item)
+        except ValidationError as exc:
+            ident = item.get("id", f"rules[{i}]") if isinstance(item, dict) else f"rules[{i}]"
+            for err in exc.errors():
+                loc = err["loc"]
+                field = ".".join(str(p) for p in loc) or "-"
+                where = line_of(item, loc) or line
+                problems.append(f"{path}:{where}: {ident}: {field}: {err['msg']}")
+            continue
+        out.append(LocatedRule(rule=rule, file=str(path), line=line))
+    return out
+
+
+def _reference_problems(lr: LocatedRule, facts: FactSpace, technique_ids: set[str]) -> list[str]:
+    problems = []
+    head = f"{lr.where}: {lr.rule.id}"
+    for comp in comparisons(lr.rule.when):
+        fact = facts.facts.get(comp.fact)
+        if fact is None:
+            problems.append(f"{head}: when: undeclared fact {comp.fact!r}")
+            continue
+        problems.extend(f"{head}: when: {msg}" for msg in _operand_problems(fact, comp.operator, comp.operand))
+    for action in lr.rule.then:
+        for tid in action.techniques:
+            if tid not in technique_ids:
+                problems.append(f"{head}: then.{action.verb}: unknown technique {tid!r}")
+    return problems
+
+
+def _operand_problems(fact: Fact, op: str, operand: Any) -> list[str]:
+    values = list(operand) if op in ("in", "not_in", "between") else [operand]
+    if fact.type in (FactType.INT, FactType.NUMBER):
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        return [] if ok else [f"{fact.name} is numeric; {op} {operand!r} is not a number"]
+    if op in ("lt", "le", "gt", "ge", "between"):
+        return [f"{fact.name} is {fact.type.value}; {op} needs a numeric fact"]
+    if fact.type is FactType.BOOL:
+        ok = all(isinstance(v, bool) for v in values)
+        return [] if ok else [f"{fact.name} is bool; {operand!r} is not true/false"]
+    bad = [v for v in values if v not in (fact.values or [])]
+    return [f"{fact.name} has no value {v!r} (allowed: {', '.join(fact.values or [])})" for v in bad]
