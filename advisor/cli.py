@@ -29,6 +29,18 @@ app = typer.Typer(
 )
 profiles_app = typer.Typer(help="Hardware and model profiles for what-if planning.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
+rules_app = typer.Typer(help="Browse and check the rule base.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+RulesDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--rules-dir",
+        help="A folder of your own rule files, used alongside the shipped ones (repeatable).",
+        exists=True,
+        file_okay=False,
+    ),
+]
 
 
 def handle_errors(fn: F) -> F:
@@ -160,6 +172,96 @@ def _model_rows() -> list[tuple[str, str, str, int]]:
         (s.id, s.name, s.arch.value, s.parameter_count())
         for s in sorted(specs.values(), key=lambda s: (s.family, s.parameter_count()))
     ]
+
+
+@app.command()
+@handle_errors
+def taxonomy(json_out: JsonOpt = False, schema: SchemaOpt = False) -> None:
+    """Draw the taxonomy of training techniques: category, order, references."""
+    from advisor.taxonomy import Taxonomy, load_taxonomy
+
+    if schema:
+        _print_schema(Taxonomy)
+        return
+    from advisor import render
+
+    tax = load_taxonomy()
+    if json_out:
+        render.print_json(tax)
+    else:
+        render.render_taxonomy(tax)
+
+
+def _load_ruleset(rules_dir: list[Path] | None) -> Any:
+    from advisor.ruleset import load_rules
+    from advisor.taxonomy import load_taxonomy
+
+    return load_rules(rules_dir or [], technique_ids=set(load_taxonomy().ids()))
+
+
+@rules_app.command("list")
+@handle_errors
+def rules_list(rules_dir: RulesDirOpt = None, json_out: JsonOpt = False) -> None:
+    """List every rule: id, title, actions, file and line."""
+    from advisor import render
+
+    ruleset = _load_ruleset(rules_dir)
+    if json_out:
+        render.print_json([lr for lr in ruleset.rules])
+    else:
+        render.render_rules_list(ruleset.rules)
+
+
+@rules_app.command("show")
+@handle_errors
+def rules_show(
+    rule_id: Annotated[str, typer.Argument(help="The rule id (see `optadvise rules list`).")],
+    rules_dir: RulesDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one rule: its condition, actions, rationale and sources."""
+    import difflib
+
+    from advisor import render
+
+    ruleset = _load_ruleset(rules_dir)
+    lr = ruleset.get(rule_id)
+    if lr is None:
+        close = difflib.get_close_matches(rule_id, [r.rule.id for r in ruleset.rules], n=3)
+        raise UserError(
+            f"unknown rule {rule_id!r}",
+            f"did you mean {', '.join(close)}?" if close else "see `optadvise rules list`",
+        )
+    if json_out:
+        render.print_json(lr)
+    else:
+        render.render_rule(lr)
+
+
+@rules_app.command("check")
+@handle_errors
+def rules_check(
+    rules_dir: RulesDirOpt = None, json_out: JsonOpt = False, schema: SchemaOpt = False
+) -> None:
+    """Prove the rule base consistent: schema, references, dead rules, contradictions,
+    infeasible optimizer sets, unreachable techniques, missing rationale or sources.
+
+    Exits 0 when consistent, 1 with the defects otherwise.
+    """
+    from advisor.checks import CheckReport, check_rules
+
+    if schema:
+        _print_schema(CheckReport)
+        return
+    from advisor import render
+
+    report = check_rules(rules_dir or [])
+    if json_out:
+        render.print_json(report)
+    else:
+        render.render_check(report)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -217,6 +217,16 @@ def thresholds(cond: Condition) -> dict[str, set[float]]:
     return out
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def describe(cond: Condition) -> str:
     """A compact human-readable form of a condition."""
     if isinstance(cond, Compare):
@@ -233,7 +243,7 @@ def describe(cond: Condition) -> str:
         if cond.operator == "between":
             lo, hi = cond.operand
             return f"{lo:g} <= {cond.fact} <= {hi:g}"
-        return f"{cond.fact} {symbol[cond.operator]} {cond.operand}"
+        return f"{cond.fact} {symbol[cond.operator]} {_show(cond.operand)}"
     if isinstance(cond, AllOf):
         return "always" if not cond.all else " and ".join(f"({describe(c)})" for c in cond.all)
     if isinstance(cond, AnyOf):

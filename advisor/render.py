@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from advisor.checks import CheckReport
 from advisor.hardware import HardwareProfile, ProbeReport
+from advisor.ruleset import LocatedRule
+from advisor.taxonomy import Category, Order, Taxonomy, Technique
 from advisor.units import format_bytes
 
 console = Console(highlight=False)
@@ -178,3 +182,83 @@ def render_profiles(hardware: list[HardwareProfile], models: list[tuple[str, str
 
             table.add_row(ident, name, arch, format_count(params))
         console.print(table)
+
+
+# --- taxonomy and rules --------------------------------------------------------------------
+
+
+def render_taxonomy(taxonomy: Taxonomy) -> None:
+    """Draw the taxonomy as a tree: category, then order for optimizers."""
+    from rich.tree import Tree
+
+    root = Tree(f"[bold]taxonomy[/] ({len(taxonomy.techniques)} techniques)")
+    for category in Category:
+        members = taxonomy.by_category(category)
+        if not members:
+            continue
+        branch = root.add(f"[bold]{category.value}[/] ({len(members)})")
+        if category is Category.OPTIMIZER:
+            for order in Order:
+                opts = taxonomy.optimizers(order)
+                sub = branch.add(f"[bold]{order.value}-order[/] ({len(opts)})")
+                for t in opts:
+                    sub.add(_leaf(t))
+        else:
+            for t in members:
+                branch.add(_leaf(t))
+    console.print(root)
+
+
+def _leaf(t: Technique) -> str:
+    refs = "; ".join(f"{r.authors} {r.year}" for r in t.references)
+    return f"[cyan]{t.id}[/]  {t.name} [dim]({refs})[/]"
+
+
+def render_rules_list(rules: list[LocatedRule]) -> None:
+    """One line per rule: id, what it does, where."""
+    table = Table(title=f"Rules ({len(rules)})", title_justify="left")
+    table.add_column("id", style="cyan", no_wrap=True)
+    table.add_column("title")
+    table.add_column("actions")
+    table.add_column("file", style="dim")
+    for lr in rules:
+        actions = "; ".join(
+            f"{a.verb} {', '.join(a.techniques)}" if a.techniques else "advise"
+            for a in lr.rule.then
+        )
+        table.add_row(lr.rule.id, lr.rule.title, actions, f"{Path(lr.file).name}:{lr.line}")
+    console.print(table)
+
+
+def render_rule(lr: LocatedRule) -> None:
+    """One rule in full: condition, actions, rationale, sources."""
+    from advisor.conditions import describe
+
+    r = lr.rule
+    console.print(f"[bold cyan]{r.id}[/]  {r.title}")
+    console.print(f"[dim]{lr.where}[/]")
+    console.print(f"[bold]when[/]   {describe(r.when)}")
+    for a in r.then:
+        if a.verb == "advise":
+            console.print(f"[bold]advise[/] {a.advise}")
+        else:
+            weight = f" (weight {a.weight:g})" if a.weight is not None else ""
+            console.print(f"[bold]{a.verb}[/] {', '.join(a.techniques)}{weight}")
+    console.print(f"[bold]why[/]    {' '.join(r.rationale.split())}")
+    for s in r.sources:
+        console.print(f"[bold]source[/] {s.cite()}" + (f" <{s.url}>" if s.url else ""))
+
+
+def render_check(report: CheckReport) -> None:
+    """The rules check report: every defect with file and line, then a summary."""
+    for d in report.defects:
+        console.print(f"{d}", markup=False)
+        if d.scenario:
+            facts = ", ".join(f"{k}={v}" for k, v in d.scenario.items())
+            console.print(f"    scenario: {facts}", markup=False, style="dim")
+    status = "[green]consistent[/]" if report.ok else f"[red]{len(report.defects)} defect(s)[/]"
+    console.print(
+        f"{status}: {report.rules_checked} rules in {len(report.rule_files)} files, "
+        f"{report.techniques_checked} techniques, {report.facts_declared} facts, "
+        f"{report.scenarios_explored} partial scenarios explored in {report.seconds:.2f} s"
+    )

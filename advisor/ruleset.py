@@ -107,6 +107,20 @@ class RuleFile(_Frozen):
     rules: list[Rule]
 
 
+class Problem(_Frozen):
+    """One defect found while loading: where, which rule, which field, what."""
+
+    kind: str = Field(description="schema, duplicate-id or dangling-reference")
+    file: str
+    line: int
+    ident: str = "-"
+    field: str = "-"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.ident}: {self.field}: {self.message}"
+
+
 class LocatedRule(_Frozen):
     """A rule and where it was written."""
 
@@ -160,47 +174,116 @@ def load_rules(
     Raises:
         DataError: listing every problem as ``file:line: id: field: message``.
     """
+    ruleset, problems = collect_rules(
+        extra_dirs, technique_ids=technique_ids, facts=facts, base_dir=base_dir
+    )
+    if problems or ruleset is None:
+        raise DataError([str(p) for p in problems])
+    return ruleset
+
+
+def collect_rules(
+    extra_dirs: Sequence[Path] = (),
+    *,
+    technique_ids: set[str],
+    facts: FactSpace | None = None,
+    base_dir: Path | None = None,
+) -> tuple[RuleSet | None, list[Problem]]:
+    """Like :func:`load_rules`, but return the problems instead of raising.
+
+    The rule set holds every rule that validated (so later checks can still run); it is None
+    only when the fact declarations themselves are broken.
+    """
     base = base_dir or rules_dir()
-    facts = facts or load_facts(base / "facts.yaml")
-    problems: list[str] = []
+    if facts is None:
+        try:
+            facts = load_facts(base / "facts.yaml")
+        except DataError as exc:
+            return None, [_parse_problem(p) for p in exc.problems]
+    problems: list[Problem] = []
     located: list[LocatedRule] = []
     for d in extra_dirs:
         if not d.is_dir():
-            problems.append(f"{d}: not a folder of rule files")
+            problems.append(
+                Problem(kind="schema", file=str(d), line=0, message="not a folder of rule files")
+            )
     for path in rule_files([base, *[d for d in extra_dirs if d.is_dir()]]):
         located.extend(_load_file(path, problems))
     seen: dict[str, LocatedRule] = {}
+    first_at: dict[str, str] = {}
     for lr in located:
-        if lr.rule.id in seen:
+        if lr.rule.id in first_at:
+            first = first_at[lr.rule.id]
             problems.append(
-                f"{lr.where}: {lr.rule.id}: id: duplicate rule id (first at {seen[lr.rule.id].where})"
+                Problem(
+                    kind="duplicate-id",
+                    file=lr.file,
+                    line=lr.line,
+                    ident=lr.rule.id,
+                    field="id",
+                    message=f"duplicate rule id (first at {first})",
+                )
             )
-        else:
+            continue
+        first_at[lr.rule.id] = lr.where
+        refs = _reference_problems(lr, facts, technique_ids)
+        problems.extend(refs)
+        # NOTE: a rule with dangling references is reported, and kept out of the rule set so
+        # that the analyses after loading never meet a name they cannot resolve.
+        if not refs:
             seen[lr.rule.id] = lr
-        problems.extend(_reference_problems(lr, facts, technique_ids))
-    if problems:
-        raise DataError(problems)
-    return RuleSet(rules=sorted(seen.values(), key=lambda r: r.rule.id), facts=facts)
+    rules = sorted(seen.values(), key=lambda r: r.rule.id)
+    return RuleSet(rules=rules, facts=facts), problems
 
 
-def _load_file(path: Path, problems: list[str]) -> list[LocatedRule]:
+def _parse_problem(text: str) -> Problem:
+    """Turn a ``file:line: id: field: message`` string back into a Problem."""
+    parts = text.split(": ", 3)
+    file, _, line = parts[0].rpartition(":")
+    if not file or not line.isdigit():
+        return Problem(kind="schema", file=parts[0], line=0, message=": ".join(parts[1:]) or text)
+    rest = parts[1:] + ["-"] * (3 - len(parts[1:]))
+    if len(parts) < 4:
+        return Problem(kind="schema", file=file, line=int(line), message=": ".join(parts[1:]))
+    return Problem(kind="schema", file=file, line=int(line), ident=rest[0], field=rest[1], message=rest[2])
+
+
+def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
+    f = str(path)
     try:
         raw = load_yaml(path)
     except OSError as exc:
-        problems.append(f"{path}:0: -: file: cannot read: {exc.strerror}")
+        problems.append(Problem(kind="schema", file=f, line=0, message=f"cannot read: {exc.strerror}"))
         return []
     except yaml.YAMLError as exc:
-        msg = str(exc).replace("\n", " ")
-        problems.append(f"{path}:{yaml_error_line(exc)}: -: yaml: invalid YAML: {msg}")
+        msg = " ".join(str(exc).split())
+        problems.append(
+            Problem(kind="schema", file=f, line=yaml_error_line(exc), message=f"invalid YAML: {msg}")
+        )
         return []
     if not isinstance(raw, dict) or not isinstance(raw.get("rules"), list):
-        problems.append(f"{path}:1: -: rules: a rule file is a mapping with a `rules` list")
+        problems.append(
+            Problem(
+                kind="schema",
+                file=f,
+                line=1,
+                field="rules",
+                message="a rule file is a mapping with a `rules` list",
+            )
+        )
         return []
     out: list[LocatedRule] = []
     # Validate rule by rule so that one bad rule does not hide the others' problems.
-    extra_keys = set(raw) - {"rules"}
-    for key in sorted(extra_keys):
-        problems.append(f"{path}:{line_of(raw, (key,))}: -: {key}: unknown top-level key")
+    for key in sorted(set(raw) - {"rules"}):
+        problems.append(
+            Problem(
+                kind="schema",
+                file=f,
+                line=line_of(raw, (key,)),
+                field=str(key),
+                message="unknown top-level key",
+            )
+        )
     for i, item in enumerate(raw["rules"]):
         line = line_of(raw, ("rules", i))
         try:
@@ -209,27 +292,40 @@ def _load_file(path: Path, problems: list[str]) -> list[LocatedRule]:
             ident = item.get("id", f"rules[{i}]") if isinstance(item, dict) else f"rules[{i}]"
             for err in exc.errors():
                 loc = err["loc"]
-                field = ".".join(str(p) for p in loc) or "-"
-                where = line_of(item, loc) or line
-                problems.append(f"{path}:{where}: {ident}: {field}: {err['msg']}")
+                problems.append(
+                    Problem(
+                        kind="schema",
+                        file=f,
+                        line=line_of(item, loc) or line,
+                        ident=str(ident),
+                        field=".".join(str(p) for p in loc) or "-",
+                        message=err["msg"],
+                    )
+                )
             continue
-        out.append(LocatedRule(rule=rule, file=str(path), line=line))
+        out.append(LocatedRule(rule=rule, file=f, line=line))
     return out
 
 
-def _reference_problems(lr: LocatedRule, facts: FactSpace, technique_ids: set[str]) -> list[str]:
+def _reference_problems(lr: LocatedRule, facts: FactSpace, technique_ids: set[str]) -> list[Problem]:
     problems = []
-    head = f"{lr.where}: {lr.rule.id}"
+
+    def add(kind: str, field: str, message: str) -> None:
+        problems.append(
+            Problem(kind=kind, file=lr.file, line=lr.line, ident=lr.rule.id, field=field, message=message)
+        )
+
     for comp in comparisons(lr.rule.when):
         fact = facts.facts.get(comp.fact)
         if fact is None:
-            problems.append(f"{head}: when: undeclared fact {comp.fact!r}")
+            add("dangling-reference", "when", f"undeclared fact {comp.fact!r}")
             continue
-        problems.extend(f"{head}: when: {msg}" for msg in _operand_problems(fact, comp.operator, comp.operand))
+        for msg in _operand_problems(fact, comp.operator, comp.operand):
+            add("schema", "when", msg)
     for action in lr.rule.then:
         for tid in action.techniques:
             if tid not in technique_ids:
-                problems.append(f"{head}: then.{action.verb}: unknown technique {tid!r}")
+                add("dangling-reference", f"then.{action.verb}", f"unknown technique {tid!r}")
     return problems
 
 
