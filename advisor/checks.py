@@ -88,8 +88,8 @@ def fact_domains(space: FactSpace, conditions: Iterable[Condition]) -> dict[str,
     domain ends, every threshold used, and a point strictly between consecutive ones."""
     cuts: dict[str, set[float]] = {}
     for cond in [*conditions, *(inv.holds for inv in space.invariants)]:
-        for name, values in thresholds(cond).items():
-            cuts.setdefault(name, set()).update(values)
+        for name, consts in thresholds(cond).items():
+            cuts.setdefault(name, set()).update(consts)
     domains: dict[str, list[Scalar]] = {}
     for name, fact in sorted(space.facts.items()):
         if fact.type is FactType.BOOL:
@@ -347,7 +347,9 @@ class _Checker:
 
     def _contradictions(self, live: list[LocatedRule]) -> list[Defect]:
         out = []
-        ids = sorted({t for r in live for a in r.rule.then if a.verb == "require" for t in a.techniques})
+        ids = sorted(
+            {t for r in live for a in r.rule.then if a.verb == "require" for t in a.techniques}
+        )
         for tid in ids:
             for req in (r for r in live if r in self._by_verb("require", tid)):
                 for exc in (r for r in live if r in self._by_verb("exclude", tid)):
@@ -360,7 +362,8 @@ class _Checker:
                                 line=req.line,
                                 rule=req.rule.id,
                                 technique=tid,
-                                message=f"requires {tid} where {exc.rule.id} ({exc.where}) excludes it",
+                                message=f"requires {tid} where {exc.rule.id} ({exc.where})"
+                                " excludes it",
                                 scenario=witness,
                             )
                         )
@@ -462,4 +465,4 @@ class _Checker:
         return out
 
 
-__all__ = ["CheckReport", "Defect", "DefectKind", "DataError", "check_rules", "fact_domains"]
+__all__ = ["CheckReport", "DataError", "Defect", "DefectKind", "check_rules", "fact_domains"]

@@ -27,7 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-profiles_app = typer.Typer(help="Hardware and model profiles for what-if planning.", no_args_is_help=True)
+profiles_app = typer.Typer(
+    help="Hardware and model profiles for what-if planning.", no_args_is_help=True
+)
 app.add_typer(profiles_app, name="profiles")
 rules_app = typer.Typer(help="Browse and check the rule base.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
@@ -94,7 +96,9 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[
         bool | None,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = None,
 ) -> None:
     """optadvise: ranked, explained training recommendations by measured cost."""
@@ -105,10 +109,13 @@ def _root(
 def probe(
     hardware: Annotated[
         str | None,
-        typer.Option("--hardware", help="Show a datasheet profile instead of probing (see `profiles list`)."),
+        typer.Option(
+            "--hardware", help="Show a datasheet profile instead of probing (see `profiles list`)."
+        ),
     ] = None,
     no_torch: Annotated[
-        bool, typer.Option("--no-torch", help="Skip torch (faster): no SDPA, GEMM or torch.cuda facts.")
+        bool,
+        typer.Option("--no-torch", help="Skip torch (faster): no SDPA, GEMM or torch.cuda facts."),
     ] = False,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
@@ -262,6 +269,153 @@ def rules_check(
         render.render_check(report)
     if not report.ok:
         raise typer.Exit(1)
+
+
+# --- model and workload flags shared by estimate, calibrate and recommend ------------------
+
+ModelSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-size",
+        help="Parameter count such as 125M, 1.3B, 7B, 70B or 1T; resolves to a canonical "
+        "decoder shape (see `optadvise profiles list`).",
+    ),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="A model profile id, e.g. llama-2-7b.")
+]
+ModelConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-config",
+        help="A local Hugging Face config.json (Llama, Mistral, Qwen2, OPT, GPT-2 fields).",
+    ),
+]
+
+
+def _resolve_model(model_size: str | None, model: str | None, model_config: Path | None) -> Any:
+    from advisor.modelspec import get_model_profile, load_hf_config, resolve_model_size
+
+    given = [
+        n
+        for n, v in (
+            ("--model-size", model_size),
+            ("--model", model),
+            ("--model-config", model_config),
+        )
+        if v
+    ]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} both name a model", "give only one of them")
+    if model_config is not None:
+        return load_hf_config(model_config)
+    if model is not None:
+        return get_model_profile(model)
+    return resolve_model_size(model_size or "7B")
+
+
+def _positive(value: int | None, flag: str) -> int | None:
+    if value is not None and value < 1:
+        raise UserError(f"{flag} must be a positive integer, got {value}", f"e.g. {flag} 1")
+    return value
+
+
+@app.command()
+@handle_errors
+def estimate(
+    model_size: ModelSizeOpt = None,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    task: Annotated[
+        str, typer.Option("--task", help="pretrain, finetune, lora or qlora.")
+    ] = "finetune",
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="A taxonomy optimizer id.")
+    ] = "adamw",
+    precision: Annotated[
+        str,
+        typer.Option(
+            "--precision",
+            help="fp32, tf32, amp-fp16, amp-bf16 (autocast), fp16-mixed, bf16-mixed "
+            "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed.",
+        ),
+    ] = "bf16-mixed",
+    attention: Annotated[
+        str, typer.Option("--attention", help="eager, mem-efficient or flash.")
+    ] = "flash",
+    checkpointing: Annotated[
+        str, typer.Option("--checkpointing", help="none, selective or full.")
+    ] = "none",
+    micro_batch: Annotated[
+        int, typer.Option("--micro-batch", help="Samples per device per pass.")
+    ] = 1,
+    seq_len: Annotated[
+        str, typer.Option("--seq-len", help="Tokens per sample, e.g. 2048 or 4k.")
+    ] = "2048",
+    gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel degree.")] = 1,
+    sharding: Annotated[
+        str, typer.Option("--sharding", help="none, zero1, zero2, zero3 or fsdp.")
+    ] = "none",
+    offload: Annotated[
+        str, typer.Option("--offload", help="none, optimizer or optimizer+params.")
+    ] = "none",
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    dp_sgd: Annotated[
+        bool, typer.Option("--dp-sgd", help="Per-sample gradients (DP-SGD).")
+    ] = False,
+    hardware: Annotated[
+        str | None,
+        typer.Option("--hardware", help="Profile for the fit check and the analytic step time."),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="cuda (context + allocator overheads) or cpu (none).")
+    ] = "cuda",
+    json_out: JsonOpt = False,
+    schema: SchemaOpt = False,
+) -> None:
+    """Estimate the per-device peak memory of one explicit training configuration."""
+    from advisor.estimate import EstimateReport, build_config, estimate_report
+
+    if schema:
+        _print_schema(EstimateReport)
+        return
+    from advisor import render
+    from advisor.units import parse_length
+
+    spec = _resolve_model(model_size, model, model_config)
+    for flag, value in (
+        ("--micro-batch", micro_batch),
+        ("--gpus", gpus),
+        ("--lora-rank", lora_rank),
+    ):
+        _positive(value, flag)
+    config = build_config(
+        task=task,
+        optimizer=optimizer,
+        precision=precision,
+        attention=attention,
+        checkpointing=checkpointing,
+        micro_batch=micro_batch,
+        seq_len=parse_length(seq_len),
+        gpus=gpus,
+        sharding=sharding,
+        offload=offload,
+        lora_rank=lora_rank,
+        dp_sgd=dp_sgd,
+    )
+    import psutil
+
+    report = estimate_report(
+        spec,
+        config,
+        hardware=hardware,
+        device=device,
+        host_memory_bytes=None if hardware else psutil.virtual_memory().total,
+    )
+    if json_out:
+        render.print_json(report)
+    else:
+        render.render_estimate(report)
 
 
 def main() -> None:

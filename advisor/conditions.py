@@ -73,18 +73,18 @@ class Compare(_Frozen):
         if op == "ne":
             return bool(value != arg)
         if op == "in":
-            return value in arg
+            return bool(value in arg)
         if op == "not_in":
-            return value not in arg
+            return bool(value not in arg)
         number = float(value)
         if op == "lt":
-            return number < arg
+            return bool(number < arg)
         if op == "le":
-            return number <= arg
+            return bool(number <= arg)
         if op == "gt":
-            return number > arg
+            return bool(number > arg)
         if op == "ge":
-            return number >= arg
+            return bool(number >= arg)
         lo, hi = arg
         return bool(lo <= number <= hi)
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Task(str, Enum):
-    """What the user trains: all weights from scratch, all weights from a checkpoint, or adapters."""
+    """What the user trains: all weights from scratch or from a checkpoint, or adapters."""
 
     PRETRAIN = "pretrain"
     FINETUNE = "finetune"

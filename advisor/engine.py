@@ -1,4 +1,4 @@
-"""The rule engine: facts in, a decision out (hard constraints, scores, advice). Pure and deterministic.
+"""The rule engine: facts in, a decision out (constraints, scores, advice). Pure, deterministic.
 
 Conflict semantics:
 
@@ -67,15 +67,19 @@ def requirement_condition(tech: Technique) -> Condition | None:
     if kinds:
         failures.append(Compare.model_validate({"fact": "device_kind", "not_in": kinds}))
     if req.min_compute_capability is not None:
+        # NOTE: a minimum compute capability restricts CUDA devices only; other device kinds
+        # are restricted through device_kinds (flash SDPA runs on CPU, for one).
         failures.append(
-            AnyOf(
-                any=[
-                    Compare(fact="device_kind", ne="cuda"),
+            AllOf(
+                all=[
+                    Compare(fact="device_kind", eq="cuda"),
                     Compare(fact="compute_capability", lt=req.min_compute_capability),
                 ]
             )
         )
     if req.min_gpus is not None and req.min_gpus > 1:
+        # NOTE: the advisor plans data parallelism over every device, so the world size and
+        # the data-parallel degree are the same number here.
         failures.append(Compare(fact="data_parallel_degree", lt=float(req.min_gpus)))
     if not failures:
         return None
@@ -109,9 +113,11 @@ def _describe_requirements(tech: Technique) -> str:
     req = tech.requires
     parts = []
     if req.device_kinds:
-        parts.append("a " + " or ".join(str(getattr(k, "value", k)) for k in req.device_kinds) + " device")
+        parts.append(
+            "a " + " or ".join(str(getattr(k, "value", k)) for k in req.device_kinds) + " device"
+        )
     if req.min_compute_capability is not None:
-        parts.append(f"compute capability >= {req.min_compute_capability:g}")
+        parts.append(f"compute capability >= {req.min_compute_capability:g} on CUDA")
     if req.min_gpus is not None and req.min_gpus > 1:
         parts.append(f"at least {req.min_gpus} devices")
     return ", ".join(parts) or "nothing"

@@ -138,7 +138,8 @@ class CpuInfo(_Frozen):
         default=None, description="CPU quota from the cgroup, in cores (None: unlimited)"
     )
     features: dict[str, bool] = Field(
-        description="ISA features that matter to torch kernels: avx2, avx512f, avx512_bf16, amx_bf16, amx_tile"
+        description="ISA features that matter to torch kernels: avx2, avx512f, avx512_bf16, "
+        "amx_bf16, amx_tile"
     )
     fast_bf16: bool = Field(
         description="bf16 matrix multiply is at least 0.9x as fast as fp32 (measured when torch is "
@@ -163,8 +164,12 @@ class MemoryInfo(_Frozen):
     total_bytes: int
     available_bytes: int
     cgroup_version: str | None = Field(description="'v1', 'v2' or None when no cgroup is found")
-    cgroup_limit_bytes: int | None = Field(description="the cgroup's memory limit (None: unlimited)")
-    effective_limit_bytes: int = Field(description="the smaller of physical RAM and the cgroup limit")
+    cgroup_limit_bytes: int | None = Field(
+        description="the cgroup's memory limit (None: unlimited)"
+    )
+    effective_limit_bytes: int = Field(
+        description="the smaller of physical RAM and the cgroup limit"
+    )
     effective_available_bytes: int
     limit_source: str = Field(description="which limit applies: physical RAM or the cgroup file")
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from advisor.torchload import import_torch
 from advisor.hardware import CpuInfo, GpuInfo, MemoryInfo, ProbeReport, SoftwareInfo
+from advisor.torchload import import_torch
 
 # NOTE: cgroup v1 writes "unlimited" as a page-aligned LONG_MAX (9223372036854771712);
 # anything at or above 2^62 is no limit at all.
@@ -54,7 +54,9 @@ def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
     return model, flags
 
 
-def probe_cpu(cpuinfo: Path = Path("/proc/cpuinfo"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> CpuInfo:
+def probe_cpu(
+    cpuinfo: Path = Path("/proc/cpuinfo"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> CpuInfo:
     """The CPU's model, cores, the ISA features torch kernels use, and any cgroup CPU quota."""
     model, flags = read_cpuinfo(cpuinfo)
     features = {f: f in flags for f in _ISA_FLAGS}
@@ -166,8 +168,11 @@ def read_cgroup_memory(
         candidates = [root / (v2_path or "/").lstrip("/"), root]
         for d in candidates:
             if (d / "memory.max").exists():
-                return "v2", _read_int(d / "memory.max"), _read_int(d / "memory.current"), str(
-                    d / "memory.max"
+                return (
+                    "v2",
+                    _read_int(d / "memory.max"),
+                    _read_int(d / "memory.current"),
+                    str(d / "memory.max"),
                 )
         return "v2", None, None, ""
     mem = root / "memory"
@@ -245,12 +250,13 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
     """
     if nvml is None:
         try:
-            import pynvml as nvml
+            import pynvml
         except ImportError:
             return [], "nvidia-ml-py is not installed; GPUs were looked for through torch only"
+        nvml = pynvml
     try:
         nvml.nvmlInit()
-    except Exception as exc:  # noqa: BLE001 - NVMLError subclasses are generated at run time
+    except Exception as exc:
         code = getattr(exc, "value", None)
         if code in (12, 9):  # no library / no driver: simply no NVIDIA GPU here
             return [], None if code == 12 else f"NVML: {nvml_cause(exc)}"
@@ -258,15 +264,18 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
     gpus: list[GpuInfo] = []
     warning = None
     try:
-        driver = _optional(lambda: _s(nvml.nvmlSystemGetDriverVersion()))
+        driver_raw = _optional(nvml.nvmlSystemGetDriverVersion)
+        driver = _s(driver_raw) if driver_raw is not None else None
         cuda_raw = _optional(nvml.nvmlSystemGetCudaDriverVersion)
-        cuda = f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}" if isinstance(cuda_raw, int) else None
+        cuda = (
+            f"{cuda_raw // 1000}.{(cuda_raw % 1000) // 10}" if isinstance(cuda_raw, int) else None
+        )
         for i in range(nvml.nvmlDeviceGetCount()):
             h = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = _optional(lambda h=h: nvml.nvmlDeviceGetMemoryInfo(h))
-            cc_pair = _optional(lambda h=h: nvml.nvmlDeviceGetCudaComputeCapability(h))
+            mem = _optional(nvml.nvmlDeviceGetMemoryInfo, h)
+            cc_pair = _optional(nvml.nvmlDeviceGetCudaComputeCapability, h)
             cc = f"{cc_pair[0]}.{cc_pair[1]}" if cc_pair else None
-            power = _optional(lambda h=h: nvml.nvmlDeviceGetPowerManagementLimit(h))
+            power = _optional(nvml.nvmlDeviceGetPowerManagementLimit, h)
             links = _count_nvlinks(nvml, h)
             gpus.append(
                 GpuInfo(
@@ -280,24 +289,24 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
                     driver_version=driver,
                     cuda_driver_version=cuda,
                     power_limit_w=power / 1000 if isinstance(power, (int, float)) else None,
-                    pcie_generation=_optional(lambda h=h: nvml.nvmlDeviceGetCurrPcieLinkGeneration(h)),
-                    pcie_width=_optional(lambda h=h: nvml.nvmlDeviceGetCurrPcieLinkWidth(h)),
+                    pcie_generation=_optional(nvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
+                    pcie_width=_optional(nvml.nvmlDeviceGetCurrPcieLinkWidth, h),
                     nvlink_links=links,
                     **capabilities(cc),
                 )
             )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         warning = f"NVML: {nvml_cause(exc)} while reading devices; partial GPU facts"
     finally:
         _optional(nvml.nvmlShutdown)
     return gpus, warning
 
 
-def _optional(fn: Callable[[], Any]) -> Any:
+def _optional(fn: Callable[..., Any], *args: Any) -> Any:
     """Call an NVML query that a device may not support; None when it raises."""
     try:
-        return fn()
-    except Exception:  # noqa: BLE001 - NVML_ERROR_NOT_SUPPORTED and friends
+        return fn(*args)
+    except Exception:
         return None
 
 
@@ -305,7 +314,7 @@ def _count_nvlinks(nvml: Any, handle: Any) -> int | None:
     max_links = getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)
     active = 0
     for link in range(max_links):
-        state = _optional(lambda link=link: nvml.nvmlDeviceGetNvLinkState(handle, link))
+        state = _optional(nvml.nvmlDeviceGetNvLinkState, handle, link)
         if state is None:
             return active if link else None
         active += int(bool(state))
@@ -383,7 +392,9 @@ def probe_torch(gpus: list[GpuInfo]) -> tuple[SoftwareInfo, dict[str, Any], list
             {},
             ["torch is not installed: no SDPA or torch facts (pip install torch)"],
         )
-    build = "rocm" if getattr(torch.version, "hip", None) else ("cuda" if torch.version.cuda else "cpu")
+    build = (
+        "rocm" if getattr(torch.version, "hip", None) else ("cuda" if torch.version.cuda else "cpu")
+    )
     cudnn = None
     try:
         if torch.backends.cudnn.is_available():

@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from advisor.checks import CheckReport
+from advisor.estimate import EstimateReport
 from advisor.hardware import HardwareProfile, ProbeReport
 from advisor.ruleset import LocatedRule
 from advisor.taxonomy import Category, Order, Taxonomy, Technique
-from advisor.units import format_bytes
+from advisor.units import format_bytes, format_count, format_seconds
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -41,7 +42,7 @@ def _default(obj: object) -> object:
 def bar(fraction: float, width: int = 24) -> str:
     """A text bar for a fraction in [0, 1] (over 1 is drawn full, in red by the caller)."""
     fraction = max(0.0, min(1.0, fraction))
-    full = int(round(fraction * width))
+    full = round(fraction * width)
     return "█" * full + "░" * (width - full)
 
 
@@ -74,12 +75,16 @@ def render_probe(report: ProbeReport) -> None:
         ("torch capability", str(cpu.torch_capability or "n/a")),
         ("torch threads", str(cpu.torch_threads or "n/a")),
         ("GEMM GFLOP/s", gemm or "not measured (--no-torch)"),
-        ("fast bf16 / fp16", f"{_yes(cpu.fast_bf16)} / {_yes(cpu.fast_fp16)} ({cpu.fast_16bit_source})"),
+        (
+            "fast bf16 / fp16",
+            f"{_yes(cpu.fast_bf16)} / {_yes(cpu.fast_fp16)} ({cpu.fast_16bit_source})",
+        ),
     ]
     console.print(_kv_table("CPU", rows))
     if cpu.gemm_gflops and not cpu.fast_bf16:
         console.print(
-            "  [yellow]bf16 is slow on this CPU: train in fp32 here (16-bit paths are steered away)[/]"
+            "  [yellow]bf16 is slow on this CPU: train in fp32 here "
+            "(16-bit paths are steered away)[/]"
         )
     console.print()
     limit = format_bytes(mem.effective_limit_bytes)
@@ -99,8 +104,20 @@ def render_probe(report: ProbeReport) -> None:
         console.print("[bold]GPUs[/]  none found: training runs on the CPU.")
     else:
         table = Table(title="GPUs", title_justify="left")
-        for col in ("#", "name", "memory (free/total)", "cc", "driver / CUDA", "power", "PCIe",
-                    "NVLink", "bf16", "tf32", "fp8", "FA-2"):
+        for col in (
+            "#",
+            "name",
+            "memory (free/total)",
+            "cc",
+            "driver / CUDA",
+            "power",
+            "PCIe",
+            "NVLink",
+            "bf16",
+            "tf32",
+            "fp8",
+            "FA-2",
+        ):
             table.add_column(col)
         for g in report.gpus:
             memory = (
@@ -141,8 +158,15 @@ def render_hardware_profile(p: HardwareProfile) -> None:
     """Draw one datasheet profile."""
     tf = p.peak_tflops
     peaks = ", ".join(
-        f"{k} {v:g}" for k, v in (("fp32", tf.fp32), ("tf32", tf.tf32), ("fp16", tf.fp16),
-                                  ("bf16", tf.bf16), ("fp8", tf.fp8)) if v
+        f"{k} {v:g}"
+        for k, v in (
+            ("fp32", tf.fp32),
+            ("tf32", tf.tf32),
+            ("fp16", tf.fp16),
+            ("bf16", tf.bf16),
+            ("fp8", tf.fp8),
+        )
+        if v
     )
     rows = [
         ("profile", f"{p.id} (datasheet, --hardware)"),
@@ -151,13 +175,18 @@ def render_hardware_profile(p: HardwareProfile) -> None:
         ("memory", f"{p.memory_gib:g} GiB at {p.memory_bandwidth_gb_s:g} GB/s"),
         ("dense TFLOP/s", peaks),
         ("compute capability", p.compute_capability or "-"),
-        ("interconnect", p.intra_node.name + f" {p.intra_node.bandwidth_gb_s:g} GB/s" if p.intra_node else "-"),
+        (
+            "interconnect",
+            p.intra_node.name + f" {p.intra_node.bandwidth_gb_s:g} GB/s" if p.intra_node else "-",
+        ),
         ("sources", "\n".join(p.sources)),
     ]
     console.print(_kv_table("Hardware profile", rows))
 
 
-def render_profiles(hardware: list[HardwareProfile], models: list[tuple[str, str, str, int]]) -> None:
+def render_profiles(
+    hardware: list[HardwareProfile], models: list[tuple[str, str, str, int]]
+) -> None:
     """Draw the hardware and model profile lists."""
     table = Table(title="Hardware profiles (--hardware)", title_justify="left")
     for col in ("id", "name", "memory", "bandwidth", "bf16 TFLOP/s", "fp8", "cc"):
@@ -178,8 +207,6 @@ def render_profiles(hardware: list[HardwareProfile], models: list[tuple[str, str
         for col in ("id", "name", "arch", "parameters"):
             table.add_column(col)
         for ident, name, arch, params in models:
-            from advisor.units import format_count
-
             table.add_row(ident, name, arch, format_count(params))
         console.print(table)
 
@@ -252,13 +279,62 @@ def render_rule(lr: LocatedRule) -> None:
 def render_check(report: CheckReport) -> None:
     """The rules check report: every defect with file and line, then a summary."""
     for d in report.defects:
-        console.print(f"{d}", markup=False)
+        console.print(f"{d}", markup=False, soft_wrap=True)
         if d.scenario:
             facts = ", ".join(f"{k}={v}" for k, v in d.scenario.items())
-            console.print(f"    scenario: {facts}", markup=False, style="dim")
+            console.print(f"    scenario: {facts}", markup=False, style="dim", soft_wrap=True)
     status = "[green]consistent[/]" if report.ok else f"[red]{len(report.defects)} defect(s)[/]"
     console.print(
         f"{status}: {report.rules_checked} rules in {len(report.rule_files)} files, "
         f"{report.techniques_checked} techniques, {report.facts_declared} facts, "
         f"{report.scenarios_explored} partial scenarios explored in {report.seconds:.2f} s"
     )
+
+
+def render_estimate(report: EstimateReport) -> None:
+    """The memory breakdown with a bar per component."""
+    c = report.config
+    console.print(
+        f"[bold]{report.model}[/] ({format_count(report.parameters)} parameters, "
+        f"{format_count(report.trainable_parameters)} trainable) — {c.task.value}, {c.optimizer}, "
+        f"{c.precision.value}, {c.attention.value} attention, "
+        f"checkpointing {c.checkpointing.value}, "
+        f"micro-batch {c.micro_batch} × {c.seq_len} tokens, {c.gpus} device(s), "
+        f"sharding {c.sharding.value}, offload {c.offload.value}"
+    )
+    table = Table(title_justify="left")
+    table.add_column("component")
+    table.add_column("bytes", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)
+    total = max(report.total_bytes, 1)
+    for name, value in report.breakdown.items():
+        if value == 0:
+            continue
+        table.add_row(name, format_bytes(value), f"{value / total:.0%}", bar(value / total))
+    table.add_row(
+        "[bold]peak per device[/]", f"[bold]{format_bytes(report.total_bytes)}[/]", "", ""
+    )
+    if report.host_bytes:
+        table.add_row("host (offloaded)", format_bytes(report.host_bytes), "", "")
+    console.print(table)
+    if report.device_memory_bytes is not None:
+        verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
+        console.print(
+            f"{verdict} on {report.hardware}: {format_bytes(report.total_bytes)} of "
+            f"{format_bytes(report.device_memory_bytes)}"
+        )
+    if report.host_fits is False:
+        console.print(
+            "[red]offloaded states exceed host RAM[/] "
+            f"({format_bytes(report.host_memory_bytes or 0)})"
+        )
+    if report.step_time is not None:
+        st = report.step_time
+        parts = ", ".join(
+            f"{k} {format_seconds(float(v['seconds']) if isinstance(v, dict) else float(v))}"
+            for k, v in st.components.items()
+        )
+        console.print(f"step time {format_seconds(st.seconds)} ({st.source}): {parts}")
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]")

@@ -12,7 +12,8 @@ A rule file looks like::
           - advise: MeZO needs only inference memory; expect many more steps.
         rationale: ...
         sources:
-          - {authors: Malladi et al., year: 2023, title: Fine-Tuning Language Models with Just Forward Passes}
+          - {authors: Malladi et al., year: 2023,
+             title: Fine-Tuning Language Models with Just Forward Passes}
 
 Actions: ``require`` and ``exclude`` are hard constraints; ``prefer`` and ``avoid`` add or
 subtract ``weight`` (default 1) to a technique's score; ``advise`` attaches text.
@@ -68,7 +69,8 @@ class Action(_Frozen):
         verbs = [v for v in ("require", "exclude", "prefer", "avoid", "advise") if getattr(self, v)]
         if len(verbs) != 1:
             raise ValueError(
-                f"an action needs exactly one of require, exclude, prefer, avoid, advise; got {verbs}"
+                "an action needs exactly one of require, exclude, prefer, avoid, advise;"
+                f" got {verbs}"
             )
         if self.weight is not None and verbs[0] not in ("prefer", "avoid"):
             raise ValueError("only prefer and avoid take a weight")
@@ -76,7 +78,9 @@ class Action(_Frozen):
 
     @property
     def verb(self) -> str:
-        return next(v for v in ("require", "exclude", "prefer", "avoid", "advise") if getattr(self, v))
+        return next(
+            v for v in ("require", "exclude", "prefer", "avoid", "advise") if getattr(self, v)
+        )
 
     @property
     def techniques(self) -> list[str]:
@@ -245,7 +249,9 @@ def _parse_problem(text: str) -> Problem:
     rest = parts[1:] + ["-"] * (3 - len(parts[1:]))
     if len(parts) < 4:
         return Problem(kind="schema", file=file, line=int(line), message=": ".join(parts[1:]))
-    return Problem(kind="schema", file=file, line=int(line), ident=rest[0], field=rest[1], message=rest[2])
+    return Problem(
+        kind="schema", file=file, line=int(line), ident=rest[0], field=rest[1], message=rest[2]
+    )
 
 
 def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
@@ -253,12 +259,16 @@ def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
     try:
         raw = load_yaml(path)
     except OSError as exc:
-        problems.append(Problem(kind="schema", file=f, line=0, message=f"cannot read: {exc.strerror}"))
+        problems.append(
+            Problem(kind="schema", file=f, line=0, message=f"cannot read: {exc.strerror}")
+        )
         return []
     except yaml.YAMLError as exc:
         msg = " ".join(str(exc).split())
         problems.append(
-            Problem(kind="schema", file=f, line=yaml_error_line(exc), message=f"invalid YAML: {msg}")
+            Problem(
+                kind="schema", file=f, line=yaml_error_line(exc), message=f"invalid YAML: {msg}"
+            )
         )
         return []
     if not isinstance(raw, dict) or not isinstance(raw.get("rules"), list):
@@ -307,12 +317,21 @@ def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
     return out
 
 
-def _reference_problems(lr: LocatedRule, facts: FactSpace, technique_ids: set[str]) -> list[Problem]:
+def _reference_problems(
+    lr: LocatedRule, facts: FactSpace, technique_ids: set[str]
+) -> list[Problem]:
     problems = []
 
     def add(kind: str, field: str, message: str) -> None:
         problems.append(
-            Problem(kind=kind, file=lr.file, line=lr.line, ident=lr.rule.id, field=field, message=message)
+            Problem(
+                kind=kind,
+                file=lr.file,
+                line=lr.line,
+                ident=lr.rule.id,
+                field=field,
+                message=message,
+            )
         )
 
     for comp in comparisons(lr.rule.when):
@@ -340,4 +359,6 @@ def _operand_problems(fact: Fact, op: str, operand: Any) -> list[str]:
         ok = all(isinstance(v, bool) for v in values)
         return [] if ok else [f"{fact.name} is bool; {operand!r} is not true/false"]
     bad = [v for v in values if v not in (fact.values or [])]
-    return [f"{fact.name} has no value {v!r} (allowed: {', '.join(fact.values or [])})" for v in bad]
+    return [
+        f"{fact.name} has no value {v!r} (allowed: {', '.join(fact.values or [])})" for v in bad
+    ]

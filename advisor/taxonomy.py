@@ -388,7 +388,8 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
 
     Raises:
         DataError: listing every problem (schema, duplicate ids, dangling
-            ``incompatible_with`` references, order by category) as ``file:line: id: field: message``.
+            ``incompatible_with`` references, order by category), each as
+            ``file:line: id: field: message``.
     """
     path = path or rules_dir() / "taxonomy.yaml"
     problems: list[str] = []

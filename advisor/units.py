@@ -49,7 +49,7 @@ def parse_count(text: str, what: str = "model size") -> int:
     value = float(m.group(1)) * _COUNT_SUFFIX[m.group(2)]
     if value < 1:
         raise UserError(f"invalid {what} {text!r}: must be positive", "e.g. 125M, 7B, 70B")
-    return int(round(value))
+    return round(value)
 
 
 def parse_bytes(text: str, what: str = "memory size") -> int:
@@ -76,7 +76,7 @@ def parse_bytes(text: str, what: str = "memory size") -> int:
     value = float(m.group(1)) * _BYTE_SUFFIX[unit]
     if value <= 0:
         raise UserError(f"invalid {what} {text!r}: must be positive", "e.g. 24GB")
-    return int(round(value))
+    return round(value)
 
 
 def parse_length(text: str, what: str = "sequence length") -> int:

@@ -51,7 +51,7 @@ def load_yaml(path: Path) -> Any:
         yaml.YAMLError: when the text is not YAML (the caller reports it with the file name).
         OSError: when the file cannot be read.
     """
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
 
 
 def line_of(data: Any, loc: tuple[int | str, ...] = ()) -> int:

@@ -91,7 +91,9 @@ def fake_nvml() -> FakeNVML:
     return FakeNVML()
 
 
-def make_cgroup_v2(root: Path, memory_max: str, memory_current: int = 0, cpu_max: str = "max 100000") -> Path:
+def make_cgroup_v2(
+    root: Path, memory_max: str, memory_current: int = 0, cpu_max: str = "max 100000"
+) -> Path:
     """A cgroup v2 unified tree with this process at its root."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "cgroup.controllers").write_text("cpu memory\n")

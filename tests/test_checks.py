@@ -29,14 +29,21 @@ def kinds(report: CheckReport) -> set[DefectKind]:
 def test_consistent_fixture_passes_and_counts_what_it_checked() -> None:
     report = run("ok")
     assert report.ok, [str(d) for d in report.defects]
-    assert report.rules_checked == 2 and report.techniques_checked == 4 and report.facts_declared == 5
+    assert (
+        report.rules_checked == 2 and report.techniques_checked == 4 and report.facts_declared == 5
+    )
     assert len(report.rule_files) == 1 and report.scenarios_explored > 0
 
 
-def _defect(report: CheckReport, kind: DefectKind, rule: str | None = None, technique: str | None = None):  # type: ignore[no-untyped-def]
+def _defect(
+    report: CheckReport, kind: DefectKind, rule: str | None = None, technique: str | None = None
+):  # type: ignore[no-untyped-def]
     found = [
-        d for d in report.defects
-        if d.kind is kind and (rule is None or d.rule == rule) and (technique is None or d.technique == technique)
+        d
+        for d in report.defects
+        if d.kind is kind
+        and (rule is None or d.rule == rule)
+        and (technique is None or d.technique == technique)
     ]
     assert found, f"no {kind.value} for {rule or technique}: {[str(d) for d in report.defects]}"
     return found[0]
@@ -45,7 +52,11 @@ def _defect(report: CheckReport, kind: DefectKind, rule: str | None = None, tech
 def test_schema_errors_name_file_line_and_field() -> None:
     report = run("schema")
     two = _defect(report, DefectKind.SCHEMA, rule="two-verbs")
-    assert two.file.endswith("schema/broken.yaml") and two.line == 6 and "exactly one of" in two.message
+    assert (
+        two.file.endswith("schema/broken.yaml")
+        and two.line == 6
+        and "exactly one of" in two.message
+    )
     bad = _defect(report, DefectKind.SCHEMA, rule="bad-operator")
     assert bad.line == 12 and "exactly one operator" in bad.message
 
@@ -80,7 +91,9 @@ def test_dead_rules_including_through_an_invariant() -> None:
 
 
 def test_required_and_excluded_in_one_scenario() -> None:
-    d = _defect(run("contradiction"), DefectKind.CONTRADICTION, rule="require-adamw-when-finetuning")
+    d = _defect(
+        run("contradiction"), DefectKind.CONTRADICTION, rule="require-adamw-when-finetuning"
+    )
     assert d.technique == "adamw" and "exclude-adamw-when-tight" in d.message
     assert d.scenario is not None
     assert d.scenario["task"] == "finetune" and float(d.scenario["memory_headroom"]) < 1
@@ -88,8 +101,14 @@ def test_required_and_excluded_in_one_scenario() -> None:
 
 def test_two_optimizers_required_at_once() -> None:
     d = _defect(run("two-optimizers"), DefectKind.CONTRADICTION)
-    assert {"require-sgd-when-private", "require-adamw-on-cuda"} & {d.rule} and "one optimizer" in d.message
-    assert d.scenario == {"compute_capability": d.scenario["compute_capability"], "device_kind": "cuda", "private": True}
+    assert {"require-sgd-when-private", "require-adamw-on-cuda"} & {
+        d.rule
+    } and "one optimizer" in d.message
+    assert d.scenario == {
+        "compute_capability": d.scenario["compute_capability"],
+        "device_kind": "cuda",
+        "private": True,
+    }
 
 
 def test_hard_constraints_that_leave_no_optimizer() -> None:

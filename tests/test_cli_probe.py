@@ -37,7 +37,14 @@ def test_probe_json_says_no_gpu_plainly(probe_json: dict[str, object]) -> None:
 def test_probe_table_names_every_section() -> None:
     result = runner.invoke(app, ["probe"], env={"NO_COLOR": "1", "COLUMNS": "120"})
     assert result.exit_code == 0
-    for words in ("CPU", "Memory", "GPUs  none found", "Software", "SDPA backends", "effective limit"):
+    for words in (
+        "CPU",
+        "Memory",
+        "GPUs  none found",
+        "Software",
+        "SDPA backends",
+        "effective limit",
+    ):
         assert words in result.stdout
 
 

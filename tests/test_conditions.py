@@ -19,9 +19,16 @@ def parse(raw: object) -> Condition:
 def test_every_operator() -> None:
     facts = {"n": 8, "task": "lora", "dp": True}
     cases = [
-        ("n", "eq", 8, True), ("n", "ne", 8, False), ("n", "lt", 8, False), ("n", "le", 8, True),
-        ("n", "gt", 7.5, True), ("n", "ge", 9, False), ("task", "in", ["lora", "qlora"], True),
-        ("task", "not_in", ["lora"], False), ("n", "between", [8, 16], True), ("dp", "eq", True, True),
+        ("n", "eq", 8, True),
+        ("n", "ne", 8, False),
+        ("n", "lt", 8, False),
+        ("n", "le", 8, True),
+        ("n", "gt", 7.5, True),
+        ("n", "ge", 9, False),
+        ("task", "in", ["lora", "qlora"], True),
+        ("task", "not_in", ["lora"], False),
+        ("n", "between", [8, 16], True),
+        ("dp", "eq", True, True),
     ]
     for fact, op, arg, expected in cases:
         assert evaluate(parse({"fact": fact, op: arg}), facts) is expected, (fact, op, arg)

@@ -46,8 +46,8 @@ def test_installed_wheel_finds_its_data_from_another_folder(wheel: Path, tmp_pat
     elsewhere.mkdir()
     code = (
         "import advisor.resources as r, advisor.hardware as h; "
-        "assert str(r.rules_dir()).startswith(%r), r.rules_dir(); "
-        "print(len(h.load_hardware_profiles()))" % str(site)
+        f"assert str(r.rules_dir()).startswith({str(site)!r}), r.rules_dir(); "
+        "print(len(h.load_hardware_profiles()))"
     )
     # The unpacked wheel first on the path; its dependencies from this interpreter.
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -19,7 +19,14 @@ def test_nvml_several_gpus_are_reported_with_derived_capabilities() -> None:
         gpus=[
             FakeGpu(),
             FakeGpu(name="NVIDIA A100-SXM4-40GB", total=42_949_672_960, cc=(8, 0), nvlinks=12),
-            FakeGpu(name="Tesla T4", total=16_106_127_360, cc=(7, 5), power_mw=70_000, pcie=(3, 16), nvlinks=0),
+            FakeGpu(
+                name="Tesla T4",
+                total=16_106_127_360,
+                cc=(7, 5),
+                power_mw=70_000,
+                pcie=(3, 16),
+                nvlinks=0,
+            ),
         ],
         driver=b"535.104.05",  # old pynvml returns bytes
     )
@@ -28,7 +35,12 @@ def test_nvml_several_gpus_are_reported_with_derived_capabilities() -> None:
     assert nvml.shutdown_called
     assert [g.name for g in gpus] == ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "Tesla T4"]
     h100, a100, t4 = gpus
-    assert (h100.compute_capability, h100.fp8, h100.bf16, h100.flash_attention_2) == ("9.0", True, True, True)
+    assert (h100.compute_capability, h100.fp8, h100.bf16, h100.flash_attention_2) == (
+        "9.0",
+        True,
+        True,
+        True,
+    )
     assert (a100.fp8, a100.bf16, a100.tf32, a100.flash_attention_2) == (False, True, True, True)
     assert (t4.bf16, t4.tf32, t4.fp8, t4.flash_attention_2) == (False, False, False, False)
     assert h100.driver_version == "535.104.05" and h100.cuda_driver_version == "12.4"
@@ -123,7 +135,10 @@ def test_no_cgroup_at_all(tmp_path: Path, proc_cgroup_root: Path) -> None:
 
 
 def test_cgroup_cpu_quota(tmp_path: Path) -> None:
-    assert probe.read_cgroup_cpu_limit(make_cgroup_v2(tmp_path / "a", "max", cpu_max="150000 100000")) == 1.5
+    assert (
+        probe.read_cgroup_cpu_limit(make_cgroup_v2(tmp_path / "a", "max", cpu_max="150000 100000"))
+        == 1.5
+    )
     assert probe.read_cgroup_cpu_limit(make_cgroup_v2(tmp_path / "b", "max")) is None
     assert probe.read_cgroup_cpu_limit(make_cgroup_v1(tmp_path / "c", 1, quota=200000)) == 2.0
     assert probe.read_cgroup_cpu_limit(make_cgroup_v1(tmp_path / "d", 1, quota=-1)) is None
@@ -132,7 +147,9 @@ def test_cgroup_cpu_quota(tmp_path: Path) -> None:
 def test_real_cpu_matches_proc_cpuinfo() -> None:
     cpu = probe.probe_cpu()
     text = Path("/proc/cpuinfo").read_text()
-    flags = next(line for line in text.splitlines() if line.startswith("flags")).split(":")[1].split()
+    flags = (
+        next(line for line in text.splitlines() if line.startswith("flags")).split(":")[1].split()
+    )
     assert cpu.features["avx2"] == ("avx2" in flags)
     assert cpu.features["avx512_bf16"] == ("avx512_bf16" in flags)
     assert cpu.logical_cores == psutil.cpu_count()
@@ -192,8 +209,11 @@ class _FakeCuda:
 def test_torch_cuda_fallback_when_nvml_is_missing() -> None:
     from types import SimpleNamespace
 
-    fake_torch = SimpleNamespace(cuda=_FakeCuda(), version=SimpleNamespace(hip=None, cuda="12.4"),
-                                 backends=SimpleNamespace(mps=None))
+    fake_torch = SimpleNamespace(
+        cuda=_FakeCuda(),
+        version=SimpleNamespace(hip=None, cuda="12.4"),
+        backends=SimpleNamespace(mps=None),
+    )
     gpus = probe.probe_torch_gpus(fake_torch)
     assert len(gpus) == 2 and gpus[0].backend == "torch.cuda"
     assert gpus[0].compute_capability == "8.9" and gpus[0].fp8 and gpus[0].flash_attention_2
@@ -213,7 +233,17 @@ def test_mps_is_reported_when_present() -> None:
 
 
 def test_capabilities_by_compute_capability() -> None:
-    assert probe.capabilities("8.9") == {"bf16": True, "tf32": True, "fp8": True, "flash_attention_2": True}
+    assert probe.capabilities("8.9") == {
+        "bf16": True,
+        "tf32": True,
+        "fp8": True,
+        "flash_attention_2": True,
+    }
     assert probe.capabilities("8.6")["fp8"] is False
-    assert probe.capabilities("7.0") == {"bf16": False, "tf32": False, "fp8": False, "flash_attention_2": False}
+    assert probe.capabilities("7.0") == {
+        "bf16": False,
+        "tf32": False,
+        "fp8": False,
+        "flash_attention_2": False,
+    }
     assert probe.capabilities(None)["bf16"] is False

@@ -5,13 +5,28 @@ from __future__ import annotations
 import pytest
 
 from advisor.errors import UserError
-from advisor.units import format_bytes, format_count, format_seconds, parse_bytes, parse_count, parse_length
+from advisor.units import (
+    format_bytes,
+    format_count,
+    format_seconds,
+    parse_bytes,
+    parse_count,
+    parse_length,
+)
 
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("7B", 7_000_000_000), ("1.3B", 1_300_000_000), ("125M", 125_000_000), ("70b", 70_000_000_000),
-     ("1T", 10**12), ("350000", 350_000), (" 13B ", 13_000_000_000), ("0.5B", 500_000_000)],
+    [
+        ("7B", 7_000_000_000),
+        ("1.3B", 1_300_000_000),
+        ("125M", 125_000_000),
+        ("70b", 70_000_000_000),
+        ("1T", 10**12),
+        ("350000", 350_000),
+        (" 13B ", 13_000_000_000),
+        ("0.5B", 500_000_000),
+    ],
 )
 def test_parse_count(text: str, value: int) -> None:
     assert parse_count(text) == value
@@ -26,8 +41,14 @@ def test_parse_count_rejects_with_a_hint(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("24GB", 24 * 10**9), ("80GiB", 80 * 2**30), ("16G", 16 * 2**30), ("512MiB", 512 * 2**20),
-     ("1.5TB", 1_500_000_000_000), ("100B", 100)],
+    [
+        ("24GB", 24 * 10**9),
+        ("80GiB", 80 * 2**30),
+        ("16G", 16 * 2**30),
+        ("512MiB", 512 * 2**20),
+        ("1.5TB", 1_500_000_000_000),
+        ("100B", 100),
+    ],
 )
 def test_parse_bytes(text: str, value: int) -> None:
     assert parse_bytes(text) == value
