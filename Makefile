@@ -23,7 +23,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check advisor tests
 	$(VENV)/bin/mypy advisor
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/yamllint -s -c .yamllint rules profiles
+	$(VENV)/bin/yamllint -s -c .yamllint rules profiles tests/fixtures
 
 rules-check: $(VENV)/.installed
 	$(VENV)/bin/optadvise rules check

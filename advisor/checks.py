@@ -286,13 +286,17 @@ class _Checker:
         self.rules: list[LocatedRule] = [*ruleset.rules, *requirement_rules(taxonomy)]
         self.domains = fact_domains(ruleset.facts, [r.rule.when for r in self.rules])
         self.search = _Search(ruleset.facts, self.domains)
+        self._index: dict[tuple[str, str], list[LocatedRule]] = {}
+        for r in self.rules:
+            for a in r.rule.then:
+                for t in a.techniques:
+                    bucket = self._index.setdefault((a.verb, t), [])
+                    if r not in bucket:
+                        bucket.append(r)
 
     def _by_verb(self, verb: str, technique: str) -> list[LocatedRule]:
-        return [
-            r
-            for r in self.rules
-            if any(a.verb == verb and technique in a.techniques for a in r.rule.then)
-        ]
+        """The rules with a ``verb`` action naming ``technique``."""
+        return self._index.get((verb, technique), [])
 
     def run(self) -> list[Defect]:
         out = self._documentation()
@@ -351,8 +355,9 @@ class _Checker:
             {t for r in live for a in r.rule.then if a.verb == "require" for t in a.techniques}
         )
         for tid in ids:
-            for req in (r for r in live if r in self._by_verb("require", tid)):
-                for exc in (r for r in live if r in self._by_verb("exclude", tid)):
+            live_ids = {r.rule.id for r in live}
+            for req in (r for r in self._by_verb("require", tid) if r.rule.id in live_ids):
+                for exc in (r for r in self._by_verb("exclude", tid) if r.rule.id in live_ids):
                     witness = self.search.find(must_hold=[req.rule.when, exc.rule.when])
                     if witness is not None:
                         out.append(
@@ -399,9 +404,10 @@ class _Checker:
 
     def _optimizer_feasibility(self, live: list[LocatedRule]) -> list[Defect]:
         optimizers = [t.id for t in self.taxonomy.techniques if t.category is Category.OPTIMIZER]
+        live_ids = {r.rule.id for r in live}
         groups = []
         for oid in optimizers:
-            excluders = [r.rule.when for r in live if r in self._by_verb("exclude", oid)]
+            excluders = [r.rule.when for r in self._by_verb("exclude", oid) if r.rule.id in live_ids]
             if not excluders:
                 return []  # this optimizer is never excluded: always feasible
             groups.append(excluders)
@@ -429,18 +435,18 @@ class _Checker:
 
     def _unreachable(self, live: list[LocatedRule]) -> list[Defect]:
         out = []
+        live_ids = {r.rule.id for r in live}
         for tech in sorted(self.taxonomy.techniques, key=lambda t: t.id):
-            excluders = [r.rule.when for r in live if r in self._by_verb("exclude", tech.id)]
+            excluders = [
+                r.rule.when for r in self._by_verb("exclude", tech.id) if r.rule.id in live_ids
+            ]
             if tech.id in self.candidate_ids:
                 reachable = self.search.find(must_fail=excluders) is not None
             else:
                 promoters = [
                     r.rule.when
-                    for r in live
-                    if any(
-                        a.verb in ("prefer", "require") and tech.id in a.techniques
-                        for a in r.rule.then
-                    )
+                    for r in [*self._by_verb("prefer", tech.id), *self._by_verb("require", tech.id)]
+                    if r.rule.id in live_ids
                 ]
                 reachable = any(
                     self.search.find(must_hold=[p], must_fail=excluders) is not None

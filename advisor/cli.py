@@ -418,6 +418,111 @@ def estimate(
         render.render_estimate(report)
 
 
+@app.command()
+@handle_errors
+def recommend(
+    model_size: ModelSizeOpt = None,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    task: Annotated[
+        str, typer.Option("--task", help="pretrain, finetune (default), lora or qlora.")
+    ] = "finetune",
+    seq_len: Annotated[
+        str | None,
+        typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
+    ] = None,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Samples per device per pass.")] = 1,
+    global_batch: Annotated[
+        int | None,
+        typer.Option("--global-batch", help="Samples per optimizer step (sets accumulation)."),
+    ] = None,
+    hardware: Annotated[
+        str | None,
+        typer.Option("--hardware", help="Plan for a profile instead of this machine (profiles list)."),
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", help="Devices per node (default: all local GPUs, or 1).")
+    ] = None,
+    nodes: Annotated[int, typer.Option("--nodes", help="Machines.")] = 1,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option("--memory-budget", help="Device memory to plan with, e.g. 24GB (overrides)."),
+    ] = None,
+    objective: Annotated[
+        str, typer.Option("--objective", help="speed, memory, balanced (default) or quality.")
+    ] = "balanced",
+    privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
+    sparse_features: Annotated[
+        bool, typer.Option("--sparse-features", help="The model learns sparse features.")
+    ] = False,
+    top: Annotated[int, typer.Option("--top", help="How many configurations to show.")] = 5,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(
+            "--calibrate/--no-calibrate",
+            help="--calibrate: run a quick calibration first. --no-calibrate: never touch torch; "
+            "analytic costs. Default: use this device's calibration cache when there is one.",
+        ),
+    ] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Show every rule that fired.")] = False,
+    emit: Annotated[
+        str | None,
+        typer.Option("--emit", help="Write the first pick as deepspeed, accelerate or torch config."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
+    json_out: JsonOpt = False,
+    schema: SchemaOpt = False,
+) -> None:
+    """Recommend how to train: ranked configurations with reasons, by measured cost."""
+    from advisor.recommend import RecommendReport
+
+    if schema:
+        _print_schema(RecommendReport)
+        return
+    from advisor import render
+    from advisor.advise import RecommendRequest, run_recommend
+
+    for flag, value in (
+        ("--micro-batch", micro_batch),
+        ("--global-batch", global_batch),
+        ("--gpus", gpus),
+        ("--nodes", nodes),
+        ("--top", top),
+    ):
+        _positive(value, flag)
+    if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
+        raise UserError(f"invalid --emit {emit!r}", "use deepspeed, accelerate or torch")
+    spec = _resolve_model(model_size, model, model_config)
+    request = RecommendRequest.from_flags(
+        spec=spec,
+        task=task,
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        global_batch=global_batch,
+        hardware=hardware,
+        gpus=gpus,
+        nodes=nodes,
+        memory_budget=memory_budget,
+        objective=objective,
+        privacy=privacy,
+        sparse_features=sparse_features,
+        top=top,
+        calibrate=calibrate,
+    )
+    report = run_recommend(request, progress=None if json_out else render.calibration_progress)
+    if emit is not None:
+        from advisor.advise import write_emitted
+
+        written = write_emitted(report, emit, out, nodes=nodes)
+        if not json_out:
+            for path in written:
+                render.console.print(f"wrote {path}")
+    if json_out:
+        render.print_json(report)
+    else:
+        render.render_recommend(report, explain=explain)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -14,6 +14,7 @@ from rich.table import Table
 from advisor.checks import CheckReport
 from advisor.estimate import EstimateReport
 from advisor.hardware import HardwareProfile, ProbeReport
+from advisor.recommend import RecommendReport
 from advisor.ruleset import LocatedRule
 from advisor.taxonomy import Category, Order, Taxonomy, Technique
 from advisor.units import format_bytes, format_count, format_seconds
@@ -338,3 +339,115 @@ def render_estimate(report: EstimateReport) -> None:
         console.print(f"step time {format_seconds(st.seconds)} ({st.source}): {parts}")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
+
+
+# --- recommend ----------------------------------------------------------------------------
+
+
+def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
+    """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
+    hw, wl = report.hardware, report.workload
+    console.print(
+        f"[bold]{wl.model}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
+        f"seq {wl.seq_len}, micro-batch {wl.micro_batch} × accumulation {wl.grad_accumulation}"
+        f" × {wl.world_size} device(s) = global batch {wl.global_batch}, objective {wl.objective}"
+        + (", differentially private" if wl.privacy == "dp" else "")
+    )
+    nodes = f" × {hw.nodes} nodes" if hw.nodes > 1 else ""
+    devices = f"{hw.gpus_per_node} × " if hw.gpus_per_node > 1 else ""
+    console.print(
+        f"on {devices}{hw.name}{nodes} ({hw.source}): {format_bytes(hw.device_memory_bytes)} per "
+        f"device, {format_bytes(hw.usable_memory_bytes)} usable "
+        f"({hw.safety_margin:.0%} safety margin)"
+    )
+    console.print(f"[dim]{report.cost_note}[/]")
+    if not report.recommendations:
+        console.print(
+            f"\n[bold red]Nothing fits.[/] {report.candidates_considered} configurations "
+            "considered; what would fit:"
+        )
+        for s in report.suggestions:
+            console.print(f"  • [bold]{s.change}[/]: {s.detail}")
+    else:
+        table = Table(title_justify="left", show_lines=False)
+        for col, justify in (
+            ("#", "right"),
+            ("optimizer", "left"),
+            ("precision", "left"),
+            ("attention", "left"),
+            ("techniques", "left"),
+            ("sharding", "left"),
+            ("peak memory (headroom)", "right"),
+            ("step time", "right"),
+            ("tokens/s", "right"),
+            ("cost", "left"),
+        ):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for r in report.recommendations:
+            savers = [
+                t
+                for t in r.techniques
+                if t not in (r.optimizer, r.precision) and not t.endswith("attention")
+            ]
+            savers = [t for t in savers if t not in ("zero-1", "zero-2", "zero-3", "fsdp", "ddp")]
+            table.add_row(
+                str(r.rank),
+                f"{r.optimizer} [dim]({r.order})[/]",
+                r.precision,
+                r.attention,
+                ", ".join(savers) or "-",
+                r.sharding,
+                f"{format_bytes(r.peak_memory_bytes)} ({format_bytes(r.headroom_bytes)})",
+                format_seconds(r.step_time_s),
+                f"{r.tokens_per_s:,.0f}",
+                r.cost_source,
+            )
+        console.print(table)
+        best = report.recommendations[0]
+        console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
+        if not best.reasons:
+            console.print("  ranked first on cost; no rule prefers or avoids its techniques")
+        for reason in best.reasons:
+            console.print(f"  • [cyan]{reason.rule}[/] {reason.effect}: {reason.rationale}")
+            if reason.sources:
+                console.print(f"    [dim]{'; '.join(reason.sources)}[/]")
+        console.print(f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):")
+        total = max(best.peak_memory_bytes, 1)
+        for name, value in best.memory_breakdown.items():
+            if value:
+                console.print(
+                    f"  {name:<18} {bar(value / total)} {format_bytes(value):>10}", markup=False
+                )
+    if report.why_not:
+        console.print("\n[bold]Why not[/]")
+        for w in report.why_not:
+            console.print(f"  • {w.option}: {w.verdict}")
+    if report.advice:
+        console.print("\n[bold]Advice[/]")
+        for a in report.advice:
+            console.print(f"  • {a.effect} [dim]({a.rule})[/]")
+    if explain:
+        console.print(f"\n[bold]Every rule that fired[/] ({len(report.fired_rules)})")
+        for r in report.fired_rules:
+            console.print(f"  • [cyan]{r.rule}[/] {r.effect}")
+            console.print(f"    {r.rationale}")
+            if r.sources:
+                console.print(f"    [dim]{'; '.join(r.sources)}[/]")
+        console.print("\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items()))
+    rejected = len(report.rejected)
+    console.print(
+        f"\n[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
+        f"({', '.join(f'{k}: {v}' for k, v in _count_kinds(report).items())}); "
+        "--json lists them all with reasons[/]"
+    )
+
+
+def _fact(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _count_kinds(report: RecommendReport) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in report.rejected:
+        out[r.kind] = out.get(r.kind, 0) + 1
+    return dict(sorted(out.items()))
