@@ -1,0 +1,261 @@
+"""The recommend job end to end: probe or profile, calibration cache, rules, ranking, emit.
+
+This module joins the measurement layer (probe, calibration) to the pure core; torch is
+imported only when a calibration runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from advisor.config import Task
+from advisor.errors import UserError
+from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
+from advisor.modelspec import ModelSpec
+from advisor.recommend import (
+    Context,
+    Objective,
+    Privacy,
+    RecommendReport,
+    StepCost,
+    Target,
+    Workload,
+    recommend,
+    target_from_probe,
+    target_from_profile,
+)
+from advisor.ruleset import load_rules
+from advisor.taxonomy import load_taxonomy
+from advisor.units import parse_bytes, parse_length
+
+Progress = Callable[[str, float], None]
+DEFAULT_SEQ_LEN = 2048
+
+
+class RecommendRequest(BaseModel):
+    """The validated flags of `optadvise recommend`."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: ModelSpec
+    workload: Workload
+    hardware: str | None
+    gpus: int | None
+    memory_budget: int | None
+    top: int
+    calibrate: bool | None
+
+    @classmethod
+    def from_flags(
+        cls,
+        *,
+        spec: ModelSpec,
+        task: str,
+        seq_len: str | None,
+        micro_batch: int,
+        global_batch: int | None,
+        hardware: str | None,
+        gpus: int | None,
+        nodes: int,
+        memory_budget: str | None,
+        objective: str,
+        privacy: str,
+        sparse_features: bool,
+        top: int,
+        calibrate: bool | None,
+    ) -> RecommendRequest:
+        """Parse and check every flag.
+
+        Raises:
+            UserError: naming the flag and what it accepts.
+        """
+        task_v = _choice(Task, task, "--task")
+        objective_v = _choice(Objective, objective, "--objective")
+        privacy_v = _choice(Privacy, privacy, "--privacy")
+        limit = spec.max_position_embeddings or DEFAULT_SEQ_LEN
+        s = parse_length(seq_len) if seq_len else min(DEFAULT_SEQ_LEN, limit)
+        if s > limit and spec.position.value == "learned":
+            raise UserError(
+                f"--seq-len {s} exceeds {spec.name}'s {limit} learned positions",
+                f"use --seq-len {limit} or less",
+            )
+        if hardware is not None and calibrate:
+            raise UserError(
+                "--calibrate measures this machine, but --hardware plans for another one",
+                "drop --calibrate: profile costs are analytic (datasheet figures)",
+            )
+        if global_batch is not None and global_batch < micro_batch * (gpus or 1) * nodes:
+            raise UserError(
+                f"--global-batch {global_batch} is smaller than one micro-batch on every device "
+                f"({micro_batch} x {(gpus or 1) * nodes})",
+                "raise --global-batch or lower --micro-batch",
+            )
+        workload = Workload(
+            task=task_v,
+            seq_len=s,
+            micro_batch=micro_batch,
+            global_batch=global_batch,
+            gpus=gpus or 1,
+            nodes=nodes,
+            privacy=privacy_v,
+            objective=objective_v,
+            sparse_features=sparse_features,
+        )
+        return cls(
+            spec=spec,
+            workload=workload,
+            hardware=hardware,
+            gpus=gpus,
+            memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None,
+            top=top,
+            calibrate=calibrate,
+        )
+
+
+def _choice(kind: Any, value: str, flag: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(v.value for v in kind)
+        raise UserError(f"invalid {flag} {value!r}", f"use one of: {allowed}") from None
+
+
+def _cpu_clock_ghz() -> float | None:
+    """The nominal clock from /proc/cpuinfo ("cpu MHz"), for the analytic CPU peak."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) / 1000
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> RecommendReport:
+    """Probe (or load the profile), find the costs, apply the rules, rank.
+
+    Raises:
+        UserError: for unknown profiles, impossible flag combinations, broken data files.
+    """
+    taxonomy = load_taxonomy()
+    ruleset = load_rules(technique_ids=set(taxonomy.ids()))
+    profiles = load_hardware_profiles()
+    w = req.workload
+    calibration: Any = None
+    note = ""
+    if req.hardware:
+        profile = get_hardware_profile(req.hardware)
+        target = target_from_profile(
+            profile, gpus=req.gpus or 1, nodes=w.nodes, memory_budget=req.memory_budget
+        )
+        note = f"costs: analytic, from the {profile.id} datasheet figures"
+    else:
+        from advisor.probe import probe_hardware
+
+        report = probe_hardware(with_torch=False)
+        target = target_from_probe(
+            report,
+            profiles,
+            gpus=req.gpus,
+            nodes=w.nodes,
+            memory_budget=req.memory_budget,
+            clock_ghz=_cpu_clock_ghz(),
+        )
+        if req.gpus is None and target.gpus_per_node > 1:
+            w = w.model_copy(update={"gpus": target.gpus_per_node})
+        calibration, note = _local_costs(req, target, progress)
+        if calibration is not None:
+            target = _with_measured_precision(target, calibration)
+    ctx = Context(spec=req.spec, workload=w, target=target, taxonomy=taxonomy, ruleset=ruleset)
+    return recommend(ctx, _cost_fn(ctx, calibration, target.profile), top=req.top, cost_note=note)
+
+
+def _local_costs(
+    req: RecommendRequest, target: Target, progress: Progress | None
+) -> tuple[Any, str]:
+    """The calibration cache for this device, run first with --calibrate."""
+    if req.calibrate is False:
+        return None, "costs: analytic (--no-calibrate), from the probed hardware's peak figures"
+    from advisor.calibration import cache as cal_cache
+
+    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
+    if req.calibrate:
+        from advisor.calibration.runner import run_calibration
+
+        calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
+        return calibration, f"costs: measured on this device (quick calibration, {device})"
+    cached, warning = cal_cache.load_cache_for(device)
+    if cached is None:
+        hint = "run `optadvise calibrate` or pass --calibrate for measured costs"
+        return None, f"costs: analytic (no calibration cache for this device; {hint})" + (
+            f" [{warning}]" if warning else ""
+        )
+    return cached, f"costs: measured on this device (calibration cache {cached.created_at})"
+
+
+def _with_measured_precision(target: Target, calibration: Any) -> Target:
+    fast = getattr(calibration, "fast_bf16", None)
+    if fast is None:
+        return target
+    return target.model_copy(update={"fast_bf16": bool(fast)})
+
+
+def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callable[..., StepCost]:
+    from advisor.cost import predict_step_time
+
+    def cost(config: Any) -> StepCost:
+        st = predict_step_time(ctx.spec, config, calibration=calibration, hardware=profile)
+        return StepCost(
+            seconds=st.seconds,
+            source=str(getattr(st.source, "value", st.source)),
+            components={k: float(v.seconds) for k, v in st.components.items()},
+        )
+
+    return cost
+
+
+def write_emitted(report: RecommendReport, kind: str, out: Path, *, nodes: int) -> list[Path]:
+    """Write the first pick as a DeepSpeed JSON, Accelerate YAML or PyTorch snippet.
+
+    Raises:
+        UserError: when nothing fits (nothing to emit) or the folder cannot be written.
+    """
+    if not report.recommendations:
+        raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
+    from advisor import emit as emitters
+
+    best = report.recommendations[0]
+    gpus = max(1, report.hardware.gpus_per_node)
+    impl = load_taxonomy().get(best.optimizer).implementation
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror}", "pass another --out folder") from None
+    if kind == "deepspeed":
+        result = emitters.emit_deepspeed(
+            best.config, nodes=nodes, gpus_per_node=gpus, optimizer_implementation=impl
+        )
+        data = result[0] if isinstance(result, tuple) else getattr(result, "config", result)
+        path = out / "deepspeed_config.json"
+        _atomic_write(path, json.dumps(data, indent=2) + "\n")
+    elif kind == "accelerate":
+        path = out / "accelerate_config.yaml"
+        _atomic_write(path, emitters.emit_accelerate(best.config, nodes=nodes, gpus_per_node=gpus))
+    else:
+        path = out / "train_optadvise.py"
+        _atomic_write(path, emitters.emit_torch(best.config, optimizer_implementation=impl))
+    return [path]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}", "pass another --out folder") from None
