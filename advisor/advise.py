@@ -6,7 +6,6 @@ imported only when a calibration runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ class RecommendRequest(BaseModel):
         privacy_v = _choice(Privacy, privacy, "--privacy")
         limit = spec.max_position_embeddings or DEFAULT_SEQ_LEN
         s = parse_length(seq_len) if seq_len else min(DEFAULT_SEQ_LEN, limit)
-        if s > limit and spec.position.value == "learned":
+        if s > limit and spec.position is not None and spec.position.value == "learned":
             raise UserError(
                 f"--seq-len {s} exceeds {spec.name}'s {limit} learned positions",
                 f"use --seq-len {limit} or less",
@@ -209,7 +208,17 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
     from advisor.cost import predict_step_time
 
     def cost(config: Any) -> StepCost:
-        st = predict_step_time(ctx.spec, config, calibration=calibration, hardware=profile)
+        tech = ctx.taxonomy.get(config.optimizer)
+        st = predict_step_time(
+            ctx.spec,
+            config,
+            calibration=calibration,
+            hardware=profile,
+            optimizer_bytes_per_param=tech.memory.bytes_per_param if tech.memory else 0.0,
+            optimizer_order=tech.order.value if tech.order else "first",
+            preconditioner_interval=tech.compute.preconditioner_interval,
+            interconnect_gb_s=ctx.target.interconnect_gb_s or None,
+        )
         return StepCost(
             seconds=st.seconds,
             source=str(getattr(st.source, "value", st.source)),
@@ -219,37 +228,38 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
     return cost
 
 
-def write_emitted(report: RecommendReport, kind: str, out: Path, *, nodes: int) -> list[Path]:
+def write_emitted(
+    report: RecommendReport, kind: str, out: Path, *, nodes: int
+) -> tuple[Path, list[str]]:
     """Write the first pick as a DeepSpeed JSON, Accelerate YAML or PyTorch snippet.
+
+    Returns:
+        The file written and the notes to show (engines reject unknown keys, so what a
+        config file cannot say is said here).
 
     Raises:
         UserError: when nothing fits (nothing to emit) or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
-    from advisor import emit as emitters
+    from advisor.emit import EmitTarget, emit_config
 
     best = report.recommendations[0]
-    gpus = max(1, report.hardware.gpus_per_node)
     impl = load_taxonomy().get(best.optimizer).implementation
+    emission = emit_config(
+        EmitTarget(kind),
+        best.config,
+        nodes=nodes,
+        gpus_per_node=max(1, best.config.gpus // nodes),
+        optimizer_implementation=impl,
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {out}: {exc.strerror}", "pass another --out folder") from None
-    if kind == "deepspeed":
-        result = emitters.emit_deepspeed(
-            best.config, nodes=nodes, gpus_per_node=gpus, optimizer_implementation=impl
-        )
-        data = result[0] if isinstance(result, tuple) else getattr(result, "config", result)
-        path = out / "deepspeed_config.json"
-        _atomic_write(path, json.dumps(data, indent=2) + "\n")
-    elif kind == "accelerate":
-        path = out / "accelerate_config.yaml"
-        _atomic_write(path, emitters.emit_accelerate(best.config, nodes=nodes, gpus_per_node=gpus))
-    else:
-        path = out / "train_optadvise.py"
-        _atomic_write(path, emitters.emit_torch(best.config, optimizer_implementation=impl))
-    return [path]
+    path = out / emission.filename
+    _atomic_write(path, emission.text)
+    return path, list(emission.notes)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -509,14 +509,16 @@ def recommend(
         top=top,
         calibrate=calibrate,
     )
-    report = run_recommend(request, progress=None if json_out else render.calibration_progress)
+    with render.calibration_progress(enabled=not json_out) as progress:
+        report = run_recommend(request, progress=progress)
     if emit is not None:
         from advisor.advise import write_emitted
 
-        written = write_emitted(report, emit, out, nodes=nodes)
+        path, notes = write_emitted(report, emit, out, nodes=nodes)
         if not json_out:
-            for path in written:
-                render.console.print(f"wrote {path}")
+            render.console.print(f"wrote {path}")
+            for note in notes:
+                render.console.print(f"  note: {note}", markup=False)
     if json_out:
         render.print_json(report)
     else:

@@ -18,7 +18,7 @@ from advisor.config import (
 )
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, get_hardware_profile
-from advisor.memory import DeviceOverheads, estimate_memory
+from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, estimate_memory
 from advisor.modelspec import ModelSpec
 from advisor.taxonomy import Category, load_taxonomy
 
@@ -45,7 +45,13 @@ class EstimateReport(BaseModel):
     model_id: str
     config: TrainingConfig
     total_bytes: int = Field(description="per-device peak memory, bytes")
-    breakdown: dict[str, int] = Field(description="component -> bytes")
+    breakdown: dict[str, int] = Field(
+        description="component -> bytes; sums to total_bytes. `overhead` is the sum of the "
+        "named fixed terms in overhead_breakdown"
+    )
+    overhead_breakdown: dict[str, int] = Field(
+        description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
+    )
     parameters: int
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
@@ -146,7 +152,8 @@ def estimate_report(
         model_id=spec.id,
         config=config,
         total_bytes=m.total_bytes,
-        breakdown=m.breakdown,
+        breakdown=_with_overhead(m.breakdown),
+        overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
         parameters=m.parameters,
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
@@ -159,3 +166,10 @@ def estimate_report(
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
     )
+
+
+def _with_overhead(breakdown: dict[str, int]) -> dict[str, int]:
+    """The breakdown with the fixed terms folded into one named `overhead` entry."""
+    out = {k: v for k, v in breakdown.items() if k not in OVERHEAD_COMPONENTS}
+    out["overhead"] = sum(breakdown[k] for k in OVERHEAD_COMPONENTS)
+    return out

@@ -44,7 +44,7 @@ MEMORY_SAFETY_MARGIN = 0.90
 HOST_SAFETY_MARGIN = 0.80
 # How much one unit of rule weight moves a candidate's score, per objective (in units of
 # log step time): small under "speed" so measured cost decides, large under "quality".
-RULE_WEIGHT = {"speed": 0.02, "memory": 0.02, "balanced": 0.08, "quality": 0.5}
+RULE_WEIGHT = {"speed": 0.02, "memory": 0.02, "balanced": 0.15, "quality": 0.5}
 
 
 class Objective(str, Enum):
@@ -251,12 +251,13 @@ def target_from_probe(
             f"--gpus {count} but this machine has {len(report.gpus)}",
             "use --hardware NAME to plan for a bigger machine",
         )
-    profile = match_gpu_profile(g.name, g.memory_total_bytes, profiles.values())
-    if profile is None:
+    matched = match_gpu_profile(g.name, g.memory_total_bytes, profiles.values())
+    if matched is None:
         raise UserError(
             f"no datasheet profile matches the local GPU {g.name!r}",
             "pass --hardware NAME for the closest profile (optadvise profiles list)",
         )
+    profile = matched
     kind = (
         DeviceKind.MPS
         if g.backend == "mps"
@@ -492,8 +493,12 @@ def enumerate_configs(ctx: Context, optimizers: list[Technique]) -> list[Trainin
             ckpt is not Checkpointing.NONE or off is not Offload.NONE
         ):
             continue  # no backward pass: nothing to checkpoint; no optimizer state to offload
-        if task is Task.QLORA and prec in (Precision.FP32, Precision.TF32):
+        if task is Task.QLORA and prec in (Precision.FP32, Precision.TF32, Precision.FP8_MIXED):
             continue  # QLoRA computes in 16-bit over a 4-bit base by construction
+        if task in (Task.LORA, Task.QLORA) and off is not Offload.NONE:
+            continue  # adapter states are megabytes: nothing worth offloading
+        if task is Task.LORA and prec is Precision.FP8_MIXED:
+            continue  # fp8 recipes (Transformer Engine) train full layers, not adapters
         out.append(
             TrainingConfig(
                 task=task,
@@ -633,7 +638,9 @@ def _objective_score(
     if objective is Objective.MEMORY:
         return m + 0.01 * t - w * rule_score
     if objective is Objective.BALANCED:
-        return t + 0.5 * m - w * rule_score
+        # Memory counts a quarter as much as time: a smaller footprint wins only when it
+        # costs little speed (headroom matters most near the limit, where log m -> 0).
+        return t + 0.25 * m - w * rule_score
     return 0.1 * t - w * rule_score
 
 
@@ -789,7 +796,8 @@ def _hard_constraint(decision: Decision, techniques: list[str], ctx: Context) ->
             hardware = [r for r in rules if r.startswith("requires-")]
             if hardware:
                 lr = next(r for r in _requirement_index(ctx) if r.rule.id == hardware[0])
-                return lr.rule.rationale.removeprefix("From the taxonomy: ").rstrip(".")
+                text: str = lr.rule.rationale
+                return text.removeprefix("From the taxonomy: ").rstrip(".")
             return f"{tid} excluded by rule {', '.join(rules)}"
     cats = {Category.OPTIMIZER, Category.PRECISION, Category.ATTENTION}
     present = set(techniques)

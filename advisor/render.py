@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 from pathlib import Path
 
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from advisor.checks import CheckReport
@@ -244,18 +247,27 @@ def _leaf(t: Technique) -> str:
 
 def render_rules_list(rules: list[LocatedRule]) -> None:
     """One line per rule: id, what it does, where."""
+    wide = console.width >= 160
     table = Table(title=f"Rules ({len(rules)})", title_justify="left")
-    table.add_column("id", style="cyan", no_wrap=True)
-    table.add_column("title")
-    table.add_column("actions")
-    table.add_column("file", style="dim")
+    table.add_column("id", style="cyan", overflow="fold", max_width=None if wide else 36)
+    table.add_column("title", min_width=24)
+    if wide:
+        table.add_column("actions")
+        table.add_column("file", style="dim", no_wrap=True)
     for lr in rules:
-        actions = "; ".join(
-            f"{a.verb} {', '.join(a.techniques)}" if a.techniques else "advise"
-            for a in lr.rule.then
-        )
-        table.add_row(lr.rule.id, lr.rule.title, actions, f"{Path(lr.file).name}:{lr.line}")
+        cells = [lr.rule.id, escape(lr.rule.title)]
+        if wide:
+            cells.append(
+                "; ".join(
+                    f"{a.verb} {', '.join(a.techniques)}" if a.techniques else "advise"
+                    for a in lr.rule.then
+                )
+            )
+            cells.append(f"{Path(lr.file).name}:{lr.line}")
+        table.add_row(*cells)
     console.print(table)
+    if not wide:
+        console.print("[dim]`optadvise rules show ID` for a rule's condition, actions and sources[/]")
 
 
 def render_rule(lr: LocatedRule) -> None:
@@ -265,16 +277,16 @@ def render_rule(lr: LocatedRule) -> None:
     r = lr.rule
     console.print(f"[bold cyan]{r.id}[/]  {r.title}")
     console.print(f"[dim]{lr.where}[/]")
-    console.print(f"[bold]when[/]   {describe(r.when)}")
+    console.print(f"[bold]when[/]   {escape(describe(r.when))}")
     for a in r.then:
         if a.verb == "advise":
-            console.print(f"[bold]advise[/] {a.advise}")
+            console.print(f"[bold]advise[/] {escape(a.advise or '')}")
         else:
             weight = f" (weight {a.weight:g})" if a.weight is not None else ""
             console.print(f"[bold]{a.verb}[/] {', '.join(a.techniques)}{weight}")
-    console.print(f"[bold]why[/]    {' '.join(r.rationale.split())}")
-    for s in r.sources:
-        console.print(f"[bold]source[/] {s.cite()}" + (f" <{s.url}>" if s.url else ""))
+    console.print(f"[bold]why[/]    {escape(' '.join(r.rationale.split()))}")
+    for src in r.sources:
+        console.print(f"[bold]source[/] {escape(src.cite())}" + (f" <{src.url}>" if src.url else ""))
 
 
 def render_check(report: CheckReport) -> None:
@@ -309,7 +321,9 @@ def render_estimate(report: EstimateReport) -> None:
     table.add_column("share", justify="right")
     table.add_column("", no_wrap=True)
     total = max(report.total_bytes, 1)
-    for name, value in report.breakdown.items():
+    rows = [(k, v) for k, v in report.breakdown.items() if k != "overhead"]
+    rows += [(f"overhead: {k}", v) for k, v in report.overhead_breakdown.items()]
+    for name, value in rows:
         if value == 0:
             continue
         table.add_row(name, format_bytes(value), f"{value / total:.0%}", bar(value / total))
@@ -385,11 +399,11 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for r in report.recommendations:
             savers = [
-                t
+                _SHORT.get(t, t)
                 for t in r.techniques
-                if t not in (r.optimizer, r.precision) and not t.endswith("attention")
+                if t not in (r.optimizer, r.precision, "zero-1", "zero-2", "zero-3", "fsdp", "ddp")
+                and not t.endswith("attention")
             ]
-            savers = [t for t in savers if t not in ("zero-1", "zero-2", "zero-3", "fsdp", "ddp")]
             table.add_row(
                 str(r.rank),
                 f"{r.optimizer} [dim]({r.order})[/]",
@@ -408,31 +422,34 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         if not best.reasons:
             console.print("  ranked first on cost; no rule prefers or avoids its techniques")
         for reason in best.reasons:
-            console.print(f"  • [cyan]{reason.rule}[/] {reason.effect}: {reason.rationale}")
+            console.print(
+                f"  • [cyan]{reason.rule}[/] {reason.effect}: "
+                f"{escape(_first_sentence(reason.rationale))}"
+            )
             if reason.sources:
-                console.print(f"    [dim]{'; '.join(reason.sources)}[/]")
+                console.print(f"    [dim]{escape('; '.join(reason.sources))}[/]")
         console.print(f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):")
         total = max(best.peak_memory_bytes, 1)
         for name, value in best.memory_breakdown.items():
             if value:
                 console.print(
-                    f"  {name:<18} {bar(value / total)} {format_bytes(value):>10}", markup=False
+                    f"  {name:<22} {bar(value / total)} {format_bytes(value):>10}", markup=False
                 )
     if report.why_not:
         console.print("\n[bold]Why not[/]")
         for w in report.why_not:
-            console.print(f"  • {w.option}: {w.verdict}")
+            console.print(f"  • {escape(w.option)}: {escape(w.verdict)}")
     if report.advice:
         console.print("\n[bold]Advice[/]")
         for a in report.advice:
-            console.print(f"  • {a.effect} [dim]({a.rule})[/]")
+            console.print(f"  • {escape(a.effect)} [dim]({a.rule})[/]")
     if explain:
         console.print(f"\n[bold]Every rule that fired[/] ({len(report.fired_rules)})")
-        for r in report.fired_rules:
-            console.print(f"  • [cyan]{r.rule}[/] {r.effect}")
-            console.print(f"    {r.rationale}")
-            if r.sources:
-                console.print(f"    [dim]{'; '.join(r.sources)}[/]")
+        for fired in report.fired_rules:
+            console.print(f"  • [cyan]{fired.rule}[/] {fired.effect}")
+            console.print(f"    {escape(fired.rationale)}")
+            if fired.sources:
+                console.print(f"    [dim]{'; '.join(fired.sources)}[/]")
         console.print("\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items()))
     rejected = len(report.rejected)
     console.print(
@@ -440,6 +457,20 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         f"({', '.join(f'{k}: {v}' for k, v in _count_kinds(report).items())}); "
         "--json lists them all with reasons[/]"
     )
+
+
+_SHORT = {
+    "activation-checkpointing-full": "ckpt-full",
+    "activation-checkpointing-selective": "ckpt-selective",
+    "cpu-offload-optimizer": "offload-optim",
+    "cpu-offload-params": "offload-params",
+    "gradient-accumulation": "grad-accum",
+}
+
+
+def _first_sentence(text: str) -> str:
+    head, dot, _ = text.partition(". ")
+    return head + ("." if dot else "")
 
 
 def _fact(v: object) -> str:
@@ -451,3 +482,39 @@ def _count_kinds(report: RecommendReport) -> dict[str, int]:
     for r in report.rejected:
         out[r.kind] = out.get(r.kind, 0) + 1
     return dict(sorted(out.items()))
+
+
+@contextmanager
+def calibration_progress(enabled: bool = True) -> Iterator[Callable[[str, float], None] | None]:
+    """A progress bar on stderr for calibration; yields the callback (label, fraction done).
+
+    The bar appears on the first call, so commands that never calibrate show nothing.
+    """
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    state: dict[str, Any] = {}
+
+    def update(label: str, fraction: float) -> None:
+        if "bar" not in state:
+            bar_ = Progress(
+                TextColumn("[bold]calibrating[/]"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=err_console,
+                transient=True,
+            )
+            bar_.start()
+            state["bar"] = bar_
+            state["task"] = bar_.add_task(label, total=1.0)
+        state["bar"].update(state["task"], completed=max(0.0, min(1.0, fraction)), description=label)
+
+    try:
+        yield update
+    finally:
+        if "bar" in state:
+            state["bar"].stop()
