@@ -525,6 +525,101 @@ def recommend(
         render.render_recommend(report, explain=explain)
 
 
+calibrate_app = typer.Typer(
+    help="Time short real optimizer, attention and layer steps on this device (cached).",
+)
+app.add_typer(calibrate_app, name="calibrate")
+
+
+@calibrate_app.callback(invoke_without_command=True)
+@handle_errors
+def calibrate(
+    ctx: typer.Context,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full/--quick",
+            help="--quick (default): a representative subset, about a minute; --full: every "
+            "optimizer, longer sequences, all-reduce bandwidth.",
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda:N or mps.")] = "cpu",
+    model_size: ModelSizeOpt = None,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", help="Stop after this many seconds; keep partial results."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Measure again even if cached.")] = False,
+    json_out: JsonOpt = False,
+    schema: SchemaOpt = False,
+) -> None:
+    """Measure this device for a model's layer shape and cache the results."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from advisor.costdata import CalibrationCache
+
+    if schema:
+        _print_schema(CalibrationCache)
+        return
+    if budget is not None and budget <= 0:
+        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    from advisor import render
+    from advisor.calibration.runner import run_calibration
+
+    spec = _resolve_model(model_size or ("125M" if not (model or model_config) else None), model, model_config)
+    with render.calibration_progress(enabled=not json_out) as progress:
+        cache = run_calibration(
+            spec,
+            device=device,
+            mode="full" if full else "quick",
+            budget_s=budget,
+            force=force,
+            progress=progress,
+        )
+    if json_out:
+        render.print_json(cache)
+    else:
+        render.render_calibration(cache, spec_key=_shape_key(spec))
+
+
+def _shape_key(spec: Any) -> str:
+    from advisor.cost import layer_shape
+
+    return str(layer_shape(spec).key())
+
+
+@calibrate_app.command("show")
+@handle_errors
+def calibrate_show(json_out: JsonOpt = False) -> None:
+    """Show what is cached: one file per device fingerprint."""
+    from advisor import render
+    from advisor.calibration.cache import cache_dir, list_caches
+
+    caches = list_caches()
+    if json_out:
+        render.print_json(
+            {
+                "cache_dir": str(cache_dir()),
+                "caches": [
+                    {"path": str(p), "cache": c.model_dump(mode="json") if c else None, "error": e}
+                    for p, c, e in caches
+                ],
+            }
+        )
+        return
+    if not caches:
+        render.console.print(f"no calibration cached in {cache_dir()}; run `optadvise calibrate`")
+        return
+    for path, cache, error in caches:
+        render.console.print(f"[bold]{path}[/]")
+        if cache is None:
+            render.console.print(f"  [red]{error}[/]; the next calibration rebuilds it")
+        else:
+            render.render_calibration(cache)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -512,7 +512,8 @@ def enumerate_configs(ctx: Context, optimizers: list[Technique]) -> list[Trainin
                 sharding=shard,
                 offload=off,
                 lora_rank=16,
-                dp_sgd=w.privacy is Privacy.DP,
+                # Per-sample gradients: the first-order private optimizers (DP-ZO has none).
+                dp_sgd=opt.id in ("dp-sgd", "dp-adam"),
                 grad_accumulation=w.accumulation,
             )
         )
@@ -694,7 +695,8 @@ def _rank_key(s: _Scored) -> tuple[float, float, int, str]:
 
 
 def first_order_fits(ctx: Context, optimizers: list[Technique], usable: int) -> bool:
-    """Whether some full-parameter first-order configuration fits.
+    """Whether some first-order configuration fits (full-parameter, or adapters when
+    fine-tuning).
 
     Memory never grows when a saver is added, so it is enough to try, per first-order
     optimizer, its most frugal configuration: full checkpointing, the widest sharding,
@@ -710,15 +712,25 @@ def first_order_fits(ctx: Context, optimizers: list[Technique], usable: int) -> 
             else Offload.OPTIMIZER_PARAMS,
         }
     )
-    for opt in optimizers:
-        if opt.order is not Order.FIRST:
-            continue
-        for precision in (Precision.BF16, base.precision):
-            m = estimate(
-                ctx, frugal.model_copy(update={"optimizer": opt.id, "precision": precision})
-            )
-            if m.total_bytes <= usable and _host_ok(ctx, m):
-                return True
+    tasks = [base.task]
+    if ctx.workload.task is not Task.PRETRAIN:
+        # Adapters are first-order training too: when LoRA fits, backpropagation fits.
+        tasks.append(Task.LORA)
+        if ctx.target.device_kind is DeviceKind.CUDA:
+            tasks.append(Task.QLORA)
+    for task in tasks:
+        for opt in optimizers:
+            if opt.order is not Order.FIRST:
+                continue
+            for precision in (Precision.BF16, base.precision):
+                c = frugal.model_copy(
+                    update={"optimizer": opt.id, "precision": precision, "task": task}
+                )
+                if task is not base.task:
+                    c = c.model_copy(update={"offload": Offload.NONE})
+                m = estimate(ctx, c)
+                if m.total_bytes <= usable and _host_ok(ctx, m):
+                    return True
     return False
 
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from advisor.checks import CheckReport
+from advisor.costdata import CalibrationCache
 from advisor.estimate import EstimateReport
 from advisor.hardware import HardwareProfile, ProbeReport
 from advisor.recommend import RecommendReport
@@ -383,40 +384,43 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         for s in report.suggestions:
             console.print(f"  • [bold]{s.change}[/]: {s.detail}")
     else:
-        table = Table(title_justify="left", show_lines=False)
+        from rich import box
+
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for col, justify in (
             ("#", "right"),
             ("optimizer", "left"),
             ("precision", "left"),
-            ("attention", "left"),
-            ("techniques", "left"),
-            ("sharding", "left"),
-            ("peak memory (headroom)", "right"),
-            ("step time", "right"),
+            ("attn", "left"),
+            ("savers, sharding", "left"),
+            ("peak", "right"),
+            ("free", "right"),
+            ("step", "right"),
             ("tokens/s", "right"),
-            ("cost", "left"),
         ):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for r in report.recommendations:
             savers = [
                 _SHORT.get(t, t)
                 for t in r.techniques
-                if t not in (r.optimizer, r.precision, "zero-1", "zero-2", "zero-3", "fsdp", "ddp")
-                and not t.endswith("attention")
+                if t not in (r.optimizer, r.precision) and not t.endswith("attention")
             ]
             table.add_row(
                 str(r.rank),
-                f"{r.optimizer} [dim]({r.order})[/]",
+                r.optimizer,
                 r.precision,
                 r.attention,
                 ", ".join(savers) or "-",
-                r.sharding,
-                f"{format_bytes(r.peak_memory_bytes)} ({format_bytes(r.headroom_bytes)})",
+                format_bytes(r.peak_memory_bytes),
+                format_bytes(r.headroom_bytes),
                 format_seconds(r.step_time_s),
-                f"{r.tokens_per_s:,.0f}",
-                r.cost_source,
+                f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
             )
+        sources = sorted({r.cost_source for r in report.recommendations})
         console.print(table)
+        console.print(
+            f"[dim]costs: {', '.join(sources)}; peak: per-device memory; free: what it leaves[/]"
+        )
         best = report.recommendations[0]
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
         if not best.reasons:
@@ -518,3 +522,62 @@ def calibration_progress(enabled: bool = True) -> Iterator[Callable[[str, float]
     finally:
         if "bar" in state:
             state["bar"].stop()
+
+
+def render_calibration(cache: CalibrationCache, spec_key: str | None = None) -> None:
+    """What a calibration measured: device, roofline, layers, attention fits, optimizers."""
+    fp = cache.fingerprint
+    state = "[yellow]partial[/]" if cache.partial else "complete"
+    console.print(
+        f"[bold]{fp.device_name}[/] ({fp.device}), torch {fp.torch_version} ({fp.torch_build}), "
+        f"{fp.threads} threads — {cache.mode} calibration, {state}, {cache.seconds:.1f} s, "
+        f"{cache.created_at}"
+    )
+    gemm = ", ".join(f"{k} {v:g}" for k, v in cache.gemm_gflops.items())
+    console.print(
+        f"GEMM GFLOP/s: {gemm}; copy {cache.copy_gb_s or 0:g} GB/s; all-reduce "
+        + (f"{cache.allreduce_gb_s:g} GB/s" if cache.allreduce_gb_s else "not measured (--full)")
+    )
+    for shape in cache.shapes:
+        if spec_key is not None and shape.shape.key() != spec_key:
+            continue
+        console.print(f"\n[bold]layer shape {shape.shape.key()}[/]")
+        for lt in shape.layers:
+            scale = f", widths x{lt.width_scale:.2f}" if lt.width_scale < 1 else ""
+            console.print(
+                f"  block fwd+bwd {lt.dtype}: {format_seconds(lt.timing.median_s)} "
+                f"(IQR {format_seconds(lt.timing.iqr_s)}) for {lt.tokens} tokens "
+                f"= {lt.seconds_per_token * 1e6:.1f} µs/token{scale}"
+            )
+        table = Table(title="attention fwd+bwd per layer and sample: a·s² + b·s + c", title_justify="left")
+        for col in ("backend", "dtype", "seq lens", "a (s/token²)", "b", "c", "max resid."):
+            table.add_column(col)
+        for f in shape.attention:
+            if f.failed:
+                table.add_row(f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", "")
+                continue
+            table.add_row(
+                f.backend, f.dtype, ",".join(map(str, f.seq_lens)), f"{f.a:.3g}", f"{f.b:.3g}",
+                f"{f.c:.3g}", f"{f.max_rel_residual:.1%}",
+            )
+        console.print(table)
+        table = Table(title="optimizer step on one layer", title_justify="left")
+        for col in ("optimizer", "variant", "median", "IQR", "first step", "interval", "ns/param", "status"):
+            table.add_column(col)
+        for o in shape.optimizers:
+            per = o.per_step_s
+            table.add_row(
+                o.optimizer,
+                o.variant,
+                format_seconds(o.steady.median_s) if o.steady else "-",
+                format_seconds(o.steady.iqr_s) if o.steady else "-",
+                format_seconds(o.first_step_s) if o.first_step_s else "-",
+                str(o.interval or "-"),
+                f"{per / o.layer_parameters * 1e9:.2f}" if per and o.layer_parameters else "-",
+                o.status if o.status == "ok" else f"{o.status}: {escape(o.detail[:50])}",
+            )
+        console.print(table)
+        for note in shape.notes:
+            console.print(f"[dim]note: {escape(note)}[/]")
+    for w in cache.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(w)}")

@@ -1,0 +1,185 @@
+"""Real optimizer implementations, by taxonomy id, and how to time one step of each.
+
+An explicit table: every entry names the class it builds. Ids without a runnable
+implementation here say why instead of being faked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Factory = Callable[[Any, list[Any], Any], Any]  # (torch, params, module) -> optimizer
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to build an optimizer (fused, foreach, for-loop ...)."""
+
+    name: str
+    build: Factory
+    needs: str = ""  # "", "closure" (MeZO), "hessian" (create_graph), "module" (Adam-mini)
+    interval: int | None = None  # steps between expensive refreshes
+    devices: tuple[str, ...] = ("cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Every variant of one taxonomy optimizer, or why there is none."""
+
+    variants: list[Variant] = field(default_factory=list)
+    unavailable: str = ""
+
+
+def _po(name: str, **kwargs: Any) -> Factory:
+    def build(torch: Any, params: list[Any], module: Any) -> Any:
+        import pytorch_optimizer
+
+        return getattr(pytorch_optimizer, name)(params, **kwargs)
+
+    return build
+
+
+def _torch(name: str, **kwargs: Any) -> Factory:
+    def build(torch: Any, params: list[Any], module: Any) -> Any:
+        return getattr(torch.optim, name)(params, **kwargs)
+
+    return build
+
+
+def _adam_mini(torch: Any, params: list[Any], module: Any) -> Any:
+    import pytorch_optimizer
+
+    return pytorch_optimizer.AdamMini(module, lr=1e-4, num_embeds=1, num_heads=4)
+
+
+def _galore(torch: Any, params: list[Any], module: Any) -> Any:
+    import pytorch_optimizer
+
+    matrices = [p for p in params if p.dim() == 2]
+    others = [p for p in params if p.dim() != 2]
+    groups = [
+        {"params": others},
+        {
+            "params": matrices,
+            "rank": 128,
+            "update_proj_gap": 200,
+            "scale": 0.25,
+            "projection_type": "std",
+        },
+    ]
+    return pytorch_optimizer.GaLore(groups, lr=1e-3)
+
+
+def _mezo(torch: Any, params: list[Any], module: Any) -> Any:
+    from advisor.calibration.zeroth_order import MeZO
+
+    return MeZO(params, lr=1e-6)
+
+
+def _dp(inner: str) -> Factory:
+    # DP-SGD / DP-Adam optimizer step = the inner step plus Gaussian noise on every
+    # gradient element (Abadi et al. 2016); per-sample clipping happens in the backward
+    # pass and is charged there by the cost model.
+    def build(torch: Any, params: list[Any], module: Any) -> Any:
+        opt = getattr(torch.optim, inner)(params, lr=1e-3)
+        original = opt.step
+
+        def step(closure: Any = None) -> Any:
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.add_(torch.randn_like(p.grad), alpha=1e-3)
+            return original(closure)
+
+        opt.step = step
+        return opt
+
+    return build
+
+
+OPTIMIZERS: dict[str, Entry] = {
+    "sgd": Entry(
+        [
+            Variant("fused", _torch("SGD", lr=1e-3, fused=True)),
+            Variant("foreach", _torch("SGD", lr=1e-3, foreach=True)),
+        ]
+    ),
+    "sgd-momentum": Entry(
+        [
+            Variant("fused", _torch("SGD", lr=1e-3, momentum=0.9, fused=True)),
+            Variant("foreach", _torch("SGD", lr=1e-3, momentum=0.9, foreach=True)),
+        ]
+    ),
+    "nesterov": Entry(
+        [Variant("fused", _torch("SGD", lr=1e-3, momentum=0.9, nesterov=True, fused=True))]
+    ),
+    "adagrad": Entry(
+        [
+            Variant("fused", _torch("Adagrad", lr=1e-3, fused=True)),
+            Variant("foreach", _torch("Adagrad", lr=1e-3, foreach=True)),
+        ]
+    ),
+    "rmsprop": Entry([Variant("foreach", _torch("RMSprop", lr=1e-3, foreach=True))]),
+    "adam": Entry(
+        [
+            Variant("fused", _torch("Adam", lr=1e-3, fused=True)),
+            Variant("foreach", _torch("Adam", lr=1e-3, foreach=True)),
+        ]
+    ),
+    "adamw": Entry(
+        [
+            Variant("fused", _torch("AdamW", lr=1e-3, fused=True)),
+            Variant("foreach", _torch("AdamW", lr=1e-3, foreach=True)),
+            Variant("for-loop", _torch("AdamW", lr=1e-3, foreach=False)),
+        ]
+    ),
+    "adafactor": Entry([Variant("foreach", _torch("Adafactor", lr=1e-2, foreach=True))]),
+    "lion": Entry([Variant("default", _po("Lion", lr=1e-4))]),
+    "lamb": Entry([Variant("default", _po("Lamb", lr=1e-3))]),
+    "lars": Entry([Variant("default", _po("LARS", lr=1e-3))]),
+    "adam-mini": Entry([Variant("default", _adam_mini, needs="module")]),
+    "galore-adamw": Entry([Variant("default", _galore, interval=200)]),
+    "sophia": Entry(
+        [
+            Variant(
+                "default", _po("SophiaH", lr=1e-4, update_period=10), needs="hessian", interval=10
+            )
+        ]
+    ),
+    "adahessian": Entry(
+        [Variant("default", _po("AdaHessian", lr=1e-1, update_period=1), needs="hessian")]
+    ),
+    "shampoo": Entry(
+        [
+            Variant(
+                "default",
+                _po("ScalableShampoo", lr=1e-3, block_size=512, preconditioning_compute_steps=1000),
+                interval=1000,
+            )
+        ]
+    ),
+    "soap": Entry(
+        [Variant("default", _po("SOAP", lr=3e-3, precondition_frequency=10), interval=10)]
+    ),
+    "psgd-kron": Entry(unavailable="Kron needs opt-einsum paths; timed in --full only"),
+    "muon": Entry(
+        unavailable="torch's Muon iterates in bf16 (19 s/step at 6M on a CPU without "
+        "fast bf16, FINDINGS.md); timed on CUDA only",
+        variants=[Variant("default", _torch("Muon", lr=2e-2), devices=("cuda",))],
+    ),
+    "mezo": Entry([Variant("seeded", _mezo, needs="closure")]),
+    "dp-sgd": Entry([Variant("noise+step", _dp("SGD"))]),
+    "dp-adam": Entry([Variant("noise+step", _dp("Adam"))]),
+    "adamw-8bit": Entry(unavailable="bitsandbytes 8-bit optimizers need CUDA"),
+    "paged-adamw-8bit": Entry(unavailable="bitsandbytes paged optimizers need CUDA"),
+    "zo-adam": Entry(unavailable="no maintained implementation to time"),
+    "dp-zo": Entry(unavailable="no maintained implementation to time"),
+    "hessian-free": Entry(unavailable="no maintained implementation to time"),
+    "kfac": Entry(unavailable="no maintained implementation to time"),
+}
+
+# The quick calibration times the optimizers people reach for first (and the ones whose
+# cost differs most); --full times every entry.
+QUICK = ("sgd", "sgd-momentum", "adam", "adamw", "adafactor", "lion", "mezo")

@@ -1,0 +1,575 @@
+"""Run a calibration: real layer, attention, optimizer and roofline timings on one device."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+from advisor.calibration import cache as cal_cache
+from advisor.calibration.optimizers import OPTIMIZERS, QUICK, Variant
+from advisor.calibration.timing import CpuShare, is_out_of_memory, measure, synchronizer
+from advisor.cost import layer_shape
+from advisor.costdata import (
+    AttentionFit,
+    CalibrationCache,
+    LayerShape,
+    LayerTiming,
+    OptimizerTiming,
+    ShapeResults,
+)
+from advisor.errors import UserError
+from advisor.modelspec import ModelSpec
+from advisor.torchload import import_torch
+
+Progress = Callable[[str, float], None]
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Seconds one timed call of a layer should take: long enough to time, short enough to repeat.
+_TARGET_CALL_S = {"quick": 0.25, "full": 1.0}
+_SEQ_LENS = {"quick": [128, 256, 512, 1024], "full": [256, 512, 1024, 2048, 4096]}
+_REPEATS = 5
+
+
+class _Budget:
+    """Stops the run cleanly when its time is spent; what was measured is kept."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.start = time.perf_counter()
+        self.seconds = seconds
+        self.exhausted = False
+
+    def left(self) -> float:
+        if self.seconds is None:
+            return math.inf
+        return self.seconds - (time.perf_counter() - self.start)
+
+    def ok(self) -> bool:
+        if self.left() <= 0:
+            self.exhausted = True
+        return not self.exhausted
+
+
+def run_calibration(
+    spec: ModelSpec,
+    *,
+    device: str = "cpu",
+    mode: str = "quick",
+    budget_s: float | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    optimizers: tuple[str, ...] | None = None,
+    seq_lens: list[int] | None = None,
+) -> CalibrationCache:
+    """Measure this device for ``spec``'s layer shape and update the device's cache.
+
+    Args:
+        spec: the target model (its true widths are timed).
+        device: cpu, cuda:N or mps.
+        mode: quick (a representative subset, about a minute at most) or full.
+        budget_s: stop after this many seconds and keep partial results.
+        force: measure again even when the cache holds this shape.
+        progress: called with (what is being measured, fraction done).
+        optimizers: override the optimizer ids to time (tests use a few).
+        seq_lens: override the attention sequence lengths.
+
+    Returns:
+        The device's cache (also written to disk, atomically).
+
+    Raises:
+        UserError: for an unknown mode or an unavailable device.
+        KeyboardInterrupt: passed on after leaving the previous cache untouched.
+    """
+    if mode not in ("quick", "full"):
+        raise UserError(f"invalid calibration mode {mode!r}", "use --quick or --full")
+    torch = import_torch()
+    _check_device(torch, device)
+    gpu_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else ""
+    fp = cal_cache.device_fingerprint(device, gpu_name=gpu_name)
+    old, warning = cal_cache.load_cache(fp)
+    shape = layer_shape(spec)
+    if old is not None and not force and not old.partial:
+        cached = old.results_for(shape)
+        if cached is not None:
+            return old
+    report: Progress = progress or (lambda label, fraction: None)
+    budget = _Budget(budget_s)
+    share = CpuShare()
+    started = time.perf_counter()
+    sync = synchronizer(torch, device)
+    warnings = [warning] if warning else []
+    ids = optimizers or (QUICK if mode == "quick" else tuple(OPTIMIZERS))
+    lens = seq_lens or _SEQ_LENS[mode]
+    steps = 3 + 2 + len(ids) + (1 if mode == "full" else 0)
+    done = 0
+
+    def tick(label: str) -> None:
+        nonlocal done
+        report(label, done / steps)
+        done += 1
+
+    tick("GEMM throughput per dtype")
+    gemm = _gemm(torch, device, sync, shape)
+    fast_bf16 = gemm.get("bf16", 0.0) >= 0.9 * gemm.get("fp32", math.inf)
+    dtypes = ["fp32"] + (["bf16"] if fast_bf16 else []) + (["fp16"] if device != "cpu" else [])
+    if not fast_bf16 and device == "cpu":
+        warnings.append(
+            f"bf16 GEMM runs at {gemm.get('bf16', 0):.3g} GFLOP/s vs fp32 {gemm.get('fp32', 0):.3g}:"
+            " bf16 paths were not timed on this CPU"
+        )
+    tick("memory bandwidth")
+    copy_gb_s = _copy_bandwidth(torch, device, sync)
+    tick("layer forward+backward")
+    layers: list[LayerTiming] = []
+    notes: list[str] = []
+    for dtype in dtypes:
+        if not budget.ok():
+            break
+        lt, note = _time_layer(torch, device, sync, shape, dtype, mode)
+        if lt is not None:
+            layers.append(lt)
+        if note:
+            notes.append(note)
+    attention: list[AttentionFit] = []
+    for dtype in dtypes:
+        tick(f"attention {dtype}")
+        if not budget.ok():
+            break
+        attention.extend(_time_attention(torch, device, sync, shape, dtype, lens, budget))
+    tick("attention done")
+    timings: list[OptimizerTiming] = []
+    for oid in ids:
+        tick(f"optimizer {oid}")
+        if not budget.ok():
+            timings.append(OptimizerTiming(optimizer=oid, status="skipped", detail="budget spent"))
+            continue
+        timings.extend(_time_optimizer(torch, device, sync, spec, shape, oid, budget))
+    allreduce = None
+    if mode == "full" and budget.ok():
+        tick("all-reduce bandwidth (2 local processes)")
+        from advisor.calibration.allreduce import measure_allreduce
+
+        allreduce, note = measure_allreduce(device)
+        if note:
+            warnings.append(note)
+    report("done", 1.0)
+    other = share.other_share()
+    if other is not None and other > 0.05:
+        warnings.append(
+            f"other processes used {other:.0%} of the CPU while measuring: timings may be slow;"
+            " run again on a quiet machine (--force)"
+        )
+    matmul = {k: v / 1000 for k, v in gemm.items()}
+    new = CalibrationCache(
+        fingerprint=fp,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        mode=mode,
+        partial=budget.exhausted,
+        seconds=round(time.perf_counter() - started, 2),
+        fast_bf16=fast_bf16,
+        gemm_gflops=gemm,
+        copy_gb_s=copy_gb_s,
+        allreduce_gb_s=allreduce,
+        other_cpu_share=other,
+        shapes=[
+            ShapeResults(
+                shape=shape,
+                layers=layers,
+                attention=attention,
+                optimizers=timings,
+                matmul_tflops=matmul,
+                notes=notes,
+            )
+        ],
+        warnings=warnings,
+    )
+    merged = cal_cache.merge_shape(old, new)
+    cal_cache.save_cache(merged)
+    return merged
+
+
+def _check_device(torch: Any, device: str) -> None:
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"device {device} is not available: no CUDA GPU here", "use --device cpu"
+            )
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(
+                f"device {device} does not exist", f"{torch.cuda.device_count()} GPU(s) found"
+            )
+        return
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("device mps is not available", "use --device cpu")
+        return
+    raise UserError(f"invalid --device {device!r}", "use cpu, cuda:N or mps")
+
+
+def _gemm(torch: Any, device: str, sync: Any, shape: LayerShape) -> dict[str, float]:
+    """GFLOP/s of a layer-shaped GEMM (tokens x hidden @ hidden x intermediate) per dtype."""
+    out: dict[str, float] = {}
+    m, k, n = 256, min(shape.hidden, 4096), min(shape.intermediate, 8192)
+    for name in ("fp32", "bf16", "fp16"):
+        dtype = getattr(torch, _DTYPES[name])
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        # NOTE: a 16-bit GEMM without hardware support can be 100x slower than fp32; time one
+        # call first and give up on that dtype when it alone exceeds 0.1 s.
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        if time.perf_counter() - t0 > 0.1 and name != "fp32":
+            out[name] = round(2 * m * k * n / (time.perf_counter() - t0) / 1e9, 2)
+            continue
+        timing = measure(lambda a=a, b=b: torch.mm(a, b), sync, repeats=_REPEATS)
+        out[name] = round(2 * m * k * n / timing.median_s / 1e9, 2)
+    return out
+
+
+def _copy_bandwidth(torch: Any, device: str, sync: Any) -> float:
+    """GB/s of a large device copy (bytes read + bytes written)."""
+    n = 32 * 1024 * 1024  # 128 MiB of fp32
+    src = torch.empty(n, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    timing = measure(lambda: dst.copy_(src), sync, repeats=_REPEATS)
+    return round(2 * n * 4 / timing.median_s / 1e9, 2)
+
+
+def _block(torch: Any, shape: LayerShape, scale: float, device: str, dtype: Any) -> Any:
+    """One transformer block without the attention core (projections, MLP, norms)."""
+    nn = torch.nn
+    h = max(64, int(shape.hidden * scale) // 64 * 64)
+    f = max(64, int(shape.intermediate * scale) // 64 * 64)
+    q = max(64, int(shape.heads * shape.head_dim * scale) // 64 * 64)
+    kv = max(64, int(shape.kv_heads * shape.head_dim * scale) // 64 * 64)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm1 = nn.RMSNorm(h)
+            self.q = nn.Linear(h, q, bias=False)
+            self.k = nn.Linear(h, kv, bias=False)
+            self.v = nn.Linear(h, kv, bias=False)
+            self.o = nn.Linear(q, h, bias=False)
+            self.norm2 = nn.RMSNorm(h)
+            self.up = nn.Linear(h, f, bias=False)
+            self.gate = nn.Linear(h, f, bias=False) if shape.gated_mlp else None
+            self.down = nn.Linear(f, h, bias=False)
+
+        def forward(self, x: Any) -> Any:
+            y = self.norm1(x)
+            # The attention core is timed on its own; here k and v are produced (their
+            # cost is real) and q goes straight to the output projection.
+            q_ = self.q(y)
+            k_, v_ = self.k(y), self.v(y)
+            x = x + self.o(q_) + 0 * (k_.sum() + v_.sum())
+            y = self.norm2(x)
+            a = self.up(y)
+            a = (
+                torch.nn.functional.silu(self.gate(y)) * a
+                if self.gate is not None
+                else torch.nn.functional.gelu(a)
+            )
+            return x + self.down(a)
+
+    return Block().to(device=device, dtype=dtype)
+
+
+def _time_layer(
+    torch: Any, device: str, sync: Any, shape: LayerShape, dtype_name: str, mode: str
+) -> tuple[LayerTiming | None, str]:
+    dtype = getattr(torch, _DTYPES[dtype_name])
+    params = (
+        2 * shape.hidden * (shape.heads + shape.kv_heads) * shape.head_dim
+        + (3 if shape.gated_mlp else 2) * shape.hidden * shape.intermediate
+    )
+    note = ""
+    scale = 1.0
+    # Memory: weights + grads in this dtype, plus activations; keep within 40% of free RAM.
+    free = psutil.virtual_memory().available if device == "cpu" else _cuda_free(torch, device)
+    need = params * 4 * 3
+    if need > 0.4 * free:
+        scale = math.sqrt(0.4 * free / need)
+        note = f"one true-width layer ({params / 1e6:.0f}M parameters) does not fit: widths scaled by {scale:.2f}"
+    # Time: pick the token count so one call takes about the target time.
+    block = _block(torch, shape, scale, device, dtype)
+    x = torch.randn(1, 64, int(shape.hidden * scale) // 64 * 64 or 64, device=device, dtype=dtype)
+    try:
+        probe = measure(lambda: block(x).sum().backward(), sync, repeats=1, warmup=1)
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            return None, f"layer in {dtype_name}: does not fit ({exc.__class__.__name__})"
+        raise
+    per_token = probe.median_s / 64
+    tokens = int(_TARGET_CALL_S[mode] / max(per_token, 1e-9))
+    tokens = max(64, min(2048, 2 ** int(math.log2(max(tokens, 64)))))
+    if per_token * 64 > 4 * _TARGET_CALL_S[mode] and scale == 1.0:
+        scale = math.sqrt(4 * _TARGET_CALL_S[mode] / (per_token * 64))
+        note = f"layer scaled by {scale:.2f} in width to fit the time budget (per-token cost scales with width²)"
+        block = _block(torch, shape, scale, device, dtype)
+    width = next(iter(block.parameters())).shape[0]
+    x = torch.randn(1, tokens, width, device=device, dtype=dtype, requires_grad=True)
+
+    def fwd_bwd() -> None:
+        block.zero_grad(set_to_none=True)
+        block(x).sum().backward()
+
+    try:
+        timing = measure(fwd_bwd, sync, repeats=_REPEATS)
+        forward = measure(lambda: block(x), sync, repeats=_REPEATS)
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            return None, f"layer in {dtype_name}: out of memory at {tokens} tokens"
+        raise
+    return (
+        LayerTiming(
+            dtype=dtype_name, tokens=tokens, timing=timing, forward=forward, width_scale=scale
+        ),
+        note,
+    )
+
+
+def _cuda_free(torch: Any, device: str) -> int:
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def _fit_quadratic(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Least squares y = a x² + b x + c in relative error (each row weighted by 1/y), so the
+    short sequences' small times count as much as the long ones'. Solves the 3x3 normal
+    equations with partial pivoting (no numpy here)."""
+    rows = [[x * x / y, x / y, 1.0 / y] for x, y in zip(xs, ys, strict=True)]
+    target = [1.0] * len(xs)
+    m = [[sum(r[i] * r[j] for r in rows) for j in range(3)] for i in range(3)]
+    v = [sum(r[i] * t for r, t in zip(rows, target, strict=True)) for i in range(3)]
+    for i in range(3):
+        p = max(range(i, 3), key=lambda r: abs(m[r][i]))
+        m[i], m[p], v[i], v[p] = m[p], m[i], v[p], v[i]
+        if abs(m[i][i]) < 1e-300:
+            return 0.0, 0.0, sum(ys) / len(ys)
+        for r in range(i + 1, 3):
+            f = m[r][i] / m[i][i]
+            for c in range(i, 3):
+                m[r][c] -= f * m[i][c]
+            v[r] -= f * v[i]
+    sol = [0.0, 0.0, 0.0]
+    for i in (2, 1, 0):
+        sol[i] = (v[i] - sum(m[i][c] * sol[c] for c in range(i + 1, 3))) / m[i][i]
+    return sol[0], sol[1], sol[2]
+
+
+def _time_attention(
+    torch: Any,
+    device: str,
+    sync: Any,
+    shape: LayerShape,
+    dtype_name: str,
+    lens: list[int],
+    budget: _Budget,
+) -> list[AttentionFit]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dtype = getattr(torch, _DTYPES[dtype_name])
+    backends = {
+        "math": "MATH",
+        "flash": "FLASH_ATTENTION",
+        "mem-efficient": "EFFICIENT_ATTENTION",
+        "cudnn": "CUDNN_ATTENTION",
+    }
+    out: list[AttentionFit] = []
+    for label, attr in backends.items():
+        backend = getattr(SDPBackend, attr, None)
+        if backend is None:
+            continue
+        xs: list[float] = []
+        ys: list[float] = []
+        failed = None
+        for s in lens:
+            if not budget.ok():
+                break
+            q = torch.randn(
+                1, shape.heads, s, shape.head_dim, device=device, dtype=dtype, requires_grad=True
+            )
+            k = torch.randn_like(q, requires_grad=True)
+            v = torch.randn_like(q, requires_grad=True)
+
+            def run(q: Any = q, k: Any = k, v: Any = v) -> None:
+                with sdpa_kernel([backend]):
+                    out_ = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+                out_.sum().backward()
+
+            try:
+                timing = measure(run, sync, repeats=_REPEATS, max_seconds=3.0)
+            except RuntimeError as exc:
+                if is_out_of_memory(exc):
+                    failed = f"out of memory at s={s}"
+                elif "No viable backend" in str(exc):
+                    failed = f"not available on {device}"
+                else:
+                    failed = str(exc).splitlines()[0][:120]
+                break
+            xs.append(float(s))
+            ys.append(timing.median_s)
+        if failed and not xs:
+            out.append(
+                AttentionFit(
+                    backend=label,
+                    dtype=dtype_name,
+                    a=0,
+                    b=0,
+                    c=0,
+                    seq_lens=[],
+                    seconds=[],
+                    max_rel_residual=0,
+                    failed=failed,
+                )
+            )
+            continue
+        if len(xs) < 3:
+            continue
+        a, b, c = _fit_quadratic(xs, ys)
+        resid = max(abs(a * x * x + b * x + c - y) / y for x, y in zip(xs, ys, strict=True))
+        out.append(
+            AttentionFit(
+                backend=label,
+                dtype=dtype_name,
+                a=a,
+                b=b,
+                c=c,
+                seq_lens=[int(x) for x in xs],
+                seconds=ys,
+                max_rel_residual=round(resid, 4),
+                failed=failed,
+            )
+        )
+    return out
+
+
+def _layer_tensors(torch: Any, spec: ModelSpec, device: str, scale: float) -> dict[str, Any]:
+    params = {}
+    for name, dims in spec.layer_matrix_shapes():
+        shape = tuple(max(1, int(d * scale)) for d in dims)
+        p = torch.nn.Parameter(torch.randn(*shape, device=device) * 0.02)
+        p.grad = torch.randn_like(p) * 1e-3
+        params[name.replace(".", "_")] = p
+    return params
+
+
+def _time_optimizer(
+    torch: Any,
+    device: str,
+    sync: Any,
+    spec: ModelSpec,
+    shape: LayerShape,
+    oid: str,
+    budget: _Budget,
+) -> list[OptimizerTiming]:
+    entry = OPTIMIZERS.get(oid)
+    if entry is None:
+        return [
+            OptimizerTiming(optimizer=oid, status="unsupported", detail="no entry in the table")
+        ]
+    kind = "cuda" if device.startswith("cuda") else device
+    variants = [v for v in entry.variants if kind in v.devices]
+    if not variants:
+        return [OptimizerTiming(optimizer=oid, status="unsupported", detail=entry.unavailable)]
+    layer_params = spec.layer_parameter_count()
+    free = psutil.virtual_memory().available if device == "cpu" else _cuda_free(torch, device)
+    # Parameters + gradients + up to 4 state/temporary copies, all fp32.
+    scale = 1.0
+    if layer_params * 4 * 6 > 0.4 * free:
+        scale = math.sqrt(0.4 * free / (layer_params * 4 * 6))
+    out = []
+    for variant in variants:
+        if not budget.ok():
+            out.append(
+                OptimizerTiming(
+                    optimizer=oid, variant=variant.name, status="skipped", detail="budget spent"
+                )
+            )
+            continue
+        out.append(_time_variant(torch, device, sync, spec, oid, variant, scale))
+    return out
+
+
+def _time_variant(
+    torch: Any, device: str, sync: Any, spec: ModelSpec, oid: str, variant: Variant, scale: float
+) -> OptimizerTiming:
+    tensors = _layer_tensors(torch, spec, device, scale)
+    module = torch.nn.Module()
+    for name, p in tensors.items():
+        module.register_parameter(name, p)
+    params = list(tensors.values())
+    n = sum(p.numel() for p in params)
+    detail = f"widths scaled by {scale:.2f} (memory)" if scale < 1 else ""
+    try:
+        opt = variant.build(torch, params, module)
+    except (ImportError, RuntimeError, TypeError, ValueError) as exc:
+        return OptimizerTiming(
+            optimizer=oid,
+            variant=variant.name,
+            status="unsupported",
+            detail=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}",
+        )
+
+    def refill(create_graph: bool) -> None:
+        if create_graph:
+            opt.zero_grad(set_to_none=True)
+            loss = sum((p * p).sum() for p in params)
+            loss.backward(create_graph=True)
+
+    def step() -> None:
+        if variant.needs == "closure":
+            opt.step(lambda: 0.0)  # the two forwards are costed separately
+        elif variant.needs == "hessian":
+            refill(True)
+            opt.step()
+        else:
+            opt.step()
+
+    try:
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        first = time.perf_counter() - t0
+        steady = measure(step, sync, repeats=_REPEATS, warmup=1, max_seconds=10.0)
+        if variant.needs == "hessian":
+            # The create_graph backward is not the optimizer's cost: time it alone, subtract.
+            back = measure(lambda: refill(True), sync, repeats=_REPEATS)
+            steady = steady.model_copy(
+                update={"median_s": max(0.0, steady.median_s - back.median_s)}
+            )
+    except (RuntimeError, MemoryError) as exc:
+        status = "does-not-fit" if is_out_of_memory(exc) else "failed"
+        return OptimizerTiming(
+            optimizer=oid,
+            variant=variant.name,
+            status=status,
+            detail=str(exc).splitlines()[0][:160],
+            layer_parameters=n,
+        )
+    amortised = None
+    if variant.interval:
+        # The first step builds and refreshes the preconditioner / projection: spread that
+        # extra over the refresh interval.
+        amortised = steady.median_s + max(0.0, first - steady.median_s) / variant.interval
+    return OptimizerTiming(
+        optimizer=oid,
+        variant=variant.name,
+        steady=steady,
+        first_step_s=first,
+        interval=variant.interval,
+        refresh_s=first if variant.interval else None,
+        amortised_s=amortised,
+        layer_parameters=n,
+        detail=detail,
+    )
