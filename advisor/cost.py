@@ -401,7 +401,7 @@ def _optimizer_cost(
             for o in results.optimizers
             if o.optimizer == config.optimizer and o.status == "ok" and o.per_step_s is not None
         ]
-        if timed and config.task not in (Task.LORA, Task.QLORA):
+        if timed:
             # Best measured variant (fused where available), per parameter, scaled to the
             # parameters this device steps (embeddings included, sharding applied).
             best = min(timed, key=lambda o: o.per_step_s or 0.0)
@@ -452,13 +452,17 @@ def _communication(
         in (Precision.FP32, Precision.TF32, Precision.AMP_BF16, Precision.AMP_FP16)
         else 2
     )
-    ring = 2 * (n - 1) / n
-    volume = ring * grad_bytes
+    share = (n - 1) / n
     if config.sharding in (Sharding.ZERO3, Sharding.FSDP):
-        # Parameters all-gathered for forward and again for backward, every micro-step
-        # (Rajbhandari et al. 2020: 1.5x the data-parallel volume).
+        # Every micro-step: parameters all-gathered for forward and again for backward, and
+        # gradients reduce-scattered: 3 x (n-1)/n x the model, 1.5x the data-parallel volume
+        # (Rajbhandari et al. 2020).
         wb = _weight_bytes(config.precision)
-        volume += 2 * (n - 1) / n * sh.params * wb * config.grad_accumulation
+        volume = (share * grad_bytes + 2 * share * sh.params * wb) * config.grad_accumulation
+    else:
+        # Ring all-reduce of the gradients once per optimizer step (ZeRO-1/2: a
+        # reduce-scatter plus an all-gather of the same total volume).
+        volume = 2 * share * grad_bytes
     if calibration is not None and calibration.allreduce_gb_s and hw is None:
         return ComponentTime(
             seconds=volume / (calibration.allreduce_gb_s * 1e9),

@@ -387,18 +387,18 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         from rich import box
 
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for col, justify in (
-            ("#", "right"),
-            ("optimizer", "left"),
-            ("precision", "left"),
-            ("attn", "left"),
-            ("savers, sharding", "left"),
-            ("peak", "right"),
-            ("free", "right"),
-            ("step", "right"),
-            ("tokens/s", "right"),
+        for col, justify, no_wrap in (
+            ("#", "right", True),
+            ("optimizer", "left", True),
+            ("precision", "left", True),
+            ("attn", "left", True),
+            ("savers, sharding", "left", False),
+            ("peak", "right", True),
+            ("free", "right", True),
+            ("step", "right", True),
+            ("tokens/s", "right", True),
         ):
-            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+            table.add_column(col, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
         for r in report.recommendations:
             savers = [
                 _SHORT.get(t, t)
