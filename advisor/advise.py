@@ -256,7 +256,9 @@ def write_emitted(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create {out}: {exc.strerror}", "pass another --out folder") from None
+        raise UserError(
+            f"cannot create {out}: {exc.strerror}", "pass another --out folder"
+        ) from None
     path = out / emission.filename
     _atomic_write(path, emission.text)
     return path, list(emission.notes)
@@ -268,4 +270,6 @@ def _atomic_write(path: Path, text: str) -> None:
         tmp.write_text(text)
         tmp.replace(path)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror}", "pass another --out folder") from None
+        raise UserError(
+            f"cannot write {path}: {exc.strerror}", "pass another --out folder"
+        ) from None

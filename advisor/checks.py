@@ -407,7 +407,9 @@ class _Checker:
         live_ids = {r.rule.id for r in live}
         groups = []
         for oid in optimizers:
-            excluders = [r.rule.when for r in self._by_verb("exclude", oid) if r.rule.id in live_ids]
+            excluders = [
+                r.rule.when for r in self._by_verb("exclude", oid) if r.rule.id in live_ids
+            ]
             if not excluders:
                 return []  # this optimizer is never excluded: always feasible
             groups.append(excluders)

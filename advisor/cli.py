@@ -431,14 +431,18 @@ def recommend(
         str | None,
         typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
     ] = None,
-    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Samples per device per pass.")] = 1,
+    micro_batch: Annotated[
+        int, typer.Option("--micro-batch", help="Samples per device per pass.")
+    ] = 1,
     global_batch: Annotated[
         int | None,
         typer.Option("--global-batch", help="Samples per optimizer step (sets accumulation)."),
     ] = None,
     hardware: Annotated[
         str | None,
-        typer.Option("--hardware", help="Plan for a profile instead of this machine (profiles list)."),
+        typer.Option(
+            "--hardware", help="Plan for a profile instead of this machine (profiles list)."
+        ),
     ] = None,
     gpus: Annotated[
         int | None, typer.Option("--gpus", help="Devices per node (default: all local GPUs, or 1).")
@@ -467,7 +471,9 @@ def recommend(
     explain: Annotated[bool, typer.Option("--explain", help="Show every rule that fired.")] = False,
     emit: Annotated[
         str | None,
-        typer.Option("--emit", help="Write the first pick as deepspeed, accelerate or torch config."),
+        typer.Option(
+            "--emit", help="Write the first pick as deepspeed, accelerate or torch config."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
     json_out: JsonOpt = False,
@@ -568,7 +574,9 @@ def calibrate(
     from advisor import render
     from advisor.calibration.runner import run_calibration
 
-    spec = _resolve_model(model_size or ("125M" if not (model or model_config) else None), model, model_config)
+    spec = _resolve_model(
+        model_size or ("125M" if not (model or model_config) else None), model, model_config
+    )
     with render.calibration_progress(enabled=not json_out) as progress:
         cache = run_calibration(
             spec,

@@ -885,9 +885,7 @@ def _reason(ctx: Context, rule_id: str, effect: str) -> Reason:
     )
 
 
-def _recommendation(
-    ctx: Context, s: _Scored, rank: int, decision: Decision
-) -> Recommendation:
+def _recommendation(ctx: Context, s: _Scored, rank: int, decision: Decision) -> Recommendation:
     c = s.config
     tech = ctx.taxonomy.get(c.optimizer)
     tokens = ctx.workload.effective_global_batch * c.seq_len

@@ -6,8 +6,8 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -268,7 +268,9 @@ def render_rules_list(rules: list[LocatedRule]) -> None:
         table.add_row(*cells)
     console.print(table)
     if not wide:
-        console.print("[dim]`optadvise rules show ID` for a rule's condition, actions and sources[/]")
+        console.print(
+            "[dim]`optadvise rules show ID` for a rule's condition, actions and sources[/]"
+        )
 
 
 def render_rule(lr: LocatedRule) -> None:
@@ -287,7 +289,9 @@ def render_rule(lr: LocatedRule) -> None:
             console.print(f"[bold]{a.verb}[/] {', '.join(a.techniques)}{weight}")
     console.print(f"[bold]why[/]    {escape(' '.join(r.rationale.split()))}")
     for src in r.sources:
-        console.print(f"[bold]source[/] {escape(src.cite())}" + (f" <{src.url}>" if src.url else ""))
+        console.print(
+            f"[bold]source[/] {escape(src.cite())}" + (f" <{src.url}>" if src.url else "")
+        )
 
 
 def render_check(report: CheckReport) -> None:
@@ -432,7 +436,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             )
             if reason.sources:
                 console.print(f"    [dim]{escape('; '.join(reason.sources))}[/]")
-        console.print(f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):")
+        console.print(
+            f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):"
+        )
         total = max(best.peak_memory_bytes, 1)
         for name, value in best.memory_breakdown.items():
             if value:
@@ -454,7 +460,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             console.print(f"    {escape(fired.rationale)}")
             if fired.sources:
                 console.print(f"    [dim]{'; '.join(fired.sources)}[/]")
-        console.print("\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items()))
+        console.print(
+            "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
+        )
     rejected = len(report.rejected)
     console.print(
         f"\n[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
@@ -515,7 +523,9 @@ def calibration_progress(enabled: bool = True) -> Iterator[Callable[[str, float]
             bar_.start()
             state["bar"] = bar_
             state["task"] = bar_.add_task(label, total=1.0)
-        state["bar"].update(state["task"], completed=max(0.0, min(1.0, fraction)), description=label)
+        state["bar"].update(
+            state["task"], completed=max(0.0, min(1.0, fraction)), description=label
+        )
 
     try:
         yield update
@@ -549,20 +559,38 @@ def render_calibration(cache: CalibrationCache, spec_key: str | None = None) -> 
                 f"(IQR {format_seconds(lt.timing.iqr_s)}) for {lt.tokens} tokens "
                 f"= {lt.seconds_per_token * 1e6:.1f} µs/token{scale}"
             )
-        table = Table(title="attention fwd+bwd per layer and sample: a·s² + b·s + c", title_justify="left")
+        table = Table(
+            title="attention fwd+bwd per layer and sample: a·s² + b·s + c", title_justify="left"
+        )
         for col in ("backend", "dtype", "seq lens", "a (s/token²)", "b", "c", "max resid."):
             table.add_column(col)
         for f in shape.attention:
             if f.failed:
-                table.add_row(f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", "")
+                table.add_row(
+                    f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", ""
+                )
                 continue
             table.add_row(
-                f.backend, f.dtype, ",".join(map(str, f.seq_lens)), f"{f.a:.3g}", f"{f.b:.3g}",
-                f"{f.c:.3g}", f"{f.max_rel_residual:.1%}",
+                f.backend,
+                f.dtype,
+                ",".join(map(str, f.seq_lens)),
+                f"{f.a:.3g}",
+                f"{f.b:.3g}",
+                f"{f.c:.3g}",
+                f"{f.max_rel_residual:.1%}",
             )
         console.print(table)
         table = Table(title="optimizer step on one layer", title_justify="left")
-        for col in ("optimizer", "variant", "median", "IQR", "first step", "interval", "ns/param", "status"):
+        for col in (
+            "optimizer",
+            "variant",
+            "median",
+            "IQR",
+            "first step",
+            "interval",
+            "ns/param",
+            "status",
+        ):
             table.add_column(col)
         for o in shape.optimizers:
             per = o.per_step_s

@@ -83,7 +83,9 @@ def test_cache_round_trip_and_reuse(calibrated: CalibrationCache, cache_dir: Pat
     assert again.created_at == calibrated.created_at
 
 
-def test_corrupt_cache_is_reported_and_rebuilt(calibrated: CalibrationCache, cache_dir: Path) -> None:
+def test_corrupt_cache_is_reported_and_rebuilt(
+    calibrated: CalibrationCache, cache_dir: Path
+) -> None:
     (path,) = cache_dir.glob("*.json")
     path.write_text('{"schema_version": 1, "fingerprint": ')
     cache, warning = cal_cache.load_cache_for("cpu")
@@ -111,7 +113,9 @@ def test_budget_stops_cleanly_and_keeps_partial_results(cache_dir: Path) -> None
     assert cal_cache.load_cache_for("cpu")[0] == c  # partial results are saved, marked
 
 
-def test_interrupt_leaves_the_previous_cache_intact(calibrated: CalibrationCache, cache_dir: Path) -> None:
+def test_interrupt_leaves_the_previous_cache_intact(
+    calibrated: CalibrationCache, cache_dir: Path
+) -> None:
     (path,) = cache_dir.glob("*.json")
     before = path.read_bytes()
     calls = 0

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from advisor.config import Attention, Checkpointing, Offload, Precision, Sharding, Task, TrainingConfig
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    Offload,
+    Precision,
+    Sharding,
+    Task,
+    TrainingConfig,
+)
 from advisor.cost import ANALYTIC_MFU, Source, layer_shape, predict_step_time
 from advisor.costdata import (
     AttentionFit,
@@ -26,8 +34,14 @@ def step(config: TrainingConfig, **kw: object) -> float:
     return predict_step_time(LLAMA, config, calibration=None, hardware=A100, **kw).seconds  # type: ignore[arg-type]
 
 
-BASE = TrainingConfig(task=Task.PRETRAIN, optimizer="adamw", precision=Precision.BF16_MIXED,
-                      attention=Attention.FLASH, micro_batch=1, seq_len=2048)
+BASE = TrainingConfig(
+    task=Task.PRETRAIN,
+    optimizer="adamw",
+    precision=Precision.BF16_MIXED,
+    attention=Attention.FLASH,
+    micro_batch=1,
+    seq_len=2048,
+)
 
 
 def test_analytic_compute_is_6n_flops_per_token_at_the_stated_mfu() -> None:
@@ -40,7 +54,9 @@ def test_analytic_compute_is_6n_flops_per_token_at_the_stated_mfu() -> None:
     matmul_params = LLAMA.layer_parameter_count() * 32 + 32000 * 4096
     norms = 32 * 2 * 4096  # RMSNorm weights are counted in the layer but do no matmul
     assert flops / tokens == pytest.approx(6 * matmul_params, rel=2 * norms / matmul_params)
-    assert st.source is Source.ANALYTIC and all(c.source is Source.ANALYTIC for c in st.components.values())
+    assert st.source is Source.ANALYTIC and all(
+        c.source is Source.ANALYTIC for c in st.components.values()
+    )
 
 
 def test_costs_grow_with_tokens_and_accumulation() -> None:
@@ -51,12 +67,17 @@ def test_costs_grow_with_tokens_and_accumulation() -> None:
 
 
 def test_recompute_and_eager_attention_cost_time() -> None:
-    full = predict_step_time(LLAMA, BASE.model_copy(update={"checkpointing": Checkpointing.FULL}),
-                             calibration=None, hardware=A100)
+    full = predict_step_time(
+        LLAMA,
+        BASE.model_copy(update={"checkpointing": Checkpointing.FULL}),
+        calibration=None,
+        hardware=A100,
+    )
     plain = predict_step_time(LLAMA, BASE, calibration=None, hardware=A100)
     # Full recomputation re-runs the forward: a third of forward+backward (Chen et al. 2016).
     assert full.components["recompute"].seconds == pytest.approx(
-        (plain.components["forward_backward"].seconds + plain.components["attention"].seconds) / 3, rel=1e-6
+        (plain.components["forward_backward"].seconds + plain.components["attention"].seconds) / 3,
+        rel=1e-6,
     )
     assert step(BASE.model_copy(update={"attention": Attention.EAGER, "seq_len": 8192})) > step(
         BASE.model_copy(update={"seq_len": 8192})
@@ -66,23 +87,42 @@ def test_recompute_and_eager_attention_cost_time() -> None:
 def test_communication_follows_the_ring_all_reduce_volume() -> None:
     one = predict_step_time(LLAMA, BASE, calibration=None, hardware=A100)
     assert "communication" not in one.components
-    eight = predict_step_time(LLAMA, BASE.model_copy(update={"gpus": 8}), calibration=None, hardware=A100,
-                              interconnect_gb_s=600.0)
+    eight = predict_step_time(
+        LLAMA,
+        BASE.model_copy(update={"gpus": 8}),
+        calibration=None,
+        hardware=A100,
+        interconnect_gb_s=600.0,
+    )
     grads = LLAMA.parameter_count() * 2
     expected = 2 * 7 / 8 * grads / (600 / 2 * 0.75 * 1e9)
     assert eight.components["communication"].seconds == pytest.approx(expected, rel=1e-9)
-    zero3 = predict_step_time(LLAMA, BASE.model_copy(update={"gpus": 8, "sharding": Sharding.ZERO3}),
-                              calibration=None, hardware=A100, interconnect_gb_s=600.0)
+    zero3 = predict_step_time(
+        LLAMA,
+        BASE.model_copy(update={"gpus": 8, "sharding": Sharding.ZERO3}),
+        calibration=None,
+        hardware=A100,
+        interconnect_gb_s=600.0,
+    )
     # ZeRO-3 adds the parameter all-gathers: 1.5x the data-parallel volume (Rajbhandari et al. 2020).
     assert zero3.components["communication"].seconds == pytest.approx(1.5 * expected, rel=1e-9)
 
 
 def test_offload_and_zeroth_order_and_adapters() -> None:
-    off = predict_step_time(LLAMA, BASE.model_copy(update={"offload": Offload.OPTIMIZER}), calibration=None,
-                            hardware=A100)
+    off = predict_step_time(
+        LLAMA,
+        BASE.model_copy(update={"offload": Offload.OPTIMIZER}),
+        calibration=None,
+        hardware=A100,
+    )
     assert off.components["offload_transfer"].seconds > 0
-    zo = predict_step_time(LLAMA, BASE.model_copy(update={"optimizer": "mezo"}), calibration=None,
-                           hardware=A100, optimizer_order="zeroth")
+    zo = predict_step_time(
+        LLAMA,
+        BASE.model_copy(update={"optimizer": "mezo"}),
+        calibration=None,
+        hardware=A100,
+        optimizer_order="zeroth",
+    )
     fb = predict_step_time(LLAMA, BASE, calibration=None, hardware=A100)
     # Two forwards, no backward: two thirds of forward+backward.
     assert zo.components["forward_backward"].seconds == pytest.approx(
@@ -96,15 +136,42 @@ def _cache_for(spec_shape_tokens: int = 512) -> CalibrationCache:
     t = Timing(median_s=0.1, iqr_s=0.001, repeats=5)
     results = ShapeResults(
         shape=layer_shape(LLAMA),
-        layers=[LayerTiming(dtype="bf16", tokens=spec_shape_tokens, timing=t, forward=Timing(median_s=0.03, iqr_s=0, repeats=5))],
-        attention=[AttentionFit(backend="flash", dtype="bf16", a=1e-9, b=1e-6, c=1e-4, seq_lens=[512, 1024, 2048],
-                                seconds=[0.0, 0.0, 0.0], max_rel_residual=0.01)],
-        optimizers=[OptimizerTiming(optimizer="adamw", variant="fused", steady=Timing(median_s=0.2, iqr_s=0, repeats=5),
-                                    layer_parameters=LLAMA.layer_parameter_count())],
+        layers=[
+            LayerTiming(
+                dtype="bf16",
+                tokens=spec_shape_tokens,
+                timing=t,
+                forward=Timing(median_s=0.03, iqr_s=0, repeats=5),
+            )
+        ],
+        attention=[
+            AttentionFit(
+                backend="flash",
+                dtype="bf16",
+                a=1e-9,
+                b=1e-6,
+                c=1e-4,
+                seq_lens=[512, 1024, 2048],
+                seconds=[0.0, 0.0, 0.0],
+                max_rel_residual=0.01,
+            )
+        ],
+        optimizers=[
+            OptimizerTiming(
+                optimizer="adamw",
+                variant="fused",
+                steady=Timing(median_s=0.2, iqr_s=0, repeats=5),
+                layer_parameters=LLAMA.layer_parameter_count(),
+            )
+        ],
         matmul_tflops={"bf16": 100.0},
     )
-    fp = Fingerprint(device="cuda:0", device_name="test", torch_version="2.13.0", torch_build="cuda", threads=8)
-    return CalibrationCache(fingerprint=fp, created_at="now", mode="quick", copy_gb_s=1000.0, shapes=[results])
+    fp = Fingerprint(
+        device="cuda:0", device_name="test", torch_version="2.13.0", torch_build="cuda", threads=8
+    )
+    return CalibrationCache(
+        fingerprint=fp, created_at="now", mode="quick", copy_gb_s=1000.0, shapes=[results]
+    )
 
 
 def test_measured_terms_come_from_the_cache_at_the_models_shape() -> None:
@@ -114,12 +181,23 @@ def test_measured_terms_come_from_the_cache_at_the_models_shape() -> None:
     assert c["forward_backward"].seconds == pytest.approx(0.1 / 512 * 2048 * 32)
     assert c["attention"].seconds == pytest.approx((1e-9 * 2048**2 + 1e-6 * 2048 + 1e-4) * 32)
     assert c["optimizer_step"].source is Source.MEASURED
-    assert c["optimizer_step"].seconds == pytest.approx(0.2 / LLAMA.layer_parameter_count() * LLAMA.parameter_count())
+    assert c["optimizer_step"].seconds == pytest.approx(
+        0.2 / LLAMA.layer_parameter_count() * LLAMA.parameter_count()
+    )
     assert st.source is Source.MEASURED
     # A shape the cache does not hold falls back to the datasheet, labelled analytic.
-    other = predict_step_time(get_model_profile("llama-2-13b"), BASE, calibration=_cache_for(), hardware=A100)
+    other = predict_step_time(
+        get_model_profile("llama-2-13b"), BASE, calibration=_cache_for(), hardware=A100
+    )
     assert other.components["forward_backward"].source is Source.ANALYTIC
     # fp32 was not measured: analytic too, even for the cached shape.
-    fp32 = predict_step_time(LLAMA, BASE.model_copy(update={"precision": Precision.FP32}), calibration=_cache_for(),
-                             hardware=A100)
-    assert fp32.components["forward_backward"].source is Source.ANALYTIC and fp32.source is Source.MIXED
+    fp32 = predict_step_time(
+        LLAMA,
+        BASE.model_copy(update={"precision": Precision.FP32}),
+        calibration=_cache_for(),
+        hardware=A100,
+    )
+    assert (
+        fp32.components["forward_backward"].source is Source.ANALYTIC
+        and fp32.source is Source.MIXED
+    )

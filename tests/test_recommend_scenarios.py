@@ -19,9 +19,19 @@ DP_OPTIMIZERS = {"dp-sgd", "dp-adam", "dp-zo"}
 def rec(size: str = "7B", model: str | None = None, **flags: object) -> RecommendReport:
     spec = get_model_profile(model) if model else resolve_model_size(size)
     defaults: dict[str, object] = dict(
-        task="finetune", seq_len=None, micro_batch=1, global_batch=None, hardware=None,
-        gpus=None, nodes=1, memory_budget=None, objective="balanced", privacy="none",
-        sparse_features=False, top=5, calibrate=False,
+        task="finetune",
+        seq_len=None,
+        micro_batch=1,
+        global_batch=None,
+        hardware=None,
+        gpus=None,
+        nodes=1,
+        memory_budget=None,
+        objective="balanced",
+        privacy="none",
+        sparse_features=False,
+        top=5,
+        calibrate=False,
     )
     defaults.update(flags)
     return run_recommend(RecommendRequest.from_flags(spec=spec, **defaults))  # type: ignore[arg-type]
@@ -29,8 +39,12 @@ def rec(size: str = "7B", model: str | None = None, **flags: object) -> Recommen
 
 def full_adamw_no_savers(r: RecommendReport) -> bool:
     return any(
-        x.optimizer == "adamw" and x.task == "finetune" and x.sharding == "none"
-        and x.checkpointing == "none" and x.offload == "none" and x.precision == "bf16-mixed"
+        x.optimizer == "adamw"
+        and x.task == "finetune"
+        and x.sharding == "none"
+        and x.checkpointing == "none"
+        and x.offload == "none"
+        and x.precision == "bf16-mixed"
         for x in r.recommendations
     )
 
@@ -65,7 +79,15 @@ def test_70b_pretrain_on_8_h100_needs_sharding_or_offload() -> None:
 
 
 def test_405b_on_8_nodes_of_h100_plans_multi_node_with_communication_cost() -> None:
-    r = rec("405B", model="llama-3.1-405b", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nodes=8, top=3)
+    r = rec(
+        "405B",
+        model="llama-3.1-405b",
+        task="pretrain",
+        hardware="h100-sxm-80gb",
+        gpus=8,
+        nodes=8,
+        top=3,
+    )
     assert r.recommendations and r.workload.world_size == 64
     best = r.recommendations[0]
     assert best.sharding in ("zero3", "fsdp")
@@ -121,7 +143,7 @@ def test_fp8_only_where_the_tensor_cores_have_it() -> None:
     h100 = rec("7B", hardware="h100-sxm-80gb", top=300)
     a100 = rec("7B", hardware="a100-sxm-80gb", top=300)
     assert not any(x.precision == "fp8-mixed" for x in a100.recommendations)
-    assert "fp8-mixed" not in h100.facts or True
+    assert any(x.precision == "fp8-mixed" for x in h100.recommendations)
     assert any("fp8-mixed" in rj.techniques for rj in a100.rejected if rj.kind == "rule")
 
 
@@ -171,7 +193,15 @@ def test_slow_inter_node_links_bring_gradient_compression_advice() -> None:
 
 def test_large_global_batch_fires_linear_scaling_and_lamb() -> None:
     # Goyal et al. 2017; You et al. 2019 (LAMB) for batches in the tens of thousands.
-    r = rec("1.3B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nodes=8, micro_batch=4, global_batch=32768)
+    r = rec(
+        "1.3B",
+        task="pretrain",
+        hardware="h100-sxm-80gb",
+        gpus=8,
+        nodes=8,
+        micro_batch=4,
+        global_batch=32768,
+    )
     effects = " ".join(f.effect for f in r.fired_rules)
     assert "lamb" in effects and ("linear-lr-scaling" in effects or "lr-warmup" in effects)
 
@@ -198,8 +228,21 @@ def test_json_contract_fields() -> None:
     for key in ("recommendations", "rejected", "hardware", "workload"):
         assert key in r
     first = r["recommendations"][0]
-    for key in ("rank", "optimizer", "order", "precision", "attention", "techniques", "sharding",
-                "peak_memory_bytes", "fits", "step_time_s", "tokens_per_s", "cost_source", "reasons"):
+    for key in (
+        "rank",
+        "optimizer",
+        "order",
+        "precision",
+        "attention",
+        "techniques",
+        "sharding",
+        "peak_memory_bytes",
+        "fits",
+        "step_time_s",
+        "tokens_per_s",
+        "cost_source",
+        "reasons",
+    ):
         assert key in first
     assert isinstance(first["peak_memory_bytes"], int)
     assert first["cost_source"] == "analytic"

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 from pydantic import ValidationError
 
-from advisor.costdata import CACHE_SCHEMA_VERSION, CalibrationCache, Fingerprint, ShapeResults
 from advisor.calibration.timing import torch_threads_env
+from advisor.costdata import CACHE_SCHEMA_VERSION, CalibrationCache, Fingerprint, ShapeResults
 
 CACHE_ENV = "OPTADVISE_CACHE_DIR"
 

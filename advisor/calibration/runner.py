@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -117,7 +118,8 @@ def run_calibration(
     dtypes = ["fp32"] + (["bf16"] if fast_bf16 else []) + (["fp16"] if device != "cpu" else [])
     if not fast_bf16 and device == "cpu":
         warnings.append(
-            f"bf16 GEMM runs at {gemm.get('bf16', 0):.3g} GFLOP/s vs fp32 {gemm.get('fp32', 0):.3g}:"
+            f"bf16 GEMM runs at {gemm.get('bf16', 0):.3g} GFLOP/s"
+            f" vs fp32 {gemm.get('fp32', 0):.3g}:"
             " bf16 paths were not timed on this CPU"
         )
     tick("memory bandwidth")
@@ -152,9 +154,9 @@ def run_calibration(
         tick("all-reduce bandwidth (2 local processes)")
         from advisor.calibration.allreduce import measure_allreduce
 
-        allreduce, note = measure_allreduce(device)
-        if note:
-            warnings.append(note)
+        allreduce, why = measure_allreduce(device)
+        if why:
+            warnings.append(why)
     report("done", 1.0)
     other = share.other_share()
     if other is not None and other > 0.05:
@@ -229,7 +231,7 @@ def _gemm(torch: Any, device: str, sync: Any, shape: LayerShape) -> dict[str, fl
         if time.perf_counter() - t0 > 0.1 and name != "fp32":
             out[name] = round(2 * m * k * n / (time.perf_counter() - t0) / 1e9, 2)
             continue
-        timing = measure(lambda a=a, b=b: torch.mm(a, b), sync, repeats=_REPEATS)
+        timing = measure(functools.partial(torch.mm, a, b), sync, repeats=_REPEATS)
         out[name] = round(2 * m * k * n / timing.median_s / 1e9, 2)
     return out
 
@@ -251,7 +253,7 @@ def _block(torch: Any, shape: LayerShape, scale: float, device: str, dtype: Any)
     q = max(64, int(shape.heads * shape.head_dim * scale) // 64 * 64)
     kv = max(64, int(shape.kv_heads * shape.head_dim * scale) // 64 * 64)
 
-    class Block(nn.Module):
+    class Block(nn.Module):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             super().__init__()
             self.norm1 = nn.RMSNorm(h)
@@ -298,7 +300,10 @@ def _time_layer(
     need = params * 4 * 3
     if need > 0.4 * free:
         scale = math.sqrt(0.4 * free / need)
-        note = f"one true-width layer ({params / 1e6:.0f}M parameters) does not fit: widths scaled by {scale:.2f}"
+        note = (
+            f"one true-width layer ({params / 1e6:.0f}M parameters) does not fit:"
+            f" widths scaled by {scale:.2f}"
+        )
     # Time: pick the token count so one call takes about the target time.
     block = _block(torch, shape, scale, device, dtype)
     x = torch.randn(1, 64, int(shape.hidden * scale) // 64 * 64 or 64, device=device, dtype=dtype)
@@ -313,7 +318,10 @@ def _time_layer(
     tokens = max(64, min(2048, 2 ** int(math.log2(max(tokens, 64)))))
     if per_token * 64 > 4 * _TARGET_CALL_S[mode] and scale == 1.0:
         scale = math.sqrt(4 * _TARGET_CALL_S[mode] / (per_token * 64))
-        note = f"layer scaled by {scale:.2f} in width to fit the time budget (per-token cost scales with width²)"
+        note = (
+            f"layer scaled by {scale:.2f} in width to fit the time budget"
+            " (per-token cost scales with width²)"
+        )
         block = _block(torch, shape, scale, device, dtype)
     width = next(iter(block.parameters())).shape[0]
     x = torch.randn(1, tokens, width, device=device, dtype=dtype, requires_grad=True)
@@ -401,7 +409,7 @@ def _time_attention(
             k = torch.randn_like(q, requires_grad=True)
             v = torch.randn_like(q, requires_grad=True)
 
-            def run(q: Any = q, k: Any = k, v: Any = v) -> None:
+            def run(q: Any = q, k: Any = k, v: Any = v, backend: Any = backend) -> None:
                 with sdpa_kernel([backend]):
                     out_ = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
                 out_.sum().backward()
