@@ -167,7 +167,8 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
         )
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})
-        calibration, note = _local_costs(req, target, progress)
+        gpu_name = report.gpus[0].name if report.gpus else ""
+        calibration, note = _local_costs(req, target, progress, gpu_name)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
     ctx = Context(spec=req.spec, workload=w, target=target, taxonomy=taxonomy, ruleset=ruleset)
@@ -175,7 +176,7 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
 
 
 def _local_costs(
-    req: RecommendRequest, target: Target, progress: Progress | None
+    req: RecommendRequest, target: Target, progress: Progress | None, gpu_name: str = ""
 ) -> tuple[Any, str]:
     """The calibration cache for this device, run first with --calibrate."""
     if req.calibrate is False:
@@ -188,13 +189,26 @@ def _local_costs(
 
         calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
         return calibration, f"costs: measured on this device (quick calibration, {device})"
-    cached, warning = cal_cache.load_cache_for(device)
+    # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
+    # marketing name NVML does; the fingerprint must match for the cache to be found.
+    cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
     if cached is None:
         hint = "run `optadvise calibrate` or pass --calibrate for measured costs"
         return None, f"costs: analytic (no calibration cache for this device; {hint})" + (
             f" [{warning}]" if warning else ""
         )
-    return cached, f"costs: measured on this device (calibration cache {cached.created_at})"
+    from advisor.cost import layer_shape
+
+    if cached.results_for(layer_shape(req.spec)) is None:
+        return cached, (
+            "costs: mostly analytic: the calibration cache has no results at this model's layer"
+            f" shape; run `optadvise calibrate --model-size ...` for it ({cached.created_at})"
+        )
+    partial = ", partial" if cached.partial else ""
+    return (
+        cached,
+        f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
+    )
 
 
 def _with_measured_precision(target: Target, calibration: Any) -> Target:

@@ -1006,6 +1006,25 @@ def _suggestions(ctx: Context, usable: int) -> list[Suggestion]:
                 )
             )
             break
+    if ctx.target.device_kind is not DeviceKind.CPU and ctx.target.host_memory_bytes:
+        # ZeRO-Infinity style: shard and offload optimizer states and parameters to host RAM.
+        for n in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+            if n < ctx.workload.world_size or n > 1024:
+                continue
+            c = tight.model_copy(
+                update={"gpus": n, "sharding": Sharding.ZERO3, "offload": Offload.OPTIMIZER_PARAMS}
+            )
+            m = estimate(ctx, c)
+            if m.total_bytes <= usable and _host_ok(ctx, m):
+                out.append(
+                    Suggestion(
+                        change=f"{n} devices with ZeRO-3 and CPU offload",
+                        detail=f"optimizer states and parameters in host RAM "
+                        f"({format_bytes(m.host_bytes)} per device), "
+                        f"{format_bytes(m.total_bytes)} on each device; slower per step",
+                    )
+                )
+                break
     for task in (Task.QLORA, Task.LORA):
         c = tight.model_copy(
             update={
