@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ OPTIMIZERS = (
 # (like torch Adafactor, GaLore and SOAP, measured) lets bare-16-bit factors follow the
 # parameter dtype; that one pair is left out of the bf16 grid and reported.
 EXCLUDED = {("shampoo", "bf16")}
-NOTES = Path(__file__).resolve().parent.parent / ".notes"
+# The grid summary is written only where OPTADVISE_REPORT_DIR asks for it (tests leave the
+# checkout untouched otherwise).
+NOTES = Path(os.environ["OPTADVISE_REPORT_DIR"]) if os.environ.get("OPTADVISE_REPORT_DIR") else None
 
 
 def _signatures() -> dict[str, OptimizerMemory]:
