@@ -19,8 +19,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check advisor tests
-	$(VENV)/bin/ruff format --check advisor tests
+	$(VENV)/bin/ruff check advisor tests benchmarks
+	$(VENV)/bin/ruff format --check advisor tests benchmarks
 	$(VENV)/bin/mypy advisor
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/yamllint -s -c .yamllint rules profiles tests/fixtures

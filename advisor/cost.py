@@ -230,6 +230,23 @@ def predict_step_time(
             seconds=2 * 2.5 * sh.params / bw, source=_bw_source(calibration)
         )
 
+    # Memory-bound work outside the blocks: the loss reads the logits and writes fp32
+    # probabilities and (with a backward) the logits' gradient; a dense embedding gradient is
+    # zeroed and scattered into. Priced at the device's copy bandwidth.
+    bw = _bandwidth(calibration, hardware)
+    cb = 4 if dtype in ("fp32", "tf32") else 2
+    vocab = spec.vocab_size or 0
+    h = spec.hidden_size or 0
+    if zeroth:
+        loss_bytes = 2 * tokens * vocab * (cb + 4)
+    else:
+        loss_bytes = tokens * vocab * (2 * cb + 8)
+        if config.task not in (Task.LORA, Task.QLORA):
+            loss_bytes += 2 * vocab * h * 4
+    parts["loss_and_embedding"] = ComponentTime(
+        seconds=loss_bytes / bw, source=_bw_source(calibration)
+    )
+
     accumulation = config.grad_accumulation
     for key in list(parts):
         parts[key] = parts[key].model_copy(update={"seconds": parts[key].seconds * accumulation})
@@ -245,6 +262,17 @@ def predict_step_time(
         zeroth,
         preconditioner_interval,
     )
+    if (
+        config.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED, Precision.FP8_MIXED)
+        and not zeroth
+    ):
+        # fp32 master weights: 16-bit gradients up-cast before the step, updated masters
+        # cast back into the 16-bit weights: ~12 bytes moved per trainable parameter.
+        trainable = _trainable(spec, config, sh) / _shard_degree(config, 1)
+        parts["master_copies"] = ComponentTime(
+            seconds=12 * trainable / _bandwidth(calibration, hardware),
+            source=_bw_source(calibration),
+        )
     if config.offload is not Offload.NONE and not zeroth:
         trainable = _trainable(spec, config, sh)
         moved = trainable * (2 + 2)  # 16-bit gradients down, 16-bit parameters back
@@ -431,7 +459,11 @@ def _optimizer_cost(
         # Preconditioner refresh: ~10 d^3 FLOPs per d x d factor (eigendecomposition or
         # inverse root), amortised over the interval (Gupta et al. 2018; Vyas et al. 2024).
         d = min(sh.hidden, 1024)
-        factors = 2 * (sh.layer_params // max(d * d, 1)) * sh.layers / _shard_degree(config, 1)
+        # Only trainable matrices carry preconditioners (LoRA: the adapters' share).
+        share = _trainable(spec, config, sh) / max(sh.params, 1)
+        factors = (
+            2 * (sh.layer_params // max(d * d, 1)) * sh.layers * share / _shard_degree(config, 1)
+        )
         refresh = 10 * d**3 * factors / (hw.peak_tflops.fp32 * 1e12 * REFRESH_EFFICIENCY)
         seconds += refresh / interval
     return ComponentTime(seconds=seconds, source=src if hw is None else Source.ANALYTIC)

@@ -390,6 +390,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     else:
         from rich import box
 
+        wide = console.width >= 100
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         for col, justify, no_wrap in (
             ("#", "right", True),
@@ -398,7 +399,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             ("attn", "left", True),
             ("savers, sharding", "left", False),
             ("peak", "right", True),
-            ("free", "right", True),
+            *((("free", "right", True),) if wide else ()),
             ("step", "right", True),
             ("tokens/s", "right", True),
         ):
@@ -416,14 +417,16 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                 r.attention,
                 ", ".join(savers) or "-",
                 format_bytes(r.peak_memory_bytes),
-                format_bytes(r.headroom_bytes),
+                *((format_bytes(r.headroom_bytes),) if wide else ()),
                 format_seconds(r.step_time_s),
                 f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
             )
         sources = sorted({r.cost_source for r in report.recommendations})
         console.print(table)
         console.print(
-            f"[dim]costs: {', '.join(sources)}; peak: per-device memory; free: what it leaves[/]"
+            f"[dim]costs: {', '.join(sources)}; peak: per-device memory"
+            + ("; free: what it leaves" if wide else "")
+            + "[/]"
         )
         best = report.recommendations[0]
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")

@@ -51,7 +51,14 @@ def _torch(name: str, **kwargs: Any) -> Factory:
 def _adam_mini(torch: Any, params: list[Any], module: Any) -> Any:
     import pytorch_optimizer
 
-    return pytorch_optimizer.AdamMini(module, lr=1e-4, num_embeds=1, num_heads=4)
+    # Adam-mini partitions by head: it needs the model's true hidden size and head count
+    # (the runner pins them on the module it builds from the layer's tensors).
+    return pytorch_optimizer.AdamMini(
+        module,
+        lr=1e-4,
+        num_embeds=int(getattr(module, "optadvise_hidden", 1)),
+        num_heads=int(getattr(module, "optadvise_heads", 1)),
+    )
 
 
 def _galore(torch: Any, params: list[Any], module: Any) -> Any:

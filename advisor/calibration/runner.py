@@ -515,6 +515,8 @@ def _time_variant(
     module = torch.nn.Module()
     for name, p in tensors.items():
         module.register_parameter(name, p)
+    module.optadvise_hidden = max(1, int((spec.hidden_size or 1) * scale))
+    module.optadvise_heads = spec.num_attention_heads or 1
     params = list(tensors.values())
     n = sum(p.numel() for p in params)
     detail = f"widths scaled by {scale:.2f} (memory)" if scale < 1 else ""
