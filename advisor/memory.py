@@ -195,7 +195,26 @@ def _req(spec: ModelSpec, name: str) -> int:
     return int(value)
 
 
+_SHAPES: dict[int, tuple[ModelSpec, dict[str, int], list[ParamTensor]]] = {}
+
+
+def _cached(spec: ModelSpec) -> tuple[dict[str, int], list[ParamTensor]]:
+    """Shape and tensors of a spec, computed once per spec object (the recommender asks
+    thousands of times for the same model). The spec is kept so its id stays unique."""
+    hit = _SHAPES.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        if len(_SHAPES) > 64:
+            _SHAPES.clear()
+        hit = (spec, _shape_of_uncached(spec), _param_tensors_uncached(spec))
+        _SHAPES[id(spec)] = hit
+    return hit[1], hit[2]
+
+
 def _shape_of(spec: ModelSpec) -> dict[str, int]:
+    return dict(_cached(spec)[0])
+
+
+def _shape_of_uncached(spec: ModelSpec) -> dict[str, int]:
     h = _req(spec, "hidden_size")
     a = _req(spec, "num_attention_heads")
     hd = int(_get(spec, "head_dim", h // a))
@@ -214,6 +233,11 @@ def _shape_of(spec: ModelSpec) -> dict[str, int]:
 
 
 def param_tensors(spec: ModelSpec) -> list[ParamTensor]:
+    """The parameter tensors of a transformer ``spec`` (cached per spec object)."""
+    return list(_cached(spec)[1])
+
+
+def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
     """Enumerate the parameter tensors of a transformer ``spec``.
 
     Follows the Hugging Face module layout: separate Q/K/V/O projections, gated MLPs as
@@ -235,7 +259,7 @@ def param_tensors(spec: ModelSpec) -> list[ParamTensor]:
             f"the memory model covers transformers; {spec.id} is a CNN",
             "pick a transformer profile (decoder or encoder)",
         )
-    d = _shape_of(spec)
+    d = _shape_of_uncached(spec)
     h, L, a, kv, hd, f, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["f"], d["V"]
     qd, kd = a * hd, kv * hd
     layernorm = _enum_value(spec.norm) == "layernorm"

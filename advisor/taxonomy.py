@@ -23,6 +23,7 @@ arguments ``(fused=True)`` or, for SDPA backends, a ``[BACKEND]`` suffix naming 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from enum import Enum
 from pathlib import Path
@@ -308,8 +309,13 @@ class Taxonomy(_Frozen):
         """Every technique id, in file order."""
         return [t.id for t in self.techniques]
 
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Technique]:
+        # NOTE: the recommender looks techniques up tens of thousands of times per run.
+        return {t.id: t for t in self.techniques}
+
     def __contains__(self, technique_id: object) -> bool:
-        return any(t.id == technique_id for t in self.techniques)
+        return technique_id in self._by_id
 
     def get(self, technique_id: str) -> Technique:
         """Return the technique with this id.
@@ -317,9 +323,9 @@ class Taxonomy(_Frozen):
         Raises:
             UserError: when no technique has this id (the hint names the closest ids).
         """
-        for tech in self.techniques:
-            if tech.id == technique_id:
-                return tech
+        tech = self._by_id.get(technique_id)
+        if tech is not None:
+            return tech
         close = difflib.get_close_matches(technique_id, self.ids(), n=3)
         hint = f"did you mean {', '.join(close)}?" if close else "see rules/taxonomy.yaml"
         raise UserError(f"unknown technique {technique_id!r}", hint)
