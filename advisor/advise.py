@@ -47,6 +47,7 @@ class RecommendRequest(BaseModel):
     gpus: int | None
     memory_budget: int | None
     top: int
+    rules_dirs: list[Path] = []
     calibrate: bool | None
 
     @classmethod
@@ -142,7 +143,7 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
         UserError: for unknown profiles, impossible flag combinations, broken data files.
     """
     taxonomy = load_taxonomy()
-    ruleset = load_rules(technique_ids=set(taxonomy.ids()))
+    ruleset = load_rules(req.rules_dirs, technique_ids=set(taxonomy.ids()))
     profiles = load_hardware_profiles()
     w = req.workload
     calibration: Any = None
@@ -287,3 +288,60 @@ def _atomic_write(path: Path, text: str) -> None:
         raise UserError(
             f"cannot write {path}: {exc.strerror}", "pass another --out folder"
         ) from None
+
+
+def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
+    """Step time of one configuration for `optadvise estimate`: measured from this device's
+    calibration cache when it holds the model's layer shape, else analytic from the
+    --hardware profile or the probed machine's peak figures. Never imports torch.
+
+    Returns:
+        An ``advisor.estimate.StepTimeReport``.
+    """
+    from advisor.cost import predict_step_time
+    from advisor.estimate import StepTimeReport
+
+    taxonomy = load_taxonomy()
+    tech = taxonomy.get(config.optimizer)
+    calibration = None
+    link = None
+    if hardware:
+        profile = get_hardware_profile(hardware)
+        if config.gpus > 1 and profile.intra_node is not None:
+            link = profile.intra_node.bandwidth_gb_s
+    else:
+        from advisor.probe import probe_hardware
+
+        report = probe_hardware(with_torch=False)
+        target = target_from_probe(
+            report,
+            load_hardware_profiles(),
+            gpus=None,
+            nodes=1,
+            memory_budget=None,
+            clock_ghz=_cpu_clock_ghz(),
+        )
+        profile = target.profile
+        from advisor.calibration import cache as cal_cache
+
+        device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
+        gpu = report.gpus[0].name if report.gpus else ""
+        calibration, _warning = cal_cache.load_cache_for(device, gpu_name=gpu)
+    st = predict_step_time(
+        spec,
+        config,
+        calibration=calibration,
+        hardware=profile,
+        optimizer_bytes_per_param=tech.memory.bytes_per_param if tech.memory else 0.0,
+        optimizer_order=tech.order.value if tech.order else "first",
+        preconditioner_interval=tech.compute.preconditioner_interval,
+        interconnect_gb_s=link,
+    )
+    return StepTimeReport(
+        seconds=st.seconds,
+        source=st.source.value,
+        components={
+            k: {"seconds": v.seconds, "source": v.source.value, "detail": v.detail}
+            for k, v in st.components.items()
+        },
+    )

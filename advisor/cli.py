@@ -405,12 +405,15 @@ def estimate(
     )
     import psutil
 
+    from advisor.advise import local_step_time
+
     report = estimate_report(
         spec,
         config,
         hardware=hardware,
         device=device,
         host_memory_bytes=None if hardware else psutil.virtual_memory().total,
+        step_time=local_step_time(spec, config, hardware),
     )
     if json_out:
         render.print_json(report)
@@ -476,6 +479,7 @@ def recommend(
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
+    rules_dir: RulesDirOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
@@ -515,6 +519,8 @@ def recommend(
         top=top,
         calibrate=calibrate,
     )
+    if rules_dir:
+        request = request.model_copy(update={"rules_dirs": list(rules_dir)})
     with render.calibration_progress(enabled=not json_out) as progress:
         report = run_recommend(request, progress=progress)
     if emit is not None:
