@@ -33,6 +33,10 @@ _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _TARGET_CALL_S = {"quick": 0.25, "full": 1.0}
 _SEQ_LENS = {"quick": [128, 256, 512, 1024], "full": [256, 512, 1024, 2048, 4096]}
 _REPEATS = 5
+# Quick mode times optimizers on at most this many parameters of one layer.
+QUICK_MAX_LAYER_PARAMS = 32_000_000
+# Quick mode stops after this many seconds unless --budget says otherwise.
+QUICK_DEFAULT_BUDGET_S = 120.0
 
 
 class _Budget:
@@ -97,6 +101,8 @@ def run_calibration(
         if cached is not None:
             return old
     report: Progress = progress or (lambda label, fraction: None)
+    if budget_s is None and mode == "quick":
+        budget_s = QUICK_DEFAULT_BUDGET_S
     budget = _Budget(budget_s)
     share = CpuShare()
     started = time.perf_counter()
@@ -148,7 +154,7 @@ def run_calibration(
         if not budget.ok():
             timings.append(OptimizerTiming(optimizer=oid, status="skipped", detail="budget spent"))
             continue
-        timings.extend(_time_optimizer(torch, device, sync, spec, shape, oid, budget))
+        timings.extend(_time_optimizer(torch, device, sync, spec, shape, oid, budget, mode))
     allreduce = None
     if mode == "full" and budget.ok():
         tick("all-reduce bandwidth (2 local processes)")
@@ -220,17 +226,23 @@ def _gemm(torch: Any, device: str, sync: Any, shape: LayerShape) -> dict[str, fl
     m, k, n = 256, min(shape.hidden, 4096), min(shape.intermediate, 8192)
     for name in ("fp32", "bf16", "fp16"):
         dtype = getattr(torch, _DTYPES[name])
+        if name != "fp32":
+            # NOTE: a 16-bit GEMM without hardware support runs 100x slower than fp32 (180x
+            # measured on an AVX2-only CPU); a 256^3 probe (~0.1 s at worst) decides first,
+            # and a slow dtype is reported from the probe, not timed at the layer's shape.
+            small = torch.randn(256, 256, device=device).to(dtype)
+            torch.mm(small, small)
+            sync()
+            t0 = time.perf_counter()
+            torch.mm(small, small)
+            sync()
+            probe_s = time.perf_counter() - t0
+            probe_gflops = 2 * 256**3 / max(probe_s, 1e-9) / 1e9
+            if probe_gflops < 0.25 * out["fp32"]:
+                out[name] = round(probe_gflops, 2)
+                continue
         a = torch.randn(m, k, device=device).to(dtype)
         b = torch.randn(k, n, device=device).to(dtype)
-        # NOTE: a 16-bit GEMM without hardware support can be 100x slower than fp32; time one
-        # call first and give up on that dtype when it alone exceeds 0.1 s.
-        sync()
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        if time.perf_counter() - t0 > 0.1 and name != "fp32":
-            out[name] = round(2 * m * k * n / (time.perf_counter() - t0) / 1e9, 2)
-            continue
         timing = measure(functools.partial(torch.mm, a, b), sync, repeats=_REPEATS)
         out[name] = round(2 * m * k * n / timing.median_s / 1e9, 2)
     return out
@@ -479,6 +491,7 @@ def _time_optimizer(
     shape: LayerShape,
     oid: str,
     budget: _Budget,
+    mode: str = "full",
 ) -> list[OptimizerTiming]:
     entry = OPTIMIZERS.get(oid)
     if entry is None:
@@ -492,9 +505,14 @@ def _time_optimizer(
     layer_params = spec.layer_parameter_count()
     free = psutil.virtual_memory().available if device == "cpu" else _cuda_free(torch, device)
     # Parameters + gradients + up to 4 state/temporary copies, all fp32.
-    scale = 1.0
+    scale, why = 1.0, ""
     if layer_params * 4 * 6 > 0.4 * free:
-        scale = math.sqrt(0.4 * free / (layer_params * 4 * 6))
+        scale, why = math.sqrt(0.4 * free / (layer_params * 4 * 6)), "memory"
+    if mode == "quick" and layer_params * scale**2 > QUICK_MAX_LAYER_PARAMS:
+        # NOTE: the quick set is elementwise optimizers, whose cost per parameter is flat
+        # from 25M to 100M parameters at the same widths (FINDINGS.md); a 7B layer (202M)
+        # would spend minutes on repeats without changing the per-parameter figure.
+        scale, why = math.sqrt(QUICK_MAX_LAYER_PARAMS / layer_params), "quick-mode time"
     out = []
     for variant in variants:
         if not budget.ok():
@@ -504,12 +522,19 @@ def _time_optimizer(
                 )
             )
             continue
-        out.append(_time_variant(torch, device, sync, spec, oid, variant, scale))
+        out.append(_time_variant(torch, device, sync, spec, oid, variant, scale, why))
     return out
 
 
 def _time_variant(
-    torch: Any, device: str, sync: Any, spec: ModelSpec, oid: str, variant: Variant, scale: float
+    torch: Any,
+    device: str,
+    sync: Any,
+    spec: ModelSpec,
+    oid: str,
+    variant: Variant,
+    scale: float,
+    why: str = "memory",
 ) -> OptimizerTiming:
     tensors = _layer_tensors(torch, spec, device, scale)
     module = torch.nn.Module()
@@ -519,7 +544,7 @@ def _time_variant(
     module.optadvise_heads = spec.num_attention_heads or 1
     params = list(tensors.values())
     n = sum(p.numel() for p in params)
-    detail = f"widths scaled by {scale:.2f} (memory)" if scale < 1 else ""
+    detail = f"widths scaled by {scale:.2f} ({why})" if scale < 1 else ""
     try:
         opt = variant.build(torch, params, module)
     except (ImportError, RuntimeError, TypeError, ValueError) as exc:
