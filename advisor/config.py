@@ -62,6 +62,12 @@ class Sharding(str, Enum):
     ZERO3 = "zero3"
     FSDP = "fsdp"
 
+    @property
+    def zero_stage(self) -> int:
+        """The ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 (and FSDP's full
+        shard) also parameters (Rajbhandari et al. 2020; Zhao et al. 2023)."""
+        return {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[self.value]
+
 
 class Offload(str, Enum):
     """What moves to host memory (ZeRO-Offload, Ren et al. 2021)."""

@@ -401,13 +401,7 @@ def _trainable(spec: ModelSpec, config: TrainingConfig, sh: _Shape) -> int:
 
 
 def _shard_degree(config: TrainingConfig, from_stage: int) -> int:
-    stage = {
-        Sharding.NONE: 0,
-        Sharding.ZERO1: 1,
-        Sharding.ZERO2: 2,
-        Sharding.ZERO3: 3,
-        Sharding.FSDP: 3,
-    }[config.sharding]
+    stage = config.sharding.zero_stage
     return config.gpus if stage >= from_stage else 1
 
 

@@ -118,13 +118,7 @@ def world_size(config: TrainingConfig, nodes: int = 1, gpus_per_node: int | None
 def _zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
     """The ZeRO stage for a config, bumped where DeepSpeed needs it, with the reasons."""
     notes: list[str] = []
-    stage = {
-        Sharding.NONE: 0,
-        Sharding.ZERO1: 1,
-        Sharding.ZERO2: 2,
-        Sharding.ZERO3: 3,
-        Sharding.FSDP: 3,
-    }[config.sharding]
+    stage = config.sharding.zero_stage
     if config.sharding is Sharding.FSDP:
         notes.append(
             "FSDP full sharding maps to ZeRO stage 3 in DeepSpeed (both shard parameters, "

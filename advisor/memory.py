@@ -674,13 +674,7 @@ def estimate_memory(
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
     n = config.gpus if config.sharding is not Sharding.NONE else 1
-    stage = {
-        Sharding.NONE: 0,
-        Sharding.ZERO1: 1,
-        Sharding.ZERO2: 2,
-        Sharding.ZERO3: 3,
-        Sharding.FSDP: 3,
-    }[config.sharding]
+    stage = config.sharding.zero_stage
     if config.sharding is not Sharding.NONE and config.gpus == 1:
         notes.append("sharding over 1 device divides nothing")
 

@@ -42,6 +42,7 @@ from pydantic import (
 
 from advisor.config import Attention, Checkpointing, Offload, Precision, Sharding, Task
 from advisor.errors import DataError, UserError
+from advisor.hardware import DeviceKind
 from advisor.resources import rules_dir
 from advisor.yamlio import line_of, load_yaml, yaml_error_line
 
@@ -71,15 +72,6 @@ class Order(str, Enum):
     ZEROTH = "zeroth"
     FIRST = "first"
     SECOND = "second"
-
-
-class DeviceKind(str, Enum):
-    """The device kinds the probe reports (fact ``device_kind``)."""
-
-    CPU = "cpu"
-    CUDA = "cuda"
-    ROCM = "rocm"
-    MPS = "mps"
 
 
 class Dtype(str, Enum):
