@@ -196,21 +196,48 @@ def cpu_profile_from_probe(report: ProbeReport, clock_ghz: float | None) -> Hard
 def match_gpu_profile(
     name: str, memory_bytes: int | None, profiles: Iterable[HardwareProfile]
 ) -> HardwareProfile | None:
-    """The datasheet profile of a probed GPU, by name tokens and memory size."""
-    lowered = name.lower().replace("nvidia", "").replace("-", " ")
-    best: tuple[int, HardwareProfile] | None = None
+    """The datasheet profile of a probed GPU, from its NVML name and memory size.
+
+    Every model token of the profile id must appear in the name ("h100", "a100", "4090");
+    the form factor decides between variants: NVML names PCIe cards "... PCIe" and leaves it
+    out for SXM parts ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB").
+    """
+    lowered = name.lower().replace("nvidia", "").replace("geforce", "").replace("-", " ")
+    squashed = lowered.replace(" ", "")
+    pcie = "pcie" in squashed
+    best: tuple[int, str, HardwareProfile] | None = None
     for p in profiles:
         if p.kind is DeviceKind.CPU:
             continue
         tokens = [t for t in p.id.split("-") if not t.endswith("gb")]
-        if not all(t in lowered.replace(" ", "") or t in lowered.split() for t in tokens):
+        model = [t for t in tokens if t not in ("sxm", "pcie")]
+        if not model or not all(t in squashed for t in model):
             continue
-        score = len(tokens)
+        score = 2 * len(model)
+        if "pcie" in tokens:
+            score += 2 if pcie else -3
+        elif "sxm" in tokens:
+            score += -3 if pcie else 2
         if memory_bytes and abs(p.memory_bytes - memory_bytes) / p.memory_bytes < 0.1:
             score += 2
-        if best is None or score > best[0]:
-            best = (score, p)
-    return best[1] if best else None
+        if best is None or (score, p.id) > (best[0], best[1]):
+            best = (score, p.id, p)
+    return best[2] if best else None
+
+
+def closest_gpu_profile(
+    compute_capability: str | None, memory_bytes: int | None, profiles: Iterable[HardwareProfile]
+) -> HardwareProfile | None:
+    """The GPU profile of the same architecture (compute capability) nearest in memory size,
+    for a local GPU no profile names."""
+    if not compute_capability:
+        return None
+    cc = float(compute_capability)
+    gpus = [p for p in profiles if p.kind is DeviceKind.CUDA and p.compute_capability]
+    if not gpus:
+        return None
+    mem = memory_bytes or 0
+    return min(gpus, key=lambda p: (abs(p.cc - cc), abs(p.memory_bytes - mem), p.id))
 
 
 def target_from_probe(
@@ -252,11 +279,17 @@ def target_from_probe(
             "use --hardware NAME to plan for a bigger machine",
         )
     matched = match_gpu_profile(g.name, g.memory_total_bytes, profiles.values())
+    name = g.name
     if matched is None:
-        raise UserError(
-            f"no datasheet profile matches the local GPU {g.name!r}",
-            "pass --hardware NAME for the closest profile (optadvise profiles list)",
-        )
+        matched = closest_gpu_profile(g.compute_capability, g.memory_total_bytes, profiles.values())
+        if matched is None:
+            raise UserError(
+                f"no datasheet profile is close to the local GPU {g.name!r}",
+                "pass --hardware NAME for the closest profile (optadvise profiles list)",
+            )
+        # NOTE: said in the report's hardware name, so analytic costs are never passed off
+        # as this GPU's own datasheet.
+        name = f"{g.name} (analytic costs from the {matched.id} datasheet)"
     profile = matched
     kind = (
         DeviceKind.MPS
@@ -266,7 +299,7 @@ def target_from_probe(
     cc = float(g.compute_capability) if g.compute_capability else 0.0
     link = _interconnect(profile, nodes)
     return Target(
-        name=g.name,
+        name=name,
         source="probe",
         device_kind=kind,
         device_memory_bytes=memory_budget or g.memory_total_bytes or profile.memory_bytes,

@@ -268,3 +268,46 @@ def test_bad_flags_are_user_errors(flags: dict[str, object], words: str) -> None
     with pytest.raises(UserError) as info:
         rec("125M", **flags)
     assert words in info.value.message + info.value.hint
+
+
+def test_local_gpus_from_a_faked_probe() -> None:
+    # A probed node of two H100s (faked NVML answers) plans data parallelism over both; a GPU
+    # no profile names borrows the closest datasheet of its architecture, and says so.
+    from advisor import probe
+    from advisor.hardware import load_hardware_profiles
+    from advisor.recommend import target_from_probe
+    from tests.conftest import FakeGpu, FakeNVML
+
+    report = probe.probe_hardware(with_torch=False, nvml=FakeNVML(gpus=[FakeGpu(), FakeGpu()]))
+    profiles = load_hardware_profiles()
+    target = target_from_probe(report, profiles, gpus=None, nodes=1, memory_budget=None)
+    assert target.profile.id == "h100-sxm-80gb" and target.gpus_per_node == 2
+    assert target.interconnect_gb_s == 900 and target.compute_capability == 9.0
+    odd = probe.probe_hardware(
+        with_torch=False,
+        nvml=FakeNVML(gpus=[FakeGpu(name="NVIDIA GeForce RTX 4070", total=12 * 2**30, cc=(8, 9))]),
+    )
+    t = target_from_probe(odd, profiles, gpus=None, nodes=1, memory_budget=None)
+    assert t.profile.compute_capability == "8.9" and "analytic costs from the" in t.name
+
+
+@pytest.mark.parametrize(
+    ("nvml_name", "gib", "profile"),
+    [
+        ("NVIDIA H100 80GB HBM3", 80, "h100-sxm-80gb"),
+        ("NVIDIA H100 PCIe", 80, "h100-pcie-80gb"),
+        ("NVIDIA A100-SXM4-40GB", 40, "a100-sxm-40gb"),
+        ("NVIDIA A100 80GB PCIe", 80, "a100-pcie-80gb"),
+        ("NVIDIA GeForce RTX 4090", 24, "rtx-4090"),
+        ("NVIDIA L4", 24, "l4"),
+        ("NVIDIA L40S", 48, "l40s"),
+        ("Tesla T4", 16, "t4"),
+        ("Tesla V100-SXM2-32GB", 32, "v100-32gb"),
+    ],
+)
+def test_nvml_names_map_to_their_datasheets(nvml_name: str, gib: int, profile: str) -> None:
+    from advisor.hardware import load_hardware_profiles
+    from advisor.recommend import match_gpu_profile
+
+    found = match_gpu_profile(nvml_name, gib * GIB, load_hardware_profiles().values())
+    assert found is not None and found.id == profile
