@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from advisor import __version__
-from advisor.errors import EXIT_USAGE, DataError, UserError
+from advisor.errors import EXIT_FINDINGS, EXIT_USAGE, DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -268,7 +268,7 @@ def rules_check(
     else:
         render.render_check(report)
     if not report.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FINDINGS)
 
 
 # --- model and workload flags shared by estimate, calibrate and recommend ------------------

@@ -22,7 +22,6 @@ Scalar = Union[bool, int, float, str]  # noqa: UP007 - pydantic needs the runtim
 Facts = Mapping[str, Scalar]
 
 _OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "between")
-ORDERING_OPERATORS = frozenset({"lt", "le", "gt", "ge", "between"})
 
 
 class _Frozen(BaseModel):
@@ -135,8 +134,6 @@ Condition = Annotated[
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 NotOf.model_rebuild()
-
-ALWAYS: Condition = AllOf(all=[])
 
 
 def evaluate(cond: Condition, facts: Facts) -> bool:

@@ -185,5 +185,4 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
     )
 
 
-__all__ = ["ALWAYS_TRUE", "Advice", "Decision", "all_rules", "decide", "requirement_rules"]
-ALWAYS_TRUE: Condition = AllOf(all=[])
+__all__ = ["Advice", "Decision", "all_rules", "decide", "requirement_rules"]

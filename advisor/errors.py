@@ -39,7 +39,3 @@ class DataError(UserError):
         first = self.problems[0] if self.problems else "invalid data"
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         super().__init__(first + more, hint or "fix the file(s) named above")
-
-
-class CacheError(AdvisorError):
-    """A calibration cache that cannot be read (corrupt, foreign version)."""

@@ -451,9 +451,6 @@ class RecommendReport(BaseModel):
 
 # --- the pipeline --------------------------------------------------------------------------
 
-# What `--privacy dp` means for the optimizer dimension: the private variants.
-_CostFn = Callable[[TrainingConfig], Any]
-
 
 class Context(BaseModel):
     """Everything the ranking reads, bundled once."""
