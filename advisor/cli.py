@@ -555,19 +555,25 @@ def calibrate(
             "optimizer, longer sequences, all-reduce bandwidth.",
         ),
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda:N or mps.")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="cpu, cuda:N or mps (default: the GPU if any, else cpu)."),
+    ] = None,
     model_size: ModelSizeOpt = None,
     model: ModelOpt = None,
     model_config: ModelConfigOpt = None,
     budget: Annotated[
         float | None,
-        typer.Option("--budget", help="Stop after this many seconds; keep partial results."),
+        typer.Option(
+            "--budget",
+            help="Stop after this many seconds; keep partial results (quick default: 120).",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Measure again even if cached.")] = False,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
-    """Measure this device for a model's layer shape and cache the results."""
+    """Measure this device for a model's layer shape (default: 125M) and cache the results."""
     if ctx.invoked_subcommand is not None:
         return
     from advisor.costdata import CalibrationCache
@@ -583,6 +589,8 @@ def calibrate(
     spec = _resolve_model(
         model_size or ("125M" if not (model or model_config) else None), model, model_config
     )
+    if device is None:
+        device = _default_device()
     with render.calibration_progress(enabled=not json_out) as progress:
         cache = run_calibration(
             spec,
@@ -596,6 +604,19 @@ def calibrate(
         render.print_json(cache)
     else:
         render.render_calibration(cache, spec_key=_shape_key(spec))
+
+
+def _default_device() -> str:
+    """The first GPU when torch sees one, Apple MPS when present, else the CPU."""
+    from advisor.torchload import import_torch
+
+    torch = import_torch()
+    if torch.cuda.is_available():
+        return "cuda:0"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def _shape_key(spec: Any) -> str:
