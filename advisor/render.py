@@ -279,7 +279,7 @@ def render_rule(lr: LocatedRule) -> None:
 
     r = lr.rule
     console.print(f"[bold cyan]{r.id}[/]  {r.title}")
-    console.print(f"[dim]{lr.where}[/]")
+    console.print(f"[dim]{_shown_path(lr.file)}:{lr.line}[/]")
     console.print(f"[bold]when[/]   {escape(describe(r.when))}")
     for a in r.then:
         if a.verb == "advise":
@@ -292,6 +292,18 @@ def render_rule(lr: LocatedRule) -> None:
         console.print(
             f"[bold]source[/] {escape(src.cite())}" + (f" <{src.url}>" if src.url else "")
         )
+
+
+def _shown_path(file: str) -> str:
+    """A shipped rule file relative to the repository or package (stable across checkouts)."""
+    from advisor.resources import rules_dir
+
+    base = rules_dir()
+    path = Path(file)
+    try:
+        return str(Path("rules") / path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return file
 
 
 def render_check(report: CheckReport) -> None:
