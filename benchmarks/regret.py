@@ -96,6 +96,18 @@ def _runnable(r: Recommendation) -> bool:
     return r.config.precision not in _SLOW_ON_CPU and unsupported_reason(r.config) is None
 
 
+def setup_spec(setup: Setup) -> Any:
+    """The small decoder a regret run measures."""
+    return small_llama(
+        hidden=setup.hidden,
+        layers=setup.layers,
+        heads=setup.heads,
+        intermediate=setup.intermediate,
+        vocab=setup.vocab,
+        name="regret",
+    )
+
+
 def run(
     setup: Setup,
     *,
@@ -119,14 +131,7 @@ def run(
 
     t_start = time.perf_counter()
     meter = other_cpu_share()
-    spec = small_llama(
-        hidden=setup.hidden,
-        layers=setup.layers,
-        heads=setup.heads,
-        intermediate=setup.intermediate,
-        vocab=setup.vocab,
-        name="regret",
-    )
+    spec = setup_spec(setup)
     with tempfile.TemporaryDirectory() as tmp, cache_dir(str(cache_root or tmp)):
         t0 = time.perf_counter()
         cache = run_calibration(
@@ -196,6 +201,7 @@ def run(
             {
                 "rank": r.rank,
                 "configuration": describe_config(r.config),
+                "config": r.config.model_dump(mode="json"),
                 "optimizer": r.optimizer,
                 "task": r.task,
                 "precision": r.precision,
