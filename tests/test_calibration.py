@@ -13,29 +13,9 @@ from advisor.calibration.timing import measure, summarize
 from advisor.cost import layer_shape
 from advisor.costdata import CACHE_SCHEMA_VERSION, CalibrationCache
 from advisor.errors import UserError
-from advisor.modelspec import ModelSpec
+from benchmarks.realstep import small_llama
 
-TINY = ModelSpec(
-    id="tiny-llama",
-    name="tiny llama",
-    family="llama",
-    arch="decoder",
-    source="synthetic:test",
-    hidden_size=128,
-    num_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    intermediate_size=344,
-    vocab_size=1000,
-    max_position_embeddings=1024,
-    mlp="gated-silu",
-    norm="rmsnorm",
-    position="rope",
-    qkv_bias=False,
-    out_bias=False,
-    mlp_bias=False,
-    tie_word_embeddings=False,
-)
+TINY = small_llama(hidden=128, layers=2, heads=4, intermediate=344, vocab=1000, name="tiny")
 SMALL_RUN = dict(optimizers=("sgd", "adamw", "mezo", "adamw-8bit"), seq_lens=[64, 128, 256])
 
 
