@@ -220,18 +220,15 @@ def _with_measured_precision(target: Target, calibration: Any) -> Target:
 
 
 def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callable[..., StepCost]:
-    from advisor.cost import predict_step_time
+    from advisor.cost import predict_for_optimizer
 
     def cost(config: Any) -> StepCost:
-        tech = ctx.taxonomy.get(config.optimizer)
-        st = predict_step_time(
+        st = predict_for_optimizer(
             ctx.spec,
             config,
+            ctx.taxonomy.get(config.optimizer),
             calibration=calibration,
             hardware=profile,
-            optimizer_bytes_per_param=tech.memory.bytes_per_param if tech.memory else 0.0,
-            optimizer_order=tech.order.value if tech.order else "first",
-            preconditioner_interval=tech.compute.preconditioner_interval,
             interconnect_gb_s=ctx.target.interconnect_gb_s or None,
         )
         return StepCost(
@@ -298,11 +295,9 @@ def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
     Returns:
         An ``advisor.estimate.StepTimeReport``.
     """
-    from advisor.cost import predict_step_time
+    from advisor.cost import predict_for_optimizer
     from advisor.estimate import StepTimeReport
 
-    taxonomy = load_taxonomy()
-    tech = taxonomy.get(config.optimizer)
     calibration = None
     link = None
     if hardware:
@@ -327,14 +322,12 @@ def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
         device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
         gpu = report.gpus[0].name if report.gpus else ""
         calibration, _warning = cal_cache.load_cache_for(device, gpu_name=gpu)
-    st = predict_step_time(
+    st = predict_for_optimizer(
         spec,
         config,
+        load_taxonomy().get(config.optimizer),
         calibration=calibration,
         hardware=profile,
-        optimizer_bytes_per_param=tech.memory.bytes_per_param if tech.memory else 0.0,
-        optimizer_order=tech.order.value if tech.order else "first",
-        preconditioner_interval=tech.compute.preconditioner_interval,
         interconnect_gb_s=link,
     )
     return StepTimeReport(

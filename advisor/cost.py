@@ -26,6 +26,7 @@ from advisor.config import (
 from advisor.costdata import CalibrationCache, LayerShape, LayerTiming, ShapeResults
 from advisor.hardware import HardwareProfile
 from advisor.modelspec import Mlp, ModelSpec
+from advisor.taxonomy import Technique
 
 # NOTE: analytic compute runs at this share of the datasheet dense peak. Well-tuned
 # large-model training reaches 40-56% model FLOPs utilisation (Korthikanti et al. 2022
@@ -502,4 +503,28 @@ def _communication(
         seconds=volume / (one_way * 1e9),
         source=Source.ANALYTIC,
         detail=f"ring all-reduce at {one_way:.0f} GB/s one way",
+    )
+
+
+def predict_for_optimizer(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Technique,
+    *,
+    calibration: CalibrationCache | None,
+    hardware: HardwareProfile | None,
+    interconnect_gb_s: float | None = None,
+) -> StepTime:
+    """:func:`predict_step_time` with the optimizer's facts read from its taxonomy entry
+    (state bytes, order, refresh interval): how the recommender, ``estimate`` and the
+    benchmarks all call the cost model."""
+    return predict_step_time(
+        spec,
+        config,
+        calibration=calibration,
+        hardware=hardware,
+        optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
+        optimizer_order=optimizer.order.value if optimizer.order else "first",
+        preconditioner_interval=optimizer.compute.preconditioner_interval,
+        interconnect_gb_s=interconnect_gb_s,
     )

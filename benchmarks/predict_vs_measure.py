@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from advisor.config import TrainingConfig
-from advisor.cost import predict_step_time
+from advisor.cost import predict_for_optimizer
 from advisor.costdata import CalibrationCache
 from advisor.hardware import HardwareProfile
 from advisor.modelspec import ModelSpec
@@ -85,16 +85,9 @@ def local_cpu_profile() -> HardwareProfile:
 def predict(
     spec: ModelSpec, config: TrainingConfig, cache: CalibrationCache, hw: HardwareProfile
 ) -> Any:
-    """``predict_step_time`` with the optimizer's taxonomy facts, as the recommender calls it."""
-    tech = load_taxonomy().get(config.optimizer)
-    return predict_step_time(
-        spec,
-        config,
-        calibration=cache,
-        hardware=hw,
-        optimizer_bytes_per_param=tech.memory.bytes_per_param if tech.memory else 0.0,
-        optimizer_order=tech.order.value if tech.order else "first",
-        preconditioner_interval=tech.compute.preconditioner_interval,
+    """The cost model's prediction, called the way the recommender calls it."""
+    return predict_for_optimizer(
+        spec, config, load_taxonomy().get(config.optimizer), calibration=cache, hardware=hw
     )
 
 
