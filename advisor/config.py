@@ -54,27 +54,59 @@ class Checkpointing(str, Enum):
 
 
 class Sharding(str, Enum):
-    """Data-parallel sharding of model states (Rajbhandari et al. 2020; Zhao et al. 2023)."""
+    """Data-parallel sharding of model states (Rajbhandari et al. 2020; Zhao et al. 2023).
+
+    ``hsdp`` is FSDP's hybrid shard: full sharding inside a group of ``shard_group`` devices
+    (one node by default), replication across groups (Zhao et al. 2023, sec. 3.2.2).
+    """
 
     NONE = "none"
     ZERO1 = "zero1"
     ZERO2 = "zero2"
     ZERO3 = "zero3"
     FSDP = "fsdp"
+    HSDP = "hsdp"
 
     @property
     def zero_stage(self) -> int:
         """The ZeRO stage: 1 shards optimizer states, 2 also gradients, 3 (and FSDP's full
-        shard) also parameters (Rajbhandari et al. 2020; Zhao et al. 2023)."""
-        return {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[self.value]
+        or hybrid shard) also parameters (Rajbhandari et al. 2020; Zhao et al. 2023)."""
+        return {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3, "hsdp": 3}[self.value]
 
 
 class Offload(str, Enum):
-    """What moves to host memory (ZeRO-Offload, Ren et al. 2021)."""
+    """What moves off the device: to host memory (ZeRO-Offload, Ren et al. 2021) or to
+    NVMe (ZeRO-Infinity, Rajbhandari et al. 2021)."""
 
     NONE = "none"
     OPTIMIZER = "optimizer"
     OPTIMIZER_PARAMS = "optimizer+params"
+    OPTIMIZER_NVME = "optimizer-nvme"
+    OPTIMIZER_PARAMS_NVME = "optimizer+params-nvme"
+
+    @property
+    def params(self) -> bool:
+        """Whether the parameters leave the device too (streamed in block by block)."""
+        return self in (Offload.OPTIMIZER_PARAMS, Offload.OPTIMIZER_PARAMS_NVME)
+
+    @property
+    def nvme(self) -> bool:
+        """Whether the offloaded states live on NVMe rather than in host memory."""
+        return self in (Offload.OPTIMIZER_NVME, Offload.OPTIMIZER_PARAMS_NVME)
+
+
+class Stack(str, Enum):
+    """The kernels a step runs; memory and time depend on them, not only on the model.
+
+    ``hf``: Hugging Face Transformers modules (SDPA or eager attention, logits upcast to
+    fp32 for the loss, unfused norms and MLP). ``fused``: what production pre-training
+    stacks run (torchtitan, Megatron-LM, llm-foundry, Liger kernels): FlashAttention, a
+    fused/chunked cross-entropy that never materialises full fp32 logits, fused norm and
+    activation kernels, no dropout.
+    """
+
+    HF = "hf"
+    FUSED = "fused"
 
 
 class TrainingConfig(BaseModel):
@@ -95,3 +127,43 @@ class TrainingConfig(BaseModel):
     lora_rank: int = Field(default=16, ge=1)
     dp_sgd: bool = False
     grad_accumulation: int = Field(default=1, ge=1)
+    # ---- kernel stack and memory savers
+    stack: Stack = Stack.HF
+    fused_loss: bool = Field(
+        default=False,
+        description="a fused/chunked cross-entropy on the hf stack (Liger, torchtune); "
+        "always on under the fused stack",
+    )
+    optimizer_in_backward: bool = Field(
+        default=False,
+        description="each parameter's step runs in backward as soon as its gradient is ready "
+        "and the gradient is freed (LOMO, Lv et al. 2023; GaLore's per-layer updates)",
+    )
+    activation_offload: bool = Field(
+        default=False,
+        description="checkpointed block inputs kept in host memory (torchtune/torchao)",
+    )
+    # ---- parallel layout (world size = gpus x tensor_parallel x pipeline_parallel)
+    tensor_parallel: int = Field(
+        default=1, ge=1, description="Megatron tensor parallelism with sequence parallelism"
+    )
+    pipeline_parallel: int = Field(default=1, ge=1, description="pipeline stages (1F1B)")
+    virtual_stages: int = Field(
+        default=1, ge=1, description="interleaved 1F1B model chunks per pipeline rank"
+    )
+    expert_parallel: int = Field(
+        default=1, ge=1, description="MoE experts split over this many data-parallel ranks"
+    )
+    shard_group: int | None = Field(
+        default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
+    )
+
+    @property
+    def world_size(self) -> int:
+        """Devices the configuration spans: data x tensor x pipeline parallel degrees."""
+        return self.gpus * self.tensor_parallel * self.pipeline_parallel
+
+    @property
+    def loss_fused(self) -> bool:
+        """Whether the loss never materialises full fp32 logits."""
+        return self.fused_loss or self.stack is Stack.FUSED

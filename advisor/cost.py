@@ -19,7 +19,6 @@ from advisor.config import (
     Checkpointing,
     Offload,
     Precision,
-    Sharding,
     Task,
     TrainingConfig,
 )
@@ -277,7 +276,7 @@ def predict_step_time(
     if config.offload is not Offload.NONE and not zeroth:
         trainable = _trainable(spec, config, sh)
         moved = trainable * (2 + 2)  # 16-bit gradients down, 16-bit parameters back
-        if config.offload is Offload.OPTIMIZER_PARAMS:
+        if config.offload.params:
             moved += 2 * sh.params * 2 * accumulation  # weights streamed in, fwd and bwd
         parts["offload_transfer"] = ComponentTime(
             seconds=moved / (PCIE_GB_S * 1e9), source=Source.ANALYTIC
@@ -480,7 +479,7 @@ def _communication(
         else 2
     )
     share = (n - 1) / n
-    if config.sharding in (Sharding.ZERO3, Sharding.FSDP):
+    if config.sharding.zero_stage == 3:
         # Every micro-step: parameters all-gathered for forward and again for backward, and
         # gradients reduce-scattered: 3 x (n-1)/n x the model, 1.5x the data-parallel volume
         # (Rajbhandari et al. 2020).

@@ -119,7 +119,7 @@ def _zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
     """The ZeRO stage for a config, bumped where DeepSpeed needs it, with the reasons."""
     notes: list[str] = []
     stage = config.sharding.zero_stage
-    if config.sharding is Sharding.FSDP:
+    if config.sharding in (Sharding.FSDP, Sharding.HSDP):
         notes.append(
             "FSDP full sharding maps to ZeRO stage 3 in DeepSpeed (both shard parameters, "
             "gradients and optimizer states; Rajbhandari et al. 2020, Zhao et al. 2023)."
@@ -127,7 +127,7 @@ def _zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
     # NOTE: we bump rather than refuse: a higher ZeRO stage only shards more, so the plan's
     # memory bound still holds; the cost is communication (stage 3 moves ~1.5x the bytes
     # of plain data parallelism, Rajbhandari et al. 2020), which the note states.
-    if config.offload is Offload.OPTIMIZER_PARAMS and stage < 3:
+    if config.offload.params and stage < 3:
         notes.append(
             f"parameter offload is valid only with ZeRO stage 3 ({DEEPSPEED_DOCS}"
             f"#parameter-offloading): stage raised from {stage} to 3, which adds a parameter "
@@ -393,10 +393,11 @@ def _ds_zero(config: TrainingConfig, stage: int) -> dict[str, Any]:
         zero["allgather_bucket_size"] = _BUCKET_ELEMENTS
     if stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    target = "nvme" if config.offload.nvme else "cpu"
     if config.offload is not Offload.NONE:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if config.offload is Offload.OPTIMIZER_PARAMS:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_optimizer"] = {"device": target, "pin_memory": True}
+    if config.offload.params:
+        zero["offload_param"] = {"device": target, "pin_memory": True}
     return zero
 
 
@@ -502,7 +503,7 @@ def accelerate_emission(
     use_deepspeed = config.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3) or (
         config.sharding is Sharding.NONE and config.offload is not Offload.NONE
     )
-    if config.sharding is Sharding.FSDP:
+    if config.sharding in (Sharding.FSDP, Sharding.HSDP):
         doc["distributed_type"] = "FSDP"
         doc["fsdp_config"] = _accelerate_fsdp(config, notes)
     elif use_deepspeed:
@@ -513,9 +514,7 @@ def accelerate_emission(
             "gradient_accumulation_steps": config.grad_accumulation,
             "gradient_clipping": _GRADIENT_CLIPPING,
             "offload_optimizer_device": "cpu" if config.offload is not Offload.NONE else "none",
-            "offload_param_device": (
-                "cpu" if config.offload is Offload.OPTIMIZER_PARAMS else "none"
-            ),
+            "offload_param_device": ("cpu" if config.offload.params else "none"),
             "zero3_init_flag": stage == 3,
         }
         if stage == 3:
@@ -535,7 +534,10 @@ def accelerate_emission(
             f"gradient accumulation: Accelerator(gradient_accumulation_steps="
             f"{config.grad_accumulation}) and `with accelerator.accumulate(model):` in the loop."
         )
-    if config.checkpointing is not Checkpointing.NONE and config.sharding is not Sharding.FSDP:
+    if config.checkpointing is not Checkpointing.NONE and config.sharding not in (
+        Sharding.FSDP,
+        Sharding.HSDP,
+    ):
         notes.append(
             "activation checkpointing: model.gradient_checkpointing_enable() (Hugging Face) or "
             "torch.utils.checkpoint around each block."
@@ -560,7 +562,9 @@ def _accelerate_fsdp(config: TrainingConfig, notes: list[str]) -> dict[str, Any]
             "is true: less GPU memory than planned, slower steps."
         )
     fsdp: dict[str, Any] = {
-        "fsdp_sharding_strategy": "FULL_SHARD",
+        "fsdp_sharding_strategy": (
+            "HYBRID_SHARD" if config.sharding is Sharding.HSDP else "FULL_SHARD"
+        ),
         "fsdp_offload_params": offload,
         # NOTE: without fsdp_transformer_layer_cls_to_wrap, Accelerate wraps the classes in
         # a Hugging Face model's _no_split_modules; name them for other models.

@@ -787,7 +787,7 @@ def estimate_memory(
         bd["master_weights"] = bd["optimizer_states"] = 0
         bd["transient"] = loss_tr
         notes.append("optimizer states and master weights offloaded to host memory")
-    if config.offload is Offload.OPTIMIZER_PARAMS:
+    if config.offload.params:
         host += bd["weights"]
         bd["weights"] = 0
         bd["gathered_parameters"] = gathered_layers * layer_weights

@@ -352,11 +352,15 @@ _CONFIG_IDS: dict[Enum, str | None] = {
     Sharding.ZERO2: "zero-2",
     Sharding.ZERO3: "zero-3",
     Sharding.FSDP: "fsdp",
+    # NOTE: hybrid sharding is FSDP with a smaller shard group; the fsdp entry covers it.
+    Sharding.HSDP: "fsdp",
     Offload.NONE: None,
     Offload.OPTIMIZER: "cpu-offload-optimizer",
     # NOTE: parameter offload is only offered together with optimizer offload
     # (ZeRO-Infinity's layout); the cpu-offload-params entry describes both.
     Offload.OPTIMIZER_PARAMS: "cpu-offload-params",
+    Offload.OPTIMIZER_NVME: "nvme-offload",
+    Offload.OPTIMIZER_PARAMS_NVME: "nvme-offload",
     Task.PRETRAIN: None,
     Task.FINETUNE: None,
     Task.LORA: "lora",

@@ -401,7 +401,7 @@ def test_accelerate_yaml_uses_only_documented_keys(nodes: int) -> None:
             assert ds["offload_param_device"] in ACC_OFFLOAD_DEVICES
             assert ds.get("deepspeed_multinode_launcher", "standard") in ACC_MULTINODE_LAUNCHERS
         # The sharding the plan asked for is the one the file sets up.
-        if config.sharding is Sharding.FSDP:
+        if config.sharding in (Sharding.FSDP, Sharding.HSDP):
             assert doc["distributed_type"] == "FSDP"
         elif config.sharding is not Sharding.NONE:
             assert doc["distributed_type"] == "DEEPSPEED"
