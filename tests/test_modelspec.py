@@ -93,10 +93,10 @@ def test_layers_and_outside_tensors_add_up(ident: str) -> None:
 
 def test_llama_block_shapes() -> None:
     shapes = dict(PROFILES["llama-3.1-8b"].layer_matrix_shapes())
-    assert shapes["q_proj.weight"] == (4096, 4096)
-    assert shapes["k_proj.weight"] == (1024, 4096)  # 8 kv heads x 128
-    assert shapes["gate_proj.weight"] == (14336, 4096)
-    assert shapes["down_proj.weight"] == (4096, 14336)
+    assert shapes["self_attn.q_proj.weight"] == (4096, 4096)
+    assert shapes["self_attn.k_proj.weight"] == (1024, 4096)  # 8 kv heads x 128
+    assert shapes["mlp.gate_proj.weight"] == (14336, 4096)
+    assert shapes["mlp.down_proj.weight"] == (4096, 14336)
 
 
 # --- exact counts against real transformers models -------------------------------------
