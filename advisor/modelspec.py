@@ -921,6 +921,13 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
         "v_head_dim": 128,
     },
 }
+# NOTE: transformers 5 writes some keys under another name than the released configs use
+# (its attribute_map): Qwen3-MoE's num_experts as num_local_experts, and so on.
+_HF_ALIASES: dict[str, dict[str, str]] = {
+    "mixtral": {"num_local_experts": "num_experts"},
+    "qwen3_moe": {"num_experts": "num_local_experts"},
+    "deepseek_v3": {"n_routed_experts": "num_local_experts"},
+}
 _HF_FAMILY = {"qwen3_moe": "qwen3moe", "gemma3_text": "gemma3", "deepseek_v3": "deepseekv3"}
 _HF_NAME_FILE = "config.json"
 
@@ -1013,6 +1020,9 @@ def _hf_name(cfg: dict[str, Any], p: Path) -> str:
 
 def _get(cfg: dict[str, Any], key: str, p: Path, model_type: str = "") -> Any:
     value = cfg.get(key)
+    alias = _HF_ALIASES.get(model_type, {}).get(key)
+    if value is None and alias is not None:
+        value = cfg.get(alias)
     if value is None:
         value = _HF_DEFAULTS.get(model_type, {}).get(key)
     if value is None:
