@@ -91,9 +91,14 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "qwen3-moe-sparse-step",
         "qwen3_moe",
-        {"num_experts": 6, "num_experts_per_tok": 3, "moe_intermediate_size": 16,
-         "decoder_sparse_step": 2, "mlp_only_layers": []},
-    ),  # fmt: skip
+        {
+            "num_experts": 6,
+            "num_experts_per_tok": 3,
+            "moe_intermediate_size": 16,
+            "decoder_sparse_step": 2,
+            "mlp_only_layers": [],
+        },
+    ),
     ("gemma2", "gemma2", {"head_dim": 24, "query_pre_attn_scalar": 24}),
     (
         "gemma3-text",
@@ -107,17 +112,33 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     (
         "deepseek-v3",
         "deepseek_v3",
-        {**_MLA, "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
-         "moe_intermediate_size": 32, "first_k_dense_replace": 1, "n_group": 2,
-         "topk_group": 1},
-    ),  # fmt: skip
+        {
+            **_MLA,
+            "n_routed_experts": 8,
+            "n_shared_experts": 1,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "first_k_dense_replace": 1,
+            "n_group": 2,
+            "topk_group": 1,
+        },
+    ),
     (
         "deepseek-v3-no-q-lora-2-shared",
         "deepseek_v3",
-        {**_MLA, "q_lora_rank": None, "n_routed_experts": 4, "n_shared_experts": 2,
-         "num_experts_per_tok": 2, "moe_intermediate_size": 16, "first_k_dense_replace": 2,
-         "n_group": 1, "topk_group": 1, "attention_bias": True},
-    ),  # fmt: skip
+        {
+            **_MLA,
+            "q_lora_rank": None,
+            "n_routed_experts": 4,
+            "n_shared_experts": 2,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 16,
+            "first_k_dense_replace": 2,
+            "n_group": 1,
+            "topk_group": 1,
+            "attention_bias": True,
+        },
+    ),
 ]
 
 
