@@ -254,7 +254,7 @@ class ModelSpec(_Frozen):
             given += [f for f in _TRANSFORMER_BOOLS if getattr(self, f)]
             if self.num_experts != 1 or self.pooler or self.type_vocab_size:
                 given.append("num_experts/pooler/type_vocab_size")
-            given += [f for f in (*_DECODER_EXTRAS, *_MOE_EXTRAS) if f in self.model_fields_set]
+            given += self._non_default(*_DECODER_EXTRAS, *_MOE_EXTRAS)
             if given:
                 problems.append("transformer fields on a cnn model: " + ", ".join(given))
         else:
@@ -287,10 +287,16 @@ class ModelSpec(_Frozen):
             raise ValueError("; ".join(problems))
         return self
 
+    def _non_default(self, *names: str) -> list[str]:
+        # By value, not by model_fields_set: model_dump() round trips set every field.
+        return [
+            f for f in names if getattr(self, f) != type(self).model_fields[f].get_default()
+        ]
+
     def _check_moe_and_mla(self) -> list[str]:
         problems: list[str] = []
         if self.num_experts == 1:
-            extra = [f for f in _MOE_EXTRAS if f in self.model_fields_set]
+            extra = self._non_default(*_MOE_EXTRAS)
             if extra:
                 problems.append(f"{', '.join(extra)} need num_experts > 1")
         else:

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from advisor.config import Attention, Precision
+from advisor.memory import layer_activation_bytes
 from advisor.modelspec import (
     _HF_DEFAULTS,
     Arch,
@@ -45,6 +47,7 @@ _BASE = {
     "eos_token_id": 2,
 }
 _MLA = {
+    "num_key_value_heads": 4,  # MLA expands keys and values to every head, as the configs say
     "q_lora_rank": 40,
     "kv_lora_rank": 24,
     "qk_nope_head_dim": 12,
@@ -248,6 +251,40 @@ def test_gemma3_image_text_config_reads_its_text_decoder(tmp_path: Path) -> None
     assert spec.family == "gemma3"
 
 
+# --- MoE and MLA activations, measured ------------------------------------------------
+
+MEASURED = ("mixtral", "deepseek-v3", "deepseek-v3-no-q-lora-2-shared")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", MEASURED)
+def test_moe_and_mla_activations_match_saved_tensor_hooks(
+    case: str, dtype: str, tmp_path: Path
+) -> None:
+    """Every block's saved tensors (transformers' eager attention: on this CPU, SDPA falls
+    back to its math kernel when the value width differs from the query's, as in MLA) summed
+    over the stack, against num_layers x layer_activation_bytes (a dense/MoE average)."""
+    from tests.memhelpers import count_layer_activations
+
+    _, model_type, keys = next(c for c in CASES if c[0] == case)
+    torch.manual_seed(0)
+    cfg = _config(model_type, keys)
+    cfg._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(cfg).to(getattr(torch, dtype))
+    model.train()
+    spec = load_hf_config(_write(cfg, tmp_path))
+    b, s = 2, 32
+    measured = sum(count_layer_activations(model, b, s, _BASE["vocab_size"]))
+    precision = Precision.FP32 if dtype == "float32" else Precision.BF16
+    est = _req_layers(spec) * layer_activation_bytes(spec, b, s, Attention.EAGER, precision)
+    assert abs(est / measured - 1) < 0.05, (est, measured)
+
+
+def _req_layers(spec: ModelSpec) -> int:
+    assert spec.num_layers is not None
+    return spec.num_layers
+
+
 # --- names --------------------------------------------------------------------------
 
 
@@ -389,3 +426,25 @@ def test_dense_profiles_are_fully_active() -> None:
     for spec in PROFILES.values():
         if spec.arch is not Arch.CNN and spec.num_experts == 1:
             assert spec.active_parameter_count() == spec.parameter_count(), spec.id
+
+
+# --- validation of the new fields -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_experts": 1, "experts_per_token": 1}, "need num_experts > 1"),
+        ({"dense_layers": (0, 61)}, "distinct layer indices below 61"),
+        ({"dense_layers": tuple(range(61))}, "not an MoE model"),
+        ({"head_dim": 128}, "head_dim (128) is the query/key head width"),
+        ({"qk_norm": "head"}, "mla has its own projections"),
+        ({"mlp_bias": True}, "MoE experts with biases"),
+    ],
+)
+def test_inconsistent_moe_and_mla_fields_are_rejected(
+    changes: dict[str, Any], message: str
+) -> None:
+    fields = PROFILES["deepseek-v3"].model_dump() | changes
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ModelSpec.model_validate(fields)
