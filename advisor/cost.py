@@ -139,14 +139,15 @@ class _Shape(BaseModel):
 
 def _shape(spec: ModelSpec) -> _Shape:
     h = spec.hidden_size or 0
-    layer = spec.layer_parameter_count()
-    active = layer
-    if spec.num_experts > 1:
-        active = layer - (spec.num_experts - spec.experts_per_token) * spec.expert_parameter_count()
+    layers = spec.layer_repeats()
+    # Blocks may differ (DeepSeek-V3: 3 dense, 58 MoE): per-layer figures are averages over
+    # the stack, so layers x figure is exact. A token multiplies the active parameters: an
+    # MoE layer's router, shared experts and experts_per_token of its routed experts.
+    outside = spec.embedding_parameter_count()
     return _Shape(
-        layers=spec.layer_repeats(),
-        layer_matmul_params=active,
-        layer_params=layer,
+        layers=layers,
+        layer_matmul_params=(spec.active_parameter_count() - outside) // layers,
+        layer_params=(spec.parameter_count() - outside) // layers,
         head_params=(spec.vocab_size or 0) * h,
         params=spec.parameter_count(),
         hidden=h,

@@ -53,6 +53,10 @@ class EstimateReport(BaseModel):
         description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
     )
     parameters: int
+    active_parameters: int = Field(
+        description="parameters one token goes through: all but the routed experts it is not "
+        "sent to (= parameters for a dense model; DeepSeek-V3 37.6B of 671B)"
+    )
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
     notes: list[str]
@@ -155,6 +159,7 @@ def estimate_report(
         breakdown=_with_overhead(m.breakdown),
         overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
         parameters=m.parameters,
+        active_parameters=spec.active_parameter_count(),
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
         notes=m.notes,

@@ -289,9 +289,7 @@ class ModelSpec(_Frozen):
 
     def _non_default(self, *names: str) -> list[str]:
         # By value, not by model_fields_set: model_dump() round trips set every field.
-        return [
-            f for f in names if getattr(self, f) != type(self).model_fields[f].get_default()
-        ]
+        return [f for f in names if getattr(self, f) != type(self).model_fields[f].get_default()]
 
     def _check_moe_and_mla(self) -> list[str]:
         problems: list[str] = []
@@ -403,9 +401,14 @@ class ModelSpec(_Frozen):
         matrices = 3 if self.gated_mlp else 2
         return matrices * _req(self.hidden_size) * self.expert_intermediate_size
 
+    def embedding_parameter_count(self) -> int:
+        """Parameters outside the blocks (:meth:`embedding_shapes`): embeddings, final norm,
+        LM head, pooler; a CNN's stem and classifier."""
+        return sum(math.prod(s) for _, s in self.embedding_shapes())
+
     def parameter_count(self) -> int:
         """Exact number of parameters, counted from the shapes (shared tensors once)."""
-        outside = sum(math.prod(s) for _, s in self.embedding_shapes())
+        outside = self.embedding_parameter_count()
         blocks = sum(n * sum(math.prod(s) for _, s in g) for n, g in self.layer_groups())
         return blocks + outside
 

@@ -448,3 +448,53 @@ def test_inconsistent_moe_and_mla_fields_are_rejected(
     fields = PROFILES["deepseek-v3"].model_dump() | changes
     with pytest.raises(ValueError, match=re.escape(message)):
         ModelSpec.model_validate(fields)
+
+
+# --- what the other layers see: estimate JSON, the cost model's shape, the CLI -------------
+
+
+@pytest.mark.parametrize("ident", ["qwen3-30b-a3b", "deepseek-v3", "mixtral-8x7b", "qwen3-8b"])
+def test_estimate_json_carries_active_parameters(ident: str) -> None:
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    result = CliRunner().invoke(
+        app, ["estimate", "--model", ident, "--hardware", "h100-sxm-80gb", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    spec = PROFILES[ident]
+    assert data["parameters"] == spec.parameter_count()
+    assert data["active_parameters"] == spec.active_parameter_count()
+    assert (data["active_parameters"] < data["parameters"]) == (spec.num_experts > 1)
+
+
+@pytest.mark.parametrize("ident", ["deepseek-v3", "qwen3-30b-a3b", "gemma-3-27b", "phi-4"])
+def test_cost_model_multiplies_the_active_parameters(ident: str) -> None:
+    from advisor.cost import _shape
+
+    spec = PROFILES[ident]
+    sh = _shape(spec)
+    outside = spec.embedding_parameter_count()
+    layers = spec.layer_repeats()
+    # Averages over the blocks: exact up to the integer division.
+    assert 0 <= spec.active_parameter_count() - outside - sh.layer_matmul_params * layers < layers
+    assert 0 <= spec.parameter_count() - outside - sh.layer_params * layers < layers
+
+
+def test_cli_accepts_a_model_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    folder = tmp_path / "Qwen3-30B-A3B"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(RELEASED["qwen3-30b-a3b"]))
+    result = CliRunner().invoke(
+        app, ["estimate", "--model-config", str(folder), "--device", "cpu", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["model_id"] == "qwen3-30b-a3b"
+    assert data["active_parameters"] == PROFILES["qwen3-30b-a3b"].active_parameter_count()
