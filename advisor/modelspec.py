@@ -939,6 +939,7 @@ _HF_ALIASES: dict[str, dict[str, str]] = {
 }
 _HF_FAMILY = {"qwen3_moe": "qwen3moe", "gemma3_text": "gemma3", "deepseek_v3": "deepseekv3"}
 _HF_NAME_FILE = "config.json"
+_MAX_LAYERS = 10_000
 
 
 def load_hf_config(path: str | Path) -> ModelSpec:
@@ -1074,6 +1075,13 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
     heads = g("num_attention_heads")
     kv = o("num_key_value_heads")
     bias = bool(o("attention_bias", False))
+    layers = _int(g("num_hidden_layers"), "num_hidden_layers", p)
+    if not 0 < layers <= _MAX_LAYERS:
+        # NOTE: the MoE branches list layer indices; the deepest released decoder has 126.
+        raise UserError(
+            f"{p}: num_hidden_layers {layers} is outside 1..{_MAX_LAYERS}",
+            "a model's config.json states its real depth",
+        )
     # NOTE: Qwen2 hard-codes q/k/v biases (and none on o_proj) whatever the config says;
     # Phi-3, Mistral, Mixtral and Gemma have no bias option.
     qkv_bias = {"qwen2": True, "phi3": False, "mistral": False, "mixtral": False}.get(
@@ -1083,7 +1091,7 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
     fields: dict[str, Any] = dict(
         arch=Arch.DECODER,
         hidden_size=g("hidden_size"),
-        num_layers=g("num_hidden_layers"),
+        num_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv if kv is not None else heads,
         head_dim=o("head_dim"),
@@ -1111,7 +1119,6 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
             num_experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok")
         )
     if model_type == "qwen3_moe":
-        layers = _int(fields["num_layers"], "num_hidden_layers", p)
         step = _int(g("decoder_sparse_step"), "decoder_sparse_step", p)
         only = set(_int_list(o("mlp_only_layers"), "mlp_only_layers", p))
         experts = _int(g("num_experts"), "num_experts", p)
@@ -1139,7 +1146,6 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
         }
         q_rank = o("q_lora_rank")  # null: a full q_proj (DeepSeek-V2-Lite)
         mla["q_lora_rank"] = None if q_rank is None else _int(q_rank, "q_lora_rank", p)
-        layers = _int(fields["num_layers"], "num_hidden_layers", p)
         first_dense = _int(g("first_k_dense_replace"), "first_k_dense_replace", p)
         fields.update(
             mla=mla,

@@ -498,3 +498,27 @@ def test_cli_accepts_a_model_folder(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["model_id"] == "qwen3-30b-a3b"
     assert data["active_parameters"] == PROFILES["qwen3-30b-a3b"].active_parameter_count()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_hidden_layers": 10**12}, "num_hidden_layers 1000000000000 is outside"),
+        ({"num_hidden_layers": "48"}, "num_hidden_layers must be an integer"),
+        ({"mlp_only_layers": "all"}, "mlp_only_layers must be a list"),
+        ({"num_experts": "128"}, "num_experts must be an integer"),
+        ({"hidden_size": -5}, "invalid model shape"),
+        ({"num_experts_per_tok": 200}, "exceeds num_experts"),
+        ({"model_type": "gemma3", "text_config": "x"}, "text_config is not a JSON object"),
+        ({"model_type": "gemma3", "text_config": {}}, "num_hidden_layers missing"),
+    ],
+)
+def test_bad_family_configs_are_user_errors(
+    changes: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    from advisor.errors import UserError
+
+    (tmp_path / "config.json").write_text(json.dumps(RELEASED["qwen3-30b-a3b"] | changes))
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        load_hf_config(tmp_path)
+    assert info.value.hint
