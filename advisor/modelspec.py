@@ -27,6 +27,7 @@ import json
 import math
 import re
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -401,16 +402,22 @@ class ModelSpec(_Frozen):
         matrices = 3 if self.gated_mlp else 2
         return matrices * _req(self.hidden_size) * self.expert_intermediate_size
 
+    @cached_property
+    def _counts(self) -> tuple[int, int]:
+        # NOTE: computed once per spec; the plan search prices tens of thousands of plans of
+        # one model. (Frozen pydantic models keep cached_property values out of their fields.)
+        outside = sum(math.prod(s) for _, s in self.embedding_shapes())
+        blocks = sum(n * sum(math.prod(s) for _, s in g) for n, g in self.layer_groups())
+        return blocks, outside
+
     def embedding_parameter_count(self) -> int:
         """Parameters outside the blocks (:meth:`embedding_shapes`): embeddings, final norm,
         LM head, pooler; a CNN's stem and classifier."""
-        return sum(math.prod(s) for _, s in self.embedding_shapes())
+        return self._counts[1]
 
     def parameter_count(self) -> int:
         """Exact number of parameters, counted from the shapes (shared tensors once)."""
-        outside = self.embedding_parameter_count()
-        blocks = sum(n * sum(math.prod(s) for _, s in g) for n, g in self.layer_groups())
-        return blocks + outside
+        return sum(self._counts)
 
     def active_parameter_count(self) -> int:
         """Parameters one token goes through: all but the routed experts it is not sent to.
