@@ -9,7 +9,16 @@ times optimizers on) and those of the embeddings and head.
 Counting conventions, the ones the reference implementations use:
 
 * decoders (``arch: decoder``) are counted as the causal-LM model: embeddings, the
-  blocks, the final norm and the LM head unless ``tie_word_embeddings``;
+  blocks, the final norm and the LM head unless ``tie_word_embeddings``, with the tensors
+  transformers 5 builds (checked family by family on the meta device in
+  ``tests/test_model_families.py``): Llama 1-3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3 (q/k
+  norms), Qwen3-MoE, Gemma 2/3 (four norms per block), Phi-3/4 (fused qkv and gate/up),
+  OLMo 2 (post-norms, full-width q/k norms) and DeepSeek-V3 (multi-head latent attention,
+  routed + shared experts, dense first layers; buffers such as its router's
+  ``e_score_correction_bias`` and the multi-token-prediction layer are not parameters of
+  the transformers model and are not counted);
+* MoE "active" parameters follow the published figures' convention: everything but the
+  routed experts a token is not sent to (see :meth:`ModelSpec.active_parameter_count`);
 * encoders (``arch: encoder``, BERT) are counted as the bare encoder as
   ``transformers.BertModel`` builds it: embeddings (+ their LayerNorm), the blocks
   and the pooler when ``pooler``; no pre-training (MLM/NSP) heads;
@@ -1153,6 +1162,8 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
         }
         q_rank = o("q_lora_rank")  # null: a full q_proj (DeepSeek-V2-Lite)
         mla["q_lora_rank"] = None if q_rank is None else _int(q_rank, "q_lora_rank", p)
+        # NOTE: transformers makes layer i an MoE layer when i >= first_k_dense_replace and
+        # ignores moe_layer_freq (1 in every released DeepSeek-V2/V3 config).
         first_dense = _int(g("first_k_dense_replace"), "first_k_dense_replace", p)
         fields.update(
             mla=mla,

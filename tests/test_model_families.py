@@ -364,7 +364,7 @@ RELEASED: dict[str, dict[str, Any]] = {
     "phi-4": {"model_type": "phi3", "vocab_size": 100_352, "hidden_size": 5120,
         "intermediate_size": 17920, "num_hidden_layers": 40, "num_attention_heads": 40,
         "num_key_value_heads": 10, "max_position_embeddings": 16_384,
-        "tie_word_embeddings": False, "pad_token_id": 100_349, "bos_token_id": 100_257,
+        "tie_word_embeddings": False, "pad_token_id": 100_257, "bos_token_id": 100_257,
         "eos_token_id": 100_257},
     "deepseek-v3": {"model_type": "deepseek_v3", "vocab_size": 129_280, "hidden_size": 7168,
         "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_hidden_layers": 61,
