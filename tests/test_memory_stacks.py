@@ -276,3 +276,40 @@ def test_tensor_parallel_divides_a_blocks_activations_and_pipeline_keeps_infligh
     )
     assert piped.breakdown["weights"] < flat.breakdown["weights"]
     assert any("1F1B" in n for n in piped.notes) or any("last" in n for n in piped.notes)
+
+
+def test_estimate_names_the_stack_and_when_another_changes_the_verdict() -> None:
+    """The issue's example: a 125M GPT-2-style decoder at 52 x 1024 tokens per device under
+    FSDP on 8 x A100-40GB: Hugging Face modules need ~64 GiB (fp32 logits and their
+    gradient); the fused stack fits, and the report says by how much it saves."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    args = [
+        "estimate", "--model", "gpt2", "--seq-len", "1024", "--micro-batch", "52",
+        "--hardware", "a100-sxm-40gb", "--sharding", "fsdp", "--gpus", "8", "--task",
+        "pretrain",
+    ]  # fmt: skip
+    runner = CliRunner()
+    hf = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert hf["stack"] == "hf" and hf["fits"] is False
+    changes = {a["change"]: a for a in hf["alternatives"]}
+    assert changes["the fused kernel stack"]["fits"] is True
+    assert changes["a fused linear cross-entropy"]["saved_bytes"] > 30 * 2**30
+    fused = json.loads(runner.invoke(app, [*args, "--stack", "fused", "--json"]).stdout)
+    assert fused["stack"] == "fused" and fused["fits"] is True
+    text = runner.invoke(app, args).stdout
+    assert "kernel stack: hf" in text and "with the fused kernel stack this fits" in text
+
+
+def test_unknown_stack_is_one_line_and_exit_2() -> None:
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    result = CliRunner().invoke(app, ["estimate", "--model-size", "1B", "--stack", "triton"])
+    assert result.exit_code == 2
+    assert "invalid --stack 'triton'" in result.output and "Traceback" not in result.output
