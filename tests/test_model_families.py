@@ -522,3 +522,24 @@ def test_bad_family_configs_are_user_errors(
     with pytest.raises(UserError, match=re.escape(message)) as info:
         load_hf_config(tmp_path)
     assert info.value.hint
+
+
+@pytest.mark.parametrize("ident", ["qwen3-30b-a3b", "deepseek-v3"])
+def test_expert_parallelism_splits_only_the_routed_experts(ident: str) -> None:
+    from advisor.config import Task, TrainingConfig
+    from advisor.memory import DeviceOverheads, estimate_memory
+    from advisor.taxonomy import load_taxonomy
+
+    spec = PROFILES[ident]
+    sgd = load_taxonomy().get("sgd")
+
+    def weights(ep: int) -> int:
+        config = TrainingConfig(
+            task=Task.PRETRAIN, precision=Precision.BF16, gpus=8, expert_parallel=ep
+        )
+        est = estimate_memory(spec, config, optimizer=sgd, device=DeviceOverheads.cpu())
+        return est.breakdown["weights"]
+
+    routed = spec.moe_layer_count() * spec.num_experts * spec.expert_parameter_count()
+    assert weights(1) == 2 * spec.parameter_count()
+    assert weights(8) == 2 * (spec.parameter_count() - routed + routed // 8)
