@@ -296,6 +296,54 @@ def objective_steps(objective: str, steps: StepsRange) -> float:
     return steps.central
 
 
+class StepsBand(BaseModel):
+    """The three numbers of a step range (what a recommendation's JSON carries)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    central: float
+    high: float
+
+
+class TimeToTarget(BaseModel):
+    """What a recommendation reports about its time to AdamW's loss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps_vs_adamw: StepsBand
+    steps_source: StepsSource
+    steps_extrapolated: bool
+    steps_proxy: float | None = Field(
+        default=None, description="measured-proxy ratio on this device (calibrate --convergence)"
+    )
+    time_to_target_rel: float = Field(
+        description="steps x step time over the step time of the AdamW plan of the same layout"
+    )
+    steps_notes: str = ""
+
+
+def time_to_target(steps: StepsRange, step_time: float, adamw_step_time: float) -> TimeToTarget:
+    """A plan's time-to-target report from its step factor and the two step times.
+
+    Args:
+        steps: the plan's factor (:func:`plan_steps`).
+        step_time: the plan's seconds per step.
+        adamw_step_time: seconds per step of the same layout with AdamW.
+
+    Returns:
+        The JSON-ready summary.
+    """
+    return TimeToTarget(
+        steps_vs_adamw=StepsBand(low=steps.low, central=steps.central, high=steps.high),
+        steps_source=steps.source,
+        steps_extrapolated=steps.extrapolated,
+        steps_proxy=steps.proxy,
+        time_to_target_rel=round(time_to_target_rel(steps.central, step_time, adamw_step_time), 4),
+        steps_notes=steps.notes,
+    )
+
+
 # --- interpolation ----------------------------------------------------------------------
 
 
@@ -390,10 +438,13 @@ __all__ = [
     "ProxyCurvePoint",
     "ProxyResult",
     "ProxyRun",
+    "StepsBand",
     "StepsRange",
     "StepsSource",
+    "TimeToTarget",
     "objective_steps",
     "plan_steps",
     "steps_vs_adamw",
+    "time_to_target",
     "time_to_target_rel",
 ]

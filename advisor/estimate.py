@@ -16,6 +16,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, get_hardware_profile
 from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, estimate_memory
@@ -63,6 +64,11 @@ class EstimateReport(BaseModel):
     fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
+    steps_vs_adamw: StepsRange | None = Field(
+        default=None,
+        description="steps to reach AdamW's loss relative to AdamW at this model size "
+        "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/convergence.py",
+    )
 
 
 def _enum(kind: type[E], value: str, flag: str) -> E:
@@ -141,7 +147,8 @@ def estimate_report(
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
     overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
-    tech = load_taxonomy().get(config.optimizer)
+    taxonomy = load_taxonomy()
+    tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
     host = host_memory_bytes
@@ -165,6 +172,9 @@ def estimate_report(
         fits=None if device_mem is None else m.total_bytes <= device_mem,
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
+        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        if tech.steps_vs_adamw is not None
+        else None,
     )
 
 

@@ -375,6 +375,27 @@ def render_estimate(report: EstimateReport) -> None:
 # --- recommend ----------------------------------------------------------------------------
 
 
+def _to_target(rel: float | None) -> str:
+    return "-" if rel is None else f"×{rel:.2g}"
+
+
+def _render_steps(r: Any) -> None:
+    """The time-to-target line: the published step range and the measured proxy beside it."""
+    band = r.steps_vs_adamw
+    if band is None:
+        return
+    source = getattr(r.steps_source, "value", r.steps_source)
+    text = (
+        f"to target: time to AdamW's loss relative to the same layout with AdamW; #1 needs "
+        f"{band.central:.3g}× AdamW's steps ({band.low:.3g}–{band.high:.3g}, {source}"
+        + (", extrapolated" if r.steps_extrapolated else "")
+        + ")"
+    )
+    if r.steps_proxy is not None:
+        text += f"; measured-proxy {r.steps_proxy:.3g}× on this device"
+    console.print(f"[dim]{text}[/]")
+
+
 def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
     hw, wl = report.hardware, report.workload
@@ -413,6 +434,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             ("peak", "right", True),
             *((("free", "right", True),) if wide else ()),
             ("step", "right", True),
+            ("to target", "right", True),
             ("tokens/s", "right", True),
         ):
             table.add_column(col, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
@@ -431,6 +453,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                 format_bytes(r.peak_memory_bytes),
                 *((format_bytes(r.headroom_bytes),) if wide else ()),
                 format_seconds(r.step_time_s),
+                _to_target(r.time_to_target_rel),
                 f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
             )
         sources = sorted({r.cost_source for r in report.recommendations})
@@ -441,6 +464,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             + "[/]"
         )
         best = report.recommendations[0]
+        _render_steps(best)
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
         if not best.reasons:
             console.print("  ranked first on cost; no rule prefers or avoids its techniques")
