@@ -35,6 +35,7 @@ The measured proxy's results live in :class:`ConvergenceCache` (written by
 
 from __future__ import annotations
 
+import itertools
 import math
 from enum import Enum
 
@@ -365,7 +366,7 @@ def _at_size(data: StepEfficiency, parameters: int) -> tuple[float, float, float
         return first.low, first.central, first.high, False, ""
     if parameters >= last.params:
         return last.low, last.central, last.high, False, ""
-    for a, b in zip(pts, pts[1:], strict=False):
+    for a, b in itertools.pairwise(pts):
         if a.params <= parameters <= b.params:
             t = math.log(parameters / a.params) / math.log(b.params / a.params)
             return (

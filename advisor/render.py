@@ -535,6 +535,40 @@ def _count_kinds(report: RecommendReport) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def render_convergence(cache: Any) -> None:
+    """`calibrate --convergence`: each optimizer's steps to AdamW's loss on the proxy."""
+    console.print(
+        f"[bold]convergence proxy[/] ({cache.family}, {format_count(cache.proxy_params)} "
+        f"parameters, {cache.steps} steps of {cache.batch_tokens} tokens) on {cache.device}"
+    )
+    console.print(f"[dim]corpus: {cache.corpus}[/]")
+    target = "-" if cache.target_loss is None else f"{cache.target_loss:.4f}"
+    console.print(f"target: AdamW's best final held-out loss {target}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("optimizer", "best lr", "final loss", "steps to target", "vs AdamW", "s/step"):
+        table.add_column(col, justify="left" if col == "optimizer" else "right")
+    for r in cache.results:
+        best = next((x for x in r.runs if x.lr == r.best_lr), None)
+        final = "-" if best is None or best.final_loss is None else f"{best.final_loss:.4f}"
+        if r.ratio is None:
+            ratio = r.status if r.status != "ok" else "-"
+        else:
+            ratio = f"{r.ratio:.2f}" if r.reached else f"≥ {r.ratio:.2f} (not reached)"
+        table.add_row(
+            r.optimizer,
+            "-" if r.best_lr is None else f"{r.best_lr:g}",
+            final,
+            "-" if r.steps_to_target is None else f"{r.steps_to_target:.0f}",
+            ratio,
+            "-" if r.seconds_per_step is None else f"{r.seconds_per_step * 1000:.0f} ms",
+        )
+    console.print(table)
+    partial = ", partial (budget or Ctrl-C)" if cache.partial else ""
+    console.print(f"[dim]{cache.seconds:.0f} s of a {cache.budget_s:.0f} s budget{partial}[/]")
+    for w in cache.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
 @contextmanager
 def calibration_progress(enabled: bool = True) -> Iterator[Callable[[str, float], None] | None]:
     """A progress bar on stderr for calibration; yields the callback (label, fraction done).
