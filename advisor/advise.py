@@ -178,7 +178,8 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
         target=target,
         taxonomy=taxonomy,
         ruleset=ruleset,
-        convergence=_convergence_proxy(req.spec),
+        # --no-calibrate uses no measurement at all, the step proxy included.
+        convergence=None if req.calibrate is False else _convergence_proxy(req.spec),
     )
     return recommend(ctx, _cost_fn(ctx, calibration, target.profile), top=req.top, cost_note=note)
 

@@ -703,7 +703,9 @@ def _objective_score(
         # Memory counts a quarter as much as time: a smaller footprint wins only when it
         # costs little speed (headroom matters most near the limit, where log m -> 0).
         return t + 0.25 * m - w * rule_score
-    return 0.1 * t - w * rule_score
+    # NOTE: under quality the budget is what it is: a plan needing k times AdamW's steps
+    # reaches a worse loss in it, so the step factor counts in full, the step time a tenth.
+    return 0.1 * t + 0.9 * math.log(max(steps, 1e-9)) - w * rule_score
 
 
 def recommend(

@@ -78,7 +78,8 @@ LR_GRID: dict[str, tuple[float, ...]] = {
 }
 # The default set: AdamW, the classic first-order baselines, the sign, factored and
 # matrix-preconditioned alternatives, and zeroth order; the rest run with --optimizers.
-DEFAULT_OPTIMIZERS = ("adamw", "sgd", "sgd-momentum", "lion", "adafactor", "muon", "soap", "mezo")
+# Pass 1 runs them in this order, so a short budget keeps the most telling comparisons.
+DEFAULT_OPTIMIZERS = ("adamw", "sgd", "muon", "lion", "adafactor", "soap", "sgd-momentum", "mezo")
 # Muon: the quintic Newton-Schulz coefficients of Jordan 2024 (modded-nanogpt), 5 steps.
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -214,7 +215,10 @@ def run_convergence(
     interrupted: KeyboardInterrupt | None = None
     try:
         for i, (oid, lr) in enumerate(plan):
-            if time.perf_counter() - started > budget:
+            elapsed = time.perf_counter() - started
+            # A run is started only if one more of the longest so far still fits the budget.
+            longest = max((sps * steps for v in per_step.values() for sps in v), default=0.0)
+            if elapsed + longest > budget:
                 partial = True
                 break
             report(f"{oid} lr={lr:g}", i / len(plan))
