@@ -346,3 +346,22 @@ def test_interrupt_keeps_partial_results(tmp_path: Path, monkeypatch: pytest.Mon
     assert saved is not None and saved.partial
     assert saved.result("adamw") is not None and saved.result("adamw").runs  # type: ignore[union-attr]
     assert saved.result("sgd").status == "skipped"  # type: ignore[union-attr]
+
+
+# --- the held-out check against public curves -------------------------------------------------
+
+
+def test_public_curves_are_pinned_and_covered_by_the_ranges() -> None:
+    # modded-nanogpt's logs did not set any range (the central values come from Wen et al.
+    # 2025): every ratio recomputed from them must fall inside the tool's 124M range.
+    from benchmarks.convergence_coverage import DATA, coverage
+
+    data = json.loads(DATA.read_text())
+    assert len(data["commit"]) == 40
+    assert all(data["commit"] in r["log"] for r in data["runs"])
+    result = coverage(data)
+    assert result.total >= 5
+    assert {o.optimizer for o in result.observations} >= {"muon", "soap", "shampoo"}
+    assert result.inside == result.total, [o for o in result.observations if not o.inside]
+    # Every faster optimizer needs fewer steps than AdamW in these logs.
+    assert all(o.ratio < 1 for o in result.observations)
