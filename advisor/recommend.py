@@ -1059,6 +1059,7 @@ def _why_not(
                     option=label,
                     verdict=f"fits ({format_bytes(s.memory.total_bytes)}) but ranks "
                     f"#{position[config] + 1} of {len(scored)}: {s.cost.seconds:.3g} s/step, "
+                    f"{_plan_steps(ctx, config).central:.3g}x AdamW's steps to its loss, "
                     f"rule score {s.rule_score:+g}",
                 )
             )
