@@ -509,7 +509,12 @@ def recommend(
         typer.Option("--memory-budget", help="Device memory to plan with, e.g. 24GB (overrides)."),
     ] = None,
     objective: Annotated[
-        str, typer.Option("--objective", help="speed, memory, balanced (default) or quality.")
+        str,
+        typer.Option(
+            "--objective",
+            help="speed (step time), memory, balanced (default), quality or time-to-target "
+            "(steps to AdamW's loss x step time).",
+        ),
     ] = "balanced",
     privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
     sparse_features: Annotated[

@@ -29,6 +29,18 @@ The API the recommender calls (pure: no torch, no I/O):
   method's extra steps (``max(1, central)``): a shorter step that buys a 30-300x longer run
   (zeroth order) never wins. ``memory`` ignores steps.
 
+- :func:`time_to_target` ``(steps, step_time, adamw_step_time) -> TimeToTarget``: the
+  fields a recommendation's JSON carries (``steps_vs_adamw`` {low, central, high},
+  ``steps_source``, ``steps_extrapolated``, ``steps_proxy``, ``time_to_target_rel``).
+
+How the recommender is wired (advisor/recommend.py, kept to three call sites so that the
+plan-search split can move them): ``Context.convergence`` holds the proxy cache (advise.py
+loads it unless --no-calibrate); the judge scores each plan with
+``objective_steps(objective, plan_steps(...))`` folded into ``log(step time)``; each shown
+recommendation gets ``time_to_target(...)`` against the step time of its own layout with
+``optimizer="adamw"``. Under ``quality`` the step factor counts in full (a plan that needs k
+times the steps reaches a worse loss in the same budget) and the step time a tenth.
+
 The measured proxy's results live in :class:`ConvergenceCache` (written by
 ``advisor.calibration.convergence``, read here as plain data).
 """
