@@ -614,7 +614,9 @@ def render_convergence(cache: Any) -> None:
             "-" if r.seconds_per_step is None else f"{r.seconds_per_step * 1000:.0f} ms",
         )
     console.print(table)
-    partial = ", partial (budget or Ctrl-C)" if cache.partial else ""
+    partial = (
+        ", partial (budget or Ctrl-C): raise --budget for the whole sweep" if cache.partial else ""
+    )
     console.print(f"[dim]{cache.seconds:.0f} s of a {cache.budget_s:.0f} s budget{partial}[/]")
     for w in cache.warnings:
         console.print(f"[yellow]warning:[/] {w}")
