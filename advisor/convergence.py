@@ -208,10 +208,16 @@ def steps_vs_adamw(
     point = _nearest(data.points, parameters)
     if measured is not None and point.basis is Basis.NO_RATIO_PUBLISHED:
         # Nothing published to centre the range: the proxy measured on this device is the
-        # best evidence there is, kept inside the published range's bounds.
-        central = min(max(measured[0], low), high)
+        # best evidence there is, kept inside the published range's bounds. A run that never
+        # reached AdamW's loss gives only a lower bound, which can raise the centre, not set it.
+        ratio, reached = measured
+        central = min(max(ratio, low), high) if reached else max(central, min(ratio, high))
         source = StepsSource.MEASURED_PROXY
-        notes.append("central from the measured proxy (no published step ratio)")
+        notes.append(
+            "central from the measured proxy (no published step ratio)"
+            if reached
+            else "the measured proxy did not reach AdamW's loss: its ratio is a lower bound"
+        )
     return StepsRange(
         low=round(low, 4),
         central=round(central, 4),

@@ -125,7 +125,7 @@ def test_speed_pays_for_extra_steps_but_credits_no_published_speedup() -> None:
     assert objective_steps("memory", mezo) == 1.0
 
 
-def _proxy(**ratios: float) -> ConvergenceCache:
+def _proxy(unreached: tuple[str, ...] = (), **ratios: float) -> ConvergenceCache:
     return ConvergenceCache(
         fingerprint_key="test",
         device="cpu",
@@ -138,7 +138,7 @@ def _proxy(**ratios: float) -> ConvergenceCache:
         batch_tokens=1024,
         target_loss=2.3,
         results=[
-            ProxyResult(optimizer=k, status="ok", ratio=v, reached=v < 1.5)
+            ProxyResult(optimizer=k, status="ok", ratio=v, reached=k not in unreached)
             for k, v in ratios.items()
         ],
         partial=False,
@@ -156,6 +156,12 @@ def test_measured_proxy_centres_only_what_nothing_published_centres() -> None:
     assert muon.source is StepsSource.PUBLISHED and muon.central == 0.71 and muon.proxy == 0.8
     clamped = steps_vs_adamw(TAX.get("sgd"), 150_000_000, _proxy(sgd=50.0))
     assert clamped.central == clamped.high  # the proxy stays inside the published bounds
+    # Not reached: the ratio is a lower bound; a bound below the published centre moves
+    # nothing, one above it raises the centre.
+    bound = steps_vs_adamw(TAX.get("sgd"), 150_000_000, _proxy(("sgd",), sgd=1.5))
+    assert bound.central == 4.0 and bound.proxy_reached is False
+    raised = steps_vs_adamw(TAX.get("sgd"), 150_000_000, _proxy(("sgd",), sgd=6.0))
+    assert raised.central == 6.0
 
 
 def test_rules_check_reports_each_step_data_defect() -> None:
