@@ -172,8 +172,31 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
         calibration, note = _local_costs(req, target, progress, gpu_name)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
-    ctx = Context(spec=req.spec, workload=w, target=target, taxonomy=taxonomy, ruleset=ruleset)
+    ctx = Context(
+        spec=req.spec,
+        workload=w,
+        target=target,
+        taxonomy=taxonomy,
+        ruleset=ruleset,
+        # --no-calibrate uses no measurement at all, the step proxy included.
+        convergence=None if req.calibrate is False else _convergence_proxy(req.spec),
+    )
     return recommend(ctx, _cost_fn(ctx, calibration, target.profile), top=req.top, cost_note=note)
+
+
+def _convergence_proxy(spec: ModelSpec) -> Any:
+    """This machine's `calibrate --convergence` results for the model's family, if any.
+
+    Step counts do not depend on the device a plan runs on, so the local proxy applies to
+    --hardware plans too. Reading the cache never imports torch.
+    """
+    from advisor.calibration.convergence import load_convergence
+
+    for device in ("cuda:0", "cpu"):
+        cache, _warning = load_convergence(device, spec)
+        if cache is not None:
+            return cache
+    return None
 
 
 def _local_costs(

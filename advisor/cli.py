@@ -509,7 +509,12 @@ def recommend(
         typer.Option("--memory-budget", help="Device memory to plan with, e.g. 24GB (overrides)."),
     ] = None,
     objective: Annotated[
-        str, typer.Option("--objective", help="speed, memory, balanced (default) or quality.")
+        str,
+        typer.Option(
+            "--objective",
+            help="speed (step time), memory, balanced (default), quality or time-to-target "
+            "(steps to AdamW's loss x step time).",
+        ),
     ] = "balanced",
     privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
     sparse_features: Annotated[
@@ -623,11 +628,23 @@ def calibrate(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Measure again even if cached.")] = False,
+    convergence: Annotated[
+        bool,
+        typer.Option(
+            "--convergence",
+            help="Instead of timing steps, train a tiny proxy of the model's family with each "
+            "optimizer (short LR sweep, fixed steps) and measure steps to AdamW's loss "
+            "(default budget 180 s).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
     """Measure this device for a model's layer shape (default: 125M) and cache the results."""
     if ctx.invoked_subcommand is not None:
+        return
+    if convergence:
+        _calibrate_convergence(model_size, model, model_config, device, budget, force, json_out)
         return
     from advisor.costdata import CalibrationCache
 
@@ -657,6 +674,34 @@ def calibrate(
         render.print_json(cache)
     else:
         render.render_calibration(cache, spec_key=_shape_key(spec))
+
+
+def _calibrate_convergence(
+    model_size: str | None,
+    model: str | None,
+    model_config: Path | None,
+    device: str | None,
+    budget: float | None,
+    force: bool,
+    json_out: bool,
+) -> None:
+    """`calibrate --convergence`: the measured proxy of steps to AdamW's loss."""
+    if budget is not None and budget <= 0:
+        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    from advisor import render
+    from advisor.calibration.convergence import run_convergence
+
+    spec = _resolve_model(
+        model_size or ("125M" if not (model or model_config) else None), model, model_config
+    )
+    with render.calibration_progress(enabled=not json_out) as progress:
+        cache = run_convergence(
+            spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+        )
+    if json_out:
+        render.print_json(cache)
+    else:
+        render.render_convergence(cache)
 
 
 def _default_device() -> str:

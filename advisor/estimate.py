@@ -17,6 +17,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, get_hardware_profile
 from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, MemoryEstimate, estimate_memory
@@ -101,6 +102,11 @@ class EstimateReport(BaseModel):
     alternatives: list[Alternative] = Field(
         default_factory=list,
         description="other kernel choices that change whether this fits, with their peak",
+    )
+    steps_vs_adamw: StepsRange | None = Field(
+        default=None,
+        description="steps to reach AdamW's loss relative to AdamW at this model size "
+        "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/convergence.py",
     )
 
 
@@ -198,7 +204,8 @@ def estimate_report(
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
     overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
-    tech = load_taxonomy().get(config.optimizer)
+    taxonomy = load_taxonomy()
+    tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
     alternatives = [
@@ -245,6 +252,9 @@ def estimate_report(
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
         alternatives=alternatives,
+        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        if tech.steps_vs_adamw is not None
+        else None,
     )
 
 

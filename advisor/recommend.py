@@ -26,6 +26,15 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.convergence import (
+    ConvergenceCache,
+    StepsBand,
+    StepsSource,
+    TimeToTarget,
+    objective_steps,
+    plan_steps,
+    time_to_target,
+)
 from advisor.engine import Decision, decide
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, HardwareProfile, PeakTflops, ProbeReport
@@ -44,7 +53,13 @@ MEMORY_SAFETY_MARGIN = 0.90
 HOST_SAFETY_MARGIN = 0.80
 # How much one unit of rule weight moves a candidate's score, per objective (in units of
 # log step time): small under "speed" so measured cost decides, large under "quality".
-RULE_WEIGHT = {"speed": 0.02, "memory": 0.02, "balanced": 0.15, "quality": 0.5}
+RULE_WEIGHT = {
+    "speed": 0.02,
+    "memory": 0.02,
+    "balanced": 0.15,
+    "quality": 0.5,
+    "time-to-target": 0.02,
+}
 
 
 class Objective(str, Enum):
@@ -54,6 +69,7 @@ class Objective(str, Enum):
     MEMORY = "memory"
     BALANCED = "balanced"
     QUALITY = "quality"
+    TIME_TO_TARGET = "time-to-target"  # steps to AdamW's loss x step time (convergence.py)
 
 
 class Privacy(str, Enum):
@@ -359,6 +375,13 @@ class Recommendation(BaseModel):
     score: float
     reasons: list[Reason]
     config: TrainingConfig
+    # Time to target (advisor/convergence.py): steps to AdamW's loss relative to AdamW, where
+    # that figure comes from, and steps x step time over the same layout's AdamW step time.
+    steps_vs_adamw: StepsBand | None = None
+    steps_source: StepsSource | None = None
+    steps_extrapolated: bool = False
+    steps_proxy: float | None = Field(default=None, description="measured-proxy ratio")
+    time_to_target_rel: float | None = None
 
 
 class Rejection(BaseModel):
@@ -462,6 +485,7 @@ class Context(BaseModel):
     target: Target
     taxonomy: Taxonomy
     ruleset: RuleSet
+    convergence: ConvergenceCache | None = None  # calibrate --convergence on this device
 
 
 def _overheads(target: Target) -> DeviceOverheads:
@@ -657,14 +681,21 @@ class _Scored(BaseModel):
 
 
 def _objective_score(
-    objective: Objective, cost: StepCost, peak: int, usable: int, rule_score: float
+    objective: Objective,
+    cost: StepCost,
+    peak: int,
+    usable: int,
+    rule_score: float,
+    steps: float = 1.0,
 ) -> float:
     """Lower is better. Step time and memory enter as logarithms, so a rule weight of 1
-    is worth the same relative change of cost whatever the model size."""
-    t = math.log(max(cost.seconds, 1e-9))
+    is worth the same relative change of cost whatever the model size. ``steps`` is the
+    plan's steps to AdamW's loss as the objective counts them (convergence.objective_steps),
+    so ``t`` is the log of the time to target."""
+    t = math.log(max(cost.seconds * steps, 1e-9))
     m = math.log(max(peak, 1) / max(usable, 1))
     w = RULE_WEIGHT[objective.value]
-    if objective is Objective.SPEED:
+    if objective in (Objective.SPEED, Objective.TIME_TO_TARGET):
         return t + 0.01 * m - w * rule_score
     if objective is Objective.MEMORY:
         return m + 0.01 * t - w * rule_score
@@ -672,7 +703,9 @@ def _objective_score(
         # Memory counts a quarter as much as time: a smaller footprint wins only when it
         # costs little speed (headroom matters most near the limit, where log m -> 0).
         return t + 0.25 * m - w * rule_score
-    return 0.1 * t - w * rule_score
+    # NOTE: under quality the budget is what it is: a plan needing k times AdamW's steps
+    # reaches a worse loss in it, so the step factor counts in full, the step time a tenth.
+    return 0.1 * t + 0.9 * math.log(max(steps, 1e-9)) - w * rule_score
 
 
 def recommend(
@@ -704,7 +737,7 @@ def recommend(
         else:
             scored.append(verdict)
     scored.sort(key=_rank_key)
-    recs = [_recommendation(ctx, s, i + 1, decision) for i, s in enumerate(scored[:top])]
+    recs = [_recommendation(ctx, s, i + 1, decision, cost_fn) for i, s in enumerate(scored[:top])]
     return RecommendReport(
         recommendations=recs,
         rejected=sorted(rejected, key=lambda r: (r.kind, r.configuration)),
@@ -795,13 +828,15 @@ class _Judge:
             return self._reject(c, techniques, reason, "host-memory", m)
         cost = self.cost_fn(c)
         rs = self.decision.score(techniques)
+        objective = ctx.workload.objective
+        steps = objective_steps(objective.value, _plan_steps(ctx, c))
         return _Scored(
             config=c,
             techniques=techniques,
             memory=m,
             cost=cost,
             rule_score=rs,
-            score=_objective_score(ctx.workload.objective, cost, m.total_bytes, self.usable, rs),
+            score=_objective_score(objective, cost, m.total_bytes, self.usable, rs, steps),
         )
 
     @staticmethod
@@ -915,7 +950,27 @@ def _reason(ctx: Context, rule_id: str, effect: str) -> Reason:
     )
 
 
-def _recommendation(ctx: Context, s: _Scored, rank: int, decision: Decision) -> Recommendation:
+def _plan_steps(ctx: Context, c: TrainingConfig) -> Any:
+    """The plan's steps to AdamW's loss (advisor/convergence.py)."""
+    return plan_steps(
+        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
+    )
+
+
+def _time_to_target(ctx: Context, s: _Scored, cost_fn: CostFn) -> TimeToTarget:
+    # Relative to the AdamW plan of the same layout: only the optimizer changes.
+    same = (
+        s.config
+        if s.config.optimizer == "adamw"
+        else s.config.model_copy(update={"optimizer": "adamw"})
+    )
+    base = s.cost.seconds if same is s.config else cost_fn(same).seconds
+    return time_to_target(_plan_steps(ctx, s.config), s.cost.seconds, base)
+
+
+def _recommendation(
+    ctx: Context, s: _Scored, rank: int, decision: Decision, cost_fn: CostFn
+) -> Recommendation:
     c = s.config
     tech = ctx.taxonomy.get(c.optimizer)
     tokens = ctx.workload.effective_global_batch * c.seq_len
@@ -957,6 +1012,7 @@ def _recommendation(ctx: Context, s: _Scored, rank: int, decision: Decision) -> 
         score=round(s.score, 6),
         reasons=sorted(reasons, key=lambda r: r.rule),
         config=c,
+        **_time_to_target(ctx, s, cost_fn).model_dump(exclude={"steps_notes"}),
     )
 
 
@@ -1003,6 +1059,7 @@ def _why_not(
                     option=label,
                     verdict=f"fits ({format_bytes(s.memory.total_bytes)}) but ranks "
                     f"#{position[config] + 1} of {len(scored)}: {s.cost.seconds:.3g} s/step, "
+                    f"{_plan_steps(ctx, config).central:.3g}x AdamW's steps to its loss, "
                     f"rule score {s.rule_score:+g}",
                 )
             )

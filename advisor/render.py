@@ -426,6 +426,27 @@ def render_estimate(report: EstimateReport) -> None:
 # --- recommend ----------------------------------------------------------------------------
 
 
+def _to_target(rel: float | None) -> str:
+    return "-" if rel is None else f"×{rel:.2g}"
+
+
+def _render_steps(r: Any) -> None:
+    """The time-to-target line: the published step range and the measured proxy beside it."""
+    band = r.steps_vs_adamw
+    if band is None:
+        return
+    source = getattr(r.steps_source, "value", r.steps_source)
+    text = (
+        f"to target: time to AdamW's loss relative to the same layout with AdamW; #1 needs "
+        f"{band.central:.3g}× AdamW's steps ({band.low:.3g}–{band.high:.3g}, {source}"
+        + (", extrapolated" if r.steps_extrapolated else "")
+        + ")"
+    )
+    if r.steps_proxy is not None:
+        text += f"; measured-proxy {r.steps_proxy:.3g}× on this device"
+    console.print(f"[dim]{text}[/]")
+
+
 def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
     hw, wl = report.hardware, report.workload
@@ -464,6 +485,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             ("peak", "right", True),
             *((("free", "right", True),) if wide else ()),
             ("step", "right", True),
+            ("to target", "right", True),
             ("tokens/s", "right", True),
         ):
             table.add_column(col, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
@@ -482,6 +504,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                 format_bytes(r.peak_memory_bytes),
                 *((format_bytes(r.headroom_bytes),) if wide else ()),
                 format_seconds(r.step_time_s),
+                _to_target(r.time_to_target_rel),
                 f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
             )
         sources = sorted({r.cost_source for r in report.recommendations})
@@ -492,6 +515,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             + "[/]"
         )
         best = report.recommendations[0]
+        _render_steps(best)
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
         if not best.reasons:
             console.print("  ranked first on cost; no rule prefers or avoids its techniques")
@@ -560,6 +584,42 @@ def _count_kinds(report: RecommendReport) -> dict[str, int]:
     for r in report.rejected:
         out[r.kind] = out.get(r.kind, 0) + 1
     return dict(sorted(out.items()))
+
+
+def render_convergence(cache: Any) -> None:
+    """`calibrate --convergence`: each optimizer's steps to AdamW's loss on the proxy."""
+    console.print(
+        f"[bold]convergence proxy[/] ({cache.family}, {format_count(cache.proxy_params)} "
+        f"parameters, {cache.steps} steps of {cache.batch_tokens} tokens) on {cache.device}"
+    )
+    console.print(f"[dim]corpus: {cache.corpus}[/]")
+    target = "-" if cache.target_loss is None else f"{cache.target_loss:.4f}"
+    console.print(f"target: AdamW's best final held-out loss {target}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("optimizer", "best lr", "final loss", "steps to target", "vs AdamW", "s/step"):
+        table.add_column(col, justify="left" if col == "optimizer" else "right")
+    for r in cache.results:
+        best = next((x for x in r.runs if x.lr == r.best_lr), None)
+        final = "-" if best is None or best.final_loss is None else f"{best.final_loss:.4f}"
+        if r.ratio is None:
+            ratio = r.status if r.status != "ok" else "-"
+        else:
+            ratio = f"{r.ratio:.2f}" if r.reached else f"≥ {r.ratio:.2f} (not reached)"
+        table.add_row(
+            r.optimizer,
+            "-" if r.best_lr is None else f"{r.best_lr:g}",
+            final,
+            "-" if r.steps_to_target is None else f"{r.steps_to_target:.0f}",
+            ratio,
+            "-" if r.seconds_per_step is None else f"{r.seconds_per_step * 1000:.0f} ms",
+        )
+    console.print(table)
+    partial = (
+        ", partial (budget or Ctrl-C): raise --budget for the whole sweep" if cache.partial else ""
+    )
+    console.print(f"[dim]{cache.seconds:.0f} s of a {cache.budget_s:.0f} s budget{partial}[/]")
+    for w in cache.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
 
 
 @contextmanager
