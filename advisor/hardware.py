@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import GIB
@@ -78,6 +79,7 @@ class HardwareProfile(_Frozen):
         return float(self.compute_capability) if self.compute_capability else 0.0
 
 
+@cached_by_content("hardware", profile_sources("hardware"))
 def load_hardware_profiles(folder: Path | None = None) -> dict[str, HardwareProfile]:
     """Load every ``*.yaml`` in ``profiles/hardware``.
 

@@ -7,21 +7,26 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from advisor.checks import CheckReport
-from advisor.costdata import CalibrationCache
-from advisor.estimate import EstimateReport
-from advisor.hardware import HardwareProfile, ProbeReport
-from advisor.recommend import RecommendReport
-from advisor.ruleset import LocatedRule
-from advisor.taxonomy import Category, Order, Taxonomy, Technique
 from advisor.units import format_bytes, format_count, format_seconds
+
+if TYPE_CHECKING:
+    # NOTE: only for annotations: importing the report models here would make every
+    # command pay for building every model class at start-up (see benchmarks/startup.py).
+    from pydantic import BaseModel
+
+    from advisor.checks import CheckReport
+    from advisor.costdata import CalibrationCache
+    from advisor.estimate import EstimateReport
+    from advisor.hardware import HardwareProfile, ProbeReport
+    from advisor.recommend import RecommendReport
+    from advisor.ruleset import LocatedRule
+    from advisor.taxonomy import Taxonomy, Technique
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -29,6 +34,8 @@ err_console = Console(stderr=True, highlight=False)
 
 def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
     """Print a pydantic model (or a list or dict of them) as JSON on stdout."""
+    from pydantic import BaseModel
+
     if isinstance(model, BaseModel):
         text = model.model_dump_json(indent=2)
     elif isinstance(model, list):
@@ -39,6 +46,8 @@ def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
 
 
 def _default(obj: object) -> object:
+    from pydantic import BaseModel
+
     if isinstance(obj, BaseModel):
         return obj.model_dump(mode="json")
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -222,6 +231,8 @@ def render_profiles(
 def render_taxonomy(taxonomy: Taxonomy) -> None:
     """Draw the taxonomy as a tree: category, then order for optimizers."""
     from rich.tree import Tree
+
+    from advisor.taxonomy import Category, Order
 
     root = Tree(f"[bold]taxonomy[/] ({len(taxonomy.techniques)} techniques)")
     for category in Category:
