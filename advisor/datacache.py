@@ -25,6 +25,7 @@ it lives in the user's own cache folder, which only the user (or root) can write
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import inspect
@@ -193,11 +194,10 @@ def _name_hash(files: list[Path], extra: str) -> str:
 
 
 def _fresh(value: Any) -> Any:
-    """A shallow copy of a cached dict or list, so a caller's edits never reach the cache."""
-    if isinstance(value, dict):
-        return dict(value)
-    if isinstance(value, list):
-        return list(value)
+    """A shallow copy of a cached dict or list (type and attributes kept, e.g. a YAML
+    mapping's line), so a caller's edits never reach the cache."""
+    if isinstance(value, dict | list):
+        return copy.copy(value)
     return value
 
 
@@ -212,6 +212,11 @@ def clear_memory() -> None:
 
 
 # --- the sources of the shipped loaders ------------------------------------------------------
+
+
+def yaml_sources(args: dict[str, Any]) -> tuple[list[Path], str]:
+    """``load_yaml(path)``: the file itself."""
+    return [Path(args["path"])], ""
 
 
 def taxonomy_sources(args: dict[str, Any]) -> tuple[list[Path], str]:
