@@ -1,4 +1,4 @@
-"""Start-up time of the commands that must feel instant: `rules check` and `recommend --no-calibrate`.
+"""Start-up time of `rules check` and `recommend --no-calibrate`, which must feel instant.
 
 Every run is a cold process (``python -m advisor ...``), as a user's shell starts it. For
 each command it reports the median of ``--runs`` runs (default 5) of:
