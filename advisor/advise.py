@@ -136,8 +136,16 @@ def _cpu_clock_ghz() -> float | None:
     return None
 
 
-def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> RecommendReport:
+def run_recommend(
+    req: RecommendRequest,
+    progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> RecommendReport:
     """Probe (or load the profile), find the costs, apply the rules, rank.
+
+    On a local device whose calibration cache lacks the model's layer shape (and without
+    ``--no-calibrate``), the quick calibration runs first, so the ranking is by measured
+    cost; ``notify`` is told so in one line before it starts.
 
     Raises:
         UserError: for unknown profiles, impossible flag combinations, broken data files.
@@ -169,7 +177,7 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})
         gpu_name = report.gpus[0].name if report.gpus else ""
-        calibration, note = _local_costs(req, target, progress, gpu_name)
+        calibration, note = _local_costs(req, target, progress, gpu_name, notify)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
     ctx = Context(spec=req.spec, workload=w, target=target, taxonomy=taxonomy, ruleset=ruleset)
@@ -177,39 +185,56 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
 
 
 def _local_costs(
-    req: RecommendRequest, target: Target, progress: Progress | None, gpu_name: str = ""
+    req: RecommendRequest,
+    target: Target,
+    progress: Progress | None,
+    gpu_name: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[Any, str]:
-    """The calibration cache for this device, run first with --calibrate."""
+    """This device's measured costs: the calibration cache, filled first when it lacks the
+    model's layer shape (measured by default); analytic only with --no-calibrate or when
+    torch is not installed."""
     if req.calibrate is False:
         return None, "costs: analytic (--no-calibrate), from the probed hardware's peak figures"
     from advisor.calibration import cache as cal_cache
-
-    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-    if req.calibrate:
-        from advisor.calibration.runner import run_calibration
-
-        calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
-        return calibration, f"costs: measured on this device (quick calibration, {device})"
-    # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
-    # marketing name NVML does; the fingerprint must match for the cache to be found.
-    cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
-    if cached is None:
-        hint = "run `optadvise calibrate` or pass --calibrate for measured costs"
-        return None, f"costs: analytic (no calibration cache for this device; {hint})" + (
-            f" [{warning}]" if warning else ""
-        )
     from advisor.cost import layer_shape
 
-    if cached.results_for(layer_shape(req.spec)) is None:
+    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
+    cached = None
+    warning = None
+    if not req.calibrate:
+        # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
+        # marketing name NVML does; the fingerprint must match for the cache to be found.
+        cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
+        if cached is not None and cached.results_for(layer_shape(req.spec)) is not None:
+            partial = ", partial" if cached.partial else ""
+            return (
+                cached,
+                f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
+            )
+    if not _torch_installed():
+        extra = f" [{warning}]" if warning else ""
         return cached, (
-            "costs: mostly analytic: the calibration cache has no results at this model's layer"
-            f" shape; run `optadvise calibrate --model-size ...` for it ({cached.created_at})"
+            "costs: analytic (torch is not installed, so this device cannot be measured; "
+            f"install torch for measured costs){extra}"
         )
-    partial = ", partial" if cached.partial else ""
-    return (
-        cached,
-        f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
-    )
+    from advisor.calibration.runner import QUICK_DEFAULT_BUDGET_S, run_calibration
+
+    if notify is not None and not req.calibrate:
+        notify(
+            f"no measured costs for {req.spec.name}'s layer shape on this device yet: running "
+            f"the quick calibration first (at most {QUICK_DEFAULT_BUDGET_S:.0f} s, cached for "
+            "next time; --no-calibrate skips it)"
+        )
+    calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
+    partial = ", partial: the time budget ran out" if calibration.partial else ""
+    return calibration, f"costs: measured on this device (quick calibration, {device}{partial})"
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def _with_measured_precision(target: Target, calibration: Any) -> Target:

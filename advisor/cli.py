@@ -467,8 +467,9 @@ def recommend(
         bool | None,
         typer.Option(
             "--calibrate/--no-calibrate",
-            help="--calibrate: run a quick calibration first. --no-calibrate: never touch torch; "
-            "analytic costs. Default: use this device's calibration cache when there is one.",
+            help="Rank by cost measured on this device (the default without --hardware): the "
+            "quick calibration runs first when the cache lacks the model's layer shape. "
+            "--no-calibrate: never touch torch; analytic costs.",
         ),
     ] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Show every rule that fired.")] = False,
@@ -522,7 +523,7 @@ def recommend(
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})
     with render.calibration_progress(enabled=not json_out) as progress:
-        report = run_recommend(request, progress=progress)
+        report = run_recommend(request, progress=progress, notify=render.note)
     if emit is not None:
         from advisor.advise import write_emitted
 

@@ -53,6 +53,11 @@ def _default(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def note(text: str) -> None:
+    """One line on stderr saying what the command is doing (stdout stays the report)."""
+    err_console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
 def bar(fraction: float, width: int = 24) -> str:
     """A text bar for a fraction in [0, 1] (over 1 is drawn full, in red by the caller)."""
     fraction = max(0.0, min(1.0, fraction))
