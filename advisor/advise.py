@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from advisor.config import Task
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
+from advisor.limits import check_bound, resolve_seq_len
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
@@ -30,7 +31,7 @@ from advisor.recommend import (
 )
 from advisor.ruleset import load_rules
 from advisor.taxonomy import load_taxonomy
-from advisor.units import parse_bytes, parse_length
+from advisor.units import parse_bytes
 
 Progress = Callable[[str, float], None]
 DEFAULT_SEQ_LEN = 2048
@@ -68,6 +69,7 @@ class RecommendRequest(BaseModel):
         sparse_features: bool,
         top: int,
         calibrate: bool | None,
+        rope_scaling: float | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag.
 
@@ -77,13 +79,16 @@ class RecommendRequest(BaseModel):
         task_v = _choice(Task, task, "--task")
         objective_v = _choice(Objective, objective, "--objective")
         privacy_v = _choice(Privacy, privacy, "--privacy")
-        limit = spec.max_position_embeddings or DEFAULT_SEQ_LEN
-        s = parse_length(seq_len) if seq_len else min(DEFAULT_SEQ_LEN, limit)
-        if s > limit and spec.position is not None and spec.position.value == "learned":
-            raise UserError(
-                f"--seq-len {s} exceeds {spec.name}'s {limit} learned positions",
-                f"use --seq-len {limit} or less",
-            )
+        s = resolve_seq_len(spec, seq_len, rope_scaling, DEFAULT_SEQ_LEN)
+        for flag, value in (
+            ("--micro-batch", micro_batch),
+            ("--global-batch", global_batch),
+            ("--gpus", gpus),
+            ("--nodes", nodes),
+            ("--top", top),
+        ):
+            check_bound(flag, value)
+        check_bound("--gpus", (gpus or 1) * nodes)
         if hardware is not None and calibrate:
             raise UserError(
                 "--calibrate measures this machine, but --hardware plans for another one",
@@ -111,10 +116,18 @@ class RecommendRequest(BaseModel):
             workload=workload,
             hardware=hardware,
             gpus=gpus,
-            memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None,
+            memory_budget=_memory_budget(memory_budget),
             top=top,
             calibrate=calibrate,
         )
+
+
+def _memory_budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = parse_bytes(text, "--memory-budget")
+    check_bound("--memory-budget", value)
+    return value
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:
@@ -312,10 +325,31 @@ def _atomic_write(path: Path, text: str) -> None:
         ) from None
 
 
-def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
+def local_target() -> tuple[Target, str]:
+    """This machine as a planning target (probed without torch), and its first GPU's name."""
+    from advisor.probe import probe_hardware
+
+    report = probe_hardware(with_torch=False)
+    target = target_from_probe(
+        report,
+        load_hardware_profiles(),
+        gpus=None,
+        nodes=1,
+        memory_budget=None,
+        clock_ghz=_cpu_clock_ghz(),
+    )
+    return target, report.gpus[0].name if report.gpus else ""
+
+
+def local_step_time(
+    spec: ModelSpec, config: Any, hardware: str | None, local: tuple[Target, str] | None = None
+) -> Any:
     """Step time of one configuration for `optadvise estimate`: measured from this device's
     calibration cache when it holds the model's layer shape, else analytic from the
     --hardware profile or the probed machine's peak figures. Never imports torch.
+
+    Args:
+        local: this machine's target and GPU name, when the caller probed it already.
 
     Returns:
         An ``advisor.estimate.StepTimeReport``.
@@ -330,22 +364,11 @@ def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
         if config.gpus > 1 and profile.intra_node is not None:
             link = profile.intra_node.bandwidth_gb_s
     else:
-        from advisor.probe import probe_hardware
-
-        report = probe_hardware(with_torch=False)
-        target = target_from_probe(
-            report,
-            load_hardware_profiles(),
-            gpus=None,
-            nodes=1,
-            memory_budget=None,
-            clock_ghz=_cpu_clock_ghz(),
-        )
+        target, gpu = local or local_target()
         profile = target.profile
         from advisor.calibration import cache as cal_cache
 
         device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-        gpu = report.gpus[0].name if report.gpus else ""
         calibration, _warning = cal_cache.load_cache_for(device, gpu_name=gpu)
     st = predict_for_optimizer(
         spec,

@@ -119,9 +119,13 @@ def get_hardware_profile(name: str) -> HardwareProfile:
     """
     profiles = load_hardware_profiles()
     if name not in profiles:
+        import difflib
+
+        close = difflib.get_close_matches(name.strip().lower(), list(profiles), n=3)
+        maybe = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(
             f"unknown hardware profile {name!r}",
-            "run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
+            f"{maybe}run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
         )
     return profiles[name]
 
