@@ -428,6 +428,9 @@ def _load_model_config(path: Path) -> Any:
         p = p / "config.json"
     hint = "pass a Hugging Face config.json (or the model folder holding it)"
     try:
+        if p.exists() and not p.is_file():
+            # NOTE: a FIFO or device would block the read or never end it.
+            raise UserError(f"model config {str(p)!r} is not a regular file", hint)
         size = p.stat().st_size
         if size > _CONFIG_MAX_BYTES:
             raise UserError(

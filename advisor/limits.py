@@ -56,7 +56,9 @@ def check_bound(flag: str, value: float | None) -> None:
     if value is None:
         return
     b = BOUNDS[flag]
-    if not math.isfinite(value) or not b.low <= value <= b.high:
+    # NOTE: ints are compared as ints: a 400-digit count does not fit in a float.
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not finite or not b.low <= value <= b.high:
         raise UserError(
             f"{flag} {_shown(value)} is out of range: {_shown(b.low)} to {_shown(b.high)} "
             f"({b.why})",
@@ -65,7 +67,10 @@ def check_bound(flag: str, value: float | None) -> None:
 
 
 def _shown(x: float) -> str:
-    if isinstance(x, int) or (math.isfinite(x) and x.is_integer() and abs(x) < 1e18):
+    if isinstance(x, int):
+        text = f"{x:,}"
+        return text if len(text) <= 40 else f"{text[:20]}… ({len(str(abs(x)))} digits)"
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e18:
         return f"{int(x):,}"
     return f"{x:g}"
 
