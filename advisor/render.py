@@ -315,6 +315,23 @@ def render_taxonomy(taxonomy: Taxonomy) -> None:
 
     from advisor.taxonomy import Category, Order
 
+    # NOTE: a tree leaf wraps inside its indentation, which would split a long id on a
+    # narrow console; there, the same groups are printed flat, one technique per line.
+    deepest = 4 * 3 + max((len(t.id) for t in taxonomy.techniques), default=0) + 1
+    if console.width < deepest:
+        console.print(f"taxonomy ({len(taxonomy.techniques)} techniques)", soft_wrap=True)
+        for category in Category:
+            groups = (
+                [(f"{category.value}/{o.value}-order", taxonomy.optimizers(o)) for o in Order]
+                if category is Category.OPTIMIZER
+                else [(category.value, taxonomy.by_category(category))]
+            )
+            for label, members in groups:
+                if members:
+                    console.print(f"[bold]{label}[/] ({len(members)})", soft_wrap=True)
+                    for tech in members:
+                        console.print(f"  {_leaf(tech)}", soft_wrap=True)
+        return
     root = Tree(f"[bold]taxonomy[/] ({len(taxonomy.techniques)} techniques)")
     for category in Category:
         members = taxonomy.by_category(category)

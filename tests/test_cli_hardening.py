@@ -59,6 +59,13 @@ def test_profiles_and_rules_lists_show_every_id_whole(columns: str) -> None:
     assert [i for i in RULE_IDS if not _present(i, rules.stdout)] == []
 
 
+@pytest.mark.parametrize("columns", ["100", "40", "24"])
+def test_the_taxonomy_shows_every_id_whole(columns: str) -> None:
+    result = runner.invoke(app, ["taxonomy"], env={"COLUMNS": columns, "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    assert [i for i in load_taxonomy().ids() if not _present(i, result.stdout)] == []
+
+
 @pytest.mark.parametrize("columns", ["100", "80", "40"])
 def test_the_ranking_shows_its_technique_ids_whole(columns: str) -> None:
     args = ["recommend", "--model-size", "7B", "--hardware", "a100-sxm-80gb", "--top", "8"]
