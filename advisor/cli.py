@@ -148,6 +148,13 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _not_blank(flag: str, value: str | None) -> None:
+    """An option given as an empty string is an error, not "not given" (other helpers'
+    options can call this too)."""
+    if value is not None and not value.strip():
+        raise UserError(f"{flag} is empty", f"give {flag} a value, or leave it out")
+
+
 def _clip(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -197,6 +204,7 @@ def probe(
     schema: SchemaOpt = False,
 ) -> None:
     """Report this machine: CPU, memory limits (cgroups), GPUs, and the torch stack."""
+    _not_blank("--hardware", hardware)
     from advisor.hardware import HardwareProfile, ProbeReport
 
     if schema:
@@ -580,6 +588,7 @@ def estimate(
     schema: SchemaOpt = False,
 ) -> None:
     """Estimate the per-device peak memory of one explicit training configuration."""
+    _not_blank("--hardware", hardware)
     from advisor.estimate import EstimateReport, build_config, estimate_report
 
     if schema:
@@ -699,6 +708,7 @@ def recommend(
     schema: SchemaOpt = False,
 ) -> None:
     """Recommend how to train: ranked configurations with reasons, by measured cost."""
+    _not_blank("--hardware", hardware)
     from advisor.recommend import RecommendReport
 
     if schema:
@@ -796,8 +806,13 @@ def calibrate(
     from advisor.calibration.runner import run_calibration
 
     spec = _resolve_model(
-        model_size or ("125M" if not (model or model_config) else None), model, model_config
+        model_size
+        if model_size is not None or model is not None or model_config is not None
+        else "125M",
+        model,
+        model_config,
     )
+    _not_blank("--device", device)
     if device is None:
         device = _default_device()
     with render.calibration_progress(enabled=not json_out) as progress:

@@ -180,6 +180,12 @@ def test_estimate_without_hardware_uses_the_probed_device_and_says_if_it_fits() 
         (["calibrate", "--budget", "nan"], "--budget nan"),
         (["calibrate", "--budget", "-1"], "--budget -1"),
         (["calibrate", "--budget", "1e9"], "--budget"),
+        (["calibrate", "--model-size", ""], "invalid model size ''"),
+        (["calibrate", "--device", " "], "--device is empty"),
+        (["recommend", "--hardware", ""], "--hardware is empty"),
+        (["estimate", "--hardware", " "], "--hardware is empty"),
+        (["probe", "--hardware", ""], "--hardware is empty"),
+        (["estimate", "--model", ""], "unknown model profile ''"),
     ],
 )
 def test_every_length_size_and_count_is_bounded(args: list[str], words: str) -> None:
