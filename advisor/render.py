@@ -124,7 +124,8 @@ def print_table(
     if title:
         console.print(f"[bold]{title}[/]", soft_wrap=True)
     for r in rows:
-        console.print(r[0], soft_wrap=True, style=columns[0].style or "bold")
+        head = r[0] if columns[0].ident else f"{columns[0].header}{r[0]}"
+        console.print(head, soft_wrap=True, style=columns[0].style or "bold")
         for col, cell in zip(columns[1:], r[1:], strict=True):
             console.print(f"  {escape(col.header)}: {cell}", soft_wrap=True)
 
