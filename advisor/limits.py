@@ -38,6 +38,12 @@ BOUNDS: dict[str, Bound] = {
     "--gpus": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
     "--nodes": Bound(1, 2**17, "2^17 machines"),
     "--lora-rank": Bound(1, 65_536, "a LoRA rank is at most a layer's width"),
+    "--grad-accumulation": Bound(1, 65_536, "2^16 micro-batches per optimizer step"),
+    "--tensor-parallel": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
+    "--pipeline-parallel": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
+    "--virtual-stages": Bound(1, 1024, "interleaved chunks per stage, at most the layers"),
+    "--expert-parallel": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
+    "world size": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
     "--top": Bound(1, 100_000, "100,000 configurations"),
     "--budget": Bound(1e-3, 7 * 86_400, "one week of calibration"),
     "--rope-scaling": Bound(1.0, 1024.0, "RoPE scaling factors in use are 2-64 (YaRN, Llama 3.1)"),
@@ -62,7 +68,9 @@ def check_bound(flag: str, value: float | None) -> None:
         raise UserError(
             f"{flag} {_shown(value)} is out of range: {_shown(b.low)} to {_shown(b.high)} "
             f"({b.why})",
-            f"give {flag} a value in that range",
+            f"give {flag} a value in that range"
+            if flag.startswith("--")
+            else "lower the flags that multiply to it",
         )
 
 

@@ -134,6 +134,12 @@ VALUED: dict[str, list[str]] = {
         "--lora-rank",
         "--hardware",
         "--device",
+        "--stack",
+        "--grad-accumulation",
+        "--tensor-parallel",
+        "--pipeline-parallel",
+        "--virtual-stages",
+        "--expert-parallel",
     ],
     "recommend": [
         "--model-size",
@@ -160,7 +166,18 @@ VALUED: dict[str, list[str]] = {
 VALUED["estimate-hw"] = VALUED["estimate"]
 VALUED["recommend-cpu"] = VALUED["recommend"]
 VALUED["probe-hw"] = VALUED["probe"]
-FLAGS = ["--json", "--schema", "--explain", "--dp-sgd", "--sparse-features", "--force", "--full"]
+FLAGS = [
+    "--json",
+    "--schema",
+    "--explain",
+    "--dp-sgd",
+    "--sparse-features",
+    "--force",
+    "--full",
+    "--fused-loss",
+    "--optimizer-in-backward",
+    "--activation-offload",
+]
 # Slow but valid: a GPU profile makes recommend search a large layout space (seconds).
 _SLOW_HARDWARE = {"h100-sxm-80gb"}
 
