@@ -94,6 +94,11 @@ class EstimateReport(BaseModel):
     notes: list[str]
     device: str = Field(description="overheads assumed: cuda or cpu")
     hardware: str | None = Field(default=None, description="profile the fit was checked against")
+    device_name: str | None = Field(
+        default=None,
+        description="the device the fit was checked against: the profile's name, or the probed "
+        "device when no --hardware is given",
+    )
     device_memory_bytes: int | None = None
     host_memory_bytes: int | None = None
     fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
@@ -193,8 +198,10 @@ def estimate_report(
     device: str = "cuda",
     host_memory_bytes: int | None = None,
     step_time: StepTimeReport | None = None,
+    local_device: tuple[str, int] | None = None,
 ) -> EstimateReport:
-    """The memory of one configuration, checked against a profile when one is named.
+    """The memory of one configuration, checked against a profile when one is named, else
+    against ``local_device`` (the probed device's name and memory) when given.
 
     Raises:
         UserError: for an unknown optimizer, profile or device kind.
@@ -208,6 +215,9 @@ def estimate_report(
     tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
+    device_name = profile.name if profile else None
+    if profile is None and local_device is not None:
+        device_name, device_mem = local_device
     alternatives = [
         Alternative(
             change=change,
@@ -246,6 +256,7 @@ def estimate_report(
         notes=m.notes,
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
+        device_name=device_name,
         device_memory_bytes=device_mem,
         host_memory_bytes=host,
         fits=None if device_mem is None else m.total_bytes <= device_mem,

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import GIB
@@ -78,6 +79,7 @@ class HardwareProfile(_Frozen):
         return float(self.compute_capability) if self.compute_capability else 0.0
 
 
+@cached_by_content("hardware", profile_sources("hardware"))
 def load_hardware_profiles(folder: Path | None = None) -> dict[str, HardwareProfile]:
     """Load every ``*.yaml`` in ``profiles/hardware``.
 
@@ -117,9 +119,13 @@ def get_hardware_profile(name: str) -> HardwareProfile:
     """
     profiles = load_hardware_profiles()
     if name not in profiles:
+        import difflib
+
+        close = difflib.get_close_matches(name.strip().lower(), list(profiles), n=3)
+        maybe = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(
             f"unknown hardware profile {name!r}",
-            "run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
+            f"{maybe}run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
         )
     return profiles[name]
 

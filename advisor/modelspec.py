@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import format_count, parse_count
@@ -683,6 +684,7 @@ def _models_dir() -> Path:
     return profiles_dir() / "models"
 
 
+@cached_by_content("models", profile_sources("models"))
 def load_model_profiles(folder: Path | None = None) -> dict[str, ModelSpec]:
     """Load every ``*.yaml`` model profile (one model per file, named after its id).
 
