@@ -22,6 +22,8 @@ own shapes, ``analytic`` when it comes from datasheet figures times fitted effic
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 import re
@@ -278,6 +280,7 @@ class _Shape(BaseModel):
     heads: int
 
 
+@functools.lru_cache(maxsize=256)
 def _shape(spec: ModelSpec) -> _Shape:
     h = spec.hidden_size or 0
     layer = spec.layer_parameter_count()
@@ -302,10 +305,9 @@ _ROW_PARALLEL = re.compile(
 )
 
 
-class Gemm(BaseModel):
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gemm:
     """One weight GEMM of a block per micro-batch: (m x k) @ (k x n), ``count`` times."""
-
-    model_config = ConfigDict(frozen=True)
 
     m: float
     n: int
@@ -326,6 +328,24 @@ def block_gemms(spec: ModelSpec, tokens: int, tp: int = 1, ep: int = 1) -> list[
     """
     out: list[Gemm] = []
     experts = max(spec.num_experts, 1)
+    for n, k, row, expert in _weight_matrices(spec):
+        if row:
+            k = max(1, k // tp)
+        else:
+            n = max(1, n // tp)
+        if expert:
+            local = max(1, experts // ep)
+            m = tokens * spec.experts_per_token * ep / experts
+            out.append(Gemm(m=m, n=n, k=k, count=local))
+        else:
+            out.append(Gemm(m=tokens, n=n, k=k, count=1.0))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _weight_matrices(spec: ModelSpec) -> tuple[tuple[int, int, bool, bool], ...]:
+    """(out, in, row-parallel, expert) of each weight matrix of one block (expert 0 only)."""
+    out: list[tuple[int, int, bool, bool]] = []
     for name, shape in spec.layer_matrix_shapes():
         if len(shape) < 2:
             continue
@@ -334,17 +354,8 @@ def block_gemms(spec: ModelSpec, tokens: int, tp: int = 1, ep: int = 1) -> list[
         n, k = shape[0], math.prod(shape[1:])
         if spec.family == "gpt2" and len(shape) == 2:
             k, n = shape[0], shape[1]  # Conv1D stores (in, out)
-        if _ROW_PARALLEL.search(name):
-            k = max(1, k // tp)
-        else:
-            n = max(1, n // tp)
-        if "experts." in name:
-            local = max(1, experts // ep)
-            m = tokens * spec.experts_per_token * ep / experts
-            out.append(Gemm(m=m, n=n, k=k, count=local))
-        else:
-            out.append(Gemm(m=tokens, n=n, k=k))
-    return out
+        out.append((n, k, bool(_ROW_PARALLEL.search(name)), "experts." in name))
+    return tuple(out)
 
 
 def predict_step_time(
