@@ -368,6 +368,7 @@ def predict_step_time(
     optimizer_order: str = "first",
     preconditioner_interval: int | None = None,
     interconnect_gb_s: float | None = None,
+    gpus_per_node: int | None = None,
 ) -> StepTime:
     """Predict one optimizer step's seconds for ``config`` on one device.
 
@@ -385,7 +386,10 @@ def predict_step_time(
         optimizer_order: zeroth, first or second (zeroth-order has no backward).
         preconditioner_interval: steps between refreshes (analytic second-order cost).
         interconnect_gb_s: bidirectional GB/s of the slowest link the data-parallel
-            collectives cross when they leave a node (default: the profile's links).
+            collectives cross (default: the profile's links). A value below the profile's
+            intra-node link says that they leave the node.
+        gpus_per_node: devices per node (default: the profile's ``gpus_per_node``); ranks
+            are laid out TP innermost, then data parallel, then pipeline (Megatron's order).
 
     Returns:
         The step time with every component labelled measured or analytic.
@@ -397,7 +401,7 @@ def predict_step_time(
     if calibration is None and hardware is None:
         raise ValueError("predict_step_time needs a calibration or a hardware profile")
     eff = efficiency_for(hardware) if hardware is not None else CPU_EFFICIENCY
-    return _Step(spec, config, calibration, hardware, eff, interconnect_gb_s).run(
+    return _Step(spec, config, calibration, hardware, eff, interconnect_gb_s, gpus_per_node).run(
         optimizer_bytes_per_param, optimizer_order, preconditioner_interval
     )
 
@@ -433,6 +437,7 @@ class _Step:
         hw: HardwareProfile | None,
         eff: GpuEfficiency,
         interconnect_gb_s: float | None,
+        gpus_per_node: int | None = None,
     ) -> None:
         self.spec, self.config, self.cal, self.hw, self.eff = spec, config, calibration, hw, eff
         self.link_override = interconnect_gb_s
@@ -447,7 +452,7 @@ class _Step:
         self.tokens = config.micro_batch * config.seq_len
         self.stage_layers = self.sh.layers / self.pp
         self.kernel = attention_kernel(config, hw)
-        self.node = eff.gpus_per_node
+        self.node = gpus_per_node or eff.gpus_per_node
 
     # --- device figures -------------------------------------------------------------------
 
@@ -901,7 +906,14 @@ class _Step:
         grads = self.trainable() / (self.tp * self.pp) * gb
         stage = c.sharding.zero_stage
         n = self.shard_group() if c.sharding is Sharding.HSDP else self.dp
-        crosses = self.tp * n > self.node
+        intra = self.hw.intra_node if self.hw is not None else None
+        slower = (
+            c.sharding is not Sharding.HSDP
+            and self.link_override is not None
+            and intra is not None
+            and self.link_override < intra.bandwidth_gb_s
+        )
+        crosses = self.tp * n > self.node or slower
         measured = self.measured_busbw("all_gather", n) if not crosses else None
         per_node = min(n, max(1, self.node // self.tp))
         bw, name = (
@@ -956,6 +968,7 @@ def predict_for_optimizer(
     calibration: CalibrationCache | None,
     hardware: HardwareProfile | None,
     interconnect_gb_s: float | None = None,
+    gpus_per_node: int | None = None,
 ) -> StepTime:
     """:func:`predict_step_time` with the optimizer's facts read from its taxonomy entry
     (state bytes, order, refresh interval): how the recommender, ``estimate`` and the
@@ -969,4 +982,5 @@ def predict_for_optimizer(
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
         interconnect_gb_s=interconnect_gb_s,
+        gpus_per_node=gpus_per_node,
     )

@@ -180,6 +180,17 @@ def test_hsdp_keeps_the_parameter_gathers_inside_a_node() -> None:
     assert "replicas" in hsdp_c.detail and hsdp_c.seconds <= fsdp_c.seconds
 
 
+def test_data_parallel_over_nodes_is_slower_than_inside_one() -> None:
+    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
+    inside = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100)
+    across = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100, gpus_per_node=4)
+    told = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100, interconnect_gb_s=50.0)
+    inside_s = inside.components["communication"].seconds
+    assert across.components["communication"].seconds > inside_s
+    assert told.components["communication"].seconds > inside_s
+    assert "InfiniBand" in across.components["communication"].detail
+
+
 def test_offload_variants_order_as_their_bandwidths() -> None:
     host = st(BASE.model_copy(update={"offload": Offload.OPTIMIZER}))
     nvme = st(BASE.model_copy(update={"offload": Offload.OPTIMIZER_NVME}))
