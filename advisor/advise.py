@@ -18,6 +18,7 @@ from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardwar
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
+    HostOverride,
     Objective,
     Privacy,
     RecommendReport,
@@ -49,6 +50,7 @@ class RecommendRequest(BaseModel):
     top: int
     rules_dirs: list[Path] = []
     calibrate: bool | None
+    host: HostOverride = HostOverride()
 
     @classmethod
     def from_flags(
@@ -57,7 +59,7 @@ class RecommendRequest(BaseModel):
         spec: ModelSpec,
         task: str,
         seq_len: str | None,
-        micro_batch: int,
+        micro_batch: int | None,
         global_batch: int | None,
         hardware: str | None,
         gpus: int | None,
@@ -68,6 +70,11 @@ class RecommendRequest(BaseModel):
         sparse_features: bool,
         top: int,
         calibrate: bool | None,
+        global_batch_tokens: str | None = None,
+        host_memory: str | None = None,
+        nvme: str | None = None,
+        tp: int | None = None,
+        pp: int | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag.
 
@@ -89,12 +96,7 @@ class RecommendRequest(BaseModel):
                 "--calibrate measures this machine, but --hardware plans for another one",
                 "drop --calibrate: profile costs are analytic (datasheet figures)",
             )
-        if global_batch is not None and global_batch < micro_batch * (gpus or 1) * nodes:
-            raise UserError(
-                f"--global-batch {global_batch} is smaller than one micro-batch on every device "
-                f"({micro_batch} x {(gpus or 1) * nodes})",
-                "raise --global-batch or lower --micro-batch",
-            )
+        _check_plan_flags(global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp)
         workload = Workload(
             task=task_v,
             seq_len=s,
@@ -105,6 +107,9 @@ class RecommendRequest(BaseModel):
             privacy=privacy_v,
             objective=objective_v,
             sparse_features=sparse_features,
+            global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
+            tensor_parallel=tp,
+            pipeline_parallel=pp,
         )
         return cls(
             spec=spec,
@@ -114,7 +119,69 @@ class RecommendRequest(BaseModel):
             memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None,
             top=top,
             calibrate=calibrate,
+            host=HostOverride(
+                memory_bytes=_size(host_memory, "--host-memory"),
+                nvme_bytes=_size(nvme, "--nvme"),
+            ),
         )
+
+
+def _check_plan_flags(
+    global_batch: int | None,
+    global_batch_tokens: str | None,
+    micro_batch: int | None,
+    gpus: int | None,
+    nodes: int,
+    tp: int | None,
+    pp: int | None,
+) -> None:
+    """The batch and layout flags that contradict each other before any search."""
+    world = (gpus or 1) * nodes
+    if global_batch is not None and global_batch_tokens is not None:
+        raise UserError(
+            "--global-batch and --global-batch-tokens both set the global batch",
+            "give only one of them",
+        )
+    replicas = world // ((tp or 1) * (pp or 1)) or 1
+    if global_batch is not None and global_batch < (micro_batch or 1) * replicas:
+        raise UserError(
+            f"--global-batch {global_batch} is smaller than one micro-batch on every "
+            f"data-parallel replica ({micro_batch or 1} x {replicas})",
+            "raise --global-batch, lower --micro-batch, or pin --tp/--pp",
+        )
+    if tp is not None and gpus is not None and tp > gpus:
+        raise UserError(
+            f"--tp {tp} is larger than a node of {gpus} GPUs",
+            "tensor parallelism runs inside one node (NVLink); use --tp <= --gpus",
+        )
+    if (tp or 1) * (pp or 1) > world or world % ((tp or 1) * (pp or 1)):
+        raise UserError(
+            f"--tp {tp or 1} x --pp {pp or 1} does not divide the {world} devices",
+            "pick degrees whose product divides --gpus x --nodes",
+        )
+
+
+def _tokens(text: str) -> int:
+    """A token count: ``524288``, ``512k`` or ``4M`` (k = 1024, M = 2**20, as GPT-3 and
+    Llama write their "0.5M" and "4M" token batches)."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(
+            f"invalid --global-batch-tokens {text!r}", "use a token count, e.g. 524288, 512k or 4M"
+        )
+    scale = {"": 1, "k": 2**10, "m": 2**20}[m.group(2).lower()]
+    return max(1, round(float(m.group(1)) * scale))
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    """A byte size flag (``2TB``, ``512GiB``); negative sizes are bad input."""
+    if value is None:
+        return None
+    if value.strip().startswith("-"):
+        raise UserError(f"{flag} must not be negative, got {value}", f"e.g. {flag} 512GiB")
+    return parse_bytes(value, flag)
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:
@@ -151,7 +218,11 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
     if req.hardware:
         profile = get_hardware_profile(req.hardware)
         target = target_from_profile(
-            profile, gpus=req.gpus or 1, nodes=w.nodes, memory_budget=req.memory_budget
+            profile,
+            gpus=req.gpus or 1,
+            nodes=w.nodes,
+            memory_budget=req.memory_budget,
+            host=req.host,
         )
         note = f"costs: analytic, from the {profile.id} datasheet figures"
     else:
@@ -165,6 +236,7 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
             nodes=w.nodes,
             memory_budget=req.memory_budget,
             clock_ghz=_cpu_clock_ghz(),
+            host=req.host,
         )
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})

@@ -435,12 +435,29 @@ def recommend(
         typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
     ] = None,
     micro_batch: Annotated[
-        int, typer.Option("--micro-batch", help="Samples per device per pass.")
-    ] = 1,
+        int | None,
+        typer.Option("--micro-batch", help="Samples per device per pass (default: searched)."),
+    ] = None,
     global_batch: Annotated[
         int | None,
-        typer.Option("--global-batch", help="Samples per optimizer step (sets accumulation)."),
+        typer.Option(
+            "--global-batch",
+            help="Samples per optimizer step (default: a published batch for the task and size).",
+        ),
     ] = None,
+    global_batch_tokens: Annotated[
+        str | None,
+        typer.Option("--global-batch-tokens", help="Tokens per optimizer step, e.g. 4M or 512k."),
+    ] = None,
+    host_memory: Annotated[
+        str | None,
+        typer.Option("--host-memory", help="Host RAM of each node, e.g. 1TiB (offload plans)."),
+    ] = None,
+    nvme: Annotated[
+        str | None, typer.Option("--nvme", help="NVMe of each node for offload, e.g. 4TB.")
+    ] = None,
+    tp: Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")] = None,
+    pp: Annotated[int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")] = None,
     hardware: Annotated[
         str | None,
         typer.Option(
@@ -498,6 +515,8 @@ def recommend(
         ("--gpus", gpus),
         ("--nodes", nodes),
         ("--top", top),
+        ("--tp", tp),
+        ("--pp", pp),
     ):
         _positive(value, flag)
     if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
@@ -518,6 +537,11 @@ def recommend(
         sparse_features=sparse_features,
         top=top,
         calibrate=calibrate,
+        global_batch_tokens=global_batch_tokens,
+        host_memory=host_memory,
+        nvme=nvme,
+        tp=tp,
+        pp=pp,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})

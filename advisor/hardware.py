@@ -47,6 +47,21 @@ class Interconnect(_Frozen):
     )
 
 
+class Host(_Frozen):
+    """The typical machine a profile's devices sit in: what offload plans are judged against.
+
+    Per node; the planner divides it among the GPUs it plans on that node.
+    """
+
+    name: str
+    memory_gib: float = Field(gt=0, description="host RAM of the node, GiB")
+    nvme_tb: float | None = Field(
+        default=None, ge=0, description="local NVMe of the node, TB (ZeRO-Infinity offload)"
+    )
+    gpus: int = Field(default=1, ge=1, description="accelerators that share this host")
+    source: str = Field(min_length=3, description="the vendor page, or 'assumption: ...'")
+
+
 class HardwareProfile(_Frozen):
     """One accelerator (or CPU machine) as its datasheet describes it."""
 
@@ -65,6 +80,7 @@ class HardwareProfile(_Frozen):
         default=None, gt=0, description="host RAM of a typical node, for offload planning"
     )
     tdp_watts: float | None = Field(default=None, gt=0)
+    host: Host | None = Field(default=None, description="the typical node's host RAM and NVMe")
     notes: str = ""
     sources: list[str] = Field(min_length=1)
 
