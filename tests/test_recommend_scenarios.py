@@ -21,7 +21,7 @@ def rec(size: str = "7B", model: str | None = None, **flags: object) -> Recommen
     defaults: dict[str, object] = dict(
         task="finetune",
         seq_len=None,
-        micro_batch=1,
+        micro_batch=None,
         global_batch=None,
         hardware=None,
         gpus=None,

@@ -95,7 +95,9 @@ def rank_plans(plans: list[Plan], objective: Objective, usable: int) -> list[Row
     for head, score, members in rows:
         group = [head, *members]
         shown = min(group, key=lambda p: (_complexity(p), describe_config(p.config)))
+        label = describe_config(shown.config)
         others = [describe_config(p.config) for p in group if p is not shown]
+        others = [o for o in others if o != label]
         also = sorted(set(others + [a for p in group for a in p.aliases]))
         out.append(Row(plan=shown, score=score, also=also))
     return out

@@ -149,6 +149,11 @@ def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) 
         config.offload is not Offload.NONE or config.pipeline_parallel > 1
     ):
         return "adapter states are megabytes: nothing worth offloading or pipelining"
+    offload_params = config.offload.params or config.offload.nvme
+    if config.gpus > 1 and offload_params and config.sharding.zero_stage < 3:
+        return "parameter and NVMe offload need ZeRO stage 3 (DeepSpeed ZeRO-Infinity)"
+    if config.offload is not Offload.NONE and config.pipeline_parallel > 1:
+        return "pipeline engines (DeepSpeed, Megatron-LM) do not offload states"
     if config.optimizer_in_backward and config.pipeline_parallel > 1:
         return "per-layer updates need the whole backward on one stage (no 1F1B interleaving)"
     return None
@@ -509,7 +514,6 @@ class _Search:
             exact_batch=g.exact,
             batch_note=g.note,
         )
-        self.plans.append(plan)
         return plan
 
     # -- the saver ladder for one core on one layout
@@ -524,6 +528,7 @@ class _Search:
                     )
                     if p is not None:
                         out.append(p)
+                        self.plans.append(p)
             return out
         zeroth = self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH
         rungs = [Savers()] if zeroth else self.ladder
@@ -539,17 +544,23 @@ class _Search:
             if s.offload.nvme and host_offload and not memory_first:
                 break  # NVMe only when host RAM is not enough
             p = self.plan(s.apply(base), layout)
-            tried_inb = False
             if self.in_backward and not zeroth and (p is None or p.config.micro_batch < per):
-                tried_inb = True
                 q = self.plan(
                     s.model_copy(update={"optimizer_in_backward": True}).apply(base), layout
                 )
-                if q is not None and (p is None or q.seconds_per_token < p.seconds_per_token):
+                # A plan that cannot reach the global batch (no accumulation) is kept only
+                # where nothing that reaches it fits.
+                better = q is not None and (q.exact_batch or p is None or not p.exact_batch)
+                if (
+                    q is not None
+                    and better
+                    and (p is None or q.seconds_per_token < p.seconds_per_token)
+                ):
                     p = q
             if p is None:
                 continue
             out.append(p)
+            self.plans.append(p)
             fitted_on_device = fitted_on_device or s.offload is Offload.NONE
             if memory_first:
                 continue
@@ -557,10 +568,8 @@ class _Search:
                 best, stale = p.seconds_per_token, 0
             else:
                 stale += 1
-            full = p.config.micro_batch * p.config.grad_accumulation >= per and (
-                p.config.micro_batch == per or tried_inb or p.config.pipeline_parallel > 1
-            )
-            if full or stale >= 2:
+            # Once the whole per-replica batch is one micro-batch, more savers only slow it.
+            if p.config.micro_batch >= per or stale >= 2:
                 break
         return out
 
@@ -677,13 +686,17 @@ def search(
         )
     aliases: dict[tuple[str, str], list[str]] = {}
     cores_by_task = {t: _cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
+    every = [c for cs in cores_by_task.values() for c in cs]
+    first_order_cores = [c for c in every if ctx.taxonomy.get(c.optimizer).order is Order.FIRST]
+    first = (first_order_cores or every or [None])[0]
     if exhaustive:
         chosen = layouts
+    elif first is None:
+        chosen = []
     else:
-        layouts, layout_aliases = _screen_layouts(s, layouts)
+        layouts, layout_aliases = _screen_layouts(s, layouts, first)
         aliases.update({("layout", k): v for k, v in layout_aliases.items()})
-        first = next((cs[0] for cs in cores_by_task.values() if cs), None)
-        chosen = _best_layouts(s, layouts, first) if first is not None else []
+        chosen = _best_layouts(s, layouts, first)
     for _task, cores in cores_by_task.items():
         for layout in chosen:
             for core in cores:
@@ -755,38 +768,79 @@ def _cores(
 ) -> list[TrainingConfig]:
     """The (optimizer, precision, attention) combinations worth searching for one task."""
     ctx, space = s.ctx, s.space
-    ref = layout.apply(_reference(ctx, space, task))
 
-    def variants(c: TrainingConfig) -> Iterable[TrainingConfig]:
-        # An optimizer may clash with the reference attention or precision (Sophia needs
-        # eager attention): screen it at the first combination it allows.
-        yield c
-        for a, p in itertools.product(space.attentions, space.precisions):
-            yield c.model_copy(update={"attention": a, "precision": p})
+    def ok(c: TrainingConfig) -> bool:
+        t = techniques_of(ctx, c)
+        return hard_constraint(ctx, s.decision, t) is None and compatible(ctx, c, t) is None
 
-    def first_allowed(c: TrainingConfig) -> TrainingConfig | None:
-        for v in variants(c):
-            t = techniques_of(ctx, v)
-            if hard_constraint(ctx, s.decision, t) is None and compatible(ctx, v, t) is None:
-                return v
-        s.allowed(c)  # records why
-        return None
+    start = layout.apply(_reference(ctx, space, task))
+    # The reference: the baseline where the rules allow it, else the first allowed
+    # combination (private training has no AdamW; a T4 has no FlashAttention).
+    ref = next(
+        (
+            c
+            for o, a, p in itertools.product(
+                _first(start.optimizer, space.optimizers),
+                _first(start.attention, space.attentions),
+                _first(start.precision, space.precisions),
+            )
+            if ok(
+                c := start.model_copy(
+                    update={
+                        "optimizer": o,
+                        "attention": a,
+                        "precision": p,
+                        "dp_sgd": o in ("dp-sgd", "dp-adam"),
+                    }
+                )
+            )
+        ),
+        None,
+    )
+    if ref is None:
+        s.allowed(start)  # records why
+        return []
+    dims = ("optimizer", "attention", "precision")
+
+    def variants(c: TrainingConfig, dim: str) -> Iterable[TrainingConfig]:
+        # A value may clash with the reference's other choices (Sophia needs eager
+        # attention): it is kept, unscreened, when some combination allows it.
+        others = [d for d in dims if d != dim]
+        pools_any: dict[str, Sequence[Any]] = {
+            "optimizer": space.optimizers,
+            "attention": space.attentions,
+            "precision": space.precisions,
+        }
+        for x, y in itertools.product(pools_any[others[0]], pools_any[others[1]]):
+            yield c.model_copy(
+                update={
+                    others[0]: x,
+                    others[1]: y,
+                    "dp_sgd": (x if others[0] == "optimizer" else c.optimizer)
+                    in ("dp-sgd", "dp-adam"),
+                }
+            )
 
     def values(dim: str, options: Sequence[Any], key: Callable[[Any], str]) -> list[Any]:
         pts = []
+        unscreened = []
         for i, o in enumerate(options):
             update: dict[str, Any] = {dim: o}
             if dim == "optimizer":
                 update["dp_sgd"] = o in ("dp-sgd", "dp-adam")
-            c = first_allowed(ref.model_copy(update=update))
-            if c is None:
-                continue
-            pt = _point(s, key(o), c, _simplicity(ctx, dim, o, i))
-            if pt is not None:
-                pts.append(pt)
+            c = ref.model_copy(update=update)
+            if ok(c):
+                pt = _point(s, key(o), c, _simplicity(ctx, dim, o, i))
+                if pt is not None:
+                    pts.append(pt)
+            elif any(ok(v) for v in variants(c, dim)):
+                unscreened.append(key(o))
+            else:
+                s.allowed(c)  # records why
         if exhaustive:
-            return [o for o in options if key(o) in {p.key for p in pts}]
+            return [o for o in options if key(o) in {p.key for p in pts} | set(unscreened)]
         kept, al, _ = screen(pts)
+        kept += unscreened
         aliases.update({(task.value, k): v for k, v in al.items() if v})
         return [o for o in options if key(o) in kept]
 
@@ -807,6 +861,10 @@ def _cores(
     return out
 
 
+def _first(value: Any, options: Sequence[Any]) -> list[Any]:
+    return [value] + [o for o in options if o != value]
+
+
 def _simplicity(ctx: Context, dim: str, value: Any, index: int) -> int:
     """Which of two equal values to show: the baseline, then torch's own implementations,
     then the order of the dimension (never the rules' preferences)."""
@@ -820,14 +878,15 @@ def _simplicity(ctx: Context, dim: str, value: Any, index: int) -> int:
     return 0 if value is Attention.FLASH else 1000 + index
 
 
-def _screen_layouts(s: _Search, layouts: list[Layout]) -> tuple[list[Layout], dict[str, list[str]]]:
+def _screen_layouts(
+    s: _Search, layouts: list[Layout], ref: TrainingConfig
+) -> tuple[list[Layout], dict[str, list[str]]]:
     """Layouts equal to another fold into it; layouts no better in memory, time and rule
     score than another are pruned (at the reference plan, one sample per device)."""
-    ref = _reference(s.ctx, s.space, s.space.tasks[0])
     pts = []
     for i, lay in enumerate(layouts):
         full = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
-        pt = _point(s, lay.label, full, i)
+        pt = _point(s, lay.label, full, i) or _point(s, lay.label, lay.apply(ref), i)
         if pt is not None:
             pts.append(pt)
     kept, al, _ = screen(pts)
