@@ -457,7 +457,9 @@ def recommend(
         str | None, typer.Option("--nvme", help="NVMe of each node for offload, e.g. 4TB.")
     ] = None,
     tp: Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")] = None,
-    pp: Annotated[int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")] = None,
+    pp: Annotated[
+        int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")
+    ] = None,
     hardware: Annotated[
         str | None,
         typer.Option(

@@ -121,8 +121,10 @@ def test_lora_task_only_recommends_adapters() -> None:
 
 def test_objective_memory_puts_the_smallest_footprint_first() -> None:
     r = rec("7B", hardware="a100-sxm-80gb", objective="memory", top=10)
+    # Footprints within 1% are the same plan to the memory model (rule weights may order them).
     peaks = [x.peak_memory_bytes for x in r.recommendations]
-    assert peaks[0] == min(peaks)
+    assert peaks[0] <= min(peaks) * 1.01
+    assert r.recommendations[0].micro_batch == 1  # the least memory, not the most throughput
 
 
 def test_objective_speed_puts_the_fastest_first() -> None:

@@ -304,8 +304,10 @@ def best_geometry(
     fixed_micro: int | None,
     *,
     exhaustive: bool = False,
+    smallest: bool = False,
 ) -> tuple[TrainingConfig, Geometry] | None:
-    """The micro-batch and accumulation of ``config`` with the best throughput that fits.
+    """The micro-batch and accumulation of ``config`` with the best throughput that fits
+    (with ``smallest``, the least memory: micro-batch 1, as ``--objective memory`` asks).
 
     Args:
         ev: the memoised models.
@@ -314,6 +316,7 @@ def best_geometry(
         batch: the global batch to reach.
         fixed_micro: ``--micro-batch`` (None: searched).
         exhaustive: try every divisor instead of the binary search.
+        smallest: the smallest micro-batch instead of the fastest.
 
     Returns:
         The configuration with its geometry, or None when not even one sample per device fits.
@@ -358,6 +361,8 @@ def best_geometry(
         candidates = fitting if exhaustive else fitting[-6:]
     else:
         candidates = fitting[-2:]
+    if smallest:
+        candidates = fitting[:1]
     best: tuple[float, TrainingConfig, Geometry] | None = None
     for mb in candidates:
         acc = _acc(per, mb, in_backward)
@@ -486,6 +491,7 @@ class _Search:
             self.batch,
             self.ctx.workload.micro_batch,
             exhaustive=self.exhaustive,
+            smallest=self.ctx.workload.objective.value == "memory",
         )
         if found is None:
             smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
@@ -688,7 +694,7 @@ def search(
     cores_by_task = {t: _cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
     every = [c for cs in cores_by_task.values() for c in cs]
     first_order_cores = [c for c in every if ctx.taxonomy.get(c.optimizer).order is Order.FIRST]
-    first = (first_order_cores or every or [None])[0]
+    first = next(iter(first_order_cores or every), None)
     if exhaustive:
         chosen = layouts
     elif first is None:
