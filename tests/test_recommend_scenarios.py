@@ -313,3 +313,302 @@ def test_nvml_names_map_to_their_datasheets(nvml_name: str, gib: int, profile: s
 
     found = match_gpu_profile(nvml_name, gib * GIB, load_hardware_profiles().values())
     assert found is not None and found.id == profile
+
+
+# --- plan search: batch geometry, layouts, memory savers, host, distinct rows ---------------
+
+
+def _memory_prices(**update: object) -> bool:
+    """Whether the memory model already prices a TrainingConfig field (the lead's model)."""
+    from advisor.config import Task, TrainingConfig
+    from advisor.memory import estimate_memory
+    from advisor.taxonomy import load_taxonomy
+
+    spec = resolve_model_size("7B")
+    c = TrainingConfig(task=Task.PRETRAIN, gpus=8, micro_batch=1)
+    opt = load_taxonomy().get("adamw")
+    plain = estimate_memory(spec, c, optimizer=opt).total_bytes
+    return estimate_memory(spec, c.model_copy(update=update), optimizer=opt).total_bytes != plain
+
+
+def _cost_prices(**update: object) -> bool:
+    """Whether the step-time model already prices a TrainingConfig field (gpucost's model)."""
+    from advisor.config import Task, TrainingConfig
+    from advisor.cost import predict_for_optimizer
+    from advisor.hardware import get_hardware_profile
+    from advisor.taxonomy import load_taxonomy
+
+    spec = resolve_model_size("7B")
+    c = TrainingConfig(task=Task.PRETRAIN, gpus=8, micro_batch=1)
+    hw, opt = get_hardware_profile("h100-sxm-80gb"), load_taxonomy().get("adamw")
+
+    def seconds(x: TrainingConfig) -> float:
+        return predict_for_optimizer(spec, x, opt, calibration=None, hardware=hw).seconds
+
+    return seconds(c.model_copy(update=update)) != seconds(c)
+
+
+# NOTE: these verdicts need the memory/cost models to price the new TrainingConfig fields
+# (lead: memory.estimate_memory; gpucost: cost.predict_step_time). Until they do, the tests
+# are expected failures (strict: they turn into failures the moment they pass unexpectedly,
+# so the marker cannot outlive its reason).
+needs_in_backward_memory = pytest.mark.xfail(
+    not _memory_prices(optimizer_in_backward=True),
+    reason="memory model does not yet free gradients under optimizer_in_backward (lead)",
+    strict=True,
+)
+needs_tp_pp_models = pytest.mark.xfail(
+    not (
+        _memory_prices(gpus=1, tensor_parallel=8)
+        and _memory_prices(gpus=4, pipeline_parallel=2)
+        and _cost_prices(gpus=1, tensor_parallel=8)
+    ),
+    reason="memory/cost models do not yet price tensor and pipeline parallelism (lead, gpucost)",
+    strict=True,
+)
+
+
+def _offload_moves_gradients() -> bool:
+    """Whether the memory model streams fp16 gradients to the host under optimizer offload,
+    as ZeRO-Offload does (Ren et al. 2021, sec. 4.1: gradients are offloaded in backward)."""
+    from advisor.config import Offload, Task, TrainingConfig
+    from advisor.memory import estimate_memory
+    from advisor.taxonomy import load_taxonomy
+
+    spec = resolve_model_size("7B")
+    opt = load_taxonomy().get("adamw")
+    c = TrainingConfig(task=Task.PRETRAIN, precision="fp16-mixed")  # type: ignore[arg-type]
+    plain = estimate_memory(spec, c, optimizer=opt).breakdown.get("gradients", 0)
+    off = estimate_memory(spec, c.model_copy(update={"offload": Offload.OPTIMIZER}), optimizer=opt)
+    return off.breakdown.get("gradients", 0) < 0.5 * plain
+
+
+needs_gradient_offload = pytest.mark.xfail(
+    not _offload_moves_gradients(),
+    reason="memory model keeps all fp16 gradients on the device under ZeRO-Offload (lead)",
+    strict=True,
+)
+
+
+def _geometry_holds(r: RecommendReport) -> None:
+    for x in r.recommendations:
+        assert x.micro_batch * x.grad_accumulation * x.data_parallel == x.global_batch
+        assert x.data_parallel * x.tensor_parallel * x.pipeline_parallel == r.workload.world_size
+        if x.global_batch != r.workload.global_batch:
+            assert x.global_batch_note, "a plan off the global batch must say why"
+
+
+def test_gpt2_small_pretraining_on_an_a100_runs_a_real_micro_batch() -> None:
+    # nanoGPT trains GPT-2 small at 12 x 1024 tokens per micro-batch on a 40 GB A100
+    # (Karpathy, nanoGPT train_gpt2 config); on 80 GB the search must find at least that,
+    # not micro-batch 1 with 95% of the card idle. Default global batch: 0.5M tokens
+    # (GPT-3 Table 2.1 below 1B) = 512 sequences of 1024.
+    r = rec(model="gpt2", task="pretrain", hardware="a100-sxm-80gb")
+    best = r.recommendations[0]
+    assert r.workload.global_batch == 512 and "GPT-3" in r.workload.global_batch_source
+    assert best.micro_batch >= 12
+    assert best.peak_memory_bytes > 0.3 * r.hardware.device_memory_bytes
+    _geometry_holds(r)
+
+
+def test_fixed_micro_batch_is_kept_and_accumulation_reaches_the_global_batch() -> None:
+    # --micro-batch pins the micro-batch; the accumulation makes up the global batch.
+    r = rec(model="gpt2", task="pretrain", hardware="a100-sxm-80gb", micro_batch=4, global_batch=64)
+    assert all(x.micro_batch == 4 and x.grad_accumulation == 16 for x in r.recommendations)
+    _geometry_holds(r)
+
+
+def test_global_batch_tokens_sets_the_samples() -> None:
+    # 4M tokens (Llama 2's batch) at 4096 tokens per sample = 1024 sequences.
+    r = rec("7B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, seq_len="4096",
+            global_batch_tokens="4M", top=3)  # fmt: skip
+    assert r.workload.global_batch == 1024 and r.workload.global_batch_tokens == 4 * 2**20
+    _geometry_holds(r)
+
+
+def test_the_report_names_the_host_it_assumed_and_flags_override_it() -> None:
+    # A --hardware profile plans on its documented host (DGX H100: 2 TiB, 30 TB NVMe), not on
+    # the RAM of the machine running the tool; --host-memory replaces it.
+    r = rec("7B", hardware="h100-sxm-80gb", gpus=8, top=1)
+    assert "DGX H100" in r.hardware.host_source
+    assert r.hardware.host_memory_bytes == 2048 * GIB // 8
+    small = rec("7B", hardware="h100-sxm-80gb", gpus=8, host_memory="64GiB", top=1)
+    assert small.hardware.host_source.startswith("--host-memory")
+    assert small.hardware.host_memory_bytes == 8 * GIB
+
+
+@needs_gradient_offload
+def test_zero_offload_13b_on_one_v100_with_a_large_host() -> None:
+    # ZeRO-Offload (Ren et al. 2021, sec. 6.2): 13B trained on one V100-32GB by keeping the
+    # fp32 optimizer states (and the step) in a DGX-2's 1.5 TB of host memory. 13B x 16 B
+    # = 194 GiB of model states cannot fit 32 GB any other way in full-parameter training.
+    r = rec("13B", task="pretrain", hardware="v100-32gb", host_memory="1.5TiB", top=10)
+    offloaded = [x for x in r.recommendations if x.offload != "none"]
+    assert offloaded, [x.techniques for x in r.recommendations]
+    assert all(x.host_memory_bytes <= 0.8 * 1.5 * 1024 * GIB for x in offloaded)
+    _geometry_holds(r)
+    # With a small host the same plans are rejected for host memory, not silently kept.
+    tight = rec("13B", task="pretrain", hardware="v100-32gb", host_memory="32GiB", top=10)
+    assert not any(x.offload != "none" and "nvme" not in x.offload for x in tight.recommendations)
+    assert any(rj.kind == "host-memory" for rj in tight.rejected)
+
+
+@needs_in_backward_memory
+def test_7b_pretraining_on_one_4090_reaches_galore_8bit_with_per_layer_updates() -> None:
+    # GaLore (Zhao et al. 2024, sec. 5.4, Fig. 1): LLaMA 7B pre-trains on one 24 GB RTX 4090
+    # with 8-bit GaLore states and per-layer weight updates (22.0 GB measured). No special
+    # case: the search must reach it from the taxonomy's optimizers and savers.
+    r = rec("7B", task="pretrain", hardware="rtx-4090", top=10)
+    assert any(
+        x.optimizer == "galore-adamw-8bit" and "fused-backward-step" in x.memory_savers
+        for x in r.recommendations
+    ), [(x.optimizer, x.memory_savers) for x in r.recommendations]
+    _geometry_holds(r)
+
+
+@needs_tp_pp_models
+def test_llama_405b_on_16_nodes_of_8_h100_uses_tp8_in_node_and_pipeline_across() -> None:
+    # Llama 3 405B was trained with TP 8 inside each node and PP 16 across nodes (Dubey et al.
+    # 2024, Table 4); Megatron-LM's rule: tensor parallel up to the node, then pipeline
+    # (Narayanan et al. 2021, takeaway 1). FSDP alone pays all-gathers of 405B over IB.
+    r = rec(model="llama-3.1-405b", task="pretrain", hardware="h100-sxm-80gb", gpus=8,
+            nodes=16, top=3)  # fmt: skip
+    best = r.recommendations[0]
+    assert best.tensor_parallel == 8 and best.pipeline_parallel > 1, best.layout
+    _geometry_holds(r)
+
+
+def test_layouts_are_validated_where_they_are_built() -> None:
+    # A layout's degrees multiply to the world size, and TP stays inside a node.
+    from pydantic import ValidationError
+
+    from advisor.modelspec import get_model_profile
+    from advisor.plan.layout import Layout, enumerate_layouts
+
+    with pytest.raises(ValidationError):
+        Layout(world_size=16, gpus_per_node=8, dp=2, tp=4, pp=1)
+    with pytest.raises(ValidationError):
+        Layout(world_size=16, gpus_per_node=8, dp=1, tp=16, pp=1)
+    layouts = enumerate_layouts(
+        get_model_profile("llama-3.1-405b"), world_size=128, gpus_per_node=8
+    )
+    # Dubey et al. 2024 Table 4's TP8 PP16 (on 16 nodes, one DP replica) is in the space.
+    assert any(lay.tp == 8 and lay.pp == 16 and lay.dp == 1 for lay in layouts)
+    assert all(lay.tp <= 8 and lay.dp * lay.tp * lay.pp == 128 for lay in layouts)
+
+
+def test_7b_fine_tuning_on_8_a100_under_quality_trains_every_weight_sharded() -> None:
+    # 7B full fine-tuning needs ~16 B/param = 104 GiB of model states: too much for one
+    # 80 GB card, ~13 GiB per device under ZeRO-3/FSDP over 8. Under --objective quality,
+    # full-parameter training beats adapters whenever it fits in some layout (LoRA learns
+    # less, Biderman et al. 2024), and the rule that prefers LoRA must not fire.
+    r = rec("7B", hardware="a100-sxm-80gb", gpus=8, objective="quality", top=3)
+    best = r.recommendations[0]
+    assert best.task == "finetune"
+    assert best.sharding in ("zero3", "fsdp", "zero2", "zero1", "hsdp") or best.tensor_parallel > 1
+    assert r.facts["full_training_fits"] is True
+    assert "lora-when-full-fine-tuning-does-not-fit" not in {f.rule for f in r.fired_rules}
+
+
+def test_top_rows_are_distinct_and_equivalents_fold_into_also() -> None:
+    # LoRA on 7B trains ~20M parameters: optimizers differ by megabytes and milliseconds,
+    # so they must share one row ("also: ..."), not fill the top 5 with one plan.
+    r = rec("7B", task="lora", hardware="a100-sxm-80gb", top=5)
+    rows = r.recommendations
+    labels = [
+        (x.task, x.optimizer, x.precision, x.checkpointing, x.offload, x.layout) for x in rows
+    ]
+    assert len(set(labels)) == len(labels)
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            same_time = abs(a.tokens_per_s - b.tokens_per_s) <= 0.005 * a.tokens_per_s
+            same_memory = abs(a.peak_memory_bytes - b.peak_memory_bytes) <= 0.005 * max(
+                a.peak_memory_bytes, b.peak_memory_bytes
+            )
+            assert not (same_time and same_memory), (a.optimizer, b.optimizer)
+    assert len(rows[0].also) >= 3, rows[0].also
+
+
+def test_fsdp_and_zero3_at_equal_cost_share_a_row() -> None:
+    # FSDP is PyTorch's ZeRO-3 (Zhao et al. 2023): same memory and time in the models.
+    r = rec("13B", task="pretrain", hardware="a100-sxm-80gb", gpus=8, top=10)
+    for x in r.recommendations:
+        if x.sharding == "fsdp":
+            assert not any(
+                y.sharding == "zero3"
+                and y.config.model_copy(update={"sharding": x.config.sharding}) == x.config
+                for y in r.recommendations
+            )
+
+
+def test_cpu_case_plans_a_batch_and_no_offload() -> None:
+    # On a CPU the device memory is the host: nothing to offload; fp32 without fast bf16.
+    r = rec("125M", task="pretrain", hardware="cpu-laptop", top=5)
+    assert r.recommendations and all(x.offload == "none" for x in r.recommendations)
+    assert r.hardware.host_memory_bytes == 0
+    _geometry_holds(r)
+
+
+def test_privacy_case_keeps_private_optimizers_and_a_full_batch() -> None:
+    # DP-SGD's noise scale is set per step for the global batch (Abadi et al. 2016): the
+    # plan must reach it exactly; no per-layer updates (they rule out per-sample clipping).
+    r = rec("125M", hardware="a100-sxm-80gb", privacy="dp", top=5)
+    assert {x.optimizer for x in r.recommendations} <= DP_OPTIMIZERS
+    assert not any("fused-backward-step" in x.techniques for x in r.recommendations)
+    _geometry_holds(r)
+
+
+def test_json_carries_the_plan_fields() -> None:
+    r = rec("7B", hardware="h100-sxm-80gb", gpus=8, top=2).model_dump(mode="json")
+    for key in (
+        "micro_batch", "grad_accumulation", "data_parallel", "tensor_parallel",
+        "pipeline_parallel", "stack", "memory_savers", "layout", "global_batch", "also",
+    ):  # fmt: skip
+        assert key in r["recommendations"][0]
+    assert r["search"]["plans_considered"] > r["search"]["plans_evaluated"] > 0
+    assert r["search"]["plans_pruned"] == (
+        r["search"]["plans_considered"] - r["search"]["plans_evaluated"]
+    )
+
+
+def test_micro_batch_is_found_by_binary_search() -> None:
+    # Memory is monotone in the micro-batch: O(log n) fit checks, not n.
+    from advisor.plan.search import _fitting_prefix
+
+    calls: list[int] = []
+
+    class Ev:
+        def fits(self, c: int) -> bool:
+            calls.append(c)
+            return c <= 37
+
+    choices = list(range(1, 1025))
+    fit = _fitting_prefix(Ev(), choices, lambda mb: mb)  # type: ignore[arg-type,return-value]
+    assert fit[-1] == 37 and len(calls) <= 11
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (dict(hardware="h100-sxm-80gb", gpus=8, global_batch=4), "--global-batch"),
+        (dict(hardware="h100-sxm-80gb", gpus=8, host_memory="-1TB"), "--host-memory"),
+        (dict(hardware="h100-sxm-80gb", gpus=8, tp=16), "--tp"),
+        (
+            dict(hardware="h100-sxm-80gb", gpus=8, global_batch=64, global_batch_tokens="1M"),
+            "--global-batch-tokens",
+        ),
+        (dict(hardware="h100-sxm-80gb", gpus=8, global_batch=12, micro_batch=5), "--global-batch"),
+    ],
+)
+def test_bad_plan_flags_are_user_errors(flags: dict[str, object], words: str) -> None:
+    with pytest.raises(UserError) as info:
+        rec("7B", **flags)
+    assert words in info.value.message + info.value.hint
+
+
+def test_a_global_batch_no_fitting_plan_divides_is_a_user_error() -> None:
+    # 70B on 8 GPUs fits only sharded over all 8 (one replica per device); 12 samples cannot
+    # be split over 8 replicas, so no plan reaches the requested batch exactly.
+    with pytest.raises(UserError) as info:
+        rec("70B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, global_batch=12, tp=1, pp=1)
+    assert "cannot be split evenly" in info.value.message

@@ -85,7 +85,15 @@ def _check_batch(ctx: Context, plans: Sequence[object], rejected: Sequence[objec
     from advisor.errors import UserError
 
     batch = ctx.global_batch
-    if not batch.requested or plans:
+    if not batch.requested:
+        return
+    if plans and not any(getattr(p, "exact_batch", True) for p in plans):
+        raise UserError(
+            f"global batch {batch.samples} cannot be split evenly by any plan that fits: "
+            "no micro-batch x accumulation x data-parallel replicas equals it",
+            "use a multiple of the data-parallel degree (e.g. of --gpus x --nodes)",
+        )
+    if plans:
         return
     kinds = {getattr(r, "kind", "") for r in rejected}
     if kinds == {"batch"} or (kinds and kinds <= {"batch"}):

@@ -584,6 +584,23 @@ def _at(c: TrainingConfig) -> str:
     return f" at micro-batch {c.micro_batch}"
 
 
+# Technique ids of the saver and geometry dimensions: a value that clashes with one of them
+# is screened only against values that clash with it too.
+_SAVER_IDS = frozenset(
+    {
+        "activation-checkpointing-full",
+        "activation-checkpointing-selective",
+        "cpu-offload-optimizer",
+        "cpu-offload-params",
+        "nvme-offload",
+        "fused-backward-step",
+        "gradient-accumulation",
+        FUSED_LOSS_ID,
+        "activation-offload",
+    }
+)
+
+
 # --- dominance screening ---------------------------------------------------------------------
 
 
@@ -595,6 +612,7 @@ class _Point(BaseModel):
     seconds: float
     rule: float
     simplicity: int
+    clashes: frozenset[str] = frozenset()
 
 
 def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
@@ -608,7 +626,8 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
     for p in sorted(points, key=lambda p: (p.simplicity, p.key)):
         for g in groups:
             h = g[0]
-            if _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
+            same = p.clashes == h.clashes
+            if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
                 g.append(p)
                 break
         else:
@@ -622,6 +641,9 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
             and b.memory <= a.memory
             and b.seconds <= a.seconds
             and b.rule >= a.rule
+            # A value that rules out a saver (8-bit states cannot be offloaded) never
+            # stands in for one that allows it.
+            and b.clashes <= a.clashes
             and (b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule)
             for b in heads
         )
@@ -756,7 +778,16 @@ def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point |
     if techniques is None:
         return None
     m = s.ev.memory(c)
+    tax = s.ctx.taxonomy
+    clashes = {
+        other
+        for tid in techniques
+        if tid in tax
+        for other in tax.get(tid).incompatible_with
+        if other in _SAVER_IDS
+    }
     return _Point(
+        clashes=frozenset(clashes),
         key=key,
         memory=m.total_bytes + m.host_bytes // 16,
         seconds=s.ev.time(c).seconds,
