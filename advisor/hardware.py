@@ -13,6 +13,7 @@ from advisor.resources import profiles_dir
 from advisor.units import GIB
 
 _ID = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+_SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Frozen(BaseModel):
@@ -105,7 +106,8 @@ def load_hardware_profiles(folder: Path | None = None) -> dict[str, HardwareProf
     problems: list[str] = []
     for path in sorted(folder.glob("*.yaml")):
         try:
-            raw = yaml.safe_load(path.read_text())
+            # NOTE: libyaml's safe loader when PyYAML has it (~10x faster; same data).
+            raw = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
             profile = HardwareProfile.model_validate(raw)
         except yaml.YAMLError as exc:
             problems.append(f"{path}: invalid YAML: {exc}")

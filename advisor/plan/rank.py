@@ -7,8 +7,7 @@ one place to go.
 from __future__ import annotations
 
 import math
-
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass
 
 from advisor.config import Task
 from advisor.plan.search import EQUIVALENT, Plan
@@ -38,10 +37,9 @@ def objective_score(
     return 0.1 * t - w * rule_score
 
 
-class Row(BaseModel):
+@dataclass(frozen=True)
+class Row:
     """One shown row: a plan, its score, and the equivalent plans folded into it."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     plan: Plan
     score: float

@@ -55,7 +55,7 @@ def recommend(
     _check_batch(ctx, found.plans, found.rejected)
     rows = rank_plans(found.plans, ctx.workload.objective, usable)
     recs = [_recommendation(ctx, row, i + 1, decision) for i, row in enumerate(rows[:top])]
-    ev = Evaluator(ctx, cost_fn)
+    ev = found.evaluator or Evaluator(ctx, cost_fn)
     stats = SearchStats(
         plans_considered=found.considered,
         plans_evaluated=found.evaluated,

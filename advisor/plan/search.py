@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.candidates import FUSED_LOSS_ID, config_techniques
 from advisor.config import (
@@ -52,10 +51,11 @@ EQUIVALENT = 0.005
 TOP_LAYOUTS = 3
 
 
-class Plan(BaseModel):
+# NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
+# are built per search and none is read from a file (the report's models stay pydantic).
+@dataclass(frozen=True)
+class Plan:
     """One evaluated plan: a configuration with its layout and batch geometry."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     config: TrainingConfig
     layout: Layout
@@ -64,9 +64,9 @@ class Plan(BaseModel):
     cost: StepCost
     rule_score: float
     global_batch: int
-    exact_batch: bool = Field(description="micro x accumulation x dp = the global batch")
+    exact_batch: bool  # micro x accumulation x dp = the global batch
     batch_note: str = ""
-    aliases: list[str] = Field(default_factory=list, description="equivalent labels folded in")
+    aliases: list[str] = field(default_factory=list)  # equivalent labels folded in
 
     @property
     def tokens(self) -> int:
@@ -77,10 +77,9 @@ class Plan(BaseModel):
         return self.cost.seconds / max(self.tokens, 1)
 
 
-class SearchResult(BaseModel):
+@dataclass(frozen=True)
+class SearchResult:
     """What the search found, and how much it looked at."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     plans: list[Plan]
     rejected: list[Rejection]
@@ -88,6 +87,7 @@ class SearchResult(BaseModel):
     evaluated: int
     memory_evaluations: int
     time_evaluations: int
+    evaluator: Evaluator | None = None  # the memoised models, for explanations
 
 
 class Evaluator:
@@ -267,10 +267,9 @@ def memory_reason(ctx: Context, ev: Evaluator, c: TrainingConfig) -> tuple[str, 
 # --- batch geometry ----------------------------------------------------------------------
 
 
-class Geometry(BaseModel):
+@dataclass(frozen=True)
+class Geometry:
     """Micro-batch x accumulation x data-parallel degree, and whether it hits the target."""
-
-    model_config = ConfigDict(frozen=True)
 
     micro_batch: int
     accumulation: int
@@ -461,6 +460,7 @@ class _Search:
         self.evaluated = 0
         self.plans: list[Plan] = []
         self.ladder = saver_ladder(ctx, space)
+        self._verdicts: dict[tuple[object, ...], tuple[str | None, RejectionKind]] = {}
         self.in_backward = True in space.optimizer_in_backward and (
             "fused-backward-step" in ctx.taxonomy
         )
@@ -468,15 +468,20 @@ class _Search:
     # -- filters
     def allowed(self, c: TrainingConfig) -> list[str] | None:
         techniques = techniques_of(self.ctx, c)
-        reason = hard_constraint(self.ctx, self.decision, techniques)
-        if reason is not None:
-            self.rejected.setdefault(c, reject(c, techniques, reason, "rule"))
-            return None
-        reason = compatible(self.ctx, c, techniques)
-        if reason is not None:
-            self.rejected.setdefault(c, reject(c, techniques, reason, "incompatible"))
-            return None
-        return techniques
+        # The verdict depends on the techniques and the few fields compatible() reads.
+        key = (tuple(techniques), c.precision, c.task, c.offload, c.gpus, c.pipeline_parallel)
+        known = self._verdicts.get(key)
+        if known is None:
+            reason = hard_constraint(self.ctx, self.decision, techniques)
+            kind: RejectionKind = "rule"
+            if reason is None:
+                reason, kind = compatible(self.ctx, c, techniques), "incompatible"
+            known = self._verdicts[key] = (reason, kind)
+        reason, kind = known
+        if reason is None:
+            return techniques
+        self.rejected.setdefault(c, reject(c, techniques, reason, kind))
+        return None
 
     # -- one skeleton (core x savers x layout) through the batch geometry
     def plan(self, c: TrainingConfig, layout: Layout) -> Plan | None:
@@ -529,9 +534,7 @@ class _Search:
         if self.exhaustive:
             for s in all_savers(self.space):
                 for inb in self.space.optimizer_in_backward if self.in_backward else [False]:
-                    p = self.plan(
-                        s.model_copy(update={"optimizer_in_backward": inb}).apply(base), layout
-                    )
+                    p = self.plan(replace(s, optimizer_in_backward=inb).apply(base), layout)
                     if p is not None:
                         out.append(p)
                         self.plans.append(p)
@@ -551,9 +554,7 @@ class _Search:
                 break  # NVMe only when host RAM is not enough
             p = self.plan(s.apply(base), layout)
             if self.in_backward and not zeroth and (p is None or p.config.micro_batch < per):
-                q = self.plan(
-                    s.model_copy(update={"optimizer_in_backward": True}).apply(base), layout
-                )
+                q = self.plan(replace(s, optimizer_in_backward=True).apply(base), layout)
                 # A plan that cannot reach the global batch (no accumulation) is kept only
                 # where nothing that reaches it fits.
                 better = q is not None and (q.exact_batch or p is None or not p.exact_batch)
@@ -604,9 +605,8 @@ _SAVER_IDS = frozenset(
 # --- dominance screening ---------------------------------------------------------------------
 
 
-class _Point(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True)
+class _Point:
     key: str
     memory: int
     seconds: float
@@ -729,9 +729,10 @@ def search(
         for layout in chosen:
             for core in cores:
                 s.ladder_for(core, layout)
-    plans = [p.model_copy(update={"aliases": _aliases_of(p, aliases)}) for p in s.plans]
+    plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
     mem, tim = s.ev.counts
     return SearchResult(
+        evaluator=s.ev,
         plans=plans,
         rejected=list(s.rejected.values()),
         considered=considered,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -260,10 +261,9 @@ def describe_config(config: TrainingConfig) -> str:
     return ", ".join(parts)
 
 
-class Savers(BaseModel):
+@dataclass(frozen=True)
+class Savers:
     """One combination of the memory savers that change neither the math nor the layout."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     checkpointing: Checkpointing = Checkpointing.NONE
     offload: Offload = Offload.NONE
@@ -382,10 +382,6 @@ def _frugal_fits(ctx: Context, config: TrainingConfig) -> bool:
     return False
 
 
-def _state_bytes(ctx: Context, base: TrainingConfig, optimizer: str) -> int:
-    return estimate(ctx, base.model_copy(update={"optimizer": optimizer})).total_bytes
-
-
 def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool]:
     """Whether full-parameter first-order training fits on the planned devices in some
     layout, and whether any first-order training (adapters too, when fine-tuning) does.
@@ -397,10 +393,13 @@ def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool
     firsts = first_order(optimizers)
     if not firsts:
         return False, False
+    # The state signature orders optimizers without a memory evaluation each: elementwise
+    # bytes per parameter, then the bytes of the tensors the structured schemes leave out.
     lightest = min(
         firsts,
         key=lambda o: (
-            estimate(ctx, base.model_copy(update={"optimizer": o.id})).total_bytes,
+            o.memory.bytes_per_param if o.memory else 0.0,
+            (o.memory.fallback_bytes_per_param or 0.0) if o.memory else 0.0,
             o.id,
         ),
     )
