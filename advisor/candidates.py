@@ -8,7 +8,6 @@ from advisor.config import (
     Offload,
     Precision,
     Sharding,
-    Stack,
     Task,
     TrainingConfig,
 )
@@ -86,8 +85,6 @@ def config_techniques(config: TrainingConfig) -> list[str]:
     ids.extend(OFFLOAD_IDS.get(config.offload, []))
     if config.optimizer_in_backward:
         ids.append(OPTIMIZER_IN_BACKWARD_ID)
-    if config.fused_loss and config.stack is Stack.HF:
-        ids.append(FUSED_LOSS_ID)
     if config.activation_offload:
         ids.append(ACTIVATION_OFFLOAD_ID)
     if config.sharding in SHARDING_IDS:
@@ -102,6 +99,8 @@ def config_techniques(config: TrainingConfig) -> list[str]:
         ids.append("expert-parallel")
     if config.grad_accumulation > 1:
         ids.append("gradient-accumulation")
+    if config.loss_fused:
+        ids.append(FUSED_LOSS_ID)
     return ids
 
 
