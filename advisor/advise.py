@@ -181,6 +181,10 @@ def _size(value: str | None, flag: str) -> int | None:
         return None
     if value.strip().startswith("-"):
         raise UserError(f"{flag} must not be negative, got {value}", f"e.g. {flag} 512GiB")
+    import re
+
+    if re.fullmatch(r"0+(\.0*)?\s*[KMGT]?i?B?", value.strip(), flags=re.IGNORECASE):
+        return 0  # "none": e.g. --nvme 0 for a node without NVMe for offload
     return parse_bytes(value, flag)
 
 

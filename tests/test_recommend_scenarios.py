@@ -94,10 +94,15 @@ def test_405b_on_8_nodes_of_h100_plans_multi_node_with_communication_cost() -> N
     assert best.cost_components.get("communication", 0) > 0
 
 
-def test_1t_on_one_node_fits_nothing_and_says_what_would() -> None:
+def test_1t_on_one_node_needs_nvme_and_without_it_says_what_would() -> None:
+    # ZeRO-Infinity (Rajbhandari et al. 2021) trains 1T parameters on one DGX-2 node by
+    # keeping the 16 B/param of model states on NVMe: a DGX H100's 30 TB holds them, its
+    # 2 TiB of RAM does not. Without NVMe nothing fits, and the report says what would.
     r = rec("1T", task="pretrain", hardware="h100-sxm-80gb", gpus=8)
-    assert not r.recommendations
-    changes = " ".join(s.change for s in r.suggestions)
+    assert r.recommendations and all("nvme-offload" in x.techniques for x in r.recommendations)
+    bare = rec("1T", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nvme="0")
+    assert not bare.recommendations
+    changes = " ".join(s.change for s in bare.suggestions)
     assert "devices with ZeRO-3" in changes
 
 
@@ -121,9 +126,10 @@ def test_lora_task_only_recommends_adapters() -> None:
 
 def test_objective_memory_puts_the_smallest_footprint_first() -> None:
     r = rec("7B", hardware="a100-sxm-80gb", objective="memory", top=10)
-    # Footprints within 1% are the same plan to the memory model (rule weights may order them).
+    # Rule weights (0.02 log-units per point under "memory") may order footprints a few
+    # percent apart; never more.
     peaks = [x.peak_memory_bytes for x in r.recommendations]
-    assert peaks[0] <= min(peaks) * 1.01
+    assert peaks[0] <= min(peaks) * 1.03
     assert r.recommendations[0].micro_batch == 1  # the least memory, not the most throughput
 
 
@@ -166,8 +172,10 @@ def test_qlora_is_not_offered_on_amd() -> None:
 
 
 def test_cpu_laptop_without_fast_bf16_trains_in_fp32() -> None:
-    # FINDINGS: bf16 GEMM ~180x slower than fp32 without avx512_bf16/AMX.
-    r = rec("125M", hardware="cpu-laptop", top=10)
+    # FINDINGS: bf16 GEMM ~180x slower than fp32 without avx512_bf16/AMX. The top rows are
+    # distinct plans now; a 16-bit plan may appear far below, as the one that saves memory
+    # at ~100x the time, never among the first.
+    r = rec("125M", hardware="cpu-laptop", top=5)
     assert r.recommendations
     assert all(x.precision == "fp32" for x in r.recommendations)
     assert all(x.offload == "none" for x in r.recommendations)
@@ -325,7 +333,8 @@ def _memory_prices(**update: object) -> bool:
     from advisor.taxonomy import load_taxonomy
 
     spec = resolve_model_size("7B")
-    c = TrainingConfig(task=Task.PRETRAIN, gpus=8, micro_batch=1)
+    # The same data-parallel degree on both sides, so only the field under test differs.
+    c = TrainingConfig(task=Task.PRETRAIN, gpus=int(update.get("gpus", 8)), micro_batch=1)  # type: ignore[call-overload]
     opt = load_taxonomy().get("adamw")
     plain = estimate_memory(spec, c, optimizer=opt).total_bytes
     return estimate_memory(spec, c.model_copy(update=update), optimizer=opt).total_bytes != plain
@@ -339,7 +348,7 @@ def _cost_prices(**update: object) -> bool:
     from advisor.taxonomy import load_taxonomy
 
     spec = resolve_model_size("7B")
-    c = TrainingConfig(task=Task.PRETRAIN, gpus=8, micro_batch=1)
+    c = TrainingConfig(task=Task.PRETRAIN, gpus=int(update.get("gpus", 8)), micro_batch=1)  # type: ignore[call-overload]
     hw, opt = get_hardware_profile("h100-sxm-80gb"), load_taxonomy().get("adamw")
 
     def seconds(x: TrainingConfig) -> float:
@@ -364,28 +373,6 @@ needs_tp_pp_models = pytest.mark.xfail(
         and _cost_prices(gpus=1, tensor_parallel=8)
     ),
     reason="memory/cost models do not yet price tensor and pipeline parallelism (lead, gpucost)",
-    strict=True,
-)
-
-
-def _offload_moves_gradients() -> bool:
-    """Whether the memory model streams fp16 gradients to the host under optimizer offload,
-    as ZeRO-Offload does (Ren et al. 2021, sec. 4.1: gradients are offloaded in backward)."""
-    from advisor.config import Offload, Task, TrainingConfig
-    from advisor.memory import estimate_memory
-    from advisor.taxonomy import load_taxonomy
-
-    spec = resolve_model_size("7B")
-    opt = load_taxonomy().get("adamw")
-    c = TrainingConfig(task=Task.PRETRAIN, precision="fp16-mixed")  # type: ignore[arg-type]
-    plain = estimate_memory(spec, c, optimizer=opt).breakdown.get("gradients", 0)
-    off = estimate_memory(spec, c.model_copy(update={"offload": Offload.OPTIMIZER}), optimizer=opt)
-    return off.breakdown.get("gradients", 0) < 0.5 * plain
-
-
-needs_gradient_offload = pytest.mark.xfail(
-    not _offload_moves_gradients(),
-    reason="memory model keeps all fp16 gradients on the device under ZeRO-Offload (lead)",
     strict=True,
 )
 
@@ -437,7 +424,6 @@ def test_the_report_names_the_host_it_assumed_and_flags_override_it() -> None:
     assert small.hardware.host_memory_bytes == 8 * GIB
 
 
-@needs_gradient_offload
 def test_zero_offload_13b_on_one_v100_with_a_large_host() -> None:
     # ZeRO-Offload (Ren et al. 2021, sec. 6.2): 13B trained on one V100-32GB by keeping the
     # fp32 optimizer states (and the step) in a DGX-2's 1.5 TB of host memory. 13B x 16 B
@@ -445,6 +431,8 @@ def test_zero_offload_13b_on_one_v100_with_a_large_host() -> None:
     r = rec("13B", task="pretrain", hardware="v100-32gb", host_memory="1.5TiB", top=10)
     offloaded = [x for x in r.recommendations if x.offload != "none"]
     assert offloaded, [x.techniques for x in r.recommendations]
+    first = r.recommendations[0]
+    assert first.offload in ("optimizer", "optimizer+params") and first.global_batch == 1024
     assert all(x.host_memory_bytes <= 0.8 * 1.5 * 1024 * GIB for x in offloaded)
     _geometry_holds(r)
     # With a small host the same plans are rejected for host memory, not silently kept.
@@ -454,16 +442,64 @@ def test_zero_offload_13b_on_one_v100_with_a_large_host() -> None:
 
 
 @needs_in_backward_memory
-def test_7b_pretraining_on_one_4090_reaches_galore_8bit_with_per_layer_updates() -> None:
-    # GaLore (Zhao et al. 2024, sec. 5.4, Fig. 1): LLaMA 7B pre-trains on one 24 GB RTX 4090
-    # with 8-bit GaLore states and per-layer weight updates (22.0 GB measured). No special
-    # case: the search must reach it from the taxonomy's optimizers and savers.
+def test_7b_pretraining_on_one_4090_needs_per_layer_updates_and_says_why_not_galore() -> None:
+    # 7B x (2 B weights + 4 B fp32 master) alone is 39 GiB > 24 GB: full-parameter
+    # pre-training fits one RTX 4090 only without the gradient buffer (per-layer updates,
+    # Lv et al. 2023) or with the states in host memory (Ren et al. 2021). The search must
+    # find those itself. GaLore's headline run (Zhao et al. 2024, Fig. 1: 8-bit GaLore +
+    # per-layer updates, 22.0 GB) keeps bare bf16 weights, which the rule base excludes for
+    # pre-training (no fp32 master copy; Micikevicius et al. 2018): the report says so.
     r = rec("7B", task="pretrain", hardware="rtx-4090", top=10)
-    assert any(
-        x.optimizer == "galore-adamw-8bit" and "fused-backward-step" in x.memory_savers
+    assert r.recommendations
+    assert all(
+        "fused-backward-step" in x.memory_savers or "cpu-offload-params" in x.memory_savers
         for x in r.recommendations
-    ), [(x.optimizer, x.memory_savers) for x in r.recommendations]
+    )
+    assert any("fused-backward-step" in x.memory_savers for x in r.recommendations)
+    assert any(
+        rj.kind == "rule" and "no-bare-16-bit-weights-for-pretraining" in rj.reason
+        for rj in r.rejected
+    )
     _geometry_holds(r)
+
+
+@needs_in_backward_memory
+def test_galore_8bit_with_per_layer_updates_is_reached_when_bare_bf16_is_allowed() -> None:
+    # The same search with the bare-16-bit rule lifted (as GaLore's authors ran): it reaches
+    # 8-bit GaLore + per-layer updates on the 4090 by itself (Zhao et al. 2024, sec. 5.4),
+    # within the card, no offload, ~18 GiB (the paper measured 22.0 GB at rank 1024).
+    from advisor.advise import _cost_fn
+    from advisor.hardware import get_hardware_profile
+    from advisor.recommend import Context, Workload, recommend, target_from_profile
+    from advisor.ruleset import load_rules
+    from advisor.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    rules = load_rules([], technique_ids=set(taxonomy.ids()))
+    lifted = rules.model_copy(
+        update={
+            "rules": [
+                r for r in rules.rules if r.rule.id != "no-bare-16-bit-weights-for-pretraining"
+            ]
+        }
+    )
+    profile = get_hardware_profile("rtx-4090")
+    target = target_from_profile(profile, gpus=1, nodes=1, memory_budget=None)
+    ctx = Context(
+        spec=resolve_model_size("7B"),
+        workload=Workload(task="pretrain", global_batch=8),  # type: ignore[arg-type]
+        target=target,
+        taxonomy=taxonomy,
+        ruleset=lifted,
+    )
+    r = recommend(ctx, _cost_fn(ctx, None, profile), top=10)
+    hits = [
+        x
+        for x in r.recommendations
+        if x.optimizer == "galore-adamw-8bit" and "fused-backward-step" in x.memory_savers
+    ]
+    assert hits, [(x.optimizer, x.precision, x.memory_savers) for x in r.recommendations]
+    assert hits[0].offload == "none" and hits[0].peak_memory_bytes < 0.9 * 24 * GIB
 
 
 @needs_tp_pp_models

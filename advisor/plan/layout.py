@@ -102,7 +102,7 @@ def enumerate_layouts(
     Tensor parallel: powers of two within a node that divide the attention heads (and the
     key/value heads, as Megatron-LM requires). Pipeline: powers of two up to the layer count
     (uneven last stages are allowed, as Llama 3 405B's 126 layers on 16 stages; Dubey et al.
-    2024, sec. 3.3.2), interleaved two ways where every stage keeps at least two layers.
+    2024, sec. 3.3.2), interleaved two ways where the layers split into whole chunks.
     Sharding: DDP, ZeRO-1/2/3, FSDP, and HSDP across nodes; with pipeline stages only what
     the pipeline engines combine with them (Megatron's distributed optimizer = ZeRO-1,
     torchtitan's FSDP/HSDP + PP). MoE: expert parallel over the data-parallel group.
@@ -151,7 +151,8 @@ def enumerate_layouts(
             if rest % p:
                 continue
             dp = rest // p
-            vps = [1] + ([2] if p > 1 and layers >= 4 * p else [])
+            # Interleaving needs whole layers per model chunk (Megatron-LM's check).
+            vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
             for v in vps:
                 for sharding, group in _shardings(dp, node // t, p):
                     for ep in _expert_degrees(spec, dp):
