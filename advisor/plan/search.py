@@ -347,8 +347,7 @@ def best_geometry(
     choices = _divisors(per)
     if in_backward:
         # Per-layer updates step as soon as a gradient exists: no accumulation (Lv et al. 2023).
-        choices = list(range(1, per + 1)) if exhaustive else choices + _powers_below(per)
-        choices = sorted(set(choices))
+        choices = sorted(set(choices + _powers_below(per)))
     fitting = _fitting_prefix(ev, choices, lambda mb: with_geometry(mb, _acc(per, mb, in_backward)))
     if not fitting:
         return None
