@@ -410,26 +410,30 @@ def _fitting_prefix(
 # --- the search --------------------------------------------------------------------------
 
 
-def saver_ladder(ctx: Context, space: PlanSpace) -> list[Savers]:
-    """The memory-saver combinations in the order of their expected slowdown, cheapest first:
-    fused loss (no slower, Hsu et al. 2024 Liger), selective then full recomputation
-    (Korthikanti et al. 2022: ~2.7% and ~33% more compute), activation offload, then the
-    optimizer and parameters to host RAM (Ren et al. 2021) and to NVMe (Rajbhandari et al.
-    2021)."""
+def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
+    """The memory-saver combinations, by offload level (none, then the optimizer and the
+    parameters to host RAM, Ren et al. 2021, then to NVMe, Rajbhandari et al. 2021), each
+    level in the order of its expected slowdown: fused loss (no slower; Hsu et al. 2024),
+    selective then full recomputation (Korthikanti et al. 2022: ~2.7% and ~33% more
+    compute), activation offload."""
     fused = True in space.fused_loss and FUSED_LOSS_ID in ctx.taxonomy
-    rungs = [Savers()]
-    if fused:
-        rungs.append(Savers(fused_loss=True))
     ckpts = [c for c in (Checkpointing.SELECTIVE, Checkpointing.FULL) if c in space.checkpointing]
-    for ck in ckpts:
-        rungs.append(Savers(checkpointing=ck, fused_loss=fused))
     last = ckpts[-1] if ckpts else Checkpointing.NONE
-    if True in space.activation_offload:
-        rungs.append(Savers(checkpointing=last, fused_loss=fused, activation_offload=True))
+    levels = []
     for off in space.offloads:
-        if off is not Offload.NONE:
-            rungs.append(Savers(checkpointing=last, fused_loss=fused, offload=off))
-    return rungs
+        act = True in space.activation_offload
+        rungs = [Savers(offload=off)]
+        if fused:
+            rungs.append(Savers(offload=off, fused_loss=True))
+        if act:
+            rungs.append(Savers(offload=off, fused_loss=fused, activation_offload=True))
+        rungs += [Savers(checkpointing=ck, fused_loss=fused, offload=off) for ck in ckpts]
+        if act and last is not Checkpointing.NONE:
+            rungs.append(
+                Savers(checkpointing=last, fused_loss=fused, offload=off, activation_offload=True)
+            )
+        levels.append(rungs)
+    return levels
 
 
 def all_savers(space: PlanSpace) -> list[Savers]:
@@ -539,44 +543,51 @@ class _Search:
                         self.plans.append(p)
             return out
         zeroth = self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH
-        rungs = [Savers()] if zeroth else self.ladder
+        levels = [[Savers()]] if zeroth else self.ladder
         memory_first = self.ctx.workload.objective.value == "memory"
         per, _ = per_replica_batch(self.batch, layout.dp)
         best = float("inf")
         stale = 0
-        fitted_on_device = False
-        for s in rungs:
-            if s.offload is not Offload.NONE and fitted_on_device and not memory_first:
+        fitted_on_device = host_fitted = False
+        for level in levels:
+            off = level[0].offload
+            if off is not Offload.NONE and fitted_on_device and not memory_first:
                 break  # offload only when nothing fits on the device (Ren et al. 2021)
-            host_offload = any(p.config.offload is not Offload.NONE for p in out)
-            if s.offload.nvme and host_offload and not memory_first:
+            if off.nvme and host_fitted and not memory_first:
                 break  # NVMe only when host RAM is not enough
-            p = self.plan(s.apply(base), layout)
-            if self.in_backward and not zeroth and (p is None or p.config.micro_batch < per):
-                q = self.plan(replace(s, optimizer_in_backward=True).apply(base), layout)
-                # A plan that cannot reach the global batch (no accumulation) is kept only
-                # where nothing that reaches it fits.
-                better = q is not None and (q.exact_batch or p is None or not p.exact_batch)
-                if (
-                    q is not None
-                    and better
-                    and (p is None or q.seconds_per_token < p.seconds_per_token)
-                ):
-                    p = q
-            if p is None:
-                continue
-            out.append(p)
-            self.plans.append(p)
-            fitted_on_device = fitted_on_device or s.offload is Offload.NONE
-            if memory_first:
-                continue
-            if p.seconds_per_token < best * (1 - EQUIVALENT):
-                best, stale = p.seconds_per_token, 0
-            else:
-                stale += 1
-            # Once the whole per-replica batch is one micro-batch, more savers only slow it.
-            if p.config.micro_batch >= per or stale >= 2:
-                break
+            best, stale = float("inf"), 0
+            for s in level:
+                p = self.plan(s.apply(base), layout)
+                if self.in_backward and not zeroth and (p is None or p.config.micro_batch < per):
+                    q = self.plan(replace(s, optimizer_in_backward=True).apply(base), layout)
+                    # A plan that cannot reach the global batch (no accumulation) is kept
+                    # only where nothing that reaches it fits.
+                    better = q is not None and (q.exact_batch or p is None or not p.exact_batch)
+                    if (
+                        q is not None
+                        and better
+                        and (p is None or q.seconds_per_token < p.seconds_per_token)
+                    ):
+                        p = q
+                if p is None:
+                    continue
+                out.append(p)
+                self.plans.append(p)
+                # Only a plan that reaches the global batch ends the search for savers.
+                fitted_on_device = fitted_on_device or (off is Offload.NONE and p.exact_batch)
+                host_fitted = host_fitted or (
+                    off is not Offload.NONE and not off.nvme and p.exact_batch
+                )
+                if memory_first:
+                    continue
+                if p.seconds_per_token < best * (1 - EQUIVALENT):
+                    best, stale = p.seconds_per_token, 0
+                else:
+                    stale += 1
+                # Once the whole per-replica batch is one micro-batch, more savers only slow
+                # it down.
+                if p.config.micro_batch >= per or stale >= 2:
+                    break
         return out
 
 
