@@ -648,3 +648,22 @@ def test_a_global_batch_no_fitting_plan_divides_is_a_user_error() -> None:
     with pytest.raises(UserError) as info:
         rec("70B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, global_batch=12, tp=1, pp=1)
     assert "cannot be split evenly" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--host-memory", "-1TB"],
+        ["--gpus", "8", "--tp", "16"],
+        ["--gpus", "8", "--global-batch", "4"],
+    ],
+)
+def test_bad_plan_flags_print_one_line_and_exit_2(flags: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    args = ["recommend", "--model-size", "7B", "--hardware", "h100-sxm-80gb", "--no-calibrate"]
+    result = CliRunner().invoke(app, args + flags, env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert result.output.count("Error:") == 1 and "Traceback" not in result.output
