@@ -445,8 +445,9 @@ def test_zero_offload_13b_on_one_v100_with_a_large_host() -> None:
 def test_7b_pretraining_on_one_4090_needs_per_layer_updates_and_says_why_not_galore() -> None:
     # 7B x (2 B weights + 4 B fp32 master) alone is 39 GiB > 24 GB: full-parameter
     # pre-training fits one RTX 4090 only without the gradient buffer (per-layer updates,
-    # Lv et al. 2023) or with the states in host memory (Ren et al. 2021). The search must
-    # find those itself. GaLore's headline run (Zhao et al. 2024, Fig. 1: 8-bit GaLore +
+    # Lv et al. 2023) or with the states off the device (ZeRO-Offload/Infinity, Ren et al.
+    # 2021; Rajbhandari et al. 2021). The search must find those itself; those that reach
+    # the 1M-token global batch (accumulation) come first. GaLore's headline run (Zhao et al. 2024, Fig. 1: 8-bit GaLore +
     # per-layer updates, 22.0 GB) keeps bare bf16 weights, which the rule base excludes for
     # pre-training (no fp32 master copy; Micikevicius et al. 2018): the report says so.
     r = rec("7B", task="pretrain", hardware="rtx-4090", top=10)
@@ -455,7 +456,6 @@ def test_7b_pretraining_on_one_4090_needs_per_layer_updates_and_says_why_not_gal
         "fused-backward-step" in x.memory_savers or "cpu-offload-params" in x.memory_savers
         for x in r.recommendations
     )
-    assert any("fused-backward-step" in x.memory_savers for x in r.recommendations)
     assert any(
         rj.kind == "rule" and "no-bare-16-bit-weights-for-pretraining" in rj.reason
         for rj in r.rejected
@@ -620,7 +620,7 @@ def test_micro_batch_is_found_by_binary_search() -> None:
 
     choices = list(range(1, 1025))
     fit = _fitting_prefix(Ev(), choices, lambda mb: mb)  # type: ignore[arg-type,return-value]
-    assert fit[-1] == 37 and len(calls) <= 11
+    assert fit[-1] == 37 and len(calls) <= 12  # both ends, then log2(1024)
 
 
 @pytest.mark.parametrize(

@@ -304,6 +304,7 @@ def best_geometry(
     *,
     exhaustive: bool = False,
     smallest: bool = False,
+    smallest_first: bool = False,
 ) -> tuple[TrainingConfig, Geometry] | None:
     """The micro-batch and accumulation of ``config`` with the best throughput that fits
     (with ``smallest``, the least memory: micro-batch 1, as ``--objective memory`` asks).
@@ -316,6 +317,8 @@ def best_geometry(
         fixed_micro: ``--micro-batch`` (None: searched).
         exhaustive: try every divisor instead of the binary search.
         smallest: the smallest micro-batch instead of the fastest.
+        smallest_first: look at the smallest micro-batch first (when a leaner plan did not
+            fit, this one likely does not either: one evaluation says so).
 
     Returns:
         The configuration with its geometry, or None when not even one sample per device fits.
@@ -348,7 +351,12 @@ def best_geometry(
     if in_backward:
         # Per-layer updates step as soon as a gradient exists: no accumulation (Lv et al. 2023).
         choices = sorted(set(choices + _powers_below(per)))
-    fitting = _fitting_prefix(ev, choices, lambda mb: with_geometry(mb, _acc(per, mb, in_backward)))
+    fitting = _fitting_prefix(
+        ev,
+        choices,
+        lambda mb: with_geometry(mb, _acc(per, mb, in_backward)),
+        smallest_first=smallest_first,
+    )
     if not fitting:
         return None
     if in_backward and fitting[-1] != per:
@@ -394,10 +402,23 @@ def _powers_below(n: int) -> list[int]:
 
 
 def _fitting_prefix(
-    ev: Evaluator, choices: list[int], build: Callable[[int], TrainingConfig]
+    ev: Evaluator,
+    choices: list[int],
+    build: Callable[[int], TrainingConfig],
+    *,
+    smallest_first: bool = False,
 ) -> list[int]:
-    """The choices that fit: memory is monotone in the micro-batch, so binary search."""
-    lo, hi = 0, len(choices)  # choices[:lo] fit; choices[hi:] do not
+    """The choices that fit: memory is monotone in the micro-batch, so binary search (after
+    one look at each end: the largest often fits outright, the smallest often not at all)."""
+    if not choices:
+        return choices
+    if smallest_first and not ev.fits(build(choices[0])):
+        return []
+    if ev.fits(build(choices[-1])):
+        return choices
+    if not smallest_first and not ev.fits(build(choices[0])):
+        return []
+    lo, hi = 1, len(choices) - 1  # choices[:lo] fit; choices[hi:] do not
     while lo < hi:
         mid = (lo + hi) // 2
         if ev.fits(build(choices[mid])):
@@ -464,6 +485,7 @@ class _Search:
         self.plans: list[Plan] = []
         self.ladder = saver_ladder(ctx, space)
         self._verdicts: dict[tuple[object, ...], tuple[str | None, RejectionKind]] = {}
+        self.pruned_rungs = 0
         self.in_backward = True in space.optimizer_in_backward and (
             "fused-backward-step" in ctx.taxonomy
         )
@@ -487,7 +509,9 @@ class _Search:
         return None
 
     # -- one skeleton (core x savers x layout) through the batch geometry
-    def plan(self, c: TrainingConfig, layout: Layout) -> Plan | None:
+    def plan(
+        self, c: TrainingConfig, layout: Layout, *, smallest_first: bool = False
+    ) -> Plan | None:
         techniques = self.allowed(c)
         if techniques is None:
             return None
@@ -500,6 +524,7 @@ class _Search:
             self.ctx.workload.micro_batch,
             exhaustive=self.exhaustive,
             smallest=self.ctx.workload.objective.value == "memory",
+            smallest_first=smallest_first,
         )
         if found is None:
             smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
@@ -544,10 +569,27 @@ class _Search:
             return out
         zeroth = self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH
         levels = [[Savers()]] if zeroth else self.ladder
+        inb = self.in_backward and not zeroth
+        out = self._levels(base, layout, levels, per_layer=False, try_whole=inb)
+        if inb and not any(p.exact_batch for p in out):
+            # Nothing reaches the global batch: per-layer updates (no gradient buffer) may
+            # fit where nothing else does, at the price of no accumulation.
+            out += self._levels(base, layout, levels, per_layer=True, try_whole=False)
+        return out
+
+    def _levels(
+        self,
+        base: TrainingConfig,
+        layout: Layout,
+        levels: list[list[Savers]],
+        *,
+        per_layer: bool,
+        try_whole: bool,
+    ) -> list[Plan]:
+        """Walk the saver ladder for one core on one layout (see ``saver_ladder``)."""
         memory_first = self.ctx.workload.objective.value == "memory"
         per, _ = per_replica_batch(self.batch, layout.dp)
-        best = float("inf")
-        stale = 0
+        out: list[Plan] = []
         fitted_on_device = host_fitted = False
         for level in levels:
             off = level[0].offload
@@ -555,20 +597,22 @@ class _Search:
                 break  # offload only when nothing fits on the device (Ren et al. 2021)
             if off.nvme and host_fitted and not memory_first:
                 break  # NVMe only when host RAM is not enough
-            best, stale = float("inf"), 0
-            for s in level:
-                p = self.plan(s.apply(base), layout)
-                if self.in_backward and not zeroth and (p is None or p.config.micro_batch < per):
-                    q = self.plan(replace(s, optimizer_in_backward=True).apply(base), layout)
-                    # A plan that cannot reach the global batch (no accumulation) is kept
-                    # only where nothing that reaches it fits.
-                    better = q is not None and (q.exact_batch or p is None or not p.exact_batch)
-                    if (
-                        q is not None
-                        and better
-                        and (p is None or q.seconds_per_token < p.seconds_per_token)
-                    ):
-                        p = q
+            best, stale, last_fit = float("inf"), 0, True
+            for rung in level:
+                cfg = replace(rung, optimizer_in_backward=per_layer).apply(base)
+                if best < float("inf") and not memory_first and self._no_better(cfg, per, best):
+                    continue
+                p = self.plan(cfg, layout, smallest_first=not last_fit)
+                last_fit = p is not None
+                if try_whole and p is not None and p.config.micro_batch < per:
+                    # Per-layer updates free the gradient buffer; if that lets the whole
+                    # per-replica batch fit at once, the plan still reaches the global batch.
+                    whole = replace(rung, optimizer_in_backward=True).apply(base)
+                    one = whole.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
+                    if self.allowed(one) is not None and self.ev.fits(one):
+                        q = self.plan(whole, layout)
+                        if q and q.exact_batch and q.seconds_per_token < p.seconds_per_token:
+                            p = q
                 if p is None:
                     continue
                 out.append(p)
@@ -590,11 +634,24 @@ class _Search:
                     break
         return out
 
+    def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
+        """Whether a rung cannot beat ``best`` seconds per token even at the whole
+        per-replica batch (time per token does not grow with the micro-batch)."""
+        top = cfg.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
+        if top.optimizer_in_backward or self.allowed(top) is None:
+            return False
+        bound = self.ev.time(top).seconds / (per * top.gpus * top.seq_len)
+        if bound >= best * (1 - EQUIVALENT):
+            self.pruned_rungs += 1
+            return True
+        return False
+
 
 def _at(c: TrainingConfig) -> str:
     return f" at micro-batch {c.micro_batch}"
 
 
+_DP = ("dp-sgd", "dp-adam")
 # Technique ids of the saver and geometry dimensions: a value that clashes with one of them
 # is screened only against values that clash with it too.
 _SAVER_IDS = frozenset(
@@ -895,18 +952,25 @@ def _cores(
     optimizers = values("optimizer", space.optimizers, str)
     precisions = values("precision", space.precisions, lambda p: str(p.value))
     attentions = values("attention", space.attentions, lambda a: str(a.value))
-    out = []
+    combos = []
     for o, p, a in itertools.product(optimizers, precisions, attentions):
         c = ref.model_copy(
-            update={
-                "optimizer": o,
-                "precision": p,
-                "attention": a,
-                "dp_sgd": o in ("dp-sgd", "dp-adam"),
-            }
+            update={"optimizer": o, "precision": p, "attention": a, "dp_sgd": o in _DP}
         )
-        out.append(c.model_copy(update={"gpus": ctx.workload.world_size}))
-    return out
+        combos.append(c)
+    if exhaustive or len(combos) <= 1:
+        return combos
+    # The survivors of each dimension, combined, screened once more as whole cores: a
+    # combination no better than another in memory, time and rule score is pruned.
+    pts = []
+    for i, c in enumerate(combos):
+        if s.allowed(c) is None:
+            continue
+        pt = _point(s, str(i), c, i)
+        if pt is not None:
+            pts.append(pt)
+    kept, _aliases, _ = screen(pts)
+    return [combos[int(k)] for k in sorted(kept, key=int)]
 
 
 def _first(value: Any, options: Sequence[Any]) -> list[Any]:
