@@ -338,7 +338,7 @@ def write_emitted(
         EmitTarget(kind),
         best.config,
         nodes=nodes,
-        gpus_per_node=max(1, best.config.gpus // nodes),
+        gpus_per_node=max(1, best.config.world_size // nodes),
         optimizer_implementation=impl,
     )
     try:

@@ -552,6 +552,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             f"{st.plans_pruned:,} pruned as dominated or equivalent; "
             f"{st.rows_collapsed} equivalent plans folded into rows[/]"
         )
+        for note in st.notes:
+            console.print(f"[dim]{escape(note)}[/]")
     console.print(
         f"[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
         f"({', '.join(f'{k}: {v}' for k, v in _count_kinds(report).items())}); "

@@ -664,6 +664,6 @@ def test_bad_plan_flags_print_one_line_and_exit_2(flags: list[str]) -> None:
     from advisor.cli import app
 
     args = ["recommend", "--model-size", "7B", "--hardware", "h100-sxm-80gb", "--no-calibrate"]
-    result = CliRunner().invoke(app, args + flags, env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, args + flags, env={"NO_COLOR": "1", "COLUMNS": "100"})
     assert result.exit_code == 2
     assert result.output.count("Error:") == 1 and "Traceback" not in result.output

@@ -166,6 +166,7 @@ class SearchStats(BaseModel):
     memory_evaluations: int
     time_evaluations: int
     rows_collapsed: int = Field(description="equivalent plans folded into shown rows")
+    notes: list[str] = Field(default_factory=list, description="what the search left out")
 
 
 class RecommendReport(BaseModel):

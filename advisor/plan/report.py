@@ -63,6 +63,7 @@ def recommend(
         memory_evaluations=found.memory_evaluations,
         time_evaluations=found.time_evaluations,
         rows_collapsed=len(found.plans) - len(rows),
+        notes=found.notes,
     )
     return RecommendReport(
         recommendations=recs,

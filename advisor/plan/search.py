@@ -88,6 +88,7 @@ class SearchResult:
     memory_evaluations: int
     time_evaluations: int
     evaluator: Evaluator | None = None  # the memoised models, for explanations
+    notes: list[str] = field(default_factory=list)  # what the search left out, and why
 
 
 class Evaluator:
@@ -754,6 +755,16 @@ def search(
         tp=w.tensor_parallel,
         pp=w.pipeline_parallel,
     )
+    notes: list[str] = []
+    pinned = w.tensor_parallel is not None or w.pipeline_parallel is not None
+    if not pinned and w.world_size > 1 and not _time_prices_layouts(ctx, s.ev):
+        # A step-time model blind to tensor/pipeline parallelism would see their memory
+        # savings for free: plan data parallelism only, and say so.
+        layouts = [lay for lay in layouts if lay.tp == 1 and lay.pp == 1]
+        notes.append(
+            "tensor and pipeline parallel layouts not planned: the step-time model does not "
+            "price their communication yet (pin them with --tp/--pp to see their memory)"
+        )
     batch_ok = [lay for lay in layouts if lay.dp <= s.batch.samples or not s.batch.requested]
     considered = space.core_count() * space.saver_count() * len(layouts)
     for lay in layouts:
@@ -799,6 +810,7 @@ def search(
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
     mem, tim = s.ev.counts
     return SearchResult(
+        notes=notes,
         evaluator=s.ev,
         plans=plans,
         rejected=list(s.rejected.values()),
@@ -807,6 +819,17 @@ def search(
         memory_evaluations=mem,
         time_evaluations=tim,
     )
+
+
+def _time_prices_layouts(ctx: Context, ev: Evaluator) -> bool:
+    """Whether the step-time model tells tensor parallelism from a single device (the same
+    plan at tp 2 and tp 1 on one data-parallel rank): a model that does not price its
+    all-reduces (Shoeybi et al. 2019) would make every TP/PP layout look free."""
+    c = TrainingConfig(task=Task.PRETRAIN, seq_len=ctx.workload.seq_len, stack=ctx.workload.stack)
+    try:
+        return ev.time(c.model_copy(update={"tensor_parallel": 2})).seconds != ev.time(c).seconds
+    except ValueError:
+        return False
 
 
 def _aliases_of(p: Plan, aliases: dict[tuple[str, str], list[str]]) -> list[str]:
