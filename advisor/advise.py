@@ -19,6 +19,7 @@ from advisor.limits import check_bound, resolve_seq_len
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
+    HostOverride,
     Objective,
     Privacy,
     RecommendReport,
@@ -50,6 +51,7 @@ class RecommendRequest(BaseModel):
     top: int
     rules_dirs: list[Path] = []
     calibrate: bool | None
+    host: HostOverride = HostOverride()
 
     @classmethod
     def from_flags(
@@ -58,7 +60,7 @@ class RecommendRequest(BaseModel):
         spec: ModelSpec,
         task: str,
         seq_len: str | None,
-        micro_batch: int,
+        micro_batch: int | None,
         global_batch: int | None,
         hardware: str | None,
         gpus: int | None,
@@ -70,6 +72,11 @@ class RecommendRequest(BaseModel):
         top: int,
         calibrate: bool | None,
         rope_scaling: float | None = None,
+        global_batch_tokens: str | None = None,
+        host_memory: str | None = None,
+        nvme: str | None = None,
+        tp: int | None = None,
+        pp: int | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag.
 
@@ -94,12 +101,7 @@ class RecommendRequest(BaseModel):
                 "--calibrate measures this machine, but --hardware plans for another one",
                 "drop --calibrate: profile costs are analytic (datasheet figures)",
             )
-        if global_batch is not None and global_batch < micro_batch * (gpus or 1) * nodes:
-            raise UserError(
-                f"--global-batch {global_batch} is smaller than one micro-batch on every device "
-                f"({micro_batch} x {(gpus or 1) * nodes})",
-                "raise --global-batch or lower --micro-batch",
-            )
+        _check_plan_flags(global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp)
         workload = Workload(
             task=task_v,
             seq_len=s,
@@ -110,6 +112,9 @@ class RecommendRequest(BaseModel):
             privacy=privacy_v,
             objective=objective_v,
             sparse_features=sparse_features,
+            global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
+            tensor_parallel=tp,
+            pipeline_parallel=pp,
         )
         return cls(
             spec=spec,
@@ -119,6 +124,10 @@ class RecommendRequest(BaseModel):
             memory_budget=_memory_budget(memory_budget),
             top=top,
             calibrate=calibrate,
+            host=HostOverride(
+                memory_bytes=_size(host_memory, "--host-memory"),
+                nvme_bytes=_size(nvme, "--nvme"),
+            ),
         )
 
 
@@ -128,6 +137,68 @@ def _memory_budget(text: str | None) -> int | None:
     value = parse_bytes(text, "--memory-budget")
     check_bound("--memory-budget", value)
     return value
+
+
+def _check_plan_flags(
+    global_batch: int | None,
+    global_batch_tokens: str | None,
+    micro_batch: int | None,
+    gpus: int | None,
+    nodes: int,
+    tp: int | None,
+    pp: int | None,
+) -> None:
+    """The batch and layout flags that contradict each other before any search."""
+    world = (gpus or 1) * nodes
+    if global_batch is not None and global_batch_tokens is not None:
+        raise UserError(
+            "--global-batch and --global-batch-tokens both set the global batch",
+            "give only one of them",
+        )
+    replicas = world // ((tp or 1) * (pp or 1)) or 1
+    if global_batch is not None and global_batch < (micro_batch or 1) * replicas:
+        raise UserError(
+            f"--global-batch {global_batch} is smaller than one micro-batch on every "
+            f"data-parallel replica ({micro_batch or 1} x {replicas})",
+            "raise --global-batch, lower --micro-batch, or pin --tp/--pp",
+        )
+    if tp is not None and gpus is not None and tp > gpus:
+        raise UserError(
+            f"--tp {tp} is larger than a node of {gpus} GPUs",
+            "tensor parallelism runs inside one node (NVLink); use --tp <= --gpus",
+        )
+    if (tp or 1) * (pp or 1) > world or world % ((tp or 1) * (pp or 1)):
+        raise UserError(
+            f"--tp {tp or 1} x --pp {pp or 1} does not divide the {world} devices",
+            "pick degrees whose product divides --gpus x --nodes",
+        )
+
+
+def _tokens(text: str) -> int:
+    """A token count: ``524288``, ``512k`` or ``4M`` (k = 1024, M = 2**20, as GPT-3 and
+    Llama write their "0.5M" and "4M" token batches)."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(
+            f"invalid --global-batch-tokens {text!r}", "use a token count, e.g. 524288, 512k or 4M"
+        )
+    scale = {"": 1, "k": 2**10, "m": 2**20}[m.group(2).lower()]
+    return max(1, round(float(m.group(1)) * scale))
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    """A byte size flag (``2TB``, ``512GiB``); negative sizes are bad input."""
+    if value is None:
+        return None
+    if value.strip().startswith("-"):
+        raise UserError(f"{flag} must not be negative, got {value}", f"e.g. {flag} 512GiB")
+    import re
+
+    if re.fullmatch(r"0+(\.0*)?\s*[KMGT]?i?B?", value.strip(), flags=re.IGNORECASE):
+        return 0  # "none": e.g. --nvme 0 for a node without NVMe for offload
+    return parse_bytes(value, flag)
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:
@@ -172,7 +243,11 @@ def run_recommend(
     if req.hardware:
         profile = get_hardware_profile(req.hardware)
         target = target_from_profile(
-            profile, gpus=req.gpus or 1, nodes=w.nodes, memory_budget=req.memory_budget
+            profile,
+            gpus=req.gpus or 1,
+            nodes=w.nodes,
+            memory_budget=req.memory_budget,
+            host=req.host,
         )
         note = f"costs: analytic, from the {profile.id} datasheet figures"
     else:
@@ -186,6 +261,7 @@ def run_recommend(
             nodes=w.nodes,
             memory_budget=req.memory_budget,
             clock_ghz=_cpu_clock_ghz(),
+            host=req.host,
         )
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})
@@ -323,7 +399,7 @@ def write_emitted(
         EmitTarget(kind),
         best.config,
         nodes=nodes,
-        gpus_per_node=max(1, best.config.gpus // nodes),
+        gpus_per_node=max(1, best.config.world_size // nodes),
         optimizer_implementation=impl,
     )
     try:

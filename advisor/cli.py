@@ -712,11 +712,30 @@ def recommend(
     ] = None,
     rope_scaling: RopeScalingOpt = None,
     micro_batch: Annotated[
-        int, typer.Option("--micro-batch", help="Samples per device per pass.")
-    ] = 1,
+        int | None,
+        typer.Option("--micro-batch", help="Samples per device per pass (default: searched)."),
+    ] = None,
     global_batch: Annotated[
         int | None,
-        typer.Option("--global-batch", help="Samples per optimizer step (sets accumulation)."),
+        typer.Option(
+            "--global-batch",
+            help="Samples per optimizer step (default: a published batch for the task and size).",
+        ),
+    ] = None,
+    global_batch_tokens: Annotated[
+        str | None,
+        typer.Option("--global-batch-tokens", help="Tokens per optimizer step, e.g. 4M or 512k."),
+    ] = None,
+    host_memory: Annotated[
+        str | None,
+        typer.Option("--host-memory", help="Host RAM of each node, e.g. 1TiB (offload plans)."),
+    ] = None,
+    nvme: Annotated[
+        str | None, typer.Option("--nvme", help="NVMe of each node for offload, e.g. 4TB.")
+    ] = None,
+    tp: Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")] = None,
+    pp: Annotated[
+        int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")
     ] = None,
     hardware: Annotated[
         str | None,
@@ -775,7 +794,10 @@ def recommend(
         return
     from advisor import render
     from advisor.advise import RecommendRequest, run_recommend
+    from advisor.limits import check_bound
 
+    for flag, pinned in (("--tp", tp), ("--pp", pp)):
+        check_bound(flag, pinned)
     if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
         raise UserError(f"invalid --emit {emit!r}", "use deepspeed, accelerate or torch")
     spec = _resolve_model(model_size, model, model_config)
@@ -795,6 +817,11 @@ def recommend(
         top=top,
         calibrate=calibrate,
         rope_scaling=rope_scaling,
+        global_batch_tokens=global_batch_tokens,
+        host_memory=host_memory,
+        nvme=nvme,
+        tp=tp,
+        pp=pp,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})

@@ -560,8 +560,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     hw, wl = report.hardware, report.workload
     console.print(
         f"[bold]{wl.model}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
-        f"seq {wl.seq_len}, micro-batch {wl.micro_batch} × accumulation {wl.grad_accumulation}"
-        f" × {wl.world_size} device(s) = global batch {wl.global_batch}, objective {wl.objective}"
+        f"seq {wl.seq_len}, global batch {wl.global_batch} ({wl.global_batch_source}), "
+        f"{wl.world_size} device(s), objective {wl.objective}"
         + (", differentially private" if wl.privacy == "dp" else "")
     )
     nodes = f" × {hw.nodes} nodes" if hw.nodes > 1 else ""
@@ -572,6 +572,12 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         f"({hw.safety_margin:.0%} safety margin)"
     )
     console.print(f"[dim]{report.cost_note}[/]")
+    if hw.host_source:
+        console.print(
+            f"[dim]host for offload: {format_bytes(hw.host_memory_bytes)} RAM"
+            + (f", {format_bytes(hw.nvme_bytes)} NVMe" if hw.nvme_bytes else "")
+            + f" per device ({escape(hw.host_source)})[/]"
+        )
     if not report.recommendations:
         console.print(
             f"\n[bold red]Nothing fits.[/] {report.candidates_considered} configurations "
@@ -588,7 +594,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             Col("optimizer", ident=True),
             Col("precision", ident=True),
             Col("attn", ident=True),
-            Col("savers, sharding"),
+            Col("batch", justify="right", nowrap=True),
+            Col("savers, layout"),
             Col("peak", justify="right", nowrap=True),
             *((Col("free", justify="right", nowrap=True),) if wide else ()),
             Col("step", justify="right", nowrap=True),
@@ -602,12 +609,16 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                 for t in r.techniques
                 if t not in (r.optimizer, r.precision) and not t.endswith("attention")
             ]
+            savers = [x for x in savers if x]
+            if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
+                savers.append(r.layout)
             rows.append(
                 [
                     str(r.rank),
                     r.optimizer,
                     r.precision,
                     r.attention,
+                    f"{r.micro_batch}×{r.grad_accumulation}",
                     ", ".join(savers) or "-",
                     format_bytes(r.peak_memory_bytes),
                     *((format_bytes(r.headroom_bytes),) if wide else ()),
@@ -618,10 +629,14 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             )
         print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         sources = sorted({r.cost_source for r in report.recommendations})
+        for r in report.recommendations:
+            if r.also:
+                console.print(f"[dim]  #{r.rank} also: {escape('; '.join(r.also))}[/]")
+            if r.global_batch_note:
+                console.print(f"[dim]  #{r.rank}: {escape(r.global_batch_note)}[/]")
         console.print(
-            f"[dim]costs: {', '.join(sources)}; peak: per-device memory"
-            + ("; free: what it leaves" if wide else "")
-            + "[/]"
+            f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
+            "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
         )
         best = report.recommendations[0]
         _render_steps(best)
@@ -663,8 +678,17 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
         )
     rejected = len(report.rejected)
+    if report.search is not None:
+        st = report.search
+        console.print(
+            f"\n[dim]plan space {st.plans_considered:,} plans: {st.plans_evaluated} evaluated, "
+            f"{st.plans_pruned:,} pruned as dominated or equivalent; "
+            f"{st.rows_collapsed} equivalent plans folded into rows[/]"
+        )
+        for note in st.notes:
+            console.print(f"[dim]{escape(note)}[/]")
     console.print(
-        f"\n[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
+        f"[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
         f"({', '.join(f'{k}: {v}' for k, v in _count_kinds(report).items())}); "
         "--json lists them all with reasons[/]"
     )
@@ -676,6 +700,17 @@ _SHORT = {
     "cpu-offload-optimizer": "offload-optim",
     "cpu-offload-params": "offload-params",
     "gradient-accumulation": "grad-accum",
+    "fused-cross-entropy": "fused-CE",
+    "fused-backward-step": "step-in-backward",
+    "activation-offload": "act-offload",
+    "optimizer-states-8bit": "8-bit states",
+    "nvme-offload": "nvme",
+    "hybrid-shard": "hsdp",
+    # The layout says these: "tp8 pp16 dp1".
+    "tensor-parallel": "",
+    "sequence-parallel": "",
+    "pipeline-parallel": "",
+    "expert-parallel": "",
 }
 
 

@@ -533,9 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_source": by_source,
         "memory": {
             "predicted_not_to_fit": sum(1 for r in rows if r["memory_predicted_fits"] is False),
-            "layout_not_splittable": [
-                r["id"] for r in rows if r["memory_predicted_fits"] is None
-            ],
+            "layout_not_splittable": [r["id"] for r in rows if r["memory_predicted_fits"] is None],
             "median_peak_fraction": statistics.median(
                 r["memory_peak_fraction_of_device"]
                 for r in rows
