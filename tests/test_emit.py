@@ -56,6 +56,9 @@ DS_TOP = {
     "activation_checkpointing",
     "steps_per_print",
     "wall_clock_breakdown",
+    # config-json "ZeRO Optimizations": lets deepspeed.initialize take an optimizer outside
+    # ZeRO's tested list (deepspeed/runtime/engine.py _do_optimizer_sanity_check).
+    "zero_allow_untested_optimizer",
 }
 DS_FP16 = {
     "enabled",
@@ -142,6 +145,7 @@ ACC_TOP = {
     "mpirun_config",
     "downcast_bf16",
     "dynamo_config",
+    "parallelism_config",
 }
 # DistributedType values for a local machine: utils/constants.py CUDA_DISTRIBUTED_TYPES and
 # TORCH_DISTRIBUTED_OPERATION_TYPES, plus NO (config_args.py process_config).
@@ -153,6 +157,9 @@ ACC_MIXED_PRECISION = {"no", "fp16", "bf16", "fp8"}
 # FSDP_BACKWARD_PREFETCH, FSDP_STATE_DICT_TYPE). Usage guide:
 # https://huggingface.co/docs/accelerate/usage_guides/fsdp
 ACC_FSDP = {
+    # Accelerate 1.15 `accelerate config` writes fsdp_version and fsdp_reshard_after_forward.
+    "fsdp_version",
+    "fsdp_reshard_after_forward",
     "fsdp_offload_params",
     "fsdp_min_num_params",
     "fsdp_sharding_strategy",
@@ -166,7 +173,16 @@ ACC_FSDP = {
     "fsdp_sync_module_states",
     "fsdp_activation_checkpointing",
 }
+_FSDP1_STRATEGIES = {
+    "FULL_SHARD",
+    "SHARD_GRAD_OP",
+    "NO_SHARD",
+    "HYBRID_SHARD",
+    "HYBRID_SHARD_ZERO2",
+}
 ACC_FSDP_VALUES = {
+    "fsdp_version": {1, 2},
+    "fsdp_reshard_after_forward": _FSDP1_STRATEGIES,
     "fsdp_sharding_strategy": {
         "FULL_SHARD",
         "SHARD_GRAD_OP",
@@ -400,11 +416,20 @@ def test_accelerate_yaml_uses_only_documented_keys(nodes: int) -> None:
             assert ds["offload_optimizer_device"] in ACC_OFFLOAD_DEVICES
             assert ds["offload_param_device"] in ACC_OFFLOAD_DEVICES
             assert ds.get("deepspeed_multinode_launcher", "standard") in ACC_MULTINODE_LAUNCHERS
-        # The sharding the plan asked for is the one the file sets up.
-        if config.sharding in (Sharding.FSDP, Sharding.HSDP):
+        # The sharding the plan asked for is the one the file sets up. Changed with issue 12:
+        # FSDP has no optimizer-only or NVMe offload, so those FSDP plans run as ZeRO-3 with
+        # ZeRO-Offload/Infinity through Accelerate's DeepSpeed plugin (the ranked plan)
+        # instead of FSDP with parameter offload (a different, slower plan).
+        fsdp_offload_ok = config.offload in (Offload.NONE, Offload.OPTIMIZER_PARAMS)
+        if config.sharding in (Sharding.FSDP, Sharding.HSDP) and fsdp_offload_ok:
             assert doc["distributed_type"] == "FSDP"
-        elif config.sharding is not Sharding.NONE:
+            assert doc["fsdp_config"]["fsdp_offload_params"] is config.offload.params
+        elif config.sharding is not Sharding.NONE or config.offload is not Offload.NONE:
             assert doc["distributed_type"] == "DEEPSPEED"
+            offload = doc["deepspeed_config"]["offload_optimizer_device"]
+            assert offload == {Offload.NONE: "none"}.get(
+                config.offload, "nvme" if config.offload.nvme else "cpu"
+            )
         checked += 1
     assert checked == len(GRID)
 
@@ -422,6 +447,7 @@ def test_accelerate_single_process_and_fsdp_values() -> None:
     )
     fsdp = yaml.safe_load(accelerate_emission(fsdp_config).text)
     assert fsdp["mixed_precision"] == "fp16"
+    assert fsdp["fsdp_config"]["fsdp_reshard_after_forward"] == "FULL_SHARD"
     assert fsdp["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
     assert fsdp["fsdp_config"]["fsdp_offload_params"] is True
     assert fsdp["fsdp_config"]["fsdp_activation_checkpointing"] is True
@@ -483,10 +509,18 @@ def test_torch_snippet_runs(tmp_path: Path, name: str) -> None:
 
 
 def test_torch_snippet_uses_the_taxonomy_implementation() -> None:
+    # Changed with issue 12: the call also carries the hyper-parameter table's settings for
+    # the task (fine-tuning AdamW: HF Trainer's betas/eps, weight decay 0), then the
+    # taxonomy's literal kwargs.
     text = emit_torch(TrainingConfig(optimizer="adamw"))
-    assert "torch.optim.AdamW(params, lr=LEARNING_RATE, fused=True)" in text
+    assert (
+        "torch.optim.AdamW(params, lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-08, "
+        "weight_decay=0.0, fused=True)"
+    ) in text
     text = emit_torch(TrainingConfig(optimizer="nesterov"))
-    assert "momentum=0.9, nesterov=True, fused=True" in text
+    assert "momentum=0.9, weight_decay=0.0, nesterov=True, fused=True" in text
+    pretrain = emit_torch(TrainingConfig(optimizer="adamw", task=Task.PRETRAIN))
+    assert "betas=(0.9, 0.95), eps=1e-08, weight_decay=0.1" in pretrain
 
 
 def test_torch_snippet_bare_bf16_lion(tmp_path: Path) -> None:
