@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import textwrap
 from enum import Enum
 from typing import Any
@@ -171,9 +170,14 @@ class _Expressed:
         self.config = config
         self.reasons: list[str] = []
 
-    def change(self, reason: str, **update: Any) -> None:
+    def change(self, reason: str, *, same_plan: bool = False, **update: Any) -> None:
+        """Move the expressed plan; ``same_plan`` marks a relabelling that changes neither
+        memory nor time (ZeRO over one rank, hybrid sharding with one replica)."""
         self.config = self.config.model_copy(update=update)
-        self.reasons.append(reason)
+        if same_plan:
+            self.ranked = self.ranked.model_copy(update=update)
+        else:
+            self.reasons.append(reason)
 
     @property
     def differs(self) -> bool:
@@ -443,7 +447,13 @@ def emit_deepspeed(
             if config.sharding is Sharding.HSDP and stage == 3
             else f"DeepSpeed needs ZeRO stage {stage} for this plan"
         )
-        expressed.change(why, sharding=_sharding_for_stage(config, stage), shard_group=None)
+        one_replica = config.sharding is Sharding.HSDP and _hsdp_degrees(config, nodes)[0] == 1
+        expressed.change(
+            why,
+            same_plan=one_replica,
+            sharding=_sharding_for_stage(config, stage),
+            shard_group=None,
+        )
     ds: dict[str, Any] = {
         "train_batch_size": config.micro_batch * config.grad_accumulation * world,
         "train_micro_batch_size_per_gpu": config.micro_batch,
@@ -811,7 +821,7 @@ def _accelerate_cpu(
             )
         else:
             # One process shards nothing: the same plan without the label.
-            expressed.change("one process shards nothing", sharding=Sharding.NONE)
+            expressed.change("one process shards nothing", same_plan=True, sharding=Sharding.NONE)
     if world > 1:
         notes.append(
             "CPU processes talk over gloo (or oneCCL with intel-extension-for-pytorch); "
@@ -829,6 +839,7 @@ def _accelerate_deepspeed(
         expressed.change(
             "FSDP has no optimizer-only or NVMe offload, and DeepSpeed no hybrid sharding: "
             "the file runs ZeRO-3 over all data-parallel ranks with the planned offload",
+            same_plan=_hsdp_degrees(config, nodes)[0] == 1,
             sharding=Sharding.ZERO3,
             shard_group=None,
         )
@@ -1036,9 +1047,10 @@ def emit_torchtitan(
         parallelism["pipeline_parallel_microbatch_size"] = config.micro_batch
         if config.virtual_stages > 2 or (not interleaved and num_layers is not None):
             stages = config.pipeline_parallel * config.virtual_stages
-            parallelism["pipeline_parallel_layers_per_stage"] = _layers_per_stage(
-                num_layers, stages
-            )
+            per_stage, first, last = _stage_split(num_layers, stages)
+            parallelism["pipeline_parallel_layers_per_stage"] = per_stage
+            parallelism["pipeline_parallel_first_stage_less_layers"] = first
+            parallelism["pipeline_parallel_last_stage_less_layers"] = last
         # Without layers_per_stage torchtitan puts 1 stage per rank on 1F1B and 2 on looped
         # schedules (torchtitan/distributed/pipeline_parallel.py).
         if config.grad_accumulation < config.pipeline_parallel * config.virtual_stages:
@@ -1156,28 +1168,34 @@ def emit_torchtitan(
     )
 
 
-def _layers_per_stage(num_layers: int | None, stages: int) -> int:
-    """Blocks per (virtual) stage so torchtitan builds exactly ``stages`` stages.
+def _stage_split(num_layers: int | None, stages: int) -> tuple[int, int, int]:
+    """(layers_per_stage, first-stage weight, last-stage weight) giving exactly ``stages``.
 
-    torchtitan counts the embedding and the output layer as one block each (first/last
-    stage "less layers" of 1) and builds ceil((layers + 2) / layers_per_stage) stages.
+    torchtitan v0.2.2 (distributed/pipeline_parallel.py) builds ceil((layers + first + last)
+    / layers_per_stage) stages, where first/last count the embedding and the output head as
+    that many blocks (default 1 each), and each weight must not exceed the blocks per stage.
+    The default weights are kept where they give the stage count; else the nearest ones.
 
     Raises:
-        UserError: when the layer count is unknown or cannot give that many stages.
+        UserError: when the layer count is unknown or too small for that many stages.
     """
     if num_layers is None:
         raise UserError(
             f"{stages} pipeline stages need the model's layer count to place the blocks",
             "pass the model (--model or --model-config) so its layer count is known",
         )
-    effective = num_layers + 2
-    per_stage = math.ceil(effective / stages)
-    if math.ceil(effective / per_stage) != stages:
-        raise UserError(
-            f"{num_layers} layers cannot be split into {stages} pipeline stages evenly enough",
-            "pick fewer virtual stages",
-        )
-    return per_stage
+    for per_stage in range(1, num_layers + 3):
+        extras = sorted(range(2 * per_stage + 1), key=lambda e: (abs(e - 2), e))
+        for extra in extras:
+            effective = num_layers + extra
+            first, last = (extra + 1) // 2, extra // 2
+            fits = max(first, last) <= effective // stages
+            if fits and (stages - 1) * per_stage < effective <= stages * per_stage:
+                return per_stage, first, last
+    raise UserError(
+        f"{num_layers} layers cannot be split into {stages} pipeline stages",
+        "pick fewer pipeline or virtual stages",
+    )
 
 
 def _torchtitan_precision(
