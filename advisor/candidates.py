@@ -38,6 +38,7 @@ _FIXED = {
     "qlora",
     "gradient-accumulation",
     "ddp",
+    "fused-cross-entropy",
 }
 
 
@@ -72,4 +73,6 @@ def config_techniques(config: TrainingConfig) -> list[str]:
         ids.append("ddp")
     if config.grad_accumulation > 1:
         ids.append("gradient-accumulation")
+    if config.loss_fused:
+        ids.append("fused-cross-entropy")
     return ids

@@ -354,14 +354,53 @@ def estimate(
     ] = "2048",
     gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel degree.")] = 1,
     sharding: Annotated[
-        str, typer.Option("--sharding", help="none, zero1, zero2, zero3 or fsdp.")
+        str, typer.Option("--sharding", help="none, zero1, zero2, zero3, fsdp or hsdp.")
     ] = "none",
     offload: Annotated[
-        str, typer.Option("--offload", help="none, optimizer or optimizer+params.")
+        str,
+        typer.Option(
+            "--offload",
+            help="none, optimizer, optimizer+params (host RAM), optimizer-nvme or "
+            "optimizer+params-nvme.",
+        ),
     ] = "none",
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
     dp_sgd: Annotated[
         bool, typer.Option("--dp-sgd", help="Per-sample gradients (DP-SGD).")
+    ] = False,
+    stack: Annotated[
+        str,
+        typer.Option(
+            "--stack",
+            help="Kernel stack the memory assumes: hf (Hugging Face modules, the default) or "
+            "fused (FlashAttention, fused norms and cross-entropy, as torchtitan/Megatron).",
+        ),
+    ] = "hf",
+    fused_loss: Annotated[
+        bool,
+        typer.Option("--fused-loss", help="A fused linear cross-entropy (Liger): no logits."),
+    ] = False,
+    grad_accumulation: Annotated[
+        int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")
+    ] = 1,
+    tensor_parallel: Annotated[
+        int, typer.Option("--tensor-parallel", help="Tensor(+sequence)-parallel degree.")
+    ] = 1,
+    pipeline_parallel: Annotated[
+        int, typer.Option("--pipeline-parallel", help="Pipeline stages (1F1B).")
+    ] = 1,
+    virtual_stages: Annotated[
+        int, typer.Option("--virtual-stages", help="Interleaved model chunks per stage.")
+    ] = 1,
+    expert_parallel: Annotated[
+        int, typer.Option("--expert-parallel", help="Expert-parallel degree (MoE).")
+    ] = 1,
+    optimizer_in_backward: Annotated[
+        bool,
+        typer.Option("--optimizer-in-backward", help="Per-layer updates during backward."),
+    ] = False,
+    activation_offload: Annotated[
+        bool, typer.Option("--activation-offload", help="Saved activations in host memory.")
     ] = False,
     hardware: Annotated[
         str | None,
@@ -387,6 +426,11 @@ def estimate(
         ("--micro-batch", micro_batch),
         ("--gpus", gpus),
         ("--lora-rank", lora_rank),
+        ("--grad-accumulation", grad_accumulation),
+        ("--tensor-parallel", tensor_parallel),
+        ("--pipeline-parallel", pipeline_parallel),
+        ("--virtual-stages", virtual_stages),
+        ("--expert-parallel", expert_parallel),
     ):
         _positive(value, flag)
     config = build_config(
@@ -402,6 +446,15 @@ def estimate(
         offload=offload,
         lora_rank=lora_rank,
         dp_sgd=dp_sgd,
+        stack=stack,
+        fused_loss=fused_loss,
+        grad_accumulation=grad_accumulation,
+        tensor_parallel=tensor_parallel,
+        pipeline_parallel=pipeline_parallel,
+        virtual_stages=virtual_stages,
+        expert_parallel=expert_parallel,
+        optimizer_in_backward=optimizer_in_backward,
+        activation_offload=activation_offload,
     )
     import psutil
 

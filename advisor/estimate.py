@@ -13,12 +13,13 @@ from advisor.config import (
     Offload,
     Precision,
     Sharding,
+    Stack,
     Task,
     TrainingConfig,
 )
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, get_hardware_profile
-from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, estimate_memory
+from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, MemoryEstimate, estimate_memory
 from advisor.modelspec import ModelSpec
 from advisor.taxonomy import Category, load_taxonomy
 
@@ -35,6 +36,29 @@ class StepTimeReport(BaseModel):
     components: dict[str, Any]
 
 
+class PhaseReport(BaseModel):
+    """One phase of the step: the components alive in it (overheads folded) and their sum."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    components: dict[str, int]
+    total_bytes: int
+
+
+class Alternative(BaseModel):
+    """The same configuration under another kernel choice, when it changes the verdict."""
+
+    model_config = ConfigDict(frozen=True)
+
+    change: str = Field(description="what is switched, e.g. 'a fused cross-entropy'")
+    stack: Stack
+    fused_loss: bool
+    total_bytes: int
+    saved_bytes: int = Field(description="bytes saved against this configuration")
+    fits: bool | None
+
+
 class EstimateReport(BaseModel):
     """What `optadvise estimate --json` prints (a stable contract)."""
 
@@ -44,10 +68,16 @@ class EstimateReport(BaseModel):
     model: str
     model_id: str
     config: TrainingConfig
-    total_bytes: int = Field(description="per-device peak memory, bytes")
+    stack: Stack = Field(description="the kernel stack the numbers assume (hf or fused)")
+    total_bytes: int = Field(description="per-device peak memory: the largest phase, bytes")
+    peak_phase: str = Field(description="the phase whose sum is total_bytes")
     breakdown: dict[str, int] = Field(
-        description="component -> bytes; sums to total_bytes. `overhead` is the sum of the "
-        "named fixed terms in overhead_breakdown"
+        description="component -> full bytes (phases say which coexist). `overhead` is the "
+        "sum of the named fixed terms in overhead_breakdown"
+    )
+    phases: list[PhaseReport] = Field(
+        description="forward_end, loss_backward, layer_backward, optimizer_step: the "
+        "components alive in each and their sum"
     )
     overhead_breakdown: dict[str, int] = Field(
         description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
@@ -55,6 +85,7 @@ class EstimateReport(BaseModel):
     parameters: int
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
+    nvme_bytes: int = Field(default=0, description="bytes NVMe offload keeps on NVMe")
     notes: list[str]
     device: str = Field(description="overheads assumed: cuda or cpu")
     hardware: str | None = Field(default=None, description="profile the fit was checked against")
@@ -63,6 +94,10 @@ class EstimateReport(BaseModel):
     fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
+    alternatives: list[Alternative] = Field(
+        default_factory=list,
+        description="other kernel choices that change whether this fits, with their peak",
+    )
 
 
 def _enum(kind: type[E], value: str, flag: str) -> E:
@@ -87,6 +122,15 @@ def build_config(
     offload: str,
     lora_rank: int,
     dp_sgd: bool,
+    stack: str = "hf",
+    fused_loss: bool = False,
+    grad_accumulation: int = 1,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    virtual_stages: int = 1,
+    expert_parallel: int = 1,
+    optimizer_in_backward: bool = False,
+    activation_offload: bool = False,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -114,6 +158,15 @@ def build_config(
             offload=_enum(Offload, offload, "--offload"),
             lora_rank=lora_rank,
             dp_sgd=dp_sgd,
+            stack=_enum(Stack, stack, "--stack"),
+            fused_loss=fused_loss,
+            grad_accumulation=grad_accumulation,
+            tensor_parallel=tensor_parallel,
+            pipeline_parallel=pipeline_parallel,
+            virtual_stages=virtual_stages,
+            expert_parallel=expert_parallel,
+            optimizer_in_backward=optimizer_in_backward,
+            activation_offload=activation_offload,
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -144,6 +197,18 @@ def estimate_report(
     tech = load_taxonomy().get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
+    alternatives = [
+        Alternative(
+            change=change,
+            stack=alt.stack,
+            fused_loss=alt.fused_loss,
+            total_bytes=am.total_bytes,
+            saved_bytes=m.total_bytes - am.total_bytes,
+            fits=None if device_mem is None else am.total_bytes <= device_mem,
+        )
+        for change, alt, am in kernel_alternatives(spec, config, tech, overheads)
+        if device_mem is None or (am.total_bytes <= device_mem) != (m.total_bytes <= device_mem)
+    ]
     host = host_memory_bytes
     if profile is not None and profile.host_memory_gib is not None:
         host = int(profile.host_memory_gib * 1024**3)
@@ -151,12 +216,21 @@ def estimate_report(
         model=spec.name,
         model_id=spec.id,
         config=config,
+        stack=m.stack,
         total_bytes=m.total_bytes,
+        peak_phase=m.peak_phase,
         breakdown=_with_overhead(m.breakdown),
+        phases=[
+            PhaseReport(
+                name=p.name, components=_with_overhead(p.components), total_bytes=p.total_bytes
+            )
+            for p in m.phases
+        ],
         overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
         parameters=m.parameters,
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
+        nvme_bytes=m.nvme_bytes,
         notes=m.notes,
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
@@ -165,11 +239,39 @@ def estimate_report(
         fits=None if device_mem is None else m.total_bytes <= device_mem,
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
+        alternatives=alternatives,
     )
+
+
+def kernel_alternatives(
+    spec: ModelSpec, config: TrainingConfig, optimizer: Any, overheads: DeviceOverheads
+) -> list[tuple[str, TrainingConfig, MemoryEstimate]]:
+    """The same configuration with the memory-saving kernel choices it does not use yet.
+
+    A fused linear cross-entropy (Liger) drops the logits on any stack; the fused stack
+    (FlashAttention, fused norms/activations, fused cross-entropy) changes every block.
+
+    Returns:
+        ``(what changed, configuration, its estimate)`` for each choice that saves memory.
+    """
+    options: list[tuple[str, TrainingConfig]] = []
+    if not config.fused_loss:
+        options.append(
+            ("a fused linear cross-entropy", config.model_copy(update={"fused_loss": True}))
+        )
+    if config.stack is Stack.HF:
+        options.append(("the fused kernel stack", config.model_copy(update={"stack": Stack.FUSED})))
+    out = []
+    base = estimate_memory(spec, config, optimizer=optimizer, device=overheads).total_bytes
+    for change, alt in options:
+        est = estimate_memory(spec, alt, optimizer=optimizer, device=overheads)
+        if est.total_bytes < base:
+            out.append((change, alt, est))
+    return out
 
 
 def _with_overhead(breakdown: dict[str, int]) -> dict[str, int]:
     """The breakdown with the fixed terms folded into one named `overhead` entry."""
     out = {k: v for k, v in breakdown.items() if k not in OVERHEAD_COMPONENTS}
-    out["overhead"] = sum(breakdown[k] for k in OVERHEAD_COMPONENTS)
+    out["overhead"] = sum(breakdown.get(k, 0) for k in OVERHEAD_COMPONENTS)
     return out

@@ -1,24 +1,36 @@
-"""Per-device peak memory of one training configuration, as named byte components.
+"""Per-device peak memory of one training configuration, by named component and by phase.
 
 The model counts what a training step keeps alive on one device, component by component,
 in a fixed order (:data:`COMPONENTS`)::
 
-    peak = weights + quantization_constants + weight_cache            (model)
-         + gradients + per_sample_gradients                           (backward)
-         + master_weights + optimizer_states                          (optimizer)
-         + activations + recompute + logits                           (saved for backward)
-         + transient                                                  (max of loss / step)
-         + gathered_parameters                                        (ZeRO-3 / FSDP / offload)
-         + cuda_context + workspace + allocator_reserve               (device overheads)
+    weights + quantization_constants + weight_cache                   (model)
+    gradients + per_sample_gradients                                  (backward)
+    master_weights + optimizer_states                                 (optimizer)
+    activations + recompute + logits                                  (saved for backward)
+    transient                                                         (loss / step temporaries)
+    gathered_parameters                                               (ZeRO-3 / FSDP / offload)
+    cuda_context + workspace + allocator_reserve                      (device overheads)
 
-NOTE: ``total_bytes`` is the sum of the breakdown. It is an upper bound in one respect:
-gradients are counted in full while the activations are at their forward-end maximum
-(in reality gradients grow as activations are freed), the convention of the ZeRO paper's
-model-state accounting plus residual states (Rajbhandari et al. 2020).
+Components that never coexist are not added: the peak is the largest of a step's phases
+(:data:`PHASES`: forward end, loss backward, layer backward, optimizer step), each the sum of
+what is alive in it. ``breakdown`` keeps every component at its full size; ``phases`` lists
+what each phase holds (a component may be partly alive, e.g. gradients during backward);
+``total_bytes`` is the largest phase, named by ``peak_phase``.
 
-Activation counts are derived from the real blocks as PyTorch autograd saves them (the
-Hugging Face Llama / Qwen2 / Mistral / GPT-2 / OPT implementations, no dropout) and are
-verified by ``tests/test_memory_measured.py`` against ``saved_tensors_hooks`` counts.
+Activation counts depend on the kernel stack (:class:`~advisor.config.Stack`). ``hf`` counts
+are derived from the Hugging Face blocks as PyTorch autograd saves them (Llama / Qwen2 /
+Mistral / GPT-2 / OPT, no dropout) and are verified by ``tests/test_memory_measured.py``
+against ``saved_tensors_hooks``. ``fused`` counts follow the tensors the production kernels
+save (FlashAttention, fused RMSNorm/LayerNorm, fused SwiGLU/bias-GELU, fused cross-entropy);
+their sources are cited where they are counted, and what runs on a CPU (flash SDPA, a
+chunked linear cross-entropy in plain PyTorch) is measured in ``tests/test_memory_stacks.py``.
+
+Parallel layouts divide the per-device share: tensor parallelism with sequence parallelism
+splits block matrices, the vocabulary and every activation by ``tp`` (Shoeybi et al. 2019;
+Korthikanti et al. 2022); pipeline parallelism keeps ``ceil(L/pp)`` blocks per stage while
+the first stage holds the activations of up to ``pp`` micro-batches under 1F1B (Narayanan et
+al. 2021); expert parallelism splits the experts; ZeRO/FSDP shard model states over the
+data-parallel (or, hybrid, the shard-group) degree (Rajbhandari et al. 2020; Zhao et al. 2023).
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from advisor.config import (
     Offload,
     Precision,
     Sharding,
+    Stack,
     Task,
     TrainingConfig,
 )
@@ -63,6 +76,9 @@ COMPONENTS: tuple[str, ...] = (
     "workspace",
     "allocator_reserve",
 )
+
+#: The phases of one training step whose largest sum is the peak, in step order.
+PHASES: tuple[str, ...] = ("forward_end", "loss_backward", "layer_backward", "optimizer_step")
 
 #: Components that are fixed device overheads rather than tensors of the model.
 OVERHEAD_COMPONENTS: tuple[str, ...] = ("cuda_context", "workspace", "allocator_reserve")
@@ -117,17 +133,38 @@ class DeviceOverheads(BaseModel):
         return cls(cuda_context_bytes=0, workspace_bytes=0, allocator_reserve_fraction=0.0)
 
 
-class MemoryEstimate(BaseModel):
-    """The per-device peak memory of one configuration, by named component."""
+class Phase(BaseModel):
+    """One phase of a training step: the components alive in it and their sum."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    total_bytes: int = Field(description="per-device peak: the sum of the breakdown")
-    breakdown: dict[str, int] = Field(description="component -> bytes, in COMPONENTS order")
+    name: str = Field(description="forward_end, loss_backward, layer_backward or optimizer_step")
+    components: dict[str, int] = Field(description="component -> bytes alive in this phase")
+    total_bytes: int = Field(description="the sum of the components")
+
+
+class MemoryEstimate(BaseModel):
+    """The per-device peak memory of one configuration, by named component and phase."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    total_bytes: int = Field(description="per-device peak: the largest phase (peak_phase)")
+    breakdown: dict[str, int] = Field(
+        description="component -> full bytes, in COMPONENTS order (components of different "
+        "phases never all coexist, so the sum may exceed total_bytes)"
+    )
+    phases: list[Phase] = Field(default_factory=list, description="each phase of the step")
+    peak_phase: str = Field(default="", description="the phase whose sum is total_bytes")
+    stack: Stack = Field(default=Stack.HF, description="the kernel stack the counts assume")
     parameters: int = Field(description="all parameters of the model")
     trainable_parameters: int = Field(description="parameters that get gradients")
     host_bytes: int = Field(default=0, description="what offload keeps in host (CPU) memory")
+    nvme_bytes: int = Field(default=0, description="what NVMe offload keeps on NVMe")
     notes: list[str] = Field(default_factory=list, description="assumptions made")
+
+    def phase(self, name: str) -> Phase:
+        """The phase called ``name``."""
+        return next(p for p in self.phases if p.name == name)
 
     @property
     def overhead_bytes(self) -> int:
@@ -165,6 +202,7 @@ class ParamTensor:
     count: int = 1
     heads: int = 0
     per_layer: bool = True
+    expert: bool = False
 
     @property
     def numel(self) -> int:
@@ -300,9 +338,9 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
         ]
     )
     for name, shape in mlp:
-        out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, L * E))
+        out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, L * E, expert=E > 1))
         if spec.mlp_bias:
-            out.append(ParamTensor(name + "_bias", (shape[0],), Role.VECTOR, L * E))
+            out.append(ParamTensor(name + "_bias", (shape[0],), Role.VECTOR, L * E, expert=E > 1))
     if E > 1:
         out.append(ParamTensor("router", (E, h), Role.LAYER_MATRIX, L))
     if int(_get(spec, "type_vocab_size", 0)):
@@ -487,11 +525,16 @@ def _dtypes(precision: Precision) -> _Dtypes:
     return _Dtypes(2, 2, 0, 2, 2, 2, 2, 0)  # bare fp16 / bf16
 
 
-def _norm_bytes(layernorm: bool, t: int, h: int, c: int, out: int, res: int) -> int:
+def _norm_bytes(
+    layernorm: bool, t: int, h: int, c: int, out: int, res: int, fused: bool = False
+) -> int:
     """One norm: what autograd keeps of it, its output (the next linear's input) included."""
-    if layernorm:
-        # native_layer_norm saves its input and fp32 mean and rstd per row.
-        return res * t * h + 8 * t + out * t * h
+    if layernorm or fused:
+        # native_layer_norm saves its input and fp32 mean and rstd per row. Fused RMSNorm
+        # kernels save the input and an fp32 rstd per row (Liger ``rms_norm`` saves X, W and
+        # RSTD; Apex ``FusedRMSNormAffineFunction`` saves input, weight and invvar).
+        stats = 8 if layernorm else 4
+        return res * t * h + stats * t + out * t * h
     # HF RMSNorm: x.to(fp32) (a copy unless already fp32), rsqrt per row, the normalized
     # tensor cast back to the input dtype, then weight * normalized (the output).
     normalized = res if res == 4 else c
@@ -508,10 +551,12 @@ def layer_activation_bytes(
     selective: bool = False,
     lora_targets: frozenset[str] | None = None,
     lora_rank: int = 0,
+    stack: Stack = Stack.HF,
+    tensor_parallel: int = 1,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
-    Counted per op of the Hugging Face blocks (verified by measurement):
+    Counted per op of the Hugging Face blocks (``hf``, verified by measurement):
 
     - norm (RMSNorm): fp32 input copy, rsqrt, normalized, output; LayerNorm: input,
       fp32 mean and rstd, output.
@@ -522,20 +567,30 @@ def layer_activation_bytes(
     - MLP: SwiGLU keeps gate output, SiLU output, up output and their product (4·b·s·f);
       GPT-2's tanh GELU (written out in Python) 5·b·s·f; exact GELU 2; ReLU 1.
 
+    Under the ``fused`` stack: FlashAttention always (FA-2 ``_flash_attn_forward`` saves q, k,
+    v, out, softmax_lse and the RNG state; Dao 2023), fused norms (input + fp32 row
+    statistics), a fused SwiGLU that saves its two inputs and recomputes the SiLU (Liger
+    ``LigerSiLUMulFunction`` saves a and b; Megatron ``bias_swiglu``), a fused bias-GELU that
+    saves its input (Megatron ``bias_gelu_impl``). Under tensor parallelism with sequence
+    parallelism every term is split over ``tensor_parallel`` ranks (Korthikanti et al. 2022,
+    sec. 4.2.2: ``sbh(34/t + 5as/h·1/t)`` per layer).
+
     Args:
         spec: the model's shapes.
         micro_batch: sequences per step on the device (b).
         seq_len: tokens per sequence (s).
-        attention: the attention implementation.
+        attention: the attention implementation (ignored by the fused stack: flash).
         precision: the precision layout (its compute dtype).
         selective: selective recomputation: the attention core (scores, softmax) is
             recomputed, so no s² term is kept (Korthikanti et al. 2022).
         lora_targets: with LoRA, frozen matrices do not save their inputs; adapters save
             their input and a rank-r intermediate.
         lora_rank: the adapter rank.
+        stack: the kernels that run.
+        tensor_parallel: the tensor-parallel degree (with sequence parallelism).
 
     Returns:
-        The bytes of one block.
+        The bytes of one block on one device.
     """
     d = _shape_of(spec)
     h, a, kv, hd, f = d["h"], d["a"], d["kv"], d["hd"], d["f"]
@@ -547,6 +602,9 @@ def layer_activation_bytes(
     family = str(spec.family).lower()
     qd, kd = a * hd, kv * hd
     frozen = lora_targets is not None
+    fused = stack is Stack.FUSED
+    if fused:
+        attention = Attention.FLASH
 
     def saved_input(*names: str) -> int:
         # A linear with a trainable weight saves its input; a frozen one does not.
@@ -554,8 +612,8 @@ def layer_activation_bytes(
 
     norm_out_attn = saved_input("q", "k", "v")
     norm_out_mlp = saved_input("gate", "up")
-    total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res)
-    total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res)
+    total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fused)
+    total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fused)
     # Attention core.
     o_in = saved_input("o")
     if attention is Attention.EAGER and not selective:
@@ -576,9 +634,11 @@ def layer_activation_bytes(
     # MLP (per routed expert for MoE).
     mlp = _enum_value(spec.mlp)
     if mlp == "gated-silu":
-        mlp_bytes = 3 * c * t * f + saved_input("down") * t * f
+        # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
+        mlp_bytes = (2 if fused else 3) * c * t * f + saved_input("down") * t * f
     elif mlp == "gelu":
-        mlp_bytes = (4 if family == "gpt2" else 1) * c * t * f + saved_input("down") * t * f
+        kept = 1 if fused else (4 if family == "gpt2" else 1)
+        mlp_bytes = kept * c * t * f + saved_input("down") * t * f
     else:  # relu saves its output, which is also the next linear's input
         mlp_bytes = c * t * f
     total += mlp_bytes * d["k"]
@@ -587,11 +647,17 @@ def layer_activation_bytes(
     if lora_targets is not None:
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
-    return total
+    return math.ceil(total / tensor_parallel)
 
 
 def _model_level_activation_bytes(
-    spec: ModelSpec, b: int, s: int, precision: Precision, attention: Attention, full: bool
+    spec: ModelSpec,
+    b: int,
+    s: int,
+    precision: Precision,
+    attention: Attention,
+    full: bool,
+    stack: Stack = Stack.HF,
 ) -> int:
     """Embedding indices, position ids or tables and the final norm.
 
@@ -609,21 +675,95 @@ def _model_level_activation_bytes(
         total += 8 * (s if family == "gpt2" else t)  # position ids (GPT-2: one row)
     elif position == "rope" and not full:
         total += 2 * s * d["hd"] * dt.act  # cos and sin, shared by all layers
-    if full and family == "gpt2" and attention is Attention.EAGER:
+    if full and family == "gpt2" and attention is Attention.EAGER and stack is Stack.HF:
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = _enum_value(spec.norm) == "layernorm"
-    total += _norm_bytes(layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual)
+    total += _norm_bytes(
+        layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, stack is Stack.FUSED
+    )
     return total
 
 
-def _logits_bytes(spec: ModelSpec, b: int, s: int, precision: Precision) -> int:
-    """Logits kept in the model output + the fp32 log-softmax the loss saves + targets."""
+class LossMemory(BaseModel):
+    """What the loss keeps for backward and what it allocates while it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    saved_bytes: int = Field(description="alive from the loss's forward to its backward")
+    output_bytes: int = Field(
+        default=0,
+        description="the model output's logits: alive at the end of the forward, dropped by "
+        "the training loop before backward (HF Trainer's compute_loss returns the loss only)",
+    )
+    transient_bytes: int = Field(description="extra bytes while the loss backward runs")
+
+
+def loss_memory(
+    spec: ModelSpec,
+    b: int,
+    s: int,
+    precision: Precision,
+    *,
+    stack: Stack = Stack.HF,
+    fused_loss: bool = False,
+    tensor_parallel: int = 1,
+) -> LossMemory:
+    """Bytes of the LM head's output and the cross-entropy loss, per kernel choice.
+
+    - ``hf``: the logits in the compute dtype (the model output), HF's ``ForCausalLMLoss``
+      upcasts them to fp32 and log-softmax keeps its fp32 output; nll keeps int64 targets.
+      The backward allocates the fp32 gradients of the log-probabilities and of the logits
+      (``8·t·V``) before casting back.
+    - ``fused`` (in-place fused cross-entropy: flash-attn ``CrossEntropyLoss`` saves logits,
+      an fp32 log-sum-exp and labels and writes the gradient into the logits' storage;
+      Megatron's vocab-parallel cross-entropy likewise): logits in the compute dtype + 4 B
+      per token, no fp32 copy, no extra gradient buffer.
+    - fused linear cross-entropy (``fused_loss``, Liger ``LigerFusedLinearCrossEntropy``;
+      Hsu et al. 2024): the logits are never materialised. Chunks of
+      ``next_pow2(ceil(t / ceil(V/h)))`` tokens are projected, their loss and gradients
+      computed in the forward; it keeps ``grad_input`` (t x h, input dtype) and
+      ``grad_weight`` (V x h, weight dtype; the LM head's gradient, allocated early). The
+      transient is one chunk's logits (the kernel writes their gradient in place), the
+      chunk's input gradient and an fp32 loss per token.
+
+    Args:
+        spec: the model's shapes.
+        b: micro-batch (sequences).
+        s: tokens per sequence.
+        precision: the precision layout.
+        stack: the kernel stack.
+        fused_loss: a fused linear cross-entropy (any stack).
+        tensor_parallel: vocabulary-parallel degree (Megatron splits the logits over it).
+
+    Returns:
+        The saved and transient bytes on one device.
+    """
     d = _shape_of(spec)
     t = b * s
-    c = _dtypes(precision).act
+    h, V = d["h"], math.ceil(d["V"] / tensor_parallel)
+    dt = _dtypes(precision)
+    c = dt.act
+    if fused_loss:
+        chunk = min(t, 1 << max(0, math.ceil(math.log2(max(1, math.ceil(t / math.ceil(V / h)))))))
+        saved = c * t * h + dt.weight * V * h
+        # Liger's kernel computes the softmax gradient into the chunk's logits in place;
+        # the fp32 loss per token lives until it is reduced.
+        return LossMemory(saved_bytes=saved, transient_bytes=chunk * V * c + chunk * h * c + 4 * t)
+    if stack is Stack.FUSED:
+        return LossMemory(saved_bytes=c * t * V + 4 * t + 8 * t, transient_bytes=0)
     # NOTE: HF's ForCausalLMLoss upcasts the logits to fp32; cross-entropy's log-softmax
-    # keeps its fp32 output for backward; nll_loss keeps int64 targets.
-    return c * t * d["V"] + 4 * t * d["V"] + 8 * t + 4
+    # keeps its fp32 output for backward; nll_loss keeps int64 targets. The logits
+    # themselves are kept by nothing autograd needs (the upcast saves nothing), so once the
+    # training loop drops the model output they are gone before backward (measured).
+    return LossMemory(
+        saved_bytes=4 * t * V + 8 * t + 4, output_bytes=c * t * V, transient_bytes=8 * t * V
+    )
+
+
+def _logits_bytes(spec: ModelSpec, b: int, s: int, precision: Precision) -> int:
+    """Logits kept in the model output + the fp32 log-softmax the loss saves + targets (hf)."""
+    loss = loss_memory(spec, b, s, precision)
+    return loss.saved_bytes + loss.output_bytes
 
 
 # --------------------------------------------------------------------------- the estimate
@@ -637,6 +777,86 @@ def _memory_of(optimizer: Technique | OptimizerMemory) -> tuple[OptimizerMemory,
     return optimizer, optimizer.state.value
 
 
+def _check_layout(spec: ModelSpec, config: TrainingConfig, d: dict[str, int]) -> None:
+    """Refuse layouts the engines cannot run, with what to change."""
+    tp, pp, ep = config.tensor_parallel, config.pipeline_parallel, config.expert_parallel
+    if tp > 1 and d["a"] % tp:
+        raise UserError(
+            f"tensor parallelism {tp} does not divide the {d['a']} attention heads",
+            "pick a tensor-parallel degree that divides the number of heads",
+        )
+    if pp > d["L"]:
+        raise UserError(
+            f"pipeline parallelism {pp} exceeds the model's {d['L']} layers",
+            "pick at most one pipeline stage per layer",
+        )
+    if config.virtual_stages > 1 and d["L"] % (pp * config.virtual_stages):
+        raise UserError(
+            f"{d['L']} layers do not split into {pp} x {config.virtual_stages} model chunks",
+            "pick virtual stages so that pipeline x virtual stages divides the layers",
+        )
+    if ep > 1 and (d["E"] % ep or config.gpus % ep):
+        raise UserError(
+            f"expert parallelism {ep} must divide the {d['E']} experts and the "
+            f"{config.gpus} data-parallel ranks",
+            "pick an expert-parallel degree dividing both (1 for dense models)",
+        )
+    if config.optimizer_in_backward and config.grad_accumulation > 1:
+        raise UserError(
+            "the optimizer step fused into backward cannot accumulate gradients",
+            "use gradient accumulation 1 with per-layer updates (LOMO, GaLore)",
+        )
+
+
+def _is_row_parallel(name: str) -> bool:
+    # Megatron splits the output projection and the MLP's down projection along their input
+    # (row-parallel); Q/K/V, gate and up along their output (column-parallel).
+    return name in ("o", "down") or name.endswith("_down") or name.startswith("down")
+
+
+def _local_tensors(
+    tensors: list[ParamTensor], config: TrainingConfig, stage: str, d: dict[str, int], tied: bool
+) -> list[ParamTensor]:
+    """The parameter tensors one device holds under the layout (before ZeRO sharding).
+
+    ``stage`` is ``only`` without pipeline parallelism, else ``first`` or ``last``. Block
+    tensors keep ``ceil(L/pp)`` layers per stage; the embedding sits on the first stage, the
+    final norm and LM head on the last (a tied head keeps a copy of the embedding there, as
+    Megatron does). Tensor parallelism splits block matrices and the vocabulary by ``tp``
+    (norms and the router are replicated); expert parallelism splits the experts by ``ep``.
+    """
+    tp, ep = config.tensor_parallel, config.expert_parallel
+    L = max(d["L"], 1)
+    stage_layers = math.ceil(L / config.pipeline_parallel)
+    first, last = stage in ("only", "first"), stage in ("only", "last")
+    out: list[ParamTensor] = []
+    for t in tensors:
+        shape = t.shape
+        count = t.count
+        if t.per_layer:
+            count = math.ceil(count * stage_layers / L)
+            if t.expert:
+                count = math.ceil(count / ep)
+            if len(shape) == 2 and tp > 1 and t.name != "router":
+                if _is_row_parallel(t.name):
+                    shape = (shape[0], math.ceil(shape[1] / tp))
+                else:
+                    shape = (math.ceil(shape[0] / tp), shape[1])
+        else:
+            head_side = t.role is Role.OUTPUT or t.name == "final_norm"
+            if t.role is Role.EMBEDDING:
+                keep = first or (last and tied and config.pipeline_parallel > 1)
+            else:
+                keep = last if head_side else first
+            if not keep:
+                continue
+            if t.role in (Role.EMBEDDING, Role.OUTPUT) and len(shape) == 2 and tp > 1:
+                shape = (math.ceil(shape[0] / tp), shape[1])  # vocabulary-parallel
+        heads = math.ceil(t.heads / tp) if t.heads else 0
+        out.append(ParamTensor(t.name, shape, t.role, count, heads, t.per_layer, t.expert))
+    return out
+
+
 def estimate_memory(
     spec: ModelSpec,
     config: TrainingConfig,
@@ -647,10 +867,14 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Estimate the per-device peak memory of training ``spec`` under ``config``.
 
+    The peak is the largest phase of a step (:data:`PHASES`); under pipeline parallelism it
+    is the larger of the first stage (most activations in flight) and the last (LM head and
+    loss).
+
     Args:
         spec: the model's shapes.
-        config: the training configuration (precision, attention, checkpointing, sharding,
-            offload, task, micro-batch, sequence length ...).
+        config: the training configuration (precision, attention, kernel stack, memory
+            savers, layout, micro-batch, sequence length ...).
         optimizer: the taxonomy entry of the optimizer (or its state signature); its
             ``memory`` fields drive the optimizer-state formula, so an extended taxonomy works.
         device: fixed device overheads; ``None`` means a CUDA device with the defaults of
@@ -658,41 +882,79 @@ def estimate_memory(
         lora_targets: the per-layer matrices LoRA/QLoRA adapt (default q, k, v, o).
 
     Returns:
-        The estimate, with every component named (see :data:`COMPONENTS`).
+        The estimate, with every component named (see :data:`COMPONENTS`) and every phase.
 
     Raises:
-        UserError: for a CNN spec, or a non-optimizer technique.
+        UserError: for a CNN spec, a non-optimizer technique, or a layout the model cannot
+            be split into.
     """
+    d = _shape_of(spec)
+    _check_layout(spec, config, d)
+    if config.pipeline_parallel == 1:
+        return _estimate_stage(spec, config, optimizer, device, lora_targets, "only")
+    first = _estimate_stage(spec, config, optimizer, device, lora_targets, "first")
+    last = _estimate_stage(spec, config, optimizer, device, lora_targets, "last")
+    worst = first if first.total_bytes >= last.total_bytes else last
+    other = last if worst is first else first
+    note = (
+        f"pipeline {config.pipeline_parallel} stages: the {'first' if worst is first else 'last'}"
+        f" stage is the largest ({other.total_bytes / 2**30:.1f} GiB on the other end)"
+    )
+    return worst.model_copy(update={"notes": [*worst.notes, note]})
+
+
+def _estimate_stage(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    device: DeviceOverheads | None,
+    lora_targets: frozenset[str],
+    stage: str,
+) -> MemoryEstimate:
     mem, opt_id = _memory_of(optimizer)
     device = device or DeviceOverheads()
     dt = _dtypes(config.precision)
     notes: list[str] = []
-    tensors = param_tensors(spec)
-    params = _count(tensors)
+    full_tensors = param_tensors(spec)
+    params = _count(full_tensors)
     d = _shape_of(spec)
     L, b, s = d["L"], config.micro_batch, config.seq_len
+    tp, pp = config.tensor_parallel, config.pipeline_parallel
+    stage_layers = math.ceil(L / pp)
+    first, last = stage in ("only", "first"), stage in ("only", "last")
+    tensors = _local_tensors(full_tensors, config, stage, d, bool(spec.tie_word_embeddings))
+    local_params = _count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
-    n = config.gpus if config.sharding is not Sharding.NONE else 1
-    stage = config.sharding.zero_stage
-    if config.sharding is not Sharding.NONE and config.gpus == 1:
+    if config.sharding is Sharding.HSDP:
+        n = config.shard_group or min(config.gpus, 8)
+        if config.shard_group is None:
+            notes.append(f"hybrid sharding: shard group of {n} devices (one node) assumed")
+    else:
+        n = config.gpus if config.sharding is not Sharding.NONE else 1
+    stage_zero = config.sharding.zero_stage
+    if config.sharding is not Sharding.NONE and n == 1:
         notes.append("sharding over 1 device divides nothing")
 
     def shard(x: float, from_stage: int) -> int:
         # ZeRO (Rajbhandari et al. 2020): stage 1 partitions optimizer states (and the fp32
         # master copy), stage 2 also gradients, stage 3 also the parameters.
-        return math.ceil(x / n) if stage >= from_stage else math.ceil(x)
+        return math.ceil(x / n) if stage_zero >= from_stage else math.ceil(x)
 
     bd = dict.fromkeys(COMPONENTS, 0)
     # ---- weights and what is trainable
     if adapters:
-        trainable = lora_tensors(spec, config.lora_rank, lora_targets)
+        # Adapters follow their blocks onto the pipeline stage (tiny; replicated under TP).
+        trainable = [
+            ParamTensor(t.name, t.shape, t.role, math.ceil(t.count * stage_layers / max(L, 1)))
+            for t in lora_tensors(spec, config.lora_rank, lora_targets)
+        ]
         p_t = _count(trainable)
         adapter_weights = p_t * dt.weight
         layer_bytes = _count(tensors, per_layer=True) * dt.weight + adapter_weights
         if config.task is Task.QLORA:
             quantized = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
-            rest = params - quantized
+            rest = local_params - quantized
             bd["weights"] = shard(quantized * _NF4_BYTES + rest * 2 + adapter_weights, 3)
             vectors = _count(tensors, per_layer=True) - quantized
             layer_bytes = int(
@@ -704,29 +966,37 @@ def estimate_memory(
                 "constants (0.127 bit/param); embeddings, norms, LM head 16-bit"
             )
         else:
-            bd["weights"] = shard(params * dt.weight + adapter_weights, 3)
+            bd["weights"] = shard(local_params * dt.weight + adapter_weights, 3)
         notes.append(
             f"LoRA rank {config.lora_rank} on {', '.join(sorted(lora_targets))} of every layer"
         )
     else:
         trainable = tensors
-        p_t = params
-        bd["weights"] = shard(params * dt.weight, 3)
+        p_t = local_params
+        bd["weights"] = shard(local_params * dt.weight, 3)
         layer_bytes = _count(tensors, per_layer=True) * dt.weight
+    p_t_grad = 0 if zeroth else p_t
     if zeroth:
-        p_t_grad = 0
         notes.append("zeroth-order: no gradients, no stored activations (Malladi et al. 2023)")
-    else:
-        p_t_grad = p_t
     # ---- autocast / fp8 weight copies of the linear layers
     if dt.weight_cache:
         linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
-        if not spec.tie_word_embeddings:
-            linear += d["V"] * d["h"]
+        linear += sum(t.numel * t.count for t in tensors if t.role is Role.OUTPUT)
         bd["weight_cache"] = shard(linear * dt.weight_cache, 3)
         notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     # ---- gradients, master weights, optimizer states
-    bd["gradients"] = shard(p_t_grad * dt.grad, 2)
+    layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
+    head_trainable = p_t - layer_trainable  # embedding / LM head / final norm of this stage
+    grad_full = shard(p_t_grad * dt.grad, 2)
+    if config.optimizer_in_backward and not zeroth:
+        # Per-layer updates (LOMO, Lv et al. 2023; GaLore, Zhao et al. 2024): each block's
+        # gradients are stepped and freed as soon as they are ready: at most the block being
+        # stepped and the next one's, or the embedding / head group, exist at once.
+        block = layer_trainable / max(stage_layers, 1) * dt.grad
+        bd["gradients"] = math.ceil(max(block, head_trainable * dt.grad) + block)
+        notes.append("optimizer step fused into backward: per-layer gradients only")
+    else:
+        bd["gradients"] = grad_full
     if config.dp_sgd and not zeroth:
         bd["per_sample_gradients"] = b * p_t * dt.grad
         notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
@@ -745,67 +1015,252 @@ def estimate_memory(
         selective=config.checkpointing is Checkpointing.SELECTIVE,
         lora_targets=lt,
         lora_rank=config.lora_rank,
+        stack=config.stack,
+        tensor_parallel=tp,
     )
+    full_ckpt = config.checkpointing is Checkpointing.FULL and not zeroth
     model_level = _model_level_activation_bytes(
-        spec,
-        b,
-        s,
-        config.precision,
-        config.attention,
-        config.checkpointing is Checkpointing.FULL and not zeroth,
+        spec, b, s, config.precision, config.attention, full_ckpt, config.stack
     )
-    logits = _logits_bytes(spec, b, s, config.precision)
+    loss = (
+        loss_memory(
+            spec,
+            b,
+            s,
+            config.precision,
+            stack=config.stack,
+            fused_loss=config.fused_loss,
+            tensor_parallel=tp,
+        )
+        if last
+        else LossMemory(saved_bytes=0, output_bytes=0, transient_bytes=0)
+    )
+    # 1F1B: the first stage holds the activations of min(pp, micro-batches) micro-batches;
+    # interleaving v model chunks adds (1 + (pp-1)/(pp*v)) (Narayanan et al. 2021;
+    # Korthikanti et al. 2022, sec. 4.2.3). The last stage holds one.
+    inflight = 1.0
+    if pp > 1 and first:
+        inflight = float(min(pp, config.grad_accumulation))
+        if config.virtual_stages > 1:
+            inflight *= 1 + (pp - 1) / (pp * config.virtual_stages)
+        notes.append(f"1F1B: {inflight:.2f} micro-batches of activations in flight")
+    block_input = math.ceil(dt.residual * b * s * d["h"] / tp)
     if zeroth:
         # Inference-like: one block's forward working set, logits and the fp32 upcast.
-        bd["activations"] = layer
-        bd["logits"] = logits
-    elif config.checkpointing is Checkpointing.FULL:
+        per_block, stored_blocks = layer, layer
+    elif full_ckpt:
         # Each block keeps its input; backward recomputes one block at a time.
-        bd["activations"] = L * dt.residual * b * s * d["h"] + model_level
+        per_block = block_input
+        stored_blocks = math.ceil(stage_layers * block_input * inflight)
         bd["recompute"] = layer
-        bd["logits"] = logits
         notes.append("full checkpointing: block inputs kept, one block recomputed at a time")
     else:
-        bd["activations"] = L * layer + model_level
-        bd["logits"] = logits
+        per_block = layer
+        stored_blocks = math.ceil(stage_layers * layer * inflight)
+    if config.activation_offload and not zeroth and stored_blocks > 2 * per_block:
+        # Saved activations stream to host memory and back; the device keeps the block in
+        # use and the one being prefetched (torchtune / torchao activation offloading).
+        kept = 2 * per_block
+        host_activations = stored_blocks - kept
+        stored_blocks = kept
+        notes.append("activations offloaded to host memory: two blocks' worth kept on device")
+    else:
+        host_activations = 0
+    bd["activations"] = stored_blocks + (0 if zeroth else model_level)
+    bd["logits"] = loss.saved_bytes + loss.output_bytes
     # ---- transient: the larger of the loss backward and the optimizer step's temporaries
-    loss_tr = 0 if zeroth else 8 * b * s * d["V"]  # fp32 grads of log-probs and of logits
+    loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
     if mem.state not in (StateKind.NONE, StateKind.SEED):
         # NOTE: torch's foreach/multi-tensor steps allocate one fp32 temporary per
-        # parameter of the local shard (e.g. Adam's denominator).
+        # parameter of the local shard (e.g. Adam's denominator); stepped per layer in
+        # backward, one block's worth.
         step_tr = shard(p_t * 4, 1)
-    bd["transient"] = max(loss_tr, step_tr)
+        if config.optimizer_in_backward:
+            step_tr = math.ceil(max(layer_trainable / max(stage_layers, 1), head_trainable) * 4)
+    # The gradient flowing through the blocks: the incoming gradient of a block's output
+    # and the one it computes for its input, both residual-stream sized (measured on a full
+    # checkpointing step: the recomputed block's backward peaks with these two alive).
+    grad_flow = 0 if zeroth else 2 * block_input
+    if (
+        not zeroth
+        and config.stack is Stack.HF
+        and str(spec.family).lower() == "gpt2"
+        and _enum_value(spec.mlp) == "gelu"
+    ):
+        # GPT-2's tanh GELU is written out in Python: its backward walks a chain of
+        # elementwise ops, each making a b·s·f gradient before the saved inputs it frees
+        # (three alive at once, measured on a full step in tests/test_memory_stacks.py).
+        grad_flow += math.ceil(3 * dt.act * b * s * d["f"] / tp)
+    bd["transient"] = max(loss_tr, step_tr, grad_flow)
     # ---- offload and ZeRO-3 gathering
-    host = 0
-    layer_weights = layer_bytes // max(L, 1)  # one block's weights as stored
-    gathered_layers = min(2, L)  # current + prefetched block
+    off_host = 0
+    layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
+    gathered_layers = min(2, stage_layers)  # current + prefetched block
     if config.offload is not Offload.NONE:
-        host += bd["master_weights"] + bd["optimizer_states"]
+        off_host += bd["master_weights"] + bd["optimizer_states"]
         if dt.master:
-            host += shard(p_t * 4, 2)  # fp32 gradients for the CPU step (Ren et al. 2021)
+            off_host += shard(p_t * 4, 2)  # fp32 gradients for the CPU step (Ren et al. 2021)
         bd["master_weights"] = bd["optimizer_states"] = 0
-        bd["transient"] = loss_tr
+        step_tr = 0
+        bd["transient"] = max(loss_tr, grad_flow)
         notes.append("optimizer states and master weights offloaded to host memory")
     if config.offload.params:
-        host += bd["weights"]
+        off_host += bd["weights"]
         bd["weights"] = 0
         bd["gathered_parameters"] = gathered_layers * layer_weights
         notes.append("parameters offloaded: two blocks' weights on the device at a time")
-    elif stage == 3 and n > 1:
+    elif stage_zero == 3 and n > 1:
         # The non-local part of the gathered blocks (FSDP / ZeRO-3 all-gather buffers).
         bd["gathered_parameters"] = int(gathered_layers * layer_weights * (1 - 1 / n))
-    # ---- device overheads
-    tensor_bytes = sum(bd.values())
+    host = host_activations + (0 if config.offload.nvme else off_host)
+    nvme = off_host if config.offload.nvme else 0
+    if nvme:
+        notes.append("offloaded states live on NVMe (ZeRO-Infinity, Rajbhandari et al. 2021)")
+    # ---- phases: what is alive when
+    phases = _phases(
+        bd,
+        config,
+        zeroth=zeroth,
+        grads_persistent=_grads_persistent(config),
+        head_grad=shard(head_trainable * dt.grad, 2) if not zeroth else 0,
+        model_level=model_level,
+        per_block=per_block,
+        loss_tr=loss_tr,
+        loss_saved=loss.saved_bytes,
+        grad_flow=grad_flow,
+        step_tr=step_tr,
+        inflight=inflight,
+    )
+    peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
     bd["workspace"] = device.workspace_bytes
-    bd["allocator_reserve"] = int(tensor_bytes * device.allocator_reserve_fraction)
+    bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
+    overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
+    phase_list = [
+        Phase(
+            name=name,
+            components={**parts, **overheads},
+            total_bytes=sum(parts.values()) + sum(overheads.values()),
+        )
+        for name, parts in phases.items()
+    ]
+    peak = max(phase_list, key=lambda p: p.total_bytes)
     notes.append(f"optimizer {opt_id}: state {mem.state.value}")
+    notes.append(
+        f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
+    )
     return MemoryEstimate(
-        total_bytes=sum(bd.values()),
+        total_bytes=peak.total_bytes,
         breakdown=bd,
+        phases=phase_list,
+        peak_phase=peak.name,
+        stack=config.stack,
         parameters=params,
-        trainable_parameters=p_t,
+        trainable_parameters=p_t
+        if pp == 1 and tp == 1
+        else _trainable_total(spec, config, lora_targets),
         host_bytes=host,
+        nvme_bytes=nvme,
         notes=notes,
     )
+
+
+def _trainable_total(spec: ModelSpec, config: TrainingConfig, targets: frozenset[str]) -> int:
+    if config.task in (Task.LORA, Task.QLORA):
+        return _count(lora_tensors(spec, config.lora_rank, targets))
+    return _count(param_tensors(spec))
+
+
+def _grads_persistent(config: TrainingConfig) -> bool:
+    """Whether gradients stay allocated through the forward pass.
+
+    They do with gradient accumulation (summed across micro-batches), under DDP (gradients
+    are views into persistent all-reduce buckets, ``gradient_as_bucket_view``) and under
+    ZeRO-1/2 (DeepSpeed's persistent gradient partitions and reduce buckets). A single
+    device or FSDP/ZeRO-3 with ``zero_grad(set_to_none=True)`` (torch's default since 2.0)
+    frees them after each step.
+    """
+    if config.optimizer_in_backward:
+        return False
+    if config.grad_accumulation > 1:
+        return True
+    return config.gpus > 1 and config.sharding.zero_stage < 3
+
+
+def _phases(
+    bd: dict[str, int],
+    config: TrainingConfig,
+    *,
+    zeroth: bool,
+    grads_persistent: bool,
+    head_grad: int,
+    model_level: int,
+    per_block: int,
+    loss_tr: int,
+    loss_saved: int,
+    grad_flow: int,
+    step_tr: int,
+    inflight: float,
+) -> dict[str, dict[str, int]]:
+    """The tensor components alive in each phase of one step (overheads added by the caller).
+
+    Backward walks the blocks from the last to the first: at its start all activations are
+    alive and (unless persistent) only the LM head's gradients exist; at its end all
+    gradients exist and only the first block's activations (and those of other in-flight
+    pipeline micro-batches) remain. The sum is linear in between, so these two ends bound
+    the layer-backward phase.
+    """
+    static = {
+        k: bd[k]
+        for k in (
+            "weights",
+            "quantization_constants",
+            "weight_cache",
+            "master_weights",
+            "optimizer_states",
+        )
+        if bd[k]
+    }
+    gathered = (
+        {"gathered_parameters": bd["gathered_parameters"]} if bd["gathered_parameters"] else {}
+    )
+    if zeroth:
+        fwd = {**static, "activations": bd["activations"], "logits": bd["logits"], **gathered}
+        return {"forward_end": fwd, "optimizer_step": dict(static)}
+    grads = bd["gradients"]
+    in_fwd = {"gradients": grads} if grads_persistent and grads else {}
+    forward_end = {**static, **in_fwd, "activations": bd["activations"], "logits": bd["logits"]}
+    forward_end.update(gathered)
+    # The model output's logits are dropped before backward; what the loss saved remains.
+    loss_backward = {**forward_end, "logits": loss_saved}
+    if loss_tr:
+        loss_backward["transient"] = loss_tr
+    loss_backward = {k: v for k, v in loss_backward.items() if v}
+    acts = bd["activations"]
+    other_inflight = (acts - model_level) * (1 - 1 / inflight) if inflight > 1 else 0.0
+    end_acts = math.ceil(model_level + per_block + other_inflight)
+    start_grads = grads if grads_persistent or config.optimizer_in_backward else head_grad
+    start = acts + start_grads
+    end = end_acts + grads
+    extra = {k: bd[k] for k in ("recompute", "per_sample_gradients") if bd[k]}
+    extra["transient"] = grad_flow
+    if config.optimizer_in_backward and step_tr:
+        extra["transient"] += step_tr
+    if start >= end:
+        backward = {**static, "gradients": start_grads, "activations": acts}
+    else:
+        backward = {**static, "gradients": grads, "activations": end_acts}
+    backward = {k: v for k, v in {**backward, **extra, **gathered}.items() if v}
+    step = {**static}
+    if not config.optimizer_in_backward:
+        step["gradients"] = grads
+        if step_tr:
+            step["transient"] = step_tr
+    step = {k: v for k, v in step.items() if v}
+    return {
+        "forward_end": forward_end,
+        "loss_backward": loss_backward,
+        "layer_backward": backward,
+        "optimizer_step": step,
+    }

@@ -322,39 +322,90 @@ def render_check(report: CheckReport) -> None:
 
 
 def render_estimate(report: EstimateReport) -> None:
-    """The memory breakdown with a bar per component."""
+    """The memory breakdown with a bar per component, the phases and the verdict."""
     c = report.config
+    layout = ""
+    if c.tensor_parallel > 1 or c.pipeline_parallel > 1 or c.expert_parallel > 1:
+        layout = (
+            f", TP {c.tensor_parallel} × PP {c.pipeline_parallel}"
+            + (f" (×{c.virtual_stages} interleaved)" if c.virtual_stages > 1 else "")
+            + (f", EP {c.expert_parallel}" if c.expert_parallel > 1 else "")
+        )
+    savers = [
+        name
+        for name, on in (
+            ("fused loss", c.fused_loss),
+            ("optimizer in backward", c.optimizer_in_backward),
+            ("activation offload", c.activation_offload),
+        )
+        if on
+    ]
     console.print(
         f"[bold]{report.model}[/] ({format_count(report.parameters)} parameters, "
         f"{format_count(report.trainable_parameters)} trainable) — {c.task.value}, {c.optimizer}, "
         f"{c.precision.value}, {c.attention.value} attention, "
         f"checkpointing {c.checkpointing.value}, "
-        f"micro-batch {c.micro_batch} × {c.seq_len} tokens, {c.gpus} device(s), "
+        f"micro-batch {c.micro_batch} × {c.seq_len} tokens"
+        + (f" × {c.grad_accumulation} accumulation" if c.grad_accumulation > 1 else "")
+        + f", {c.gpus} data-parallel device(s){layout}, "
         f"sharding {c.sharding.value}, offload {c.offload.value}"
+        + (f", {', '.join(savers)}" if savers else ""),
+        markup=True,
     )
+    stack_note = " (the default; --stack fused for FlashAttention + fused kernels)"
+    console.print(
+        f"kernel stack: [bold]{report.stack.value}[/]"
+        + (stack_note if report.stack.value == "hf" else "")
+    )
+    peak = next((p for p in report.phases if p.name == report.peak_phase), None)
     table = Table(title_justify="left")
-    table.add_column("component")
-    table.add_column("bytes", justify="right")
-    table.add_column("share", justify="right")
-    table.add_column("", no_wrap=True)
+    table.add_column("component", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True, min_width=10)
+    table.add_column("at peak", justify="right", no_wrap=True, min_width=10)
+    table.add_column("", no_wrap=True, max_width=24)
     total = max(report.total_bytes, 1)
     rows = [(k, v) for k, v in report.breakdown.items() if k != "overhead"]
     rows += [(f"overhead: {k}", v) for k, v in report.overhead_breakdown.items()]
     for name, value in rows:
         if value == 0:
             continue
-        table.add_row(name, format_bytes(value), f"{value / total:.0%}", bar(value / total))
+        key = name.removeprefix("overhead: ")
+        alive = peak.components.get(key, 0) if peak else value
+        if key in report.overhead_breakdown and peak is not None:
+            alive = value
+        table.add_row(
+            name,
+            format_bytes(value),
+            format_bytes(alive) if alive else "—",
+            bar(alive / total),
+        )
     table.add_row(
-        "[bold]peak per device[/]", f"[bold]{format_bytes(report.total_bytes)}[/]", "", ""
+        "[bold]peak per device[/]",
+        "",
+        f"[bold]{format_bytes(report.total_bytes)}[/]",
+        f"in {report.peak_phase}",
     )
     if report.host_bytes:
         table.add_row("host (offloaded)", format_bytes(report.host_bytes), "", "")
+    if report.nvme_bytes:
+        table.add_row("NVMe (offloaded)", format_bytes(report.nvme_bytes), "", "")
     console.print(table)
+    console.print(
+        "phases: " + " · ".join(f"{p.name} {format_bytes(p.total_bytes)}" for p in report.phases),
+        markup=False,
+    )
     if report.device_memory_bytes is not None:
         verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
         console.print(
             f"{verdict} on {report.hardware}: {format_bytes(report.total_bytes)} of "
             f"{format_bytes(report.device_memory_bytes)}"
+        )
+    for alt in report.alternatives:
+        verdict = "fits" if alt.fits else "does not fit"
+        console.print(
+            f"with {alt.change} this {verdict}: {format_bytes(alt.total_bytes)} "
+            f"(−{format_bytes(alt.saved_bytes)})",
+            markup=False,
         )
     if report.host_fits is False:
         console.print(

@@ -40,7 +40,11 @@ def test_estimate_json_contract_and_schema() -> None:
         "overhead",
     ):
         assert isinstance(data["breakdown"][part], int)
-    assert sum(data["breakdown"].values()) == data["total_bytes"]
+    # The total is the largest phase, not the sum of components that never coexist.
+    peak = next(p for p in data["phases"] if p["name"] == data["peak_phase"])
+    assert sum(peak["components"].values()) == peak["total_bytes"] == data["total_bytes"]
+    assert sum(data["breakdown"].values()) > data["total_bytes"]
+    assert data["stack"] == "hf"
     assert data["overhead_breakdown"]["cuda_context"] > 0
     assert data["fits"] is False  # 7B full fine-tune with AdamW is ~145 GiB
     st = data["step_time"]
