@@ -148,7 +148,7 @@ def world_size(config: TrainingConfig, nodes: int = 1, gpus_per_node: int | None
     return total
 
 
-def _same_plan(a: TrainingConfig, b: TrainingConfig) -> bool:
+def same_plan(a: TrainingConfig, b: TrainingConfig) -> bool:
     """Whether two configs are one plan: FSDP full shard and ZeRO-3 shard the same states
     (Rajbhandari et al. 2020; Zhao et al. 2023), so the memory model prices them alike."""
 
@@ -181,7 +181,7 @@ class _Expressed:
 
     @property
     def differs(self) -> bool:
-        return not _same_plan(self.ranked, self.config)
+        return not same_plan(self.ranked, self.config)
 
     @property
     def reason(self) -> str:
