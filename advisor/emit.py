@@ -1657,6 +1657,19 @@ def torch_emission(
     if zeroth:
         parts.append(_MEZO_SRC)
     parts.append(optimizer_src)
+    if config.optimizer_in_backward and not zeroth:
+        parts.append(_IN_BACKWARD_SRC)
+        if config.grad_accumulation > 1:
+            notes.append(
+                "the step runs in backward, so each micro-batch steps the weights: the "
+                f"planned accumulation of {config.grad_accumulation} becomes "
+                f"{config.grad_accumulation} smaller steps (LOMO trains without accumulation)."
+            )
+        if config.precision in (Precision.AMP_FP16, Precision.FP16_MIXED):
+            notes.append(
+                "fp16 loss scaling cannot unscale per-parameter steps in backward: the "
+                "snippet runs without a GradScaler; prefer bf16 here."
+            )
     parts.append(_build_training_src(config, zeroth))
     parts.append(_MEZO_STEP_SRC if zeroth else _TRAIN_STEP_SRC)
     parts.append(_DEMO_SRC)
@@ -1766,10 +1779,9 @@ def _torch_optimizer_source(
         def _fallback_optimizer(params, why):
             # NOTE: the plan's memory and speed assume {opt_id}; AdamW only keeps this file
             # runnable where {opt_id}'s package is missing.
-            print(
+            _warn_once(
                 f"note: {{why}}; falling back to torch.optim.AdamW so this file runs "
-                "(the plan assumes {opt_id})",
-                file=sys.stderr,
+                "(the plan assumes {opt_id})"
             )
             return torch.optim.AdamW(
                 params, lr={fallback.lr!r}, betas={fallback.betas!r}, eps={fallback.eps!r},
@@ -1854,12 +1866,15 @@ def _build_training_src(config: TrainingConfig, zeroth: bool) -> str:
         lines.append("    model = apply_lora(model, LORA_RANK)")
     if config.checkpointing is not Checkpointing.NONE and not zeroth:
         lines.append("    apply_checkpointing(model)")
+    in_backward = config.optimizer_in_backward and not zeroth
     lines += [
         "    params = [p for p in model.parameters() if p.requires_grad]",
-        "    optimizer = build_optimizer(params)",
+        "    optimizer = StepInBackward(params)"
+        if in_backward
+        else ("    optimizer = build_optimizer(params)"),
         "    scaler = None",
     ]
-    if not zeroth:
+    if not zeroth and not in_backward:
         lines += [
             "    if PRECISION in ('amp-fp16', 'fp16-mixed'):",
             "        scaler = torch.amp.GradScaler(device_type)",
@@ -2099,6 +2114,29 @@ _MEZO_SRC = """
 
         def zero_grad(self, set_to_none=True):
             pass
+    """
+
+_IN_BACKWARD_SRC = """
+    class StepInBackward:
+        # The optimizer step fused into backward (LOMO, Lv et al. 2023; PyTorch's
+        # register_post_accumulate_grad_hook): one optimizer per parameter steps as soon as
+        # its gradient is complete and frees it, so the full set of gradients never exists.
+        # No gradient clipping by global norm and no accumulation over micro-batches then.
+
+        def __init__(self, params):
+            self.optimizers = {p: build_optimizer([p]) for p in params}
+            for p in self.optimizers:
+                p.register_post_accumulate_grad_hook(self._step)
+
+        def _step(self, param):
+            self.optimizers[param].step()
+            self.optimizers[param].zero_grad(set_to_none=True)
+
+        def step(self):
+            pass  # done in backward
+
+        def zero_grad(self, set_to_none=True):
+            pass  # gradients are freed in backward
     """
 
 _TRAIN_STEP_SRC = """

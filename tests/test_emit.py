@@ -645,3 +645,14 @@ def test_blocker_really_blocks(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode != 0 and "blocked by the test" in proc.stderr
+
+
+def test_torch_snippet_steps_in_backward(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    # The optimizer step fused into backward (LOMO): per-parameter AdamW steps from
+    # post-accumulate-grad hooks must still train the demo model.
+    config = TrainingConfig(optimizer="adamw", optimizer_in_backward=True, precision=Precision.FP32)
+    emission = torch_emission(config, learning_rate=1e-2)
+    assert "StepInBackward(params)" in emission.text
+    losses = _run(tmp_path, emission.text, "--steps", "6")
+    assert losses[-1] < losses[0] - 0.05, losses
