@@ -501,7 +501,9 @@ def emit_deepspeed(
         # NOTE: this block only configures deepspeed.checkpointing; the model still has to
         # checkpoint its blocks. Defaults per config-json "Activation Checkpointing".
         ds["activation_checkpointing"] = {
-            "partition_activations": False,
+            # config-json: cpu_checkpointing offloads the *partitioned* checkpoints, so it
+            # needs partition_activations (a no-op split without model parallelism).
+            "partition_activations": config.activation_offload,
             "cpu_checkpointing": config.activation_offload,
             "contiguous_memory_optimization": False,
             "number_checkpoints": None,
@@ -519,6 +521,12 @@ def emit_deepspeed(
                 "checkpoint only the attention core in the model code, or use "
                 "torch.utils.checkpoint's selective policy (see the --emit torch snippet)."
             )
+    if config.optimizer_in_backward:
+        expressed.change(
+            "DeepSpeed's engine steps the optimizer after backward (no per-parameter step in "
+            "backward)",
+            optimizer_in_backward=False,
+        )
     if config.expert_parallel > 1:
         notes.append(
             f"expert parallelism {config.expert_parallel} is set in the model code, not in "
@@ -770,6 +778,12 @@ def accelerate_emission(
         notes.append(
             "activation checkpointing: model.gradient_checkpointing_enable() (Hugging Face) or "
             "torch.utils.checkpoint around each block."
+        )
+    if config.optimizer_in_backward and doc["distributed_type"] in ("DEEPSPEED", "FSDP"):
+        expressed.change(
+            f"Accelerate's {doc['distributed_type']} steps the optimizer after backward (no "
+            "per-parameter step in backward on sharded weights)",
+            optimizer_in_backward=False,
         )
     if config.expert_parallel > 1 and doc["distributed_type"] == "DEEPSPEED":
         notes.append(
@@ -1090,6 +1104,11 @@ def emit_torchtitan(
     }
     _torchtitan_precision(config, training, notes, expressed)
     _torchtitan_offload(config, training, expressed)
+    if config.activation_offload:
+        expressed.change(
+            "torchtitan v0.2.2 keeps checkpointed activations on the GPU (no activation offload)",
+            activation_offload=False,
+        )
 
     optimizer = _torchtitan_optimizer(config, hp, lr, expressed)
     if config.optimizer_in_backward:

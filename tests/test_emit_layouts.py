@@ -326,3 +326,25 @@ def test_attention_maps_to_megatron_backends() -> None:
     ):
         got = dict(_megatron_args(emit_megatron(TrainingConfig(attention=attention)).text))
         assert got["--attention-backend"] == backend
+
+
+def test_every_export_states_the_plan_it_sets_up() -> None:
+    # For every engine and a grid of plans: the file either sets up the ranked plan, or says
+    # which plan it sets up and why; it never changes TP/PP silently (it refuses instead).
+    from advisor.emit import same_plan
+
+    checked = 0
+    flags = [{}, {"optimizer_in_backward": True}, {"activation_offload": True}]
+    for target, sharding, offload, extra in itertools.product(EmitTarget, Sharding, Offload, flags):
+        config = TrainingConfig(
+            task=Task.PRETRAIN, gpus=16, sharding=sharding, offload=offload, **extra
+        )
+        emission = emit_config(target, config, nodes=2, num_layers=32)
+        expressed = emission.expressed_config
+        assert emission.differs is (not same_plan(config, expressed))
+        assert emission.differs is bool(emission.reason), (target, config, emission.reason)
+        assert (expressed.tensor_parallel, expressed.pipeline_parallel) == (1, 1)
+        if target is EmitTarget.DEEPSPEED and config.optimizer_in_backward:
+            assert emission.differs and not expressed.optimizer_in_backward
+        checked += 1
+    assert checked == len(EmitTarget) * len(Sharding) * len(Offload) * len(flags)
