@@ -1356,7 +1356,7 @@ def emit_megatron(
         ]
     elif config.checkpointing is Checkpointing.SELECTIVE:
         args.append(("--recompute-granularity", "selective"))
-    args += _megatron_sharding(config, nodes, expressed)
+    args += _megatron_sharding(config, nodes)
     args += _megatron_precision(config, expressed)
     args.append(
         (
@@ -1430,9 +1430,7 @@ def _shell_value(value: Any) -> str:
     return str(value)
 
 
-def _megatron_sharding(
-    config: TrainingConfig, nodes: int, expressed: _Expressed
-) -> list[tuple[str, Any]]:
+def _megatron_sharding(config: TrainingConfig, nodes: int) -> list[tuple[str, Any]]:
     """ZeRO-1 is Megatron's distributed optimizer; ZeRO-2/3 and HSDP are Megatron-FSDP's
     sharding strategies (arguments.py --data-parallel-sharding-strategy)."""
     s = config.sharding
@@ -1497,6 +1495,15 @@ def _megatron_optimizer(
 ) -> list[tuple[str, Any]]:
     name = _MEGATRON_OPTIMIZERS.get(config.optimizer)
     optimizer = config.optimizer
+    fsdp = config.sharding not in (Sharding.NONE, Sharding.ZERO1)
+    if name in ("lion", "muon") and fsdp:
+        # arguments.py: "Emerging optimizer does not support Megatron-FSDP for now."
+        expressed.change(
+            f"Megatron-LM runs {name} only without Megatron-FSDP; with the planned "
+            f"{config.sharding.value} sharding it trains AdamW",
+            optimizer="adamw",
+        )
+        name, optimizer = "adam", "adamw"
     if name is None:
         expressed.change(
             f"Megatron-LM builds adam(w), sgd, lion and muon; {config.optimizer} is run as AdamW",

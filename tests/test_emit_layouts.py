@@ -348,3 +348,15 @@ def test_every_export_states_the_plan_it_sets_up() -> None:
             assert emission.differs and not expressed.optimizer_in_backward
         checked += 1
     assert checked == len(EmitTarget) * len(Sharding) * len(Offload) * len(flags)
+
+
+def test_megatron_emerging_optimizers_without_megatron_fsdp() -> None:
+    # core_v0.19.0 arguments.py asserts that lion/muon do not run under Megatron-FSDP.
+    fsdp = emit_megatron(
+        TrainingConfig(task=Task.PRETRAIN, optimizer="lion", sharding=Sharding.FSDP, gpus=8)
+    )
+    got = dict(_megatron_args(fsdp.text))
+    assert got["--optimizer"] == "adam" and fsdp.differs
+    ddp = emit_megatron(TrainingConfig(task=Task.PRETRAIN, optimizer="lion", gpus=8))
+    got = dict(_megatron_args(ddp.text))
+    assert got["--optimizer"] == "lion" and "--lion-beta2" in got and not ddp.differs
