@@ -98,6 +98,12 @@ _ADAM_NOTE = (
     "2019), so decay belongs to AdamW"
 )
 
+
+def _round(x: float) -> float:
+    """Three significant digits: a starting value, written as people write it (1e-4, 0.3)."""
+    return float(f"{x:.3g}")
+
+
 #: THE table: (family, stage) -> starting hyper-parameters with their source.
 HYPERPARAMETERS: dict[tuple[Family, Stage], Hyperparameters] = {
     (Family.ADAMW, Stage.PRETRAIN): _ADAMW_PRETRAIN,
@@ -115,7 +121,10 @@ HYPERPARAMETERS: dict[tuple[Family, Stage], Hyperparameters] = {
     },
     **{
         (Family.LION, stage): Hyperparameters(
-            lr=row.lr / 3, betas=(0.9, 0.99), weight_decay=row.weight_decay * 3, source=_LION
+            lr=_round(row.lr / 3),
+            betas=(0.9, 0.99),
+            weight_decay=_round(row.weight_decay * 3),
+            source=_LION,
         )
         for stage, row in (
             (Stage.PRETRAIN, _ADAMW_PRETRAIN),

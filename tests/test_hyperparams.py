@@ -45,8 +45,10 @@ def test_lion_is_3_to_10x_smaller_lr_and_larger_decay_than_adamw() -> None:
     # Chen et al. 2023, sec. 5: keep lr x weight decay, divide lr by 3-10.
     for task in Task:
         lion, adamw = hyperparameters_for("lion", task), hyperparameters_for("adamw", task)
-        assert 3 <= adamw.lr / lion.lr <= 10
-        assert abs(lion.lr * lion.weight_decay - adamw.lr * adamw.weight_decay) < 1e-12
+        # Three significant digits: 2e-5 / 3 is written 6.67e-6.
+        assert 3 * 0.999 <= adamw.lr / lion.lr <= 10
+        product = adamw.lr * adamw.weight_decay
+        assert abs(lion.lr * lion.weight_decay - product) <= 1e-3 * product
 
 
 def test_every_taxonomy_optimizer_gets_a_row() -> None:
