@@ -378,16 +378,28 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
 
 
 def write_emitted(
-    report: RecommendReport, kind: str, out: Path, *, nodes: int
+    report: RecommendReport,
+    kind: str,
+    out: Path,
+    *,
+    nodes: int,
+    spec: ModelSpec | None = None,
+    hardware: str | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write the first pick as a DeepSpeed JSON, Accelerate YAML or PyTorch snippet.
+    """Write the first pick as a DeepSpeed JSON, Accelerate YAML, torchtitan TOML,
+    Megatron-LM arguments or a PyTorch snippet.
+
+    When the engine cannot set up the ranked plan, the file sets up the nearest plan it can;
+    the first note then names that plan with its memory and step time beside the ranked one's
+    (from the report when it priced that plan, else from the memory and cost models).
 
     Returns:
         The file written and the notes to show (engines reject unknown keys, so what a
         config file cannot say is said here).
 
     Raises:
-        UserError: when nothing fits (nothing to emit) or the folder cannot be written.
+        UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
+            layout, or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
@@ -395,13 +407,18 @@ def write_emitted(
 
     best = report.recommendations[0]
     impl = load_taxonomy().get(best.optimizer).implementation
+    cpu = report.hardware.device_kind == "cpu"
     emission = emit_config(
         EmitTarget(kind),
         best.config,
         nodes=nodes,
-        gpus_per_node=max(1, best.config.world_size // nodes),
         optimizer_implementation=impl,
+        cpu=cpu,
+        num_layers=spec.num_layers if spec is not None else None,
     )
+    notes = list(emission.notes)
+    if emission.differs:
+        notes.insert(0, _expressed_plan_note(report, emission.expressed_config, spec, hardware))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -410,7 +427,41 @@ def write_emitted(
         ) from None
     path = out / emission.filename
     _atomic_write(path, emission.text)
-    return path, list(emission.notes)
+    return path, notes
+
+
+def _expressed_plan_note(
+    report: RecommendReport, expressed: Any, spec: ModelSpec | None, hardware: str | None
+) -> str:
+    """The memory and time of the plan an export sets up instead of the ranked one."""
+    from advisor.emit import same_plan
+    from advisor.units import format_bytes, format_seconds
+
+    best = report.recommendations[0]
+    ranked = (
+        f"ranked plan: {format_bytes(best.peak_memory_bytes)}/device, "
+        f"{format_seconds(best.step_time_s)}/step"
+    )
+    for rec in report.recommendations:
+        if same_plan(rec.config, expressed):
+            return (
+                f"this file sets up plan #{rec.rank} instead: "
+                f"{format_bytes(rec.peak_memory_bytes)}/device, "
+                f"{format_seconds(rec.step_time_s)}/step ({ranked})"
+            )
+    if spec is None:
+        return f"this file sets up another plan than the ranked one ({ranked}); see below"
+    from advisor.memory import DeviceOverheads, estimate_memory
+
+    tech = load_taxonomy().get(expressed.optimizer)
+    overheads = DeviceOverheads.cpu() if report.hardware.device_kind == "cpu" else None
+    memory = estimate_memory(spec, expressed, optimizer=tech, device=overheads)
+    step = local_step_time(spec, expressed, hardware)
+    fits = "fits" if memory.total_bytes <= report.hardware.usable_memory_bytes else "does NOT fit"
+    return (
+        f"this file sets up another plan: {format_bytes(memory.total_bytes)}/device ({fits}), "
+        f"{format_seconds(step.seconds)}/step ({ranked})"
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -777,7 +777,9 @@ def recommend(
     emit: Annotated[
         str | None,
         typer.Option(
-            "--emit", help="Write the first pick as deepspeed, accelerate or torch config."
+            "--emit",
+            help="Write the first pick as deepspeed, accelerate, torch, torchtitan or "
+            "megatron config.",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
@@ -798,8 +800,9 @@ def recommend(
 
     for flag, pinned in (("--tp", tp), ("--pp", pp)):
         check_bound(flag, pinned)
-    if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
-        raise UserError(f"invalid --emit {emit!r}", "use deepspeed, accelerate or torch")
+    emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
+    if emit is not None and emit not in emit_kinds:
+        raise UserError(f"invalid --emit {emit!r}", f"use {', '.join(emit_kinds)}")
     spec = _resolve_model(model_size, model, model_config)
     request = RecommendRequest.from_flags(
         spec=spec,
@@ -830,7 +833,7 @@ def recommend(
     if emit is not None:
         from advisor.advise import write_emitted
 
-        path, notes = write_emitted(report, emit, out, nodes=nodes)
+        path, notes = write_emitted(report, emit, out, nodes=nodes, spec=spec, hardware=hardware)
         if not json_out:
             render.console.print(f"wrote {path}")
             for note in notes:
