@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.config import Task
+from advisor.config import Stack, Task
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.limits import check_bound, resolve_seq_len
@@ -72,6 +72,7 @@ class RecommendRequest(BaseModel):
         top: int,
         calibrate: bool | None,
         rope_scaling: float | None = None,
+        stack: str = "hf",
         global_batch_tokens: str | None = None,
         host_memory: str | None = None,
         nvme: str | None = None,
@@ -115,6 +116,7 @@ class RecommendRequest(BaseModel):
             global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
             tensor_parallel=tp,
             pipeline_parallel=pp,
+            stack=_choice(Stack, stack, "--stack"),
         )
         return cls(
             spec=spec,

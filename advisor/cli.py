@@ -710,6 +710,14 @@ def recommend(
         str | None,
         typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
     ] = None,
+    stack: Annotated[
+        str,
+        typer.Option(
+            "--stack",
+            help="Kernel stack: hf (Hugging Face modules, the default) or fused "
+            "(FlashAttention, fused norms and cross-entropy, as torchtitan/Megatron).",
+        ),
+    ] = "hf",
     rope_scaling: RopeScalingOpt = None,
     micro_batch: Annotated[
         int | None,
@@ -819,6 +827,7 @@ def recommend(
         sparse_features=sparse_features,
         top=top,
         calibrate=calibrate,
+        stack=stack,
         rope_scaling=rope_scaling,
         global_batch_tokens=global_batch_tokens,
         host_memory=host_memory,
