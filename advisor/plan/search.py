@@ -801,7 +801,12 @@ def search(
     cores_by_task = {t: _cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
     every = [c for cs in cores_by_task.values() for c in cs]
     first_order_cores = [c for c in every if ctx.taxonomy.get(c.optimizer).order is Order.FIRST]
-    first = next(iter(first_order_cores or every), None)
+    # The reference core for layout screening: AdamW where it is a candidate (the baseline
+    # the taxonomy measures against; SGD's stateless memory would misjudge sharding).
+    first = next(
+        (c for c in first_order_cores if c.optimizer == "adamw"),
+        next(iter(first_order_cores or every), None),
+    )
     if exhaustive:
         chosen = layouts
     elif first is None:
@@ -1036,7 +1041,15 @@ def _screen_layouts(
             pts.append(pt)
     kept, al, _ = screen(pts)
     keep = set(kept)
-    return [lay for lay in layouts if lay.label in keep], {k: v for k, v in al.items() if v}
+    # NOTE: one micro-batch per device is where data-parallel sharding looks worst (its
+    # gathers are paid per micro-step, with the least compute to hide them), so the plain
+    # data-parallel layouts are never screened out here: their geometry search decides.
+    keep |= {lay.label for lay in layouts if lay.tp == 1 and lay.pp == 1}
+    folded = {v for vs in al.values() for v in vs}
+    return (
+        [lay for lay in layouts if lay.label in keep and lay.label not in folded],
+        {k: v for k, v in al.items() if v},
+    )
 
 
 def _best_layouts(s: _Search, layouts: list[Layout], ref: TrainingConfig) -> list[Layout]:
