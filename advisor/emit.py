@@ -1019,6 +1019,18 @@ def emit_torchtitan(
         UserError: for CPU plans, inconsistent degrees, or virtual stages without num_layers.
     """
     _layout_checks(config, "torchtitan", cpu)
+    if config.task in (Task.LORA, Task.QLORA) or config.optimizer in _ZEROTH or config.dp_sgd:
+        what = (
+            "LoRA/QLoRA adapters"
+            if config.task in (Task.LORA, Task.QLORA)
+            else "DP-SGD"
+            if config.dp_sgd
+            else "zeroth-order training"
+        )
+        raise UserError(
+            f"torchtitan {TORCHTITAN_VERSION.split()[1]} has no {what}",
+            "use --emit deepspeed, accelerate or torch for this plan",
+        )
     world = world_size(config, nodes, gpus_per_node)
     notes: list[str] = []
     expressed = _Expressed(config)
@@ -1142,18 +1154,6 @@ def emit_torchtitan(
             "precompute_float8_dynamic_scale_for_fsdp": shard > 1,
             "filter_fqns": ["output"],
         }
-    if config.task in (Task.LORA, Task.QLORA) or config.optimizer in _ZEROTH or config.dp_sgd:
-        what = (
-            "LoRA/QLoRA adapters"
-            if config.task in (Task.LORA, Task.QLORA)
-            else "DP-SGD"
-            if config.dp_sgd
-            else "zeroth-order training"
-        )
-        raise UserError(
-            f"torchtitan {TORCHTITAN_VERSION.split()[1]} has no {what}",
-            "use --emit deepspeed, accelerate or torch for this plan",
-        )
     notes.append(
         "set [model] name, flavor and hf_assets_path, and [training] dataset and steps, for "
         "your model and data; launch with "
