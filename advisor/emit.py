@@ -188,13 +188,17 @@ class _Expressed:
         return "; ".join(self.reasons) if self.differs else ""
 
 
-def _data_parallel_form(config: TrainingConfig, engine: str) -> tuple[dict[str, Any], str]:
+def _data_parallel_form(
+    config: TrainingConfig, engine: str, full_shard: Sharding
+) -> tuple[dict[str, Any], str]:
     """The plan's data-parallel form, for engines whose config file has no TP/PP degrees.
 
     DeepSpeed's JSON and Accelerate's YAML cannot set up tensor or pipeline parallelism (it
-    lives in the model code), so their file runs every device as a data-parallel rank with
-    the plan's sharding; the global batch is kept (fewer accumulation steps). The change is
-    stated, never silent, and the caller prices that plan; the ranked layout itself is in
+    lives in the model code), so their file runs every device as a data-parallel rank; TP and
+    PP split the weights, so the parameters are sharded too (``full_shard``: ZeRO-3 or FSDP)
+    unless the plan shards them already. A TP group shares each micro-batch, so each rank
+    takes 1/TP of it; accumulation keeps the global batch. The change is stated, never
+    silent, and the caller prices that plan; the ranked layout itself is in
     ``--emit torchtitan`` and ``--emit megatron``.
 
     Returns:
@@ -203,21 +207,27 @@ def _data_parallel_form(config: TrainingConfig, engine: str) -> tuple[dict[str, 
     model_parallel = config.tensor_parallel * config.pipeline_parallel
     if model_parallel == 1:
         return {}, ""
-    accumulation = max(1, config.grad_accumulation // model_parallel)
+    planned = config.micro_batch * config.grad_accumulation * config.gpus
+    micro = max(1, config.micro_batch // config.tensor_parallel)
+    accumulation = max(1, round(planned / (micro * config.world_size)))
     update: dict[str, Any] = {
+        "micro_batch": micro,
         "gpus": config.world_size,
         "tensor_parallel": 1,
         "pipeline_parallel": 1,
         "virtual_stages": 1,
         "grad_accumulation": accumulation,
     }
-    planned = config.micro_batch * config.grad_accumulation * config.gpus
-    emitted = config.micro_batch * accumulation * config.world_size
+    sharded = "the planned sharding"
+    if config.sharding.zero_stage < 3:
+        update["sharding"] = full_shard
+        sharded = f"{full_shard.value} sharding (TP/PP split the weights; this splits them too)"
+    emitted = micro * accumulation * config.world_size
     batch = "" if emitted == planned else f"; global batch {emitted} instead of {planned}"
     reason = (
         f"{engine} cannot set up tensor parallelism {config.tensor_parallel} x pipeline "
         f"parallelism {config.pipeline_parallel} (it lives in the model code): this file runs "
-        f"all {config.world_size} devices data parallel with the planned sharding{batch}; "
+        f"all {config.world_size} devices data parallel with {sharded}{batch}; "
         "--emit torchtitan or --emit megatron set up the ranked layout"
     )
     return update, reason
@@ -457,7 +467,9 @@ def emit_deepspeed(
         UserError: when nodes and GPUs disagree.
     """
     expressed = _Expressed(config)
-    layout, layout_reason = _data_parallel_form(config, "DeepSpeed's ds_config.json")
+    layout, layout_reason = _data_parallel_form(
+        config, "DeepSpeed's ds_config.json", Sharding.ZERO3
+    )
     if layout:
         expressed.change(layout_reason, **layout)
         config = expressed.config
@@ -749,7 +761,7 @@ def accelerate_emission(
         UserError: when nodes and GPUs disagree.
     """
     expressed = _Expressed(config)
-    layout, layout_reason = _data_parallel_form(config, "Accelerate's config file")
+    layout, layout_reason = _data_parallel_form(config, "Accelerate's config file", Sharding.FSDP)
     if layout:
         expressed.change(layout_reason, **layout)
         config = expressed.config

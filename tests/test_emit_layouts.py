@@ -292,6 +292,13 @@ def test_deepspeed_and_accelerate_state_the_data_parallel_form(target: EmitTarge
         assert expressed.grad_accumulation * expressed.gpus == 32 * 2
     ds = emit_deepspeed(TrainingConfig(gpus=2, tensor_parallel=8, grad_accumulation=32))
     assert ds.config["train_batch_size"] == 64 and ds.config["gradient_accumulation_steps"] == 4
+    # TP shards the parameters and a TP group shares each micro-batch: the data-parallel form
+    # shards parameters too (ZeRO-3 / FSDP) and gives each rank 1/TP of the micro-batch.
+    assert ds.expressed_config.sharding is Sharding.ZERO3
+    tp4 = TrainingConfig(gpus=2, tensor_parallel=4, micro_batch=8, grad_accumulation=2)
+    acc = accelerate_emission(tp4).expressed_config
+    assert acc.sharding is Sharding.FSDP and acc.micro_batch == 2
+    assert acc.micro_batch * acc.grad_accumulation * acc.gpus == 8 * 2 * 2
 
 
 def test_gpu_engines_refuse_cpu_plans() -> None:
