@@ -188,19 +188,49 @@ class _Expressed:
         return "; ".join(self.reasons) if self.differs else ""
 
 
-def _refuse_model_parallel(config: TrainingConfig, engine: str) -> None:
-    """DeepSpeed's JSON and Accelerate's YAML have no tensor or pipeline degrees to write.
+def _data_parallel_form(
+    config: TrainingConfig, engine: str, full_shard: Sharding
+) -> tuple[dict[str, Any], str]:
+    """The plan's data-parallel form, for engines whose config file has no TP/PP degrees.
 
-    Raises:
-        UserError: for a plan with tensor or pipeline parallelism.
+    DeepSpeed's JSON and Accelerate's YAML cannot set up tensor or pipeline parallelism (it
+    lives in the model code), so their file runs every device as a data-parallel rank; TP and
+    PP split the weights, so the parameters are sharded too (``full_shard``: ZeRO-3 or FSDP)
+    unless the plan shards them already. A TP group shares each micro-batch, so each rank
+    takes 1/TP of it; accumulation keeps the global batch. The change is stated, never
+    silent, and the caller prices that plan; the ranked layout itself is in
+    ``--emit torchtitan`` and ``--emit megatron``.
+
+    Returns:
+        The fields to change (empty when the plan has no TP/PP) and the reason.
     """
-    if config.tensor_parallel > 1 or config.pipeline_parallel > 1:
-        raise UserError(
-            f"{engine} cannot express tensor parallelism {config.tensor_parallel} x pipeline "
-            f"parallelism {config.pipeline_parallel} from a config file (they live in the "
-            "model code), and dropping them would hand over a different plan",
-            "use --emit torchtitan or --emit megatron for this layout",
-        )
+    model_parallel = config.tensor_parallel * config.pipeline_parallel
+    if model_parallel == 1:
+        return {}, ""
+    planned = config.micro_batch * config.grad_accumulation * config.gpus
+    micro = max(1, config.micro_batch // config.tensor_parallel)
+    accumulation = max(1, round(planned / (micro * config.world_size)))
+    update: dict[str, Any] = {
+        "micro_batch": micro,
+        "gpus": config.world_size,
+        "tensor_parallel": 1,
+        "pipeline_parallel": 1,
+        "virtual_stages": 1,
+        "grad_accumulation": accumulation,
+    }
+    sharded = "the planned sharding"
+    if config.sharding.zero_stage < 3:
+        update["sharding"] = full_shard
+        sharded = f"{full_shard.value} sharding (TP/PP split the weights; this splits them too)"
+    emitted = micro * accumulation * config.world_size
+    batch = "" if emitted == planned else f"; global batch {emitted} instead of {planned}"
+    reason = (
+        f"{engine} cannot set up tensor parallelism {config.tensor_parallel} x pipeline "
+        f"parallelism {config.pipeline_parallel} (it lives in the model code): this file runs "
+        f"all {config.world_size} devices data parallel with {sharded}{batch}; "
+        "--emit torchtitan or --emit megatron set up the ranked layout"
+    )
+    return update, reason
 
 
 def _hsdp_degrees(config: TrainingConfig, nodes: int) -> tuple[int, int]:
@@ -417,7 +447,8 @@ def emit_deepspeed(
     MeZO...) the script builds the optimizer. Under ZeRO, ``zero_allow_untested_optimizer``
     is written true whenever the optimizer is not one ZeRO has tested, because
     ``deepspeed.initialize`` refuses such an optimizer otherwise. NVMe offload writes
-    ``device: nvme`` with ``nvme_path``. Tensor and pipeline parallel plans are refused.
+    ``device: nvme`` with ``nvme_path``. Tensor and pipeline parallel plans become their
+    data-parallel form, stated in ``reason`` (the ranked layout is in torchtitan/Megatron).
 
     Args:
         config: the configuration to emit.
@@ -433,12 +464,17 @@ def emit_deepspeed(
         The config dict, its notes and the plan it expresses.
 
     Raises:
-        UserError: when nodes and GPUs disagree, or for tensor/pipeline parallel plans.
+        UserError: when nodes and GPUs disagree.
     """
-    _refuse_model_parallel(config, "DeepSpeed's ds_config.json")
+    expressed = _Expressed(config)
+    layout, layout_reason = _data_parallel_form(
+        config, "DeepSpeed's ds_config.json", Sharding.ZERO3
+    )
+    if layout:
+        expressed.change(layout_reason, **layout)
+        config = expressed.config
     world = world_size(config, nodes, gpus_per_node)
     lr = _learning_rate(config, learning_rate)
-    expressed = _Expressed(config)
     stage, notes = _zero_stage(config)
     if stage != config.sharding.zero_stage or config.sharding is Sharding.HSDP:
         why = (
@@ -660,7 +696,7 @@ def emit_accelerate(
         The YAML text.
 
     Raises:
-        UserError: when nodes and GPUs disagree, or for tensor/pipeline parallel plans.
+        UserError: when nodes and GPUs disagree.
     """
     return accelerate_emission(config, nodes=nodes, gpus_per_node=gpus_per_node, cpu=cpu).text
 
@@ -722,12 +758,15 @@ def accelerate_emission(
         The YAML text (``accelerate_config.yaml``), its notes and the plan it expresses.
 
     Raises:
-        UserError: when nodes and GPUs disagree, or for tensor/pipeline parallel plans.
+        UserError: when nodes and GPUs disagree.
     """
-    _refuse_model_parallel(config, "Accelerate's config file")
+    expressed = _Expressed(config)
+    layout, layout_reason = _data_parallel_form(config, "Accelerate's config file", Sharding.FSDP)
+    if layout:
+        expressed.change(layout_reason, **layout)
+        config = expressed.config
     world = world_size(config, nodes, gpus_per_node)
     notes: list[str] = []
-    expressed = _Expressed(config)
     doc: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,
@@ -1019,6 +1058,18 @@ def emit_torchtitan(
         UserError: for CPU plans, inconsistent degrees, or virtual stages without num_layers.
     """
     _layout_checks(config, "torchtitan", cpu)
+    if config.task in (Task.LORA, Task.QLORA) or config.optimizer in _ZEROTH or config.dp_sgd:
+        what = (
+            "LoRA/QLoRA adapters"
+            if config.task in (Task.LORA, Task.QLORA)
+            else "DP-SGD"
+            if config.dp_sgd
+            else "zeroth-order training"
+        )
+        raise UserError(
+            f"torchtitan {TORCHTITAN_VERSION.split()[1]} has no {what}",
+            "use --emit deepspeed, accelerate or torch for this plan",
+        )
     world = world_size(config, nodes, gpus_per_node)
     notes: list[str] = []
     expressed = _Expressed(config)
@@ -1142,18 +1193,6 @@ def emit_torchtitan(
             "precompute_float8_dynamic_scale_for_fsdp": shard > 1,
             "filter_fqns": ["output"],
         }
-    if config.task in (Task.LORA, Task.QLORA) or config.optimizer in _ZEROTH or config.dp_sgd:
-        what = (
-            "LoRA/QLoRA adapters"
-            if config.task in (Task.LORA, Task.QLORA)
-            else "DP-SGD"
-            if config.dp_sgd
-            else "zeroth-order training"
-        )
-        raise UserError(
-            f"torchtitan {TORCHTITAN_VERSION.split()[1]} has no {what}",
-            "use --emit deepspeed, accelerate or torch for this plan",
-        )
     notes.append(
         "set [model] name, flavor and hf_assets_path, and [training] dataset and steps, for "
         "your model and data; launch with "

@@ -301,3 +301,17 @@ def test_cpu_plan_writes_use_cpu_true(tmp_path: Path) -> None:
     gpu = emit_config(EmitTarget.ACCELERATE, TrainingConfig())
     path.write_text(gpu.text)
     assert load_config_from_file(str(path)).use_cpu is False
+
+
+def test_deepspeed_loads_the_data_parallel_form_of_a_tp_pp_plan(tmp_path: Path) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = TrainingConfig(
+        gpus=4, tensor_parallel=4, pipeline_parallel=2, micro_batch=4, grad_accumulation=8
+    )
+    emission = emit_deepspeed(config, nodes=4)
+    ds = _load_deepspeed(emission.config, config.world_size)
+    assert ds.zero_optimization_stage == 3 and emission.differs
+    path = tmp_path / "a.yaml"
+    path.write_text(accelerate_emission(config, nodes=4).text)
+    assert load_config_from_file(str(path)).num_processes == config.world_size

@@ -275,12 +275,30 @@ def test_megatron_pretraining_hyperparameters() -> None:
 
 
 @pytest.mark.parametrize("target", [EmitTarget.DEEPSPEED, EmitTarget.ACCELERATE])
-def test_deepspeed_and_accelerate_refuse_tensor_and_pipeline_layouts(target: EmitTarget) -> None:
+def test_deepspeed_and_accelerate_state_the_data_parallel_form(target: EmitTarget) -> None:
+    # Their config files have no TP/PP degrees: the file runs every device data parallel, and
+    # says so (never silently), pointing at torchtitan/Megatron for the ranked layout.
     for tp, pp in ((8, 1), (1, 4), (8, 4)):
-        config = TrainingConfig(gpus=2, tensor_parallel=tp, pipeline_parallel=pp)
-        with pytest.raises(UserError, match="cannot express tensor parallelism") as err:
-            emit_config(target, config)
-        assert "--emit torchtitan or --emit megatron" in err.value.hint
+        config = TrainingConfig(
+            gpus=2, tensor_parallel=tp, pipeline_parallel=pp, grad_accumulation=32
+        )
+        emission = emit_config(target, config, nodes=2)
+        expressed = emission.expressed_config
+        assert emission.differs
+        assert "--emit torchtitan or --emit megatron" in emission.reason
+        assert (expressed.tensor_parallel, expressed.pipeline_parallel) == (1, 1)
+        assert expressed.gpus == config.world_size
+        # The global batch stays the plan's: fewer accumulation steps on more ranks.
+        assert expressed.grad_accumulation * expressed.gpus == 32 * 2
+    ds = emit_deepspeed(TrainingConfig(gpus=2, tensor_parallel=8, grad_accumulation=32))
+    assert ds.config["train_batch_size"] == 64 and ds.config["gradient_accumulation_steps"] == 4
+    # TP shards the parameters and a TP group shares each micro-batch: the data-parallel form
+    # shards parameters too (ZeRO-3 / FSDP) and gives each rank 1/TP of the micro-batch.
+    assert ds.expressed_config.sharding is Sharding.ZERO3
+    tp4 = TrainingConfig(gpus=2, tensor_parallel=4, micro_batch=8, grad_accumulation=2)
+    acc = accelerate_emission(tp4).expressed_config
+    assert acc.sharding is Sharding.FSDP and acc.micro_batch == 2
+    assert acc.micro_batch * acc.grad_accumulation * acc.gpus == 8 * 2 * 2
 
 
 def test_gpu_engines_refuse_cpu_plans() -> None:
