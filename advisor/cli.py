@@ -710,13 +710,40 @@ def recommend(
         str | None,
         typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
     ] = None,
+    stack: Annotated[
+        str,
+        typer.Option(
+            "--stack",
+            help="Kernel stack: hf (Hugging Face modules, the default) or fused "
+            "(FlashAttention, fused norms and cross-entropy, as torchtitan/Megatron).",
+        ),
+    ] = "hf",
     rope_scaling: RopeScalingOpt = None,
     micro_batch: Annotated[
-        int, typer.Option("--micro-batch", help="Samples per device per pass.")
-    ] = 1,
+        int | None,
+        typer.Option("--micro-batch", help="Samples per device per pass (default: searched)."),
+    ] = None,
     global_batch: Annotated[
         int | None,
-        typer.Option("--global-batch", help="Samples per optimizer step (sets accumulation)."),
+        typer.Option(
+            "--global-batch",
+            help="Samples per optimizer step (default: a published batch for the task and size).",
+        ),
+    ] = None,
+    global_batch_tokens: Annotated[
+        str | None,
+        typer.Option("--global-batch-tokens", help="Tokens per optimizer step, e.g. 4M or 512k."),
+    ] = None,
+    host_memory: Annotated[
+        str | None,
+        typer.Option("--host-memory", help="Host RAM of each node, e.g. 1TiB (offload plans)."),
+    ] = None,
+    nvme: Annotated[
+        str | None, typer.Option("--nvme", help="NVMe of each node for offload, e.g. 4TB.")
+    ] = None,
+    tp: Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")] = None,
+    pp: Annotated[
+        int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")
     ] = None,
     hardware: Annotated[
         str | None,
@@ -733,7 +760,12 @@ def recommend(
         typer.Option("--memory-budget", help="Device memory to plan with, e.g. 24GB (overrides)."),
     ] = None,
     objective: Annotated[
-        str, typer.Option("--objective", help="speed, memory, balanced (default) or quality.")
+        str,
+        typer.Option(
+            "--objective",
+            help="speed (step time), memory, balanced (default), quality or time-to-target "
+            "(steps to AdamW's loss x step time).",
+        ),
     ] = "balanced",
     privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
     sparse_features: Annotated[
@@ -753,7 +785,9 @@ def recommend(
     emit: Annotated[
         str | None,
         typer.Option(
-            "--emit", help="Write the first pick as deepspeed, accelerate or torch config."
+            "--emit",
+            help="Write the first pick as deepspeed, accelerate, torch, torchtitan or "
+            "megatron config.",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
@@ -770,9 +804,13 @@ def recommend(
         return
     from advisor import render
     from advisor.advise import RecommendRequest, run_recommend
+    from advisor.limits import check_bound
 
-    if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
-        raise UserError(f"invalid --emit {emit!r}", "use deepspeed, accelerate or torch")
+    for flag, pinned in (("--tp", tp), ("--pp", pp)):
+        check_bound(flag, pinned)
+    emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
+    if emit is not None and emit not in emit_kinds:
+        raise UserError(f"invalid --emit {emit!r}", f"use {', '.join(emit_kinds)}")
     spec = _resolve_model(model_size, model, model_config)
     request = RecommendRequest.from_flags(
         spec=spec,
@@ -789,7 +827,13 @@ def recommend(
         sparse_features=sparse_features,
         top=top,
         calibrate=calibrate,
+        stack=stack,
         rope_scaling=rope_scaling,
+        global_batch_tokens=global_batch_tokens,
+        host_memory=host_memory,
+        nvme=nvme,
+        tp=tp,
+        pp=pp,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})
@@ -798,7 +842,7 @@ def recommend(
     if emit is not None:
         from advisor.advise import write_emitted
 
-        path, notes = write_emitted(report, emit, out, nodes=nodes)
+        path, notes = write_emitted(report, emit, out, nodes=nodes, spec=spec, hardware=hardware)
         if not json_out:
             render.console.print(f"wrote {path}")
             for note in notes:
@@ -842,11 +886,23 @@ def calibrate(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Measure again even if cached.")] = False,
+    convergence: Annotated[
+        bool,
+        typer.Option(
+            "--convergence",
+            help="Instead of timing steps, train a tiny proxy of the model's family with each "
+            "optimizer (short LR sweep, fixed steps) and measure steps to AdamW's loss "
+            "(default budget 180 s).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
     """Measure this device for a model's layer shape (default: 125M) and cache the results."""
     if ctx.invoked_subcommand is not None:
+        return
+    if convergence:
+        _calibrate_convergence(model_size, model, model_config, device, budget, force, json_out)
         return
     from advisor.costdata import CalibrationCache
 
@@ -882,6 +938,34 @@ def calibrate(
         render.print_json(cache)
     else:
         render.render_calibration(cache, spec_key=_shape_key(spec))
+
+
+def _calibrate_convergence(
+    model_size: str | None,
+    model: str | None,
+    model_config: Path | None,
+    device: str | None,
+    budget: float | None,
+    force: bool,
+    json_out: bool,
+) -> None:
+    """`calibrate --convergence`: the measured proxy of steps to AdamW's loss."""
+    if budget is not None and budget <= 0:
+        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    from advisor import render
+    from advisor.calibration.convergence import run_convergence
+
+    spec = _resolve_model(
+        model_size or ("125M" if not (model or model_config) else None), model, model_config
+    )
+    with render.calibration_progress(enabled=not json_out) as progress:
+        cache = run_convergence(
+            spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+        )
+    if json_out:
+        render.print_json(cache)
+    else:
+        render.render_convergence(cache)
 
 
 def _default_device() -> str:

@@ -17,6 +17,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, get_hardware_profile
 from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, MemoryEstimate, estimate_memory
@@ -83,6 +84,10 @@ class EstimateReport(BaseModel):
         description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
     )
     parameters: int
+    active_parameters: int = Field(
+        description="parameters one token goes through: all but the routed experts it is not "
+        "sent to (= parameters for a dense model; DeepSeek-V3 37.6B of 671B)"
+    )
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
     nvme_bytes: int = Field(default=0, description="bytes NVMe offload keeps on NVMe")
@@ -102,6 +107,11 @@ class EstimateReport(BaseModel):
     alternatives: list[Alternative] = Field(
         default_factory=list,
         description="other kernel choices that change whether this fits, with their peak",
+    )
+    steps_vs_adamw: StepsRange | None = Field(
+        default=None,
+        description="steps to reach AdamW's loss relative to AdamW at this model size "
+        "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/convergence.py",
     )
 
 
@@ -201,7 +211,8 @@ def estimate_report(
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
     overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
-    tech = load_taxonomy().get(config.optimizer)
+    taxonomy = load_taxonomy()
+    tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
     device_name = profile.name if profile else None
@@ -238,6 +249,7 @@ def estimate_report(
         ],
         overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
         parameters=m.parameters,
+        active_parameters=spec.active_parameter_count(),
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
         nvme_bytes=m.nvme_bytes,
@@ -251,6 +263,9 @@ def estimate_report(
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
         alternatives=alternatives,
+        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        if tech.steps_vs_adamw is not None
+        else None,
     )
 
 

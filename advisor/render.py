@@ -534,13 +534,34 @@ def render_estimate(report: EstimateReport) -> None:
 # --- recommend ----------------------------------------------------------------------------
 
 
+def _to_target(rel: float | None) -> str:
+    return "-" if rel is None else f"×{rel:.2g}"
+
+
+def _render_steps(r: Any) -> None:
+    """The time-to-target line: the published step range and the measured proxy beside it."""
+    band = r.steps_vs_adamw
+    if band is None:
+        return
+    source = getattr(r.steps_source, "value", r.steps_source)
+    text = (
+        f"to target: time to AdamW's loss relative to the same layout with AdamW; #1 needs "
+        f"{band.central:.3g}× AdamW's steps ({band.low:.3g}–{band.high:.3g}, {source}"
+        + (", extrapolated" if r.steps_extrapolated else "")
+        + ")"
+    )
+    if r.steps_proxy is not None:
+        text += f"; measured-proxy {r.steps_proxy:.3g}× on this device"
+    console.print(f"[dim]{text}[/]")
+
+
 def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
     hw, wl = report.hardware, report.workload
     console.print(
         f"[bold]{wl.model}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
-        f"seq {wl.seq_len}, micro-batch {wl.micro_batch} × accumulation {wl.grad_accumulation}"
-        f" × {wl.world_size} device(s) = global batch {wl.global_batch}, objective {wl.objective}"
+        f"seq {wl.seq_len}, global batch {wl.global_batch} ({wl.global_batch_source}), "
+        f"{wl.world_size} device(s), objective {wl.objective}"
         + (", differentially private" if wl.privacy == "dp" else "")
     )
     nodes = f" × {hw.nodes} nodes" if hw.nodes > 1 else ""
@@ -551,6 +572,12 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         f"({hw.safety_margin:.0%} safety margin)"
     )
     console.print(f"[dim]{report.cost_note}[/]")
+    if hw.host_source:
+        console.print(
+            f"[dim]host for offload: {format_bytes(hw.host_memory_bytes)} RAM"
+            + (f", {format_bytes(hw.nvme_bytes)} NVMe" if hw.nvme_bytes else "")
+            + f" per device ({escape(hw.host_source)})[/]"
+        )
     if not report.recommendations:
         console.print(
             f"\n[bold red]Nothing fits.[/] {report.candidates_considered} configurations "
@@ -567,10 +594,12 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             Col("optimizer", ident=True),
             Col("precision", ident=True),
             Col("attn", ident=True),
-            Col("savers, sharding"),
+            Col("batch", justify="right", nowrap=True),
+            Col("savers, layout"),
             Col("peak", justify="right", nowrap=True),
             *((Col("free", justify="right", nowrap=True),) if wide else ()),
             Col("step", justify="right", nowrap=True),
+            Col("to target", justify="right", nowrap=True),
             Col("tokens/s", justify="right", nowrap=True),
         ]
         rows = []
@@ -580,27 +609,37 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                 for t in r.techniques
                 if t not in (r.optimizer, r.precision) and not t.endswith("attention")
             ]
+            savers = [x for x in savers if x]
+            if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
+                savers.append(r.layout)
             rows.append(
                 [
                     str(r.rank),
                     r.optimizer,
                     r.precision,
                     r.attention,
+                    f"{r.micro_batch}×{r.grad_accumulation}",
                     ", ".join(savers) or "-",
                     format_bytes(r.peak_memory_bytes),
                     *((format_bytes(r.headroom_bytes),) if wide else ()),
                     format_seconds(r.step_time_s),
+                    _to_target(r.time_to_target_rel),
                     f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
                 ]
             )
         print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         sources = sorted({r.cost_source for r in report.recommendations})
+        for r in report.recommendations:
+            if r.also:
+                console.print(f"[dim]  #{r.rank} also: {escape('; '.join(r.also))}[/]")
+            if r.global_batch_note:
+                console.print(f"[dim]  #{r.rank}: {escape(r.global_batch_note)}[/]")
         console.print(
-            f"[dim]costs: {', '.join(sources)}; peak: per-device memory"
-            + ("; free: what it leaves" if wide else "")
-            + "[/]"
+            f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
+            "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
         )
         best = report.recommendations[0]
+        _render_steps(best)
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
         if not best.reasons:
             console.print("  ranked first on cost; no rule prefers or avoids its techniques")
@@ -639,8 +678,17 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
         )
     rejected = len(report.rejected)
+    if report.search is not None:
+        st = report.search
+        console.print(
+            f"\n[dim]plan space {st.plans_considered:,} plans: {st.plans_evaluated} evaluated, "
+            f"{st.plans_pruned:,} pruned as dominated or equivalent; "
+            f"{st.rows_collapsed} equivalent plans folded into rows[/]"
+        )
+        for note in st.notes:
+            console.print(f"[dim]{escape(note)}[/]")
     console.print(
-        f"\n[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
+        f"[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
         f"({', '.join(f'{k}: {v}' for k, v in _count_kinds(report).items())}); "
         "--json lists them all with reasons[/]"
     )
@@ -652,6 +700,17 @@ _SHORT = {
     "cpu-offload-optimizer": "offload-optim",
     "cpu-offload-params": "offload-params",
     "gradient-accumulation": "grad-accum",
+    "fused-cross-entropy": "fused-CE",
+    "fused-backward-step": "step-in-backward",
+    "activation-offload": "act-offload",
+    "optimizer-states-8bit": "8-bit states",
+    "nvme-offload": "nvme",
+    "hybrid-shard": "hsdp",
+    # The layout says these: "tp8 pp16 dp1".
+    "tensor-parallel": "",
+    "sequence-parallel": "",
+    "pipeline-parallel": "",
+    "expert-parallel": "",
 }
 
 
@@ -669,6 +728,42 @@ def _count_kinds(report: RecommendReport) -> dict[str, int]:
     for r in report.rejected:
         out[r.kind] = out.get(r.kind, 0) + 1
     return dict(sorted(out.items()))
+
+
+def render_convergence(cache: Any) -> None:
+    """`calibrate --convergence`: each optimizer's steps to AdamW's loss on the proxy."""
+    console.print(
+        f"[bold]convergence proxy[/] ({cache.family}, {format_count(cache.proxy_params)} "
+        f"parameters, {cache.steps} steps of {cache.batch_tokens} tokens) on {cache.device}"
+    )
+    console.print(f"[dim]corpus: {cache.corpus}[/]")
+    target = "-" if cache.target_loss is None else f"{cache.target_loss:.4f}"
+    console.print(f"target: AdamW's best final held-out loss {target}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("optimizer", "best lr", "final loss", "steps to target", "vs AdamW", "s/step"):
+        table.add_column(col, justify="left" if col == "optimizer" else "right")
+    for r in cache.results:
+        best = next((x for x in r.runs if x.lr == r.best_lr), None)
+        final = "-" if best is None or best.final_loss is None else f"{best.final_loss:.4f}"
+        if r.ratio is None:
+            ratio = r.status if r.status != "ok" else "-"
+        else:
+            ratio = f"{r.ratio:.2f}" if r.reached else f"≥ {r.ratio:.2f} (not reached)"
+        table.add_row(
+            r.optimizer,
+            "-" if r.best_lr is None else f"{r.best_lr:g}",
+            final,
+            "-" if r.steps_to_target is None else f"{r.steps_to_target:.0f}",
+            ratio,
+            "-" if r.seconds_per_step is None else f"{r.seconds_per_step * 1000:.0f} ms",
+        )
+    console.print(table)
+    partial = (
+        ", partial (budget or Ctrl-C): raise --budget for the whole sweep" if cache.partial else ""
+    )
+    console.print(f"[dim]{cache.seconds:.0f} s of a {cache.budget_s:.0f} s budget{partial}[/]")
+    for w in cache.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
 
 
 @contextmanager
