@@ -386,3 +386,19 @@ def test_public_curves_are_pinned_and_covered_by_the_ranges() -> None:
     assert result.inside == result.total, [o for o in result.observations if not o.inside]
     # Every faster optimizer needs fewer steps than AdamW in these logs.
     assert all(o.ratio < 1 for o in result.observations)
+
+
+def test_calibrate_convergence_cli_respects_a_tiny_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A budget smaller than one run: nothing is trained, every optimizer says why, exit 0.
+    monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path))
+    out = CliRunner().invoke(
+        app, ["calibrate", "--convergence", "--budget", "0.5", "--json"], env={"NO_COLOR": "1"}
+    )
+    assert out.exit_code == 0, out.output
+    cache = ConvergenceCache.model_validate_json(out.output)
+    assert cache.partial and cache.target_loss is None
+    assert all(r.status == "skipped" and not r.runs for r in cache.results)
+    bad = CliRunner().invoke(app, ["calibrate", "--convergence", "--budget", "0"])
+    assert bad.exit_code == 2 and "--budget must be positive" in bad.output
