@@ -405,7 +405,7 @@ def test_calibrate_convergence_cli_respects_a_tiny_budget(
     # A budget smaller than one run: nothing is trained, every optimizer says why, exit 0.
     monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path))
     out = CliRunner().invoke(
-        app, ["calibrate", "--convergence", "--budget", "0.5", "--json"], env={"NO_COLOR": "1"}
+        app, ["calibrate", "--convergence", "--budget", "0.001", "--json"], env={"NO_COLOR": "1"}
     )
     assert out.exit_code == 0, out.output
     cache = ConvergenceCache.model_validate_json(out.output)
