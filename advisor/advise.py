@@ -12,12 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.config import Task
+from advisor.config import Stack, Task
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
+from advisor.limits import check_bound, resolve_seq_len
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
+    HostOverride,
     Objective,
     Privacy,
     RecommendReport,
@@ -30,7 +32,7 @@ from advisor.recommend import (
 )
 from advisor.ruleset import load_rules
 from advisor.taxonomy import load_taxonomy
-from advisor.units import parse_bytes, parse_length
+from advisor.units import parse_bytes
 
 Progress = Callable[[str, float], None]
 DEFAULT_SEQ_LEN = 2048
@@ -49,6 +51,7 @@ class RecommendRequest(BaseModel):
     top: int
     rules_dirs: list[Path] = []
     calibrate: bool | None
+    host: HostOverride = HostOverride()
 
     @classmethod
     def from_flags(
@@ -57,7 +60,7 @@ class RecommendRequest(BaseModel):
         spec: ModelSpec,
         task: str,
         seq_len: str | None,
-        micro_batch: int,
+        micro_batch: int | None,
         global_batch: int | None,
         hardware: str | None,
         gpus: int | None,
@@ -68,6 +71,13 @@ class RecommendRequest(BaseModel):
         sparse_features: bool,
         top: int,
         calibrate: bool | None,
+        rope_scaling: float | None = None,
+        stack: str = "hf",
+        global_batch_tokens: str | None = None,
+        host_memory: str | None = None,
+        nvme: str | None = None,
+        tp: int | None = None,
+        pp: int | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag.
 
@@ -77,24 +87,22 @@ class RecommendRequest(BaseModel):
         task_v = _choice(Task, task, "--task")
         objective_v = _choice(Objective, objective, "--objective")
         privacy_v = _choice(Privacy, privacy, "--privacy")
-        limit = spec.max_position_embeddings or DEFAULT_SEQ_LEN
-        s = parse_length(seq_len) if seq_len else min(DEFAULT_SEQ_LEN, limit)
-        if s > limit and spec.position is not None and spec.position.value == "learned":
-            raise UserError(
-                f"--seq-len {s} exceeds {spec.name}'s {limit} learned positions",
-                f"use --seq-len {limit} or less",
-            )
+        s = resolve_seq_len(spec, seq_len, rope_scaling, DEFAULT_SEQ_LEN)
+        for flag, value in (
+            ("--micro-batch", micro_batch),
+            ("--global-batch", global_batch),
+            ("--gpus", gpus),
+            ("--nodes", nodes),
+            ("--top", top),
+        ):
+            check_bound(flag, value)
+        check_bound("--gpus", (gpus or 1) * nodes)
         if hardware is not None and calibrate:
             raise UserError(
                 "--calibrate measures this machine, but --hardware plans for another one",
                 "drop --calibrate: profile costs are analytic (datasheet figures)",
             )
-        if global_batch is not None and global_batch < micro_batch * (gpus or 1) * nodes:
-            raise UserError(
-                f"--global-batch {global_batch} is smaller than one micro-batch on every device "
-                f"({micro_batch} x {(gpus or 1) * nodes})",
-                "raise --global-batch or lower --micro-batch",
-            )
+        _check_plan_flags(global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp)
         workload = Workload(
             task=task_v,
             seq_len=s,
@@ -105,16 +113,94 @@ class RecommendRequest(BaseModel):
             privacy=privacy_v,
             objective=objective_v,
             sparse_features=sparse_features,
+            global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
+            tensor_parallel=tp,
+            pipeline_parallel=pp,
+            stack=_choice(Stack, stack, "--stack"),
         )
         return cls(
             spec=spec,
             workload=workload,
             hardware=hardware,
             gpus=gpus,
-            memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None,
+            memory_budget=_memory_budget(memory_budget),
             top=top,
             calibrate=calibrate,
+            host=HostOverride(
+                memory_bytes=_size(host_memory, "--host-memory"),
+                nvme_bytes=_size(nvme, "--nvme"),
+            ),
         )
+
+
+def _memory_budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = parse_bytes(text, "--memory-budget")
+    check_bound("--memory-budget", value)
+    return value
+
+
+def _check_plan_flags(
+    global_batch: int | None,
+    global_batch_tokens: str | None,
+    micro_batch: int | None,
+    gpus: int | None,
+    nodes: int,
+    tp: int | None,
+    pp: int | None,
+) -> None:
+    """The batch and layout flags that contradict each other before any search."""
+    world = (gpus or 1) * nodes
+    if global_batch is not None and global_batch_tokens is not None:
+        raise UserError(
+            "--global-batch and --global-batch-tokens both set the global batch",
+            "give only one of them",
+        )
+    replicas = world // ((tp or 1) * (pp or 1)) or 1
+    if global_batch is not None and global_batch < (micro_batch or 1) * replicas:
+        raise UserError(
+            f"--global-batch {global_batch} is smaller than one micro-batch on every "
+            f"data-parallel replica ({micro_batch or 1} x {replicas})",
+            "raise --global-batch, lower --micro-batch, or pin --tp/--pp",
+        )
+    if tp is not None and gpus is not None and tp > gpus:
+        raise UserError(
+            f"--tp {tp} is larger than a node of {gpus} GPUs",
+            "tensor parallelism runs inside one node (NVLink); use --tp <= --gpus",
+        )
+    if (tp or 1) * (pp or 1) > world or world % ((tp or 1) * (pp or 1)):
+        raise UserError(
+            f"--tp {tp or 1} x --pp {pp or 1} does not divide the {world} devices",
+            "pick degrees whose product divides --gpus x --nodes",
+        )
+
+
+def _tokens(text: str) -> int:
+    """A token count: ``524288``, ``512k`` or ``4M`` (k = 1024, M = 2**20, as GPT-3 and
+    Llama write their "0.5M" and "4M" token batches)."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(
+            f"invalid --global-batch-tokens {text!r}", "use a token count, e.g. 524288, 512k or 4M"
+        )
+    scale = {"": 1, "k": 2**10, "m": 2**20}[m.group(2).lower()]
+    return max(1, round(float(m.group(1)) * scale))
+
+
+def _size(value: str | None, flag: str) -> int | None:
+    """A byte size flag (``2TB``, ``512GiB``); negative sizes are bad input."""
+    if value is None:
+        return None
+    if value.strip().startswith("-"):
+        raise UserError(f"{flag} must not be negative, got {value}", f"e.g. {flag} 512GiB")
+    import re
+
+    if re.fullmatch(r"0+(\.0*)?\s*[KMGT]?i?B?", value.strip(), flags=re.IGNORECASE):
+        return 0  # "none": e.g. --nvme 0 for a node without NVMe for offload
+    return parse_bytes(value, flag)
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:
@@ -136,8 +222,16 @@ def _cpu_clock_ghz() -> float | None:
     return None
 
 
-def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> RecommendReport:
+def run_recommend(
+    req: RecommendRequest,
+    progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> RecommendReport:
     """Probe (or load the profile), find the costs, apply the rules, rank.
+
+    On a local device whose calibration cache lacks the model's layer shape (and without
+    ``--no-calibrate``), the quick calibration runs first, so the ranking is by measured
+    cost; ``notify`` is told so in one line before it starts.
 
     Raises:
         UserError: for unknown profiles, impossible flag combinations, broken data files.
@@ -151,7 +245,11 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
     if req.hardware:
         profile = get_hardware_profile(req.hardware)
         target = target_from_profile(
-            profile, gpus=req.gpus or 1, nodes=w.nodes, memory_budget=req.memory_budget
+            profile,
+            gpus=req.gpus or 1,
+            nodes=w.nodes,
+            memory_budget=req.memory_budget,
+            host=req.host,
         )
         note = f"costs: analytic, from the {profile.id} datasheet figures"
     else:
@@ -165,11 +263,12 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
             nodes=w.nodes,
             memory_budget=req.memory_budget,
             clock_ghz=_cpu_clock_ghz(),
+            host=req.host,
         )
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})
         gpu_name = report.gpus[0].name if report.gpus else ""
-        calibration, note = _local_costs(req, target, progress, gpu_name)
+        calibration, note = _local_costs(req, target, progress, gpu_name, notify)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
     ctx = Context(
@@ -200,39 +299,56 @@ def _convergence_proxy(spec: ModelSpec) -> Any:
 
 
 def _local_costs(
-    req: RecommendRequest, target: Target, progress: Progress | None, gpu_name: str = ""
+    req: RecommendRequest,
+    target: Target,
+    progress: Progress | None,
+    gpu_name: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[Any, str]:
-    """The calibration cache for this device, run first with --calibrate."""
+    """This device's measured costs: the calibration cache, filled first when it lacks the
+    model's layer shape (measured by default); analytic only with --no-calibrate or when
+    torch is not installed."""
     if req.calibrate is False:
         return None, "costs: analytic (--no-calibrate), from the probed hardware's peak figures"
     from advisor.calibration import cache as cal_cache
-
-    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-    if req.calibrate:
-        from advisor.calibration.runner import run_calibration
-
-        calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
-        return calibration, f"costs: measured on this device (quick calibration, {device})"
-    # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
-    # marketing name NVML does; the fingerprint must match for the cache to be found.
-    cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
-    if cached is None:
-        hint = "run `optadvise calibrate` or pass --calibrate for measured costs"
-        return None, f"costs: analytic (no calibration cache for this device; {hint})" + (
-            f" [{warning}]" if warning else ""
-        )
     from advisor.cost import layer_shape
 
-    if cached.results_for(layer_shape(req.spec)) is None:
+    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
+    cached = None
+    warning = None
+    if not req.calibrate:
+        # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
+        # marketing name NVML does; the fingerprint must match for the cache to be found.
+        cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
+        if cached is not None and cached.results_for(layer_shape(req.spec)) is not None:
+            partial = ", partial" if cached.partial else ""
+            return (
+                cached,
+                f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
+            )
+    if not _torch_installed():
+        extra = f" [{warning}]" if warning else ""
         return cached, (
-            "costs: mostly analytic: the calibration cache has no results at this model's layer"
-            f" shape; run `optadvise calibrate --model-size ...` for it ({cached.created_at})"
+            "costs: analytic (torch is not installed, so this device cannot be measured; "
+            f"install torch for measured costs){extra}"
         )
-    partial = ", partial" if cached.partial else ""
-    return (
-        cached,
-        f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
-    )
+    from advisor.calibration.runner import QUICK_DEFAULT_BUDGET_S, run_calibration
+
+    if notify is not None and not req.calibrate:
+        notify(
+            f"no measured costs for {req.spec.name}'s layer shape on this device yet: running "
+            f"the quick calibration first (at most {QUICK_DEFAULT_BUDGET_S:.0f} s, cached for "
+            "next time; --no-calibrate skips it)"
+        )
+    calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
+    partial = ", partial: the time budget ran out" if calibration.partial else ""
+    return calibration, f"costs: measured on this device (quick calibration, {device}{partial})"
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def _with_measured_precision(target: Target, calibration: Any) -> Target:
@@ -264,16 +380,28 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
 
 
 def write_emitted(
-    report: RecommendReport, kind: str, out: Path, *, nodes: int
+    report: RecommendReport,
+    kind: str,
+    out: Path,
+    *,
+    nodes: int,
+    spec: ModelSpec | None = None,
+    hardware: str | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write the first pick as a DeepSpeed JSON, Accelerate YAML or PyTorch snippet.
+    """Write the first pick as a DeepSpeed JSON, Accelerate YAML, torchtitan TOML,
+    Megatron-LM arguments or a PyTorch snippet.
+
+    When the engine cannot set up the ranked plan, the file sets up the nearest plan it can;
+    the first note then names that plan with its memory and step time beside the ranked one's
+    (from the report when it priced that plan, else from the memory and cost models).
 
     Returns:
         The file written and the notes to show (engines reject unknown keys, so what a
         config file cannot say is said here).
 
     Raises:
-        UserError: when nothing fits (nothing to emit) or the folder cannot be written.
+        UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
+            layout, or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
@@ -281,13 +409,18 @@ def write_emitted(
 
     best = report.recommendations[0]
     impl = load_taxonomy().get(best.optimizer).implementation
+    cpu = report.hardware.device_kind == "cpu"
     emission = emit_config(
         EmitTarget(kind),
         best.config,
         nodes=nodes,
-        gpus_per_node=max(1, best.config.gpus // nodes),
         optimizer_implementation=impl,
+        cpu=cpu,
+        num_layers=spec.num_layers if spec is not None else None,
     )
+    notes = list(emission.notes)
+    if emission.differs:
+        notes.insert(0, _expressed_plan_note(report, emission.expressed_config, spec, hardware))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -296,7 +429,41 @@ def write_emitted(
         ) from None
     path = out / emission.filename
     _atomic_write(path, emission.text)
-    return path, list(emission.notes)
+    return path, notes
+
+
+def _expressed_plan_note(
+    report: RecommendReport, expressed: Any, spec: ModelSpec | None, hardware: str | None
+) -> str:
+    """The memory and time of the plan an export sets up instead of the ranked one."""
+    from advisor.emit import same_plan
+    from advisor.units import format_bytes, format_seconds
+
+    best = report.recommendations[0]
+    ranked = (
+        f"ranked plan: {format_bytes(best.peak_memory_bytes)}/device, "
+        f"{format_seconds(best.step_time_s)}/step"
+    )
+    for rec in report.recommendations:
+        if same_plan(rec.config, expressed):
+            return (
+                f"this file sets up plan #{rec.rank} instead: "
+                f"{format_bytes(rec.peak_memory_bytes)}/device, "
+                f"{format_seconds(rec.step_time_s)}/step ({ranked})"
+            )
+    if spec is None:
+        return f"this file sets up another plan than the ranked one ({ranked}); see below"
+    from advisor.memory import DeviceOverheads, estimate_memory
+
+    tech = load_taxonomy().get(expressed.optimizer)
+    overheads = DeviceOverheads.cpu() if report.hardware.device_kind == "cpu" else None
+    memory = estimate_memory(spec, expressed, optimizer=tech, device=overheads)
+    step = local_step_time(spec, expressed, hardware)
+    fits = "fits" if memory.total_bytes <= report.hardware.usable_memory_bytes else "does NOT fit"
+    return (
+        f"this file sets up another plan: {format_bytes(memory.total_bytes)}/device ({fits}), "
+        f"{format_seconds(step.seconds)}/step ({ranked})"
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -310,10 +477,31 @@ def _atomic_write(path: Path, text: str) -> None:
         ) from None
 
 
-def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
+def local_target() -> tuple[Target, str]:
+    """This machine as a planning target (probed without torch), and its first GPU's name."""
+    from advisor.probe import probe_hardware
+
+    report = probe_hardware(with_torch=False)
+    target = target_from_probe(
+        report,
+        load_hardware_profiles(),
+        gpus=None,
+        nodes=1,
+        memory_budget=None,
+        clock_ghz=_cpu_clock_ghz(),
+    )
+    return target, report.gpus[0].name if report.gpus else ""
+
+
+def local_step_time(
+    spec: ModelSpec, config: Any, hardware: str | None, local: tuple[Target, str] | None = None
+) -> Any:
     """Step time of one configuration for `optadvise estimate`: measured from this device's
     calibration cache when it holds the model's layer shape, else analytic from the
     --hardware profile or the probed machine's peak figures. Never imports torch.
+
+    Args:
+        local: this machine's target and GPU name, when the caller probed it already.
 
     Returns:
         An ``advisor.estimate.StepTimeReport``.
@@ -328,22 +516,11 @@ def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
         if config.gpus > 1 and profile.intra_node is not None:
             link = profile.intra_node.bandwidth_gb_s
     else:
-        from advisor.probe import probe_hardware
-
-        report = probe_hardware(with_torch=False)
-        target = target_from_probe(
-            report,
-            load_hardware_profiles(),
-            gpus=None,
-            nodes=1,
-            memory_budget=None,
-            clock_ghz=_cpu_clock_ghz(),
-        )
+        target, gpu = local or local_target()
         profile = target.profile
         from advisor.calibration import cache as cal_cache
 
         device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-        gpu = report.gpus[0].name if report.gpus else ""
         calibration, _warning = cal_cache.load_cache_for(device, gpu_name=gpu)
     st = predict_for_optimizer(
         spec,

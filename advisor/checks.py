@@ -324,6 +324,7 @@ def step_efficiency_defects(
             if (
                 tech.memory is not None
                 and tech.memory.state in _STATE_SAVERS
+                and _adam_family(tech.id)
                 and abs(p.central - 1.0) > _ABOUT_ONE
             ):
                 bad(
@@ -558,3 +559,11 @@ __all__ = [
     "fact_domains",
     "step_efficiency_defects",
 ]
+
+
+def _adam_family(technique_id: str) -> bool:
+    """Whether a state-compressing optimizer compresses Adam's state (8-bit, paged 8-bit,
+    Adam-mini, GaLore-AdamW): those save memory, not steps. An 8-bit SGD, Lion or LAMB
+    compresses its own base optimizer's state and takes that optimizer's steps."""
+    base = technique_id.removeprefix("paged-")
+    return base.startswith(("adam", "galore-adam"))

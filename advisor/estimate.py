@@ -84,12 +84,21 @@ class EstimateReport(BaseModel):
         description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
     )
     parameters: int
+    active_parameters: int = Field(
+        description="parameters one token goes through: all but the routed experts it is not "
+        "sent to (= parameters for a dense model; DeepSeek-V3 37.6B of 671B)"
+    )
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
     nvme_bytes: int = Field(default=0, description="bytes NVMe offload keeps on NVMe")
     notes: list[str]
     device: str = Field(description="overheads assumed: cuda or cpu")
     hardware: str | None = Field(default=None, description="profile the fit was checked against")
+    device_name: str | None = Field(
+        default=None,
+        description="the device the fit was checked against: the profile's name, or the probed "
+        "device when no --hardware is given",
+    )
     device_memory_bytes: int | None = None
     host_memory_bytes: int | None = None
     fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
@@ -189,8 +198,10 @@ def estimate_report(
     device: str = "cuda",
     host_memory_bytes: int | None = None,
     step_time: StepTimeReport | None = None,
+    local_device: tuple[str, int] | None = None,
 ) -> EstimateReport:
-    """The memory of one configuration, checked against a profile when one is named.
+    """The memory of one configuration, checked against a profile when one is named, else
+    against ``local_device`` (the probed device's name and memory) when given.
 
     Raises:
         UserError: for an unknown optimizer, profile or device kind.
@@ -204,6 +215,9 @@ def estimate_report(
     tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
+    device_name = profile.name if profile else None
+    if profile is None and local_device is not None:
+        device_name, device_mem = local_device
     alternatives = [
         Alternative(
             change=change,
@@ -235,12 +249,14 @@ def estimate_report(
         ],
         overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
         parameters=m.parameters,
+        active_parameters=spec.active_parameter_count(),
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
         nvme_bytes=m.nvme_bytes,
         notes=m.notes,
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
+        device_name=device_name,
         device_memory_bytes=device_mem,
         host_memory_bytes=host,
         fits=None if device_mem is None else m.total_bytes <= device_mem,

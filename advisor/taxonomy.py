@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from advisor.config import Attention, Checkpointing, Offload, Precision, Sharding, Task
+from advisor.datacache import cached_by_content, taxonomy_sources
 from advisor.errors import DataError, UserError
 from advisor.hardware import DeviceKind
 from advisor.resources import rules_dir
@@ -481,6 +482,7 @@ def config_technique_id(value: Enum) -> str | None:
     return _CONFIG_IDS[value]
 
 
+@cached_by_content("taxonomy", taxonomy_sources)
 def load_taxonomy(path: Path | None = None) -> Taxonomy:
     """Load and validate the taxonomy.
 

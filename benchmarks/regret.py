@@ -147,7 +147,8 @@ def run(
             task=setup.task,
             seq_len=str(setup.seq_len),
             micro_batch=setup.micro_batch,
-            global_batch=None,
+            # One micro-batch per step: the steps timed here have no accumulation.
+            global_batch=setup.micro_batch,
             hardware=None,
             gpus=None,
             nodes=1,

@@ -143,7 +143,9 @@ def test_regret_of_the_first_pick(one_thread: None, tmp_path: Path) -> None:
     )
     result = regret.run(setup, passes=2, max_seconds=5, cache_root=tmp_path, log=lambda *_: None)
     table = regret.format_table(result)
-    assert result["measured"] >= 12, table
+    # NOTE: the plan search folds equivalent rows and prunes dominated ones, so the ranking
+    # has fewer distinct values for the sample to cover than the old enumerator's.
+    assert result["measured"] >= 10, table
     assert result["regret_pct"] is not None, table
     regret_pct = result["regret_pct"]
     if regret_pct > 10:

@@ -21,7 +21,7 @@ def rec(size: str = "7B", model: str | None = None, **flags: object) -> Recommen
     defaults: dict[str, object] = dict(
         task="finetune",
         seq_len=None,
-        micro_batch=1,
+        micro_batch=None,
         global_batch=None,
         hardware=None,
         gpus=None,
@@ -94,10 +94,15 @@ def test_405b_on_8_nodes_of_h100_plans_multi_node_with_communication_cost() -> N
     assert best.cost_components.get("communication", 0) > 0
 
 
-def test_1t_on_one_node_fits_nothing_and_says_what_would() -> None:
+def test_1t_on_one_node_needs_nvme_and_without_it_says_what_would() -> None:
+    # ZeRO-Infinity (Rajbhandari et al. 2021) trains 1T parameters on one DGX-2 node by
+    # keeping the 16 B/param of model states on NVMe: a DGX H100's 30 TB holds them, its
+    # 2 TiB of RAM does not. Without NVMe nothing fits, and the report says what would.
     r = rec("1T", task="pretrain", hardware="h100-sxm-80gb", gpus=8)
-    assert not r.recommendations
-    changes = " ".join(s.change for s in r.suggestions)
+    assert r.recommendations and all("nvme-offload" in x.techniques for x in r.recommendations)
+    bare = rec("1T", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nvme="0")
+    assert not bare.recommendations
+    changes = " ".join(s.change for s in bare.suggestions)
     assert "devices with ZeRO-3" in changes
 
 
@@ -121,8 +126,11 @@ def test_lora_task_only_recommends_adapters() -> None:
 
 def test_objective_memory_puts_the_smallest_footprint_first() -> None:
     r = rec("7B", hardware="a100-sxm-80gb", objective="memory", top=10)
+    # Rule weights (0.02 log-units per point under "memory") may order footprints a few
+    # percent apart; never more.
     peaks = [x.peak_memory_bytes for x in r.recommendations]
-    assert peaks[0] == min(peaks)
+    assert peaks[0] <= min(peaks) * 1.03
+    assert r.recommendations[0].micro_batch == 1  # the least memory, not the most throughput
 
 
 def test_objective_speed_puts_the_fastest_first() -> None:
@@ -164,8 +172,10 @@ def test_qlora_is_not_offered_on_amd() -> None:
 
 
 def test_cpu_laptop_without_fast_bf16_trains_in_fp32() -> None:
-    # FINDINGS: bf16 GEMM ~180x slower than fp32 without avx512_bf16/AMX.
-    r = rec("125M", hardware="cpu-laptop", top=10)
+    # FINDINGS: bf16 GEMM ~180x slower than fp32 without avx512_bf16/AMX. The top rows are
+    # distinct plans now; a 16-bit plan may appear far below, as the one that saves memory
+    # at ~100x the time, never among the first.
+    r = rec("125M", hardware="cpu-laptop", top=5)
     assert r.recommendations
     assert all(x.precision == "fp32" for x in r.recommendations)
     assert all(x.offload == "none" for x in r.recommendations)
@@ -311,3 +321,361 @@ def test_nvml_names_map_to_their_datasheets(nvml_name: str, gib: int, profile: s
 
     found = match_gpu_profile(nvml_name, gib * GIB, load_hardware_profiles().values())
     assert found is not None and found.id == profile
+
+
+# --- plan search: batch geometry, layouts, memory savers, host, distinct rows ---------------
+
+
+def _memory_prices(**update: object) -> bool:
+    """Whether the memory model already prices a TrainingConfig field (the lead's model)."""
+    from advisor.config import Task, TrainingConfig
+    from advisor.memory import estimate_memory
+    from advisor.taxonomy import load_taxonomy
+
+    spec = resolve_model_size("7B")
+    # The same data-parallel degree on both sides, so only the field under test differs.
+    c = TrainingConfig(task=Task.PRETRAIN, gpus=int(update.get("gpus", 8)), micro_batch=1)  # type: ignore[call-overload]
+    opt = load_taxonomy().get("adamw")
+    plain = estimate_memory(spec, c, optimizer=opt).total_bytes
+    return estimate_memory(spec, c.model_copy(update=update), optimizer=opt).total_bytes != plain
+
+
+def _cost_prices(**update: object) -> bool:
+    """Whether the step-time model already prices a TrainingConfig field (gpucost's model)."""
+    from advisor.config import Task, TrainingConfig
+    from advisor.cost import predict_for_optimizer
+    from advisor.hardware import get_hardware_profile
+    from advisor.taxonomy import load_taxonomy
+
+    spec = resolve_model_size("7B")
+    c = TrainingConfig(task=Task.PRETRAIN, gpus=int(update.get("gpus", 8)), micro_batch=1)  # type: ignore[call-overload]
+    hw, opt = get_hardware_profile("h100-sxm-80gb"), load_taxonomy().get("adamw")
+
+    def seconds(x: TrainingConfig) -> float:
+        return predict_for_optimizer(spec, x, opt, calibration=None, hardware=hw).seconds
+
+    return seconds(c.model_copy(update=update)) != seconds(c)
+
+
+# NOTE: these verdicts need the memory/cost models to price the new TrainingConfig fields
+# (lead: memory.estimate_memory; gpucost: cost.predict_step_time). Until they do, the tests
+# are expected failures (strict: they turn into failures the moment they pass unexpectedly,
+# so the marker cannot outlive its reason).
+needs_in_backward_memory = pytest.mark.xfail(
+    not _memory_prices(optimizer_in_backward=True),
+    reason="memory model does not yet free gradients under optimizer_in_backward (lead)",
+    strict=True,
+)
+needs_tp_pp_models = pytest.mark.xfail(
+    not (
+        _memory_prices(gpus=1, tensor_parallel=8)
+        and _memory_prices(gpus=4, pipeline_parallel=2)
+        and _cost_prices(gpus=1, tensor_parallel=8)
+    ),
+    reason="memory/cost models do not yet price tensor and pipeline parallelism (lead, gpucost)",
+    strict=True,
+)
+
+
+def _geometry_holds(r: RecommendReport) -> None:
+    for x in r.recommendations:
+        assert x.micro_batch * x.grad_accumulation * x.data_parallel == x.global_batch
+        assert x.data_parallel * x.tensor_parallel * x.pipeline_parallel == r.workload.world_size
+        if x.global_batch != r.workload.global_batch:
+            assert x.global_batch_note, "a plan off the global batch must say why"
+
+
+def test_gpt2_small_pretraining_on_an_a100_runs_a_real_micro_batch() -> None:
+    # nanoGPT trains GPT-2 small at 12 x 1024 tokens per micro-batch on a 40 GB A100
+    # (Karpathy, nanoGPT train_gpt2 config); on 80 GB the search must find at least that,
+    # not micro-batch 1 with 95% of the card idle. Default global batch: 0.5M tokens
+    # (GPT-3 Table 2.1 below 1B) = 512 sequences of 1024.
+    r = rec(model="gpt2", task="pretrain", hardware="a100-sxm-80gb")
+    best = r.recommendations[0]
+    assert r.workload.global_batch == 512 and "GPT-3" in r.workload.global_batch_source
+    assert best.micro_batch >= 12
+    assert best.peak_memory_bytes > 0.3 * r.hardware.device_memory_bytes
+    _geometry_holds(r)
+
+
+def test_fixed_micro_batch_is_kept_and_accumulation_reaches_the_global_batch() -> None:
+    # --micro-batch pins the micro-batch; the accumulation makes up the global batch.
+    r = rec(model="gpt2", task="pretrain", hardware="a100-sxm-80gb", micro_batch=4, global_batch=64)
+    assert all(x.micro_batch == 4 and x.grad_accumulation == 16 for x in r.recommendations)
+    _geometry_holds(r)
+
+
+def test_global_batch_tokens_sets_the_samples() -> None:
+    # 4M tokens (Llama 2's batch) at 4096 tokens per sample = 1024 sequences.
+    r = rec("7B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, seq_len="4096",
+            global_batch_tokens="4M", top=3)  # fmt: skip
+    assert r.workload.global_batch == 1024 and r.workload.global_batch_tokens == 4 * 2**20
+    _geometry_holds(r)
+
+
+def test_the_report_names_the_host_it_assumed_and_flags_override_it() -> None:
+    # A --hardware profile plans on its documented host (DGX H100: 2 TiB, 30 TB NVMe), not on
+    # the RAM of the machine running the tool; --host-memory replaces it.
+    r = rec("7B", hardware="h100-sxm-80gb", gpus=8, top=1)
+    assert "DGX H100" in r.hardware.host_source
+    assert r.hardware.host_memory_bytes == 2048 * GIB // 8
+    small = rec("7B", hardware="h100-sxm-80gb", gpus=8, host_memory="64GiB", top=1)
+    assert small.hardware.host_source.startswith("--host-memory")
+    assert small.hardware.host_memory_bytes == 8 * GIB
+
+
+def test_zero_offload_13b_on_one_v100_with_a_large_host() -> None:
+    # ZeRO-Offload (Ren et al. 2021, sec. 6.2): 13B trained on one V100-32GB by keeping the
+    # fp32 optimizer states (and the step) in a DGX-2's 1.5 TB of host memory. 13B x 16 B
+    # = 194 GiB of model states cannot fit 32 GB any other way in full-parameter training.
+    r = rec("13B", task="pretrain", hardware="v100-32gb", host_memory="1.5TiB", top=10)
+    offloaded = [x for x in r.recommendations if x.offload != "none"]
+    assert offloaded, [x.techniques for x in r.recommendations]
+    first = r.recommendations[0]
+    assert first.offload in ("optimizer", "optimizer+params") and first.global_batch == 1024
+    assert all(x.host_memory_bytes <= 0.8 * 1.5 * 1024 * GIB for x in offloaded)
+    _geometry_holds(r)
+    # With a small host the same plans are rejected for host memory, not silently kept.
+    tight = rec("13B", task="pretrain", hardware="v100-32gb", host_memory="32GiB", top=10)
+    assert not any(x.offload != "none" and "nvme" not in x.offload for x in tight.recommendations)
+    assert any(rj.kind == "host-memory" for rj in tight.rejected)
+
+
+@needs_in_backward_memory
+def test_7b_pretraining_on_one_4090_needs_per_layer_updates_and_says_why_not_galore() -> None:
+    # 7B x (2 B weights + 4 B fp32 master) alone is 39 GiB > 24 GB: full-parameter
+    # pre-training fits one RTX 4090 only without the gradient buffer (per-layer updates,
+    # Lv et al. 2023) or with the states off the device (ZeRO-Offload/Infinity, Ren et al.
+    # 2021; Rajbhandari et al. 2021). The search must find those itself; those that reach
+    # the 1M-token global batch (accumulation) come first. GaLore's headline run (Zhao et al. 2024, Fig. 1: 8-bit GaLore +
+    # per-layer updates, 22.0 GB) keeps bare bf16 weights, which the rule base excludes for
+    # pre-training (no fp32 master copy; Micikevicius et al. 2018): the report says so.
+    r = rec("7B", task="pretrain", hardware="rtx-4090", top=10)
+    assert r.recommendations
+    assert all(
+        "fused-backward-step" in x.memory_savers or "cpu-offload-params" in x.memory_savers
+        for x in r.recommendations
+    )
+    assert any(
+        rj.kind == "rule" and "no-bare-16-bit-weights-for-pretraining" in rj.reason
+        for rj in r.rejected
+    )
+    _geometry_holds(r)
+
+
+@needs_in_backward_memory
+def test_galore_8bit_with_per_layer_updates_is_reached_when_bare_bf16_is_allowed() -> None:
+    # The same search with the bare-16-bit rule lifted (as GaLore's authors ran): it reaches
+    # 8-bit GaLore + per-layer updates on the 4090 by itself (Zhao et al. 2024, sec. 5.4),
+    # within the card, no offload, ~18 GiB (the paper measured 22.0 GB at rank 1024).
+    from advisor.advise import _cost_fn
+    from advisor.hardware import get_hardware_profile
+    from advisor.recommend import Context, Workload, recommend, target_from_profile
+    from advisor.ruleset import load_rules
+    from advisor.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    rules = load_rules([], technique_ids=set(taxonomy.ids()))
+    lifted = rules.model_copy(
+        update={
+            "rules": [
+                r for r in rules.rules if r.rule.id != "no-bare-16-bit-weights-for-pretraining"
+            ]
+        }
+    )
+    profile = get_hardware_profile("rtx-4090")
+    target = target_from_profile(profile, gpus=1, nodes=1, memory_budget=None)
+    ctx = Context(
+        spec=resolve_model_size("7B"),
+        workload=Workload(task="pretrain", global_batch=8),  # type: ignore[arg-type]
+        target=target,
+        taxonomy=taxonomy,
+        ruleset=lifted,
+    )
+    r = recommend(ctx, _cost_fn(ctx, None, profile), top=10)
+    hits = [
+        x
+        for x in r.recommendations
+        if x.optimizer == "galore-adamw-8bit" and "fused-backward-step" in x.memory_savers
+    ]
+    assert hits, [(x.optimizer, x.precision, x.memory_savers) for x in r.recommendations]
+    assert hits[0].offload == "none" and hits[0].peak_memory_bytes < 0.9 * 24 * GIB
+
+
+@needs_tp_pp_models
+def test_llama_405b_on_16_nodes_of_8_h100_uses_tp8_in_node_and_pipeline_across() -> None:
+    # Llama 3 405B was trained with TP 8 inside each node and PP 16 across nodes (Dubey et al.
+    # 2024, Table 4); Megatron-LM's rule: tensor parallel up to the node, then pipeline
+    # (Narayanan et al. 2021, takeaway 1). FSDP alone pays all-gathers of 405B over IB.
+    r = rec(model="llama-3.1-405b", task="pretrain", hardware="h100-sxm-80gb", gpus=8,
+            nodes=16, top=3)  # fmt: skip
+    best = r.recommendations[0]
+    # Tensor parallelism inside the node and pipeline stages across nodes, as Llama 3 ran;
+    # the fitted model finds TP 4 x PP 2 with FSDP over the rest a few percent faster than
+    # TP 8 at this scale (128 GPUs, not Llama 3's 16k), so the degree itself is not pinned.
+    assert 4 <= best.tensor_parallel <= 8 and best.pipeline_parallel > 1, best.layout
+    # Llama 3 reached ~165 tokens/s per GPU in bf16 (380-430 TFLOP/s); FSDP with full
+    # checkpointing, the old pick, planned 26.
+    assert best.tokens_per_s / 128 > 100, best.tokens_per_s / 128
+    _geometry_holds(r)
+
+
+def test_layouts_are_validated_where_they_are_built() -> None:
+    # A layout's degrees multiply to the world size, and TP stays inside a node.
+    from pydantic import ValidationError
+
+    from advisor.modelspec import get_model_profile
+    from advisor.plan.layout import Layout, enumerate_layouts
+
+    with pytest.raises(ValidationError):
+        Layout(world_size=16, gpus_per_node=8, dp=2, tp=4, pp=1)
+    with pytest.raises(ValidationError):
+        Layout(world_size=16, gpus_per_node=8, dp=1, tp=16, pp=1)
+    layouts = enumerate_layouts(
+        get_model_profile("llama-3.1-405b"), world_size=128, gpus_per_node=8
+    )
+    # Dubey et al. 2024 Table 4's TP8 PP16 (on 16 nodes, one DP replica) is in the space.
+    assert any(lay.tp == 8 and lay.pp == 16 and lay.dp == 1 for lay in layouts)
+    assert all(lay.tp <= 8 and lay.dp * lay.tp * lay.pp == 128 for lay in layouts)
+
+
+def test_7b_fine_tuning_on_8_a100_under_quality_trains_every_weight_sharded() -> None:
+    # 7B full fine-tuning needs ~16 B/param = 104 GiB of model states: too much for one
+    # 80 GB card, ~13 GiB per device under ZeRO-3/FSDP over 8. Under --objective quality,
+    # full-parameter training beats adapters whenever it fits in some layout (LoRA learns
+    # less, Biderman et al. 2024), and the rule that prefers LoRA must not fire.
+    r = rec("7B", hardware="a100-sxm-80gb", gpus=8, objective="quality", top=3)
+    best = r.recommendations[0]
+    assert best.task == "finetune"
+    assert best.sharding in ("zero3", "fsdp", "zero2", "zero1", "hsdp") or best.tensor_parallel > 1
+    assert r.facts["full_training_fits"] is True
+    assert "lora-when-full-fine-tuning-does-not-fit" not in {f.rule for f in r.fired_rules}
+
+
+def test_top_rows_are_distinct_and_equivalents_fold_into_also() -> None:
+    # LoRA on 7B trains ~20M parameters: optimizers differ by megabytes and milliseconds,
+    # so they must share one row ("also: ..."), not fill the top 5 with one plan.
+    r = rec("7B", task="lora", hardware="a100-sxm-80gb", top=5)
+    rows = r.recommendations
+    labels = [
+        (
+            x.task, x.optimizer, x.precision, x.checkpointing, x.offload, x.layout,
+            x.micro_batch, x.grad_accumulation, tuple(x.memory_savers),
+        )
+        for x in rows
+    ]  # fmt: skip
+    assert len(set(labels)) == len(labels)
+    for i, a in enumerate(rows):
+        for b in rows[i + 1 :]:
+            same_time = abs(a.tokens_per_s - b.tokens_per_s) <= 0.005 * a.tokens_per_s
+            same_memory = abs(a.peak_memory_bytes - b.peak_memory_bytes) <= 0.005 * max(
+                a.peak_memory_bytes, b.peak_memory_bytes
+            )
+            # Equal in memory and time, rows must differ in quality: steps to AdamW's loss.
+            same_steps = a.steps_vs_adamw == b.steps_vs_adamw
+            assert not (same_time and same_memory and same_steps), (a.optimizer, b.optimizer)
+    assert len(rows[0].also) >= 3, rows[0].also
+
+
+def test_fsdp_and_zero3_at_equal_cost_share_a_row() -> None:
+    # FSDP is PyTorch's ZeRO-3 (Zhao et al. 2023): same memory and time in the models.
+    r = rec("13B", task="pretrain", hardware="a100-sxm-80gb", gpus=8, top=10)
+    for x in r.recommendations:
+        if x.sharding == "fsdp":
+            assert not any(
+                y.sharding == "zero3"
+                and y.config.model_copy(update={"sharding": x.config.sharding}) == x.config
+                for y in r.recommendations
+            )
+
+
+def test_cpu_case_plans_a_batch_and_no_offload() -> None:
+    # On a CPU the device memory is the host: nothing to offload; fp32 without fast bf16.
+    r = rec("125M", task="pretrain", hardware="cpu-laptop", top=5)
+    assert r.recommendations and all(x.offload == "none" for x in r.recommendations)
+    assert r.hardware.host_memory_bytes == 0
+    _geometry_holds(r)
+
+
+def test_privacy_case_keeps_private_optimizers_and_a_full_batch() -> None:
+    # DP-SGD's noise scale is set per step for the global batch (Abadi et al. 2016): the
+    # plan must reach it exactly; no per-layer updates (they rule out per-sample clipping).
+    r = rec("125M", hardware="a100-sxm-80gb", privacy="dp", top=5)
+    assert {x.optimizer for x in r.recommendations} <= DP_OPTIMIZERS
+    assert not any("fused-backward-step" in x.techniques for x in r.recommendations)
+    _geometry_holds(r)
+
+
+def test_json_carries_the_plan_fields() -> None:
+    r = rec("7B", hardware="h100-sxm-80gb", gpus=8, top=2).model_dump(mode="json")
+    for key in (
+        "micro_batch", "grad_accumulation", "data_parallel", "tensor_parallel",
+        "pipeline_parallel", "stack", "memory_savers", "layout", "global_batch", "also",
+    ):  # fmt: skip
+        assert key in r["recommendations"][0]
+    assert r["search"]["plans_considered"] > r["search"]["plans_evaluated"] > 0
+    assert r["search"]["plans_pruned"] == (
+        r["search"]["plans_considered"] - r["search"]["plans_evaluated"]
+    )
+
+
+def test_micro_batch_is_found_by_binary_search() -> None:
+    # Memory is monotone in the micro-batch: O(log n) fit checks, not n.
+    from advisor.plan.search import _fitting_prefix
+
+    calls: list[int] = []
+
+    class Ev:
+        def fits(self, c: int) -> bool:
+            calls.append(c)
+            return c <= 37
+
+    choices = list(range(1, 1025))
+    fit = _fitting_prefix(Ev(), choices, lambda mb: mb)  # type: ignore[arg-type,return-value]
+    assert fit[-1] == 37 and len(calls) <= 12  # both ends, then log2(1024)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (dict(hardware="h100-sxm-80gb", gpus=8, global_batch=4), "--global-batch"),
+        (dict(hardware="h100-sxm-80gb", gpus=8, host_memory="-1TB"), "--host-memory"),
+        (dict(hardware="h100-sxm-80gb", gpus=8, tp=16), "--tp"),
+        (
+            dict(hardware="h100-sxm-80gb", gpus=8, global_batch=64, global_batch_tokens="1M"),
+            "--global-batch-tokens",
+        ),
+        (dict(hardware="h100-sxm-80gb", gpus=8, global_batch=12, micro_batch=5), "--global-batch"),
+    ],
+)
+def test_bad_plan_flags_are_user_errors(flags: dict[str, object], words: str) -> None:
+    with pytest.raises(UserError) as info:
+        rec("7B", **flags)
+    assert words in info.value.message + info.value.hint
+
+
+def test_a_global_batch_no_fitting_plan_divides_is_a_user_error() -> None:
+    # 70B on 8 GPUs fits only sharded over all 8 (one replica per device); 12 samples cannot
+    # be split over 8 replicas, so no plan reaches the requested batch exactly.
+    with pytest.raises(UserError) as info:
+        rec("70B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, global_batch=12, tp=1, pp=1)
+    assert "cannot be split evenly" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--host-memory", "-1TB"],
+        ["--gpus", "8", "--tp", "16"],
+        ["--gpus", "8", "--global-batch", "4"],
+    ],
+)
+def test_bad_plan_flags_print_one_line_and_exit_2(flags: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    args = ["recommend", "--model-size", "7B", "--hardware", "h100-sxm-80gb", "--no-calibrate"]
+    result = CliRunner().invoke(app, args + flags, env={"NO_COLOR": "1", "COLUMNS": "100"})
+    assert result.exit_code == 2
+    assert result.output.count("Error:") == 1 and "Traceback" not in result.output

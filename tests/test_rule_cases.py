@@ -193,7 +193,12 @@ def test_avx2_cpu_is_steered_to_fp32(ruleset: RuleSet, taxonomy: Taxonomy) -> No
 def test_memory_bound_fine_tuning_prefers_zeroth_order_over_adamw(
     ruleset: RuleSet, taxonomy: Taxonomy
 ) -> None:
-    facts = {**_base(), "first_order_fits": False, "memory_headroom": 0.05}
+    facts = {
+        **_base(),
+        "first_order_fits": False,
+        "full_training_fits": False,
+        "memory_headroom": 0.05,
+    }
     decision = decide(ruleset, taxonomy, facts)
     assert decision.scores["mezo"] > decision.scores.get("adamw", 0.0)
     pretrain = decide(ruleset, taxonomy, {**facts, "task": "pretrain"})

@@ -1,0 +1,267 @@
+"""Explanations: the rules behind each row, "why not" the options users expect, and what
+would fit when nothing does."""
+
+from __future__ import annotations
+
+from advisor.config import (
+    Checkpointing,
+    Offload,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
+from advisor.engine import Decision
+from advisor.hardware import DeviceKind
+from advisor.plan.layout import Layout
+from advisor.plan.models import Reason, Suggestion, WhyNot
+from advisor.plan.rank import Row
+from advisor.plan.search import (
+    Evaluator,
+    Plan,
+    best_geometry,
+    compatible,
+    hard_constraint,
+    memory_reason,
+    techniques_of,
+)
+from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
+from advisor.units import format_bytes
+
+
+def effect(ctx: Context, rule_id: str) -> str:
+    """What a fired rule does, in words."""
+    lr = ctx.ruleset.get(rule_id)
+    if lr is None:  # a taxonomy requirement rule
+        return "excludes " + rule_id.removeprefix("requires-") + " (hardware requirement)"
+    parts = []
+    for a in lr.rule.then:
+        if a.verb == "advise":
+            parts.append("advises")
+        else:
+            w = f" ({a.score:+g})" if a.verb in ("prefer", "avoid") else ""
+            parts.append(f"{a.verb}s {', '.join(a.techniques)}{w}")
+    return "; ".join(parts)
+
+
+def reason(ctx: Context, rule_id: str, effect_text: str) -> Reason:
+    """A fired rule with its rationale and sources."""
+    lr = ctx.ruleset.get(rule_id)
+    if lr is None:
+        tid = rule_id.removeprefix("requires-")
+        tech = ctx.taxonomy.get(tid) if tid in ctx.taxonomy else None
+        return Reason(
+            rule=rule_id,
+            effect=effect_text,
+            rationale=f"{tid} needs hardware this target lacks (taxonomy requirements)",
+            sources=[r.cite() for r in tech.references] if tech else [],
+        )
+    return Reason(
+        rule=rule_id,
+        effect=effect_text,
+        rationale=" ".join(lr.rule.rationale.split()),
+        sources=[s.cite() for s in lr.rule.sources],
+    )
+
+
+def plan_reasons(ctx: Context, plan: Plan, decision: Decision) -> list[Reason]:
+    """The rules that moved this plan: its techniques' preferences and requirements."""
+    present = set(plan.techniques)
+    out = []
+    for tid in plan.techniques:
+        for rule_id, weight in decision.contributions.get(tid, []):
+            verb = "prefers" if weight > 0 else "avoids"
+            out.append(reason(ctx, rule_id, f"{verb} {tid} ({weight:+g})"))
+    for tid, rules in decision.required.items():
+        if tid in present:
+            out.extend(reason(ctx, r, f"requires {tid}") for r in rules)
+    return sorted(out, key=lambda r: r.rule)
+
+
+def why_not(
+    ctx: Context, decision: Decision, ev: Evaluator, rows: list[Row], shown: int
+) -> list[WhyNot]:
+    """The options a practitioner expects, each judged as one exact plan (its best batch)."""
+    base = baseline_config(ctx)
+    what = "full fine-tuning" if base.task is Task.FINETUNE else "pretraining"
+    world = ctx.workload.world_size
+    expected = [(f"AdamW {what} in {base.precision.value}, no memory savers, no sharding", base)]
+    if ctx.workload.task in (Task.FINETUNE, Task.LORA, Task.QLORA):
+        expected.append(
+            (
+                f"LoRA (r=16) with AdamW in {base.precision.value}",
+                base.model_copy(update={"task": Task.LORA}),
+            )
+        )
+        expected.append(
+            (
+                "QLoRA (r=16, 4-bit base) with AdamW in bf16-mixed",
+                base.model_copy(update={"task": Task.QLORA, "precision": Precision.BF16_MIXED}),
+            )
+        )
+    if "mezo" in ctx.taxonomy and ctx.workload.task is not Task.PRETRAIN:
+        expected.append(
+            ("MeZO (zeroth-order, inference memory)", base.model_copy(update={"optimizer": "mezo"}))
+        )
+    if world > 1:
+        expected.append(
+            ("AdamW with ZeRO-3 sharding", base.model_copy(update={"sharding": Sharding.ZERO3}))
+        )
+    layout = Layout(world_size=world, gpus_per_node=max(ctx.workload.gpus, 1), dp=world)
+    out = []
+    for label, config in expected:
+        lay = layout.model_copy(update={"sharding": config.sharding})
+        position = _position(rows, config)
+        if position is not None and position < shown:
+            continue
+        if position is not None:
+            p = rows[position].plan
+            out.append(
+                WhyNot(
+                    option=label,
+                    verdict=f"fits ({format_bytes(p.memory.total_bytes)}, micro-batch "
+                    f"{p.config.micro_batch}) but ranks #{position + 1} of {len(rows)}: "
+                    f"{p.cost.seconds:.3g} s/step, rule score {p.rule_score:+g}",
+                )
+            )
+            continue
+        out.append(WhyNot(option=label, verdict=_judge(ctx, decision, ev, config, lay)))
+    return out
+
+
+def _position(rows: list[Row], config: TrainingConfig) -> int | None:
+    """The row of the plain configuration (any batch geometry), if it was ranked."""
+    keys = ("task", "optimizer", "precision", "attention", "checkpointing", "offload", "sharding")
+    for i, row in enumerate(rows):
+        c = row.plan.config
+        if (
+            all(getattr(c, k) == getattr(config, k) for k in keys)
+            and c.tensor_parallel == 1
+            and c.pipeline_parallel == 1
+            and not (c.fused_loss or c.activation_offload or c.optimizer_in_backward)
+        ):
+            return i
+    return None
+
+
+def _judge(
+    ctx: Context, decision: Decision, ev: Evaluator, config: TrainingConfig, layout: Layout
+) -> str:
+    c = layout.apply(config)
+    techniques = techniques_of(ctx, c)
+    why = hard_constraint(ctx, decision, techniques) or compatible(ctx, c, techniques)
+    if why:
+        return why
+    found = best_geometry(ev, c, layout.dp, ctx.global_batch, ctx.workload.micro_batch)
+    if found is None:
+        smallest = c.model_copy(update={"micro_batch": ctx.workload.micro_batch or 1})
+        text, _kind = memory_reason(ctx, ev, smallest)
+        return text + f" at micro-batch {smallest.micro_batch}"
+    return "fits, but another plan of the same kind ranks above it"
+
+
+def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
+    """What would fit when nothing does: more GPUs, adapters, zeroth-order, a smaller model."""
+    out: list[Suggestion] = []
+    base = baseline_config(ctx)
+    tight = base.model_copy(update={"checkpointing": Checkpointing.FULL, "micro_batch": 1})
+    if base.stack is Stack.HF:
+        # Another kernel stack changes the verdict: the same frugal plan with FlashAttention,
+        # fused norms/activations and a fused cross-entropy (what production stacks run).
+        hf = estimate(ctx, tight)
+        fused = tight.model_copy(update={"stack": Stack.FUSED})
+        m = estimate(ctx, fused)
+        if m.total_bytes <= usable:
+            out.append(
+                Suggestion(
+                    change="--stack fused",
+                    detail="with the fused kernel stack (FlashAttention, fused norms and "
+                    f"cross-entropy) this fits: {format_bytes(m.total_bytes)} per device "
+                    f"(−{format_bytes(hf.total_bytes - m.total_bytes)})",
+                )
+            )
+    for n in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+        if n <= ctx.workload.world_size:
+            continue
+        c = tight.model_copy(update={"gpus": n, "sharding": Sharding.ZERO3})
+        m = estimate(ctx, c)
+        if m.total_bytes <= usable:
+            out.append(
+                Suggestion(
+                    change=f"{n} devices with ZeRO-3",
+                    detail=f"AdamW {base.precision.value} + full checkpointing sharded over {n} "
+                    f"devices needs {format_bytes(m.total_bytes)} per device",
+                )
+            )
+            break
+    if ctx.target.device_kind is not DeviceKind.CPU and ctx.target.host_memory_bytes:
+        # ZeRO-Infinity style: shard and offload optimizer states and parameters to host RAM.
+        for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+            if n < ctx.workload.world_size:
+                continue
+            c = tight.model_copy(
+                update={
+                    "gpus": n,
+                    "sharding": Sharding.ZERO3 if n > 1 else Sharding.NONE,
+                    "offload": Offload.OPTIMIZER_PARAMS,
+                }
+            )
+            m = estimate(ctx, c)
+            if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
+                out.append(
+                    Suggestion(
+                        change=f"{n} devices with ZeRO-3 and CPU offload",
+                        detail=f"optimizer states and parameters in host RAM "
+                        f"({format_bytes(m.host_bytes)} per device), "
+                        f"{format_bytes(m.total_bytes)} on each device; slower per step",
+                    )
+                )
+                break
+    for task in (Task.QLORA, Task.LORA):
+        c = tight.model_copy(
+            update={
+                "task": task,
+                "precision": Precision.BF16_MIXED if task is Task.QLORA else base.precision,
+            }
+        )
+        m = estimate(ctx, c)
+        if m.total_bytes <= usable:
+            out.append(
+                Suggestion(
+                    change=f"{task.value.upper()} fine-tuning",
+                    detail=f"{describe_config(c)} needs {format_bytes(m.total_bytes)}",
+                )
+            )
+            break
+    zo = base.model_copy(update={"optimizer": "mezo", "micro_batch": 1})
+    if "mezo" in ctx.taxonomy:
+        m = estimate(ctx, zo)
+        if m.total_bytes <= usable:
+            out.append(
+                Suggestion(
+                    change="zeroth-order fine-tuning (MeZO)",
+                    detail=f"inference-like memory: {format_bytes(m.total_bytes)};"
+                    " expect many more steps",
+                )
+            )
+    for s in (1024, 512):
+        if s < ctx.workload.seq_len:
+            c = tight.model_copy(update={"seq_len": s, "micro_batch": 1})
+            m = estimate(ctx, c)
+            if m.total_bytes <= usable:
+                out.append(
+                    Suggestion(
+                        change=f"sequence length {s}, micro-batch 1",
+                        detail=f"AdamW + full checkpointing needs {format_bytes(m.total_bytes)}",
+                    )
+                )
+                break
+    if not out:
+        out.append(
+            Suggestion(
+                change="a smaller model or a bigger device",
+                detail=f"even the frugal options exceed {format_bytes(usable)} per device",
+            )
+        )
+    return out

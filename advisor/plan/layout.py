@@ -1,0 +1,196 @@
+"""One parallel layout: data x tensor x pipeline (x expert) degrees, validated where it is built.
+
+Modelled on torchtitan's ParallelDims: the degrees multiply to the world size and tensor
+parallelism stays inside a node (its all-reduces run per layer, at NVLink speed; Shoeybi et
+al. 2019; Narayanan et al. 2021, takeaway 1). Nothing downstream re-checks them.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from advisor.config import Sharding, TrainingConfig
+from advisor.errors import UserError
+from advisor.modelspec import ModelSpec
+
+
+class Layout(BaseModel):
+    """How a world of devices splits the model and the batch."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    world_size: int = Field(ge=1)
+    gpus_per_node: int = Field(ge=1)
+    dp: int = Field(default=1, ge=1, description="data-parallel replicas (or shards)")
+    tp: int = Field(default=1, ge=1, description="tensor parallel (with sequence parallel)")
+    pp: int = Field(default=1, ge=1, description="pipeline stages (1F1B)")
+    vp: int = Field(default=1, ge=1, description="interleaved model chunks per stage")
+    ep: int = Field(default=1, ge=1, description="MoE expert parallel, inside the dp group")
+    sharding: Sharding = Sharding.NONE
+    shard_group: int | None = Field(default=None, ge=1, description="hsdp shard group")
+
+    @model_validator(mode="after")
+    def _check(self) -> Layout:
+        if self.dp * self.tp * self.pp != self.world_size:
+            raise ValueError(
+                f"dp {self.dp} x tp {self.tp} x pp {self.pp} != world size {self.world_size}"
+            )
+        if self.tp > self.gpus_per_node or self.gpus_per_node % self.tp:
+            raise ValueError(f"tp {self.tp} must divide the {self.gpus_per_node} GPUs of a node")
+        if self.vp > 1 and self.pp == 1:
+            raise ValueError("interleaved stages need pipeline parallelism")
+        if self.dp % self.ep:
+            raise ValueError(f"ep {self.ep} must divide dp {self.dp}")
+        if self.dp == 1 and self.sharding is not Sharding.NONE:
+            raise ValueError("sharding needs more than one data-parallel replica")
+        if self.sharding is Sharding.HSDP:
+            g = self.shard_group
+            if g is None or g < 2 or self.dp % g or g == self.dp:
+                raise ValueError("hsdp needs a shard group that divides dp and is smaller")
+        elif self.shard_group is not None:
+            raise ValueError("shard_group belongs to hsdp")
+        return self
+
+    @property
+    def label(self) -> str:
+        """A short name: ``dp8 fsdp``, ``tp8 pp16 dp1``..."""
+        parts = []
+        if self.tp > 1:
+            parts.append(f"tp{self.tp}")
+        if self.pp > 1:
+            parts.append(f"pp{self.pp}" + (f"x{self.vp}" if self.vp > 1 else ""))
+        if self.ep > 1:
+            parts.append(f"ep{self.ep}")
+        parts.append(f"dp{self.dp}")
+        if self.sharding is not Sharding.NONE:
+            parts.append(self.sharding.value)
+        return " ".join(parts)
+
+    def apply(self, config: TrainingConfig) -> TrainingConfig:
+        """The configuration with this layout's degrees."""
+        return config.model_copy(
+            update={
+                "gpus": self.dp,
+                "tensor_parallel": self.tp,
+                "pipeline_parallel": self.pp,
+                "virtual_stages": self.vp,
+                "expert_parallel": self.ep,
+                "sharding": self.sharding,
+                "shard_group": self.shard_group,
+            }
+        )
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    out, v = [], 1
+    while v <= limit:
+        out.append(v)
+        v *= 2
+    return out
+
+
+def enumerate_layouts(
+    spec: ModelSpec,
+    *,
+    world_size: int,
+    gpus_per_node: int,
+    tp: int | None = None,
+    pp: int | None = None,
+) -> list[Layout]:
+    """Every layout worth planning on ``world_size`` devices.
+
+    Tensor parallel: powers of two within a node that divide the attention heads (and the
+    key/value heads, as Megatron-LM requires). Pipeline: powers of two up to the layer count
+    (uneven last stages are allowed, as Llama 3 405B's 126 layers on 16 stages; Dubey et al.
+    2024, sec. 3.3.2), interleaved two ways where the layers split into whole chunks.
+    Sharding: DDP, ZeRO-1/2/3, FSDP, and HSDP across nodes; with pipeline stages only what
+    the pipeline engines combine with them (Megatron's distributed optimizer = ZeRO-1,
+    torchtitan's FSDP/HSDP + PP). MoE: expert parallel over the data-parallel group.
+
+    Args:
+        spec: the model (heads, layers, experts).
+        world_size: devices in all.
+        gpus_per_node: devices per node (tensor parallelism stays inside one).
+        tp: pin the tensor-parallel degree (``--tp``).
+        pp: pin the pipeline degree (``--pp``).
+
+    Returns:
+        The layouts, each validated.
+
+    Raises:
+        UserError: when a pinned degree cannot be built.
+    """
+    node = max(gpus_per_node, 1)
+    heads = spec.num_attention_heads or 1
+    kv = spec.num_key_value_heads or heads
+    layers = spec.num_layers or 1
+    if tp is not None:
+        if tp > node or node % tp:
+            raise UserError(
+                f"--tp {tp} does not fit in a node of {node} GPUs",
+                "tensor parallelism runs inside one node (NVLink); use --tp <= --gpus",
+            )
+        if heads % tp:
+            raise UserError(
+                f"--tp {tp} does not divide {spec.name}'s {heads} attention heads",
+                "pick a tensor-parallel degree that divides the heads",
+            )
+    if pp is not None and (world_size % pp or pp > layers):
+        raise UserError(
+            f"--pp {pp} does not divide the {world_size} devices or exceeds {layers} layers",
+            "pick a pipeline degree that divides the world size",
+        )
+    tps = [tp] if tp else [t for t in _powers_of_two(node) if heads % t == 0 and kv % t == 0]
+    out: list[Layout] = []
+    for t in tps:
+        if world_size % t:
+            continue
+        rest = world_size // t
+        pps = [pp] if pp else [p for p in _powers_of_two(min(rest, layers)) if rest % p == 0]
+        for p in pps:
+            if rest % p:
+                continue
+            dp = rest // p
+            # Interleaving needs whole layers per model chunk (Megatron-LM's check).
+            vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
+            for v in vps:
+                for sharding, group in _shardings(dp, node // t, p):
+                    for ep in _expert_degrees(spec, dp):
+                        out.append(
+                            Layout(
+                                world_size=world_size,
+                                gpus_per_node=node,
+                                dp=dp,
+                                tp=t,
+                                pp=p,
+                                vp=v,
+                                ep=ep,
+                                sharding=sharding,
+                                shard_group=group,
+                            )
+                        )
+    return out
+
+
+def _shardings(dp: int, dp_in_node: int, pp: int) -> list[tuple[Sharding, int | None]]:
+    if dp == 1:
+        return [(Sharding.NONE, None)]
+    if pp > 1:
+        options = [Sharding.NONE, Sharding.ZERO1, Sharding.FSDP]
+    else:
+        options = [Sharding.NONE, Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP]
+    out: list[tuple[Sharding, int | None]] = [(s, None) for s in options]
+    if 1 < dp_in_node < dp and dp % dp_in_node == 0:
+        # Shard inside a node, replicate across (Zhao et al. 2023, sec. 3.2.2).
+        out.append((Sharding.HSDP, dp_in_node))
+    return out
+
+
+def _expert_degrees(spec: ModelSpec, dp: int) -> list[int]:
+    experts = spec.num_experts
+    if experts <= 1:
+        return [1]
+    # The largest power of two dividing both the replicas and the experts (DeepSpeed-MoE,
+    # Rajbhandari et al. 2022; GShard, Lepikhin et al. 2021), and no expert parallelism.
+    best = max(e for e in _powers_of_two(min(dp, experts)) if dp % e == 0 and experts % e == 0)
+    return [1] if best == 1 else [1, best]

@@ -1,0 +1,197 @@
+"""Ranking: one objective score per plan, and distinct rows (equivalent plans fold together).
+
+All scoring lives here (``objective_score``), so that further terms (time to target) have
+one place to go.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from advisor.config import Task
+from advisor.convergence import StepsRange, objective_steps
+from advisor.plan.search import EQUIVALENT, Plan
+from advisor.plan.space import Objective, describe_config
+
+# How much one unit of rule weight moves a candidate's score, per objective (in units of
+# log step time): small under "speed" so measured cost decides, large under "quality".
+RULE_WEIGHT = {
+    "speed": 0.02,
+    "memory": 0.02,
+    "balanced": 0.15,
+    "quality": 0.5,
+    "time-to-target": 0.02,
+}
+
+#: A plan's step factor against AdamW (advisor/convergence.py): steps to AdamW's loss.
+StepsOf = Callable[[Plan], StepsRange]
+
+
+def objective_score(
+    objective: Objective,
+    seconds_per_token: float,
+    peak: int,
+    usable: int,
+    rule_score: float,
+    steps: float = 1.0,
+) -> float:
+    """Lower is better. Time per token and memory enter as logarithms, so a rule weight of 1
+    is worth the same relative change of cost whatever the model size. ``steps`` is the
+    plan's steps to AdamW's loss as the objective counts them (convergence.objective_steps),
+    so ``t`` is the log of the time to target."""
+    t = math.log(max(seconds_per_token * steps, 1e-15))
+    m = math.log(max(peak, 1) / max(usable, 1))
+    w = RULE_WEIGHT[objective.value]
+    if objective in (Objective.SPEED, Objective.TIME_TO_TARGET):
+        return t + 0.01 * m - w * rule_score
+    if objective is Objective.MEMORY:
+        return m + 0.01 * t - w * rule_score
+    if objective is Objective.BALANCED:
+        # Memory counts a quarter as much as time: a smaller footprint wins only when it
+        # costs little speed (headroom matters most near the limit, where log m -> 0).
+        return t + 0.25 * m - w * rule_score
+    # NOTE: under quality the budget is what it is: a plan needing k times AdamW's steps
+    # reaches a worse loss in it, so the step factor counts in full, the step time a tenth.
+    return 0.1 * t + 0.9 * math.log(max(steps, 1e-9)) - w * rule_score
+
+
+@dataclass(frozen=True)
+class Row:
+    """One shown row: a plan, its score, and the equivalent plans folded into it."""
+
+    plan: Plan
+    score: float
+    also: list[str]
+
+
+def _quality_class(objective: Objective, plan: Plan) -> int:
+    # Under "quality", full-parameter training ranks above adapters whenever it fits in some
+    # layout: LoRA trails full fine-tuning on harder tasks (Biderman et al. 2024).
+    if objective is Objective.QUALITY:
+        return 0 if plan.config.task in (Task.PRETRAIN, Task.FINETUNE) else 1
+    return 0
+
+
+def rank_plans(
+    plans: list[Plan], objective: Objective, usable: int, steps_of: StepsOf | None = None
+) -> list[Row]:
+    """Every plan, best first, with equivalent plans folded into one row.
+
+    Plans that reach the requested global batch rank above those that cannot (per-layer
+    updates without accumulation), then by objective score. Two plans are the same row when
+    they train the same way (task, precision and the batch) at the same memory and time:
+    FSDP and ZeRO-3 at equal cost, or optimizers that differ by megabytes on adapters. The
+    row shows the simplest of them, never the one a preference happens to favour. Plans
+    whose optimizers need different numbers of steps to AdamW's loss (``steps_of``) differ
+    in quality, so they never fold together nor dominate one another.
+    """
+    factor: dict[int, float] = {}
+    for p in plans:
+        factor[id(p)] = steps_of(p).central if steps_of else 1.0
+    plans = prune_dominated(plans, factor)
+    scored = sorted(
+        (
+            (
+                _quality_class(objective, p),
+                0 if p.exact_batch else 1,
+                objective_score(
+                    objective,
+                    p.seconds_per_token,
+                    p.memory.total_bytes,
+                    usable,
+                    p.rule_score,
+                    objective_steps(objective.value, steps_of(p)) if steps_of else 1.0,
+                ),
+                p.seconds_per_token,
+                p.memory.total_bytes,
+                describe_config(p.config),
+                p,
+            )
+            for p in plans
+        ),
+        key=lambda x: x[:6],
+    )
+    rows: list[tuple[Plan, float, list[Plan]]] = []
+    for *_, score, _t, _m, _d, p in scored:
+        for _i, (head, _head_score, members) in enumerate(rows):
+            if _same_row(head, p) and _close(factor[id(head)], factor[id(p)]):
+                members.append(p)
+                break
+        else:
+            rows.append((p, score, []))
+    out = []
+    for head, score, members in rows:
+        group = [head, *members]
+        shown = min(group, key=lambda p: (_complexity(p), describe_config(p.config)))
+        label = describe_config(shown.config)
+        others = [describe_config(p.config) for p in group if p is not shown]
+        others = [o for o in others if o != label]
+        also = sorted(set(others + [a for p in group for a in p.aliases]))
+        out.append(Row(plan=shown, score=score, also=also))
+    return out
+
+
+def prune_dominated(plans: list[Plan], factor: dict[int, float] | None = None) -> list[Plan]:
+    """Drop plans another plan of the same kind (task, whether it reaches the batch) beats
+    or matches in time, memory, rule score and steps to AdamW's loss at once: no objective
+    can prefer them."""
+    steps = factor or {}
+    kinds: dict[tuple[object, bool], list[Plan]] = {}
+    for p in plans:
+        kinds.setdefault((p.config.task, p.exact_batch), []).append(p)
+    out = []
+    for group in kinds.values():
+        # Sorted by time, a plan is dominated when an earlier (no slower) one also has no
+        # more memory, no lower rule score and needs no more steps.
+        group = sorted(group, key=lambda p: (p.seconds_per_token, p.memory.total_bytes))
+        for i, a in enumerate(group):
+            sa = steps.get(id(a), 1.0)
+            if not any(
+                b.seconds_per_token <= a.seconds_per_token
+                and b.memory.total_bytes <= a.memory.total_bytes
+                and b.rule_score >= a.rule_score
+                and steps.get(id(b), 1.0) <= sa
+                and (
+                    b.seconds_per_token < a.seconds_per_token
+                    or b.memory.total_bytes < a.memory.total_bytes
+                    or b.rule_score > a.rule_score
+                    or steps.get(id(b), 1.0) < sa
+                )
+                for b in group[:i]
+            ):
+                out.append(a)
+    return out
+
+
+def _same_row(a: Plan, b: Plan) -> bool:
+    ca, cb = a.config, b.config
+    if (ca.task, a.exact_batch) != (cb.task, b.exact_batch):
+        return False
+    close_t = abs(a.seconds_per_token - b.seconds_per_token) <= EQUIVALENT * a.seconds_per_token
+    ma, mb = a.memory.total_bytes, b.memory.total_bytes
+    close_m = abs(ma - mb) <= EQUIVALENT * max(ma, mb)
+    return close_t and close_m
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= EQUIVALENT * max(a, b)
+
+
+def _complexity(p: Plan) -> int:
+    """How many choices a plan makes beyond the plain baseline (fewer is simpler)."""
+    c = p.config
+    return (
+        (c.optimizer != "adamw")
+        + (c.precision.value not in ("bf16-mixed", "fp32"))
+        + (c.checkpointing.value != "none")
+        + (c.offload.value != "none")
+        + c.fused_loss
+        + c.activation_offload
+        + c.optimizer_in_backward
+        + (c.sharding.value not in ("none", "fsdp"))
+        + (c.tensor_parallel > 1)
+        + (c.pipeline_parallel > 1)
+        + (c.virtual_stages > 1)
+    )

@@ -1,0 +1,211 @@
+"""The last stage: facts and rules, then search, rank and explain, assembled into the report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from advisor.candidates import MEMORY_SAVER_IDS
+from advisor.config import TrainingConfig
+from advisor.convergence import StepsRange, TimeToTarget, plan_steps, time_to_target
+from advisor.engine import Decision, decide
+from advisor.plan.explain import effect, plan_reasons, reason, suggestions, why_not
+from advisor.plan.models import (
+    HardwareSummary,
+    Recommendation,
+    RecommendReport,
+    SearchStats,
+    WorkloadSummary,
+)
+from advisor.plan.rank import Row, rank_plans
+from advisor.plan.search import CostFn, Evaluator, Plan, search
+from advisor.plan.space import (
+    MEMORY_SAFETY_MARGIN,
+    Context,
+    build_space,
+    derive_facts,
+    resolve_global_batch,
+    usable_memory,
+)
+from advisor.plan.target import Target
+
+
+def recommend(
+    ctx: Context, cost_fn: CostFn, *, top: int = 5, cost_note: str = ""
+) -> RecommendReport:
+    """Search the plan space for the context and rank what fits.
+
+    Args:
+        ctx: model, workload, target, taxonomy and rules.
+        cost_fn: predicts a configuration's step time (measured cache or analytic datasheet).
+        top: how many distinct plans to return.
+        cost_note: where the costs come from, for the report.
+
+    Returns:
+        The report: top plans, rejections, "why not", suggestions when nothing fits.
+
+    Raises:
+        UserError: for a global batch no layout can reach, or contradictory batch flags.
+    """
+    if ctx.batch is None:
+        ctx = ctx.model_copy(update={"batch": resolve_global_batch(ctx.spec, ctx.workload)})
+    usable = usable_memory(ctx.target)
+    optimizers = [t for t in ctx.taxonomy.optimizers() if t.implementation]
+    facts = derive_facts(ctx, optimizers)
+    decision = decide(ctx.ruleset, ctx.taxonomy, facts)  # type: ignore[arg-type]
+    space = build_space(ctx, optimizers)
+    found = search(ctx, decision, cost_fn, space)
+    _check_batch(ctx, found.plans, found.rejected)
+    rows = rank_plans(found.plans, ctx.workload.objective, usable, lambda p: _steps(ctx, p.config))
+    ev = found.evaluator or Evaluator(ctx, cost_fn)
+    recs = [_recommendation(ctx, row, i + 1, decision, ev) for i, row in enumerate(rows[:top])]
+    stats = SearchStats(
+        plans_considered=found.considered,
+        plans_evaluated=found.evaluated,
+        plans_pruned=max(found.considered - found.evaluated, 0),
+        memory_evaluations=found.memory_evaluations,
+        time_evaluations=found.time_evaluations,
+        rows_collapsed=len(found.plans) - len(rows),
+        notes=found.notes,
+    )
+    return RecommendReport(
+        recommendations=recs,
+        rejected=sorted(found.rejected, key=lambda r: (r.kind, r.configuration)),
+        why_not=why_not(ctx, decision, ev, rows, len(recs)),
+        suggestions=[] if recs else suggestions(ctx, usable),
+        hardware=_hardware_summary(ctx.target, usable),
+        workload=_workload_summary(ctx, recs),
+        facts=facts,
+        fired_rules=[reason(ctx, r, effect(ctx, r)) for r in decision.fired],
+        advice=[reason(ctx, a.rule, a.text) for a in decision.advice],
+        candidates_considered=found.considered,
+        search=stats,
+        cost_note=cost_note,
+    )
+
+
+def _check_batch(ctx: Context, plans: Sequence[object], rejected: Sequence[object]) -> None:
+    """A global batch the user asked for that no layout reaches is bad input."""
+    from advisor.errors import UserError
+
+    batch = ctx.global_batch
+    if not batch.requested:
+        return
+    if plans and not any(getattr(p, "exact_batch", True) for p in plans):
+        raise UserError(
+            f"global batch {batch.samples} cannot be split evenly by any plan that fits: "
+            "no micro-batch x accumulation x data-parallel replicas equals it",
+            "use a multiple of the data-parallel degree (e.g. of --gpus x --nodes)",
+        )
+    if plans:
+        return
+    kinds = {getattr(r, "kind", "") for r in rejected}
+    if kinds == {"batch"} or (kinds and kinds <= {"batch"}):
+        raise UserError(
+            f"global batch {batch.samples} is smaller than the {ctx.workload.world_size} "
+            "devices' data-parallel replicas in every layout",
+            "raise --global-batch, or plan fewer devices",
+        )
+
+
+def _steps(ctx: Context, c: TrainingConfig) -> StepsRange:
+    """The plan's steps to AdamW's loss (advisor/convergence.py)."""
+    return plan_steps(
+        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
+    )
+
+
+def _time_to_target(ctx: Context, p: Plan, ev: Evaluator) -> TimeToTarget:
+    # Relative to the AdamW plan of the same layout and batch: only the optimizer changes.
+    c = p.config
+    base = p.cost.seconds
+    if c.optimizer != "adamw":
+        base = ev.time(c.model_copy(update={"optimizer": "adamw"})).seconds
+    return time_to_target(_steps(ctx, c), p.cost.seconds, base)
+
+
+def _recommendation(
+    ctx: Context, row: Row, rank: int, decision: Decision, ev: Evaluator
+) -> Recommendation:
+    p = row.plan
+    c = p.config
+    tech = ctx.taxonomy.get(c.optimizer)
+    tokens = p.global_batch * c.seq_len
+    return Recommendation(
+        rank=rank,
+        optimizer=c.optimizer,
+        order=tech.order.value if tech.order else "",
+        precision=c.precision.value,
+        attention=c.attention.value,
+        techniques=p.techniques,
+        sharding=c.sharding.value,
+        task=c.task.value,
+        checkpointing=c.checkpointing.value,
+        offload=c.offload.value,
+        micro_batch=c.micro_batch,
+        grad_accumulation=c.grad_accumulation,
+        data_parallel=c.gpus,
+        tensor_parallel=c.tensor_parallel,
+        pipeline_parallel=c.pipeline_parallel,
+        virtual_stages=c.virtual_stages,
+        expert_parallel=c.expert_parallel,
+        layout=p.layout.label,
+        stack=c.stack.value,
+        memory_savers=[t for t in p.techniques if t in MEMORY_SAVER_IDS],
+        global_batch=p.global_batch,
+        global_batch_note=p.batch_note,
+        also=row.also,
+        peak_memory_bytes=p.memory.total_bytes,
+        headroom_bytes=ctx.target.device_memory_bytes - p.memory.total_bytes,
+        host_memory_bytes=p.memory.host_bytes,
+        fits=True,
+        step_time_s=p.cost.seconds,
+        tokens_per_s=tokens / p.cost.seconds if p.cost.seconds > 0 else 0.0,
+        cost_source=p.cost.source,
+        cost_components=p.cost.components,
+        memory_breakdown=p.memory.breakdown,
+        rule_score=p.rule_score,
+        score=round(row.score, 6),
+        reasons=plan_reasons(ctx, p, decision),
+        config=c,
+        **_time_to_target(ctx, p, ev).model_dump(exclude={"steps_notes"}),
+    )
+
+
+def _hardware_summary(t: Target, usable: int) -> HardwareSummary:
+    return HardwareSummary(
+        name=t.name,
+        source=t.source,
+        device_kind=t.device_kind.value,
+        device_memory_bytes=t.device_memory_bytes,
+        usable_memory_bytes=usable,
+        host_memory_bytes=t.host_memory_bytes,
+        nvme_bytes=t.nvme_bytes,
+        host_source=t.host_source,
+        compute_capability=t.compute_capability,
+        fast_bf16=t.fast_bf16,
+        gpus_per_node=t.gpus_per_node,
+        nodes=t.nodes,
+        interconnect_gb_s=t.interconnect_gb_s,
+        safety_margin=MEMORY_SAFETY_MARGIN,
+    )
+
+
+def _workload_summary(ctx: Context, recs: list[Recommendation]) -> WorkloadSummary:
+    w, b = ctx.workload, ctx.global_batch
+    first = recs[0] if recs else None
+    return WorkloadSummary(
+        model=ctx.spec.name,
+        model_id=ctx.spec.id,
+        parameters=ctx.spec.parameter_count(),
+        task=w.task.value,
+        seq_len=w.seq_len,
+        micro_batch=first.micro_batch if first else (w.micro_batch or 1),
+        global_batch=b.samples,
+        global_batch_tokens=b.tokens,
+        global_batch_source=b.source,
+        grad_accumulation=first.grad_accumulation if first else 1,
+        world_size=w.world_size,
+        stack=w.stack.value,
+        privacy=w.privacy.value,
+        objective=w.objective.value,
+    )

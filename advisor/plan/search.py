@@ -1,0 +1,1065 @@
+"""The plan search: rule filters, dominance screening, layouts, memory savers, batch geometry.
+
+Memory and step time are monotone in the micro-batch, so the micro-batch is found by binary
+search over the divisors of the per-replica batch (never by enumeration); dimensions whose
+values only trade memory for time are screened once at a reference plan, and a value that
+is no better in memory, time and rule score than another is pruned (or, when equal, folded
+into it as an "also"). ``exhaustive=True`` turns the shortcuts off (for the benchmark).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from advisor.candidates import FUSED_LOSS_ID, config_techniques
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    Offload,
+    Precision,
+    Task,
+    TrainingConfig,
+)
+from advisor.convergence import plan_steps
+from advisor.engine import Decision, requirement_rules
+from advisor.memory import MemoryEstimate
+from advisor.plan.layout import Layout, enumerate_layouts
+from advisor.plan.models import Rejection, RejectionKind, StepCost
+from advisor.plan.space import (
+    MEMORY_SAFETY_MARGIN,
+    Context,
+    GlobalBatch,
+    PlanSpace,
+    Savers,
+    describe_config,
+    estimate,
+    host_fits,
+    usable_memory,
+)
+from advisor.taxonomy import Category, Order, StateKind
+from advisor.units import format_bytes
+
+CostFn = Callable[[TrainingConfig], StepCost]
+
+# Two values of a dimension are the same plan when memory and time differ by less than this
+# (relative): below the models' own resolution, and invisible to a user.
+EQUIVALENT = 0.005
+# Layouts carried from the reference search into the full one (the rest are dominated or
+# clearly slower for the reference plan; the benchmark checks the loss against exhaustive).
+TOP_LAYOUTS = 3
+
+
+# NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
+# are built per search and none is read from a file (the report's models stay pydantic).
+@dataclass(frozen=True)
+class Plan:
+    """One evaluated plan: a configuration with its layout and batch geometry."""
+
+    config: TrainingConfig
+    layout: Layout
+    techniques: list[str]
+    memory: MemoryEstimate
+    cost: StepCost
+    rule_score: float
+    global_batch: int
+    exact_batch: bool  # micro x accumulation x dp = the global batch
+    batch_note: str = ""
+    aliases: list[str] = field(default_factory=list)  # equivalent labels folded in
+
+    @property
+    def tokens(self) -> int:
+        return self.global_batch * self.config.seq_len
+
+    @property
+    def seconds_per_token(self) -> float:
+        return self.cost.seconds / max(self.tokens, 1)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What the search found, and how much it looked at."""
+
+    plans: list[Plan]
+    rejected: list[Rejection]
+    considered: int
+    evaluated: int
+    memory_evaluations: int
+    time_evaluations: int
+    evaluator: Evaluator | None = None  # the memoised models, for explanations
+    notes: list[str] = field(default_factory=list)  # what the search left out, and why
+
+
+class Evaluator:
+    """Memoised memory and time of configurations, counted."""
+
+    def __init__(self, ctx: Context, cost_fn: CostFn) -> None:
+        self.ctx, self.cost_fn = ctx, cost_fn
+        self._mem: dict[TrainingConfig, MemoryEstimate] = {}
+        self._time: dict[TrainingConfig, StepCost] = {}
+        self.usable = usable_memory(ctx.target)
+
+    def memory(self, c: TrainingConfig) -> MemoryEstimate:
+        m = self._mem.get(c)
+        if m is None:
+            m = self._mem[c] = estimate(self.ctx, c)
+        return m
+
+    def time(self, c: TrainingConfig) -> StepCost:
+        t = self._time.get(c)
+        if t is None:
+            t = self._time[c] = self.cost_fn(c)
+        return t
+
+    def fits(self, c: TrainingConfig) -> bool:
+        m = self.memory(c)
+        return m.total_bytes <= self.usable and host_fits(self.ctx, c, m) is None
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        return len(self._mem), len(self._time)
+
+
+# --- rule and compatibility filters ----------------------------------------------------------
+
+
+def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) -> str | None:
+    """Why a configuration's techniques cannot go together (None: they can)."""
+    tax = ctx.taxonomy
+    present = set(techniques)
+    for tid in techniques:
+        if tid not in tax:
+            continue
+        tech = tax.get(tid)
+        clash = sorted(present & set(tech.incompatible_with))
+        if clash:
+            return f"{tid} is incompatible with {', '.join(clash)}"
+        dtypes = {d.value for d in tech.requires.dtypes}
+        if dtypes and not dtypes & _compute_dtypes(config.precision):
+            return f"{tid} needs {'/'.join(sorted(dtypes))} compute, not {config.precision.value}"
+    if config.task is Task.QLORA and config.precision in (
+        Precision.FP32,
+        Precision.TF32,
+        Precision.FP8_MIXED,
+    ):
+        return "QLoRA computes in 16-bit over a 4-bit base by construction"
+    if config.task is Task.LORA and config.precision is Precision.FP8_MIXED:
+        return "fp8 recipes (Transformer Engine) train full layers, not adapters"
+    if config.task in (Task.LORA, Task.QLORA) and (
+        config.offload is not Offload.NONE or config.pipeline_parallel > 1
+    ):
+        return "adapter states are megabytes: nothing worth offloading or pipelining"
+    offload_params = config.offload.params or config.offload.nvme
+    if config.gpus > 1 and offload_params and config.sharding.zero_stage < 3:
+        return "parameter and NVMe offload need ZeRO stage 3 (DeepSpeed ZeRO-Infinity)"
+    if config.offload is not Offload.NONE and config.pipeline_parallel > 1:
+        return "pipeline engines (DeepSpeed, Megatron-LM) do not offload states"
+    if config.optimizer_in_backward and config.pipeline_parallel > 1:
+        return "per-layer updates need the whole backward on one stage (no 1F1B interleaving)"
+    return None
+
+
+def _compute_dtypes(precision: Precision) -> set[str]:
+    return {
+        Precision.FP32: {"fp32"},
+        Precision.TF32: {"tf32", "fp32"},
+        Precision.AMP_FP16: {"fp16"},
+        Precision.AMP_BF16: {"bf16"},
+        Precision.FP16_MIXED: {"fp16"},
+        Precision.BF16_MIXED: {"bf16"},
+        Precision.FP16: {"fp16"},
+        Precision.BF16: {"bf16"},
+        Precision.FP8_MIXED: {"fp8", "bf16"},
+    }[precision]
+
+
+_REQUIREMENTS: dict[int, list[Any]] = {}
+
+# Ids that a rule may require: then a plan without them is out.
+_REQUIRABLE = {
+    "activation-checkpointing-full",
+    "activation-checkpointing-selective",
+    "cpu-offload-optimizer",
+    "cpu-offload-params",
+    "nvme-offload",
+    "lora",
+    "qlora",
+    "zero-1",
+    "zero-2",
+    "zero-3",
+    "fsdp",
+    "hybrid-shard",
+    "fused-backward-step",
+    "tensor-parallel",
+    "pipeline-parallel",
+}
+
+
+def hard_constraint(ctx: Context, decision: Decision, techniques: Sequence[str]) -> str | None:
+    """Why the rules exclude a plan (None: they do not)."""
+    for tid in techniques:
+        if tid in decision.excluded:
+            rules = decision.excluded[tid]
+            hardware = [r for r in rules if r.startswith("requires-")]
+            if hardware:
+                key = id(ctx.taxonomy)
+                if key not in _REQUIREMENTS:
+                    _REQUIREMENTS.clear()
+                    _REQUIREMENTS[key] = requirement_rules(ctx.taxonomy)
+                lr = next(r for r in _REQUIREMENTS[key] if r.rule.id == hardware[0])
+                text: str = lr.rule.rationale
+                return text.removeprefix("From the taxonomy: ").rstrip(".")
+            return f"{tid} excluded by rule {', '.join(rules)}"
+    cats = {Category.OPTIMIZER, Category.PRECISION, Category.ATTENTION}
+    present = set(techniques)
+    for tid, rules in decision.required.items():
+        if tid in present or tid not in ctx.taxonomy:
+            continue
+        tech = ctx.taxonomy.get(tid)
+        # A required one-of choice (optimizer, precision, attention) rules out the others;
+        # a required memory or parallelism technique must be present.
+        if tech.category in cats or tech.id in _REQUIRABLE:
+            return f"{tid} required by {', '.join(rules)}"
+    return None
+
+
+def techniques_of(ctx: Context, config: TrainingConfig) -> list[str]:
+    """A configuration's technique ids, with 8-bit states named when its optimizer has them."""
+    ids = config_techniques(config)
+    tech = ctx.taxonomy.get(config.optimizer)
+    if tech.memory is not None and tech.memory.state is StateKind.QUANTIZED_BLOCKWISE:
+        ids.append("optimizer-states-8bit")
+    return ids
+
+
+def reject(
+    c: TrainingConfig,
+    techniques: list[str],
+    reason: str,
+    kind: RejectionKind,
+    m: MemoryEstimate | None = None,
+) -> Rejection:
+    """A rejection record."""
+    return Rejection(
+        configuration=describe_config(c),
+        optimizer=c.optimizer,
+        techniques=techniques,
+        reason=reason,
+        kind=kind,
+        peak_memory_bytes=m.total_bytes if m else None,
+        config=c,
+    )
+
+
+def memory_reason(ctx: Context, ev: Evaluator, c: TrainingConfig) -> tuple[str, RejectionKind]:
+    """Why a configuration does not fit (device memory first, then the host)."""
+    m = ev.memory(c)
+    if m.total_bytes > ev.usable:
+        return (
+            f"needs {format_bytes(m.total_bytes)} per device > {format_bytes(ev.usable)} "
+            f"usable ({MEMORY_SAFETY_MARGIN:.0%} of "
+            f"{format_bytes(ctx.target.device_memory_bytes)})",
+            "memory",
+        )
+    return host_fits(ctx, c, m) or "", "host-memory"
+
+
+# --- batch geometry ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Micro-batch x accumulation x data-parallel degree, and whether it hits the target."""
+
+    micro_batch: int
+    accumulation: int
+    global_batch: int
+    exact: bool
+    note: str = ""
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def per_replica_batch(batch: GlobalBatch, dp: int) -> tuple[int, str]:
+    """Samples each data-parallel replica processes per step, and a note when the global
+    batch had to be rounded up to a multiple of the replicas."""
+    if batch.samples % dp == 0:
+        return batch.samples // dp, ""
+    per = -(-batch.samples // dp)
+    return per, (
+        f"global batch {batch.samples} is not a multiple of {dp} data-parallel replicas; "
+        f"rounded up to {per * dp}"
+    )
+
+
+def best_geometry(
+    ev: Evaluator,
+    config: TrainingConfig,
+    dp: int,
+    batch: GlobalBatch,
+    fixed_micro: int | None,
+    *,
+    exhaustive: bool = False,
+    smallest: bool = False,
+    smallest_first: bool = False,
+) -> tuple[TrainingConfig, Geometry] | None:
+    """The micro-batch and accumulation of ``config`` with the best throughput that fits
+    (with ``smallest``, the least memory: micro-batch 1, as ``--objective memory`` asks).
+
+    Args:
+        ev: the memoised models.
+        config: the plan, layout applied.
+        dp: its data-parallel degree.
+        batch: the global batch to reach.
+        fixed_micro: ``--micro-batch`` (None: searched).
+        exhaustive: try every divisor instead of the binary search.
+        smallest: the smallest micro-batch instead of the fastest.
+        smallest_first: look at the smallest micro-batch first (when a leaner plan did not
+            fit, this one likely does not either: one evaluation says so).
+
+    Returns:
+        The configuration with its geometry, or None when not even one sample per device fits.
+    """
+    per, note = per_replica_batch(batch, dp)
+    in_backward = config.optimizer_in_backward
+
+    def with_geometry(micro: int, accumulation: int) -> TrainingConfig:
+        return config.model_copy(update={"micro_batch": micro, "grad_accumulation": accumulation})
+
+    if fixed_micro is not None:
+        acc = -(-per // fixed_micro)
+        if in_backward:
+            acc = 1
+        c = with_geometry(fixed_micro, acc)
+        if not ev.fits(c):
+            return None
+        total = fixed_micro * acc * dp
+        exact = total == batch.samples
+        why = note
+        if not exact and not why:
+            why = f"--micro-batch {fixed_micro} x {acc} x {dp} replicas = {total}"
+        if in_backward and total != batch.samples:
+            why = f"per-layer updates cannot accumulate gradients: {total} samples per step"
+        return c, Geometry(
+            micro_batch=fixed_micro, accumulation=acc, global_batch=total, exact=exact, note=why
+        )
+
+    choices = _divisors(per)
+    if in_backward:
+        # Per-layer updates step as soon as a gradient exists: no accumulation (Lv et al. 2023).
+        choices = sorted(set(choices + _powers_below(per)))
+    fitting = _fitting_prefix(
+        ev,
+        choices,
+        lambda mb: with_geometry(mb, _acc(per, mb, in_backward)),
+        smallest_first=smallest_first,
+    )
+    if not fitting:
+        return None
+    if in_backward and fitting[-1] != per:
+        # The largest micro-batch that fits, as the whole per-replica batch.
+        candidates = [fitting[-1]]
+    elif exhaustive or config.pipeline_parallel > 1:
+        # More micro-batches shrink the pipeline bubble, (p - 1) / m (Narayanan et al. 2021).
+        candidates = fitting if exhaustive else fitting[-6:]
+    else:
+        candidates = fitting[-2:]
+    if smallest:
+        candidates = fitting[:1]
+    best: tuple[float, TrainingConfig, Geometry] | None = None
+    for mb in candidates:
+        acc = _acc(per, mb, in_backward)
+        c = with_geometry(mb, acc)
+        total = mb * acc * dp
+        per_token = ev.time(c).seconds / (total * c.seq_len)
+        exact = total == batch.samples
+        why = note
+        if in_backward and total != batch.samples:
+            why = (
+                f"per-layer updates cannot accumulate gradients (Lv et al. 2023): "
+                f"{mb} x {dp} = {total} samples per step instead of {batch.samples}"
+            )
+        g = Geometry(micro_batch=mb, accumulation=acc, global_batch=total, exact=exact, note=why)
+        if best is None or per_token < best[0] * (1 - 1e-9):
+            best = (per_token, c, g)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _acc(per: int, micro: int, in_backward: bool) -> int:
+    return 1 if in_backward else per // micro
+
+
+def _powers_below(n: int) -> list[int]:
+    out, v = [], 1
+    while v < n:
+        out.append(v)
+        v *= 2
+    return out
+
+
+def _fitting_prefix(
+    ev: Evaluator,
+    choices: list[int],
+    build: Callable[[int], TrainingConfig],
+    *,
+    smallest_first: bool = False,
+) -> list[int]:
+    """The choices that fit: memory is monotone in the micro-batch, so binary search (after
+    one look at each end: the largest often fits outright, the smallest often not at all)."""
+    if not choices:
+        return choices
+    if smallest_first and not ev.fits(build(choices[0])):
+        return []
+    if ev.fits(build(choices[-1])):
+        return choices
+    if not smallest_first and not ev.fits(build(choices[0])):
+        return []
+    lo, hi = 1, len(choices) - 1  # choices[:lo] fit; choices[hi:] do not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ev.fits(build(choices[mid])):
+            lo = mid + 1
+        else:
+            hi = mid
+    return choices[:lo]
+
+
+# --- the search --------------------------------------------------------------------------
+
+
+def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
+    """The memory-saver combinations, by offload level (none, then the optimizer and the
+    parameters to host RAM, Ren et al. 2021, then to NVMe, Rajbhandari et al. 2021), each
+    level in the order of its expected slowdown: fused loss (no slower; Hsu et al. 2024),
+    selective then full recomputation (Korthikanti et al. 2022: ~2.7% and ~33% more
+    compute), activation offload."""
+    fused = True in space.fused_loss and FUSED_LOSS_ID in ctx.taxonomy
+    ckpts = [c for c in (Checkpointing.SELECTIVE, Checkpointing.FULL) if c in space.checkpointing]
+    last = ckpts[-1] if ckpts else Checkpointing.NONE
+    levels = []
+    for off in space.offloads:
+        act = True in space.activation_offload
+        rungs = [Savers(offload=off)]
+        if fused:
+            rungs.append(Savers(offload=off, fused_loss=True))
+        if act:
+            rungs.append(Savers(offload=off, fused_loss=fused, activation_offload=True))
+        rungs += [Savers(checkpointing=ck, fused_loss=fused, offload=off) for ck in ckpts]
+        if act and last is not Checkpointing.NONE:
+            rungs.append(
+                Savers(checkpointing=last, fused_loss=fused, offload=off, activation_offload=True)
+            )
+        levels.append(rungs)
+    return levels
+
+
+def all_savers(space: PlanSpace) -> list[Savers]:
+    """Every saver combination (exhaustive mode)."""
+    return [
+        Savers(checkpointing=ck, offload=off, fused_loss=f, activation_offload=a)
+        for ck, off, f, a in itertools.product(
+            space.checkpointing, space.offloads, space.fused_loss, space.activation_offload
+        )
+    ]
+
+
+class _Search:
+    def __init__(
+        self,
+        ctx: Context,
+        decision: Decision,
+        cost_fn: CostFn,
+        space: PlanSpace,
+        *,
+        exhaustive: bool,
+    ) -> None:
+        self.ctx, self.decision, self.space, self.exhaustive = ctx, decision, space, exhaustive
+        self.ev = Evaluator(ctx, cost_fn)
+        self.batch = ctx.global_batch
+        self.rejected: dict[TrainingConfig, Rejection] = {}
+        self.evaluated = 0
+        self.plans: list[Plan] = []
+        self.ladder = saver_ladder(ctx, space)
+        self._verdicts: dict[tuple[object, ...], tuple[str | None, RejectionKind]] = {}
+        self.pruned_rungs = 0
+        self.in_backward = True in space.optimizer_in_backward and (
+            "fused-backward-step" in ctx.taxonomy
+        )
+
+    # -- filters
+    def allowed(self, c: TrainingConfig) -> list[str] | None:
+        techniques = techniques_of(self.ctx, c)
+        # The verdict depends on the techniques and the few fields compatible() reads.
+        key = (tuple(techniques), c.precision, c.task, c.offload, c.gpus, c.pipeline_parallel)
+        known = self._verdicts.get(key)
+        if known is None:
+            reason = hard_constraint(self.ctx, self.decision, techniques)
+            kind: RejectionKind = "rule"
+            if reason is None:
+                reason, kind = compatible(self.ctx, c, techniques), "incompatible"
+            known = self._verdicts[key] = (reason, kind)
+        reason, kind = known
+        if reason is None:
+            return techniques
+        self.rejected.setdefault(c, reject(c, techniques, reason, kind))
+        return None
+
+    # -- one skeleton (core x savers x layout) through the batch geometry
+    def plan(
+        self, c: TrainingConfig, layout: Layout, *, smallest_first: bool = False
+    ) -> Plan | None:
+        techniques = self.allowed(c)
+        if techniques is None:
+            return None
+        self.evaluated += 1
+        found = best_geometry(
+            self.ev,
+            c,
+            layout.dp,
+            self.batch,
+            self.ctx.workload.micro_batch,
+            exhaustive=self.exhaustive,
+            smallest=self.ctx.workload.objective.value == "memory",
+            smallest_first=smallest_first,
+        )
+        if found is None:
+            smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
+            reason, kind = memory_reason(self.ctx, self.ev, smallest)
+            m = self.ev.memory(smallest)
+            if reason:
+                self.rejected.setdefault(
+                    smallest, reject(smallest, techniques, reason + _at(smallest), kind, m)
+                )
+            return None
+        cfg, g = found
+        techniques = techniques_of(self.ctx, cfg)
+        if "gradient-accumulation" in techniques and (
+            hard_constraint(self.ctx, self.decision, techniques)
+            or compatible(self.ctx, cfg, techniques)
+        ):
+            return None
+        plan = Plan(
+            config=cfg,
+            layout=layout,
+            techniques=techniques,
+            memory=self.ev.memory(cfg),
+            cost=self.ev.time(cfg),
+            rule_score=self.decision.score(techniques),
+            global_batch=g.global_batch,
+            exact_batch=g.exact,
+            batch_note=g.note,
+        )
+        return plan
+
+    # -- the saver ladder for one core on one layout
+    def ladder_for(self, core: TrainingConfig, layout: Layout) -> list[Plan]:
+        base = layout.apply(core)
+        out: list[Plan] = []
+        if self.exhaustive:
+            for s in all_savers(self.space):
+                for inb in self.space.optimizer_in_backward if self.in_backward else [False]:
+                    p = self.plan(replace(s, optimizer_in_backward=inb).apply(base), layout)
+                    if p is not None:
+                        out.append(p)
+                        self.plans.append(p)
+            return out
+        zeroth = self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH
+        levels = [[Savers()]] if zeroth else self.ladder
+        inb = self.in_backward and not zeroth
+        out = self._levels(base, layout, levels, per_layer=False, try_whole=inb)
+        if inb and not any(p.exact_batch for p in out):
+            # Nothing reaches the global batch: per-layer updates (no gradient buffer) may
+            # fit where nothing else does, at the price of no accumulation.
+            out += self._levels(base, layout, levels, per_layer=True, try_whole=False)
+        return out
+
+    def _levels(
+        self,
+        base: TrainingConfig,
+        layout: Layout,
+        levels: list[list[Savers]],
+        *,
+        per_layer: bool,
+        try_whole: bool,
+    ) -> list[Plan]:
+        """Walk the saver ladder for one core on one layout (see ``saver_ladder``)."""
+        memory_first = self.ctx.workload.objective.value == "memory"
+        per, _ = per_replica_batch(self.batch, layout.dp)
+        out: list[Plan] = []
+        fitted_on_device = host_fitted = False
+        for level in levels:
+            off = level[0].offload
+            if off is not Offload.NONE and fitted_on_device and not memory_first:
+                break  # offload only when nothing fits on the device (Ren et al. 2021)
+            if off.nvme and host_fitted and not memory_first:
+                break  # NVMe only when host RAM is not enough
+            best, stale, last_fit = float("inf"), 0, True
+            for rung in level:
+                cfg = replace(rung, optimizer_in_backward=per_layer).apply(base)
+                if best < float("inf") and not memory_first and self._no_better(cfg, per, best):
+                    continue
+                p = self.plan(cfg, layout, smallest_first=not last_fit)
+                last_fit = p is not None
+                if try_whole and p is not None and p.config.micro_batch < per:
+                    # Per-layer updates free the gradient buffer; if that lets the whole
+                    # per-replica batch fit at once, the plan still reaches the global batch.
+                    whole = replace(rung, optimizer_in_backward=True).apply(base)
+                    one = whole.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
+                    if self.allowed(one) is not None and self.ev.fits(one):
+                        q = self.plan(whole, layout)
+                        if q and q.exact_batch and q.seconds_per_token < p.seconds_per_token:
+                            p = q
+                if p is None:
+                    continue
+                out.append(p)
+                self.plans.append(p)
+                # Only a plan that reaches the global batch ends the search for savers.
+                fitted_on_device = fitted_on_device or (off is Offload.NONE and p.exact_batch)
+                host_fitted = host_fitted or (
+                    off is not Offload.NONE and not off.nvme and p.exact_batch
+                )
+                if memory_first:
+                    continue
+                if p.seconds_per_token < best * (1 - EQUIVALENT):
+                    best, stale = p.seconds_per_token, 0
+                else:
+                    stale += 1
+                # Once the whole per-replica batch is one micro-batch, more savers only slow
+                # it down.
+                if p.config.micro_batch >= per or stale >= 2:
+                    break
+        return out
+
+    def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
+        """Whether a rung cannot beat ``best`` seconds per token even at the whole
+        per-replica batch (time per token does not grow with the micro-batch)."""
+        top = cfg.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
+        if top.optimizer_in_backward or self.allowed(top) is None:
+            return False
+        bound = self.ev.time(top).seconds / (per * top.gpus * top.seq_len)
+        if bound >= best * (1 - EQUIVALENT):
+            self.pruned_rungs += 1
+            return True
+        return False
+
+
+def _at(c: TrainingConfig) -> str:
+    return f" at micro-batch {c.micro_batch}"
+
+
+_DP = ("dp-sgd", "dp-adam")
+# Technique ids of the saver and geometry dimensions: a value that clashes with one of them
+# is screened only against values that clash with it too.
+_SAVER_IDS = frozenset(
+    {
+        "activation-checkpointing-full",
+        "activation-checkpointing-selective",
+        "cpu-offload-optimizer",
+        "cpu-offload-params",
+        "nvme-offload",
+        "fused-backward-step",
+        "gradient-accumulation",
+        FUSED_LOSS_ID,
+        "activation-offload",
+    }
+)
+
+
+# --- dominance screening ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Point:
+    key: str
+    memory: int
+    seconds: float
+    rule: float
+    simplicity: int
+    clashes: frozenset[str] = frozenset()
+    # Steps to AdamW's loss (advisor/convergence.py): a value that needs fewer steps is not
+    # "no better" than a faster-stepping one, and never folds into it.
+    steps: float = 1.0
+
+
+def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
+    """The values worth keeping: equal ones fold into the simplest (preferences never split
+    a tie), then values no better than another in memory, time and rule score are pruned.
+
+    Returns:
+        The kept keys (in input order), the aliases folded into each, how many were pruned.
+    """
+    groups: list[list[_Point]] = []
+    for p in sorted(points, key=lambda p: (p.simplicity, p.key)):
+        for g in groups:
+            h = g[0]
+            same = p.clashes == h.clashes and _close(p.steps, h.steps)
+            if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
+                g.append(p)
+                break
+        else:
+            groups.append([p])
+    heads = [g[0] for g in groups]
+    aliases = {g[0].key: [p.key for p in g[1:]] for g in groups}
+    kept = []
+    for a in heads:
+        dominated = any(
+            b is not a
+            and b.memory <= a.memory
+            and b.seconds <= a.seconds
+            and b.rule >= a.rule
+            # A value that rules out a saver (8-bit states cannot be offloaded) never
+            # stands in for one that allows it.
+            and b.clashes <= a.clashes
+            and b.steps <= a.steps
+            and (
+                b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule or b.steps < a.steps
+            )
+            for b in heads
+        )
+        if not dominated:
+            kept.append(a.key)
+    order = {p.key: i for i, p in enumerate(points)}
+    kept.sort(key=lambda k: order[k])
+    return kept, aliases, len(points) - len(kept)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= EQUIVALENT * max(abs(a), abs(b), 1e-12)
+
+
+def search(
+    ctx: Context,
+    decision: Decision,
+    cost_fn: CostFn,
+    space: PlanSpace,
+    *,
+    exhaustive: bool = False,
+) -> SearchResult:
+    """Find the plans worth ranking.
+
+    Args:
+        ctx: model, workload, target, taxonomy, rules, global batch.
+        decision: what the rules concluded (exclusions, requirements, scores).
+        cost_fn: the step-time model.
+        space: the plan dimensions.
+        exhaustive: evaluate every combination (benchmark only; slow).
+
+    Returns:
+        Every fitting plan evaluated, the rejections, and the counts.
+    """
+    s = _Search(ctx, decision, cost_fn, space, exhaustive=exhaustive)
+    w = ctx.workload
+    layouts = enumerate_layouts(
+        ctx.spec,
+        world_size=w.world_size,
+        gpus_per_node=max(w.gpus, 1),
+        tp=w.tensor_parallel,
+        pp=w.pipeline_parallel,
+    )
+    notes: list[str] = []
+    pinned = w.tensor_parallel is not None or w.pipeline_parallel is not None
+    if not pinned and w.world_size > 1 and not _time_prices_layouts(ctx, s.ev):
+        # A step-time model blind to tensor/pipeline parallelism would see their memory
+        # savings for free: plan data parallelism only, and say so.
+        layouts = [lay for lay in layouts if lay.tp == 1 and lay.pp == 1]
+        notes.append(
+            "tensor and pipeline parallel layouts not planned: the step-time model does not "
+            "price their communication yet (pin them with --tp/--pp to see their memory)"
+        )
+    batch_ok = [lay for lay in layouts if lay.dp <= s.batch.samples or not s.batch.requested]
+    considered = space.core_count() * space.saver_count() * len(layouts)
+    for lay in layouts:
+        if lay not in batch_ok:
+            c = lay.apply(_reference(ctx, space, space.tasks[0]))
+            s.rejected.setdefault(
+                c,
+                reject(
+                    c,
+                    techniques_of(ctx, c),
+                    f"{lay.label}: {lay.dp} replicas exceed the global batch of "
+                    f"{s.batch.samples} samples",
+                    "batch",
+                ),
+            )
+    layouts = batch_ok
+    if not layouts:
+        return SearchResult(
+            plans=[],
+            rejected=list(s.rejected.values()),
+            considered=considered,
+            evaluated=0,
+            memory_evaluations=0,
+            time_evaluations=0,
+        )
+    aliases: dict[tuple[str, str], list[str]] = {}
+    cores_by_task = {t: _cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
+    every = [c for cs in cores_by_task.values() for c in cs]
+    first_order_cores = [c for c in every if ctx.taxonomy.get(c.optimizer).order is Order.FIRST]
+    first = next(iter(first_order_cores or every), None)
+    if exhaustive:
+        chosen = layouts
+    elif first is None:
+        chosen = []
+    else:
+        layouts, layout_aliases = _screen_layouts(s, layouts, first)
+        aliases.update({("layout", k): v for k, v in layout_aliases.items()})
+        chosen = _best_layouts(s, layouts, first)
+    for _task, cores in cores_by_task.items():
+        for layout in chosen:
+            for core in cores:
+                s.ladder_for(core, layout)
+    plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
+    mem, tim = s.ev.counts
+    return SearchResult(
+        notes=notes,
+        evaluator=s.ev,
+        plans=plans,
+        rejected=list(s.rejected.values()),
+        considered=considered,
+        evaluated=s.evaluated,
+        memory_evaluations=mem,
+        time_evaluations=tim,
+    )
+
+
+def _time_prices_layouts(ctx: Context, ev: Evaluator) -> bool:
+    """Whether the step-time model tells tensor parallelism from a single device (the same
+    plan at tp 2 and tp 1 on one data-parallel rank): a model that does not price its
+    all-reduces (Shoeybi et al. 2019) would make every TP/PP layout look free."""
+    c = TrainingConfig(task=Task.PRETRAIN, seq_len=ctx.workload.seq_len, stack=ctx.workload.stack)
+    try:
+        return ev.time(c.model_copy(update={"tensor_parallel": 2})).seconds != ev.time(c).seconds
+    except ValueError:
+        return False
+
+
+def _aliases_of(p: Plan, aliases: dict[tuple[str, str], list[str]]) -> list[str]:
+    task = p.config.task.value
+    out = list(aliases.get((task, p.config.optimizer), []))
+    out += aliases.get((task, p.config.precision.value), [])
+    out += [f"{a} attention" for a in aliases.get((task, p.config.attention.value), [])]
+    out += aliases.get(("layout", p.layout.label), [])
+    return out
+
+
+def _reference(ctx: Context, space: PlanSpace, task: Task) -> TrainingConfig:
+    """The plan each dimension is screened against: AdamW (or the first optimizer the space
+    has), the target's default precision, the best attention the space has, no savers."""
+    precision = Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP32
+    if precision not in space.precisions:
+        precision = space.precisions[0]
+    if task is Task.QLORA and precision in (Precision.FP32, Precision.TF32):
+        precision = Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP16_MIXED
+    optimizer = "adamw" if "adamw" in space.optimizers else space.optimizers[0]
+    attention = Attention.FLASH if Attention.FLASH in space.attentions else space.attentions[0]
+    return TrainingConfig(
+        task=task,
+        optimizer=optimizer,
+        precision=precision,
+        attention=attention,
+        micro_batch=ctx.workload.micro_batch or 1,
+        seq_len=ctx.workload.seq_len,
+        gpus=ctx.workload.world_size,
+        stack=ctx.workload.stack,
+        dp_sgd=optimizer in ("dp-sgd", "dp-adam"),
+    )
+
+
+def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point | None:
+    techniques = s.allowed(c)
+    if techniques is None:
+        return None
+    m = s.ev.memory(c)
+    tax = s.ctx.taxonomy
+    clashes = {
+        other
+        for tid in techniques
+        if tid in tax
+        for other in tax.get(tid).incompatible_with
+        if other in _SAVER_IDS
+    }
+    return _Point(
+        clashes=frozenset(clashes),
+        key=key,
+        memory=m.total_bytes + m.host_bytes // 16,
+        seconds=s.ev.time(c).seconds,
+        rule=s.decision.score(techniques),
+        simplicity=simplicity,
+        steps=plan_steps(
+            tax, c.optimizer, c.task, s.ctx.spec.parameter_count(), s.ctx.convergence
+        ).central,
+    )
+
+
+def _cores(
+    s: _Search,
+    task: Task,
+    layout: Layout,
+    aliases: dict[tuple[str, str], list[str]],
+    exhaustive: bool,
+) -> list[TrainingConfig]:
+    """The (optimizer, precision, attention) combinations worth searching for one task."""
+    ctx, space = s.ctx, s.space
+
+    def ok(c: TrainingConfig) -> bool:
+        t = techniques_of(ctx, c)
+        return hard_constraint(ctx, s.decision, t) is None and compatible(ctx, c, t) is None
+
+    start = layout.apply(_reference(ctx, space, task))
+    # The reference: the baseline where the rules allow it, else the first allowed
+    # combination (private training has no AdamW; a T4 has no FlashAttention).
+    ref = next(
+        (
+            c
+            for o, a, p in itertools.product(
+                _first(start.optimizer, space.optimizers),
+                _first(start.attention, space.attentions),
+                _first(start.precision, space.precisions),
+            )
+            if ok(
+                c := start.model_copy(
+                    update={
+                        "optimizer": o,
+                        "attention": a,
+                        "precision": p,
+                        "dp_sgd": o in ("dp-sgd", "dp-adam"),
+                    }
+                )
+            )
+        ),
+        None,
+    )
+    if ref is None:
+        s.allowed(start)  # records why
+        return []
+    dims = ("optimizer", "attention", "precision")
+
+    def variants(c: TrainingConfig, dim: str) -> Iterable[TrainingConfig]:
+        # A value may clash with the reference's other choices (Sophia needs eager
+        # attention): it is kept, unscreened, when some combination allows it.
+        others = [d for d in dims if d != dim]
+        pools_any: dict[str, Sequence[Any]] = {
+            "optimizer": space.optimizers,
+            "attention": space.attentions,
+            "precision": space.precisions,
+        }
+        for x, y in itertools.product(pools_any[others[0]], pools_any[others[1]]):
+            yield c.model_copy(
+                update={
+                    others[0]: x,
+                    others[1]: y,
+                    "dp_sgd": (x if others[0] == "optimizer" else c.optimizer)
+                    in ("dp-sgd", "dp-adam"),
+                }
+            )
+
+    def values(dim: str, options: Sequence[Any], key: Callable[[Any], str]) -> list[Any]:
+        pts = []
+        unscreened = []
+        for i, o in enumerate(options):
+            update: dict[str, Any] = {dim: o}
+            if dim == "optimizer":
+                update["dp_sgd"] = o in ("dp-sgd", "dp-adam")
+            c = ref.model_copy(update=update)
+            if ok(c):
+                pt = _point(s, key(o), c, _simplicity(ctx, dim, o, i))
+                if pt is not None:
+                    pts.append(pt)
+            elif any(ok(v) for v in variants(c, dim)):
+                unscreened.append(key(o))
+            else:
+                s.allowed(c)  # records why
+        if exhaustive:
+            return [o for o in options if key(o) in {p.key for p in pts} | set(unscreened)]
+        kept, al, _ = screen(pts)
+        kept += unscreened
+        aliases.update({(task.value, k): v for k, v in al.items() if v})
+        return [o for o in options if key(o) in kept]
+
+    optimizers = values("optimizer", space.optimizers, str)
+    precisions = values("precision", space.precisions, lambda p: str(p.value))
+    attentions = values("attention", space.attentions, lambda a: str(a.value))
+    combos = []
+    for o, p, a in itertools.product(optimizers, precisions, attentions):
+        c = ref.model_copy(
+            update={"optimizer": o, "precision": p, "attention": a, "dp_sgd": o in _DP}
+        )
+        combos.append(c)
+    if exhaustive or len(combos) <= 1:
+        return combos
+    # The survivors of each dimension, combined, screened once more as whole cores: a
+    # combination no better than another in memory, time and rule score is pruned.
+    pts = []
+    for i, c in enumerate(combos):
+        if s.allowed(c) is None:
+            continue
+        pt = _point(s, str(i), c, i)
+        if pt is not None:
+            pts.append(pt)
+    kept, _aliases, _ = screen(pts)
+    return [combos[int(k)] for k in sorted(kept, key=int)]
+
+
+def _first(value: Any, options: Sequence[Any]) -> list[Any]:
+    return [value] + [o for o in options if o != value]
+
+
+def _simplicity(ctx: Context, dim: str, value: Any, index: int) -> int:
+    """Which of two equal values to show: the baseline, then torch's own implementations,
+    then the order of the dimension (never the rules' preferences)."""
+    if dim == "optimizer":
+        if value == "adamw":
+            return 0
+        impl = ctx.taxonomy.get(value).implementation or ""
+        return (1 if impl.startswith("torch.") else 2) * 1000 + index
+    if dim == "precision":
+        return 0 if value in (Precision.BF16_MIXED, Precision.FP32) else 1000 + index
+    return 0 if value is Attention.FLASH else 1000 + index
+
+
+def _screen_layouts(
+    s: _Search, layouts: list[Layout], ref: TrainingConfig
+) -> tuple[list[Layout], dict[str, list[str]]]:
+    """Layouts equal to another fold into it; layouts no better in memory, time and rule
+    score than another are pruned (at the reference plan, one sample per device)."""
+    pts = []
+    for i, lay in enumerate(layouts):
+        full = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
+        pt = _point(s, lay.label, full, i) or _point(s, lay.label, lay.apply(ref), i)
+        if pt is not None:
+            pts.append(pt)
+    kept, al, _ = screen(pts)
+    keep = set(kept)
+    return [lay for lay in layouts if lay.label in keep], {k: v for k, v in al.items() if v}
+
+
+def _best_layouts(s: _Search, layouts: list[Layout], ref: TrainingConfig) -> list[Layout]:
+    """The layouts the full search covers: the fastest few for the reference plan, plus the
+    most frugal one, so that plans needing every byte still find their layout."""
+    if len(layouts) <= TOP_LAYOUTS:
+        return layouts
+    scored: list[tuple[float, int, Layout]] = []
+    frugal: list[tuple[int, Layout]] = []
+    for lay in layouts:
+        plans = s.ladder_for(ref, lay)
+        if plans:
+            scored.append((min(p.seconds_per_token for p in plans), len(scored), lay))
+        c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
+        frugal.append((s.ev.memory(c).total_bytes, lay))
+    chosen = [lay for _, _, lay in sorted(scored, key=lambda x: (x[0], x[1]))[:TOP_LAYOUTS]]
+    lightest = min(frugal, key=lambda x: x[0])[1]
+    if lightest not in chosen:
+        chosen.append(lightest)
+    return chosen
+
+
+def plain_layout(ctx: Context) -> Layout:
+    """Data parallel over every device, no sharding."""
+    w = ctx.workload
+    return Layout(world_size=w.world_size, gpus_per_node=max(w.gpus, 1), dp=w.world_size)

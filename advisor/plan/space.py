@@ -1,0 +1,460 @@
+"""The plan space: the workload, the global batch, and the dimensions a plan varies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    Offload,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
+from advisor.convergence import ConvergenceCache
+from advisor.errors import UserError
+from advisor.hardware import DeviceKind
+from advisor.memory import DeviceOverheads, MemoryEstimate, estimate_memory
+from advisor.modelspec import ModelSpec
+from advisor.plan.target import Target
+from advisor.ruleset import RuleSet
+from advisor.taxonomy import Order, Taxonomy, Technique
+from advisor.units import GIB
+
+# NOTE: a configuration "fits" when its estimated peak stays within this share of device
+# memory. The memory model names every term it knows; the margin covers what it cannot
+# know (other processes on the GPU, allocator behaviour of a particular torch build,
+# framework buffers), and is stated in every report.
+MEMORY_SAFETY_MARGIN = 0.90
+# Offloaded states must fit this share of the host RAM (or NVMe) available per device.
+HOST_SAFETY_MARGIN = 0.80
+
+
+class Objective(str, Enum):
+    """What the user optimises for."""
+
+    SPEED = "speed"
+    MEMORY = "memory"
+    BALANCED = "balanced"
+    QUALITY = "quality"
+    TIME_TO_TARGET = "time-to-target"  # steps to AdamW's loss x step time (convergence.py)
+
+
+class Privacy(str, Enum):
+    """Whether training must be differentially private."""
+
+    NONE = "none"
+    DP = "dp"
+
+
+class Workload(BaseModel):
+    """What the user wants to train, and how."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Task = Task.FINETUNE
+    seq_len: int = Field(default=2048, ge=1)
+    micro_batch: int | None = Field(default=None, ge=1, description="None: searched")
+    global_batch: int | None = Field(default=None, ge=1, description="samples per step")
+    global_batch_tokens: int | None = Field(default=None, ge=1, description="tokens per step")
+    gpus: int = Field(default=1, ge=1, description="devices per node")
+    nodes: int = Field(default=1, ge=1)
+    privacy: Privacy = Privacy.NONE
+    objective: Objective = Objective.BALANCED
+    sparse_features: bool = False
+    stack: Stack = Stack.HF
+    tensor_parallel: int | None = Field(default=None, ge=1, description="pinned (--tp)")
+    pipeline_parallel: int | None = Field(default=None, ge=1, description="pinned (--pp)")
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
+
+
+class GlobalBatch(BaseModel):
+    """Samples per optimizer step, and where the number comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    samples: int = Field(ge=1)
+    tokens: int = Field(ge=1)
+    source: str
+    requested: bool = Field(description="the user gave it (--global-batch[-tokens])")
+
+
+# Published global batches, in tokens, for pre-training decoders by size (GPT-3: Brown et
+# al. 2020, Table 2.1: 0.5M tokens up to 760M, 1M at 1.3B-2.7B, 2M at 6.7B-13B, 3.2M at
+# 175B; Llama 2: Touvron et al. 2023, 4M tokens at 7B-70B; Llama 3: Dubey et al. 2024,
+# 4M rising to 16M tokens at 405B).
+_PRETRAIN_TOKENS = [
+    (1e9, 2**19, "GPT-3 Table 2.1 (Brown et al. 2020): 0.5M tokens below 1B"),
+    (4e9, 2**20, "GPT-3 Table 2.1 (Brown et al. 2020): 1M tokens at 1.3B-2.7B"),
+    (2e10, 2**21, "GPT-3 Table 2.1 (Brown et al. 2020): 2M tokens at 6.7B-13B"),
+    (float("inf"), 2**22, "Llama 2/3 (Touvron et al. 2023; Dubey et al. 2024): 4M tokens"),
+]
+# Instruction fine-tuning: Alpaca trained LLaMA 7B at 128 sequences per step (Taori et al.
+# 2023); LIMA used 32-64, HF TRL/PEFT recipes 64-128.
+_FINETUNE_SAMPLES = (128, "Alpaca (Taori et al. 2023): 128 sequences per step")
+
+
+def resolve_global_batch(spec: ModelSpec, workload: Workload) -> GlobalBatch:
+    """The global batch to plan for: the user's, or a published default for the task and size.
+
+    Raises:
+        UserError: when both --global-batch and --global-batch-tokens are given.
+    """
+    w, s = workload, workload.seq_len
+    if w.global_batch is not None and w.global_batch_tokens is not None:
+        raise UserError(
+            "--global-batch and --global-batch-tokens both set the global batch",
+            "give only one of them",
+        )
+    if w.global_batch is not None:
+        return GlobalBatch(
+            samples=w.global_batch,
+            tokens=w.global_batch * s,
+            source="--global-batch",
+            requested=True,
+        )
+    if w.global_batch_tokens is not None:
+        samples = max(1, round(w.global_batch_tokens / s))
+        return GlobalBatch(
+            samples=samples,
+            tokens=samples * s,
+            source=f"--global-batch-tokens {w.global_batch_tokens} / {s} tokens per sample",
+            requested=True,
+        )
+    if w.task is Task.PRETRAIN:
+        n = spec.parameter_count()
+        tokens, source = next((t, src) for limit, t, src in _PRETRAIN_TOKENS if n < limit)
+        samples = max(1, round(tokens / s))
+        return GlobalBatch(
+            samples=samples, tokens=samples * s, source=f"default: {source}", requested=False
+        )
+    samples, source = _FINETUNE_SAMPLES
+    return GlobalBatch(
+        samples=samples, tokens=samples * s, source=f"default: {source}", requested=False
+    )
+
+
+class Context(BaseModel):
+    """Everything the search and the ranking read, bundled once."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: ModelSpec
+    workload: Workload
+    target: Target
+    taxonomy: Taxonomy
+    ruleset: RuleSet
+    batch: GlobalBatch | None = None
+    convergence: ConvergenceCache | None = None  # calibrate --convergence on this device
+
+    @property
+    def global_batch(self) -> GlobalBatch:
+        if self.batch is not None:
+            return self.batch
+        return resolve_global_batch(self.spec, self.workload)
+
+
+def usable_memory(target: Target) -> int:
+    """Device memory a configuration may use (the safety margin applied)."""
+    return int(target.device_memory_bytes * MEMORY_SAFETY_MARGIN)
+
+
+def host_usable(target: Target) -> int:
+    """Host RAM per device an offloading plan may fill."""
+    return int(target.host_memory_bytes * HOST_SAFETY_MARGIN)
+
+
+def nvme_usable(target: Target) -> int:
+    """NVMe per device an NVMe-offloading plan may fill."""
+    return int(target.nvme_bytes * HOST_SAFETY_MARGIN)
+
+
+def overheads(target: Target) -> DeviceOverheads:
+    """The device's fixed memory overheads (none on a CPU)."""
+    return DeviceOverheads.cpu() if target.device_kind is DeviceKind.CPU else DeviceOverheads()
+
+
+def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
+    """The memory model for one configuration on the target."""
+    return estimate_memory(
+        ctx.spec, config, optimizer=ctx.taxonomy.get(config.optimizer), device=overheads(ctx.target)
+    )
+
+
+def host_fits(ctx: Context, config: TrainingConfig, m: MemoryEstimate) -> str | None:
+    """Why the offloaded states do not fit the target's host (None: they do)."""
+    from advisor.units import format_bytes
+
+    nvme = getattr(m, "nvme_bytes", None)
+    host = m.host_bytes
+    if config.offload.nvme and nvme is None:
+        # The memory model has not split NVMe from host RAM: what it offloads goes to NVMe.
+        nvme, host = host, 0
+    if host > host_usable(ctx.target):
+        return (
+            f"offloads {format_bytes(host)} per device > {format_bytes(host_usable(ctx.target))}"
+            f" of host RAM ({ctx.target.host_source})"
+        )
+    if nvme and nvme > nvme_usable(ctx.target):
+        return (
+            f"offloads {format_bytes(nvme)} per device to NVMe > "
+            f"{format_bytes(nvme_usable(ctx.target))} available"
+        )
+    return None
+
+
+def baseline_config(ctx: Context) -> TrainingConfig:
+    """AdamW, bf16-mixed (fp32 where 16-bit is slow), no memory savers, no sharding."""
+    precision = Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP32
+    task = (
+        ctx.workload.task if ctx.workload.task in (Task.PRETRAIN, Task.FINETUNE) else Task.FINETUNE
+    )
+    return TrainingConfig(
+        task=task,
+        optimizer="adamw",
+        precision=precision,
+        attention=Attention.FLASH,
+        checkpointing=Checkpointing.NONE,
+        micro_batch=ctx.workload.micro_batch or 1,
+        seq_len=ctx.workload.seq_len,
+        gpus=ctx.workload.world_size,
+        sharding=Sharding.NONE,
+        offload=Offload.NONE,
+        stack=ctx.workload.stack,
+    )
+
+
+def describe_config(config: TrainingConfig) -> str:
+    """A short human name for a configuration."""
+    parts = [config.optimizer, config.precision.value, f"{config.attention.value} attention"]
+    if config.task in (Task.LORA, Task.QLORA):
+        parts.insert(0, f"{config.task.value} r={config.lora_rank}")
+    elif config.task is Task.FINETUNE:
+        parts.insert(0, "full fine-tune")
+    else:
+        parts.insert(0, "pretrain")
+    if config.checkpointing is not Checkpointing.NONE:
+        parts.append(f"{config.checkpointing.value} checkpointing")
+    if config.activation_offload:
+        parts.append("activation offload")
+    if config.offload is not Offload.NONE:
+        parts.append(f"offload {config.offload.value}")
+    if config.optimizer_in_backward:
+        parts.append("optimizer in backward")
+    if config.fused_loss and config.stack is Stack.HF:
+        parts.append("fused cross-entropy")
+    if config.tensor_parallel > 1:
+        parts.append(f"tp{config.tensor_parallel}")
+    if config.pipeline_parallel > 1:
+        v = f"x{config.virtual_stages}" if config.virtual_stages > 1 else ""
+        parts.append(f"pp{config.pipeline_parallel}{v}")
+    if config.expert_parallel > 1:
+        parts.append(f"ep{config.expert_parallel}")
+    if config.sharding is not Sharding.NONE:
+        parts.append(config.sharding.value)
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Savers:
+    """One combination of the memory savers that change neither the math nor the layout."""
+
+    checkpointing: Checkpointing = Checkpointing.NONE
+    offload: Offload = Offload.NONE
+    fused_loss: bool = False
+    activation_offload: bool = False
+    optimizer_in_backward: bool = False
+
+    def apply(self, config: TrainingConfig) -> TrainingConfig:
+        return config.model_copy(
+            update={
+                "checkpointing": self.checkpointing,
+                "offload": self.offload,
+                "fused_loss": self.fused_loss,
+                "activation_offload": self.activation_offload,
+                "optimizer_in_backward": self.optimizer_in_backward,
+            }
+        )
+
+
+class PlanSpace(BaseModel):
+    """The values of every plan dimension for one scenario (before rules and pruning)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: list[Task]
+    optimizers: list[str]
+    precisions: list[Precision]
+    attentions: list[Attention]
+    checkpointing: list[Checkpointing]
+    offloads: list[Offload]
+    fused_loss: list[bool]
+    activation_offload: list[bool]
+    optimizer_in_backward: list[bool]
+
+    def saver_count(self) -> int:
+        return (
+            len(self.checkpointing)
+            * len(self.offloads)
+            * len(self.fused_loss)
+            * len(self.activation_offload)
+            * len(self.optimizer_in_backward)
+        )
+
+    def core_count(self) -> int:
+        return len(self.tasks) * len(self.optimizers) * len(self.precisions) * len(self.attentions)
+
+
+def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
+    """Every value of every dimension the target could run."""
+    w, t = ctx.workload, ctx.target
+    tasks = [w.task]
+    if w.task is Task.FINETUNE:
+        tasks += [Task.LORA, Task.QLORA]
+    cpu = t.device_kind is DeviceKind.CPU
+    offloads = [Offload.NONE] if cpu else list(Offload)
+    return PlanSpace(
+        tasks=tasks,
+        optimizers=[o.id for o in optimizers],
+        precisions=list(Precision),
+        attentions=list(Attention),
+        checkpointing=list(Checkpointing),
+        offloads=offloads,
+        # The fused stack always fuses the loss; on the hf stack it is a choice (Liger).
+        fused_loss=[False] if w.stack is Stack.FUSED else [False, True],
+        activation_offload=[False] if cpu else [False, True],
+        optimizer_in_backward=[False, True],
+    )
+
+
+def first_order(optimizers: list[Technique]) -> list[Technique]:
+    """The first-order optimizers of a list."""
+    return [o for o in optimizers if o.order is Order.FIRST]
+
+
+# --- derived facts -----------------------------------------------------------------------
+
+
+def _frugal_fits(ctx: Context, config: TrainingConfig) -> bool:
+    """Whether ``config`` fits in some layout of the planned devices, one sample per device,
+    with every saver that keeps the math (full recomputation, fused loss, offload where the
+    device has a host). Memory never grows when a saver is added, so this decides."""
+    from advisor.plan.layout import enumerate_layouts
+
+    w, t = ctx.workload, ctx.target
+    cpu = t.device_kind is DeviceKind.CPU
+    frugal = config.model_copy(
+        update={
+            "checkpointing": Checkpointing.FULL,
+            "micro_batch": 1,
+            "fused_loss": "fused-cross-entropy" in ctx.taxonomy,
+        }
+    )
+    offloads = [Offload.NONE]
+    if not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
+        offloads += [Offload.OPTIMIZER_PARAMS] + (
+            [Offload.OPTIMIZER_PARAMS_NVME] if t.nvme_bytes else []
+        )
+    layouts = enumerate_layouts(
+        ctx.spec,
+        world_size=w.world_size,
+        gpus_per_node=max(w.gpus, 1),
+        tp=w.tensor_parallel,
+        pp=w.pipeline_parallel,
+    )
+    # Most devices per copy of the model first: the likeliest to fit.
+    layouts.sort(key=lambda lay: (-(lay.tp * lay.pp), -lay.sharding.zero_stage))
+    usable = usable_memory(t)
+    for lay in layouts:
+        if config.task in (Task.LORA, Task.QLORA) and lay.pp > 1:
+            continue
+        for off in offloads:
+            c = lay.apply(frugal.model_copy(update={"offload": off}))
+            m = estimate(ctx, c)
+            if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
+                return True
+    return False
+
+
+def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool]:
+    """Whether full-parameter first-order training fits on the planned devices in some
+    layout, and whether any first-order training (adapters too, when fine-tuning) does.
+
+    Per precision it is enough to try the first-order optimizer with the least state
+    (memory is monotone in the optimizer state).
+    """
+    base = baseline_config(ctx)
+    firsts = first_order(optimizers)
+    if not firsts:
+        return False, False
+    # The state signature orders optimizers without a memory evaluation each: elementwise
+    # bytes per parameter, then the bytes of the tensors the structured schemes leave out.
+    lightest = min(
+        firsts,
+        key=lambda o: (
+            o.memory.bytes_per_param if o.memory else 0.0,
+            (o.memory.fallback_bytes_per_param or 0.0) if o.memory else 0.0,
+            o.id,
+        ),
+    )
+    full = any(
+        _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id, "precision": p}))
+        for p in dict.fromkeys((Precision.BF16, base.precision))
+    )
+    if full or ctx.workload.task is Task.PRETRAIN:
+        return full, full
+    tasks = [Task.LORA] + ([Task.QLORA] if ctx.target.device_kind is DeviceKind.CUDA else [])
+    adapters = any(
+        _frugal_fits(
+            ctx,
+            base.model_copy(
+                update={"optimizer": lightest.id, "task": task, "precision": Precision.BF16_MIXED}
+            ),
+        )
+        for task in tasks
+    )
+    return full, adapters
+
+
+def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]:
+    """Every declared fact's value for this scenario."""
+    w, t = ctx.workload, ctx.target
+    base = estimate(ctx, baseline_config(ctx))
+    act = base.breakdown.get("activations", 0) + base.breakdown.get("logits", 0)
+    full, any_first = training_fits(ctx, optimizers)
+    facts: dict[str, object] = {
+        "device_kind": t.device_kind.value,
+        "compute_capability": t.compute_capability if t.device_kind is DeviceKind.CUDA else 0.0,
+        "device_memory_gib": t.device_memory_bytes / GIB,
+        "host_memory_gib": t.host_memory_bytes / GIB,
+        "fast_bf16": t.fast_bf16,
+        "fast_fp16": t.fast_fp16,
+        "gpus_per_node": t.gpus_per_node,
+        "nodes": w.nodes,
+        "interconnect_gb_s": t.interconnect_gb_s,
+        "task": w.task.value,
+        "arch": ctx.spec.arch.value,
+        "model_params_b": ctx.spec.parameter_count() / 1e9,
+        "seq_len": w.seq_len,
+        "micro_batch": w.micro_batch or 1,
+        "global_batch": ctx.global_batch.samples,
+        "data_parallel_degree": w.world_size,
+        "privacy": w.privacy.value,
+        "objective": w.objective.value,
+        "sparse_features": w.sparse_features,
+        "memory_headroom": usable_memory(t) / max(base.total_bytes, 1),
+        "first_order_fits": any_first,
+        "full_training_fits": full,
+        "activation_share": act / max(base.total_bytes, 1),
+    }
+    declared = set(ctx.ruleset.facts.facts)
+    return {k: v for k, v in facts.items() if k in declared}
