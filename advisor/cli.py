@@ -958,10 +958,19 @@ def _calibrate_convergence(
     spec = _resolve_model(
         model_size or ("125M" if not (model or model_config) else None), model, model_config
     )
-    with render.calibration_progress(enabled=not json_out) as progress:
-        cache = run_convergence(
-            spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+    try:
+        with render.calibration_progress(enabled=not json_out) as progress:
+            cache = run_convergence(
+                spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+            )
+    except KeyboardInterrupt:
+        from advisor.calibration.convergence import cache_file, family_key
+
+        path = cache_file(device or "cpu", family_key(spec))
+        render.err_console.print(
+            f"interrupted: the runs finished so far are kept in {path}", markup=False
         )
+        raise typer.Exit(130) from None
     if json_out:
         render.print_json(cache)
     else:
