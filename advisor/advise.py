@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from advisor.config import Task
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
+from advisor.limits import check_bound, resolve_seq_len
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
@@ -31,7 +32,7 @@ from advisor.recommend import (
 )
 from advisor.ruleset import load_rules
 from advisor.taxonomy import load_taxonomy
-from advisor.units import parse_bytes, parse_length
+from advisor.units import parse_bytes
 
 Progress = Callable[[str, float], None]
 DEFAULT_SEQ_LEN = 2048
@@ -75,6 +76,7 @@ class RecommendRequest(BaseModel):
         nvme: str | None = None,
         tp: int | None = None,
         pp: int | None = None,
+        rope_scaling: float | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag.
 
@@ -84,13 +86,16 @@ class RecommendRequest(BaseModel):
         task_v = _choice(Task, task, "--task")
         objective_v = _choice(Objective, objective, "--objective")
         privacy_v = _choice(Privacy, privacy, "--privacy")
-        limit = spec.max_position_embeddings or DEFAULT_SEQ_LEN
-        s = parse_length(seq_len) if seq_len else min(DEFAULT_SEQ_LEN, limit)
-        if s > limit and spec.position is not None and spec.position.value == "learned":
-            raise UserError(
-                f"--seq-len {s} exceeds {spec.name}'s {limit} learned positions",
-                f"use --seq-len {limit} or less",
-            )
+        s = resolve_seq_len(spec, seq_len, rope_scaling, DEFAULT_SEQ_LEN)
+        for flag, value in (
+            ("--micro-batch", micro_batch),
+            ("--global-batch", global_batch),
+            ("--gpus", gpus),
+            ("--nodes", nodes),
+            ("--top", top),
+        ):
+            check_bound(flag, value)
+        check_bound("--gpus", (gpus or 1) * nodes)
         if hardware is not None and calibrate:
             raise UserError(
                 "--calibrate measures this machine, but --hardware plans for another one",
@@ -116,7 +121,7 @@ class RecommendRequest(BaseModel):
             workload=workload,
             hardware=hardware,
             gpus=gpus,
-            memory_budget=parse_bytes(memory_budget, "--memory-budget") if memory_budget else None,
+            memory_budget=_memory_budget(memory_budget),
             top=top,
             calibrate=calibrate,
             host=HostOverride(
@@ -136,6 +141,9 @@ def _check_plan_flags(
     pp: int | None,
 ) -> None:
     """The batch and layout flags that contradict each other before any search."""
+    for flag, degree in (("--tp", tp), ("--pp", pp)):
+        if degree is not None and degree < 1:
+            raise UserError(f"{flag} must be a positive integer, got {degree}", f"e.g. {flag} 1")
     world = (gpus or 1) * nodes
     if global_batch is not None and global_batch_tokens is not None:
         raise UserError(
@@ -188,6 +196,14 @@ def _size(value: str | None, flag: str) -> int | None:
     return parse_bytes(value, flag)
 
 
+def _memory_budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = parse_bytes(text, "--memory-budget")
+    check_bound("--memory-budget", value)
+    return value
+
+
 def _choice(kind: Any, value: str, flag: str) -> Any:
     try:
         return kind(value)
@@ -207,8 +223,16 @@ def _cpu_clock_ghz() -> float | None:
     return None
 
 
-def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> RecommendReport:
+def run_recommend(
+    req: RecommendRequest,
+    progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> RecommendReport:
     """Probe (or load the profile), find the costs, apply the rules, rank.
+
+    On a local device whose calibration cache lacks the model's layer shape (and without
+    ``--no-calibrate``), the quick calibration runs first, so the ranking is by measured
+    cost; ``notify`` is told so in one line before it starts.
 
     Raises:
         UserError: for unknown profiles, impossible flag combinations, broken data files.
@@ -245,47 +269,87 @@ def run_recommend(req: RecommendRequest, progress: Progress | None = None) -> Re
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})
         gpu_name = report.gpus[0].name if report.gpus else ""
-        calibration, note = _local_costs(req, target, progress, gpu_name)
+        calibration, note = _local_costs(req, target, progress, gpu_name, notify)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
-    ctx = Context(spec=req.spec, workload=w, target=target, taxonomy=taxonomy, ruleset=ruleset)
+    ctx = Context(
+        spec=req.spec,
+        workload=w,
+        target=target,
+        taxonomy=taxonomy,
+        ruleset=ruleset,
+        # --no-calibrate uses no measurement at all, the step proxy included.
+        convergence=None if req.calibrate is False else _convergence_proxy(req.spec),
+    )
     return recommend(ctx, _cost_fn(ctx, calibration, target.profile), top=req.top, cost_note=note)
 
 
+def _convergence_proxy(spec: ModelSpec) -> Any:
+    """This machine's `calibrate --convergence` results for the model's family, if any.
+
+    Step counts do not depend on the device a plan runs on, so the local proxy applies to
+    --hardware plans too. Reading the cache never imports torch.
+    """
+    from advisor.calibration.convergence import load_convergence
+
+    for device in ("cuda:0", "cpu"):
+        cache, _warning = load_convergence(device, spec)
+        if cache is not None:
+            return cache
+    return None
+
+
 def _local_costs(
-    req: RecommendRequest, target: Target, progress: Progress | None, gpu_name: str = ""
+    req: RecommendRequest,
+    target: Target,
+    progress: Progress | None,
+    gpu_name: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[Any, str]:
-    """The calibration cache for this device, run first with --calibrate."""
+    """This device's measured costs: the calibration cache, filled first when it lacks the
+    model's layer shape (measured by default); analytic only with --no-calibrate or when
+    torch is not installed."""
     if req.calibrate is False:
         return None, "costs: analytic (--no-calibrate), from the probed hardware's peak figures"
     from advisor.calibration import cache as cal_cache
-
-    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-    if req.calibrate:
-        from advisor.calibration.runner import run_calibration
-
-        calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
-        return calibration, f"costs: measured on this device (quick calibration, {device})"
-    # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
-    # marketing name NVML does; the fingerprint must match for the cache to be found.
-    cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
-    if cached is None:
-        hint = "run `optadvise calibrate` or pass --calibrate for measured costs"
-        return None, f"costs: analytic (no calibration cache for this device; {hint})" + (
-            f" [{warning}]" if warning else ""
-        )
     from advisor.cost import layer_shape
 
-    if cached.results_for(layer_shape(req.spec)) is None:
+    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
+    cached = None
+    warning = None
+    if not req.calibrate:
+        # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
+        # marketing name NVML does; the fingerprint must match for the cache to be found.
+        cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
+        if cached is not None and cached.results_for(layer_shape(req.spec)) is not None:
+            partial = ", partial" if cached.partial else ""
+            return (
+                cached,
+                f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
+            )
+    if not _torch_installed():
+        extra = f" [{warning}]" if warning else ""
         return cached, (
-            "costs: mostly analytic: the calibration cache has no results at this model's layer"
-            f" shape; run `optadvise calibrate --model-size ...` for it ({cached.created_at})"
+            "costs: analytic (torch is not installed, so this device cannot be measured; "
+            f"install torch for measured costs){extra}"
         )
-    partial = ", partial" if cached.partial else ""
-    return (
-        cached,
-        f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
-    )
+    from advisor.calibration.runner import QUICK_DEFAULT_BUDGET_S, run_calibration
+
+    if notify is not None and not req.calibrate:
+        notify(
+            f"no measured costs for {req.spec.name}'s layer shape on this device yet: running "
+            f"the quick calibration first (at most {QUICK_DEFAULT_BUDGET_S:.0f} s, cached for "
+            "next time; --no-calibrate skips it)"
+        )
+    calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
+    partial = ", partial: the time budget ran out" if calibration.partial else ""
+    return calibration, f"costs: measured on this device (quick calibration, {device}{partial})"
+
+
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def _with_measured_precision(target: Target, calibration: Any) -> Target:
@@ -363,10 +427,31 @@ def _atomic_write(path: Path, text: str) -> None:
         ) from None
 
 
-def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
+def local_target() -> tuple[Target, str]:
+    """This machine as a planning target (probed without torch), and its first GPU's name."""
+    from advisor.probe import probe_hardware
+
+    report = probe_hardware(with_torch=False)
+    target = target_from_probe(
+        report,
+        load_hardware_profiles(),
+        gpus=None,
+        nodes=1,
+        memory_budget=None,
+        clock_ghz=_cpu_clock_ghz(),
+    )
+    return target, report.gpus[0].name if report.gpus else ""
+
+
+def local_step_time(
+    spec: ModelSpec, config: Any, hardware: str | None, local: tuple[Target, str] | None = None
+) -> Any:
     """Step time of one configuration for `optadvise estimate`: measured from this device's
     calibration cache when it holds the model's layer shape, else analytic from the
     --hardware profile or the probed machine's peak figures. Never imports torch.
+
+    Args:
+        local: this machine's target and GPU name, when the caller probed it already.
 
     Returns:
         An ``advisor.estimate.StepTimeReport``.
@@ -381,22 +466,11 @@ def local_step_time(spec: ModelSpec, config: Any, hardware: str | None) -> Any:
         if config.gpus > 1 and profile.intra_node is not None:
             link = profile.intra_node.bandwidth_gb_s
     else:
-        from advisor.probe import probe_hardware
-
-        report = probe_hardware(with_torch=False)
-        target = target_from_probe(
-            report,
-            load_hardware_profiles(),
-            gpus=None,
-            nodes=1,
-            memory_budget=None,
-            clock_ghz=_cpu_clock_ghz(),
-        )
+        target, gpu = local or local_target()
         profile = target.profile
         from advisor.calibration import cache as cal_cache
 
         device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-        gpu = report.gpus[0].name if report.gpus else ""
         calibration, _warning = cal_cache.load_cache_for(device, gpu_name=gpu)
     st = predict_for_optimizer(
         spec,

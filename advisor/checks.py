@@ -10,6 +10,7 @@ the invariants that touch them.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -23,7 +24,7 @@ from advisor.engine import requirement_rules
 from advisor.errors import DataError
 from advisor.facts import FactSpace, FactType
 from advisor.ruleset import LocatedRule, Problem, RuleSet, collect_rules
-from advisor.taxonomy import Category, Taxonomy, load_taxonomy
+from advisor.taxonomy import Basis, Category, ScaleTrend, StateKind, Taxonomy, load_taxonomy
 from advisor.yamlio import load_yaml
 
 # A search that explores more partial scenarios than this gives up and says so.
@@ -42,6 +43,7 @@ class DefectKind(str, Enum):
     UNREACHABLE_TECHNIQUE = "unreachable-technique"
     MISSING_RATIONALE = "missing-rationale"
     MISSING_SOURCES = "missing-sources"
+    STEP_EFFICIENCY = "step-efficiency"
     SEARCH_LIMIT = "search-limit"
 
 
@@ -222,6 +224,7 @@ def check_rules(
 
     files = [str(p) for p in rule_files([base, *[d for d in extra_dirs if d.is_dir()]])]
     defects = [_from_problem(p) for p in problems]
+    defects += step_efficiency_defects(taxonomy, _technique_lines(taxonomy_path))
     explored = 0
     if ruleset is not None:
         checker = _Checker(ruleset, taxonomy, candidate_ids, _technique_lines(taxonomy_path))
@@ -260,6 +263,79 @@ def _technique_lines(path: Path) -> tuple[str, dict[str, int]]:
     return str(path), {
         str(item.get("id")): getattr(item, "line", 0) for item in items if isinstance(item, dict)
     }
+
+
+# Adapters whose step factor is relative to full fine-tuning (advisor/convergence.py).
+STEP_ADAPTERS = ("lora", "qlora")
+# Optimizer-state kinds that compress AdamW's state without changing its update: they save
+# memory, not steps, so their factor must be about 1 (8-bit Adam, paged, Adam-mini, GaLore).
+_STATE_SAVERS = {StateKind.QUANTIZED_BLOCKWISE, StateKind.BLOCK_MEAN, StateKind.LOW_RANK_PROJECTED}
+_ABOUT_ONE = 0.05
+
+
+def step_efficiency_defects(
+    taxonomy: Taxonomy, technique_lines: tuple[str, dict[str, int]]
+) -> list[Defect]:
+    """Check the taxonomy's ``steps_vs_adamw`` data (time to target, advisor/convergence.py).
+
+    Every optimizer and adapter (LoRA, QLoRA) has data; AdamW is the baseline 1 and nothing
+    else claims to be; every point is positive, ordered low <= central <= high and cites a
+    source; optimizers that only compress AdamW's state are about 1; a ``toward-one`` trend
+    really moves toward 1 with size; no other technique carries the field.
+    """
+    file, lines = technique_lines
+    out: list[Defect] = []
+
+    def bad(tid: str, message: str) -> None:
+        out.append(
+            Defect(
+                kind=DefectKind.STEP_EFFICIENCY,
+                file=file,
+                line=lines.get(tid, 0),
+                technique=tid,
+                message=f"steps_vs_adamw: {message}",
+            )
+        )
+
+    for tech in taxonomy.techniques:
+        data = tech.steps_vs_adamw
+        wanted = tech.category is Category.OPTIMIZER or tech.id in STEP_ADAPTERS
+        if data is None:
+            if wanted:
+                bad(
+                    tech.id,
+                    "missing: give measured points with sources, or about 1 with the "
+                    "source that shows it",
+                )
+            continue
+        if not wanted:
+            bad(tech.id, "only optimizers and adapters (lora, qlora) carry step factors")
+        for p in data.points:
+            where = f"at {p.params} params"
+            if not (0 < p.low <= p.central <= p.high):
+                bad(tech.id, f"{where}: needs 0 < low <= central <= high")
+            if not p.sources:
+                bad(tech.id, f"{where}: no sources")
+            baseline = p.basis is Basis.BASELINE
+            if tech.id == "adamw" and not (baseline and p.low == p.central == p.high == 1.0):
+                bad(tech.id, f"{where}: AdamW is the baseline: basis baseline, 1 / 1 / 1")
+            if tech.id != "adamw" and baseline:
+                bad(tech.id, f"{where}: only AdamW is the baseline")
+            if (
+                tech.memory is not None
+                and tech.memory.state in _STATE_SAVERS
+                and abs(p.central - 1.0) > _ABOUT_ONE
+            ):
+                bad(
+                    tech.id,
+                    f"{where}: a compressed AdamW state saves memory, not steps: "
+                    f"central must be about 1, got {p.central}",
+                )
+        if data.scale_trend is ScaleTrend.TOWARD_ONE:
+            gains = [abs(math.log(p.central)) for p in data.points]
+            if any(b > a + 1e-9 for a, b in itertools.pairwise(gains)):
+                bad(tech.id, "scale_trend toward-one, but the central values move away from 1")
+    return out
 
 
 def _from_problem(p: Problem) -> Defect:
@@ -473,4 +549,12 @@ class _Checker:
         return out
 
 
-__all__ = ["CheckReport", "DataError", "Defect", "DefectKind", "check_rules", "fact_domains"]
+__all__ = [
+    "CheckReport",
+    "DataError",
+    "Defect",
+    "DefectKind",
+    "check_rules",
+    "fact_domains",
+    "step_efficiency_defects",
+]

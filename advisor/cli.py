@@ -4,19 +4,89 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from advisor import __version__
 from advisor.errors import EXIT_FINDINGS, EXIT_USAGE, DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class _OneValueGroup(TyperGroup):
+    """The root command group: rejects a single-valued option given twice, before parsing.
+
+    click (and so typer) silently keeps the last of repeated values, so
+    ``--model-size 7B --model-size ''`` would plan for a size the user did not mean.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        repeated = _repeated_option(self, ctx, args)
+        if repeated is not None:
+            from advisor.render import err_console
+
+            err_console.print(
+                f"Error: {repeated} is given more than once; give each option once "
+                "(only --rules-dir repeats)",
+                markup=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_USAGE)
+        return super().parse_args(ctx, args)
+
+
+def _repeated_option(group: TyperGroup, ctx: typer.Context, args: list[str]) -> str | None:
+    """The first single-valued option that ``args`` give twice (any of its spellings,
+    ``--x v`` or ``--x=v``, ``--flag`` or ``--no-flag``), following subcommands down.
+
+    NOTE: typer vendors click and does not export its Option and Group classes, so options
+    and groups are recognised by the attributes click gives them.
+    """
+    command: Any = group
+    seen: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        if token == "--":
+            break
+        if token.startswith("-") and token != "-":
+            name, eq, _ = token.partition("=")
+            option = next(
+                (
+                    p
+                    for p in command.params
+                    if name in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))
+                    and hasattr(p, "is_flag")
+                ),
+                None,
+            )
+            if option is None:
+                continue  # unknown: click reports it
+            if not option.multiple and not getattr(option, "count", False):
+                key = option.name or name
+                if key in seen:
+                    return seen[key] if seen[key] == name else f"{seen[key]}/{name}"
+                seen[key] = name
+            if not option.is_flag and not eq:
+                i += 1  # its value, even one that starts with "-"
+            continue
+        if hasattr(command, "get_command"):
+            sub = command.get_command(ctx, token)
+            if sub is None:
+                break  # click reports the unknown command
+            command, seen = sub, {}
+    return None
+
+
 app = typer.Typer(
+    cls=_OneValueGroup,
     name="optadvise",
     help=(
         "Decide how to train a model on the hardware you have: optimizer, precision, attention,\n"
@@ -56,16 +126,18 @@ def handle_errors(fn: F) -> F:
             from advisor.render import err_console
 
             for problem in exc.problems:
-                err_console.print(f"Error: {problem}", markup=False)
+                err_console.print(f"Error: {problem}", markup=False, soft_wrap=True)
             if exc.hint:
-                err_console.print(f"  hint: {exc.hint}", markup=False)
+                err_console.print(f"  hint: {exc.hint}", markup=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except UserError as exc:
             from advisor.render import err_console
 
-            err_console.print(f"Error: {exc.message}", markup=False)
+            # NOTE: soft_wrap: the message stays one line (the terminal may wrap it), so
+            # scripts can grep it; a hostile value echoed in it is cut to a readable length.
+            err_console.print(f"Error: {_clip(exc.message)}", markup=False, soft_wrap=True)
             if exc.hint:
-                err_console.print(f"  hint: {exc.hint}", markup=False)
+                err_console.print(f"  hint: {_clip(exc.hint)}", markup=False, soft_wrap=True)
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
             from advisor.render import err_console
@@ -74,6 +146,17 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _not_blank(flag: str, value: str | None) -> None:
+    """An option given as an empty string is an error, not "not given" (other helpers'
+    options can call this too)."""
+    if value is not None and not value.strip():
+        raise UserError(f"{flag} is empty", f"give {flag} a value, or leave it out")
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _print_schema(model: type[Any]) -> None:
@@ -121,6 +204,7 @@ def probe(
     schema: SchemaOpt = False,
 ) -> None:
     """Report this machine: CPU, memory limits (cgroups), GPUs, and the torch stack."""
+    _not_blank("--hardware", hardware)
     from advisor.hardware import HardwareProfile, ProbeReport
 
     if schema:
@@ -293,8 +377,21 @@ ModelConfigOpt = Annotated[
 ]
 
 
+RopeScalingOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rope-scaling",
+        help="The RoPE scaling factor the run extends the model's context with (position "
+        "interpolation, YaRN): allows --seq-len up to the context times this.",
+    ),
+]
+
+
 def _resolve_model(model_size: str | None, model: str | None, model_config: Path | None) -> Any:
-    from advisor.modelspec import get_model_profile, load_hf_config, resolve_model_size
+    """The model the flags name (default 7B), bounded (see advisor.limits)."""
+    from advisor.limits import check_bound, check_model
+    from advisor.modelspec import get_model_profile, resolve_model_size
+    from advisor.units import parse_count
 
     given = [
         n
@@ -303,21 +400,128 @@ def _resolve_model(model_size: str | None, model: str | None, model_config: Path
             ("--model", model),
             ("--model-config", model_config),
         )
-        if v
+        if v is not None
     ]
     if len(given) > 1:
         raise UserError(f"{' and '.join(given)} both name a model", "give only one of them")
     if model_config is not None:
-        return load_hf_config(model_config)
-    if model is not None:
-        return get_model_profile(model)
-    return resolve_model_size(model_size or "7B")
+        spec = _load_model_config(model_config)
+    elif model is not None:
+        spec = get_model_profile(model)
+    else:
+        text = "7B" if model_size is None else model_size
+        check_bound("--model-size", parse_count(text))
+        spec = resolve_model_size(text)
+    check_model(spec)
+    return spec
 
 
-def _positive(value: int | None, flag: str) -> int | None:
-    if value is not None and value < 1:
-        raise UserError(f"{flag} must be a positive integer, got {value}", f"e.g. {flag} 1")
-    return value
+# NOTE: a config.json is a few KB (with a label map, a few hundred KB); these limits only
+# stop hostile files from costing memory or recursion before they are reported.
+_CONFIG_MAX_BYTES = 8 * 1024**2
+_CONFIG_MAX_DEPTH = 32
+_CONFIG_MAX_NUMBER = 10.0**15
+
+
+def _load_model_config(path: Path) -> Any:
+    """Read a Hugging Face config.json defensively, then hand it to the family readers.
+
+    Hostile or broken files (empty, binary, a byte-order mark, deep nesting, NaN or
+    Infinity, numbers too large for any shape, wrong types) are user errors, one line each.
+    """
+    from advisor.modelspec import load_hf_config
+
+    p = path.expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+    hint = "pass a Hugging Face config.json (or the model folder holding it)"
+    try:
+        if p.exists() and not p.is_file():
+            # NOTE: a FIFO or device would block the read or never end it.
+            raise UserError(f"model config {str(p)!r} is not a regular file", hint)
+        size = p.stat().st_size
+        if size > _CONFIG_MAX_BYTES:
+            raise UserError(
+                f"model config {str(p)!r} is {size:,} bytes; a config.json is a few KB", hint
+            )
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"model config {str(p)!r} not found", hint) from None
+    except OSError as exc:
+        raise UserError(f"cannot read model config {str(p)!r}: {exc.strerror}", hint) from None
+    if not data.strip():
+        raise UserError(f"model config {str(p)!r} is empty", hint)
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise UserError(
+            f"model config {str(p)!r} starts with a byte-order mark",
+            "save it as UTF-8 without a BOM (JSON text must not start with one, RFC 8259)",
+        )
+    if b"\x00" in data:
+        raise UserError(f"model config {str(p)!r} is binary, not JSON text", hint)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"model config {str(p)!r} is not UTF-8 text (byte {exc.start})", hint
+        ) from None
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite(literal: str) -> float:
+        value = float(literal)
+        if not math.isfinite(value):
+            raise ValueError(f"{literal} overflows a float")
+        return value
+
+    def bounded_int(literal: str) -> int:
+        if len(literal.lstrip("-")) > 30:
+            raise ValueError(f"an integer of {len(literal)} digits is too large")
+        return int(literal)
+
+    try:
+        cfg = json.loads(
+            text, parse_constant=no_constant, parse_float=finite, parse_int=bounded_int
+        )
+    except RecursionError:
+        raise UserError(f"{p}: JSON nested too deeply", hint) from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, a huge number
+        msg = " ".join(str(exc).split())[:200]
+        raise UserError(f"{p}: invalid JSON: {msg}", "config.json must be a JSON object") from None
+    problem = _hostile_json(cfg)
+    if problem:
+        raise UserError(f"{p}: {problem}", hint)
+    try:
+        return load_hf_config(p)
+    # NOTE: the family readers do arithmetic on fields before the shape is validated (e.g.
+    # 4 x n_embd); a field of the wrong type that gets that far is the file's error.
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, KeyError) as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise UserError(f"{p}: not a usable model config: {msg}", hint) from None
+
+
+def _hostile_json(cfg: Any) -> str | None:
+    """Why a parsed config cannot describe a model (nesting, magnitudes), or None."""
+    if not isinstance(cfg, dict):
+        return f"expected a JSON object, got {type(cfg).__name__}"
+    stack: list[tuple[Any, int, str]] = [(cfg, 1, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > _CONFIG_MAX_DEPTH:
+            return f"nested more than {_CONFIG_MAX_DEPTH} levels deep (at {where or 'top'})"
+        if isinstance(node, dict):
+            stack.extend(
+                (v, depth + 1, f"{where}.{k}" if where else str(k)) for k, v in node.items()
+            )
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(node))
+        elif (
+            isinstance(node, int | float)
+            and not isinstance(node, bool)
+            and abs(node) > _CONFIG_MAX_NUMBER
+        ):
+            return f"{where}: {node:.3g} is too large for any model field"
+    return None
 
 
 @app.command()
@@ -350,8 +554,13 @@ def estimate(
         int, typer.Option("--micro-batch", help="Samples per device per pass.")
     ] = 1,
     seq_len: Annotated[
-        str, typer.Option("--seq-len", help="Tokens per sample, e.g. 2048 or 4k.")
-    ] = "2048",
+        str | None,
+        typer.Option(
+            "--seq-len",
+            help="Tokens per sample, e.g. 2048 or 4k (default: 2048, capped by the model).",
+        ),
+    ] = None,
+    rope_scaling: RopeScalingOpt = None,
     gpus: Annotated[int, typer.Option("--gpus", help="Data-parallel degree.")] = 1,
     sharding: Annotated[
         str, typer.Option("--sharding", help="none, zero1, zero2, zero3, fsdp or hsdp.")
@@ -407,19 +616,25 @@ def estimate(
         typer.Option("--hardware", help="Profile for the fit check and the analytic step time."),
     ] = None,
     device: Annotated[
-        str, typer.Option("--device", help="cuda (context + allocator overheads) or cpu (none).")
-    ] = "cuda",
+        str | None,
+        typer.Option(
+            "--device",
+            help="cuda (context + allocator overheads) or cpu (none). Default: the --hardware "
+            "profile's kind, else this machine's device (probed).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
     """Estimate the per-device peak memory of one explicit training configuration."""
+    _not_blank("--hardware", hardware)
     from advisor.estimate import EstimateReport, build_config, estimate_report
 
     if schema:
         _print_schema(EstimateReport)
         return
     from advisor import render
-    from advisor.units import parse_length
+    from advisor.limits import check_bound, resolve_seq_len
 
     spec = _resolve_model(model_size, model, model_config)
     for flag, value in (
@@ -432,7 +647,8 @@ def estimate(
         ("--virtual-stages", virtual_stages),
         ("--expert-parallel", expert_parallel),
     ):
-        _positive(value, flag)
+        check_bound(flag, value)
+    check_bound("world size", gpus * tensor_parallel * pipeline_parallel)
     config = build_config(
         task=task,
         optimizer=optimizer,
@@ -440,7 +656,7 @@ def estimate(
         attention=attention,
         checkpointing=checkpointing,
         micro_batch=micro_batch,
-        seq_len=parse_length(seq_len),
+        seq_len=resolve_seq_len(spec, seq_len, rope_scaling),
         gpus=gpus,
         sharding=sharding,
         offload=offload,
@@ -458,15 +674,22 @@ def estimate(
     )
     import psutil
 
-    from advisor.advise import local_step_time
+    from advisor.advise import local_step_time, local_target
 
+    local = None if hardware else local_target()
+    if device is None:
+        # NOTE: a CPU profile or this CPU-only machine has no CUDA context to count.
+        device = "cpu" if local is not None and local[0].device_kind.value == "cpu" else "cuda"
     report = estimate_report(
         spec,
         config,
         hardware=hardware,
         device=device,
         host_memory_bytes=None if hardware else psutil.virtual_memory().total,
-        step_time=local_step_time(spec, config, hardware),
+        step_time=local_step_time(spec, config, hardware, local),
+        local_device=(
+            (f"{local[0].name} (probe)", local[0].device_memory_bytes) if local else None
+        ),
     )
     if json_out:
         render.print_json(report)
@@ -487,6 +710,7 @@ def recommend(
         str | None,
         typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
     ] = None,
+    rope_scaling: RopeScalingOpt = None,
     micro_batch: Annotated[
         int | None,
         typer.Option("--micro-batch", help="Samples per device per pass (default: searched)."),
@@ -528,7 +752,12 @@ def recommend(
         typer.Option("--memory-budget", help="Device memory to plan with, e.g. 24GB (overrides)."),
     ] = None,
     objective: Annotated[
-        str, typer.Option("--objective", help="speed, memory, balanced (default) or quality.")
+        str,
+        typer.Option(
+            "--objective",
+            help="speed (step time), memory, balanced (default), quality or time-to-target "
+            "(steps to AdamW's loss x step time).",
+        ),
     ] = "balanced",
     privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
     sparse_features: Annotated[
@@ -539,8 +768,9 @@ def recommend(
         bool | None,
         typer.Option(
             "--calibrate/--no-calibrate",
-            help="--calibrate: run a quick calibration first. --no-calibrate: never touch torch; "
-            "analytic costs. Default: use this device's calibration cache when there is one.",
+            help="Rank by cost measured on this device (the default without --hardware): the "
+            "quick calibration runs first when the cache lacks the model's layer shape. "
+            "--no-calibrate: never touch torch; analytic costs.",
         ),
     ] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Show every rule that fired.")] = False,
@@ -556,6 +786,7 @@ def recommend(
     schema: SchemaOpt = False,
 ) -> None:
     """Recommend how to train: ranked configurations with reasons, by measured cost."""
+    _not_blank("--hardware", hardware)
     from advisor.recommend import RecommendReport
 
     if schema:
@@ -564,16 +795,6 @@ def recommend(
     from advisor import render
     from advisor.advise import RecommendRequest, run_recommend
 
-    for flag, value in (
-        ("--micro-batch", micro_batch),
-        ("--global-batch", global_batch),
-        ("--gpus", gpus),
-        ("--nodes", nodes),
-        ("--top", top),
-        ("--tp", tp),
-        ("--pp", pp),
-    ):
-        _positive(value, flag)
     if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
         raise UserError(f"invalid --emit {emit!r}", "use deepspeed, accelerate or torch")
     spec = _resolve_model(model_size, model, model_config)
@@ -597,11 +818,12 @@ def recommend(
         nvme=nvme,
         tp=tp,
         pp=pp,
+        rope_scaling=rope_scaling,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})
     with render.calibration_progress(enabled=not json_out) as progress:
-        report = run_recommend(request, progress=progress)
+        report = run_recommend(request, progress=progress, notify=render.note)
     if emit is not None:
         from advisor.advise import write_emitted
 
@@ -649,25 +871,43 @@ def calibrate(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Measure again even if cached.")] = False,
+    convergence: Annotated[
+        bool,
+        typer.Option(
+            "--convergence",
+            help="Instead of timing steps, train a tiny proxy of the model's family with each "
+            "optimizer (short LR sweep, fixed steps) and measure steps to AdamW's loss "
+            "(default budget 180 s).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
     """Measure this device for a model's layer shape (default: 125M) and cache the results."""
     if ctx.invoked_subcommand is not None:
         return
+    if convergence:
+        _calibrate_convergence(model_size, model, model_config, device, budget, force, json_out)
+        return
     from advisor.costdata import CalibrationCache
 
     if schema:
         _print_schema(CalibrationCache)
         return
-    if budget is not None and budget <= 0:
-        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    from advisor.limits import check_bound
+
+    check_bound("--budget", budget)
     from advisor import render
     from advisor.calibration.runner import run_calibration
 
     spec = _resolve_model(
-        model_size or ("125M" if not (model or model_config) else None), model, model_config
+        model_size
+        if model_size is not None or model is not None or model_config is not None
+        else "125M",
+        model,
+        model_config,
     )
+    _not_blank("--device", device)
     if device is None:
         device = _default_device()
     with render.calibration_progress(enabled=not json_out) as progress:
@@ -683,6 +923,34 @@ def calibrate(
         render.print_json(cache)
     else:
         render.render_calibration(cache, spec_key=_shape_key(spec))
+
+
+def _calibrate_convergence(
+    model_size: str | None,
+    model: str | None,
+    model_config: Path | None,
+    device: str | None,
+    budget: float | None,
+    force: bool,
+    json_out: bool,
+) -> None:
+    """`calibrate --convergence`: the measured proxy of steps to AdamW's loss."""
+    if budget is not None and budget <= 0:
+        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    from advisor import render
+    from advisor.calibration.convergence import run_convergence
+
+    spec = _resolve_model(
+        model_size or ("125M" if not (model or model_config) else None), model, model_config
+    )
+    with render.calibration_progress(enabled=not json_out) as progress:
+        cache = run_convergence(
+            spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+        )
+    if json_out:
+        render.print_json(cache)
+    else:
+        render.render_convergence(cache)
 
 
 def _default_device() -> str:

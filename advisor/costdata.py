@@ -126,6 +126,16 @@ class LayerTiming(_Frozen):
         return self.forward.median_s / self.tokens / (self.width_scale**2)
 
 
+class GemmTiming(_Frozen):
+    """Throughput of one (m x k) @ (k x n) GEMM at a layer's shape (CUDA calibration)."""
+
+    m: int = Field(gt=0, description="rows: tokens per micro-batch")
+    n: int = Field(gt=0)
+    k: int = Field(gt=0)
+    dtype: str
+    tflops: float = Field(gt=0)
+
+
 class ShapeResults(_Frozen):
     """Everything measured at one layer shape."""
 
@@ -134,6 +144,9 @@ class ShapeResults(_Frozen):
     attention: list[AttentionFit] = []
     optimizers: list[OptimizerTiming] = []
     matmul_tflops: dict[str, float] = Field(default_factory=dict)
+    gemms: list[GemmTiming] = Field(
+        default_factory=list, description="the block's GEMMs at several token counts"
+    )
     notes: list[str] = []
 
 
@@ -150,6 +163,12 @@ class CalibrationCache(_Frozen):
     gemm_gflops: dict[str, float] = Field(default_factory=dict)
     copy_gb_s: float | None = None
     allreduce_gb_s: float | None = Field(default=None, description="bus bandwidth, 2 processes")
+    collectives: dict[str, float] = Field(
+        default_factory=dict,
+        description="NCCL bus bandwidth in GB/s between the local GPUs: all_gather, "
+        "reduce_scatter, all_reduce",
+    )
+    collective_ranks: int = Field(default=0, ge=0, description="GPUs the collectives spanned")
     other_cpu_share: float | None = Field(
         default=None, description="share of CPU time used by other processes while measuring"
     )

@@ -17,6 +17,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, get_hardware_profile
 from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, MemoryEstimate, estimate_memory
@@ -83,12 +84,21 @@ class EstimateReport(BaseModel):
         description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
     )
     parameters: int
+    active_parameters: int = Field(
+        description="parameters one token goes through: all but the routed experts it is not "
+        "sent to (= parameters for a dense model; DeepSeek-V3 37.6B of 671B)"
+    )
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
     nvme_bytes: int = Field(default=0, description="bytes NVMe offload keeps on NVMe")
     notes: list[str]
     device: str = Field(description="overheads assumed: cuda or cpu")
     hardware: str | None = Field(default=None, description="profile the fit was checked against")
+    device_name: str | None = Field(
+        default=None,
+        description="the device the fit was checked against: the profile's name, or the probed "
+        "device when no --hardware is given",
+    )
     device_memory_bytes: int | None = None
     host_memory_bytes: int | None = None
     fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
@@ -97,6 +107,11 @@ class EstimateReport(BaseModel):
     alternatives: list[Alternative] = Field(
         default_factory=list,
         description="other kernel choices that change whether this fits, with their peak",
+    )
+    steps_vs_adamw: StepsRange | None = Field(
+        default=None,
+        description="steps to reach AdamW's loss relative to AdamW at this model size "
+        "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/convergence.py",
     )
 
 
@@ -183,8 +198,10 @@ def estimate_report(
     device: str = "cuda",
     host_memory_bytes: int | None = None,
     step_time: StepTimeReport | None = None,
+    local_device: tuple[str, int] | None = None,
 ) -> EstimateReport:
-    """The memory of one configuration, checked against a profile when one is named.
+    """The memory of one configuration, checked against a profile when one is named, else
+    against ``local_device`` (the probed device's name and memory) when given.
 
     Raises:
         UserError: for an unknown optimizer, profile or device kind.
@@ -194,9 +211,13 @@ def estimate_report(
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
     overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
-    tech = load_taxonomy().get(config.optimizer)
+    taxonomy = load_taxonomy()
+    tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
+    device_name = profile.name if profile else None
+    if profile is None and local_device is not None:
+        device_name, device_mem = local_device
     alternatives = [
         Alternative(
             change=change,
@@ -228,18 +249,23 @@ def estimate_report(
         ],
         overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
         parameters=m.parameters,
+        active_parameters=spec.active_parameter_count(),
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
         nvme_bytes=m.nvme_bytes,
         notes=m.notes,
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
+        device_name=device_name,
         device_memory_bytes=device_mem,
         host_memory_bytes=host,
         fits=None if device_mem is None else m.total_bytes <= device_mem,
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
         alternatives=alternatives,
+        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        if tech.steps_vs_adamw is not None
+        else None,
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import GIB
@@ -63,6 +64,58 @@ class Host(_Frozen):
     source: str = Field(min_length=3, description="the vendor page, or 'assumption: ...'")
 
 
+class Generation(str, Enum):
+    """A GPU architecture generation: the step-time model's efficiencies are fitted per one."""
+
+    VOLTA = "volta"
+    TURING = "turing"
+    AMPERE = "ampere"
+    ADA = "ada"
+    HOPPER = "hopper"
+    CDNA3 = "cdna3"
+    CPU = "cpu"
+
+
+class Fitted(_Frozen):
+    """One constant of the step-time model, with where it comes from."""
+
+    value: float = Field(gt=0)
+    source: str = Field(min_length=1, description="the measurement or fit it comes from")
+
+
+class AttentionEfficiency(_Frozen):
+    """An attention kernel's fwd+bwd throughput as a share of the dense peak:
+    ``max x s / (s + s0)`` (``s0_causal`` for causal masks), scaled by head dimension
+    ``d / (d + d0)`` relative to d = 128 (FlashAttention-2/3 papers' kernel figures)."""
+
+    max: float = Field(gt=0, le=1)
+    s0: float = Field(ge=0, description="sequence length at half of max, no mask")
+    s0_causal: float = Field(ge=0, description="sequence length at half of max, causal")
+    d0: float = Field(default=32.0, ge=0, description="head dimension at half of max")
+    source: str = Field(min_length=1)
+
+
+class GpuEfficiency(_Frozen):
+    """Achievable fractions of a GPU's datasheet figures, fitted per device generation to
+    public measurements (benchmarks/gpu_fit.py writes them; each names its source)."""
+
+    generation: Generation
+    gemm_max: Fitted = Field(description="dense GEMM share of the peak at large shapes")
+    gemm_m0: Fitted = Field(description="tokens (GEMM rows) at which efficiency halves")
+    gemm_n0: Fitted = Field(description="layer width (GEMM columns/depth) at which it halves")
+    bandwidth: Fitted = Field(
+        description="share of the datasheet memory bandwidth that "
+        "elementwise, norm and optimizer kernels reach"
+    )
+    comm_intra: Fitted = Field(description="NCCL bus bandwidth / unidirectional link, in a node")
+    comm_inter: Fitted = Field(description="NCCL bus bandwidth / per-GPU NIC, across nodes")
+    overlap: Fitted = Field(description="share of overlappable compute that hides collectives")
+    attention: dict[str, AttentionEfficiency] = Field(
+        description="per kernel: fa2, fa3, cudnn, mem-efficient, eager"
+    )
+    gpus_per_node: int = Field(default=8, ge=1, description="devices one node holds (NVLink)")
+
+
 class HardwareProfile(_Frozen):
     """One accelerator (or CPU machine) as its datasheet describes it."""
 
@@ -84,10 +137,28 @@ class HardwareProfile(_Frozen):
     host: Host | None = Field(default=None, description="the typical node's host RAM and NVMe")
     notes: str = ""
     sources: list[str] = Field(min_length=1)
+    efficiency: GpuEfficiency | None = Field(
+        default=None, description="fitted step-time efficiencies (GPU profiles)"
+    )
 
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * GIB)
+
+    def gpu_efficiency(self) -> GpuEfficiency:
+        """The fitted efficiencies a GPU step time needs.
+
+        Raises:
+            UserError: when the profile has none (a GPU step time cannot be predicted).
+        """
+        if self.efficiency is None:
+            raise UserError(
+                f"hardware profile {self.id!r} has no fitted step-time constants"
+                " (an `efficiency:` block)",
+                "add one for its device generation (see benchmarks/gpu_fit.py) or pick a"
+                " profile that has one (optadvise profiles list)",
+            )
+        return self.efficiency
 
     @property
     def cc(self) -> float:
@@ -95,6 +166,7 @@ class HardwareProfile(_Frozen):
         return float(self.compute_capability) if self.compute_capability else 0.0
 
 
+@cached_by_content("hardware", profile_sources("hardware"))
 def load_hardware_profiles(folder: Path | None = None) -> dict[str, HardwareProfile]:
     """Load every ``*.yaml`` in ``profiles/hardware``.
 
@@ -135,9 +207,13 @@ def get_hardware_profile(name: str) -> HardwareProfile:
     """
     profiles = load_hardware_profiles()
     if name not in profiles:
+        import difflib
+
+        close = difflib.get_close_matches(name.strip().lower(), list(profiles), n=3)
+        maybe = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(
             f"unknown hardware profile {name!r}",
-            "run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
+            f"{maybe}run `optadvise profiles list` to see them: " + ", ".join(sorted(profiles)),
         )
     return profiles[name]
 

@@ -256,17 +256,32 @@ def _shape_of_uncached(spec: ModelSpec) -> dict[str, int]:
     h = _req(spec, "hidden_size")
     a = _req(spec, "num_attention_heads")
     hd = int(_get(spec, "head_dim", h // a))
+    L = _req(spec, "num_layers")
+    f = _req(spec, "intermediate_size")
+    E = int(_get(spec, "num_experts", 1)) or 1
+    mla = _get(spec, "mla", None)
     return {
         "h": h,
-        "L": _req(spec, "num_layers"),
+        "L": L,
         "a": a,
         "kv": int(_get(spec, "num_key_value_heads", a)),
         "hd": hd,
-        "f": _req(spec, "intermediate_size"),
+        "f": f,
         "V": _req(spec, "vocab_size"),
-        "E": int(_get(spec, "num_experts", 1)) or 1,
+        "E": E,
         "k": int(_get(spec, "experts_per_token", 1)) or 1,
         "P": int(_get(spec, "max_position_embeddings", 0)),
+        # MoE: layers with an MoE MLP, one expert's width, shared experts per MoE layer.
+        "Lm": L - len(_get(spec, "dense_layers", ())) if E > 1 else 0,
+        "fe": int(_get(spec, "moe_intermediate_size", f)),
+        "S": int(_get(spec, "shared_experts", 0)),
+        # Multi-head latent attention (DeepSeek-V2/V3): latent ranks and head widths.
+        "mla": int(mla is not None),
+        "rq": int(_get(mla, "q_lora_rank", 0)) if mla is not None else 0,
+        "rkv": int(mla.kv_lora_rank) if mla is not None else 0,
+        "dn": int(mla.qk_nope_head_dim) if mla is not None else 0,
+        "dr": int(mla.qk_rope_head_dim) if mla is not None else 0,
+        "dv": int(mla.v_head_dim) if mla is not None else 0,
     }
 
 
@@ -278,9 +293,14 @@ def param_tensors(spec: ModelSpec) -> list[ParamTensor]:
 def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
     """Enumerate the parameter tensors of a transformer ``spec``.
 
-    Follows the Hugging Face module layout: separate Q/K/V/O projections, gated MLPs as
-    gate/up/down, two norms per block, a final norm, an untied LM head unless
-    ``tie_word_embeddings``; OPT's learned positions carry an offset of 2 rows.
+    Follows the Hugging Face module layout: separate Q/K/V/O projections (GPT-2 and Phi-3
+    fuse Q, K and V in one matrix; DeepSeek's multi-head latent attention has its latent
+    down/up projections), gated MLPs as gate/up/down (Phi-3 fuses gate and up), the block's
+    norms (2, Gemma's 4) and Qwen3/Gemma 3/OLMo 2's q/k norms, a final norm, an untied LM
+    head unless ``tie_word_embeddings``; OPT's learned positions carry an offset of 2 rows.
+    MoE layers hold a router, every routed expert (each expert's matrices as separate
+    tensors, which is how optimizers see them per expert) and the shared experts; an MoE
+    model's dense layers (DeepSeek-V3's first 3) a dense MLP.
 
     Args:
         spec: the model's shapes.
@@ -301,14 +321,17 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
     h, L, a, kv, hd, f, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["f"], d["V"]
     qd, kd = a * hd, kv * hd
     layernorm = _enum_value(spec.norm) == "layernorm"
-    gated = _enum_value(spec.mlp) == "gated-silu"
-    E = d["E"]
+    gated = _enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
+    E, Lm, fe = d["E"], d["Lm"], d["fe"]
     out: list[ParamTensor] = [ParamTensor("embed", (V, h), Role.EMBEDDING, per_layer=False)]
     if _enum_value(spec.position) == "learned":
         rows = d["P"] + int(_get(spec, "learned_position_offset", 0))
         out.append(ParamTensor("pos_embed", (rows, h), Role.POSITION, per_layer=False))
-    if str(spec.family).lower() == "gpt2":
-        # GPT-2's c_attn is one fused QKV matrix (Conv1D), which optimizers see as one tensor.
+    if d["mla"]:
+        out += _mla_tensors(d, bool(spec.qkv_bias))
+        qd = a * d["dv"]  # o_proj reads the value heads
+    elif str(spec.family).lower() == "gpt2" or _get(spec, "fused_qkv", False):
+        # GPT-2's c_attn and Phi-3's qkv_proj are one fused matrix, one tensor to optimizers.
         out.append(ParamTensor("qkv", (qd + 2 * kd, h), Role.LAYER_MATRIX, L))
         if spec.qkv_bias:
             out.append(ParamTensor("qkv_bias", (qd + 2 * kd,), Role.VECTOR, L))
@@ -324,25 +347,42 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
                 ParamTensor("k_bias", (kd,), Role.VECTOR, L),
                 ParamTensor("v_bias", (kd,), Role.VECTOR, L),
             ]
+    qk_norm = _enum_value(_get(spec, "qk_norm", "none"))
+    if qk_norm == "head":  # one head_dim weight each for q and k (Qwen3, Gemma 3)
+        out.append(ParamTensor("qk_norms", (hd,), Role.VECTOR, 2 * L))
+    elif qk_norm == "full":  # over the whole projection width (OLMo 2)
+        out.append(ParamTensor("q_norm", (qd,), Role.VECTOR, L))
+        out.append(ParamTensor("k_norm", (kd,), Role.VECTOR, L))
     out += [
         ParamTensor("o", (h, qd), Role.LAYER_MATRIX, L),
     ]
     if spec.out_bias:
         out.append(ParamTensor("o_bias", (h,), Role.VECTOR, L))
-    mlp = (
-        [("gate", (f, h)), ("up", (f, h)), ("down", (h, f))]
-        if gated
-        else [
-            ("up", (f, h)),
-            ("down", (h, f)),
-        ]
-    )
-    for name, shape in mlp:
-        out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, L * E, expert=E > 1))
+    dense = L - Lm
+    if _get(spec, "fused_gate_up", False):
+        mlp = [("gate_up", (2 * f, h)), ("down", (h, f))]
+    elif gated:
+        mlp = [("gate", (f, h)), ("up", (f, h)), ("down", (h, f))]
+    else:
+        mlp = [("up", (f, h)), ("down", (h, f))]
+    for name, shape in mlp if dense else []:
+        out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, dense))
         if spec.mlp_bias:
-            out.append(ParamTensor(name + "_bias", (shape[0],), Role.VECTOR, L * E, expert=E > 1))
-    if E > 1:
-        out.append(ParamTensor("router", (E, h), Role.LAYER_MATRIX, L))
+            out.append(ParamTensor(name + "_bias", (shape[0],), Role.VECTOR, dense))
+    if Lm:
+        # Routed experts: the same names as a dense MLP, one tensor per expert and layer;
+        # expert parallelism splits these (the router and shared experts are replicated).
+        names = ("gate", "up", "down") if gated else ("up", "down")
+        for name in names:
+            shape = (h, fe) if name == "down" else (fe, h)
+            out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, Lm * E, expert=True))
+        out.append(ParamTensor("router", (E, h), Role.LAYER_MATRIX, Lm))
+        if d["S"]:
+            # DeepSeek's shared experts: one dense MLP of their summed width per MoE layer.
+            fs = fe * d["S"]
+            for name in names:
+                shape = (h, fs) if name == "down" else (fs, h)
+                out.append(ParamTensor("shared_" + name, shape, Role.LAYER_MATRIX, Lm))
     if int(_get(spec, "type_vocab_size", 0)):
         out.append(
             ParamTensor("token_type", (spec.type_vocab_size, h), Role.POSITION, per_layer=False)
@@ -351,10 +391,38 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
         out.append(ParamTensor("pooler", (h, h), Role.OUTPUT, per_layer=False))
         out.append(ParamTensor("pooler_bias", (h,), Role.VECTOR, per_layer=False))
     norm_tensors = 2 if layernorm else 1
-    out.append(ParamTensor("norms", (h,), Role.VECTOR, 2 * L * norm_tensors))
+    block_norms = 4 if _enum_value(_get(spec, "block_norms", "pre")) == "sandwich" else 2
+    out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L * norm_tensors))
     out.append(ParamTensor("final_norm", (h,), Role.VECTOR, norm_tensors, per_layer=False))
     if not spec.tie_word_embeddings and arch == "decoder":
         out.append(ParamTensor("lm_head", (V, h), Role.OUTPUT, per_layer=False))
+    return out
+
+
+def _mla_tensors(d: dict[str, int], bias: bool) -> list[ParamTensor]:
+    """Multi-head latent attention's tensors (DeepSeek-AI 2024, arXiv:2405.04434), as
+    transformers' DeepseekV3Attention builds them; ``o`` is added by the caller."""
+    h, L, a, rq, rkv = d["h"], d["L"], d["a"], d["rq"], d["rkv"]
+    qk = a * (d["dn"] + d["dr"])
+    out: list[ParamTensor] = []
+    if rq:
+        out += [
+            ParamTensor("q_a", (rq, h), Role.LAYER_MATRIX, L),
+            ParamTensor("q_a_norm", (rq,), Role.VECTOR, L),
+            ParamTensor("q", (qk, rq), Role.ATTENTION_QK, L, heads=a),
+        ]
+        if bias:
+            out.append(ParamTensor("q_a_bias", (rq,), Role.VECTOR, L))
+    else:
+        out.append(ParamTensor("q", (qk, h), Role.ATTENTION_QK, L, heads=a))
+    out += [
+        ParamTensor("kv_a", (rkv + d["dr"], h), Role.LAYER_MATRIX, L),
+        ParamTensor("kv_a_norm", (rkv,), Role.VECTOR, L),
+        # Keys (position-free part) and values of every head, expanded from the latent.
+        ParamTensor("kv_b", (a * (d["dn"] + d["dv"]), rkv), Role.ATTENTION_QK, L, heads=a),
+    ]
+    if bias:
+        out.append(ParamTensor("kv_a_bias", (rkv + d["dr"],), Role.VECTOR, L))
     return out
 
 
@@ -616,7 +684,10 @@ def layer_activation_bytes(
     total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fused)
     # Attention core.
     o_in = saved_input("o")
-    if attention is Attention.EAGER and not selective:
+    if d["mla"]:
+        eager = attention is Attention.EAGER and not selective
+        total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
+    elif attention is Attention.EAGER and not selective:
         total += 3 * c * t * qd  # Q, K and V expanded to all heads (copies for bmm)
         if family == "gpt2":
             total += c * b * a * s * s  # GPT-2's softmax runs in the compute dtype
@@ -633,7 +704,7 @@ def layer_activation_bytes(
         total += c * t * qd + (o_in * t * qd if o_in and o_in != c else 0)
     # MLP (per routed expert for MoE).
     mlp = _enum_value(spec.mlp)
-    if mlp == "gated-silu":
+    if mlp in ("gated-silu", "gated-gelu"):  # SiLU and tanh-GELU both save their input
         # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
         mlp_bytes = (2 if fused else 3) * c * t * f + saved_input("down") * t * f
     elif mlp == "gelu":
@@ -641,13 +712,73 @@ def layer_activation_bytes(
         mlp_bytes = kept * c * t * f + saved_input("down") * t * f
     else:  # relu saves its output, which is also the next linear's input
         mlp_bytes = c * t * f
-    total += mlp_bytes * d["k"]
-    if d["E"] > 1:
-        total += 4 * t * d["E"]  # router logits softmax (fp32)
+    if d["Lm"]:
+        gather = saved_input("gate", "up")  # the experts' first matmul saves its input
+        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, family)
+    else:
+        total += mlp_bytes
     if lora_targets is not None:
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
     return math.ceil(total / tensor_parallel)
+
+
+def _mla_activation_bytes(
+    d: dict[str, int], b: int, s: int, c: int, eager: bool, q_in: int, o_in: int
+) -> int:
+    """What one multi-head latent attention saves (transformers' DeepseekV3Attention).
+
+    Derived op by op from its forward (DeepSeek-AI 2024, arXiv:2405.04434, eq. 1-11):
+    q_a_layernorm and kv_a_layernorm are RMSNorms over the latents (fp32 copy, rsqrt,
+    normalized, output = the input of q_b_proj / kv_b_proj); RoPE multiplies by cos/sin,
+    which need no gradient, so it saves no per-token tensor; ``torch.cat`` builds the
+    query and a copy builds the key (both ``a * (d_nope + d_rope)`` wide per token); the
+    value is a view of kv_b_proj's output, so saving it keeps that whole output
+    (``a * (d_nope + d_v)``) alive. Then the attention kernel as for other models: SDPA's
+    output and fp32 log-sum-exp, or eager's fp32 softmax (+ its 16-bit cast) and the
+    contiguous output.
+    """
+    t, a = b * s, d["a"]
+    total = 0
+    if d["rq"]:
+        total += _norm_bytes(False, t, d["rq"], c, q_in, c)
+    total += _norm_bytes(False, t, d["rkv"], c, q_in, c)
+    qk = a * (d["dn"] + d["dr"])
+    total += 2 * c * t * qk  # query (cat) and key (copy)
+    total += c * t * a * (d["dn"] + d["dv"])  # kv_b_proj's output, kept by the value view
+    out = a * d["dv"]
+    if eager:
+        total += 4 * b * a * s * s + (c * b * a * s * s if c != 4 else 0)
+        total += o_in * t * out
+    else:
+        total += 4 * b * a * s + c * t * out + (o_in * t * out if o_in and o_in != c else 0)
+    return total
+
+
+def _moe_activation_bytes(
+    d: dict[str, int], t: int, c: int, mlp_bytes: int, gather: int, frozen: bool, family: str
+) -> int:
+    """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
+
+    transformers 5's experts loop (Qwen3MoeExperts, DeepseekV3Experts, Mixtral's) runs
+    each routed token through ``experts_per_token`` experts: per token-expert pair it saves
+    what a dense MLP of the expert's width saves, the gathered input of the expert
+    (``hidden_states[token_idx]``), the expert's output multiplied by its routing weight
+    (kept while the router trains), and int64 token and slot indices. The router saves
+    its fp32 probabilities (softmax; DeepSeek-V3: sigmoid, after an fp32 copy of the
+    input) and the top-k indices. Shared experts are one dense MLP of their summed width.
+    A model with dense first layers (DeepSeek-V3) gets the average over its blocks, so
+    ``num_layers x`` this figure is the whole stack.
+    """
+    L, Lm, k, E, h, f, fe = d["L"], d["Lm"], d["k"], d["E"], d["h"], d["f"], d["fe"]
+    per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
+    routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
+    router = 4 * t * E + 8 * t * k
+    if family == "deepseekv3":
+        router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy
+    shared = per_width * fe * d["S"]
+    moe = routed + router + shared
+    return -(-((L - Lm) * mlp_bytes + Lm * moe) // L)
 
 
 def _model_level_activation_bytes(

@@ -9,7 +9,16 @@ times optimizers on) and those of the embeddings and head.
 Counting conventions, the ones the reference implementations use:
 
 * decoders (``arch: decoder``) are counted as the causal-LM model: embeddings, the
-  blocks, the final norm and the LM head unless ``tie_word_embeddings``;
+  blocks, the final norm and the LM head unless ``tie_word_embeddings``, with the tensors
+  transformers 5 builds (checked family by family on the meta device in
+  ``tests/test_model_families.py``): Llama 1-3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3 (q/k
+  norms), Qwen3-MoE, Gemma 2/3 (four norms per block), Phi-3/4 (fused qkv and gate/up),
+  OLMo 2 (post-norms, full-width q/k norms) and DeepSeek-V3 (multi-head latent attention,
+  routed + shared experts, dense first layers; buffers such as its router's
+  ``e_score_correction_bias`` and the multi-token-prediction layer are not parameters of
+  the transformers model and are not counted);
+* MoE "active" parameters follow the published figures' convention: everything but the
+  routed experts a token is not sent to (see :meth:`ModelSpec.active_parameter_count`);
 * encoders (``arch: encoder``, BERT) are counted as the bare encoder as
   ``transformers.BertModel`` builds it: embeddings (+ their LayerNorm), the blocks
   and the pooler when ``pooler``; no pre-training (MLM/NSP) heads;
@@ -27,12 +36,14 @@ import json
 import math
 import re
 from enum import Enum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import format_count, parse_count
@@ -63,6 +74,7 @@ class Mlp(str, Enum):
     """The feed-forward block of a transformer layer."""
 
     GATED_SILU = "gated-silu"  # SwiGLU: gate, up and down projections (Llama, Mistral, Qwen2)
+    GATED_GELU = "gated-gelu"  # GeGLU (tanh GELU), the same three matrices (Gemma 2/3)
     GELU = "gelu"  # two matrices (GPT-2, BERT)
     RELU = "relu"  # two matrices (OPT)
 
@@ -80,6 +92,41 @@ class Position(str, Enum):
     ROPE = "rope"
     LEARNED = "learned"
     NONE = "none"
+
+
+class QkNorm(str, Enum):
+    """RMSNorm on queries and keys before attention (no parameters when ``none``)."""
+
+    NONE = "none"
+    HEAD = "head"  # one weight of head_dim, shared by all heads (Qwen3, Gemma 3)
+    FULL = "full"  # one weight over the whole projection width (OLMo 2)
+
+
+class BlockNorms(str, Enum):
+    """Where a block's norms sit: the count of hidden-size norm weights per block."""
+
+    PRE = "pre"  # before attention and before the MLP: 2 (Llama, Qwen, Mistral, Phi-3)
+    SANDWICH = "sandwich"  # before and after attention and MLP: 4 (Gemma 2, Gemma 3)
+    POST = "post"  # after attention and after the MLP: 2 (OLMo 2)
+
+
+class MlaShape(_Frozen):
+    """Multi-head latent attention (DeepSeek-V2/V3, DeepSeek-AI 2024, arXiv:2405.04434).
+
+    Queries (optionally) and keys/values pass through low-rank latents with their own
+    RMSNorm; each head's query/key has a position-free part and a RoPE part.
+    """
+
+    q_lora_rank: int | None = Field(default=None, gt=0, description="None: a full q_proj")
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Width of one head's query and key (position-free part + RoPE part)."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
 
 
 class CnnBlock(str, Enum):
@@ -117,6 +164,8 @@ _TRANSFORMER_INTS = (
 )
 _TRANSFORMER_ENUMS = ("mlp", "norm", "position")
 _TRANSFORMER_BOOLS = ("qkv_bias", "out_bias", "mlp_bias", "tie_word_embeddings")
+_DECODER_EXTRAS = ("qk_norm", "block_norms", "fused_qkv", "fused_gate_up", "mla")
+_MOE_EXTRAS = ("moe_intermediate_size", "shared_experts", "dense_layers")
 
 
 class ModelSpec(_Frozen):
@@ -159,8 +208,26 @@ class ModelSpec(_Frozen):
     out_bias: bool = False
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
-    num_experts: int = Field(default=1, gt=0)
-    experts_per_token: int = Field(default=1, gt=0)
+    qk_norm: QkNorm = QkNorm.NONE
+    block_norms: BlockNorms = BlockNorms.PRE
+    fused_qkv: bool = Field(default=False, description="one qkv_proj matrix (Phi-3)")
+    fused_gate_up: bool = Field(default=False, description="one gate_up_proj matrix (Phi-3)")
+    mla: MlaShape | None = Field(default=None, description="multi-head latent attention")
+    num_experts: int = Field(default=1, gt=0, description="routed experts of an MoE layer")
+    experts_per_token: int = Field(default=1, gt=0, description="routed experts per token (top-k)")
+    moe_intermediate_size: int | None = Field(
+        default=None, gt=0, description="width of one expert (default intermediate_size)"
+    )
+    shared_experts: int = Field(
+        default=0,
+        ge=0,
+        description="experts every token goes through (DeepSeek), each as wide as a routed one",
+    )
+    dense_layers: tuple[int, ...] = Field(
+        default=(),
+        description="indices of the layers of an MoE model whose MLP is dense "
+        "(intermediate_size wide): DeepSeek-V3's first 3, Qwen3-MoE's mlp_only_layers",
+    )
     type_vocab_size: int = Field(default=0, ge=0, description="token-type rows (BERT: 2)")
     pooler: bool = Field(default=False, description="a dense+tanh pooler on [CLS] (BERT)")
 
@@ -198,6 +265,7 @@ class ModelSpec(_Frozen):
             given += [f for f in _TRANSFORMER_BOOLS if getattr(self, f)]
             if self.num_experts != 1 or self.pooler or self.type_vocab_size:
                 given.append("num_experts/pooler/type_vocab_size")
+            given += self._non_default(*_DECODER_EXTRAS, *_MOE_EXTRAS)
             if given:
                 problems.append("transformer fields on a cnn model: " + ", ".join(given))
         else:
@@ -225,18 +293,87 @@ class ModelSpec(_Frozen):
                 problems.append("pooler and type_vocab_size are encoder (BERT) features")
             if self.learned_position_offset and self.position is not Position.LEARNED:
                 problems.append("learned_position_offset needs position: learned")
+            problems += self._check_moe_and_mla()
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
+    def _non_default(self, *names: str) -> list[str]:
+        # By value, not by model_fields_set: model_dump() round trips set every field.
+        return [f for f in names if getattr(self, f) != type(self).model_fields[f].get_default()]
+
+    def _check_moe_and_mla(self) -> list[str]:
+        problems: list[str] = []
+        if self.num_experts == 1:
+            extra = self._non_default(*_MOE_EXTRAS)
+            if extra:
+                problems.append(f"{', '.join(extra)} need num_experts > 1")
+        else:
+            if self.mlp_bias:
+                problems.append("MoE experts with biases are not modelled")
+            layers = self.num_layers or 0
+            bad = [i for i in self.dense_layers if not 0 <= i < layers]
+            if bad or len(set(self.dense_layers)) != len(self.dense_layers):
+                problems.append(f"dense_layers must be distinct layer indices below {layers}")
+            elif len(self.dense_layers) == layers:
+                problems.append("dense_layers lists every layer: not an MoE model")
+        if self.arch is not Arch.DECODER and (
+            self.mla is not None or self.qk_norm is not QkNorm.NONE
+        ):
+            problems.append("mla and qk_norm are decoder features")
+        if self.mla is not None and (self.fused_qkv or self.qk_norm is not QkNorm.NONE):
+            problems.append("mla has its own projections and norms (no fused_qkv, no qk_norm)")
+        if self.mla is not None and self.head_dim != self.mla.qk_head_dim:
+            problems.append(
+                f"with mla, head_dim ({self.head_dim}) is the query/key head width "
+                f"qk_nope_head_dim + qk_rope_head_dim ({self.mla.qk_head_dim})"
+            )
+        return problems
+
     # --- derived shapes -------------------------------------------------------------
 
+    @property
+    def gated_mlp(self) -> bool:
+        """Whether the MLP has three matrices (gate, up, down): SwiGLU or GeGLU."""
+        return self.mlp in (Mlp.GATED_SILU, Mlp.GATED_GELU)
+
+    @property
+    def expert_intermediate_size(self) -> int:
+        """Width of one routed (or shared) expert."""
+        return self.moe_intermediate_size or _req(self.intermediate_size)
+
+    def moe_layer_count(self) -> int:
+        """How many blocks have an MoE MLP (0 for a dense model)."""
+        if self.num_experts == 1 or self.cnn is not None:
+            return 0
+        return _req(self.num_layers) - len(self.dense_layers)
+
+    def layer_groups(self) -> list[tuple[int, NamedShapes]]:
+        """The distinct kinds of block, each with how many times it occurs.
+
+        One group for a dense transformer (or a CNN's trunk); an MoE model whose first
+        layers are dense (DeepSeek-V3) has two: ``(dense count, dense block)`` and
+        ``(MoE count, MoE block)``. ``parameter_count() == sum(count * block params) +
+        numel of embedding_shapes()``.
+        """
+        if self.cnn is not None:
+            return [(1, _cnn_trunk(self.cnn))]
+        moe = self.moe_layer_count()
+        groups: list[tuple[int, NamedShapes]] = []
+        dense = _req(self.num_layers) - moe
+        if dense:
+            groups.append((dense, _block_shapes(self, moe=False)))
+        if moe:
+            groups.append((moe, _block_shapes(self, moe=True)))
+        return groups
+
     def layer_repeats(self) -> int:
-        """How many times :meth:`layer_matrix_shapes` repeats in the model.
+        """How many blocks the model has.
 
         ``num_layers`` for a transformer; 1 for a CNN, whose stages differ in width, so
-        its "layer" is the whole residual trunk. Always ``parameter_count() ==
-        layer_repeats() * layer_parameter_count() + (numel of embedding_shapes())``.
+        its "layer" is the whole residual trunk. For a model whose blocks are all alike,
+        ``parameter_count() == layer_repeats() * layer_parameter_count() + (numel of
+        embedding_shapes())``; see :meth:`layer_groups` for mixed dense/MoE stacks.
         """
         return 1 if self.cnn is not None else _req(self.num_layers)
 
@@ -245,13 +382,14 @@ class ModelSpec(_Frozen):
 
         Shapes follow the reference implementation: ``nn.Linear`` weights are
         ``(out_features, in_features)``, GPT-2's ``Conv1D`` weights ``(in, out)`` with a
-        fused ``c_attn``. A mixture-of-experts block lists its router and every expert
-        (``experts.{i}.w1/w2/w3``). For a CNN: every tensor of the residual trunk
-        (torchvision names), see :meth:`layer_repeats`.
+        fused ``c_attn``. A mixture-of-experts block lists its router and its experts as
+        transformers 5 stores them, in 3-D tensors (``experts.gate_up_proj`` of shape
+        ``(E, 2 f, h)``, ``experts.down_proj`` ``(E, h, f)``). In a model with dense and
+        MoE blocks this is the more frequent kind (the MoE block of DeepSeek-V3), see
+        :meth:`layer_groups`. For a CNN: every tensor of the residual trunk (torchvision
+        names), see :meth:`layer_repeats`.
         """
-        if self.cnn is not None:
-            return _cnn_trunk(self.cnn)
-        return _block_shapes(self)
+        return max(self.layer_groups(), key=lambda g: g[0])[1]
 
     def embedding_shapes(self) -> NamedShapes:
         """The tensors outside the repeated blocks: embeddings, final norm, LM head, pooler.
@@ -264,29 +402,46 @@ class ModelSpec(_Frozen):
         return _outside_shapes(self)
 
     def layer_parameter_count(self) -> int:
-        """Parameters of one transformer block (all experts of an MoE block)."""
+        """Parameters of the block :meth:`layer_matrix_shapes` lists (all its experts)."""
         return sum(math.prod(s) for _, s in self.layer_matrix_shapes())
 
     def expert_parameter_count(self) -> int:
-        """Parameters of one MoE expert (its three projections); 0 for a dense model."""
+        """Parameters of one routed MoE expert (its projections); 0 for a dense model."""
         if self.num_experts == 1 or self.cnn is not None:
             return 0
-        return sum(
-            math.prod(s) for n, s in self.layer_matrix_shapes() if n.startswith("experts.0.")
-        )
+        matrices = 3 if self.gated_mlp else 2
+        return matrices * _req(self.hidden_size) * self.expert_intermediate_size
+
+    @cached_property
+    def _counts(self) -> tuple[int, int]:
+        # NOTE: computed once per spec; the plan search prices tens of thousands of plans of
+        # one model. (Frozen pydantic models keep cached_property values out of their fields.)
+        outside = sum(math.prod(s) for _, s in self.embedding_shapes())
+        blocks = sum(n * sum(math.prod(s) for _, s in g) for n, g in self.layer_groups())
+        return blocks, outside
+
+    def embedding_parameter_count(self) -> int:
+        """Parameters outside the blocks (:meth:`embedding_shapes`): embeddings, final norm,
+        LM head, pooler; a CNN's stem and classifier."""
+        return self._counts[1]
 
     def parameter_count(self) -> int:
         """Exact number of parameters, counted from the shapes (shared tensors once)."""
-        outside = sum(math.prod(s) for _, s in self.embedding_shapes())
-        return self.layer_repeats() * self.layer_parameter_count() + outside
+        return sum(self._counts)
 
     def active_parameter_count(self) -> int:
-        """Parameters one token goes through: an MoE model uses ``experts_per_token`` experts.
+        """Parameters one token goes through: all but the routed experts it is not sent to.
 
-        Equal to :meth:`parameter_count` for dense models.
+        The convention of the published "activated parameters" figures (Mixtral 12.9B of
+        46.7B, Qwen3-30B-A3B 3.3B of 30.5B, DeepSeek-V3 37B of 671B): embeddings, LM head,
+        attention, norms, routers, dense MLPs and shared experts count in full, routed
+        experts ``experts_per_token`` of ``num_experts`` per MoE layer. Equal to
+        :meth:`parameter_count` for dense models.
         """
         idle = self.num_experts - self.experts_per_token
-        return self.parameter_count() - self.layer_repeats() * idle * self.expert_parameter_count()
+        return (
+            self.parameter_count() - self.moe_layer_count() * idle * self.expert_parameter_count()
+        )
 
 
 def _req(value: int | None) -> int:
@@ -316,11 +471,10 @@ def _linear(name: str, out_f: int, in_f: int, bias: bool, conv1d: bool = False) 
     return [(f"{name}.weight", shape)] + ([(f"{name}.bias", (out_f,))] if bias else [])
 
 
-def _block_shapes(spec: ModelSpec) -> NamedShapes:
+def _block_shapes(spec: ModelSpec, moe: bool = False) -> NamedShapes:
     h, heads = _req(spec.hidden_size), _req(spec.num_attention_heads)
     kv, hd, ffn = _req(spec.num_key_value_heads), _req(spec.head_dim), _req(spec.intermediate_size)
     q_out, kv_out = heads * hd, kv * hd
-    gated = spec.mlp is Mlp.GATED_SILU
     style = _style(spec)
     out: NamedShapes = []
     if style == "gpt2":
@@ -348,31 +502,97 @@ def _block_shapes(spec: ModelSpec) -> NamedShapes:
         mlp_names = ("fc1", "fc2", "fc_gate")
         conv1d = False
     else:
-        out += _norm("input_layernorm", spec, h)
-        out += _linear("q_proj", q_out, h, spec.qkv_bias)
-        out += _linear("k_proj", kv_out, h, spec.qkv_bias)
-        out += _linear("v_proj", kv_out, h, spec.qkv_bias)
-        out += _linear("o_proj", h, q_out, spec.out_bias)
-        out += _norm("post_attention_layernorm", spec, h)
-        mlp_names = ("up_proj", "down_proj", "gate_proj")
+        out += _attention_shapes(spec)
+        norms = {
+            BlockNorms.PRE: ("input_layernorm", "post_attention_layernorm"),
+            BlockNorms.POST: ("post_attention_layernorm", "post_feedforward_layernorm"),
+            BlockNorms.SANDWICH: (
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ),
+        }[spec.block_norms]
+        for name in norms:
+            out += _norm(name, spec, h)
+        mlp_names = ("mlp.up_proj", "mlp.down_proj", "mlp.gate_proj")
         conv1d = False
 
-    if spec.num_experts > 1:
-        # Mixtral: a bias-free router, then E SwiGLU experts w1 (gate), w3 (up), w2 (down).
-        out += _linear("router", spec.num_experts, h, False)
-        for i in range(spec.num_experts):
-            if gated:
-                out += _linear(f"experts.{i}.w1", ffn, h, spec.mlp_bias)
-            out += _linear(f"experts.{i}.w3", ffn, h, spec.mlp_bias)
-            out += _linear(f"experts.{i}.w2", h, ffn, spec.mlp_bias)
+    if moe:
+        out += _moe_shapes(spec)
+    elif spec.fused_gate_up:
+        # Phi-3: gate and up in one matrix, split after the matmul.
+        out += _linear("mlp.gate_up_proj", 2 * ffn, h, spec.mlp_bias)
+        out += _linear("mlp.down_proj", h, ffn, spec.mlp_bias)
     else:
         up, down, gate = mlp_names
-        if gated:
+        if spec.gated_mlp:
             out += _linear(gate, ffn, h, spec.mlp_bias, conv1d)
         out += _linear(up, ffn, h, spec.mlp_bias, conv1d)
         out += _linear(down, h, ffn, spec.mlp_bias, conv1d)
     if style == "bert":
         out += _norm("output.LayerNorm", spec, h)
+    return out
+
+
+def _attention_shapes(spec: ModelSpec) -> NamedShapes:
+    """Attention of a Llama-style block: q/k/v/o, fused qkv (Phi-3), q/k norms, or MLA."""
+    h, heads = _req(spec.hidden_size), _req(spec.num_attention_heads)
+    kv, hd = _req(spec.num_key_value_heads), _req(spec.head_dim)
+    q_out, kv_out = heads * hd, kv * hd
+    out: NamedShapes = []
+    mla = spec.mla
+    if mla is not None:
+        # DeepSeek-V2/V3 MLA as transformers' DeepseekV3Attention builds it; attention_bias
+        # puts biases on q_a_proj, kv_a_proj_with_mqa and o_proj.
+        qk = heads * mla.qk_head_dim
+        if mla.q_lora_rank is None:
+            out += _linear("self_attn.q_proj", qk, h, False)
+        else:
+            out += _linear("self_attn.q_a_proj", mla.q_lora_rank, h, spec.qkv_bias)
+            out += [("self_attn.q_a_layernorm.weight", (mla.q_lora_rank,))]
+            out += _linear("self_attn.q_b_proj", qk, mla.q_lora_rank, False)
+        out += _linear(
+            "self_attn.kv_a_proj_with_mqa",
+            mla.kv_lora_rank + mla.qk_rope_head_dim,
+            h,
+            spec.qkv_bias,
+        )
+        out += [("self_attn.kv_a_layernorm.weight", (mla.kv_lora_rank,))]
+        kv_b = heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+        out += _linear("self_attn.kv_b_proj", kv_b, mla.kv_lora_rank, False)
+        out += _linear("self_attn.o_proj", h, heads * mla.v_head_dim, spec.out_bias)
+        return out
+    if spec.fused_qkv:
+        out += _linear("self_attn.qkv_proj", q_out + 2 * kv_out, h, spec.qkv_bias)
+    else:
+        out += _linear("self_attn.q_proj", q_out, h, spec.qkv_bias)
+        out += _linear("self_attn.k_proj", kv_out, h, spec.qkv_bias)
+        out += _linear("self_attn.v_proj", kv_out, h, spec.qkv_bias)
+    out += _linear("self_attn.o_proj", h, q_out, spec.out_bias)
+    if spec.qk_norm is QkNorm.HEAD:
+        out += [("self_attn.q_norm.weight", (hd,)), ("self_attn.k_norm.weight", (hd,))]
+    elif spec.qk_norm is QkNorm.FULL:
+        out += [("self_attn.q_norm.weight", (q_out,)), ("self_attn.k_norm.weight", (kv_out,))]
+    return out
+
+
+def _moe_shapes(spec: ModelSpec) -> NamedShapes:
+    """A sparse MoE MLP as transformers 5 stores it: a bias-free router, the routed experts in
+    3-D tensors, and (DeepSeek) the shared experts as one dense MLP of their summed width."""
+    h, experts, f = _req(spec.hidden_size), spec.num_experts, spec.expert_intermediate_size
+    out: NamedShapes = [("mlp.gate.weight", (experts, h))]
+    if spec.gated_mlp:
+        out.append(("mlp.experts.gate_up_proj", (experts, 2 * f, h)))
+    else:
+        out.append(("mlp.experts.up_proj", (experts, f, h)))
+    out.append(("mlp.experts.down_proj", (experts, h, f)))
+    if spec.shared_experts:
+        width = f * spec.shared_experts
+        if spec.gated_mlp:
+            out += _linear("mlp.shared_experts.gate_proj", width, h, False)
+        out += _linear("mlp.shared_experts.up_proj", width, h, False)
+        out += _linear("mlp.shared_experts.down_proj", h, width, False)
     return out
 
 
@@ -464,6 +684,7 @@ def _models_dir() -> Path:
     return profiles_dir() / "models"
 
 
+@cached_by_content("models", profile_sources("models"))
 def load_model_profiles(folder: Path | None = None) -> dict[str, ModelSpec]:
     """Load every ``*.yaml`` model profile (one model per file, named after its id).
 
@@ -668,19 +889,93 @@ def _llama_style(count: int, h: int, layers: int, tied: bool, vocab: int) -> Mod
 
 # --- Hugging Face config.json ------------------------------------------------------------
 
-_HF_TYPES = ("bert", "gpt2", "llama", "mistral", "mixtral", "opt", "qwen2")
-# NOTE: what transformers assumes when config.json omits num_key_value_heads: Llama uses
-# the number of heads, Mistral/Mixtral 8, Qwen2 its class default 32 (not the head count).
-_HF_DEFAULT_KV = {"mistral": 8, "mixtral": 8, "qwen2": 32}
+_LLAMA_LIKE = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "deepseek_v3",
+)
+_HF_TYPES = ("bert", "gpt2", "opt", *_LLAMA_LIKE, "gemma3")
+# NOTE: what transformers 5 assumes when config.json omits a key (its config classes'
+# defaults; tests/test_model_families.py checks this table against them). Real configs
+# omit some: Gemma 3's multimodal configs state only a few text_config keys.
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mistral": {"num_key_value_heads": 8},
+    "mixtral": {"num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2},
+    "qwen2": {"num_key_value_heads": 32},
+    "qwen3": {"num_key_value_heads": 32, "head_dim": 128},
+    "qwen3_moe": {
+        "num_key_value_heads": 4,
+        "num_experts": 128,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 768,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+    },
+    "gemma2": {
+        "vocab_size": 256_000,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+    },
+    "gemma3_text": {
+        "vocab_size": 262_208,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 131_072,
+        "tie_word_embeddings": True,
+    },
+    "deepseek_v3": {
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "moe_intermediate_size": 2048,
+        "first_k_dense_replace": 3,
+        "q_lora_rank": 1536,
+        "kv_lora_rank": 512,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+    },
+}
+# NOTE: transformers 5 writes some keys under another name than the released configs use
+# (its attribute_map): Qwen3-MoE's num_experts as num_local_experts, and so on.
+_HF_ALIASES: dict[str, dict[str, str]] = {
+    "mixtral": {"num_local_experts": "num_experts"},
+    "qwen3_moe": {"num_experts": "num_local_experts"},
+    "deepseek_v3": {"n_routed_experts": "num_local_experts"},
+}
+_HF_FAMILY = {"qwen3_moe": "qwen3moe", "gemma3_text": "gemma3", "deepseek_v3": "deepseekv3"}
+_HF_NAME_FILE = "config.json"
+_MAX_LAYERS = 10_000
 
 
 def load_hf_config(path: str | Path) -> ModelSpec:
-    """Read a local Hugging Face ``config.json`` (or the folder holding one).
+    """Read a local Hugging Face ``config.json``, or the model folder holding one.
 
-    Supported ``model_type`` values: llama, mistral, mixtral, qwen2 (Llama field names),
-    opt (``ffn_dim``, ``word_embed_proj_dim``, ``enable_bias``), gpt2 (``n_embd``,
-    ``n_layer``, ``n_head``, ``n_inner`` None -> 4 h, ``n_positions``) and bert. A key
-    that config.json omits takes the default transformers gives it for that model type.
+    Supported ``model_type`` values: llama (1, 2, 3.x: ``head_dim`` when stated; RoPE
+    scaling has no parameters), mistral, mixtral, qwen2, qwen3 (q/k norms), qwen3_moe,
+    gemma2, gemma3_text (and gemma3, whose ``text_config`` is read: the text decoder only,
+    not the vision tower), phi3 (Phi-3, Phi-4: fused ``qkv_proj`` and ``gate_up_proj``),
+    olmo2, deepseek_v3 (MLA, MoE with shared experts and dense first layers; the
+    multi-token-prediction layer is not counted, as transformers does not build it), opt
+    (``ffn_dim``, ``word_embed_proj_dim``, ``enable_bias``), gpt2 (``n_embd``, ``n_layer``,
+    ``n_head``, ``n_inner`` None -> 4 h, ``n_positions``) and bert. A key that config.json
+    omits takes the default transformers gives it for that model type.
+
+    The model's name is ``_name_or_path`` when config.json states one; otherwise the
+    folder holding ``config.json`` (a model folder, as downloaded), or the file's stem for
+    a config saved under another name (``configs/qwen3-8b.json`` -> ``qwen3-8b``).
 
     Args:
         path: the config file, or a model folder with a ``config.json``.
@@ -695,7 +990,7 @@ def load_hf_config(path: str | Path) -> ModelSpec:
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        p = p / "config.json"
+        p = p / _HF_NAME_FILE
     hint = "pass a Hugging Face config.json (or the model folder holding it)"
     try:
         text = p.read_text(encoding="utf-8")
@@ -715,13 +1010,22 @@ def load_hf_config(path: str | Path) -> ModelSpec:
     if model_type not in _HF_TYPES:
         raise UserError(
             f"{p}: unsupported model_type {model_type!r}",
-            f"supported: {', '.join(_HF_TYPES)}; or use a shipped profile (--model) or a size",
+            f"supported: {', '.join(sorted(_HF_TYPES))}; or use a shipped profile (--model) "
+            "or a size",
         )
+    if model_type == "gemma3":
+        # Gemma 3 4B/12B/27B ship as image-text models; their decoder is text_config.
+        text_cfg = cfg.get("text_config") or {}
+        if not isinstance(text_cfg, dict):
+            raise UserError(f"{p}: text_config is not a JSON object", hint)
+        cfg = {"tie_word_embeddings": cfg.get("tie_word_embeddings", True), **text_cfg}
+        cfg["model_type"] = model_type = "gemma3_text"
     fields = _hf_fields(str(model_type), cfg, p)
+    name = _hf_name(cfg, p)
     fields.update(
-        id=_slug(str(cfg.get("_name_or_path") or p.resolve().parent.name), str(model_type)),
-        name=str(cfg.get("_name_or_path") or p.resolve().parent.name or model_type),
-        family=str(model_type),
+        id=_slug(name, str(model_type)),
+        name=name or str(model_type),
+        family=_HF_FAMILY.get(str(model_type), str(model_type)),
         source=p.resolve().as_uri(),
     )
     try:
@@ -733,44 +1037,156 @@ def load_hf_config(path: str | Path) -> ModelSpec:
         raise UserError(f"{p}: invalid model shape: {errs}", hint) from exc
 
 
-def _get(cfg: dict[str, Any], key: str, p: Path) -> Any:
-    if cfg.get(key) is None:
+def _hf_name(cfg: dict[str, Any], p: Path) -> str:
+    """The model's name: ``_name_or_path``, else the model folder, else the file's stem."""
+    stated = cfg.get("_name_or_path")
+    if isinstance(stated, str) and stated.strip().strip("/"):
+        return stated.strip()
+    resolved = p.resolve()
+    return resolved.parent.name if resolved.name == _HF_NAME_FILE else resolved.stem
+
+
+def _get(cfg: dict[str, Any], key: str, p: Path, model_type: str = "") -> Any:
+    value = cfg.get(key)
+    alias = _HF_ALIASES.get(model_type, {}).get(key)
+    if value is None and alias is not None:
+        value = cfg.get(alias)
+    if value is None:
+        value = _HF_DEFAULTS.get(model_type, {}).get(key)
+    if value is None:
         raise UserError(f"{p}: {key} missing", "a model's config.json states its shape in full")
-    return cfg[key]
+    return value
+
+
+def _opt(cfg: dict[str, Any], key: str, model_type: str, default: Any = None) -> Any:
+    """An optional key: its value, else transformers' default for the model type."""
+    if key in cfg:
+        return cfg[key]
+    return _HF_DEFAULTS.get(model_type, {}).get(key, default)
+
+
+def _int_list(value: Any, key: str, p: Path) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise UserError(f"{p}: {key} must be a list of layer indices", "see the model's config")
+    return value
+
+
+def _int(value: Any, key: str, p: Path) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UserError(f"{p}: {key} must be an integer, got {value!r}", "see the model's config")
+    return value
+
+
+def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]:
+    """Llama and its descendants: one table of differences per model_type (transformers 5)."""
+
+    def g(key: str) -> Any:
+        return _get(cfg, key, p, model_type)
+
+    def o(key: str, default: Any = None) -> Any:
+        return _opt(cfg, key, model_type, default)
+
+    heads = g("num_attention_heads")
+    kv = o("num_key_value_heads")
+    bias = bool(o("attention_bias", False))
+    layers = _int(g("num_hidden_layers"), "num_hidden_layers", p)
+    if not 0 < layers <= _MAX_LAYERS:
+        # NOTE: the MoE branches list layer indices; the deepest released decoder has 126.
+        raise UserError(
+            f"{p}: num_hidden_layers {layers} is outside 1..{_MAX_LAYERS}",
+            "a model's config.json states its real depth",
+        )
+    # NOTE: Qwen2 hard-codes q/k/v biases (and none on o_proj) whatever the config says;
+    # Phi-3, Mistral, Mixtral and Gemma have no bias option.
+    qkv_bias = {"qwen2": True, "phi3": False, "mistral": False, "mixtral": False}.get(
+        model_type, bias
+    )
+    out_bias = False if model_type in ("qwen2", "phi3", "mistral", "mixtral") else bias
+    fields: dict[str, Any] = dict(
+        arch=Arch.DECODER,
+        hidden_size=g("hidden_size"),
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv if kv is not None else heads,
+        head_dim=o("head_dim"),
+        intermediate_size=g("intermediate_size"),
+        vocab_size=g("vocab_size"),
+        max_position_embeddings=g("max_position_embeddings"),
+        mlp=Mlp.GATED_GELU if model_type.startswith("gemma") else Mlp.GATED_SILU,
+        norm=Norm.RMSNORM,
+        position=Position.ROPE,
+        qkv_bias=qkv_bias,
+        out_bias=out_bias,
+        mlp_bias=bool(o("mlp_bias", False)) if model_type == "llama" else False,
+        tie_word_embeddings=bool(o("tie_word_embeddings", False)),
+    )
+    if model_type in ("qwen3", "qwen3_moe", "gemma3_text"):
+        fields["qk_norm"] = QkNorm.HEAD
+    if model_type == "olmo2":
+        fields.update(qk_norm=QkNorm.FULL, block_norms=BlockNorms.POST)
+    if model_type.startswith("gemma"):
+        fields["block_norms"] = BlockNorms.SANDWICH
+    if model_type == "phi3":
+        fields.update(fused_qkv=True, fused_gate_up=True)
+    if model_type == "mixtral":
+        fields.update(
+            num_experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok")
+        )
+    if model_type == "qwen3_moe":
+        step = _int(g("decoder_sparse_step"), "decoder_sparse_step", p)
+        only = set(_int_list(o("mlp_only_layers"), "mlp_only_layers", p))
+        experts = _int(g("num_experts"), "num_experts", p)
+        # transformers: a layer is sparse when it is not in mlp_only_layers, num_experts > 0
+        # and (index + 1) is a multiple of decoder_sparse_step.
+        dense = [
+            i
+            for i in range(layers)
+            if i in only or experts <= 0 or step <= 0 or (i + 1) % step != 0
+        ]
+        fields.update(
+            num_experts=experts,
+            experts_per_token=g("num_experts_per_tok"),
+            moe_intermediate_size=g("moe_intermediate_size"),
+            dense_layers=tuple(dense),
+        )
+        if len(dense) == layers:  # no sparse layer at all: a dense Qwen3
+            for key in ("num_experts", "experts_per_token", "moe_intermediate_size"):
+                fields.pop(key)
+            fields.pop("dense_layers")
+    if model_type == "deepseek_v3":
+        mla: dict[str, int | None] = {
+            key: _int(g(key), key, p)
+            for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+        }
+        q_rank = o("q_lora_rank")  # null: a full q_proj (DeepSeek-V2-Lite)
+        mla["q_lora_rank"] = None if q_rank is None else _int(q_rank, "q_lora_rank", p)
+        # NOTE: transformers makes layer i an MoE layer when i >= first_k_dense_replace and
+        # ignores moe_layer_freq (1 in every released DeepSeek-V2/V3 config).
+        first_dense = _int(g("first_k_dense_replace"), "first_k_dense_replace", p)
+        fields.update(
+            mla=mla,
+            head_dim=_int(g("qk_nope_head_dim"), "qk_nope_head_dim", p)
+            + _int(g("qk_rope_head_dim"), "qk_rope_head_dim", p),
+            num_key_value_heads=heads,  # MLA expands keys and values to every head
+            num_experts=g("n_routed_experts"),
+            experts_per_token=g("num_experts_per_tok"),
+            moe_intermediate_size=g("moe_intermediate_size"),
+            shared_experts=o("n_shared_experts") or 0,
+            dense_layers=tuple(range(min(first_dense, layers))),
+        )
+    return fields
 
 
 def _hf_fields(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]:
     def g(key: str) -> Any:
         return _get(cfg, key, p)
 
-    if model_type in ("llama", "mistral", "mixtral", "qwen2"):
-        heads = g("num_attention_heads")
-        kv = cfg.get("num_key_value_heads")
-        # NOTE: Llama and Qwen2 configs carry attention_bias; Qwen2 hard-codes q/k/v biases
-        # (and none on o_proj) in its attention whatever the config says.
-        qkv_bias = True if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
-        out_bias = False if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
-        experts = cfg.get("num_local_experts", 8) if model_type == "mixtral" else 1
-        return dict(
-            arch=Arch.DECODER,
-            hidden_size=g("hidden_size"),
-            num_layers=g("num_hidden_layers"),
-            num_attention_heads=heads,
-            num_key_value_heads=kv if kv is not None else _HF_DEFAULT_KV.get(model_type, heads),
-            head_dim=cfg.get("head_dim"),
-            intermediate_size=g("intermediate_size"),
-            vocab_size=g("vocab_size"),
-            max_position_embeddings=g("max_position_embeddings"),
-            mlp=Mlp.GATED_SILU,
-            norm=Norm.RMSNORM,
-            position=Position.ROPE,
-            qkv_bias=qkv_bias,
-            out_bias=out_bias,
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            num_experts=experts,
-            experts_per_token=cfg.get("num_experts_per_tok", 2) if model_type == "mixtral" else 1,
-        )
+    if model_type in _LLAMA_LIKE:
+        return _llama_like(model_type, cfg, p)
     if model_type == "opt":
         h = g("hidden_size")
         if cfg.get("word_embed_proj_dim", h) != h or not cfg.get("do_layer_norm_before", True):

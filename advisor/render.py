@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pydantic import BaseModel
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from advisor.checks import CheckReport
-from advisor.costdata import CalibrationCache
-from advisor.estimate import EstimateReport
-from advisor.hardware import HardwareProfile, ProbeReport
-from advisor.recommend import RecommendReport
-from advisor.ruleset import LocatedRule
-from advisor.taxonomy import Category, Order, Taxonomy, Technique
 from advisor.units import format_bytes, format_count, format_seconds
+
+if TYPE_CHECKING:
+    # NOTE: only for annotations: importing the report models here would make every
+    # command pay for building every model class at start-up (see benchmarks/startup.py).
+    from pydantic import BaseModel
+
+    from advisor.checks import CheckReport
+    from advisor.costdata import CalibrationCache
+    from advisor.estimate import EstimateReport
+    from advisor.hardware import HardwareProfile, ProbeReport
+    from advisor.recommend import RecommendReport
+    from advisor.ruleset import LocatedRule
+    from advisor.taxonomy import Taxonomy, Technique
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -29,6 +36,8 @@ err_console = Console(stderr=True, highlight=False)
 
 def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
     """Print a pydantic model (or a list or dict of them) as JSON on stdout."""
+    from pydantic import BaseModel
+
     if isinstance(model, BaseModel):
         text = model.model_dump_json(indent=2)
     elif isinstance(model, list):
@@ -39,9 +48,16 @@ def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
 
 
 def _default(obj: object) -> object:
+    from pydantic import BaseModel
+
     if isinstance(obj, BaseModel):
         return obj.model_dump(mode="json")
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def note(text: str) -> None:
+    """One line on stderr saying what the command is doing (stdout stays the report)."""
+    err_console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def bar(fraction: float, width: int = 24) -> str:
@@ -49,6 +65,69 @@ def bar(fraction: float, width: int = 24) -> str:
     fraction = max(0.0, min(1.0, fraction))
     full = round(fraction * width)
     return "█" * full + "░" * (width - full)
+
+
+_FOLD_FLOOR = 12
+
+
+class Col(NamedTuple):
+    """A table column: an ``ident`` column holds ids a user types, which are never cut."""
+
+    header: str
+    ident: bool = False
+    justify: JustifyMethod = "left"
+    style: str | None = None
+    nowrap: bool = False  # short values (numbers with units) kept on one line
+
+
+def print_table(
+    columns: Sequence[Col],
+    rows: Iterable[Sequence[str]],
+    *,
+    title: str | None = None,
+    **table_options: Any,
+) -> None:
+    """Draw rows so that no id is ever truncated, at any width and when piped.
+
+    Id columns never wrap and are as wide as their longest id; every other cell folds.
+    When even the narrowest such table is wider than the console, each row is printed as
+    a block instead (its first id, then one ``header: value`` line per other cell), with
+    lines that the terminal may wrap but nothing crops.
+    """
+    from rich.measure import Measurement
+
+    rows = [list(r) for r in rows]
+    table = Table(title=title, title_justify="left", **table_options)
+    for i, col in enumerate(columns):
+        cells = [Text.from_markup(r[i]).plain for r in rows]
+        if col.ident or col.nowrap:
+            widest = max([len(col.header), *(cell_len(c) for c in cells)])
+            table.add_column(
+                col.header, justify=col.justify, style=col.style, no_wrap=True, min_width=widest
+            )
+            continue
+        # NOTE: other columns may fold, but not below their longest word (up to a cap), so a
+        # table never degrades into one letter per line: below that, the block layout is used.
+        words = [w for c in [col.header, *cells] for w in c.split()]
+        longest = min(_FOLD_FLOOR, max((cell_len(w) for w in words), default=1))
+        table.add_column(
+            col.header, justify=col.justify, style=col.style, overflow="fold", min_width=longest
+        )
+    for r in rows:
+        table.add_row(*r)
+    # NOTE: measured unconstrained: rich clamps a measurement to the width it is given.
+    if Measurement.get(console, console.options.update_width(10**6), table).minimum <= (
+        console.width
+    ):
+        console.print(table)
+        return
+    if title:
+        console.print(f"[bold]{title}[/]", soft_wrap=True)
+    for r in rows:
+        head = r[0] if columns[0].ident else f"{columns[0].header}{r[0]}"
+        console.print(head, soft_wrap=True, style=columns[0].style or "bold")
+        for col, cell in zip(columns[1:], r[1:], strict=True):
+            console.print(f"  {escape(col.header)}: {cell}", soft_wrap=True)
 
 
 def _yes(flag: bool | None) -> str:
@@ -193,27 +272,39 @@ def render_profiles(
     hardware: list[HardwareProfile], models: list[tuple[str, str, str, int]]
 ) -> None:
     """Draw the hardware and model profile lists."""
-    table = Table(title="Hardware profiles (--hardware)", title_justify="left")
-    for col in ("id", "name", "memory", "bandwidth", "bf16 TFLOP/s", "fp8", "cc"):
-        table.add_column(col)
-    for p in hardware:
-        table.add_row(
-            p.id,
-            p.name,
-            f"{p.memory_gib:g} GiB",
-            f"{p.memory_bandwidth_gb_s:g} GB/s",
-            f"{p.peak_tflops.bf16:g}" if p.peak_tflops.bf16 else "-",
-            f"{p.peak_tflops.fp8:g}" if p.peak_tflops.fp8 else "-",
-            p.compute_capability or "-",
-        )
-    console.print(table)
+    print_table(
+        [
+            Col("id", ident=True),
+            Col("name"),
+            Col("memory"),
+            Col("bandwidth"),
+            Col("bf16 TFLOP/s"),
+            Col("fp8"),
+            Col("cc"),
+        ],
+        [
+            [
+                p.id,
+                escape(p.name),
+                f"{p.memory_gib:g} GiB",
+                f"{p.memory_bandwidth_gb_s:g} GB/s",
+                f"{p.peak_tflops.bf16:g}" if p.peak_tflops.bf16 else "-",
+                f"{p.peak_tflops.fp8:g}" if p.peak_tflops.fp8 else "-",
+                p.compute_capability or "-",
+            ]
+            for p in hardware
+        ],
+        title="Hardware profiles (--hardware)",
+    )
     if models:
-        table = Table(title="Model profiles (--model)", title_justify="left")
-        for col in ("id", "name", "arch", "parameters"):
-            table.add_column(col)
-        for ident, name, arch, params in models:
-            table.add_row(ident, name, arch, format_count(params))
-        console.print(table)
+        print_table(
+            [Col("id", ident=True), Col("name"), Col("arch"), Col("parameters")],
+            [
+                [ident, escape(name), arch, format_count(params)]
+                for ident, name, arch, params in models
+            ],
+            title="Model profiles (--model)",
+        )
 
 
 # --- taxonomy and rules --------------------------------------------------------------------
@@ -223,6 +314,25 @@ def render_taxonomy(taxonomy: Taxonomy) -> None:
     """Draw the taxonomy as a tree: category, then order for optimizers."""
     from rich.tree import Tree
 
+    from advisor.taxonomy import Category, Order
+
+    # NOTE: a tree leaf wraps inside its indentation, which would split a long id on a
+    # narrow console; there, the same groups are printed flat, one technique per line.
+    deepest = 4 * 3 + max((len(t.id) for t in taxonomy.techniques), default=0) + 1
+    if console.width < deepest:
+        console.print(f"taxonomy ({len(taxonomy.techniques)} techniques)", soft_wrap=True)
+        for category in Category:
+            groups = (
+                [(f"{category.value}/{o.value}-order", taxonomy.optimizers(o)) for o in Order]
+                if category is Category.OPTIMIZER
+                else [(category.value, taxonomy.by_category(category))]
+            )
+            for label, members in groups:
+                if members:
+                    console.print(f"[bold]{label}[/] ({len(members)})", soft_wrap=True)
+                    for tech in members:
+                        console.print(f"  {_leaf(tech)}", soft_wrap=True)
+        return
     root = Tree(f"[bold]taxonomy[/] ({len(taxonomy.techniques)} techniques)")
     for category in Category:
         members = taxonomy.by_category(category)
@@ -249,12 +359,10 @@ def _leaf(t: Technique) -> str:
 def render_rules_list(rules: list[LocatedRule]) -> None:
     """One line per rule: id, what it does, where."""
     wide = console.width >= 160
-    table = Table(title=f"Rules ({len(rules)})", title_justify="left")
-    table.add_column("id", style="cyan", overflow="fold", max_width=None if wide else 36)
-    table.add_column("title", min_width=24)
+    columns = [Col("id", ident=True, style="cyan"), Col("title")]
     if wide:
-        table.add_column("actions")
-        table.add_column("file", style="dim", no_wrap=True)
+        columns += [Col("actions"), Col("file", style="dim")]
+    rows = []
     for lr in rules:
         cells = [lr.rule.id, escape(lr.rule.title)]
         if wide:
@@ -265,8 +373,8 @@ def render_rules_list(rules: list[LocatedRule]) -> None:
                 )
             )
             cells.append(f"{Path(lr.file).name}:{lr.line}")
-        table.add_row(*cells)
-    console.print(table)
+        rows.append(cells)
+    print_table(columns, rows, title=f"Rules ({len(rules)})")
     if not wide:
         console.print(
             "[dim]`optadvise rules show ID` for a rule's condition, actions and sources[/]"
@@ -397,8 +505,8 @@ def render_estimate(report: EstimateReport) -> None:
     if report.device_memory_bytes is not None:
         verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
         console.print(
-            f"{verdict} on {report.hardware}: {format_bytes(report.total_bytes)} of "
-            f"{format_bytes(report.device_memory_bytes)}"
+            f"{verdict} on {report.hardware or report.device_name}: "
+            f"{format_bytes(report.total_bytes)} of {format_bytes(report.device_memory_bytes)}"
         )
     for alt in report.alternatives:
         verdict = "fits" if alt.fits else "does not fit"
@@ -424,6 +532,27 @@ def render_estimate(report: EstimateReport) -> None:
 
 
 # --- recommend ----------------------------------------------------------------------------
+
+
+def _to_target(rel: float | None) -> str:
+    return "-" if rel is None else f"×{rel:.2g}"
+
+
+def _render_steps(r: Any) -> None:
+    """The time-to-target line: the published step range and the measured proxy beside it."""
+    band = r.steps_vs_adamw
+    if band is None:
+        return
+    source = getattr(r.steps_source, "value", r.steps_source)
+    text = (
+        f"to target: time to AdamW's loss relative to the same layout with AdamW; #1 needs "
+        f"{band.central:.3g}× AdamW's steps ({band.low:.3g}–{band.high:.3g}, {source}"
+        + (", extrapolated" if r.steps_extrapolated else "")
+        + ")"
+    )
+    if r.steps_proxy is not None:
+        text += f"; measured-proxy {r.steps_proxy:.3g}× on this device"
+    console.print(f"[dim]{text}[/]")
 
 
 def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
@@ -460,20 +589,20 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         from rich import box
 
         wide = console.width >= 100
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for col, justify, no_wrap in (
-            ("#", "right", True),
-            ("optimizer", "left", True),
-            ("precision", "left", True),
-            ("attn", "left", True),
-            ("batch", "right", True),
-            ("savers, layout", "left", False),
-            ("peak", "right", True),
-            *((("free", "right", True),) if wide else ()),
-            ("step", "right", True),
-            ("tokens/s", "right", True),
-        ):
-            table.add_column(col, justify=justify, no_wrap=no_wrap)  # type: ignore[arg-type]
+        columns = [
+            Col("#", justify="right", nowrap=True),
+            Col("optimizer", ident=True),
+            Col("precision", ident=True),
+            Col("attn", ident=True),
+            Col("batch", justify="right", nowrap=True),
+            Col("savers, layout"),
+            Col("peak", justify="right", nowrap=True),
+            *((Col("free", justify="right", nowrap=True),) if wide else ()),
+            Col("step", justify="right", nowrap=True),
+            Col("to target", justify="right", nowrap=True),
+            Col("tokens/s", justify="right", nowrap=True),
+        ]
+        rows = []
         for r in report.recommendations:
             savers = [
                 _SHORT.get(t, t)
@@ -483,20 +612,23 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             savers = [x for x in savers if x]
             if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
                 savers.append(r.layout)
-            table.add_row(
-                str(r.rank),
-                r.optimizer,
-                r.precision,
-                r.attention,
-                f"{r.micro_batch}×{r.grad_accumulation}",
-                ", ".join(savers) or "-",
-                format_bytes(r.peak_memory_bytes),
-                *((format_bytes(r.headroom_bytes),) if wide else ()),
-                format_seconds(r.step_time_s),
-                f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
+            rows.append(
+                [
+                    str(r.rank),
+                    r.optimizer,
+                    r.precision,
+                    r.attention,
+                    f"{r.micro_batch}×{r.grad_accumulation}",
+                    ", ".join(savers) or "-",
+                    format_bytes(r.peak_memory_bytes),
+                    *((format_bytes(r.headroom_bytes),) if wide else ()),
+                    format_seconds(r.step_time_s),
+                    _to_target(r.time_to_target_rel),
+                    f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
+                ]
             )
+        print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         sources = sorted({r.cost_source for r in report.recommendations})
-        console.print(table)
         for r in report.recommendations:
             if r.also:
                 console.print(f"[dim]  #{r.rank} also: {escape('; '.join(r.also))}[/]")
@@ -507,6 +639,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
         )
         best = report.recommendations[0]
+        _render_steps(best)
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
         if not best.reasons:
             console.print("  ranked first on cost; no rule prefers or avoids its techniques")
@@ -597,6 +730,42 @@ def _count_kinds(report: RecommendReport) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def render_convergence(cache: Any) -> None:
+    """`calibrate --convergence`: each optimizer's steps to AdamW's loss on the proxy."""
+    console.print(
+        f"[bold]convergence proxy[/] ({cache.family}, {format_count(cache.proxy_params)} "
+        f"parameters, {cache.steps} steps of {cache.batch_tokens} tokens) on {cache.device}"
+    )
+    console.print(f"[dim]corpus: {cache.corpus}[/]")
+    target = "-" if cache.target_loss is None else f"{cache.target_loss:.4f}"
+    console.print(f"target: AdamW's best final held-out loss {target}")
+    table = Table(box=None, pad_edge=False)
+    for col in ("optimizer", "best lr", "final loss", "steps to target", "vs AdamW", "s/step"):
+        table.add_column(col, justify="left" if col == "optimizer" else "right")
+    for r in cache.results:
+        best = next((x for x in r.runs if x.lr == r.best_lr), None)
+        final = "-" if best is None or best.final_loss is None else f"{best.final_loss:.4f}"
+        if r.ratio is None:
+            ratio = r.status if r.status != "ok" else "-"
+        else:
+            ratio = f"{r.ratio:.2f}" if r.reached else f"≥ {r.ratio:.2f} (not reached)"
+        table.add_row(
+            r.optimizer,
+            "-" if r.best_lr is None else f"{r.best_lr:g}",
+            final,
+            "-" if r.steps_to_target is None else f"{r.steps_to_target:.0f}",
+            ratio,
+            "-" if r.seconds_per_step is None else f"{r.seconds_per_step * 1000:.0f} ms",
+        )
+    console.print(table)
+    partial = (
+        ", partial (budget or Ctrl-C): raise --budget for the whole sweep" if cache.partial else ""
+    )
+    console.print(f"[dim]{cache.seconds:.0f} s of a {cache.budget_s:.0f} s budget{partial}[/]")
+    for w in cache.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+
+
 @contextmanager
 def calibration_progress(enabled: bool = True) -> Iterator[Callable[[str, float], None] | None]:
     """A progress bar on stderr for calibration; yields the callback (label, fraction done).
@@ -660,52 +829,66 @@ def render_calibration(cache: CalibrationCache, spec_key: str | None = None) -> 
                 f"(IQR {format_seconds(lt.timing.iqr_s)}) for {lt.tokens} tokens "
                 f"= {lt.seconds_per_token * 1e6:.1f} µs/token{scale}"
             )
-        table = Table(
-            title="attention fwd+bwd per layer and sample: a·s² + b·s + c", title_justify="left"
-        )
-        for col in ("backend", "dtype", "seq lens", "a (s/token²)", "b", "c", "max resid."):
-            table.add_column(col)
+        attention_rows = []
         for f in shape.attention:
             if f.failed:
-                table.add_row(
-                    f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", ""
+                attention_rows.append(
+                    [f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", ""]
                 )
                 continue
-            table.add_row(
-                f.backend,
-                f.dtype,
-                ",".join(map(str, f.seq_lens)),
-                f"{f.a:.3g}",
-                f"{f.b:.3g}",
-                f"{f.c:.3g}",
-                f"{f.max_rel_residual:.1%}",
+            attention_rows.append(
+                [
+                    f.backend,
+                    f.dtype,
+                    ",".join(map(str, f.seq_lens)),
+                    f"{f.a:.3g}",
+                    f"{f.b:.3g}",
+                    f"{f.c:.3g}",
+                    f"{f.max_rel_residual:.1%}",
+                ]
             )
-        console.print(table)
-        table = Table(title="optimizer step on one layer", title_justify="left")
-        for col in (
-            "optimizer",
-            "variant",
-            "median",
-            "IQR",
-            "first step",
-            "interval",
-            "ns/param",
-            "status",
-        ):
-            table.add_column(col)
+        print_table(
+            [
+                Col("backend", ident=True),
+                Col("dtype", ident=True),
+                Col("seq lens"),
+                Col("a (s/token²)"),
+                Col("b"),
+                Col("c"),
+                Col("max resid."),
+            ],
+            attention_rows,
+            title="attention fwd+bwd per layer and sample: a·s² + b·s + c",
+        )
+        optimizer_rows = []
         for o in shape.optimizers:
             per = o.per_step_s
-            table.add_row(
-                o.optimizer,
-                o.variant,
-                format_seconds(o.steady.median_s) if o.steady else "-",
-                format_seconds(o.steady.iqr_s) if o.steady else "-",
-                format_seconds(o.first_step_s) if o.first_step_s else "-",
-                str(o.interval or "-"),
-                f"{per / o.layer_parameters * 1e9:.2f}" if per and o.layer_parameters else "-",
-                o.status if o.status == "ok" else f"{o.status}: {escape(o.detail[:50])}",
+            optimizer_rows.append(
+                [
+                    o.optimizer,
+                    o.variant,
+                    format_seconds(o.steady.median_s) if o.steady else "-",
+                    format_seconds(o.steady.iqr_s) if o.steady else "-",
+                    format_seconds(o.first_step_s) if o.first_step_s else "-",
+                    str(o.interval or "-"),
+                    f"{per / o.layer_parameters * 1e9:.2f}" if per and o.layer_parameters else "-",
+                    o.status if o.status == "ok" else f"{o.status}: {escape(o.detail[:50])}",
+                ]
             )
-        console.print(table)
+        print_table(
+            [
+                Col("optimizer", ident=True),
+                Col("variant", ident=True),
+                Col("median", nowrap=True),
+                Col("IQR", nowrap=True),
+                Col("first step", nowrap=True),
+                Col("interval"),
+                Col("ns/param"),
+                Col("status"),
+            ],
+            optimizer_rows,
+            title="optimizer step on one layer",
+        )
         for note in shape.notes:
             console.print(f"[dim]note: {escape(note)}[/]")
     for w in cache.warnings:

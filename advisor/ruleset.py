@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from advisor.conditions import Condition, comparisons
+from advisor.datacache import cached_by_content, rules_sources
 from advisor.errors import DataError
 from advisor.facts import Fact, FactSpace, FactType, load_facts
 from advisor.resources import rules_dir
@@ -186,6 +187,7 @@ def load_rules(
     return ruleset
 
 
+@cached_by_content("rules", rules_sources)
 def collect_rules(
     extra_dirs: Sequence[Path] = (),
     *,

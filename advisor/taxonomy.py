@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from advisor.config import Attention, Checkpointing, Offload, Precision, Sharding, Task
+from advisor.datacache import cached_by_content, taxonomy_sources
 from advisor.errors import DataError, UserError
 from advisor.hardware import DeviceKind
 from advisor.resources import rules_dir
@@ -223,6 +224,98 @@ class Requirements(_Frozen):
     notes: str = ""
 
 
+class ScaleTrend(str, Enum):
+    """How a step-efficiency factor behaves beyond its largest measured model size.
+
+    - ``toward-one``: the literature shows the gain shrinking with scale (Wen et al. 2025:
+      matrix-preconditioned optimizers 1.4x over AdamW at 0.1B, 1.1x at 1.2B), so the
+      factor is carried toward 1 beyond the largest measured size.
+    - ``flat``: no scale trend is published; the last measured value is kept.
+    """
+
+    TOWARD_ONE = "toward-one"
+    FLAT = "flat"
+
+
+class Basis(str, Enum):
+    """Where the numbers of a measured point come from."""
+
+    BASELINE = "baseline"  # AdamW itself (1 by definition)
+    RE_BENCHMARK = "re-benchmark"  # an independent, tuned comparison against AdamW
+    AUTHORS = "authors"  # the method's own paper (an optimistic bound)
+    RUN_BUDGETS = "run-budgets"  # the ratio of the step budgets a paper's released runs used
+    EQUIVALENT = "equivalent"  # the same update or the same loss curve, shown by a source
+    NO_RATIO_PUBLISHED = "no-ratio-published"  # a wide range around a qualitative finding
+
+
+class Citation(_Frozen):
+    """A published source and where in it the figure is (table, figure, script, log)."""
+
+    authors: str = Field(min_length=2)
+    year: int = Field(ge=1900, le=2100)
+    title: str = Field(min_length=3)
+    where: str = Field(min_length=3, description='e.g. "Figure 1 (bottom left)" or "Table 2"')
+    url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+
+    def cite(self) -> str:
+        """One-line citation: ``Authors Year, Title (where)``."""
+        return f"{self.authors} {self.year}, {self.title} ({self.where})"
+
+
+class StepSetting(_Frozen):
+    """The setting a step-efficiency figure was measured in."""
+
+    model: str = Field(min_length=2, description="the model trained, e.g. Llama-2-style 130M")
+    tokens_per_param: float | None = Field(
+        default=None, gt=0, description="training tokens per parameter (Chinchilla ~20)"
+    )
+    batch: str = Field(min_length=1, description="global batch, e.g. 0.5M tokens or 64 seqs")
+    task: Task = Field(description="pretrain or finetune")
+
+
+class StepPoint(_Frozen):
+    """Steps to reach AdamW's loss, relative to AdamW, at one model size (lower is faster).
+
+    ``low`` is the optimistic end (often the method's own claim), ``central`` the value of
+    independent tuned re-benchmarks, ``high`` the pessimistic end.
+    """
+
+    params: int = Field(ge=1, description="parameters of the model it was measured on")
+    low: float = Field(gt=0)
+    central: float = Field(gt=0)
+    high: float = Field(gt=0)
+    basis: Basis
+    setting: StepSetting
+    sources: list[Citation] = Field(min_length=1)
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StepPoint:
+        if not self.low <= self.central <= self.high:
+            raise ValueError(
+                f"needs low <= central <= high, got {self.low} / {self.central} / {self.high}"
+            )
+        return self
+
+
+class StepEfficiency(_Frozen):
+    """A technique's steps-to-target relative to AdamW (or, for adapters, to full
+    fine-tuning), as measured points over model size (Bartoldson, Kailkhura & Blalock
+    2023 make time-to-result the measure of a training method)."""
+
+    scale_trend: ScaleTrend
+    points: list[StepPoint] = Field(min_length=1)
+    notes: str = ""
+
+    @field_validator("points")
+    @classmethod
+    def _increasing(cls, value: list[StepPoint]) -> list[StepPoint]:
+        sizes = [p.params for p in value]
+        if sizes != sorted(set(sizes)):
+            raise ValueError("points must be in strictly increasing order of params")
+        return value
+
+
 class Technique(_Frozen):
     """One entry of the taxonomy."""
 
@@ -242,6 +335,11 @@ class Technique(_Frozen):
         description="dotted path, optional literal kwargs `(k=v)` or SDPA backend `[NAME]`",
     )
     references: list[Reference] = Field(min_length=1)
+    steps_vs_adamw: StepEfficiency | None = Field(
+        default=None,
+        description="steps to AdamW's loss relative to AdamW (optimizers), or to full "
+        "fine-tuning's (LoRA, QLoRA), with sources; see advisor/convergence.py",
+    )
 
     @field_validator("order")
     @classmethod
@@ -379,6 +477,7 @@ def config_technique_id(value: Enum) -> str | None:
     return _CONFIG_IDS[value]
 
 
+@cached_by_content("taxonomy", taxonomy_sources)
 def load_taxonomy(path: Path | None = None) -> Taxonomy:
     """Load and validate the taxonomy.
 

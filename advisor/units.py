@@ -24,7 +24,10 @@ _BYTE_SUFFIX = {
     "GIB": GIB,
     "TIB": TIB,
 }
-_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+# NOTE: at most 30 digits on either side of the point: enough for any count, size or length
+# a user means, and it keeps float() finite and int() under Python's 4300-digit limit, so a
+# pasted run of digits is "invalid", never an OverflowError.
+_NUMBER = r"(\d{1,30}(?:\.\d{0,30})?|\.\d{1,30})"
 
 
 def parse_count(text: str, what: str = "model size") -> int:
@@ -81,7 +84,7 @@ def parse_bytes(text: str, what: str = "memory size") -> int:
 
 def parse_length(text: str, what: str = "sequence length") -> int:
     """Parse a token count such as ``4096``, ``4k`` or ``32K`` (k = 1024 tokens)."""
-    m = re.fullmatch(r"(\d+)\s*([kK]?)", text.strip())
+    m = re.fullmatch(r"(\d{1,30})\s*([kK]?)", text.strip())
     if not m:
         raise UserError(f"invalid {what} {text!r}", "use a positive integer, e.g. 2048 or 4k")
     value = int(m.group(1)) * (1024 if m.group(2) else 1)

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from advisor.datacache import cached_by_content, yaml_sources
+
 
 class LineDict(dict[str, Any]):
     """A mapping from YAML that knows the 1-based line it started on."""
@@ -49,8 +51,9 @@ _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _con
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+@cached_by_content("yaml", yaml_sources)
 def load_yaml(path: Path) -> Any:
-    """Load one YAML document with line-aware containers.
+    """Load one YAML document with line-aware containers (cached by content, see datacache).
 
     Raises:
         yaml.YAMLError: when the text is not YAML (the caller reports it with the file name).

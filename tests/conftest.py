@@ -9,6 +9,11 @@ from typing import Any
 
 import pytest
 
+# NOTE: rich reads COLUMNS once, when a Console is made. The shell's consoles are made here,
+# at collection, before any test's CliRunner sets COLUMNS; made later, inside an invoke, they
+# would keep that invoke's width for every later test.
+import advisor.render  # noqa: F401
+
 
 class FakeNVMLError(Exception):
     """Mimics pynvml.NVMLError: carries the nvml.h error code in ``value``."""

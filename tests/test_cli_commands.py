@@ -75,7 +75,7 @@ def test_estimate_and_recommend_never_import_torch() -> None:
         (["estimate", "--model-size", "7Q"], "invalid model size '7Q'"),
         (["estimate", "--optimizer", "adamx"], "unknown technique 'adamx'"),
         (["estimate", "--precision", "fp64"], "invalid --precision 'fp64'"),
-        (["estimate", "--micro-batch", "-1"], "--micro-batch must be a positive integer"),
+        (["estimate", "--micro-batch", "-1"], "--micro-batch -1 is out of range"),
         (["estimate", "--seq-len", "-5"], "invalid sequence length"),
         (["estimate", "--model", "llama-9"], "unknown model"),
         (["estimate", "--model-config", "/nonexistent/config.json"], "config"),
@@ -84,7 +84,7 @@ def test_estimate_and_recommend_never_import_torch() -> None:
         (["recommend", "--memory-budget", "lots"], "--memory-budget"),
         (["recommend", "--emit", "yaml"], "invalid --emit"),
         (["rules", "show", "no-such-rule"], "unknown rule"),
-        (["calibrate", "--budget", "-1"], "--budget must be positive"),
+        (["calibrate", "--budget", "-1"], "--budget -1 is out of range"),
         (["calibrate", "--device", "cuda:0", "--model-size", "125M"], "no CUDA GPU"),
     ],
 )

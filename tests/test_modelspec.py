@@ -29,6 +29,13 @@ CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 MODELS_DIR = profiles_dir() / "models"
 PROFILES = load_model_profiles()
 TRANSFORMER_IDS = sorted(i for i, p in PROFILES.items() if p.arch is not Arch.CNN)
+# The families whose config.json _config_json below writes; tests/test_model_families.py
+# checks the others (Qwen3, Gemma 3, Phi-4, DeepSeek-V3 ...) from their released configs.
+CLASSIC_IDS = sorted(
+    i
+    for i in TRANSFORMER_IDS
+    if PROFILES[i].family in ("llama", "mistral", "mixtral", "qwen2", "opt", "gpt2", "bert")
+)
 TINY = sorted(CONFIGS.glob("tiny-*.json"))
 
 
@@ -43,12 +50,20 @@ def test_every_profile_file_is_checked_against_its_published_count() -> None:
         assert spec.published_parameters is not None, spec.id
         assert spec.published_parameters_source, spec.id
         error = abs(spec.parameter_count() - spec.published_parameters) / spec.published_parameters
-        assert error < 0.01, (
+        assert error < _tolerance(spec.published_parameters), (
             f"{spec.id}: {spec.parameter_count():,} vs {spec.published_parameters:,}"
         )
         checked += 1
     assert checked == len(files) == len(PROFILES)
     assert checked >= 20
+
+
+def _tolerance(published: int) -> float:
+    """1%, or half a unit of the figure's last stated digit when it is coarser (Qwen3's 1.7B
+    stands for 1.65B-1.75B)."""
+    digits = str(published).rstrip("0")
+    unit = 10 ** (len(str(published)) - len(digits))
+    return max(0.01, unit / 2 / published)
 
 
 def test_the_required_architectures_are_shipped() -> None:
@@ -86,17 +101,23 @@ def test_resnet50_matches_torchvision_num_params_exactly() -> None:
 def test_layers_and_outside_tensors_add_up(ident: str) -> None:
     spec = PROFILES[ident]
     outside = sum(math.prod(s) for _, s in spec.embedding_shapes())
-    assert spec.parameter_count() == spec.layer_repeats() * spec.layer_parameter_count() + outside
-    names = [n for n, _ in spec.layer_matrix_shapes() + spec.embedding_shapes()]
-    assert len(names) == len(set(names))
+    groups = spec.layer_groups()
+    blocks = sum(n * sum(math.prod(s) for _, s in g) for n, g in groups)
+    assert spec.parameter_count() == blocks + outside
+    assert sum(n for n, _ in groups) == spec.layer_repeats()
+    if len(groups) == 1:
+        assert blocks == spec.layer_repeats() * spec.layer_parameter_count()
+    for _, group in groups:
+        names = [n for n, _ in group + spec.embedding_shapes()]
+        assert len(names) == len(set(names))
 
 
 def test_llama_block_shapes() -> None:
     shapes = dict(PROFILES["llama-3.1-8b"].layer_matrix_shapes())
-    assert shapes["q_proj.weight"] == (4096, 4096)
-    assert shapes["k_proj.weight"] == (1024, 4096)  # 8 kv heads x 128
-    assert shapes["gate_proj.weight"] == (14336, 4096)
-    assert shapes["down_proj.weight"] == (4096, 14336)
+    assert shapes["self_attn.q_proj.weight"] == (4096, 4096)
+    assert shapes["self_attn.k_proj.weight"] == (1024, 4096)  # 8 kv heads x 128
+    assert shapes["mlp.gate_proj.weight"] == (14336, 4096)
+    assert shapes["mlp.down_proj.weight"] == (4096, 14336)
 
 
 # --- exact counts against real transformers models -------------------------------------
@@ -204,7 +225,7 @@ _SHAPE_FIELDS = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("ident", TRANSFORMER_IDS)
+@pytest.mark.parametrize("ident", CLASSIC_IDS)
 def test_full_size_profile_counts_exactly_on_the_meta_device(ident: str, tmp_path: Path) -> None:
     spec = PROFILES[ident]
     cfg = _config_json(spec)

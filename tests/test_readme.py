@@ -63,3 +63,45 @@ def test_pasted_output_matches_a_real_run(command: str, expected: list[str]) -> 
         expected = expected[:-1]
         actual = actual[: len(expected)]
     assert actual == [line.rstrip() for line in expected]
+
+
+def update_readme() -> int:
+    """Re-run every deterministic block and paste its real output (keeps a trailing "…").
+
+    Run after a change that moves the output: ``python -m tests.test_readme``.
+
+    Returns:
+        How many blocks changed.
+    """
+    text = README.read_text()
+    changed = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal changed
+        block = match.group(1)
+        lines = block.rstrip("\n").splitlines()
+        command = lines[0].removeprefix("$ ").strip()
+        if not DETERMINISTIC.match(command) or "--emit" in command:
+            return match.group(0)
+        body = lines[1:]
+        tail: list[str] = []
+        for i, line in enumerate(body):
+            if line.startswith("$ "):
+                body, tail = body[:i], body[i:]
+                break
+        result = CliRunner().invoke(
+            app, shlex.split(command)[1:], env={"NO_COLOR": "1", "COLUMNS": "100"}
+        )
+        actual = [line.rstrip() for line in result.output.rstrip("\n").splitlines()]
+        if body and body[-1] == "…":
+            actual = [*actual[: len(body) - 1], "…"]
+        if actual != [line.rstrip() for line in body]:
+            changed += 1
+        return "```console\n" + "\n".join([lines[0], *actual, *tail]) + "\n```"
+
+    README.write_text(re.sub(r"```console\n(.*?)```", replace, text, flags=re.S))
+    return changed
+
+
+if __name__ == "__main__":
+    print(f"{update_readme()} block(s) updated in {README}")

@@ -14,10 +14,11 @@ import psutil
 from advisor.calibration import cache as cal_cache
 from advisor.calibration.optimizers import OPTIMIZERS, QUICK, Variant
 from advisor.calibration.timing import CpuShare, is_out_of_memory, measure, synchronizer
-from advisor.cost import layer_shape
+from advisor.cost import block_gemms, layer_shape
 from advisor.costdata import (
     AttentionFit,
     CalibrationCache,
+    GemmTiming,
     LayerShape,
     LayerTiming,
     OptimizerTiming,
@@ -33,6 +34,9 @@ _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _TARGET_CALL_S = {"quick": 0.25, "full": 1.0}
 _SEQ_LENS = {"quick": [128, 256, 512, 1024], "full": [256, 512, 1024, 2048, 4096]}
 _REPEATS = 5
+# Token counts (GEMM rows) at which a GPU calibration times the block's GEMMs: efficiency
+# saturates in the token count, so a geometric sweep spans the regimes.
+GEMM_TOKENS = {"quick": [512, 2048, 8192], "full": [256, 1024, 4096, 16384]}
 # Quick mode times optimizers on at most this many parameters of one layer.
 QUICK_MAX_LAYER_PARAMS = 32_000_000
 # Quick mode stops after this many seconds unless --budget says otherwise.
@@ -110,7 +114,9 @@ def run_calibration(
     warnings = [warning] if warning else []
     ids = optimizers or (QUICK if mode == "quick" else tuple(OPTIMIZERS))
     lens = seq_lens or _SEQ_LENS[mode]
-    steps = 3 + 2 + len(ids) + (1 if mode == "full" else 0)
+    steps = (
+        3 + 2 + len(ids) + (1 if mode == "full" else 0) + (2 if device.startswith("cuda") else 0)
+    )
     done = 0
 
     def tick(label: str) -> None:
@@ -155,6 +161,26 @@ def run_calibration(
             timings.append(OptimizerTiming(optimizer=oid, status="skipped", detail="budget spent"))
             continue
         timings.extend(_time_optimizer(torch, device, sync, spec, shape, oid, budget, mode))
+    gemms: list[GemmTiming] = []
+    collectives: dict[str, float] = {}
+    ranks = 0
+    if device.startswith("cuda") and budget.ok():
+        tick("GEMMs at the model's layer shapes")
+        for dtype in [d for d in dtypes if d != "fp32"] or dtypes:
+            found, note = time_gemm_shapes(
+                torch, device, sync, spec, dtype, GEMM_TOKENS[mode], budget
+            )
+            gemms.extend(found)
+            if note:
+                notes.append(note)
+        ranks = int(torch.cuda.device_count())
+        if budget.ok():
+            tick(f"NCCL collectives between {ranks} local GPU(s)")
+            from advisor.calibration.allreduce import measure_collectives
+
+            collectives, why = measure_collectives(device, ranks)
+            if why:
+                warnings.append(why)
     allreduce = None
     if mode == "full" and budget.ok():
         tick("all-reduce bandwidth (2 local processes)")
@@ -181,6 +207,8 @@ def run_calibration(
         gemm_gflops=gemm,
         copy_gb_s=copy_gb_s,
         allreduce_gb_s=allreduce,
+        collectives=collectives,
+        collective_ranks=ranks if collectives else 0,
         other_cpu_share=other,
         shapes=[
             ShapeResults(
@@ -189,6 +217,7 @@ def run_calibration(
                 attention=attention,
                 optimizers=timings,
                 matmul_tflops=matmul,
+                gemms=gemms,
                 notes=notes,
             )
         ],
@@ -355,6 +384,45 @@ def _time_layer(
         ),
         note,
     )
+
+
+def time_gemm_shapes(
+    torch: Any,
+    device: str,
+    sync: Any,
+    spec: ModelSpec,
+    dtype_name: str,
+    token_counts: list[int],
+    budget: _Budget | None = None,
+) -> tuple[list[GemmTiming], str]:
+    """TFLOP/s of each distinct weight GEMM of one block at several token counts.
+
+    The cost model then prices the block's GEMMs from these (label ``measured``) instead of
+    the fitted saturation curve. Synchronises before every clock read (``measure``); an
+    out-of-memory stops the sweep for that shape and is reported, not raised.
+    """
+    dtype = getattr(torch, _DTYPES[dtype_name])
+    out: list[GemmTiming] = []
+    notes: list[str] = []
+    shapes = sorted({(g.n, g.k) for g in block_gemms(spec, 1)})
+    for n, k in shapes:
+        for m in token_counts:
+            if budget is not None and not budget.ok():
+                return out, "; ".join([*notes, "GEMM sweep stopped by the budget"])
+            try:
+                a = torch.randn(m, k, device=device).to(dtype)
+                b = torch.randn(k, n, device=device).to(dtype)
+                timing = measure(functools.partial(torch.mm, a, b), sync, repeats=_REPEATS)
+            except RuntimeError as exc:
+                if is_out_of_memory(exc):
+                    notes.append(f"GEMM {m}x{k}x{n} {dtype_name}: out of memory")
+                    break
+                raise
+            flops = 2.0 * m * n * k
+            out.append(
+                GemmTiming(m=m, n=n, k=k, dtype=dtype_name, tflops=flops / timing.median_s / 1e12)
+            )
+    return out, "; ".join(notes)
 
 
 def _cuda_free(torch: Any, device: str) -> int:

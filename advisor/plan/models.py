@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import TrainingConfig
+from advisor.convergence import StepsBand, StepsSource
 
 
 class StepCost(BaseModel):
@@ -76,6 +77,13 @@ class Recommendation(BaseModel):
     score: float
     reasons: list[Reason]
     config: TrainingConfig
+    # Time to target (advisor/convergence.py): steps to AdamW's loss relative to AdamW, where
+    # that figure comes from, and steps x step time over the same layout's AdamW step time.
+    steps_vs_adamw: StepsBand | None = None
+    steps_source: StepsSource | None = None
+    steps_extrapolated: bool = False
+    steps_proxy: float | None = Field(default=None, description="measured-proxy ratio")
+    time_to_target_rel: float | None = None
 
 
 RejectionKind = Literal["rule", "memory", "host-memory", "incompatible", "batch"]

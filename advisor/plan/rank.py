@@ -7,6 +7,7 @@ one place to go.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from advisor.config import Task
@@ -15,18 +16,31 @@ from advisor.plan.space import Objective, describe_config
 
 # How much one unit of rule weight moves a candidate's score, per objective (in units of
 # log step time): small under "speed" so measured cost decides, large under "quality".
-RULE_WEIGHT = {"speed": 0.02, "memory": 0.02, "balanced": 0.15, "quality": 0.5}
+RULE_WEIGHT = {
+    "speed": 0.02,
+    "memory": 0.02,
+    "balanced": 0.15,
+    "quality": 0.5,
+    "time-to-target": 0.02,
+}
 
 
 def objective_score(
-    objective: Objective, seconds_per_token: float, peak: int, usable: int, rule_score: float
+    objective: Objective,
+    seconds_per_token: float,
+    peak: int,
+    usable: int,
+    rule_score: float,
+    steps: float = 1.0,
 ) -> float:
     """Lower is better. Time per token and memory enter as logarithms, so a rule weight of 1
-    is worth the same relative change of cost whatever the model size."""
-    t = math.log(max(seconds_per_token, 1e-15))
+    is worth the same relative change of cost whatever the model size. ``steps`` is the
+    plan's steps to AdamW's loss as the objective counts them (convergence.objective_steps),
+    so ``t`` is the log of the time to target."""
+    t = math.log(max(seconds_per_token * steps, 1e-15))
     m = math.log(max(peak, 1) / max(usable, 1))
     w = RULE_WEIGHT[objective.value]
-    if objective is Objective.SPEED:
+    if objective in (Objective.SPEED, Objective.TIME_TO_TARGET):
         return t + 0.01 * m - w * rule_score
     if objective is Objective.MEMORY:
         return m + 0.01 * t - w * rule_score
@@ -34,7 +48,9 @@ def objective_score(
         # Memory counts a quarter as much as time: a smaller footprint wins only when it
         # costs little speed (headroom matters most near the limit, where log m -> 0).
         return t + 0.25 * m - w * rule_score
-    return 0.1 * t - w * rule_score
+    # NOTE: under quality the budget is what it is: a plan needing k times AdamW's steps
+    # reaches a worse loss in it, so the step factor counts in full, the step time a tenth.
+    return 0.1 * t + 0.9 * math.log(max(steps, 1e-9)) - w * rule_score
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,12 @@ def _quality_class(objective: Objective, plan: Plan) -> int:
     return 0
 
 
-def rank_plans(plans: list[Plan], objective: Objective, usable: int) -> list[Row]:
+def rank_plans(
+    plans: list[Plan],
+    objective: Objective,
+    usable: int,
+    steps_of: Callable[[Plan], float] | None = None,
+) -> list[Row]:
     """Every plan, best first, with equivalent plans folded into one row.
 
     Plans that reach the requested global batch rank above those that cannot (per-layer
@@ -63,14 +84,20 @@ def rank_plans(plans: list[Plan], objective: Objective, usable: int) -> list[Row
     FSDP and ZeRO-3 at equal cost, or optimizers that differ by megabytes on adapters. The
     row shows the simplest of them, never the one a preference happens to favour.
     """
-    plans = prune_dominated(plans)
+    steps = {id(p): (steps_of(p) if steps_of else 1.0) for p in plans}
+    plans = prune_dominated(plans, steps)
     scored = sorted(
         (
             (
                 _quality_class(objective, p),
                 0 if p.exact_batch else 1,
                 objective_score(
-                    objective, p.seconds_per_token, p.memory.total_bytes, usable, p.rule_score
+                    objective,
+                    p.seconds_per_token,
+                    p.memory.total_bytes,
+                    usable,
+                    p.rule_score,
+                    steps[id(p)],
                 ),
                 p.seconds_per_token,
                 p.memory.total_bytes,
@@ -101,12 +128,15 @@ def rank_plans(plans: list[Plan], objective: Objective, usable: int) -> list[Row
     return out
 
 
-def prune_dominated(plans: list[Plan]) -> list[Plan]:
-    """Drop plans another plan of the same kind (task, whether it reaches the batch) beats
-    or matches in time, memory and rule score at once: no objective can prefer them."""
-    kinds: dict[tuple[object, bool], list[Plan]] = {}
+def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) -> list[Plan]:
+    """Drop plans another plan of the same kind (task, whether it reaches the batch, steps
+    to the target) beats or matches in time, memory and rule score at once: no objective
+    can prefer them."""
+    steps = steps or {}
+    kinds: dict[tuple[object, bool, float], list[Plan]] = {}
     for p in plans:
-        kinds.setdefault((p.config.task, p.exact_batch), []).append(p)
+        key = (p.config.task, p.exact_batch, round(steps.get(id(p), 1.0), 6))
+        kinds.setdefault(key, []).append(p)
     out = []
     for group in kinds.values():
         # Sorted by time, a plan is dominated when an earlier (no slower) one also has no

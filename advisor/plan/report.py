@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from advisor.candidates import MEMORY_SAVER_IDS
+from advisor.convergence import TimeToTarget, plan_steps, time_to_target
 from advisor.engine import Decision, decide
 from advisor.plan.explain import effect, plan_reasons, reason, suggestions, why_not
 from advisor.plan.models import (
@@ -15,12 +16,13 @@ from advisor.plan.models import (
     WorkloadSummary,
 )
 from advisor.plan.rank import Row, rank_plans
-from advisor.plan.search import CostFn, Evaluator, search
+from advisor.plan.search import CostFn, Evaluator, Plan, search
 from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
     Context,
     build_space,
     derive_facts,
+    plan_step_factor,
     resolve_global_batch,
     usable_memory,
 )
@@ -53,8 +55,10 @@ def recommend(
     space = build_space(ctx, optimizers)
     found = search(ctx, decision, cost_fn, space)
     _check_batch(ctx, found.plans, found.rejected)
-    rows = rank_plans(found.plans, ctx.workload.objective, usable)
-    recs = [_recommendation(ctx, row, i + 1, decision) for i, row in enumerate(rows[:top])]
+    rows = rank_plans(
+        found.plans, ctx.workload.objective, usable, lambda p: plan_step_factor(ctx, p.config)
+    )
+    recs = [_recommendation(ctx, row, i + 1, decision, cost_fn) for i, row in enumerate(rows[:top])]
     ev = found.evaluator or Evaluator(ctx, cost_fn)
     stats = SearchStats(
         plans_considered=found.considered,
@@ -105,7 +109,24 @@ def _check_batch(ctx: Context, plans: Sequence[object], rejected: Sequence[objec
         )
 
 
-def _recommendation(ctx: Context, row: Row, rank: int, decision: Decision) -> Recommendation:
+def _time_to_target(ctx: Context, p: Plan, cost_fn: CostFn) -> TimeToTarget:
+    """Steps to AdamW's loss x step time, relative to the AdamW plan of the same layout and
+    batch (only the optimizer changes)."""
+    c = p.config
+    base = (
+        p.cost.seconds
+        if c.optimizer == "adamw"
+        else cost_fn(c.model_copy(update={"optimizer": "adamw"})).seconds
+    )
+    steps = plan_steps(
+        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
+    )
+    return time_to_target(steps, p.cost.seconds, base)
+
+
+def _recommendation(
+    ctx: Context, row: Row, rank: int, decision: Decision, cost_fn: CostFn
+) -> Recommendation:
     p = row.plan
     c = p.config
     tech = ctx.taxonomy.get(c.optimizer)
@@ -147,6 +168,7 @@ def _recommendation(ctx: Context, row: Row, rank: int, decision: Decision) -> Re
         score=round(row.score, 6),
         reasons=plan_reasons(ctx, p, decision),
         config=c,
+        **_time_to_target(ctx, p, cost_fn).model_dump(exclude={"steps_notes"}),
     )
 
 

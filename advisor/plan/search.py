@@ -36,6 +36,7 @@ from advisor.plan.space import (
     describe_config,
     estimate,
     host_fits,
+    plan_step_factor,
     usable_memory,
 )
 from advisor.taxonomy import Category, Order, StateKind
@@ -681,6 +682,7 @@ class _Point:
     rule: float
     simplicity: int
     clashes: frozenset[str] = frozenset()
+    steps: float = 1.0  # steps to AdamW's loss, as the objective counts them
 
 
 def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
@@ -694,7 +696,7 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
     for p in sorted(points, key=lambda p: (p.simplicity, p.key)):
         for g in groups:
             h = g[0]
-            same = p.clashes == h.clashes
+            same = p.clashes == h.clashes and p.steps == h.steps
             if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
                 g.append(p)
                 break
@@ -712,6 +714,7 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
             # A value that rules out a saver (8-bit states cannot be offloaded) never
             # stands in for one that allows it.
             and b.clashes <= a.clashes
+            and b.steps <= a.steps
             and (b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule)
             for b in heads
         )
@@ -878,6 +881,7 @@ def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point |
         if other in _SAVER_IDS
     }
     return _Point(
+        steps=plan_step_factor(s.ctx, c),
         clashes=frozenset(clashes),
         key=key,
         memory=m.total_bytes + m.host_bytes // 16,

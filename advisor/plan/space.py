@@ -17,6 +17,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.convergence import ConvergenceCache, objective_steps, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind
 from advisor.memory import DeviceOverheads, MemoryEstimate, estimate_memory
@@ -42,6 +43,7 @@ class Objective(str, Enum):
     MEMORY = "memory"
     BALANCED = "balanced"
     QUALITY = "quality"
+    TIME_TO_TARGET = "time-to-target"  # steps to AdamW's loss x step time (convergence.py)
 
 
 class Privacy(str, Enum):
@@ -152,6 +154,7 @@ class Context(BaseModel):
     taxonomy: Taxonomy
     ruleset: RuleSet
     batch: GlobalBatch | None = None
+    convergence: ConvergenceCache | None = None  # calibrate --convergence on this device
 
     @property
     def global_batch(self) -> GlobalBatch:
@@ -455,3 +458,12 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
     }
     declared = set(ctx.ruleset.facts.facts)
     return {k: v for k, v in facts.items() if k in declared}
+
+
+def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:
+    """The plan's steps to AdamW's loss as the objective counts them (advisor/convergence.py:
+    published ranges, or the measured proxy): the step time's multiplier in the score."""
+    steps = plan_steps(
+        ctx.taxonomy, config.optimizer, config.task, ctx.spec.parameter_count(), ctx.convergence
+    )
+    return objective_steps(ctx.workload.objective.value, steps)

@@ -1,0 +1,312 @@
+"""The GPU step-time model's structure: directions, formulas and published anchors.
+
+No absolute time of this machine is asserted: the model is analytic (datasheet x fitted
+efficiencies), and the anchors are published throughput figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from advisor.calibration.allreduce import bus_bandwidth, measure_collectives
+from advisor.calibration.runner import time_gemm_shapes
+from advisor.calibration.timing import synchronizer
+from advisor.config import (
+    Checkpointing,
+    Offload,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
+from advisor.cost import (
+    AttentionKernel,
+    Source,
+    attention_efficiency,
+    attention_kernel,
+    gemm_efficiency,
+    layer_shape,
+    predict_step_time,
+)
+from advisor.costdata import (
+    CalibrationCache,
+    Fingerprint,
+    GemmTiming,
+    ShapeResults,
+)
+from advisor.errors import UserError
+from advisor.hardware import get_hardware_profile
+from advisor.modelspec import get_model_profile
+
+A100 = get_hardware_profile("a100-sxm-80gb")
+H100 = get_hardware_profile("h100-sxm-80gb")
+LLAMA8 = get_model_profile("llama-3.1-8b")
+LLAMA70 = get_model_profile("llama-3.1-70b")
+BASE = TrainingConfig(
+    task=Task.PRETRAIN, precision=Precision.BF16_MIXED, micro_batch=1, seq_len=4096
+)
+
+
+def st(config: TrainingConfig, spec: Any = LLAMA8, hw: Any = A100) -> Any:
+    return predict_step_time(spec, config, calibration=None, hardware=hw)
+
+
+def tokens_per_gpu(config: TrainingConfig, spec: Any = LLAMA8, hw: Any = A100) -> float:
+    s = st(config, spec, hw).seconds
+    tokens = config.micro_batch * config.seq_len * config.grad_accumulation
+    return tokens / s / (config.tensor_parallel * config.pipeline_parallel)
+
+
+def test_every_gpu_profile_has_sourced_efficiencies() -> None:
+    from advisor.hardware import DeviceKind, load_hardware_profiles
+
+    gpus = [p for p in load_hardware_profiles().values() if p.kind is not DeviceKind.CPU]
+    assert len(gpus) == 15
+    for p in gpus:
+        eff = p.gpu_efficiency()
+        for field in ("gemm_max", "gemm_m0", "gemm_n0", "bandwidth", "overlap"):
+            assert getattr(eff, field).source
+        assert all(a.source for a in eff.attention.values())
+
+
+def test_a_profile_without_fitted_constants_is_a_user_error() -> None:
+    bare = A100.model_copy(update={"efficiency": None})
+    with pytest.raises(UserError, match="no fitted step-time constants"):
+        st(BASE, hw=bare)
+
+
+def test_gemm_efficiency_falls_for_few_tokens_and_thin_layers() -> None:
+    eff = A100.gpu_efficiency()
+    wide = gemm_efficiency(eff, 8192, 4096, 4096)
+    assert gemm_efficiency(eff, 128, 4096, 4096) < gemm_efficiency(eff, 1024, 4096, 4096) < wide
+    assert gemm_efficiency(eff, 8192, 256, 4096) < wide
+    assert wide <= eff.gemm_max.value
+
+
+def test_time_grows_with_tokens_but_throughput_does_not_fall() -> None:
+    small, big = BASE, BASE.model_copy(update={"micro_batch": 4})
+    assert st(big).seconds > st(small).seconds
+    assert tokens_per_gpu(big) >= tokens_per_gpu(small)
+
+
+def test_attention_kernels_follow_the_papers() -> None:
+    eff = H100.gpu_efficiency()
+    # FlashAttention's efficiency rises with sequence length; causal masks saturate later.
+    assert attention_efficiency(eff, AttentionKernel.FA2, 512, 128, True) < (
+        attention_efficiency(eff, AttentionKernel.FA2, 8192, 128, True)
+    )
+    assert attention_efficiency(eff, AttentionKernel.FA2, 1024, 128, True) < (
+        attention_efficiency(eff, AttentionKernel.FA2, 1024, 128, False)
+    )
+    # The fused stack runs FA3 on Hopper; SDPA (hf) runs FA2; Volta falls back.
+    assert attention_kernel(BASE.model_copy(update={"stack": Stack.FUSED}), H100) is (
+        AttentionKernel.FA3
+    )
+    assert attention_kernel(BASE, H100) is AttentionKernel.FA2
+    v100 = get_hardware_profile("v100-32gb")
+    assert attention_kernel(BASE, v100) is AttentionKernel.MEM_EFFICIENT
+
+
+def test_fa2_fit_reproduces_the_papers_a100_figures() -> None:
+    # Dao 2023, Fig. 4 (A100, fwd+bwd, head dim 128): ~187 TFLOP/s causal at 16k, ~88 at 512.
+    eff = A100.gpu_efficiency()
+    long_ = attention_efficiency(eff, AttentionKernel.FA2, 16384, 128, True) * 312
+    short = attention_efficiency(eff, AttentionKernel.FA2, 512, 128, True) * 312
+    assert long_ == pytest.approx(187, rel=0.1)
+    assert short == pytest.approx(88, rel=0.2)
+
+
+def test_fused_stack_is_faster_than_hf() -> None:
+    fused = BASE.model_copy(update={"stack": Stack.FUSED})
+    assert st(fused).seconds < st(BASE).seconds
+    assert st(fused).components["elementwise"].seconds < st(BASE).components["elementwise"].seconds
+    assert st(fused).components["optimizer_step"].detail == "fused"
+
+
+def test_tensor_parallel_comm_grows_with_tp() -> None:
+    two = st(BASE.model_copy(update={"tensor_parallel": 2}))
+    eight = st(BASE.model_copy(update={"tensor_parallel": 8}))
+    per_device_tokens = BASE.micro_batch * BASE.seq_len
+    # Per layer 8 collectives of (n-1)/n x tokens x h x 2 bytes (Korthikanti et al. 2022):
+    # the volume ratio between TP 8 and TP 2 is (7/8) / (1/2) = 1.75.
+    ratio = (
+        eight.components["tensor_parallel_comm"].seconds
+        / two.components["tensor_parallel_comm"].seconds
+    )
+    assert ratio == pytest.approx(1.75, rel=1e-6)
+    assert per_device_tokens > 0 and "tensor_parallel_comm" not in st(BASE).components
+
+
+def test_pipeline_bubble_is_p_minus_1_over_m_v() -> None:
+    m, p = 8, 4
+    for v in (1, 2):
+        cfg = BASE.model_copy(
+            update={"pipeline_parallel": p, "virtual_stages": v, "grad_accumulation": m}
+        )
+        c = st(cfg, LLAMA70).components
+        per_step = sum(
+            x.seconds
+            for k, x in c.items()
+            if k
+            not in (
+                "pipeline_bubble",
+                "optimizer_step",
+                "master_copies",
+                "communication",
+                "offload_transfer",
+            )
+        )
+        # Narayanan et al. 2021: bubble fraction (p - 1) / (m v) of the ideal time.
+        assert c["pipeline_bubble"].seconds / per_step == pytest.approx((p - 1) / (m * v))
+
+
+def test_overlap_hides_fsdp_comm_when_compute_is_long() -> None:
+    cfg = BASE.model_copy(update={"gpus": 64, "sharding": Sharding.FSDP, "seq_len": 2048})
+    short = st(cfg, LLAMA70).components["communication"].seconds
+    long_cfg = cfg.model_copy(update={"micro_batch": 8})
+    long_ = st(long_cfg, LLAMA70).components["communication"].seconds
+    # The all-gather volume is the same for any micro-batch; 8x the compute hides more of it.
+    assert long_ < short
+
+
+def test_hsdp_keeps_the_parameter_gathers_inside_a_node() -> None:
+    cfg = BASE.model_copy(update={"gpus": 64, "sharding": Sharding.FSDP})
+    hsdp = cfg.model_copy(update={"sharding": Sharding.HSDP})
+    fsdp_c = st(cfg, LLAMA70).components["communication"]
+    hsdp_c = st(hsdp, LLAMA70).components["communication"]
+    assert "replicas" in hsdp_c.detail and hsdp_c.seconds <= fsdp_c.seconds
+
+
+def test_data_parallel_over_nodes_is_slower_than_inside_one() -> None:
+    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
+    inside = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100)
+    across = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100, gpus_per_node=4)
+    told = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100, interconnect_gb_s=50.0)
+    inside_s = inside.components["communication"].seconds
+    assert across.components["communication"].seconds > inside_s
+    assert told.components["communication"].seconds > inside_s
+    assert "InfiniBand" in across.components["communication"].detail
+
+
+def test_offload_variants_order_as_their_bandwidths() -> None:
+    host = st(BASE.model_copy(update={"offload": Offload.OPTIMIZER}))
+    nvme = st(BASE.model_copy(update={"offload": Offload.OPTIMIZER_NVME}))
+    assert nvme.components["optimizer_step"].seconds > host.components["optimizer_step"].seconds
+    overlapped = st(
+        BASE.model_copy(update={"offload": Offload.OPTIMIZER, "optimizer_in_backward": True})
+    )
+    assert (
+        overlapped.components["optimizer_step"].seconds < host.components["optimizer_step"].seconds
+    )
+    act = st(
+        BASE.model_copy(update={"activation_offload": True, "checkpointing": Checkpointing.FULL})
+    )
+    assert "activation_offload" in act.components
+
+
+def test_expert_parallel_adds_all_to_all() -> None:
+    mixtral = get_model_profile("mixtral-8x7b")
+    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
+    ep = st(cfg.model_copy(update={"expert_parallel": 8}), mixtral)
+    assert ep.components["expert_all_to_all"].seconds > 0
+    assert "expert_all_to_all" not in st(cfg, mixtral).components
+
+
+def test_published_anchor_torchtitan_llama3_8b_on_a100() -> None:
+    # torchtitan docs/performance.md: Llama 3 8B, FSDP2 over 64 A100-80GB, local batch 1 x
+    # 8192, selective checkpointing: 2,904-2,973 tokens/s per GPU.
+    cfg = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=Precision.BF16_MIXED,
+        micro_batch=1,
+        seq_len=8192,
+        gpus=64,
+        sharding=Sharding.FSDP,
+        checkpointing=Checkpointing.SELECTIVE,
+    )
+    assert tokens_per_gpu(cfg) == pytest.approx(2940, rel=0.15)
+
+
+# --- CUDA calibration paths (run here on the CPU or with fakes) ---------------------------
+
+
+def _cache(results: ShapeResults, **kw: Any) -> CalibrationCache:
+    fp = Fingerprint(
+        device="cuda:0", device_name="fake", torch_version="2", torch_build="cuda", threads=8
+    )
+    return CalibrationCache(fingerprint=fp, created_at="now", mode="quick", shapes=[results], **kw)
+
+
+def test_measured_gemms_and_collectives_are_used_and_labelled() -> None:
+    from advisor.cost import block_gemms
+
+    shapes = {(g.n, g.k) for g in block_gemms(LLAMA8, 1)}
+    gemms = [
+        GemmTiming(m=m, n=n, k=k, dtype="bf16", tflops=100.0)
+        for n, k in shapes
+        for m in (512, 8192)
+    ]
+    results = ShapeResults(shape=layer_shape(LLAMA8), gemms=gemms)
+    cache = _cache(results, collectives={"all_gather": 50.0}, collective_ranks=8)
+    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
+    measured = predict_step_time(LLAMA8, cfg, calibration=cache, hardware=A100)
+    c = measured.components
+    assert c["forward_backward"].source is Source.MEASURED
+    flops = sum(g.flops for g in block_gemms(LLAMA8, 4096)) * 3 * 32
+    assert c["forward_backward"].seconds == pytest.approx(flops / 100e12, rel=1e-9)
+    assert c["communication"].source is Source.MEASURED
+
+
+def test_gemm_shapes_are_timed_for_real_on_the_cpu() -> None:
+    import torch
+
+    from advisor.modelspec import ModelSpec
+
+    tiny = ModelSpec.model_validate(
+        {
+            **get_model_profile("llama-2-7b").model_dump(),
+            "id": "tiny",
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+            "head_dim": 16,
+            "intermediate_size": 128,
+            "vocab_size": 256,
+            "published_parameters": None,
+            "published_parameters_source": None,
+        }
+    )
+    timings, note = time_gemm_shapes(
+        torch, "cpu", synchronizer(torch, "cpu"), tiny, "fp32", [8, 32]
+    )
+    assert note == ""
+    assert {(t.n, t.k) for t in timings} == {(64, 64), (128, 64), (64, 128)}
+    assert all(t.tflops > 0 and t.m in (8, 32) for t in timings)
+
+
+class _OomTorch:
+    """A torch stand-in whose allocations fail as CUDA's do when memory runs out."""
+
+    float32 = "float32"
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    def randn(self, *shape: int, device: str = "") -> Any:
+        raise self.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_gemm_timing_catches_out_of_memory() -> None:
+    timings, note = time_gemm_shapes(_OomTorch(), "cuda:0", lambda: None, LLAMA8, "fp32", [512])
+    assert timings == [] and "out of memory" in note
+
+
+def test_collectives_skip_with_one_gpu_and_use_nccl_bus_bandwidth() -> None:
+    assert measure_collectives("cuda:0", 1) == ({}, "collectives need at least 2 GPUs: skipped")
+    # nccl-tests: all-gather busbw = S (n-1)/n / t; all-reduce twice that.
+    assert bus_bandwidth("all_gather", 8e9, 1.0, 8) == pytest.approx(7.0)
+    assert bus_bandwidth("all_reduce", 8e9, 1.0, 8) == pytest.approx(14.0)
