@@ -54,10 +54,12 @@ def test_adamw_is_the_baseline_at_every_size() -> None:
 
 def test_optimizers_that_only_compress_adamw_state_are_about_one() -> None:
     # 8-bit Adam, paged 8-bit, Adam-mini and GaLore save memory, not steps (their sources).
+    # (Adam-family states only: 8-bit SGD/RMSprop/Adagrad take their base's steps.)
     savers = [
         t
         for t in TAX.optimizers()
         if t.memory is not None
+        and "adam" in t.id
         and t.memory.state
         in (StateKind.QUANTIZED_BLOCKWISE, StateKind.BLOCK_MEAN, StateKind.LOW_RANK_PROJECTED)
     ]
@@ -272,15 +274,20 @@ def test_mezo_never_outranks_a_first_order_plan_that_fits(
     # the same layout with AdamW, and off the top of the ranking.
     r = rec(size, hardware=hardware, objective=objective, top=100_000)
     assert r.recommendations[0].order != "zeroth"
-    rank = {x.config: x.rank for x in r.recommendations}
+    # Rows are distinct plans, each at its own best batch geometry: the twin is the best
+    # AdamW row (shown or folded into "also") of the same task and layout.
+    adamw_rank: dict[tuple[str, str], int] = {}
+    for x in r.recommendations:
+        if x.optimizer == "adamw" or "adamw" in x.also:
+            adamw_rank.setdefault((x.task, x.layout), x.rank)
     zeroth = [x for x in r.recommendations if x.order == "zeroth"]
     assert zeroth, "MeZO fits in these scenarios (inference memory)"
     compared = 0
     for z in zeroth:
-        twin = z.config.model_copy(update={"optimizer": "adamw"})
-        if twin in rank:
+        twin = adamw_rank.get((z.task, z.layout))
+        if twin is not None:
             compared += 1
-            assert rank[twin] < z.rank, z.configuration if hasattr(z, "configuration") else z
+            assert twin < z.rank, (z.optimizer, z.layout)
     assert compared > 0
 
 
