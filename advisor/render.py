@@ -611,7 +611,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             ]
             savers = [x for x in savers if x]
             if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
-                savers.append(r.layout)
+                # The layout names the sharding too ("tp2 pp2 dp8 fsdp").
+                sharded = {"zero-1", "zero-2", "zero-3", "fsdp", "hsdp"}
+                savers = [x for x in savers if x not in sharded] + [r.layout]
             rows.append(
                 [
                     str(r.rank),
