@@ -1071,7 +1071,10 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
     scored: list[tuple[float, int, Layout]] = []
     frugal: list[tuple[int, Layout]] = []
     for lay in layouts:
-        plans = [p for r in refs for p in s.ladder_for(r, lay)]
+        plans = s.ladder_for(refs[0], lay)
+        for r in refs[1:]:
+            if not any(p.exact_batch for p in plans):
+                plans += s.ladder_for(r, lay)  # the leaner core, where the baseline fails
         if plans:
             scored.append((min(p.seconds_per_token for p in plans), len(scored), lay))
         c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
