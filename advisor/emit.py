@@ -1110,7 +1110,7 @@ def emit_torchtitan(
         interleaved = config.virtual_stages > 1
         parallelism["pipeline_parallel_schedule"] = "Interleaved1F1B" if interleaved else "1F1B"
         parallelism["pipeline_parallel_microbatch_size"] = config.micro_batch
-        if config.virtual_stages > 2 or (not interleaved and num_layers is not None):
+        if config.virtual_stages > 2:
             stages = config.pipeline_parallel * config.virtual_stages
             per_stage, first, last = _stage_split(num_layers, stages)
             parallelism["pipeline_parallel_layers_per_stage"] = per_stage
@@ -1242,13 +1242,15 @@ def _stage_split(num_layers: int | None, stages: int) -> tuple[int, int, int]:
             f"{stages} pipeline stages need the model's layer count to place the blocks",
             "pass the model (--model or --model-config) so its layer count is known",
         )
-    for per_stage in range(1, num_layers + 3):
-        extras = sorted(range(2 * per_stage + 1), key=lambda e: (abs(e - 2), e))
-        for extra in extras:
-            effective = num_layers + extra
-            first, last = (extra + 1) // 2, extra // 2
-            fits = max(first, last) <= effective // stages
-            if fits and (stages - 1) * per_stage < effective <= stages * per_stage:
+    # The default weights (1 + 1) first, then the nearest: they balance the embedding and
+    # the head against the blocks.
+    for extra in sorted(range(2 * num_layers + 3), key=lambda e: (abs(e - 2), e)):
+        effective = num_layers + extra
+        first, last = (extra + 1) // 2, extra // 2
+        if max(first, last) > effective // stages:
+            continue
+        for per_stage in range(1, effective + 1):
+            if (stages - 1) * per_stage < effective <= stages * per_stage:
                 return per_stage, first, last
     raise UserError(
         f"{num_layers} layers cannot be split into {stages} pipeline stages",
@@ -1430,7 +1432,8 @@ def emit_megatron(
         )
     if config.activation_offload:
         expressed.change(
-            "Megatron-LM's activation offload does not combine with recomputation",
+            "this export does not write Megatron-LM's activation CPU offloading (its "
+            "TransformerConfig rejects it with pipeline parallelism or recomputation)",
             activation_offload=False,
         )
     lines = [
