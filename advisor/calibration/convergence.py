@@ -2,7 +2,7 @@
 
 Trains a small proxy of the user's architecture family — the same block (norm, MLP kind,
 attention with rotary positions, causal language modelling) scaled down so that each run
-takes a second or two on a CPU — on a synthetic corpus with real structure, with every
+takes a few seconds on a CPU — on a synthetic corpus with real structure, with every
 candidate optimizer at a short learning-rate sweep and a fixed step budget. AdamW's best
 final held-out loss is the target; each optimizer's best run reports the steps it took to
 reach it (interpolated between evaluations), or "not reached" (its ratio is then a lower
@@ -52,9 +52,9 @@ from advisor.modelspec import Arch, Mlp, ModelSpec, Norm
 
 Progress = Callable[[str, float], None]
 
-# The default wall-clock budget. The default set (8 optimizers x 3 rates = 24 runs) costs
-# about 6 s of CPU per run at 200 steps on one EPYC core; on a busy machine the budget stops
-# it after pass 1 (one rate per optimizer) and marks the cache partial.
+# The default wall-clock budget. The default set (8 optimizers x 3 rates = 24 runs) took
+# 113 s on one quiet EPYC core (about 4.5 s per run at 200 steps); on a busy machine the
+# budget stops it after pass 1 (one rate per optimizer) and marks the cache partial.
 DEFAULT_BUDGET_S = 180.0
 STEPS = 200
 EVAL_EVERY = 20
