@@ -49,6 +49,21 @@ class Interconnect(_Frozen):
     )
 
 
+class Host(_Frozen):
+    """The typical machine a profile's devices sit in: what offload plans are judged against.
+
+    Per node; the planner divides it among the GPUs it plans on that node.
+    """
+
+    name: str
+    memory_gib: float = Field(gt=0, description="host RAM of the node, GiB")
+    nvme_tb: float | None = Field(
+        default=None, ge=0, description="local NVMe of the node, TB (ZeRO-Infinity offload)"
+    )
+    gpus: int = Field(default=1, ge=1, description="accelerators that share this host")
+    source: str = Field(min_length=3, description="the vendor page, or 'assumption: ...'")
+
+
 class Generation(str, Enum):
     """A GPU architecture generation: the step-time model's efficiencies are fitted per one."""
 
@@ -99,21 +114,6 @@ class GpuEfficiency(_Frozen):
         description="per kernel: fa2, fa3, cudnn, mem-efficient, eager"
     )
     gpus_per_node: int = Field(default=8, ge=1, description="devices one node holds (NVLink)")
-
-
-class Host(_Frozen):
-    """The typical machine a profile's devices sit in: what offload plans are judged against.
-
-    Per node; the planner divides it among the GPUs it plans on that node.
-    """
-
-    name: str
-    memory_gib: float = Field(gt=0, description="host RAM of the node, GiB")
-    nvme_tb: float | None = Field(
-        default=None, ge=0, description="local NVMe of the node, TB (ZeRO-Infinity offload)"
-    )
-    gpus: int = Field(default=1, ge=1, description="accelerators that share this host")
-    source: str = Field(min_length=3, description="the vendor page, or 'assumption: ...'")
 
 
 class HardwareProfile(_Frozen):

@@ -78,7 +78,6 @@ class Col(NamedTuple):
     justify: JustifyMethod = "left"
     style: str | None = None
     nowrap: bool = False  # short values (numbers with units) kept on one line
-    optional: bool = False  # dropped (last first) before the table turns into blocks
 
 
 def print_table(
@@ -87,45 +86,18 @@ def print_table(
     *,
     title: str | None = None,
     **table_options: Any,
-) -> set[str]:
+) -> None:
     """Draw rows so that no id is ever truncated, at any width and when piped.
 
     Id columns never wrap and are as wide as their longest id; every other cell folds.
-    Optional columns are dropped, last first, while the table is too wide; when even the
-    narrowest table is wider than the console, each row is printed as
+    When even the narrowest such table is wider than the console, each row is printed as
     a block instead (its first id, then one ``header: value`` line per other cell), with
     lines that the terminal may wrap but nothing crops.
-
-    Returns:
-        The headers of the columns shown.
     """
+    from rich.measure import Measurement
+
     rows = [list(r) for r in rows]
-    shown = list(range(len(columns)))
-    while True:
-        table = _table([columns[i] for i in shown], [[r[i] for i in shown] for r in rows])
-        if title:
-            table.title, table.title_justify = title, "left"
-        for key, value in table_options.items():
-            setattr(table, key, value)
-        if _minimum_width(table) <= console.width:
-            console.print(table)
-            return {columns[i].header for i in shown}
-        optional = [i for i in shown if columns[i].optional]
-        if not optional:
-            break
-        shown.remove(optional[-1])  # NOTE: a narrower console first loses the extras
-    if title:
-        console.print(f"[bold]{title}[/]", soft_wrap=True)
-    for r in rows:
-        head = r[0] if columns[0].ident else f"{columns[0].header}{r[0]}"
-        console.print(head, soft_wrap=True, style=columns[0].style or "bold")
-        for col, cell in zip(columns[1:], r[1:], strict=True):
-            console.print(f"  {escape(col.header)}: {cell}", soft_wrap=True)
-    return {c.header for c in columns}
-
-
-def _table(columns: Sequence[Col], rows: list[list[str]]) -> Table:
-    table = Table()
+    table = Table(title=title, title_justify="left", **table_options)
     for i, col in enumerate(columns):
         cells = [Text.from_markup(r[i]).plain for r in rows]
         if col.ident or col.nowrap:
@@ -143,14 +115,19 @@ def _table(columns: Sequence[Col], rows: list[list[str]]) -> Table:
         )
     for r in rows:
         table.add_row(*r)
-    return table
-
-
-def _minimum_width(table: Table) -> int:
-    from rich.measure import Measurement
-
     # NOTE: measured unconstrained: rich clamps a measurement to the width it is given.
-    return Measurement.get(console, console.options.update_width(10**6), table).minimum
+    if Measurement.get(console, console.options.update_width(10**6), table).minimum <= (
+        console.width
+    ):
+        console.print(table)
+        return
+    if title:
+        console.print(f"[bold]{title}[/]", soft_wrap=True)
+    for r in rows:
+        head = r[0] if columns[0].ident else f"{columns[0].header}{r[0]}"
+        console.print(head, soft_wrap=True, style=columns[0].style or "bold")
+        for col, cell in zip(columns[1:], r[1:], strict=True):
+            console.print(f"  {escape(col.header)}: {cell}", soft_wrap=True)
 
 
 def _yes(flag: bool | None) -> str:
@@ -611,6 +588,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     else:
         from rich import box
 
+        wide = console.width >= 100
         columns = [
             Col("#", justify="right", nowrap=True),
             Col("optimizer", ident=True),
@@ -619,7 +597,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             Col("batch", justify="right", nowrap=True),
             Col("savers, layout"),
             Col("peak", justify="right", nowrap=True),
-            Col("free", justify="right", nowrap=True, optional=True),
+            *((Col("free", justify="right", nowrap=True),) if wide else ()),
             Col("step", justify="right", nowrap=True),
             Col("to target", justify="right", nowrap=True),
             Col("tokens/s", justify="right", nowrap=True),
@@ -633,7 +611,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             ]
             savers = [x for x in savers if x]
             if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
-                savers.append(r.layout)
+                # The layout names the sharding too ("tp2 pp2 dp8 fsdp").
+                sharded = {"zero-1", "zero-2", "zero-3", "fsdp", "hsdp"}
+                savers = [x for x in savers if x not in sharded] + [r.layout]
             rows.append(
                 [
                     str(r.rank),
@@ -643,15 +623,13 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                     f"{r.micro_batch}×{r.grad_accumulation}",
                     ", ".join(savers) or "-",
                     format_bytes(r.peak_memory_bytes),
-                    format_bytes(r.headroom_bytes),
+                    *((format_bytes(r.headroom_bytes),) if wide else ()),
                     format_seconds(r.step_time_s),
                     _to_target(r.time_to_target_rel),
                     f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
                 ]
             )
-        shown = print_table(
-            columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
-        )
+        print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         sources = sorted({r.cost_source for r in report.recommendations})
         for r in report.recommendations:
             if r.also:
@@ -660,9 +638,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
                 console.print(f"[dim]  #{r.rank}: {escape(r.global_batch_note)}[/]")
         console.print(
             f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
-            "peak: per-device memory"
-            + ("; free: what it leaves" if "free" in shown else "")
-            + "[/]"
+            "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
         )
         best = report.recommendations[0]
         _render_steps(best)

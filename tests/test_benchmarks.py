@@ -143,8 +143,8 @@ def test_regret_of_the_first_pick(one_thread: None, tmp_path: Path) -> None:
     )
     result = regret.run(setup, passes=2, max_seconds=5, cache_root=tmp_path, log=lambda *_: None)
     table = regret.format_table(result)
-    # NOTE: the plan search folds equivalent rows and prunes dominated ones, so the ranking
-    # has fewer distinct values for the sample to cover than the old enumerator's.
+    # The recommender's rows are distinct plans (equivalents fold into one row), so fewer
+    # rows exist to sample than when every label had its own.
     assert result["measured"] >= 10, table
     assert result["regret_pct"] is not None, table
     regret_pct = result["regret_pct"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -55,26 +54,18 @@ def test_adamw_is_the_baseline_at_every_size() -> None:
 
 def test_optimizers_that_only_compress_adamw_state_are_about_one() -> None:
     # 8-bit Adam, paged 8-bit, Adam-mini and GaLore save memory, not steps (their sources).
+    # (Adam-family states only: 8-bit SGD/RMSprop/Adagrad take their base's steps.)
     savers = [
         t
         for t in TAX.optimizers()
         if t.memory is not None
+        and "adam" in t.id
         and t.memory.state
         in (StateKind.QUANTIZED_BLOCKWISE, StateKind.BLOCK_MEAN, StateKind.LOW_RANK_PROJECTED)
-        # 8-bit SGD, Lion, LAMB ... compress their own optimizer's state: its steps.
-        and t.id.removeprefix("paged-").startswith(("adam", "galore-adam"))
     ]
     assert {t.id for t in savers} >= {"adamw-8bit", "paged-adamw-8bit", "adam-mini", "galore-adamw"}
     for t in savers:
         assert steps_vs_adamw(t, 10**9).central == pytest.approx(1.0, abs=0.05), t.id
-
-
-def test_eight_bit_variants_take_their_base_optimizers_steps() -> None:
-    # Dettmers et al. 2022: 8-bit states match the 32-bit optimizer they compress.
-    for eight, base in (("lion-8bit", "lion"), ("sgd-momentum-8bit", "sgd-momentum")):
-        a = steps_vs_adamw(TAX.get(eight), 10**9)
-        b = steps_vs_adamw(TAX.get(base), 10**9)
-        assert (a.low, a.central, a.high) == (b.low, b.central, b.high)
 
 
 def test_muon_advantage_at_7b_is_smaller_than_at_125m() -> None:
@@ -283,24 +274,20 @@ def test_mezo_never_outranks_a_first_order_plan_that_fits(
     # the same layout with AdamW, and off the top of the ranking.
     r = rec(size, hardware=hardware, objective=objective, top=100_000)
     assert r.recommendations[0].order != "zeroth"
+    # Rows are distinct plans, each at its own best batch geometry: the twin is the best
+    # AdamW row (shown or folded into "also") of the same task and layout.
+    adamw_rank: dict[tuple[str, str], int] = {}
+    for x in r.recommendations:
+        if x.optimizer == "adamw" or "adamw" in x.also:
+            adamw_rank.setdefault((x.task, x.layout), x.rank)
     zeroth = [x for x in r.recommendations if x.order == "zeroth"]
     assert zeroth, "MeZO fits in these scenarios (inference memory)"
-
-    # The plan search picks each plan's own batch geometry, so the twin is the AdamW plan of
-    # the same layout and precision, whatever its micro-batch.
-    def layout(c: Any) -> tuple[Any, ...]:
-        return (c.precision, c.sharding, c.gpus, c.tensor_parallel, c.pipeline_parallel)
-
-    adamw_rank: dict[tuple[Any, ...], int] = {}
-    for x in r.recommendations:
-        if x.optimizer == "adamw":
-            adamw_rank.setdefault(layout(x.config), x.rank)
     compared = 0
     for z in zeroth:
-        twin = adamw_rank.get(layout(z.config))
+        twin = adamw_rank.get((z.task, z.layout))
         if twin is not None:
             compared += 1
-            assert twin < z.rank, z.config
+            assert twin < z.rank, (z.optimizer, z.layout)
     assert compared > 0
 
 
@@ -395,7 +382,7 @@ def test_interrupt_keeps_partial_results(tmp_path: Path, monkeypatch: pytest.Mon
 def test_public_curves_are_pinned_and_covered_by_the_ranges() -> None:
     # modded-nanogpt's logs did not set any range (the central values come from Wen et al.
     # 2025): every ratio recomputed from them must fall inside the tool's 124M range.
-    from benchmarks.convergence_coverage import ALGOPERF, DATA, coverage
+    from benchmarks.convergence_coverage import DATA, coverage
 
     data = json.loads(DATA.read_text())
     assert len(data["commit"]) == 40
@@ -404,32 +391,5 @@ def test_public_curves_are_pinned_and_covered_by_the_ranges() -> None:
     assert result.total >= 5
     assert {o.optimizer for o in result.observations} >= {"muon", "soap", "shampoo"}
     assert result.inside == result.total, [o for o in result.observations if not o.inside]
-    # Every matrix-preconditioned optimizer needs fewer steps than AdamW in these logs.
+    # Every faster optimizer needs fewer steps than AdamW in these logs.
     assert all(o.ratio < 1 for o in result.observations)
-    # AlgoPerf's language-model workload (253M): Muon inside its interpolated range. (Lion,
-    # 1.27x the baseline's steps, lies above its 1.2 high end: reported, not hidden; another
-    # NAdamW submission took 1.25x the baseline's steps on the same workload.)
-    algoperf = json.loads(ALGOPERF.read_text())
-    assert algoperf["commit"] in algoperf["file"]
-    both = coverage(data, algoperf)
-    muon = [
-        o for o in both.observations if o.group.startswith("AlgoPerf") and o.optimizer == "muon"
-    ]
-    assert len(muon) == 2 and all(o.inside for o in muon)
-    assert both.total == result.total + 3
-
-
-def test_calibrate_convergence_cli_respects_a_tiny_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A budget smaller than one run: nothing is trained, every optimizer says why, exit 0.
-    monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path))
-    out = CliRunner().invoke(
-        app, ["calibrate", "--convergence", "--budget", "0.001", "--json"], env={"NO_COLOR": "1"}
-    )
-    assert out.exit_code == 0, out.output
-    cache = ConvergenceCache.model_validate_json(out.output)
-    assert cache.partial and cache.target_loss is None
-    assert all(r.status == "skipped" and not r.runs for r in cache.results)
-    bad = CliRunner().invoke(app, ["calibrate", "--convergence", "--budget", "0"])
-    assert bad.exit_code == 2 and "--budget must be positive" in bad.output

@@ -3,15 +3,8 @@ would fit when nothing does."""
 
 from __future__ import annotations
 
-from advisor.config import (
-    Checkpointing,
-    Offload,
-    Precision,
-    Sharding,
-    Stack,
-    Task,
-    TrainingConfig,
-)
+from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
+from advisor.convergence import plan_steps
 from advisor.engine import Decision
 from advisor.hardware import DeviceKind
 from advisor.plan.layout import Layout
@@ -122,12 +115,20 @@ def why_not(
                     option=label,
                     verdict=f"fits ({format_bytes(p.memory.total_bytes)}, micro-batch "
                     f"{p.config.micro_batch}) but ranks #{position + 1} of {len(rows)}: "
-                    f"{p.cost.seconds:.3g} s/step, rule score {p.rule_score:+g}",
+                    f"{p.cost.seconds:.3g} s/step, {_steps(ctx, p):.3g}x AdamW's steps to "
+                    f"its loss, rule score {p.rule_score:+g}",
                 )
             )
             continue
         out.append(WhyNot(option=label, verdict=_judge(ctx, decision, ev, config, lay)))
     return out
+
+
+def _steps(ctx: Context, p: Plan) -> float:
+    c = p.config
+    return plan_steps(
+        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
+    ).central
 
 
 def _position(rows: list[Row], config: TrainingConfig) -> int | None:

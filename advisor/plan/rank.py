@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from advisor.config import Task
-from advisor.convergence import StepsRange, objective_steps
 from advisor.plan.search import EQUIVALENT, Plan
 from advisor.plan.space import Objective, describe_config
 
@@ -24,9 +23,6 @@ RULE_WEIGHT = {
     "quality": 0.5,
     "time-to-target": 0.02,
 }
-
-#: A plan's step factor against AdamW (advisor/convergence.py): steps to AdamW's loss.
-StepsOf = Callable[[Plan], StepsRange]
 
 
 def objective_score(
@@ -75,7 +71,10 @@ def _quality_class(objective: Objective, plan: Plan) -> int:
 
 
 def rank_plans(
-    plans: list[Plan], objective: Objective, usable: int, steps_of: StepsOf | None = None
+    plans: list[Plan],
+    objective: Objective,
+    usable: int,
+    steps_of: Callable[[Plan], float] | None = None,
 ) -> list[Row]:
     """Every plan, best first, with equivalent plans folded into one row.
 
@@ -83,14 +82,10 @@ def rank_plans(
     updates without accumulation), then by objective score. Two plans are the same row when
     they train the same way (task, precision and the batch) at the same memory and time:
     FSDP and ZeRO-3 at equal cost, or optimizers that differ by megabytes on adapters. The
-    row shows the simplest of them, never the one a preference happens to favour. Plans
-    whose optimizers need different numbers of steps to AdamW's loss (``steps_of``) differ
-    in quality, so they never fold together nor dominate one another.
+    row shows the simplest of them, never the one a preference happens to favour.
     """
-    factor: dict[int, float] = {}
-    for p in plans:
-        factor[id(p)] = steps_of(p).central if steps_of else 1.0
-    plans = prune_dominated(plans, factor)
+    steps = {id(p): (steps_of(p) if steps_of else 1.0) for p in plans}
+    plans = prune_dominated(plans, steps)
     scored = sorted(
         (
             (
@@ -102,7 +97,7 @@ def rank_plans(
                     p.memory.total_bytes,
                     usable,
                     p.rule_score,
-                    objective_steps(objective.value, steps_of(p)) if steps_of else 1.0,
+                    steps[id(p)],
                 ),
                 p.seconds_per_token,
                 p.memory.total_bytes,
@@ -116,7 +111,7 @@ def rank_plans(
     rows: list[tuple[Plan, float, list[Plan]]] = []
     for *_, score, _t, _m, _d, p in scored:
         for _i, (head, _head_score, members) in enumerate(rows):
-            if _same_row(head, p) and _close(factor[id(head)], factor[id(p)]):
+            if _same_row(head, p):
                 members.append(p)
                 break
         else:
@@ -133,31 +128,29 @@ def rank_plans(
     return out
 
 
-def prune_dominated(plans: list[Plan], factor: dict[int, float] | None = None) -> list[Plan]:
-    """Drop plans another plan of the same kind (task, whether it reaches the batch) beats
-    or matches in time, memory, rule score and steps to AdamW's loss at once: no objective
+def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) -> list[Plan]:
+    """Drop plans another plan of the same kind (task, whether it reaches the batch, steps
+    to the target) beats or matches in time, memory and rule score at once: no objective
     can prefer them."""
-    steps = factor or {}
-    kinds: dict[tuple[object, bool], list[Plan]] = {}
+    steps = steps or {}
+    kinds: dict[tuple[object, bool, float], list[Plan]] = {}
     for p in plans:
-        kinds.setdefault((p.config.task, p.exact_batch), []).append(p)
+        key = (p.config.task, p.exact_batch, round(steps.get(id(p), 1.0), 6))
+        kinds.setdefault(key, []).append(p)
     out = []
     for group in kinds.values():
         # Sorted by time, a plan is dominated when an earlier (no slower) one also has no
-        # more memory, no lower rule score and needs no more steps.
+        # more memory and no lower rule score.
         group = sorted(group, key=lambda p: (p.seconds_per_token, p.memory.total_bytes))
         for i, a in enumerate(group):
-            sa = steps.get(id(a), 1.0)
             if not any(
                 b.seconds_per_token <= a.seconds_per_token
                 and b.memory.total_bytes <= a.memory.total_bytes
                 and b.rule_score >= a.rule_score
-                and steps.get(id(b), 1.0) <= sa
                 and (
                     b.seconds_per_token < a.seconds_per_token
                     or b.memory.total_bytes < a.memory.total_bytes
                     or b.rule_score > a.rule_score
-                    or steps.get(id(b), 1.0) < sa
                 )
                 for b in group[:i]
             ):
@@ -173,10 +166,6 @@ def _same_row(a: Plan, b: Plan) -> bool:
     ma, mb = a.memory.total_bytes, b.memory.total_bytes
     close_m = abs(ma - mb) <= EQUIVALENT * max(ma, mb)
     return close_t and close_m
-
-
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= EQUIVALENT * max(a, b)
 
 
 def _complexity(p: Plan) -> int:

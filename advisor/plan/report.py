@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from advisor.candidates import MEMORY_SAVER_IDS
-from advisor.config import TrainingConfig
-from advisor.convergence import StepsRange, TimeToTarget, plan_steps, time_to_target
+from advisor.convergence import TimeToTarget, plan_steps, time_to_target
 from advisor.engine import Decision, decide
 from advisor.plan.explain import effect, plan_reasons, reason, suggestions, why_not
 from advisor.plan.models import (
@@ -23,6 +22,7 @@ from advisor.plan.space import (
     Context,
     build_space,
     derive_facts,
+    plan_step_factor,
     resolve_global_batch,
     usable_memory,
 )
@@ -55,9 +55,11 @@ def recommend(
     space = build_space(ctx, optimizers)
     found = search(ctx, decision, cost_fn, space)
     _check_batch(ctx, found.plans, found.rejected)
-    rows = rank_plans(found.plans, ctx.workload.objective, usable, lambda p: _steps(ctx, p.config))
+    rows = rank_plans(
+        found.plans, ctx.workload.objective, usable, lambda p: plan_step_factor(ctx, p.config)
+    )
+    recs = [_recommendation(ctx, row, i + 1, decision, cost_fn) for i, row in enumerate(rows[:top])]
     ev = found.evaluator or Evaluator(ctx, cost_fn)
-    recs = [_recommendation(ctx, row, i + 1, decision, ev) for i, row in enumerate(rows[:top])]
     stats = SearchStats(
         plans_considered=found.considered,
         plans_evaluated=found.evaluated,
@@ -107,24 +109,23 @@ def _check_batch(ctx: Context, plans: Sequence[object], rejected: Sequence[objec
         )
 
 
-def _steps(ctx: Context, c: TrainingConfig) -> StepsRange:
-    """The plan's steps to AdamW's loss (advisor/convergence.py)."""
-    return plan_steps(
+def _time_to_target(ctx: Context, p: Plan, cost_fn: CostFn) -> TimeToTarget:
+    """Steps to AdamW's loss x step time, relative to the AdamW plan of the same layout and
+    batch (only the optimizer changes)."""
+    c = p.config
+    base = (
+        p.cost.seconds
+        if c.optimizer == "adamw"
+        else cost_fn(c.model_copy(update={"optimizer": "adamw"})).seconds
+    )
+    steps = plan_steps(
         ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
     )
-
-
-def _time_to_target(ctx: Context, p: Plan, ev: Evaluator) -> TimeToTarget:
-    # Relative to the AdamW plan of the same layout and batch: only the optimizer changes.
-    c = p.config
-    base = p.cost.seconds
-    if c.optimizer != "adamw":
-        base = ev.time(c.model_copy(update={"optimizer": "adamw"})).seconds
-    return time_to_target(_steps(ctx, c), p.cost.seconds, base)
+    return time_to_target(steps, p.cost.seconds, base)
 
 
 def _recommendation(
-    ctx: Context, row: Row, rank: int, decision: Decision, ev: Evaluator
+    ctx: Context, row: Row, rank: int, decision: Decision, cost_fn: CostFn
 ) -> Recommendation:
     p = row.plan
     c = p.config
@@ -167,7 +168,7 @@ def _recommendation(
         score=round(row.score, 6),
         reasons=plan_reasons(ctx, p, decision),
         config=c,
-        **_time_to_target(ctx, p, ev).model_dump(exclude={"steps_notes"}),
+        **_time_to_target(ctx, p, cost_fn).model_dump(exclude={"steps_notes"}),
     )
 
 

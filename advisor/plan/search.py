@@ -23,7 +23,6 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.convergence import plan_steps
 from advisor.engine import Decision, requirement_rules
 from advisor.memory import MemoryEstimate
 from advisor.plan.layout import Layout, enumerate_layouts
@@ -37,6 +36,7 @@ from advisor.plan.space import (
     describe_config,
     estimate,
     host_fits,
+    plan_step_factor,
     usable_memory,
 )
 from advisor.taxonomy import Category, Order, StateKind
@@ -50,6 +50,7 @@ EQUIVALENT = 0.005
 # Layouts carried from the reference search into the full one (the rest are dominated or
 # clearly slower for the reference plan; the benchmark checks the loss against exhaustive).
 TOP_LAYOUTS = 3
+PRUNE_LAYOUTS = True
 
 
 # NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
@@ -640,7 +641,9 @@ class _Search:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole
         per-replica batch (time per token does not grow with the micro-batch)."""
         top = cfg.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
-        if top.optimizer_in_backward or self.allowed(top) is None:
+        # NOTE: with pipeline stages one micro-batch is the worst case (the whole bubble,
+        # Narayanan et al. 2021), so there is no bound of this kind: search the rung.
+        if top.optimizer_in_backward or top.pipeline_parallel > 1 or self.allowed(top) is None:
             return False
         bound = self.ev.time(top).seconds / (per * top.gpus * top.seq_len)
         if bound >= best * (1 - EQUIVALENT):
@@ -682,12 +685,12 @@ class _Point:
     rule: float
     simplicity: int
     clashes: frozenset[str] = frozenset()
-    # Steps to AdamW's loss (advisor/convergence.py): a value that needs fewer steps is not
-    # "no better" than a faster-stepping one, and never folds into it.
-    steps: float = 1.0
+    steps: float = 1.0  # steps to AdamW's loss, as the objective counts them
 
 
-def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
+def screen(
+    points: list[_Point], *, prune: bool = True
+) -> tuple[list[str], dict[str, list[str]], int]:
     """The values worth keeping: equal ones fold into the simplest (preferences never split
     a tie), then values no better than another in memory, time and rule score are pruned.
 
@@ -698,7 +701,7 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
     for p in sorted(points, key=lambda p: (p.simplicity, p.key)):
         for g in groups:
             h = g[0]
-            same = p.clashes == h.clashes and _close(p.steps, h.steps)
+            same = p.clashes == h.clashes and p.steps == h.steps
             if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
                 g.append(p)
                 break
@@ -706,6 +709,8 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
             groups.append([p])
     heads = [g[0] for g in groups]
     aliases = {g[0].key: [p.key for p in g[1:]] for g in groups}
+    if not prune:
+        return [h.key for h in heads], aliases, len(points) - len(heads)
     kept = []
     for a in heads:
         dominated = any(
@@ -717,9 +722,7 @@ def screen(points: list[_Point]) -> tuple[list[str], dict[str, list[str]], int]:
             # stands in for one that allows it.
             and b.clashes <= a.clashes
             and b.steps <= a.steps
-            and (
-                b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule or b.steps < a.steps
-            )
+            and (b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule)
             for b in heads
         )
         if not dominated:
@@ -801,12 +804,7 @@ def search(
     cores_by_task = {t: _cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
     every = [c for cs in cores_by_task.values() for c in cs]
     first_order_cores = [c for c in every if ctx.taxonomy.get(c.optimizer).order is Order.FIRST]
-    # The reference core for layout screening: AdamW where it is a candidate (the baseline
-    # the taxonomy measures against; SGD's stateless memory would misjudge sharding).
-    first = next(
-        (c for c in first_order_cores if c.optimizer == "adamw"),
-        next(iter(first_order_cores or every), None),
-    )
+    first = next(iter(first_order_cores or every), None)
     if exhaustive:
         chosen = layouts
     elif first is None:
@@ -814,7 +812,10 @@ def search(
     else:
         layouts, layout_aliases = _screen_layouts(s, layouts, first)
         aliases.update({("layout", k): v for k, v in layout_aliases.items()})
-        chosen = _best_layouts(s, layouts, first)
+        # The leanest core at the reference point (least memory): where the baseline core
+        # does not fit a layout, it may.
+        lean = min(every, key=lambda c: s.ev.memory(layouts[0].apply(c)).total_bytes)
+        chosen = _best_layouts(s, layouts, list(dict.fromkeys([first, lean])))
     for _task, cores in cores_by_task.items():
         for layout in chosen:
             for core in cores:
@@ -890,15 +891,13 @@ def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point |
         if other in _SAVER_IDS
     }
     return _Point(
+        steps=plan_step_factor(s.ctx, c),
         clashes=frozenset(clashes),
         key=key,
         memory=m.total_bytes + m.host_bytes // 16,
         seconds=s.ev.time(c).seconds,
         rule=s.decision.score(techniques),
         simplicity=simplicity,
-        steps=plan_steps(
-            tax, c.optimizer, c.task, s.ctx.spec.parameter_count(), s.ctx.convergence
-        ).central,
     )
 
 
@@ -1035,32 +1034,47 @@ def _screen_layouts(
     score than another are pruned (at the reference plan, one sample per device)."""
     pts = []
     for i, lay in enumerate(layouts):
-        full = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
-        pt = _point(s, lay.label, full, i) or _point(s, lay.label, lay.apply(ref), i)
+        # One sample per micro-batch, accumulated over the whole per-replica batch: every
+        # layout then steps over the same global batch (times compare), and pipelines see
+        # as many micro-batches as they will run with (their bubble, not a worst case).
+        per, _ = per_replica_batch(s.batch, lay.dp)
+        plain = lay.apply(ref).model_copy(update={"micro_batch": 1, "grad_accumulation": per})
+        full = Savers(checkpointing=Checkpointing.FULL).apply(plain)
+        pt = _point(s, lay.label, full, i) or _point(s, lay.label, plain, i)
         if pt is not None:
             pts.append(pt)
-    kept, al, _ = screen(pts)
-    keep = set(kept)
-    # NOTE: one micro-batch per device is where data-parallel sharding looks worst (its
-    # gathers are paid per micro-step, with the least compute to hide them), so the plain
-    # data-parallel layouts are never screened out here: their geometry search decides.
-    keep |= {lay.label for lay in layouts if lay.tp == 1 and lay.pp == 1}
-    folded = {v for vs in al.values() for v in vs}
-    return (
-        [lay for lay in layouts if lay.label in keep and lay.label not in folded],
-        {k: v for k, v in al.items() if v},
-    )
+    # NOTE: equal layouts fold together anywhere, but dominance prunes only among the
+    # shardings of one tensor x pipeline split: across splits, one reference geometry can
+    # make a pipeline look worse than it is at the micro-batch it really runs (the
+    # exhaustive benchmark caught a 12% miss that way).
+    _kept, al, _ = screen(pts, prune=False)
+    heads: set[str] = set()
+    by_split: dict[tuple[int, int, int, int], list[_Point]] = {}
+    label_of = {lay.label: lay for lay in layouts}
+    for pt in pts:
+        if pt.key in al:
+            lay = label_of[pt.key]
+            by_split.setdefault((lay.tp, lay.pp, lay.vp, lay.ep), []).append(pt)
+    for group in by_split.values():
+        kept, _al, _ = screen(group, prune=PRUNE_LAYOUTS)
+        heads.update(kept)
+    return [lay for lay in layouts if lay.label in heads], {k: v for k, v in al.items() if v}
 
 
-def _best_layouts(s: _Search, layouts: list[Layout], ref: TrainingConfig) -> list[Layout]:
-    """The layouts the full search covers: the fastest few for the reference plan, plus the
-    most frugal one, so that plans needing every byte still find their layout."""
+def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig]) -> list[Layout]:
+    """The layouts the full search covers: the fastest few for the reference plans (the
+    baseline core and the leanest one, which fits where the baseline does not), plus the
+    most frugal layout, so that plans needing every byte still find their layout."""
     if len(layouts) <= TOP_LAYOUTS:
         return layouts
+    ref = refs[0]
     scored: list[tuple[float, int, Layout]] = []
     frugal: list[tuple[int, Layout]] = []
     for lay in layouts:
-        plans = s.ladder_for(ref, lay)
+        plans = s.ladder_for(refs[0], lay)
+        for r in refs[1:]:
+            if not any(p.exact_batch for p in plans):
+                plans += s.ladder_for(r, lay)  # the leaner core, where the baseline fails
         if plans:
             scored.append((min(p.seconds_per_token for p in plans), len(scored), lay))
         c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))

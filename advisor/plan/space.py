@@ -17,7 +17,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.convergence import ConvergenceCache
+from advisor.convergence import ConvergenceCache, objective_steps, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind
 from advisor.memory import DeviceOverheads, MemoryEstimate, estimate_memory
@@ -458,3 +458,12 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
     }
     declared = set(ctx.ruleset.facts.facts)
     return {k: v for k, v in facts.items() if k in declared}
+
+
+def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:
+    """The plan's steps to AdamW's loss as the objective counts them (advisor/convergence.py:
+    published ranges, or the measured proxy): the step time's multiplier in the score."""
+    steps = plan_steps(
+        ctx.taxonomy, config.optimizer, config.task, ctx.spec.parameter_count(), ctx.convergence
+    )
+    return objective_steps(ctx.workload.objective.value, steps)
