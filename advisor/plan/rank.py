@@ -82,7 +82,8 @@ def rank_plans(
     updates without accumulation), then by objective score. Two plans are the same row when
     they train the same way (task, precision and the batch) at the same memory and time:
     FSDP and ZeRO-3 at equal cost, or optimizers that differ by megabytes on adapters. The
-    row shows the simplest of them, never the one a preference happens to favour.
+    row shows its best-scored member and lists the others: preferences pick the label, but
+    never split equivalent plans into separate rows.
     """
     steps = {id(p): (steps_of(p) if steps_of else 1.0) for p in plans}
     plans = prune_dominated(plans, steps)
@@ -119,7 +120,8 @@ def rank_plans(
     out = []
     for head, score, members in rows:
         group = [head, *members]
-        shown = min(group, key=lambda p: (_complexity(p), describe_config(p.config)))
+        # The row shows its best-scored member; the others are listed, never ranked apart.
+        shown = head
         label = describe_config(shown.config)
         others = [describe_config(p.config) for p in group if p is not shown]
         others = [o for o in others if o != label]
@@ -166,21 +168,3 @@ def _same_row(a: Plan, b: Plan) -> bool:
     ma, mb = a.memory.total_bytes, b.memory.total_bytes
     close_m = abs(ma - mb) <= EQUIVALENT * max(ma, mb)
     return close_t and close_m
-
-
-def _complexity(p: Plan) -> int:
-    """How many choices a plan makes beyond the plain baseline (fewer is simpler)."""
-    c = p.config
-    return (
-        (c.optimizer != "adamw")
-        + (c.precision.value not in ("bf16-mixed", "fp32"))
-        + (c.checkpointing.value != "none")
-        + (c.offload.value != "none")
-        + c.fused_loss
-        + c.activation_offload
-        + c.optimizer_in_backward
-        + (c.sharding.value not in ("none", "fsdp"))
-        + (c.tensor_parallel > 1)
-        + (c.pipeline_parallel > 1)
-        + (c.virtual_stages > 1)
-    )
