@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.config import Task
+from advisor.config import Stack, Task
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.limits import check_bound, resolve_seq_len
@@ -71,12 +71,13 @@ class RecommendRequest(BaseModel):
         sparse_features: bool,
         top: int,
         calibrate: bool | None,
+        rope_scaling: float | None = None,
+        stack: str = "hf",
         global_batch_tokens: str | None = None,
         host_memory: str | None = None,
         nvme: str | None = None,
         tp: int | None = None,
         pp: int | None = None,
-        rope_scaling: float | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag.
 
@@ -115,6 +116,7 @@ class RecommendRequest(BaseModel):
             global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
             tensor_parallel=tp,
             pipeline_parallel=pp,
+            stack=_choice(Stack, stack, "--stack"),
         )
         return cls(
             spec=spec,
@@ -131,6 +133,14 @@ class RecommendRequest(BaseModel):
         )
 
 
+def _memory_budget(text: str | None) -> int | None:
+    if text is None:
+        return None
+    value = parse_bytes(text, "--memory-budget")
+    check_bound("--memory-budget", value)
+    return value
+
+
 def _check_plan_flags(
     global_batch: int | None,
     global_batch_tokens: str | None,
@@ -141,9 +151,6 @@ def _check_plan_flags(
     pp: int | None,
 ) -> None:
     """The batch and layout flags that contradict each other before any search."""
-    for flag, degree in (("--tp", tp), ("--pp", pp)):
-        if degree is not None and degree < 1:
-            raise UserError(f"{flag} must be a positive integer, got {degree}", f"e.g. {flag} 1")
     world = (gpus or 1) * nodes
     if global_batch is not None and global_batch_tokens is not None:
         raise UserError(
@@ -194,14 +201,6 @@ def _size(value: str | None, flag: str) -> int | None:
     if re.fullmatch(r"0+(\.0*)?\s*[KMGT]?i?B?", value.strip(), flags=re.IGNORECASE):
         return 0  # "none": e.g. --nvme 0 for a node without NVMe for offload
     return parse_bytes(value, flag)
-
-
-def _memory_budget(text: str | None) -> int | None:
-    if text is None:
-        return None
-    value = parse_bytes(text, "--memory-budget")
-    check_bound("--memory-budget", value)
-    return value
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:
@@ -381,16 +380,28 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
 
 
 def write_emitted(
-    report: RecommendReport, kind: str, out: Path, *, nodes: int
+    report: RecommendReport,
+    kind: str,
+    out: Path,
+    *,
+    nodes: int,
+    spec: ModelSpec | None = None,
+    hardware: str | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write the first pick as a DeepSpeed JSON, Accelerate YAML or PyTorch snippet.
+    """Write the first pick as a DeepSpeed JSON, Accelerate YAML, torchtitan TOML,
+    Megatron-LM arguments or a PyTorch snippet.
+
+    When the engine cannot set up the ranked plan, the file sets up the nearest plan it can;
+    the first note then names that plan with its memory and step time beside the ranked one's
+    (from the report when it priced that plan, else from the memory and cost models).
 
     Returns:
         The file written and the notes to show (engines reject unknown keys, so what a
         config file cannot say is said here).
 
     Raises:
-        UserError: when nothing fits (nothing to emit) or the folder cannot be written.
+        UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
+            layout, or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
@@ -398,13 +409,18 @@ def write_emitted(
 
     best = report.recommendations[0]
     impl = load_taxonomy().get(best.optimizer).implementation
+    cpu = report.hardware.device_kind == "cpu"
     emission = emit_config(
         EmitTarget(kind),
         best.config,
         nodes=nodes,
-        gpus_per_node=max(1, best.config.world_size // nodes),
         optimizer_implementation=impl,
+        cpu=cpu,
+        num_layers=spec.num_layers if spec is not None else None,
     )
+    notes = list(emission.notes)
+    if emission.differs:
+        notes.insert(0, _expressed_plan_note(report, emission.expressed_config, spec, hardware))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -413,7 +429,41 @@ def write_emitted(
         ) from None
     path = out / emission.filename
     _atomic_write(path, emission.text)
-    return path, list(emission.notes)
+    return path, notes
+
+
+def _expressed_plan_note(
+    report: RecommendReport, expressed: Any, spec: ModelSpec | None, hardware: str | None
+) -> str:
+    """The memory and time of the plan an export sets up instead of the ranked one."""
+    from advisor.emit import same_plan
+    from advisor.units import format_bytes, format_seconds
+
+    best = report.recommendations[0]
+    ranked = (
+        f"ranked plan: {format_bytes(best.peak_memory_bytes)}/device, "
+        f"{format_seconds(best.step_time_s)}/step"
+    )
+    for rec in report.recommendations:
+        if same_plan(rec.config, expressed):
+            return (
+                f"this file sets up plan #{rec.rank} instead: "
+                f"{format_bytes(rec.peak_memory_bytes)}/device, "
+                f"{format_seconds(rec.step_time_s)}/step ({ranked})"
+            )
+    if spec is None:
+        return f"this file sets up another plan than the ranked one ({ranked}); see below"
+    from advisor.memory import DeviceOverheads, estimate_memory
+
+    tech = load_taxonomy().get(expressed.optimizer)
+    overheads = DeviceOverheads.cpu() if report.hardware.device_kind == "cpu" else None
+    memory = estimate_memory(spec, expressed, optimizer=tech, device=overheads)
+    step = local_step_time(spec, expressed, hardware)
+    fits = "fits" if memory.total_bytes <= report.hardware.usable_memory_bytes else "does NOT fit"
+    return (
+        f"this file sets up another plan: {format_bytes(memory.total_bytes)}/device ({fits}), "
+        f"{format_seconds(step.seconds)}/step ({ranked})"
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -710,6 +710,14 @@ def recommend(
         str | None,
         typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
     ] = None,
+    stack: Annotated[
+        str,
+        typer.Option(
+            "--stack",
+            help="Kernel stack: hf (Hugging Face modules, the default) or fused "
+            "(FlashAttention, fused norms and cross-entropy, as torchtitan/Megatron).",
+        ),
+    ] = "hf",
     rope_scaling: RopeScalingOpt = None,
     micro_batch: Annotated[
         int | None,
@@ -777,7 +785,9 @@ def recommend(
     emit: Annotated[
         str | None,
         typer.Option(
-            "--emit", help="Write the first pick as deepspeed, accelerate or torch config."
+            "--emit",
+            help="Write the first pick as deepspeed, accelerate, torch, torchtitan or "
+            "megatron config.",
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
@@ -794,9 +804,13 @@ def recommend(
         return
     from advisor import render
     from advisor.advise import RecommendRequest, run_recommend
+    from advisor.limits import check_bound
 
-    if emit is not None and emit not in ("deepspeed", "accelerate", "torch"):
-        raise UserError(f"invalid --emit {emit!r}", "use deepspeed, accelerate or torch")
+    for flag, pinned in (("--tp", tp), ("--pp", pp)):
+        check_bound(flag, pinned)
+    emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
+    if emit is not None and emit not in emit_kinds:
+        raise UserError(f"invalid --emit {emit!r}", f"use {', '.join(emit_kinds)}")
     spec = _resolve_model(model_size, model, model_config)
     request = RecommendRequest.from_flags(
         spec=spec,
@@ -813,12 +827,13 @@ def recommend(
         sparse_features=sparse_features,
         top=top,
         calibrate=calibrate,
+        stack=stack,
+        rope_scaling=rope_scaling,
         global_batch_tokens=global_batch_tokens,
         host_memory=host_memory,
         nvme=nvme,
         tp=tp,
         pp=pp,
-        rope_scaling=rope_scaling,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})
@@ -827,7 +842,7 @@ def recommend(
     if emit is not None:
         from advisor.advise import write_emitted
 
-        path, notes = write_emitted(report, emit, out, nodes=nodes)
+        path, notes = write_emitted(report, emit, out, nodes=nodes, spec=spec, hardware=hardware)
         if not json_out:
             render.console.print(f"wrote {path}")
             for note in notes:
@@ -943,10 +958,19 @@ def _calibrate_convergence(
     spec = _resolve_model(
         model_size or ("125M" if not (model or model_config) else None), model, model_config
     )
-    with render.calibration_progress(enabled=not json_out) as progress:
-        cache = run_convergence(
-            spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+    try:
+        with render.calibration_progress(enabled=not json_out) as progress:
+            cache = run_convergence(
+                spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
+            )
+    except KeyboardInterrupt:
+        from advisor.calibration.convergence import cache_file, family_key
+
+        path = cache_file(device or "cpu", family_key(spec))
+        render.err_console.print(
+            f"interrupted: the runs finished so far are kept in {path}", markup=False
         )
+        raise typer.Exit(130) from None
     if json_out:
         render.print_json(cache)
     else:

@@ -50,7 +50,7 @@ from advisor.hardware import (
     GpuEfficiency,
     HardwareProfile,
 )
-from advisor.modelspec import Arch, Mlp, ModelSpec
+from advisor.modelspec import Arch, ModelSpec
 from advisor.taxonomy import Technique
 
 # --- Constants that are not per device generation (each with its source) -----------------
@@ -183,7 +183,7 @@ def layer_shape(spec: ModelSpec) -> LayerShape:
         heads=heads,
         kv_heads=spec.num_key_value_heads or heads,
         head_dim=spec.head_dim or h // heads,
-        gated_mlp=spec.mlp is Mlp.GATED_SILU,
+        gated_mlp=spec.gated_mlp,
     )
 
 
@@ -302,7 +302,7 @@ def _shape(spec: ModelSpec) -> _Shape:
 # Megatron's row-parallel layers (input dimension split across TP ranks); the others are
 # column-parallel (output split) (Shoeybi et al. 2019, sec. 3).
 _ROW_PARALLEL = re.compile(
-    r"(c_proj|o_proj|out_proj|down_proj|w2|fc2|output\.dense|dense_4h_to_h)\.weight$"
+    r"(c_proj|o_proj|out_proj|down_proj|w2|fc2|output\.dense|dense_4h_to_h)(\.weight)?$"
 )
 
 
@@ -350,12 +350,15 @@ def _weight_matrices(spec: ModelSpec) -> tuple[tuple[int, int, bool, bool], ...]
     for name, shape in spec.layer_matrix_shapes():
         if len(shape) < 2:
             continue
-        if ".experts." in f".{name}" and not name.split("experts.")[1].startswith("0."):
-            continue
+        # Routed experts (transformers 5): one 3-D tensor (experts, out, in) per projection;
+        # shared experts ("shared_experts.") are dense and replicated.
+        routed = ".experts." in f".{name}"
+        if routed:
+            shape = shape[1:]
         n, k = shape[0], math.prod(shape[1:])
         if spec.family == "gpt2" and len(shape) == 2:
             k, n = shape[0], shape[1]  # Conv1D stores (in, out)
-        out.append((n, k, bool(_ROW_PARALLEL.search(name)), "experts." in name))
+        out.append((n, k, bool(_ROW_PARALLEL.search(name)), routed))
     return tuple(out)
 
 

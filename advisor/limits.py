@@ -42,6 +42,8 @@ BOUNDS: dict[str, Bound] = {
     "--tensor-parallel": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
     "--pipeline-parallel": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
     "--virtual-stages": Bound(1, 1024, "interleaved chunks per stage, at most the layers"),
+    "--tp": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
+    "--pp": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
     "--expert-parallel": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
     "world size": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
     "--top": Bound(1, 100_000, "100,000 configurations"),

@@ -921,11 +921,6 @@ def _check_layout(spec: ModelSpec, config: TrainingConfig, d: dict[str, int]) ->
             f"pipeline parallelism {pp} exceeds the model's {d['L']} layers",
             "pick at most one pipeline stage per layer",
         )
-    if config.virtual_stages > 1 and d["L"] % (pp * config.virtual_stages):
-        raise UserError(
-            f"{d['L']} layers do not split into {pp} x {config.virtual_stages} model chunks",
-            "pick virtual stages so that pipeline x virtual stages divides the layers",
-        )
     if ep > 1 and (d["E"] % ep or config.gpus % ep):
         raise UserError(
             f"expert parallelism {ep} must divide the {d['E']} experts and the "
@@ -1174,6 +1169,13 @@ def _estimate_stage(
         inflight = float(min(pp, config.grad_accumulation))
         if config.virtual_stages > 1:
             inflight *= 1 + (pp - 1) / (pp * config.virtual_stages)
+        if L % (pp * config.virtual_stages):
+            # Uneven stages, as Llama 3 ran (one layer fewer on the first and last stage,
+            # Dubey et al. 2024, sec. 3.3.2): the busiest stage holds ceil(L/pp) layers.
+            notes.append(
+                f"{L} layers do not split evenly into {pp} x {config.virtual_stages} chunks: "
+                f"the largest stage holds {stage_layers}"
+            )
         notes.append(f"1F1B: {inflight:.2f} micro-batches of activations in flight")
     block_input = math.ceil(dt.residual * b * s * d["h"] / tp)
     if zeroth:

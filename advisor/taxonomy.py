@@ -15,6 +15,11 @@
         references:
           - {authors: Loshchilov & Hutter, year: 2019, title: Decoupled Weight Decay Regularization}
 
+Optimizers (and the adapters lora and qlora) also carry ``steps_vs_adamw``: the steps they
+need to reach AdamW's loss, as measured points over model size with ranges, settings and
+sources (:class:`StepEfficiency`; used by ``advisor/convergence.py``, checked by
+``rules check``).
+
 ``implementation`` is a dotted import path, optionally followed by literal keyword
 arguments ``(fused=True)`` or, for SDPA backends, a ``[BACKEND]`` suffix naming a
 ``torch.nn.attention.SDPBackend`` member.

@@ -40,6 +40,7 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.cost import predict_for_optimizer
+from advisor.errors import UserError
 from advisor.hardware import (
     AttentionEfficiency,
     Fitted,
@@ -379,7 +380,11 @@ def predict_run(run: dict[str, Any], hw: HardwareProfile) -> float:
 def memory_check(run: dict[str, Any], hw: HardwareProfile) -> dict[str, Any]:
     spec = run_spec(run)
     config = run_config(run)
-    est = estimate_memory(spec, config, optimizer=_adamw())
+    try:
+        est = estimate_memory(spec, config, optimizer=_adamw())
+    except UserError as exc:
+        # The source's layout as recorded here cannot be split (an assumed interleaving).
+        return {"fits": None, "peak_fraction_of_device": None, "layout_error": exc.message}
     share = est.total_bytes / hw.memory_bytes
     return {"fits": share <= 1.0, "peak_fraction_of_device": round(share, 3)}
 
@@ -527,12 +532,16 @@ def main(argv: list[str] | None = None) -> int:
         "validation_summary": summarize([r for r in rows if r["held_out"]]),
         "per_source": by_source,
         "memory": {
-            "predicted_not_to_fit": sum(1 for r in rows if not r["memory_predicted_fits"]),
+            "predicted_not_to_fit": sum(1 for r in rows if r["memory_predicted_fits"] is False),
+            "layout_not_splittable": [r["id"] for r in rows if r["memory_predicted_fits"] is None],
             "median_peak_fraction": statistics.median(
-                r["memory_peak_fraction_of_device"] for r in rows
+                r["memory_peak_fraction_of_device"]
+                for r in rows
+                if r["memory_peak_fraction_of_device"] is not None
             ),
-            "note": "memory.estimate_memory as merged at fit time; the lead reruns it once "
-            "the stack-aware memory model lands",
+            "note": "memory.estimate_memory with each run's stack, layout, checkpointing and "
+            "micro-batch; layouts whose recorded (assumed) interleaving does not split the "
+            "layers are listed apart",
         },
         "runs": rows,
     }
@@ -544,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['id']:34} {r['measured_tokens_per_s_per_gpu']:9.1f}"
             f" {r['predicted_tokens_per_s_per_gpu']:9.1f} {r['error']:+7.1%}"
-            f"  {r['memory_peak_fraction_of_device']:.2f}{flag}"
+            f"  {_fraction(r['memory_peak_fraction_of_device'])}{flag}"
         )
     for src, s in by_source.items():
         tag = " [held out]" if s["held_out"] else ""
@@ -553,11 +562,16 @@ def main(argv: list[str] | None = None) -> int:
             f"  worst {s['worst_abs_error']:.1%}{tag}"
         )
     print("fitted:", json.dumps(result["fitted"]), "FA2:", json.dumps(result["flash_attention_2"]))
+    print("memory:", json.dumps(result["memory"]))
     if args.write:
         write_profiles(blocks)
         print(f"wrote the efficiency blocks of {len(blocks)} profiles")
     print(f"wrote {args.out}")
     return 0
+
+
+def _fraction(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -107,6 +107,10 @@ def test_recommend_json_and_emit(tmp_path: Path) -> None:
             "a100-sxm-80gb",
             "--gpus",
             "8",
+            # NOTE: pinned to data parallel: Accelerate's config cannot express tensor
+            # parallelism, which the search may pick for this plan (emit says so, exit 2).
+            "--tp",
+            "1",
             "--emit",
             "accelerate",
             "--out",

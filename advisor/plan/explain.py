@@ -3,7 +3,7 @@ would fit when nothing does."""
 
 from __future__ import annotations
 
-from advisor.config import Checkpointing, Offload, Precision, Sharding, Task, TrainingConfig
+from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
 from advisor.convergence import plan_steps
 from advisor.engine import Decision
 from advisor.hardware import DeviceKind
@@ -167,6 +167,21 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
     out: list[Suggestion] = []
     base = baseline_config(ctx)
     tight = base.model_copy(update={"checkpointing": Checkpointing.FULL, "micro_batch": 1})
+    if base.stack is Stack.HF:
+        # Another kernel stack changes the verdict: the same frugal plan with FlashAttention,
+        # fused norms/activations and a fused cross-entropy (what production stacks run).
+        hf = estimate(ctx, tight)
+        fused = tight.model_copy(update={"stack": Stack.FUSED})
+        m = estimate(ctx, fused)
+        if m.total_bytes <= usable:
+            out.append(
+                Suggestion(
+                    change="--stack fused",
+                    detail="with the fused kernel stack (FlashAttention, fused norms and "
+                    f"cross-entropy) this fits: {format_bytes(m.total_bytes)} per device "
+                    f"(−{format_bytes(hf.total_bytes - m.total_bytes)})",
+                )
+            )
     for n in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
         if n <= ctx.workload.world_size:
             continue

@@ -1,0 +1,100 @@
+"""`recommend --emit` writes every engine's file, and names the plan a file sets up when an
+engine cannot set up the ranked one, with that plan's memory and step time."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from advisor.advise import RecommendRequest, _expressed_plan_note, run_recommend, write_emitted
+from advisor.cli import app
+from advisor.config import Offload, Sharding
+from advisor.emit import EmitTarget, emit_config, same_plan
+from advisor.modelspec import resolve_model_size
+from advisor.recommend import RecommendReport
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+runner = CliRunner()
+HARDWARE = "h100-sxm-80gb"
+
+
+@pytest.fixture(scope="module")
+def report() -> RecommendReport:
+    # One ranked report for the module: planning is the slow part, not the exports.
+    request = RecommendRequest.from_flags(
+        spec=resolve_model_size("1B"),
+        task="pretrain",
+        seq_len=None,
+        micro_batch=1,
+        global_batch=None,
+        hardware=HARDWARE,
+        gpus=8,
+        nodes=1,
+        memory_budget=None,
+        objective="balanced",
+        privacy="none",
+        sparse_features=False,
+        top=5,
+        calibrate=False,
+    )
+    return run_recommend(request)
+
+
+def test_recommend_emit_megatron_through_the_cli(tmp_path: Path) -> None:
+    args = ["recommend", "--model-size", "1B", "--hardware", HARDWARE, "--gpus", "8"]
+    args += ["--task", "pretrain", "--no-calibrate", "--emit", "megatron", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "megatron_args.sh").read_text()
+    assert "--tensor-model-parallel-size" in text and "--global-batch-size" in text
+    assert "megatron_args.sh" in " ".join(result.stdout.split())
+
+
+def test_write_emitted_torchtitan(report: RecommendReport, tmp_path: Path) -> None:
+    spec = resolve_model_size("1B")
+    path, notes = write_emitted(
+        report, "torchtitan", tmp_path, nodes=1, spec=spec, hardware=HARDWARE
+    )
+    doc = tomllib.loads(path.read_text())
+    best = report.recommendations[0].config
+    assert doc["parallelism"]["tensor_parallel_degree"] == best.tensor_parallel
+    emission = emit_config(EmitTarget.TORCHTITAN, best, num_layers=spec.num_layers)
+    # write_emitted puts the priced note first exactly when the export differs.
+    assert emission.differs is notes[0].startswith("this file sets up")
+
+
+def test_unknown_emit_kind_names_the_new_ones() -> None:
+    result = runner.invoke(app, ["recommend", "--emit", "yaml"])
+    assert result.exit_code == 2
+    assert "torchtitan" in result.stderr and "megatron" in result.stderr
+
+
+def test_a_different_plan_is_priced_next_to_the_ranked_one(report: RecommendReport) -> None:
+    spec = resolve_model_size("1B")
+    best = report.recommendations[0]
+    # A plan the report did not rank: the ranked one with parameters offloaded too.
+    other = best.config.model_copy(
+        update={"offload": Offload.OPTIMIZER_PARAMS, "sharding": Sharding.ZERO3}
+    )
+    note = _expressed_plan_note(report, other, spec, HARDWARE)
+    assert re.search(
+        r"another plan: [\d.]+ \w+/device \((fits|does NOT fit)\), [\d.]+ \w*s/step", note
+    ), note
+    assert "ranked plan:" in note
+    # A plan the report ranked is named by its rank, with the report's own figures.
+    distinct = [
+        rec
+        for rec in report.recommendations
+        if not any(same_plan(rec.config, r.config) for r in report.recommendations[: rec.rank - 1])
+    ]
+    assert len(distinct) > 1
+    named = _expressed_plan_note(report, distinct[1].config, spec, None)
+    assert f"plan #{distinct[1].rank} instead" in named
