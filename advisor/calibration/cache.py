@@ -123,12 +123,17 @@ def load_cache_for(
 
 def save_cache(cache: CalibrationCache) -> Path:
     """Write the cache atomically (temp file + rename), so an interrupt never corrupts it."""
-    path = cache_path(cache.fingerprint)
+    return write_json_atomic(cache.model_dump_json(indent=1), cache_path(cache.fingerprint))
+
+
+def write_json_atomic(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: an interrupt never
+    leaves half a file (every calibration cache is written this way)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(cache.model_dump_json(indent=1))
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

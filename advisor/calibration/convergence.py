@@ -30,8 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,18 +124,9 @@ def load_convergence(device: str, spec: ModelSpec) -> tuple[ConvergenceCache | N
 
 def save_convergence(cache: ConvergenceCache, path: Path) -> Path:
     """Write atomically (temp file + rename): an interrupt never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(cache.model_dump_json(indent=1))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from advisor.calibration.cache import write_json_atomic
+
+    return write_json_atomic(cache.model_dump_json(indent=1), path)
 
 
 def run_convergence(
