@@ -227,7 +227,7 @@ def estimate_report(
             saved_bytes=m.total_bytes - am.total_bytes,
             fits=None if device_mem is None else am.total_bytes <= device_mem,
         )
-        for change, alt, am in kernel_alternatives(spec, config, tech, overheads)
+        for change, alt, am in kernel_alternatives(spec, config, tech, overheads, m.total_bytes)
         if device_mem is None or (am.total_bytes <= device_mem) != (m.total_bytes <= device_mem)
     ]
     host = host_memory_bytes
@@ -270,12 +270,23 @@ def estimate_report(
 
 
 def kernel_alternatives(
-    spec: ModelSpec, config: TrainingConfig, optimizer: Any, overheads: DeviceOverheads
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Any,
+    overheads: DeviceOverheads,
+    base: int,
 ) -> list[tuple[str, TrainingConfig, MemoryEstimate]]:
     """The same configuration with the memory-saving kernel choices it does not use yet.
 
     A fused linear cross-entropy (Liger) drops the logits on any stack; the fused stack
     (FlashAttention, fused norms/activations, fused cross-entropy) changes every block.
+
+    Args:
+        spec: the model.
+        config: the configuration as estimated.
+        optimizer: its optimizer's taxonomy entry.
+        overheads: the device overheads the estimate assumed.
+        base: the configuration's own peak, bytes.
 
     Returns:
         ``(what changed, configuration, its estimate)`` for each choice that saves memory.
@@ -288,7 +299,6 @@ def kernel_alternatives(
     if config.stack is Stack.HF:
         options.append(("the fused kernel stack", config.model_copy(update={"stack": Stack.FUSED})))
     out = []
-    base = estimate_memory(spec, config, optimizer=optimizer, device=overheads).total_bytes
     for change, alt in options:
         est = estimate_memory(spec, alt, optimizer=optimizer, device=overheads)
         if est.total_bytes < base:
