@@ -42,26 +42,29 @@ OPTIMIZER_IN_BACKWARD_ID = "fused-backward-step"
 FUSED_LOSS_ID = "fused-cross-entropy"
 ACTIVATION_OFFLOAD_ID = "activation-offload"
 
+MEMORY_SAVER_IDS = frozenset(
+    {
+        *CHECKPOINTING_IDS.values(),
+        *(i for ids in OFFLOAD_IDS.values() for i in ids),
+        *SHARDING_IDS.values(),
+        "lora",
+        "qlora",
+        "tensor-parallel",
+        "sequence-parallel",
+        "pipeline-parallel",
+        "expert-parallel",
+        OPTIMIZER_IN_BACKWARD_ID,
+        FUSED_LOSS_ID,
+        ACTIVATION_OFFLOAD_ID,
+        "optimizer-states-8bit",
+        "gradient-accumulation",
+    }
+)
+
 # Techniques that appear in candidates because of the dimensions above (plus every optimizer
-# with an implementation and every precision).
-_FIXED = {
-    *ATTENTION_IDS.values(),
-    *CHECKPOINTING_IDS.values(),
-    *SHARDING_IDS.values(),
-    *(i for ids in OFFLOAD_IDS.values() for i in ids),
-    "lora",
-    "qlora",
-    "gradient-accumulation",
-    "ddp",
-    "tensor-parallel",
-    "sequence-parallel",
-    "pipeline-parallel",
-    "expert-parallel",
-    OPTIMIZER_IN_BACKWARD_ID,
-    FUSED_LOSS_ID,
-    ACTIVATION_OFFLOAD_ID,
-    "optimizer-states-8bit",
-}
+# with an implementation and every precision): the memory savers, the attention kernels and
+# plain data parallelism.
+_FIXED = {*MEMORY_SAVER_IDS, *ATTENTION_IDS.values(), "ddp"}
 
 
 def candidate_technique_ids(taxonomy: Taxonomy) -> set[str]:
@@ -105,21 +108,3 @@ def config_techniques(config: TrainingConfig) -> list[str]:
 
 
 # Technique ids that save device memory (the JSON's ``memory_savers``).
-MEMORY_SAVER_IDS = frozenset(
-    {
-        *CHECKPOINTING_IDS.values(),
-        *(i for ids in OFFLOAD_IDS.values() for i in ids),
-        *SHARDING_IDS.values(),
-        "lora",
-        "qlora",
-        "tensor-parallel",
-        "sequence-parallel",
-        "pipeline-parallel",
-        "expert-parallel",
-        OPTIMIZER_IN_BACKWARD_ID,
-        FUSED_LOSS_ID,
-        ACTIVATION_OFFLOAD_ID,
-        "optimizer-states-8bit",
-        "gradient-accumulation",
-    }
-)
