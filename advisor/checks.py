@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.conditions import Condition, Scalar, evaluate_partial, facts_of, thresholds
@@ -25,7 +24,7 @@ from advisor.errors import DataError
 from advisor.facts import FactSpace, FactType
 from advisor.ruleset import LocatedRule, Problem, RuleSet, collect_rules
 from advisor.taxonomy import Basis, Category, ScaleTrend, StateKind, Taxonomy, load_taxonomy
-from advisor.yamlio import load_yaml
+from advisor.yamlio import YamlError, load_yaml
 
 # A search that explores more partial scenarios than this gives up and says so.
 SEARCH_LIMIT = 2_000_000
@@ -258,7 +257,7 @@ def _technique_lines(path: Path) -> tuple[str, dict[str, int]]:
     try:
         raw = load_yaml(path)
         items = raw.get("techniques", []) if isinstance(raw, dict) else []
-    except (OSError, yaml.YAMLError):
+    except (OSError, YamlError):
         return str(path), {}
     return str(path), {
         str(item.get("id")): getattr(item, "line", 0) for item in items if isinstance(item, dict)

@@ -14,7 +14,11 @@ import typer
 from typer.core import TyperGroup
 
 from advisor import __version__
+from advisor.bootstrap import skip_pydantic_plugins
 from advisor.errors import EXIT_FINDINGS, EXIT_USAGE, DataError, UserError
+
+# Before any model class is built (typer's parsing builds the first): see advisor.bootstrap.
+skip_pydantic_plugins()
 
 F = TypeVar("F", bound=Callable[..., Any])
 

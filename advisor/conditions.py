@@ -25,7 +25,7 @@ _OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "between")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, populate_by_name=True)
 
 
 class Compare(_Frozen):

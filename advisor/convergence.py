@@ -101,7 +101,7 @@ class StepsRange(BaseModel):
 class ProxyCurvePoint(BaseModel):
     """One evaluation of the proxy run: step, held-out loss and wall time so far."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     step: int = Field(ge=0)
     loss: float
@@ -111,7 +111,7 @@ class ProxyCurvePoint(BaseModel):
 class ProxyRun(BaseModel):
     """One optimizer at one learning rate on the proxy."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     lr: float = Field(gt=0)
     final_loss: float | None = Field(description="None when the run diverged")
@@ -121,7 +121,7 @@ class ProxyRun(BaseModel):
 class ProxyResult(BaseModel):
     """One optimizer's best learning rate on the proxy and its steps to AdamW's loss."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     optimizer: str
     status: str = Field(description="ok, skipped (why in detail) or diverged")
@@ -143,7 +143,7 @@ class ProxyResult(BaseModel):
 class ConvergenceCache(BaseModel):
     """What `optadvise calibrate --convergence` measured on one device (the cache file)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     schema_version: int = CONVERGENCE_SCHEMA_VERSION
     fingerprint_key: str

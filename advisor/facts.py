@@ -5,13 +5,12 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from advisor.conditions import Condition, Scalar, evaluate
 from advisor.errors import DataError
 from advisor.resources import rules_dir
-from advisor.yamlio import line_of, load_yaml, yaml_error_line
+from advisor.yamlio import YamlError, line_of, load_yaml, yaml_error_line
 
 
 class FactType(str, Enum):
@@ -34,7 +33,7 @@ class FactOrigin(str, Enum):
 class Fact(BaseModel):
     """One declared fact."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     type: FactType
@@ -73,7 +72,7 @@ class Fact(BaseModel):
 class Invariant(BaseModel):
     """A relation every real scenario satisfies (e.g. a CPU has no compute capability)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     id: str = Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
     meaning: str
@@ -83,7 +82,7 @@ class Invariant(BaseModel):
 class FactsFile(BaseModel):
     """The document rules/facts.yaml."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     facts: list[Fact]
     invariants: list[Invariant] = []
@@ -92,7 +91,7 @@ class FactsFile(BaseModel):
 class FactSpace(BaseModel):
     """Every declared fact, by name, and the invariants between them."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     facts: dict[str, Fact]
     invariants: list[Invariant] = []
@@ -117,7 +116,7 @@ def load_facts(path: Path | None = None) -> FactSpace:
         raw = load_yaml(path)
     except OSError as exc:
         raise DataError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    except yaml.YAMLError as exc:
+    except YamlError as exc:
         raise DataError([f"{path}:{yaml_error_line(exc)}: invalid YAML: {exc}"]) from exc
     try:
         doc = FactsFile.model_validate(raw)

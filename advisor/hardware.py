@@ -5,20 +5,19 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import GIB
+from advisor.yamlio import YamlError, parse_yaml
 
 _ID = r"^[a-z0-9]+(-[a-z0-9]+)*$"
-_SAFE_LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class DeviceKind(str, Enum):
@@ -178,10 +177,9 @@ def load_hardware_profiles(folder: Path | None = None) -> dict[str, HardwareProf
     problems: list[str] = []
     for path in sorted(folder.glob("*.yaml")):
         try:
-            # NOTE: libyaml's safe loader when PyYAML has it (~10x faster; same data).
-            raw = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
+            raw = parse_yaml(path.read_text())
             profile = HardwareProfile.model_validate(raw)
-        except yaml.YAMLError as exc:
+        except YamlError as exc:
             problems.append(f"{path}: invalid YAML: {exc}")
             continue
         except ValidationError as exc:

@@ -40,14 +40,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
 from advisor.resources import profiles_dir
 from advisor.units import format_count, parse_count
-from advisor.yamlio import line_of, load_yaml, yaml_error_line
+from advisor.yamlio import YamlError, line_of, load_yaml, yaml_error_line
 
 # NOTE: kebab-case segments of [a-z0-9], each segment may hold dots between alphanumerics
 # (version numbers: llama-3.1-8b, qwen2.5-0.5b); no leading, trailing or doubled dots.
@@ -59,7 +58,7 @@ NamedShapes = list[tuple[str, Shape]]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Arch(str, Enum):
@@ -706,7 +705,7 @@ def load_model_profiles(folder: Path | None = None) -> dict[str, ModelSpec]:
         except OSError as exc:
             problems.append(f"{path}:0: -: file: cannot read: {exc.strerror}")
             continue
-        except yaml.YAMLError as exc:
+        except YamlError as exc:
             msg = str(exc).replace("\n", " ")
             problems.append(f"{path}:{yaml_error_line(exc)}: -: yaml: invalid YAML: {msg}")
             continue

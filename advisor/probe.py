@@ -6,9 +6,11 @@ torch is imported lazily, only when the caller asks for torch facts.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -239,6 +241,26 @@ def nvml_cause(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _nvml_library_loads() -> bool:
+    """Whether the NVML library of the driver can be loaded, as pynvml would load it.
+
+    NOTE: importing pynvml costs ~20 ms (thousands of ctypes declarations), most of a
+    CPU-only `recommend`'s probe; dlopen of a missing library fails in microseconds. Outside
+    Windows pynvml loads exactly ``libnvidia-ml.so.1`` (nvmlInit then fails with
+    NVML_ERROR_LIBRARY_NOT_FOUND, code 12, when it is absent), so asking first changes no
+    answer. On Windows, where pynvml searches several folders, it is left to pynvml.
+    """
+    if sys.platform.startswith("win"):
+        return True
+    import ctypes
+
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
     """GPUs through NVML.
 
@@ -249,10 +271,12 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
         (gpus, warning): the warning names the cause when NVML is unusable, None otherwise.
     """
     if nvml is None:
-        try:
-            import pynvml
-        except ImportError:
+        if importlib.util.find_spec("pynvml") is None:
             return [], "nvidia-ml-py is not installed; GPUs were looked for through torch only"
+        if not _nvml_library_loads():
+            return [], None  # no NVIDIA driver: simply no NVIDIA GPU here (NVML code 12)
+        import pynvml
+
         nvml = pynvml
     try:
         nvml.nvmlInit()

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from advisor.conditions import Condition, comparisons
@@ -33,14 +32,14 @@ from advisor.datacache import cached_by_content, rules_sources
 from advisor.errors import DataError
 from advisor.facts import Fact, FactSpace, FactType, load_facts
 from advisor.resources import rules_dir
-from advisor.yamlio import line_of, load_yaml, yaml_error_line
+from advisor.yamlio import YamlError, line_of, load_yaml, yaml_error_line
 
 RESERVED_FILES = frozenset({"taxonomy.yaml", "facts.yaml"})
 _KEBAB = r"^[a-z0-9]+(-[a-z0-9.]+)*$"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Source(_Frozen):
@@ -141,7 +140,7 @@ class LocatedRule(_Frozen):
 class RuleSet(BaseModel):
     """Every rule of a rule base, sorted by id (file order never matters)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     rules: list[LocatedRule]
     facts: FactSpace
@@ -265,7 +264,7 @@ def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
             Problem(kind="schema", file=f, line=0, message=f"cannot read: {exc.strerror}")
         )
         return []
-    except yaml.YAMLError as exc:
+    except YamlError as exc:
         msg = " ".join(str(exc).split())
         problems.append(
             Problem(

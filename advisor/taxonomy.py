@@ -34,7 +34,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -50,13 +49,13 @@ from advisor.datacache import cached_by_content, taxonomy_sources
 from advisor.errors import DataError, UserError
 from advisor.hardware import DeviceKind
 from advisor.resources import rules_dir
-from advisor.yamlio import line_of, load_yaml, yaml_error_line
+from advisor.yamlio import YamlError, line_of, load_yaml, yaml_error_line
 
 TECHNIQUE_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Category(str, Enum):
@@ -503,7 +502,7 @@ def load_taxonomy(path: Path | None = None) -> Taxonomy:
         raw = load_yaml(path)
     except OSError as exc:
         raise DataError([f"{path}:0: -: file: cannot read: {exc.strerror}"]) from exc
-    except yaml.YAMLError as exc:
+    except YamlError as exc:
         msg = str(exc).replace("\n", " ")
         raise DataError([f"{path}:{yaml_error_line(exc)}: -: yaml: invalid YAML: {msg}"]) from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("techniques"), list):

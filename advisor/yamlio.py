@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from advisor.datacache import cached_by_content, yaml_sources
+
+# NOTE: PyYAML is imported on first parse, not with this module: with the data cache warm
+# (the usual run) no YAML is parsed, and importing it costs ~25 ms of every start-up.
+
+
+class YamlError(Exception):
+    """A document that is not valid YAML: PyYAML's message and the 1-based line it points at
+    (0 when unknown). Raised instead of ``yaml.YAMLError`` so that callers can catch it
+    without importing PyYAML."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class LineDict(dict[str, Any]):
@@ -22,33 +34,55 @@ class LineList(list[Any]):
     line: int = 0
 
 
-# NOTE: libyaml's parser (CSafeLoader) is ~10x faster than the pure-Python one and keeps the
-# node marks we read lines from; fall back when PyYAML was built without it.
-_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@functools.cache
+def _loaders() -> tuple[Any, Any]:
+    """(the line-aware safe loader, the plain safe loader), built on first use."""
+    import yaml
+
+    # NOTE: libyaml's parser (CSafeLoader) is ~10x faster than the pure-Python one and keeps
+    # the node marks we read lines from; fall back when PyYAML was built without it.
+    base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class _LineLoader(base):  # type: ignore[misc,valid-type]
+        """A safe loader that builds LineDict/LineList: still data only, never code."""
+
+    def construct_mapping(loader: Any, node: Any) -> LineDict:
+        loader.flatten_mapping(node)
+        result = LineDict()
+        result.line = node.start_mark.line + 1
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            result[key] = loader.construct_object(value_node, deep=True)
+        return result
+
+    def construct_sequence(loader: Any, node: Any) -> LineList:
+        result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+        result.line = node.start_mark.line + 1
+        return result
+
+    _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_sequence)
+    return _LineLoader, base
 
 
-class _LineLoader(_Base):  # type: ignore[misc]
-    """A safe loader that builds LineDict/LineList: still data only, never code."""
+def _parse(text: str, line_aware: bool) -> Any:
+    import yaml
+
+    loader = _loaders()[0 if line_aware else 1]
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise YamlError(str(exc), mark.line + 1 if mark is not None else 0) from exc
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
-    loader.flatten_mapping(node)
-    result = LineDict()
-    result.line = node.start_mark.line + 1
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        result[key] = loader.construct_object(value_node, deep=True)
-    return result
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader (plain dicts and lists: data only, never code).
 
-
-def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineList:
-    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
-    return result
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+    Raises:
+        YamlError: when the text is not YAML.
+    """
+    return _parse(text, line_aware=False)
 
 
 @cached_by_content("yaml", yaml_sources)
@@ -56,10 +90,10 @@ def load_yaml(path: Path) -> Any:
     """Load one YAML document with line-aware containers (cached by content, see datacache).
 
     Raises:
-        yaml.YAMLError: when the text is not YAML (the caller reports it with the file name).
+        YamlError: when the text is not YAML (the caller reports it with the file name).
         OSError: when the file cannot be read.
     """
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+    return _parse(path.read_text(encoding="utf-8"), line_aware=True)
 
 
 def line_of(data: Any, loc: tuple[int | str, ...] = ()) -> int:
@@ -80,7 +114,6 @@ def line_of(data: Any, loc: tuple[int | str, ...] = ()) -> int:
     return line
 
 
-def yaml_error_line(exc: yaml.YAMLError) -> int:
+def yaml_error_line(exc: YamlError) -> int:
     """The 1-based line a YAML syntax error points at (0 when unknown)."""
-    mark = getattr(exc, "problem_mark", None)
-    return mark.line + 1 if mark is not None else 0
+    return exc.line
