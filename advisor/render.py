@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,12 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from advisor.jsonout import print_json as print_json  # the commands call render.print_json
 from advisor.units import format_bytes, format_count, format_seconds
 
 if TYPE_CHECKING:
     # NOTE: only for annotations: importing the report models here would make every
     # command pay for building every model class at start-up (see benchmarks/startup.py).
-    from pydantic import BaseModel
 
     from advisor.checks import CheckReport
     from advisor.costdata import CalibrationCache
@@ -32,27 +30,6 @@ if TYPE_CHECKING:
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-
-def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
-    """Print a pydantic model (or a list or dict of them) as JSON on stdout."""
-    from pydantic import BaseModel
-
-    if isinstance(model, BaseModel):
-        text = model.model_dump_json(indent=2)
-    elif isinstance(model, list):
-        text = json.dumps([m.model_dump(mode="json") for m in model], indent=2)
-    else:
-        text = json.dumps(model, indent=2, default=_default)
-    sys.stdout.write(text + "\n")
-
-
-def _default(obj: object) -> object:
-    from pydantic import BaseModel
-
-    if isinstance(obj, BaseModel):
-        return obj.model_dump(mode="json")
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def note(text: str) -> None:
