@@ -35,6 +35,7 @@ data-parallel (or, hybrid, the shard-group) degree (Rajbhandari et al. 2020; Zha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,9 +205,10 @@ class ParamTensor:
     per_layer: bool = True
     expert: bool = False
 
-    @property
+    @functools.cached_property
     def numel(self) -> int:
-        """Elements of one tensor."""
+        """Elements of one tensor (computed once: the plan search sums them thousands of
+        times)."""
         return math.prod(self.shape)
 
 
@@ -426,8 +428,19 @@ def _mla_tensors(d: dict[str, int], bias: bool) -> list[ParamTensor]:
     return out
 
 
+# (ids of the tensors, per_layer) -> (the tensors, their count): see optimizer_state_bytes.
+_COUNTS: dict[tuple[object, ...], tuple[tuple[ParamTensor, ...], int]] = {}
+
+
 def _count(tensors: list[ParamTensor], *, per_layer: bool | None = None) -> int:
-    return sum(t.numel * t.count for t in tensors if per_layer is None or t.per_layer == per_layer)
+    key = (tuple(map(id, tensors)), per_layer)
+    hit = _COUNTS.get(key)
+    if hit is None:
+        if len(_COUNTS) > 4096:
+            _COUNTS.clear()
+        n = sum(t.numel * t.count for t in tensors if per_layer is None or t.per_layer == per_layer)
+        hit = _COUNTS[key] = (tuple(tensors), n)
+    return hit[1]
 
 
 def lora_tensors(
@@ -466,10 +479,17 @@ def _blocks(d: int, block: int | None) -> Iterator[int]:
         yield rest
 
 
+# (ids of the signature and the tensors, state dtype) -> (signature, tensors, bytes).
+_STATES: dict[tuple[object, ...], tuple[OptimizerMemory, tuple[ParamTensor, ...], int]] = {}
+
+
 def optimizer_state_bytes(
     mem: OptimizerMemory, tensors: list[ParamTensor], *, state_dtype_bytes: int = 4
 ) -> int:
     """Bytes of optimizer state for ``tensors``, by the formula of ``mem.state`` (see StateKind).
+
+    Memoised by the identity of its (immutable) inputs, which the entry keeps alive: the plan
+    search asks for the same optimizer on the same layout's tensors many times.
 
     Args:
         mem: the optimizer's state signature from the taxonomy.
@@ -482,7 +502,19 @@ def optimizer_state_bytes(
     Returns:
         The state bytes, before sharding.
     """
+    key = (id(mem), tuple(map(id, tensors)), state_dtype_bytes)
+    hit = _STATES.get(key)
+    if hit is None:
+        if len(_STATES) > 4096:
+            _STATES.clear()
+        found = _optimizer_state_bytes(mem, tensors, state_dtype_bytes)
+        hit = _STATES[key] = (mem, tuple(tensors), found)
+    return hit[2]
 
+
+def _optimizer_state_bytes(
+    mem: OptimizerMemory, tensors: list[ParamTensor], state_dtype_bytes: int
+) -> int:
     if mem.state is StateKind.BLOCK_MEAN:
         # NOTE: Adam-mini allocates its states in fp32 whatever the parameter dtype.
         state_dtype_bytes = 4
@@ -579,6 +611,7 @@ class _Dtypes:
     weight_cache: float  # bytes per linear weight of 16-bit / fp8 copies
 
 
+@functools.cache  # NOTE: a pure function of the enum, called per phase of every estimate
 def _dtypes(precision: Precision) -> _Dtypes:
     if precision in (Precision.FP32, Precision.TF32):
         return _Dtypes(4, 4, 0, 4, 4, 4, 4, 0)
@@ -940,8 +973,33 @@ def _is_row_parallel(name: str) -> bool:
     return name in ("o", "down") or name.endswith("_down") or name.startswith("down")
 
 
+# (ids of the input tensors, tp, ep, pp, stage, L, tied) -> (the input tensors, the result).
+_LOCAL: dict[tuple[object, ...], tuple[tuple[ParamTensor, ...], tuple[ParamTensor, ...]]] = {}
+
+
 def _local_tensors(
     tensors: list[ParamTensor], config: TrainingConfig, stage: str, d: dict[str, int], tied: bool
+) -> list[ParamTensor]:
+    """:func:`_layout_tensors` for ``config``'s layout, memoised.
+
+    NOTE: the plan search asks for the same layout's tensors thousands of times (every batch
+    geometry and memory saver of it). The key is the layout alone, which is all that
+    :func:`_layout_tensors` is given, and the identity of the input tensors: the entry keeps
+    them alive, so their ids cannot be reused while it exists.
+    """
+    tp, ep, pp = config.tensor_parallel, config.expert_parallel, config.pipeline_parallel
+    key = (tuple(map(id, tensors)), tp, ep, pp, stage, d["L"], tied)
+    hit = _LOCAL.get(key)
+    if hit is None:
+        if len(_LOCAL) > 4096:
+            _LOCAL.clear()
+        result = _layout_tensors(tensors, tp, ep, pp, stage, d["L"], tied)
+        hit = _LOCAL[key] = (tuple(tensors), tuple(result))
+    return list(hit[1])
+
+
+def _layout_tensors(
+    tensors: list[ParamTensor], tp: int, ep: int, pp: int, stage: str, layers: int, tied: bool
 ) -> list[ParamTensor]:
     """The parameter tensors one device holds under the layout (before ZeRO sharding).
 
@@ -951,9 +1009,8 @@ def _local_tensors(
     Megatron does). Tensor parallelism splits block matrices and the vocabulary by ``tp``
     (norms and the router are replicated); expert parallelism splits the experts by ``ep``.
     """
-    tp, ep = config.tensor_parallel, config.expert_parallel
-    L = max(d["L"], 1)
-    stage_layers = math.ceil(L / config.pipeline_parallel)
+    L = max(layers, 1)
+    stage_layers = math.ceil(L / pp)
     first, last = stage in ("only", "first"), stage in ("only", "last")
     out: list[ParamTensor] = []
     for t in tensors:
@@ -971,7 +1028,7 @@ def _local_tensors(
         else:
             head_side = t.role is Role.OUTPUT or t.name == "final_norm"
             if t.role is Role.EMBEDDING:
-                keep = first or (last and tied and config.pipeline_parallel > 1)
+                keep = first or (last and tied and pp > 1)
             else:
                 keep = last if head_side else first
             if not keep:
@@ -1270,8 +1327,10 @@ def _estimate_stage(
     bd["workspace"] = device.workspace_bytes
     bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
+    # NOTE: model_construct: every value here is an int this function computed (no input to
+    # validate), and validating ~5 models per estimate was ~8% of a plan search.
     phase_list = [
-        Phase(
+        Phase.model_construct(
             name=name,
             components={**parts, **overheads},
             total_bytes=sum(parts.values()) + sum(overheads.values()),
@@ -1283,7 +1342,7 @@ def _estimate_stage(
     notes.append(
         f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
     )
-    return MemoryEstimate(
+    return MemoryEstimate.model_construct(
         total_bytes=peak.total_bytes,
         breakdown=bd,
         phases=phase_list,
