@@ -489,19 +489,24 @@ def profile_blocks(
 
 
 def write_profiles(blocks: dict[str, GpuEfficiency]) -> None:
-    """Replace (or append) the ``efficiency:`` block at the end of each profile file."""
+    """Replace (or append) the ``efficiency:`` block of each profile file, keeping the
+    top-level keys that follow it (``host:``)."""
     folder = profiles_dir() / "hardware"
     for pid, eff in blocks.items():
         path = folder / f"{pid}.yaml"
         text = path.read_text()
-        head = text.split("\nefficiency:")[0].rstrip("\n") + "\n"
+        head, _, rest = text.partition("\nefficiency:")
+        head = head.rstrip("\n") + "\n"
+        lines = rest.split("\n")[1:]
+        after = next((i for i, line in enumerate(lines) if line[:1] not in ("", " ", "#")), None)
+        tail = "\n".join(lines[after:]) if after is not None else ""
         body = yaml.safe_dump(
-            {"efficiency": json.loads(eff.model_dump_json())},
+            {"efficiency": json.loads(eff.model_dump_json(exclude_none=True))},
             sort_keys=False,
             width=100,
             allow_unicode=True,
         )
-        path.write_text(head + body)
+        path.write_text(head + body + tail)
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
