@@ -4,16 +4,20 @@
     python -m benchmarks.gpu_fit --write    # ... and write the efficiency blocks into
                                             #     profiles/hardware/*.yaml
 
-Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan, Megatron-LM / Narayanan et
-al. 2021, the Llama 3 paper) and benchmarks/data/attention_kernels.yaml (FlashAttention-2/3
-kernel TFLOP/s). The Llama 3 source is held out: it is predicted, never fitted. MosaicML
+Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan on A100 and H100, OLMo-core
+on H100, Megatron-LM / Narayanan et al. 2021, the Llama 3 paper) and
+benchmarks/data/attention_kernels.yaml (FlashAttention-2/3 kernel TFLOP/s). The Llama 3
+source is held out: it is predicted, never fitted. Sources in ``CHECK_ONLY`` (torchtitan's
+multi-node FSDP + TP (+ PP) Float8 runs) are predicted and reported, never fitted. MosaicML
 llm-foundry's benchmark tables are not used in any way (the project owner keeps them as a
 test).
 
 The fit minimises the squared log error of predicted tokens/s per GPU with a small
 coordinate search (no scipy): per generation, the GEMM ceiling ``gemm_max``, its token and
 width saturation (``gemm_m0``, ``gemm_n0``) and the share of compute that hides collectives
-(``overlap``). FlashAttention-2's curve is fitted to the paper's kernel figures the same way.
+(``overlap``); on Hopper the ceiling on the BF16 rows, then the FP8 share ``gemm_fp8`` on the
+FP8 rows with every BF16 constant fixed. FlashAttention-2's curve is fitted to the paper's
+kernel figures the same way.
 """
 
 from __future__ import annotations
@@ -396,6 +400,7 @@ def run_device(run: dict[str, Any], hw: HardwareProfile) -> HardwareProfile:
         update={
             "peak_tflops": peak,
             "memory_bandwidth_gb_s": over.get("memory_bandwidth_gb_s", hw.memory_bandwidth_gb_s),
+            "memory_gib": over.get("memory_gib", hw.memory_gib),
         }
     )
 
@@ -410,6 +415,7 @@ def predict_run(run: dict[str, Any], hw: HardwareProfile) -> float:
 
 
 def memory_check(run: dict[str, Any], hw: HardwareProfile) -> dict[str, Any]:
+    hw = run_device(run, hw)
     spec = run_spec(run)
     config = run_config(run)
     try:
