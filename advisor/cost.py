@@ -665,12 +665,18 @@ class _Step:
         With sequence parallelism each block does 2 all-gathers and 2 reduce-scatters of a
         (tokens x h) activation forward and the same backward (Korthikanti et al. 2022,
         sec. 4.2.2); a full recompute repeats the forward's. Not overlapped (no async TP).
+        Under FP8 the forward all-gathers carry the FP8-cast GEMM input (1 byte per element;
+        torchao's Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8
+        all-gather); reduce-scatters sum 16-bit outputs and gradients.
         """
         if self.tp == 1:
             return 0.0
         act = 4 if self.dtype in ("fp32", "tf32") else 2
         per = self.tokens * self.sh.hidden * act * (self.tp - 1) / self.tp
-        count = 8 + (4 if self.config.checkpointing is Checkpointing.FULL else 0)
+        full = self.config.checkpointing is Checkpointing.FULL
+        count = 8.0 + (4 if full else 0)
+        if self.fp8 and self.eff.gemm_fp8 is not None:
+            count -= (2 + (2 if full else 0)) / 2
         bw = self.measured_busbw("all_gather", self.tp) or self.link(self.tp > self.node)[0]
         return count * per / bw
 

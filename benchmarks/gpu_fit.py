@@ -110,6 +110,10 @@ _FA2_H100 = (
 )
 _XF = "Dao 2023, Fig. 4: xFormers cutlass fwd+bwd ~0.6x FlashAttention-2 on A100"
 _EAGER = "Dao 2023, Fig. 4: PyTorch standard attention; matmuls as batched GEMMs (scores apart)"
+_DEEPGEMM = (
+    "benchmarks/gpu_fit.py, least squares on DeepGEMM's dense FP8 GEMM table, H800"
+    " (github.com/deepseek-ai/DeepGEMM, README at a6d97a1): shape saturation only"
+)
 _CUDNN = "assumed equal to FA3 on Hopper (cuDNN 9 fused flash attention uses TMA/WGMMA as FA3)"
 
 
@@ -204,6 +208,11 @@ def measured_tokens(run: dict[str, Any], spec: ModelSpec) -> tuple[float, str]:
 # --- the efficiencies being fitted ----------------------------------------------------------
 
 
+@functools.cache
+def _hopper_shape() -> dict[str, float]:
+    return fit_gemm_shape(_load("hopper_gemm_kernels.yaml"))
+
+
 def ridge(hw: HardwareProfile) -> float:
     return (
         (hw.peak_tflops.bf16 or hw.peak_tflops.fp16 or hw.peak_tflops.fp32)
@@ -225,6 +234,23 @@ def fit_attention(rows: list[dict[str, Any]]) -> dict[str, float]:
 
     start = {"max": 0.6, "s0": 200.0, "s0_causal": 500.0, "d0": 30.0}
     return coordinate_search(loss, start, {"max": (0.2, 0.95)})
+
+
+def fit_gemm_shape(data: dict[str, Any]) -> dict[str, float]:
+    """Hopper's GEMM shape saturation (max, m0, n0) by least squares on log throughput of
+    DeepGEMM's kernel table (benchmarks/data/hopper_gemm_kernels.yaml)."""
+    peak = float(data["peak_tflops"])
+    rows = data["rows"]
+
+    def model(p: dict[str, float], r: dict[str, Any]) -> float:
+        m, n, k = r["m"], r["n"], r["k"]
+        return p["max"] * m / (m + p["m0"]) * n / (n + p["n0"]) * k / (k + p["n0"])
+
+    def loss(p: dict[str, float]) -> float:
+        return sum(math.log(model(p, r) / (r["tflops"] / peak)) ** 2 for r in rows)
+
+    start = {"max": 0.7, "m0": 300.0, "n0": 300.0}
+    return coordinate_search(loss, start, {"max": (0.2, 1.0)}, rounds=200)
 
 
 def coordinate_search(
@@ -257,7 +283,11 @@ def coordinate_search(
 
 
 def efficiency(
-    gen: Generation, hw: HardwareProfile, fit: dict[str, dict[str, float]], fa2: dict[str, float]
+    gen: Generation,
+    hw: HardwareProfile,
+    fit: dict[str, dict[str, float]],
+    fa2: dict[str, float],
+    shape: dict[str, float] | None = None,
 ) -> GpuEfficiency:
     """The efficiency block of one profile from the fitted and published constants."""
     amp = fit[Generation.AMPERE.value]
@@ -279,6 +309,11 @@ def efficiency(
     else:
         m0 = Fitted(value=round(amp["gemm_m0"] * scale, 1), source=_RIDGE)
         n0 = Fitted(value=round(amp["gemm_n0"] * scale, 1), source=_RIDGE)
+    shape = shape if shape is not None else _hopper_shape()
+    if gen is Generation.HOPPER:
+        # Hopper's own kernel-level shape curve replaces the ridge scaling of Ampere's.
+        m0 = Fitted(value=round(shape["m0"], 1), source=_DEEPGEMM)
+        n0 = Fitted(value=round(shape["n0"], 1), source=_DEEPGEMM)
     overlap = Fitted(
         value=round(amp["overlap"], 3),
         source=fit_src.replace(
@@ -601,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_source": HELD_OUT,
         "fitted": {k: {p: round(v, 4) for p, v in d.items()} for k, d in fit.items()},
         "flash_attention_2": {k: round(v, 4) for k, v in fa2.items()},
+        "hopper_gemm_shape": {k: round(v, 4) for k, v in _hopper_shape().items()},
         "fit_summary": summarize(fitted),
         "validation_summary": summarize([r for r in rows if r["held_out"]]),
         "check_summary": summarize([r for r in rows if r["check_only"]]),

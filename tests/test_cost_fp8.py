@@ -18,14 +18,15 @@ from advisor.modelspec import get_model_profile
 H100 = get_hardware_profile("h100-sxm-80gb")
 L40S = get_hardware_profile("l40s")
 LLAMA8 = get_model_profile("llama-3.1-8b")
-LLAMA405 = get_model_profile("llama-3.1-405b")
 
 
-def _config(precision: Precision, seq_len: int = 8192, **kw: Any) -> TrainingConfig:
+def _config(
+    precision: Precision, seq_len: int = 8192, micro_batch: int = 2, **kw: Any
+) -> TrainingConfig:
     return TrainingConfig(
         task=Task.PRETRAIN,
         precision=precision,
-        micro_batch=2,
+        micro_batch=micro_batch,
         seq_len=seq_len,
         stack=Stack.FUSED,
         checkpointing=Checkpointing.SELECTIVE,
@@ -66,10 +67,11 @@ def test_end_to_end_fp8_gain_is_below_the_datasheet_ratio() -> None:
     bf16 = _parts(LLAMA8, Precision.BF16_MIXED)["total"]
     fp8 = _parts(LLAMA8, Precision.FP8_MIXED)["total"]
     assert 1.1 < bf16 / fp8 < 1.6
-    # A large model at a short sequence is GEMM-bound: FP8 helps more there.
-    big = _parts(LLAMA405, Precision.BF16_MIXED, seq_len=2048, tensor_parallel=8)["total"]
-    big8 = _parts(LLAMA405, Precision.FP8_MIXED, seq_len=2048, tensor_parallel=8)["total"]
-    assert big / big8 > bf16 / fp8
+    # The same tokens per micro-batch at a short sequence: attention, which stays 16-bit, is
+    # a smaller share, so FP8 helps more there.
+    short = _parts(LLAMA8, Precision.BF16_MIXED, seq_len=1024, micro_batch=16)["total"]
+    short8 = _parts(LLAMA8, Precision.FP8_MIXED, seq_len=1024, micro_batch=16)["total"]
+    assert short / short8 > bf16 / fp8
 
 
 def test_without_a_fitted_fp8_share_fp8_is_no_faster_than_bf16() -> None:
