@@ -431,6 +431,26 @@ def _find_layer(results: ShapeResults | None, dtype: str) -> LayerTiming | None:
     return next((lt for lt in results.layers if lt.dtype == want), None)
 
 
+def _stage_layers(layers: int, pp: int, v: int) -> tuple[float, float]:
+    """(layers of the busiest pipeline stage, layers of the last stage, which also runs the
+    LM head and the loss).
+
+    Stages hold whole layers: with ``pp x v`` model chunks of ``ceil(layers / (pp v))``
+    layers the busiest stage holds ``v`` full chunks. Where the layers do not split evenly
+    the missing ones come off the end stages, the last stage taking the odd one: Llama 3's
+    126 layers on 16 stages run 8 layers per stage with one layer fewer on the first and
+    the last stage, whose extra work is the embedding and the output layer and loss
+    (Dubey et al. 2024, sec. 3.3.2). Evenly split (Megatron requires it), the last stage
+    runs the head on top of its share.
+    """
+    if pp <= 1:
+        return float(layers), float(layers)
+    per_chunk = math.ceil(layers / (pp * v))
+    busiest = per_chunk * v
+    deficit = per_chunk * pp * v - layers
+    return float(busiest), float(max(busiest - (deficit + 1) // 2, 0))
+
+
 _BACKEND = {
     AttentionKernel.EAGER: "math",
     AttentionKernel.FA2: "flash",
@@ -465,7 +485,7 @@ class _Step:
         self.dp = config.gpus
         self.ep = min(config.expert_parallel, max(spec.num_experts, 1))
         self.tokens = config.micro_batch * config.seq_len
-        self.stage_layers = self.sh.layers / self.pp
+        self.stage_layers, self.last_stage_layers = _stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel = attention_kernel(config, hw)
         self.node = gpus_per_node or eff.gpus_per_node
 
@@ -652,8 +672,21 @@ class _Step:
         if not self.fp8 or self.eff.gemm_fp8 is None or self.hw is None:
             return 0.0, 0.0
         fwd_b = bwd_b = 0.0
-        for g in block_gemms(self.spec, self.tokens, self.tp, self.ep):
+        gemms = block_gemms(self.spec, self.tokens, self.tp, self.ep)
+        shared_input = 0.0
+        if self.tp > 1:
+            # Under TP the column-parallel layers' common input (the attention and the MLP
+            # block input) is cast once, on its sequence shard, before the FP8 all-gather
+            # (torchao float8_tensor_parallel.PrepareFloat8ModuleInput: "the float8 cast
+            # happens before the all-gather ... we perform fp8 allgather only once");
+            # backward transposes the gathered FP8 copy once per module.
+            shared_input = 2.0 * self.tokens * self.sh.hidden
+            fwd_b += _FP8_CAST_BYTES * shared_input / self.tp
+            bwd_b += _FP8_TRANSPOSE_BYTES * shared_input
+        for g, (_n, _k, row, _expert) in zip(gemms, _weight_matrices(self.spec), strict=True):
             mk, nk, mn = g.m * g.k * g.count, g.n * g.k * g.count, g.m * g.n * g.count
+            if self.tp > 1 and not row and not _expert:
+                mk = 0.0  # its input was cast above
             fwd_b += _FP8_CAST_BYTES * (mk + nk)
             bwd_b += _FP8_CAST_BYTES * mn + _FP8_TRANSPOSE_BYTES * (mk + nk + mn)
         bw, _ = self.bandwidth()
@@ -775,9 +808,46 @@ class _Step:
             parts["pipeline_p2p"] = ComponentTime(
                 seconds=bytes_ / bw_p2p, source=Source.ANALYTIC, detail="1F1B send/recv"
             )
-        fwd = (g_fwd + a_fwd + e_fwd) * L + head_fwd
+        head_share = self.head_on_critical_path(parts)
+        if head_share < 1.0:
+            for key in ("lm_head", "loss_and_embedding"):
+                part = parts[key]
+                parts[key] = part.model_copy(
+                    update={
+                        "seconds": part.seconds * head_share,
+                        "detail": f"{head_share:.0%} on the busiest stage's path",
+                    }
+                )
+        fwd = (g_fwd + a_fwd + e_fwd) * L + head_fwd * head_share
         total = sum(p.seconds for p in parts.values())
         return parts, fwd, max(total - fwd, 0.0)
+
+    def head_on_critical_path(self, parts: dict[str, ComponentTime]) -> float:
+        """Share of the LM head and loss that lengthens the busiest stage's micro-batch.
+
+        1F1B runs at the pace of its slowest stage. The last stage holds
+        ``last_stage_layers`` layers plus the head; when it is lighter than the busiest
+        stage (uneven splits, Llama 3's balancing) only what exceeds the busiest stage
+        counts (none for Llama 3 405B on 16 stages).
+        """
+        if self.pp <= 1 or self.last_stage_layers >= self.stage_layers:
+            return 1.0
+        per_layer_keys = (
+            "forward_backward",
+            "attention",
+            "elementwise",
+            "fp8_casts",
+            "recompute",
+            "tensor_parallel_comm",
+            "expert_all_to_all",
+        )
+        per_layer = sum(parts[k].seconds for k in per_layer_keys if k in parts)
+        per_layer /= max(self.stage_layers, 1.0)
+        head = parts["lm_head"].seconds + parts["loss_and_embedding"].seconds
+        if head <= 0:
+            return 1.0
+        spare = (self.stage_layers - self.last_stage_layers) * per_layer
+        return max(head - spare, 0.0) / head
 
     # --- per step ---------------------------------------------------------------------------
 
