@@ -697,10 +697,17 @@ class _Step:
 
         With sequence parallelism each block does 2 all-gathers and 2 reduce-scatters of a
         (tokens x h) activation forward and the same backward (Korthikanti et al. 2022,
-        sec. 4.2.2); a full recompute repeats the forward's. Not overlapped (no async TP).
-        Under FP8 the forward all-gathers carry the FP8-cast GEMM input (1 byte per element;
-        torchao's Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8
-        all-gather); reduce-scatters sum 16-bit outputs and gradients.
+        sec. 4.2.2); a full recompute repeats the forward's. Under FP8 the forward
+        all-gathers carry the FP8-cast GEMM input (1 byte per element; torchao's
+        Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8 all-gather);
+        reduce-scatters sum 16-bit outputs and gradients.
+
+        Overlapped TP (:meth:`tp_overlapped`) splits each collective into ``t`` per-rank
+        chunks pipelined with the partial GEMMs that consume or produce them (Wang et al.
+        2023, "Overlap Communication with Dependent Computation via Decomposition";
+        torchtitan async TP; Transformer Engine userbuffers): the profile's fitted
+        ``tp_overlap`` share is hidden, never more than the ``(t - 1) / t`` chunks that have
+        a partial GEMM to run under.
         """
         if self.tp == 1:
             return 0.0
@@ -711,7 +718,23 @@ class _Step:
         if self.fp8 and self.eff.gemm_fp8 is not None:
             count -= (2 + (2 if full else 0)) / 2
         bw = self.measured_busbw("all_gather", self.tp) or self.link(self.tp > self.node)[0]
-        return count * per / bw
+        seconds = count * per / bw
+        hidden = self.tp_hidden_share()
+        return seconds * (1.0 - hidden)
+
+    def tp_overlapped(self) -> bool:
+        """Whether the TP collectives are overlapped: as configured, else the stack's default
+        (production fused stacks enable it: torchtitan async TP with torch.compile,
+        Megatron-Core/NeMo ``tp_comm_overlap``; Hugging Face modules do not)."""
+        flag = self.config.tp_comm_overlap
+        return flag if flag is not None else self.config.stack is Stack.FUSED
+
+    def tp_hidden_share(self) -> float:
+        """Share of the TP collectives hidden under the dependent GEMMs (0 when not
+        overlapped or where no share is fitted for the generation)."""
+        if self.tp == 1 or not self.tp_overlapped() or self.eff.tp_overlap is None:
+            return 0.0
+        return min(self.eff.tp_overlap.value, (self.tp - 1) / self.tp)
 
     def ep_comm(self) -> float:
         """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
@@ -791,7 +814,12 @@ class _Step:
             parts["tensor_parallel_comm"] = ComponentTime(
                 seconds=tp_s,
                 source=Source.ANALYTIC,
-                detail=f"TP={self.tp} sequence-parallel all-gather/reduce-scatter, exposed",
+                detail=f"TP={self.tp} sequence-parallel all-gather/reduce-scatter, "
+                + (
+                    f"{self.tp_hidden_share():.0%} hidden (overlapped TP)"
+                    if self.tp_hidden_share()
+                    else "exposed"
+                ),
             )
         ep_s = self.ep_comm() * L
         if ep_s:
