@@ -7,8 +7,8 @@
 Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan on A100 and H100, OLMo-core
 on H100, Megatron-LM / Narayanan et al. 2021, the Llama 3 paper) and
 benchmarks/data/attention_kernels.yaml (FlashAttention-2/3 kernel TFLOP/s). The Llama 3
-source is held out: it is predicted, never fitted. Sources in ``CHECK_ONLY`` (torchtitan's
-multi-node FSDP + TP (+ PP) Float8 runs) are predicted and reported, never fitted. MosaicML
+source is held out: it is predicted, never fitted. Sources in ``CHECK_ONLY`` (none at present)
+are predicted and reported, never fitted. MosaicML
 llm-foundry's benchmark tables are not used in any way (the project owner keeps them as a
 test).
 
@@ -16,7 +16,8 @@ The fit minimises the squared log error of predicted tokens/s per GPU with a sma
 coordinate search (no scipy): per generation, the GEMM ceiling ``gemm_max``, its token and
 width saturation (``gemm_m0``, ``gemm_n0``) and the share of compute that hides collectives
 (``overlap``); on Hopper the ceiling on the BF16 rows, then the FP8 share ``gemm_fp8`` on the
-FP8 rows with every BF16 constant fixed. FlashAttention-2's curve is fitted to the paper's
+FP8 rows with every BF16 constant fixed, then the share of TP collectives that async TP hides
+(``tp_overlap``) on torchtitan's multi-node async-TP rows with everything else fixed. FlashAttention-2's curve is fitted to the paper's
 kernel figures the same way.
 """
 
