@@ -154,6 +154,12 @@ class TrainingConfig(BaseModel):
     expert_parallel: int = Field(
         default=1, ge=1, description="MoE experts split over this many data-parallel ranks"
     )
+    tp_comm_overlap: bool | None = Field(
+        default=None,
+        description="tensor-parallel collectives decomposed and overlapped with their "
+        "dependent GEMMs (torchtitan async TP, Megatron/TE --tp-comm-overlap); default: on "
+        "under the fused stack, off under hf",
+    )
     shard_group: int | None = Field(
         default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
     )
@@ -162,6 +168,15 @@ class TrainingConfig(BaseModel):
     def world_size(self) -> int:
         """Devices the configuration spans: data x tensor x pipeline parallel degrees."""
         return self.gpus * self.tensor_parallel * self.pipeline_parallel
+
+    @property
+    def tp_overlapped(self) -> bool:
+        """Whether the TP collectives are overlapped with their GEMMs: as configured, else the
+        stack's default (production fused stacks enable it: torchtitan async TP with
+        torch.compile, Megatron-Core/NeMo ``tp_comm_overlap``; Hugging Face modules do not)."""
+        if self.tp_comm_overlap is not None:
+            return self.tp_comm_overlap
+        return self.stack is Stack.FUSED
 
     @property
     def loss_fused(self) -> bool:

@@ -97,6 +97,16 @@ _EAGER_SCORE_BYTES = 60.0
 # sec. 4.1): fwd+bwd = 3.5 x forward. Eager: backward = 2 x forward.
 _FLASH_FB = 3.5
 _EAGER_FB = 3.0
+# FP8 training with dynamic (current) tensor-wise scaling casts every GEMM operand each
+# micro-step: an amax pass and a cast pass over the 16-bit tensor (read 2 + read 2 + write 1
+# bytes per element) for the input and the weight forward and the output gradient backward,
+# plus the transposed FP8 copies the backward GEMMs take (read 1 + write 1 each) (torchao
+# float8 tensorwise recipe, torchao/float8/README.md; Transformer Engine's current scaling;
+# Micikevicius et al. 2022, FP8 Formats for Deep Learning). Only the blocks' linear layers
+# run in FP8: attention, norms and the LM head stay 16-bit (torchtitan's float8 converter
+# skips `output`; Megatron's output layer is not a TE module).
+_FP8_CAST_BYTES = 5.0
+_FP8_TRANSPOSE_BYTES = 2.0
 
 # The CPU has no fitted GPU block: these come from measurements on the project's CPUs
 # (FINDINGS.md): fp32 GEMM 120-170 GFLOP/s on 2 AVX-512 cores (~320 peak) -> 0.45; flash SDPA
@@ -421,6 +431,26 @@ def _find_layer(results: ShapeResults | None, dtype: str) -> LayerTiming | None:
     return next((lt for lt in results.layers if lt.dtype == want), None)
 
 
+def _stage_layers(layers: int, pp: int, v: int) -> tuple[float, float]:
+    """(layers of the busiest pipeline stage, layers of the last stage, which also runs the
+    LM head and the loss).
+
+    Stages hold whole layers: with ``pp x v`` model chunks of ``ceil(layers / (pp v))``
+    layers the busiest stage holds ``v`` full chunks. Where the layers do not split evenly
+    the missing ones come off the end stages, the last stage taking the odd one: Llama 3's
+    126 layers on 16 stages run 8 layers per stage with one layer fewer on the first and
+    the last stage, whose extra work is the embedding and the output layer and loss
+    (Dubey et al. 2024, sec. 3.3.2). Evenly split (Megatron requires it), the last stage
+    runs the head on top of its share.
+    """
+    if pp <= 1:
+        return float(layers), float(layers)
+    per_chunk = math.ceil(layers / (pp * v))
+    busiest = per_chunk * v
+    deficit = per_chunk * pp * v - layers
+    return float(busiest), float(max(busiest - (deficit + 1) // 2, 0))
+
+
 _BACKEND = {
     AttentionKernel.EAGER: "math",
     AttentionKernel.FA2: "flash",
@@ -448,22 +478,32 @@ class _Step:
         self.sh = _shape(spec)
         self.results = calibration.results_for(layer_shape(spec)) if calibration else None
         self.dtype = compute_dtype(config.precision)
+        self.fp8 = self.dtype == "fp8"
         self.tp = config.tensor_parallel
         self.pp = config.pipeline_parallel
         self.v = config.virtual_stages if config.pipeline_parallel > 1 else 1
         self.dp = config.gpus
         self.ep = min(config.expert_parallel, max(spec.num_experts, 1))
         self.tokens = config.micro_batch * config.seq_len
-        self.stage_layers = self.sh.layers / self.pp
+        self.stage_layers, self.last_stage_layers = _stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel = attention_kernel(config, hw)
         self.node = gpus_per_node or eff.gpus_per_node
 
     # --- device figures -------------------------------------------------------------------
 
     def peak(self) -> float:
+        """The dense peak of the blocks' GEMMs (FP8 only where an FP8 share is fitted)."""
         if self.hw is None:
             return 0.0
+        if self.fp8 and self.eff.gemm_fp8 is None:
+            return self.peak16()
         return _peak_flops(self.hw, self.dtype)
+
+    def peak16(self) -> float:
+        """The peak of what stays 16-bit under FP8 (attention, LM head)."""
+        if self.hw is None:
+            return 0.0
+        return _peak_flops(self.hw, "bf16" if self.fp8 else self.dtype)
 
     def bandwidth(self) -> tuple[float, Source]:
         if self.cal is not None and self.cal.copy_gb_s:
@@ -507,16 +547,23 @@ class _Step:
 
     # --- compute per micro-batch ------------------------------------------------------------
 
-    def gemm_seconds(self, gemms: list[Gemm]) -> tuple[float, Source]:
+    def gemm_seconds(
+        self, gemms: list[Gemm], *, low_precision: bool = True
+    ) -> tuple[float, Source]:
+        """Seconds of forward GEMMs; ``low_precision=False`` keeps them 16-bit under FP8."""
         total, sources = 0.0, set()
+        fp8 = self.fp8 and low_precision and self.eff.gemm_fp8 is not None
+        peak = self.peak() if low_precision else self.peak16()
+        share = self.eff.gemm_fp8.value if fp8 and self.eff.gemm_fp8 is not None else 1.0
         for g in gemms:
-            measured = self.measured_gemm(g)
+            # Under FP8 the measured rows are FP8 GEMMs: not what a 16-bit GEMM runs at.
+            measured = self.measured_gemm(g) if low_precision or not self.fp8 else None
             if measured is not None:
                 total += g.flops / measured
                 sources.add(Source.MEASURED)
                 continue
-            e = gemm_efficiency(self.eff, g.m, g.n, g.k)
-            total += g.flops / (self.peak() * e) if self.peak() else 0.0
+            e = gemm_efficiency(self.eff, g.m, g.n, g.k) * share
+            total += g.flops / (peak * e) if peak else 0.0
             sources.add(Source.ANALYTIC)
         src = sources.pop() if len(sources) == 1 else Source.MIXED
         return total, src
@@ -596,7 +643,7 @@ class _Step:
         # QK^T and PV: 2 matmuls x 2 s^2 d FLOPs per head; fused kernels skip the masked half.
         fwd_flops = 4 * mb * s * s * heads * d * (0.5 if causal and not eager else 1.0)
         e = attention_efficiency(self.eff, self.kernel, s, d, causal)
-        fwd = fwd_flops / (self.peak() * e)
+        fwd = fwd_flops / (self.peak16() * e)
         fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
         if eager:
             bw, _ = self.bandwidth()
@@ -620,20 +667,67 @@ class _Step:
         fwd = per_token * self.tokens / bw
         return 3 * fwd, fwd, src
 
+    def fp8_casts(self) -> tuple[float, float]:
+        """(fwd+bwd, fwd) seconds of one block's FP8 scaling and casts, one micro-batch."""
+        if not self.fp8 or self.eff.gemm_fp8 is None or self.hw is None:
+            return 0.0, 0.0
+        fwd_b = bwd_b = 0.0
+        gemms = block_gemms(self.spec, self.tokens, self.tp, self.ep)
+        shared_input = 0.0
+        if self.tp > 1:
+            # Under TP the column-parallel layers' common input (the attention and the MLP
+            # block input) is cast once, on its sequence shard, before the FP8 all-gather
+            # (torchao float8_tensor_parallel.PrepareFloat8ModuleInput: "the float8 cast
+            # happens before the all-gather ... we perform fp8 allgather only once");
+            # backward transposes the gathered FP8 copy once per module.
+            shared_input = 2.0 * self.tokens * self.sh.hidden
+            fwd_b += _FP8_CAST_BYTES * shared_input / self.tp
+            bwd_b += _FP8_TRANSPOSE_BYTES * shared_input
+        for g, (_n, _k, row, _expert) in zip(gemms, _weight_matrices(self.spec), strict=True):
+            mk, nk, mn = g.m * g.k * g.count, g.n * g.k * g.count, g.m * g.n * g.count
+            if self.tp > 1 and not row and not _expert:
+                mk = 0.0  # its input was cast above
+            fwd_b += _FP8_CAST_BYTES * (mk + nk)
+            bwd_b += _FP8_CAST_BYTES * mn + _FP8_TRANSPOSE_BYTES * (mk + nk + mn)
+        bw, _ = self.bandwidth()
+        return (fwd_b + bwd_b) / bw, fwd_b / bw
+
     def tp_comm(self) -> float:
         """Exposed tensor-parallel collectives of one block, one micro-batch.
 
         With sequence parallelism each block does 2 all-gathers and 2 reduce-scatters of a
         (tokens x h) activation forward and the same backward (Korthikanti et al. 2022,
-        sec. 4.2.2); a full recompute repeats the forward's. Not overlapped (no async TP).
+        sec. 4.2.2); a full recompute repeats the forward's. Under FP8 the forward
+        all-gathers carry the FP8-cast GEMM input (1 byte per element; torchao's
+        Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8 all-gather);
+        reduce-scatters sum 16-bit outputs and gradients.
+
+        Overlapped TP (:meth:`tp_overlapped`) splits each collective into ``t`` per-rank
+        chunks pipelined with the partial GEMMs that consume or produce them (Wang et al.
+        2023, "Overlap Communication with Dependent Computation via Decomposition";
+        torchtitan async TP; Transformer Engine userbuffers): the profile's fitted
+        ``tp_overlap`` share is hidden, never more than the ``(t - 1) / t`` chunks that have
+        a partial GEMM to run under.
         """
         if self.tp == 1:
             return 0.0
         act = 4 if self.dtype in ("fp32", "tf32") else 2
         per = self.tokens * self.sh.hidden * act * (self.tp - 1) / self.tp
-        count = 8 + (4 if self.config.checkpointing is Checkpointing.FULL else 0)
+        full = self.config.checkpointing is Checkpointing.FULL
+        count = 8.0 + (4 if full else 0)
+        if self.fp8 and self.eff.gemm_fp8 is not None:
+            count -= (2 + (2 if full else 0)) / 2
         bw = self.measured_busbw("all_gather", self.tp) or self.link(self.tp > self.node)[0]
-        return count * per / bw
+        seconds = count * per / bw
+        hidden = self.tp_hidden_share()
+        return seconds * (1.0 - hidden)
+
+    def tp_hidden_share(self) -> float:
+        """Share of the TP collectives hidden under the dependent GEMMs (0 when not
+        overlapped or where no share is fitted for the generation)."""
+        if self.tp == 1 or not self.config.tp_overlapped or self.eff.tp_overlap is None:
+            return 0.0
+        return min(self.eff.tp_overlap.value, (self.tp - 1) / self.tp)
 
     def ep_comm(self) -> float:
         """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
@@ -673,6 +767,13 @@ class _Step:
                 source=e_src,
                 detail=f"{c.stack.value} stack, at memory bandwidth",
             )
+        cast_fb, cast_fwd = self.fp8_casts()
+        if cast_fb:
+            parts["fp8_casts"] = ComponentTime(
+                seconds=(cast_fwd if zeroth else cast_fb) * L,
+                source=Source.ANALYTIC,
+                detail="dynamic tensor-wise scaling, at memory bandwidth",
+            )
         if not zeroth and c.checkpointing is Checkpointing.FULL:
             rec = (g_fwd + a_fwd + e_fwd) * L
             parts["recompute"] = ComponentTime(seconds=rec, source=_merge(g_src, a_src))
@@ -683,7 +784,9 @@ class _Step:
         # The LM head and the loss run on the last pipeline stage, the critical path.
         vocab = self.spec.vocab_size or 0
         head = [Gemm(m=self.tokens, n=max(1, vocab // self.tp), k=self.sh.hidden)]
-        head_fwd, head_src = self.gemm_seconds(head) if vocab else (0.0, Source.ANALYTIC)
+        head_fwd, head_src = (
+            self.gemm_seconds(head, low_precision=False) if vocab else (0.0, Source.ANALYTIC)
+        )
         parts["lm_head"] = ComponentTime(seconds=head_fwd * (2 if zeroth else 3), source=head_src)
         bw, bw_src = self.bandwidth()
         cb = 4 if self.dtype in ("fp32", "tf32") else 2
@@ -704,7 +807,12 @@ class _Step:
             parts["tensor_parallel_comm"] = ComponentTime(
                 seconds=tp_s,
                 source=Source.ANALYTIC,
-                detail=f"TP={self.tp} sequence-parallel all-gather/reduce-scatter, exposed",
+                detail=f"TP={self.tp} sequence-parallel all-gather/reduce-scatter, "
+                + (
+                    f"{self.tp_hidden_share():.0%} hidden (overlapped TP)"
+                    if self.tp_hidden_share()
+                    else "exposed"
+                ),
             )
         ep_s = self.ep_comm() * L
         if ep_s:
@@ -721,9 +829,46 @@ class _Step:
             parts["pipeline_p2p"] = ComponentTime(
                 seconds=bytes_ / bw_p2p, source=Source.ANALYTIC, detail="1F1B send/recv"
             )
-        fwd = (g_fwd + a_fwd + e_fwd) * L + head_fwd
+        head_share = self.head_on_critical_path(parts)
+        if head_share < 1.0:
+            for key in ("lm_head", "loss_and_embedding"):
+                part = parts[key]
+                parts[key] = part.model_copy(
+                    update={
+                        "seconds": part.seconds * head_share,
+                        "detail": f"{head_share:.0%} on the busiest stage's path",
+                    }
+                )
+        fwd = (g_fwd + a_fwd + e_fwd) * L + head_fwd * head_share
         total = sum(p.seconds for p in parts.values())
         return parts, fwd, max(total - fwd, 0.0)
+
+    def head_on_critical_path(self, parts: dict[str, ComponentTime]) -> float:
+        """Share of the LM head and loss that lengthens the busiest stage's micro-batch.
+
+        1F1B runs at the pace of its slowest stage. The last stage holds
+        ``last_stage_layers`` layers plus the head; when it is lighter than the busiest
+        stage (uneven splits, Llama 3's balancing) only what exceeds the busiest stage
+        counts (none for Llama 3 405B on 16 stages).
+        """
+        if self.pp <= 1 or self.last_stage_layers >= self.stage_layers:
+            return 1.0
+        per_layer_keys = (
+            "forward_backward",
+            "attention",
+            "elementwise",
+            "fp8_casts",
+            "recompute",
+            "tensor_parallel_comm",
+            "expert_all_to_all",
+        )
+        per_layer = sum(parts[k].seconds for k in per_layer_keys if k in parts)
+        per_layer /= max(self.stage_layers, 1.0)
+        head = parts["lm_head"].seconds + parts["loss_and_embedding"].seconds
+        if head <= 0:
+            return 1.0
+        spare = (self.stage_layers - self.last_stage_layers) * per_layer
+        return max(head - spare, 0.0) / head
 
     # --- per step ---------------------------------------------------------------------------
 
