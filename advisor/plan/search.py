@@ -162,18 +162,22 @@ def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) 
     return None
 
 
-def _compute_dtypes(precision: Precision) -> set[str]:
-    return {
-        Precision.FP32: {"fp32"},
-        Precision.TF32: {"tf32", "fp32"},
-        Precision.AMP_FP16: {"fp16"},
-        Precision.AMP_BF16: {"bf16"},
-        Precision.FP16_MIXED: {"fp16"},
-        Precision.BF16_MIXED: {"bf16"},
-        Precision.FP16: {"fp16"},
-        Precision.BF16: {"bf16"},
-        Precision.FP8_MIXED: {"fp8", "bf16"},
-    }[precision]
+# The dtypes each precision computes in (built once: compatible() asks per technique).
+_COMPUTE_DTYPES: dict[Precision, frozenset[str]] = {
+    Precision.FP32: frozenset({"fp32"}),
+    Precision.TF32: frozenset({"tf32", "fp32"}),
+    Precision.AMP_FP16: frozenset({"fp16"}),
+    Precision.AMP_BF16: frozenset({"bf16"}),
+    Precision.FP16_MIXED: frozenset({"fp16"}),
+    Precision.BF16_MIXED: frozenset({"bf16"}),
+    Precision.FP16: frozenset({"fp16"}),
+    Precision.BF16: frozenset({"bf16"}),
+    Precision.FP8_MIXED: frozenset({"fp8", "bf16"}),
+}
+
+
+def _compute_dtypes(precision: Precision) -> frozenset[str]:
+    return _COMPUTE_DTYPES[precision]
 
 
 _REQUIREMENTS: dict[int, list[Any]] = {}
