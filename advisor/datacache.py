@@ -84,10 +84,15 @@ def content_key(kind: str, files: list[Path], extra: str = "") -> str:
     A file that cannot be read contributes its error, so the key still differs from a
     readable file's and the loader (not the cache) reports the problem.
     """
+    return _key(kind, [p.resolve() for p in files], extra)
+
+
+def _key(kind: str, resolved: list[Path], extra: str) -> str:
+    """:func:`content_key` of paths already resolved (resolving is most of a key's cost)."""
     h = hashlib.blake2b(_code_digest(), digest_size=20)
     h.update(f"{kind}\0{extra}\0".encode())
-    for path in files:
-        h.update(str(path.resolve()).encode() + b"\0")
+    for path in resolved:
+        h.update(str(path).encode() + b"\0")
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -96,7 +101,8 @@ def content_key(kind: str, files: list[Path], extra: str = "") -> str:
     return h.hexdigest()
 
 
-def _shipped(files: list[Path]) -> bool:
+def _shipped(resolved: list[Path]) -> bool:
+    """Whether every (resolved) source lies inside the shipped data folders."""
     from advisor.resources import data_dir
 
     roots = []
@@ -105,9 +111,7 @@ def _shipped(files: list[Path]) -> bool:
             roots.append(data_dir(name).resolve())
         except FileNotFoundError:
             continue
-    return bool(files) and all(
-        any(p.resolve().is_relative_to(root) for root in roots) for p in files
-    )
+    return bool(resolved) and all(any(p.is_relative_to(root) for root in roots) for p in resolved)
 
 
 def _read(path: Path, key: str) -> tuple[bool, Any]:
@@ -162,12 +166,13 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
             if found is None:
                 return fn(*args, **kwargs)
             files, extra = found
-            key = content_key(kind, files, extra)
+            resolved = [p.resolve() for p in files]  # once: each resolve is a realpath walk
+            key = _key(kind, resolved, extra)
             if (kind, key) in _memory:
                 return _as(_memory[kind, key], fn)
-            persist = _shipped(files)
+            persist = _shipped(resolved)
             folder = data_cache_dir()
-            path = folder / f"{kind}-{_name_hash(files, extra)}.pickle"
+            path = folder / f"{kind}-{_name_hash(resolved, extra)}.pickle"
             if persist:
                 hit, value = _read(path, key)
                 if hit:
@@ -184,11 +189,11 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
     return decorate
 
 
-def _name_hash(files: list[Path], extra: str) -> str:
+def _name_hash(resolved: list[Path], extra: str) -> str:
     """One cache file per set of source paths: a changed file replaces its old entry."""
     h = hashlib.blake2b(digest_size=8)
-    for p in files:
-        h.update(str(p.resolve()).encode() + b"\0")
+    for p in resolved:
+        h.update(str(p).encode() + b"\0")
     h.update(extra.encode())
     return h.hexdigest()
 
