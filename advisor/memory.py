@@ -1332,10 +1332,8 @@ def _estimate_stage(
     bd["workspace"] = device.workspace_bytes
     bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
-    # NOTE: model_construct: every value here is an int this function computed (no input to
-    # validate), and validating ~5 models per estimate was ~8% of a plan search.
     phase_list = [
-        Phase.model_construct(
+        Phase(
             name=name,
             components={**parts, **overheads},
             total_bytes=sum(parts.values()) + sum(overheads.values()),
@@ -1347,7 +1345,7 @@ def _estimate_stage(
     notes.append(
         f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
     )
-    return MemoryEstimate.model_construct(
+    return MemoryEstimate(
         total_bytes=peak.total_bytes,
         breakdown=bd,
         phases=phase_list,

@@ -196,9 +196,9 @@ def test_memoised_estimates_equal_fresh_ones_in_any_order(optimizer: str) -> Non
     assert memory._LOCAL and memory._STATES  # the second pass was served from the memo
 
 
-def test_constructed_estimates_are_what_validation_would_build() -> None:
-    # NOTE: estimate_memory builds its models with model_construct (no validation); a value
-    # of the wrong type would show here as a JSON difference after a validating round trip.
+def test_estimates_from_shared_pieces_round_trip_through_validation() -> None:
+    # The memoised pieces are shared between estimates: an estimate must still be a plain,
+    # fully typed value (ints, not floats that would print as "3.0" in --json).
     tax = load_taxonomy()
     spec = resolve_model_size("7B")
     for c in _configs():
