@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -233,6 +233,35 @@ def _req(spec: ModelSpec, name: str) -> int:
             "intermediate_size and vocab_size",
         )
     return int(value)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _per_spec(
+    fn: Callable[Concatenate[ModelSpec, _P], _R],
+) -> Callable[Concatenate[ModelSpec, _P], _R]:
+    """Memoise a pure function of a spec and hashable arguments.
+
+    NOTE: the plan search asks for the same model's activations at the same batch geometry
+    under many memory savers and shardings. The key is the spec's identity (the entry keeps
+    the spec alive, so its id is not reused) and the other arguments' values; the results
+    are ints or frozen models, safe to share.
+    """
+    memo: dict[tuple[object, ...], tuple[ModelSpec, _R]] = {}
+
+    @functools.wraps(fn)
+    def wrapper(spec: ModelSpec, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        key = (id(spec), args, tuple(kwargs.items()))
+        hit = memo.get(key)
+        if hit is None:
+            if len(memo) > 4096:
+                memo.clear()
+            hit = memo[key] = (spec, fn(spec, *args, **kwargs))
+        return hit[1]
+
+    return wrapper
 
 
 _SHAPES: dict[int, tuple[ModelSpec, dict[str, int], list[ParamTensor]]] = {}
@@ -642,6 +671,7 @@ def _norm_bytes(
     return 4 * t * h + 4 * t + normalized * t * h + out * t * h
 
 
+@_per_spec
 def layer_activation_bytes(
     spec: ModelSpec,
     micro_batch: int,
@@ -814,6 +844,7 @@ def _moe_activation_bytes(
     return -(-((L - Lm) * mlp_bytes + Lm * moe) // L)
 
 
+@_per_spec
 def _model_level_activation_bytes(
     spec: ModelSpec,
     b: int,
@@ -862,6 +893,7 @@ class LossMemory(BaseModel):
     transient_bytes: int = Field(description="extra bytes while the loss backward runs")
 
 
+@_per_spec
 def loss_memory(
     spec: ModelSpec,
     b: int,
