@@ -14,11 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from advisor import __version__
-from advisor.bootstrap import skip_pydantic_plugins
 from advisor.errors import EXIT_FINDINGS, EXIT_USAGE, DataError, UserError
-
-# Before any model class is built (typer's parsing builds the first): see advisor.bootstrap.
-skip_pydantic_plugins()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -1045,6 +1041,11 @@ def calibrate_show(json_out: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    from advisor.bootstrap import pause_cyclic_gc, skip_pydantic_plugins
+
+    # Before typer's parsing builds the first pydantic model: see advisor.bootstrap.
+    skip_pydantic_plugins()
+    pause_cyclic_gc()
     app()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 from typing import Any
 
@@ -15,6 +16,9 @@ def import_torch() -> Any:
     Raises:
         ImportError: when torch is not installed.
     """
+    # The command line pauses the cyclic garbage collector for its pure-Python work
+    # (advisor.bootstrap); torch work may hold reference cycles for minutes: collect again.
+    gc.enable()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
         import torch

@@ -80,7 +80,8 @@ def test_the_stand_in_loader_answers_no_plugins_and_defers_everything_else() -> 
     code = (
         "import os, sys\n"
         "os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
-        "import advisor.cli\n"
+        "from advisor.bootstrap import skip_pydantic_plugins\n"
+        "skip_pydantic_plugins()  # what the CLI's main() does first\n"
         "from pydantic import BaseModel\n"
         "class M(BaseModel):\n"
         "    x: int\n"
@@ -98,11 +99,31 @@ def test_importing_advisor_as_a_library_leaves_pydantic_plugins_alone() -> None:
     code = (
         "import os, sys\n"
         "os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
-        "import advisor.taxonomy, advisor.plan.search\n"
+        "import gc, advisor.cli, advisor.taxonomy, advisor.plan.search\n"
+        "assert gc.isenabled()\n"
         "assert 'PYDANTIC_DISABLE_PLUGINS' not in os.environ\n"
         "assert hasattr(sys.modules['pydantic.plugin._loader'], '__file__')  # pydantic's own\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_main_pauses_the_cyclic_gc_and_torch_work_turns_it_back_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from advisor import cli
+    from advisor.torchload import import_torch
+
+    monkeypatch.setattr(cli, "app", lambda: None)
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    try:
+        cli.main()
+        assert not gc.isenabled()
+        import_torch()
+        assert gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # --- YAML errors without importing PyYAML up front ---------------------------------------------
