@@ -39,7 +39,7 @@ from advisor.plan.space import (
     plan_step_factor,
     usable_memory,
 )
-from advisor.taxonomy import Category, Order, StateKind
+from advisor.taxonomy import Category, Order, StateKind, Taxonomy
 from advisor.units import format_bytes
 
 CostFn = Callable[[TrainingConfig], StepCost]
@@ -126,18 +126,36 @@ class Evaluator:
 # --- rule and compatibility filters ----------------------------------------------------------
 
 
+# id(taxonomy) -> (the taxonomy, technique id -> (its incompatible ids, its required dtypes)).
+_CLASHES: dict[int, tuple[Taxonomy, dict[str, tuple[frozenset[str], frozenset[str]]]]] = {}
+
+
+def _clash_table(tax: Taxonomy) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """Each technique's incompatible ids and required compute dtypes, built once per
+    taxonomy (the search asks thousands of times; the entry keeps the taxonomy alive, so its
+    id is not reused)."""
+    hit = _CLASHES.get(id(tax))
+    if hit is None or hit[0] is not tax:
+        _CLASHES.clear()
+        table = {
+            t.id: (frozenset(t.incompatible_with), frozenset(d.value for d in t.requires.dtypes))
+            for t in tax.techniques
+        }
+        hit = _CLASHES[id(tax)] = (tax, table)
+    return hit[1]
+
+
 def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) -> str | None:
     """Why a configuration's techniques cannot go together (None: they can)."""
-    tax = ctx.taxonomy
+    table = _clash_table(ctx.taxonomy)
     present = set(techniques)
     for tid in techniques:
-        if tid not in tax:
+        if tid not in table:
             continue
-        tech = tax.get(tid)
-        clash = sorted(present & set(tech.incompatible_with))
+        incompatible, dtypes = table[tid]
+        clash = sorted(present & incompatible)
         if clash:
             return f"{tid} is incompatible with {', '.join(clash)}"
-        dtypes = {d.value for d in tech.requires.dtypes}
         if dtypes and not dtypes & _compute_dtypes(config.precision):
             return f"{tid} needs {'/'.join(sorted(dtypes))} compute, not {config.precision.value}"
     if config.task is Task.QLORA and config.precision in (
@@ -886,12 +904,12 @@ def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point |
     if techniques is None:
         return None
     m = s.ev.memory(c)
-    tax = s.ctx.taxonomy
+    table = _clash_table(s.ctx.taxonomy)
     clashes = {
         other
         for tid in techniques
-        if tid in tax
-        for other in tax.get(tid).incompatible_with
+        if tid in table
+        for other in table[tid][0]
         if other in _SAVER_IDS
     }
     return _Point(
