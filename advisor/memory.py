@@ -1394,8 +1394,14 @@ def _estimate_stage(
 
 
 def _trainable_total(spec: ModelSpec, config: TrainingConfig, targets: frozenset[str]) -> int:
-    if config.task in (Task.LORA, Task.QLORA):
-        return _count(lora_tensors(spec, config.lora_rank, targets))
+    adapters = config.task in (Task.LORA, Task.QLORA)
+    return _trainable_count(spec, adapters, config.lora_rank if adapters else 0, targets)
+
+
+@_per_spec
+def _trainable_count(spec: ModelSpec, adapters: bool, rank: int, targets: frozenset[str]) -> int:
+    if adapters:
+        return _count(lora_tensors(spec, rank, targets))
     return _count(param_tensors(spec))
 
 

@@ -352,8 +352,15 @@ def best_geometry(
     per, note = per_replica_batch(batch, dp)
     in_backward = config.optimizer_in_backward
 
+    built: dict[tuple[int, int], TrainingConfig] = {}
+
     def with_geometry(micro: int, accumulation: int) -> TrainingConfig:
-        return config.model_copy(update={"micro_batch": micro, "grad_accumulation": accumulation})
+        # The fit test and the timing below ask for the same geometries: build each once.
+        c = built.get((micro, accumulation))
+        if c is None:
+            update = {"micro_batch": micro, "grad_accumulation": accumulation}
+            c = built[micro, accumulation] = config.model_copy(update=update)
+        return c
 
     if fixed_micro is not None:
         acc = -(-per // fixed_micro)
