@@ -1177,6 +1177,11 @@ def emit_torchtitan(
         # Per-op selective checkpointing: keep matmul outputs, recompute the rest
         # (torchtitan's "op" policy; Korthikanti et al. 2022).
         Checkpointing.SELECTIVE: {"mode": "selective", "selective_ac_option": "op"},
+        Checkpointing.SELECTIVE_OP: {"mode": "selective", "selective_ac_option": "op"},
+        Checkpointing.SELECTIVE_LAYER: {
+            "mode": "selective",
+            "selective_ac_option": str(config.ac_frequency),
+        },
     }[config.checkpointing]
     sections: dict[str, dict[str, Any]] = {
         "job": {"description": f"optadvise plan: {_summary(config)}"},

@@ -621,6 +621,7 @@ def layer_activation_bytes(
     lora_rank: int = 0,
     stack: Stack = Stack.HF,
     tensor_parallel: int = 1,
+    fused_norm: bool = False,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -656,6 +657,8 @@ def layer_activation_bytes(
         lora_rank: the adapter rank.
         stack: the kernels that run.
         tensor_parallel: the tensor-parallel degree (with sequence parallelism).
+        fused_norm: fused norm kernels on the hf stack (torchtitan's Triton
+            ``fused_rmsnorm`` saves x, weight and an fp32 rstd per row).
 
     Returns:
         The bytes of one block on one device.
@@ -680,8 +683,9 @@ def layer_activation_bytes(
 
     norm_out_attn = saved_input("q", "k", "v")
     norm_out_mlp = saved_input("gate", "up")
-    total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fused)
-    total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fused)
+    fnorm = fused or fused_norm
+    total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm)
+    total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm)
     # Attention core.
     o_in = saved_input("o")
     if d["mla"]:
@@ -721,6 +725,138 @@ def layer_activation_bytes(
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
     return math.ceil(total / tensor_parallel)
+
+
+def block_matmuls(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
+    """A dense block's weight matmuls in the order its forward runs them.
+
+    Each entry is ``(name, out_width, in_width, plain)``: ``plain`` when the linear has no
+    bias, so that ``aten.linear`` on a 3-D input dispatches to ``aten.mm`` (with a bias it
+    is ``aten.addmm``), which is what torchtitan's op-level selective checkpointing counts.
+    Order as the Hugging Face and torchtitan blocks call them: the attention projections
+    (q, k, v; a fused qkv; MLA's q_a, q_b, kv_a, kv_b), the output projection, then the MLP
+    (gate, up, down; a fused gate_up; up, down).
+    """
+    d = _shape_of(spec)
+    h, a, kv, hd, f = d["h"], d["a"], d["kv"], d["hd"], d["f"]
+    qd, kd = a * hd, kv * hd
+    qkv_plain = not spec.qkv_bias
+    out: list[tuple[str, int, int, bool]] = []
+    if d["mla"]:
+        qk = a * (d["dn"] + d["dr"])
+        if d["rq"]:
+            out += [("q_a", d["rq"], h, qkv_plain), ("q", qk, d["rq"], True)]
+        else:
+            out.append(("q", qk, h, True))
+        out += [
+            ("kv_a", d["rkv"] + d["dr"], h, qkv_plain),
+            ("kv_b", a * (d["dn"] + d["dv"]), d["rkv"], True),
+        ]
+        qd = a * d["dv"]
+    elif str(spec.family).lower() == "gpt2":
+        # GPT-2's Conv1D is addmm (bias) whatever the flags say.
+        out.append(("qkv", qd + 2 * kd, h, False))
+    elif _get(spec, "fused_qkv", False):
+        out.append(("qkv", qd + 2 * kd, h, qkv_plain))
+    else:
+        out += [("q", qd, h, qkv_plain), ("k", kd, h, qkv_plain), ("v", kd, h, qkv_plain)]
+    gpt2 = str(spec.family).lower() == "gpt2"
+    out.append(("o", h, qd, not spec.out_bias and not gpt2))
+    plain = not spec.mlp_bias and not gpt2
+    if _get(spec, "fused_gate_up", False):
+        out += [("gate_up", 2 * f, h, plain), ("down", h, f, plain)]
+    elif _enum_value(spec.mlp) in ("gated-silu", "gated-gelu"):
+        out += [("gate", f, h, plain), ("up", f, h, plain), ("down", h, f, plain)]
+    else:
+        out += [("up", f, h, plain), ("down", h, f, plain)]
+    return out
+
+
+def _saved_matmuls(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
+    """The matmuls whose outputs torchtitan's op-level policy saves: every ``aten.mm`` but
+    every second one (counted per block forward), never ``addmm``."""
+    saved = []
+    count = 0
+    for mm in block_matmuls(spec):
+        if mm[3]:
+            count += 1
+            if count % 2:
+                saved.append(mm)
+    return saved
+
+
+def selective_op_recompute_share(spec: ModelSpec) -> float:
+    """The share of a block's weight-GEMM FLOPs that op-level selective AC recomputes.
+
+    Every matmul whose output is not saved (each second ``aten.mm``, every ``addmm``) runs
+    again in backward (torchtitan ``_apply_ac_to_transformer_block``). Dense blocks; an MoE
+    block's experts are taken at the same share as its dense projections.
+
+    Args:
+        spec: the model's shapes.
+
+    Returns:
+        Recomputed FLOPs / forward weight-GEMM FLOPs of one block, in [0, 1].
+    """
+    total = sum(o * i for _, o, i, _ in block_matmuls(spec))
+    kept = sum(o * i for _, o, i, _ in _saved_matmuls(spec))
+    return (total - kept) / total if total else 0.0
+
+
+def selective_op_block_bytes(
+    spec: ModelSpec,
+    micro_batch: int,
+    seq_len: int,
+    attention: Attention,
+    precision: Precision,
+    *,
+    stack: Stack = Stack.HF,
+    tensor_parallel: int = 1,
+) -> int:
+    """Bytes one block keeps under torchtitan's op-level selective activation checkpointing.
+
+    The policy (torchtitan ``_apply_ac_to_transformer_block`` with ``selective_ac_option =
+    "op"``; ``_save_list``: ``aten.mm``, ``_scaled_dot_product_flash_attention``,
+    ``_scaled_dot_product_efficient_attention``, ``reduce_scatter_tensor``, ``max``) keeps
+    the outputs of those ops except every second ``mm``, and recomputes everything else.
+    What stays alive per block is therefore:
+
+    - the block's input (the non-reentrant checkpoint's argument, kept for the recompute);
+    - the outputs of the odd-numbered bias-free matmuls (:func:`block_matmuls`); a
+      row-parallel output under tensor parallelism is the full-width partial sum;
+    - the fused SDPA's outputs: the attention output and the fp32 log-sum-exp per row and
+      head (eager attention's ``bmm``/softmax are not on the list: recomputed);
+    - under tensor parallelism with sequence parallelism, the two reduce-scatter outputs.
+
+    Norms, RoPE, the activation function and the residual adds are recomputed, so the
+    count does not depend on the kernel stack's norm or MLP kernels.
+
+    Args:
+        spec: the model's shapes.
+        micro_batch: sequences per step on the device (b).
+        seq_len: tokens per sequence (s).
+        attention: the attention implementation (the fused stack always runs flash).
+        precision: the precision layout (its compute and residual dtypes).
+        stack: the kernel stack.
+        tensor_parallel: the tensor-parallel degree (with sequence parallelism).
+
+    Returns:
+        The bytes one block keeps on one device.
+    """
+    d = _shape_of(spec)
+    dt = _dtypes(precision)
+    tp = tensor_parallel
+    t = micro_batch * seq_len
+    total = math.ceil(dt.residual * t * d["h"] / tp)  # the block input (sequence-parallel)
+    for name, width, _, _ in _saved_matmuls(spec):
+        local = width if _is_row_parallel(name) else math.ceil(width / tp)
+        total += dt.act * t * local
+    if stack is Stack.FUSED or attention is not Attention.EAGER:
+        out = d["a"] * (d["dv"] if d["mla"] else d["hd"])
+        total += math.ceil((dt.act * t * out + 4 * micro_batch * d["a"] * seq_len) / tp)
+    if tp > 1:
+        total += 2 * math.ceil(dt.act * t * d["h"] / tp)
+    return total
 
 
 def _mla_activation_bytes(
@@ -789,6 +925,7 @@ def _model_level_activation_bytes(
     attention: Attention,
     full: bool,
     stack: Stack = Stack.HF,
+    fused_norm: bool = False,
 ) -> int:
     """Embedding indices, position ids or tables and the final norm.
 
@@ -809,9 +946,8 @@ def _model_level_activation_bytes(
     if full and family == "gpt2" and attention is Attention.EAGER and stack is Stack.HF:
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = _enum_value(spec.norm) == "layernorm"
-    total += _norm_bytes(
-        layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, stack is Stack.FUSED
-    )
+    fused = stack is Stack.FUSED or fused_norm
+    total += _norm_bytes(layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, fused)
     return total
 
 
@@ -1143,10 +1279,15 @@ def _estimate_stage(
         lora_rank=config.lora_rank,
         stack=config.stack,
         tensor_parallel=tp,
+        fused_norm=config.fused_norm,
     )
-    full_ckpt = config.checkpointing is Checkpointing.FULL and not zeroth
+    ckpt = Checkpointing.NONE if zeroth else config.checkpointing
+    # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
+    full_ckpt = ckpt is Checkpointing.FULL or (
+        ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
+    )
     model_level = _model_level_activation_bytes(
-        spec, b, s, config.precision, config.attention, full_ckpt, config.stack
+        spec, b, s, config.precision, config.attention, full_ckpt, config.stack, config.fused_norm
     )
     loss = (
         loss_memory(
@@ -1187,6 +1328,32 @@ def _estimate_stage(
         stored_blocks = math.ceil(stage_layers * block_input * inflight)
         bd["recompute"] = layer
         notes.append("full checkpointing: block inputs kept, one block recomputed at a time")
+    elif ckpt is Checkpointing.SELECTIVE_LAYER:
+        # torchtitan's layer-level selective AC wraps the n-th, 2n-th ... block in a full
+        # checkpoint (a counter over the blocks, ``_count % ac_freq == 0``); the others keep
+        # everything. The first block is checkpointed only when every block is.
+        wrapped = stage_layers // config.ac_frequency
+        per_block = block_input if config.ac_frequency == 1 else layer
+        kept = (stage_layers - wrapped) * layer + wrapped * block_input
+        stored_blocks = math.ceil(kept * inflight)
+        bd["recompute"] = layer if wrapped else 0
+        notes.append(
+            f"selective-layer checkpointing: {wrapped} of {stage_layers} blocks fully "
+            f"checkpointed (every {config.ac_frequency})"
+        )
+    elif ckpt is Checkpointing.SELECTIVE_OP:
+        # Op-level SAC keeps each block's input and the saved ops' outputs; backward
+        # recomputes the rest of one block at a time: that block's working set minus what
+        # it already keeps (the cached outputs are reused, not recomputed).
+        per_block = selective_op_block_bytes(
+            spec, b, s, config.attention, config.precision, stack=config.stack, tensor_parallel=tp
+        )
+        stored_blocks = math.ceil(stage_layers * per_block * inflight)
+        bd["recompute"] = max(layer - (per_block - block_input), 0)
+        notes.append(
+            "selective-op checkpointing: block inputs and every other matmul's and the "
+            "attention kernel's outputs kept (torchtitan's op-level SAC)"
+        )
     else:
         per_block = layer
         stored_blocks = math.ceil(stage_layers * layer * inflight)
