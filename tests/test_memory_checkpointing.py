@@ -169,8 +169,8 @@ def test_published_torchtitan_runs_fit_and_the_reported_oom_does_not() -> None:
     op-level selective AC ran at micro-batch 1 and ran out of memory at 2 (footnote 1);
     Llama 2 13B without AC ran at micro-batch 2 x 4096 with the fused RMSNorm it configured.
     """
-    from benchmarks.gpu_fit import _load, memory_check
     from advisor.hardware import load_hardware_profiles
+    from benchmarks.gpu_fit import _load, memory_check
 
     profiles = load_hardware_profiles()
     runs = {r["id"]: r for r in _load("gpu_runs.yaml")["runs"]}
