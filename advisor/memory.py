@@ -684,8 +684,36 @@ def layer_activation_bytes(
     norm_out_attn = saved_input("q", "k", "v")
     norm_out_mlp = saved_input("gate", "up")
     fnorm = fused or fused_norm
-    total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm)
-    total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm)
+    placement = _enum_value(_get(spec, "block_norms", "pre"))
+    if placement == "post":
+        # OLMo 2 normalises the outputs of attention and of the MLP (h = x + norm(f(x))): the
+        # projections read the residual stream itself, and each post-norm's output goes
+        # into a residual add, which saves nothing.
+        total = (norm_out_attn + norm_out_mlp) * t * h
+        total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+    else:
+        total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm)
+        total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm)
+        if placement == "sandwich":
+            # Gemma 2/3 also normalise both outputs before the residual add.
+            total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+    # Gemma's RMSNorm multiplies by (1 + weight) in fp32 and OLMo 2's by its weight in fp32
+    # before casting back: the normalized tensor they keep is fp32 whatever the compute
+    # dtype (transformers Gemma3RMSNorm, Olmo2RMSNorm).
+    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm
+    if fp32_normalized and not layernorm:
+        norms = 4 if placement == "sandwich" else 2
+        total += norms * (4 - c) * t * h
+    qk_norm = _enum_value(_get(spec, "qk_norm", "none"))
+    if qk_norm != "none" and not d["mla"]:
+        # Qwen3 / Gemma 3 (per head) and OLMo 2 (over the projection) RMSNorm q and k after
+        # their projections; the output feeds RoPE, which saves only its cos/sin tables.
+        rows = a if qk_norm == "head" else 1
+        total += _norm_bytes(False, t * rows, qd // rows, c, 0, c, fnorm)
+        rows = kv if qk_norm == "head" else 1
+        total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm)
+        if fp32_normalized:
+            total += (4 - c) * t * (qd + kd)
     # Attention core.
     o_in = saved_input("o")
     if d["mla"]:
