@@ -1430,6 +1430,11 @@ def _estimate_stage(
         if dt.master:
             off_host += shard(p_t * 4, 2)  # fp32 gradients for the CPU step (Ren et al. 2021)
         bd["master_weights"] = bd["optimizer_states"] = 0
+        if not config.optimizer_in_backward and not zeroth:
+            # ZeRO-Offload streams each reduced gradient bucket to the host as backward makes
+            # it (Ren et al. 2021, sec. 4.1; DeepSpeed's reduce bucket, 5e8 elements by
+            # default): the device holds one bucket, never the whole gradient.
+            bd["gradients"] = min(bd["gradients"], math.ceil(OFFLOAD_BUCKET_ELEMENTS * dt.grad))
         step_tr = 0
         bd["transient"] = max(loss_tr, grad_flow)
         notes.append("optimizer states and master weights offloaded to host memory")
@@ -1500,6 +1505,12 @@ def _trainable_total(spec: ModelSpec, config: TrainingConfig, targets: frozenset
     return _count(param_tensors(spec))
 
 
+# DeepSpeed's default ``reduce_bucket_size`` (elements), the gradient a ZeRO-Offload device
+# holds at once (https://www.deepspeed.ai/docs/config-json/, zero_optimization; advisor/emit.py
+# writes the same value into the exported config).
+OFFLOAD_BUCKET_ELEMENTS = 500_000_000
+
+
 def _grads_persistent(config: TrainingConfig) -> bool:
     """Whether gradients stay allocated through the forward pass.
 
@@ -1511,6 +1522,8 @@ def _grads_persistent(config: TrainingConfig) -> bool:
     """
     if config.optimizer_in_backward:
         return False
+    if config.offload is not Offload.NONE:
+        return True  # the offload reduce bucket is allocated once and kept
     if config.grad_accumulation > 1:
         return True
     return config.gpus > 1 and config.sharding.zero_stage < 3

@@ -170,6 +170,50 @@ class _Block(nn.Module):  # type: ignore[misc]
         return x + self.down(m)
 
 
+class FusedLinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]
+    """Mean cross-entropy of ``h @ weight.T`` that never holds the whole logits matrix.
+
+    The way Liger's fused linear cross-entropy works (liger_kernel/ops/
+    fused_linear_cross_entropy.py, Hsu et al. 2024): the forward walks the tokens in chunks,
+    computes each chunk's logits, loss and logits gradient (softmax minus one-hot) at once,
+    and turns that gradient straight into the gradients of ``h`` and ``weight``; backward
+    only scales them. Chunks as Liger sizes them: ``ceil(V / H)`` chunks' worth of tokens
+    each hold about as many logits as ``h`` has elements, rounded to a power of two.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        n, width = h.shape
+        vocab = weight.shape[0]
+        factor = -(-vocab // width)
+        chunk = 1 << max(0, (-(-n // factor) - 1).bit_length())
+        w = weight.to(h.dtype)
+        acc = torch.promote_types(h.dtype, torch.float32)  # fp32 softmax for 16-bit inputs
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=acc)
+        total = torch.zeros((), dtype=acc)
+        for start in range(0, n, chunk):
+            hc, tc = h[start : start + chunk], targets[start : start + chunk]
+            logits = (hc @ w.t()).to(acc)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            g = torch.softmax(logits, dim=-1)  # the chunk's logits gradient, in place
+            g[torch.arange(len(tc)), tc] -= 1.0
+            g /= n
+            g16 = g.to(h.dtype)
+            grad_h[start : start + chunk] = g16 @ w
+            grad_w += (g16.t() @ hc).to(acc)
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None
+
+
 class Decoder(nn.Module):  # type: ignore[misc]
     """The benchmark decoder: embedding, blocks, final norm, LM head, mean cross-entropy."""
 
@@ -185,6 +229,7 @@ class Decoder(nn.Module):  # type: ignore[misc]
         if spec.tie_word_embeddings:
             self.head.weight = self.embed.weight
         self.full_checkpoint = config.checkpointing is Checkpointing.FULL
+        self.fused_loss = config.loss_fused
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -193,6 +238,11 @@ class Decoder(nn.Module):  # type: ignore[misc]
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
+        if self.fused_loss and torch.is_grad_enabled():
+            out: torch.Tensor = FusedLinearCrossEntropy.apply(
+                self.norm(x).flatten(0, 1), self.head.weight, targets.flatten()
+            )
+            return out
         logits = self.head(self.norm(x))
         # The loss in fp32, as Hugging Face models upcast their logits before it.
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
@@ -211,6 +261,12 @@ def _check_supported(config: TrainingConfig) -> None:
         raise Unsupported("per-sample gradients (DP-SGD) are not built into this benchmark")
     if config.attention is Attention.MEM_EFFICIENT:
         raise Unsupported("the memory-efficient SDPA backend does not exist on CPU")
+    if config.activation_offload:
+        raise Unsupported("activation offload moves activations from an accelerator to the host")
+    if config.optimizer_in_backward and config.grad_accumulation > 1:
+        raise Unsupported("per-layer updates cannot accumulate gradients (Lv et al. 2023)")
+    if config.tensor_parallel > 1 or config.pipeline_parallel > 1:
+        raise Unsupported("tensor and pipeline parallelism need several devices")
 
 
 _LAYOUT = {
@@ -236,8 +292,14 @@ def unsupported_reason(config: TrainingConfig) -> str | None:
     if not [v for v in (entry.variants if entry else []) if "cpu" in v.devices]:
         return f"no CPU implementation of {config.optimizer}"
     mixed = _LAYOUT[config.precision][2]
-    if config.optimizer == "adam-mini" and mixed:
-        return "Adam-mini needs the module, not detached fp32 master copies"
+    if config.optimizer == "adam-mini" and (mixed or config.optimizer_in_backward):
+        return "Adam-mini needs the module, not detached fp32 master copies or single tensors"
+    if (
+        config.optimizer_in_backward
+        and entry
+        and any(v.needs in ("hessian", "closure") for v in entry.variants)
+    ):
+        return "per-layer updates need a first-order optimizer stepping one tensor at a time"
     if mixed and entry and any(v.needs == "hessian" for v in entry.variants):
         return "Hessian-vector products need the graph, not fp32 master copies of the gradients"
     return None
@@ -277,6 +339,9 @@ def build_step(
     model.to(dtype)
     trainable = [p for p in model.parameters() if p.requires_grad]
     master = [nn.Parameter(p.detach().float().clone()) for p in trainable] if mixed else trainable
+    if config.optimizer_in_backward:
+        fused_step = _in_backward_step(config, model, trainable, master, variant, spec)
+        return fused_step, variant.name, model
     optimizer = _build_optimizer(variant, spec, config, master, model)
     vocab, a = spec.vocab_size or 0, config.grad_accumulation
     shape = (a, config.micro_batch, config.seq_len)
@@ -324,6 +389,51 @@ def build_step(
                     p.copy_(m)
 
     return step, variant.name, model
+
+
+def _in_backward_step(
+    config: TrainingConfig,
+    model: Decoder,
+    trainable: list[Any],
+    master: list[Any],
+    variant: Any,
+    spec: ModelSpec,
+) -> Callable[[], None]:
+    """One step with the optimizer fused into backward: each parameter is stepped and its
+    gradient freed as soon as it is accumulated (LOMO, Lv et al. 2023; PyTorch's
+    ``register_post_accumulate_grad_hook`` recipe), one optimizer per tensor."""
+    dtype, autocast_dtype, mixed = _LAYOUT[config.precision]
+    scale = _FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
+    vocab = spec.vocab_size or 0
+    tokens = torch.randint(vocab, (config.micro_batch, config.seq_len))
+    targets = torch.randint(vocab, (config.micro_batch, config.seq_len))
+    backend = _BACKENDS[config.attention]
+    for p, m in zip(trainable, master, strict=True):
+        opt = _build_optimizer(variant, spec, config, [m], model)
+
+        def hook(p: torch.Tensor, m: torch.Tensor = m, opt: Any = opt) -> None:
+            if mixed:
+                m.grad = p.grad.float().div_(scale)
+                p.grad = None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if mixed:
+                with torch.no_grad():
+                    p.copy_(m)
+
+        p.register_post_accumulate_grad_hook(hook)
+
+    amp: contextlib.AbstractContextManager[Any] = (
+        torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    )
+
+    def step() -> None:
+        with sdpa_kernel([backend]):
+            with amp:
+                loss: torch.Tensor = model(tokens, targets)
+            (loss * scale).backward()
+
+    return step
 
 
 def _build_optimizer(

@@ -76,6 +76,65 @@ def test_real_step_trains_and_honours_the_configuration(one_thread: None) -> Non
     assert timing.trainable_parameters == spec.parameter_count()
 
 
+def test_fused_linear_cross_entropy_matches_the_plain_loss_and_gradients() -> None:
+    # The benchmark's fused loss (Liger's scheme: chunked logits, gradients in the forward)
+    # computes the same loss and gradients as logits + cross-entropy, in several chunks.
+    from benchmarks.realstep import FusedLinearCrossEntropy
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(100, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(100, (37,))
+    loss = FusedLinearCrossEntropy.apply(h, w, t)
+    (2.0 * loss).backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    ref = torch.nn.functional.cross_entropy(h @ w.t(), t)
+    (2.0 * ref).backward()
+    assert torch.allclose(loss, ref)
+    assert torch.allclose(gh, h.grad) and torch.allclose(gw, w.grad)
+
+
+@pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16_MIXED])
+def test_per_layer_updates_step_like_the_whole_model(
+    one_thread: None, precision: Precision
+) -> None:
+    # The optimizer fused into backward (Lv et al. 2023) gives the weights one ordinary
+    # step gives: AdamW is elementwise, so stepping one tensor at a time changes nothing.
+    spec = small_llama(hidden=32, layers=2, heads=2, intermediate=64, vocab=64)
+    base = TrainingConfig(
+        task=Task.PRETRAIN, optimizer="adamw", precision=precision, micro_batch=2, seq_len=8
+    )
+    models = []
+    for in_backward in (False, True):
+        step, _variant, model = build_step(
+            spec, base.model_copy(update={"optimizer_in_backward": in_backward})
+        )
+        before = [p.detach().clone() for p in model.parameters()]
+        step()
+        assert all(p.grad is None for p in model.parameters())
+        params = list(model.parameters())
+        moved = [not torch.equal(a, b.detach()) for a, b in zip(before, params, strict=True)]
+        # bf16 weights of 1.0 (norms) do not move by lr = 1e-3 in one step: 2^-8 resolution.
+        assert all(moved) if precision is Precision.FP32 else any(moved)
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_fused_loss_step_trains_like_the_plain_loss(one_thread: None) -> None:
+    spec = small_llama(hidden=32, layers=1, heads=2, intermediate=64, vocab=200)
+    base = TrainingConfig(task=Task.PRETRAIN, optimizer="sgd", precision="fp32", seq_len=8)
+    weights = []
+    for fused in (False, True):
+        step, _variant, model = build_step(spec, base.model_copy(update={"fused_loss": fused}))
+        assert model.fused_loss is fused
+        step()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_mezo_step_lowers_the_loss(one_thread: None) -> None:
     spec = small_llama(hidden=64, layers=1, heads=2, intermediate=128, vocab=64)
     config = TrainingConfig(

@@ -247,3 +247,22 @@ def test_memory_never_grows_with_the_sharding_degree(
     cfg = cfg.model_copy(update={"gpus": max(cfg.gpus, 2)})
     t = total(spec, cfg, opt)
     assert total(spec, cfg.model_copy(update={"gpus": cfg.gpus + extra}), opt) <= t
+
+
+def test_zero_offload_keeps_one_gradient_bucket_on_the_device() -> None:
+    # ZeRO-Offload (Ren et al. 2021, sec. 4.1) streams reduced gradient buckets to the host
+    # during backward: 13B on one V100 holds one 5e8-element bucket, not 26 GB of gradients.
+    from advisor.emit import _BUCKET_ELEMENTS
+    from advisor.memory import OFFLOAD_BUCKET_ELEMENTS, estimate_memory
+    from advisor.modelspec import resolve_model_size
+    from advisor.units import GIB
+
+    assert _BUCKET_ELEMENTS == OFFLOAD_BUCKET_ELEMENTS  # the exported config says the same
+    spec = resolve_model_size("13B")
+    base = TrainingConfig(task=Task.PRETRAIN, optimizer="adamw", precision=Precision.BF16_MIXED)
+    on_device = estimate_memory(spec, base, optimizer=TAX["adamw"])  # type: ignore[arg-type]
+    off = base.model_copy(update={"offload": Offload.OPTIMIZER})
+    offloaded = estimate_memory(spec, off, optimizer=TAX["adamw"])  # type: ignore[arg-type]
+    assert on_device.breakdown["gradients"] > 20 * GIB
+    assert offloaded.breakdown["gradients"] == OFFLOAD_BUCKET_ELEMENTS * 2
+    assert offloaded.host_bytes >= spec.parameter_count() * (4 + 8 + 4)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from advisor.config import Task
+from advisor.config import Precision, Task
 from advisor.plan.search import EQUIVALENT, Plan
 from advisor.plan.space import Objective, describe_config
 
@@ -123,8 +123,14 @@ def rank_plans(
         # The row shows its best-scored member; the others are listed, never ranked apart.
         shown = head
         label = describe_config(shown.config)
-        others = [describe_config(p.config) for p in group if p is not shown]
-        others = [o for o in others if o != label]
+        # Each member is named by what differs from the shown plan, not by its whole label.
+        parts = set(label.split(", "))
+        others = [
+            ", ".join(x for x in describe_config(p.config).split(", ") if x not in parts)
+            for p in group
+            if p is not shown
+        ]
+        others = [o for o in others if o]
         also = sorted(set(others + [a for p in group for a in p.aliases]))
         out.append(Row(plan=shown, score=score, also=also))
     return out
@@ -160,9 +166,19 @@ def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) ->
     return out
 
 
+def _bare_16_bit(precision: Precision) -> bool:
+    return precision in (Precision.BF16, Precision.FP16)
+
+
 def _same_row(a: Plan, b: Plan) -> bool:
     ca, cb = a.config, b.config
     if (ca.task, a.exact_batch) != (cb.task, b.exact_batch):
+        return False
+    # Dropping the fp32 master weights of full-parameter training changes what is learnt
+    # (Micikevicius et al. 2018), even where it changes neither memory nor time (master
+    # weights offloaded). Adapters' few weights are not at stake.
+    full = ca.task in (Task.PRETRAIN, Task.FINETUNE)
+    if full and _bare_16_bit(ca.precision) != _bare_16_bit(cb.precision):
         return False
     close_t = abs(a.seconds_per_token - b.seconds_per_token) <= EQUIVALENT * a.seconds_per_token
     ma, mb = a.memory.total_bytes, b.memory.total_bytes

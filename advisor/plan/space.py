@@ -346,10 +346,11 @@ def first_order(optimizers: list[Technique]) -> list[Technique]:
 # --- derived facts -----------------------------------------------------------------------
 
 
-def _frugal_fits(ctx: Context, config: TrainingConfig) -> bool:
+def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> bool:
     """Whether ``config`` fits in some layout of the planned devices, one sample per device,
-    with every saver that keeps the math (full recomputation, fused loss, offload where the
-    device has a host). Memory never grows when a saver is added, so this decides."""
+    with every saver that keeps the math (full recomputation, fused loss, and, when ``host``,
+    offload where the device has a host). Memory never grows when a saver is added, so this
+    decides."""
     from advisor.plan.layout import enumerate_layouts
 
     w, t = ctx.workload, ctx.target
@@ -362,7 +363,7 @@ def _frugal_fits(ctx: Context, config: TrainingConfig) -> bool:
         }
     )
     offloads = [Offload.NONE]
-    if not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
+    if host and not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
         offloads += [Offload.OPTIMIZER_PARAMS] + (
             [Offload.OPTIMIZER_PARAMS_NVME] if t.nvme_bytes else []
         )
@@ -387,6 +388,34 @@ def _frugal_fits(ctx: Context, config: TrainingConfig) -> bool:
     return False
 
 
+def _lightest_first_order(optimizers: list[Technique]) -> Technique | None:
+    # The state signature orders optimizers without a memory evaluation each: elementwise
+    # bytes per parameter, then the bytes of the tensors the structured schemes leave out.
+    firsts = first_order(optimizers)
+    if not firsts:
+        return None
+    return min(
+        firsts,
+        key=lambda o: (
+            o.memory.bytes_per_param if o.memory else 0.0,
+            (o.memory.fallback_bytes_per_param or 0.0) if o.memory else 0.0,
+            o.id,
+        ),
+    )
+
+
+def mixed_precision_fits_on_device(ctx: Context, optimizers: list[Technique]) -> bool:
+    """Whether full-parameter first-order training that keeps fp32 master weights (the
+    baseline's mixed precision) fits in the devices' own memory in some layout, offloading
+    nothing to the host. Memory is monotone in the optimizer state, so the lightest
+    first-order optimizer decides."""
+    base = baseline_config(ctx)
+    lightest = _lightest_first_order(optimizers)
+    if lightest is None or base.precision in (Precision.BF16, Precision.FP16):
+        return False
+    return _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id}), host=False)
+
+
 def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool]:
     """Whether full-parameter first-order training fits on the planned devices in some
     layout, and whether any first-order training (adapters too, when fine-tuning) does.
@@ -395,19 +424,9 @@ def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool
     (memory is monotone in the optimizer state).
     """
     base = baseline_config(ctx)
-    firsts = first_order(optimizers)
-    if not firsts:
+    lightest = _lightest_first_order(optimizers)
+    if lightest is None:
         return False, False
-    # The state signature orders optimizers without a memory evaluation each: elementwise
-    # bytes per parameter, then the bytes of the tensors the structured schemes leave out.
-    lightest = min(
-        firsts,
-        key=lambda o: (
-            o.memory.bytes_per_param if o.memory else 0.0,
-            (o.memory.fallback_bytes_per_param or 0.0) if o.memory else 0.0,
-            o.id,
-        ),
-    )
     full = any(
         _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id, "precision": p}))
         for p in dict.fromkeys((Precision.BF16, base.precision))
@@ -456,6 +475,9 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
         "memory_headroom": usable_memory(t) / max(base.total_bytes, 1),
         "first_order_fits": any_first,
         "full_training_fits": full,
+        "mixed_precision_fits_on_device": (
+            full and w.task is Task.PRETRAIN and mixed_precision_fits_on_device(ctx, optimizers)
+        ),
         "activation_share": act / max(base.total_bytes, 1),
     }
     declared = set(ctx.ruleset.facts.facts)
