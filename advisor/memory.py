@@ -1423,6 +1423,7 @@ def _estimate_stage(
     bd["transient"] = max(loss_tr, step_tr, grad_flow)
     # ---- offload and ZeRO-3 gathering
     off_host = 0
+    fsdp_backward = 0
     layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
     gathered_layers = min(2, stage_layers)  # current + prefetched block
     if config.offload is not Offload.NONE:
@@ -1446,6 +1447,31 @@ def _estimate_stage(
     elif stage_zero == 3 and n > 1:
         # The non-local part of the gathered blocks (FSDP / ZeRO-3 all-gather buffers).
         bd["gathered_parameters"] = int(gathered_layers * layer_weights * (1 - 1 / n))
+        if config.sharding in (Sharding.FSDP, Sharding.HSDP) and pp == 1:
+            # FSDP keeps its root unit (what no block owns: embedding, final norm, LM head)
+            # unsharded from the forward through the backward: FSDP2's lazy init sets the
+            # root's post-forward mesh to None ("for the root, do not reshard after forward",
+            # _fsdp_state.py; unconditionally in 2024 releases, by default since), and
+            # torchtitan shards the model root last, around those modules.
+            root = (local_params - _count(tensors, per_layer=True)) * dt.weight
+            bd["gathered_parameters"] += int(root * (1 - 1 / n))
+            if not zeroth and not adapters:
+                # FSDP2's foreach_reduce copies a block's unsharded gradients into one
+                # reduce-scatter input in the reduce dtype (fp32 in torchtitan's mixed
+                # precision) before freeing them; the LM head's unsharded gradient waits for
+                # the root's reduce-scatter at the end of the backward.
+                block_grads = layer_trainable / max(stage_layers, 1)
+                reduce = 4 if dt.master else dt.grad
+                head = sum(t.numel * t.count for t in tensors if t.role is Role.OUTPUT)
+                if spec.tie_word_embeddings:
+                    head = sum(t.numel * t.count for t in tensors if t.role is Role.EMBEDDING)
+                fsdp_backward = math.ceil(
+                    block_grads * (dt.grad + reduce) + head * dt.grad * (1 - 1 / n)
+                )
+                notes.append(
+                    "FSDP: root unit (embedding, LM head) unsharded through the step; one "
+                    "block's gradients + reduce-scatter input in backward"
+                )
     host = host_activations + (0 if config.offload.nvme else off_host)
     nvme = off_host if config.offload.nvme else 0
     if nvme:
@@ -1461,7 +1487,7 @@ def _estimate_stage(
         per_block=per_block,
         loss_tr=loss_tr,
         loss_saved=loss.saved_bytes,
-        grad_flow=grad_flow,
+        grad_flow=grad_flow + fsdp_backward,
         step_tr=step_tr,
         inflight=inflight,
     )
