@@ -970,7 +970,10 @@ def _model_level_activation_bytes(
     if position == "learned":
         total += 8 * (s if family == "gpt2" else t)  # position ids (GPT-2: one row)
     elif position == "rope" and not full:
-        total += 2 * s * d["hd"] * dt.act  # cos and sin, shared by all layers
+        # cos and sin, shared by all layers, as wide as the rotary part of a head: MLA
+        # rotates only its qk_rope_head_dim channels (transformers' DeepseekV3 tables).
+        rope = d["dr"] if d["mla"] else d["hd"]
+        total += 2 * s * rope * dt.act
     if full and family == "gpt2" and attention is Attention.EAGER and stack is Stack.HF:
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = _enum_value(spec.norm) == "layernorm"
@@ -1127,7 +1130,10 @@ def _local_tensors(
             count = math.ceil(count * stage_layers / L)
             if t.expert:
                 count = math.ceil(count / ep)
-            if len(shape) == 2 and tp > 1 and t.name != "router":
+            # The router and MLA's latent down-projections (q_a, kv_a) are replicated
+            # across tensor-parallel ranks (Megatron-Core MLASelfAttention builds
+            # linear_q_down_proj / linear_kv_down_proj with parallel_mode "duplicated").
+            if len(shape) == 2 and tp > 1 and t.name not in ("router", "q_a", "kv_a"):
                 if _is_row_parallel(t.name):
                     shape = (shape[0], math.ceil(shape[1] / tp))
                 else:
