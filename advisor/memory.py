@@ -859,6 +859,10 @@ def selective_op_block_bytes(
     Norms, RoPE, the activation function and the residual adds are recomputed, so the
     count does not depend on the kernel stack's norm or MLP kernels.
 
+    NOTE: this is the policy torchtitan's published benchmarks ran (2024). Since 2025
+    torchtitan saves every op of PyTorch's compute-intensive list (``addmm`` and ``bmm``
+    always), counts ``linear`` with ``mm`` and force-recomputes the MoE router's matmul.
+
     Args:
         spec: the model's shapes.
         micro_batch: sequences per step on the device (b).
@@ -876,9 +880,30 @@ def selective_op_block_bytes(
     tp = tensor_parallel
     t = micro_batch * seq_len
     total = math.ceil(dt.residual * t * d["h"] / tp)  # the block input (sequence-parallel)
+    mlp_names = {"gate", "up", "down", "gate_up"}
+    dense_mlp = 0
     for name, width, _, _ in _saved_matmuls(spec):
         local = width if _is_row_parallel(name) else math.ceil(width / tp)
-        total += dt.act * t * local
+        if name in mlp_names:
+            dense_mlp += dt.act * t * local
+        else:
+            total += dt.act * t * local
+    if d["Lm"]:
+        # MoE layers as transformers 5 and torchtitan run them: the router's matmul, the
+        # routed experts as grouped GEMMs (``grouped_mm``, transformers' default experts
+        # implementation; not on the save list, so recomputed), then the shared experts'
+        # gate, up and down matmuls.
+        gated = _enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
+        plain_attn = sum(1 for m in block_matmuls(spec) if m[3] and m[0] not in mlp_names)
+        router = plain_attn + 1
+        kept = d["E"] if router % 2 else 0
+        if d["S"]:
+            shared = [d["fe"] * d["S"]] * (2 if gated else 1) + [d["h"]]
+            kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
+        moe_mlp = dt.act * t * kept
+        total += math.ceil(((d["L"] - d["Lm"]) * dense_mlp + d["Lm"] * moe_mlp) / d["L"])
+    else:
+        total += dense_mlp
     if stack is Stack.FUSED or attention is not Attention.EAGER:
         out = d["a"] * (d["dv"] if d["mla"] else d["hd"])
         total += math.ceil((dt.act * t * out + 4 * micro_batch * d["a"] * seq_len) / tp)

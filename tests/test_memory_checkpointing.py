@@ -182,3 +182,58 @@ def test_published_torchtitan_runs_fit_and_the_reported_oom_does_not() -> None:
     assert memory_check(plain, hw)["fits"]
     # Without the fused norm it configured, the same run would not fit: the norms matter.
     assert not memory_check({**plain, "fused_norm": False}, hw)["fits"]
+
+
+@pytest.mark.parametrize("case", ["qwen3", "qwen3-moe", "mixtral"])
+def test_op_policy_on_transformers_families(case: str, tmp_path: Any) -> None:
+    """Op-level SAC on q/k-norm and MoE blocks: transformers 5 runs routed experts as grouped
+    GEMMs (its default experts implementation), which the policy neither saves nor counts.
+    (DeepSeek-V3's MLA is left out: on this CPU its SDPA falls back to the math kernel,
+    which the policy does not save, while a GPU's flash kernel is saved.)"""
+    import transformers
+
+    from advisor.modelspec import load_hf_config
+    from tests.test_model_families import _BASE, CASES, _config, _write
+
+    _, model_type, keys = next(c for c in CASES if c[0] == case)
+    b, s = 2, 32
+    kept = {}
+    for mode in (Checkpointing.NONE, Checkpointing.SELECTIVE_OP):
+        torch.manual_seed(0)
+        cfg = _config(model_type, keys)
+        cfg._attn_implementation = "sdpa"
+        with LiveBytes() as live:
+            model = transformers.AutoModelForCausalLM.from_config(cfg)
+            model.train()
+            if mode is Checkpointing.SELECTIVE_OP:
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={
+                        "use_reentrant": False,
+                        "context_fn": _op_policy_context,
+                    }
+                )
+            ids = torch.randint(0, _BASE["vocab_size"], (b, s))
+            before = live.current
+            loss = model(input_ids=ids, labels=ids).loss
+            kept[mode] = live.current - before
+            loss.backward()
+    spec = load_hf_config(_write(cfg, tmp_path))
+    est = {
+        mode: estimate_memory(
+            spec,
+            TrainingConfig(
+                task=Task.PRETRAIN,
+                precision=Precision.FP32,
+                attention=Attention.FLASH,
+                micro_batch=b,
+                seq_len=s,
+                checkpointing=mode,
+            ),
+            optimizer=TAX["adamw"],
+            device=CPU,
+        ).breakdown["activations"]
+        for mode in kept
+    }
+    freed = kept[Checkpointing.NONE] - kept[Checkpointing.SELECTIVE_OP]
+    model_freed = est[Checkpointing.NONE] - est[Checkpointing.SELECTIVE_OP]
+    assert model_freed == pytest.approx(freed, rel=0.01), (model_freed, freed)
