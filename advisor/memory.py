@@ -716,6 +716,9 @@ def layer_activation_bytes(
             total += (4 - c) * t * (qd + kd)
     # Attention core.
     o_in = saved_input("o")
+    fused_qkv_view = (
+        not fused and bool(_get(spec, "fused_qkv", False)) and family != "gpt2" and not d["mla"]
+    )
     if d["mla"]:
         eager = attention is Attention.EAGER and not selective
         total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
@@ -730,6 +733,10 @@ def layer_activation_bytes(
         total += o_in * t * qd  # the output made contiguous, o_proj's input
     else:
         total += c * t * (qd + 2 * kd)  # Q, K, V (K and V at the KV-head width)
+        if fused_qkv_view:
+            # Phi-3's V, saved by SDPA, is a view of qkv_proj's output (q and k are new
+            # tensors after RoPE): the whole fused output stays alive.
+            total += c * t * (qd + kd)
         total += 4 * b * a * s  # fp32 log-sum-exp per row and head
         # The kernel's output, saved by SDPA, is o_proj's input too (same storage);
         # a different dtype (fp8) is an extra copy.
@@ -828,6 +835,25 @@ def selective_op_recompute_share(spec: ModelSpec) -> float:
     """
     total = sum(o * i for _, o, i, _ in block_matmuls(spec))
     kept = sum(o * i for _, o, i, _ in _saved_matmuls(spec))
+    d = _shape_of(spec)
+    if d["Lm"]:
+        # MoE layers: attention as a dense block; the router, the routed experts (grouped
+        # GEMMs, always recomputed) and the shared experts replace the dense MLP.
+        mlp = {"gate", "up", "down", "gate_up"}
+        attn = [m for m in block_matmuls(spec) if m[0] not in mlp]
+        attn_total = sum(o * i for _, o, i, _ in attn)
+        attn_kept = sum(o * i for n, o, i, _ in _saved_matmuls(spec) if n not in mlp)
+        h, fe = d["h"], d["fe"]
+        width = (3 if _enum_value(spec.mlp) in ("gated-silu", "gated-gelu") else 2) * h * fe
+        router = sum(1 for m in attn if m[3]) + 1
+        moe_total = attn_total + d["E"] * h + (d["k"] + d["S"]) * width
+        moe_kept = attn_kept + (d["E"] * h if router % 2 else 0)
+        if d["S"]:
+            shared = [h * fe * d["S"]] * (width // (h * fe) - 1) + [h * fe * d["S"]]
+            moe_kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
+        dense = d["L"] - d["Lm"]
+        total = dense * total + d["Lm"] * moe_total
+        kept = dense * kept + d["Lm"] * moe_kept
     return (total - kept) / total if total else 0.0
 
 
@@ -996,8 +1022,9 @@ def _model_level_activation_bytes(
         total += 8 * (s if family == "gpt2" else t)  # position ids (GPT-2: one row)
     elif position == "rope" and not full:
         # cos and sin, shared by all layers, as wide as the rotary part of a head: MLA
-        # rotates only its qk_rope_head_dim channels (transformers' DeepseekV3 tables).
-        rope = d["dr"] if d["mla"] else d["hd"]
+        # rotates only its qk_rope_head_dim channels (transformers' DeepseekV3 tables),
+        # partial rotary (Phi-4-mini) head_dim x partial_rotary_factor.
+        rope = d["dr"] if d["mla"] else int(_get(spec, "rotary_dim", d["hd"]))
         total += 2 * s * rope * dt.act
     if full and family == "gpt2" and attention is Attention.EAGER and stack is Stack.HF:
         total += dt.act * b * s * s  # the additive causal mask

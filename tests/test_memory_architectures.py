@@ -23,26 +23,31 @@ from tests.test_model_families import _BASE, CASES, _config, _write  # noqa: E40
 
 
 @pytest.mark.parametrize(
-    ("case", "attn"),
+    ("case", "attn", "extra"),
     [
-        ("qwen3", "sdpa"),
-        ("qwen3", "eager"),
-        ("olmo2", "sdpa"),
-        ("olmo2", "eager"),
+        ("qwen3", "sdpa", {}),
+        ("qwen3", "eager", {}),
+        ("olmo2", "sdpa", {}),
+        ("olmo2", "eager", {}),
         # NOTE: Gemma 3's sliding-window layers pass an explicit mask, which the CPU's flash
         # SDPA cannot take (it falls back to the math kernel); eager is what runs here.
-        ("gemma3-text", "eager"),
+        ("gemma3-text", "eager", {}),
         # MLA: RoPE tables as wide as qk_rope_head_dim (eager: see test_model_families).
-        ("deepseek-v3", "eager"),
+        ("deepseek-v3", "eager", {}),
+        # Partial rotary (Phi-4-mini's layout): tables head_dim x partial_rotary_factor wide.
+        # NOTE: eager only: Phi-3 builds q by torch.cat, so the CPU flash kernel returns its
+        # output head-major and o_proj's input becomes a copy (CUDA's flash SDPA returns
+        # sequence-major, a view, as the model counts).
+        ("phi3", "eager", {"partial_rotary_factor": 0.5}),
     ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_norm_placement_and_qk_norm_activations(
-    case: str, attn: str, dtype: str, tmp_path: Path
+    case: str, attn: str, extra: dict[str, float], dtype: str, tmp_path: Path
 ) -> None:
     _, model_type, keys = next(c for c in CASES if c[0] == case)
     torch.manual_seed(0)
-    cfg = _config(model_type, keys)
+    cfg = _config(model_type, {**keys, **extra})
     cfg._attn_implementation = attn
     model = transformers.AutoModelForCausalLM.from_config(cfg).to(getattr(torch, dtype))
     model.train()
@@ -56,6 +61,9 @@ def test_norm_placement_and_qk_norm_activations(
     # block's RoPE; the hooks attribute them to each block, the model counts them once.
     assert spec.head_dim is not None
     rope = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
+    if extra:
+        assert spec.rotary_dim == int(spec.head_dim * extra["partial_rotary_factor"])
+        rope = spec.rotary_dim
     tables = 2 * s * rope * (4 if dtype == "float32" else 2)
     # Summed over the blocks: an MoE model's estimate is its dense/MoE block average.
     est = len(measured) * (per_block + tables)
