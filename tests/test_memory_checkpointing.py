@@ -237,3 +237,47 @@ def test_op_policy_on_transformers_families(case: str, tmp_path: Any) -> None:
     freed = kept[Checkpointing.NONE] - kept[Checkpointing.SELECTIVE_OP]
     model_freed = est[Checkpointing.NONE] - est[Checkpointing.SELECTIVE_OP]
     assert model_freed == pytest.approx(freed, rel=0.01), (model_freed, freed)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--checkpointing", "sel-op"], "invalid --checkpointing 'sel-op'"),
+        (["--checkpointing", "full", "--ac-frequency", "2"], "--ac-frequency applies to"),
+        (["--checkpointing", "selective-layer", "--ac-frequency", "0"], "invalid --ac-frequency"),
+    ],
+)
+def test_checkpointing_flag_errors_are_one_line_and_exit_2(flags: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    result = CliRunner().invoke(app, ["estimate", "--model-size", "1B", *flags])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_estimate_json_with_the_torchtitan_variants() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    runner = CliRunner()
+    base = ["estimate", "--model", "llama-2-13b", "--micro-batch", "2", "--seq-len", "4096"]
+    base += ["--gpus", "64", "--sharding", "fsdp", "--json"]
+    acts = {}
+    for flags in (
+        ["--checkpointing", "none"],
+        ["--checkpointing", "selective-op"],
+        ["--checkpointing", "selective-layer"],
+        ["--checkpointing", "selective-layer", "--ac-frequency", "4"],
+        ["--checkpointing", "full"],
+    ):
+        result = runner.invoke(app, [*base, *flags])
+        assert result.exit_code == 0, result.output
+        acts[" ".join(flags)] = json.loads(result.stdout)["breakdown"]["activations"]
+    values = list(acts.values())
+    # none > every 4th block > every 2nd block > op-level > full, as the policies keep.
+    assert values[0] > values[3] > values[2] > values[1] > values[4]
