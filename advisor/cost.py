@@ -98,6 +98,16 @@ _EAGER_SCORE_BYTES = 60.0
 # sec. 4.1): fwd+bwd = 3.5 x forward. Eager: backward = 2 x forward.
 _FLASH_FB = 3.5
 _EAGER_FB = 3.0
+# FP8 training with dynamic (current) tensor-wise scaling casts every GEMM operand each
+# micro-step: an amax pass and a cast pass over the 16-bit tensor (read 2 + read 2 + write 1
+# bytes per element) for the input and the weight forward and the output gradient backward,
+# plus the transposed FP8 copies the backward GEMMs take (read 1 + write 1 each) (torchao
+# float8 tensorwise recipe, torchao/float8/README.md; Transformer Engine's current scaling;
+# Micikevicius et al. 2022, FP8 Formats for Deep Learning). Only the blocks' linear layers
+# run in FP8: attention, norms and the LM head stay 16-bit (torchtitan's float8 converter
+# skips `output`; Megatron's output layer is not a TE module).
+_FP8_CAST_BYTES = 5.0
+_FP8_TRANSPOSE_BYTES = 2.0
 
 # The CPU has no fitted GPU block: these come from measurements on the project's CPUs
 # (FINDINGS.md): fp32 GEMM 120-170 GFLOP/s on 2 AVX-512 cores (~320 peak) -> 0.45; flash SDPA
@@ -449,6 +459,7 @@ class _Step:
         self.sh = _shape(spec)
         self.results = calibration.results_for(layer_shape(spec)) if calibration else None
         self.dtype = compute_dtype(config.precision)
+        self.fp8 = self.dtype == "fp8"
         self.tp = config.tensor_parallel
         self.pp = config.pipeline_parallel
         self.v = config.virtual_stages if config.pipeline_parallel > 1 else 1
@@ -462,9 +473,18 @@ class _Step:
     # --- device figures -------------------------------------------------------------------
 
     def peak(self) -> float:
+        """The dense peak of the blocks' GEMMs (FP8 only where an FP8 share is fitted)."""
         if self.hw is None:
             return 0.0
+        if self.fp8 and self.eff.gemm_fp8 is None:
+            return self.peak16()
         return _peak_flops(self.hw, self.dtype)
+
+    def peak16(self) -> float:
+        """The peak of what stays 16-bit under FP8 (attention, LM head)."""
+        if self.hw is None:
+            return 0.0
+        return _peak_flops(self.hw, "bf16" if self.fp8 else self.dtype)
 
     def bandwidth(self) -> tuple[float, Source]:
         if self.cal is not None and self.cal.copy_gb_s:
@@ -508,16 +528,23 @@ class _Step:
 
     # --- compute per micro-batch ------------------------------------------------------------
 
-    def gemm_seconds(self, gemms: list[Gemm]) -> tuple[float, Source]:
+    def gemm_seconds(
+        self, gemms: list[Gemm], *, low_precision: bool = True
+    ) -> tuple[float, Source]:
+        """Seconds of forward GEMMs; ``low_precision=False`` keeps them 16-bit under FP8."""
         total, sources = 0.0, set()
+        fp8 = self.fp8 and low_precision and self.eff.gemm_fp8 is not None
+        peak = self.peak() if low_precision else self.peak16()
+        share = self.eff.gemm_fp8.value if fp8 and self.eff.gemm_fp8 is not None else 1.0
         for g in gemms:
-            measured = self.measured_gemm(g)
+            # Under FP8 the measured rows are FP8 GEMMs: not what a 16-bit GEMM runs at.
+            measured = self.measured_gemm(g) if low_precision or not self.fp8 else None
             if measured is not None:
                 total += g.flops / measured
                 sources.add(Source.MEASURED)
                 continue
-            e = gemm_efficiency(self.eff, g.m, g.n, g.k)
-            total += g.flops / (self.peak() * e) if self.peak() else 0.0
+            e = gemm_efficiency(self.eff, g.m, g.n, g.k) * share
+            total += g.flops / (peak * e) if peak else 0.0
             sources.add(Source.ANALYTIC)
         src = sources.pop() if len(sources) == 1 else Source.MIXED
         return total, src
@@ -597,7 +624,7 @@ class _Step:
         # QK^T and PV: 2 matmuls x 2 s^2 d FLOPs per head; fused kernels skip the masked half.
         fwd_flops = 4 * mb * s * s * heads * d * (0.5 if causal and not eager else 1.0)
         e = attention_efficiency(self.eff, self.kernel, s, d, causal)
-        fwd = fwd_flops / (self.peak() * e)
+        fwd = fwd_flops / (self.peak16() * e)
         fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
         if eager:
             bw, _ = self.bandwidth()
@@ -621,18 +648,36 @@ class _Step:
         fwd = per_token * self.tokens / bw
         return 3 * fwd, fwd, src
 
+    def fp8_casts(self) -> tuple[float, float]:
+        """(fwd+bwd, fwd) seconds of one block's FP8 scaling and casts, one micro-batch."""
+        if not self.fp8 or self.eff.gemm_fp8 is None or self.hw is None:
+            return 0.0, 0.0
+        fwd_b = bwd_b = 0.0
+        for g in block_gemms(self.spec, self.tokens, self.tp, self.ep):
+            mk, nk, mn = g.m * g.k * g.count, g.n * g.k * g.count, g.m * g.n * g.count
+            fwd_b += _FP8_CAST_BYTES * (mk + nk)
+            bwd_b += _FP8_CAST_BYTES * mn + _FP8_TRANSPOSE_BYTES * (mk + nk + mn)
+        bw, _ = self.bandwidth()
+        return (fwd_b + bwd_b) / bw, fwd_b / bw
+
     def tp_comm(self) -> float:
         """Exposed tensor-parallel collectives of one block, one micro-batch.
 
         With sequence parallelism each block does 2 all-gathers and 2 reduce-scatters of a
         (tokens x h) activation forward and the same backward (Korthikanti et al. 2022,
         sec. 4.2.2); a full recompute repeats the forward's. Not overlapped (no async TP).
+        Under FP8 the forward all-gathers carry the FP8-cast GEMM input (1 byte per element;
+        torchao's Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8
+        all-gather); reduce-scatters sum 16-bit outputs and gradients.
         """
         if self.tp == 1:
             return 0.0
         act = 4 if self.dtype in ("fp32", "tf32") else 2
         per = self.tokens * self.sh.hidden * act * (self.tp - 1) / self.tp
-        count = 8 + (4 if self.config.checkpointing is Checkpointing.FULL else 0)
+        full = self.config.checkpointing is Checkpointing.FULL
+        count = 8.0 + (4 if full else 0)
+        if self.fp8 and self.eff.gemm_fp8 is not None:
+            count -= (2 + (2 if full else 0)) / 2
         bw = self.measured_busbw("all_gather", self.tp) or self.link(self.tp > self.node)[0]
         return count * per / bw
 
@@ -674,6 +719,13 @@ class _Step:
                 source=e_src,
                 detail=f"{c.stack.value} stack, at memory bandwidth",
             )
+        cast_fb, cast_fwd = self.fp8_casts()
+        if cast_fb:
+            parts["fp8_casts"] = ComponentTime(
+                seconds=(cast_fwd if zeroth else cast_fb) * L,
+                source=Source.ANALYTIC,
+                detail="dynamic tensor-wise scaling, at memory bandwidth",
+            )
         if not zeroth and c.checkpointing is Checkpointing.FULL:
             rec = (g_fwd + a_fwd + e_fwd) * L
             parts["recompute"] = ComponentTime(seconds=rec, source=_merge(g_src, a_src))
@@ -695,7 +747,9 @@ class _Step:
         # The LM head and the loss run on the last pipeline stage, the critical path.
         vocab = self.spec.vocab_size or 0
         head = [Gemm(m=self.tokens, n=max(1, vocab // self.tp), k=self.sh.hidden)]
-        head_fwd, head_src = self.gemm_seconds(head) if vocab else (0.0, Source.ANALYTIC)
+        head_fwd, head_src = (
+            self.gemm_seconds(head, low_precision=False) if vocab else (0.0, Source.ANALYTIC)
+        )
         parts["lm_head"] = ComponentTime(seconds=head_fwd * (2 if zeroth else 3), source=head_src)
         bw, bw_src = self.bandwidth()
         cb = 4 if self.dtype in ("fp32", "tf32") else 2

@@ -1105,8 +1105,14 @@ def loss_memory(
     # keeps its fp32 output for backward; nll_loss keeps int64 targets. The logits
     # themselves are kept by nothing autograd needs (the upcast saves nothing), so once the
     # training loop drops the model output they are gone before backward (measured).
+    # Vocabulary-parallel (tensor_parallel > 1): PyTorch's loss_parallel, as torchtitan runs
+    # it, computes log-softmax and NLL on each shard and its backward builds zeros_like(x),
+    # exp(x), their sum and the product with the incoming gradient, all fp32, while the
+    # saved output is alive (torch/distributed/tensor/parallel/loss.py,
+    # _nll_loss_and_log_softmax_backward): three fp32 logit-sized temporaries, not two.
+    transient = (8 if tensor_parallel == 1 else 12) * t * V
     return LossMemory(
-        saved_bytes=4 * t * V + 8 * t + 4, output_bytes=c * t * V, transient_bytes=8 * t * V
+        saved_bytes=4 * t * V + 8 * t + 4, output_bytes=c * t * V, transient_bytes=transient
     )
 
 

@@ -4,16 +4,20 @@
     python -m benchmarks.gpu_fit --write    # ... and write the efficiency blocks into
                                             #     profiles/hardware/*.yaml
 
-Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan, Megatron-LM / Narayanan et
-al. 2021, the Llama 3 paper) and benchmarks/data/attention_kernels.yaml (FlashAttention-2/3
-kernel TFLOP/s). The Llama 3 source is held out: it is predicted, never fitted. MosaicML
+Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan on A100 and H100, OLMo-core
+on H100, Megatron-LM / Narayanan et al. 2021, the Llama 3 paper) and
+benchmarks/data/attention_kernels.yaml (FlashAttention-2/3 kernel TFLOP/s). The Llama 3
+source is held out: it is predicted, never fitted. Sources in ``CHECK_ONLY`` (torchtitan's
+multi-node FSDP + TP (+ PP) Float8 runs) are predicted and reported, never fitted. MosaicML
 llm-foundry's benchmark tables are not used in any way (the project owner keeps them as a
 test).
 
 The fit minimises the squared log error of predicted tokens/s per GPU with a small
 coordinate search (no scipy): per generation, the GEMM ceiling ``gemm_max``, its token and
 width saturation (``gemm_m0``, ``gemm_n0``) and the share of compute that hides collectives
-(``overlap``). FlashAttention-2's curve is fitted to the paper's kernel figures the same way.
+(``overlap``); on Hopper the ceiling on the BF16 rows, then the FP8 share ``gemm_fp8`` on the
+FP8 rows with every BF16 constant fixed. FlashAttention-2's curve is fitted to the paper's
+kernel figures the same way.
 """
 
 from __future__ import annotations
@@ -60,8 +64,14 @@ RESULTS = HERE / "results" / "gpu_fit.json"
 HELD_OUT = "llama3-2024"
 FIT_ON = {
     Generation.AMPERE: ("torchtitan-a100", "megatron-2021"),
-    Generation.HOPPER: ("torchtitan-h100",),
+    Generation.HOPPER: ("torchtitan-h100", "olmo-core-h100"),
 }
+# The FP8 share of the GEMM efficiency (Hopper), fitted on the FP8 rows of these sources
+# after the BF16 constants are fixed.
+FP8_FIT_ON = ("torchtitan-h100-fp8", "olmo-core-h100")
+# Reported against the fitted model but never fitted: checks at layouts the fit sources lack.
+CHECK_ONLY = ("torchtitan-h100-fp8-nd",)
+FP8 = "fp8-mixed"
 
 # Which generation each GPU profile belongs to (compute capability / vendor).
 GENERATION = {
@@ -100,6 +110,10 @@ _FA2_H100 = (
 )
 _XF = "Dao 2023, Fig. 4: xFormers cutlass fwd+bwd ~0.6x FlashAttention-2 on A100"
 _EAGER = "Dao 2023, Fig. 4: PyTorch standard attention; matmuls as batched GEMMs (scores apart)"
+_DEEPGEMM = (
+    "benchmarks/gpu_fit.py, least squares on DeepGEMM's dense FP8 GEMM table, H800"
+    " (github.com/deepseek-ai/DeepGEMM, README at a6d97a1): shape saturation only"
+)
 _CUDNN = "assumed equal to FA3 on Hopper (cuDNN 9 fused flash attention uses TMA/WGMMA as FA3)"
 
 
@@ -122,14 +136,18 @@ def _adamw() -> Any:
 
 
 def run_spec(run: dict[str, Any]) -> ModelSpec:
-    return _spec(run["id"], json.dumps({k: run.get(k) for k in ("model", "gpt")}))
+    keys = ("model", "gpt", "model_overrides")
+    return _spec(run["id"], json.dumps({k: run.get(k) for k in keys}, sort_keys=True))
 
 
 @functools.cache
 def _spec(_id: str, key: str) -> ModelSpec:
     run = json.loads(key)
     if run.get("model"):
-        return get_model_profile(run["model"])
+        spec = get_model_profile(run["model"])
+        if run.get("model_overrides"):
+            spec = spec.model_copy(update=run["model_overrides"])
+        return spec
     g = run["gpt"]
     base = get_model_profile("gpt2")
     return base.model_copy(
@@ -192,6 +210,11 @@ def measured_tokens(run: dict[str, Any], spec: ModelSpec) -> tuple[float, str]:
 # --- the efficiencies being fitted ----------------------------------------------------------
 
 
+@functools.cache
+def _hopper_shape() -> dict[str, float]:
+    return fit_gemm_shape(_load("hopper_gemm_kernels.yaml"))
+
+
 def ridge(hw: HardwareProfile) -> float:
     return (
         (hw.peak_tflops.bf16 or hw.peak_tflops.fp16 or hw.peak_tflops.fp32)
@@ -213,6 +236,23 @@ def fit_attention(rows: list[dict[str, Any]]) -> dict[str, float]:
 
     start = {"max": 0.6, "s0": 200.0, "s0_causal": 500.0, "d0": 30.0}
     return coordinate_search(loss, start, {"max": (0.2, 0.95)})
+
+
+def fit_gemm_shape(data: dict[str, Any]) -> dict[str, float]:
+    """Hopper's GEMM shape saturation (max, m0, n0) by least squares on log throughput of
+    DeepGEMM's kernel table (benchmarks/data/hopper_gemm_kernels.yaml)."""
+    peak = float(data["peak_tflops"])
+    rows = data["rows"]
+
+    def model(p: dict[str, float], r: dict[str, Any]) -> float:
+        m, n, k = r["m"], r["n"], r["k"]
+        return p["max"] * m / (m + p["m0"]) * n / (n + p["n0"]) * k / (k + p["n0"])
+
+    def loss(p: dict[str, float]) -> float:
+        return sum(math.log(model(p, r) / (r["tflops"] / peak)) ** 2 for r in rows)
+
+    start = {"max": 0.7, "m0": 300.0, "n0": 300.0}
+    return coordinate_search(loss, start, {"max": (0.2, 1.0)}, rounds=200)
 
 
 def coordinate_search(
@@ -245,7 +285,11 @@ def coordinate_search(
 
 
 def efficiency(
-    gen: Generation, hw: HardwareProfile, fit: dict[str, dict[str, float]], fa2: dict[str, float]
+    gen: Generation,
+    hw: HardwareProfile,
+    fit: dict[str, dict[str, float]],
+    fa2: dict[str, float],
+    shape: dict[str, float] | None = None,
 ) -> GpuEfficiency:
     """The efficiency block of one profile from the fitted and published constants."""
     amp = fit[Generation.AMPERE.value]
@@ -267,6 +311,11 @@ def efficiency(
     else:
         m0 = Fitted(value=round(amp["gemm_m0"] * scale, 1), source=_RIDGE)
         n0 = Fitted(value=round(amp["gemm_n0"] * scale, 1), source=_RIDGE)
+    shape = shape if shape is not None else _hopper_shape()
+    if gen is Generation.HOPPER:
+        # Hopper's own kernel-level shape curve replaces the ridge scaling of Ampere's.
+        m0 = Fitted(value=round(shape["m0"], 1), source=_DEEPGEMM)
+        n0 = Fitted(value=round(shape["n0"], 1), source=_DEEPGEMM)
     overlap = Fitted(
         value=round(amp["overlap"], 3),
         source=fit_src.replace(
@@ -309,9 +358,18 @@ def efficiency(
         )
         attention["fa3"] = fa3
         attention["cudnn"] = fa3.model_copy(update={"source": _CUDNN})
+    gemm_fp8 = None
+    if "gemm_fp8" in mine:
+        gemm_fp8 = Fitted(
+            value=round(mine["gemm_fp8"], 4),
+            source="benchmarks/gpu_fit.py, least squares on the FP8 rows of "
+            + ", ".join(FP8_FIT_ON)
+            + " (BF16 constants fixed)",
+        )
     return GpuEfficiency(
         generation=gen,
         gemm_max=gemm_max,
+        gemm_fp8=gemm_fp8,
         gemm_m0=m0,
         gemm_n0=n0,
         bandwidth=Fitted(value=0.8, source=_STREAM),
@@ -357,11 +415,24 @@ def with_efficiency(hw: HardwareProfile, eff: GpuEfficiency) -> HardwareProfile:
 
 
 def run_device(run: dict[str, Any], hw: HardwareProfile) -> HardwareProfile:
-    """The profile with what the source says differs about its machine."""
+    """The profile with what the source says differs about its machine, and the attention
+    kernel that really ran where the stack's default differs (SDPA's FlashAttention-2 in a
+    compiled PyTorch stack on Hopper, where the cost model's fused stack assumes FA3)."""
+    kernel = run.get("attention_kernel")
+    if kernel and hw.efficiency is not None:
+        table = dict(hw.efficiency.attention)
+        for name in ("fa2", "fa3", "cudnn"):
+            table[name] = table[kernel]
+        hw = with_efficiency(hw, hw.efficiency.model_copy(update={"attention": table}))
     over = run.get("device_overrides")
     if not over:
         return hw
-    peak = hw.peak_tflops.model_copy(update={"bf16": over.get("bf16_tflops", hw.peak_tflops.bf16)})
+    peak = hw.peak_tflops.model_copy(
+        update={
+            "bf16": over.get("bf16_tflops", hw.peak_tflops.bf16),
+            "fp8": over.get("fp8_tflops", hw.peak_tflops.fp8),
+        }
+    )
     return hw.model_copy(
         update={
             "peak_tflops": peak,
@@ -385,8 +456,10 @@ def memory_check(run: dict[str, Any], hw: HardwareProfile) -> dict[str, Any]:
     hw = run_device(run, hw)
     spec = run_spec(run)
     config = run_config(run)
-    if "memory_sharding" in run:
-        config = config.model_copy(update={"sharding": Sharding(run["memory_sharding"])})
+    if "memory_overrides" in run:
+        # What the source ran that the time model's labels leave out (e.g. compiled blocks
+        # with an unfused, fp32-upcast loss; FSDP that shards gradients, not parameters).
+        config = TrainingConfig(**{**config.model_dump(), **run["memory_overrides"]})
     try:
         est = estimate_memory(spec, config, optimizer=_adamw())
     except UserError as exc:
@@ -441,6 +514,29 @@ def fit_generation(
     return coordinate_search(loss, start, bounds, rounds=40)
 
 
+def fit_fp8(
+    runs: list[dict[str, Any]],
+    profiles: dict[str, HardwareProfile],
+    fit: dict[str, dict[str, float]],
+    fa2: dict[str, float],
+) -> float:
+    """The Hopper FP8 share with every BF16 constant fixed."""
+
+    def loss(p: dict[str, float]) -> float:
+        full = {**fit, Generation.HOPPER.value: {**fit[Generation.HOPPER.value], **p}}
+        total = 0.0
+        for run in runs:
+            hw = profiles[run["device"]]
+            block = efficiency(GENERATION[hw.id], hw, full, fa2)
+            pred = predict_run(run, with_efficiency(hw, block))
+            total += math.log(pred / run["_measured"]) ** 2
+        return total
+
+    return coordinate_search(loss, {"gemm_fp8": 0.7}, {"gemm_fp8": (0.2, 1.0)}, rounds=40)[
+        "gemm_fp8"
+    ]
+
+
 def profile_blocks(
     profiles: dict[str, HardwareProfile], fit: dict[str, dict[str, float]], fa2: dict[str, float]
 ) -> dict[str, GpuEfficiency]:
@@ -452,19 +548,24 @@ def profile_blocks(
 
 
 def write_profiles(blocks: dict[str, GpuEfficiency]) -> None:
-    """Replace (or append) the ``efficiency:`` block at the end of each profile file."""
+    """Replace (or append) the ``efficiency:`` block of each profile file, keeping the
+    top-level keys that follow it (``host:``)."""
     folder = profiles_dir() / "hardware"
     for pid, eff in blocks.items():
         path = folder / f"{pid}.yaml"
         text = path.read_text()
-        head = text.split("\nefficiency:")[0].rstrip("\n") + "\n"
+        head, _, rest = text.partition("\nefficiency:")
+        head = head.rstrip("\n") + "\n"
+        lines = rest.split("\n")[1:]
+        after = next((i for i, line in enumerate(lines) if line[:1] not in ("", " ", "#")), None)
+        tail = "\n".join(lines[after:]) if after is not None else ""
         body = yaml.safe_dump(
-            {"efficiency": json.loads(eff.model_dump_json())},
+            {"efficiency": json.loads(eff.model_dump_json(exclude_none=True))},
             sort_keys=False,
             width=100,
             allow_unicode=True,
         )
-        path.write_text(head + body)
+        path.write_text(head + body + tail)
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -493,10 +594,14 @@ def main(argv: list[str] | None = None) -> int:
     fit: dict[str, dict[str, float]] = {}
     amp_runs = [r for r in runs if r["source"] in FIT_ON[Generation.AMPERE]]
     fit[Generation.AMPERE.value] = fit_generation(Generation.AMPERE, amp_runs, profiles, None, fa2)
-    hop_runs = [r for r in runs if r["source"] in FIT_ON[Generation.HOPPER]]
+    hop_runs = [
+        r for r in runs if r["source"] in FIT_ON[Generation.HOPPER] and r["precision"] != FP8
+    ]
     fit[Generation.HOPPER.value] = fit_generation(
         Generation.HOPPER, hop_runs, profiles, fit[Generation.AMPERE.value], fa2
     )
+    fp8_runs = [r for r in runs if r["source"] in FP8_FIT_ON and r["precision"] == FP8]
+    fit[Generation.HOPPER.value]["gemm_fp8"] = fit_fp8(fp8_runs, profiles, fit, fa2)
     blocks = profile_blocks(profiles, fit, fa2)
 
     rows: list[dict[str, Any]] = []
@@ -515,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
                 "id": run["id"],
                 "source": run["source"],
                 "held_out": run["source"] == HELD_OUT,
+                "check_only": run["source"] in CHECK_ONLY,
                 "device": run["device"],
+                "precision": run["precision"],
                 "layout": {k: run.get(k, 1) for k in ("gpus", "dp", "tp", "pp", "v")},
                 "sharding": run.get("sharding", "zero1" if run.get("pp", 1) > 1 else "none"),
                 "micro_batch": run["micro_batch"],
@@ -546,16 +653,19 @@ def main(argv: list[str] | None = None) -> int:
             by_source[src] = {
                 **summarize(chosen),
                 "held_out": src == HELD_OUT,
+                "check_only": src in CHECK_ONLY,
                 "url": data["sources"][src]["url"],
             }
-    fitted = [r for r in rows if not r["held_out"]]
+    fitted = [r for r in rows if not r["held_out"] and not r["check_only"]]
     result = {
         "command": "python -m benchmarks.gpu_fit",
         "held_out_source": HELD_OUT,
         "fitted": {k: {p: round(v, 4) for p, v in d.items()} for k, d in fit.items()},
         "flash_attention_2": {k: round(v, 4) for k, v in fa2.items()},
+        "hopper_gemm_shape": {k: round(v, 4) for k, v in _hopper_shape().items()},
         "fit_summary": summarize(fitted),
         "validation_summary": summarize([r for r in rows if r["held_out"]]),
+        "check_summary": summarize([r for r in rows if r["check_only"]]),
         "per_source": by_source,
         "memory": memory_summary(rows),
         "runs": rows,
@@ -564,14 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'run':34} {'measured':>9} {'predicted':>9} {'error':>7}  mem")
     for r in rows:
-        flag = " (held out)" if r["held_out"] else ""
+        flag = " (held out)" if r["held_out"] else " (check)" if r["check_only"] else ""
         print(
             f"{r['id']:34} {r['measured_tokens_per_s_per_gpu']:9.1f}"
             f" {r['predicted_tokens_per_s_per_gpu']:9.1f} {r['error']:+7.1%}"
             f"  {_fraction(r['memory_peak_fraction_of_device'])}{flag}"
         )
     for src, s in by_source.items():
-        tag = " [held out]" if s["held_out"] else ""
+        tag = " [held out]" if s["held_out"] else " [check, not fitted]" if s["check_only"] else ""
         print(
             f"{src:18} n={s['runs']:2} median |error| {s['median_abs_error']:.1%}"
             f"  worst {s['worst_abs_error']:.1%}{tag}"

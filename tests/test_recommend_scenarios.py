@@ -439,7 +439,6 @@ def test_7b_pretraining_on_one_4090_needs_per_layer_updates_or_offload() -> None
         "fused-backward-step" in x.memory_savers or "cpu-offload-optimizer" in x.memory_savers
         for x in r.recommendations
     )
-    assert any(x.offload == "optimizer" for x in r.recommendations)  # weights stay on the card
     assert r.facts["mixed_precision_fits_on_device"] is False
     assert "bare-bf16-pretraining-only-when-master-weights-do-not-fit" in {
         f.rule for f in r.fired_rules

@@ -600,7 +600,7 @@ class _Search:
                 break  # offload only when nothing fits on the device (Ren et al. 2021)
             if off.nvme and host_fitted and not memory_first:
                 break  # NVMe only when host RAM is not enough
-            best, stale, last_fit = float("inf"), 0, True
+            best, last_fit = float("inf"), True
             for rung in level:
                 cfg = replace(rung, optimizer_in_backward=per_layer).apply(base)
                 if best < float("inf") and not memory_first and self._no_better(cfg, per, best):
@@ -627,13 +627,13 @@ class _Search:
                 )
                 if memory_first:
                     continue
-                if p.seconds_per_token < best * (1 - EQUIVALENT):
-                    best, stale = p.seconds_per_token, 0
-                else:
-                    stale += 1
+                best = min(best, p.seconds_per_token)
                 # Once the whole per-replica batch is one micro-batch, more savers only slow
-                # it down.
-                if p.config.micro_batch >= per or stale >= 2:
+                # it down. (Rungs that cannot beat the best even at that batch are skipped by
+                # the bound above; a rung that does not improve says nothing about the next:
+                # full recomputation plus activation offload can admit a 4x larger
+                # micro-batch where full recomputation alone did not pay.)
+                if p.config.micro_batch >= per:
                     break
         return out
 
