@@ -180,6 +180,12 @@ class TrainingConfig(BaseModel):
     expert_parallel: int = Field(
         default=1, ge=1, description="MoE experts split over this many data-parallel ranks"
     )
+    tp_comm_overlap: bool | None = Field(
+        default=None,
+        description="tensor-parallel collectives decomposed and overlapped with their "
+        "dependent GEMMs (torchtitan async TP, Megatron/TE --tp-comm-overlap); default: on "
+        "under the fused stack, off under hf",
+    )
     shard_group: int | None = Field(
         default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
     )

@@ -432,6 +432,26 @@ def _find_layer(results: ShapeResults | None, dtype: str) -> LayerTiming | None:
     return next((lt for lt in results.layers if lt.dtype == want), None)
 
 
+def _stage_layers(layers: int, pp: int, v: int) -> tuple[float, float]:
+    """(layers of the busiest pipeline stage, layers of the last stage, which also runs the
+    LM head and the loss).
+
+    Stages hold whole layers: with ``pp x v`` model chunks of ``ceil(layers / (pp v))``
+    layers the busiest stage holds ``v`` full chunks. Where the layers do not split evenly
+    the missing ones come off the end stages, the last stage taking the odd one: Llama 3's
+    126 layers on 16 stages run 8 layers per stage with one layer fewer on the first and
+    the last stage, whose extra work is the embedding and the output layer and loss
+    (Dubey et al. 2024, sec. 3.3.2). Evenly split (Megatron requires it), the last stage
+    runs the head on top of its share.
+    """
+    if pp <= 1:
+        return float(layers), float(layers)
+    per_chunk = math.ceil(layers / (pp * v))
+    busiest = per_chunk * v
+    deficit = per_chunk * pp * v - layers
+    return float(busiest), float(max(busiest - (deficit + 1) // 2, 0))
+
+
 _BACKEND = {
     AttentionKernel.EAGER: "math",
     AttentionKernel.FA2: "flash",
@@ -466,7 +486,7 @@ class _Step:
         self.dp = config.gpus
         self.ep = min(config.expert_parallel, max(spec.num_experts, 1))
         self.tokens = config.micro_batch * config.seq_len
-        self.stage_layers = self.sh.layers / self.pp
+        self.stage_layers, self.last_stage_layers = _stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel = attention_kernel(config, hw)
         self.node = gpus_per_node or eff.gpus_per_node
 
@@ -653,8 +673,21 @@ class _Step:
         if not self.fp8 or self.eff.gemm_fp8 is None or self.hw is None:
             return 0.0, 0.0
         fwd_b = bwd_b = 0.0
-        for g in block_gemms(self.spec, self.tokens, self.tp, self.ep):
+        gemms = block_gemms(self.spec, self.tokens, self.tp, self.ep)
+        shared_input = 0.0
+        if self.tp > 1:
+            # Under TP the column-parallel layers' common input (the attention and the MLP
+            # block input) is cast once, on its sequence shard, before the FP8 all-gather
+            # (torchao float8_tensor_parallel.PrepareFloat8ModuleInput: "the float8 cast
+            # happens before the all-gather ... we perform fp8 allgather only once");
+            # backward transposes the gathered FP8 copy once per module.
+            shared_input = 2.0 * self.tokens * self.sh.hidden
+            fwd_b += _FP8_CAST_BYTES * shared_input / self.tp
+            bwd_b += _FP8_TRANSPOSE_BYTES * shared_input
+        for g, (_n, _k, row, _expert) in zip(gemms, _weight_matrices(self.spec), strict=True):
             mk, nk, mn = g.m * g.k * g.count, g.n * g.k * g.count, g.m * g.n * g.count
+            if self.tp > 1 and not row and not _expert:
+                mk = 0.0  # its input was cast above
             fwd_b += _FP8_CAST_BYTES * (mk + nk)
             bwd_b += _FP8_CAST_BYTES * mn + _FP8_TRANSPOSE_BYTES * (mk + nk + mn)
         bw, _ = self.bandwidth()
@@ -665,10 +698,17 @@ class _Step:
 
         With sequence parallelism each block does 2 all-gathers and 2 reduce-scatters of a
         (tokens x h) activation forward and the same backward (Korthikanti et al. 2022,
-        sec. 4.2.2); a full recompute repeats the forward's. Not overlapped (no async TP).
-        Under FP8 the forward all-gathers carry the FP8-cast GEMM input (1 byte per element;
-        torchao's Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8
-        all-gather); reduce-scatters sum 16-bit outputs and gradients.
+        sec. 4.2.2); a full recompute repeats the forward's. Under FP8 the forward
+        all-gathers carry the FP8-cast GEMM input (1 byte per element; torchao's
+        Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8 all-gather);
+        reduce-scatters sum 16-bit outputs and gradients.
+
+        Overlapped TP (:meth:`tp_overlapped`) splits each collective into ``t`` per-rank
+        chunks pipelined with the partial GEMMs that consume or produce them (Wang et al.
+        2023, "Overlap Communication with Dependent Computation via Decomposition";
+        torchtitan async TP; Transformer Engine userbuffers): the profile's fitted
+        ``tp_overlap`` share is hidden, never more than the ``(t - 1) / t`` chunks that have
+        a partial GEMM to run under.
         """
         if self.tp == 1:
             return 0.0
@@ -679,7 +719,23 @@ class _Step:
         if self.fp8 and self.eff.gemm_fp8 is not None:
             count -= (2 + (2 if full else 0)) / 2
         bw = self.measured_busbw("all_gather", self.tp) or self.link(self.tp > self.node)[0]
-        return count * per / bw
+        seconds = count * per / bw
+        hidden = self.tp_hidden_share()
+        return seconds * (1.0 - hidden)
+
+    def tp_overlapped(self) -> bool:
+        """Whether the TP collectives are overlapped: as configured, else the stack's default
+        (production fused stacks enable it: torchtitan async TP with torch.compile,
+        Megatron-Core/NeMo ``tp_comm_overlap``; Hugging Face modules do not)."""
+        flag = self.config.tp_comm_overlap
+        return flag if flag is not None else self.config.stack is Stack.FUSED
+
+    def tp_hidden_share(self) -> float:
+        """Share of the TP collectives hidden under the dependent GEMMs (0 when not
+        overlapped or where no share is fitted for the generation)."""
+        if self.tp == 1 or not self.tp_overlapped() or self.eff.tp_overlap is None:
+            return 0.0
+        return min(self.eff.tp_overlap.value, (self.tp - 1) / self.tp)
 
     def ep_comm(self) -> float:
         """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
@@ -770,7 +826,12 @@ class _Step:
             parts["tensor_parallel_comm"] = ComponentTime(
                 seconds=tp_s,
                 source=Source.ANALYTIC,
-                detail=f"TP={self.tp} sequence-parallel all-gather/reduce-scatter, exposed",
+                detail=f"TP={self.tp} sequence-parallel all-gather/reduce-scatter, "
+                + (
+                    f"{self.tp_hidden_share():.0%} hidden (overlapped TP)"
+                    if self.tp_hidden_share()
+                    else "exposed"
+                ),
             )
         ep_s = self.ep_comm() * L
         if ep_s:
@@ -787,9 +848,46 @@ class _Step:
             parts["pipeline_p2p"] = ComponentTime(
                 seconds=bytes_ / bw_p2p, source=Source.ANALYTIC, detail="1F1B send/recv"
             )
-        fwd = (g_fwd + a_fwd + e_fwd) * L + head_fwd
+        head_share = self.head_on_critical_path(parts)
+        if head_share < 1.0:
+            for key in ("lm_head", "loss_and_embedding"):
+                part = parts[key]
+                parts[key] = part.model_copy(
+                    update={
+                        "seconds": part.seconds * head_share,
+                        "detail": f"{head_share:.0%} on the busiest stage's path",
+                    }
+                )
+        fwd = (g_fwd + a_fwd + e_fwd) * L + head_fwd * head_share
         total = sum(p.seconds for p in parts.values())
         return parts, fwd, max(total - fwd, 0.0)
+
+    def head_on_critical_path(self, parts: dict[str, ComponentTime]) -> float:
+        """Share of the LM head and loss that lengthens the busiest stage's micro-batch.
+
+        1F1B runs at the pace of its slowest stage. The last stage holds
+        ``last_stage_layers`` layers plus the head; when it is lighter than the busiest
+        stage (uneven splits, Llama 3's balancing) only what exceeds the busiest stage
+        counts (none for Llama 3 405B on 16 stages).
+        """
+        if self.pp <= 1 or self.last_stage_layers >= self.stage_layers:
+            return 1.0
+        per_layer_keys = (
+            "forward_backward",
+            "attention",
+            "elementwise",
+            "fp8_casts",
+            "recompute",
+            "tensor_parallel_comm",
+            "expert_all_to_all",
+        )
+        per_layer = sum(parts[k].seconds for k in per_layer_keys if k in parts)
+        per_layer /= max(self.stage_layers, 1.0)
+        head = parts["lm_head"].seconds + parts["loss_and_embedding"].seconds
+        if head <= 0:
+            return 1.0
+        spare = (self.stage_layers - self.last_stage_layers) * per_layer
+        return max(head - spare, 0.0) / head
 
     # --- per step ---------------------------------------------------------------------------
 

@@ -110,6 +110,11 @@ class GpuEfficiency(_Frozen):
     comm_intra: Fitted = Field(description="NCCL bus bandwidth / unidirectional link, in a node")
     comm_inter: Fitted = Field(description="NCCL bus bandwidth / per-GPU NIC, across nodes")
     overlap: Fitted = Field(description="share of overlappable compute that hides collectives")
+    tp_overlap: Fitted | None = Field(
+        default=None,
+        description="share of the tensor-parallel collectives that overlapped (async) TP "
+        "hides behind the dependent GEMMs (absent: all exposed)",
+    )
     gemm_fp8: Fitted | None = Field(
         default=None,
         description="share of the BF16 GEMM efficiency that FP8 GEMMs keep at the FP8 peak "
