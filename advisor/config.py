@@ -196,6 +196,15 @@ class TrainingConfig(BaseModel):
         return self.gpus * self.tensor_parallel * self.pipeline_parallel
 
     @property
+    def tp_overlapped(self) -> bool:
+        """Whether the TP collectives are overlapped with their GEMMs: as configured, else the
+        stack's default (production fused stacks enable it: torchtitan async TP with
+        torch.compile, Megatron-Core/NeMo ``tp_comm_overlap``; Hugging Face modules do not)."""
+        if self.tp_comm_overlap is not None:
+            return self.tp_comm_overlap
+        return self.stack is Stack.FUSED
+
+    @property
     def loss_fused(self) -> bool:
         """Whether the loss never materialises full fp32 logits."""
         return self.fused_loss or self.stack is Stack.FUSED

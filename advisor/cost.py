@@ -723,17 +723,10 @@ class _Step:
         hidden = self.tp_hidden_share()
         return seconds * (1.0 - hidden)
 
-    def tp_overlapped(self) -> bool:
-        """Whether the TP collectives are overlapped: as configured, else the stack's default
-        (production fused stacks enable it: torchtitan async TP with torch.compile,
-        Megatron-Core/NeMo ``tp_comm_overlap``; Hugging Face modules do not)."""
-        flag = self.config.tp_comm_overlap
-        return flag if flag is not None else self.config.stack is Stack.FUSED
-
     def tp_hidden_share(self) -> float:
         """Share of the TP collectives hidden under the dependent GEMMs (0 when not
         overlapped or where no share is fitted for the generation)."""
-        if self.tp == 1 or not self.tp_overlapped() or self.eff.tp_overlap is None:
+        if self.tp == 1 or not self.config.tp_overlapped or self.eff.tp_overlap is None:
             return 0.0
         return min(self.eff.tp_overlap.value, (self.tp - 1) / self.tp)
 

@@ -1100,10 +1100,11 @@ def emit_torchtitan(
     else:
         parallelism["fsdp_reshard_after_forward"] = "default"
     parallelism["tensor_parallel_degree"] = config.tensor_parallel
-    # Async TP overlaps the TP collectives with matmuls; torchtitan applies it only under
-    # torch.compile (job_config.py), which the fused stack turns on.
+    # Async TP overlaps the TP collectives with matmuls, as the plan's cost assumed
+    # (config.tp_overlapped); torchtitan applies it only under torch.compile
+    # (job_config.py), which the fused stack turns on.
     parallelism["enable_async_tensor_parallel"] = (
-        config.tensor_parallel > 1 and config.stack is Stack.FUSED
+        config.tensor_parallel > 1 and config.tp_overlapped and config.stack is Stack.FUSED
     )
     parallelism["pipeline_parallel_degree"] = config.pipeline_parallel
     if config.pipeline_parallel > 1:
@@ -1386,6 +1387,10 @@ def emit_megatron(
         args.append(("--num-virtual-stages-per-pipeline-rank", config.virtual_stages))
     if config.tensor_parallel > 1:
         args.append(("--sequence-parallel", None))
+        if config.tp_overlapped:
+            # TP collectives overlapped with their GEMMs (Transformer Engine userbuffers), as
+            # the plan's cost assumed.
+            args.append(("--tp-comm-overlap", None))
     if config.expert_parallel > 1:
         args.append(("--expert-model-parallel-size", config.expert_parallel))
     args += [

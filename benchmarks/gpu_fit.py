@@ -17,8 +17,8 @@ coordinate search (no scipy): per generation, the GEMM ceiling ``gemm_max``, its
 width saturation (``gemm_m0``, ``gemm_n0``) and the share of compute that hides collectives
 (``overlap``); on Hopper the ceiling on the BF16 rows, then the FP8 share ``gemm_fp8`` on the
 FP8 rows with every BF16 constant fixed, then the share of TP collectives that async TP hides
-(``tp_overlap``) on torchtitan's multi-node async-TP rows with everything else fixed. FlashAttention-2's curve is fitted to the paper's
-kernel figures the same way.
+(``tp_overlap``) on torchtitan's multi-node async-TP rows with everything else fixed.
+FlashAttention-2's curve is fitted to the paper's kernel figures the same way.
 """
 
 from __future__ import annotations

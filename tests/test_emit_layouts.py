@@ -378,3 +378,19 @@ def test_megatron_emerging_optimizers_without_megatron_fsdp() -> None:
     ddp = emit_megatron(TrainingConfig(task=Task.PRETRAIN, optimizer="lion", gpus=8))
     got = dict(_megatron_args(ddp.text))
     assert got["--optimizer"] == "lion" and "--lion-beta2" in got and not ddp.differs
+
+
+def test_tp_comm_overlap_is_exported_as_the_cost_assumed() -> None:
+    # The fused stack's cost hides part of the TP collectives (async TP / TE userbuffers,
+    # Wang et al. 2023); the exports turn the same overlap on, and leave it off under hf.
+    fused = TrainingConfig(task=Task.PRETRAIN, tensor_parallel=4, gpus=2, stack=Stack.FUSED)
+    hf = fused.model_copy(update={"stack": Stack.HF})
+    assert fused.tp_overlapped and not hf.tp_overlapped
+    assert "--tp-comm-overlap" in dict(_megatron_args(emit_megatron(fused).text))
+    assert "--tp-comm-overlap" not in dict(_megatron_args(emit_megatron(hf).text))
+    tt = tomllib.loads(emit_torchtitan(fused).text)
+    assert tt["parallelism"]["enable_async_tensor_parallel"] is True
+    off = fused.model_copy(update={"tp_comm_overlap": False})
+    assert not tomllib.loads(emit_torchtitan(off).text)["parallelism"][
+        "enable_async_tensor_parallel"
+    ]
