@@ -327,9 +327,7 @@ def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
         optimizers=[o.id for o in optimizers],
         precisions=list(Precision),
         attentions=list(Attention),
-        # NOTE: torchtitan's selective-layer / selective-op variants are estimate-only for
-        # now: the saver ladder (plan/search.py) ranks none, selective and full.
-        checkpointing=[Checkpointing.NONE, Checkpointing.SELECTIVE, Checkpointing.FULL],
+        checkpointing=list(Checkpointing),
         offloads=offloads,
         # The fused stack always fuses the loss; on the hf stack it is a choice (Liger).
         fused_loss=[False] if w.stack is Stack.FUSED else [False, True],
