@@ -21,12 +21,12 @@ from advisor.plan.models import (
     WhyNot,
     WorkloadSummary,
 )
-from advisor.plan.rank import RULE_WEIGHT, objective_score
 from advisor.plan.report import recommend
 from advisor.plan.search import CostFn
 from advisor.plan.space import (
     HOST_SAFETY_MARGIN,
     MEMORY_SAFETY_MARGIN,
+    RULE_WEIGHT,
     Context,
     GlobalBatch,
     Objective,
@@ -36,6 +36,7 @@ from advisor.plan.space import (
     derive_facts,
     describe_config,
     estimate,
+    objective_score,
     resolve_global_batch,
     usable_memory,
 )

@@ -36,6 +36,7 @@ from advisor.plan.space import (
     describe_config,
     estimate,
     host_fits,
+    objective_score,
     plan_step_factor,
     usable_memory,
 )
@@ -1070,13 +1071,16 @@ def _screen_layouts(
 
 
 def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig]) -> list[Layout]:
-    """The layouts the full search covers: the fastest few for the reference plans (the
-    baseline core and the leanest one, which fits where the baseline does not), plus the
-    most frugal layout, so that plans needing every byte still find their layout."""
+    """The layouts the full search covers: the best few for the reference plans (the
+    baseline core and the leanest one, which fits where the baseline does not) by the
+    objective's own score (time, memory and the rules' preferences for the layout's
+    techniques, as the ranking weighs them), plus the most frugal layout, so that plans
+    needing every byte still find their layout."""
     if len(layouts) <= TOP_LAYOUTS:
         return layouts
     ref = refs[0]
-    scored: list[tuple[float, int, Layout]] = []
+    objective = s.ctx.workload.objective
+    scored: list[tuple[bool, float, int, Layout]] = []
     frugal: list[tuple[int, Layout]] = []
     for lay in layouts:
         plans = s.ladder_for(refs[0], lay)
@@ -1084,10 +1088,23 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
             if not any(p.exact_batch for p in plans):
                 plans += s.ladder_for(r, lay)  # the leaner core, where the baseline fails
         if plans:
-            scored.append((min(p.seconds_per_token for p in plans), len(scored), lay))
+            best = min(
+                (
+                    not p.exact_batch,
+                    objective_score(
+                        objective,
+                        p.seconds_per_token,
+                        p.memory.total_bytes,
+                        s.ev.usable,
+                        p.rule_score,
+                    ),
+                )
+                for p in plans
+            )
+            scored.append((*best, len(scored), lay))
         c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
         frugal.append((s.ev.memory(c).total_bytes, lay))
-    chosen = [lay for _, _, lay in sorted(scored, key=lambda x: (x[0], x[1]))[:TOP_LAYOUTS]]
+    chosen = [x[-1] for x in sorted(scored, key=lambda x: x[:3])[:TOP_LAYOUTS]]
     lightest = min(frugal, key=lambda x: x[0])[1]
     if lightest not in chosen:
         chosen.append(lightest)

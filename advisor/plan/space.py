@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -339,6 +340,45 @@ def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
 def first_order(optimizers: list[Technique]) -> list[Technique]:
     """The first-order optimizers of a list."""
     return [o for o in optimizers if o.order is Order.FIRST]
+
+
+# How much one unit of rule weight moves a candidate's score, per objective (in units of
+# log step time): small under "speed" so measured cost decides, large under "quality".
+RULE_WEIGHT = {
+    "speed": 0.02,
+    "memory": 0.02,
+    "balanced": 0.15,
+    "quality": 0.5,
+    "time-to-target": 0.02,
+}
+
+
+def objective_score(
+    objective: Objective,
+    seconds_per_token: float,
+    peak: int,
+    usable: int,
+    rule_score: float,
+    steps: float = 1.0,
+) -> float:
+    """Lower is better. Time per token and memory enter as logarithms, so a rule weight of 1
+    is worth the same relative change of cost whatever the model size. ``steps`` is the
+    plan's steps to AdamW's loss as the objective counts them (convergence.objective_steps),
+    so ``t`` is the log of the time to target."""
+    t = math.log(max(seconds_per_token * steps, 1e-15))
+    m = math.log(max(peak, 1) / max(usable, 1))
+    w = RULE_WEIGHT[objective.value]
+    if objective in (Objective.SPEED, Objective.TIME_TO_TARGET):
+        return t + 0.01 * m - w * rule_score
+    if objective is Objective.MEMORY:
+        return m + 0.01 * t - w * rule_score
+    if objective is Objective.BALANCED:
+        # Memory counts a quarter as much as time: a smaller footprint wins only when it
+        # costs little speed (headroom matters most near the limit, where log m -> 0).
+        return t + 0.25 * m - w * rule_score
+    # NOTE: under quality the budget is what it is: a plan needing k times AdamW's steps
+    # reaches a worse loss in it, so the step factor counts in full, the step time a tenth.
+    return 0.1 * t + 0.9 * math.log(max(steps, 1e-9)) - w * rule_score
 
 
 # --- derived facts -----------------------------------------------------------------------
