@@ -1517,8 +1517,12 @@ def _estimate_stage(
             # root's post-forward mesh to None ("for the root, do not reshard after forward",
             # _fsdp_state.py; unconditionally in 2024 releases, by default since), and
             # torchtitan shards the model root last, around those modules.
-            root = (local_params - _count(tensors, per_layer=True)) * dt.weight
-            bd["gathered_parameters"] += int(root * (1 - 1 / n))
+            # The root's bytes as they are stored (QLoRA keeps them 16-bit beside NF4 blocks).
+            root_bytes = 2 if config.task is Task.QLORA else dt.weight
+            root = (local_params - _count(tensors, per_layer=True)) * root_bytes
+            # FSDP2 all-gathers into a full-size buffer beside the local shard, so the whole
+            # root is counted. NOTE: the blocks above count only their non-local part.
+            bd["gathered_parameters"] += math.ceil(root)
             if not zeroth and not adapters:
                 # FSDP2's foreach_reduce copies a block's unsharded gradients into one
                 # reduce-scatter input in the reduce dtype (fp32 in torchtitan's mixed
