@@ -604,6 +604,14 @@ def estimate(
         bool,
         typer.Option("--fused-loss", help="A fused linear cross-entropy (Liger): no logits."),
     ] = False,
+    fused_norm: Annotated[
+        bool,
+        typer.Option(
+            "--fused-norm",
+            help="Fused RMSNorm/LayerNorm kernels on the hf stack (torchtitan fused_rmsnorm, "
+            "Liger): keep the input and fp32 row statistics only.",
+        ),
+    ] = False,
     grad_accumulation: Annotated[
         int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")
     ] = 1,
@@ -680,6 +688,7 @@ def estimate(
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,
+        fused_norm=fused_norm,
         grad_accumulation=grad_accumulation,
         tensor_parallel=tensor_parallel,
         pipeline_parallel=pipeline_parallel,

@@ -147,6 +147,7 @@ def build_config(
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
     ac_frequency: int | None = None,
+    fused_norm: bool = False,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -188,6 +189,7 @@ def build_config(
             dp_sgd=dp_sgd,
             stack=_enum(Stack, stack, "--stack"),
             fused_loss=fused_loss,
+            fused_norm=fused_norm,
             grad_accumulation=grad_accumulation,
             tensor_parallel=tensor_parallel,
             pipeline_parallel=pipeline_parallel,

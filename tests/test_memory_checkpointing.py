@@ -281,3 +281,26 @@ def test_estimate_json_with_the_torchtitan_variants() -> None:
     values = list(acts.values())
     # none > every 4th block > every 2nd block > op-level > full, as the policies keep.
     assert values[0] > values[3] > values[2] > values[1] > values[4]
+
+
+def test_fused_norm_flag_is_what_torchtitans_13b_run_configured() -> None:
+    """torchtitan's Llama 2 13B config (commit 0413364) sets norm_type fused_rmsnorm; the
+    same run without checkpointing fits only with it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from advisor.cli import app
+
+    args = ["estimate", "--model", "llama-2-13b", "--micro-batch", "2", "--seq-len", "4096"]
+    args += ["--gpus", "64", "--sharding", "fsdp", "--hardware", "a100-sxm-80gb", "--json"]
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(app, args).stdout)
+    fused = json.loads(runner.invoke(app, [*args, "--fused-norm"]).stdout)
+    assert plain["fits"] is False and fused["fits"] is True
+    # Per norm, HF keeps an fp32 copy (4 t h) and the bf16 normalized tensor (2 t h) where the
+    # Triton kernel keeps the bf16 input (2 t h): 4 t h less, for 2 norms x 40 blocks + the
+    # final norm (the fp32 rstd per row and the output, the next matmul's input, are in both).
+    saved = plain["breakdown"]["activations"] - fused["breakdown"]["activations"]
+    t, h = 2 * 4096, 5120
+    assert saved == (2 * 40 + 1) * 4 * t * h
