@@ -20,6 +20,8 @@ ATTENTION_IDS = {
 }
 CHECKPOINTING_IDS = {
     Checkpointing.SELECTIVE: "activation-checkpointing-selective",
+    Checkpointing.SELECTIVE_OP: "activation-checkpointing-selective-op",
+    Checkpointing.SELECTIVE_LAYER: "activation-checkpointing-selective-layer",
     Checkpointing.FULL: "activation-checkpointing-full",
 }
 SHARDING_IDS = {

@@ -548,8 +548,23 @@ def estimate(
         str, typer.Option("--attention", help="eager, mem-efficient or flash.")
     ] = "flash",
     checkpointing: Annotated[
-        str, typer.Option("--checkpointing", help="none, selective or full.")
+        str,
+        typer.Option(
+            "--checkpointing",
+            help="none; selective (recompute the attention core, Korthikanti et al. 2022); "
+            "selective-layer (torchtitan: full checkpointing of every --ac-frequency-th "
+            "block); selective-op (torchtitan: keep every other matmul's and the attention "
+            "kernel's outputs, recompute the rest); full.",
+        ),
     ] = "none",
+    ac_frequency: Annotated[
+        int | None,
+        typer.Option(
+            "--ac-frequency",
+            help="With --checkpointing selective-layer: checkpoint every n-th block "
+            "(default 2; torchtitan's selective_ac_option).",
+        ),
+    ] = None,
     micro_batch: Annotated[
         int, typer.Option("--micro-batch", help="Samples per device per pass.")
     ] = 1,
@@ -588,6 +603,14 @@ def estimate(
     fused_loss: Annotated[
         bool,
         typer.Option("--fused-loss", help="A fused linear cross-entropy (Liger): no logits."),
+    ] = False,
+    fused_norm: Annotated[
+        bool,
+        typer.Option(
+            "--fused-norm",
+            help="Fused RMSNorm/LayerNorm kernels on the hf stack (torchtitan fused_rmsnorm, "
+            "Liger): keep the input and fp32 row statistics only.",
+        ),
     ] = False,
     grad_accumulation: Annotated[
         int, typer.Option("--grad-accumulation", help="Micro-batches per optimizer step.")
@@ -655,6 +678,7 @@ def estimate(
         precision=precision,
         attention=attention,
         checkpointing=checkpointing,
+        ac_frequency=ac_frequency,
         micro_batch=micro_batch,
         seq_len=resolve_seq_len(spec, seq_len, rope_scaling),
         gpus=gpus,
@@ -664,6 +688,7 @@ def estimate(
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,
+        fused_norm=fused_norm,
         grad_accumulation=grad_accumulation,
         tensor_parallel=tensor_parallel,
         pipeline_parallel=pipeline_parallel,

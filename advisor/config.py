@@ -46,10 +46,24 @@ class Attention(str, Enum):
 
 
 class Checkpointing(str, Enum):
-    """Activation checkpointing (Chen et al. 2016; selective: Korthikanti et al. 2022)."""
+    """Activation checkpointing: what a block keeps for backward and what it recomputes.
+
+    ``full``: each block keeps only its input and is recomputed in backward (Chen et al.
+    2016). ``selective``: the attention core (scores, softmax, dropout) is recomputed, the
+    rest kept (Korthikanti et al. 2022; with IO-aware attention nearly ``none``).
+    ``selective-layer``: torchtitan's layer-level selective AC, full checkpointing of every
+    ``ac_frequency``-th block, the others keep everything (``selective_ac_option = "2"``).
+    ``selective-op``: torchtitan's op-level selective AC: the block keeps its input and the
+    outputs of the ops on a save list (matmuls, the flash / memory-efficient SDPA kernels,
+    reduce-scatter, max) except every second matmul, and recomputes the rest (pointwise ops,
+    norms, RoPE) in backward (torchtitan ``_apply_ac_to_transformer_block``, ``_save_list``;
+    PyTorch ``torch.utils.checkpoint.create_selective_checkpoint_contexts``).
+    """
 
     NONE = "none"
     SELECTIVE = "selective"
+    SELECTIVE_LAYER = "selective-layer"
+    SELECTIVE_OP = "selective-op"
     FULL = "full"
 
 
@@ -119,6 +133,12 @@ class TrainingConfig(BaseModel):
     precision: Precision = Precision.BF16_MIXED
     attention: Attention = Attention.FLASH
     checkpointing: Checkpointing = Checkpointing.NONE
+    ac_frequency: int = Field(
+        default=2,
+        ge=1,
+        description="selective-layer: every ac_frequency-th block is fully checkpointed "
+        "(torchtitan's selective_ac_option; 1 = every block, as full)",
+    )
     micro_batch: int = Field(default=1, ge=1)
     seq_len: int = Field(default=2048, ge=1)
     gpus: int = Field(default=1, ge=1, description="data-parallel degree N_d")
@@ -133,6 +153,12 @@ class TrainingConfig(BaseModel):
         default=False,
         description="a fused/chunked cross-entropy on the hf stack (Liger, torchtune); "
         "always on under the fused stack",
+    )
+    fused_norm: bool = Field(
+        default=False,
+        description="a fused RMSNorm/LayerNorm kernel on the hf stack (torchtitan's "
+        "fused_rmsnorm, Liger, Apex): saves the input and fp32 row statistics; always on "
+        "under the fused stack",
     )
     optimizer_in_backward: bool = Field(
         default=False,

@@ -50,6 +50,7 @@ from advisor.hardware import (
     GpuEfficiency,
     HardwareProfile,
 )
+from advisor.memory import selective_op_recompute_share
 from advisor.modelspec import Arch, ModelSpec
 from advisor.taxonomy import Technique
 
@@ -781,6 +782,17 @@ class _Step:
             # Selective recompute re-runs the attention core and the cheap elementwise ops,
             # not the GEMMs (Korthikanti et al. 2022, sec. 5).
             parts["recompute"] = ComponentTime(seconds=(a_fwd + e_fwd) * L, source=a_src)
+        elif not zeroth and c.checkpointing is Checkpointing.SELECTIVE_LAYER:
+            # torchtitan's layer-level selective AC: every ac_frequency-th block recomputes
+            # its whole forward.
+            rec = (g_fwd + a_fwd + e_fwd) * (L // c.ac_frequency)
+            parts["recompute"] = ComponentTime(seconds=rec, source=_merge(g_src, a_src))
+        elif not zeroth and c.checkpointing is Checkpointing.SELECTIVE_OP:
+            # torchtitan's op-level SAC re-runs every matmul it does not save (each second
+            # mm) and every pointwise op; the attention kernel's output is saved.
+            share = selective_op_recompute_share(self.spec)
+            rec = (g_fwd * share + e_fwd) * L
+            parts["recompute"] = ComponentTime(seconds=rec, source=g_src)
         # The LM head and the loss run on the last pipeline stage, the critical path.
         vocab = self.spec.vocab_size or 0
         head = [Gemm(m=self.tokens, n=max(1, vocab // self.tp), k=self.sh.hidden)]

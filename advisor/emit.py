@@ -557,6 +557,17 @@ def emit_deepspeed(
                 "checkpoint only the attention core in the model code, or use "
                 "torch.utils.checkpoint's selective policy (see the --emit torch snippet)."
             )
+        elif config.checkpointing is Checkpointing.SELECTIVE_OP:
+            notes.append(
+                "op-level selective checkpointing (torchtitan's policy) is model code: "
+                "torch.utils.checkpoint with create_selective_checkpoint_contexts around each "
+                "block (see the --emit torch snippet)."
+            )
+        elif config.checkpointing is Checkpointing.SELECTIVE_LAYER:
+            notes.append(
+                f"checkpoint every {config.ac_frequency}-th block only (torchtitan's "
+                "layer-level option); see the --emit torch snippet."
+            )
     if config.optimizer_in_backward:
         expressed.change(
             "DeepSpeed's engine steps the optimizer after backward (no per-parameter step in "
@@ -978,11 +989,15 @@ def _accelerate_fsdp(
         # Selective recomputation is not what this switch does (it recomputes whole blocks).
         "fsdp_activation_checkpointing": config.checkpointing is Checkpointing.FULL,
     }
-    if config.checkpointing is Checkpointing.SELECTIVE:
+    if config.checkpointing in (
+        Checkpointing.SELECTIVE,
+        Checkpointing.SELECTIVE_OP,
+        Checkpointing.SELECTIVE_LAYER,
+    ):
         notes.append(
-            "fsdp_activation_checkpointing recomputes whole wrapped blocks; for selective "
-            "recomputation (Korthikanti et al. 2022) use torch.utils.checkpoint's selective "
-            "policy in the model (see the --emit torch snippet); this switch is left false."
+            "fsdp_activation_checkpointing recomputes every wrapped block; for "
+            f"{config.checkpointing.value} checkpointing use torch.utils.checkpoint in the "
+            "model (see the --emit torch snippet); this switch is left false."
         )
     return fsdp
 
@@ -1178,6 +1193,11 @@ def emit_torchtitan(
         # Per-op selective checkpointing: keep matmul outputs, recompute the rest
         # (torchtitan's "op" policy; Korthikanti et al. 2022).
         Checkpointing.SELECTIVE: {"mode": "selective", "selective_ac_option": "op"},
+        Checkpointing.SELECTIVE_OP: {"mode": "selective", "selective_ac_option": "op"},
+        Checkpointing.SELECTIVE_LAYER: {
+            "mode": "selective",
+            "selective_ac_option": str(config.ac_frequency),
+        },
     }[config.checkpointing]
     sections: dict[str, dict[str, Any]] = {
         "job": {"description": f"optadvise plan: {_summary(config)}"},
@@ -1402,6 +1422,20 @@ def emit_megatron(
         ]
     elif config.checkpointing is Checkpointing.SELECTIVE:
         args.append(("--recompute-granularity", "selective"))
+    elif config.checkpointing in (Checkpointing.SELECTIVE_OP, Checkpointing.SELECTIVE_LAYER):
+        # NOTE: Megatron-LM recomputes whole blocks (full) or listed modules (selective); it
+        # has no every-other-matmul policy nor every-n-th-block option. Full recomputation
+        # keeps less than either, so the plan still fits, at its extra compute.
+        expressed.change(
+            f"Megatron-LM has no torchtitan-style {config.checkpointing.value} checkpointing; "
+            "full recomputation is the nearest that fits",
+            checkpointing=Checkpointing.FULL,
+        )
+        args += [
+            ("--recompute-granularity", "full"),
+            ("--recompute-method", "uniform"),
+            ("--recompute-num-layers", 1),
+        ]
     args += _megatron_sharding(config, nodes)
     args += _megatron_precision(config, expressed)
     args.append(
@@ -1804,6 +1838,7 @@ def _settings(config: TrainingConfig, lr: float, zeroth: bool) -> str:
         PRECISION = {config.precision.value!r}
         SDPA_BACKEND = {backend!r}
         CHECKPOINTING = {"none" if zeroth else config.checkpointing.value!r}
+        AC_FREQUENCY = {config.ac_frequency}
         MICRO_BATCH = {config.micro_batch}
         GRAD_ACCUMULATION = {config.grad_accumulation}
         LEARNING_RATE = {lr!r}
@@ -2049,6 +2084,30 @@ _CHECKPOINT_SRC = """
         return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+    def _op_policy():
+        # torchtitan's op-level selective checkpointing (selective_ac_option "op"): save the
+        # matmul and fused-attention outputs, except every second matmul; recompute the rest.
+        from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+        save = {
+            torch.ops.aten.mm.default,
+            torch.ops.aten._scaled_dot_product_efficient_attention.default,
+            torch.ops.aten._scaled_dot_product_flash_attention.default,
+            torch.ops.aten.max.default,
+        }
+        count = {"forward": 0, "recompute": 0}
+
+        def policy(ctx, op, *args, **kwargs):
+            mode = "recompute" if ctx.is_recompute else "forward"
+            if op == torch.ops.aten.mm.default:
+                count[mode] += 1
+                if count[mode] % 2 == 0:
+                    return CheckpointPolicy.PREFER_RECOMPUTE
+            return CheckpointPolicy.MUST_SAVE if op in save else CheckpointPolicy.PREFER_RECOMPUTE
+
+        return create_selective_checkpoint_contexts(policy)
+
+
     def _blocks(model):
         # The repeated blocks: the largest nn.ModuleList in the model.
         lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
@@ -2069,7 +2128,11 @@ _CHECKPOINT_SRC = """
             kwargs["context_fn"] = functools.partial(
                 create_selective_checkpoint_contexts, _selective_policy
             )
-        for block in _blocks(model):
+        if CHECKPOINTING == "selective-op":
+            kwargs["context_fn"] = _op_policy
+        for index, block in enumerate(_blocks(model)):
+            if CHECKPOINTING == "selective-layer" and (index + 1) % AC_FREQUENCY:
+                continue  # torchtitan's layer-level option: every AC_FREQUENCY-th block only
             run = functools.partial(_with_attention, block.forward)
 
             def checkpointed(*args, _run=run, **kw):

@@ -146,6 +146,8 @@ def build_config(
     expert_parallel: int = 1,
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
+    ac_frequency: int | None = None,
+    fused_norm: bool = False,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -159,13 +161,25 @@ def build_config(
         raise UserError(
             f"{optimizer!r} is not an optimizer", "use one of: " + ", ".join(optimizers)
         )
+    ckpt = _enum(Checkpointing, checkpointing, "--checkpointing")
+    if ac_frequency is not None and ckpt is not Checkpointing.SELECTIVE_LAYER:
+        raise UserError(
+            "--ac-frequency applies to --checkpointing selective-layer only",
+            "drop --ac-frequency or use --checkpointing selective-layer",
+        )
+    if ac_frequency is not None and ac_frequency < 1:
+        raise UserError(
+            f"invalid --ac-frequency {ac_frequency}: checkpoint every n-th block, n >= 1",
+            "use 1 (every block, as full) or more (2 = every second block)",
+        )
     try:
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
             optimizer=optimizer,
             precision=_enum(Precision, precision, "--precision"),
             attention=_enum(Attention, attention, "--attention"),
-            checkpointing=_enum(Checkpointing, checkpointing, "--checkpointing"),
+            checkpointing=ckpt,
+            ac_frequency=2 if ac_frequency is None else ac_frequency,
             micro_batch=micro_batch,
             seq_len=seq_len,
             gpus=gpus,
@@ -175,6 +189,7 @@ def build_config(
             dp_sgd=dp_sgd,
             stack=_enum(Stack, stack, "--stack"),
             fused_loss=fused_loss,
+            fused_norm=fused_norm,
             grad_accumulation=grad_accumulation,
             tensor_parallel=tensor_parallel,
             pipeline_parallel=pipeline_parallel,

@@ -684,6 +684,7 @@ def layer_activation_bytes(
     lora_rank: int = 0,
     stack: Stack = Stack.HF,
     tensor_parallel: int = 1,
+    fused_norm: bool = False,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -719,6 +720,8 @@ def layer_activation_bytes(
         lora_rank: the adapter rank.
         stack: the kernels that run.
         tensor_parallel: the tensor-parallel degree (with sequence parallelism).
+        fused_norm: fused norm kernels on the hf stack (torchtitan's Triton
+            ``fused_rmsnorm`` saves x, weight and an fp32 rstd per row).
 
     Returns:
         The bytes of one block on one device.
@@ -743,10 +746,42 @@ def layer_activation_bytes(
 
     norm_out_attn = saved_input("q", "k", "v")
     norm_out_mlp = saved_input("gate", "up")
-    total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fused)
-    total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fused)
+    fnorm = fused or fused_norm
+    placement = _enum_value(_get(spec, "block_norms", "pre"))
+    if placement == "post":
+        # OLMo 2 normalises the outputs of attention and of the MLP (h = x + norm(f(x))): the
+        # projections read the residual stream itself, and each post-norm's output goes
+        # into a residual add, which saves nothing.
+        total = (norm_out_attn + norm_out_mlp) * t * h
+        total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+    else:
+        total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm)
+        total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm)
+        if placement == "sandwich":
+            # Gemma 2/3 also normalise both outputs before the residual add.
+            total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+    # Gemma's RMSNorm multiplies by (1 + weight) in fp32 and OLMo 2's by its weight in fp32
+    # before casting back: the normalized tensor they keep is fp32 whatever the compute
+    # dtype (transformers Gemma3RMSNorm, Olmo2RMSNorm).
+    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm
+    if fp32_normalized and not layernorm:
+        norms = 4 if placement == "sandwich" else 2
+        total += norms * (4 - c) * t * h
+    qk_norm = _enum_value(_get(spec, "qk_norm", "none"))
+    if qk_norm != "none" and not d["mla"]:
+        # Qwen3 / Gemma 3 (per head) and OLMo 2 (over the projection) RMSNorm q and k after
+        # their projections; the output feeds RoPE, which saves only its cos/sin tables.
+        rows = a if qk_norm == "head" else 1
+        total += _norm_bytes(False, t * rows, qd // rows, c, 0, c, fnorm)
+        rows = kv if qk_norm == "head" else 1
+        total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm)
+        if fp32_normalized:
+            total += (4 - c) * t * (qd + kd)
     # Attention core.
     o_in = saved_input("o")
+    fused_qkv_view = (
+        not fused and bool(_get(spec, "fused_qkv", False)) and family != "gpt2" and not d["mla"]
+    )
     if d["mla"]:
         eager = attention is Attention.EAGER and not selective
         total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
@@ -761,6 +796,10 @@ def layer_activation_bytes(
         total += o_in * t * qd  # the output made contiguous, o_proj's input
     else:
         total += c * t * (qd + 2 * kd)  # Q, K, V (K and V at the KV-head width)
+        if fused_qkv_view:
+            # Phi-3's V, saved by SDPA, is a view of qkv_proj's output (q and k are new
+            # tensors after RoPE): the whole fused output stays alive.
+            total += c * t * (qd + kd)
         total += 4 * b * a * s  # fp32 log-sum-exp per row and head
         # The kernel's output, saved by SDPA, is o_proj's input too (same storage);
         # a different dtype (fp8) is an extra copy.
@@ -784,6 +823,182 @@ def layer_activation_bytes(
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
     return math.ceil(total / tensor_parallel)
+
+
+def block_matmuls(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
+    """A dense block's weight matmuls in the order its forward runs them.
+
+    Each entry is ``(name, out_width, in_width, plain)``: ``plain`` when the linear has no
+    bias, so that ``aten.linear`` on a 3-D input dispatches to ``aten.mm`` (with a bias it
+    is ``aten.addmm``), which is what torchtitan's op-level selective checkpointing counts.
+    Order as the Hugging Face and torchtitan blocks call them: the attention projections
+    (q, k, v; a fused qkv; MLA's q_a, q_b, kv_a, kv_b), the output projection, then the MLP
+    (gate, up, down; a fused gate_up; up, down).
+    """
+    d = _shape_of(spec)
+    h, a, kv, hd, f = d["h"], d["a"], d["kv"], d["hd"], d["f"]
+    qd, kd = a * hd, kv * hd
+    qkv_plain = not spec.qkv_bias
+    out: list[tuple[str, int, int, bool]] = []
+    if d["mla"]:
+        qk = a * (d["dn"] + d["dr"])
+        if d["rq"]:
+            out += [("q_a", d["rq"], h, qkv_plain), ("q", qk, d["rq"], True)]
+        else:
+            out.append(("q", qk, h, True))
+        out += [
+            ("kv_a", d["rkv"] + d["dr"], h, qkv_plain),
+            ("kv_b", a * (d["dn"] + d["dv"]), d["rkv"], True),
+        ]
+        qd = a * d["dv"]
+    elif str(spec.family).lower() == "gpt2":
+        # GPT-2's Conv1D is addmm (bias) whatever the flags say.
+        out.append(("qkv", qd + 2 * kd, h, False))
+    elif _get(spec, "fused_qkv", False):
+        out.append(("qkv", qd + 2 * kd, h, qkv_plain))
+    else:
+        out += [("q", qd, h, qkv_plain), ("k", kd, h, qkv_plain), ("v", kd, h, qkv_plain)]
+    gpt2 = str(spec.family).lower() == "gpt2"
+    out.append(("o", h, qd, not spec.out_bias and not gpt2))
+    plain = not spec.mlp_bias and not gpt2
+    if _get(spec, "fused_gate_up", False):
+        out += [("gate_up", 2 * f, h, plain), ("down", h, f, plain)]
+    elif _enum_value(spec.mlp) in ("gated-silu", "gated-gelu"):
+        out += [("gate", f, h, plain), ("up", f, h, plain), ("down", h, f, plain)]
+    else:
+        out += [("up", f, h, plain), ("down", h, f, plain)]
+    return out
+
+
+def _saved_matmuls(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
+    """The matmuls whose outputs torchtitan's op-level policy saves: every ``aten.mm`` but
+    every second one (counted per block forward), never ``addmm``."""
+    saved = []
+    count = 0
+    for mm in block_matmuls(spec):
+        if mm[3]:
+            count += 1
+            if count % 2:
+                saved.append(mm)
+    return saved
+
+
+def selective_op_recompute_share(spec: ModelSpec) -> float:
+    """The share of a block's weight-GEMM FLOPs that op-level selective AC recomputes.
+
+    Every matmul whose output is not saved (each second ``aten.mm``, every ``addmm``) runs
+    again in backward (torchtitan ``_apply_ac_to_transformer_block``). Dense blocks; an MoE
+    block's experts are taken at the same share as its dense projections.
+
+    Args:
+        spec: the model's shapes.
+
+    Returns:
+        Recomputed FLOPs / forward weight-GEMM FLOPs of one block, in [0, 1].
+    """
+    total = sum(o * i for _, o, i, _ in block_matmuls(spec))
+    kept = sum(o * i for _, o, i, _ in _saved_matmuls(spec))
+    d = _shape_of(spec)
+    if d["Lm"]:
+        # MoE layers: attention as a dense block; the router, the routed experts (grouped
+        # GEMMs, always recomputed) and the shared experts replace the dense MLP.
+        mlp = {"gate", "up", "down", "gate_up"}
+        attn = [m for m in block_matmuls(spec) if m[0] not in mlp]
+        attn_total = sum(o * i for _, o, i, _ in attn)
+        attn_kept = sum(o * i for n, o, i, _ in _saved_matmuls(spec) if n not in mlp)
+        h, fe = d["h"], d["fe"]
+        width = (3 if _enum_value(spec.mlp) in ("gated-silu", "gated-gelu") else 2) * h * fe
+        router = sum(1 for m in attn if m[3]) + 1
+        moe_total = attn_total + d["E"] * h + (d["k"] + d["S"]) * width
+        moe_kept = attn_kept + (d["E"] * h if router % 2 else 0)
+        if d["S"]:
+            shared = [h * fe * d["S"]] * (width // (h * fe) - 1) + [h * fe * d["S"]]
+            moe_kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
+        dense = d["L"] - d["Lm"]
+        total = dense * total + d["Lm"] * moe_total
+        kept = dense * kept + d["Lm"] * moe_kept
+    return (total - kept) / total if total else 0.0
+
+
+def selective_op_block_bytes(
+    spec: ModelSpec,
+    micro_batch: int,
+    seq_len: int,
+    attention: Attention,
+    precision: Precision,
+    *,
+    stack: Stack = Stack.HF,
+    tensor_parallel: int = 1,
+) -> int:
+    """Bytes one block keeps under torchtitan's op-level selective activation checkpointing.
+
+    The policy (torchtitan ``_apply_ac_to_transformer_block`` with ``selective_ac_option =
+    "op"``; ``_save_list``: ``aten.mm``, ``_scaled_dot_product_flash_attention``,
+    ``_scaled_dot_product_efficient_attention``, ``reduce_scatter_tensor``, ``max``) keeps
+    the outputs of those ops except every second ``mm``, and recomputes everything else.
+    What stays alive per block is therefore:
+
+    - the block's input (the non-reentrant checkpoint's argument, kept for the recompute);
+    - the outputs of the odd-numbered bias-free matmuls (:func:`block_matmuls`); a
+      row-parallel output under tensor parallelism is the full-width partial sum;
+    - the fused SDPA's outputs: the attention output and the fp32 log-sum-exp per row and
+      head (eager attention's ``bmm``/softmax are not on the list: recomputed);
+    - under tensor parallelism with sequence parallelism, the two reduce-scatter outputs.
+
+    Norms, RoPE, the activation function and the residual adds are recomputed, so the
+    count does not depend on the kernel stack's norm or MLP kernels.
+
+    NOTE: this is the policy torchtitan's published benchmarks ran (2024). Since 2025
+    torchtitan saves every op of PyTorch's compute-intensive list (``addmm`` and ``bmm``
+    always), counts ``linear`` with ``mm`` and force-recomputes the MoE router's matmul.
+
+    Args:
+        spec: the model's shapes.
+        micro_batch: sequences per step on the device (b).
+        seq_len: tokens per sequence (s).
+        attention: the attention implementation (the fused stack always runs flash).
+        precision: the precision layout (its compute and residual dtypes).
+        stack: the kernel stack.
+        tensor_parallel: the tensor-parallel degree (with sequence parallelism).
+
+    Returns:
+        The bytes one block keeps on one device.
+    """
+    d = _shape_of(spec)
+    dt = _dtypes(precision)
+    tp = tensor_parallel
+    t = micro_batch * seq_len
+    total = math.ceil(dt.residual * t * d["h"] / tp)  # the block input (sequence-parallel)
+    mlp_names = {"gate", "up", "down", "gate_up"}
+    dense_mlp = 0
+    for name, width, _, _ in _saved_matmuls(spec):
+        local = width if _is_row_parallel(name) else math.ceil(width / tp)
+        if name in mlp_names:
+            dense_mlp += dt.act * t * local
+        else:
+            total += dt.act * t * local
+    if d["Lm"]:
+        # MoE layers as transformers 5 and torchtitan run them: the router's matmul, the
+        # routed experts as grouped GEMMs (``grouped_mm``, transformers' default experts
+        # implementation; not on the save list, so recomputed), then the shared experts'
+        # gate, up and down matmuls.
+        gated = _enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
+        plain_attn = sum(1 for m in block_matmuls(spec) if m[3] and m[0] not in mlp_names)
+        router = plain_attn + 1
+        kept = d["E"] if router % 2 else 0
+        if d["S"]:
+            shared = [d["fe"] * d["S"]] * (2 if gated else 1) + [d["h"]]
+            kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
+        moe_mlp = dt.act * t * kept
+        total += math.ceil(((d["L"] - d["Lm"]) * dense_mlp + d["Lm"] * moe_mlp) / d["L"])
+    else:
+        total += dense_mlp
+    if stack is Stack.FUSED or attention is not Attention.EAGER:
+        out = d["a"] * (d["dv"] if d["mla"] else d["hd"])
+        total += math.ceil((dt.act * t * out + 4 * micro_batch * d["a"] * seq_len) / tp)
+    if tp > 1:
+        total += 2 * math.ceil(dt.act * t * d["h"] / tp)
+    return total
 
 
 def _mla_activation_bytes(
@@ -853,6 +1068,7 @@ def _model_level_activation_bytes(
     attention: Attention,
     full: bool,
     stack: Stack = Stack.HF,
+    fused_norm: bool = False,
 ) -> int:
     """Embedding indices, position ids or tables and the final norm.
 
@@ -869,13 +1085,16 @@ def _model_level_activation_bytes(
     if position == "learned":
         total += 8 * (s if family == "gpt2" else t)  # position ids (GPT-2: one row)
     elif position == "rope" and not full:
-        total += 2 * s * d["hd"] * dt.act  # cos and sin, shared by all layers
+        # cos and sin, shared by all layers, as wide as the rotary part of a head: MLA
+        # rotates only its qk_rope_head_dim channels (transformers' DeepseekV3 tables),
+        # partial rotary (Phi-4-mini) head_dim x partial_rotary_factor.
+        rope = d["dr"] if d["mla"] else int(_get(spec, "rotary_dim", d["hd"]))
+        total += 2 * s * rope * dt.act
     if full and family == "gpt2" and attention is Attention.EAGER and stack is Stack.HF:
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = _enum_value(spec.norm) == "layernorm"
-    total += _norm_bytes(
-        layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, stack is Stack.FUSED
-    )
+    fused = stack is Stack.FUSED or fused_norm
+    total += _norm_bytes(layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, fused)
     return total
 
 
@@ -951,8 +1170,14 @@ def loss_memory(
     # keeps its fp32 output for backward; nll_loss keeps int64 targets. The logits
     # themselves are kept by nothing autograd needs (the upcast saves nothing), so once the
     # training loop drops the model output they are gone before backward (measured).
+    # Vocabulary-parallel (tensor_parallel > 1): PyTorch's loss_parallel, as torchtitan runs
+    # it, computes log-softmax and NLL on each shard and its backward builds zeros_like(x),
+    # exp(x), their sum and the product with the incoming gradient, all fp32, while the
+    # saved output is alive (torch/distributed/tensor/parallel/loss.py,
+    # _nll_loss_and_log_softmax_backward): three fp32 logit-sized temporaries, not two.
+    transient = (8 if tensor_parallel == 1 else 12) * t * V
     return LossMemory(
-        saved_bytes=4 * t * V + 8 * t + 4, output_bytes=c * t * V, transient_bytes=8 * t * V
+        saved_bytes=4 * t * V + 8 * t + 4, output_bytes=c * t * V, transient_bytes=transient
     )
 
 
@@ -1052,7 +1277,10 @@ def _layout_tensors(
             count = math.ceil(count * stage_layers / L)
             if t.expert:
                 count = math.ceil(count / ep)
-            if len(shape) == 2 and tp > 1 and t.name != "router":
+            # The router and MLA's latent down-projections (q_a, kv_a) are replicated
+            # across tensor-parallel ranks (Megatron-Core MLASelfAttention builds
+            # linear_q_down_proj / linear_kv_down_proj with parallel_mode "duplicated").
+            if len(shape) == 2 and tp > 1 and t.name not in ("router", "q_a", "kv_a"):
                 if _is_row_parallel(t.name):
                     shape = (shape[0], math.ceil(shape[1] / tp))
                 else:
@@ -1232,10 +1460,15 @@ def _estimate_stage(
         lora_rank=config.lora_rank,
         stack=config.stack,
         tensor_parallel=tp,
+        fused_norm=config.fused_norm,
     )
-    full_ckpt = config.checkpointing is Checkpointing.FULL and not zeroth
+    ckpt = Checkpointing.NONE if zeroth else config.checkpointing
+    # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
+    full_ckpt = ckpt is Checkpointing.FULL or (
+        ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
+    )
     model_level = _model_level_activation_bytes(
-        spec, b, s, config.precision, config.attention, full_ckpt, config.stack
+        spec, b, s, config.precision, config.attention, full_ckpt, config.stack, config.fused_norm
     )
     loss = (
         loss_memory(
@@ -1276,6 +1509,32 @@ def _estimate_stage(
         stored_blocks = math.ceil(stage_layers * block_input * inflight)
         bd["recompute"] = layer
         notes.append("full checkpointing: block inputs kept, one block recomputed at a time")
+    elif ckpt is Checkpointing.SELECTIVE_LAYER:
+        # torchtitan's layer-level selective AC wraps the n-th, 2n-th ... block in a full
+        # checkpoint (a counter over the blocks, ``_count % ac_freq == 0``); the others keep
+        # everything. The first block is checkpointed only when every block is.
+        wrapped = stage_layers // config.ac_frequency
+        per_block = block_input if config.ac_frequency == 1 else layer
+        kept = (stage_layers - wrapped) * layer + wrapped * block_input
+        stored_blocks = math.ceil(kept * inflight)
+        bd["recompute"] = layer if wrapped else 0
+        notes.append(
+            f"selective-layer checkpointing: {wrapped} of {stage_layers} blocks fully "
+            f"checkpointed (every {config.ac_frequency})"
+        )
+    elif ckpt is Checkpointing.SELECTIVE_OP:
+        # Op-level SAC keeps each block's input and the saved ops' outputs; backward
+        # recomputes the rest of one block at a time: that block's working set minus what
+        # it already keeps (the cached outputs are reused, not recomputed).
+        per_block = selective_op_block_bytes(
+            spec, b, s, config.attention, config.precision, stack=config.stack, tensor_parallel=tp
+        )
+        stored_blocks = math.ceil(stage_layers * per_block * inflight)
+        bd["recompute"] = max(layer - (per_block - block_input), 0)
+        notes.append(
+            "selective-op checkpointing: block inputs and every other matmul's and the "
+            "attention kernel's outputs kept (torchtitan's op-level SAC)"
+        )
     else:
         per_block = layer
         stored_blocks = math.ceil(stage_layers * layer * inflight)
@@ -1317,6 +1576,7 @@ def _estimate_stage(
     bd["transient"] = max(loss_tr, step_tr, grad_flow)
     # ---- offload and ZeRO-3 gathering
     off_host = 0
+    fsdp_backward = 0
     layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
     gathered_layers = min(2, stage_layers)  # current + prefetched block
     if config.offload is not Offload.NONE:
@@ -1340,6 +1600,35 @@ def _estimate_stage(
     elif stage_zero == 3 and n > 1:
         # The non-local part of the gathered blocks (FSDP / ZeRO-3 all-gather buffers).
         bd["gathered_parameters"] = int(gathered_layers * layer_weights * (1 - 1 / n))
+        if config.sharding in (Sharding.FSDP, Sharding.HSDP) and pp == 1:
+            # FSDP keeps its root unit (what no block owns: embedding, final norm, LM head)
+            # unsharded from the forward through the backward: FSDP2's lazy init sets the
+            # root's post-forward mesh to None ("for the root, do not reshard after forward",
+            # _fsdp_state.py; unconditionally in 2024 releases, by default since), and
+            # torchtitan shards the model root last, around those modules.
+            # The root's bytes as they are stored (QLoRA keeps them 16-bit beside NF4 blocks).
+            root_bytes = 2 if config.task is Task.QLORA else dt.weight
+            root = (local_params - _count(tensors, per_layer=True)) * root_bytes
+            # FSDP2 all-gathers into a full-size buffer beside the local shard, so the whole
+            # root is counted. NOTE: the blocks above count only their non-local part.
+            bd["gathered_parameters"] += math.ceil(root)
+            if not zeroth and not adapters:
+                # FSDP2's foreach_reduce copies a block's unsharded gradients into one
+                # reduce-scatter input in the reduce dtype (fp32 in torchtitan's mixed
+                # precision) before freeing them; the LM head's unsharded gradient waits for
+                # the root's reduce-scatter at the end of the backward.
+                block_grads = layer_trainable / max(stage_layers, 1)
+                reduce = 4 if dt.master else dt.grad
+                head = sum(t.numel * t.count for t in tensors if t.role is Role.OUTPUT)
+                if spec.tie_word_embeddings:
+                    head = sum(t.numel * t.count for t in tensors if t.role is Role.EMBEDDING)
+                fsdp_backward = math.ceil(
+                    block_grads * (dt.grad + reduce) + head * dt.grad * (1 - 1 / n)
+                )
+                notes.append(
+                    "FSDP: root unit (embedding, LM head) unsharded through the step; one "
+                    "block's gradients + reduce-scatter input in backward"
+                )
     host = host_activations + (0 if config.offload.nvme else off_host)
     nvme = off_host if config.offload.nvme else 0
     if nvme:
@@ -1355,7 +1644,7 @@ def _estimate_stage(
         per_block=per_block,
         loss_tr=loss_tr,
         loss_saved=loss.saved_bytes,
-        grad_flow=grad_flow,
+        grad_flow=grad_flow + fsdp_backward,
         step_tr=step_tr,
         inflight=inflight,
     )

@@ -212,6 +212,12 @@ class ModelSpec(_Frozen):
     fused_qkv: bool = Field(default=False, description="one qkv_proj matrix (Phi-3)")
     fused_gate_up: bool = Field(default=False, description="one gate_up_proj matrix (Phi-3)")
     mla: MlaShape | None = Field(default=None, description="multi-head latent attention")
+    rotary_dim: int | None = Field(
+        default=None,
+        gt=0,
+        description="channels of a head RoPE rotates when not all of them (partial rotary: "
+        "head_dim x partial_rotary_factor, e.g. Phi-4-mini 0.75); the RoPE tables are this wide",
+    )
     num_experts: int = Field(default=1, gt=0, description="routed experts of an MoE layer")
     experts_per_token: int = Field(default=1, gt=0, description="routed experts per token (top-k)")
     moe_intermediate_size: int | None = Field(
@@ -1131,6 +1137,11 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
         fields["block_norms"] = BlockNorms.SANDWICH
     if model_type == "phi3":
         fields.update(fused_qkv=True, fused_gate_up=True)
+        factor = o("partial_rotary_factor", 1.0)
+        if isinstance(factor, (int, float)) and 0 < factor < 1:
+            # transformers' Phi3RotaryEmbedding: int(head_dim * partial_rotary_factor).
+            hd = o("head_dim") or g("hidden_size") // heads
+            fields["rotary_dim"] = int(hd * factor)
     if model_type == "mixtral":
         fields.update(
             num_experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok")

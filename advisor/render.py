@@ -676,6 +676,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
 _SHORT = {
     "activation-checkpointing-full": "ckpt-full",
     "activation-checkpointing-selective": "ckpt-selective",
+    "activation-checkpointing-selective-op": "ckpt-sel-op",
+    "activation-checkpointing-selective-layer": "ckpt-sel-layer",
     "cpu-offload-optimizer": "offload-optim",
     "cpu-offload-params": "offload-params",
     "gradient-accumulation": "grad-accum",

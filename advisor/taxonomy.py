@@ -448,6 +448,8 @@ _CONFIG_IDS: dict[Enum, str | None] = {
     Attention.FLASH: "flash-attention",
     Checkpointing.NONE: None,
     Checkpointing.SELECTIVE: "activation-checkpointing-selective",
+    Checkpointing.SELECTIVE_LAYER: "activation-checkpointing-selective-layer",
+    Checkpointing.SELECTIVE_OP: "activation-checkpointing-selective-op",
     Checkpointing.FULL: "activation-checkpointing-full",
     Sharding.NONE: None,
     Sharding.ZERO1: "zero-1",

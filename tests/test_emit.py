@@ -489,6 +489,20 @@ SNIPPETS = {
     "amp-bf16-eager-sgd-momentum": TrainingConfig(
         precision=Precision.AMP_BF16, attention=Attention.EAGER, optimizer="sgd-momentum"
     ),
+    # torchtitan's variants: the op-level policy through create_selective_checkpoint_contexts
+    # and every second block checkpointed.
+    "fp32-flash-selective-op-adamw": TrainingConfig(
+        precision=Precision.FP32,
+        attention=Attention.FLASH,
+        checkpointing=Checkpointing.SELECTIVE_OP,
+        optimizer="adamw",
+    ),
+    "fp32-flash-selective-layer-adamw": TrainingConfig(
+        precision=Precision.FP32,
+        attention=Attention.FLASH,
+        checkpointing=Checkpointing.SELECTIVE_LAYER,
+        optimizer="adamw",
+    ),
     "lora-selective-amp-bf16": TrainingConfig(
         task=Task.LORA,
         precision=Precision.AMP_BF16,

@@ -145,10 +145,17 @@ def test_torchtitan_toml_uses_only_job_config_keys() -> None:
         mode = flat["activation_checkpoint.mode"]
         assert (
             mode
-            == {"none": "none", "full": "full", "selective": "selective"}[
-                config.checkpointing.value
-            ]
+            == {
+                "none": "none",
+                "full": "full",
+                "selective": "selective",
+                "selective-layer": "selective",
+                "selective-op": "selective",
+            }[config.checkpointing.value]
         )
+        if config.checkpointing is Checkpointing.SELECTIVE_LAYER:
+            option = flat["activation_checkpoint.selective_ac_option"]
+            assert option == str(config.ac_frequency)
         # Only what torchtitan cannot do moves the plan (fp16 -> bf16, ZeRO-1 -> ZeRO-2).
         assert expressed.tensor_parallel == config.tensor_parallel
         assert expressed.pipeline_parallel == config.pipeline_parallel
