@@ -529,13 +529,18 @@ def fit_generation(
     return coordinate_search(loss, start, bounds, rounds=40)
 
 
-def fit_fp8(
+def fit_hopper_constant(
+    name: str,
+    start: float,
+    bounds: tuple[float, float],
     runs: list[dict[str, Any]],
     profiles: dict[str, HardwareProfile],
     fit: dict[str, dict[str, float]],
     fa2: dict[str, float],
 ) -> float:
-    """The Hopper FP8 share with every BF16 constant fixed."""
+    """One more Hopper constant fitted on ``runs`` with every other constant fixed: the FP8
+    share ``gemm_fp8`` on the FP8 rows, or the share ``tp_overlap`` of TP collectives that
+    async TP hides on the async-TP rows."""
 
     def loss(p: dict[str, float]) -> float:
         full = {**fit, Generation.HOPPER.value: {**fit[Generation.HOPPER.value], **p}}
@@ -547,31 +552,7 @@ def fit_fp8(
             total += math.log(pred / run["_measured"]) ** 2
         return total
 
-    return coordinate_search(loss, {"gemm_fp8": 0.7}, {"gemm_fp8": (0.2, 1.0)}, rounds=40)[
-        "gemm_fp8"
-    ]
-
-
-def fit_tp_overlap(
-    runs: list[dict[str, Any]],
-    profiles: dict[str, HardwareProfile],
-    fit: dict[str, dict[str, float]],
-    fa2: dict[str, float],
-) -> float:
-    """The Hopper share of TP collectives hidden by async TP, every other constant fixed."""
-
-    def loss(p: dict[str, float]) -> float:
-        full = {**fit, Generation.HOPPER.value: {**fit[Generation.HOPPER.value], **p}}
-        total = 0.0
-        for run in runs:
-            hw = profiles[run["device"]]
-            block = efficiency(GENERATION[hw.id], hw, full, fa2)
-            pred = predict_run(run, with_efficiency(hw, block))
-            total += math.log(pred / run["_measured"]) ** 2
-        return total
-
-    bounds = {"tp_overlap": (0.01, 0.875)}
-    return coordinate_search(loss, {"tp_overlap": 0.5}, bounds, rounds=40)["tp_overlap"]
+    return coordinate_search(loss, {name: start}, {name: bounds}, rounds=40)[name]
 
 
 def profile_blocks(
@@ -640,9 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         Generation.HOPPER, hop_runs, profiles, fit[Generation.AMPERE.value], fa2
     )
     fp8_runs = [r for r in runs if r["source"] in FP8_FIT_ON and r["precision"] == FP8]
-    fit[Generation.HOPPER.value]["gemm_fp8"] = fit_fp8(fp8_runs, profiles, fit, fa2)
+    fit[Generation.HOPPER.value]["gemm_fp8"] = fit_hopper_constant(
+        "gemm_fp8", 0.7, (0.2, 1.0), fp8_runs, profiles, fit, fa2
+    )
     async_tp = [r for r in runs if r["source"] in TP_OVERLAP_FIT_ON and r.get("tp_comm_overlap")]
-    fit[Generation.HOPPER.value]["tp_overlap"] = fit_tp_overlap(async_tp, profiles, fit, fa2)
+    fit[Generation.HOPPER.value]["tp_overlap"] = fit_hopper_constant(
+        "tp_overlap", 0.5, (0.01, 0.875), async_tp, profiles, fit, fa2
+    )
     blocks = profile_blocks(profiles, fit, fa2)
 
     rows: list[dict[str, Any]] = []
