@@ -513,9 +513,7 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
         "memory_headroom": usable_memory(t) / max(base.total_bytes, 1),
         "first_order_fits": any_first,
         "full_training_fits": full,
-        "mixed_precision_fits_on_device": (
-            full and w.task is Task.PRETRAIN and mixed_precision_fits_on_device(ctx, optimizers)
-        ),
+        "mixed_precision_fits_on_device": full and mixed_precision_fits_on_device(ctx, optimizers),
         "activation_share": act / max(base.total_bytes, 1),
     }
     declared = set(ctx.ruleset.facts.facts)
