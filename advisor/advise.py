@@ -58,19 +58,19 @@ class RecommendRequest(BaseModel):
         cls,
         *,
         spec: ModelSpec,
-        task: str,
-        seq_len: str | None,
-        micro_batch: int | None,
-        global_batch: int | None,
-        hardware: str | None,
-        gpus: int | None,
-        nodes: int,
-        memory_budget: str | None,
-        objective: str,
-        privacy: str,
-        sparse_features: bool,
-        top: int,
-        calibrate: bool | None,
+        task: str = "finetune",
+        seq_len: str | None = None,
+        micro_batch: int | None = None,
+        global_batch: int | None = None,
+        hardware: str | None = None,
+        gpus: int | None = None,
+        nodes: int = 1,
+        memory_budget: str | None = None,
+        objective: str = "balanced",
+        privacy: str = "none",
+        sparse_features: bool = False,
+        top: int = 5,
+        calibrate: bool | None = None,
         rope_scaling: float | None = None,
         stack: str = "hf",
         global_batch_tokens: str | None = None,
@@ -79,7 +79,7 @@ class RecommendRequest(BaseModel):
         tp: int | None = None,
         pp: int | None = None,
     ) -> RecommendRequest:
-        """Parse and check every flag.
+        """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
         Raises:
             UserError: naming the flag and what it accepts.

@@ -152,13 +152,7 @@ def run(
             micro_batch=setup.micro_batch,
             # One micro-batch per step: the steps timed here have no accumulation.
             global_batch=setup.micro_batch,
-            hardware=None,
-            gpus=None,
-            nodes=1,
-            memory_budget=None,
             objective="speed",
-            privacy="none",
-            sparse_features=False,
             top=100_000,
             calibrate=None,  # use the cache just written
         )

@@ -44,17 +44,9 @@ def _inside(args: list[str]) -> dict[str, float]:
     req = RecommendRequest.from_flags(
         spec=resolve_model_size(flags["--model-size"]),
         task=flags.get("--task", "finetune"),
-        seq_len=None,
-        micro_batch=None,
-        global_batch=None,
         hardware=flags.get("--hardware"),
         gpus=int(flags["--gpus"]) if "--gpus" in flags else None,
         nodes=int(flags.get("--nodes", "1")),
-        memory_budget=None,
-        objective="balanced",
-        privacy="none",
-        sparse_features=False,
-        top=5,
         calibrate=False,
     )
     report = run_recommend(req)

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from advisor.probe import read_cpuinfo
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS: dict[str, list[str]] = {
     "rules check": ["rules", "check"],
@@ -140,13 +142,7 @@ def measure(runs: int = 5) -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return read_cpuinfo()[0]
 
 
 def main() -> None:

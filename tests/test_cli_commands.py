@@ -170,3 +170,18 @@ def test_calibrate_show_with_an_empty_cache(
     (tmp_path / "cpu-0000.json").write_text("{broken")
     result = runner.invoke(app, ["calibrate", "show"], env={"NO_COLOR": "1"})
     assert result.exit_code == 0 and "unreadable" in result.stdout
+
+
+def test_recommend_request_defaults_are_the_cli_defaults() -> None:
+    # Tests and benchmarks build requests with RecommendRequest.from_flags' defaults: they
+    # must be what `optadvise recommend` does when a flag is not given.
+    import inspect
+
+    from advisor import cli
+    from advisor.advise import RecommendRequest
+
+    flags = inspect.signature(cli.recommend).parameters
+    params = inspect.signature(RecommendRequest.from_flags).parameters
+    shared = [n for n in params if n != "spec"]
+    assert all(n in flags for n in shared), set(shared) - set(flags)
+    assert {n: params[n].default for n in shared} == {n: flags[n].default for n in shared}

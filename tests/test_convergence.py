@@ -214,22 +214,8 @@ def test_estimate_json_carries_the_optimizer_factor_at_that_size() -> None:
 
 
 def rec(size: str, **flags: object) -> RecommendReport:
-    defaults: dict[str, object] = dict(
-        task="finetune",
-        seq_len=None,
-        micro_batch=1,
-        global_batch=None,
-        hardware=None,
-        gpus=None,
-        nodes=1,
-        memory_budget=None,
-        objective="balanced",
-        privacy="none",
-        sparse_features=False,
-        top=5,
-        calibrate=False,
-    )
-    defaults.update(flags)
+    # The CLI's defaults (RecommendRequest.from_flags) at micro-batch 1, analytic costs.
+    defaults: dict[str, object] = {"micro_batch": 1, "calibrate": False, **flags}
     spec = resolve_model_size(size)
     return run_recommend(RecommendRequest.from_flags(spec=spec, **defaults))  # type: ignore[arg-type]
 

@@ -32,17 +32,9 @@ def report() -> RecommendReport:
     request = RecommendRequest.from_flags(
         spec=resolve_model_size("1B"),
         task="pretrain",
-        seq_len=None,
         micro_batch=1,
-        global_batch=None,
         hardware=HARDWARE,
         gpus=8,
-        nodes=1,
-        memory_budget=None,
-        objective="balanced",
-        privacy="none",
-        sparse_features=False,
-        top=5,
         calibrate=False,
     )
     return run_recommend(request)

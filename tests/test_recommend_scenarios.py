@@ -18,22 +18,8 @@ DP_OPTIMIZERS = {"dp-sgd", "dp-adam", "dp-zo"}
 
 def rec(size: str = "7B", model: str | None = None, **flags: object) -> RecommendReport:
     spec = get_model_profile(model) if model else resolve_model_size(size)
-    defaults: dict[str, object] = dict(
-        task="finetune",
-        seq_len=None,
-        micro_batch=None,
-        global_batch=None,
-        hardware=None,
-        gpus=None,
-        nodes=1,
-        memory_budget=None,
-        objective="balanced",
-        privacy="none",
-        sparse_features=False,
-        top=5,
-        calibrate=False,
-    )
-    defaults.update(flags)
+    # The CLI's defaults (RecommendRequest.from_flags), analytic costs unless asked.
+    defaults: dict[str, object] = {"calibrate": False, **flags}
     return run_recommend(RecommendRequest.from_flags(spec=spec, **defaults))  # type: ignore[arg-type]
 
 

@@ -25,7 +25,7 @@ from advisor.config import (
 )
 from advisor.engine import Decision, requirement_rules
 from advisor.memory import MemoryEstimate
-from advisor.plan.layout import Layout, enumerate_layouts
+from advisor.plan.layout import Layout
 from advisor.plan.models import Rejection, RejectionKind, StepCost
 from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
@@ -39,6 +39,7 @@ from advisor.plan.space import (
     objective_score,
     plan_step_factor,
     usable_memory,
+    workload_layouts,
 )
 from advisor.taxonomy import Category, Order, StateKind, Taxonomy
 from advisor.units import format_bytes
@@ -796,13 +797,7 @@ def search(
     """
     s = _Search(ctx, decision, cost_fn, space, exhaustive=exhaustive)
     w = ctx.workload
-    layouts = enumerate_layouts(
-        ctx.spec,
-        world_size=w.world_size,
-        gpus_per_node=max(w.gpus, 1),
-        tp=w.tensor_parallel,
-        pp=w.pipeline_parallel,
-    )
+    layouts = workload_layouts(ctx)
     notes: list[str] = []
     pinned = w.tensor_parallel is not None or w.pipeline_parallel is not None
     if not pinned and w.world_size > 1 and not _time_prices_layouts(ctx, s.ev):

@@ -23,6 +23,7 @@ from advisor.errors import UserError
 from advisor.hardware import DeviceKind
 from advisor.memory import DeviceOverheads, MemoryEstimate, estimate_memory
 from advisor.modelspec import ModelSpec
+from advisor.plan.layout import Layout, enumerate_layouts
 from advisor.plan.target import Target
 from advisor.ruleset import RuleSet
 from advisor.taxonomy import Order, Taxonomy, Technique
@@ -384,14 +385,25 @@ def objective_score(
 # --- derived facts -----------------------------------------------------------------------
 
 
+def workload_layouts(ctx: Context) -> list[Layout]:
+    """Every layout of the workload's devices, honouring its --tp/--pp pins."""
+    w = ctx.workload
+    return enumerate_layouts(
+        ctx.spec,
+        world_size=w.world_size,
+        gpus_per_node=max(w.gpus, 1),
+        tp=w.tensor_parallel,
+        pp=w.pipeline_parallel,
+    )
+
+
 def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> bool:
     """Whether ``config`` fits in some layout of the planned devices, one sample per device,
     with every saver that keeps the math (full recomputation, fused loss, and, when ``host``,
     offload where the device has a host). Memory never grows when a saver is added, so this
     decides."""
-    from advisor.plan.layout import enumerate_layouts
 
-    w, t = ctx.workload, ctx.target
+    t = ctx.target
     cpu = t.device_kind is DeviceKind.CPU
     frugal = config.model_copy(
         update={
@@ -405,13 +417,7 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
         offloads += [Offload.OPTIMIZER_PARAMS] + (
             [Offload.OPTIMIZER_PARAMS_NVME] if t.nvme_bytes else []
         )
-    layouts = enumerate_layouts(
-        ctx.spec,
-        world_size=w.world_size,
-        gpus_per_node=max(w.gpus, 1),
-        tp=w.tensor_parallel,
-        pp=w.pipeline_parallel,
-    )
+    layouts = workload_layouts(ctx)
     # Most devices per copy of the model first: the likeliest to fit.
     layouts.sort(key=lambda lay: (-(lay.tp * lay.pp), -lay.sharding.zero_stage))
     usable = usable_memory(t)
