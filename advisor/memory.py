@@ -1662,7 +1662,7 @@ def _estimate_stage(
         for name, parts in phases.items()
     ]
     peak = max(phase_list, key=lambda p: p.total_bytes)
-    notes.append(f"optimizer {opt_id}: state {mem.state.value}")
+    notes.append(optimizer_note(opt_id, mem))
     notes.append(
         f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
     )
@@ -1680,6 +1680,12 @@ def _estimate_stage(
         nvme_bytes=nvme,
         notes=notes,
     )
+
+
+def optimizer_note(opt_id: str, mem: OptimizerMemory) -> str:
+    """The note naming the optimizer, the only part of an estimate that reads its id (the
+    plan search shares one estimate among optimizers with the same state signature)."""
+    return f"optimizer {opt_id}: state {mem.state.value}"
 
 
 def _trainable_total(spec: ModelSpec, config: TrainingConfig, targets: frozenset[str]) -> int:

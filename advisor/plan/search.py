@@ -24,7 +24,7 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.engine import Decision, requirement_rules
-from advisor.memory import MemoryEstimate
+from advisor.memory import MemoryEstimate, optimizer_note
 from advisor.plan.layout import Layout
 from advisor.plan.models import Rejection, RejectionKind, StepCost
 from advisor.plan.space import (
@@ -102,13 +102,35 @@ class Evaluator:
         self.ctx, self.cost_fn = ctx, cost_fn
         self._mem: dict[TrainingConfig, MemoryEstimate] = {}
         self._time: dict[TrainingConfig, StepCost] = {}
+        # (the optimizer's state signature, the configuration without its optimizer) ->
+        # (the optimizer estimated, its estimate): see memory().
+        self._by_state: dict[tuple[object, TrainingConfig], tuple[str, MemoryEstimate]] = {}
         self.usable = usable_memory(ctx.target)
 
     def memory(self, c: TrainingConfig) -> MemoryEstimate:
         m = self._mem.get(c)
         if m is None:
-            m = self._mem[c] = estimate(self.ctx, c)
+            m = self._mem[c] = self._estimate(c)
         return m
+
+    def _estimate(self, c: TrainingConfig) -> MemoryEstimate:
+        """The memory model reads an optimizer only through its state signature (and names
+        it in one note): optimizers that share one (Lion, RMSprop and SGD-momentum in 8 bits
+        keep one 8-bit state each) share the estimate, with the note renamed."""
+        mem = self.ctx.taxonomy.get(c.optimizer).memory
+        if mem is None:
+            return estimate(self.ctx, c)  # not an optimizer: the model says so
+        key = (mem, c.model_copy(update={"optimizer": ""}))
+        hit = self._by_state.get(key)
+        if hit is None:
+            m = estimate(self.ctx, c)
+            self._by_state[key] = (c.optimizer, m)
+            return m
+        other, m = hit
+        if other == c.optimizer:
+            return m
+        old, new = optimizer_note(other, mem), optimizer_note(c.optimizer, mem)
+        return m.model_copy(update={"notes": [new if n == old else n for n in m.notes]})
 
     def time(self, c: TrainingConfig) -> StepCost:
         t = self._time.get(c)

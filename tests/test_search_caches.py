@@ -1,0 +1,152 @@
+"""The search's speed-ups change no answer: each memo returns what the uncached model does,
+and what a memo key leaves out is something the result does not read."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from advisor import cost
+from advisor.advise import RecommendRequest, run_recommend
+from advisor.config import (
+    Checkpointing,
+    Offload,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
+from advisor.hardware import get_hardware_profile
+from advisor.modelspec import get_model_profile, resolve_model_size
+from advisor.plan import search
+from advisor.plan.space import estimate
+
+H100 = get_hardware_profile("h100-sxm-80gb")
+LLAMA = get_model_profile("llama-2-7b")
+
+
+def _micro(config: TrainingConfig, zeroth: bool = False) -> tuple[Any, float, float]:
+    """One micro-batch's terms, computed without the memo."""
+    step = cost._Step(LLAMA, config, None, H100, cost.efficiency_for(H100), None, 8)
+    return step.micro_batch(zeroth)
+
+
+# Values of each per-step field that a plan can take (and that the model accepts together).
+_PER_STEP_VALUES: dict[str, list[Any]] = {
+    "optimizer": ["adamw", "lion-8bit", "adafactor", "muon"],
+    "grad_accumulation": [1, 4],
+    "sharding": [Sharding.NONE, Sharding.ZERO2, Sharding.FSDP],
+    "shard_group": [None, 2],
+    "offload": [Offload.NONE, Offload.OPTIMIZER],
+    "optimizer_in_backward": [False, True],
+    "activation_offload": [False, True],
+    "lora_rank": [8, 64],
+}
+
+
+def test_the_per_step_fields_are_all_named_here() -> None:
+    assert set(_PER_STEP_VALUES) == set(cost._PER_STEP_FIELDS)
+    # Every other field of a configuration is in the memo's key.
+    fields = set(TrainingConfig.model_fields)
+    assert set(cost._MICRO_BATCH_FIELDS) == fields - cost._PER_STEP_FIELDS
+
+
+@pytest.mark.parametrize("field", sorted(_PER_STEP_VALUES))
+@pytest.mark.parametrize(
+    "base",
+    [
+        TrainingConfig(task=Task.PRETRAIN, micro_batch=2, gpus=8),
+        TrainingConfig(
+            task=Task.PRETRAIN,
+            precision=Precision.FP8_MIXED,
+            checkpointing=Checkpointing.FULL,
+            tensor_parallel=2,
+            pipeline_parallel=2,
+            gpus=4,
+            stack=Stack.FUSED,
+        ),
+        TrainingConfig(task=Task.QLORA, dp_sgd=True, micro_batch=4, gpus=2),
+    ],
+)
+def test_one_micro_batch_never_reads_a_per_step_field(field: str, base: TrainingConfig) -> None:
+    # The memo key leaves these fields out: changing one changes no micro-batch term.
+    expected = _micro(base)
+    for value in _PER_STEP_VALUES[field]:
+        changed = base.model_copy(update={field: value})
+        assert _micro(changed) == expected, (field, value)
+        assert _micro(changed, zeroth=True) == _micro(base, zeroth=True), (field, value)
+
+
+def test_memoised_step_times_equal_uncached_ones() -> None:
+    configs = [
+        TrainingConfig(
+            task=Task.PRETRAIN,
+            optimizer=opt,
+            micro_batch=mb,
+            grad_accumulation=ga,
+            sharding=sh,
+            gpus=8,
+            checkpointing=ck,
+        )
+        for opt, mb, ga, sh, ck in itertools.product(
+            ["adamw", "lion-8bit"],
+            [1, 4],
+            [1, 8],
+            [Sharding.NONE, Sharding.FSDP],
+            [Checkpointing.NONE, Checkpointing.FULL],
+        )
+    ]
+
+    def times() -> list[str]:
+        return [
+            cost.predict_step_time(LLAMA, c, calibration=None, hardware=H100).model_dump_json()
+            for c in configs
+        ]
+
+    cost._MICRO_BATCH.clear()
+    warm_first = times()  # filled as it goes: later configs hit earlier entries
+    cold = []
+    for c in configs:
+        cost._MICRO_BATCH.clear()
+        cold.append(
+            cost.predict_step_time(LLAMA, c, calibration=None, hardware=H100).model_dump_json()
+        )
+    assert warm_first == cold
+    assert times() == cold  # every entry a hit
+
+
+def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real search (7B pre-training on one node of H100): every memory estimate and step
+    # time it kept equals the model's fresh answer, notes included.
+    evaluators: list[search.Evaluator] = []
+    init = search.Evaluator.__init__
+
+    def capture(self: search.Evaluator, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        evaluators.append(self)
+
+    monkeypatch.setattr(search.Evaluator, "__init__", capture)
+    req = RecommendRequest.from_flags(
+        spec=resolve_model_size("7B"),
+        task="pretrain",
+        hardware="h100-sxm-80gb",
+        gpus=8,
+        calibrate=False,
+    )
+    run_recommend(req)
+    ev = evaluators[-1]
+    shared = 0
+    for c, m in ev._mem.items():
+        assert m == estimate(ev.ctx, c), c
+        first = ev._by_state[
+            (ev.ctx.taxonomy.get(c.optimizer).memory, c.model_copy(update={"optimizer": ""}))
+        ][0]
+        shared += first != c.optimizer
+    assert shared > 0  # the sharing was exercised (8-bit Lion, RMSprop, SGD-momentum)
+    cost._MICRO_BATCH.clear()
+    for c, t in ev._time.items():
+        cost._MICRO_BATCH.clear()
+        assert t == ev.cost_fn(c), c
