@@ -20,9 +20,11 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.hardware import get_hardware_profile
+from advisor.memory import DeviceOverheads, estimate_memory, memory_totals
 from advisor.modelspec import get_model_profile, resolve_model_size
 from advisor.plan import search
 from advisor.plan.space import estimate
+from advisor.taxonomy import load_taxonomy
 
 H100 = get_hardware_profile("h100-sxm-80gb")
 LLAMA = get_model_profile("llama-2-7b")
@@ -146,7 +148,76 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
         ][0]
         shared += first != c.optimizer
     assert shared > 0  # the sharing was exercised (8-bit Lion, RMSprop, SGD-momentum)
+    for c, totals in ev._totals.items():
+        m = estimate(ev.ctx, c)
+        assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes), c
+    assert ev.counts[0] == len(ev._mem.keys() | ev._totals.keys())
     cost._MICRO_BATCH.clear()
     for c, t in ev._time.items():
         cost._MICRO_BATCH.clear()
         assert t == ev.cost_fn(c), c
+
+
+@pytest.mark.parametrize("device", [None, DeviceOverheads.cpu()])
+def test_memory_totals_are_the_estimates_numbers(device: DeviceOverheads | None) -> None:
+    tax = load_taxonomy()
+    configs = [
+        TrainingConfig(
+            task=task,
+            optimizer=opt,
+            micro_batch=mb,
+            grad_accumulation=ga,
+            gpus=4,
+            sharding=sh,
+            offload=off,
+            checkpointing=ck,
+            pipeline_parallel=pp,
+            tensor_parallel=tp,
+        )
+        for task, opt, mb, ga, sh, off, ck, pp, tp in [
+            (Task.PRETRAIN, "adamw", 2, 1, Sharding.NONE, Offload.NONE, Checkpointing.NONE, 1, 1),
+            (Task.PRETRAIN, "adamw", 1, 8, Sharding.FSDP, Offload.NONE, Checkpointing.FULL, 2, 2),
+            (
+                Task.PRETRAIN,
+                "lion-8bit",
+                4,
+                2,
+                Sharding.ZERO1,
+                Offload.NONE,
+                Checkpointing.SELECTIVE,
+                4,
+                1,
+            ),
+            (
+                Task.FINETUNE,
+                "adamw",
+                1,
+                1,
+                Sharding.ZERO3,
+                Offload.OPTIMIZER_PARAMS_NVME,
+                Checkpointing.FULL,
+                1,
+                1,
+            ),
+            (
+                Task.FINETUNE,
+                "adafactor",
+                2,
+                4,
+                Sharding.ZERO2,
+                Offload.OPTIMIZER,
+                Checkpointing.NONE,
+                1,
+                2,
+            ),
+            (Task.QLORA, "adamw", 4, 1, Sharding.NONE, Offload.NONE, Checkpointing.FULL, 1, 1),
+        ]
+    ]
+    for c in configs:
+        opt = tax.get(c.optimizer)
+        m = estimate_memory(LLAMA, c, optimizer=opt, device=device)
+        totals = memory_totals(LLAMA, c, optimizer=opt, device=device)
+        assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes), c
+    # Offloaded and NVMe bytes were exercised, and pipelines (two stages compared).
+    assert any(memory_totals(LLAMA, c, optimizer=tax.get(c.optimizer)).nvme_bytes for c in configs)
+    assert any(c.pipeline_parallel > 1 for c in configs)

@@ -21,7 +21,13 @@ from advisor.config import (
 from advisor.convergence import ConvergenceCache, objective_steps, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind
-from advisor.memory import DeviceOverheads, MemoryEstimate, estimate_memory
+from advisor.memory import (
+    DeviceOverheads,
+    MemoryEstimate,
+    MemoryTotals,
+    estimate_memory,
+    memory_totals,
+)
 from advisor.modelspec import ModelSpec
 from advisor.plan.layout import Layout, enumerate_layouts
 from advisor.plan.target import Target
@@ -180,9 +186,14 @@ def nvme_usable(target: Target) -> int:
     return int(target.nvme_bytes * HOST_SAFETY_MARGIN)
 
 
+# Built once each (frozen): the search asks for them thousands of times.
+_CUDA_OVERHEADS = DeviceOverheads()
+_CPU_OVERHEADS = DeviceOverheads.cpu()
+
+
 def overheads(target: Target) -> DeviceOverheads:
     """The device's fixed memory overheads (none on a CPU)."""
-    return DeviceOverheads.cpu() if target.device_kind is DeviceKind.CPU else DeviceOverheads()
+    return _CPU_OVERHEADS if target.device_kind is DeviceKind.CPU else _CUDA_OVERHEADS
 
 
 def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
@@ -192,7 +203,14 @@ def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
     )
 
 
-def host_fits(ctx: Context, config: TrainingConfig, m: MemoryEstimate) -> str | None:
+def estimate_totals(ctx: Context, config: TrainingConfig) -> MemoryTotals:
+    """:func:`estimate`'s peak and offloaded bytes alone (a fit test's inputs), cheaper."""
+    return memory_totals(
+        ctx.spec, config, optimizer=ctx.taxonomy.get(config.optimizer), device=overheads(ctx.target)
+    )
+
+
+def host_fits(ctx: Context, config: TrainingConfig, m: MemoryEstimate | MemoryTotals) -> str | None:
     """Why the offloaded states do not fit the target's host (None: they do)."""
     from advisor.units import format_bytes
 
