@@ -480,6 +480,10 @@ _MICRO_BATCH: dict[
     tuple[object, ...],
     tuple[tuple[object, ...], tuple[dict[str, ComponentTime], float, float]],
 ] = {}
+_SCALED: dict[
+    tuple[tuple[object, ...], int],
+    tuple[tuple[object, ...], tuple[dict[str, ComponentTime], float, float, float]],
+] = {}
 
 
 class _Step:
@@ -905,15 +909,18 @@ class _Step:
 
     # --- per step ---------------------------------------------------------------------------
 
-    def micro_batch_memo(self, zeroth: bool) -> tuple[dict[str, ComponentTime], float, float]:
-        """:meth:`micro_batch`, memoised (a fresh dict each time: :meth:`run` rescales it).
+    def micro_batches(self, zeroth: bool) -> tuple[dict[str, ComponentTime], float, float, float]:
+        """The terms of the step's ``A`` micro-batches (:meth:`micro_batch` scaled by the
+        accumulation), one micro-batch's forward and backward compute and its seconds;
+        memoised (a fresh dict each time: the caller adds to it).
 
         NOTE: the plan search prices thousands of plans that differ only in what acts once
-        per step (optimizer, sharding, offload, accumulation): their micro-batch terms are
-        the same. The key is everything :meth:`micro_batch` reads: the identities of the
-        model, the hardware profile (its efficiencies follow from it) and the calibration
-        (the entry keeps them alive, so their ids are not reused), the link override, the
-        node size, and every configuration field but those of :data:`_PER_STEP_FIELDS`.
+        per step (optimizer, sharding, offload): their micro-batch terms are the same. The
+        key is everything :meth:`micro_batch` reads: the identities of the model, the
+        hardware profile (its efficiencies follow from it) and the calibration (the entry
+        keeps them alive, so their ids are not reused), the link override, the node size,
+        and every configuration field but those of :data:`_PER_STEP_FIELDS`; the scaled
+        terms add the accumulation to it.
         """
         c = self.config
         key = (
@@ -925,25 +932,31 @@ class _Step:
             zeroth,
             *[getattr(c, f) for f in _MICRO_BATCH_FIELDS],
         )
-        hit = _MICRO_BATCH.get(key)
-        if hit is None:
-            if len(_MICRO_BATCH) > 8192:
-                _MICRO_BATCH.clear()
-            hit = _MICRO_BATCH[key] = ((self.spec, self.hw, self.cal), self.micro_batch(zeroth))
-        parts, fwd, bwd = hit[1]
-        return dict(parts), fwd, bwd
+        A = c.grad_accumulation
+        scaled = _SCALED.get((key, A))
+        if scaled is None:
+            hit = _MICRO_BATCH.get(key)
+            if hit is None:
+                if len(_MICRO_BATCH) > 8192:
+                    _MICRO_BATCH.clear()
+                    _SCALED.clear()
+                hit = _MICRO_BATCH[key] = ((self.spec, self.hw, self.cal), self.micro_batch(zeroth))
+            parts, fwd, bwd = hit[1]
+            mb_seconds = sum(p.seconds for p in parts.values())
+            # NOTE: built directly (not model_copy): the same values, a third of the time.
+            times = {
+                k: ComponentTime(seconds=p.seconds * A, source=p.source, detail=p.detail)
+                for k, p in parts.items()
+            }
+            scaled = _SCALED[key, A] = (hit[0], (times, fwd, bwd, mb_seconds))
+        times, fwd, bwd, mb_seconds = scaled[1]
+        return dict(times), fwd, bwd, mb_seconds
 
     def run(self, state_bytes: float, order: str, interval: int | None) -> StepTime:
         c = self.config
         zeroth = order == "zeroth"
-        parts, fwd, bwd = self.micro_batch_memo(zeroth)
-        mb_seconds = sum(p.seconds for p in parts.values())
+        parts, fwd, bwd, mb_seconds = self.micro_batches(zeroth)
         A = c.grad_accumulation
-        for key, part in parts.items():
-            # NOTE: built directly (not model_copy): the same values, a third of the time.
-            parts[key] = ComponentTime(
-                seconds=part.seconds * A, source=part.source, detail=part.detail
-            )
         if self.pp > 1:
             bubble = (self.pp - 1) / self.v * mb_seconds
             parts["pipeline_bubble"] = ComponentTime(

@@ -30,6 +30,11 @@ H100 = get_hardware_profile("h100-sxm-80gb")
 LLAMA = get_model_profile("llama-2-7b")
 
 
+def _clear() -> None:
+    cost._MICRO_BATCH.clear()
+    cost._SCALED.clear()
+
+
 def _micro(config: TrainingConfig, zeroth: bool = False) -> tuple[Any, float, float]:
     """One micro-batch's terms, computed without the memo."""
     step = cost._Step(LLAMA, config, None, H100, cost.efficiency_for(H100), None, 8)
@@ -108,11 +113,11 @@ def test_memoised_step_times_equal_uncached_ones() -> None:
             for c in configs
         ]
 
-    cost._MICRO_BATCH.clear()
+    _clear()
     warm_first = times()  # filled as it goes: later configs hit earlier entries
     cold = []
     for c in configs:
-        cost._MICRO_BATCH.clear()
+        _clear()
         cold.append(
             cost.predict_step_time(LLAMA, c, calibration=None, hardware=H100).model_dump_json()
         )
@@ -143,18 +148,18 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
     shared = 0
     for c, m in ev._mem.items():
         assert m == estimate(ev.ctx, c), c
-        first = ev._by_state[
-            (ev.ctx.taxonomy.get(c.optimizer).memory, c.model_copy(update={"optimizer": ""}))
-        ][0]
+        key = ev._state_key(c)
+        assert key is not None
+        first = ev._by_state[key][0]
         shared += first != c.optimizer
     assert shared > 0  # the sharing was exercised (8-bit Lion, RMSprop, SGD-momentum)
     for c, totals in ev._totals.items():
         m = estimate(ev.ctx, c)
         assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes), c
     assert ev.counts[0] == len(ev._mem.keys() | ev._totals.keys())
-    cost._MICRO_BATCH.clear()
+    _clear()
     for c, t in ev._time.items():
-        cost._MICRO_BATCH.clear()
+        _clear()
         assert t == ev.cost_fn(c), c
 
 

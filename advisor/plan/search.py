@@ -42,7 +42,7 @@ from advisor.plan.space import (
     usable_memory,
     workload_layouts,
 )
-from advisor.taxonomy import Category, Order, StateKind, Taxonomy
+from advisor.taxonomy import Category, OptimizerMemory, Order, StateKind, Taxonomy
 from advisor.units import format_bytes
 
 CostFn = Callable[[TrainingConfig], StepCost]
@@ -96,6 +96,10 @@ class SearchResult:
     notes: list[str] = field(default_factory=list)  # what the search left out, and why
 
 
+# Every field of a configuration but its optimizer (see Evaluator._state_key).
+_BUT_OPTIMIZER = tuple(f for f in TrainingConfig.model_fields if f != "optimizer")
+
+
 class Evaluator:
     """Memoised memory and time of configurations, counted."""
 
@@ -105,9 +109,10 @@ class Evaluator:
         self._time: dict[TrainingConfig, StepCost] = {}
         # (the optimizer's state signature, the configuration without its optimizer) ->
         # (the optimizer estimated, its estimate): see memory().
-        self._by_state: dict[tuple[object, TrainingConfig], tuple[str, MemoryEstimate]] = {}
+        self._by_state: dict[tuple[object, ...], tuple[str, MemoryEstimate]] = {}
         # The fit tests' peaks of configurations not (yet) estimated in full (see fits()).
         self._totals: dict[TrainingConfig, MemoryTotals] = {}
+        self._totals_by_state: dict[tuple[object, ...], MemoryTotals] = {}
         self.usable = usable_memory(ctx.target)
 
     def memory(self, c: TrainingConfig) -> MemoryEstimate:
@@ -120,10 +125,9 @@ class Evaluator:
         """The memory model reads an optimizer only through its state signature (and names
         it in one note): optimizers that share one (Lion, RMSprop and SGD-momentum in 8 bits
         keep one 8-bit state each) share the estimate, with the note renamed."""
-        mem = self.ctx.taxonomy.get(c.optimizer).memory
-        if mem is None:
+        key = self._state_key(c)
+        if key is None:
             return estimate(self.ctx, c)  # not an optimizer: the model says so
-        key = (mem, c.model_copy(update={"optimizer": ""}))
         hit = self._by_state.get(key)
         if hit is None:
             m = estimate(self.ctx, c)
@@ -132,6 +136,8 @@ class Evaluator:
         other, m = hit
         if other == c.optimizer:
             return m
+        mem = key[0]
+        assert isinstance(mem, OptimizerMemory)
         old, new = optimizer_note(other, mem), optimizer_note(c.optimizer, mem)
         return m.model_copy(update={"notes": [new if n == old else n for n in m.notes]})
 
@@ -146,8 +152,20 @@ class Evaluator:
         # bytes (memory_totals, the same numbers) do without the phases and notes.
         m: MemoryEstimate | MemoryTotals | None = self._mem.get(c) or self._totals.get(c)
         if m is None:
-            m = self._totals[c] = estimate_totals(self.ctx, c)
+            key = self._state_key(c)
+            m = self._totals_by_state.get(key) if key else None
+            if m is None:
+                m = estimate_totals(self.ctx, c)
+                if key:
+                    self._totals_by_state[key] = m
+            self._totals[c] = m
         return m.total_bytes <= self.usable and host_fits(self.ctx, c, m) is None
+
+    def _state_key(self, c: TrainingConfig) -> tuple[object, ...] | None:
+        """What the memory model reads of ``c``: its optimizer's state signature, and every
+        other field (None when the optimizer has none: the model refuses it)."""
+        mem = self.ctx.taxonomy.get(c.optimizer).memory
+        return None if mem is None else (mem, *[getattr(c, f) for f in _BUT_OPTIMIZER])
 
     @property
     def counts(self) -> tuple[int, int]:
