@@ -1347,23 +1347,97 @@ def estimate_memory(
     return worst.model_copy(update={"notes": [*worst.notes, note]})
 
 
-def _estimate_stage(
+@dataclass(frozen=True)
+class _StageStatic:
+    """What one pipeline stage holds whatever the micro-batch: the layout's tensors, the
+    weights, gradients, master weights and optimizer states (see :func:`_stage_static`)."""
+
+    mem: OptimizerMemory
+    opt_id: str
+    dt: _Dtypes
+    notes: tuple[str, ...]
+    params: int
+    d: dict[str, int]
+    tp: int
+    pp: int
+    stage_layers: int
+    first: bool
+    last: bool
+    tensors: list[ParamTensor]
+    local_params: int
+    zeroth: bool
+    adapters: bool
+    n: int
+    stage_zero: int
+    bd: dict[str, int]
+    p_t: int
+    layer_bytes: int
+    layer_trainable: int
+    head_trainable: int
+
+
+# The configuration fields :func:`_stage_static` reads (the rest act through activations,
+# the loss, checkpointing, offload and the phases: tests/test_search_caches.py holds it).
+_STATIC_FIELDS = (
+    "task",
+    "optimizer",
+    "precision",
+    "gpus",
+    "sharding",
+    "shard_group",
+    "lora_rank",
+    "optimizer_in_backward",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "expert_parallel",
+)
+# (ids of the spec and the optimizer, LoRA targets, stage, the fields read) -> (the spec
+# and the optimizer, kept alive so their ids are not reused; the stage's fixed part).
+_STATIC: dict[tuple[object, ...], tuple[tuple[object, ...], _StageStatic]] = {}
+
+
+def _static_of(
     spec: ModelSpec,
     config: TrainingConfig,
     optimizer: Technique | OptimizerMemory,
-    device: DeviceOverheads | None,
     lora_targets: frozenset[str],
     stage: str,
-    totals_only: bool = False,
-) -> MemoryEstimate:
+) -> _StageStatic:
+    """:func:`_stage_static`, memoised.
+
+    NOTE: the plan search estimates each layout and optimizer at many micro-batches and
+    memory savers; this part reads none of them (about half of a fit test's work).
+    """
+    key = (
+        id(spec),
+        id(optimizer),
+        lora_targets,
+        stage,
+        *[getattr(config, f) for f in _STATIC_FIELDS],
+    )
+    hit = _STATIC.get(key)
+    if hit is None:
+        if len(_STATIC) > 4096:
+            _STATIC.clear()
+        value = _stage_static(spec, config, optimizer, lora_targets, stage)
+        hit = _STATIC[key] = ((spec, optimizer), value)
+    return hit[1]
+
+
+def _stage_static(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    lora_targets: frozenset[str],
+    stage: str,
+) -> _StageStatic:
     mem, opt_id = _memory_of(optimizer)
-    device = device or DeviceOverheads()
     dt = _dtypes(config.precision)
     notes: list[str] = []
     full_tensors = param_tensors(spec)
     params = _count(full_tensors)
     d = _shape_of(spec)
-    L, b, s = d["L"], config.micro_batch, config.seq_len
+    L = d["L"]
     tp, pp = config.tensor_parallel, config.pipeline_parallel
     stage_layers = math.ceil(L / pp)
     first, last = stage in ("only", "first"), stage in ("only", "last")
@@ -1442,13 +1516,67 @@ def _estimate_stage(
         notes.append("optimizer step fused into backward: per-layer gradients only")
     else:
         bd["gradients"] = grad_full
-    if config.dp_sgd and not zeroth:
-        bd["per_sample_gradients"] = b * p_t * dt.grad
-        notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
     master = p_t * dt.master if not zeroth else 0
     bd["master_weights"] = shard(master, 1)
     state_bytes = optimizer_state_bytes(mem, trainable, state_dtype_bytes=dt.state)
     bd["optimizer_states"] = shard(state_bytes, 1)
+    return _StageStatic(
+        mem=mem,
+        opt_id=opt_id,
+        dt=dt,
+        notes=tuple(notes),
+        params=params,
+        d=d,
+        tp=tp,
+        pp=pp,
+        stage_layers=stage_layers,
+        first=first,
+        last=last,
+        tensors=tensors,
+        local_params=local_params,
+        zeroth=zeroth,
+        adapters=adapters,
+        n=n,
+        stage_zero=stage_zero,
+        bd=bd,
+        p_t=p_t,
+        layer_bytes=layer_bytes,
+        layer_trainable=layer_trainable,
+        head_trainable=head_trainable,
+    )
+
+
+def _estimate_stage(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    device: DeviceOverheads | None,
+    lora_targets: frozenset[str],
+    stage: str,
+    totals_only: bool = False,
+) -> MemoryEstimate:
+    st = _static_of(spec, config, optimizer, lora_targets, stage)
+    mem, opt_id, dt, params, d = st.mem, st.opt_id, st.dt, st.params, st.d
+    tp, pp, stage_layers, first, last = st.tp, st.pp, st.stage_layers, st.first, st.last
+    tensors, local_params, zeroth, adapters = st.tensors, st.local_params, st.zeroth, st.adapters
+    n, stage_zero, p_t = st.n, st.stage_zero, st.p_t
+    layer_bytes, layer_trainable, head_trainable = (
+        st.layer_bytes,
+        st.layer_trainable,
+        st.head_trainable,
+    )
+    notes = list(st.notes)
+    bd = dict(st.bd)
+    device = device or DeviceOverheads()
+    L, b, s = d["L"], config.micro_batch, config.seq_len
+
+    def shard(x: float, from_stage: int) -> int:
+        # ZeRO (Rajbhandari et al. 2020): as in _stage_static.
+        return math.ceil(x / n) if stage_zero >= from_stage else math.ceil(x)
+
+    if config.dp_sgd and not zeroth:
+        bd["per_sample_gradients"] = b * p_t * dt.grad
+        notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
     # ---- activations, logits
     lt = lora_targets if adapters else None
     layer = layer_activation_bytes(

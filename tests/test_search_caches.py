@@ -4,11 +4,12 @@ and what a memo key leaves out is something the result does not read."""
 from __future__ import annotations
 
 import itertools
+from enum import Enum
 from typing import Any
 
 import pytest
 
-from advisor import cost
+from advisor import cost, memory
 from advisor.advise import RecommendRequest, run_recommend
 from advisor.config import (
     Checkpointing,
@@ -20,7 +21,12 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.hardware import get_hardware_profile
-from advisor.memory import DeviceOverheads, estimate_memory, memory_totals
+from advisor.memory import (
+    DEFAULT_LORA_TARGETS,
+    DeviceOverheads,
+    estimate_memory,
+    memory_totals,
+)
 from advisor.modelspec import get_model_profile, resolve_model_size
 from advisor.plan import search
 from advisor.plan.space import estimate
@@ -226,3 +232,86 @@ def test_memory_totals_are_the_estimates_numbers(device: DeviceOverheads | None)
     # Offloaded and NVMe bytes were exercised, and pipelines (two stages compared).
     assert any(memory_totals(LLAMA, c, optimizer=tax.get(c.optimizer)).nvme_bytes for c in configs)
     assert any(c.pipeline_parallel > 1 for c in configs)
+
+
+def _alternatives(field: str, value: Any) -> list[Any]:
+    """A few other values of a configuration field, whatever its type."""
+    if isinstance(value, Enum):
+        return list(type(value))
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [1, 2, 8]
+    if value is None:
+        return {"tp_comm_overlap": [True, False], "shard_group": [2]}.get(field, [])
+    return []
+
+
+def test_the_fixed_part_of_a_stage_reads_only_its_fields() -> None:
+    # The memo key of memory._static_of names the fields _stage_static reads: changing any
+    # other field changes nothing it returns.
+    tax = load_taxonomy()
+    others = [f for f in TrainingConfig.model_fields if f not in memory._STATIC_FIELDS]
+    assert "micro_batch" in others and "checkpointing" in others
+    bases = [
+        TrainingConfig(task=Task.PRETRAIN, gpus=8, sharding=Sharding.FSDP, dp_sgd=False),
+        TrainingConfig(task=Task.QLORA, gpus=2, precision=Precision.BF16_MIXED),
+        TrainingConfig(task=Task.FINETUNE, gpus=16, sharding=Sharding.HSDP, dp_sgd=True),
+        TrainingConfig(
+            task=Task.PRETRAIN,
+            optimizer="lion-8bit",
+            precision=Precision.FP8_MIXED,
+            tensor_parallel=2,
+            pipeline_parallel=2,
+            gpus=4,
+            sharding=Sharding.ZERO1,
+        ),
+    ]
+    checked = 0
+    for base in bases:
+        opt = tax.get(base.optimizer)
+        for stage in ("only", "first", "last") if base.pipeline_parallel > 1 else ("only",):
+            expected = memory._stage_static(LLAMA, base, opt, DEFAULT_LORA_TARGETS, stage)
+            for field in others:
+                for value in _alternatives(field, getattr(base, field)):
+                    changed = base.model_copy(update={field: value})
+                    got = memory._stage_static(LLAMA, changed, opt, DEFAULT_LORA_TARGETS, stage)
+                    assert got == expected, (field, value)
+                    checked += 1
+    assert checked > 50
+
+
+def test_memoised_estimates_equal_uncached_ones() -> None:
+    tax = load_taxonomy()
+    configs = [
+        TrainingConfig(
+            task=task,
+            optimizer=opt,
+            micro_batch=mb,
+            gpus=4,
+            sharding=sh,
+            checkpointing=ck,
+            dp_sgd=dp,
+            pipeline_parallel=pp,
+            grad_accumulation=4,
+        )
+        for task, opt, mb, sh, ck, dp, pp in itertools.product(
+            [Task.PRETRAIN, Task.LORA],
+            ["adamw", "adafactor"],
+            [1, 4],
+            [Sharding.NONE, Sharding.ZERO3],
+            [Checkpointing.NONE, Checkpointing.FULL],
+            [False, True],
+            [1, 2],
+        )
+    ]
+    memory._STATIC.clear()
+    warm = [
+        estimate_memory(LLAMA, c, optimizer=tax.get(c.optimizer)).model_dump_json() for c in configs
+    ]
+    cold = []
+    for c in configs:
+        memory._STATIC.clear()
+        cold.append(estimate_memory(LLAMA, c, optimizer=tax.get(c.optimizer)).model_dump_json())
+    assert warm == cold
+    assert len(memory._STATIC) > 0
