@@ -1121,12 +1121,21 @@ class _Step:
         all-reduce gradients once per step in buckets during the last backward; ZeRO-2
         reduce-scatters every micro-step; ZeRO-1/2 all-gather the updated parameters after
         the step. Ring collectives move (n-1)/n of the data over each rank's link at the NCCL
-        bus bandwidth (nccl-tests PERFORMANCE.md).
+        bus bandwidth (nccl-tests PERFORMANCE.md). Under pipeline parallelism FSDP/HSDP
+        gather the parameters once and reduce the gradients once per step:
+        torch.distributed.pipelining turns gradient sync and resharding off for every
+        micro-batch's backward but the last (stage.py ``backward_maybe_with_nosync``), and
+        torchtitan does not reshard after forward with PP (the memory model keeps those
+        parameters gathered and gradients unsharded).
         """
         c = self.config
         eta = self.eff.overlap.value
         L = max(self.stage_layers, 1.0)
         A = c.grad_accumulation
+        # One gather and one reduction per step (see above).
+        pipelined = self.pp > 1 and c.sharding in (Sharding.FSDP, Sharding.HSDP)
+        if pipelined:
+            A = 1
         wb, gb = _weight_bytes(c.precision), _grad_bytes(c.precision)
         params = self.sh.params / (self.tp * self.pp)
         grads = self.trainable() / (self.tp * self.pp) * gb
@@ -1153,7 +1162,8 @@ class _Step:
             ag = share * params * wb / bw
             rs = share * grads / bw
             exp_f = max(ag / L, ag - eta * fwd)
-            exp_b = max((ag + rs) / L, ag + rs - eta * bwd)
+            regather = 0.0 if pipelined else ag  # no reshard after forward under PP
+            exp_b = max((regather + rs) / L, regather + rs - eta * bwd)
             exposed = (exp_f + exp_b) * A
             detail = f"FSDP/ZeRO-3 over {n} ranks ({name})"
             if c.sharding is Sharding.HSDP and self.dp > n:

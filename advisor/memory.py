@@ -27,9 +27,10 @@ chunked linear cross-entropy in plain PyTorch) is measured in ``tests/test_memor
 
 Parallel layouts divide the per-device share: tensor parallelism with sequence parallelism
 splits block matrices, the vocabulary and every activation by ``tp`` (Shoeybi et al. 2019;
-Korthikanti et al. 2022); pipeline parallelism keeps ``ceil(L/pp)`` blocks per stage while
-the first stage holds the activations of up to ``pp`` micro-batches under 1F1B (Narayanan et
-al. 2021); expert parallelism splits the experts; ZeRO/FSDP shard model states over the
+Korthikanti et al. 2022); pipeline parallelism places whole blocks on each model chunk
+(:func:`pipeline_split`) and each rank holds the activations its schedule keeps in flight
+(:func:`inflight_block_microbatches`: 1F1B and interleaved 1F1B, Narayanan et al. 2021);
+expert parallelism splits the experts; ZeRO/FSDP shard model states over the
 data-parallel (or, hybrid, the shard-group) degree (Rajbhandari et al. 2020; Zhao et al. 2023).
 """
 
@@ -1230,12 +1231,18 @@ def _is_row_parallel(name: str) -> bool:
     return name in ("o", "down") or name.endswith("_down") or name.startswith("down")
 
 
-# (ids of the input tensors, tp, ep, pp, stage, L, tied) -> (the input tensors, the result).
+# (ids of the input tensors, tp, ep, pp, stage, L, tied, the stage's blocks) -> (the input
+# tensors, the result).
 _LOCAL: dict[tuple[object, ...], tuple[tuple[ParamTensor, ...], tuple[ParamTensor, ...]]] = {}
 
 
 def _local_tensors(
-    tensors: list[ParamTensor], config: TrainingConfig, stage: str, d: dict[str, int], tied: bool
+    tensors: list[ParamTensor],
+    config: TrainingConfig,
+    stage: str,
+    d: dict[str, int],
+    tied: bool,
+    stage_layers: int | None = None,
 ) -> list[ParamTensor]:
     """:func:`_layout_tensors` for ``config``'s layout, memoised.
 
@@ -1245,29 +1252,38 @@ def _local_tensors(
     them alive, so their ids cannot be reused while it exists.
     """
     tp, ep, pp = config.tensor_parallel, config.expert_parallel, config.pipeline_parallel
-    key = (tuple(map(id, tensors)), tp, ep, pp, stage, d["L"], tied)
+    if stage_layers is None:
+        stage_layers = d["L"] if pp == 1 else max(map(sum, pipeline_split(d["L"], pp)))
+    key = (tuple(map(id, tensors)), tp, ep, pp, stage, d["L"], tied, stage_layers)
     hit = _LOCAL.get(key)
     if hit is None:
         if len(_LOCAL) > 4096:
             _LOCAL.clear()
-        result = _layout_tensors(tensors, tp, ep, pp, stage, d["L"], tied)
+        result = _layout_tensors(tensors, tp, ep, pp, stage, d["L"], tied, stage_layers)
         hit = _LOCAL[key] = (tuple(tensors), tuple(result))
     return list(hit[1])
 
 
 def _layout_tensors(
-    tensors: list[ParamTensor], tp: int, ep: int, pp: int, stage: str, layers: int, tied: bool
+    tensors: list[ParamTensor],
+    tp: int,
+    ep: int,
+    pp: int,
+    stage: str,
+    layers: int,
+    tied: bool,
+    stage_layers: int,
 ) -> list[ParamTensor]:
     """The parameter tensors one device holds under the layout (before ZeRO sharding).
 
-    ``stage`` is ``only`` without pipeline parallelism, else ``first`` or ``last``. Block
-    tensors keep ``ceil(L/pp)`` layers per stage; the embedding sits on the first stage, the
-    final norm and LM head on the last (a tied head keeps a copy of the embedding there, as
-    Megatron does). Tensor parallelism splits block matrices and the vocabulary by ``tp``
-    (norms and the router are replicated); expert parallelism splits the experts by ``ep``.
+    ``stage`` is ``only`` without pipeline parallelism, else ``first``, ``middle`` or
+    ``last``. Block tensors keep the ``stage_layers`` blocks of the stage
+    (:func:`pipeline_split`); the embedding sits on the first stage, the final norm and LM
+    head on the last (a tied head keeps a copy of the embedding there, as Megatron does).
+    Tensor parallelism splits block matrices and the vocabulary by ``tp`` (norms and the
+    router are replicated); expert parallelism splits the experts by ``ep``.
     """
     L = max(layers, 1)
-    stage_layers = math.ceil(L / pp)
     first, last = stage in ("only", "first"), stage in ("only", "last")
     out: list[ParamTensor] = []
     for t in tensors:
@@ -1298,6 +1314,79 @@ def _layout_tensors(
         heads = math.ceil(t.heads / tp) if t.heads else 0
         out.append(ParamTensor(t.name, shape, t.role, count, heads, t.per_layer, t.expert))
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def pipeline_split(layers: int, pp: int, v: int = 1) -> tuple[tuple[int, ...], ...]:
+    """The blocks of each model chunk: ``split[rank][chunk]`` for virtual stage ``chunk*pp+rank``.
+
+    Layers that divide evenly into the ``pp x v`` chunks are split evenly (Megatron-LM
+    requires it). Otherwise torchtitan's default split: the embedding and the LM head count
+    as one block each, the ``L + 2`` units are dealt out evenly (the first chunks take the
+    remainder) and the first and last chunk give up the unit of the embedding and the head
+    (``generate_llm_fqn_per_model_part``, input and output weight 1). For Llama 3 405B's
+    126 layers on 16 stages x 8 chunks this is the paper's split: "the first model chunk on
+    the first stage has only the embedding, and the last model chunk on the last stage has
+    only output projection and loss calculation" (Dubey et al. 2024, sec. 3.3.2).
+
+    Args:
+        layers: the model's blocks.
+        pp: pipeline stages (ranks).
+        v: model chunks per rank (interleaved schedule), 1 for plain 1F1B.
+
+    Raises:
+        UserError: when there are fewer units than chunks (torchtitan refuses empty stages).
+    """
+    chunks = pp * v
+    if layers % chunks == 0:
+        blocks = [layers // chunks] * chunks
+    else:
+        per_chunk, extra = divmod(layers + 2, chunks)
+        if per_chunk < 1:
+            raise UserError(
+                f"{layers} layers cannot fill {pp} pipeline stages of {v} chunks each",
+                "pick fewer pipeline or virtual stages",
+            )
+        blocks = [per_chunk + (1 if c < extra else 0) for c in range(chunks)]
+        blocks[0] -= 1
+        blocks[-1] -= 1
+    return tuple(tuple(blocks[c * pp + r] for c in range(v)) for r in range(pp))
+
+
+@functools.lru_cache(maxsize=4096)
+def inflight_block_microbatches(
+    split: tuple[tuple[int, ...], ...], rank: int, microbatches: int
+) -> int:
+    """The most block-micro-batches of activations ``rank`` holds over a step's schedule.
+
+    1F1B (``v = 1``): rank ``r`` runs ``pp - r - 1`` warm-up forwards, then alternates one
+    forward and one backward (Narayanan et al. 2021, sec. 2.2.1), so ``min(m, pp - r)``
+    micro-batches are in flight. Interleaved 1F1B (``v > 1``) runs its chunks depth-first in
+    rounds of ``N`` micro-batches (``N = m // max(1, m // pp)``, torch.distributed.pipelining's
+    ``microbatches_per_round``; Megatron-LM's default group is ``pp``): ``(v-1) N + 2 (pp-r-1)``
+    warm-up forwards (all ``v m`` when there are not more), then one forward and one backward
+    per step. Forward ``k`` runs chunk ``(k // N) % v`` and backward ``k`` chunk
+    ``v - 1 - (k // N) % v``, each adding or freeing that chunk's blocks. The schedule is
+    replayed: with uneven chunks (Llama 3's embedding-only first chunk, a lighter last one)
+    the peak need not be at the end of the warm-up. The steady steps repeat with period
+    ``v N`` (both counts advance by ``N`` times the rank's blocks per period), so one period
+    is replayed.
+    """
+    pp, v = len(split), len(split[0])
+    blocks = split[rank]
+    m = max(microbatches, 1)
+    if v == 1:
+        group, warmup = m, min(m, pp - rank - 1)
+    else:
+        group = m // max(1, m // pp)
+        warmup = min(v * m, (v - 1) * group + 2 * (pp - rank - 1))
+    live = sum(blocks[(k // group) % v] for k in range(warmup))
+    peak = live
+    for k in range(min(v * m - warmup, v * group)):
+        live += blocks[((warmup + k) // group) % v]
+        peak = max(peak, live)
+        live -= blocks[v - 1 - (k // group) % v]
+    return peak
 
 
 def estimate_memory(
@@ -1334,22 +1423,53 @@ def estimate_memory(
     """
     d = _shape_of(spec)
     _check_layout(spec, config, d)
-    if config.pipeline_parallel == 1:
-        return _estimate_stage(spec, config, optimizer, device, lora_targets, "only", _totals_only)
-    first = _estimate_stage(spec, config, optimizer, device, lora_targets, "first", _totals_only)
-    last = _estimate_stage(spec, config, optimizer, device, lora_targets, "last", _totals_only)
-    worst = first if first.total_bytes >= last.total_bytes else last
-    other = last if worst is first else first
-    note = (
-        f"pipeline {config.pipeline_parallel} stages: the {'first' if worst is first else 'last'}"
-        f" stage is the largest ({other.total_bytes / 2**30:.1f} GiB on the other end)"
+    pp = config.pipeline_parallel
+    if pp == 1:
+        return _estimate_stage(
+            spec, config, optimizer, device, lora_targets, "only", d["L"], 0, _totals_only
+        )
+    split = pipeline_split(d["L"], pp, config.virtual_stages)
+    held = [inflight_block_microbatches(split, r, config.grad_accumulation) for r in range(pp)]
+    # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
+    # are always candidates; a middle rank only when it holds more blocks or more
+    # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest
+    # of them, as the middle ranks differ in nothing else.
+    ranks = [0, pp - 1]
+    middle = max(range(1, pp - 1), key=lambda r: (held[r], sum(split[r])), default=None)
+    if middle is not None and (held[middle] > held[0] or sum(split[middle]) > sum(split[0])):
+        ranks.insert(1, middle)
+    stages = [
+        _estimate_stage(
+            spec,
+            config,
+            optimizer,
+            device,
+            lora_targets,
+            "first" if r == 0 else "last" if r == pp - 1 else "middle",
+            sum(split[r]),
+            held[r],
+            _totals_only,
+        )
+        for r in ranks
+    ]
+    worst = max(range(len(ranks)), key=lambda i: stages[i].total_bytes)
+    if _totals_only:
+        return stages[worst]  # memory_totals reads its numbers, not the note
+    others = ", ".join(
+        f"rank {r}: {est.total_bytes / 2**30:.1f} GiB"
+        for i, (r, est) in enumerate(zip(ranks, stages, strict=True))
+        if i != worst
     )
-    return worst.model_copy(update={"notes": [*worst.notes, note]})
+    note = (
+        f"pipeline {pp} stages: rank {ranks[worst]} ({sum(split[ranks[worst]])} blocks) is the "
+        f"largest ({others})"
+    )
+    return stages[worst].model_copy(update={"notes": [*stages[worst].notes, note]})
 
 
 @dataclass(frozen=True)
 class _StageStatic:
-    """What one pipeline stage holds whatever the micro-batch: the layout's tensors, the
+    """What one pipeline rank holds whatever the micro-batch: the layout's tensors, the
     weights, gradients, master weights and optimizer states (see :func:`_stage_static`)."""
 
     mem: OptimizerMemory
@@ -1360,8 +1480,6 @@ class _StageStatic:
     d: dict[str, int]
     tp: int
     pp: int
-    stage_layers: int
-    first: bool
     last: bool
     tensors: list[ParamTensor]
     local_params: int
@@ -1376,8 +1494,9 @@ class _StageStatic:
     head_trainable: int
 
 
-# The configuration fields :func:`_stage_static` reads (the rest act through activations,
-# the loss, checkpointing, offload and the phases: tests/test_search_caches.py holds it).
+# The configuration fields :func:`_stage_static` reads, besides whether gradients are
+# accumulated (the rest act through activations, the loss, checkpointing, offload and the
+# phases: tests/test_search_caches.py holds it).
 _STATIC_FIELDS = (
     "task",
     "optimizer",
@@ -1391,8 +1510,9 @@ _STATIC_FIELDS = (
     "pipeline_parallel",
     "expert_parallel",
 )
-# (ids of the spec and the optimizer, LoRA targets, stage, the fields read) -> (the spec
-# and the optimizer, kept alive so their ids are not reused; the stage's fixed part).
+# (ids of the spec and the optimizer, LoRA targets, stage, its blocks, accumulation or not,
+# the fields read) -> (the spec and the optimizer, kept alive so their ids are not reused;
+# the rank's fixed part).
 _STATIC: dict[tuple[object, ...], tuple[tuple[object, ...], _StageStatic]] = {}
 
 
@@ -1402,6 +1522,7 @@ def _static_of(
     optimizer: Technique | OptimizerMemory,
     lora_targets: frozenset[str],
     stage: str,
+    stage_layers: int,
 ) -> _StageStatic:
     """:func:`_stage_static`, memoised.
 
@@ -1413,13 +1534,15 @@ def _static_of(
         id(optimizer),
         lora_targets,
         stage,
+        stage_layers,
+        config.grad_accumulation > 1,
         *[getattr(config, f) for f in _STATIC_FIELDS],
     )
     hit = _STATIC.get(key)
     if hit is None:
         if len(_STATIC) > 4096:
             _STATIC.clear()
-        value = _stage_static(spec, config, optimizer, lora_targets, stage)
+        value = _stage_static(spec, config, optimizer, lora_targets, stage, stage_layers)
         hit = _STATIC[key] = ((spec, optimizer), value)
     return hit[1]
 
@@ -1430,6 +1553,7 @@ def _stage_static(
     optimizer: Technique | OptimizerMemory,
     lora_targets: frozenset[str],
     stage: str,
+    stage_layers: int,
 ) -> _StageStatic:
     mem, opt_id = _memory_of(optimizer)
     dt = _dtypes(config.precision)
@@ -1439,9 +1563,10 @@ def _stage_static(
     d = _shape_of(spec)
     L = d["L"]
     tp, pp = config.tensor_parallel, config.pipeline_parallel
-    stage_layers = math.ceil(L / pp)
-    first, last = stage in ("only", "first"), stage in ("only", "last")
-    tensors = _local_tensors(full_tensors, config, stage, d, bool(spec.tie_word_embeddings))
+    last = stage in ("only", "last")
+    tensors = _local_tensors(
+        full_tensors, config, stage, d, bool(spec.tie_word_embeddings), stage_layers
+    )
     local_params = _count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
@@ -1454,6 +1579,25 @@ def _stage_static(
     stage_zero = config.sharding.zero_stage
     if config.sharding is not Sharding.NONE and n == 1:
         notes.append("sharding over 1 device divides nothing")
+    # Pipeline engines accumulate a step's micro-batches into unsharded gradients, reduced
+    # once at the end. torch.distributed.pipelining (torchtitan) runs every backward but the
+    # last with FSDP2's gradient sync and reshard-after-backward off (stage.py,
+    # ``backward_maybe_with_nosync``): parameters stay gathered and gradients accumulate
+    # unsharded in the reduce dtype (``FSDPParam.to_accumulated_grad_if_needed``; torchtitan
+    # reduces in fp32). Megatron-LM accumulates into an fp32 ``main_grad`` buffer
+    # (``accumulate_allreduce_grads_in_fp32``, forced on with bf16) and its distributed
+    # optimizer shards states and master weights only (ZeRO-1).
+    pipelined = (
+        pp > 1
+        and config.grad_accumulation > 1
+        and config.sharding in (Sharding.NONE, Sharding.ZERO1, Sharding.FSDP, Sharding.HSDP)
+    )
+    if pipelined and stage_zero > 1:
+        stage_zero = 1
+        notes.append(
+            "FSDP under pipeline parallelism: parameters stay gathered and gradients "
+            "unsharded across the step's micro-batches (torch.distributed.pipelining)"
+        )
 
     def shard(x: float, from_stage: int) -> int:
         # ZeRO (Rajbhandari et al. 2020): stage 1 partitions optimizer states (and the fp32
@@ -1506,7 +1650,8 @@ def _stage_static(
     # ---- gradients, master weights, optimizer states
     layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
     head_trainable = p_t - layer_trainable  # embedding / LM head / final norm of this stage
-    grad_full = shard(p_t_grad * dt.grad, 2)
+    grad_bytes = 4 if pipelined and dt.master else dt.grad  # fp32 accumulation (see above)
+    grad_full = shard(p_t_grad * grad_bytes, 2)
     if config.optimizer_in_backward and not zeroth:
         # Per-layer updates (LOMO, Lv et al. 2023; GaLore, Zhao et al. 2024): each block's
         # gradients are stepped and freed as soon as they are ready: at most the block being
@@ -1529,8 +1674,6 @@ def _stage_static(
         d=d,
         tp=tp,
         pp=pp,
-        stage_layers=stage_layers,
-        first=first,
         last=last,
         tensors=tensors,
         local_params=local_params,
@@ -1553,13 +1696,17 @@ def _estimate_stage(
     device: DeviceOverheads | None,
     lora_targets: frozenset[str],
     stage: str,
+    stage_layers: int,
+    held_blocks: int,
     totals_only: bool = False,
 ) -> MemoryEstimate:
-    st = _static_of(spec, config, optimizer, lora_targets, stage)
+    """One pipeline rank's estimate: ``stage_layers`` blocks, ``held_blocks`` block-micro-
+    batches of activations in flight (:func:`inflight_block_microbatches`; unused without
+    pipeline parallelism)."""
+    st = _static_of(spec, config, optimizer, lora_targets, stage, stage_layers)
     mem, opt_id, dt, params, d = st.mem, st.opt_id, st.dt, st.params, st.d
-    tp, pp, stage_layers, first, last = st.tp, st.pp, st.stage_layers, st.first, st.last
-    tensors, local_params, zeroth, adapters = st.tensors, st.local_params, st.zeroth, st.adapters
-    n, stage_zero, p_t = st.n, st.stage_zero, st.p_t
+    tp, pp, last, tensors, local_params = st.tp, st.pp, st.last, st.tensors, st.local_params
+    zeroth, adapters, n, stage_zero, p_t = st.zeroth, st.adapters, st.n, st.stage_zero, st.p_t
     layer_bytes, layer_trainable, head_trainable = (
         st.layer_bytes,
         st.layer_trainable,
@@ -1568,7 +1715,7 @@ def _estimate_stage(
     notes = list(st.notes)
     bd = dict(st.bd)
     device = device or DeviceOverheads()
-    L, b, s = d["L"], config.micro_batch, config.seq_len
+    b, s = config.micro_batch, config.seq_len
 
     def shard(x: float, from_stage: int) -> int:
         # ZeRO (Rajbhandari et al. 2020): as in _stage_static.
@@ -1613,22 +1760,16 @@ def _estimate_stage(
         if last
         else LossMemory(saved_bytes=0, output_bytes=0, transient_bytes=0)
     )
-    # 1F1B: the first stage holds the activations of min(pp, micro-batches) micro-batches;
-    # interleaving v model chunks adds (1 + (pp-1)/(pp*v)) (Narayanan et al. 2021;
-    # Korthikanti et al. 2022, sec. 4.2.3). The last stage holds one.
+    # The rank's schedule keeps ``held_blocks`` block-micro-batches of activations alive
+    # (inflight_block_microbatches); ``inflight`` is that in micro-batches of the whole stage.
     inflight = 1.0
-    if pp > 1 and first:
-        inflight = float(min(pp, config.grad_accumulation))
-        if config.virtual_stages > 1:
-            inflight *= 1 + (pp - 1) / (pp * config.virtual_stages)
-        if L % (pp * config.virtual_stages):
-            # Uneven stages, as Llama 3 ran (one layer fewer on the first and last stage,
-            # Dubey et al. 2024, sec. 3.3.2): the busiest stage holds ceil(L/pp) layers.
-            notes.append(
-                f"{L} layers do not split evenly into {pp} x {config.virtual_stages} chunks: "
-                f"the largest stage holds {stage_layers}"
-            )
-        notes.append(f"1F1B: {inflight:.2f} micro-batches of activations in flight")
+    if pp > 1:
+        inflight = held_blocks / stage_layers if stage_layers else 1.0
+        schedule = "interleaved 1F1B" if config.virtual_stages > 1 else "1F1B"
+        notes.append(
+            f"{schedule}: {held_blocks} block-micro-batches of activations in flight on this "
+            f"rank's {stage_layers} blocks"
+        )
     block_input = math.ceil(dt.residual * b * s * d["h"] / tp)
     if zeroth:
         # Inference-like: one block's forward working set, logits and the fp32 upcast.

@@ -236,6 +236,8 @@ def test_memory_totals_are_the_estimates_numbers(device: DeviceOverheads | None)
 
 def _alternatives(field: str, value: Any) -> list[Any]:
     """A few other values of a configuration field, whatever its type."""
+    if field == "grad_accumulation":
+        return [2, 8] if value > 1 else [1]  # the key holds whether it accumulates
     if isinstance(value, Enum):
         return list(type(value))
     if isinstance(value, bool):
@@ -248,8 +250,8 @@ def _alternatives(field: str, value: Any) -> list[Any]:
 
 
 def test_the_fixed_part_of_a_stage_reads_only_its_fields() -> None:
-    # The memo key of memory._static_of names the fields _stage_static reads: changing any
-    # other field changes nothing it returns.
+    # The memo key of memory._static_of names the fields _stage_static reads (and whether
+    # gradients accumulate): changing any other field changes nothing it returns.
     tax = load_taxonomy()
     others = [f for f in TrainingConfig.model_fields if f not in memory._STATIC_FIELDS]
     assert "micro_batch" in others and "checkpointing" in others
@@ -264,18 +266,24 @@ def test_the_fixed_part_of_a_stage_reads_only_its_fields() -> None:
             tensor_parallel=2,
             pipeline_parallel=2,
             gpus=4,
-            sharding=Sharding.ZERO1,
+            sharding=Sharding.FSDP,
+            grad_accumulation=4,
         ),
+        TrainingConfig(task=Task.PRETRAIN, pipeline_parallel=4, gpus=2, sharding=Sharding.ZERO1),
     ]
     checked = 0
     for base in bases:
         opt = tax.get(base.optimizer)
-        for stage in ("only", "first", "last") if base.pipeline_parallel > 1 else ("only",):
-            expected = memory._stage_static(LLAMA, base, opt, DEFAULT_LORA_TARGETS, stage)
+        stages = ("first", "middle", "last") if base.pipeline_parallel > 1 else ("only",)
+        for stage in stages:
+            layers = 32 // base.pipeline_parallel
+            expected = memory._stage_static(LLAMA, base, opt, DEFAULT_LORA_TARGETS, stage, layers)
             for field in others:
                 for value in _alternatives(field, getattr(base, field)):
                     changed = base.model_copy(update={field: value})
-                    got = memory._stage_static(LLAMA, changed, opt, DEFAULT_LORA_TARGETS, stage)
+                    got = memory._stage_static(
+                        LLAMA, changed, opt, DEFAULT_LORA_TARGETS, stage, layers
+                    )
                     assert got == expected, (field, value)
                     checked += 1
     assert checked > 50
