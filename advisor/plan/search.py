@@ -148,8 +148,14 @@ class Evaluator:
         return t
 
     def fits(self, c: TrainingConfig) -> bool:
-        # NOTE: most plans a binary search tries are never shown: their peak and offloaded
-        # bytes (memory_totals, the same numbers) do without the phases and notes.
+        m = self.totals(c)
+        return m.total_bytes <= self.usable and host_fits(self.ctx, c, m) is None
+
+    def totals(self, c: TrainingConfig) -> MemoryEstimate | MemoryTotals:
+        """The peak and offloaded bytes of ``c``: what a fit test or a rejection reads.
+
+        NOTE: most plans a binary search tries are never shown: their peak and offloaded
+        bytes (memory_totals, the same numbers) do without the phases and notes."""
         m: MemoryEstimate | MemoryTotals | None = self._mem.get(c) or self._totals.get(c)
         if m is None:
             key = self._state_key(c)
@@ -159,7 +165,7 @@ class Evaluator:
                 if key:
                     self._totals_by_state[key] = m
             self._totals[c] = m
-        return m.total_bytes <= self.usable and host_fits(self.ctx, c, m) is None
+        return m
 
     def _state_key(self, c: TrainingConfig) -> tuple[object, ...] | None:
         """What the memory model reads of ``c``: its optimizer's state signature, and every
@@ -313,7 +319,7 @@ def reject(
     techniques: list[str],
     reason: str,
     kind: RejectionKind,
-    m: MemoryEstimate | None = None,
+    m: MemoryEstimate | MemoryTotals | None = None,
 ) -> Rejection:
     """A rejection record."""
     return Rejection(
@@ -329,7 +335,7 @@ def reject(
 
 def memory_reason(ctx: Context, ev: Evaluator, c: TrainingConfig) -> tuple[str, RejectionKind]:
     """Why a configuration does not fit (device memory first, then the host)."""
-    m = ev.memory(c)
+    m = ev.totals(c)
     if m.total_bytes > ev.usable:
         return (
             f"needs {format_bytes(m.total_bytes)} per device > {format_bytes(ev.usable)} "
@@ -620,7 +626,7 @@ class _Search:
         if found is None:
             smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
             reason, kind = memory_reason(self.ctx, self.ev, smallest)
-            m = self.ev.memory(smallest)
+            m = self.ev.totals(smallest)
             if reason:
                 self.rejected.setdefault(
                     smallest, reject(smallest, techniques, reason + _at(smallest), kind, m)
