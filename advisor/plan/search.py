@@ -602,7 +602,8 @@ class _Search:
         reason, kind = known
         if reason is None:
             return techniques
-        self.rejected.setdefault(c, reject(c, techniques, reason, kind))
+        if c not in self.rejected:  # the first reason stands (built once: not via setdefault)
+            self.rejected[c] = reject(c, techniques, reason, kind)
         return None
 
     # -- one skeleton (core x savers x layout) through the batch geometry
@@ -627,9 +628,9 @@ class _Search:
             smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
             reason, kind = memory_reason(self.ctx, self.ev, smallest)
             m = self.ev.totals(smallest)
-            if reason:
-                self.rejected.setdefault(
-                    smallest, reject(smallest, techniques, reason + _at(smallest), kind, m)
+            if reason and smallest not in self.rejected:
+                self.rejected[smallest] = reject(
+                    smallest, techniques, reason + _at(smallest), kind, m
                 )
             return None
         cfg, g = found
