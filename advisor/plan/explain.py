@@ -113,7 +113,7 @@ def why_not(
             out.append(
                 WhyNot(
                     option=label,
-                    verdict=f"fits ({format_bytes(p.memory.total_bytes)}, micro-batch "
+                    verdict=f"fits ({format_bytes(p.peak_bytes)}, micro-batch "
                     f"{p.config.micro_batch}) but ranks #{position + 1} of {len(rows)}: "
                     f"{p.cost.seconds:.3g} s/step, {_steps(ctx, p):.3g}x AdamW's steps to "
                     f"its loss, rule score {p.rule_score:+g}",

@@ -56,13 +56,13 @@ def rank_plans(
                 objective_score(
                     objective,
                     p.seconds_per_token,
-                    p.memory.total_bytes,
+                    p.peak_bytes,
                     usable,
                     p.rule_score,
                     steps[id(p)],
                 ),
                 p.seconds_per_token,
-                p.memory.total_bytes,
+                p.peak_bytes,
                 describe_config(p.config),
                 p,
             )
@@ -110,15 +110,15 @@ def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) ->
     for group in kinds.values():
         # Sorted by time, a plan is dominated when an earlier (no slower) one also has no
         # more memory and no lower rule score.
-        group = sorted(group, key=lambda p: (p.seconds_per_token, p.memory.total_bytes))
+        group = sorted(group, key=lambda p: (p.seconds_per_token, p.peak_bytes))
         for i, a in enumerate(group):
             if not any(
                 b.seconds_per_token <= a.seconds_per_token
-                and b.memory.total_bytes <= a.memory.total_bytes
+                and b.peak_bytes <= a.peak_bytes
                 and b.rule_score >= a.rule_score
                 and (
                     b.seconds_per_token < a.seconds_per_token
-                    or b.memory.total_bytes < a.memory.total_bytes
+                    or b.peak_bytes < a.peak_bytes
                     or b.rule_score > a.rule_score
                 )
                 for b in group[:i]
@@ -142,6 +142,6 @@ def _same_row(a: Plan, b: Plan) -> bool:
     if full and _bare_16_bit(ca.precision) != _bare_16_bit(cb.precision):
         return False
     close_t = abs(a.seconds_per_token - b.seconds_per_token) <= EQUIVALENT * a.seconds_per_token
-    ma, mb = a.memory.total_bytes, b.memory.total_bytes
+    ma, mb = a.peak_bytes, b.peak_bytes
     close_m = abs(ma - mb) <= EQUIVALENT * max(ma, mb)
     return close_t and close_m

@@ -9,6 +9,7 @@ into it as an "also"). ``exhaustive=True`` turns the shortcuts off (for the benc
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,13 +66,20 @@ class Plan:
     config: TrainingConfig
     layout: Layout
     techniques: list[str]
-    memory: MemoryEstimate
+    peak_bytes: int  # the per-device peak, memory.total_bytes (ranking reads only this)
     cost: StepCost
     rule_score: float
     global_batch: int
     exact_batch: bool  # micro x accumulation x dp = the global batch
+    evaluator: Evaluator = field(repr=False, compare=False)
     batch_note: str = ""
     aliases: list[str] = field(default_factory=list)  # equivalent labels folded in
+
+    @functools.cached_property
+    def memory(self) -> MemoryEstimate:
+        """The full estimate (phases, breakdown, notes), built when a report row asks for
+        it: of the hundreds of plans a search finds, the ranking reads only the peak."""
+        return self.evaluator.memory(self.config)
 
     @property
     def tokens(self) -> int:
@@ -644,7 +652,8 @@ class _Search:
             config=cfg,
             layout=layout,
             techniques=techniques,
-            memory=self.ev.memory(cfg),
+            peak_bytes=self.ev.totals(cfg).total_bytes,
+            evaluator=self.ev,
             cost=self.ev.time(cfg),
             rule_score=self.decision.score(techniques),
             global_batch=g.global_batch,
@@ -1174,7 +1183,7 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
                     objective_score(
                         objective,
                         p.seconds_per_token,
-                        p.memory.total_bytes,
+                        p.peak_bytes,
                         s.ev.usable,
                         p.rule_score,
                     ),
