@@ -912,7 +912,7 @@ def search(
         aliases.update({("layout", k): v for k, v in layout_aliases.items()})
         # The leanest core at the reference point (least memory): where the baseline core
         # does not fit a layout, it may.
-        lean = min(every, key=lambda c: s.ev.memory(layouts[0].apply(c)).total_bytes)
+        lean = min(every, key=lambda c: s.ev.totals(layouts[0].apply(c)).total_bytes)
         chosen = _best_layouts(s, layouts, list(dict.fromkeys([first, lean])))
     for _task, cores in cores_by_task.items():
         for layout in chosen:
@@ -979,7 +979,7 @@ def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point |
     techniques = s.allowed(c)
     if techniques is None:
         return None
-    m = s.ev.memory(c)
+    m = s.ev.totals(c)
     table = _clash_table(s.ctx.taxonomy)
     clashes = {
         other
@@ -1192,7 +1192,7 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
             )
             scored.append((*best, len(scored), lay))
         c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
-        frugal.append((s.ev.memory(c).total_bytes, lay))
+        frugal.append((s.ev.totals(c).total_bytes, lay))
     chosen = [x[-1] for x in sorted(scored, key=lambda x: x[:3])[:TOP_LAYOUTS]]
     lightest = min(frugal, key=lambda x: x[0])[1]
     if lightest not in chosen:
