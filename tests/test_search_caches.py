@@ -149,8 +149,23 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
         gpus=8,
         calibrate=False,
     )
+    searches: list[search.SearchResult] = []
+    run_search = search.search
+
+    def keep(*args: Any, **kwargs: Any) -> search.SearchResult:
+        searches.append(run_search(*args, **kwargs))
+        return searches[-1]
+
+    monkeypatch.setattr("advisor.plan.report.search", keep)
     run_recommend(req)
     ev = evaluators[-1]
+    # A plan's peak (what the ranking reads) is its full estimate's, built on demand.
+    plans = searches[-1].plans
+    assert plans
+    for p in plans[:40]:
+        assert p.peak_bytes == p.memory.total_bytes == estimate(ev.ctx, p.config).total_bytes
+    for c in list(ev._totals)[:400]:
+        ev.memory(c)  # full estimates of many plans: some share a state signature
     shared = 0
     for c, m in ev._mem.items():
         assert m == estimate(ev.ctx, c), c
