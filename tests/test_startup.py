@@ -193,7 +193,7 @@ def _configs() -> list[Config]:
 
 
 def _forget() -> None:
-    for cache in (memory._LOCAL, memory._STATES, memory._COUNTS):
+    for cache in (memory._LOCAL, memory._STATES, memory._COUNTS, memory._STATIC):
         cache.clear()
 
 

@@ -218,9 +218,9 @@ def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) 
         if tid not in table:
             continue
         incompatible, dtypes = table[tid]
-        clash = sorted(present & incompatible)
+        clash = present & incompatible
         if clash:
-            return f"{tid} is incompatible with {', '.join(clash)}"
+            return f"{tid} is incompatible with {', '.join(sorted(clash))}"
         if dtypes and not dtypes & _compute_dtypes(config.precision):
             return f"{tid} needs {'/'.join(sorted(dtypes))} compute, not {config.precision.value}"
     if config.task is Task.QLORA and config.precision in (
