@@ -164,7 +164,7 @@ class Evaluator:
 
         NOTE: most plans a binary search tries are never shown: their peak and offloaded
         bytes (memory_totals, the same numbers) do without the phases and notes."""
-        m: MemoryEstimate | MemoryTotals | None = self._mem.get(c) or self._totals.get(c)
+        m: MemoryEstimate | MemoryTotals | None = self._totals.get(c) or self._mem.get(c)
         if m is None:
             key = self._state_key(c)
             m = self._totals_by_state.get(key) if key else None
@@ -591,6 +591,7 @@ class _Search:
         self.ladder = saver_ladder(ctx, space)
         self._verdicts: dict[tuple[object, ...], tuple[str | None, RejectionKind]] = {}
         self.pruned_rungs = 0
+        self._rungs: dict[tuple[Savers, bool], Savers] = {}
         self.in_backward = True in space.optimizer_in_backward and (
             "fused-backward-step" in ctx.taxonomy
         )
@@ -706,7 +707,7 @@ class _Search:
                 break  # NVMe only when host RAM is not enough
             best, last_fit = float("inf"), True
             for rung in level:
-                cfg = replace(rung, optimizer_in_backward=per_layer).apply(base)
+                cfg = self._rung(rung, per_layer).apply(base)
                 if best < float("inf") and not memory_first and self._no_better(cfg, per, best):
                     continue
                 p = self.plan(cfg, layout, smallest_first=not last_fit)
@@ -714,7 +715,7 @@ class _Search:
                 if try_whole and p is not None and p.config.micro_batch < per:
                     # Per-layer updates free the gradient buffer; if that lets the whole
                     # per-replica batch fit at once, the plan still reaches the global batch.
-                    whole = replace(rung, optimizer_in_backward=True).apply(base)
+                    whole = self._rung(rung, True).apply(base)
                     one = whole.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
                     if self.allowed(one) is not None and self.ev.fits(one):
                         q = self.plan(whole, layout)
@@ -740,6 +741,15 @@ class _Search:
                 if p.config.micro_batch >= per:
                     break
         return out
+
+    def _rung(self, rung: Savers, per_layer: bool) -> Savers:
+        """``rung`` with or without per-layer updates (built once each: the ladder is walked
+        for every core and layout)."""
+        key = (rung, per_layer)
+        hit = self._rungs.get(key)
+        if hit is None:
+            hit = self._rungs[key] = replace(rung, optimizer_in_backward=per_layer)
+        return hit
 
     def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole
