@@ -532,8 +532,8 @@ def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
     """The memory-saver combinations, by offload level (none, then the optimizer and the
     parameters to host RAM, Ren et al. 2021, then to NVMe, Rajbhandari et al. 2021), each
     level in the order of its expected slowdown: fused loss (no slower; Hsu et al. 2024),
-    selective then full recomputation (Korthikanti et al. 2022: ~2.7% and ~33% more
-    compute), activation offload."""
+    activation offload, then selective to full recomputation (Korthikanti et al. 2022: ~2.7%
+    and ~33% more compute), each also with activation offload."""
     fused = True in space.fused_loss and FUSED_LOSS_ID in ctx.taxonomy
     # In order of extra compute: attention core (~3%), torchtitan's op-level SAC (every other
     # matmul, ~13% on Llama 2 13B), every second block (~17%), every block (~33%).
@@ -544,7 +544,6 @@ def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
         Checkpointing.FULL,
     )
     ckpts = [c for c in order if c in space.checkpointing]
-    last = ckpts[-1] if ckpts else Checkpointing.NONE
     levels = []
     for off in space.offloads:
         act = True in space.activation_offload
@@ -553,11 +552,15 @@ def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
             rungs.append(Savers(offload=off, fused_loss=True))
         if act:
             rungs.append(Savers(offload=off, fused_loss=fused, activation_offload=True))
-        rungs += [Savers(checkpointing=ck, fused_loss=fused, offload=off) for ck in ckpts]
-        if act and last is not Checkpointing.NONE:
-            rungs.append(
-                Savers(checkpointing=last, fused_loss=fused, offload=off, activation_offload=True)
-            )
+        for ck in ckpts:
+            rungs.append(Savers(checkpointing=ck, fused_loss=fused, offload=off))
+            if act:
+                # Each recomputation level with its saved activations streamed to the host:
+                # op-level SAC plus offload can admit a micro-batch that beats full
+                # recomputation plus offload (70B on 2 x 8 H100, search_exhaustive).
+                rungs.append(
+                    Savers(checkpointing=ck, fused_loss=fused, offload=off, activation_offload=True)
+                )
         levels.append(rungs)
     return levels
 
