@@ -1376,10 +1376,12 @@ def inflight_block_microbatches(
     blocks = split[rank]
     m = max(microbatches, 1)
     if v == 1:
-        group, warmup = m, min(m, pp - rank - 1)
-    else:
-        group = m // max(1, m // pp)
-        warmup = min(v * m, (v - 1) * group + 2 * (pp - rank - 1))
+        # NOTE: one chunk: every steady step adds and frees the same blocks, so the replay's
+        # peak is the warm-up's min(m, pp - r - 1) micro-batches plus one (none when the
+        # warm-up is all of them): min(m, pp - r), without replaying m steps.
+        return min(m, pp - rank) * blocks[0]
+    group = m // max(1, m // pp)
+    warmup = min(v * m, (v - 1) * group + 2 * (pp - rank - 1))
     live = sum(blocks[(k // group) % v] for k in range(warmup))
     peak = live
     for k in range(min(v * m - warmup, v * group)):
