@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import operator
 import re
 from enum import Enum
 
@@ -476,6 +477,7 @@ _PER_STEP_FIELDS = frozenset(
     }
 )
 _MICRO_BATCH_FIELDS = tuple(f for f in TrainingConfig.model_fields if f not in _PER_STEP_FIELDS)
+_MICRO_BATCH_VALUES = operator.attrgetter(*_MICRO_BATCH_FIELDS)  # one C call per key
 _MICRO_BATCH: dict[
     tuple[object, ...],
     tuple[tuple[object, ...], tuple[dict[str, ComponentTime], float, float]],
@@ -930,7 +932,7 @@ class _Step:
             self.link_override,
             self.node,
             zeroth,
-            *[getattr(c, f) for f in _MICRO_BATCH_FIELDS],
+            _MICRO_BATCH_VALUES(c),
         )
         A = c.grad_accumulation
         scaled = _SCALED.get((key, A))

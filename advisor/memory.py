@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -1113,6 +1114,10 @@ class LossMemory(BaseModel):
     transient_bytes: int = Field(description="extra bytes while the loss backward runs")
 
 
+# The loss of a pipeline rank without the LM head (built once: frozen).
+_NO_LOSS = LossMemory(saved_bytes=0, output_bytes=0, transient_bytes=0)
+
+
 @_per_spec
 def loss_memory(
     spec: ModelSpec,
@@ -1512,6 +1517,7 @@ _STATIC_FIELDS = (
     "pipeline_parallel",
     "expert_parallel",
 )
+_STATIC_VALUES = operator.attrgetter(*_STATIC_FIELDS)  # one C call per key
 # (ids of the spec and the optimizer, LoRA targets, stage, its blocks, accumulation or not,
 # the fields read) -> (the spec and the optimizer, kept alive so their ids are not reused;
 # the rank's fixed part).
@@ -1538,7 +1544,7 @@ def _static_of(
         stage,
         stage_layers,
         config.grad_accumulation > 1,
-        *[getattr(config, f) for f in _STATIC_FIELDS],
+        _STATIC_VALUES(config),
     )
     hit = _STATIC.get(key)
     if hit is None:
@@ -1760,7 +1766,7 @@ def _estimate_stage(
             tensor_parallel=tp,
         )
         if last
-        else LossMemory(saved_bytes=0, output_bytes=0, transient_bytes=0)
+        else _NO_LOSS
     )
     # The rank's schedule keeps ``held_blocks`` block-micro-batches of activations alive
     # (inflight_block_microbatches); ``inflight`` is that in micro-batches of the whole stage.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -106,6 +107,7 @@ class SearchResult:
 
 # Every field of a configuration but its optimizer (see Evaluator._state_key).
 _BUT_OPTIMIZER = tuple(f for f in TrainingConfig.model_fields if f != "optimizer")
+_BUT_OPTIMIZER_VALUES = operator.attrgetter(*_BUT_OPTIMIZER)  # one C call per key
 
 
 class Evaluator:
@@ -179,7 +181,7 @@ class Evaluator:
         """What the memory model reads of ``c``: its optimizer's state signature, and every
         other field (None when the optimizer has none: the model refuses it)."""
         mem = self.ctx.taxonomy.get(c.optimizer).memory
-        return None if mem is None else (mem, *[getattr(c, f) for f in _BUT_OPTIMIZER])
+        return None if mem is None else (mem, _BUT_OPTIMIZER_VALUES(c))
 
     @property
     def counts(self) -> tuple[int, int]:
