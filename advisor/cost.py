@@ -51,7 +51,7 @@ from advisor.hardware import (
     GpuEfficiency,
     HardwareProfile,
 )
-from advisor.memory import selective_op_recompute_share
+from advisor.memory import saved_activation_bytes, selective_op_recompute_share
 from advisor.modelspec import Arch, ModelSpec
 from advisor.taxonomy import Technique
 
@@ -967,9 +967,11 @@ class _Step:
                 detail=f"1F1B bubble (p-1)/(m v) = {self.pp - 1}/({A}x{self.v}) of compute",
             )
         if c.activation_offload and not zeroth:
-            # Checkpointed block inputs go to host memory in forward and come back in
-            # backward on a side stream (torchao/torchtune activation offloading).
-            act = 2 * self.tokens * self.sh.hidden * self.stage_layers / self.tp
+            # What the blocks save for backward goes to host memory in forward and comes
+            # back in backward on a side stream (torchao/torchtune activation offloading):
+            # the block inputs under full recomputation, everything a block keeps without it
+            # (the memory model's count).
+            act = saved_activation_bytes(self.spec, c, math.ceil(self.stage_layers))
             moved = 2 * act / self.pcie()
             exposed = max(0.0, moved - self.eff.overlap.value * (fwd + bwd))
             parts["activation_offload"] = ComponentTime(

@@ -1396,6 +1396,89 @@ def inflight_block_microbatches(
     return peak
 
 
+class _BlockSaves(NamedTuple):
+    """What a stage's blocks keep for backward under a checkpointing mode, per micro-batch."""
+
+    per_block: int  # one block's saved bytes (what backward works on at a time)
+    per_microbatch: int  # the stage's blocks together
+    recompute: int  # the working set of one block recomputed in backward
+    note: str
+
+
+def _block_saves(
+    spec: ModelSpec, config: TrainingConfig, stage_layers: int, layer: int
+) -> _BlockSaves:
+    """The saved activations of ``stage_layers`` blocks of one micro-batch; ``layer`` is one
+    block's bytes without checkpointing (:func:`layer_activation_bytes`)."""
+    b, s, tp = config.micro_batch, config.seq_len, config.tensor_parallel
+    block_input = math.ceil(_dtypes(config.precision).residual * b * s * _shape_of(spec)["h"] / tp)
+    ckpt = config.checkpointing
+    if ckpt is Checkpointing.FULL or (
+        ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
+    ):
+        # Each block keeps its input; backward recomputes one block at a time.
+        return _BlockSaves(
+            block_input,
+            stage_layers * block_input,
+            layer,
+            "full checkpointing: block inputs kept, one block recomputed at a time",
+        )
+    if ckpt is Checkpointing.SELECTIVE_LAYER:
+        # torchtitan's layer-level selective AC wraps the n-th, 2n-th ... block in a full
+        # checkpoint (a counter over the blocks, ``_count % ac_freq == 0``); the others keep
+        # everything. The first block is checkpointed only when every block is.
+        wrapped = stage_layers // config.ac_frequency
+        return _BlockSaves(
+            layer,
+            (stage_layers - wrapped) * layer + wrapped * block_input,
+            layer if wrapped else 0,
+            f"selective-layer checkpointing: {wrapped} of {stage_layers} blocks fully "
+            f"checkpointed (every {config.ac_frequency})",
+        )
+    if ckpt is Checkpointing.SELECTIVE_OP:
+        # Op-level SAC keeps each block's input and the saved ops' outputs; backward
+        # recomputes the rest of one block at a time: that block's working set minus what
+        # it already keeps (the cached outputs are reused, not recomputed).
+        per_block = selective_op_block_bytes(
+            spec, b, s, config.attention, config.precision, stack=config.stack, tensor_parallel=tp
+        )
+        return _BlockSaves(
+            per_block,
+            stage_layers * per_block,
+            max(layer - (per_block - block_input), 0),
+            "selective-op checkpointing: block inputs and every other matmul's and the "
+            "attention kernel's outputs kept (torchtitan's op-level SAC)",
+        )
+    return _BlockSaves(layer, stage_layers * layer, 0, "")
+
+
+def saved_activation_bytes(spec: ModelSpec, config: TrainingConfig, stage_layers: int) -> int:
+    """Bytes the ``stage_layers`` blocks of one micro-batch keep for backward under the
+    configuration's checkpointing: what activation offloading streams to the host in forward
+    and back in backward (the time model prices that traffic with this count).
+
+    Args:
+        spec: the model's shapes.
+        config: micro-batch, sequence, precision, kernel stack, checkpointing, layout.
+        stage_layers: the blocks on the device (all of them without pipeline parallelism).
+    """
+    adapters = config.task in (Task.LORA, Task.QLORA)
+    layer = layer_activation_bytes(
+        spec,
+        config.micro_batch,
+        config.seq_len,
+        config.attention,
+        config.precision,
+        selective=config.checkpointing is Checkpointing.SELECTIVE,
+        lora_targets=DEFAULT_LORA_TARGETS if adapters else None,
+        lora_rank=config.lora_rank,
+        stack=config.stack,
+        tensor_parallel=config.tensor_parallel,
+        fused_norm=config.fused_norm,
+    )
+    return _block_saves(spec, config, stage_layers, layer).per_microbatch
+
+
 def estimate_memory(
     spec: ModelSpec,
     config: TrainingConfig,
@@ -1778,45 +1861,16 @@ def _estimate_stage(
             f"{schedule}: {held_blocks} block-micro-batches of activations in flight on this "
             f"rank's {stage_layers} blocks"
         )
-    block_input = math.ceil(dt.residual * b * s * d["h"] / tp)
     if zeroth:
         # Inference-like: one block's forward working set, logits and the fp32 upcast.
         per_block, stored_blocks = layer, layer
-    elif full_ckpt:
-        # Each block keeps its input; backward recomputes one block at a time.
-        per_block = block_input
-        stored_blocks = math.ceil(stage_layers * block_input * inflight)
-        bd["recompute"] = layer
-        notes.append("full checkpointing: block inputs kept, one block recomputed at a time")
-    elif ckpt is Checkpointing.SELECTIVE_LAYER:
-        # torchtitan's layer-level selective AC wraps the n-th, 2n-th ... block in a full
-        # checkpoint (a counter over the blocks, ``_count % ac_freq == 0``); the others keep
-        # everything. The first block is checkpointed only when every block is.
-        wrapped = stage_layers // config.ac_frequency
-        per_block = block_input if config.ac_frequency == 1 else layer
-        kept = (stage_layers - wrapped) * layer + wrapped * block_input
-        stored_blocks = math.ceil(kept * inflight)
-        bd["recompute"] = layer if wrapped else 0
-        notes.append(
-            f"selective-layer checkpointing: {wrapped} of {stage_layers} blocks fully "
-            f"checkpointed (every {config.ac_frequency})"
-        )
-    elif ckpt is Checkpointing.SELECTIVE_OP:
-        # Op-level SAC keeps each block's input and the saved ops' outputs; backward
-        # recomputes the rest of one block at a time: that block's working set minus what
-        # it already keeps (the cached outputs are reused, not recomputed).
-        per_block = selective_op_block_bytes(
-            spec, b, s, config.attention, config.precision, stack=config.stack, tensor_parallel=tp
-        )
-        stored_blocks = math.ceil(stage_layers * per_block * inflight)
-        bd["recompute"] = max(layer - (per_block - block_input), 0)
-        notes.append(
-            "selective-op checkpointing: block inputs and every other matmul's and the "
-            "attention kernel's outputs kept (torchtitan's op-level SAC)"
-        )
     else:
-        per_block = layer
-        stored_blocks = math.ceil(stage_layers * layer * inflight)
+        saved = _block_saves(spec, config, stage_layers, layer)
+        per_block = saved.per_block
+        stored_blocks = math.ceil(saved.per_microbatch * inflight)
+        bd["recompute"] = saved.recompute
+        if saved.note:
+            notes.append(saved.note)
     if config.activation_offload and not zeroth and stored_blocks > 2 * per_block:
         # Saved activations stream to host memory and back; the device keeps the block in
         # use and the one being prefetched (torchtune / torchao activation offloading).
@@ -1841,6 +1895,7 @@ def _estimate_stage(
     # The gradient flowing through the blocks: the incoming gradient of a block's output
     # and the one it computes for its input, both residual-stream sized (measured on a full
     # checkpointing step: the recomputed block's backward peaks with these two alive).
+    block_input = math.ceil(dt.residual * b * s * d["h"] / tp)
     grad_flow = 0 if zeroth else 2 * block_input
     if (
         not zeroth

@@ -530,12 +530,15 @@ def _fitting_prefix(
 # --- the search --------------------------------------------------------------------------
 
 
-def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
+def saver_ladder(
+    ctx: Context, space: PlanSpace, *, offload_every_level: bool = True
+) -> list[list[Savers]]:
     """The memory-saver combinations, by offload level (none, then the optimizer and the
     parameters to host RAM, Ren et al. 2021, then to NVMe, Rajbhandari et al. 2021), each
     level in the order of its expected slowdown: fused loss (no slower; Hsu et al. 2024),
     activation offload, then selective to full recomputation (Korthikanti et al. 2022: ~2.7%
-    and ~33% more compute), each also with activation offload."""
+    and ~33% more compute), each also with activation offload (with
+    ``offload_every_level=False`` only the last: the layout screen's coarser ladder)."""
     fused = True in space.fused_loss and FUSED_LOSS_ID in ctx.taxonomy
     # In order of extra compute: attention core (~3%), torchtitan's op-level SAC (every other
     # matmul, ~13% on Llama 2 13B), every second block (~17%), every block (~33%).
@@ -556,7 +559,7 @@ def saver_ladder(ctx: Context, space: PlanSpace) -> list[list[Savers]]:
             rungs.append(Savers(offload=off, fused_loss=fused, activation_offload=True))
         for ck in ckpts:
             rungs.append(Savers(checkpointing=ck, fused_loss=fused, offload=off))
-            if act:
+            if act and (offload_every_level or ck is ckpts[-1]):
                 # Each recomputation level with its saved activations streamed to the host:
                 # op-level SAC plus offload can admit a micro-batch that beats full
                 # recomputation plus offload (70B on 2 x 8 H100, search_exhaustive).
@@ -594,6 +597,7 @@ class _Search:
         self.evaluated = 0
         self.plans: list[Plan] = []
         self.ladder = saver_ladder(ctx, space)
+        self.screen_ladder = saver_ladder(ctx, space, offload_every_level=False)
         self._verdicts: dict[tuple[object, ...], tuple[str | None, RejectionKind]] = {}
         self.pruned_rungs = 0
         self._rungs: dict[tuple[Savers, bool], Savers] = {}
@@ -669,7 +673,11 @@ class _Search:
         return plan
 
     # -- the saver ladder for one core on one layout
-    def ladder_for(self, core: TrainingConfig, layout: Layout) -> list[Plan]:
+    def ladder_for(
+        self, core: TrainingConfig, layout: Layout, *, screen: bool = False
+    ) -> list[Plan]:
+        """The plans of one core on one layout: its saver ladder (``screen``: the coarser
+        one that ranks layouts, see :func:`_best_layouts`), or every combination."""
         base = layout.apply(core)
         out: list[Plan] = []
         if self.exhaustive:
@@ -681,7 +689,7 @@ class _Search:
                         self.plans.append(p)
             return out
         zeroth = self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH
-        levels = [[Savers()]] if zeroth else self.ladder
+        levels = [[Savers()]] if zeroth else self.screen_ladder if screen else self.ladder
         inb = self.in_backward and not zeroth
         out = self._levels(base, layout, levels, per_layer=False, try_whole=inb)
         if inb and not any(p.exact_batch for p in out):
@@ -1187,10 +1195,14 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
     scored: list[tuple[bool, float, int, Layout]] = []
     frugal: list[tuple[int, Layout]] = []
     for lay in layouts:
-        plans = s.ladder_for(refs[0], lay)
+        # NOTE: the screen walks the coarser ladder (activation offload with full
+        # recomputation only); the layouts it keeps get every rung in the full search.
+        plans = s.ladder_for(refs[0], lay, screen=True)
         for r in refs[1:]:
             if not any(p.exact_batch for p in plans):
-                plans += s.ladder_for(r, lay)  # the leaner core, where the baseline fails
+                plans += s.ladder_for(
+                    r, lay, screen=True
+                )  # the leaner core, where the baseline fails
         if plans:
             best = min(
                 (
