@@ -26,7 +26,12 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.engine import Decision, requirement_rules
-from advisor.memory import MemoryEstimate, MemoryTotals, optimizer_note
+from advisor.memory import (
+    MemoryEstimate,
+    MemoryTotals,
+    layer_activation_bytes,
+    optimizer_note,
+)
 from advisor.plan.layout import Layout
 from advisor.plan.models import Rejection, RejectionKind, StepCost
 from advisor.plan.space import (
@@ -536,9 +541,9 @@ def saver_ladder(
     """The memory-saver combinations, by offload level (none, then the optimizer and the
     parameters to host RAM, Ren et al. 2021, then to NVMe, Rajbhandari et al. 2021), each
     level in the order of its expected slowdown: fused loss (no slower; Hsu et al. 2024),
-    activation offload, then selective to full recomputation (Korthikanti et al. 2022: ~2.7%
-    and ~33% more compute), each also with activation offload (with
-    ``offload_every_level=False`` only the last: the layout screen's coarser ladder)."""
+    selective to full recomputation (Korthikanti et al. 2022: ~2.7% and ~33% more compute),
+    each also with activation offload (with ``offload_every_level=False`` only the last: the
+    layout screen's coarser ladder), then activation offload without recomputation."""
     fused = True in space.fused_loss and FUSED_LOSS_ID in ctx.taxonomy
     # In order of extra compute: attention core (~3%), torchtitan's op-level SAC (every other
     # matmul, ~13% on Llama 2 13B), every second block (~17%), every block (~33%).
@@ -555,8 +560,6 @@ def saver_ladder(
         rungs = [Savers(offload=off)]
         if fused:
             rungs.append(Savers(offload=off, fused_loss=True))
-        if act:
-            rungs.append(Savers(offload=off, fused_loss=fused, activation_offload=True))
         for ck in ckpts:
             rungs.append(Savers(checkpointing=ck, fused_loss=fused, offload=off))
             if act and (offload_every_level or ck is ckpts[-1]):
@@ -566,6 +569,10 @@ def saver_ladder(
                 rungs.append(
                     Savers(checkpointing=ck, fused_loss=fused, offload=off, activation_offload=True)
                 )
+        if act:
+            # Without recomputation every saved activation crosses PCIe twice (about 16
+            # times the block inputs, memory.saved_activation_bytes): the slowest rung.
+            rungs.append(Savers(offload=off, fused_loss=fused, activation_offload=True))
         levels.append(rungs)
     return levels
 
@@ -720,6 +727,10 @@ class _Search:
                 break  # NVMe only when host RAM is not enough
             best, last_fit = float("inf"), True
             for rung in level:
+                if rung.checkpointing is Checkpointing.SELECTIVE and not _selective_saves(
+                    self.ctx, base
+                ):
+                    continue
                 cfg = self._rung(rung, per_layer).apply(base)
                 if best < float("inf") and not memory_first and self._no_better(cfg, per, best):
                     continue
@@ -777,6 +788,28 @@ class _Search:
             self.pruned_rungs += 1
             return True
         return False
+
+
+def _selective_saves(ctx: Context, c: TrainingConfig) -> bool:
+    """Whether selective recomputation (the attention core, Korthikanti et al. 2022) saves
+    any memory for ``c``'s attention and kernel stack. With FlashAttention or the fused stack
+    the block never keeps the s x s scores, so it saves nothing and only adds recompute: the
+    rung is dominated by the one without it and is skipped."""
+
+    def saved(selective: bool) -> int:
+        return layer_activation_bytes(
+            ctx.spec,
+            1,
+            c.seq_len,
+            c.attention,
+            c.precision,
+            selective=selective,
+            stack=c.stack,
+            tensor_parallel=c.tensor_parallel,
+            fused_norm=c.fused_norm,
+        )
+
+    return saved(True) < saved(False)
 
 
 def _at(c: TrainingConfig) -> str:
