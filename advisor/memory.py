@@ -922,6 +922,7 @@ def selective_op_recompute_share(spec: ModelSpec) -> float:
     return (total - kept) / total if total else 0.0
 
 
+@_per_spec
 def selective_op_block_bytes(
     spec: ModelSpec,
     micro_batch: int,
