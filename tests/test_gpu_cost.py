@@ -234,6 +234,20 @@ def test_activation_offload_moves_what_the_blocks_save() -> None:
     assert moved_none > moved_full
 
 
+def test_fsdp_under_pipelining_gathers_once_per_step() -> None:
+    """torch.distributed.pipelining turns FSDP's sync and resharding off for every backward
+    but the last: the exposed gathers and reductions do not grow with the micro-batches,
+    where plain FSDP repeats them every micro-batch (and gathers again before backward)."""
+    base = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP, "micro_batch": 1})
+
+    def comm(pp: int, accumulation: int) -> float:
+        c = base.model_copy(update={"pipeline_parallel": pp, "grad_accumulation": accumulation})
+        return float(st(c, LLAMA70, H100).components["communication"].seconds)
+
+    assert comm(4, 16) == pytest.approx(comm(4, 4))
+    assert comm(1, 16) > 3 * comm(1, 4)
+
+
 def test_expert_parallel_adds_all_to_all() -> None:
     mixtral = get_model_profile("mixtral-8x7b")
     cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})

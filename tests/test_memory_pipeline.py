@@ -114,6 +114,17 @@ def test_inflight_counts_equal_a_replay_of_the_schedule(
         assert inflight_block_microbatches(split, rank, m) == _replay_peak(split, rank, m), rank
 
 
+@pytest.mark.parametrize("layers", [32, 80, 126])
+def test_one_chunk_pipelines_hold_what_the_replay_holds(layers: int) -> None:
+    # One chunk per rank takes a closed form, min(m, pp - r) micro-batches, not a replay.
+    for pp in (2, 4, 8, 16):
+        split = pipeline_split(layers, pp, 1)
+        for rank in range(pp):
+            for m in (1, 2, 3, pp - 1, pp, pp + 1, 64, 1024):
+                got = inflight_block_microbatches(split, rank, m)
+                assert got == _replay_peak(split, rank, m), (layers, pp, rank, m)
+
+
 def test_llama3_405b_ranks_hold_what_the_schedule_keeps() -> None:
     """Interleaved 1F1B, 16 stages x 8 chunks, 32 micro-batches in groups of 16: rank 1
     runs 7 x 16 + 2 x 14 warm-up forwards plus one, all on one-block chunks (141); rank 0

@@ -338,29 +338,3 @@ def test_memoised_estimates_equal_uncached_ones() -> None:
         cold.append(estimate_memory(LLAMA, c, optimizer=tax.get(c.optimizer)).model_dump_json())
     assert warm == cold
     assert len(memory._STATIC) > 0
-
-
-def _replayed(split: tuple[tuple[int, ...], ...], rank: int, microbatches: int) -> int:
-    """The schedule replayed step by step (memory.inflight_block_microbatches' general
-    path, which one-chunk schedules skip)."""
-    pp, v = len(split), len(split[0])
-    blocks = split[rank]
-    m = max(microbatches, 1)
-    group, warmup = (m, min(m, pp - rank - 1)) if v == 1 else (0, 0)
-    live = sum(blocks[(k // group) % v] for k in range(warmup))
-    peak = live
-    for k in range(min(v * m - warmup, v * group)):
-        live += blocks[((warmup + k) // group) % v]
-        peak = max(peak, live)
-        live -= blocks[v - 1 - (k // group) % v]
-    return peak
-
-
-@pytest.mark.parametrize("layers", [32, 80, 126])
-def test_one_chunk_pipelines_hold_what_the_replay_holds(layers: int) -> None:
-    for pp in (2, 4, 8, 16):
-        split = memory.pipeline_split(layers, pp, 1)
-        for rank in range(pp):
-            for m in (1, 2, 3, pp - 1, pp, pp + 1, 64, 1024):
-                got = memory.inflight_block_microbatches(split, rank, m)
-                assert got == _replayed(split, rank, m), (layers, pp, rank, m)
