@@ -661,7 +661,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         st = report.search
         console.print(
             f"\n[dim]plan space {st.plans_considered:,} plans: {st.plans_evaluated} evaluated, "
-            f"{st.plans_pruned:,} pruned as dominated or equivalent; "
+            f"{st.plans_pruned:,} pruned as dominated, equivalent or bounded out "
+            f"({st.ladders_bounded} core-layout ladders cut by their bound); "
             f"{st.rows_collapsed} equivalent plans folded into rows[/]"
         )
         for note in st.notes:

@@ -170,7 +170,14 @@ class SearchStats(BaseModel):
 
     plans_considered: int = Field(description="size of the plan space (every dimension)")
     plans_evaluated: int = Field(description="plans whose memory and time were computed")
-    plans_pruned: int = Field(description="plans skipped as dominated or equivalent")
+    plans_pruned: int = Field(
+        description="plans skipped as dominated, equivalent, or bounded out (below)"
+    )
+    ladders_bounded: int = Field(
+        default=0,
+        description="saver ladders (one core on one layout) not walked: a lower bound on "
+        "their score is above the last shown row's (branch and bound)",
+    )
     memory_evaluations: int
     time_evaluations: int
     rows_collapsed: int = Field(description="equivalent plans folded into shown rows")

@@ -6,7 +6,7 @@ one place to go.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from advisor.config import Precision, Task
@@ -95,6 +95,24 @@ def rank_plans(
         also = sorted(set(others + [a for p in group for a in p.aliases]))
         out.append(Row(plan=shown, score=score, also=also))
     return out
+
+
+def row_cutoff(
+    plans: Sequence[Plan],
+    objective: Objective,
+    usable: int,
+    top: int,
+    steps_of: Callable[[Plan], float] | None = None,
+) -> float:
+    """The score of the ``top``-th row :func:`rank_plans` makes of ``plans``, when it and
+    every row above it reach the global batch (+inf otherwise): a plan scoring above it
+    cannot be shown (the search's branch and bound cuts ladders by it)."""
+    if objective is Objective.QUALITY or len(plans) < top:
+        return float("inf")
+    rows = rank_plans(list(plans), objective, usable, steps_of)
+    if len(rows) < top or not rows[top - 1].plan.exact_batch:
+        return float("inf")
+    return rows[top - 1].score
 
 
 def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) -> list[Plan]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from advisor.candidates import MEMORY_SAVER_IDS
 from advisor.convergence import TimeToTarget, plan_steps, time_to_target
@@ -15,7 +15,7 @@ from advisor.plan.models import (
     SearchStats,
     WorkloadSummary,
 )
-from advisor.plan.rank import Row, rank_plans
+from advisor.plan.rank import Row, rank_plans, row_cutoff
 from advisor.plan.search import CostFn, Evaluator, Plan, search
 from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
@@ -53,11 +53,16 @@ def recommend(
     facts = derive_facts(ctx, optimizers)
     decision = decide(ctx.ruleset, ctx.taxonomy, facts)  # type: ignore[arg-type]
     space = build_space(ctx, optimizers)
-    found = search(ctx, decision, cost_fn, space)
-    _check_batch(ctx, found.plans, found.rejected)
-    rows = rank_plans(
-        found.plans, ctx.workload.objective, usable, lambda p: plan_step_factor(ctx, p.config)
+    steps = _steps_of(ctx)
+    found = search(
+        ctx,
+        decision,
+        cost_fn,
+        space,
+        cutoff=lambda plans: row_cutoff(plans, ctx.workload.objective, usable, top, steps),
     )
+    _check_batch(ctx, found.plans, found.rejected)
+    rows = rank_plans(found.plans, ctx.workload.objective, usable, steps)
     recs = [_recommendation(ctx, row, i + 1, decision, cost_fn) for i, row in enumerate(rows[:top])]
     ev = found.evaluator or Evaluator(ctx, cost_fn)
     stats = SearchStats(
@@ -67,6 +72,7 @@ def recommend(
         memory_evaluations=found.memory_evaluations,
         time_evaluations=found.time_evaluations,
         rows_collapsed=len(found.plans) - len(rows),
+        ladders_bounded=found.bounded,
         notes=found.notes,
     )
     return RecommendReport(
@@ -83,6 +89,21 @@ def recommend(
         search=stats,
         cost_note=cost_note,
     )
+
+
+def _steps_of(ctx: Context) -> Callable[[Plan], float]:
+    """Each plan's steps to AdamW's loss as the objective counts them, once per optimizer
+    and task (the ranking and the search's cutoff ask for every plan, repeatedly)."""
+    memo: dict[tuple[str, object], float] = {}
+
+    def steps(p: Plan) -> float:
+        key = (p.config.optimizer, p.config.task)
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = plan_step_factor(ctx, p.config)
+        return hit
+
+    return steps
 
 
 def _check_batch(ctx: Context, plans: Sequence[object], rejected: Sequence[object]) -> None:

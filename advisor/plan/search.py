@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from advisor.candidates import FUSED_LOSS_ID, config_techniques
+from advisor.candidates import (
+    ACTIVATION_OFFLOAD_ID,
+    CHECKPOINTING_IDS,
+    FUSED_LOSS_ID,
+    OFFLOAD_IDS,
+    OPTIMIZER_IN_BACKWARD_ID,
+    config_techniques,
+)
 from advisor.config import (
     Attention,
     Checkpointing,
@@ -38,6 +45,7 @@ from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
     Context,
     GlobalBatch,
+    Objective,
     PlanSpace,
     Savers,
     describe_config,
@@ -53,6 +61,9 @@ from advisor.taxonomy import Category, OptimizerMemory, Order, StateKind, Taxono
 from advisor.units import format_bytes
 
 CostFn = Callable[[TrainingConfig], StepCost]
+# The score a ladder's lower bound must beat to be walked: the last shown row's score over
+# the plans found so far (+inf while fewer rows exist; see :meth:`_Search.bound`).
+Cutoff = Callable[[Sequence["Plan"]], float]
 
 # Two values of a dimension are the same plan when memory and time differ by less than this
 # (relative): below the models' own resolution, and invisible to a user.
@@ -61,6 +72,10 @@ EQUIVALENT = 0.005
 # clearly slower for the reference plan; the benchmark checks the loss against exhaustive).
 TOP_LAYOUTS = 3
 PRUNE_LAYOUTS = True
+# Objectives whose score is monotone in time, memory and rule score with the plans' ladders
+# walked cheapest-first (branch and bound applies; "memory" walks every rung, "quality"
+# ranks full-parameter plans above adapters whatever their score).
+BOUNDED = (Objective.SPEED, Objective.BALANCED, Objective.TIME_TO_TARGET)
 
 
 # NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
@@ -107,6 +122,7 @@ class SearchResult:
     memory_evaluations: int
     time_evaluations: int
     evaluator: Evaluator | None = None  # the memoised models, for explanations
+    bounded: int = 0  # ladders cut by their bound (branch and bound)
     notes: list[str] = field(default_factory=list)  # what the search left out, and why
 
 
@@ -596,8 +612,13 @@ class _Search:
         space: PlanSpace,
         *,
         exhaustive: bool,
+        cutoff: Cutoff | None = None,
     ) -> None:
         self.ctx, self.decision, self.space, self.exhaustive = ctx, decision, space, exhaustive
+        self.cutoff = cutoff
+        self._cut: tuple[int, float] = (-1, float("inf"))  # (plans seen, cutoff then)
+        self.bounded = 0  # ladders not walked: their bound is above the shown rows
+        self._bounds: dict[tuple[TrainingConfig, Layout], tuple[float, int, float] | float] = {}
         self.ev = Evaluator(ctx, cost_fn)
         self.batch = ctx.global_batch
         self.rejected: dict[TrainingConfig, Rejection] = {}
@@ -615,7 +636,18 @@ class _Search:
     # -- filters
     def allowed(self, c: TrainingConfig) -> list[str] | None:
         techniques = techniques_of(self.ctx, c)
-        # The verdict depends on the techniques and the few fields compatible() reads.
+        reason, kind = self._verdict(c, techniques)
+        if reason is None:
+            return techniques
+        if c not in self.rejected:  # the first reason stands (built once: not via setdefault)
+            self.rejected[c] = reject(c, techniques, reason, kind)
+        return None
+
+    def _verdict(
+        self, c: TrainingConfig, techniques: list[str]
+    ) -> tuple[str | None, RejectionKind]:
+        """Why the rules or compatibility exclude ``c`` (None: they do not), memoised on
+        the techniques and the few fields compatible() reads."""
         key = (tuple(techniques), c.precision, c.task, c.offload, c.gpus, c.pipeline_parallel)
         known = self._verdicts.get(key)
         if known is None:
@@ -624,12 +656,7 @@ class _Search:
             if reason is None:
                 reason, kind = compatible(self.ctx, c, techniques), "incompatible"
             known = self._verdicts[key] = (reason, kind)
-        reason, kind = known
-        if reason is None:
-            return techniques
-        if c not in self.rejected:  # the first reason stands (built once: not via setdefault)
-            self.rejected[c] = reject(c, techniques, reason, kind)
-        return None
+        return known
 
     # -- one skeleton (core x savers x layout) through the batch geometry
     def plan(
@@ -775,6 +802,153 @@ class _Search:
             hit = self._rungs[key] = replace(rung, optimizer_in_backward=per_layer)
         return hit
 
+    # -- branch and bound over ladders
+    def cut(self, bound: float) -> bool:
+        """Whether a ladder bounded below by ``bound`` cannot reach the shown rows (strictly
+        above the last one's score: a tie may still fold in). The cutoff is recomputed when plans
+        were found since (the bounds come in ascending order: once one ladder is cut, no
+        plan is added and the rest are cut against the same value)."""
+        if self.cutoff is None or bound == float("-inf"):
+            return False
+        seen, value = self._cut
+        if seen != len(self.plans):
+            value = self.cutoff(self.plans)
+            self._cut = (len(self.plans), value)
+        return bound > value
+
+    def bound(self, core: TrainingConfig, layout: Layout, *, steps: bool = True) -> float:
+        """A lower bound on the objective score of every plan ``ladder_for(core, layout)``
+        can return, screen or full (-inf where none is known; +inf when nothing can fit);
+        ``steps=False`` leaves out the optimizer's steps to target (the layout screen's
+        score). See :meth:`_bound_terms`."""
+        terms = self._bounds.get((core, layout))
+        if terms is None:
+            terms = self._bounds[core, layout] = self._bound_terms(core, layout)
+        if isinstance(terms, float):
+            return terms
+        seconds, peak, rule = terms
+        return objective_score(
+            self.ctx.workload.objective,
+            seconds,
+            peak,
+            self.ev.usable,
+            rule,
+            plan_step_factor(self.ctx, core) if steps else 1.0,
+        )
+
+    def _bound_terms(
+        self, core: TrainingConfig, layout: Layout
+    ) -> tuple[float, int, float] | float:
+        """Lower bounds on the seconds per token and the peak bytes, and an upper bound on
+        the rule score, of every plan ``ladder_for(core, layout)`` can return (a float:
+        -inf where none is known, +inf when nothing can fit).
+
+        The score grows with time per token and peak memory and falls with the rule score,
+        each bounded apart:
+        - time per token is no less than at the whole per-replica batch as one micro-batch,
+          without savers and without the pipeline bubble: recomputation and offload only
+          add time, per-token compute and exposed communication do not grow with the
+          micro-batch, and the bubble is the one term that does (Narayanan et al. 2021);
+        - the peak is no less than the most frugal rung's at micro-batch 1 (the deepest
+          recomputation with activation offload, and per-layer updates where the space has
+          them), on the device unless that does not fit, else on every offload level;
+        - the rule score is no more than the core's own plus every optional technique's
+          positive weight (the score is a sum over techniques).
+        tests/test_search_bound.py holds every walked ladder to its bound.
+        """
+        if self.exhaustive or self.ctx.workload.objective not in BOUNDED:
+            return float("-inf")
+        if self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH:
+            return float("-inf")  # one rung, walked anyway
+        base = layout.apply(core)
+        per, _ = per_replica_batch(self.batch, layout.dp)
+        # The levels the ladder walks (see _levels): offload only when no device plan
+        # reaches the global batch, NVMe only when no host-offload plan does; a level's
+        # leanest rung that is allowed and fits settles it.
+        exact = per * layout.dp == self.batch.samples
+        device: list[TrainingConfig] = []
+        walked: list[list[Savers]] = []
+        on_device = on_host = False
+        for level in self.ladder:
+            off = level[0].offload
+            if (off is not Offload.NONE and on_device) or (off.nvme and on_host):
+                break
+            walked.append(level)
+            plain = self._frugal(level, base, per, False)
+            device += plain
+            if self.in_backward:
+                device += self._frugal(level, base, per, True)
+            fits = exact and any(self._ok(c) and self.ev.fits(c) for c in plain)
+            on_device = on_device or (fits and off is Offload.NONE)
+            on_host = on_host or (fits and off is not Offload.NONE and not off.nvme)
+        peak, seen = None, set()
+        for c in device:
+            m = self.ev.totals(c)
+            if m.total_bytes <= self.ev.usable:
+                peak = m.total_bytes if peak is None else min(peak, m.total_bytes)
+            seen.add(c.offload)
+        if peak is None:
+            return float("inf")  # not even the leanest rung fits: the ladder finds nothing
+        seconds = float("inf")
+        for off in seen:
+            for in_backward in self._inb():
+                top = base.model_copy(
+                    update={
+                        "offload": off,
+                        "optimizer_in_backward": in_backward,
+                        "micro_batch": per,
+                        "grad_accumulation": 1,
+                    }
+                )
+                try:
+                    cost = self.ev.time(top)
+                except ValueError:
+                    return float("-inf")
+                bubble = cost.components.get("pipeline_bubble", 0.0)
+                seconds = min(seconds, cost.seconds - bubble)
+        return (
+            seconds / (per * layout.dp * base.seq_len),
+            peak,
+            self._rule_bound(base, walked),
+        )
+
+    def _ok(self, c: TrainingConfig) -> bool:
+        return self._verdict(c, techniques_of(self.ctx, c))[0] is None
+
+    def _inb(self) -> tuple[bool, ...]:
+        return (False, True) if self.in_backward else (False,)
+
+    def _frugal(
+        self, level: list[Savers], base: TrainingConfig, per: int, in_backward: bool
+    ) -> list[TrainingConfig]:
+        """The level's leanest rung at micro-batch 1 (accumulating over the per-replica
+        batch, or not at all with per-layer updates, as best_geometry sets it): full
+        recomputation with activation offload and the fused loss where the level has them;
+        every rung of a level without full recomputation (no order is sure there)."""
+        depth = {ck: i for i, ck in enumerate(_CKPT_DEPTH)}
+        deepest = max(
+            level, key=lambda r: (depth[r.checkpointing], r.activation_offload, r.fused_loss)
+        )
+        rungs = [deepest] if deepest.checkpointing is Checkpointing.FULL else level
+        geometry = {"micro_batch": 1, "grad_accumulation": 1 if in_backward else per}
+        return [self._rung(r, in_backward).apply(base).model_copy(update=geometry) for r in rungs]
+
+    def _rule_bound(self, base: TrainingConfig, levels: list[list[Savers]]) -> float:
+        """The highest rule score a plan of ``base`` can have on the saver ``levels`` the
+        ladder may walk: the score is a sum over techniques, and each rung adds its own
+        (with per-layer updates where the space has them, gradient accumulation otherwise
+        where a rule favours it)."""
+        scores = self.decision.scores
+        present = frozenset(techniques_of(self.ctx, base))
+        accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0)
+        best = float("-inf")
+        for level in levels:
+            for rung in level:
+                for inb in self._inb():
+                    ids = present | _saver_ids(self._rung(rung, inb))
+                    best = max(best, self.decision.score(list(ids)) + (0.0 if inb else accumulate))
+        return best
+
     def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole
         per-replica batch (time per token does not grow with the micro-batch)."""
@@ -788,6 +962,30 @@ class _Search:
             self.pruned_rungs += 1
             return True
         return False
+
+
+def _saver_ids(rung: Savers) -> frozenset[str]:
+    """The technique ids a saver rung adds to a configuration (see config_techniques)."""
+    ids = set(OFFLOAD_IDS.get(rung.offload, []))
+    if rung.checkpointing in CHECKPOINTING_IDS:
+        ids.add(CHECKPOINTING_IDS[rung.checkpointing])
+    if rung.optimizer_in_backward:
+        ids.add(OPTIMIZER_IN_BACKWARD_ID)
+    if rung.activation_offload:
+        ids.add(ACTIVATION_OFFLOAD_ID)
+    if rung.fused_loss:
+        ids.add(FUSED_LOSS_ID)
+    return frozenset(ids)
+
+
+# Recomputation levels by how much they save (the frugal rung is the deepest).
+_CKPT_DEPTH = (
+    Checkpointing.NONE,
+    Checkpointing.SELECTIVE,
+    Checkpointing.SELECTIVE_OP,
+    Checkpointing.SELECTIVE_LAYER,
+    Checkpointing.FULL,
+)
 
 
 def _selective_saves(ctx: Context, c: TrainingConfig) -> bool:
@@ -882,7 +1080,9 @@ def screen(
             # stands in for one that allows it.
             and b.clashes <= a.clashes
             and b.steps <= a.steps
-            and (b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule)
+            and (
+                b.memory < a.memory or b.seconds < a.seconds or b.rule > a.rule or b.steps < a.steps
+            )
             for b in heads
         )
         if not dominated:
@@ -903,6 +1103,7 @@ def search(
     space: PlanSpace,
     *,
     exhaustive: bool = False,
+    cutoff: Cutoff | None = None,
 ) -> SearchResult:
     """Find the plans worth ranking.
 
@@ -912,11 +1113,14 @@ def search(
         cost_fn: the step-time model.
         space: the plan dimensions.
         exhaustive: evaluate every combination (benchmark only; slow).
+        cutoff: the score of the last row the caller shows, over the plans found so far
+            (+inf while there are fewer rows): a ladder whose lower bound is above it cannot
+            reach those rows and is not walked (branch and bound). None walks every ladder.
 
     Returns:
         Every fitting plan evaluated, the rejections, and the counts.
     """
-    s = _Search(ctx, decision, cost_fn, space, exhaustive=exhaustive)
+    s = _Search(ctx, decision, cost_fn, space, exhaustive=exhaustive, cutoff=cutoff)
     w = ctx.workload
     layouts = workload_layouts(ctx)
     notes: list[str] = []
@@ -970,10 +1174,16 @@ def search(
         # does not fit a layout, it may.
         lean = min(every, key=lambda c: s.ev.totals(layouts[0].apply(c)).total_bytes)
         chosen = _best_layouts(s, layouts, list(dict.fromkeys([first, lean])))
-    for _task, cores in cores_by_task.items():
-        for layout in chosen:
-            for core in cores:
-                s.ladder_for(core, layout)
+    # Cheapest bound first, so that the rows fill early and the rest is cut.
+    ladders = [
+        (core, layout) for cores in cores_by_task.values() for layout in chosen for core in cores
+    ]
+    bounds = [s.bound(core, layout) for core, layout in ladders]
+    for i in sorted(range(len(ladders)), key=lambda i: bounds[i]):
+        if s.cut(bounds[i]):
+            s.bounded += 1
+            continue
+        s.ladder_for(*ladders[i])
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
     mem, tim = s.ev.counts
     return SearchResult(
@@ -985,6 +1195,7 @@ def search(
         evaluated=s.evaluated,
         memory_evaluations=mem,
         time_evaluations=tim,
+        bounded=s.bounded,
     )
 
 
@@ -1228,6 +1439,20 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
     scored: list[tuple[bool, float, int, Layout]] = []
     frugal: list[tuple[int, Layout]] = []
     for lay in layouts:
+        c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
+        frugal.append((s.ev.totals(c).total_bytes, lay))
+    # Branch and bound: layouts by their bound for the reference plans, cheapest first; a
+    # layout is cut when its bound is above both the third best layout found and the last
+    # shown row (its reference plans, which join the ranking, could not reach either).
+    own = [min(s.bound(r, lay, steps=False) for r in refs) for lay in layouts]
+    bounds = [min(s.bound(r, lay) for r in refs) for lay in layouts]
+    for i in sorted(range(len(layouts)), key=lambda i: own[i]):
+        lay = layouts[i]
+        exact = sorted(x[1] for x in scored if not x[0])
+        kth = exact[TOP_LAYOUTS - 1] if len(exact) >= TOP_LAYOUTS else float("inf")
+        if own[i] > kth and s.cut(bounds[i]):
+            s.bounded += 1
+            continue
         # NOTE: the screen walks the coarser ladder (activation offload with full
         # recomputation only); the layouts it keeps get every rung in the full search.
         plans = s.ladder_for(refs[0], lay, screen=True)
@@ -1250,9 +1475,7 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
                 )
                 for p in plans
             )
-            scored.append((*best, len(scored), lay))
-        c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
-        frugal.append((s.ev.totals(c).total_bytes, lay))
+            scored.append((*best, i, lay))
     chosen = [x[-1] for x in sorted(scored, key=lambda x: x[:3])[:TOP_LAYOUTS]]
     lightest = min(frugal, key=lambda x: x[0])[1]
     if lightest not in chosen:

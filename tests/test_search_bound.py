@@ -1,0 +1,119 @@
+"""Branch and bound in the plan search changes no shown row.
+
+Every ladder the search walks yields plans scoring no better than its bound
+(``_Search.bound``), and a search that cuts ladders by the shown rows' cutoff shows the same
+rows as one that walks every ladder. The scenarios span the objectives the bound applies to,
+offload levels, pipelines, adapters, per-layer updates and a pinned micro-batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from advisor.advise import RecommendRequest, run_recommend
+from advisor.modelspec import get_model_profile, resolve_model_size
+from advisor.plan import search
+from advisor.plan.models import RecommendReport
+from advisor.plan.space import objective_score, plan_step_factor
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "70b-pretrain-4x8-h100": dict(
+        spec="70B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nodes=4
+    ),
+    "70b-pretrain-2x8-h100-speed": dict(
+        spec="70B", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nodes=2, objective="speed"
+    ),
+    "13b-finetune-8-a100": dict(spec="13B", task="finetune", hardware="a100-sxm-80gb", gpus=8),
+    "7b-pretrain-4090": dict(spec="7B", task="pretrain", hardware="rtx-4090"),
+    "13b-finetune-v100-offload": dict(
+        spec="13B", task="finetune", hardware="v100-32gb", host_memory="768GiB"
+    ),
+    "7b-lora-a100-time-to-target": dict(
+        spec="7B", task="lora", hardware="a100-sxm-80gb", objective="time-to-target"
+    ),
+    "gpt2-pretrain-a100-micro12": dict(
+        spec="gpt2", task="pretrain", hardware="a100-sxm-80gb", micro_batch=12
+    ),
+    "8b-pretrain-8-h100-fused-seq8192": dict(
+        spec="llama-3.1-8b",
+        task="pretrain",
+        hardware="h100-sxm-80gb",
+        gpus=8,
+        stack="fused",
+        seq_len="8192",
+    ),
+    "405b-pretrain-16x8-h100": dict(
+        spec="llama-3.1-405b", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nodes=16
+    ),
+}
+
+
+def _request(flags: dict[str, Any]) -> RecommendRequest:
+    flags = dict(flags)
+    name = flags.pop("spec")
+    spec = get_model_profile(name) if not name[0].isdigit() else resolve_model_size(name)
+    return RecommendRequest.from_flags(spec=spec, calibrate=False, **flags)
+
+
+def _rows(report: RecommendReport) -> list[tuple[Any, ...]]:
+    return [
+        (r.config, r.layout, r.global_batch, round(r.score, 9), r.peak_memory_bytes)
+        for r in report.recommendations
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_the_cut_search_shows_the_rows_of_the_full_one(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    req = _request(SCENARIOS[name])
+    cut = run_recommend(req)
+    searches: list[search._Search] = []
+    walked: list[tuple[Any, Any, list[search.Plan]]] = []
+    init, ladder_for, run_search = (
+        search._Search.__init__,
+        search._Search.ladder_for,
+        search.search,
+    )
+
+    def keep(self: search._Search, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        searches.append(self)
+
+    def record(self: search._Search, core: Any, layout: Any, **kwargs: Any) -> Any:
+        plans = ladder_for(self, core, layout, **kwargs)
+        walked.append((core, layout, plans))
+        return plans
+
+    def uncut(*args: Any, **kwargs: Any) -> search.SearchResult:
+        kwargs["cutoff"] = None
+        return run_search(*args, **kwargs)
+
+    monkeypatch.setattr(search._Search, "__init__", keep)
+    monkeypatch.setattr(search._Search, "ladder_for", record)
+    monkeypatch.setattr("advisor.plan.report.search", uncut)
+    full = run_recommend(req)
+    assert _rows(cut) == _rows(full)
+    assert cut.recommendations, name
+
+    s = searches[-1]
+    ctx = s.ctx
+    bounded = 0
+    for core, layout, plans in walked:
+        bound = s.bound(core, layout)
+        if bound == float("-inf"):
+            continue
+        bounded += 1
+        for p in plans:
+            score = objective_score(
+                ctx.workload.objective,
+                p.seconds_per_token,
+                p.peak_bytes,
+                s.ev.usable,
+                p.rule_score,
+                plan_step_factor(ctx, p.config),
+            )
+            assert score >= bound - 1e-9, (name, layout.label, p.config)
+    assert bounded > 0, name
