@@ -1,8 +1,9 @@
 """Branch and bound in the plan search changes no shown row.
 
-Every ladder the search walks yields plans scoring no better than its bound
-(``_Search.bound``), and a search that cuts ladders by the shown rows' cutoff shows the same
-rows as one that walks every ladder. The scenarios span the objectives the bound applies to,
+Every ladder the search walks yields plans scoring no better than its coarse bound
+(``_Search.bound``), its best plan is not cut by the per-rung bounds (``_Search.fine_cut``),
+and a search that cuts ladders by the shown rows' cutoff shows the same rows as one that
+walks every ladder. The scenarios span the objectives the bound applies to,
 offload levels, pipelines, adapters, per-layer updates and a pinned micro-batch.
 """
 
@@ -71,7 +72,7 @@ def test_the_cut_search_shows_the_rows_of_the_full_one(
     req = _request(SCENARIOS[name])
     cut = run_recommend(req)
     searches: list[search._Search] = []
-    walked: list[tuple[Any, Any, list[search.Plan]]] = []
+    walked: list[tuple[Any, Any, bool, list[search.Plan]]] = []
     init, ladder_for, run_search = (
         search._Search.__init__,
         search._Search.ladder_for,
@@ -82,9 +83,9 @@ def test_the_cut_search_shows_the_rows_of_the_full_one(
         init(self, *args, **kwargs)
         searches.append(self)
 
-    def record(self: search._Search, core: Any, layout: Any, **kwargs: Any) -> Any:
-        plans = ladder_for(self, core, layout, **kwargs)
-        walked.append((core, layout, plans))
+    def record(self: search._Search, core: Any, layout: Any, *, screen: bool = False) -> Any:
+        plans = ladder_for(self, core, layout, screen=screen)
+        walked.append((core, layout, screen, list(plans)))  # the caller extends it
         return plans
 
     def uncut(*args: Any, **kwargs: Any) -> search.SearchResult:
@@ -101,19 +102,31 @@ def test_the_cut_search_shows_the_rows_of_the_full_one(
     s = searches[-1]
     ctx = s.ctx
     bounded = 0
-    for core, layout, plans in walked:
-        bound = s.bound(core, layout)
-        if bound == float("-inf"):
+    for core, layout, screen, plans in walked:
+        bound = s.bound(core, layout, screen=screen)
+        if bound == float("-inf") or not plans:
             continue
         bounded += 1
-        for p in plans:
-            score = objective_score(
-                ctx.workload.objective,
-                p.seconds_per_token,
-                p.peak_bytes,
-                s.ev.usable,
-                p.rule_score,
-                plan_step_factor(ctx, p.config),
+        for steps in (True, False):
+            scores = [
+                objective_score(
+                    ctx.workload.objective,
+                    p.seconds_per_token,
+                    p.peak_bytes,
+                    s.ev.usable,
+                    p.rule_score,
+                    plan_step_factor(ctx, p.config) if steps else 1.0,
+                )
+                for p in plans
+            ]
+            best = min(scores)
+            # The coarse bound is below every plan; some rung's own bound is below the best.
+            assert best >= s.bound(core, layout, steps=steps, screen=screen) - 1e-9, (
+                name,
+                layout.label,
             )
-            assert score >= bound - 1e-9, (name, layout.label, p.config)
+            assert not s.fine_cut(core, layout, best + 1e-9, steps=steps, screen=screen), (
+                name,
+                layout.label,
+            )
     assert bounded > 0, name

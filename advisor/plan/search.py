@@ -618,7 +618,8 @@ class _Search:
         self.cutoff = cutoff
         self._cut: tuple[int, float] = (-1, float("inf"))  # (plans seen, cutoff then)
         self.bounded = 0  # ladders not walked: their bound is above the shown rows
-        self._bounds: dict[tuple[TrainingConfig, Layout], tuple[float, int, float] | float] = {}
+        self._bounds: dict[tuple[object, ...], tuple[float, int, float] | None] = {}
+        self._ladders: dict[tuple[object, ...], _LadderBounds] = {}
         self.ev = Evaluator(ctx, cost_fn)
         self.batch = ctx.global_batch
         self.rejected: dict[TrainingConfig, Rejection] = {}
@@ -816,138 +817,133 @@ class _Search:
             self._cut = (len(self.plans), value)
         return bound > value
 
-    def bound(self, core: TrainingConfig, layout: Layout, *, steps: bool = True) -> float:
+    def cut_fine(self, core: TrainingConfig, layout: Layout) -> bool:
+        """Whether every rung of the ladder is bounded above the shown rows (see cut())."""
+        if self.cutoff is None:
+            return False
+        self.cut(float("inf"))  # refreshes the cutoff
+        value = self._cut[1]
+        return value < float("inf") and self.fine_cut(core, layout, value)
+
+    def bound(
+        self,
+        core: TrainingConfig,
+        layout: Layout,
+        *,
+        steps: bool = True,
+        screen: bool = False,
+    ) -> float:
         """A lower bound on the objective score of every plan ``ladder_for(core, layout)``
-        can return, screen or full (-inf where none is known; +inf when nothing can fit);
-        ``steps=False`` leaves out the optimizer's steps to target (the layout screen's
-        score). See :meth:`_bound_terms`."""
-        terms = self._bounds.get((core, layout))
-        if terms is None:
-            terms = self._bounds[core, layout] = self._bound_terms(core, layout)
-        if isinstance(terms, float):
-            return terms
-        seconds, peak, rule = terms
-        return objective_score(
-            self.ctx.workload.objective,
-            seconds,
-            peak,
-            self.ev.usable,
-            rule,
-            plan_step_factor(self.ctx, core) if steps else 1.0,
-        )
+        can return (-inf where none is known; +inf when nothing can fit).
 
-    def _bound_terms(
-        self, core: TrainingConfig, layout: Layout
-    ) -> tuple[float, int, float] | float:
-        """Lower bounds on the seconds per token and the peak bytes, and an upper bound on
-        the rule score, of every plan ``ladder_for(core, layout)`` can return (a float:
-        -inf where none is known, +inf when nothing can fit).
-
-        The score grows with time per token and peak memory and falls with the rule score,
-        each bounded apart:
-        - time per token is no less than at the whole per-replica batch as one micro-batch,
-          without savers and without the pipeline bubble: recomputation and offload only
-          add time, per-token compute and exposed communication do not grow with the
-          micro-batch, and the bubble is the one term that does (Narayanan et al. 2021);
-        - the peak is no less than the most frugal rung's at micro-batch 1 (the deepest
-          recomputation with activation offload, and per-layer updates where the space has
-          them), on the device unless that does not fit, else on every offload level;
-        - the rule score is no more than the core's own plus every optional technique's
-          positive weight (the score is a sum over techniques).
-        tests/test_search_bound.py holds every walked ladder to its bound.
+        The score grows with time per token and peak memory and falls with the rule score;
+        each is bounded over the saver rungs the ladder can walk (``screen``: the layout
+        screen's coarser ladder) and the micro-batches it can choose:
+        - time per token is no less than at the whole per-replica batch as one micro-batch
+          without the pipeline bubble: per-token compute and exposed communication do not
+          grow with the micro-batch, and the bubble is the one term that does (Narayanan et
+          al. 2021);
+        - the peak is no less than at micro-batch 1 (memory is monotone in it);
+        - the rule score is a sum over techniques: the core's, the rung's, and gradient
+          accumulation's where a rule favours it.
+        This coarse bound (a few evaluations) pairs the fastest rung's time with the leanest
+        rung's peak and the best rung's rules: recomputation and offload only add time, and
+        full recomputation with activation offload keeps the least. :meth:`fine_cut` bounds
+        each rung on its own. ``steps=False`` leaves out the optimizer's steps to target
+        (the layout screen's score). tests/test_search_bound.py holds every walked ladder
+        to both.
         """
-        if self.exhaustive or self.ctx.workload.objective not in BOUNDED:
+        key = (core, layout, screen)
+        terms = self._bounds.get(key)
+        if terms is None:
+            lb = self._ladder_bounds(core, layout, screen)
+            terms = self._bounds[key] = None if lb is None else lb.coarse()
+        if terms is None:
             return float("-inf")
+        if terms == _NOTHING_FITS:
+            return float("inf")
+        t, m, r = terms
+        return self._score(core, t, m, r, steps)
+
+    def fine_cut(
+        self,
+        core: TrainingConfig,
+        layout: Layout,
+        above: float,
+        *,
+        steps: bool = True,
+        screen: bool = False,
+    ) -> bool:
+        """Whether every rung's own bound (its time at the whole batch, its least peak, its
+        rules) is above ``above``: stops at the first rung that is not, and prices a rung's
+        time only when its peak and rules leave it below (the walk reuses what it reads)."""
+        lb = self._ladder_bounds(core, layout, screen)
+        if lb is None:
+            return False
+        fastest = lb.coarse_seconds()
+        if fastest is None:
+            return False
+        for rung in lb.rungs:
+            peak = lb.least_peak(rung, viable=True)
+            if peak is None:
+                continue
+            rule = lb.rule(rung)
+            if self._score(core, fastest, peak, rule, steps) > above:
+                continue
+            t = lb.seconds(rung)
+            if t is None or self._score(core, t, peak, rule, steps) <= above:
+                return False
+        return True
+
+    def _score(self, core: TrainingConfig, t: float, peak: int, rule: float, steps: bool) -> float:
+        factor = plan_step_factor(self.ctx, core) if steps else 1.0
+        return objective_score(self.ctx.workload.objective, t, peak, self.ev.usable, rule, factor)
+
+    def _ladder_bounds(
+        self, core: TrainingConfig, layout: Layout, screen: bool
+    ) -> _LadderBounds | None:
+        """What bounds one ladder (None: no bound applies)."""
+        if self.exhaustive or self.ctx.workload.objective not in BOUNDED:
+            return None
         if self.ctx.taxonomy.get(core.optimizer).order is Order.ZEROTH:
-            return float("-inf")  # one rung, walked anyway
-        base = layout.apply(core)
-        per, _ = per_replica_batch(self.batch, layout.dp)
-        # The levels the ladder walks (see _levels): offload only when no device plan
-        # reaches the global batch, NVMe only when no host-offload plan does; a level's
-        # leanest rung that is allowed and fits settles it.
-        exact = per * layout.dp == self.batch.samples
-        device: list[TrainingConfig] = []
+            return None  # one rung, walked anyway
+        key = (core, layout, screen)
+        hit = self._ladders.get(key)
+        if hit is None:
+            base = layout.apply(core)
+            per, _ = per_replica_batch(self.batch, layout.dp)
+            levels = self._walked(
+                base, per, layout.dp, self.screen_ladder if screen else self.ladder
+            )
+            hit = self._ladders[key] = _LadderBounds(self, base, per, layout.dp, levels)
+        return hit
+
+    def _walked(
+        self, base: TrainingConfig, per: int, dp: int, ladder: list[list[Savers]]
+    ) -> list[list[Savers]]:
+        """The offload levels the ladder walks (see _levels): offload only when no device
+        plan reaches the global batch, NVMe only when no host-offload plan does; a level's
+        leanest rung that is allowed and fits settles it."""
+        exact = per * dp == self.batch.samples
         walked: list[list[Savers]] = []
         on_device = on_host = False
-        for level in self.ladder:
+        for level in ladder:
             off = level[0].offload
             if (off is not Offload.NONE and on_device) or (off.nvme and on_host):
                 break
             walked.append(level)
-            plain = self._frugal(level, base, per, False)
-            device += plain
-            if self.in_backward:
-                device += self._frugal(level, base, per, True)
-            fits = exact and any(self._ok(c) and self.ev.fits(c) for c in plain)
+            lean = self._rung(_leanest(level), False).apply(base)
+            one = lean.model_copy(update={"micro_batch": 1, "grad_accumulation": per})
+            fits = exact and self._ok(one) and self.ev.fits(one)
             on_device = on_device or (fits and off is Offload.NONE)
             on_host = on_host or (fits and off is not Offload.NONE and not off.nvme)
-        peak, seen = None, set()
-        for c in device:
-            m = self.ev.totals(c)
-            if m.total_bytes <= self.ev.usable:
-                peak = m.total_bytes if peak is None else min(peak, m.total_bytes)
-            seen.add(c.offload)
-        if peak is None:
-            return float("inf")  # not even the leanest rung fits: the ladder finds nothing
-        seconds = float("inf")
-        for off in seen:
-            for in_backward in self._inb():
-                top = base.model_copy(
-                    update={
-                        "offload": off,
-                        "optimizer_in_backward": in_backward,
-                        "micro_batch": per,
-                        "grad_accumulation": 1,
-                    }
-                )
-                try:
-                    cost = self.ev.time(top)
-                except ValueError:
-                    return float("-inf")
-                bubble = cost.components.get("pipeline_bubble", 0.0)
-                seconds = min(seconds, cost.seconds - bubble)
-        return (
-            seconds / (per * layout.dp * base.seq_len),
-            peak,
-            self._rule_bound(base, walked),
-        )
+        return walked
 
     def _ok(self, c: TrainingConfig) -> bool:
         return self._verdict(c, techniques_of(self.ctx, c))[0] is None
 
     def _inb(self) -> tuple[bool, ...]:
         return (False, True) if self.in_backward else (False,)
-
-    def _frugal(
-        self, level: list[Savers], base: TrainingConfig, per: int, in_backward: bool
-    ) -> list[TrainingConfig]:
-        """The level's leanest rung at micro-batch 1 (accumulating over the per-replica
-        batch, or not at all with per-layer updates, as best_geometry sets it): full
-        recomputation with activation offload and the fused loss where the level has them;
-        every rung of a level without full recomputation (no order is sure there)."""
-        depth = {ck: i for i, ck in enumerate(_CKPT_DEPTH)}
-        deepest = max(
-            level, key=lambda r: (depth[r.checkpointing], r.activation_offload, r.fused_loss)
-        )
-        rungs = [deepest] if deepest.checkpointing is Checkpointing.FULL else level
-        geometry = {"micro_batch": 1, "grad_accumulation": 1 if in_backward else per}
-        return [self._rung(r, in_backward).apply(base).model_copy(update=geometry) for r in rungs]
-
-    def _rule_bound(self, base: TrainingConfig, levels: list[list[Savers]]) -> float:
-        """The highest rule score a plan of ``base`` can have on the saver ``levels`` the
-        ladder may walk: the score is a sum over techniques, and each rung adds its own
-        (with per-layer updates where the space has them, gradient accumulation otherwise
-        where a rule favours it)."""
-        scores = self.decision.scores
-        present = frozenset(techniques_of(self.ctx, base))
-        accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0)
-        best = float("-inf")
-        for level in levels:
-            for rung in level:
-                for inb in self._inb():
-                    ids = present | _saver_ids(self._rung(rung, inb))
-                    best = max(best, self.decision.score(list(ids)) + (0.0 if inb else accumulate))
-        return best
 
     def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole
@@ -964,6 +960,92 @@ class _Search:
         return False
 
 
+_NOTHING_FITS: tuple[float, int, float] = (float("inf"), 0, 0.0)
+
+
+class _LadderBounds:
+    """The bounds of one ladder (a core on a layout), with its evaluations memoised by the
+    search's evaluator (see :meth:`_Search.bound`)."""
+
+    def __init__(
+        self, s: _Search, base: TrainingConfig, per: int, dp: int, levels: list[list[Savers]]
+    ) -> None:
+        self.s, self.base, self.per, self.dp, self.levels = s, base, per, dp, levels
+        # A pinned micro-batch above the per-replica batch runs at that size.
+        self.top_mb = max(per, s.ctx.workload.micro_batch or 1)
+        self.rungs = [s._rung(r, inb) for level in levels for r in level for inb in s._inb()]
+        scores = s.decision.scores
+        self.present = frozenset(techniques_of(s.ctx, base))
+        self.accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0) if per > 1 else 0.0
+
+    def seconds(self, rung: Savers) -> float | None:
+        """Time per token of the rung at the whole batch, without the pipeline bubble."""
+        top = rung.apply(self.base).model_copy(
+            update={"micro_batch": self.top_mb, "grad_accumulation": 1}
+        )
+        try:
+            cost = self.s.ev.time(top)
+        except ValueError:
+            return None
+        bubble = cost.components.get("pipeline_bubble", 0.0)
+        return (cost.seconds - bubble) / (self.top_mb * self.dp * self.base.seq_len)
+
+    def rule(self, rung: Savers) -> float:
+        extra = 0.0 if rung.optimizer_in_backward else self.accumulate
+        return self.s.decision.score(list(self.present | _saver_ids(rung))) + extra
+
+    def least_peak(self, rung: Savers, *, viable: bool) -> int | None:
+        """The least peak of the rung over the geometries best_geometry can give it: micro-
+        batch 1 accumulating over the per-replica batch, or the whole batch at once (acc 1
+        drops persistent gradients); per-layer updates never accumulate. None when none
+        fits the device (``viable``: the host too, and the rules allow the rung)."""
+        s, c, per = self.s, rung.apply(self.base), self.per
+        if viable and not s._ok(c.model_copy(update={"micro_batch": 1, "grad_accumulation": 1})):
+            return None
+        geometries = [(1, 1)] if c.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
+        best = None
+        for micro, acc in geometries:
+            g = c.model_copy(update={"micro_batch": micro, "grad_accumulation": acc})
+            m = s.ev.totals(g)
+            if (s.ev.fits(g) if viable else m.total_bytes <= s.ev.usable) and (
+                best is None or m.total_bytes < best
+            ):
+                best = m.total_bytes
+        return best
+
+    def coarse_seconds(self) -> float | None:
+        """The fastest rung's time: each level's rung without recomputation or activation
+        offload (None: the model cannot price it)."""
+        times = [
+            self.seconds(self.s._rung(Savers(offload=level[0].offload), inb))
+            for level in self.levels
+            for inb in self.s._inb()
+        ]
+        if any(t is None for t in times):
+            return None
+        return min(t for t in times if t is not None)
+
+    def coarse(self) -> tuple[float, int, float] | None:
+        # NOTE: without full recomputation no rung is surely the leanest: take them all.
+        lean = [
+            [_leanest(level)] if _leanest(level).checkpointing is Checkpointing.FULL else level
+            for level in self.levels
+        ]
+        peaks = [
+            p
+            for rs in lean
+            for r in rs
+            for inb in self.s._inb()
+            if (p := self.least_peak(self.s._rung(r, inb), viable=False)) is not None
+        ]
+        if not peaks:
+            return _NOTHING_FITS  # not even the leanest rung fits: the ladder finds nothing
+        fastest = self.coarse_seconds()
+        if fastest is None:
+            return None
+        return fastest, min(peaks), max(self.rule(r) for r in self.rungs)
+
+
 def _saver_ids(rung: Savers) -> frozenset[str]:
     """The technique ids a saver rung adds to a configuration (see config_techniques)."""
     ids = set(OFFLOAD_IDS.get(rung.offload, []))
@@ -978,7 +1060,14 @@ def _saver_ids(rung: Savers) -> frozenset[str]:
     return frozenset(ids)
 
 
-# Recomputation levels by how much they save (the frugal rung is the deepest).
+def _leanest(level: list[Savers]) -> Savers:
+    """The rung of a level that keeps the least: the deepest recomputation, with activation
+    offload and the fused loss where the level has them."""
+    depth = {ck: i for i, ck in enumerate(_CKPT_DEPTH)}
+    return max(level, key=lambda r: (depth[r.checkpointing], r.activation_offload, r.fused_loss))
+
+
+# Recomputation levels by how much they save (the leanest rung is the deepest).
 _CKPT_DEPTH = (
     Checkpointing.NONE,
     Checkpointing.SELECTIVE,
@@ -1179,8 +1268,11 @@ def search(
         (core, layout) for cores in cores_by_task.values() for layout in chosen for core in cores
     ]
     bounds = [s.bound(core, layout) for core, layout in ladders]
+    if not exhaustive:
+        # The screen's plans on layouts not chosen served only to rank the layouts.
+        s.plans = [p for p in s.plans if p.layout in chosen]
     for i in sorted(range(len(ladders)), key=lambda i: bounds[i]):
-        if s.cut(bounds[i]):
+        if s.cut(bounds[i]) or s.cut_fine(*ladders[i]):
             s.bounded += 1
             continue
         s.ladder_for(*ladders[i])
@@ -1441,16 +1533,24 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
     for lay in layouts:
         c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
         frugal.append((s.ev.totals(c).total_bytes, lay))
-    # Branch and bound: layouts by their bound for the reference plans, cheapest first; a
-    # layout is cut when its bound is above both the third best layout found and the last
-    # shown row (its reference plans, which join the ranking, could not reach either).
-    own = [min(s.bound(r, lay, steps=False) for r in refs) for lay in layouts]
-    bounds = [min(s.bound(r, lay) for r in refs) for lay in layouts]
-    for i in sorted(range(len(layouts)), key=lambda i: own[i]):
+
+    # Branch and bound: layouts by their bound for the reference plan, cheapest first; a
+    # layout is cut when its bound is above the third best layout found (the coarse bound,
+    # then the fine one). The screen's plans on layouts not chosen leave the ranking (see
+    # search()), so a cut layout changes nothing shown.
+    def cut(lay: Layout, kth: float) -> bool:
+        # The screen's own score (no steps to target), over the reference plans it may
+        # walk: coarse bounds first, then each rung's.
+        if all(s.bound(r, lay, steps=False, screen=True) > kth for r in refs):
+            return True
+        return all(s.fine_cut(r, lay, kth, steps=False, screen=True) for r in refs)
+
+    coarse = [s.bound(refs[0], lay, steps=False, screen=True) for lay in layouts]
+    for i in sorted(range(len(layouts)), key=lambda i: coarse[i]):
         lay = layouts[i]
         exact = sorted(x[1] for x in scored if not x[0])
         kth = exact[TOP_LAYOUTS - 1] if len(exact) >= TOP_LAYOUTS else float("inf")
-        if own[i] > kth and s.cut(bounds[i]):
+        if kth < float("inf") and cut(lay, kth):
             s.bounded += 1
             continue
         # NOTE: the screen walks the coarser ladder (activation offload with full
