@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from advisor.candidates import (
     ACTIVATION_OFFLOAD_ID,
+    ATTENTION_IDS,
     CHECKPOINTING_IDS,
     FUSED_LOSS_ID,
     OFFLOAD_IDS,
@@ -1368,71 +1369,89 @@ def _cores(
     """The (optimizer, precision, attention) combinations worth searching for one task."""
     ctx, space = s.ctx, s.space
 
-    def ok(c: TrainingConfig) -> bool:
-        t = techniques_of(ctx, c)
-        return hard_constraint(ctx, s.decision, t) is None and compatible(ctx, c, t) is None
-
     start = layout.apply(_reference(ctx, space, task))
+    # Every configuration below is ``start`` with its optimizer, attention and precision
+    # replaced: the verdict of each triple is memoised, and the configuration built once.
+    built: dict[tuple[Any, Any, Any], TrainingConfig] = {}
+    verdicts: dict[tuple[Any, Any, Any], bool] = {}
+
+    def make(o: str, a: Attention, p: Precision) -> TrainingConfig:
+        c = built.get((o, a, p))
+        if c is None:
+            update = {"optimizer": o, "attention": a, "precision": p, "dp_sgd": o in _DP}
+            c = built[o, a, p] = start.model_copy(update=update)
+        return c
+
+    # NOTE: a configuration's technique ids are its optimizer, precision and attention,
+    # then ids that do not depend on them (config_techniques); compatible() reads the
+    # precision of the configuration, not its optimizer or attention. So the verdict of a
+    # triple needs one configuration per precision, not one per triple.
+    rest = config_techniques(start)[3:]
+    by_precision: dict[Precision, TrainingConfig] = {}
+
+    def ok_triple(o: str, a: Attention, p: Precision) -> bool:
+        v = verdicts.get((o, a, p))
+        if v is None:
+            c = by_precision.get(p)
+            if c is None:
+                c = by_precision[p] = start.model_copy(update={"precision": p})
+            ids = [o, p.value, ATTENTION_IDS[a], *rest]
+            tech = ctx.taxonomy.get(o)
+            if tech.memory is not None and tech.memory.state is StateKind.QUANTIZED_BLOCKWISE:
+                ids.append("optimizer-states-8bit")
+            v = verdicts[o, a, p] = s._verdict(c, ids)[0] is None
+        return v
+
+    def ok(c: TrainingConfig) -> bool:
+        return ok_triple(c.optimizer, c.attention, c.precision)
+
     # The reference: the baseline where the rules allow it, else the first allowed
     # combination (private training has no AdamW; a T4 has no FlashAttention).
     ref = next(
         (
-            c
+            make(o, a, p)
             for o, a, p in itertools.product(
                 _first(start.optimizer, space.optimizers),
                 _first(start.attention, space.attentions),
                 _first(start.precision, space.precisions),
             )
-            if ok(
-                c := start.model_copy(
-                    update={
-                        "optimizer": o,
-                        "attention": a,
-                        "precision": p,
-                        "dp_sgd": o in ("dp-sgd", "dp-adam"),
-                    }
-                )
-            )
+            if ok_triple(o, a, p)
         ),
         None,
     )
     if ref is None:
         s.allowed(start)  # records why
         return []
-    dims = ("optimizer", "attention", "precision")
 
-    def variants(c: TrainingConfig, dim: str) -> Iterable[TrainingConfig]:
+    def allowed_somehow(c: TrainingConfig, dim: str) -> bool:
         # A value may clash with the reference's other choices (Sophia needs eager
         # attention): it is kept, unscreened, when some combination allows it.
-        others = [d for d in dims if d != dim]
-        pools_any: dict[str, Sequence[Any]] = {
-            "optimizer": space.optimizers,
-            "attention": space.attentions,
-            "precision": space.precisions,
+        pools: dict[str, Sequence[Any]] = {
+            "optimizer": [c.optimizer] if dim == "optimizer" else space.optimizers,
+            "attention": [c.attention] if dim == "attention" else space.attentions,
+            "precision": [c.precision] if dim == "precision" else space.precisions,
         }
-        for x, y in itertools.product(pools_any[others[0]], pools_any[others[1]]):
-            yield c.model_copy(
-                update={
-                    others[0]: x,
-                    others[1]: y,
-                    "dp_sgd": (x if others[0] == "optimizer" else c.optimizer)
-                    in ("dp-sgd", "dp-adam"),
-                }
+        return any(
+            ok_triple(o, a, p)
+            for o, a, p in itertools.product(
+                pools["optimizer"], pools["attention"], pools["precision"]
             )
+        )
 
     def values(dim: str, options: Sequence[Any], key: Callable[[Any], str]) -> list[Any]:
         pts = []
         unscreened = []
         for i, o in enumerate(options):
-            update: dict[str, Any] = {dim: o}
-            if dim == "optimizer":
-                update["dp_sgd"] = o in ("dp-sgd", "dp-adam")
-            c = ref.model_copy(update=update)
+            c = make(
+                o if dim == "optimizer" else ref.optimizer,
+                o if dim == "attention" else ref.attention,
+                o if dim == "precision" else ref.precision,
+            )
             if ok(c):
                 pt = _point(s, key(o), c, _simplicity(ctx, dim, o, i))
                 if pt is not None:
                     pts.append(pt)
-            elif any(ok(v) for v in variants(c, dim)):
+            elif allowed_somehow(c, dim):
                 unscreened.append(key(o))
             else:
                 s.allowed(c)  # records why
@@ -1448,10 +1467,7 @@ def _cores(
     attentions = values("attention", space.attentions, lambda a: str(a.value))
     combos = []
     for o, p, a in itertools.product(optimizers, precisions, attentions):
-        c = ref.model_copy(
-            update={"optimizer": o, "precision": p, "attention": a, "dp_sgd": o in _DP}
-        )
-        combos.append(c)
+        combos.append(make(o, a, p))
     if exhaustive or len(combos) <= 1:
         return combos
     # The survivors of each dimension, combined, screened once more as whole cores: a
