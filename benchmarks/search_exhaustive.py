@@ -25,7 +25,7 @@ from advisor.config import Attention, Precision, Task
 from advisor.engine import decide
 from advisor.hardware import get_hardware_profile
 from advisor.modelspec import get_model_profile, resolve_model_size
-from advisor.plan.rank import rank_plans
+from advisor.plan.rank import rank_plans, row_cutoff
 from advisor.plan.search import search
 from advisor.plan.space import (
     Context,
@@ -57,6 +57,7 @@ GRID = [
      FEW_PRECISIONS),
 ]  # fmt: skip
 TOLERANCE = 0.02
+TOP = 5  # the rows `recommend` shows by default (its branch and bound keeps them exact)
 
 
 def _spec(model: str) -> Any:
@@ -102,7 +103,9 @@ def run_case(
     }
     for mode, exhaustive in (("search", False), ("exhaustive", True)):
         t = time.perf_counter()
-        found = search(ctx, decision, cost, space, exhaustive=exhaustive)
+        # The normal search cuts ladders by the shown rows' score, as `recommend` does.
+        cutoff = None if exhaustive else _cutoff(usable)
+        found = search(ctx, decision, cost, space, exhaustive=exhaustive, cutoff=cutoff)
         rows = rank_plans(found.plans, Objective.SPEED, usable)
         wall = time.perf_counter() - t
         exact = [p for p in found.plans if p.exact_batch] or found.plans
@@ -113,6 +116,7 @@ def run_case(
             "plans_evaluated": found.evaluated,
             "memory_evaluations": found.memory_evaluations,
             "time_evaluations": found.time_evaluations,
+            "ladders_bounded": found.bounded,
             "pick": None
             if pick is None
             else {
@@ -129,6 +133,10 @@ def run_case(
     out["best_ratio"] = round(s["best_tokens_per_s"] / e["best_tokens_per_s"], 4) if ep else None
     out["within_2pct"] = ep == 0.0 or sp >= (1 - TOLERANCE) * ep
     return out
+
+
+def _cutoff(usable: int) -> Any:
+    return lambda plans: row_cutoff(plans, Objective.SPEED, usable, TOP)
 
 
 def main() -> None:

@@ -490,6 +490,12 @@ def best_geometry(
         candidates = fitting[-2:]
     if smallest:
         candidates = fitting[:1]
+    descend = config.pipeline_parallel > 1 and not exhaustive and not smallest
+    if descend:
+        # Time per token is unimodal in the micro-batch under a pipeline: per-sample compute
+        # falls with it, the bubble's share (p - 1) / m grows with it (Narayanan et al.
+        # 2021). From the largest down, the first micro-batch that is slower ends the walk.
+        candidates = candidates[::-1]
     best: tuple[float, TrainingConfig, Geometry] | None = None
     for mb in candidates:
         acc = _acc(per, mb, in_backward)
@@ -504,7 +510,11 @@ def best_geometry(
                 f"{mb} x {dp} = {total} samples per step instead of {batch.samples}"
             )
         g = Geometry(micro_batch=mb, accumulation=acc, global_batch=total, exact=exact, note=why)
-        if best is None or per_token < best[0] * (1 - 1e-9):
+        if descend and best is not None:
+            if per_token > best[0] * (1 + 1e-9):
+                break
+            best = (per_token, c, g)  # no slower: the smaller one, as ascending order picks
+        elif best is None or per_token < best[0] * (1 - 1e-9):
             best = (per_token, c, g)
     assert best is not None
     return best[1], best[2]
@@ -878,17 +888,21 @@ class _Search:
         """Whether every rung's own bound (its time at the whole batch, its least peak, its
         rules) is above ``above``: stops at the first rung that is not, and prices a rung's
         time only when its peak and rules leave it below (the walk reuses what it reads)."""
+        self.bound(core, layout, screen=screen)  # the coarse terms, memoised
         lb = self._ladder_bounds(core, layout, screen)
-        if lb is None:
+        coarse = self._bounds[core, layout, screen]
+        if lb is None or coarse is None:
             return False
-        fastest = lb.coarse_seconds()
-        if fastest is None:
-            return False
+        if coarse == _NOTHING_FITS:
+            return True
+        fastest, leanest, _ = coarse
         for rung in lb.rungs:
+            rule = lb.rule(rung)
+            if self._score(core, fastest, leanest, rule, steps) > above:
+                continue  # its rules alone put it above, whatever its own peak and time
             peak = lb.least_peak(rung, viable=True)
             if peak is None:
                 continue
-            rule = lb.rule(rung)
             if self._score(core, fastest, peak, rule, steps) > above:
                 continue
             t = lb.seconds(rung)
