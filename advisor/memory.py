@@ -1487,7 +1487,6 @@ def estimate_memory(
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None = None,
     lora_targets: frozenset[str] = DEFAULT_LORA_TARGETS,
-    _totals_only: bool = False,
 ) -> MemoryEstimate:
     """Estimate the per-device peak memory of training ``spec`` under ``config``.
 
@@ -1512,12 +1511,27 @@ def estimate_memory(
         UserError: for a CNN spec, a non-optimizer technique, or a layout the model cannot
             be split into.
     """
+    m = _estimate(spec, config, optimizer, device, lora_targets, totals_only=False)
+    assert isinstance(m, MemoryEstimate)
+    return m
+
+
+def _estimate(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    device: DeviceOverheads | None,
+    lora_targets: frozenset[str],
+    *,
+    totals_only: bool,
+) -> MemoryEstimate | MemoryTotals:
+    """:func:`estimate_memory`, or with ``totals_only`` its three numbers alone."""
     d = _shape_of(spec)
     _check_layout(spec, config, d)
     pp = config.pipeline_parallel
     if pp == 1:
         return _estimate_stage(
-            spec, config, optimizer, device, lora_targets, "only", d["L"], 0, _totals_only
+            spec, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
     split = pipeline_split(d["L"], pp, config.virtual_stages)
     held = [inflight_block_microbatches(split, r, config.grad_accumulation) for r in range(pp)]
@@ -1539,13 +1553,14 @@ def estimate_memory(
             "first" if r == 0 else "last" if r == pp - 1 else "middle",
             sum(split[r]),
             held[r],
-            _totals_only,
+            totals_only,
         )
         for r in ranks
     ]
     worst = max(range(len(ranks)), key=lambda i: stages[i].total_bytes)
-    if _totals_only:
-        return stages[worst]  # memory_totals reads its numbers, not the note
+    last = stages[worst]
+    if not isinstance(last, MemoryEstimate):
+        return last  # memory_totals reads its numbers, not the note
     others = ", ".join(
         f"rank {r}: {est.total_bytes / 2**30:.1f} GiB"
         for i, (r, est) in enumerate(zip(ranks, stages, strict=True))
@@ -1555,7 +1570,7 @@ def estimate_memory(
         f"pipeline {pp} stages: rank {ranks[worst]} ({sum(split[ranks[worst]])} blocks) is the "
         f"largest ({others})"
     )
-    return stages[worst].model_copy(update={"notes": [*stages[worst].notes, note]})
+    return last.model_copy(update={"notes": [*last.notes, note]})
 
 
 @dataclass(frozen=True)
@@ -1791,7 +1806,7 @@ def _estimate_stage(
     stage_layers: int,
     held_blocks: int,
     totals_only: bool = False,
-) -> MemoryEstimate:
+) -> MemoryEstimate | MemoryTotals:
     """One pipeline rank's estimate: ``stage_layers`` blocks, ``held_blocks`` block-micro-
     batches of activations in flight (:func:`inflight_block_microbatches`; unused without
     pipeline parallelism)."""
@@ -1990,16 +2005,9 @@ def _estimate_stage(
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
     if totals_only:
         # What a fit test reads (memory_totals): every phase carries the same overheads, so
-        # the peak is the largest tensor sum plus them. The phases are not built.
-        return MemoryEstimate(
-            total_bytes=peak_tensors + sum(overheads.values()),
-            breakdown=bd,
-            stack=config.stack,
-            parameters=params,
-            trainable_parameters=p_t,
-            host_bytes=host,
-            nvme_bytes=nvme,
-        )
+        # the peak is the largest tensor sum plus them. Neither the phases nor the model
+        # are built.
+        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme)
     phase_list = [
         Phase(
             name=name,
@@ -2051,15 +2059,9 @@ def memory_totals(
     NOTE: the plan search's binary searches over the micro-batch ask only whether a plan
     fits, thousands of times; most of those plans are never shown.
     """
-    m = estimate_memory(
-        spec,
-        config,
-        optimizer=optimizer,
-        device=device,
-        lora_targets=lora_targets,
-        _totals_only=True,
-    )
-    return MemoryTotals(m.total_bytes, m.host_bytes, m.nvme_bytes)
+    m = _estimate(spec, config, optimizer, device, lora_targets, totals_only=True)
+    assert isinstance(m, MemoryTotals)
+    return m
 
 
 def optimizer_note(opt_id: str, mem: OptimizerMemory) -> str:

@@ -895,11 +895,15 @@ class _Search:
             return False
         if coarse == _NOTHING_FITS:
             return True
-        fastest, leanest, _ = coarse
         for rung in lb.rungs:
+            level = next(lv for lv in lb.levels if lv[0].offload is rung.offload)
+            terms = lb.level_terms(level)
+            if terms is None:
+                continue  # nothing on this level fits
+            fastest, leanest = terms
             rule = lb.rule(rung)
             if self._score(core, fastest, leanest, rule, steps) > above:
-                continue  # its rules alone put it above, whatever its own peak and time
+                continue  # its level's bounds and its rules put it above
             peak = lb.least_peak(rung, viable=True)
             if peak is None:
                 continue
@@ -927,21 +931,23 @@ class _Search:
         if hit is None:
             base = layout.apply(core)
             per, _ = per_replica_batch(self.batch, layout.dp)
-            levels = self._walked(
+            levels, settled = self._walked(
                 base, per, layout.dp, self.screen_ladder if screen else self.ladder
             )
             hit = self._ladders[key] = _LadderBounds(self, base, per, layout.dp, levels)
+            hit.settled = settled
         return hit
 
     def _walked(
         self, base: TrainingConfig, per: int, dp: int, ladder: list[list[Savers]]
-    ) -> list[list[Savers]]:
+    ) -> tuple[list[list[Savers]], bool]:
         """The offload levels the ladder walks (see _levels): offload only when no device
         plan reaches the global batch, NVMe only when no host-offload plan does; a level's
-        leanest rung that is allowed and fits settles it."""
+        leanest rung that is allowed and fits settles it. Also whether one does: then the
+        ladder surely finds a plan that reaches the global batch."""
         exact = per * dp == self.batch.samples
         walked: list[list[Savers]] = []
-        on_device = on_host = False
+        on_device = on_host = settled = False
         for level in ladder:
             off = level[0].offload
             if (off is not Offload.NONE and on_device) or (off.nvme and on_host):
@@ -952,7 +958,13 @@ class _Search:
             fits = exact and self._ok(one) and self.ev.fits(one)
             on_device = on_device or (fits and off is Offload.NONE)
             on_host = on_host or (fits and off is not Offload.NONE and not off.nvme)
-        return walked
+            settled = settled or fits
+        return walked, settled
+
+    def finds_exact(self, core: TrainingConfig, layout: Layout, *, screen: bool) -> bool:
+        """Whether the ladder surely finds a plan that reaches the global batch."""
+        lb = self._ladder_bounds(core, layout, screen)
+        return lb is not None and lb.settled
 
     def _ok(self, c: TrainingConfig) -> bool:
         return self._verdict(c, techniques_of(self.ctx, c))[0] is None
@@ -992,6 +1004,9 @@ class _LadderBounds:
         scores = s.decision.scores
         self.present = frozenset(techniques_of(s.ctx, base))
         self.accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0) if per > 1 else 0.0
+        self._rules: dict[Savers, float] = {}
+        self.settled = False  # the ladder surely finds a plan reaching the global batch
+        self._levels: dict[Offload, tuple[float, int] | None] = {}
 
     def seconds(self, rung: Savers) -> float | None:
         """Time per token of the rung at the whole batch, without the pipeline bubble."""
@@ -1006,8 +1021,12 @@ class _LadderBounds:
         return (cost.seconds - bubble) / (self.top_mb * self.dp * self.base.seq_len)
 
     def rule(self, rung: Savers) -> float:
-        extra = 0.0 if rung.optimizer_in_backward else self.accumulate
-        return self.s.decision.score(list(self.present | _saver_ids(rung))) + extra
+        hit = self._rules.get(rung)
+        if hit is None:
+            extra = 0.0 if rung.optimizer_in_backward else self.accumulate
+            ids = self.present | _saver_ids(rung)
+            hit = self._rules[rung] = self.s.decision.score(list(ids)) + extra
+        return hit
 
     def least_peak(self, rung: Savers, *, viable: bool) -> int | None:
         """The least peak of the rung over the geometries best_geometry can give it: micro-
@@ -1028,39 +1047,51 @@ class _LadderBounds:
                 best = m.total_bytes
         return best
 
-    def coarse_seconds(self) -> float | None:
-        """The fastest rung's time: each level's rung without recomputation or activation
-        offload (None: the model cannot price it)."""
-        times = [
-            self.seconds(self.s._rung(Savers(offload=level[0].offload), inb))
-            for level in self.levels
-            for inb in self.s._inb()
-        ]
-        if any(t is None for t in times):
-            return None
-        return min(t for t in times if t is not None)
-
-    def coarse(self) -> tuple[float, int, float] | None:
-        # NOTE: without full recomputation no rung is surely the leanest: take them all.
-        lean = [
-            [_leanest(level)] if _leanest(level).checkpointing is Checkpointing.FULL else level
-            for level in self.levels
-        ]
+    def level_terms(self, level: list[Savers]) -> tuple[float, int] | None:
+        """Bounds on one offload level's rungs: its fastest rung's time (no recomputation,
+        no activation offload) and its leanest rung's peak (full recomputation with
+        activation offload; every rung where the level has no full recomputation).
+        None when no rung of the level fits."""
+        off = level[0].offload
+        if off in self._levels:
+            return self._levels[off]
+        s = self.s
+        leanest = _leanest(level)
+        lean = [leanest] if leanest.checkpointing is Checkpointing.FULL else level
         peaks = [
             p
-            for rs in lean
-            for r in rs
-            for inb in self.s._inb()
-            if (p := self.least_peak(self.s._rung(r, inb), viable=False)) is not None
+            for r in lean
+            for inb in s._inb()
+            if (p := self.least_peak(s._rung(r, inb), viable=False)) is not None
         ]
-        if not peaks:
-            return _NOTHING_FITS  # not even the leanest rung fits: the ladder finds nothing
-        fastest = self.coarse_seconds()
-        if fastest is None:
+        terms: tuple[float, int] | None = None
+        if peaks:
+            times = [self.seconds(s._rung(Savers(offload=off), inb)) for inb in s._inb()]
+            if any(t is None for t in times):
+                raise _Unpriced
+            terms = (min(t for t in times if t is not None), min(peaks))
+        self._levels[off] = terms
+        return terms
+
+    def coarse(self) -> tuple[float, int, float] | None:
+        try:
+            terms = [t for level in self.levels if (t := self.level_terms(level)) is not None]
+        except _Unpriced:
             return None
-        return fastest, min(peaks), max(self.rule(r) for r in self.rungs)
+        if not terms:
+            return _NOTHING_FITS  # not even the leanest rung fits: the ladder finds nothing
+        return (
+            min(t for t, _ in terms),
+            min(p for _, p in terms),
+            max(self.rule(r) for r in self.rungs),
+        )
 
 
+class _Unpriced(Exception):
+    """The step-time model cannot price a rung (no bound applies)."""
+
+
+@functools.cache
 def _saver_ids(rung: Savers) -> frozenset[str]:
     """The technique ids a saver rung adds to a configuration (see config_techniques)."""
     ids = set(OFFLOAD_IDS.get(rung.offload, []))
@@ -1570,10 +1601,12 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
     # search()), so a cut layout changes nothing shown.
     def cut(lay: Layout, kth: float) -> bool:
         # The screen's own score (no steps to target), over the reference plans it may
-        # walk: coarse bounds first, then each rung's.
-        if all(s.bound(r, lay, steps=False, screen=True) > kth for r in refs):
+        # walk (the leaner one only where the first may find nothing that reaches the
+        # batch): coarse bounds first, then each rung's.
+        walks = refs[:1] if s.finds_exact(refs[0], lay, screen=True) else refs
+        if all(s.bound(r, lay, steps=False, screen=True) > kth for r in walks):
             return True
-        return all(s.fine_cut(r, lay, kth, steps=False, screen=True) for r in refs)
+        return all(s.fine_cut(r, lay, kth, steps=False, screen=True) for r in walks)
 
     coarse = [s.bound(refs[0], lay, steps=False, screen=True) for lay in layouts]
     for i in sorted(range(len(layouts)), key=lambda i: coarse[i]):
