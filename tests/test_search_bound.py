@@ -31,6 +31,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "13b-finetune-v100-offload": dict(
         spec="13B", task="finetune", hardware="v100-32gb", host_memory="768GiB"
     ),
+    "13b-finetune-v100-offload-micro3": dict(
+        spec="13B", task="finetune", hardware="v100-32gb", host_memory="768GiB", micro_batch=3
+    ),
     "7b-lora-a100-time-to-target": dict(
         spec="7B", task="lora", hardware="a100-sxm-80gb", objective="time-to-target"
     ),

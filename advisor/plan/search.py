@@ -945,7 +945,10 @@ class _Search:
         plan reaches the global batch, NVMe only when no host-offload plan does; a level's
         leanest rung that is allowed and fits settles it. Also whether one does: then the
         ladder surely finds a plan that reaches the global batch."""
-        exact = per * dp == self.batch.samples
+        fixed = self.ctx.workload.micro_batch
+        # As best_geometry counts it: a pinned micro-batch accumulates to a multiple of it.
+        total = per if fixed is None else fixed * -(-per // fixed)
+        exact = total * dp == self.batch.samples
         walked: list[list[Savers]] = []
         on_device = on_host = settled = False
         for level in ladder:
@@ -954,7 +957,10 @@ class _Search:
                 break
             walked.append(level)
             lean = self._rung(_leanest(level), False).apply(base)
-            one = lean.model_copy(update={"micro_batch": 1, "grad_accumulation": per})
+            micro = fixed or 1
+            one = lean.model_copy(
+                update={"micro_batch": micro, "grad_accumulation": -(-per // micro)}
+            )
             fits = exact and self._ok(one) and self.ev.fits(one)
             on_device = on_device or (fits and off is Offload.NONE)
             on_host = on_host or (fits and off is not Offload.NONE and not off.nvme)
