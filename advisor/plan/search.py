@@ -1004,8 +1004,10 @@ class _LadderBounds:
         self, s: _Search, base: TrainingConfig, per: int, dp: int, levels: list[list[Savers]]
     ) -> None:
         self.s, self.base, self.per, self.dp, self.levels = s, base, per, dp, levels
-        # A pinned micro-batch above the per-replica batch runs at that size.
-        self.top_mb = max(per, s.ctx.workload.micro_batch or 1)
+        # A pinned micro-batch accumulates to a multiple of itself (best_geometry): the
+        # plan's samples per replica, as one micro-batch, bound its time per token.
+        fixed = s.ctx.workload.micro_batch
+        self.top_mb = per if fixed is None else fixed * -(-per // fixed)
         self.rungs = [s._rung(r, inb) for level in levels for r in level for inb in s._inb()]
         scores = s.decision.scores
         self.present = frozenset(techniques_of(s.ctx, base))
@@ -1054,16 +1056,22 @@ class _LadderBounds:
         return best
 
     def level_terms(self, level: list[Savers]) -> tuple[float, int] | None:
-        """Bounds on one offload level's rungs: its fastest rung's time (no recomputation,
-        no activation offload) and its leanest rung's peak (full recomputation with
-        activation offload; every rung where the level has no full recomputation).
-        None when no rung of the level fits."""
+        """Bounds on one offload level's rungs: the time of its fastest rungs (those that
+        neither recompute nor offload activations: the bare one and the fused loss, which
+        moves fewer bytes) and the peak of its leanest (full recomputation with activation
+        offload, or no recomputation at all: a pipeline rank holding one or two blocks
+        keeps less without it than with full recomputation's buffer; every rung where the
+        level has no full recomputation). None when no rung of the level fits."""
         off = level[0].offload
         if off in self._levels:
             return self._levels[off]
         s = self.s
         leanest = _leanest(level)
-        lean = [leanest] if leanest.checkpointing is Checkpointing.FULL else level
+        if leanest.checkpointing is Checkpointing.FULL:
+            plain = [r for r in level if r.checkpointing is Checkpointing.NONE]
+            lean = [leanest, *plain[-1:]]  # the last: activation offload, else fused loss
+        else:
+            lean = level
         peaks = [
             p
             for r in lean
@@ -1072,8 +1080,9 @@ class _LadderBounds:
         ]
         terms: tuple[float, int] | None = None
         if peaks:
-            times = [self.seconds(s._rung(Savers(offload=off), inb)) for inb in s._inb()]
-            if any(t is None for t in times):
+            fast = [r for r in level if _adds_no_time(r)]
+            times = [self.seconds(s._rung(r, inb)) for r in fast for inb in s._inb()]
+            if not times or any(t is None for t in times):
                 raise _Unpriced
             terms = (min(t for t in times if t is not None), min(peaks))
         self._levels[off] = terms
@@ -1095,6 +1104,13 @@ class _LadderBounds:
 
 class _Unpriced(Exception):
     """The step-time model cannot price a rung (no bound applies)."""
+
+
+def _adds_no_time(rung: Savers) -> bool:
+    """Whether a rung may be as fast as any of its level: recomputation and activation
+    offload only add time (cost.py: recompute, exposed PCIe traffic), while the fused loss
+    takes time off (fewer logit bytes moved)."""
+    return rung.checkpointing is Checkpointing.NONE and not rung.activation_offload
 
 
 @functools.cache
@@ -1329,6 +1345,11 @@ def search(
             continue
         s.ladder_for(*ladders[i])
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
+    if s.bounded:
+        notes.append(
+            f"'also' names equivalent plans among those evaluated, not those of the {s.bounded} "
+            "ladders cut by their bound (they could not reach the shown rows)"
+        )
     mem, tim = s.ev.counts
     return SearchResult(
         notes=notes,
@@ -1601,10 +1622,11 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
         c = Savers(checkpointing=Checkpointing.FULL).apply(lay.apply(ref))
         frugal.append((s.ev.totals(c).total_bytes, lay))
 
-    # Branch and bound: layouts by their bound for the reference plan, cheapest first; a
-    # layout is cut when its bound is above the third best layout found (the coarse bound,
-    # then the fine one). The screen's plans on layouts not chosen leave the ranking (see
-    # search()), so a cut layout changes nothing shown.
+    # Branch and bound (where the caller cuts at all: a cutoff is given): layouts by their
+    # bound for the reference plan, cheapest first; a layout is cut when its bound is above
+    # the third best layout found (the coarse bound, then the fine one). The screen's plans
+    # on layouts not chosen leave the ranking (see search()), so a cut layout changes
+    # nothing shown.
     def cut(lay: Layout, kth: float) -> bool:
         # The screen's own score (no steps to target), over the reference plans it may
         # walk (the leaner one only where the first may find nothing that reaches the
@@ -1619,7 +1641,7 @@ def _best_layouts(s: _Search, layouts: list[Layout], refs: list[TrainingConfig])
         lay = layouts[i]
         exact = sorted(x[1] for x in scored if not x[0])
         kth = exact[TOP_LAYOUTS - 1] if len(exact) >= TOP_LAYOUTS else float("inf")
-        if kth < float("inf") and cut(lay, kth):
+        if s.cutoff is not None and kth < float("inf") and cut(lay, kth):
             s.bounded += 1
             continue
         # NOTE: the screen walks the coarser ladder (activation offload with full
