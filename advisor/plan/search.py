@@ -1067,11 +1067,15 @@ class _LadderBounds:
             return self._levels[off]
         s = self.s
         leanest = _leanest(level)
-        if leanest.checkpointing is Checkpointing.FULL:
+        if leanest.checkpointing is not Checkpointing.FULL:
+            lean = level
+        elif -(-(s.ctx.spec.num_layers or 0) // self.base.pipeline_parallel) <= 2:
+            # A pipeline rank of one or two blocks with one micro-batch in flight keeps
+            # less without recomputation than with full recomputation's buffer.
             plain = [r for r in level if r.checkpointing is Checkpointing.NONE]
             lean = [leanest, *plain[-1:]]  # the last: activation offload, else fused loss
         else:
-            lean = level
+            lean = [leanest]
         peaks = [
             p
             for r in lean
@@ -1081,6 +1085,9 @@ class _LadderBounds:
         terms: tuple[float, int] | None = None
         if peaks:
             fast = [r for r in level if _adds_no_time(r)]
+            # NOTE: the fused loss moves 6 bytes per logit against the unfused loss's 28 or
+            # more (cost._LOSS_BYTES): where the level has it, it is the fastest of these.
+            fast = [r for r in fast if r.fused_loss] or fast
             times = [self.seconds(s._rung(r, inb)) for r in fast for inb in s._inb()]
             if not times or any(t is None for t in times):
                 raise _Unpriced
