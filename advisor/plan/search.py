@@ -487,7 +487,10 @@ def best_geometry(
         # More micro-batches shrink the pipeline bubble, (p - 1) / m (Narayanan et al. 2021).
         candidates = fitting if exhaustive else fitting[-6:]
     else:
-        candidates = fitting[-2:]
+        # Without a pipeline, time per token does not grow with the micro-batch (per-sample
+        # compute and exposed communication fall with it; the bounds of the search rest on
+        # the same fact, tests/test_search_bound.py): the largest that fits is the fastest.
+        candidates = fitting[-1:]
     if smallest:
         candidates = fitting[:1]
     descend = config.pipeline_parallel > 1 and not exhaustive and not smallest
