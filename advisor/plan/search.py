@@ -9,6 +9,7 @@ into it as an "also"). ``exhaustive=True`` turns the shortcuts off (for the benc
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import operator
@@ -96,6 +97,7 @@ class Plan:
     evaluator: Evaluator = field(repr=False, compare=False)
     batch_note: str = ""
     aliases: list[str] = field(default_factory=list)  # equivalent labels folded in
+    largest_fit: int = 0  # the largest micro-batch that fit (see _fitting_prefix's hint)
 
     @functools.cached_property
     def memory(self) -> MemoryEstimate:
@@ -390,6 +392,7 @@ class Geometry:
     global_batch: int
     exact: bool
     note: str = ""
+    largest_fit: int = 0  # the largest micro-batch that fits (the next rung's search hint)
 
 
 def _divisors(n: int) -> list[int]:
@@ -418,7 +421,7 @@ def best_geometry(
     *,
     exhaustive: bool = False,
     smallest: bool = False,
-    smallest_first: bool = False,
+    hint: int | None = None,
 ) -> tuple[TrainingConfig, Geometry] | None:
     """The micro-batch and accumulation of ``config`` with the best throughput that fits
     (with ``smallest``, the least memory: micro-batch 1, as ``--objective memory`` asks).
@@ -431,8 +434,8 @@ def best_geometry(
         fixed_micro: ``--micro-batch`` (None: searched).
         exhaustive: try every divisor instead of the binary search.
         smallest: the smallest micro-batch instead of the fastest.
-        smallest_first: look at the smallest micro-batch first (when a leaner plan did not
-            fit, this one likely does not either: one evaluation says so).
+        hint: the largest micro-batch that fit the ladder's previous rung (0: none did), where
+            the search for this one's starts (see _fitting_prefix).
 
     Returns:
         The configuration with its geometry, or None when not even one sample per device fits.
@@ -476,7 +479,7 @@ def best_geometry(
         ev,
         choices,
         lambda mb: with_geometry(mb, _acc(per, mb, in_backward)),
-        smallest_first=smallest_first,
+        hint=hint,
     )
     if not fitting:
         return None
@@ -512,7 +515,14 @@ def best_geometry(
                 f"per-layer updates cannot accumulate gradients (Lv et al. 2023): "
                 f"{mb} x {dp} = {total} samples per step instead of {batch.samples}"
             )
-        g = Geometry(micro_batch=mb, accumulation=acc, global_batch=total, exact=exact, note=why)
+        g = Geometry(
+            micro_batch=mb,
+            accumulation=acc,
+            global_batch=total,
+            exact=exact,
+            note=why,
+            largest_fit=fitting[-1],
+        )
         if descend and best is not None:
             if per_token > best[0] * (1 + 1e-9):
                 break
@@ -540,22 +550,47 @@ def _fitting_prefix(
     choices: list[int],
     build: Callable[[int], TrainingConfig],
     *,
-    smallest_first: bool = False,
+    hint: int | None = None,
 ) -> list[int]:
-    """The choices that fit: memory is monotone in the micro-batch, so binary search (after
-    one look at each end: the largest often fits outright, the smallest often not at all)."""
+    """The choices that fit: memory is monotone in the micro-batch, so binary search.
+
+    Without a ``hint`` it looks at each end first (the largest often fits outright, the
+    smallest often not at all). ``hint`` is the largest micro-batch that fit the previous
+    rung of the ladder (0: none did): the boundary rarely moves far between rungs, so the
+    search starts there. Either way the answer is the same prefix.
+    """
     if not choices:
         return choices
-    if smallest_first and not ev.fits(build(choices[0])):
-        return []
-    if ev.fits(build(choices[-1])):
-        return choices
-    if not smallest_first and not ev.fits(build(choices[0])):
-        return []
-    lo, hi = 1, len(choices) - 1  # choices[:lo] fit; choices[hi:] do not
+    n = len(choices)
+
+    def fits(i: int) -> bool:
+        return ev.fits(build(choices[i]))
+
+    if hint is None:
+        if fits(n - 1):
+            return choices
+        if not fits(0):
+            return []
+        lo, hi = 1, n - 1  # choices[:lo] fit; choices[hi:] do not
+    else:
+        k = bisect.bisect_right(choices, hint)  # the previous rung's fitting prefix
+        if k == 0:
+            if not fits(0):
+                return []
+            lo, hi = 1, n
+        elif k == n:
+            if fits(n - 1):
+                return choices
+            lo, hi = 0, n - 1
+        elif fits(k - 1):
+            if not fits(k):
+                return choices[:k]
+            lo, hi = k + 1, n
+        else:
+            lo, hi = 0, k - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if ev.fits(build(choices[mid])):
+        if fits(mid):
             lo = mid + 1
         else:
             hi = mid
@@ -674,9 +709,7 @@ class _Search:
         return known
 
     # -- one skeleton (core x savers x layout) through the batch geometry
-    def plan(
-        self, c: TrainingConfig, layout: Layout, *, smallest_first: bool = False
-    ) -> Plan | None:
+    def plan(self, c: TrainingConfig, layout: Layout, *, hint: int | None = None) -> Plan | None:
         techniques = self.allowed(c)
         if techniques is None:
             return None
@@ -689,7 +722,7 @@ class _Search:
             self.ctx.workload.micro_batch,
             exhaustive=self.exhaustive,
             smallest=self.ctx.workload.objective.value == "memory",
-            smallest_first=smallest_first,
+            hint=hint,
         )
         if found is None:
             smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
@@ -718,6 +751,7 @@ class _Search:
             global_batch=g.global_batch,
             exact_batch=g.exact,
             batch_note=g.note,
+            largest_fit=g.largest_fit,
         )
         return plan
 
@@ -767,7 +801,7 @@ class _Search:
                 break  # offload only when nothing fits on the device (Ren et al. 2021)
             if off.nvme and host_fitted and not memory_first:
                 break  # NVMe only when host RAM is not enough
-            best, last_fit = float("inf"), True
+            best, hint = float("inf"), None
             for rung in level:
                 if rung.checkpointing is Checkpointing.SELECTIVE and not _selective_saves(
                     self.ctx, base
@@ -776,8 +810,8 @@ class _Search:
                 cfg = self._rung(rung, per_layer).apply(base)
                 if best < float("inf") and not memory_first and self._no_better(cfg, per, best):
                     continue
-                p = self.plan(cfg, layout, smallest_first=not last_fit)
-                last_fit = p is not None
+                p = self.plan(cfg, layout, hint=hint)
+                hint = p.largest_fit if p is not None else 0
                 if try_whole and p is not None and p.config.micro_batch < per:
                     # Per-layer updates free the gradient buffer; if that lets the whole
                     # per-replica batch fit at once, the plan still reaches the global batch.
