@@ -4,7 +4,9 @@ Memory and step time are monotone in the micro-batch, so the micro-batch is foun
 search over the divisors of the per-replica batch (never by enumeration); dimensions whose
 values only trade memory for time are screened once at a reference plan, and a value that
 is no better in memory, time and rule score than another is pruned (or, when equal, folded
-into it as an "also"). ``exhaustive=True`` turns the shortcuts off (for the benchmark).
+into it as an "also"). Saver ladders (one core on one layout) are walked cheapest lower
+bound first and cut when their bound cannot reach the shown rows (branch and bound; see
+``_Search.bound``). ``exhaustive=True`` turns the shortcuts off (for the benchmark).
 """
 
 from __future__ import annotations
@@ -18,12 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from advisor.candidates import (
-    ACTIVATION_OFFLOAD_ID,
     ATTENTION_IDS,
-    CHECKPOINTING_IDS,
     FUSED_LOSS_ID,
-    OFFLOAD_IDS,
-    OPTIMIZER_IN_BACKWARD_ID,
     config_techniques,
 )
 from advisor.config import (
@@ -41,6 +39,7 @@ from advisor.memory import (
     layer_activation_bytes,
     optimizer_note,
 )
+from advisor.plan.bounds import NOTHING_FITS, LadderBounds, leanest_rung
 from advisor.plan.layout import Layout
 from advisor.plan.models import Rejection, RejectionKind, StepCost
 from advisor.plan.space import (
@@ -668,7 +667,7 @@ class _Search:
         self._cut: tuple[int, float] = (-1, float("inf"))  # (plans seen, cutoff then)
         self.bounded = 0  # ladders not walked: their bound is above the shown rows
         self._bounds: dict[tuple[object, ...], tuple[float, int, float] | None] = {}
-        self._ladders: dict[tuple[object, ...], _LadderBounds] = {}
+        self._ladders: dict[tuple[object, ...], LadderBounds] = {}
         self.ev = Evaluator(ctx, cost_fn)
         self.batch = ctx.global_batch
         self.rejected: dict[TrainingConfig, Rejection] = {}
@@ -908,7 +907,7 @@ class _Search:
             terms = self._bounds[key] = None if lb is None else lb.coarse()
         if terms is None:
             return float("-inf")
-        if terms == _NOTHING_FITS:
+        if terms == NOTHING_FITS:
             return float("inf")
         t, m, r = terms
         return self._score(core, t, m, r, steps)
@@ -930,7 +929,7 @@ class _Search:
         coarse = self._bounds[core, layout, screen]
         if lb is None or coarse is None:
             return False
-        if coarse == _NOTHING_FITS:
+        if coarse == NOTHING_FITS:
             return True
         for rung in lb.rungs:
             level = next(lv for lv in lb.levels if lv[0].offload is rung.offload)
@@ -957,7 +956,7 @@ class _Search:
 
     def _ladder_bounds(
         self, core: TrainingConfig, layout: Layout, screen: bool
-    ) -> _LadderBounds | None:
+    ) -> LadderBounds | None:
         """What bounds one ladder (None: no bound applies)."""
         if self.exhaustive or self.ctx.workload.objective not in BOUNDED:
             return None
@@ -971,7 +970,8 @@ class _Search:
             levels, settled = self._walked(
                 base, per, layout.dp, self.screen_ladder if screen else self.ladder
             )
-            hit = self._ladders[key] = _LadderBounds(self, base, per, layout.dp, levels)
+            present = frozenset(techniques_of(self.ctx, base))
+            hit = self._ladders[key] = LadderBounds(self, base, per, layout.dp, levels, present)
             hit.settled = settled
         return hit
 
@@ -993,7 +993,7 @@ class _Search:
             if (off is not Offload.NONE and on_device) or (off.nvme and on_host):
                 break
             walked.append(level)
-            lean = self._rung(_leanest(level), False).apply(base)
+            lean = self._rung(leanest_rung(level), False).apply(base)
             micro = fixed or 1
             one = lean.model_copy(
                 update={"micro_batch": micro, "grad_accumulation": -(-per // micro)}
@@ -1028,165 +1028,6 @@ class _Search:
             self.pruned_rungs += 1
             return True
         return False
-
-
-_NOTHING_FITS: tuple[float, int, float] = (float("inf"), 0, 0.0)
-
-
-class _LadderBounds:
-    """The bounds of one ladder (a core on a layout), with its evaluations memoised by the
-    search's evaluator (see :meth:`_Search.bound`)."""
-
-    def __init__(
-        self, s: _Search, base: TrainingConfig, per: int, dp: int, levels: list[list[Savers]]
-    ) -> None:
-        self.s, self.base, self.per, self.dp, self.levels = s, base, per, dp, levels
-        # A pinned micro-batch accumulates to a multiple of itself (best_geometry): the
-        # plan's samples per replica, as one micro-batch, bound its time per token.
-        fixed = s.ctx.workload.micro_batch
-        self.top_mb = per if fixed is None else fixed * -(-per // fixed)
-        self.rungs = [s._rung(r, inb) for level in levels for r in level for inb in s._inb()]
-        scores = s.decision.scores
-        self.present = frozenset(techniques_of(s.ctx, base))
-        self.accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0) if per > 1 else 0.0
-        self._rules: dict[Savers, float] = {}
-        self.settled = False  # the ladder surely finds a plan reaching the global batch
-        self._levels: dict[Offload, tuple[float, int] | None] = {}
-
-    def seconds(self, rung: Savers) -> float | None:
-        """Time per token of the rung at the whole batch, without the pipeline bubble."""
-        top = rung.apply(self.base).model_copy(
-            update={"micro_batch": self.top_mb, "grad_accumulation": 1}
-        )
-        try:
-            cost = self.s.ev.time(top)
-        except ValueError:
-            return None
-        bubble = cost.components.get("pipeline_bubble", 0.0)
-        return (cost.seconds - bubble) / (self.top_mb * self.dp * self.base.seq_len)
-
-    def rule(self, rung: Savers) -> float:
-        hit = self._rules.get(rung)
-        if hit is None:
-            extra = 0.0 if rung.optimizer_in_backward else self.accumulate
-            ids = self.present | _saver_ids(rung)
-            hit = self._rules[rung] = self.s.decision.score(list(ids)) + extra
-        return hit
-
-    def least_peak(self, rung: Savers, *, viable: bool) -> int | None:
-        """The least peak of the rung over the geometries best_geometry can give it: micro-
-        batch 1 accumulating over the per-replica batch, or the whole batch at once (acc 1
-        drops persistent gradients); per-layer updates never accumulate. None when none
-        fits the device (``viable``: the host too, and the rules allow the rung)."""
-        s, c, per = self.s, rung.apply(self.base), self.per
-        if viable and not s._ok(c.model_copy(update={"micro_batch": 1, "grad_accumulation": 1})):
-            return None
-        geometries = [(1, 1)] if c.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
-        best = None
-        for micro, acc in geometries:
-            g = c.model_copy(update={"micro_batch": micro, "grad_accumulation": acc})
-            m = s.ev.totals(g)
-            if (s.ev.fits(g) if viable else m.total_bytes <= s.ev.usable) and (
-                best is None or m.total_bytes < best
-            ):
-                best = m.total_bytes
-        return best
-
-    def level_terms(self, level: list[Savers]) -> tuple[float, int] | None:
-        """Bounds on one offload level's rungs: the time of its fastest rungs (those that
-        neither recompute nor offload activations: the bare one and the fused loss, which
-        moves fewer bytes) and the peak of its leanest (full recomputation with activation
-        offload, or no recomputation at all: a pipeline rank holding one or two blocks
-        keeps less without it than with full recomputation's buffer; every rung where the
-        level has no full recomputation). None when no rung of the level fits."""
-        off = level[0].offload
-        if off in self._levels:
-            return self._levels[off]
-        s = self.s
-        leanest = _leanest(level)
-        if leanest.checkpointing is not Checkpointing.FULL:
-            lean = level
-        elif -(-(s.ctx.spec.num_layers or 0) // self.base.pipeline_parallel) <= 2:
-            # A pipeline rank of one or two blocks with one micro-batch in flight keeps
-            # less without recomputation than with full recomputation's buffer.
-            plain = [r for r in level if r.checkpointing is Checkpointing.NONE]
-            lean = [leanest, *plain[-1:]]  # the last: activation offload, else fused loss
-        else:
-            lean = [leanest]
-        peaks = [
-            p
-            for r in lean
-            for inb in s._inb()
-            if (p := self.least_peak(s._rung(r, inb), viable=False)) is not None
-        ]
-        terms: tuple[float, int] | None = None
-        if peaks:
-            fast = [r for r in level if _adds_no_time(r)]
-            # NOTE: the fused loss moves 6 bytes per logit against the unfused loss's 28 or
-            # more (cost._LOSS_BYTES): where the level has it, it is the fastest of these.
-            fast = [r for r in fast if r.fused_loss] or fast
-            times = [self.seconds(s._rung(r, inb)) for r in fast for inb in s._inb()]
-            if not times or any(t is None for t in times):
-                raise _Unpriced
-            terms = (min(t for t in times if t is not None), min(peaks))
-        self._levels[off] = terms
-        return terms
-
-    def coarse(self) -> tuple[float, int, float] | None:
-        try:
-            terms = [t for level in self.levels if (t := self.level_terms(level)) is not None]
-        except _Unpriced:
-            return None
-        if not terms:
-            return _NOTHING_FITS  # not even the leanest rung fits: the ladder finds nothing
-        return (
-            min(t for t, _ in terms),
-            min(p for _, p in terms),
-            max(self.rule(r) for r in self.rungs),
-        )
-
-
-class _Unpriced(Exception):
-    """The step-time model cannot price a rung (no bound applies)."""
-
-
-def _adds_no_time(rung: Savers) -> bool:
-    """Whether a rung may be as fast as any of its level: recomputation and activation
-    offload only add time (cost.py: recompute, exposed PCIe traffic), while the fused loss
-    takes time off (fewer logit bytes moved)."""
-    return rung.checkpointing is Checkpointing.NONE and not rung.activation_offload
-
-
-@functools.cache
-def _saver_ids(rung: Savers) -> frozenset[str]:
-    """The technique ids a saver rung adds to a configuration (see config_techniques)."""
-    ids = set(OFFLOAD_IDS.get(rung.offload, []))
-    if rung.checkpointing in CHECKPOINTING_IDS:
-        ids.add(CHECKPOINTING_IDS[rung.checkpointing])
-    if rung.optimizer_in_backward:
-        ids.add(OPTIMIZER_IN_BACKWARD_ID)
-    if rung.activation_offload:
-        ids.add(ACTIVATION_OFFLOAD_ID)
-    if rung.fused_loss:
-        ids.add(FUSED_LOSS_ID)
-    return frozenset(ids)
-
-
-def _leanest(level: list[Savers]) -> Savers:
-    """The rung of a level that keeps the least: the deepest recomputation, with activation
-    offload and the fused loss where the level has them."""
-    depth = {ck: i for i, ck in enumerate(_CKPT_DEPTH)}
-    return max(level, key=lambda r: (depth[r.checkpointing], r.activation_offload, r.fused_loss))
-
-
-# Recomputation levels by how much they save (the leanest rung is the deepest).
-_CKPT_DEPTH = (
-    Checkpointing.NONE,
-    Checkpointing.SELECTIVE,
-    Checkpointing.SELECTIVE_OP,
-    Checkpointing.SELECTIVE_LAYER,
-    Checkpointing.FULL,
-)
 
 
 def _selective_saves(ctx: Context, c: TrainingConfig) -> bool:

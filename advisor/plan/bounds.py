@@ -1,0 +1,191 @@
+"""Lower bounds on what a saver ladder of the plan search can return (its branch and bound).
+
+A ladder is one core (optimizer, precision, attention) on one layout, walked through its
+memory-saver rungs and micro-batches by :mod:`advisor.plan.search`. The bounds here read
+the search's memoised models; :meth:`advisor.plan.search._Search.bound` turns them into a
+score and ``tests/test_search_bound.py`` holds every walked ladder to them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from advisor.candidates import (
+    ACTIVATION_OFFLOAD_ID,
+    CHECKPOINTING_IDS,
+    FUSED_LOSS_ID,
+    OFFLOAD_IDS,
+    OPTIMIZER_IN_BACKWARD_ID,
+)
+from advisor.config import Checkpointing, Offload, TrainingConfig
+from advisor.plan.space import Savers
+
+if TYPE_CHECKING:
+    from advisor.plan.search import _Search
+
+# The coarse terms of a ladder where not even its leanest rung fits.
+NOTHING_FITS: tuple[float, int, float] = (float("inf"), 0, 0.0)
+
+
+class LadderBounds:
+    """The bounds of one ladder (a core on a layout), with its evaluations memoised by the
+    search's evaluator (see :meth:`advisor.plan.search._Search.bound`); ``present`` is the
+    technique ids of the core on its layout."""
+
+    def __init__(
+        self,
+        s: _Search,
+        base: TrainingConfig,
+        per: int,
+        dp: int,
+        levels: list[list[Savers]],
+        present: frozenset[str],
+    ) -> None:
+        self.s, self.base, self.per, self.dp, self.levels = s, base, per, dp, levels
+        # A pinned micro-batch accumulates to a multiple of itself (best_geometry): the
+        # plan's samples per replica, as one micro-batch, bound its time per token.
+        fixed = s.ctx.workload.micro_batch
+        self.top_mb = per if fixed is None else fixed * -(-per // fixed)
+        self.rungs = [s._rung(r, inb) for level in levels for r in level for inb in s._inb()]
+        scores = s.decision.scores
+        self.present = present
+        self.accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0) if per > 1 else 0.0
+        self._rules: dict[Savers, float] = {}
+        self.settled = False  # the ladder surely finds a plan reaching the global batch
+        self._levels: dict[Offload, tuple[float, int] | None] = {}
+
+    def seconds(self, rung: Savers) -> float | None:
+        """Time per token of the rung at the whole batch, without the pipeline bubble."""
+        top = rung.apply(self.base).model_copy(
+            update={"micro_batch": self.top_mb, "grad_accumulation": 1}
+        )
+        try:
+            cost = self.s.ev.time(top)
+        except ValueError:
+            return None
+        bubble = cost.components.get("pipeline_bubble", 0.0)
+        return (cost.seconds - bubble) / (self.top_mb * self.dp * self.base.seq_len)
+
+    def rule(self, rung: Savers) -> float:
+        hit = self._rules.get(rung)
+        if hit is None:
+            extra = 0.0 if rung.optimizer_in_backward else self.accumulate
+            ids = self.present | saver_ids(rung)
+            hit = self._rules[rung] = self.s.decision.score(list(ids)) + extra
+        return hit
+
+    def least_peak(self, rung: Savers, *, viable: bool) -> int | None:
+        """The least peak of the rung over the geometries best_geometry can give it: micro-
+        batch 1 accumulating over the per-replica batch, or the whole batch at once (acc 1
+        drops persistent gradients); per-layer updates never accumulate. None when none
+        fits the device (``viable``: the host too, and the rules allow the rung)."""
+        s, c, per = self.s, rung.apply(self.base), self.per
+        if viable and not s._ok(c.model_copy(update={"micro_batch": 1, "grad_accumulation": 1})):
+            return None
+        geometries = [(1, 1)] if c.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
+        best = None
+        for micro, acc in geometries:
+            g = c.model_copy(update={"micro_batch": micro, "grad_accumulation": acc})
+            m = s.ev.totals(g)
+            if (s.ev.fits(g) if viable else m.total_bytes <= s.ev.usable) and (
+                best is None or m.total_bytes < best
+            ):
+                best = m.total_bytes
+        return best
+
+    def level_terms(self, level: list[Savers]) -> tuple[float, int] | None:
+        """Bounds on one offload level's rungs: the time of its fastest rungs (those that
+        neither recompute nor offload activations: the bare one and the fused loss, which
+        moves fewer bytes) and the peak of its leanest (full recomputation with activation
+        offload, or no recomputation at all: a pipeline rank holding one or two blocks
+        keeps less without it than with full recomputation's buffer; every rung where the
+        level has no full recomputation). None when no rung of the level fits."""
+        off = level[0].offload
+        if off in self._levels:
+            return self._levels[off]
+        s = self.s
+        leanest = leanest_rung(level)
+        if leanest.checkpointing is not Checkpointing.FULL:
+            lean = level
+        elif -(-(s.ctx.spec.num_layers or 0) // self.base.pipeline_parallel) <= 2:
+            # A pipeline rank of one or two blocks with one micro-batch in flight keeps
+            # less without recomputation than with full recomputation's buffer.
+            plain = [r for r in level if r.checkpointing is Checkpointing.NONE]
+            lean = [leanest, *plain[-1:]]  # the last: activation offload, else fused loss
+        else:
+            lean = [leanest]
+        peaks = [
+            p
+            for r in lean
+            for inb in s._inb()
+            if (p := self.least_peak(s._rung(r, inb), viable=False)) is not None
+        ]
+        terms: tuple[float, int] | None = None
+        if peaks:
+            fast = [r for r in level if adds_no_time(r)]
+            # NOTE: the fused loss moves 6 bytes per logit against the unfused loss's 28 or
+            # more (cost._LOSS_BYTES): where the level has it, it is the fastest of these.
+            fast = [r for r in fast if r.fused_loss] or fast
+            times = [self.seconds(s._rung(r, inb)) for r in fast for inb in s._inb()]
+            if not times or any(t is None for t in times):
+                raise Unpriced
+            terms = (min(t for t in times if t is not None), min(peaks))
+        self._levels[off] = terms
+        return terms
+
+    def coarse(self) -> tuple[float, int, float] | None:
+        try:
+            terms = [t for level in self.levels if (t := self.level_terms(level)) is not None]
+        except Unpriced:
+            return None
+        if not terms:
+            return NOTHING_FITS  # not even the leanest rung fits: the ladder finds nothing
+        return (
+            min(t for t, _ in terms),
+            min(p for _, p in terms),
+            max(self.rule(r) for r in self.rungs),
+        )
+
+
+class Unpriced(Exception):
+    """The step-time model cannot price a rung (no bound applies)."""
+
+
+def adds_no_time(rung: Savers) -> bool:
+    """Whether a rung may be as fast as any of its level: recomputation and activation
+    offload only add time (cost.py: recompute, exposed PCIe traffic), while the fused loss
+    takes time off (fewer logit bytes moved)."""
+    return rung.checkpointing is Checkpointing.NONE and not rung.activation_offload
+
+
+@functools.cache
+def saver_ids(rung: Savers) -> frozenset[str]:
+    """The technique ids a saver rung adds to a configuration (see config_techniques)."""
+    ids = set(OFFLOAD_IDS.get(rung.offload, []))
+    if rung.checkpointing in CHECKPOINTING_IDS:
+        ids.add(CHECKPOINTING_IDS[rung.checkpointing])
+    if rung.optimizer_in_backward:
+        ids.add(OPTIMIZER_IN_BACKWARD_ID)
+    if rung.activation_offload:
+        ids.add(ACTIVATION_OFFLOAD_ID)
+    if rung.fused_loss:
+        ids.add(FUSED_LOSS_ID)
+    return frozenset(ids)
+
+
+def leanest_rung(level: list[Savers]) -> Savers:
+    """The rung of a level that keeps the least: the deepest recomputation, with activation
+    offload and the fused loss where the level has them."""
+    depth = {ck: i for i, ck in enumerate(CKPT_DEPTH)}
+    return max(level, key=lambda r: (depth[r.checkpointing], r.activation_offload, r.fused_loss))
+
+
+# Recomputation levels by how much they save (the leanest rung is the deepest).
+CKPT_DEPTH = (
+    Checkpointing.NONE,
+    Checkpointing.SELECTIVE,
+    Checkpointing.SELECTIVE_OP,
+    Checkpointing.SELECTIVE_LAYER,
+    Checkpointing.FULL,
+)
