@@ -853,9 +853,9 @@ class _Search:
     # -- branch and bound over ladders
     def cut(self, bound: float) -> bool:
         """Whether a ladder bounded below by ``bound`` cannot reach the shown rows (strictly
-        above the last one's score: a tie may still fold in). The cutoff is recomputed when plans
-        were found since (the bounds come in ascending order: once one ladder is cut, no
-        plan is added and the rest are cut against the same value)."""
+        above the last one's score: a tie may still fold in). The cutoff is recomputed when
+        plans were found since (the bounds come in ascending order: once one ladder is cut,
+        no plan is added and the rest are cut against the same value)."""
         if self.cutoff is None or bound == float("-inf"):
             return False
         seen, value = self._cut
@@ -894,8 +894,8 @@ class _Search:
         - the rule score is a sum over techniques: the core's, the rung's, and gradient
           accumulation's where a rule favours it.
         This coarse bound (a few evaluations) pairs the fastest rung's time with the leanest
-        rung's peak and the best rung's rules: recomputation and offload only add time, and
-        full recomputation with activation offload keeps the least. :meth:`fine_cut` bounds
+        rung's peak and the best rung's rules (see :meth:`LadderBounds.level_terms` for which
+        rungs are the fastest and the leanest). :meth:`fine_cut` bounds
         each rung on its own. ``steps=False`` leaves out the optimizer's steps to target
         (the layout screen's score). tests/test_search_bound.py holds every walked ladder
         to both.
