@@ -31,7 +31,8 @@ NOTHING_FITS: tuple[float, int, float] = (float("inf"), 0, 0.0)
 class LadderBounds:
     """The bounds of one ladder (a core on a layout), with its evaluations memoised by the
     search's evaluator (see :meth:`advisor.plan.search._Search.bound`); ``present`` is the
-    technique ids of the core on its layout."""
+    technique ids of the core on its layout, ``settled`` whether the ladder surely finds a
+    plan that reaches the global batch (see :meth:`advisor.plan.search._Search._walked`)."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class LadderBounds:
         dp: int,
         levels: list[list[Savers]],
         present: frozenset[str],
+        settled: bool,
     ) -> None:
         self.s, self.base, self.per, self.dp, self.levels = s, base, per, dp, levels
         # A pinned micro-batch accumulates to a multiple of itself (best_geometry): the
@@ -52,7 +54,7 @@ class LadderBounds:
         self.present = present
         self.accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0) if per > 1 else 0.0
         self._rules: dict[Savers, float] = {}
-        self.settled = False  # the ladder surely finds a plan reaching the global batch
+        self.settled = settled  # the ladder surely finds a plan reaching the global batch
         self._levels: dict[Offload, tuple[float, int] | None] = {}
 
     def seconds(self, rung: Savers) -> float | None:
@@ -134,7 +136,10 @@ class LadderBounds:
         self._levels[off] = terms
         return terms
 
+    @functools.cached_property
     def coarse(self) -> tuple[float, int, float] | None:
+        """The coarse bound's terms: the fastest time, the leanest peak and the best rules
+        over the walked levels (NOTHING_FITS: no rung fits; None: a rung is unpriced)."""
         try:
             terms = [t for level in self.levels if (t := self.level_terms(level)) is not None]
         except Unpriced:

@@ -666,7 +666,6 @@ class _Search:
         self.cutoff = cutoff
         self._cut: tuple[int, float] = (-1, float("inf"))  # (plans seen, cutoff then)
         self.bounded = 0  # ladders not walked: their bound is above the shown rows
-        self._bounds: dict[tuple[object, ...], tuple[float, int, float] | None] = {}
         self._ladders: dict[tuple[object, ...], LadderBounds] = {}
         self.ev = Evaluator(ctx, cost_fn)
         self.batch = ctx.global_batch
@@ -900,11 +899,8 @@ class _Search:
         (the layout screen's score). tests/test_search_bound.py holds every walked ladder
         to both.
         """
-        key = (core, layout, screen)
-        terms = self._bounds.get(key)
-        if terms is None:
-            lb = self._ladder_bounds(core, layout, screen)
-            terms = self._bounds[key] = None if lb is None else lb.coarse()
+        lb = self._ladder_bounds(core, layout, screen)
+        terms = None if lb is None else lb.coarse
         if terms is None:
             return float("-inf")
         if terms == NOTHING_FITS:
@@ -924,12 +920,10 @@ class _Search:
         """Whether every rung's own bound (its time at the whole batch, its least peak, its
         rules) is above ``above``: stops at the first rung that is not, and prices a rung's
         time only when its peak and rules leave it below (the walk reuses what it reads)."""
-        self.bound(core, layout, screen=screen)  # the coarse terms, memoised
         lb = self._ladder_bounds(core, layout, screen)
-        coarse = self._bounds[core, layout, screen]
-        if lb is None or coarse is None:
+        if lb is None or lb.coarse is None:
             return False
-        if coarse == NOTHING_FITS:
+        if lb.coarse == NOTHING_FITS:
             return True
         for rung in lb.rungs:
             level = next(lv for lv in lb.levels if lv[0].offload is rung.offload)
@@ -971,8 +965,9 @@ class _Search:
                 base, per, layout.dp, self.screen_ladder if screen else self.ladder
             )
             present = frozenset(techniques_of(self.ctx, base))
-            hit = self._ladders[key] = LadderBounds(self, base, per, layout.dp, levels, present)
-            hit.settled = settled
+            hit = self._ladders[key] = LadderBounds(
+                self, base, per, layout.dp, levels, present, settled
+            )
         return hit
 
     def _walked(
@@ -988,13 +983,13 @@ class _Search:
         exact = total * dp == self.batch.samples
         walked: list[list[Savers]] = []
         on_device = on_host = settled = False
+        micro = fixed or 1
         for level in ladder:
             off = level[0].offload
             if (off is not Offload.NONE and on_device) or (off.nvme and on_host):
                 break
             walked.append(level)
             lean = self._rung(leanest_rung(level), False).apply(base)
-            micro = fixed or 1
             one = lean.model_copy(
                 update={"micro_batch": micro, "grad_accumulation": -(-per // micro)}
             )
