@@ -74,7 +74,8 @@ _STEP_BASE_BYTES = 12
 # torch's foreach optimizers (the CUDA default) run each arithmetic op as its own pass over
 # every tensor: AdamW's _multi_tensor_adamw reads/writes each state ~4 times against fused
 # AdamW's one pass (torch/optim/adamw.py); measured 3-6x on CPU (FINDINGS.md). The fused
-# stack uses fused AdamW (torchtitan's default, Megatron's apex/TE FusedAdam).
+# stack uses fused AdamW (torchtitan's default, Megatron's apex/TE FusedAdam) where the
+# optimizer has a fused kernel (taxonomy memory.fused_step); the others loop everywhere.
 FOREACH_TRAFFIC = 2.5
 # Second-order refreshes (eigendecompositions, inverse roots) run far below peak: ~5%.
 REFRESH_EFFICIENCY = 0.05
@@ -383,6 +384,7 @@ def predict_step_time(
     optimizer_bytes_per_param: float = 8.0,
     optimizer_order: str = "first",
     preconditioner_interval: int | None = None,
+    optimizer_fused_step: bool = True,
     interconnect_gb_s: float | None = None,
     gpus_per_node: int | None = None,
 ) -> StepTime:
@@ -401,6 +403,9 @@ def predict_step_time(
         optimizer_bytes_per_param: the optimizer's state bytes (analytic step cost).
         optimizer_order: zeroth, first or second (zeroth-order has no backward).
         preconditioner_interval: steps between refreshes (analytic second-order cost).
+        optimizer_fused_step: the optimizer has a fused in-place kernel, which the fused
+            stack runs (one pass over the states); without one every stack runs the
+            foreach/for-loop step (an op per pass).
         interconnect_gb_s: bidirectional GB/s of the slowest link the data-parallel
             collectives cross (default: the profile's links). A value below the profile's
             intra-node link says that they leave the node.
@@ -418,7 +423,7 @@ def predict_step_time(
         raise ValueError("predict_step_time needs a calibration or a hardware profile")
     eff = efficiency_for(hardware) if hardware is not None else CPU_EFFICIENCY
     return _Step(spec, config, calibration, hardware, eff, interconnect_gb_s, gpus_per_node).run(
-        optimizer_bytes_per_param, optimizer_order, preconditioner_interval
+        optimizer_bytes_per_param, optimizer_order, preconditioner_interval, optimizer_fused_step
     )
 
 
@@ -954,7 +959,9 @@ class _Step:
         times, fwd, bwd, mb_seconds = scaled[1]
         return dict(times), fwd, bwd, mb_seconds
 
-    def run(self, state_bytes: float, order: str, interval: int | None) -> StepTime:
+    def run(
+        self, state_bytes: float, order: str, interval: int | None, fused_step: bool = True
+    ) -> StepTime:
         c = self.config
         zeroth = order == "zeroth"
         parts, fwd, bwd, mb_seconds = self.micro_batches(zeroth)
@@ -977,7 +984,7 @@ class _Step:
             parts["activation_offload"] = ComponentTime(
                 seconds=exposed * A, source=Source.ANALYTIC, detail="PCIe, overlapped"
             )
-        parts["optimizer_step"] = self.optimizer(state_bytes, zeroth, interval, bwd)
+        parts["optimizer_step"] = self.optimizer(state_bytes, zeroth, interval, bwd, fused_step)
         mixed = (Precision.BF16_MIXED, Precision.FP16_MIXED, Precision.FP8_MIXED)
         if c.precision in mixed and not zeroth:
             # fp32 master weights: 16-bit gradients up-cast before the step, updated masters
@@ -1023,7 +1030,12 @@ class _Step:
         return self.trainable() / (self.tp * self.pp) / self.shard(1)
 
     def optimizer(
-        self, state_bytes: float, zeroth: bool, interval: int | None, bwd: float
+        self,
+        state_bytes: float,
+        zeroth: bool,
+        interval: int | None,
+        bwd: float,
+        fused_step: bool = True,
     ) -> ComponentTime:
         c = self.config
         local = self.trainable_local()
@@ -1069,7 +1081,7 @@ class _Step:
             return ComponentTime(seconds=seconds, source=Source.ANALYTIC, detail=detail)
         traffic = _STEP_BASE_BYTES + 2 * state_bytes
         variant = "fused"
-        if c.stack is Stack.HF:
+        if c.stack is Stack.HF or not fused_step:
             traffic *= FOREACH_TRAFFIC
             variant = "foreach"
         if c.optimizer_in_backward:
@@ -1221,6 +1233,7 @@ def predict_for_optimizer(
         optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
+        optimizer_fused_step=optimizer.memory.fused_step if optimizer.memory else True,
         interconnect_gb_s=interconnect_gb_s,
         gpus_per_node=gpus_per_node,
     )

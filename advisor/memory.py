@@ -1901,10 +1901,14 @@ def _estimate_stage(
     # ---- transient: the larger of the loss backward and the optimizer step's temporaries
     loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
-    if mem.state not in (StateKind.NONE, StateKind.SEED):
+    if mem.state not in (StateKind.NONE, StateKind.SEED) and not (
+        mem.fused_step and config.stack is Stack.FUSED
+    ):
         # NOTE: torch's foreach/multi-tensor steps allocate one fp32 temporary per
         # parameter of the local shard (e.g. Adam's denominator); stepped per layer in
-        # backward, one block's worth.
+        # backward, one block's worth. The fused stack runs the fused kernel where one
+        # exists (torchtitan's default implementation, Megatron's FusedAdam), which updates
+        # in place: no temporary (measured in tests/test_memory_stacks.py).
         step_tr = shard(p_t * 4, 1)
         if config.optimizer_in_backward:
             step_tr = math.ceil(max(layer_trainable / max(stage_layers, 1), head_trainable) * 4)

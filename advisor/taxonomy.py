@@ -191,6 +191,15 @@ class OptimizerMemory(_Frozen):
     max_preconditioned_dim: int | None = Field(
         default=None, ge=1, description="dimensions larger than this get no preconditioner"
     )
+    fused_step: bool = Field(
+        default=False,
+        description=(
+            "the implementation updates parameters and states in place in fused kernels "
+            "(torch's fused=True: _fused_adamw_ / _fused_sgd_; bitsandbytes' 8-bit update "
+            "kernels), so its step allocates no parameter-sized temporaries; the fused "
+            "stack runs it (see memory.estimate_memory)"
+        ),
+    )
     notes: str = ""
 
 
@@ -373,6 +382,20 @@ class Technique(_Frozen):
         if info.data.get("category") is Category.OPTIMIZER and value is not None:
             raise ValueError("an optimizer describes its memory in memory.notes")
         return value
+
+    @model_validator(mode="after")
+    def _fused_step_names_its_kernel(self) -> Technique:
+        # A fused step is a property of the implementation the taxonomy names: torch's
+        # fused=True kernels, or bitsandbytes' 8-bit optimizers (fused CUDA updates).
+        impl = self.implementation or ""
+        fused_impl = "fused=True" in impl or impl.startswith("bitsandbytes.optim.")
+        if self.memory is not None and self.memory.fused_step != fused_impl:
+            raise ValueError(
+                f"memory.fused_step is {str(self.memory.fused_step).lower()} but the "
+                f"implementation {impl or '(none)'} "
+                + ("names a fused kernel" if fused_impl else "names no fused kernel")
+            )
+        return self
 
     @field_validator("incompatible_with")
     @classmethod

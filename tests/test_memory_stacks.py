@@ -99,6 +99,30 @@ def test_a_real_steps_peak_is_the_largest_phase(name: str, b: int, s: int, phase
     assert est.total_bytes == pytest.approx(measured, rel=0.05), (est.total_bytes, measured)
 
 
+@pytest.mark.parametrize(("impl", "stack"), [("foreach", Stack.HF), ("fused", Stack.FUSED)])
+def test_the_optimizer_steps_temporary_follows_the_implementation(impl: str, stack: Stack) -> None:
+    """foreach AdamW allocates one fp32 copy of the parameters (its denominator); the fused
+    kernel (``_fused_adamw_``, what the fused stack runs) updates in place. The model's
+    optimizer-step phase prices each: measured around ``opt.step()`` alone."""
+    torch.manual_seed(0)
+    with LiveBytes() as live:
+        model = build_model("llama", "sdpa")
+        params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **{impl: True})
+        ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (2, 32))
+        for _ in range(2):  # the first step allocates the states
+            model(input_ids=ids, labels=ids).loss.backward()
+            live.reset_peak()
+            before = live.peak
+            opt.step()
+            peak = live.peak
+            opt.zero_grad(set_to_none=True)
+    assert peak - before == (4 * params if impl == "foreach" else 0)
+    est = _estimate("llama", 2, 32, stack=stack).phase("optimizer_step")
+    assert est.components.get("transient", 0) == peak - before
+    assert est.total_bytes == pytest.approx(peak, rel=0.02), (est.total_bytes, peak)
+
+
 def test_full_checkpointing_step_peak() -> None:
     measured = _step_peak("llama", 8, 128, ckpt=True)
     est = _estimate("llama", 8, 128, checkpointing=Checkpointing.FULL)

@@ -315,6 +315,20 @@ def test_optimizer_without_memory_and_other_with_memory(tmp_path: Path) -> None:
     assert any(p.startswith(f"{path}:13: lora: memory: ") for p in problems), problems
 
 
+def test_fused_step_agrees_with_the_implementation(taxonomy: Taxonomy, tmp_path: Path) -> None:
+    fused = {t.id for t in taxonomy.optimizers() if t.memory and t.memory.fused_step}
+    assert {"adam", "adamw", "sgd-momentum", "adamw-8bit", "lion-8bit"} <= fused
+    assert not fused & {"adagrad", "rmsprop", "lion", "adafactor", "muon", "galore-adamw-8bit"}
+    claimed = _GOOD.replace("bytes_per_param: 8}", "bytes_per_param: 8, fused_step: true}")
+    (problem,) = _problems(_write(tmp_path, claimed))
+    assert "fused_step is true but the implementation (none) names no fused kernel" in problem
+    unclaimed = _GOOD.replace(
+        "    references:", "    implementation: torch.optim.AdamW(fused=True)\n    references:"
+    )
+    (problem,) = _problems(_write(tmp_path, unclaimed))
+    assert "fused_step is false but the implementation torch.optim.AdamW(fused=True)" in problem
+
+
 def test_unknown_field_and_bad_id_pattern(tmp_path: Path) -> None:
     text = _GOOD.replace("name: AdamW", "name: AdamW\n    colour: blue").replace(
         "id: adamw", "id: AdamW_1"
