@@ -2132,30 +2132,42 @@ def _phases(
     gradients exist and only the first block's activations (and those of other in-flight
     pipeline micro-batches) remain. The sum is linear in between, so these two ends bound
     the layer-backward phase.
+
+    Autocast's 16-bit weight copies live in its cache until the forward's autocast region
+    exits (``torch.autocast.__exit__`` clears it), and after that only as what autograd
+    saved: each block's copies until that block's backward, none under full recomputation
+    (the recomputed block casts its own). The optimizer step never sees them (measured in
+    tests/test_memory_stacks.py). Transformer Engine's fp8 weight copies are workspaces
+    its modules keep from step to step: alive in every phase.
     """
+    autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
     static = {
         k: bd[k]
-        for k in (
-            "weights",
-            "quantization_constants",
-            "weight_cache",
-            "master_weights",
-            "optimizer_states",
-        )
+        for k in ("weights", "quantization_constants", "master_weights", "optimizer_states")
         if bd[k]
     }
+    cache = bd["weight_cache"] if autocast else 0
+    if bd["weight_cache"] and not autocast:
+        static["weight_cache"] = bd["weight_cache"]
+    saved_cache = 0 if config.checkpointing is Checkpointing.FULL else cache
     gathered = (
         {"gathered_parameters": bd["gathered_parameters"]} if bd["gathered_parameters"] else {}
     )
     if zeroth:
         fwd = {**static, "activations": bd["activations"], "logits": bd["logits"], **gathered}
+        if cache:
+            fwd["weight_cache"] = cache
         return {"forward_end": fwd, "optimizer_step": dict(static)}
     grads = bd["gradients"]
     in_fwd = {"gradients": grads} if grads_persistent and grads else {}
     forward_end = {**static, **in_fwd, "activations": bd["activations"], "logits": bd["logits"]}
     forward_end.update(gathered)
+    if cache:
+        forward_end["weight_cache"] = cache
     # The model output's logits are dropped before backward; what the loss saved remains.
     loss_backward = {**forward_end, "logits": loss_saved}
+    if cache:
+        loss_backward["weight_cache"] = saved_cache
     if loss_tr:
         loss_backward["transient"] = loss_tr
     loss_backward = {k: v for k, v in loss_backward.items() if v}
@@ -2163,7 +2175,7 @@ def _phases(
     other_inflight = (acts - model_level) * (1 - 1 / inflight) if inflight > 1 else 0.0
     end_acts = math.ceil(model_level + per_block + other_inflight)
     start_grads = grads if grads_persistent or config.optimizer_in_backward else head_grad
-    start = acts + start_grads
+    start = acts + start_grads + saved_cache
     end = end_acts + grads
     extra = {k: bd[k] for k in ("recompute", "per_sample_gradients") if bd[k]}
     extra["transient"] = grad_flow
@@ -2171,6 +2183,8 @@ def _phases(
         extra["transient"] += step_tr
     if start >= end:
         backward = {**static, "gradients": start_grads, "activations": acts}
+        if cache:
+            backward["weight_cache"] = saved_cache
     else:
         backward = {**static, "gradients": grads, "activations": end_acts}
     backward = {k: v for k, v in {**backward, **extra, **gathered}.items() if v}

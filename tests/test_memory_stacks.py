@@ -39,8 +39,11 @@ TAX = {t.id: t for t in load_taxonomy().techniques}
 CPU = DeviceOverheads.cpu()
 
 
-def _step_peak(name: str, b: int, s: int, *, ckpt: bool = False, fused_loss: bool = False) -> int:
-    """Peak live bytes of the second of two real AdamW (foreach) steps of a tiny HF model."""
+def _step_peak(
+    name: str, b: int, s: int, *, ckpt: bool = False, fused_loss: bool = False, amp: bool = False
+) -> int:
+    """Peak live bytes of the second of two real AdamW (foreach) steps of a tiny HF model
+    (with ``amp``, the forward under bf16 autocast, backward and step outside it)."""
     torch.manual_seed(0)
     with LiveBytes() as live:
         model = build_model(name, "sdpa")
@@ -56,7 +59,8 @@ def _step_peak(name: str, b: int, s: int, *, ckpt: bool = False, fused_loss: boo
                     hidden.flatten(0, 1), model.lm_head.weight, ids.flatten()
                 )
             else:
-                loss = model(input_ids=ids, labels=ids).loss
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -68,13 +72,9 @@ def _step_peak(name: str, b: int, s: int, *, ckpt: bool = False, fused_loss: boo
 
 
 def _estimate(name: str, b: int, s: int, **cfg: Any) -> Any:
+    cfg.setdefault("precision", Precision.FP32)
     config = TrainingConfig(
-        task=Task.PRETRAIN,
-        precision=Precision.FP32,
-        attention=Attention.FLASH,
-        micro_batch=b,
-        seq_len=s,
-        **cfg,
+        task=Task.PRETRAIN, attention=Attention.FLASH, micro_batch=b, seq_len=s, **cfg
     )
     return estimate_memory(spec_for(name), config, optimizer=TAX["adamw"], device=CPU)
 
@@ -97,6 +97,29 @@ def test_a_real_steps_peak_is_the_largest_phase(name: str, b: int, s: int, phase
     # The sum of every component would overshoot: they do not all coexist.
     assert sum(est.breakdown.values()) > 1.05 * measured
     assert est.total_bytes == pytest.approx(measured, rel=0.05), (est.total_bytes, measured)
+
+
+@pytest.mark.parametrize(
+    ("b", "s", "ckpt", "phase"),
+    [(2, 32, False, "optimizer_step"), (8, 128, True, "layer_backward")],
+)
+def test_autocasts_weight_copies_are_gone_by_the_step_and_under_recomputation(
+    b: int, s: int, ckpt: bool, phase: str
+) -> None:
+    """Autocast clears its cache when the forward's region exits; what autograd saved of
+    the 16-bit copies is freed block by block in backward, and recomputation saves none."""
+    measured = _step_peak("llama", b, s, ckpt=ckpt, amp=True)
+    est = _estimate(
+        "llama",
+        b,
+        s,
+        precision=Precision.AMP_BF16,
+        checkpointing=Checkpointing.FULL if ckpt else Checkpointing.NONE,
+    )
+    assert est.peak_phase == phase
+    assert "weight_cache" not in est.phase(phase).components
+    assert est.phase("forward_end").components["weight_cache"] == est.breakdown["weight_cache"]
+    assert est.total_bytes == pytest.approx(measured, rel=0.03), (est.total_bytes, measured)
 
 
 @pytest.mark.parametrize(("impl", "stack"), [("foreach", Stack.HF), ("fused", Stack.FUSED)])

@@ -1054,6 +1054,7 @@ def _at(c: TrainingConfig) -> str:
 _DP = ("dp-sgd", "dp-adam")
 # Technique ids of the saver and geometry dimensions: a value that clashes with one of them
 # is screened only against values that clash with it too.
+_OFFLOAD_IDS = frozenset({"cpu-offload-optimizer", "cpu-offload-params"})
 _SAVER_IDS = frozenset(
     {
         "activation-checkpointing-full",
@@ -1081,6 +1082,11 @@ class _Point:
     simplicity: int
     clashes: frozenset[str] = frozenset()
     steps: float = 1.0  # steps to AdamW's loss, as the objective counts them
+    # The memory with the space's leanest savers (offloaded optimizer and parameters, full
+    # recomputation): what stays on the device differs by core (autocast's fp32 weights
+    # and 16-bit copies stay where mixed precision keeps only 16-bit weights), so a verdict
+    # taken at the bare reference alone does not carry to the savers.
+    lean: int = 0
 
 
 def screen(
@@ -1096,7 +1102,7 @@ def screen(
     for p in sorted(points, key=lambda p: (p.simplicity, p.key)):
         for g in groups:
             h = g[0]
-            same = p.clashes == h.clashes and p.steps == h.steps
+            same = p.clashes == h.clashes and p.steps == h.steps and _close(p.lean, h.lean)
             if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
                 g.append(p)
                 break
@@ -1111,6 +1117,7 @@ def screen(
         dominated = any(
             b is not a
             and b.memory <= a.memory
+            and b.lean <= a.lean
             and b.seconds <= a.seconds
             and b.rule >= a.rule
             # A value that rules out a saver (8-bit states cannot be offloaded) never
@@ -1287,7 +1294,9 @@ def _reference(ctx: Context, space: PlanSpace, task: Task) -> TrainingConfig:
     )
 
 
-def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point | None:
+def _point(
+    s: _Search, key: str, c: TrainingConfig, simplicity: int, *, lean: bool = False
+) -> _Point | None:
     techniques = s.allowed(c)
     if techniques is None:
         return None
@@ -1300,15 +1309,36 @@ def _point(s: _Search, key: str, c: TrainingConfig, simplicity: int) -> _Point |
         for other in table[tid][0]
         if other in _SAVER_IDS
     }
+    memory = m.total_bytes + m.host_bytes // 16
+    lean_memory = memory
+    if lean:
+        leanest = _leanest_savers(s.space, c, frozenset(clashes))
+        if leanest is not None:
+            ml = s.ev.totals(leanest)
+            lean_memory = ml.total_bytes + ml.host_bytes // 16
     return _Point(
         steps=plan_step_factor(s.ctx, c),
         clashes=frozenset(clashes),
         key=key,
-        memory=m.total_bytes + m.host_bytes // 16,
+        memory=memory,
         seconds=s.ev.time(c).seconds,
         rule=s.decision.score(techniques),
         simplicity=simplicity,
+        lean=lean_memory,
     )
+
+
+def _leanest_savers(
+    space: PlanSpace, c: TrainingConfig, clashes: frozenset[str]
+) -> TrainingConfig | None:
+    """``c`` with the offload and recomputation that leave the least on the device, where
+    the space has them and ``c``'s core allows them (None: nothing to add)."""
+    update: dict[str, Any] = {}
+    if Offload.OPTIMIZER_PARAMS in space.offloads and not clashes & _OFFLOAD_IDS:
+        update["offload"] = Offload.OPTIMIZER_PARAMS
+    if Checkpointing.FULL in space.checkpointing and "activation-checkpointing-full" not in clashes:
+        update["checkpointing"] = Checkpointing.FULL
+    return c.model_copy(update=update) if update else None
 
 
 def _cores(
@@ -1400,7 +1430,7 @@ def _cores(
                 o if dim == "precision" else ref.precision,
             )
             if ok(c):
-                pt = _point(s, key(o), c, _simplicity(ctx, dim, o, i))
+                pt = _point(s, key(o), c, _simplicity(ctx, dim, o, i), lean=True)
                 if pt is not None:
                     pts.append(pt)
             elif allowed_somehow(c, dim):
@@ -1428,7 +1458,7 @@ def _cores(
     for i, c in enumerate(combos):
         if s.allowed(c) is None:
             continue
-        pt = _point(s, str(i), c, i)
+        pt = _point(s, str(i), c, i, lean=True)
         if pt is not None:
             pts.append(pt)
     kept, _aliases, _ = screen(pts)
