@@ -746,8 +746,28 @@ def layer_activation_bytes(
         # A linear with a trainable weight saves its input; a frozen one does not.
         return cl if not frozen or any(n in (lora_targets or ()) for n in names) else 0
 
-    norm_out_attn = saved_input("q", "k", "v")
-    norm_out_mlp = saved_input("gate", "up")
+    def reads(names: tuple[str, ...], one_matrix: bool) -> int:
+        # What the linears reading one tensor save of it. Where they take another dtype
+        # than the tensor's (autocast's 16-bit inputs from the fp32 residual stream, fp8
+        # inputs from bf16) each casts it itself: autocast caches only casts of leaf
+        # weights, so q, k and v keep three copies (measured in
+        # tests/test_memory_stacks.py). One fused matrix reads it once.
+        kept = [n for n in names if saved_input(n)]
+        if not kept:
+            return 0
+        return cl * (1 if one_matrix or fused or cl == res else len(kept))
+
+    gpt2 = family == "gpt2"
+    norm_out_attn = reads(
+        ("q", "k", "v"), gpt2 or bool(_get(spec, "fused_qkv", False)) or bool(d["mla"])
+    )
+    mlp_kind = _enum_value(spec.mlp)
+    norm_out_mlp = reads(
+        ("gate", "up"),
+        mlp_kind not in ("gated-silu", "gated-gelu")
+        or bool(_get(spec, "fused_gate_up", False))
+        or bool(d["Lm"]),
+    )
     fnorm = fused or fused_norm
     placement = _enum_value(_get(spec, "block_norms", "pre"))
     if placement == "post":
@@ -1598,6 +1618,7 @@ class _StageStatic:
     layer_bytes: int
     layer_trainable: int
     head_trainable: int
+    head_cache: int  # the LM head's share of bd["weight_cache"]
 
 
 # The configuration fields :func:`_stage_static` reads, besides whether gradients are
@@ -1749,10 +1770,15 @@ def _stage_static(
     if zeroth:
         notes.append("zeroth-order: no gradients, no stored activations (Malladi et al. 2023)")
     # ---- autocast / fp8 weight copies of the linear layers
+    head_cache = 0
     if dt.weight_cache:
         linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
-        linear += sum(t.numel * t.count for t in tensors if t.role is Role.OUTPUT)
-        bd["weight_cache"] = shard(linear * dt.weight_cache, 3)
+        # The LM head: its own matrix, or the embedding it is tied to (cast like any other
+        # linear weight; measured under autocast for tied GPT-2 and OPT).
+        head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
+        head = sum(t.numel * t.count for t in tensors if t.role is head_role)
+        bd["weight_cache"] = shard((linear + head) * dt.weight_cache, 3)
+        head_cache = shard(head * dt.weight_cache, 3)
         notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     # ---- gradients, master weights, optimizer states
     layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
@@ -1793,6 +1819,7 @@ def _stage_static(
         layer_bytes=layer_bytes,
         layer_trainable=layer_trainable,
         head_trainable=head_trainable,
+        head_cache=head_cache,
     )
 
 
@@ -2001,6 +2028,7 @@ def _estimate_stage(
         grad_flow=grad_flow + fsdp_backward,
         step_tr=step_tr,
         inflight=inflight,
+        head_cache=st.head_cache,
     )
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
@@ -2124,6 +2152,7 @@ def _phases(
     grad_flow: int,
     step_tr: int,
     inflight: float,
+    head_cache: int = 0,
 ) -> dict[str, dict[str, int]]:
     """The tensor components alive in each phase of one step (overheads added by the caller).
 
@@ -2136,7 +2165,8 @@ def _phases(
     Autocast's 16-bit weight copies live in its cache until the forward's autocast region
     exits (``torch.autocast.__exit__`` clears it), and after that only as what autograd
     saved: each block's copies until that block's backward, none under full recomputation
-    (the recomputed block casts its own). The optimizer step never sees them (measured in
+    (the recomputed block casts its own; the LM head, never recomputed, keeps its copy
+    ``head_cache`` until the loss backward). The optimizer step never sees them (measured in
     tests/test_memory_stacks.py). Transformer Engine's fp8 weight copies are workspaces
     its modules keep from step to step: alive in every phase.
     """
@@ -2149,7 +2179,7 @@ def _phases(
     cache = bd["weight_cache"] if autocast else 0
     if bd["weight_cache"] and not autocast:
         static["weight_cache"] = bd["weight_cache"]
-    saved_cache = 0 if config.checkpointing is Checkpointing.FULL else cache
+    saved_cache = min(head_cache, cache) if config.checkpointing is Checkpointing.FULL else cache
     gathered = (
         {"gathered_parameters": bd["gathered_parameters"]} if bd["gathered_parameters"] else {}
     )
