@@ -1777,8 +1777,18 @@ def _stage_static(
         # linear weight; measured under autocast for tied GPT-2 and OPT).
         head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
         head = sum(t.numel * t.count for t in tensors if t.role is head_role)
-        bd["weight_cache"] = shard((linear + head) * dt.weight_cache, 3)
-        head_cache = shard(head * dt.weight_cache, 3)
+        # NOTE: autocast casts the weights a block runs with: under ZeRO-3/FSDP the
+        # gathered ones. FSDP frees its gathered copy after the block; the cast stays,
+        # cached and saved for backward, so it is not divided by the shard group
+        # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
+        # at the end of the forward). Transformer Engine's fp8 workspaces follow the
+        # parameters' sharding.
+        autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+        every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
+        if autocast:
+            bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
+        else:
+            bd["weight_cache"], head_cache = shard(every, 3), shard(of_head, 3)
         notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     # ---- gradients, master weights, optimizer states
     layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
