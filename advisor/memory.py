@@ -1783,13 +1783,20 @@ def _stage_static(
         # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
         # at the end of the forward). Transformer Engine's fp8 workspaces follow the
         # parameters' sharding.
+        notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
         autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
         every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
         if autocast:
             bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
+            if stage_zero == 3 and n > 1:
+                notes.append(
+                    "autocast casts the gathered weights: their 16-bit copies are not sharded "
+                    "(cached through the forward, saved for backward); FSDP's "
+                    "MixedPrecisionPolicy(param_dtype=bf16), --precision bf16-mixed, gathers "
+                    "16-bit weights instead"
+                )
         else:
             bd["weight_cache"], head_cache = shard(every, 3), shard(of_head, 3)
-        notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     # ---- gradients, master weights, optimizer states
     layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
     head_trainable = p_t - layer_trainable  # embedding / LM head / final norm of this stage
