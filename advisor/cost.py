@@ -51,7 +51,7 @@ from advisor.hardware import (
     GpuEfficiency,
     HardwareProfile,
 )
-from advisor.memory import saved_activation_bytes, selective_op_recompute_share
+from advisor.memory import fused_step_on, saved_activation_bytes, selective_op_recompute_share
 from advisor.modelspec import Arch, ModelSpec
 from advisor.taxonomy import Technique
 
@@ -75,7 +75,8 @@ _STEP_BASE_BYTES = 12
 # every tensor: AdamW's _multi_tensor_adamw reads/writes each state ~4 times against fused
 # AdamW's one pass (torch/optim/adamw.py); measured 3-6x on CPU (FINDINGS.md). The fused
 # stack uses fused AdamW (torchtitan's default, Megatron's apex/TE FusedAdam) where the
-# optimizer has a fused kernel (taxonomy memory.fused_step); the others loop everywhere.
+# optimizer has a fused kernel (taxonomy memory.fused_step); bitsandbytes' 8-bit kernels
+# are fused on every stack; the others loop everywhere (memory.fused_step_on).
 FOREACH_TRAFFIC = 2.5
 # Second-order refreshes (eigendecompositions, inverse roots) run far below peak: ~5%.
 REFRESH_EFFICIENCY = 0.05
@@ -403,9 +404,9 @@ def predict_step_time(
         optimizer_bytes_per_param: the optimizer's state bytes (analytic step cost).
         optimizer_order: zeroth, first or second (zeroth-order has no backward).
         preconditioner_interval: steps between refreshes (analytic second-order cost).
-        optimizer_fused_step: the optimizer has a fused in-place kernel, which the fused
-            stack runs (one pass over the states); without one every stack runs the
-            foreach/for-loop step (an op per pass).
+        optimizer_fused_step: the step runs a fused in-place kernel (one pass over the
+            states; memory.fused_step_on); otherwise a foreach/for-loop step (an op per
+            pass).
         interconnect_gb_s: bidirectional GB/s of the slowest link the data-parallel
             collectives cross (default: the profile's links). A value below the profile's
             intra-node link says that they leave the node.
@@ -1081,7 +1082,7 @@ class _Step:
             return ComponentTime(seconds=seconds, source=Source.ANALYTIC, detail=detail)
         traffic = _STEP_BASE_BYTES + 2 * state_bytes
         variant = "fused"
-        if c.stack is Stack.HF or not fused_step:
+        if not fused_step:
             traffic *= FOREACH_TRAFFIC
             variant = "foreach"
         if c.optimizer_in_backward:
@@ -1233,7 +1234,9 @@ def predict_for_optimizer(
         optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
-        optimizer_fused_step=optimizer.memory.fused_step if optimizer.memory else True,
+        optimizer_fused_step=fused_step_on(optimizer.memory, config.stack)
+        if optimizer.memory
+        else True,
         interconnect_gb_s=interconnect_gb_s,
         gpus_per_node=gpus_per_node,
     )

@@ -1772,7 +1772,11 @@ def _stage_static(
     # ---- autocast / fp8 weight copies of the linear layers
     head_cache = 0
     if dt.weight_cache:
-        linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
+        # QLoRA's 4-bit matrices are dequantized inside bitsandbytes' matmul and never
+        # kept in 16 bits (MatMul4Bit saves the packed weight); its head is not quantized.
+        linear = 0
+        if config.task is not Task.QLORA:
+            linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
         # The LM head: its own matrix, or the embedding it is tied to (cast like any other
         # linear weight; measured under autocast for tied GPT-2 and OPT).
         head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
@@ -1791,9 +1795,9 @@ def _stage_static(
             if stage_zero == 3 and n > 1:
                 notes.append(
                     "autocast casts the gathered weights: their 16-bit copies are not sharded "
-                    "(cached through the forward, saved for backward); FSDP's "
-                    "MixedPrecisionPolicy(param_dtype=bf16), --precision bf16-mixed, gathers "
-                    "16-bit weights instead"
+                    "(cached through the forward, saved for backward); --precision "
+                    "bf16-mixed (FSDP's MixedPrecisionPolicy(param_dtype=bf16), DeepSpeed's "
+                    "bf16 mode) gathers 16-bit weights instead"
                 )
         else:
             bd["weight_cache"], head_cache = shard(every, 3), shard(of_head, 3)
@@ -1945,9 +1949,7 @@ def _estimate_stage(
     # ---- transient: the larger of the loss backward and the optimizer step's temporaries
     loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
-    if mem.state not in (StateKind.NONE, StateKind.SEED) and not (
-        mem.fused_step and config.stack is Stack.FUSED
-    ):
+    if mem.state not in (StateKind.NONE, StateKind.SEED) and not fused_step_on(mem, config.stack):
         # NOTE: torch's foreach/multi-tensor steps allocate one fp32 temporary per
         # parameter of the local shard (e.g. Adam's denominator); stepped per layer in
         # backward, one block's worth. The fused stack runs the fused kernel where one
@@ -2155,6 +2157,13 @@ def _grads_persistent(config: TrainingConfig) -> bool:
     return config.gpus > 1 and config.sharding.zero_stage < 3
 
 
+def fused_step_on(mem: OptimizerMemory, stack: Stack) -> bool:
+    """Whether the step runs a fused in-place kernel: bitsandbytes' 8-bit optimizers always
+    do (they have no other implementation); torch's ``fused=True`` ones on the fused stack
+    (the hf stack runs torch's default, foreach)."""
+    return mem.fused_step and (stack is Stack.FUSED or mem.state is StateKind.QUANTIZED_BLOCKWISE)
+
+
 def _phases(
     bd: dict[str, int],
     config: TrainingConfig,
@@ -2196,21 +2205,37 @@ def _phases(
     cache = bd["weight_cache"] if autocast else 0
     if bd["weight_cache"] and not autocast:
         static["weight_cache"] = bd["weight_cache"]
-    saved_cache = min(head_cache, cache) if config.checkpointing is Checkpointing.FULL else cache
+    head_cache = min(head_cache, cache)
+    # What autograd saves of the copies: the blocks not recomputed (every one but each
+    # ac_frequency-th under selective-layer checkpointing) and the head. The cache holds
+    # the casts of trainable weights only (leaves that need gradients): LoRA's frozen
+    # matrices live only as saved.
+    ckpt = config.checkpointing
+    if ckpt is Checkpointing.FULL:
+        kept = 0.0
+    elif ckpt is Checkpointing.SELECTIVE_LAYER:
+        kept = 1 - 1 / config.ac_frequency
+    else:
+        kept = 1.0
+    saved_cache = head_cache + math.ceil((cache - head_cache) * kept)
+    adapters = config.task in (Task.LORA, Task.QLORA)
+    forward_cache = saved_cache if adapters else cache
+    # By the layer backward the head's backward has run and freed its copy.
+    backward_cache = saved_cache - head_cache
     gathered = (
         {"gathered_parameters": bd["gathered_parameters"]} if bd["gathered_parameters"] else {}
     )
     if zeroth:
         fwd = {**static, "activations": bd["activations"], "logits": bd["logits"], **gathered}
-        if cache:
-            fwd["weight_cache"] = cache
+        if forward_cache:
+            fwd["weight_cache"] = forward_cache
         return {"forward_end": fwd, "optimizer_step": dict(static)}
     grads = bd["gradients"]
     in_fwd = {"gradients": grads} if grads_persistent and grads else {}
     forward_end = {**static, **in_fwd, "activations": bd["activations"], "logits": bd["logits"]}
     forward_end.update(gathered)
-    if cache:
-        forward_end["weight_cache"] = cache
+    if forward_cache:
+        forward_end["weight_cache"] = forward_cache
     # The model output's logits are dropped before backward; what the loss saved remains.
     loss_backward = {**forward_end, "logits": loss_saved}
     if cache:
@@ -2222,7 +2247,7 @@ def _phases(
     other_inflight = (acts - model_level) * (1 - 1 / inflight) if inflight > 1 else 0.0
     end_acts = math.ceil(model_level + per_block + other_inflight)
     start_grads = grads if grads_persistent or config.optimizer_in_backward else head_grad
-    start = acts + start_grads + saved_cache
+    start = acts + start_grads + backward_cache
     end = end_acts + grads
     extra = {k: bd[k] for k in ("recompute", "per_sample_gradients") if bd[k]}
     extra["transient"] = grad_flow
@@ -2231,7 +2256,7 @@ def _phases(
     if start >= end:
         backward = {**static, "gradients": start_grads, "activations": acts}
         if cache:
-            backward["weight_cache"] = saved_cache
+            backward["weight_cache"] = backward_cache
     else:
         backward = {**static, "gradients": grads, "activations": end_acts}
     backward = {k: v for k, v in {**backward, **extra, **gathered}.items() if v}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from advisor.config import (
     Offload,
     Precision,
     Sharding,
+    Stack,
     Task,
     TrainingConfig,
 )
@@ -180,6 +182,26 @@ def test_amp_keeps_a_16_bit_weight_cache() -> None:
     e = est(precision=Precision.AMP_BF16)
     assert e.breakdown["weights"] == 4 * e.parameters
     assert e.breakdown["weight_cache"] == pytest.approx(2 * (e.parameters - 32000 * 4096), rel=1e-3)
+
+
+def test_selective_layer_checkpointing_of_every_block_keeps_no_autocast_copies() -> None:
+    common: dict[str, object] = {"precision": Precision.AMP_BF16, "micro_batch": 4}
+    full = est(checkpointing=Checkpointing.FULL, **common)
+    every = est(checkpointing=Checkpointing.SELECTIVE_LAYER, ac_frequency=1, **common)
+    half = est(checkpointing=Checkpointing.SELECTIVE_LAYER, ac_frequency=2, **common)
+    assert every.phases == full.phases
+    saved = [e.phase("loss_backward").components["weight_cache"] for e in (every, half)]
+    head = saved[0]  # only the LM head is never recomputed
+    assert saved[1] == head + math.ceil((half.breakdown["weight_cache"] - head) / 2)
+
+
+def test_bitsandbytes_steps_in_place_on_every_stack() -> None:
+    # bitsandbytes has no foreach variant: its 8-bit update kernels write in place.
+    for stack in (Stack.HF, Stack.FUSED):
+        e8 = est(opt="adamw-8bit", stack=stack, micro_batch=1, seq_len=64)
+        assert "transient" not in e8.phase("optimizer_step").components
+    hf = est(opt="adamw", stack=Stack.HF, micro_batch=1, seq_len=64)
+    assert hf.phase("optimizer_step").components["transient"] == 4 * hf.trainable_parameters
 
 
 def test_memory_core_does_not_import_torch() -> None:

@@ -73,9 +73,8 @@ def _step_peak(
 
 def _estimate(name: str, b: int, s: int, **cfg: Any) -> Any:
     cfg.setdefault("precision", Precision.FP32)
-    config = TrainingConfig(
-        task=Task.PRETRAIN, attention=Attention.FLASH, micro_batch=b, seq_len=s, **cfg
-    )
+    cfg.setdefault("task", Task.PRETRAIN)
+    config = TrainingConfig(attention=Attention.FLASH, micro_batch=b, seq_len=s, **cfg)
     return estimate_memory(spec_for(name), config, optimizer=TAX["adamw"], device=CPU)
 
 
@@ -148,6 +147,50 @@ def test_autocast_blocks_keep_a_cast_per_linear_and_the_heads_copy(name: str) ->
     predicted = est.breakdown["activations"] + est.breakdown["weight_cache"]
     assert predicted == pytest.approx(saved.activations, rel=0.005), (predicted, saved)
     assert est.breakdown["logits"] == pytest.approx(saved.logits, rel=0.001)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_autocast_caches_trainable_weights_and_autograd_saves_the_rest(
+    frozen: bool, ckpt: bool
+) -> None:
+    """Autocast caches only casts of leaves that need gradients (full training's weights,
+    not LoRA's frozen ones) until its region exits; autograd saves the casts of the blocks
+    it does not recompute, frozen or not, and the LM head's."""
+    model = build_model("llama", "sdpa")
+    if ckpt:
+        model.gradient_checkpointing_enable()
+    if frozen:
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.requires_grad_(False)  # the linears and the embedding, as under LoRA
+    shapes = {sh for p in model.parameters() for sh in (tuple(p.shape), tuple(p.shape)[::-1])}
+    ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (3, 32))  # 96 rows: no weight shape
+    saved: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        if t.dtype == torch.bfloat16 and tuple(t.shape) in shapes:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with LiveBytes() as live, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            inside = live.current
+        freed_at_exit = inside - live.current
+        del loss
+    est = _estimate(
+        "llama",
+        3,
+        32,
+        precision=Precision.AMP_BF16,
+        task=Task.LORA if frozen else Task.PRETRAIN,
+        checkpointing=Checkpointing.FULL if ckpt else Checkpointing.NONE,
+    )
+    at_forward_end = est.phase("forward_end").components["weight_cache"]
+    held = est.phase("loss_backward").components["weight_cache"]
+    assert sum(saved.values()) == held
+    assert freed_at_exit == at_forward_end - held
 
 
 @pytest.mark.parametrize(("impl", "stack"), [("foreach", Stack.HF), ("fused", Stack.FUSED)])

@@ -1082,11 +1082,12 @@ class _Point:
     simplicity: int
     clashes: frozenset[str] = frozenset()
     steps: float = 1.0  # steps to AdamW's loss, as the objective counts them
-    # The memory with the space's leanest savers (offloaded optimizer and parameters, full
-    # recomputation): what stays on the device differs by core (autocast's fp32 weights
-    # and 16-bit copies stay where mixed precision keeps only 16-bit weights), so a verdict
-    # taken at the bare reference alone does not carry to the savers.
-    lean: int = 0
+    # The memory with the space's leanest savers (offloaded optimizer and parameters, or
+    # the step fused into backward; each with full recomputation): what stays on the
+    # device differs by core (autocast's fp32 weights and 16-bit copies stay where mixed
+    # precision keeps only 16-bit weights; per-layer steps free each layer's temporaries),
+    # so a verdict taken at the bare reference alone does not carry to the savers.
+    lean: tuple[int, ...] = ()
 
 
 def screen(
@@ -1102,7 +1103,8 @@ def screen(
     for p in sorted(points, key=lambda p: (p.simplicity, p.key)):
         for g in groups:
             h = g[0]
-            same = p.clashes == h.clashes and p.steps == h.steps and _close(p.lean, h.lean)
+            same = p.clashes == h.clashes and p.steps == h.steps
+            same = same and all(_close(x, y) for x, y in zip(p.lean, h.lean, strict=True))
             if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
                 g.append(p)
                 break
@@ -1117,7 +1119,7 @@ def screen(
         dominated = any(
             b is not a
             and b.memory <= a.memory
-            and b.lean <= a.lean
+            and all(x <= y for x, y in zip(b.lean, a.lean, strict=True))
             and b.seconds <= a.seconds
             and b.rule >= a.rule
             # A value that rules out a saver (8-bit states cannot be offloaded) never
@@ -1310,12 +1312,14 @@ def _point(
         if other in _SAVER_IDS
     }
     memory = m.total_bytes + m.host_bytes // 16
-    lean_memory = memory
+    lean_memory: list[int] = []
     if lean:
-        leanest = _leanest_savers(s.space, c, frozenset(clashes))
-        if leanest is not None:
-            ml = s.ev.totals(leanest)
-            lean_memory = ml.total_bytes + ml.host_bytes // 16
+        for leanest in _leanest_savers(s.space, c, frozenset(clashes)):
+            if leanest is None:
+                lean_memory.append(memory)  # a saver the core rules out: as it is
+            else:
+                ml = s.ev.totals(leanest)
+                lean_memory.append(ml.total_bytes + ml.host_bytes // 16)
     return _Point(
         steps=plan_step_factor(s.ctx, c),
         clashes=frozenset(clashes),
@@ -1324,21 +1328,32 @@ def _point(
         seconds=s.ev.time(c).seconds,
         rule=s.decision.score(techniques),
         simplicity=simplicity,
-        lean=lean_memory,
+        lean=tuple(lean_memory),
     )
 
 
 def _leanest_savers(
     space: PlanSpace, c: TrainingConfig, clashes: frozenset[str]
-) -> TrainingConfig | None:
-    """``c`` with the offload and recomputation that leave the least on the device, where
-    the space has them and ``c``'s core allows them (None: nothing to add)."""
-    update: dict[str, Any] = {}
-    if Offload.OPTIMIZER_PARAMS in space.offloads and not clashes & _OFFLOAD_IDS:
-        update["offload"] = Offload.OPTIMIZER_PARAMS
+) -> list[TrainingConfig | None]:
+    """``c`` with the savers that leave the least on the device, one variant per kind the
+    space has (offloaded optimizer and parameters; the step fused into backward), each with
+    full recomputation where the space has it; None for a variant ``c``'s core rules out.
+    The list's length depends on the space alone, so points compare term by term."""
+    base: dict[str, Any] = {}
     if Checkpointing.FULL in space.checkpointing and "activation-checkpointing-full" not in clashes:
-        update["checkpointing"] = Checkpointing.FULL
-    return c.model_copy(update=update) if update else None
+        base["checkpointing"] = Checkpointing.FULL
+    out: list[TrainingConfig | None] = []
+    if Offload.OPTIMIZER_PARAMS in space.offloads:
+        ok = not clashes & _OFFLOAD_IDS
+        out.append(
+            c.model_copy(update={**base, "offload": Offload.OPTIMIZER_PARAMS}) if ok else None
+        )
+    if True in space.optimizer_in_backward:
+        ok = "fused-backward-step" not in clashes
+        out.append(c.model_copy(update={**base, "optimizer_in_backward": True}) if ok else None)
+    if not out:
+        out.append(c.model_copy(update=base) if base else None)
+    return out
 
 
 def _cores(
