@@ -101,3 +101,20 @@ def test_the_8bit_step_updates_in_place(stack: Stack) -> None:
     assert extra == 0
     step = _estimate("llama", "adamw-8bit", stack).phase("optimizer_step")
     assert "transient" not in step.components
+
+
+def test_nf4_double_quantization_costs_what_the_model_charges() -> None:
+    # QLoRA's base (Dettmers et al. 2023): 4-bit NF4 codes, an 8-bit absmax per block of
+    # 64, and an fp32 absmax per 256 of those; bitsandbytes quantizes on the CPU too.
+    import bitsandbytes.functional as bnbf
+
+    from advisor.memory import _NF4_BYTES, _NF4_CONSTANT_BITS
+
+    w = torch.randn(4096, 4096, dtype=torch.bfloat16)
+    packed, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True, blocksize=64)
+    n = w.numel()
+    assert storage_bytes([packed]) == _NF4_BYTES * n
+    constants = [state.absmax, state.code, state.state2.absmax, state.state2.code, state.offset]
+    bits = 8 * storage_bytes([t for t in constants if t is not None]) / n
+    # The model leaves out the two code tables (16 + 256 floats per tensor, 0.1% here).
+    assert bits == pytest.approx(_NF4_CONSTANT_BITS, rel=0.005)
