@@ -7,6 +7,7 @@ the peak, so a whole training step can be compared with the memory model's phase
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any
 
@@ -43,6 +44,32 @@ class LiveBytes(TorchDispatchMode):  # type: ignore[misc]
                     self.peak = max(self.peak, self.current)
                     weakref.finalize(storage, self._free, key)
         return out
+
+
+def autocast_weight_copies(model: Any, ids: Any) -> tuple[int, int]:
+    """One bf16-autocast forward of an HF causal LM: the bytes of 16-bit weight casts that
+    autograd saves, and the bytes freed when the autocast region exits (its cache).
+
+    A saved cast is a bf16 tensor of a weight's shape or its transpose: ``ids`` must make
+    no activation share one (e.g. 3 x 32 tokens for a hidden size of 64).
+    """
+    shapes = {sh for p in model.parameters() for sh in (tuple(p.shape), tuple(p.shape)[::-1])}
+    saved: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        if t.dtype == torch.bfloat16 and tuple(t.shape) in shapes:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with LiveBytes() as live, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            gc.collect()  # storages die with their last reference, cycles included
+            inside = live.current
+        gc.collect()
+        freed_at_exit = inside - live.current
+        del loss
+    return sum(saved.values()), freed_at_exit
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):  # type: ignore[misc]

@@ -8,12 +8,10 @@ memory model therefore counts them unsharded (``weight_cache``).
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -42,7 +40,7 @@ def _worker(rank: int, port: int, ckpt: bool, out: str) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
-    from tests.livemem import LiveBytes
+    from tests.livemem import autocast_weight_copies
     from tests.memhelpers import build_model
 
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
@@ -55,27 +53,10 @@ def _worker(rank: int, port: int, ckpt: bool, out: str) -> None:
         for block in model.model.layers:
             fully_shard(block)
         fully_shard(model)
-        sh = SHAPES["llama"]
-        ids = torch.randint(0, sh["vocab_size"], (B, S))
-        # A saved weight cast is the weight or its transpose.
-        shapes = {s for p in model.parameters() for s in (tuple(p.shape), tuple(p.shape)[::-1])}
-        copies: dict[int, int] = {}
-
-        def pack(t: Any) -> Any:
-            if t.dtype == torch.bfloat16 and tuple(t.shape) in shapes:
-                copies[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with LiveBytes() as live, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-                gc.collect()  # storages die with their last reference, cycles included
-                inside = live.current
-            gc.collect()
-            freed_at_exit = inside - live.current
-        loss.backward()
+        ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (B, S))
+        saved, freed_at_exit = autocast_weight_copies(model, ids)
         if rank == 0:
-            result = {"saved_copies": sum(copies.values()), "freed_at_exit": freed_at_exit}
+            result = {"saved_copies": saved, "freed_at_exit": freed_at_exit}
             Path(out).write_text(json.dumps(result), encoding="utf-8")
     finally:
         dist.destroy_process_group()

@@ -32,7 +32,7 @@ from advisor.memory import (  # noqa: E402
     loss_memory,
 )
 from advisor.taxonomy import load_taxonomy  # noqa: E402
-from tests.livemem import ChunkedLinearCrossEntropy, LiveBytes  # noqa: E402
+from tests.livemem import ChunkedLinearCrossEntropy, LiveBytes, autocast_weight_copies  # noqa: E402
 from tests.memhelpers import SHAPES, build_model, count_activations, spec_for  # noqa: E402
 
 TAX = {t.id: t for t in load_taxonomy().techniques}
@@ -164,21 +164,8 @@ def test_autocast_caches_trainable_weights_and_autograd_saves_the_rest(
         for p in model.parameters():
             if p.dim() == 2:
                 p.requires_grad_(False)  # the linears and the embedding, as under LoRA
-    shapes = {sh for p in model.parameters() for sh in (tuple(p.shape), tuple(p.shape)[::-1])}
     ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (3, 32))  # 96 rows: no weight shape
-    saved: dict[int, int] = {}
-
-    def pack(t: Any) -> Any:
-        if t.dtype == torch.bfloat16 and tuple(t.shape) in shapes:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with LiveBytes() as live, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            inside = live.current
-        freed_at_exit = inside - live.current
-        del loss
+    saved, freed_at_exit = autocast_weight_copies(model, ids)
     est = _estimate(
         "llama",
         3,
@@ -189,7 +176,7 @@ def test_autocast_caches_trainable_weights_and_autograd_saves_the_rest(
     )
     at_forward_end = est.phase("forward_end").components["weight_cache"]
     held = est.phase("loss_backward").components["weight_cache"]
-    assert sum(saved.values()) == held
+    assert saved == held
     assert freed_at_exit == at_forward_end - held
 
 
