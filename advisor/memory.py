@@ -809,8 +809,10 @@ def layer_activation_bytes(
         total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
     elif attention is Attention.EAGER and not selective:
         total += 3 * c * t * qd  # Q, K and V expanded to all heads (copies for bmm)
-        if family == "gpt2":
-            total += c * b * a * s * s  # GPT-2's softmax runs in the compute dtype
+        if family == "gpt2" and precision not in (Precision.AMP_FP16, Precision.AMP_BF16):
+            # GPT-2's softmax runs in the compute dtype; autocast runs it in fp32 (its fp32
+            # op list), like the others below (measured under the CPU's bf16 autocast).
+            total += c * b * a * s * s
         else:
             total += 4 * b * a * s * s  # softmax in fp32 (HF eager attention)
             if c != 4:

@@ -74,7 +74,8 @@ def _step_peak(
 def _estimate(name: str, b: int, s: int, **cfg: Any) -> Any:
     cfg.setdefault("precision", Precision.FP32)
     cfg.setdefault("task", Task.PRETRAIN)
-    config = TrainingConfig(attention=Attention.FLASH, micro_batch=b, seq_len=s, **cfg)
+    cfg.setdefault("attention", Attention.FLASH)
+    config = TrainingConfig(micro_batch=b, seq_len=s, **cfg)
     return estimate_memory(spec_for(name), config, optimizer=TAX["adamw"], device=CPU)
 
 
@@ -133,17 +134,20 @@ def test_an_autocast_steps_peak_is_the_largest_phase(
         assert measured <= est.total_bytes <= 1.10 * measured, (est.total_bytes, measured)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gpt2", "opt"])
-def test_autocast_blocks_keep_a_cast_per_linear_and_the_heads_copy(name: str) -> None:
+def test_autocast_blocks_keep_a_cast_per_linear_and_the_heads_copy(name: str, attn: str) -> None:
     """Under bf16 autocast each linear casts the fp32 norm output itself (q, k and v keep
     three 16-bit copies; GPT-2's one c_attn keeps one), and the LM head's weight is cast
     like the others, tied or not: what autograd saves equals the activations plus the
-    weight copies (the rotary cos/sin tables, a few KiB, are not counted)."""
+    weight copies (the rotary cos/sin tables, a few KiB, are not counted). Eager attention's
+    softmax runs in fp32 under autocast, GPT-2's too."""
     sh = SHAPES[name]
-    model = build_model(name, "sdpa")
+    model = build_model(name, attn)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         saved = count_activations(model, sh["b"], sh["s"], sh["vocab_size"], sh["num_layers"])
-    est = _estimate(name, sh["b"], sh["s"], precision=Precision.AMP_BF16)
+    attention = Attention.FLASH if attn == "sdpa" else Attention.EAGER
+    est = _estimate(name, sh["b"], sh["s"], precision=Precision.AMP_BF16, attention=attention)
     predicted = est.breakdown["activations"] + est.breakdown["weight_cache"]
     assert predicted == pytest.approx(saved.activations, rel=0.005), (predicted, saved)
     assert est.breakdown["logits"] == pytest.approx(saved.logits, rel=0.001)
