@@ -1054,7 +1054,6 @@ def _at(c: TrainingConfig) -> str:
 _DP = ("dp-sgd", "dp-adam")
 # Technique ids of the saver and geometry dimensions: a value that clashes with one of them
 # is screened only against values that clash with it too.
-_OFFLOAD_IDS = frozenset({"cpu-offload-optimizer", "cpu-offload-params"})
 _SAVER_IDS = frozenset(
     {
         "activation-checkpointing-full",
@@ -1068,6 +1067,8 @@ _SAVER_IDS = frozenset(
         "activation-offload",
     }
 )
+# The offload savers a core may rule out (8-bit states cannot be offloaded).
+_OFFLOAD_IDS = frozenset({"cpu-offload-optimizer", "cpu-offload-params"})
 
 
 # --- dominance screening ---------------------------------------------------------------------
