@@ -211,9 +211,16 @@ def _launch(tmp_path: Path, text: str) -> tuple[str, Any]:
         env = prepare_multi_gpu_env(args)
         keep = {k: v for k, v in env.items() if k.startswith(("FSDP", "ACCELERATE"))}
         # The plugin picks the device for sync_module_states last; pretend CUDA is there.
+        # Accelerate <= 1.15 asks is_cuda_available; 1.16 asks get_torch_accelerator_backend.
+        if hasattr(acc_dataclasses, "get_torch_accelerator_backend"):
+            cuda = mock.patch.object(
+                acc_dataclasses, "get_torch_accelerator_backend", return_value=("cuda", None)
+            )
+        else:
+            cuda = mock.patch.object(acc_dataclasses, "is_cuda_available", return_value=True)
         with (
             mock.patch.dict(os.environ, keep),
-            mock.patch.object(acc_dataclasses, "is_cuda_available", return_value=True),
+            cuda,
             mock.patch("torch.cuda.current_device", return_value=0),
         ):
             return "fsdp", FullyShardedDataParallelPlugin()
