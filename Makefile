@@ -7,10 +7,10 @@ TORCH ?= torch==2.13.0
 
 .PHONY: install test lint check rules-check recommend clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" -e '.[dev]'
+	$(PY) -m pip install -q "$(TORCH)" -e '.[dev]' -c .ci/constraints.txt
 	touch $@
 
 install: $(VENV)/.installed

@@ -6,6 +6,7 @@ imported only when a calibration runs.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from advisor.config import Stack, Task
+from advisor.costdata import CalibrationCache
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.limits import check_bound, resolve_seq_len
@@ -324,7 +326,8 @@ def _local_costs(
             partial = ", partial" if cached.partial else ""
             return (
                 cached,
-                f"costs: measured on this device (calibration cache {cached.created_at}{partial})",
+                f"costs: measured on this device (calibration cache {cached.created_at}{partial})"
+                + calibration_caveat(cached, req.spec),
             )
     if not _torch_installed():
         extra = f" [{warning}]" if warning else ""
@@ -342,7 +345,38 @@ def _local_costs(
         )
     calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
     partial = ", partial: the time budget ran out" if calibration.partial else ""
-    return calibration, f"costs: measured on this device (quick calibration, {device}{partial})"
+    return calibration, (
+        f"costs: measured on this device (quick calibration, {device}{partial})"
+        + calibration_caveat(calibration, req.spec)
+    )
+
+
+def calibration_caveat(calibration: CalibrationCache, spec: ModelSpec) -> str:
+    """One line for the report when the measured costs rest on a disturbed or partial
+    calibration (empty otherwise), with the command that measures again."""
+    why = []
+    if calibration.disturbed():
+        why.append(
+            f"other processes used {calibration.other_cpu_share or 0:.0%} of the CPU while it"
+            " measured"
+        )
+    if calibration.partial:
+        why.append("the budget ran out before every term was measured (the rest is analytic)")
+    if not why:
+        return ""
+    return (
+        f"\ncaveat: {'; '.join(why)}: re-measure on a quieter machine with"
+        f" `optadvise calibrate {_model_flag(spec)} --force`"
+    )
+
+
+def _model_flag(spec: ModelSpec) -> str:
+    """The flag that names ``spec`` again on the command line."""
+    if spec.source.startswith("file://"):
+        return f"--model-config {shlex.quote(spec.source.removeprefix('file://'))}"
+    if spec.source.startswith("synthetic:"):
+        return f"--model-size {spec.id.removeprefix('llama-style-').upper()}"
+    return f"--model {spec.id}"
 
 
 def _torch_installed() -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CACHE_SCHEMA_VERSION = 1
+# 2: the bf16/fp16 verdicts come from interleaved, ISA-checked GEMMs and the disturbance is
+# recorded; a version-1 cache may hold a verdict one busy moment decided, so it is measured anew.
+CACHE_SCHEMA_VERSION = 2
 
 
 class _Frozen(BaseModel):
@@ -150,6 +152,12 @@ class ShapeResults(_Frozen):
     notes: list[str] = []
 
 
+# Above this share of the CPU taken by other processes, a CPU calibration's timings are
+# slowed (steps measured 2-100x slower beside a busy process on 2 cores); below it the
+# interleaved comparisons and one-thread GEMM verdicts are unaffected.
+DISTURBED_SHARE = 0.05
+
+
 class CalibrationCache(_Frozen):
     """The cache file of one device fingerprint."""
 
@@ -172,8 +180,25 @@ class CalibrationCache(_Frozen):
     other_cpu_share: float | None = Field(
         default=None, description="share of CPU time used by other processes while measuring"
     )
+    gemm_vs_fp32: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="each 16-bit dtype's one-thread GEMM speed relative to fp32 over interleaved "
+        "rounds: [lower quartile, median, upper quartile] (CPU only)",
+    )
+    disturbance: float | None = Field(
+        default=None,
+        description="share of wall time the interleaved GEMM check's one thread did not get "
+        "the CPU (0 = undisturbed)",
+    )
+    load_per_cpu: float | None = Field(
+        default=None, description="the highest one-minute load average per CPU seen while measuring"
+    )
     shapes: list[ShapeResults] = []
     warnings: list[str] = []
+
+    def disturbed(self) -> bool:
+        """Whether other processes took a share of the CPU large enough to slow the timings."""
+        return (self.other_cpu_share or 0.0) > DISTURBED_SHARE
 
     def results_for(self, shape: LayerShape) -> ShapeResults | None:
         return next((r for r in self.shapes if r.shape.key() == shape.key()), None)

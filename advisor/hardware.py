@@ -241,18 +241,36 @@ class CpuInfo(_Frozen):
     )
     features: dict[str, bool] = Field(
         description="ISA features that matter to torch kernels: avx2, avx512f, avx512_bf16, "
-        "amx_bf16, amx_tile"
+        "avx512_fp16, amx_bf16, amx_fp16, amx_tile"
     )
     fast_bf16: bool = Field(
         description="bf16 matrix multiply is at least 0.9x as fast as fp32 (measured when torch is "
-        "available, else from the avx512_bf16/AMX flags); without it bf16 can be 100x slower"
+        "available and the measurement is decisive and agrees with the ISA, else from the "
+        "avx512_bf16/AMX flags); without it bf16 can be 100x slower"
     )
-    fast_fp16: bool = Field(default=False, description="the same for fp16")
+    fast_fp16: bool = Field(
+        default=False, description="the same for fp16 (avx512_fp16/amx_fp16 flags)"
+    )
     fast_16bit_source: str = Field(
-        default="isa flags", description="'measured' (a short GEMM per dtype) or 'isa flags'"
+        default="isa flags",
+        description="'measured' (interleaved GEMMs per dtype, decisive) or 'isa flags' (the "
+        "measurement was too near the threshold or contradicted the ISA); per dtype when "
+        "they differ",
     )
     gemm_gflops: dict[str, float] = Field(
-        default_factory=dict, description="measured GEMM throughput per dtype, GFLOP/s"
+        default_factory=dict,
+        description="measured 256x256 GEMM throughput per dtype on one thread, GFLOP/s (the "
+        "fastest of interleaved rounds)",
+    )
+    gemm_vs_fp32: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="each 16-bit dtype's GEMM speed relative to fp32 over interleaved rounds: "
+        "[lower quartile, median, upper quartile]",
+    )
+    gemm_disturbance: float | None = Field(
+        default=None,
+        description="share of wall time the GEMM check did not get the CPU (0 = undisturbed; "
+        "other processes were running when it is high)",
     )
     torch_capability: str | None = Field(
         default=None, description="torch.backends.cpu.get_cpu_capability()"

@@ -18,13 +18,14 @@ from typing import Any
 
 import psutil
 
+from advisor.fast16 import check_gemms, isa_expectation, read_cpuinfo
 from advisor.hardware import CpuInfo, GpuInfo, MemoryInfo, ProbeReport, SoftwareInfo
 from advisor.torchload import import_torch
 
 # NOTE: cgroup v1 writes "unlimited" as a page-aligned LONG_MAX (9223372036854771712);
 # anything at or above 2^62 is no limit at all.
 UNLIMITED_THRESHOLD = 2**62
-_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile")
 
 # NVML error codes (nvml.h) that deserve their own words.
 _NVML_CAUSES = {
@@ -37,23 +38,6 @@ _NVML_CAUSES = {
 
 
 # --- CPU ------------------------------------------------------------------------------
-
-
-def read_cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
-    """Model name and ISA flags from /proc/cpuinfo (fast; py-cpuinfo takes a second here)."""
-    model, flags = platform.processor() or platform.machine(), set[str]()
-    try:
-        text = path.read_text()
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and value.strip():
-            model = value.strip()
-        elif key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-    return model, flags
 
 
 def probe_cpu(
@@ -73,32 +57,9 @@ def probe_cpu(
         usable_cores=usable,
         cgroup_cpu_limit=read_cgroup_cpu_limit(cgroup_root),
         features=features,
-        fast_bf16=features["avx512_bf16"] or features["amx_bf16"],
-        fast_fp16=features["amx_tile"] and "amx_fp16" in flags,
+        fast_bf16=bool(isa_expectation(flags)["bf16"]),
+        fast_fp16=bool(isa_expectation(flags)["fp16"]),
     )
-
-
-def measure_cpu_gemm(torch: Any, size: int = 256, seconds: float = 0.04) -> dict[str, float]:
-    """GFLOP/s of a square GEMM per dtype on the CPU, each timed for about ``seconds``.
-
-    NOTE: ISA flags do not tell whether torch's kernels use them (oneDNN may or may not
-    dispatch bf16 to avx512_bf16/AMX); a 0.1 s measurement does. On CPUs without support
-    bf16 GEMM has been measured 180x slower than fp32.
-    """
-    out: dict[str, float] = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        torch.mm(a, b)  # warm-up: first call picks and may JIT the kernel
-        n, start = 0, time.perf_counter()
-        while True:
-            torch.mm(a, b)
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds:
-                break
-        out[name] = round(2 * size**3 * n / elapsed / 1e9, 1)
-    return out
 
 
 def read_cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -429,7 +390,7 @@ def probe_torch(gpus: list[GpuInfo]) -> tuple[SoftwareInfo, dict[str, Any], list
         "capability": _optional(torch.backends.cpu.get_cpu_capability),
         "threads": torch.get_num_threads(),
         "torch_gpus": [],
-        "gemm": measure_cpu_gemm(torch),
+        "gemm": check_gemms(torch, flags=read_cpuinfo()[1]),
     }
     if not gpus:
         try:
@@ -486,14 +447,25 @@ def probe_hardware(*, with_torch: bool = True, nvml: Any | None = None) -> Probe
             "torch_capability": extra.get("capability"),
             "torch_threads": extra.get("threads"),
         }
-        gemm = extra.get("gemm") or {}
-        if gemm:
+        gemm = extra.get("gemm")
+        if gemm is not None:
+            bf16, fp16 = gemm.verdicts["bf16"], gemm.verdicts["fp16"]
             update |= {
-                "gemm_gflops": gemm,
-                "fast_bf16": gemm["bf16"] >= 0.9 * gemm["fp32"],
-                "fast_fp16": gemm["fp16"] >= 0.9 * gemm["fp32"],
-                "fast_16bit_source": "measured",
+                "gemm_gflops": gemm.gflops,
+                "gemm_vs_fp32": {
+                    d: [round(s.low, 3), round(s.median, 3), round(s.high, 3)]
+                    for d, s in gemm.spreads.items()
+                },
+                "gemm_disturbance": gemm.disturbance,
+                "fast_bf16": bf16.fast,
+                "fast_fp16": fp16.fast,
+                "fast_16bit_source": (
+                    bf16.source
+                    if bf16.source == fp16.source
+                    else f"bf16: {bf16.source}; fp16: {fp16.source}"
+                ),
             }
+            warnings.extend(gemm.notes)
         cpu = cpu.model_copy(update=update)
     accelerator = "none"
     if gpus:

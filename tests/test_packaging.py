@@ -56,3 +56,65 @@ def test_installed_wheel_finds_its_data_from_another_folder(wheel: Path, tmp_pat
     )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) >= 14
+
+
+# The engines whose internals the tests reach into: a new release must not reach a fresh
+# clone before the tests have run against it.
+_ENGINES = {"accelerate", "deepspeed", "transformers", "bitsandbytes", "pytorch-optimizer"}
+
+
+def _name(requirement: str) -> str:
+    from packaging.requirements import Requirement
+
+    return Requirement(requirement).name.lower().replace("_", "-")
+
+
+def test_the_constraints_pin_every_dev_requirement_inside_its_range() -> None:
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dev = [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+    pins: dict[str, str] = {}
+    for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line!r}"
+            pins[_name(name)] = version
+    assert "torch" not in pins, "torch is pinned by the Makefile (TORCH), not the constraints"
+    checked = 0
+    for req in dev:
+        name = _name(str(req))
+        assert name in pins, f"{name} is a dev requirement without a pin in .ci/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+        if name in _ENGINES:
+            assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), (
+                f"{name} needs an upper bound in pyproject.toml's dev extra"
+            )
+        checked += 1
+    assert checked == len(dev) >= len(_ENGINES)
+    for req in project["dependencies"]:
+        name = _name(req)
+        if name != "torch":
+            assert Requirement(req).specifier.contains(pins[name], prereleases=True), name
+
+
+def test_the_installed_engines_are_the_pinned_ones() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    pins = {_name(k): v for k, v in pins.items()}
+    for engine in sorted(_ENGINES):
+        try:
+            installed = version(engine)
+        except PackageNotFoundError:
+            continue  # a user's install without the dev extra: nothing to compare
+        assert installed == pins[engine], (
+            f"{engine} {installed} is installed but the tests were pinned to {pins[engine]}: "
+            "run `make clean install` (or move the pin after running the suite with it)"
+        )

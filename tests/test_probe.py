@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from advisor import probe
+from advisor.fast16 import Spread, contradicts, decisive, isa_expectation
 from advisor.hardware import ProbeReport
 from tests.conftest import FakeGpu, FakeNVML, make_cgroup_v1, make_cgroup_v2
 
@@ -165,15 +166,26 @@ def test_cpuinfo_parser_on_arm_style_file(tmp_path: Path) -> None:
 
 def test_full_probe_on_this_machine_with_fake_nvml(fake_nvml: FakeNVML) -> None:
     report = probe.probe_hardware(with_torch=True, nvml=FakeNVML(init_error=12))
-    assert report.gpus == [] and report.accelerator == "none" and report.warnings == []
+    assert report.gpus == [] and report.accelerator == "none"
+    # The only warning the probe may add here is a GEMM figure the ISA contradicted.
+    assert all("ISA" in w for w in report.warnings), report.warnings
     assert report.software.torch_version and report.software.torch_build == "cpu"
     # FINDINGS: on CPU, MATH and FLASH SDPA exist and EFFICIENT_ATTENTION does not.
     assert "math" in report.software.sdpa_backends["cpu"]
     assert "mem-efficient" not in report.software.sdpa_backends["cpu"]
     assert set(report.cpu.gemm_gflops) == {"fp32", "bf16", "fp16"}
-    gemm = report.cpu.gemm_gflops
-    assert report.cpu.fast_bf16 == (gemm["bf16"] >= 0.9 * gemm["fp32"])
-    assert report.cpu.fast_16bit_source == "measured"
+    assert set(report.cpu.gemm_vs_fp32) == {"bf16", "fp16"}
+    # A measured verdict is one the spread decides; otherwise the ISA flags decided.
+    expected = isa_expectation({f for f, on in report.cpu.features.items() if on})
+    for dtype, fast in (("bf16", report.cpu.fast_bf16), ("fp16", report.cpu.fast_fp16)):
+        low, median, high = report.cpu.gemm_vs_fp32[dtype]
+        assert low <= median <= high
+        if decisive(Spread(low, median, high, 7)) and not contradicts(
+            Spread(low, median, high, 7), expected[dtype]
+        ):
+            assert fast is (median >= 0.9), (dtype, report.cpu.fast_16bit_source)
+        else:
+            assert fast is bool(expected[dtype]), (dtype, report.cpu.fast_16bit_source)
     ProbeReport.model_validate_json(report.model_dump_json())
 
 

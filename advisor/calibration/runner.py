@@ -7,15 +7,23 @@ import functools
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from advisor.calibration import cache as cal_cache
 from advisor.calibration.optimizers import OPTIMIZERS, QUICK, Variant
-from advisor.calibration.timing import CpuShare, is_out_of_memory, measure, synchronizer
+from advisor.calibration.timing import (
+    CpuShare,
+    is_out_of_memory,
+    measure,
+    measure_interleaved,
+    synchronizer,
+)
 from advisor.cost import block_gemms, layer_shape
 from advisor.costdata import (
+    DISTURBED_SHARE,
     AttentionFit,
     CalibrationCache,
     GemmTiming,
@@ -25,6 +33,7 @@ from advisor.costdata import (
     ShapeResults,
 )
 from advisor.errors import UserError
+from advisor.fast16 import Spread, check_gemms, decide, load_average, time_rounds
 from advisor.modelspec import ModelSpec
 from advisor.torchload import import_torch
 
@@ -109,6 +118,7 @@ def run_calibration(
         budget_s = QUICK_DEFAULT_BUDGET_S
     budget = _Budget(budget_s)
     share = CpuShare()
+    load = load_average()
     started = time.perf_counter()
     sync = synchronizer(torch, device)
     warnings = [warning] if warning else []
@@ -125,10 +135,18 @@ def run_calibration(
         done += 1
 
     tick("GEMM throughput per dtype")
-    gemm = _gemm(torch, device, sync, shape)
-    fast_bf16 = gemm.get("bf16", 0.0) >= 0.9 * gemm.get("fp32", math.inf)
-    dtypes = ["fp32"] + (["bf16"] if fast_bf16 else []) + (["fp16"] if device != "cpu" else [])
-    if not fast_bf16 and device == "cpu":
+    measured = _gemm(torch, device, sync, shape)
+    gemm, fast_bf16 = measured.gflops, measured.fast_bf16
+    warnings.extend(measured.notes)
+    # Every dtype that may be fast gets its block and attention timed, interleaved with the
+    # others: pricing one dtype from a measured block and another from a bare GEMM compares
+    # unlike things (a busy machine once made amp-fp16 look cheaper than bf16 that way).
+    dtypes = (
+        ["fp32"]
+        + (["bf16"] if fast_bf16 is not False else [])
+        + (["fp16"] if measured.fast_fp16 is not False else [])
+    )
+    if fast_bf16 is False and device == "cpu":
         warnings.append(
             f"bf16 GEMM runs at {gemm.get('bf16', 0):.3g} GFLOP/s"
             f" vs fp32 {gemm.get('fp32', 0):.3g}:"
@@ -137,22 +155,11 @@ def run_calibration(
     tick("memory bandwidth")
     copy_gb_s = _copy_bandwidth(torch, device, sync)
     tick("layer forward+backward")
-    layers: list[LayerTiming] = []
-    notes: list[str] = []
-    for dtype in dtypes:
-        if not budget.ok():
-            break
-        lt, note = _time_layer(torch, device, sync, shape, dtype, mode)
-        if lt is not None:
-            layers.append(lt)
-        if note:
-            notes.append(note)
-    attention: list[AttentionFit] = []
-    for dtype in dtypes:
-        tick(f"attention {dtype}")
-        if not budget.ok():
-            break
-        attention.extend(_time_attention(torch, device, sync, shape, dtype, lens, budget))
+    layers, notes = _time_layers(torch, device, sync, shape, dtypes, mode, budget)
+    tick(f"attention {', '.join(dtypes)}")
+    attention = (
+        _time_attention(torch, device, sync, shape, dtypes, lens, budget) if budget.ok() else []
+    )
     tick("attention done")
     timings: list[OptimizerTiming] = []
     for oid in ids:
@@ -191,7 +198,8 @@ def run_calibration(
             warnings.append(why)
     report("done", 1.0)
     other = share.other_share()
-    if other is not None and other > 0.05:
+    loads = [x for x in (load, load_average()) if x is not None]
+    if other is not None and other > DISTURBED_SHARE:
         warnings.append(
             f"other processes used {other:.0%} of the CPU while measuring: timings may be slow;"
             " run again on a quiet machine (--force)"
@@ -210,6 +218,9 @@ def run_calibration(
         collectives=collectives,
         collective_ranks=ranks if collectives else 0,
         other_cpu_share=other,
+        gemm_vs_fp32=measured.vs_fp32,
+        disturbance=measured.disturbance,
+        load_per_cpu=max(loads) if loads else None,
         shapes=[
             ShapeResults(
                 shape=shape,
@@ -249,32 +260,72 @@ def _check_device(torch: Any, device: str) -> None:
     raise UserError(f"invalid --device {device!r}", "use cpu, cuda:N or mps")
 
 
-def _gemm(torch: Any, device: str, sync: Any, shape: LayerShape) -> dict[str, float]:
-    """GFLOP/s of a layer-shaped GEMM (tokens x hidden @ hidden x intermediate) per dtype."""
-    out: dict[str, float] = {}
+@dataclass
+class _GemmResult:
+    gflops: dict[str, float]
+    fast_bf16: bool | None  # None: undecided, the target keeps its own answer
+    fast_fp16: bool | None
+    notes: list[str]
+    disturbance: float | None
+    vs_fp32: dict[str, list[float]]
+
+
+def _gemm(torch: Any, device: str, sync: Any, shape: LayerShape) -> _GemmResult:
+    """GFLOP/s of a layer-shaped GEMM (tokens x hidden @ hidden x intermediate) per dtype, and
+    whether bf16 is fast (None: undecided, the target keeps its own answer).
+
+    NOTE: on the CPU the fast/slow verdict comes from :func:`advisor.fast16.check_gemms`
+    (interleaved, one thread, checked against the ISA), never from one timed call: a single
+    call lost to another process made bf16 look 13x slower than fp32 on a busy machine. The
+    dtypes found fast are then timed at the layer's shape with the threads training uses,
+    interleaved (fastest of the rounds); a slow dtype keeps the check's figure, since timing
+    an emulated GEMM at a 7B layer's shape would take minutes.
+    """
+    notes: list[str] = []
     m, k, n = 256, min(shape.hidden, 4096), min(shape.intermediate, 8192)
+    fast: dict[str, bool | None] = {"fp32": True}
+    out: dict[str, float] = {}
+    disturbance = None
+    vs_fp32: dict[str, list[float]] = {}
+    if device == "cpu":
+        check = check_gemms(torch, device=device, sync=sync)
+        disturbance = check.disturbance
+        notes.extend(check.notes)
+        vs_fp32 = {
+            d: [round(s.low, 3), round(s.median, 3), round(s.high, 3)]
+            for d, s in check.spreads.items()
+        }
+        for d, verdict in check.verdicts.items():
+            fast[d] = verdict.fast
+            if not verdict.fast:
+                out[d] = check.gflops[d]
+    else:
+        fast |= {"bf16": None, "fp16": None}
+    fns = {}
     for name in ("fp32", "bf16", "fp16"):
+        if fast.get(name) is False:
+            continue
         dtype = getattr(torch, _DTYPES[name])
-        if name != "fp32":
-            # NOTE: a 16-bit GEMM without hardware support runs 100x slower than fp32 (180x
-            # measured on an AVX2-only CPU); a 256^3 probe (~0.1 s at worst) decides first,
-            # and a slow dtype is reported from the probe, not timed at the layer's shape.
-            small = torch.randn(256, 256, device=device).to(dtype)
-            torch.mm(small, small)
-            sync()
-            t0 = time.perf_counter()
-            torch.mm(small, small)
-            sync()
-            probe_s = time.perf_counter() - t0
-            probe_gflops = 2 * 256**3 / max(probe_s, 1e-9) / 1e9
-            if probe_gflops < 0.25 * out["fp32"]:
-                out[name] = round(probe_gflops, 2)
-                continue
         a = torch.randn(m, k, device=device).to(dtype)
         b = torch.randn(k, n, device=device).to(dtype)
-        timing = measure(functools.partial(torch.mm, a, b), sync, repeats=_REPEATS)
-        out[name] = round(2 * m * k * n / timing.median_s / 1e9, 2)
-    return out
+        fns[name] = functools.partial(torch.mm, a, b)
+        fns[name]()  # warm-up: the first call picks the kernel
+    times, _ = time_rounds(fns, sync, rounds=_REPEATS)
+    for name, ts in times.items():
+        out[name] = round(2 * m * k * n / min(ts) / 1e9, 2)
+    if fast["bf16"] is None and "bf16" in times:
+        # A GPU: decide from the layer-shaped rounds; undecided stays None.
+        spread = Spread.of([f / b for f, b in zip(times["fp32"], times["bf16"], strict=True)])
+        verdict = decide("bf16", spread, None)
+        fast["bf16"] = verdict.fast if verdict.source == "measured" else None
+    return _GemmResult(
+        gflops={d: out[d] for d in ("fp32", "bf16", "fp16") if d in out},
+        fast_bf16=fast["bf16"],
+        fast_fp16=fast["fp16"],
+        notes=notes,
+        disturbance=disturbance,
+        vs_fp32=vs_fp32,
+    )
 
 
 def _copy_bandwidth(torch: Any, device: str, sync: Any) -> float:
@@ -326,9 +377,19 @@ def _block(torch: Any, shape: LayerShape, scale: float, device: str, dtype: Any)
     return Block().to(device=device, dtype=dtype)
 
 
-def _time_layer(
+@dataclass
+class _Layer:
+    """One dtype's block, ready to time."""
+
+    fwd_bwd: Callable[[], None]
+    forward: Callable[[], Any]
+    tokens: int
+    scale: float
+
+
+def _prepare_layer(
     torch: Any, device: str, sync: Any, shape: LayerShape, dtype_name: str, mode: str
-) -> tuple[LayerTiming | None, str]:
+) -> tuple[_Layer | None, str]:
     dtype = getattr(torch, _DTYPES[dtype_name])
     params = (
         2 * shape.hidden * (shape.heads + shape.kv_heads) * shape.head_dim
@@ -371,19 +432,61 @@ def _time_layer(
         block.zero_grad(set_to_none=True)
         block(x).sum().backward()
 
-    try:
-        timing = measure(fwd_bwd, sync, repeats=_REPEATS)
-        forward = measure(lambda: block(x), sync, repeats=_REPEATS)
-    except RuntimeError as exc:
-        if is_out_of_memory(exc):
-            return None, f"layer in {dtype_name}: out of memory at {tokens} tokens"
-        raise
-    return (
-        LayerTiming(
-            dtype=dtype_name, tokens=tokens, timing=timing, forward=forward, width_scale=scale
-        ),
-        note,
-    )
+    return _Layer(fwd_bwd=fwd_bwd, forward=lambda: block(x), tokens=tokens, scale=scale), note
+
+
+def _time_layers(
+    torch: Any,
+    device: str,
+    sync: Any,
+    shape: LayerShape,
+    dtypes: list[str],
+    mode: str,
+    budget: _Budget,
+) -> tuple[list[LayerTiming], list[str]]:
+    """Forward+backward and forward of one block per dtype, timed interleaved.
+
+    NOTE: the dtypes are compared with each other (fp32 against bf16-mixed decides the
+    precision), so their rounds alternate: a burst of load from another process then slows
+    both, and their ratio survives it.
+    """
+    notes: list[str] = []
+    ready: dict[str, _Layer] = {}
+    for dtype in dtypes:
+        if not budget.ok():
+            break
+        layer, note = _prepare_layer(torch, device, sync, shape, dtype, mode)
+        if layer is not None:
+            ready[dtype] = layer
+        if note:
+            notes.append(note)
+    while ready:
+        try:
+            both = measure_interleaved({d: lt.fwd_bwd for d, lt in ready.items()}, sync)
+            forward = measure_interleaved({d: lt.forward for d, lt in ready.items()}, sync)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc) or len(ready) == 1:
+                if is_out_of_memory(exc):
+                    (dtype,) = ready
+                    notes.append(f"layer in {dtype}: out of memory at {ready[dtype].tokens} tokens")
+                    return [], notes
+                raise
+            # Out of memory with every dtype's block alive: drop the widest dtype's block.
+            dtype = next(iter(ready))
+            notes.append(f"layer in {dtype}: out of memory beside the other dtypes' blocks")
+            del ready[dtype]
+            continue
+        return [
+            LayerTiming(
+                dtype=d,
+                tokens=lt.tokens,
+                timing=both[d],
+                forward=forward[d],
+                width_scale=lt.scale,
+            )
+            for d, lt in ready.items()
+        ], notes
+    return [], notes
 
 
 def time_gemm_shapes(
@@ -459,13 +562,17 @@ def _time_attention(
     device: str,
     sync: Any,
     shape: LayerShape,
-    dtype_name: str,
+    dtypes: list[str],
     lens: list[int],
     budget: _Budget,
 ) -> list[AttentionFit]:
+    """Causal SDPA forward+backward per backend, dtype and sequence length, fitted a·s² + b·s + c.
+
+    NOTE: at each (backend, length) the dtypes are timed interleaved, so load from another
+    process falls on all of them alike (they are compared when the precision is chosen).
+    """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    dtype = getattr(torch, _DTYPES[dtype_name])
     backends = {
         "math": "MATH",
         "flash": "FLASH_ATTENTION",
@@ -477,68 +584,98 @@ def _time_attention(
         backend = getattr(SDPBackend, attr, None)
         if backend is None:
             continue
-        xs: list[float] = []
-        ys: list[float] = []
-        failed = None
+        xs: dict[str, list[float]] = {d: [] for d in dtypes}
+        ys: dict[str, list[float]] = {d: [] for d in dtypes}
+        failed: dict[str, str] = {}
         for s in lens:
-            if not budget.ok():
+            live = [d for d in dtypes if d not in failed]
+            if not budget.ok() or not live:
                 break
-            q = torch.randn(
-                1, shape.heads, s, shape.head_dim, device=device, dtype=dtype, requires_grad=True
-            )
-            k = torch.randn_like(q, requires_grad=True)
-            v = torch.randn_like(q, requires_grad=True)
-
-            def run(q: Any = q, k: Any = k, v: Any = v, backend: Any = backend) -> None:
-                with sdpa_kernel([backend]):
-                    out_ = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-                out_.sum().backward()
-
-            try:
-                timing = measure(run, sync, repeats=_REPEATS, max_seconds=3.0)
-            except RuntimeError as exc:
-                if is_out_of_memory(exc):
-                    failed = f"out of memory at s={s}"
-                elif "No viable backend" in str(exc):
-                    failed = f"not available on {device}"
-                else:
-                    failed = str(exc).splitlines()[0][:120]
-                break
-            xs.append(float(s))
-            ys.append(timing.median_s)
-        if failed and not xs:
-            out.append(
-                AttentionFit(
-                    backend=label,
-                    dtype=dtype_name,
-                    a=0,
-                    b=0,
-                    c=0,
-                    seq_lens=[],
-                    seconds=[],
-                    max_rel_residual=0,
-                    failed=failed,
+            runs = {}
+            for d in live:
+                q = torch.randn(
+                    1,
+                    shape.heads,
+                    s,
+                    shape.head_dim,
+                    device=device,
+                    dtype=getattr(torch, _DTYPES[d]),
+                    requires_grad=True,
                 )
-            )
-            continue
-        if len(xs) < 3:
-            continue
-        a, b, c = _fit_quadratic(xs, ys)
-        resid = max(abs(a * x * x + b * x + c - y) / y for x, y in zip(xs, ys, strict=True))
-        out.append(
-            AttentionFit(
-                backend=label,
-                dtype=dtype_name,
-                a=a,
-                b=b,
-                c=c,
-                seq_lens=[int(x) for x in xs],
-                seconds=ys,
-                max_rel_residual=round(resid, 4),
-                failed=failed,
-            )
-        )
+                k = torch.randn_like(q, requires_grad=True)
+                v = torch.randn_like(q, requires_grad=True)
+
+                def run(q: Any = q, k: Any = k, v: Any = v, backend: Any = backend) -> None:
+                    with sdpa_kernel([backend]):
+                        out_ = torch.nn.functional.scaled_dot_product_attention(
+                            q, k, v, is_causal=True
+                        )
+                    out_.sum().backward()
+
+                try:
+                    run()  # alone first: a backend or dtype that cannot run fails here
+                except RuntimeError as exc:
+                    failed[d] = _attention_failure(exc, s, device)
+                    continue
+                runs[d] = run
+            if not runs:
+                continue
+            try:
+                timings = measure_interleaved(
+                    runs, sync, repeats=_REPEATS, warmup=0, max_seconds=3.0 * len(runs)
+                )
+            except RuntimeError as exc:
+                for d in runs:
+                    failed[d] = _attention_failure(exc, s, device)
+                continue
+            for d, timing in timings.items():
+                xs[d].append(float(s))
+                ys[d].append(timing.median_s)
+        for d in dtypes:
+            fit = _attention_fit(label, d, xs[d], ys[d], failed.get(d))
+            if fit is not None:
+                out.append(fit)
     return out
+
+
+def _attention_failure(exc: RuntimeError, s: int, device: str) -> str:
+    if is_out_of_memory(exc):
+        return f"out of memory at s={s}"
+    if "No viable backend" in str(exc):
+        return f"not available on {device}"
+    return str(exc).splitlines()[0][:120]
+
+
+def _attention_fit(
+    label: str, dtype_name: str, xs: list[float], ys: list[float], failed: str | None
+) -> AttentionFit | None:
+    if failed and not xs:
+        return AttentionFit(
+            backend=label,
+            dtype=dtype_name,
+            a=0,
+            b=0,
+            c=0,
+            seq_lens=[],
+            seconds=[],
+            max_rel_residual=0,
+            failed=failed,
+        )
+    if len(xs) < 3:
+        return None
+    a, b, c = _fit_quadratic(xs, ys)
+    resid = max(abs(a * x * x + b * x + c - y) / y for x, y in zip(xs, ys, strict=True))
+    return AttentionFit(
+        backend=label,
+        dtype=dtype_name,
+        a=a,
+        b=b,
+        c=c,
+        seq_lens=[int(x) for x in xs],
+        seconds=ys,
+        max_rel_residual=round(resid, 4),
+        failed=failed,
+    )
 
 
 def _layer_tensors(torch: Any, spec: ModelSpec, device: str, scale: float) -> dict[str, Any]:

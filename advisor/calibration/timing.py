@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from advisor.costdata import Timing
@@ -108,6 +108,48 @@ def measure(
         if max_seconds is not None and spent >= max_seconds:
             break
     return summarize(samples)
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], Any]],
+    sync: Callable[[], None],
+    *,
+    repeats: int = MIN_REPEATS,
+    warmup: int = 1,
+    max_seconds: float | None = None,
+) -> dict[str, Timing]:
+    """Time variants that will be compared in rounds (A B C, B C A, ...), so that another
+    process's load falls on all of them alike; each variant's median and IQR.
+
+    Args:
+        fns: the variants.
+        sync: waits for the device; called before every clock read.
+        repeats: rounds (each variant is timed once per round).
+        warmup: untimed runs of each variant first.
+        max_seconds: stop after the round in which the timed runs add up to this (every
+            variant always gets the same number of rounds, at least one).
+
+    Raises:
+        RuntimeError, MemoryError: from a variant (see :func:`is_out_of_memory`).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    spent = 0.0
+    for r in range(max(1, repeats)):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            fns[name]()
+            sync()
+            dt = time.perf_counter() - t0
+            samples[name].append(dt)
+            spent += dt
+        if max_seconds is not None and spent >= max_seconds:
+            break
+    return {n: summarize(xs) for n, xs in samples.items()}
 
 
 class CpuShare:
