@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # machine kind's disk. The package itself depends on a range; users bring their own torch.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test lint check rules-check recommend clean
+.PHONY: install test test-fast lint check rules-check recommend clean
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
@@ -17,6 +17,11 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The development loop's tier (under 2 minutes here): no engine imports, no measured torch.
+# `make test` stays the whole suite, which CI runs.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not heavy"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check advisor tests benchmarks

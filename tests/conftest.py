@@ -124,3 +124,54 @@ def proc_cgroup_root(tmp_path: Path) -> Path:
     p = tmp_path / "proc_self_cgroup"
     p.write_text("0::/\n")
     return p
+
+
+# --- The fast tier (`make test-fast`): no engine imports, no measured torch ----------------
+
+# Files whose tests run real torch work (measured bytes or steps, real models) or load the
+# engines (DeepSpeed, Accelerate, transformers, bitsandbytes). Tests elsewhere that do the
+# same carry @pytest.mark.heavy themselves.
+HEAVY_FILES = {
+    "test_benchmarks.py",
+    "test_calibration.py",
+    "test_cli_measured_default.py",
+    "test_convergence.py",
+    "test_emit.py",
+    "test_emit_engines.py",
+    "test_memory_architectures.py",
+    "test_memory_bnb.py",
+    "test_memory_checkpointing.py",
+    "test_memory_fsdp.py",
+    "test_memory_measured.py",
+    "test_memory_stacks.py",
+    "test_model_families.py",
+    "test_packaging.py",
+    "test_zeroth_order.py",
+}
+_ENGINES = ("deepspeed", "accelerate", "transformers", "bitsandbytes")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # The fast tier does not even import the heavy files (their module-level imports load
+    # torch models and the engines).
+    if config.getoption("markexpr", "") == "not heavy" and collection_path.name in HEAVY_FILES:
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HEAVY_FILES:
+            item.add_marker(pytest.mark.heavy)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # The fast tier keeps its promise: a test that loads an engine there belongs in the
+    # heavy tier (mark it, or list its file above).
+    import sys
+
+    if session.config.getoption("markexpr", "") == "not heavy" and exitstatus == 0:
+        loaded = [m for m in _ENGINES if m in sys.modules]
+        if loaded:
+            session.exitstatus = 1
+            print(f"\nfast tier imported {', '.join(loaded)}: mark the test heavy", flush=True)

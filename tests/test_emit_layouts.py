@@ -166,6 +166,7 @@ def test_torchtitan_toml_uses_only_job_config_keys() -> None:
     assert checked == len(LAYOUTS)
 
 
+@pytest.mark.heavy
 def test_torchtitan_schedules_exist_in_torch() -> None:
     torch_pipelining = pytest.importorskip("torch.distributed.pipelining.schedules")
     for name in ("1F1B", "Interleaved1F1B"):

@@ -301,6 +301,7 @@ def test_measured_gemms_and_collectives_are_used_and_labelled() -> None:
     assert c["communication"].source is Source.MEASURED
 
 
+@pytest.mark.heavy
 def test_gemm_shapes_are_timed_for_real_on_the_cpu() -> None:
     import torch
 

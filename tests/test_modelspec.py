@@ -150,6 +150,7 @@ def _layer_stack(model: Any, layers: int) -> tuple[str, Any]:
     raise AssertionError("no layer stack found")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("path", TINY, ids=[p.stem for p in TINY])
 def test_tiny_random_model_counts_exactly(path: Path) -> None:
     spec = load_hf_config(path)
@@ -225,6 +226,7 @@ _SHAPE_FIELDS = (
 )  # fmt: skip
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("ident", CLASSIC_IDS)
 def test_full_size_profile_counts_exactly_on_the_meta_device(ident: str, tmp_path: Path) -> None:
     spec = PROFILES[ident]
@@ -282,6 +284,7 @@ def test_gaps_between_profiles_interpolate(count: str) -> None:
     assert resolve_model_size(count).id == f"llama-style-{count.lower()}"
 
 
+@pytest.mark.heavy
 def test_interpolated_shape_is_a_real_llama(tmp_path: Path) -> None:
     spec = interpolate_llama_style(10**9)
     assert _numel(_hf_model(_config_json(spec), meta=True)) == spec.parameter_count()
