@@ -1,7 +1,20 @@
-"""The README's pasted output is real: deterministic commands are re-run and compared (golden)."""
+"""The README's examples and figures are real: each comes from a command that regenerates it.
+
+`python -m benchmarks.readme` re-runs every example and renders the figures; these tests
+fail when the README and the code (or the committed results) have drifted apart:
+
+- examples that depend only on the code and the shipped data are re-run and compared
+  line by line (a block ending in "…" shows the first lines only; `--emit` blocks compare
+  the emitted file the block `cat`s too);
+- examples that measure this machine (probe, calibrate, a local recommendation) are
+  compared with the record of the run that produced them (benchmarks/results/
+  readme_examples.json), which names its date and machine;
+- the figures section is the rendering of the committed result files.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -10,36 +23,19 @@ import pytest
 from typer.testing import CliRunner
 
 from advisor.cli import app
+from benchmarks import readme
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-# Commands whose output depends on nothing but the code and the shipped data (profiles,
-# rules, analytic costs). Probe, calibration and local recommendations measure the machine.
-DETERMINISTIC = re.compile(
-    r"^optadvise (taxonomy|rules show|estimate .*--hardware|recommend .*--hardware|profiles list)"
-)
-
-
-def _blocks() -> list[tuple[str, list[str]]]:
-    text = README.read_text()
-    out = []
-    for block in re.findall(r"```console\n(.*?)```", text, flags=re.S):
-        lines = block.rstrip("\n").splitlines()
-        command = lines[0].removeprefix("$ ").strip()
-        body = lines[1:]
-        # A block may show a second command (e.g. `cat` of an emitted file): keep the first.
-        for i, line in enumerate(body):
-            if line.startswith("$ "):
-                body = body[:i]
-                break
-        out.append((command, body))
-    return out
-
-
-CASES = [(c, b) for c, b in _blocks() if DETERMINISTIC.match(c) and "--emit" not in c]
+README = readme.README
+TEXT = README.read_text()
+BLOCKS = readme.blocks(TEXT)
+CASES = [(c, b, t) for c, b, t in BLOCKS if not readme.measures_this_machine(c)]
+MEASURED = [(c, b) for c, b, _t in BLOCKS if readme.measures_this_machine(c)]
+# Elapsed times in otherwise deterministic output (`rules check` reports its own).
+_ELAPSED = re.compile(r"\bin \d+(\.\d+)? s\b")
 
 
 def test_the_readme_shows_every_command() -> None:
-    commands = " ".join(c for c, _ in _blocks())
+    commands = " ".join(c for c, _b, _t in BLOCKS)
     for name in (
         "probe",
         "profiles list",
@@ -51,57 +47,41 @@ def test_the_readme_shows_every_command() -> None:
         "recommend",
     ):
         assert f"optadvise {name}" in commands
-    assert len(CASES) >= 5
+    assert len(CASES) >= 5 and MEASURED
 
 
-@pytest.mark.parametrize(("command", "expected"), CASES, ids=[c for c, _ in CASES])
-def test_pasted_output_matches_a_real_run(command: str, expected: list[str]) -> None:
-    args = shlex.split(command)[1:]
-    result = CliRunner().invoke(app, args, env={"NO_COLOR": "1", "COLUMNS": "100"})
+@pytest.mark.parametrize(("command", "expected", "tail"), CASES, ids=[c for c, _b, _t in CASES])
+def test_pasted_output_matches_a_real_run(
+    command: str,
+    expected: list[str],
+    tail: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # --emit writes here
+    monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, shlex.split(command)[1:], env=readme.ENV)
     actual = [line.rstrip() for line in result.output.rstrip("\n").splitlines()]
-    if expected and expected[-1] == "…":  # the README shows the first lines only
-        expected = expected[:-1]
-        actual = actual[: len(expected)]
-    assert actual == [line.rstrip() for line in expected]
+    actual = readme.cut(actual, expected)
+    mask = _ELAPSED.sub
+    assert [mask("in _ s", a) for a in actual] == [mask("in _ s", e.rstrip()) for e in expected]
+    if tail and tail[0].startswith("$ cat "):
+        written = (tmp_path / tail[0].removeprefix("$ cat ").strip()).read_text()
+        shown = tail[1:]
+        assert readme.cut(written.rstrip("\n").splitlines(), shown) == shown
 
 
-def update_readme() -> int:
-    """Re-run every deterministic block and paste its real output (keeps a trailing "…").
-
-    Run after a change that moves the output: ``python -m tests.test_readme``.
-
-    Returns:
-        How many blocks changed.
-    """
-    text = README.read_text()
-    changed = 0
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal changed
-        block = match.group(1)
-        lines = block.rstrip("\n").splitlines()
-        command = lines[0].removeprefix("$ ").strip()
-        if not DETERMINISTIC.match(command) or "--emit" in command:
-            return match.group(0)
-        body = lines[1:]
-        tail: list[str] = []
-        for i, line in enumerate(body):
-            if line.startswith("$ "):
-                body, tail = body[:i], body[i:]
-                break
-        result = CliRunner().invoke(
-            app, shlex.split(command)[1:], env={"NO_COLOR": "1", "COLUMNS": "100"}
-        )
-        actual = [line.rstrip() for line in result.output.rstrip("\n").splitlines()]
-        if body and body[-1] == "…":
-            actual = [*actual[: len(body) - 1], "…"]
-        if actual != [line.rstrip() for line in body]:
-            changed += 1
-        return "```console\n" + "\n".join([lines[0], *actual, *tail]) + "\n```"
-
-    README.write_text(re.sub(r"```console\n(.*?)```", replace, text, flags=re.S))
-    return changed
+def test_measured_examples_are_the_recorded_runs() -> None:
+    record = json.loads(readme.EXAMPLES.read_text())
+    runs = {r["command"]: r["output"] for r in record["examples"]}
+    for command, body in MEASURED:
+        assert command in runs, f"{command!r} was not run by `python -m benchmarks.readme`"
+        assert runs[command] == body, f"{command!r}: regenerate with python -m benchmarks.readme"
 
 
-if __name__ == "__main__":
-    print(f"{update_readme()} block(s) updated in {README}")
+def test_the_figures_are_the_committed_results() -> None:
+    match = readme.FIGURES.search(TEXT)
+    assert match, "README.md lost its figures markers"
+    assert match.group(2) == readme.render_figures(), (
+        "regenerate with python -m benchmarks.readme --figures"
+    )
