@@ -116,36 +116,51 @@ RulesDirOpt = Annotated[
 
 
 def handle_errors(fn: F) -> F:
-    """Turn user errors into one line on stderr and exit status 2; let bugs raise."""
+    """Turn user errors into one line on stderr and exit status 2; let bugs raise. The notes
+    the command's layers posted (a cache not used or not written) follow, one line each."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DataError as exc:
-            from advisor.render import err_console
-
             for problem in exc.problems:
-                err_console.print(f"Error: {problem}", markup=False, soft_wrap=True)
+                _stderr_line(f"Error: {problem}")
             if exc.hint:
-                err_console.print(f"  hint: {exc.hint}", markup=False, soft_wrap=True)
+                _stderr_line(f"  hint: {exc.hint}")
             raise typer.Exit(EXIT_USAGE) from None
         except UserError as exc:
-            from advisor.render import err_console
-
-            # NOTE: soft_wrap: the message stays one line (the terminal may wrap it), so
-            # scripts can grep it; a hostile value echoed in it is cut to a readable length.
-            err_console.print(f"Error: {_clip(exc.message)}", markup=False, soft_wrap=True)
+            # NOTE: one line (the terminal may wrap it), so scripts can grep it; a hostile
+            # value echoed in it is cut to a readable length.
+            _stderr_line(f"Error: {_clip(exc.message)}")
             if exc.hint:
-                err_console.print(f"  hint: {_clip(exc.hint)}", markup=False, soft_wrap=True)
+                _stderr_line(f"  hint: {_clip(exc.hint)}")
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            from advisor.render import err_console
-
-            err_console.print("Error: interrupted; nothing was written", markup=False)
+            _stderr_line("Error: interrupted; nothing was written")
             raise typer.Exit(130) from None
+        finally:
+            _print_notes()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_notes() -> None:
+    from advisor import notes
+
+    for text in notes.take():
+        _stderr_line(f"note: {text}")
+
+
+def _stderr_line(text: str) -> None:
+    """One line on stderr with control characters removed (user text is text)."""
+    from advisor.text import plain
+
+    try:
+        sys.stderr.write(plain(text) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass  # NOTE: stderr closed or full: nowhere left to say it.
 
 
 def _not_blank(flag: str, value: str | None) -> None:
