@@ -387,6 +387,7 @@ def write_emitted(
     nodes: int,
     spec: ModelSpec | None = None,
     hardware: str | None = None,
+    force: bool = False,
 ) -> tuple[Path, list[str]]:
     """Write the first pick as a DeepSpeed JSON, Accelerate YAML, torchtitan TOML,
     Megatron-LM arguments or a PyTorch snippet.
@@ -401,7 +402,7 @@ def write_emitted(
 
     Raises:
         UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
-            layout, or the folder cannot be written.
+            layout, the file exists (without ``force``), or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
@@ -428,7 +429,7 @@ def write_emitted(
             f"cannot create {out}: {exc.strerror}", "pass another --out folder"
         ) from None
     path = out / emission.filename
-    _atomic_write(path, emission.text)
+    _atomic_write(path, emission.text, force)
     return path, notes
 
 
@@ -466,14 +467,21 @@ def _expressed_plan_note(
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def _atomic_write(path: Path, text: str, force: bool = False) -> None:
+    """Write through an exclusive temp file (see advisor.safeio); replace only with force."""
+    from advisor.safeio import describe, remove_stale_temps, write_atomic
+
+    # NOTE: older versions wrote <name>.tmp beside the file and left it on failures.
+    remove_stale_temps(path.parent, legacy=(path.name + ".tmp",))
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text.encode(), overwrite=force)
+    except FileExistsError:
+        raise UserError(
+            f"{path} exists; not overwriting it", "pass --force to replace it, or another --out"
+        ) from None
     except OSError as exc:
         raise UserError(
-            f"cannot write {path}: {exc.strerror}", "pass another --out folder"
+            f"cannot write {path}: {describe(exc)}", "pass another --out folder"
         ) from None
 
 

@@ -170,6 +170,18 @@ def _not_blank(flag: str, value: str | None) -> None:
         raise UserError(f"{flag} is empty", f"give {flag} a value, or leave it out")
 
 
+def _user_path(path: Path | str, flag: str) -> Path:
+    """A path flag with ``~`` expanded; ``~nosuchuser/...`` is a user error, not a crash."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # NOTE: Path.expanduser's "Could not determine home directory"
+        user = str(path).split("/", 1)[0]
+        raise UserError(
+            f"{flag} {_clip(str(path), 120)!r}: there is no user {user[1:]!r} for {user!r}",
+            "write the folder out in full",
+        ) from None
+
+
 def _clip(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -446,7 +458,7 @@ def _load_model_config(path: Path) -> Any:
     """
     from advisor.modelspec import load_hf_config
 
-    p = path.expanduser()
+    p = _user_path(path, "--model-config")
     if p.is_dir():
         p = p / "config.json"
     hint = "pass a Hugging Face config.json (or the model folder holding it)"
@@ -830,7 +842,12 @@ def recommend(
             "megatron config.",
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
+    out: Annotated[
+        str | None, typer.Option("--out", help="Folder for --emit (default: optadvise-out).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --emit replace a file that exists.")
+    ] = False,
     rules_dir: RulesDirOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
@@ -850,6 +867,10 @@ def recommend(
     emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
     if emit is not None and emit not in emit_kinds:
         raise UserError(f"invalid --emit {emit!r}", f"use {', '.join(emit_kinds)}")
+    if emit is None and (out is not None or force):
+        given = "--out" if out is not None else "--force"
+        raise UserError(f"{given} applies to --emit, which is not given", f"drop {given}")
+    _not_blank("--out", out)
     spec = _resolve_model(model_size, model, model_config)
     request = RecommendRequest.from_flags(
         spec=spec,
@@ -889,7 +910,15 @@ def recommend(
     if emit is not None:
         from advisor.advise import write_emitted
 
-        path, notes = write_emitted(report, emit, out, nodes=nodes, spec=spec, hardware=hardware)
+        path, notes = write_emitted(
+            report,
+            emit,
+            _user_path(out or "optadvise-out", "--out"),
+            nodes=nodes,
+            spec=spec,
+            hardware=hardware,
+            force=force,
+        )
         if not json_out:
             from advisor import render
 
@@ -975,7 +1004,7 @@ def calibrate(
         model,
         model_config,
     )
-    _not_blank("--device", device)
+    _check_device_flag(device)
     if device is None:
         device = _default_device()
     with render.calibration_progress(enabled=not json_out) as progress:
@@ -1003,31 +1032,62 @@ def _calibrate_convergence(
     json_out: bool,
 ) -> None:
     """`calibrate --convergence`: the measured proxy of steps to AdamW's loss."""
-    if budget is not None and budget <= 0:
-        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    import time
+
+    from advisor.limits import check_bound
+
+    check_bound("--budget", budget)
+    _check_device_flag(device)
     from advisor import render
-    from advisor.calibration.convergence import run_convergence
+    from advisor.calibration.convergence import (
+        cache_file,
+        family_key,
+        missing_packages,
+        run_convergence,
+    )
 
     spec = _resolve_model(
-        model_size or ("125M" if not (model or model_config) else None), model, model_config
+        model_size if model_size is not None or model or model_config else "125M",
+        model,
+        model_config,
     )
+    skipped = missing_packages()
+    if skipped:
+        render.note(
+            f"pytorch-optimizer is not installed: {', '.join(skipped)} will not be measured "
+            "(pip install 'optadvise[optimizers]')"
+        )
+    path = cache_file(device or "cpu", family_key(spec))
+    started = time.time()
     try:
         with render.calibration_progress(enabled=not json_out) as progress:
             cache = run_convergence(
                 spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
             )
     except KeyboardInterrupt:
-        from advisor.calibration.convergence import cache_file, family_key
-
-        path = cache_file(device or "cpu", family_key(spec))
-        render.err_console.print(
-            f"interrupted: the runs finished so far are kept in {path}", markup=False
+        try:
+            written = path.stat().st_mtime >= started - 1
+        except OSError:
+            written = False
+        _stderr_line(
+            f"interrupted: the runs finished so far are kept in {path}"
+            if written
+            else "interrupted before the first run finished: nothing was written"
         )
         raise typer.Exit(130) from None
     if json_out:
         render.print_json(cache)
     else:
         render.render_convergence(cache)
+
+
+def _check_device_flag(device: str | None) -> None:
+    """--device names cpu, mps or cuda[:N]; whether that device exists is checked with torch."""
+    import re
+
+    _not_blank("--device", device)
+    if device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d{1,3})?", device):
+        raise UserError(f"invalid --device {_clip(device, 60)!r}", "use cpu, cuda:N or mps")
 
 
 def _default_device() -> str:
