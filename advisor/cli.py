@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -105,14 +106,41 @@ rules_app = typer.Typer(help="Browse and check the rule base.", no_args_is_help=
 app.add_typer(rules_app, name="rules")
 
 RulesDirOpt = Annotated[
-    list[Path] | None,
+    list[str] | None,
     typer.Option(
         "--rules-dir",
         help="A folder of your own rule files, used alongside the shipped ones (repeatable).",
-        exists=True,
-        file_okay=False,
     ),
 ]
+
+
+def _rules_dirs(values: list[str] | None) -> list[Path]:
+    """The --rules-dir folders: given, existing folders; the files in them that are not
+    read (facts and taxonomy are the shipped ones) get a note."""
+    from advisor import notes
+    from advisor.ruleset import RESERVED_FILES
+
+    dirs: list[Path] = []
+    for value in values or []:
+        _not_blank("--rules-dir", value)
+        d = _user_path(value, "--rules-dir")
+        try:
+            is_dir = d.is_dir()
+        except OSError as exc:
+            raise UserError(
+                f"--rules-dir {value!r}: {exc.strerror}", "pass a readable folder"
+            ) from None
+        if not is_dir:
+            what = "does not exist" if not os.path.lexists(d) else "is not a folder"
+            raise UserError(f"--rules-dir {value!r} {what}", "pass a folder of rule files")
+        for name in sorted(RESERVED_FILES):
+            if (d / name).exists():
+                notes.post(
+                    f"--rules-dir {value}: {name} is not read (the facts and the taxonomy "
+                    "are the shipped ones; a rules folder adds rules only)"
+                )
+        dirs.append(d)
+    return dirs
 
 
 def handle_errors(fn: F) -> F:
@@ -310,11 +338,11 @@ def taxonomy(json_out: JsonOpt = False, schema: SchemaOpt = False) -> None:
         render.render_taxonomy(tax)
 
 
-def _load_ruleset(rules_dir: list[Path] | None) -> Any:
+def _load_ruleset(rules_dir: list[str] | None) -> Any:
     from advisor.ruleset import load_rules
     from advisor.taxonomy import load_taxonomy
 
-    return load_rules(rules_dir or [], technique_ids=set(load_taxonomy().ids()))
+    return load_rules(_rules_dirs(rules_dir), technique_ids=set(load_taxonomy().ids()))
 
 
 @rules_app.command("list")
@@ -373,7 +401,7 @@ def rules_check(
         return
     from advisor import render
 
-    report = check_rules(rules_dir or [])
+    report = check_rules(_rules_dirs(rules_dir))
     if json_out:
         render.print_json(report)
     else:
@@ -456,26 +484,21 @@ def _load_model_config(path: Path) -> Any:
     Hostile or broken files (empty, binary, a byte-order mark, deep nesting, NaN or
     Infinity, numbers too large for any shape, wrong types) are user errors, one line each.
     """
-    from advisor.modelspec import load_hf_config
+    from advisor.modelspec import spec_from_hf_config
+    from advisor.safeio import describe, read_bounded
 
     p = _user_path(path, "--model-config")
-    if p.is_dir():
-        p = p / "config.json"
     hint = "pass a Hugging Face config.json (or the model folder holding it)"
     try:
-        if p.exists() and not p.is_file():
-            # NOTE: a FIFO or device would block the read or never end it.
-            raise UserError(f"model config {str(p)!r} is not a regular file", hint)
-        size = p.stat().st_size
-        if size > _CONFIG_MAX_BYTES:
-            raise UserError(
-                f"model config {str(p)!r} is {size:,} bytes; a config.json is a few KB", hint
-            )
-        data = p.read_bytes()
+        if p.is_dir():
+            p = p / "config.json"
+        # NOTE: opened once and checked as opened (regular file, size): a FIFO or device
+        # is refused, and a file swapped in after a check cannot skip the checks below.
+        data = read_bounded(p, _CONFIG_MAX_BYTES)
     except FileNotFoundError:
         raise UserError(f"model config {str(p)!r} not found", hint) from None
     except OSError as exc:
-        raise UserError(f"cannot read model config {str(p)!r}: {exc.strerror}", hint) from None
+        raise UserError(f"cannot read model config {str(p)!r}: {describe(exc)}", hint) from None
     if not data.strip():
         raise UserError(f"model config {str(p)!r} is empty", hint)
     if data.startswith(b"\xef\xbb\xbf"):
@@ -519,7 +542,7 @@ def _load_model_config(path: Path) -> Any:
     if problem:
         raise UserError(f"{p}: {problem}", hint)
     try:
-        return load_hf_config(p)
+        return spec_from_hf_config(cfg, p)
     # NOTE: the family readers do arithmetic on fields before the shape is validated (e.g.
     # 4 x n_embd); a field of the wrong type that gets that far is the file's error.
     except (TypeError, ValueError, OverflowError, ZeroDivisionError, KeyError) as exc:
@@ -896,7 +919,7 @@ def recommend(
         pp=pp,
     )
     if rules_dir:
-        request = request.model_copy(update={"rules_dirs": list(rules_dir)})
+        request = request.model_copy(update={"rules_dirs": _rules_dirs(rules_dir)})
     if calibrate is False or hardware is not None:
         # NOTE: analytic costs: no calibration runs, so there is no progress bar or note to
         # show, and the terminal renderer (rich) loads only to print the report (never for

@@ -93,7 +93,16 @@ def content_key(kind: str, files: list[Path], extra: str = "") -> str:
     A file that cannot be read contributes its error, so the key still differs from a
     readable file's and the loader (not the cache) reports the problem.
     """
-    return _key(kind, [p.resolve() for p in files], extra)
+    return _key(kind, [_resolve(p) for p in files], extra)
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``, or its absolute form when a symlink loop makes that fail (the
+    loader then reports the loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
 
 
 def _key(kind: str, resolved: list[Path], extra: str) -> str:
@@ -272,7 +281,7 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
             if found is None:
                 return fn(*args, **kwargs)
             files, extra = found
-            resolved = [p.resolve() for p in files]  # once: each resolve is a realpath walk
+            resolved = [_resolve(p) for p in files]  # once: each resolve is a realpath walk
             key = _key(kind, resolved, extra)
             if (kind, key) in _memory:
                 return _as(_memory[kind, key], fn)
@@ -363,6 +372,6 @@ def profile_sources(subdir: str) -> SourcesFn:
         folder = Path(args["folder"] or profiles_dir() / subdir)
         # NOTE: the file list is part of the key (each path is hashed), so adding or removing
         # a profile invalidates the entry too.
-        return sorted(folder.glob("*.yaml")), str(folder.resolve())
+        return sorted(folder.glob("*.yaml")), str(_resolve(folder))
 
     return sources
