@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from advisor.config import Stack, Task
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
-from advisor.limits import check_bound, resolve_seq_len
+from advisor.limits import check_bound, check_global_batch_tokens, resolve_seq_len
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
@@ -103,6 +103,8 @@ class RecommendRequest(BaseModel):
                 "drop --calibrate: profile costs are analytic (datasheet figures)",
             )
         _check_plan_flags(global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp)
+        tokens = _tokens(global_batch_tokens) if global_batch_tokens is not None else None
+        check_global_batch_tokens(tokens, s)
         workload = Workload(
             task=task_v,
             seq_len=s,
@@ -113,7 +115,7 @@ class RecommendRequest(BaseModel):
             privacy=privacy_v,
             objective=objective_v,
             sparse_features=sparse_features,
-            global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
+            global_batch_tokens=tokens,
             tensor_parallel=tp,
             pipeline_parallel=pp,
             stack=_choice(Stack, stack, "--stack"),
@@ -181,7 +183,9 @@ def _tokens(text: str) -> int:
     Llama write their "0.5M" and "4M" token batches)."""
     import re
 
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", text.strip())
+    # NOTE: at most 30 digits either side of the point (as advisor.units): 400 digits are
+    # invalid, never an OverflowError; the value is then bounded (advisor.limits).
+    m = re.fullmatch(r"(\d{1,30}(?:\.\d{1,30})?)\s*([kKmM]?)", text.strip())
     if not m or float(m.group(1)) <= 0:
         raise UserError(
             f"invalid --global-batch-tokens {text!r}", "use a token count, e.g. 524288, 512k or 4M"
@@ -200,7 +204,9 @@ def _size(value: str | None, flag: str) -> int | None:
 
     if re.fullmatch(r"0+(\.0*)?\s*[KMGT]?i?B?", value.strip(), flags=re.IGNORECASE):
         return 0  # "none": e.g. --nvme 0 for a node without NVMe for offload
-    return parse_bytes(value, flag)
+    size = parse_bytes(value, flag)
+    check_bound(flag, size)
+    return size
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:

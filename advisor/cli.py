@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -444,7 +445,7 @@ RopeScalingOpt = Annotated[
 
 def _resolve_model(model_size: str | None, model: str | None, model_config: Path | None) -> Any:
     """The model the flags name (default 7B), bounded (see advisor.limits)."""
-    from advisor.limits import check_bound, check_model
+    from advisor.limits import MIN_PARAMETERS, check_bound, check_model
     from advisor.modelspec import get_model_profile, resolve_model_size
     from advisor.units import parse_count
 
@@ -465,8 +466,23 @@ def _resolve_model(model_size: str | None, model: str | None, model_config: Path
         spec = get_model_profile(model)
     else:
         text = "7B" if model_size is None else model_size
-        check_bound("--model-size", parse_count(text))
+        count = parse_count(text)
+        if count < MIN_PARAMETERS and text.strip()[-1:].isdigit():
+            raise UserError(
+                f"--model-size {text!r} is {count:,} parameters",
+                f"a size needs its suffix: did you mean {text.strip()}B? (K, M, B or T)",
+            )
+        check_bound("--model-size", count)
         spec = resolve_model_size(text)
+        if count < spec.parameter_count() / 1.25:
+            from advisor import notes
+
+            notes.post(
+                f"--model-size {text}: planning with {spec.name}'s shape "
+                f"({spec.parameter_count() / 1e6:.0f}M parameters), the smallest profile; "
+                "its memory and time over-estimate a smaller model (--model-config gives "
+                "the exact shape)"
+            )
     check_model(spec)
     return spec
 
@@ -587,16 +603,21 @@ def estimate(
         str, typer.Option("--optimizer", help="A taxonomy optimizer id.")
     ] = "adamw",
     precision: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--precision",
             help="fp32, tf32, amp-fp16, amp-bf16 (autocast), fp16-mixed, bf16-mixed "
-            "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed.",
+            "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed. Default: "
+            "bf16-mixed, or fp16-mixed on a GPU without bf16.",
         ),
-    ] = "bf16-mixed",
+    ] = None,
     attention: Annotated[
-        str, typer.Option("--attention", help="eager, mem-efficient or flash.")
-    ] = "flash",
+        str | None,
+        typer.Option(
+            "--attention",
+            help="eager, mem-efficient or flash (default; mem-efficient on a GPU without it).",
+        ),
+    ] = None,
     checkpointing: Annotated[
         str,
         typer.Option(
@@ -638,7 +659,9 @@ def estimate(
             "optimizer+params-nvme.",
         ),
     ] = "none",
-    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    lora_rank: Annotated[
+        int | None, typer.Option("--lora-rank", help="LoRA/QLoRA rank (default 16).")
+    ] = None,
     dp_sgd: Annotated[
         bool, typer.Option("--dp-sgd", help="Per-sample gradients (DP-SGD).")
     ] = False,
@@ -710,6 +733,15 @@ def estimate(
     from advisor.limits import check_bound, resolve_seq_len
 
     spec = _resolve_model(model_size, model, model_config)
+    if lora_rank is not None and task not in ("lora", "qlora"):
+        raise UserError(
+            f"--lora-rank applies to --task lora or qlora, not {task!r}", "drop --lora-rank"
+        )
+    if virtual_stages != 1 and pipeline_parallel == 1:
+        raise UserError(
+            "--virtual-stages interleaves pipeline stages, but --pipeline-parallel is 1",
+            "give --pipeline-parallel 2 or more, or drop --virtual-stages",
+        )
     for flag, value in (
         ("--micro-batch", micro_batch),
         ("--gpus", gpus),
@@ -722,11 +754,11 @@ def estimate(
     ):
         check_bound(flag, value)
     check_bound("world size", gpus * tensor_parallel * pipeline_parallel)
-    config = build_config(
+    settings: dict[str, Any] = dict(
         task=task,
         optimizer=optimizer,
-        precision=precision,
-        attention=attention,
+        precision=precision or "bf16-mixed",
+        attention=attention or "flash",
         checkpointing=checkpointing,
         ac_frequency=ac_frequency,
         micro_batch=micro_batch,
@@ -734,7 +766,7 @@ def estimate(
         gpus=gpus,
         sharding=sharding,
         offload=offload,
-        lora_rank=lora_rank,
+        lora_rank=16 if lora_rank is None else lora_rank,
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,
@@ -747,11 +779,38 @@ def estimate(
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )
+    config = build_config(**settings)
+    check_bound("--ac-frequency", ac_frequency)  # after build_config's own n >= 1 check
     import psutil
 
     from advisor.advise import local_step_time, local_target
 
     local = None if hardware else local_target()
+    # NOTE: the defaults follow the device: a GPU below compute capability 8 (a T4, a V100)
+    # has no bf16 and no FlashAttention kernel, so fp16-mixed and the memory-efficient
+    # kernel stand in for the flags not given; what was given is checked as given.
+    last: UserError | None = None
+    for prec, attn in itertools.product(
+        [precision] if precision else ["bf16-mixed", "fp16-mixed"],
+        [attention] if attention else ["flash", "mem-efficient"],
+    ):
+        config = build_config(**{**settings, "precision": prec, "attention": attn})
+        try:
+            _check_estimate_device(config, hardware, device, local)
+        except UserError as exc:
+            last = exc  # NOTE: the last try keeps the fewest defaults: its error is the user's
+            continue
+        if (prec, attn) != (precision or "bf16-mixed", attention or "flash"):
+            from advisor import notes
+
+            notes.post(
+                f"defaults for this device: --precision {prec} --attention {attn} (no bf16 "
+                "or FlashAttention below compute capability 8)"
+            )
+        break
+    else:
+        assert last is not None
+        raise last
     if device is None:
         # NOTE: a CPU profile or this CPU-only machine has no CUDA context to count.
         device = "cpu" if local is not None and local[0].device_kind.value == "cpu" else "cuda"
@@ -770,6 +829,43 @@ def estimate(
         render.print_json(report)
     else:
         render.render_estimate(report)
+
+
+def _check_estimate_device(
+    config: Any, hardware: str | None, device: str | None, local: Any
+) -> None:
+    """Refuse what the device cannot run, as `recommend` does: an --device that contradicts
+    the --hardware profile, and techniques the device lacks (fp8 on a T4, QLoRA on a CPU)."""
+    from advisor.estimate import check_hardware_support
+
+    if hardware:
+        from advisor.hardware import get_hardware_profile
+
+        profile = get_hardware_profile(hardware)
+        kind = profile.kind.value
+        if device is not None and device != kind:
+            raise UserError(
+                f"--device {device} contradicts --hardware {hardware}, a {kind} device",
+                "drop --device: the profile's kind sets it",
+            )
+        check_hardware_support(
+            config,
+            device_kind=kind,
+            compute_capability=profile.cc or None,
+            where=f"the {hardware} profile",
+        )
+        return
+    target = local[0]
+    probed = target.device_kind.value
+    # NOTE: --device cuda on a machine without a GPU is a what-if: only the kind is checked.
+    kind = device or probed
+    cc = target.compute_capability or None if kind == probed else None
+    check_hardware_support(
+        config,
+        device_kind=kind,
+        compute_capability=cc,
+        where="this machine" if kind == probed else f"--device {device}",
+    )
 
 
 @app.command()
@@ -930,6 +1026,15 @@ def recommend(
 
         with render.calibration_progress(enabled=not json_out) as progress:
             report = run_recommend(request, progress=progress, notify=render.note)
+    if report.hardware.device_kind == "cpu":
+        from advisor import notes as user_notes
+
+        for flag, value in (("--host-memory", host_memory), ("--nvme", nvme)):
+            if value is not None:
+                user_notes.post(
+                    f"{flag} is not used: it sizes offload from a GPU to its host, and this "
+                    "plan runs on a CPU"
+                )
     if emit is not None:
         from advisor.advise import write_emitted
 
