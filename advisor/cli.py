@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import json
@@ -27,6 +28,42 @@ class _OneValueGroup(TyperGroup):
     click (and so typer) silently keeps the last of repeated values, so
     ``--model-size 7B --model-size ''`` would plan for a size the user did not mean.
     """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; a parser error (unknown option, missing value, bad type) is one line
+        ``Error: ...`` with a hint and exit status 2, as every other user error."""
+        run = functools.partial(super().main, args, prog_name, complete_var, False, **extra)
+        if not standalone_mode:
+            return run()
+        import typer.core
+        from typer.exceptions import Abort
+
+        # NOTE: typer vendors click; its exceptions live in typer.core's _click.
+        _click: Any = getattr(typer.core, "_click")  # noqa: B009
+        try:
+            rv = run()
+        except _click.exceptions.NoArgsIsHelpError as exc:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)  # the command's help, as typer shows it
+            sys.exit(exc.exit_code)
+        except _click.exceptions.ClickException as exc:
+            _stderr_line(f"Error: {_clip(exc.format_message())}")
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "optadvise"
+            _stderr_line(f"  hint: see `{where} --help`")
+            sys.exit(exc.exit_code)
+        except Abort:
+            _stderr_line("Error: aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         repeated = _repeated_option(self, ctx, args)
@@ -1050,9 +1087,9 @@ def recommend(
         if not json_out:
             from advisor import render
 
-            render.console.print(f"wrote {path}")
+            render.console.print(f"wrote {render.safe(path)}")
             for note in notes:
-                render.console.print(f"  note: {note}", markup=False)
+                render.console.print(f"  note: {render.safe(note)}")
     if json_out:
         from advisor.jsonout import print_json
 
@@ -1257,14 +1294,23 @@ def calibrate_show(json_out: JsonOpt = False) -> None:
         )
         return
     if not caches:
-        render.console.print(f"no calibration cached in {cache_dir()}; run `optadvise calibrate`")
+        render.console.print(
+            f"no calibration cached in {render.safe(cache_dir())}; run `optadvise calibrate`"
+        )
         return
     for path, cache, error in caches:
-        render.console.print(f"[bold]{path}[/]")
+        render.console.print(f"[bold]{render.safe(path)}[/]")
         if cache is None:
-            render.console.print(f"  [red]{error}[/]; the next calibration rebuilds it")
+            render.console.print(
+                f"  [red]{render.safe(error)}[/]; the next calibration rebuilds it"
+            )
         else:
             render.render_calibration(cache)
+
+
+# The errors of a stdout that cannot take the report: full disk or quota, a closed
+# descriptor, an I/O error. (A closed pipe, EPIPE, is click's: it exits 1 quietly.)
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF, errno.EIO})
 
 
 def main() -> None:
@@ -1274,7 +1320,63 @@ def main() -> None:
     # Before typer's parsing builds the first pydantic model: see advisor.bootstrap.
     skip_pydantic_plugins()
     pause_cyclic_gc()
-    app()
+    if sys.stdout is None or not _usable(sys.stdout):
+        _stderr_line("Error: standard output is closed; nothing can be reported")
+        sys.exit(EXIT_USAGE)
+    _ascii_fallbacks()
+    code: Any = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        code = _output_failed(exc)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        code = _output_failed(exc)
+    sys.exit(code)
+
+
+def _usable(stream: Any) -> bool:
+    try:
+        os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def _output_failed(exc: Exception) -> int:
+    """One line on stderr for a report that could not be written, and a quiet exit (the
+    unwritten rest goes nowhere instead of a second error at interpreter exit)."""
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    _stderr_line(f"Error: cannot write the output: {reason}")
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_USAGE
+
+
+def _ascii_fallbacks() -> None:
+    """On a terminal that cannot show the report's characters (LANG=POSIX, an ASCII
+    PYTHONIOENCODING), print ``x`` for ``×``, ``-`` for ``—`` and so on, never a
+    UnicodeEncodeError."""
+    from advisor.text import register_fallbacks
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "×—…█".encode(encoding)
+        except UnicodeEncodeError:
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors=register_fallbacks())
+        except LookupError:
+            pass
 
 
 if __name__ == "__main__":
