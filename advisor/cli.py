@@ -1087,7 +1087,7 @@ def recommend(
         if not json_out:
             from advisor import render
 
-            render.console.print(f"wrote {render.safe(path)}")
+            render.console.print(f"wrote {render.safe(path)}", soft_wrap=True)
             for note in notes:
                 render.console.print(f"  note: {render.safe(note)}")
     if json_out:
