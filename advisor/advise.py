@@ -17,7 +17,7 @@ from advisor.config import Stack, Task
 from advisor.costdata import CalibrationCache
 from advisor.errors import UserError
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
-from advisor.limits import check_bound, resolve_seq_len
+from advisor.limits import check_bound, check_global_batch_tokens, resolve_seq_len
 from advisor.modelspec import ModelSpec
 from advisor.recommend import (
     Context,
@@ -105,6 +105,8 @@ class RecommendRequest(BaseModel):
                 "drop --calibrate: profile costs are analytic (datasheet figures)",
             )
         _check_plan_flags(global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp)
+        tokens = _tokens(global_batch_tokens) if global_batch_tokens is not None else None
+        check_global_batch_tokens(tokens, s)
         workload = Workload(
             task=task_v,
             seq_len=s,
@@ -115,7 +117,7 @@ class RecommendRequest(BaseModel):
             privacy=privacy_v,
             objective=objective_v,
             sparse_features=sparse_features,
-            global_batch_tokens=_tokens(global_batch_tokens) if global_batch_tokens else None,
+            global_batch_tokens=tokens,
             tensor_parallel=tp,
             pipeline_parallel=pp,
             stack=_choice(Stack, stack, "--stack"),
@@ -183,7 +185,9 @@ def _tokens(text: str) -> int:
     Llama write their "0.5M" and "4M" token batches)."""
     import re
 
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kKmM]?)", text.strip())
+    # NOTE: at most 30 digits either side of the point (as advisor.units): 400 digits are
+    # invalid, never an OverflowError; the value is then bounded (advisor.limits).
+    m = re.fullmatch(r"(\d{1,30}(?:\.\d{1,30})?)\s*([kKmM]?)", text.strip())
     if not m or float(m.group(1)) <= 0:
         raise UserError(
             f"invalid --global-batch-tokens {text!r}", "use a token count, e.g. 524288, 512k or 4M"
@@ -202,7 +206,9 @@ def _size(value: str | None, flag: str) -> int | None:
 
     if re.fullmatch(r"0+(\.0*)?\s*[KMGT]?i?B?", value.strip(), flags=re.IGNORECASE):
         return 0  # "none": e.g. --nvme 0 for a node without NVMe for offload
-    return parse_bytes(value, flag)
+    size = parse_bytes(value, flag)
+    check_bound(flag, size)
+    return size
 
 
 def _choice(kind: Any, value: str, flag: str) -> Any:
@@ -421,6 +427,7 @@ def write_emitted(
     nodes: int,
     spec: ModelSpec | None = None,
     hardware: str | None = None,
+    force: bool = False,
 ) -> tuple[Path, list[str]]:
     """Write the first pick as a DeepSpeed JSON, Accelerate YAML, torchtitan TOML,
     Megatron-LM arguments or a PyTorch snippet.
@@ -435,7 +442,7 @@ def write_emitted(
 
     Raises:
         UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
-            layout, or the folder cannot be written.
+            layout, the file exists (without ``force``), or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
@@ -462,7 +469,7 @@ def write_emitted(
             f"cannot create {out}: {exc.strerror}", "pass another --out folder"
         ) from None
     path = out / emission.filename
-    _atomic_write(path, emission.text)
+    _atomic_write(path, emission.text, force)
     return path, notes
 
 
@@ -500,14 +507,21 @@ def _expressed_plan_note(
     )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def _atomic_write(path: Path, text: str, force: bool = False) -> None:
+    """Write through an exclusive temp file (see advisor.safeio); replace only with force."""
+    from advisor.safeio import describe, remove_stale_temps, write_atomic
+
+    # NOTE: older versions wrote <name>.tmp beside the file and left it on failures.
+    remove_stale_temps(path.parent, legacy=(path.name + ".tmp",))
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text.encode(), overwrite=force)
+    except FileExistsError:
+        raise UserError(
+            f"{path} exists; not overwriting it", "pass --force to replace it, or another --out"
+        ) from None
     except OSError as exc:
         raise UserError(
-            f"cannot write {path}: {exc.strerror}", "pass another --out folder"
+            f"cannot write {path}: {describe(exc)}", "pass another --out folder"
         ) from None
 
 

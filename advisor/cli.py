@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import itertools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +28,42 @@ class _OneValueGroup(TyperGroup):
     click (and so typer) silently keeps the last of repeated values, so
     ``--model-size 7B --model-size ''`` would plan for a size the user did not mean.
     """
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; a parser error (unknown option, missing value, bad type) is one line
+        ``Error: ...`` with a hint and exit status 2, as every other user error."""
+        run = functools.partial(super().main, args, prog_name, complete_var, False, **extra)
+        if not standalone_mode:
+            return run()
+        import typer.core
+        from typer.exceptions import Abort
+
+        # NOTE: typer vendors click; its exceptions live in typer.core's _click.
+        _click: Any = getattr(typer.core, "_click")  # noqa: B009
+        try:
+            rv = run()
+        except _click.exceptions.NoArgsIsHelpError as exc:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)  # the command's help, as typer shows it
+            sys.exit(exc.exit_code)
+        except _click.exceptions.ClickException as exc:
+            _stderr_line(f"Error: {_clip(exc.format_message())}")
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "optadvise"
+            _stderr_line(f"  hint: see `{where} --help`")
+            sys.exit(exc.exit_code)
+        except Abort:
+            _stderr_line("Error: aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         repeated = _repeated_option(self, ctx, args)
@@ -105,47 +144,89 @@ rules_app = typer.Typer(help="Browse and check the rule base.", no_args_is_help=
 app.add_typer(rules_app, name="rules")
 
 RulesDirOpt = Annotated[
-    list[Path] | None,
+    list[str] | None,
     typer.Option(
         "--rules-dir",
         help="A folder of your own rule files, used alongside the shipped ones (repeatable).",
-        exists=True,
-        file_okay=False,
     ),
 ]
 
 
+def _rules_dirs(values: list[str] | None) -> list[Path]:
+    """The --rules-dir folders: given, existing folders; the files in them that are not
+    read (facts and taxonomy are the shipped ones) get a note."""
+    from advisor import notes
+    from advisor.ruleset import RESERVED_FILES
+
+    dirs: list[Path] = []
+    for value in values or []:
+        _not_blank("--rules-dir", value)
+        d = _user_path(value, "--rules-dir")
+        try:
+            is_dir = d.is_dir()
+        except OSError as exc:
+            raise UserError(
+                f"--rules-dir {value!r}: {exc.strerror}", "pass a readable folder"
+            ) from None
+        if not is_dir:
+            what = "does not exist" if not os.path.lexists(d) else "is not a folder"
+            raise UserError(f"--rules-dir {value!r} {what}", "pass a folder of rule files")
+        for name in sorted(RESERVED_FILES):
+            if (d / name).exists():
+                notes.post(
+                    f"--rules-dir {value}: {name} is not read (the facts and the taxonomy "
+                    "are the shipped ones; a rules folder adds rules only)"
+                )
+        dirs.append(d)
+    return dirs
+
+
 def handle_errors(fn: F) -> F:
-    """Turn user errors into one line on stderr and exit status 2; let bugs raise."""
+    """Turn user errors into one line on stderr and exit status 2; let bugs raise. The notes
+    the command's layers posted (a cache not used or not written) follow, one line each."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DataError as exc:
-            from advisor.render import err_console
-
             for problem in exc.problems:
-                err_console.print(f"Error: {problem}", markup=False, soft_wrap=True)
+                _stderr_line(f"Error: {problem}")
             if exc.hint:
-                err_console.print(f"  hint: {exc.hint}", markup=False, soft_wrap=True)
+                _stderr_line(f"  hint: {exc.hint}")
             raise typer.Exit(EXIT_USAGE) from None
         except UserError as exc:
-            from advisor.render import err_console
-
-            # NOTE: soft_wrap: the message stays one line (the terminal may wrap it), so
-            # scripts can grep it; a hostile value echoed in it is cut to a readable length.
-            err_console.print(f"Error: {_clip(exc.message)}", markup=False, soft_wrap=True)
+            # NOTE: one line (the terminal may wrap it), so scripts can grep it; a hostile
+            # value echoed in it is cut to a readable length.
+            _stderr_line(f"Error: {_clip(exc.message)}")
             if exc.hint:
-                err_console.print(f"  hint: {_clip(exc.hint)}", markup=False, soft_wrap=True)
+                _stderr_line(f"  hint: {_clip(exc.hint)}")
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            from advisor.render import err_console
-
-            err_console.print("Error: interrupted; nothing was written", markup=False)
+            _stderr_line("Error: interrupted; nothing was written")
             raise typer.Exit(130) from None
+        finally:
+            _print_notes()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_notes() -> None:
+    from advisor import notes
+
+    for text in notes.take():
+        _stderr_line(f"note: {text}")
+
+
+def _stderr_line(text: str) -> None:
+    """One line on stderr with control characters removed (user text is text)."""
+    from advisor.text import plain
+
+    try:
+        sys.stderr.write(plain(text) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass  # NOTE: stderr closed or full: nowhere left to say it.
 
 
 def _not_blank(flag: str, value: str | None) -> None:
@@ -153,6 +234,18 @@ def _not_blank(flag: str, value: str | None) -> None:
     options can call this too)."""
     if value is not None and not value.strip():
         raise UserError(f"{flag} is empty", f"give {flag} a value, or leave it out")
+
+
+def _user_path(path: Path | str, flag: str) -> Path:
+    """A path flag with ``~`` expanded; ``~nosuchuser/...`` is a user error, not a crash."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # NOTE: Path.expanduser's "Could not determine home directory"
+        user = str(path).split("/", 1)[0]
+        raise UserError(
+            f"{flag} {_clip(str(path), 120)!r}: there is no user {user[1:]!r} for {user!r}",
+            "write the folder out in full",
+        ) from None
 
 
 def _clip(text: str, limit: int = 400) -> str:
@@ -283,11 +376,11 @@ def taxonomy(json_out: JsonOpt = False, schema: SchemaOpt = False) -> None:
         render.render_taxonomy(tax)
 
 
-def _load_ruleset(rules_dir: list[Path] | None) -> Any:
+def _load_ruleset(rules_dir: list[str] | None) -> Any:
     from advisor.ruleset import load_rules
     from advisor.taxonomy import load_taxonomy
 
-    return load_rules(rules_dir or [], technique_ids=set(load_taxonomy().ids()))
+    return load_rules(_rules_dirs(rules_dir), technique_ids=set(load_taxonomy().ids()))
 
 
 @rules_app.command("list")
@@ -346,7 +439,7 @@ def rules_check(
         return
     from advisor import render
 
-    report = check_rules(rules_dir or [])
+    report = check_rules(_rules_dirs(rules_dir))
     if json_out:
         render.print_json(report)
     else:
@@ -389,7 +482,7 @@ RopeScalingOpt = Annotated[
 
 def _resolve_model(model_size: str | None, model: str | None, model_config: Path | None) -> Any:
     """The model the flags name (default 7B), bounded (see advisor.limits)."""
-    from advisor.limits import check_bound, check_model
+    from advisor.limits import MIN_PARAMETERS, check_bound, check_model
     from advisor.modelspec import get_model_profile, resolve_model_size
     from advisor.units import parse_count
 
@@ -410,8 +503,23 @@ def _resolve_model(model_size: str | None, model: str | None, model_config: Path
         spec = get_model_profile(model)
     else:
         text = "7B" if model_size is None else model_size
-        check_bound("--model-size", parse_count(text))
+        count = parse_count(text)
+        if count < MIN_PARAMETERS and text.strip()[-1:].isdigit():
+            raise UserError(
+                f"--model-size {text!r} is {count:,} parameters",
+                f"a size needs its suffix: did you mean {text.strip()}B? (K, M, B or T)",
+            )
+        check_bound("--model-size", count)
         spec = resolve_model_size(text)
+        if count < spec.parameter_count() / 1.25:
+            from advisor import notes
+
+            notes.post(
+                f"--model-size {text}: planning with {spec.name}'s shape "
+                f"({spec.parameter_count() / 1e6:.0f}M parameters), the smallest profile; "
+                "its memory and time over-estimate a smaller model (--model-config gives "
+                "the exact shape)"
+            )
     check_model(spec)
     return spec
 
@@ -429,26 +537,21 @@ def _load_model_config(path: Path) -> Any:
     Hostile or broken files (empty, binary, a byte-order mark, deep nesting, NaN or
     Infinity, numbers too large for any shape, wrong types) are user errors, one line each.
     """
-    from advisor.modelspec import load_hf_config
+    from advisor.modelspec import spec_from_hf_config
+    from advisor.safeio import describe, read_bounded
 
-    p = path.expanduser()
-    if p.is_dir():
-        p = p / "config.json"
+    p = _user_path(path, "--model-config")
     hint = "pass a Hugging Face config.json (or the model folder holding it)"
     try:
-        if p.exists() and not p.is_file():
-            # NOTE: a FIFO or device would block the read or never end it.
-            raise UserError(f"model config {str(p)!r} is not a regular file", hint)
-        size = p.stat().st_size
-        if size > _CONFIG_MAX_BYTES:
-            raise UserError(
-                f"model config {str(p)!r} is {size:,} bytes; a config.json is a few KB", hint
-            )
-        data = p.read_bytes()
+        if p.is_dir():
+            p = p / "config.json"
+        # NOTE: opened once and checked as opened (regular file, size): a FIFO or device
+        # is refused, and a file swapped in after a check cannot skip the checks below.
+        data = read_bounded(p, _CONFIG_MAX_BYTES)
     except FileNotFoundError:
         raise UserError(f"model config {str(p)!r} not found", hint) from None
     except OSError as exc:
-        raise UserError(f"cannot read model config {str(p)!r}: {exc.strerror}", hint) from None
+        raise UserError(f"cannot read model config {str(p)!r}: {describe(exc)}", hint) from None
     if not data.strip():
         raise UserError(f"model config {str(p)!r} is empty", hint)
     if data.startswith(b"\xef\xbb\xbf"):
@@ -492,7 +595,7 @@ def _load_model_config(path: Path) -> Any:
     if problem:
         raise UserError(f"{p}: {problem}", hint)
     try:
-        return load_hf_config(p)
+        return spec_from_hf_config(cfg, p)
     # NOTE: the family readers do arithmetic on fields before the shape is validated (e.g.
     # 4 x n_embd); a field of the wrong type that gets that far is the file's error.
     except (TypeError, ValueError, OverflowError, ZeroDivisionError, KeyError) as exc:
@@ -537,16 +640,21 @@ def estimate(
         str, typer.Option("--optimizer", help="A taxonomy optimizer id.")
     ] = "adamw",
     precision: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--precision",
             help="fp32, tf32, amp-fp16, amp-bf16 (autocast), fp16-mixed, bf16-mixed "
-            "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed.",
+            "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed. Default: "
+            "bf16-mixed, or fp16-mixed on a GPU without bf16.",
         ),
-    ] = "bf16-mixed",
+    ] = None,
     attention: Annotated[
-        str, typer.Option("--attention", help="eager, mem-efficient or flash.")
-    ] = "flash",
+        str | None,
+        typer.Option(
+            "--attention",
+            help="eager, mem-efficient or flash (default; mem-efficient on a GPU without it).",
+        ),
+    ] = None,
     checkpointing: Annotated[
         str,
         typer.Option(
@@ -588,7 +696,9 @@ def estimate(
             "optimizer+params-nvme.",
         ),
     ] = "none",
-    lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    lora_rank: Annotated[
+        int | None, typer.Option("--lora-rank", help="LoRA/QLoRA rank (default 16).")
+    ] = None,
     dp_sgd: Annotated[
         bool, typer.Option("--dp-sgd", help="Per-sample gradients (DP-SGD).")
     ] = False,
@@ -660,6 +770,15 @@ def estimate(
     from advisor.limits import check_bound, resolve_seq_len
 
     spec = _resolve_model(model_size, model, model_config)
+    if lora_rank is not None and task not in ("lora", "qlora"):
+        raise UserError(
+            f"--lora-rank applies to --task lora or qlora, not {task!r}", "drop --lora-rank"
+        )
+    if virtual_stages != 1 and pipeline_parallel == 1:
+        raise UserError(
+            "--virtual-stages interleaves pipeline stages, but --pipeline-parallel is 1",
+            "give --pipeline-parallel 2 or more, or drop --virtual-stages",
+        )
     for flag, value in (
         ("--micro-batch", micro_batch),
         ("--gpus", gpus),
@@ -672,11 +791,11 @@ def estimate(
     ):
         check_bound(flag, value)
     check_bound("world size", gpus * tensor_parallel * pipeline_parallel)
-    config = build_config(
+    settings: dict[str, Any] = dict(
         task=task,
         optimizer=optimizer,
-        precision=precision,
-        attention=attention,
+        precision=precision or "bf16-mixed",
+        attention=attention or "flash",
         checkpointing=checkpointing,
         ac_frequency=ac_frequency,
         micro_batch=micro_batch,
@@ -684,7 +803,7 @@ def estimate(
         gpus=gpus,
         sharding=sharding,
         offload=offload,
-        lora_rank=lora_rank,
+        lora_rank=16 if lora_rank is None else lora_rank,
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,
@@ -697,11 +816,38 @@ def estimate(
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )
+    config = build_config(**settings)
+    check_bound("--ac-frequency", ac_frequency)  # after build_config's own n >= 1 check
     import psutil
 
     from advisor.advise import local_step_time, local_target
 
     local = None if hardware else local_target()
+    # NOTE: the defaults follow the device: a GPU below compute capability 8 (a T4, a V100)
+    # has no bf16 and no FlashAttention kernel, so fp16-mixed and the memory-efficient
+    # kernel stand in for the flags not given; what was given is checked as given.
+    last: UserError | None = None
+    for prec, attn in itertools.product(
+        [precision] if precision else ["bf16-mixed", "fp16-mixed"],
+        [attention] if attention else ["flash", "mem-efficient"],
+    ):
+        config = build_config(**{**settings, "precision": prec, "attention": attn})
+        try:
+            _check_estimate_device(config, hardware, device, local)
+        except UserError as exc:
+            last = exc  # NOTE: the last try keeps the fewest defaults: its error is the user's
+            continue
+        if (prec, attn) != (precision or "bf16-mixed", attention or "flash"):
+            from advisor import notes
+
+            notes.post(
+                f"defaults for this device: --precision {prec} --attention {attn} (no bf16 "
+                "or FlashAttention below compute capability 8)"
+            )
+        break
+    else:
+        assert last is not None
+        raise last
     if device is None:
         # NOTE: a CPU profile or this CPU-only machine has no CUDA context to count.
         device = "cpu" if local is not None and local[0].device_kind.value == "cpu" else "cuda"
@@ -720,6 +866,43 @@ def estimate(
         render.print_json(report)
     else:
         render.render_estimate(report)
+
+
+def _check_estimate_device(
+    config: Any, hardware: str | None, device: str | None, local: Any
+) -> None:
+    """Refuse what the device cannot run, as `recommend` does: an --device that contradicts
+    the --hardware profile, and techniques the device lacks (fp8 on a T4, QLoRA on a CPU)."""
+    from advisor.estimate import check_hardware_support
+
+    if hardware:
+        from advisor.hardware import get_hardware_profile
+
+        profile = get_hardware_profile(hardware)
+        kind = profile.kind.value
+        if device is not None and device != kind:
+            raise UserError(
+                f"--device {device} contradicts --hardware {hardware}, a {kind} device",
+                "drop --device: the profile's kind sets it",
+            )
+        check_hardware_support(
+            config,
+            device_kind=kind,
+            compute_capability=profile.cc or None,
+            where=f"the {hardware} profile",
+        )
+        return
+    target = local[0]
+    probed = target.device_kind.value
+    # NOTE: --device cuda on a machine without a GPU is a what-if: only the kind is checked.
+    kind = device or probed
+    cc = target.compute_capability or None if kind == probed else None
+    check_hardware_support(
+        config,
+        device_kind=kind,
+        compute_capability=cc,
+        where="this machine" if kind == probed else f"--device {device}",
+    )
 
 
 @app.command()
@@ -815,7 +998,12 @@ def recommend(
             "megatron config.",
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
+    out: Annotated[
+        str | None, typer.Option("--out", help="Folder for --emit (default: optadvise-out).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --emit replace a file that exists.")
+    ] = False,
     rules_dir: RulesDirOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
@@ -835,6 +1023,10 @@ def recommend(
     emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
     if emit is not None and emit not in emit_kinds:
         raise UserError(f"invalid --emit {emit!r}", f"use {', '.join(emit_kinds)}")
+    if emit is None and (out is not None or force):
+        given = "--out" if out is not None else "--force"
+        raise UserError(f"{given} applies to --emit, which is not given", f"drop {given}")
+    _not_blank("--out", out)
     spec = _resolve_model(model_size, model, model_config)
     request = RecommendRequest.from_flags(
         spec=spec,
@@ -860,7 +1052,7 @@ def recommend(
         pp=pp,
     )
     if rules_dir:
-        request = request.model_copy(update={"rules_dirs": list(rules_dir)})
+        request = request.model_copy(update={"rules_dirs": _rules_dirs(rules_dir)})
     if calibrate is False or hardware is not None:
         # NOTE: analytic costs: no calibration runs, so there is no progress bar or note to
         # show, and the terminal renderer (rich) loads only to print the report (never for
@@ -871,16 +1063,33 @@ def recommend(
 
         with render.calibration_progress(enabled=not json_out) as progress:
             report = run_recommend(request, progress=progress, notify=render.note)
+    if report.hardware.device_kind == "cpu":
+        from advisor import notes as user_notes
+
+        for flag, value in (("--host-memory", host_memory), ("--nvme", nvme)):
+            if value is not None:
+                user_notes.post(
+                    f"{flag} is not used: it sizes offload from a GPU to its host, and this "
+                    "plan runs on a CPU"
+                )
     if emit is not None:
         from advisor.advise import write_emitted
 
-        path, notes = write_emitted(report, emit, out, nodes=nodes, spec=spec, hardware=hardware)
+        path, notes = write_emitted(
+            report,
+            emit,
+            _user_path(out or "optadvise-out", "--out"),
+            nodes=nodes,
+            spec=spec,
+            hardware=hardware,
+            force=force,
+        )
         if not json_out:
             from advisor import render
 
-            render.console.print(f"wrote {path}")
+            render.console.print(f"wrote {render.safe(path)}", soft_wrap=True)
             for note in notes:
-                render.console.print(f"  note: {note}", markup=False)
+                render.console.print(f"  note: {render.safe(note)}")
     if json_out:
         from advisor.jsonout import print_json
 
@@ -960,7 +1169,7 @@ def calibrate(
         model,
         model_config,
     )
-    _not_blank("--device", device)
+    _check_device_flag(device)
     if device is None:
         device = _default_device()
     with render.calibration_progress(enabled=not json_out) as progress:
@@ -988,31 +1197,62 @@ def _calibrate_convergence(
     json_out: bool,
 ) -> None:
     """`calibrate --convergence`: the measured proxy of steps to AdamW's loss."""
-    if budget is not None and budget <= 0:
-        raise UserError(f"--budget must be positive, got {budget:g}", "e.g. --budget 60")
+    import time
+
+    from advisor.limits import check_bound
+
+    check_bound("--budget", budget)
+    _check_device_flag(device)
     from advisor import render
-    from advisor.calibration.convergence import run_convergence
+    from advisor.calibration.convergence import (
+        cache_file,
+        family_key,
+        missing_packages,
+        run_convergence,
+    )
 
     spec = _resolve_model(
-        model_size or ("125M" if not (model or model_config) else None), model, model_config
+        model_size if model_size is not None or model or model_config else "125M",
+        model,
+        model_config,
     )
+    skipped = missing_packages()
+    if skipped:
+        render.note(
+            f"pytorch-optimizer is not installed: {', '.join(skipped)} will not be measured "
+            "(pip install 'optadvise[optimizers]')"
+        )
+    path = cache_file(device or "cpu", family_key(spec))
+    started = time.time()
     try:
         with render.calibration_progress(enabled=not json_out) as progress:
             cache = run_convergence(
                 spec, device=device or "cpu", budget_s=budget, force=force, progress=progress
             )
     except KeyboardInterrupt:
-        from advisor.calibration.convergence import cache_file, family_key
-
-        path = cache_file(device or "cpu", family_key(spec))
-        render.err_console.print(
-            f"interrupted: the runs finished so far are kept in {path}", markup=False
+        try:
+            written = path.stat().st_mtime >= started - 1
+        except OSError:
+            written = False
+        _stderr_line(
+            f"interrupted: the runs finished so far are kept in {path}"
+            if written
+            else "interrupted before the first run finished: nothing was written"
         )
         raise typer.Exit(130) from None
     if json_out:
         render.print_json(cache)
     else:
         render.render_convergence(cache)
+
+
+def _check_device_flag(device: str | None) -> None:
+    """--device names cpu, mps or cuda[:N]; whether that device exists is checked with torch."""
+    import re
+
+    _not_blank("--device", device)
+    if device is not None and not re.fullmatch(r"cpu|mps|cuda(:\d{1,3})?", device):
+        raise UserError(f"invalid --device {_clip(device, 60)!r}", "use cpu, cuda:N or mps")
 
 
 def _default_device() -> str:
@@ -1054,14 +1294,23 @@ def calibrate_show(json_out: JsonOpt = False) -> None:
         )
         return
     if not caches:
-        render.console.print(f"no calibration cached in {cache_dir()}; run `optadvise calibrate`")
+        render.console.print(
+            f"no calibration cached in {render.safe(cache_dir())}; run `optadvise calibrate`"
+        )
         return
     for path, cache, error in caches:
-        render.console.print(f"[bold]{path}[/]")
+        render.console.print(f"[bold]{render.safe(path)}[/]")
         if cache is None:
-            render.console.print(f"  [red]{error}[/]; the next calibration rebuilds it")
+            render.console.print(
+                f"  [red]{render.safe(error)}[/]; the next calibration rebuilds it"
+            )
         else:
             render.render_calibration(cache)
+
+
+# The errors of a stdout that cannot take the report: full disk or quota, a closed
+# descriptor, an I/O error. (A closed pipe, EPIPE, is click's: it exits 1 quietly.)
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF, errno.EIO})
 
 
 def main() -> None:
@@ -1071,7 +1320,63 @@ def main() -> None:
     # Before typer's parsing builds the first pydantic model: see advisor.bootstrap.
     skip_pydantic_plugins()
     pause_cyclic_gc()
-    app()
+    if sys.stdout is None or not _usable(sys.stdout):
+        _stderr_line("Error: standard output is closed; nothing can be reported")
+        sys.exit(EXIT_USAGE)
+    _ascii_fallbacks()
+    code: Any = 0
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        code = _output_failed(exc)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        code = _output_failed(exc)
+    sys.exit(code)
+
+
+def _usable(stream: Any) -> bool:
+    try:
+        os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
+
+
+def _output_failed(exc: Exception) -> int:
+    """One line on stderr for a report that could not be written, and a quiet exit (the
+    unwritten rest goes nowhere instead of a second error at interpreter exit)."""
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    _stderr_line(f"Error: cannot write the output: {reason}")
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_USAGE
+
+
+def _ascii_fallbacks() -> None:
+    """On a terminal that cannot show the report's characters (LANG=POSIX, an ASCII
+    PYTHONIOENCODING), print ``x`` for ``×``, ``-`` for ``—`` and so on, never a
+    UnicodeEncodeError."""
+    from advisor.text import register_fallbacks
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "×—…█".encode(encoding)
+        except UnicodeEncodeError:
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors=register_fallbacks())
+        except LookupError:
+            pass
 
 
 if __name__ == "__main__":

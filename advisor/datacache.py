@@ -6,21 +6,24 @@ data changes only when a file or the code changes. A loader decorated with
 
 1. from this process's memory, when the same files with the same content were loaded
    before (tests and `recommend` load the same data several times);
-2. from a pickle of the validated objects in the user cache folder
+2. from a JSON file of the validated objects in the user cache folder
    (``platformdirs.user_cache_dir("optadvise")/data``, or ``$OPTADVISE_CACHE_DIR/data``),
-   when its key matches;
-3. by running the loader, then writing the pickle (atomically; quietly skipped when the
+   when its key matches; the objects are validated again as they are read (pydantic, from
+   the loader's return type), so a planted or corrupt file is at worst a miss;
+3. by running the loader, then writing the JSON (atomically; quietly skipped when the
    folder cannot be written).
 
 The key hashes the *content* of every source file together with its path, the names and
 content of the package's own source files, and the Python and pydantic versions: an edit
 that keeps a file's size and modification time still invalidates it, and so does a code
-change that alters the models the pickle holds. A corrupt, truncated or foreign cache file
+change that alters the models the file holds. A corrupt, truncated or foreign cache file
 is ignored and rewritten. Only loads whose sources all lie inside the shipped data folders
 are written to disk (user rule folders and test fixtures are kept in memory only).
 
-NOTE: pickle runs code on load, so a cache file is trusted as much as the package itself;
-it lives in the user's own cache folder, which only the user (or root) can write.
+NOTE: no pickle: a pickle runs code when it is loaded, and a cache folder is a place other
+users can sometimes write (a world-writable ``$OPTADVISE_CACHE_DIR``, a folder made under
+``umask 000``). JSON cannot run code; the folder is also created 0700 and refused (with a
+note, and no disk cache) when others can write it.
 """
 
 from __future__ import annotations
@@ -29,17 +32,23 @@ import copy
 import functools
 import hashlib
 import inspect
+import json
 import os
-import pickle
 import sys
-import tempfile
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
+from advisor import notes, safeio
+
 CACHE_ENV = "OPTADVISE_CACHE_DIR"
-# Bumped when the layout of a cache entry changes.
-FORMAT_VERSION = 1
+# Bumped when the layout of a cache entry changes (2: JSON instead of pickle).
+FORMAT_VERSION = 2
+# NOTE: the largest shipped entry (the taxonomy) is ~170 KB of JSON and the largest shipped
+# data file ~60 KB; the bounds only stop a planted file or a link to a device.
+MAX_ENTRY_BYTES = 64 * 1024**2
+MAX_SOURCE_BYTES = 16 * 1024**2
 _PACKAGE = Path(__file__).resolve().parent
 
 P = ParamSpec("P")
@@ -53,7 +62,7 @@ _memory: dict[tuple[str, str], Any] = {}
 
 
 def data_cache_dir() -> Path:
-    """Where the pickles live: ``$OPTADVISE_CACHE_DIR/data`` or the user cache folder."""
+    """Where the cache files live: ``$OPTADVISE_CACHE_DIR/data`` or the user cache folder."""
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override) / "data"
@@ -64,7 +73,7 @@ def data_cache_dir() -> Path:
 
 @functools.cache
 def _code_digest() -> bytes:
-    """A hash of the package's source files and the libraries that shape the pickles."""
+    """A hash of the package's source files and the libraries that shape the cache files."""
     import pydantic
 
     h = hashlib.blake2b(digest_size=16)
@@ -84,7 +93,16 @@ def content_key(kind: str, files: list[Path], extra: str = "") -> str:
     A file that cannot be read contributes its error, so the key still differs from a
     readable file's and the loader (not the cache) reports the problem.
     """
-    return _key(kind, [p.resolve() for p in files], extra)
+    return _key(kind, [_resolve(p) for p in files], extra)
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``, or its absolute form when a symlink loop makes that fail (the
+    loader then reports the loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
 
 
 def _key(kind: str, resolved: list[Path], extra: str) -> str:
@@ -94,9 +112,11 @@ def _key(kind: str, resolved: list[Path], extra: str) -> str:
     for path in resolved:
         h.update(str(path).encode() + b"\0")
         try:
-            data = path.read_bytes()
+            # NOTE: bounded and checked as opened: a source linked to /dev/zero or a FIFO is
+            # hashed as its error (the loader then reports it), never read without end.
+            data = safeio.read_bounded(path, MAX_SOURCE_BYTES)
         except OSError as exc:
-            data = f"<{type(exc).__name__}>".encode()
+            data = f"<{type(exc).__name__}: {exc.strerror}>".encode()
         h.update(len(data).to_bytes(8, "little") + data)
     return h.hexdigest()
 
@@ -114,32 +134,126 @@ def _shipped(resolved: list[Path]) -> bool:
     return bool(resolved) and all(any(p.is_relative_to(root) for root in roots) for p in resolved)
 
 
-def _read(path: Path, key: str) -> tuple[bool, Any]:
+class _Codec(typing.Protocol):
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> Any: ...
+
+
+class _TypedCodec:
+    """A loader's result as JSON, validated again by pydantic when read."""
+
+    def __init__(self, annotation: Any) -> None:
+        from pydantic import TypeAdapter
+
+        self._adapter: Any = TypeAdapter(annotation)
+
+    def encode(self, value: Any) -> bytes:
+        return bytes(self._adapter.dump_json(value))
+
+    def decode(self, data: bytes) -> Any:
+        return self._adapter.validate_json(data)
+
+
+class _YamlCodec:
+    """Line-aware YAML data (``LineDict``/``LineList`` trees of scalars) as tagged JSON:
+    ``["M", line, key, value, ...]`` for a mapping, ``["L", line, item, ...]`` for a list.
+    Anything else (a YAML timestamp, binary or set) is not written."""
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(self._tag(value), separators=(",", ":")).encode()
+
+    def _tag(self, node: Any) -> Any:
+        if isinstance(node, dict):
+            out: list[Any] = ["M", getattr(node, "line", 0)]
+            for k, v in node.items():
+                out += [self._tag(k), self._tag(v)]
+            return out
+        if isinstance(node, list):
+            return ["L", getattr(node, "line", 0), *(self._tag(v) for v in node)]
+        if node is None or isinstance(node, str | int | float):  # bool is an int
+            return node
+        raise TypeError(f"{type(node).__name__} is not cached")
+
+    def decode(self, data: bytes) -> Any:
+        return self._untag(json.loads(data))
+
+    def _untag(self, node: Any) -> Any:
+        from advisor.yamlio import LineDict, LineList
+
+        if not isinstance(node, list):
+            if isinstance(node, dict):
+                raise ValueError("an untagged mapping")
+            return node
+        tag, line, *rest = node
+        if tag == "M":
+            mapping = LineDict()
+            mapping.line = int(line)
+            for k, v in zip(rest[::2], rest[1::2], strict=True):
+                mapping[self._untag(k)] = self._untag(v)
+            return mapping
+        if tag != "L":
+            raise ValueError(f"unknown tag {tag!r}")
+        seq = LineList(self._untag(v) for v in rest)
+        seq.line = int(line)
+        return seq
+
+
+def _codec(fn: Callable[..., Any]) -> _Codec:
+    annotation = typing.get_type_hints(fn).get("return", Any)
+    return _YamlCodec() if annotation is Any else _TypedCodec(annotation)
+
+
+def _usable_folder(folder: Path) -> bool:
+    """Whether the cache folder exists (or can be made) 0700 and is the user's alone; a
+    folder others can write is refused with one note (its files could be planted)."""
     try:
-        with path.open("rb") as f:
-            stored_key, value = pickle.load(f)
-    # NOTE: a cache file may be truncated, corrupt, written by another version or not a
-    # pickle at all; each of these raises something different (UnpicklingError, EOFError,
-    # AttributeError, ImportError, ValueError, TypeError...). Any of them means "miss".
+        safeio.private_dir(folder)
+    except safeio.FileRefused as exc:
+        notes.post(
+            f"not using the data cache {folder}: {exc.strerror}; loading the data without "
+            "it (make the folder yours alone, e.g. chmod 700)"
+        )
+        return False
+    except OSError:
+        return False  # NOTE: unwritable or missing: the next run only pays the parse.
+    return True
+
+
+def _read(path: Path, key: str, codec: _Codec) -> tuple[bool, Any]:
+    try:
+        data = safeio.read_bounded(path, MAX_ENTRY_BYTES)
+        header, _, body = data.partition(b"\n")
+        meta = json.loads(header)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            return False, None
+        if meta.get("key") != key:
+            return False, None
+        return True, codec.decode(body)
+    # NOTE: a cache file may be missing, truncated, corrupt, written by another version, a
+    # FIFO or a device, or nested 100,000 deep; each raises something different (OSError,
+    # ValueError, ValidationError, RecursionError, TypeError...). Any of them means "miss",
+    # and the entry is rewritten.
     except Exception:
         return False, None
-    return stored_key == key, value
 
 
-def _write(folder: Path, path: Path, key: str, value: Any) -> None:
+def _write(folder: Path, path: Path, key: str, value: Any, codec: _Codec) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump((key, value), f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    # NOTE: an unwritable, full or vanished cache folder only costs the next run the parse.
-    except (OSError, pickle.PicklingError):
+        body = codec.encode(value)
+    except (TypeError, ValueError):
         return
+    header = json.dumps({"format": FORMAT_VERSION, "key": key}).encode()
+    try:
+        safeio.write_atomic(path, header + b"\n" + body, overwrite=True, mode=0o600)
+    # NOTE: an unwritable, full or vanished cache folder only costs the next run the parse.
+    except OSError:
+        return
+
+
+def _remove_pickles(folder: Path) -> None:
+    """Delete the pickle files older versions wrote (never read again)."""
+    safeio.remove_stale_temps(folder, legacy=("*.pickle", "*.pickle*.tmp"))
 
 
 def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -157,6 +271,7 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
+        codecs: list[_Codec] = []  # built on first use: resolving the return type costs
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -166,22 +281,25 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
             if found is None:
                 return fn(*args, **kwargs)
             files, extra = found
-            resolved = [p.resolve() for p in files]  # once: each resolve is a realpath walk
+            resolved = [_resolve(p) for p in files]  # once: each resolve is a realpath walk
             key = _key(kind, resolved, extra)
             if (kind, key) in _memory:
                 return _as(_memory[kind, key], fn)
-            persist = _shipped(resolved)
             folder = data_cache_dir()
-            path = folder / f"{kind}-{_name_hash(resolved, extra)}.pickle"
+            persist = _shipped(resolved) and _usable_folder(folder)
+            path = folder / f"{kind}-{_name_hash(resolved, extra)}.json"
             if persist:
-                hit, value = _read(path, key)
+                if not codecs:
+                    codecs.append(_codec(fn))
+                hit, value = _read(path, key, codecs[0])
                 if hit:
                     _memory[kind, key] = value
                     return _as(value, fn)
             value = fn(*args, **kwargs)
             _memory[kind, key] = value
             if persist:
-                _write(folder, path, key, value)
+                _remove_pickles(folder)
+                _write(folder, path, key, value, codecs[0])
             return _as(value, fn)
 
         return wrapper
@@ -254,6 +372,6 @@ def profile_sources(subdir: str) -> SourcesFn:
         folder = Path(args["folder"] or profiles_dir() / subdir)
         # NOTE: the file list is part of the key (each path is hashed), so adding or removing
         # a profile invalidates the entry too.
-        return sorted(folder.glob("*.yaml")), str(folder.resolve())
+        return sorted(folder.glob("*.yaml")), str(_resolve(folder))
 
     return sources

@@ -326,3 +326,52 @@ def _with_overhead(breakdown: dict[str, int]) -> dict[str, int]:
     out = {k: v for k, v in breakdown.items() if k not in OVERHEAD_COMPONENTS}
     out["overhead"] = sum(breakdown.get(k, 0) for k in OVERHEAD_COMPONENTS)
     return out
+
+
+def check_hardware_support(
+    config: TrainingConfig, *, device_kind: str, compute_capability: float | None, where: str
+) -> None:
+    """Refuse a configuration the hardware cannot run, as `recommend` excludes it (the
+    taxonomy's ``requires``: device kinds and a minimum CUDA compute capability).
+
+    Args:
+        config: the configuration the flags built.
+        device_kind: cuda, cpu or mps: the device the estimate is for.
+        compute_capability: the CUDA device's, when known (a what-if ``--device cuda`` on a
+            machine without a GPU has none, and only the device kind is checked).
+        where: the device in words, for the message (``the t4 profile``).
+
+    Raises:
+        UserError: naming the technique, what it requires and the device.
+    """
+    from advisor.taxonomy import config_technique_id
+
+    taxonomy = load_taxonomy()
+    values = (
+        config.task,
+        config.precision,
+        config.attention,
+        config.checkpointing,
+        config.sharding,
+        config.offload,
+    )
+    ids = [config.optimizer, *(config_technique_id(v) for v in values)]
+    for tid in ids:
+        if tid is None or tid not in taxonomy:
+            continue
+        tech = taxonomy.get(tid)
+        req = tech.requires
+        kinds = [str(getattr(k, "value", k)) for k in req.device_kinds]
+        if kinds and device_kind not in kinds:
+            raise UserError(
+                f"{tech.name} ({tid}) needs a {' or '.join(kinds)} device; {where} is "
+                f"{device_kind}",
+                "pick another technique, or --hardware with such a device",
+            )
+        low = req.min_compute_capability
+        cuda_cc = compute_capability if device_kind == "cuda" else None
+        if low is not None and cuda_cc and cuda_cc < low:
+            raise UserError(
+                f"{tech.name} ({tid}) needs compute capability >= {low:g}; {where} has {cuda_cc:g}",
+                "pick another technique, or --hardware with a newer GPU",
+            )

@@ -29,6 +29,7 @@ class Bound(NamedTuple):
 # MoE estimates of ~2T); 2^20 devices is ~5x the largest clusters reported (~200k GPUs).
 MAX_SEQ_LEN = 10_000_000
 MAX_PARAMETERS = 100 * 10**12
+MIN_PARAMETERS = 10**6
 MAX_DEVICES = 2**20
 
 BOUNDS: dict[str, Bound] = {
@@ -50,7 +51,18 @@ BOUNDS: dict[str, Bound] = {
     "--budget": Bound(1e-3, 7 * 86_400, "one week of calibration"),
     "--rope-scaling": Bound(1.0, 1024.0, "RoPE scaling factors in use are 2-64 (YaRN, Llama 3.1)"),
     "--memory-budget": Bound(1, 2**50, "1 PiB per device"),
-    "--model-size": Bound(1, MAX_PARAMETERS, "100T parameters, 50x the largest dense model"),
+    "--model-size": Bound(
+        MIN_PARAMETERS,
+        MAX_PARAMETERS,
+        "1M parameters (below it, no language model; a bare 1.4 is 1.4 parameters: "
+        "1.4B needs its suffix) to 100T, 50x the largest dense model",
+    ),
+    "--ac-frequency": Bound(1, 1024, "every n-th block, at most the layers (~1000)"),
+    "--host-memory": Bound(0, 2**50, "1 PiB per node, 30x the largest servers (32 TiB)"),
+    "--nvme": Bound(0, 2**50, "1 PiB of NVMe per node"),
+    "--global-batch-tokens": Bound(
+        1, 2**40, "2^40 tokens per step, 65,000x Llama 3's 16M-token batches"
+    ),
 }
 
 
@@ -73,6 +85,26 @@ def check_bound(flag: str, value: float | None) -> None:
             f"give {flag} a value in that range"
             if flag.startswith("--")
             else "lower the flags that multiply to it",
+        )
+
+
+def check_global_batch_tokens(tokens: int | None, seq_len: int) -> None:
+    """Bound ``--global-batch-tokens`` and the global batch it makes (tokens / seq_len),
+    which must stay within ``--global-batch``'s bound like a batch given in samples.
+
+    Raises:
+        UserError: naming the flag, or the derived batch and the sequence length.
+    """
+    if tokens is None:
+        return
+    check_bound("--global-batch-tokens", tokens)
+    samples = max(1, round(tokens / seq_len))
+    b = BOUNDS["--global-batch"]
+    if samples > b.high:
+        raise UserError(
+            f"--global-batch-tokens {tokens:,} makes a global batch of {samples:,} samples of "
+            f"{seq_len:,} tokens, more than {_shown(b.high)} ({b.why})",
+            "lower --global-batch-tokens or raise --seq-len",
         )
 
 

@@ -1009,6 +1009,19 @@ def load_hf_config(path: str | Path) -> ModelSpec:
         raise UserError(
             f"{p}:{exc.lineno}: invalid JSON: {exc.msg}", "config.json must be a JSON object"
         ) from exc
+    return spec_from_hf_config(cfg, p)
+
+
+def spec_from_hf_config(cfg: Any, p: Path) -> ModelSpec:
+    """The spec of a parsed ``config.json`` (see :func:`load_hf_config`); ``p`` is the file
+    it was read from (its name and URI). The shell reads the file once, defensively, and
+    hands the parsed object here, so nothing reads it a second time.
+
+    Raises:
+        UserError: as :func:`load_hf_config`; a shape field of the wrong JSON type (``true``
+            or ``"1024"`` for a count) included.
+    """
+    hint = "pass a Hugging Face config.json (or the model folder holding it)"
     if not isinstance(cfg, dict):
         raise UserError(f"{p}: expected a JSON object, got {type(cfg).__name__}", hint)
     model_type = cfg.get("model_type")
@@ -1034,7 +1047,9 @@ def load_hf_config(path: str | Path) -> ModelSpec:
         source=p.resolve().as_uri(),
     )
     try:
-        return ModelSpec.model_validate(fields)
+        # NOTE: strict: JSON's true is not 1 head, and "1024" is not a width (the README
+        # calls them errors); enum and tuple fields are built above as their own types.
+        return ModelSpec.model_validate(fields, strict=True)
     except ValidationError as exc:
         errs = "; ".join(
             f"{'.'.join(str(x) for x in e['loc']) or '-'}: {e['msg']}" for e in exc.errors()

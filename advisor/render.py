@@ -32,9 +32,19 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def safe(text: object) -> str:
+    """User text (a file, a path, the environment) made safe for rich: control characters
+    removed and markup escaped, so ``[/x]`` or ``[link=...]`` prints as written."""
+    from advisor.text import plain
+
+    return escape(plain(str(text), keep_newlines=True))
+
+
 def note(text: str) -> None:
     """One line on stderr saying what the command is doing (stdout stays the report)."""
-    err_console.print(f"note: {text}", markup=False, highlight=False, soft_wrap=True)
+    from advisor.text import plain
+
+    err_console.print(f"note: {plain(text)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def bar(fraction: float, width: int = 24) -> str:
@@ -130,7 +140,7 @@ def render_probe(report: ProbeReport) -> None:
         cores += f", cgroup quota {cpu.cgroup_cpu_limit:g}"
     gemm = ", ".join(f"{k} {v:g}" for k, v in cpu.gemm_gflops.items())
     rows = [
-        ("model", cpu.model),
+        ("model", safe(cpu.model)),
         ("cores", cores),
         ("ISA", isa),
         ("torch capability", str(cpu.torch_capability or "n/a")),
@@ -188,7 +198,7 @@ def render_probe(report: ProbeReport) -> None:
             )
             table.add_row(
                 str(g.index),
-                g.name,
+                safe(g.name),
                 memory,
                 g.compute_capability or "-",
                 f"{g.driver_version or '-'} / {g.cuda_driver_version or '-'}",
@@ -211,7 +221,7 @@ def render_probe(report: ProbeReport) -> None:
     ]
     console.print(_kv_table("Software", rows))
     for w in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {w}")
+        err_console.print(f"[yellow]warning:[/] {safe(w)}")
     console.print(f"[dim]probed in {report.seconds:.2f} s[/]")
 
 
@@ -231,7 +241,7 @@ def render_hardware_profile(p: HardwareProfile) -> None:
     )
     rows = [
         ("profile", f"{p.id} (datasheet, --hardware)"),
-        ("name", p.name),
+        ("name", safe(p.name)),
         ("kind", p.kind.value),
         ("memory", f"{p.memory_gib:g} GiB at {p.memory_bandwidth_gb_s:g} GB/s"),
         ("dense TFLOP/s", peaks),
@@ -341,7 +351,7 @@ def render_rules_list(rules: list[LocatedRule]) -> None:
         columns += [Col("actions"), Col("file", style="dim")]
     rows = []
     for lr in rules:
-        cells = [lr.rule.id, escape(lr.rule.title)]
+        cells = [lr.rule.id, safe(lr.rule.title)]
         if wide:
             cells.append(
                 "; ".join(
@@ -349,7 +359,7 @@ def render_rules_list(rules: list[LocatedRule]) -> None:
                     for a in lr.rule.then
                 )
             )
-            cells.append(f"{Path(lr.file).name}:{lr.line}")
+            cells.append(f"{safe(Path(lr.file).name)}:{lr.line}")
         rows.append(cells)
     print_table(columns, rows, title=f"Rules ({len(rules)})")
     if not wide:
@@ -363,19 +373,19 @@ def render_rule(lr: LocatedRule) -> None:
     from advisor.conditions import describe
 
     r = lr.rule
-    console.print(f"[bold cyan]{r.id}[/]  {r.title}")
-    console.print(f"[dim]{_shown_path(lr.file)}:{lr.line}[/]")
+    console.print(f"[bold cyan]{r.id}[/]  {safe(r.title)}")
+    console.print(f"[dim]{safe(_shown_path(lr.file))}:{lr.line}[/]")
     console.print(f"[bold]when[/]   {escape(describe(r.when))}")
     for a in r.then:
         if a.verb == "advise":
-            console.print(f"[bold]advise[/] {escape(a.advise or '')}")
+            console.print(f"[bold]advise[/] {safe(a.advise or '')}")
         else:
             weight = f" (weight {a.weight:g})" if a.weight is not None else ""
             console.print(f"[bold]{a.verb}[/] {', '.join(a.techniques)}{weight}")
-    console.print(f"[bold]why[/]    {escape(' '.join(r.rationale.split()))}")
+    console.print(f"[bold]why[/]    {safe(' '.join(r.rationale.split()))}")
     for src in r.sources:
         console.print(
-            f"[bold]source[/] {escape(src.cite())}" + (f" <{src.url}>" if src.url else "")
+            f"[bold]source[/] {safe(src.cite())}" + (f" <{safe(src.url)}>" if src.url else "")
         )
 
 
@@ -394,7 +404,7 @@ def _shown_path(file: str) -> str:
 def render_check(report: CheckReport) -> None:
     """The rules check report: every defect with file and line, then a summary."""
     for d in report.defects:
-        console.print(f"{d}", markup=False, soft_wrap=True)
+        console.print(safe(d), soft_wrap=True)
         if d.scenario:
             facts = ", ".join(f"{k}={v}" for k, v in d.scenario.items())
             console.print(f"    scenario: {facts}", markup=False, style="dim", soft_wrap=True)
@@ -426,7 +436,7 @@ def render_estimate(report: EstimateReport) -> None:
         if on
     ]
     console.print(
-        f"[bold]{report.model}[/] ({format_count(report.parameters)} parameters, "
+        f"[bold]{safe(report.model)}[/] ({format_count(report.parameters)} parameters, "
         f"{format_count(report.trainable_parameters)} trainable) — {c.task.value}, {c.optimizer}, "
         f"{c.precision.value}, {c.attention.value} attention, "
         f"checkpointing {c.checkpointing.value}, "
@@ -505,7 +515,7 @@ def render_estimate(report: EstimateReport) -> None:
         )
         console.print(f"step time {format_seconds(st.seconds)} ({st.source}): {parts}")
     for note in report.notes:
-        console.print(f"[dim]note: {note}[/]")
+        console.print(f"[dim]note: {safe(note)}[/]")
 
 
 # --- recommend ----------------------------------------------------------------------------
@@ -536,7 +546,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
     hw, wl = report.hardware, report.workload
     console.print(
-        f"[bold]{wl.model}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
+        f"[bold]{safe(wl.model)}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
         f"seq {wl.seq_len}, global batch {wl.global_batch} ({wl.global_batch_source}), "
         f"{wl.world_size} device(s), objective {wl.objective}"
         + (", differentially private" if wl.privacy == "dp" else "")
@@ -544,11 +554,12 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     nodes = f" × {hw.nodes} nodes" if hw.nodes > 1 else ""
     devices = f"{hw.gpus_per_node} × " if hw.gpus_per_node > 1 else ""
     console.print(
-        f"on {devices}{hw.name}{nodes} ({hw.source}): {format_bytes(hw.device_memory_bytes)} per "
+        f"on {devices}{safe(hw.name)}{nodes} ({safe(hw.source)}): "
+        f"{format_bytes(hw.device_memory_bytes)} per "
         f"device, {format_bytes(hw.usable_memory_bytes)} usable "
         f"({hw.safety_margin:.0%} safety margin)"
     )
-    console.print(f"[dim]{report.cost_note}[/]")
+    console.print(f"[dim]{safe(report.cost_note)}[/]")
     if hw.host_source:
         console.print(
             f"[dim]host for offload: {format_bytes(hw.host_memory_bytes)} RAM"
@@ -561,7 +572,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             "considered; what would fit:"
         )
         for s in report.suggestions:
-            console.print(f"  • [bold]{s.change}[/]: {s.detail}")
+            console.print(f"  • [bold]{safe(s.change)}[/]: {safe(s.detail)}")
     else:
         from rich import box
 
@@ -641,18 +652,18 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     if report.why_not:
         console.print("\n[bold]Why not[/]")
         for w in report.why_not:
-            console.print(f"  • {escape(w.option)}: {escape(w.verdict)}")
+            console.print(f"  • {safe(w.option)}: {safe(w.verdict)}")
     if report.advice:
         console.print("\n[bold]Advice[/]")
         for a in report.advice:
-            console.print(f"  • {escape(a.effect)} [dim]({a.rule})[/]")
+            console.print(f"  • {safe(a.effect)} [dim]({safe(a.rule)})[/]")
     if explain:
         console.print(f"\n[bold]Every rule that fired[/] ({len(report.fired_rules)})")
         for fired in report.fired_rules:
-            console.print(f"  • [cyan]{fired.rule}[/] {fired.effect}")
-            console.print(f"    {escape(fired.rationale)}")
+            console.print(f"  • [cyan]{safe(fired.rule)}[/] {safe(fired.effect)}")
+            console.print(f"    {safe(fired.rationale)}")
             if fired.sources:
-                console.print(f"    [dim]{'; '.join(fired.sources)}[/]")
+                console.print(f"    [dim]{safe('; '.join(fired.sources))}[/]")
         console.print(
             "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
         )
@@ -745,7 +756,7 @@ def render_convergence(cache: Any) -> None:
     )
     console.print(f"[dim]{cache.seconds:.0f} s of a {cache.budget_s:.0f} s budget{partial}[/]")
     for w in cache.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {safe(w)}")
 
 
 @contextmanager
@@ -874,4 +885,4 @@ def render_calibration(cache: CalibrationCache, spec_key: str | None = None) -> 
         for note in shape.notes:
             console.print(f"[dim]note: {escape(note)}[/]")
     for w in cache.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(w)}")
+        err_console.print(f"[yellow]warning:[/] {safe(w)}")

@@ -35,6 +35,10 @@ from advisor.resources import rules_dir
 from advisor.yamlio import YamlError, line_of, load_yaml, yaml_error_line
 
 RESERVED_FILES = frozenset({"taxonomy.yaml", "facts.yaml"})
+# NOTE: the shipped base has ~100 rules; `rules check` grows faster than linearly with the
+# count (1,000 rules: 2 s, 3,000: 10 s on one EPYC core), so a rule base is bounded at
+# 10x the shipped one and 20,000 pasted rules are an error, not ten minutes of checking.
+MAX_RULES = 1_000
 _KEBAB = r"^[a-z0-9]+(-[a-z0-9.]+)*$"
 
 
@@ -213,7 +217,7 @@ def collect_rules(
                 Problem(kind="schema", file=str(d), line=0, message="not a folder of rule files")
             )
     for path in rule_files([base, *[d for d in extra_dirs if d.is_dir()]]):
-        located.extend(_load_file(path, problems))
+        located.extend(_load_file(path, problems, MAX_RULES - len(located)))
     seen: dict[str, LocatedRule] = {}
     first_at: dict[str, str] = {}
     for lr in located:
@@ -255,7 +259,8 @@ def _parse_problem(text: str) -> Problem:
     )
 
 
-def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
+def _load_file(path: Path, problems: list[Problem], room: int = MAX_RULES) -> list[LocatedRule]:
+    """The rules of one file (``room``: how many more the rule base may hold)."""
     f = str(path)
     try:
         raw = load_yaml(path)
@@ -280,6 +285,18 @@ def _load_file(path: Path, problems: list[Problem]) -> list[LocatedRule]:
                 line=1,
                 field="rules",
                 message="a rule file is a mapping with a `rules` list",
+            )
+        )
+        return []
+    if len(raw["rules"]) > room:
+        problems.append(
+            Problem(
+                kind="schema",
+                file=f,
+                line=line_of(raw, ("rules",)),
+                field="rules",
+                message=f"{len(raw['rules']):,} rules would take the rule base past "
+                f"{MAX_RULES:,} rules (10x the shipped base); split off what you need",
             )
         )
         return []

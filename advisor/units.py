@@ -79,6 +79,9 @@ def parse_bytes(text: str, what: str = "memory size") -> int:
     value = float(m.group(1)) * _BYTE_SUFFIX[unit]
     if value <= 0:
         raise UserError(f"invalid {what} {text!r}: must be positive", "e.g. 24GB")
+    if value < 1:
+        # NOTE: 0.1B would round to 0 bytes ("none") where a size was meant.
+        raise UserError(f"invalid {what} {text!r}: less than one byte", "e.g. 24GB")
     return round(value)
 
 

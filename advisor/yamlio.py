@@ -6,7 +6,14 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from advisor import safeio
 from advisor.datacache import cached_by_content, yaml_sources
+
+# NOTE: the largest shipped file (taxonomy.yaml) is ~150 KB and 6,433 nodes; these bounds
+# (about 13x and 30x that) only stop hostile files: a FIFO or device, a multi-GB file, or an
+# "alias bomb" whose few anchors expand into billions of nodes (1.2 KB took 73 s and 5.9 GB).
+MAX_YAML_BYTES = 2 * 1024**2
+MAX_YAML_NODES = 200_000
 
 # NOTE: PyYAML is imported on first parse, not with this module: with the data cache warm
 # (the usual run) no YAML is parsed, and importing it costs ~25 ms of every start-up.
@@ -52,6 +59,15 @@ def _loaders() -> tuple[Any, Any]:
         result.line = node.start_mark.line + 1
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found an unhashable key (a {type(key).__name__})",
+                    key_node.start_mark,
+                ) from None
             result[key] = loader.construct_object(value_node, deep=True)
         return result
 
@@ -65,15 +81,80 @@ def _loaders() -> tuple[Any, Any]:
     return _LineLoader, base
 
 
+def _expanded_size(root: Any) -> int:
+    """How many nodes the document has once every alias is expanded (aliases share their
+    anchor's node object, so this counts without expanding). Stops past the bound.
+
+    Raises:
+        YamlError: for more than :data:`MAX_YAML_NODES` nodes, or an alias inside its own
+            anchor (a recursive structure).
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children: list[Any] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if done:
+            open_.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in children), MAX_YAML_NODES + 1)
+            if sizes[key] > MAX_YAML_NODES:
+                line = node.start_mark.line + 1
+                raise YamlError(
+                    f"the document expands to more than {MAX_YAML_NODES:,} nodes (aliases "
+                    "of aliases?); a data file this large is refused",
+                    line,
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise YamlError(
+                "an alias refers to its own anchor (a recursive structure)",
+                node.start_mark.line + 1,
+            )
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes.get(id(root), 0)
+
+
+def _yaml_message(exc: Exception) -> str:
+    """PyYAML's error in one line: what it was doing and what it found, with the line and
+    column (the marks' ``in "<unicode string>"`` left out)."""
+    problem = getattr(exc, "problem", None)
+    if not problem:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{context + ': ' if context else ''}{problem}{where}".split())
+
+
 def _parse(text: str, line_aware: bool) -> Any:
     import yaml
 
-    loader = _loaders()[0 if line_aware else 1]
+    loader = _loaders()[0 if line_aware else 1](text)
     try:
-        return yaml.load(text, Loader=loader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise YamlError(str(exc), mark.line + 1 if mark is not None else 0) from exc
+        raise YamlError(_yaml_message(exc), mark.line + 1 if mark is not None else 0) from exc
+    except RecursionError:
+        raise YamlError("nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def parse_yaml(text: str) -> Any:
@@ -89,11 +170,16 @@ def parse_yaml(text: str) -> Any:
 def load_yaml(path: Path) -> Any:
     """Load one YAML document with line-aware containers (cached by content, see datacache).
 
+    The file is opened once and checked as opened (a regular file of at most
+    :data:`MAX_YAML_BYTES`, UTF-8), and its aliases are bounded before it is built.
+
     Raises:
-        YamlError: when the text is not YAML (the caller reports it with the file name).
-        OSError: when the file cannot be read.
+        YamlError: when the text is not YAML, or aliases expand it past the bound (the
+            caller reports it with the file name).
+        OSError: when the file cannot be read, is not a regular file, is too large or is not
+            UTF-8 (``strerror`` says which).
     """
-    return _parse(path.read_text(encoding="utf-8"), line_aware=True)
+    return _parse(safeio.read_text_bounded(path, MAX_YAML_BYTES), line_aware=True)
 
 
 def line_of(data: Any, loc: tuple[int | str, ...] = ()) -> int:

@@ -2,6 +2,12 @@
 
 The fingerprint is computed without importing torch (its version comes from the package
 metadata), so `optadvise recommend` can find the cache in well under a second.
+
+Two calibrations of the same device (for different shapes) may run at once: the
+read-merge-write of a new shape happens under a lock (``flock`` on ``.lock`` in the folder),
+so neither loses the other's shape. A measurement that cannot be written (a read-only or
+full disk, a folder in the way, a folder others can write) still serves the run that made
+it, with one note naming the folder.
 """
 
 from __future__ import annotations
@@ -9,16 +15,21 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import psutil
 from pydantic import ValidationError
 
+from advisor import notes, safeio
 from advisor.calibration.timing import torch_threads_env
 from advisor.costdata import CACHE_SCHEMA_VERSION, CalibrationCache, Fingerprint, ShapeResults
 
 CACHE_ENV = "OPTADVISE_CACHE_DIR"
+# NOTE: a cache of one device holds a few shapes of ~20 KB each; the bound only stops a
+# planted file or a link to a device from being read without end.
+MAX_CACHE_BYTES = 64 * 1024**2
+# Temp files of the versions before safeio (mkstemp names).
+_LEGACY_TEMPS = (".tmp-*.json",)
 
 
 def cache_dir() -> Path:
@@ -87,11 +98,16 @@ def load_cache(fp: Fingerprint) -> tuple[CalibrationCache | None, str | None]:
     be rebuilt by the next calibration.
     """
     path = cache_path(fp)
-    if not path.exists():
-        return None, None
+    refused = _refused(path.parent)
+    if refused:
+        return None, refused
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raw = read_cache_json(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"calibration cache {path} cannot be read ({safeio.describe(exc)})"
+    except (ValueError, RecursionError) as exc:
         return (
             None,
             f"calibration cache {path} is corrupt ({type(exc).__name__}); it will be rebuilt",
@@ -121,26 +137,78 @@ def load_cache_for(
     return load_cache(device_fingerprint(device, gpu_name=gpu_name, driver=driver))
 
 
+def read_cache_json(path: Path) -> object:
+    """A cache file's JSON, read through one bounded, checked open (no FIFO, no device).
+
+    Raises:
+        OSError: missing, unreadable, not a regular file or too large.
+        ValueError: not UTF-8 or not JSON; RecursionError: nested too deeply.
+    """
+    return json.loads(safeio.read_bounded(path, MAX_CACHE_BYTES))
+
+
+def _refused(folder: Path) -> str | None:
+    """Why an existing cache folder must not be used (others can write it), else None."""
+    if not folder.exists():
+        return None
+    try:
+        safeio.private_dir(folder)
+    except safeio.FileRefused as exc:
+        why = f"not using the calibration cache {folder}: {exc.strerror} (make it yours alone)"
+        notes.post(why)
+        return why
+    except OSError:
+        return None
+    return None
+
+
 def save_cache(cache: CalibrationCache) -> Path:
     """Write the cache atomically (temp file + rename), so an interrupt never corrupts it."""
     return write_json_atomic(cache.model_dump_json(indent=1), cache_path(cache.fingerprint))
 
 
 def write_json_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` through a temp file and a rename: an interrupt never
-    leaves half a file (every calibration cache is written this way)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` through an exclusive temp file and a rename (see
+    advisor.safeio): an interrupt never leaves half a file, a planted link is never followed,
+    and the folder is made 0700 (refused when others can write it).
+
+    Raises:
+        OSError: the folder cannot be made or written (the temp file is removed).
+    """
+    safeio.private_dir(path.parent)
+    safeio.remove_stale_temps(path.parent, legacy=_LEGACY_TEMPS)
+    safeio.write_atomic(path, text.encode(), overwrite=True, mode=0o600)
     return path
+
+
+def save_merged(old: CalibrationCache | None, new: CalibrationCache) -> CalibrationCache:
+    """Merge ``new``'s shape into the device's cache on disk and write it, under the lock.
+
+    The cache is read again inside the lock (another calibration may have added a shape
+    since ``old`` was read). When it cannot be written, the merged cache is still returned
+    (the measurement serves this run) with a warning, and a note names the folder.
+
+    Args:
+        old: the cache as the caller read it before measuring (used when the disk fails).
+        new: this run's results (one shape).
+    """
+    path = cache_path(new.fingerprint)
+    folder = path.parent
+    try:
+        safeio.private_dir(folder)
+        with safeio.locked(folder / ".lock"):
+            current, _warning = load_cache(new.fingerprint)
+            merged = merge_shape(current, new)
+            write_json_atomic(merged.model_dump_json(indent=1), path)
+        return merged
+    except OSError as exc:
+        why = (
+            f"could not write the calibration cache to {folder} ({safeio.describe(exc)}): "
+            "the measurement serves this run only"
+        )
+        notes.post(why)
+        merged = merge_shape(old, new)
+        return merged.model_copy(update={"warnings": [*merged.warnings, why]})
 
 
 def merge_shape(old: CalibrationCache | None, new: CalibrationCache) -> CalibrationCache:
@@ -156,12 +224,14 @@ def list_caches() -> list[tuple[Path, CalibrationCache | None, str | None]]:
     """Every cache file in the folder, loaded (or with why it cannot be)."""
     folder = cache_dir()
     out: list[tuple[Path, CalibrationCache | None, str | None]] = []
-    if not folder.is_dir():
+    if not folder.is_dir() or _refused(folder):
         return out
     for path in sorted(folder.glob("*.json")):
         try:
-            cache = CalibrationCache.model_validate_json(path.read_text())
+            cache = CalibrationCache.model_validate(read_cache_json(path))
             out.append((path, cache, None))
-        except (OSError, ValidationError, ValueError) as exc:
+        except OSError as exc:
+            out.append((path, None, f"unreadable: {safeio.describe(exc)}"))
+        except (ValidationError, ValueError, RecursionError) as exc:
             out.append((path, None, f"unreadable: {type(exc).__name__}"))
     return out

@@ -28,7 +28,6 @@ torch is imported lazily: loading the cache (:func:`load_convergence`) never imp
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from collections.abc import Callable
@@ -82,12 +81,24 @@ LR_GRID: dict[str, tuple[float, ...]] = {
 # matrix-preconditioned alternatives, and zeroth order; the rest run with --optimizers.
 # Pass 1 runs them in this order, so a short budget keeps the most telling comparisons.
 DEFAULT_OPTIMIZERS = ("adamw", "sgd", "muon", "mezo", "lion", "adafactor", "soap", "sgd-momentum")
+# The proxies built from the optional pytorch-optimizer package (pip install
+# 'optadvise[optimizers]'); without it they are skipped with a note, never a crash mid-run.
+NEEDS_PYTORCH_OPTIMIZER = frozenset({"lion", "soap"})
 # Muon: the quintic Newton-Schulz coefficients of Jordan 2024 (modded-nanogpt), 5 steps.
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 class _Interrupted(Exception):
     pass
+
+
+def missing_packages(ids: tuple[str, ...] | None = None) -> list[str]:
+    """The optimizer ids (default: the default set) whose optional package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("pytorch_optimizer") is not None:
+        return []
+    return [o for o in (ids or DEFAULT_OPTIMIZERS) if o in NEEDS_PYTORCH_OPTIMIZER]
 
 
 def convergence_dir() -> Path:
@@ -111,22 +122,36 @@ def cache_file(device: str, family: str) -> Path:
 def load_convergence(device: str, spec: ModelSpec) -> tuple[ConvergenceCache | None, str | None]:
     """This device's proxy results for the model's family, or None with why (never raises)."""
     path = cache_file(device, family_key(spec))
-    if not path.exists():
-        return None, None
     try:
-        raw = json.loads(path.read_text())
+        raw = cal_cache.read_cache_json(path)
         if not isinstance(raw, dict) or raw.get("schema_version") != CONVERGENCE_SCHEMA_VERSION:
             return None, f"convergence cache {path} has another schema version; rebuild it"
         return ConvergenceCache.model_validate(raw), None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, RecursionError, ValidationError) as exc:
         return None, f"convergence cache {path} is unreadable ({type(exc).__name__}); rebuild it"
 
 
-def save_convergence(cache: ConvergenceCache, path: Path) -> Path:
-    """Write atomically (temp file + rename): an interrupt never leaves half a file."""
-    from advisor.calibration.cache import write_json_atomic
+def save_convergence(cache: ConvergenceCache, path: Path) -> Path | None:
+    """Write atomically (temp file + rename): an interrupt never leaves half a file.
 
-    return write_json_atomic(cache.model_dump_json(indent=1), path)
+    Returns:
+        The file, or None when it could not be written (a note then names the folder; the
+        results still serve this run).
+    """
+    from advisor import notes
+    from advisor.calibration.cache import write_json_atomic
+    from advisor.safeio import describe
+
+    try:
+        return write_json_atomic(cache.model_dump_json(indent=1), path)
+    except OSError as exc:
+        notes.post(
+            f"could not write the convergence results to {path.parent} ({describe(exc)}): "
+            "they serve this run only"
+        )
+        return None
 
 
 def run_convergence(
@@ -173,7 +198,8 @@ def run_convergence(
         raise UserError(
             f"no convergence proxy for {', '.join(unknown)}", "use: " + ", ".join(LR_GRID)
         )
-    ids = ("adamw", *[o for o in ids if o != "adamw"])
+    skipped = missing_packages(ids)
+    ids = ("adamw", *[o for o in ids if o != "adamw" and o not in skipped])
     started = time.perf_counter()  # the budget covers torch's import and the corpus too
     family = family_key(spec)
     path = cache_file(device, family)
@@ -189,6 +215,9 @@ def run_convergence(
     from advisor.torchload import import_torch
 
     torch = import_torch()
+    from advisor.calibration.runner import _check_device
+
+    _check_device(torch, device)
     # NOTE: the proxy's matrices are tiny, so one thread is as fast as two on a quiet machine
     # and far faster on a busy one (two threads spin against other processes: 55 ms vs 2-4 s
     # per step measured at load 9 on a 2-core EPYC).
@@ -244,7 +273,12 @@ def run_convergence(
         partial=partial,
         seconds=round(time.perf_counter() - started, 2),
         budget_s=budget,
-        warnings=["interrupted: partial results kept"] if interrupted else [],
+        warnings=(["interrupted: partial results kept"] if interrupted else [])
+        + (
+            [f"not measured ({', '.join(skipped)}): pytorch-optimizer is not installed"]
+            if skipped
+            else []
+        ),
     )
     if any(r.runs for r in results):
         save_convergence(cache, path)

@@ -234,9 +234,7 @@ def run_calibration(
         ],
         warnings=warnings,
     )
-    merged = cal_cache.merge_shape(old, new)
-    cal_cache.save_cache(merged)
-    return merged
+    return cal_cache.save_merged(old, new)
 
 
 def _check_device(torch: Any, device: str) -> None:
