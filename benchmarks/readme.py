@@ -197,7 +197,8 @@ def render_figures() -> str:
             (
                 f"predicted vs measured step ({pvm['date'][:10]})",
                 "`python -m benchmarks.predict_vs_measure`",
-                f"Kendall tau {taus}; median absolute error {pvm['median_abs_error_pct']:.1f} % over "
+                f"Kendall tau {taus}; median absolute error "
+                f"{pvm['median_abs_error_pct']:.1f} % over "
                 f"{len(pvm['rows'])} rows (other processes: "
                 f"{100 * (pvm.get('other_cpu_share') or 0):.0f} % of the CPU)",
             )
