@@ -465,7 +465,8 @@ ModelConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--model-config",
-        help="A local Hugging Face config.json (Llama, Mistral, Qwen2, OPT, GPT-2 fields).",
+        help="A local Hugging Face config.json; model_type bert, deepseek_v3, gemma2, gemma3, "
+        "gemma3_text, gpt2, llama, mistral, mixtral, olmo2, opt, phi3, qwen2, qwen3 or qwen3_moe.",
     ),
 ]
 

@@ -185,3 +185,14 @@ def test_recommend_request_defaults_are_the_cli_defaults() -> None:
     shared = [n for n in params if n != "spec"]
     assert all(n in flags for n in shared), set(shared) - set(flags)
     assert {n: params[n].default for n in shared} == {n: flags[n].default for n in shared}
+
+
+def test_the_model_config_help_names_every_model_type_accepted() -> None:
+    import re
+
+    from advisor.cli import ModelConfigOpt
+    from advisor.modelspec import _HF_TYPES
+
+    help_text = ModelConfigOpt.__metadata__[0].help
+    named = set(re.findall(r"[a-z][a-z0-9_]+", help_text.split("model_type", 1)[1]))
+    assert set(_HF_TYPES) <= named, sorted(set(_HF_TYPES) - named)
