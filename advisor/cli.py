@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from advisor import __version__
-from advisor.errors import EXIT_FINDINGS, EXIT_USAGE, DataError, UserError
+from advisor.errors import EXIT_FINDINGS, EXIT_NOTHING_FITS, EXIT_USAGE, DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -816,11 +816,29 @@ def recommend(
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for --emit.")] = Path("optadvise-out"),
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="With --emit: write the nearest plan the engine can express when its file "
+            "cannot set up the ranked plan (refused otherwise).",
+        ),
+    ] = False,
+    show_rejected: Annotated[
+        bool,
+        typer.Option(
+            "--show-rejected", help="List every rejected configuration with its reason (--json)."
+        ),
+    ] = False,
     rules_dir: RulesDirOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
-    """Recommend how to train: ranked configurations with reasons, by measured cost."""
+    """Recommend how to train: ranked configurations with reasons, by measured cost.
+
+    Exit status: 0 a plan fits, 2 bad input, 3 nothing fits (the report still prints, with
+    suggestions; --json says "fits": false).
+    """
     _not_blank("--hardware", hardware)
     from advisor.recommend import RecommendReport
 
@@ -871,10 +889,12 @@ def recommend(
 
         with render.calibration_progress(enabled=not json_out) as progress:
             report = run_recommend(request, progress=progress, notify=render.note)
-    if emit is not None:
+    if emit is not None and report.fits:
         from advisor.advise import write_emitted
 
-        path, notes = write_emitted(report, emit, out, nodes=nodes, spec=spec, hardware=hardware)
+        path, notes = write_emitted(
+            report, emit, out, nodes=nodes, spec=spec, hardware=hardware, force=force
+        )
         if not json_out:
             from advisor import render
 
@@ -884,11 +904,15 @@ def recommend(
     if json_out:
         from advisor.jsonout import print_json
 
-        print_json(report)
+        print_json(report if show_rejected else report.model_copy(update={"rejected": []}))
     else:
         from advisor import render
 
         render.render_recommend(report, explain=explain)
+    if not report.fits:
+        if emit is not None:
+            typer.echo(f"nothing fits: no {emit} file written", err=True)
+        raise typer.Exit(EXIT_NOTHING_FITS)
 
 
 calibrate_app = typer.Typer(

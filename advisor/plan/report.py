@@ -7,11 +7,19 @@ from collections.abc import Callable, Sequence
 from advisor.candidates import MEMORY_SAVER_IDS
 from advisor.convergence import TimeToTarget, plan_steps, time_to_target
 from advisor.engine import Decision, decide
-from advisor.plan.explain import effect, plan_reasons, reason, suggestions, why_not
+from advisor.plan.explain import (
+    effect,
+    plan_reasons,
+    reason,
+    suggestions,
+    trade_note,
+    why_not,
+)
 from advisor.plan.models import (
     HardwareSummary,
     Recommendation,
     RecommendReport,
+    Rejection,
     SearchStats,
     WorkloadSummary,
 )
@@ -78,6 +86,10 @@ def recommend(
     return RecommendReport(
         recommendations=recs,
         rejected=sorted(found.rejected, key=lambda r: (r.kind, r.configuration)),
+        fits=bool(recs),
+        verdict="ok" if recs else "nothing-fits",
+        trade=trade_note(ctx, decision, rows, steps),
+        rejected_counts=_count_kinds(found.rejected),
         why_not=why_not(ctx, decision, ev, rows, len(recs)),
         suggestions=[] if recs else suggestions(ctx, usable),
         hardware=_hardware_summary(ctx.target, usable),
@@ -89,6 +101,13 @@ def recommend(
         search=stats,
         cost_note=cost_note,
     )
+
+
+def _count_kinds(rejected: Sequence[Rejection]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rejected:
+        out[r.kind] = out.get(r.kind, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _steps_of(ctx: Context) -> Callable[[Plan], float]:
