@@ -88,7 +88,7 @@ def recommend(
         rejected=sorted(found.rejected, key=lambda r: (r.kind, r.configuration)),
         fits=bool(recs),
         verdict="ok" if recs else "nothing-fits",
-        trade=trade_note(ctx, decision, rows, steps),
+        trade=trade_note(ctx, decision, rows, _central_steps_of(ctx)),
         rejected_counts=_count_kinds(found.rejected),
         why_not=why_not(ctx, decision, ev, rows, len(recs)),
         suggestions=[] if recs else suggestions(ctx, usable),
@@ -108,6 +108,25 @@ def _count_kinds(rejected: Sequence[Rejection]) -> dict[str, int]:
     for r in rejected:
         out[r.kind] = out.get(r.kind, 0) + 1
     return dict(sorted(out.items()))
+
+
+def _central_steps_of(ctx: Context) -> Callable[[Plan], float]:
+    """Each plan's central steps to AdamW's loss (what the trade line compares, whatever
+    the objective counts)."""
+    memo: dict[tuple[str, object], float] = {}
+
+    def steps(p: Plan) -> float:
+        key = (p.config.optimizer, p.config.task)
+        hit = memo.get(key)
+        if hit is None:
+            c = p.config
+            n = ctx.spec.parameter_count()
+            hit = memo[key] = plan_steps(
+                ctx.taxonomy, c.optimizer, c.task, n, ctx.convergence
+            ).central
+        return hit
+
+    return steps
 
 
 def _steps_of(ctx: Context) -> Callable[[Plan], float]:
