@@ -36,7 +36,7 @@ from advisor.engine import decide
 from advisor.hardware import get_hardware_profile
 from advisor.modelspec import get_model_profile
 from advisor.plan.layout import Layout
-from advisor.plan.report import recommend
+from advisor.plan.report import ranking_decision, recommend
 from advisor.plan.search import (
     Evaluator,
     best_geometry,
@@ -236,7 +236,8 @@ def run_case(
     report = recommend(ctx, cost, top=5)
     wall = time.perf_counter() - t0
     optimizers = [t for t in ctx.taxonomy.optimizers() if t.implementation]
-    decision = decide(ctx.ruleset, ctx.taxonomy, derive_facts(ctx, optimizers))  # type: ignore[arg-type]
+    facts = derive_facts(ctx, optimizers)
+    decision = ranking_decision(ctx, decide(ctx.ruleset, ctx.taxonomy, facts))  # type: ignore[arg-type]
     ev = Evaluator(ctx, cost)
     pick = report.recommendations[0] if report.recommendations else None
     pick_ttt = None

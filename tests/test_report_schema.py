@@ -119,3 +119,54 @@ def test_balanced_rule_points_break_ties_but_not_large_speed_differences() -> No
     c = objective_score(Objective.BALANCED, 1.6, usable // 2, usable, 14.0)
     d = objective_score(Objective.BALANCED, 1.0, usable // 2, usable, 10.0)
     assert d < c
+
+
+def test_only_quality_rules_weigh_more_under_balanced() -> None:
+    from advisor.engine import decide
+    from advisor.plan.space import QUALITY_RULE_FACTOR
+    from advisor.ruleset import load_rules
+    from advisor.taxonomy import load_taxonomy
+
+    tax = load_taxonomy()
+    rules = load_rules([], technique_ids=set(tax.ids()))
+    facts = {
+        "task": "finetune", "full_training_fits": True, "objective": "balanced",
+        "arch": "decoder", "data_parallel_degree": 1, "memory_headroom": 0.5,
+        "device_kind": "cuda", "privacy": "none", "host_memory_gib": 128.0,
+    }  # fmt: skip
+    declared = rules.facts.facts
+    base = {k: v for k, v in facts.items() if k in declared}
+    for name, fact in declared.items():
+        if name not in base:
+            base[name] = _neutral(fact)
+    d = decide(rules, tax, base)
+    w = d.weighted(QUALITY_RULE_FACTOR["balanced"])
+    # full-fine-tuning-when-it-fits is marked quality: its avoid of LoRA (-5) counts x3.
+    assert d.quality["lora"] == -5 and w.scores["lora"] == d.scores["lora"] - 10
+    # A cost heuristic (bf16 mixed precision, a speed and memory matter) keeps its weight.
+    assert all(w.scores[t] == d.scores[t] for t in d.scores if t not in d.quality)
+
+
+def _neutral(fact: Any) -> Any:
+    kind = str(getattr(fact.type, "value", fact.type))
+    if kind == "bool":
+        return False
+    if kind in ("int", "number"):
+        return 1
+    return (fact.values or [""])[0]
+
+
+def test_the_trade_line_names_the_quality_rule_that_outweighs_speed() -> None:
+    from advisor.advise import RecommendRequest, run_recommend
+    from advisor.modelspec import get_model_profile
+
+    request = RecommendRequest.from_flags(
+        spec=get_model_profile("llama-3.1-8b"), hardware="rtx-4090", calibrate=False
+    )
+    r = run_recommend(request)
+    assert r.recommendations[0].task == "finetune"
+    # QLoRA is faster here by the tool's own numbers (torchtune on a 4090: QLoRA 2,413
+    # tok/s against full fine-tuning's 1,650), so the pick trades speed for quality.
+    assert r.trade.split("x faster")[0].replace(".", "").isdigit()
+    assert "qlora" in r.trade or "lora" in r.trade
+    assert "preferred for quality (full-fine-tuning-when-it-fits" in r.trade

@@ -314,6 +314,12 @@ def trade_note(
         why.append(f"#1 needs {format_bytes(fast.peak_bytes - pick.peak_bytes)} less per device")
     net = _rule_difference(decision, pick.techniques, fast.techniques)
     favour = [(r, w) for r, w in net if w > 0]
+    for rule_id, _w in favour:
+        lr = ctx.ruleset.get(rule_id)
+        if lr is not None and lr.rule.quality:
+            src = lr.rule.sources[-1] if lr.rule.sources else None
+            cite = f", {src.authors} {src.year}" if src else ""
+            why.insert(0, f"#1 preferred for quality ({rule_id}{cite})")
     if favour:
         total = sum(w for _, w in favour)
         named = ", ".join(f"{r} {w:+g}" for r, w in favour[:3])

@@ -27,6 +27,7 @@ from advisor.plan.rank import Row, rank_plans, row_cutoff
 from advisor.plan.search import CostFn, Evaluator, Plan, search
 from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
+    QUALITY_RULE_FACTOR,
     Context,
     build_space,
     derive_facts,
@@ -59,7 +60,7 @@ def recommend(
     usable = usable_memory(ctx.target)
     optimizers = [t for t in ctx.taxonomy.optimizers() if t.implementation]
     facts = derive_facts(ctx, optimizers)
-    decision = decide(ctx.ruleset, ctx.taxonomy, facts)  # type: ignore[arg-type]
+    decision = ranking_decision(ctx, decide(ctx.ruleset, ctx.taxonomy, facts))  # type: ignore[arg-type]
     space = build_space(ctx, optimizers)
     steps = _steps_of(ctx)
     found = search(
@@ -101,6 +102,12 @@ def recommend(
         search=stats,
         cost_note=cost_note,
     )
+
+
+def ranking_decision(ctx: Context, decision: Decision) -> Decision:
+    """The rules' decision as the objective ranks by it: quality rules weighted by
+    QUALITY_RULE_FACTOR (the search, the ranking and the soundness sweep read the same)."""
+    return decision.weighted(QUALITY_RULE_FACTOR.get(ctx.workload.objective.value, 1.0))
 
 
 def _count_kinds(rejected: Sequence[Rejection]) -> dict[str, int]:

@@ -382,6 +382,11 @@ RULE_WEIGHT = {
     "quality": 0.5,
     "time-to-target": 0.02,
 }
+# Rules marked ``quality: true`` (what is learnt, not what a step costs: the cost models
+# cannot price it) weigh this many times a cost heuristic's point under "balanced": a
+# weight-5 quality rule is worth ~35% of time to target (e.g. full fine-tuning over adapters
+# that learn less, Biderman et al. 2024), and the report's trade line names it.
+QUALITY_RULE_FACTOR = {"balanced": 3.0}
 # NOTE: "balanced" gives up at most ~10% of time to target for memory headroom beyond the
 # safety margin: its memory term is linear in the share of the usable memory a plan fills
 # (0 to 1 for a plan that fits), so the leanest and the fullest plan differ by log(1.10).
