@@ -341,6 +341,10 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "cases"}))
     if ns.out:
+        # Every priced plan only where one was missed: the file stays reviewable.
+        for r in results:
+            if not r["missed"]:
+                r.pop("plans")
         ns.out.write_text(json.dumps(summary, indent=2) + "\n")
 
 
