@@ -442,7 +442,8 @@ def write_emitted(
 
     Raises:
         UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
-            layout, the file exists (without ``force``), or the folder cannot be written.
+            layout, the file would set up another plan than the ranked one or already exists
+            (both without ``force``), or the folder cannot be written.
     """
     if not report.recommendations:
         raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
@@ -461,7 +462,14 @@ def write_emitted(
     )
     notes = list(emission.notes)
     if emission.differs:
-        notes.insert(0, _expressed_plan_note(report, emission.expressed_config, spec, hardware))
+        expressed = _expressed_plan_note(report, emission.expressed_config, spec, hardware)
+        if not force:
+            # A config file that silently sets up another plan is not the pick: refuse.
+            raise UserError(
+                f"a {kind} file cannot set up the ranked plan: {expressed}",
+                "pass --force to write that plan anyway, or try another --emit engine",
+            )
+        notes.insert(0, expressed)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

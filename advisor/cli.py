@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from advisor import __version__
-from advisor.errors import EXIT_FINDINGS, EXIT_USAGE, DataError, UserError
+from advisor.errors import EXIT_FINDINGS, EXIT_NOTHING_FITS, EXIT_USAGE, DataError, UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -1003,13 +1003,28 @@ def recommend(
         str | None, typer.Option("--out", help="Folder for --emit (default: optadvise-out).")
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Let --emit replace a file that exists.")
+        bool,
+        typer.Option(
+            "--force",
+            help="With --emit: replace a file that exists, and write the nearest plan the "
+            "engine can express when its file cannot set up the ranked plan (refused otherwise).",
+        ),
+    ] = False,
+    show_rejected: Annotated[
+        bool,
+        typer.Option(
+            "--show-rejected", help="List every rejected configuration with its reason (--json)."
+        ),
     ] = False,
     rules_dir: RulesDirOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
-    """Recommend how to train: ranked configurations with reasons, by measured cost."""
+    """Recommend how to train: ranked configurations with reasons, by measured cost.
+
+    Exit status: 0 a plan fits, 2 bad input, 3 nothing fits (the report still prints, with
+    suggestions; --json says "fits": false).
+    """
     _not_blank("--hardware", hardware)
     from advisor.recommend import RecommendReport
 
@@ -1073,7 +1088,7 @@ def recommend(
                     f"{flag} is not used: it sizes offload from a GPU to its host, and this "
                     "plan runs on a CPU"
                 )
-    if emit is not None:
+    if emit is not None and report.fits:
         from advisor.advise import write_emitted
 
         path, notes = write_emitted(
@@ -1094,11 +1109,15 @@ def recommend(
     if json_out:
         from advisor.jsonout import print_json
 
-        print_json(report)
+        print_json(report if show_rejected else report.model_copy(update={"rejected": []}))
     else:
         from advisor import render
 
         render.render_recommend(report, explain=explain)
+    if not report.fits:
+        if emit is not None:
+            typer.echo(f"nothing fits: no {emit} file written", err=True)
+        raise typer.Exit(EXIT_NOTHING_FITS)
 
 
 calibrate_app = typer.Typer(

@@ -128,27 +128,46 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: Task = Task.FINETUNE
-    optimizer: str = Field(default="adamw", pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
-    precision: Precision = Precision.BF16_MIXED
-    attention: Attention = Attention.FLASH
-    checkpointing: Checkpointing = Checkpointing.NONE
+    task: Task = Field(
+        default=Task.FINETUNE,
+        description="what is trained: pretrain or finetune (every weight), lora or qlora",
+    )
+    optimizer: str = Field(
+        default="adamw",
+        pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$",
+        description="the optimizer's taxonomy id (optadvise taxonomy)",
+    )
+    precision: Precision = Field(
+        default=Precision.BF16_MIXED, description="the precision recipe (weights and compute)"
+    )
+    attention: Attention = Field(default=Attention.FLASH, description="the attention kernel")
+    checkpointing: Checkpointing = Field(
+        default=Checkpointing.NONE, description="activation recomputation (none ... full)"
+    )
     ac_frequency: int = Field(
         default=2,
         ge=1,
         description="selective-layer: every ac_frequency-th block is fully checkpointed "
         "(torchtitan's selective_ac_option; 1 = every block, as full)",
     )
-    micro_batch: int = Field(default=1, ge=1)
-    seq_len: int = Field(default=2048, ge=1)
+    micro_batch: int = Field(default=1, ge=1, description="samples per device per pass")
+    seq_len: int = Field(default=2048, ge=1, description="tokens per sample")
     gpus: int = Field(default=1, ge=1, description="data-parallel degree N_d")
-    sharding: Sharding = Sharding.NONE
-    offload: Offload = Offload.NONE
-    lora_rank: int = Field(default=16, ge=1)
-    dp_sgd: bool = False
-    grad_accumulation: int = Field(default=1, ge=1)
+    sharding: Sharding = Field(
+        default=Sharding.NONE, description="data-parallel sharding: none, zero1-3, fsdp, hsdp"
+    )
+    offload: Offload = Field(
+        default=Offload.NONE, description="what leaves the device: optimizer, params, to NVMe"
+    )
+    lora_rank: int = Field(default=16, ge=1, description="LoRA/QLoRA adapter rank r")
+    dp_sgd: bool = Field(default=False, description="per-sample gradients (DP-SGD/DP-Adam)")
+    grad_accumulation: int = Field(
+        default=1, ge=1, description="micro-batches summed per optimizer step"
+    )
     # ---- kernel stack and memory savers
-    stack: Stack = Stack.HF
+    stack: Stack = Field(
+        default=Stack.HF, description="kernel stack: hf (Transformers modules) or fused"
+    )
     fused_loss: bool = Field(
         default=False,
         description="a fused/chunked cross-entropy on the hf stack (Liger, torchtune); "

@@ -320,9 +320,9 @@ class StepsBand(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    low: float
-    central: float
-    high: float
+    low: float = Field(description="the fewest steps relative to AdamW the sources report")
+    central: float = Field(description="the central estimate (independent re-benchmarks)")
+    high: float = Field(description="the most steps relative to AdamW the sources report")
 
 
 class TimeToTarget(BaseModel):

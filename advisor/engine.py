@@ -50,6 +50,18 @@ class Decision(BaseModel):
     contributions: dict[str, list[tuple[str, float]]]
     advice: list[Advice]
     conflicts: list[str]
+    # The part of each technique's score that rules marked ``quality`` contribute.
+    quality: dict[str, float] = {}
+
+    def weighted(self, factor: float) -> Decision:
+        """The decision with quality rules' weights multiplied by ``factor`` in the scores
+        the ranking reads (contributions keep the rules' own weights, for explanations)."""
+        if factor == 1.0 or not self.quality:
+            return self
+        scores = dict(self.scores)
+        for tid, q in self.quality.items():
+            scores[tid] = scores.get(tid, 0.0) + (factor - 1.0) * q
+        return self.model_copy(update={"scores": scores})
 
     def is_allowed(self, technique: str) -> bool:
         return technique not in self.excluded
@@ -150,6 +162,7 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
     excluded: dict[str, list[str]] = {}
     contributions: dict[str, list[tuple[str, float]]] = {}
     advice: list[Advice] = []
+    quality: dict[str, float] = {}
     for lr in all_rules(ruleset, taxonomy):
         rule = lr.rule
         if not evaluate(rule.when, facts):
@@ -166,6 +179,8 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
                     excluded.setdefault(tid, []).append(rule.id)
                 else:
                     contributions.setdefault(tid, []).append((rule.id, action.score))
+                    if rule.quality:
+                        quality[tid] = quality.get(tid, 0.0) + action.score
     conflicts = [
         f"{tid}: required by {', '.join(required[tid])} and excluded by {', '.join(excluded[tid])};"
         " excluded wins"
@@ -182,6 +197,7 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
         contributions=dict(sorted(contributions.items())),
         advice=advice,
         conflicts=conflicts,
+        quality=dict(sorted(quality.items())),
     )
 
 

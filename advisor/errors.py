@@ -5,6 +5,9 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+# `optadvise recommend`: the report is complete, and no plan fits (its JSON says
+# "fits": false, "verdict": "nothing-fits"; the suggestions say what would).
+EXIT_NOTHING_FITS = 3
 
 
 class AdvisorError(Exception):

@@ -628,6 +628,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
             "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
         )
+        if report.trade:
+            console.print(f"[bold]trade:[/] {escape(report.trade)}")
         best = report.recommendations[0]
         _render_steps(best)
         console.print(f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):")
@@ -667,7 +669,7 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         console.print(
             "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
         )
-    rejected = len(report.rejected)
+    rejected = sum(report.rejected_counts.values())
     if report.search is not None:
         st = report.search
         console.print(
@@ -680,8 +682,8 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             console.print(f"[dim]{escape(note)}[/]")
     console.print(
         f"[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
-        f"({', '.join(f'{k}: {v}' for k, v in _count_kinds(report).items())}); "
-        "--json lists them all with reasons[/]"
+        f"({', '.join(f'{k}: {v}' for k, v in report.rejected_counts.items())}); "
+        "--json --show-rejected lists them all with reasons[/]"
     )
 
 
@@ -714,13 +716,6 @@ def _first_sentence(text: str) -> str:
 
 def _fact(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _count_kinds(report: RecommendReport) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in report.rejected:
-        out[r.kind] = out.get(r.kind, 0) + 1
-    return dict(sorted(out.items()))
 
 
 def render_convergence(cache: Any) -> None:

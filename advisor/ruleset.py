@@ -107,6 +107,13 @@ class Rule(_Frozen):
     then: list[Action] = Field(min_length=1)
     rationale: str = ""
     sources: list[Source] = []
+    quality: bool = Field(
+        default=False,
+        description="the preference is about what is learnt (the result), not what a step "
+        "costs: the cost models cannot price it, so under the balanced objective it weighs "
+        "three times a cost heuristic's point (advisor/plan/space.py QUALITY_RULE_FACTOR); "
+        "the rationale says why and the sources show it",
+    )
 
 
 class RuleFile(_Frozen):

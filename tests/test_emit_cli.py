@@ -14,6 +14,7 @@ from advisor.advise import RecommendRequest, _expressed_plan_note, run_recommend
 from advisor.cli import app
 from advisor.config import Offload, Sharding
 from advisor.emit import EmitTarget, emit_config, same_plan
+from advisor.errors import UserError
 from advisor.modelspec import resolve_model_size
 from advisor.recommend import RecommendReport
 
@@ -53,7 +54,7 @@ def test_recommend_emit_megatron_through_the_cli(tmp_path: Path) -> None:
 def test_write_emitted_torchtitan(report: RecommendReport, tmp_path: Path) -> None:
     spec = resolve_model_size("1B")
     path, notes = write_emitted(
-        report, "torchtitan", tmp_path, nodes=1, spec=spec, hardware=HARDWARE
+        report, "torchtitan", tmp_path, nodes=1, spec=spec, hardware=HARDWARE, force=True
     )
     doc = tomllib.loads(path.read_text())
     best = report.recommendations[0].config
@@ -61,6 +62,27 @@ def test_write_emitted_torchtitan(report: RecommendReport, tmp_path: Path) -> No
     emission = emit_config(EmitTarget.TORCHTITAN, best, num_layers=spec.num_layers)
     # write_emitted puts the priced note first exactly when the export differs.
     assert emission.differs is notes[0].startswith("this file sets up")
+
+
+def test_a_file_that_sets_up_another_plan_is_refused_without_force(
+    report: RecommendReport, tmp_path: Path
+) -> None:
+    spec = resolve_model_size("1B")
+    best = report.recommendations[0].config
+    # ZeRO-3 with parameters offloaded: torchtitan's TOML has no key for host offload.
+    offloaded = best.model_copy(
+        update={"offload": Offload.OPTIMIZER_PARAMS, "sharding": Sharding.ZERO3}
+    )
+    assert emit_config(EmitTarget.TORCHTITAN, offloaded, num_layers=spec.num_layers).differs
+    first = report.recommendations[0].model_copy(update={"config": offloaded})
+    other = report.model_copy(update={"recommendations": [first]})
+    with pytest.raises(UserError, match="cannot set up the ranked plan"):
+        write_emitted(other, "torchtitan", tmp_path, nodes=1, spec=spec, hardware=HARDWARE)
+    assert not list(tmp_path.iterdir()), "nothing half-written"
+    path, notes = write_emitted(
+        other, "torchtitan", tmp_path, nodes=1, spec=spec, hardware=HARDWARE, force=True
+    )
+    assert path.exists() and notes[0].startswith("this file sets up")
 
 
 def test_unknown_emit_kind_names_the_new_ones() -> None:

@@ -3,6 +3,8 @@ would fit when nothing does."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
 from advisor.convergence import plan_steps
 from advisor.engine import Decision
@@ -21,6 +23,10 @@ from advisor.plan.search import (
 )
 from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
 from advisor.units import format_bytes
+
+# A plan must be at least this much faster to target than the pick before the report says
+# what the pick trades for it (below: within the models' own resolution).
+TRADE_MIN_SPEEDUP = 1.02
 
 
 def effect(ctx: Context, rule_id: str) -> str:
@@ -266,3 +272,71 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
             )
         )
     return out
+
+
+def trade_note(
+    ctx: Context,
+    decision: Decision,
+    rows: list[Row],
+    steps_of: Callable[[Plan], float],
+) -> str:
+    """What the pick trades, in one line, when it is not the fastest plan to the target
+    ("" when it is, within TRADE_MIN_SPEEDUP): which faster plan ranks where, and what the
+    objective weighed against its speed (memory, the rules that differ, quality).
+
+    Only plans that reach the global batch compare (as the ranking puts them first)."""
+    if not rows:
+        return ""
+    pick = rows[0].plan
+
+    def ttt(p: Plan) -> float:
+        return p.seconds_per_token * steps_of(p)
+
+    candidates = [(i, r.plan) for i, r in enumerate(rows) if r.plan.exact_batch]
+    if not pick.exact_batch or not candidates:
+        return ""
+    i, fast = min(candidates, key=lambda x: (ttt(x[1]), x[0]))
+    speedup = ttt(pick) / max(ttt(fast), 1e-30)
+    if i == 0 or speedup < TRADE_MIN_SPEEDUP:
+        return ""
+    pick_parts = set(describe_config(pick.config).split(", "))
+    differs = [x for x in describe_config(fast.config).split(", ") if x not in pick_parts]
+    what = "plan" + (f" ({', '.join(differs[:4])})" if differs else "")
+    why: list[str] = []
+    objective = ctx.workload.objective.value
+    if (
+        objective == "quality"
+        and pick.config.task in (Task.PRETRAIN, Task.FINETUNE)
+        and (fast.config.task in (Task.LORA, Task.QLORA))
+    ):
+        why.append("full-parameter training ranks above adapters under --objective quality")
+    if pick.peak_bytes < fast.peak_bytes:
+        why.append(f"#1 needs {format_bytes(fast.peak_bytes - pick.peak_bytes)} less per device")
+    net = _rule_difference(decision, pick.techniques, fast.techniques)
+    favour = [(r, w) for r, w in net if w > 0]
+    for rule_id, _w in favour:
+        lr = ctx.ruleset.get(rule_id)
+        if lr is not None and lr.rule.quality:
+            src = lr.rule.sources[-1] if lr.rule.sources else None
+            cite = f", {src.authors} {src.year}" if src else ""
+            why.insert(0, f"#1 preferred for quality ({rule_id}{cite})")
+    if favour:
+        total = sum(w for _, w in favour)
+        named = ", ".join(f"{r} {w:+g}" for r, w in favour[:3])
+        why.append(f"rules favour #1 by {total:+g} ({named})")
+    if steps_of(pick) < steps_of(fast):
+        why.append(f"#1 needs {steps_of(pick) / max(steps_of(fast), 1e-9):.2g}x its steps")
+    reason_text = "; ".join(why) or "the objective weighs memory and rules against speed"
+    return f"{speedup:.2f}x faster {what} ranks #{i + 1} under {objective}: {reason_text}"
+
+
+def _rule_difference(
+    decision: Decision, ours: Sequence[str], theirs: Sequence[str]
+) -> list[tuple[str, float]]:
+    """Per rule, how much more it scores ``ours`` than ``theirs`` (largest first, nonzero)."""
+    net: dict[str, float] = {}
+    for sign, techniques in ((1.0, ours), (-1.0, theirs)):
+        for tid in techniques:
+            for rule_id, weight in decision.contributions.get(tid, []):
+                net[rule_id] = net.get(rule_id, 0.0) + sign * weight
+    return sorted(((r, w) for r, w in net.items() if w), key=lambda x: (-x[1], x[0]))

@@ -9,15 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from advisor.config import TrainingConfig
 from advisor.convergence import StepsBand, StepsSource
 
+# NOTE: every field carries a description: `optadvise recommend --schema` is the contract
+# scripts read (tests/test_report_schema.py walks it and fails on an undescribed field).
+
+
+def _d(text: str, **kw: Any) -> Any:
+    """A field with its description (the JSON Schema's)."""
+    return Field(description=text, **kw)
+
 
 class StepCost(BaseModel):
     """The predicted time of one optimizer step (over the global batch), by component."""
 
     model_config = ConfigDict(frozen=True)
 
-    seconds: float
-    source: str
-    components: dict[str, float]
+    seconds: float = _d("seconds per optimizer step")
+    source: str = _d("measured, analytic or mixed")
+    components: dict[str, float] = _d("seconds per step by component (compute, comms, ...)")
 
 
 class Reason(BaseModel):
@@ -25,10 +33,10 @@ class Reason(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    rule: str
-    effect: str
-    rationale: str
-    sources: list[str]
+    rule: str = _d("the rule id (rules/*.yaml; requires-<technique>: a hardware requirement)")
+    effect: str = _d("what the rule does to this plan, e.g. 'prefers adamw (+3)'")
+    rationale: str = _d("why, in the rule's words")
+    sources: list[str] = _d("the publications the rule rests on")
 
 
 class Recommendation(BaseModel):
@@ -36,54 +44,67 @@ class Recommendation(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    rank: int
-    optimizer: str
-    order: str
-    precision: str
-    attention: str
-    techniques: list[str]
-    sharding: str
-    task: str
-    checkpointing: str
-    offload: str
-    micro_batch: int
-    grad_accumulation: int
-    data_parallel: int
-    tensor_parallel: int
-    pipeline_parallel: int
-    virtual_stages: int = 1
-    expert_parallel: int = 1
-    layout: str = Field(description="the parallel layout in short: tp8 pp16 dp1 ...")
-    stack: str
-    memory_savers: list[str] = Field(description="technique ids of the memory savers in use")
-    global_batch: int = Field(description="samples per optimizer step this plan trains with")
-    global_batch_note: str = Field(
-        default="", description="why the global batch differs from the requested one, if it does"
+    rank: int = _d("1 = the pick")
+    optimizer: str = _d("the optimizer's taxonomy id")
+    order: str = _d("the optimizer's order: zeroth, first or second")
+    precision: str = _d("the precision recipe, e.g. bf16-mixed (16-bit compute, fp32 master)")
+    attention: str = _d("the attention kernel: flash, mem-efficient or eager")
+    techniques: list[str] = _d("every taxonomy technique id the plan uses")
+    sharding: str = _d("data-parallel sharding: none, zero1, zero2, zero3, fsdp or hsdp")
+    task: str = _d("pretrain, finetune (every weight), lora or qlora")
+    checkpointing: str = _d("activation recomputation: none, selective(-op/-layer) or full")
+    offload: str = _d("what is offloaded: none, optimizer, optimizer+params (host or NVMe)")
+    micro_batch: int = _d("samples per device per forward/backward pass")
+    grad_accumulation: int = _d("micro-batches per optimizer step")
+    data_parallel: int = _d("data-parallel degree (replicas)")
+    tensor_parallel: int = _d("tensor(+sequence)-parallel degree")
+    pipeline_parallel: int = _d("pipeline stages")
+    virtual_stages: int = _d("interleaved model chunks per pipeline rank", default=1)
+    expert_parallel: int = _d("MoE expert-parallel degree", default=1)
+    layout: str = _d("the parallel layout in short: tp8 pp16 dp1 ...")
+    stack: str = _d("kernel stack the memory and time assume: hf or fused")
+    memory_savers: list[str] = _d("technique ids of the memory savers in use")
+    global_batch: int = _d("samples per optimizer step this plan trains with")
+    global_batch_note: str = _d(
+        "why the global batch differs from the requested one, if it does", default=""
     )
     also: list[str] = Field(
         default_factory=list,
         description="equivalent plans (same memory, time and quality) folded into this row",
     )
-    peak_memory_bytes: int
-    headroom_bytes: int
-    host_memory_bytes: int
-    fits: bool
-    step_time_s: float
-    tokens_per_s: float
-    cost_source: str
-    cost_components: dict[str, float]
-    memory_breakdown: dict[str, int]
-    rule_score: float
-    score: float
-    reasons: list[Reason]
-    config: TrainingConfig
+    peak_memory_bytes: int = _d("predicted peak memory per device, bytes")
+    headroom_bytes: int = _d("device memory minus the peak, bytes (before the safety margin)")
+    host_memory_bytes: int = _d("host RAM (or NVMe) the offloaded states take per device, bytes")
+    fits: bool = _d("the peak is within the usable memory (always true for a ranked plan)")
+    step_time_s: float = _d("predicted seconds per optimizer step (the whole global batch)")
+    tokens_per_s: float = _d("tokens per second over all devices")
+    cost_source: str = _d("where the step time comes from: measured, analytic or mixed")
+    cost_components: dict[str, float] = _d("seconds per step by component")
+    memory_breakdown: dict[str, int] = _d("bytes per device by memory term (weights, ...)")
+    rule_score: float = _d("sum of the fired rules' prefer (+weight) and avoid (-weight)")
+    score: float = _d(
+        "the objective's score, lower is better (rows are sorted by it): "
+        "log(seconds per token x steps to AdamW's loss) plus, under balanced, "
+        "log(1.10) x the share of usable memory the plan fills, minus 0.02 x rule_score "
+        "(speed and time-to-target: 0.01 x log of that share; memory: log of the share "
+        "first; quality: steps first, rules x 0.5); see README 'Objectives'"
+    )
+    reasons: list[Reason] = _d("the fired rules that prefer, avoid or require its techniques")
+    config: TrainingConfig = _d("the full configuration (what optadvise estimate takes)")
     # Time to target (advisor/convergence.py): steps to AdamW's loss relative to AdamW, where
     # that figure comes from, and steps x step time over the same layout's AdamW step time.
-    steps_vs_adamw: StepsBand | None = None
-    steps_source: StepsSource | None = None
-    steps_extrapolated: bool = False
-    steps_proxy: float | None = Field(default=None, description="measured-proxy ratio")
-    time_to_target_rel: float | None = None
+    steps_vs_adamw: StepsBand | None = _d(
+        "steps to AdamW's loss relative to AdamW (low, central, high)", default=None
+    )
+    steps_source: StepsSource | None = _d("where the step figure comes from", default=None)
+    steps_extrapolated: bool = _d(
+        "the step figure is extrapolated beyond its sources' model sizes", default=False
+    )
+    steps_proxy: float | None = _d("measured-proxy ratio", default=None)
+    time_to_target_rel: float | None = _d(
+        "steps x step time over the same layout's AdamW plan (1 = as fast as AdamW)",
+        default=None,
+    )
 
 
 RejectionKind = Literal["rule", "memory", "host-memory", "incompatible", "batch"]
@@ -94,13 +115,13 @@ class Rejection(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    configuration: str
-    optimizer: str
-    techniques: list[str]
-    reason: str
-    kind: RejectionKind
-    peak_memory_bytes: int | None = None
-    config: TrainingConfig
+    configuration: str = _d("the configuration in short")
+    optimizer: str = _d("its optimizer's taxonomy id")
+    techniques: list[str] = _d("its technique ids")
+    reason: str = _d("why it was dropped")
+    kind: RejectionKind = _d("rule (a rule excludes it), memory, host-memory, incompatible, batch")
+    peak_memory_bytes: int | None = _d("its peak per device where memory decided", default=None)
+    config: TrainingConfig = _d("the full configuration")
 
 
 class WhyNot(BaseModel):
@@ -108,8 +129,8 @@ class WhyNot(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    option: str
-    verdict: str
+    option: str = _d("the option, e.g. 'AdamW full fine-tuning in bf16-mixed'")
+    verdict: str = _d("why it is not the pick: what it needs, or where it ranks")
 
 
 class Suggestion(BaseModel):
@@ -117,8 +138,8 @@ class Suggestion(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    change: str
-    detail: str
+    change: str = _d("the change, e.g. '8 devices with ZeRO-3'")
+    detail: str = _d("what it would need")
 
 
 class HardwareSummary(BaseModel):
@@ -126,20 +147,20 @@ class HardwareSummary(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    source: str
-    device_kind: str
-    device_memory_bytes: int
-    usable_memory_bytes: int
-    host_memory_bytes: int
-    nvme_bytes: int = 0
+    name: str = _d("the device's name")
+    source: str = _d("profile or probe")
+    device_kind: str = _d("cuda, rocm, mps or cpu")
+    device_memory_bytes: int = _d("memory per device, bytes")
+    usable_memory_bytes: int = _d("what a plan may use: device memory x safety_margin, bytes")
+    host_memory_bytes: int = _d("host RAM per device for offload, bytes")
+    nvme_bytes: int = _d("NVMe per device for offload, bytes", default=0)
     host_source: str = Field(default="", description="which host the offload plans assume")
-    compute_capability: float
-    fast_bf16: bool
-    gpus_per_node: int
-    nodes: int
-    interconnect_gb_s: float
-    safety_margin: float
+    compute_capability: float = _d("CUDA compute capability (0 elsewhere)")
+    fast_bf16: bool = _d("bf16 runs at 16-bit speed")
+    gpus_per_node: int = _d("devices per node")
+    nodes: int = _d("nodes")
+    interconnect_gb_s: float = _d("the data-parallel link's bandwidth, GB/s")
+    safety_margin: float = _d("share of device memory a plan may fill")
 
 
 class WorkloadSummary(BaseModel):
@@ -147,20 +168,20 @@ class WorkloadSummary(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    model: str
-    model_id: str
-    parameters: int
-    task: str
-    seq_len: int
-    micro_batch: int
-    global_batch: int
-    global_batch_tokens: int = 0
-    global_batch_source: str = ""
-    grad_accumulation: int
-    world_size: int
-    stack: str = "hf"
-    privacy: str
-    objective: str
+    model: str = _d("the model's name")
+    model_id: str = _d("the model's profile id (or the size it resolved from)")
+    parameters: int = _d("parameter count")
+    task: str = _d("pretrain, finetune, lora or qlora")
+    seq_len: int = _d("tokens per sample")
+    micro_batch: int = _d("the pick's micro-batch (the requested one when nothing fits)")
+    global_batch: int = _d("samples per optimizer step")
+    global_batch_tokens: int = _d("tokens per optimizer step", default=0)
+    global_batch_source: str = _d("where the global batch comes from", default="")
+    grad_accumulation: int = _d("the pick's accumulation steps")
+    world_size: int = _d("devices in all")
+    stack: str = _d("kernel stack: hf or fused", default="hf")
+    privacy: str = _d("none or dp")
+    objective: str = _d("the --objective ranked by")
 
 
 class SearchStats(BaseModel):
@@ -178,10 +199,13 @@ class SearchStats(BaseModel):
         description="saver ladders (one core on one layout) not walked: a lower bound on "
         "their score is above the last shown row's (branch and bound)",
     )
-    memory_evaluations: int
-    time_evaluations: int
+    memory_evaluations: int = _d("configurations whose memory was computed")
+    time_evaluations: int = _d("configurations whose step time was computed")
     rows_collapsed: int = Field(description="equivalent plans folded into shown rows")
     notes: list[str] = Field(default_factory=list, description="what the search left out")
+
+
+Verdict = Literal["ok", "nothing-fits"]
 
 
 class RecommendReport(BaseModel):
@@ -189,16 +213,31 @@ class RecommendReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    schema_version: int = 2
-    recommendations: list[Recommendation]
-    rejected: list[Rejection]
-    why_not: list[WhyNot]
-    suggestions: list[Suggestion]
-    hardware: HardwareSummary
-    workload: WorkloadSummary
-    facts: dict[str, Any]
-    fired_rules: list[Reason]
-    advice: list[Reason]
-    candidates_considered: int
-    search: SearchStats | None = None
-    cost_note: str
+    schema_version: int = _d("3: fits, verdict, trade, rejected_counts added", default=3)
+    fits: bool = _d(
+        "whether any plan fits; false exits with status 3 (EXIT_NOTHING_FITS)", default=True
+    )
+    verdict: Verdict = _d("ok, or nothing-fits (then see suggestions)", default="ok")
+    trade: str = _d(
+        "what the pick gives up, in one line, when it is not the fastest ranked plan to the "
+        "target ('' when it is)",
+        default="",
+    )
+    recommendations: list[Recommendation] = _d("the ranked plans, best first (--top)")
+    rejected: list[Rejection] = _d(
+        "the configurations dropped, each with why (listed with --show-rejected; "
+        "rejected_counts always counts them)"
+    )
+    rejected_counts: dict[str, int] = _d(
+        "how many configurations were dropped, by kind", default_factory=dict
+    )
+    why_not: list[WhyNot] = _d("the options a practitioner expects that are not the pick")
+    suggestions: list[Suggestion] = _d("when nothing fits: the smallest changes that would")
+    hardware: HardwareSummary = _d("the hardware ranked for")
+    workload: WorkloadSummary = _d("the workload ranked for")
+    facts: dict[str, Any] = _d("the facts the rules saw (rules/facts.yaml)")
+    fired_rules: list[Reason] = _d("every rule that fired, with its effect")
+    advice: list[Reason] = _d("advice the fired rules attach")
+    candidates_considered: int = _d("size of the plan space")
+    search: SearchStats | None = _d("how much of the plan space was evaluated", default=None)
+    cost_note: str = _d("where the costs come from (measured or analytic)")

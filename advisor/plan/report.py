@@ -7,11 +7,19 @@ from collections.abc import Callable, Sequence
 from advisor.candidates import MEMORY_SAVER_IDS
 from advisor.convergence import TimeToTarget, plan_steps, time_to_target
 from advisor.engine import Decision, decide
-from advisor.plan.explain import effect, plan_reasons, reason, suggestions, why_not
+from advisor.plan.explain import (
+    effect,
+    plan_reasons,
+    reason,
+    suggestions,
+    trade_note,
+    why_not,
+)
 from advisor.plan.models import (
     HardwareSummary,
     Recommendation,
     RecommendReport,
+    Rejection,
     SearchStats,
     WorkloadSummary,
 )
@@ -19,6 +27,7 @@ from advisor.plan.rank import Row, rank_plans, row_cutoff
 from advisor.plan.search import CostFn, Evaluator, Plan, search
 from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
+    QUALITY_RULE_FACTOR,
     Context,
     build_space,
     derive_facts,
@@ -51,7 +60,7 @@ def recommend(
     usable = usable_memory(ctx.target)
     optimizers = [t for t in ctx.taxonomy.optimizers() if t.implementation]
     facts = derive_facts(ctx, optimizers)
-    decision = decide(ctx.ruleset, ctx.taxonomy, facts)  # type: ignore[arg-type]
+    decision = ranking_decision(ctx, decide(ctx.ruleset, ctx.taxonomy, facts))  # type: ignore[arg-type]
     space = build_space(ctx, optimizers)
     steps = _steps_of(ctx)
     found = search(
@@ -78,6 +87,10 @@ def recommend(
     return RecommendReport(
         recommendations=recs,
         rejected=sorted(found.rejected, key=lambda r: (r.kind, r.configuration)),
+        fits=bool(recs),
+        verdict="ok" if recs else "nothing-fits",
+        trade=trade_note(ctx, decision, rows, _central_steps_of(ctx)),
+        rejected_counts=_count_kinds(found.rejected),
         why_not=why_not(ctx, decision, ev, rows, len(recs)),
         suggestions=[] if recs else suggestions(ctx, usable),
         hardware=_hardware_summary(ctx.target, usable),
@@ -89,6 +102,38 @@ def recommend(
         search=stats,
         cost_note=cost_note,
     )
+
+
+def ranking_decision(ctx: Context, decision: Decision) -> Decision:
+    """The rules' decision as the objective ranks by it: quality rules weighted by
+    QUALITY_RULE_FACTOR (the search, the ranking and the soundness sweep read the same)."""
+    return decision.weighted(QUALITY_RULE_FACTOR.get(ctx.workload.objective.value, 1.0))
+
+
+def _count_kinds(rejected: Sequence[Rejection]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rejected:
+        out[r.kind] = out.get(r.kind, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _central_steps_of(ctx: Context) -> Callable[[Plan], float]:
+    """Each plan's central steps to AdamW's loss (what the trade line compares, whatever
+    the objective counts)."""
+    memo: dict[tuple[str, object], float] = {}
+
+    def steps(p: Plan) -> float:
+        key = (p.config.optimizer, p.config.task)
+        hit = memo.get(key)
+        if hit is None:
+            c = p.config
+            n = ctx.spec.parameter_count()
+            hit = memo[key] = plan_steps(
+                ctx.taxonomy, c.optimizer, c.task, n, ctx.convergence
+            ).central
+        return hit
+
+    return steps
 
 
 def _steps_of(ctx: Context) -> Callable[[Plan], float]:

@@ -372,14 +372,25 @@ def first_order(optimizers: list[Technique]) -> list[Technique]:
 
 
 # How much one unit of rule weight moves a candidate's score, per objective (in units of
-# log step time): small under "speed" so measured cost decides, large under "quality".
+# log time to target): small wherever time counts, so that the cost models decide and a
+# preference breaks ties (0.02: a weight-3 rule is worth ~6% of time, never a large speed
+# difference); large under "quality", whose rules carry what is learnt.
 RULE_WEIGHT = {
     "speed": 0.02,
     "memory": 0.02,
-    "balanced": 0.15,
+    "balanced": 0.02,
     "quality": 0.5,
     "time-to-target": 0.02,
 }
+# Rules marked ``quality: true`` (what is learnt, not what a step costs: the cost models
+# cannot price it) weigh this many times a cost heuristic's point under "balanced": a
+# weight-5 quality rule is worth ~35% of time to target (e.g. full fine-tuning over adapters
+# that learn less, Biderman et al. 2024), and the report's trade line names it.
+QUALITY_RULE_FACTOR = {"balanced": 3.0}
+# NOTE: "balanced" gives up at most ~10% of time to target for memory headroom beyond the
+# safety margin: its memory term is linear in the share of the usable memory a plan fills
+# (0 to 1 for a plan that fits), so the leanest and the fullest plan differ by log(1.10).
+BALANCED_MEMORY_TRADE = math.log(1.10)
 
 
 def objective_score(
@@ -390,10 +401,20 @@ def objective_score(
     rule_score: float,
     steps: float = 1.0,
 ) -> float:
-    """Lower is better. Time per token and memory enter as logarithms, so a rule weight of 1
-    is worth the same relative change of cost whatever the model size. ``steps`` is the
-    plan's steps to AdamW's loss as the objective counts them (convergence.objective_steps),
-    so ``t`` is the log of the time to target."""
+    """Lower is better. Time per token enters as a logarithm, so a rule weight of 1 is worth
+    the same relative change of cost whatever the model size. ``steps`` is the plan's steps
+    to AdamW's loss as the objective counts them (convergence.objective_steps), so ``t`` is
+    the log of the time to target.
+
+    - speed and time-to-target: time to target; memory only breaks ties (0.01 per e-fold).
+    - memory: the peak (log), time breaking ties.
+    - balanced: time to target, plus at most log(1.10) for the memory a plan fills
+      (:data:`BALANCED_MEMORY_TRADE`): a leaner plan wins only when it is at most ~10% slower.
+    - quality: steps to AdamW's loss in full, the step time a tenth, rules at full weight.
+
+    Every objective but quality subtracts ``RULE_WEIGHT`` (0.02) per unit of rule score:
+    preferences break ties and cannot outweigh a large predicted speed difference.
+    """
     t = math.log(max(seconds_per_token * steps, 1e-15))
     m = math.log(max(peak, 1) / max(usable, 1))
     w = RULE_WEIGHT[objective.value]
@@ -402,9 +423,8 @@ def objective_score(
     if objective is Objective.MEMORY:
         return m + 0.01 * t - w * rule_score
     if objective is Objective.BALANCED:
-        # Memory counts a quarter as much as time: a smaller footprint wins only when it
-        # costs little speed (headroom matters most near the limit, where log m -> 0).
-        return t + 0.25 * m - w * rule_score
+        share = min(max(peak, 0) / max(usable, 1), 1.0)
+        return t + BALANCED_MEMORY_TRADE * share - w * rule_score
     # NOTE: under quality the budget is what it is: a plan needing k times AdamW's steps
     # reaches a worse loss in it, so the step factor counts in full, the step time a tenth.
     return 0.1 * t + 0.9 * math.log(max(steps, 1e-9)) - w * rule_score
