@@ -466,7 +466,7 @@ def write_emitted(
         if not force:
             # A config file that silently sets up another plan is not the pick: refuse.
             raise UserError(
-                f"a {kind} file cannot set up the ranked plan: {expressed}",
+                f"the {kind} file cannot set up the ranked plan: {expressed}",
                 "pass --force to write that plan anyway, or try another --emit engine",
             )
         notes.insert(0, expressed)

@@ -484,9 +484,10 @@ def emit_deepspeed(
             else f"DeepSpeed needs ZeRO stage {stage} for this plan"
         )
         one_replica = config.sharding is Sharding.HSDP and _hsdp_degrees(config, nodes)[0] == 1
+        # NOTE: over one data-parallel rank every ZeRO stage shards nothing: a relabelling.
         expressed.change(
             why,
-            same_plan=one_replica,
+            same_plan=one_replica or config.gpus == 1,
             sharding=_sharding_for_stage(config, stage),
             shard_group=None,
         )
@@ -910,6 +911,7 @@ def _accelerate_deepspeed(
     elif stage != config.sharding.zero_stage:
         expressed.change(
             f"DeepSpeed needs ZeRO stage {stage} for this plan",
+            same_plan=config.gpus == 1,  # one data-parallel rank: no stage shards anything
             sharding=_sharding_for_stage(config, stage),
         )
     if config.sharding is Sharding.FSDP:

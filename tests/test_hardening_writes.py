@@ -21,7 +21,7 @@ from advisor.costdata import CalibrationCache, LayerShape
 from tests.test_cli_measured_default import _measured_cache
 
 runner = CliRunner()
-EMIT = ["recommend", "--hardware", "a10g", "--emit", "deepspeed"]
+EMIT = ["recommend", "--hardware", "a10g", "--model-size", "125M", "--emit", "deepspeed"]
 
 
 @pytest.fixture(autouse=True)
