@@ -254,7 +254,10 @@ def plan_steps(
     Raises:
         UserError: for an unknown optimizer id. ValueError: for an id without data.
     """
-    opt = steps_vs_adamw(taxonomy.get(optimizer), parameters, proxy)
+    technique = taxonomy.get(optimizer)
+    opt = steps_vs_adamw(technique, parameters, proxy)
+    if task is not Task.PRETRAIN and _pretraining_only(technique):
+        opt = _at_adamws_centre(opt)
     adapter_id = {Task.LORA: "lora", Task.QLORA: "qlora"}.get(task)
     if adapter_id is None or adapter_id not in taxonomy:
         return opt
@@ -273,6 +276,32 @@ def plan_steps(
         proxy_reached=opt.proxy_reached,
         notes=notes,
     )
+
+
+# NOTE: a step ratio measured in pre-training says nothing of fine-tuning a checkpoint that
+# AdamW pre-trained (nearly every public one): there the optimizers perform at par at best
+# ("MuonAll: Muon Variant for Efficient Finetuning of Large Language Models", 2025,
+# arXiv 2511.06086: Muon at par with AdamW fine-tuning public models up to 0.5B),
+# and a mismatched optimizer can do worse ("Can Muon Fine-tune Adam-Pretrained Models?",
+# arXiv 2605.10468, 2026). So for fine-tuning tasks an optimizer whose every published point
+# is a pre-training one keeps its published range but is centred on AdamW's count.
+_FINE_TUNING_NOTE = (
+    "published ratios are pre-training ones; fine-tuning an AdamW-pre-trained model is "
+    "centred on AdamW's steps (MuonAll 2025; arXiv 2605.10468)"
+)
+
+
+def _pretraining_only(technique: Technique) -> bool:
+    data = technique.steps_vs_adamw
+    if data is None or data.points[0].basis is Basis.BASELINE:
+        return False
+    return all(p.setting.task is Task.PRETRAIN for p in data.points)
+
+
+def _at_adamws_centre(steps: StepsRange) -> StepsRange:
+    low, high = min(steps.low, 1.0), max(steps.high, 1.0)
+    notes = "; ".join(n for n in (steps.notes, _FINE_TUNING_NOTE) if n)
+    return steps.model_copy(update={"low": low, "central": 1.0, "high": high, "notes": notes})
 
 
 def time_to_target_rel(steps: float, step_time: float, baseline_step_time: float) -> float:

@@ -379,3 +379,19 @@ def test_public_curves_are_pinned_and_covered_by_the_ranges() -> None:
     assert result.inside == result.total, [o for o in result.observations if not o.inside]
     # Every faster optimizer needs fewer steps than AdamW in these logs.
     assert all(o.ratio < 1 for o in result.observations)
+
+
+def test_a_pretraining_speed_up_is_not_carried_to_fine_tuning() -> None:
+    # Muon's published ratios are all pre-training ones (0.71 of AdamW's steps at 130M);
+    # fine-tuning an AdamW-pre-trained checkpoint is centred on AdamW's count, range kept.
+    pre = plan_steps(TAX, "muon", Task.PRETRAIN, 125_000_000)
+    assert pre.central < 0.8
+    for task in (Task.FINETUNE, Task.LORA):
+        fine = plan_steps(TAX, "muon", task, 125_000_000)
+        lora = plan_steps(TAX, "adamw", task, 125_000_000).central
+        assert fine.central == pytest.approx(lora)
+        assert fine.low <= pre.low and "pre-training" in fine.notes
+    # MeZO's points are fine-tuning ones: they apply as published.
+    mezo = TAX.get("mezo")
+    assert any(p.setting.task is Task.FINETUNE for p in mezo.steps_vs_adamw.points)  # type: ignore[union-attr]
+    assert plan_steps(TAX, "mezo", Task.FINETUNE, 10**9) == steps_vs_adamw(mezo, 10**9)
