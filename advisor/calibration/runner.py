@@ -386,9 +386,27 @@ class _Layer:
 
 
 def _prepare_layer(
-    torch: Any, device: str, sync: Any, shape: LayerShape, dtype_name: str, mode: str
+    torch: Any,
+    device: str,
+    sync: Any,
+    shape: LayerShape,
+    dtype_name: str,
+    mode: str,
+    like: _Layer | None = None,
 ) -> tuple[_Layer | None, str]:
+    """One dtype's block and input, sized to the time budget, or sized ``like`` another
+    dtype's (the same widths and tokens, so their per-token times compare like with like)."""
     dtype = getattr(torch, _DTYPES[dtype_name])
+    if like is not None:
+        block = _block(torch, shape, like.scale, device, dtype)
+        width = next(iter(block.parameters())).shape[0]
+        try:
+            x = torch.randn(1, like.tokens, width, device=device, dtype=dtype, requires_grad=True)
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                return None, f"layer in {dtype_name}: does not fit ({exc.__class__.__name__})"
+            raise
+        return _layer(block, x, like.tokens, like.scale), ""
     params = (
         2 * shape.hidden * (shape.heads + shape.kv_heads) * shape.head_dim
         + (3 if shape.gated_mlp else 2) * shape.hidden * shape.intermediate
@@ -425,12 +443,15 @@ def _prepare_layer(
         block = _block(torch, shape, scale, device, dtype)
     width = next(iter(block.parameters())).shape[0]
     x = torch.randn(1, tokens, width, device=device, dtype=dtype, requires_grad=True)
+    return _layer(block, x, tokens, scale), note
 
+
+def _layer(block: Any, x: Any, tokens: int, scale: float) -> _Layer:
     def fwd_bwd() -> None:
         block.zero_grad(set_to_none=True)
         block(x).sum().backward()
 
-    return _Layer(fwd_bwd=fwd_bwd, forward=lambda: block(x), tokens=tokens, scale=scale), note
+    return _Layer(fwd_bwd=fwd_bwd, forward=lambda: block(x), tokens=tokens, scale=scale)
 
 
 def _time_layers(
@@ -445,15 +466,18 @@ def _time_layers(
     """Forward+backward and forward of one block per dtype, timed interleaved.
 
     NOTE: the dtypes are compared with each other (fp32 against bf16-mixed decides the
-    precision), so their rounds alternate: a burst of load from another process then slows
-    both, and their ratio survives it.
+    precision), so they run the same work (the first dtype's widths and token count, chosen
+    for its time budget; a per-dtype choice made under load gave one dtype 64 tokens and
+    another 1,024, and per-token overheads then decided the precision) and their rounds
+    alternate: a burst of load from another process slows both, and their ratio survives it.
     """
     notes: list[str] = []
     ready: dict[str, _Layer] = {}
     for dtype in dtypes:
         if not budget.ok():
             break
-        layer, note = _prepare_layer(torch, device, sync, shape, dtype, mode)
+        first = next(iter(ready.values()), None)
+        layer, note = _prepare_layer(torch, device, sync, shape, dtype, mode, like=first)
         if layer is not None:
             ready[dtype] = layer
         if note:
