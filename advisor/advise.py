@@ -260,6 +260,8 @@ def run_recommend(
             host=req.host,
         )
         note = f"costs: analytic, from the {profile.id} datasheet figures"
+        if profile.efficiency is not None and profile.efficiency.carried_over():
+            note += "; " + profile.efficiency.carried_over()
     else:
         from advisor.probe import probe_hardware
 

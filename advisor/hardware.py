@@ -133,6 +133,20 @@ class GpuEfficiency(_Frozen):
     )
     gpus_per_node: int = Field(default=8, ge=1, description="devices one node (host) holds")
 
+    def carried_over(self) -> str:
+        """One sentence when these constants were carried over from another generation (no
+        measurement of this one is fitted; benchmarks/gpu_fit.py says so in each source),
+        else an empty string."""
+        prefix = "carried over from the "
+        said = self.gemm_max.source
+        if not said.startswith(prefix):
+            return ""
+        origin = said[len(prefix) :].split(" ", 1)[0]
+        return (
+            f"step-time efficiencies carried over from the {origin} block: none is fitted on "
+            f"{self.generation.value} (benchmarks/gpu_fit.py)"
+        )
+
 
 class HardwareProfile(_Frozen):
     """One accelerator (or CPU machine) as its datasheet describes it."""
