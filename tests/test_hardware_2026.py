@@ -18,10 +18,10 @@ from advisor.cli import app
 from advisor.config import Checkpointing, Precision, Stack, Task, TrainingConfig
 from advisor.cost import AttentionKernel, attention_kernel, predict_step_time
 from advisor.errors import UserError
-from advisor.hardware import HardwareProfile, get_hardware_profile
+from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.modelspec import get_model_profile
 from advisor.plan.layout import Layout, enumerate_layouts
-from advisor.plan.target import target_from_profile
+from advisor.plan.target import match_gpu_profile, target_from_profile
 from advisor.units import GIB
 
 runner = CliRunner()
@@ -83,6 +83,42 @@ def test_an_nvl72_rack_runs_tp16_at_nvlink_speed() -> None:
     assert _tp_comm(tray, 16) / _tp_comm(GB200, 16) == pytest.approx(
         _bus(GB200, False) / _bus(GB200, True), rel=1e-6
     )
+
+
+def test_expert_parallelism_beyond_the_domain_is_priced_at_the_inter_node_link() -> None:
+    # Qwen3-30B-A3B (128 experts) at EP16: all-to-alls inside a 16-GPU domain run at NVLink
+    # speed, across two 8-GPU boards at the NIC's; on an NVL72 rack EP16 stays on NVLink.
+    spec = get_model_profile("qwen3-30b-a3b")
+    config = TrainingConfig(
+        task=Task.PRETRAIN, precision=Precision.BF16_MIXED, gpus=16, expert_parallel=16
+    )
+
+    def a2a(hw: HardwareProfile) -> float:
+        st = predict_step_time(spec, config, calibration=None, hardware=hw)
+        return st.components["expert_all_to_all"].seconds
+
+    wide = B200.model_copy(update={"nvlink_domain": 16})
+    ratio = _bus(B200, False) / _bus(B200, True)
+    assert a2a(B200) / a2a(wide) == pytest.approx(ratio, rel=1e-6)
+    tray = GB200.model_copy(update={"nvlink_domain": 4})
+    assert a2a(tray) / a2a(GB200) == pytest.approx(_bus(GB200, False) / _bus(GB200, True))
+
+
+def test_new_gpus_are_matched_by_their_nvml_names() -> None:
+    # "GB200" contains "B200" and "H200" contains "H20": the longer model name wins.
+    profiles = load_hardware_profiles().values()
+    for name, gib, expected in (
+        ("NVIDIA B200", 179, "b200"),
+        ("NVIDIA GB200", 185, "gb200"),
+        ("NVIDIA B300 SXM6 AC", 268, "b300"),
+        ("NVIDIA GB300", 277, "gb300"),
+        ("NVIDIA H20", 95, "h20"),
+        ("NVIDIA H200", 140, "h200"),
+        ("NVIDIA H800", 79, "h800"),
+        ("NVIDIA H100 80GB HBM3", 79, "h100-sxm-80gb"),
+    ):
+        found = match_gpu_profile(name, gib * GIB, profiles)
+        assert found is not None and found.id == expected, name
 
 
 def test_blackwell_fused_attention_is_cudnn_not_fa3() -> None:
