@@ -169,6 +169,16 @@ def test_targets_know_whether_the_domain_spans_nodes() -> None:
     assert hgx.interconnect_gb_s == B200.inter_node.bandwidth_gb_s
 
 
+def test_a_rack_planned_as_one_node_gives_each_gpu_its_own_trays_host_share() -> None:
+    # 72 GB200s over 18 trays: each GPU shares one tray's Grace memory with 3 others, however
+    # the rack is written on the command line.
+    assert GB200.host is not None
+    per_gpu = int(GB200.host.memory_gib * GIB) // GB200.host.gpus
+    for gpus, nodes in ((72, 1), (4, 18)):
+        t = target_from_profile(GB200, gpus=gpus, nodes=nodes, memory_budget=None)
+        assert t.host_memory_bytes == pytest.approx(per_gpu, abs=72)
+
+
 # --- the commands the issue names -----------------------------------------------------------
 
 

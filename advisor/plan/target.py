@@ -61,7 +61,10 @@ def _host_of(
     override = override or HostOverride()
     host = profile.host
     if host is not None:
-        ram, nvme = int(host.memory_gib * GIB), int((host.nvme_tb or 0) * 1e12)
+        # NOTE: a planned node larger than the host (an NVL72 rack as --gpus 72 over 4-GPU
+        # trays) holds several hosts; each GPU still shares only its own host.
+        hosts = max(1.0, share / host.gpus)
+        ram, nvme = int(host.memory_gib * GIB * hosts), int((host.nvme_tb or 0) * 1e12 * hosts)
         said = f"{host.name}: {host.memory_gib:g} GiB RAM, {host.nvme_tb or 0:g} TB NVMe"
         said += f" ({host.source})"
     elif profile.host_memory_gib is not None:
