@@ -239,3 +239,16 @@ def test_recommend_70b_pretraining_on_an_hgx_b200() -> None:
         # No plan beats the B200's dense BF16/FP8 peak: 6 x params FLOPs per token.
         peak = 4500e12 if r["precision"] == "fp8-mixed" else 2250e12
         assert r["tokens_per_s"] * 6 * LLAMA70.parameter_count() < 8 * peak
+
+
+def test_a_profile_shows_its_domain_formats_and_where_its_efficiencies_come_from() -> None:
+    result = runner.invoke(
+        app, ["probe", "--hardware", "gb200"], env={"NO_COLOR": "1", "COLUMNS": "120"}
+    )
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "72 GPUs at the intra-node link" in out
+    assert "fp4 10000" in out and "mxfp8 5000" in out
+    assert "carried over from the hopper block" in out
+    hopper = runner.invoke(app, ["probe", "--hardware", "h800"], env={"NO_COLOR": "1"})
+    assert "carried over" not in hopper.stdout
