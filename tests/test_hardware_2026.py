@@ -252,3 +252,17 @@ def test_a_profile_shows_its_domain_formats_and_where_its_efficiencies_come_from
     assert "carried over from the hopper block" in out
     hopper = runner.invoke(app, ["probe", "--hardware", "h800"], env={"NO_COLOR": "1"})
     assert "carried over" not in hopper.stdout
+
+
+def test_a_pinned_tp_may_span_trays_inside_an_nvl72_rack_but_not_hgx_boards() -> None:
+    args = ["recommend", "--model-size", "70B", "--task", "pretrain", "--no-calibrate"]
+    rack = runner.invoke(
+        app, [*args, "--hardware", "gb200", "--gpus", "4", "--nodes", "18", "--tp", "8", "--json"]
+    )
+    assert rack.exit_code == 0, rack.output
+    assert {r["tensor_parallel"] for r in json.loads(rack.stdout)["recommendations"]} == {8}
+    boards = runner.invoke(
+        app, [*args, "--hardware", "b200", "--gpus", "8", "--nodes", "2", "--tp", "16"]
+    )
+    assert boards.exit_code == 2
+    assert "NVLink domain of 8" in boards.output and "Traceback" not in boards.output
