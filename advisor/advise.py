@@ -168,11 +168,8 @@ def _check_plan_flags(
             f"data-parallel replica ({micro_batch or 1} x {replicas})",
             "raise --global-batch, lower --micro-batch, or pin --tp/--pp",
         )
-    if tp is not None and gpus is not None and tp > gpus:
-        raise UserError(
-            f"--tp {tp} is larger than a node of {gpus} GPUs",
-            "tensor parallelism runs inside one node (NVLink); use --tp <= --gpus",
-        )
+    # NOTE: --tp against the NVLink domain is checked where layouts are built (plan/layout.py):
+    # a domain may span nodes (NVL72), so --tp > --gpus is not wrong in itself.
     if (tp or 1) * (pp or 1) > world or world % ((tp or 1) * (pp or 1)):
         raise UserError(
             f"--tp {tp or 1} x --pp {pp or 1} does not divide the {world} devices",
@@ -260,6 +257,8 @@ def run_recommend(
             host=req.host,
         )
         note = f"costs: analytic, from the {profile.id} datasheet figures"
+        if profile.efficiency is not None and profile.efficiency.carried_over():
+            note += "; " + profile.efficiency.carried_over()
     else:
         from advisor.probe import probe_hardware
 

@@ -244,8 +244,8 @@ def attention_kernel(config: TrainingConfig, hw: HardwareProfile | None) -> Atte
 
     SDPA's flash backend is FlashAttention-2 on every CUDA generation (PyTorch ships FA2);
     the fused stack runs FlashAttention-3 on Hopper (torchtitan, Megatron/TE via cuDNN's
-    fused attention, Shah et al. 2024). Volta/Turing have no FA2 kernel: SDPA falls back to
-    memory-efficient attention there.
+    fused attention, Shah et al. 2024) and cuDNN's fused attention on Blackwell. Volta/Turing
+    have no FA2 kernel: SDPA falls back to memory-efficient attention there.
     """
     if config.attention is Attention.EAGER:
         return AttentionKernel.EAGER
@@ -253,6 +253,9 @@ def attention_kernel(config: TrainingConfig, hw: HardwareProfile | None) -> Atte
         return AttentionKernel.MEM_EFFICIENT
     if hw is not None and hw.kind is DeviceKind.CUDA and 0 < hw.cc < 8.0:
         return AttentionKernel.MEM_EFFICIENT
+    if hw is not None and hw.cc >= 10.0 and config.stack is Stack.FUSED:
+        # FA3 is written for sm90 only; on Blackwell the fused stacks run cuDNN's attention.
+        return AttentionKernel.CUDNN
     if hw is not None and hw.cc >= 9.0 and config.stack is Stack.FUSED:
         return AttentionKernel.FA3
     return AttentionKernel.FA2
@@ -521,7 +524,10 @@ class _Step:
         self.tokens = config.micro_batch * config.seq_len
         self.stage_layers, self.last_stage_layers = _stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel = attention_kernel(config, hw)
-        self.node = gpus_per_node or eff.gpus_per_node
+        # NOTE: "node" here is the group joined at the intra-node link: the NVLink domain
+        # (72 GPUs across the trays of an NVL72 rack), not the host.
+        domain = hw.nvlink_domain if hw is not None else None
+        self.node = gpus_per_node or domain or eff.gpus_per_node
 
     # --- device figures -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from advisor.config import (
 )
 from advisor.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
-from advisor.hardware import DeviceKind, get_hardware_profile
+from advisor.hardware import DeviceKind, HardwareProfile, get_hardware_profile
 from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, MemoryEstimate, estimate_memory
 from advisor.modelspec import ModelSpec
 from advisor.taxonomy import Category, load_taxonomy
@@ -205,6 +205,13 @@ def build_config(
         ) from None
 
 
+def _carried_over(profile: HardwareProfile | None, step_time: StepTimeReport | None) -> list[str]:
+    if profile is None or step_time is None or profile.efficiency is None:
+        return []
+    said = profile.efficiency.carried_over()
+    return [said] if said else []
+
+
 def estimate_report(
     spec: ModelSpec,
     config: TrainingConfig,
@@ -268,7 +275,7 @@ def estimate_report(
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
         nvme_bytes=m.nvme_bytes,
-        notes=m.notes,
+        notes=m.notes + _carried_over(profile, step_time),
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
         device_name=device_name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
@@ -37,6 +37,13 @@ class PeakTflops(_Frozen):
     fp16: float | None = Field(default=None, gt=0)
     bf16: float | None = Field(default=None, gt=0)
     fp8: float | None = Field(default=None, gt=0)
+    mxfp8: float | None = Field(
+        default=None, gt=0, description="OCP MXFP8 (block-scaled FP8; Blackwell, CDNA 4)"
+    )
+    fp6: float | None = Field(default=None, gt=0, description="FP6/MXFP6 (Blackwell, CDNA 4)")
+    fp4: float | None = Field(
+        default=None, gt=0, description="FP4: NVFP4 on Blackwell, MXFP4 on CDNA 4"
+    )
 
 
 class Interconnect(_Frozen):
@@ -71,7 +78,9 @@ class Generation(str, Enum):
     AMPERE = "ampere"
     ADA = "ada"
     HOPPER = "hopper"
+    BLACKWELL = "blackwell"
     CDNA3 = "cdna3"
+    CDNA4 = "cdna4"
     CPU = "cpu"
 
 
@@ -122,7 +131,21 @@ class GpuEfficiency(_Frozen):
     attention: dict[str, AttentionEfficiency] = Field(
         description="per kernel: fa2, fa3, cudnn, mem-efficient, eager"
     )
-    gpus_per_node: int = Field(default=8, ge=1, description="devices one node holds (NVLink)")
+    gpus_per_node: int = Field(default=8, ge=1, description="devices one node (host) holds")
+
+    def carried_over(self) -> str:
+        """One sentence when these constants were carried over from another generation (no
+        measurement of this one is fitted; benchmarks/gpu_fit.py says so in each source),
+        else an empty string."""
+        prefix = "carried over from the "
+        said = self.gemm_max.source
+        if not said.startswith(prefix):
+            return ""
+        origin = said[len(prefix) :].split(" ", 1)[0]
+        return (
+            f"step-time efficiencies carried over from the {origin} block: none is fitted on "
+            f"{self.generation.value} (benchmarks/gpu_fit.py)"
+        )
 
 
 class HardwareProfile(_Frozen):
@@ -143,12 +166,46 @@ class HardwareProfile(_Frozen):
         default=None, gt=0, description="host RAM of a typical node, for offload planning"
     )
     tdp_watts: float | None = Field(default=None, gt=0)
+    nvlink_domain: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs one scale-up fabric (NVLink/NVSwitch, Infinity Fabric) joins at the "
+        "intra_node bandwidth: 8 on an HGX board, 72 in an NVL72 rack (default: the "
+        "efficiency block's gpus_per_node)",
+    )
     host: Host | None = Field(default=None, description="the typical node's host RAM and NVMe")
     notes: str = ""
     sources: list[str] = Field(min_length=1)
+    figure_sources: dict[str, str] = Field(
+        default_factory=dict,
+        description="per datasheet figure (memory_gib, memory_bandwidth_gb_s, "
+        "peak_tflops.<dtype>, intra_node, inter_node, tdp_watts, nvlink_domain): where it is "
+        "printed (URL, document title, date) and whether it is dense",
+    )
     efficiency: GpuEfficiency | None = Field(
         default=None, description="fitted step-time efficiencies (GPU profiles)"
     )
+
+    @model_validator(mode="after")
+    def _check_figure_sources(self) -> HardwareProfile:
+        unknown = sorted(set(self.figure_sources) - set(self.datasheet_figures()))
+        if unknown:
+            raise ValueError(f"figure_sources names figures the profile does not set: {unknown}")
+        return self
+
+    def datasheet_figures(self) -> list[str]:
+        """The datasheet figures this profile sets, as ``figure_sources`` keys."""
+        figures = ["memory_gib", "memory_bandwidth_gb_s"]
+        peaks = self.peak_tflops.model_dump(exclude_none=True)
+        figures += [f"peak_tflops.{k}" for k in peaks]
+        for name in ("intra_node", "inter_node", "tdp_watts", "nvlink_domain"):
+            if getattr(self, name) is not None:
+                figures.append(name)
+        return figures
+
+    def unsourced_figures(self) -> list[str]:
+        """The datasheet figures ``figure_sources`` says nothing about."""
+        return [f for f in self.datasheet_figures() if f not in self.figure_sources]
 
     @property
     def memory_bytes(self) -> int:
@@ -168,6 +225,13 @@ class HardwareProfile(_Frozen):
                 " profile that has one (optadvise profiles list)",
             )
         return self.efficiency
+
+    def link_domain(self) -> int:
+        """GPUs joined at the ``intra_node`` bandwidth: tensor and expert parallelism inside
+        it run at that speed, beyond it over ``inter_node``."""
+        if self.nvlink_domain is not None:
+            return self.nvlink_domain
+        return self.efficiency.gpus_per_node if self.efficiency is not None else 1
 
     @property
     def cc(self) -> float:

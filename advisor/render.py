@@ -236,6 +236,9 @@ def render_hardware_profile(p: HardwareProfile) -> None:
             ("fp16", tf.fp16),
             ("bf16", tf.bf16),
             ("fp8", tf.fp8),
+            ("mxfp8", tf.mxfp8),
+            ("fp6", tf.fp6),
+            ("fp4", tf.fp4),
         )
         if v
     )
@@ -252,6 +255,11 @@ def render_hardware_profile(p: HardwareProfile) -> None:
         ),
         ("sources", "\n".join(p.sources)),
     ]
+    if p.intra_node is not None:
+        said = f"{p.link_domain()} GPUs at the intra-node link (tensor parallelism inside)"
+        rows.insert(-1, ("scale-up domain", said))
+    if p.efficiency is not None and p.efficiency.carried_over():
+        rows.insert(-1, ("efficiencies", p.efficiency.carried_over()))
     console.print(_kv_table("Hardware profile", rows))
 
 

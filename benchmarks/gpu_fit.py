@@ -94,7 +94,21 @@ GENERATION = {
     "h100-sxm-80gb": Generation.HOPPER,
     "h200": Generation.HOPPER,
     "mi300x": Generation.CDNA3,
+    "h800": Generation.HOPPER,
+    "h20": Generation.HOPPER,
+    "b200": Generation.BLACKWELL,
+    "b300": Generation.BLACKWELL,
+    "gb200": Generation.BLACKWELL,
+    "gb300": Generation.BLACKWELL,
+    "mi325x": Generation.CDNA3,
+    "mi355x": Generation.CDNA4,
 }
+# Generations no public end-to-end table here is fitted on: each constant of the named
+# generation is carried over unchanged (its shape saturation still scaled by the device's own
+# roofline ridge where the source generation's is), and every source says so.
+CARRIED_OVER = {Generation.BLACKWELL: Generation.HOPPER, Generation.CDNA4: Generation.CDNA3}
+# Hosts that are not 8-GPU nodes: an NVL72 compute tray holds 4 GPUs (NVLink spans 72).
+GPUS_PER_NODE = {"gb200": 4, "gb300": 4}
 
 _NCCL = (
     "nccl-tests (github.com/NVIDIA/nccl-tests, doc/PERFORMANCE.md: bus bandwidth); DGX A100/H100"
@@ -297,6 +311,9 @@ def efficiency(
     shape: dict[str, float] | None = None,
 ) -> GpuEfficiency:
     """The efficiency block of one profile from the fitted and published constants."""
+    carried = CARRIED_OVER.get(gen)
+    if carried is not None:
+        return _carry_over(efficiency(carried, hw, fit, fa2, shape), gen)
     amp = fit[Generation.AMPERE.value]
     scale = ridge(hw) / ridge(_profiles()["a100-sxm-80gb"])
     fitted_here = gen.value in fit
@@ -392,8 +409,26 @@ def efficiency(
         comm_inter=Fitted(value=0.9, source=_NCCL_IB),
         overlap=overlap,
         attention=attention,
-        gpus_per_node=8,
+        gpus_per_node=GPUS_PER_NODE.get(hw.id, 8),
     )
+
+
+def _carry_over(base: GpuEfficiency, gen: Generation) -> GpuEfficiency:
+    """``base`` relabelled as ``gen``'s: the same values, each source prefixed with the
+    generation it was carried over from (no measurement of ``gen`` is fitted)."""
+    said = f"carried over from the {base.generation.value} block, not fitted on {gen.value}: "
+    update: dict[str, Any] = {"generation": gen}
+    for name in ("gemm_max", "gemm_m0", "gemm_n0", "bandwidth", "comm_intra", "comm_inter"):
+        value: Fitted = getattr(base, name)
+        update[name] = value.model_copy(update={"source": said + value.source})
+    for name in ("overlap", "tp_overlap", "gemm_fp8"):
+        opt: Fitted | None = getattr(base, name)
+        if opt is not None:
+            update[name] = opt.model_copy(update={"source": said + opt.source})
+    update["attention"] = {
+        k: v.model_copy(update={"source": said + v.source}) for k, v in base.attention.items()
+    }
+    return base.model_copy(update=update)
 
 
 # Generations without a public end-to-end table here: a share of Ampere's fitted ceiling,

@@ -36,7 +36,10 @@ REQUIRED_IDS = frozenset(
         "mi300x",
         "cpu-laptop",
     }
+    | {"b200", "b300", "gb200", "gb300", "h800", "h20", "mi325x", "mi355x"}
 )
+# The 2026 profiles (issue 24): every datasheet figure carries its own source.
+FIGURE_SOURCED = ("b200", "b300", "gb200", "gb300", "h800", "h20", "mi325x", "mi355x")
 
 PROFILES = load_hardware_profiles()
 ALL_IDS = sorted(PROFILES)
@@ -55,7 +58,7 @@ def test_every_required_id_loads() -> None:
 def test_every_yaml_file_was_loaded_and_counted() -> None:
     # NOTE: count what was checked (torchtune's config test silently checked 3 of 197).
     files = sorted(FOLDER.glob("*.yaml"))
-    assert len(files) == len(PROFILES) == 16
+    assert len(files) == len(PROFILES) == 24
     assert {f.stem for f in files} == set(PROFILES)
     assert not list(FOLDER.glob("*.yml")), "use .yaml: the loader ignores .yml files"
 
@@ -110,10 +113,91 @@ def test_nvidia_precision_support_follows_compute_capability(hw_id: str) -> None
 
 
 @pytest.mark.parametrize("hw_id", ALL_IDS)
-def test_fp8_only_on_ada_hopper_or_mi300(hw_id: str) -> None:
+def test_fp8_only_on_ada_hopper_blackwell_or_cdna3_and_newer(hw_id: str) -> None:
     prof = PROFILES[hw_id]
     if prof.peak_tflops.fp8 is not None:
-        assert prof.cc >= 8.9 or (prof.vendor == "AMD" and "MI300" in prof.name)
+        gen = prof.efficiency.generation.value if prof.efficiency else ""
+        assert prof.cc >= 8.9 or (prof.vendor == "AMD" and gen in ("cdna3", "cdna4"))
+
+
+@pytest.mark.parametrize("hw_id", ALL_IDS)
+def test_block_scaled_and_4_bit_formats_only_on_blackwell_and_cdna4(hw_id: str) -> None:
+    # MXFP8/FP6/FP4 tensor paths arrived with Blackwell (cc 10.x) and CDNA 4; Blackwell runs
+    # MXFP8 and FP6 at the FP8 rate and FP4 at twice it or more (HGX/NVL72 tables); CDNA 4
+    # runs MXFP6 at the MXFP4 rate, twice FP8 (AMD's MI355X table).
+    prof = PROFILES[hw_id]
+    p = prof.peak_tflops
+    new_formats = (p.mxfp8, p.fp6, p.fp4)
+    gen = prof.efficiency.generation.value if prof.efficiency else ""
+    if gen not in ("blackwell", "cdna4"):
+        assert new_formats == (None, None, None)
+        return
+    assert p.fp4 is not None and p.fp6 is not None and p.fp8 is not None
+    assert p.fp4 >= 2 * p.fp8 * 0.999  # rounded datasheet figures
+    if prof.kind is DeviceKind.CUDA:
+        assert prof.cc >= 10.0 and p.mxfp8 == p.fp8 and p.fp6 == p.fp8
+    else:
+        assert p.fp6 == p.fp4
+
+
+@pytest.mark.parametrize("hw_id", FIGURE_SOURCED)
+def test_every_datasheet_figure_has_its_source(hw_id: str) -> None:
+    prof = PROFILES[hw_id]
+    figures = prof.datasheet_figures()
+    # NOTE: count what is checked: memory, bandwidth, >= 4 peaks, both links, TDP, domain.
+    assert len(figures) >= 10
+    assert prof.unsourced_figures() == []
+    for figure in figures:
+        said = prof.figure_sources[figure]
+        # A document and a date (a year), or an explicit assumption.
+        assert said.startswith("assumption:") or any(
+            y in said for y in ("2023", "2024", "2025", "2026")
+        )
+    # Tensor peaks are dense: each source says so or halves a sparse figure.
+    for figure in figures:
+        if figure.startswith("peak_tflops.") and figure not in ("peak_tflops.fp32",):
+            said = prof.figure_sources[figure]
+            assert "dense" in said or "FP8 tensor-core path" in said, figure
+
+
+@pytest.mark.parametrize("hw_id", FIGURE_SOURCED)
+def test_new_generations_say_how_their_efficiencies_were_obtained(hw_id: str) -> None:
+    # No Blackwell or CDNA 4 measurement is fitted: their blocks are carried over, and every
+    # constant's source says from where; Hopper/CDNA 3 parts use their generation's block.
+    eff = PROFILES[hw_id].efficiency
+    assert eff is not None
+    sources = [
+        getattr(eff, n).source
+        for n in ("gemm_max", "gemm_m0", "gemm_n0", "bandwidth", "comm_intra", "comm_inter")
+    ] + [a.source for a in eff.attention.values()]
+    if eff.generation.value in ("blackwell", "cdna4"):
+        assert all(s.startswith("carried over from the ") for s in sources)
+        assert "carried over" in PROFILES[hw_id].notes
+    else:
+        assert not any("carried over" in s for s in sources)
+
+
+def test_nvlink_domains_follow_the_systems() -> None:
+    # HGX boards join 8 GPUs; an NVL72 rack joins 72 across its 4-GPU compute trays.
+    for hw_id in ("b200", "b300", "h800", "h20", "mi325x", "mi355x"):
+        assert PROFILES[hw_id].link_domain() == 8
+    for hw_id in ("gb200", "gb300"):
+        prof = PROFILES[hw_id]
+        assert prof.link_domain() == 72
+        assert prof.efficiency is not None and prof.efficiency.gpus_per_node == 4
+    # Without the field, the domain is the node (every profile before 2026).
+    assert PROFILES["h100-sxm-80gb"].link_domain() == 8
+
+
+def test_figure_sources_must_name_figures_the_profile_sets(tmp_path: Path) -> None:
+    bad = _raw("h800")
+    sources = bad["figure_sources"]
+    assert isinstance(sources, dict)
+    bad["figure_sources"] = sources | {"peak_tflops.fp4": "a datasheet, 2025"}
+    path = _write(tmp_path, "h800.yaml", bad)
+    with pytest.raises(DataError) as info:
+        load_hardware_profiles(tmp_path)
+    assert any(str(path) in p and "peak_tflops.fp4" in p for p in info.value.problems)
 
 
 @pytest.mark.parametrize("hw_id", ALL_IDS)
@@ -152,6 +236,16 @@ PUBLISHED = [
     ("rtx-4090", 24, 1008, 82.6, 330.4 / 2),
     ("rtx-3090", 24, 936, 35.6, 142 / 2),
     ("mi300x", 192, 5300, 163.4, 2614.9 / 2),
+    # 2026 parts: HGX/NVL72 tables print 8- or 72-GPU totals with sparsity (NVIDIA); AMD
+    # prints dense per-GPU figures.
+    ("b200", 180, 8000, 600 / 8, 36_000 / 8 / 2),
+    ("b300", 270, 8000, 600 / 8, 36_000 / 8 / 2),
+    ("gb200", 186, 8000, 5760 / 72, 360_000 / 72 / 2),
+    ("gb300", 279, 8000, 80, 360_000 / 72 / 2),
+    ("h800", 80, 3350, 67, 1979 / 2),
+    ("h20", 96, 4000, 44, 148),
+    ("mi325x", 256, 6000, 163.4, 1307.4),
+    ("mi355x", 288, 8000, 157.3, 2516.6),
 ]
 
 

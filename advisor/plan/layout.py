@@ -1,8 +1,9 @@
 """One parallel layout: data x tensor x pipeline (x expert) degrees, validated where it is built.
 
 Modelled on torchtitan's ParallelDims: the degrees multiply to the world size and tensor
-parallelism stays inside a node (its all-reduces run per layer, at NVLink speed; Shoeybi et
-al. 2019; Narayanan et al. 2021, takeaway 1). Nothing downstream re-checks them.
+parallelism stays inside an NVLink domain (its all-reduces run per layer, at NVLink speed;
+Shoeybi et al. 2019; Narayanan et al. 2021, takeaway 1): a node, or the 72 GPUs of an NVL72
+rack across its 4-GPU trays. Nothing downstream re-checks them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class Layout(BaseModel):
     ep: int = Field(default=1, ge=1, description="MoE expert parallel, inside the dp group")
     sharding: Sharding = Sharding.NONE
     shard_group: int | None = Field(default=None, ge=1, description="hsdp shard group")
+    nvlink_domain: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPUs joined by NVLink across nodes (an NVL72 rack); None: the node",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Layout:
@@ -35,8 +41,9 @@ class Layout(BaseModel):
             raise ValueError(
                 f"dp {self.dp} x tp {self.tp} x pp {self.pp} != world size {self.world_size}"
             )
-        if self.tp > self.gpus_per_node or self.gpus_per_node % self.tp:
-            raise ValueError(f"tp {self.tp} must divide the {self.gpus_per_node} GPUs of a node")
+        fast = self.fast_group
+        if self.tp > fast or fast % self.tp:
+            raise ValueError(f"tp {self.tp} must divide the {fast} GPUs of an NVLink domain")
         if self.vp > 1 and self.pp == 1:
             raise ValueError("interleaved stages need pipeline parallelism")
         if self.dp % self.ep:
@@ -50,6 +57,13 @@ class Layout(BaseModel):
         elif self.shard_group is not None:
             raise ValueError("shard_group belongs to hsdp")
         return self
+
+    @property
+    def fast_group(self) -> int:
+        """GPUs a tensor-parallel group may span at NVLink speed: the NVLink domain (the node
+        where none spans nodes), or the whole world when it fits in one."""
+        domain = self.nvlink_domain or self.gpus_per_node
+        return self.world_size if self.world_size <= domain else domain
 
     @property
     def label(self) -> str:
@@ -96,11 +110,14 @@ def enumerate_layouts(
     gpus_per_node: int,
     tp: int | None = None,
     pp: int | None = None,
+    nvlink_domain: int | None = None,
 ) -> list[Layout]:
     """Every layout worth planning on ``world_size`` devices.
 
-    Tensor parallel: powers of two within a node that divide the attention heads (and the
-    key/value heads, as Megatron-LM requires). Pipeline: powers of two up to the layer count
+    Tensor parallel: powers of two within an NVLink domain (a node, or an NVL72 rack's 72
+    GPUs) that divide the attention heads (and the key/value heads, as Megatron-LM requires);
+    across domains its per-layer collectives would run at the inter-node link, which only
+    ``estimate --tensor-parallel`` prices. Pipeline: powers of two up to the layer count
     (uneven last stages are allowed, as Llama 3 405B's 126 layers on 16 stages; Dubey et al.
     2024, sec. 3.3.2), interleaved two ways where the layers split into whole chunks.
     Sharding: DDP, ZeRO-1/2/3, FSDP, and HSDP across nodes; with pipeline stages only what
@@ -110,7 +127,9 @@ def enumerate_layouts(
     Args:
         spec: the model (heads, layers, experts).
         world_size: devices in all.
-        gpus_per_node: devices per node (tensor parallelism stays inside one).
+        gpus_per_node: devices per node.
+        nvlink_domain: devices one NVLink domain joins across nodes (None: the node);
+            tensor parallelism stays inside one.
         tp: pin the tensor-parallel degree (``--tp``).
         pp: pin the pipeline degree (``--pp``).
 
@@ -121,14 +140,20 @@ def enumerate_layouts(
         UserError: when a pinned degree cannot be built.
     """
     node = max(gpus_per_node, 1)
+    probe = Layout(
+        world_size=world_size, gpus_per_node=node, dp=world_size, nvlink_domain=nvlink_domain
+    )
+    fast = probe.fast_group
     heads = spec.num_attention_heads or 1
     kv = spec.num_key_value_heads or heads
     layers = spec.num_layers or 1
     if tp is not None:
-        if tp > node or node % tp:
+        if tp > fast or fast % tp:
             raise UserError(
-                f"--tp {tp} does not fit in a node of {node} GPUs",
-                "tensor parallelism runs inside one node (NVLink); use --tp <= --gpus",
+                f"--tp {tp} does not fit in an NVLink domain of {fast} GPUs",
+                "tensor parallelism runs inside one NVLink domain (a node, or an NVL72 rack);"
+                " pick a degree that divides it (across domains, `optadvise estimate"
+                " --tensor-parallel` prices it at the inter-node link)",
             )
         if heads % tp:
             raise UserError(
@@ -140,7 +165,11 @@ def enumerate_layouts(
             f"--pp {pp} does not divide the {world_size} devices or exceeds {layers} layers",
             "pick a pipeline degree that divides the world size",
         )
-    tps = [tp] if tp else [t for t in _powers_of_two(node) if heads % t == 0 and kv % t == 0]
+    tps = (
+        [tp]
+        if tp
+        else [t for t in _powers_of_two(fast) if fast % t == 0 and heads % t == 0 and kv % t == 0]
+    )
     out: list[Layout] = []
     for t in tps:
         if world_size % t:
@@ -154,7 +183,7 @@ def enumerate_layouts(
             # Interleaving needs whole layers per model chunk (Megatron-LM's check).
             vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
             for v in vps:
-                for sharding, group in _shardings(dp, node // t, p):
+                for sharding, group in _shardings(dp, fast // t, p):
                     for ep in _expert_degrees(spec, dp):
                         out.append(
                             Layout(
@@ -167,6 +196,7 @@ def enumerate_layouts(
                                 ep=ep,
                                 sharding=sharding,
                                 shard_group=group,
+                                nvlink_domain=nvlink_domain,
                             )
                         )
     return out
@@ -181,7 +211,7 @@ def _shardings(dp: int, dp_in_node: int, pp: int) -> list[tuple[Sharding, int | 
         options = [Sharding.NONE, Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP]
     out: list[tuple[Sharding, int | None]] = [(s, None) for s in options]
     if 1 < dp_in_node < dp and dp % dp_in_node == 0:
-        # Shard inside a node, replicate across (Zhao et al. 2023, sec. 3.2.2).
+        # Shard inside a node (NVLink domain), replicate across (Zhao et al. 2023, 3.2.2).
         out.append((Sharding.HSDP, dp_in_node))
     return out
 

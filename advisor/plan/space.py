@@ -442,6 +442,7 @@ def workload_layouts(ctx: Context) -> list[Layout]:
         gpus_per_node=max(w.gpus, 1),
         tp=w.tensor_parallel,
         pp=w.pipeline_parallel,
+        nvlink_domain=ctx.target.nvlink_domain or None,
     )
 
 

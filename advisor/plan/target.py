@@ -31,6 +31,11 @@ class Target(BaseModel):
     nodes: int = 1
     interconnect_gb_s: float = Field(description="slowest link of the all-reduce, per device")
     intra_node_gb_s: float = Field(default=0.0, description="the link inside a node, per device")
+    nvlink_domain: int = Field(
+        default=0,
+        ge=0,
+        description="devices joined at intra_node_gb_s across nodes (an NVL72 rack); 0: the node",
+    )
     profile: HardwareProfile = Field(description="datasheet figures for analytic costs")
     memory_budget_applied: bool = False
 
@@ -56,7 +61,10 @@ def _host_of(
     override = override or HostOverride()
     host = profile.host
     if host is not None:
-        ram, nvme = int(host.memory_gib * GIB), int((host.nvme_tb or 0) * 1e12)
+        # NOTE: a planned node larger than the host (an NVL72 rack as --gpus 72 over 4-GPU
+        # trays) holds several hosts; each GPU still shares only its own host.
+        hosts = max(1.0, share / host.gpus)
+        ram, nvme = int(host.memory_gib * GIB * hosts), int((host.nvme_tb or 0) * 1e12 * hosts)
         said = f"{host.name}: {host.memory_gib:g} GiB RAM, {host.nvme_tb or 0:g} TB NVMe"
         said += f" ({host.source})"
     elif profile.host_memory_gib is not None:
@@ -90,7 +98,9 @@ def target_from_profile(
             f"--gpus/--nodes plan accelerators, but {profile.id} is a CPU profile",
             "drop --gpus/--nodes, or pick a GPU profile (optadvise profiles list)",
         )
-    link = _interconnect(profile, nodes)
+    domain = _nvlink_domain(profile)
+    # NOTE: a data-parallel group inside one multi-node NVLink domain never touches a NIC.
+    link = _interconnect(profile, 1 if gpus * nodes <= domain else nodes)
     ram, nvme, said = _host_of(profile, gpus, host)
     if kind is DeviceKind.CPU:
         ram, nvme, said = 0, 0, "none: on a CPU the device memory is the host memory"
@@ -110,9 +120,21 @@ def target_from_profile(
         nodes=nodes,
         interconnect_gb_s=link if gpus * nodes > 1 else 0.0,
         intra_node_gb_s=_interconnect(profile, 1) if gpus > 1 else 0.0,
+        nvlink_domain=domain,
         profile=profile,
         memory_budget_applied=memory_budget is not None,
     )
+
+
+def _nvlink_domain(profile: HardwareProfile) -> int:
+    """The profile's NVLink domain where it spans nodes (an NVL72 rack: 72 GPUs over 4-GPU
+    trays), else 0: a board's domain is its node, so fewer GPUs planned per node leave only
+    those on NVLink. Profiles without ``nvlink_domain`` keep the node as their domain."""
+    if profile.nvlink_domain is None or profile.efficiency is None:
+        return 0
+    if profile.nvlink_domain > profile.efficiency.gpus_per_node:
+        return profile.nvlink_domain
+    return 0
 
 
 def _fast(peak16: float | None, fp32: float) -> bool:
