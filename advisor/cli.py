@@ -1180,6 +1180,7 @@ def calibrate(
             budget_s=budget,
             force=force,
             progress=progress,
+            say=render.note,
         )
     if json_out:
         render.print_json(cache)
