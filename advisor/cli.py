@@ -430,7 +430,8 @@ def rules_check(
     """Prove the rule base consistent: schema, references, dead rules, contradictions,
     infeasible optimizer sets, unreachable techniques, missing rationale or sources.
 
-    Exits 0 when consistent, 1 with the defects otherwise.
+    Exits 0 when consistent, 1 with the defects otherwise, 2 when a rule file cannot be
+    read as YAML at all.
     """
     from advisor.checks import CheckReport, check_rules
 
