@@ -174,6 +174,74 @@ def test_the_cache_merge_waits_for_the_lock(tmp_path: Path) -> None:
     assert order == ["released", "saved"]
 
 
+_CALIBRATE_SHAPES = """
+import sys, time
+from pathlib import Path
+from advisor.calibration import cache as cal_cache
+from advisor.costdata import CalibrationCache
+
+base = CalibrationCache.model_validate_json(Path(sys.argv[1]).read_text())
+first, count, ready, go = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
+real_write = cal_cache.write_json_atomic
+
+
+def slow_disk(text, path):
+    # A slow disk widens the read-merge-write window, so that a race without the lock
+    # loses shapes every time instead of now and then.
+    time.sleep(0.02)
+    return real_write(text, path)
+
+
+cal_cache.write_json_atomic = slow_disk
+ready.touch()
+deadline = time.time() + 60
+while not go.exists() and time.time() < deadline:
+    time.sleep(0.005)
+shape = base.shapes[0]
+for hidden in range(first, first + count):
+    mine = shape.model_copy(update={"shape": shape.shape.model_copy(update={"hidden": hidden})})
+    merged = cal_cache.save_merged(None, base.model_copy(update={"shapes": [mine]}))
+    assert not merged.warnings, merged.warnings
+"""
+
+
+def test_two_calibrate_processes_for_different_shapes_on_one_cache_keep_both(
+    tmp_path: Path,
+) -> None:
+    # Two real processes (two `calibrate` runs for different shapes at once), each merging
+    # its shapes into the same device cache through the runner's last step, save_merged;
+    # both read the cache before the other wrote (old=None). Nothing may be lost.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    base = tmp_path / "base.json"
+    base.write_text(_measured_cache().model_dump_json())
+    go = tmp_path / "go"
+    count = 15
+    procs = []
+    for first in (1000, 2000):
+        args = [str(base), str(first), str(count), str(tmp_path / f"ready{first}"), str(go)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _CALIBRATE_SHAPES, *args],
+                cwd=root,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.time() + 60
+    while not all((tmp_path / f"ready{f}").exists() for f in (1000, 2000)):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    expected = set(range(1000, 1000 + count)) | set(range(2000, 2000 + count))
+    assert _hiddens(cal_cache.load_cache(_measured_cache().fingerprint)[0]) == expected
+
+
 def _assert_serves_the_run(folder: Path) -> None:
     cache = _measured_cache()
     merged = cal_cache.save_merged(None, cache)
