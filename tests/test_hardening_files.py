@@ -108,6 +108,8 @@ def _rules_dir(tmp_path: Path, name: str) -> Path:
         f.write_text("rules:\n" + "# padding\n" * 400_000)  # 4 MB
     elif name == "too-many-rules":
         f.write_text("rules:\n" + "".join(RULE.format(id=f"mine-{i}") for i in range(1_100)))
+    elif name == "twenty-thousand-rules":  # the 20,000 rules in 4 MB
+        f.write_text("rules:\n" + "".join(RULE.format(id=f"m{i}") for i in range(20_000)))
     return d
 
 
@@ -123,6 +125,7 @@ HOSTILE_YAML = {
     "deep-nesting": "invalid YAML",
     "too-large": "limit",
     "too-many-rules": "past 1,000 rules",
+    "twenty-thousand-rules": "limit",
 }
 
 

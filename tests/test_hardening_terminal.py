@@ -129,7 +129,17 @@ def test_rich_markup_in_an_export_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["taxonomy"], ["probe", "--json", "--no-torch"], ["rules", "list"], ["profiles", "list"]],
+    [
+        ["taxonomy"],
+        ["probe", "--json", "--no-torch"],
+        ["rules", "list"],
+        ["rules", "check"],
+        ["profiles", "list"],
+        ["recommend", "--no-calibrate", "--model-size", "7B", "--json"],
+        ["estimate", "--model-size", "7B"],
+        ["calibrate", "show"],
+    ],
+    ids=" ".join,
 )
 def test_a_full_stdout_is_one_line_and_non_zero(args: list[str], tmp_path: Path) -> None:
     with open("/dev/full", "w") as full:

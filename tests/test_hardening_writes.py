@@ -5,6 +5,7 @@ written still serves the run. Each test is named after the cause it guards."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 import time
@@ -302,6 +303,39 @@ def test_recommend_still_uses_a_measurement_it_could_not_cache(
     assert len(lines) == 1 and str(blocker / "cache") in lines[0]
 
 
+def test_measurements_thrown_away_when_xdg_cache_home_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `XDG_CACHE_HOME=<read-only> optadvise recommend --model-size 7B` calibrated for 94 s,
+    # then failed with a traceback. The calibration is faked (its last step, the cache write,
+    # is real); recommend must rank with the measurement and name the folder in one note.
+    import advisor.calibration.runner as runner_module
+    import advisor.cli as cli
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes through permission bits: a file is in the way instead
+        read_only.chmod(0o755)
+        read_only.rmdir()
+        read_only.write_text("")
+    monkeypatch.delenv("OPTADVISE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only))
+    folder = cal_cache.cache_dir()
+    assert read_only in folder.parents
+    measured = _measured_cache()
+    monkeypatch.setattr(
+        runner_module, "run_calibration", lambda spec, **kw: cal_cache.save_merged(None, measured)
+    )
+    monkeypatch.setattr(cli, "_default_device", lambda: "cpu")
+    result = runner.invoke(app, ["recommend", "--model-size", "125M", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "measured on this device" in json.loads(result.stdout)["cost_note"]
+    said = [ln for ln in result.stderr.splitlines() if str(folder) in ln]
+    assert len(said) == 1 and said[0].startswith("note: could not write the calibration cache")
+
+
 def test_a_calibration_cache_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -389,6 +423,22 @@ def test_convergence_skips_what_it_cannot_import(monkeypatch: pytest.MonkeyPatch
     )
     assert [r.optimizer for r in cache.results] == ["adamw"]
     assert any("lion" in w and "pytorch-optimizer" in w for w in cache.warnings)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--budget", "nan"], "--budget nan"),
+        (["--budget", "inf"], "--budget inf"),
+        (["--budget", "1e308"], "--budget"),
+        (["--device", "bogus"], "invalid --device 'bogus'"),
+        (["--device", "cuda:7"], "cuda:7"),
+    ],
+)
+def test_calibrate_flags_are_checked_before_any_work(args: list[str], words: str) -> None:
+    # The step calibration, as --convergence below: nan, inf, 1e308 and a bogus or absent
+    # device used to reach torch (RuntimeError, AssertionError).
+    assert words in _one_error(runner.invoke(app, ["calibrate", *args]))
 
 
 @pytest.mark.parametrize(
