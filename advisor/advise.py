@@ -348,7 +348,9 @@ def _local_costs(
             f"the quick calibration first (at most {QUICK_DEFAULT_BUDGET_S:.0f} s, cached for "
             "next time; --no-calibrate skips it)"
         )
-    calibration = run_calibration(req.spec, device=device, mode="quick", progress=progress)
+    calibration = run_calibration(
+        req.spec, device=device, mode="quick", progress=progress, say=notify
+    )
     partial = ", partial: the time budget ran out" if calibration.partial else ""
     return calibration, (
         f"costs: measured on this device (quick calibration, {device}{partial})"

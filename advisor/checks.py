@@ -206,7 +206,10 @@ def check_rules(
         The report; ``ok`` is False when any defect was found.
 
     Raises:
-        DataError: when the taxonomy itself does not load (nothing can be checked without it).
+        DataError: when the taxonomy itself does not load (nothing can be checked without it),
+            or a rule file cannot be read as YAML at all (not UTF-8, a FIFO or device, too
+            large, an alias bomb, an unhashable key, invalid YAML, too many rules): that is
+            bad input, not a defect of the rule base.
     """
     start = time.perf_counter()
     from advisor.resources import rules_dir
@@ -219,6 +222,11 @@ def check_rules(
 
         candidate_ids = candidate_technique_ids(taxonomy)
     ruleset, problems = collect_rules(extra_dirs, technique_ids=set(taxonomy.ids()), base_dir=base)
+    unreadable = [str(p) for p in problems if p.kind == "unreadable"]
+    if unreadable:
+        # NOTE: exit 2 (bad input, one line per file, as `rules list` and `recommend` say
+        # it), not 1: the check cannot speak for a rule base it could not read.
+        raise DataError(unreadable)
     from advisor.ruleset import rule_files
 
     files = [str(p) for p in rule_files([base, *[d for d in extra_dirs if d.is_dir()]])]

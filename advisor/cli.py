@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -205,6 +206,9 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             _stderr_line("Error: interrupted; nothing was written")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # Before typer's own handler (exit 1): see EXIT_PIPE.
+            raise typer.Exit(_reader_gone()) from None
         finally:
             _print_notes()
 
@@ -430,7 +434,8 @@ def rules_check(
     """Prove the rule base consistent: schema, references, dead rules, contradictions,
     infeasible optimizer sets, unreachable techniques, missing rationale or sources.
 
-    Exits 0 when consistent, 1 with the defects otherwise.
+    Exits 0 when consistent, 1 with the defects otherwise, 2 when a rule file cannot be
+    read as YAML at all.
     """
     from advisor.checks import CheckReport, check_rules
 
@@ -1200,6 +1205,7 @@ def calibrate(
             budget_s=budget,
             force=force,
             progress=progress,
+            say=render.note,
         )
     if json_out:
         render.print_json(cache)
@@ -1329,8 +1335,17 @@ def calibrate_show(json_out: JsonOpt = False) -> None:
 
 
 # The errors of a stdout that cannot take the report: full disk or quota, a closed
-# descriptor, an I/O error. (A closed pipe, EPIPE, is click's: it exits 1 quietly.)
+# descriptor, an I/O error. (A closed pipe, EPIPE, is EXIT_PIPE's.)
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EBADF, errno.EIO})
+# NOTE: a closed pipe on stdout (EPIPE: `optadvise taxonomy | head -1`) ends quietly with
+# status 141 (128 + SIGPIPE). Issue 25 asks a closed or full stdout for one line on stderr
+# and a non-zero exit; we keep the line for a full disk or a closed descriptor (the report
+# is lost unasked: _output_failed), but a closed pipe means the reader has what it wanted,
+# and the Unix convention is silence: GNU tools die of SIGPIPE without a word, and a line
+# after every `| head` would be noise. 141 is what the shell reports for such a tool (`yes
+# | head -1` under `set -o pipefail`), so scripts that already accept it from `grep | head`
+# accept ours, and it stays apart from 1 (rules check's findings) and 2 (bad input).
+EXIT_PIPE = 141
 
 
 def main() -> None:
@@ -1345,18 +1360,28 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     _ascii_fallbacks()
     code: Any = 0
+    null_before = _is_devnull(sys.stdout)
     try:
         app()
     except SystemExit as exc:
         code = exc.code
+        # rich (every report and typer's help) meets EPIPE itself: it points stdout at
+        # /dev/null and exits 1; click wraps stdout in a PacifyFlushWrapper and exits 1.
+        # Either way the reader went away: EXIT_PIPE, as for the EPIPE we catch.
+        pacified = type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        if pacified or (not null_before and _is_devnull(sys.stdout)):
+            code = _reader_gone()
     except OSError as exc:
-        if exc.errno not in _OUTPUT_ERRNOS:
+        if exc.errno == errno.EPIPE:
+            code = _reader_gone()
+        elif exc.errno not in _OUTPUT_ERRNOS:
             raise
-        code = _output_failed(exc)
+        else:
+            code = _output_failed(exc)
     try:
         sys.stdout.flush()
     except (OSError, ValueError) as exc:
-        code = _output_failed(exc)
+        code = _reader_gone() if getattr(exc, "errno", None) == errno.EPIPE else _output_failed(exc)
     sys.exit(code)
 
 
@@ -1379,6 +1404,29 @@ def _output_failed(exc: Exception) -> int:
     except (OSError, ValueError, AttributeError):
         pass
     return EXIT_USAGE
+
+
+def _is_devnull(stream: Any) -> bool:
+    """Whether ``stream`` writes to /dev/null (the character device, by its number)."""
+    try:
+        mine = os.fstat(stream.fileno())
+        null = os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISCHR(mine.st_mode) and mine.st_rdev == null.st_rdev
+
+
+def _reader_gone() -> int:
+    """A closed pipe on stdout: nothing on stderr, and stdout pointed at /dev/null, so that
+    what is still buffered goes nowhere instead of Python's flush at exit printing
+    "Exception ignored ... BrokenPipeError" (the Python docs' advice on SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return EXIT_PIPE
 
 
 def _ascii_fallbacks() -> None:

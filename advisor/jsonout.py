@@ -5,6 +5,7 @@ Kept apart from advisor.render so that ``--json`` never loads the terminal rende
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -23,7 +24,29 @@ def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
         text = json.dumps([m.model_dump(mode="json") for m in model], indent=2)
     else:
         text = json.dumps(model, indent=2, default=_default)
-    sys.stdout.write(text + "\n")
+    _write_whole(text + "\n")
+
+
+def _write_whole(text: str) -> None:
+    """Write ``text`` to stdout whole, or raise.
+
+    NOTE: when a pipe's reader leaves during one large write (``--json | head -1``), Python's
+    buffered writer returns the short count without an error and drops the rest, so the
+    command would exit 0; writing the rest meets the EPIPE (the CLI's quiet exit, 141).
+    """
+    stream = sys.stdout
+    raw = getattr(stream, "buffer", None)
+    if raw is None:  # a text-only stream (a test's StringIO)
+        stream.write(text)
+        return
+    stream.flush()
+    view = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while view:
+        n = raw.write(view)
+        if not n:
+            raise OSError(errno.EIO, "standard output took no bytes")
+        view = view[n:]
+    raw.flush()
 
 
 def _default(obj: object) -> object:

@@ -125,7 +125,10 @@ class RuleFile(_Frozen):
 class Problem(_Frozen):
     """One defect found while loading: where, which rule, which field, what."""
 
-    kind: str = Field(description="schema, duplicate-id or dangling-reference")
+    kind: str = Field(
+        description="unreadable (the file is not YAML that can be read within the bounds), "
+        "schema, duplicate-id or dangling-reference"
+    )
     file: str
     line: int
     ident: str = "-"
@@ -273,14 +276,17 @@ def _load_file(path: Path, problems: list[Problem], room: int = MAX_RULES) -> li
         raw = load_yaml(path)
     except OSError as exc:
         problems.append(
-            Problem(kind="schema", file=f, line=0, message=f"cannot read: {exc.strerror}")
+            Problem(kind="unreadable", file=f, line=0, message=f"cannot read: {exc.strerror}")
         )
         return []
     except YamlError as exc:
         msg = " ".join(str(exc).split())
         problems.append(
             Problem(
-                kind="schema", file=f, line=yaml_error_line(exc), message=f"invalid YAML: {msg}"
+                kind="unreadable",
+                file=f,
+                line=yaml_error_line(exc),
+                message=f"invalid YAML: {msg}",
             )
         )
         return []
@@ -298,7 +304,7 @@ def _load_file(path: Path, problems: list[Problem], room: int = MAX_RULES) -> li
     if len(raw["rules"]) > room:
         problems.append(
             Problem(
-                kind="schema",
+                kind="unreadable",  # past the bound: refused unread, like a file too large
                 file=f,
                 line=line_of(raw, ("rules",)),
                 field="rules",

@@ -108,6 +108,8 @@ def _rules_dir(tmp_path: Path, name: str) -> Path:
         f.write_text("rules:\n" + "# padding\n" * 400_000)  # 4 MB
     elif name == "too-many-rules":
         f.write_text("rules:\n" + "".join(RULE.format(id=f"mine-{i}") for i in range(1_100)))
+    elif name == "twenty-thousand-rules":  # the 20,000 rules in 4 MB
+        f.write_text("rules:\n" + "".join(RULE.format(id=f"m{i}") for i in range(20_000)))
     return d
 
 
@@ -123,6 +125,7 @@ HOSTILE_YAML = {
     "deep-nesting": "invalid YAML",
     "too-large": "limit",
     "too-many-rules": "past 1,000 rules",
+    "twenty-thousand-rules": "limit",
 }
 
 
@@ -135,9 +138,35 @@ def test_rules_dir_yaml_hostile_file_is_one_line_exit_2(name: str, tmp_path: Pat
     assert "Traceback" not in result.stderr
     assert lines[0].startswith(f"Error: {d / 'mine.yaml'}:") and HOSTILE_YAML[name] in lines[0]
     assert lines[1:] == ["  hint: fix the file(s) named above"]
-    # rules check reports it as a defect of the rule base (exit 1), in seconds.
+    # rules check: a file it cannot read as YAML at all is bad input, as for rules list (one
+    # line, exit 2, in seconds), not a defect of the rule base (exit 1).
     check = _cli(["rules", "check", "--rules-dir", str(d)], tmp_path)
-    assert check.returncode == 1 and HOSTILE_YAML[name] in check.stdout, check.stderr
+    assert check.returncode == 2, (check.stdout, check.stderr)
+    assert check.stderr.splitlines() == result.stderr.splitlines()
+    assert check.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("rules: [\n", 2),  # invalid YAML: bad input
+        ("- just a list\n", 1),  # well-formed YAML that is not a rule file: a defect
+        ("rules: []\nextra: 1\n", 1),  # an unknown top-level key: a defect
+    ],
+)
+def test_rules_check_exit_2_for_unreadable_yaml_1_for_defects_in_well_formed_files(
+    text: str, code: int, tmp_path: Path
+) -> None:
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "mine.yaml").write_text(text)
+    result = runner.invoke(app, ["rules", "check", "--rules-dir", str(d)])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    if code == 2:
+        assert _one_error(result).startswith(f"Error: {d / 'mine.yaml'}:")
+    else:
+        assert str(d / "mine.yaml") in " ".join(result.stdout.split())
 
 
 def test_rules_dir_yaml_within_the_bounds_still_loads(tmp_path: Path) -> None:

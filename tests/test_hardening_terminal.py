@@ -129,7 +129,17 @@ def test_rich_markup_in_an_export_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["taxonomy"], ["probe", "--json", "--no-torch"], ["rules", "list"], ["profiles", "list"]],
+    [
+        ["taxonomy"],
+        ["probe", "--json", "--no-torch"],
+        ["rules", "list"],
+        ["rules", "check"],
+        ["profiles", "list"],
+        ["recommend", "--no-calibrate", "--model-size", "7B", "--json"],
+        ["estimate", "--model-size", "7B"],
+        ["calibrate", "show"],
+    ],
+    ids=" ".join,
 )
 def test_a_full_stdout_is_one_line_and_non_zero(args: list[str], tmp_path: Path) -> None:
     with open("/dev/full", "w") as full:
@@ -150,6 +160,54 @@ def test_a_closed_stdout_is_one_line_and_non_zero(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         "Error: standard output is closed; nothing can be reported"
     ]
+
+
+CLOSED_PIPE_COMMANDS = [
+    ["taxonomy"],  # rich
+    ["taxonomy", "--json"],  # jsonout
+    ["rules", "list", "--json"],  # 200 kB in one write
+    ["rules", "check", "--schema"],
+    ["recommend", "--no-calibrate", "--model-size", "7B"],
+    ["probe", "--json", "--no-torch"],
+    ["calibrate", "show"],
+    ["--help"],  # typer's own help
+]
+
+
+@pytest.mark.parametrize("args", CLOSED_PIPE_COMMANDS, ids=" ".join)
+def test_a_closed_pipe_on_stdout_ends_quietly_with_141(args: list[str], tmp_path: Path) -> None:
+    # `optadvise taxonomy | head -1` once head has exited: BrokenPipeError (EPIPE). No
+    # traceback, no "Exception ignored ... BrokenPipeError" from Python's flush at exit, no
+    # line at all (see EXIT_PIPE in advisor/cli.py), and 141 = 128 + SIGPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = _subprocess(args, tmp_path, stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
+def test_a_pipe_whose_reader_leaves_mid_report_ends_quietly_with_141(tmp_path: Path) -> None:
+    # `optadvise rules list --json | head -c 10`: the reader leaves while one large write is
+    # under way (Python's buffered writer used to drop the rest and exit 0).
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path / "home"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+        "OPTADVISE_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "advisor", "rules", "list", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert os.read(proc.stdout.fileno(), 10).startswith(b"[")
+    proc.stdout.close()
+    assert (proc.wait(timeout=120), proc.stderr.read()) == (141, b"")
 
 
 def test_an_ascii_terminal_gets_fallbacks_for_times_and_dash(tmp_path: Path) -> None:

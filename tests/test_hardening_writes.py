@@ -5,6 +5,7 @@ written still serves the run. Each test is named after the cause it guards."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 import time
@@ -174,6 +175,74 @@ def test_the_cache_merge_waits_for_the_lock(tmp_path: Path) -> None:
     assert order == ["released", "saved"]
 
 
+_CALIBRATE_SHAPES = """
+import sys, time
+from pathlib import Path
+from advisor.calibration import cache as cal_cache
+from advisor.costdata import CalibrationCache
+
+base = CalibrationCache.model_validate_json(Path(sys.argv[1]).read_text())
+first, count, ready, go = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
+real_write = cal_cache.write_json_atomic
+
+
+def slow_disk(text, path):
+    # A slow disk widens the read-merge-write window, so that a race without the lock
+    # loses shapes every time instead of now and then.
+    time.sleep(0.02)
+    return real_write(text, path)
+
+
+cal_cache.write_json_atomic = slow_disk
+ready.touch()
+deadline = time.time() + 60
+while not go.exists() and time.time() < deadline:
+    time.sleep(0.005)
+shape = base.shapes[0]
+for hidden in range(first, first + count):
+    mine = shape.model_copy(update={"shape": shape.shape.model_copy(update={"hidden": hidden})})
+    merged = cal_cache.save_merged(None, base.model_copy(update={"shapes": [mine]}))
+    assert not merged.warnings, merged.warnings
+"""
+
+
+def test_two_calibrate_processes_for_different_shapes_on_one_cache_keep_both(
+    tmp_path: Path,
+) -> None:
+    # Two real processes (two `calibrate` runs for different shapes at once), each merging
+    # its shapes into the same device cache through the runner's last step, save_merged;
+    # both read the cache before the other wrote (old=None). Nothing may be lost.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    base = tmp_path / "base.json"
+    base.write_text(_measured_cache().model_dump_json())
+    go = tmp_path / "go"
+    count = 15
+    procs = []
+    for first in (1000, 2000):
+        args = [str(base), str(first), str(count), str(tmp_path / f"ready{first}"), str(go)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _CALIBRATE_SHAPES, *args],
+                cwd=root,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.time() + 60
+    while not all((tmp_path / f"ready{f}").exists() for f in (1000, 2000)):
+        assert time.time() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    go.touch()
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    expected = set(range(1000, 1000 + count)) | set(range(2000, 2000 + count))
+    assert _hiddens(cal_cache.load_cache(_measured_cache().fingerprint)[0]) == expected
+
+
 def _assert_serves_the_run(folder: Path) -> None:
     cache = _measured_cache()
     merged = cal_cache.save_merged(None, cache)
@@ -232,6 +301,39 @@ def test_recommend_still_uses_a_measurement_it_could_not_cache(
     assert "Traceback" not in result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("note: ")]
     assert len(lines) == 1 and str(blocker / "cache") in lines[0]
+
+
+def test_measurements_thrown_away_when_xdg_cache_home_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `XDG_CACHE_HOME=<read-only> optadvise recommend --model-size 7B` calibrated for 94 s,
+    # then failed with a traceback. The calibration is faked (its last step, the cache write,
+    # is real); recommend must rank with the measurement and name the folder in one note.
+    import advisor.calibration.runner as runner_module
+    import advisor.cli as cli
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root writes through permission bits: a file is in the way instead
+        read_only.chmod(0o755)
+        read_only.rmdir()
+        read_only.write_text("")
+    monkeypatch.delenv("OPTADVISE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(read_only))
+    folder = cal_cache.cache_dir()
+    assert read_only in folder.parents
+    measured = _measured_cache()
+    monkeypatch.setattr(
+        runner_module, "run_calibration", lambda spec, **kw: cal_cache.save_merged(None, measured)
+    )
+    monkeypatch.setattr(cli, "_default_device", lambda: "cpu")
+    result = runner.invoke(app, ["recommend", "--model-size", "125M", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert "measured on this device" in json.loads(result.stdout)["cost_note"]
+    said = [ln for ln in result.stderr.splitlines() if str(folder) in ln]
+    assert len(said) == 1 and said[0].startswith("note: could not write the calibration cache")
 
 
 def test_a_calibration_cache_folder_others_can_write_is_refused(tmp_path: Path) -> None:
@@ -321,6 +423,22 @@ def test_convergence_skips_what_it_cannot_import(monkeypatch: pytest.MonkeyPatch
     )
     assert [r.optimizer for r in cache.results] == ["adamw"]
     assert any("lion" in w and "pytorch-optimizer" in w for w in cache.warnings)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--budget", "nan"], "--budget nan"),
+        (["--budget", "inf"], "--budget inf"),
+        (["--budget", "1e308"], "--budget"),
+        (["--device", "bogus"], "invalid --device 'bogus'"),
+        (["--device", "cuda:7"], "cuda:7"),
+    ],
+)
+def test_calibrate_flags_are_checked_before_any_work(args: list[str], words: str) -> None:
+    # The step calibration, as --convergence below: nan, inf, 1e308 and a bogus or absent
+    # device used to reach torch (RuntimeError, AssertionError).
+    assert words in _one_error(runner.invoke(app, ["calibrate", *args]))
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ class Entry:
 
     variants: list[Variant] = field(default_factory=list)
     unavailable: str = ""
+    package: str = ""  # the optional pip package every variant imports ("" for torch only)
 
 
 def _po(name: str, **kwargs: Any) -> Factory:
@@ -106,6 +107,11 @@ def _dp(inner: str) -> Factory:
     return build
 
 
+# The optional package the pytorch-optimizer entries import, its module, and how to get it.
+PO = "pytorch-optimizer"
+_MODULES = {PO: "pytorch_optimizer"}
+INSTALL = {PO: "pip install 'optadvise[optimizers]'"}
+
 OPTIMIZERS: dict[str, Entry] = {
     "sgd": Entry(
         [
@@ -143,20 +149,22 @@ OPTIMIZERS: dict[str, Entry] = {
         ]
     ),
     "adafactor": Entry([Variant("foreach", _torch("Adafactor", lr=1e-2, foreach=True))]),
-    "lion": Entry([Variant("default", _po("Lion", lr=1e-4))]),
-    "lamb": Entry([Variant("default", _po("Lamb", lr=1e-3))]),
-    "lars": Entry([Variant("default", _po("LARS", lr=1e-3))]),
-    "adam-mini": Entry([Variant("default", _adam_mini, needs="module")]),
-    "galore-adamw": Entry([Variant("default", _galore, interval=200)]),
+    "lion": Entry([Variant("default", _po("Lion", lr=1e-4))], package=PO),
+    "lamb": Entry([Variant("default", _po("Lamb", lr=1e-3))], package=PO),
+    "lars": Entry([Variant("default", _po("LARS", lr=1e-3))], package=PO),
+    "adam-mini": Entry([Variant("default", _adam_mini, needs="module")], package=PO),
+    "galore-adamw": Entry([Variant("default", _galore, interval=200)], package=PO),
     "sophia": Entry(
         [
             Variant(
                 "default", _po("SophiaH", lr=1e-4, update_period=10), needs="hessian", interval=10
             )
-        ]
+        ],
+        package=PO,
     ),
     "adahessian": Entry(
-        [Variant("default", _po("AdaHessian", lr=1e-1, update_period=1), needs="hessian")]
+        [Variant("default", _po("AdaHessian", lr=1e-1, update_period=1), needs="hessian")],
+        package=PO,
     ),
     "shampoo": Entry(
         [
@@ -165,10 +173,12 @@ OPTIMIZERS: dict[str, Entry] = {
                 _po("ScalableShampoo", lr=1e-3, block_size=512, preconditioning_compute_steps=1000),
                 interval=1000,
             )
-        ]
+        ],
+        package=PO,
     ),
     "soap": Entry(
-        [Variant("default", _po("SOAP", lr=3e-3, precondition_frequency=10), interval=10)]
+        [Variant("default", _po("SOAP", lr=3e-3, precondition_frequency=10), interval=10)],
+        package=PO,
     ),
     "psgd-kron": Entry(unavailable="Kron needs opt-einsum paths; timed in --full only"),
     "muon": Entry(
@@ -190,3 +200,41 @@ OPTIMIZERS: dict[str, Entry] = {
 # The quick calibration times the optimizers people reach for first (and the ones whose
 # cost differs most); --full times every entry.
 QUICK = ("sgd", "sgd-momentum", "adam", "adamw", "adafactor", "lion", "mezo")
+
+
+def package_missing(package: str) -> bool:
+    """Whether the optional ``package`` cannot be imported (not installed, or blocked)."""
+    import importlib.util
+
+    if not package:
+        return False
+    try:
+        return importlib.util.find_spec(_MODULES.get(package, package)) is None
+    except (ImportError, ValueError):  # a broken install, or a module without a spec
+        return True
+
+
+def missing_packages(ids: tuple[str, ...], device: str) -> dict[str, list[str]]:
+    """The optional packages that are missing, each with the ids among ``ids`` that need it.
+
+    An id with no variant for ``device`` is left out: it is unsupported there anyway.
+    """
+    kind = "cuda" if device.startswith("cuda") else device
+    out: dict[str, list[str]] = {}
+    for oid in ids:
+        entry = OPTIMIZERS.get(oid)
+        if entry is None or not any(kind in v.devices for v in entry.variants):
+            continue
+        if package_missing(entry.package):
+            out.setdefault(entry.package, []).append(oid)
+    return out
+
+
+def skip_notes(ids: tuple[str, ...], device: str) -> list[str]:
+    """One line per missing optional package: which optimizers will not be timed, and the
+    command that installs it (said before a calibration starts measuring)."""
+    return [
+        f"{package} is not installed: {', '.join(skipped)} will not be timed "
+        f"({INSTALL.get(package, f'pip install {package}')})"
+        for package, skipped in missing_packages(ids, device).items()
+    ]

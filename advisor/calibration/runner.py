@@ -12,8 +12,9 @@ from typing import Any
 
 import psutil
 
+from advisor import notes as user_notes
 from advisor.calibration import cache as cal_cache
-from advisor.calibration.optimizers import OPTIMIZERS, QUICK, Variant
+from advisor.calibration.optimizers import OPTIMIZERS, QUICK, Variant, missing_packages, skip_notes
 from advisor.calibration.timing import (
     CpuShare,
     is_out_of_memory,
@@ -81,6 +82,7 @@ def run_calibration(
     progress: Progress | None = None,
     optimizers: tuple[str, ...] | None = None,
     seq_lens: list[int] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> CalibrationCache:
     """Measure this device for ``spec``'s layer shape and update the device's cache.
 
@@ -93,6 +95,9 @@ def run_calibration(
         progress: called with (what is being measured, fraction done).
         optimizers: override the optimizer ids to time (tests use a few).
         seq_lens: override the attention sequence lengths.
+        say: shows one line to the user at once (default: advisor.notes, shown at the end);
+            the optimizers a missing optional package keeps from being timed are said
+            through it before anything is measured.
 
     Returns:
         The device's cache (also written to disk, atomically).
@@ -113,6 +118,21 @@ def run_calibration(
         cached = old.results_for(shape)
         if cached is not None:
             return old
+    # --- Optional packages (issue 25) ---------------------------------------------------
+    # The optimizers whose package is not installed (pytorch-optimizer) are said in one line
+    # per package before anything is measured, and left out of the run: never built, so
+    # never reported one by one as unsupported afterwards. The line stays in the cache's
+    # warnings, so `calibrate show` says why they have no timing.
+    ids = optimizers or (QUICK if mode == "quick" else tuple(OPTIMIZERS))
+    skip_lines = skip_notes(ids, device)
+    not_timed = {oid for oids in missing_packages(ids, device).values() for oid in oids}
+    ids = tuple(oid for oid in ids if oid not in not_timed)
+    for line in skip_lines:
+        if say is not None:
+            say(line)
+        else:
+            user_notes.post(line)
+    # -------------------------------------------------------------------------------------
     report: Progress = progress or (lambda label, fraction: None)
     if budget_s is None and mode == "quick":
         budget_s = QUICK_DEFAULT_BUDGET_S
@@ -121,8 +141,7 @@ def run_calibration(
     load = load_average()
     started = time.perf_counter()
     sync = synchronizer(torch, device)
-    warnings = [warning] if warning else []
-    ids = optimizers or (QUICK if mode == "quick" else tuple(OPTIMIZERS))
+    warnings = ([warning] if warning else []) + skip_lines
     lens = seq_lens or _SEQ_LENS[mode]
     steps = (
         3 + 2 + len(ids) + (1 if mode == "full" else 0) + (2 if device.startswith("cuda") else 0)
