@@ -589,6 +589,15 @@ def estimate(
         ),
     ] = "none",
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-targets",
+            help="What LoRA/QLoRA adapts: attention (q,k,v,o; the default), mlp, all-linear "
+            "(PEFT's) or a comma list of q,k,v,o,gate,up,down, plus embed/lm_head to train "
+            "them in full.",
+        ),
+    ] = None,
     dp_sgd: Annotated[
         bool, typer.Option("--dp-sgd", help="Per-sample gradients (DP-SGD).")
     ] = False,
@@ -685,6 +694,7 @@ def estimate(
         sharding=sharding,
         offload=offload,
         lora_rank=lora_rank,
+        lora_targets=lora_targets,
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: The matrices LoRA may adapt in every block, by their role (the memory model maps fused
+#: and latent projections onto them: GPT-2/Phi-3's qkv, Phi-3's gate_up, MLA's q_a/kv_a/kv_b),
+#: and the whole tensors outside the blocks that can be trained beside the adapters (PEFT's
+#: ``modules_to_save``: the embedding and the LM head).
+LORA_MATRICES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_FULL_TENSORS: tuple[str, ...] = ("embed", "lm_head")
+#: Named groups of ``--lora-targets``: PEFT's ``target_modules="all-linear"`` adapts every
+#: linear layer but the output layer (peft.tuners.tuners_utils, INCLUDE_LINEAR_LAYERS_SHORTHAND).
+LORA_TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": ("q", "k", "v", "o"),
+    "mlp": ("gate", "up", "down"),
+    "all-linear": LORA_MATRICES,
+}
 
 
 class Task(str, Enum):
@@ -145,6 +159,12 @@ class TrainingConfig(BaseModel):
     sharding: Sharding = Sharding.NONE
     offload: Offload = Offload.NONE
     lora_rank: int = Field(default=16, ge=1)
+    lora_targets: tuple[str, ...] = Field(
+        default=("k", "o", "q", "v"),
+        description="what LoRA/QLoRA adapts (sorted): block matrices among q, k, v, o, gate, "
+        "up, down, and whole tensors trained beside them (embed, lm_head: PEFT's "
+        "modules_to_save)",
+    )
     dp_sgd: bool = False
     grad_accumulation: int = Field(default=1, ge=1)
     # ---- kernel stack and memory savers
@@ -189,6 +209,17 @@ class TrainingConfig(BaseModel):
     shard_group: int | None = Field(
         default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
     )
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _known_targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = LORA_MATRICES + LORA_FULL_TENSORS
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise ValueError(f"unknown LoRA target {unknown[0]!r} (allowed: {', '.join(allowed)})")
+        if not any(v in LORA_MATRICES for v in value):
+            raise ValueError("LoRA needs at least one adapted block matrix")
+        return tuple(sorted(set(value)))
 
     @property
     def world_size(self) -> int:

@@ -95,6 +95,12 @@ DEFAULT_LORA_TARGETS: frozenset[str] = frozenset({"q", "k", "v", "o"})
 _NF4_BYTES = 0.5
 _NF4_CONSTANT_BITS = 8 / 64 + 32 / (64 * 256)
 
+# bitsandbytes' paged optimizers allocate a state buffer in CUDA unified memory
+# (functional.get_paged: cudaMallocManaged) only for parameters of at least 1e5 elements;
+# smaller ones, and every block's absmax, are ordinary torch tensors on the device
+# (bitsandbytes/optim/optimizer.py, Optimizer8bit.get_state_buffer, 0.43-0.50).
+PAGED_MIN_NUMEL = 100_000
+
 
 class DeviceOverheads(BaseModel):
     """Fixed per-device memory that is not a tensor of the model.
@@ -163,6 +169,12 @@ class MemoryEstimate(BaseModel):
     trainable_parameters: int = Field(description="parameters that get gradients")
     host_bytes: int = Field(default=0, description="what offload keeps in host (CPU) memory")
     nvme_bytes: int = Field(default=0, description="what NVMe offload keeps on NVMe")
+    paged_bytes: int = Field(
+        default=0,
+        description="optimizer states in CUDA unified memory (bitsandbytes' paged optimizers): "
+        "not in total_bytes (torch's allocator never sees them); the driver keeps on the device "
+        "what the rest leaves free and pages the remainder to host memory (paged_residency)",
+    )
     notes: list[str] = Field(default_factory=list, description="assumptions made")
 
     def phase(self, name: str) -> Phase:
@@ -474,6 +486,32 @@ def _count(tensors: list[ParamTensor], *, per_layer: bool | None = None) -> int:
     return hit[1]
 
 
+# Fused and latent projections adapted when any of the matrices they stand for is a target
+# (PEFT targets the module: GPT-2's c_attn and Phi-3's qkv_proj hold q, k and v, Phi-3's
+# gate_up_proj gate and up; MLA's q_a_proj feeds the queries, kv_a/kv_b_proj keys and values).
+_LORA_ALIASES: dict[str, frozenset[str]] = {
+    "qkv": frozenset({"q", "k", "v"}),
+    "gate_up": frozenset({"gate", "up"}),
+    "q_a": frozenset({"q"}),
+    "kv_a": frozenset({"k", "v"}),
+    "kv_b": frozenset({"k", "v"}),
+    "shared_gate": frozenset({"gate"}),
+    "shared_up": frozenset({"up"}),
+    "shared_down": frozenset({"down"}),
+}
+
+
+def lora_full_tensors(tensors: list[ParamTensor], targets: frozenset[str]) -> list[ParamTensor]:
+    """The whole tensors trained beside the adapters: the embedding (``embed``) and the LM
+    head (``lm_head``), PEFT's ``modules_to_save``."""
+    return [
+        t
+        for t in tensors
+        if (t.role is Role.EMBEDDING and "embed" in targets)
+        or (t.role is Role.OUTPUT and len(t.shape) == 2 and "lm_head" in targets)
+    ]
+
+
 def lora_tensors(
     spec: ModelSpec, rank: int, targets: frozenset[str] = DEFAULT_LORA_TARGETS
 ) -> list[ParamTensor]:
@@ -489,8 +527,8 @@ def lora_tensors(
     """
     out = []
     for t in param_tensors(spec):
-        fused = t.name == "qkv" and bool(targets & {"q", "k", "v"})
-        if (t.name in targets or fused) and len(t.shape) == 2:
+        fused = bool(targets & _LORA_ALIASES.get(t.name, frozenset()))
+        if (t.name in targets or fused) and len(t.shape) == 2 and t.per_layer:
             d_out, d_in = t.shape
             out.append(ParamTensor(f"lora_A_{t.name}", (rank, d_in), Role.LAYER_MATRIX, t.count))
             out.append(ParamTensor(f"lora_B_{t.name}", (d_out, rank), Role.LAYER_MATRIX, t.count))
@@ -610,6 +648,63 @@ def _optimizer_state_bytes(
                 per += (mem.factor_matrices or 2) * fbytes * (d_in**2 + d_out**2)
         total += per * c
     return math.ceil(total)
+
+
+def paged_state_bytes(mem: OptimizerMemory, tensors: list[ParamTensor]) -> int:
+    """The part of :func:`optimizer_state_bytes` a paged optimizer keeps in unified memory.
+
+    bitsandbytes pages the elementwise state buffers (8-bit: one uint8 per element and
+    state) of parameters with at least :data:`PAGED_MIN_NUMEL` elements; the block
+    statistics (absmax) and the states of smaller tensors are ordinary device tensors.
+
+    Args:
+        mem: the optimizer's state signature (``paged`` set, else nothing is paged).
+        tensors: the trainable tensors.
+
+    Returns:
+        The paged bytes, before sharding.
+    """
+    if not mem.paged or mem.state in (StateKind.NONE, StateKind.SEED):
+        return 0
+    return math.ceil(
+        sum(mem.bytes_per_param * t.numel * t.count for t in tensors if t.numel >= PAGED_MIN_NUMEL)
+    )
+
+
+class PagedResidency(NamedTuple):
+    """Where a paged optimizer's states live on a device of a given size, and what a step
+    moves over the host link."""
+
+    resident_bytes: int  # kept in device memory (what torch's peak leaves free)
+    host_bytes: int  # paged out to host memory
+    traffic_bytes: int  # migrated host <-> device per optimizer step
+
+
+def paged_residency(paged_bytes: int, peak_bytes: int, device_bytes: int) -> PagedResidency:
+    """How unified memory holds ``paged_bytes`` of states next to a ``peak_bytes`` peak.
+
+    The CUDA driver backs managed memory with whatever device memory the other allocations
+    leave (torch's caching allocator keeps its peak reserved, so the peak is what is left
+    over from) and evicts the rest to host memory in 2 MiB root chunks, least recently
+    migrated first (NVIDIA open-gpu-kernel-modules, kernel-open/nvidia-uvm/uvm_pmm_gpu.c: the
+    root-chunk LRU is updated when a chunk is allocated or migrated, not on access).
+    bitsandbytes prefetches each parameter's states to the device before its update
+    (``Optimizer8bit.prefetch_state``: cudaMemPrefetchAsync) in the same order every step,
+    so once the states exceed the free memory that sweep is the LRU worst case: every
+    chunk is evicted before it is needed again, and each step migrates all paged states in
+    and writes as many evicted (updated) ones back. With room for them all, nothing moves.
+
+    Args:
+        paged_bytes: the estimate's ``paged_bytes``.
+        peak_bytes: the estimate's ``total_bytes`` (tensors, context and overheads).
+        device_bytes: the device's memory.
+
+    Returns:
+        Resident and host bytes, and the bytes a step moves over the host link.
+    """
+    resident = max(0, min(paged_bytes, device_bytes - peak_bytes))
+    host = paged_bytes - resident
+    return PagedResidency(resident, host, 2 * paged_bytes if host else 0)
 
 
 def _preconditioner_elements(mem: OptimizerMemory, shape: tuple[int, ...]) -> int:
@@ -1493,7 +1588,7 @@ def saved_activation_bytes(spec: ModelSpec, config: TrainingConfig, stage_layers
         config.attention,
         config.precision,
         selective=config.checkpointing is Checkpointing.SELECTIVE,
-        lora_targets=DEFAULT_LORA_TARGETS if adapters else None,
+        lora_targets=frozenset(config.lora_targets) if adapters else None,
         lora_rank=config.lora_rank,
         stack=config.stack,
         tensor_parallel=config.tensor_parallel,
@@ -1508,7 +1603,7 @@ def estimate_memory(
     *,
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None = None,
-    lora_targets: frozenset[str] = DEFAULT_LORA_TARGETS,
+    lora_targets: frozenset[str] | None = None,
 ) -> MemoryEstimate:
     """Estimate the per-device peak memory of training ``spec`` under ``config``.
 
@@ -1524,7 +1619,7 @@ def estimate_memory(
             ``memory`` fields drive the optimizer-state formula, so an extended taxonomy works.
         device: fixed device overheads; ``None`` means a CUDA device with the defaults of
             :class:`DeviceOverheads`; use ``DeviceOverheads.cpu()`` for none.
-        lora_targets: the per-layer matrices LoRA/QLoRA adapt (default q, k, v, o).
+        lora_targets: what LoRA/QLoRA adapts (default: ``config.lora_targets``).
 
     Returns:
         The estimate, with every component named (see :data:`COMPONENTS`) and every phase.
@@ -1533,7 +1628,8 @@ def estimate_memory(
         UserError: for a CNN spec, a non-optimizer technique, or a layout the model cannot
             be split into.
     """
-    m = _estimate(spec, config, optimizer, device, lora_targets, totals_only=False)
+    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    m = _estimate(spec, config, optimizer, device, targets, totals_only=False)
     assert isinstance(m, MemoryEstimate)
     return m
 
@@ -1621,6 +1717,7 @@ class _StageStatic:
     layer_trainable: int
     head_trainable: int
     head_cache: int  # the LM head's share of bd["weight_cache"]
+    paged: int  # optimizer states in unified memory (not in bd["optimizer_states"])
 
 
 # The configuration fields :func:`_stage_static` reads, besides whether gradients are
@@ -1742,16 +1839,24 @@ def _stage_static(
             ParamTensor(t.name, t.shape, t.role, math.ceil(t.count * stage_layers / max(L, 1)))
             for t in lora_tensors(spec, config.lora_rank, lora_targets)
         ]
+        # PEFT's modules_to_save trains a deep copy of the module and keeps the frozen
+        # original beside it (peft.utils.other.ModulesToSaveWrapper.update): the copy is
+        # counted with the adapters, the original with the base weights.
+        full = lora_full_tensors(tensors, lora_targets)
+        trainable += full
         p_t = _count(trainable)
         adapter_weights = p_t * dt.weight
-        layer_bytes = _count(tensors, per_layer=True) * dt.weight + adapter_weights
+        # One block's share: its adapters (the whole tensors trained beside them are not
+        # in a block).
+        block_adapters = (p_t - _count(full)) * dt.weight
+        layer_bytes = _count(tensors, per_layer=True) * dt.weight + block_adapters
         if config.task is Task.QLORA:
             quantized = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
             rest = local_params - quantized
             bd["weights"] = shard(quantized * _NF4_BYTES + rest * 2 + adapter_weights, 3)
             vectors = _count(tensors, per_layer=True) - quantized
             layer_bytes = int(
-                quantized * (_NF4_BYTES + _NF4_CONSTANT_BITS / 8) + vectors * 2 + adapter_weights
+                quantized * (_NF4_BYTES + _NF4_CONSTANT_BITS / 8) + vectors * 2 + block_adapters
             )
             bd["quantization_constants"] = shard(quantized * _NF4_CONSTANT_BITS / 8, 3)
             notes.append(
@@ -1760,9 +1865,13 @@ def _stage_static(
             )
         else:
             bd["weights"] = shard(local_params * dt.weight + adapter_weights, 3)
-        notes.append(
-            f"LoRA rank {config.lora_rank} on {', '.join(sorted(lora_targets))} of every layer"
-        )
+        matrices = sorted(n for n in lora_targets if n not in ("embed", "lm_head"))
+        notes.append(f"LoRA rank {config.lora_rank} on {', '.join(matrices)} of every layer")
+        if full:
+            notes.append(
+                "trained in full beside the adapters (PEFT modules_to_save, a trainable copy "
+                "next to the frozen original): " + ", ".join(t.name for t in full)
+            )
     else:
         trainable = tensors
         p_t = local_params
@@ -1821,6 +1930,10 @@ def _stage_static(
     bd["master_weights"] = shard(master, 1)
     state_bytes = optimizer_state_bytes(mem, trainable, state_dtype_bytes=dt.state)
     bd["optimizer_states"] = shard(state_bytes, 1)
+    # What a paged optimizer allocates with cudaMallocManaged leaves torch's allocator (and
+    # the peak); the small tensors' states and the absmax stay in it.
+    paged = min(shard(paged_state_bytes(mem, trainable), 1), bd["optimizer_states"])
+    bd["optimizer_states"] -= paged
     return _StageStatic(
         mem=mem,
         opt_id=opt_id,
@@ -1843,6 +1956,7 @@ def _stage_static(
         layer_trainable=layer_trainable,
         head_trainable=head_trainable,
         head_cache=head_cache,
+        paged=paged,
     )
 
 
@@ -1981,8 +2095,11 @@ def _estimate_stage(
     fsdp_backward = 0
     layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
     gathered_layers = min(2, stage_layers)  # current + prefetched block
+    paged = st.paged
     if config.offload is not Offload.NONE:
-        off_host += bd["master_weights"] + bd["optimizer_states"]
+        # Offloaded states live on the host whether or not the optimizer would page them.
+        off_host += bd["master_weights"] + bd["optimizer_states"] + paged
+        paged = 0
         if dt.master:
             off_host += shard(p_t * 4, 2)  # fp32 gradients for the CPU step (Ren et al. 2021)
         bd["master_weights"] = bd["optimizer_states"] = 0
@@ -2060,7 +2177,7 @@ def _estimate_stage(
         # What a fit test reads (memory_totals): every phase carries the same overheads, so
         # the peak is the largest tensor sum plus them. Neither the phases nor the model
         # are built.
-        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme)
+        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme, paged)
     phase_list = [
         Phase(
             name=name,
@@ -2070,6 +2187,12 @@ def _estimate_stage(
         for name, parts in phases.items()
     ]
     peak = max(phase_list, key=lambda p: p.total_bytes)
+    if paged:
+        notes.append(
+            f"paged optimizer states: {paged / 2**30:.1f} GiB in CUDA unified memory, outside "
+            "the peak (torch's allocator never sees them); the device keeps what the peak "
+            "leaves free, the rest moves over PCIe every step"
+        )
     notes.append(optimizer_note(opt_id, mem))
     notes.append(
         f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
@@ -2086,6 +2209,7 @@ def _estimate_stage(
         else _trainable_total(spec, config, lora_targets),
         host_bytes=host,
         nvme_bytes=nvme,
+        paged_bytes=paged,
         notes=notes,
     )
 
@@ -2096,6 +2220,7 @@ class MemoryTotals(NamedTuple):
     total_bytes: int
     host_bytes: int
     nvme_bytes: int
+    paged_bytes: int = 0
 
 
 def memory_totals(
@@ -2104,7 +2229,7 @@ def memory_totals(
     *,
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None = None,
-    lora_targets: frozenset[str] = DEFAULT_LORA_TARGETS,
+    lora_targets: frozenset[str] | None = None,
 ) -> MemoryTotals:
     """:func:`estimate_memory`'s ``total_bytes``, ``host_bytes`` and ``nvme_bytes``, the
     same numbers, without building the phases (about 40% of the work).
@@ -2112,7 +2237,8 @@ def memory_totals(
     NOTE: the plan search's binary searches over the micro-batch ask only whether a plan
     fits, thousands of times; most of those plans are never shown.
     """
-    m = _estimate(spec, config, optimizer, device, lora_targets, totals_only=True)
+    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    m = _estimate(spec, config, optimizer, device, targets, totals_only=True)
     assert isinstance(m, MemoryTotals)
     return m
 
@@ -2131,8 +2257,15 @@ def _trainable_total(spec: ModelSpec, config: TrainingConfig, targets: frozenset
 @_per_spec
 def _trainable_count(spec: ModelSpec, adapters: bool, rank: int, targets: frozenset[str]) -> int:
     if adapters:
-        return _count(lora_tensors(spec, rank, targets))
+        full = lora_full_tensors(param_tensors(spec), targets)
+        return _count(lora_tensors(spec, rank, targets)) + _count(full)
     return _count(param_tensors(spec))
+
+
+def trainable_parameter_count(spec: ModelSpec, config: TrainingConfig) -> int:
+    """Parameters that get gradients: all of them, or LoRA's adapters (on
+    ``config.lora_targets``) and the whole tensors trained beside them."""
+    return _trainable_total(spec, config, frozenset(config.lora_targets))
 
 
 # DeepSpeed's default ``reduce_bucket_size`` (elements), the gradient a ZeRO-Offload device
