@@ -14,8 +14,8 @@ import pytest
 
 from advisor.config import Attention, Precision, Task, TrainingConfig
 from advisor.cost import predict_for_optimizer
-from advisor.estimate import parse_lora_targets
 from advisor.errors import UserError
+from advisor.estimate import parse_lora_targets
 from advisor.hardware import get_hardware_profile
 from advisor.memory import (
     PAGED_MIN_NUMEL,
