@@ -753,9 +753,20 @@ def _dtypes(precision: Precision) -> _Dtypes:
 
 
 def _norm_bytes(
-    layernorm: bool, t: int, h: int, c: int, out: int, res: int, fused: bool = False
+    layernorm: bool,
+    t: int,
+    h: int,
+    c: int,
+    out: int,
+    res: int,
+    fused: bool = False,
+    frozen: bool = False,
 ) -> int:
-    """One norm: what autograd keeps of it, its output (the next linear's input) included."""
+    """One norm: what autograd keeps of it, its output (the next linear's input) included.
+
+    ``frozen``: the norm's weight gets no gradient (LoRA/QLoRA), so HF RMSNorm's final
+    ``weight * normalized`` does not save ``normalized`` (measured with PEFT in
+    tests/test_memory_qlora.py); LayerNorm and fused kernels save the same either way."""
     if layernorm or fused:
         # native_layer_norm saves its input and fp32 mean and rstd per row. Fused RMSNorm
         # kernels save the input and an fp32 rstd per row (Liger ``rms_norm`` saves X, W and
@@ -764,7 +775,7 @@ def _norm_bytes(
         return res * t * h + stats * t + out * t * h
     # HF RMSNorm: x.to(fp32) (a copy unless already fp32), rsqrt per row, the normalized
     # tensor cast back to the input dtype, then weight * normalized (the output).
-    normalized = res if res == 4 else c
+    normalized = 0 if frozen else (res if res == 4 else c)
     return 4 * t * h + 4 * t + normalized * t * h + out * t * h
 
 
@@ -782,6 +793,7 @@ def layer_activation_bytes(
     stack: Stack = Stack.HF,
     tensor_parallel: int = 1,
     fused_norm: bool = False,
+    quantized: bool = False,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -819,6 +831,11 @@ def layer_activation_bytes(
         tensor_parallel: the tensor-parallel degree (with sequence parallelism).
         fused_norm: fused norm kernels on the hf stack (torchtitan's Triton
             ``fused_rmsnorm`` saves x, weight and an fp32 rstd per row).
+        quantized: QLoRA's 4-bit base (bitsandbytes ``Linear4bit``): its matmul keeps no
+            input (``MatMul4Bit`` holds only the packed weight since bitsandbytes 0.43.2,
+            PR #1270), and it returns its input's dtype (``.to(inp_dtype)``), so under
+            autocast with the fp32 residual of ``prepare_model_for_kbit_training`` the MLP's
+            intermediates are fp32 (measured in tests/test_memory_qlora.py).
 
     Returns:
         The bytes of one block on one device.
@@ -870,17 +887,17 @@ def layer_activation_bytes(
         # projections read the residual stream itself, and each post-norm's output goes
         # into a residual add, which saves nothing.
         total = (norm_out_attn + norm_out_mlp) * t * h
-        total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+        total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
     else:
-        total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm)
-        total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm)
+        total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm, frozen)
+        total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm, frozen)
         if placement == "sandwich":
             # Gemma 2/3 also normalise both outputs before the residual add.
-            total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+            total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
     # Gemma's RMSNorm multiplies by (1 + weight) in fp32 and OLMo 2's by its weight in fp32
     # before casting back: the normalized tensor they keep is fp32 whatever the compute
     # dtype (transformers Gemma3RMSNorm, Olmo2RMSNorm).
-    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm
+    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm and not frozen
     if fp32_normalized and not layernorm:
         norms = 4 if placement == "sandwich" else 2
         total += norms * (4 - c) * t * h
@@ -889,9 +906,9 @@ def layer_activation_bytes(
         # Qwen3 / Gemma 3 (per head) and OLMo 2 (over the projection) RMSNorm q and k after
         # their projections; the output feeds RoPE, which saves only its cos/sin tables.
         rows = a if qk_norm == "head" else 1
-        total += _norm_bytes(False, t * rows, qd // rows, c, 0, c, fnorm)
+        total += _norm_bytes(False, t * rows, qd // rows, c, 0, c, fnorm, frozen)
         rows = kv if qk_norm == "head" else 1
-        total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm)
+        total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm, frozen)
         if fp32_normalized:
             total += (4 - c) * t * (qd + kd)
     # Attention core.
@@ -923,16 +940,22 @@ def layer_activation_bytes(
         # The kernel's output, saved by SDPA, is o_proj's input too (same storage);
         # a different dtype (fp8) is an extra copy.
         total += c * t * qd + (o_in * t * qd if o_in and o_in != c else 0)
-    # MLP (per routed expert for MoE).
+        if quantized and o_in and res != c:
+            # NOTE: measured (tests/test_memory_qlora.py): when the 4-bit projections hand
+            # SDPA fp32 q, k, v under autocast, o_proj's adapter keeps a contiguous copy of
+            # the kernel's output rather than sharing its storage.
+            total += o_in * t * qd
+    # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
+    mc = res if quantized else c
     mlp = _enum_value(spec.mlp)
     if mlp in ("gated-silu", "gated-gelu"):  # SiLU and tanh-GELU both save their input
         # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
-        mlp_bytes = (2 if fused else 3) * c * t * f + saved_input("down") * t * f
+        mlp_bytes = (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
     elif mlp == "gelu":
         kept = 1 if fused else (4 if family == "gpt2" else 1)
-        mlp_bytes = kept * c * t * f + saved_input("down") * t * f
+        mlp_bytes = kept * mc * t * f + saved_input("down") * t * f
     else:  # relu saves its output, which is also the next linear's input
-        mlp_bytes = c * t * f
+        mlp_bytes = mc * t * f
     if d["Lm"]:
         gather = saved_input("gate", "up")  # the experts' first matmul saves its input
         total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, family)
@@ -1189,12 +1212,16 @@ def _model_level_activation_bytes(
     full: bool,
     stack: Stack = Stack.HF,
     fused_norm: bool = False,
+    frozen: bool = False,
+    head_frozen: bool = False,
 ) -> int:
     """Embedding indices, position ids or tables and the final norm.
 
     Under full checkpointing the RoPE tables are arguments of the checkpointed blocks (kept
     by reference, not saved); GPT-2 passes its eager attention mask positionally, so the
-    checkpoint saves it once.
+    checkpoint saves it once. ``frozen``: the final norm's weight gets no gradient (LoRA);
+    ``head_frozen``: nor does the LM head, whose matmul then keeps its weight, not its
+    input (autograd's mm saves an operand only for the other's gradient).
     """
     d = _shape_of(spec)
     dt = _dtypes(precision)
@@ -1214,7 +1241,8 @@ def _model_level_activation_bytes(
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = _enum_value(spec.norm) == "layernorm"
     fused = stack is Stack.FUSED or fused_norm
-    total += _norm_bytes(layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, fused)
+    head_in = 0 if head_frozen else dt.linear_in
+    total += _norm_bytes(layernorm, t, d["h"], dt.act, head_in, dt.residual, fused, frozen)
     return total
 
 
@@ -1593,6 +1621,7 @@ def saved_activation_bytes(spec: ModelSpec, config: TrainingConfig, stage_layers
         stack=config.stack,
         tensor_parallel=config.tensor_parallel,
         fused_norm=config.fused_norm,
+        quantized=config.task is Task.QLORA,
     )
     return _block_saves(spec, config, stage_layers, layer).per_microbatch
 
@@ -1717,6 +1746,7 @@ class _StageStatic:
     layer_trainable: int
     head_trainable: int
     head_cache: int  # the LM head's share of bd["weight_cache"]
+    adapter_cache: int  # LoRA adapters' share of bd["weight_cache"] (trainable: cached)
     paged: int  # optimizer states in unified memory (not in bd["optimizer_states"])
 
 
@@ -1853,15 +1883,20 @@ def _stage_static(
         if config.task is Task.QLORA:
             quantized = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
             rest = local_params - quantized
-            bd["weights"] = shard(quantized * _NF4_BYTES + rest * 2 + adapter_weights, 3)
+            # NOTE: peft's prepare_model_for_kbit_training casts every parameter that is not
+            # 4-bit to fp32 (what autocast layouts keep); 16-bit layouts keep them 16-bit.
+            bd["weights"] = shard(quantized * _NF4_BYTES + rest * dt.weight + adapter_weights, 3)
             vectors = _count(tensors, per_layer=True) - quantized
             layer_bytes = int(
-                quantized * (_NF4_BYTES + _NF4_CONSTANT_BITS / 8) + vectors * 2 + block_adapters
+                quantized * (_NF4_BYTES + _NF4_CONSTANT_BITS / 8)
+                + vectors * dt.weight
+                + block_adapters
             )
             bd["quantization_constants"] = shard(quantized * _NF4_CONSTANT_BITS / 8, 3)
             notes.append(
                 "QLoRA: block matrices in 4-bit NF4 (0.5 B/param) + double-quantized "
-                "constants (0.127 bit/param); embeddings, norms, LM head 16-bit"
+                "constants (0.127 bit/param); embeddings, norms, LM head in the weight dtype "
+                "(fp32 under autocast: peft's prepare_model_for_kbit_training)"
             )
         else:
             bd["weights"] = shard(local_params * dt.weight + adapter_weights, 3)
@@ -1881,13 +1916,17 @@ def _stage_static(
     if zeroth:
         notes.append("zeroth-order: no gradients, no stored activations (Malladi et al. 2023)")
     # ---- autocast / fp8 weight copies of the linear layers
-    head_cache = 0
+    head_cache = adapter_cache = 0
     if dt.weight_cache:
         # QLoRA's 4-bit matrices are dequantized inside bitsandbytes' matmul and never
         # kept in 16 bits (MatMul4Bit saves the packed weight); its head is not quantized.
         linear = 0
         if config.task is not Task.QLORA:
             linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
+        # LoRA's adapters are linear weights too (trainable: cast, cached and saved like a
+        # full model's; measured with PEFT in tests/test_memory_stacks.py).
+        adapter_params = sum(t.numel * t.count for t in trainable if t.per_layer)
+        linear += adapter_params if adapters else 0
         # The LM head: its own matrix, or the embedding it is tied to (cast like any other
         # linear weight; measured under autocast for tied GPT-2 and OPT).
         head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
@@ -1903,6 +1942,8 @@ def _stage_static(
         every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
         if autocast:
             bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
+            if adapters:
+                adapter_cache = math.ceil(adapter_params * dt.weight_cache)
             if stage_zero == 3 and n > 1:
                 notes.append(
                     "autocast casts the gathered weights: their 16-bit copies are not sharded "
@@ -1956,6 +1997,7 @@ def _stage_static(
         layer_trainable=layer_trainable,
         head_trainable=head_trainable,
         head_cache=head_cache,
+        adapter_cache=adapter_cache,
         paged=paged,
     )
 
@@ -2009,14 +2051,27 @@ def _estimate_stage(
         stack=config.stack,
         tensor_parallel=tp,
         fused_norm=config.fused_norm,
+        quantized=config.task is Task.QLORA,
     )
     ckpt = Checkpointing.NONE if zeroth else config.checkpointing
     # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
     full_ckpt = ckpt is Checkpointing.FULL or (
         ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
     )
+    head_frozen = adapters and (
+        "embed" not in lora_targets if spec.tie_word_embeddings else "lm_head" not in lora_targets
+    )
     model_level = _model_level_activation_bytes(
-        spec, b, s, config.precision, config.attention, full_ckpt, config.stack, config.fused_norm
+        spec,
+        b,
+        s,
+        config.precision,
+        config.attention,
+        full_ckpt,
+        config.stack,
+        config.fused_norm,
+        adapters,
+        head_frozen,
     )
     loss = (
         loss_memory(
@@ -2089,6 +2144,14 @@ def _estimate_stage(
         # elementwise ops, each making a b·s·f gradient before the saved inputs it frees
         # (three alive at once, measured on a full step in tests/test_memory_stacks.py).
         grad_flow += math.ceil(3 * dt.act * b * s * d["f"] / tp)
+    if config.task is Task.QLORA and not zeroth:
+        # bitsandbytes runs a 4-bit matmul of more than 1536 rows as dequantize + F.linear
+        # (backends/cuda/ops.py _dequant_linear_fallback; the default backend, the CPU's,
+        # always) and dequantizes again for the input gradient (MatMul4Bit.backward): one
+        # whole matrix in the compute dtype beside the fp32 block scales double
+        # quantization rebuilds (two n/64 tensors) at a time, the largest one's at most.
+        n = max((t.numel for t in tensors if t.per_layer and len(t.shape) == 2), default=0)
+        grad_flow += math.ceil(n * dt.act + 8 * n / 64)
     bd["transient"] = max(loss_tr, step_tr, grad_flow)
     # ---- offload and ZeRO-3 gathering
     off_host = 0
@@ -2126,7 +2189,7 @@ def _estimate_stage(
             # _fsdp_state.py; unconditionally in 2024 releases, by default since), and
             # torchtitan shards the model root last, around those modules.
             # The root's bytes as they are stored (QLoRA keeps them 16-bit beside NF4 blocks).
-            root_bytes = 2 if config.task is Task.QLORA else dt.weight
+            root_bytes = dt.weight
             root = (local_params - _count(tensors, per_layer=True)) * root_bytes
             # FSDP2 all-gathers into a full-size buffer beside the local shard, so the whole
             # root is counted. NOTE: the blocks above count only their non-local part.
@@ -2167,6 +2230,7 @@ def _estimate_stage(
         step_tr=step_tr,
         inflight=inflight,
         head_cache=st.head_cache,
+        adapter_cache=st.adapter_cache,
     )
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
@@ -2314,6 +2378,7 @@ def _phases(
     step_tr: int,
     inflight: float,
     head_cache: int = 0,
+    adapter_cache: int = 0,
 ) -> dict[str, dict[str, int]]:
     """The tensor components alive in each phase of one step (overheads added by the caller).
 
@@ -2354,7 +2419,9 @@ def _phases(
         kept = 1.0
     saved_cache = head_cache + math.ceil((cache - head_cache) * kept)
     adapters = config.task in (Task.LORA, Task.QLORA)
-    forward_cache = saved_cache if adapters else cache
+    # Under LoRA the cache holds only the adapters' casts; recomputed blocks' ones are in it
+    # until the region exits, though autograd does not keep them.
+    forward_cache = saved_cache + math.ceil(adapter_cache * (1 - kept)) if adapters else cache
     # By the layer backward the head's backward has run and freed its copy.
     backward_cache = saved_cache - head_cache
     gathered = (

@@ -165,9 +165,14 @@ def test_autocast_caches_trainable_weights_and_autograd_saves_the_rest(
     if ckpt:
         model.gradient_checkpointing_enable()
     if frozen:
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.requires_grad_(False)  # the linears and the embedding, as under LoRA
+        peft = pytest.importorskip("peft")
+        # LoRA as PEFT builds it (rank 16 on q, k, v, o: the model's defaults): the base
+        # frozen, fp32 adapters whose casts autocast caches like any trainable weight's.
+        lora = peft.LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        model = peft.get_peft_model(model, lora).base_model.model
+        # As Hugging Face's Trainer does for adapters: the first block's input needs a
+        # gradient, so its frozen matrices keep their casts like every other block's.
+        model.enable_input_require_grads()
     ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (3, 32))  # 96 rows: no weight shape
     saved, freed_at_exit = autocast_weight_copies(model, ids)
     est = _estimate(
