@@ -589,6 +589,15 @@ def estimate(
         ),
     ] = "none",
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    optimizer_impl: Annotated[
+        str,
+        typer.Option(
+            "--optimizer-impl",
+            help="How the step runs: auto (fused where the optimizer has a fused kernel, as "
+            "Hugging Face's Trainer and torchtitan run AdamW), fused or foreach (one "
+            "parameter-sized temporary).",
+        ),
+    ] = "auto",
     lora_targets: Annotated[
         str | None,
         typer.Option(
@@ -695,6 +704,7 @@ def estimate(
         offload=offload,
         lora_rank=lora_rank,
         lora_targets=lora_targets,
+        optimizer_impl=optimizer_impl,
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,

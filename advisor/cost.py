@@ -497,6 +497,7 @@ _PER_STEP_FIELDS = frozenset(
         "activation_offload",
         "lora_rank",
         "lora_targets",
+        "optimizer_impl",
     }
 )
 _MICRO_BATCH_FIELDS = tuple(f for f in TrainingConfig.model_fields if f not in _PER_STEP_FIELDS)
@@ -1275,7 +1276,7 @@ def predict_for_optimizer(
         optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
-        optimizer_fused_step=fused_step_on(optimizer.memory, config.stack)
+        optimizer_fused_step=fused_step_on(optimizer.memory, config.stack, config.optimizer_impl)
         if optimizer.memory
         else True,
         interconnect_gb_s=interconnect_gb_s,

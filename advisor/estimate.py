@@ -14,6 +14,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     Offload,
+    OptimizerImpl,
     Precision,
     Sharding,
     Stack,
@@ -217,6 +218,7 @@ def build_config(
     ac_frequency: int | None = None,
     fused_norm: bool = False,
     lora_targets: str | None = None,
+    optimizer_impl: str = "auto",
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -229,6 +231,13 @@ def build_config(
         tax.get(optimizer)  # raises with "did you mean"
         raise UserError(
             f"{optimizer!r} is not an optimizer", "use one of: " + ", ".join(optimizers)
+        )
+    impl = _enum(OptimizerImpl, optimizer_impl, "--optimizer-impl")
+    memory = tax.get(optimizer).memory
+    if impl is OptimizerImpl.FUSED and memory is not None and not memory.fused_step:
+        raise UserError(
+            f"{optimizer} has no fused implementation",
+            "use --optimizer-impl auto or foreach",
         )
     ckpt = _enum(Checkpointing, checkpointing, "--checkpointing")
     if ac_frequency is not None and ckpt is not Checkpointing.SELECTIVE_LAYER:
@@ -245,6 +254,7 @@ def build_config(
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
             optimizer=optimizer,
+            optimizer_impl=impl,
             precision=_enum(Precision, precision, "--precision"),
             attention=_enum(Attention, attention, "--attention"),
             checkpointing=ckpt,

@@ -50,6 +50,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     Offload,
+    OptimizerImpl,
     Precision,
     Sharding,
     Stack,
@@ -2120,15 +2121,34 @@ def _estimate_stage(
     # ---- transient: the larger of the loss backward and the optimizer step's temporaries
     loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
-    if mem.state not in (StateKind.NONE, StateKind.SEED) and not fused_step_on(mem, config.stack):
-        # NOTE: torch's foreach/multi-tensor steps allocate one fp32 temporary per
-        # parameter of the local shard (e.g. Adam's denominator); stepped per layer in
-        # backward, one block's worth. The fused stack runs the fused kernel where one
-        # exists (torchtitan's default implementation, Megatron's FusedAdam), which updates
-        # in place: no temporary (measured in tests/test_memory_stacks.py).
-        step_tr = shard(p_t * 4, 1)
+    impl = config.optimizer_impl
+    if mem.state not in (StateKind.NONE, StateKind.SEED) and not fused_step_on(
+        mem, config.stack, impl
+    ):
+        # NOTE: torch's foreach/multi-tensor steps allocate one temporary per parameter of
+        # the local shard (e.g. Adam's denominator) in the dtype of what they step: fp32
+        # parameters or masters 4 B, bare 16-bit parameters 2 B (measured in
+        # tests/test_memory_stacks.py); stepped per layer in backward, one block's worth.
+        # Fused kernels update in place: no temporary.
+        step_tr = shard(p_t * dt.state, 1)
         if config.optimizer_in_backward:
-            step_tr = math.ceil(max(layer_trainable / max(stage_layers, 1), head_trainable) * 4)
+            step_tr = math.ceil(
+                max(layer_trainable / max(stage_layers, 1), head_trainable) * dt.state
+            )
+    if (
+        dt.master
+        and not zeroth
+        and not config.optimizer_in_backward
+        and config.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3)
+    ):
+        # DeepSpeed's ZeRO optimizers step fp32 master partitions with fp32 gradients: right
+        # before the step they flatten this rank's 16-bit gradient partition into a new
+        # buffer and cast that to fp32, both alive at once beside the 16-bit gradients
+        # (runtime/zero/stage_1_and_2.py step: flatten(averaged_gradients).to(fp32);
+        # stage3.py likewise): 2 + 4 bytes per parameter of the partition (measured with
+        # DeepSpeed 0.19.8 on the CPU, stages 1-3, in tests/test_memory_finetune.py). The
+        # 16-bit copy is freed before the optimizer runs beside the fp32 gradients.
+        step_tr = max(shard(p_t * (dt.grad + 4), 1), shard(p_t * 4, 1) + step_tr)
     # The gradient flowing through the blocks: the incoming gradient of a block's output
     # and the one it computes for its input, both residual-stream sized (measured on a full
     # checkpointing step: the recomputed block's backward peaks with these two alive).
@@ -2356,11 +2376,17 @@ def _grads_persistent(config: TrainingConfig) -> bool:
     return config.gpus > 1 and config.sharding.zero_stage < 3
 
 
-def fused_step_on(mem: OptimizerMemory, stack: Stack) -> bool:
+def fused_step_on(
+    mem: OptimizerMemory, stack: Stack, impl: OptimizerImpl = OptimizerImpl.AUTO
+) -> bool:
     """Whether the step runs a fused in-place kernel: bitsandbytes' 8-bit optimizers always
-    do (they have no other implementation); torch's ``fused=True`` ones on the fused stack
-    (the hf stack runs torch's default, foreach)."""
-    return mem.fused_step and (stack is Stack.FUSED or mem.state is StateKind.QUANTIZED_BLOCKWISE)
+    do (they have no other implementation); torch's ``fused=True`` ones unless foreach is
+    asked for (``auto`` is fused where a fused kernel exists, on every stack: see
+    :class:`~advisor.config.OptimizerImpl`). ``stack`` is kept for the callers' sake."""
+    del stack
+    if not mem.fused_step:
+        return False
+    return mem.state is StateKind.QUANTIZED_BLOCKWISE or impl is not OptimizerImpl.FOREACH
 
 
 def _phases(

@@ -187,3 +187,80 @@ def test_lora_targets_train_what_peft_trains(flag: str, targets: Any, save: Any)
 def test_lora_targets_refuse_what_is_not_a_block_matrix(bad: str) -> None:
     with pytest.raises(UserError):
         parse_lora_targets(bad)
+
+
+_DEEPSPEED_STEP = """
+import json, os, sys, warnings, logging
+warnings.filterwarnings("ignore"); logging.disable(logging.WARNING)
+import torch, deepspeed
+import torch.distributed as dist
+from tests.livemem import LiveBytes
+from tests.memhelpers import build_model
+dist.init_process_group("gloo", rank=0, world_size=1)
+model = build_model("llama", "sdpa")
+config = {"train_micro_batch_size_per_gpu": 2, "bf16": {"enabled": True},
+          "zero_optimization": {"stage": int(sys.argv[1])}, "zero_allow_untested_optimizer": True}
+opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+extra = []
+with LiveBytes() as live:
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+    ids = torch.randint(0, 256, (2, 32))
+    for _ in range(2):  # the first step allocates the states
+        engine.backward(engine(input_ids=ids, labels=ids).loss)
+        live.reset_peak()
+        before = live.current
+        engine.step()
+        extra.append(live.peak - before)
+print(json.dumps({"extra": extra[-1]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_zero_steps_an_fp32_copy_of_the_gradient_partition(stage: int) -> None:
+    """DeepSpeed's bf16 ZeRO step (one rank over gloo on the CPU, torch's fused AdamW as
+    the client optimizer): around ``engine.step()`` it allocates a flat 16-bit copy of the
+    gradient partition and its fp32 cast, 6 bytes per parameter: the model's step-phase
+    transient for bf16-mixed under ZeRO."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("deepspeed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", _DEEPSPEED_STEP, str(stage)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+        check=True,
+    )
+    extra = json.loads(run.stdout.strip().splitlines()[-1])["extra"]
+    sharding = {1: "zero1", 2: "zero2", 3: "zero3"}[stage]
+    config = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=Precision.BF16_MIXED,
+        micro_batch=2,
+        seq_len=32,
+        sharding=sharding,
+    )
+    est = estimate_memory(
+        spec_for("llama"), config, optimizer=TAX["adamw"], device=DeviceOverheads.cpu()
+    )
+    assert est.phase("optimizer_step").components["transient"] == pytest.approx(extra, abs=64)

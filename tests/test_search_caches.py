@@ -58,6 +58,7 @@ _PER_STEP_VALUES: dict[str, list[Any]] = {
     "activation_offload": [False, True],
     "lora_rank": [8, 64],
     "lora_targets": [("k", "o", "q", "v"), ("down", "gate", "k", "o", "q", "up", "v")],
+    "optimizer_impl": ["auto", "fused", "foreach"],
 }
 
 
