@@ -813,6 +813,14 @@ def recommend(
         ),
     ] = "balanced",
     privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-targets",
+            help="What LoRA/QLoRA plans adapt: attention (the default), mlp, all-linear or a "
+            "comma list (see estimate --help).",
+        ),
+    ] = None,
     sparse_features: Annotated[
         bool, typer.Option("--sparse-features", help="The model learns sparse features.")
     ] = False,
@@ -878,6 +886,7 @@ def recommend(
         nvme=nvme,
         tp=tp,
         pp=pp,
+        lora_targets=lora_targets,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": list(rules_dir)})
