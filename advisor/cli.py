@@ -589,6 +589,14 @@ def estimate(
         ),
     ] = "none",
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    lora_dropout: Annotated[
+        float,
+        typer.Option(
+            "--lora-dropout",
+            help="PEFT's lora_dropout (0 by default): above 0 every adapter keeps its own "
+            "dropped-out input and mask.",
+        ),
+    ] = 0.0,
     optimizer_impl: Annotated[
         str,
         typer.Option(
@@ -704,6 +712,7 @@ def estimate(
         offload=offload,
         lora_rank=lora_rank,
         lora_targets=lora_targets,
+        lora_dropout=lora_dropout,
         optimizer_impl=optimizer_impl,
         dp_sgd=dp_sgd,
         stack=stack,

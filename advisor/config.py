@@ -178,6 +178,13 @@ class TrainingConfig(BaseModel):
     sharding: Sharding = Sharding.NONE
     offload: Offload = Offload.NONE
     lora_rank: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="PEFT's lora_dropout: above 0 each adapter drops out its own copy of its "
+        "input (and keeps the mask)",
+    )
     lora_targets: tuple[str, ...] = Field(
         default=("k", "o", "q", "v"),
         description="what LoRA/QLoRA adapts (sorted): block matrices among q, k, v, o, gate, "

@@ -219,6 +219,7 @@ def build_config(
     fused_norm: bool = False,
     lora_targets: str | None = None,
     optimizer_impl: str = "auto",
+    lora_dropout: float = 0.0,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -265,6 +266,7 @@ def build_config(
             sharding=_enum(Sharding, sharding, "--sharding"),
             offload=_enum(Offload, offload, "--offload"),
             lora_rank=lora_rank,
+            lora_dropout=lora_dropout,
             **({} if lora_targets is None else {"lora_targets": parse_lora_targets(lora_targets)}),
             dp_sgd=dp_sgd,
             stack=_enum(Stack, stack, "--stack"),

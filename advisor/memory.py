@@ -127,6 +127,12 @@ class DeviceOverheads(BaseModel):
             "plus the 1 MiB cuBLASLt workspace"
         ),
     )
+    dropout_mask_bytes: int | None = Field(
+        default=1,
+        ge=1,
+        description="bytes per element of a dropout mask: CUDA's native_dropout keeps a bool "
+        "mask; None: the dropped tensor's dtype, as the CPU kernel keeps it (measured)",
+    )
     allocator_reserve_fraction: float = Field(
         default=0.05,
         ge=0,
@@ -140,7 +146,12 @@ class DeviceOverheads(BaseModel):
     @classmethod
     def cpu(cls) -> DeviceOverheads:
         """No context, no workspace, no allocator slack: what the CPU tests measure."""
-        return cls(cuda_context_bytes=0, workspace_bytes=0, allocator_reserve_fraction=0.0)
+        return cls(
+            cuda_context_bytes=0,
+            workspace_bytes=0,
+            allocator_reserve_fraction=0.0,
+            dropout_mask_bytes=None,
+        )
 
 
 class Phase(BaseModel):
@@ -795,6 +806,8 @@ def layer_activation_bytes(
     tensor_parallel: int = 1,
     fused_norm: bool = False,
     quantized: bool = False,
+    lora_dropout: bool = False,
+    mask_bytes: int | None = 1,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -837,6 +850,11 @@ def layer_activation_bytes(
             PR #1270), and it returns its input's dtype (``.to(inp_dtype)``), so under
             autocast with the fp32 residual of ``prepare_model_for_kbit_training`` the MLP's
             intermediates are fp32 (measured in tests/test_memory_qlora.py).
+        lora_dropout: PEFT's ``lora_dropout > 0``: each adapter runs ``lora_A(dropout(x))``
+            on its own, keeping its dropout output (where no autocast cast replaces it)
+            and the mask, so adapters reading one tensor no longer share it.
+        mask_bytes: bytes per mask element (1: CUDA's bool mask; None: the dropped
+            tensor's dtype, the CPU kernel's).
 
     Returns:
         The bytes of one block on one device.
@@ -868,7 +886,9 @@ def layer_activation_bytes(
         kept = [n for n in names if saved_input(n)]
         if not kept:
             return 0
-        return cl * (1 if one_matrix or fused or cl == res else len(kept))
+        # Under LoRA dropout each adapter keeps its own dropped-out copy.
+        shared = one_matrix or fused or (cl == res and not lora_dropout)
+        return cl * (1 if shared else len(kept))
 
     gpt2 = family == "gpt2"
     norm_out_attn = reads(
@@ -946,6 +966,8 @@ def layer_activation_bytes(
             # SDPA fp32 q, k, v under autocast, o_proj's adapter keeps a contiguous copy of
             # the kernel's output rather than sharing its storage.
             total += o_in * t * qd
+        if lora_dropout and o_in:
+            total += o_in * t * qd  # o's adapter keeps its dropped-out copy (measured)
     # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
     mc = res if quantized else c
     mlp = _enum_value(spec.mlp)
@@ -965,6 +987,13 @@ def layer_activation_bytes(
     if lora_targets is not None:
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
+        if lora_dropout:
+            # One mask per adapter, as wide as its input: the norm output (q, k, v, gate,
+            # up), the attention output (o) or the MLP product (down).
+            width = {"o": (qd, c), "down": (f, mc)}
+            for n in adapted:
+                d_in, dtype = width.get(n, (h, res))
+                total += t * d_in * (mask_bytes or dtype)
     return math.ceil(total / tensor_parallel)
 
 
@@ -1623,6 +1652,7 @@ def saved_activation_bytes(spec: ModelSpec, config: TrainingConfig, stage_layers
         tensor_parallel=config.tensor_parallel,
         fused_norm=config.fused_norm,
         quantized=config.task is Task.QLORA,
+        lora_dropout=adapters and config.lora_dropout > 0,
     )
     return _block_saves(spec, config, stage_layers, layer).per_microbatch
 
@@ -2053,6 +2083,8 @@ def _estimate_stage(
         tensor_parallel=tp,
         fused_norm=config.fused_norm,
         quantized=config.task is Task.QLORA,
+        lora_dropout=adapters and config.lora_dropout > 0,
+        mask_bytes=device.dropout_mask_bytes,
     )
     ckpt = Checkpointing.NONE if zeroth else config.checkpointing
     # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
