@@ -589,6 +589,14 @@ def estimate(
         ),
     ] = "none",
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="LoRA/QLoRA rank.")] = 16,
+    dropout: Annotated[
+        bool,
+        typer.Option(
+            "--dropout",
+            help="The model's own dropout is on (BERT, GPT-2 and OPT publish 0.1): its masks, "
+            "and the dropped attention probabilities under eager attention.",
+        ),
+    ] = False,
     lora_dropout: Annotated[
         float,
         typer.Option(
@@ -713,6 +721,7 @@ def estimate(
         lora_rank=lora_rank,
         lora_targets=lora_targets,
         lora_dropout=lora_dropout,
+        dropout=dropout,
         optimizer_impl=optimizer_impl,
         dp_sgd=dp_sgd,
         stack=stack,

@@ -178,6 +178,13 @@ class TrainingConfig(BaseModel):
     sharding: Sharding = Sharding.NONE
     offload: Offload = Offload.NONE
     lora_rank: int = Field(default=16, ge=1)
+    dropout: bool = Field(
+        default=False,
+        description="the model's own dropout is on in training (BERT's, GPT-2's and OPT's "
+        "published configs: 0.1): two hidden-state masks per block, the attention "
+        "probabilities' mask and dropped copy under eager attention (fused kernels keep "
+        "only an RNG state), the embedding output's mask",
+    )
     lora_dropout: float = Field(
         default=0.0,
         ge=0.0,

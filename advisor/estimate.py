@@ -220,6 +220,7 @@ def build_config(
     lora_targets: str | None = None,
     optimizer_impl: str = "auto",
     lora_dropout: float = 0.0,
+    dropout: bool = False,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -267,6 +268,7 @@ def build_config(
             offload=_enum(Offload, offload, "--offload"),
             lora_rank=lora_rank,
             lora_dropout=lora_dropout,
+            dropout=dropout,
             **({} if lora_targets is None else {"lora_targets": parse_lora_targets(lora_targets)}),
             dp_sgd=dp_sgd,
             stack=_enum(Stack, stack, "--stack"),

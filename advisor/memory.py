@@ -447,6 +447,10 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
     if _get(spec, "pooler", False):
         out.append(ParamTensor("pooler", (h, h), Role.OUTPUT, per_layer=False))
         out.append(ParamTensor("pooler_bias", (h,), Role.VECTOR, per_layer=False))
+        # The sequence classifier on the pooled output (BertForSequenceClassification; the
+        # pre-training NSP head is the same 2 x h): two labels.
+        out.append(ParamTensor("classifier", (2, h), Role.OUTPUT, per_layer=False))
+        out.append(ParamTensor("classifier_bias", (2,), Role.VECTOR, per_layer=False))
     norm_tensors = 2 if layernorm else 1
     block_norms = 4 if _enum_value(_get(spec, "block_norms", "pre")) == "sandwich" else 2
     out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L * norm_tensors))
@@ -808,6 +812,7 @@ def layer_activation_bytes(
     quantized: bool = False,
     lora_dropout: bool = False,
     mask_bytes: int | None = 1,
+    dropout: bool = False,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -855,6 +860,11 @@ def layer_activation_bytes(
             and the mask, so adapters reading one tensor no longer share it.
         mask_bytes: bytes per mask element (1: CUDA's bool mask; None: the dropped
             tensor's dtype, the CPU kernel's).
+        dropout: the model's dropout on (``TrainingConfig.dropout``): the masks of the two
+            hidden-state dropouts (their outputs go into a residual add, which keeps
+            nothing) and, under eager attention, the probabilities' mask and the dropped
+            probabilities the value matmul keeps (measured on BERT in
+            tests/test_memory_encoder.py).
 
     Returns:
         The bytes of one block on one device.
@@ -984,6 +994,14 @@ def layer_activation_bytes(
         total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, family)
     else:
         total += mlp_bytes
+    if dropout:
+        total += 2 * t * h * (mask_bytes or c)
+        if attention is Attention.EAGER and not selective and not fused:
+            # The dropped probabilities are what the value matmul keeps, unless autocast
+            # casts them for it (the cast is counted above): then only the mask is new.
+            autocast = precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+            probs = 4 if autocast else c
+            total += b * a * s * s * ((0 if autocast else c) + (mask_bytes or probs))
     if lora_targets is not None:
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
@@ -1304,6 +1322,7 @@ def loss_memory(
     stack: Stack = Stack.HF,
     fused_loss: bool = False,
     tensor_parallel: int = 1,
+    classify: bool = False,
 ) -> LossMemory:
     """Bytes of the LM head's output and the cross-entropy loss, per kernel choice.
 
@@ -1331,6 +1350,7 @@ def loss_memory(
         stack: the kernel stack.
         fused_loss: a fused linear cross-entropy (any stack).
         tensor_parallel: vocabulary-parallel degree (Megatron splits the logits over it).
+        classify: an encoder fine-tuned for sequence classification: no vocabulary logits.
 
     Returns:
         The saved and transient bytes on one device.
@@ -1340,6 +1360,12 @@ def loss_memory(
     h, V = d["h"], math.ceil(d["V"] / tensor_parallel)
     dt = _dtypes(precision)
     c = dt.act
+    if classify:
+        # A sequence classifier on the pooled first token (BertForSequenceClassification):
+        # the pooler's tanh output, its two fp32 logits' log-softmax and int64 labels.
+        return LossMemory(
+            saved_bytes=c * b * h + 4 * b * 2 + 8 * b, output_bytes=c * b * 2, transient_bytes=0
+        )
     if fused_loss:
         chunk = min(t, 1 << max(0, math.ceil(math.log2(max(1, math.ceil(t / math.ceil(V / h)))))))
         saved = c * t * h + dt.weight * V * h
@@ -2085,6 +2111,7 @@ def _estimate_stage(
         quantized=config.task is Task.QLORA,
         lora_dropout=adapters and config.lora_dropout > 0,
         mask_bytes=device.dropout_mask_bytes,
+        dropout=config.dropout and not zeroth,
     )
     ckpt = Checkpointing.NONE if zeroth else config.checkpointing
     # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
@@ -2106,6 +2133,9 @@ def _estimate_stage(
         adapters,
         head_frozen,
     )
+    if config.dropout and not zeroth:
+        # The embedding output's dropout mask (its output is the first block's input).
+        model_level += b * s * d["h"] * (device.dropout_mask_bytes or dt.residual)
     loss = (
         loss_memory(
             spec,
@@ -2115,6 +2145,7 @@ def _estimate_stage(
             stack=config.stack,
             fused_loss=config.fused_loss,
             tensor_parallel=tp,
+            classify=_enum_value(spec.arch) == "encoder" and config.task is not Task.PRETRAIN,
         )
         if last
         else _NO_LOSS
