@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from advisor.config import Stack, Task
 from advisor.costdata import CalibrationCache
 from advisor.errors import UserError
+from advisor.estimate import parse_lora_targets
 from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.limits import check_bound, check_global_batch_tokens, resolve_seq_len
 from advisor.modelspec import ModelSpec
@@ -80,6 +81,7 @@ class RecommendRequest(BaseModel):
         nvme: str | None = None,
         tp: int | None = None,
         pp: int | None = None,
+        lora_targets: str | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
@@ -121,6 +123,7 @@ class RecommendRequest(BaseModel):
             tensor_parallel=tp,
             pipeline_parallel=pp,
             stack=_choice(Stack, stack, "--stack"),
+            lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
         )
         return cls(
             spec=spec,

@@ -705,6 +705,40 @@ def estimate(
     lora_rank: Annotated[
         int | None, typer.Option("--lora-rank", help="LoRA/QLoRA rank (default 16).")
     ] = None,
+    dropout: Annotated[
+        bool,
+        typer.Option(
+            "--dropout",
+            help="The model's own dropout is on (BERT, GPT-2 and OPT publish 0.1): its masks, "
+            "and the dropped attention probabilities under eager attention.",
+        ),
+    ] = False,
+    lora_dropout: Annotated[
+        float,
+        typer.Option(
+            "--lora-dropout",
+            help="PEFT's lora_dropout (0 by default): above 0 every adapter keeps its own "
+            "dropped-out input and mask.",
+        ),
+    ] = 0.0,
+    optimizer_impl: Annotated[
+        str,
+        typer.Option(
+            "--optimizer-impl",
+            help="How the step runs: auto (fused where the optimizer has a fused kernel, as "
+            "Hugging Face's Trainer and torchtitan run AdamW), fused or foreach (one "
+            "parameter-sized temporary).",
+        ),
+    ] = "auto",
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-targets",
+            help="What LoRA/QLoRA adapts: attention (q,k,v,o; the default), mlp, all-linear "
+            "(PEFT's) or a comma list of q,k,v,o,gate,up,down, plus embed/lm_head to train "
+            "them in full.",
+        ),
+    ] = None,
     dp_sgd: Annotated[
         bool, typer.Option("--dp-sgd", help="Per-sample gradients (DP-SGD).")
     ] = False,
@@ -810,6 +844,10 @@ def estimate(
         sharding=sharding,
         offload=offload,
         lora_rank=16 if lora_rank is None else lora_rank,
+        lora_targets=lora_targets,
+        lora_dropout=lora_dropout,
+        dropout=dropout,
+        optimizer_impl=optimizer_impl,
         dp_sgd=dp_sgd,
         stack=stack,
         fused_loss=fused_loss,
@@ -982,6 +1020,14 @@ def recommend(
         ),
     ] = "balanced",
     privacy: Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")] = "none",
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-targets",
+            help="What LoRA/QLoRA plans adapt: attention (the default), mlp, all-linear or a "
+            "comma list (see estimate --help).",
+        ),
+    ] = None,
     sparse_features: Annotated[
         bool, typer.Option("--sparse-features", help="The model learns sparse features.")
     ] = False,
@@ -1071,6 +1117,7 @@ def recommend(
         nvme=nvme,
         tp=tp,
         pp=pp,
+        lora_targets=lora_targets,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": _rules_dirs(rules_dir)})

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: The matrices LoRA may adapt in every block, by their role (the memory model maps fused
+#: and latent projections onto them: GPT-2/Phi-3's qkv, Phi-3's gate_up, MLA's q_a/kv_a/kv_b),
+#: and the whole tensors outside the blocks that can be trained beside the adapters (PEFT's
+#: ``modules_to_save``: the embedding and the LM head).
+LORA_MATRICES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+LORA_FULL_TENSORS: tuple[str, ...] = ("embed", "lm_head")
+#: Named groups of ``--lora-targets``: PEFT's ``target_modules="all-linear"`` adapts every
+#: linear layer but the output layer (peft.tuners.tuners_utils, INCLUDE_LINEAR_LAYERS_SHORTHAND).
+LORA_TARGET_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention": ("q", "k", "v", "o"),
+    "mlp": ("gate", "up", "down"),
+    "all-linear": LORA_MATRICES,
+}
 
 
 class Task(str, Enum):
@@ -123,6 +137,24 @@ class Stack(str, Enum):
     FUSED = "fused"
 
 
+class OptimizerImpl(str, Enum):
+    """How the optimizer step runs, which decides its temporaries and passes over memory.
+
+    ``fused``: one in-place kernel per step (torch's ``fused=True``, DeepSpeed's FusedAdam
+    ``multi_tensor_adam``, apex): no parameter-sized temporary. ``foreach``: torch's
+    multi-tensor ops, one pass per arithmetic op and one temporary as large as the
+    parameters it steps, in their dtype (measured: 4 B/param fp32, 2 B/param bf16).
+    ``auto``: fused where the optimizer has a fused kernel: Hugging Face's Trainer defaults
+    to ``adamw_torch_fused`` since torch 2.8 (transformers TrainingArguments.optim), as
+    torchtitan and Megatron run fused Adam; foreach otherwise. bitsandbytes' 8-bit
+    optimizers update in place whatever is asked.
+    """
+
+    AUTO = "auto"
+    FUSED = "fused"
+    FOREACH = "foreach"
+
+
 class TrainingConfig(BaseModel):
     """One explicit training configuration, per data-parallel replica."""
 
@@ -136,6 +168,10 @@ class TrainingConfig(BaseModel):
         default="adamw",
         pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$",
         description="the optimizer's taxonomy id (optadvise taxonomy)",
+    )
+    optimizer_impl: OptimizerImpl = Field(
+        default=OptimizerImpl.AUTO,
+        description="the optimizer's kernel: auto (fused where one exists), fused or foreach",
     )
     precision: Precision = Field(
         default=Precision.BF16_MIXED, description="the precision recipe (weights and compute)"
@@ -160,6 +196,26 @@ class TrainingConfig(BaseModel):
         default=Offload.NONE, description="what leaves the device: optimizer, params, to NVMe"
     )
     lora_rank: int = Field(default=16, ge=1, description="LoRA/QLoRA adapter rank r")
+    dropout: bool = Field(
+        default=False,
+        description="the model's own dropout is on in training (BERT's, GPT-2's and OPT's "
+        "published configs: 0.1): two hidden-state masks per block, the attention "
+        "probabilities' mask and dropped copy under eager attention (fused kernels keep "
+        "only an RNG state), the embedding output's mask",
+    )
+    lora_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="PEFT's lora_dropout: above 0 each adapter drops out its own copy of its "
+        "input (and keeps the mask)",
+    )
+    lora_targets: tuple[str, ...] = Field(
+        default=("k", "o", "q", "v"),
+        description="what LoRA/QLoRA adapts (sorted): block matrices among q, k, v, o, gate, "
+        "up, down, and whole tensors trained beside them (embed, lm_head: PEFT's "
+        "modules_to_save)",
+    )
     dp_sgd: bool = Field(default=False, description="per-sample gradients (DP-SGD/DP-Adam)")
     grad_accumulation: int = Field(
         default=1, ge=1, description="micro-batches summed per optimizer step"
@@ -208,6 +264,17 @@ class TrainingConfig(BaseModel):
     shard_group: int | None = Field(
         default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
     )
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _known_targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = LORA_MATRICES + LORA_FULL_TENSORS
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise ValueError(f"unknown LoRA target {unknown[0]!r} (allowed: {', '.join(allowed)})")
+        if not any(v in LORA_MATRICES for v in value):
+            raise ValueError("LoRA needs at least one adapted block matrix")
+        return tuple(sorted(set(value)))
 
     @property
     def world_size(self) -> int:

@@ -51,7 +51,15 @@ from advisor.hardware import (
     GpuEfficiency,
     HardwareProfile,
 )
-from advisor.memory import fused_step_on, saved_activation_bytes, selective_op_recompute_share
+from advisor.memory import (
+    DeviceOverheads,
+    fused_step_on,
+    memory_totals,
+    paged_residency,
+    saved_activation_bytes,
+    selective_op_recompute_share,
+    trainable_parameter_count,
+)
 from advisor.modelspec import Arch, ModelSpec
 from advisor.taxonomy import Technique
 
@@ -391,6 +399,7 @@ def predict_step_time(
     optimizer_fused_step: bool = True,
     interconnect_gb_s: float | None = None,
     gpus_per_node: int | None = None,
+    paged_traffic_bytes: float = 0.0,
 ) -> StepTime:
     """Predict one optimizer step's seconds for ``config`` on one device.
 
@@ -415,6 +424,8 @@ def predict_step_time(
             intra-node link says that they leave the node.
         gpus_per_node: devices per node (default: the profile's ``gpus_per_node``); ranks
             are laid out TP innermost, then data parallel, then pipeline (Megatron's order).
+        paged_traffic_bytes: bytes a paged optimizer's states migrate between host and
+            device per step (memory.paged_residency); priced at the host link's rate.
 
     Returns:
         The step time with every component labelled measured or analytic.
@@ -426,8 +437,13 @@ def predict_step_time(
     if calibration is None and hardware is None:
         raise ValueError("predict_step_time needs a calibration or a hardware profile")
     eff = efficiency_for(hardware) if hardware is not None else CPU_EFFICIENCY
-    return _Step(spec, config, calibration, hardware, eff, interconnect_gb_s, gpus_per_node).run(
-        optimizer_bytes_per_param, optimizer_order, preconditioner_interval, optimizer_fused_step
+    step = _Step(spec, config, calibration, hardware, eff, interconnect_gb_s, gpus_per_node)
+    return step.run(
+        optimizer_bytes_per_param,
+        optimizer_order,
+        preconditioner_interval,
+        optimizer_fused_step,
+        paged_traffic_bytes,
     )
 
 
@@ -483,6 +499,8 @@ _PER_STEP_FIELDS = frozenset(
         "optimizer_in_backward",
         "activation_offload",
         "lora_rank",
+        "lora_targets",
+        "optimizer_impl",
     }
 )
 _MICRO_BATCH_FIELDS = tuple(f for f in TrainingConfig.model_fields if f not in _PER_STEP_FIELDS)
@@ -967,7 +985,12 @@ class _Step:
         return dict(times), fwd, bwd, mb_seconds
 
     def run(
-        self, state_bytes: float, order: str, interval: int | None, fused_step: bool = True
+        self,
+        state_bytes: float,
+        order: str,
+        interval: int | None,
+        fused_step: bool = True,
+        paged_traffic: float = 0.0,
     ) -> StepTime:
         c = self.config
         zeroth = order == "zeroth"
@@ -1002,6 +1025,14 @@ class _Step:
             )
         if c.offload is not Offload.NONE and not zeroth:
             parts["offload_transfer"] = self.offload(fwd, bwd)
+        if paged_traffic > 0:
+            # bitsandbytes syncs the stream after every parameter's update (sync_gpu), so the
+            # migrations of its paged states are not hidden behind compute.
+            parts["paged_states"] = ComponentTime(
+                seconds=paged_traffic / self.pcie(),
+                source=Source.ANALYTIC,
+                detail="unified-memory migration of paged optimizer states over PCIe",
+            )
         if self.dp > 1:
             parts["communication"] = self.data_parallel(fwd, bwd)
         total = sum(p.seconds for p in parts.values())
@@ -1012,12 +1043,9 @@ class _Step:
     def trainable(self) -> int:
         c, sh = self.config, self.sh
         if c.task in (Task.LORA, Task.QLORA):
-            h = self.spec.hidden_size or 0
-            kv = (self.spec.num_key_value_heads or 1) * (self.spec.head_dim or 1)
-            q = (self.spec.num_attention_heads or 1) * (self.spec.head_dim or 1)
-            r = c.lora_rank
-            # q, k, v, o adapters: r x (d_in + d_out) each (Hu et al. 2021).
-            return sh.layers * r * ((h + q) + (h + kv) * 2 + (q + h))
+            # The adapters on the configured targets, r x (d_in + d_out) per adapted matrix
+            # (Hu et al. 2021), and any whole tensor trained beside them.
+            return trainable_parameter_count(self.spec, c)
         return sh.params
 
     def shard(self, from_stage: int) -> int:
@@ -1231,7 +1259,21 @@ def predict_for_optimizer(
 ) -> StepTime:
     """:func:`predict_step_time` with the optimizer's facts read from its taxonomy entry
     (state bytes, order, refresh interval): how the recommender, ``estimate`` and the
-    benchmarks all call the cost model."""
+    benchmarks all call the cost model. A paged optimizer on a CUDA profile adds the
+    migration of the states the device cannot hold (memory.paged_residency)."""
+    paged_traffic = 0.0
+    if (
+        optimizer.memory is not None
+        and optimizer.memory.paged
+        and hardware is not None
+        and hardware.kind is DeviceKind.CUDA
+    ):
+        totals = memory_totals(spec, config, optimizer=optimizer, device=DeviceOverheads())
+        if totals.paged_bytes:
+            residency = paged_residency(
+                totals.paged_bytes, totals.total_bytes, hardware.memory_bytes
+            )
+            paged_traffic = float(residency.traffic_bytes)
     return predict_step_time(
         spec,
         config,
@@ -1240,9 +1282,10 @@ def predict_for_optimizer(
         optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
-        optimizer_fused_step=fused_step_on(optimizer.memory, config.stack)
+        optimizer_fused_step=fused_step_on(optimizer.memory, config.stack, config.optimizer_impl)
         if optimizer.memory
         else True,
         interconnect_gb_s=interconnect_gb_s,
         gpus_per_node=gpus_per_node,
+        paged_traffic_bytes=paged_traffic,
     )

@@ -8,9 +8,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advisor.config import (
+    LORA_FULL_TENSORS,
+    LORA_MATRICES,
+    LORA_TARGET_GROUPS,
     Attention,
     Checkpointing,
     Offload,
+    OptimizerImpl,
     Precision,
     Sharding,
     Stack,
@@ -20,7 +24,13 @@ from advisor.config import (
 from advisor.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware import DeviceKind, HardwareProfile, get_hardware_profile
-from advisor.memory import OVERHEAD_COMPONENTS, DeviceOverheads, MemoryEstimate, estimate_memory
+from advisor.memory import (
+    OVERHEAD_COMPONENTS,
+    DeviceOverheads,
+    MemoryEstimate,
+    estimate_memory,
+    paged_residency,
+)
 from advisor.modelspec import ModelSpec
 from advisor.taxonomy import Category, load_taxonomy
 
@@ -91,6 +101,22 @@ class EstimateReport(BaseModel):
     trainable_parameters: int
     host_bytes: int = Field(description="bytes offload keeps in host memory")
     nvme_bytes: int = Field(default=0, description="bytes NVMe offload keeps on NVMe")
+    paged_bytes: int = Field(
+        default=0,
+        description="optimizer states a paged optimizer keeps in CUDA unified memory, not in "
+        "total_bytes (torch's max_memory_allocated/reserved never count them)",
+    )
+    paged_resident_bytes: int | None = Field(
+        default=None,
+        description="of paged_bytes, what stays in device memory beside the peak (None: no "
+        "device to check against)",
+    )
+    paged_host_bytes: int | None = Field(
+        default=None,
+        description="of paged_bytes, what the driver pages out to host memory; when it is not "
+        "0, every step migrates all paged states in and out over PCIe (step_time's "
+        "paged_states)",
+    )
     notes: list[str]
     device: str = Field(description="overheads assumed: cuda or cpu")
     hardware: str | None = Field(default=None, description="profile the fit was checked against")
@@ -123,6 +149,49 @@ def _enum(kind: type[E], value: str, flag: str) -> E:
         raise UserError(f"invalid {flag} {value!r}", f"use one of: {allowed}") from None
 
 
+# Hugging Face module names (and the embedding's) accepted for the block matrices.
+_HF_TARGET_NAMES = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "embed_tokens": "embed",
+}
+
+
+def parse_lora_targets(text: str) -> tuple[str, ...]:
+    """``--lora-targets``: ``attention``, ``mlp``, ``all-linear`` or a comma list of
+    q, k, v, o, gate, up, down (Hugging Face's q_proj ... names too), embed, lm_head; a
+    group may be part of the list (``all-linear,embed,lm_head``).
+
+    Raises:
+        UserError: for an unknown name, or a list with no block matrix.
+    """
+    out: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if name in LORA_TARGET_GROUPS:
+            out += LORA_TARGET_GROUPS[name]
+            continue
+        name = _HF_TARGET_NAMES.get(name, name)
+        if name not in LORA_MATRICES + LORA_FULL_TENSORS:
+            raise UserError(
+                f"invalid --lora-targets entry {raw.strip()!r}",
+                "use attention, mlp, all-linear or a comma list of q, k, v, o, gate, up, down, "
+                "embed, lm_head",
+            )
+        out.append(name)
+    if not any(n in LORA_MATRICES for n in out):
+        raise UserError(
+            f"--lora-targets {text!r} adapts no block matrix",
+            "name at least one of q, k, v, o, gate, up, down (or attention, mlp, all-linear)",
+        )
+    return tuple(sorted(set(out)))
+
+
 def build_config(
     *,
     task: str,
@@ -148,6 +217,10 @@ def build_config(
     activation_offload: bool = False,
     ac_frequency: int | None = None,
     fused_norm: bool = False,
+    lora_targets: str | None = None,
+    optimizer_impl: str = "auto",
+    lora_dropout: float = 0.0,
+    dropout: bool = False,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -160,6 +233,13 @@ def build_config(
         tax.get(optimizer)  # raises with "did you mean"
         raise UserError(
             f"{optimizer!r} is not an optimizer", "use one of: " + ", ".join(optimizers)
+        )
+    impl = _enum(OptimizerImpl, optimizer_impl, "--optimizer-impl")
+    memory = tax.get(optimizer).memory
+    if impl is OptimizerImpl.FUSED and memory is not None and not memory.fused_step:
+        raise UserError(
+            f"{optimizer} has no fused implementation",
+            "use --optimizer-impl auto or foreach",
         )
     ckpt = _enum(Checkpointing, checkpointing, "--checkpointing")
     if ac_frequency is not None and ckpt is not Checkpointing.SELECTIVE_LAYER:
@@ -176,6 +256,7 @@ def build_config(
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
             optimizer=optimizer,
+            optimizer_impl=impl,
             precision=_enum(Precision, precision, "--precision"),
             attention=_enum(Attention, attention, "--attention"),
             checkpointing=ckpt,
@@ -186,6 +267,9 @@ def build_config(
             sharding=_enum(Sharding, sharding, "--sharding"),
             offload=_enum(Offload, offload, "--offload"),
             lora_rank=lora_rank,
+            lora_dropout=lora_dropout,
+            dropout=dropout,
+            **({} if lora_targets is None else {"lora_targets": parse_lora_targets(lora_targets)}),
             dp_sgd=dp_sgd,
             stack=_enum(Stack, stack, "--stack"),
             fused_loss=fused_loss,
@@ -255,6 +339,11 @@ def estimate_report(
     host = host_memory_bytes
     if profile is not None and profile.host_memory_gib is not None:
         host = int(profile.host_memory_gib * 1024**3)
+    residency = (
+        paged_residency(m.paged_bytes, m.total_bytes, device_mem)
+        if m.paged_bytes and device_mem is not None
+        else None
+    )
     return EstimateReport(
         model=spec.name,
         model_id=spec.id,
@@ -275,6 +364,9 @@ def estimate_report(
         trainable_parameters=m.trainable_parameters,
         host_bytes=m.host_bytes,
         nvme_bytes=m.nvme_bytes,
+        paged_bytes=m.paged_bytes,
+        paged_resident_bytes=residency.resident_bytes if residency else None,
+        paged_host_bytes=residency.host_bytes if residency else None,
         notes=m.notes + _carried_over(profile, step_time),
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,

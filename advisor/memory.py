@@ -50,6 +50,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     Offload,
+    OptimizerImpl,
     Precision,
     Sharding,
     Stack,
@@ -95,6 +96,12 @@ DEFAULT_LORA_TARGETS: frozenset[str] = frozenset({"q", "k", "v", "o"})
 _NF4_BYTES = 0.5
 _NF4_CONSTANT_BITS = 8 / 64 + 32 / (64 * 256)
 
+# bitsandbytes' paged optimizers allocate a state buffer in CUDA unified memory
+# (functional.get_paged: cudaMallocManaged) only for parameters of at least 1e5 elements;
+# smaller ones, and every block's absmax, are ordinary torch tensors on the device
+# (bitsandbytes/optim/optimizer.py, Optimizer8bit.get_state_buffer, 0.43-0.50).
+PAGED_MIN_NUMEL = 100_000
+
 
 class DeviceOverheads(BaseModel):
     """Fixed per-device memory that is not a tensor of the model.
@@ -120,6 +127,12 @@ class DeviceOverheads(BaseModel):
             "plus the 1 MiB cuBLASLt workspace"
         ),
     )
+    dropout_mask_bytes: int | None = Field(
+        default=1,
+        ge=1,
+        description="bytes per element of a dropout mask: CUDA's native_dropout keeps a bool "
+        "mask; None: the dropped tensor's dtype, as the CPU kernel keeps it (measured)",
+    )
     allocator_reserve_fraction: float = Field(
         default=0.05,
         ge=0,
@@ -133,7 +146,12 @@ class DeviceOverheads(BaseModel):
     @classmethod
     def cpu(cls) -> DeviceOverheads:
         """No context, no workspace, no allocator slack: what the CPU tests measure."""
-        return cls(cuda_context_bytes=0, workspace_bytes=0, allocator_reserve_fraction=0.0)
+        return cls(
+            cuda_context_bytes=0,
+            workspace_bytes=0,
+            allocator_reserve_fraction=0.0,
+            dropout_mask_bytes=None,
+        )
 
 
 class Phase(BaseModel):
@@ -163,6 +181,12 @@ class MemoryEstimate(BaseModel):
     trainable_parameters: int = Field(description="parameters that get gradients")
     host_bytes: int = Field(default=0, description="what offload keeps in host (CPU) memory")
     nvme_bytes: int = Field(default=0, description="what NVMe offload keeps on NVMe")
+    paged_bytes: int = Field(
+        default=0,
+        description="optimizer states in CUDA unified memory (bitsandbytes' paged optimizers): "
+        "not in total_bytes (torch's allocator never sees them); the driver keeps on the device "
+        "what the rest leaves free and pages the remainder to host memory (paged_residency)",
+    )
     notes: list[str] = Field(default_factory=list, description="assumptions made")
 
     def phase(self, name: str) -> Phase:
@@ -423,6 +447,10 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
     if _get(spec, "pooler", False):
         out.append(ParamTensor("pooler", (h, h), Role.OUTPUT, per_layer=False))
         out.append(ParamTensor("pooler_bias", (h,), Role.VECTOR, per_layer=False))
+        # The sequence classifier on the pooled output (BertForSequenceClassification; the
+        # pre-training NSP head is the same 2 x h): two labels.
+        out.append(ParamTensor("classifier", (2, h), Role.OUTPUT, per_layer=False))
+        out.append(ParamTensor("classifier_bias", (2,), Role.VECTOR, per_layer=False))
     norm_tensors = 2 if layernorm else 1
     block_norms = 4 if _enum_value(_get(spec, "block_norms", "pre")) == "sandwich" else 2
     out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L * norm_tensors))
@@ -474,6 +502,32 @@ def _count(tensors: list[ParamTensor], *, per_layer: bool | None = None) -> int:
     return hit[1]
 
 
+# Fused and latent projections adapted when any of the matrices they stand for is a target
+# (PEFT targets the module: GPT-2's c_attn and Phi-3's qkv_proj hold q, k and v, Phi-3's
+# gate_up_proj gate and up; MLA's q_a_proj feeds the queries, kv_a/kv_b_proj keys and values).
+_LORA_ALIASES: dict[str, frozenset[str]] = {
+    "qkv": frozenset({"q", "k", "v"}),
+    "gate_up": frozenset({"gate", "up"}),
+    "q_a": frozenset({"q"}),
+    "kv_a": frozenset({"k", "v"}),
+    "kv_b": frozenset({"k", "v"}),
+    "shared_gate": frozenset({"gate"}),
+    "shared_up": frozenset({"up"}),
+    "shared_down": frozenset({"down"}),
+}
+
+
+def lora_full_tensors(tensors: list[ParamTensor], targets: frozenset[str]) -> list[ParamTensor]:
+    """The whole tensors trained beside the adapters: the embedding (``embed``) and the LM
+    head (``lm_head``), PEFT's ``modules_to_save``."""
+    return [
+        t
+        for t in tensors
+        if (t.role is Role.EMBEDDING and "embed" in targets)
+        or (t.role is Role.OUTPUT and len(t.shape) == 2 and "lm_head" in targets)
+    ]
+
+
 def lora_tensors(
     spec: ModelSpec, rank: int, targets: frozenset[str] = DEFAULT_LORA_TARGETS
 ) -> list[ParamTensor]:
@@ -489,8 +543,8 @@ def lora_tensors(
     """
     out = []
     for t in param_tensors(spec):
-        fused = t.name == "qkv" and bool(targets & {"q", "k", "v"})
-        if (t.name in targets or fused) and len(t.shape) == 2:
+        fused = bool(targets & _LORA_ALIASES.get(t.name, frozenset()))
+        if (t.name in targets or fused) and len(t.shape) == 2 and t.per_layer:
             d_out, d_in = t.shape
             out.append(ParamTensor(f"lora_A_{t.name}", (rank, d_in), Role.LAYER_MATRIX, t.count))
             out.append(ParamTensor(f"lora_B_{t.name}", (d_out, rank), Role.LAYER_MATRIX, t.count))
@@ -612,6 +666,63 @@ def _optimizer_state_bytes(
     return math.ceil(total)
 
 
+def paged_state_bytes(mem: OptimizerMemory, tensors: list[ParamTensor]) -> int:
+    """The part of :func:`optimizer_state_bytes` a paged optimizer keeps in unified memory.
+
+    bitsandbytes pages the elementwise state buffers (8-bit: one uint8 per element and
+    state) of parameters with at least :data:`PAGED_MIN_NUMEL` elements; the block
+    statistics (absmax) and the states of smaller tensors are ordinary device tensors.
+
+    Args:
+        mem: the optimizer's state signature (``paged`` set, else nothing is paged).
+        tensors: the trainable tensors.
+
+    Returns:
+        The paged bytes, before sharding.
+    """
+    if not mem.paged or mem.state in (StateKind.NONE, StateKind.SEED):
+        return 0
+    return math.ceil(
+        sum(mem.bytes_per_param * t.numel * t.count for t in tensors if t.numel >= PAGED_MIN_NUMEL)
+    )
+
+
+class PagedResidency(NamedTuple):
+    """Where a paged optimizer's states live on a device of a given size, and what a step
+    moves over the host link."""
+
+    resident_bytes: int  # kept in device memory (what torch's peak leaves free)
+    host_bytes: int  # paged out to host memory
+    traffic_bytes: int  # migrated host <-> device per optimizer step
+
+
+def paged_residency(paged_bytes: int, peak_bytes: int, device_bytes: int) -> PagedResidency:
+    """How unified memory holds ``paged_bytes`` of states next to a ``peak_bytes`` peak.
+
+    The CUDA driver backs managed memory with whatever device memory the other allocations
+    leave (torch's caching allocator keeps its peak reserved, so the peak is what is left
+    over from) and evicts the rest to host memory in 2 MiB root chunks, least recently
+    migrated first (NVIDIA open-gpu-kernel-modules, kernel-open/nvidia-uvm/uvm_pmm_gpu.c: the
+    root-chunk LRU is updated when a chunk is allocated or migrated, not on access).
+    bitsandbytes prefetches each parameter's states to the device before its update
+    (``Optimizer8bit.prefetch_state``: cudaMemPrefetchAsync) in the same order every step,
+    so once the states exceed the free memory that sweep is the LRU worst case: every
+    chunk is evicted before it is needed again, and each step migrates all paged states in
+    and writes as many evicted (updated) ones back. With room for them all, nothing moves.
+
+    Args:
+        paged_bytes: the estimate's ``paged_bytes``.
+        peak_bytes: the estimate's ``total_bytes`` (tensors, context and overheads).
+        device_bytes: the device's memory.
+
+    Returns:
+        Resident and host bytes, and the bytes a step moves over the host link.
+    """
+    resident = max(0, min(paged_bytes, device_bytes - peak_bytes))
+    host = paged_bytes - resident
+    return PagedResidency(resident, host, 2 * paged_bytes if host else 0)
+
+
 def _preconditioner_elements(mem: OptimizerMemory, shape: tuple[int, ...]) -> int:
     """Elements of the per-block preconditioner matrices of one tensor (Gupta et al. 2018)."""
     copies = mem.factor_matrices or 2
@@ -658,9 +769,20 @@ def _dtypes(precision: Precision) -> _Dtypes:
 
 
 def _norm_bytes(
-    layernorm: bool, t: int, h: int, c: int, out: int, res: int, fused: bool = False
+    layernorm: bool,
+    t: int,
+    h: int,
+    c: int,
+    out: int,
+    res: int,
+    fused: bool = False,
+    frozen: bool = False,
 ) -> int:
-    """One norm: what autograd keeps of it, its output (the next linear's input) included."""
+    """One norm: what autograd keeps of it, its output (the next linear's input) included.
+
+    ``frozen``: the norm's weight gets no gradient (LoRA/QLoRA), so HF RMSNorm's final
+    ``weight * normalized`` does not save ``normalized`` (measured with PEFT in
+    tests/test_memory_qlora.py); LayerNorm and fused kernels save the same either way."""
     if layernorm or fused:
         # native_layer_norm saves its input and fp32 mean and rstd per row. Fused RMSNorm
         # kernels save the input and an fp32 rstd per row (Liger ``rms_norm`` saves X, W and
@@ -669,7 +791,7 @@ def _norm_bytes(
         return res * t * h + stats * t + out * t * h
     # HF RMSNorm: x.to(fp32) (a copy unless already fp32), rsqrt per row, the normalized
     # tensor cast back to the input dtype, then weight * normalized (the output).
-    normalized = res if res == 4 else c
+    normalized = 0 if frozen else (res if res == 4 else c)
     return 4 * t * h + 4 * t + normalized * t * h + out * t * h
 
 
@@ -687,6 +809,10 @@ def layer_activation_bytes(
     stack: Stack = Stack.HF,
     tensor_parallel: int = 1,
     fused_norm: bool = False,
+    quantized: bool = False,
+    lora_dropout: bool = False,
+    mask_bytes: int | None = 1,
+    dropout: bool = False,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -724,6 +850,21 @@ def layer_activation_bytes(
         tensor_parallel: the tensor-parallel degree (with sequence parallelism).
         fused_norm: fused norm kernels on the hf stack (torchtitan's Triton
             ``fused_rmsnorm`` saves x, weight and an fp32 rstd per row).
+        quantized: QLoRA's 4-bit base (bitsandbytes ``Linear4bit``): its matmul keeps no
+            input (``MatMul4Bit`` holds only the packed weight since bitsandbytes 0.43.2,
+            PR #1270), and it returns its input's dtype (``.to(inp_dtype)``), so under
+            autocast with the fp32 residual of ``prepare_model_for_kbit_training`` the MLP's
+            intermediates are fp32 (measured in tests/test_memory_qlora.py).
+        lora_dropout: PEFT's ``lora_dropout > 0``: each adapter runs ``lora_A(dropout(x))``
+            on its own, keeping its dropout output (where no autocast cast replaces it)
+            and the mask, so adapters reading one tensor no longer share it.
+        mask_bytes: bytes per mask element (1: CUDA's bool mask; None: the dropped
+            tensor's dtype, the CPU kernel's).
+        dropout: the model's dropout on (``TrainingConfig.dropout``): the masks of the two
+            hidden-state dropouts (their outputs go into a residual add, which keeps
+            nothing) and, under eager attention, the probabilities' mask and the dropped
+            probabilities the value matmul keeps (measured on BERT in
+            tests/test_memory_encoder.py).
 
     Returns:
         The bytes of one block on one device.
@@ -755,7 +896,9 @@ def layer_activation_bytes(
         kept = [n for n in names if saved_input(n)]
         if not kept:
             return 0
-        return cl * (1 if one_matrix or fused or cl == res else len(kept))
+        # Under LoRA dropout each adapter keeps its own dropped-out copy.
+        shared = one_matrix or fused or (cl == res and not lora_dropout)
+        return cl * (1 if shared else len(kept))
 
     gpt2 = family == "gpt2"
     norm_out_attn = reads(
@@ -775,17 +918,17 @@ def layer_activation_bytes(
         # projections read the residual stream itself, and each post-norm's output goes
         # into a residual add, which saves nothing.
         total = (norm_out_attn + norm_out_mlp) * t * h
-        total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+        total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
     else:
-        total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm)
-        total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm)
+        total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm, frozen)
+        total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm, frozen)
         if placement == "sandwich":
             # Gemma 2/3 also normalise both outputs before the residual add.
-            total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm)
+            total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
     # Gemma's RMSNorm multiplies by (1 + weight) in fp32 and OLMo 2's by its weight in fp32
     # before casting back: the normalized tensor they keep is fp32 whatever the compute
     # dtype (transformers Gemma3RMSNorm, Olmo2RMSNorm).
-    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm
+    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm and not frozen
     if fp32_normalized and not layernorm:
         norms = 4 if placement == "sandwich" else 2
         total += norms * (4 - c) * t * h
@@ -794,9 +937,9 @@ def layer_activation_bytes(
         # Qwen3 / Gemma 3 (per head) and OLMo 2 (over the projection) RMSNorm q and k after
         # their projections; the output feeds RoPE, which saves only its cos/sin tables.
         rows = a if qk_norm == "head" else 1
-        total += _norm_bytes(False, t * rows, qd // rows, c, 0, c, fnorm)
+        total += _norm_bytes(False, t * rows, qd // rows, c, 0, c, fnorm, frozen)
         rows = kv if qk_norm == "head" else 1
-        total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm)
+        total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm, frozen)
         if fp32_normalized:
             total += (4 - c) * t * (qd + kd)
     # Attention core.
@@ -828,24 +971,47 @@ def layer_activation_bytes(
         # The kernel's output, saved by SDPA, is o_proj's input too (same storage);
         # a different dtype (fp8) is an extra copy.
         total += c * t * qd + (o_in * t * qd if o_in and o_in != c else 0)
-    # MLP (per routed expert for MoE).
+        if quantized and o_in and res != c:
+            # NOTE: measured (tests/test_memory_qlora.py): when the 4-bit projections hand
+            # SDPA fp32 q, k, v under autocast, o_proj's adapter keeps a contiguous copy of
+            # the kernel's output rather than sharing its storage.
+            total += o_in * t * qd
+        if lora_dropout and o_in:
+            total += o_in * t * qd  # o's adapter keeps its dropped-out copy (measured)
+    # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
+    mc = res if quantized else c
     mlp = _enum_value(spec.mlp)
     if mlp in ("gated-silu", "gated-gelu"):  # SiLU and tanh-GELU both save their input
         # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
-        mlp_bytes = (2 if fused else 3) * c * t * f + saved_input("down") * t * f
+        mlp_bytes = (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
     elif mlp == "gelu":
         kept = 1 if fused else (4 if family == "gpt2" else 1)
-        mlp_bytes = kept * c * t * f + saved_input("down") * t * f
+        mlp_bytes = kept * mc * t * f + saved_input("down") * t * f
     else:  # relu saves its output, which is also the next linear's input
-        mlp_bytes = c * t * f
+        mlp_bytes = mc * t * f
     if d["Lm"]:
         gather = saved_input("gate", "up")  # the experts' first matmul saves its input
         total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, family)
     else:
         total += mlp_bytes
+    if dropout:
+        total += 2 * t * h * (mask_bytes or c)
+        if attention is Attention.EAGER and not selective and not fused:
+            # The dropped probabilities are what the value matmul keeps, unless autocast
+            # casts them for it (the cast is counted above): then only the mask is new.
+            autocast = precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+            probs = 4 if autocast else c
+            total += b * a * s * s * ((0 if autocast else c) + (mask_bytes or probs))
     if lora_targets is not None:
         adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
         total += len(adapted) * c * t * lora_rank  # A's output, saved by B
+        if lora_dropout:
+            # One mask per adapter, as wide as its input: the norm output (q, k, v, gate,
+            # up), the attention output (o) or the MLP product (down).
+            width = {"o": (qd, c), "down": (f, mc)}
+            for n in adapted:
+                d_in, dtype = width.get(n, (h, res))
+                total += t * d_in * (mask_bytes or dtype)
     return math.ceil(total / tensor_parallel)
 
 
@@ -1094,12 +1260,16 @@ def _model_level_activation_bytes(
     full: bool,
     stack: Stack = Stack.HF,
     fused_norm: bool = False,
+    frozen: bool = False,
+    head_frozen: bool = False,
 ) -> int:
     """Embedding indices, position ids or tables and the final norm.
 
     Under full checkpointing the RoPE tables are arguments of the checkpointed blocks (kept
     by reference, not saved); GPT-2 passes its eager attention mask positionally, so the
-    checkpoint saves it once.
+    checkpoint saves it once. ``frozen``: the final norm's weight gets no gradient (LoRA);
+    ``head_frozen``: nor does the LM head, whose matmul then keeps its weight, not its
+    input (autograd's mm saves an operand only for the other's gradient).
     """
     d = _shape_of(spec)
     dt = _dtypes(precision)
@@ -1119,7 +1289,8 @@ def _model_level_activation_bytes(
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = _enum_value(spec.norm) == "layernorm"
     fused = stack is Stack.FUSED or fused_norm
-    total += _norm_bytes(layernorm, t, d["h"], dt.act, dt.linear_in, dt.residual, fused)
+    head_in = 0 if head_frozen else dt.linear_in
+    total += _norm_bytes(layernorm, t, d["h"], dt.act, head_in, dt.residual, fused, frozen)
     return total
 
 
@@ -1151,6 +1322,7 @@ def loss_memory(
     stack: Stack = Stack.HF,
     fused_loss: bool = False,
     tensor_parallel: int = 1,
+    classify: bool = False,
 ) -> LossMemory:
     """Bytes of the LM head's output and the cross-entropy loss, per kernel choice.
 
@@ -1178,6 +1350,7 @@ def loss_memory(
         stack: the kernel stack.
         fused_loss: a fused linear cross-entropy (any stack).
         tensor_parallel: vocabulary-parallel degree (Megatron splits the logits over it).
+        classify: an encoder fine-tuned for sequence classification: no vocabulary logits.
 
     Returns:
         The saved and transient bytes on one device.
@@ -1187,6 +1360,12 @@ def loss_memory(
     h, V = d["h"], math.ceil(d["V"] / tensor_parallel)
     dt = _dtypes(precision)
     c = dt.act
+    if classify:
+        # A sequence classifier on the pooled first token (BertForSequenceClassification):
+        # the pooler's tanh output, its two fp32 logits' log-softmax and int64 labels.
+        return LossMemory(
+            saved_bytes=c * b * h + 4 * b * 2 + 8 * b, output_bytes=c * b * 2, transient_bytes=0
+        )
     if fused_loss:
         chunk = min(t, 1 << max(0, math.ceil(math.log2(max(1, math.ceil(t / math.ceil(V / h)))))))
         saved = c * t * h + dt.weight * V * h
@@ -1493,11 +1672,13 @@ def saved_activation_bytes(spec: ModelSpec, config: TrainingConfig, stage_layers
         config.attention,
         config.precision,
         selective=config.checkpointing is Checkpointing.SELECTIVE,
-        lora_targets=DEFAULT_LORA_TARGETS if adapters else None,
+        lora_targets=frozenset(config.lora_targets) if adapters else None,
         lora_rank=config.lora_rank,
         stack=config.stack,
         tensor_parallel=config.tensor_parallel,
         fused_norm=config.fused_norm,
+        quantized=config.task is Task.QLORA,
+        lora_dropout=adapters and config.lora_dropout > 0,
     )
     return _block_saves(spec, config, stage_layers, layer).per_microbatch
 
@@ -1508,7 +1689,7 @@ def estimate_memory(
     *,
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None = None,
-    lora_targets: frozenset[str] = DEFAULT_LORA_TARGETS,
+    lora_targets: frozenset[str] | None = None,
 ) -> MemoryEstimate:
     """Estimate the per-device peak memory of training ``spec`` under ``config``.
 
@@ -1524,7 +1705,7 @@ def estimate_memory(
             ``memory`` fields drive the optimizer-state formula, so an extended taxonomy works.
         device: fixed device overheads; ``None`` means a CUDA device with the defaults of
             :class:`DeviceOverheads`; use ``DeviceOverheads.cpu()`` for none.
-        lora_targets: the per-layer matrices LoRA/QLoRA adapt (default q, k, v, o).
+        lora_targets: what LoRA/QLoRA adapts (default: ``config.lora_targets``).
 
     Returns:
         The estimate, with every component named (see :data:`COMPONENTS`) and every phase.
@@ -1533,7 +1714,8 @@ def estimate_memory(
         UserError: for a CNN spec, a non-optimizer technique, or a layout the model cannot
             be split into.
     """
-    m = _estimate(spec, config, optimizer, device, lora_targets, totals_only=False)
+    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    m = _estimate(spec, config, optimizer, device, targets, totals_only=False)
     assert isinstance(m, MemoryEstimate)
     return m
 
@@ -1621,6 +1803,8 @@ class _StageStatic:
     layer_trainable: int
     head_trainable: int
     head_cache: int  # the LM head's share of bd["weight_cache"]
+    adapter_cache: int  # LoRA adapters' share of bd["weight_cache"] (trainable: cached)
+    paged: int  # optimizer states in unified memory (not in bd["optimizer_states"])
 
 
 # The configuration fields :func:`_stage_static` reads, besides whether gradients are
@@ -1742,27 +1926,44 @@ def _stage_static(
             ParamTensor(t.name, t.shape, t.role, math.ceil(t.count * stage_layers / max(L, 1)))
             for t in lora_tensors(spec, config.lora_rank, lora_targets)
         ]
+        # PEFT's modules_to_save trains a deep copy of the module and keeps the frozen
+        # original beside it (peft.utils.other.ModulesToSaveWrapper.update): the copy is
+        # counted with the adapters, the original with the base weights.
+        full = lora_full_tensors(tensors, lora_targets)
+        trainable += full
         p_t = _count(trainable)
         adapter_weights = p_t * dt.weight
-        layer_bytes = _count(tensors, per_layer=True) * dt.weight + adapter_weights
+        # One block's share: its adapters (the whole tensors trained beside them are not
+        # in a block).
+        block_adapters = (p_t - _count(full)) * dt.weight
+        layer_bytes = _count(tensors, per_layer=True) * dt.weight + block_adapters
         if config.task is Task.QLORA:
             quantized = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
             rest = local_params - quantized
-            bd["weights"] = shard(quantized * _NF4_BYTES + rest * 2 + adapter_weights, 3)
+            # NOTE: peft's prepare_model_for_kbit_training casts every parameter that is not
+            # 4-bit to fp32 (what autocast layouts keep); 16-bit layouts keep them 16-bit.
+            bd["weights"] = shard(quantized * _NF4_BYTES + rest * dt.weight + adapter_weights, 3)
             vectors = _count(tensors, per_layer=True) - quantized
             layer_bytes = int(
-                quantized * (_NF4_BYTES + _NF4_CONSTANT_BITS / 8) + vectors * 2 + adapter_weights
+                quantized * (_NF4_BYTES + _NF4_CONSTANT_BITS / 8)
+                + vectors * dt.weight
+                + block_adapters
             )
             bd["quantization_constants"] = shard(quantized * _NF4_CONSTANT_BITS / 8, 3)
             notes.append(
                 "QLoRA: block matrices in 4-bit NF4 (0.5 B/param) + double-quantized "
-                "constants (0.127 bit/param); embeddings, norms, LM head 16-bit"
+                "constants (0.127 bit/param); embeddings, norms, LM head in the weight dtype "
+                "(fp32 under autocast: peft's prepare_model_for_kbit_training)"
             )
         else:
             bd["weights"] = shard(local_params * dt.weight + adapter_weights, 3)
-        notes.append(
-            f"LoRA rank {config.lora_rank} on {', '.join(sorted(lora_targets))} of every layer"
-        )
+        matrices = sorted(n for n in lora_targets if n not in ("embed", "lm_head"))
+        notes.append(f"LoRA rank {config.lora_rank} on {', '.join(matrices)} of every layer")
+        if full:
+            notes.append(
+                "trained in full beside the adapters (PEFT modules_to_save, a trainable copy "
+                "next to the frozen original): " + ", ".join(t.name for t in full)
+            )
     else:
         trainable = tensors
         p_t = local_params
@@ -1772,13 +1973,17 @@ def _stage_static(
     if zeroth:
         notes.append("zeroth-order: no gradients, no stored activations (Malladi et al. 2023)")
     # ---- autocast / fp8 weight copies of the linear layers
-    head_cache = 0
+    head_cache = adapter_cache = 0
     if dt.weight_cache:
         # QLoRA's 4-bit matrices are dequantized inside bitsandbytes' matmul and never
         # kept in 16 bits (MatMul4Bit saves the packed weight); its head is not quantized.
         linear = 0
         if config.task is not Task.QLORA:
             linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
+        # LoRA's adapters are linear weights too (trainable: cast, cached and saved like a
+        # full model's; measured with PEFT in tests/test_memory_stacks.py).
+        adapter_params = sum(t.numel * t.count for t in trainable if t.per_layer)
+        linear += adapter_params if adapters else 0
         # The LM head: its own matrix, or the embedding it is tied to (cast like any other
         # linear weight; measured under autocast for tied GPT-2 and OPT).
         head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
@@ -1794,6 +1999,8 @@ def _stage_static(
         every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
         if autocast:
             bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
+            if adapters:
+                adapter_cache = math.ceil(adapter_params * dt.weight_cache)
             if stage_zero == 3 and n > 1:
                 notes.append(
                     "autocast casts the gathered weights: their 16-bit copies are not sharded "
@@ -1821,6 +2028,10 @@ def _stage_static(
     bd["master_weights"] = shard(master, 1)
     state_bytes = optimizer_state_bytes(mem, trainable, state_dtype_bytes=dt.state)
     bd["optimizer_states"] = shard(state_bytes, 1)
+    # What a paged optimizer allocates with cudaMallocManaged leaves torch's allocator (and
+    # the peak); the small tensors' states and the absmax stay in it.
+    paged = min(shard(paged_state_bytes(mem, trainable), 1), bd["optimizer_states"])
+    bd["optimizer_states"] -= paged
     return _StageStatic(
         mem=mem,
         opt_id=opt_id,
@@ -1843,6 +2054,8 @@ def _stage_static(
         layer_trainable=layer_trainable,
         head_trainable=head_trainable,
         head_cache=head_cache,
+        adapter_cache=adapter_cache,
+        paged=paged,
     )
 
 
@@ -1895,15 +2108,34 @@ def _estimate_stage(
         stack=config.stack,
         tensor_parallel=tp,
         fused_norm=config.fused_norm,
+        quantized=config.task is Task.QLORA,
+        lora_dropout=adapters and config.lora_dropout > 0,
+        mask_bytes=device.dropout_mask_bytes,
+        dropout=config.dropout and not zeroth,
     )
     ckpt = Checkpointing.NONE if zeroth else config.checkpointing
     # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
     full_ckpt = ckpt is Checkpointing.FULL or (
         ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
     )
-    model_level = _model_level_activation_bytes(
-        spec, b, s, config.precision, config.attention, full_ckpt, config.stack, config.fused_norm
+    head_frozen = adapters and (
+        "embed" not in lora_targets if spec.tie_word_embeddings else "lm_head" not in lora_targets
     )
+    model_level = _model_level_activation_bytes(
+        spec,
+        b,
+        s,
+        config.precision,
+        config.attention,
+        full_ckpt,
+        config.stack,
+        config.fused_norm,
+        adapters,
+        head_frozen,
+    )
+    if config.dropout and not zeroth:
+        # The embedding output's dropout mask (its output is the first block's input).
+        model_level += b * s * d["h"] * (device.dropout_mask_bytes or dt.residual)
     loss = (
         loss_memory(
             spec,
@@ -1913,6 +2145,7 @@ def _estimate_stage(
             stack=config.stack,
             fused_loss=config.fused_loss,
             tensor_parallel=tp,
+            classify=_enum_value(spec.arch) == "encoder" and config.task is not Task.PRETRAIN,
         )
         if last
         else _NO_LOSS
@@ -1951,15 +2184,34 @@ def _estimate_stage(
     # ---- transient: the larger of the loss backward and the optimizer step's temporaries
     loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
-    if mem.state not in (StateKind.NONE, StateKind.SEED) and not fused_step_on(mem, config.stack):
-        # NOTE: torch's foreach/multi-tensor steps allocate one fp32 temporary per
-        # parameter of the local shard (e.g. Adam's denominator); stepped per layer in
-        # backward, one block's worth. The fused stack runs the fused kernel where one
-        # exists (torchtitan's default implementation, Megatron's FusedAdam), which updates
-        # in place: no temporary (measured in tests/test_memory_stacks.py).
-        step_tr = shard(p_t * 4, 1)
+    impl = config.optimizer_impl
+    if mem.state not in (StateKind.NONE, StateKind.SEED) and not fused_step_on(
+        mem, config.stack, impl
+    ):
+        # NOTE: torch's foreach/multi-tensor steps allocate one temporary per parameter of
+        # the local shard (e.g. Adam's denominator) in the dtype of what they step: fp32
+        # parameters or masters 4 B, bare 16-bit parameters 2 B (measured in
+        # tests/test_memory_stacks.py); stepped per layer in backward, one block's worth.
+        # Fused kernels update in place: no temporary.
+        step_tr = shard(p_t * dt.state, 1)
         if config.optimizer_in_backward:
-            step_tr = math.ceil(max(layer_trainable / max(stage_layers, 1), head_trainable) * 4)
+            step_tr = math.ceil(
+                max(layer_trainable / max(stage_layers, 1), head_trainable) * dt.state
+            )
+    if (
+        dt.master
+        and not zeroth
+        and not config.optimizer_in_backward
+        and config.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3)
+    ):
+        # DeepSpeed's ZeRO optimizers step fp32 master partitions with fp32 gradients: right
+        # before the step they flatten this rank's 16-bit gradient partition into a new
+        # buffer and cast that to fp32, both alive at once beside the 16-bit gradients
+        # (runtime/zero/stage_1_and_2.py step: flatten(averaged_gradients).to(fp32);
+        # stage3.py likewise): 2 + 4 bytes per parameter of the partition (measured with
+        # DeepSpeed 0.19.8 on the CPU, stages 1-3, in tests/test_memory_finetune.py). The
+        # 16-bit copy is freed before the optimizer runs beside the fp32 gradients.
+        step_tr = max(shard(p_t * (dt.grad + 4), 1), shard(p_t * 4, 1) + step_tr)
     # The gradient flowing through the blocks: the incoming gradient of a block's output
     # and the one it computes for its input, both residual-stream sized (measured on a full
     # checkpointing step: the recomputed block's backward peaks with these two alive).
@@ -1975,14 +2227,25 @@ def _estimate_stage(
         # elementwise ops, each making a b·s·f gradient before the saved inputs it frees
         # (three alive at once, measured on a full step in tests/test_memory_stacks.py).
         grad_flow += math.ceil(3 * dt.act * b * s * d["f"] / tp)
+    if config.task is Task.QLORA and not zeroth:
+        # bitsandbytes runs a 4-bit matmul of more than 1536 rows as dequantize + F.linear
+        # (backends/cuda/ops.py _dequant_linear_fallback; the default backend, the CPU's,
+        # always) and dequantizes again for the input gradient (MatMul4Bit.backward): one
+        # whole matrix in the compute dtype beside the fp32 block scales double
+        # quantization rebuilds (two n/64 tensors) at a time, the largest one's at most.
+        n = max((t.numel for t in tensors if t.per_layer and len(t.shape) == 2), default=0)
+        grad_flow += math.ceil(n * dt.act + 8 * n / 64)
     bd["transient"] = max(loss_tr, step_tr, grad_flow)
     # ---- offload and ZeRO-3 gathering
     off_host = 0
     fsdp_backward = 0
     layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
     gathered_layers = min(2, stage_layers)  # current + prefetched block
+    paged = st.paged
     if config.offload is not Offload.NONE:
-        off_host += bd["master_weights"] + bd["optimizer_states"]
+        # Offloaded states live on the host whether or not the optimizer would page them.
+        off_host += bd["master_weights"] + bd["optimizer_states"] + paged
+        paged = 0
         if dt.master:
             off_host += shard(p_t * 4, 2)  # fp32 gradients for the CPU step (Ren et al. 2021)
         bd["master_weights"] = bd["optimizer_states"] = 0
@@ -2009,7 +2272,7 @@ def _estimate_stage(
             # _fsdp_state.py; unconditionally in 2024 releases, by default since), and
             # torchtitan shards the model root last, around those modules.
             # The root's bytes as they are stored (QLoRA keeps them 16-bit beside NF4 blocks).
-            root_bytes = 2 if config.task is Task.QLORA else dt.weight
+            root_bytes = dt.weight
             root = (local_params - _count(tensors, per_layer=True)) * root_bytes
             # FSDP2 all-gathers into a full-size buffer beside the local shard, so the whole
             # root is counted. NOTE: the blocks above count only their non-local part.
@@ -2050,6 +2313,7 @@ def _estimate_stage(
         step_tr=step_tr,
         inflight=inflight,
         head_cache=st.head_cache,
+        adapter_cache=st.adapter_cache,
     )
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
@@ -2060,7 +2324,7 @@ def _estimate_stage(
         # What a fit test reads (memory_totals): every phase carries the same overheads, so
         # the peak is the largest tensor sum plus them. Neither the phases nor the model
         # are built.
-        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme)
+        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme, paged)
     phase_list = [
         Phase(
             name=name,
@@ -2070,6 +2334,12 @@ def _estimate_stage(
         for name, parts in phases.items()
     ]
     peak = max(phase_list, key=lambda p: p.total_bytes)
+    if paged:
+        notes.append(
+            f"paged optimizer states: {paged / 2**30:.1f} GiB in CUDA unified memory, outside "
+            "the peak (torch's allocator never sees them); the device keeps what the peak "
+            "leaves free, the rest moves over PCIe every step"
+        )
     notes.append(optimizer_note(opt_id, mem))
     notes.append(
         f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
@@ -2086,6 +2356,7 @@ def _estimate_stage(
         else _trainable_total(spec, config, lora_targets),
         host_bytes=host,
         nvme_bytes=nvme,
+        paged_bytes=paged,
         notes=notes,
     )
 
@@ -2096,6 +2367,7 @@ class MemoryTotals(NamedTuple):
     total_bytes: int
     host_bytes: int
     nvme_bytes: int
+    paged_bytes: int = 0
 
 
 def memory_totals(
@@ -2104,7 +2376,7 @@ def memory_totals(
     *,
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None = None,
-    lora_targets: frozenset[str] = DEFAULT_LORA_TARGETS,
+    lora_targets: frozenset[str] | None = None,
 ) -> MemoryTotals:
     """:func:`estimate_memory`'s ``total_bytes``, ``host_bytes`` and ``nvme_bytes``, the
     same numbers, without building the phases (about 40% of the work).
@@ -2112,7 +2384,8 @@ def memory_totals(
     NOTE: the plan search's binary searches over the micro-batch ask only whether a plan
     fits, thousands of times; most of those plans are never shown.
     """
-    m = _estimate(spec, config, optimizer, device, lora_targets, totals_only=True)
+    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    m = _estimate(spec, config, optimizer, device, targets, totals_only=True)
     assert isinstance(m, MemoryTotals)
     return m
 
@@ -2131,8 +2404,15 @@ def _trainable_total(spec: ModelSpec, config: TrainingConfig, targets: frozenset
 @_per_spec
 def _trainable_count(spec: ModelSpec, adapters: bool, rank: int, targets: frozenset[str]) -> int:
     if adapters:
-        return _count(lora_tensors(spec, rank, targets))
+        full = lora_full_tensors(param_tensors(spec), targets)
+        return _count(lora_tensors(spec, rank, targets)) + _count(full)
     return _count(param_tensors(spec))
+
+
+def trainable_parameter_count(spec: ModelSpec, config: TrainingConfig) -> int:
+    """Parameters that get gradients: all of them, or LoRA's adapters (on
+    ``config.lora_targets``) and the whole tensors trained beside them."""
+    return _trainable_total(spec, config, frozenset(config.lora_targets))
 
 
 # DeepSpeed's default ``reduce_bucket_size`` (elements), the gradient a ZeRO-Offload device
@@ -2159,11 +2439,17 @@ def _grads_persistent(config: TrainingConfig) -> bool:
     return config.gpus > 1 and config.sharding.zero_stage < 3
 
 
-def fused_step_on(mem: OptimizerMemory, stack: Stack) -> bool:
+def fused_step_on(
+    mem: OptimizerMemory, stack: Stack, impl: OptimizerImpl = OptimizerImpl.AUTO
+) -> bool:
     """Whether the step runs a fused in-place kernel: bitsandbytes' 8-bit optimizers always
-    do (they have no other implementation); torch's ``fused=True`` ones on the fused stack
-    (the hf stack runs torch's default, foreach)."""
-    return mem.fused_step and (stack is Stack.FUSED or mem.state is StateKind.QUANTIZED_BLOCKWISE)
+    do (they have no other implementation); torch's ``fused=True`` ones unless foreach is
+    asked for (``auto`` is fused where a fused kernel exists, on every stack: see
+    :class:`~advisor.config.OptimizerImpl`). ``stack`` is kept for the callers' sake."""
+    del stack
+    if not mem.fused_step:
+        return False
+    return mem.state is StateKind.QUANTIZED_BLOCKWISE or impl is not OptimizerImpl.FOREACH
 
 
 def _phases(
@@ -2181,6 +2467,7 @@ def _phases(
     step_tr: int,
     inflight: float,
     head_cache: int = 0,
+    adapter_cache: int = 0,
 ) -> dict[str, dict[str, int]]:
     """The tensor components alive in each phase of one step (overheads added by the caller).
 
@@ -2221,7 +2508,9 @@ def _phases(
         kept = 1.0
     saved_cache = head_cache + math.ceil((cache - head_cache) * kept)
     adapters = config.task in (Task.LORA, Task.QLORA)
-    forward_cache = saved_cache if adapters else cache
+    # Under LoRA the cache holds only the adapters' casts; recomputed blocks' ones are in it
+    # until the region exits, though autograd does not keep them.
+    forward_cache = saved_cache + math.ceil(adapter_cache * (1 - kept)) if adapters else cache
     # By the layer backward the head's backward has run and freed its copy.
     backward_cache = saved_cache - head_cache
     gathered = (

@@ -200,6 +200,15 @@ class OptimizerMemory(_Frozen):
             "stack runs it (see memory.estimate_memory)"
         ),
     )
+    paged: bool = Field(
+        default=False,
+        description=(
+            "the implementation allocates its large state buffers in CUDA unified memory "
+            "(bitsandbytes' paged optimizers: functional.get_paged, cudaMallocManaged, for "
+            "tensors of at least 1e5 elements), outside torch's caching allocator: the driver "
+            "keeps on the device what fits and migrates the rest to and from host memory"
+        ),
+    )
     notes: str = ""
 
 

@@ -14,6 +14,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     Offload,
+    OptimizerImpl,
     Precision,
     Sharding,
     Stack,
@@ -200,7 +201,15 @@ def test_bitsandbytes_steps_in_place_on_every_stack() -> None:
     for stack in (Stack.HF, Stack.FUSED):
         e8 = est(opt="adamw-8bit", stack=stack, micro_batch=1, seq_len=64)
         assert "transient" not in e8.phase("optimizer_step").components
-    hf = est(opt="adamw", stack=Stack.HF, micro_batch=1, seq_len=64)
+        e8 = est(opt="adamw-8bit", stack=stack, optimizer_impl=OptimizerImpl.FOREACH)
+        assert "transient" not in e8.phase("optimizer_step").components
+    hf = est(
+        opt="adamw",
+        stack=Stack.HF,
+        micro_batch=1,
+        seq_len=64,
+        optimizer_impl=OptimizerImpl.FOREACH,
+    )
     assert hf.phase("optimizer_step").components["transient"] == 4 * hf.trainable_parameters
 
 

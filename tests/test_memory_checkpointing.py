@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 from advisor.config import (  # noqa: E402
     Attention,
     Checkpointing,
+    OptimizerImpl,
     Precision,
     Task,
     TrainingConfig,
@@ -108,6 +109,7 @@ def _estimate(name: str, b: int, s: int, mode: Checkpointing, freq: int = 2) -> 
         seq_len=s,
         checkpointing=mode,
         ac_frequency=freq,
+        optimizer_impl=OptimizerImpl.FOREACH,  # what the measured steps run
     )
     return estimate_memory(spec_for(name), config, optimizer=TAX["adamw"], device=CPU)
 

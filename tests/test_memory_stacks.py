@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 from advisor.config import (  # noqa: E402
     Attention,
     Checkpointing,
+    OptimizerImpl,
     Precision,
     Stack,
     Task,
@@ -75,6 +76,9 @@ def _estimate(name: str, b: int, s: int, **cfg: Any) -> Any:
     cfg.setdefault("precision", Precision.FP32)
     cfg.setdefault("task", Task.PRETRAIN)
     cfg.setdefault("attention", Attention.FLASH)
+    # The measured steps run foreach AdamW (the fused stack's test asks for fused).
+    if cfg.get("stack") is not Stack.FUSED:
+        cfg.setdefault("optimizer_impl", OptimizerImpl.FOREACH)
     config = TrainingConfig(micro_batch=b, seq_len=s, **cfg)
     return estimate_memory(spec_for(name), config, optimizer=TAX["adamw"], device=CPU)
 
@@ -165,9 +169,14 @@ def test_autocast_caches_trainable_weights_and_autograd_saves_the_rest(
     if ckpt:
         model.gradient_checkpointing_enable()
     if frozen:
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.requires_grad_(False)  # the linears and the embedding, as under LoRA
+        peft = pytest.importorskip("peft")
+        # LoRA as PEFT builds it (rank 16 on q, k, v, o: the model's defaults): the base
+        # frozen, fp32 adapters whose casts autocast caches like any trainable weight's.
+        lora = peft.LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+        model = peft.get_peft_model(model, lora).base_model.model
+        # As Hugging Face's Trainer does for adapters: the first block's input needs a
+        # gradient, so its frozen matrices keep their casts like every other block's.
+        model.enable_input_require_grads()
     ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (3, 32))  # 96 rows: no weight shape
     saved, freed_at_exit = autocast_weight_copies(model, ids)
     est = _estimate(
@@ -184,14 +193,28 @@ def test_autocast_caches_trainable_weights_and_autograd_saves_the_rest(
     assert freed_at_exit == at_forward_end - held
 
 
-@pytest.mark.parametrize(("impl", "stack"), [("foreach", Stack.HF), ("fused", Stack.FUSED)])
-def test_the_optimizer_steps_temporary_follows_the_implementation(impl: str, stack: Stack) -> None:
-    """foreach AdamW allocates one fp32 copy of the parameters (its denominator); the fused
-    kernel (``_fused_adamw_``, what the fused stack runs) updates in place. The model's
-    optimizer-step phase prices each: measured around ``opt.step()`` alone."""
+@pytest.mark.parametrize(
+    ("impl", "stack", "dtype", "config_impl"),
+    [
+        ("foreach", Stack.HF, "fp32", OptimizerImpl.FOREACH),
+        ("foreach", Stack.HF, "bf16", OptimizerImpl.FOREACH),
+        ("fused", Stack.HF, "fp32", OptimizerImpl.AUTO),
+        ("fused", Stack.HF, "bf16", OptimizerImpl.AUTO),
+        ("fused", Stack.FUSED, "fp32", OptimizerImpl.AUTO),
+    ],
+)
+def test_the_optimizer_steps_temporary_follows_the_implementation(
+    impl: str, stack: Stack, dtype: str, config_impl: OptimizerImpl
+) -> None:
+    """foreach AdamW allocates one copy of the parameters in their dtype (its denominator:
+    4 B/param for fp32, 2 for bare bf16); the fused kernel (``_fused_adamw_``, what ``auto``
+    runs: Hugging Face's Trainer default since torch 2.8, torchtitan's) updates in place.
+    The model's optimizer-step phase prices each: measured around ``opt.step()`` alone."""
     torch.manual_seed(0)
     with LiveBytes() as live:
         model = build_model("llama", "sdpa")
+        if dtype == "bf16":
+            model = model.to(torch.bfloat16)
         params = sum(p.numel() for p in model.parameters())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **{impl: True})
         ids = torch.randint(0, SHAPES["llama"]["vocab_size"], (2, 32))
@@ -202,8 +225,12 @@ def test_the_optimizer_steps_temporary_follows_the_implementation(impl: str, sta
             opt.step()
             peak = live.peak
             opt.zero_grad(set_to_none=True)
-    assert peak - before == (4 * params if impl == "foreach" else 0)
-    est = _estimate("llama", 2, 32, stack=stack).phase("optimizer_step")
+    per_param = 4 if dtype == "fp32" else 2
+    assert peak - before == (per_param * params if impl == "foreach" else 0)
+    precision = Precision.FP32 if dtype == "fp32" else Precision.BF16
+    est = _estimate(
+        "llama", 2, 32, stack=stack, precision=precision, optimizer_impl=config_impl
+    ).phase("optimizer_step")
     assert est.components.get("transient", 0) == peak - before
     assert est.total_bytes == pytest.approx(peak, rel=0.02), (est.total_bytes, peak)
 

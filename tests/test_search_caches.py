@@ -57,6 +57,8 @@ _PER_STEP_VALUES: dict[str, list[Any]] = {
     "optimizer_in_backward": [False, True],
     "activation_offload": [False, True],
     "lora_rank": [8, 64],
+    "lora_targets": [("k", "o", "q", "v"), ("down", "gate", "k", "o", "q", "up", "v")],
+    "optimizer_impl": ["auto", "fused", "foreach"],
 }
 
 
@@ -176,7 +178,7 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
     assert shared > 0  # the sharing was exercised (8-bit Lion, RMSprop, SGD-momentum)
     for c, totals in ev._totals.items():
         m = estimate(ev.ctx, c)
-        assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes), c
+        assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes, m.paged_bytes), c
     assert ev.counts[0] == len(ev._mem.keys() | ev._totals.keys())
     _clear()
     for c, t in ev._time.items():
@@ -243,7 +245,7 @@ def test_memory_totals_are_the_estimates_numbers(device: DeviceOverheads | None)
         opt = tax.get(c.optimizer)
         m = estimate_memory(LLAMA, c, optimizer=opt, device=device)
         totals = memory_totals(LLAMA, c, optimizer=opt, device=device)
-        assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes), c
+        assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes, m.paged_bytes), c
     # Offloaded and NVMe bytes were exercised, and pipelines (two stages compared).
     assert any(memory_totals(LLAMA, c, optimizer=tax.get(c.optimizer)).nvme_bytes for c in configs)
     assert any(c.pipeline_parallel > 1 for c in configs)

@@ -67,7 +67,10 @@ class LadderBounds:
         except ValueError:
             return None
         bubble = cost.components.get("pipeline_bubble", 0.0)
-        return (cost.seconds - bubble) / (self.top_mb * self.dp * self.base.seq_len)
+        # Paged optimizer states cost PCIe time only where the peak leaves them too little
+        # room (memory.paged_residency): a leaner geometry may not page at all.
+        paged = cost.components.get("paged_states", 0.0)
+        return (cost.seconds - bubble - paged) / (self.top_mb * self.dp * self.base.seq_len)
 
     def rule(self, rung: Savers) -> float:
         hit = self._rules.get(rung)

@@ -53,6 +53,7 @@ from advisor.plan.space import (
     estimate,
     estimate_totals,
     host_fits,
+    lora_target_fields,
     objective_score,
     plan_step_factor,
     usable_memory,
@@ -1295,6 +1296,7 @@ def _reference(ctx: Context, space: PlanSpace, task: Task) -> TrainingConfig:
         gpus=ctx.workload.world_size,
         stack=ctx.workload.stack,
         dp_sgd=optimizer in ("dp-sgd", "dp-adam"),
+        **lora_target_fields(ctx),
     )
 
 

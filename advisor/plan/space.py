@@ -81,6 +81,9 @@ class Workload(BaseModel):
     stack: Stack = Stack.HF
     tensor_parallel: int | None = Field(default=None, ge=1, description="pinned (--tp)")
     pipeline_parallel: int | None = Field(default=None, ge=1, description="pinned (--pp)")
+    lora_targets: tuple[str, ...] | None = Field(
+        default=None, description="what LoRA/QLoRA plans adapt (--lora-targets; None: default)"
+    )
 
     @property
     def world_size(self) -> int:
@@ -260,7 +263,14 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         sharding=Sharding.NONE,
         offload=Offload.NONE,
         stack=ctx.workload.stack,
+        **lora_target_fields(ctx),
     )
+
+
+def lora_target_fields(ctx: Context) -> dict[str, tuple[str, ...]]:
+    """The workload's LoRA targets as a TrainingConfig field, when it names them."""
+    targets = ctx.workload.lora_targets
+    return {} if targets is None else {"lora_targets": targets}
 
 
 def describe_config(config: TrainingConfig) -> str:
