@@ -1,0 +1,266 @@
+"""The general ``config.json`` path: a :class:`ModelSpec` from a model's parameter inventory.
+
+For a ``model_type`` no built-in family reads, :mod:`advisor.hfmeta` builds the model from
+its config on the meta device and records its parameters; :mod:`advisor.inventory` places
+them by role. Here the spec's fields are read off the placed tensors (widths from the
+shapes, biases and fused projections from which tensors exist, experts from the 3-D
+expert tensors), not from config keys, so a renamed key cannot mislead them.
+
+When those fields rebuild the model's tensors exactly (a Llama-like block: Gemma 1,
+GPT-NeoX, a Qwen2-VL language tower, Llama 4's text tower) the spec is the plain
+field spec, and the memory model's per-op activation accounting applies as verified for
+the built-in families. Otherwise the spec also carries the inventory: parameter counts,
+weights, gradients and optimizer states come from the real tensors, and the fields are a
+representative block for activations, with what they leave out listed in
+``inventory.approximated`` (T5's cross-attention, a Mamba mixer's scan, one shared norm).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from advisor.errors import UserError
+from advisor.inventory import InvGroup, Inventory, RawModel, build_inventory, find, roles
+from advisor.modelspec import (
+    Arch,
+    BlockNorms,
+    Mlp,
+    ModelSpec,
+    Norm,
+    Position,
+    QkNorm,
+    _hf_name,
+    _slug,
+)
+
+_HINT = "pass a Hugging Face config.json (or the model folder holding it)"
+
+
+# What the representative fields leave out, by the roles that show it (the inventory still
+# counts these tensors; their activations are what the fields do not describe).
+_ROLE_NOTES = {
+    "sinks": "attention sinks (one logit per head): parameters counted, no activations",
+    "expert_gate_up_bias": "routed experts' biases: parameters counted, activations as "
+    "bias-free experts",
+    "router_bias": "the router's bias: parameters counted",
+    "embed_norm": "a LayerNorm on the embeddings: parameters counted, its activations not",
+    "lm_head_bias": "the LM head's bias: parameters counted",
+    "relpos": "relative position biases (T5 buckets): parameters counted, the bias added to "
+    "the scores not",
+    "ssm_in": "Mamba-2 mixer blocks (in_proj, depthwise conv, selective scan, gated norm, "
+    "out_proj): parameters exact; activations as an attention block of the representative "
+    "widths, not the scan's state (ssm_state_size) or conv window",
+    "cross_q": "decoder cross-attention (q/k/v/o over the encoder output): parameters "
+    "counted, activations not",
+}
+
+
+def _attr_int(raw: RawModel, *keys: str) -> int | None:
+    for key in keys:
+        value = raw.attrs.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _dominant(inv: Inventory) -> InvGroup:
+    with_attn = [g for g in inv.groups if find(g, "q") or find(g, "qkv")]
+    return max(with_attn or list(inv.groups), key=lambda g: g.count)
+
+
+def _mlp_kind(raw: RawModel, gated: bool) -> Mlp:
+    act = str(raw.attrs.get("act") or "").lower()
+    if "relu" in act and not gated:
+        return Mlp.RELU
+    if gated:
+        return Mlp.GATED_GELU if "gelu" in act else Mlp.GATED_SILU
+    return Mlp.GELU
+
+
+def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str]]:
+    """The representative ModelSpec fields of an inventory, and what they approximate.
+
+    Raises:
+        UserError: when the widths do not split into the config's heads.
+    """
+    notes: list[str] = []
+    embed = next(t for t in inv.outside if t.role == "embed")
+    vocab, h = embed.shape
+    layers = sum(g.count for g in inv.groups)
+    dom = _dominant(inv)
+    q, k, qkv = find(dom, "q"), find(dom, "k"), find(dom, "qkv")
+    heads = _attr_int(raw, "num_attention_heads", "num_heads")
+    head_dim = _attr_int(raw, "head_dim")
+    if q is None and qkv is None:
+        # No attention at all (Mamba-2): the mixer's heads stand for the attention heads.
+        heads = _attr_int(raw, "num_heads", "mamba_num_heads") or heads or 1
+        head_dim = head_dim or max(1, h // heads)
+        kv = heads
+        notes.append("no attention: the state-space mixer's activations are modelled as an "
+                     "attention block of its heads and widths")
+    elif heads is None:
+        raise UserError(f"{raw.model_type}: the config states no attention head count", _HINT)
+    else:
+        if q is not None and k is not None:
+            head_dim = head_dim if head_dim and q.shape[0] % head_dim == 0 else q.shape[0] // heads
+            kv = max(1, k.shape[0] // head_dim)
+            if q.shape[0] != heads * head_dim:
+                raise UserError(
+                    f"{raw.model_type}: q width {q.shape[0]} is not {heads} heads x {head_dim}",
+                    _HINT,
+                )
+        else:
+            assert qkv is not None
+            head_dim = head_dim or h // heads
+            kv = max(1, (qkv.shape[0] // head_dim - heads) // 2)
+    gated_roles = ("gate", "gate_up", "expert_gate", "expert_gate_up", "shared_gate")
+    all_roles: Counter[str] = Counter()
+    for g in inv.groups:
+        all_roles.update(roles(g))
+    gated = any(all_roles[r] for r in gated_roles)
+    up = next((find(g, r) for g in inv.groups for r in ("up", "gate_up") if find(g, r)), None)
+    expert_groups = [g for g in inv.groups if any(t.role.startswith("expert_") for t in g.tensors)]
+    experts = 1
+    moe_width: int | None = None
+    shared = 0
+    if expert_groups:
+        eg = max(expert_groups, key=lambda g: g.count)
+        et = next(t for t in eg.tensors if t.role.startswith("expert_") and len(t.shape) == 3)
+        experts = et.shape[0]
+        down = find(eg, "expert_down")
+        if down is not None:
+            moe_width = down.shape[1] if down.shape[2] == h else down.shape[2]
+        sh = find(eg, "shared_down")
+        if sh is not None and moe_width:
+            width = sh.shape[1]
+            shared = width // moe_width if width % moe_width == 0 else 0
+            if not shared:
+                notes.append(f"shared expert width {width} is not a multiple of the routed "
+                             f"width {moe_width}: its activations are not modelled")
+    if up is not None:
+        ffn = up.shape[0] // (2 if up.role == "gate_up" else 1)
+    elif moe_width is not None:
+        ffn = moe_width
+    else:
+        ssm = next((find(g, "ssm_out") for g in inv.groups if find(g, "ssm_out")), None)
+        ffn = ssm.shape[1] if ssm is not None else 4 * h
+        notes.append("no MLP: the intermediate width is the mixer's inner width")
+    norms = [t for t in dom.tensors if t.role == "norm"]
+    norm_bias = any(t.role == "norm_bias" for g in inv.groups for t in g.tensors)
+    rope = raw.rotary
+    position = Position.LEARNED if any(t.role == "position" for t in inv.outside) else (
+        Position.ROPE if rope else Position.NONE
+    )
+    bias = {r: any(t.role == r for g in inv.groups for t in g.tensors) for r in (
+        "q_bias", "qkv_bias", "o_bias", "up_bias", "down_bias", "gate_up_bias")}
+    qk = [t for t in dom.tensors if t.role == "qk_norm"]
+    qk_norm = QkNorm.NONE
+    if qk:
+        qk_norm = QkNorm.HEAD if qk[0].shape[0] == head_dim else QkNorm.FULL
+    fields: dict[str, Any] = dict(
+        arch=Arch.DECODER,
+        hidden_size=h,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        max_position_embeddings=_attr_int(raw, "max_position_embeddings", "n_positions")
+        or next((t.shape[0] for t in inv.outside if t.role == "position"), 2048),
+        mlp=_mlp_kind(raw, gated),
+        norm=Norm.LAYERNORM if norm_bias else Norm.RMSNORM,
+        position=position,
+        qkv_bias=bias["q_bias"] or bias["qkv_bias"],
+        out_bias=bias["o_bias"],
+        mlp_bias=(bias["up_bias"] or bias["down_bias"] or bias["gate_up_bias"]) and experts == 1,
+        tie_word_embeddings=not any(t.role == "lm_head" for t in inv.outside),
+        qk_norm=qk_norm,
+        block_norms=BlockNorms.SANDWICH if len(norms) == 4 else BlockNorms.PRE,
+        fused_qkv=qkv is not None,
+        fused_gate_up=bool(all_roles["gate_up"]),
+    )
+    factor = raw.attrs.get("partial_rotary_factor")
+    if isinstance(factor, float) and 0 < factor < 1 and rope:
+        fields["rotary_dim"] = int(head_dim * factor)
+    if experts > 1:
+        moe = [any(t.role.startswith("expert_") for t in g.tensors) for g in inv.groups]
+        dense = [i for i, gi in enumerate(inv.layout) if not moe[gi]]
+        fields.update(
+            num_experts=experts,
+            experts_per_token=min(experts, _attr_int(raw, "experts_per_token") or 1),
+            moe_intermediate_size=moe_width,
+            shared_experts=shared,
+            dense_layers=tuple(dense),
+        )
+    present = {t.role for g in inv.groups for t in g.tensors} | {t.role for t in inv.outside}
+    notes += [text for role, text in _ROLE_NOTES.items() if role in present]
+    if raw.encoder_decoder:
+        notes.append(
+            "encoder-decoder: the encoder and decoder blocks are one stack of "
+            f"{layers} blocks for activations; cross-attention activations are not modelled"
+        )
+    if len(norms) not in (2, 4):
+        notes.append(f"{len(norms)} norm(s) per block: activations count the two of a pre-norm block")
+    return fields, notes
+
+
+def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
+    """The spec of a model read on the meta device (see the module docstring).
+
+    Args:
+        raw: what :mod:`advisor.hfmeta` read off the model.
+        cfg: the parsed config.json (its name).
+        p: the file it came from.
+
+    Returns:
+        The plain field spec when its fields rebuild every tensor exactly, else the field
+        spec carrying the exact inventory.
+
+    Raises:
+        UserError: for a module no role fits (one line naming it), or widths that do not
+            split into the config's heads.
+    """
+    inv = build_inventory(raw)
+    fields, notes = spec_fields(raw, inv)
+    name = _hf_name(cfg, p)
+    fields.update(
+        id=_slug(name, raw.model_type),
+        name=name or raw.model_type,
+        family="".join(ch for ch in raw.model_type.lower() if ch.isalnum()) or "hf",
+        source=p.resolve().as_uri(),
+    )
+    try:
+        plain = ModelSpec.model_validate(fields)
+    except ValidationError as exc:
+        errs = "; ".join(e["msg"] for e in exc.errors())
+        raise UserError(f"{p}: {raw.model_type}: the model's shape cannot be read: {errs}", _HINT) from exc
+    if _same_tensors(plain, inv):
+        return plain
+    approximated = tuple(notes) or ("the block's tensors differ from the representative fields",)
+    approximated = tuple(dict.fromkeys(approximated))
+    full = inv.model_copy(update={"approximated": approximated})
+    return ModelSpec.model_validate({**fields, "inventory": full})
+
+
+def _same_tensors(spec: ModelSpec, inv: Inventory) -> bool:
+    """Whether the fields rebuild the inventory: the same block kinds, counts and tensor
+    sizes (multisets of shapes), and the same tensors outside the blocks."""
+
+    def sizes(shapes: list[tuple[str, tuple[int, ...]]]) -> Counter[int]:
+        return Counter(math.prod(s) for _, s in shapes)
+
+    mine = Counter(
+        (n, frozenset(sizes(g).items())) for n, g in spec.layer_groups()
+    )
+    theirs = Counter(
+        (g.count, frozenset(sizes([(t.name, t.shape) for t in g.tensors]).items()))
+        for g in inv.groups
+    )
+    outside = sizes(spec.embedding_shapes()) == sizes([(t.name, t.shape) for t in inv.outside])
+    return outside and mine == theirs
