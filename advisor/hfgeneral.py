@@ -18,6 +18,7 @@ representative block for activations, with what they leave out listed in
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from advisor.errors import UserError
-from advisor.inventory import InvGroup, Inventory, RawModel, build_inventory, find, roles
+from advisor.inventory import Inventory, InvGroup, RawModel, build_inventory, find, roles
 from advisor.modelspec import (
     Arch,
     BlockNorms,
@@ -38,6 +39,9 @@ from advisor.modelspec import (
     _slug,
 )
 
+# NOTE: the sequence length assumed for a model whose config states no position limit
+# (T5's relative buckets, Mamba's recurrence); say --seq-len to override it.
+_NO_LIMIT = 2048
 _HINT = "pass a Hugging Face config.json (or the model folder holding it)"
 
 
@@ -101,8 +105,10 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
         heads = _attr_int(raw, "num_heads", "mamba_num_heads") or heads or 1
         head_dim = head_dim or max(1, h // heads)
         kv = heads
-        notes.append("no attention: the state-space mixer's activations are modelled as an "
-                     "attention block of its heads and widths")
+        notes.append(
+            "no attention: the state-space mixer's activations are modelled as an "
+            "attention block of its heads and widths"
+        )
     elif heads is None:
         raise UserError(f"{raw.model_type}: the config states no attention head count", _HINT)
     else:
@@ -130,18 +136,27 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     shared = 0
     if expert_groups:
         eg = max(expert_groups, key=lambda g: g.count)
-        et = next(t for t in eg.tensors if t.role.startswith("expert_") and len(t.shape) == 3)
-        experts = et.shape[0]
+        stacked = [t for t in eg.tensors if t.role.startswith("expert_") and len(t.shape) == 3]
+        if stacked:  # transformers 5: every expert in one (E, ., .) tensor
+            experts = stacked[0].shape[0]
+        else:  # a ModuleList of experts: experts.<i>.<projection>
+            found = {
+                m.group(1) for t in eg.tensors if (m := re.search(r"experts\.(\d+)\.", t.name))
+            }
+            experts = max(len(found), 1)
         down = find(eg, "expert_down")
         if down is not None:
-            moe_width = down.shape[1] if down.shape[2] == h else down.shape[2]
+            inner = down.shape[-2:]
+            moe_width = inner[0] if inner[1] == h else inner[1]
         sh = find(eg, "shared_down")
         if sh is not None and moe_width:
             width = sh.shape[1]
             shared = width // moe_width if width % moe_width == 0 else 0
             if not shared:
-                notes.append(f"shared expert width {width} is not a multiple of the routed "
-                             f"width {moe_width}: its activations are not modelled")
+                notes.append(
+                    f"shared expert width {width} is not a multiple of the routed "
+                    f"width {moe_width}: its activations are not modelled"
+                )
     if up is not None:
         ffn = up.shape[0] // (2 if up.role == "gate_up" else 1)
     elif moe_width is not None:
@@ -150,14 +165,26 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
         ssm = next((find(g, "ssm_out") for g in inv.groups if find(g, "ssm_out")), None)
         ffn = ssm.shape[1] if ssm is not None else 4 * h
         notes.append("no MLP: the intermediate width is the mixer's inner width")
+    positions = _attr_int(raw, "max_position_embeddings", "n_positions") or next(
+        (t.shape[0] for t in inv.outside if t.role == "position"), None
+    )
+    if positions is None:
+        notes.append(
+            f"the config states no position limit (relative positions or a recurrent "
+            f"mixer): the default sequence length is {_NO_LIMIT}, an assumption"
+        )
     norms = [t for t in dom.tensors if t.role == "norm"]
     norm_bias = any(t.role == "norm_bias" for g in inv.groups for t in g.tensors)
     rope = raw.rotary
-    position = Position.LEARNED if any(t.role == "position" for t in inv.outside) else (
-        Position.ROPE if rope else Position.NONE
+    position = (
+        Position.LEARNED
+        if any(t.role == "position" for t in inv.outside)
+        else (Position.ROPE if rope else Position.NONE)
     )
-    bias = {r: any(t.role == r for g in inv.groups for t in g.tensors) for r in (
-        "q_bias", "qkv_bias", "o_bias", "up_bias", "down_bias", "gate_up_bias")}
+    bias = {
+        r: any(t.role == r for g in inv.groups for t in g.tensors)
+        for r in ("q_bias", "qkv_bias", "o_bias", "up_bias", "down_bias", "gate_up_bias")
+    }
     qk = [t for t in dom.tensors if t.role == "qk_norm"]
     qk_norm = QkNorm.NONE
     if qk:
@@ -171,8 +198,7 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
         head_dim=head_dim,
         intermediate_size=ffn,
         vocab_size=vocab,
-        max_position_embeddings=_attr_int(raw, "max_position_embeddings", "n_positions")
-        or next((t.shape[0] for t in inv.outside if t.role == "position"), 2048),
+        max_position_embeddings=positions or _NO_LIMIT,
         mlp=_mlp_kind(raw, gated),
         norm=Norm.LAYERNORM if norm_bias else Norm.RMSNORM,
         position=position,
@@ -206,7 +232,9 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
             f"{layers} blocks for activations; cross-attention activations are not modelled"
         )
     if len(norms) not in (2, 4):
-        notes.append(f"{len(norms)} norm(s) per block: activations count the two of a pre-norm block")
+        notes.append(
+            f"{len(norms)} norm(s) per block: activations count the two of a pre-norm block"
+        )
     return fields, notes
 
 
@@ -226,8 +254,11 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
         UserError: for a module no role fits (one line naming it), or widths that do not
             split into the config's heads.
     """
-    inv = build_inventory(raw)
-    fields, notes = spec_fields(raw, inv)
+    try:
+        inv = build_inventory(raw)
+        fields, notes = spec_fields(raw, inv)
+    except UserError as exc:
+        raise type(exc)(f"{p}: {exc.message}", exc.hint) from None
     name = _hf_name(cfg, p)
     fields.update(
         id=_slug(name, raw.model_type),
@@ -239,7 +270,9 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
         plain = ModelSpec.model_validate(fields)
     except ValidationError as exc:
         errs = "; ".join(e["msg"] for e in exc.errors())
-        raise UserError(f"{p}: {raw.model_type}: the model's shape cannot be read: {errs}", _HINT) from exc
+        raise UserError(
+            f"{p}: {raw.model_type}: the model's shape cannot be read: {errs}", _HINT
+        ) from exc
     if _same_tensors(plain, inv):
         return plain
     approximated = tuple(notes) or ("the block's tensors differ from the representative fields",)
@@ -249,18 +282,24 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
 
 
 def _same_tensors(spec: ModelSpec, inv: Inventory) -> bool:
-    """Whether the fields rebuild the inventory: the same block kinds, counts and tensor
-    sizes (multisets of shapes), and the same tensors outside the blocks."""
+    """Whether the fields rebuild the inventory: the same block kinds and counts, the same
+    tensor sizes in each (the routed experts as one total: transformers 4 kept a list of
+    2-D experts, 5 one 3-D tensor per projection), and the same tensors outside."""
 
-    def sizes(shapes: list[tuple[str, tuple[int, ...]]]) -> Counter[int]:
-        return Counter(math.prod(s) for _, s in shapes)
+    def sizes(tensors: list[tuple[bool, tuple[int, ...]]]) -> frozenset[tuple[int, int]]:
+        counts = Counter(math.prod(s) for routed, s in tensors if not routed)
+        routed_total = sum(math.prod(s) for routed, s in tensors if routed)
+        return frozenset({**counts, -1: routed_total}.items())
 
     mine = Counter(
-        (n, frozenset(sizes(g).items())) for n, g in spec.layer_groups()
+        (n, sizes([(".experts." in f".{name}", s) for name, s in g]))
+        for n, g in spec.layer_groups()
     )
     theirs = Counter(
-        (g.count, frozenset(sizes([(t.name, t.shape) for t in g.tensors]).items()))
+        (g.count, sizes([(t.role.startswith("expert_"), t.shape) for t in g.tensors]))
         for g in inv.groups
     )
-    outside = sizes(spec.embedding_shapes()) == sizes([(t.name, t.shape) for t in inv.outside])
+    outside = sizes([(False, s) for _, s in spec.embedding_shapes()]) == sizes(
+        [(False, t.shape) for t in inv.outside]
+    )
     return outside and mine == theirs

@@ -92,7 +92,7 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
     import transformers
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     model_type = str(cfg.get("model_type"))
     kwargs = {k: v for k, v in cfg.items() if k not in (*_DROPPED, "model_type")}
     try:
@@ -103,9 +103,13 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
                 f"model_type {model_type!r} is unknown to transformers {version}",
                 "check the config's model_type, or upgrade transformers",
             ) from None
-        raise UserError(f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT) from None
+        raise UserError(
+            f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT
+        ) from None
     except Exception as exc:  # NOTE: a config class's own checks raise anything
-        raise UserError(f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT) from None
+        raise UserError(
+            f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT
+        ) from None
     text = config.get_text_config(decoder=True)
     synthesized: tuple[str, ...] = ()
     try:
@@ -113,7 +117,7 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
             model = None
             for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
                 try:
-                    model = auto.from_config(text)
+                    model = auto.from_config(text)  # type: ignore[no-untyped-call]
                     break
                 except ValueError as exc:
                     if "Unrecognized configuration class" not in str(exc):
@@ -121,14 +125,16 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
             if model is None:
                 # A language tower with no causal-LM class of its own (Qwen2-VL's text
                 # model): its LM head lives in the VLM, Linear(hidden, vocab, bias=False).
-                model = AutoModel.from_config(text)
+                model = AutoModel.from_config(text)  # type: ignore[no-untyped-call]
                 tied = bool(getattr(config, "tie_word_embeddings", False))
                 if not tied:
                     synthesized = ("lm_head.weight",)
     except UserError:
         raise
     except Exception as exc:  # NOTE: the module's constructor checks the shapes its way
-        raise UserError(f"{model_type}: transformers cannot build the model: {_line(exc)}", _HINT) from None
+        raise UserError(
+            f"{model_type}: transformers cannot build the model: {_line(exc)}", _HINT
+        ) from None
     modules = dict(model.named_modules())
     params = []
     for name, prm in model.named_parameters():
@@ -173,8 +179,15 @@ def _attrs(text: Any) -> dict[str, int | float | str | bool | None]:
         return value if isinstance(value, int | float | str | bool) else None
 
     out: dict[str, int | float | str | bool | None] = {}
-    for key in ("vocab_size", "num_attention_heads", "num_heads", "mamba_num_heads",
-                "head_dim", "max_position_embeddings", "n_positions"):
+    for key in (
+        "vocab_size",
+        "num_attention_heads",
+        "num_heads",
+        "mamba_num_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "n_positions",
+    ):
         try:
             out[key] = scalar(getattr(text, key, None))
         except Exception:  # NOTE: an attribute_map to a missing key raises on some classes

@@ -133,7 +133,7 @@ def _block_role(raw: RawModel, p: RawParam, rest: str) -> str:
     owner, parent = p.owner.lower(), p.parent.lower()
     bias = leaf.endswith("bias") and leaf not in ("dt_bias",)
     suffix = "_bias" if bias else ""
-    if "experts" in path or "experts" == mod:
+    if "experts" in path or mod == "experts":
         # 3-D expert tensors (E, ., .) named by the projection, or a ModuleList of experts.
         name = leaf.removesuffix("_bias") if leaf not in ("weight", "bias") else mod
         role = _MLP.get(name)
@@ -178,7 +178,9 @@ def _outside_role(raw: RawModel, p: RawParam, vocab: int | None) -> str:
     if "embedding" in owner and len(p.shape) == 2:
         return "embed" if vocab is None or p.shape[0] == vocab else "position"
     if "norm" in owner:
-        return ("embed_norm" if "emb" in mod else "final_norm") + ("_bias" if leaf == "bias" else "")
+        return ("embed_norm" if "emb" in mod else "final_norm") + (
+            "_bias" if leaf == "bias" else ""
+        )
     if "linear" in owner and vocab is not None and p.shape and p.shape[0] == vocab:
         return "lm_head" + ("_bias" if leaf == "bias" else "")
     raise _unplaced(raw, p, "outside the blocks")
@@ -206,7 +208,9 @@ def build_inventory(raw: RawModel) -> Inventory:
                 )
                 break
         else:
-            outside.append(InvTensor(name=p.name, shape=p.shape, role=_outside_role(raw, p, vocab_rows)))
+            outside.append(
+                InvTensor(name=p.name, shape=p.shape, role=_outside_role(raw, p, vocab_rows))
+            )
     if not any(t.role == "embed" for t in outside):
         raise UnplacedModule(
             f"{raw.model_type}: no token embedding found",
@@ -225,9 +229,7 @@ def build_inventory(raw: RawModel) -> Inventory:
             f"{raw.model_type}: no repeated blocks found", "the general path reads layer stacks"
         )
     groups = tuple(InvGroup(count=n, tensors=sig) for sig, n in kinds.items())
-    return Inventory(
-        reader=raw.reader, groups=groups, layout=tuple(layout), outside=tuple(outside)
-    )
+    return Inventory(reader=raw.reader, groups=groups, layout=tuple(layout), outside=tuple(outside))
 
 
 def roles(group: InvGroup) -> Counter[str]:

@@ -354,8 +354,10 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
     d = _shape_of_uncached(spec)
     inventory = _get(spec, "inventory", None)
     if inventory is not None:  # the real module's tensors, read by the general HF path
-        return [ParamTensor(n, s, Role(r), c, hh, p, e) for n, s, r, c, hh, p, e in
-                memory_tensors(inventory, d["a"], d["kv"])]
+        return [
+            ParamTensor(n, s, Role(r), c, hh, p, e)
+            for n, s, r, c, hh, p, e in memory_tensors(inventory, d["a"], d["kv"])
+        ]
     h, L, a, kv, hd, f, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["f"], d["V"]
     qd, kd = a * hd, kv * hd
     layernorm = _enum_value(spec.norm) == "layernorm"

@@ -371,7 +371,9 @@ class ModelSpec(_Frozen):
         if self.cnn is not None:
             return [(1, _cnn_trunk(self.cnn))]
         if self.inventory is not None:
-            return [(g.count, [(t.name, t.shape) for t in g.tensors]) for g in self.inventory.groups]
+            return [
+                (g.count, [(t.name, t.shape) for t in g.tensors]) for g in self.inventory.groups
+            ]
         moe = self.moe_layer_count()
         groups: list[tuple[int, NamedShapes]] = []
         dense = _req(self.num_layers) - moe
@@ -429,7 +431,10 @@ class ModelSpec(_Frozen):
             # Every routed-expert tensor (biases included), per expert, of the commonest MoE block.
             moe = [g for g in self.inventory.groups if any(_routed(t.role) for t in g.tensors)]
             group = max(moe, key=lambda g: g.count)
-            return sum(math.prod(t.shape) for t in group.tensors if _routed(t.role)) // self.num_experts
+            return (
+                sum(math.prod(t.shape) for t in group.tensors if _routed(t.role))
+                // self.num_experts
+            )
         matrices = 3 if self.gated_mlp else 2
         return matrices * _req(self.hidden_size) * self.expert_intermediate_size
 
