@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from advisor import notes
 from advisor.datacache import cached_value
 from advisor.errors import UserError
 from advisor.hfgeneral import spec_from_raw
@@ -65,7 +66,17 @@ def spec_from_any_config(cfg: Any, p: Path) -> ModelSpec:
             return spec_from_hf_config(tower, p)
         except UnsupportedModelType:
             pass
-    return spec_from_raw(read_model(cfg), cfg, p)
+    raw = read_model(cfg)
+    spec = spec_from_raw(raw, cfg, p)
+    what = f"{spec.name}: model_type {raw.model_type!r} read by {raw.reader}"
+    if spec.inventory is None:
+        notes.post(f"{what}; every tensor maps onto the {spec.family} block fields")
+    else:
+        notes.post(
+            f"{what}; parameters exact, activations approximate: "
+            + "; ".join(spec.inventory.approximated)
+        )
+    return spec
 
 
 def read_model(cfg: dict[str, Any]) -> RawModel:
