@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from advisor.hfgeneral import spec_from_raw
 from advisor.inventory import RawModel, RawParam
 from advisor.modelspec import ModelSpec, UnsupportedModelType, spec_from_hf_config
 
+_MODEL_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _HINT = "pass a Hugging Face config.json (or the model folder holding it)"
 # Keys that never shape the module, or that would make transformers run or fetch code.
 _DROPPED = ("auto_map", "quantization_config", "_name_or_path", "transformers_version")
@@ -53,7 +55,10 @@ def spec_from_any_config(cfg: Any, p: Path) -> ModelSpec:
     try:
         return spec_from_hf_config(cfg, p)
     except UnsupportedModelType:
-        pass
+        # NOTE: transformers names its model types in lower snake case; anything else (a
+        # list, "not-a-model") is refused here, before torch and transformers are imported.
+        if not isinstance(cfg.get("model_type"), str) or not _MODEL_TYPE.match(cfg["model_type"]):
+            raise
     text = cfg.get("text_config")
     if isinstance(text, dict) and isinstance(text.get("model_type"), str):
         # A vision-language model whose language tower is a built-in family (LLaVA: llama).
