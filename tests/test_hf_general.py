@@ -226,3 +226,43 @@ def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     est = len(measured) * (per_block + tables)
     tol = 0.05 if spec.num_experts > 1 else 0.01
     assert est == pytest.approx(sum(measured), rel=tol), (est, sum(measured), measured)
+
+
+# --- released configs against published counts -------------------------------------------
+
+RELEASED = FIXTURES / "released"
+# (total, tolerance, source): the shape keys of each released config.json, copied by hand.
+PUBLISHED = {
+    "bloom-560m": (559_214_592, 0, "huggingface.co/bigscience/bloom-560m model card"),
+    "pythia-1.4b": (
+        1_414_647_808,
+        0,
+        "Biderman et al. 2023, Pythia (github.com/EleutherAI/pythia, models table)",
+    ),
+    # Gemma Team 2024, Gemma report Table 2: 786,432,000 embedding + 7,751,248,896 others.
+    "gemma-7b": (786_432_000 + 7_751_248_896, 0, "Gemma Team 2024, arXiv:2403.08295"),
+    # OpenAI 2025, gpt-oss-120b & gpt-oss-20b model card, Table 1 (two decimals of a B).
+    "gpt-oss-20b": (20_910_000_000, 5_000_000, "OpenAI 2025 gpt-oss model card"),
+    "gpt-oss-120b": (116_830_000_000, 5_000_000, "OpenAI 2025 gpt-oss model card"),
+    # Raffel et al. 2020 (T5), section 3.7: Base "about 220 million".
+    "t5-base": (220_000_000, 5_000_000, "Raffel et al. 2020, JMLR 21(140)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_released_configs_match_the_published_parameter_counts(name: str) -> None:
+    path = RELEASED / f"{name}.json"
+    spec = spec_from_any_config(json.loads(path.read_text()), path)
+    total, tol, _source = PUBLISHED[name]
+    assert abs(spec.parameter_count() - total) <= tol, spec.parameter_count()
+
+
+@pytest.mark.parametrize(("name", "active"), [("gpt-oss-20b", 3.61e9), ("gpt-oss-120b", 5.13e9)])
+def test_gpt_oss_active_parameters_match_the_model_card(name: str, active: float) -> None:
+    """The card's active count leaves the input embedding out (it counts the unembedding);
+    the tool's convention, as Mixtral's and DeepSeek's figures, counts both."""
+    path = RELEASED / f"{name}.json"
+    spec = spec_from_any_config(json.loads(path.read_text()), path)
+    assert spec.vocab_size is not None and spec.hidden_size is not None
+    embedding = spec.vocab_size * spec.hidden_size
+    assert abs(spec.active_parameter_count() - embedding - active) <= 5e6
