@@ -266,3 +266,47 @@ def test_gpt_oss_active_parameters_match_the_model_card(name: str, active: float
     assert spec.vocab_size is not None and spec.hidden_size is not None
     embedding = spec.vocab_size * spec.hidden_size
     assert abs(spec.active_parameter_count() - embedding - active) <= 5e6
+
+
+def _real_model(cfg: dict[str, Any]) -> Any:
+    """The language model of ``cfg`` on the CPU with real fp32 storage."""
+    config = _hf_config(cfg)
+    torch.manual_seed(0)
+    if "text_config" in cfg:
+        model = transformers.AutoModelForImageTextToText.from_config(config)
+        return [p for n, p in model.named_parameters() if not any(t in n for t in _TOWERS)]
+    auto = (
+        transformers.AutoModelForSeq2SeqLM
+        if config.is_encoder_decoder
+        else transformers.AutoModelForCausalLM
+    )
+    return list(auto.from_config(config).parameters())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_parameter_memory_matches_real_tensors_and_adamw_state(name: str) -> None:
+    """Weights and AdamW's states of the estimate against a real tiny model's fp32 tensors:
+    the parameter storage, then the state tensors torch.optim.AdamW allocates at a step."""
+    from advisor.config import Task, TrainingConfig
+    from advisor.memory import DeviceOverheads, estimate_memory
+    from advisor.taxonomy import load_taxonomy
+
+    params = _real_model(_cfg(name))
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in params}
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    opt.step()
+    state = sum(
+        v.untyped_storage().nbytes()
+        for s in opt.state.values()
+        for k, v in s.items()
+        if k in ("exp_avg", "exp_avg_sq")
+    )
+    config = TrainingConfig(task=Task.PRETRAIN, precision=Precision.FP32)
+    est = estimate_memory(
+        _spec(name), config, optimizer=load_taxonomy().get("adamw"), device=DeviceOverheads.cpu()
+    )
+    assert est.breakdown["weights"] == sum(storages.values())
+    assert est.breakdown["gradients"] == sum(storages.values())
+    assert est.breakdown["optimizer_states"] == state
