@@ -71,7 +71,10 @@ def spec_from_any_config(cfg: Any, p: Path) -> ModelSpec:
             return spec_from_hf_config(tower, p)
         except UnsupportedModelType:
             pass
-    raw = read_model(cfg)
+    try:
+        raw = read_model(cfg)
+    except UserError as exc:
+        raise UserError(f"{p}: {exc.message}", exc.hint) from None
     spec = spec_from_raw(raw, cfg, p)
     what = f"{spec.name}: model_type {raw.model_type!r} read by {raw.reader}"
     if spec.inventory is None:

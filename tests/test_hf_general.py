@@ -311,3 +311,27 @@ def test_parameter_memory_matches_real_tensors_and_adamw_state(name: str) -> Non
     assert est.breakdown["weights"] == sum(storages.values())
     assert est.breakdown["gradients"] == sum(storages.values())
     assert est.breakdown["optimizer_states"] == state
+
+
+def test_without_transformers_the_general_path_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if name == "transformers":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(UserError, match="transformers is not installed") as info:
+        _spec("falcon")
+    assert "optadvise[hf]" in info.value.hint
+
+
+def test_a_config_transformers_cannot_build_is_one_user_error() -> None:
+    bad = {"model_type": "phi", "hidden_size": -64, "num_hidden_layers": 2}
+    with pytest.raises(UserError, match="transformers cannot build the model"):
+        spec_from_any_config(bad, FIXTURES / "bad.json")
