@@ -73,8 +73,38 @@ def _attr_int(raw: RawModel, *keys: str) -> int | None:
 
 
 def _dominant(inv: Inventory) -> InvGroup:
-    with_attn = [g for g in inv.groups if find(g, "q") or find(g, "qkv")]
+    with_attn = [g for g in inv.groups if find(g, "q") or find(g, "qkv") or find(g, "mla_kv_b")]
     return max(with_attn or list(inv.groups), key=lambda g: g.count)
+
+
+def _mla_shape(group: InvGroup, heads: int | None) -> dict[str, int | None] | None:
+    """MLA's ranks and head widths from its tensors (DeepSeek-V2/V3 naming): kv_a is
+    (kv_lora_rank + rope, h), kv_b (heads x (nope + v), kv_lora_rank), q_b or q
+    (heads x (nope + rope), .), o (h, heads x v)."""
+    kv_a, kv_b = find(group, "mla_kv_a"), find(group, "mla_kv_b")
+    q = find(group, "mla_q_b") or find(group, "q")
+    o, q_a = find(group, "o"), find(group, "mla_q_a")
+    if kv_a is None or kv_b is None or q is None or o is None or not heads:
+        return None
+    rank = kv_b.shape[1]
+    rope = kv_a.shape[0] - rank
+    v = o.shape[1] // heads
+    nope = q.shape[0] // heads - rope
+    if min(rope, v, nope) <= 0:
+        return None
+    return {
+        "q_lora_rank": q_a.shape[0] if q_a is not None else None,
+        "kv_lora_rank": rank,
+        "qk_nope_head_dim": nope,
+        "qk_rope_head_dim": rope,
+        "v_head_dim": v,
+    }
+
+
+def _qk_width(mla: dict[str, int | None]) -> int:
+    nope, rope = mla["qk_nope_head_dim"], mla["qk_rope_head_dim"]
+    assert nope is not None and rope is not None
+    return nope + rope
 
 
 def _mlp_kind(raw: RawModel, gated: bool) -> Mlp:
@@ -100,7 +130,10 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     q, k, qkv = find(dom, "q"), find(dom, "k"), find(dom, "qkv")
     heads = _attr_int(raw, "num_attention_heads", "num_heads")
     head_dim = _attr_int(raw, "head_dim")
-    if q is None and qkv is None:
+    mla = _mla_shape(dom, heads)
+    if mla is not None and heads is not None:
+        head_dim, kv = _qk_width(mla), heads
+    elif q is None and qkv is None:
         # No attention at all (Mamba-2): the mixer's heads stand for the attention heads.
         heads = _attr_int(raw, "num_heads", "mamba_num_heads") or heads or 1
         head_dim = head_dim or max(1, h // heads)
@@ -189,6 +222,8 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     qk_norm = QkNorm.NONE
     if qk:
         qk_norm = QkNorm.HEAD if qk[0].shape[0] == head_dim else QkNorm.FULL
+    if mla is not None:
+        notes.append("multi-head latent attention read from the latent projections' shapes")
     fields: dict[str, Any] = dict(
         arch=Arch.DECODER,
         hidden_size=h,
@@ -211,6 +246,8 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
         fused_qkv=qkv is not None,
         fused_gate_up=bool(all_roles["gate_up"]),
     )
+    if mla is not None:
+        fields["mla"] = mla
     factor = raw.attrs.get("partial_rotary_factor")
     if isinstance(factor, float) and 0 < factor < 1 and rope:
         fields["rotary_dim"] = int(head_dim * factor)

@@ -98,7 +98,13 @@ _ATTN = {
     **dict.fromkeys(("o_proj", "o", "out_proj", "dense", "c_proj", "wo"), "o"),
     **dict.fromkeys(("qkv_proj", "query_key_value", "c_attn", "wqkv", "qkv"), "qkv"),
     "relative_attention_bias": "relpos",
+    # Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434): latent down/up.
+    "q_a_proj": "mla_q_a",
+    "q_b_proj": "mla_q_b",
+    "kv_a_proj_with_mqa": "mla_kv_a",
+    "kv_b_proj": "mla_kv_b",
 }
+_MLA_NORMS = {"q_a_layernorm": "mla_q_a_norm", "kv_a_layernorm": "mla_kv_a_norm"}
 _MLP = {
     **dict.fromkeys(("gate_proj", "wi_0", "w1"), "gate"),
     **dict.fromkeys(("up_proj", "wi_1", "w3", "fc1", "dense_h_to_4h", "c_fc", "wi", "fc_in"), "up"),
@@ -150,6 +156,8 @@ def _block_role(raw: RawModel, p: RawParam, rest: str) -> str:
     if mod in _ROUTERS and len(p.shape) == 2 and "linear" in owner and "moe" in parent:
         return "router" + suffix  # Mixtral-style: a bias-free nn.Linear named gate
     if "norm" in owner:
+        if mod in _MLA_NORMS:
+            return _MLA_NORMS[mod] + suffix
         return ("qk_norm" if mod in _QK_NORMS else "norm") + suffix
     in_attn = any("attn" in s or "attention" in s for s in path) or "attention" in parent
     if "attention" in owner and leaf == "sinks":
@@ -247,6 +255,12 @@ def _memory_name(role: str) -> str:
     if base.startswith("shared_"):
         return base
     return {
+        "mla_q_a": "q_a",
+        "mla_q_b": "q",
+        "mla_kv_a": "kv_a",
+        "mla_kv_b": "kv_b",
+        "mla_q_a_norm": "q_a_norm",
+        "mla_kv_a_norm": "kv_a_norm",
         "ssm_out": "down_ssm",  # reads the mixer's inner width: row-parallel like down
         "cross_o": "down_cross",
     }.get(base, base)
@@ -276,13 +290,17 @@ def memory_tensors(inv: Inventory, heads: int, kv_heads: int) -> list[tuple[Any,
             bias = t.role.endswith("_bias")
             if len(shape) == 1 or bias:
                 role = "vector"
-            elif name in ("q", "k", "cross_q", "cross_k"):
+            elif name in ("q", "k", "kv_b", "cross_q", "cross_k"):
                 role = "attention-qk"
             elif t.role == "relpos":
                 role = "position"
             else:
                 role = "layer-matrix"
-            h = (heads if name in ("q", "cross_q") else kv_heads) if role == "attention-qk" else 0
+            h = (
+                (heads if name in ("q", "kv_b", "cross_q") else kv_heads)
+                if role == "attention-qk"
+                else 0
+            )
             out.append((name, shape, role, count, h, True, expert))
     for t in inv.outside:
         role = {

@@ -47,9 +47,10 @@ FAMILIES = [
     "t5",
     "qwen2-vl",
     "llava",
+    "deepseek-v2",
 ]
 # The families whose representative fields rebuild every tensor (no inventory carried).
-EXACT = {"gpt-neox", "gemma", "llama4", "qwen2-vl", "llava"}
+EXACT = {"gpt-neox", "gemma", "llama4", "qwen2-vl", "llava", "deepseek-v2"}
 _TOWERS = ("vision", "visual", "multi_modal_projector")
 
 
@@ -207,7 +208,7 @@ def _cpu_model(name: str, attn: str, dtype: str) -> Any:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 # BLOOM carries its inventory (a LayerNorm on the embeddings) but its blocks map exactly.
-@pytest.mark.parametrize("name", ["gemma", "qwen2-vl", "bloom"])
+@pytest.mark.parametrize("name", ["gemma", "qwen2-vl", "bloom", "deepseek-v2"])
 def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     name: str, dtype: str
 ) -> None:
@@ -222,6 +223,8 @@ def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     # tests/test_memory_architectures.py).
     # Qwen2-VL's M-RoPE takes positions per sequence (3 x b x s ids): its tables are b x.
     rope = (spec.rotary_dim or spec.head_dim) if spec.position.value == "rope" else 0
+    if spec.mla is not None:  # MLA's RoPE tables are as wide as its rotary part
+        rope = spec.mla.qk_rope_head_dim
     rows = b if name == "qwen2-vl" else 1
     tables = 2 * rows * s * rope * (4 if dtype == "float32" else 2)
     est = len(measured) * (per_block + tables)
