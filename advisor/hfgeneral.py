@@ -275,6 +275,22 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     return fields, notes
 
 
+def behaviour_notes(raw: RawModel) -> list[str]:
+    """What the config says the blocks do that no tensor shows (activations not modelled)."""
+    a = raw.attrs
+    out = []
+    if a.get("use_parallel_residual") is True or a.get("parallel_attn") is True:
+        out.append(
+            "attention and MLP in parallel on one residual (GPT-NeoX, Falcon, Phi): "
+            "activations are counted as a sequential block's"
+        )
+    if isinstance(a.get("attention_chunk_size"), int):
+        out.append("chunked local attention (Llama 4): activations as full causal attention")
+    if a.get("use_qk_norm") is True:
+        out.append("a weightless L2 norm on q and k (Llama 4): its activations are not counted")
+    return out
+
+
 def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
     """The spec of a model read on the meta device (see the module docstring).
 

@@ -24,7 +24,7 @@ from typing import Any
 from advisor import notes
 from advisor.datacache import cached_value
 from advisor.errors import UserError
-from advisor.hfgeneral import spec_from_raw
+from advisor.hfgeneral import behaviour_notes, spec_from_raw
 from advisor.inventory import RawModel, RawParam
 from advisor.modelspec import ModelSpec, UnsupportedModelType, spec_from_hf_config
 
@@ -77,13 +77,12 @@ def spec_from_any_config(cfg: Any, p: Path) -> ModelSpec:
         raise UserError(f"{p}: {exc.message}", exc.hint) from None
     spec = spec_from_raw(raw, cfg, p)
     what = f"{spec.name}: model_type {raw.model_type!r} read by {raw.reader}"
-    if spec.inventory is None:
+    unseen = behaviour_notes(raw)
+    if spec.inventory is None and not unseen:
         notes.post(f"{what}; every tensor maps onto the {spec.family} block fields")
     else:
-        notes.post(
-            f"{what}; parameters exact, activations approximate: "
-            + "; ".join(spec.inventory.approximated)
-        )
+        approximated = (*(spec.inventory.approximated if spec.inventory else ()), *unseen)
+        notes.post(f"{what}; parameters exact, activations approximate: " + "; ".join(approximated))
     return spec
 
 
@@ -211,6 +210,8 @@ def _attrs(text: Any) -> dict[str, int | float | str | bool | None]:
             out[key] = scalar(getattr(text, key, None))
         except Exception:  # NOTE: an attribute_map to a missing key raises on some classes
             out[key] = None
+    for key in ("use_parallel_residual", "parallel_attn", "attention_chunk_size", "use_qk_norm"):
+        out[key] = scalar(getattr(text, key, None))
     out["act"] = next((str(v) for k in _ACT_KEYS if (v := getattr(text, k, None))), None)
     out["experts_per_token"] = next(
         (int(v) for k in _TOPK_KEYS if isinstance(v := getattr(text, k, None), int)), None

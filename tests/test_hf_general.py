@@ -338,3 +338,14 @@ def test_a_config_transformers_cannot_build_is_one_user_error() -> None:
     bad = {"model_type": "phi", "hidden_size": -64, "num_hidden_layers": 2}
     with pytest.raises(UserError, match="transformers cannot build the model"):
         spec_from_any_config(bad, FIXTURES / "bad.json")
+
+
+def test_the_note_names_the_reader_and_what_the_activations_approximate() -> None:
+    from advisor import notes
+
+    notes.take()
+    _spec("llama4")
+    _spec("gemma")
+    posted = notes.take()
+    assert any("Llama4ForCausalLM" in n and "chunked local attention" in n for n in posted)
+    assert any("GemmaForCausalLM" in n and "every tensor maps" in n for n in posted)
