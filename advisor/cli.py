@@ -543,7 +543,7 @@ def _load_model_config(path: Path) -> Any:
     Hostile or broken files (empty, binary, a byte-order mark, deep nesting, NaN or
     Infinity, numbers too large for any shape, wrong types) are user errors, one line each.
     """
-    from advisor.modelspec import spec_from_hf_config
+    from advisor.hfmeta import spec_from_any_config
     from advisor.safeio import describe, read_bounded
 
     p = _user_path(path, "--model-config")
@@ -601,7 +601,7 @@ def _load_model_config(path: Path) -> Any:
     if problem:
         raise UserError(f"{p}: {problem}", hint)
     try:
-        return spec_from_hf_config(cfg, p)
+        return spec_from_any_config(cfg, p)
     # NOTE: the family readers do arithmetic on fields before the shape is validated (e.g.
     # 4 x n_embd); a field of the wrong type that gets that far is the file's error.
     except (TypeError, ValueError, OverflowError, ZeroDivisionError, KeyError) as exc:

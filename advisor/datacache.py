@@ -307,6 +307,34 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
     return decorate
 
 
+def cached_value(kind: str, key_text: str, compute: Callable[[], R], annotation: Any) -> R:
+    """``compute()``, cached by ``key_text`` (with the package's code) in memory and as JSON
+    in the data cache folder, validated again as ``annotation`` when read.
+
+    For values derived from a user's file by content (the general config path's module
+    inventory): unlike :func:`cached_by_content`, written to disk whatever the file's
+    folder, since the key is the content itself. Errors of ``compute`` are not cached.
+    """
+    key = _key(kind, [], key_text)
+    if (kind, key) in _memory:
+        return cast(R, _memory[kind, key])
+    folder = data_cache_dir()
+    persist = _usable_folder(folder)
+    name = hashlib.blake2b(key_text.encode(), digest_size=8).hexdigest()
+    path = folder / f"{kind}-{name}.json"
+    codec = _TypedCodec(annotation)
+    if persist:
+        hit, value = _read(path, key, codec)
+        if hit:
+            _memory[kind, key] = value
+            return cast(R, value)
+    value = compute()
+    _memory[kind, key] = value
+    if persist:
+        _write(folder, path, key, value, codec)
+    return value
+
+
 def _name_hash(resolved: list[Path], extra: str) -> str:
     """One cache file per set of source paths: a changed file replaces its old entry."""
     h = hashlib.blake2b(digest_size=8)

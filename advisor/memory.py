@@ -58,6 +58,7 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.errors import UserError
+from advisor.inventory import memory_tensors
 from advisor.modelspec import ModelSpec
 from advisor.taxonomy import OptimizerMemory, StateKind, Technique
 from advisor.units import MIB
@@ -375,6 +376,12 @@ def _param_tensors_uncached(spec: ModelSpec) -> list[ParamTensor]:
             "pick a transformer profile (decoder or encoder)",
         )
     d = _shape_of_uncached(spec)
+    inventory = _get(spec, "inventory", None)
+    if inventory is not None:  # the real module's tensors, read by the general HF path
+        return [
+            ParamTensor(n, s, Role(r), c, hh, p, e)
+            for n, s, r, c, hh, p, e in memory_tensors(inventory, d["a"], d["kv"])
+        ]
     h, L, a, kv, hd, f, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["f"], d["V"]
     qd, kd = a * hd, kv * hd
     layernorm = _enum_value(spec.norm) == "layernorm"

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from advisor.datacache import cached_by_content, profile_sources
 from advisor.errors import DataError, UserError
+from advisor.inventory import Inventory
 from advisor.resources import profiles_dir
 from advisor.units import format_count, parse_count
 from advisor.yamlio import YamlError, line_of, load_yaml, yaml_error_line
@@ -237,6 +238,12 @@ class ModelSpec(_Frozen):
     pooler: bool = Field(default=False, description="a dense+tanh pooler on [CLS] (BERT)")
 
     cnn: CnnShape | None = None
+    inventory: Inventory | None = Field(
+        default=None,
+        description="the exact parameter tensors, read from the real module on the meta "
+        "device (advisor.hfmeta), when the fields above only represent the blocks; counts "
+        "and parameter memory come from it, activations from the fields",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -363,6 +370,10 @@ class ModelSpec(_Frozen):
         """
         if self.cnn is not None:
             return [(1, _cnn_trunk(self.cnn))]
+        if self.inventory is not None:
+            return [
+                (g.count, [(t.name, t.shape) for t in g.tensors]) for g in self.inventory.groups
+            ]
         moe = self.moe_layer_count()
         groups: list[tuple[int, NamedShapes]] = []
         dense = _req(self.num_layers) - moe
@@ -404,6 +415,8 @@ class ModelSpec(_Frozen):
         """
         if self.cnn is not None:
             return _cnn_outside(self.cnn)
+        if self.inventory is not None:
+            return [(t.name, t.shape) for t in self.inventory.outside]
         return _outside_shapes(self)
 
     def layer_parameter_count(self) -> int:
@@ -414,6 +427,14 @@ class ModelSpec(_Frozen):
         """Parameters of one routed MoE expert (its projections); 0 for a dense model."""
         if self.num_experts == 1 or self.cnn is not None:
             return 0
+        if self.inventory is not None:
+            # Every routed-expert tensor (biases included), per expert, of the commonest MoE block.
+            moe = [g for g in self.inventory.groups if any(_routed(t.role) for t in g.tensors)]
+            group = max(moe, key=lambda g: g.count)
+            return (
+                sum(math.prod(t.shape) for t in group.tensors if _routed(t.role))
+                // self.num_experts
+            )
         matrices = 3 if self.gated_mlp else 2
         return matrices * _req(self.hidden_size) * self.expert_intermediate_size
 
@@ -447,6 +468,10 @@ class ModelSpec(_Frozen):
         return (
             self.parameter_count() - self.moe_layer_count() * idle * self.expert_parameter_count()
         )
+
+
+def _routed(role: str) -> bool:
+    return role.startswith("expert_")
 
 
 def _req(value: int | None) -> int:
@@ -965,6 +990,10 @@ _HF_NAME_FILE = "config.json"
 _MAX_LAYERS = 10_000
 
 
+class UnsupportedModelType(UserError):
+    """A ``model_type`` no built-in family reads (the general path, advisor.hfmeta, may)."""
+
+
 def load_hf_config(path: str | Path) -> ModelSpec:
     """Read a local Hugging Face ``config.json``, or the model folder holding one.
 
@@ -1026,7 +1055,7 @@ def spec_from_hf_config(cfg: Any, p: Path) -> ModelSpec:
         raise UserError(f"{p}: expected a JSON object, got {type(cfg).__name__}", hint)
     model_type = cfg.get("model_type")
     if model_type not in _HF_TYPES:
-        raise UserError(
+        raise UnsupportedModelType(
             f"{p}: unsupported model_type {model_type!r}",
             f"supported: {', '.join(sorted(_HF_TYPES))}; or use a shipped profile (--model) "
             "or a size",
