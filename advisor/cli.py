@@ -470,8 +470,10 @@ ModelConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--model-config",
-        help="A local Hugging Face config.json; model_type bert, deepseek_v3, gemma2, gemma3, "
-        "gemma3_text, gpt2, llama, mistral, mixtral, olmo2, opt, phi3, qwen2, qwen3 or qwen3_moe.",
+        help="A local Hugging Face config.json. Built-in readers: model_type bert, "
+        "deepseek_v3, gemma2, gemma3, gemma3_text, gpt2, llama, mistral, mixtral, olmo2, opt, "
+        "phi3, qwen2, qwen3, qwen3_moe; any other type transformers can build is read from its "
+        "modules on the meta device (pip install 'optadvise[hf]').",
     ),
 ]
 
