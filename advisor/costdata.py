@@ -185,6 +185,11 @@ class CalibrationCache(_Frozen):
         description="each 16-bit dtype's one-thread GEMM speed relative to fp32 over interleaved "
         "rounds: [lower quartile, median, upper quartile] (CPU only)",
     )
+    thread_speedup: float | None = Field(
+        default=None,
+        description="on a CPU: the measured speed-up of training's threads over one thread "
+        "(everything compared is timed on one thread and divided by it)",
+    )
     disturbance: float | None = Field(
         default=None,
         description="share of wall time the interleaved GEMM check's one thread did not get "
