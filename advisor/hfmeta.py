@@ -106,9 +106,21 @@ def read_model(cfg: dict[str, Any]) -> RawModel:
 
 
 def _read(cfg: dict[str, Any], version: str) -> RawModel:
-    import torch
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    try:
+        import torch
+        import transformers
+        from transformers import (
+            AutoConfig,
+            AutoModel,
+            AutoModelForCausalLM,
+            AutoModelForSeq2SeqLM,
+        )
+    except ImportError as exc:  # installed but unusable (a broken or blocked import)
+        raise UserError(
+            f"model_type {cfg.get('model_type')!r} is not a built-in family and "
+            f"{exc.name or 'transformers'} cannot be imported to read it",
+            "pip install 'optadvise[hf]' (transformers reads any architecture's config)",
+        ) from None
 
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     model_type = str(cfg.get("model_type"))
