@@ -34,7 +34,8 @@ from typing import Any
 from advisor.fast16 import read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
-_BUSY = "while True: pass"
+# A busy loop that ends with its parent (a killed benchmark must not leave it spinning).
+_BUSY = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
 
 
 def _optadvise(args: list[str], cache: Path) -> subprocess.CompletedProcess[str]:

@@ -55,7 +55,11 @@ def _sh(command: str, cwd: Path, env: dict[str, str]) -> tuple[int, float, str]:
 
 def run(busy: int) -> dict[str, Any]:
     procs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        # A busy loop that ends with its parent (a killed run must not leave it spinning).
+        subprocess.Popen(
+            [sys.executable, "-c", "import os\np = os.getppid()\nwhile os.getppid() == p: pass"],
+            stdin=subprocess.DEVNULL,
+        )
         for _ in range(busy)
     ]
     try:
