@@ -106,6 +106,9 @@ def run(busy: int) -> dict[str, Any]:
                 "make_test_exit": rc_test,
                 "make_test_s": round(test_s, 1),
                 "make_test_summary": summary,
+                "make_test_failures": [
+                    line for line in test_out.splitlines() if line.startswith(("FAILED", "ERROR"))
+                ],
             }
     finally:
         for p in procs:
