@@ -109,11 +109,15 @@ def test_rich_markup_in_the_cache_dir_environment(
     folder = tmp_path / "c[/x]"
     monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(folder))
     out = _clean(runner.invoke(app, ["calibrate", "show"]))
-    assert f"no calibration cached in {folder}" in out
+    assert f"nocalibrationcachedin{folder}".replace(" ", "") in "".join(out.split())
     folder.mkdir(mode=0o700, parents=True)
     (folder / "cpu-[x].json").write_text("{")
     out = _clean(runner.invoke(app, ["calibrate", "show"]))
-    assert f"{folder}/cpu-[x].json" in out and "the next calibration rebuilds it" in out
+    # The console folds long lines wherever the width falls (the temp folder's length varies
+    # from run to run), so compare without the whitespace.
+    flat = "".join(out.split())
+    assert f"{folder}/cpu-[x].json".replace(" ", "") in flat
+    assert "thenextcalibrationrebuildsit" in flat
 
 
 def test_rich_markup_in_an_export_path(tmp_path: Path) -> None:
