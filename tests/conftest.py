@@ -137,6 +137,7 @@ HEAVY_FILES = {
     "test_cli_measured_default.py",
     "test_convergence.py",
     "test_emit.py",
+    "test_golden.py",
     "test_emit_engines.py",
     "test_memory_architectures.py",
     "test_memory_bnb.py",
