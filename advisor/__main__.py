@@ -1,5 +1,5 @@
 """Entry point for ``python -m advisor``."""
 
-from advisor.cli import main
+from advisor.shell.cli import main
 
 main()

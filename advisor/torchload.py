@@ -17,7 +17,7 @@ def import_torch() -> Any:
         ImportError: when torch is not installed.
     """
     # The command line pauses the cyclic garbage collector for its pure-Python work
-    # (advisor.bootstrap); torch work may hold reference cycles for minutes: collect again.
+    # (advisor.shell.bootstrap); torch work may hold reference cycles for minutes: collect again.
     gc.enable()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Failed to initialize NumPy")

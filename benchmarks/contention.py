@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advisor.fast16 import read_cpuinfo
+from advisor.hardware.fast16 import read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 # A busy loop that ends with its parent (a killed benchmark must not leave it spinning).

@@ -1,7 +1,7 @@
 """How well the taxonomy's step ranges cover steps-to-target recomputed from public logs.
 
 The published ranges (``steps_vs_adamw`` in rules/taxonomy.yaml, read through
-``advisor.convergence``) are held against training curves that did not set them:
+``advisor.cost.convergence``) are held against training curves that did not set them:
 modded-nanogpt's public validation-loss logs at 124M (benchmarks/data/
 modded_nanogpt_curves.json, extracted from the repository at the commit it names):
 
@@ -35,8 +35,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.convergence import steps_vs_adamw
-from advisor.taxonomy import load_taxonomy
+from advisor.cost.convergence import steps_vs_adamw
+from advisor.rules.taxonomy import load_taxonomy
 
 DATA = Path(__file__).parent / "data" / "modded_nanogpt_curves.json"
 ALGOPERF = Path(__file__).parent / "data" / "algoperf_time_to_targets_steps.json"

@@ -45,8 +45,9 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.cost import predict_for_optimizer
+from advisor.data.resources import profiles_dir
 from advisor.errors import UserError
-from advisor.hardware import (
+from advisor.hardware.profiles import (
     AttentionEfficiency,
     Fitted,
     Generation,
@@ -55,9 +56,8 @@ from advisor.hardware import (
     load_hardware_profiles,
 )
 from advisor.memory import estimate_memory
-from advisor.modelspec import ModelSpec, get_model_profile
-from advisor.resources import profiles_dir
-from advisor.taxonomy import load_taxonomy
+from advisor.model.spec import ModelSpec, get_model_profile
+from advisor.rules.taxonomy import load_taxonomy
 
 HERE = Path(__file__).parent
 DATA = HERE / "data"

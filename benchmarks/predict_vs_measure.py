@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict
 
 from advisor.config import TrainingConfig
 from advisor.cost import predict_for_optimizer
-from advisor.costdata import CalibrationCache
-from advisor.hardware import HardwareProfile
-from advisor.modelspec import ModelSpec
-from advisor.taxonomy import load_taxonomy
+from advisor.cost.data import CalibrationCache
+from advisor.hardware.profiles import HardwareProfile
+from advisor.model.spec import ModelSpec
+from advisor.rules.taxonomy import load_taxonomy
 from benchmarks.realstep import (
     cache_dir,
     kendall_tau,
@@ -76,8 +76,8 @@ FULL_CASES = [
 
 def local_cpu_profile() -> HardwareProfile:
     """The synthetic datasheet of this CPU the recommender would use (analytic fallback)."""
-    from advisor.probe import probe_hardware
-    from advisor.recommend import cpu_profile_from_probe
+    from advisor.hardware.probe import probe_hardware
+    from advisor.plan import cpu_profile_from_probe
 
     return cpu_profile_from_probe(probe_hardware(with_torch=False), None)
 

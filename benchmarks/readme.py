@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = README.read_text()
     if not args.figures:
-        from advisor.fast16 import read_cpuinfo
+        from advisor.hardware.fast16 import read_cpuinfo
 
         text, records = regenerate_examples(text)
         EXAMPLES.write_text(

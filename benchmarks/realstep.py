@@ -37,7 +37,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.modelspec import Mlp, ModelSpec, Norm
+from advisor.model.spec import Mlp, ModelSpec, Norm
 
 _BACKENDS = {
     Attention.EAGER: SDPBackend.MATH,

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from advisor.config import Precision
-from advisor.recommend import Recommendation, describe_config
+from advisor.plan import Recommendation, describe_config
 from benchmarks.realstep import (
     StepTiming,
     Unsupported,
@@ -129,7 +129,7 @@ def run(
         cache_root: the calibration cache folder (default: a temporary one, removed after).
         log: where progress lines go.
     """
-    from advisor.advise import RecommendRequest, run_recommend
+    from advisor.app.recommend import RecommendRequest, run_recommend
     from advisor.calibration.runner import run_calibration
 
     t_start = time.perf_counter()
@@ -257,7 +257,7 @@ def run(
 
 def _steps_factor(r: Recommendation) -> float:
     """Steps to AdamW's loss as the speed objective counts them: extra steps cost, published
-    speed-ups are not credited (advisor.convergence.objective_steps)."""
+    speed-ups are not credited (advisor.cost.convergence.objective_steps)."""
     band = r.steps_vs_adamw
     return max(1.0, band.central) if band is not None else 1.0
 

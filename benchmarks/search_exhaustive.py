@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advisor.advise import _cost_fn
+from advisor.app.recommend import _cost_fn
 from advisor.config import Attention, Precision, Task
-from advisor.engine import decide
-from advisor.hardware import get_hardware_profile
-from advisor.modelspec import get_model_profile, resolve_model_size
+from advisor.hardware.profiles import get_hardware_profile
+from advisor.hardware.target import target_from_profile
+from advisor.model.spec import get_model_profile, resolve_model_size
 from advisor.plan.rank import rank_plans, row_cutoff
 from advisor.plan.search import search
 from advisor.plan.space import (
@@ -36,9 +36,9 @@ from advisor.plan.space import (
     resolve_global_batch,
     usable_memory,
 )
-from advisor.plan.target import target_from_profile
-from advisor.ruleset import load_rules
-from advisor.taxonomy import load_taxonomy
+from advisor.rules.engine import decide
+from advisor.rules.ruleset import load_rules
+from advisor.rules.taxonomy import load_taxonomy
 
 OPTIMIZERS = ["adamw", "adamw-8bit", "adafactor", "galore-adamw-8bit", "lion", "sgd-momentum"]
 PRECISIONS = [Precision.BF16_MIXED, Precision.FP8_MIXED, Precision.FP16_MIXED, Precision.FP32]

@@ -33,11 +33,11 @@ CASES = {
 def _inside(args: list[str]) -> dict[str, float]:
     """Runs in the child: time the imports and the recommend job separately."""
     t0 = time.perf_counter()
-    from advisor.bootstrap import skip_pydantic_plugins
+    from advisor.shell.bootstrap import skip_pydantic_plugins
 
     skip_pydantic_plugins()  # as the CLI does before its first model class
-    from advisor.advise import RecommendRequest, run_recommend
-    from advisor.modelspec import resolve_model_size
+    from advisor.app.recommend import RecommendRequest, run_recommend
+    from advisor.model.spec import resolve_model_size
 
     t1 = time.perf_counter()
     flags = dict(zip(args[::2], args[1::2], strict=True))

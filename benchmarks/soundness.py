@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advisor.advise import _cost_fn
+from advisor.app.recommend import _cost_fn
 from advisor.config import Checkpointing, Precision, Sharding, Task, TrainingConfig
-from advisor.engine import decide
-from advisor.hardware import get_hardware_profile
-from advisor.modelspec import get_model_profile
+from advisor.hardware.profiles import get_hardware_profile
+from advisor.hardware.target import target_from_profile
+from advisor.model.spec import get_model_profile
 from advisor.plan.layout import Layout
 from advisor.plan.report import ranking_decision, recommend
 from advisor.plan.search import (
@@ -55,9 +55,9 @@ from advisor.plan.space import (
     resolve_global_batch,
     workload_layouts,
 )
-from advisor.plan.target import target_from_profile
-from advisor.ruleset import load_rules
-from advisor.taxonomy import load_taxonomy
+from advisor.rules.engine import decide
+from advisor.rules.ruleset import load_rules
+from advisor.rules.taxonomy import load_taxonomy
 
 # A practitioner plan "beats" the pick when its score is lower by more than this (the
 # report rounds scores to 6 decimals; equivalent plans differ by < 0.5% of time).

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advisor.probe import read_cpuinfo
+from advisor.hardware.probe import read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS: dict[str, list[str]] = {
@@ -44,22 +44,22 @@ COMMANDS: dict[str, list[str]] = {
 }
 # The work each command does after start-up; the probe below stops the process there.
 _STOP_AT = {
-    "rules check": ("advisor.checks", "_Checker", "run"),
-    "recommend --no-calibrate": ("advisor.advise", None, "recommend"),
+    "rules check": ("advisor.rules.checks", "_Checker", "run"),
+    "recommend --no-calibrate": ("advisor.app.recommend", None, "recommend"),
 }
 _PROBE = """
 import importlib, os, sys, time
 t0 = float(os.environ["OPTADVISE_BENCH_T0"])
 module, owner, name = sys.argv[1:4]
 sys.argv = ["optadvise", *sys.argv[4:]]
-import advisor.cli
+import advisor.shell.cli
 def stop(*args, **kwargs):
     sys.stdout.write(f"STARTUP {time.time() - t0:.6f}\\n")
     sys.stdout.flush()
     os._exit(0)
 target = importlib.import_module(module)
 setattr(getattr(target, owner) if owner != "-" else target, name, stop)
-advisor.cli.main()
+advisor.shell.cli.main()
 """
 
 

@@ -12,7 +12,7 @@ import pytest
 # NOTE: rich reads COLUMNS once, when a Console is made. The shell's consoles are made here,
 # at collection, before any test's CliRunner sets COLUMNS; made later, inside an invoke, they
 # would keep that invoke's width for every later test.
-import advisor.render  # noqa: F401
+import advisor.shell.render  # noqa: F401
 
 
 class FakeNVMLError(Exception):
@@ -37,7 +37,7 @@ class FakeGpu:
 
 @dataclass
 class FakeNVML:
-    """A pynvml stand-in: the calls advisor.probe makes, answered from FakeGpu records."""
+    """A pynvml stand-in: the calls advisor.hardware.probe makes, answered from FakeGpu records."""
 
     gpus: list[FakeGpu] = field(default_factory=lambda: [FakeGpu()])
     init_error: int | None = None

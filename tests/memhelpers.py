@@ -58,7 +58,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class FallbackSpec:
-    """Stand-in with ModelSpec's fields, used only until advisor.modelspec exists."""
+    """Stand-in with ModelSpec's fields, used only until advisor.model.spec exists."""
 
     id: str
     name: str
@@ -115,9 +115,9 @@ def spec_fields(shape: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_spec(**fields: Any) -> Any:
-    """A ModelSpec when advisor.modelspec is importable, else the stand-in."""
+    """A ModelSpec when advisor.model.spec is importable, else the stand-in."""
     try:
-        from advisor.modelspec import ModelSpec
+        from advisor.model.spec import ModelSpec
     except ImportError:
         return FallbackSpec(**fields)
     known = set(ModelSpec.model_fields)

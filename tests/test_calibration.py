@@ -11,7 +11,7 @@ from advisor.calibration import cache as cal_cache
 from advisor.calibration.runner import _fit_quadratic, run_calibration
 from advisor.calibration.timing import measure, summarize
 from advisor.cost import layer_shape
-from advisor.costdata import CACHE_SCHEMA_VERSION, CalibrationCache
+from advisor.cost.data import CACHE_SCHEMA_VERSION, CalibrationCache
 from advisor.errors import UserError
 from benchmarks.realstep import small_llama
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from advisor.checks import CheckReport, DefectKind, check_rules
-from advisor.cli import app
+from advisor.rules.checks import CheckReport, DefectKind, check_rules
+from advisor.shell.cli import app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rulesets"
 CANDIDATES = {"sgd", "adamw", "fp8-mixed"}
@@ -153,7 +153,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
 
 def test_shipped_rules_pass_and_rules_check_does_not_import_torch() -> None:
     code = (
-        "import sys; from advisor.checks import check_rules; r = check_rules(); "
+        "import sys; from advisor.rules.checks import check_rules; r = check_rules(); "
         "assert 'torch' not in sys.modules; print(r.ok, r.rules_checked)"
     )
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
+from advisor.shell.cli import app
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def test_estimate_json_contract_and_schema() -> None:
 def test_estimate_and_recommend_never_import_torch() -> None:
     code = (
         "import sys\n"
-        "from advisor.cli import app\n"
+        "from advisor.shell.cli import app\n"
         "from typer.testing import CliRunner\n"
         "r = CliRunner().invoke(app, ['estimate', '--model-size', '1.3B', '--json'])\n"
         "assert r.exit_code == 0, r.output\n"
@@ -177,8 +177,8 @@ def test_recommend_request_defaults_are_the_cli_defaults() -> None:
     # must be what `optadvise recommend` does when a flag is not given.
     import inspect
 
-    from advisor import cli
-    from advisor.advise import RecommendRequest
+    from advisor.app.recommend import RecommendRequest
+    from advisor.shell import cli
 
     flags = inspect.signature(cli.recommend).parameters
     params = inspect.signature(RecommendRequest.from_flags).parameters
@@ -190,8 +190,8 @@ def test_recommend_request_defaults_are_the_cli_defaults() -> None:
 def test_the_model_config_help_names_every_model_type_accepted() -> None:
     import re
 
-    from advisor.cli import ModelConfigOpt
-    from advisor.modelspec import _HF_TYPES
+    from advisor.model.spec import _HF_TYPES
+    from advisor.shell.cli import ModelConfigOpt
 
     help_text = ModelConfigOpt.__metadata__[0].help
     named = set(re.findall(r"[a-z][a-z0-9_]+", help_text.split("model_type", 1)[1]))

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
-from advisor.hardware import load_hardware_profiles
-from advisor.limits import BOUNDS, MAX_SEQ_LEN
-from advisor.modelspec import load_model_profiles
-from advisor.ruleset import load_rules
-from advisor.taxonomy import load_taxonomy
+from advisor.app.limits import BOUNDS, MAX_SEQ_LEN
+from advisor.hardware.profiles import load_hardware_profiles
+from advisor.model.spec import load_model_profiles
+from advisor.rules.ruleset import load_rules
+from advisor.rules.taxonomy import load_taxonomy
+from advisor.shell.cli import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def test_the_ranking_shows_its_technique_ids_whole(columns: str) -> None:
 def test_calibration_tables_show_optimizer_ids_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
-    from advisor import render
+    from advisor.shell import render
     from tests.test_cli_measured_default import _measured_cache
 
     cache = _measured_cache()
@@ -115,7 +115,7 @@ def test_piped_output_keeps_ids_whole() -> None:
 
 
 def test_estimate_without_hardware_uses_the_probed_device_and_says_if_it_fits() -> None:
-    from advisor.probe import probe_hardware
+    from advisor.hardware.probe import probe_hardware
 
     on_gpu = bool(probe_hardware(with_torch=False).gpus)
     result = runner.invoke(app, ["estimate", "--model-size", "125M", "--json"])
@@ -247,7 +247,7 @@ def test_a_single_valued_option_given_twice_is_an_error(args: list[str], named: 
 def test_values_and_arguments_are_not_counted_as_options() -> None:
     import typer.main
 
-    from advisor.cli import _repeated_option
+    from advisor.shell.cli import _repeated_option
 
     group = typer.main.get_command(app)
     ctx = group.make_context("optadvise", ["--version"], resilient_parsing=True)

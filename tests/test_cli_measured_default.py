@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
 from advisor.cost import layer_shape
-from advisor.costdata import (
+from advisor.cost.data import (
     AttentionFit,
     CalibrationCache,
     Fingerprint,
@@ -25,7 +24,8 @@ from advisor.costdata import (
     ShapeResults,
     Timing,
 )
-from advisor.modelspec import resolve_model_size
+from advisor.model.spec import resolve_model_size
+from advisor.shell.cli import app
 
 runner = CliRunner()
 SPEC = resolve_model_size("125M")
@@ -152,7 +152,7 @@ def test_no_calibrate_and_hardware_stay_analytic(
 def test_without_torch_it_says_so_and_stays_analytic(
     fake_runner: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from advisor import advise
+    from advisor.app import recommend as advise
 
     monkeypatch.setattr(advise, "_torch_installed", lambda: False)
     result = runner.invoke(app, ["recommend", "--model-size", "125M", "--json"])

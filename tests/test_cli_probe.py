@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
-from advisor.hardware import ProbeReport
+from advisor.hardware.profiles import ProbeReport
+from advisor.shell.cli import app
 
 runner = CliRunner()
 
@@ -77,5 +77,5 @@ def test_python_dash_m_advisor_runs() -> None:
 
 
 def test_importing_the_cli_does_not_import_torch() -> None:
-    code = "import sys, advisor.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, advisor.shell.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from advisor.conditions import Condition, describe, evaluate, evaluate_partial, facts_of, thresholds
+from advisor.rules.conditions import (
+    Condition,
+    describe,
+    evaluate,
+    evaluate_partial,
+    facts_of,
+    thresholds,
+)
 
 COND = TypeAdapter(Condition)
 

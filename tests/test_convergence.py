@@ -1,5 +1,5 @@
 """Time to target: the published step-efficiency data, its interpolation, its checks, and
-the ranking that uses it (advisor/convergence.py)."""
+the ranking that uses it (advisor/cost/convergence.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from advisor.advise import RecommendRequest, run_recommend
-from advisor.checks import DefectKind, check_rules
-from advisor.cli import app
+from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.config import Task
-from advisor.convergence import (
+from advisor.cost.convergence import (
     ConvergenceCache,
     ProxyResult,
     StepsSource,
@@ -23,9 +21,11 @@ from advisor.convergence import (
     steps_vs_adamw,
     time_to_target_rel,
 )
-from advisor.modelspec import resolve_model_size
-from advisor.recommend import RecommendReport
-from advisor.taxonomy import Basis, Category, StateKind, load_taxonomy
+from advisor.model.spec import resolve_model_size
+from advisor.plan import RecommendReport
+from advisor.rules.checks import DefectKind, check_rules
+from advisor.rules.taxonomy import Basis, Category, StateKind, load_taxonomy
+from advisor.shell.cli import app
 
 TAX = load_taxonomy()
 FIXTURES = Path(__file__).parent / "fixtures" / "rulesets"

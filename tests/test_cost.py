@@ -14,7 +14,7 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.cost import Source, block_gemms, gemm_efficiency, layer_shape, predict_step_time
-from advisor.costdata import (
+from advisor.cost.data import (
     AttentionFit,
     CalibrationCache,
     Fingerprint,
@@ -23,8 +23,8 @@ from advisor.costdata import (
     ShapeResults,
     Timing,
 )
-from advisor.hardware import get_hardware_profile
-from advisor.modelspec import get_model_profile
+from advisor.hardware.profiles import get_hardware_profile
+from advisor.model.spec import get_model_profile
 
 A100 = get_hardware_profile("a100-sxm-80gb")
 LLAMA = get_model_profile("llama-2-7b")

@@ -12,8 +12,8 @@ import pytest
 
 from advisor.config import Checkpointing, Precision, Stack, Task, TrainingConfig
 from advisor.cost import predict_step_time
-from advisor.hardware import get_hardware_profile
-from advisor.modelspec import get_model_profile
+from advisor.hardware.profiles import get_hardware_profile
+from advisor.model.spec import get_model_profile
 
 H100 = get_hardware_profile("h100-sxm-80gb")
 L40S = get_hardware_profile("l40s")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from advisor import datacache
-from advisor.datacache import cached_by_content, clear_memory, data_cache_dir
+from advisor.data import cache as datacache
+from advisor.data.cache import cached_by_content, clear_memory, data_cache_dir
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def _counting_loader(calls: list[str]) -> Any:
 def test_shipped_data_is_written_once_then_read_back(
     cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from advisor import taxonomy as tax_module
+    from advisor.rules import taxonomy as tax_module
 
     first = tax_module.load_taxonomy()
     files = sorted(p.name for p in cache.glob("taxonomy-*.json"))
@@ -129,8 +129,8 @@ def test_an_unwritable_cache_folder_costs_only_the_parse(
     # cache "folder" below a plain file cannot be created by anyone.
     monkeypatch.setenv(datacache.CACHE_ENV, str(blocker / "cache"))
     clear_memory()
-    from advisor.hardware import load_hardware_profiles
-    from advisor.taxonomy import load_taxonomy
+    from advisor.hardware.profiles import load_hardware_profiles
+    from advisor.rules.taxonomy import load_taxonomy
 
     assert "adamw" in load_taxonomy()
     assert "h100-sxm-80gb" in load_hardware_profiles()
@@ -174,7 +174,7 @@ def test_code_execution_from_the_data_cache_a_planted_pickle_never_runs(
 ) -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     runner = CliRunner()
     assert runner.invoke(app, ["rules", "check"]).exit_code == 0
@@ -200,7 +200,7 @@ def test_cache_folders_are_created_0700_even_under_umask_000(
     clear_memory()
     old = os.umask(0)
     try:
-        from advisor.taxonomy import load_taxonomy
+        from advisor.rules.taxonomy import load_taxonomy
 
         load_taxonomy()
     finally:
@@ -216,7 +216,7 @@ def test_a_cache_folder_writable_by_others_is_refused_with_a_note(
 ) -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     shared = tmp_path / "shared"
     (shared / "data").mkdir(parents=True)

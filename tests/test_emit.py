@@ -24,7 +24,8 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.emit import (
+from advisor.errors import UserError
+from advisor.export import (
     EmitTarget,
     accelerate_emission,
     emit_accelerate,
@@ -34,8 +35,7 @@ from advisor.emit import (
     torch_emission,
     world_size,
 )
-from advisor.errors import UserError
-from advisor.taxonomy import Category, load_taxonomy
+from advisor.rules.taxonomy import Category, load_taxonomy
 
 # ---------------------------------------------------------------- documented DeepSpeed keys
 # Source: https://www.deepspeed.ai/docs/config-json/ (deepspeedai/DeepSpeed,
@@ -574,7 +574,7 @@ def test_torch_snippet_compiles_for_every_optimizer() -> None:
 
 
 def test_emit_module_does_not_import_torch() -> None:
-    code = "import sys, advisor.emit; sys.exit('torch' in sys.modules)"
+    code = "import sys, advisor.export; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

@@ -10,13 +10,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from advisor.advise import RecommendRequest, _expressed_plan_note, run_recommend, write_emitted
-from advisor.cli import app
+from advisor.app.recommend import (
+    RecommendRequest,
+    _expressed_plan_note,
+    run_recommend,
+    write_emitted,
+)
 from advisor.config import Offload, Sharding
-from advisor.emit import EmitTarget, emit_config, same_plan
 from advisor.errors import UserError
-from advisor.modelspec import resolve_model_size
-from advisor.recommend import RecommendReport
+from advisor.export import EmitTarget, emit_config, same_plan
+from advisor.model.spec import resolve_model_size
+from advisor.plan import RecommendReport
+from advisor.shell.cli import app
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -25,7 +25,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.emit import EmitTarget, accelerate_emission, emit_config, emit_deepspeed
+from advisor.export import EmitTarget, accelerate_emission, emit_config, emit_deepspeed
 
 ds_config = pytest.importorskip("deepspeed.runtime.config")
 acc_launch = pytest.importorskip("accelerate.commands.launch")

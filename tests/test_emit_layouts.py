@@ -26,7 +26,8 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.emit import (
+from advisor.errors import UserError
+from advisor.export import (
     EmitTarget,
     accelerate_emission,
     emit_config,
@@ -35,7 +36,6 @@ from advisor.emit import (
     emit_torchtitan,
     torch_emission,
 )
-from advisor.errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -276,7 +276,7 @@ def test_megatron_sharding_and_offload() -> None:
 
 def test_megatron_pretraining_hyperparameters() -> None:
     got = dict(_megatron_args(emit_megatron(TrainingConfig(task=Task.PRETRAIN)).text))
-    # GPT-3 / Llama 2 pre-training AdamW (advisor.hyperparams): Megatron's adam is AdamW.
+    # GPT-3 / Llama 2 pre-training AdamW (advisor.export.hyperparams): Megatron's adam is AdamW.
     assert got["--optimizer"] == "adam"
     assert (got["--adam-beta1"], got["--adam-beta2"]) == ("0.9", "0.95")
     assert got["--weight-decay"] == "0.1"
@@ -357,7 +357,7 @@ def test_attention_maps_to_megatron_backends() -> None:
 def test_every_export_states_the_plan_it_sets_up() -> None:
     # For every engine and a grid of plans: the file either sets up the ranked plan, or says
     # which plan it sets up and why; it never changes TP/PP silently (it refuses instead).
-    from advisor.emit import same_plan
+    from advisor.export import same_plan
 
     checked = 0
     flags = [{}, {"optimizer_in_backward": True}, {"activation_offload": True}]

@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from advisor.engine import decide, requirement_rules
-from advisor.ruleset import load_rules
-from advisor.taxonomy import load_taxonomy
+from advisor.rules.engine import decide, requirement_rules
+from advisor.rules.ruleset import load_rules
+from advisor.rules.taxonomy import load_taxonomy
 
 FIX = Path(__file__).parent / "fixtures" / "rulesets"
 TAX = load_taxonomy(FIX / "ok" / "taxonomy.yaml")

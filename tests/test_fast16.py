@@ -12,8 +12,15 @@ from typing import Any
 
 import pytest
 
-from advisor import fast16
-from advisor.fast16 import Spread, Verdict, check_gemms, contradicts, decide, isa_expectation
+from advisor.hardware import fast16
+from advisor.hardware.fast16 import (
+    Spread,
+    Verdict,
+    check_gemms,
+    contradicts,
+    decide,
+    isa_expectation,
+)
 
 AVX512_BF16 = {"avx2", "avx512f", "avx512_bf16"}
 AVX2_ONLY = {"avx2", "fma"}

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
+from advisor.shell.cli import app
 from tests.test_cli_hardening import _hostile_files
 from tests.test_cli_measured_default import _measured_cache
 
@@ -231,7 +231,7 @@ def generate(config_files: list[Path]) -> list[list[str]]:
 def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Caches in tmp, a fake calibration runner and device, the hostile config files."""
     import advisor.calibration.runner as runner_module
-    import advisor.cli as cli
+    import advisor.shell.cli as cli
 
     monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # --emit writes its default folder here

@@ -31,15 +31,15 @@ from advisor.cost import (
     layer_shape,
     predict_step_time,
 )
-from advisor.costdata import (
+from advisor.cost.data import (
     CalibrationCache,
     Fingerprint,
     GemmTiming,
     ShapeResults,
 )
 from advisor.errors import UserError
-from advisor.hardware import get_hardware_profile
-from advisor.modelspec import get_model_profile
+from advisor.hardware.profiles import get_hardware_profile
+from advisor.model.spec import get_model_profile
 
 A100 = get_hardware_profile("a100-sxm-80gb")
 H100 = get_hardware_profile("h100-sxm-80gb")
@@ -61,7 +61,7 @@ def tokens_per_gpu(config: TrainingConfig, spec: Any = LLAMA8, hw: Any = A100) -
 
 
 def test_every_gpu_profile_has_sourced_efficiencies() -> None:
-    from advisor.hardware import DeviceKind, load_hardware_profiles
+    from advisor.hardware.profiles import DeviceKind, load_hardware_profiles
 
     gpus = [p for p in load_hardware_profiles().values() if p.kind is not DeviceKind.CPU]
     assert (
@@ -307,7 +307,7 @@ def test_measured_gemms_and_collectives_are_used_and_labelled() -> None:
 def test_gemm_shapes_are_timed_for_real_on_the_cpu() -> None:
     import torch
 
-    from advisor.modelspec import ModelSpec
+    from advisor.model.spec import ModelSpec
 
     tiny = ModelSpec.model_validate(
         {

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from advisor import notes
 from advisor.calibration import cache as cal_cache
-from advisor.cli import app
+from advisor.shell.cli import app
 from tests.test_cli_measured_default import _measured_cache
 
 runner = CliRunner()
@@ -247,7 +247,7 @@ def test_wrong_types_in_config_json_are_errors(field: str, value: Any, tmp_path:
 
 
 def test_config_json_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import advisor.modelspec as modelspec
+    import advisor.model.spec as modelspec
 
     def second_read(*args: object) -> None:
         raise AssertionError("config.json was read a second time, past the checks")

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from advisor import notes
-from advisor.cli import app
-from advisor.limits import BOUNDS
+from advisor.app.limits import BOUNDS
+from advisor.shell.cli import app
 
 runner = CliRunner()
 REC = ["recommend", "--no-calibrate", "--model-size", "125M", "--top", "1"]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from advisor import notes
 from advisor.calibration.optimizers import OPTIMIZERS, QUICK, missing_packages, skip_notes
-from advisor.cli import app
+from advisor.shell.cli import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def test_calibrate_without_pytorch_optimizer_says_so_before_any_work(
 def test_recommend_calibrating_without_pytorch_optimizer_says_so_before_any_work(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import advisor.cli as cli
+    import advisor.shell.cli as cli
 
     _without(monkeypatch, "pytorch_optimizer")
     _interrupt_before_measuring(monkeypatch)
@@ -156,7 +156,7 @@ def test_only_the_calibration_imports_an_optional_package() -> None:
         },
         # The general --model-config path (issue 24): the one reader of configs no built-in
         # family covers; it says in one line when transformers is missing.
-        "transformers": {"advisor/hfmeta.py"},
+        "transformers": {"advisor/model/hfmeta.py"},
     }
 
 

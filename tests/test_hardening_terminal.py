@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
+from advisor.shell.cli import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ CLOSED_PIPE_COMMANDS = [
 def test_a_closed_pipe_on_stdout_ends_quietly_with_141(args: list[str], tmp_path: Path) -> None:
     # `optadvise taxonomy | head -1` once head has exited: BrokenPipeError (EPIPE). No
     # traceback, no "Exception ignored ... BrokenPipeError" from Python's flush at exit, no
-    # line at all (see EXIT_PIPE in advisor/cli.py), and 141 = 128 + SIGPIPE.
+    # line at all (see EXIT_PIPE in advisor/shell/cli/), and 141 = 128 + SIGPIPE.
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:

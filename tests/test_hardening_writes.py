@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from advisor import notes, safeio
+from advisor import notes
 from advisor.calibration import cache as cal_cache
-from advisor.cli import app
-from advisor.costdata import CalibrationCache, LayerShape
+from advisor.cost.data import CalibrationCache, LayerShape
+from advisor.data import safeio
+from advisor.shell.cli import app
 from tests.test_cli_measured_default import _measured_cache
 
 runner = CliRunner()
@@ -179,7 +180,7 @@ _CALIBRATE_SHAPES = """
 import sys, time
 from pathlib import Path
 from advisor.calibration import cache as cal_cache
-from advisor.costdata import CalibrationCache
+from advisor.cost.data import CalibrationCache
 
 base = CalibrationCache.model_validate_json(Path(sys.argv[1]).read_text())
 first, count, ready, go = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
@@ -284,7 +285,7 @@ def test_recommend_still_uses_a_measurement_it_could_not_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import advisor.calibration.runner as runner_module
-    import advisor.cli as cli
+    import advisor.shell.cli as cli
 
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -310,7 +311,7 @@ def test_measurements_thrown_away_when_xdg_cache_home_is_read_only(
     # then failed with a traceback. The calibration is faked (its last step, the cache write,
     # is real); recommend must rank with the measurement and name the folder in one note.
     import advisor.calibration.runner as runner_module
-    import advisor.cli as cli
+    import advisor.shell.cli as cli
 
     read_only = tmp_path / "read-only"
     read_only.mkdir()
@@ -410,7 +411,7 @@ def test_convergence_skips_what_it_cannot_import(monkeypatch: pytest.MonkeyPatch
     import importlib.util
 
     import advisor.calibration.convergence as conv
-    from advisor.modelspec import resolve_model_size
+    from advisor.model.spec import resolve_model_size
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
 from advisor.config import Checkpointing, Precision, Stack, Task, TrainingConfig
 from advisor.cost import AttentionKernel, attention_kernel, predict_step_time
 from advisor.errors import UserError
-from advisor.hardware import HardwareProfile, get_hardware_profile, load_hardware_profiles
-from advisor.modelspec import get_model_profile
+from advisor.hardware.profiles import HardwareProfile, get_hardware_profile, load_hardware_profiles
+from advisor.hardware.target import match_gpu_profile, target_from_profile
+from advisor.model.spec import get_model_profile
 from advisor.plan.layout import Layout, enumerate_layouts
-from advisor.plan.target import match_gpu_profile, target_from_profile
+from advisor.shell.cli import app
 from advisor.units import GIB
 
 runner = CliRunner()

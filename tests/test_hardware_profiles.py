@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from advisor.data.resources import profiles_dir
 from advisor.errors import DataError, UserError
-from advisor.hardware import (
+from advisor.hardware.profiles import (
     DeviceKind,
     HardwareProfile,
     get_hardware_profile,
     load_hardware_profiles,
 )
-from advisor.resources import profiles_dir
 
 FOLDER = profiles_dir() / "hardware"
 

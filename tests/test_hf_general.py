@@ -27,7 +27,7 @@ from advisor.memory import layer_activation_bytes, param_tensors
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from advisor.hfmeta import spec_from_any_config  # noqa: E402
+from advisor.model.hfmeta import spec_from_any_config  # noqa: E402
 from tests.memhelpers import count_layer_activations  # noqa: E402
 
 pytestmark = pytest.mark.heavy
@@ -146,7 +146,7 @@ def test_an_unknown_model_type_is_a_user_error() -> None:
 _SECOND_RUN = """
 import json, sys
 from pathlib import Path
-from advisor.hfmeta import spec_from_any_config
+from advisor.model.hfmeta import spec_from_any_config
 p = Path(sys.argv[1])
 spec = spec_from_any_config(json.loads(p.read_text()), p)
 print(json.dumps([spec.parameter_count(), "torch" in sys.modules, "transformers" in sys.modules]))
@@ -293,7 +293,7 @@ def test_parameter_memory_matches_real_tensors_and_adamw_state(name: str) -> Non
     the parameter storage, then the state tensors torch.optim.AdamW allocates at a step."""
     from advisor.config import Task, TrainingConfig
     from advisor.memory import DeviceOverheads, estimate_memory
-    from advisor.taxonomy import load_taxonomy
+    from advisor.rules.taxonomy import load_taxonomy
 
     params = _real_model(_cfg(name))
     storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in params}

@@ -5,14 +5,14 @@ from __future__ import annotations
 import itertools
 
 from advisor.config import Task
-from advisor.hyperparams import (
+from advisor.export.hyperparams import (
     HYPERPARAMETERS,
     Family,
     Stage,
     family_of,
     hyperparameters_for,
 )
-from advisor.taxonomy import Category, load_taxonomy
+from advisor.rules.taxonomy import Category, load_taxonomy
 
 
 def test_every_family_and_stage_has_a_sourced_row() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from advisor.errors import UserError
-from advisor.hfgeneral import spec_from_raw
-from advisor.inventory import RawModel, RawParam, build_inventory
+from advisor.model.hfgeneral import spec_from_raw
+from advisor.model.inventory import RawModel, RawParam, build_inventory
 
 
 def _mixtral_v4(experts: int = 3) -> tuple[RawModel, int]:

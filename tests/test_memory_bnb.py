@@ -18,7 +18,7 @@ bnb = pytest.importorskip("bitsandbytes")
 
 from advisor.config import Attention, Precision, Stack, Task, TrainingConfig  # noqa: E402
 from advisor.memory import DeviceOverheads, estimate_memory  # noqa: E402
-from advisor.taxonomy import load_taxonomy  # noqa: E402
+from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.livemem import LiveBytes  # noqa: E402
 from tests.memhelpers import (  # noqa: E402
     SHAPES,

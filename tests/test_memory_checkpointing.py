@@ -30,8 +30,8 @@ from advisor.memory import (  # noqa: E402
     estimate_memory,
     selective_op_recompute_share,
 )
-from advisor.modelspec import get_model_profile  # noqa: E402
-from advisor.taxonomy import load_taxonomy  # noqa: E402
+from advisor.model.spec import get_model_profile  # noqa: E402
+from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.livemem import LiveBytes  # noqa: E402
 from tests.memhelpers import SHAPES, build_model, spec_for  # noqa: E402
 
@@ -171,7 +171,7 @@ def test_published_torchtitan_runs_fit_and_the_reported_oom_does_not() -> None:
     op-level selective AC ran at micro-batch 1 and ran out of memory at 2 (footnote 1);
     Llama 2 13B without AC ran at micro-batch 2 x 4096 with the fused RMSNorm it configured.
     """
-    from advisor.hardware import load_hardware_profiles
+    from advisor.hardware.profiles import load_hardware_profiles
     from benchmarks.gpu_fit import _load, memory_check
 
     profiles = load_hardware_profiles()
@@ -194,7 +194,7 @@ def test_op_policy_on_transformers_families(case: str, tmp_path: Any) -> None:
     which the policy does not save, while a GPU's flash kernel is saved.)"""
     import transformers
 
-    from advisor.modelspec import load_hf_config
+    from advisor.model.spec import load_hf_config
     from tests.test_model_families import _BASE, CASES, _config, _write
 
     _, model_type, keys = next(c for c in CASES if c[0] == case)
@@ -252,7 +252,7 @@ def test_op_policy_on_transformers_families(case: str, tmp_path: Any) -> None:
 def test_checkpointing_flag_errors_are_one_line_and_exit_2(flags: list[str], message: str) -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     result = CliRunner().invoke(app, ["estimate", "--model-size", "1B", *flags])
     assert result.exit_code == 2
@@ -264,7 +264,7 @@ def test_estimate_json_with_the_torchtitan_variants() -> None:
 
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     runner = CliRunner()
     base = ["estimate", "--model", "llama-2-13b", "--micro-batch", "2", "--seq-len", "4096"]
@@ -292,7 +292,7 @@ def test_fused_norm_flag_is_what_torchtitans_13b_run_configured() -> None:
 
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     args = ["estimate", "--model", "llama-2-13b", "--micro-batch", "2", "--seq-len", "4096"]
     args += ["--gpus", "64", "--sharding", "fsdp", "--hardware", "a100-sxm-80gb", "--json"]

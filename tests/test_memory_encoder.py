@@ -19,7 +19,7 @@ tf = pytest.importorskip("transformers")
 
 from advisor.config import Attention, Precision, Task, TrainingConfig  # noqa: E402
 from advisor.memory import DeviceOverheads, estimate_memory, layer_activation_bytes  # noqa: E402
-from advisor.taxonomy import load_taxonomy  # noqa: E402
+from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.memhelpers import SHAPES, build_model, make_spec, spec_for  # noqa: E402
 
 TAX = load_taxonomy()

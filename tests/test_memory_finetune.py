@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 
+from advisor.app.estimate import parse_lora_targets
 from advisor.config import Attention, Precision, Task, TrainingConfig
 from advisor.cost import predict_for_optimizer
 from advisor.errors import UserError
-from advisor.estimate import parse_lora_targets
-from advisor.hardware import get_hardware_profile
+from advisor.hardware.profiles import get_hardware_profile
 from advisor.memory import (
     PAGED_MIN_NUMEL,
     DeviceOverheads,
     estimate_memory,
     paged_residency,
 )
-from advisor.modelspec import get_model_profile
-from advisor.taxonomy import load_taxonomy
+from advisor.model.spec import get_model_profile
+from advisor.rules.taxonomy import load_taxonomy
 from tests.memhelpers import spec_for
 
 TAX = {t.id: t for t in load_taxonomy().techniques}

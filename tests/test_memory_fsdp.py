@@ -27,7 +27,7 @@ from advisor.config import (  # noqa: E402
     TrainingConfig,
 )
 from advisor.memory import DeviceOverheads, estimate_memory  # noqa: E402
-from advisor.taxonomy import load_taxonomy  # noqa: E402
+from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.memhelpers import SHAPES, spec_for  # noqa: E402
 
 WORLD = 2

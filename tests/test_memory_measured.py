@@ -23,7 +23,7 @@ pytest.importorskip("pytorch_optimizer")
 
 from advisor.config import Attention, Checkpointing, Precision, Task, TrainingConfig  # noqa: E402
 from advisor.memory import DeviceOverheads, estimate_memory  # noqa: E402
-from advisor.taxonomy import OptimizerMemory, StateKind, load_taxonomy  # noqa: E402
+from advisor.rules.taxonomy import OptimizerMemory, StateKind, load_taxonomy  # noqa: E402
 from tests.memhelpers import (  # noqa: E402
     SHAPES,
     build_model,

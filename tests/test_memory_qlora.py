@@ -36,7 +36,7 @@ from advisor.memory import (  # noqa: E402
     layer_activation_bytes,
     lora_tensors,
 )
-from advisor.taxonomy import load_taxonomy  # noqa: E402
+from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.livemem import LiveBytes  # noqa: E402
 from tests.memhelpers import SHAPES, build_model, layer_modules, spec_for  # noqa: E402
 

@@ -32,7 +32,7 @@ from advisor.memory import (  # noqa: E402
     layer_activation_bytes,
     loss_memory,
 )
-from advisor.taxonomy import load_taxonomy  # noqa: E402
+from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.livemem import ChunkedLinearCrossEntropy, LiveBytes, autocast_weight_copies  # noqa: E402
 from tests.memhelpers import SHAPES, build_model, count_activations, spec_for  # noqa: E402
 
@@ -422,7 +422,7 @@ def test_estimate_names_the_stack_and_when_another_changes_the_verdict() -> None
 
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     args = [
         "estimate", "--model", "gpt2", "--seq-len", "1024", "--micro-batch", "52",
@@ -444,7 +444,7 @@ def test_estimate_names_the_stack_and_when_another_changes_the_verdict() -> None
 def test_unknown_stack_is_one_line_and_exit_2() -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     result = CliRunner().invoke(app, ["estimate", "--model-size", "1B", "--stack", "triton"])
     assert result.exit_code == 2

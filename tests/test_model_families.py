@@ -19,7 +19,7 @@ import pytest
 
 from advisor.config import Attention, Precision
 from advisor.memory import layer_activation_bytes
-from advisor.modelspec import (
+from advisor.model.spec import (
     _HF_DEFAULTS,
     Arch,
     BlockNorms,
@@ -207,7 +207,7 @@ def test_family_counts_and_tensors_equal_transformers(
 
 
 def test_the_cases_cover_every_llama_like_model_type() -> None:
-    from advisor.modelspec import _LLAMA_LIKE
+    from advisor.model.spec import _LLAMA_LIKE
 
     assert {c[1] for c in CASES} == set(_LLAMA_LIKE)
 
@@ -457,7 +457,7 @@ def test_inconsistent_moe_and_mla_fields_are_rejected(
 def test_estimate_json_carries_active_parameters(ident: str) -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     result = CliRunner().invoke(
         app, ["estimate", "--model", ident, "--hardware", "h100-sxm-80gb", "--json"]
@@ -486,7 +486,7 @@ def test_cost_model_multiplies_the_active_parameters(ident: str) -> None:
 def test_cli_accepts_a_model_folder(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     folder = tmp_path / "Qwen3-30B-A3B"
     folder.mkdir()
@@ -528,7 +528,7 @@ def test_bad_family_configs_are_user_errors(
 def test_expert_parallelism_splits_only_the_routed_experts(ident: str) -> None:
     from advisor.config import Task, TrainingConfig
     from advisor.memory import DeviceOverheads, estimate_memory
-    from advisor.taxonomy import load_taxonomy
+    from advisor.rules.taxonomy import load_taxonomy
 
     spec = PROFILES[ident]
     sgd = load_taxonomy().get("sgd")

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from advisor.data.resources import profiles_dir
 from advisor.errors import DataError, UserError
-from advisor.modelspec import (
+from advisor.model.spec import (
     Arch,
     Mlp,
     ModelSpec,
@@ -23,7 +24,6 @@ from advisor.modelspec import (
     load_model_profiles,
     resolve_model_size,
 )
-from advisor.resources import profiles_dir
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 MODELS_DIR = profiles_dir() / "models"

@@ -45,7 +45,7 @@ def test_installed_wheel_finds_its_data_from_another_folder(wheel: Path, tmp_pat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     code = (
-        "import advisor.resources as r, advisor.hardware as h; "
+        "import advisor.data.resources as r, advisor.hardware.profiles as h; "
         f"assert str(r.rules_dir()).startswith({str(site)!r}), r.rules_dir(); "
         "print(len(h.load_hardware_profiles()))"
     )

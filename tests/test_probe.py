@@ -7,9 +7,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from advisor import probe
-from advisor.fast16 import Spread, contradicts, decisive, isa_expectation
-from advisor.hardware import ProbeReport
+from advisor.hardware import probe
+from advisor.hardware.fast16 import Spread, contradicts, decisive, isa_expectation
+from advisor.hardware.profiles import ProbeReport
 from tests.conftest import FakeGpu, FakeNVML, make_cgroup_v1, make_cgroup_v2
 
 GIB = 1024**3

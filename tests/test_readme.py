@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from advisor.cli import app
+from advisor.shell.cli import app
 from benchmarks import readme
 
 README = readme.README

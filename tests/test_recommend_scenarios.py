@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from advisor.advise import RecommendRequest, run_recommend
+from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.errors import UserError
-from advisor.modelspec import get_model_profile, resolve_model_size
-from advisor.recommend import RecommendReport
+from advisor.model.spec import get_model_profile, resolve_model_size
+from advisor.plan import RecommendReport
 from advisor.units import GIB
 
 DP_OPTIMIZERS = {"dp-sgd", "dp-adam", "dp-zo"}
@@ -269,9 +269,9 @@ def test_bad_flags_are_user_errors(flags: dict[str, object], words: str) -> None
 def test_local_gpus_from_a_faked_probe() -> None:
     # A probed node of two H100s (faked NVML answers) plans data parallelism over both; a GPU
     # no profile names borrows the closest datasheet of its architecture, and says so.
-    from advisor import probe
-    from advisor.hardware import load_hardware_profiles
-    from advisor.recommend import target_from_probe
+    from advisor.hardware import probe
+    from advisor.hardware.profiles import load_hardware_profiles
+    from advisor.plan import target_from_probe
     from tests.conftest import FakeGpu, FakeNVML
 
     report = probe.probe_hardware(with_torch=False, nvml=FakeNVML(gpus=[FakeGpu(), FakeGpu()]))
@@ -302,8 +302,8 @@ def test_local_gpus_from_a_faked_probe() -> None:
     ],
 )
 def test_nvml_names_map_to_their_datasheets(nvml_name: str, gib: int, profile: str) -> None:
-    from advisor.hardware import load_hardware_profiles
-    from advisor.recommend import match_gpu_profile
+    from advisor.hardware.profiles import load_hardware_profiles
+    from advisor.plan import match_gpu_profile
 
     found = match_gpu_profile(nvml_name, gib * GIB, load_hardware_profiles().values())
     assert found is not None and found.id == profile
@@ -316,7 +316,7 @@ def _memory_prices(**update: object) -> bool:
     """Whether the memory model already prices a TrainingConfig field (the lead's model)."""
     from advisor.config import Task, TrainingConfig
     from advisor.memory import estimate_memory
-    from advisor.taxonomy import load_taxonomy
+    from advisor.rules.taxonomy import load_taxonomy
 
     spec = resolve_model_size("7B")
     # The same data-parallel degree on both sides, so only the field under test differs.
@@ -502,7 +502,7 @@ def test_layouts_are_validated_where_they_are_built() -> None:
     # A layout's degrees multiply to the world size, and TP stays inside a node.
     from pydantic import ValidationError
 
-    from advisor.modelspec import get_model_profile
+    from advisor.model.spec import get_model_profile
     from advisor.plan.layout import Layout, enumerate_layouts
 
     with pytest.raises(ValidationError):
@@ -646,7 +646,7 @@ def test_a_global_batch_no_fitting_plan_divides_is_a_user_error() -> None:
 def test_bad_plan_flags_print_one_line_and_exit_2(flags: list[str]) -> None:
     from typer.testing import CliRunner
 
-    from advisor.cli import app
+    from advisor.shell.cli import app
 
     args = ["recommend", "--model-size", "7B", "--hardware", "h100-sxm-80gb", "--no-calibrate"]
     result = CliRunner().invoke(app, args + flags, env={"NO_COLOR": "1", "COLUMNS": "100"})

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from advisor.cli import app
 from advisor.errors import EXIT_NOTHING_FITS, EXIT_OK, EXIT_USAGE
 from advisor.plan.space import BALANCED_MEMORY_TRADE, Objective, objective_score
+from advisor.shell.cli import app
 
 runner = CliRunner()
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -122,10 +122,10 @@ def test_balanced_rule_points_break_ties_but_not_large_speed_differences() -> No
 
 
 def test_only_quality_rules_weigh_more_under_balanced() -> None:
-    from advisor.engine import decide
     from advisor.plan.space import QUALITY_RULE_FACTOR
-    from advisor.ruleset import load_rules
-    from advisor.taxonomy import load_taxonomy
+    from advisor.rules.engine import decide
+    from advisor.rules.ruleset import load_rules
+    from advisor.rules.taxonomy import load_taxonomy
 
     tax = load_taxonomy()
     rules = load_rules([], technique_ids=set(tax.ids()))
@@ -157,8 +157,8 @@ def _neutral(fact: Any) -> Any:
 
 
 def test_the_trade_line_names_the_quality_rule_that_outweighs_speed() -> None:
-    from advisor.advise import RecommendRequest, run_recommend
-    from advisor.modelspec import get_model_profile
+    from advisor.app.recommend import RecommendRequest, run_recommend
+    from advisor.model.spec import get_model_profile
 
     request = RecommendRequest.from_flags(
         spec=get_model_profile("llama-3.1-8b"), hardware="rtx-4090", calibrate=False

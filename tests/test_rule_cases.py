@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from advisor.conditions import Scalar, evaluate
-from advisor.engine import decide
-from advisor.facts import FactSpace, load_facts
-from advisor.ruleset import LocatedRule, RuleSet, load_rules
-from advisor.taxonomy import Category, Taxonomy, load_taxonomy
+from advisor.rules.conditions import Scalar, evaluate
+from advisor.rules.engine import decide
+from advisor.rules.facts import FactSpace, load_facts
+from advisor.rules.ruleset import LocatedRule, RuleSet, load_rules
+from advisor.rules.taxonomy import Category, Taxonomy, load_taxonomy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rule_cases"
 _CASE_KEYS = {"rule", "name", "facts", "fires", "expect"}
@@ -41,7 +41,7 @@ def _load_cases() -> list[tuple[str, dict[str, Scalar], dict[str, Any]]]:
     """Every case of every fixture file, as (file stem, base scenario, case)."""
     out = []
     for path in sorted(FIXTURES.glob("*.yaml")):
-        # NOTE: _StrictLoader is a SafeLoader (data only, like advisor.yamlio's loader).
+        # NOTE: _StrictLoader is a SafeLoader (data only, like advisor.data.yamlio's loader).
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
         assert set(doc) == {"base", "cases"}, f"{path.name}: top-level keys are base and cases"
         for case in doc["cases"]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from advisor import cost, memory
-from advisor.advise import RecommendRequest, run_recommend
+from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.config import (
     Checkpointing,
     Offload,
@@ -20,17 +20,17 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.hardware import get_hardware_profile
+from advisor.hardware.profiles import get_hardware_profile
 from advisor.memory import (
     DEFAULT_LORA_TARGETS,
     DeviceOverheads,
     estimate_memory,
     memory_totals,
 )
-from advisor.modelspec import get_model_profile, resolve_model_size
+from advisor.model.spec import get_model_profile, resolve_model_size
 from advisor.plan import search
 from advisor.plan.space import estimate
-from advisor.taxonomy import load_taxonomy
+from advisor.rules.taxonomy import load_taxonomy
 
 H100 = get_hardware_profile("h100-sxm-80gb")
 LLAMA = get_model_profile("llama-2-7b")

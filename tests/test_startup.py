@@ -19,13 +19,13 @@ import pytest
 from advisor import memory
 from advisor.config import Attention, Checkpointing, Offload, Precision, Sharding, Task
 from advisor.config import TrainingConfig as Config
+from advisor.data.yamlio import YamlError, parse_yaml, yaml_error_line
 from advisor.errors import DataError
-from advisor.hardware import load_hardware_profiles
+from advisor.hardware.probe import _nvml_library_loads
+from advisor.hardware.profiles import load_hardware_profiles
 from advisor.memory import MemoryEstimate, estimate_memory
-from advisor.modelspec import resolve_model_size
-from advisor.probe import _nvml_library_loads
-from advisor.taxonomy import load_taxonomy
-from advisor.yamlio import YamlError, parse_yaml, yaml_error_line
+from advisor.model.spec import resolve_model_size
+from advisor.rules.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 _MODULES = """
 import json, sys
 sys.argv = ["optadvise", *sys.argv[1:]]
-import advisor.cli
+import advisor.shell.cli
 try:
-    advisor.cli.main()
+    advisor.shell.cli.main()
 except SystemExit:
     pass
 print("MODULES " + json.dumps(sorted(sys.modules)))
@@ -57,15 +57,15 @@ def test_rules_check_with_a_warm_cache_imports_no_yaml_search_or_plugin_scan(
 ) -> None:
     mods = _imported(["rules", "check"], tmp_path)
     assert "yaml" not in mods  # the data cache answered: nothing was parsed
-    assert "importlib.metadata" not in mods  # no pydantic plugin scan (advisor.bootstrap)
+    assert "importlib.metadata" not in mods  # no pydantic plugin scan (advisor.shell.bootstrap)
     assert not {m for m in mods if m.startswith("advisor.plan")}  # no plan search
-    assert "advisor.emit" not in mods and "torch" not in mods
+    assert "advisor.export" not in mods and "torch" not in mods
 
 
 def test_recommend_json_loads_neither_rich_nor_yaml_nor_emit(tmp_path: Path) -> None:
     mods = _imported(["recommend", "--model-size", "7B", "--no-calibrate", "--json"], tmp_path)
     assert "rich" not in mods  # --json never loads the terminal renderer
-    assert "yaml" not in mods and "advisor.emit" not in mods and "torch" not in mods
+    assert "yaml" not in mods and "advisor.export" not in mods and "torch" not in mods
     assert "importlib.metadata" not in mods
     if not _nvml_library_loads():
         assert "pynvml" not in mods  # no NVIDIA driver here: NVML's bindings are not loaded
@@ -81,7 +81,7 @@ def test_the_stand_in_loader_answers_no_plugins_and_defers_everything_else() -> 
     code = (
         "import os, sys\n"
         "os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
-        "from advisor.bootstrap import skip_pydantic_plugins\n"
+        "from advisor.shell.bootstrap import skip_pydantic_plugins\n"
         "skip_pydantic_plugins()  # what the CLI's main() does first\n"
         "from pydantic import BaseModel\n"
         "class M(BaseModel):\n"
@@ -100,7 +100,7 @@ def test_importing_advisor_as_a_library_leaves_pydantic_plugins_alone() -> None:
     code = (
         "import os, sys\n"
         "os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
-        "import gc, advisor.cli, advisor.taxonomy, advisor.plan.search\n"
+        "import gc, advisor.shell.cli, advisor.rules.taxonomy, advisor.plan.search\n"
         "assert gc.isenabled()\n"
         "assert 'PYDANTIC_DISABLE_PLUGINS' not in os.environ\n"
         "assert hasattr(sys.modules['pydantic.plugin._loader'], '__file__')  # pydantic's own\n"
@@ -113,7 +113,7 @@ def test_main_pauses_the_cyclic_gc_and_torch_work_turns_it_back_on(
 ) -> None:
     import gc
 
-    from advisor import cli
+    from advisor.shell import cli
     from advisor.torchload import import_torch
 
     monkeypatch.setattr(cli, "app", lambda: None)
@@ -137,7 +137,7 @@ def test_yaml_errors_keep_pyyamls_message_and_line() -> None:
     import yaml
 
     text = "a: 1\nb: [2\nc: 3\n"
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # what advisor.yamlio uses
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # what advisor.data.yamlio uses
     with pytest.raises(yaml.YAMLError) as original:
         yaml.load(text, Loader=loader)
     with pytest.raises(YamlError) as ours:

@@ -9,7 +9,7 @@ import pytest
 
 from advisor.config import Attention, Checkpointing, Offload, Precision, Sharding, Task
 from advisor.errors import DataError, UserError
-from advisor.taxonomy import (
+from advisor.rules.taxonomy import (
     Category,
     Order,
     StateKind,

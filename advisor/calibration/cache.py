@@ -20,9 +20,10 @@ from pathlib import Path
 import psutil
 from pydantic import ValidationError
 
-from advisor import notes, safeio
+from advisor import notes
 from advisor.calibration.timing import torch_threads_env
-from advisor.costdata import CACHE_SCHEMA_VERSION, CalibrationCache, Fingerprint, ShapeResults
+from advisor.cost.data import CACHE_SCHEMA_VERSION, CalibrationCache, Fingerprint, ShapeResults
+from advisor.data import safeio
 
 CACHE_ENV = "OPTADVISE_CACHE_DIR"
 # NOTE: a cache of one device holds a few shapes of ~20 KB each; the bound only stops a
@@ -169,7 +170,7 @@ def save_cache(cache: CalibrationCache) -> Path:
 
 def write_json_atomic(text: str, path: Path) -> Path:
     """Write ``text`` to ``path`` through an exclusive temp file and a rename (see
-    advisor.safeio): an interrupt never leaves half a file, a planted link is never followed,
+    advisor.data.safeio): an interrupt never leaves half a file, a planted link is never followed,
     and the folder is made 0700 (refused when others can write it).
 
     Raises:

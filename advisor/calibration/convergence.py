@@ -7,7 +7,7 @@ candidate optimizer at a short learning-rate sweep and a fixed step budget. Adam
 final held-out loss is the target; each optimizer's best run reports the steps it took to
 reach it (interpolated between evaluations), or "not reached" (its ratio is then a lower
 bound). Results are cached per device fingerprint and family, atomically, and
-``advisor.convergence`` shows them beside the published ranges as ``measured-proxy``.
+``advisor.cost.convergence`` shows them beside the published ranges as ``measured-proxy``.
 
 The corpus (:func:`synthetic_corpus`) is not uniform noise: tokens follow a sparse
 first-order Markov chain whose successor choices and unigram frequencies are Zipfian, and
@@ -37,7 +37,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from advisor.calibration import cache as cal_cache
-from advisor.convergence import (
+from advisor.cost.convergence import (
     CONVERGENCE_SCHEMA_VERSION,
     ConvergenceCache,
     ProxyCurvePoint,
@@ -45,7 +45,7 @@ from advisor.convergence import (
     ProxyRun,
 )
 from advisor.errors import UserError
-from advisor.modelspec import Arch, Mlp, ModelSpec, Norm
+from advisor.model.spec import Arch, Mlp, ModelSpec, Norm
 
 Progress = Callable[[str, float], None]
 
@@ -142,7 +142,7 @@ def save_convergence(cache: ConvergenceCache, path: Path) -> Path | None:
     """
     from advisor import notes
     from advisor.calibration.cache import write_json_atomic
-    from advisor.safeio import describe
+    from advisor.data.safeio import describe
 
     try:
         return write_json_atomic(cache.model_dump_json(indent=1), path)

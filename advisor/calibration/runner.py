@@ -24,7 +24,7 @@ from advisor.calibration.timing import (
     synchronizer,
 )
 from advisor.cost import block_gemms, layer_shape
-from advisor.costdata import (
+from advisor.cost.data import (
     DISTURBED_SHARE,
     AttentionFit,
     CalibrationCache,
@@ -36,8 +36,8 @@ from advisor.costdata import (
     Timing,
 )
 from advisor.errors import UserError
-from advisor.fast16 import Spread, check_gemms, decide, load_average, time_rounds
-from advisor.modelspec import ModelSpec
+from advisor.hardware.fast16 import Spread, check_gemms, decide, load_average, time_rounds
+from advisor.model.spec import ModelSpec
 from advisor.torchload import import_torch
 
 Progress = Callable[[str, float], None]
@@ -385,7 +385,7 @@ def _gemm(torch: Any, device: str, sync: Any, shape: LayerShape) -> _GemmResult:
     """GFLOP/s of a layer-shaped GEMM (tokens x hidden @ hidden x intermediate) per dtype, and
     whether bf16 is fast (None: undecided, the target keeps its own answer).
 
-    NOTE: on the CPU the fast/slow verdict comes from :func:`advisor.fast16.check_gemms`
+    NOTE: on the CPU the fast/slow verdict comes from :func:`advisor.hardware.fast16.check_gemms`
     (interleaved, one thread, checked against the ISA), never from one timed call: a single
     call lost to another process made bf16 look 13x slower than fp32 on a busy machine. The
     dtypes found fast are then timed at the layer's shape with the threads training uses,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from advisor.costdata import Timing
+from advisor.cost.data import Timing
 
 MIN_REPEATS = 5
 

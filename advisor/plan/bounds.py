@@ -11,15 +11,15 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from advisor.candidates import (
+from advisor.config import Checkpointing, Offload, TrainingConfig
+from advisor.plan.space import Savers
+from advisor.rules.candidates import (
     ACTIVATION_OFFLOAD_ID,
     CHECKPOINTING_IDS,
     FUSED_LOSS_ID,
     OFFLOAD_IDS,
     OPTIMIZER_IN_BACKWARD_ID,
 )
-from advisor.config import Checkpointing, Offload, TrainingConfig
-from advisor.plan.space import Savers
 
 if TYPE_CHECKING:
     from advisor.plan.search import _Search

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
-from advisor.convergence import plan_steps
-from advisor.engine import Decision
-from advisor.hardware import DeviceKind
+from advisor.cost.convergence import plan_steps
+from advisor.hardware.profiles import DeviceKind
 from advisor.plan.layout import Layout
 from advisor.plan.models import Reason, Suggestion, WhyNot
 from advisor.plan.rank import Row
@@ -22,6 +21,7 @@ from advisor.plan.search import (
     techniques_of,
 )
 from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
+from advisor.rules.engine import Decision
 from advisor.units import format_bytes
 
 # A plan must be at least this much faster to target than the pick before the report says

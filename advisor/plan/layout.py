@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.config import Sharding, TrainingConfig
 from advisor.errors import UserError
-from advisor.modelspec import ModelSpec
+from advisor.model.spec import ModelSpec
 
 
 class Layout(BaseModel):

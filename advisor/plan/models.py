@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import TrainingConfig
-from advisor.convergence import StepsBand, StepsSource
+from advisor.cost.convergence import StepsBand, StepsSource
 
 # NOTE: every field carries a description: `optadvise recommend --schema` is the contract
 # scripts read (tests/test_report_schema.py walks it and fails on an undescribed field).
@@ -91,7 +91,7 @@ class Recommendation(BaseModel):
     )
     reasons: list[Reason] = _d("the fired rules that prefer, avoid or require its techniques")
     config: TrainingConfig = _d("the full configuration (what optadvise estimate takes)")
-    # Time to target (advisor/convergence.py): steps to AdamW's loss relative to AdamW, where
+    # Time to target (advisor/cost/convergence.py): steps to AdamW's loss relative to AdamW, where
     # that figure comes from, and steps x step time over the same layout's AdamW step time.
     steps_vs_adamw: StepsBand | None = _d(
         "steps to AdamW's loss relative to AdamW (low, central, high)", default=None

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from advisor.candidates import MEMORY_SAVER_IDS
-from advisor.convergence import TimeToTarget, plan_steps, time_to_target
-from advisor.engine import Decision, decide
+from advisor.cost.convergence import TimeToTarget, plan_steps, time_to_target
+from advisor.hardware.target import Target
 from advisor.plan.explain import (
     effect,
     plan_reasons,
@@ -35,7 +34,8 @@ from advisor.plan.space import (
     resolve_global_batch,
     usable_memory,
 )
-from advisor.plan.target import Target
+from advisor.rules.candidates import MEMORY_SAVER_IDS
+from advisor.rules.engine import Decision, decide
 
 
 def recommend(

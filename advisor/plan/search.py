@@ -19,11 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from advisor.candidates import (
-    ATTENTION_IDS,
-    FUSED_LOSS_ID,
-    config_techniques,
-)
 from advisor.config import (
     Attention,
     Checkpointing,
@@ -32,7 +27,6 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.engine import Decision, requirement_rules
 from advisor.memory import (
     MemoryEstimate,
     MemoryTotals,
@@ -59,7 +53,13 @@ from advisor.plan.space import (
     usable_memory,
     workload_layouts,
 )
-from advisor.taxonomy import Category, OptimizerMemory, Order, StateKind, Taxonomy
+from advisor.rules.candidates import (
+    ATTENTION_IDS,
+    FUSED_LOSS_ID,
+    config_techniques,
+)
+from advisor.rules.engine import Decision, requirement_rules
+from advisor.rules.taxonomy import Category, OptimizerMemory, Order, StateKind, Taxonomy
 from advisor.units import format_bytes
 
 CostFn = Callable[[TrainingConfig], StepCost]

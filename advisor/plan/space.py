@@ -20,9 +20,10 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.convergence import ConvergenceCache, objective_steps, plan_steps
+from advisor.cost.convergence import ConvergenceCache, objective_steps, plan_steps
 from advisor.errors import UserError
-from advisor.hardware import DeviceKind
+from advisor.hardware.profiles import DeviceKind
+from advisor.hardware.target import Target
 from advisor.memory import (
     DeviceOverheads,
     MemoryEstimate,
@@ -30,11 +31,10 @@ from advisor.memory import (
     estimate_memory,
     memory_totals,
 )
-from advisor.modelspec import ModelSpec
+from advisor.model.spec import ModelSpec
 from advisor.plan.layout import Layout, enumerate_layouts
-from advisor.plan.target import Target
-from advisor.ruleset import RuleSet
-from advisor.taxonomy import Order, Taxonomy, Technique
+from advisor.rules.ruleset import RuleSet
+from advisor.rules.taxonomy import Order, Taxonomy, Technique
 from advisor.units import GIB
 
 # NOTE: a configuration "fits" when its estimated peak stays within this share of device
@@ -586,7 +586,7 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
 
 
 def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:
-    """The plan's steps to AdamW's loss as the objective counts them (advisor/convergence.py:
+    """The plan's steps to AdamW's loss as the objective counts them (advisor/cost/convergence.py:
     published ranges, or the measured proxy): the step time's multiplier in the score."""
     steps = plan_steps(
         ctx.taxonomy, config.optimizer, config.task, ctx.spec.parameter_count(), ctx.convergence

@@ -1,0 +1,476 @@
+"""`optadvise estimate`: the memory (and step time) of one explicit configuration."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from advisor.config import (
+    LORA_FULL_TENSORS,
+    LORA_MATRICES,
+    LORA_TARGET_GROUPS,
+    Attention,
+    Checkpointing,
+    Offload,
+    OptimizerImpl,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
+from advisor.cost.convergence import StepsRange, plan_steps
+from advisor.errors import UserError
+from advisor.hardware.profiles import DeviceKind, HardwareProfile, get_hardware_profile
+from advisor.memory import (
+    OVERHEAD_COMPONENTS,
+    DeviceOverheads,
+    MemoryEstimate,
+    estimate_memory,
+    paged_residency,
+)
+from advisor.model.spec import ModelSpec
+from advisor.rules.taxonomy import Category, load_taxonomy
+
+E = TypeVar("E", bound=Enum)
+
+
+class StepTimeReport(BaseModel):
+    """Predicted time of one training step, by component."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seconds: float
+    source: str = Field(description="measured, analytic or mixed")
+    components: dict[str, Any]
+
+
+class PhaseReport(BaseModel):
+    """One phase of the step: the components alive in it (overheads folded) and their sum."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    components: dict[str, int]
+    total_bytes: int
+
+
+class Alternative(BaseModel):
+    """The same configuration under another kernel choice, when it changes the verdict."""
+
+    model_config = ConfigDict(frozen=True)
+
+    change: str = Field(description="what is switched, e.g. 'a fused cross-entropy'")
+    stack: Stack
+    fused_loss: bool
+    total_bytes: int
+    saved_bytes: int = Field(description="bytes saved against this configuration")
+    fits: bool | None
+
+
+class EstimateReport(BaseModel):
+    """What `optadvise estimate --json` prints (a stable contract)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = 1
+    model: str
+    model_id: str
+    config: TrainingConfig
+    stack: Stack = Field(description="the kernel stack the numbers assume (hf or fused)")
+    total_bytes: int = Field(description="per-device peak memory: the largest phase, bytes")
+    peak_phase: str = Field(description="the phase whose sum is total_bytes")
+    breakdown: dict[str, int] = Field(
+        description="component -> full bytes (phases say which coexist). `overhead` is the "
+        "sum of the named fixed terms in overhead_breakdown"
+    )
+    phases: list[PhaseReport] = Field(
+        description="forward_end, loss_backward, layer_backward, optimizer_step: the "
+        "components alive in each and their sum"
+    )
+    overhead_breakdown: dict[str, int] = Field(
+        description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
+    )
+    parameters: int
+    active_parameters: int = Field(
+        description="parameters one token goes through: all but the routed experts it is not "
+        "sent to (= parameters for a dense model; DeepSeek-V3 37.6B of 671B)"
+    )
+    trainable_parameters: int
+    host_bytes: int = Field(description="bytes offload keeps in host memory")
+    nvme_bytes: int = Field(default=0, description="bytes NVMe offload keeps on NVMe")
+    paged_bytes: int = Field(
+        default=0,
+        description="optimizer states a paged optimizer keeps in CUDA unified memory, not in "
+        "total_bytes (torch's max_memory_allocated/reserved never count them)",
+    )
+    paged_resident_bytes: int | None = Field(
+        default=None,
+        description="of paged_bytes, what stays in device memory beside the peak (None: no "
+        "device to check against)",
+    )
+    paged_host_bytes: int | None = Field(
+        default=None,
+        description="of paged_bytes, what the driver pages out to host memory; when it is not "
+        "0, every step migrates all paged states in and out over PCIe (step_time's "
+        "paged_states)",
+    )
+    notes: list[str]
+    device: str = Field(description="overheads assumed: cuda or cpu")
+    hardware: str | None = Field(default=None, description="profile the fit was checked against")
+    device_name: str | None = Field(
+        default=None,
+        description="the device the fit was checked against: the profile's name, or the probed "
+        "device when no --hardware is given",
+    )
+    device_memory_bytes: int | None = None
+    host_memory_bytes: int | None = None
+    fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
+    host_fits: bool | None = None
+    step_time: StepTimeReport | None = None
+    alternatives: list[Alternative] = Field(
+        default_factory=list,
+        description="other kernel choices that change whether this fits, with their peak",
+    )
+    steps_vs_adamw: StepsRange | None = Field(
+        default=None,
+        description="steps to reach AdamW's loss relative to AdamW at this model size "
+        "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/cost/convergence.py",
+    )
+
+
+def _enum(kind: type[E], value: str, flag: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(str(v.value) for v in kind)  # type: ignore[attr-defined]
+        raise UserError(f"invalid {flag} {value!r}", f"use one of: {allowed}") from None
+
+
+# Hugging Face module names (and the embedding's) accepted for the block matrices.
+_HF_TARGET_NAMES = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "embed_tokens": "embed",
+}
+
+
+def parse_lora_targets(text: str) -> tuple[str, ...]:
+    """``--lora-targets``: ``attention``, ``mlp``, ``all-linear`` or a comma list of
+    q, k, v, o, gate, up, down (Hugging Face's q_proj ... names too), embed, lm_head; a
+    group may be part of the list (``all-linear,embed,lm_head``).
+
+    Raises:
+        UserError: for an unknown name, or a list with no block matrix.
+    """
+    out: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if name in LORA_TARGET_GROUPS:
+            out += LORA_TARGET_GROUPS[name]
+            continue
+        name = _HF_TARGET_NAMES.get(name, name)
+        if name not in LORA_MATRICES + LORA_FULL_TENSORS:
+            raise UserError(
+                f"invalid --lora-targets entry {raw.strip()!r}",
+                "use attention, mlp, all-linear or a comma list of q, k, v, o, gate, up, down, "
+                "embed, lm_head",
+            )
+        out.append(name)
+    if not any(n in LORA_MATRICES for n in out):
+        raise UserError(
+            f"--lora-targets {text!r} adapts no block matrix",
+            "name at least one of q, k, v, o, gate, up, down (or attention, mlp, all-linear)",
+        )
+    return tuple(sorted(set(out)))
+
+
+def build_config(
+    *,
+    task: str,
+    optimizer: str,
+    precision: str,
+    attention: str,
+    checkpointing: str,
+    micro_batch: int,
+    seq_len: int,
+    gpus: int,
+    sharding: str,
+    offload: str,
+    lora_rank: int,
+    dp_sgd: bool,
+    stack: str = "hf",
+    fused_loss: bool = False,
+    grad_accumulation: int = 1,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    virtual_stages: int = 1,
+    expert_parallel: int = 1,
+    optimizer_in_backward: bool = False,
+    activation_offload: bool = False,
+    ac_frequency: int | None = None,
+    fused_norm: bool = False,
+    lora_targets: str | None = None,
+    optimizer_impl: str = "auto",
+    lora_dropout: float = 0.0,
+    dropout: bool = False,
+) -> TrainingConfig:
+    """Validate flag values into a configuration.
+
+    Raises:
+        UserError: naming the flag and its allowed values.
+    """
+    tax = load_taxonomy()
+    optimizers = [t.id for t in tax.by_category(Category.OPTIMIZER)]
+    if optimizer not in optimizers:
+        tax.get(optimizer)  # raises with "did you mean"
+        raise UserError(
+            f"{optimizer!r} is not an optimizer", "use one of: " + ", ".join(optimizers)
+        )
+    impl = _enum(OptimizerImpl, optimizer_impl, "--optimizer-impl")
+    memory = tax.get(optimizer).memory
+    if impl is OptimizerImpl.FUSED and memory is not None and not memory.fused_step:
+        raise UserError(
+            f"{optimizer} has no fused implementation",
+            "use --optimizer-impl auto or foreach",
+        )
+    ckpt = _enum(Checkpointing, checkpointing, "--checkpointing")
+    if ac_frequency is not None and ckpt is not Checkpointing.SELECTIVE_LAYER:
+        raise UserError(
+            "--ac-frequency applies to --checkpointing selective-layer only",
+            "drop --ac-frequency or use --checkpointing selective-layer",
+        )
+    if ac_frequency is not None and ac_frequency < 1:
+        raise UserError(
+            f"invalid --ac-frequency {ac_frequency}: checkpoint every n-th block, n >= 1",
+            "use 1 (every block, as full) or more (2 = every second block)",
+        )
+    try:
+        return TrainingConfig(
+            task=_enum(Task, task, "--task"),
+            optimizer=optimizer,
+            optimizer_impl=impl,
+            precision=_enum(Precision, precision, "--precision"),
+            attention=_enum(Attention, attention, "--attention"),
+            checkpointing=ckpt,
+            ac_frequency=2 if ac_frequency is None else ac_frequency,
+            micro_batch=micro_batch,
+            seq_len=seq_len,
+            gpus=gpus,
+            sharding=_enum(Sharding, sharding, "--sharding"),
+            offload=_enum(Offload, offload, "--offload"),
+            lora_rank=lora_rank,
+            lora_dropout=lora_dropout,
+            dropout=dropout,
+            **({} if lora_targets is None else {"lora_targets": parse_lora_targets(lora_targets)}),
+            dp_sgd=dp_sgd,
+            stack=_enum(Stack, stack, "--stack"),
+            fused_loss=fused_loss,
+            fused_norm=fused_norm,
+            grad_accumulation=grad_accumulation,
+            tensor_parallel=tensor_parallel,
+            pipeline_parallel=pipeline_parallel,
+            virtual_stages=virtual_stages,
+            expert_parallel=expert_parallel,
+            optimizer_in_backward=optimizer_in_backward,
+            activation_offload=activation_offload,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(
+            f"invalid {err['loc'][0]}: {err['msg']}", "see optadvise estimate --help"
+        ) from None
+
+
+def _carried_over(profile: HardwareProfile | None, step_time: StepTimeReport | None) -> list[str]:
+    if profile is None or step_time is None or profile.efficiency is None:
+        return []
+    said = profile.efficiency.carried_over()
+    return [said] if said else []
+
+
+def estimate_report(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    *,
+    hardware: str | None = None,
+    device: str = "cuda",
+    host_memory_bytes: int | None = None,
+    step_time: StepTimeReport | None = None,
+    local_device: tuple[str, int] | None = None,
+) -> EstimateReport:
+    """The memory of one configuration, checked against a profile when one is named, else
+    against ``local_device`` (the probed device's name and memory) when given.
+
+    Raises:
+        UserError: for an unknown optimizer, profile or device kind.
+    """
+    profile = get_hardware_profile(hardware) if hardware else None
+    if device not in ("cuda", "cpu"):
+        raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
+    on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
+    overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
+    taxonomy = load_taxonomy()
+    tech = taxonomy.get(config.optimizer)
+    m = estimate_memory(spec, config, optimizer=tech, device=overheads)
+    device_mem = profile.memory_bytes if profile else None
+    device_name = profile.name if profile else None
+    if profile is None and local_device is not None:
+        device_name, device_mem = local_device
+    alternatives = [
+        Alternative(
+            change=change,
+            stack=alt.stack,
+            fused_loss=alt.fused_loss,
+            total_bytes=am.total_bytes,
+            saved_bytes=m.total_bytes - am.total_bytes,
+            fits=None if device_mem is None else am.total_bytes <= device_mem,
+        )
+        for change, alt, am in kernel_alternatives(spec, config, tech, overheads, m.total_bytes)
+        if device_mem is None or (am.total_bytes <= device_mem) != (m.total_bytes <= device_mem)
+    ]
+    host = host_memory_bytes
+    if profile is not None and profile.host_memory_gib is not None:
+        host = int(profile.host_memory_gib * 1024**3)
+    residency = (
+        paged_residency(m.paged_bytes, m.total_bytes, device_mem)
+        if m.paged_bytes and device_mem is not None
+        else None
+    )
+    return EstimateReport(
+        model=spec.name,
+        model_id=spec.id,
+        config=config,
+        stack=m.stack,
+        total_bytes=m.total_bytes,
+        peak_phase=m.peak_phase,
+        breakdown=_with_overhead(m.breakdown),
+        phases=[
+            PhaseReport(
+                name=p.name, components=_with_overhead(p.components), total_bytes=p.total_bytes
+            )
+            for p in m.phases
+        ],
+        overhead_breakdown={k: m.breakdown[k] for k in OVERHEAD_COMPONENTS},
+        parameters=m.parameters,
+        active_parameters=spec.active_parameter_count(),
+        trainable_parameters=m.trainable_parameters,
+        host_bytes=m.host_bytes,
+        nvme_bytes=m.nvme_bytes,
+        paged_bytes=m.paged_bytes,
+        paged_resident_bytes=residency.resident_bytes if residency else None,
+        paged_host_bytes=residency.host_bytes if residency else None,
+        notes=m.notes + _carried_over(profile, step_time),
+        device="cpu" if on_cpu else "cuda",
+        hardware=profile.id if profile else None,
+        device_name=device_name,
+        device_memory_bytes=device_mem,
+        host_memory_bytes=host,
+        fits=None if device_mem is None else m.total_bytes <= device_mem,
+        host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
+        step_time=step_time,
+        alternatives=alternatives,
+        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        if tech.steps_vs_adamw is not None
+        else None,
+    )
+
+
+def kernel_alternatives(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    optimizer: Any,
+    overheads: DeviceOverheads,
+    base: int,
+) -> list[tuple[str, TrainingConfig, MemoryEstimate]]:
+    """The same configuration with the memory-saving kernel choices it does not use yet.
+
+    A fused linear cross-entropy (Liger) drops the logits on any stack; the fused stack
+    (FlashAttention, fused norms/activations, fused cross-entropy) changes every block.
+
+    Args:
+        spec: the model.
+        config: the configuration as estimated.
+        optimizer: its optimizer's taxonomy entry.
+        overheads: the device overheads the estimate assumed.
+        base: the configuration's own peak, bytes.
+
+    Returns:
+        ``(what changed, configuration, its estimate)`` for each choice that saves memory.
+    """
+    options: list[tuple[str, TrainingConfig]] = []
+    if not config.fused_loss:
+        options.append(
+            ("a fused linear cross-entropy", config.model_copy(update={"fused_loss": True}))
+        )
+    if config.stack is Stack.HF:
+        options.append(("the fused kernel stack", config.model_copy(update={"stack": Stack.FUSED})))
+    out = []
+    for change, alt in options:
+        est = estimate_memory(spec, alt, optimizer=optimizer, device=overheads)
+        if est.total_bytes < base:
+            out.append((change, alt, est))
+    return out
+
+
+def _with_overhead(breakdown: dict[str, int]) -> dict[str, int]:
+    """The breakdown with the fixed terms folded into one named `overhead` entry."""
+    out = {k: v for k, v in breakdown.items() if k not in OVERHEAD_COMPONENTS}
+    out["overhead"] = sum(breakdown.get(k, 0) for k in OVERHEAD_COMPONENTS)
+    return out
+
+
+def check_hardware_support(
+    config: TrainingConfig, *, device_kind: str, compute_capability: float | None, where: str
+) -> None:
+    """Refuse a configuration the hardware cannot run, as `recommend` excludes it (the
+    taxonomy's ``requires``: device kinds and a minimum CUDA compute capability).
+
+    Args:
+        config: the configuration the flags built.
+        device_kind: cuda, cpu or mps: the device the estimate is for.
+        compute_capability: the CUDA device's, when known (a what-if ``--device cuda`` on a
+            machine without a GPU has none, and only the device kind is checked).
+        where: the device in words, for the message (``the t4 profile``).
+
+    Raises:
+        UserError: naming the technique, what it requires and the device.
+    """
+    from advisor.rules.taxonomy import config_technique_id
+
+    taxonomy = load_taxonomy()
+    values = (
+        config.task,
+        config.precision,
+        config.attention,
+        config.checkpointing,
+        config.sharding,
+        config.offload,
+    )
+    ids = [config.optimizer, *(config_technique_id(v) for v in values)]
+    for tid in ids:
+        if tid is None or tid not in taxonomy:
+            continue
+        tech = taxonomy.get(tid)
+        req = tech.requires
+        kinds = [str(getattr(k, "value", k)) for k in req.device_kinds]
+        if kinds and device_kind not in kinds:
+            raise UserError(
+                f"{tech.name} ({tid}) needs a {' or '.join(kinds)} device; {where} is "
+                f"{device_kind}",
+                "pick another technique, or --hardware with such a device",
+            )
+        low = req.min_compute_capability
+        cuda_cc = compute_capability if device_kind == "cuda" else None
+        if low is not None and cuda_cc and cuda_cc < low:
+            raise UserError(
+                f"{tech.name} ({tid}) needs compute capability >= {low:g}; {where} has {cuda_cc:g}",
+                "pick another technique, or --hardware with a newer GPU",
+            )

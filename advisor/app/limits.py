@@ -1,0 +1,177 @@
+"""Bounds on every length, size and count a user can type, in one place, with their reasons.
+
+A value outside its bound is a user error (one line, exit 2), never an overflow, a
+RecursionError or an hour of planning. The bounds are generous: each is far beyond what any
+real run uses, and its reason says what it is measured against. A new flag that takes a
+number adds a line to :data:`BOUNDS` and calls :func:`check_bound`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from advisor.errors import UserError
+from advisor.model.spec import ModelSpec, Position
+from advisor.units import parse_length
+
+
+class Bound(NamedTuple):
+    """An inclusive range and why its ends are where they are."""
+
+    low: float
+    high: float
+    why: str
+
+
+# NOTE: 10M tokens is the longest context any released model claims (Llama 4 Scout, 2025);
+# 100T parameters is 50x the largest dense models trained (Llama 3.1 405B, GPT-4-class
+# MoE estimates of ~2T); 2^20 devices is ~5x the largest clusters reported (~200k GPUs).
+MAX_SEQ_LEN = 10_000_000
+MAX_PARAMETERS = 100 * 10**12
+MIN_PARAMETERS = 10**6
+MAX_DEVICES = 2**20
+
+BOUNDS: dict[str, Bound] = {
+    "--seq-len": Bound(1, MAX_SEQ_LEN, "10M tokens, the longest context any model claims"),
+    "--micro-batch": Bound(1, 65_536, "2^16 samples per device per pass"),
+    "--global-batch": Bound(1, 2**24, "2^24 samples per step, 256x LAMB's 64k"),
+    "--gpus": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
+    "--nodes": Bound(1, 2**17, "2^17 machines"),
+    "--lora-rank": Bound(1, 65_536, "a LoRA rank is at most a layer's width"),
+    "--grad-accumulation": Bound(1, 65_536, "2^16 micro-batches per optimizer step"),
+    "--tensor-parallel": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
+    "--pipeline-parallel": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
+    "--virtual-stages": Bound(1, 1024, "interleaved chunks per stage, at most the layers"),
+    "--tp": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
+    "--pp": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
+    "--expert-parallel": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
+    "world size": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
+    "--top": Bound(1, 100_000, "100,000 configurations"),
+    "--budget": Bound(1e-3, 7 * 86_400, "one week of calibration"),
+    "--rope-scaling": Bound(1.0, 1024.0, "RoPE scaling factors in use are 2-64 (YaRN, Llama 3.1)"),
+    "--memory-budget": Bound(1, 2**50, "1 PiB per device"),
+    "--model-size": Bound(
+        MIN_PARAMETERS,
+        MAX_PARAMETERS,
+        "1M parameters (below it, no language model; a bare 1.4 is 1.4 parameters: "
+        "1.4B needs its suffix) to 100T, 50x the largest dense model",
+    ),
+    "--ac-frequency": Bound(1, 1024, "every n-th block, at most the layers (~1000)"),
+    "--host-memory": Bound(0, 2**50, "1 PiB per node, 30x the largest servers (32 TiB)"),
+    "--nvme": Bound(0, 2**50, "1 PiB of NVMe per node"),
+    "--global-batch-tokens": Bound(
+        1, 2**40, "2^40 tokens per step, 65,000x Llama 3's 16M-token batches"
+    ),
+}
+
+
+def check_bound(flag: str, value: float | None) -> None:
+    """Raise unless ``value`` (None: not given) lies within the bound of ``flag``.
+
+    Raises:
+        UserError: naming the flag, the value, the range and the reason.
+        KeyError: for a flag without a bound (a programming error).
+    """
+    if value is None:
+        return
+    b = BOUNDS[flag]
+    # NOTE: ints are compared as ints: a 400-digit count does not fit in a float.
+    finite = isinstance(value, int) or math.isfinite(value)
+    if not finite or not b.low <= value <= b.high:
+        raise UserError(
+            f"{flag} {_shown(value)} is out of range: {_shown(b.low)} to {_shown(b.high)} "
+            f"({b.why})",
+            f"give {flag} a value in that range"
+            if flag.startswith("--")
+            else "lower the flags that multiply to it",
+        )
+
+
+def check_global_batch_tokens(tokens: int | None, seq_len: int) -> None:
+    """Bound ``--global-batch-tokens`` and the global batch it makes (tokens / seq_len),
+    which must stay within ``--global-batch``'s bound like a batch given in samples.
+
+    Raises:
+        UserError: naming the flag, or the derived batch and the sequence length.
+    """
+    if tokens is None:
+        return
+    check_bound("--global-batch-tokens", tokens)
+    samples = max(1, round(tokens / seq_len))
+    b = BOUNDS["--global-batch"]
+    if samples > b.high:
+        raise UserError(
+            f"--global-batch-tokens {tokens:,} makes a global batch of {samples:,} samples of "
+            f"{seq_len:,} tokens, more than {_shown(b.high)} ({b.why})",
+            "lower --global-batch-tokens or raise --seq-len",
+        )
+
+
+def _shown(x: float) -> str:
+    if isinstance(x, int):
+        text = f"{x:,}"
+        return text if len(text) <= 40 else f"{text[:20]}… ({len(str(abs(x)))} digits)"
+    if math.isfinite(x) and x.is_integer() and abs(x) < 1e18:
+        return f"{int(x):,}"
+    return f"{x:g}"
+
+
+def check_model(spec: ModelSpec) -> None:
+    """Bound the model itself: a config file can state any shape.
+
+    Raises:
+        UserError: when the model has more than :data:`MAX_PARAMETERS` parameters.
+    """
+    count = spec.parameter_count()
+    if count > MAX_PARAMETERS:
+        raise UserError(
+            f"{spec.name} has {count:.3g} parameters, more than the {MAX_PARAMETERS:.0e} this "
+            "advisor plans for",
+            "check the shape fields of the model config",
+        )
+
+
+def resolve_seq_len(
+    spec: ModelSpec, text: str | None, rope_scaling: float | None, default: int = 2048
+) -> int:
+    """The sequence length to plan for: the flag's, or ``default`` capped by the model.
+
+    A model's context is its ``max_position_embeddings``. Beyond it, learned position
+    tables have no rows at all; rotary models extend it only with RoPE scaling
+    (position interpolation, NTK, YaRN), which ``--rope-scaling FACTOR`` declares:
+    the context becomes ``max_position_embeddings x FACTOR``.
+
+    Raises:
+        UserError: for an unparsable or out-of-range length, a length beyond the model's
+            context, or RoPE scaling asked of a model without rotary positions.
+    """
+    check_bound("--rope-scaling", rope_scaling)
+    limit = spec.max_position_embeddings
+    learned = spec.position is Position.LEARNED
+    if rope_scaling is not None and learned:
+        raise UserError(
+            f"--rope-scaling applies to rotary positions; {spec.name} learns a table of "
+            f"{limit} positions",
+            "drop --rope-scaling and keep --seq-len within the table",
+        )
+    if text is None:
+        return min(default, limit) if limit else default
+    s = parse_length(text)
+    check_bound("--seq-len", s)
+    if limit is not None:
+        context = int(limit * (rope_scaling or 1.0))
+        if s > context:
+            if learned:
+                hint = f"use --seq-len {limit} or less"
+            elif rope_scaling:
+                hint = f"use --seq-len {context} or less, or a larger --rope-scaling"
+            else:
+                hint = (
+                    f"use --seq-len {limit} or less, or declare RoPE scaling: "
+                    f"--rope-scaling {math.ceil(s / limit)}"
+                )
+            what = "learned positions" if learned else "token context"
+            scaled = f" x {rope_scaling:g}" if rope_scaling else ""
+            raise UserError(f"--seq-len {s:,} exceeds {spec.name}'s {limit:,}{scaled} {what}", hint)
+    return s
