@@ -42,6 +42,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from advisor import notes
 from advisor.data import safeio
+from advisor.data.lines import LineDict, LineList
 
 CACHE_ENV = "OPTADVISE_CACHE_DIR"
 # Bumped when the layout of a cache entry changes (2: JSON instead of pickle).
@@ -59,7 +60,30 @@ R = TypeVar("R")
 # cached (e.g. it was handed an in-memory object whose content the key cannot see).
 SourcesFn = Callable[[dict[str, Any]], "tuple[list[Path], str] | None"]
 
-_memory: dict[tuple[str, str], Any] = {}
+
+class ContentMemo:
+    """This process's in-memory layer of the data cache: values by (kind, content key).
+
+    The key is a digest of the source files' content and of the package's code, so an entry
+    cannot go stale; the one instance below lives as long as the process, like the shipped
+    files it holds.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str], Any] = {}
+
+    def get(self, kind: str, key: str) -> tuple[bool, Any]:
+        found = (kind, key) in self._values
+        return found, self._values.get((kind, key))
+
+    def put(self, kind: str, key: str, value: Any) -> None:
+        self._values[kind, key] = value
+
+    def forget(self) -> None:
+        self._values.clear()
+
+
+MEMO = ContentMemo()
 
 
 def data_cache_dir() -> Path:
@@ -180,8 +204,6 @@ class _YamlCodec:
         return self._untag(json.loads(data))
 
     def _untag(self, node: Any) -> Any:
-        from advisor.data.yamlio import LineDict, LineList
-
         if not isinstance(node, list):
             if isinstance(node, dict):
                 raise ValueError("an untagged mapping")
@@ -284,8 +306,9 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
             files, extra = found
             resolved = [_resolve(p) for p in files]  # once: each resolve is a realpath walk
             key = _key(kind, resolved, extra)
-            if (kind, key) in _memory:
-                return _as(_memory[kind, key], fn)
+            held, value = MEMO.get(kind, key)
+            if held:
+                return _as(value, fn)
             folder = data_cache_dir()
             persist = _shipped(resolved) and _usable_folder(folder)
             path = folder / f"{kind}-{_name_hash(resolved, extra)}.json"
@@ -294,10 +317,10 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
                     codecs.append(_codec(fn))
                 hit, value = _read(path, key, codecs[0])
                 if hit:
-                    _memory[kind, key] = value
+                    MEMO.put(kind, key, value)
                     return _as(value, fn)
             value = fn(*args, **kwargs)
-            _memory[kind, key] = value
+            MEMO.put(kind, key, value)
             if persist:
                 _remove_pickles(folder)
                 _write(folder, path, key, value, codecs[0])
@@ -317,8 +340,9 @@ def cached_value(kind: str, key_text: str, compute: Callable[[], R], annotation:
     folder, since the key is the content itself. Errors of ``compute`` are not cached.
     """
     key = _key(kind, [], key_text)
-    if (kind, key) in _memory:
-        return cast(R, _memory[kind, key])
+    found, value = MEMO.get(kind, key)
+    if found:
+        return cast(R, value)
     folder = data_cache_dir()
     persist = _usable_folder(folder)
     name = hashlib.blake2b(key_text.encode(), digest_size=8).hexdigest()
@@ -327,10 +351,10 @@ def cached_value(kind: str, key_text: str, compute: Callable[[], R], annotation:
     if persist:
         hit, value = _read(path, key, codec)
         if hit:
-            _memory[kind, key] = value
+            MEMO.put(kind, key, value)
             return cast(R, value)
     value = compute()
-    _memory[kind, key] = value
+    MEMO.put(kind, key, value)
     if persist:
         _write(folder, path, key, value, codec)
     return value
@@ -360,7 +384,7 @@ def _as(value: Any, _like: Callable[..., R]) -> R:
 
 def clear_memory() -> None:
     """Forget what this process loaded (tests use it to measure a cold load)."""
-    _memory.clear()
+    MEMO.forget()
 
 
 # --- the sources of the shipped loaders ------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import Any
 
 from advisor.data import safeio
 from advisor.data.cache import cached_by_content, yaml_sources
+from advisor.data.lines import LineDict as LineDict
+from advisor.data.lines import LineList as LineList
 
 # NOTE: the largest shipped file (taxonomy.yaml) is ~150 KB and 6,433 nodes; these bounds
 # (about 13x and 30x that) only stop hostile files: a FIFO or device, a multi-GB file, or an
@@ -27,18 +29,6 @@ class YamlError(Exception):
     def __init__(self, message: str, line: int = 0) -> None:
         super().__init__(message)
         self.line = line
-
-
-class LineDict(dict[str, Any]):
-    """A mapping from YAML that knows the 1-based line it started on."""
-
-    line: int = 0
-
-
-class LineList(list[Any]):
-    """A sequence from YAML that knows the 1-based line it started on."""
-
-    line: int = 0
 
 
 @functools.cache
