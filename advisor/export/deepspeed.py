@@ -193,22 +193,7 @@ def emit_deepspeed(
         config = expressed.config
     world = world_size(config, nodes, gpus_per_node)
     lr = resolve_learning_rate(config, learning_rate)
-    stage, notes = zero_stage(config)
-    if stage != config.sharding.zero_stage or config.sharding is Sharding.HSDP:
-        why = (
-            "DeepSpeed 0.19 has no hybrid (shard-in-node, replicate-across) ZeRO-3 (MiCS was "
-            "removed): ZeRO-3 shards over all data-parallel ranks"
-            if config.sharding is Sharding.HSDP and stage == 3
-            else f"DeepSpeed needs ZeRO stage {stage} for this plan"
-        )
-        one_replica = config.sharding is Sharding.HSDP and hsdp_degrees(config, nodes)[0] == 1
-        # NOTE: over one data-parallel rank every ZeRO stage shards nothing: a relabelling.
-        expressed.change(
-            why,
-            same_plan=one_replica or config.gpus == 1,
-            sharding=sharding_for_stage(config, stage),
-            shard_group=None,
-        )
+    stage, notes = _ds_stage(config, nodes, expressed)
     ds: dict[str, Any] = {
         "train_batch_size": config.micro_batch * config.grad_accumulation * world,
         "train_micro_batch_size_per_gpu": config.micro_batch,
@@ -252,6 +237,27 @@ def emit_deepspeed(
         differs=expressed.differs,
         reason=expressed.reason,
     )
+
+
+def _ds_stage(config: TrainingConfig, nodes: int, expressed: Expressed) -> tuple[int, list[str]]:
+    """The ZeRO stage DeepSpeed runs, its notes, and the expressed plan's sharding for it."""
+    stage, notes = zero_stage(config)
+    if stage != config.sharding.zero_stage or config.sharding is Sharding.HSDP:
+        why = (
+            "DeepSpeed 0.19 has no hybrid (shard-in-node, replicate-across) ZeRO-3 (MiCS was "
+            "removed): ZeRO-3 shards over all data-parallel ranks"
+            if config.sharding is Sharding.HSDP and stage == 3
+            else f"DeepSpeed needs ZeRO stage {stage} for this plan"
+        )
+        one_replica = config.sharding is Sharding.HSDP and hsdp_degrees(config, nodes)[0] == 1
+        # NOTE: over one data-parallel rank every ZeRO stage shards nothing: a relabelling.
+        expressed.change(
+            why,
+            same_plan=one_replica or config.gpus == 1,
+            sharding=sharding_for_stage(config, stage),
+            shard_group=None,
+        )
+    return stage, notes
 
 
 def _ds_optimizer(

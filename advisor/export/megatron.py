@@ -99,6 +99,24 @@ def emit_megatron(
             "TransformerConfig rejects it with pipeline parallelism or recomputation)",
             activation_offload=False,
         )
+    notes.append(hyper_note(config))
+    if expressed.differs:
+        notes.insert(
+            0, f"these arguments set up a different plan than the ranked one: {expressed.reason}."
+        )
+    return Emission(
+        target=EmitTarget.MEGATRON,
+        filename="megatron_args.sh",
+        text=_script(config, args, world, nodes),
+        notes=tuple(notes),
+        expressed_config=expressed.config,
+        differs=expressed.differs,
+        reason=expressed.reason,
+    )
+
+
+def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nodes: int) -> str:
+    """The bash file: a header saying how to launch it, then the arguments as an array."""
     lines = [
         "#!/usr/bin/env bash",
         f"# Megatron-LM arguments written by optadvise for {MEGATRON_VERSION}.",
@@ -113,20 +131,7 @@ def emit_megatron(
     for flag, value in args:
         lines.append(f"  {flag}" if value is None else f"  {flag} {_shell_value(value)}")
     lines.append(")")
-    notes.append(hyper_note(config))
-    if expressed.differs:
-        notes.insert(
-            0, f"these arguments set up a different plan than the ranked one: {expressed.reason}."
-        )
-    return Emission(
-        target=EmitTarget.MEGATRON,
-        filename="megatron_args.sh",
-        text="\n".join(lines) + "\n",
-        notes=tuple(notes),
-        expressed_config=expressed.config,
-        differs=expressed.differs,
-        reason=expressed.reason,
-    )
+    return "\n".join(lines) + "\n"
 
 
 def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:

@@ -105,22 +105,7 @@ def emit_torchtitan(
     training = _training(config, notes, expressed)
 
     optimizer = _optimizer_section(config, hp, lr, expressed)
-    activation = _activation_checkpoint(config)
-    sections: dict[str, dict[str, Any]] = {
-        "job": {"description": f"optadvise plan: {plan_summary(config)}"},
-        "optimizer": optimizer,
-        "training": training,
-        "parallelism": parallelism,
-        "activation_checkpoint": activation,
-        "compile": {"enable": config.stack is Stack.FUSED, "components": ["model", "loss"]},
-    }
-    if config.precision is Precision.FP8_MIXED:
-        sections["model"] = {"converters": ["quantize.linear.float8"]}
-        sections["quantize.linear.float8"] = {
-            "enable_fsdp_float8_all_gather": shard > 1,
-            "precompute_float8_dynamic_scale_for_fsdp": shard > 1,
-            "filter_fqns": ["output"],
-        }
+    sections = _sections(config, optimizer, training, parallelism, shard)
     notes.append(
         "set [model] name, flavor and hf_assets_path, and [training] dataset and steps, for "
         "your model and data; launch with "
@@ -152,6 +137,33 @@ def emit_torchtitan(
         differs=expressed.differs,
         reason=expressed.reason,
     )
+
+
+def _sections(
+    config: TrainingConfig,
+    optimizer: dict[str, Any],
+    training: dict[str, Any],
+    parallelism: dict[str, Any],
+    shard: int,
+) -> dict[str, dict[str, Any]]:
+    """The job file's tables in file order, with the float8 converter for fp8 plans."""
+    activation = _activation_checkpoint(config)
+    sections: dict[str, dict[str, Any]] = {
+        "job": {"description": f"optadvise plan: {plan_summary(config)}"},
+        "optimizer": optimizer,
+        "training": training,
+        "parallelism": parallelism,
+        "activation_checkpoint": activation,
+        "compile": {"enable": config.stack is Stack.FUSED, "components": ["model", "loss"]},
+    }
+    if config.precision is Precision.FP8_MIXED:
+        sections["model"] = {"converters": ["quantize.linear.float8"]}
+        sections["quantize.linear.float8"] = {
+            "enable_fsdp_float8_all_gather": shard > 1,
+            "precompute_float8_dynamic_scale_for_fsdp": shard > 1,
+            "filter_fqns": ["output"],
+        }
+    return sections
 
 
 def _optimizer_section(
