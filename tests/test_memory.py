@@ -283,12 +283,12 @@ def test_memory_never_grows_with_the_sharding_degree(
 def test_zero_offload_keeps_one_gradient_bucket_on_the_device() -> None:
     # ZeRO-Offload (Ren et al. 2021, sec. 4.1) streams reduced gradient buckets to the host
     # during backward: 13B on one V100 holds one 5e8-element bucket, not 26 GB of gradients.
-    from advisor.export import _BUCKET_ELEMENTS
+    from advisor.export import BUCKET_ELEMENTS
     from advisor.memory import OFFLOAD_BUCKET_ELEMENTS, estimate_memory
     from advisor.model.spec import resolve_model_size
     from advisor.units import GIB
 
-    assert _BUCKET_ELEMENTS == OFFLOAD_BUCKET_ELEMENTS  # the exported config says the same
+    assert BUCKET_ELEMENTS == OFFLOAD_BUCKET_ELEMENTS  # the exported config says the same
     spec = resolve_model_size("13B")
     base = TrainingConfig(task=Task.PRETRAIN, optimizer="adamw", precision=Precision.BF16_MIXED)
     on_device = estimate_memory(spec, base, optimizer=TAX["adamw"])  # type: ignore[arg-type]

@@ -58,6 +58,36 @@ def test_installed_wheel_finds_its_data_from_another_folder(wheel: Path, tmp_pat
     assert int(out.stdout) >= 14
 
 
+def test_wheel_ships_the_export_templates(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    templates = ROOT / "advisor" / "export" / "templates"
+    expected = {str(p.relative_to(ROOT)) for p in templates.glob("*.py.tmpl")}
+    assert len(expected) >= 11, "the snippet's templates are missing from the checkout"
+    assert expected <= names
+
+
+def test_installed_wheel_writes_the_torch_snippet_from_another_folder(
+    wheel: Path, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import advisor.export as e; from advisor.config import TrainingConfig; "
+        f"assert e.__file__.startswith({str(site)!r}), e.__file__; "
+        "print(e.emit_torch(TrainingConfig(task='lora', optimizer='adamw')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    # The header, a plan-dependent template (LoRA) and the demo all came from package data.
+    for line in ('"""Training setup emitted by optadvise', "class LoRALinear", "def main("):
+        assert line in out.stdout
+
+
 # The engines whose internals the tests reach into: a new release must not reach a fresh
 # clone before the tests have run against it.
 _ENGINES = {"accelerate", "deepspeed", "transformers", "bitsandbytes", "pytorch-optimizer"}

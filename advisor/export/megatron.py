@@ -1,0 +1,311 @@
+"""Megatron-LM training arguments for one plan, as a bash array: tensor, sequence, pipeline
+and expert parallelism, batch geometry, recomputation, the distributed optimizer or
+Megatron-FSDP, precision, attention backend, optimizer and optimizer CPU offload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    Offload,
+    Precision,
+    Sharding,
+    Task,
+    TrainingConfig,
+)
+from advisor.errors import UserError
+from advisor.export.common import GRADIENT_CLIPPING, ZEROTH, hyper_note
+from advisor.export.emission import Emission, EmitTarget
+from advisor.export.expression import Expressed, hsdp_degrees, require_gpu, world_size
+from advisor.export.hyperparams import hyperparameters_for
+
+MEGATRON_VERSION = "Megatron-LM core_v0.19.0 (megatron/training/arguments.py)"
+
+
+def emit_megatron(
+    config: TrainingConfig,
+    *,
+    nodes: int = 1,
+    gpus_per_node: int | None = None,
+    learning_rate: float | None = None,
+    cpu: bool = False,
+) -> Emission:
+    """Megatron-LM training arguments (``megatron_args.sh``) with the plan's parallel layout.
+
+    Flags of :data:`MEGATRON_VERSION`: tensor parallelism with sequence parallelism
+    (Shoeybi et al. 2019; Korthikanti et al. 2022), pipeline parallelism with interleaved
+    virtual stages (Narayanan et al. 2021), expert parallelism, micro and global batch,
+    recomputation, the distributed optimizer (ZeRO-1) or Megatron-FSDP (ZeRO-2/3, HSDP),
+    precision, attention backend, optimizer and its hyper-parameters, and optimizer CPU offload.
+    What Megatron cannot set up (parameter or NVMe offload, autocast and bare 16-bit layouts,
+    optimizers outside adam/sgd/lion/muon) moves ``expressed_config`` to the nearest plan.
+
+    Args:
+        config: the configuration to emit.
+        nodes: machines.
+        gpus_per_node: processes per machine (default ``config.world_size // nodes``).
+        learning_rate: the lr (default: the hyper-parameter table's).
+        cpu: the plan is for CPUs (refused: Megatron-LM trains on CUDA GPUs).
+
+    Returns:
+        A bash array of the arguments, its notes and the plan it expresses.
+
+    Raises:
+        UserError: for CPU plans, adapters or zeroth-order plans, inconsistent degrees.
+    """
+    require_gpu(config, "Megatron-LM", cpu)
+    world = world_size(config, nodes, gpus_per_node)
+    if config.task in (Task.LORA, Task.QLORA) or config.optimizer in ZEROTH or config.dp_sgd:
+        raise UserError(
+            "Megatron-LM's training loop has no LoRA/QLoRA adapters, DP-SGD or zeroth-order "
+            "optimizers",
+            "use --emit deepspeed, accelerate or torch for this plan",
+        )
+    notes: list[str] = []
+    expressed = Expressed(config)
+    args = _megatron_layout(config)
+    args += [
+        ("--micro-batch-size", config.micro_batch),
+        ("--global-batch-size", config.micro_batch * config.grad_accumulation * config.gpus),
+        ("--seq-length", config.seq_len),
+    ]
+    args += _megatron_recompute(config, expressed)
+    args += _megatron_sharding(config, nodes)
+    args += _megatron_precision(config, expressed)
+    args.append(
+        (
+            "--attention-backend",
+            {
+                Attention.FLASH: "flash",
+                Attention.MEM_EFFICIENT: "fused",
+                Attention.EAGER: "unfused",
+            }[config.attention],
+        )
+    )
+    if config.loss_fused:
+        args.append(("--cross-entropy-loss-fusion", None))
+    args += _megatron_optimizer(config, learning_rate, expressed)
+    args.append(("--clip-grad", GRADIENT_CLIPPING))
+    args += _megatron_offload(config, expressed)
+    if config.optimizer_in_backward:
+        expressed.change(
+            "Megatron-LM has no optimizer step in backward", optimizer_in_backward=False
+        )
+    if config.activation_offload:
+        expressed.change(
+            "this export does not write Megatron-LM's activation CPU offloading (its "
+            "TransformerConfig rejects it with pipeline parallelism or recomputation)",
+            activation_offload=False,
+        )
+    notes.append(hyper_note(config))
+    if expressed.differs:
+        notes.insert(
+            0, f"these arguments set up a different plan than the ranked one: {expressed.reason}."
+        )
+    return Emission(
+        target=EmitTarget.MEGATRON,
+        filename="megatron_args.sh",
+        text=_script(config, args, world, nodes),
+        notes=tuple(notes),
+        expressed_config=expressed.config,
+        differs=expressed.differs,
+        reason=expressed.reason,
+    )
+
+
+def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nodes: int) -> str:
+    """The bash file: a header saying how to launch it, then the arguments as an array."""
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Megatron-LM arguments written by optadvise for {MEGATRON_VERSION}.",
+        f"# World size {world} = data {config.gpus} x tensor {config.tensor_parallel} x "
+        f"pipeline {config.pipeline_parallel}.",
+        "# Add your model's arguments (--num-layers --hidden-size --num-attention-heads ...),",
+        "# data and schedule, then on each node:",
+        f"#   torchrun --nproc_per_node {world // nodes} --nnodes {nodes} pretrain_gpt.py "
+        '"${MEGATRON_ARGS[@]}" <model, data and schedule arguments>',
+        "MEGATRON_ARGS=(",
+    ]
+    for flag, value in args:
+        lines.append(f"  {flag}" if value is None else f"  {flag} {_shell_value(value)}")
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
+    """Tensor (with sequence), pipeline (with virtual stages) and expert parallel degrees.
+
+    Raises:
+        UserError: for virtual stages without pipeline parallelism.
+    """
+    args: list[tuple[str, Any]] = [
+        ("--tensor-model-parallel-size", config.tensor_parallel),
+        ("--pipeline-model-parallel-size", config.pipeline_parallel),
+    ]
+    if config.virtual_stages > 1:
+        if config.pipeline_parallel < 2:
+            raise UserError(
+                f"{config.virtual_stages} virtual stages without pipeline parallelism",
+                "virtual stages need pipeline_parallel > 1",
+            )
+        args.append(("--num-virtual-stages-per-pipeline-rank", config.virtual_stages))
+    if config.tensor_parallel > 1:
+        args.append(("--sequence-parallel", None))
+        if config.tp_overlapped:
+            # TP collectives overlapped with their GEMMs (Transformer Engine userbuffers), as
+            # the plan's cost assumed.
+            args.append(("--tp-comm-overlap", None))
+    if config.expert_parallel > 1:
+        args.append(("--expert-model-parallel-size", config.expert_parallel))
+    return args
+
+
+def _megatron_recompute(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
+    """The recomputation flags; torchtitan-style policies become full recomputation."""
+    args: list[tuple[str, Any]] = []
+    if config.checkpointing is Checkpointing.FULL:
+        # Recompute every block from its input (recompute_num_layers 1 per uniform unit).
+        args += [
+            ("--recompute-granularity", "full"),
+            ("--recompute-method", "uniform"),
+            ("--recompute-num-layers", 1),
+        ]
+    elif config.checkpointing is Checkpointing.SELECTIVE:
+        args.append(("--recompute-granularity", "selective"))
+    elif config.checkpointing in (Checkpointing.SELECTIVE_OP, Checkpointing.SELECTIVE_LAYER):
+        # NOTE: Megatron-LM recomputes whole blocks (full) or listed modules (selective); it
+        # has no every-other-matmul policy nor every-n-th-block option. Full recomputation
+        # keeps less than either, so the plan still fits, at its extra compute.
+        expressed.change(
+            f"Megatron-LM has no torchtitan-style {config.checkpointing.value} checkpointing; "
+            "full recomputation is the nearest that fits",
+            checkpointing=Checkpointing.FULL,
+        )
+        args += [
+            ("--recompute-granularity", "full"),
+            ("--recompute-method", "uniform"),
+            ("--recompute-num-layers", 1),
+        ]
+    return args
+
+
+def _megatron_offload(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
+    """Optimizer CPU offload flags; Megatron-LM offloads only optimizer states."""
+    args: list[tuple[str, Any]] = []
+    if config.offload is not Offload.NONE:
+        # Megatron's hybrid-device optimizer (optimizer states and step on the host) rides on
+        # the precision-aware optimizer path (arguments.py asserts it).
+        args += [
+            ("--optimizer-cpu-offload", None),
+            ("--use-precision-aware-optimizer", None),
+            ("--optimizer-offload-fraction", 1.0),
+        ]
+        if config.offload is not Offload.OPTIMIZER:
+            expressed.change(
+                "Megatron-LM offloads only optimizer states, to host memory",
+                offload=Offload.OPTIMIZER,
+            )
+    return args
+
+
+def _shell_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _megatron_sharding(config: TrainingConfig, nodes: int) -> list[tuple[str, Any]]:
+    """ZeRO-1 is Megatron's distributed optimizer; ZeRO-2/3 and HSDP are Megatron-FSDP's
+    sharding strategies (arguments.py --data-parallel-sharding-strategy)."""
+    s = config.sharding
+    if s is Sharding.NONE:
+        return []
+    if s is Sharding.ZERO1:
+        return [("--use-distributed-optimizer", None), ("--overlap-grad-reduce", None)]
+    strategy = "optim_grads" if s is Sharding.ZERO2 else "optim_grads_params"
+    out: list[tuple[str, Any]] = [
+        ("--use-megatron-fsdp", None),
+        ("--use-distributed-optimizer", None),
+        ("--data-parallel-sharding-strategy", strategy),
+    ]
+    if s is Sharding.HSDP:
+        replicate, _shard = hsdp_degrees(config, nodes)
+        # Megatron-FSDP turns hybrid sharding on when there is more than one optimizer
+        # instance (core/distributed/fsdp/mcore_fsdp_adapter.py).
+        if replicate > 1:
+            out.append(("--num-distributed-optimizer-instances", replicate))
+    return out
+
+
+def _megatron_precision(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
+    p = config.precision
+    # Megatron's --bf16/--fp16 are the mixed layouts: 16-bit weights and gradients, fp32 main
+    # weights in the optimizer (Micikevicius et al. 2018), with dynamic loss scaling for fp16.
+    if p in (Precision.FP32, Precision.TF32):
+        return []
+    if p is Precision.BF16_MIXED:
+        return [("--bf16", None)]
+    if p is Precision.FP16_MIXED:
+        return [("--fp16", None)]
+    if p is Precision.FP8_MIXED:
+        return [("--bf16", None), ("--fp8-format", "hybrid")]
+    target = (
+        Precision.BF16_MIXED
+        if p in (Precision.AMP_BF16, Precision.BF16)
+        else (Precision.FP16_MIXED)
+    )
+    expressed.change(
+        f"Megatron-LM has no {p.value} layout: it keeps 16-bit weights with fp32 main weights "
+        f"({target.value})",
+        precision=target,
+    )
+    return [("--bf16", None)] if target is Precision.BF16_MIXED else [("--fp16", None)]
+
+
+# Megatron's --optimizer choices (core_v0.19.0 arguments.py); its "adam" decouples weight
+# decay (TE/apex FusedAdam, adam_w_mode), i.e. AdamW; lion needs the emerging_optimizers
+# package (core/optimizer/__init__.py).
+_MEGATRON_OPTIMIZERS = {
+    "adamw": "adam",
+    "sgd": "sgd",
+    "sgd-momentum": "sgd",
+    "lion": "lion",
+    "muon": "muon",
+}
+
+
+def _megatron_optimizer(
+    config: TrainingConfig, learning_rate: float | None, expressed: Expressed
+) -> list[tuple[str, Any]]:
+    name = _MEGATRON_OPTIMIZERS.get(config.optimizer)
+    optimizer = config.optimizer
+    fsdp = config.sharding not in (Sharding.NONE, Sharding.ZERO1)
+    if name in ("lion", "muon") and fsdp:
+        # arguments.py: "Emerging optimizer does not support Megatron-FSDP for now."
+        expressed.change(
+            f"Megatron-LM runs {name} only without Megatron-FSDP; with the planned "
+            f"{config.sharding.value} sharding it trains AdamW",
+            optimizer="adamw",
+        )
+        name, optimizer = "adam", "adamw"
+    if name is None:
+        expressed.change(
+            f"Megatron-LM builds adam(w), sgd, lion and muon; {config.optimizer} is run as AdamW",
+            optimizer="adamw",
+        )
+        name, optimizer = "adam", "adamw"
+    hp = hyperparameters_for(optimizer, config.task)
+    lr = learning_rate if learning_rate is not None and optimizer == config.optimizer else hp.lr
+    out: list[tuple[str, Any]] = [("--optimizer", name), ("--lr", lr)]
+    if hp.betas is not None and name in ("adam", "lion"):
+        out += [(f"--{name}-beta1", hp.betas[0]), (f"--{name}-beta2", hp.betas[1])]
+    if hp.eps is not None and name == "adam":
+        out.append(("--adam-eps", hp.eps))
+    if name == "sgd":
+        out.append(("--sgd-momentum", hp.momentum or 0.0))
+    if name == "muon":
+        out.append(("--muon-momentum", hp.momentum or 0.95))
+    out.append(("--weight-decay", hp.weight_decay))
+    return out
