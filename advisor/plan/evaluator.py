@@ -145,9 +145,9 @@ class Evaluator:
         mem = self.ctx.taxonomy.get(c.optimizer).memory
         if mem is None:
             return None
-        fields = c.__dict__.copy()
+        fields = c.__dict__.copy()  # in TrainingConfig's field order, whatever built it
         del fields["optimizer"]
-        return (mem, tuple(fields.items()))
+        return (mem, *fields.values())
 
     @property
     def counts(self) -> tuple[int, int]:
