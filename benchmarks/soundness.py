@@ -35,15 +35,11 @@ from advisor.config import Checkpointing, Precision, Sharding, Task, TrainingCon
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
 from advisor.model.spec import get_model_profile
+from advisor.plan.constraints import compatible, hard_constraint, techniques_of
+from advisor.plan.evaluator import Evaluator
+from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
 from advisor.plan.report import ranking_decision, recommend
-from advisor.plan.search import (
-    Evaluator,
-    best_geometry,
-    compatible,
-    hard_constraint,
-    techniques_of,
-)
 from advisor.plan.space import (
     Context,
     Objective,

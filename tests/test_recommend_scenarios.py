@@ -594,7 +594,7 @@ def test_json_carries_the_plan_fields() -> None:
 
 def test_micro_batch_is_found_by_binary_search() -> None:
     # Memory is monotone in the micro-batch: O(log n) fit checks, not n.
-    from advisor.plan.search import _fitting_prefix
+    from advisor.plan.geometry import fitting_prefix
 
     calls: list[int] = []
 
@@ -604,7 +604,7 @@ def test_micro_batch_is_found_by_binary_search() -> None:
             return c <= 37
 
     choices = list(range(1, 1025))
-    fit = _fitting_prefix(Ev(), choices, lambda mb: mb)  # type: ignore[arg-type,return-value]
+    fit = fitting_prefix(Ev(), choices, lambda mb: mb)  # type: ignore[arg-type,return-value]
     assert fit[-1] == 37 and len(calls) <= 12  # both ends, then log2(1024)
 
 

@@ -1,7 +1,7 @@
 """Branch and bound in the plan search changes no shown row.
 
 Every ladder the search walks yields plans scoring no better than its coarse bound
-(``_Search.bound``), its best plan is not cut by the per-rung bounds (``_Search.fine_cut``),
+(``PlanSearch.bound``), its best plan is not cut by the per-rung bounds (``PlanSearch.fine_cut``),
 and a search that cuts ladders and layouts by its bounds shows the same rows as one that
 walks every ladder (``cutoff=None``). A row's ``also`` may name fewer equivalent plans: a
 plan that ties a shown row in time and memory but ranks below it on rules or steps to
@@ -92,19 +92,19 @@ def test_the_cut_search_shows_the_rows_of_the_full_one(
 ) -> None:
     req = _request(SCENARIOS[name])
     cut = run_recommend(req)
-    searches: list[search._Search] = []
+    searches: list[search.PlanSearch] = []
     walked: list[tuple[Any, Any, bool, list[search.Plan]]] = []
     init, ladder_for, run_search = (
-        search._Search.__init__,
-        search._Search.ladder_for,
+        search.PlanSearch.__init__,
+        search.PlanSearch.ladder_for,
         search.search,
     )
 
-    def keep(self: search._Search, *args: Any, **kwargs: Any) -> None:
+    def keep(self: search.PlanSearch, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         searches.append(self)
 
-    def record(self: search._Search, core: Any, layout: Any, *, screen: bool = False) -> Any:
+    def record(self: search.PlanSearch, core: Any, layout: Any, *, screen: bool = False) -> Any:
         plans = ladder_for(self, core, layout, screen=screen)
         walked.append((core, layout, screen, list(plans)))  # the caller extends it
         return plans
@@ -113,8 +113,8 @@ def test_the_cut_search_shows_the_rows_of_the_full_one(
         kwargs["cutoff"] = None
         return run_search(*args, **kwargs)
 
-    monkeypatch.setattr(search._Search, "__init__", keep)
-    monkeypatch.setattr(search._Search, "ladder_for", record)
+    monkeypatch.setattr(search.PlanSearch, "__init__", keep)
+    monkeypatch.setattr(search.PlanSearch, "ladder_for", record)
     monkeypatch.setattr("advisor.plan.report.search", uncut)
     full = run_recommend(req)
     assert _rows(cut) == _rows(full)

@@ -1,8 +1,13 @@
 """The plan search behind `optadvise recommend`: its public face, one module per stage.
 
 Data flows one way: target (advisor.hardware.target) -> layout and plan space
-(advisor.plan.layout, advisor.plan.space) -> search (advisor.plan.search) -> ranking
-(advisor.plan.rank) -> explanation (advisor.plan.explain) -> report (advisor.plan.report).
+(advisor.plan.layout, advisor.plan.space) -> search (advisor.plan.search, which drives the
+screens of cores and layouts, advisor.plan.screens, and the saver-ladder walk of
+advisor.plan.planner over the ladders and their bounds, advisor.plan.ladders and
+advisor.plan.bounds, the batch geometry, advisor.plan.geometry, the rule and compatibility
+filters, advisor.plan.constraints, and the memoised models, advisor.plan.evaluator) ->
+ranking (advisor.plan.rank) -> explanation (advisor.plan.explain) -> report
+(advisor.plan.report).
 This module re-exports the names the CLI, advise and the benchmarks use.
 """
 
@@ -17,6 +22,7 @@ from advisor.hardware.target import (
     target_from_probe,
     target_from_profile,
 )
+from advisor.plan.evaluator import CostFn
 from advisor.plan.layout import Layout, enumerate_layouts
 from advisor.plan.models import (
     HardwareSummary,
@@ -31,7 +37,6 @@ from advisor.plan.models import (
     WorkloadSummary,
 )
 from advisor.plan.report import recommend
-from advisor.plan.search import CostFn
 from advisor.plan.space import (
     HOST_SAFETY_MARGIN,
     MEMORY_SAFETY_MARGIN,

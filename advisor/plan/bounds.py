@@ -1,28 +1,49 @@
 """Lower bounds on what a saver ladder of the plan search can return (its branch and bound).
 
 A ladder is one core (optimizer, precision, attention) on one layout, walked through its
-memory-saver rungs and micro-batches by :mod:`advisor.plan.search`. The bounds here read
-the search's memoised models; :meth:`advisor.plan.search._Search.bound` turns them into a
-score and ``tests/test_search_bound.py`` holds every walked ladder to them.
+memory-saver rungs (:mod:`advisor.plan.ladders`) and micro-batches by
+:class:`advisor.plan.planner.PlanSearch`. The bounds here read the search through
+:class:`LadderSource` (its memoised evaluator, its rules, its rung filter);
+:meth:`advisor.plan.planner.PlanSearch.bound` turns them into a score and
+``tests/test_search_bound.py`` holds every walked ladder to them.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from advisor.config import Checkpointing, Offload, TrainingConfig
-from advisor.plan.space import Savers
-from advisor.rules.candidates import (
-    ACTIVATION_OFFLOAD_ID,
-    CHECKPOINTING_IDS,
-    FUSED_LOSS_ID,
-    OFFLOAD_IDS,
-    OPTIMIZER_IN_BACKWARD_ID,
-)
+from advisor.plan.evaluator import Evaluator
+from advisor.plan.ladders import adds_no_time, leanest_rung, saver_ids
+from advisor.plan.space import Context, Savers
+from advisor.rules.engine import Decision
 
-if TYPE_CHECKING:
-    from advisor.plan.search import _Search
+
+class LadderSource(Protocol):
+    """What the bounds read of the search that walks the ladders (PlanSearch is one)."""
+
+    @property
+    def ctx(self) -> Context: ...
+
+    @property
+    def decision(self) -> Decision: ...
+
+    @property
+    def ev(self) -> Evaluator: ...
+
+    def rung(self, rung: Savers, per_layer: bool) -> Savers:
+        """``rung`` with or without per-layer updates, as the search walks it."""
+        ...
+
+    def per_layer_options(self) -> tuple[bool, ...]:
+        """Whether the ladder's rungs are walked without per-layer updates, and with."""
+        ...
+
+    def ok(self, c: TrainingConfig) -> bool:
+        """Whether the rules and compatibility allow ``c``."""
+        ...
+
 
 # The coarse terms of a ladder where not even its leanest rung fits.
 NOTHING_FITS: tuple[float, int, float] = (float("inf"), 0, 0.0)
@@ -30,13 +51,14 @@ NOTHING_FITS: tuple[float, int, float] = (float("inf"), 0, 0.0)
 
 class LadderBounds:
     """The bounds of one ladder (a core on a layout), with its evaluations memoised by the
-    search's evaluator (see :meth:`advisor.plan.search._Search.bound`); ``present`` is the
-    technique ids of the core on its layout, ``settled`` whether the ladder surely finds a
-    plan that reaches the global batch (see :meth:`advisor.plan.search._Search._walked`)."""
+    search's evaluator (see :meth:`advisor.plan.planner.PlanSearch.bound`); ``present`` is
+    the technique ids of the core on its layout, ``settled`` whether the ladder surely finds
+    a plan that reaches the global batch (see
+    :meth:`advisor.plan.planner.PlanSearch.walked`)."""
 
     def __init__(
         self,
-        s: _Search,
+        s: LadderSource,
         base: TrainingConfig,
         per: int,
         dp: int,
@@ -49,7 +71,9 @@ class LadderBounds:
         # plan's samples per replica, as one micro-batch, bound its time per token.
         fixed = s.ctx.workload.micro_batch
         self.top_mb = per if fixed is None else fixed * -(-per // fixed)
-        self.rungs = [s._rung(r, inb) for level in levels for r in level for inb in s._inb()]
+        self.rungs = [
+            s.rung(r, inb) for level in levels for r in level for inb in s.per_layer_options()
+        ]
         scores = s.decision.scores
         self.present = present
         self.accumulate = max(scores.get("gradient-accumulation", 0.0), 0.0) if per > 1 else 0.0
@@ -86,7 +110,7 @@ class LadderBounds:
         drops persistent gradients); per-layer updates never accumulate. None when none
         fits the device (``viable``: the host too, and the rules allow the rung)."""
         s, c, per = self.s, rung.apply(self.base), self.per
-        if viable and not s._ok(c.model_copy(update={"micro_batch": 1, "grad_accumulation": 1})):
+        if viable and not s.ok(c.model_copy(update={"micro_batch": 1, "grad_accumulation": 1})):
             return None
         geometries = [(1, 1)] if c.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
         best = None
@@ -123,8 +147,8 @@ class LadderBounds:
         peaks = [
             p
             for r in lean
-            for inb in s._inb()
-            if (p := self.least_peak(s._rung(r, inb), viable=False)) is not None
+            for inb in s.per_layer_options()
+            if (p := self.least_peak(s.rung(r, inb), viable=False)) is not None
         ]
         terms: tuple[float, int] | None = None
         if peaks:
@@ -132,7 +156,7 @@ class LadderBounds:
             # NOTE: the fused loss moves 6 bytes per logit against the unfused loss's 28 or
             # more (cost._LOSS_BYTES): where the level has it, it is the fastest of these.
             fast = [r for r in fast if r.fused_loss] or fast
-            times = [self.seconds(s._rung(r, inb)) for r in fast for inb in s._inb()]
+            times = [self.seconds(s.rung(r, inb)) for r in fast for inb in s.per_layer_options()]
             if not times or any(t is None for t in times):
                 raise Unpriced
             terms = (min(t for t in times if t is not None), min(peaks))
@@ -158,42 +182,3 @@ class LadderBounds:
 
 class Unpriced(Exception):
     """The step-time model cannot price a rung (no bound applies)."""
-
-
-def adds_no_time(rung: Savers) -> bool:
-    """Whether a rung may be as fast as any of its level: recomputation and activation
-    offload only add time (cost.py: recompute, exposed PCIe traffic), while the fused loss
-    takes time off (fewer logit bytes moved)."""
-    return rung.checkpointing is Checkpointing.NONE and not rung.activation_offload
-
-
-@functools.cache
-def saver_ids(rung: Savers) -> frozenset[str]:
-    """The technique ids a saver rung adds to a configuration (see config_techniques)."""
-    ids = set(OFFLOAD_IDS.get(rung.offload, []))
-    if rung.checkpointing in CHECKPOINTING_IDS:
-        ids.add(CHECKPOINTING_IDS[rung.checkpointing])
-    if rung.optimizer_in_backward:
-        ids.add(OPTIMIZER_IN_BACKWARD_ID)
-    if rung.activation_offload:
-        ids.add(ACTIVATION_OFFLOAD_ID)
-    if rung.fused_loss:
-        ids.add(FUSED_LOSS_ID)
-    return frozenset(ids)
-
-
-def leanest_rung(level: list[Savers]) -> Savers:
-    """The rung of a level that keeps the least: the deepest recomputation, with activation
-    offload and the fused loss where the level has them."""
-    depth = {ck: i for i, ck in enumerate(CKPT_DEPTH)}
-    return max(level, key=lambda r: (depth[r.checkpointing], r.activation_offload, r.fused_loss))
-
-
-# Recomputation levels by how much they save (the leanest rung is the deepest).
-CKPT_DEPTH = (
-    Checkpointing.NONE,
-    Checkpointing.SELECTIVE,
-    Checkpointing.SELECTIVE_OP,
-    Checkpointing.SELECTIVE_LAYER,
-    Checkpointing.FULL,
-)

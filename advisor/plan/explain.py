@@ -8,18 +8,12 @@ from collections.abc import Callable, Sequence
 from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
 from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
+from advisor.plan.constraints import compatible, hard_constraint, techniques_of
+from advisor.plan.evaluator import Evaluator, Plan, memory_reason
+from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
 from advisor.plan.models import Reason, Suggestion, WhyNot
 from advisor.plan.rank import Row
-from advisor.plan.search import (
-    Evaluator,
-    Plan,
-    best_geometry,
-    compatible,
-    hard_constraint,
-    memory_reason,
-    techniques_of,
-)
 from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
 from advisor.rules.engine import Decision
 from advisor.units import format_bytes

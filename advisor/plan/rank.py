@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from advisor.config import Precision, Task
-from advisor.plan.search import EQUIVALENT, Plan
+from advisor.plan.evaluator import EQUIVALENT, Plan
 from advisor.plan.space import Objective, describe_config, objective_score
 
 

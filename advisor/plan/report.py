@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from advisor.cost.convergence import TimeToTarget, plan_steps, time_to_target
 from advisor.hardware.target import Target
+from advisor.plan.evaluator import CostFn, Evaluator, Plan
 from advisor.plan.explain import (
     effect,
     plan_reasons,
@@ -23,7 +24,7 @@ from advisor.plan.models import (
     WorkloadSummary,
 )
 from advisor.plan.rank import Row, rank_plans, row_cutoff
-from advisor.plan.search import CostFn, Evaluator, Plan, search
+from advisor.plan.search import search
 from advisor.plan.space import (
     MEMORY_SAFETY_MARGIN,
     QUALITY_RULE_FACTOR,
