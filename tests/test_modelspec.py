@@ -12,7 +12,7 @@ import pytest
 
 from advisor.data.resources import profiles_dir
 from advisor.errors import DataError, UserError
-from advisor.model.spec import (
+from advisor.model import (
     Arch,
     Mlp,
     ModelSpec,
