@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -302,47 +303,63 @@ def _llama_like(model_type: str, cfg: dict[str, Any], p: Path) -> dict[str, Any]
             num_experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok")
         )
     if model_type == "qwen3_moe":
-        step = _int(g("decoder_sparse_step"), "decoder_sparse_step", p)
-        only = set(_int_list(o("mlp_only_layers"), "mlp_only_layers", p))
-        experts = _int(g("num_experts"), "num_experts", p)
-        # transformers: a layer is sparse when it is not in mlp_only_layers, num_experts > 0
-        # and (index + 1) is a multiple of decoder_sparse_step.
-        dense = [
-            i
-            for i in range(layers)
-            if i in only or experts <= 0 or step <= 0 or (i + 1) % step != 0
-        ]
-        fields.update(
-            num_experts=experts,
-            experts_per_token=g("num_experts_per_tok"),
-            moe_intermediate_size=g("moe_intermediate_size"),
-            dense_layers=tuple(dense),
-        )
-        if len(dense) == layers:  # no sparse layer at all: a dense Qwen3
-            for key in ("num_experts", "experts_per_token", "moe_intermediate_size"):
-                fields.pop(key)
-            fields.pop("dense_layers")
+        fields.update(_qwen3_moe_fields(g, o, layers, p))
     if model_type == "deepseek_v3":
-        mla: dict[str, int | None] = {
-            key: _int(g(key), key, p)
-            for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
-        }
-        q_rank = o("q_lora_rank")  # null: a full q_proj (DeepSeek-V2-Lite)
-        mla["q_lora_rank"] = None if q_rank is None else _int(q_rank, "q_lora_rank", p)
-        # NOTE: transformers makes layer i an MoE layer when i >= first_k_dense_replace and
-        # ignores moe_layer_freq (1 in every released DeepSeek-V2/V3 config).
-        first_dense = _int(g("first_k_dense_replace"), "first_k_dense_replace", p)
-        fields.update(
-            mla=mla,
-            head_dim=_int(g("qk_nope_head_dim"), "qk_nope_head_dim", p)
-            + _int(g("qk_rope_head_dim"), "qk_rope_head_dim", p),
-            num_key_value_heads=heads,  # MLA expands keys and values to every head
-            num_experts=g("n_routed_experts"),
-            experts_per_token=g("num_experts_per_tok"),
-            moe_intermediate_size=g("moe_intermediate_size"),
-            shared_experts=o("n_shared_experts") or 0,
-            dense_layers=tuple(range(min(first_dense, layers))),
-        )
+        fields.update(_deepseek_v3_fields(g, o, heads, layers, p))
+    return fields
+
+
+def _qwen3_moe_fields(
+    g: Callable[[str], Any], o: Callable[..., Any], layers: int, p: Path
+) -> dict[str, Any]:
+    """Qwen3-MoE's experts and its dense (mlp_only / off-step) layers; none for a dense one."""
+    fields: dict[str, Any] = {}
+    step = _int(g("decoder_sparse_step"), "decoder_sparse_step", p)
+    only = set(_int_list(o("mlp_only_layers"), "mlp_only_layers", p))
+    experts = _int(g("num_experts"), "num_experts", p)
+    # transformers: a layer is sparse when it is not in mlp_only_layers, num_experts > 0
+    # and (index + 1) is a multiple of decoder_sparse_step.
+    dense = [
+        i for i in range(layers) if i in only or experts <= 0 or step <= 0 or (i + 1) % step != 0
+    ]
+    fields.update(
+        num_experts=experts,
+        experts_per_token=g("num_experts_per_tok"),
+        moe_intermediate_size=g("moe_intermediate_size"),
+        dense_layers=tuple(dense),
+    )
+    if len(dense) == layers:  # no sparse layer at all: a dense Qwen3
+        for key in ("num_experts", "experts_per_token", "moe_intermediate_size"):
+            fields.pop(key)
+        fields.pop("dense_layers")
+    return fields
+
+
+def _deepseek_v3_fields(
+    g: Callable[[str], Any], o: Callable[..., Any], heads: Any, layers: int, p: Path
+) -> dict[str, Any]:
+    """DeepSeek-V3's multi-head latent attention, routed and shared experts, dense first layers."""
+    fields: dict[str, Any] = {}
+    mla: dict[str, int | None] = {
+        key: _int(g(key), key, p)
+        for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    }
+    q_rank = o("q_lora_rank")  # null: a full q_proj (DeepSeek-V2-Lite)
+    mla["q_lora_rank"] = None if q_rank is None else _int(q_rank, "q_lora_rank", p)
+    # NOTE: transformers makes layer i an MoE layer when i >= first_k_dense_replace and
+    # ignores moe_layer_freq (1 in every released DeepSeek-V2/V3 config).
+    first_dense = _int(g("first_k_dense_replace"), "first_k_dense_replace", p)
+    fields.update(
+        mla=mla,
+        head_dim=_int(g("qk_nope_head_dim"), "qk_nope_head_dim", p)
+        + _int(g("qk_rope_head_dim"), "qk_rope_head_dim", p),
+        num_key_value_heads=heads,  # MLA expands keys and values to every head
+        num_experts=g("n_routed_experts"),
+        experts_per_token=g("num_experts_per_tok"),
+        moe_intermediate_size=g("moe_intermediate_size"),
+        shared_experts=o("n_shared_experts") or 0,
+        dense_layers=tuple(range(min(first_dense, layers))),
+    )
     return fields
 
 
