@@ -56,7 +56,7 @@ from advisor.hardware.profiles import (
     load_hardware_profiles,
 )
 from advisor.memory import estimate_memory
-from advisor.model.spec import ModelSpec, get_model_profile
+from advisor.model import ModelSpec, get_model_profile
 from advisor.rules.taxonomy import load_taxonomy
 
 HERE = Path(__file__).parent

@@ -24,7 +24,7 @@ from advisor.app.recommend import _cost_fn
 from advisor.config import Attention, Precision, Task
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
-from advisor.model.spec import get_model_profile, resolve_model_size
+from advisor.model import get_model_profile, resolve_model_size
 from advisor.plan.rank import rank_plans, row_cutoff
 from advisor.plan.search import search
 from advisor.plan.space import (

@@ -37,7 +37,7 @@ def _inside(args: list[str]) -> dict[str, float]:
 
     skip_pydantic_plugins()  # as the CLI does before its first model class
     from advisor.app.recommend import RecommendRequest, run_recommend
-    from advisor.model.spec import resolve_model_size
+    from advisor.model import resolve_model_size
 
     t1 = time.perf_counter()
     flags = dict(zip(args[::2], args[1::2], strict=True))

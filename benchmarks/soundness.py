@@ -34,7 +34,7 @@ from advisor.app.recommend import _cost_fn
 from advisor.config import Checkpointing, Precision, Sharding, Task, TrainingConfig
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
 from advisor.plan.evaluator import Evaluator
 from advisor.plan.geometry import best_geometry

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from advisor.calibration import cache as cal_cache
-from advisor.calibration.runner import _fit_quadratic, run_calibration
+from advisor.calibration.layers import fit_quadratic
+from advisor.calibration.runner import run_calibration
 from advisor.calibration.timing import measure, summarize
 from advisor.cost import layer_shape
 from advisor.cost.data import CACHE_SCHEMA_VERSION, CalibrationCache
@@ -125,7 +126,7 @@ def test_unknown_device_and_mode_are_user_errors(cache_dir: Path) -> None:
 def test_quadratic_fit_recovers_a_known_curve() -> None:
     xs = [128.0, 256.0, 512.0, 1024.0, 2048.0]
     ys = [3e-8 * x * x + 2e-5 * x + 1e-3 for x in xs]
-    a, b, c = _fit_quadratic(xs, ys)
+    a, b, c = fit_quadratic(xs, ys)
     assert a == pytest.approx(3e-8, rel=1e-6) and b == pytest.approx(2e-5, rel=1e-5)
     assert c == pytest.approx(1e-3, rel=1e-4)
 

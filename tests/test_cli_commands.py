@@ -190,9 +190,9 @@ def test_recommend_request_defaults_are_the_cli_defaults() -> None:
 def test_the_model_config_help_names_every_model_type_accepted() -> None:
     import re
 
-    from advisor.model.spec import _HF_TYPES
+    from advisor.model import HF_TYPES
     from advisor.shell.cli import ModelConfigOpt
 
     help_text = ModelConfigOpt.__metadata__[0].help
     named = set(re.findall(r"[a-z][a-z0-9_]+", help_text.split("model_type", 1)[1]))
-    assert set(_HF_TYPES) <= named, sorted(set(_HF_TYPES) - named)
+    assert set(HF_TYPES) <= named, sorted(set(HF_TYPES) - named)

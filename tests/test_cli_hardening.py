@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from advisor.app.limits import BOUNDS, MAX_SEQ_LEN
 from advisor.hardware.profiles import load_hardware_profiles
-from advisor.model.spec import load_model_profiles
+from advisor.model import load_model_profiles
 from advisor.rules.ruleset import load_rules
 from advisor.rules.taxonomy import load_taxonomy
 from advisor.shell.cli import app

@@ -24,7 +24,7 @@ from advisor.cost.data import (
     ShapeResults,
     Timing,
 )
-from advisor.model.spec import resolve_model_size
+from advisor.model import resolve_model_size
 from advisor.shell.cli import app
 
 runner = CliRunner()

@@ -21,7 +21,7 @@ from advisor.cost.convergence import (
     steps_vs_adamw,
     time_to_target_rel,
 )
-from advisor.model.spec import resolve_model_size
+from advisor.model import resolve_model_size
 from advisor.plan import RecommendReport
 from advisor.rules.checks import DefectKind, check_rules
 from advisor.rules.taxonomy import Basis, Category, StateKind, load_taxonomy

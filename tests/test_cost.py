@@ -24,7 +24,7 @@ from advisor.cost.data import (
     Timing,
 )
 from advisor.hardware.profiles import get_hardware_profile
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 
 A100 = get_hardware_profile("a100-sxm-80gb")
 LLAMA = get_model_profile("llama-2-7b")

@@ -13,7 +13,7 @@ import pytest
 from advisor.config import Checkpointing, Precision, Stack, Task, TrainingConfig
 from advisor.cost import predict_step_time
 from advisor.hardware.profiles import get_hardware_profile
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 
 H100 = get_hardware_profile("h100-sxm-80gb")
 L40S = get_hardware_profile("l40s")

@@ -14,7 +14,7 @@ import pytest
 from advisor.config import Checkpointing, Precision, Sharding, Stack, Task, TrainingConfig
 from advisor.cost import _stage_layers, predict_step_time
 from advisor.hardware.profiles import get_hardware_profile
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 
 H100 = get_hardware_profile("h100-sxm-80gb")
 A100 = get_hardware_profile("a100-sxm-80gb")

@@ -19,7 +19,7 @@ from advisor.app.recommend import (
 from advisor.config import Offload, Sharding
 from advisor.errors import UserError
 from advisor.export import EmitTarget, emit_config, same_plan
-from advisor.model.spec import resolve_model_size
+from advisor.model import resolve_model_size
 from advisor.plan import RecommendReport
 from advisor.shell.cli import app
 

@@ -39,7 +39,7 @@ from advisor.cost.data import (
 )
 from advisor.errors import UserError
 from advisor.hardware.profiles import get_hardware_profile
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 
 A100 = get_hardware_profile("a100-sxm-80gb")
 H100 = get_hardware_profile("h100-sxm-80gb")

@@ -247,12 +247,12 @@ def test_wrong_types_in_config_json_are_errors(field: str, value: Any, tmp_path:
 
 
 def test_config_json_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import advisor.model.spec as modelspec
+    import advisor.model.hf_config as hf_config
 
     def second_read(*args: object) -> None:
         raise AssertionError("config.json was read a second time, past the checks")
 
-    monkeypatch.setattr(modelspec, "load_hf_config", second_read)
+    monkeypatch.setattr(hf_config, "load_hf_config", second_read)
     path = tmp_path / "config.json"
     path.write_text(json.dumps(LLAMA))
     result = runner.invoke(app, ["estimate", "--model-config", str(path), "--json"])

@@ -411,7 +411,7 @@ def test_convergence_skips_what_it_cannot_import(monkeypatch: pytest.MonkeyPatch
     import importlib.util
 
     import advisor.calibration.convergence as conv
-    from advisor.model.spec import resolve_model_size
+    from advisor.model import resolve_model_size
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

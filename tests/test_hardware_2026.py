@@ -19,7 +19,7 @@ from advisor.cost import AttentionKernel, attention_kernel, predict_step_time
 from advisor.errors import UserError
 from advisor.hardware.profiles import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.hardware.target import match_gpu_profile, target_from_profile
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 from advisor.plan.layout import Layout, enumerate_layouts
 from advisor.shell.cli import app
 from advisor.units import GIB

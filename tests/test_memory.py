@@ -285,7 +285,7 @@ def test_zero_offload_keeps_one_gradient_bucket_on_the_device() -> None:
     # during backward: 13B on one V100 holds one 5e8-element bucket, not 26 GB of gradients.
     from advisor.export import BUCKET_ELEMENTS
     from advisor.memory import OFFLOAD_BUCKET_ELEMENTS, estimate_memory
-    from advisor.model.spec import resolve_model_size
+    from advisor.model import resolve_model_size
     from advisor.units import GIB
 
     assert BUCKET_ELEMENTS == OFFLOAD_BUCKET_ELEMENTS  # the exported config says the same

@@ -13,7 +13,7 @@ import pytest
 
 from advisor.config import Attention, Precision
 from advisor.memory import layer_activation_bytes
-from advisor.model.spec import load_hf_config
+from advisor.model import load_hf_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -82,7 +82,7 @@ def test_mla_latent_down_projections_are_replicated_under_tensor_parallelism() -
     every tensor-parallel rank; the up-projections are column-parallel."""
     from advisor.config import Task, TrainingConfig
     from advisor.memory import _local_tensors, _shape_of, param_tensors
-    from advisor.model.spec import get_model_profile
+    from advisor.model import get_model_profile
 
     spec = get_model_profile("deepseek-v3")
     config = TrainingConfig(task=Task.PRETRAIN, tensor_parallel=8)

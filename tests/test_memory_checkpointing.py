@@ -30,7 +30,7 @@ from advisor.memory import (  # noqa: E402
     estimate_memory,
     selective_op_recompute_share,
 )
-from advisor.model.spec import get_model_profile  # noqa: E402
+from advisor.model import get_model_profile  # noqa: E402
 from advisor.rules.taxonomy import load_taxonomy  # noqa: E402
 from tests.livemem import LiveBytes  # noqa: E402
 from tests.memhelpers import SHAPES, build_model, spec_for  # noqa: E402
@@ -194,7 +194,7 @@ def test_op_policy_on_transformers_families(case: str, tmp_path: Any) -> None:
     which the policy does not save, while a GPU's flash kernel is saved.)"""
     import transformers
 
-    from advisor.model.spec import load_hf_config
+    from advisor.model import load_hf_config
     from tests.test_model_families import _BASE, CASES, _config, _write
 
     _, model_type, keys = next(c for c in CASES if c[0] == case)

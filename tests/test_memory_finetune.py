@@ -23,7 +23,7 @@ from advisor.memory import (
     estimate_memory,
     paged_residency,
 )
-from advisor.model.spec import get_model_profile
+from advisor.model import get_model_profile
 from advisor.rules.taxonomy import load_taxonomy
 from tests.memhelpers import spec_for
 

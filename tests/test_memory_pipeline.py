@@ -13,7 +13,7 @@ import pytest
 from advisor.config import Precision, Sharding, Stack, Task, TrainingConfig
 from advisor.errors import UserError
 from advisor.memory import estimate_memory, inflight_block_microbatches, pipeline_split
-from advisor.model.spec import load_model_profiles
+from advisor.model import load_model_profiles
 from advisor.rules.taxonomy import load_taxonomy
 
 TAX = {t.id: t for t in load_taxonomy().techniques}

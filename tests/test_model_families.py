@@ -19,8 +19,7 @@ import pytest
 
 from advisor.config import Attention, Precision
 from advisor.memory import layer_activation_bytes
-from advisor.model.spec import (
-    _HF_DEFAULTS,
+from advisor.model import (
     Arch,
     BlockNorms,
     ModelSpec,
@@ -28,6 +27,7 @@ from advisor.model.spec import (
     load_hf_config,
     load_model_profiles,
 )
+from advisor.model.hf_config import HF_DEFAULTS
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -207,9 +207,9 @@ def test_family_counts_and_tensors_equal_transformers(
 
 
 def test_the_cases_cover_every_llama_like_model_type() -> None:
-    from advisor.model.spec import _LLAMA_LIKE
+    from advisor.model.hf_config import LLAMA_LIKE
 
-    assert {c[1] for c in CASES} == set(_LLAMA_LIKE)
+    assert {c[1] for c in CASES} == set(LLAMA_LIKE)
 
 
 def test_family_specific_structure_is_read(tmp_path: Path) -> None:
@@ -231,10 +231,10 @@ def test_family_specific_structure_is_read(tmp_path: Path) -> None:
     assert spec("qwen3-moe-sparse-step").dense_layers == (0, 2)
 
 
-@pytest.mark.parametrize("model_type", sorted(_HF_DEFAULTS))
+@pytest.mark.parametrize("model_type", sorted(HF_DEFAULTS))
 def test_default_table_is_transformers_defaults(model_type: str) -> None:
     cfg = transformers.AutoConfig.for_model(model_type)
-    for key, value in _HF_DEFAULTS[model_type].items():
+    for key, value in HF_DEFAULTS[model_type].items():
         assert getattr(cfg, key) == value, key
 
 

@@ -12,10 +12,12 @@ import pytest
 
 from advisor.data.resources import profiles_dir
 from advisor.errors import DataError, UserError
-from advisor.model.spec import (
+from advisor.model import (
     Arch,
+    FamilyTraits,
     Mlp,
     ModelSpec,
+    ModuleLayout,
     Norm,
     Position,
     get_model_profile,
@@ -367,3 +369,59 @@ def test_load_hf_config_accepts_a_folder(tmp_path: Path) -> None:
     assert spec.source.startswith("file://")
     with pytest.raises(UserError, match="not found"):
         load_hf_config(tmp_path / "empty")
+
+
+# --- family traits and the typed shape ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "layout", "conv1d"),
+    [
+        ("tiny-gpt2.json", ModuleLayout.GPT2, True),
+        ("tiny-opt.json", ModuleLayout.OPT, False),
+        ("tiny-bert.json", ModuleLayout.BERT, False),
+        ("tiny-llama.json", ModuleLayout.LLAMA, False),
+        ("tiny-mixtral.json", ModuleLayout.LLAMA, False),
+    ],
+)
+def test_the_hf_readers_declare_the_family_traits(
+    config: str, layout: ModuleLayout, conv1d: bool
+) -> None:
+    spec = load_hf_config(CONFIGS / config)
+    assert spec.traits.layout is layout
+    # transformers' GPT2Attention holds c_attn as a Conv1D (weight (in, out)); the others nn.Linear.
+    assert spec.traits.conv1d is conv1d
+    assert spec.traits.python_gelu is conv1d  # GPT-2's NewGELUActivation, written in Python
+
+
+def test_profiles_take_their_family_traits_and_an_encoder_follows_bert() -> None:
+    for spec in PROFILES.values():
+        if spec.family in ("gpt2", "opt", "bert"):
+            assert spec.traits.layout.value == spec.family, spec.id
+        elif spec.arch is Arch.DECODER:
+            assert spec.traits == FamilyTraits(), spec.id
+    bert = PROFILES["bert-large"].model_dump()
+    other = ModelSpec.model_validate({**bert, "id": "enc", "family": "roberta", "traits": None})
+    assert other.traits.layout is ModuleLayout.BERT and not other.traits.conv1d
+    assert other.parameter_count() == PROFILES["bert-large"].parameter_count()
+
+
+@pytest.mark.parametrize("model_id", TRANSFORMER_IDS)
+def test_the_typed_shape_states_the_spec_dimensions(model_id: str) -> None:
+    spec = PROFILES[model_id]
+    shape = spec.shape
+    assert (shape.hidden, shape.layers, shape.heads) == (
+        spec.hidden_size,
+        spec.num_layers,
+        spec.num_attention_heads,
+    )
+    assert (shape.kv_heads, shape.head_dim, shape.vocab) == (
+        spec.num_key_value_heads,
+        spec.head_dim,
+        spec.vocab_size,
+    )
+    assert shape.moe_layers == spec.moe_layer_count()
+    assert shape.expert_ffn == spec.expert_intermediate_size
+    short = shape.as_dict()
+    assert list(short)[:3] == ["h", "L", "a"] and short["Lm"] == shape.moe_layers
+    assert short["mla"] == int(spec.mla is not None)

@@ -9,7 +9,7 @@ import pytest
 
 from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.errors import UserError
-from advisor.model.spec import get_model_profile, resolve_model_size
+from advisor.model import get_model_profile, resolve_model_size
 from advisor.plan import RecommendReport
 from advisor.units import GIB
 
@@ -502,7 +502,7 @@ def test_layouts_are_validated_where_they_are_built() -> None:
     # A layout's degrees multiply to the world size, and TP stays inside a node.
     from pydantic import ValidationError
 
-    from advisor.model.spec import get_model_profile
+    from advisor.model import get_model_profile
     from advisor.plan.layout import Layout, enumerate_layouts
 
     with pytest.raises(ValidationError):

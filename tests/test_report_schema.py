@@ -158,7 +158,7 @@ def _neutral(fact: Any) -> Any:
 
 def test_the_trade_line_names_the_quality_rule_that_outweighs_speed() -> None:
     from advisor.app.recommend import RecommendRequest, run_recommend
-    from advisor.model.spec import get_model_profile
+    from advisor.model import get_model_profile
 
     request = RecommendRequest.from_flags(
         spec=get_model_profile("llama-3.1-8b"), hardware="rtx-4090", calibrate=False

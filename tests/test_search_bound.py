@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from advisor.app.recommend import RecommendRequest, run_recommend
-from advisor.model.spec import get_model_profile, resolve_model_size
+from advisor.model import get_model_profile, resolve_model_size
 from advisor.plan import search
 from advisor.plan.models import RecommendReport
 from advisor.plan.space import objective_score, plan_step_factor

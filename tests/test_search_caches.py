@@ -27,7 +27,7 @@ from advisor.memory import (
     estimate_memory,
     memory_totals,
 )
-from advisor.model.spec import get_model_profile, resolve_model_size
+from advisor.model import get_model_profile, resolve_model_size
 from advisor.plan import search
 from advisor.plan.space import estimate
 from advisor.rules.taxonomy import load_taxonomy

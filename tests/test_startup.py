@@ -24,7 +24,7 @@ from advisor.errors import DataError
 from advisor.hardware.probe import _nvml_library_loads
 from advisor.hardware.profiles import load_hardware_profiles
 from advisor.memory import MemoryEstimate, estimate_memory
-from advisor.model.spec import resolve_model_size
+from advisor.model import resolve_model_size
 from advisor.rules.taxonomy import load_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -215,9 +215,9 @@ def run_convergence(
     from advisor.torchload import import_torch
 
     torch = import_torch()
-    from advisor.calibration.runner import _check_device
+    from advisor.calibration.device import check_device
 
-    _check_device(torch, device)
+    check_device(torch, device)
     # NOTE: the proxy's matrices are tiny, so one thread is as fast as two on a quiet machine
     # and far faster on a busy one (two threads spin against other processes: 55 ms vs 2-4 s
     # per step measured at load 9 on a 2-core EPYC).

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from advisor.errors import UserError
+from advisor.model.hf_config import hf_name, slug
 from advisor.model.inventory import Inventory, InvGroup, RawModel, build_inventory, find, roles
 from advisor.model.spec import (
     Arch,
@@ -35,9 +36,8 @@ from advisor.model.spec import (
     Norm,
     Position,
     QkNorm,
-    _hf_name,
-    _slug,
 )
+from advisor.model.traits import family_traits
 
 # NOTE: the sequence length assumed for a model whose config states no position limit
 # (T5's relative buckets, Mamba's recurrence); say --seq-len to override it.
@@ -312,12 +312,14 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
         fields, notes = spec_fields(raw, inv)
     except UserError as exc:
         raise type(exc)(f"{p}: {exc.message}", exc.hint) from None
-    name = _hf_name(cfg, p)
+    name = hf_name(cfg, p)
+    family = "".join(ch for ch in raw.model_type.lower() if ch.isalnum()) or "hf"
     fields.update(
-        id=_slug(name, raw.model_type),
+        id=slug(name, raw.model_type),
         name=name or raw.model_type,
-        family="".join(ch for ch in raw.model_type.lower() if ch.isalnum()) or "hf",
+        family=family,
         source=p.resolve().as_uri(),
+        traits=family_traits(family, fields["arch"]),
     )
     try:
         plain = ModelSpec.model_validate(fields)

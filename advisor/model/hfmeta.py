@@ -1,7 +1,7 @@
 """Read a model's parameters off the real ``transformers`` module, built on the meta device.
 
 The general path for a ``config.json`` whose ``model_type`` no built-in family of
-:mod:`advisor.model.spec` reads. ``transformers`` is the field's own reader of its configs
+:mod:`advisor.model.hf_config` reads. ``transformers`` is the field's own reader of its configs
 (an optional extra: ``pip install optadvise[hf]``): the config object is built from the
 local dict with ``AutoConfig.for_model`` (no hub id, no download, no remote code) and the
 model instantiated under ``torch.device("meta")`` (shapes, no storage). What is read —
@@ -24,9 +24,10 @@ from typing import Any
 from advisor import notes
 from advisor.data.cache import cached_value
 from advisor.errors import UserError
+from advisor.model.hf_config import UnsupportedModelType, spec_from_hf_config
 from advisor.model.hfgeneral import behaviour_notes, spec_from_raw
 from advisor.model.inventory import RawModel, RawParam
-from advisor.model.spec import ModelSpec, UnsupportedModelType, spec_from_hf_config
+from advisor.model.spec import ModelSpec
 
 _MODEL_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _HINT = "pass a Hugging Face config.json (or the model folder holding it)"
@@ -48,7 +49,7 @@ def spec_from_any_config(cfg: Any, p: Path) -> ModelSpec:
     ``model_type`` (or a vision-language model's ``text_config``), else the general path.
 
     Raises:
-        UserError: as :func:`advisor.model.spec.spec_from_hf_config`; for the general path
+        UserError: as :func:`advisor.model.hf_config.spec_from_hf_config`; for the general path
             also when transformers is missing, does not know the model_type, cannot build
             the model, or a module cannot be placed (one line naming it).
     """

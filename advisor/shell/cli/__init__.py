@@ -352,7 +352,7 @@ def profiles_list(json_out: JsonOpt = False) -> None:
 
 def _model_rows() -> list[tuple[str, str, str, int]]:
     try:
-        from advisor.model.spec import load_model_profiles
+        from advisor.model import load_model_profiles
     except ImportError:
         return []
     specs = load_model_profiles()
@@ -491,7 +491,7 @@ RopeScalingOpt = Annotated[
 def _resolve_model(model_size: str | None, model: str | None, model_config: Path | None) -> Any:
     """The model the flags name (default 7B), bounded (see advisor.app.limits)."""
     from advisor.app.limits import MIN_PARAMETERS, check_bound, check_model
-    from advisor.model.spec import get_model_profile, resolve_model_size
+    from advisor.model import get_model_profile, resolve_model_size
     from advisor.units import parse_count
 
     given = [

@@ -1,0 +1,81 @@
+"""Family behaviour as declared traits: what a family's reference implementation does that
+its shape fields do not say (tensor layout, Conv1D projections, activation and attention
+quirks), so that shared code branches on a trait, never on a family's name.
+
+A family without an entry in :data:`FAMILY_TRAITS` behaves as Llama (decoders) or BERT
+(encoders) does in transformers 5. The spec takes its traits from this table where it is
+built (:class:`advisor.model.spec.ModelSpec` fills them from ``family`` unless stated).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import Field
+
+from advisor.model.shape import Arch, FrozenModel
+
+
+class ModuleLayout(str, Enum):
+    """Which reference implementation's module tree (and tensor names) a model follows."""
+
+    LLAMA = "llama"  # transformers' LlamaDecoderLayer and its descendants
+    OPT = "opt"  # OPTDecoderLayer: q/k/v/out_proj, fc1/fc2, learned positions
+    GPT2 = "gpt2"  # GPT2Block: fused c_attn, Conv1D projections, wte/wpe
+    BERT = "bert"  # BertLayer: post-LN, embeddings.LayerNorm, pooler
+
+
+class FamilyTraits(FrozenModel):
+    """What a family's reference implementation does beyond its shape fields."""
+
+    layout: ModuleLayout = ModuleLayout.LLAMA
+    conv1d: bool = Field(
+        default=False,
+        description="projections are Conv1D (GPT-2): weights stored (in, out), always with "
+        "a bias (one addmm whatever the bias flags say), q, k and v one fused c_attn matrix",
+    )
+    python_gelu: bool = Field(
+        default=False,
+        description="the GELU is written out in Python (GPT-2's tanh GELU, NewGELUActivation): "
+        "its forward keeps more intermediates and its backward walks a chain of elementwise ops",
+    )
+    eager_softmax_fp32: bool = Field(
+        default=True,
+        description="eager attention runs its softmax in fp32 and casts back (HF's default); "
+        "False: in the compute dtype (GPT-2)",
+    )
+    position_ids_one_row: bool = Field(
+        default=False,
+        description="learned position ids are one row broadcast over the batch (GPT-2)",
+    )
+    eager_causal_mask: bool = Field(
+        default=False,
+        description="the eager attention path materialises an additive b x s x s causal mask "
+        "(GPT-2 under the HF stack)",
+    )
+
+
+_GPT2 = FamilyTraits(
+    layout=ModuleLayout.GPT2,
+    conv1d=True,
+    python_gelu=True,
+    eager_softmax_fp32=False,
+    position_ids_one_row=True,
+    eager_causal_mask=True,
+)
+# NOTE: the families whose reference implementation differs from Llama's (decoders) or
+# BERT's (encoders); every other family behaves as those two.
+FAMILY_TRAITS: dict[str, FamilyTraits] = {
+    "gpt2": _GPT2,
+    "opt": FamilyTraits(layout=ModuleLayout.OPT),
+    "bert": FamilyTraits(layout=ModuleLayout.BERT),
+}
+
+
+def family_traits(family: str, arch: Arch | str) -> FamilyTraits:
+    """The traits of a family (:data:`FAMILY_TRAITS`), else those of its architecture's
+    reference: BERT's for an encoder, Llama's for a decoder."""
+    known = FAMILY_TRAITS.get(family)
+    if known is not None:
+        return known
+    return FAMILY_TRAITS["bert"] if arch == Arch.ENCODER else FamilyTraits()
