@@ -14,7 +14,8 @@ from advisor.cost.setting import Setting, shard, trainable, trainable_local, wei
 _STEP_BASE_BYTES = 12
 # torch's foreach optimizers (the CUDA default) run each arithmetic op as its own pass over
 # every tensor: AdamW's _multi_tensor_adamw reads/writes each state ~4 times against fused
-# AdamW's one pass (torch/optim/adamw.py); measured 3-6x on CPU (FINDINGS.md). The fused
+# AdamW's one pass (torch/optim/adamw.py); measured 4.5-4.6x on one CPU thread at 25M and
+# 100M parameters (benchmarks/results/cpu_efficiency.json). The fused
 # stack uses fused AdamW (torchtitan's default, Megatron's apex/TE FusedAdam) where the
 # optimizer has a fused kernel (taxonomy memory.fused_step); bitsandbytes' 8-bit kernels
 # are fused on every stack; the others loop everywhere (memory.fused_step_on).
