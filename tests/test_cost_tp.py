@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from advisor.config import Checkpointing, Precision, Sharding, Stack, Task, TrainingConfig
-from advisor.cost import _stage_layers, predict_step_time
+from advisor.cost import predict_step_time, stage_layers
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.model import get_model_profile
 
@@ -80,11 +80,11 @@ def test_fp8_under_tp_casts_each_block_input_once_on_its_shard() -> None:
 def test_stages_hold_whole_layers_and_llama3_lightens_the_end_stages() -> None:
     # Dubey et al. 2024, sec. 3.3.2: 126 layers, 16 stages of 8 one-layer chunks, one layer
     # fewer on the first and the last stage.
-    assert _stage_layers(126, 16, 8) == (8.0, 7.0)
-    assert _stage_layers(126, 16, 1) == (8.0, 7.0)
+    assert stage_layers(126, 16, 8) == (8.0, 7.0)
+    assert stage_layers(126, 16, 1) == (8.0, 7.0)
     # Megatron's even splits: the last stage carries the head on top of its share.
-    assert _stage_layers(96, 16, 2) == (6.0, 6.0)
-    assert _stage_layers(126, 1, 1) == (126.0, 126.0)
+    assert stage_layers(96, 16, 2) == (6.0, 6.0)
+    assert stage_layers(126, 1, 1) == (126.0, 126.0)
 
 
 def test_the_head_runs_in_the_spare_of_a_lighter_last_stage() -> None:

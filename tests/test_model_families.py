@@ -472,10 +472,10 @@ def test_estimate_json_carries_active_parameters(ident: str) -> None:
 
 @pytest.mark.parametrize("ident", ["deepseek-v3", "qwen3-30b-a3b", "gemma-3-27b", "phi-4"])
 def test_cost_model_multiplies_the_active_parameters(ident: str) -> None:
-    from advisor.cost import _shape
+    from advisor.cost import model_shape
 
     spec = PROFILES[ident]
-    sh = _shape(spec)
+    sh = model_shape(spec)
     outside = spec.embedding_parameter_count()
     layers = spec.layer_repeats()
     # Averages over the blocks: exact up to the integer division.

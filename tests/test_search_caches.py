@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from advisor import cost, memory
+from advisor.app import recommend
 from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.config import (
     Checkpointing,
@@ -36,17 +37,6 @@ H100 = get_hardware_profile("h100-sxm-80gb")
 LLAMA = get_model_profile("llama-2-7b")
 
 
-def _clear() -> None:
-    cost._MICRO_BATCH.clear()
-    cost._SCALED.clear()
-
-
-def _micro(config: TrainingConfig, zeroth: bool = False) -> tuple[Any, float, float]:
-    """One micro-batch's terms, computed without the memo."""
-    step = cost._Step(LLAMA, config, None, H100, cost.efficiency_for(H100), None, 8)
-    return step.micro_batch(zeroth)
-
-
 # Values of each per-step field that a plan can take (and that the model accepts together).
 _PER_STEP_VALUES: dict[str, list[Any]] = {
     "optimizer": ["adamw", "lion-8bit", "adafactor", "muon"],
@@ -60,13 +50,6 @@ _PER_STEP_VALUES: dict[str, list[Any]] = {
     "lora_targets": [("k", "o", "q", "v"), ("down", "gate", "k", "o", "q", "up", "v")],
     "optimizer_impl": ["auto", "fused", "foreach"],
 }
-
-
-def test_the_per_step_fields_are_all_named_here() -> None:
-    assert set(_PER_STEP_VALUES) == set(cost._PER_STEP_FIELDS)
-    # Every other field of a configuration is in the memo's key.
-    fields = set(TrainingConfig.model_fields)
-    assert set(cost._MICRO_BATCH_FIELDS) == fields - cost._PER_STEP_FIELDS
 
 
 @pytest.mark.parametrize("field", sorted(_PER_STEP_VALUES))
@@ -86,13 +69,24 @@ def test_the_per_step_fields_are_all_named_here() -> None:
         TrainingConfig(task=Task.QLORA, dp_sgd=True, micro_batch=4, gpus=2),
     ],
 )
-def test_one_micro_batch_never_reads_a_per_step_field(field: str, base: TrainingConfig) -> None:
-    # The memo key leaves these fields out: changing one changes no micro-batch term.
-    expected = _micro(base)
+def test_plans_that_differ_once_per_step_share_their_micro_batch_terms(
+    field: str, base: TrainingConfig
+) -> None:
+    # The micro-batch terms receive only cost.MicroBatchConfig (their memo key): what acts
+    # once per step is not in it, so the search's plans that differ only there share one
+    # entry, and the step times with a shared memo equal the fresh ones.
+    memo = cost.StepMemo()
     for value in _PER_STEP_VALUES[field]:
         changed = base.model_copy(update={field: value})
-        assert _micro(changed) == expected, (field, value)
-        assert _micro(changed, zeroth=True) == _micro(base, zeroth=True), (field, value)
+        assert cost.micro_batch_config(changed) == cost.micro_batch_config(base), (field, value)
+        for order in ("first", "zeroth"):
+            shared = cost.predict_step_time(
+                LLAMA, changed, calibration=None, hardware=H100, optimizer_order=order, memo=memo
+            )
+            fresh = cost.predict_step_time(
+                LLAMA, changed, calibration=None, hardware=H100, optimizer_order=order
+            )
+            assert shared == fresh, (field, value, order)
 
 
 def test_memoised_step_times_equal_uncached_ones() -> None:
@@ -115,22 +109,19 @@ def test_memoised_step_times_equal_uncached_ones() -> None:
         )
     ]
 
-    def times() -> list[str]:
+    def times(memo: cost.StepMemo | None) -> list[str]:
         return [
-            cost.predict_step_time(LLAMA, c, calibration=None, hardware=H100).model_dump_json()
+            cost.predict_step_time(
+                LLAMA, c, calibration=None, hardware=H100, memo=memo
+            ).model_dump_json()
             for c in configs
         ]
 
-    _clear()
-    warm_first = times()  # filled as it goes: later configs hit earlier entries
-    cold = []
-    for c in configs:
-        _clear()
-        cold.append(
-            cost.predict_step_time(LLAMA, c, calibration=None, hardware=H100).model_dump_json()
-        )
+    memo = cost.StepMemo()
+    warm_first = times(memo)  # filled as it goes: later configs hit earlier entries
+    cold = times(None)  # no memo: every figure computed afresh
     assert warm_first == cold
-    assert times() == cold  # every entry a hit
+    assert times(memo) == cold  # every entry a hit
 
 
 def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,6 +135,14 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
         evaluators.append(self)
 
     monkeypatch.setattr(search.Evaluator, "__init__", capture)
+    cost_fns: list[tuple[Any, Any, Any]] = []
+    make_cost_fn = recommend._cost_fn
+
+    def capture_cost_fn(*args: Any) -> Any:
+        cost_fns.append(args)
+        return make_cost_fn(*args)
+
+    monkeypatch.setattr(recommend, "_cost_fn", capture_cost_fn)
     req = RecommendRequest.from_flags(
         spec=resolve_model_size("7B"),
         task="pretrain",
@@ -180,10 +179,9 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
         m = estimate(ev.ctx, c)
         assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes, m.paged_bytes), c
     assert ev.counts[0] == len(ev._mem.keys() | ev._totals.keys())
-    _clear()
+    ctx, calibration, profile = cost_fns[-1]
     for c, t in ev._time.items():
-        _clear()
-        assert t == ev.cost_fn(c), c
+        assert t == recommend._cost_fn(ctx, calibration, profile)(c), c  # a fresh memo
 
 
 @pytest.mark.parametrize("device", [None, DeviceOverheads.cpu()])

@@ -403,7 +403,10 @@ def _with_measured_precision(target: Target, calibration: Any) -> Target:
 
 
 def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callable[..., StepCost]:
-    from advisor.cost import predict_for_optimizer
+    """The step-time function of one search; it holds the cost model's memo for that search."""
+    from advisor.cost import StepMemo, predict_for_optimizer
+
+    memo = StepMemo()
 
     def cost(config: Any) -> StepCost:
         st = predict_for_optimizer(
@@ -413,6 +416,7 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
             calibration=calibration,
             hardware=profile,
             interconnect_gb_s=ctx.target.interconnect_gb_s or None,
+            memo=memo,
         )
         return StepCost(
             seconds=st.seconds,

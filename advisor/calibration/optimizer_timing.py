@@ -57,7 +57,8 @@ def time_optimizer(
         scale, why = math.sqrt(0.4 * free / (layer_params * 4 * 6)), "memory"
     if mode == "quick" and layer_params * scale**2 > QUICK_MAX_LAYER_PARAMS:
         # NOTE: the quick set is elementwise optimizers, whose cost per parameter is flat
-        # from 25M to 100M parameters at the same widths (FINDINGS.md); a 7B layer (202M)
+        # from 25M to 100M parameters (AdamW 1.22 ns/param fused, 5.50-5.58 foreach, at both:
+        # benchmarks/results/cpu_efficiency.json); a 7B layer (202M)
         # would spend minutes on repeats without changing the per-parameter figure.
         scale, why = math.sqrt(QUICK_MAX_LAYER_PARAMS / layer_params), "quick-mode time"
     out = []

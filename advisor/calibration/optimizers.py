@@ -182,8 +182,8 @@ OPTIMIZERS: dict[str, Entry] = {
     ),
     "psgd-kron": Entry(unavailable="Kron needs opt-einsum paths; timed in --full only"),
     "muon": Entry(
-        unavailable="torch's Muon iterates in bf16 (19 s/step at 6M on a CPU without "
-        "fast bf16, FINDINGS.md); timed on CUDA only",
+        unavailable="torch's Muon iterates in bf16, whose GEMMs run ~60x slower than fp32 on "
+        "a CPU without fast bf16 (benchmarks/results/cpu_efficiency.json); timed on CUDA only",
         variants=[Variant("default", _torch("Muon", lr=2e-2), devices=("cuda",))],
     ),
     "mezo": Entry([Variant("seeded", _mezo, needs="closure")]),

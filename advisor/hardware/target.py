@@ -151,8 +151,9 @@ def _interconnect(profile: HardwareProfile, nodes: int) -> float:
 
 # NOTE: analytic CPU peak = cores x clock x fp32 FLOPs per cycle per core: two FMA units of
 # 8 (AVX2) or 16 (AVX-512) lanes give 32 or 64 FLOPs/cycle. Memory bandwidth is not
-# readable without measuring; 10 GB/s per core is a conservative assumption (18.7 GB/s was
-# measured for one core on this machine kind, FINDINGS.md). Both are labelled analytic.
+# readable without measuring; 10 GB/s per core is a conservative assumption (a one-thread
+# 1 GiB copy ran at 13.1 GB/s on this machine kind under load, 2026-12-07:
+# benchmarks/results/cpu_efficiency.json). Both are labelled analytic.
 _CPU_GB_S_PER_CORE = 10.0
 
 

@@ -1,0 +1,240 @@
+"""Communication: the links' achievable bus bandwidth, and the exposed collectives of each
+parallelism: tensor-parallel all-gathers and reduce-scatters, expert-parallel all-to-alls,
+pipeline sends, and the data-parallel all-reduces and parameter gathers (DDP, ZeRO, FSDP,
+HSDP); measured NCCL/gloo bandwidth where the calibration has it."""
+
+from __future__ import annotations
+
+from advisor.config import Checkpointing, Sharding, TrainingConfig
+from advisor.cost.result import ComponentTime, Source
+from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
+
+
+def link(
+    s: Setting, crosses_nodes: bool, *, data_parallel: bool = False, per_node: int = 1
+) -> tuple[float, str]:
+    """Achievable bus bandwidth (bytes/s) of a collective's ring and the link's name.
+
+    Inside a node: the NVLink (or PCIe) one-way rate x the NCCL bus-bandwidth share.
+    Across nodes a ring enters each node once per channel, one channel per NIC, so the
+    ``per_node`` members of the group that share a node share their NICs: bus bandwidth
+    = min(intra-node, per_node x per-GPU NIC x share) (nccl-tests PERFORMANCE.md).
+    """
+    hw = s.hw
+    intra = hw.intra_node if hw is not None else None
+    inter = hw.inter_node if hw is not None else None
+    intra_bidir = (intra.bandwidth_gb_s if intra else None) or s.link_override or 25.0
+    intra_bw = intra_bidir / 2 * s.eff.comm_intra.value * 1e9
+    if not crosses_nodes:
+        return intra_bw, intra.name if intra else "PCIe/host link"
+    nic = (s.link_override if data_parallel else None) or (
+        inter.bandwidth_gb_s if inter else intra_bidir
+    )
+    nic_bw = nic / 2 * s.eff.comm_inter.value * 1e9
+    name = inter.name if inter else "inter-node link"
+    return min(intra_bw, max(1, per_node) * nic_bw), name
+
+
+def measured_busbw(s: Setting, op: str, ranks: int) -> float | None:
+    """A local NCCL measurement for a single-node group, in bytes/s."""
+    if s.cal is None or not s.cal.collectives or ranks > s.cal.collective_ranks:
+        return None
+    value = s.cal.collectives.get(op)
+    return value * 1e9 if value else None
+
+
+# --- per micro-batch ----------------------------------------------------------------------
+
+
+def tp_comm(s: Setting) -> float:
+    """Exposed tensor-parallel collectives of one block, one micro-batch.
+
+    With sequence parallelism each block does 2 all-gathers and 2 reduce-scatters of a
+    (tokens x h) activation forward and the same backward (Korthikanti et al. 2022,
+    sec. 4.2.2); a full recompute repeats the forward's. Under FP8 the forward
+    all-gathers carry the FP8-cast GEMM input (1 byte per element; torchao's
+    Float8ColwiseParallel, Transformer Engine's sequence-parallel FP8 all-gather);
+    reduce-scatters sum 16-bit outputs and gradients.
+
+    Overlapped TP (:func:`tp_hidden_share`) splits each collective into ``t`` per-rank
+    chunks pipelined with the partial GEMMs that consume or produce them (Wang et al.
+    2023, "Overlap Communication with Dependent Computation via Decomposition";
+    torchtitan async TP; Transformer Engine userbuffers): the profile's fitted
+    ``tp_overlap`` share is hidden, never more than the ``(t - 1) / t`` chunks that have
+    a partial GEMM to run under.
+    """
+    if s.tp == 1:
+        return 0.0
+    act = 4 if s.dtype in ("fp32", "tf32") else 2
+    per = s.tokens * s.sh.hidden * act * (s.tp - 1) / s.tp
+    full = s.mb.checkpointing is Checkpointing.FULL
+    count = 8.0 + (4 if full else 0)
+    if s.fp8 and s.eff.gemm_fp8 is not None:
+        count -= (2 + (2 if full else 0)) / 2
+    bw = measured_busbw(s, "all_gather", s.tp) or link(s, s.tp > s.node)[0]
+    seconds = count * per / bw
+    hidden = tp_hidden_share(s)
+    return seconds * (1.0 - hidden)
+
+
+def tp_hidden_share(s: Setting) -> float:
+    """Share of the TP collectives hidden under the dependent GEMMs (0 when not
+    overlapped or where no share is fitted for the generation)."""
+    if s.tp == 1 or not s.mb.tp_overlapped or s.eff.tp_overlap is None:
+        return 0.0
+    return min(s.eff.tp_overlap.value, (s.tp - 1) / s.tp)
+
+
+def ep_comm(s: Setting) -> float:
+    """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
+    combine, forward and backward (Lepikhin et al. 2021; Fedus et al. 2022)."""
+    if s.ep <= 1 or s.spec.num_experts <= 1:
+        return 0.0
+    per = s.tokens * s.spec.experts_per_token * s.sh.hidden * 2 * (s.ep - 1) / s.ep
+    bw, _ = link(s, s.ep * s.tp > s.node)
+    return 4 * per / bw
+
+
+def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:
+    """Add one micro-batch's exposed TP, EP and pipeline transfers on one stage to ``parts``."""
+    L = s.stage_layers
+    tp_s = tp_comm(s) * L
+    if tp_s:
+        parts["tensor_parallel_comm"] = ComponentTime(
+            seconds=tp_s,
+            source=Source.ANALYTIC,
+            detail=f"TP={s.tp} sequence-parallel all-gather/reduce-scatter, "
+            + (
+                f"{tp_hidden_share(s):.0%} hidden (overlapped TP)"
+                if tp_hidden_share(s)
+                else "exposed"
+            ),
+        )
+    ep_s = ep_comm(s) * L
+    if ep_s:
+        parts["expert_all_to_all"] = ComponentTime(
+            seconds=ep_s, source=Source.ANALYTIC, detail=f"EP={s.ep}"
+        )
+    if s.pp > 1:
+        act = 4 if s.dtype in ("fp32", "tf32") else 2
+        # Activations forward and their gradients backward between neighbouring stages,
+        # v times with interleaving; Megatron's scatter/gather sends 1/t per TP rank
+        # (Narayanan et al. 2021, sec. 4.1).
+        bytes_ = 2 * s.v * s.tokens * s.sh.hidden * act / s.tp
+        bw_p2p, _ = link(s, s.tp * s.dp >= s.node)
+        parts["pipeline_p2p"] = ComponentTime(
+            seconds=bytes_ / bw_p2p, source=Source.ANALYTIC, detail="1F1B send/recv"
+        )
+
+
+# --- per step -----------------------------------------------------------------------------
+
+
+def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> ComponentTime:
+    """Exposed data-parallel collectives: what forward/backward compute does not hide.
+
+    FSDP/ZeRO-3 all-gather the parameters before forward and again before backward and
+    reduce-scatter the gradients every micro-step, prefetching one layer ahead
+    (Rajbhandari et al. 2020; Zhao et al. 2023); HSDP does that inside a shard group and
+    all-reduces the gradient shards across groups once per step. DDP and ZeRO-1
+    all-reduce gradients once per step in buckets during the last backward; ZeRO-2
+    reduce-scatters every micro-step; ZeRO-1/2 all-gather the updated parameters after
+    the step. Ring collectives move (n-1)/n of the data over each rank's link at the NCCL
+    bus bandwidth (nccl-tests PERFORMANCE.md). Under pipeline parallelism FSDP/HSDP
+    gather the parameters once and reduce the gradients once per step:
+    torch.distributed.pipelining turns gradient sync and resharding off for every
+    micro-batch's backward but the last (stage.py ``backward_maybe_with_nosync``), and
+    torchtitan does not reshard after forward with PP (the memory model keeps those
+    parameters gathered and gradients unsharded).
+    """
+    A = c.grad_accumulation
+    # One gather and one reduction per step (see above).
+    pipelined = s.pp > 1 and c.sharding in (Sharding.FSDP, Sharding.HSDP)
+    if pipelined:
+        A = 1
+    wb, gb = weight_bytes(c.precision), grad_bytes(c.precision)
+    params = s.sh.params / (s.tp * s.pp)
+    grads = trainable(s, c) / (s.tp * s.pp) * gb
+    stage = c.sharding.zero_stage
+    n = shard_group(s, c) if c.sharding is Sharding.HSDP else s.dp
+    if s.hw is None and s.cal is not None and s.cal.allreduce_gb_s:
+        # CPU calibration: gloo all-reduce bus bandwidth, no overlap.
+        share = (n - 1) / n
+        volume = 2 * share * grads * (A if stage == 3 else 1)
+        if stage == 3:
+            volume += 2 * share * params * wb * A
+        return ComponentTime(
+            seconds=volume / (s.cal.allreduce_gb_s * 1e9),
+            source=Source.MEASURED,
+            detail="ring collectives at the measured gloo bus bandwidth",
+        )
+    bw, name, measured = _dp_link(s, c, n)
+    exposed, detail = _dp_exposed(
+        s, c, n, A, pipelined, params=params, grads=grads, bw=bw, name=name, fwd=fwd, bwd=bwd
+    )
+    src = Source.MEASURED if measured else Source.ANALYTIC
+    return ComponentTime(seconds=exposed, source=src, detail=detail + ", exposed")
+
+
+def _dp_link(s: Setting, c: TrainingConfig, n: int) -> tuple[float, str, bool]:
+    """The data-parallel group's bus bandwidth, its link's name, and whether it was measured."""
+    intra = s.hw.intra_node if s.hw is not None else None
+    slower = (
+        c.sharding is not Sharding.HSDP
+        and s.link_override is not None
+        and intra is not None
+        and s.link_override < intra.bandwidth_gb_s
+    )
+    crosses = s.tp * n > s.node or slower
+    measured = measured_busbw(s, "all_gather", n) if not crosses else None
+    per_node = min(n, max(1, s.node // s.tp))
+    if measured:
+        return measured, "measured NCCL", True
+    bw, name = link(s, crosses, data_parallel=True, per_node=per_node)
+    return bw, name, False
+
+
+def _dp_exposed(
+    s: Setting,
+    c: TrainingConfig,
+    n: int,
+    A: int,
+    pipelined: bool,
+    *,
+    params: float,
+    grads: float,
+    bw: float,
+    name: str,
+    fwd: float,
+    bwd: float,
+) -> tuple[float, str]:
+    """Exposed seconds of the data-parallel collectives over ``n`` ranks, and what they are."""
+    eta = s.eff.overlap.value
+    L = max(s.stage_layers, 1.0)
+    wb = weight_bytes(c.precision)
+    stage = c.sharding.zero_stage
+    share = (n - 1) / n
+    if stage == 3:
+        ag = share * params * wb / bw
+        rs = share * grads / bw
+        exp_f = max(ag / L, ag - eta * fwd)
+        regather = 0.0 if pipelined else ag  # no reshard after forward under PP
+        exp_b = max((regather + rs) / L, regather + rs - eta * bwd)
+        exposed = (exp_f + exp_b) * A
+        detail = f"FSDP/ZeRO-3 over {n} ranks ({name})"
+        if c.sharding is Sharding.HSDP and s.dp > n:
+            r = s.dp // n
+            bw_x, name_x = link(s, True, data_parallel=True)
+            ar = 2 * (r - 1) / r * grads / n / bw_x
+            exposed += max(ar / L, ar - eta * bwd)
+            detail += f" + all-reduce over {r} replicas ({name_x})"
+        return exposed, detail
+    if stage == 2:
+        rs = share * grads / bw
+        exposed = max(rs / L, rs - eta * bwd) * A
+    else:
+        ar = 2 * share * grads / bw
+        exposed = max(ar / L, ar - eta * bwd)
+    if stage in (1, 2):
+        exposed += share * trainable(s, c) / (s.tp * s.pp) * wb / bw
+    return exposed, f"{'DDP' if stage == 0 else f'ZeRO-{stage}'} over {n} ranks ({name})"

@@ -1,0 +1,320 @@
+"""Compute time of one micro-batch on one device: the blocks' GEMMs at their real shapes,
+attention per kernel and sequence length, elementwise and norm work at memory bandwidth,
+FP8 casts, recompute, and the LM head and loss; measured where the calibration timed the
+model's shapes, analytic otherwise."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from advisor.config import Checkpointing, Stack, Task
+from advisor.cost.data import LayerTiming, ShapeResults
+from advisor.cost.efficiency import AttentionKernel, attention_efficiency, gemm_efficiency
+from advisor.cost.result import ComponentTime, Source, merge
+from advisor.cost.setting import Setting
+from advisor.cost.shape import Gemm, block_gemms
+from advisor.memory import selective_op_recompute_share
+from advisor.model.spec import Arch
+
+# Elementwise and norm traffic of one block, per token, in units of (h-wide, f-wide)
+# activation tensors read or written, forward only (backward moves about twice that):
+#   hf: two unfused RMSNorm/LayerNorm in fp32 (cast, square, mean, rsqrt, scale: ~8 h-wide
+#   passes each), two residual adds (3 each), rotary on q and k (~4); SwiGLU as separate
+#   silu and mul kernels (~5 f-wide passes). Hugging Face LlamaRMSNorm/LlamaMLP source.
+#   fused: fused add+norm (~3 passes each), rotary inside the attention/QKV kernel, fused
+#   SwiGLU (2 reads, 1 write): Liger/Apex/TE kernels, torch.compile in torchtitan.
+_ELEMENTWISE_PASSES = {Stack.HF: (26.0, 5.0), Stack.FUSED: (8.0, 3.0)}
+# The loss over the logits, bytes per token per vocabulary entry, forward and backward:
+#   hf: bf16 logits written, upcast to fp32 (read 2, write 4), log-softmax (read 4, write 4),
+#   gradient (write 4, downcast read 4 write 2): ~28 (transformers' ForCausalLMLoss).
+#   fused: chunked/fused linear cross-entropy reads the bf16 logits chunk twice and writes
+#   its gradient in place (Liger FusedLinearCrossEntropy; torchtune chunked CE): ~6.
+LOSS_BYTES = {Stack.HF: 28.0, Stack.FUSED: 6.0}
+# Eager attention materialises scores, an fp32 softmax and their gradients: ~60 bytes per
+# score element, forward and backward (Dao et al. 2022, sec. 3; HF eager_attention_forward).
+_EAGER_SCORE_BYTES = 60.0
+# FlashAttention's backward does 2.5x the forward's matmul FLOPs (5 matmuls vs 2; Dao 2023,
+# sec. 4.1): fwd+bwd = 3.5 x forward. Eager: backward = 2 x forward.
+_FLASH_FB = 3.5
+_EAGER_FB = 3.0
+# FP8 training with dynamic (current) tensor-wise scaling casts every GEMM operand each
+# micro-step: an amax pass and a cast pass over the 16-bit tensor (read 2 + read 2 + write 1
+# bytes per element) for the input and the weight forward and the output gradient backward,
+# plus the transposed FP8 copies the backward GEMMs take (read 1 + write 1 each) (torchao
+# float8 tensorwise recipe, torchao/float8/README.md; Transformer Engine's current scaling;
+# Micikevicius et al. 2022, FP8 Formats for Deep Learning). Only the blocks' linear layers
+# run in FP8: attention, norms and the LM head stay 16-bit (torchtitan's float8 converter
+# skips `output`; Megatron's output layer is not a TE module).
+_FP8_CAST_BYTES = 5.0
+_FP8_TRANSPOSE_BYTES = 2.0
+
+_BACKEND = {
+    AttentionKernel.EAGER: "math",
+    AttentionKernel.FA2: "flash",
+    AttentionKernel.FA3: "flash",
+    AttentionKernel.CUDNN: "cudnn",
+    AttentionKernel.MEM_EFFICIENT: "mem-efficient",
+}
+
+
+def _find_layer(results: ShapeResults | None, dtype: str) -> LayerTiming | None:
+    if results is None:
+        return None
+    want = "fp32" if dtype == "tf32" else dtype
+    return next((lt for lt in results.layers if lt.dtype == want), None)
+
+
+# --- GEMMs ------------------------------------------------------------------------------
+
+
+def gemm_seconds(
+    s: Setting, gemms: list[Gemm], *, low_precision: bool = True
+) -> tuple[float, Source]:
+    """Seconds of forward GEMMs; ``low_precision=False`` keeps them 16-bit under FP8."""
+    total, sources = 0.0, set()
+    fp8 = s.fp8 and low_precision and s.eff.gemm_fp8 is not None
+    peak = s.peak() if low_precision else s.peak16()
+    share = s.eff.gemm_fp8.value if fp8 and s.eff.gemm_fp8 is not None else 1.0
+    for g in gemms:
+        # Under FP8 the measured rows are FP8 GEMMs: not what a 16-bit GEMM runs at.
+        measured = measured_gemm(s, g) if low_precision or not s.fp8 else None
+        if measured is not None:
+            total += g.flops / measured
+            sources.add(Source.MEASURED)
+            continue
+        e = gemm_efficiency(s.eff, g.m, g.n, g.k) * share
+        total += g.flops / (peak * e) if peak else 0.0
+        sources.add(Source.ANALYTIC)
+    src = sources.pop() if len(sources) == 1 else Source.MIXED
+    return total, src
+
+
+def measured_gemm(s: Setting, g: Gemm) -> float | None:
+    """The measured FLOP/s of a GEMM of ``g``'s widths, interpolated in its token count."""
+    if s.results is None:
+        return None
+    want = "fp32" if s.dtype == "tf32" else s.dtype
+    if not s.results.gemms:
+        # Older caches: one layer-shaped GEMM per dtype.
+        tflops = s.results.matmul_tflops.get(want)
+        return tflops * 1e12 if tflops else None
+    rows = sorted(
+        (r for r in s.results.gemms if r.dtype == want and {r.n, r.k} == {g.n, g.k}),
+        key=lambda r: r.m,
+    )
+    if not rows:
+        return None
+    # Interpolate the measured throughput in log(m); clamp outside the measured range.
+    if g.m <= rows[0].m:
+        return (
+            rows[0].tflops * 1e12 * g.m / rows[0].m if g.m < rows[0].m else (rows[0].tflops * 1e12)
+        )
+    for lo, hi in itertools.pairwise(rows):
+        if lo.m <= g.m <= hi.m:
+            t = math.log(g.m / lo.m) / math.log(hi.m / lo.m) if hi.m > lo.m else 0.0
+            return (lo.tflops + t * (hi.tflops - lo.tflops)) * 1e12
+    return rows[-1].tflops * 1e12
+
+
+def layer_gemm(s: Setting) -> tuple[float, float, Source]:
+    """(fwd+bwd, fwd) seconds of one block's weight GEMMs for one micro-batch."""
+    measured = _find_layer(s.results, s.dtype)
+    if measured is not None and s.tp == 1 and s.spec.num_experts == 1:
+        fb = measured.seconds_per_token * s.tokens
+        fwd = measured.forward_seconds_per_token
+        return fb, (fwd * s.tokens if fwd is not None else fb / 3), Source.MEASURED
+    if s.spec.cnn is not None:
+        flops = 2 * s.sh.layer_matmul_params * s.tokens / s.tp
+        e = gemm_efficiency(s.eff, s.tokens, 4096, 4096)
+        fwd = flops / (s.peak() * e) if s.peak() else 0.0
+        return 3 * fwd, fwd, Source.ANALYTIC
+    fwd, src = gemm_seconds(s, block_gemms(s.spec, s.tokens, s.tp, s.ep, matrices=s.matrices))
+    # dgrad and wgrad are GEMMs of the same three dimensions: twice the forward.
+    return 3 * fwd, fwd, src
+
+
+def layer_measured(s: Setting) -> bool:
+    """Whether the calibration timed this block whole (its elementwise work included)."""
+    return _find_layer(s.results, s.dtype) is not None and s.tp == 1 and s.spec.num_experts == 1
+
+
+# --- attention, elementwise, casts ------------------------------------------------------
+
+
+def attention(s: Setting) -> tuple[float, float, Source]:
+    """(fwd+bwd, fwd) seconds of the attention core of one block, one micro-batch."""
+    seq, mb = s.mb.seq_len, s.mb.micro_batch
+    if s.results is not None:
+        want = "fp32" if s.dtype == "tf32" else s.dtype
+        fit = next(
+            (
+                f
+                for f in s.results.attention
+                if f.backend == _BACKEND[s.kernel] and f.dtype == want and not f.failed
+            ),
+            None,
+        )
+        if fit is not None:
+            fb = fit.predict(seq) * mb / s.tp
+            return fb, fb / 3, Source.MEASURED
+    if s.hw is None:
+        return 0.0, 0.0, Source.ANALYTIC
+    heads = (s.spec.num_attention_heads or 1) / s.tp
+    d = s.spec.head_dim or (s.sh.hidden // max(s.sh.heads, 1))
+    causal = s.spec.arch is Arch.DECODER
+    eager = s.kernel is AttentionKernel.EAGER
+    # QK^T and PV: 2 matmuls x 2 s^2 d FLOPs per head; fused kernels skip the masked half.
+    fwd_flops = 4 * mb * seq * seq * heads * d * (0.5 if causal and not eager else 1.0)
+    e = attention_efficiency(s.eff, s.kernel, seq, d, causal)
+    fwd = fwd_flops / (s.peak16() * e)
+    fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
+    if eager:
+        bw, _ = s.bandwidth()
+        traffic = _EAGER_SCORE_BYTES * heads * mb * seq * seq / bw
+        fb += traffic
+        fwd += traffic / 3
+    return fb, fwd, Source.ANALYTIC
+
+
+def elementwise(s: Setting) -> tuple[float, float, Source]:
+    """(fwd+bwd, fwd) seconds of norms, residuals, rotary and activations, one block."""
+    if layer_measured(s):
+        return 0.0, 0.0, Source.MEASURED  # inside the measured block
+    h = s.sh.hidden
+    f = s.spec.intermediate_size or 4 * h
+    act = 4 if s.dtype in ("fp32", "tf32") else 2
+    ph, pf = _ELEMENTWISE_PASSES[s.mb.stack]
+    # Sequence parallelism splits the norm/residual work across TP ranks; the MLP
+    # activation is on the TP-sharded width (Korthikanti et al. 2022, sec. 4.2.2).
+    per_token = (ph * h + pf * f * s.spec.experts_per_token) * act / s.tp
+    bw, src = s.bandwidth()
+    fwd = per_token * s.tokens / bw
+    return 3 * fwd, fwd, src
+
+
+def fp8_casts(s: Setting) -> tuple[float, float]:
+    """(fwd+bwd, fwd) seconds of one block's FP8 scaling and casts, one micro-batch."""
+    if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
+        return 0.0, 0.0
+    fwd_b = bwd_b = 0.0
+    gemms = block_gemms(s.spec, s.tokens, s.tp, s.ep, matrices=s.matrices)
+    shared_input = 0.0
+    if s.tp > 1:
+        # Under TP the column-parallel layers' common input (the attention and the MLP
+        # block input) is cast once, on its sequence shard, before the FP8 all-gather
+        # (torchao float8_tensor_parallel.PrepareFloat8ModuleInput: "the float8 cast
+        # happens before the all-gather ... we perform fp8 allgather only once");
+        # backward transposes the gathered FP8 copy once per module.
+        shared_input = 2.0 * s.tokens * s.sh.hidden
+        fwd_b += _FP8_CAST_BYTES * shared_input / s.tp
+        bwd_b += _FP8_TRANSPOSE_BYTES * shared_input
+    for g, (_n, _k, row, _expert) in zip(gemms, s.matrices, strict=True):
+        mk, nk, mn = g.m * g.k * g.count, g.n * g.k * g.count, g.m * g.n * g.count
+        if s.tp > 1 and not row and not _expert:
+            mk = 0.0  # its input was cast above
+        fwd_b += _FP8_CAST_BYTES * (mk + nk)
+        bwd_b += _FP8_CAST_BYTES * mn + _FP8_TRANSPOSE_BYTES * (mk + nk + mn)
+    bw, _ = s.bandwidth()
+    return (fwd_b + bwd_b) / bw, fwd_b / bw
+
+
+# --- one micro-batch's compute terms ----------------------------------------------------
+
+
+def block_terms(s: Setting, zeroth: bool, parts: dict[str, ComponentTime]) -> float:
+    """Add the blocks' terms of one micro-batch on one stage to ``parts`` (GEMMs, attention,
+    elementwise, FP8 casts, recompute); return one block's forward seconds."""
+    c = s.mb
+    L = s.stage_layers
+    g_fb, g_fwd, g_src = layer_gemm(s)
+    adapters = c.task in (Task.LORA, Task.QLORA)
+    if zeroth:
+        body = 2 * g_fwd  # two forward passes, no backward (Malladi et al. 2023)
+    elif adapters:
+        body = g_fb * 2 / 3  # frozen base: activation gradients only
+    else:
+        body = g_fb
+    if c.dp_sgd and not zeroth:
+        body *= 4 / 3  # per-sample gradients redo the weight-gradient GEMMs
+    parts["forward_backward"] = ComponentTime(seconds=body * L, source=g_src)
+    a_fb, a_fwd, a_src = attention(s)
+    parts["attention"] = ComponentTime(
+        seconds=(2 * a_fwd if zeroth else a_fb) * L, source=a_src, detail=s.kernel.value
+    )
+    e_fb, e_fwd, e_src = elementwise(s)
+    if e_fb:
+        parts["elementwise"] = ComponentTime(
+            seconds=(2 * e_fwd if zeroth else e_fb) * L,
+            source=e_src,
+            detail=f"{c.stack.value} stack, at memory bandwidth",
+        )
+    cast_fb, cast_fwd = fp8_casts(s)
+    if cast_fb:
+        parts["fp8_casts"] = ComponentTime(
+            seconds=(cast_fwd if zeroth else cast_fb) * L,
+            source=Source.ANALYTIC,
+            detail="dynamic tensor-wise scaling, at memory bandwidth",
+        )
+    if not zeroth:
+        rec = _recompute(s, (g_fwd, g_src), (a_fwd, a_src), e_fwd)
+        if rec is not None:
+            parts["recompute"] = rec
+    return g_fwd + a_fwd + e_fwd
+
+
+def _recompute(
+    s: Setting, gemm: tuple[float, Source], attn: tuple[float, Source], e_fwd: float
+) -> ComponentTime | None:
+    """What activation checkpointing re-runs in backward, on one stage."""
+    c = s.mb
+    L = s.stage_layers
+    (g_fwd, g_src), (a_fwd, a_src) = gemm, attn
+    if c.checkpointing is Checkpointing.FULL:
+        rec = (g_fwd + a_fwd + e_fwd) * L
+        return ComponentTime(seconds=rec, source=merge(g_src, a_src))
+    if c.checkpointing is Checkpointing.SELECTIVE:
+        # Selective recompute re-runs the attention core and the cheap elementwise ops,
+        # not the GEMMs (Korthikanti et al. 2022, sec. 5).
+        return ComponentTime(seconds=(a_fwd + e_fwd) * L, source=a_src)
+    if c.checkpointing is Checkpointing.SELECTIVE_LAYER:
+        # torchtitan's layer-level selective AC: every ac_frequency-th block recomputes
+        # its whole forward.
+        rec = (g_fwd + a_fwd + e_fwd) * (L // c.ac_frequency)
+        return ComponentTime(seconds=rec, source=merge(g_src, a_src))
+    if c.checkpointing is Checkpointing.SELECTIVE_OP:
+        # torchtitan's op-level SAC re-runs every matmul it does not save (each second
+        # mm) and every pointwise op; the attention kernel's output is saved.
+        share = selective_op_recompute_share(s.spec)
+        rec = (g_fwd * share + e_fwd) * L
+        return ComponentTime(seconds=rec, source=g_src)
+    return None
+
+
+def head_terms(s: Setting, zeroth: bool, parts: dict[str, ComponentTime]) -> float:
+    """Add the LM head, the loss and embedding gradient and QLoRA's dequantisation of one
+    micro-batch to ``parts``; return the head's forward seconds."""
+    c = s.mb
+    adapters = c.task in (Task.LORA, Task.QLORA)
+    # The LM head and the loss run on the last pipeline stage, the critical path.
+    vocab = s.spec.vocab_size or 0
+    head = [Gemm(m=s.tokens, n=max(1, vocab // s.tp), k=s.sh.hidden)]
+    head_fwd, head_src = (
+        gemm_seconds(s, head, low_precision=False) if vocab else (0.0, Source.ANALYTIC)
+    )
+    parts["lm_head"] = ComponentTime(seconds=head_fwd * (2 if zeroth else 3), source=head_src)
+    bw, bw_src = s.bandwidth()
+    cb = 4 if s.dtype in ("fp32", "tf32") else 2
+    stack = Stack.FUSED if c.loss_fused else Stack.HF
+    per_logit = LOSS_BYTES[stack] * (cb / 2 if stack is Stack.HF else 1.0)
+    loss_bytes = s.tokens * vocab / s.tp * (per_logit / 3 * 2 if zeroth else per_logit)
+    if not zeroth and not adapters:
+        # A dense embedding gradient is zeroed and scattered into (fp32).
+        loss_bytes += 2 * vocab * s.sh.hidden * 4 / s.tp
+    parts["loss_and_embedding"] = ComponentTime(seconds=loss_bytes / bw, source=bw_src)
+    if c.task is Task.QLORA:
+        # NF4 dequantisation reads the 4-bit base and writes 16-bit tiles, forward and
+        # backward: ~2.5 bytes per weight, twice per micro-step (Dettmers et al. 2023).
+        local = s.sh.params / (s.tp * s.pp)
+        parts["dequantize"] = ComponentTime(seconds=2 * 2.5 * local / bw, source=bw_src)
+    return head_fwd

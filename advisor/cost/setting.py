@@ -1,0 +1,215 @@
+"""The shared facts of one prediction: one micro-batch's fields of the configuration, the
+layout degrees and stage sizes, the dtype and attention kernel, the device's figures (dense
+peaks, memory bandwidth) every term reads, and what one device holds and steps of the model
+(its trainable parameters after the TP/PP and ZeRO splits)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import NamedTuple
+
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
+from advisor.cost.data import CalibrationCache, ShapeResults
+from advisor.cost.efficiency import AttentionKernel, attention_kernel, compute_dtype, peak_flops
+from advisor.cost.result import Source
+from advisor.cost.shape import ModelShape, WeightMatrices
+from advisor.hardware.profiles import GpuEfficiency, HardwareProfile
+from advisor.memory import trainable_parameter_count
+from advisor.model.spec import ModelSpec
+
+
+class MicroBatchConfig(NamedTuple):
+    """The fields of a configuration that one micro-batch's terms read, and only those.
+
+    NOTE: the micro-batch terms (compute, recompute, the head and loss, TP/EP/PP transfers)
+    receive this record, never the whole configuration, so it is by construction everything
+    they read: the memo of :class:`advisor.cost.memo.StepMemo` keys on it. What acts once
+    per step (optimizer, accumulation, sharding, offload ...) is not here, so the plan
+    search's thousands of plans that differ only in those share their micro-batch terms.
+    """
+
+    task: Task
+    precision: Precision
+    attention: Attention
+    stack: Stack
+    checkpointing: Checkpointing
+    ac_frequency: int
+    micro_batch: int
+    seq_len: int
+    gpus: int
+    dp_sgd: bool
+    loss_fused: bool
+    tp_overlapped: bool
+    tensor_parallel: int
+    pipeline_parallel: int
+    virtual_stages: int
+    expert_parallel: int
+
+
+_FIELDS = operator.attrgetter(*MicroBatchConfig._fields)  # one C call per record
+
+
+def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
+    """The :class:`MicroBatchConfig` of ``config``."""
+    return MicroBatchConfig._make(_FIELDS(config))
+
+
+def stage_layers(layers: int, pp: int, v: int) -> tuple[float, float]:
+    """(layers of the busiest pipeline stage, layers of the last stage, which also runs the
+    LM head and the loss).
+
+    Stages hold whole layers: with ``pp x v`` model chunks of ``ceil(layers / (pp v))``
+    layers the busiest stage holds ``v`` full chunks. Where the layers do not split evenly
+    the missing ones come off the end stages, the last stage taking the odd one: Llama 3's
+    126 layers on 16 stages run 8 layers per stage with one layer fewer on the first and
+    the last stage, whose extra work is the embedding and the output layer and loss
+    (Dubey et al. 2024, sec. 3.3.2). Evenly split (Megatron requires it), the last stage
+    runs the head on top of its share.
+    """
+    if pp <= 1:
+        return float(layers), float(layers)
+    per_chunk = math.ceil(layers / (pp * v))
+    busiest = per_chunk * v
+    deficit = per_chunk * pp * v - layers
+    return float(busiest), float(max(busiest - (deficit + 1) // 2, 0))
+
+
+class Setting:
+    """One prediction's shared facts; every term of the step time is a function of it."""
+
+    __slots__ = (
+        "cal",
+        "dp",
+        "dtype",
+        "eff",
+        "ep",
+        "fp8",
+        "hw",
+        "kernel",
+        "last_stage_layers",
+        "link_override",
+        "matrices",
+        "mb",
+        "node",
+        "pp",
+        "results",
+        "sh",
+        "spec",
+        "stage_layers",
+        "tokens",
+        "tp",
+        "v",
+    )
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        mb: MicroBatchConfig,
+        calibration: CalibrationCache | None,
+        hw: HardwareProfile | None,
+        eff: GpuEfficiency,
+        interconnect_gb_s: float | None,
+        gpus_per_node: int | None,
+        *,
+        shape: ModelShape,
+        matrices: WeightMatrices,
+        results: ShapeResults | None,
+    ) -> None:
+        self.spec, self.mb, self.cal, self.hw, self.eff = spec, mb, calibration, hw, eff
+        self.link_override = interconnect_gb_s
+        self.sh = shape
+        self.matrices = matrices
+        self.results = results
+        self.dtype = compute_dtype(mb.precision)
+        self.fp8 = self.dtype == "fp8"
+        self.tp = mb.tensor_parallel
+        self.pp = mb.pipeline_parallel
+        self.v = mb.virtual_stages if mb.pipeline_parallel > 1 else 1
+        self.dp = mb.gpus
+        self.ep = min(mb.expert_parallel, max(spec.num_experts, 1))
+        self.tokens = mb.micro_batch * mb.seq_len
+        self.stage_layers, self.last_stage_layers = stage_layers(self.sh.layers, self.pp, self.v)
+        self.kernel: AttentionKernel = attention_kernel(mb, hw)
+        # NOTE: "node" here is the group joined at the intra-node link: the NVLink domain
+        # (72 GPUs across the trays of an NVL72 rack), not the host.
+        domain = hw.nvlink_domain if hw is not None else None
+        self.node: int = gpus_per_node or domain or eff.gpus_per_node
+
+    # --- device figures -------------------------------------------------------------------
+
+    def peak(self) -> float:
+        """The dense peak of the blocks' GEMMs (FP8 only where an FP8 share is fitted)."""
+        if self.hw is None:
+            return 0.0
+        if self.fp8 and self.eff.gemm_fp8 is None:
+            return self.peak16()
+        return peak_flops(self.hw, self.dtype)
+
+    def peak16(self) -> float:
+        """The peak of what stays 16-bit under FP8 (attention, LM head)."""
+        if self.hw is None:
+            return 0.0
+        return peak_flops(self.hw, "bf16" if self.fp8 else self.dtype)
+
+    def bandwidth(self) -> tuple[float, Source]:
+        """Achievable memory bandwidth (bytes/s): measured copies, else datasheet x fitted."""
+        if self.cal is not None and self.cal.copy_gb_s:
+            return self.cal.copy_gb_s * 1e9, Source.MEASURED
+        assert self.hw is not None
+        return self.hw.memory_bandwidth_gb_s * 1e9 * self.eff.bandwidth.value, Source.ANALYTIC
+
+
+# --- what one device holds and steps -----------------------------------------------------
+
+
+def weight_bytes(precision: Precision) -> int:
+    """Bytes of one weight as the model holds it (4 under fp32/tf32 and autocast)."""
+    return (
+        4
+        if precision in (Precision.FP32, Precision.TF32, Precision.AMP_FP16, Precision.AMP_BF16)
+        else 2
+    )
+
+
+def grad_bytes(precision: Precision) -> int:
+    """Bytes of one gradient (the weights' dtype)."""
+    return weight_bytes(precision)
+
+
+def trainable(s: Setting, c: TrainingConfig) -> int:
+    """Trainable parameters of the whole model."""
+    if c.task in (Task.LORA, Task.QLORA):
+        # The adapters on the configured targets, r x (d_in + d_out) per adapted matrix
+        # (Hu et al. 2021), and any whole tensor trained beside them.
+        return trainable_parameter_count(s.spec, c)
+    return s.sh.params
+
+
+def shard(s: Setting, c: TrainingConfig, from_stage: int) -> int:
+    """Ranks a state is sharded over when ZeRO ``from_stage`` shards it (else 1)."""
+    stage = c.sharding.zero_stage
+    if stage < from_stage:
+        return 1
+    if c.sharding is Sharding.HSDP:
+        return shard_group(s, c)
+    return s.dp
+
+
+def shard_group(s: Setting, c: TrainingConfig) -> int:
+    """Data-parallel ranks of one HSDP shard group (default: a node's)."""
+    group = c.shard_group or max(1, s.node // s.tp)
+    return max(1, min(group, s.dp))
+
+
+def trainable_local(s: Setting, c: TrainingConfig) -> float:
+    """Trainable parameters this device steps: its TP/PP shard, then its ZeRO shard."""
+    return trainable(s, c) / (s.tp * s.pp) / shard(s, c, 1)

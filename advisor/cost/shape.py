@@ -1,0 +1,133 @@
+"""What the cost model reads of a model: its layer shape, per-layer parameter figures, and the
+weight GEMMs of one block (split by tensor and expert parallelism)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+from pydantic import BaseModel, ConfigDict
+
+from advisor.cost.data import LayerShape
+from advisor.model.spec import ModelSpec
+
+# (out, in, row-parallel, expert) of each weight matrix of one block.
+WeightMatrices = tuple[tuple[int, int, bool, bool], ...]
+
+
+def layer_shape(spec: ModelSpec) -> LayerShape:
+    """The layer shape a calibration measures for this model (its true widths)."""
+    h = spec.hidden_size or 0
+    heads = spec.num_attention_heads or 1
+    return LayerShape(
+        hidden=h,
+        intermediate=spec.intermediate_size or 4 * h,
+        heads=heads,
+        kv_heads=spec.num_key_value_heads or heads,
+        head_dim=spec.head_dim or h // heads,
+        gated_mlp=spec.gated_mlp,
+    )
+
+
+class ModelShape(BaseModel):
+    """The model's figures the step time reads (per-layer averages over the stack)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    layers: int
+    layer_matmul_params: int  # the block's matrix parameters a token multiplies (active experts)
+    layer_params: int
+    head_params: int  # LM head matmul (vocab x hidden)
+    params: int
+    hidden: int
+    heads: int
+
+
+def model_shape(spec: ModelSpec) -> ModelShape:
+    """The :class:`ModelShape` of ``spec``."""
+    h = spec.hidden_size or 0
+    layers = spec.layer_repeats()
+    # Blocks may differ (DeepSeek-V3: 3 dense, 58 MoE): per-layer figures are averages over
+    # the stack, so layers x figure is exact. A token multiplies the active parameters: an
+    # MoE layer's router, shared experts and experts_per_token of its routed experts.
+    outside = spec.embedding_parameter_count()
+    return ModelShape(
+        layers=layers,
+        layer_matmul_params=(spec.active_parameter_count() - outside) // layers,
+        layer_params=(spec.parameter_count() - outside) // layers,
+        head_params=(spec.vocab_size or 0) * h,
+        params=spec.parameter_count(),
+        hidden=h,
+        heads=spec.num_attention_heads or 1,
+    )
+
+
+# Megatron's row-parallel layers (input dimension split across TP ranks); the others are
+# column-parallel (output split) (Shoeybi et al. 2019, sec. 3).
+_ROW_PARALLEL = re.compile(
+    r"(c_proj|o_proj|out_proj|down_proj|w2|fc2|output\.dense|dense_4h_to_h)(\.weight)?$"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Gemm:
+    """One weight GEMM of a block per micro-batch: (m x k) @ (k x n), ``count`` times."""
+
+    m: float
+    n: int
+    k: int
+    count: float = 1.0
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k * self.count
+
+
+def block_gemms(
+    spec: ModelSpec,
+    tokens: int,
+    tp: int = 1,
+    ep: int = 1,
+    *,
+    matrices: WeightMatrices | None = None,
+) -> list[Gemm]:
+    """The forward GEMMs of one block for ``tokens`` tokens on one TP/EP shard.
+
+    Column-parallel layers split their output width by ``tp``, row-parallel ones their
+    input; with sequence parallelism every GEMM still sees all ``tokens`` (Korthikanti et
+    al. 2022). Each expert of an MoE block sees ``tokens x top-k x ep / experts`` tokens.
+    ``matrices``: :func:`weight_matrices` of ``spec``, when the caller holds them already.
+    """
+    out: list[Gemm] = []
+    experts = max(spec.num_experts, 1)
+    for n, k, row, expert in matrices if matrices is not None else weight_matrices(spec):
+        if row:
+            k = max(1, k // tp)
+        else:
+            n = max(1, n // tp)
+        if expert:
+            local = max(1, experts // ep)
+            m = tokens * spec.experts_per_token * ep / experts
+            out.append(Gemm(m=m, n=n, k=k, count=local))
+        else:
+            out.append(Gemm(m=tokens, n=n, k=k, count=1.0))
+    return out
+
+
+def weight_matrices(spec: ModelSpec) -> WeightMatrices:
+    """(out, in, row-parallel, expert) of each weight matrix of one block (expert 0 only)."""
+    out: list[tuple[int, int, bool, bool]] = []
+    for name, shape in spec.layer_matrix_shapes():
+        if len(shape) < 2:
+            continue
+        # Routed experts (transformers 5): one 3-D tensor (experts, out, in) per projection;
+        # shared experts ("shared_experts.") are dense and replicated.
+        routed = ".experts." in f".{name}"
+        if routed:
+            shape = shape[1:]
+        n, k = shape[0], math.prod(shape[1:])
+        if spec.family == "gpt2" and len(shape) == 2:
+            k, n = shape[0], shape[1]  # Conv1D stores (in, out)
+        out.append((n, k, bool(_ROW_PARALLEL.search(name)), routed))
+    return tuple(out)
