@@ -87,7 +87,7 @@ def test_calibration_tables_show_optimizer_ids_whole(monkeypatch: pytest.MonkeyP
     cache = _measured_cache()
     for width in (100, 40, 16):
         console = Console(width=width, no_color=True, record=True, file=io.StringIO())
-        monkeypatch.setattr(render, "console", console)
+        monkeypatch.setattr(render.common, "console", console)
         render.render_calibration(cache)
         text = console.export_text()
         for shape in cache.shapes:
