@@ -247,7 +247,7 @@ def test_a_single_valued_option_given_twice_is_an_error(args: list[str], named: 
 def test_values_and_arguments_are_not_counted_as_options() -> None:
     import typer.main
 
-    from advisor.shell.cli import _repeated_option
+    from advisor.shell.cli.common import _repeated_option
 
     group = typer.main.get_command(app)
     ctx = group.make_context("optadvise", ["--version"], resilient_parsing=True)

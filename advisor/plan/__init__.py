@@ -3,7 +3,7 @@
 Data flows one way: target (advisor.hardware.target) -> layout and plan space
 (advisor.plan.layout, advisor.plan.space) -> search (advisor.plan.search) -> ranking
 (advisor.plan.rank) -> explanation (advisor.plan.explain) -> report (advisor.plan.report).
-This module re-exports the names the CLI, advise and the benchmarks use.
+This module re-exports the names the app layer (advisor.app) and the benchmarks use.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from advisor.plan.models import (
     WhyNot,
     WorkloadSummary,
 )
-from advisor.plan.report import recommend
+from advisor.plan.report import build_report
 from advisor.plan.search import CostFn
 from advisor.plan.space import (
     HOST_SAFETY_MARGIN,
@@ -74,6 +74,7 @@ __all__ = [
     "Workload",
     "WorkloadSummary",
     "baseline_config",
+    "build_report",
     "closest_gpu_profile",
     "cpu_profile_from_probe",
     "derive_facts",
@@ -82,7 +83,6 @@ __all__ = [
     "estimate",
     "match_gpu_profile",
     "objective_score",
-    "recommend",
     "resolve_global_batch",
     "target_from_probe",
     "target_from_profile",
