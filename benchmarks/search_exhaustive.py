@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from advisor.app.recommend import _cost_fn
+from advisor.app.recommend import cost_function
 from advisor.config import Attention, Precision, Task
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
@@ -93,7 +93,7 @@ def run_case(
             "attentions": [Attention.FLASH, Attention.EAGER],
         }
     )
-    cost = _cost_fn(ctx, None, profile)
+    cost = cost_function(ctx, None, profile)
     usable = usable_memory(target)
     out: dict[str, Any] = {
         "case": name,

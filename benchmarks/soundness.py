@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from advisor.app.recommend import _cost_fn
+from advisor.app.recommend import cost_function
 from advisor.config import Checkpointing, Precision, Sharding, Task, TrainingConfig
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
@@ -39,7 +39,7 @@ from advisor.plan.constraints import compatible, hard_constraint, techniques_of
 from advisor.plan.evaluator import Evaluator
 from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
-from advisor.plan.report import ranking_decision, recommend
+from advisor.plan.report import build_report, ranking_decision
 from advisor.plan.space import (
     Context,
     Objective,
@@ -124,7 +124,7 @@ def context(
     workload = Workload(task=task, seq_len=seq, gpus=gpus, nodes=nodes, objective=objective)
     ctx = Context(spec=spec, workload=workload, target=target, taxonomy=taxonomy, ruleset=rules)
     ctx = ctx.model_copy(update={"batch": resolve_global_batch(spec, workload)})
-    return ctx, _cost_fn(ctx, None, profile)
+    return ctx, cost_function(ctx, None, profile)
 
 
 def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]:
@@ -229,7 +229,7 @@ def run_case(
     """recommend on one scenario, and every practitioner plan priced beside its pick."""
     ctx, cost = context(model, task, hw, gpus, nodes, objective)
     t0 = time.perf_counter()
-    report = recommend(ctx, cost, top=5)
+    report = build_report(ctx, cost, top=5)
     wall = time.perf_counter() - t0
     optimizers = [t for t in ctx.taxonomy.optimizers() if t.implementation]
     facts = derive_facts(ctx, optimizers)

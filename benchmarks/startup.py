@@ -45,7 +45,7 @@ COMMANDS: dict[str, list[str]] = {
 # The work each command does after start-up; the probe below stops the process there.
 _STOP_AT = {
     "rules check": ("advisor.rules.checks", "_Checker", "run"),
-    "recommend --no-calibrate": ("advisor.app.recommend", None, "recommend"),
+    "recommend --no-calibrate": ("advisor.app.recommend", None, "build_report"),
 }
 _PROBE = """
 import importlib, os, sys, time

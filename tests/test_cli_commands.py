@@ -178,9 +178,9 @@ def test_recommend_request_defaults_are_the_cli_defaults() -> None:
     import inspect
 
     from advisor.app.recommend import RecommendRequest
-    from advisor.shell import cli
+    from advisor.shell.cli.recommend import recommend
 
-    flags = inspect.signature(cli.recommend).parameters
+    flags = inspect.signature(recommend).parameters
     params = inspect.signature(RecommendRequest.from_flags).parameters
     shared = [n for n in params if n != "spec"]
     assert all(n in flags for n in shared), set(shared) - set(flags)

@@ -87,7 +87,7 @@ def test_calibration_tables_show_optimizer_ids_whole(monkeypatch: pytest.MonkeyP
     cache = _measured_cache()
     for width in (100, 40, 16):
         console = Console(width=width, no_color=True, record=True, file=io.StringIO())
-        monkeypatch.setattr(render, "console", console)
+        monkeypatch.setattr(render.common, "console", console)
         render.render_calibration(cache)
         text = console.export_text()
         for shape in cache.shapes:
@@ -247,7 +247,7 @@ def test_a_single_valued_option_given_twice_is_an_error(args: list[str], named: 
 def test_values_and_arguments_are_not_counted_as_options() -> None:
     import typer.main
 
-    from advisor.shell.cli import _repeated_option
+    from advisor.shell.cli.common import _repeated_option
 
     group = typer.main.get_command(app)
     ctx = group.make_context("optadvise", ["--version"], resilient_parsing=True)

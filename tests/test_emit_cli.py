@@ -6,16 +6,13 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from advisor.app.recommend import (
-    RecommendRequest,
-    _expressed_plan_note,
-    run_recommend,
-    write_emitted,
-)
+from advisor.app.export import expressed_plan_note, write_emitted
+from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.config import Offload, Sharding
 from advisor.errors import UserError
 from advisor.export import EmitTarget, emit_config, same_plan
@@ -103,7 +100,7 @@ def test_a_different_plan_is_priced_next_to_the_ranked_one(report: RecommendRepo
     other = best.config.model_copy(
         update={"offload": Offload.OPTIMIZER_PARAMS, "sharding": Sharding.ZERO3}
     )
-    note = _expressed_plan_note(report, other, spec, HARDWARE)
+    note = expressed_plan_note(report, other, spec, HARDWARE)
     assert re.search(
         r"another plan: [\d.]+ \w+/device \((fits|does NOT fit)\), [\d.]+ \w*s/step", note
     ), note
@@ -115,5 +112,37 @@ def test_a_different_plan_is_priced_next_to_the_ranked_one(report: RecommendRepo
         if not any(same_plan(rec.config, r.config) for r in report.recommendations[: rec.rank - 1])
     ]
     assert len(distinct) > 1
-    named = _expressed_plan_note(report, distinct[1].config, spec, None)
+    named = expressed_plan_note(report, distinct[1].config, spec, None)
     assert f"plan #{distinct[1].rank} instead" in named
+
+
+def test_the_export_note_reuses_the_jobs_probe_and_calibration_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 21: one command probes the machine and reads the calibration cache once; the note
+    # on a plan the file sets up instead used to probe and read both a second time.
+    import advisor.calibration.cache as cal_cache
+    import advisor.hardware.probe as probe
+    from advisor.app.recommend import plan_recommendation
+    from advisor.config import Checkpointing
+
+    calls = {"probe": 0, "cache": 0}
+    probe_hardware, load_cache_for = probe.probe_hardware, cal_cache.load_cache_for
+
+    def counted_probe(*args: Any, **kwargs: Any) -> Any:
+        calls["probe"] += 1
+        return probe_hardware(*args, **kwargs)
+
+    def counted_cache(*args: Any, **kwargs: Any) -> Any:
+        calls["cache"] += 1
+        return load_cache_for(*args, **kwargs)
+
+    monkeypatch.setattr(probe, "probe_hardware", counted_probe)
+    monkeypatch.setattr(cal_cache, "load_cache_for", counted_cache)
+    spec = resolve_model_size("125M")
+    run = plan_recommendation(RecommendRequest.from_flags(spec=spec, calibrate=False))
+    best = run.report.recommendations[0].config
+    other = best.model_copy(update={"checkpointing": Checkpointing.FULL, "micro_batch": 3})
+    note = expressed_plan_note(run.report, other, spec, None, run.environment)
+    assert note.startswith("this file sets up another plan: ")
+    assert calls == {"probe": 1, "cache": 1}

@@ -136,13 +136,13 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(search.Evaluator, "__init__", capture)
     cost_fns: list[tuple[Any, Any, Any]] = []
-    make_cost_fn = recommend._cost_fn
+    make_cost_fn = recommend.cost_function
 
     def capture_cost_fn(*args: Any) -> Any:
         cost_fns.append(args)
         return make_cost_fn(*args)
 
-    monkeypatch.setattr(recommend, "_cost_fn", capture_cost_fn)
+    monkeypatch.setattr(recommend, "cost_function", capture_cost_fn)
     req = RecommendRequest.from_flags(
         spec=resolve_model_size("7B"),
         task="pretrain",
@@ -181,7 +181,7 @@ def test_the_search_memos_give_the_uncached_answers(monkeypatch: pytest.MonkeyPa
     assert ev.counts[0] == len(ev._mem.keys() | ev._totals.keys())
     ctx, calibration, profile = cost_fns[-1]
     for c, t in ev._time.items():
-        assert t == recommend._cost_fn(ctx, calibration, profile)(c), c  # a fresh memo
+        assert t == recommend.cost_function(ctx, calibration, profile)(c), c  # a fresh memo
 
 
 @pytest.mark.parametrize("device", [None, DeviceOverheads.cpu()])

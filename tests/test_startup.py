@@ -116,7 +116,7 @@ def test_main_pauses_the_cyclic_gc_and_torch_work_turns_it_back_on(
     from advisor.shell import cli
     from advisor.torchload import import_torch
 
-    monkeypatch.setattr(cli, "app", lambda: None)
+    monkeypatch.setattr(cli.common, "app", lambda: None)
     monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         # main() ends with sys.exit (a full or closed stdout changes the status: issue 25).

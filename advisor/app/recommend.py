@@ -1,27 +1,32 @@
-"""The recommend job end to end: probe or profile, calibration cache, rules, ranking, emit.
+"""The recommend job end to end: flags, probe or profile, calibration, rules, ranking.
 
 This module joins the measurement layer (probe, calibration) to the pure core; torch is
-imported only when a calibration runs.
+imported only when a calibration runs. The machine is probed and its calibration read once
+(advisor.app.environment); the export of the first pick is advisor.app.export's.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from advisor.app.environment import Environment, calibration_device, probe_environment
 from advisor.app.estimate import parse_lora_targets
 from advisor.app.limits import check_bound, check_global_batch_tokens, resolve_seq_len
-from advisor.config import Stack, Task
+from advisor.config import Stack, Task, TrainingConfig
+from advisor.cost.convergence import ConvergenceCache
 from advisor.cost.data import CalibrationCache
 from advisor.errors import UserError
 from advisor.hardware.profiles import HardwareProfile, get_hardware_profile, load_hardware_profiles
 from advisor.model.spec import ModelSpec
 from advisor.plan import (
     Context,
+    CostFn,
     HostOverride,
     Objective,
     Privacy,
@@ -29,8 +34,7 @@ from advisor.plan import (
     StepCost,
     Target,
     Workload,
-    recommend,
-    target_from_probe,
+    build_report,
     target_from_profile,
 )
 from advisor.rules.ruleset import load_rules
@@ -219,15 +223,13 @@ def _choice(kind: Any, value: str, flag: str) -> Any:
         raise UserError(f"invalid {flag} {value!r}", f"use one of: {allowed}") from None
 
 
-def _cpu_clock_ghz() -> float | None:
-    """The nominal clock from /proc/cpuinfo ("cpu MHz"), for the analytic CPU peak."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) / 1000
-    except (OSError, ValueError):
-        return None
-    return None
+@dataclass(frozen=True)
+class RecommendRun:
+    """A recommend job's report and the machine it planned for (None for a --hardware plan),
+    probed once and with its calibration as the job left it: the export's note reuses both."""
+
+    report: RecommendReport
+    environment: Environment | None
 
 
 def run_recommend(
@@ -235,6 +237,15 @@ def run_recommend(
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> RecommendReport:
+    """The report of :func:`plan_recommendation` alone (tests, benchmarks, library use)."""
+    return plan_recommendation(req, progress, notify).report
+
+
+def plan_recommendation(
+    req: RecommendRequest,
+    progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> RecommendRun:
     """Probe (or load the profile), find the costs, apply the rules, rank.
 
     On a local device whose calibration cache lacks the model's layer shape (and without
@@ -248,37 +259,18 @@ def run_recommend(
     ruleset = load_rules(req.rules_dirs, technique_ids=set(taxonomy.ids()))
     profiles = load_hardware_profiles()
     w = req.workload
-    calibration: Any = None
-    note = ""
+    calibration: CalibrationCache | None = None
+    env: Environment | None = None
     if req.hardware:
-        profile = get_hardware_profile(req.hardware)
-        target = target_from_profile(
-            profile,
-            gpus=req.gpus or 1,
-            nodes=w.nodes,
-            memory_budget=req.memory_budget,
-            host=req.host,
-        )
-        note = f"costs: analytic, from the {profile.id} datasheet figures"
-        if profile.efficiency is not None and profile.efficiency.carried_over():
-            note += "; " + profile.efficiency.carried_over()
+        target, note = _profile_target(req)
     else:
-        from advisor.hardware.probe import probe_hardware
-
-        report = probe_hardware(with_torch=False)
-        target = target_from_probe(
-            report,
-            profiles,
-            gpus=req.gpus,
-            nodes=w.nodes,
-            memory_budget=req.memory_budget,
-            clock_ghz=_cpu_clock_ghz(),
-            host=req.host,
+        env = probe_environment(profiles)
+        target = env.target(
+            gpus=req.gpus, nodes=w.nodes, memory_budget=req.memory_budget, host=req.host
         )
         if req.gpus is None and target.gpus_per_node > 1:
             w = w.model_copy(update={"gpus": target.gpus_per_node})
-        gpu_name = report.gpus[0].name if report.gpus else ""
-        calibration, note = _local_costs(req, target, progress, gpu_name, notify)
+        env, calibration, note = _local_costs(req, env, target, progress, notify)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
     ctx = Context(
@@ -290,10 +282,28 @@ def run_recommend(
         # --no-calibrate uses no measurement at all, the step proxy included.
         convergence=None if req.calibrate is False else _convergence_proxy(req.spec),
     )
-    return recommend(ctx, _cost_fn(ctx, calibration, target.profile), top=req.top, cost_note=note)
+    cost = cost_function(ctx, calibration, target.profile)
+    report = build_report(ctx, cost, top=req.top, cost_note=note)
+    return RecommendRun(report=report, environment=env)
 
 
-def _convergence_proxy(spec: ModelSpec) -> Any:
+def _profile_target(req: RecommendRequest) -> tuple[Target, str]:
+    """The --hardware profile as the target, and the report's line on where costs come from."""
+    profile = get_hardware_profile(req.hardware or "")
+    target = target_from_profile(
+        profile,
+        gpus=req.gpus or 1,
+        nodes=req.workload.nodes,
+        memory_budget=req.memory_budget,
+        host=req.host,
+    )
+    note = f"costs: analytic, from the {profile.id} datasheet figures"
+    if profile.efficiency is not None and profile.efficiency.carried_over():
+        note += "; " + profile.efficiency.carried_over()
+    return target, note
+
+
+def _convergence_proxy(spec: ModelSpec) -> ConvergenceCache | None:
     """This machine's `calibrate --convergence` results for the model's family, if any.
 
     Step counts do not depend on the device a plan runs on, so the local proxy applies to
@@ -310,38 +320,43 @@ def _convergence_proxy(spec: ModelSpec) -> Any:
 
 def _local_costs(
     req: RecommendRequest,
+    env: Environment,
     target: Target,
     progress: Progress | None,
-    gpu_name: str = "",
     notify: Callable[[str], None] | None = None,
-) -> tuple[Any, str]:
+) -> tuple[Environment, CalibrationCache | None, str]:
     """This device's measured costs: the calibration cache, filled first when it lacks the
     model's layer shape (measured by default); analytic only with --no-calibrate or when
-    torch is not installed."""
+    torch is not installed. Returns the environment (with what it measured), the
+    calibration the costs use and the report's line on where they come from."""
     if req.calibrate is False:
-        return None, "costs: analytic (--no-calibrate), from the probed hardware's peak figures"
-    from advisor.calibration import cache as cal_cache
+        return (
+            env,
+            None,
+            "costs: analytic (--no-calibrate), from the probed hardware's peak figures",
+        )
     from advisor.cost import layer_shape
 
-    device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
+    device = calibration_device(target.device_kind)
     cached = None
     warning = None
     if not req.calibrate:
-        # NOTE: the runner names a GPU by torch.cuda.get_device_name, which reports the same
-        # marketing name NVML does; the fingerprint must match for the cache to be found.
-        cached, warning = cal_cache.load_cache_for(device, gpu_name=gpu_name)
+        cached, warning = env.stored_calibration
         if cached is not None and cached.results_for(layer_shape(req.spec)) is not None:
             partial = ", partial" if cached.partial else ""
             return (
+                env,
                 cached,
                 f"costs: measured on this device (calibration cache {cached.created_at}{partial})"
                 + calibration_caveat(cached, req.spec),
             )
     if not _torch_installed():
         extra = f" [{warning}]" if warning else ""
-        return cached, (
+        return (
+            env,
+            cached,
             "costs: analytic (torch is not installed, so this device cannot be measured; "
-            f"install torch for measured costs){extra}"
+            f"install torch for measured costs){extra}",
         )
     from advisor.calibration.runner import QUICK_DEFAULT_BUDGET_S, run_calibration
 
@@ -355,9 +370,11 @@ def _local_costs(
         req.spec, device=device, mode="quick", progress=progress, say=notify
     )
     partial = ", partial: the time budget ran out" if calibration.partial else ""
-    return calibration, (
+    return (
+        env.with_measured(calibration),
+        calibration,
         f"costs: measured on this device (quick calibration, {device}{partial})"
-        + calibration_caveat(calibration, req.spec)
+        + calibration_caveat(calibration, req.spec),
     )
 
 
@@ -395,20 +412,24 @@ def _torch_installed() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _with_measured_precision(target: Target, calibration: Any) -> Target:
+def _with_measured_precision(target: Target, calibration: CalibrationCache) -> Target:
     fast = getattr(calibration, "fast_bf16", None)
     if fast is None:
         return target
     return target.model_copy(update={"fast_bf16": bool(fast)})
 
 
-def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callable[..., StepCost]:
-    """The step-time function of one search; it holds the cost model's memo for that search."""
+def cost_function(
+    ctx: Context, calibration: CalibrationCache | None, profile: HardwareProfile | None
+) -> CostFn:
+    """The plan search's step-time function: measured from ``calibration`` where it holds
+    the model's layer shape, else analytic from ``profile``'s datasheet figures. It holds
+    the cost model's memo for this one search."""
     from advisor.cost import StepMemo, predict_for_optimizer
 
     memo = StepMemo()
 
-    def cost(config: Any) -> StepCost:
+    def cost(config: TrainingConfig) -> StepCost:
         st = predict_for_optimizer(
             ctx.spec,
             config,
@@ -425,180 +446,3 @@ def _cost_fn(ctx: Context, calibration: Any, profile: HardwareProfile) -> Callab
         )
 
     return cost
-
-
-def write_emitted(
-    report: RecommendReport,
-    kind: str,
-    out: Path,
-    *,
-    nodes: int,
-    spec: ModelSpec | None = None,
-    hardware: str | None = None,
-    force: bool = False,
-) -> tuple[Path, list[str]]:
-    """Write the first pick as a DeepSpeed JSON, Accelerate YAML, torchtitan TOML,
-    Megatron-LM arguments or a PyTorch snippet.
-
-    When the engine cannot set up the ranked plan, the file sets up the nearest plan it can;
-    the first note then names that plan with its memory and step time beside the ranked one's
-    (from the report when it priced that plan, else from the memory and cost models).
-
-    Returns:
-        The file written and the notes to show (engines reject unknown keys, so what a
-        config file cannot say is said here).
-
-    Raises:
-        UserError: when nothing fits (nothing to emit), the engine cannot express the plan's
-            layout, the file would set up another plan than the ranked one or already exists
-            (both without ``force``), or the folder cannot be written.
-    """
-    if not report.recommendations:
-        raise UserError("nothing fits, so there is no configuration to emit", "see the suggestions")
-    from advisor.export import EmitTarget, emit_config
-
-    best = report.recommendations[0]
-    impl = load_taxonomy().get(best.optimizer).implementation
-    cpu = report.hardware.device_kind == "cpu"
-    emission = emit_config(
-        EmitTarget(kind),
-        best.config,
-        nodes=nodes,
-        optimizer_implementation=impl,
-        cpu=cpu,
-        num_layers=spec.num_layers if spec is not None else None,
-    )
-    notes = list(emission.notes)
-    if emission.differs:
-        expressed = _expressed_plan_note(report, emission.expressed_config, spec, hardware)
-        if not force:
-            # A config file that silently sets up another plan is not the pick: refuse.
-            raise UserError(
-                f"the {kind} file cannot set up the ranked plan: {expressed}",
-                "pass --force to write that plan anyway, or try another --emit engine",
-            )
-        notes.insert(0, expressed)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create {out}: {exc.strerror}", "pass another --out folder"
-        ) from None
-    path = out / emission.filename
-    _atomic_write(path, emission.text, force)
-    return path, notes
-
-
-def _expressed_plan_note(
-    report: RecommendReport, expressed: Any, spec: ModelSpec | None, hardware: str | None
-) -> str:
-    """The memory and time of the plan an export sets up instead of the ranked one."""
-    from advisor.export import same_plan
-    from advisor.units import format_bytes, format_seconds
-
-    best = report.recommendations[0]
-    ranked = (
-        f"ranked plan: {format_bytes(best.peak_memory_bytes)}/device, "
-        f"{format_seconds(best.step_time_s)}/step"
-    )
-    for rec in report.recommendations:
-        if same_plan(rec.config, expressed):
-            return (
-                f"this file sets up plan #{rec.rank} instead: "
-                f"{format_bytes(rec.peak_memory_bytes)}/device, "
-                f"{format_seconds(rec.step_time_s)}/step ({ranked})"
-            )
-    if spec is None:
-        return f"this file sets up another plan than the ranked one ({ranked}); see below"
-    from advisor.memory import DeviceOverheads, estimate_memory
-
-    tech = load_taxonomy().get(expressed.optimizer)
-    overheads = DeviceOverheads.cpu() if report.hardware.device_kind == "cpu" else None
-    memory = estimate_memory(spec, expressed, optimizer=tech, device=overheads)
-    step = local_step_time(spec, expressed, hardware)
-    fits = "fits" if memory.total_bytes <= report.hardware.usable_memory_bytes else "does NOT fit"
-    return (
-        f"this file sets up another plan: {format_bytes(memory.total_bytes)}/device ({fits}), "
-        f"{format_seconds(step.seconds)}/step ({ranked})"
-    )
-
-
-def _atomic_write(path: Path, text: str, force: bool = False) -> None:
-    """Write through an exclusive temp file (see advisor.data.safeio); replace only with force."""
-    from advisor.data.safeio import describe, remove_stale_temps, write_atomic
-
-    # NOTE: older versions wrote <name>.tmp beside the file and left it on failures.
-    remove_stale_temps(path.parent, legacy=(path.name + ".tmp",))
-    try:
-        write_atomic(path, text.encode(), overwrite=force)
-    except FileExistsError:
-        raise UserError(
-            f"{path} exists; not overwriting it", "pass --force to replace it, or another --out"
-        ) from None
-    except OSError as exc:
-        raise UserError(
-            f"cannot write {path}: {describe(exc)}", "pass another --out folder"
-        ) from None
-
-
-def local_target() -> tuple[Target, str]:
-    """This machine as a planning target (probed without torch), and its first GPU's name."""
-    from advisor.hardware.probe import probe_hardware
-
-    report = probe_hardware(with_torch=False)
-    target = target_from_probe(
-        report,
-        load_hardware_profiles(),
-        gpus=None,
-        nodes=1,
-        memory_budget=None,
-        clock_ghz=_cpu_clock_ghz(),
-    )
-    return target, report.gpus[0].name if report.gpus else ""
-
-
-def local_step_time(
-    spec: ModelSpec, config: Any, hardware: str | None, local: tuple[Target, str] | None = None
-) -> Any:
-    """Step time of one configuration for `optadvise estimate`: measured from this device's
-    calibration cache when it holds the model's layer shape, else analytic from the
-    --hardware profile or the probed machine's peak figures. Never imports torch.
-
-    Args:
-        local: this machine's target and GPU name, when the caller probed it already.
-
-    Returns:
-        An ``advisor.app.estimate.StepTimeReport``.
-    """
-    from advisor.app.estimate import StepTimeReport
-    from advisor.cost import predict_for_optimizer
-
-    calibration = None
-    link = None
-    if hardware:
-        profile = get_hardware_profile(hardware)
-        if config.gpus > 1 and profile.intra_node is not None:
-            link = profile.intra_node.bandwidth_gb_s
-    else:
-        target, gpu = local or local_target()
-        profile = target.profile
-        from advisor.calibration import cache as cal_cache
-
-        device = "cpu" if target.device_kind.value == "cpu" else "cuda:0"
-        calibration, _warning = cal_cache.load_cache_for(device, gpu_name=gpu)
-    st = predict_for_optimizer(
-        spec,
-        config,
-        load_taxonomy().get(config.optimizer),
-        calibration=calibration,
-        hardware=profile,
-        interconnect_gb_s=link,
-    )
-    return StepTimeReport(
-        seconds=st.seconds,
-        source=st.source.value,
-        components={
-            k: {"seconds": v.seconds, "source": v.source.value, "detail": v.detail}
-            for k, v in st.components.items()
-        },
-    )

@@ -8,7 +8,7 @@ advisor.plan.bounds, the batch geometry, advisor.plan.geometry, the rule and com
 filters, advisor.plan.constraints, and the memoised models, advisor.plan.evaluator) ->
 ranking (advisor.plan.rank) -> explanation (advisor.plan.explain) -> report
 (advisor.plan.report).
-This module re-exports the names the CLI, advise and the benchmarks use.
+This module re-exports the names the app layer (advisor.app) and the benchmarks use.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from advisor.plan.models import (
     WhyNot,
     WorkloadSummary,
 )
-from advisor.plan.report import recommend
+from advisor.plan.report import build_report
 from advisor.plan.space import (
     HOST_SAFETY_MARGIN,
     MEMORY_SAFETY_MARGIN,
@@ -79,6 +79,7 @@ __all__ = [
     "Workload",
     "WorkloadSummary",
     "baseline_config",
+    "build_report",
     "closest_gpu_profile",
     "cpu_profile_from_probe",
     "derive_facts",
@@ -87,7 +88,6 @@ __all__ = [
     "estimate",
     "match_gpu_profile",
     "objective_score",
-    "recommend",
     "resolve_global_batch",
     "target_from_probe",
     "target_from_profile",

@@ -39,7 +39,7 @@ from advisor.rules.candidates import MEMORY_SAVER_IDS
 from advisor.rules.engine import Decision, decide
 
 
-def recommend(
+def build_report(
     ctx: Context, cost_fn: CostFn, *, top: int = 5, cost_note: str = ""
 ) -> RecommendReport:
     """Search the plan space for the context and rank what fits.

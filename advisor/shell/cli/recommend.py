@@ -1,0 +1,318 @@
+"""`optadvise recommend`: ranked training plans for a model on this machine or a profile."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from advisor.errors import EXIT_NOTHING_FITS, UserError
+from advisor.shell.cli.common import (
+    JsonOpt,
+    RulesDirOpt,
+    SchemaOpt,
+    app,
+    handle_errors,
+    not_blank,
+    print_schema,
+    rules_dirs,
+    user_path,
+)
+from advisor.shell.cli.modelflags import (
+    ModelConfigOpt,
+    ModelOpt,
+    ModelSizeOpt,
+    RopeScalingOpt,
+    resolve_model,
+)
+
+if TYPE_CHECKING:
+    from advisor.app.recommend import RecommendRequest, RecommendRun
+    from advisor.model.spec import ModelSpec
+    from advisor.plan import RecommendReport
+
+TaskOpt = Annotated[
+    str, typer.Option("--task", help="pretrain, finetune (default), lora or qlora.")
+]
+SeqLenOpt = Annotated[
+    str | None,
+    typer.Option("--seq-len", help="Tokens per sample (default: 2048, capped by the model)."),
+]
+StackOpt = Annotated[
+    str,
+    typer.Option(
+        "--stack",
+        help="Kernel stack: hf (Hugging Face modules, the default) or fused "
+        "(FlashAttention, fused norms and cross-entropy, as torchtitan/Megatron).",
+    ),
+]
+MicroBatchOpt = Annotated[
+    int | None,
+    typer.Option("--micro-batch", help="Samples per device per pass (default: searched)."),
+]
+GlobalBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--global-batch",
+        help="Samples per optimizer step (default: a published batch for the task and size).",
+    ),
+]
+GlobalBatchTokensOpt = Annotated[
+    str | None,
+    typer.Option("--global-batch-tokens", help="Tokens per optimizer step, e.g. 4M or 512k."),
+]
+HostMemoryOpt = Annotated[
+    str | None,
+    typer.Option("--host-memory", help="Host RAM of each node, e.g. 1TiB (offload plans)."),
+]
+NvmeOpt = Annotated[
+    str | None, typer.Option("--nvme", help="NVMe of each node for offload, e.g. 4TB.")
+]
+TpOpt = Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")]
+PpOpt = Annotated[int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")]
+HardwareOpt = Annotated[
+    str | None,
+    typer.Option("--hardware", help="Plan for a profile instead of this machine (profiles list)."),
+]
+GpusOpt = Annotated[
+    int | None, typer.Option("--gpus", help="Devices per node (default: all local GPUs, or 1).")
+]
+NodesOpt = Annotated[int, typer.Option("--nodes", help="Machines.")]
+MemoryBudgetOpt = Annotated[
+    str | None,
+    typer.Option("--memory-budget", help="Device memory to plan with, e.g. 24GB (overrides)."),
+]
+ObjectiveOpt = Annotated[
+    str,
+    typer.Option(
+        "--objective",
+        help="speed (step time), memory, balanced (default), quality or time-to-target "
+        "(steps to AdamW's loss x step time).",
+    ),
+]
+PrivacyOpt = Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")]
+LoraTargetsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lora-targets",
+        help="What LoRA/QLoRA plans adapt: attention (the default), mlp, all-linear or a "
+        "comma list (see estimate --help).",
+    ),
+]
+SparseFeaturesOpt = Annotated[
+    bool, typer.Option("--sparse-features", help="The model learns sparse features.")
+]
+TopOpt = Annotated[int, typer.Option("--top", help="How many configurations to show.")]
+CalibrateOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--calibrate/--no-calibrate",
+        help="Rank by cost measured on this device (the default without --hardware): the "
+        "quick calibration runs first when the cache lacks the model's layer shape. "
+        "--no-calibrate: never touch torch; analytic costs.",
+    ),
+]
+ExplainOpt = Annotated[bool, typer.Option("--explain", help="Show every rule that fired.")]
+EmitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--emit",
+        help="Write the first pick as deepspeed, accelerate, torch, torchtitan or megatron config.",
+    ),
+]
+OutOpt = Annotated[
+    str | None, typer.Option("--out", help="Folder for --emit (default: optadvise-out).")
+]
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="With --emit: replace a file that exists, and write the nearest plan the "
+        "engine can express when its file cannot set up the ranked plan (refused otherwise).",
+    ),
+]
+ShowRejectedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--show-rejected", help="List every rejected configuration with its reason (--json)."
+    ),
+]
+
+
+@app.command()
+@handle_errors
+def recommend(
+    model_size: ModelSizeOpt = None,
+    model: ModelOpt = None,
+    model_config: ModelConfigOpt = None,
+    task: TaskOpt = "finetune",
+    seq_len: SeqLenOpt = None,
+    stack: StackOpt = "hf",
+    rope_scaling: RopeScalingOpt = None,
+    micro_batch: MicroBatchOpt = None,
+    global_batch: GlobalBatchOpt = None,
+    global_batch_tokens: GlobalBatchTokensOpt = None,
+    host_memory: HostMemoryOpt = None,
+    nvme: NvmeOpt = None,
+    tp: TpOpt = None,
+    pp: PpOpt = None,
+    hardware: HardwareOpt = None,
+    gpus: GpusOpt = None,
+    nodes: NodesOpt = 1,
+    memory_budget: MemoryBudgetOpt = None,
+    objective: ObjectiveOpt = "balanced",
+    privacy: PrivacyOpt = "none",
+    lora_targets: LoraTargetsOpt = None,
+    sparse_features: SparseFeaturesOpt = False,
+    top: TopOpt = 5,
+    calibrate: CalibrateOpt = None,
+    explain: ExplainOpt = False,
+    emit: EmitOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+    show_rejected: ShowRejectedOpt = False,
+    rules_dir: RulesDirOpt = None,
+    json_out: JsonOpt = False,
+    schema: SchemaOpt = False,
+) -> None:
+    """Recommend how to train: ranked configurations with reasons, by measured cost.
+
+    Exit status: 0 a plan fits, 2 bad input, 3 nothing fits (the report still prints, with
+    suggestions; --json says "fits": false).
+    """
+    not_blank("--hardware", hardware)
+    from advisor.plan import RecommendReport
+
+    if schema:
+        print_schema(RecommendReport)
+        return
+    from advisor.app.recommend import RecommendRequest
+
+    _check_flags(tp, pp, emit, out, force)
+    spec = resolve_model(model_size, model, model_config)
+    request = RecommendRequest.from_flags(
+        spec=spec,
+        task=task,
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        global_batch=global_batch,
+        hardware=hardware,
+        gpus=gpus,
+        nodes=nodes,
+        memory_budget=memory_budget,
+        objective=objective,
+        privacy=privacy,
+        sparse_features=sparse_features,
+        top=top,
+        calibrate=calibrate,
+        stack=stack,
+        rope_scaling=rope_scaling,
+        global_batch_tokens=global_batch_tokens,
+        host_memory=host_memory,
+        nvme=nvme,
+        tp=tp,
+        pp=pp,
+        lora_targets=lora_targets,
+    )
+    if rules_dir:
+        request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})
+    run = _plan(request, calibrate, hardware, json_out)
+    report = run.report
+    if report.hardware.device_kind == "cpu":
+        _note_unused_offload_flags(host_memory, nvme)
+    if emit is not None and report.fits:
+        _emit(run, emit, out, nodes, spec, hardware, force, json_out)
+    _show(report, json_out=json_out, show_rejected=show_rejected, explain=explain)
+    if not report.fits:
+        if emit is not None:
+            typer.echo(f"nothing fits: no {emit} file written", err=True)
+        raise typer.Exit(EXIT_NOTHING_FITS)
+
+
+def _check_flags(
+    tp: int | None, pp: int | None, emit: str | None, out: str | None, force: bool
+) -> None:
+    """The pinned degrees within bounds, and --emit's flags only with --emit."""
+    from advisor.app.limits import check_bound
+
+    for flag, pinned in (("--tp", tp), ("--pp", pp)):
+        check_bound(flag, pinned)
+    emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
+    if emit is not None and emit not in emit_kinds:
+        raise UserError(f"invalid --emit {emit!r}", f"use {', '.join(emit_kinds)}")
+    if emit is None and (out is not None or force):
+        given = "--out" if out is not None else "--force"
+        raise UserError(f"{given} applies to --emit, which is not given", f"drop {given}")
+    not_blank("--out", out)
+
+
+def _plan(
+    request: RecommendRequest, calibrate: bool | None, hardware: str | None, json_out: bool
+) -> RecommendRun:
+    """Run the recommend job, with a progress bar and notes when it may calibrate."""
+    from advisor.app.recommend import plan_recommendation
+
+    if calibrate is False or hardware is not None:
+        # NOTE: analytic costs: no calibration runs, so there is no progress bar or note to
+        # show, and the terminal renderer (rich) loads only to print the report (never for
+        # --json). That is ~25 ms of start-up.
+        return plan_recommendation(request)
+    from advisor.shell import render
+
+    with render.calibration_progress(enabled=not json_out) as progress:
+        return plan_recommendation(request, progress=progress, notify=render.note)
+
+
+def _note_unused_offload_flags(host_memory: str | None, nvme: str | None) -> None:
+    """--host-memory and --nvme size offload from a GPU: a note when the plan runs on a CPU."""
+    from advisor import notes as user_notes
+
+    for flag, value in (("--host-memory", host_memory), ("--nvme", nvme)):
+        if value is not None:
+            user_notes.post(
+                f"{flag} is not used: it sizes offload from a GPU to its host, and this "
+                "plan runs on a CPU"
+            )
+
+
+def _emit(
+    run: RecommendRun,
+    emit: str,
+    out: str | None,
+    nodes: int,
+    spec: ModelSpec,
+    hardware: str | None,
+    force: bool,
+    json_out: bool,
+) -> None:
+    """Write the first pick's --emit file; say where (and what it cannot say) unless --json."""
+    from advisor.app.export import write_emitted
+
+    path, notes = write_emitted(
+        run.report,
+        emit,
+        user_path(out or "optadvise-out", "--out"),
+        nodes=nodes,
+        spec=spec,
+        hardware=hardware,
+        force=force,
+        environment=run.environment,
+    )
+    if not json_out:
+        from advisor.shell import render
+
+        render.console.print(f"wrote {render.safe(path)}", soft_wrap=True)
+        for note in notes:
+            render.console.print(f"  note: {render.safe(note)}")
+
+
+def _show(report: RecommendReport, *, json_out: bool, show_rejected: bool, explain: bool) -> None:
+    """The report on stdout: JSON (rejections only with --show-rejected) or the tables."""
+    if json_out:
+        from advisor.shell.jsonout import print_json
+
+        print_json(report if show_rejected else report.model_copy(update={"rejected": []}))
+    else:
+        from advisor.shell import render
+
+        render.render_recommend(report, explain=explain)

@@ -1,0 +1,116 @@
+"""The `estimate` report: the memory breakdown, phases, verdict and step time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from advisor.shell.render import common
+from advisor.shell.render.common import bar, safe
+from advisor.units import format_bytes, format_count, format_seconds
+
+if TYPE_CHECKING:
+    from advisor.app.estimate import EstimateReport
+
+
+def render_estimate(report: EstimateReport) -> None:
+    """The memory breakdown with a bar per component, the phases and the verdict."""
+    c = report.config
+    layout = ""
+    if c.tensor_parallel > 1 or c.pipeline_parallel > 1 or c.expert_parallel > 1:
+        layout = (
+            f", TP {c.tensor_parallel} × PP {c.pipeline_parallel}"
+            + (f" (×{c.virtual_stages} interleaved)" if c.virtual_stages > 1 else "")
+            + (f", EP {c.expert_parallel}" if c.expert_parallel > 1 else "")
+        )
+    savers = [
+        name
+        for name, on in (
+            ("fused loss", c.fused_loss),
+            ("optimizer in backward", c.optimizer_in_backward),
+            ("activation offload", c.activation_offload),
+        )
+        if on
+    ]
+    common.console.print(
+        f"[bold]{safe(report.model)}[/] ({format_count(report.parameters)} parameters, "
+        f"{format_count(report.trainable_parameters)} trainable) — {c.task.value}, {c.optimizer}, "
+        f"{c.precision.value}, {c.attention.value} attention, "
+        f"checkpointing {c.checkpointing.value}, "
+        f"micro-batch {c.micro_batch} × {c.seq_len} tokens"
+        + (f" × {c.grad_accumulation} accumulation" if c.grad_accumulation > 1 else "")
+        + f", {c.gpus} data-parallel device(s){layout}, "
+        f"sharding {c.sharding.value}, offload {c.offload.value}"
+        + (f", {', '.join(savers)}" if savers else ""),
+        markup=True,
+    )
+    stack_note = " (the default; --stack fused for FlashAttention + fused kernels)"
+    common.console.print(
+        f"kernel stack: [bold]{report.stack.value}[/]"
+        + (stack_note if report.stack.value == "hf" else "")
+    )
+    peak = next((p for p in report.phases if p.name == report.peak_phase), None)
+    table = Table(title_justify="left")
+    table.add_column("component", no_wrap=True)
+    table.add_column("bytes", justify="right", no_wrap=True, min_width=10)
+    table.add_column("at peak", justify="right", no_wrap=True, min_width=10)
+    table.add_column("", no_wrap=True, max_width=24)
+    total = max(report.total_bytes, 1)
+    rows = [(k, v) for k, v in report.breakdown.items() if k != "overhead"]
+    rows += [(f"overhead: {k}", v) for k, v in report.overhead_breakdown.items()]
+    for name, value in rows:
+        if value == 0:
+            continue
+        key = name.removeprefix("overhead: ")
+        alive = peak.components.get(key, 0) if peak else value
+        if key in report.overhead_breakdown and peak is not None:
+            alive = value
+        table.add_row(
+            name,
+            format_bytes(value),
+            format_bytes(alive) if alive else "—",
+            bar(alive / total),
+        )
+    table.add_row(
+        "[bold]peak per device[/]",
+        "",
+        f"[bold]{format_bytes(report.total_bytes)}[/]",
+        f"in {report.peak_phase}",
+    )
+    if report.host_bytes:
+        table.add_row("host (offloaded)", format_bytes(report.host_bytes), "", "")
+    if report.nvme_bytes:
+        table.add_row("NVMe (offloaded)", format_bytes(report.nvme_bytes), "", "")
+    common.console.print(table)
+    common.console.print(
+        "phases: " + " · ".join(f"{p.name} {format_bytes(p.total_bytes)}" for p in report.phases),
+        markup=False,
+    )
+    if report.device_memory_bytes is not None:
+        verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
+        common.console.print(
+            f"{verdict} on {report.hardware or report.device_name}: "
+            f"{format_bytes(report.total_bytes)} of {format_bytes(report.device_memory_bytes)}"
+        )
+    for alt in report.alternatives:
+        verdict = "fits" if alt.fits else "does not fit"
+        common.console.print(
+            f"with {alt.change} this {verdict}: {format_bytes(alt.total_bytes)} "
+            f"(−{format_bytes(alt.saved_bytes)})",
+            markup=False,
+        )
+    if report.host_fits is False:
+        common.console.print(
+            "[red]offloaded states exceed host RAM[/] "
+            f"({format_bytes(report.host_memory_bytes or 0)})"
+        )
+    if report.step_time is not None:
+        st = report.step_time
+        parts = ", ".join(
+            f"{k} {format_seconds(float(v['seconds']) if isinstance(v, dict) else float(v))}"
+            for k, v in st.components.items()
+        )
+        common.console.print(f"step time {format_seconds(st.seconds)} ({st.source}): {parts}")
+    for note in report.notes:
+        common.console.print(f"[dim]note: {safe(note)}[/]")

@@ -1,0 +1,213 @@
+"""The `recommend` report: the ranked table, the first pick's reasons, why-not, suggestions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+
+from advisor.shell.render import common
+from advisor.shell.render.common import Col, bar, print_table, safe
+from advisor.units import format_bytes, format_count, format_seconds
+
+if TYPE_CHECKING:
+    from advisor.plan import RecommendReport
+
+
+def _to_target(rel: float | None) -> str:
+    return "-" if rel is None else f"×{rel:.2g}"
+
+
+def _render_steps(r: Any) -> None:
+    """The time-to-target line: the published step range and the measured proxy beside it."""
+    band = r.steps_vs_adamw
+    if band is None:
+        return
+    source = getattr(r.steps_source, "value", r.steps_source)
+    text = (
+        f"to target: time to AdamW's loss relative to the same layout with AdamW; #1 needs "
+        f"{band.central:.3g}× AdamW's steps ({band.low:.3g}–{band.high:.3g}, {source}"
+        + (", extrapolated" if r.steps_extrapolated else "")
+        + ")"
+    )
+    if r.steps_proxy is not None:
+        text += f"; measured-proxy {r.steps_proxy:.3g}× on this device"
+    common.console.print(f"[dim]{text}[/]")
+
+
+def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
+    """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
+    hw, wl = report.hardware, report.workload
+    common.console.print(
+        f"[bold]{safe(wl.model)}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
+        f"seq {wl.seq_len}, global batch {wl.global_batch} ({wl.global_batch_source}), "
+        f"{wl.world_size} device(s), objective {wl.objective}"
+        + (", differentially private" if wl.privacy == "dp" else "")
+    )
+    nodes = f" × {hw.nodes} nodes" if hw.nodes > 1 else ""
+    devices = f"{hw.gpus_per_node} × " if hw.gpus_per_node > 1 else ""
+    common.console.print(
+        f"on {devices}{safe(hw.name)}{nodes} ({safe(hw.source)}): "
+        f"{format_bytes(hw.device_memory_bytes)} per "
+        f"device, {format_bytes(hw.usable_memory_bytes)} usable "
+        f"({hw.safety_margin:.0%} safety margin)"
+    )
+    common.console.print(f"[dim]{safe(report.cost_note)}[/]")
+    if hw.host_source:
+        common.console.print(
+            f"[dim]host for offload: {format_bytes(hw.host_memory_bytes)} RAM"
+            + (f", {format_bytes(hw.nvme_bytes)} NVMe" if hw.nvme_bytes else "")
+            + f" per device ({escape(hw.host_source)})[/]"
+        )
+    if not report.recommendations:
+        common.console.print(
+            f"\n[bold red]Nothing fits.[/] {report.candidates_considered} configurations "
+            "considered; what would fit:"
+        )
+        for s in report.suggestions:
+            common.console.print(f"  • [bold]{safe(s.change)}[/]: {safe(s.detail)}")
+    else:
+        from rich import box
+
+        wide = common.console.width >= 100
+        columns = [
+            Col("#", justify="right", nowrap=True),
+            Col("optimizer", ident=True),
+            Col("precision", ident=True),
+            Col("attn", ident=True),
+            Col("batch", justify="right", nowrap=True),
+            Col("savers, layout"),
+            Col("peak", justify="right", nowrap=True),
+            *((Col("free", justify="right", nowrap=True),) if wide else ()),
+            Col("step", justify="right", nowrap=True),
+            Col("to target", justify="right", nowrap=True),
+            Col("tokens/s", justify="right", nowrap=True),
+        ]
+        rows = []
+        for r in report.recommendations:
+            savers = [
+                _SHORT.get(t, t)
+                for t in r.techniques
+                if t not in (r.optimizer, r.precision) and not t.endswith("attention")
+            ]
+            savers = [x for x in savers if x]
+            if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
+                # The layout names the sharding too ("tp2 pp2 dp8 fsdp").
+                sharded = {"zero-1", "zero-2", "zero-3", "fsdp", "hsdp"}
+                savers = [x for x in savers if x not in sharded] + [r.layout]
+            rows.append(
+                [
+                    str(r.rank),
+                    r.optimizer,
+                    r.precision,
+                    r.attention,
+                    f"{r.micro_batch}×{r.grad_accumulation}",
+                    ", ".join(savers) or "-",
+                    format_bytes(r.peak_memory_bytes),
+                    *((format_bytes(r.headroom_bytes),) if wide else ()),
+                    format_seconds(r.step_time_s),
+                    _to_target(r.time_to_target_rel),
+                    f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
+                ]
+            )
+        print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        sources = sorted({r.cost_source for r in report.recommendations})
+        for r in report.recommendations:
+            if r.also:
+                common.console.print(f"[dim]  #{r.rank} also: {escape('; '.join(r.also))}[/]")
+            if r.global_batch_note:
+                common.console.print(f"[dim]  #{r.rank}: {escape(r.global_batch_note)}[/]")
+        common.console.print(
+            f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
+            "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
+        )
+        if report.trade:
+            common.console.print(f"[bold]trade:[/] {escape(report.trade)}")
+        best = report.recommendations[0]
+        _render_steps(best)
+        common.console.print(
+            f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):"
+        )
+        if not best.reasons:
+            common.console.print("  ranked first on cost; no rule prefers or avoids its techniques")
+        for reason in best.reasons:
+            common.console.print(
+                f"  • [cyan]{reason.rule}[/] {reason.effect}: "
+                f"{escape(_first_sentence(reason.rationale))}"
+            )
+            if reason.sources:
+                common.console.print(f"    [dim]{escape('; '.join(reason.sources))}[/]")
+        common.console.print(
+            f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):"
+        )
+        total = max(best.peak_memory_bytes, 1)
+        for name, value in best.memory_breakdown.items():
+            if value:
+                common.console.print(
+                    f"  {name:<22} {bar(value / total)} {format_bytes(value):>10}", markup=False
+                )
+    if report.why_not:
+        common.console.print("\n[bold]Why not[/]")
+        for w in report.why_not:
+            common.console.print(f"  • {safe(w.option)}: {safe(w.verdict)}")
+    if report.advice:
+        common.console.print("\n[bold]Advice[/]")
+        for a in report.advice:
+            common.console.print(f"  • {safe(a.effect)} [dim]({safe(a.rule)})[/]")
+    if explain:
+        common.console.print(f"\n[bold]Every rule that fired[/] ({len(report.fired_rules)})")
+        for fired in report.fired_rules:
+            common.console.print(f"  • [cyan]{safe(fired.rule)}[/] {safe(fired.effect)}")
+            common.console.print(f"    {safe(fired.rationale)}")
+            if fired.sources:
+                common.console.print(f"    [dim]{safe('; '.join(fired.sources))}[/]")
+        common.console.print(
+            "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
+        )
+    rejected = sum(report.rejected_counts.values())
+    if report.search is not None:
+        st = report.search
+        common.console.print(
+            f"\n[dim]plan space {st.plans_considered:,} plans: {st.plans_evaluated} evaluated, "
+            f"{st.plans_pruned:,} pruned as dominated, equivalent or bounded out "
+            f"({st.ladders_bounded} core-layout ladders cut by their bound); "
+            f"{st.rows_collapsed} equivalent plans folded into rows[/]"
+        )
+        for note in st.notes:
+            common.console.print(f"[dim]{escape(note)}[/]")
+    common.console.print(
+        f"[dim]{report.candidates_considered} configurations considered, {rejected} rejected "
+        f"({', '.join(f'{k}: {v}' for k, v in report.rejected_counts.items())}); "
+        "--json --show-rejected lists them all with reasons[/]"
+    )
+
+
+_SHORT = {
+    "activation-checkpointing-full": "ckpt-full",
+    "activation-checkpointing-selective": "ckpt-selective",
+    "activation-checkpointing-selective-op": "ckpt-sel-op",
+    "activation-checkpointing-selective-layer": "ckpt-sel-layer",
+    "cpu-offload-optimizer": "offload-optim",
+    "cpu-offload-params": "offload-params",
+    "gradient-accumulation": "grad-accum",
+    "fused-cross-entropy": "fused-CE",
+    "fused-backward-step": "step-in-backward",
+    "activation-offload": "act-offload",
+    "optimizer-states-8bit": "8-bit states",
+    "nvme-offload": "nvme",
+    "hybrid-shard": "hsdp",
+    # The layout says these: "tp8 pp16 dp1".
+    "tensor-parallel": "",
+    "sequence-parallel": "",
+    "pipeline-parallel": "",
+    "expert-parallel": "",
+}
+
+
+def _first_sentence(text: str) -> str:
+    head, dot, _ = text.partition(". ")
+    return head + ("." if dot else "")
+
+
+def _fact(v: object) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
