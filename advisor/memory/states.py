@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from advisor.config import Precision, Sharding, Task, TrainingConfig
 from advisor.memory.derived import lora_tensors
@@ -56,8 +57,7 @@ class StageStates:
     paged: int  # optimizer states in unified memory (not in bd["optimizer_states"])
 
 
-@dataclass(frozen=True)
-class StateInputs:
+class StateInputs(NamedTuple):
     """Everything :func:`stage_states` reads besides the model: the optimizer's state
     signature, the LoRA targets, the pipeline rank and the configuration fields that decide
     the model states. The rest of a configuration (micro-batch, sequence, checkpointing,
@@ -65,6 +65,7 @@ class StateInputs:
 
     NOTE: the memo key of :func:`stage_states` is this whole record; a field it starts to
     read must be added here first (it reads nothing else: mypy holds it to these fields).
+    A named tuple, not a dataclass: built and hashed for every estimate of the search.
     """
 
     mem: OptimizerMemory
@@ -100,22 +101,22 @@ class StateInputs:
         """
         mem, opt_id = memory_of(optimizer)
         return cls(
-            mem=mem,
-            opt_id=opt_id,
-            lora_targets=lora_targets,
-            stage=stage,
-            stage_layers=stage_layers,
-            task=config.task,
-            precision=config.precision,
-            gpus=config.gpus,
-            sharding=config.sharding,
-            shard_group=config.shard_group,
-            lora_rank=config.lora_rank,
-            optimizer_in_backward=config.optimizer_in_backward,
-            accumulates=config.grad_accumulation > 1,
-            tensor_parallel=config.tensor_parallel,
-            pipeline_parallel=config.pipeline_parallel,
-            expert_parallel=config.expert_parallel,
+            mem,
+            opt_id,
+            lora_targets,
+            stage,
+            stage_layers,
+            config.task,
+            config.precision,
+            config.gpus,
+            config.sharding,
+            config.shard_group,
+            config.lora_rank,
+            config.optimizer_in_backward,
+            config.grad_accumulation > 1,
+            config.tensor_parallel,
+            config.pipeline_parallel,
+            config.expert_parallel,
         )
 
 
