@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from advisor.config import Attention, Precision, Stack
 from advisor.memory.derived import MemoryModel, as_model
-from advisor.memory.dtypes import dtypes
+from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
 from advisor.model.spec import ModelSpec
 
@@ -116,36 +117,118 @@ def layer_activation_bytes(
     """
     model = as_model(spec)
     spec, d = model.spec, model.shape
-    h, a, kv, hd, f = d["h"], d["a"], d["kv"], d["hd"], d["f"]
+    h, a, f = d["h"], d["a"], d["f"]
     b, s = micro_batch, seq_len
     t = b * s
     dt = dtypes(precision)
-    c, cl, res = dt.act, dt.linear_in, dt.residual
-    layernorm = enum_value(spec.norm) == "layernorm"
-    family = str(spec.family).lower()
-    qd, kd = a * hd, kv * hd
-    frozen = lora_targets is not None
+    c, res = dt.act, dt.residual
     fused = stack is Stack.FUSED
     if fused:
         attention = Attention.FLASH
+    k = _Block(
+        spec,
+        d,
+        b,
+        s,
+        dt,
+        attention,
+        precision,
+        selective,
+        lora_targets,
+        fused,
+        fused_norm,
+        quantized,
+        lora_dropout,
+    )
+    total = _norm_activation_bytes(k) + _attention_activation_bytes(k) + _mlp_activation_bytes(k)
+    qd, mc = a * d["hd"], res if quantized else c
+    if dropout:
+        total += 2 * t * h * (mask_bytes or c)
+        if attention is Attention.EAGER and not selective and not fused:
+            # The dropped probabilities are what the value matmul keeps, unless autocast
+            # casts them for it (the cast is counted above): then only the mask is new.
+            autocast = precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+            probs = 4 if autocast else c
+            total += b * a * s * s * ((0 if autocast else c) + (mask_bytes or probs))
+    if lora_targets is not None:
+        adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
+        total += len(adapted) * c * t * lora_rank  # A's output, saved by B
+        if lora_dropout:
+            # One mask per adapter, as wide as its input: the norm output (q, k, v, gate,
+            # up), the attention output (o) or the MLP product (down).
+            width = {"o": (qd, c), "down": (f, mc)}
+            for n in adapted:
+                d_in, dtype = width.get(n, (h, res))
+                total += t * d_in * (mask_bytes or dtype)
+    return math.ceil(total / tensor_parallel)
 
-    def saved_input(*names: str) -> int:
+
+@dataclass(frozen=True)
+class _Block:
+    """What :func:`layer_activation_bytes`'s parts read: the model, the batch geometry,
+    the dtypes and the kernels, and which linears are trained."""
+
+    spec: ModelSpec
+    d: Mapping[str, int]
+    b: int
+    s: int
+    dt: Dtypes
+    attention: Attention  # flash under the fused stack
+    precision: Precision
+    selective: bool
+    lora_targets: frozenset[str] | None
+    fused: bool  # the fused kernel stack
+    fused_norm: bool
+    quantized: bool
+    lora_dropout: bool
+
+    @property
+    def t(self) -> int:
+        return self.b * self.s
+
+    @property
+    def cl(self) -> int:
+        return self.dt.linear_in
+
+    @property
+    def res(self) -> int:
+        return self.dt.residual
+
+    @property
+    def frozen(self) -> bool:
+        return self.lora_targets is not None
+
+    @property
+    def family(self) -> str:
+        return str(self.spec.family).lower()
+
+    def saved_input(self, *names: str) -> int:
         # A linear with a trainable weight saves its input; a frozen one does not.
-        return cl if not frozen or any(n in (lora_targets or ()) for n in names) else 0
+        cl, frozen, targets = self.cl, self.frozen, self.lora_targets
+        return cl if not frozen or any(n in (targets or ()) for n in names) else 0
 
-    def reads(names: tuple[str, ...], one_matrix: bool) -> int:
+    def reads(self, names: tuple[str, ...], one_matrix: bool) -> int:
         # What the linears reading one tensor save of it. Where they take another dtype
         # than the tensor's (autocast's 16-bit inputs from the fp32 residual stream, fp8
         # inputs from bf16) each casts it itself: autocast caches only casts of leaf
         # weights, so q, k and v keep three copies (measured in
         # tests/test_memory_stacks.py). One fused matrix reads it once.
-        kept = [n for n in names if saved_input(n)]
+        kept = [n for n in names if self.saved_input(n)]
         if not kept:
             return 0
         # Under LoRA dropout each adapter keeps its own dropped-out copy.
-        shared = one_matrix or fused or (cl == res and not lora_dropout)
+        cl, res = self.cl, self.res
+        shared = one_matrix or self.fused or (cl == res and not self.lora_dropout)
         return cl * (1 if shared else len(kept))
 
+
+def _norm_activation_bytes(k: _Block) -> int:
+    """The block's norms (and Qwen3 / Gemma 3 / OLMo 2's q/k norms), their outputs read by
+    the projections included."""
+    spec, d, t, c, res, frozen, family = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen, k.family
+    h, a, kv, qd, kd = d["h"], d["a"], d["kv"], d["a"] * d["hd"], d["kv"] * d["hd"]
+    layernorm = enum_value(spec.norm) == "layernorm"
+    fused, fused_norm, reads = k.fused, k.fused_norm, k.reads
     gpt2 = family == "gpt2"
     norm_out_attn = reads(
         ("q", "k", "v"), gpt2 or bool(spec_value(spec, "fused_qkv", False)) or bool(d["mla"])
@@ -188,6 +271,16 @@ def layer_activation_bytes(
         total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm, frozen)
         if fp32_normalized:
             total += (4 - c) * t * (qd + kd)
+    return total
+
+
+def _attention_activation_bytes(k: _Block) -> int:
+    """The attention core: Q, K, V, scores (eager) or log-sum-exp (SDPA), the output."""
+    spec, d, b, s, t, c, res, family = k.spec, k.d, k.b, k.s, k.t, k.dt.act, k.res, k.family
+    a, qd, kd = d["a"], d["a"] * d["hd"], d["kv"] * d["hd"]
+    attention, selective, precision, fused = k.attention, k.selective, k.precision, k.fused
+    quantized, lora_dropout, saved_input = k.quantized, k.lora_dropout, k.saved_input
+    total = 0
     # Attention core.
     o_in = saved_input("o")
     fused_qkv_view = (
@@ -227,6 +320,14 @@ def layer_activation_bytes(
             total += o_in * t * qd
         if lora_dropout and o_in:
             total += o_in * t * qd  # o's adapter keeps its dropped-out copy (measured)
+    return total
+
+
+def _mlp_activation_bytes(k: _Block) -> int:
+    """The MLP (an MoE model's averaged over its dense and MoE blocks)."""
+    spec, d, t, c, res, family = k.spec, k.d, k.t, k.dt.act, k.res, k.family
+    f, frozen, fused, quantized, saved_input = d["f"], k.frozen, k.fused, k.quantized, k.saved_input
+    total = 0
     # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
     mc = res if quantized else c
     mlp = enum_value(spec.mlp)
@@ -243,25 +344,7 @@ def layer_activation_bytes(
         total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, family)
     else:
         total += mlp_bytes
-    if dropout:
-        total += 2 * t * h * (mask_bytes or c)
-        if attention is Attention.EAGER and not selective and not fused:
-            # The dropped probabilities are what the value matmul keeps, unless autocast
-            # casts them for it (the cast is counted above): then only the mask is new.
-            autocast = precision in (Precision.AMP_FP16, Precision.AMP_BF16)
-            probs = 4 if autocast else c
-            total += b * a * s * s * ((0 if autocast else c) + (mask_bytes or probs))
-    if lora_targets is not None:
-        adapted = [n for n in ("q", "k", "v", "o", "gate", "up", "down") if n in lora_targets]
-        total += len(adapted) * c * t * lora_rank  # A's output, saved by B
-        if lora_dropout:
-            # One mask per adapter, as wide as its input: the norm output (q, k, v, gate,
-            # up), the attention output (o) or the MLP product (down).
-            width = {"o": (qd, c), "down": (f, mc)}
-            for n in adapted:
-                d_in, dtype = width.get(n, (h, res))
-                total += t * d_in * (mask_bytes or dtype)
-    return math.ceil(total / tensor_parallel)
+    return total
 
 
 def _mla_activation_bytes(

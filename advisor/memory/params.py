@@ -153,11 +153,10 @@ def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
             ParamTensor(n, s, Role(r), c, hh, p, e)
             for n, s, r, c, hh, p, e in memory_tensors(inventory, d["a"], d["kv"])
         ]
-    h, L, a, kv, hd, f, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["f"], d["V"]
+    h, L, a, kv, hd, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["V"]
     qd, kd = a * hd, kv * hd
     layernorm = enum_value(spec.norm) == "layernorm"
     gated = enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
-    E, Lm, fe = d["E"], d["Lm"], d["fe"]
     out: list[ParamTensor] = [ParamTensor("embed", (V, h), Role.EMBEDDING, per_layer=False)]
     if enum_value(spec.position) == "learned":
         rows = d["P"] + int(spec_value(spec, "learned_position_offset", 0))
@@ -193,6 +192,32 @@ def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
     ]
     if spec.out_bias:
         out.append(ParamTensor("o_bias", (h,), Role.VECTOR, L))
+    out += _mlp_tensors(spec, d, gated)
+    if int(spec_value(spec, "type_vocab_size", 0)):
+        out.append(
+            ParamTensor("token_type", (spec.type_vocab_size, h), Role.POSITION, per_layer=False)
+        )
+    if spec_value(spec, "pooler", False):
+        out.append(ParamTensor("pooler", (h, h), Role.OUTPUT, per_layer=False))
+        out.append(ParamTensor("pooler_bias", (h,), Role.VECTOR, per_layer=False))
+        # The sequence classifier on the pooled output (BertForSequenceClassification; the
+        # pre-training NSP head is the same 2 x h): two labels.
+        out.append(ParamTensor("classifier", (2, h), Role.OUTPUT, per_layer=False))
+        out.append(ParamTensor("classifier_bias", (2,), Role.VECTOR, per_layer=False))
+    norm_tensors = 2 if layernorm else 1
+    block_norms = 4 if enum_value(spec_value(spec, "block_norms", "pre")) == "sandwich" else 2
+    out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L * norm_tensors))
+    out.append(ParamTensor("final_norm", (h,), Role.VECTOR, norm_tensors, per_layer=False))
+    if not spec.tie_word_embeddings and arch == "decoder":
+        out.append(ParamTensor("lm_head", (V, h), Role.OUTPUT, per_layer=False))
+    return out
+
+
+def _mlp_tensors(spec: ModelSpec, d: dict[str, int], gated: bool) -> list[ParamTensor]:
+    """The MLP's tensors: a dense MLP on dense layers; routed experts, the router and
+    shared experts on MoE layers (see :func:`enumerate_tensors`)."""
+    h, L, f, E, Lm, fe = d["h"], d["L"], d["f"], d["E"], d["Lm"], d["fe"]
+    out: list[ParamTensor] = []
     dense = L - Lm
     if spec_value(spec, "fused_gate_up", False):
         mlp = [("gate_up", (2 * f, h)), ("down", (h, f))]
@@ -218,23 +243,6 @@ def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
             for name in names:
                 shape = (h, fs) if name == "down" else (fs, h)
                 out.append(ParamTensor("shared_" + name, shape, Role.LAYER_MATRIX, Lm))
-    if int(spec_value(spec, "type_vocab_size", 0)):
-        out.append(
-            ParamTensor("token_type", (spec.type_vocab_size, h), Role.POSITION, per_layer=False)
-        )
-    if spec_value(spec, "pooler", False):
-        out.append(ParamTensor("pooler", (h, h), Role.OUTPUT, per_layer=False))
-        out.append(ParamTensor("pooler_bias", (h,), Role.VECTOR, per_layer=False))
-        # The sequence classifier on the pooled output (BertForSequenceClassification; the
-        # pre-training NSP head is the same 2 x h): two labels.
-        out.append(ParamTensor("classifier", (2, h), Role.OUTPUT, per_layer=False))
-        out.append(ParamTensor("classifier_bias", (2,), Role.VECTOR, per_layer=False))
-    norm_tensors = 2 if layernorm else 1
-    block_norms = 4 if enum_value(spec_value(spec, "block_norms", "pre")) == "sandwich" else 2
-    out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L * norm_tensors))
-    out.append(ParamTensor("final_norm", (h,), Role.VECTOR, norm_tensors, per_layer=False))
-    if not spec.tie_word_embeddings and arch == "decoder":
-        out.append(ParamTensor("lm_head", (V, h), Role.OUTPUT, per_layer=False))
     return out
 
 

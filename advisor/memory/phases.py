@@ -4,6 +4,7 @@ step): which components are alive in each, autocast's weight cache included."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from advisor.config import Checkpointing, Offload, Precision, Task, TrainingConfig
 
@@ -65,28 +66,11 @@ def phases_of(
         for k in ("weights", "quantization_constants", "master_weights", "optimizer_states")
         if bd[k]
     }
-    cache = bd["weight_cache"] if autocast else 0
     if bd["weight_cache"] and not autocast:
         static["weight_cache"] = bd["weight_cache"]
-    head_cache = min(head_cache, cache)
-    # What autograd saves of the copies: the blocks not recomputed (every one but each
-    # ac_frequency-th under selective-layer checkpointing) and the head. The cache holds
-    # the casts of trainable weights only (leaves that need gradients): LoRA's frozen
-    # matrices live only as saved.
-    ckpt = config.checkpointing
-    if ckpt is Checkpointing.FULL:
-        kept = 0.0
-    elif ckpt is Checkpointing.SELECTIVE_LAYER:
-        kept = 1 - 1 / config.ac_frequency
-    else:
-        kept = 1.0
-    saved_cache = head_cache + math.ceil((cache - head_cache) * kept)
-    adapters = config.task in (Task.LORA, Task.QLORA)
-    # Under LoRA the cache holds only the adapters' casts; recomputed blocks' ones are in it
-    # until the region exits, though autograd does not keep them.
-    forward_cache = saved_cache + math.ceil(adapter_cache * (1 - kept)) if adapters else cache
-    # By the layer backward the head's backward has run and freed its copy.
-    backward_cache = saved_cache - head_cache
+    cache, head_cache, saved_cache, forward_cache, backward_cache = _autocast_cache(
+        bd, config, autocast, head_cache, adapter_cache
+    )
     gathered = (
         {"gathered_parameters": bd["gathered_parameters"]} if bd["gathered_parameters"] else {}
     )
@@ -137,3 +121,44 @@ def phases_of(
         "layer_backward": backward,
         "optimizer_step": step,
     }
+
+
+class _AutocastCache(NamedTuple):
+    """Autocast's 16-bit weight copies alive at each point of a step (see :func:`phases_of`)."""
+
+    cache: int  # the whole cache (0 without autocast)
+    head: int  # the LM head's copy
+    saved: int  # what autograd saved of the copies
+    forward: int  # alive at the end of the forward
+    backward: int  # alive in the layer backward
+
+
+def _autocast_cache(
+    bd: dict[str, int],
+    config: TrainingConfig,
+    autocast: bool,
+    head_cache: int,
+    adapter_cache: int,
+) -> _AutocastCache:
+    """How much of autocast's weight cache each phase holds."""
+    cache = bd["weight_cache"] if autocast else 0
+    head_cache = min(head_cache, cache)
+    # What autograd saves of the copies: the blocks not recomputed (every one but each
+    # ac_frequency-th under selective-layer checkpointing) and the head. The cache holds
+    # the casts of trainable weights only (leaves that need gradients): LoRA's frozen
+    # matrices live only as saved.
+    ckpt = config.checkpointing
+    if ckpt is Checkpointing.FULL:
+        kept = 0.0
+    elif ckpt is Checkpointing.SELECTIVE_LAYER:
+        kept = 1 - 1 / config.ac_frequency
+    else:
+        kept = 1.0
+    saved_cache = head_cache + math.ceil((cache - head_cache) * kept)
+    adapters = config.task in (Task.LORA, Task.QLORA)
+    # Under LoRA the cache holds only the adapters' casts; recomputed blocks' ones are in it
+    # until the region exits, though autograd does not keep them.
+    forward_cache = saved_cache + math.ceil(adapter_cache * (1 - kept)) if adapters else cache
+    # By the layer backward the head's backward has run and freed its copy.
+    backward_cache = saved_cache - head_cache
+    return _AutocastCache(cache, head_cache, saved_cache, forward_cache, backward_cache)

@@ -5,11 +5,12 @@ gathering, then the phases and the peak."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
 from advisor.memory.derived import trainable_count
-from advisor.memory.loss import NO_LOSS, loss_memory
+from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo
 from advisor.memory.optimizer import fused_step_on, optimizer_note
 from advisor.memory.params import Role, count, enum_value
@@ -22,7 +23,8 @@ from advisor.memory.results import (
     MemoryTotals,
     Phase,
 )
-from advisor.memory.states import StateInputs, stage_states
+from advisor.memory.states import StageStates, StateInputs, stage_states
+from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import OptimizerMemory, StateKind, Technique
 
 # DeepSpeed's default ``reduce_bucket_size`` (elements), the gradient a ZeRO-Offload device
@@ -49,27 +51,82 @@ def estimate_stage(
     st = memo.call_with_memo(
         stage_states, StateInputs.of(config, optimizer, lora_targets, stage, stage_layers)
     )
-    mem, opt_id, dt, params, d = st.mem, st.opt_id, st.dt, st.params, st.d
-    tp, pp, last, tensors, local_params = st.tp, st.pp, st.last, st.tensors, st.local_params
-    zeroth, adapters, n, stage_zero, p_t = st.zeroth, st.adapters, st.n, st.stage_zero, st.p_t
-    layer_bytes, layer_trainable, head_trainable = (
-        st.layer_bytes,
-        st.layer_trainable,
-        st.head_trainable,
-    )
     notes = list(st.notes)
     bd = dict(st.bd)
     device = device or DeviceOverheads()
-    b, s = config.micro_batch, config.seq_len
-
-    def shard(x: float, from_stage: int) -> int:
-        # ZeRO (Rajbhandari et al. 2020): as in states.stage_states.
-        return math.ceil(x / n) if stage_zero >= from_stage else math.ceil(x)
-
-    if config.dp_sgd and not zeroth:
-        bd["per_sample_gradients"] = b * p_t * dt.grad
+    if config.dp_sgd and not st.zeroth:
+        bd["per_sample_gradients"] = config.micro_batch * st.p_t * st.dt.grad
         notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
-    # ---- activations, logits
+    acts = _activations(
+        memo, config, st, device, lora_targets, stage_layers, held_blocks, bd, notes
+    )
+    # The transient: the larger of the loss backward and the optimizer step's temporaries.
+    loss_tr, step_tr, grad_flow = _transients(spec, config, st, acts.loss, stage_layers, bd)
+    off_host, fsdp_backward, paged, step_tr = _offload_and_gather(
+        spec, config, st, stage_layers, loss_tr, step_tr, grad_flow, bd, notes
+    )
+    host = acts.host_activations + (0 if config.offload.nvme else off_host)
+    nvme = off_host if config.offload.nvme else 0
+    if nvme:
+        notes.append("offloaded states live on NVMe (ZeRO-Infinity, Rajbhandari et al. 2021)")
+    # What is alive when.
+    phases = phases_of(
+        bd,
+        config,
+        zeroth=st.zeroth,
+        grads_persistent=grads_persistent(config),
+        head_grad=st.shard(st.head_trainable * st.dt.grad, 2) if not st.zeroth else 0,
+        model_level=acts.model_level,
+        per_block=acts.per_block,
+        loss_tr=loss_tr,
+        loss_saved=acts.loss.saved_bytes,
+        grad_flow=grad_flow + fsdp_backward,
+        step_tr=step_tr,
+        inflight=acts.inflight,
+        head_cache=st.head_cache,
+        adapter_cache=st.adapter_cache,
+    )
+    peak_tensors = max(sum(p.values()) for p in phases.values())
+    bd["cuda_context"] = device.cuda_context_bytes
+    bd["workspace"] = device.workspace_bytes
+    bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
+    overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
+    if totals_only:
+        # What a fit test reads (memory_totals): every phase carries the same overheads, so
+        # the peak is the largest tensor sum plus them. Neither the phases nor the model
+        # are built.
+        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme, paged)
+    return _full_estimate(
+        memo, config, st, lora_targets, bd, notes, phases, overheads, host, nvme, paged
+    )
+
+
+class _Activations(NamedTuple):
+    """What :func:`_activations` found besides the components it set."""
+
+    model_level: int  # embedding ids, position tables, the final norm (see activations)
+    per_block: int  # one block's saved bytes (what backward works on at a time)
+    inflight: float  # micro-batches of the whole stage alive (pipeline schedule)
+    loss: LossMemory
+    host_activations: int  # what activation offloading keeps in host memory
+
+
+def _activations(
+    memo: MemoryMemo,
+    config: TrainingConfig,
+    st: StageStates,
+    device: DeviceOverheads,
+    lora_targets: frozenset[str],
+    stage_layers: int,
+    held_blocks: int,
+    bd: dict[str, int],
+    notes: list[str],
+) -> _Activations:
+    """The activations and logits of one rank (``bd``'s activations, logits, recompute),
+    its schedule's micro-batches in flight and activation offloading; notes appended."""
+    spec, d, dt = memo.model.spec, st.d, st.dt
+    tp, last, zeroth, adapters = st.tp, st.last, st.zeroth, st.adapters
+    b, s = config.micro_batch, config.seq_len
     lt = lora_targets if adapters else None
     layer = memo.call(
         layer_activation_bytes,
@@ -125,6 +182,32 @@ def estimate_stage(
         if last
         else NO_LOSS
     )
+    inflight, per_block, stored_blocks, host_activations = _stored_blocks(
+        memo, config, st, layer, stage_layers, held_blocks, bd, notes
+    )
+    bd["activations"] = stored_blocks + (0 if zeroth else model_level)
+    bd["logits"] = loss.saved_bytes + loss.output_bytes
+    return _Activations(model_level, per_block, inflight, loss, host_activations)
+
+
+def _stored_blocks(
+    memo: MemoryMemo,
+    config: TrainingConfig,
+    st: StageStates,
+    layer: int,
+    stage_layers: int,
+    held_blocks: int,
+    bd: dict[str, int],
+    notes: list[str],
+) -> tuple[float, int, int, int]:
+    """What the rank's blocks keep for backward under its schedule, checkpointing and
+    activation offloading (``bd["recompute"]``); notes appended.
+
+    Returns:
+        The micro-batches in flight, one block's saved bytes, the blocks' bytes on the
+        device and what activation offloading moves to the host.
+    """
+    pp, zeroth = st.pp, st.zeroth
     # The rank's schedule keeps ``held_blocks`` block-micro-batches of activations alive
     # (inflight_block_microbatches); ``inflight`` is that in micro-batches of the whole stage.
     inflight = 1.0
@@ -154,9 +237,23 @@ def estimate_stage(
         notes.append("activations offloaded to host memory: two blocks' worth kept on device")
     else:
         host_activations = 0
-    bd["activations"] = stored_blocks + (0 if zeroth else model_level)
-    bd["logits"] = loss.saved_bytes + loss.output_bytes
-    # ---- transient: the larger of the loss backward and the optimizer step's temporaries
+    return inflight, per_block, stored_blocks, host_activations
+
+
+def _transients(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    st: StageStates,
+    loss: LossMemory,
+    stage_layers: int,
+    bd: dict[str, int],
+) -> tuple[int, int, int]:
+    """The loss backward's, the optimizer step's and the backward's gradient-flow
+    temporaries (``bd["transient"]``, the largest of them); returns the three."""
+    mem, dt, d, tp, tensors = st.mem, st.dt, st.d, st.tp, st.tensors
+    zeroth, p_t, shard = st.zeroth, st.p_t, st.shard
+    layer_trainable, head_trainable = st.layer_trainable, st.head_trainable
+    b, s = config.micro_batch, config.seq_len
     loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
     impl = config.optimizer_impl
@@ -211,7 +308,30 @@ def estimate_stage(
         n = max((t.numel for t in tensors if t.per_layer and len(t.shape) == 2), default=0)
         grad_flow += math.ceil(n * dt.act + 8 * n / 64)
     bd["transient"] = max(loss_tr, step_tr, grad_flow)
-    # ---- offload and ZeRO-3 gathering
+    return loss_tr, step_tr, grad_flow
+
+
+def _offload_and_gather(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    st: StageStates,
+    stage_layers: int,
+    loss_tr: int,
+    step_tr: int,
+    grad_flow: int,
+    bd: dict[str, int],
+    notes: list[str],
+) -> tuple[int, int, int, int]:
+    """Offloading (ZeRO-Offload, ZeRO-Infinity) and ZeRO-3/FSDP gathering: moves what leaves
+    the device out of ``bd`` and adds the gathered parameters; notes appended.
+
+    Returns:
+        The offloaded bytes, FSDP's backward temporaries, the paged optimizer states and
+        the optimizer step's transient (none once the step runs on the host).
+    """
+    dt, pp, tensors, local_params, zeroth = st.dt, st.pp, st.tensors, st.local_params, st.zeroth
+    adapters, n, stage_zero, p_t, shard = st.adapters, st.n, st.stage_zero, st.p_t, st.shard
+    layer_bytes, layer_trainable = st.layer_bytes, st.layer_trainable
     off_host = 0
     fsdp_backward = 0
     layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
@@ -269,37 +389,23 @@ def estimate_stage(
                     "FSDP: root unit (embedding, LM head) unsharded through the step; one "
                     "block's gradients + reduce-scatter input in backward"
                 )
-    host = host_activations + (0 if config.offload.nvme else off_host)
-    nvme = off_host if config.offload.nvme else 0
-    if nvme:
-        notes.append("offloaded states live on NVMe (ZeRO-Infinity, Rajbhandari et al. 2021)")
-    # ---- phases: what is alive when
-    phases = phases_of(
-        bd,
-        config,
-        zeroth=zeroth,
-        grads_persistent=grads_persistent(config),
-        head_grad=shard(head_trainable * dt.grad, 2) if not zeroth else 0,
-        model_level=model_level,
-        per_block=per_block,
-        loss_tr=loss_tr,
-        loss_saved=loss.saved_bytes,
-        grad_flow=grad_flow + fsdp_backward,
-        step_tr=step_tr,
-        inflight=inflight,
-        head_cache=st.head_cache,
-        adapter_cache=st.adapter_cache,
-    )
-    peak_tensors = max(sum(p.values()) for p in phases.values())
-    bd["cuda_context"] = device.cuda_context_bytes
-    bd["workspace"] = device.workspace_bytes
-    bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
-    overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
-    if totals_only:
-        # What a fit test reads (memory_totals): every phase carries the same overheads, so
-        # the peak is the largest tensor sum plus them. Neither the phases nor the model
-        # are built.
-        return MemoryTotals(peak_tensors + sum(overheads.values()), host, nvme, paged)
+    return off_host, fsdp_backward, paged, step_tr
+
+
+def _full_estimate(
+    memo: MemoryMemo,
+    config: TrainingConfig,
+    st: StageStates,
+    lora_targets: frozenset[str],
+    bd: dict[str, int],
+    notes: list[str],
+    phases: dict[str, dict[str, int]],
+    overheads: dict[str, int],
+    host: int,
+    nvme: int,
+    paged: int,
+) -> MemoryEstimate:
+    """The estimate with its phases, its peak and its notes."""
     phase_list = [
         Phase(
             name=name,
@@ -315,7 +421,7 @@ def estimate_stage(
             "the peak (torch's allocator never sees them); the device keeps what the peak "
             "leaves free, the rest moves over PCIe every step"
         )
-    notes.append(optimizer_note(opt_id, mem))
+    notes.append(optimizer_note(st.opt_id, st.mem))
     notes.append(
         f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
     )
@@ -325,9 +431,9 @@ def estimate_stage(
         phases=phase_list,
         peak_phase=peak.name,
         stack=config.stack,
-        parameters=params,
-        trainable_parameters=p_t
-        if pp == 1 and tp == 1
+        parameters=st.params,
+        trainable_parameters=st.p_t
+        if st.pp == 1 and st.tp == 1
         else trainable_total(memo, config, lora_targets),
         host_bytes=host,
         nvme_bytes=nvme,

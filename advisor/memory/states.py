@@ -5,12 +5,12 @@ autocast's weight copies and ZeRO/FSDP sharding (Rajbhandari et al. 2020)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from advisor.config import Precision, Sharding, Task, TrainingConfig
-from advisor.memory.derived import lora_tensors
+from advisor.memory.derived import MemoryModel, lora_tensors
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.memo import MemoryMemo
 from advisor.memory.optimizer import memory_of, optimizer_state_bytes, paged_state_bytes
@@ -24,6 +24,7 @@ from advisor.memory.params import (
 )
 from advisor.memory.results import COMPONENTS
 from advisor.memory.sharding import local_tensors
+from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import OptimizerMemory, StateKind, Technique
 
 
@@ -55,6 +56,11 @@ class StageStates:
     head_cache: int  # the LM head's share of bd["weight_cache"]
     adapter_cache: int  # LoRA adapters' share of bd["weight_cache"] (trainable: cached)
     paged: int  # optimizer states in unified memory (not in bd["optimizer_states"])
+
+    def shard(self, x: float, from_stage: int) -> int:
+        """``x`` bytes as one device of the shard group holds them once ZeRO stage
+        ``from_stage`` partitions them (see :func:`stage_states`)."""
+        return math.ceil(x / self.n) if self.stage_zero >= from_stage else math.ceil(x)
 
 
 class StateInputs(NamedTuple):
@@ -136,18 +142,88 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     model = memo.model
     spec = model.spec
     mem, opt_id = config.mem, config.opt_id
-    lora_targets, stage, stage_layers = config.lora_targets, config.stage, config.stage_layers
+    stage, stage_layers = config.stage, config.stage_layers
     dt = dtypes(config.precision)
     notes: list[str] = []
     params = model.parameters
     d = model.shape
-    L = d["L"]
     tp, pp = config.tensor_parallel, config.pipeline_parallel
     last = stage in ("only", "last")
     tensors = memo.call(local_tensors, tp, config.expert_parallel, pp, stage, stage_layers)
     local_params = count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
+    n, stage_zero, pipelined = _shard_group(config, notes)
+
+    def shard(x: float, from_stage: int) -> int:
+        # ZeRO (Rajbhandari et al. 2020): stage 1 partitions optimizer states (and the fp32
+        # master copy), stage 2 also gradients, stage 3 also the parameters.
+        return math.ceil(x / n) if stage_zero >= from_stage else math.ceil(x)
+
+    bd = dict.fromkeys(COMPONENTS, 0)
+    trainable, p_t, layer_bytes = _weights(model, config, tensors, dt, shard, bd, notes)
+    p_t_grad = 0 if zeroth else p_t
+    if zeroth:
+        notes.append("zeroth-order: no gradients, no stored activations (Malladi et al. 2023)")
+    # Autocast / fp8 weight copies of the linear layers.
+    head_cache = adapter_cache = 0
+    if dt.weight_cache:
+        head_cache, adapter_cache = _weight_cache(
+            spec, config, tensors, trainable, dt, last, n, stage_zero, shard, bd, notes
+        )
+    # Gradients, master weights, optimizer states.
+    layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
+    head_trainable = p_t - layer_trainable  # embedding / LM head / final norm of this stage
+    grad_bytes = 4 if pipelined and dt.master else dt.grad  # fp32 accumulation (see above)
+    grad_full = shard(p_t_grad * grad_bytes, 2)
+    if config.optimizer_in_backward and not zeroth:
+        # Per-layer updates (LOMO, Lv et al. 2023; GaLore, Zhao et al. 2024): each block's
+        # gradients are stepped and freed as soon as they are ready: at most the block being
+        # stepped and the next one's, or the embedding / head group, exist at once.
+        block = layer_trainable / max(stage_layers, 1) * dt.grad
+        bd["gradients"] = math.ceil(max(block, head_trainable * dt.grad) + block)
+        notes.append("optimizer step fused into backward: per-layer gradients only")
+    else:
+        bd["gradients"] = grad_full
+    master = p_t * dt.master if not zeroth else 0
+    bd["master_weights"] = shard(master, 1)
+    state_bytes = optimizer_state_bytes(mem, trainable, state_dtype_bytes=dt.state)
+    bd["optimizer_states"] = shard(state_bytes, 1)
+    # What a paged optimizer allocates with cudaMallocManaged leaves torch's allocator (and
+    # the peak); the small tensors' states and the absmax stay in it.
+    paged = min(shard(paged_state_bytes(mem, trainable), 1), bd["optimizer_states"])
+    bd["optimizer_states"] -= paged
+    return StageStates(
+        mem=mem,
+        opt_id=opt_id,
+        dt=dt,
+        notes=tuple(notes),
+        params=params,
+        d=d,
+        tp=tp,
+        pp=pp,
+        last=last,
+        tensors=tensors,
+        local_params=local_params,
+        zeroth=zeroth,
+        adapters=adapters,
+        n=n,
+        stage_zero=stage_zero,
+        bd=bd,
+        p_t=p_t,
+        layer_bytes=layer_bytes,
+        layer_trainable=layer_trainable,
+        head_trainable=head_trainable,
+        head_cache=head_cache,
+        adapter_cache=adapter_cache,
+        paged=paged,
+    )
+
+
+def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]:
+    """The devices ZeRO/FSDP shards over, the ZeRO stage in effect and whether a pipeline
+    accumulates unsharded gradients; notes appended."""
+    pp = config.pipeline_parallel
     if config.sharding is Sharding.HSDP:
         n = config.shard_group or min(config.gpus, 8)
         if config.shard_group is None:
@@ -176,14 +252,27 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
             "FSDP under pipeline parallelism: parameters stay gathered and gradients "
             "unsharded across the step's micro-batches (torch.distributed.pipelining)"
         )
+    return n, stage_zero, pipelined
 
-    def shard(x: float, from_stage: int) -> int:
-        # ZeRO (Rajbhandari et al. 2020): stage 1 partitions optimizer states (and the fp32
-        # master copy), stage 2 also gradients, stage 3 also the parameters.
-        return math.ceil(x / n) if stage_zero >= from_stage else math.ceil(x)
 
-    bd = dict.fromkeys(COMPONENTS, 0)
-    # ---- weights and what is trainable
+def _weights(
+    model: MemoryModel,
+    config: StateInputs,
+    tensors: tuple[ParamTensor, ...],
+    dt: Dtypes,
+    shard: Callable[[float, int], int],
+    bd: dict[str, int],
+    notes: list[str],
+) -> tuple[list[ParamTensor], int, int]:
+    """The weights (``bd``'s weights and quantization constants) and what is trainable:
+    LoRA/QLoRA's adapters and 4-bit base, or every tensor; notes appended.
+
+    Returns:
+        The trainable tensors, their parameters, and the blocks' weights as stored.
+    """
+    lora_targets, stage_layers, L = config.lora_targets, config.stage_layers, model.shape["L"]
+    local_params = count(tensors)
+    adapters = config.task in (Task.LORA, Task.QLORA)
     if adapters:
         # Adapters follow their blocks onto the pipeline stage (tiny; replicated under TP).
         trainable = [
@@ -233,91 +322,63 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
         p_t = local_params
         bd["weights"] = shard(local_params * dt.weight, 3)
         layer_bytes = count(tensors, per_layer=True) * dt.weight
-    p_t_grad = 0 if zeroth else p_t
-    if zeroth:
-        notes.append("zeroth-order: no gradients, no stored activations (Malladi et al. 2023)")
-    # ---- autocast / fp8 weight copies of the linear layers
+    return trainable, p_t, layer_bytes
+
+
+def _weight_cache(
+    spec: ModelSpec,
+    config: StateInputs,
+    tensors: tuple[ParamTensor, ...],
+    trainable: list[ParamTensor],
+    dt: Dtypes,
+    last: bool,
+    n: int,
+    stage_zero: int,
+    shard: Callable[[float, int], int],
+    bd: dict[str, int],
+    notes: list[str],
+) -> tuple[int, int]:
+    """Autocast's 16-bit and Transformer Engine's fp8 copies of the linear weights
+    (``bd["weight_cache"]``); notes appended.
+
+    Returns:
+        The LM head's share of the cache and LoRA's adapters' share.
+    """
     head_cache = adapter_cache = 0
-    if dt.weight_cache:
-        # QLoRA's 4-bit matrices are dequantized inside bitsandbytes' matmul and never
-        # kept in 16 bits (MatMul4Bit saves the packed weight); its head is not quantized.
-        linear = 0
-        if config.task is not Task.QLORA:
-            linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
-        # LoRA's adapters are linear weights too (trainable: cast, cached and saved like a
-        # full model's; measured with PEFT in tests/test_memory_stacks.py).
-        adapter_params = sum(t.numel * t.count for t in trainable if t.per_layer)
-        linear += adapter_params if adapters else 0
-        # The LM head: its own matrix, or the embedding it is tied to (cast like any other
-        # linear weight; measured under autocast for tied GPT-2 and OPT).
-        head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
-        head = sum(t.numel * t.count for t in tensors if t.role is head_role)
-        # NOTE: autocast casts the weights a block runs with: under ZeRO-3/FSDP the
-        # gathered ones. FSDP frees its gathered copy after the block; the cast stays,
-        # cached and saved for backward, so it is not divided by the shard group
-        # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
-        # at the end of the forward). Transformer Engine's fp8 workspaces follow the
-        # parameters' sharding.
-        notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
-        autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
-        every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
-        if autocast:
-            bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
-            if adapters:
-                adapter_cache = math.ceil(adapter_params * dt.weight_cache)
-            if stage_zero == 3 and n > 1:
-                notes.append(
-                    "autocast casts the gathered weights: their 16-bit copies are not sharded "
-                    "(cached through the forward, saved for backward); --precision "
-                    "bf16-mixed (FSDP's MixedPrecisionPolicy(param_dtype=bf16), DeepSpeed's "
-                    "bf16 mode) gathers 16-bit weights instead"
-                )
-        else:
-            bd["weight_cache"], head_cache = shard(every, 3), shard(of_head, 3)
-    # ---- gradients, master weights, optimizer states
-    layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
-    head_trainable = p_t - layer_trainable  # embedding / LM head / final norm of this stage
-    grad_bytes = 4 if pipelined and dt.master else dt.grad  # fp32 accumulation (see above)
-    grad_full = shard(p_t_grad * grad_bytes, 2)
-    if config.optimizer_in_backward and not zeroth:
-        # Per-layer updates (LOMO, Lv et al. 2023; GaLore, Zhao et al. 2024): each block's
-        # gradients are stepped and freed as soon as they are ready: at most the block being
-        # stepped and the next one's, or the embedding / head group, exist at once.
-        block = layer_trainable / max(stage_layers, 1) * dt.grad
-        bd["gradients"] = math.ceil(max(block, head_trainable * dt.grad) + block)
-        notes.append("optimizer step fused into backward: per-layer gradients only")
+    adapters = config.task in (Task.LORA, Task.QLORA)
+    # QLoRA's 4-bit matrices are dequantized inside bitsandbytes' matmul and never
+    # kept in 16 bits (MatMul4Bit saves the packed weight); its head is not quantized.
+    linear = 0
+    if config.task is not Task.QLORA:
+        linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
+    # LoRA's adapters are linear weights too (trainable: cast, cached and saved like a
+    # full model's; measured with PEFT in tests/test_memory_stacks.py).
+    adapter_params = sum(t.numel * t.count for t in trainable if t.per_layer)
+    linear += adapter_params if adapters else 0
+    # The LM head: its own matrix, or the embedding it is tied to (cast like any other
+    # linear weight; measured under autocast for tied GPT-2 and OPT).
+    head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
+    head = sum(t.numel * t.count for t in tensors if t.role is head_role)
+    # NOTE: autocast casts the weights a block runs with: under ZeRO-3/FSDP the
+    # gathered ones. FSDP frees its gathered copy after the block; the cast stays,
+    # cached and saved for backward, so it is not divided by the shard group
+    # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
+    # at the end of the forward). Transformer Engine's fp8 workspaces follow the
+    # parameters' sharding.
+    notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
+    autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+    every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
+    if autocast:
+        bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
+        if adapters:
+            adapter_cache = math.ceil(adapter_params * dt.weight_cache)
+        if stage_zero == 3 and n > 1:
+            notes.append(
+                "autocast casts the gathered weights: their 16-bit copies are not sharded "
+                "(cached through the forward, saved for backward); --precision "
+                "bf16-mixed (FSDP's MixedPrecisionPolicy(param_dtype=bf16), DeepSpeed's "
+                "bf16 mode) gathers 16-bit weights instead"
+            )
     else:
-        bd["gradients"] = grad_full
-    master = p_t * dt.master if not zeroth else 0
-    bd["master_weights"] = shard(master, 1)
-    state_bytes = optimizer_state_bytes(mem, trainable, state_dtype_bytes=dt.state)
-    bd["optimizer_states"] = shard(state_bytes, 1)
-    # What a paged optimizer allocates with cudaMallocManaged leaves torch's allocator (and
-    # the peak); the small tensors' states and the absmax stay in it.
-    paged = min(shard(paged_state_bytes(mem, trainable), 1), bd["optimizer_states"])
-    bd["optimizer_states"] -= paged
-    return StageStates(
-        mem=mem,
-        opt_id=opt_id,
-        dt=dt,
-        notes=tuple(notes),
-        params=params,
-        d=d,
-        tp=tp,
-        pp=pp,
-        last=last,
-        tensors=tensors,
-        local_params=local_params,
-        zeroth=zeroth,
-        adapters=adapters,
-        n=n,
-        stage_zero=stage_zero,
-        bd=bd,
-        p_t=p_t,
-        layer_bytes=layer_bytes,
-        layer_trainable=layer_trainable,
-        head_trainable=head_trainable,
-        head_cache=head_cache,
-        adapter_cache=adapter_cache,
-        paged=paged,
-    )
+        bd["weight_cache"], head_cache = shard(every, 3), shard(of_head, 3)
+    return head_cache, adapter_cache
