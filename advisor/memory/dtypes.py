@@ -27,6 +27,7 @@ class Dtypes:
 # derived from a model or a configuration): called per phase of every estimate.
 @functools.cache
 def dtypes(precision: Precision) -> Dtypes:
+    """The element sizes of ``precision``'s layout (weights, gradients, masters, compute)."""
     if precision in (Precision.FP32, Precision.TF32):
         return Dtypes(4, 4, 0, 4, 4, 4, 4, 0)
     if precision in (Precision.AMP_FP16, Precision.AMP_BF16):
