@@ -80,16 +80,13 @@ def test_norm_placement_and_qk_norm_activations(
 def test_mla_latent_down_projections_are_replicated_under_tensor_parallelism() -> None:
     """Megatron-Core builds MLA's linear_q_down_proj / linear_kv_down_proj duplicated on
     every tensor-parallel rank; the up-projections are column-parallel."""
-    from advisor.config import Task, TrainingConfig
-    from advisor.memory import _local_tensors, _shape_of, param_tensors
+    from advisor.memory import MemoryModel, param_tensors
+    from advisor.memory.sharding import local_tensors
     from advisor.model import get_model_profile
 
-    spec = get_model_profile("deepseek-v3")
-    config = TrainingConfig(task=Task.PRETRAIN, tensor_parallel=8)
-    full = {t.name: t.shape for t in param_tensors(spec)}
-    local = {
-        t.name: t.shape
-        for t in _local_tensors(param_tensors(spec), config, "only", _shape_of(spec), False)
-    }
+    model = MemoryModel(get_model_profile("deepseek-v3"))
+    full = {t.name: t.shape for t in param_tensors(model)}
+    layers = model.shape["L"]
+    local = {t.name: t.shape for t in local_tensors(model, 8, 1, 1, "only", layers)}
     assert local["q_a"] == full["q_a"] and local["kv_a"] == full["kv_a"]
     assert local["q"][0] * 8 == full["q"][0] and local["kv_b"][0] * 8 == full["kv_b"][0]

@@ -108,13 +108,13 @@ def test_nf4_double_quantization_costs_what_the_model_charges() -> None:
     # 64, and an fp32 absmax per 256 of those; bitsandbytes quantizes on the CPU too.
     import bitsandbytes.functional as bnbf
 
-    from advisor.memory import _NF4_BYTES, _NF4_CONSTANT_BITS
+    from advisor.memory import NF4_BYTES, NF4_CONSTANT_BITS
 
     w = torch.randn(4096, 4096, dtype=torch.bfloat16)
     packed, state = bnbf.quantize_4bit(w, quant_type="nf4", compress_statistics=True, blocksize=64)
     n = w.numel()
-    assert storage_bytes([packed]) == _NF4_BYTES * n
+    assert storage_bytes([packed]) == NF4_BYTES * n
     constants = [state.absmax, state.code, state.state2.absmax, state.state2.code, state.offset]
     bits = 8 * storage_bytes([t for t in constants if t is not None]) / n
     # The model leaves out the two code tables (16 + 256 floats per tensor, 0.1% here).
-    assert bits == pytest.approx(_NF4_CONSTANT_BITS, rel=0.005)
+    assert bits == pytest.approx(NF4_CONSTANT_BITS, rel=0.005)

@@ -18,6 +18,7 @@ from advisor.cost.shape import (
     weight_matrices,
 )
 from advisor.hardware.profiles import HardwareProfile
+from advisor.memory import MemoryMemo
 from advisor.model.spec import ModelSpec
 
 # One micro-batch's terms, its forward and its backward seconds.
@@ -39,12 +40,13 @@ class ModelMemo:
     calibrations hold dicts, so they have no value hash to key on.
     """
 
-    __slots__ = ("cal", "hw", "matrices", "micro", "results", "scaled", "shape", "spec")
+    __slots__ = ("cal", "hw", "matrices", "memory", "micro", "results", "scaled", "shape", "spec")
 
     def __init__(
         self, spec: ModelSpec, hw: HardwareProfile | None, cal: CalibrationCache | None
     ) -> None:
         self.spec, self.hw, self.cal = spec, hw, cal
+        self.memory = MemoryMemo(spec)  # the memory model's pieces the time terms read
         self.shape: ModelShape = model_shape(spec)
         self.matrices: WeightMatrices = weight_matrices(spec)
         self.results: ShapeResults | None = cal.results_for(layer_shape(spec)) if cal else None

@@ -62,7 +62,7 @@ def activation_offload(s: Setting, c: TrainingConfig, fwd: float, bwd: float) ->
     # back in backward on a side stream (torchao/torchtune activation offloading):
     # the block inputs under full recomputation, everything a block keeps without it
     # (the memory model's count).
-    act = saved_activation_bytes(s.spec, c, math.ceil(s.stage_layers))
+    act = saved_activation_bytes(s.spec, c, math.ceil(s.stage_layers), memo=s.memory_memo)
     moved = 2 * act / pcie(s)
     exposed = max(0.0, moved - s.eff.overlap.value * (fwd + bwd))
     return ComponentTime(

@@ -23,7 +23,7 @@ from advisor.cost.efficiency import AttentionKernel, attention_kernel, compute_d
 from advisor.cost.result import Source
 from advisor.cost.shape import ModelShape, WeightMatrices
 from advisor.hardware.profiles import GpuEfficiency, HardwareProfile
-from advisor.memory import trainable_parameter_count
+from advisor.memory import MemoryMemo, trainable_parameter_count
 from advisor.model.spec import ModelSpec
 
 
@@ -95,6 +95,7 @@ class Setting:
         "fp8",
         "hw",
         "kernel",
+        "memory_memo",
         "last_stage_layers",
         "link_override",
         "matrices",
@@ -123,12 +124,14 @@ class Setting:
         shape: ModelShape,
         matrices: WeightMatrices,
         results: ShapeResults | None,
+        memory_memo: MemoryMemo | None = None,
     ) -> None:
         self.spec, self.mb, self.cal, self.hw, self.eff = spec, mb, calibration, hw, eff
         self.link_override = interconnect_gb_s
         self.sh = shape
         self.matrices = matrices
         self.results = results
+        self.memory_memo = memory_memo
         self.dtype = compute_dtype(mb.precision)
         self.fp8 = self.dtype == "fp8"
         self.tp = mb.tensor_parallel
@@ -190,7 +193,7 @@ def trainable(s: Setting, c: TrainingConfig) -> int:
     if c.task in (Task.LORA, Task.QLORA):
         # The adapters on the configured targets, r x (d_in + d_out) per adapted matrix
         # (Hu et al. 2021), and any whole tensor trained beside them.
-        return trainable_parameter_count(s.spec, c)
+        return trainable_parameter_count(s.spec, c, memo=s.memory_memo)
     return s.sh.params
 
 

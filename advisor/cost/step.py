@@ -87,6 +87,7 @@ def predict_step_time(
         shape=held.shape,
         matrices=held.matrices,
         results=held.results,
+        memory_memo=held.memory,
     )
     zeroth = optimizer_order == "zeroth"
     parts, fwd, bwd = step_terms(s, config, zeroth, held)
@@ -128,7 +129,10 @@ def predict_for_optimizer(
         and hardware is not None
         and hardware.kind is DeviceKind.CUDA
     ):
-        totals = memory_totals(spec, config, optimizer=optimizer, device=DeviceOverheads())
+        held = memo.model(spec, hardware, calibration).memory if memo is not None else None
+        totals = memory_totals(
+            spec, config, optimizer=optimizer, device=DeviceOverheads(), memo=held
+        )
         if totals.paged_bytes:
             residency = paged_residency(
                 totals.paged_bytes, totals.total_bytes, hardware.memory_bytes

@@ -82,8 +82,8 @@ def selective_saves(ctx: Context, c: TrainingConfig) -> bool:
     rung is dominated by the one without it and is skipped."""
 
     def saved(selective: bool) -> int:
-        return layer_activation_bytes(
-            ctx.spec,
+        return ctx.memory_memo.call(
+            layer_activation_bytes,
             1,
             c.seq_len,
             c.attention,

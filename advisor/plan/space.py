@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +28,7 @@ from advisor.hardware.target import Target
 from advisor.memory import (
     DeviceOverheads,
     MemoryEstimate,
+    MemoryMemo,
     MemoryTotals,
     estimate_memory,
     memory_totals,
@@ -179,6 +181,13 @@ class Context:
             return self.batch
         return resolve_global_batch(self.spec, self.workload)
 
+    @cached_property
+    def memory_memo(self) -> MemoryMemo:
+        """The memory model's memo for this context's model, held as long as the context
+        (one command): the plan search asks for the same pieces thousands of times. A copy
+        (:meth:`model_copy`) starts its own."""
+        return MemoryMemo(self.spec)
+
     def model_copy(self, *, update: Mapping[str, Any]) -> Context:
         """A copy with ``update``'s fields replaced (as a pydantic model's)."""
         return replace(self, **update)
@@ -212,14 +221,22 @@ def overheads(target: Target) -> DeviceOverheads:
 def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
     """The memory model for one configuration on the target."""
     return estimate_memory(
-        ctx.spec, config, optimizer=ctx.taxonomy.get(config.optimizer), device=overheads(ctx.target)
+        ctx.spec,
+        config,
+        optimizer=ctx.taxonomy.get(config.optimizer),
+        device=overheads(ctx.target),
+        memo=ctx.memory_memo,
     )
 
 
 def estimate_totals(ctx: Context, config: TrainingConfig) -> MemoryTotals:
     """:func:`estimate`'s peak and offloaded bytes alone (a fit test's inputs), cheaper."""
     return memory_totals(
-        ctx.spec, config, optimizer=ctx.taxonomy.get(config.optimizer), device=overheads(ctx.target)
+        ctx.spec,
+        config,
+        optimizer=ctx.taxonomy.get(config.optimizer),
+        device=overheads(ctx.target),
+        memo=ctx.memory_memo,
     )
 
 

@@ -1,0 +1,147 @@
+"""The memory model's entry points: the per-device peak of one configuration
+(:func:`estimate_memory`), its totals alone for fit tests (:func:`memory_totals`), and the
+trainable parameter count; under pipeline parallelism the heaviest rank's estimate."""
+
+from __future__ import annotations
+
+from advisor.config import TrainingConfig
+from advisor.memory.memo import MemoryMemo, memo_for
+from advisor.memory.pipeline import pipeline_schedule
+from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
+from advisor.memory.sharding import check_layout
+from advisor.memory.stage import estimate_stage, trainable_total
+from advisor.model.spec import ModelSpec
+from advisor.rules.taxonomy import OptimizerMemory, Technique
+
+
+def estimate_memory(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    *,
+    optimizer: Technique | OptimizerMemory,
+    device: DeviceOverheads | None = None,
+    lora_targets: frozenset[str] | None = None,
+    memo: MemoryMemo | None = None,
+) -> MemoryEstimate:
+    """Estimate the per-device peak memory of training ``spec`` under ``config``.
+
+    The peak is the largest phase of a step (:data:`PHASES`); under pipeline parallelism it
+    is the larger of the first stage (most activations in flight) and the last (LM head and
+    loss).
+
+    Args:
+        spec: the model's shapes.
+        config: the training configuration (precision, attention, kernel stack, memory
+            savers, layout, micro-batch, sequence length ...).
+        optimizer: the taxonomy entry of the optimizer (or its state signature); its
+            ``memory`` fields drive the optimizer-state formula, so an extended taxonomy works.
+        device: fixed device overheads; ``None`` means a CUDA device with the defaults of
+            :class:`DeviceOverheads`; use ``DeviceOverheads.cpu()`` for none.
+        lora_targets: what LoRA/QLoRA adapts (default: ``config.lora_targets``).
+        memo: the caller's memo of this model's pieces, held for one search or command
+            (None: a fresh one; the numbers are the same).
+
+    Returns:
+        The estimate, with every component named (see :data:`COMPONENTS`) and every phase.
+
+    Raises:
+        UserError: for a CNN spec, a non-optimizer technique, or a layout the model cannot
+            be split into.
+        ValueError: when ``memo`` holds another model spec's pieces.
+    """
+    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=False)
+    assert isinstance(m, MemoryEstimate)
+    return m
+
+
+def _estimate(
+    memo: MemoryMemo,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    device: DeviceOverheads | None,
+    lora_targets: frozenset[str],
+    *,
+    totals_only: bool,
+) -> MemoryEstimate | MemoryTotals:
+    """:func:`estimate_memory`, or with ``totals_only`` its three numbers alone."""
+    d = memo.model.shape
+    check_layout(config, d)
+    pp = config.pipeline_parallel
+    if pp == 1:
+        return estimate_stage(
+            memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
+        )
+    split, held = memo.call(pipeline_schedule, pp, config.virtual_stages, config.grad_accumulation)
+    # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
+    # are always candidates; a middle rank only when it holds more blocks or more
+    # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest
+    # of them, as the middle ranks differ in nothing else.
+    ranks = [0, pp - 1]
+    middle = max(range(1, pp - 1), key=lambda r: (held[r], sum(split[r])), default=None)
+    if middle is not None and (held[middle] > held[0] or sum(split[middle]) > sum(split[0])):
+        ranks.insert(1, middle)
+    stages = [
+        estimate_stage(
+            memo,
+            config,
+            optimizer,
+            device,
+            lora_targets,
+            "first" if r == 0 else "last" if r == pp - 1 else "middle",
+            sum(split[r]),
+            held[r],
+            totals_only,
+        )
+        for r in ranks
+    ]
+    worst = max(range(len(ranks)), key=lambda i: stages[i].total_bytes)
+    last = stages[worst]
+    if not isinstance(last, MemoryEstimate):
+        return last  # memory_totals reads its numbers, not the note
+    others = ", ".join(
+        f"rank {r}: {est.total_bytes / 2**30:.1f} GiB"
+        for i, (r, est) in enumerate(zip(ranks, stages, strict=True))
+        if i != worst
+    )
+    note = (
+        f"pipeline {pp} stages: rank {ranks[worst]} ({sum(split[ranks[worst]])} blocks) is the "
+        f"largest ({others})"
+    )
+    return last.model_copy(update={"notes": [*last.notes, note]})
+
+
+def memory_totals(
+    spec: ModelSpec,
+    config: TrainingConfig,
+    *,
+    optimizer: Technique | OptimizerMemory,
+    device: DeviceOverheads | None = None,
+    lora_targets: frozenset[str] | None = None,
+    memo: MemoryMemo | None = None,
+) -> MemoryTotals:
+    """:func:`estimate_memory`'s ``total_bytes``, ``host_bytes`` and ``nvme_bytes``, the
+    same numbers, without building the phases (about 40% of the work). The arguments are
+    :func:`estimate_memory`'s.
+
+    NOTE: the plan search's binary searches over the micro-batch ask only whether a plan
+    fits, thousands of times; most of those plans are never shown.
+    """
+    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=True)
+    assert isinstance(m, MemoryTotals)
+    return m
+
+
+def trainable_parameter_count(
+    spec: ModelSpec, config: TrainingConfig, *, memo: MemoryMemo | None = None
+) -> int:
+    """Parameters that get gradients: all of them, or LoRA's adapters (on
+    ``config.lora_targets``) and the whole tensors trained beside them.
+
+    Args:
+        spec: the model's shapes.
+        config: its task, LoRA rank and targets.
+        memo: the caller's memo of this model's pieces (None: a fresh one).
+    """
+    return trainable_total(memo_for(spec, memo), config, frozenset(config.lora_targets))
