@@ -50,7 +50,8 @@ class MemoryMemo:
         Returns:
             What ``fn`` returns (shared between callers: an int or an immutable value).
         """
-        key = (fn, args, tuple(kwargs.items()))
+        # NOTE: the search makes ~20k calls per command; most pass no keywords.
+        key = (fn, args, tuple(kwargs.items())) if kwargs else (fn, args)
         hit = self._results.get(key)
         if hit is None:
             hit = self._results[key] = fn(self.model, *args, **kwargs)
@@ -70,7 +71,7 @@ class MemoryMemo:
         Returns:
             What ``fn`` returns (shared between callers: an int or an immutable value).
         """
-        key = (fn, args, tuple(kwargs.items()))
+        key = (fn, args, tuple(kwargs.items())) if kwargs else (fn, args)
         hit = self._results.get(key)
         if hit is None:
             hit = self._results[key] = fn(self, *args, **kwargs)
