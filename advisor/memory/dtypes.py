@@ -3,7 +3,6 @@ masters, activations, the residual stream, optimizer states, weight copies)."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from advisor.config import Precision
@@ -23,11 +22,12 @@ class Dtypes:
     weight_cache: float  # bytes per linear weight of 16-bit / fp8 copies
 
 
-# NOTE: functools.cache on a pure function of an enum (a handful of entries, nothing
-# derived from a model or a configuration): called per phase of every estimate.
-@functools.cache
 def dtypes(precision: Precision) -> Dtypes:
     """The element sizes of ``precision``'s layout (weights, gradients, masters, compute)."""
+    return _TABLE[precision]
+
+
+def _layout(precision: Precision) -> Dtypes:
     if precision in (Precision.FP32, Precision.TF32):
         return Dtypes(4, 4, 0, 4, 4, 4, 4, 0)
     if precision in (Precision.AMP_FP16, Precision.AMP_BF16):
@@ -39,3 +39,7 @@ def dtypes(precision: Precision) -> Dtypes:
         # and saves fp8 inputs of the linear layers; everything else stays bf16.
         return Dtypes(2, 2, 4, 2, 1, 2, 4, 1)
     return Dtypes(2, 2, 0, 2, 2, 2, 2, 0)  # bare fp16 / bf16
+
+
+# One entry per precision, built once: called per phase of every estimate.
+_TABLE: dict[Precision, Dtypes] = {p: _layout(p) for p in Precision}
