@@ -187,6 +187,62 @@ def run_convergence(
         UserError: for a family the proxy cannot copy (CNNs) or an unknown optimizer.
         KeyboardInterrupt: after saving the partial results.
     """
+    ids, skipped = _optimizer_ids(spec, optimizers)
+    started = time.perf_counter()  # the budget covers torch's import and the corpus too
+    family = family_key(spec)
+    path = cache_file(device, family)
+    old, _ = load_convergence(device, spec)
+    if old is not None and not force and _covers(old, ids, steps):
+        return old
+    report: Progress = progress or (lambda label, fraction: None)
+    budget = DEFAULT_BUDGET_S if budget_s is None else budget_s
+    shape, runs, per_step, partial, interrupted = _measure(
+        spec,
+        device,
+        ids,
+        steps=steps,
+        lrs=lrs,
+        seed=seed,
+        started=started,
+        budget=budget,
+        report=report,
+    )
+    results, target = _results(ids, runs, per_step, steps)
+    report("done", 1.0)
+    cache = _make_cache(
+        device,
+        family,
+        shape,
+        seed=seed,
+        steps=steps,
+        results=results,
+        target=target,
+        partial=partial,
+        started=started,
+        budget=budget,
+        warnings=_warnings(interrupted, skipped),
+    )
+    if any(r.runs for r in results):
+        save_convergence(cache, path)
+    if interrupted is not None:
+        raise interrupted
+    return cache
+
+
+def _covers(old: ConvergenceCache, ids: tuple[str, ...], steps: int) -> bool:
+    """Whether a cached measurement is complete, of the same step budget and every optimizer."""
+    return not old.partial and old.steps == steps and {r.optimizer for r in old.results} >= set(ids)
+
+
+def _optimizer_ids(
+    spec: ModelSpec, optimizers: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], list[str]]:
+    """The optimizers to run (AdamW first, those missing their package left out) and the
+    ones left out.
+
+    Raises:
+        UserError: for a family the proxy cannot copy (CNNs) or an unknown optimizer.
+    """
     if spec.arch is Arch.CNN:
         raise UserError(
             "the convergence proxy copies transformer blocks; a CNN family has none",
@@ -200,18 +256,33 @@ def run_convergence(
         )
     skipped = missing_packages(ids)
     ids = ("adamw", *[o for o in ids if o != "adamw" and o not in skipped])
-    started = time.perf_counter()  # the budget covers torch's import and the corpus too
-    family = family_key(spec)
-    path = cache_file(device, family)
-    old, _ = load_convergence(device, spec)
-    if (
-        old is not None
-        and not force
-        and not old.partial
-        and old.steps == steps
-        and {r.optimizer for r in old.results} >= set(ids)
-    ):
-        return old
+    return ids, skipped
+
+
+def _measure(
+    spec: ModelSpec,
+    device: str,
+    ids: tuple[str, ...],
+    *,
+    steps: int,
+    lrs: int,
+    seed: int,
+    started: float,
+    budget: float,
+    report: Progress,
+) -> tuple[
+    dict[str, int],
+    dict[str, list[ProxyRun]],
+    dict[str, list[float]],
+    bool,
+    KeyboardInterrupt | None,
+]:
+    """Import torch, build the corpus and run the sweeps within the budget, on one thread.
+
+    Returns:
+        The proxy's shape, each optimizer's runs and seconds per step, whether the results
+        are partial, and the interrupt that cut the sweeps short (None if none did).
+    """
     from advisor.torchload import import_torch
 
     torch = import_torch()
@@ -223,8 +294,6 @@ def run_convergence(
     # per step measured at load 9 on a 2-core EPYC).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    report: Progress = progress or (lambda label, fraction: None)
-    budget = DEFAULT_BUDGET_S if budget_s is None else budget_s
     corpus = synthetic_corpus(torch, seed=seed)
     shape = _proxy_shape(spec)
     runs: dict[str, list[ProxyRun]] = {oid: [] for oid in ids}
@@ -253,9 +322,25 @@ def run_convergence(
         partial = True
     finally:
         torch.set_num_threads(threads)
-    results, target = _results(ids, runs, per_step, steps)
-    report("done", 1.0)
-    cache = ConvergenceCache(
+    return shape, runs, per_step, partial, interrupted
+
+
+def _make_cache(
+    device: str,
+    family: str,
+    shape: dict[str, int],
+    *,
+    seed: int,
+    steps: int,
+    results: list[ProxyResult],
+    target: float | None,
+    partial: bool,
+    started: float,
+    budget: float,
+    warnings: list[str],
+) -> ConvergenceCache:
+    """The cache record of a measurement: the proxy, its corpus, the results and the time."""
+    return ConvergenceCache(
         fingerprint_key=cal_cache.device_fingerprint(device).key(),
         device=device,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -273,18 +358,17 @@ def run_convergence(
         partial=partial,
         seconds=round(time.perf_counter() - started, 2),
         budget_s=budget,
-        warnings=(["interrupted: partial results kept"] if interrupted else [])
-        + (
-            [f"not measured ({', '.join(skipped)}): pytorch-optimizer is not installed"]
-            if skipped
-            else []
-        ),
+        warnings=warnings,
     )
-    if any(r.runs for r in results):
-        save_convergence(cache, path)
-    if interrupted is not None:
-        raise interrupted
-    return cache
+
+
+def _warnings(interrupted: KeyboardInterrupt | None, skipped: list[str]) -> list[str]:
+    """An interrupt, and the optimizers whose optional package is missing."""
+    return (["interrupted: partial results kept"] if interrupted else []) + (
+        [f"not measured ({', '.join(skipped)}): pytorch-optimizer is not installed"]
+        if skipped
+        else []
+    )
 
 
 # --- corpus ---------------------------------------------------------------------------

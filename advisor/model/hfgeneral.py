@@ -127,6 +127,52 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     vocab, h = embed.shape
     layers = sum(g.count for g in inv.groups)
     dom = _dominant(inv)
+    heads, kv, head_dim, mla = _attention_shape(raw, dom, h, notes)
+    gated_roles = ("gate", "gate_up", "expert_gate", "expert_gate_up", "shared_gate")
+    all_roles: Counter[str] = Counter()
+    for g in inv.groups:
+        all_roles.update(roles(g))
+    gated = any(all_roles[r] for r in gated_roles)
+    experts, moe_width, shared = _experts(inv, h, notes)
+    ffn = _ffn_width(inv, h, moe_width, notes)
+    positions = _positions(raw, inv, notes)
+    norms = [t for t in dom.tensors if t.role == "norm"]
+    if mla is not None:
+        notes.append("multi-head latent attention read from the latent projections' shapes")
+    fields: dict[str, Any] = dict(
+        arch=Arch.DECODER,
+        hidden_size=h,
+        num_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=head_dim,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        max_position_embeddings=positions or _NO_LIMIT,
+        mlp=_mlp_kind(raw, gated),
+        **_norm_bias_fields(raw, inv, dom, head_dim, experts),
+        fused_qkv=find(dom, "qkv") is not None,
+        fused_gate_up=bool(all_roles["gate_up"]),
+    )
+    if mla is not None:
+        fields["mla"] = mla
+    factor = raw.attrs.get("partial_rotary_factor")
+    if isinstance(factor, float) and 0 < factor < 1 and raw.rotary:
+        fields["rotary_dim"] = int(head_dim * factor)
+    if experts > 1:
+        fields.update(_moe_fields(raw, inv, experts, moe_width, shared))
+    notes += _closing_notes(raw, inv, layers, len(norms))
+    return fields, notes
+
+
+def _attention_shape(
+    raw: RawModel, dom: InvGroup, h: int, notes: list[str]
+) -> tuple[int, int, int, dict[str, int | None] | None]:
+    """Heads, key-value heads, head width and MLA's shape (or None) of the dominant block.
+
+    Raises:
+        UserError: when the widths do not split into the config's heads.
+    """
     q, k, qkv = find(dom, "q"), find(dom, "k"), find(dom, "qkv")
     heads = _attr_int(raw, "num_attention_heads", "num_heads")
     head_dim = _attr_int(raw, "head_dim")
@@ -157,12 +203,11 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
             assert qkv is not None
             head_dim = head_dim or h // heads
             kv = max(1, (qkv.shape[0] // head_dim - heads) // 2)
-    gated_roles = ("gate", "gate_up", "expert_gate", "expert_gate_up", "shared_gate")
-    all_roles: Counter[str] = Counter()
-    for g in inv.groups:
-        all_roles.update(roles(g))
-    gated = any(all_roles[r] for r in gated_roles)
-    up = next((find(g, r) for g in inv.groups for r in ("up", "gate_up") if find(g, r)), None)
+    return heads, kv, head_dim, mla
+
+
+def _experts(inv: Inventory, h: int, notes: list[str]) -> tuple[int, int | None, int]:
+    """The routed experts' count and width, and the shared experts in routed widths."""
     expert_groups = [g for g in inv.groups if any(t.role.startswith("expert_") for t in g.tensors)]
     experts = 1
     moe_width: int | None = None
@@ -190,14 +235,24 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
                     f"shared expert width {width} is not a multiple of the routed "
                     f"width {moe_width}: its activations are not modelled"
                 )
+    return experts, moe_width, shared
+
+
+def _ffn_width(inv: Inventory, h: int, moe_width: int | None, notes: list[str]) -> int:
+    """The MLP's intermediate width: the dense up projection's, else the experts', else the
+    mixer's inner width."""
+    up = next((find(g, r) for g in inv.groups for r in ("up", "gate_up") if find(g, r)), None)
     if up is not None:
-        ffn = up.shape[0] // (2 if up.role == "gate_up" else 1)
-    elif moe_width is not None:
-        ffn = moe_width
-    else:
-        ssm = next((find(g, "ssm_out") for g in inv.groups if find(g, "ssm_out")), None)
-        ffn = ssm.shape[1] if ssm is not None else 4 * h
-        notes.append("no MLP: the intermediate width is the mixer's inner width")
+        return up.shape[0] // (2 if up.role == "gate_up" else 1)
+    if moe_width is not None:
+        return moe_width
+    ssm = next((find(g, "ssm_out") for g in inv.groups if find(g, "ssm_out")), None)
+    notes.append("no MLP: the intermediate width is the mixer's inner width")
+    return ssm.shape[1] if ssm is not None else 4 * h
+
+
+def _positions(raw: RawModel, inv: Inventory, notes: list[str]) -> int | None:
+    """The position limit the config states, else the learned position table's length."""
     positions = _attr_int(raw, "max_position_embeddings", "n_positions") or next(
         (t.shape[0] for t in inv.outside if t.role == "position"), None
     )
@@ -206,6 +261,13 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
             f"the config states no position limit (relative positions or a recurrent "
             f"mixer): the default sequence length is {_NO_LIMIT}, an assumption"
         )
+    return positions
+
+
+def _norm_bias_fields(
+    raw: RawModel, inv: Inventory, dom: InvGroup, head_dim: int, experts: int
+) -> dict[str, Any]:
+    """Norm kind and placement, positions, biases, a tied head and q/k norms, in field order."""
     norms = [t for t in dom.tensors if t.role == "norm"]
     norm_bias = any(t.role == "norm_bias" for g in inv.groups for t in g.tensors)
     rope = raw.rotary
@@ -222,19 +284,7 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     qk_norm = QkNorm.NONE
     if qk:
         qk_norm = QkNorm.HEAD if qk[0].shape[0] == head_dim else QkNorm.FULL
-    if mla is not None:
-        notes.append("multi-head latent attention read from the latent projections' shapes")
-    fields: dict[str, Any] = dict(
-        arch=Arch.DECODER,
-        hidden_size=h,
-        num_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=head_dim,
-        intermediate_size=ffn,
-        vocab_size=vocab,
-        max_position_embeddings=positions or _NO_LIMIT,
-        mlp=_mlp_kind(raw, gated),
+    return dict(
         norm=Norm.LAYERNORM if norm_bias else Norm.RMSNORM,
         position=position,
         qkv_bias=bias["q_bias"] or bias["qkv_bias"],
@@ -243,24 +293,27 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
         tie_word_embeddings=not any(t.role == "lm_head" for t in inv.outside),
         qk_norm=qk_norm,
         block_norms=BlockNorms.SANDWICH if len(norms) == 4 else BlockNorms.PRE,
-        fused_qkv=qkv is not None,
-        fused_gate_up=bool(all_roles["gate_up"]),
     )
-    if mla is not None:
-        fields["mla"] = mla
-    factor = raw.attrs.get("partial_rotary_factor")
-    if isinstance(factor, float) and 0 < factor < 1 and rope:
-        fields["rotary_dim"] = int(head_dim * factor)
-    if experts > 1:
-        moe = [any(t.role.startswith("expert_") for t in g.tensors) for g in inv.groups]
-        dense = [i for i, gi in enumerate(inv.layout) if not moe[gi]]
-        fields.update(
-            num_experts=experts,
-            experts_per_token=min(experts, _attr_int(raw, "experts_per_token") or 1),
-            moe_intermediate_size=moe_width,
-            shared_experts=shared,
-            dense_layers=tuple(dense),
-        )
+
+
+def _moe_fields(
+    raw: RawModel, inv: Inventory, experts: int, moe_width: int | None, shared: int
+) -> dict[str, Any]:
+    """The mixture-of-experts fields, the dense layers among the blocks included."""
+    moe = [any(t.role.startswith("expert_") for t in g.tensors) for g in inv.groups]
+    dense = [i for i, gi in enumerate(inv.layout) if not moe[gi]]
+    return dict(
+        num_experts=experts,
+        experts_per_token=min(experts, _attr_int(raw, "experts_per_token") or 1),
+        moe_intermediate_size=moe_width,
+        shared_experts=shared,
+        dense_layers=tuple(dense),
+    )
+
+
+def _closing_notes(raw: RawModel, inv: Inventory, layers: int, n_norms: int) -> list[str]:
+    """What the fields leave out: roles they cannot show, an encoder-decoder, odd norm counts."""
+    notes: list[str] = []
     present = {t.role for g in inv.groups for t in g.tensors} | {t.role for t in inv.outside}
     notes += [text for role, text in _ROLE_NOTES.items() if role in present]
     if raw.encoder_decoder:
@@ -268,11 +321,9 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
             "encoder-decoder: the encoder and decoder blocks are one stack of "
             f"{layers} blocks for activations; cross-attention activations are not modelled"
         )
-    if len(norms) not in (2, 4):
-        notes.append(
-            f"{len(norms)} norm(s) per block: activations count the two of a pre-norm block"
-        )
-    return fields, notes
+    if n_norms not in (2, 4):
+        notes.append(f"{n_norms} norm(s) per block: activations count the two of a pre-norm block")
+    return notes
 
 
 def behaviour_notes(raw: RawModel) -> list[str]:

@@ -19,7 +19,7 @@ import importlib.metadata
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from advisor import notes
 from advisor.data.cache import cached_value
@@ -28,6 +28,9 @@ from advisor.model.hf_config import UnsupportedModelType, spec_from_hf_config
 from advisor.model.hfgeneral import behaviour_notes, spec_from_raw
 from advisor.model.inventory import RawModel, RawParam
 from advisor.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from transformers import AutoConfig, PretrainedConfig
 
 _MODEL_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _HINT = "pass a Hugging Face config.json (or the model folder holding it)"
@@ -125,22 +128,7 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
 
     transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     model_type = str(cfg.get("model_type"))
-    kwargs = {k: v for k, v in cfg.items() if k not in (*_DROPPED, "model_type")}
-    try:
-        config = AutoConfig.for_model(model_type, **kwargs)
-    except ValueError as exc:
-        if "Unrecognized model" in str(exc):
-            raise UserError(
-                f"model_type {model_type!r} is unknown to transformers {version}",
-                "check the config's model_type, or upgrade transformers",
-            ) from None
-        raise UserError(
-            f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT
-        ) from None
-    except Exception as exc:  # NOTE: a config class's own checks raise anything
-        raise UserError(
-            f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT
-        ) from None
+    config = _config(AutoConfig, cfg, model_type, version)
     text = config.get_text_config(decoder=True)
     synthesized: tuple[str, ...] = ()
     try:
@@ -166,6 +154,47 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
         raise UserError(
             f"{model_type}: transformers cannot build the model: {_line(exc)}", _HINT
         ) from None
+    return RawModel(
+        reader=f"transformers {version}, {type(model).__name__} on the meta device",
+        model_type=str(getattr(text, "model_type", model_type)),
+        encoder_decoder=bool(getattr(text, "is_encoder_decoder", False)),
+        params=tuple(_params(model, text, synthesized)),
+        block_lists=tuple(_block_lists(model)),
+        rotary=any("inv_freq" in n for n, _ in model.named_buffers()),
+        attrs=_attrs(text),
+        synthesized=synthesized,
+    )
+
+
+def _config(
+    auto_config: type[AutoConfig], cfg: dict[str, Any], model_type: str, version: str
+) -> PretrainedConfig:
+    """The config object, built from the local dict (no hub id, no download, no remote code).
+
+    Raises:
+        UserError: when transformers does not know the model type or rejects the config.
+    """
+    kwargs = {k: v for k, v in cfg.items() if k not in (*_DROPPED, "model_type")}
+    try:
+        return auto_config.for_model(model_type, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized model" in str(exc):
+            raise UserError(
+                f"model_type {model_type!r} is unknown to transformers {version}",
+                "check the config's model_type, or upgrade transformers",
+            ) from None
+        raise UserError(
+            f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT
+        ) from None
+    except Exception as exc:  # NOTE: a config class's own checks raise anything
+        raise UserError(
+            f"{model_type}: transformers rejects the config: {_line(exc)}", _HINT
+        ) from None
+
+
+def _params(model: Any, text: Any, synthesized: tuple[str, ...]) -> list[RawParam]:
+    """Every parameter's name, shape, owning module and its parent (tied tensors once), plus
+    the LM head a language tower leaves to its VLM."""
     modules = dict(model.named_modules())
     params = []
     for name, prm in model.named_parameters():
@@ -183,6 +212,13 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
     vocab = getattr(text, "vocab_size", None)
     if synthesized and isinstance(hidden, int) and isinstance(vocab, int):
         params.append(RawParam(name="lm_head.weight", shape=(vocab, hidden), owner="Linear"))
+    return params
+
+
+def _block_lists(model: Any) -> list[str]:
+    """The outermost module lists that hold parameters: the model's stacks of blocks."""
+    import torch
+
     lists: list[str] = []
     for name, mod in model.named_modules():
         if (
@@ -192,17 +228,7 @@ def _read(cfg: dict[str, Any], version: str) -> RawModel:
             and any(True for _ in mod.parameters())
         ):
             lists.append(name)
-    rotary = any("inv_freq" in n for n, _ in model.named_buffers())
-    return RawModel(
-        reader=f"transformers {version}, {type(model).__name__} on the meta device",
-        model_type=str(getattr(text, "model_type", model_type)),
-        encoder_decoder=bool(getattr(text, "is_encoder_decoder", False)),
-        params=tuple(params),
-        block_lists=tuple(lists),
-        rotary=rotary,
-        attrs=_attrs(text),
-        synthesized=synthesized,
-    )
+    return lists
 
 
 def _attrs(text: Any) -> dict[str, int | float | str | bool | None]:

@@ -14,7 +14,7 @@ from advisor.shell.render.common import Col, print_table, safe
 from advisor.units import format_count, format_seconds
 
 if TYPE_CHECKING:
-    from advisor.cost.data import CalibrationCache
+    from advisor.cost.data import CalibrationCache, ShapeResults
 
 
 def render_convergence(cache: Any) -> None:
@@ -95,6 +95,17 @@ def calibration_progress(enabled: bool = True) -> Iterator[Callable[[str, float]
 
 def render_calibration(cache: CalibrationCache, spec_key: str | None = None) -> None:
     """What a calibration measured: device, roofline, layers, attention fits, optimizers."""
+    _render_calibration_header(cache)
+    for shape in cache.shapes:
+        if spec_key is not None and shape.shape.key() != spec_key:
+            continue
+        _render_shape(shape)
+    for w in cache.warnings:
+        common.err_console.print(f"[yellow]warning:[/] {safe(w)}")
+
+
+def _render_calibration_header(cache: CalibrationCache) -> None:
+    """The device and torch fingerprint, then the roofline: GEMM, copy and all-reduce rates."""
     fp = cache.fingerprint
     state = "[yellow]partial[/]" if cache.partial else "complete"
     common.console.print(
@@ -107,78 +118,87 @@ def render_calibration(cache: CalibrationCache, spec_key: str | None = None) -> 
         f"GEMM GFLOP/s: {gemm}; copy {cache.copy_gb_s or 0:g} GB/s; all-reduce "
         + (f"{cache.allreduce_gb_s:g} GB/s" if cache.allreduce_gb_s else "not measured (--full)")
     )
-    for shape in cache.shapes:
-        if spec_key is not None and shape.shape.key() != spec_key:
-            continue
-        common.console.print(f"\n[bold]layer shape {shape.shape.key()}[/]")
-        for lt in shape.layers:
-            scale = f", widths x{lt.width_scale:.2f}" if lt.width_scale < 1 else ""
-            common.console.print(
-                f"  block fwd+bwd {lt.dtype}: {format_seconds(lt.timing.median_s)} "
-                f"(IQR {format_seconds(lt.timing.iqr_s)}) for {lt.tokens} tokens "
-                f"= {lt.seconds_per_token * 1e6:.1f} µs/token{scale}"
-            )
-        attention_rows = []
-        for f in shape.attention:
-            if f.failed:
-                attention_rows.append(
-                    [f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", ""]
-                )
-                continue
+
+
+def _render_shape(shape: ShapeResults) -> None:
+    """One layer shape: the block timings, the attention fits, the optimizer steps, notes."""
+    common.console.print(f"\n[bold]layer shape {shape.shape.key()}[/]")
+    for lt in shape.layers:
+        scale = f", widths x{lt.width_scale:.2f}" if lt.width_scale < 1 else ""
+        common.console.print(
+            f"  block fwd+bwd {lt.dtype}: {format_seconds(lt.timing.median_s)} "
+            f"(IQR {format_seconds(lt.timing.iqr_s)}) for {lt.tokens} tokens "
+            f"= {lt.seconds_per_token * 1e6:.1f} µs/token{scale}"
+        )
+    _render_attention_fits(shape)
+    _render_optimizer_steps(shape)
+    for note in shape.notes:
+        common.console.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _render_attention_fits(shape: ShapeResults) -> None:
+    """The attention fits per backend and dtype (a failed fit shows why)."""
+    attention_rows = []
+    for f in shape.attention:
+        if f.failed:
             attention_rows.append(
-                [
-                    f.backend,
-                    f.dtype,
-                    ",".join(map(str, f.seq_lens)),
-                    f"{f.a:.3g}",
-                    f"{f.b:.3g}",
-                    f"{f.c:.3g}",
-                    f"{f.max_rel_residual:.1%}",
-                ]
+                [f.backend, f.dtype, "-", f"[dim]{escape(f.failed[:40])}[/]", "", "", ""]
             )
-        print_table(
+            continue
+        attention_rows.append(
             [
-                Col("backend", ident=True),
-                Col("dtype", ident=True),
-                Col("seq lens"),
-                Col("a (s/token²)"),
-                Col("b"),
-                Col("c"),
-                Col("max resid."),
-            ],
-            attention_rows,
-            title="attention fwd+bwd per layer and sample: a·s² + b·s + c",
+                f.backend,
+                f.dtype,
+                ",".join(map(str, f.seq_lens)),
+                f"{f.a:.3g}",
+                f"{f.b:.3g}",
+                f"{f.c:.3g}",
+                f"{f.max_rel_residual:.1%}",
+            ]
         )
-        optimizer_rows = []
-        for o in shape.optimizers:
-            per = o.per_step_s
-            optimizer_rows.append(
-                [
-                    o.optimizer,
-                    o.variant,
-                    format_seconds(o.steady.median_s) if o.steady else "-",
-                    format_seconds(o.steady.iqr_s) if o.steady else "-",
-                    format_seconds(o.first_step_s) if o.first_step_s else "-",
-                    str(o.interval or "-"),
-                    f"{per / o.layer_parameters * 1e9:.2f}" if per and o.layer_parameters else "-",
-                    o.status if o.status == "ok" else f"{o.status}: {escape(o.detail[:50])}",
-                ]
-            )
-        print_table(
+    print_table(
+        [
+            Col("backend", ident=True),
+            Col("dtype", ident=True),
+            Col("seq lens"),
+            Col("a (s/token²)"),
+            Col("b"),
+            Col("c"),
+            Col("max resid."),
+        ],
+        attention_rows,
+        title="attention fwd+bwd per layer and sample: a·s² + b·s + c",
+    )
+
+
+def _render_optimizer_steps(shape: ShapeResults) -> None:
+    """The optimizer step on one layer: steady median and IQR, first step, ns per parameter."""
+    optimizer_rows = []
+    for o in shape.optimizers:
+        per = o.per_step_s
+        optimizer_rows.append(
             [
-                Col("optimizer", ident=True),
-                Col("variant", ident=True),
-                Col("median", nowrap=True),
-                Col("IQR", nowrap=True),
-                Col("first step", nowrap=True),
-                Col("interval"),
-                Col("ns/param"),
-                Col("status"),
-            ],
-            optimizer_rows,
-            title="optimizer step on one layer",
+                o.optimizer,
+                o.variant,
+                format_seconds(o.steady.median_s) if o.steady else "-",
+                format_seconds(o.steady.iqr_s) if o.steady else "-",
+                format_seconds(o.first_step_s) if o.first_step_s else "-",
+                str(o.interval or "-"),
+                f"{per / o.layer_parameters * 1e9:.2f}" if per and o.layer_parameters else "-",
+                o.status if o.status == "ok" else f"{o.status}: {escape(o.detail[:50])}",
+            ]
         )
-        for note in shape.notes:
-            common.console.print(f"[dim]note: {escape(note)}[/]")
-    for w in cache.warnings:
-        common.err_console.print(f"[yellow]warning:[/] {safe(w)}")
+    print_table(
+        [
+            Col("optimizer", ident=True),
+            Col("variant", ident=True),
+            Col("median", nowrap=True),
+            Col("IQR", nowrap=True),
+            Col("first step", nowrap=True),
+            Col("interval"),
+            Col("ns/param"),
+            Col("status"),
+        ],
+        optimizer_rows,
+        title="optimizer step on one layer",
+    )

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 
 def render_estimate(report: EstimateReport) -> None:
     """The memory breakdown with a bar per component, the phases and the verdict."""
+    _render_header(report)
+    _render_table(report)
+    _render_verdict(report)
+    _render_step_and_notes(report)
+
+
+def _render_header(report: EstimateReport) -> None:
+    """The configuration line and the kernel stack."""
     c = report.config
     layout = ""
     if c.tensor_parallel > 1 or c.pipeline_parallel > 1 or c.expert_parallel > 1:
@@ -50,6 +58,10 @@ def render_estimate(report: EstimateReport) -> None:
         f"kernel stack: [bold]{report.stack.value}[/]"
         + (stack_note if report.stack.value == "hf" else "")
     )
+
+
+def _render_table(report: EstimateReport) -> None:
+    """The breakdown table (bytes, what is alive at the peak, a bar), then the phases line."""
     peak = next((p for p in report.phases if p.name == report.peak_phase), None)
     table = Table(title_justify="left")
     table.add_column("component", no_wrap=True)
@@ -87,6 +99,10 @@ def render_estimate(report: EstimateReport) -> None:
         "phases: " + " · ".join(f"{p.name} {format_bytes(p.total_bytes)}" for p in report.phases),
         markup=False,
     )
+
+
+def _render_verdict(report: EstimateReport) -> None:
+    """Fits or not on the device, the savers that would change it, and host RAM."""
     if report.device_memory_bytes is not None:
         verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
         common.console.print(
@@ -105,6 +121,10 @@ def render_estimate(report: EstimateReport) -> None:
             "[red]offloaded states exceed host RAM[/] "
             f"({format_bytes(report.host_memory_bytes or 0)})"
         )
+
+
+def _render_step_and_notes(report: EstimateReport) -> None:
+    """The step time with its components, then the notes."""
     if report.step_time is not None:
         st = report.step_time
         parts = ", ".join(

@@ -13,7 +13,14 @@ from advisor.shell.render.common import Col, print_table, safe
 from advisor.units import format_bytes, format_count
 
 if TYPE_CHECKING:
-    from advisor.hardware.profiles import HardwareProfile, ProbeReport
+    from advisor.hardware.profiles import (
+        CpuInfo,
+        GpuInfo,
+        HardwareProfile,
+        MemoryInfo,
+        ProbeReport,
+        SoftwareInfo,
+    )
 
 
 def _yes(flag: bool | None) -> str:
@@ -31,7 +38,20 @@ def _kv_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
 
 def render_probe(report: ProbeReport) -> None:
     """Draw the probe report as tables."""
-    cpu, mem, sw = report.cpu, report.memory, report.software
+    _render_cpu(report.cpu)
+    common.console.print()
+    _render_memory(report.memory)
+    common.console.print()
+    _render_gpus(report.gpus)
+    common.console.print()
+    _render_software(report.software)
+    for w in report.warnings:
+        common.err_console.print(f"[yellow]warning:[/] {safe(w)}")
+    common.console.print(f"[dim]probed in {report.seconds:.2f} s[/]")
+
+
+def _render_cpu(cpu: CpuInfo) -> None:
+    """The CPU table: cores, ISA, torch's view, measured GEMM rate, fast 16-bit paths."""
     isa = ", ".join(f"{k} {'✓' if v else '✗'}" for k, v in cpu.features.items())
     cores = f"{cpu.physical_cores or '?'} physical / {cpu.logical_cores} logical"
     cores += f", {cpu.usable_cores} usable"
@@ -56,7 +76,10 @@ def render_probe(report: ProbeReport) -> None:
             "  [yellow]bf16 is slow on this CPU: train in fp32 here "
             "(16-bit paths are steered away)[/]"
         )
-    common.console.print()
+
+
+def _render_memory(mem: MemoryInfo) -> None:
+    """The host memory table: total, available, the effective limit and the cgroup."""
     limit = format_bytes(mem.effective_limit_bytes)
     rows = [
         ("total", format_bytes(mem.total_bytes)),
@@ -69,8 +92,11 @@ def render_probe(report: ProbeReport) -> None:
         ),
     ]
     common.console.print(_kv_table("Memory", rows))
-    common.console.print()
-    if not report.gpus:
+
+
+def _render_gpus(gpus: list[GpuInfo]) -> None:
+    """The GPU table, one row per device, or a line saying there is none."""
+    if not gpus:
         common.console.print("[bold]GPUs[/]  none found: training runs on the CPU.")
     else:
         table = Table(title="GPUs", title_justify="left")
@@ -89,7 +115,7 @@ def render_probe(report: ProbeReport) -> None:
             "FA-2",
         ):
             table.add_column(col)
-        for g in report.gpus:
+        for g in gpus:
             memory = (
                 f"{format_bytes(g.memory_free_bytes or 0)} / {format_bytes(g.memory_total_bytes)}"
                 if g.memory_total_bytes
@@ -110,7 +136,10 @@ def render_probe(report: ProbeReport) -> None:
                 _yes(g.flash_attention_2),
             )
         common.console.print(table)
-    common.console.print()
+
+
+def _render_software(sw: SoftwareInfo) -> None:
+    """The software table: python, torch, CUDA / cuDNN, the SDPA backends."""
     backends = "; ".join(f"{dev}: {', '.join(b) or 'none'}" for dev, b in sw.sdpa_backends.items())
     rows = [
         ("python", sw.python),
@@ -119,9 +148,6 @@ def render_probe(report: ProbeReport) -> None:
         ("SDPA backends", backends or "not probed"),
     ]
     common.console.print(_kv_table("Software", rows))
-    for w in report.warnings:
-        common.err_console.print(f"[yellow]warning:[/] {safe(w)}")
-    common.console.print(f"[dim]probed in {report.seconds:.2f} s[/]")
 
 
 def render_hardware_profile(p: HardwareProfile) -> None:

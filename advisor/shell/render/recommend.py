@@ -11,7 +11,7 @@ from advisor.shell.render.common import Col, bar, print_table, safe
 from advisor.units import format_bytes, format_count, format_seconds
 
 if TYPE_CHECKING:
-    from advisor.plan import RecommendReport
+    from advisor.plan import Recommendation, RecommendReport
 
 
 def _to_target(rel: float | None) -> str:
@@ -37,6 +37,29 @@ def _render_steps(r: Any) -> None:
 
 def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
     """The ranked table, the first pick's reasons and memory, why-not, and suggestions."""
+    _render_header(report)
+    if not report.recommendations:
+        common.console.print(
+            f"\n[bold red]Nothing fits.[/] {report.candidates_considered} configurations "
+            "considered; what would fit:"
+        )
+        for s in report.suggestions:
+            common.console.print(f"  • [bold]{safe(s.change)}[/]: {safe(s.detail)}")
+    else:
+        wide = common.console.width >= 100
+        _render_table(report, wide=wide)
+        _render_row_notes(report, wide=wide)
+        best = report.recommendations[0]
+        _render_steps(best)
+        _render_best(best)
+    _render_why_not_and_advice(report)
+    if explain:
+        _render_explain(report)
+    _render_search_footer(report)
+
+
+def _render_header(report: RecommendReport) -> None:
+    """The workload line, the hardware line, the cost note and the offload host."""
     hw, wl = report.hardware, report.workload
     common.console.print(
         f"[bold]{safe(wl.model)}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
@@ -59,93 +82,103 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
             + (f", {format_bytes(hw.nvme_bytes)} NVMe" if hw.nvme_bytes else "")
             + f" per device ({escape(hw.host_source)})[/]"
         )
-    if not report.recommendations:
-        common.console.print(
-            f"\n[bold red]Nothing fits.[/] {report.candidates_considered} configurations "
-            "considered; what would fit:"
-        )
-        for s in report.suggestions:
-            common.console.print(f"  • [bold]{safe(s.change)}[/]: {safe(s.detail)}")
-    else:
-        from rich import box
 
-        wide = common.console.width >= 100
-        columns = [
-            Col("#", justify="right", nowrap=True),
-            Col("optimizer", ident=True),
-            Col("precision", ident=True),
-            Col("attn", ident=True),
-            Col("batch", justify="right", nowrap=True),
-            Col("savers, layout"),
-            Col("peak", justify="right", nowrap=True),
-            *((Col("free", justify="right", nowrap=True),) if wide else ()),
-            Col("step", justify="right", nowrap=True),
-            Col("to target", justify="right", nowrap=True),
-            Col("tokens/s", justify="right", nowrap=True),
-        ]
-        rows = []
-        for r in report.recommendations:
-            savers = [
-                _SHORT.get(t, t)
-                for t in r.techniques
-                if t not in (r.optimizer, r.precision) and not t.endswith("attention")
+
+def _render_table(report: RecommendReport, *, wide: bool) -> None:
+    """The ranked table, one row per recommendation (`free` only on a wide console)."""
+    from rich import box
+
+    columns = [
+        Col("#", justify="right", nowrap=True),
+        Col("optimizer", ident=True),
+        Col("precision", ident=True),
+        Col("attn", ident=True),
+        Col("batch", justify="right", nowrap=True),
+        Col("savers, layout"),
+        Col("peak", justify="right", nowrap=True),
+        *((Col("free", justify="right", nowrap=True),) if wide else ()),
+        Col("step", justify="right", nowrap=True),
+        Col("to target", justify="right", nowrap=True),
+        Col("tokens/s", justify="right", nowrap=True),
+    ]
+    rows = []
+    for r in report.recommendations:
+        rows.append(
+            [
+                str(r.rank),
+                r.optimizer,
+                r.precision,
+                r.attention,
+                f"{r.micro_batch}×{r.grad_accumulation}",
+                ", ".join(_savers(r)) or "-",
+                format_bytes(r.peak_memory_bytes),
+                *((format_bytes(r.headroom_bytes),) if wide else ()),
+                format_seconds(r.step_time_s),
+                _to_target(r.time_to_target_rel),
+                f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
             ]
-            savers = [x for x in savers if x]
-            if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
-                # The layout names the sharding too ("tp2 pp2 dp8 fsdp").
-                sharded = {"zero-1", "zero-2", "zero-3", "fsdp", "hsdp"}
-                savers = [x for x in savers if x not in sharded] + [r.layout]
-            rows.append(
-                [
-                    str(r.rank),
-                    r.optimizer,
-                    r.precision,
-                    r.attention,
-                    f"{r.micro_batch}×{r.grad_accumulation}",
-                    ", ".join(savers) or "-",
-                    format_bytes(r.peak_memory_bytes),
-                    *((format_bytes(r.headroom_bytes),) if wide else ()),
-                    format_seconds(r.step_time_s),
-                    _to_target(r.time_to_target_rel),
-                    f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
-                ]
-            )
-        print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        sources = sorted({r.cost_source for r in report.recommendations})
-        for r in report.recommendations:
-            if r.also:
-                common.console.print(f"[dim]  #{r.rank} also: {escape('; '.join(r.also))}[/]")
-            if r.global_batch_note:
-                common.console.print(f"[dim]  #{r.rank}: {escape(r.global_batch_note)}[/]")
-        common.console.print(
-            f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
-            "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
         )
-        if report.trade:
-            common.console.print(f"[bold]trade:[/] {escape(report.trade)}")
-        best = report.recommendations[0]
-        _render_steps(best)
+    print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+
+def _savers(r: Recommendation) -> list[str]:
+    """The short names of a row's memory savers, plus its layout when it is sharded."""
+    savers = [
+        _SHORT.get(t, t)
+        for t in r.techniques
+        if t not in (r.optimizer, r.precision) and not t.endswith("attention")
+    ]
+    savers = [x for x in savers if x]
+    if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
+        # The layout names the sharding too ("tp2 pp2 dp8 fsdp").
+        sharded = {"zero-1", "zero-2", "zero-3", "fsdp", "hsdp"}
+        savers = [x for x in savers if x not in sharded] + [r.layout]
+    return savers
+
+
+def _render_row_notes(report: RecommendReport, *, wide: bool) -> None:
+    """Under the table: each row's alternatives and batch notes, the legend, the trade."""
+    sources = sorted({r.cost_source for r in report.recommendations})
+    for r in report.recommendations:
+        if r.also:
+            common.console.print(f"[dim]  #{r.rank} also: {escape('; '.join(r.also))}[/]")
+        if r.global_batch_note:
+            common.console.print(f"[dim]  #{r.rank}: {escape(r.global_batch_note)}[/]")
+    common.console.print(
+        f"[dim]costs: {', '.join(sources)}; batch: micro-batch × accumulation; "
+        "peak: per-device memory" + ("; free: what it leaves" if wide else "") + "[/]"
+    )
+    if report.trade:
+        common.console.print(f"[bold]trade:[/] {escape(report.trade)}")
+
+
+def _render_best(best: Recommendation) -> None:
+    """Why #1: the rules behind the first pick, then its memory breakdown as bars."""
+    common.console.print(
+        f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):"
+    )
+    if not best.reasons:
+        common.console.print("  ranked first on cost; no rule prefers or avoids its techniques")
+    for reason in best.reasons:
         common.console.print(
-            f"\n[bold]Why #1[/] ({best.optimizer}, {best.precision}, {best.attention}):"
+            f"  • [cyan]{reason.rule}[/] {reason.effect}: "
+            f"{escape(_first_sentence(reason.rationale))}"
         )
-        if not best.reasons:
-            common.console.print("  ranked first on cost; no rule prefers or avoids its techniques")
-        for reason in best.reasons:
+        if reason.sources:
+            common.console.print(f"    [dim]{escape('; '.join(reason.sources))}[/]")
+    common.console.print(
+        f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):"
+    )
+    total = max(best.peak_memory_bytes, 1)
+    for name, value in best.memory_breakdown.items():
+        if value:
             common.console.print(
-                f"  • [cyan]{reason.rule}[/] {reason.effect}: "
-                f"{escape(_first_sentence(reason.rationale))}"
+                f"  {name:<22} {bar(value / total)} {format_bytes(value):>10}", markup=False
             )
-            if reason.sources:
-                common.console.print(f"    [dim]{escape('; '.join(reason.sources))}[/]")
-        common.console.print(
-            f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):"
-        )
-        total = max(best.peak_memory_bytes, 1)
-        for name, value in best.memory_breakdown.items():
-            if value:
-                common.console.print(
-                    f"  {name:<22} {bar(value / total)} {format_bytes(value):>10}", markup=False
-                )
+
+
+def _render_why_not_and_advice(report: RecommendReport) -> None:
+    """Why not (options the rules turned down) and advice (rules that only advise)."""
     if report.why_not:
         common.console.print("\n[bold]Why not[/]")
         for w in report.why_not:
@@ -154,16 +187,23 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         common.console.print("\n[bold]Advice[/]")
         for a in report.advice:
             common.console.print(f"  • {safe(a.effect)} [dim]({safe(a.rule)})[/]")
-    if explain:
-        common.console.print(f"\n[bold]Every rule that fired[/] ({len(report.fired_rules)})")
-        for fired in report.fired_rules:
-            common.console.print(f"  • [cyan]{safe(fired.rule)}[/] {safe(fired.effect)}")
-            common.console.print(f"    {safe(fired.rationale)}")
-            if fired.sources:
-                common.console.print(f"    [dim]{safe('; '.join(fired.sources))}[/]")
-        common.console.print(
-            "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
-        )
+
+
+def _render_explain(report: RecommendReport) -> None:
+    """`--explain`: every rule that fired, with its rationale and sources, then the facts."""
+    common.console.print(f"\n[bold]Every rule that fired[/] ({len(report.fired_rules)})")
+    for fired in report.fired_rules:
+        common.console.print(f"  • [cyan]{safe(fired.rule)}[/] {safe(fired.effect)}")
+        common.console.print(f"    {safe(fired.rationale)}")
+        if fired.sources:
+            common.console.print(f"    [dim]{safe('; '.join(fired.sources))}[/]")
+    common.console.print(
+        "\n[bold]Facts[/] " + ", ".join(f"{k}={_fact(v)}" for k, v in report.facts.items())
+    )
+
+
+def _render_search_footer(report: RecommendReport) -> None:
+    """The search statistics and the count of configurations considered and rejected."""
     rejected = sum(report.rejected_counts.values())
     if report.search is not None:
         st = report.search
