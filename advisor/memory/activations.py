@@ -441,7 +441,12 @@ def model_level_activation_bytes(
         # partial rotary (Phi-4-mini) head_dim x partial_rotary_factor.
         rope = d["dr"] if d["mla"] else int(spec_value(spec, "rotary_dim", d["hd"]))
         total += 2 * s * rope * dt.act
-    if full and spec.traits.eager_causal_mask and attention is Attention.EAGER and stack is Stack.HF:
+    if (
+        full
+        and spec.traits.eager_causal_mask
+        and attention is Attention.EAGER
+        and stack is Stack.HF
+    ):
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = enum_value(spec.norm) == "layernorm"
     fused = stack is Stack.FUSED or fused_norm
