@@ -4,9 +4,10 @@ exact parameter counts derived from it.
 A :class:`ModelSpec` holds the shape of one network as its published ``config.json``
 states it. Everything else the advisor needs about a model is derived from those
 shapes, exactly: the parameter count (checked against real ``transformers`` models
-in the tests), the named tensors of one transformer block (which the calibration
-times optimizers on) and those of the embeddings and head (listed by
-:mod:`advisor.model.counts`). Family behaviour the shapes do not say is a declared trait
+in the tests), the block inventory (:mod:`advisor.model.blocks`: every tensor of one
+transformer block with its role, HF name, shape and tensor-parallel split, which counts,
+memory and cost derive their lists from; the calibration times optimizers on it) and the
+tensors of the embeddings and head (listed by :mod:`advisor.model.counts`). Family behaviour the shapes do not say is a declared trait
 (:mod:`advisor.model.traits`), never a test of the family's name.
 
 Counting conventions, the ones the reference implementations use:
