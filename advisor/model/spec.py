@@ -7,8 +7,9 @@ shapes, exactly: the parameter count (checked against real ``transformers`` mode
 in the tests), the block inventory (:mod:`advisor.model.blocks`: every tensor of one
 transformer block with its role, HF name, shape and tensor-parallel split, which counts,
 memory and cost derive their lists from; the calibration times optimizers on it) and the
-tensors of the embeddings and head (listed by :mod:`advisor.model.counts`). Family behaviour the shapes do not say is a declared trait
-(:mod:`advisor.model.traits`), never a test of the family's name.
+tensors of the embeddings and head (listed by :mod:`advisor.model.counts`). Family
+behaviour the shapes do not say is a declared trait (:mod:`advisor.model.traits`), never a
+test of the family's name.
 
 Counting conventions, the ones the reference implementations use:
 
