@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 
 from pydantic import BaseModel, ConfigDict
 
 from advisor.cost.data import LayerShape
+from advisor.model.blocks import Kind
 from advisor.model.spec import ModelSpec
 
 # (out, in, row-parallel, expert) of each weight matrix of one block.
@@ -63,13 +63,6 @@ def model_shape(spec: ModelSpec) -> ModelShape:
     )
 
 
-# Megatron's row-parallel layers (input dimension split across TP ranks); the others are
-# column-parallel (output split) (Shoeybi et al. 2019, sec. 3).
-_ROW_PARALLEL = re.compile(
-    r"(c_proj|o_proj|out_proj|down_proj|w2|fc2|output\.dense|dense_4h_to_h)(\.weight)?$"
-)
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Gemm:
     """One weight GEMM of a block per micro-batch: (m x k) @ (k x n), ``count`` times."""
@@ -116,18 +109,21 @@ def block_gemms(
 
 
 def weight_matrices(spec: ModelSpec) -> WeightMatrices:
-    """(out, in, row-parallel, expert) of each weight matrix of one block (expert 0 only)."""
+    """(out, in, row-parallel, expert) of each weight matrix of the commonest block (one
+    routed expert's), from the block inventory (:attr:`ModelSpec.block
+    <advisor.model.spec.ModelSpec.block>`): Megatron's row-parallel layers split their
+    input dimension across TP ranks, the others (column-parallel) their output (Shoeybi et
+    al. 2019, sec. 3); shared experts are dense and replicated."""
     out: list[tuple[int, int, bool, bool]] = []
-    for name, shape in spec.layer_matrix_shapes():
-        if len(shape) < 2:
-            continue
-        # Routed experts (transformers 5): one 3-D tensor (experts, out, in) per projection;
-        # shared experts ("shared_experts.") are dense and replicated.
-        routed = ".experts." in f".{name}"
-        if routed:
-            shape = shape[1:]
-        n, k = shape[0], math.prod(shape[1:])
-        if spec.family == "gpt2" and len(shape) == 2:
-            k, n = shape[0], shape[1]  # Conv1D stores (in, out)
-        out.append((n, k, bool(_ROW_PARALLEL.search(name)), routed))
+    if spec.cnn is not None:
+        # A CNN's trunk: each convolution as its implicit GEMM (out channels x in channels
+        # x kernel window), none split by tensor parallelism.
+        for _, shape in spec.layer_matrix_shapes():
+            if len(shape) >= 2:
+                out.append((shape[0], math.prod(shape[1:]), False, False))
+        return tuple(out)
+    for t in spec.block.common.tensors:
+        gemm = t.gemm
+        if gemm is not None:
+            out.append((gemm[0], gemm[1], t.row, t.kind is Kind.ROUTED))
     return tuple(out)

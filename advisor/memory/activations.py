@@ -229,9 +229,9 @@ def _norm_activation_bytes(k: _Block) -> int:
     h, a, kv, qd, kd = d["h"], d["a"], d["kv"], d["a"] * d["hd"], d["kv"] * d["hd"]
     layernorm = enum_value(spec.norm) == "layernorm"
     fused, fused_norm, reads = k.fused, k.fused_norm, k.reads
-    gpt2 = family == "gpt2"
     norm_out_attn = reads(
-        ("q", "k", "v"), gpt2 or bool(spec_value(spec, "fused_qkv", False)) or bool(d["mla"])
+        ("q", "k", "v"),
+        spec.traits.conv1d or bool(spec_value(spec, "fused_qkv", False)) or bool(d["mla"]),
     )
     mlp_kind = enum_value(spec.mlp)
     norm_out_mlp = reads(
@@ -276,7 +276,7 @@ def _norm_activation_bytes(k: _Block) -> int:
 
 def _attention_activation_bytes(k: _Block) -> int:
     """The attention core: Q, K, V, scores (eager) or log-sum-exp (SDPA), the output."""
-    spec, d, b, s, t, c, res, family = k.spec, k.d, k.b, k.s, k.t, k.dt.act, k.res, k.family
+    spec, d, b, s, t, c, res = k.spec, k.d, k.b, k.s, k.t, k.dt.act, k.res
     a, qd, kd = d["a"], d["a"] * d["hd"], d["kv"] * d["hd"]
     attention, selective, precision, fused = k.attention, k.selective, k.precision, k.fused
     quantized, lora_dropout, saved_input = k.quantized, k.lora_dropout, k.saved_input
@@ -286,7 +286,7 @@ def _attention_activation_bytes(k: _Block) -> int:
     fused_qkv_view = (
         not fused
         and bool(spec_value(spec, "fused_qkv", False))
-        and family != "gpt2"
+        and not spec.traits.conv1d
         and not d["mla"]
     )
     if d["mla"]:
@@ -294,7 +294,10 @@ def _attention_activation_bytes(k: _Block) -> int:
         total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
     elif attention is Attention.EAGER and not selective:
         total += 3 * c * t * qd  # Q, K and V expanded to all heads (copies for bmm)
-        if family == "gpt2" and precision not in (Precision.AMP_FP16, Precision.AMP_BF16):
+        if not spec.traits.eager_softmax_fp32 and precision not in (
+            Precision.AMP_FP16,
+            Precision.AMP_BF16,
+        ):
             # GPT-2's softmax runs in the compute dtype; autocast runs it in fp32 (its fp32
             # op list), like the others below (measured under the CPU's bf16 autocast).
             total += c * b * a * s * s
@@ -335,7 +338,7 @@ def _mlp_activation_bytes(k: _Block) -> int:
         # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
         mlp_bytes = (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
     elif mlp == "gelu":
-        kept = 1 if fused else (4 if family == "gpt2" else 1)
+        kept = 1 if fused else (4 if spec.traits.python_gelu else 1)
         mlp_bytes = kept * mc * t * f + saved_input("down") * t * f
     else:  # relu saves its output, which is also the next linear's input
         mlp_bytes = mc * t * f
@@ -430,16 +433,20 @@ def model_level_activation_bytes(
     t = b * s
     total = 8 * t  # token ids (int64) for the embedding backward
     position = enum_value(spec.position)
-    family = str(spec.family).lower()
     if position == "learned":
-        total += 8 * (s if family == "gpt2" else t)  # position ids (GPT-2: one row)
+        total += 8 * (s if spec.traits.position_ids_one_row else t)  # position ids (GPT-2: one row)
     elif position == "rope" and not full:
         # cos and sin, shared by all layers, as wide as the rotary part of a head: MLA
         # rotates only its qk_rope_head_dim channels (transformers' DeepseekV3 tables),
         # partial rotary (Phi-4-mini) head_dim x partial_rotary_factor.
         rope = d["dr"] if d["mla"] else int(spec_value(spec, "rotary_dim", d["hd"]))
         total += 2 * s * rope * dt.act
-    if full and family == "gpt2" and attention is Attention.EAGER and stack is Stack.HF:
+    if (
+        full
+        and spec.traits.eager_causal_mask
+        and attention is Attention.EAGER
+        and stack is Stack.HF
+    ):
         total += dt.act * b * s * s  # the additive causal mask
     layernorm = enum_value(spec.norm) == "layernorm"
     fused = stack is Stack.FUSED or fused_norm

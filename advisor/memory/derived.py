@@ -58,7 +58,7 @@ class MemoryModel:
     @cached_property
     def matmuls(self) -> tuple[Matmul, ...]:
         """A dense block's weight matmuls in forward order."""
-        return tuple(block_matmuls_of(self.spec, self.shape))
+        return tuple(block_matmuls_of(self.spec))
 
     @cached_property
     def saved_matmuls(self) -> tuple[Matmul, ...]:

@@ -4,56 +4,37 @@ torchtitan's op-level selective activation checkpointing recomputes."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
-from advisor.memory.params import enum_value, spec_value
+from advisor.model.blocks import Kind
 from advisor.model.spec import ModelSpec
 
-#: ``(name, out_width, in_width, plain)``: one weight matmul of a block (see
-#: :func:`block_matmuls_of`).
-Matmul = tuple[str, int, int, bool]
+
+class Matmul(NamedTuple):
+    """One weight matmul of a block (see :func:`block_matmuls_of`)."""
+
+    name: str  # the matrix's role (q, k, v, qkv, q_a, kv_a, kv_b, o, gate, up, down, gate_up)
+    out: int
+    inp: int
+    plain: bool  # aten.mm (no bias), not aten.addmm
+    row: bool  # row-parallel: under tensor parallelism its output is a full-width partial sum
 
 
-def block_matmuls_of(spec: ModelSpec, d: Mapping[str, int]) -> list[Matmul]:
-    """A dense block's weight matmuls in the order its forward runs them.
+def block_matmuls_of(spec: ModelSpec) -> list[Matmul]:
+    """A dense block's weight matmuls in the order its forward runs them, from the block
+    inventory (:attr:`ModelSpec.block <advisor.model.spec.ModelSpec.block>`).
 
-    Each entry is ``(name, out_width, in_width, plain)``: ``plain`` when the linear has no
-    bias, so that ``aten.linear`` on a 3-D input dispatches to ``aten.mm`` (with a bias it
-    is ``aten.addmm``), which is what torchtitan's op-level selective checkpointing counts.
-    Order as the Hugging Face and torchtitan blocks call them: the attention projections
-    (q, k, v; a fused qkv; MLA's q_a, q_b, kv_a, kv_b), the output projection, then the MLP
-    (gate, up, down; a fused gate_up; up, down).
+    ``plain`` when the linear has no bias, so that ``aten.linear`` on a 3-D input dispatches
+    to ``aten.mm`` (with a bias, or GPT-2's Conv1D, it is ``aten.addmm``), which is what
+    torchtitan's op-level selective checkpointing counts. Order as the Hugging Face and
+    torchtitan blocks call them: the attention projections (q, k, v; a fused qkv; MLA's
+    q_a, q_b (named q), kv_a, kv_b), the output projection, then the MLP (gate, up, down; a
+    fused gate_up; up, down).
     """
-    h, a, kv, hd, f = d["h"], d["a"], d["kv"], d["hd"], d["f"]
-    qd, kd = a * hd, kv * hd
-    qkv_plain = not spec.qkv_bias
     out: list[Matmul] = []
-    if d["mla"]:
-        qk = a * (d["dn"] + d["dr"])
-        if d["rq"]:
-            out += [("q_a", d["rq"], h, qkv_plain), ("q", qk, d["rq"], True)]
-        else:
-            out.append(("q", qk, h, True))
-        out += [
-            ("kv_a", d["rkv"] + d["dr"], h, qkv_plain),
-            ("kv_b", a * (d["dn"] + d["dv"]), d["rkv"], True),
-        ]
-        qd = a * d["dv"]
-    elif str(spec.family).lower() == "gpt2":
-        # GPT-2's Conv1D is addmm (bias) whatever the flags say.
-        out.append(("qkv", qd + 2 * kd, h, False))
-    elif spec_value(spec, "fused_qkv", False):
-        out.append(("qkv", qd + 2 * kd, h, qkv_plain))
-    else:
-        out += [("q", qd, h, qkv_plain), ("k", kd, h, qkv_plain), ("v", kd, h, qkv_plain)]
-    gpt2 = str(spec.family).lower() == "gpt2"
-    out.append(("o", h, qd, not spec.out_bias and not gpt2))
-    plain = not spec.mlp_bias and not gpt2
-    if spec_value(spec, "fused_gate_up", False):
-        out += [("gate_up", 2 * f, h, plain), ("down", h, f, plain)]
-    elif enum_value(spec.mlp) in ("gated-silu", "gated-gelu"):
-        out += [("gate", f, h, plain), ("up", f, h, plain), ("down", h, f, plain)]
-    else:
-        out += [("up", f, h, plain), ("down", h, f, plain)]
+    for t in spec.block.matmuls():
+        rows, cols = t.matrix or (0, 0)
+        out.append(Matmul(t.role, rows, cols, not t.addmm, t.row))
     return out
 
 
@@ -63,7 +44,7 @@ def saved_matmuls_of(matmuls: Iterable[Matmul]) -> list[Matmul]:
     saved = []
     count = 0
     for mm in matmuls:
-        if mm[3]:
+        if mm.plain:
             count += 1
             if count % 2:
                 saved.append(mm)
@@ -88,24 +69,29 @@ def recompute_share_of(
     Returns:
         Recomputed FLOPs / forward weight-GEMM FLOPs of one block, in [0, 1].
     """
-    total = sum(o * i for _, o, i, _ in matmuls)
-    kept = sum(o * i for _, o, i, _ in saved)
-    if d["Lm"]:
+    total = sum(m.out * m.inp for m in matmuls)
+    kept = sum(m.out * m.inp for m in saved)
+    moe = spec.block.moe
+    if d["Lm"] and moe is not None:
         # MoE layers: attention as a dense block; the router, the routed experts (grouped
         # GEMMs, always recomputed) and the shared experts replace the dense MLP.
         mlp = {"gate", "up", "down", "gate_up"}
-        attn = [m for m in matmuls if m[0] not in mlp]
-        attn_total = sum(o * i for _, o, i, _ in attn)
-        attn_kept = sum(o * i for n, o, i, _ in saved if n not in mlp)
-        h, fe = d["h"], d["fe"]
-        width = (3 if enum_value(spec.mlp) in ("gated-silu", "gated-gelu") else 2) * h * fe
-        router = sum(1 for m in attn if m[3]) + 1
-        moe_total = attn_total + d["E"] * h + (d["k"] + d["S"]) * width
-        moe_kept = attn_kept + (d["E"] * h if router % 2 else 0)
-        if d["S"]:
-            shared = [h * fe * d["S"]] * (width // (h * fe) - 1) + [h * fe * d["S"]]
-            moe_kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
+        attn = [m for m in matmuls if m.name not in mlp]
+        attn_total = sum(m.out * m.inp for m in attn)
+        attn_kept = sum(m.out * m.inp for m in saved if m.name not in mlp)
+        router = sum(_size(t.matrix) for t in moe if t.role == "router")
+        routed = sum(_size(t.matrix) for t in moe if t.kind is Kind.ROUTED)
+        shared = [_size(t.matrix) for t in moe if t.kind is Kind.SHARED and not t.bias]
+        # the router's matmul is the first plain mm after the attention's
+        router_at = sum(1 for m in attn if m.plain) + 1
+        moe_total = attn_total + router + d["k"] * routed + sum(shared)
+        moe_kept = attn_kept + (router if router_at % 2 else 0)
+        moe_kept += sum(w for i, w in enumerate(shared) if (router_at + 1 + i) % 2)
         dense = d["L"] - d["Lm"]
         total = dense * total + d["Lm"] * moe_total
         kept = dense * kept + d["Lm"] * moe_kept
     return (total - kept) / total if total else 0.0
+
+
+def _size(matrix: tuple[int, int] | None) -> int:
+    return matrix[0] * matrix[1] if matrix is not None else 0

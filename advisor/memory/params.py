@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from advisor.errors import UserError
-from advisor.model.inventory import memory_tensors
+from advisor.model.blocks import BlockGroup, BlockInventory, BlockTensor, Kind
+from advisor.model.inventory import Inventory
 from advisor.model.spec import ModelSpec
 
 #: LoRA adapts these matrices of every layer by default: the four attention projections.
@@ -46,6 +47,9 @@ class ParamTensor:
         count: how many identical tensors (one per layer, per expert ...).
         heads: attention heads the rows split into (Adam-mini blocks of Q and K).
         per_layer: whether it belongs to a transformer block (ZeRO-3 gathers per layer).
+        expert: a routed expert's (expert parallelism splits these).
+        row: tensor parallelism splits it along its input (row-parallel; from the block
+            inventory, :mod:`advisor.model.blocks`).
     """
 
     name: str
@@ -55,6 +59,7 @@ class ParamTensor:
     heads: int = 0
     per_layer: bool = True
     expert: bool = False
+    row: bool = False
 
     @functools.cached_property
     def numel(self) -> int:
@@ -122,14 +127,15 @@ def shape_of(spec: ModelSpec) -> dict[str, int]:
 def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
     """Enumerate the parameter tensors of a transformer ``spec``.
 
-    Follows the Hugging Face module layout: separate Q/K/V/O projections (GPT-2 and Phi-3
+    The block's tensors come from the block inventory (:attr:`ModelSpec.block
+    <advisor.model.spec.ModelSpec.block>`): separate Q/K/V/O projections (GPT-2 and Phi-3
     fuse Q, K and V in one matrix; DeepSeek's multi-head latent attention has its latent
     down/up projections), gated MLPs as gate/up/down (Phi-3 fuses gate and up), the block's
-    norms (2, Gemma's 4) and Qwen3/Gemma 3/OLMo 2's q/k norms, a final norm, an untied LM
-    head unless ``tie_word_embeddings``; OPT's learned positions carry an offset of 2 rows.
-    MoE layers hold a router, every routed expert (each expert's matrices as separate
-    tensors, which is how optimizers see them per expert) and the shared experts; an MoE
-    model's dense layers (DeepSeek-V3's first 3) a dense MLP.
+    norms (2, Gemma's 4) and Qwen3/Gemma 3/OLMo 2's q/k norms; outside the blocks a final
+    norm, an untied LM head unless ``tie_word_embeddings``, OPT's learned positions with an
+    offset of 2 rows. MoE layers hold a router, every routed expert (each expert's matrices
+    as separate tensors, which is how optimizers see them per expert) and the shared
+    experts; an MoE model's dense layers (DeepSeek-V3's first 3) a dense MLP.
 
     Args:
         spec: the model's shapes.
@@ -149,50 +155,16 @@ def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
     d = shape_of(spec)
     inventory = spec_value(spec, "inventory", None)
     if inventory is not None:  # the real module's tensors, read by the general HF path
-        return [
-            ParamTensor(n, s, Role(r), c, hh, p, e)
-            for n, s, r, c, hh, p, e in memory_tensors(inventory, d["a"], d["kv"])
-        ]
-    h, L, a, kv, hd, V = d["h"], d["L"], d["a"], d["kv"], d["hd"], d["V"]
-    qd, kd = a * hd, kv * hd
+        return inventory_tensors(spec.block.groups, inventory, d["a"], d["kv"])
+    h, L, V = d["h"], d["L"], d["V"]
     layernorm = enum_value(spec.norm) == "layernorm"
-    gated = enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
     out: list[ParamTensor] = [ParamTensor("embed", (V, h), Role.EMBEDDING, per_layer=False)]
     if enum_value(spec.position) == "learned":
         rows = d["P"] + int(spec_value(spec, "learned_position_offset", 0))
         out.append(ParamTensor("pos_embed", (rows, h), Role.POSITION, per_layer=False))
-    if d["mla"]:
-        out += _mla_tensors(d, bool(spec.qkv_bias))
-        qd = a * d["dv"]  # o_proj reads the value heads
-    elif str(spec.family).lower() == "gpt2" or spec_value(spec, "fused_qkv", False):
-        # GPT-2's c_attn and Phi-3's qkv_proj are one fused matrix, one tensor to optimizers.
-        out.append(ParamTensor("qkv", (qd + 2 * kd, h), Role.LAYER_MATRIX, L))
-        if spec.qkv_bias:
-            out.append(ParamTensor("qkv_bias", (qd + 2 * kd,), Role.VECTOR, L))
-    else:
-        out += [
-            ParamTensor("q", (qd, h), Role.ATTENTION_QK, L, heads=a),
-            ParamTensor("k", (kd, h), Role.ATTENTION_QK, L, heads=kv),
-            ParamTensor("v", (kd, h), Role.LAYER_MATRIX, L),
-        ]
-        if spec.qkv_bias:
-            out += [
-                ParamTensor("q_bias", (qd,), Role.VECTOR, L),
-                ParamTensor("k_bias", (kd,), Role.VECTOR, L),
-                ParamTensor("v_bias", (kd,), Role.VECTOR, L),
-            ]
-    qk_norm = enum_value(spec_value(spec, "qk_norm", "none"))
-    if qk_norm == "head":  # one head_dim weight each for q and k (Qwen3, Gemma 3)
-        out.append(ParamTensor("qk_norms", (hd,), Role.VECTOR, 2 * L))
-    elif qk_norm == "full":  # over the whole projection width (OLMo 2)
-        out.append(ParamTensor("q_norm", (qd,), Role.VECTOR, L))
-        out.append(ParamTensor("k_norm", (kd,), Role.VECTOR, L))
-    out += [
-        ParamTensor("o", (h, qd), Role.LAYER_MATRIX, L),
-    ]
-    if spec.out_bias:
-        out.append(ParamTensor("o_bias", (h,), Role.VECTOR, L))
-    out += _mlp_tensors(spec, d, gated)
+    head_norms = enum_value(spec_value(spec, "qk_norm", "none")) == "head"
+    out += _attention_tensors(spec.block.dense, d, head_norms)
+    out += _mlp_tensors(spec.block, d)
     if int(spec_value(spec, "type_vocab_size", 0)):
         out.append(
             ParamTensor("token_type", (spec.type_vocab_size, h), Role.POSITION, per_layer=False)
@@ -205,71 +177,128 @@ def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
         out.append(ParamTensor("classifier", (2, h), Role.OUTPUT, per_layer=False))
         out.append(ParamTensor("classifier_bias", (2,), Role.VECTOR, per_layer=False))
     norm_tensors = 2 if layernorm else 1
-    block_norms = 4 if enum_value(spec_value(spec, "block_norms", "pre")) == "sandwich" else 2
-    out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L * norm_tensors))
+    # The block norms (weights and LayerNorm biases, every block alike) as one entry.
+    block_norms = sum(1 for t in spec.block.dense if t.role == "norm")
+    out.append(ParamTensor("norms", (h,), Role.VECTOR, block_norms * L))
     out.append(ParamTensor("final_norm", (h,), Role.VECTOR, norm_tensors, per_layer=False))
     if not spec.tie_word_embeddings and arch == "decoder":
         out.append(ParamTensor("lm_head", (V, h), Role.OUTPUT, per_layer=False))
     return out
 
 
-def _mlp_tensors(spec: ModelSpec, d: dict[str, int], gated: bool) -> list[ParamTensor]:
-    """The MLP's tensors: a dense MLP on dense layers; routed experts, the router and
-    shared experts on MoE layers (see :func:`enumerate_tensors`)."""
-    h, L, f, E, Lm, fe = d["h"], d["L"], d["f"], d["E"], d["Lm"], d["fe"]
+# Heads the rows of a query/key matrix split into (Adam-mini's blocks): "a" all heads,
+# "kv" the key/value heads.
+_QK_HEADS = {"q": "a", "k": "kv", "kv_b": "a"}
+# The attention's tensors in the memory model's order: the input projections (MLA: the
+# query side, then the key/value side; each section's biases after its weights), the q/k
+# norms, the output projection.
+_SECTION = {
+    **dict.fromkeys(("q_a", "q_a_norm", "q", "k", "v", "qkv"), 0),
+    **dict.fromkeys(("kv_a", "kv_a_norm", "kv_b"), 1),
+    **dict.fromkeys(("q_norm", "k_norm"), 2),
+    "o": 3,
+}
+
+
+def _param(t: BlockTensor, count: int, d: Mapping[str, int]) -> ParamTensor:
+    """One block tensor as the memory model's tensor, ``count`` times."""
+    name = t.role + "_bias" if t.bias else t.role
+    if t.bias or t.matrix is None:
+        return ParamTensor(name, t.shape, Role.VECTOR, count)
+    heads = _QK_HEADS.get(t.role)
+    role = Role.LAYER_MATRIX if heads is None else Role.ATTENTION_QK
+    return ParamTensor(name, t.matrix, role, count, d[heads] if heads else 0, row=t.row)
+
+
+def _attention_tensors(
+    block: Sequence[BlockTensor], d: Mapping[str, int], head_norms: bool
+) -> list[ParamTensor]:
+    """The attention's tensors of every layer (dense and MoE blocks share them); per-head
+    q/k norms (Qwen3, Gemma 3: one ``head_dim`` weight each) as one entry."""
+    L = d["L"]
+    attention = sorted(
+        (t for t in block if t.role in _SECTION), key=lambda t: (_SECTION[t.role], t.bias)
+    )
     out: list[ParamTensor] = []
-    dense = L - Lm
-    if spec_value(spec, "fused_gate_up", False):
-        mlp = [("gate_up", (2 * f, h)), ("down", (h, f))]
-    elif gated:
-        mlp = [("gate", (f, h)), ("up", (f, h)), ("down", (h, f))]
-    else:
-        mlp = [("up", (f, h)), ("down", (h, f))]
-    for name, shape in mlp if dense else []:
-        out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, dense))
-        if spec.mlp_bias:
-            out.append(ParamTensor(name + "_bias", (shape[0],), Role.VECTOR, dense))
-    if Lm:
-        # Routed experts: the same names as a dense MLP, one tensor per expert and layer;
-        # expert parallelism splits these (the router and shared experts are replicated).
-        names = ("gate", "up", "down") if gated else ("up", "down")
-        for name in names:
-            shape = (h, fe) if name == "down" else (fe, h)
-            out.append(ParamTensor(name, shape, Role.LAYER_MATRIX, Lm * E, expert=True))
-        out.append(ParamTensor("router", (E, h), Role.LAYER_MATRIX, Lm))
-        if d["S"]:
-            # DeepSeek's shared experts: one dense MLP of their summed width per MoE layer.
-            fs = fe * d["S"]
-            for name in names:
-                shape = (h, fs) if name == "down" else (fs, h)
-                out.append(ParamTensor("shared_" + name, shape, Role.LAYER_MATRIX, Lm))
+    for t in attention:
+        if head_norms and t.role in ("q_norm", "k_norm"):
+            if t.role == "q_norm":
+                out.append(ParamTensor("qk_norms", t.shape, Role.VECTOR, 2 * L))
+            continue
+        out.append(_param(t, L, d))
     return out
 
 
-def _mla_tensors(d: dict[str, int], bias: bool) -> list[ParamTensor]:
-    """Multi-head latent attention's tensors (DeepSeek-AI 2024, arXiv:2405.04434), as
-    transformers' DeepseekV3Attention builds them; ``o`` is added by the caller."""
-    h, L, a, rq, rkv = d["h"], d["L"], d["a"], d["rq"], d["rkv"]
-    qk = a * (d["dn"] + d["dr"])
+_MLP_ROLES = frozenset({"gate", "up", "down", "gate_up"})
+
+
+def _mlp_tensors(blocks: BlockInventory, d: Mapping[str, int]) -> list[ParamTensor]:
+    """The MLP's tensors: a dense MLP on dense layers; routed experts, the router and
+    shared experts on MoE layers (see :func:`enumerate_tensors`)."""
+    L, E, Lm = d["L"], d["E"], d["Lm"]
+    dense = L - Lm
     out: list[ParamTensor] = []
-    if rq:
-        out += [
-            ParamTensor("q_a", (rq, h), Role.LAYER_MATRIX, L),
-            ParamTensor("q_a_norm", (rq,), Role.VECTOR, L),
-            ParamTensor("q", (qk, rq), Role.ATTENTION_QK, L, heads=a),
-        ]
-        if bias:
-            out.append(ParamTensor("q_a_bias", (rq,), Role.VECTOR, L))
-    else:
-        out.append(ParamTensor("q", (qk, h), Role.ATTENTION_QK, L, heads=a))
-    out += [
-        ParamTensor("kv_a", (rkv + d["dr"], h), Role.LAYER_MATRIX, L),
-        ParamTensor("kv_a_norm", (rkv,), Role.VECTOR, L),
-        # Keys (position-free part) and values of every head, expanded from the latent.
-        ParamTensor("kv_b", (a * (d["dn"] + d["dv"]), rkv), Role.ATTENTION_QK, L, heads=a),
-    ]
-    if bias:
-        out.append(ParamTensor("kv_a_bias", (rkv + d["dr"],), Role.VECTOR, L))
+    if dense:
+        out += [_param(t, dense, d) for t in blocks.dense if t.role in _MLP_ROLES]
+    if Lm and blocks.moe is not None:
+        # Routed experts: the same names as a dense MLP, one tensor per expert and layer
+        # (transformers 5 stores gate and up in one tensor of all experts; optimizers see
+        # them per expert); expert parallelism splits these (the router and shared experts
+        # are replicated).
+        for t in blocks.moe:
+            if t.kind is Kind.ROUTED and t.matrix is not None:
+                rows, cols = t.matrix
+                halves = ("gate", "up") if t.role == "gate_up" else (t.role,)
+                shape = (rows // len(halves), cols)
+                for name in halves:
+                    out.append(
+                        ParamTensor(name, shape, Role.LAYER_MATRIX, Lm * E, expert=True, row=t.row)
+                    )
+        out += [_param(t, Lm, d) for t in blocks.moe if t.role == "router"]
+        # DeepSeek's shared experts: one dense MLP of their summed width per MoE layer.
+        out += [_param(t, Lm, d) for t in blocks.moe if t.kind is Kind.SHARED]
+    return out
+
+
+def inventory_tensors(
+    groups: Iterable[BlockGroup], inv: Inventory, heads: int, kv_heads: int
+) -> list[ParamTensor]:
+    """The general path's tensors (:func:`~advisor.model.blocks.inventory_groups`, outside
+    tensors from the inventory), with the memory model's short names.
+
+    Routed experts' 3-D tensors ``(E, a, b)`` become ``E`` tensors each, as optimizers and
+    expert parallelism see them; their matrices are written ``(out, in)`` so that the
+    tensor-parallel split (column for up/gate, row for down) is on the right side.
+    """
+    out: list[ParamTensor] = []
+    hidden = next(t.shape[1] for t in inv.outside if t.role == "embed")
+    for g in groups:
+        for t in g.tensors:
+            name = t.role + "_bias" if t.bias else t.role
+            shape, count, expert = t.shape, g.count, t.kind is Kind.ROUTED
+            if expert and len(shape) == 3:
+                count, shape = g.count * shape[0], shape[1:]
+                if len(shape) == 2 and name in ("gate", "up", "gate_up", "down"):
+                    other = shape[0] if shape[1] == hidden else shape[1]
+                    shape = (hidden, other) if name == "down" else (other, hidden)
+            if len(shape) == 1 or t.bias:
+                role = Role.VECTOR
+            elif name in ("q", "k", "kv_b", "cross_q", "cross_k"):
+                role = Role.ATTENTION_QK
+            elif name == "relpos":
+                role = Role.POSITION
+            else:
+                role = Role.LAYER_MATRIX
+            h = (
+                (heads if name in ("q", "kv_b", "cross_q") else kv_heads)
+                if role is Role.ATTENTION_QK
+                else 0
+            )
+            out.append(ParamTensor(name, shape, role, count, h, True, expert, t.row))
+    for o in inv.outside:
+        kind = {"embed": Role.EMBEDDING, "position": Role.POSITION, "lm_head": Role.OUTPUT}
+        name = {"final_norm": "final_norm", "final_norm_bias": "final_norm"}.get(o.role, o.role)
+        out.append(ParamTensor(name, o.shape, kind.get(o.role, Role.VECTOR), 1, 0, False))
     return out
 
 
@@ -277,13 +306,6 @@ def count(tensors: Iterable[ParamTensor], *, per_layer: bool | None = None) -> i
     """Elements of ``tensors`` (each times its count); ``per_layer`` keeps only block
     tensors (True) or only the others (False)."""
     return sum(t.numel * t.count for t in tensors if per_layer is None or t.per_layer == per_layer)
-
-
-def is_row_parallel(name: str) -> bool:
-    """Whether tensor parallelism splits the matrix ``name`` along its input (rows)."""
-    # Megatron splits the output projection and the MLP's down projection along their input
-    # (row-parallel); Q/K/V, gate and up along their output (column-parallel).
-    return name in ("o", "down") or name.endswith("_down") or name.startswith("down")
 
 
 # Fused and latent projections adapted when any of the matrices they stand for is a target

@@ -12,7 +12,7 @@ from advisor.memory.activations import layer_activation_bytes
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
-from advisor.memory.params import enum_value, is_row_parallel
+from advisor.model.blocks import Kind
 from advisor.model.spec import ModelSpec
 
 
@@ -69,9 +69,9 @@ def selective_op_block_bytes(
     total = math.ceil(dt.residual * t * d["h"] / tp)  # the block input (sequence-parallel)
     mlp_names = {"gate", "up", "down", "gate_up"}
     dense_mlp = 0
-    for name, width, _, _ in model.saved_matmuls:
-        local = width if is_row_parallel(name) else math.ceil(width / tp)
-        if name in mlp_names:
+    for mm in model.saved_matmuls:
+        local = mm.out if mm.row else math.ceil(mm.out / tp)
+        if mm.name in mlp_names:
             dense_mlp += dt.act * t * local
         else:
             total += dt.act * t * local
@@ -80,13 +80,12 @@ def selective_op_block_bytes(
         # routed experts as grouped GEMMs (``grouped_mm``, transformers' default experts
         # implementation; not on the save list, so recomputed), then the shared experts'
         # gate, up and down matmuls.
-        gated = enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
-        plain_attn = sum(1 for m in model.matmuls if m[3] and m[0] not in mlp_names)
+        plain_attn = sum(1 for m in model.matmuls if m.plain and m.name not in mlp_names)
         router = plain_attn + 1
         kept = d["E"] if router % 2 else 0
-        if d["S"]:
-            shared = [d["fe"] * d["S"]] * (2 if gated else 1) + [d["h"]]
-            kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
+        moe = spec.block.moe or ()
+        shared = [t.matrix[0] for t in moe if t.kind is Kind.SHARED and t.matrix is not None]
+        kept += sum(w for i, w in enumerate(shared) if (router + 1 + i) % 2)
         moe_mlp = dt.act * t * kept
         total += math.ceil(((d["L"] - d["Lm"]) * dense_mlp + d["Lm"] * moe_mlp) / d["L"])
     else:

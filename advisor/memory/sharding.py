@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from advisor.config import TrainingConfig
 from advisor.errors import UserError
 from advisor.memory.derived import MemoryModel
-from advisor.memory.params import ParamTensor, Role, is_row_parallel
+from advisor.memory.params import ParamTensor, Role
 
 
 def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
@@ -73,7 +73,7 @@ def layout_tensors(
             # across tensor-parallel ranks (Megatron-Core MLASelfAttention builds
             # linear_q_down_proj / linear_kv_down_proj with parallel_mode "duplicated").
             if len(shape) == 2 and tp > 1 and t.name not in ("router", "q_a", "kv_a"):
-                if is_row_parallel(t.name):
+                if t.row:
                     shape = (shape[0], math.ceil(shape[1] / tp))
                 else:
                     shape = (math.ceil(shape[0] / tp), shape[1])
@@ -88,7 +88,7 @@ def layout_tensors(
             if t.role in (Role.EMBEDDING, Role.OUTPUT) and len(shape) == 2 and tp > 1:
                 shape = (math.ceil(shape[0] / tp), shape[1])  # vocabulary-parallel
         heads = math.ceil(t.heads / tp) if t.heads else 0
-        out.append(ParamTensor(t.name, shape, t.role, count, heads, t.per_layer, t.expert))
+        out.append(ParamTensor(t.name, shape, t.role, count, heads, t.per_layer, t.expert, t.row))
     return out
 
 

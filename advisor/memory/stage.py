@@ -292,7 +292,7 @@ def _transients(
     if (
         not zeroth
         and config.stack is Stack.HF
-        and str(spec.family).lower() == "gpt2"
+        and spec.traits.python_gelu
         and enum_value(spec.mlp) == "gelu"
     ):
         # GPT-2's tanh GELU is written out in Python: its backward walks a chain of

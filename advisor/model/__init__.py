@@ -1,5 +1,5 @@
-"""The model: its spec and typed shape, family traits, exact parameter counts, the shipped
-profiles and sizes, and the built-in Hugging Face config readers.
+"""The model: its spec and typed shape, family traits, the block inventory, exact parameter
+counts, the shipped profiles and sizes, and the built-in Hugging Face config readers.
 
 The general path for other ``model_type`` values (:mod:`advisor.model.hfmeta`, which needs
 ``transformers``) is imported from its module, not from here.

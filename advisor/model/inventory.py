@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -248,66 +247,3 @@ def roles(group: InvGroup) -> Counter[str]:
 def find(group: InvGroup, role: str) -> InvTensor | None:
     """The first tensor of ``role`` in ``group``, if any."""
     return next((t for t in group.tensors if t.role == role), None)
-
-
-def _memory_name(role: str) -> str:
-    base = role.removeprefix("expert_")
-    if base.startswith("shared_"):
-        return base
-    return {
-        "mla_q_a": "q_a",
-        "mla_q_b": "q",
-        "mla_kv_a": "kv_a",
-        "mla_kv_b": "kv_b",
-        "mla_q_a_norm": "q_a_norm",
-        "mla_kv_a_norm": "kv_a_norm",
-        "ssm_out": "down_ssm",  # reads the mixer's inner width: row-parallel like down
-        "cross_o": "down_cross",
-    }.get(base, base)
-
-
-def memory_tensors(inv: Inventory, heads: int, kv_heads: int) -> list[tuple[Any, ...]]:
-    """The inventory as the memory model's tensors:
-    ``(name, shape, role value, count, heads, per_layer, expert)`` with the memory model's
-    short names (q, k, v, o, qkv, gate, up, down, gate_up, router, embed, lm_head, ...).
-
-    Routed experts' 3-D tensors ``(E, a, b)`` become ``E`` tensors each, as optimizers and
-    expert parallelism see them; their matrices are written ``(out, in)`` so that the
-    tensor-parallel split (column for up/gate, row for down) is on the right side.
-    """
-    out: list[tuple[Any, ...]] = []
-    hidden = next(t.shape[1] for t in inv.outside if t.role == "embed")
-    for g in inv.groups:
-        for t in g.tensors:
-            name, shape, count, expert = _memory_name(t.role), t.shape, g.count, False
-            if t.role.startswith("expert_") and len(shape) == 3:
-                count, expert, shape = g.count * shape[0], True, shape[1:]
-                if len(shape) == 2 and name in ("gate", "up", "gate_up", "down"):
-                    other = shape[0] if shape[1] == hidden else shape[1]
-                    shape = (hidden, other) if name == "down" else (other, hidden)
-            elif t.role.startswith("expert_"):
-                expert = True
-            bias = t.role.endswith("_bias")
-            if len(shape) == 1 or bias:
-                role = "vector"
-            elif name in ("q", "k", "kv_b", "cross_q", "cross_k"):
-                role = "attention-qk"
-            elif t.role == "relpos":
-                role = "position"
-            else:
-                role = "layer-matrix"
-            h = (
-                (heads if name in ("q", "kv_b", "cross_q") else kv_heads)
-                if role == "attention-qk"
-                else 0
-            )
-            out.append((name, shape, role, count, h, True, expert))
-    for t in inv.outside:
-        role = {
-            "embed": "embedding",
-            "position": "position",
-            "lm_head": "output",
-        }.get(t.role, "vector")
-        name = {"final_norm": "final_norm", "final_norm_bias": "final_norm"}.get(t.role, t.role)
-        out.append((name, t.shape, role, 1, 0, False, False))
-    return out

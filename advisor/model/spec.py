@@ -4,10 +4,12 @@ exact parameter counts derived from it.
 A :class:`ModelSpec` holds the shape of one network as its published ``config.json``
 states it. Everything else the advisor needs about a model is derived from those
 shapes, exactly: the parameter count (checked against real ``transformers`` models
-in the tests), the named tensors of one transformer block (which the calibration
-times optimizers on) and those of the embeddings and head (listed by
-:mod:`advisor.model.counts`). Family behaviour the shapes do not say is a declared trait
-(:mod:`advisor.model.traits`), never a test of the family's name.
+in the tests), the block inventory (:mod:`advisor.model.blocks`: every tensor of one
+transformer block with its role, HF name, shape and tensor-parallel split, which counts,
+memory and cost derive their lists from; the calibration times optimizers on it) and the
+tensors of the embeddings and head (listed by :mod:`advisor.model.counts`). Family
+behaviour the shapes do not say is a declared trait (:mod:`advisor.model.traits`), never a
+test of the family's name.
 
 Counting conventions, the ones the reference implementations use:
 
@@ -40,8 +42,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from advisor.model.blocks import BlockInventory, Kind, block_inventory
 from advisor.model.counts import (
-    block_shapes,
     cnn_outside,
     cnn_trunk,
     outside_shapes,
@@ -322,6 +324,20 @@ class ModelSpec(FrozenModel):
             v_head_dim=mla.v_head_dim if mla is not None else 0,
         )
 
+    @cached_property
+    def block(self) -> BlockInventory:
+        """The block inventory: every tensor of one block with its role, shape, split and
+        HF name (:mod:`advisor.model.blocks`), the one list counts, memory and cost derive
+        theirs from.
+
+        Raises:
+            AssertionError: for a CNN, which has no transformer blocks.
+        """
+        if self.cnn is not None:
+            raise AssertionError("a CNN has no transformer blocks")
+        layers = required(self.num_layers)
+        return block_inventory(self, layers, self.moe_layer_count(), self.inventory)
+
     @property
     def gated_mlp(self) -> bool:
         """Whether the MLP has three matrices (gate, up, down): SwiGLU or GeGLU."""
@@ -348,18 +364,7 @@ class ModelSpec(FrozenModel):
         """
         if self.cnn is not None:
             return [(1, cnn_trunk(self.cnn))]
-        if self.inventory is not None:
-            return [
-                (g.count, [(t.name, t.shape) for t in g.tensors]) for g in self.inventory.groups
-            ]
-        moe = self.moe_layer_count()
-        groups: list[tuple[int, NamedShapes]] = []
-        dense = required(self.num_layers) - moe
-        if dense:
-            groups.append((dense, block_shapes(self, moe=False)))
-        if moe:
-            groups.append((moe, block_shapes(self, moe=True)))
-        return groups
+        return [(g.count, [(t.name, t.shape) for t in g.tensors]) for g in self.block.groups]
 
     def layer_repeats(self) -> int:
         """How many blocks the model has.
@@ -407,10 +412,10 @@ class ModelSpec(FrozenModel):
             return 0
         if self.inventory is not None:
             # Every routed-expert tensor (biases included), per expert, of the commonest MoE block.
-            moe = [g for g in self.inventory.groups if any(_routed(t.role) for t in g.tensors)]
+            moe = [g for g in self.block.groups if any(_routed(t.kind) for t in g.tensors)]
             group = max(moe, key=lambda g: g.count)
             return (
-                sum(math.prod(t.shape) for t in group.tensors if _routed(t.role))
+                sum(math.prod(t.shape) for t in group.tensors if _routed(t.kind))
                 // self.num_experts
             )
         matrices = 3 if self.gated_mlp else 2
@@ -448,5 +453,5 @@ class ModelSpec(FrozenModel):
         )
 
 
-def _routed(role: str) -> bool:
-    return role.startswith("expert_")
+def _routed(kind: Kind) -> bool:
+    return kind is Kind.ROUTED
