@@ -133,9 +133,7 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
     if not ctx.target.fast_bf16:
         # fp16 with loss scaling on tensor cores that lack fast bf16 (V100, T4).
         fp16 = ctx.target.fast_fp16 and ctx.target.device_kind.value == "cuda"
-        base = base.model_copy(
-            update={"precision": Precision.FP16_MIXED if fp16 else base.precision}
-        )
+        base = base.with_(precision=Precision.FP16_MIXED if fp16 else base.precision)
     layouts = workload_layouts(ctx)
     world = ctx.workload.world_size
 
@@ -157,21 +155,17 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
         for name, sharding in shardings:
             if task is not base.task and sharding is not Sharding.NONE:
                 continue
-            c = base.model_copy(update={"task": task})
+            c = base.with_(task=task)
             if task is Task.QLORA:
-                c = c.model_copy(
-                    update={
-                        "precision": Precision.BF16_MIXED
-                        if ctx.target.fast_bf16
-                        else Precision.FP16_MIXED
-                    }
+                c = c.with_(
+                    precision=Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP16_MIXED
                 )
             label = f"{task.value} {name}" if task is not base.task else name
             out.append((label, c, layout(sharding=sharding)))
             out.append(
                 (
                     f"{label} + full recomputation",
-                    c.model_copy(update={"checkpointing": full}),
+                    c.with_(checkpointing=full),
                     layout(sharding=sharding),
                 )
             )
@@ -196,7 +190,7 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
         for name, lay in recipes:
             for ck in (Checkpointing.NONE, full):
                 suffix = " + full recomputation" if ck is full else ""
-                out.append((name + suffix, base.model_copy(update={"checkpointing": ck}), lay))
+                out.append((name + suffix, base.with_(checkpointing=ck), lay))
     return [(n, c, lay) for n, c, lay in out if lay is not None]
 
 
@@ -216,7 +210,7 @@ def price(
     techniques = techniques_of(ctx, cfg)
     seconds = ev.time(cfg).seconds
     peak = ev.totals(cfg).total_bytes
-    tokens = g.global_batch * cfg.seq_len
+    tokens = g.global_batch * cfg.batch.seq_len
     score = objective_score(
         ctx.workload.objective, seconds / tokens, peak, ev.usable, decision.score(techniques), steps
     )
@@ -238,7 +232,7 @@ def run_case(
     pick = report.recommendations[0] if report.recommendations else None
     pick_ttt = None
     if pick is not None:
-        tokens = pick.global_batch * pick.config.seq_len
+        tokens = pick.global_batch * pick.config.batch.seq_len
         pick_ttt = pick.step_time_s / tokens * plan_step_factor(ctx, pick.config)
     plans = []
     missed = []
@@ -254,7 +248,7 @@ def run_case(
         }
         if p.fits:
             row.update(
-                micro_batch=p.config.micro_batch,
+                micro_batch=p.config.batch.micro_batch,
                 step_time_s=round(p.seconds, 4),
                 peak_gib=round(p.peak / 2**30, 2),
                 score=round(p.score, 6),

@@ -323,7 +323,7 @@ def _memory_prices(**update: object) -> bool:
     c = TrainingConfig(task=Task.PRETRAIN, gpus=int(update.get("gpus", 8)), micro_batch=1)  # type: ignore[call-overload]
     opt = load_taxonomy().get("adamw")
     plain = estimate_memory(spec, c, optimizer=opt).total_bytes
-    return estimate_memory(spec, c.model_copy(update=update), optimizer=opt).total_bytes != plain
+    return estimate_memory(spec, c.with_(**update), optimizer=opt).total_bytes != plain
 
 
 # NOTE: these verdicts need the memory/cost models to price the new TrainingConfig fields
@@ -557,7 +557,7 @@ def test_fsdp_and_zero3_at_equal_cost_share_a_row() -> None:
         if x.sharding == "fsdp":
             assert not any(
                 y.sharding == "zero3"
-                and y.config.model_copy(update={"sharding": x.config.sharding}) == x.config
+                and y.config.with_(sharding=x.config.layout.sharding) == x.config
                 for y in r.recommendations
             )
 

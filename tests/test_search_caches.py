@@ -85,7 +85,7 @@ def test_plans_that_differ_once_per_step_share_their_micro_batch_terms(
     # entry, and the step times with a shared memo equal the fresh ones.
     memo = cost.StepMemo()
     for value in _PER_STEP_VALUES[field]:
-        changed = base.model_copy(update={field: value})
+        changed = base.with_(**{field: value})
         assert cost.micro_batch_config(changed) == cost.micro_batch_config(base), (field, value)
         for order in ("first", "zeroth"):
             shared = cost.predict_step_time(
@@ -255,7 +255,7 @@ def test_memory_totals_are_the_estimates_numbers(device: DeviceOverheads | None)
         assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes, m.paged_bytes), c
     # Offloaded and NVMe bytes were exercised, and pipelines (two stages compared).
     assert any(memory_totals(LLAMA, c, optimizer=tax.get(c.optimizer)).nvme_bytes for c in configs)
-    assert any(c.pipeline_parallel > 1 for c in configs)
+    assert any(c.layout.pipeline_parallel > 1 for c in configs)
 
 
 def _alternatives(field: str, value: Any) -> list[Any]:

@@ -114,11 +114,11 @@ def block_saves(
     """The saved activations of ``stage_layers`` blocks of one micro-batch; ``layer`` is one
     block's bytes without checkpointing (:func:`~advisor.memory.activations.
     layer_activation_bytes`)."""
-    b, s, tp = config.micro_batch, config.seq_len, config.tensor_parallel
+    b, s, tp = config.batch.micro_batch, config.batch.seq_len, config.layout.tensor_parallel
     block_input = math.ceil(dtypes(config.precision).residual * b * s * memo.model.shape["h"] / tp)
-    ckpt = config.checkpointing
+    ckpt = config.savers.checkpointing
     if ckpt is Checkpointing.FULL or (
-        ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
+        ckpt is Checkpointing.SELECTIVE_LAYER and config.savers.ac_frequency == 1
     ):
         # Each block keeps its input; backward recomputes one block at a time.
         return BlockSaves(
@@ -131,13 +131,13 @@ def block_saves(
         # torchtitan's layer-level selective AC wraps the n-th, 2n-th ... block in a full
         # checkpoint (a counter over the blocks, ``_count % ac_freq == 0``); the others keep
         # everything. The first block is checkpointed only when every block is.
-        wrapped = stage_layers // config.ac_frequency
+        wrapped = stage_layers // config.savers.ac_frequency
         return BlockSaves(
             layer,
             (stage_layers - wrapped) * layer + wrapped * block_input,
             layer if wrapped else 0,
             f"selective-layer checkpointing: {wrapped} of {stage_layers} blocks fully "
-            f"checkpointed (every {config.ac_frequency})",
+            f"checkpointed (every {config.savers.ac_frequency})",
         )
     if ckpt is Checkpointing.SELECTIVE_OP:
         # Op-level SAC keeps each block's input and the saved ops' outputs; backward
@@ -147,9 +147,9 @@ def block_saves(
             selective_op_block_bytes,
             b,
             s,
-            config.attention,
+            config.kernels.attention,
             config.precision,
-            stack=config.stack,
+            stack=config.kernels.stack,
             tensor_parallel=tp,
         )
         return BlockSaves(
@@ -183,17 +183,17 @@ def saved_activation_bytes(
     adapters = config.task in (Task.LORA, Task.QLORA)
     layer = memo.call(
         layer_activation_bytes,
-        config.micro_batch,
-        config.seq_len,
-        config.attention,
+        config.batch.micro_batch,
+        config.batch.seq_len,
+        config.kernels.attention,
         config.precision,
-        selective=config.checkpointing is Checkpointing.SELECTIVE,
-        lora_targets=frozenset(config.lora_targets) if adapters else None,
-        lora_rank=config.lora_rank,
-        stack=config.stack,
-        tensor_parallel=config.tensor_parallel,
-        fused_norm=config.fused_norm,
+        selective=config.savers.checkpointing is Checkpointing.SELECTIVE,
+        lora_targets=frozenset(config.adapters.lora_targets) if adapters else None,
+        lora_rank=config.adapters.lora_rank,
+        stack=config.kernels.stack,
+        tensor_parallel=config.layout.tensor_parallel,
+        fused_norm=config.kernels.fused_norm,
         quantized=config.task is Task.QLORA,
-        lora_dropout=adapters and config.lora_dropout > 0,
+        lora_dropout=adapters and config.adapters.lora_dropout > 0,
     )
     return block_saves(memo, config, stage_layers, layer).per_microbatch

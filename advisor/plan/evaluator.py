@@ -61,7 +61,7 @@ class Plan:
 
     @functools.cached_property
     def tokens(self) -> int:
-        return self.global_batch * self.config.seq_len
+        return self.global_batch * self.config.batch.seq_len
 
     # NOTE: read ~140k times per search by the ranking and the screens; a plan never changes.
     @functools.cached_property

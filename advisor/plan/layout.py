@@ -82,16 +82,14 @@ class Layout(BaseModel):
 
     def apply(self, config: TrainingConfig) -> TrainingConfig:
         """The configuration with this layout's degrees."""
-        return config.model_copy(
-            update={
-                "gpus": self.dp,
-                "tensor_parallel": self.tp,
-                "pipeline_parallel": self.pp,
-                "virtual_stages": self.vp,
-                "expert_parallel": self.ep,
-                "sharding": self.sharding,
-                "shard_group": self.shard_group,
-            }
+        return config.with_(
+            data_parallel=self.dp,
+            tensor_parallel=self.tp,
+            pipeline_parallel=self.pp,
+            virtual_stages=self.vp,
+            expert_parallel=self.ep,
+            sharding=self.sharding,
+            shard_group=self.shard_group,
         )
 
 

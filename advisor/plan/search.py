@@ -16,7 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from advisor.config import Task, TrainingConfig
+from advisor.config import (
+    BatchGeometry,
+    Kernels,
+    Task,
+    TrainingConfig,
+)
 from advisor.plan.constraints import reject, techniques_of
 from advisor.plan.evaluator import CostFn, Evaluator, Plan
 from advisor.plan.layout import Layout
@@ -201,9 +206,13 @@ def _time_prices_layouts(ctx: Context, ev: Evaluator) -> bool:
     """Whether the step-time model tells tensor parallelism from a single device (the same
     plan at tp 2 and tp 1 on one data-parallel rank): a model that does not price its
     all-reduces (Shoeybi et al. 2019) would make every TP/PP layout look free."""
-    c = TrainingConfig(task=Task.PRETRAIN, seq_len=ctx.workload.seq_len, stack=ctx.workload.stack)
+    c = TrainingConfig(
+        task=Task.PRETRAIN,
+        batch=BatchGeometry(seq_len=ctx.workload.seq_len),
+        kernels=Kernels(stack=ctx.workload.stack),
+    )
     try:
-        return ev.time(c.model_copy(update={"tensor_parallel": 2})).seconds != ev.time(c).seconds
+        return ev.time(c.with_(tensor_parallel=2)).seconds != ev.time(c).seconds
     except ValueError:
         return False
 
@@ -212,7 +221,7 @@ def _aliases_of(p: Plan, aliases: dict[tuple[str, str], list[str]]) -> list[str]
     task = p.config.task.value
     out = list(aliases.get((task, p.config.optimizer), []))
     out += aliases.get((task, p.config.precision.value), [])
-    out += [f"{a} attention" for a in aliases.get((task, p.config.attention.value), [])]
+    out += [f"{a} attention" for a in aliases.get((task, p.config.kernels.attention.value), [])]
     out += aliases.get(("layout", p.layout.label), [])
     return out
 

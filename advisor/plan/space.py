@@ -12,9 +12,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import (
+    Adapters,
     Attention,
+    BatchGeometry,
     Checkpointing,
+    Kernels,
+    MemorySavers,
     Offload,
+    ParallelLayout,
     Precision,
     Sharding,
     Stack,
@@ -246,7 +251,7 @@ def host_fits(ctx: Context, config: TrainingConfig, m: MemoryEstimate | MemoryTo
 
     nvme = getattr(m, "nvme_bytes", None)
     host = m.host_bytes
-    if config.offload.nvme and nvme is None:
+    if config.savers.offload.nvme and nvme is None:
         # The memory model has not split NVMe from host RAM: what it offloads goes to NVMe.
         nvme, host = host, 0
     if host > host_usable(ctx.target):
@@ -272,52 +277,54 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         task=task,
         optimizer="adamw",
         precision=precision,
-        attention=Attention.FLASH,
-        checkpointing=Checkpointing.NONE,
-        micro_batch=ctx.workload.micro_batch or 1,
-        seq_len=ctx.workload.seq_len,
-        gpus=ctx.workload.world_size,
-        sharding=Sharding.NONE,
-        offload=Offload.NONE,
-        stack=ctx.workload.stack,
-        **lora_target_fields(ctx),
+        batch=BatchGeometry(
+            micro_batch=ctx.workload.micro_batch or 1, seq_len=ctx.workload.seq_len
+        ),
+        layout=ParallelLayout(data_parallel=ctx.workload.world_size, sharding=Sharding.NONE),
+        savers=MemorySavers(checkpointing=Checkpointing.NONE, offload=Offload.NONE),
+        kernels=Kernels(attention=Attention.FLASH, stack=ctx.workload.stack),
+        adapters=workload_adapters(ctx),
     )
 
 
-def lora_target_fields(ctx: Context) -> dict[str, tuple[str, ...]]:
-    """The workload's LoRA targets as a TrainingConfig field, when it names them."""
+def workload_adapters(ctx: Context) -> Adapters:
+    """The workload's LoRA targets as adapters (the default targets where it names none)."""
     targets = ctx.workload.lora_targets
-    return {} if targets is None else {"lora_targets": targets}
+    return Adapters() if targets is None else Adapters(lora_targets=targets)
 
 
 def describe_config(config: TrainingConfig) -> str:
     """A short human name for a configuration."""
-    parts = [config.optimizer, config.precision.value, f"{config.attention.value} attention"]
+    parts = [
+        config.optimizer,
+        config.precision.value,
+        f"{config.kernels.attention.value} attention",
+    ]
     if config.task in (Task.LORA, Task.QLORA):
-        parts.insert(0, f"{config.task.value} r={config.lora_rank}")
+        parts.insert(0, f"{config.task.value} r={config.adapters.lora_rank}")
     elif config.task is Task.FINETUNE:
         parts.insert(0, "full fine-tune")
     else:
         parts.insert(0, "pretrain")
-    if config.checkpointing is not Checkpointing.NONE:
-        parts.append(f"{config.checkpointing.value} checkpointing")
-    if config.activation_offload:
+    if config.savers.checkpointing is not Checkpointing.NONE:
+        parts.append(f"{config.savers.checkpointing.value} checkpointing")
+    if config.savers.activation_offload:
         parts.append("activation offload")
-    if config.offload is not Offload.NONE:
-        parts.append(f"offload {config.offload.value}")
-    if config.optimizer_in_backward:
+    if config.savers.offload is not Offload.NONE:
+        parts.append(f"offload {config.savers.offload.value}")
+    if config.savers.optimizer_in_backward:
         parts.append("optimizer in backward")
-    if config.fused_loss and config.stack is Stack.HF:
+    if config.kernels.fused_loss and config.kernels.stack is Stack.HF:
         parts.append("fused cross-entropy")
-    if config.tensor_parallel > 1:
-        parts.append(f"tp{config.tensor_parallel}")
-    if config.pipeline_parallel > 1:
-        v = f"x{config.virtual_stages}" if config.virtual_stages > 1 else ""
-        parts.append(f"pp{config.pipeline_parallel}{v}")
-    if config.expert_parallel > 1:
-        parts.append(f"ep{config.expert_parallel}")
-    if config.sharding is not Sharding.NONE:
-        parts.append(config.sharding.value)
+    if config.layout.tensor_parallel > 1:
+        parts.append(f"tp{config.layout.tensor_parallel}")
+    if config.layout.pipeline_parallel > 1:
+        v = f"x{config.layout.virtual_stages}" if config.layout.virtual_stages > 1 else ""
+        parts.append(f"pp{config.layout.pipeline_parallel}{v}")
+    if config.layout.expert_parallel > 1:
+        parts.append(f"ep{config.layout.expert_parallel}")
+    if config.layout.sharding is not Sharding.NONE:
+        parts.append(config.layout.sharding.value)
     return ", ".join(parts)
 
 
@@ -332,14 +339,12 @@ class Savers:
     optimizer_in_backward: bool = False
 
     def apply(self, config: TrainingConfig) -> TrainingConfig:
-        return config.model_copy(
-            update={
-                "checkpointing": self.checkpointing,
-                "offload": self.offload,
-                "fused_loss": self.fused_loss,
-                "activation_offload": self.activation_offload,
-                "optimizer_in_backward": self.optimizer_in_backward,
-            }
+        return config.with_(
+            checkpointing=self.checkpointing,
+            offload=self.offload,
+            fused_loss=self.fused_loss,
+            activation_offload=self.activation_offload,
+            optimizer_in_backward=self.optimizer_in_backward,
         )
 
 
@@ -481,12 +486,10 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
 
     t = ctx.target
     cpu = t.device_kind is DeviceKind.CPU
-    frugal = config.model_copy(
-        update={
-            "checkpointing": Checkpointing.FULL,
-            "micro_batch": 1,
-            "fused_loss": "fused-cross-entropy" in ctx.taxonomy,
-        }
+    frugal = config.with_(
+        checkpointing=Checkpointing.FULL,
+        micro_batch=1,
+        fused_loss="fused-cross-entropy" in ctx.taxonomy,
     )
     offloads = [Offload.NONE]
     if host and not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
@@ -501,7 +504,7 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
         if config.task in (Task.LORA, Task.QLORA) and lay.pp > 1:
             continue
         for off in offloads:
-            c = lay.apply(frugal.model_copy(update={"offload": off}))
+            c = lay.apply(frugal.with_(offload=off))
             m = estimate(ctx, c)
             if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
                 return True
@@ -533,7 +536,7 @@ def mixed_precision_fits_on_device(ctx: Context, optimizers: list[Technique]) ->
     lightest = _lightest_first_order(optimizers)
     if lightest is None or base.precision in (Precision.BF16, Precision.FP16):
         return False
-    return _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id}), host=False)
+    return _frugal_fits(ctx, base.with_(optimizer=lightest.id), host=False)
 
 
 def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool]:
@@ -548,7 +551,7 @@ def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool
     if lightest is None:
         return False, False
     full = any(
-        _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id, "precision": p}))
+        _frugal_fits(ctx, base.with_(optimizer=lightest.id, precision=p))
         for p in dict.fromkeys((Precision.BF16, base.precision))
     )
     if full or ctx.workload.task is Task.PRETRAIN:
@@ -557,9 +560,7 @@ def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool
     adapters = any(
         _frugal_fits(
             ctx,
-            base.model_copy(
-                update={"optimizer": lightest.id, "task": task, "precision": Precision.BF16_MIXED}
-            ),
+            base.with_(optimizer=lightest.id, task=task, precision=Precision.BF16_MIXED),
         )
         for task in tasks
     )
