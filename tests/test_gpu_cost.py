@@ -104,10 +104,10 @@ def test_attention_kernels_follow_the_papers() -> None:
         attention_efficiency(eff, AttentionKernel.FA2, 1024, 128, False)
     )
     # The fused stack runs FA3 on Hopper; SDPA (hf) runs FA2; Volta falls back.
-    assert attention_kernel(BASE.with_(stack=Stack.FUSED), H100) is (AttentionKernel.FA3)
-    assert attention_kernel(BASE, H100) is AttentionKernel.FA2
+    assert attention_kernel(BASE.with_(stack=Stack.FUSED).kernels, H100) is (AttentionKernel.FA3)
+    assert attention_kernel(BASE.kernels, H100) is AttentionKernel.FA2
     v100 = get_hardware_profile("v100-32gb")
-    assert attention_kernel(BASE, v100) is AttentionKernel.MEM_EFFICIENT
+    assert attention_kernel(BASE.kernels, v100) is AttentionKernel.MEM_EFFICIENT
 
 
 def test_fa2_fit_reproduces_the_papers_a100_figures() -> None:

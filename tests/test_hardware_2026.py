@@ -124,8 +124,8 @@ def test_new_gpus_are_matched_by_their_nvml_names() -> None:
 def test_blackwell_fused_attention_is_cudnn_not_fa3() -> None:
     # FlashAttention-3 is written for sm90 only (Shah et al. 2024).
     config = TrainingConfig(stack=Stack.FUSED)
-    assert attention_kernel(config, B200) is AttentionKernel.CUDNN
-    assert attention_kernel(config, get_hardware_profile("h800")) is AttentionKernel.FA3
+    assert attention_kernel(config.kernels, B200) is AttentionKernel.CUDNN
+    assert attention_kernel(config.kernels, get_hardware_profile("h800")) is AttentionKernel.FA3
 
 
 # --- the NVLink domain as a layout constraint ----------------------------------------------

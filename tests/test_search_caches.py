@@ -13,6 +13,7 @@ from advisor import cost
 from advisor.app import recommend
 from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.config import (
+    FLAT_FIELDS,
     Checkpointing,
     Offload,
     Precision,
@@ -298,10 +299,11 @@ def test_a_held_memory_memo_answers_as_a_fresh_model_whatever_field_changes() ->
     checked = 0
     for base in bases:
         opt = tax.get(base.optimizer)
-        for field in TrainingConfig.model_fields:
-            for value in _alternatives(field, getattr(base, field)):
+        flat = base.model_dump()  # every field, sub-records' included, by its flat key
+        for field in FLAT_FIELDS:
+            for value in _alternatives(field, flat[field]):
                 try:
-                    changed = TrainingConfig.model_validate({**base.model_dump(), field: value})
+                    changed = TrainingConfig.model_validate({**flat, field: value})
                     fresh = estimate_memory(LLAMA, changed, optimizer=opt)
                 except (UserError, ValueError):
                     continue  # a layout or combination the model refuses

@@ -32,6 +32,8 @@ CostFn = Callable[[TrainingConfig], StepCost]
 # Two values of a dimension are the same plan when memory and time differ by less than this
 # (relative): below the models' own resolution, and invisible to a user.
 EQUIVALENT = 0.005
+# Every field of a configuration but its optimizer, in field order (see Evaluator._state_key).
+_FIELDS_BUT_OPTIMIZER = tuple(k for k in TrainingConfig.model_fields if k != "optimizer")
 
 
 # NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
@@ -141,14 +143,14 @@ class Evaluator:
         other field (None when the optimizer has none: the model refuses it).
 
         NOTE: the fields are read off the configuration itself (every one but the
-        optimizer), not from a list kept by hand: a field added to TrainingConfig is in the
-        key without anyone remembering to add it."""
+        optimizer; sub-records whole), not from a list kept by hand: a field added to
+        TrainingConfig or to one of its sub-records is in the key without anyone
+        remembering to add it."""
         mem = self.ctx.taxonomy.get(c.optimizer).memory
         if mem is None:
             return None
-        fields = c.__dict__.copy()  # in TrainingConfig's field order, whatever built it
-        del fields["optimizer"]
-        return (mem, *fields.values())
+        d = c.__dict__
+        return (mem, *(d[k] for k in _FIELDS_BUT_OPTIMIZER))
 
     @property
     def counts(self) -> tuple[int, int]:
