@@ -171,6 +171,7 @@ class OptimizerImpl(str, Enum):
     FOREACH = "foreach"
 
 
+_setattr = object.__setattr__
 # Where a frozen record keeps its hash once computed (in its ``__dict__``, beside the fields).
 _HASH = "_hash_"
 
@@ -185,17 +186,20 @@ class _Frozen(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     _values_of: ClassVar[operator.itemgetter[Any]]
+    _all_fields: ClassVar[set[str]]
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        cls._all_fields = set(cls.model_fields)
         if len(cls.model_fields) > 1:  # an itemgetter of one name would not give a tuple
             cls._values_of = operator.itemgetter(*cls.model_fields)
 
     def __hash__(self) -> int:
         d = self.__dict__
-        h: int | None = d.get(_HASH)
-        if h is None:
+        try:
+            h: int = d[_HASH]
+        except KeyError:
             h = d[_HASH] = hash(self._values_of(d))
         return h
 
@@ -214,12 +218,37 @@ class _Frozen(BaseModel):
         raise TypeError(f"{type(self).__name__}.model_copy: use TrainingConfig.with_/replace")
 
     def _fields(self) -> dict[str, Any]:
-        d = self.__dict__
-        return {k: d[k] for k in type(self).model_fields}
+        """The field values (not the memoised hash), as a new dict."""
+        d = self.__dict__.copy()
+        d.pop(_HASH, None)
+        return d
+
+    @classmethod
+    def _made(cls, values: dict[str, Any]) -> Self:
+        """A record of ``values`` (every field, already valid), without validation.
+
+        NOTE: what ``model_construct`` does for a complete set of fields, at a fraction of
+        its cost: the search copies configurations thousands of times.
+        """
+        made = cls.__new__(cls)
+        _setattr(made, "__dict__", values)
+        # NOTE: one set per class, not one per record (fewer objects for the collector; a
+        # frozen record never adds to it).
+        _setattr(made, "__pydantic_fields_set__", cls._all_fields)
+        _setattr(made, "__pydantic_extra__", None)
+        _setattr(made, "__pydantic_private__", None)
+        return made
 
 
 class _Record(_Frozen):
     """A frozen part of a training configuration."""
+
+    def updated(self, **changes: Any) -> Self:
+        """This record with ``changes`` (field names of this record), validated: an unknown
+        name or a value out of range is a ValidationError."""
+        if not changes:
+            return self
+        return type(self)(**{**self._fields(), **changes})
 
 
 class BatchGeometry(_Record):
@@ -330,6 +359,14 @@ class Kernels(_Record):
     def loss_fused(self) -> bool:
         """Whether the loss never materialises full fp32 logits."""
         return self.fused_loss or self.stack is Stack.FUSED
+
+    def with_fused_loss(self, fused_loss: bool) -> Kernels:
+        """These kernels with the fused loss on or off (a memory saver the search toggles)."""
+        if fused_loss is self.fused_loss:
+            return self
+        values = self._fields()
+        values["fused_loss"] = fused_loss
+        return Kernels._made(values)
 
 
 def _sorted_targets(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -502,16 +539,33 @@ class TrainingConfig(_Frozen):
     ) -> TrainingConfig:
         """This configuration with whole sub-records replaced."""
         d = self._fields()
-        for name, value in (
-            ("batch", batch),
-            ("layout", layout),
-            ("savers", savers),
-            ("kernels", kernels),
-            ("adapters", adapters),
-        ):
-            if value is not None:
-                d[name] = value
-        return _construct(d)
+        if batch is not None:
+            d["batch"] = batch
+        if layout is not None:
+            d["layout"] = layout
+        if savers is not None:
+            d["savers"] = savers
+        if kernels is not None:
+            d["kernels"] = kernels
+        if adapters is not None:
+            d["adapters"] = adapters
+        return TrainingConfig._made(d)
+
+    def with_geometry(self, micro_batch: int, grad_accumulation: int) -> TrainingConfig:
+        """This configuration with another batch geometry (the plan search's most frequent
+        copy: each plan is tried at several micro-batches and accumulations)."""
+        b = self.batch
+        if b.micro_batch == micro_batch and b.grad_accumulation == grad_accumulation:
+            return self
+        d = self._fields()
+        d["batch"] = BatchGeometry._made(
+            {
+                "micro_batch": micro_batch,
+                "seq_len": self.batch.seq_len,
+                "grad_accumulation": grad_accumulation,
+            }
+        )
+        return TrainingConfig._made(d)
 
     def with_(
         self,
@@ -549,25 +603,24 @@ class TrainingConfig(_Frozen):
         """This configuration with the named fields changed (each keyword is a field of this
         record or of one of its sub-records; the rest are kept).
 
-        NOTE: like the copies the search made before, the values are not validated again
-        (the search builds thousands); their types are mypy's to check, LoRA targets are
-        normalised as the constructor does.
+        The sub-records' fields are validated (as their constructors do: ranges, LoRA
+        targets sorted); the top-level fields are typed for mypy (the optimizer id's pattern
+        is not checked again).
         """
-        changes = {k: v for k, v in locals().items() if v is not _KEEP and k != "self"}
-        if "lora_targets" in changes:
-            changes["lora_targets"] = _sorted_targets(changes["lora_targets"])
+        given = locals()  # the arguments (and self), first thing
         d = self._fields()
         grouped: dict[str, dict[str, Any]] = {}
-        for key, value in changes.items():
+        for key, value in given.items():
+            if value is _KEEP or key == "self":
+                continue
             record = _RECORD_OF.get(key)
             if record is None:
                 d[key] = value
             else:
                 grouped.setdefault(record, {})[key] = value
         for record, values in grouped.items():
-            old = d[record]
-            d[record] = type(old).model_construct(**{**old._fields(), **values})
-        return _construct(d)
+            d[record] = d[record].updated(**values)
+        return TrainingConfig._made(d)
 
 
 # Each sub-record's field names -> the sub-record's field in TrainingConfig.
@@ -575,10 +628,6 @@ _RECORD_OF: dict[str, str] = {
     name: record for record, cls in _RECORDS.items() for name in cls.model_fields
 }
 _FLAT_ONLY = frozenset(k for k, (record, _) in FLAT_FIELDS.items() if record is not None)
-
-
-def _construct(values: dict[str, Any]) -> TrainingConfig:
-    return TrainingConfig.model_construct(**values)
 
 
 def _flat_view() -> type[BaseModel]:

@@ -141,7 +141,12 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
         tp: int = 1, pp: int = 1, ep: int = 1, sharding: Sharding = Sharding.NONE
     ) -> Layout | None:
         for lay in layouts:
-            if (lay.tp, lay.pp, lay.ep, lay.sharding) == (tp, pp, ep, sharding):
+            if (
+                lay.parallel.tensor_parallel,
+                lay.parallel.pipeline_parallel,
+                lay.parallel.expert_parallel,
+                lay.parallel.sharding,
+            ) == (tp, pp, ep, sharding):
                 return lay
         return None
 
@@ -202,7 +207,9 @@ def price(
     c = lay.apply(config)
     techniques = techniques_of(ctx, c)
     allowed = not (hard_constraint(ctx, decision, techniques) or compatible(ctx, c, techniques))
-    found = best_geometry(ev, c, lay.dp, ctx.global_batch, ctx.workload.micro_batch)
+    found = best_geometry(
+        ev, c, lay.parallel.data_parallel, ctx.global_batch, ctx.workload.micro_batch
+    )
     steps = plan_step_factor(ctx, c)
     if found is None:
         return Priced(name, c, False, False, allowed, 0.0, 0, 0, float("inf"), steps)

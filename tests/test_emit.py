@@ -431,7 +431,7 @@ def test_accelerate_yaml_uses_only_documented_keys(nodes: int) -> None:
             assert doc["distributed_type"] == "DEEPSPEED"
             offload = doc["deepspeed_config"]["offload_optimizer_device"]
             assert offload == {Offload.NONE: "none"}.get(
-                config.savers.offload, "nvme" if config.offload.nvme else "cpu"
+                config.savers.offload, "nvme" if config.savers.offload.nvme else "cpu"
             )
         checked += 1
     assert checked == len(GRID)

@@ -157,8 +157,8 @@ def test_torchtitan_toml_uses_only_job_config_keys() -> None:
             option = flat["activation_checkpoint.selective_ac_option"]
             assert option == str(config.savers.ac_frequency)
         # Only what torchtitan cannot do moves the plan (fp16 -> bf16, ZeRO-1 -> ZeRO-2).
-        assert expressed.layout.tensor_parallel == config.tensor_parallel
-        assert expressed.layout.pipeline_parallel == config.pipeline_parallel
+        assert expressed.layout.tensor_parallel == config.layout.tensor_parallel
+        assert expressed.layout.pipeline_parallel == config.layout.pipeline_parallel
         assert emission.differs is (
             config.precision is Precision.AMP_FP16 or config.layout.sharding is Sharding.ZERO1
         )
@@ -395,7 +395,7 @@ def test_tp_comm_overlap_is_exported_as_the_cost_assumed() -> None:
     # Wang et al. 2023); the exports turn the same overlap on, and leave it off under hf.
     fused = TrainingConfig(task=Task.PRETRAIN, tensor_parallel=4, gpus=2, stack=Stack.FUSED)
     hf = fused.with_(stack=Stack.HF)
-    assert fused.kernels.tp_overlapped and not hf.tp_overlapped
+    assert fused.kernels.tp_overlapped and not hf.kernels.tp_overlapped
     assert "--tp-comm-overlap" in dict(_megatron_args(emit_megatron(fused).text))
     assert "--tp-comm-overlap" not in dict(_megatron_args(emit_megatron(hf).text))
     tt = tomllib.loads(emit_torchtitan(fused).text)

@@ -83,7 +83,7 @@ class LadderBounds:
 
     def seconds(self, rung: Savers) -> float | None:
         """Time per token of the rung at the whole batch, without the pipeline bubble."""
-        top = rung.apply(self.base).with_(micro_batch=self.top_mb, grad_accumulation=1)
+        top = rung.apply(self.base).with_geometry(self.top_mb, 1)
         try:
             cost = self.s.ev.time(top)
         except ValueError:
@@ -108,14 +108,14 @@ class LadderBounds:
         drops persistent gradients); per-layer updates never accumulate. None when none
         fits the device (``viable``: the host too, and the rules allow the rung)."""
         s, c, per = self.s, rung.apply(self.base), self.per
-        if viable and not s.ok(c.with_(micro_batch=1, grad_accumulation=1)):
+        if viable and not s.ok(c.with_geometry(1, 1)):
             return None
         geometries = (
             [(1, 1)] if c.savers.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
         )
         best = None
         for micro, acc in geometries:
-            g = c.with_(micro_batch=micro, grad_accumulation=acc)
+            g = c.with_geometry(micro, acc)
             m = s.ev.totals(g)
             if (s.ev.fits(g) if viable else m.total_bytes <= s.ev.usable) and (
                 best is None or m.total_bytes < best

@@ -9,6 +9,7 @@ from the evaluator that priced it.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ CostFn = Callable[[TrainingConfig], StepCost]
 # (relative): below the models' own resolution, and invisible to a user.
 EQUIVALENT = 0.005
 # Every field of a configuration but its optimizer, in field order (see Evaluator._state_key).
-_FIELDS_BUT_OPTIMIZER = tuple(k for k in TrainingConfig.model_fields if k != "optimizer")
+_BUT_OPTIMIZER = operator.itemgetter(*(k for k in TrainingConfig.model_fields if k != "optimizer"))
 
 
 # NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
@@ -149,8 +150,7 @@ class Evaluator:
         mem = self.ctx.taxonomy.get(c.optimizer).memory
         if mem is None:
             return None
-        d = c.__dict__
-        return (mem, *(d[k] for k in _FIELDS_BUT_OPTIMIZER))
+        return (mem, *_BUT_OPTIMIZER(c.__dict__))
 
     @property
     def counts(self) -> tuple[int, int]:

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
+from advisor.config import (
+    Checkpointing,
+    Offload,
+    ParallelLayout,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
 from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
@@ -97,10 +106,14 @@ def why_not(
         expected.append(("MeZO (zeroth-order, inference memory)", base.with_(optimizer="mezo")))
     if world > 1:
         expected.append(("AdamW with ZeRO-3 sharding", base.with_(sharding=Sharding.ZERO3)))
-    layout = Layout(world_size=world, gpus_per_node=max(ctx.workload.gpus, 1), dp=world)
+    layout = Layout(
+        world_size=world,
+        gpus_per_node=max(ctx.workload.gpus, 1),
+        parallel=ParallelLayout(data_parallel=world),
+    )
     out = []
     for label, config in expected:
-        lay = layout.model_copy(update={"sharding": config.layout.sharding})
+        lay = layout.with_sharding(config.layout.sharding)
         position = _position(rows, config)
         if position is not None and position < shown:
             continue
@@ -157,7 +170,9 @@ def _judge(
     why = hard_constraint(ctx, decision, techniques) or compatible(ctx, c, techniques)
     if why:
         return why
-    found = best_geometry(ev, c, layout.dp, ctx.global_batch, ctx.workload.micro_batch)
+    found = best_geometry(
+        ev, c, layout.parallel.data_parallel, ctx.global_batch, ctx.workload.micro_batch
+    )
     if found is None:
         smallest = c.with_(micro_batch=ctx.workload.micro_batch or 1)
         text, _kind = memory_reason(ctx, ev, smallest)

@@ -125,9 +125,7 @@ class _Geometries:
     def __call__(self, micro: int, accumulation: int) -> TrainingConfig:
         c = self.built.get((micro, accumulation))
         if c is None:
-            c = self.built[micro, accumulation] = self.config.with_(
-                micro_batch=micro, grad_accumulation=accumulation
-            )
+            c = self.built[micro, accumulation] = self.config.with_geometry(micro, accumulation)
         return c
 
 

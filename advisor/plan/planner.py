@@ -94,7 +94,7 @@ class PlanSearch:
         found = best_geometry(
             self.ev,
             c,
-            layout.dp,
+            layout.parallel.data_parallel,
             self.batch,
             self.ctx.workload.micro_batch,
             exhaustive=self.exhaustive,
@@ -170,7 +170,7 @@ class PlanSearch:
     ) -> list[Plan]:
         """Walk the saver ladder for one core on one layout (see ``saver_ladder``)."""
         memory_first = self.ctx.workload.objective.value == "memory"
-        per, _ = per_replica_batch(self.batch, layout.dp)
+        per, _ = per_replica_batch(self.batch, layout.parallel.data_parallel)
         out: list[Plan] = []
         fitted_on_device = host_fitted = False
         for level in levels:
@@ -194,7 +194,7 @@ class PlanSearch:
                     # Per-layer updates free the gradient buffer; if that lets the whole
                     # per-replica batch fit at once, the plan still reaches the global batch.
                     whole = self.rung(rung, True).apply(base)
-                    one = whole.with_(micro_batch=per, grad_accumulation=1)
+                    one = whole.with_geometry(per, 1)
                     if self.allowed(one) is not None and self.ev.fits(one):
                         q = self.plan(whole, layout)
                         if q and q.exact_batch and q.seconds_per_token < p.seconds_per_token:
@@ -340,13 +340,16 @@ class PlanSearch:
         hit = self._ladders.get(key)
         if hit is None:
             base = layout.apply(core)
-            per, _ = per_replica_batch(self.batch, layout.dp)
+            per, _ = per_replica_batch(self.batch, layout.parallel.data_parallel)
             levels, settled = self.walked(
-                base, per, layout.dp, self.screen_ladder if screen else self.ladder
+                base,
+                per,
+                layout.parallel.data_parallel,
+                self.screen_ladder if screen else self.ladder,
             )
             present = frozenset(techniques_of(self.ctx, base))
             hit = self._ladders[key] = LadderBounds(
-                self, base, per, layout.dp, levels, present, settled
+                self, base, per, layout.parallel.data_parallel, levels, present, settled
             )
         return hit
 
@@ -370,7 +373,7 @@ class PlanSearch:
                 break
             walked.append(level)
             lean = self.rung(leanest_rung(level), False).apply(base)
-            one = lean.with_(micro_batch=micro, grad_accumulation=-(-per // micro))
+            one = lean.with_geometry(micro, -(-per // micro))
             fits = exact and self.ok(one) and self.ev.fits(one)
             on_device = on_device or (fits and off is Offload.NONE)
             on_host = on_host or (fits and off is not Offload.NONE and not off.nvme)
@@ -393,7 +396,7 @@ class PlanSearch:
     def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole
         per-replica batch (time per token does not grow with the micro-batch)."""
-        top = cfg.with_(micro_batch=per, grad_accumulation=1)
+        top = cfg.with_geometry(per, 1)
         # NOTE: with pipeline stages one micro-batch is the worst case (the whole bubble,
         # Narayanan et al. 2021), so there is no bound of this kind: search the rung.
         if (

@@ -391,8 +391,8 @@ def screen_layouts(
         # One sample per micro-batch, accumulated over the whole per-replica batch: every
         # layout then steps over the same global batch (times compare), and pipelines see
         # as many micro-batches as they will run with (their bubble, not a worst case).
-        per, _ = per_replica_batch(s.batch, lay.dp)
-        plain = lay.apply(ref).with_(micro_batch=1, grad_accumulation=per)
+        per, _ = per_replica_batch(s.batch, lay.parallel.data_parallel)
+        plain = lay.apply(ref).with_geometry(1, per)
         full = Savers(checkpointing=Checkpointing.FULL).apply(plain)
         pt = _point(s, lay.label, full, i) or _point(s, lay.label, plain, i)
         if pt is not None:
@@ -408,7 +408,15 @@ def screen_layouts(
     for pt in pts:
         if pt.key in al:
             lay = label_of[pt.key]
-            by_split.setdefault((lay.tp, lay.pp, lay.vp, lay.ep), []).append(pt)
+            by_split.setdefault(
+                (
+                    lay.parallel.tensor_parallel,
+                    lay.parallel.pipeline_parallel,
+                    lay.parallel.virtual_stages,
+                    lay.parallel.expert_parallel,
+                ),
+                [],
+            ).append(pt)
     for group in by_split.values():
         kept, _al, _ = screen(group, prune=PRUNE_LAYOUTS)
         heads.update(kept)

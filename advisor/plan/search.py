@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from advisor.config import (
     BatchGeometry,
     Kernels,
+    ParallelLayout,
     Task,
     TrainingConfig,
 )
@@ -130,7 +131,11 @@ def _planned_layouts(ctx: Context, s: PlanSearch, notes: list[str]) -> list[Layo
     if not pinned and w.world_size > 1 and not _time_prices_layouts(ctx, s.ev):
         # A step-time model blind to tensor/pipeline parallelism would see their memory
         # savings for free: plan data parallelism only, and say so.
-        layouts = [lay for lay in layouts if lay.tp == 1 and lay.pp == 1]
+        layouts = [
+            lay
+            for lay in layouts
+            if lay.parallel.tensor_parallel == 1 and lay.parallel.pipeline_parallel == 1
+        ]
         notes.append(
             "tensor and pipeline parallel layouts not planned: the step-time model does not "
             "price their communication yet (pin them with --tp/--pp to see their memory)"
@@ -142,7 +147,11 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
     """The layouts whose replicas do not exceed the requested global batch (the others are
     rejected, at the reference plan)."""
     space = s.space
-    batch_ok = [lay for lay in layouts if lay.dp <= s.batch.samples or not s.batch.requested]
+    batch_ok = [
+        lay
+        for lay in layouts
+        if lay.parallel.data_parallel <= s.batch.samples or not s.batch.requested
+    ]
     for lay in layouts:
         if lay not in batch_ok:
             c = lay.apply(reference_config(ctx, space, space.tasks[0]))
@@ -151,7 +160,8 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
                 reject(
                     c,
                     techniques_of(ctx, c),
-                    f"{lay.label}: {lay.dp} replicas exceed the global batch of "
+                    f"{lay.label}: {lay.parallel.data_parallel} replicas exceed the global "
+                    "batch of "
                     f"{s.batch.samples} samples",
                     "batch",
                 ),
@@ -229,4 +239,8 @@ def _aliases_of(p: Plan, aliases: dict[tuple[str, str], list[str]]) -> list[str]
 def plain_layout(ctx: Context) -> Layout:
     """Data parallel over every device, no sharding."""
     w = ctx.workload
-    return Layout(world_size=w.world_size, gpus_per_node=max(w.gpus, 1), dp=w.world_size)
+    return Layout(
+        world_size=w.world_size,
+        gpus_per_node=max(w.gpus, 1),
+        parallel=ParallelLayout(data_parallel=w.world_size),
+    )

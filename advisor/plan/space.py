@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -338,14 +339,34 @@ class Savers:
     activation_offload: bool = False
     optimizer_in_backward: bool = False
 
-    def apply(self, config: TrainingConfig) -> TrainingConfig:
-        return config.with_(
+    @functools.cached_property
+    def record(self) -> MemorySavers:
+        """These savers as a configuration holds them (the default ac_frequency)."""
+        return MemorySavers(
             checkpointing=self.checkpointing,
             offload=self.offload,
-            fused_loss=self.fused_loss,
             activation_offload=self.activation_offload,
             optimizer_in_backward=self.optimizer_in_backward,
         )
+
+    @functools.cached_property
+    def _kernels(self) -> dict[Kernels, Kernels]:
+        # The kernels of the configurations these savers were applied to, with the fused
+        # loss set as they set it: the ladders apply one rung to thousands of configurations
+        # that share a few kernel records (a memo of this rung, for the search's lifetime).
+        return {}
+
+    def apply(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` with these savers (its ac_frequency kept)."""
+        kernels = self._kernels.get(config.kernels)
+        if kernels is None:
+            kernels = self._kernels[config.kernels] = config.kernels.with_fused_loss(
+                self.fused_loss
+            )
+        savers = self.record
+        if savers.ac_frequency != config.savers.ac_frequency:
+            savers = savers.updated(ac_frequency=config.savers.ac_frequency)
+        return config.replace(savers=savers, kernels=kernels)
 
 
 class PlanSpace(BaseModel):
@@ -498,10 +519,15 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
         )
     layouts = workload_layouts(ctx)
     # Most devices per copy of the model first: the likeliest to fit.
-    layouts.sort(key=lambda lay: (-(lay.tp * lay.pp), -lay.sharding.zero_stage))
+    layouts.sort(
+        key=lambda lay: (
+            -(lay.parallel.tensor_parallel * lay.parallel.pipeline_parallel),
+            -lay.parallel.sharding.zero_stage,
+        )
+    )
     usable = usable_memory(t)
     for lay in layouts:
-        if config.task in (Task.LORA, Task.QLORA) and lay.pp > 1:
+        if config.task in (Task.LORA, Task.QLORA) and lay.parallel.pipeline_parallel > 1:
             continue
         for off in offloads:
             c = lay.apply(frugal.with_(offload=off))
