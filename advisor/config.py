@@ -177,7 +177,12 @@ _HASH = "_hash_"
 
 
 class _Frozen(BaseModel):
-    """A frozen record whose hash is computed once and whose equality compares its fields.
+    """A frozen record whose hash is computed once and whose equality compares its fields:
+    the configuration and its sub-records.
+
+    NOTE: the sub-records derive from this class directly: a pydantic instance's attribute
+    is looked up through its class hierarchy on every read (CPython does not specialise
+    those reads), so a shallow one is read faster.
 
     NOTE: configurations key the plan search's memos (the evaluator's dicts, the memory
     model's StateInputs): thousands are built and each is hashed many times; pydantic's own
@@ -217,6 +222,13 @@ class _Frozen(BaseModel):
         record (or use :meth:`TrainingConfig.with_` / :meth:`TrainingConfig.replace`)."""
         raise TypeError(f"{type(self).__name__}.model_copy: use TrainingConfig.with_/replace")
 
+    def updated(self, **changes: Any) -> Self:
+        """This record with ``changes`` (field names of this record), validated: an unknown
+        name or a value out of range is a ValidationError."""
+        if not changes:
+            return self
+        return type(self)(**{**self._fields(), **changes})
+
     def _fields(self) -> dict[str, Any]:
         """The field values (not the memoised hash), as a new dict."""
         d = self.__dict__.copy()
@@ -240,18 +252,7 @@ class _Frozen(BaseModel):
         return made
 
 
-class _Record(_Frozen):
-    """A frozen part of a training configuration."""
-
-    def updated(self, **changes: Any) -> Self:
-        """This record with ``changes`` (field names of this record), validated: an unknown
-        name or a value out of range is a ValidationError."""
-        if not changes:
-            return self
-        return type(self)(**{**self._fields(), **changes})
-
-
-class BatchGeometry(_Record):
+class BatchGeometry(_Frozen):
     """What one device processes per pass and per optimizer step."""
 
     micro_batch: int = Field(default=1, ge=1, description="samples per device per pass")
@@ -261,7 +262,7 @@ class BatchGeometry(_Record):
     )
 
 
-class ParallelLayout(_Record):
+class ParallelLayout(_Frozen):
     """The parallel degrees and the data-parallel sharding of one configuration (world size
     = data x tensor x pipeline parallel). The plan search's
     :class:`advisor.plan.layout.Layout` holds one and checks it against the topology."""
@@ -290,7 +291,7 @@ class ParallelLayout(_Record):
         return self.data_parallel * self.tensor_parallel * self.pipeline_parallel
 
 
-class MemorySavers(_Record):
+class MemorySavers(_Frozen):
     """What trades time for memory: recomputation, offloading, the step in backward."""
 
     checkpointing: Checkpointing = Field(
@@ -316,7 +317,7 @@ class MemorySavers(_Record):
     )
 
 
-class Kernels(_Record):
+class Kernels(_Frozen):
     """The kernels a step runs: the stack, the attention kernel, fused loss and norm, the
     optimizer's kernel and whether tensor-parallel collectives overlap their GEMMs."""
 
@@ -379,7 +380,7 @@ def _sorted_targets(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(set(value)))
 
 
-class Adapters(_Record):
+class Adapters(_Frozen):
     """LoRA/QLoRA's adapters (read only when the task trains adapters)."""
 
     lora_rank: int = Field(default=16, ge=1, description="LoRA/QLoRA adapter rank r")
@@ -404,7 +405,7 @@ class Adapters(_Record):
 
 
 # The sub-records of a configuration, by their field in TrainingConfig.
-_RECORDS: dict[str, type[_Record]] = {
+_RECORDS: dict[str, type[_Frozen]] = {
     "batch": BatchGeometry,
     "layout": ParallelLayout,
     "savers": MemorySavers,
