@@ -631,6 +631,21 @@ _RECORD_OF: dict[str, str] = {
 _FLAT_ONLY = frozenset(k for k, (record, _) in FLAT_FIELDS.items() if record is not None)
 
 
+def _check_flat_fields() -> None:
+    """Every field of the configuration and its sub-records has exactly one flat key: a field
+    added to a record without one would be missing from the JSON (checked at import)."""
+    named = sorted((record or "", name) for record, name in FLAT_FIELDS.values())
+    fields = sorted(
+        [("", k) for k in TrainingConfig.model_fields if k not in _RECORDS]
+        + [(record, k) for record, cls in _RECORDS.items() for k in cls.model_fields]
+    )
+    if named != fields:
+        raise TypeError(f"FLAT_FIELDS does not name every field once: {named} != {fields}")
+
+
+_check_flat_fields()
+
+
 def _flat_view() -> type[BaseModel]:
     """The flat model the JSON view's schema is generated from (its fields, descriptions and
     constraints are the sub-records', in :data:`FLAT_FIELDS`' order)."""
