@@ -147,16 +147,17 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     torchtitan does not reshard after forward with PP (the memory model keeps those
     parameters gathered and gradients unsharded).
     """
+    layout = c.layout
     A = c.batch.grad_accumulation
     # One gather and one reduction per step (see above).
-    pipelined = s.pp > 1 and c.layout.sharding in (Sharding.FSDP, Sharding.HSDP)
+    pipelined = s.pp > 1 and layout.sharding in (Sharding.FSDP, Sharding.HSDP)
     if pipelined:
         A = 1
     wb, gb = weight_bytes(c.precision), grad_bytes(c.precision)
     params = s.sh.params / (s.tp * s.pp)
     grads = trainable(s, c) / (s.tp * s.pp) * gb
-    stage = c.layout.sharding.zero_stage
-    n = shard_group(s, c) if c.layout.sharding is Sharding.HSDP else s.dp
+    stage = layout.sharding.zero_stage
+    n = shard_group(s, c) if layout.sharding is Sharding.HSDP else s.dp
     if s.hw is None and s.cal is not None and s.cal.allreduce_gb_s:
         # CPU calibration: gloo all-reduce bus bandwidth, no overlap.
         share = (n - 1) / n
@@ -209,10 +210,11 @@ def _dp_exposed(
     bwd: float,
 ) -> tuple[float, str]:
     """Exposed seconds of the data-parallel collectives over ``n`` ranks, and what they are."""
+    layout = c.layout
     eta = s.eff.overlap.value
     L = max(s.stage_layers, 1.0)
     wb = weight_bytes(c.precision)
-    stage = c.layout.sharding.zero_stage
+    stage = layout.sharding.zero_stage
     share = (n - 1) / n
     if stage == 3:
         ag = share * params * wb / bw
@@ -222,7 +224,7 @@ def _dp_exposed(
         exp_b = max((regather + rs) / L, regather + rs - eta * bwd)
         exposed = (exp_f + exp_b) * A
         detail = f"FSDP/ZeRO-3 over {n} ranks ({name})"
-        if c.layout.sharding is Sharding.HSDP and s.dp > n:
+        if layout.sharding is Sharding.HSDP and s.dp > n:
             r = s.dp // n
             bw_x, name_x = link(s, True, data_parallel=True)
             ar = 2 * (r - 1) / r * grads / n / bw_x

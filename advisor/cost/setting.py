@@ -216,10 +216,11 @@ def trainable(s: Setting, c: TrainingConfig) -> int:
 
 def shard(s: Setting, c: TrainingConfig, from_stage: int) -> int:
     """Ranks a state is sharded over when ZeRO ``from_stage`` shards it (else 1)."""
-    stage = c.layout.sharding.zero_stage
+    layout = c.layout
+    stage = layout.sharding.zero_stage
     if stage < from_stage:
         return 1
-    if c.layout.sharding is Sharding.HSDP:
+    if layout.sharding is Sharding.HSDP:
         return shard_group(s, c)
     return s.dp
 

@@ -122,6 +122,7 @@ def predict_for_optimizer(
     (state bytes, order, refresh interval): how the recommender, ``estimate`` and the
     benchmarks all call the cost model. A paged optimizer on a CUDA profile adds the
     migration of the states the device cannot hold (memory.paged_residency)."""
+    kernels = config.kernels
     paged_traffic = 0.0
     if (
         optimizer.memory is not None
@@ -146,9 +147,7 @@ def predict_for_optimizer(
         optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
-        optimizer_fused_step=fused_step_on(
-            optimizer.memory, config.kernels.stack, config.kernels.optimizer_impl
-        )
+        optimizer_fused_step=fused_step_on(optimizer.memory, kernels.stack, kernels.optimizer_impl)
         if optimizer.memory
         else True,
         interconnect_gb_s=interconnect_gb_s,
@@ -249,8 +248,9 @@ def step_terms(
 ) -> tuple[dict[str, ComponentTime], float, float]:
     """The step's micro-batches with the pipeline bubble and offloaded activations; one
     micro-batch's forward and backward compute."""
-    parts, fwd, bwd, mb_seconds = micro_batches(s, zeroth, c.batch.grad_accumulation, held)
-    A = c.batch.grad_accumulation
+    batch = c.batch
+    parts, fwd, bwd, mb_seconds = micro_batches(s, zeroth, batch.grad_accumulation, held)
+    A = batch.grad_accumulation
     if s.pp > 1:
         bubble = (s.pp - 1) / s.v * mb_seconds
         parts["pipeline_bubble"] = ComponentTime(

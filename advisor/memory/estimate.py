@@ -65,15 +65,16 @@ def _estimate(
     totals_only: bool,
 ) -> MemoryEstimate | MemoryTotals:
     """:func:`estimate_memory`, or with ``totals_only`` its three numbers alone."""
+    layout = config.layout
     d = memo.model.shape
     check_layout(config, d)
-    pp = config.layout.pipeline_parallel
+    pp = layout.pipeline_parallel
     if pp == 1:
         return estimate_stage(
             memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
     split, held = memo.call(
-        pipeline_schedule, pp, config.layout.virtual_stages, config.batch.grad_accumulation
+        pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
     )
     # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
     # are always candidates; a middle rank only when it holds more blocks or more

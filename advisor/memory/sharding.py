@@ -15,10 +15,11 @@ from advisor.memory.params import ParamTensor, Role, is_row_parallel
 
 def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
     """Refuse layouts the engines cannot run, with what to change."""
+    layout = config.layout
     tp, pp, ep = (
-        config.layout.tensor_parallel,
-        config.layout.pipeline_parallel,
-        config.layout.expert_parallel,
+        layout.tensor_parallel,
+        layout.pipeline_parallel,
+        layout.expert_parallel,
     )
     if tp > 1 and d["a"] % tp:
         raise UserError(
@@ -30,10 +31,10 @@ def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
             f"pipeline parallelism {pp} exceeds the model's {d['L']} layers",
             "pick at most one pipeline stage per layer",
         )
-    if ep > 1 and (d["E"] % ep or config.layout.data_parallel % ep):
+    if ep > 1 and (d["E"] % ep or layout.data_parallel % ep):
         raise UserError(
             f"expert parallelism {ep} must divide the {d['E']} experts and the "
-            f"{config.layout.data_parallel} data-parallel ranks",
+            f"{layout.data_parallel} data-parallel ranks",
             "pick an expert-parallel degree dividing both (1 for dense models)",
         )
     if config.savers.optimizer_in_backward and config.batch.grad_accumulation > 1:

@@ -130,6 +130,7 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
         memo: the model's memo (its layout tensors are memoised there).
         config: what the model states depend on (:class:`StateInputs`).
     """
+    layout = config.layout
     model = memo.model
     spec = model.spec
     mem, opt_id = config.mem, config.opt_id
@@ -138,9 +139,9 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     notes: list[str] = []
     params = model.parameters
     d = model.shape
-    tp, pp = config.layout.tensor_parallel, config.layout.pipeline_parallel
+    tp, pp = layout.tensor_parallel, layout.pipeline_parallel
     last = stage in ("only", "last")
-    tensors = memo.call(local_tensors, tp, config.layout.expert_parallel, pp, stage, stage_layers)
+    tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers)
     local_params = count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
@@ -214,15 +215,16 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
 def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]:
     """The devices ZeRO/FSDP shards over, the ZeRO stage in effect and whether a pipeline
     accumulates unsharded gradients; notes appended."""
-    pp = config.layout.pipeline_parallel
-    if config.layout.sharding is Sharding.HSDP:
-        n = config.layout.shard_group or min(config.layout.data_parallel, 8)
-        if config.layout.shard_group is None:
+    layout = config.layout
+    pp = layout.pipeline_parallel
+    if layout.sharding is Sharding.HSDP:
+        n = layout.shard_group or min(layout.data_parallel, 8)
+        if layout.shard_group is None:
             notes.append(f"hybrid sharding: shard group of {n} devices (one node) assumed")
     else:
-        n = config.layout.data_parallel if config.layout.sharding is not Sharding.NONE else 1
-    stage_zero = config.layout.sharding.zero_stage
-    if config.layout.sharding is not Sharding.NONE and n == 1:
+        n = layout.data_parallel if layout.sharding is not Sharding.NONE else 1
+    stage_zero = layout.sharding.zero_stage
+    if layout.sharding is not Sharding.NONE and n == 1:
         notes.append("sharding over 1 device divides nothing")
     # Pipeline engines accumulate a step's micro-batches into unsharded gradients, reduced
     # once at the end. torch.distributed.pipelining (torchtitan) runs every backward but the
@@ -235,7 +237,7 @@ def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]
     pipelined = (
         pp > 1
         and config.accumulates
-        and config.layout.sharding in (Sharding.NONE, Sharding.ZERO1, Sharding.FSDP, Sharding.HSDP)
+        and layout.sharding in (Sharding.NONE, Sharding.ZERO1, Sharding.FSDP, Sharding.HSDP)
     )
     if pipelined and stage_zero > 1:
         stage_zero = 1

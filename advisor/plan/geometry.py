@@ -73,6 +73,7 @@ def best_geometry(
     Returns:
         The configuration with its geometry, or None when not even one sample per device fits.
     """
+    layout = config.layout
     per, note = per_replica_batch(batch, dp)
     in_backward = config.savers.optimizer_in_backward
     with_geometry = _Geometries(config)
@@ -95,7 +96,7 @@ def best_geometry(
     if in_backward and fitting[-1] != per:
         # The largest micro-batch that fits, as the whole per-replica batch.
         candidates = [fitting[-1]]
-    elif exhaustive or config.layout.pipeline_parallel > 1:
+    elif exhaustive or layout.pipeline_parallel > 1:
         # More micro-batches shrink the pipeline bubble, (p - 1) / m (Narayanan et al. 2021).
         candidates = fitting if exhaustive else fitting[-6:]
     else:
@@ -105,7 +106,7 @@ def best_geometry(
         candidates = fitting[-1:]
     if smallest:
         candidates = fitting[:1]
-    descend = config.layout.pipeline_parallel > 1 and not exhaustive and not smallest
+    descend = layout.pipeline_parallel > 1 and not exhaustive and not smallest
     if descend:
         # Time per token is unimodal in the micro-batch under a pipeline: per-sample compute
         # falls with it, the bubble's share (p - 1) / m grows with it (Narayanan et al.

@@ -296,10 +296,11 @@ def workload_adapters(ctx: Context) -> Adapters:
 
 def describe_config(config: TrainingConfig) -> str:
     """A short human name for a configuration."""
+    savers, kernels, layout = config.savers, config.kernels, config.layout
     parts = [
         config.optimizer,
         config.precision.value,
-        f"{config.kernels.attention.value} attention",
+        f"{kernels.attention.value} attention",
     ]
     if config.task in (Task.LORA, Task.QLORA):
         parts.insert(0, f"{config.task.value} r={config.adapters.lora_rank}")
@@ -307,25 +308,25 @@ def describe_config(config: TrainingConfig) -> str:
         parts.insert(0, "full fine-tune")
     else:
         parts.insert(0, "pretrain")
-    if config.savers.checkpointing is not Checkpointing.NONE:
-        parts.append(f"{config.savers.checkpointing.value} checkpointing")
-    if config.savers.activation_offload:
+    if savers.checkpointing is not Checkpointing.NONE:
+        parts.append(f"{savers.checkpointing.value} checkpointing")
+    if savers.activation_offload:
         parts.append("activation offload")
-    if config.savers.offload is not Offload.NONE:
-        parts.append(f"offload {config.savers.offload.value}")
-    if config.savers.optimizer_in_backward:
+    if savers.offload is not Offload.NONE:
+        parts.append(f"offload {savers.offload.value}")
+    if savers.optimizer_in_backward:
         parts.append("optimizer in backward")
-    if config.kernels.fused_loss and config.kernels.stack is Stack.HF:
+    if kernels.fused_loss and kernels.stack is Stack.HF:
         parts.append("fused cross-entropy")
-    if config.layout.tensor_parallel > 1:
-        parts.append(f"tp{config.layout.tensor_parallel}")
-    if config.layout.pipeline_parallel > 1:
-        v = f"x{config.layout.virtual_stages}" if config.layout.virtual_stages > 1 else ""
-        parts.append(f"pp{config.layout.pipeline_parallel}{v}")
-    if config.layout.expert_parallel > 1:
-        parts.append(f"ep{config.layout.expert_parallel}")
-    if config.layout.sharding is not Sharding.NONE:
-        parts.append(config.layout.sharding.value)
+    if layout.tensor_parallel > 1:
+        parts.append(f"tp{layout.tensor_parallel}")
+    if layout.pipeline_parallel > 1:
+        v = f"x{layout.virtual_stages}" if layout.virtual_stages > 1 else ""
+        parts.append(f"pp{layout.pipeline_parallel}{v}")
+    if layout.expert_parallel > 1:
+        parts.append(f"ep{layout.expert_parallel}")
+    if layout.sharding is not Sharding.NONE:
+        parts.append(layout.sharding.value)
     return ", ".join(parts)
 
 
