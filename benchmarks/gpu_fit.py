@@ -497,8 +497,8 @@ def predict_run(run: dict[str, Any], hw: HardwareProfile) -> float:
     spec = run_spec(run)
     config = run_config(run)
     st = predict_for_optimizer(spec, config, _adamw(), calibration=None, hardware=hw)
-    tokens = config.micro_batch * config.seq_len * config.grad_accumulation
-    return tokens / st.seconds / (config.tensor_parallel * config.pipeline_parallel)
+    tokens = config.batch.micro_batch * config.batch.seq_len * config.batch.grad_accumulation
+    return tokens / st.seconds / (config.layout.tensor_parallel * config.layout.pipeline_parallel)
 
 
 def memory_check(run: dict[str, Any], hw: HardwareProfile) -> dict[str, Any]:

@@ -222,14 +222,14 @@ class Decoder(nn.Module):  # type: ignore[misc]
         h, vocab = spec.hidden_size or 0, spec.vocab_size or 0
         self.embed = nn.Embedding(vocab, h)
         self.blocks = nn.ModuleList(
-            _Block(spec, config.checkpointing) for _ in range(spec.num_layers or 0)
+            _Block(spec, config.savers.checkpointing) for _ in range(spec.num_layers or 0)
         )
         self.norm = _norm(spec, h)
         self.head = nn.Linear(h, vocab, bias=False)
         if spec.tie_word_embeddings:
             self.head.weight = self.embed.weight
-        self.full_checkpoint = config.checkpointing is Checkpointing.FULL
-        self.fused_loss = config.loss_fused
+        self.full_checkpoint = config.savers.checkpointing is Checkpointing.FULL
+        self.fused_loss = config.kernels.loss_fused
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -249,9 +249,9 @@ class Decoder(nn.Module):  # type: ignore[misc]
 
 
 def _check_supported(config: TrainingConfig) -> None:
-    if config.gpus > 1 or config.sharding is not Sharding.NONE:
+    if config.layout.data_parallel > 1 or config.layout.sharding is not Sharding.NONE:
         raise Unsupported("data-parallel configurations need several devices")
-    if config.offload is not Offload.NONE:
+    if config.savers.offload is not Offload.NONE:
         raise Unsupported("offload moves states from an accelerator to the host: no accelerator")
     if config.task is Task.QLORA:
         raise Unsupported("QLoRA's 4-bit base (bitsandbytes) needs CUDA")
@@ -259,13 +259,13 @@ def _check_supported(config: TrainingConfig) -> None:
         raise Unsupported("fp8 matrix multiplies need Hopper-class GPUs")
     if config.dp_sgd:
         raise Unsupported("per-sample gradients (DP-SGD) are not built into this benchmark")
-    if config.attention is Attention.MEM_EFFICIENT:
+    if config.kernels.attention is Attention.MEM_EFFICIENT:
         raise Unsupported("the memory-efficient SDPA backend does not exist on CPU")
-    if config.activation_offload:
+    if config.savers.activation_offload:
         raise Unsupported("activation offload moves activations from an accelerator to the host")
-    if config.optimizer_in_backward and config.grad_accumulation > 1:
+    if config.savers.optimizer_in_backward and config.batch.grad_accumulation > 1:
         raise Unsupported("per-layer updates cannot accumulate gradients (Lv et al. 2023)")
-    if config.tensor_parallel > 1 or config.pipeline_parallel > 1:
+    if config.layout.tensor_parallel > 1 or config.layout.pipeline_parallel > 1:
         raise Unsupported("tensor and pipeline parallelism need several devices")
 
 
@@ -292,10 +292,10 @@ def unsupported_reason(config: TrainingConfig) -> str | None:
     if not [v for v in (entry.variants if entry else []) if "cpu" in v.devices]:
         return f"no CPU implementation of {config.optimizer}"
     mixed = _LAYOUT[config.precision][2]
-    if config.optimizer == "adam-mini" and (mixed or config.optimizer_in_backward):
+    if config.optimizer == "adam-mini" and (mixed or config.savers.optimizer_in_backward):
         return "Adam-mini needs the module, not detached fp32 master copies or single tensors"
     if (
-        config.optimizer_in_backward
+        config.savers.optimizer_in_backward
         and entry
         and any(v.needs in ("hessian", "closure") for v in entry.variants)
     ):
@@ -334,21 +334,21 @@ def build_step(
             p.requires_grad_(False)
         for block in model.blocks:
             for name in ("q", "k", "v", "o"):
-                setattr(block, name, _LoRALinear(getattr(block, name), config.lora_rank))
+                setattr(block, name, _LoRALinear(getattr(block, name), config.adapters.lora_rank))
     dtype, autocast_dtype, mixed = _LAYOUT[config.precision]
     model.to(dtype)
     trainable = [p for p in model.parameters() if p.requires_grad]
     master = [nn.Parameter(p.detach().float().clone()) for p in trainable] if mixed else trainable
-    if config.optimizer_in_backward:
+    if config.savers.optimizer_in_backward:
         fused_step = _in_backward_step(config, model, trainable, master, variant, spec)
         return fused_step, variant.name, model
     optimizer = _build_optimizer(variant, spec, config, master, model)
-    vocab, a = spec.vocab_size or 0, config.grad_accumulation
-    shape = (a, config.micro_batch, config.seq_len)
+    vocab, a = spec.vocab_size or 0, config.batch.grad_accumulation
+    shape = (a, config.batch.micro_batch, config.batch.seq_len)
     tokens = torch.randint(vocab, shape)
     targets = torch.randint(vocab, shape)
     scale = _FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
-    backend = _BACKENDS[config.attention]
+    backend = _BACKENDS[config.kernels.attention]
 
     def amp() -> contextlib.AbstractContextManager[Any]:
         if autocast_dtype is None:
@@ -405,9 +405,9 @@ def _in_backward_step(
     dtype, autocast_dtype, mixed = _LAYOUT[config.precision]
     scale = _FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
     vocab = spec.vocab_size or 0
-    tokens = torch.randint(vocab, (config.micro_batch, config.seq_len))
-    targets = torch.randint(vocab, (config.micro_batch, config.seq_len))
-    backend = _BACKENDS[config.attention]
+    tokens = torch.randint(vocab, (config.batch.micro_batch, config.batch.seq_len))
+    targets = torch.randint(vocab, (config.batch.micro_batch, config.batch.seq_len))
+    backend = _BACKENDS[config.kernels.attention]
     for p, m in zip(trainable, master, strict=True):
         opt = _build_optimizer(variant, spec, config, [m], model)
 

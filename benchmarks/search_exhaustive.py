@@ -121,7 +121,7 @@ def run_case(
             if pick is None
             else {
                 "plan": pick.layout.label + " | " + ", ".join(pick.techniques),
-                "micro_batch": pick.config.micro_batch,
+                "micro_batch": pick.config.batch.micro_batch,
                 "tokens_per_s": round(1 / pick.seconds_per_token, 1),
             },
             "best_tokens_per_s": round(best, 1),

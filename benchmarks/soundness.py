@@ -133,9 +133,7 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
     if not ctx.target.fast_bf16:
         # fp16 with loss scaling on tensor cores that lack fast bf16 (V100, T4).
         fp16 = ctx.target.fast_fp16 and ctx.target.device_kind.value == "cuda"
-        base = base.model_copy(
-            update={"precision": Precision.FP16_MIXED if fp16 else base.precision}
-        )
+        base = base.with_(precision=Precision.FP16_MIXED if fp16 else base.precision)
     layouts = workload_layouts(ctx)
     world = ctx.workload.world_size
 
@@ -143,7 +141,12 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
         tp: int = 1, pp: int = 1, ep: int = 1, sharding: Sharding = Sharding.NONE
     ) -> Layout | None:
         for lay in layouts:
-            if (lay.tp, lay.pp, lay.ep, lay.sharding) == (tp, pp, ep, sharding):
+            if (
+                lay.parallel.tensor_parallel,
+                lay.parallel.pipeline_parallel,
+                lay.parallel.expert_parallel,
+                lay.parallel.sharding,
+            ) == (tp, pp, ep, sharding):
                 return lay
         return None
 
@@ -157,21 +160,17 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
         for name, sharding in shardings:
             if task is not base.task and sharding is not Sharding.NONE:
                 continue
-            c = base.model_copy(update={"task": task})
+            c = base.with_(task=task)
             if task is Task.QLORA:
-                c = c.model_copy(
-                    update={
-                        "precision": Precision.BF16_MIXED
-                        if ctx.target.fast_bf16
-                        else Precision.FP16_MIXED
-                    }
+                c = c.with_(
+                    precision=Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP16_MIXED
                 )
             label = f"{task.value} {name}" if task is not base.task else name
             out.append((label, c, layout(sharding=sharding)))
             out.append(
                 (
                     f"{label} + full recomputation",
-                    c.model_copy(update={"checkpointing": full}),
+                    c.with_(checkpointing=full),
                     layout(sharding=sharding),
                 )
             )
@@ -196,7 +195,7 @@ def practitioner_plans(ctx: Context) -> list[tuple[str, TrainingConfig, Layout]]
         for name, lay in recipes:
             for ck in (Checkpointing.NONE, full):
                 suffix = " + full recomputation" if ck is full else ""
-                out.append((name + suffix, base.model_copy(update={"checkpointing": ck}), lay))
+                out.append((name + suffix, base.with_(checkpointing=ck), lay))
     return [(n, c, lay) for n, c, lay in out if lay is not None]
 
 
@@ -208,7 +207,9 @@ def price(
     c = lay.apply(config)
     techniques = techniques_of(ctx, c)
     allowed = not (hard_constraint(ctx, decision, techniques) or compatible(ctx, c, techniques))
-    found = best_geometry(ev, c, lay.dp, ctx.global_batch, ctx.workload.micro_batch)
+    found = best_geometry(
+        ev, c, lay.parallel.data_parallel, ctx.global_batch, ctx.workload.micro_batch
+    )
     steps = plan_step_factor(ctx, c)
     if found is None:
         return Priced(name, c, False, False, allowed, 0.0, 0, 0, float("inf"), steps)
@@ -216,7 +217,7 @@ def price(
     techniques = techniques_of(ctx, cfg)
     seconds = ev.time(cfg).seconds
     peak = ev.totals(cfg).total_bytes
-    tokens = g.global_batch * cfg.seq_len
+    tokens = g.global_batch * cfg.batch.seq_len
     score = objective_score(
         ctx.workload.objective, seconds / tokens, peak, ev.usable, decision.score(techniques), steps
     )
@@ -238,7 +239,7 @@ def run_case(
     pick = report.recommendations[0] if report.recommendations else None
     pick_ttt = None
     if pick is not None:
-        tokens = pick.global_batch * pick.config.seq_len
+        tokens = pick.global_batch * pick.config.batch.seq_len
         pick_ttt = pick.step_time_s / tokens * plan_step_factor(ctx, pick.config)
     plans = []
     missed = []
@@ -254,7 +255,7 @@ def run_case(
         }
         if p.fits:
             row.update(
-                micro_batch=p.config.micro_batch,
+                micro_batch=p.config.batch.micro_batch,
                 step_time_s=round(p.seconds, 4),
                 peak_gib=round(p.peak / 2**30, 2),
                 score=round(p.score, 6),

@@ -71,7 +71,7 @@ def test_real_step_trains_and_honours_the_configuration(one_thread: None) -> Non
     b_names = {n for n, _ in model.named_parameters() if n.endswith(".b")}
     assert len(b_names) == 8 and b_names <= changed
     assert all(n.endswith((".a", ".b")) for n in changed)
-    timing = time_step(spec, config.model_copy(update={"task": Task.FINETUNE}), repeats=5)
+    timing = time_step(spec, config.with_(task=Task.FINETUNE), repeats=5)
     assert timing.repeats >= 5 and timing.median_s > 0
     assert timing.trainable_parameters == spec.parameter_count()
 
@@ -107,9 +107,7 @@ def test_per_layer_updates_step_like_the_whole_model(
     )
     models = []
     for in_backward in (False, True):
-        step, _variant, model = build_step(
-            spec, base.model_copy(update={"optimizer_in_backward": in_backward})
-        )
+        step, _variant, model = build_step(spec, base.with_(optimizer_in_backward=in_backward))
         before = [p.detach().clone() for p in model.parameters()]
         step()
         assert all(p.grad is None for p in model.parameters())
@@ -127,7 +125,7 @@ def test_fused_loss_step_trains_like_the_plain_loss(one_thread: None) -> None:
     base = TrainingConfig(task=Task.PRETRAIN, optimizer="sgd", precision="fp32", seq_len=8)
     weights = []
     for fused in (False, True):
-        step, _variant, model = build_step(spec, base.model_copy(update={"fused_loss": fused}))
+        step, _variant, model = build_step(spec, base.with_(fused_loss=fused))
         assert model.fused_loss is fused
         step()
         weights.append([p.detach().clone() for p in model.parameters()])

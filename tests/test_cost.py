@@ -60,16 +60,16 @@ def test_analytic_gemms_are_6n_flops_per_token_at_their_shapes() -> None:
 
 
 def test_costs_grow_with_tokens_and_accumulation() -> None:
-    assert step(BASE.model_copy(update={"seq_len": 4096})) > step(BASE)
-    assert step(BASE.model_copy(update={"micro_batch": 4})) > step(BASE)
-    two = step(BASE.model_copy(update={"grad_accumulation": 2}))
+    assert step(BASE.with_(seq_len=4096)) > step(BASE)
+    assert step(BASE.with_(micro_batch=4)) > step(BASE)
+    two = step(BASE.with_(grad_accumulation=2))
     assert step(BASE) < two < 2 * step(BASE)  # the optimizer step is not repeated
 
 
 def test_recompute_and_eager_attention_cost_time() -> None:
     full = predict_step_time(
         LLAMA,
-        BASE.model_copy(update={"checkpointing": Checkpointing.FULL}),
+        BASE.with_(checkpointing=Checkpointing.FULL),
         calibration=None,
         hardware=A100,
     )
@@ -85,13 +85,13 @@ def test_recompute_and_eager_attention_cost_time() -> None:
     assert full.components["recompute"].seconds == pytest.approx(expected, rel=1e-6)
     selective = predict_step_time(
         LLAMA,
-        BASE.model_copy(update={"checkpointing": Checkpointing.SELECTIVE}),
+        BASE.with_(checkpointing=Checkpointing.SELECTIVE),
         calibration=None,
         hardware=A100,
     )
     assert 0 < selective.components["recompute"].seconds < full.components["recompute"].seconds
-    assert step(BASE.model_copy(update={"attention": Attention.EAGER, "seq_len": 8192})) > step(
-        BASE.model_copy(update={"seq_len": 8192})
+    assert step(BASE.with_(attention=Attention.EAGER, seq_len=8192)) > step(
+        BASE.with_(seq_len=8192)
     )
 
 
@@ -99,9 +99,7 @@ def test_communication_follows_the_ring_volumes_and_what_compute_hides() -> None
     one = predict_step_time(LLAMA, BASE, calibration=None, hardware=A100)
     assert "communication" not in one.components
     eff = A100.gpu_efficiency()
-    eight = predict_step_time(
-        LLAMA, BASE.model_copy(update={"gpus": 8}), calibration=None, hardware=A100
-    )
+    eight = predict_step_time(LLAMA, BASE.with_(data_parallel=8), calibration=None, hardware=A100)
     grads = LLAMA.parameter_count() * 2
     busbw = 600 / 2 * eff.comm_intra.value * 1e9
     ring = 2 * 7 / 8 * grads / busbw
@@ -110,7 +108,7 @@ def test_communication_follows_the_ring_volumes_and_what_compute_hides() -> None
     assert 0 < exposed <= ring
     zero3 = predict_step_time(
         LLAMA,
-        BASE.model_copy(update={"gpus": 8, "sharding": Sharding.ZERO3}),
+        BASE.with_(data_parallel=8, sharding=Sharding.ZERO3),
         calibration=None,
         hardware=A100,
     )
@@ -122,14 +120,14 @@ def test_communication_follows_the_ring_volumes_and_what_compute_hides() -> None
 def test_offload_and_zeroth_order_and_adapters() -> None:
     off = predict_step_time(
         LLAMA,
-        BASE.model_copy(update={"offload": Offload.OPTIMIZER}),
+        BASE.with_(offload=Offload.OPTIMIZER),
         calibration=None,
         hardware=A100,
     )
     assert off.components["offload_transfer"].seconds > 0
     zo = predict_step_time(
         LLAMA,
-        BASE.model_copy(update={"optimizer": "mezo"}),
+        BASE.with_(optimizer="mezo"),
         calibration=None,
         hardware=A100,
         optimizer_order="zeroth",
@@ -139,7 +137,7 @@ def test_offload_and_zeroth_order_and_adapters() -> None:
     assert zo.components["forward_backward"].seconds == pytest.approx(
         fb.components["forward_backward"].seconds * 2 / 3, rel=1e-9
     )
-    lora = step(BASE.model_copy(update={"task": Task.LORA}))
+    lora = step(BASE.with_(task=Task.LORA))
     assert lora < step(BASE)
 
 
@@ -204,7 +202,7 @@ def test_measured_terms_come_from_the_cache_at_the_models_shape() -> None:
     # fp32 was not measured: analytic too, even for the cached shape.
     fp32 = predict_step_time(
         LLAMA,
-        BASE.model_copy(update={"precision": Precision.FP32}),
+        BASE.with_(precision=Precision.FP32),
         calibration=_cache_for(),
         hardware=A100,
     )

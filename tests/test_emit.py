@@ -405,7 +405,7 @@ def test_accelerate_yaml_uses_only_documented_keys(nodes: int) -> None:
         assert doc["distributed_type"] in ACC_DISTRIBUTED_TYPES
         assert doc["mixed_precision"] in ACC_MIXED_PRECISION
         assert doc["num_machines"] == nodes
-        assert doc["num_processes"] == config.gpus
+        assert doc["num_processes"] == config.layout.data_parallel
         for key, value in doc.get("fsdp_config", {}).items():
             assert key in ACC_FSDP, key
             if key in ACC_FSDP_VALUES:
@@ -421,15 +421,17 @@ def test_accelerate_yaml_uses_only_documented_keys(nodes: int) -> None:
         # FSDP has no optimizer-only or NVMe offload, so those FSDP plans run as ZeRO-3 with
         # ZeRO-Offload/Infinity through Accelerate's DeepSpeed plugin (the ranked plan)
         # instead of FSDP with parameter offload (a different, slower plan).
-        fsdp_offload_ok = config.offload in (Offload.NONE, Offload.OPTIMIZER_PARAMS)
-        if config.sharding in (Sharding.FSDP, Sharding.HSDP) and fsdp_offload_ok:
+        fsdp_offload_ok = config.savers.offload in (Offload.NONE, Offload.OPTIMIZER_PARAMS)
+        if config.layout.sharding in (Sharding.FSDP, Sharding.HSDP) and fsdp_offload_ok:
             assert doc["distributed_type"] == "FSDP"
-            assert doc["fsdp_config"]["fsdp_offload_params"] is config.offload.params
-        elif config.sharding is not Sharding.NONE or config.offload is not Offload.NONE:
+            assert doc["fsdp_config"]["fsdp_offload_params"] is config.savers.offload.params
+        elif (
+            config.layout.sharding is not Sharding.NONE or config.savers.offload is not Offload.NONE
+        ):
             assert doc["distributed_type"] == "DEEPSPEED"
             offload = doc["deepspeed_config"]["offload_optimizer_device"]
             assert offload == {Offload.NONE: "none"}.get(
-                config.offload, "nvme" if config.offload.nvme else "cpu"
+                config.savers.offload, "nvme" if config.savers.offload.nvme else "cpu"
             )
         checked += 1
     assert checked == len(GRID)

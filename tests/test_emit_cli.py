@@ -60,7 +60,7 @@ def test_write_emitted_torchtitan(report: RecommendReport, tmp_path: Path) -> No
     )
     doc = tomllib.loads(path.read_text())
     best = report.recommendations[0].config
-    assert doc["parallelism"]["tensor_parallel_degree"] == best.tensor_parallel
+    assert doc["parallelism"]["tensor_parallel_degree"] == best.layout.tensor_parallel
     emission = emit_config(EmitTarget.TORCHTITAN, best, num_layers=spec.num_layers)
     # write_emitted puts the priced note first exactly when the export differs.
     assert emission.differs is notes[0].startswith("this file sets up")
@@ -72,9 +72,7 @@ def test_a_file_that_sets_up_another_plan_is_refused_without_force(
     spec = resolve_model_size("1B")
     best = report.recommendations[0].config
     # ZeRO-3 with parameters offloaded: torchtitan's TOML has no key for host offload.
-    offloaded = best.model_copy(
-        update={"offload": Offload.OPTIMIZER_PARAMS, "sharding": Sharding.ZERO3}
-    )
+    offloaded = best.with_(offload=Offload.OPTIMIZER_PARAMS, sharding=Sharding.ZERO3)
     assert emit_config(EmitTarget.TORCHTITAN, offloaded, num_layers=spec.num_layers).differs
     first = report.recommendations[0].model_copy(update={"config": offloaded})
     other = report.model_copy(update={"recommendations": [first]})
@@ -97,9 +95,7 @@ def test_a_different_plan_is_priced_next_to_the_ranked_one(report: RecommendRepo
     spec = resolve_model_size("1B")
     best = report.recommendations[0]
     # A plan the report did not rank: the ranked one with parameters offloaded too.
-    other = best.config.model_copy(
-        update={"offload": Offload.OPTIMIZER_PARAMS, "sharding": Sharding.ZERO3}
-    )
+    other = best.config.with_(offload=Offload.OPTIMIZER_PARAMS, sharding=Sharding.ZERO3)
     note = expressed_plan_note(report, other, spec, HARDWARE)
     assert re.search(
         r"another plan: [\d.]+ \w+/device \((fits|does NOT fit)\), [\d.]+ \w*s/step", note
@@ -142,7 +138,7 @@ def test_the_export_note_reuses_the_jobs_probe_and_calibration_read(
     spec = resolve_model_size("125M")
     run = plan_recommendation(RecommendRequest.from_flags(spec=spec, calibrate=False))
     best = run.report.recommendations[0].config
-    other = best.model_copy(update={"checkpointing": Checkpointing.FULL, "micro_batch": 3})
+    other = best.with_(checkpointing=Checkpointing.FULL, micro_batch=3)
     note = expressed_plan_note(run.report, other, spec, None, run.environment)
     assert note.startswith("this file sets up another plan: ")
     assert calls == {"probe": 1, "cache": 1}

@@ -79,17 +79,17 @@ def test_deepspeed_config_loads_every_emitted_file() -> None:
     loaded = 0
     for config, nodes in GRID:
         emission = emit_deepspeed(config, nodes=nodes)
-        ds = _load_deepspeed(emission.config, config.world_size)
-        assert ds.train_batch_size == config.micro_batch * config.grad_accumulation * 8
+        ds = _load_deepspeed(emission.config, config.layout.world_size)
+        assert ds.train_batch_size == config.batch.micro_batch * config.batch.grad_accumulation * 8
         stage = ds.zero_optimization_stage
-        assert stage == emission.expressed_config.sharding.zero_stage
-        assert stage >= config.sharding.zero_stage  # only ever raised
-        if config.offload is not Offload.NONE:
+        assert stage == emission.expressed_config.layout.sharding.zero_stage
+        assert stage >= config.layout.sharding.zero_stage  # only ever raised
+        if config.savers.offload is not Offload.NONE:
             device = _value(ds.zero_config.offload_optimizer.device)
-            assert device == ("nvme" if config.offload.nvme else "cpu")
-        if config.offload.params:
+            assert device == ("nvme" if config.savers.offload.nvme else "cpu")
+        if config.savers.offload.params:
             assert _value(ds.zero_config.offload_param.device) == (
-                "nvme" if config.offload.nvme else "cpu"
+                "nvme" if config.savers.offload.nvme else "cpu"
             )
         kind = emission.config.get("optimizer", {}).get("type")
         needs_flag = stage >= 1 and kind not in ZERO_TESTED_TYPES
@@ -111,7 +111,7 @@ def test_nvme_offload_writes_device_and_path() -> None:
     }
     # ZeRO-Infinity's NVMe offload runs on stage 3 only (config-json): the plan moves there.
     assert zero["stage"] == 3
-    assert emission.expressed_config.sharding is Sharding.ZERO3
+    assert emission.expressed_config.layout.sharding is Sharding.ZERO3
     assert emission.differs and "stage 3" in emission.reason
     ds = _load_deepspeed(emission.config, 4)
     assert ds.zero_config.offload_optimizer.nvme_path.as_posix() == "/mnt/nvme0"
@@ -245,10 +245,10 @@ ACCELERATE_CASES = {
 @pytest.mark.parametrize("name", sorted(ACCELERATE_CASES))
 def test_accelerate_launch_accepts_the_file(tmp_path: Path, name: str) -> None:
     config = ACCELERATE_CASES[name]
-    nodes = 2 if config.gpus == 16 else 1
+    nodes = 2 if config.layout.data_parallel == 16 else 1
     emission = accelerate_emission(config, nodes=nodes)
     launcher, plugin = _launch(tmp_path, emission.text)
-    if config.sharding is Sharding.FSDP and config.offload is Offload.OPTIMIZER:
+    if config.layout.sharding is Sharding.FSDP and config.savers.offload is Offload.OPTIMIZER:
         assert launcher == "deepspeed"
         zero = plugin.deepspeed_config["zero_optimization"]
         assert zero["stage"] == 3
@@ -256,18 +256,18 @@ def test_accelerate_launch_accepts_the_file(tmp_path: Path, name: str) -> None:
         assert zero["offload_param"]["device"] == "none"
         # The ranked plan itself: FSDP full shard and ZeRO-3 shard the same states.
         assert not emission.differs
-    elif config.sharding is Sharding.ZERO2:
+    elif config.layout.sharding is Sharding.ZERO2:
         assert launcher == "deepspeed"
         zero = plugin.deepspeed_config["zero_optimization"]
         assert zero["offload_optimizer"]["device"] == "nvme"
         assert zero["stage"] == 3 and emission.differs
-    elif config.sharding in (Sharding.FSDP, Sharding.HSDP):
+    elif config.layout.sharding in (Sharding.FSDP, Sharding.HSDP):
         assert launcher == "fsdp"
-        strategy = "HYBRID_SHARD" if config.sharding is Sharding.HSDP else "FULL_SHARD"
+        strategy = "HYBRID_SHARD" if config.layout.sharding is Sharding.HSDP else "FULL_SHARD"
         assert plugin.sharding_strategy.name == strategy
-        assert plugin.cpu_offload.offload_params is config.offload.params
+        assert plugin.cpu_offload.offload_params is config.savers.offload.params
         assert not emission.differs
-    elif config.gpus > 1:
+    elif config.layout.data_parallel > 1:
         assert launcher == "multi_gpu"
     else:
         assert launcher == "simple"
@@ -284,12 +284,12 @@ def test_accelerate_loader_reads_every_emitted_file(tmp_path: Path) -> None:
             path.write_text(emission.text)
             cluster = load_config_from_file(str(path))
             assert cluster.use_cpu is cpu
-            assert cluster.num_processes == config.world_size
+            assert cluster.num_processes == config.layout.world_size
             if cpu:
                 assert cluster.distributed_type.value in ("NO", "MULTI_CPU")
             loaded += 1
     assert loaded == 2 * len(GRID[::5])
-    seen = {(c.sharding, c.offload, c.precision) for c, _ in GRID[::5]}
+    seen = {(c.layout.sharding, c.savers.offload, c.precision) for c, _ in GRID[::5]}
     assert len(seen) == len(Sharding) * len(Offload) * len(Precision)
 
 
@@ -317,8 +317,8 @@ def test_deepspeed_loads_the_data_parallel_form_of_a_tp_pp_plan(tmp_path: Path) 
         gpus=4, tensor_parallel=4, pipeline_parallel=2, micro_batch=4, grad_accumulation=8
     )
     emission = emit_deepspeed(config, nodes=4)
-    ds = _load_deepspeed(emission.config, config.world_size)
+    ds = _load_deepspeed(emission.config, config.layout.world_size)
     assert ds.zero_optimization_stage == 3 and emission.differs
     path = tmp_path / "a.yaml"
     path.write_text(accelerate_emission(config, nodes=4).text)
-    assert load_config_from_file(str(path)).num_processes == config.world_size
+    assert load_config_from_file(str(path)).num_processes == config.layout.world_size

@@ -127,19 +127,19 @@ def test_torchtitan_toml_uses_only_job_config_keys() -> None:
             * flat["parallelism.tensor_parallel_degree"]
             * flat["parallelism.pipeline_parallel_degree"]
         )
-        assert world == config.world_size == 64
-        assert flat["parallelism.tensor_parallel_degree"] == config.tensor_parallel
-        assert flat["parallelism.pipeline_parallel_degree"] == config.pipeline_parallel
+        assert world == config.layout.world_size == 64
+        assert flat["parallelism.tensor_parallel_degree"] == config.layout.tensor_parallel
+        assert flat["parallelism.pipeline_parallel_degree"] == config.layout.pipeline_parallel
         # The global batch is the plan's: micro x accumulation x data-parallel degree.
-        assert flat["training.global_batch_size"] == 2 * 8 * config.gpus
-        if config.pipeline_parallel > 1:
-            schedule = "Interleaved1F1B" if config.virtual_stages > 1 else "1F1B"
+        assert flat["training.global_batch_size"] == 2 * 8 * config.layout.data_parallel
+        if config.layout.pipeline_parallel > 1:
+            schedule = "Interleaved1F1B" if config.layout.virtual_stages > 1 else "1F1B"
             assert flat["parallelism.pipeline_parallel_schedule"] == schedule
             n_micro = (
                 flat["training.local_batch_size"]
                 // flat["parallelism.pipeline_parallel_microbatch_size"]
             )
-            assert n_micro == config.grad_accumulation
+            assert n_micro == config.batch.grad_accumulation
         else:
             assert "parallelism.pipeline_parallel_schedule" not in flat
         mode = flat["activation_checkpoint.mode"]
@@ -151,16 +151,16 @@ def test_torchtitan_toml_uses_only_job_config_keys() -> None:
                 "selective": "selective",
                 "selective-layer": "selective",
                 "selective-op": "selective",
-            }[config.checkpointing.value]
+            }[config.savers.checkpointing.value]
         )
-        if config.checkpointing is Checkpointing.SELECTIVE_LAYER:
+        if config.savers.checkpointing is Checkpointing.SELECTIVE_LAYER:
             option = flat["activation_checkpoint.selective_ac_option"]
-            assert option == str(config.ac_frequency)
+            assert option == str(config.savers.ac_frequency)
         # Only what torchtitan cannot do moves the plan (fp16 -> bf16, ZeRO-1 -> ZeRO-2).
-        assert expressed.tensor_parallel == config.tensor_parallel
-        assert expressed.pipeline_parallel == config.pipeline_parallel
+        assert expressed.layout.tensor_parallel == config.layout.tensor_parallel
+        assert expressed.layout.pipeline_parallel == config.layout.pipeline_parallel
         assert emission.differs is (
-            config.precision is Precision.AMP_FP16 or config.sharding is Sharding.ZERO1
+            config.precision is Precision.AMP_FP16 or config.layout.sharding is Sharding.ZERO1
         )
         checked += 1
     assert checked == len(LAYOUTS)
@@ -202,7 +202,7 @@ def test_torchtitan_hsdp_and_expert_parallel() -> None:
     assert flat["parallelism.data_parallel_shard_degree"] == 8
     assert flat["parallelism.expert_parallel_degree"] == 8
     with pytest.raises(UserError, match="shard degree"):
-        emit_torchtitan(config.model_copy(update={"expert_parallel": 3}), nodes=2)
+        emit_torchtitan(config.with_(expert_parallel=3), nodes=2)
 
 
 def test_torchtitan_offload_and_optimizer_differences_are_stated() -> None:
@@ -213,9 +213,9 @@ def test_torchtitan_offload_and_optimizer_differences_are_stated() -> None:
     flat = _check_torchtitan(emission.text)
     assert flat["training.enable_cpu_offload"] is True
     # FSDP2's CPU offload moves parameters too: a different plan, said and priced.
-    assert emission.differs and emission.expressed_config.offload is Offload.OPTIMIZER_PARAMS
+    assert emission.differs and emission.expressed_config.savers.offload is Offload.OPTIMIZER_PARAMS
     assert "offloads parameters" in emission.reason
-    lion = emit_torchtitan(config.model_copy(update={"offload": Offload.NONE, "optimizer": "lion"}))
+    lion = emit_torchtitan(config.with_(offload=Offload.NONE, optimizer="lion"))
     assert lion.differs and lion.expressed_config.optimizer == "adamw"
     assert _check_torchtitan(lion.text)["optimizer.name"] == "AdamW"
 
@@ -244,13 +244,15 @@ def test_megatron_arguments_are_known_flags() -> None:
             if spec["choices"]:
                 assert value in spec["choices"], (flag, value)
         got = dict(args)
-        assert got["--tensor-model-parallel-size"] == str(config.tensor_parallel)
-        assert got["--pipeline-model-parallel-size"] == str(config.pipeline_parallel)
-        assert ("--sequence-parallel" in got) is (config.tensor_parallel > 1)
-        if config.virtual_stages > 1:
-            assert got["--num-virtual-stages-per-pipeline-rank"] == str(config.virtual_stages)
-        assert int(got["--global-batch-size"]) == 2 * 8 * config.gpus
-        if config.checkpointing is Checkpointing.FULL:
+        assert got["--tensor-model-parallel-size"] == str(config.layout.tensor_parallel)
+        assert got["--pipeline-model-parallel-size"] == str(config.layout.pipeline_parallel)
+        assert ("--sequence-parallel" in got) is (config.layout.tensor_parallel > 1)
+        if config.layout.virtual_stages > 1:
+            assert got["--num-virtual-stages-per-pipeline-rank"] == str(
+                config.layout.virtual_stages
+            )
+        assert int(got["--global-batch-size"]) == 2 * 8 * config.layout.data_parallel
+        if config.savers.checkpointing is Checkpointing.FULL:
             assert got["--recompute-granularity"] == "full"
             assert got["--recompute-method"] == "uniform"
         checked += 1
@@ -262,16 +264,14 @@ def test_megatron_sharding_and_offload() -> None:
     got = dict(_megatron_args(emit_megatron(hsdp, nodes=4).text))
     assert got["--data-parallel-sharding-strategy"] == "optim_grads_params"
     assert got["--num-distributed-optimizer-instances"] == "4"  # 4 replicas of 8-rank shards
-    zero1 = dict(
-        _megatron_args(emit_megatron(hsdp.model_copy(update={"sharding": Sharding.ZERO1})).text)
-    )
+    zero1 = dict(_megatron_args(emit_megatron(hsdp.with_(sharding=Sharding.ZERO1)).text))
     assert "--use-distributed-optimizer" in zero1 and "--use-megatron-fsdp" not in zero1
     offload = TrainingConfig(task=Task.PRETRAIN, offload=Offload.OPTIMIZER_PARAMS)
     emission = emit_megatron(offload)
     got = dict(_megatron_args(emission.text))
     # The hybrid-device optimizer needs the precision-aware optimizer (arguments.py asserts).
     assert "--optimizer-cpu-offload" in got and "--use-precision-aware-optimizer" in got
-    assert emission.differs and emission.expressed_config.offload is Offload.OPTIMIZER
+    assert emission.differs and emission.expressed_config.savers.offload is Offload.OPTIMIZER
 
 
 def test_megatron_pretraining_hyperparameters() -> None:
@@ -294,19 +294,21 @@ def test_deepspeed_and_accelerate_state_the_data_parallel_form(target: EmitTarge
         expressed = emission.expressed_config
         assert emission.differs
         assert "--emit torchtitan or --emit megatron" in emission.reason
-        assert (expressed.tensor_parallel, expressed.pipeline_parallel) == (1, 1)
-        assert expressed.gpus == config.world_size
+        assert (expressed.layout.tensor_parallel, expressed.layout.pipeline_parallel) == (1, 1)
+        assert expressed.layout.data_parallel == config.layout.world_size
         # The global batch stays the plan's: fewer accumulation steps on more ranks.
-        assert expressed.grad_accumulation * expressed.gpus == 32 * 2
+        assert expressed.batch.grad_accumulation * expressed.layout.data_parallel == 32 * 2
     ds = emit_deepspeed(TrainingConfig(gpus=2, tensor_parallel=8, grad_accumulation=32))
     assert ds.config["train_batch_size"] == 64 and ds.config["gradient_accumulation_steps"] == 4
     # TP shards the parameters and a TP group shares each micro-batch: the data-parallel form
     # shards parameters too (ZeRO-3 / FSDP) and gives each rank 1/TP of the micro-batch.
-    assert ds.expressed_config.sharding is Sharding.ZERO3
+    assert ds.expressed_config.layout.sharding is Sharding.ZERO3
     tp4 = TrainingConfig(gpus=2, tensor_parallel=4, micro_batch=8, grad_accumulation=2)
     acc = accelerate_emission(tp4).expressed_config
-    assert acc.sharding is Sharding.FSDP and acc.micro_batch == 2
-    assert acc.micro_batch * acc.grad_accumulation * acc.gpus == 8 * 2 * 2
+    assert acc.layout.sharding is Sharding.FSDP and acc.batch.micro_batch == 2
+    assert (
+        acc.batch.micro_batch * acc.batch.grad_accumulation * acc.layout.data_parallel == 8 * 2 * 2
+    )
 
 
 def test_gpu_engines_refuse_cpu_plans() -> None:
@@ -331,14 +333,14 @@ def test_accelerate_hsdp_is_hybrid_shard() -> None:
     emission = accelerate_emission(config, nodes=2)
     assert "HYBRID_SHARD" in emission.text and not emission.differs
     # A shard group other than a node is not what FSDP1's HYBRID_SHARD builds: stated.
-    odd = accelerate_emission(config.model_copy(update={"shard_group": 4}), nodes=2)
+    odd = accelerate_emission(config.with_(shard_group=4), nodes=2)
     assert odd.differs and "within a node" in odd.reason
 
 
 def test_deepspeed_hsdp_is_stated_as_full_zero3() -> None:
     emission = emit_deepspeed(TrainingConfig(sharding=Sharding.HSDP, gpus=16), nodes=2)
     assert emission.config["zero_optimization"]["stage"] == 3
-    assert emission.differs and emission.expressed_config.sharding is Sharding.ZERO3
+    assert emission.differs and emission.expressed_config.layout.sharding is Sharding.ZERO3
     single_node = emit_deepspeed(TrainingConfig(sharding=Sharding.HSDP, gpus=8))
     # One shard group spanning every rank is plain full sharding: the same plan.
     assert not single_node.differs
@@ -369,9 +371,9 @@ def test_every_export_states_the_plan_it_sets_up() -> None:
         expressed = emission.expressed_config
         assert emission.differs is (not same_plan(config, expressed))
         assert emission.differs is bool(emission.reason), (target, config, emission.reason)
-        assert (expressed.tensor_parallel, expressed.pipeline_parallel) == (1, 1)
-        if target is EmitTarget.DEEPSPEED and config.optimizer_in_backward:
-            assert emission.differs and not expressed.optimizer_in_backward
+        assert (expressed.layout.tensor_parallel, expressed.layout.pipeline_parallel) == (1, 1)
+        if target is EmitTarget.DEEPSPEED and config.savers.optimizer_in_backward:
+            assert emission.differs and not expressed.savers.optimizer_in_backward
         checked += 1
     assert checked == len(EmitTarget) * len(Sharding) * len(Offload) * len(flags)
 
@@ -392,13 +394,13 @@ def test_tp_comm_overlap_is_exported_as_the_cost_assumed() -> None:
     # The fused stack's cost hides part of the TP collectives (async TP / TE userbuffers,
     # Wang et al. 2023); the exports turn the same overlap on, and leave it off under hf.
     fused = TrainingConfig(task=Task.PRETRAIN, tensor_parallel=4, gpus=2, stack=Stack.FUSED)
-    hf = fused.model_copy(update={"stack": Stack.HF})
-    assert fused.tp_overlapped and not hf.tp_overlapped
+    hf = fused.with_(stack=Stack.HF)
+    assert fused.kernels.tp_overlapped and not hf.kernels.tp_overlapped
     assert "--tp-comm-overlap" in dict(_megatron_args(emit_megatron(fused).text))
     assert "--tp-comm-overlap" not in dict(_megatron_args(emit_megatron(hf).text))
     tt = tomllib.loads(emit_torchtitan(fused).text)
     assert tt["parallelism"]["enable_async_tensor_parallel"] is True
-    off = fused.model_copy(update={"tp_comm_overlap": False})
+    off = fused.with_(tp_comm_overlap=False)
     assert not tomllib.loads(emit_torchtitan(off).text)["parallelism"][
         "enable_async_tensor_parallel"
     ]

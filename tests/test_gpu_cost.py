@@ -56,8 +56,8 @@ def st(config: TrainingConfig, spec: Any = LLAMA8, hw: Any = A100) -> Any:
 
 def tokens_per_gpu(config: TrainingConfig, spec: Any = LLAMA8, hw: Any = A100) -> float:
     s = st(config, spec, hw).seconds
-    tokens = config.micro_batch * config.seq_len * config.grad_accumulation
-    return tokens / s / (config.tensor_parallel * config.pipeline_parallel)
+    tokens = config.batch.micro_batch * config.batch.seq_len * config.batch.grad_accumulation
+    return tokens / s / (config.layout.tensor_parallel * config.layout.pipeline_parallel)
 
 
 def test_every_gpu_profile_has_sourced_efficiencies() -> None:
@@ -89,7 +89,7 @@ def test_gemm_efficiency_falls_for_few_tokens_and_thin_layers() -> None:
 
 
 def test_time_grows_with_tokens_but_throughput_does_not_fall() -> None:
-    small, big = BASE, BASE.model_copy(update={"micro_batch": 4})
+    small, big = BASE, BASE.with_(micro_batch=4)
     assert st(big).seconds > st(small).seconds
     assert tokens_per_gpu(big) >= tokens_per_gpu(small)
 
@@ -104,12 +104,10 @@ def test_attention_kernels_follow_the_papers() -> None:
         attention_efficiency(eff, AttentionKernel.FA2, 1024, 128, False)
     )
     # The fused stack runs FA3 on Hopper; SDPA (hf) runs FA2; Volta falls back.
-    assert attention_kernel(BASE.model_copy(update={"stack": Stack.FUSED}), H100) is (
-        AttentionKernel.FA3
-    )
-    assert attention_kernel(BASE, H100) is AttentionKernel.FA2
+    assert attention_kernel(BASE.with_(stack=Stack.FUSED).kernels, H100) is (AttentionKernel.FA3)
+    assert attention_kernel(BASE.kernels, H100) is AttentionKernel.FA2
     v100 = get_hardware_profile("v100-32gb")
-    assert attention_kernel(BASE, v100) is AttentionKernel.MEM_EFFICIENT
+    assert attention_kernel(BASE.kernels, v100) is AttentionKernel.MEM_EFFICIENT
 
 
 def test_fa2_fit_reproduces_the_papers_a100_figures() -> None:
@@ -122,16 +120,16 @@ def test_fa2_fit_reproduces_the_papers_a100_figures() -> None:
 
 
 def test_fused_stack_is_faster_than_hf() -> None:
-    fused = BASE.model_copy(update={"stack": Stack.FUSED})
+    fused = BASE.with_(stack=Stack.FUSED)
     assert st(fused).seconds < st(BASE).seconds
     assert st(fused).components["elementwise"].seconds < st(BASE).components["elementwise"].seconds
     assert st(fused).components["optimizer_step"].detail == "fused"
 
 
 def test_tensor_parallel_comm_grows_with_tp() -> None:
-    two = st(BASE.model_copy(update={"tensor_parallel": 2}))
-    eight = st(BASE.model_copy(update={"tensor_parallel": 8}))
-    per_device_tokens = BASE.micro_batch * BASE.seq_len
+    two = st(BASE.with_(tensor_parallel=2))
+    eight = st(BASE.with_(tensor_parallel=8))
+    per_device_tokens = BASE.batch.micro_batch * BASE.batch.seq_len
     # Per layer 8 collectives of (n-1)/n x tokens x h x 2 bytes (Korthikanti et al. 2022):
     # the volume ratio between TP 8 and TP 2 is (7/8) / (1/2) = 1.75.
     ratio = (
@@ -145,9 +143,7 @@ def test_tensor_parallel_comm_grows_with_tp() -> None:
 def test_pipeline_bubble_is_p_minus_1_over_m_v() -> None:
     m, p = 8, 4
     for v in (1, 2):
-        cfg = BASE.model_copy(
-            update={"pipeline_parallel": p, "virtual_stages": v, "grad_accumulation": m}
-        )
+        cfg = BASE.with_(pipeline_parallel=p, virtual_stages=v, grad_accumulation=m)
         c = st(cfg, LLAMA70).components
         per_step = sum(
             x.seconds
@@ -166,9 +162,9 @@ def test_pipeline_bubble_is_p_minus_1_over_m_v() -> None:
 
 
 def test_overlap_hides_fsdp_comm_when_compute_is_long() -> None:
-    cfg = BASE.model_copy(update={"gpus": 64, "sharding": Sharding.FSDP, "seq_len": 2048})
+    cfg = BASE.with_(data_parallel=64, sharding=Sharding.FSDP, seq_len=2048)
     short = st(cfg, LLAMA70).components["communication"].seconds
-    long_cfg = cfg.model_copy(update={"micro_batch": 8})
+    long_cfg = cfg.with_(micro_batch=8)
     long_ = st(long_cfg, LLAMA70).components["communication"].seconds
     # The all-gather volume is the same for any micro-batch; 8x the compute hides more of it.
     assert long_ < short
@@ -179,8 +175,8 @@ def test_hsdp_keeps_the_parameter_gathers_inside_a_node() -> None:
     # all-reduce of the gradient shards, Zhao et al. 2023, sec. 3.2.2); FSDP over 64 crosses
     # nodes in every gather. With accumulation the cross-node traffic of FSDP grows with
     # the micro-steps and HSDP's does not: HSDP's exposed time is the smaller.
-    cfg = BASE.model_copy(update={"gpus": 64, "sharding": Sharding.FSDP, "grad_accumulation": 8})
-    hsdp = cfg.model_copy(update={"sharding": Sharding.HSDP})
+    cfg = BASE.with_(data_parallel=64, sharding=Sharding.FSDP, grad_accumulation=8)
+    hsdp = cfg.with_(sharding=Sharding.HSDP)
     fsdp_c = st(cfg, LLAMA70).components["communication"]
     hsdp_c = st(hsdp, LLAMA70).components["communication"]
     assert "over 8 ranks (NVLink" in hsdp_c.detail and "replicas" in hsdp_c.detail
@@ -189,7 +185,7 @@ def test_hsdp_keeps_the_parameter_gathers_inside_a_node() -> None:
 
 
 def test_data_parallel_over_nodes_is_slower_than_inside_one() -> None:
-    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
+    cfg = BASE.with_(data_parallel=8, sharding=Sharding.FSDP)
     inside = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100)
     across = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100, gpus_per_node=4)
     told = predict_step_time(LLAMA70, cfg, calibration=None, hardware=A100, interconnect_gb_s=50.0)
@@ -200,18 +196,14 @@ def test_data_parallel_over_nodes_is_slower_than_inside_one() -> None:
 
 
 def test_offload_variants_order_as_their_bandwidths() -> None:
-    host = st(BASE.model_copy(update={"offload": Offload.OPTIMIZER}))
-    nvme = st(BASE.model_copy(update={"offload": Offload.OPTIMIZER_NVME}))
+    host = st(BASE.with_(offload=Offload.OPTIMIZER))
+    nvme = st(BASE.with_(offload=Offload.OPTIMIZER_NVME))
     assert nvme.components["optimizer_step"].seconds > host.components["optimizer_step"].seconds
-    overlapped = st(
-        BASE.model_copy(update={"offload": Offload.OPTIMIZER, "optimizer_in_backward": True})
-    )
+    overlapped = st(BASE.with_(offload=Offload.OPTIMIZER, optimizer_in_backward=True))
     assert (
         overlapped.components["optimizer_step"].seconds < host.components["optimizer_step"].seconds
     )
-    act = st(
-        BASE.model_copy(update={"activation_offload": True, "checkpointing": Checkpointing.FULL})
-    )
+    act = st(BASE.with_(activation_offload=True, checkpointing=Checkpointing.FULL))
     assert "activation_offload" in act.components
 
 
@@ -223,9 +215,9 @@ def test_activation_offload_moves_what_the_blocks_save() -> None:
     outgrow the full-recomputation compute that hides it."""
     from advisor.memory import saved_activation_bytes
 
-    big = BASE.model_copy(update={"micro_batch": 8, "activation_offload": True})
-    full = big.model_copy(update={"checkpointing": Checkpointing.FULL})
-    none = big.model_copy(update={"checkpointing": Checkpointing.NONE})
+    big = BASE.with_(micro_batch=8, activation_offload=True)
+    full = big.with_(checkpointing=Checkpointing.FULL)
+    none = big.with_(checkpointing=Checkpointing.NONE)
     layers = LLAMA8.num_layers
     assert saved_activation_bytes(LLAMA8, full, layers) == layers * 2 * 8 * 4096 * 4096
     assert saved_activation_bytes(LLAMA8, none, layers) > 10 * saved_activation_bytes(
@@ -240,10 +232,10 @@ def test_fsdp_under_pipelining_gathers_once_per_step() -> None:
     """torch.distributed.pipelining turns FSDP's sync and resharding off for every backward
     but the last: the exposed gathers and reductions do not grow with the micro-batches,
     where plain FSDP repeats them every micro-batch (and gathers again before backward)."""
-    base = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP, "micro_batch": 1})
+    base = BASE.with_(data_parallel=8, sharding=Sharding.FSDP, micro_batch=1)
 
     def comm(pp: int, accumulation: int) -> float:
-        c = base.model_copy(update={"pipeline_parallel": pp, "grad_accumulation": accumulation})
+        c = base.with_(pipeline_parallel=pp, grad_accumulation=accumulation)
         return float(st(c, LLAMA70, H100).components["communication"].seconds)
 
     assert comm(4, 16) == pytest.approx(comm(4, 4))
@@ -252,8 +244,8 @@ def test_fsdp_under_pipelining_gathers_once_per_step() -> None:
 
 def test_expert_parallel_adds_all_to_all() -> None:
     mixtral = get_model_profile("mixtral-8x7b")
-    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
-    ep = st(cfg.model_copy(update={"expert_parallel": 8}), mixtral)
+    cfg = BASE.with_(data_parallel=8, sharding=Sharding.FSDP)
+    ep = st(cfg.with_(expert_parallel=8), mixtral)
     assert ep.components["expert_all_to_all"].seconds > 0
     assert "expert_all_to_all" not in st(cfg, mixtral).components
 
@@ -294,7 +286,7 @@ def test_measured_gemms_and_collectives_are_used_and_labelled() -> None:
     ]
     results = ShapeResults(shape=layer_shape(LLAMA8), gemms=gemms)
     cache = _cache(results, collectives={"all_gather": 50.0}, collective_ranks=8)
-    cfg = BASE.model_copy(update={"gpus": 8, "sharding": Sharding.FSDP})
+    cfg = BASE.with_(data_parallel=8, sharding=Sharding.FSDP)
     measured = predict_step_time(LLAMA8, cfg, calibration=cache, hardware=A100)
     c = measured.components
     assert c["forward_backward"].source is Source.MEASURED

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from advisor.config import Checkpointing, Precision, Stack, Task, TrainingConfig
+from advisor.config import Checkpointing, ParallelLayout, Precision, Stack, Task, TrainingConfig
 from advisor.cost import AttentionKernel, attention_kernel, predict_step_time
 from advisor.errors import UserError
 from advisor.hardware.profiles import HardwareProfile, get_hardware_profile, load_hardware_profiles
@@ -124,8 +124,8 @@ def test_new_gpus_are_matched_by_their_nvml_names() -> None:
 def test_blackwell_fused_attention_is_cudnn_not_fa3() -> None:
     # FlashAttention-3 is written for sm90 only (Shah et al. 2024).
     config = TrainingConfig(stack=Stack.FUSED)
-    assert attention_kernel(config, B200) is AttentionKernel.CUDNN
-    assert attention_kernel(config, get_hardware_profile("h800")) is AttentionKernel.FA3
+    assert attention_kernel(config.kernels, B200) is AttentionKernel.CUDNN
+    assert attention_kernel(config.kernels, get_hardware_profile("h800")) is AttentionKernel.FA3
 
 
 # --- the NVLink domain as a layout constraint ----------------------------------------------
@@ -136,19 +136,37 @@ def test_tp_spans_an_nvl72_rack_but_not_an_hgx_node() -> None:
     # TP would stop at 4.
     rack = enumerate_layouts(LLAMA70, world_size=72, gpus_per_node=4, nvlink_domain=72)
     trays = enumerate_layouts(LLAMA70, world_size=72, gpus_per_node=4)
-    assert max(lay.tp for lay in rack) == 8
-    assert max(lay.tp for lay in trays) == 4
+    assert max(lay.parallel.tensor_parallel for lay in rack) == 8
+    assert max(lay.parallel.tensor_parallel for lay in trays) == 4
     # Every TP group tiles the domain: 72 GPUs take TP 1, 2, 4, 8 (not 16).
-    assert {lay.tp for lay in rack} == {1, 2, 4, 8}
+    assert {lay.parallel.tensor_parallel for lay in rack} == {1, 2, 4, 8}
 
 
 def test_layouts_keep_tp_inside_the_domain() -> None:
     with pytest.raises(ValueError):
-        Layout(world_size=144, gpus_per_node=4, dp=9, tp=16, nvlink_domain=72)
-    ok = Layout(world_size=144, gpus_per_node=4, dp=18, tp=8, nvlink_domain=72)
+        Layout(
+            world_size=144,
+            gpus_per_node=4,
+            parallel=ParallelLayout(data_parallel=9, tensor_parallel=16),
+            nvlink_domain=72,
+        )
+    ok = Layout(
+        world_size=144,
+        gpus_per_node=4,
+        parallel=ParallelLayout(data_parallel=18, tensor_parallel=8),
+        nvlink_domain=72,
+    )
     assert ok.fast_group == 72
     # A world smaller than the domain is one domain: TP 16 over 64 GPUs of a rack.
-    assert Layout(world_size=64, gpus_per_node=4, dp=4, tp=16, nvlink_domain=72).tp == 16
+    assert (
+        Layout(
+            world_size=64,
+            gpus_per_node=4,
+            parallel=ParallelLayout(data_parallel=4, tensor_parallel=16),
+            nvlink_domain=72,
+        ).parallel.tensor_parallel
+        == 16
+    )
     with pytest.raises(UserError) as info:
         enumerate_layouts(LLAMA70, world_size=16, gpus_per_node=8, tp=16)
     assert "NVLink domain of 8" in info.value.message

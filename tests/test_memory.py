@@ -263,8 +263,8 @@ def test_memory_grows_with_parameters_sequence_and_batch(
     assert total(small(layers + 1, heads, head_dim, ffn), cfg, opt) >= t
     assert total(small(layers, heads + 1, head_dim, ffn), cfg, opt) >= t
     assert total(small(layers, heads, head_dim, ffn + 8), cfg, opt) >= t
-    assert total(spec, cfg.model_copy(update={"seq_len": cfg.seq_len + 1}), opt) >= t
-    assert total(spec, cfg.model_copy(update={"micro_batch": cfg.micro_batch + 1}), opt) >= t
+    assert total(spec, cfg.with_(seq_len=cfg.batch.seq_len + 1), opt) >= t
+    assert total(spec, cfg.with_(micro_batch=cfg.batch.micro_batch + 1), opt) >= t
 
 
 @settings(max_examples=150, deadline=None)
@@ -275,9 +275,9 @@ def test_memory_never_grows_with_the_sharding_degree(
     spec = small(layers, 4, 16, 128)
     # NOTE: from one device to two, DDP keeps its gradient buckets alive through the forward
     # pass (a real cost); from two devices on, more ranks only divide.
-    cfg = cfg.model_copy(update={"gpus": max(cfg.gpus, 2)})
+    cfg = cfg.with_(data_parallel=max(cfg.layout.data_parallel, 2))
     t = total(spec, cfg, opt)
-    assert total(spec, cfg.model_copy(update={"gpus": cfg.gpus + extra}), opt) <= t
+    assert total(spec, cfg.with_(data_parallel=cfg.layout.data_parallel + extra), opt) <= t
 
 
 def test_zero_offload_keeps_one_gradient_bucket_on_the_device() -> None:
@@ -292,7 +292,7 @@ def test_zero_offload_keeps_one_gradient_bucket_on_the_device() -> None:
     spec = resolve_model_size("13B")
     base = TrainingConfig(task=Task.PRETRAIN, optimizer="adamw", precision=Precision.BF16_MIXED)
     on_device = estimate_memory(spec, base, optimizer=TAX["adamw"])  # type: ignore[arg-type]
-    off = base.model_copy(update={"offload": Offload.OPTIMIZER})
+    off = base.with_(offload=Offload.OPTIMIZER)
     offloaded = estimate_memory(spec, off, optimizer=TAX["adamw"])  # type: ignore[arg-type]
     assert on_device.breakdown["gradients"] > 20 * GIB
     assert offloaded.breakdown["gradients"] == OFFLOAD_BUCKET_ELEMENTS * 2

@@ -242,7 +242,7 @@ def test_the_4bit_matmul_keeps_no_input_and_dequantizes_its_weight_in_backward()
     est = estimate_memory(spec, config, optimizer=TAX.get("adamw"), device=DeviceOverheads.cpu())
     plain = estimate_memory(
         spec,
-        config.model_copy(update={"task": Task.LORA}),
+        config.with_(task=Task.LORA),
         optimizer=TAX.get("adamw"),
         device=DeviceOverheads.cpu(),
     )

@@ -323,7 +323,7 @@ def _memory_prices(**update: object) -> bool:
     c = TrainingConfig(task=Task.PRETRAIN, gpus=int(update.get("gpus", 8)), micro_batch=1)  # type: ignore[call-overload]
     opt = load_taxonomy().get("adamw")
     plain = estimate_memory(spec, c, optimizer=opt).total_bytes
-    return estimate_memory(spec, c.model_copy(update=update), optimizer=opt).total_bytes != plain
+    return estimate_memory(spec, c.with_(**update), optimizer=opt).total_bytes != plain
 
 
 # NOTE: these verdicts need the memory/cost models to price the new TrainingConfig fields
@@ -502,19 +502,40 @@ def test_layouts_are_validated_where_they_are_built() -> None:
     # A layout's degrees multiply to the world size, and TP stays inside a node.
     from pydantic import ValidationError
 
+    from advisor.config import ParallelLayout
     from advisor.model import get_model_profile
     from advisor.plan.layout import Layout, enumerate_layouts
 
     with pytest.raises(ValidationError):
-        Layout(world_size=16, gpus_per_node=8, dp=2, tp=4, pp=1)
+        Layout(
+            world_size=16,
+            gpus_per_node=8,
+            parallel=ParallelLayout(data_parallel=2, tensor_parallel=4, pipeline_parallel=1),
+        )
     with pytest.raises(ValidationError):
-        Layout(world_size=16, gpus_per_node=8, dp=1, tp=16, pp=1)
+        Layout(
+            world_size=16,
+            gpus_per_node=8,
+            parallel=ParallelLayout(data_parallel=1, tensor_parallel=16, pipeline_parallel=1),
+        )
     layouts = enumerate_layouts(
         get_model_profile("llama-3.1-405b"), world_size=128, gpus_per_node=8
     )
     # Dubey et al. 2024 Table 4's TP8 PP16 (on 16 nodes, one DP replica) is in the space.
-    assert any(lay.tp == 8 and lay.pp == 16 and lay.dp == 1 for lay in layouts)
-    assert all(lay.tp <= 8 and lay.dp * lay.tp * lay.pp == 128 for lay in layouts)
+    assert any(
+        lay.parallel.tensor_parallel == 8
+        and lay.parallel.pipeline_parallel == 16
+        and lay.parallel.data_parallel == 1
+        for lay in layouts
+    )
+    assert all(
+        lay.parallel.tensor_parallel <= 8
+        and lay.parallel.data_parallel
+        * lay.parallel.tensor_parallel
+        * lay.parallel.pipeline_parallel
+        == 128
+        for lay in layouts
+    )
 
 
 def test_7b_fine_tuning_on_8_a100_under_quality_trains_every_weight_sharded() -> None:
@@ -557,7 +578,7 @@ def test_fsdp_and_zero3_at_equal_cost_share_a_row() -> None:
         if x.sharding == "fsdp":
             assert not any(
                 y.sharding == "zero3"
-                and y.config.model_copy(update={"sharding": x.config.sharding}) == x.config
+                and y.config.with_(sharding=x.config.layout.sharding) == x.config
                 for y in r.recommendations
             )
 

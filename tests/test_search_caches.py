@@ -13,6 +13,7 @@ from advisor import cost
 from advisor.app import recommend
 from advisor.app.recommend import RecommendRequest, run_recommend
 from advisor.config import (
+    FLAT_FIELDS,
     Checkpointing,
     Offload,
     Precision,
@@ -85,7 +86,7 @@ def test_plans_that_differ_once_per_step_share_their_micro_batch_terms(
     # entry, and the step times with a shared memo equal the fresh ones.
     memo = cost.StepMemo()
     for value in _PER_STEP_VALUES[field]:
-        changed = base.model_copy(update={field: value})
+        changed = base.with_(**{field: value})
         assert cost.micro_batch_config(changed) == cost.micro_batch_config(base), (field, value)
         for order in ("first", "zeroth"):
             shared = cost.predict_step_time(
@@ -255,7 +256,7 @@ def test_memory_totals_are_the_estimates_numbers(device: DeviceOverheads | None)
         assert totals == (m.total_bytes, m.host_bytes, m.nvme_bytes, m.paged_bytes), c
     # Offloaded and NVMe bytes were exercised, and pipelines (two stages compared).
     assert any(memory_totals(LLAMA, c, optimizer=tax.get(c.optimizer)).nvme_bytes for c in configs)
-    assert any(c.pipeline_parallel > 1 for c in configs)
+    assert any(c.layout.pipeline_parallel > 1 for c in configs)
 
 
 def _alternatives(field: str, value: Any) -> list[Any]:
@@ -298,10 +299,11 @@ def test_a_held_memory_memo_answers_as_a_fresh_model_whatever_field_changes() ->
     checked = 0
     for base in bases:
         opt = tax.get(base.optimizer)
-        for field in TrainingConfig.model_fields:
-            for value in _alternatives(field, getattr(base, field)):
+        flat = base.model_dump()  # every field, sub-records' included, by its flat key
+        for field in FLAT_FIELDS:
+            for value in _alternatives(field, flat[field]):
                 try:
-                    changed = TrainingConfig.model_validate({**base.model_dump(), field: value})
+                    changed = TrainingConfig.model_validate({**flat, field: value})
                     fresh = estimate_memory(LLAMA, changed, optimizer=opt)
                 except (UserError, ValueError):
                     continue  # a layout or combination the model refuses

@@ -155,7 +155,7 @@ def local_step_time(
     link = None
     if hardware:
         profile = get_hardware_profile(hardware)
-        if config.gpus > 1 and profile.intra_node is not None:
+        if config.layout.data_parallel > 1 and profile.intra_node is not None:
             link = profile.intra_node.bandwidth_gb_s
     else:
         env = environment or probe_environment()

@@ -11,10 +11,15 @@ from advisor.config import (
     LORA_FULL_TENSORS,
     LORA_MATRICES,
     LORA_TARGET_GROUPS,
+    Adapters,
     Attention,
+    BatchGeometry,
     Checkpointing,
+    Kernels,
+    MemorySavers,
     Offload,
     OptimizerImpl,
+    ParallelLayout,
     Precision,
     Sharding,
     Stack,
@@ -256,31 +261,43 @@ def build_config(
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
             optimizer=optimizer,
-            optimizer_impl=impl,
             precision=_enum(Precision, precision, "--precision"),
-            attention=_enum(Attention, attention, "--attention"),
-            checkpointing=ckpt,
-            ac_frequency=2 if ac_frequency is None else ac_frequency,
-            micro_batch=micro_batch,
-            seq_len=seq_len,
-            gpus=gpus,
-            sharding=_enum(Sharding, sharding, "--sharding"),
-            offload=_enum(Offload, offload, "--offload"),
-            lora_rank=lora_rank,
-            lora_dropout=lora_dropout,
             dropout=dropout,
-            **({} if lora_targets is None else {"lora_targets": parse_lora_targets(lora_targets)}),
             dp_sgd=dp_sgd,
-            stack=_enum(Stack, stack, "--stack"),
-            fused_loss=fused_loss,
-            fused_norm=fused_norm,
-            grad_accumulation=grad_accumulation,
-            tensor_parallel=tensor_parallel,
-            pipeline_parallel=pipeline_parallel,
-            virtual_stages=virtual_stages,
-            expert_parallel=expert_parallel,
-            optimizer_in_backward=optimizer_in_backward,
-            activation_offload=activation_offload,
+            batch=BatchGeometry(
+                micro_batch=micro_batch, seq_len=seq_len, grad_accumulation=grad_accumulation
+            ),
+            layout=ParallelLayout(
+                data_parallel=gpus,
+                tensor_parallel=tensor_parallel,
+                pipeline_parallel=pipeline_parallel,
+                virtual_stages=virtual_stages,
+                expert_parallel=expert_parallel,
+                sharding=_enum(Sharding, sharding, "--sharding"),
+            ),
+            savers=MemorySavers(
+                checkpointing=ckpt,
+                ac_frequency=2 if ac_frequency is None else ac_frequency,
+                offload=_enum(Offload, offload, "--offload"),
+                optimizer_in_backward=optimizer_in_backward,
+                activation_offload=activation_offload,
+            ),
+            kernels=Kernels(
+                optimizer_impl=impl,
+                attention=_enum(Attention, attention, "--attention"),
+                stack=_enum(Stack, stack, "--stack"),
+                fused_loss=fused_loss,
+                fused_norm=fused_norm,
+            ),
+            adapters=Adapters(
+                lora_rank=lora_rank,
+                lora_dropout=lora_dropout,
+                **(
+                    {}
+                    if lora_targets is None
+                    else {"lora_targets": parse_lora_targets(lora_targets)}
+                ),
+            ),
         )
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -327,8 +344,8 @@ def estimate_report(
     alternatives = [
         Alternative(
             change=change,
-            stack=alt.stack,
-            fused_loss=alt.fused_loss,
+            stack=alt.kernels.stack,
+            fused_loss=alt.kernels.fused_loss,
             total_bytes=am.total_bytes,
             saved_bytes=m.total_bytes - am.total_bytes,
             fits=None if device_mem is None else am.total_bytes <= device_mem,
@@ -406,12 +423,10 @@ def kernel_alternatives(
         ``(what changed, configuration, its estimate)`` for each choice that saves memory.
     """
     options: list[tuple[str, TrainingConfig]] = []
-    if not config.fused_loss:
-        options.append(
-            ("a fused linear cross-entropy", config.model_copy(update={"fused_loss": True}))
-        )
-    if config.stack is Stack.HF:
-        options.append(("the fused kernel stack", config.model_copy(update={"stack": Stack.FUSED})))
+    if not config.kernels.fused_loss:
+        options.append(("a fused linear cross-entropy", config.with_(fused_loss=True)))
+    if config.kernels.stack is Stack.HF:
+        options.append(("the fused kernel stack", config.with_(stack=Stack.FUSED)))
     out = []
     for change, alt in options:
         est = estimate_memory(spec, alt, optimizer=optimizer, device=overheads)
@@ -449,10 +464,10 @@ def check_hardware_support(
     values = (
         config.task,
         config.precision,
-        config.attention,
-        config.checkpointing,
-        config.sharding,
-        config.offload,
+        config.kernels.attention,
+        config.savers.checkpointing,
+        config.layout.sharding,
+        config.savers.offload,
     )
     ids = [config.optimizer, *(config_technique_id(v) for v in values)]
     for tid in ids:

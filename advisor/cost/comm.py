@@ -147,16 +147,17 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     torchtitan does not reshard after forward with PP (the memory model keeps those
     parameters gathered and gradients unsharded).
     """
-    A = c.grad_accumulation
+    layout = c.layout
+    A = c.batch.grad_accumulation
     # One gather and one reduction per step (see above).
-    pipelined = s.pp > 1 and c.sharding in (Sharding.FSDP, Sharding.HSDP)
+    pipelined = s.pp > 1 and layout.sharding in (Sharding.FSDP, Sharding.HSDP)
     if pipelined:
         A = 1
     wb, gb = weight_bytes(c.precision), grad_bytes(c.precision)
     params = s.sh.params / (s.tp * s.pp)
     grads = trainable(s, c) / (s.tp * s.pp) * gb
-    stage = c.sharding.zero_stage
-    n = shard_group(s, c) if c.sharding is Sharding.HSDP else s.dp
+    stage = layout.sharding.zero_stage
+    n = shard_group(s, c) if layout.sharding is Sharding.HSDP else s.dp
     if s.hw is None and s.cal is not None and s.cal.allreduce_gb_s:
         # CPU calibration: gloo all-reduce bus bandwidth, no overlap.
         share = (n - 1) / n
@@ -180,7 +181,7 @@ def _dp_link(s: Setting, c: TrainingConfig, n: int) -> tuple[float, str, bool]:
     """The data-parallel group's bus bandwidth, its link's name, and whether it was measured."""
     intra = s.hw.intra_node if s.hw is not None else None
     slower = (
-        c.sharding is not Sharding.HSDP
+        c.layout.sharding is not Sharding.HSDP
         and s.link_override is not None
         and intra is not None
         and s.link_override < intra.bandwidth_gb_s
@@ -209,10 +210,11 @@ def _dp_exposed(
     bwd: float,
 ) -> tuple[float, str]:
     """Exposed seconds of the data-parallel collectives over ``n`` ranks, and what they are."""
+    layout = c.layout
     eta = s.eff.overlap.value
     L = max(s.stage_layers, 1.0)
     wb = weight_bytes(c.precision)
-    stage = c.sharding.zero_stage
+    stage = layout.sharding.zero_stage
     share = (n - 1) / n
     if stage == 3:
         ag = share * params * wb / bw
@@ -222,7 +224,7 @@ def _dp_exposed(
         exp_b = max((regather + rs) / L, regather + rs - eta * bwd)
         exposed = (exp_f + exp_b) * A
         detail = f"FSDP/ZeRO-3 over {n} ranks ({name})"
-        if c.sharding is Sharding.HSDP and s.dp > n:
+        if layout.sharding is Sharding.HSDP and s.dp > n:
             r = s.dp // n
             bw_x, name_x = link(s, True, data_parallel=True)
             ar = 2 * (r - 1) / r * grads / n / bw_x

@@ -76,7 +76,7 @@ class AttentionKernel(str, Enum):
 
 
 class KernelChoice(Protocol):
-    """What picks the attention kernel: a configuration, or one micro-batch's fields of it."""
+    """What picks the attention kernel: a configuration's kernels, or one micro-batch's fields."""
 
     @property
     def attention(self) -> Attention: ...

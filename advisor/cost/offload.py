@@ -38,19 +38,20 @@ def offload(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> ComponentT
     """Gradients down and updated parameters up every step over PCIe; streamed weights
     every micro-step when the parameters live off the device, prefetched under compute
     (ZeRO-Offload, Ren et al. 2021; ZeRO-Infinity, Rajbhandari et al. 2021)."""
+    savers = c.savers
     local = trainable_local(s, c)
     link = pcie(s)
     seconds = local * (grad_bytes(c.precision) + weight_bytes(c.precision)) / link
-    if c.optimizer_in_backward:
+    if savers.optimizer_in_backward:
         seconds = max(seconds / max(s.stage_layers, 1.0), seconds - bwd)
-    if c.offload.params:
+    if savers.offload.params:
         wb = weight_bytes(c.precision)
         params = s.sh.params / (s.tp * s.pp) / shard(s, c, 3)
-        source_bw = min(link, NVME_GB_S * 1e9) if c.offload.nvme else link
+        source_bw = min(link, NVME_GB_S * 1e9) if savers.offload.nvme else link
         per_micro = 2 * params * wb / source_bw
         hidden = s.eff.overlap.value * (fwd + bwd)
         seconds += max(per_micro / max(s.stage_layers, 1.0), per_micro - hidden) * (
-            c.grad_accumulation
+            c.batch.grad_accumulation
         )
     return ComponentTime(seconds=seconds, source=Source.ANALYTIC, detail="PCIe transfers")
 
@@ -66,7 +67,9 @@ def activation_offload(s: Setting, c: TrainingConfig, fwd: float, bwd: float) ->
     moved = 2 * act / pcie(s)
     exposed = max(0.0, moved - s.eff.overlap.value * (fwd + bwd))
     return ComponentTime(
-        seconds=exposed * c.grad_accumulation, source=Source.ANALYTIC, detail="PCIe, overlapped"
+        seconds=exposed * c.batch.grad_accumulation,
+        source=Source.ANALYTIC,
+        detail="PCIe, overlapped",
     )
 
 

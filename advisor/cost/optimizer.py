@@ -36,8 +36,9 @@ def optimizer_step(
     fused_step: bool = True,
 ) -> ComponentTime:
     """Seconds of the step's optimizer updates on this device."""
+    savers = c.savers
     local = trainable_local(s, c)
-    steps = c.grad_accumulation if c.optimizer_in_backward else 1
+    steps = c.batch.grad_accumulation if savers.optimizer_in_backward else 1
     if s.results is not None and not zeroth:
         measured = _measured_step(s, c, local, steps)
         if measured is not None:
@@ -53,14 +54,14 @@ def optimizer_step(
             source=src,
             detail="seeded perturbation passes",
         )
-    if c.offload is not Offload.NONE:
+    if savers.offload is not Offload.NONE:
         return _host_step(s, c, local, state_bytes, bwd)
     traffic = _STEP_BASE_BYTES + 2 * state_bytes
     variant = "fused"
     if not fused_step:
         traffic *= FOREACH_TRAFFIC
         variant = "foreach"
-    if c.optimizer_in_backward:
+    if savers.optimizer_in_backward:
         traffic -= 4  # the gradient is consumed where it is produced, never re-read
     seconds = local * traffic * steps / bw
     if interval and s.hw is not None:
@@ -77,7 +78,7 @@ def _measured_step(s: Setting, c: TrainingConfig, local: float, steps: int) -> C
         for o in s.results.optimizers
         if o.optimizer == c.optimizer and o.status == "ok" and o.per_step_s is not None
     ]
-    if not timed or c.offload is not Offload.NONE:
+    if not timed or c.savers.offload is not Offload.NONE:
         return None
     # Best measured variant (fused where available), per parameter, scaled to the
     # parameters this device steps (embeddings included, sharding applied).
@@ -91,13 +92,14 @@ def _host_step(
     s: Setting, c: TrainingConfig, local: float, state_bytes: float, bwd: float
 ) -> ComponentTime:
     """The optimizer step on the host CPU (ZeRO-Offload), states in host memory or NVMe."""
+    savers = c.savers
     seconds = local * (_STEP_BASE_BYTES + state_bytes) / (HOST_STEP_GB_S * 1e9)
     detail = "on the host CPU"
-    if c.offload.nvme:
+    if savers.offload.nvme:
         # States are read from and written back to NVMe every step.
         seconds += 2 * local * (state_bytes + 4) / (NVME_GB_S * 1e9)
         detail += ", states on NVMe"
-    if c.optimizer_in_backward:
+    if savers.optimizer_in_backward:
         # Per-parameter host steps run while backward continues on the GPU
         # (ZeRO-Offload's overlap; LOMO-style fused updates).
         seconds = max(seconds / max(s.stage_layers, 1.0), seconds - bwd)

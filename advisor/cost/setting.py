@@ -6,7 +6,6 @@ peaks, memory bandwidth) every term reads, and what one device holds and steps o
 from __future__ import annotations
 
 import math
-import operator
 from typing import NamedTuple
 
 from advisor.config import (
@@ -35,6 +34,9 @@ class MicroBatchConfig(NamedTuple):
     they read: the memo of :class:`advisor.cost.memo.StepMemo` keys on it. What acts once
     per step (optimizer, accumulation, sharding, offload ...) is not here, so the plan
     search's thousands of plans that differ only in those share their micro-batch terms.
+    It takes parts of several of the configuration's sub-records (the batch geometry but
+    its accumulation, the layout's degrees but its sharding, the recomputation of the
+    savers, what the kernels decide): no one sub-record is what these terms read.
     """
 
     task: Task
@@ -45,7 +47,7 @@ class MicroBatchConfig(NamedTuple):
     ac_frequency: int
     micro_batch: int
     seq_len: int
-    gpus: int
+    data_parallel: int
     dp_sgd: bool
     loss_fused: bool
     tp_overlapped: bool
@@ -55,12 +57,27 @@ class MicroBatchConfig(NamedTuple):
     expert_parallel: int
 
 
-_FIELDS = operator.attrgetter(*MicroBatchConfig._fields)  # one C call per record
-
-
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
     """The :class:`MicroBatchConfig` of ``config``."""
-    return MicroBatchConfig._make(_FIELDS(config))
+    batch, layout, kernels, savers = config.batch, config.layout, config.kernels, config.savers
+    return MicroBatchConfig(
+        config.task,
+        config.precision,
+        kernels.attention,
+        kernels.stack,
+        savers.checkpointing,
+        savers.ac_frequency,
+        batch.micro_batch,
+        batch.seq_len,
+        layout.data_parallel,
+        config.dp_sgd,
+        kernels.loss_fused,
+        kernels.tp_overlapped,
+        layout.tensor_parallel,
+        layout.pipeline_parallel,
+        layout.virtual_stages,
+        layout.expert_parallel,
+    )
 
 
 def stage_layers(layers: int, pp: int, v: int) -> tuple[float, float]:
@@ -137,7 +154,7 @@ class Setting:
         self.tp = mb.tensor_parallel
         self.pp = mb.pipeline_parallel
         self.v = mb.virtual_stages if mb.pipeline_parallel > 1 else 1
-        self.dp = mb.gpus
+        self.dp = mb.data_parallel
         self.ep = min(mb.expert_parallel, max(spec.num_experts, 1))
         self.tokens = mb.micro_batch * mb.seq_len
         self.stage_layers, self.last_stage_layers = stage_layers(self.sh.layers, self.pp, self.v)
@@ -199,17 +216,18 @@ def trainable(s: Setting, c: TrainingConfig) -> int:
 
 def shard(s: Setting, c: TrainingConfig, from_stage: int) -> int:
     """Ranks a state is sharded over when ZeRO ``from_stage`` shards it (else 1)."""
-    stage = c.sharding.zero_stage
+    layout = c.layout
+    stage = layout.sharding.zero_stage
     if stage < from_stage:
         return 1
-    if c.sharding is Sharding.HSDP:
+    if layout.sharding is Sharding.HSDP:
         return shard_group(s, c)
     return s.dp
 
 
 def shard_group(s: Setting, c: TrainingConfig) -> int:
     """Data-parallel ranks of one HSDP shard group (default: a node's)."""
-    group = c.shard_group or max(1, s.node // s.tp)
+    group = c.layout.shard_group or max(1, s.node // s.tp)
     return max(1, min(group, s.dp))
 
 

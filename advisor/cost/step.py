@@ -122,6 +122,7 @@ def predict_for_optimizer(
     (state bytes, order, refresh interval): how the recommender, ``estimate`` and the
     benchmarks all call the cost model. A paged optimizer on a CUDA profile adds the
     migration of the states the device cannot hold (memory.paged_residency)."""
+    kernels = config.kernels
     paged_traffic = 0.0
     if (
         optimizer.memory is not None
@@ -146,7 +147,7 @@ def predict_for_optimizer(
         optimizer_bytes_per_param=optimizer.memory.bytes_per_param if optimizer.memory else 0.0,
         optimizer_order=optimizer.order.value if optimizer.order else "first",
         preconditioner_interval=optimizer.compute.preconditioner_interval,
-        optimizer_fused_step=fused_step_on(optimizer.memory, config.stack, config.optimizer_impl)
+        optimizer_fused_step=fused_step_on(optimizer.memory, kernels.stack, kernels.optimizer_impl)
         if optimizer.memory
         else True,
         interconnect_gb_s=interconnect_gb_s,
@@ -247,8 +248,9 @@ def step_terms(
 ) -> tuple[dict[str, ComponentTime], float, float]:
     """The step's micro-batches with the pipeline bubble and offloaded activations; one
     micro-batch's forward and backward compute."""
-    parts, fwd, bwd, mb_seconds = micro_batches(s, zeroth, c.grad_accumulation, held)
-    A = c.grad_accumulation
+    batch = c.batch
+    parts, fwd, bwd, mb_seconds = micro_batches(s, zeroth, batch.grad_accumulation, held)
+    A = batch.grad_accumulation
     if s.pp > 1:
         bubble = (s.pp - 1) / s.v * mb_seconds
         parts["pipeline_bubble"] = ComponentTime(
@@ -256,7 +258,7 @@ def step_terms(
             source=Source.ANALYTIC,
             detail=f"1F1B bubble (p-1)/(m v) = {s.pp - 1}/({A}x{s.v}) of compute",
         )
-    if c.activation_offload and not zeroth:
+    if c.savers.activation_offload and not zeroth:
         parts["activation_offload"] = offload.activation_offload(s, c, fwd, bwd)
     return parts, fwd, bwd
 
@@ -275,7 +277,7 @@ def _once_per_step(
     masters = optimizer.master_copies(s, c, zeroth)
     if masters is not None:
         parts["master_copies"] = masters
-    if c.offload is not Offload.NONE and not zeroth:
+    if c.savers.offload is not Offload.NONE and not zeroth:
         parts["offload_transfer"] = offload.offload(s, c, fwd, bwd)
     if paged_traffic > 0:
         parts["paged_states"] = offload.paged_states(s, paged_traffic)

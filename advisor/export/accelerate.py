@@ -157,14 +157,14 @@ def _distributed_type(
     expressed: Expressed,
 ) -> None:
     """``distributed_type`` and its FSDP or DeepSpeed block, written into ``doc``."""
-    fsdp_family = config.sharding in (Sharding.FSDP, Sharding.HSDP)
+    fsdp_family = config.layout.sharding in (Sharding.FSDP, Sharding.HSDP)
     # FSDP offloads parameters, gradients and optimizer states together, to host memory
     # only; optimizer-only and NVMe offload need DeepSpeed (ZeRO-Offload, ZeRO-Infinity).
-    fsdp_can_offload = config.offload in (Offload.NONE, Offload.OPTIMIZER_PARAMS)
+    fsdp_can_offload = config.savers.offload in (Offload.NONE, Offload.OPTIMIZER_PARAMS)
     use_deepspeed = (
-        config.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3)
+        config.layout.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3)
         or (fsdp_family and not fsdp_can_offload)
-        or (config.sharding is Sharding.NONE and config.offload is not Offload.NONE)
+        or (config.layout.sharding is Sharding.NONE and config.savers.offload is not Offload.NONE)
     )
     if cpu:
         _accelerate_cpu(config, world, doc, notes, expressed)
@@ -186,28 +186,29 @@ def _engine_notes(
     config: TrainingConfig, distributed_type: str, notes: list[str], expressed: Expressed
 ) -> None:
     """What the training loop must do for the distributed type, and what it cannot run."""
-    if config.grad_accumulation > 1 and distributed_type != "DEEPSPEED":
+    if config.batch.grad_accumulation > 1 and distributed_type != "DEEPSPEED":
         notes.append(
             f"gradient accumulation: Accelerator(gradient_accumulation_steps="
-            f"{config.grad_accumulation}) and `with accelerator.accumulate(model):` in the loop."
+            f"{config.batch.grad_accumulation}) and `with accelerator.accumulate(model):` in "
+            "the loop."
         )
-    if config.checkpointing is not Checkpointing.NONE and distributed_type != "FSDP":
+    if config.savers.checkpointing is not Checkpointing.NONE and distributed_type != "FSDP":
         notes.append(
             "activation checkpointing: model.gradient_checkpointing_enable() (Hugging Face) or "
             "torch.utils.checkpoint around each block."
         )
-    if config.optimizer_in_backward and distributed_type in ("DEEPSPEED", "FSDP"):
+    if config.savers.optimizer_in_backward and distributed_type in ("DEEPSPEED", "FSDP"):
         expressed.change(
             f"Accelerate's {distributed_type} steps the optimizer after backward (no "
             "per-parameter step in backward on sharded weights)",
             optimizer_in_backward=False,
         )
-    if config.expert_parallel > 1 and distributed_type == "DEEPSPEED":
+    if config.layout.expert_parallel > 1 and distributed_type == "DEEPSPEED":
         notes.append(
-            f"expert parallelism {config.expert_parallel}: deepspeed.moe.layer.MoE(..., "
-            f"ep_size={config.expert_parallel}) in the model code (Rajbhandari et al. 2022)."
+            f"expert parallelism {config.layout.expert_parallel}: deepspeed.moe.layer.MoE(..., "
+            f"ep_size={config.layout.expert_parallel}) in the model code (Rajbhandari et al. 2022)."
         )
-    elif config.expert_parallel > 1:
+    elif config.layout.expert_parallel > 1:
         expressed.change(
             "Accelerate's FSDP and DDP have no expert parallelism: the experts are sharded or "
             "replicated like any other weight",
@@ -224,10 +225,10 @@ def _accelerate_cpu(
 ) -> None:
     """CPU plans: one process (NO) or several (MULTI_CPU, gloo/oneCCL), plain data parallel."""
     doc["distributed_type"] = "MULTI_CPU" if world > 1 else "NO"
-    if config.offload is not Offload.NONE:
+    if config.savers.offload is not Offload.NONE:
         # Host memory is the device's memory on a CPU: offloading moves nothing.
         expressed.change("offload on a CPU moves nothing", offload=Offload.NONE)
-    if config.sharding is not Sharding.NONE:
+    if config.layout.sharding is not Sharding.NONE:
         if world > 1:
             expressed.change(
                 "Accelerate runs CPU processes as plain data parallel (MULTI_CPU): no ZeRO or "
@@ -251,7 +252,7 @@ def _accelerate_deepspeed(
     """The deepspeed_config block (commands/launch.py "DeepSpeed Arguments")."""
     stage, stage_notes = zero_stage(config)
     notes.extend(stage_notes)
-    if config.sharding is Sharding.HSDP:
+    if config.layout.sharding is Sharding.HSDP:
         expressed.change(
             "FSDP has no optimizer-only or NVMe offload, and DeepSpeed no hybrid sharding: "
             "the file runs ZeRO-3 over all data-parallel ranks with the planned offload",
@@ -259,29 +260,30 @@ def _accelerate_deepspeed(
             sharding=Sharding.ZERO3,
             shard_group=None,
         )
-    elif stage != config.sharding.zero_stage:
+    elif stage != config.layout.sharding.zero_stage:
         expressed.change(
             f"DeepSpeed needs ZeRO stage {stage} for this plan",
-            same_plan=config.gpus == 1,  # one data-parallel rank: no stage shards anything
+            same_plan=config.layout.data_parallel
+            == 1,  # one data-parallel rank: no stage shards anything
             sharding=sharding_for_stage(config, stage),
         )
-    if config.sharding is Sharding.FSDP:
+    if config.layout.sharding is Sharding.FSDP:
         notes.append(
             "FSDP cannot offload only the optimizer (nor to NVMe), so this file runs the same "
             "plan with DeepSpeed ZeRO-3 through Accelerate (ZeRO-Offload, Ren et al. 2021)."
         )
-    device = "nvme" if config.offload.nvme else "cpu"
+    device = "nvme" if config.savers.offload.nvme else "cpu"
     ds: dict[str, Any] = {
         "zero_stage": stage,
-        "gradient_accumulation_steps": config.grad_accumulation,
+        "gradient_accumulation_steps": config.batch.grad_accumulation,
         "gradient_clipping": GRADIENT_CLIPPING,
-        "offload_optimizer_device": device if config.offload is not Offload.NONE else "none",
-        "offload_param_device": device if config.offload.params else "none",
+        "offload_optimizer_device": device if config.savers.offload is not Offload.NONE else "none",
+        "offload_param_device": device if config.savers.offload.params else "none",
         "zero3_init_flag": stage == 3,
     }
-    if config.offload.nvme:
+    if config.savers.offload.nvme:
         ds["offload_optimizer_nvme_path"] = DEFAULT_NVME_PATH
-        if config.offload.params:
+        if config.savers.offload.params:
             ds["offload_param_nvme_path"] = DEFAULT_NVME_PATH
         notes.append(
             f"NVMe offload writes to {DEFAULT_NVME_PATH!r}: change offload_*_nvme_path to a "
@@ -305,9 +307,9 @@ def _accelerate_fsdp(
 ) -> dict[str, Any]:
     """The fsdp_config block, keys and values as `accelerate config` 1.15 writes them (FSDP1)."""
     strategy = "FULL_SHARD"
-    if config.sharding is Sharding.HSDP:
+    if config.layout.sharding is Sharding.HSDP:
         strategy = "HYBRID_SHARD"
-        per_node = max(1, config.gpus // nodes)
+        per_node = max(1, config.layout.data_parallel // nodes)
         _replicate, shard = hsdp_degrees(config, nodes)
         if shard != per_node:
             # NOTE: FSDP1's HYBRID_SHARD builds its shard groups from the devices of a node
@@ -315,7 +317,7 @@ def _accelerate_fsdp(
             expressed.change(
                 f"Accelerate's HYBRID_SHARD shards within a node ({per_node} ranks), not "
                 f"within groups of {shard}",
-                shard_group=None if config.shard_group is None else per_node,
+                shard_group=None if config.layout.shard_group is None else per_node,
             )
     fsdp: dict[str, Any] = {
         "fsdp_version": 1,
@@ -328,7 +330,7 @@ def _accelerate_fsdp(
         "fsdp_reshard_after_forward": strategy,
         # FSDP offloads parameters and gradients, and the optimizer step runs on the CPU:
         # the plan's optimizer+params offload.
-        "fsdp_offload_params": config.offload.params,
+        "fsdp_offload_params": config.savers.offload.params,
         # NOTE: without fsdp_transformer_layer_cls_to_wrap, Accelerate wraps the classes in
         # a Hugging Face model's _no_split_modules; name them for other models.
         "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
@@ -340,16 +342,16 @@ def _accelerate_fsdp(
         "fsdp_cpu_ram_efficient_loading": True,
         "fsdp_sync_module_states": True,
         # Selective recomputation is not what this switch does (it recomputes whole blocks).
-        "fsdp_activation_checkpointing": config.checkpointing is Checkpointing.FULL,
+        "fsdp_activation_checkpointing": config.savers.checkpointing is Checkpointing.FULL,
     }
-    if config.checkpointing in (
+    if config.savers.checkpointing in (
         Checkpointing.SELECTIVE,
         Checkpointing.SELECTIVE_OP,
         Checkpointing.SELECTIVE_LAYER,
     ):
         notes.append(
             "fsdp_activation_checkpointing recomputes every wrapped block; for "
-            f"{config.checkpointing.value} checkpointing use torch.utils.checkpoint in the "
+            f"{config.savers.checkpointing.value} checkpointing use torch.utils.checkpoint in the "
             "model (see the --emit torch snippet); this switch is left false."
         )
     return fsdp

@@ -67,16 +67,18 @@ def common_notes(config: TrainingConfig) -> list[str]:
         "'flash_attention_2' for Hugging Face models)",
         Attention.MEM_EFFICIENT: "sdpa with the EFFICIENT_ATTENTION backend",
         Attention.EAGER: "eager attention (SDPA's MATH backend)",
-    }[config.attention]
+    }[config.kernels.attention]
     notes.append(f"attention is chosen in the model code, not here: use {attn}.")
     if config.task is Task.LORA:
         notes.append(
-            f"LoRA (rank {config.lora_rank}) is applied in the model code (peft.LoraConfig or "
+            f"LoRA (rank {config.adapters.lora_rank}) is applied in the model code "
+            "(peft.LoraConfig or "
             "the wrapper in the --emit torch snippet); only adapter weights are trainable."
         )
     if config.task is Task.QLORA:
         notes.append(
-            f"QLoRA (rank {config.lora_rank}) needs bitsandbytes and a CUDA GPU: load the base "
+            f"QLoRA (rank {config.adapters.lora_rank}) needs bitsandbytes and a CUDA GPU: load "
+            "the base "
             "model with transformers.BitsAndBytesConfig(load_in_4bit=True, "
             "bnb_4bit_quant_type='nf4') before applying LoRA."
         )
@@ -91,18 +93,18 @@ def common_notes(config: TrainingConfig) -> list[str]:
             "2023): the engine's backward/step loop does not apply; use the --emit torch "
             "snippet's MeZO loop and this file only for sharding and precision."
         )
-    if config.loss_fused:
+    if config.kernels.loss_fused:
         notes.append(
             "the plan counts a fused/chunked cross-entropy (no full fp32 logits): use Liger's "
             "LigerFusedLinearCrossEntropyLoss or a chunked loss in the model code."
         )
-    if config.optimizer_in_backward:
+    if config.savers.optimizer_in_backward:
         notes.append(
             "the plan steps each parameter in backward (LOMO, Lv et al. 2023): register "
             "torch's Tensor.register_post_accumulate_grad_hook per parameter (see the --emit "
             "torch snippet); gradient clipping by global norm is not possible then."
         )
-    if config.activation_offload:
+    if config.savers.activation_offload:
         notes.append(
             "the plan keeps checkpointed block inputs in host memory: wrap the blocks with "
             "torchao/torchtune's OffloadActivations (torch.autograd.graph.saved_tensors_hooks)."
@@ -143,8 +145,9 @@ def plan_summary(config: TrainingConfig) -> str:
     """One line naming the plan's choices (the snippet's docstring, torchtitan's description)."""
     return (
         f"task={config.task.value} optimizer={config.optimizer} "
-        f"precision={config.precision.value} attention={config.attention.value} "
-        f"checkpointing={config.checkpointing.value} micro_batch={config.micro_batch} "
-        f"grad_accumulation={config.grad_accumulation} sharding={config.sharding.value} "
-        f"offload={config.offload.value}"
+        f"precision={config.precision.value} attention={config.kernels.attention.value} "
+        f"checkpointing={config.savers.checkpointing.value} micro_batch={config.batch.micro_batch} "
+        f"grad_accumulation={config.batch.grad_accumulation} "
+        f"sharding={config.layout.sharding.value} "
+        f"offload={config.savers.offload.value}"
     )

@@ -55,8 +55,8 @@ class DeepSpeedEmission(BaseModel):
 def zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
     """The ZeRO stage for a config, bumped where DeepSpeed needs it, with the reasons."""
     notes: list[str] = []
-    stage = config.sharding.zero_stage
-    if config.sharding in (Sharding.FSDP, Sharding.HSDP):
+    stage = config.layout.sharding.zero_stage
+    if config.layout.sharding in (Sharding.FSDP, Sharding.HSDP):
         notes.append(
             "FSDP full sharding maps to ZeRO stage 3 in DeepSpeed (both shard parameters, "
             "gradients and optimizer states; Rajbhandari et al. 2020, Zhao et al. 2023)."
@@ -64,8 +64,8 @@ def zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
     # NOTE: we bump rather than refuse: a higher ZeRO stage only shards more, so the plan's
     # memory bound still holds; the cost is communication (stage 3 moves ~1.5x the bytes
     # of plain data parallelism, Rajbhandari et al. 2020), which the note states.
-    if (config.offload.params or config.offload.nvme) and stage < 3:
-        what = "parameter offload" if config.offload.params else "NVMe offload"
+    if (config.savers.offload.params or config.savers.offload.nvme) and stage < 3:
+        what = "parameter offload" if config.savers.offload.params else "NVMe offload"
         notes.append(
             f"{what} is valid only with ZeRO stage 3 ({DEEPSPEED_DOCS}"
             f"#parameter-offloading; NVMe is ZeRO-Infinity, Rajbhandari et al. 2021): stage "
@@ -73,7 +73,7 @@ def zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
             "backward (~1.5x the communication of stage 0-2)."
         )
         stage = 3
-    elif config.offload is Offload.OPTIMIZER and stage == 0:
+    elif config.savers.offload is Offload.OPTIMIZER and stage == 0:
         notes.append(
             "optimizer offload needs a ZeRO stage >= 1: stage raised from 0 to 2, the stage "
             "ZeRO-Offload is built on (Ren et al. 2021); with one GPU it shards nothing."
@@ -90,8 +90,8 @@ def zero_stage(config: TrainingConfig) -> tuple[int, list[str]]:
 
 def sharding_for_stage(config: TrainingConfig, stage: int) -> Sharding:
     """The plan's sharding relabelled for the ZeRO stage an engine runs (HSDP has none)."""
-    if stage == config.sharding.zero_stage and config.sharding is not Sharding.HSDP:
-        return config.sharding
+    if stage == config.layout.sharding.zero_stage and config.layout.sharding is not Sharding.HSDP:
+        return config.layout.sharding
     return {0: Sharding.NONE, 1: Sharding.ZERO1, 2: Sharding.ZERO2, 3: Sharding.ZERO3}[stage]
 
 
@@ -195,16 +195,16 @@ def emit_deepspeed(
     lr = resolve_learning_rate(config, learning_rate)
     stage, notes = _ds_stage(config, nodes, expressed)
     ds: dict[str, Any] = {
-        "train_batch_size": config.micro_batch * config.grad_accumulation * world,
-        "train_micro_batch_size_per_gpu": config.micro_batch,
-        "gradient_accumulation_steps": config.grad_accumulation,
+        "train_batch_size": config.batch.micro_batch * config.batch.grad_accumulation * world,
+        "train_micro_batch_size_per_gpu": config.batch.micro_batch,
+        "gradient_accumulation_steps": config.batch.grad_accumulation,
         "gradient_clipping": GRADIENT_CLIPPING,
         "steps_per_print": 100,
         "wall_clock_breakdown": False,
     }
     ds.update(_ds_precision(config, stage, notes, expressed))
     ds["zero_optimization"] = _ds_zero(config, stage, nvme_path or DEFAULT_NVME_PATH)
-    if config.offload.nvme:
+    if config.savers.offload.nvme:
         notes.append(
             f"NVMe offload writes to nvme_path {nvme_path or DEFAULT_NVME_PATH!r}: point it at "
             "a local NVMe folder; DeepSpeed's async_io op needs libaio (apt install "
@@ -212,16 +212,16 @@ def emit_deepspeed(
         )
     _ds_optimizer(config, optimizer_implementation, lr, stage, ds, notes)
     _ds_checkpointing(config, ds, notes)
-    if config.optimizer_in_backward:
+    if config.savers.optimizer_in_backward:
         expressed.change(
             "DeepSpeed's engine steps the optimizer after backward (no per-parameter step in "
             "backward)",
             optimizer_in_backward=False,
         )
-    if config.expert_parallel > 1:
+    if config.layout.expert_parallel > 1:
         notes.append(
-            f"expert parallelism {config.expert_parallel} is set in the model code, not in "
-            f"this file: deepspeed.moe.layer.MoE(..., ep_size={config.expert_parallel}) for "
+            f"expert parallelism {config.layout.expert_parallel} is set in the model code, not in "
+            f"this file: deepspeed.moe.layer.MoE(..., ep_size={config.layout.expert_parallel}) for "
             "each MoE layer (Rajbhandari et al. 2022, DeepSpeed-MoE)."
         )
     if cpu:
@@ -242,18 +242,20 @@ def emit_deepspeed(
 def _ds_stage(config: TrainingConfig, nodes: int, expressed: Expressed) -> tuple[int, list[str]]:
     """The ZeRO stage DeepSpeed runs, its notes, and the expressed plan's sharding for it."""
     stage, notes = zero_stage(config)
-    if stage != config.sharding.zero_stage or config.sharding is Sharding.HSDP:
+    if stage != config.layout.sharding.zero_stage or config.layout.sharding is Sharding.HSDP:
         why = (
             "DeepSpeed 0.19 has no hybrid (shard-in-node, replicate-across) ZeRO-3 (MiCS was "
             "removed): ZeRO-3 shards over all data-parallel ranks"
-            if config.sharding is Sharding.HSDP and stage == 3
+            if config.layout.sharding is Sharding.HSDP and stage == 3
             else f"DeepSpeed needs ZeRO stage {stage} for this plan"
         )
-        one_replica = config.sharding is Sharding.HSDP and hsdp_degrees(config, nodes)[0] == 1
+        one_replica = (
+            config.layout.sharding is Sharding.HSDP and hsdp_degrees(config, nodes)[0] == 1
+        )
         # NOTE: over one data-parallel rank every ZeRO stage shards nothing: a relabelling.
         expressed.change(
             why,
-            same_plan=one_replica or config.gpus == 1,
+            same_plan=one_replica or config.layout.data_parallel == 1,
             sharding=sharding_for_stage(config, stage),
             shard_group=None,
         )
@@ -298,14 +300,14 @@ def _ds_optimizer(
 
 def _ds_checkpointing(config: TrainingConfig, ds: dict[str, Any], notes: list[str]) -> None:
     """The activation_checkpointing block and what the model code must do."""
-    if config.checkpointing is not Checkpointing.NONE:
+    if config.savers.checkpointing is not Checkpointing.NONE:
         # NOTE: this block only configures deepspeed.checkpointing; the model still has to
         # checkpoint its blocks. Defaults per config-json "Activation Checkpointing".
         ds["activation_checkpointing"] = {
             # config-json: cpu_checkpointing offloads the *partitioned* checkpoints, so it
             # needs partition_activations (a no-op split without model parallelism).
-            "partition_activations": config.activation_offload,
-            "cpu_checkpointing": config.activation_offload,
+            "partition_activations": config.savers.activation_offload,
+            "cpu_checkpointing": config.savers.activation_offload,
             "contiguous_memory_optimization": False,
             "number_checkpoints": None,
             "synchronize_checkpoint_boundary": False,
@@ -316,21 +318,21 @@ def _ds_checkpointing(config: TrainingConfig, ds: dict[str, Any], notes: list[st
             "model.gradient_checkpointing_enable() for Hugging Face models, or "
             "deepspeed.checkpointing.checkpoint around each block."
         )
-        if config.checkpointing is Checkpointing.SELECTIVE:
+        if config.savers.checkpointing is Checkpointing.SELECTIVE:
             notes.append(
                 "DeepSpeed has no selective-recomputation switch (Korthikanti et al. 2022): "
                 "checkpoint only the attention core in the model code, or use "
                 "torch.utils.checkpoint's selective policy (see the --emit torch snippet)."
             )
-        elif config.checkpointing is Checkpointing.SELECTIVE_OP:
+        elif config.savers.checkpointing is Checkpointing.SELECTIVE_OP:
             notes.append(
                 "op-level selective checkpointing (torchtitan's policy) is model code: "
                 "torch.utils.checkpoint with create_selective_checkpoint_contexts around each "
                 "block (see the --emit torch snippet)."
             )
-        elif config.checkpointing is Checkpointing.SELECTIVE_LAYER:
+        elif config.savers.checkpointing is Checkpointing.SELECTIVE_LAYER:
             notes.append(
-                f"checkpoint every {config.ac_frequency}-th block only (torchtitan's "
+                f"checkpoint every {config.savers.ac_frequency}-th block only (torchtitan's "
                 "layer-level option); see the --emit torch snippet."
             )
 
@@ -372,7 +374,7 @@ def _ds_precision(
         }
     if p is Precision.FP16:
         # DeepSpeed keeps fp16 master weights only with ZeRO-Offload's DeepSpeedCPUAdam.
-        if config.offload is not Offload.NONE and stage >= 1:
+        if config.savers.offload is not Offload.NONE and stage >= 1:
             return {"fp16": {**fp16_dynamic, "fp16_master_weights_and_grads": True}}
         expressed.change(
             "bare fp16 without offload is fp16 with fp32 master weights in DeepSpeed",
@@ -409,14 +411,14 @@ def _ds_zero(config: TrainingConfig, stage: int, nvme_path: str) -> dict[str, An
         zero["allgather_bucket_size"] = BUCKET_ELEMENTS
     if stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    if config.offload is not Offload.NONE:
+    if config.savers.offload is not Offload.NONE:
         zero["offload_optimizer"] = _ds_offload(config, nvme_path)
-    if config.offload.params:
+    if config.savers.offload.params:
         zero["offload_param"] = _ds_offload(config, nvme_path)
     return zero
 
 
 def _ds_offload(config: TrainingConfig, nvme_path: str) -> dict[str, Any]:
-    if config.offload.nvme:
+    if config.savers.offload.nvme:
         return {"device": "nvme", "nvme_path": nvme_path, "pin_memory": True}
     return {"device": "cpu", "pin_memory": True}

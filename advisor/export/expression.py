@@ -26,7 +26,7 @@ def world_size(config: TrainingConfig, nodes: int = 1, gpus_per_node: int | None
     """
     if nodes < 1:
         raise UserError(f"--nodes must be at least 1, not {nodes}", "pass --nodes 1 or more")
-    devices = config.world_size
+    devices = config.layout.world_size
     if gpus_per_node is None:
         if devices % nodes:
             raise UserError(
@@ -40,8 +40,9 @@ def world_size(config: TrainingConfig, nodes: int = 1, gpus_per_node: int | None
     if total != devices:
         raise UserError(
             f"{nodes} nodes x {gpus_per_node} GPUs = {total}, but the plan is for "
-            f"{devices} devices ({config.gpus} data x {config.tensor_parallel} tensor x "
-            f"{config.pipeline_parallel} pipeline parallel)",
+            f"{devices} devices ({config.layout.data_parallel} data x "
+            f"{config.layout.tensor_parallel} tensor x "
+            f"{config.layout.pipeline_parallel} pipeline parallel)",
             "make --gpus equal to the total number of GPUs",
         )
     return total
@@ -52,11 +53,7 @@ def same_plan(a: TrainingConfig, b: TrainingConfig) -> bool:
     (Rajbhandari et al. 2020; Zhao et al. 2023), so the memory model prices them alike."""
 
     def key(c: TrainingConfig) -> TrainingConfig:
-        return (
-            c.model_copy(update={"sharding": Sharding.ZERO3})
-            if c.sharding is (Sharding.FSDP)
-            else c
-        )
+        return c.with_(sharding=Sharding.ZERO3) if c.layout.sharding is (Sharding.FSDP) else c
 
     return key(a) == key(b)
 
@@ -71,10 +68,11 @@ class Expressed:
 
     def change(self, reason: str, *, same_plan: bool = False, **update: Any) -> None:
         """Move the expressed plan; ``same_plan`` marks a relabelling that changes neither
-        memory nor time (ZeRO over one rank, hybrid sharding with one replica)."""
-        self.config = self.config.model_copy(update=update)
+        memory nor time (ZeRO over one rank, hybrid sharding with one replica). ``update``
+        names fields as :meth:`TrainingConfig.with_` does (an unknown name is a TypeError)."""
+        self.config = self.config.with_(**update)
         if same_plan:
-            self.ranked = self.ranked.model_copy(update=update)
+            self.ranked = self.ranked.with_(**update)
         else:
             self.reasons.append(reason)
 
@@ -103,30 +101,33 @@ def data_parallel_form(
     Returns:
         The fields to change (empty when the plan has no TP/PP) and the reason.
     """
-    model_parallel = config.tensor_parallel * config.pipeline_parallel
+    model_parallel = config.layout.tensor_parallel * config.layout.pipeline_parallel
     if model_parallel == 1:
         return {}, ""
-    planned = config.micro_batch * config.grad_accumulation * config.gpus
-    micro = max(1, config.micro_batch // config.tensor_parallel)
-    accumulation = max(1, round(planned / (micro * config.world_size)))
+    planned = (
+        config.batch.micro_batch * config.batch.grad_accumulation * config.layout.data_parallel
+    )
+    micro = max(1, config.batch.micro_batch // config.layout.tensor_parallel)
+    accumulation = max(1, round(planned / (micro * config.layout.world_size)))
     update: dict[str, Any] = {
         "micro_batch": micro,
-        "gpus": config.world_size,
+        "data_parallel": config.layout.world_size,
         "tensor_parallel": 1,
         "pipeline_parallel": 1,
         "virtual_stages": 1,
         "grad_accumulation": accumulation,
     }
     sharded = "the planned sharding"
-    if config.sharding.zero_stage < 3:
+    if config.layout.sharding.zero_stage < 3:
         update["sharding"] = full_shard
         sharded = f"{full_shard.value} sharding (TP/PP split the weights; this splits them too)"
-    emitted = micro * accumulation * config.world_size
+    emitted = micro * accumulation * config.layout.world_size
     batch = "" if emitted == planned else f"; global batch {emitted} instead of {planned}"
     reason = (
-        f"{engine} cannot set up tensor parallelism {config.tensor_parallel} x pipeline "
-        f"parallelism {config.pipeline_parallel} (it lives in the model code): this file runs "
-        f"all {config.world_size} devices data parallel with {sharded}{batch}; "
+        f"{engine} cannot set up tensor parallelism {config.layout.tensor_parallel} x pipeline "
+        f"parallelism {config.layout.pipeline_parallel} (it lives in the model code): this file "
+        "runs "
+        f"all {config.layout.world_size} devices data parallel with {sharded}{batch}; "
         "--emit torchtitan or --emit megatron set up the ranked layout"
     )
     return update, reason
@@ -141,13 +142,14 @@ def hsdp_degrees(config: TrainingConfig, nodes: int) -> tuple[int, int]:
     Raises:
         UserError: when the shard group does not divide the data-parallel degree.
     """
-    shard = config.shard_group or max(1, config.gpus // nodes)
-    if shard > config.gpus or config.gpus % shard:
+    shard = config.layout.shard_group or max(1, config.layout.data_parallel // nodes)
+    if shard > config.layout.data_parallel or config.layout.data_parallel % shard:
         raise UserError(
-            f"a shard group of {shard} does not divide the {config.gpus} data-parallel ranks",
+            f"a shard group of {shard} does not divide the {config.layout.data_parallel} "
+            "data-parallel ranks",
             "pick a shard group that divides the data-parallel degree",
         )
-    return config.gpus // shard, shard
+    return config.layout.data_parallel // shard, shard
 
 
 def require_gpu(config: TrainingConfig, engine: str, cpu: bool) -> None:

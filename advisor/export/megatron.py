@@ -67,9 +67,12 @@ def emit_megatron(
     expressed = Expressed(config)
     args = _megatron_layout(config)
     args += [
-        ("--micro-batch-size", config.micro_batch),
-        ("--global-batch-size", config.micro_batch * config.grad_accumulation * config.gpus),
-        ("--seq-length", config.seq_len),
+        ("--micro-batch-size", config.batch.micro_batch),
+        (
+            "--global-batch-size",
+            config.batch.micro_batch * config.batch.grad_accumulation * config.layout.data_parallel,
+        ),
+        ("--seq-length", config.batch.seq_len),
     ]
     args += _megatron_recompute(config, expressed)
     args += _megatron_sharding(config, nodes)
@@ -81,19 +84,19 @@ def emit_megatron(
                 Attention.FLASH: "flash",
                 Attention.MEM_EFFICIENT: "fused",
                 Attention.EAGER: "unfused",
-            }[config.attention],
+            }[config.kernels.attention],
         )
     )
-    if config.loss_fused:
+    if config.kernels.loss_fused:
         args.append(("--cross-entropy-loss-fusion", None))
     args += _megatron_optimizer(config, learning_rate, expressed)
     args.append(("--clip-grad", GRADIENT_CLIPPING))
     args += _megatron_offload(config, expressed)
-    if config.optimizer_in_backward:
+    if config.savers.optimizer_in_backward:
         expressed.change(
             "Megatron-LM has no optimizer step in backward", optimizer_in_backward=False
         )
-    if config.activation_offload:
+    if config.savers.activation_offload:
         expressed.change(
             "this export does not write Megatron-LM's activation CPU offloading (its "
             "TransformerConfig rejects it with pipeline parallelism or recomputation)",
@@ -120,8 +123,9 @@ def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nod
     lines = [
         "#!/usr/bin/env bash",
         f"# Megatron-LM arguments written by optadvise for {MEGATRON_VERSION}.",
-        f"# World size {world} = data {config.gpus} x tensor {config.tensor_parallel} x "
-        f"pipeline {config.pipeline_parallel}.",
+        f"# World size {world} = data {config.layout.data_parallel} x tensor "
+        f"{config.layout.tensor_parallel} x "
+        f"pipeline {config.layout.pipeline_parallel}.",
         "# Add your model's arguments (--num-layers --hidden-size --num-attention-heads ...),",
         "# data and schedule, then on each node:",
         f"#   torchrun --nproc_per_node {world // nodes} --nnodes {nodes} pretrain_gpt.py "
@@ -141,45 +145,46 @@ def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
         UserError: for virtual stages without pipeline parallelism.
     """
     args: list[tuple[str, Any]] = [
-        ("--tensor-model-parallel-size", config.tensor_parallel),
-        ("--pipeline-model-parallel-size", config.pipeline_parallel),
+        ("--tensor-model-parallel-size", config.layout.tensor_parallel),
+        ("--pipeline-model-parallel-size", config.layout.pipeline_parallel),
     ]
-    if config.virtual_stages > 1:
-        if config.pipeline_parallel < 2:
+    if config.layout.virtual_stages > 1:
+        if config.layout.pipeline_parallel < 2:
             raise UserError(
-                f"{config.virtual_stages} virtual stages without pipeline parallelism",
+                f"{config.layout.virtual_stages} virtual stages without pipeline parallelism",
                 "virtual stages need pipeline_parallel > 1",
             )
-        args.append(("--num-virtual-stages-per-pipeline-rank", config.virtual_stages))
-    if config.tensor_parallel > 1:
+        args.append(("--num-virtual-stages-per-pipeline-rank", config.layout.virtual_stages))
+    if config.layout.tensor_parallel > 1:
         args.append(("--sequence-parallel", None))
-        if config.tp_overlapped:
+        if config.kernels.tp_overlapped:
             # TP collectives overlapped with their GEMMs (Transformer Engine userbuffers), as
             # the plan's cost assumed.
             args.append(("--tp-comm-overlap", None))
-    if config.expert_parallel > 1:
-        args.append(("--expert-model-parallel-size", config.expert_parallel))
+    if config.layout.expert_parallel > 1:
+        args.append(("--expert-model-parallel-size", config.layout.expert_parallel))
     return args
 
 
 def _megatron_recompute(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
     """The recomputation flags; torchtitan-style policies become full recomputation."""
     args: list[tuple[str, Any]] = []
-    if config.checkpointing is Checkpointing.FULL:
+    if config.savers.checkpointing is Checkpointing.FULL:
         # Recompute every block from its input (recompute_num_layers 1 per uniform unit).
         args += [
             ("--recompute-granularity", "full"),
             ("--recompute-method", "uniform"),
             ("--recompute-num-layers", 1),
         ]
-    elif config.checkpointing is Checkpointing.SELECTIVE:
+    elif config.savers.checkpointing is Checkpointing.SELECTIVE:
         args.append(("--recompute-granularity", "selective"))
-    elif config.checkpointing in (Checkpointing.SELECTIVE_OP, Checkpointing.SELECTIVE_LAYER):
+    elif config.savers.checkpointing in (Checkpointing.SELECTIVE_OP, Checkpointing.SELECTIVE_LAYER):
         # NOTE: Megatron-LM recomputes whole blocks (full) or listed modules (selective); it
         # has no every-other-matmul policy nor every-n-th-block option. Full recomputation
         # keeps less than either, so the plan still fits, at its extra compute.
         expressed.change(
-            f"Megatron-LM has no torchtitan-style {config.checkpointing.value} checkpointing; "
+            f"Megatron-LM has no torchtitan-style {config.savers.checkpointing.value} "
+            "checkpointing; "
             "full recomputation is the nearest that fits",
             checkpointing=Checkpointing.FULL,
         )
@@ -194,7 +199,7 @@ def _megatron_recompute(config: TrainingConfig, expressed: Expressed) -> list[tu
 def _megatron_offload(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
     """Optimizer CPU offload flags; Megatron-LM offloads only optimizer states."""
     args: list[tuple[str, Any]] = []
-    if config.offload is not Offload.NONE:
+    if config.savers.offload is not Offload.NONE:
         # Megatron's hybrid-device optimizer (optimizer states and step on the host) rides on
         # the precision-aware optimizer path (arguments.py asserts it).
         args += [
@@ -202,7 +207,7 @@ def _megatron_offload(config: TrainingConfig, expressed: Expressed) -> list[tupl
             ("--use-precision-aware-optimizer", None),
             ("--optimizer-offload-fraction", 1.0),
         ]
-        if config.offload is not Offload.OPTIMIZER:
+        if config.savers.offload is not Offload.OPTIMIZER:
             expressed.change(
                 "Megatron-LM offloads only optimizer states, to host memory",
                 offload=Offload.OPTIMIZER,
@@ -219,7 +224,7 @@ def _shell_value(value: Any) -> str:
 def _megatron_sharding(config: TrainingConfig, nodes: int) -> list[tuple[str, Any]]:
     """ZeRO-1 is Megatron's distributed optimizer; ZeRO-2/3 and HSDP are Megatron-FSDP's
     sharding strategies (arguments.py --data-parallel-sharding-strategy)."""
-    s = config.sharding
+    s = config.layout.sharding
     if s is Sharding.NONE:
         return []
     if s is Sharding.ZERO1:
@@ -281,12 +286,12 @@ def _megatron_optimizer(
 ) -> list[tuple[str, Any]]:
     name = _MEGATRON_OPTIMIZERS.get(config.optimizer)
     optimizer = config.optimizer
-    fsdp = config.sharding not in (Sharding.NONE, Sharding.ZERO1)
+    fsdp = config.layout.sharding not in (Sharding.NONE, Sharding.ZERO1)
     if name in ("lion", "muon") and fsdp:
         # arguments.py: "Emerging optimizer does not support Megatron-FSDP for now."
         expressed.change(
             f"Megatron-LM runs {name} only without Megatron-FSDP; with the planned "
-            f"{config.sharding.value} sharding it trains AdamW",
+            f"{config.layout.sharding.value} sharding it trains AdamW",
             optimizer="adamw",
         )
         name, optimizer = "adam", "adamw"

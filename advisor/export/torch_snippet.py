@@ -128,7 +128,7 @@ def _plan_notes(config: TrainingConfig, zeroth: bool, notes: list[str]) -> None:
             f"{config.optimizer} is emitted as plain MeZO (ZO-SGD); its own update rule "
             "(Adam moments or DP noise on the projected gradient) is not in the snippet."
         )
-    if zeroth and config.checkpointing is not Checkpointing.NONE:
+    if zeroth and config.savers.checkpointing is not Checkpointing.NONE:
         notes.append("MeZO runs no backward pass, so activation checkpointing is left out.")
     if config.precision in (Precision.BF16_MIXED, Precision.FP16_MIXED):
         notes.append(
@@ -136,15 +136,20 @@ def _plan_notes(config: TrainingConfig, zeroth: bool, notes: list[str]) -> None:
             "built-in PyTorch form: the snippet uses torch.autocast, same numerics, fp32 "
             "weights (DeepSpeed or FSDP MixedPrecision give the planned layout)."
         )
-    if config.sharding is not Sharding.NONE or config.gpus > 1:
+    if config.layout.sharding is not Sharding.NONE or config.layout.data_parallel > 1:
         notes.append(
             "the snippet is single-process: wrap the model in DDP/FSDP (torch.distributed) "
             "or use --emit deepspeed/accelerate for the planned sharding and offload."
         )
-    if config.tensor_parallel > 1 or config.pipeline_parallel > 1 or config.expert_parallel > 1:
+    if (
+        config.layout.tensor_parallel > 1
+        or config.layout.pipeline_parallel > 1
+        or config.layout.expert_parallel > 1
+    ):
         notes.append(
-            f"the plan's layout (tensor {config.tensor_parallel} x pipeline "
-            f"{config.pipeline_parallel}, expert {config.expert_parallel}) is not in this "
+            f"the plan's layout (tensor {config.layout.tensor_parallel} x pipeline "
+            f"{config.layout.pipeline_parallel}, expert {config.layout.expert_parallel}) is not "
+            "in this "
             "single-process snippet: use --emit torchtitan or --emit megatron for it."
         )
     notes.append(hyper_note(config))
@@ -174,7 +179,7 @@ def _snippet_parts(
         _template("precision"),
         _template("attention"),
     ]
-    if config.checkpointing is not Checkpointing.NONE and not zeroth:
+    if config.savers.checkpointing is not Checkpointing.NONE and not zeroth:
         parts.append(_template("checkpoint"))
     if config.task in (Task.LORA, Task.QLORA):
         parts.append(_template("lora"))
@@ -183,13 +188,14 @@ def _snippet_parts(
     if zeroth:
         parts.append(_template("mezo"))
     parts.append(optimizer_src)
-    if config.optimizer_in_backward and not zeroth:
+    if config.savers.optimizer_in_backward and not zeroth:
         parts.append(_template("in_backward"))
-        if config.grad_accumulation > 1:
+        if config.batch.grad_accumulation > 1:
             notes.append(
                 "the step runs in backward, so each micro-batch steps the weights: the "
-                f"planned accumulation of {config.grad_accumulation} becomes "
-                f"{config.grad_accumulation} smaller steps (LOMO trains without accumulation)."
+                f"planned accumulation of {config.batch.grad_accumulation} becomes "
+                f"{config.batch.grad_accumulation} smaller steps (LOMO trains without "
+                "accumulation)."
             )
         if config.precision in (Precision.AMP_FP16, Precision.FP16_MIXED):
             notes.append(
@@ -215,9 +221,9 @@ def _real_run_needs(config: TrainingConfig, implementation: str | None, cpu: boo
     if config.dp_sgd:
         needs.append("opacus (per-sample gradients)")
     needs = list(dict.fromkeys(needs))
-    if config.world_size > 1 or config.sharding is not Sharding.NONE:
+    if config.layout.world_size > 1 or config.layout.sharding is not Sharding.NONE:
         launcher = (
-            f"{config.world_size} processes: torchrun --nproc_per_node <GPUs per node> with "
+            f"{config.layout.world_size} processes: torchrun --nproc_per_node <GPUs per node> with "
             "the model wrapped for the planned layout, or the --emit deepspeed/accelerate/"
             "torchtitan/megatron file and its launcher"
         )
@@ -237,16 +243,16 @@ def _settings(config: TrainingConfig, lr: float, zeroth: bool) -> str:
         Attention.FLASH: "FLASH_ATTENTION",
         Attention.MEM_EFFICIENT: "EFFICIENT_ATTENTION",
         Attention.EAGER: "MATH",
-    }[config.attention]
+    }[config.kernels.attention]
     return f"""
         PRECISION = {config.precision.value!r}
         SDPA_BACKEND = {backend!r}
-        CHECKPOINTING = {"none" if zeroth else config.checkpointing.value!r}
-        AC_FREQUENCY = {config.ac_frequency}
-        MICRO_BATCH = {config.micro_batch}
-        GRAD_ACCUMULATION = {config.grad_accumulation}
+        CHECKPOINTING = {"none" if zeroth else config.savers.checkpointing.value!r}
+        AC_FREQUENCY = {config.savers.ac_frequency}
+        MICRO_BATCH = {config.batch.micro_batch}
+        GRAD_ACCUMULATION = {config.batch.grad_accumulation}
         LEARNING_RATE = {lr!r}
-        LORA_RANK = {config.lora_rank}
+        LORA_RANK = {config.adapters.lora_rank}
         MAX_GRAD_NORM = {GRADIENT_CLIPPING!r}
         """
 
@@ -376,9 +382,9 @@ def _build_training_src(config: TrainingConfig, zeroth: bool) -> str:
         lines.append("    model = apply_qlora(model, LORA_RANK)")
     elif config.task is Task.LORA:
         lines.append("    model = apply_lora(model, LORA_RANK)")
-    if config.checkpointing is not Checkpointing.NONE and not zeroth:
+    if config.savers.checkpointing is not Checkpointing.NONE and not zeroth:
         lines.append("    apply_checkpointing(model)")
-    in_backward = config.optimizer_in_backward and not zeroth
+    in_backward = config.savers.optimizer_in_backward and not zeroth
     lines += [
         "    params = [p for p in model.parameters() if p.requires_grad]",
         "    optimizer = StepInBackward(params)"

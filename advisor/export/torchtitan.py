@@ -111,7 +111,7 @@ def emit_torchtitan(
         "your model and data; launch with "
         f"`NGPU={world // nodes} CONFIG_FILE=torchtitan.toml ./run_train.sh` on each node."
     )
-    if config.tensor_parallel > 1:
+    if config.layout.tensor_parallel > 1:
         notes.append(
             "torchtitan's tensor parallelism shards the sequence in norms and dropout too "
             "(sequence parallelism, Korthikanti et al. 2022) and computes the loss in "
@@ -125,7 +125,7 @@ def emit_torchtitan(
     header = [
         f"torchtitan job config written by optadvise for {TORCHTITAN_VERSION}.",
         f"World size {world} = data replicate {replicate} x shard {shard} x tensor "
-        f"{config.tensor_parallel} x pipeline {config.pipeline_parallel}.",
+        f"{config.layout.tensor_parallel} x pipeline {config.layout.pipeline_parallel}.",
         "Add [model] (name, flavor, hf_assets_path) and [training] dataset/steps for your run.",
     ]
     return Emission(
@@ -154,7 +154,7 @@ def _sections(
         "training": training,
         "parallelism": parallelism,
         "activation_checkpoint": activation,
-        "compile": {"enable": config.stack is Stack.FUSED, "components": ["model", "loss"]},
+        "compile": {"enable": config.kernels.stack is Stack.FUSED, "components": ["model", "loss"]},
     }
     if config.precision is Precision.FP8_MIXED:
         sections["model"] = {"converters": ["quantize.linear.float8"]}
@@ -171,8 +171,8 @@ def _optimizer_section(
 ) -> dict[str, Any]:
     """The [optimizer] table, with the step in backward where torchtitan can run it."""
     optimizer = _torchtitan_optimizer(config, hp, lr, expressed)
-    if config.optimizer_in_backward:
-        if config.pipeline_parallel > 1 or config.expert_parallel > 1:
+    if config.savers.optimizer_in_backward:
+        if config.layout.pipeline_parallel > 1 or config.layout.expert_parallel > 1:
             expressed.change(
                 "torchtitan's optimizer-in-backward does not run with pipeline or expert "
                 "parallelism (components/optimizer.py)",
@@ -194,9 +194,9 @@ def _activation_checkpoint(config: TrainingConfig) -> dict[str, Any]:
         Checkpointing.SELECTIVE_OP: {"mode": "selective", "selective_ac_option": "op"},
         Checkpointing.SELECTIVE_LAYER: {
             "mode": "selective",
-            "selective_ac_option": str(config.ac_frequency),
+            "selective_ac_option": str(config.savers.ac_frequency),
         },
-    }[config.checkpointing]
+    }[config.savers.checkpointing]
     return activation
 
 
@@ -215,19 +215,19 @@ def _parallelism(
     """
     # --- data-parallel degrees (torchtitan ParallelDims: replicate x shard x tp x pp = world)
     parallelism: dict[str, Any] = {}
-    if config.sharding is Sharding.HSDP:
+    if config.layout.sharding is Sharding.HSDP:
         replicate, shard = hsdp_degrees(config, nodes)
-    elif config.sharding is Sharding.NONE:
-        replicate, shard = config.gpus, 1
+    elif config.layout.sharding is Sharding.NONE:
+        replicate, shard = config.layout.data_parallel, 1
     else:
-        replicate, shard = 1, config.gpus
+        replicate, shard = 1, config.layout.data_parallel
     parallelism["data_parallel_replicate_degree"] = replicate
     parallelism["data_parallel_shard_degree"] = shard
-    if config.sharding is Sharding.ZERO2:
+    if config.layout.sharding is Sharding.ZERO2:
         # FSDP2 without resharding after forward keeps the gathered weights until backward:
         # gradients and optimizer states sharded, parameters not (ZeRO-2's memory).
         parallelism["fsdp_reshard_after_forward"] = "never"
-    elif config.sharding is Sharding.ZERO1:
+    elif config.layout.sharding is Sharding.ZERO1:
         parallelism["fsdp_reshard_after_forward"] = "never"
         expressed.change(
             "torchtitan's FSDP2 shards gradients with the optimizer states (no ZeRO-1): "
@@ -236,46 +236,52 @@ def _parallelism(
         )
     else:
         parallelism["fsdp_reshard_after_forward"] = "default"
-    parallelism["tensor_parallel_degree"] = config.tensor_parallel
+    parallelism["tensor_parallel_degree"] = config.layout.tensor_parallel
     # Async TP overlaps the TP collectives with matmuls, as the plan's cost assumed
     # (config.tp_overlapped); torchtitan applies it only under torch.compile
     # (job_config.py), which the fused stack turns on.
     parallelism["enable_async_tensor_parallel"] = (
-        config.tensor_parallel > 1 and config.tp_overlapped and config.stack is Stack.FUSED
+        config.layout.tensor_parallel > 1
+        and config.kernels.tp_overlapped
+        and config.kernels.stack is Stack.FUSED
     )
-    parallelism["pipeline_parallel_degree"] = config.pipeline_parallel
-    if config.pipeline_parallel > 1:
-        interleaved = config.virtual_stages > 1
+    parallelism["pipeline_parallel_degree"] = config.layout.pipeline_parallel
+    if config.layout.pipeline_parallel > 1:
+        interleaved = config.layout.virtual_stages > 1
         parallelism["pipeline_parallel_schedule"] = "Interleaved1F1B" if interleaved else "1F1B"
-        parallelism["pipeline_parallel_microbatch_size"] = config.micro_batch
-        if config.virtual_stages > 2:
-            stages = config.pipeline_parallel * config.virtual_stages
+        parallelism["pipeline_parallel_microbatch_size"] = config.batch.micro_batch
+        if config.layout.virtual_stages > 2:
+            stages = config.layout.pipeline_parallel * config.layout.virtual_stages
             per_stage, first, last = _stage_split(num_layers, stages)
             parallelism["pipeline_parallel_layers_per_stage"] = per_stage
             parallelism["pipeline_parallel_first_stage_less_layers"] = first
             parallelism["pipeline_parallel_last_stage_less_layers"] = last
         # Without layers_per_stage torchtitan puts 1 stage per rank on 1F1B and 2 on looped
         # schedules (torchtitan/distributed/pipeline_parallel.py).
-        if config.grad_accumulation < config.pipeline_parallel * config.virtual_stages:
+        if (
+            config.batch.grad_accumulation
+            < config.layout.pipeline_parallel * config.layout.virtual_stages
+        ):
             notes.append(
-                f"{config.grad_accumulation} micro-batches per step for "
-                f"{config.pipeline_parallel * config.virtual_stages} pipeline stages: the "
+                f"{config.batch.grad_accumulation} micro-batches per step for "
+                f"{config.layout.pipeline_parallel * config.layout.virtual_stages} pipeline "
+                "stages: the "
                 "bubble is large (Narayanan et al. 2021); torchtitan warns about it too."
             )
-    elif config.virtual_stages > 1:
+    elif config.layout.virtual_stages > 1:
         raise UserError(
-            f"{config.virtual_stages} virtual stages without pipeline parallelism",
+            f"{config.layout.virtual_stages} virtual stages without pipeline parallelism",
             "virtual stages need pipeline_parallel > 1",
         )
-    if config.expert_parallel > 1:
-        if shard % config.expert_parallel:
+    if config.layout.expert_parallel > 1:
+        if shard % config.layout.expert_parallel:
             raise UserError(
-                f"torchtitan's expert parallelism {config.expert_parallel} must divide the "
+                f"torchtitan's expert parallelism {config.layout.expert_parallel} must divide the "
                 f"data-parallel shard degree {shard} (ParallelDims: ep x efsdp = dp_shard)",
                 "use FSDP sharding with a shard degree that the expert degree divides",
             )
-        parallelism["expert_parallel_degree"] = config.expert_parallel
-        parallelism["expert_tensor_parallel_degree"] = config.tensor_parallel
+        parallelism["expert_parallel_degree"] = config.layout.expert_parallel
+        parallelism["expert_tensor_parallel_degree"] = config.layout.tensor_parallel
     return parallelism, replicate, shard
 
 
@@ -283,21 +289,23 @@ def _training(config: TrainingConfig, notes: list[str], expressed: Expressed) ->
     """The [training] table: batch geometry, precision, CPU offload."""
     # --- batch geometry: with PP the accumulated micro-batches are the pipeline's
     # micro-batches; without it torchtitan derives accumulation from the global batch.
-    global_batch = config.micro_batch * config.grad_accumulation * config.gpus
+    global_batch = (
+        config.batch.micro_batch * config.batch.grad_accumulation * config.layout.data_parallel
+    )
     local = (
-        config.micro_batch * config.grad_accumulation
-        if config.pipeline_parallel > 1
-        else config.micro_batch
+        config.batch.micro_batch * config.batch.grad_accumulation
+        if config.layout.pipeline_parallel > 1
+        else config.batch.micro_batch
     )
     training: dict[str, Any] = {
         "local_batch_size": local,
         "global_batch_size": global_batch,
-        "seq_len": config.seq_len,
+        "seq_len": config.batch.seq_len,
         "max_norm": GRADIENT_CLIPPING,
     }
     _torchtitan_precision(config, training, notes, expressed)
     _torchtitan_offload(config, training, expressed)
-    if config.activation_offload:
+    if config.savers.activation_offload:
         expressed.change(
             "torchtitan v0.2.2 keeps checkpointed activations on the GPU (no activation offload)",
             activation_offload=False,
@@ -364,12 +372,12 @@ def _torchtitan_precision(
 def _torchtitan_offload(
     config: TrainingConfig, training: dict[str, Any], expressed: Expressed
 ) -> None:
-    if config.offload is Offload.NONE:
+    if config.savers.offload is Offload.NONE:
         return
     # training.enable_cpu_offload: FSDP2 CPUOffloadPolicy, parameters, gradients and
     # optimizer states on the host, the optimizer step on the CPU.
     training["enable_cpu_offload"] = True
-    if config.offload is not Offload.OPTIMIZER_PARAMS:
+    if config.savers.offload is not Offload.OPTIMIZER_PARAMS:
         expressed.change(
             "torchtitan offloads parameters, gradients and optimizer states together, to host "
             "memory only",

@@ -49,7 +49,7 @@ def estimate_memory(
             be split into.
         ValueError: when ``memo`` holds another model spec's pieces.
     """
-    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    targets = frozenset(config.adapters.lora_targets) if lora_targets is None else lora_targets
     m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=False)
     assert isinstance(m, MemoryEstimate)
     return m
@@ -65,14 +65,17 @@ def _estimate(
     totals_only: bool,
 ) -> MemoryEstimate | MemoryTotals:
     """:func:`estimate_memory`, or with ``totals_only`` its three numbers alone."""
+    layout = config.layout
     d = memo.model.shape
     check_layout(config, d)
-    pp = config.pipeline_parallel
+    pp = layout.pipeline_parallel
     if pp == 1:
         return estimate_stage(
             memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
-    split, held = memo.call(pipeline_schedule, pp, config.virtual_stages, config.grad_accumulation)
+    split, held = memo.call(
+        pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
+    )
     # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
     # are always candidates; a middle rank only when it holds more blocks or more
     # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest
@@ -127,7 +130,7 @@ def memory_totals(
     NOTE: the plan search's binary searches over the micro-batch ask only whether a plan
     fits, thousands of times; most of those plans are never shown.
     """
-    targets = frozenset(config.lora_targets) if lora_targets is None else lora_targets
+    targets = frozenset(config.adapters.lora_targets) if lora_targets is None else lora_targets
     m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=True)
     assert isinstance(m, MemoryTotals)
     return m
@@ -144,4 +147,4 @@ def trainable_parameter_count(
         config: its task, LoRA rank and targets.
         memo: the caller's memo of this model's pieces (None: a fresh one).
     """
-    return trainable_total(memo_for(spec, memo), config, frozenset(config.lora_targets))
+    return trainable_total(memo_for(spec, memo), config, frozenset(config.adapters.lora_targets))

@@ -18,13 +18,14 @@ def grads_persistent(config: TrainingConfig) -> bool:
     device or FSDP/ZeRO-3 with ``zero_grad(set_to_none=True)`` (torch's default since 2.0)
     frees them after each step.
     """
-    if config.optimizer_in_backward:
+    savers, layout = config.savers, config.layout
+    if savers.optimizer_in_backward:
         return False
-    if config.offload is not Offload.NONE:
+    if savers.offload is not Offload.NONE:
         return True  # the offload reduce bucket is allocated once and kept
-    if config.grad_accumulation > 1:
+    if config.batch.grad_accumulation > 1:
         return True
-    return config.gpus > 1 and config.sharding.zero_stage < 3
+    return layout.data_parallel > 1 and layout.sharding.zero_stage < 3
 
 
 def phases_of(
@@ -60,6 +61,7 @@ def phases_of(
     tests/test_memory_stacks.py). Transformer Engine's fp8 weight copies are workspaces
     its modules keep from step to step: alive in every phase.
     """
+    savers = config.savers
     autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
     static = {
         k: bd[k]
@@ -95,12 +97,12 @@ def phases_of(
     acts = bd["activations"]
     other_inflight = (acts - model_level) * (1 - 1 / inflight) if inflight > 1 else 0.0
     end_acts = math.ceil(model_level + per_block + other_inflight)
-    start_grads = grads if grads_persistent or config.optimizer_in_backward else head_grad
+    start_grads = grads if grads_persistent or savers.optimizer_in_backward else head_grad
     start = acts + start_grads + backward_cache
     end = end_acts + grads
     extra = {k: bd[k] for k in ("recompute", "per_sample_gradients") if bd[k]}
     extra["transient"] = grad_flow
-    if config.optimizer_in_backward and step_tr:
+    if savers.optimizer_in_backward and step_tr:
         extra["transient"] += step_tr
     if start >= end:
         backward = {**static, "gradients": start_grads, "activations": acts}
@@ -110,7 +112,7 @@ def phases_of(
         backward = {**static, "gradients": grads, "activations": end_acts}
     backward = {k: v for k, v in {**backward, **extra, **gathered}.items() if v}
     step = {**static}
-    if not config.optimizer_in_backward:
+    if not savers.optimizer_in_backward:
         step["gradients"] = grads
         if step_tr:
             step["transient"] = step_tr
@@ -141,17 +143,18 @@ def _autocast_cache(
     adapter_cache: int,
 ) -> _AutocastCache:
     """How much of autocast's weight cache each phase holds."""
+    savers = config.savers
     cache = bd["weight_cache"] if autocast else 0
     head_cache = min(head_cache, cache)
     # What autograd saves of the copies: the blocks not recomputed (every one but each
     # ac_frequency-th under selective-layer checkpointing) and the head. The cache holds
     # the casts of trainable weights only (leaves that need gradients): LoRA's frozen
     # matrices live only as saved.
-    ckpt = config.checkpointing
+    ckpt = savers.checkpointing
     if ckpt is Checkpointing.FULL:
         kept = 0.0
     elif ckpt is Checkpointing.SELECTIVE_LAYER:
-        kept = 1 - 1 / config.ac_frequency
+        kept = 1 - 1 / savers.ac_frequency
     else:
         kept = 1.0
     saved_cache = head_cache + math.ceil((cache - head_cache) * kept)

@@ -113,11 +113,12 @@ def block_saves(
     """The saved activations of ``stage_layers`` blocks of one micro-batch; ``layer`` is one
     block's bytes without checkpointing (:func:`~advisor.memory.activations.
     layer_activation_bytes`)."""
-    b, s, tp = config.micro_batch, config.seq_len, config.tensor_parallel
+    savers, kernels, batch = config.savers, config.kernels, config.batch
+    b, s, tp = batch.micro_batch, batch.seq_len, config.layout.tensor_parallel
     block_input = math.ceil(dtypes(config.precision).residual * b * s * memo.model.shape["h"] / tp)
-    ckpt = config.checkpointing
+    ckpt = savers.checkpointing
     if ckpt is Checkpointing.FULL or (
-        ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
+        ckpt is Checkpointing.SELECTIVE_LAYER and savers.ac_frequency == 1
     ):
         # Each block keeps its input; backward recomputes one block at a time.
         return BlockSaves(
@@ -130,13 +131,13 @@ def block_saves(
         # torchtitan's layer-level selective AC wraps the n-th, 2n-th ... block in a full
         # checkpoint (a counter over the blocks, ``_count % ac_freq == 0``); the others keep
         # everything. The first block is checkpointed only when every block is.
-        wrapped = stage_layers // config.ac_frequency
+        wrapped = stage_layers // savers.ac_frequency
         return BlockSaves(
             layer,
             (stage_layers - wrapped) * layer + wrapped * block_input,
             layer if wrapped else 0,
             f"selective-layer checkpointing: {wrapped} of {stage_layers} blocks fully "
-            f"checkpointed (every {config.ac_frequency})",
+            f"checkpointed (every {savers.ac_frequency})",
         )
     if ckpt is Checkpointing.SELECTIVE_OP:
         # Op-level SAC keeps each block's input and the saved ops' outputs; backward
@@ -146,9 +147,9 @@ def block_saves(
             selective_op_block_bytes,
             b,
             s,
-            config.attention,
+            kernels.attention,
             config.precision,
-            stack=config.stack,
+            stack=kernels.stack,
             tensor_parallel=tp,
         )
         return BlockSaves(
@@ -178,21 +179,22 @@ def saved_activation_bytes(
         stage_layers: the blocks on the device (all of them without pipeline parallelism).
         memo: the caller's memo of this model's pieces (None: a fresh one).
     """
+    kernels, batch = config.kernels, config.batch
     memo = memo_for(spec, memo)
     adapters = config.task in (Task.LORA, Task.QLORA)
     layer = memo.call(
         layer_activation_bytes,
-        config.micro_batch,
-        config.seq_len,
-        config.attention,
+        batch.micro_batch,
+        batch.seq_len,
+        kernels.attention,
         config.precision,
-        selective=config.checkpointing is Checkpointing.SELECTIVE,
-        lora_targets=frozenset(config.lora_targets) if adapters else None,
-        lora_rank=config.lora_rank,
-        stack=config.stack,
-        tensor_parallel=config.tensor_parallel,
-        fused_norm=config.fused_norm,
+        selective=config.savers.checkpointing is Checkpointing.SELECTIVE,
+        lora_targets=frozenset(config.adapters.lora_targets) if adapters else None,
+        lora_rank=config.adapters.lora_rank,
+        stack=kernels.stack,
+        tensor_parallel=config.layout.tensor_parallel,
+        fused_norm=kernels.fused_norm,
         quantized=config.task is Task.QLORA,
-        lora_dropout=adapters and config.lora_dropout > 0,
+        lora_dropout=adapters and config.adapters.lora_dropout > 0,
     )
     return block_saves(memo, config, stage_layers, layer).per_microbatch

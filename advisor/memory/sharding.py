@@ -15,7 +15,12 @@ from advisor.memory.params import ParamTensor, Role
 
 def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
     """Refuse layouts the engines cannot run, with what to change."""
-    tp, pp, ep = config.tensor_parallel, config.pipeline_parallel, config.expert_parallel
+    layout = config.layout
+    tp, pp, ep = (
+        layout.tensor_parallel,
+        layout.pipeline_parallel,
+        layout.expert_parallel,
+    )
     if tp > 1 and d["a"] % tp:
         raise UserError(
             f"tensor parallelism {tp} does not divide the {d['a']} attention heads",
@@ -26,13 +31,13 @@ def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
             f"pipeline parallelism {pp} exceeds the model's {d['L']} layers",
             "pick at most one pipeline stage per layer",
         )
-    if ep > 1 and (d["E"] % ep or config.gpus % ep):
+    if ep > 1 and (d["E"] % ep or layout.data_parallel % ep):
         raise UserError(
             f"expert parallelism {ep} must divide the {d['E']} experts and the "
-            f"{config.gpus} data-parallel ranks",
+            f"{layout.data_parallel} data-parallel ranks",
             "pick an expert-parallel degree dividing both (1 for dense models)",
         )
-    if config.optimizer_in_backward and config.grad_accumulation > 1:
+    if config.savers.optimizer_in_backward and config.batch.grad_accumulation > 1:
         raise UserError(
             "the optimizer step fused into backward cannot accumulate gradients",
             "use gradient accumulation 1 with per-layer updates (LOMO, GaLore)",

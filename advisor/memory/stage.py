@@ -47,6 +47,7 @@ def estimate_stage(
     """One pipeline rank's estimate: ``stage_layers`` blocks, ``held_blocks`` block-micro-
     batches of activations in flight (:func:`~advisor.memory.pipeline.
     inflight_block_microbatches`; unused without pipeline parallelism)."""
+    savers = config.savers
     spec = memo.model.spec
     st = memo.call_with_memo(
         stage_states, StateInputs.of(config, optimizer, lora_targets, stage, stage_layers)
@@ -55,7 +56,7 @@ def estimate_stage(
     bd = dict(st.bd)
     device = device or DeviceOverheads()
     if config.dp_sgd and not st.zeroth:
-        bd["per_sample_gradients"] = config.micro_batch * st.p_t * st.dt.grad
+        bd["per_sample_gradients"] = config.batch.micro_batch * st.p_t * st.dt.grad
         notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
     acts = _activations(
         memo, config, st, device, lora_targets, stage_layers, held_blocks, bd, notes
@@ -65,8 +66,8 @@ def estimate_stage(
     off_host, fsdp_backward, paged, step_tr = _offload_and_gather(
         spec, config, st, stage_layers, loss_tr, step_tr, grad_flow, bd, notes
     )
-    host = acts.host_activations + (0 if config.offload.nvme else off_host)
-    nvme = off_host if config.offload.nvme else 0
+    host = acts.host_activations + (0 if savers.offload.nvme else off_host)
+    nvme = off_host if savers.offload.nvme else 0
     if nvme:
         notes.append("offloaded states live on NVMe (ZeRO-Infinity, Rajbhandari et al. 2021)")
     # What is alive when.
@@ -124,31 +125,32 @@ def _activations(
 ) -> _Activations:
     """The activations and logits of one rank (``bd``'s activations, logits, recompute),
     its schedule's micro-batches in flight and activation offloading; notes appended."""
+    savers, kernels, batch = config.savers, config.kernels, config.batch
     spec, d, dt = memo.model.spec, st.d, st.dt
     tp, last, zeroth, adapters = st.tp, st.last, st.zeroth, st.adapters
-    b, s = config.micro_batch, config.seq_len
+    b, s = batch.micro_batch, batch.seq_len
     lt = lora_targets if adapters else None
     layer = memo.call(
         layer_activation_bytes,
         b,
         s,
-        config.attention,
+        kernels.attention,
         config.precision,
-        selective=config.checkpointing is Checkpointing.SELECTIVE,
+        selective=savers.checkpointing is Checkpointing.SELECTIVE,
         lora_targets=lt,
-        lora_rank=config.lora_rank,
-        stack=config.stack,
+        lora_rank=config.adapters.lora_rank,
+        stack=kernels.stack,
         tensor_parallel=tp,
-        fused_norm=config.fused_norm,
+        fused_norm=kernels.fused_norm,
         quantized=config.task is Task.QLORA,
-        lora_dropout=adapters and config.lora_dropout > 0,
+        lora_dropout=adapters and config.adapters.lora_dropout > 0,
         mask_bytes=device.dropout_mask_bytes,
         dropout=config.dropout and not zeroth,
     )
-    ckpt = Checkpointing.NONE if zeroth else config.checkpointing
+    ckpt = Checkpointing.NONE if zeroth else savers.checkpointing
     # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
     full_ckpt = ckpt is Checkpointing.FULL or (
-        ckpt is Checkpointing.SELECTIVE_LAYER and config.ac_frequency == 1
+        ckpt is Checkpointing.SELECTIVE_LAYER and savers.ac_frequency == 1
     )
     head_frozen = adapters and (
         "embed" not in lora_targets if spec.tie_word_embeddings else "lm_head" not in lora_targets
@@ -158,10 +160,10 @@ def _activations(
         b,
         s,
         config.precision,
-        config.attention,
+        kernels.attention,
         full_ckpt,
-        config.stack,
-        config.fused_norm,
+        kernels.stack,
+        kernels.fused_norm,
         adapters,
         head_frozen,
     )
@@ -174,8 +176,8 @@ def _activations(
             b,
             s,
             config.precision,
-            stack=config.stack,
-            fused_loss=config.fused_loss,
+            stack=kernels.stack,
+            fused_loss=kernels.fused_loss,
             tensor_parallel=tp,
             classify=enum_value(spec.arch) == "encoder" and config.task is not Task.PRETRAIN,
         )
@@ -213,7 +215,7 @@ def _stored_blocks(
     inflight = 1.0
     if pp > 1:
         inflight = held_blocks / stage_layers if stage_layers else 1.0
-        schedule = "interleaved 1F1B" if config.virtual_stages > 1 else "1F1B"
+        schedule = "interleaved 1F1B" if config.layout.virtual_stages > 1 else "1F1B"
         notes.append(
             f"{schedule}: {held_blocks} block-micro-batches of activations in flight on this "
             f"rank's {stage_layers} blocks"
@@ -228,7 +230,7 @@ def _stored_blocks(
         bd["recompute"] = saved.recompute
         if saved.note:
             notes.append(saved.note)
-    if config.activation_offload and not zeroth and stored_blocks > 2 * per_block:
+    if config.savers.activation_offload and not zeroth and stored_blocks > 2 * per_block:
         # Saved activations stream to host memory and back; the device keeps the block in
         # use and the one being prefetched (torchtune / torchao activation offloading).
         kept = 2 * per_block
@@ -250,15 +252,16 @@ def _transients(
 ) -> tuple[int, int, int]:
     """The loss backward's, the optimizer step's and the backward's gradient-flow
     temporaries (``bd["transient"]``, the largest of them); returns the three."""
+    savers, batch = config.savers, config.batch
     mem, dt, d, tp, tensors = st.mem, st.dt, st.d, st.tp, st.tensors
     zeroth, p_t, shard = st.zeroth, st.p_t, st.shard
     layer_trainable, head_trainable = st.layer_trainable, st.head_trainable
-    b, s = config.micro_batch, config.seq_len
+    b, s = batch.micro_batch, batch.seq_len
     loss_tr = 0 if zeroth else loss.transient_bytes
     step_tr = 0
-    impl = config.optimizer_impl
+    impl = config.kernels.optimizer_impl
     if mem.state not in (StateKind.NONE, StateKind.SEED) and not fused_step_on(
-        mem, config.stack, impl
+        mem, config.kernels.stack, impl
     ):
         # NOTE: torch's foreach/multi-tensor steps allocate one temporary per parameter of
         # the local shard (e.g. Adam's denominator) in the dtype of what they step: fp32
@@ -266,15 +269,15 @@ def _transients(
         # tests/test_memory_stacks.py); stepped per layer in backward, one block's worth.
         # Fused kernels update in place: no temporary.
         step_tr = shard(p_t * dt.state, 1)
-        if config.optimizer_in_backward:
+        if savers.optimizer_in_backward:
             step_tr = math.ceil(
                 max(layer_trainable / max(stage_layers, 1), head_trainable) * dt.state
             )
     if (
         dt.master
         and not zeroth
-        and not config.optimizer_in_backward
-        and config.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3)
+        and not savers.optimizer_in_backward
+        and config.layout.sharding in (Sharding.ZERO1, Sharding.ZERO2, Sharding.ZERO3)
     ):
         # DeepSpeed's ZeRO optimizers step fp32 master partitions with fp32 gradients: right
         # before the step they flatten this rank's 16-bit gradient partition into a new
@@ -291,7 +294,7 @@ def _transients(
     grad_flow = 0 if zeroth else 2 * block_input
     if (
         not zeroth
-        and config.stack is Stack.HF
+        and config.kernels.stack is Stack.HF
         and spec.traits.python_gelu
         and enum_value(spec.mlp) == "gelu"
     ):
@@ -329,6 +332,7 @@ def _offload_and_gather(
         The offloaded bytes, FSDP's backward temporaries, the paged optimizer states and
         the optimizer step's transient (none once the step runs on the host).
     """
+    savers = config.savers
     dt, pp, tensors, local_params, zeroth = st.dt, st.pp, st.tensors, st.local_params, st.zeroth
     adapters, n, stage_zero, p_t, shard = st.adapters, st.n, st.stage_zero, st.p_t, st.shard
     layer_bytes, layer_trainable = st.layer_bytes, st.layer_trainable
@@ -337,14 +341,14 @@ def _offload_and_gather(
     layer_weights = layer_bytes // max(stage_layers, 1)  # one block's weights as stored
     gathered_layers = min(2, stage_layers)  # current + prefetched block
     paged = st.paged
-    if config.offload is not Offload.NONE:
+    if savers.offload is not Offload.NONE:
         # Offloaded states live on the host whether or not the optimizer would page them.
         off_host += bd["master_weights"] + bd["optimizer_states"] + paged
         paged = 0
         if dt.master:
             off_host += shard(p_t * 4, 2)  # fp32 gradients for the CPU step (Ren et al. 2021)
         bd["master_weights"] = bd["optimizer_states"] = 0
-        if not config.optimizer_in_backward and not zeroth:
+        if not savers.optimizer_in_backward and not zeroth:
             # ZeRO-Offload streams each reduced gradient bucket to the host as backward makes
             # it (Ren et al. 2021, sec. 4.1; DeepSpeed's reduce bucket, 5e8 elements by
             # default): the device holds one bucket, never the whole gradient.
@@ -352,7 +356,7 @@ def _offload_and_gather(
         step_tr = 0
         bd["transient"] = max(loss_tr, grad_flow)
         notes.append("optimizer states and master weights offloaded to host memory")
-    if config.offload.params:
+    if savers.offload.params:
         off_host += bd["weights"]
         bd["weights"] = 0
         bd["gathered_parameters"] = gathered_layers * layer_weights
@@ -360,7 +364,7 @@ def _offload_and_gather(
     elif stage_zero == 3 and n > 1:
         # The non-local part of the gathered blocks (FSDP / ZeRO-3 all-gather buffers).
         bd["gathered_parameters"] = int(gathered_layers * layer_weights * (1 - 1 / n))
-        if config.sharding in (Sharding.FSDP, Sharding.HSDP) and pp == 1:
+        if config.layout.sharding in (Sharding.FSDP, Sharding.HSDP) and pp == 1:
             # FSDP keeps its root unit (what no block owns: embedding, final norm, LM head)
             # unsharded from the forward through the backward: FSDP2's lazy init sets the
             # root's post-forward mesh to None ("for the root, do not reshard after forward",
@@ -406,6 +410,7 @@ def _full_estimate(
     paged: int,
 ) -> MemoryEstimate:
     """The estimate with its phases, its peak and its notes."""
+    kernels = config.kernels
     phase_list = [
         Phase(
             name=name,
@@ -423,14 +428,14 @@ def _full_estimate(
         )
     notes.append(optimizer_note(st.opt_id, st.mem))
     notes.append(
-        f"kernel stack {config.stack.value}" + (", fused loss" if config.fused_loss else "")
+        f"kernel stack {kernels.stack.value}" + (", fused loss" if kernels.fused_loss else "")
     )
     return MemoryEstimate(
         total_bytes=peak.total_bytes,
         breakdown=bd,
         phases=phase_list,
         peak_phase=peak.name,
-        stack=config.stack,
+        stack=kernels.stack,
         parameters=st.params,
         trainable_parameters=st.p_t
         if st.pp == 1 and st.tp == 1
@@ -445,4 +450,6 @@ def _full_estimate(
 def trainable_total(memo: MemoryMemo, config: TrainingConfig, targets: frozenset[str]) -> int:
     """The model's trainable parameters under ``config`` (all ranks together)."""
     adapters = config.task in (Task.LORA, Task.QLORA)
-    return memo.call(trainable_count, adapters, config.lora_rank if adapters else 0, targets)
+    return memo.call(
+        trainable_count, adapters, config.adapters.lora_rank if adapters else 0, targets
+    )

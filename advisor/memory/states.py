@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from advisor.config import Precision, Sharding, Task, TrainingConfig
+from advisor.config import ParallelLayout, Precision, Sharding, Task, TrainingConfig
 from advisor.memory.derived import MemoryModel, lora_tensors
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.memo import MemoryMemo
@@ -65,9 +65,10 @@ class StageStates:
 
 class StateInputs(NamedTuple):
     """Everything :func:`stage_states` reads besides the model: the optimizer's state
-    signature, the LoRA targets, the pipeline rank and the configuration fields that decide
-    the model states. The rest of a configuration (micro-batch, sequence, checkpointing,
-    kernels, offload) acts through the activations, the loss and the phases.
+    signature, the LoRA targets, the pipeline rank, the configuration's parallel layout (the
+    whole sub-record: degrees and sharding) and the other fields that decide the model
+    states. The rest of a configuration (micro-batch, sequence, checkpointing, kernels,
+    offload) acts through the activations, the loss and the phases.
 
     NOTE: the memo key of :func:`stage_states` is this whole record; a field it starts to
     read must be added here first (it reads nothing else: mypy holds it to these fields).
@@ -81,15 +82,10 @@ class StateInputs(NamedTuple):
     stage_layers: int
     task: Task
     precision: Precision
-    gpus: int
-    sharding: Sharding
-    shard_group: int | None
+    layout: ParallelLayout
     lora_rank: int
     optimizer_in_backward: bool
     accumulates: bool  # grad_accumulation > 1
-    tensor_parallel: int
-    pipeline_parallel: int
-    expert_parallel: int
 
     @classmethod
     def of(
@@ -114,15 +110,10 @@ class StateInputs(NamedTuple):
             stage_layers,
             config.task,
             config.precision,
-            config.gpus,
-            config.sharding,
-            config.shard_group,
-            config.lora_rank,
-            config.optimizer_in_backward,
-            config.grad_accumulation > 1,
-            config.tensor_parallel,
-            config.pipeline_parallel,
-            config.expert_parallel,
+            config.layout,
+            config.adapters.lora_rank,
+            config.savers.optimizer_in_backward,
+            config.batch.grad_accumulation > 1,
         )
 
 
@@ -139,6 +130,7 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
         memo: the model's memo (its layout tensors are memoised there).
         config: what the model states depend on (:class:`StateInputs`).
     """
+    layout = config.layout
     model = memo.model
     spec = model.spec
     mem, opt_id = config.mem, config.opt_id
@@ -147,9 +139,9 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     notes: list[str] = []
     params = model.parameters
     d = model.shape
-    tp, pp = config.tensor_parallel, config.pipeline_parallel
+    tp, pp = layout.tensor_parallel, layout.pipeline_parallel
     last = stage in ("only", "last")
-    tensors = memo.call(local_tensors, tp, config.expert_parallel, pp, stage, stage_layers)
+    tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers)
     local_params = count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
@@ -223,15 +215,16 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
 def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]:
     """The devices ZeRO/FSDP shards over, the ZeRO stage in effect and whether a pipeline
     accumulates unsharded gradients; notes appended."""
-    pp = config.pipeline_parallel
-    if config.sharding is Sharding.HSDP:
-        n = config.shard_group or min(config.gpus, 8)
-        if config.shard_group is None:
+    layout = config.layout
+    pp = layout.pipeline_parallel
+    if layout.sharding is Sharding.HSDP:
+        n = layout.shard_group or min(layout.data_parallel, 8)
+        if layout.shard_group is None:
             notes.append(f"hybrid sharding: shard group of {n} devices (one node) assumed")
     else:
-        n = config.gpus if config.sharding is not Sharding.NONE else 1
-    stage_zero = config.sharding.zero_stage
-    if config.sharding is not Sharding.NONE and n == 1:
+        n = layout.data_parallel if layout.sharding is not Sharding.NONE else 1
+    stage_zero = layout.sharding.zero_stage
+    if layout.sharding is not Sharding.NONE and n == 1:
         notes.append("sharding over 1 device divides nothing")
     # Pipeline engines accumulate a step's micro-batches into unsharded gradients, reduced
     # once at the end. torch.distributed.pipelining (torchtitan) runs every backward but the
@@ -244,7 +237,7 @@ def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]
     pipelined = (
         pp > 1
         and config.accumulates
-        and config.sharding in (Sharding.NONE, Sharding.ZERO1, Sharding.FSDP, Sharding.HSDP)
+        and layout.sharding in (Sharding.NONE, Sharding.ZERO1, Sharding.FSDP, Sharding.HSDP)
     )
     if pipelined and stage_zero > 1:
         stage_zero = 1

@@ -83,9 +83,7 @@ class LadderBounds:
 
     def seconds(self, rung: Savers) -> float | None:
         """Time per token of the rung at the whole batch, without the pipeline bubble."""
-        top = rung.apply(self.base).model_copy(
-            update={"micro_batch": self.top_mb, "grad_accumulation": 1}
-        )
+        top = rung.apply(self.base).with_geometry(self.top_mb, 1)
         try:
             cost = self.s.ev.time(top)
         except ValueError:
@@ -94,7 +92,7 @@ class LadderBounds:
         # Paged optimizer states cost PCIe time only where the peak leaves them too little
         # room (memory.paged_residency): a leaner geometry may not page at all.
         paged = cost.components.get("paged_states", 0.0)
-        return (cost.seconds - bubble - paged) / (self.top_mb * self.dp * self.base.seq_len)
+        return (cost.seconds - bubble - paged) / (self.top_mb * self.dp * self.base.batch.seq_len)
 
     def rule(self, rung: Savers) -> float:
         hit = self._rules.get(rung)
@@ -110,12 +108,14 @@ class LadderBounds:
         drops persistent gradients); per-layer updates never accumulate. None when none
         fits the device (``viable``: the host too, and the rules allow the rung)."""
         s, c, per = self.s, rung.apply(self.base), self.per
-        if viable and not s.ok(c.model_copy(update={"micro_batch": 1, "grad_accumulation": 1})):
+        if viable and not s.ok(c.with_geometry(1, 1)):
             return None
-        geometries = [(1, 1)] if c.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
+        geometries = (
+            [(1, 1)] if c.savers.optimizer_in_backward or per == 1 else [(1, per), (per, 1)]
+        )
         best = None
         for micro, acc in geometries:
-            g = c.model_copy(update={"micro_batch": micro, "grad_accumulation": acc})
+            g = c.with_geometry(micro, acc)
             m = s.ev.totals(g)
             if (s.ev.fits(g) if viable else m.total_bytes <= s.ev.usable) and (
                 best is None or m.total_bytes < best
@@ -137,7 +137,7 @@ class LadderBounds:
         leanest = leanest_rung(level)
         if leanest.checkpointing is not Checkpointing.FULL:
             lean = level
-        elif -(-(s.ctx.spec.num_layers or 0) // self.base.pipeline_parallel) <= 2:
+        elif -(-(s.ctx.spec.num_layers or 0) // self.base.layout.pipeline_parallel) <= 2:
             # A pipeline rank of one or two blocks with one micro-batch in flight keeps
             # less without recomputation than with full recomputation's buffer.
             plain = [r for r in level if r.checkpointing is Checkpointing.NONE]

@@ -52,7 +52,15 @@ class Constraints:
     def verdict(self, c: TrainingConfig, techniques: list[str]) -> tuple[str | None, RejectionKind]:
         """Why the rules or compatibility exclude ``c`` (None: they do not), memoised on
         the techniques and the few fields compatible() reads."""
-        key = (tuple(techniques), c.precision, c.task, c.offload, c.gpus, c.pipeline_parallel)
+        layout = c.layout
+        key = (
+            tuple(techniques),
+            c.precision,
+            c.task,
+            c.savers.offload,
+            layout.data_parallel,
+            layout.pipeline_parallel,
+        )
         known = self._verdicts.get(key)
         if known is None:
             reason = self.hard_constraint(techniques)
@@ -77,6 +85,7 @@ def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) 
 
 
 def _compatible(table: ClashTable, config: TrainingConfig, techniques: Sequence[str]) -> str | None:
+    savers, layout = config.savers, config.layout
     present = set(techniques)
     for tid in techniques:
         if tid not in table:
@@ -96,15 +105,15 @@ def _compatible(table: ClashTable, config: TrainingConfig, techniques: Sequence[
     if config.task is Task.LORA and config.precision is Precision.FP8_MIXED:
         return "fp8 recipes (Transformer Engine) train full layers, not adapters"
     if config.task in (Task.LORA, Task.QLORA) and (
-        config.offload is not Offload.NONE or config.pipeline_parallel > 1
+        savers.offload is not Offload.NONE or layout.pipeline_parallel > 1
     ):
         return "adapter states are megabytes: nothing worth offloading or pipelining"
-    offload_params = config.offload.params or config.offload.nvme
-    if config.gpus > 1 and offload_params and config.sharding.zero_stage < 3:
+    offload_params = savers.offload.params or savers.offload.nvme
+    if layout.data_parallel > 1 and offload_params and layout.sharding.zero_stage < 3:
         return "parameter and NVMe offload need ZeRO stage 3 (DeepSpeed ZeRO-Infinity)"
-    if config.offload is not Offload.NONE and config.pipeline_parallel > 1:
+    if savers.offload is not Offload.NONE and layout.pipeline_parallel > 1:
         return "pipeline engines (DeepSpeed, Megatron-LM) do not offload states"
-    if config.optimizer_in_backward and config.pipeline_parallel > 1:
+    if savers.optimizer_in_backward and layout.pipeline_parallel > 1:
         return "per-layer updates need the whole backward on one stage (no 1F1B interleaving)"
     return None
 

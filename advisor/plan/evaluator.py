@@ -9,6 +9,7 @@ from the evaluator that priced it.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ CostFn = Callable[[TrainingConfig], StepCost]
 # Two values of a dimension are the same plan when memory and time differ by less than this
 # (relative): below the models' own resolution, and invisible to a user.
 EQUIVALENT = 0.005
+# Every field of a configuration but its optimizer, in field order (see Evaluator._state_key).
+_BUT_OPTIMIZER = operator.itemgetter(*(k for k in TrainingConfig.model_fields if k != "optimizer"))
 
 
 # NOTE: the search's internal values are frozen dataclasses, not pydantic models: thousands
@@ -61,7 +64,7 @@ class Plan:
 
     @functools.cached_property
     def tokens(self) -> int:
-        return self.global_batch * self.config.seq_len
+        return self.global_batch * self.config.batch.seq_len
 
     # NOTE: read ~140k times per search by the ranking and the screens; a plan never changes.
     @functools.cached_property
@@ -141,14 +144,13 @@ class Evaluator:
         other field (None when the optimizer has none: the model refuses it).
 
         NOTE: the fields are read off the configuration itself (every one but the
-        optimizer), not from a list kept by hand: a field added to TrainingConfig is in the
-        key without anyone remembering to add it."""
+        optimizer; sub-records whole), not from a list kept by hand: a field added to
+        TrainingConfig or to one of its sub-records is in the key without anyone
+        remembering to add it."""
         mem = self.ctx.taxonomy.get(c.optimizer).memory
         if mem is None:
             return None
-        fields = c.__dict__.copy()  # in TrainingConfig's field order, whatever built it
-        del fields["optimizer"]
-        return (mem, *fields.values())
+        return (mem, *_BUT_OPTIMIZER(c.__dict__))
 
     @property
     def counts(self) -> tuple[int, int]:

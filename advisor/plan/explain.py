@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
+from advisor.config import (
+    Checkpointing,
+    Offload,
+    ParallelLayout,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
 from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
@@ -84,27 +93,27 @@ def why_not(
         expected.append(
             (
                 f"LoRA (r=16) with AdamW in {base.precision.value}",
-                base.model_copy(update={"task": Task.LORA}),
+                base.with_(task=Task.LORA),
             )
         )
         expected.append(
             (
                 "QLoRA (r=16, 4-bit base) with AdamW in bf16-mixed",
-                base.model_copy(update={"task": Task.QLORA, "precision": Precision.BF16_MIXED}),
+                base.with_(task=Task.QLORA, precision=Precision.BF16_MIXED),
             )
         )
     if "mezo" in ctx.taxonomy and ctx.workload.task is not Task.PRETRAIN:
-        expected.append(
-            ("MeZO (zeroth-order, inference memory)", base.model_copy(update={"optimizer": "mezo"}))
-        )
+        expected.append(("MeZO (zeroth-order, inference memory)", base.with_(optimizer="mezo")))
     if world > 1:
-        expected.append(
-            ("AdamW with ZeRO-3 sharding", base.model_copy(update={"sharding": Sharding.ZERO3}))
-        )
-    layout = Layout(world_size=world, gpus_per_node=max(ctx.workload.gpus, 1), dp=world)
+        expected.append(("AdamW with ZeRO-3 sharding", base.with_(sharding=Sharding.ZERO3)))
+    layout = Layout(
+        world_size=world,
+        gpus_per_node=max(ctx.workload.gpus, 1),
+        parallel=ParallelLayout(data_parallel=world),
+    )
     out = []
     for label, config in expected:
-        lay = layout.model_copy(update={"sharding": config.sharding})
+        lay = layout.with_sharding(config.layout.sharding)
         position = _position(rows, config)
         if position is not None and position < shown:
             continue
@@ -114,7 +123,7 @@ def why_not(
                 WhyNot(
                     option=label,
                     verdict=f"fits ({format_bytes(p.peak_bytes)}, micro-batch "
-                    f"{p.config.micro_batch}) but ranks #{position + 1} of {len(rows)}: "
+                    f"{p.config.batch.micro_batch}) but ranks #{position + 1} of {len(rows)}: "
                     f"{p.cost.seconds:.3g} s/step, {_steps(ctx, p):.3g}x AdamW's steps to "
                     f"its loss, rule score {p.rule_score:+g}",
                 )
@@ -133,14 +142,21 @@ def _steps(ctx: Context, p: Plan) -> float:
 
 def _position(rows: list[Row], config: TrainingConfig) -> int | None:
     """The row of the plain configuration (any batch geometry), if it was ranked."""
-    keys = ("task", "optimizer", "precision", "attention", "checkpointing", "offload", "sharding")
     for i, row in enumerate(rows):
         c = row.plan.config
         if (
-            all(getattr(c, k) == getattr(config, k) for k in keys)
-            and c.tensor_parallel == 1
-            and c.pipeline_parallel == 1
-            and not (c.fused_loss or c.activation_offload or c.optimizer_in_backward)
+            (c.task, c.optimizer, c.precision, c.kernels.attention)
+            == (config.task, config.optimizer, config.precision, config.kernels.attention)
+            and c.savers.checkpointing is config.savers.checkpointing
+            and c.savers.offload is config.savers.offload
+            and c.layout.sharding is config.layout.sharding
+            and c.layout.tensor_parallel == 1
+            and c.layout.pipeline_parallel == 1
+            and not (
+                c.kernels.fused_loss
+                or c.savers.activation_offload
+                or c.savers.optimizer_in_backward
+            )
         ):
             return i
     return None
@@ -154,11 +170,13 @@ def _judge(
     why = hard_constraint(ctx, decision, techniques) or compatible(ctx, c, techniques)
     if why:
         return why
-    found = best_geometry(ev, c, layout.dp, ctx.global_batch, ctx.workload.micro_batch)
+    found = best_geometry(
+        ev, c, layout.parallel.data_parallel, ctx.global_batch, ctx.workload.micro_batch
+    )
     if found is None:
-        smallest = c.model_copy(update={"micro_batch": ctx.workload.micro_batch or 1})
+        smallest = c.with_(micro_batch=ctx.workload.micro_batch or 1)
         text, _kind = memory_reason(ctx, ev, smallest)
-        return text + f" at micro-batch {smallest.micro_batch}"
+        return text + f" at micro-batch {smallest.batch.micro_batch}"
     return "fits, but another plan of the same kind ranks above it"
 
 
@@ -166,12 +184,12 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
     """What would fit when nothing does: more GPUs, adapters, zeroth-order, a smaller model."""
     out: list[Suggestion] = []
     base = baseline_config(ctx)
-    tight = base.model_copy(update={"checkpointing": Checkpointing.FULL, "micro_batch": 1})
-    if base.stack is Stack.HF:
+    tight = base.with_(checkpointing=Checkpointing.FULL, micro_batch=1)
+    if base.kernels.stack is Stack.HF:
         # Another kernel stack changes the verdict: the same frugal plan with FlashAttention,
         # fused norms/activations and a fused cross-entropy (what production stacks run).
         hf = estimate(ctx, tight)
-        fused = tight.model_copy(update={"stack": Stack.FUSED})
+        fused = tight.with_(stack=Stack.FUSED)
         m = estimate(ctx, fused)
         if m.total_bytes <= usable:
             out.append(
@@ -185,7 +203,7 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
     for n in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
         if n <= ctx.workload.world_size:
             continue
-        c = tight.model_copy(update={"gpus": n, "sharding": Sharding.ZERO3})
+        c = tight.with_(data_parallel=n, sharding=Sharding.ZERO3)
         m = estimate(ctx, c)
         if m.total_bytes <= usable:
             out.append(
@@ -201,12 +219,10 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
         for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
             if n < ctx.workload.world_size:
                 continue
-            c = tight.model_copy(
-                update={
-                    "gpus": n,
-                    "sharding": Sharding.ZERO3 if n > 1 else Sharding.NONE,
-                    "offload": Offload.OPTIMIZER_PARAMS,
-                }
+            c = tight.with_(
+                data_parallel=n,
+                sharding=Sharding.ZERO3 if n > 1 else Sharding.NONE,
+                offload=Offload.OPTIMIZER_PARAMS,
             )
             m = estimate(ctx, c)
             if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
@@ -220,11 +236,8 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
                 )
                 break
     for task in (Task.QLORA, Task.LORA):
-        c = tight.model_copy(
-            update={
-                "task": task,
-                "precision": Precision.BF16_MIXED if task is Task.QLORA else base.precision,
-            }
+        c = tight.with_(
+            task=task, precision=Precision.BF16_MIXED if task is Task.QLORA else base.precision
         )
         m = estimate(ctx, c)
         if m.total_bytes <= usable:
@@ -235,7 +248,7 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
                 )
             )
             break
-    zo = base.model_copy(update={"optimizer": "mezo", "micro_batch": 1})
+    zo = base.with_(optimizer="mezo", micro_batch=1)
     if "mezo" in ctx.taxonomy:
         m = estimate(ctx, zo)
         if m.total_bytes <= usable:
@@ -248,7 +261,7 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
             )
     for s in (1024, 512):
         if s < ctx.workload.seq_len:
-            c = tight.model_copy(update={"seq_len": s, "micro_batch": 1})
+            c = tight.with_(seq_len=s, micro_batch=1)
             m = estimate(ctx, c)
             if m.total_bytes <= usable:
                 out.append(

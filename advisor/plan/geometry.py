@@ -73,8 +73,9 @@ def best_geometry(
     Returns:
         The configuration with its geometry, or None when not even one sample per device fits.
     """
+    layout = config.layout
     per, note = per_replica_batch(batch, dp)
-    in_backward = config.optimizer_in_backward
+    in_backward = config.savers.optimizer_in_backward
     with_geometry = _Geometries(config)
 
     if fixed_micro is not None:
@@ -95,7 +96,7 @@ def best_geometry(
     if in_backward and fitting[-1] != per:
         # The largest micro-batch that fits, as the whole per-replica batch.
         candidates = [fitting[-1]]
-    elif exhaustive or config.pipeline_parallel > 1:
+    elif exhaustive or layout.pipeline_parallel > 1:
         # More micro-batches shrink the pipeline bubble, (p - 1) / m (Narayanan et al. 2021).
         candidates = fitting if exhaustive else fitting[-6:]
     else:
@@ -105,7 +106,7 @@ def best_geometry(
         candidates = fitting[-1:]
     if smallest:
         candidates = fitting[:1]
-    descend = config.pipeline_parallel > 1 and not exhaustive and not smallest
+    descend = layout.pipeline_parallel > 1 and not exhaustive and not smallest
     if descend:
         # Time per token is unimodal in the micro-batch under a pipeline: per-sample compute
         # falls with it, the bubble's share (p - 1) / m grows with it (Narayanan et al.
@@ -125,8 +126,7 @@ class _Geometries:
     def __call__(self, micro: int, accumulation: int) -> TrainingConfig:
         c = self.built.get((micro, accumulation))
         if c is None:
-            update = {"micro_batch": micro, "grad_accumulation": accumulation}
-            c = self.built[micro, accumulation] = self.config.model_copy(update=update)
+            c = self.built[micro, accumulation] = self.config.with_geometry(micro, accumulation)
         return c
 
 
@@ -173,13 +173,13 @@ def _fastest(
 ) -> tuple[TrainingConfig, Geometry]:
     """The candidate micro-batch with the least time per token (``descend``: walked from
     the largest down, ending at the first that is slower)."""
-    in_backward = with_geometry.config.optimizer_in_backward
+    in_backward = with_geometry.config.savers.optimizer_in_backward
     best: tuple[float, TrainingConfig, Geometry] | None = None
     for mb in candidates:
         acc = _acc(per, mb, in_backward)
         c = with_geometry(mb, acc)
         total = mb * acc * dp
-        per_token = ev.time(c).seconds / (total * c.seq_len)
+        per_token = ev.time(c).seconds / (total * c.batch.seq_len)
         exact = total == batch.samples
         why = note
         if in_backward and total != batch.samples:

@@ -85,13 +85,13 @@ def selective_saves(ctx: Context, c: TrainingConfig) -> bool:
         return ctx.memory_memo.call(
             layer_activation_bytes,
             1,
-            c.seq_len,
-            c.attention,
+            c.batch.seq_len,
+            c.kernels.attention,
             c.precision,
             selective=selective,
-            stack=c.stack,
-            tensor_parallel=c.tensor_parallel,
-            fused_norm=c.fused_norm,
+            stack=c.kernels.stack,
+            tensor_parallel=c.layout.tensor_parallel,
+            fused_norm=c.kernels.fused_norm,
         )
 
     return saved(True) < saved(False)

@@ -1,4 +1,6 @@
-"""One parallel layout: data x tensor x pipeline (x expert) degrees, validated where it is built.
+"""One parallel layout on a topology: the configuration's degrees (:class:`advisor.config.
+ParallelLayout`: data x tensor x pipeline, interleaving, experts, sharding), validated against
+the world of devices where it is built.
 
 Modelled on torchtitan's ParallelDims: the degrees multiply to the world size and tensor
 parallelism stays inside an NVLink domain (its all-reduces run per layer, at NVLink speed;
@@ -10,25 +12,23 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from advisor.config import Sharding, TrainingConfig
+from advisor.config import ParallelLayout, Sharding, TrainingConfig
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec
 
 
 class Layout(BaseModel):
-    """How a world of devices splits the model and the batch."""
+    """How a world of devices splits the model and the batch: the configuration's parallel
+    degrees and sharding (``parallel``), checked against the world and its NVLink domains."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     world_size: int = Field(ge=1)
     gpus_per_node: int = Field(ge=1)
-    dp: int = Field(default=1, ge=1, description="data-parallel replicas (or shards)")
-    tp: int = Field(default=1, ge=1, description="tensor parallel (with sequence parallel)")
-    pp: int = Field(default=1, ge=1, description="pipeline stages (1F1B)")
-    vp: int = Field(default=1, ge=1, description="interleaved model chunks per stage")
-    ep: int = Field(default=1, ge=1, description="MoE expert parallel, inside the dp group")
-    sharding: Sharding = Sharding.NONE
-    shard_group: int | None = Field(default=None, ge=1, description="hsdp shard group")
+    parallel: ParallelLayout = Field(
+        default_factory=ParallelLayout,
+        description="the degrees and sharding, as a configuration holds them",
+    )
     nvlink_domain: int | None = Field(
         default=None,
         ge=1,
@@ -37,26 +37,35 @@ class Layout(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Layout:
-        if self.dp * self.tp * self.pp != self.world_size:
-            raise ValueError(
-                f"dp {self.dp} x tp {self.tp} x pp {self.pp} != world size {self.world_size}"
-            )
+        p = self.parallel
+        dp, tp, pp = p.data_parallel, p.tensor_parallel, p.pipeline_parallel
+        if dp * tp * pp != self.world_size:
+            raise ValueError(f"dp {dp} x tp {tp} x pp {pp} != world size {self.world_size}")
         fast = self.fast_group
-        if self.tp > fast or fast % self.tp:
-            raise ValueError(f"tp {self.tp} must divide the {fast} GPUs of an NVLink domain")
-        if self.vp > 1 and self.pp == 1:
+        if tp > fast or fast % tp:
+            raise ValueError(f"tp {tp} must divide the {fast} GPUs of an NVLink domain")
+        if p.virtual_stages > 1 and pp == 1:
             raise ValueError("interleaved stages need pipeline parallelism")
-        if self.dp % self.ep:
-            raise ValueError(f"ep {self.ep} must divide dp {self.dp}")
-        if self.dp == 1 and self.sharding is not Sharding.NONE:
+        if dp % p.expert_parallel:
+            raise ValueError(f"ep {p.expert_parallel} must divide dp {dp}")
+        if dp == 1 and p.sharding is not Sharding.NONE:
             raise ValueError("sharding needs more than one data-parallel replica")
-        if self.sharding is Sharding.HSDP:
-            g = self.shard_group
-            if g is None or g < 2 or self.dp % g or g == self.dp:
+        if p.sharding is Sharding.HSDP:
+            g = p.shard_group
+            if g is None or g < 2 or dp % g or g == dp:
                 raise ValueError("hsdp needs a shard group that divides dp and is smaller")
-        elif self.shard_group is not None:
+        elif p.shard_group is not None:
             raise ValueError("shard_group belongs to hsdp")
         return self
+
+    def with_sharding(self, sharding: Sharding) -> Layout:
+        """This layout with another sharding (no shard group), validated."""
+        return Layout(
+            world_size=self.world_size,
+            gpus_per_node=self.gpus_per_node,
+            parallel=self.parallel.updated(sharding=sharding, shard_group=None),
+            nvlink_domain=self.nvlink_domain,
+        )
 
     @property
     def fast_group(self) -> int:
@@ -68,31 +77,23 @@ class Layout(BaseModel):
     @property
     def label(self) -> str:
         """A short name: ``dp8 fsdp``, ``tp8 pp16 dp1``..."""
+        p = self.parallel
         parts = []
-        if self.tp > 1:
-            parts.append(f"tp{self.tp}")
-        if self.pp > 1:
-            parts.append(f"pp{self.pp}" + (f"x{self.vp}" if self.vp > 1 else ""))
-        if self.ep > 1:
-            parts.append(f"ep{self.ep}")
-        parts.append(f"dp{self.dp}")
-        if self.sharding is not Sharding.NONE:
-            parts.append(self.sharding.value)
+        if p.tensor_parallel > 1:
+            parts.append(f"tp{p.tensor_parallel}")
+        if p.pipeline_parallel > 1:
+            vp = p.virtual_stages
+            parts.append(f"pp{p.pipeline_parallel}" + (f"x{vp}" if vp > 1 else ""))
+        if p.expert_parallel > 1:
+            parts.append(f"ep{p.expert_parallel}")
+        parts.append(f"dp{p.data_parallel}")
+        if p.sharding is not Sharding.NONE:
+            parts.append(p.sharding.value)
         return " ".join(parts)
 
     def apply(self, config: TrainingConfig) -> TrainingConfig:
-        """The configuration with this layout's degrees."""
-        return config.model_copy(
-            update={
-                "gpus": self.dp,
-                "tensor_parallel": self.tp,
-                "pipeline_parallel": self.pp,
-                "virtual_stages": self.vp,
-                "expert_parallel": self.ep,
-                "sharding": self.sharding,
-                "shard_group": self.shard_group,
-            }
-        )
+        """The configuration with this layout's degrees and sharding."""
+        return config.replace(layout=self.parallel)
 
 
 def _powers_of_two(limit: int) -> list[int]:
@@ -141,7 +142,10 @@ def enumerate_layouts(
     """
     node = max(gpus_per_node, 1)
     probe = Layout(
-        world_size=world_size, gpus_per_node=node, dp=world_size, nvlink_domain=nvlink_domain
+        world_size=world_size,
+        gpus_per_node=node,
+        parallel=ParallelLayout(data_parallel=world_size),
+        nvlink_domain=nvlink_domain,
     )
     fast = probe.fast_group
     heads = spec.num_attention_heads or 1
@@ -189,13 +193,15 @@ def enumerate_layouts(
                             Layout(
                                 world_size=world_size,
                                 gpus_per_node=node,
-                                dp=dp,
-                                tp=t,
-                                pp=p,
-                                vp=v,
-                                ep=ep,
-                                sharding=sharding,
-                                shard_group=group,
+                                parallel=ParallelLayout(
+                                    data_parallel=dp,
+                                    tensor_parallel=t,
+                                    pipeline_parallel=p,
+                                    virtual_stages=v,
+                                    expert_parallel=ep,
+                                    sharding=sharding,
+                                    shard_group=group,
+                                ),
                                 nvlink_domain=nvlink_domain,
                             )
                         )

@@ -94,7 +94,7 @@ class PlanSearch:
         found = best_geometry(
             self.ev,
             c,
-            layout.dp,
+            layout.parallel.data_parallel,
             self.batch,
             self.ctx.workload.micro_batch,
             exhaustive=self.exhaustive,
@@ -102,7 +102,7 @@ class PlanSearch:
             hint=hint,
         )
         if found is None:
-            smallest = c.model_copy(update={"micro_batch": self.ctx.workload.micro_batch or 1})
+            smallest = c.with_(micro_batch=self.ctx.workload.micro_batch or 1)
             reason, kind = memory_reason(self.ctx, self.ev, smallest)
             m = self.ev.totals(smallest)
             if reason and smallest not in self.rejected:
@@ -170,7 +170,7 @@ class PlanSearch:
     ) -> list[Plan]:
         """Walk the saver ladder for one core on one layout (see ``saver_ladder``)."""
         memory_first = self.ctx.workload.objective.value == "memory"
-        per, _ = per_replica_batch(self.batch, layout.dp)
+        per, _ = per_replica_batch(self.batch, layout.parallel.data_parallel)
         out: list[Plan] = []
         fitted_on_device = host_fitted = False
         for level in levels:
@@ -190,11 +190,11 @@ class PlanSearch:
                     continue
                 p = self.plan(cfg, layout, hint=hint)
                 hint = p.largest_fit if p is not None else 0
-                if try_whole and p is not None and p.config.micro_batch < per:
+                if try_whole and p is not None and p.config.batch.micro_batch < per:
                     # Per-layer updates free the gradient buffer; if that lets the whole
                     # per-replica batch fit at once, the plan still reaches the global batch.
                     whole = self.rung(rung, True).apply(base)
-                    one = whole.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
+                    one = whole.with_geometry(per, 1)
                     if self.allowed(one) is not None and self.ev.fits(one):
                         q = self.plan(whole, layout)
                         if q and q.exact_batch and q.seconds_per_token < p.seconds_per_token:
@@ -216,7 +216,7 @@ class PlanSearch:
                 # the bound above; a rung that does not improve says nothing about the next:
                 # full recomputation plus activation offload can admit a 4x larger
                 # micro-batch where full recomputation alone did not pay.)
-                if p.config.micro_batch >= per:
+                if p.config.batch.micro_batch >= per:
                     break
         return out
 
@@ -340,13 +340,16 @@ class PlanSearch:
         hit = self._ladders.get(key)
         if hit is None:
             base = layout.apply(core)
-            per, _ = per_replica_batch(self.batch, layout.dp)
+            per, _ = per_replica_batch(self.batch, layout.parallel.data_parallel)
             levels, settled = self.walked(
-                base, per, layout.dp, self.screen_ladder if screen else self.ladder
+                base,
+                per,
+                layout.parallel.data_parallel,
+                self.screen_ladder if screen else self.ladder,
             )
             present = frozenset(techniques_of(self.ctx, base))
             hit = self._ladders[key] = LadderBounds(
-                self, base, per, layout.dp, levels, present, settled
+                self, base, per, layout.parallel.data_parallel, levels, present, settled
             )
         return hit
 
@@ -370,9 +373,7 @@ class PlanSearch:
                 break
             walked.append(level)
             lean = self.rung(leanest_rung(level), False).apply(base)
-            one = lean.model_copy(
-                update={"micro_batch": micro, "grad_accumulation": -(-per // micro)}
-            )
+            one = lean.with_geometry(micro, -(-per // micro))
             fits = exact and self.ok(one) and self.ev.fits(one)
             on_device = on_device or (fits and off is Offload.NONE)
             on_host = on_host or (fits and off is not Offload.NONE and not off.nvme)
@@ -395,12 +396,16 @@ class PlanSearch:
     def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole
         per-replica batch (time per token does not grow with the micro-batch)."""
-        top = cfg.model_copy(update={"micro_batch": per, "grad_accumulation": 1})
+        top = cfg.with_geometry(per, 1)
         # NOTE: with pipeline stages one micro-batch is the worst case (the whole bubble,
         # Narayanan et al. 2021), so there is no bound of this kind: search the rung.
-        if top.optimizer_in_backward or top.pipeline_parallel > 1 or self.allowed(top) is None:
+        if (
+            top.savers.optimizer_in_backward
+            or top.layout.pipeline_parallel > 1
+            or self.allowed(top) is None
+        ):
             return False
-        bound = self.ev.time(top).seconds / (per * top.gpus * top.seq_len)
+        bound = self.ev.time(top).seconds / (per * top.layout.data_parallel * top.batch.seq_len)
         if bound >= best * (1 - EQUIVALENT):
             self.pruned_rungs += 1
             return True
@@ -408,4 +413,4 @@ class PlanSearch:
 
 
 def _at(c: TrainingConfig) -> str:
-    return f" at micro-batch {c.micro_batch}"
+    return f" at micro-batch {c.batch.micro_batch}"

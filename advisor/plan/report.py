@@ -180,11 +180,7 @@ def _time_to_target(ctx: Context, p: Plan, cost_fn: CostFn) -> TimeToTarget:
     """Steps to AdamW's loss x step time, relative to the AdamW plan of the same layout and
     batch (only the optimizer changes)."""
     c = p.config
-    base = (
-        p.cost.seconds
-        if c.optimizer == "adamw"
-        else cost_fn(c.model_copy(update={"optimizer": "adamw"})).seconds
-    )
+    base = p.cost.seconds if c.optimizer == "adamw" else cost_fn(c.with_(optimizer="adamw")).seconds
     steps = plan_steps(
         ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
     )
@@ -197,27 +193,27 @@ def _recommendation(
     p = row.plan
     c = p.config
     tech = ctx.taxonomy.get(c.optimizer)
-    tokens = p.global_batch * c.seq_len
+    tokens = p.global_batch * c.batch.seq_len
     return Recommendation(
         rank=rank,
         optimizer=c.optimizer,
         order=tech.order.value if tech.order else "",
         precision=c.precision.value,
-        attention=c.attention.value,
+        attention=c.kernels.attention.value,
         techniques=p.techniques,
-        sharding=c.sharding.value,
+        sharding=c.layout.sharding.value,
         task=c.task.value,
-        checkpointing=c.checkpointing.value,
-        offload=c.offload.value,
-        micro_batch=c.micro_batch,
-        grad_accumulation=c.grad_accumulation,
-        data_parallel=c.gpus,
-        tensor_parallel=c.tensor_parallel,
-        pipeline_parallel=c.pipeline_parallel,
-        virtual_stages=c.virtual_stages,
-        expert_parallel=c.expert_parallel,
+        checkpointing=c.savers.checkpointing.value,
+        offload=c.savers.offload.value,
+        micro_batch=c.batch.micro_batch,
+        grad_accumulation=c.batch.grad_accumulation,
+        data_parallel=c.layout.data_parallel,
+        tensor_parallel=c.layout.tensor_parallel,
+        pipeline_parallel=c.layout.pipeline_parallel,
+        virtual_stages=c.layout.virtual_stages,
+        expert_parallel=c.layout.expert_parallel,
         layout=p.layout.label,
-        stack=c.stack.value,
+        stack=c.kernels.stack.value,
         memory_savers=[t for t in p.techniques if t in MEMORY_SAVER_IDS],
         global_batch=p.global_batch,
         global_batch_note=p.batch_note,

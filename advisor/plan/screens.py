@@ -13,7 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from advisor.config import Attention, Checkpointing, Offload, Precision, Task, TrainingConfig
+from advisor.config import (
+    Attention,
+    BatchGeometry,
+    Checkpointing,
+    Kernels,
+    Offload,
+    ParallelLayout,
+    Precision,
+    Task,
+    TrainingConfig,
+)
 from advisor.plan.evaluator import EQUIVALENT
 from advisor.plan.geometry import per_replica_batch
 from advisor.plan.layout import Layout
@@ -22,9 +32,9 @@ from advisor.plan.space import (
     Context,
     PlanSpace,
     Savers,
-    lora_target_fields,
     objective_score,
     plan_step_factor,
+    workload_adapters,
 )
 from advisor.rules.candidates import ATTENTION_IDS, FUSED_LOSS_ID, config_techniques
 from advisor.rules.taxonomy import StateKind
@@ -137,13 +147,13 @@ def reference_config(ctx: Context, space: PlanSpace, task: Task) -> TrainingConf
         task=task,
         optimizer=optimizer,
         precision=precision,
-        attention=attention,
-        micro_batch=ctx.workload.micro_batch or 1,
-        seq_len=ctx.workload.seq_len,
-        gpus=ctx.workload.world_size,
-        stack=ctx.workload.stack,
         dp_sgd=optimizer in ("dp-sgd", "dp-adam"),
-        **lora_target_fields(ctx),
+        batch=BatchGeometry(
+            micro_batch=ctx.workload.micro_batch or 1, seq_len=ctx.workload.seq_len
+        ),
+        layout=ParallelLayout(data_parallel=ctx.workload.world_size),
+        kernels=Kernels(attention=attention, stack=ctx.workload.stack),
+        adapters=workload_adapters(ctx),
     )
 
 
@@ -190,20 +200,20 @@ def _leanest_savers(
     space has (offloaded optimizer and parameters; the step fused into backward), each with
     full recomputation where the space has it; None for a variant ``c``'s core rules out.
     The list's length depends on the space alone, so points compare term by term."""
-    base: dict[str, Any] = {}
-    if Checkpointing.FULL in space.checkpointing and "activation-checkpointing-full" not in clashes:
-        base["checkpointing"] = Checkpointing.FULL
+    full = Checkpointing.FULL in space.checkpointing and (
+        "activation-checkpointing-full" not in clashes
+    )
+    if full:
+        c = c.with_(checkpointing=Checkpointing.FULL)
     out: list[TrainingConfig | None] = []
     if Offload.OPTIMIZER_PARAMS in space.offloads:
         ok = not clashes & _OFFLOAD_IDS
-        out.append(
-            c.model_copy(update={**base, "offload": Offload.OPTIMIZER_PARAMS}) if ok else None
-        )
+        out.append(c.with_(offload=Offload.OPTIMIZER_PARAMS) if ok else None)
     if True in space.optimizer_in_backward:
         ok = "fused-backward-step" not in clashes
-        out.append(c.model_copy(update={**base, "optimizer_in_backward": True}) if ok else None)
+        out.append(c.with_(optimizer_in_backward=True) if ok else None)
     if not out:
-        out.append(c.model_copy(update=base) if base else None)
+        out.append(c if full else None)
     return out
 
 
@@ -264,8 +274,9 @@ class _Cores:
     def make(self, o: str, a: Attention, p: Precision) -> TrainingConfig:
         c = self.built.get((o, a, p))
         if c is None:
-            update = {"optimizer": o, "attention": a, "precision": p, "dp_sgd": o in _DP}
-            c = self.built[o, a, p] = self.start.model_copy(update=update)
+            c = self.built[o, a, p] = self.start.with_(
+                optimizer=o, attention=a, precision=p, dp_sgd=o in _DP
+            )
         return c
 
     def ok_triple(self, o: str, a: Attention, p: Precision) -> bool:
@@ -273,7 +284,7 @@ class _Cores:
         if v is None:
             c = self.by_precision.get(p)
             if c is None:
-                c = self.by_precision[p] = self.start.model_copy(update={"precision": p})
+                c = self.by_precision[p] = self.start.with_(precision=p)
             ids = [o, p.value, ATTENTION_IDS[a], *self.rest]
             tech = self.s.ctx.taxonomy.get(o)
             if tech.memory is not None and tech.memory.state is StateKind.QUANTIZED_BLOCKWISE:
@@ -282,7 +293,7 @@ class _Cores:
         return v
 
     def ok(self, c: TrainingConfig) -> bool:
-        return self.ok_triple(c.optimizer, c.attention, c.precision)
+        return self.ok_triple(c.optimizer, c.kernels.attention, c.precision)
 
     def reference(self) -> TrainingConfig | None:
         """The baseline where the rules allow it, else the first allowed combination
@@ -293,7 +304,7 @@ class _Cores:
                 self.make(o, a, p)
                 for o, a, p in itertools.product(
                     _first(start.optimizer, space.optimizers),
-                    _first(start.attention, space.attentions),
+                    _first(start.kernels.attention, space.attentions),
                     _first(start.precision, space.precisions),
                 )
                 if self.ok_triple(o, a, p)
@@ -307,7 +318,7 @@ class _Cores:
         space = self.s.space
         pools: dict[str, Sequence[Any]] = {
             "optimizer": [c.optimizer] if dim == "optimizer" else space.optimizers,
-            "attention": [c.attention] if dim == "attention" else space.attentions,
+            "attention": [c.kernels.attention] if dim == "attention" else space.attentions,
             "precision": [c.precision] if dim == "precision" else space.precisions,
         }
         return any(
@@ -334,7 +345,7 @@ class _Cores:
         for i, o in enumerate(options):
             c = self.make(
                 o if dim == "optimizer" else ref.optimizer,
-                o if dim == "attention" else ref.attention,
+                o if dim == "attention" else ref.kernels.attention,
                 o if dim == "precision" else ref.precision,
             )
             if self.ok(c):
@@ -380,8 +391,8 @@ def screen_layouts(
         # One sample per micro-batch, accumulated over the whole per-replica batch: every
         # layout then steps over the same global batch (times compare), and pipelines see
         # as many micro-batches as they will run with (their bubble, not a worst case).
-        per, _ = per_replica_batch(s.batch, lay.dp)
-        plain = lay.apply(ref).model_copy(update={"micro_batch": 1, "grad_accumulation": per})
+        per, _ = per_replica_batch(s.batch, lay.parallel.data_parallel)
+        plain = lay.apply(ref).with_geometry(1, per)
         full = Savers(checkpointing=Checkpointing.FULL).apply(plain)
         pt = _point(s, lay.label, full, i) or _point(s, lay.label, plain, i)
         if pt is not None:
@@ -397,7 +408,15 @@ def screen_layouts(
     for pt in pts:
         if pt.key in al:
             lay = label_of[pt.key]
-            by_split.setdefault((lay.tp, lay.pp, lay.vp, lay.ep), []).append(pt)
+            by_split.setdefault(
+                (
+                    lay.parallel.tensor_parallel,
+                    lay.parallel.pipeline_parallel,
+                    lay.parallel.virtual_stages,
+                    lay.parallel.expert_parallel,
+                ),
+                [],
+            ).append(pt)
     for group in by_split.values():
         kept, _al, _ = screen(group, prune=PRUNE_LAYOUTS)
         heads.update(kept)

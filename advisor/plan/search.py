@@ -16,7 +16,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from advisor.config import Task, TrainingConfig
+from advisor.config import (
+    BatchGeometry,
+    Kernels,
+    ParallelLayout,
+    Task,
+    TrainingConfig,
+)
 from advisor.plan.constraints import reject, techniques_of
 from advisor.plan.evaluator import CostFn, Evaluator, Plan
 from advisor.plan.layout import Layout
@@ -125,7 +131,11 @@ def _planned_layouts(ctx: Context, s: PlanSearch, notes: list[str]) -> list[Layo
     if not pinned and w.world_size > 1 and not _time_prices_layouts(ctx, s.ev):
         # A step-time model blind to tensor/pipeline parallelism would see their memory
         # savings for free: plan data parallelism only, and say so.
-        layouts = [lay for lay in layouts if lay.tp == 1 and lay.pp == 1]
+        layouts = [
+            lay
+            for lay in layouts
+            if lay.parallel.tensor_parallel == 1 and lay.parallel.pipeline_parallel == 1
+        ]
         notes.append(
             "tensor and pipeline parallel layouts not planned: the step-time model does not "
             "price their communication yet (pin them with --tp/--pp to see their memory)"
@@ -137,7 +147,11 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
     """The layouts whose replicas do not exceed the requested global batch (the others are
     rejected, at the reference plan)."""
     space = s.space
-    batch_ok = [lay for lay in layouts if lay.dp <= s.batch.samples or not s.batch.requested]
+    batch_ok = [
+        lay
+        for lay in layouts
+        if lay.parallel.data_parallel <= s.batch.samples or not s.batch.requested
+    ]
     for lay in layouts:
         if lay not in batch_ok:
             c = lay.apply(reference_config(ctx, space, space.tasks[0]))
@@ -146,7 +160,8 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
                 reject(
                     c,
                     techniques_of(ctx, c),
-                    f"{lay.label}: {lay.dp} replicas exceed the global batch of "
+                    f"{lay.label}: {lay.parallel.data_parallel} replicas exceed the global "
+                    "batch of "
                     f"{s.batch.samples} samples",
                     "batch",
                 ),
@@ -201,9 +216,13 @@ def _time_prices_layouts(ctx: Context, ev: Evaluator) -> bool:
     """Whether the step-time model tells tensor parallelism from a single device (the same
     plan at tp 2 and tp 1 on one data-parallel rank): a model that does not price its
     all-reduces (Shoeybi et al. 2019) would make every TP/PP layout look free."""
-    c = TrainingConfig(task=Task.PRETRAIN, seq_len=ctx.workload.seq_len, stack=ctx.workload.stack)
+    c = TrainingConfig(
+        task=Task.PRETRAIN,
+        batch=BatchGeometry(seq_len=ctx.workload.seq_len),
+        kernels=Kernels(stack=ctx.workload.stack),
+    )
     try:
-        return ev.time(c.model_copy(update={"tensor_parallel": 2})).seconds != ev.time(c).seconds
+        return ev.time(c.with_(tensor_parallel=2)).seconds != ev.time(c).seconds
     except ValueError:
         return False
 
@@ -212,7 +231,7 @@ def _aliases_of(p: Plan, aliases: dict[tuple[str, str], list[str]]) -> list[str]
     task = p.config.task.value
     out = list(aliases.get((task, p.config.optimizer), []))
     out += aliases.get((task, p.config.precision.value), [])
-    out += [f"{a} attention" for a in aliases.get((task, p.config.attention.value), [])]
+    out += [f"{a} attention" for a in aliases.get((task, p.config.kernels.attention.value), [])]
     out += aliases.get(("layout", p.layout.label), [])
     return out
 
@@ -220,4 +239,8 @@ def _aliases_of(p: Plan, aliases: dict[tuple[str, str], list[str]]) -> list[str]
 def plain_layout(ctx: Context) -> Layout:
     """Data parallel over every device, no sharding."""
     w = ctx.workload
-    return Layout(world_size=w.world_size, gpus_per_node=max(w.gpus, 1), dp=w.world_size)
+    return Layout(
+        world_size=w.world_size,
+        gpus_per_node=max(w.gpus, 1),
+        parallel=ParallelLayout(data_parallel=w.world_size),
+    )

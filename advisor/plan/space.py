@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -12,9 +13,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import (
+    Adapters,
     Attention,
+    BatchGeometry,
     Checkpointing,
+    Kernels,
+    MemorySavers,
     Offload,
+    ParallelLayout,
     Precision,
     Sharding,
     Stack,
@@ -246,7 +252,7 @@ def host_fits(ctx: Context, config: TrainingConfig, m: MemoryEstimate | MemoryTo
 
     nvme = getattr(m, "nvme_bytes", None)
     host = m.host_bytes
-    if config.offload.nvme and nvme is None:
+    if config.savers.offload.nvme and nvme is None:
         # The memory model has not split NVMe from host RAM: what it offloads goes to NVMe.
         nvme, host = host, 0
     if host > host_usable(ctx.target):
@@ -272,52 +278,55 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         task=task,
         optimizer="adamw",
         precision=precision,
-        attention=Attention.FLASH,
-        checkpointing=Checkpointing.NONE,
-        micro_batch=ctx.workload.micro_batch or 1,
-        seq_len=ctx.workload.seq_len,
-        gpus=ctx.workload.world_size,
-        sharding=Sharding.NONE,
-        offload=Offload.NONE,
-        stack=ctx.workload.stack,
-        **lora_target_fields(ctx),
+        batch=BatchGeometry(
+            micro_batch=ctx.workload.micro_batch or 1, seq_len=ctx.workload.seq_len
+        ),
+        layout=ParallelLayout(data_parallel=ctx.workload.world_size, sharding=Sharding.NONE),
+        savers=MemorySavers(checkpointing=Checkpointing.NONE, offload=Offload.NONE),
+        kernels=Kernels(attention=Attention.FLASH, stack=ctx.workload.stack),
+        adapters=workload_adapters(ctx),
     )
 
 
-def lora_target_fields(ctx: Context) -> dict[str, tuple[str, ...]]:
-    """The workload's LoRA targets as a TrainingConfig field, when it names them."""
+def workload_adapters(ctx: Context) -> Adapters:
+    """The workload's LoRA targets as adapters (the default targets where it names none)."""
     targets = ctx.workload.lora_targets
-    return {} if targets is None else {"lora_targets": targets}
+    return Adapters() if targets is None else Adapters(lora_targets=targets)
 
 
 def describe_config(config: TrainingConfig) -> str:
     """A short human name for a configuration."""
-    parts = [config.optimizer, config.precision.value, f"{config.attention.value} attention"]
+    savers, kernels, layout = config.savers, config.kernels, config.layout
+    parts = [
+        config.optimizer,
+        config.precision.value,
+        f"{kernels.attention.value} attention",
+    ]
     if config.task in (Task.LORA, Task.QLORA):
-        parts.insert(0, f"{config.task.value} r={config.lora_rank}")
+        parts.insert(0, f"{config.task.value} r={config.adapters.lora_rank}")
     elif config.task is Task.FINETUNE:
         parts.insert(0, "full fine-tune")
     else:
         parts.insert(0, "pretrain")
-    if config.checkpointing is not Checkpointing.NONE:
-        parts.append(f"{config.checkpointing.value} checkpointing")
-    if config.activation_offload:
+    if savers.checkpointing is not Checkpointing.NONE:
+        parts.append(f"{savers.checkpointing.value} checkpointing")
+    if savers.activation_offload:
         parts.append("activation offload")
-    if config.offload is not Offload.NONE:
-        parts.append(f"offload {config.offload.value}")
-    if config.optimizer_in_backward:
+    if savers.offload is not Offload.NONE:
+        parts.append(f"offload {savers.offload.value}")
+    if savers.optimizer_in_backward:
         parts.append("optimizer in backward")
-    if config.fused_loss and config.stack is Stack.HF:
+    if kernels.fused_loss and kernels.stack is Stack.HF:
         parts.append("fused cross-entropy")
-    if config.tensor_parallel > 1:
-        parts.append(f"tp{config.tensor_parallel}")
-    if config.pipeline_parallel > 1:
-        v = f"x{config.virtual_stages}" if config.virtual_stages > 1 else ""
-        parts.append(f"pp{config.pipeline_parallel}{v}")
-    if config.expert_parallel > 1:
-        parts.append(f"ep{config.expert_parallel}")
-    if config.sharding is not Sharding.NONE:
-        parts.append(config.sharding.value)
+    if layout.tensor_parallel > 1:
+        parts.append(f"tp{layout.tensor_parallel}")
+    if layout.pipeline_parallel > 1:
+        v = f"x{layout.virtual_stages}" if layout.virtual_stages > 1 else ""
+        parts.append(f"pp{layout.pipeline_parallel}{v}")
+    if layout.expert_parallel > 1:
+        parts.append(f"ep{layout.expert_parallel}")
+    if layout.sharding is not Sharding.NONE:
+        parts.append(layout.sharding.value)
     return ", ".join(parts)
 
 
@@ -331,16 +340,34 @@ class Savers:
     activation_offload: bool = False
     optimizer_in_backward: bool = False
 
-    def apply(self, config: TrainingConfig) -> TrainingConfig:
-        return config.model_copy(
-            update={
-                "checkpointing": self.checkpointing,
-                "offload": self.offload,
-                "fused_loss": self.fused_loss,
-                "activation_offload": self.activation_offload,
-                "optimizer_in_backward": self.optimizer_in_backward,
-            }
+    @functools.cached_property
+    def record(self) -> MemorySavers:
+        """These savers as a configuration holds them (the default ac_frequency)."""
+        return MemorySavers(
+            checkpointing=self.checkpointing,
+            offload=self.offload,
+            activation_offload=self.activation_offload,
+            optimizer_in_backward=self.optimizer_in_backward,
         )
+
+    @functools.cached_property
+    def _kernels(self) -> dict[Kernels, Kernels]:
+        # The kernels of the configurations these savers were applied to, with the fused
+        # loss set as they set it: the ladders apply one rung to thousands of configurations
+        # that share a few kernel records (a memo of this rung, for the search's lifetime).
+        return {}
+
+    def apply(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` with these savers (its ac_frequency kept)."""
+        kernels = self._kernels.get(config.kernels)
+        if kernels is None:
+            kernels = self._kernels[config.kernels] = config.kernels.with_fused_loss(
+                self.fused_loss
+            )
+        savers = self.record
+        if savers.ac_frequency != config.savers.ac_frequency:
+            savers = savers.updated(ac_frequency=config.savers.ac_frequency)
+        return config.replace(savers=savers, kernels=kernels)
 
 
 class PlanSpace(BaseModel):
@@ -481,12 +508,10 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
 
     t = ctx.target
     cpu = t.device_kind is DeviceKind.CPU
-    frugal = config.model_copy(
-        update={
-            "checkpointing": Checkpointing.FULL,
-            "micro_batch": 1,
-            "fused_loss": "fused-cross-entropy" in ctx.taxonomy,
-        }
+    frugal = config.with_(
+        checkpointing=Checkpointing.FULL,
+        micro_batch=1,
+        fused_loss="fused-cross-entropy" in ctx.taxonomy,
     )
     offloads = [Offload.NONE]
     if host and not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
@@ -495,13 +520,18 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
         )
     layouts = workload_layouts(ctx)
     # Most devices per copy of the model first: the likeliest to fit.
-    layouts.sort(key=lambda lay: (-(lay.tp * lay.pp), -lay.sharding.zero_stage))
+    layouts.sort(
+        key=lambda lay: (
+            -(lay.parallel.tensor_parallel * lay.parallel.pipeline_parallel),
+            -lay.parallel.sharding.zero_stage,
+        )
+    )
     usable = usable_memory(t)
     for lay in layouts:
-        if config.task in (Task.LORA, Task.QLORA) and lay.pp > 1:
+        if config.task in (Task.LORA, Task.QLORA) and lay.parallel.pipeline_parallel > 1:
             continue
         for off in offloads:
-            c = lay.apply(frugal.model_copy(update={"offload": off}))
+            c = lay.apply(frugal.with_(offload=off))
             m = estimate(ctx, c)
             if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
                 return True
@@ -533,7 +563,7 @@ def mixed_precision_fits_on_device(ctx: Context, optimizers: list[Technique]) ->
     lightest = _lightest_first_order(optimizers)
     if lightest is None or base.precision in (Precision.BF16, Precision.FP16):
         return False
-    return _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id}), host=False)
+    return _frugal_fits(ctx, base.with_(optimizer=lightest.id), host=False)
 
 
 def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool]:
@@ -548,7 +578,7 @@ def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool
     if lightest is None:
         return False, False
     full = any(
-        _frugal_fits(ctx, base.model_copy(update={"optimizer": lightest.id, "precision": p}))
+        _frugal_fits(ctx, base.with_(optimizer=lightest.id, precision=p))
         for p in dict.fromkeys((Precision.BF16, base.precision))
     )
     if full or ctx.workload.task is Task.PRETRAIN:
@@ -557,9 +587,7 @@ def training_fits(ctx: Context, optimizers: list[Technique]) -> tuple[bool, bool
     adapters = any(
         _frugal_fits(
             ctx,
-            base.model_copy(
-                update={"optimizer": lightest.id, "task": task, "precision": Precision.BF16_MIXED}
-            ),
+            base.with_(optimizer=lightest.id, task=task, precision=Precision.BF16_MIXED),
         )
         for task in tasks
     )

@@ -82,29 +82,30 @@ def candidate_technique_ids(taxonomy: Taxonomy) -> set[str]:
 
 def config_techniques(config: TrainingConfig) -> list[str]:
     """The taxonomy ids a configuration uses, in a stable order."""
-    ids = [config.optimizer, config.precision.value, ATTENTION_IDS[config.attention]]
-    if config.checkpointing in CHECKPOINTING_IDS:
-        ids.append(CHECKPOINTING_IDS[config.checkpointing])
+    savers, kernels, layout = config.savers, config.kernels, config.layout
+    ids = [config.optimizer, config.precision.value, ATTENTION_IDS[kernels.attention]]
+    if savers.checkpointing in CHECKPOINTING_IDS:
+        ids.append(CHECKPOINTING_IDS[savers.checkpointing])
     if config.task in TASK_IDS:
         ids.append(TASK_IDS[config.task])
-    ids.extend(OFFLOAD_IDS.get(config.offload, []))
-    if config.optimizer_in_backward:
+    ids.extend(OFFLOAD_IDS.get(savers.offload, []))
+    if savers.optimizer_in_backward:
         ids.append(OPTIMIZER_IN_BACKWARD_ID)
-    if config.activation_offload:
+    if savers.activation_offload:
         ids.append(ACTIVATION_OFFLOAD_ID)
-    if config.sharding in SHARDING_IDS:
-        ids.append(SHARDING_IDS[config.sharding])
-    elif config.gpus > 1:
+    if layout.sharding in SHARDING_IDS:
+        ids.append(SHARDING_IDS[layout.sharding])
+    elif layout.data_parallel > 1:
         ids.append("ddp")
-    if config.tensor_parallel > 1:
+    if layout.tensor_parallel > 1:
         ids.extend(["tensor-parallel", "sequence-parallel"])
-    if config.pipeline_parallel > 1:
+    if layout.pipeline_parallel > 1:
         ids.append("pipeline-parallel")
-    if config.expert_parallel > 1:
+    if layout.expert_parallel > 1:
         ids.append("expert-parallel")
-    if config.grad_accumulation > 1:
+    if config.batch.grad_accumulation > 1:
         ids.append("gradient-accumulation")
-    if config.loss_fused:
+    if kernels.loss_fused:
         ids.append(FUSED_LOSS_ID)
     return ids
 

@@ -26,30 +26,34 @@ def _render_header(report: EstimateReport) -> None:
     """The configuration line and the kernel stack."""
     c = report.config
     layout = ""
-    if c.tensor_parallel > 1 or c.pipeline_parallel > 1 or c.expert_parallel > 1:
+    if (
+        c.layout.tensor_parallel > 1
+        or c.layout.pipeline_parallel > 1
+        or c.layout.expert_parallel > 1
+    ):
         layout = (
-            f", TP {c.tensor_parallel} × PP {c.pipeline_parallel}"
-            + (f" (×{c.virtual_stages} interleaved)" if c.virtual_stages > 1 else "")
-            + (f", EP {c.expert_parallel}" if c.expert_parallel > 1 else "")
+            f", TP {c.layout.tensor_parallel} × PP {c.layout.pipeline_parallel}"
+            + (f" (×{c.layout.virtual_stages} interleaved)" if c.layout.virtual_stages > 1 else "")
+            + (f", EP {c.layout.expert_parallel}" if c.layout.expert_parallel > 1 else "")
         )
     savers = [
         name
         for name, on in (
-            ("fused loss", c.fused_loss),
-            ("optimizer in backward", c.optimizer_in_backward),
-            ("activation offload", c.activation_offload),
+            ("fused loss", c.kernels.fused_loss),
+            ("optimizer in backward", c.savers.optimizer_in_backward),
+            ("activation offload", c.savers.activation_offload),
         )
         if on
     ]
     common.console.print(
         f"[bold]{safe(report.model)}[/] ({format_count(report.parameters)} parameters, "
         f"{format_count(report.trainable_parameters)} trainable) — {c.task.value}, {c.optimizer}, "
-        f"{c.precision.value}, {c.attention.value} attention, "
-        f"checkpointing {c.checkpointing.value}, "
-        f"micro-batch {c.micro_batch} × {c.seq_len} tokens"
-        + (f" × {c.grad_accumulation} accumulation" if c.grad_accumulation > 1 else "")
-        + f", {c.gpus} data-parallel device(s){layout}, "
-        f"sharding {c.sharding.value}, offload {c.offload.value}"
+        f"{c.precision.value}, {c.kernels.attention.value} attention, "
+        f"checkpointing {c.savers.checkpointing.value}, "
+        f"micro-batch {c.batch.micro_batch} × {c.batch.seq_len} tokens"
+        + (f" × {c.batch.grad_accumulation} accumulation" if c.batch.grad_accumulation > 1 else "")
+        + f", {c.layout.data_parallel} data-parallel device(s){layout}, "
+        f"sharding {c.layout.sharding.value}, offload {c.savers.offload.value}"
         + (f", {', '.join(savers)}" if savers else ""),
         markup=True,
     )
