@@ -325,7 +325,7 @@ def _accelerate_fsdp(
         # `accelerate launch` then passes its default FSDP_SHARDING_STRATEGY=FULL_SHARD and
         # the FSDP1 wrapper prefers that (accelerator.py: "sharding_strategy or
         # reshard_after_forward"), so HYBRID_SHARD would be lost; the deprecated key is the
-        # one that is honoured (tests/test_emit_engines.py launches it).
+        # one that is honoured (tests/export/test_emit_engines.py launches it).
         "fsdp_sharding_strategy": strategy,
         "fsdp_reshard_after_forward": strategy,
         # FSDP offloads parameters and gradients, and the optimizer step runs on the CPU:

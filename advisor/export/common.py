@@ -17,7 +17,7 @@ from advisor.export.hyperparams import Hyperparameters, family_of, hyperparamete
 # (src/accelerate/commands/config/cluster.py) and ClusterConfig (config_args.py, which rejects
 # unknown top-level keys; tests load each file with load_config_from_file); torchtitan v0.2.2
 # (torchtitan/config/job_config.py, the last release with TOML job files); Megatron-LM
-# core_v0.19.0 (megatron/training/arguments.py). tests/test_emit*.py hold the key lists.
+# core_v0.19.0 (megatron/training/arguments.py). tests/export/test_emit*.py hold the key lists.
 
 #: Where NVMe offload writes unless the caller names a folder (DeepSpeed's docs use it too).
 DEFAULT_NVME_PATH = "/local_nvme"

@@ -19,11 +19,12 @@ what each phase holds (a component may be partly alive, e.g. gradients during ba
 
 Activation counts depend on the kernel stack (:class:`~advisor.config.Stack`). ``hf`` counts
 are derived from the Hugging Face blocks as PyTorch autograd saves them (Llama / Qwen2 /
-Mistral / GPT-2 / OPT, no dropout) and are verified by ``tests/test_memory_measured.py``
+Mistral / GPT-2 / OPT, no dropout) and are verified by ``tests/memory/test_memory_measured.py``
 against ``saved_tensors_hooks``. ``fused`` counts follow the tensors the production kernels
 save (FlashAttention, fused RMSNorm/LayerNorm, fused SwiGLU/bias-GELU, fused cross-entropy);
 their sources are cited where they are counted, and what runs on a CPU (flash SDPA, a
-chunked linear cross-entropy in plain PyTorch) is measured in ``tests/test_memory_stacks.py``.
+chunked linear cross-entropy in plain PyTorch) is measured in
+``tests/memory/test_memory_stacks.py``.
 
 Parallel layouts divide the per-device share: tensor parallelism with sequence parallelism
 splits block matrices, the vocabulary and every activation by ``tp`` (Shoeybi et al. 2019;

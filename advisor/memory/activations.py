@@ -29,7 +29,7 @@ def _norm_bytes(
 
     ``frozen``: the norm's weight gets no gradient (LoRA/QLoRA), so HF RMSNorm's final
     ``weight * normalized`` does not save ``normalized`` (measured with PEFT in
-    tests/test_memory_qlora.py); LayerNorm and fused kernels save the same either way."""
+    tests/memory/test_memory_qlora.py); LayerNorm and fused kernels save the same either way."""
     if layernorm or fused:
         # native_layer_norm saves its input and fp32 mean and rstd per row. Fused RMSNorm
         # kernels save the input and an fp32 rstd per row (Liger ``rms_norm`` saves X, W and
@@ -100,7 +100,7 @@ def layer_activation_bytes(
             input (``MatMul4Bit`` holds only the packed weight since bitsandbytes 0.43.2,
             PR #1270), and it returns its input's dtype (``.to(inp_dtype)``), so under
             autocast with the fp32 residual of ``prepare_model_for_kbit_training`` the MLP's
-            intermediates are fp32 (measured in tests/test_memory_qlora.py).
+            intermediates are fp32 (measured in tests/memory/test_memory_qlora.py).
         lora_dropout: PEFT's ``lora_dropout > 0``: each adapter runs ``lora_A(dropout(x))``
             on its own, keeping its dropout output (where no autocast cast replaces it)
             and the mask, so adapters reading one tensor no longer share it.
@@ -110,7 +110,7 @@ def layer_activation_bytes(
             hidden-state dropouts (their outputs go into a residual add, which keeps
             nothing) and, under eager attention, the probabilities' mask and the dropped
             probabilities the value matmul keeps (measured on BERT in
-            tests/test_memory_encoder.py).
+            tests/memory/test_memory_encoder.py).
 
     Returns:
         The bytes of one block on one device.
@@ -212,7 +212,7 @@ class _Block:
         # than the tensor's (autocast's 16-bit inputs from the fp32 residual stream, fp8
         # inputs from bf16) each casts it itself: autocast caches only casts of leaf
         # weights, so q, k and v keep three copies (measured in
-        # tests/test_memory_stacks.py). One fused matrix reads it once.
+        # tests/memory/test_memory_stacks.py). One fused matrix reads it once.
         kept = [n for n in names if self.saved_input(n)]
         if not kept:
             return 0
@@ -317,7 +317,7 @@ def _attention_activation_bytes(k: _Block) -> int:
         # a different dtype (fp8) is an extra copy.
         total += c * t * qd + (o_in * t * qd if o_in and o_in != c else 0)
         if quantized and o_in and res != c:
-            # NOTE: measured (tests/test_memory_qlora.py): when the 4-bit projections hand
+            # NOTE: measured (tests/memory/test_memory_qlora.py): when the 4-bit projections hand
             # SDPA fp32 q, k, v under autocast, o_proj's adapter keeps a contiguous copy of
             # the kernel's output rather than sharing its storage.
             total += o_in * t * qd

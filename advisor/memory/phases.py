@@ -58,7 +58,7 @@ def phases_of(
     saved: each block's copies until that block's backward, none under full recomputation
     (the recomputed block casts its own; the LM head, never recomputed, keeps its copy
     ``head_cache`` until the loss backward). The optimizer step never sees them (measured in
-    tests/test_memory_stacks.py). Transformer Engine's fp8 weight copies are workspaces
+    tests/memory/test_memory_stacks.py). Transformer Engine's fp8 weight copies are workspaces
     its modules keep from step to step: alive in every phase.
     """
     savers = config.savers

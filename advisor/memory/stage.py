@@ -266,7 +266,7 @@ def _transients(
         # NOTE: torch's foreach/multi-tensor steps allocate one temporary per parameter of
         # the local shard (e.g. Adam's denominator) in the dtype of what they step: fp32
         # parameters or masters 4 B, bare 16-bit parameters 2 B (measured in
-        # tests/test_memory_stacks.py); stepped per layer in backward, one block's worth.
+        # tests/memory/test_memory_stacks.py); stepped per layer in backward, one block's worth.
         # Fused kernels update in place: no temporary.
         step_tr = shard(p_t * dt.state, 1)
         if savers.optimizer_in_backward:
@@ -284,7 +284,7 @@ def _transients(
         # buffer and cast that to fp32, both alive at once beside the 16-bit gradients
         # (runtime/zero/stage_1_and_2.py step: flatten(averaged_gradients).to(fp32);
         # stage3.py likewise): 2 + 4 bytes per parameter of the partition (measured with
-        # DeepSpeed 0.19.8 on the CPU, stages 1-3, in tests/test_memory_finetune.py). The
+        # DeepSpeed 0.19.8 on the CPU, stages 1-3, in tests/memory/test_memory_finetune.py). The
         # 16-bit copy is freed before the optimizer runs beside the fp32 gradients.
         step_tr = max(shard(p_t * (dt.grad + 4), 1), shard(p_t * 4, 1) + step_tr)
     # The gradient flowing through the blocks: the incoming gradient of a block's output
@@ -300,7 +300,7 @@ def _transients(
     ):
         # GPT-2's tanh GELU is written out in Python: its backward walks a chain of
         # elementwise ops, each making a b·s·f gradient before the saved inputs it frees
-        # (three alive at once, measured on a full step in tests/test_memory_stacks.py).
+        # (three alive at once, measured on a full step in tests/memory/test_memory_stacks.py).
         grad_flow += math.ceil(3 * dt.act * b * s * d["f"] / tp)
     if config.task is Task.QLORA and not zeroth:
         # bitsandbytes runs a 4-bit matmul of more than 1536 rows as dequantize + F.linear

@@ -345,7 +345,7 @@ def _weight_cache(
     if config.task is not Task.QLORA:
         linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
     # LoRA's adapters are linear weights too (trainable: cast, cached and saved like a
-    # full model's; measured with PEFT in tests/test_memory_stacks.py).
+    # full model's; measured with PEFT in tests/memory/test_memory_stacks.py).
     adapter_params = sum(t.numel * t.count for t in trainable if t.per_layer)
     linear += adapter_params if adapters else 0
     # The LM head: its own matrix, or the embedding it is tied to (cast like any other

@@ -19,7 +19,7 @@ them.
 
 Two sources fill it. A spec built from shape fields gets its blocks from those fields
 (:func:`field_block`, as the reference implementations build them; checked against real
-``transformers`` models in ``tests/test_model_families.py``). A spec from the general
+``transformers`` models in ``tests/model/test_model_families.py``). A spec from the general
 Hugging Face path carries the real module's parameter inventory
 (:mod:`advisor.model.inventory`); its exact blocks are that inventory's groups, placed by
 :func:`inventory_groups` (the adapter), while its fields still give one representative

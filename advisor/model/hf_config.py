@@ -44,7 +44,7 @@ LLAMA_LIKE = (
 )
 HF_TYPES = ("bert", "gpt2", "opt", *LLAMA_LIKE, "gemma3")
 # NOTE: what transformers 5 assumes when config.json omits a key (its config classes'
-# defaults; tests/test_model_families.py checks this table against them). Real configs
+# defaults; tests/model/test_model_families.py checks this table against them). Real configs
 # omit some: Gemma 3's multimodal configs state only a few text_config keys.
 HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "mistral": {"num_key_value_heads": 8},

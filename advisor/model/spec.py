@@ -16,7 +16,7 @@ Counting conventions, the ones the reference implementations use:
 * decoders (``arch: decoder``) are counted as the causal-LM model: embeddings, the
   blocks, the final norm and the LM head unless ``tie_word_embeddings``, with the tensors
   transformers 5 builds (checked family by family on the meta device in
-  ``tests/test_model_families.py``): Llama 1-3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3 (q/k
+  ``tests/model/test_model_families.py``): Llama 1-3.x, Mistral, Mixtral, Qwen2/2.5, Qwen3 (q/k
   norms), Qwen3-MoE, Gemma 2/3 (four norms per block), Phi-3/4 (fused qkv and gate/up),
   OLMo 2 (post-norms, full-width q/k norms) and DeepSeek-V3 (multi-head latent attention,
   routed + shared experts, dense first layers; buffers such as its router's

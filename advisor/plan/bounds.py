@@ -5,7 +5,7 @@ memory-saver rungs (:mod:`advisor.plan.ladders`) and micro-batches by
 :class:`advisor.plan.planner.PlanSearch`. The bounds here read the search through
 :class:`LadderSource` (its memoised evaluator, its rules, its rung filter);
 :meth:`advisor.plan.planner.PlanSearch.bound` turns them into a score and
-``tests/test_search_bound.py`` holds every walked ladder to them.
+``tests/plan/test_search_bound.py`` holds every walked ladder to them.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def best_geometry(
     else:
         # Without a pipeline, time per token does not grow with the micro-batch (per-sample
         # compute and exposed communication fall with it; the bounds of the search rest on
-        # the same fact, tests/test_search_bound.py): the largest that fits is the fastest.
+        # the same fact, tests/plan/test_search_bound.py): the largest that fits is the fastest.
         candidates = fitting[-1:]
     if smallest:
         candidates = fitting[:1]

@@ -10,7 +10,7 @@ from advisor.config import TrainingConfig
 from advisor.cost.convergence import StepsBand, StepsSource
 
 # NOTE: every field carries a description: `optadvise recommend --schema` is the contract
-# scripts read (tests/test_report_schema.py walks it and fails on an undescribed field).
+# scripts read (tests/plan/test_report_schema.py walks it and fails on an undescribed field).
 
 
 def _d(text: str, **kw: Any) -> Any:

@@ -276,7 +276,7 @@ class PlanSearch:
         rung's peak and the best rung's rules (see :meth:`LadderBounds.level_terms` for which
         rungs are the fastest and the leanest). :meth:`fine_cut` bounds
         each rung on its own. ``steps=False`` leaves out the optimizer's steps to target
-        (the layout screen's score). tests/test_search_bound.py holds every walked ladder
+        (the layout screen's score). tests/plan/test_search_bound.py holds every walked ladder
         to both.
         """
         lb = self._ladder_bounds(core, layout, screen)

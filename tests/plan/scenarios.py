@@ -106,7 +106,7 @@ def hand_plan(
     c = TrainingConfig(**{"task": Task.FINETUNE, "seq_len": 1024, **config})
     return Plan(
         config=c,
-        layout=Layout(world_size=1, gpus_per_node=1, dp=1),
+        layout=Layout(world_size=1, gpus_per_node=1),
         techniques=list(techniques or (c.optimizer,)),
         peak_bytes=peak,
         cost=StepCost(seconds=seconds, source="analytic", components={"compute": seconds}),

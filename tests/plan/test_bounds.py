@@ -55,34 +55,38 @@ SCENARIOS: dict[str, tuple[str, str, dict[str, Any]]] = {
 
 def _cores(ctx: Context) -> list[TrainingConfig]:
     base = baseline_config(ctx)
-    out = [base.model_copy(update={"optimizer": o}) for o in ("adamw", "adafactor", "adamw-8bit")]
-    out.append(base.model_copy(update={"precision": Precision.FP32}))
+    out = [base.with_(optimizer=o) for o in ("adamw", "adafactor", "adamw-8bit")]
+    out.append(base.with_(precision=Precision.FP32))
     if ctx.workload.task is Task.FINETUNE:
-        out.append(base.model_copy(update={"task": Task.LORA}))
+        out.append(base.with_(task=Task.LORA))
     return out
 
 
 def _layouts(ctx: Context) -> list[Layout]:
     layouts = workload_layouts(ctx)
-    return [lay for lay in layouts if lay.tp == 1 and lay.pp == 1][:3]
+    return [
+        lay
+        for lay in layouts
+        if lay.parallel.tensor_parallel == 1 and lay.parallel.pipeline_parallel == 1
+    ][:3]
 
 
 def _bounds(ps: PlanSearch, core: TrainingConfig, layout: Layout) -> LadderBounds:
     """The bounds of one ladder, from the search's own view of what it walks."""
     base = layout.apply(core)
-    per, _ = per_replica_batch(ps.batch, layout.dp)
-    levels, settled = ps.walked(base, per, layout.dp, ps.ladder)
+    per, _ = per_replica_batch(ps.batch, layout.parallel.data_parallel)
+    levels, settled = ps.walked(base, per, layout.parallel.data_parallel, ps.ladder)
     present = frozenset(techniques_of(ps.ctx, base))
-    return LadderBounds(ps, base, per, layout.dp, levels, present, settled)
+    return LadderBounds(ps, base, per, layout.parallel.data_parallel, levels, present, settled)
 
 
 def _savers(c: TrainingConfig) -> Savers:
     return Savers(
-        checkpointing=c.checkpointing,
-        offload=c.offload,
-        fused_loss=c.fused_loss,
-        activation_offload=c.activation_offload,
-        optimizer_in_backward=c.optimizer_in_backward,
+        checkpointing=c.savers.checkpointing,
+        offload=c.savers.offload,
+        fused_loss=c.kernels.fused_loss,
+        activation_offload=c.savers.activation_offload,
+        optimizer_in_backward=c.savers.optimizer_in_backward,
     )
 
 

@@ -191,22 +191,22 @@ def test_why_not_places_a_ranked_option_below_the_shown_rows() -> None:
 
 def _tight(ctx: Context) -> TrainingConfig:
     base = baseline_config(ctx)
-    return base.model_copy(update={"checkpointing": Checkpointing.FULL, "micro_batch": 1})
+    return base.with_(checkpointing=Checkpointing.FULL, micro_batch=1)
 
 
 def _claimed(ctx: Context, s: Suggestion) -> TrainingConfig | None:
     """The configuration a suggestion says would fit (None: it names none)."""
     tight = _tight(ctx)
     if m := re.fullmatch(r"(\d+) devices with ZeRO-3", s.change):
-        return tight.model_copy(update={"gpus": int(m.group(1)), "sharding": Sharding.ZERO3})
+        return tight.with_(data_parallel=int(m.group(1)), sharding=Sharding.ZERO3)
     if s.change == "QLORA fine-tuning":
-        return tight.model_copy(update={"task": Task.QLORA, "precision": Precision.BF16_MIXED})
+        return tight.with_(task=Task.QLORA, precision=Precision.BF16_MIXED)
     if s.change == "LORA fine-tuning":
-        return tight.model_copy(update={"task": Task.LORA})
+        return tight.with_(task=Task.LORA)
     if s.change == "zeroth-order fine-tuning (MeZO)":
-        return baseline_config(ctx).model_copy(update={"optimizer": "mezo", "micro_batch": 1})
+        return baseline_config(ctx).with_(optimizer="mezo", micro_batch=1)
     if m := re.fullmatch(r"sequence length (\d+), micro-batch 1", s.change):
-        return tight.model_copy(update={"seq_len": int(m.group(1))})
+        return tight.with_(seq_len=int(m.group(1)))
     return None
 
 
@@ -238,7 +238,7 @@ def test_each_suggestion_fits_by_the_memory_model(
             # The fewest devices that fit: half as many do not.
             n = int(m.group(1))
             if n // 2 > ctx.workload.world_size:
-                half = c.model_copy(update={"gpus": n // 2})
+                half = c.with_(data_parallel=n // 2)
                 assert estimate(ctx, half).total_bytes > usable, s
     assert checked
 
@@ -258,8 +258,8 @@ def test_the_fallback_suggestion_comes_only_when_no_frugal_option_fits() -> None
     out = suggestions(ctx, usable)
     assert [s.change for s in out] == ["a smaller model or a bigger device"]
     tight = _tight(ctx)
-    many = tight.model_copy(update={"gpus": 1024, "sharding": Sharding.ZERO3})
-    qlora = tight.model_copy(update={"task": Task.QLORA, "precision": Precision.BF16_MIXED})
+    many = tight.with_(data_parallel=1024, sharding=Sharding.ZERO3)
+    qlora = tight.with_(task=Task.QLORA, precision=Precision.BF16_MIXED)
     assert estimate(ctx, many).total_bytes > usable
     assert estimate(ctx, qlora).total_bytes > usable
 
@@ -279,8 +279,8 @@ def test_an_offload_suggestion_fits_the_host_of_the_devices_it_suggests() -> Non
     many = target_from_profile(get_hardware_profile("t4"), gpus=n, nodes=1, memory_budget=None)
     assert many.host_memory_bytes == 48 * GIB  # the g4dn.12xlarge's 192 GiB over 4 GPUs
     wide = ctx.model_copy(update={"target": many})
-    c = _tight(ctx).model_copy(
-        update={"gpus": n, "sharding": Sharding.ZERO3, "offload": Offload.OPTIMIZER_PARAMS}
+    c = _tight(ctx).with_(
+        data_parallel=n, sharding=Sharding.ZERO3, offload=Offload.OPTIMIZER_PARAMS
     )
     assert host_fits(wide, c, estimate(wide, c)) is None
 

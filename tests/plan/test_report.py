@@ -43,7 +43,7 @@ def test_a_small_case_fits_with_rows_in_objective_order() -> None:
         assert x.headroom_bytes == r.hardware.device_memory_bytes - x.peak_memory_bytes
         assert x.micro_batch * x.grad_accumulation * x.data_parallel == x.global_batch
         assert x.tokens_per_s == pytest.approx(x.global_batch * 1024 / x.step_time_s)
-        assert x.config.micro_batch == x.micro_batch and x.config.optimizer == x.optimizer
+        assert x.config.batch.micro_batch == x.micro_batch and x.config.optimizer == x.optimizer
     assert r.cost_note == "costs: analytic (test)"
 
 

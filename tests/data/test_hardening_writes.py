@@ -20,7 +20,8 @@ from advisor.calibration import cache as cal_cache
 from advisor.cost.data import CalibrationCache, LayerShape
 from advisor.data import safeio
 from advisor.shell.cli import app
-from tests.test_cli_measured_default import _measured_cache
+from tests.paths import ROOT_DIR
+from tests.shell.test_cli_measured_default import _measured_cache
 
 runner = CliRunner()
 EMIT = ["recommend", "--hardware", "a10g", "--model-size", "125M", "--emit", "deepspeed"]
@@ -216,7 +217,7 @@ def test_two_calibrate_processes_for_different_shapes_on_one_cache_keep_both(
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT_DIR
     base = tmp_path / "base.json"
     base.write_text(_measured_cache().model_dump_json())
     go = tmp_path / "go"

@@ -11,7 +11,6 @@ import itertools
 import json
 import shlex
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,13 +35,14 @@ from advisor.export import (
     emit_torchtitan,
     torch_emission,
 )
+from tests.paths import FIXTURES_DIR
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - the project's CI runs 3.11
     tomllib = pytest.importorskip("tomli")
 
-FIXTURES = Path(__file__).parent / "fixtures" / "engines"
+FIXTURES = FIXTURES_DIR / "engines"
 TORCHTITAN = json.loads((FIXTURES / "torchtitan_v0.2.2_job_config.json").read_text())
 MEGATRON = json.loads((FIXTURES / "megatron_core_v0.19.0_flags.json").read_text())
 TT_KEYS: dict[str, dict[str, Any]] = TORCHTITAN["keys"]

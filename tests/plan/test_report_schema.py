@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 from advisor.errors import EXIT_NOTHING_FITS, EXIT_OK, EXIT_USAGE
 from advisor.plan.space import BALANCED_MEMORY_TRADE, Objective, objective_score
 from advisor.shell.cli import app
+from tests.paths import ROOT_DIR
 
 runner = CliRunner()
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT_DIR / "README.md"
 # 70B on a 4 GB budget with 8 GB of host RAM and no NVMe: not even QLoRA's 4-bit base fits.
 NOTHING_FITS = [
     "recommend", "--model-size", "70B", "--hardware", "rtx-4090", "--memory-budget", "4GB",

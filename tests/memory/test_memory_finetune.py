@@ -26,6 +26,7 @@ from advisor.memory import (
 from advisor.model import get_model_profile
 from advisor.rules.taxonomy import load_taxonomy
 from tests.memhelpers import spec_for
+from tests.paths import ROOT_DIR
 
 TAX = {t.id: t for t in load_taxonomy().techniques}
 # Wide enough that the embedding, the LM head and the MLP matrices pass bitsandbytes'
@@ -227,7 +228,6 @@ def test_deepspeed_zero_steps_an_fp32_copy_of_the_gradient_partition(stage: int)
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     pytest.importorskip("deepspeed")
     with socket.socket() as sock:
@@ -241,7 +241,7 @@ def test_deepspeed_zero_steps_an_fp32_copy_of_the_gradient_partition(stage: int)
         WORLD_SIZE="1",
         LOCAL_RANK="0",
     )
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT_DIR
     run = subprocess.run(
         [sys.executable, "-c", _DEEPSPEED_STEP, str(stage)],
         capture_output=True,

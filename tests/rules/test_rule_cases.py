@@ -14,8 +14,9 @@ from advisor.rules.engine import decide
 from advisor.rules.facts import FactSpace, load_facts
 from advisor.rules.ruleset import LocatedRule, RuleSet, load_rules
 from advisor.rules.taxonomy import Category, Taxonomy, load_taxonomy
+from tests.paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).parent / "fixtures" / "rule_cases"
+FIXTURES = FIXTURES_DIR / "rule_cases"
 _CASE_KEYS = {"rule", "name", "facts", "fires", "expect"}
 _VERBS = ("require", "exclude", "prefer", "avoid")
 

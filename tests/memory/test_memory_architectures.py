@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tests.memhelpers import count_layer_activations  # noqa: E402
-from tests.test_model_families import _BASE, CASES, _config, _write  # noqa: E402
+from tests.model.test_model_families import _BASE, CASES, _config, _write  # noqa: E402
 
 
 @pytest.mark.parametrize(

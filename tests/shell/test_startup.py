@@ -25,8 +25,9 @@ from advisor.hardware.profiles import load_hardware_profiles
 from advisor.memory import MemoryEstimate, MemoryMemo, estimate_memory
 from advisor.model import resolve_model_size
 from advisor.rules.taxonomy import load_taxonomy
+from tests.paths import ROOT_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 
 # Runs a command in-process and prints the top-level packages it imported.
 _MODULES = """

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 from advisor import notes
 from advisor.calibration import cache as cal_cache
 from advisor.shell.cli import app
-from tests.test_cli_measured_default import _measured_cache
+from tests.paths import ROOT_DIR
+from tests.shell.test_cli_measured_default import _measured_cache
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 
 RULE = """\
   - id: {id}

@@ -195,7 +195,7 @@ def test_op_policy_on_transformers_families(case: str, tmp_path: Any) -> None:
     import transformers
 
     from advisor.model import load_hf_config
-    from tests.test_model_families import _BASE, CASES, _config, _write
+    from tests.model.test_model_families import _BASE, CASES, _config, _write
 
     _, model_type, keys = next(c for c in CASES if c[0] == case)
     b, s = 2, 32

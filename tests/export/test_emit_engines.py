@@ -26,11 +26,12 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.export import EmitTarget, accelerate_emission, emit_config, emit_deepspeed
+from tests.paths import ROOT_DIR
 
 ds_config = pytest.importorskip("deepspeed.runtime.config")
 acc_launch = pytest.importorskip("accelerate.commands.launch")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 # The optimizers ZeRO accepts without zero_allow_untested_optimizer, as DeepSpeed builds them
 # from these config types (deepspeed/runtime/zero/utils.py ZERO_SUPPORTED_OPTIMIZERS).
 ZERO_TESTED_TYPES = {"Adam", "AdamW", "Adagrad", "Lion", "Muon"}

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 
 from advisor.rules.checks import CheckReport, DefectKind, check_rules
 from advisor.shell.cli import app
+from tests.paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).parent / "fixtures" / "rulesets"
+FIXTURES = FIXTURES_DIR / "rulesets"
 CANDIDATES = {"sgd", "adamw", "fp8-mixed"}
 
 

@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from advisor.shell.cli import app
-from tests.test_cli_hardening import _hostile_files
-from tests.test_cli_measured_default import _measured_cache
+from tests.shell.test_cli_hardening import _hostile_files
+from tests.shell.test_cli_measured_default import _measured_cache
 
 SEED = 20261130
 CASES = 420

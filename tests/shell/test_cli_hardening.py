@@ -19,9 +19,10 @@ from advisor.model import load_model_profiles
 from advisor.rules.ruleset import load_rules
 from advisor.rules.taxonomy import load_taxonomy
 from advisor.shell.cli import app
+from tests.paths import ROOT_DIR
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 
 
 def _present(ident: str, text: str) -> bool:
@@ -82,7 +83,7 @@ def test_calibration_tables_show_optimizer_ids_whole(monkeypatch: pytest.MonkeyP
     from rich.console import Console
 
     from advisor.shell import render
-    from tests.test_cli_measured_default import _measured_cache
+    from tests.shell.test_cli_measured_default import _measured_cache
 
     cache = _measured_cache()
     for width in (100, 40, 16):

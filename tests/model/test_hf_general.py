@@ -5,7 +5,7 @@ family's documented config fields. Parameter counts are checked against the mode
 transformers builds on the meta device from the same file (for a vision-language model:
 the whole model, less its vision tower and projector); the activation memory of the
 families whose fields rebuild every tensor against saved-tensor hooks on a real tiny
-model on the CPU, as the built-in families are (tests/test_memory_architectures.py).
+model on the CPU, as the built-in families are (tests/memory/test_memory_architectures.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 from advisor.config import Attention, Precision
 from advisor.errors import UserError
 from advisor.memory import layer_activation_bytes, param_tensors
+from tests.paths import FIXTURES_DIR, ROOT_DIR
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -32,8 +33,8 @@ from tests.memhelpers import count_layer_activations  # noqa: E402
 
 pytestmark = pytest.mark.heavy
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hfconfigs"
-ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = FIXTURES_DIR / "hfconfigs"
+ROOT = ROOT_DIR
 FAMILIES = [
     "gpt-oss",
     "llama4",
@@ -179,7 +180,7 @@ def test_the_inventory_is_cached_by_content_and_a_warm_run_imports_no_torch(
 def test_a_built_in_family_never_imports_torch_or_transformers(tmp_path: Path) -> None:
     code = _SECOND_RUN
     env = {**os.environ, "OPTADVISE_CACHE_DIR": str(tmp_path)}
-    cfg = Path(__file__).parent / "fixtures" / "configs" / "tiny-llama.json"
+    cfg = FIXTURES_DIR / "configs" / "tiny-llama.json"
     out = subprocess.run(
         [sys.executable, "-c", code, str(cfg)],
         cwd=ROOT,
@@ -220,7 +221,7 @@ def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     per_block = layer_activation_bytes(spec, b, s, Attention.EAGER, precision)
     # Each block's RoPE saves the shared cos/sin tables (s x rotary width); the hooks
     # attribute them to every block, the model counts them once (as in
-    # tests/test_memory_architectures.py).
+    # tests/memory/test_memory_architectures.py).
     # Qwen2-VL's M-RoPE takes positions per sequence (3 x b x s ids): its tables are b x.
     rope = (spec.rotary_dim or spec.head_dim) if spec.position.value == "rope" else 0
     if spec.mla is not None:  # MLA's RoPE tables are as wide as its rotary part

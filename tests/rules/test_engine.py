@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from advisor.rules.engine import decide, requirement_rules
 from advisor.rules.ruleset import load_rules
 from advisor.rules.taxonomy import load_taxonomy
+from tests.paths import FIXTURES_DIR
 
-FIX = Path(__file__).parent / "fixtures" / "rulesets"
+FIX = FIXTURES_DIR / "rulesets"
 TAX = load_taxonomy(FIX / "ok" / "taxonomy.yaml")
 
 scenarios = st.fixed_dictionaries(

@@ -26,12 +26,13 @@ from advisor.model import (
     load_model_profiles,
     resolve_model_size,
 )
+from tests.paths import FIXTURES_DIR
 
-CONFIGS = Path(__file__).parent / "fixtures" / "configs"
+CONFIGS = FIXTURES_DIR / "configs"
 MODELS_DIR = profiles_dir() / "models"
 PROFILES = load_model_profiles()
 TRANSFORMER_IDS = sorted(i for i, p in PROFILES.items() if p.arch is not Arch.CNN)
-# The families whose config.json _config_json below writes; tests/test_model_families.py
+# The families whose config.json _config_json below writes; tests/model/test_model_families.py
 # checks the others (Qwen3, Gemma 3, Phi-4, DeepSeek-V3 ...) from their released configs.
 CLASSIC_IDS = sorted(
     i

@@ -16,9 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from advisor.shell.cli import app
+from tests.paths import ROOT_DIR
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 HOSTILE_TEXT = "x[/x] [link=http://evil.example]click[/link] \x1b[2J\x1b]0;title\x07 \u202eevil"
 
 

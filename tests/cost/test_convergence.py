@@ -26,9 +26,10 @@ from advisor.plan import RecommendReport
 from advisor.rules.checks import DefectKind, check_rules
 from advisor.rules.taxonomy import Basis, Category, StateKind, load_taxonomy
 from advisor.shell.cli import app
+from tests.paths import FIXTURES_DIR
 
 TAX = load_taxonomy()
-FIXTURES = Path(__file__).parent / "fixtures" / "rulesets"
+FIXTURES = FIXTURES_DIR / "rulesets"
 
 
 def test_every_optimizer_and_adapter_has_sourced_step_data() -> None:
