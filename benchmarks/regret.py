@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.config import Precision
+from advisor.config import Precision, TrainingConfig
 from advisor.plan import Recommendation, describe_config
 from benchmarks.realstep import (
     StepTiming,
@@ -77,22 +77,31 @@ def sample(ranking: list[Recommendation], top: int, extra: int) -> list[Recommen
             break
         if _runnable(r):
             chosen.append(r)
-    covered = {(d, getattr(r.config, d)) for r in chosen for d in _DIMENSIONS}
+    covered = {(d, _value(r.config, d)) for r in chosen for d in _DIMENSIONS}
     added = 0
     for dim in _DIMENSIONS:
         for r in ranking:
             if added >= extra:
                 return chosen
-            key = (dim, getattr(r.config, dim))
+            key = (dim, _value(r.config, dim))
             if key in covered or r in chosen or not _runnable(r):
                 continue
             chosen.append(r)
-            covered |= {(d, getattr(r.config, d)) for d in _DIMENSIONS}
+            covered |= {(d, _value(r.config, d)) for d in _DIMENSIONS}
             added += 1
     return chosen
 
 
 _DIMENSIONS = ("task", "precision", "attention", "checkpointing", "optimizer")
+
+
+def _value(config: TrainingConfig, dimension: str) -> object:
+    """One of :data:`_DIMENSIONS` read off the nested configuration."""
+    if dimension == "attention":
+        return config.kernels.attention
+    if dimension == "checkpointing":
+        return config.savers.checkpointing
+    return getattr(config, dimension)
 
 
 def _runnable(r: Recommendation) -> bool:
