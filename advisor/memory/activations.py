@@ -198,10 +198,6 @@ class _Block:
     def frozen(self) -> bool:
         return self.lora_targets is not None
 
-    @property
-    def family(self) -> str:
-        return str(self.spec.family).lower()
-
     def saved_input(self, *names: str) -> int:
         # A linear with a trainable weight saves its input; a frozen one does not.
         cl, frozen, targets = self.cl, self.frozen, self.lora_targets
@@ -225,7 +221,7 @@ class _Block:
 def _norm_activation_bytes(k: _Block) -> int:
     """The block's norms (and Qwen3 / Gemma 3 / OLMo 2's q/k norms), their outputs read by
     the projections included."""
-    spec, d, t, c, res, frozen, family = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen, k.family
+    spec, d, t, c, res, frozen = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen
     h, a, kv, qd, kd = d["h"], d["a"], d["kv"], d["a"] * d["hd"], d["kv"] * d["hd"]
     layernorm = enum_value(spec.norm) == "layernorm"
     fused, fused_norm, reads = k.fused, k.fused_norm, k.reads
@@ -257,7 +253,7 @@ def _norm_activation_bytes(k: _Block) -> int:
     # Gemma's RMSNorm multiplies by (1 + weight) in fp32 and OLMo 2's by its weight in fp32
     # before casting back: the normalized tensor they keep is fp32 whatever the compute
     # dtype (transformers Gemma3RMSNorm, Olmo2RMSNorm).
-    fp32_normalized = (family.startswith("gemma") or family == "olmo2") and not fnorm and not frozen
+    fp32_normalized = spec.traits.fp32_norm_output and not fnorm and not frozen
     if fp32_normalized and not layernorm:
         norms = 4 if placement == "sandwich" else 2
         total += norms * (4 - c) * t * h
@@ -328,7 +324,7 @@ def _attention_activation_bytes(k: _Block) -> int:
 
 def _mlp_activation_bytes(k: _Block) -> int:
     """The MLP (an MoE model's averaged over its dense and MoE blocks)."""
-    spec, d, t, c, res, family = k.spec, k.d, k.t, k.dt.act, k.res, k.family
+    spec, d, t, c, res = k.spec, k.d, k.t, k.dt.act, k.res
     f, frozen, fused, quantized, saved_input = d["f"], k.frozen, k.fused, k.quantized, k.saved_input
     total = 0
     # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
@@ -344,7 +340,8 @@ def _mlp_activation_bytes(k: _Block) -> int:
         mlp_bytes = mc * t * f
     if d["Lm"]:
         gather = saved_input("gate", "up")  # the experts' first matmul saves its input
-        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, family)
+        router_fp32 = spec.traits.router_fp32_input
+        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, router_fp32)
     else:
         total += mlp_bytes
     return total
@@ -383,7 +380,13 @@ def _mla_activation_bytes(
 
 
 def _moe_activation_bytes(
-    d: Mapping[str, int], t: int, c: int, mlp_bytes: int, gather: int, frozen: bool, family: str
+    d: Mapping[str, int],
+    t: int,
+    c: int,
+    mlp_bytes: int,
+    gather: int,
+    frozen: bool,
+    router_fp32: bool,
 ) -> int:
     """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
 
@@ -401,7 +404,7 @@ def _moe_activation_bytes(
     per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
     routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
     router = 4 * t * E + 8 * t * k
-    if family == "deepseekv3":
+    if router_fp32:
         router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy
     shared = per_width * fe * d["S"]
     moe = routed + router + shared

@@ -53,6 +53,17 @@ class FamilyTraits(FrozenModel):
         description="the eager attention path materialises an additive b x s x s causal mask "
         "(GPT-2 under the HF stack)",
     )
+    fp32_norm_output: bool = Field(
+        default=False,
+        description="the RMSNorm normalises in fp32 and keeps that fp32 tensor for backward "
+        "whatever the compute dtype (Gemma's (1 + weight), OLMo 2's weight: transformers "
+        "GemmaRMSNorm, Gemma3RMSNorm, Olmo2RMSNorm)",
+    )
+    router_fp32_input: bool = Field(
+        default=False,
+        description="the MoE router reads an fp32 copy of the hidden states "
+        "(DeepSeek-V3's F.linear(hidden.float(), ...))",
+    )
 
 
 _GPT2 = FamilyTraits(
@@ -74,8 +85,22 @@ FAMILY_TRAITS: dict[str, FamilyTraits] = {
 
 def family_traits(family: str, arch: Arch | str) -> FamilyTraits:
     """The traits of a family (:data:`FAMILY_TRAITS`), else those of its architecture's
-    reference: BERT's for an encoder, Llama's for a decoder."""
+    reference: BERT's for an encoder, Llama's for a decoder; with the numerics quirks of
+    the Gemma generations, OLMo 2 and DeepSeek-V3 (:func:`_numerics`)."""
     known = FAMILY_TRAITS.get(family)
-    if known is not None:
-        return known
-    return FAMILY_TRAITS["bert"] if arch == Arch.ENCODER else FamilyTraits()
+    if known is None:
+        known = FAMILY_TRAITS["bert"] if arch == Arch.ENCODER else FamilyTraits()
+    quirks = _numerics(family.lower())
+    return FamilyTraits(**{**known.model_dump(), **quirks}) if quirks else known
+
+
+def _numerics(family: str) -> dict[str, bool]:
+    """Quirks of a family's reference numerics. Every Gemma generation (gemma, gemma2,
+    gemma3, gemma3_text, as configs name them) and OLMo 2 keep an fp32 normalised tensor;
+    DeepSeek-V3's router casts its input to fp32."""
+    quirks: dict[str, bool] = {}
+    if family.startswith("gemma") or family == "olmo2":
+        quirks["fp32_norm_output"] = True
+    if family == "deepseekv3":
+        quirks["router_fp32_input"] = True
+    return quirks

@@ -399,6 +399,12 @@ def test_profiles_take_their_family_traits_and_an_encoder_follows_bert() -> None
     for spec in PROFILES.values():
         if spec.family in ("gpt2", "opt", "bert"):
             assert spec.traits.layout.value == spec.family, spec.id
+        elif spec.family.startswith("gemma"):
+            # Gemma's RMSNorm keeps its fp32 normalised tensor (transformers Gemma3RMSNorm).
+            assert spec.traits == FamilyTraits(fp32_norm_output=True), spec.id
+        elif spec.family == "deepseekv3":
+            # DeepSeek-V3's router reads hidden.float() (transformers DeepseekV3TopkRouter).
+            assert spec.traits == FamilyTraits(router_fp32_input=True), spec.id
         elif spec.arch is Arch.DECODER:
             assert spec.traits == FamilyTraits(), spec.id
     bert = PROFILES["bert-large"].model_dump()
