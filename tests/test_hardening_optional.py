@@ -91,7 +91,7 @@ def test_recommend_calibrating_without_pytorch_optimizer_says_so_before_any_work
 
     _without(monkeypatch, "pytorch_optimizer")
     _interrupt_before_measuring(monkeypatch)
-    monkeypatch.setattr(cli.calibrate, "_default_device", lambda: "cpu")
+    monkeypatch.setattr(cli.calibrate, "default_device", lambda: "cpu")
     result = runner.invoke(app, ["recommend", "--model-size", "125M"])
     assert result.exit_code == 130, result.output
     said = [ln for ln in result.stderr.splitlines() if ln.startswith("note: ")]

@@ -24,7 +24,7 @@ MAX_LINES = 800
 ALLOWED_STATE = {
     ("advisor.notes", "_pending"): "a queue of messages for the user, emptied when printed",
     ("advisor.data.yamlio", "_loaders"): "builds the two YAML loader classes once; no data",
-    ("advisor.data.cache", "_code_digest"): "the digest of the package's own source files",
+    ("advisor.data.cache", "code_digest"): "the digest of the package's own source files",
 }
 _MUTATORS = {
     "append", "add", "update", "setdefault", "pop", "popitem", "clear", "extend", "insert",

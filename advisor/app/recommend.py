@@ -350,7 +350,7 @@ def _local_costs(
                 f"costs: measured on this device (calibration cache {cached.created_at}{partial})"
                 + calibration_caveat(cached, req.spec),
             )
-    if not _torch_installed():
+    if not torch_installed():
         extra = f" [{warning}]" if warning else ""
         return (
             env,
@@ -406,7 +406,7 @@ def _model_flag(spec: ModelSpec) -> str:
     return f"--model {spec.id}"
 
 
-def _torch_installed() -> bool:
+def torch_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None

@@ -314,7 +314,7 @@ def _measure(
                 partial = True
                 break
             report(f"{oid} lr={lr:g}", i / len(plan))
-            run, sps = _train(torch, device, shape, corpus, oid, lr, steps, seed)
+            run, sps = train_proxy(torch, device, shape, corpus, oid, lr, steps, seed)
             runs[oid].append(run)
             per_step[oid].append(sps)
     except KeyboardInterrupt as exc:  # keep what was measured, then stop
@@ -582,7 +582,7 @@ def _schedule(step: int, steps: int) -> float:
     return 1.0 - 0.9 * (step - warm) / max(1, steps - warm)
 
 
-def _train(
+def train_proxy(
     torch: Any,
     device: str,
     shape: dict[str, int],

@@ -97,7 +97,7 @@ def data_cache_dir() -> Path:
 
 
 @functools.cache
-def _code_digest() -> bytes:
+def code_digest() -> bytes:
     """A hash of the package's source files and the libraries that shape the cache files."""
     import pydantic
 
@@ -132,7 +132,7 @@ def _resolve(path: Path) -> Path:
 
 def _key(kind: str, resolved: list[Path], extra: str) -> str:
     """:func:`content_key` of paths already resolved (resolving is most of a key's cost)."""
-    h = hashlib.blake2b(_code_digest(), digest_size=20)
+    h = hashlib.blake2b(code_digest(), digest_size=20)
     h.update(f"{kind}\0{extra}\0".encode())
     for path in resolved:
         h.update(str(path).encode() + b"\0")
@@ -146,7 +146,7 @@ def _key(kind: str, resolved: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
-def _shipped(resolved: list[Path]) -> bool:
+def is_shipped(resolved: list[Path]) -> bool:
     """Whether every (resolved) source lies inside the shipped data folders."""
     from advisor.data.resources import data_dir
 
@@ -310,7 +310,7 @@ def cached_by_content(kind: str, sources: SourcesFn) -> Callable[[Callable[P, R]
             if held:
                 return _as(value, fn)
             folder = data_cache_dir()
-            persist = _shipped(resolved) and _usable_folder(folder)
+            persist = is_shipped(resolved) and _usable_folder(folder)
             path = folder / f"{kind}-{_name_hash(resolved, extra)}.json"
             if persist:
                 if not codecs:

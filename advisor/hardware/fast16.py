@@ -47,7 +47,7 @@ _ISA_FLOOR = 0.25
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Rounds per measurement, and the most a verdict may take (re-measurements included).
 MIN_ROUNDS = 7
-_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3
 
 
 # --- The ISA -------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def _check_gemms(
             for d in ("bf16", "fp16")
         }
         unsettled = [d for d, s in spreads.items() if not decisive(s) or contradicts(s, isa[d])]
-        if not unsettled or attempts >= _MAX_ATTEMPTS:
+        if not unsettled or attempts >= MAX_ATTEMPTS:
             break
         if time.perf_counter() - start > budget_s:
             break

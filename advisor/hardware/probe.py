@@ -202,7 +202,7 @@ def nvml_cause(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _nvml_library_loads() -> bool:
+def nvml_library_loads() -> bool:
     """Whether the NVML library of the driver can be loaded, as pynvml would load it.
 
     NOTE: importing pynvml costs ~20 ms (thousands of ctypes declarations), most of a
@@ -234,7 +234,7 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
     if nvml is None:
         if importlib.util.find_spec("pynvml") is None:
             return [], "nvidia-ml-py is not installed; GPUs were looked for through torch only"
-        if not _nvml_library_loads():
+        if not nvml_library_loads():
             return [], None  # no NVIDIA driver: simply no NVIDIA GPU here (NVML code 12)
         import pynvml
 

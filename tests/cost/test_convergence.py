@@ -345,7 +345,7 @@ def test_interrupt_keeps_partial_results(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path))
     calls = {"n": 0}
-    real = conv._train
+    real = conv.train_proxy
 
     def interrupt_second(*args: object, **kwargs: object) -> object:
         calls["n"] += 1
@@ -353,7 +353,7 @@ def test_interrupt_keeps_partial_results(tmp_path: Path, monkeypatch: pytest.Mon
             raise KeyboardInterrupt
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(conv, "_train", interrupt_second)
+    monkeypatch.setattr(conv, "train_proxy", interrupt_second)
     spec = resolve_model_size("125M")
     with pytest.raises(KeyboardInterrupt):
         conv.run_convergence(spec, optimizers=("adamw", "sgd"), lrs=1, steps=10, budget_s=600)

@@ -57,7 +57,7 @@ def test_shipped_data_is_written_once_then_read_back(
 def test_an_edit_that_keeps_size_and_mtime_still_invalidates(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datacache, "_shipped", lambda files: True)
+    monkeypatch.setattr(datacache, "is_shipped", lambda files: True)
     calls: list[str] = []
     load = _counting_loader(calls)
     src = tmp_path / "data.yaml"
@@ -78,14 +78,14 @@ def test_an_edit_that_keeps_size_and_mtime_still_invalidates(
 def test_a_code_change_invalidates(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datacache, "_shipped", lambda files: True)
+    monkeypatch.setattr(datacache, "is_shipped", lambda files: True)
     calls: list[str] = []
     load = _counting_loader(calls)
     src = tmp_path / "data.yaml"
     src.write_text("x")
     load(src)
     clear_memory()
-    monkeypatch.setattr(datacache, "_code_digest", lambda: b"another version of the code")
+    monkeypatch.setattr(datacache, "code_digest", lambda: b"another version of the code")
     load(src)
     assert calls == ["x", "x"]
 
@@ -93,7 +93,7 @@ def test_a_code_change_invalidates(
 def test_a_corrupt_or_foreign_cache_file_is_ignored_and_rewritten(
     cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(datacache, "_shipped", lambda files: True)
+    monkeypatch.setattr(datacache, "is_shipped", lambda files: True)
     calls: list[str] = []
     load = _counting_loader(calls)
     src = tmp_path / "data.yaml"

@@ -297,7 +297,7 @@ def test_recommend_still_uses_a_measurement_it_could_not_cache(
         "run_calibration",
         lambda spec, **kw: cal_cache.save_merged(None, _measured_cache()),
     )
-    monkeypatch.setattr(cli.calibrate, "_default_device", lambda: "cpu")
+    monkeypatch.setattr(cli.calibrate, "default_device", lambda: "cpu")
     result = runner.invoke(app, ["calibrate", "--model-size", "125M"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
@@ -329,7 +329,7 @@ def test_measurements_thrown_away_when_xdg_cache_home_is_read_only(
     monkeypatch.setattr(
         runner_module, "run_calibration", lambda spec, **kw: cal_cache.save_merged(None, measured)
     )
-    monkeypatch.setattr(cli.calibrate, "_default_device", lambda: "cpu")
+    monkeypatch.setattr(cli.calibrate, "default_device", lambda: "cpu")
     result = runner.invoke(app, ["recommend", "--model-size", "125M", "--json"])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output

@@ -153,7 +153,7 @@ def test_a_contradiction_is_measured_again_then_left_to_the_isa(clock: FakeClock
     # bf16 13x slower than fp32 in every round, on a CPU whose flags say it has the kernels.
     torch = FakeTorch(clock, {"fp32": 2.0e-4, "bf16": 2.6e-3, "fp16": 1.5e-2})
     check = check_gemms(torch, flags=AVX512_BF16)
-    assert check.attempts == fast16._MAX_ATTEMPTS
+    assert check.attempts == fast16.MAX_ATTEMPTS
     assert check.verdicts["bf16"].fast is True
     assert check.verdicts["bf16"].source == "isa flags"
     assert any("rules out" in n for n in check.notes)

@@ -248,22 +248,22 @@ def test_a_single_valued_option_given_twice_is_an_error(args: list[str], named: 
 def test_values_and_arguments_are_not_counted_as_options() -> None:
     import typer.main
 
-    from advisor.shell.cli.common import _repeated_option
+    from advisor.shell.cli.common import repeated_option
 
     group = typer.main.get_command(app)
     ctx = group.make_context("optadvise", ["--version"], resilient_parsing=True)
     # A value that looks like an option is the previous option's value.
-    assert _repeated_option(group, ctx, ["estimate", "--model", "--json", "--json"]) is None
+    assert repeated_option(group, ctx, ["estimate", "--model", "--json", "--json"]) is None
     # After "--" everything is an argument.
-    assert _repeated_option(group, ctx, ["rules", "show", "--json", "--", "--json"]) is None
+    assert repeated_option(group, ctx, ["rules", "show", "--json", "--", "--json"]) is None
     # --rules-dir is the one repeatable option.
     assert (
-        _repeated_option(group, ctx, ["rules", "list", "--rules-dir", "a", "--rules-dir", "b"])
+        repeated_option(group, ctx, ["rules", "list", "--rules-dir", "a", "--rules-dir", "b"])
         is None
     )
     # The same flag in two subcommand levels is not a repeat ("--help" is per command).
-    assert _repeated_option(group, ctx, ["rules", "check", "--json"]) is None
-    assert _repeated_option(group, ctx, ["rules", "check", "--json", "--json"]) == "--json"
+    assert repeated_option(group, ctx, ["rules", "check", "--json"]) is None
+    assert repeated_option(group, ctx, ["rules", "check", "--json", "--json"]) == "--json"
 
 
 # --- hostile model configs -------------------------------------------------------------------

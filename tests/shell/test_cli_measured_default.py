@@ -154,7 +154,7 @@ def test_without_torch_it_says_so_and_stays_analytic(
 ) -> None:
     from advisor.app import recommend as advise
 
-    monkeypatch.setattr(advise, "_torch_installed", lambda: False)
+    monkeypatch.setattr(advise, "torch_installed", lambda: False)
     result = runner.invoke(app, ["recommend", "--model-size", "125M", "--json"])
     assert result.exit_code == 0, result.output
     assert fake_runner == []

@@ -236,7 +236,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     monkeypatch.setenv("OPTADVISE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # --emit writes its default folder here
     monkeypatch.setattr(runner_module, "run_calibration", lambda spec, **kw: _measured_cache())
-    monkeypatch.setattr(cli.calibrate, "_default_device", lambda: "cpu")
+    monkeypatch.setattr(cli.calibrate, "default_device", lambda: "cpu")
     # NOTE: CliRunner rebuilds the click command tree from the typer app on every invoke
     # (~50 ms); building it once keeps 400 runs well inside CI's minute.
     import functools

@@ -20,7 +20,7 @@ from advisor.config import Attention, Checkpointing, Offload, Precision, Shardin
 from advisor.config import TrainingConfig as Config
 from advisor.data.yamlio import YamlError, parse_yaml, yaml_error_line
 from advisor.errors import DataError
-from advisor.hardware.probe import _nvml_library_loads
+from advisor.hardware.probe import nvml_library_loads
 from advisor.hardware.profiles import load_hardware_profiles
 from advisor.memory import MemoryEstimate, MemoryMemo, estimate_memory
 from advisor.model import resolve_model_size
@@ -67,7 +67,7 @@ def test_recommend_json_loads_neither_rich_nor_yaml_nor_emit(tmp_path: Path) -> 
     assert "rich" not in mods  # --json never loads the terminal renderer
     assert "yaml" not in mods and "advisor.export" not in mods and "torch" not in mods
     assert "importlib.metadata" not in mods
-    if not _nvml_library_loads():
+    if not nvml_library_loads():
         assert "pynvml" not in mods  # no NVIDIA driver here: NVML's bindings are not loaded
 
 

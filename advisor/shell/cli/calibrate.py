@@ -91,7 +91,7 @@ def calibrate(
     )
     _check_device_flag(device)
     if device is None:
-        device = _default_device()
+        device = default_device()
     with render.calibration_progress(enabled=not json_out) as progress:
         cache = run_calibration(
             spec,
@@ -176,7 +176,7 @@ def _check_device_flag(device: str | None) -> None:
         raise UserError(f"invalid --device {clip(device, 60)!r}", "use cpu, cuda:N or mps")
 
 
-def _default_device() -> str:
+def default_device() -> str:
     """The first GPU when torch sees one, Apple MPS when present, else the CPU."""
     from advisor.torchload import import_torch
 

@@ -65,7 +65,7 @@ class _OneValueGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        repeated = _repeated_option(self, ctx, args)
+        repeated = repeated_option(self, ctx, args)
         if repeated is not None:
             from advisor.shell.render import err_console
 
@@ -79,7 +79,7 @@ class _OneValueGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
-def _repeated_option(group: TyperGroup, ctx: typer.Context, args: list[str]) -> str | None:
+def repeated_option(group: TyperGroup, ctx: typer.Context, args: list[str]) -> str | None:
     """The first single-valued option that ``args`` give twice (any of its spellings,
     ``--x v`` or ``--x=v``, ``--flag`` or ``--no-flag``), following subcommands down.
 
