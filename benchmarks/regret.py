@@ -39,7 +39,8 @@ from benchmarks.realstep import (
     use_threads,
 )
 
-# fp16 compute has no fast path on this CPU kind (FINDINGS.md): measured only when picked.
+# fp16 compute has no fast path on this CPU kind (the probe's interleaved fp16/fp32 GEMM
+# ratios, advisor/hardware/fast16.py: 0.84-0.93x fp32): measured only when picked.
 _SLOW_ON_CPU = {Precision.FP16, Precision.FP16_MIXED, Precision.AMP_FP16}
 
 

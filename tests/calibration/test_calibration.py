@@ -41,7 +41,7 @@ def test_structure_of_a_real_calibration(calibrated: CalibrationCache) -> None:
     fp32 = next(lt for lt in results.layers if lt.dtype == "fp32")
     assert fp32.timing.repeats >= 3 and fp32.seconds_per_token > 0
     backends = {(f.backend, f.dtype): f for f in results.attention}
-    # FINDINGS: MATH and FLASH run on CPU; memory-efficient does not.
+    # MATH and FLASH run on CPU; memory-efficient does not (benchmarks/cpu_efficiency.py).
     assert not backends["math", "fp32"].failed and not backends["flash", "fp32"].failed
     assert backends["mem-efficient", "fp32"].failed == "not available on cpu"
     assert backends["math", "fp32"].seq_lens == [64, 128, 256]

@@ -1,7 +1,7 @@
 """The real engines accept every emitted file: DeepSpeed's and Accelerate's own loaders.
 
 DeepSpeed 0.19.8 and Accelerate 1.15 are dev dependencies; a CPU is enough for their config
-loaders (FINDINGS.md). ``importorskip`` is only a guard for a bare install: CI has both.
+loaders (this test runs them on CI's CPU machines). ``importorskip`` is only a guard for a bare install: CI has both.
 """
 
 from __future__ import annotations

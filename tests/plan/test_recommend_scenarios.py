@@ -158,7 +158,8 @@ def test_qlora_is_not_offered_on_amd() -> None:
 
 
 def test_cpu_laptop_without_fast_bf16_trains_in_fp32() -> None:
-    # FINDINGS: bf16 GEMM ~180x slower than fp32 without avx512_bf16/AMX. The top rows are
+    # bf16 GEMM ~58x slower than fp32 with oneDNN held to AVX2 (no avx512_bf16/AMX):
+    # benchmarks/results/cpu_efficiency.json. The top rows are
     # distinct plans now; a 16-bit plan may appear far below, as the one that saves memory
     # at ~100x the time, never among the first.
     r = rec("125M", hardware="cpu-laptop", top=5)

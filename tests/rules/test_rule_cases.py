@@ -181,7 +181,8 @@ def test_private_training_keeps_a_private_optimizer(
 
 
 def test_avx2_cpu_is_steered_to_fp32(ruleset: RuleSet, taxonomy: Taxonomy) -> None:
-    # FINDINGS: bf16 GEMM ~180x slower than fp32 on a CPU without avx512_bf16/AMX.
+    # bf16 GEMM ~58x slower than fp32 on a CPU without avx512_bf16/AMX
+    # (benchmarks/results/cpu_efficiency.json, oneDNN held to AVX2).
     decision = decide(ruleset, taxonomy, {**_base(), **_CPU})
     for tid in ("amp-bf16", "bf16-mixed", "bf16", "fp8-mixed", "tf32"):
         assert not decision.is_allowed(tid), tid
