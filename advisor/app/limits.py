@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from advisor.config import LORA_FULL_TENSORS, LORA_MATRICES, LORA_TARGET_GROUPS
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec, Position
 from advisor.units import parse_length
@@ -175,3 +176,47 @@ def resolve_seq_len(
             scaled = f" x {rope_scaling:g}" if rope_scaling else ""
             raise UserError(f"--seq-len {s:,} exceeds {spec.name}'s {limit:,}{scaled} {what}", hint)
     return s
+
+
+# --- --lora-targets --------------------------------------------------------------------------
+
+_HF_TARGET_NAMES = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+    "embed_tokens": "embed",
+}
+
+
+def parse_lora_targets(text: str) -> tuple[str, ...]:
+    """``--lora-targets``: ``attention``, ``mlp``, ``all-linear`` or a comma list of
+    q, k, v, o, gate, up, down (Hugging Face's q_proj ... names too), embed, lm_head; a
+    group may be part of the list (``all-linear,embed,lm_head``).
+
+    Raises:
+        UserError: for an unknown name, or a list with no block matrix.
+    """
+    out: list[str] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if name in LORA_TARGET_GROUPS:
+            out += LORA_TARGET_GROUPS[name]
+            continue
+        name = _HF_TARGET_NAMES.get(name, name)
+        if name not in LORA_MATRICES + LORA_FULL_TENSORS:
+            raise UserError(
+                f"invalid --lora-targets entry {raw.strip()!r}",
+                "use attention, mlp, all-linear or a comma list of q, k, v, o, gate, up, down, "
+                "embed, lm_head",
+            )
+        out.append(name)
+    if not any(n in LORA_MATRICES for n in out):
+        raise UserError(
+            f"--lora-targets {text!r} adapts no block matrix",
+            "name at least one of q, k, v, o, gate, up, down (or attention, mlp, all-linear)",
+        )
+    return tuple(sorted(set(out)))

@@ -16,8 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from advisor.app.environment import Environment, calibration_device, probe_environment
-from advisor.app.estimate import parse_lora_targets
-from advisor.app.limits import check_bound, check_global_batch_tokens, resolve_seq_len
+from advisor.app.limits import (
+    check_bound,
+    check_global_batch_tokens,
+    parse_lora_targets,
+    resolve_seq_len,
+)
 from advisor.config import Stack, Task, TrainingConfig
 from advisor.cost.convergence import ConvergenceCache
 from advisor.cost.data import CalibrationCache

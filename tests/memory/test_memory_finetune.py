@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from advisor.app.estimate import parse_lora_targets
+from advisor.app.limits import parse_lora_targets
 from advisor.config import Attention, Precision, Task, TrainingConfig
 from advisor.cost import predict_for_optimizer
 from advisor.errors import UserError
