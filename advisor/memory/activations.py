@@ -244,9 +244,20 @@ def _norm_activation_bytes(k: _Block) -> int:
         # into a residual add, which saves nothing.
         total = (norm_out_attn + norm_out_mlp) * t * h
         total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
+    elif placement == "single":
+        # One norm feeds attention and the MLP side by side (Phi-1/2, Falcon-7B): its output
+        # is one tensor all the projections read, unless each casts its own copy.
+        shared = fused or (k.cl == res and not k.lora_dropout)
+        out = max(norm_out_attn, norm_out_mlp) if shared else norm_out_attn + norm_out_mlp
+        total = _norm_bytes(layernorm, t, h, c, out, res, fnorm, frozen)
     else:
         total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm, frozen)
         total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm, frozen)
+        if bool(spec_value(spec, "parallel_residual", False)):
+            # Both norms read the block's input (GPT-NeoX, Falcon-40B): LayerNorm and the
+            # fused kernels save that one tensor; HF RMSNorm's fp32 copy is the input itself
+            # only when the residual is fp32 already, else each norm makes its own.
+            total -= res * t * h if layernorm or fnorm else (4 * t * h if res == 4 else 0)
         if placement == "sandwich":
             # Gemma 2/3 also normalise both outputs before the residual add.
             total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)

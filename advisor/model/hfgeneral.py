@@ -37,7 +37,7 @@ from advisor.model.spec import (
     Position,
     QkNorm,
 )
-from advisor.model.traits import family_traits
+from advisor.model.traits import FamilyTraits, family_traits
 
 # NOTE: the sequence length assumed for a model whose config states no position limit
 # (T5's relative buckets, Mamba's recurrence); say --seq-len to override it.
@@ -292,8 +292,25 @@ def _norm_bias_fields(
         mlp_bias=(bias["up_bias"] or bias["down_bias"] or bias["gate_up_bias"]) and experts == 1,
         tie_word_embeddings=not any(t.role == "lm_head" for t in inv.outside),
         qk_norm=qk_norm,
-        block_norms=BlockNorms.SANDWICH if len(norms) == 4 else BlockNorms.PRE,
+        block_norms=_placement(len(norms)),
+        parallel_residual=_parallel(raw, len(norms)),
     )
+
+
+def _placement(n_norms: int) -> BlockNorms:
+    """The norm placement from the count of a block's norm weights."""
+    if n_norms == 4:
+        return BlockNorms.SANDWICH
+    return BlockNorms.SINGLE if n_norms == 1 else BlockNorms.PRE
+
+
+def _parallel(raw: RawModel, n_norms: int) -> bool:
+    """Whether attention and the MLP read the same input side by side: the config says so
+    (GPT-NeoX ``use_parallel_residual``, Falcon ``parallel_attn``), or a pre-norm block has
+    one norm, which both must then read (Phi-1/2, GPT-J)."""
+    a = raw.attrs
+    stated = a.get("use_parallel_residual") is True or a.get("parallel_attn") is True
+    return stated or n_norms == 1
 
 
 def _moe_fields(
@@ -321,7 +338,7 @@ def _closing_notes(raw: RawModel, inv: Inventory, layers: int, n_norms: int) -> 
             "encoder-decoder: the encoder and decoder blocks are one stack of "
             f"{layers} blocks for activations; cross-attention activations are not modelled"
         )
-    if n_norms not in (2, 4):
+    if n_norms not in (1, 2, 4):
         notes.append(f"{n_norms} norm(s) per block: activations count the two of a pre-norm block")
     return notes
 
@@ -330,11 +347,6 @@ def behaviour_notes(raw: RawModel) -> list[str]:
     """What the config says the blocks do that no tensor shows (activations not modelled)."""
     a = raw.attrs
     out = []
-    if a.get("use_parallel_residual") is True or a.get("parallel_attn") is True:
-        out.append(
-            "attention and MLP in parallel on one residual (GPT-NeoX, Falcon, Phi): "
-            "activations are counted as a sequential block's"
-        )
     if isinstance(a.get("attention_chunk_size"), int):
         out.append("chunked local attention (Llama 4): activations as full causal attention")
     if a.get("use_qk_norm") is True:
@@ -370,7 +382,7 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
         name=name or raw.model_type,
         family=family,
         source=p.resolve().as_uri(),
-        traits=family_traits(family, fields["arch"]),
+        traits=_traits(raw, family, fields["arch"]),
     )
     try:
         plain = ModelSpec.model_validate(fields)
@@ -385,6 +397,21 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
     approximated = tuple(dict.fromkeys(approximated))
     full = inv.model_copy(update={"approximated": approximated})
     return ModelSpec.model_validate({**fields, "inventory": full})
+
+
+# transformers' activations written out in Python, op by op (activations.py
+# NewGELUActivation: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))), which keep
+# the intermediates GPT-2's MLP keeps; the others are one torch op saving its input.
+_PYTHON_GELU = frozenset({"gelu_new"})
+
+
+def _traits(raw: RawModel, family: str, arch: Arch) -> FamilyTraits:
+    """The family's traits, with a GELU written out in Python where the config names one."""
+    traits = family_traits(family, arch)
+    act = str(raw.attrs.get("act") or "").lower()
+    if act in _PYTHON_GELU and not traits.python_gelu:
+        return traits.model_copy(update={"python_gelu": True})
+    return traits
 
 
 def _same_tensors(spec: ModelSpec, inv: Inventory) -> bool:

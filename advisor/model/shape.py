@@ -68,6 +68,9 @@ class BlockNorms(str, Enum):
     PRE = "pre"  # before attention and before the MLP: 2 (Llama, Qwen, Mistral, Phi-3)
     SANDWICH = "sandwich"  # before and after attention and MLP: 4 (Gemma 2, Gemma 3)
     POST = "post"  # after attention and after the MLP: 2 (OLMo 2)
+    # One norm whose output both attention and the MLP read, side by side on one residual:
+    # 1 (GPT-J, Phi-1/1.5/2, Falcon-7B; transformers PhiDecoderLayer, FalconDecoderLayer).
+    SINGLE = "single"
 
 
 class MlaShape(FrozenModel):

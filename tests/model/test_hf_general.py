@@ -51,7 +51,7 @@ FAMILIES = [
     "deepseek-v2",
 ]
 # The families whose representative fields rebuild every tensor (no inventory carried).
-EXACT = {"gpt-neox", "gemma", "llama4", "qwen2-vl", "llava", "deepseek-v2"}
+EXACT = {"gpt-neox", "gemma", "llama4", "qwen2-vl", "llava", "deepseek-v2", "falcon"}
 _TOWERS = ("vision", "visual", "multi_modal_projector")
 
 
@@ -209,7 +209,11 @@ def _cpu_model(name: str, attn: str, dtype: str) -> Any:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 # BLOOM carries its inventory (a LayerNorm on the embeddings) but its blocks map exactly.
-@pytest.mark.parametrize("name", ["gemma", "qwen2-vl", "bloom", "deepseek-v2"])
+# GPT-NeoX, Falcon and Phi run attention and the MLP side by side (two norms on one input,
+# one norm read by both); Phi's gelu_new is GPT-2's GELU written out in Python.
+@pytest.mark.parametrize(
+    "name", ["gemma", "qwen2-vl", "llava", "bloom", "deepseek-v2", "gpt-neox", "falcon", "phi"]
+)
 def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     name: str, dtype: str
 ) -> None:
