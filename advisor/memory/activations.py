@@ -13,6 +13,7 @@ from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
 from advisor.model.spec import ModelSpec
+from advisor.model.traits import FamilyTraits, MoeKernel
 
 
 def _norm_bytes(
@@ -278,6 +279,11 @@ def _norm_activation_bytes(k: _Block) -> int:
         total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm, frozen)
         if fp32_normalized:
             total += (4 - c) * t * (qd + kd)
+    if spec.traits.qk_l2_norm and not d["mla"]:
+        # Llama 4's weightless L2 norm of the rotated q and k (Llama4TextL2Norm): their fp32
+        # copy (the tensor itself in fp32) and an fp32 rsqrt per head and row. NoPE layers
+        # skip it; the per-block figure counts it on every block.
+        total += 4 * t * (qd + kd) + 4 * t * (a + kv)
     return total
 
 
@@ -301,7 +307,11 @@ def _attention_activation_bytes(k: _Block) -> int:
         total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
     elif attention is Attention.EAGER and not selective:
         total += 3 * c * t * qd  # Q, K and V expanded to all heads (copies for bmm)
-        if not spec.traits.eager_softmax_fp32 and precision not in (
+        if spec.traits.attention_sinks:
+            # gpt-oss: the softmax spans the scores and a sink column (s + 1), in the
+            # logits' dtype, after subtracting the row max, whose int64 indices are kept.
+            total += c * b * a * s * (s + 1) + 8 * b * a * s
+        elif not spec.traits.eager_softmax_fp32 and precision not in (
             Precision.AMP_FP16,
             Precision.AMP_BF16,
         ):
@@ -351,8 +361,7 @@ def _mlp_activation_bytes(k: _Block) -> int:
         mlp_bytes = mc * t * f
     if d["Lm"]:
         gather = saved_input("gate", "up")  # the experts' first matmul saves its input
-        router_fp32 = spec.traits.router_fp32_input
-        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, router_fp32)
+        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, spec.traits)
     else:
         total += mlp_bytes
     return total
@@ -397,7 +406,7 @@ def _moe_activation_bytes(
     mlp_bytes: int,
     gather: int,
     frozen: bool,
-    router_fp32: bool,
+    traits: FamilyTraits,
 ) -> int:
     """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
 
@@ -413,9 +422,24 @@ def _moe_activation_bytes(
     """
     L, Lm, k, E, h, f, fe = d["L"], d["Lm"], d["k"], d["E"], d["h"], d["f"], d["fe"]
     per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
-    routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
-    router = 4 * t * E + 8 * t * k
-    if router_fp32:
+    if traits.moe_kernel is MoeKernel.DENSE:
+        # Llama 4: every expert runs on every token. The input repeated per expert times
+        # the scores (both kept while the router trains), the product (the first bmm's
+        # input), the expert MLP; the router keeps its fp32 sigmoid over all experts.
+        routed = E * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + c * t)
+        router = 4 * t * E + 8 * t * k
+    elif traits.moe_kernel is MoeKernel.GROUPED:
+        # gpt-oss: per token-expert pair its gathered input, the gate_up output (kept by
+        # the clamp), the clamped gate, sigmoid(alpha * gate), up + 1, their product and
+        # the down input (7 expert widths), the output times its routing weight and four
+        # int64 index vectors (gather, weights, bias rows, inverse permutation).
+        pair = gather * h + 7 * c * fe + (0 if frozen else c * h + c) + 32
+        routed = k * t * pair + 4 * E
+        router = c * t * k + 8 * t * k  # softmax over the top-k logits, top-k indices
+    else:
+        routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
+        router = 4 * t * E + 8 * t * k
+    if traits.router_fp32_input:
         router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy
     shared = per_width * fe * d["S"]
     moe = routed + router + shared

@@ -349,8 +349,6 @@ def behaviour_notes(raw: RawModel) -> list[str]:
     out = []
     if isinstance(a.get("attention_chunk_size"), int):
         out.append("chunked local attention (Llama 4): activations as full causal attention")
-    if a.get("use_qk_norm") is True:
-        out.append("a weightless L2 norm on q and k (Llama 4): its activations are not counted")
     return out
 
 
@@ -382,7 +380,7 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
         name=name or raw.model_type,
         family=family,
         source=p.resolve().as_uri(),
-        traits=_traits(raw, family, fields["arch"]),
+        traits=_traits(raw, inv, family, fields["arch"]),
     )
     try:
         plain = ModelSpec.model_validate(fields)
@@ -405,13 +403,19 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
 _PYTHON_GELU = frozenset({"gelu_new"})
 
 
-def _traits(raw: RawModel, family: str, arch: Arch) -> FamilyTraits:
-    """The family's traits, with a GELU written out in Python where the config names one."""
+def _traits(raw: RawModel, inv: Inventory, family: str, arch: Arch) -> FamilyTraits:
+    """The family's traits, with what the config states on top: a GELU written out in
+    Python, a weightless q/k norm."""
     traits = family_traits(family, arch)
+    update: dict[str, bool] = {}
     act = str(raw.attrs.get("act") or "").lower()
     if act in _PYTHON_GELU and not traits.python_gelu:
-        return traits.model_copy(update={"python_gelu": True})
-    return traits
+        update["python_gelu"] = True
+    if raw.attrs.get("use_qk_norm") is True and not any(
+        t.role == "qk_norm" for g in inv.groups for t in g.tensors
+    ):
+        update["qk_l2_norm"] = True  # Llama 4: a norm with no weight, so no tensor shows it
+    return traits.model_copy(update=update) if update else traits
 
 
 def _same_tensors(spec: ModelSpec, inv: Inventory) -> bool:

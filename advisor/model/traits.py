@@ -25,6 +25,16 @@ class ModuleLayout(str, Enum):
     BERT = "bert"  # BertLayer: post-LN, embeddings.LayerNorm, pooler
 
 
+class MoeKernel(str, Enum):
+    """How the reference implementation runs its routed experts (transformers 5)."""
+
+    LOOP = "loop"  # a loop over experts, each on its routed tokens (Mixtral, Qwen3-MoE, DeepSeek)
+    DENSE = "dense"  # every expert on every token, weighted by a zero-outside-top-k score
+    # (Llama4TextMoe: hidden.repeat(num_experts) * router scores, one bmm per projection)
+    GROUPED = "grouped"  # token-expert pairs sorted by expert, one grouped_mm per projection,
+    # a clamped SwiGLU (GptOssExperts: gate.clamp, gate * sigmoid(alpha * gate), (up + 1))
+
+
 class FamilyTraits(FrozenModel):
     """What a family's reference implementation does beyond its shape fields."""
 
@@ -64,6 +74,19 @@ class FamilyTraits(FrozenModel):
         description="the MoE router reads an fp32 copy of the hidden states "
         "(DeepSeek-V3's F.linear(hidden.float(), ...))",
     )
+    moe_kernel: MoeKernel = Field(
+        default=MoeKernel.LOOP, description="how the routed experts run (MoeKernel)"
+    )
+    qk_l2_norm: bool = Field(
+        default=False,
+        description="a weightless L2 norm on q and k after RoPE, in fp32 (Llama 4's "
+        "use_qk_norm: Llama4TextL2Norm)",
+    )
+    attention_sinks: bool = Field(
+        default=False,
+        description="a learned sink logit per head joins eager attention's softmax, which "
+        "then spans s + 1 columns after a max subtraction (gpt-oss: GptOssAttention)",
+    )
 
 
 _GPT2 = FamilyTraits(
@@ -94,13 +117,21 @@ def family_traits(family: str, arch: Arch | str) -> FamilyTraits:
     return FamilyTraits(**{**known.model_dump(), **quirks}) if quirks else known
 
 
-def _numerics(family: str) -> dict[str, bool]:
+def _numerics(family: str) -> dict[str, object]:
     """Quirks of a family's reference numerics. Every Gemma generation (gemma, gemma2,
-    gemma3, gemma3_text, as configs name them) and OLMo 2 keep an fp32 normalised tensor;
-    DeepSeek-V3's router casts its input to fp32."""
-    quirks: dict[str, bool] = {}
-    if family.startswith("gemma") or family == "olmo2":
+    gemma3, gemma3_text, as configs name them), OLMo 2 and gpt-oss keep an fp32 normalised
+    tensor (gpt-oss: ``(weight * hidden.float()).to(dtype)``); DeepSeek-V3's router casts its
+    input to fp32; Llama 4 and gpt-oss run their experts their own way (:class:`MoeKernel`),
+    Llama 4's eager softmax stays in the compute dtype and gpt-oss's attention has sinks."""
+    quirks: dict[str, object] = {}
+    if family.startswith("gemma") or family in ("olmo2", "gptoss"):
         quirks["fp32_norm_output"] = True
     if family == "deepseekv3":
         quirks["router_fp32_input"] = True
+    if family.startswith("llama4"):
+        # Llama 4's eager attention runs its softmax in the compute dtype (eager_attention_
+        # forward in modeling_llama4: softmax(attn_weights, dim=-1), no fp32).
+        quirks.update(moe_kernel=MoeKernel.DENSE, eager_softmax_fp32=False)
+    if family == "gptoss":
+        quirks.update(moe_kernel=MoeKernel.GROUPED, attention_sinks=True)
     return quirks
