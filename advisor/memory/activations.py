@@ -12,6 +12,7 @@ from advisor.config import Attention, Precision, Stack
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
+from advisor.memory.ssm import ATTENTION, MOE, SSM, mamba_mixer_bytes
 from advisor.model.spec import ModelSpec
 from advisor.model.traits import FamilyTraits, MoeKernel
 
@@ -141,7 +142,12 @@ def layer_activation_bytes(
         quantized,
         lora_dropout,
     )
-    total = _norm_activation_bytes(k) + _attention_activation_bytes(k) + _mlp_activation_bytes(k)
+    mixers = model.block_mixers
+    if mixers is not None:
+        total = _hybrid_activation_bytes(k, mixers)
+    else:
+        total = _norm_activation_bytes(k) + _attention_activation_bytes(k)
+        total += _mlp_activation_bytes(k)
     qd, mc = a * d["hd"], res if quantized else c
     if dropout:
         total += 2 * t * h * (mask_bytes or c)
@@ -343,28 +349,75 @@ def _attention_activation_bytes(k: _Block) -> int:
     return total
 
 
-def _mlp_activation_bytes(k: _Block) -> int:
-    """The MLP (an MoE model's averaged over its dense and MoE blocks)."""
+def _dense_mlp_bytes(k: _Block) -> int:
+    """A dense MLP of the model's intermediate width (per routed expert: linear in it)."""
     spec, d, t, c, res = k.spec, k.d, k.t, k.dt.act, k.res
-    f, frozen, fused, quantized, saved_input = d["f"], k.frozen, k.fused, k.quantized, k.saved_input
-    total = 0
-    # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
-    mc = res if quantized else c
+    f, fused, saved_input = d["f"], k.fused, k.saved_input
+    # 4-bit gate/up return the norm output's dtype.
+    mc = res if k.quantized else c
     mlp = enum_value(spec.mlp)
     if mlp in ("gated-silu", "gated-gelu"):  # SiLU and tanh-GELU both save their input
         # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
-        mlp_bytes = (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
-    elif mlp == "gelu":
+        return (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
+    if mlp == "gelu":
         kept = 1 if fused else (4 if spec.traits.python_gelu else 1)
-        mlp_bytes = kept * mc * t * f + saved_input("down") * t * f
-    else:  # relu saves its output, which is also the next linear's input
-        mlp_bytes = mc * t * f
-    if d["Lm"]:
-        gather = saved_input("gate", "up")  # the experts' first matmul saves its input
-        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, spec.traits)
-    else:
-        total += mlp_bytes
-    return total
+        return kept * mc * t * f + saved_input("down") * t * f
+    # relu saves its output, which is also the next linear's input; a squared ReLU
+    # (transformers ReLUSquaredActivation: square(relu(x))) keeps the square too.
+    return (2 if spec.traits.squared_relu else 1) * mc * t * f
+
+
+def _moe_bytes(k: _Block, mlp_bytes: int) -> int:
+    """One MoE block's MLP (:func:`_moe_layer_bytes` with this block's dtypes)."""
+    gather = k.saved_input("gate", "up")  # the experts' first matmul saves its input
+    return _moe_layer_bytes(k.d, k.t, k.dt.act, mlp_bytes, gather, k.frozen, k.spec.traits)
+
+
+def _mlp_activation_bytes(k: _Block) -> int:
+    """The MLP; an MoE model's averaged over its dense and MoE blocks, so ``num_layers x``
+    this figure is the whole stack (DeepSeek-V3's first 3 blocks are dense)."""
+    d = k.d
+    mlp_bytes = _dense_mlp_bytes(k)
+    if not d["Lm"]:
+        return mlp_bytes
+    L, Lm = d["L"], d["Lm"]
+    return -(-((L - Lm) * mlp_bytes + Lm * _moe_bytes(k, mlp_bytes)) // L)
+
+
+def _hybrid_activation_bytes(k: _Block, mixers: tuple[tuple[int, frozenset[str]], ...]) -> int:
+    """A block of a state-space or hybrid model, averaged over its blocks: each block's
+    mixers (Mamba-2, attention, MLP, MoE), each behind its own pre-norm (Nemotron-H: one
+    per block; Mamba-2: the SSM alone)."""
+    spec, d, t, c, res, frozen = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen
+    layernorm = enum_value(spec.norm) == "layernorm"
+    fnorm = k.fused or k.fused_norm
+    gated = enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
+    fused_qkv = spec.traits.conv1d or bool(spec_value(spec, "fused_qkv", False)) or bool(d["mla"])
+    total = layers = 0
+    for count, kinds in mixers:
+        block = 0
+        for kind in sorted(kinds):
+            if kind == SSM and spec.ssm is not None:
+                out = k.saved_input("ssm_in")
+                body = mamba_mixer_bytes(
+                    spec.ssm, k.b, k.s, c, fused=k.fused, out_proj_in=k.saved_input("ssm_out")
+                )
+            elif kind == ATTENTION:
+                out = k.reads(("q", "k", "v"), fused_qkv)
+                body = _attention_activation_bytes(k)
+            elif kind == MOE:
+                out = k.reads(("gate", "up"), True)
+                body = _moe_bytes(k, _dense_mlp_bytes(k))
+            else:
+                one = not gated or bool(spec_value(spec, "fused_gate_up", False))
+                out = k.reads(("gate", "up"), one)
+                body = _dense_mlp_bytes(k)
+            block += _norm_bytes(layernorm, t, d["h"], c, out, res, fnorm, frozen) + body
+            if spec.traits.fp32_norm_output and not (fnorm or frozen or layernorm):
+                block += (4 - c) * t * d["h"]  # Nemotron-H's norm keeps an fp32 product
+        total += count * block
+        layers += count
+    return -(-total // max(layers, 1))
 
 
 def _mla_activation_bytes(
@@ -399,7 +452,7 @@ def _mla_activation_bytes(
     return total
 
 
-def _moe_activation_bytes(
+def _moe_layer_bytes(
     d: Mapping[str, int],
     t: int,
     c: int,
@@ -408,7 +461,7 @@ def _moe_activation_bytes(
     frozen: bool,
     traits: FamilyTraits,
 ) -> int:
-    """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
+    """One MoE block's MLP activations.
 
     transformers 5's experts loop (Qwen3MoeExperts, DeepseekV3Experts, Mixtral's) runs
     each routed token through ``experts_per_token`` experts: per token-expert pair it saves
@@ -417,10 +470,8 @@ def _moe_activation_bytes(
     (kept while the router trains), and int64 token and slot indices. The router saves
     its fp32 probabilities (softmax; DeepSeek-V3: sigmoid, after an fp32 copy of the
     input) and the top-k indices. Shared experts are one dense MLP of their summed width.
-    A model with dense first layers (DeepSeek-V3) gets the average over its blocks, so
-    ``num_layers x`` this figure is the whole stack.
     """
-    L, Lm, k, E, h, f, fe = d["L"], d["Lm"], d["k"], d["E"], d["h"], d["f"], d["fe"]
+    k, E, h, f, fe = d["k"], d["E"], d["h"], d["f"], d["fe"]
     per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
     if traits.moe_kernel is MoeKernel.DENSE:
         # Llama 4: every expert runs on every token. The input repeated per expert times
@@ -429,21 +480,26 @@ def _moe_activation_bytes(
         routed = E * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + c * t)
         router = 4 * t * E + 8 * t * k
     elif traits.moe_kernel is MoeKernel.GROUPED:
-        # gpt-oss: per token-expert pair its gathered input, the gate_up output (kept by
-        # the clamp), the clamped gate, sigmoid(alpha * gate), up + 1, their product and
-        # the down input (7 expert widths), the output times its routing weight and four
-        # int64 index vectors (gather, weights, bias rows, inverse permutation).
-        pair = gather * h + 7 * c * fe + (0 if frozen else c * h + c) + 32
+        # Token-expert pairs sorted by expert, one grouped_mm per projection (gpt-oss,
+        # Nemotron-H). Per pair: its gathered input; the expert MLP (gpt-oss's clamped
+        # SwiGLU keeps the gate_up output, the clamped gate, sigmoid(alpha * gate), up + 1,
+        # their product and the down input: 7 expert widths); the output times its routing
+        # weight (fp32 from an fp32 router); int64 gather, weight and inverse-permutation
+        # indices (and gpt-oss's expert-bias rows).
+        expert = 7 * c * fe if traits.clamped_swiglu else per_width // t * fe
+        weight = 4 if traits.router_fp32_input else c
+        indices = 8 * (4 if traits.clamped_swiglu else 3)
+        pair = gather * h + expert + (0 if frozen else c * h + weight) + indices
         routed = k * t * pair + 4 * E
-        router = c * t * k + 8 * t * k  # softmax over the top-k logits, top-k indices
+        # gpt-oss softmaxes the top-k logits only; Nemotron-H takes an fp32 sigmoid of all.
+        router = (c * t * k if traits.router_topk_softmax else 4 * t * E) + 8 * t * k
     else:
         routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
         router = 4 * t * E + 8 * t * k
     if traits.router_fp32_input:
         router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy
     shared = per_width * fe * d["S"]
-    moe = routed + router + shared
-    return -(-((L - Lm) * mlp_bytes + Lm * moe) // L)
+    return routed + router + shared
 
 
 def model_level_activation_bytes(

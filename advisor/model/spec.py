@@ -63,6 +63,7 @@ from advisor.model.shape import (
     Position,
     QkNorm,
     Shape,
+    SsmShape,
     TransformerShape,
 )
 from advisor.model.traits import FamilyTraits, ModuleLayout, family_traits
@@ -83,6 +84,7 @@ __all__ = [
     "Position",
     "QkNorm",
     "Shape",
+    "SsmShape",
     "TransformerShape",
 ]
 
@@ -105,6 +107,7 @@ _TRANSFORMER_INTS = (
 _TRANSFORMER_ENUMS = ("mlp", "norm", "position")
 _TRANSFORMER_BOOLS = ("qkv_bias", "out_bias", "mlp_bias", "tie_word_embeddings")
 _DECODER_EXTRAS = (
+    "ssm",
     "qk_norm",
     "block_norms",
     "parallel_residual",
@@ -166,6 +169,11 @@ class ModelSpec(FrozenModel):
     fused_qkv: bool = Field(default=False, description="one qkv_proj matrix (Phi-3)")
     fused_gate_up: bool = Field(default=False, description="one gate_up_proj matrix (Phi-3)")
     mla: MlaShape | None = Field(default=None, description="multi-head latent attention")
+    ssm: SsmShape | None = Field(
+        default=None,
+        description="the Mamba-2 mixer of a state-space or hybrid model (read from its "
+        "config.json; the inventory says which blocks have one)",
+    )
     rotary_dim: int | None = Field(
         default=None,
         gt=0,

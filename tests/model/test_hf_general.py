@@ -229,6 +229,8 @@ def _cpu_model(name: str, attn: str, dtype: str) -> Any:
         "phi",
         "gpt-oss",
         "llama4",
+        "mamba2",
+        "nemotron-h",
     ],
 )
 def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
@@ -252,6 +254,33 @@ def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     est = len(measured) * (per_block + tables)
     tol = 0.05 if spec.num_experts > 1 else 0.01
     assert est == pytest.approx(sum(measured), rel=tol), (est, sum(measured), measured)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["mamba2", "nemotron-h"])
+def test_the_mamba_scan_over_several_chunks_matches_saved_tensor_hooks(
+    name: str, dtype: str
+) -> None:
+    """transformers' chunked scan pads the sequence to whole chunks and copies the chunk
+    states once there are several (Mamba-2's chunk is 256, Nemotron-H's 128: 300 tokens make
+    2 and 3 chunks)."""
+    spec = _spec(name)
+    assert spec.ssm is not None
+    model = _cpu_model(name, "eager", dtype)
+    b, s = 1, 300
+    measured = count_layer_activations(model, b, s, spec.vocab_size)
+    precision = Precision.FP32 if dtype == "float32" else Precision.BF16
+    est = len(measured) * layer_activation_bytes(spec, b, s, Attention.EAGER, precision)
+    assert est == pytest.approx(sum(measured), rel=0.01), (est, sum(measured), measured)
+
+
+def test_the_mamba_mixer_shape_is_read_from_its_tensors_and_config() -> None:
+    ssm = _spec("nemotron-h").ssm
+    assert ssm is not None
+    # mamba_num_heads 8 x mamba_head_dim 16; 2 groups of state 16 for B and C; the conv's
+    # window; NemotronHConfig's default chunk of 128.
+    assert (ssm.num_heads, ssm.head_dim, ssm.n_groups, ssm.state_size) == (8, 16, 2, 16)
+    assert (ssm.conv_kernel, ssm.chunk_size, ssm.in_proj) == (4, 128, 2 * 128 + 2 * 32 + 8)
 
 
 # --- released configs against published counts -------------------------------------------
