@@ -9,7 +9,6 @@ from advisor.config import (
     Checkpointing,
     Offload,
     ParallelLayout,
-    Precision,
     Sharding,
     Stack,
     Task,
@@ -17,13 +16,21 @@ from advisor.config import (
 )
 from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
+from advisor.hardware.target import host_for
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
 from advisor.plan.evaluator import Evaluator, Plan, memory_reason
 from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
 from advisor.plan.models import Reason, Suggestion, WhyNot
 from advisor.plan.rank import Row
-from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
+from advisor.plan.space import (
+    Context,
+    baseline_config,
+    describe_config,
+    estimate,
+    host_fits,
+    quantized_base_precision,
+)
 from advisor.rules.engine import Decision
 from advisor.units import format_bytes
 
@@ -96,10 +103,11 @@ def why_not(
                 base.with_(task=Task.LORA),
             )
         )
+        sixteen = quantized_base_precision(ctx.target)
         expected.append(
             (
-                "QLoRA (r=16, 4-bit base) with AdamW in bf16-mixed",
-                base.with_(task=Task.QLORA, precision=Precision.BF16_MIXED),
+                f"QLoRA (r=16, 4-bit base) with AdamW in {sixteen.value}",
+                base.with_(task=Task.QLORA, precision=sixteen),
             )
         )
     if "mezo" in ctx.taxonomy and ctx.workload.task is not Task.PRETRAIN:
@@ -186,8 +194,9 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
     base = baseline_config(ctx)
     tight = base.with_(checkpointing=Checkpointing.FULL, micro_batch=1)
     if base.kernels.stack is Stack.HF:
-        # Another kernel stack changes the verdict: the same frugal plan with FlashAttention,
-        # fused norms/activations and a fused cross-entropy (what production stacks run).
+        # Another kernel stack changes the verdict: the same frugal plan (its attention
+        # kernel kept) with fused norms/activations and a fused cross-entropy (what
+        # production stacks run).
         hf = estimate(ctx, tight)
         fused = tight.with_(stack=Stack.FUSED)
         m = estimate(ctx, fused)
@@ -195,8 +204,8 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
             out.append(
                 Suggestion(
                     change="--stack fused",
-                    detail="with the fused kernel stack (FlashAttention, fused norms and "
-                    f"cross-entropy) this fits: {format_bytes(m.total_bytes)} per device "
+                    detail="with the fused kernel stack (fused norms and cross-entropy, "
+                    f"{tight.kernels.attention.value} attention) this fits: {format_bytes(m.total_bytes)} per device "
                     f"(−{format_bytes(hf.total_bytes - m.total_bytes)})",
                 )
             )
@@ -225,20 +234,31 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
                 offload=Offload.OPTIMIZER_PARAMS,
             )
             m = estimate(ctx, c)
-            if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
+            # Judged against the host each of the n devices would have (n T4s share their
+            # g4dn hosts four to one), not the planned devices' share of theirs.
+            ram, nvme = host_for(ctx.target, n)
+            hosts = ctx.target.model_copy(update={"host_memory_bytes": ram, "nvme_bytes": nvme})
+            if (
+                m.total_bytes <= usable
+                and host_fits(ctx.model_copy(update={"target": hosts}), c, m) is None
+            ):
+                change = (
+                    f"{n} devices with ZeRO-3 and CPU offload"
+                    if n > 1
+                    else "1 device with CPU offload (ZeRO-Offload)"
+                )
                 out.append(
                     Suggestion(
-                        change=f"{n} devices with ZeRO-3 and CPU offload",
+                        change=change,
                         detail=f"optimizer states and parameters in host RAM "
-                        f"({format_bytes(m.host_bytes)} per device), "
+                        f"({format_bytes(m.host_bytes)} of {format_bytes(ram)} per device), "
                         f"{format_bytes(m.total_bytes)} on each device; slower per step",
                     )
                 )
                 break
+    sixteen = quantized_base_precision(ctx.target)
     for task in (Task.QLORA, Task.LORA):
-        c = tight.with_(
-            task=task, precision=Precision.BF16_MIXED if task is Task.QLORA else base.precision
-        )
+        c = tight.with_(task=task, precision=sixteen if task is Task.QLORA else base.precision)
         m = estimate(ctx, c)
         if m.total_bytes <= usable:
             out.append(
