@@ -3,6 +3,7 @@ would fit when nothing does."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from advisor.config import (
@@ -22,7 +23,7 @@ from advisor.plan.evaluator import Evaluator, Plan, memory_reason
 from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
 from advisor.plan.models import Reason, Suggestion, WhyNot
-from advisor.plan.rank import Row
+from advisor.plan.rank import NVME_LAST_RESORT, Row
 from advisor.plan.space import (
     Context,
     baseline_config,
@@ -205,7 +206,8 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
                 Suggestion(
                     change="--stack fused",
                     detail="with the fused kernel stack (fused norms and cross-entropy, "
-                    f"{tight.kernels.attention.value} attention) this fits: {format_bytes(m.total_bytes)} per device "
+                    f"{tight.kernels.attention.value} attention) this fits: "
+                    f"{format_bytes(m.total_bytes)} per device "
                     f"(−{format_bytes(hf.total_bytes - m.total_bytes)})",
                 )
             )
@@ -325,7 +327,7 @@ def trade_note(
     i, fast = min(candidates, key=lambda x: (ttt(x[1]), x[0]))
     speedup = ttt(pick) / max(ttt(fast), 1e-30)
     if i == 0 or speedup < TRADE_MIN_SPEEDUP:
-        return ""
+        return _nvme_pick_note(ctx, pick, candidates, ttt)
     pick_parts = set(describe_config(pick.config).split(", "))
     differs = [x for x in describe_config(fast.config).split(", ") if x not in pick_parts]
     what = "plan" + (f" ({', '.join(differs[:4])})" if differs else "")
@@ -337,6 +339,12 @@ def trade_note(
         and (fast.config.task in (Task.LORA, Task.QLORA))
     ):
         why.append("full-parameter training ranks above adapters under --objective quality")
+    if fast.config.savers.offload.nvme and not pick.config.savers.offload.nvme:
+        why.append(
+            f"NVMe offload is a last resort: it ranks below plans that fit without it unless "
+            f"more than {math.exp(NVME_LAST_RESORT) - 1:.0%} faster (one assumed drive rate; "
+            "the states are written to the SSD every step)"
+        )
     if pick.peak_bytes < fast.peak_bytes:
         why.append(f"#1 needs {format_bytes(fast.peak_bytes - pick.peak_bytes)} less per device")
     net = _rule_difference(decision, pick.techniques, fast.techniques)
@@ -355,6 +363,30 @@ def trade_note(
         why.append(f"#1 needs {steps_of(pick) / max(steps_of(fast), 1e-9):.2g}x its steps")
     reason_text = "; ".join(why) or "the objective weighs memory and rules against speed"
     return f"{speedup:.2f}x faster {what} ranks #{i + 1} under {objective}: {reason_text}"
+
+
+def _nvme_pick_note(
+    ctx: Context,
+    pick: Plan,
+    candidates: list[tuple[int, Plan]],
+    ttt: Callable[[Plan], float],
+) -> str:
+    """Why an NVMe-offloading pick beats every plan without it ("" when it offloads
+    nothing to NVMe or nothing else reaches the batch)."""
+    if not pick.config.savers.offload.nvme:
+        return ""
+    others = [(i, p) for i, p in candidates if not p.config.savers.offload.nvme]
+    if not others:
+        return (
+            "#1 offloads to NVMe, the last resort: no plan without NVMe offload reaches the "
+            "global batch on this hardware"
+        )
+    j, best = min(others, key=lambda x: (ttt(x[1]), x[0]))
+    speedup = ttt(best) / max(ttt(pick), 1e-30)
+    return (
+        f"#1 offloads to NVMe, the last resort: {speedup:.2f}x faster to the target than the "
+        f"best plan without it (#{j + 1}) under {ctx.workload.objective.value}"
+    )
 
 
 def _rule_difference(

@@ -193,9 +193,9 @@ def test_why_not_judges_the_options_with_what_a_pre_ampere_gpu_runs(hardware: st
     # activations) fits 16 GB; Colab's T4 shows 15 GiB (ECC), where it needs checkpointing.
     qlora = verdicts["QLoRA (r=16, 4-bit base) with AdamW in fp16-mixed"]
     assert qlora.startswith("needs" if hardware == "colab-t4" else "fits"), qlora
-    assert "needs" in verdicts[
-        "AdamW full fine-tuning in fp16-mixed, no memory savers, no sharding"
-    ]
+    assert (
+        "needs" in verdicts["AdamW full fine-tuning in fp16-mixed, no memory savers, no sharding"]
+    )
 
 
 def test_why_not_places_a_ranked_option_below_the_shown_rows() -> None:

@@ -258,9 +258,13 @@ def _first_sentence(text: str) -> str:
             depth += 1
         elif ch in ")]":
             depth = max(depth - 1, 0)
-        elif ch == "." and depth == 0 and text[i + 1 : i + 2] == " ":
-            if not text[: i + 1].endswith(_ABBREVIATIONS):
-                return text[: i + 1]
+        elif (
+            ch == "."
+            and depth == 0
+            and text[i + 1 : i + 2] == " "
+            and not text[: i + 1].endswith(_ABBREVIATIONS)
+        ):
+            return text[: i + 1]
     return text
 
 
