@@ -383,12 +383,7 @@ def _simplicity(ctx: Context, dim: str, value: Any, index: int) -> int:
         impl = ctx.taxonomy.get(value).implementation or ""
         return (1 if impl.startswith("torch.") else 2) * 1000 + index
     if dim == "precision":
-        if value in (default_precision(ctx.target), Precision.BF16_MIXED, Precision.FP32):
-            return 0
-        # Then the 16-bit format the device is fast in (bare bf16 before bare fp16 on a GPU
-        # with bf16: equal in memory and time, fp16 needs loss scaling).
-        fast16 = "bf16" if ctx.target.fast_bf16 else "fp16"
-        return (1000 if fast16 in value.value else 2000) + index
+        return 0 if value in (Precision.BF16_MIXED, Precision.FP32) else 1000 + index
     return 0 if value is Attention.FLASH else 1000 + index
 
 

@@ -58,3 +58,15 @@ def test_qlora_on_colabs_free_t4_fits_in_fp16_with_a_non_flash_kernel() -> None:
     for row in s.rows:
         m = row.plan.memory
         assert m.host_bytes <= host_usable(s.ctx.target), row.plan.config
+
+
+def test_qlora_keeps_bf16_compute_where_the_gpu_has_it() -> None:
+    # Dettmers et al. 2023 compute in bf16; fp16 compute is the fallback without bf16.
+    s = searched("llama-3.1-8b", "rtx-4090", task=Task.QLORA)
+    assert s.rows
+    assert all(r.plan.config.precision not in _FP16 for r in s.rows)
+    t4 = searched("llama-3.1-8b", "t4", task=Task.QLORA)
+    assert t4.rows and all(r.plan.config.precision in _FP16 for r in t4.rows)
+
+
+_FP16 = {Precision.AMP_FP16, Precision.FP16_MIXED, Precision.FP16}
