@@ -35,6 +35,8 @@ REQUIRED_IDS = frozenset(
         "rtx-3090",
         "mi300x",
         "cpu-laptop",
+        "colab-t4",
+        "kaggle-t4x2",
     }
     | {"b200", "b300", "gb200", "gb300", "h800", "h20", "mi325x", "mi355x"}
 )
@@ -58,7 +60,7 @@ def test_every_required_id_loads() -> None:
 def test_every_yaml_file_was_loaded_and_counted() -> None:
     # NOTE: count what was checked (torchtune's config test silently checked 3 of 197).
     files = sorted(FOLDER.glob("*.yaml"))
-    assert len(files) == len(PROFILES) == 24
+    assert len(files) == len(PROFILES) == 26
     assert {f.stem for f in files} == set(PROFILES)
     assert not list(FOLDER.glob("*.yml")), "use .yaml: the loader ignores .yml files"
 

@@ -244,9 +244,28 @@ _SHORT = {
 }
 
 
+# Abbreviations whose full stop ends no sentence ("(e.g. Volta and Turing)" cut after "e.g."
+# left a rule's rationale mid-sentence).
+_ABBREVIATIONS = ("e.g.", "i.e.", "cf.", "vs.", "al.", "approx.", "Fig.", "Eq.", "Sec.", "No.")
+
+
 def _first_sentence(text: str) -> str:
-    head, dot, _ = text.partition(". ")
-    return head + ("." if dot else "")
+    """The first sentence: up to the first ". " outside parentheses that follows no
+    abbreviation (the whole text when there is none)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(depth - 1, 0)
+        elif (
+            ch == "."
+            and depth == 0
+            and text[i + 1 : i + 2] == " "
+            and not text[: i + 1].endswith(_ABBREVIATIONS)
+        ):
+            return text[: i + 1]
+    return text
 
 
 def _fact(v: object) -> str:
