@@ -52,6 +52,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         best = report.recommendations[0]
         _render_steps(best)
         _render_best(best)
+        from advisor.shell.render.wholerun import render_whole_run
+
+        render_whole_run(report)
     _render_why_not_and_advice(report)
     if explain:
         _render_explain(report)
