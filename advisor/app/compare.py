@@ -153,7 +153,11 @@ def compare_hardware(
     fitting = [o for o in found if o.run is not None]
     chosen: Sort
     if sort is None:
-        chosen = "cost" if fitting and all(o.run and o.run.cost_usd is not None for o in fitting) else "time"
+        chosen = (
+            "cost"
+            if fitting and all(o.run and o.run.cost_usd is not None for o in fitting)
+            else "time"
+        )
     else:
         chosen = "cost" if sort == "cost" else "time"
     ranked = sorted(found, key=lambda o: _key(o, chosen))

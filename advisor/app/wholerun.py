@@ -35,6 +35,7 @@ from advisor.plan import Recommendation, RecommendReport
 
 if TYPE_CHECKING:
     from advisor.app.environment import Environment
+    from advisor.app.estimate import EstimateReport
     from advisor.app.recommend import RecommendRequest, RecommendRun
 
 # NOTE: the hardware ladder tried when a plan is impractical: one rentable GPU per class,
@@ -197,13 +198,17 @@ def with_runs(
 def verdict(budget: RunBudget, run: RunEstimate) -> WholeRun:
     """The pick's run against the bound, in one line."""
     took = format_duration(run.wall_seconds)
+    step = format_duration(run.wall_seconds / run.steps)
     bound = f"{budget.max_days:g} days"
     if run.practical:
-        line = f"the pick finishes {run.tokens:,} tokens in {took}, within {bound}"
+        line = (
+            f"the pick finishes {run.tokens:,} tokens ({run.steps:,} steps of {step}) in "
+            f"{took}, within {bound}"
+        )
     else:
         line = (
-            f"impractical: the pick needs {took} for {run.tokens:,} tokens "
-            f"({run.steps:,} steps), more than {bound} (--max-days)"
+            f"impractical: at {step} per step the pick needs {took} for {run.steps:,} steps "
+            f"({run.tokens:,} tokens), more than {bound} (--max-days)"
         )
     return WholeRun(budget=budget, practical=run.practical, verdict=line)
 
@@ -239,9 +244,7 @@ def with_remedies(
         )
         if r is not None
     ]
-    return report.model_copy(
-        update={"whole_run": whole.model_copy(update={"remedies": found})}
-    )
+    return report.model_copy(update={"whole_run": whole.model_copy(update={"remedies": found})})
 
 
 def _replan(
@@ -250,7 +253,6 @@ def _replan(
     """The pick of ``req`` with ``changes`` (workload fields, spec or hardware), and its run;
     None when nothing fits or the change is not valid there."""
     from advisor.app.recommend import plan_recommendation
-    from advisor.hardware.profiles import get_hardware_profile
 
     workload_changes = {k: v for k, v in changes.items() if k in ("task",)}
     update: dict[str, object] = {k: v for k, v in changes.items() if k not in workload_changes}
@@ -270,11 +272,7 @@ def _replan(
     alt = run.report
     if not alt.recommendations:
         return None
-    if hardware is not None:
-        profile = get_hardware_profile(str(hardware))
-        power, hw_id = profile_power(profile), profile.id
-    else:
-        power, hw_id = local_power(run.environment, alt)
+    power, hw_id = target_power(None if hardware is None else str(hardware), run.environment, alt)
     est = row_run(alt, alt.recommendations[0], budget, power, options.price(hw_id))
     return alt, est
 
@@ -300,7 +298,9 @@ def _task_remedy(
     if best is None:
         return None
     name = "LoRA" if best[2] is Task.LORA else "QLoRA"
-    return _remedy("task", f"{name} instead of {pick.task}", f"--task {best[2].value}", best[0], best[1])
+    return _remedy(
+        "task", f"{name} instead of {pick.task}", f"--task {best[2].value}", best[0], best[1]
+    )
 
 
 def _model_remedy(
@@ -381,6 +381,20 @@ def _pick_wall(report: RecommendReport) -> float:
     return steps * pick.step_time_s
 
 
+def target_power(
+    hardware: str | None, env: Environment | None, report: RecommendReport | None
+) -> tuple[DevicePower, str | None]:
+    """The power and price id of a --hardware profile, else of this machine."""
+    from advisor.hardware.profiles import get_hardware_profile
+
+    if hardware:
+        profile = get_hardware_profile(hardware)
+        return profile_power(profile), profile.id
+    if report is None:
+        return machine_power()
+    return local_power(env, report)
+
+
 def local_power(env: Environment | None, report: RecommendReport) -> tuple[DevicePower, str | None]:
     """This machine's power (NVML where probed, else its matched profile's tdp_watts) and the
     profile id its price is looked up by (None for a CPU: nothing to rent)."""
@@ -397,16 +411,67 @@ def local_power(env: Environment | None, report: RecommendReport) -> tuple[Devic
     )
 
 
-
 def finish_report(run: RecommendRun, req: RecommendRequest, options: RunOptions) -> RecommendReport:
     """The recommend report with its whole-run figures and, when impractical, the remedies."""
-    from advisor.hardware.profiles import get_hardware_profile
 
     report = run.report
-    if req.hardware:
-        profile = get_hardware_profile(req.hardware)
-        power, hw_id = profile_power(profile), profile.id
-    else:
-        power, hw_id = local_power(run.environment, report)
+    power, hw_id = target_power(req.hardware, run.environment, report)
     report = with_runs(report, options, power, hw_id)
     return with_remedies(report, req, options)
+
+
+def estimate_with_run(
+    report: EstimateReport, options: RunOptions, hardware: str | None
+) -> EstimateReport:
+    """An estimate report with its configuration's whole run under the user's budget.
+
+    Raises:
+        UserError: when the estimate has no step time to multiply.
+    """
+
+    st = report.step_time
+    if st is None or st.seconds <= 0:
+        raise UserError(
+            "--tokens needs a step time, and this estimate has none",
+            "give --hardware NAME (or run it where the device can be probed)",
+        )
+    c = report.config
+    power, hw_id = target_power(hardware, None, None) if hardware else machine_power()
+    budget = options.budget(c.batch.seq_len)
+    tokens_per_step = (
+        c.batch.micro_batch * c.batch.grad_accumulation * c.layout.data_parallel * c.batch.seq_len
+    )
+    components = {k: _seconds(v) for k, v in st.components.items()}
+    run = estimate_run(
+        step_seconds=st.seconds,
+        tokens_per_step=tokens_per_step,
+        devices=c.layout.world_size,
+        budget=budget,
+        components=components,
+        power=power,
+        price=options.price(hw_id),
+    )
+    return report.model_copy(update={"run": run})
+
+
+def machine_power() -> tuple[DevicePower, str | None]:
+    """This machine's GPU power (NVML, else its matched profile) and profile id; a CPU has
+    neither (no power reading, nothing to rent)."""
+    from advisor.app.environment import probe_environment
+
+    env = probe_environment()
+    gpus = env.probe.gpus
+    if not gpus:
+        return DevicePower(limit_watts=None, source="CPU (no power reading)"), None
+    profile = env.local_target.profile
+    match = profile if profile.id in env.profiles else None
+    return probed_power(gpus[0].power_limit_w, gpus[0].idle_power_w, profile_power(match)), (
+        match.id if match else None
+    )
+
+
+def _seconds(value: object) -> float:
+    """A step-time component's seconds (the estimate report keeps each as a dict)."""
+    if isinstance(value, dict):
+        value = value.get("seconds", 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0

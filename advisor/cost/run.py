@@ -83,7 +83,9 @@ class RunBudget(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tokens: int = _d("training tokens in all (what --tokens, or --epochs x --dataset-tokens, gave)")
-    source: str = _d("where the budget comes from: --tokens, --epochs x --dataset-tokens, or the default")
+    source: str = _d(
+        "where the budget comes from: --tokens, --epochs x --dataset-tokens, or the default"
+    )
     default: bool = _d(
         "true when the user gave no budget: the run judged is the shortest published "
         "fine-tune (a lower bound), only to tell whether the plan is practical",
@@ -211,7 +213,9 @@ class DevicePower(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     limit_watts: float | None = _d("board power limit: NVML's enforced limit, or tdp_watts")
-    idle_watts: float | None = _d("measured idle draw (NVML), null where not measured", default=None)
+    idle_watts: float | None = _d(
+        "measured idle draw (NVML), null where not measured", default=None
+    )
     source: str = _d("profile tdp_watts, or NVML")
 
 
@@ -313,8 +317,7 @@ def estimate_run(
         tokens=budget.tokens,
         tokens_per_step=tokens_per_step,
         steps=steps,
-        steps_basis=steps_basis
-        or f"ceil({budget.tokens:,} tokens / {tokens_per_step:,} per step)",
+        steps_basis=steps_basis or f"ceil({budget.tokens:,} tokens / {tokens_per_step:,} per step)",
         wall_seconds=wall,
         wall_days=wall / SECONDS_PER_DAY,
         devices=devices,
@@ -350,7 +353,9 @@ class Remedy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    change: str = _d("the change, e.g. 'QLoRA instead of full fine-tuning' or 'rent 1 x h100-sxm-80gb'")
+    change: str = _d(
+        "the change, e.g. 'QLoRA instead of full fine-tuning' or 'rent 1 x h100-sxm-80gb'"
+    )
     kind: str = _d("task (LoRA/QLoRA), model (a smaller one), or hardware (a profile)")
     command: str = _d("the optadvise flags that plan it")
     plan: str = _d("the plan that change gets, in short")

@@ -262,7 +262,7 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
             cc = f"{cc_pair[0]}.{cc_pair[1]}" if cc_pair else None
             # NOTE: the enforced limit is what the board runs under (an administrator's cap
             # included); the management limit is read where the enforced one is unsupported.
-            power = _optional(nvml.nvmlDeviceGetEnforcedPowerLimit, h)
+            power = _optional_named(nvml, "nvmlDeviceGetEnforcedPowerLimit", h)
             if not isinstance(power, (int, float)):
                 power = _optional(nvml.nvmlDeviceGetPowerManagementLimit, h)
             draw, idle = _power_draw(nvml, h)
@@ -297,13 +297,19 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
 def _power_draw(nvml: Any, handle: Any) -> tuple[float | None, float | None]:
     """The board's draw now (watts), and the same figure as its idle draw when the GPU ran
     no kernel over NVML's last sample period (utilisation 0), else None."""
-    mw = _optional(nvml.nvmlDeviceGetPowerUsage, handle)
+    mw = _optional_named(nvml, "nvmlDeviceGetPowerUsage", handle)
     if not isinstance(mw, (int, float)) or mw <= 0:
         return None, None
     draw = mw / 1000
-    rates = _optional(nvml.nvmlDeviceGetUtilizationRates, handle)
+    rates = _optional_named(nvml, "nvmlDeviceGetUtilizationRates", handle)
     busy = getattr(rates, "gpu", None)
     return draw, draw if busy == 0 else None
+
+
+def _optional_named(nvml: Any, name: str, *args: Any) -> Any:
+    """:func:`_optional` for a query an older binding may not have at all."""
+    fn = getattr(nvml, name, None)
+    return None if fn is None else _optional(fn, *args)
 
 
 def _optional(fn: Callable[..., Any], *args: Any) -> Any:

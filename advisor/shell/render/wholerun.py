@@ -99,3 +99,13 @@ def render_compare(report: CompareReport) -> None:
     for o in report.options:
         if o.run is not None and o.run.usd_per_gpu_hour is not None:
             common.console.print(f"[dim]{safe(o.hardware)}: {safe(o.run.price_source)}[/]")
+
+
+def render_estimate_run(run: RunEstimate) -> None:
+    """The estimated configuration's whole run under the user's budget."""
+    style = "bold" if run.practical else "bold red"
+    word = "" if run.practical else f" (impractical: over {run.max_days:g} days, --max-days)"
+    common.console.print(f"\n[{style}]Whole run[/] of {run.tokens:,} tokens{word}:")
+    common.console.print(f"  {safe(run_line(run))}")
+    common.console.print(f"  [dim]energy: {safe(run.energy_basis)}[/]")
+    common.console.print(f"  [dim]price: {safe(run.price_source)}[/]")
