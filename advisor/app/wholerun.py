@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 # cheapest first (free-tier class, inference class, consumer flagship, the two datacentre
 # generations); each is planned for real and the cheapest practical one is named.
 REMEDY_HARDWARE = ("t4", "l4", "rtx-4090", "a100-sxm-80gb", "h100-sxm-80gb")
+# When no single GPU of the ladder is fast enough: one node of the datacentre generations.
+REMEDY_NODE = (("a100-sxm-80gb", 8), ("h100-sxm-80gb", 8))
+SMALLEST_MODEL = 125e6
 
 
 class RunOptions(BaseModel):
@@ -258,7 +261,8 @@ def _replan(
     update: dict[str, object] = {k: v for k, v in changes.items() if k not in workload_changes}
     update["top"] = 1
     if workload_changes:
-        update["workload"] = req.workload.model_copy(update=workload_changes)
+        base = update.get("workload", req.workload)
+        update["workload"] = base.model_copy(update=workload_changes)  # type: ignore[attr-defined]
     hardware = update.get("hardware", req.hardware)
     if hardware is None:
         update["calibrate"] = False  # analytic: a remedy never starts a calibration
@@ -317,9 +321,9 @@ def _model_remedy(
     params = report.workload.parameters
     best: tuple[RecommendReport, RunEstimate, str] | None = None
     for _ in range(3):
-        target = params * budget.max_days * 86_400 / wall * 0.8
-        if target < 1e8:
-            break
+        # NOTE: no smaller than the ladder's smallest rung (OPT-125M): below it there is no
+        # model worth advice (advisor.model.profiles.resolve_model_size).
+        target = max(params * budget.max_days * 86_400 / wall * 0.8, SMALLEST_MODEL)
         text = f"{target / 1e9:.2g}B" if target >= 1e9 else f"{target / 1e6:.0f}M"
         spec = resolve_model_size(text)
         if spec.parameter_count() >= report.workload.parameters:
@@ -351,6 +355,12 @@ def _hardware_remedy(
         got = _replan(req, options, budget, hardware=hid)
         if got is not None:
             tried.append((got[0], got[1], hid))
+    if not any(t[1].practical for t in tried) and (req.gpus or 1) * req.workload.nodes < 8:
+        for hid, gpus in REMEDY_NODE:
+            workload = req.workload.model_copy(update={"gpus": gpus})
+            got = _replan(req, options, budget, hardware=hid, gpus=gpus, workload=workload)
+            if got is not None:
+                tried.append((got[0], got[1], hid))
     if not tried:
         return None
     practical = [t for t in tried if t[1].practical]
@@ -359,7 +369,8 @@ def _hardware_remedy(
     else:
         alt, run, hid = min(tried, key=lambda t: t[1].wall_seconds)
     n = run.devices
-    return _remedy("hardware", f"rent {n} x {hid}", f"--hardware {hid}", alt, run)
+    flags = f"--hardware {hid}" + (f" --gpus {n}" if n != (req.gpus or 1) else "")
+    return _remedy("hardware", f"rent {n} x {hid}", flags, alt, run)
 
 
 def _cost_key(run: RunEstimate) -> float:

@@ -73,7 +73,9 @@ def test_nvml_power_is_idle_plus_the_busy_share_of_the_rest() -> None:
     assert device_watts(power, 1.0)[0] == pytest.approx(700)
     assert device_watts(power, 0.5)[0] == pytest.approx(385)
     # Below the TDP bound wherever the device waits: the bound never under-counts.
-    assert device_watts(power, 0.7)[0] < device_watts(DevicePower(limit_watts=700, source="p"), 0.7)[0]  # type: ignore[operator]
+    assert (
+        device_watts(power, 0.7)[0] < device_watts(DevicePower(limit_watts=700, source="p"), 0.7)[0]
+    )  # type: ignore[operator]
 
 
 def test_busy_share_counts_only_computing_components() -> None:
@@ -84,7 +86,9 @@ def test_busy_share_counts_only_computing_components() -> None:
 
 
 def test_unknown_power_or_price_is_reported_as_such() -> None:
-    run = _run(1.0, 1000, 1, 10_000, power=DevicePower(limit_watts=None, source="cpu"), price=NO_PRICE)
+    run = _run(
+        1.0, 1000, 1, 10_000, power=DevicePower(limit_watts=None, source="cpu"), price=NO_PRICE
+    )
     assert run.energy_kwh is None and run.cost_usd is None and run.device_watts is None
 
 

@@ -258,6 +258,7 @@ def recommend(
                 "tp": tp,
                 "pp": pp,
                 "lora_targets": lora_targets,
+                "calibrate": calibrate,
             },
             rules=rules_dirs(rules_dir) if rules_dir else None,
         )
