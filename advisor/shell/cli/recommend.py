@@ -80,7 +80,11 @@ TpOpt = Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel
 PpOpt = Annotated[int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")]
 HardwareOpt = Annotated[
     str | None,
-    typer.Option("--hardware", help="Plan for a profile instead of this machine (profiles list)."),
+    typer.Option(
+        "--hardware",
+        help="Plan for a profile instead of this machine (profiles list); a,b,c compares "
+        "profiles for the same job by time and cost to finish.",
+    ),
 ]
 GpusOpt = Annotated[
     int | None, typer.Option("--gpus", help="Devices per node (default: all local GPUs, or 1).")

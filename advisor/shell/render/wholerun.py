@@ -76,7 +76,8 @@ def render_compare(report: CompareReport) -> None:
     rows = []
     for o in report.options:
         if o.run is None:
-            rows.append([str(o.rank), o.hardware, safe(o.note), "-", "-", "-", "-", "-", "-"])
+            name = f"{o.devices} x {o.hardware}"
+            rows.append([str(o.rank), name, safe(o.note), "-", "-", "-", "-", "-", "-"])
             continue
         r = o.run
         rows.append(
