@@ -264,10 +264,9 @@ def _replan(
         base = update.get("workload", req.workload)
         update["workload"] = base.model_copy(update=workload_changes)  # type: ignore[attr-defined]
     hardware = update.get("hardware", req.hardware)
-    if hardware is None:
-        update["calibrate"] = False  # analytic: a remedy never starts a calibration
-    else:
-        update["calibrate"] = None
+    # NOTE: a remedy never starts a calibration (analytic on this machine), and reads the
+    # measured step proxy only where the user's own run did (not with --no-calibrate).
+    update["calibrate"] = False if hardware is None or req.calibrate is False else None
     alt_req = req.model_copy(update=update)
     try:
         run = plan_recommendation(alt_req)
@@ -283,7 +282,12 @@ def _replan(
 
 def _remedy(kind: str, change: str, command: str, alt: RecommendReport, run: RunEstimate) -> Remedy:
     return Remedy(
-        kind=kind, change=change, command=command, plan=describe(alt.recommendations[0]), run=run
+        kind=kind,
+        change=change,
+        command=command,
+        plan=describe(alt.recommendations[0]),
+        costs=alt.cost_note.split("\n")[0],
+        run=run,
     )
 
 

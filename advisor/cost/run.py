@@ -33,6 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from advisor.data.cache import cached_by_content
 from advisor.errors import UserError
 
 SECONDS_PER_DAY = 86_400.0
@@ -150,19 +151,16 @@ def load_prices(path: Path | None = None, *, flag: str = "--prices") -> PriceTab
         UserError: naming the file and each bad entry (a user's file is bad input; the
             shipped one is checked by tests/cost/test_prices.py).
     """
-    from advisor.data.yamlio import YamlError, parse_yaml
+    from advisor.data.yamlio import YamlError
 
     path = path or shipped_prices_path()
     try:
-        text = path.read_text(encoding="utf-8")
+        return _load_table(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(
             f"{flag} {path}: cannot be read ({exc.__class__.__name__})",
             "give a readable YAML file shaped as profiles/costs/prices.yaml",
         ) from None
-    try:
-        raw = parse_yaml(text)
-        return PriceTable.model_validate(raw)
     except YamlError as exc:
         raise UserError(f"{flag} {path}: not YAML ({exc})", "check the file's syntax") from None
     except ValidationError as exc:
@@ -174,6 +172,23 @@ def load_prices(path: Path | None = None, *, flag: str = "--prices") -> PriceTab
             "each entry needs id, usd_per_gpu_hour > 0, offer, date (YYYY-MM-DD) and source; "
             "see profiles/costs/prices.yaml",
         ) from None
+
+
+def _price_sources(args: dict[str, Any]) -> tuple[list[Path], str]:
+    return [Path(args["path"])], ""
+
+
+@cached_by_content("prices", _price_sources)
+def _load_table(path: Path) -> PriceTable:
+    """Parse and validate one price file (cached by its content: a warm run parses no YAML).
+
+    Raises:
+        OSError, UnicodeDecodeError: the file cannot be read. YamlError: not YAML.
+        ValidationError: not a price table.
+    """
+    from advisor.data.yamlio import parse_yaml
+
+    return PriceTable.model_validate(parse_yaml(path.read_text(encoding="utf-8")))
 
 
 class PriceChoice(BaseModel):
@@ -359,6 +374,11 @@ class Remedy(BaseModel):
     kind: str = _d("task (LoRA/QLoRA), model (a smaller one), or hardware (a profile)")
     command: str = _d("the optadvise flags that plan it")
     plan: str = _d("the plan that change gets, in short")
+    costs: str = _d(
+        "where that plan's step time comes from (a re-planned local run is analytic: a "
+        "remedy never starts a calibration)",
+        default="",
+    )
     run: RunEstimate = _d("that plan's whole run under the same budget")
 
 
