@@ -77,3 +77,11 @@ def test_measured_power_feeds_the_linear_model_and_stays_under_the_tdp_bound(bus
     assert bound == 700 and watts is not None and watts <= bound
     # No NVML limit: the profile's TDP stands.
     assert probed_power(None, None, tdp) is tdp
+
+
+def test_the_probe_table_shows_the_idle_draw() -> None:
+    from advisor.shell.render.probe import _power
+
+    assert _power(650, 72, 72) == "650 W (72 W idle)"
+    assert _power(650, 610, None) == "650 W (610 W now)"
+    assert _power(None, None, None) == "-"

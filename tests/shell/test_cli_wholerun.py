@@ -45,6 +45,8 @@ def _usage_error(args: list[str]) -> str:
         ["--hardware", "t4,l4", "--sort", "speed"],
         ["--hardware", "t4,l4", "--emit", "torch"],
         ["--hardware", "t4,l4", "--calibrate"],
+        ["--hardware", "t4,l4", "--explain"],
+        ["--hardware", "t4,l4", "--show-rejected"],
     ],
 )
 def test_bad_whole_run_input_is_one_line_and_exit_2(extra: list[str]) -> None:

@@ -224,6 +224,12 @@ def recommend(
     _check_flags(tp, pp, emit, out, force)
     if sort is not None and not compare:
         raise UserError("--sort ranks hardware options", "give --hardware a,b,c, or drop --sort")
+    if compare and (explain or show_rejected):
+        given = "--explain" if explain else "--show-rejected"
+        raise UserError(
+            f"{given} explains one ranking, and --hardware a,b,c compares several",
+            f"run one profile with --hardware NAME {given}",
+        )
     options = RunOptions.from_flags(
         tokens=tokens,
         epochs=epochs,
