@@ -242,7 +242,7 @@ def with_remedies(
         r
         for r in (
             _task_remedy(report, req, options, pick),
-            _model_remedy(report, req, options, pick),
+            _model_remedy(report, req, options),
             _hardware_remedy(report, req, options),
         )
         if r is not None
@@ -312,14 +312,13 @@ def _task_remedy(
 
 
 def _model_remedy(
-    report: RecommendReport, req: RecommendRequest, options: RunOptions, pick: Recommendation
+    report: RecommendReport, req: RecommendRequest, options: RunOptions
 ) -> Remedy | None:
     """The largest smaller model (by the size ladder) whose run fits the bound on this
     hardware: time per token scales with parameters (6N FLOPs per token, Kaplan et al. 2020),
     so the first guess is the size x bound / wall time, then checked by planning it."""
     from advisor.model import resolve_model_size
 
-    assert pick.run is not None or report.whole_run is not None
     budget = _budget(report)
     wall = _pick_wall(report)
     params = report.workload.parameters
