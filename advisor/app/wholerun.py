@@ -55,7 +55,7 @@ class RunOptions(BaseModel):
     tokens: int | None = None
     source: str = ""
     max_days: float = DEFAULT_MAX_DAYS
-    prices: PriceTable
+    user_prices: PriceTable | None = None
     price_per_hour: float | None = None
 
     @classmethod
@@ -102,16 +102,16 @@ class RunOptions(BaseModel):
             count = max(1, math.ceil(epochs * per_epoch))
             check_bound("--tokens", count)
             source = f"--epochs {epochs:g} x --dataset-tokens {dataset_tokens.strip()}"
-        table = load_prices()
+        user = None
         if prices is not None:
             if not prices.strip():
                 raise UserError("--prices is empty", "give a price file, e.g. --prices my.yaml")
-            table = table.merged(load_prices(Path(prices), flag="--prices"))
+            user = load_prices(Path(prices), flag="--prices")  # bad input fails before planning
         return cls(
             tokens=count,
             source=source,
             max_days=DEFAULT_MAX_DAYS if max_days is None else max_days,
-            prices=table,
+            user_prices=user,
             price_per_hour=price_per_hour,
         )
 
@@ -122,8 +122,16 @@ class RunOptions(BaseModel):
         return RunBudget(tokens=self.tokens, source=self.source, max_days=self.max_days)
 
     def price(self, hardware_id: str | None) -> PriceChoice:
-        """The $/GPU-hour for ``hardware_id`` (--price-per-hour first)."""
-        return choose_price(hardware_id, self.prices, self.price_per_hour)
+        """The $/GPU-hour for ``hardware_id`` (--price-per-hour first, then --prices, then the
+        shipped table, read only when a price is asked for)."""
+        if self.price_per_hour is not None:
+            return choose_price(
+                hardware_id, PriceTable(currency="USD", prices=[]), self.price_per_hour
+            )
+        table = load_prices()
+        if self.user_prices is not None:
+            table = table.merged(self.user_prices)
+        return choose_price(hardware_id, table)
 
 
 def profile_power(profile: HardwareProfile | None) -> DevicePower:
