@@ -25,6 +25,7 @@ from advisor.config import (
     TrainingConfig,
 )
 from advisor.cost.convergence import StepsRange, plan_steps
+from advisor.cost.run import RunEstimate
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind, HardwareProfile, get_hardware_profile
 from advisor.memory import (
@@ -141,6 +142,11 @@ class EstimateReport(BaseModel):
         default=None,
         description="steps to reach AdamW's loss relative to AdamW at this model size "
         "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/cost/convergence.py",
+    )
+    run: RunEstimate | None = Field(
+        default=None,
+        description="the whole run under --tokens (or --epochs x --dataset-tokens): steps, "
+        "wall time, GPU-hours, energy, cost; absent without a budget",
     )
 
 

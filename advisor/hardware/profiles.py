@@ -371,6 +371,14 @@ class GpuInfo(_Frozen):
     driver_version: str | None = None
     cuda_driver_version: str | None = None
     power_limit_w: float | None = None
+    power_draw_w: float | None = Field(
+        default=None, description="power draw when probed, watts (NVML nvmlDeviceGetPowerUsage)"
+    )
+    idle_power_w: float | None = Field(
+        default=None,
+        description="the draw when probed while the GPU ran no kernel (NVML utilisation 0), "
+        "watts: the idle figure whole-run energy estimates use",
+    )
     pcie_generation: int | None = None
     pcie_width: int | None = None
     nvlink_links: int | None = Field(default=None, description="active NVLink links")

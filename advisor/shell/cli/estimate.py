@@ -23,6 +23,14 @@ from advisor.shell.cli.modelflags import (
     RopeScalingOpt,
     resolve_model,
 )
+from advisor.shell.cli.runflags import (
+    DatasetTokensOpt,
+    EpochsOpt,
+    MaxDaysOpt,
+    PricePerHourOpt,
+    PricesOpt,
+    TokensOpt,
+)
 
 if TYPE_CHECKING:
     from advisor.app.estimate import EstimateReport
@@ -216,6 +224,12 @@ def estimate(
     activation_offload: ActivationOffloadOpt = False,
     hardware: HardwareOpt = None,
     device: DeviceOpt = None,
+    tokens: TokensOpt = None,
+    epochs: EpochsOpt = None,
+    dataset_tokens: DatasetTokensOpt = None,
+    max_days: MaxDaysOpt = None,
+    price_per_hour: PricePerHourOpt = None,
+    prices: PricesOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
@@ -227,7 +241,16 @@ def estimate(
         print_schema(EstimateReport)
         return
     from advisor.app.limits import resolve_seq_len
+    from advisor.app.wholerun import RunOptions
 
+    options = RunOptions.from_flags(
+        tokens=tokens,
+        epochs=epochs,
+        dataset_tokens=dataset_tokens,
+        max_days=max_days,
+        price_per_hour=price_per_hour,
+        prices=prices,
+    )
     spec = resolve_model(model_size, model, model_config)
     _check_flags(task, lora_rank, virtual_stages, pipeline_parallel)
     _check_bounds(
@@ -270,12 +293,21 @@ def estimate(
         activation_offload=activation_offload,
     )
     report = _estimate(spec, settings, ac_frequency, precision, attention, hardware, device)
+    if options.tokens is not None:
+        from advisor.app.wholerun import estimate_with_run
+
+        report = estimate_with_run(report, options, hardware)
     from advisor.shell import render
 
     if json_out:
-        render.print_json(report)
+        # NOTE: `run` appears only with a budget, so a report without one reads as before.
+        render.print_json(report, exclude={"run": True} if report.run is None else None)
     else:
         render.render_estimate(report)
+        if report.run is not None:
+            from advisor.shell.render.wholerun import render_estimate_run
+
+            render_estimate_run(report.run)
 
 
 def _check_flags(

@@ -51,6 +51,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         _render_row_notes(report, wide=wide)
         best = report.recommendations[0]
         _render_steps(best)
+        from advisor.shell.render.wholerun import render_whole_run
+
+        render_whole_run(report)
         _render_best(best)
     _render_why_not_and_advice(report)
     if explain:
