@@ -15,7 +15,6 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
 from advisor.plan.evaluator import Evaluator, Plan, memory_reason
@@ -23,7 +22,14 @@ from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
 from advisor.plan.models import Reason, Suggestion, WhyNot
 from advisor.plan.rank import Row
-from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
+from advisor.plan.space import (
+    Context,
+    baseline_config,
+    context_steps,
+    describe_config,
+    estimate,
+    host_fits,
+)
 from advisor.rules.engine import Decision
 from advisor.units import format_bytes
 
@@ -141,10 +147,7 @@ def why_not(
 
 
 def _steps(ctx: Context, p: Plan) -> float:
-    c = p.config
-    return plan_steps(
-        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
-    ).central
+    return context_steps(ctx, p.config).central
 
 
 def _position(rows: list[Row], config: TrainingConfig) -> int | None:
