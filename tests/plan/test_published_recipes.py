@@ -61,3 +61,24 @@ def test_70b_pretraining_on_64_h100_keeps_full_precision_optimizer_states() -> N
     assert "8bit" not in top.optimizer
     eight_bit = [x.rule for x in top.reasons if x.rule == "eight-bit-states-when-memory-bound"]
     assert not eight_bit
+
+
+def test_estimate_reports_the_large_batch_factor_of_one_configuration() -> None:
+    # 512 sequences x 64 replicas = 32k: past the 16k threshold, LAMB's range; at 8 x 64 = 512
+    # it is AdamW's count again (You et al. 2019; Nado et al. 2021).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def steps(micro_batch: int) -> dict[str, float]:
+        argv = [sys.executable, "-m", "advisor", "estimate", "--model", "bert-large",
+                "--hardware", "a100-sxm-80gb", "--gpus", "64", "--task", "pretrain",
+                "--seq-len", "128", "--micro-batch", str(micro_batch), "--optimizer", "lamb",
+                "--json"]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, env=os.environ)
+        return json.loads(out.stdout)["steps_vs_adamw"]  # type: ignore[no-any-return]
+
+    big, small = steps(512), steps(8)
+    assert big["central"] < 1.0 <= big["high"]
+    assert small["central"] == 1.0
