@@ -24,7 +24,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import StepsRange, plan_steps
+from advisor.cost.convergence import BatchRegime, StepsRange, plan_steps
 from advisor.cost.run import RunEstimate
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind, HardwareProfile, get_hardware_profile
@@ -356,7 +356,13 @@ def estimate_report(
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
         alternatives=alternatives,
-        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        steps_vs_adamw=plan_steps(
+            taxonomy,
+            config.optimizer,
+            config.task,
+            m.parameters,
+            regime=BatchRegime(global_batch=_global_batch(config), arch=spec.arch),
+        )
         if tech.steps_vs_adamw is not None
         else None,
     )
@@ -451,3 +457,10 @@ def check_hardware_support(
                 f"{tech.name} ({tid}) needs compute capability >= {low:g}; {where} has {cuda_cc:g}",
                 "pick another technique, or --hardware with a newer GPU",
             )
+
+
+def _global_batch(config: TrainingConfig) -> int:
+    """Samples per optimizer step of one configuration (micro-batch x accumulation x the
+    data-parallel replicas): past the critical batch the step factor changes."""
+    b = config.batch
+    return b.micro_batch * b.grad_accumulation * config.layout.data_parallel

@@ -15,7 +15,6 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
 from advisor.hardware.target import host_for
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
@@ -27,6 +26,7 @@ from advisor.plan.rank import NVME_LAST_RESORT, Row
 from advisor.plan.space import (
     Context,
     baseline_config,
+    context_steps,
     describe_config,
     estimate,
     host_fits,
@@ -79,10 +79,17 @@ def plan_reasons(ctx: Context, plan: Plan, decision: Decision) -> list[Reason]:
     """The rules that moved this plan: its techniques' preferences and requirements."""
     present = set(plan.techniques)
     out = []
+    # One line per fired action, naming every technique of the plan it covers: the plan
+    # scores each action once (rules/engine.py), however many of its techniques it names.
+    named: dict[str, list[str]] = {}
     for tid in plan.techniques:
-        for rule_id, weight in decision.contributions.get(tid, []):
-            verb = "prefers" if weight > 0 else "avoids"
-            out.append(reason(ctx, rule_id, f"{verb} {tid} ({weight:+g})"))
+        for key in decision.actions_of.get(tid, []):
+            named.setdefault(key, []).append(tid)
+    for key, tids in named.items():
+        weight = decision.action_weights[key]
+        verb = "prefers" if weight > 0 else "avoids"
+        rule_id = key.rsplit("#", 1)[0]
+        out.append(reason(ctx, rule_id, f"{verb} {', '.join(tids)} ({weight:+g})"))
     for tid, rules in decision.required.items():
         if tid in present:
             out.extend(reason(ctx, r, f"requires {tid}") for r in rules)
@@ -143,10 +150,7 @@ def why_not(
 
 
 def _steps(ctx: Context, p: Plan) -> float:
-    c = p.config
-    return plan_steps(
-        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
-    ).central
+    return context_steps(ctx, p.config).central
 
 
 def _position(rows: list[Row], config: TrainingConfig) -> int | None:
@@ -395,7 +399,7 @@ def _rule_difference(
     """Per rule, how much more it scores ``ours`` than ``theirs`` (largest first, nonzero)."""
     net: dict[str, float] = {}
     for sign, techniques in ((1.0, ours), (-1.0, theirs)):
-        for tid in techniques:
-            for rule_id, weight in decision.contributions.get(tid, []):
-                net[rule_id] = net.get(rule_id, 0.0) + sign * weight
+        for key in decision.actions(techniques):  # each action once per plan
+            rule_id = key.rsplit("#", 1)[0]
+            net[rule_id] = net.get(rule_id, 0.0) + sign * decision.action_weights[key]
     return sorted(((r, w) for r, w in net.items() if w), key=lambda x: (-x[1], x[0]))

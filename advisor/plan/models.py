@@ -82,7 +82,10 @@ class Recommendation(BaseModel):
     cost_source: str = _d("where the step time comes from: measured, analytic or mixed")
     cost_components: dict[str, float] = _d("seconds per step by component")
     memory_breakdown: dict[str, int] = _d("bytes per device by memory term (weights, ...)")
-    rule_score: float = _d("sum of the fired rules' prefer (+weight) and avoid (-weight)")
+    rule_score: float = _d(
+        "sum of the fired rules' prefer (+weight) and avoid (-weight) actions that name its "
+        "techniques, each action counted once"
+    )
     score: float = _d(
         "the objective's score, lower is better (rows are sorted by it): "
         "log(seconds per token x steps to AdamW's loss) plus, under balanced, "

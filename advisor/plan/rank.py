@@ -92,7 +92,7 @@ def rank_plans(
     rows: list[tuple[Plan, float, list[Plan]]] = []
     for *_, score, _t, _m, _d, p in scored:
         for _i, (head, _head_score, members) in enumerate(rows):
-            if _same_row(head, p):
+            if _same_row(head, p) and _same_steps(steps[id(head)], steps[id(p)]):
                 members.append(p)
                 break
         else:
@@ -165,6 +165,12 @@ def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) ->
             ):
                 out.append(a)
     return out
+
+
+def _same_steps(a: float, b: float) -> bool:
+    # Plans that need different numbers of steps to the target do not train the same way,
+    # even at the same step time and memory (LAMB past the critical batch is not AdamW).
+    return abs(a - b) <= EQUIVALENT * max(a, b)
 
 
 def _bare_16_bit(precision: Precision) -> bool:

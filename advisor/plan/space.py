@@ -27,7 +27,13 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import ConvergenceCache, objective_steps, plan_steps
+from advisor.cost.convergence import (
+    BatchRegime,
+    ConvergenceCache,
+    StepsRange,
+    objective_steps,
+    plan_steps,
+)
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind
 from advisor.hardware.target import Target
@@ -657,10 +663,21 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
     return {k: v for k, v in facts.items() if k in declared}
 
 
+def context_steps(ctx: Context, config: TrainingConfig) -> StepsRange:
+    """The plan's steps to AdamW's loss at this model size and global batch (past the
+    critical batch the layer-wise methods' large-batch factors apply)."""
+    regime = BatchRegime(global_batch=ctx.global_batch.samples, arch=ctx.spec.arch)
+    return plan_steps(
+        ctx.taxonomy,
+        config.optimizer,
+        config.task,
+        ctx.spec.parameter_count(),
+        ctx.convergence,
+        regime,
+    )
+
+
 def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:
     """The plan's steps to AdamW's loss as the objective counts them (advisor/cost/convergence.py:
     published ranges, or the measured proxy): the step time's multiplier in the score."""
-    steps = plan_steps(
-        ctx.taxonomy, config.optimizer, config.task, ctx.spec.parameter_count(), ctx.convergence
-    )
-    return objective_steps(ctx.workload.objective.value, steps)
+    return objective_steps(ctx.workload.objective.value, context_steps(ctx, config))

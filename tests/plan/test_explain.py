@@ -370,7 +370,11 @@ def test_the_trade_line_counts_steps_to_target_and_cites_quality_rules() -> None
     # rules/optimizers-generalization.yaml: full-fine-tuning-when-it-fits avoids LoRA (5),
     # a quality rule resting on Biderman et al. 2024.
     decision = NO_RULES.model_copy(
-        update={"contributions": {"lora": [("full-fine-tuning-when-it-fits", -5.0)]}}
+        update={
+            "contributions": {"lora": [("full-fine-tuning-when-it-fits", -5.0)]},
+            "actions_of": {"lora": ["full-fine-tuning-when-it-fits#0"]},
+            "action_weights": {"full-fine-tuning-when-it-fits#0": -5.0},
+        }
     )
     lr = RULES.get("full-fine-tuning-when-it-fits")
     assert lr is not None and lr.rule.quality
