@@ -3,6 +3,8 @@
     python -m benchmarks.gpu_fit            # fit, print, write benchmarks/results/gpu_fit.json
     python -m benchmarks.gpu_fit --write    # ... and write the efficiency blocks into
                                             #     profiles/hardware/*.yaml
+    python -m benchmarks.gpu_fit --loso     # leave-one-source-out cross-validation
+                                            #     (benchmarks/gpu_cv.py, results/gpu_cv.json)
 
 Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan on A100 and H100, OLMo-core
 on H100, Megatron-LM / Narayanan et al. 2021, the Llama 3 paper) and
@@ -590,6 +592,51 @@ def fit_hopper_constant(
     return coordinate_search(loss, {name: start}, {name: bounds}, rounds=40)[name]
 
 
+def load_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of gpu_runs.yaml, each with its measured tokens/s/GPU (``_measured``)."""
+    runs: list[dict[str, Any]] = data["runs"]
+    for run in runs:
+        run["_measured"], run["_conversion"] = measured_tokens(run, run_spec(run))
+    return runs
+
+
+# With no row to fit it on (a cross-validation fold that leaves its only source out), the
+# share of the TP collectives async TP hides is the search's neutral start: half.
+TP_OVERLAP_PRIOR = 0.5
+
+
+def fit_constants(
+    runs: list[dict[str, Any]],
+    profiles: dict[str, HardwareProfile],
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[dict[str, dict[str, float]], dict[str, float], dict[str, GpuEfficiency]]:
+    """The whole fit on ``runs`` less the sources in ``exclude`` (and the held-out source):
+    (fitted constants per generation, FlashAttention-2's curve, every profile's block)."""
+    kernels = _load("attention_kernels.yaml")
+    fa2 = fit_attention(kernels["fa2_a100"])
+    pool = [r for r in runs if r["source"] not in exclude and r["source"] != HELD_OUT]
+    fit: dict[str, dict[str, float]] = {}
+    amp_runs = [r for r in pool if r["source"] in FIT_ON[Generation.AMPERE]]
+    fit[Generation.AMPERE.value] = fit_generation(Generation.AMPERE, amp_runs, profiles, None, fa2)
+    hop_runs = [
+        r for r in pool if r["source"] in FIT_ON[Generation.HOPPER] and r["precision"] != FP8
+    ]
+    fit[Generation.HOPPER.value] = fit_generation(
+        Generation.HOPPER, hop_runs, profiles, fit[Generation.AMPERE.value], fa2
+    )
+    fp8_runs = [r for r in pool if r["source"] in FP8_FIT_ON and r["precision"] == FP8]
+    fit[Generation.HOPPER.value]["gemm_fp8"] = fit_hopper_constant(
+        "gemm_fp8", 0.7, (0.2, 1.0), fp8_runs, profiles, fit, fa2
+    )
+    async_tp = [r for r in pool if r["source"] in TP_OVERLAP_FIT_ON and r.get("tp_comm_overlap")]
+    fit[Generation.HOPPER.value]["tp_overlap"] = (
+        fit_hopper_constant("tp_overlap", 0.5, (0.01, 0.875), async_tp, profiles, fit, fa2)
+        if async_tp
+        else TP_OVERLAP_PRIOR
+    )
+    return fit, fa2, profile_blocks(profiles, fit, fa2)
+
+
 def profile_blocks(
     profiles: dict[str, HardwareProfile], fit: dict[str, dict[str, float]], fa2: dict[str, float]
 ) -> dict[str, GpuEfficiency]:
@@ -636,34 +683,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="write profiles/hardware/*.yaml")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--loso",
+        action="store_true",
+        help="leave-one-source-out cross-validation instead (benchmarks/gpu_cv.py)",
+    )
     args = parser.parse_args(argv)
+    if args.loso:
+        from benchmarks import gpu_cv
+
+        return gpu_cv.main([] if args.out == RESULTS else ["--out", str(args.out)])
 
     data = _load("gpu_runs.yaml")
-    kernels = _load("attention_kernels.yaml")
-    fa2 = fit_attention(kernels["fa2_a100"])
     profiles = load_hardware_profiles()
-    runs: list[dict[str, Any]] = data["runs"]
-    for run in runs:
-        run["_measured"], run["_conversion"] = measured_tokens(run, run_spec(run))
-
-    fit: dict[str, dict[str, float]] = {}
-    amp_runs = [r for r in runs if r["source"] in FIT_ON[Generation.AMPERE]]
-    fit[Generation.AMPERE.value] = fit_generation(Generation.AMPERE, amp_runs, profiles, None, fa2)
-    hop_runs = [
-        r for r in runs if r["source"] in FIT_ON[Generation.HOPPER] and r["precision"] != FP8
-    ]
-    fit[Generation.HOPPER.value] = fit_generation(
-        Generation.HOPPER, hop_runs, profiles, fit[Generation.AMPERE.value], fa2
-    )
-    fp8_runs = [r for r in runs if r["source"] in FP8_FIT_ON and r["precision"] == FP8]
-    fit[Generation.HOPPER.value]["gemm_fp8"] = fit_hopper_constant(
-        "gemm_fp8", 0.7, (0.2, 1.0), fp8_runs, profiles, fit, fa2
-    )
-    async_tp = [r for r in runs if r["source"] in TP_OVERLAP_FIT_ON and r.get("tp_comm_overlap")]
-    fit[Generation.HOPPER.value]["tp_overlap"] = fit_hopper_constant(
-        "tp_overlap", 0.5, (0.01, 0.875), async_tp, profiles, fit, fa2
-    )
-    blocks = profile_blocks(profiles, fit, fa2)
+    runs: list[dict[str, Any]] = load_runs(data)
+    fit, fa2, blocks = fit_constants(runs, profiles)
 
     rows: list[dict[str, Any]] = []
     for run in runs:
