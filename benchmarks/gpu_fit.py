@@ -120,21 +120,18 @@ _NCCL_IB = "nccl-tests multi-node all-reduce on 8x HDR/NDR per node: busbw ~90% 
 _STREAM = "BabelStream/STREAM copy on A100/H100 reaches 80-90% of the datasheet HBM bandwidth"
 _RIDGE = "scaled from Ampere's fit by the roofline ridge (peak bf16 FLOP/s / memory bandwidth)"
 _FA2 = "Dao 2023 (FlashAttention-2), Fig. 4, A100 fwd+bwd: fitted in benchmarks/gpu_fit.py"
-_FA3 = (
-    "Shah et al. 2024 (FlashAttention-3): BF16 forward up to 740 TFLOP/s (75%), backward"
-    " 1.5-1.75x FA2's on H100 -> fwd+bwd ~0.54 of peak; saturation assumed 2x FA2's"
-)
-_FA2_H100 = (
-    "Shah et al. 2024 (FlashAttention-3), sec. 4.1: FA3 1.5-2.0x FA2 forward, 1.5-1.75x"
-    " backward on H100 -> FA2 fwd+bwd ~0.54/1.65 of peak; saturation as fitted on A100"
-)
 _XF = "Dao 2023, Fig. 4: xFormers cutlass fwd+bwd ~0.6x FlashAttention-2 on A100"
 _EAGER = "Dao 2023, Fig. 4: PyTorch standard attention; matmuls as batched GEMMs (scores apart)"
 _DEEPGEMM = (
     "benchmarks/gpu_fit.py, least squares on DeepGEMM's dense FP8 GEMM table, H800"
     " (github.com/deepseek-ai/DeepGEMM, README at a6d97a1): shape saturation only"
 )
-_CUDNN = "assumed equal to FA3 on Hopper (cuDNN 9 fused flash attention uses TMA/WGMMA as FA3)"
+_H100_ATTN = (
+    "benchmarks/gpu_fit.py, least squares on the FlashAttention-3 paper's H100 BF16 kernel"
+    " figures (Shah et al. 2024, arXiv:2407.08608, Figs. 5-6; benchmarks/data/"
+    "attention_kernels.yaml h100_fa3_paper), {kernel}: forward and backward apart; the"
+    " backward's causal half-point scaled as the forward's (no causal backward panel)"
+)
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -259,6 +256,32 @@ def fit_attention(rows: list[dict[str, Any]]) -> dict[str, float]:
     return coordinate_search(loss, start, {"max": (0.2, 0.95)})
 
 
+def fit_attention_passes(table: dict[str, Any], kernel: str) -> dict[str, float]:
+    """One kernel's forward curve (max, s0, s0_causal, d0) and backward curve (bwd_max,
+    bwd_s0, bwd_d0) by least squares on log throughput of the FlashAttention-3 paper's
+    H100 figures (Figs. 5-6). The backward figures have no causal panel: the backward's
+    causal half-point is the forward's causal/no-mask ratio times its own (assumed)."""
+    peak = float(table["peak_tflops"])
+    fwd = [r for r in table["rows"] if r["kernel"] == kernel and r["pass"] == "fwd"]
+    bwd = [r for r in table["rows"] if r["kernel"] == kernel and r["pass"] == "bwd"]
+    f = fit_attention([{**r, "peak_tflops": peak} for r in fwd])
+    b = fit_attention([{**r, "peak_tflops": peak} for r in bwd])
+    return {
+        **f,
+        "bwd_max": b["max"],
+        "bwd_s0": b["s0"],
+        "bwd_s0_causal": b["s0"] * f["s0_causal"] / f["s0"],
+        "bwd_d0": b["d0"],
+    }
+
+
+@functools.cache
+def hopper_attention() -> dict[str, dict[str, float]]:
+    """FA2, FA3 and cuDNN forward and backward curves on H100 (FlashAttention-3 paper)."""
+    table = _load("attention_kernels.yaml")["h100_fa3_paper"]
+    return {k: fit_attention_passes(table, k) for k in ("fa2", "fa3", "cudnn")}
+
+
 def fit_gemm_shape(data: dict[str, Any]) -> dict[str, float]:
     """Hopper's GEMM shape saturation (max, m0, n0) by least squares on log throughput of
     DeepGEMM's kernel table (benchmarks/data/hopper_gemm_kernels.yaml)."""
@@ -364,24 +387,24 @@ def efficiency(
         ),
     }
     if gen is Generation.HOPPER:
-        # FlashAttention-2 does not use Hopper's WGMMA/TMA: FA3 is 1.5-2.0x faster forward
-        # and 1.5-1.75x backward on H100 (Shah et al. 2024, sec. 4.1), so FA2 reaches
-        # ~0.54 / 1.65 of the H100 peak, not its A100 share.
-        attention["fa2"] = fa2_entry.model_copy(
-            update={"max": round(0.54 / 1.65, 4), "source": _FA2_H100}
+        # FlashAttention-2 does not use Hopper's WGMMA/TMA: on H100 each kernel's forward and
+        # backward passes have their own curves, fitted to the FlashAttention-3 paper's
+        # figures (FA2, FA3, cuDNN), instead of FA2's A100 share.
+        curves = hopper_attention()
+        for name in ("fa2", "fa3", "cudnn"):
+            c = curves[name]
+            attention[name] = AttentionEfficiency(
+                **{k: round(v, 4 if "max" in k else 1) for k, v in c.items()},
+                source=_H100_ATTN.format(kernel=name),
+            )
+        xf = attention["fa2"]
+        attention["mem-efficient"] = xf.model_copy(
+            update={
+                "max": round(xf.max * 0.6, 4),
+                "bwd_max": round((xf.bwd_max or xf.max) * 0.6, 4),
+                "source": _XF + "; scaled from FA2's H100 forward and backward curves",
+            }
         )
-        attention["mem-efficient"] = attention["mem-efficient"].model_copy(
-            update={"max": round(0.54 / 1.65 * 0.6, 4)}
-        )
-        fa3 = AttentionEfficiency(
-            max=0.54,
-            s0=round(2 * fa2["s0"], 1),
-            s0_causal=round(2 * fa2["s0_causal"], 1),
-            d0=round(fa2["d0"], 1),
-            source=_FA3,
-        )
-        attention["fa3"] = fa3
-        attention["cudnn"] = fa3.model_copy(update={"source": _CUDNN})
     tp_overlap = None
     if "tp_overlap" in mine:
         tp_overlap = Fitted(
