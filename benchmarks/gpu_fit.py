@@ -282,6 +282,54 @@ def hopper_attention() -> dict[str, dict[str, float]]:
     return {k: fit_attention_passes(table, k) for k in ("fa2", "fa3", "cudnn")}
 
 
+def fit_bf16_gemm(data: dict[str, Any]) -> dict[str, float]:
+    """Hopper's BF16 GEMM curve (max, m0, n0) by least squares on log throughput of XLA's
+    measured sm_90 table (benchmarks/data/hopper_bf16_gemm.yaml), on the training-sized
+    rows (tokens b x m >= 2048, widths n, k >= 1024). The ceiling ``max`` is bounded by the
+    best share any row measured (an unbounded fit runs past every measurement)."""
+    peak = float(data["peak_tflops"])
+    rows = [r for r in data["rows"] if r["b"] * r["m"] >= 2048 and min(r["n"], r["k"]) >= 1024]
+    best = max(r["tflops"] for r in data["rows"]) / peak
+
+    def model(p: dict[str, float], r: dict[str, Any]) -> float:
+        m, n, k = r["b"] * r["m"], r["n"], r["k"]
+        return p["max"] * m / (m + p["m0"]) * n / (n + p["n0"]) * k / (k + p["n0"])
+
+    def loss(p: dict[str, float]) -> float:
+        return sum(math.log(model(p, r) / (r["tflops"] / peak)) ** 2 for r in rows)
+
+    start = {"max": 0.7, "m0": 300.0, "n0": 300.0}
+    return coordinate_search(loss, start, {"max": (0.2, best)}, rounds=200)
+
+
+def kernel_gemm_check(fit: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Hopper's kernel-level BF16 GEMM curve beside the end-to-end fit, at training shapes.
+
+    Not used by the model: priced with this curve alone (no end-to-end GEMM constant), the
+    Hopper BF16 rows come out 31-39% too fast and the held-out Llama 3 rows +33% (measured
+    2026-12-07 by swapping it in), so the end-to-end ceiling still carries a Hopper loss the
+    kernel tables do not show (the whole-step share the GEMMs keep under load)."""
+    k = fit_bf16_gemm(_load("hopper_bf16_gemm.yaml"))
+    hop = fit[Generation.HOPPER.value]
+    sh = _hopper_shape()
+
+    def used(m: int, n: int, kk: int) -> float:
+        return hop["gemm_max"] * m / (m + sh["m0"]) * n / (n + sh["n0"]) * kk / (kk + sh["n0"])
+
+    def kern(m: int, n: int, kk: int) -> float:
+        return k["max"] * m / (m + k["m0"]) * n / (n + k["n0"]) * kk / (kk + k["n0"])
+
+    shapes = [(8192, 4096, 4096), (8192, 14336, 4096), (16384, 6144, 6144), (8192, 1536, 6144)]
+    return {
+        "fitted": {name: round(v, 4) for name, v in k.items()},
+        "source": "benchmarks/data/hopper_bf16_gemm.yaml (OpenXLA sm_90 table)",
+        "share_of_peak_at": {
+            f"{m}x{n}x{kk}": {"kernel": round(kern(m, n, kk), 3), "model": round(used(m, n, kk), 3)}
+            for m, n, kk in shapes
+        },
+    }
+
+
 def fit_gemm_shape(data: dict[str, Any]) -> dict[str, float]:
     """Hopper's GEMM shape saturation (max, m0, n0) by least squares on log throughput of
     DeepGEMM's kernel table (benchmarks/data/hopper_gemm_kernels.yaml)."""
@@ -786,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         "fitted": {k: {p: round(v, 4) for p, v in d.items()} for k, d in fit.items()},
         "flash_attention_2": {k: round(v, 4) for k, v in fa2.items()},
         "hopper_gemm_shape": {k: round(v, 4) for k, v in _hopper_shape().items()},
+        "hopper_bf16_gemm_kernel_curve": kernel_gemm_check(fit),
         "fit_summary": summarize(fitted),
         "validation_summary": summarize([r for r in rows if r["held_out"]]),
         "check_summary": summarize([r for r in rows if r["check_only"]]),
