@@ -371,7 +371,73 @@ def efficiency(
     """The efficiency block of one profile from the fitted and published constants."""
     carried = CARRIED_OVER.get(gen)
     if carried is not None:
-        return _carry_over(efficiency(carried, hw, fit, fa2, shape), gen)
+        return _with_mamf(_carry_over(efficiency(carried, hw, fit, fa2, shape), gen), hw, fit)
+    if gen not in FIT_ON:
+        return _with_mamf(_efficiency(gen, hw, fit, fa2, shape), hw, fit)
+    return _efficiency(gen, hw, fit, fa2, shape)
+
+
+# The measured maximum matmul throughput (MAMF) of the profiles no end-to-end table here is
+# fitted on, keyed by profile id -> the MAMF table's accelerator name.
+MAMF_DEVICE = {
+    "mi300x": "AMD MI300X",
+    "mi325x": "AMD MI325X",
+    "mi355x": "AMD MI355X",
+    "b200": "NVIDIA B200 SXM",
+    "b300": "NVIDIA B300 SXM",
+    "gb200": "NVIDIA GB200 SXM",
+}
+
+
+def _mamf(name: str) -> float:
+    rows = _load("hopper_bf16_gemm.yaml")["mamf"]["bf16"]
+    return float(next(r["tflops"] for r in rows if r["accelerator"] == name))
+
+
+def end_to_end_share(gen: Generation, fit: dict[str, dict[str, float]]) -> float:
+    """The share of the kernels' best GEMM speed a fitted generation keeps end to end:
+    Hopper's fitted ceiling over the XLA sm_90 table's; Ampere's over A100 SXM's MAMF."""
+    if gen is Generation.HOPPER:
+        return fit[gen.value]["gemm_max"] / _hopper_shape()["max"]
+    a100 = _profiles()["a100-sxm-80gb"].peak_tflops.bf16 or 312.0
+    return fit[Generation.AMPERE.value]["gemm_max"] / (_mamf("NVIDIA A100 SXM") / a100)
+
+
+def _with_mamf(
+    eff: GpuEfficiency, hw: HardwareProfile, fit: dict[str, dict[str, float]]
+) -> GpuEfficiency:
+    """A not-fitted profile's GEMM ceiling from its own measured MAMF (share of its bf16
+    peak) times the end-to-end share of the fitted generation nearest in roofline ridge."""
+    name = MAMF_DEVICE.get(hw.id)
+    if name is None or not hw.peak_tflops.bf16:
+        return eff
+    near = min(
+        (Generation.AMPERE, Generation.HOPPER),
+        key=lambda g: abs(math.log(ridge(hw) / ridge(_profiles()[REFERENCE_PROFILE[g]]))),
+    )
+    share = _mamf(name) / hw.peak_tflops.bf16
+    keep = end_to_end_share(near, fit)
+    value = round(share * keep, 4)
+    source = (
+        f"MAMF {_mamf(name):.0f} TFLOP/s = {share:.3f} of the bf16 peak (ml-engineering's Maximum"
+        f" Achievable Matmul FLOPS table; benchmarks/data/hopper_bf16_gemm.yaml) x {keep:.3f},"
+        f" the share of kernel GEMM speed {near.value} keeps end to end (nearest fitted"
+        " generation by roofline ridge; benchmarks/gpu_fit.py)"
+    )
+    return eff.model_copy(update={"gemm_max": Fitted(value=value, source=source)})
+
+
+REFERENCE_PROFILE = {Generation.AMPERE: "a100-sxm-80gb", Generation.HOPPER: "h100-sxm-80gb"}
+
+
+def _efficiency(
+    gen: Generation,
+    hw: HardwareProfile,
+    fit: dict[str, dict[str, float]],
+    fa2: dict[str, float],
+    shape: dict[str, float] | None = None,
+) -> GpuEfficiency:
+    """``efficiency`` for a generation that is not carried over."""
     amp = fit[Generation.AMPERE.value]
     scale = ridge(hw) / ridge(_profiles()["a100-sxm-80gb"])
     fitted_here = gen.value in fit
