@@ -155,7 +155,9 @@ class GpuEfficiency(_Frozen):
         measurement of this one is fitted; benchmarks/gpu_fit.py says so in each source),
         else an empty string."""
         prefix = "carried over from the "
-        said = self.gemm_max.source
+        # The shape saturation is always carried over; the GEMM ceiling may name a
+        # measurement of this part (its MAMF).
+        said = self.gemm_m0.source
         if not said.startswith(prefix):
             return ""
         origin = said[len(prefix) :].split(" ", 1)[0]
