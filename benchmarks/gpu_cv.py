@@ -24,6 +24,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = load_hardware_profiles()
     runs = load_runs(_load("gpu_runs.yaml"))
     result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m benchmarks.gpu_cv",
         "what": "leave-one-source-out: each source predicted by the fit without it; ratio ="
         " predicted / measured tokens/s per GPU",
