@@ -74,6 +74,19 @@ class Alternative(BaseModel):
     fits: bool | None
 
 
+class RecomputeCase(BaseModel):
+    """The same configuration at one activation-checkpointing level (when it was unstated)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checkpointing: Checkpointing = Field(description="none, selective or full")
+    total_bytes: int = Field(description="per-device peak memory at this level, bytes")
+    fits: bool | None = Field(description="peak <= device memory (None: no device)")
+    step_seconds: float | None = Field(
+        default=None, description="predicted step time at this level (None: not predicted)"
+    )
+
+
 class EstimateReport(BaseModel):
     """What `optadvise estimate --json` prints (a stable contract)."""
 
@@ -131,7 +144,16 @@ class EstimateReport(BaseModel):
     )
     device_memory_bytes: int | None = None
     host_memory_bytes: int | None = None
-    fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
+    fits: bool | None = Field(
+        default=None,
+        description="peak <= device memory (None: no device). With --checkpointing unstated: "
+        "whether some level in recompute_range fits",
+    )
+    recompute_range: list[RecomputeCase] = Field(
+        default_factory=list,
+        description="with --checkpointing unstated: the peak, verdict and step time with no, "
+        "selective and full recompute (the numbers above assume none); empty when it was given",
+    )
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
     alternatives: list[Alternative] = Field(
@@ -366,6 +388,32 @@ def estimate_report(
         if tech.steps_vs_adamw is not None
         else None,
     )
+
+
+def with_recompute_range(report: EstimateReport, cases: list[RecomputeCase]) -> EstimateReport:
+    """``report`` (computed without recompute) answered as a range over ``cases``: it fits
+    when some level fits, and a note says which levels do and the step times they span."""
+    fitting = [c for c in cases if c.fits]
+    update: dict[str, Any] = {"recompute_range": cases}
+    if report.fits is False and fitting:
+        update["fits"] = True
+    times = [c.step_seconds for c in cases if c.step_seconds is not None]
+    said = (
+        "--checkpointing unstated: "
+        + (
+            "fits with " + ", ".join(c.checkpointing.value for c in fitting)
+            if fitting
+            else "does not fit at any recompute level"
+        )
+        + (
+            f"; step time {min(times):.3g}-{max(times):.3g} s across none/selective/full"
+            if len(times) > 1
+            else ""
+        )
+        + " (the figures above assume none)"
+    )
+    update["notes"] = [*report.notes, said]
+    return report.model_copy(update=update)
 
 
 def kernel_alternatives(

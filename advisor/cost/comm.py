@@ -8,6 +8,7 @@ from __future__ import annotations
 from advisor.config import Checkpointing, Sharding, TrainingConfig
 from advisor.cost.result import ComponentTime, Source
 from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
+from advisor.hardware.profiles import DeviceKind
 
 
 def link(
@@ -85,14 +86,49 @@ def tp_hidden_share(s: Setting) -> float:
     return min(s.eff.tp_overlap.value, (s.tp - 1) / s.tp)
 
 
+# Expert-parallel all-to-alls at the bandwidth DeepEP's normal (training) kernels reach
+# (github.com/deepseek-ai/DeepEP, docs/legacy.md: H800, CX7 400 Gb/s, 4096 tokens, hidden
+# 7168, top-8, FP8 dispatch, BF16 combine): inside a node 153 GB/s dispatch and 158 GB/s
+# combine of the ~160 GB/s one-way NVLink (0.96); across nodes 43 GB/s per GPU at EP16 of
+# its 50 GB/s NIC (0.86; the EP32/EP64 figures, 58 and 51 GB/s, exceed the NIC because
+# DeepEP sends a token once per node and forwards it over NVLink, which is not priced here).
+A2A_NVLINK_SHARE = 0.96
+A2A_NIC_SHARE = 0.86
+# DeepEP/DeepSeek-V3 dispatch FP8 activations (1 byte + a 4-byte scale per 128 elements)
+# and combine in BF16 (DeepEP README; DeepSeek-V3 report, sec. 3.3).
+_FP8_DISPATCH_BYTES = 1 + 4 / 128
+
+
 def ep_comm(s: Setting) -> float:
     """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
-    combine, forward and backward (Lepikhin et al. 2021; Fedus et al. 2022)."""
+    combine, forward and backward (Lepikhin et al. 2021; Fedus et al. 2022).
+
+    Each token's ``k`` expert copies go to the EP ranks uniformly: those on this rank's node
+    cross NVLink while the rest cross the NIC at the same time, so each transfer takes the
+    longer of the two (at DeepEP's measured shares of the links). Under FP8 the forward
+    dispatch carries FP8 activations. No overlap with expert compute is priced.
+    """
     if s.ep <= 1 or s.spec.num_experts <= 1:
         return 0.0
-    per = s.tokens * s.spec.experts_per_token * s.sh.hidden * 2 * (s.ep - 1) / s.ep
-    bw, _ = link(s, s.ep * s.tp > s.node)
-    return 4 * per / bw
+    act = 4 if s.dtype in ("fp32", "tf32") else 2
+    if s.hw is None or s.hw.kind is DeviceKind.CPU:
+        per = s.tokens * s.spec.experts_per_token * s.sh.hidden * act * (s.ep - 1) / s.ep
+        bw, _ = link(s, s.ep * s.tp > s.node)
+        return 4 * per / bw
+    copies = s.tokens * s.spec.experts_per_token * s.sh.hidden
+    local = max(1, min(s.ep, s.node // max(s.tp, 1)))
+    intra = s.hw.intra_node
+    inter = s.hw.inter_node
+    nvlink = (intra.bandwidth_gb_s if intra else None) or s.link_override or 25.0
+    nic = inter.bandwidth_gb_s if inter else nvlink
+    nvlink_bw = nvlink / 2 * A2A_NVLINK_SHARE * 1e9
+    nic_bw = nic / 2 * A2A_NIC_SHARE * 1e9
+    seconds = 0.0
+    for size in (_FP8_DISPATCH_BYTES if s.fp8 else act, act, act, act):
+        near = copies * size * (local - 1) / s.ep / nvlink_bw
+        far = copies * size * (s.ep - local) / s.ep / nic_bw
+        seconds += max(near, far)
+    return seconds
 
 
 def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:

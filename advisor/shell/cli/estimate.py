@@ -57,10 +57,12 @@ AttentionOpt = Annotated[
     ),
 ]
 CheckpointingOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--checkpointing",
-        help="none; selective (recompute the attention core, Korthikanti et al. 2022); "
+        help="Not given: the estimate assumes none and answers with the range over none, "
+        "selective and full (recompute_range). none; selective (recompute the attention "
+        "core, Korthikanti et al. 2022); "
         "selective-layer (torchtitan: full checkpointing of every --ac-frequency-th "
         "block); selective-op (torchtitan: keep every other matmul's and the attention "
         "kernel's outputs, recompute the rest); full.",
@@ -198,7 +200,7 @@ def estimate(
     optimizer: OptimizerOpt = "adamw",
     precision: PrecisionOpt = None,
     attention: AttentionOpt = None,
-    checkpointing: CheckpointingOpt = "none",
+    checkpointing: CheckpointingOpt = None,
     ac_frequency: AcFrequencyOpt = None,
     micro_batch: MicroBatchOpt = 1,
     seq_len: SeqLenOpt = None,
@@ -268,7 +270,7 @@ def estimate(
         optimizer=optimizer,
         precision=precision or "bf16-mixed",
         attention=attention or "flash",
-        checkpointing=checkpointing,
+        checkpointing=checkpointing or "none",
         ac_frequency=ac_frequency,
         micro_batch=micro_batch,
         seq_len=resolve_seq_len(spec, seq_len, rope_scaling),
@@ -292,7 +294,9 @@ def estimate(
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )
-    report = _estimate(spec, settings, ac_frequency, precision, attention, hardware, device)
+    report = _estimate(
+        spec, settings, ac_frequency, precision, attention, hardware, device, checkpointing is None
+    )
     if options.tokens is not None:
         from advisor.app.wholerun import estimate_with_run
 
@@ -360,9 +364,11 @@ def _estimate(
     attention: str | None,
     hardware: str | None,
     device: str | None,
+    unstated_recompute: bool = False,
 ) -> EstimateReport:
     """The report for the checked flags, on the --hardware profile or this machine (probed
-    once: its target and calibration serve the device checks and the step time)."""
+    once: its target and calibration serve the device checks and the step time); with
+    --checkpointing unstated, answered as the range over none, selective and full."""
     from advisor.app.environment import local_step_time, probe_environment
     from advisor.app.estimate import build_config, estimate_report
     from advisor.app.limits import check_bound
@@ -377,15 +383,36 @@ def _estimate(
     if device is None:
         # NOTE: a CPU profile or this CPU-only machine has no CUDA context to count.
         device = "cpu" if local is not None and local.device_kind.value == "cpu" else "cuda"
-    return estimate_report(
-        spec,
-        config,
-        hardware=hardware,
-        device=device,
-        host_memory_bytes=None if hardware else psutil.virtual_memory().total,
-        step_time=local_step_time(spec, config, hardware, env),
-        local_device=((f"{local.name} (probe)", local.device_memory_bytes) if local else None),
-    )
+
+    def report_for(cfg: TrainingConfig) -> EstimateReport:
+        return estimate_report(
+            spec,
+            cfg,
+            hardware=hardware,
+            device=device,
+            host_memory_bytes=None if hardware else psutil.virtual_memory().total,
+            step_time=local_step_time(spec, cfg, hardware, env),
+            local_device=((f"{local.name} (probe)", local.device_memory_bytes) if local else None),
+        )
+
+    report = report_for(config)
+    if not unstated_recompute:
+        return report
+    from advisor.app.estimate import RecomputeCase, with_recompute_range
+    from advisor.config import Checkpointing
+
+    cases = []
+    for level in (Checkpointing.NONE, Checkpointing.SELECTIVE, Checkpointing.FULL):
+        r = report if level is Checkpointing.NONE else report_for(config.with_(checkpointing=level))
+        cases.append(
+            RecomputeCase(
+                checkpointing=level,
+                total_bytes=r.total_bytes,
+                fits=r.fits,
+                step_seconds=r.step_time.seconds if r.step_time is not None else None,
+            )
+        )
+    return with_recompute_range(report, cases)
 
 
 def _config_for_device(
