@@ -13,6 +13,7 @@ from advisor.config import (
     Attention,
     BatchGeometry,
     Checkpointing,
+    ContextParallelKind,
     Kernels,
     MemorySavers,
     Offload,
@@ -174,6 +175,8 @@ def build_config(
     pipeline_parallel: int = 1,
     virtual_stages: int = 1,
     expert_parallel: int = 1,
+    context_parallel: int = 1,
+    context_parallel_kind: str = "ring",
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
     ac_frequency: int | None = None,
@@ -229,6 +232,10 @@ def build_config(
                 pipeline_parallel=pipeline_parallel,
                 virtual_stages=virtual_stages,
                 expert_parallel=expert_parallel,
+                context_parallel=context_parallel,
+                context_parallel_kind=_enum(
+                    ContextParallelKind, context_parallel_kind, "--context-parallel-kind"
+                ),
                 sharding=_enum(Sharding, sharding, "--sharding"),
             ),
             savers=MemorySavers(
