@@ -28,6 +28,7 @@ from advisor.config import (
 from advisor.cost.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind, HardwareProfile, get_hardware_profile
+from advisor.memory.context import check_context_kernel
 from advisor.memory import (
     OVERHEAD_COMPONENTS,
     DeviceOverheads,
@@ -299,6 +300,7 @@ def estimate_report(
     overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
     taxonomy = load_taxonomy()
     tech = taxonomy.get(config.optimizer)
+    check_context_kernel(config)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
     device_name = profile.name if profile else None

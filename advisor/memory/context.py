@@ -34,7 +34,8 @@ ULYSSES_COPIES = 1
 
 
 def check_context(config: TrainingConfig, d: Mapping[str, int], spec: ModelSpec) -> None:
-    """Refuse context-parallel layouts the engines cannot run, with what to change.
+    """Refuse context-parallel layouts the engines cannot run, with what to change (the
+    attention kernel is :func:`check_context_kernel`'s).
 
     Args:
         config: the configuration (its layout's context-parallel degree and kind, the
@@ -44,8 +45,7 @@ def check_context(config: TrainingConfig, d: Mapping[str, int], spec: ModelSpec)
             ``2 cp`` chunks under ring attention.
 
     Raises:
-        UserError: a degree that does not divide the sequence, the heads (Ulysses) or an
-            attention kernel ring attention cannot run.
+        UserError: a degree that does not divide the sequence or the heads (Ulysses).
     """
     layout = config.layout
     cp = layout.context_parallel
@@ -65,13 +65,6 @@ def check_context(config: TrainingConfig, d: Mapping[str, int], spec: ModelSpec)
             f"{seq} is not",
             f"pick a degree whose {'2 x ' if pieces > cp else ''}cp divides {seq}",
         )
-    if ring and config.kernels.attention is Attention.EAGER:
-        raise UserError(
-            "ring attention merges blockwise softmax results: it needs the flash or "
-            "memory-efficient attention kernel, not eager attention",
-            "use --attention flash (torch's context_parallel runs the flash, efficient and "
-            "cuDNN SDPA kernels), or --context-parallel-kind ulysses",
-        )
     if not ring:
         tp = layout.tensor_parallel
         heads, kv = d["a"] // tp, max(d["kv"] // tp, 1)
@@ -89,6 +82,27 @@ def check_context(config: TrainingConfig, d: Mapping[str, int], spec: ModelSpec)
                 f"{' per tensor-parallel rank' if tp > 1 else ''} do not divide one another",
                 "pick a degree that divides the key/value heads or a multiple of them",
             )
+
+
+def check_context_kernel(config: TrainingConfig) -> None:
+    """Refuse ring attention over the eager attention kernel (``estimate``'s check; the plan
+    search excludes the pair in its compatibility filter, advisor.plan.constraints).
+
+    Raises:
+        UserError: ring context parallelism with eager attention.
+    """
+    layout = config.layout
+    if (
+        layout.context_parallel > 1
+        and layout.context_parallel_kind is ContextParallelKind.RING
+        and config.kernels.attention is Attention.EAGER
+    ):
+        raise UserError(
+            "ring attention merges blockwise softmax results: it needs the flash or "
+            "memory-efficient attention kernel, not eager attention",
+            "use --attention flash (torch's context_parallel runs the flash, efficient and "
+            "cuDNN SDPA kernels), or --context-parallel-kind ulysses",
+        )
 
 
 def rank_config(config: TrainingConfig) -> TrainingConfig:

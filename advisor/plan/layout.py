@@ -263,21 +263,25 @@ def context_degrees(
     equal chunks (ring attention's causal balancing) with at least
     :data:`CP_MIN_RANK_TOKENS` tokens per rank, as ring attention and, where the heads per
     tensor-parallel rank split by it, Ulysses."""
-    ring = ContextParallelKind.RING
+    ring, ulysses = ContextParallelKind.RING, ContextParallelKind.ULYSSES
+    heads = (spec.num_attention_heads or 1) // tp
+    kv = max((spec.num_key_value_heads or spec.num_attention_heads or 1) // tp, 1)
+
+    def splits(c: int, k: ContextParallelKind) -> bool:
+        # What advisor.memory.context.check_context asks (a pinned degree was checked at
+        # tensor parallel 1 before the search; here per tensor-parallel degree).
+        if devices % c or seq_len % (2 * c if k is ring else c):
+            return False
+        return k is ring or (heads % c == 0 and not (kv % c and c % kv))
+
     if cp is not None:
-        return [(cp, kind or ring)] if devices % cp == 0 else []
+        pinned = kind or ring
+        return [(cp, pinned)] if cp == 1 or splits(cp, pinned) else []
     out = [(1, kind or ring)]
     if seq_len < CP_MIN_SEQ:
         return out
-    heads = (spec.num_attention_heads or 1) // tp
-    kv = max((spec.num_key_value_heads or spec.num_attention_heads or 1) // tp, 1)
     for c in _powers_of_two(min(devices, seq_len // CP_MIN_RANK_TOKENS))[1:]:
-        if devices % c or seq_len % (2 * c):
-            continue
-        if kind in (None, ring):
-            out.append((c, ring))
-        if kind in (None, ContextParallelKind.ULYSSES) and heads % c == 0 and not (kv % c and c % kv):
-            out.append((c, ContextParallelKind.ULYSSES))
+        out.extend((c, k) for k in (ring, ulysses) if kind in (None, k) and splits(c, k))
     return out
 
 
