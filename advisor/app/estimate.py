@@ -28,7 +28,6 @@ from advisor.config import (
 from advisor.cost.convergence import StepsRange, plan_steps
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind, HardwareProfile, get_hardware_profile
-from advisor.memory.context import check_context_kernel
 from advisor.memory import (
     OVERHEAD_COMPONENTS,
     DeviceOverheads,
@@ -36,6 +35,7 @@ from advisor.memory import (
     estimate_memory,
     paged_residency,
 )
+from advisor.memory.context import check_context_kernel
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import Category, load_taxonomy
 

@@ -165,7 +165,7 @@ def _check_context_pin(spec: ModelSpec, w: Workload) -> None:
     from advisor.memory.context import check_context
     from advisor.memory.params import shape_of
 
-    probe = TrainingConfig(
+    probe = TrainingConfig().with_(
         seq_len=w.seq_len,
         tensor_parallel=w.tensor_parallel or 1,
         context_parallel=w.context_parallel,

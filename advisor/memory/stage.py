@@ -8,8 +8,8 @@ import math
 from typing import NamedTuple
 
 from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
-from advisor.memory.context import exchange_bytes
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
+from advisor.memory.context import exchange_bytes
 from advisor.memory.derived import trainable_count
 from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo

@@ -137,8 +137,6 @@ def test_gradients_reduce_over_data_and_context_parallel_ranks() -> None:
     )
     assert "over 8 ranks" in (st.components["communication"].detail or "")
     # One replica split over CP ranks still reduces its gradients across them.
-    alone = predict_step_time(
-        LLAMA8, _config(context_parallel=4), calibration=None, hardware=H100
-    )
+    alone = predict_step_time(LLAMA8, _config(context_parallel=4), calibration=None, hardware=H100)
     assert "communication" in alone.components
     assert "over 4 ranks" in (alone.components["communication"].detail or "")

@@ -56,9 +56,7 @@ def test_rank_activations_match_a_real_model_on_its_share(shape: str, cp: int) -
     sh = SHAPES[shape]
     seq = 2 * cp * 16  # whole chunks for ring attention's causal balancing
     model = build_model(shape, "sdpa").to(torch.bfloat16)
-    measured = count_activations(
-        model, sh["b"], seq // cp, sh["vocab_size"], sh["num_layers"]
-    )
+    measured = count_activations(model, sh["b"], seq // cp, sh["vocab_size"], sh["num_layers"])
     sgd = load_taxonomy().get("sgd")
     est = estimate_memory(
         spec_for(shape),

@@ -55,7 +55,9 @@ def test_layout_validates_the_world_with_context_parallel() -> None:
     assert ok.label == "cp8 dp2"
     with pytest.raises(ValidationError, match="cp 8"):
         Layout(
-            world_size=8, gpus_per_node=8, parallel=ParallelLayout(data_parallel=2, context_parallel=8)
+            world_size=8,
+            gpus_per_node=8,
+            parallel=ParallelLayout(data_parallel=2, context_parallel=8),
         )
     # One data-parallel replica split over context-parallel ranks can still shard its states
     # over them (torchtitan's FSDP over dp_shard_cp).
@@ -82,7 +84,9 @@ def test_short_sequences_enumerate_the_same_layouts() -> None:
 def test_long_sequences_explore_ring_and_ulysses() -> None:
     seq = 131072
     layouts = enumerate_layouts(LLAMA8, world_size=64, gpus_per_node=8, seq_len=seq)
-    degrees = {(lay.parallel.context_parallel, lay.parallel.context_parallel_kind) for lay in layouts}
+    degrees = {
+        (lay.parallel.context_parallel, lay.parallel.context_parallel_kind) for lay in layouts
+    }
     ring, ulysses = ContextParallelKind.RING, ContextParallelKind.ULYSSES
     # Llama 3's 128K stage ran CP 16 (Dubey et al. 2024, sec. 3.3.2): it is among them.
     assert (16, ring) in degrees and (1, ring) in degrees

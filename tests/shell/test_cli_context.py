@@ -30,8 +30,15 @@ def _usage_error(result: object) -> list[str]:
         (["estimate", "--seq-len", "4096", "--context-parallel", "0"], "--context-parallel"),
         (["estimate", "--seq-len", "4096", "--context-parallel", "4096"], "out of range"),
         (
-            ["estimate", "--seq-len", "65536", "--context-parallel", "64"]
-            + ["--context-parallel-kind", "ulysses"],
+            [
+                "estimate",
+                "--seq-len",
+                "65536",
+                "--context-parallel",
+                "64",
+                "--context-parallel-kind",
+                "ulysses",
+            ],
             "attention heads",
         ),
         (["estimate", "--context-parallel", "2", "--attention", "eager"], "eager"),
@@ -57,8 +64,19 @@ def test_bad_context_parallel_input_is_one_line(args: list[str], says: str) -> N
 def test_estimate_json_carries_the_context_parallel_layout() -> None:
     result = runner.invoke(
         app,
-        ["estimate", *H100, "--seq-len", "65536", "--context-parallel", "8", "--gpus", "2"]
-        + ["--stack", "fused", "--json"],
+        [
+            "estimate",
+            *H100,
+            "--seq-len",
+            "65536",
+            "--context-parallel",
+            "8",
+            "--gpus",
+            "2",
+            "--stack",
+            "fused",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -70,8 +88,21 @@ def test_estimate_json_carries_the_context_parallel_layout() -> None:
 def test_recommend_explores_context_parallelism_for_long_sequences() -> None:
     result = runner.invoke(
         app,
-        ["recommend", *H100, "--seq-len", "131072", "--gpus", "8", "--nodes", "2"]
-        + ["--stack", "fused", "--json", "--top", "3"],
+        [
+            "recommend",
+            *H100,
+            "--seq-len",
+            "131072",
+            "--gpus",
+            "8",
+            "--nodes",
+            "2",
+            "--stack",
+            "fused",
+            "--json",
+            "--top",
+            "3",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["recommendations"]
@@ -83,8 +114,21 @@ def test_recommend_explores_context_parallelism_for_long_sequences() -> None:
 def test_recommend_honours_the_pins() -> None:
     result = runner.invoke(
         app,
-        ["recommend", *H100, "--seq-len", "32768", "--gpus", "8", "--stack", "fused"]
-        + ["--context-parallel", "4", "--context-parallel-kind", "ulysses", "--json"],
+        [
+            "recommend",
+            *H100,
+            "--seq-len",
+            "32768",
+            "--gpus",
+            "8",
+            "--stack",
+            "fused",
+            "--context-parallel",
+            "4",
+            "--context-parallel-kind",
+            "ulysses",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["recommendations"]

@@ -246,6 +246,8 @@ _SHORT = {
     "sequence-parallel": "",
     "pipeline-parallel": "",
     "expert-parallel": "",
+    "context-parallel": "",
+    "ulysses-context-parallel": "",
 }
 
 
