@@ -123,6 +123,7 @@ def test_torchtitan_states_what_its_context_parallelism_changes() -> None:
     assert ulysses.expressed_config.layout.context_parallel_kind is RING
 
 
+@pytest.mark.heavy
 def test_deepspeed_ulysses_loads_with_sequence_parallel_size() -> None:
     ds_config = pytest.importorskip("deepspeed.runtime.config")
     config = _config(context_parallel_kind=ULYSSES, sharding=Sharding.ZERO3)

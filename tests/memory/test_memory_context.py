@@ -46,6 +46,7 @@ def _config(shape: str, seq: int, cp: int, precision: Precision, **extra: object
     )
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("cp", [2, 4])
 @pytest.mark.parametrize("shape", ["llama", "qwen2"])
 def test_rank_activations_match_a_real_model_on_its_share(shape: str, cp: int) -> None:
