@@ -224,7 +224,8 @@ def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]
     else:
         # Context-parallel ranks hold the same model shard: ZeRO/FSDP shard over data x
         # context parallel (Megatron-Core's distributed optimizer over the data-parallel group
-        # with context parallel; torchtitan's FSDP over its dp_shard_cp mesh).
+        # with context parallel; torchtitan's FSDP over its dp_shard_cp mesh; DeepSpeed's ZeRO
+        # over its seq_data_parallel_group under Ulysses, runtime/engine.py 0.19.8).
         n = layout.dp_cp if layout.sharding is not Sharding.NONE else 1
     stage_zero = layout.sharding.zero_stage
     if layout.sharding is not Sharding.NONE and n == 1:
