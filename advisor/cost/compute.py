@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from advisor.config import Checkpointing, Stack, Task
+from advisor.config import Checkpointing, ContextParallelKind, Stack, Task
 from advisor.cost.data import LayerTiming, ShapeResults
 from advisor.cost.efficiency import AttentionKernel, attention_efficiency, gemm_efficiency
 from advisor.cost.result import ComponentTime, Source, merge
@@ -153,7 +153,8 @@ def attention(s: Setting) -> tuple[float, float, Source]:
     """
     seq, mb, cp = s.mb.seq_len, s.mb.micro_batch, s.cp
     share = 1.0 / cp
-    chunk = seq // cp if cp > 1 and s.mb.context_parallel_kind.value == "ring" else seq
+    ring = s.mb.context_parallel_kind is ContextParallelKind.RING
+    chunk = seq // cp if cp > 1 and ring else seq
     if s.results is not None:
         want = "fp32" if s.dtype == "tf32" else s.dtype
         fit = next(

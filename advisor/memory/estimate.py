@@ -4,7 +4,7 @@ trainable parameter count; under pipeline parallelism the heaviest rank's estima
 
 from __future__ import annotations
 
-from advisor.config import TrainingConfig
+from advisor.config import ContextParallelKind, TrainingConfig
 from advisor.memory.context import check_context, rank_config
 from advisor.memory.memo import MemoryMemo, memo_for
 from advisor.memory.pipeline import pipeline_schedule
@@ -130,7 +130,7 @@ def _context_note(
         return m
     how = (
         "ring attention: peers' key/value chunks double-buffered (Liu et al. 2023)"
-        if layout.context_parallel_kind.value == "ring"
+        if layout.context_parallel_kind is ContextParallelKind.RING
         else "Ulysses all-to-all buffers of Q, K, V (Jacobs et al. 2023)"
     )
     note = (
