@@ -139,6 +139,22 @@ class Offload(str, Enum):
         return self in (Offload.OPTIMIZER_NVME, Offload.OPTIMIZER_PARAMS_NVME)
 
 
+class ContextParallelKind(str, Enum):
+    """How context parallelism exchanges keys and values between the ranks that split a
+    sequence.
+
+    ``ring``: ring attention (Liu et al. 2023, "Ring Attention with Blockwise Transformers";
+    Megatron-Core ``--cp-comm-type p2p``, torch ``context_parallel``): each rank keeps its
+    queries and passes its key/value chunk around the ring, overlapping each transfer with
+    the attention of the chunk it holds. ``ulysses``: DeepSpeed-Ulysses (Jacobs et al. 2023;
+    Megatron-Core ``a2a``): all-to-alls turn a sequence shard of every head into every token
+    of a head shard before attention and back after it.
+    """
+
+    RING = "ring"
+    ULYSSES = "ulysses"
+
+
 class Stack(str, Enum):
     """The kernels a step runs; memory and time depend on them, not only on the model.
 
@@ -264,7 +280,7 @@ class BatchGeometry(_Frozen):
 
 class ParallelLayout(_Frozen):
     """The parallel degrees and the data-parallel sharding of one configuration (world size
-    = data x tensor x pipeline parallel). The plan search's
+    = data x tensor x pipeline x context parallel). The plan search's
     :class:`advisor.plan.layout.Layout` holds one and checks it against the topology."""
 
     data_parallel: int = Field(default=1, ge=1, description="data-parallel degree N_d")
@@ -285,10 +301,36 @@ class ParallelLayout(_Frozen):
         default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
     )
 
+    context_parallel: int = Field(
+        default=1,
+        ge=1,
+        description="context parallelism: ranks that split every sequence (each holds "
+        "seq_len / context_parallel tokens of every activation)",
+    )
+    context_parallel_kind: ContextParallelKind = Field(
+        default=ContextParallelKind.RING,
+        description="how context-parallel ranks exchange keys and values: ring (ring "
+        "attention, Megatron p2p, torch context_parallel) or ulysses (DeepSpeed-Ulysses "
+        "all-to-all)",
+    )
+
     @property
     def world_size(self) -> int:
-        """Devices the layout spans: data x tensor x pipeline parallel degrees."""
-        return self.data_parallel * self.tensor_parallel * self.pipeline_parallel
+        """Devices the layout spans: data x tensor x pipeline x context parallel degrees."""
+        return (
+            self.data_parallel
+            * self.tensor_parallel
+            * self.pipeline_parallel
+            * self.context_parallel
+        )
+
+    @property
+    def dp_cp(self) -> int:
+        """Ranks that hold the same model shard: data x context parallel. Gradients are
+        reduced and ZeRO/FSDP states sharded over them (Megatron-Core's data-parallel group
+        "with context parallel", used by its gradient buffers and distributed optimizer;
+        torchtitan's ``dp_shard_cp`` mesh that FSDP shards over)."""
+        return self.data_parallel * self.context_parallel
 
 
 class MemorySavers(_Frozen):
@@ -446,6 +488,8 @@ FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "expert_parallel": ("layout", "expert_parallel"),
     "tp_comm_overlap": ("kernels", "tp_comm_overlap"),
     "shard_group": ("layout", "shard_group"),
+    "context_parallel": ("layout", "context_parallel"),
+    "context_parallel_kind": ("layout", "context_parallel_kind"),
 }
 
 
@@ -584,6 +628,8 @@ class TrainingConfig(_Frozen):
         pipeline_parallel: int | _Keep = _KEEP,
         virtual_stages: int | _Keep = _KEEP,
         expert_parallel: int | _Keep = _KEEP,
+        context_parallel: int | _Keep = _KEEP,
+        context_parallel_kind: ContextParallelKind | _Keep = _KEEP,
         sharding: Sharding | _Keep = _KEEP,
         shard_group: int | _Keep | None = _KEEP,
         checkpointing: Checkpointing | _Keep = _KEEP,

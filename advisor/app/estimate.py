@@ -13,6 +13,7 @@ from advisor.config import (
     Attention,
     BatchGeometry,
     Checkpointing,
+    ContextParallelKind,
     Kernels,
     MemorySavers,
     Offload,
@@ -35,6 +36,7 @@ from advisor.memory import (
     estimate_memory,
     paged_residency,
 )
+from advisor.memory.context import check_context_kernel
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import Category, load_taxonomy
 
@@ -202,6 +204,8 @@ def build_config(
     pipeline_parallel: int = 1,
     virtual_stages: int = 1,
     expert_parallel: int = 1,
+    context_parallel: int = 1,
+    context_parallel_kind: str = "ring",
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
     ac_frequency: int | None = None,
@@ -257,6 +261,10 @@ def build_config(
                 pipeline_parallel=pipeline_parallel,
                 virtual_stages=virtual_stages,
                 expert_parallel=expert_parallel,
+                context_parallel=context_parallel,
+                context_parallel_kind=_enum(
+                    ContextParallelKind, context_parallel_kind, "--context-parallel-kind"
+                ),
                 sharding=_enum(Sharding, sharding, "--sharding"),
             ),
             savers=MemorySavers(
@@ -320,6 +328,7 @@ def estimate_report(
     overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
     taxonomy = load_taxonomy()
     tech = taxonomy.get(config.optimizer)
+    check_context_kernel(config)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
     device_name = profile.name if profile else None

@@ -47,6 +47,9 @@ BOUNDS: dict[str, Bound] = {
     "--tp": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
     "--pp": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
     "--expert-parallel": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
+    "--context-parallel": Bound(
+        1, 1024, "ranks per sequence: published runs use 2-32 (Llama 3: 16 at 128K tokens)"
+    ),
     "world size": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
     "--top": Bound(1, 100_000, "100,000 configurations"),
     "--budget": Bound(1e-3, 7 * 86_400, "one week of calibration"),

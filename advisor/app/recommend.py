@@ -22,7 +22,7 @@ from advisor.app.limits import (
     parse_lora_targets,
     resolve_seq_len,
 )
-from advisor.config import Stack, Task, TrainingConfig
+from advisor.config import ContextParallelKind, Stack, Task, TrainingConfig
 from advisor.cost.convergence import ConvergenceCache
 from advisor.cost.data import CalibrationCache
 from advisor.errors import UserError
@@ -90,6 +90,8 @@ class RecommendRequest(BaseModel):
         tp: int | None = None,
         pp: int | None = None,
         lora_targets: str | None = None,
+        context_parallel: int | None = None,
+        context_parallel_kind: str | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
@@ -114,7 +116,9 @@ class RecommendRequest(BaseModel):
                 "--calibrate measures this machine, but --hardware plans for another one",
                 "drop --calibrate: profile costs are analytic (datasheet figures)",
             )
-        _check_plan_flags(global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp)
+        _check_plan_flags(
+            global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp, context_parallel
+        )
         tokens = _tokens(global_batch_tokens) if global_batch_tokens is not None else None
         check_global_batch_tokens(tokens, s)
         workload = Workload(
@@ -130,9 +134,14 @@ class RecommendRequest(BaseModel):
             global_batch_tokens=tokens,
             tensor_parallel=tp,
             pipeline_parallel=pp,
+            context_parallel=context_parallel,
+            context_parallel_kind=None
+            if context_parallel_kind is None
+            else _choice(ContextParallelKind, context_parallel_kind, "--context-parallel-kind"),
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
         )
+        _check_context_pin(spec, workload)
         return cls(
             spec=spec,
             workload=workload,
@@ -146,6 +155,23 @@ class RecommendRequest(BaseModel):
                 nvme_bytes=_size(nvme, "--nvme"),
             ),
         )
+
+
+def _check_context_pin(spec: ModelSpec, w: Workload) -> None:
+    """A pinned --context-parallel degree that cannot split the sequence (or, under
+    Ulysses, the heads) is refused before the search, as ``estimate`` refuses it."""
+    if w.context_parallel is None or w.context_parallel == 1:
+        return
+    from advisor.memory.context import check_context
+    from advisor.memory.params import shape_of
+
+    probe = TrainingConfig().with_(
+        seq_len=w.seq_len,
+        tensor_parallel=w.tensor_parallel or 1,
+        context_parallel=w.context_parallel,
+        context_parallel_kind=w.context_parallel_kind or ContextParallelKind.RING,
+    )
+    check_context(probe, shape_of(spec), spec)
 
 
 def _memory_budget(text: str | None) -> int | None:
@@ -164,15 +190,21 @@ def _check_plan_flags(
     nodes: int,
     tp: int | None,
     pp: int | None,
+    cp: int | None = None,
 ) -> None:
     """The batch and layout flags that contradict each other before any search."""
     world = (gpus or 1) * nodes
+    if cp is not None and ((tp or 1) * (pp or 1) * cp > world or world % ((tp or 1) * cp)):
+        raise UserError(
+            f"--context-parallel {cp} x --tp {tp or 1} does not divide the {world} devices",
+            "pick degrees whose product divides --gpus x --nodes",
+        )
     if global_batch is not None and global_batch_tokens is not None:
         raise UserError(
             "--global-batch and --global-batch-tokens both set the global batch",
             "give only one of them",
         )
-    replicas = world // ((tp or 1) * (pp or 1)) or 1
+    replicas = world // ((tp or 1) * (pp or 1) * (cp or 1)) or 1
     if global_batch is not None and global_batch < (micro_batch or 1) * replicas:
         raise UserError(
             f"--global-batch {global_batch} is smaller than one micro-batch on every "

@@ -157,7 +157,7 @@ def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:
         # v times with interleaving; Megatron's scatter/gather sends 1/t per TP rank
         # (Narayanan et al. 2021, sec. 4.1).
         bytes_ = 2 * s.v * s.tokens * s.sh.hidden * act / s.tp
-        bw_p2p, _ = link(s, s.tp * s.dp >= s.node)
+        bw_p2p, _ = link(s, s.tp * s.dp_cp >= s.node)
         parts["pipeline_p2p"] = ComponentTime(
             seconds=bytes_ / bw_p2p, source=Source.ANALYTIC, detail="1F1B send/recv"
         )
@@ -193,7 +193,10 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     params = s.sh.params / (s.tp * s.pp)
     grads = trainable(s, c) / (s.tp * s.pp) * gb
     stage = layout.sharding.zero_stage
-    n = shard_group(s, c) if layout.sharding is Sharding.HSDP else s.dp
+    # Context-parallel ranks reduce their gradients with the data-parallel ones (each holds
+    # a share of the same samples' gradient): Megatron-Core's data-parallel group "with
+    # context parallel"; torchtitan's FSDP over the dp_shard_cp mesh.
+    n = shard_group(s, c) if layout.sharding is Sharding.HSDP else s.dp_cp
     if s.hw is None and s.cal is not None and s.cal.allreduce_gb_s:
         # CPU calibration: gloo all-reduce bus bandwidth, no overlap.
         share = (n - 1) / n
@@ -260,8 +263,8 @@ def _dp_exposed(
         exp_b = max((regather + rs) / L, regather + rs - eta * bwd)
         exposed = (exp_f + exp_b) * A
         detail = f"FSDP/ZeRO-3 over {n} ranks ({name})"
-        if layout.sharding is Sharding.HSDP and s.dp > n:
-            r = s.dp // n
+        if layout.sharding is Sharding.HSDP and s.dp_cp > n:
+            r = s.dp_cp // n
             bw_x, name_x = link(s, True, data_parallel=True)
             ar = 2 * (r - 1) / r * grads / n / bw_x
             exposed += max(ar / L, ar - eta * bwd)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from advisor.config import Checkpointing, Stack, Task
+from advisor.config import Checkpointing, ContextParallelKind, Stack, Task
 from advisor.cost.data import LayerTiming, ShapeResults
 from advisor.cost.efficiency import (
     AttentionKernel,
@@ -148,8 +148,18 @@ def layer_measured(s: Setting) -> bool:
 
 
 def attention(s: Setting) -> tuple[float, float, Source]:
-    """(fwd+bwd, fwd) seconds of the attention core of one block, one micro-batch."""
-    seq, mb = s.mb.seq_len, s.mb.micro_batch
+    """(fwd+bwd, fwd) seconds of the attention core of one block, one micro-batch.
+
+    Under context parallelism each rank computes ``1 / cp`` of the whole sequence's
+    attention: ring attention its queries against every key chunk, with the causal mask
+    balanced over ``2 cp`` chunks (Megatron-Core context parallelism; Dubey et al. 2024,
+    sec. 3.3.2), in kernel calls on ``seq / cp``-token chunks; Ulysses every token of
+    ``heads / cp`` heads in one call on the whole sequence (Jacobs et al. 2023).
+    """
+    seq, mb, cp = s.mb.seq_len, s.mb.micro_batch, s.cp
+    share = 1.0 / cp
+    ring = s.mb.context_parallel_kind is ContextParallelKind.RING
+    chunk = seq // cp if cp > 1 and ring else seq
     if s.results is not None:
         want = "fp32" if s.dtype == "tf32" else s.dtype
         fit = next(
@@ -161,7 +171,7 @@ def attention(s: Setting) -> tuple[float, float, Source]:
             None,
         )
         if fit is not None:
-            fb = fit.predict(seq) * mb / s.tp
+            fb = fit.predict(seq) * mb / s.tp * share
             return fb, fb / 3, Source.MEASURED
     if s.hw is None:
         return 0.0, 0.0, Source.ANALYTIC
@@ -170,8 +180,8 @@ def attention(s: Setting) -> tuple[float, float, Source]:
     causal = s.spec.arch is Arch.DECODER
     eager = s.kernel is AttentionKernel.EAGER
     # QK^T and PV: 2 matmuls x 2 s^2 d FLOPs per head; fused kernels skip the masked half.
-    fwd_flops = 4 * mb * seq * seq * heads * d * (0.5 if causal and not eager else 1.0)
-    e = attention_efficiency(s.eff, s.kernel, seq, d, causal)
+    fwd_flops = 4 * mb * seq * seq * heads * d * (0.5 if causal and not eager else 1.0) * share
+    e = attention_efficiency(s.eff, s.kernel, chunk, d, causal)
     fwd = fwd_flops / (s.peak16() * e)
     if split_attention(s.eff, s.kernel):
         # Forward and backward at their own measured throughputs (the backward runs at a
@@ -183,7 +193,7 @@ def attention(s: Setting) -> tuple[float, float, Source]:
         fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
     if eager:
         bw, _ = s.bandwidth()
-        traffic = _EAGER_SCORE_BYTES * heads * mb * seq * seq / bw
+        traffic = _EAGER_SCORE_BYTES * heads * mb * seq * seq * share / bw
         fb += traffic
         fwd += traffic / 3
     return fb, fwd, Source.ANALYTIC

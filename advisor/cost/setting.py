@@ -11,6 +11,7 @@ from typing import NamedTuple
 from advisor.config import (
     Attention,
     Checkpointing,
+    ContextParallelKind,
     Precision,
     Sharding,
     Stack,
@@ -55,6 +56,8 @@ class MicroBatchConfig(NamedTuple):
     pipeline_parallel: int
     virtual_stages: int
     expert_parallel: int
+    context_parallel: int
+    context_parallel_kind: ContextParallelKind
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -77,6 +80,8 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.pipeline_parallel,
         layout.virtual_stages,
         layout.expert_parallel,
+        layout.context_parallel,
+        layout.context_parallel_kind,
     )
 
 
@@ -105,7 +110,9 @@ class Setting:
 
     __slots__ = (
         "cal",
+        "cp",
         "dp",
+        "dp_cp",
         "dtype",
         "eff",
         "ep",
@@ -155,8 +162,12 @@ class Setting:
         self.pp = mb.pipeline_parallel
         self.v = mb.virtual_stages if mb.pipeline_parallel > 1 else 1
         self.dp = mb.data_parallel
+        # Context parallelism: each rank runs its micro-batch on seq_len / cp tokens of every
+        # sample; gradients are reduced over data x context parallel ranks.
+        self.cp = mb.context_parallel
+        self.dp_cp = self.dp * self.cp
         self.ep = min(mb.expert_parallel, max(spec.num_experts, 1))
-        self.tokens = mb.micro_batch * mb.seq_len
+        self.tokens = mb.micro_batch * mb.seq_len // self.cp
         self.stage_layers, self.last_stage_layers = stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel: AttentionKernel = attention_kernel(mb, hw)
         # NOTE: "node" here is the group joined at the intra-node link: the NVLink domain
@@ -222,13 +233,13 @@ def shard(s: Setting, c: TrainingConfig, from_stage: int) -> int:
         return 1
     if layout.sharding is Sharding.HSDP:
         return shard_group(s, c)
-    return s.dp
+    return s.dp_cp
 
 
 def shard_group(s: Setting, c: TrainingConfig) -> int:
-    """Data-parallel ranks of one HSDP shard group (default: a node's)."""
+    """Data(-and-context)-parallel ranks of one HSDP shard group (default: a node's)."""
     group = c.layout.shard_group or max(1, s.node // s.tp)
-    return max(1, min(group, s.dp))
+    return max(1, min(group, s.dp_cp))
 
 
 def trainable_local(s: Setting, c: TrainingConfig) -> float:

@@ -5,7 +5,7 @@ copies, offload and paged transfers, data-parallel communication); and the entry
 from __future__ import annotations
 
 from advisor.config import Offload, TrainingConfig
-from advisor.cost import comm, compute, offload, optimizer
+from advisor.cost import comm, compute, context, offload, optimizer
 from advisor.cost.data import CalibrationCache
 from advisor.cost.efficiency import CPU_EFFICIENCY, efficiency_for
 from advisor.cost.memo import MicroBatch, ModelMemo, Scaled, StepMemo
@@ -166,6 +166,7 @@ def micro_batch(s: Setting, zeroth: bool) -> MicroBatch:
     block_fwd = compute.block_terms(s, zeroth, parts)
     head_fwd = compute.head_terms(s, zeroth, parts)
     comm.parallel_terms(s, parts)
+    context.context_terms(s, parts)
     head_share = head_on_critical_path(s, parts)
     if head_share < 1.0:
         for key in ("lm_head", "loss_and_embedding"):
@@ -199,6 +200,7 @@ def head_on_critical_path(s: Setting, parts: dict[str, ComponentTime]) -> float:
         "recompute",
         "tensor_parallel_comm",
         "expert_all_to_all",
+        "context_parallel_comm",
     )
     per_layer = sum(parts[k].seconds for k in per_layer_keys if k in parts)
     per_layer /= max(s.stage_layers, 1.0)
@@ -281,5 +283,5 @@ def _once_per_step(
         parts["offload_transfer"] = offload.offload(s, c, fwd, bwd)
     if paged_traffic > 0:
         parts["paged_states"] = offload.paged_states(s, paged_traffic)
-    if s.dp > 1:
+    if s.dp_cp > 1:
         parts["communication"] = comm.data_parallel(s, c, fwd, bwd)

@@ -12,7 +12,13 @@ from advisor.config import Checkpointing, Offload, Precision, Sharding, Training
 from advisor.export.common import DEFAULT_NVME_PATH, GRADIENT_CLIPPING, common_notes
 from advisor.export.deepspeed import sharding_for_stage, zero_stage
 from advisor.export.emission import Emission, EmitTarget
-from advisor.export.expression import Expressed, data_parallel_form, hsdp_degrees, world_size
+from advisor.export.expression import (
+    Expressed,
+    data_parallel_form,
+    hsdp_degrees,
+    without_context_parallel,
+    world_size,
+)
 
 ACCELERATE_DOCS = "https://huggingface.co/docs/accelerate/usage_guides/fsdp"
 
@@ -104,6 +110,10 @@ def accelerate_emission(
         UserError: when nodes and GPUs disagree.
     """
     expressed = Expressed(config)
+    # NOTE: Accelerate 1.16 splits sequences through its ParallelismConfig (cp_size under
+    # FSDP2, sp_size through DeepSpeed), which this export does not write.
+    without_context_parallel(expressed, "this Accelerate config")
+    config = expressed.config
     layout, layout_reason = data_parallel_form(config, "Accelerate's config file", Sharding.FSDP)
     if layout:
         expressed.change(layout_reason, **layout)

@@ -9,7 +9,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.config import Checkpointing, Offload, Precision, Sharding, TrainingConfig
+from advisor.config import (
+    Checkpointing,
+    ContextParallelKind,
+    Offload,
+    Precision,
+    Sharding,
+    TrainingConfig,
+)
 from advisor.export.common import (
     DEFAULT_NVME_PATH,
     GRADIENT_CLIPPING,
@@ -19,7 +26,13 @@ from advisor.export.common import (
     resolve_learning_rate,
 )
 from advisor.export.emission import Emission, EmitTarget
-from advisor.export.expression import Expressed, data_parallel_form, hsdp_degrees, world_size
+from advisor.export.expression import (
+    Expressed,
+    data_parallel_form,
+    hsdp_degrees,
+    without_context_parallel,
+    world_size,
+)
 from advisor.export.hyperparams import hyperparameters_for
 
 DEEPSPEED_DOCS = "https://www.deepspeed.ai/docs/config-json/"
@@ -187,6 +200,10 @@ def emit_deepspeed(
         UserError: when nodes and GPUs disagree.
     """
     expressed = Expressed(config)
+    if config.layout.context_parallel_kind is not ContextParallelKind.ULYSSES:
+        # DeepSpeed splits sequences with Ulysses only (no ring attention).
+        without_context_parallel(expressed, "DeepSpeed (Ulysses only, no ring attention)")
+        config = expressed.config
     layout, layout_reason = data_parallel_form(config, "DeepSpeed's ds_config.json", Sharding.ZERO3)
     if layout:
         expressed.change(layout_reason, **layout)
@@ -194,8 +211,11 @@ def emit_deepspeed(
     world = world_size(config, nodes, gpus_per_node)
     lr = resolve_learning_rate(config, learning_rate)
     stage, notes = _ds_stage(config, nodes, expressed)
+    cp = config.layout.context_parallel
     ds: dict[str, Any] = {
-        "train_batch_size": config.batch.micro_batch * config.batch.grad_accumulation * world,
+        # The batch of the data-parallel ranks: a sequence-parallel group shares its samples
+        # (DeepSpeedConfig: world size / sequence_parallel_size).
+        "train_batch_size": config.batch.micro_batch * config.batch.grad_accumulation * world // cp,
         "train_micro_batch_size_per_gpu": config.batch.micro_batch,
         "gradient_accumulation_steps": config.batch.grad_accumulation,
         "gradient_clipping": GRADIENT_CLIPPING,
@@ -223,6 +243,18 @@ def emit_deepspeed(
             f"expert parallelism {config.layout.expert_parallel} is set in the model code, not in "
             f"this file: deepspeed.moe.layer.MoE(..., ep_size={config.layout.expert_parallel}) for "
             "each MoE layer (Rajbhandari et al. 2022, DeepSpeed-MoE)."
+        )
+    if cp > 1:
+        # DeepSpeed-Ulysses (Jacobs et al. 2023) as DeepSpeed 0.19 runs it for Hugging Face
+        # models (runtime/sequence_parallel/ulysses_sp.py, the ALST components).
+        ds["sequence_parallel_size"] = cp
+        notes.append(
+            f"Ulysses sequence parallelism {cp}: register its attention in the model code, "
+            "mpu = deepspeed.runtime.sequence_parallel.ulysses_sp.UlyssesSPAttentionHF."
+            f"register_with_transformers(model_name_or_path=..., sequence_parallel_size={cp}, "
+            "...), pass deepspeed.initialize(..., mpu=mpu), and shard each batch's sequences "
+            "with UlyssesSPDataLoaderAdapter (https://www.deepspeed.ai/tutorials/"
+            "ulysses-alst-sequence-parallelism/)."
         )
     if cpu:
         notes.append(
@@ -255,7 +287,7 @@ def _ds_stage(config: TrainingConfig, nodes: int, expressed: Expressed) -> tuple
         # NOTE: over one data-parallel rank every ZeRO stage shards nothing: a relabelling.
         expressed.change(
             why,
-            same_plan=one_replica or config.layout.data_parallel == 1,
+            same_plan=one_replica or config.layout.dp_cp == 1,
             sharding=sharding_for_stage(config, stage),
             shard_group=None,
         )

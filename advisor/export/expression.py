@@ -42,7 +42,13 @@ def world_size(config: TrainingConfig, nodes: int = 1, gpus_per_node: int | None
             f"{nodes} nodes x {gpus_per_node} GPUs = {total}, but the plan is for "
             f"{devices} devices ({config.layout.data_parallel} data x "
             f"{config.layout.tensor_parallel} tensor x "
-            f"{config.layout.pipeline_parallel} pipeline parallel)",
+            f"{config.layout.pipeline_parallel} pipeline"
+            + (
+                f" x {config.layout.context_parallel} context"
+                if config.layout.context_parallel > 1
+                else ""
+            )
+            + " parallel)",
             "make --gpus equal to the total number of GPUs",
         )
     return total
@@ -107,11 +113,14 @@ def data_parallel_form(
     planned = (
         config.batch.micro_batch * config.batch.grad_accumulation * config.layout.data_parallel
     )
+    # Context-parallel ranks stay context parallel (the caller folds them where the engine
+    # cannot split sequences): the data-parallel ranks are the rest.
+    ranks = config.layout.world_size // config.layout.context_parallel
     micro = max(1, config.batch.micro_batch // config.layout.tensor_parallel)
-    accumulation = max(1, round(planned / (micro * config.layout.world_size)))
+    accumulation = max(1, round(planned / (micro * ranks)))
     update: dict[str, Any] = {
         "micro_batch": micro,
-        "data_parallel": config.layout.world_size,
+        "data_parallel": ranks,
         "tensor_parallel": 1,
         "pipeline_parallel": 1,
         "virtual_stages": 1,
@@ -121,35 +130,54 @@ def data_parallel_form(
     if config.layout.sharding.zero_stage < 3:
         update["sharding"] = full_shard
         sharded = f"{full_shard.value} sharding (TP/PP split the weights; this splits them too)"
-    emitted = micro * accumulation * config.layout.world_size
+    emitted = micro * accumulation * ranks
     batch = "" if emitted == planned else f"; global batch {emitted} instead of {planned}"
     reason = (
         f"{engine} cannot set up tensor parallelism {config.layout.tensor_parallel} x pipeline "
         f"parallelism {config.layout.pipeline_parallel} (it lives in the model code): this file "
         "runs "
-        f"all {config.layout.world_size} devices data parallel with {sharded}{batch}; "
+        f"all {ranks} model replicas data parallel with {sharded}{batch}; "
         "--emit torchtitan or --emit megatron set up the ranked layout"
     )
     return update, reason
+
+
+def without_context_parallel(expressed: Expressed, engine: str) -> None:
+    """Record that ``engine`` cannot split sequences: its file runs the plan's context-parallel
+    ranks as data-parallel ones, each with whole sequences (a different plan, with the
+    activations of the whole sequence on every device)."""
+    layout = expressed.config.layout
+    cp = layout.context_parallel
+    if cp == 1:
+        return
+    expressed.change(
+        f"{engine} cannot set up {layout.context_parallel_kind.value} context parallelism "
+        f"{cp}: this file runs those ranks data parallel, each device holding whole "
+        f"sequences; --emit megatron or --emit torchtitan set up context parallelism",
+        context_parallel=1,
+        data_parallel=layout.data_parallel * cp,
+        grad_accumulation=max(1, expressed.config.batch.grad_accumulation // cp),
+    )
 
 
 def hsdp_degrees(config: TrainingConfig, nodes: int) -> tuple[int, int]:
     """(replicate, shard) data-parallel degrees of a hybrid-sharded plan.
 
     ``shard_group`` counts the data-parallel ranks that share one sharded copy; by default a
-    node's (Zhao et al. 2023, sec. 3.2.2: shard inside a node, replicate across).
+    node's (Zhao et al. 2023, sec. 3.2.2: shard inside a node, replicate across). Context-
+    parallel ranks count as data-parallel ones here: they shard the same states.
 
     Raises:
         UserError: when the shard group does not divide the data-parallel degree.
     """
-    shard = config.layout.shard_group or max(1, config.layout.data_parallel // nodes)
-    if shard > config.layout.data_parallel or config.layout.data_parallel % shard:
+    ranks = config.layout.dp_cp
+    shard = config.layout.shard_group or max(1, ranks // nodes)
+    if shard > ranks or ranks % shard:
         raise UserError(
-            f"a shard group of {shard} does not divide the {config.layout.data_parallel} "
-            "data-parallel ranks",
+            f"a shard group of {shard} does not divide the {ranks} data-parallel ranks",
             "pick a shard group that divides the data-parallel degree",
         )
-    return config.layout.data_parallel // shard, shard
+    return ranks // shard, shard
 
 
 def require_gpu(config: TrainingConfig, engine: str, cpu: bool) -> None:

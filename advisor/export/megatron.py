@@ -1,5 +1,5 @@
-"""Megatron-LM training arguments for one plan, as a bash array: tensor, sequence, pipeline
-and expert parallelism, batch geometry, recomputation, the distributed optimizer or
+"""Megatron-LM training arguments for one plan, as a bash array: tensor, sequence, pipeline,
+expert and context parallelism, batch geometry, recomputation, the distributed optimizer or
 Megatron-FSDP, precision, attention backend, optimizer and optimizer CPU offload."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from typing import Any
 from advisor.config import (
     Attention,
     Checkpointing,
+    ContextParallelKind,
     Offload,
     Precision,
     Sharding,
@@ -125,7 +126,12 @@ def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nod
         f"# Megatron-LM arguments written by optadvise for {MEGATRON_VERSION}.",
         f"# World size {world} = data {config.layout.data_parallel} x tensor "
         f"{config.layout.tensor_parallel} x "
-        f"pipeline {config.layout.pipeline_parallel}.",
+        f"pipeline {config.layout.pipeline_parallel}"
+        + (
+            f" x context {config.layout.context_parallel}."
+            if config.layout.context_parallel > 1
+            else "."
+        ),
         "# Add your model's arguments (--num-layers --hidden-size --num-attention-heads ...),",
         "# data and schedule, then on each node:",
         f"#   torchrun --nproc_per_node {world // nodes} --nnodes {nodes} pretrain_gpt.py "
@@ -163,6 +169,13 @@ def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
             args.append(("--tp-comm-overlap", None))
     if config.layout.expert_parallel > 1:
         args.append(("--expert-model-parallel-size", config.layout.expert_parallel))
+    if config.layout.context_parallel > 1:
+        # Megatron-LM's context parallelism (arguments.py --context-parallel-size, and
+        # --cp-comm-type: p2p is ring attention, a2a is Ulysses' all-to-all; Transformer
+        # Engine runs both).
+        args.append(("--context-parallel-size", config.layout.context_parallel))
+        kind = config.layout.context_parallel_kind
+        args.append(("--cp-comm-type", "p2p" if kind is ContextParallelKind.RING else "a2a"))
     return args
 
 

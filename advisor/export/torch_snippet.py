@@ -145,11 +145,14 @@ def _plan_notes(config: TrainingConfig, zeroth: bool, notes: list[str]) -> None:
         config.layout.tensor_parallel > 1
         or config.layout.pipeline_parallel > 1
         or config.layout.expert_parallel > 1
+        or config.layout.context_parallel > 1
     ):
+        cp = config.layout.context_parallel
         notes.append(
             f"the plan's layout (tensor {config.layout.tensor_parallel} x pipeline "
-            f"{config.layout.pipeline_parallel}, expert {config.layout.expert_parallel}) is not "
-            "in this "
+            f"{config.layout.pipeline_parallel}, expert {config.layout.expert_parallel}"
+            + (f", context {cp}" if cp > 1 else "")
+            + ") is not in this "
             "single-process snippet: use --emit torchtitan or --emit megatron for it."
         )
     notes.append(hyper_note(config))

@@ -7,7 +7,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from advisor.config import Checkpointing, Offload, Precision, Sharding, Stack, Task, TrainingConfig
+from advisor.config import (
+    Checkpointing,
+    ContextParallelKind,
+    Offload,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
 from advisor.errors import UserError
 from advisor.export.common import (
     GRADIENT_CLIPPING,
@@ -102,6 +111,9 @@ def emit_torchtitan(
     lr = resolve_learning_rate(config, learning_rate)
 
     parallelism, replicate, shard = _parallelism(config, nodes, num_layers, notes, expressed)
+    if config.layout.context_parallel > 1:
+        # What torchtitan's context parallelism runs (_context_sharding).
+        config = config.replace(layout=expressed.config.layout)
     training = _training(config, notes, expressed)
 
     optimizer = _optimizer_section(config, hp, lr, expressed)
@@ -125,7 +137,12 @@ def emit_torchtitan(
     header = [
         f"torchtitan job config written by optadvise for {TORCHTITAN_VERSION}.",
         f"World size {world} = data replicate {replicate} x shard {shard} x tensor "
-        f"{config.layout.tensor_parallel} x pipeline {config.layout.pipeline_parallel}.",
+        f"{config.layout.tensor_parallel} x pipeline {config.layout.pipeline_parallel}"
+        + (
+            f" x context {config.layout.context_parallel}."
+            if config.layout.context_parallel > 1
+            else "."
+        ),
         "Add [model] (name, flavor, hf_assets_path) and [training] dataset/steps for your run.",
     ]
     return Emission(
@@ -213,10 +230,14 @@ def _parallelism(
         UserError: for virtual stages without PP, or an expert degree the shard degree does
             not split into.
     """
-    # --- data-parallel degrees (torchtitan ParallelDims: replicate x shard x tp x pp = world)
+    # --- data-parallel degrees (torchtitan ParallelDims: replicate x shard x cp x tp x pp =
+    # world)
     parallelism: dict[str, Any] = {}
+    config = _context_sharding(config, expressed)
+    cp = config.layout.context_parallel
     if config.layout.sharding is Sharding.HSDP:
         replicate, shard = hsdp_degrees(config, nodes)
+        shard //= cp  # FSDP shards over dp_shard x cp (the dp_shard_cp mesh)
     elif config.layout.sharding is Sharding.NONE:
         replicate, shard = config.layout.data_parallel, 1
     else:
@@ -246,6 +267,13 @@ def _parallelism(
         and config.kernels.stack is Stack.FUSED
     )
     parallelism["pipeline_parallel_degree"] = config.layout.pipeline_parallel
+    if cp > 1:
+        # torch's context_parallel: ring attention over the cp ranks. "alltoall" passes the
+        # key/value shards round chunk by chunk under each sub-attention (the ring the plan's
+        # cost assumed); "allgather" (the default) gathers all of them after the first
+        # sub-attention (job_config.py context_parallel_rotate_method).
+        parallelism["context_parallel_degree"] = cp
+        parallelism["context_parallel_rotate_method"] = "alltoall"
     if config.layout.pipeline_parallel > 1:
         interleaved = config.layout.virtual_stages > 1
         parallelism["pipeline_parallel_schedule"] = "Interleaved1F1B" if interleaved else "1F1B"
@@ -283,6 +311,42 @@ def _parallelism(
         parallelism["expert_parallel_degree"] = config.layout.expert_parallel
         parallelism["expert_tensor_parallel_degree"] = config.layout.tensor_parallel
     return parallelism, replicate, shard
+
+
+def _context_sharding(config: TrainingConfig, expressed: Expressed) -> TrainingConfig:
+    """The plan as torchtitan runs its context parallelism: ring attention only, and the
+    parameters always sharded over the context-parallel ranks (parallelize.py: with CP on,
+    FSDP fully shards over the dp_shard_cp mesh, or hybrid-shards with dp_replicate)."""
+    layout = expressed.config.layout
+    cp = layout.context_parallel
+    if cp == 1:
+        return config
+    if layout.context_parallel_kind is ContextParallelKind.ULYSSES:
+        expressed.change(
+            "torchtitan splits sequences with ring attention (torch's context_parallel), "
+            "not Ulysses' all-to-alls",
+            context_parallel_kind=ContextParallelKind.RING,
+        )
+    if layout.sharding is Sharding.NONE:
+        if layout.data_parallel > 1:
+            expressed.change(
+                f"torchtitan shards the parameters over the {cp} context-parallel ranks "
+                "(hybrid shard: replicated across data-parallel ones)",
+                sharding=Sharding.HSDP,
+                shard_group=cp,
+            )
+        else:
+            expressed.change(
+                f"torchtitan shards the parameters over the {cp} context-parallel ranks",
+                sharding=Sharding.FSDP,
+            )
+    elif layout.sharding is Sharding.HSDP and (layout.shard_group or cp) % cp:
+        expressed.change(
+            f"torchtitan's hybrid shard groups span whole context-parallel groups of {cp}",
+            sharding=Sharding.FSDP,
+            shard_group=None,
+        )
+    return expressed.config
 
 
 def _training(config: TrainingConfig, notes: list[str], expressed: Expressed) -> dict[str, Any]:

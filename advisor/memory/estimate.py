@@ -4,7 +4,8 @@ trainable parameter count; under pipeline parallelism the heaviest rank's estima
 
 from __future__ import annotations
 
-from advisor.config import TrainingConfig
+from advisor.config import ContextParallelKind, TrainingConfig
+from advisor.memory.context import check_context, rank_config
 from advisor.memory.memo import MemoryMemo, memo_for
 from advisor.memory.pipeline import pipeline_schedule
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
@@ -68,11 +69,16 @@ def _estimate(
     layout = config.layout
     d = memo.model.shape
     check_layout(config, d)
+    check_context(config, d, memo.model.spec)
+    # A context-parallel rank runs every block, the head and the loss on its share of each
+    # sequence (advisor.memory.context); its model states are the layout's as they are.
+    config = rank_config(config)
     pp = layout.pipeline_parallel
     if pp == 1:
-        return estimate_stage(
+        one = estimate_stage(
             memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
+        return _context_note(one, config)
     split, held = memo.call(
         pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
     )
@@ -111,7 +117,28 @@ def _estimate(
         f"pipeline {pp} stages: rank {ranks[worst]} ({sum(split[ranks[worst]])} blocks) is the "
         f"largest ({others})"
     )
-    return last.model_copy(update={"notes": [*last.notes, note]})
+    return _context_note(last.model_copy(update={"notes": [*last.notes, note]}), config)
+
+
+def _context_note(
+    m: MemoryEstimate | MemoryTotals, config: TrainingConfig
+) -> MemoryEstimate | MemoryTotals:
+    """``m`` with a note on what context parallelism split (the rank's ``config``)."""
+    layout = config.layout
+    cp = layout.context_parallel
+    if cp == 1 or not isinstance(m, MemoryEstimate):
+        return m
+    how = (
+        "ring attention: peers' key/value chunks double-buffered (Liu et al. 2023)"
+        if layout.context_parallel_kind is ContextParallelKind.RING
+        else "Ulysses all-to-all buffers of Q, K, V (Jacobs et al. 2023)"
+    )
+    note = (
+        f"context parallelism {cp}: each rank holds {config.batch.seq_len} tokens of every "
+        f"sequence's activations and logits; {how}; gradients reduced (and ZeRO/FSDP shards "
+        f"kept) over data x context parallel, {layout.dp_cp} ranks"
+    )
+    return m.model_copy(update={"notes": [*m.notes, note]})
 
 
 def memory_totals(

@@ -25,7 +25,7 @@ def grads_persistent(config: TrainingConfig) -> bool:
         return True  # the offload reduce bucket is allocated once and kept
     if config.batch.grad_accumulation > 1:
         return True
-    return layout.data_parallel > 1 and layout.sharding.zero_stage < 3
+    return layout.dp_cp > 1 and layout.sharding.zero_stage < 3
 
 
 def phases_of(

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
+from advisor.memory.context import exchange_bytes
 from advisor.memory.derived import trainable_count
 from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo
@@ -292,6 +293,10 @@ def _transients(
     # checkpointing step: the recomputed block's backward peaks with these two alive).
     block_input = math.ceil(dt.residual * b * s * d["h"] / tp)
     grad_flow = 0 if zeroth else 2 * block_input
+    if not zeroth:
+        # Context parallelism's key/value exchange in a block's backward (ring: the peers'
+        # chunks and dK/dV double-buffered; Ulysses: the all-to-all buffers).
+        grad_flow += exchange_bytes(config, d, dt.act)
     if (
         not zeroth
         and config.kernels.stack is Stack.HF

@@ -218,11 +218,15 @@ def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]
     layout = config.layout
     pp = layout.pipeline_parallel
     if layout.sharding is Sharding.HSDP:
-        n = layout.shard_group or min(layout.data_parallel, 8)
+        n = layout.shard_group or min(layout.dp_cp, 8)
         if layout.shard_group is None:
             notes.append(f"hybrid sharding: shard group of {n} devices (one node) assumed")
     else:
-        n = layout.data_parallel if layout.sharding is not Sharding.NONE else 1
+        # Context-parallel ranks hold the same model shard: ZeRO/FSDP shard over data x
+        # context parallel (Megatron-Core's distributed optimizer over the data-parallel group
+        # with context parallel; torchtitan's FSDP over its dp_shard_cp mesh; DeepSpeed's ZeRO
+        # over its seq_data_parallel_group under Ulysses, runtime/engine.py 0.19.8).
+        n = layout.dp_cp if layout.sharding is not Sharding.NONE else 1
     stage_zero = layout.sharding.zero_stage
     if layout.sharding is not Sharding.NONE and n == 1:
         notes.append("sharding over 1 device divides nothing")

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from advisor.config import Offload, Precision, Task, TrainingConfig
+from advisor.config import (
+    Attention,
+    ContextParallelKind,
+    Offload,
+    Precision,
+    Task,
+    TrainingConfig,
+)
 from advisor.memory import MemoryEstimate, MemoryTotals
 from advisor.plan.models import Rejection, RejectionKind
 from advisor.plan.space import Context, describe_config
@@ -60,6 +67,7 @@ class Constraints:
             c.savers.offload,
             layout.data_parallel,
             layout.pipeline_parallel,
+            layout.context_parallel > 1 and layout.context_parallel_kind,
         )
         known = self._verdicts.get(key)
         if known is None:
@@ -121,6 +129,15 @@ def _compatible(
         return "pipeline engines (DeepSpeed, Megatron-LM) do not offload states"
     if savers.optimizer_in_backward and layout.pipeline_parallel > 1:
         return "per-layer updates need the whole backward on one stage (no 1F1B interleaving)"
+    if (
+        layout.context_parallel > 1
+        and layout.context_parallel_kind is ContextParallelKind.RING
+        and config.kernels.attention is Attention.EAGER
+    ):
+        # Ring attention merges blockwise softmax results with their log-sum-exp (Liu et
+        # al. 2023); torch's context_parallel dispatches the flash, efficient and cuDNN
+        # SDPA kernels only.
+        return "ring attention (context parallelism) needs a flash or memory-efficient kernel"
     return None
 
 

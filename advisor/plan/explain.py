@@ -165,6 +165,7 @@ def _position(rows: list[Row], config: TrainingConfig) -> int | None:
             and c.layout.sharding is config.layout.sharding
             and c.layout.tensor_parallel == 1
             and c.layout.pipeline_parallel == 1
+            and c.layout.context_parallel == 1
             and not (
                 c.kernels.fused_loss
                 or c.savers.activation_offload

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from advisor.config import ParallelLayout, Sharding, TrainingConfig
+from advisor.config import ContextParallelKind, ParallelLayout, Sharding, TrainingConfig
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec
 
@@ -38,9 +38,16 @@ class Layout(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Layout:
         p = self.parallel
-        dp, tp, pp = p.data_parallel, p.tensor_parallel, p.pipeline_parallel
-        if dp * tp * pp != self.world_size:
-            raise ValueError(f"dp {dp} x tp {tp} x pp {pp} != world size {self.world_size}")
+        dp, tp, pp, cp = (
+            p.data_parallel,
+            p.tensor_parallel,
+            p.pipeline_parallel,
+            p.context_parallel,
+        )
+        if p.world_size != self.world_size:
+            raise ValueError(
+                f"dp {dp} x tp {tp} x pp {pp} x cp {cp} != world size {self.world_size}"
+            )
         fast = self.fast_group
         if tp > fast or fast % tp:
             raise ValueError(f"tp {tp} must divide the {fast} GPUs of an NVLink domain")
@@ -48,11 +55,11 @@ class Layout(BaseModel):
             raise ValueError("interleaved stages need pipeline parallelism")
         if dp % p.expert_parallel:
             raise ValueError(f"ep {p.expert_parallel} must divide dp {dp}")
-        if dp == 1 and p.sharding is not Sharding.NONE:
+        if p.dp_cp == 1 and p.sharding is not Sharding.NONE:
             raise ValueError("sharding needs more than one data-parallel replica")
         if p.sharding is Sharding.HSDP:
-            g = p.shard_group
-            if g is None or g < 2 or dp % g or g == dp:
+            g, n = p.shard_group, p.dp_cp
+            if g is None or g < 2 or n % g or g == n:
                 raise ValueError("hsdp needs a shard group that divides dp and is smaller")
         elif p.shard_group is not None:
             raise ValueError("shard_group belongs to hsdp")
@@ -84,6 +91,9 @@ class Layout(BaseModel):
         if p.pipeline_parallel > 1:
             vp = p.virtual_stages
             parts.append(f"pp{p.pipeline_parallel}" + (f"x{vp}" if vp > 1 else ""))
+        if p.context_parallel > 1:
+            kind = "" if p.context_parallel_kind is ContextParallelKind.RING else " ulysses"
+            parts.append(f"cp{p.context_parallel}{kind}")
         if p.expert_parallel > 1:
             parts.append(f"ep{p.expert_parallel}")
         parts.append(f"dp{p.data_parallel}")
@@ -112,6 +122,9 @@ def enumerate_layouts(
     tp: int | None = None,
     pp: int | None = None,
     nvlink_domain: int | None = None,
+    seq_len: int = 0,
+    cp: int | None = None,
+    cp_kind: ContextParallelKind | None = None,
 ) -> list[Layout]:
     """Every layout worth planning on ``world_size`` devices.
 
@@ -124,6 +137,10 @@ def enumerate_layouts(
     Sharding: DDP, ZeRO-1/2/3, FSDP, and HSDP across nodes; with pipeline stages only what
     the pipeline engines combine with them (Megatron's distributed optimizer = ZeRO-1,
     torchtitan's FSDP/HSDP + PP). MoE: expert parallel over the data-parallel group.
+    Context parallel (:func:`context_degrees`): for sequences of at least
+    :data:`CP_MIN_SEQ` tokens, powers of two that leave each rank at least
+    :data:`CP_MIN_RANK_TOKENS` tokens, ring attention and (where the heads split) Ulysses;
+    shorter sequences keep one rank per sequence, so their search is what it was.
 
     Args:
         spec: the model (heads, layers, experts).
@@ -133,6 +150,9 @@ def enumerate_layouts(
             tensor parallelism stays inside one.
         tp: pin the tensor-parallel degree (``--tp``).
         pp: pin the pipeline degree (``--pp``).
+        seq_len: tokens per sample (decides the context-parallel degrees explored).
+        cp: pin the context-parallel degree (``--context-parallel``).
+        cp_kind: pin ring attention or Ulysses (``--context-parallel-kind``).
 
     Returns:
         The layouts, each validated.
@@ -169,6 +189,11 @@ def enumerate_layouts(
             f"--pp {pp} does not divide the {world_size} devices or exceeds {layers} layers",
             "pick a pipeline degree that divides the world size",
         )
+    if cp is not None and world_size % cp:
+        raise UserError(
+            f"--context-parallel {cp} does not divide the {world_size} devices",
+            "pick a context-parallel degree that divides the world size",
+        )
     tps = (
         [tp]
         if tp
@@ -178,33 +203,85 @@ def enumerate_layouts(
     for t in tps:
         if world_size % t:
             continue
-        rest = world_size // t
-        pps = [pp] if pp else [p for p in _powers_of_two(min(rest, layers)) if rest % p == 0]
-        for p in pps:
-            if rest % p:
-                continue
-            dp = rest // p
-            # Interleaving needs whole layers per model chunk (Megatron-LM's check).
-            vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
-            for v in vps:
-                for sharding, group in _shardings(dp, fast // t, p):
-                    for ep in _expert_degrees(spec, dp):
-                        out.append(
-                            Layout(
-                                world_size=world_size,
-                                gpus_per_node=node,
-                                parallel=ParallelLayout(
-                                    data_parallel=dp,
-                                    tensor_parallel=t,
-                                    pipeline_parallel=p,
-                                    virtual_stages=v,
-                                    expert_parallel=ep,
-                                    sharding=sharding,
-                                    shard_group=group,
-                                ),
-                                nvlink_domain=nvlink_domain,
+        for c, kind in context_degrees(spec, seq_len, world_size // t, t, cp, cp_kind):
+            rest = world_size // (t * c)
+            pps = [pp] if pp else [p for p in _powers_of_two(min(rest, layers)) if rest % p == 0]
+            for p in pps:
+                if rest % p:
+                    continue
+                dp = rest // p
+                # Interleaving needs whole layers per model chunk (Megatron-LM's check).
+                vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
+                for v in vps:
+                    # Context-parallel ranks share the sharding of the data-parallel ones.
+                    for sharding, group in _shardings(dp * c, fast // t, p):
+                        for ep in _expert_degrees(spec, dp):
+                            out.append(
+                                Layout(
+                                    world_size=world_size,
+                                    gpus_per_node=node,
+                                    parallel=ParallelLayout(
+                                        data_parallel=dp,
+                                        tensor_parallel=t,
+                                        pipeline_parallel=p,
+                                        virtual_stages=v,
+                                        expert_parallel=ep,
+                                        context_parallel=c,
+                                        context_parallel_kind=kind,
+                                        sharding=sharding,
+                                        shard_group=group,
+                                    ),
+                                    nvlink_domain=nvlink_domain,
+                                )
                             )
-                        )
+    return out
+
+
+#: The shortest sequence the search splits over context-parallel ranks. Llama 3 pre-trained
+#: at 8K tokens without context parallelism and turned it on for its long-context stages up
+#: to 128K (Dubey et al. 2024, sec. 3.3.2: CP 16 at 128K); Megatron-Core's context
+#: parallelism guide calls it the remedy for long sequences whose activations do not fit.
+#: Shorter sequences are split only when ``--context-parallel`` pins it.
+CP_MIN_SEQ = 16384
+#: The fewest tokens the search leaves each context-parallel rank (Llama 3's 128K over CP
+#: 16 leaves 8K per rank): attention on shorter chunks cannot hide the exchange of the next
+#: chunk (Liu et al. 2023, sec. 3: the block must outlast its transfer).
+CP_MIN_RANK_TOKENS = 4096
+
+
+def context_degrees(
+    spec: ModelSpec,
+    seq_len: int,
+    devices: int,
+    tp: int,
+    cp: int | None,
+    kind: ContextParallelKind | None,
+) -> list[tuple[int, ContextParallelKind]]:
+    """The context-parallel degrees and kinds worth planning on ``devices`` devices per
+    tensor-parallel group: the pin, else 1 and, for sequences of at least
+    :data:`CP_MIN_SEQ` tokens, every power of two that splits the sequence into ``2 cp``
+    equal chunks (ring attention's causal balancing) with at least
+    :data:`CP_MIN_RANK_TOKENS` tokens per rank, as ring attention and, where the heads per
+    tensor-parallel rank split by it, Ulysses."""
+    ring, ulysses = ContextParallelKind.RING, ContextParallelKind.ULYSSES
+    heads = (spec.num_attention_heads or 1) // tp
+    kv = max((spec.num_key_value_heads or spec.num_attention_heads or 1) // tp, 1)
+
+    def splits(c: int, k: ContextParallelKind) -> bool:
+        # What advisor.memory.context.check_context asks (a pinned degree was checked at
+        # tensor parallel 1 before the search; here per tensor-parallel degree).
+        if devices % c or seq_len % (2 * c if k is ring else c):
+            return False
+        return k is ring or (heads % c == 0 and not (kv % c and c % kv))
+
+    if cp is not None:
+        pinned = kind or ring
+        return [(cp, pinned)] if cp == 1 or splits(cp, pinned) else []
+    out = [(1, kind or ring)]
+    if seq_len < CP_MIN_SEQ:
+        return out
+    for c in _powers_of_two(min(devices, seq_len // CP_MIN_RANK_TOKENS))[1:]:
+        out.extend((c, k) for k in (ring, ulysses) if kind in (None, k) and splits(c, k))
     return out
 
 

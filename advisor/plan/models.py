@@ -62,6 +62,14 @@ class Recommendation(BaseModel):
     pipeline_parallel: int = _d("pipeline stages")
     virtual_stages: int = _d("interleaved model chunks per pipeline rank", default=1)
     expert_parallel: int = _d("MoE expert-parallel degree", default=1)
+    context_parallel: int = _d(
+        "context-parallel degree: ranks that split every sequence (1: none)", default=1
+    )
+    context_parallel_kind: str = _d(
+        "how context-parallel ranks exchange keys and values: ring (ring attention) or "
+        "ulysses (all-to-all)",
+        default="ring",
+    )
     layout: str = _d("the parallel layout in short: tp8 pp16 dp1 ...")
     stack: str = _d("kernel stack the memory and time assume: hf or fused")
     memory_savers: list[str] = _d("technique ids of the memory savers in use")

@@ -206,6 +206,8 @@ def _recommendation(
         pipeline_parallel=c.layout.pipeline_parallel,
         virtual_stages=c.layout.virtual_stages,
         expert_parallel=c.layout.expert_parallel,
+        context_parallel=c.layout.context_parallel,
+        context_parallel_kind=c.layout.context_parallel_kind.value,
         layout=p.layout.label,
         stack=c.kernels.stack.value,
         memory_savers=[t for t in p.techniques if t in MEMORY_SAVER_IDS],

@@ -409,7 +409,7 @@ def screen_layouts(
     # exhaustive benchmark caught a 12% miss that way).
     _kept, al, _ = screen(pts, prune=False)
     heads: set[str] = set()
-    by_split: dict[tuple[int, int, int, int], list[_Point]] = {}
+    by_split: dict[tuple[object, ...], list[_Point]] = {}
     label_of = {lay.label: lay for lay in layouts}
     for pt in pts:
         if pt.key in al:
@@ -420,6 +420,8 @@ def screen_layouts(
                     lay.parallel.pipeline_parallel,
                     lay.parallel.virtual_stages,
                     lay.parallel.expert_parallel,
+                    lay.parallel.context_parallel,
+                    lay.parallel.context_parallel_kind,
                 ),
                 [],
             ).append(pt)

@@ -127,14 +127,20 @@ def _planned_layouts(ctx: Context, s: PlanSearch, notes: list[str]) -> list[Layo
     """The workload's layouts the step-time model can price (a note when some are not)."""
     w = ctx.workload
     layouts = workload_layouts(ctx)
-    pinned = w.tensor_parallel is not None or w.pipeline_parallel is not None
+    pinned = (
+        w.tensor_parallel is not None
+        or w.pipeline_parallel is not None
+        or w.context_parallel is not None
+    )
     if not pinned and w.world_size > 1 and not _time_prices_layouts(ctx, s.ev):
         # A step-time model blind to tensor/pipeline parallelism would see their memory
         # savings for free: plan data parallelism only, and say so.
         layouts = [
             lay
             for lay in layouts
-            if lay.parallel.tensor_parallel == 1 and lay.parallel.pipeline_parallel == 1
+            if lay.parallel.tensor_parallel == 1
+            and lay.parallel.pipeline_parallel == 1
+            and lay.parallel.context_parallel == 1
         ]
         notes.append(
             "tensor and pipeline parallel layouts not planned: the step-time model does not "

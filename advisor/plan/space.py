@@ -17,6 +17,7 @@ from advisor.config import (
     Attention,
     BatchGeometry,
     Checkpointing,
+    ContextParallelKind,
     Kernels,
     MemorySavers,
     Offload,
@@ -96,6 +97,12 @@ class Workload(BaseModel):
     stack: Stack = Stack.HF
     tensor_parallel: int | None = Field(default=None, ge=1, description="pinned (--tp)")
     pipeline_parallel: int | None = Field(default=None, ge=1, description="pinned (--pp)")
+    context_parallel: int | None = Field(
+        default=None, ge=1, description="pinned (--context-parallel)"
+    )
+    context_parallel_kind: ContextParallelKind | None = Field(
+        default=None, description="pinned (--context-parallel-kind)"
+    )
     lora_targets: tuple[str, ...] | None = Field(
         default=None, description="what LoRA/QLoRA plans adapt (--lora-targets; None: default)"
     )
@@ -356,6 +363,9 @@ def describe_config(config: TrainingConfig) -> str:
     if layout.pipeline_parallel > 1:
         v = f"x{layout.virtual_stages}" if layout.virtual_stages > 1 else ""
         parts.append(f"pp{layout.pipeline_parallel}{v}")
+    if layout.context_parallel > 1:
+        kind = "" if layout.context_parallel_kind is ContextParallelKind.RING else " ulysses"
+        parts.append(f"cp{layout.context_parallel}{kind}")
     if layout.expert_parallel > 1:
         parts.append(f"ep{layout.expert_parallel}")
     if layout.sharding is not Sharding.NONE:
@@ -530,6 +540,9 @@ def workload_layouts(ctx: Context) -> list[Layout]:
         tp=w.tensor_parallel,
         pp=w.pipeline_parallel,
         nvlink_domain=ctx.target.nvlink_domain or None,
+        seq_len=w.seq_len,
+        cp=w.context_parallel,
+        cp_kind=w.context_parallel_kind,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from advisor.config import (
     Attention,
     Checkpointing,
+    ContextParallelKind,
     Offload,
     Precision,
     Sharding,
@@ -45,6 +46,11 @@ OPTIMIZER_IN_BACKWARD_ID = "fused-backward-step"
 FUSED_LOSS_ID = "fused-cross-entropy"
 ACTIVATION_OFFLOAD_ID = "activation-offload"
 
+# Context parallelism's taxonomy ids, by how the ranks exchange keys and values.
+CONTEXT_PARALLEL_IDS = {
+    ContextParallelKind.RING: "context-parallel",
+    ContextParallelKind.ULYSSES: "ulysses-context-parallel",
+}
 MEMORY_SAVER_IDS = frozenset(
     {
         *CHECKPOINTING_IDS.values(),
@@ -56,6 +62,8 @@ MEMORY_SAVER_IDS = frozenset(
         "sequence-parallel",
         "pipeline-parallel",
         "expert-parallel",
+        CONTEXT_PARALLEL_IDS[ContextParallelKind.RING],
+        CONTEXT_PARALLEL_IDS[ContextParallelKind.ULYSSES],
         OPTIMIZER_IN_BACKWARD_ID,
         FUSED_LOSS_ID,
         ACTIVATION_OFFLOAD_ID,
@@ -136,6 +144,8 @@ def config_techniques(config: TrainingConfig) -> list[str]:
         ids.append("pipeline-parallel")
     if layout.expert_parallel > 1:
         ids.append("expert-parallel")
+    if layout.context_parallel > 1:
+        ids.append(CONTEXT_PARALLEL_IDS[layout.context_parallel_kind])
     if config.batch.grad_accumulation > 1:
         ids.append("gradient-accumulation")
     if kernels.loss_fused:

@@ -169,6 +169,22 @@ VirtualStagesOpt = Annotated[
 ExpertParallelOpt = Annotated[
     int, typer.Option("--expert-parallel", help="Expert-parallel degree (MoE).")
 ]
+ContextParallelOpt = Annotated[
+    int,
+    typer.Option(
+        "--context-parallel",
+        help="Context-parallel degree: ranks that split every sequence (each holds "
+        "seq-len / N tokens).",
+    ),
+]
+ContextParallelKindOpt = Annotated[
+    str,
+    typer.Option(
+        "--context-parallel-kind",
+        help="ring (ring attention: Megatron p2p, torch context_parallel) or ulysses "
+        "(DeepSpeed-Ulysses all-to-all).",
+    ),
+]
 OptimizerInBackwardOpt = Annotated[
     bool,
     typer.Option("--optimizer-in-backward", help="Per-layer updates during backward."),
@@ -222,6 +238,8 @@ def estimate(
     pipeline_parallel: PipelineParallelOpt = 1,
     virtual_stages: VirtualStagesOpt = 1,
     expert_parallel: ExpertParallelOpt = 1,
+    context_parallel: ContextParallelOpt = 1,
+    context_parallel_kind: ContextParallelKindOpt = "ring",
     optimizer_in_backward: OptimizerInBackwardOpt = False,
     activation_offload: ActivationOffloadOpt = False,
     hardware: HardwareOpt = None,
@@ -264,6 +282,7 @@ def estimate(
         pipeline_parallel,
         virtual_stages,
         expert_parallel,
+        context_parallel,
     )
     settings: dict[str, Any] = dict(
         task=task,
@@ -291,6 +310,8 @@ def estimate(
         pipeline_parallel=pipeline_parallel,
         virtual_stages=virtual_stages,
         expert_parallel=expert_parallel,
+        context_parallel=context_parallel,
+        context_parallel_kind=context_parallel_kind,
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )
@@ -338,6 +359,7 @@ def _check_bounds(
     pipeline_parallel: int,
     virtual_stages: int,
     expert_parallel: int,
+    context_parallel: int = 1,
 ) -> None:
     """Every count flag within its bounds (advisor.app.limits), the world size too."""
     from advisor.app.limits import check_bound
@@ -351,9 +373,10 @@ def _check_bounds(
         ("--pipeline-parallel", pipeline_parallel),
         ("--virtual-stages", virtual_stages),
         ("--expert-parallel", expert_parallel),
+        ("--context-parallel", context_parallel),
     ):
         check_bound(flag, value)
-    check_bound("world size", gpus * tensor_parallel * pipeline_parallel)
+    check_bound("world size", gpus * tensor_parallel * pipeline_parallel * context_parallel)
 
 
 def _estimate(

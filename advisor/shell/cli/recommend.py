@@ -78,6 +78,20 @@ NvmeOpt = Annotated[
 ]
 TpOpt = Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")]
 PpOpt = Annotated[int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")]
+CpOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--context-parallel",
+        help="Pin the context-parallel degree (ranks per sequence; explored from 16k tokens).",
+    ),
+]
+CpKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--context-parallel-kind",
+        help="Pin ring (ring attention) or ulysses (DeepSpeed-Ulysses all-to-all).",
+    ),
+]
 HardwareOpt = Annotated[
     str | None,
     typer.Option(
@@ -176,6 +190,8 @@ def recommend(
     nvme: NvmeOpt = None,
     tp: TpOpt = None,
     pp: PpOpt = None,
+    context_parallel: CpOpt = None,
+    context_parallel_kind: CpKindOpt = None,
     hardware: HardwareOpt = None,
     gpus: GpusOpt = None,
     nodes: NodesOpt = 1,
@@ -221,7 +237,7 @@ def recommend(
     from advisor.app.recommend import RecommendRequest
     from advisor.app.wholerun import RunOptions
 
-    _check_flags(tp, pp, emit, out, force)
+    _check_flags(tp, pp, emit, out, force, context_parallel)
     if sort is not None and not compare:
         raise UserError("--sort ranks hardware options", "give --hardware a,b,c, or drop --sort")
     if compare and (explain or show_rejected):
@@ -296,6 +312,8 @@ def recommend(
         tp=tp,
         pp=pp,
         lora_targets=lora_targets,
+        context_parallel=context_parallel,
+        context_parallel_kind=context_parallel_kind,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})
@@ -315,12 +333,17 @@ def recommend(
 
 
 def _check_flags(
-    tp: int | None, pp: int | None, emit: str | None, out: str | None, force: bool
+    tp: int | None,
+    pp: int | None,
+    emit: str | None,
+    out: str | None,
+    force: bool,
+    cp: int | None = None,
 ) -> None:
     """The pinned degrees within bounds, and --emit's flags only with --emit."""
     from advisor.app.limits import check_bound
 
-    for flag, pinned in (("--tp", tp), ("--pp", pp)):
+    for flag, pinned in (("--tp", tp), ("--pp", pp), ("--context-parallel", cp)):
         check_bound(flag, pinned)
     emit_kinds = ("deepspeed", "accelerate", "torch", "torchtitan", "megatron")
     if emit is not None and emit not in emit_kinds:

@@ -36,6 +36,11 @@ def _render_header(report: EstimateReport) -> None:
             + (f" (×{c.layout.virtual_stages} interleaved)" if c.layout.virtual_stages > 1 else "")
             + (f", EP {c.layout.expert_parallel}" if c.layout.expert_parallel > 1 else "")
         )
+    if c.layout.context_parallel > 1:
+        layout += (
+            f", CP {c.layout.context_parallel} ({c.layout.context_parallel_kind.value}: "
+            f"{c.batch.seq_len // c.layout.context_parallel} tokens per rank)"
+        )
     savers = [
         name
         for name, on in (

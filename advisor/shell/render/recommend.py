@@ -132,7 +132,12 @@ def _savers(r: Recommendation) -> list[str]:
         if t not in (r.optimizer, r.precision) and not t.endswith("attention")
     ]
     savers = [x for x in savers if x]
-    if r.tensor_parallel > 1 or r.pipeline_parallel > 1 or r.expert_parallel > 1:
+    if (
+        r.tensor_parallel > 1
+        or r.pipeline_parallel > 1
+        or r.expert_parallel > 1
+        or r.context_parallel > 1
+    ):
         # The layout names the sharding too ("tp2 pp2 dp8 fsdp").
         sharded = {"zero-1", "zero-2", "zero-3", "fsdp", "hsdp"}
         savers = [x for x in savers if x not in sharded] + [r.layout]
@@ -244,6 +249,8 @@ _SHORT = {
     "sequence-parallel": "",
     "pipeline-parallel": "",
     "expert-parallel": "",
+    "context-parallel": "",
+    "ulysses-context-parallel": "",
 }
 
 
