@@ -32,6 +32,7 @@ from advisor.memory import (
     DeviceOverheads,
     MemoryEstimate,
     estimate_memory,
+    gpu_overheads,
     paged_residency,
 )
 from advisor.model.spec import ModelSpec
@@ -83,7 +84,18 @@ class EstimateReport(BaseModel):
     model_id: str
     config: TrainingConfig
     stack: Stack = Field(description="the kernel stack the numbers assume (hf or fused)")
-    total_bytes: int = Field(description="per-device peak memory: the largest phase, bytes")
+    total_bytes: int = Field(
+        description="per-device peak memory: the largest phase, bytes; reserved_bytes plus "
+        "the CUDA context (what the device must hold; fits compares this)"
+    )
+    allocated_bytes: int = Field(
+        description="torch.cuda.max_memory_allocated's equivalent: the peak phase's tensors "
+        "and cuBLAS workspace, bytes (on a CPU: the tensors, as total_bytes)"
+    )
+    reserved_bytes: int = Field(
+        description="torch.cuda.max_memory_reserved's equivalent: allocated_bytes plus the "
+        "caching allocator's slack (allocator_reserve), bytes"
+    )
     peak_phase: str = Field(description="the phase whose sum is total_bytes")
     breakdown: dict[str, int] = Field(
         description="component -> full bytes (phases say which coexist). `overhead` is the "
@@ -289,7 +301,7 @@ def estimate_report(
     if device not in ("cuda", "cpu"):
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
-    overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
+    overheads = DeviceOverheads.cpu() if on_cpu else gpu_overheads(profile.id if profile else None)
     taxonomy = load_taxonomy()
     tech = taxonomy.get(config.optimizer)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
@@ -323,6 +335,8 @@ def estimate_report(
         config=config,
         stack=m.stack,
         total_bytes=m.total_bytes,
+        allocated_bytes=m.allocated_bytes,
+        reserved_bytes=m.reserved_bytes,
         peak_phase=m.peak_phase,
         breakdown=_with_overhead(m.breakdown),
         phases=[

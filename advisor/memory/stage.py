@@ -90,7 +90,10 @@ def estimate_stage(
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
     bd["workspace"] = device.workspace_bytes
-    bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
+    # The caching allocator's slack over what it hands out (tensors and cuBLAS workspace).
+    bd["allocator_reserve"] = int(
+        (peak_tensors + device.workspace_bytes) * device.allocator_reserve_fraction
+    )
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
     if totals_only:
         # What a fit test reads (memory_totals): every phase carries the same overheads, so
@@ -420,6 +423,7 @@ def _full_estimate(
         for name, parts in phases.items()
     ]
     peak = max(phase_list, key=lambda p: p.total_bytes)
+    allocated = peak.total_bytes - overheads["cuda_context"] - overheads["allocator_reserve"]
     if paged:
         notes.append(
             f"paged optimizer states: {paged / 2**30:.1f} GiB in CUDA unified memory, outside "
@@ -432,6 +436,8 @@ def _full_estimate(
     )
     return MemoryEstimate(
         total_bytes=peak.total_bytes,
+        allocated_bytes=allocated,
+        reserved_bytes=allocated + overheads["allocator_reserve"],
         breakdown=bd,
         phases=phase_list,
         peak_phase=peak.name,
