@@ -290,6 +290,20 @@ def _transients(
         # DeepSpeed 0.19.8 on the CPU, stages 1-3, in tests/memory/test_memory_finetune.py). The
         # 16-bit copy is freed before the optimizer runs beside the fp32 gradients.
         step_tr = max(shard(p_t * (dt.grad + 4), 1), shard(p_t * 4, 1) + step_tr)
+    elif (
+        dt.master
+        and not zeroth
+        and not savers.optimizer_in_backward
+        and config.layout.sharding is Sharding.NONE
+    ):
+        # Without ZeRO, 16-bit weights with fp32 masters are DeepSpeed's stage 0: its
+        # FP16_(Unfused)Optimizer (bf16 too, DDP_BFLOAT16 in runtime/engine.py) casts every
+        # 16-bit gradient to fp32 (fp16/unfused_optimizer.py step: p.grad.to(fp32) into the
+        # master's .grad; fused_optimizer.py flattens them into one fp32 buffer) and steps
+        # the masters with those: 4 bytes per parameter beside the 16-bit gradients
+        # (measured with DeepSpeed 0.19.8 on the CPU, stage 0, in tests/memory/
+        # test_memory_finetune.py).
+        step_tr = p_t * 4 + step_tr
     # The gradient flowing through the blocks: the incoming gradient of a block's output
     # and the one it computes for its input, both residual-stream sized (measured on a full
     # checkpointing step: the recomputed block's backward peaks with these two alive).

@@ -217,12 +217,13 @@ print(json.dumps({"extra": extra[-1]}))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_deepspeed_zero_steps_an_fp32_copy_of_the_gradient_partition(stage: int) -> None:
     """DeepSpeed's bf16 ZeRO step (one rank over gloo on the CPU, torch's fused AdamW as
     the client optimizer): around ``engine.step()`` it allocates a flat 16-bit copy of the
     gradient partition and its fp32 cast, 6 bytes per parameter: the model's step-phase
-    transient for bf16-mixed under ZeRO."""
+    transient for bf16-mixed under ZeRO. Stage 0 (FP16_UnfusedOptimizer over bf16) casts
+    each gradient to fp32 for the master step: 4 bytes per parameter."""
     import json
     import os
     import socket
@@ -252,7 +253,7 @@ def test_deepspeed_zero_steps_an_fp32_copy_of_the_gradient_partition(stage: int)
         check=True,
     )
     extra = json.loads(run.stdout.strip().splitlines()[-1])["extra"]
-    sharding = {1: "zero1", 2: "zero2", 3: "zero3"}[stage]
+    sharding = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3"}[stage]
     config = TrainingConfig(
         task=Task.PRETRAIN,
         precision=Precision.BF16_MIXED,
