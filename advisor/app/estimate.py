@@ -281,6 +281,16 @@ def _carried_over(profile: HardwareProfile | None, step_time: StepTimeReport | N
     return [said] if said else []
 
 
+def _microscaling(profile: HardwareProfile | None, config: TrainingConfig) -> list[str]:
+    """How an MXFP8 / NVFP4 plan's GEMMs are priced (advisor/cost/microscaling.py)."""
+    from advisor.cost.microscaling import MICROSCALING, MICROSCALING_NOTE, block_scaled_peak
+
+    peak = block_scaled_peak(profile, config.precision) if profile is not None else None
+    if config.precision not in MICROSCALING or peak is None:
+        return []
+    return [MICROSCALING_NOTE.format(precision=config.precision.value, peak=peak / 1e12)]
+
+
 def estimate_report(
     spec: ModelSpec,
     config: TrainingConfig,
@@ -354,7 +364,7 @@ def estimate_report(
         paged_bytes=m.paged_bytes,
         paged_resident_bytes=residency.resident_bytes if residency else None,
         paged_host_bytes=residency.host_bytes if residency else None,
-        notes=m.notes + _carried_over(profile, step_time),
+        notes=m.notes + _carried_over(profile, step_time) + _microscaling(profile, config),
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
         device_name=device_name,

@@ -156,6 +156,11 @@ def _sections(
         "activation_checkpoint": activation,
         "compile": {"enable": config.kernels.stack is Stack.FUSED, "components": ["model", "loss"]},
     }
+    if config.precision is Precision.MXFP8_MIXED:
+        # torchtitan's MX converter (components/quantization/mx.py: "quantize.linear.mx",
+        # torchao MXLinear, SM100 only); cuBLAS's MXFP8 GEMM; the LM head stays bf16.
+        sections["model"] = {"converters": ["quantize.linear.mx"]}
+        sections["quantize.linear.mx"] = {"recipe_name": "mxfp8_cublas", "filter_fqns": ["output"]}
     if config.precision is Precision.FP8_MIXED:
         sections["model"] = {"converters": ["quantize.linear.float8"]}
         sections["quantize.linear.float8"] = {

@@ -20,7 +20,7 @@ def _norm_bytes(
     t: int,
     h: int,
     c: int,
-    out: int,
+    out: float,
     res: int,
     fused: bool = False,
     frozen: bool = False,
@@ -35,11 +35,11 @@ def _norm_bytes(
         # kernels save the input and an fp32 rstd per row (Liger ``rms_norm`` saves X, W and
         # RSTD; Apex ``FusedRMSNormAffineFunction`` saves input, weight and invvar).
         stats = 8 if layernorm else 4
-        return res * t * h + stats * t + out * t * h
+        return res * t * h + stats * t + math.ceil(out * t * h)
     # HF RMSNorm: x.to(fp32) (a copy unless already fp32), rsqrt per row, the normalized
     # tensor cast back to the input dtype, then weight * normalized (the output).
     normalized = 0 if frozen else (res if res == 4 else c)
-    return 4 * t * h + 4 * t + normalized * t * h + out * t * h
+    return 4 * t * h + 4 * t + normalized * t * h + math.ceil(out * t * h)
 
 
 def layer_activation_bytes(
@@ -187,7 +187,7 @@ class _Block:
         return self.b * self.s
 
     @property
-    def cl(self) -> int:
+    def cl(self) -> float:
         return self.dt.linear_in
 
     @property
@@ -198,12 +198,12 @@ class _Block:
     def frozen(self) -> bool:
         return self.lora_targets is not None
 
-    def saved_input(self, *names: str) -> int:
+    def saved_input(self, *names: str) -> float:
         # A linear with a trainable weight saves its input; a frozen one does not.
         cl, frozen, targets = self.cl, self.frozen, self.lora_targets
         return cl if not frozen or any(n in (targets or ()) for n in names) else 0
 
-    def reads(self, names: tuple[str, ...], one_matrix: bool) -> int:
+    def reads(self, names: tuple[str, ...], one_matrix: bool) -> float:
         # What the linears reading one tensor save of it. Where they take another dtype
         # than the tensor's (autocast's 16-bit inputs from the fp32 residual stream, fp8
         # inputs from bf16) each casts it itself: autocast caches only casts of leaf
@@ -218,7 +218,7 @@ class _Block:
         return cl * (1 if shared else len(kept))
 
 
-def _norm_activation_bytes(k: _Block) -> int:
+def _norm_activation_bytes(k: _Block) -> float:
     """The block's norms (and Qwen3 / Gemma 3 / OLMo 2's q/k norms), their outputs read by
     the projections included."""
     spec, d, t, c, res, frozen = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen
@@ -270,13 +270,13 @@ def _norm_activation_bytes(k: _Block) -> int:
     return total
 
 
-def _attention_activation_bytes(k: _Block) -> int:
+def _attention_activation_bytes(k: _Block) -> float:
     """The attention core: Q, K, V, scores (eager) or log-sum-exp (SDPA), the output."""
     spec, d, b, s, t, c, res = k.spec, k.d, k.b, k.s, k.t, k.dt.act, k.res
     a, qd, kd = d["a"], d["a"] * d["hd"], d["kv"] * d["hd"]
     attention, selective, precision, fused = k.attention, k.selective, k.precision, k.fused
     quantized, lora_dropout, saved_input = k.quantized, k.lora_dropout, k.saved_input
-    total = 0
+    total: float = 0
     # Attention core.
     o_in = saved_input("o")
     fused_qkv_view = (
@@ -322,11 +322,11 @@ def _attention_activation_bytes(k: _Block) -> int:
     return total
 
 
-def _mlp_activation_bytes(k: _Block) -> int:
+def _mlp_activation_bytes(k: _Block) -> float:
     """The MLP (an MoE model's averaged over its dense and MoE blocks)."""
     spec, d, t, c, res = k.spec, k.d, k.t, k.dt.act, k.res
     f, frozen, fused, quantized, saved_input = d["f"], k.frozen, k.fused, k.quantized, k.saved_input
-    total = 0
+    total: float = 0
     # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
     mc = res if quantized else c
     mlp = enum_value(spec.mlp)
@@ -348,8 +348,8 @@ def _mlp_activation_bytes(k: _Block) -> int:
 
 
 def _mla_activation_bytes(
-    d: Mapping[str, int], b: int, s: int, c: int, eager: bool, q_in: int, o_in: int
-) -> int:
+    d: Mapping[str, int], b: int, s: int, c: int, eager: bool, q_in: float, o_in: float
+) -> float:
     """What one multi-head latent attention saves (transformers' DeepseekV3Attention).
 
     Derived op by op from its forward (DeepSeek-AI 2024, arXiv:2405.04434, eq. 1-11):
@@ -363,7 +363,7 @@ def _mla_activation_bytes(
     contiguous output.
     """
     t, a = b * s, d["a"]
-    total = 0
+    total: float = 0
     if d["rq"]:
         total += _norm_bytes(False, t, d["rq"], c, q_in, c)
     total += _norm_bytes(False, t, d["rkv"], c, q_in, c)
@@ -383,11 +383,11 @@ def _moe_activation_bytes(
     d: Mapping[str, int],
     t: int,
     c: int,
-    mlp_bytes: int,
-    gather: int,
+    mlp_bytes: float,
+    gather: float,
     frozen: bool,
     router_fp32: bool,
-) -> int:
+) -> float:
     """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
 
     transformers 5's experts loop (Qwen3MoeExperts, DeepseekV3Experts, Mixtral's) runs

@@ -99,10 +99,10 @@ def _compatible(table: ClashTable, config: TrainingConfig, techniques: Sequence[
     if config.task is Task.QLORA and config.precision in (
         Precision.FP32,
         Precision.TF32,
-        Precision.FP8_MIXED,
+        *_LOW_PRECISION_GEMMS,
     ):
         return "QLoRA computes in 16-bit over a 4-bit base by construction"
-    if config.task is Task.LORA and config.precision is Precision.FP8_MIXED:
+    if config.task is Task.LORA and config.precision in _LOW_PRECISION_GEMMS:
         return "fp8 recipes (Transformer Engine) train full layers, not adapters"
     if config.task in (Task.LORA, Task.QLORA) and (
         savers.offload is not Offload.NONE or layout.pipeline_parallel > 1
@@ -129,7 +129,12 @@ _COMPUTE_DTYPES: dict[Precision, frozenset[str]] = {
     Precision.FP16: frozenset({"fp16"}),
     Precision.BF16: frozenset({"bf16"}),
     Precision.FP8_MIXED: frozenset({"fp8", "bf16"}),
+    Precision.MXFP8_MIXED: frozenset({"mxfp8", "bf16"}),
+    Precision.NVFP4_MIXED: frozenset({"nvfp4", "bf16"}),
 }
+
+# Precisions whose blocks run 8- or 4-bit GEMMs (Transformer Engine / torchao recipes).
+_LOW_PRECISION_GEMMS = (Precision.FP8_MIXED, Precision.MXFP8_MIXED, Precision.NVFP4_MIXED)
 
 
 def _compute_dtypes(precision: Precision) -> frozenset[str]:
