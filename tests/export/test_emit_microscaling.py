@@ -38,6 +38,14 @@ def test_torchtitan_uses_its_mx_converter_for_mxfp8() -> None:
     assert "quantize.linear.float8.filter_fqns" not in flat
 
 
+def test_torchtitan_runs_nvfp4_plans_as_mxfp8_and_says_so() -> None:
+    emission = emit_torchtitan(_plan(Precision.NVFP4_MIXED))
+    flat = _check_torchtitan(emission.text)
+    assert flat["model.converters"] == ["quantize.linear.mx"]
+    assert emission.differs and "NVFP4" in emission.reason
+    assert emission.expressed_config.precision is Precision.MXFP8_MIXED
+
+
 def test_other_engines_say_which_transformer_engine_recipe_to_run() -> None:
     for precision, recipe in (
         (Precision.MXFP8_MIXED, "MXFP8BlockScaling"),
