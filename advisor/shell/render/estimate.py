@@ -105,9 +105,8 @@ def _render_table(report: EstimateReport) -> None:
     )
     if report.device == "cuda":
         common.console.print(
-            f"torch would report: max_memory_allocated {format_bytes(report.allocated_bytes)}"
-            f" · max_memory_reserved {format_bytes(report.reserved_bytes)} (the peak adds the "
-            "CUDA context)",
+            f"torch: max_memory_allocated {format_bytes(report.allocated_bytes)}, "
+            f"max_memory_reserved {format_bytes(report.reserved_bytes)}",
             markup=False,
         )
 
