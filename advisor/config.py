@@ -54,6 +54,11 @@ class Precision(str, Enum):
     ``*-mixed``: DeepSpeed/Megatron layout — 16-bit weights and gradients, fp32 master
     weights and optimizer states (Micikevicius et al. 2018).
     bare ``fp16``/``bf16``: everything 16-bit, no master copy.
+    ``fp8-mixed``: bf16-mixed with the blocks' linear layers in FP8 (per-tensor scaling).
+    ``mxfp8-mixed`` / ``nvfp4-mixed``: the same with block-scaled (microscaling) GEMM
+    operands on Blackwell (compute capability >= 10.0): MXFP8 (8-bit elements, one E8M0
+    scale per 32) and NVFP4 (4-bit E2M1, one E4M3 scale per 16 and an fp32 one per tensor;
+    NVIDIA's recipe keeps ~16% of the linear layers in bf16, arXiv 2509.25149).
     """
 
     FP32 = "fp32"
@@ -65,6 +70,8 @@ class Precision(str, Enum):
     FP16 = "fp16"
     BF16 = "bf16"
     FP8_MIXED = "fp8-mixed"
+    MXFP8_MIXED = "mxfp8-mixed"
+    NVFP4_MIXED = "nvfp4-mixed"
 
 
 class Attention(str, Enum):

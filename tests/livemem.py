@@ -25,6 +25,12 @@ class LiveBytes(TorchDispatchMode):  # type: ignore[misc]
         self.current = 0
         self.peak = 0
 
+    def hold(self, tensors: Any) -> None:
+        """Count nothing for these tensors' storages (alive before the mode, e.g. parameters
+        that in-place and view ops return)."""
+        for t in tensors:
+            self._live.setdefault(t.untyped_storage().data_ptr(), 0)
+
     def reset_peak(self) -> None:
         """Start a new peak from what is alive now."""
         self.peak = self.current

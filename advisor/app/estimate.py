@@ -34,6 +34,7 @@ from advisor.memory import (
     DeviceOverheads,
     MemoryEstimate,
     estimate_memory,
+    gpu_overheads,
     paged_residency,
 )
 from advisor.memory.context import check_context_kernel
@@ -99,7 +100,18 @@ class EstimateReport(BaseModel):
     model_id: str
     config: TrainingConfig
     stack: Stack = Field(description="the kernel stack the numbers assume (hf or fused)")
-    total_bytes: int = Field(description="per-device peak memory: the largest phase, bytes")
+    total_bytes: int = Field(
+        description="per-device peak memory: the largest phase, bytes; reserved_bytes plus "
+        "the CUDA context (what the device must hold; fits compares this)"
+    )
+    allocated_bytes: int = Field(
+        description="torch.cuda.max_memory_allocated's equivalent: the peak phase's tensors "
+        "and cuBLAS workspace, bytes (on a CPU: the tensors, as total_bytes)"
+    )
+    reserved_bytes: int = Field(
+        description="torch.cuda.max_memory_reserved's equivalent: allocated_bytes plus the "
+        "caching allocator's slack (allocator_reserve), bytes"
+    )
     peak_phase: str = Field(description="the phase whose sum is total_bytes")
     breakdown: dict[str, int] = Field(
         description="component -> full bytes (phases say which coexist). `overhead` is the "
@@ -305,6 +317,16 @@ def _carried_over(profile: HardwareProfile | None, step_time: StepTimeReport | N
     return [said] if said else []
 
 
+def _microscaling(profile: HardwareProfile | None, config: TrainingConfig) -> list[str]:
+    """How an MXFP8 / NVFP4 plan's GEMMs are priced (advisor/cost/microscaling.py)."""
+    from advisor.cost.microscaling import MICROSCALING, MICROSCALING_NOTE, block_scaled_peak
+
+    peak = block_scaled_peak(profile, config.precision) if profile is not None else None
+    if config.precision not in MICROSCALING or peak is None:
+        return []
+    return [MICROSCALING_NOTE.format(precision=config.precision.value, peak=peak / 1e12)]
+
+
 def estimate_report(
     spec: ModelSpec,
     config: TrainingConfig,
@@ -325,7 +347,7 @@ def estimate_report(
     if device not in ("cuda", "cpu"):
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
-    overheads = DeviceOverheads.cpu() if on_cpu else DeviceOverheads()
+    overheads = DeviceOverheads.cpu() if on_cpu else gpu_overheads(profile.id if profile else None)
     taxonomy = load_taxonomy()
     tech = taxonomy.get(config.optimizer)
     check_context_kernel(config)
@@ -360,6 +382,8 @@ def estimate_report(
         config=config,
         stack=m.stack,
         total_bytes=m.total_bytes,
+        allocated_bytes=m.allocated_bytes,
+        reserved_bytes=m.reserved_bytes,
         peak_phase=m.peak_phase,
         breakdown=_with_overhead(m.breakdown),
         phases=[
@@ -377,7 +401,7 @@ def estimate_report(
         paged_bytes=m.paged_bytes,
         paged_resident_bytes=residency.resident_bytes if residency else None,
         paged_host_bytes=residency.host_bytes if residency else None,
-        notes=m.notes + _carried_over(profile, step_time),
+        notes=m.notes + _carried_over(profile, step_time) + _microscaling(profile, config),
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
         device_name=device_name,

@@ -97,6 +97,9 @@ def compute_dtype(precision: Precision) -> str:
         Precision.BF16_MIXED: "bf16",
         Precision.BF16: "bf16",
         Precision.FP8_MIXED: "fp8",
+        # Priced as FP8 at their own peak (advisor/cost/microscaling.py).
+        Precision.MXFP8_MIXED: "fp8",
+        Precision.NVFP4_MIXED: "fp8",
     }[precision]
 
 

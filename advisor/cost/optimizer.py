@@ -23,7 +23,13 @@ FOREACH_TRAFFIC = 2.5
 # Second-order refreshes (eigendecompositions, inverse roots) run far below peak: ~5%.
 REFRESH_EFFICIENCY = 0.05
 
-_MIXED = (Precision.BF16_MIXED, Precision.FP16_MIXED, Precision.FP8_MIXED)
+_MIXED = (
+    Precision.BF16_MIXED,
+    Precision.FP16_MIXED,
+    Precision.FP8_MIXED,
+    Precision.MXFP8_MIXED,
+    Precision.NVFP4_MIXED,
+)
 
 
 def optimizer_step(

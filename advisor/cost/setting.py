@@ -20,6 +20,7 @@ from advisor.config import (
 )
 from advisor.cost.data import CalibrationCache, ShapeResults
 from advisor.cost.efficiency import AttentionKernel, attention_kernel, compute_dtype, peak_flops
+from advisor.cost.microscaling import block_scaled_peak
 from advisor.cost.result import Source
 from advisor.cost.shape import ModelShape, WeightMatrices
 from advisor.hardware.profiles import GpuEfficiency, HardwareProfile
@@ -183,7 +184,8 @@ class Setting:
             return 0.0
         if self.fp8 and self.eff.gemm_fp8 is None:
             return self.peak16()
-        return peak_flops(self.hw, self.dtype)
+        # MXFP8 / NVFP4 (advisor/cost/microscaling.py): priced as FP8 at their own peak.
+        return block_scaled_peak(self.hw, self.mb.precision) or peak_flops(self.hw, self.dtype)
 
     def peak16(self) -> float:
         """The peak of what stays 16-bit under FP8 (attention, LM head)."""

@@ -13,8 +13,8 @@ from advisor.cost.result import ComponentTime, Source, StepTime
 from advisor.cost.setting import Setting, micro_batch_config
 from advisor.hardware.profiles import DeviceKind, HardwareProfile
 from advisor.memory import (
-    DeviceOverheads,
     fused_step_on,
+    gpu_overheads,
     memory_totals,
     paged_residency,
 )
@@ -132,7 +132,7 @@ def predict_for_optimizer(
     ):
         held = memo.model(spec, hardware, calibration).memory if memo is not None else None
         totals = memory_totals(
-            spec, config, optimizer=optimizer, device=DeviceOverheads(), memo=held
+            spec, config, optimizer=optimizer, device=gpu_overheads(hardware.id), memo=held
         )
         if totals.paged_bytes:
             residency = paged_residency(

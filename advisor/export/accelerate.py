@@ -61,7 +61,20 @@ def _accelerate_mixed_precision(config: TrainingConfig, notes: list[str]) -> str
         Precision.FP16: "no",
         Precision.BF16: "no",
         Precision.FP8_MIXED: "fp8",
+        Precision.MXFP8_MIXED: "fp8",
+        Precision.NVFP4_MIXED: "fp8",
     }[config.precision]
+    if config.precision in (Precision.MXFP8_MIXED, Precision.NVFP4_MIXED):
+        notes.append(
+            f"{config.precision.value}: Accelerate's fp8 mode takes a Transformer Engine recipe "
+            "object; pass te.common.recipe."
+            + (
+                "MXFP8BlockScaling()"
+                if config.precision is Precision.MXFP8_MIXED
+                else "NVFP4BlockScaling()"
+            )
+            + " to te.fp8_autocast in the script (compute capability >= 10.0)."
+        )
     if config.precision in (Precision.FP16, Precision.BF16):
         notes.append(
             f"bare {config.precision.value}: Accelerate's mixed precision keeps fp32 weights, "

@@ -418,10 +418,15 @@ def _ds_precision(
             "than planned."
         )
         return {"fp16": fp16_dynamic}
-    # fp8-mixed
+    # fp8-mixed, mxfp8-mixed, nvfp4-mixed
+    recipe = {
+        Precision.MXFP8_MIXED: " with recipe=MXFP8BlockScaling()",
+        Precision.NVFP4_MIXED: " with recipe=NVFP4BlockScaling()",
+    }.get(p, "")
     notes.append(
-        "fp8 is not a DeepSpeed config option: the model's linear layers must run under "
-        "Transformer Engine (te.Linear inside te.fp8_autocast); bf16 is set for the rest."
+        f"{p.value.split('-')[0]} is not a DeepSpeed config option: the model's linear layers "
+        f"must run under Transformer Engine (te.Linear inside te.fp8_autocast{recipe}); bf16 "
+        "is set for the rest."
     )
     return {"bf16": {"enabled": True}}
 

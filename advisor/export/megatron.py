@@ -269,6 +269,20 @@ def _megatron_precision(config: TrainingConfig, expressed: Expressed) -> list[tu
         return [("--fp16", None)]
     if p is Precision.FP8_MIXED:
         return [("--bf16", None), ("--fp8-format", "hybrid")]
+    if p is Precision.MXFP8_MIXED:
+        # Megatron-LM's Transformer Engine arguments (arguments.py, _add_transformer_engine_args):
+        # --fp8-recipe {tensorwise, delayed, mxfp8, blockwise}; MXFP8 elements are E4M3.
+        return [("--bf16", None), ("--fp8-format", "e4m3"), ("--fp8-recipe", "mxfp8")]
+    if p is Precision.NVFP4_MIXED:
+        # --fp4-format {e2m1} --fp4-recipe {nvfp4}; --first-last-layers-bf16 keeps the first
+        # and last blocks in bf16 as NVIDIA's NVFP4 recipe does (arXiv 2509.25149, sec. 4:
+        # ~16% of the linear layers), Megatron's default one block at each end.
+        return [
+            ("--bf16", None),
+            ("--fp4-format", "e2m1"),
+            ("--fp4-recipe", "nvfp4"),
+            ("--first-last-layers-bf16", None),
+        ]
     target = (
         Precision.BF16_MIXED
         if p in (Precision.AMP_BF16, Precision.BF16)

@@ -221,6 +221,8 @@ def _real_run_needs(config: TrainingConfig, implementation: str | None, cpu: boo
         needs.append("bitsandbytes (NF4 base weights, CUDA GPU)")
     if config.precision is Precision.FP8_MIXED:
         needs.append("transformer-engine (fp8 on Hopper or newer GPUs)")
+    if config.precision in (Precision.MXFP8_MIXED, Precision.NVFP4_MIXED):
+        needs.append(f"transformer-engine ({config.precision.value} on Blackwell GPUs)")
     if config.dp_sgd:
         needs.append("opacus (per-sample gradients)")
     needs = list(dict.fromkeys(needs))
@@ -233,7 +235,10 @@ def _real_run_needs(config: TrainingConfig, implementation: str | None, cpu: boo
     else:
         launcher = "one process: python this_file.py (your model and data in main)"
     device = "CPU" if cpu else "GPU"
-    if not cpu and (config.task is Task.QLORA or config.precision is Precision.FP8_MIXED):
+    if not cpu and (
+        config.task is Task.QLORA
+        or config.precision in (Precision.FP8_MIXED, Precision.MXFP8_MIXED, Precision.NVFP4_MIXED)
+    ):
         device = "CUDA GPU"
     text = f"The real run needs: {', '.join(needs)}; the planned {device}; launch with {launcher}."
     # NOTE: the lines keep the widths they had when the header was an indented string in the

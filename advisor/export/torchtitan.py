@@ -117,7 +117,8 @@ def emit_torchtitan(
     training = _training(config, notes, expressed)
 
     optimizer = _optimizer_section(config, hp, lr, expressed)
-    sections = _sections(config, optimizer, training, parallelism, shard)
+    # The converters follow the precision the file can express (NVFP4 -> MXFP8).
+    sections = _sections(expressed.config, optimizer, training, parallelism, shard)
     notes.append(
         "set [model] name, flavor and hf_assets_path, and [training] dataset and steps, for "
         "your model and data; launch with "
@@ -173,6 +174,11 @@ def _sections(
         "activation_checkpoint": activation,
         "compile": {"enable": config.kernels.stack is Stack.FUSED, "components": ["model", "loss"]},
     }
+    if config.precision is Precision.MXFP8_MIXED:
+        # torchtitan's MX converter (components/quantization/mx.py: "quantize.linear.mx",
+        # torchao MXLinear, SM100 only); cuBLAS's MXFP8 GEMM; the LM head stays bf16.
+        sections["model"] = {"converters": ["quantize.linear.mx"]}
+        sections["quantize.linear.mx"] = {"recipe_name": "mxfp8_cublas", "filter_fqns": ["output"]}
     if config.precision is Precision.FP8_MIXED:
         sections["model"] = {"converters": ["quantize.linear.float8"]}
         sections["quantize.linear.float8"] = {
@@ -430,6 +436,13 @@ def _torchtitan_precision(
             expressed.change(
                 "torchtitan trains in bf16 or fp32 only (no fp16 loss scaling)",
                 precision=Precision.BF16_MIXED,
+            )
+        if p is Precision.NVFP4_MIXED:
+            # torchtitan v0.2.2's converters: float8 and mx (MXFP8) only, no NVFP4 training.
+            expressed.change(
+                "torchtitan has no NVFP4 training converter (quantize.linear.float8 and "
+                "quantize.linear.mx only): the nearest it runs is MXFP8",
+                precision=Precision.MXFP8_MIXED,
             )
 
 

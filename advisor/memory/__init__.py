@@ -37,6 +37,8 @@ data-parallel (or, hybrid, the shard-group) degree (Rajbhandari et al. 2020; Zha
 The package, along the estimate's data flow (each module imports only those above it):
 
 - :mod:`~advisor.memory.results`: the components, phases, device overheads and result types.
+- :mod:`~advisor.memory.cuda_context`: the CUDA context per GPU (SMs, lazy kernel loading).
+- :mod:`~advisor.memory.allocator`: the CUDA caching allocator's policy, replayed on traces.
 - :mod:`~advisor.memory.dtypes`: bytes per element under each precision layout.
 - :mod:`~advisor.memory.params`: dimensions, parameter tensors, counts, LoRA's adapters.
 - :mod:`~advisor.memory.matmuls`: a block's weight matmuls, op-level SAC's recomputed share.
@@ -55,6 +57,8 @@ The package, along the estimate's data flow (each module imports only those abov
 """
 
 from advisor.memory.activations import layer_activation_bytes
+from advisor.memory.allocator import CachingAllocator, Replay
+from advisor.memory.cuda_context import cuda_context_bytes, gpu_overheads
 from advisor.memory.derived import (
     MemoryModel,
     block_matmuls,
@@ -85,6 +89,8 @@ from advisor.memory.params import (
 from advisor.memory.pipeline import inflight_block_microbatches, pipeline_split
 from advisor.memory.recompute import saved_activation_bytes, selective_op_block_bytes
 from advisor.memory.results import (
+    ALLOCATOR_SLACK,
+    ALLOCATOR_SLACK_EXPANDABLE,
     COMPONENTS,
     OVERHEAD_COMPONENTS,
     PHASES,
@@ -96,6 +102,8 @@ from advisor.memory.results import (
 from advisor.memory.stage import OFFLOAD_BUCKET_ELEMENTS
 
 __all__ = [
+    "ALLOCATOR_SLACK",
+    "ALLOCATOR_SLACK_EXPANDABLE",
     "COMPONENTS",
     "DEFAULT_LORA_TARGETS",
     "NF4_BYTES",
@@ -104,6 +112,7 @@ __all__ = [
     "OVERHEAD_COMPONENTS",
     "PAGED_MIN_NUMEL",
     "PHASES",
+    "CachingAllocator",
     "DeviceOverheads",
     "LossMemory",
     "MemoryEstimate",
@@ -113,10 +122,13 @@ __all__ = [
     "PagedResidency",
     "ParamTensor",
     "Phase",
+    "Replay",
     "Role",
     "block_matmuls",
+    "cuda_context_bytes",
     "estimate_memory",
     "fused_step_on",
+    "gpu_overheads",
     "inflight_block_microbatches",
     "layer_activation_bytes",
     "lora_full_tensors",

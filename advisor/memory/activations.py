@@ -22,7 +22,7 @@ def _norm_bytes(
     t: int,
     h: int,
     c: int,
-    out: int,
+    out: float,
     res: int,
     fused: bool = False,
     frozen: bool = False,
@@ -37,11 +37,11 @@ def _norm_bytes(
         # kernels save the input and an fp32 rstd per row (Liger ``rms_norm`` saves X, W and
         # RSTD; Apex ``FusedRMSNormAffineFunction`` saves input, weight and invvar).
         stats = 8 if layernorm else 4
-        return res * t * h + stats * t + out * t * h
+        return res * t * h + stats * t + math.ceil(out * t * h)
     # HF RMSNorm: x.to(fp32) (a copy unless already fp32), rsqrt per row, the normalized
     # tensor cast back to the input dtype, then weight * normalized (the output).
     normalized = 0 if frozen else (res if res == 4 else c)
-    return 4 * t * h + 4 * t + normalized * t * h + out * t * h
+    return 4 * t * h + 4 * t + normalized * t * h + math.ceil(out * t * h)
 
 
 def layer_activation_bytes(
@@ -194,7 +194,7 @@ class _Block:
         return self.b * self.s
 
     @property
-    def cl(self) -> int:
+    def cl(self) -> float:
         return self.dt.linear_in
 
     @property
@@ -205,12 +205,12 @@ class _Block:
     def frozen(self) -> bool:
         return self.lora_targets is not None
 
-    def saved_input(self, *names: str) -> int:
+    def saved_input(self, *names: str) -> float:
         # A linear with a trainable weight saves its input; a frozen one does not.
         cl, frozen, targets = self.cl, self.frozen, self.lora_targets
         return cl if not frozen or any(n in (targets or ()) for n in names) else 0
 
-    def reads(self, names: tuple[str, ...], one_matrix: bool) -> int:
+    def reads(self, names: tuple[str, ...], one_matrix: bool) -> float:
         # What the linears reading one tensor save of it. Where they take another dtype
         # than the tensor's (autocast's 16-bit inputs from the fp32 residual stream, fp8
         # inputs from bf16) each casts it itself: autocast caches only casts of leaf
@@ -225,7 +225,7 @@ class _Block:
         return cl * (1 if shared else len(kept))
 
 
-def _norm_activation_bytes(k: _Block) -> int:
+def _norm_activation_bytes(k: _Block) -> float:
     """The block's norms (and Qwen3 / Gemma 3 / OLMo 2's q/k norms), their outputs read by
     the projections included."""
     spec, d, t, c, res, frozen = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen
@@ -293,13 +293,13 @@ def _norm_activation_bytes(k: _Block) -> int:
     return total
 
 
-def _attention_activation_bytes(k: _Block) -> int:
+def _attention_activation_bytes(k: _Block) -> float:
     """The attention core: Q, K, V, scores (eager) or log-sum-exp (SDPA), the output."""
     spec, d, b, s, t, c, res = k.spec, k.d, k.b, k.s, k.t, k.dt.act, k.res
     a, qd, kd = d["a"], d["a"] * d["hd"], d["kv"] * d["hd"]
     attention, selective, precision, fused = k.attention, k.selective, k.precision, k.fused
     quantized, lora_dropout, saved_input = k.quantized, k.lora_dropout, k.saved_input
-    total = 0
+    total: float = 0
     # Attention core.
     o_in = saved_input("o")
     fused_qkv_view = (
@@ -349,7 +349,7 @@ def _attention_activation_bytes(k: _Block) -> int:
     return total
 
 
-def _dense_mlp_bytes(k: _Block) -> int:
+def _dense_mlp_bytes(k: _Block) -> float:
     """A dense MLP of the model's intermediate width (per routed expert: linear in it)."""
     spec, d, t, c, res = k.spec, k.d, k.t, k.dt.act, k.res
     f, fused, saved_input = d["f"], k.fused, k.saved_input
@@ -367,13 +367,13 @@ def _dense_mlp_bytes(k: _Block) -> int:
     return (2 if spec.traits.squared_relu else 1) * mc * t * f
 
 
-def _moe_bytes(k: _Block, mlp_bytes: int) -> int:
+def _moe_bytes(k: _Block, mlp_bytes: float) -> float:
     """One MoE block's MLP (:func:`_moe_layer_bytes` with this block's dtypes)."""
     gather = k.saved_input("gate", "up")  # the experts' first matmul saves its input
     return _moe_layer_bytes(k.d, k.t, k.dt.act, mlp_bytes, gather, k.frozen, k.spec.traits)
 
 
-def _mlp_activation_bytes(k: _Block) -> int:
+def _mlp_activation_bytes(k: _Block) -> float:
     """The MLP; an MoE model's averaged over its dense and MoE blocks, so ``num_layers x``
     this figure is the whole stack (DeepSeek-V3's first 3 blocks are dense)."""
     d = k.d
@@ -384,7 +384,7 @@ def _mlp_activation_bytes(k: _Block) -> int:
     return -(-((L - Lm) * mlp_bytes + Lm * _moe_bytes(k, mlp_bytes)) // L)
 
 
-def _hybrid_activation_bytes(k: _Block, mixers: tuple[tuple[int, frozenset[str]], ...]) -> int:
+def _hybrid_activation_bytes(k: _Block, mixers: tuple[tuple[int, frozenset[str]], ...]) -> float:
     """A block of a state-space or hybrid model, averaged over its blocks: each block's
     mixers (Mamba-2, attention, MLP, MoE), each behind its own pre-norm (Nemotron-H: one
     per block; Mamba-2: the SSM alone)."""
@@ -393,9 +393,10 @@ def _hybrid_activation_bytes(k: _Block, mixers: tuple[tuple[int, frozenset[str]]
     fnorm = k.fused or k.fused_norm
     gated = enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
     fused_qkv = spec.traits.conv1d or bool(spec_value(spec, "fused_qkv", False)) or bool(d["mla"])
-    total = layers = 0
+    total: float = 0
+    layers = 0
     for count, kinds in mixers:
-        block = 0
+        block: float = 0
         for kind in sorted(kinds):
             if kind == SSM and spec.ssm is not None:
                 out = k.saved_input("ssm_in")
@@ -421,8 +422,8 @@ def _hybrid_activation_bytes(k: _Block, mixers: tuple[tuple[int, frozenset[str]]
 
 
 def _mla_activation_bytes(
-    d: Mapping[str, int], b: int, s: int, c: int, eager: bool, q_in: int, o_in: int
-) -> int:
+    d: Mapping[str, int], b: int, s: int, c: int, eager: bool, q_in: float, o_in: float
+) -> float:
     """What one multi-head latent attention saves (transformers' DeepseekV3Attention).
 
     Derived op by op from its forward (DeepSeek-AI 2024, arXiv:2405.04434, eq. 1-11):
@@ -436,7 +437,7 @@ def _mla_activation_bytes(
     contiguous output.
     """
     t, a = b * s, d["a"]
-    total = 0
+    total: float = 0
     if d["rq"]:
         total += _norm_bytes(False, t, d["rq"], c, q_in, c)
     total += _norm_bytes(False, t, d["rkv"], c, q_in, c)
@@ -456,11 +457,11 @@ def _moe_layer_bytes(
     d: Mapping[str, int],
     t: int,
     c: int,
-    mlp_bytes: int,
-    gather: int,
+    mlp_bytes: float,
+    gather: float,
     frozen: bool,
     traits: FamilyTraits,
-) -> int:
+) -> float:
     """One MoE block's MLP activations.
 
     transformers 5's experts loop (Qwen3MoeExperts, DeepseekV3Experts, Mixtral's) runs

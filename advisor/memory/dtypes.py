@@ -16,7 +16,7 @@ class Dtypes:
     grad: int
     master: int  # 0 when there is no fp32 master copy
     act: int  # compute (activation) dtype
-    linear_in: int  # what a linear layer saves of its input (1 under fp8)
+    linear_in: float  # what a linear layer saves of its input (1 under fp8)
     residual: int  # the residual stream (fp32 under autocast)
     state: int  # cap on optimizer state element bytes
     weight_cache: float  # bytes per linear weight of 16-bit / fp8 copies
@@ -38,7 +38,39 @@ def _layout(precision: Precision) -> Dtypes:
         # NOTE: Transformer Engine keeps bf16 weights plus an fp8 copy of each linear weight
         # and saves fp8 inputs of the linear layers; everything else stays bf16.
         return Dtypes(2, 2, 4, 2, 1, 2, 4, 1)
+    if precision in (Precision.MXFP8_MIXED, Precision.NVFP4_MIXED):
+        return microscaling_dtypes(precision)
     return Dtypes(2, 2, 0, 2, 2, 2, 2, 0)  # bare fp16 / bf16
+
+
+# Block-scaled (microscaling) formats: bytes per element including the block scales.
+# OCP Microscaling Formats (MX) v1.0 spec (2023): MXFP8 = 8-bit E4M3/E5M2 elements with one
+# 8-bit E8M0 scale per block of 32 -> 1 + 1/32 bytes. NVFP4 (NVIDIA, Blackwell; Abecassis
+# et al. 2025, arXiv 2509.25149, sec. 2): 4-bit E2M1 elements, one FP8 E4M3 scale per 16,
+# one fp32 scale per tensor (negligible) -> 0.5 + 1/16 bytes.
+MXFP8_BYTES = 1 + 1 / 32
+NVFP4_BYTES = 0.5 + 1 / 16
+#: The share of linear layers NVIDIA's NVFP4 pre-training recipe keeps in bf16 (the first
+#: and last blocks; "~16%" of the linear layers of its 12B run, arXiv 2509.25149, sec. 4).
+NVFP4_BF16_SHARE = 0.16
+
+
+def microscaling_dtypes(precision: Precision) -> Dtypes:
+    """bf16-mixed with block-scaled GEMM operands (``mxfp8-mixed``, ``nvfp4-mixed``).
+
+    What the training recipes quantise (Transformer Engine's MXFP8BlockScaling and
+    NVFP4BlockScaling recipes; torchao's MXLinear): only the blocks' linear layers' GEMM
+    operands. Weights are kept in bf16 with fp32 masters and optimizer states as under
+    bf16-mixed; each linear weight gets a quantised copy per GEMM orientation, rowwise for
+    the forward and columnwise for the backward (a block scale runs along one axis, so the
+    transposed operand needs its own: 2 copies), and each linear layer saves its input
+    quantised columnwise for the weight-gradient GEMM (1 copy). Under NVFP4 the bf16 share
+    of the layers saves bf16 inputs and keeps no copies.
+    """
+    if precision is Precision.MXFP8_MIXED:
+        return Dtypes(2, 2, 4, 2, MXFP8_BYTES, 2, 4, 2 * MXFP8_BYTES)
+    low = 1 - NVFP4_BF16_SHARE
+    return Dtypes(2, 2, 4, 2, low * NVFP4_BYTES + NVFP4_BF16_SHARE * 2, 2, 4, low * 2 * NVFP4_BYTES)
 
 
 # One entry per precision, built once: called per phase of every estimate.

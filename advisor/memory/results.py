@@ -10,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from advisor.config import Stack
 from advisor.units import MIB
 
+#: The caching allocator's reserved bytes beyond its allocated bytes, as a share of them:
+#: the mean slack of recorded Llama-shaped training steps (bf16, AdamW, LoRA and full,
+#: hidden 4096, a Llama 7B block) replayed through the allocator's documented policy
+#: (advisor/memory/allocator.py); benchmarks/allocator_fit.py,
+#: benchmarks/results/allocator_fit.json ("fit": "slack"). Not verified on a CUDA device.
+ALLOCATOR_SLACK = 0.0388
+
+#: The same with ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` ("slack_expandable").
+ALLOCATOR_SLACK_EXPANDABLE = 0.0243
+
 COMPONENTS: tuple[str, ...] = (
     "weights",
     "quantization_constants",
@@ -47,8 +57,8 @@ class DeviceOverheads(BaseModel):
         default=500 * MIB,
         ge=0,
         description=(
-            "CUDA context + kernel images loaded by torch: ~300 MiB (lazy module loading, "
-            "CUDA 12) to ~500 MiB (H100, cuDNN/cuBLAS loaded); 500 MiB is the safe end"
+            "CUDA context + kernel images a training step loads; per GPU from "
+            "advisor.memory.cuda_context.cuda_context_bytes (500 MiB where the GPU is unknown)"
         ),
     )
     workspace_bytes: int = Field(
@@ -66,12 +76,13 @@ class DeviceOverheads(BaseModel):
         "mask; None: the dropped tensor's dtype, as the CPU kernel keeps it (measured)",
     )
     allocator_reserve_fraction: float = Field(
-        default=0.05,
+        default=ALLOCATOR_SLACK,
         ge=0,
         le=1,
         description=(
-            "caching-allocator slack (block rounding, fragmentation) as a fraction of the "
-            "tensor bytes; an assumption, 5% by default"
+            "caching-allocator slack (block rounding, segment caching, fragmentation): "
+            "reserved minus allocated as a fraction of the allocated bytes (ALLOCATOR_SLACK, "
+            "fitted by benchmarks/allocator_fit.py)"
         ),
     )
 
@@ -101,7 +112,20 @@ class MemoryEstimate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    total_bytes: int = Field(description="per-device peak: the largest phase (peak_phase)")
+    total_bytes: int = Field(
+        description="per-device peak: the largest phase (peak_phase), context included: "
+        "reserved_bytes + cuda_context (what the device must hold; what a fit test reads)"
+    )
+    allocated_bytes: int = Field(
+        default=0,
+        description="torch.cuda.max_memory_allocated's equivalent: the largest phase's tensors "
+        "and the cuBLAS workspace (both from torch's caching allocator)",
+    )
+    reserved_bytes: int = Field(
+        default=0,
+        description="torch.cuda.max_memory_reserved's equivalent: allocated_bytes plus the "
+        "caching allocator's slack (allocator_reserve); total_bytes minus the CUDA context",
+    )
     breakdown: dict[str, int] = Field(
         description="component -> full bytes, in COMPONENTS order (components of different "
         "phases never all coexist, so the sum may exceed total_bytes)"

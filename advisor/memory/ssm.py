@@ -54,8 +54,8 @@ def block_mixers(spec: ModelSpec) -> tuple[tuple[int, frozenset[str]], ...] | No
 
 
 def mamba_mixer_bytes(
-    ssm: SsmShape, b: int, s: int, c: int, *, fused: bool, out_proj_in: int
-) -> int:
+    ssm: SsmShape, b: int, s: int, c: int, *, fused: bool, out_proj_in: float
+) -> float:
     """Bytes one Mamba-2 mixer saves for backward, its input (the norm's output) apart.
 
     Args:
@@ -80,7 +80,7 @@ def mamba_mixer_bytes(
         return c * t * proj + c * t * inner + 4 * t * G
     Lp = -(-s // cs) * cs  # padded to whole chunks
     nc = Lp // cs
-    total = c * t * proj  # in_proj's output, kept whole by the conv's input view
+    total: float = c * t * proj  # in_proj's output, kept whole by the conv's input view
     total += c * b * conv * (s + K - 1)  # the conv's output (padded), SiLU's input
     total += 3 * 4 * H  # A = -exp(A_log) (twice) and A * dt keep H fp32 values each
     total += 2 * c * t * H  # softplus's and clamp's inputs (dt)

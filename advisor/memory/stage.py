@@ -91,7 +91,10 @@ def estimate_stage(
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
     bd["workspace"] = device.workspace_bytes
-    bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
+    # The caching allocator's slack over what it hands out (tensors and cuBLAS workspace).
+    bd["allocator_reserve"] = int(
+        (peak_tensors + device.workspace_bytes) * device.allocator_reserve_fraction
+    )
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
     if totals_only:
         # What a fit test reads (memory_totals): every phase carries the same overheads, so
@@ -288,6 +291,20 @@ def _transients(
         # DeepSpeed 0.19.8 on the CPU, stages 1-3, in tests/memory/test_memory_finetune.py). The
         # 16-bit copy is freed before the optimizer runs beside the fp32 gradients.
         step_tr = max(shard(p_t * (dt.grad + 4), 1), shard(p_t * 4, 1) + step_tr)
+    elif (
+        dt.master
+        and not zeroth
+        and not savers.optimizer_in_backward
+        and config.layout.sharding is Sharding.NONE
+    ):
+        # Without ZeRO, 16-bit weights with fp32 masters are DeepSpeed's stage 0: its
+        # FP16_(Unfused)Optimizer (bf16 too, DDP_BFLOAT16 in runtime/engine.py) casts every
+        # 16-bit gradient to fp32 (fp16/unfused_optimizer.py step: p.grad.to(fp32) into the
+        # master's .grad; fused_optimizer.py flattens them into one fp32 buffer) and steps
+        # the masters with those: 4 bytes per parameter beside the 16-bit gradients
+        # (measured with DeepSpeed 0.19.8 on the CPU, stage 0, in tests/memory/
+        # test_memory_finetune.py).
+        step_tr = p_t * 4 + step_tr
     # The gradient flowing through the blocks: the incoming gradient of a block's output
     # and the one it computes for its input, both residual-stream sized (measured on a full
     # checkpointing step: the recomputed block's backward peaks with these two alive).
@@ -425,6 +442,7 @@ def _full_estimate(
         for name, parts in phases.items()
     ]
     peak = max(phase_list, key=lambda p: p.total_bytes)
+    allocated = peak.total_bytes - overheads["cuda_context"] - overheads["allocator_reserve"]
     if paged:
         notes.append(
             f"paged optimizer states: {paged / 2**30:.1f} GiB in CUDA unified memory, outside "
@@ -437,6 +455,8 @@ def _full_estimate(
     )
     return MemoryEstimate(
         total_bytes=peak.total_bytes,
+        allocated_bytes=allocated,
+        reserved_bytes=allocated + overheads["allocator_reserve"],
         breakdown=bd,
         phases=phase_list,
         peak_phase=peak.name,

@@ -109,14 +109,14 @@ def _compatible(
     if config.task is Task.QLORA and config.precision in (
         Precision.FP32,
         Precision.TF32,
-        Precision.FP8_MIXED,
+        *_LOW_PRECISION_GEMMS,
     ):
         return "QLoRA computes in 16-bit over a 4-bit base by construction"
     if config.task is Task.QLORA and fast_bf16 and config.precision in _FP16:
         # NOTE: QLoRA computes in bf16 (Dettmers et al. 2023); fp16 compute
         # (bnb_4bit_compute_dtype=float16) is the fallback for GPUs without bf16.
         return "QLoRA computes in bf16 where the GPU has it; fp16 is the Volta/Turing fallback"
-    if config.task is Task.LORA and config.precision is Precision.FP8_MIXED:
+    if config.task is Task.LORA and config.precision in _LOW_PRECISION_GEMMS:
         return "fp8 recipes (Transformer Engine) train full layers, not adapters"
     if config.task in (Task.LORA, Task.QLORA) and (
         savers.offload is not Offload.NONE or layout.pipeline_parallel > 1
@@ -152,7 +152,12 @@ _COMPUTE_DTYPES: dict[Precision, frozenset[str]] = {
     Precision.FP16: frozenset({"fp16"}),
     Precision.BF16: frozenset({"bf16"}),
     Precision.FP8_MIXED: frozenset({"fp8", "bf16"}),
+    Precision.MXFP8_MIXED: frozenset({"mxfp8", "bf16"}),
+    Precision.NVFP4_MIXED: frozenset({"nvfp4", "bf16"}),
 }
+
+# Precisions whose blocks run 8- or 4-bit GEMMs (Transformer Engine / torchao recipes).
+_LOW_PRECISION_GEMMS = (Precision.FP8_MIXED, Precision.MXFP8_MIXED, Precision.NVFP4_MIXED)
 
 
 _FP16 = frozenset({Precision.AMP_FP16, Precision.FP16_MIXED, Precision.FP16})

@@ -81,7 +81,17 @@ class Recommendation(BaseModel):
         default_factory=list,
         description="equivalent plans (same memory, time and quality) folded into this row",
     )
-    peak_memory_bytes: int = _d("predicted peak memory per device, bytes")
+    peak_memory_bytes: int = _d(
+        "predicted peak memory per device, bytes: reserved_memory_bytes plus the CUDA context"
+    )
+    allocated_memory_bytes: int = _d(
+        "torch.cuda.max_memory_allocated's equivalent at the peak, bytes", default=0
+    )
+    reserved_memory_bytes: int = _d(
+        "torch.cuda.max_memory_reserved's equivalent at the peak (allocated plus the caching "
+        "allocator's slack), bytes",
+        default=0,
+    )
     headroom_bytes: int = _d("device memory minus the peak, bytes (before the safety margin)")
     host_memory_bytes: int = _d("host RAM (or NVMe) the offloaded states take per device, bytes")
     fits: bool = _d("the peak is within the usable memory (always true for a ranked plan)")

@@ -215,6 +215,8 @@ def _recommendation(
         global_batch_note=p.batch_note,
         also=row.also,
         peak_memory_bytes=p.memory.total_bytes,
+        allocated_memory_bytes=p.memory.allocated_bytes,
+        reserved_memory_bytes=p.memory.reserved_bytes,
         headroom_bytes=ctx.target.device_memory_bytes - p.memory.total_bytes,
         host_memory_bytes=p.memory.host_bytes,
         fits=True,

@@ -44,6 +44,7 @@ from advisor.memory import (
     MemoryMemo,
     MemoryTotals,
     estimate_memory,
+    gpu_overheads,
     memory_totals,
 )
 from advisor.model.spec import ModelSpec
@@ -208,6 +209,11 @@ class Context:
         (:meth:`model_copy`) starts its own."""
         return MemoryMemo(self.spec)
 
+    @cached_property
+    def device_overheads(self) -> DeviceOverheads:
+        """:func:`overheads` of this context's target, built once per context."""
+        return overheads(self.target)
+
     def model_copy(self, *, update: Mapping[str, Any]) -> Context:
         """A copy with ``update``'s fields replaced (as a pydantic model's)."""
         return replace(self, **update)
@@ -228,14 +234,16 @@ def nvme_usable(target: Target) -> int:
     return int(target.nvme_bytes * HOST_SAFETY_MARGIN)
 
 
-# Built once each (frozen): the search asks for them thousands of times.
-_CUDA_OVERHEADS = DeviceOverheads()
+# Built once (frozen): the search asks for it thousands of times.
 _CPU_OVERHEADS = DeviceOverheads.cpu()
 
 
 def overheads(target: Target) -> DeviceOverheads:
-    """The device's fixed memory overheads (none on a CPU)."""
-    return _CPU_OVERHEADS if target.device_kind is DeviceKind.CPU else _CUDA_OVERHEADS
+    """The device's fixed memory overheads: none on a CPU, the GPU's CUDA context
+    (memory.cuda_context) on a CUDA device."""
+    if target.device_kind is DeviceKind.CPU:
+        return _CPU_OVERHEADS
+    return gpu_overheads(target.profile.id)
 
 
 def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
@@ -244,7 +252,7 @@ def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
         ctx.spec,
         config,
         optimizer=ctx.taxonomy.get(config.optimizer),
-        device=overheads(ctx.target),
+        device=ctx.device_overheads,
         memo=ctx.memory_memo,
     )
 
@@ -255,7 +263,7 @@ def estimate_totals(ctx: Context, config: TrainingConfig) -> MemoryTotals:
         ctx.spec,
         config,
         optimizer=ctx.taxonomy.get(config.optimizer),
-        device=overheads(ctx.target),
+        device=ctx.device_overheads,
         memo=ctx.memory_memo,
     )
 

@@ -88,6 +88,8 @@ class Dtype(str, Enum):
     FP16 = "fp16"
     BF16 = "bf16"
     FP8 = "fp8"
+    MXFP8 = "mxfp8"
+    NVFP4 = "nvfp4"
 
 
 class StateKind(str, Enum):

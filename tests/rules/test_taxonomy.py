@@ -35,7 +35,8 @@ EXPECTED: dict[Category, list[str]] = {
     ],
     Category.PRECISION: [
         "fp32", "tf32", "amp-fp16", "amp-bf16", "fp16-mixed", "bf16-mixed", "fp16", "bf16",
-        "fp8-mixed", "dynamic-loss-scaling", "fp32-master-weights",
+        "fp8-mixed", "mxfp8-mixed", "nvfp4-mixed", "dynamic-loss-scaling",
+        "fp32-master-weights",
     ],
     Category.MEMORY: [
         "activation-checkpointing-full", "activation-checkpointing-selective",
@@ -174,7 +175,7 @@ def test_every_config_value_maps_to_a_taxonomy_entry(
 
 
 def test_precision_ids_equal_config_values(taxonomy: Taxonomy) -> None:
-    assert [t.id for t in taxonomy.by_category("precision")][:9] == [p.value for p in Precision]
+    assert [t.id for t in taxonomy.by_category("precision")][:11] == [p.value for p in Precision]
     assert config_technique_id(Attention.EAGER) == "eager-attention"
     assert config_technique_id(Attention.FLASH) == "flash-attention"
 
@@ -182,6 +183,9 @@ def test_precision_ids_equal_config_values(taxonomy: Taxonomy) -> None:
 def test_hardware_requirements_are_the_published_ones(taxonomy: Taxonomy) -> None:
     cc = {t.id: t.requires.min_compute_capability for t in taxonomy.techniques}
     assert cc["fp8-mixed"] == 8.9  # FP8 tensor cores: Ada (sm89) and Hopper
+    # Block-scaled MMA (MXFP8, NVFP4): Blackwell, sm100 (torchtitan's MX converter asserts
+    # has_cuda_capability(10, 0)).
+    assert cc["mxfp8-mixed"] == cc["nvfp4-mixed"] == 10.0
     assert cc["flash-attention-2"] == 8.0  # Dao 2023: Ampere and newer
     assert cc["flash-attention-3"] == 9.0  # Shah et al. 2024: Hopper
     assert cc["tf32"] == 8.0  # TF32 tensor cores arrive with A100

@@ -45,8 +45,8 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         help="fp32, tf32, amp-fp16, amp-bf16 (autocast), fp16-mixed, bf16-mixed "
-        "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed. Default: "
-        "bf16-mixed, or fp16-mixed on a GPU without bf16.",
+        "(16-bit weights + fp32 master), fp16, bf16 (all 16-bit), fp8-mixed, mxfp8-mixed, "
+        "nvfp4-mixed (Blackwell). Default: bf16-mixed, or fp16-mixed on a GPU without bf16.",
     ),
 ]
 AttentionOpt = Annotated[

@@ -108,6 +108,12 @@ def _render_table(report: EstimateReport) -> None:
         "phases: " + " · ".join(f"{p.name} {format_bytes(p.total_bytes)}" for p in report.phases),
         markup=False,
     )
+    if report.device == "cuda":
+        common.console.print(
+            f"torch: max_memory_allocated {format_bytes(report.allocated_bytes)}, "
+            f"max_memory_reserved {format_bytes(report.reserved_bytes)}",
+            markup=False,
+        )
 
 
 def _render_verdict(report: EstimateReport) -> None:

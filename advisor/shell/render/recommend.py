@@ -183,6 +183,12 @@ def _render_best(best: Recommendation) -> None:
             common.console.print(
                 f"  {name:<22} {bar(value / total)} {format_bytes(value):>10}", markup=False
             )
+    if best.memory_breakdown.get("cuda_context"):
+        common.console.print(
+            f"  torch: max_memory_allocated {format_bytes(best.allocated_memory_bytes)}, "
+            f"max_memory_reserved {format_bytes(best.reserved_memory_bytes)}",
+            markup=False,
+        )
 
 
 def _render_why_not_and_advice(report: RecommendReport) -> None:
