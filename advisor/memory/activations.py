@@ -12,7 +12,7 @@ from advisor.config import Attention, Precision, Stack
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
-from advisor.model.spec import ModelSpec
+from advisor.model.spec import ModelSpec, VisionShape
 
 
 def _norm_bytes(
@@ -434,6 +434,9 @@ def model_level_activation_bytes(
     spec, d = model.spec, model.shape
     dt = dtypes(precision)
     t = b * s
+    vision = spec_value(spec, "vision", None)
+    if vision is not None:
+        return _vit_model_level(vision, b, s, d["h"], dt, frozen, head_frozen)
     total = 8 * t  # token ids (int64) for the embedding backward
     position = enum_value(spec.position)
     if position == "learned":
@@ -456,3 +459,20 @@ def model_level_activation_bytes(
     head_in = 0 if head_frozen else dt.linear_in
     total += _norm_bytes(layernorm, t, d["h"], dt.act, head_in, dt.residual, fused, frozen)
     return total
+
+
+def _vit_model_level(
+    vision: VisionShape, b: int, s: int, h: int, dt: Dtypes, frozen: bool, head_frozen: bool
+) -> int:
+    """A ViT's model level (torchvision ``VisionTransformer``, measured in
+    ``tests/memory/test_memory_vision.py``): the patch convolution keeps its input images
+    (in the compute dtype: autocast's copy) for its weight gradient; the class token's
+    concatenation and the position add keep nothing; the final LayerNorm runs over every
+    token, and the head reads the class token's row of its output: a slice of it under
+    one dtype (the slice keeps the whole output alive), autocast's own copy of the row
+    otherwise."""
+    image = b * vision.in_channels * vision.image_size**2
+    total = 0 if frozen else dt.linear_in * image
+    t = b * s
+    head_in = 0 if head_frozen else dt.linear_in * (t if dt.linear_in == dt.residual else b) * h
+    return total + _norm_bytes(True, t, h, dt.act, 0, dt.residual) + head_in

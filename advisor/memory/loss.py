@@ -78,6 +78,14 @@ def loss_memory(
     h, V = d["h"], math.ceil(d["V"] / tensor_parallel)
     dt = dtypes(precision)
     c = dt.act
+    vision = as_model(spec).spec.vision
+    if vision is not None:
+        # An image classifier (ViT): one row of logits per image; log-softmax keeps its fp32
+        # output, nll the int64 labels (its head input is the model level's).
+        classes = vision.num_classes
+        return LossMemory(
+            saved_bytes=4 * b * classes + 8 * b, output_bytes=c * b * classes, transient_bytes=0
+        )
     if classify:
         # A sequence classifier on the pooled first token (BertForSequenceClassification):
         # the pooler's tanh output, its two fp32 logits' log-softmax and int64 labels.
