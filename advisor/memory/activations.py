@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from advisor.config import Attention, Precision, Stack
+from advisor.memory.convnet import cnn_model_level_bytes, trunk_activation_bytes
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
@@ -116,6 +117,9 @@ def layer_activation_bytes(
         The bytes of one block on one device.
     """
     model = as_model(spec)
+    if model.convnet is not None:
+        # A CNN's one "layer" is its residual trunk; a "token" is an image.
+        return trunk_activation_bytes(model.convnet, micro_batch * seq_len, dtypes(precision))
     spec, d = model.spec, model.shape
     h, a, f = d["h"], d["a"], d["f"]
     b, s = micro_batch, seq_len
@@ -434,6 +438,8 @@ def model_level_activation_bytes(
     spec, d = model.spec, model.shape
     dt = dtypes(precision)
     t = b * s
+    if model.convnet is not None:
+        return cnn_model_level_bytes(model.convnet, t, dt)
     vision = spec_value(spec, "vision", None)
     if vision is not None:
         return _vit_model_level(vision, b, s, d["h"], dt, frozen, head_frozen)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
+from advisor.memory.convnet import conv_workspace_bytes
 from advisor.memory.derived import trainable_count
 from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo
@@ -90,6 +91,10 @@ def estimate_stage(
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
     bd["workspace"] = device.workspace_bytes
+    net = memo.model.convnet
+    if net is not None and device.workspace_bytes:
+        # cuDNN's convolution scratch beside cuBLAS's (a CUDA device only).
+        bd["workspace"] += conv_workspace_bytes(net, config.batch.micro_batch, st.dt)
     bd["allocator_reserve"] = int(peak_tensors * device.allocator_reserve_fraction)
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
     if totals_only:
