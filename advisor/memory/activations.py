@@ -288,6 +288,8 @@ def _attention_activation_bytes(k: _Block) -> int:
         and bool(spec_value(spec, "fused_qkv", False))
         and not spec.traits.conv1d
         and not d["mla"]
+        # Without RoPE (a ViT) q and k stay views of the fused output too: nothing extra.
+        and enum_value(spec.position) == "rope"
     )
     if d["mla"]:
         eager = attention is Attention.EAGER and not selective

@@ -24,6 +24,8 @@ all of these are 16-bit but the images, whose 16-bit copy the first convolution 
 
 from __future__ import annotations
 
+import math
+
 from advisor.memory.dtypes import Dtypes
 from advisor.memory.params import ParamTensor, Role
 from advisor.model.convnet import ConvNet, resnet_layers
@@ -66,16 +68,14 @@ def cnn_shape_of(cnn: CnnShape) -> dict[str, int]:
 def cnn_tensors(cnn: CnnShape) -> list[ParamTensor]:
     """Every parameter tensor: each convolution's weight as the matrix of its implicit GEMM
     (out channels x in channels x kernel window), each BatchNorm's weight and bias, the
-    classifier. The trunk's tensors are its one layer's; the stem and the classifier are
-    outside it."""
+    classifier (outside the one "layer")."""
     net = resnet_layers(cnn)
     out: list[ParamTensor] = []
     for c in net.convs:
-        stem = c.name == "conv1"
-        out.append(
-            ParamTensor(c.name, (c.cout, c.cin * c.kernel**2), Role.LAYER_MATRIX, per_layer=not stem)
-        )
-        out.append(ParamTensor(c.name + "_bn", (c.cout,), Role.VECTOR, 2, per_layer=not stem))
+        # NOTE: the stem belongs to the one "layer" here: autocast casts it as any other
+        # convolution (its 16-bit copy is saved), and a CNN has no pipeline split to place.
+        out.append(ParamTensor(c.name, (c.cout, c.cin * c.kernel**2), Role.LAYER_MATRIX))
+        out.append(ParamTensor(c.name + "_bn", (c.cout,), Role.VECTOR, 2))
     out.append(ParamTensor("fc", (net.classes, net.features), Role.OUTPUT, per_layer=False))
     out.append(ParamTensor("fc_bias", (net.classes,), Role.VECTOR, per_layer=False))
     return out
@@ -108,3 +108,30 @@ def conv_workspace_bytes(net: ConvNet, b: int, dt: Dtypes) -> int:
     :data:`WORKSPACE_CAP` (see its note)."""
     largest = max(c.im2col_elems for c in net.convs)
     return min(WORKSPACE_CAP, b * largest * dt.act)
+
+
+def backward_worst(net: ConvNet, b: int, dt: Dtypes, model_level: int, grads: int) -> tuple[int, int]:
+    """(activations, gradient bytes) alive at the fullest point of a CNN's backward.
+
+    Backward runs the classifier, then the convolutions last to first: after a convolution's
+    backward its weight gradient exists and what it and its BatchNorm saved is freed. The
+    deep stages hold most parameters and the shallow ones most activations, so the fullest
+    point is in between, found by walking the layers; ``grads`` is the whole model's
+    gradient bytes on the device (shared out by parameters)."""
+    c = dt.act
+    params = [cv.cout * cv.cin * cv.kernel**2 + 2 * cv.cout for cv in net.convs]
+    total = sum(params) + net.classes * (net.features + 1)
+    saved = [0] + [
+        b * c * cv.out_elems * (1 if cv.name.endswith("downsample.0") else 2) + 8 * cv.cout
+        for cv in net.convs[1:]
+    ]
+    alive = model_level + sum(saved)
+    done = net.classes * (net.features + 1)
+    best = (alive, math.ceil(grads * done / total))
+    for p, kept in zip(reversed(params), reversed(saved), strict=True):
+        done += p  # this layer's weight gradient now exists, its saved tensors still do
+        point = (alive, math.ceil(grads * done / total))
+        if sum(point) > sum(best):
+            best = point
+        alive -= kept
+    return best
