@@ -406,7 +406,7 @@ def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
         tasks += [Task.LORA, Task.QLORA]
     cpu = t.device_kind is DeviceKind.CPU
     offloads = [Offload.NONE] if cpu else list(Offload)
-    return PlanSpace(
+    space = PlanSpace(
         tasks=tasks,
         optimizers=[o.id for o in optimizers],
         precisions=list(Precision),
@@ -418,6 +418,27 @@ def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
         activation_offload=[False] if cpu else [False, True],
         optimizer_in_backward=[False, True],
     )
+    return image_space(ctx.spec, space)
+
+
+def image_space(spec: ModelSpec, space: PlanSpace) -> PlanSpace:
+    """An image model's dimensions: a classifier over 1000 classes has no vocabulary logits
+    to fuse; a CNN (advisor.memory.convnet) has no attention kernel to choose, no fp8
+    convolutions (Transformer Engine's fp8 covers linear layers), no adapters and no
+    transformer blocks to recompute or offload one by one, so its plans are full training
+    with BatchNorm's saved tensors, sharded or not."""
+    if spec.cnn is None and spec.vision is None:
+        return space
+    update: dict[str, Any] = {"fused_loss": [False]}
+    if spec.cnn is not None:
+        update |= {
+            "tasks": [x for x in space.tasks if x not in (Task.LORA, Task.QLORA)],
+            "precisions": [p for p in space.precisions if p is not Precision.FP8_MIXED],
+            "attentions": [Attention.EAGER],
+            "checkpointing": [Checkpointing.NONE],
+            "activation_offload": [False],
+        }
+    return space.model_copy(update=update)
 
 
 def first_order(optimizers: list[Technique]) -> list[Technique]:
