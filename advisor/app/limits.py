@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from advisor.config import LORA_FULL_TENSORS, LORA_MATRICES, LORA_TARGET_GROUPS
+from advisor.config import LORA_FULL_TENSORS, LORA_MATRICES, LORA_TARGET_GROUPS, Task
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec, Position
 from advisor.units import parse_length
@@ -188,6 +188,26 @@ def resolve_seq_len(
             scaled = f" x {rope_scaling:g}" if rope_scaling else ""
             raise UserError(f"--seq-len {s:,} exceeds {spec.name}'s {limit:,}{scaled} {what}", hint)
     return s
+
+
+def check_cnn_flags(spec: ModelSpec, task: Task, tp: int | None, pp: int | None) -> None:
+    """Refuse what a CNN plan cannot be: adapters, tensor or pipeline parallelism.
+
+    Raises:
+        UserError: naming the flag and what to do instead.
+    """
+    if spec.cnn is None:
+        return
+    if task in (Task.LORA, Task.QLORA):
+        raise UserError(
+            f"--task {task.value} adapts transformer projections; {spec.name} is a CNN",
+            "fine-tune it fully: --task finetune",
+        )
+    if (tp or 1) > 1 or (pp or 1) > 1:
+        raise UserError(
+            f"--tp/--pp split transformer layers; {spec.name} is a CNN",
+            "drop them: it trains data-parallel (DDP, or ZeRO/FSDP sharding)",
+        )
 
 
 def _image_tokens(spec: ModelSpec, tokens: int) -> str:

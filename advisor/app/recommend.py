@@ -20,6 +20,7 @@ from advisor.app.limits import (
     check_bound,
     check_global_batch_tokens,
     parse_lora_targets,
+    check_cnn_flags,
     resolve_seq_len,
 )
 from advisor.config import Stack, Task, TrainingConfig
@@ -100,6 +101,7 @@ class RecommendRequest(BaseModel):
         objective_v = _choice(Objective, objective, "--objective")
         privacy_v = _choice(Privacy, privacy, "--privacy")
         s = resolve_seq_len(spec, seq_len, rope_scaling, DEFAULT_SEQ_LEN)
+        check_cnn_flags(spec, task_v, tp, pp)
         for flag, value in (
             ("--micro-batch", micro_batch),
             ("--global-batch", global_batch),

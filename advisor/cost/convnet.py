@@ -25,9 +25,7 @@ BN_RELU_PASSES = 5.0
 
 def conv_gemms(net: ConvNet, images: int) -> list[Gemm]:
     """The forward GEMMs of every convolution and the classifier, for ``images`` images."""
-    out = [
-        Gemm(m=images * c.size_out**2, n=c.cout, k=c.cin * c.kernel**2) for c in net.convs
-    ]
+    out = [Gemm(m=images * c.size_out**2, n=c.cout, k=c.cin * c.kernel**2) for c in net.convs]
     out.append(Gemm(m=images, n=net.classes, k=net.features))
     return out
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 
+from advisor.config import Checkpointing, Precision, Task, TrainingConfig
+from advisor.errors import UserError
 from advisor.memory.dtypes import Dtypes
 from advisor.memory.params import ParamTensor, Role
 from advisor.model.convnet import ConvNet, resnet_layers
@@ -98,7 +100,9 @@ def cnn_model_level_bytes(net: ConvNet, b: int, dt: Dtypes) -> int:
     input and ReLU output, the max pool's output and int64 indices, the classifier's input."""
     stem = net.convs[0]
     c = dt.act
-    per_image = dt.linear_in * net.image_elems + 2 * c * stem.out_elems + (c + 8) * net.pool_out_elems
+    per_image = (
+        dt.linear_in * net.image_elems + 2 * c * stem.out_elems + (c + 8) * net.pool_out_elems
+    )
     per_image += dt.linear_in * net.features
     return b * per_image + 8 * stem.cout
 
@@ -110,7 +114,9 @@ def conv_workspace_bytes(net: ConvNet, b: int, dt: Dtypes) -> int:
     return min(WORKSPACE_CAP, b * largest * dt.act)
 
 
-def backward_worst(net: ConvNet, b: int, dt: Dtypes, model_level: int, grads: int) -> tuple[int, int]:
+def backward_worst(
+    net: ConvNet, b: int, dt: Dtypes, model_level: int, grads: int
+) -> tuple[int, int]:
     """(activations, gradient bytes) alive at the fullest point of a CNN's backward.
 
     Backward runs the classifier, then the convolutions last to first: after a convolution's
@@ -135,3 +141,45 @@ def backward_worst(net: ConvNet, b: int, dt: Dtypes, model_level: int, grads: in
             best = point
         alive -= kept
     return best
+
+
+def check_cnn_config(name: str, config: TrainingConfig, *, recompute: bool = True) -> None:
+    """Refuse what the CNN model does not describe, with what to change instead.
+
+    Raises:
+        UserError: for tensor, pipeline or context parallelism (a ResNet trains
+            data-parallel), adapters (LoRA's targets are transformer projections), fp8
+            (Transformer Engine's fp8 covers linear layers, not convolutions), activation
+            checkpointing or offload (per transformer block here; with ``recompute=False``
+            checkpointing passes: the plan search's frugal probes ask for it, and the model
+            prices a CNN's plan with it as one without, its recompute time on top), or a
+            fused vocabulary loss.
+    """
+    layout, savers, kernels = config.layout, config.savers, config.kernels
+    problem = None
+    if layout.tensor_parallel > 1 or layout.pipeline_parallel > 1:
+        problem = (
+            "tensor and pipeline parallelism split transformer layers",
+            "train it data-parallel (DDP, or ZeRO/FSDP sharding)",
+        )
+    elif config.task in (Task.LORA, Task.QLORA):
+        problem = (
+            f"{config.task.value} adapts transformer projections",
+            "fine-tune it fully (--task finetune)",
+        )
+    elif config.precision is Precision.FP8_MIXED:
+        problem = (
+            "fp8 training covers linear layers, not convolutions",
+            "use bf16-mixed or fp16-mixed",
+        )
+    elif (
+        recompute and savers.checkpointing is not Checkpointing.NONE
+    ) or savers.activation_offload:
+        problem = (
+            "activation checkpointing and offload are modelled per transformer block",
+            "use --checkpointing none; lower --micro-batch to fit",
+        )
+    elif kernels.fused_loss:
+        problem = "a fused cross-entropy fuses an LM head over a vocabulary", "drop --fused-loss"
+    if problem is not None:
+        raise UserError(f"{name} is a CNN: {problem[0]}", problem[1])

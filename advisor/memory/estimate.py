@@ -4,7 +4,8 @@ trainable parameter count; under pipeline parallelism the heaviest rank's estima
 
 from __future__ import annotations
 
-from advisor.config import TrainingConfig
+from advisor.config import Checkpointing, TrainingConfig
+from advisor.memory.convnet import check_cnn_config
 from advisor.memory.memo import MemoryMemo, memo_for
 from advisor.memory.pipeline import pipeline_schedule
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
@@ -67,6 +68,9 @@ def _estimate(
     """:func:`estimate_memory`, or with ``totals_only`` its three numbers alone."""
     layout = config.layout
     d = memo.model.shape
+    if memo.model.convnet is not None:
+        check_cnn_config(memo.model.spec.name, config, recompute=False)
+        config = config.with_(checkpointing=Checkpointing.NONE)
     check_layout(config, d)
     pp = layout.pipeline_parallel
     if pp == 1:

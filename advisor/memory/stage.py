@@ -77,8 +77,11 @@ def estimate_stage(
     worst = None
     if net is not None and not st.zeroth:
         worst = backward_worst(
-            net, config.batch.micro_batch * config.batch.seq_len, st.dt,
-            acts.model_level, bd["gradients"],
+            net,
+            config.batch.micro_batch * config.batch.seq_len,
+            st.dt,
+            acts.model_level,
+            bd["gradients"],
         )
     phases = phases_of(
         bd,

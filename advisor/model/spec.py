@@ -280,7 +280,9 @@ class ModelSpec(FrozenModel):
         if self.arch is not Arch.ENCODER:
             problems.append("`vision` (a ViT's patch embedding) needs arch: encoder")
         if v.image_size % v.patch_size:
-            problems.append(f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
+            problems.append(
+                f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}"
+            )
         if self.vocab_size != v.patch_width:
             problems.append(f"a ViT's vocab_size is its patch width {v.patch_width}")
         if self.max_position_embeddings != v.tokens:
@@ -369,6 +371,18 @@ class ModelSpec(FrozenModel):
             raise AssertionError("a CNN has no transformer blocks")
         layers = required(self.num_layers)
         return block_inventory(self, layers, self.moe_layer_count(), self.inventory)
+
+    @property
+    def is_image(self) -> bool:
+        """An image classifier: a CNN, or a Vision Transformer (batch in images)."""
+        return self.cnn is not None or self.vision is not None
+
+    @property
+    def image_size(self) -> int | None:
+        """An image model's training resolution (pixels); None for a text model."""
+        if self.cnn is not None:
+            return self.cnn.image_size
+        return self.vision.image_size if self.vision is not None else None
 
     @property
     def gated_mlp(self) -> bool:

@@ -130,7 +130,7 @@ def _central_steps_of(ctx: Context) -> Callable[[Plan], float]:
             c = p.config
             n = ctx.spec.parameter_count()
             hit = memo[key] = plan_steps(
-                ctx.taxonomy, c.optimizer, c.task, n, ctx.convergence
+                ctx.taxonomy, c.optimizer, c.task, n, ctx.convergence, image=ctx.spec.is_image
             ).central
         return hit
 
@@ -182,7 +182,12 @@ def _time_to_target(ctx: Context, p: Plan, cost_fn: CostFn) -> TimeToTarget:
     c = p.config
     base = p.cost.seconds if c.optimizer == "adamw" else cost_fn(c.with_(optimizer="adamw")).seconds
     steps = plan_steps(
-        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
+        ctx.taxonomy,
+        c.optimizer,
+        c.task,
+        ctx.spec.parameter_count(),
+        ctx.convergence,
+        image=ctx.spec.is_image,
     )
     return time_to_target(steps, p.cost.seconds, base)
 
@@ -224,6 +229,9 @@ def _recommendation(
         fits=True,
         step_time_s=p.cost.seconds,
         tokens_per_s=tokens / p.cost.seconds if p.cost.seconds > 0 else 0.0,
+        images_per_s=(
+            p.global_batch / p.cost.seconds if ctx.spec.is_image and p.cost.seconds > 0 else None
+        ),
         cost_source=p.cost.source,
         cost_components=p.cost.components,
         memory_breakdown=p.memory.breakdown,
@@ -263,6 +271,7 @@ def _workload_summary(ctx: Context, recs: list[Recommendation]) -> WorkloadSumma
         parameters=ctx.spec.parameter_count(),
         task=w.task.value,
         seq_len=w.seq_len,
+        image_size=ctx.spec.image_size,
         micro_batch=first.micro_batch if first else (w.micro_batch or 1),
         global_batch=b.samples,
         global_batch_tokens=b.tokens,

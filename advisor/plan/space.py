@@ -122,6 +122,15 @@ _PRETRAIN_TOKENS = [
 # Instruction fine-tuning: Alpaca trained LLaMA 7B at 128 sequences per step (Taori et al.
 # 2023); LIMA used 32-64, HF TRL/PEFT recipes 64-128.
 _FINETUNE_SAMPLES = (128, "Alpaca (Taori et al. 2023): 128 sequences per step")
+# Image models, in images: ResNet on ImageNet at 256 (He et al. 2016, sec. 3.4; the
+# reference batch of Goyal et al. 2017's scaling rule); ViT pre-training at 4096, fine-tuning
+# at 512 (Dosovitskiy et al. 2021, sec. 4.1; BiT's fine-tuning batch, Kolesnikov et al. 2020).
+_IMAGE_SAMPLES = {
+    ("cnn", True): (256, "ResNet (He et al. 2016, sec. 3.4): 256 images per step"),
+    ("cnn", False): (512, "BiT fine-tuning (Kolesnikov et al. 2020): 512 images per step"),
+    ("vit", True): (4096, "ViT pre-training (Dosovitskiy et al. 2021, sec. 4.1): 4096 images"),
+    ("vit", False): (512, "ViT fine-tuning (Dosovitskiy et al. 2021, sec. 4.1): 512 images"),
+}
 
 
 def resolve_global_batch(spec: ModelSpec, workload: Workload) -> GlobalBatch:
@@ -142,6 +151,18 @@ def resolve_global_batch(spec: ModelSpec, workload: Workload) -> GlobalBatch:
             tokens=w.global_batch * s,
             source="--global-batch",
             requested=True,
+        )
+    image = spec.is_image
+    if w.global_batch_tokens is not None and image:
+        raise UserError(
+            f"--global-batch-tokens counts tokens; {spec.name} is an image model",
+            "give the batch in images with --global-batch",
+        )
+    if image:
+        kind = "cnn" if spec.cnn is not None else "vit"
+        samples, source = _IMAGE_SAMPLES[kind, w.task is Task.PRETRAIN]
+        return GlobalBatch(
+            samples=samples, tokens=samples * s, source=f"default: {source}", requested=False
         )
     if w.global_batch_tokens is not None:
         samples = max(1, round(w.global_batch_tokens / s))
@@ -283,7 +304,11 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         ),
         layout=ParallelLayout(data_parallel=ctx.workload.world_size, sharding=Sharding.NONE),
         savers=MemorySavers(checkpointing=Checkpointing.NONE, offload=Offload.NONE),
-        kernels=Kernels(attention=Attention.FLASH, stack=ctx.workload.stack),
+        # A CNN has no attention: its plans carry eager, the one value of its space.
+        kernels=Kernels(
+            attention=Attention.EAGER if ctx.spec.cnn is not None else Attention.FLASH,
+            stack=ctx.workload.stack,
+        ),
         adapters=workload_adapters(ctx),
     )
 
@@ -529,10 +554,11 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
 
     t = ctx.target
     cpu = t.device_kind is DeviceKind.CPU
+    # An image model keeps what its space has (a CNN: no recompute; no vocabulary loss).
     frugal = config.with_(
-        checkpointing=Checkpointing.FULL,
+        checkpointing=Checkpointing.NONE if ctx.spec.cnn is not None else Checkpointing.FULL,
         micro_batch=1,
-        fused_loss="fused-cross-entropy" in ctx.taxonomy,
+        fused_loss="fused-cross-entropy" in ctx.taxonomy and not ctx.spec.is_image,
     )
     offloads = [Offload.NONE]
     if host and not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
@@ -633,9 +659,10 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
         "interconnect_gb_s": t.interconnect_gb_s,
         "task": w.task.value,
         "arch": ctx.spec.arch.value,
+        "modality": "image" if ctx.spec.is_image else "text",
         "model_params_b": ctx.spec.parameter_count() / 1e9,
         "seq_len": w.seq_len,
-        "micro_batch": w.micro_batch or 1,
+        "micro_batch": w.micro_batch or _normalisation_batch(ctx),
         "global_batch": ctx.global_batch.samples,
         "data_parallel_degree": w.world_size,
         "privacy": w.privacy.value,
@@ -651,10 +678,24 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
     return {k: v for k, v in facts.items() if k in declared}
 
 
+def _normalisation_batch(ctx: Context) -> int:
+    """The micro-batch the rules see when none is pinned: 1 for a language model (what it
+    always was); for an image model the images each device gets per step, the largest batch
+    BatchNorm can normalise over (the plan may accumulate smaller micro-batches)."""
+    if not ctx.spec.is_image:
+        return 1
+    return max(1, ctx.global_batch.samples // max(ctx.workload.world_size, 1))
+
+
 def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:
     """The plan's steps to AdamW's loss as the objective counts them (advisor/cost/convergence.py:
     published ranges, or the measured proxy): the step time's multiplier in the score."""
     steps = plan_steps(
-        ctx.taxonomy, config.optimizer, config.task, ctx.spec.parameter_count(), ctx.convergence
+        ctx.taxonomy,
+        config.optimizer,
+        config.task,
+        ctx.spec.parameter_count(),
+        ctx.convergence,
+        image=ctx.spec.is_image,
     )
     return objective_steps(ctx.workload.objective.value, steps)
