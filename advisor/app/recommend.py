@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from advisor.app.environment import Environment, calibration_device, probe_environment
 from advisor.app.limits import (
     check_bound,
+    check_cnn_flags,
     check_global_batch_tokens,
     parse_lora_targets,
-    check_cnn_flags,
     resolve_seq_len,
 )
 from advisor.config import Stack, Task, TrainingConfig

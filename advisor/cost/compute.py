@@ -123,8 +123,8 @@ def layer_gemm(s: Setting) -> tuple[float, float, Source]:
     """(fwd+bwd, fwd) seconds of one block's weight GEMMs for one micro-batch."""
     if s.spec.cnn is not None:
         # A CNN's "layer" is its whole network, a "token" an image (advisor.cost.convnet).
-        fwd, src = gemm_seconds(s, conv_gemms(resnet_layers(s.spec.cnn), s.tokens))
-        return 3 * fwd, fwd, src
+        conv, src = gemm_seconds(s, conv_gemms(resnet_layers(s.spec.cnn), s.tokens))
+        return 3 * conv, conv, src
     measured = _find_layer(s.results, s.dtype)
     if measured is not None and s.tp == 1 and s.spec.num_experts == 1:
         fb = measured.seconds_per_token * s.tokens

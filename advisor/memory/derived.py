@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from advisor.memory.convnet import cnn_shape_of, cnn_tensors
 from advisor.memory.matmuls import (
     Matmul,
     block_matmuls_of,
@@ -23,7 +24,6 @@ from advisor.memory.params import (
     lora_full_tensors,
     shape_of,
 )
-from advisor.memory.convnet import cnn_shape_of, cnn_tensors
 from advisor.model.convnet import ConvNet, resnet_layers
 from advisor.model.spec import ModelSpec
 

@@ -16,6 +16,7 @@ one ReLU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from advisor.model.shape import CnnBlock, CnnShape
 
 

@@ -95,9 +95,11 @@ def _saved(model: Any, x: Any, y: Any, autocast: bool, blocks: list[Any] | None 
                 per[current["i"]][st.data_ptr()] = st.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            F.cross_entropy(model(x), y)
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+    ):
+        F.cross_entropy(model(x), y)
     for h in hooks:
         h.remove()
     return sum(every.values()), [sum(d.values()) for d in per]
