@@ -153,7 +153,7 @@ def check_cnn_config(name: str, config: TrainingConfig, *, recompute: bool = Tru
             checkpointing or offload (per transformer block here; with ``recompute=False``
             checkpointing passes: the plan search's frugal probes ask for it, and the model
             prices a CNN's plan with it as one without, its recompute time on top), or a
-            fused vocabulary loss.
+            fused vocabulary loss (likewise: a CNN's loss has no vocabulary to fuse).
     """
     layout, savers, kernels = config.layout, config.savers, config.kernels
     problem = None
@@ -179,7 +179,7 @@ def check_cnn_config(name: str, config: TrainingConfig, *, recompute: bool = Tru
             "activation checkpointing and offload are modelled per transformer block",
             "use --checkpointing none; lower --micro-batch to fit",
         )
-    elif kernels.fused_loss:
+    elif recompute and kernels.fused_loss:
         problem = "a fused cross-entropy fuses an LM head over a vocabulary", "drop --fused-loss"
     if problem is not None:
         raise UserError(f"{name} is a CNN: {problem[0]}", problem[1])
