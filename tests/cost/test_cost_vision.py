@@ -36,6 +36,7 @@ def test_resnet50_forward_is_torchvisions_4_089_gmacs() -> None:
     assert net.macs / 3.8e9 == pytest.approx(1.0, abs=0.08)
 
 
+@pytest.mark.heavy
 def test_convolution_shapes_match_a_real_resnet50() -> None:
     torch = pytest.importorskip("torch")
     from tests.visionnets import resnet50

@@ -17,6 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+# Real torch forwards and steps (ResNet-50 at 224 px among them): the heavy tier.
+pytestmark = pytest.mark.heavy
+
 from torch.nn import functional as F  # noqa: E402
 
 from advisor.config import Attention, OptimizerImpl, Precision, Task, TrainingConfig  # noqa: E402
