@@ -83,7 +83,9 @@ def _step(spec_id: str, micro: int, hw: str = "a100-sxm-80gb", **kw: object) -> 
         seq_len=1,
         **kw,  # type: ignore[arg-type]
     )
-    return predict_step_time(spec, config, hardware=get_hardware_profile(hw), calibration=None).seconds
+    return predict_step_time(
+        spec, config, hardware=get_hardware_profile(hw), calibration=None
+    ).seconds
 
 
 def test_resnet_step_time_grows_with_images_and_has_no_attention() -> None:
