@@ -541,7 +541,7 @@ CASES: dict[str, list[str]] = {
         "--task",
         "lora",
     ],
-    "est-resnet-refused": [*E, "--model", "resnet-50", "--optimizer", "lars"],
+    "est-resnet-lars": [*EG, "--model", "resnet-50", "--optimizer", "lars", "--micro-batch", "64"],
     "est-lamb-amp16": [
         *E,
         "--model-size",

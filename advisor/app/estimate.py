@@ -38,6 +38,7 @@ from advisor.memory import (
     paged_residency,
 )
 from advisor.memory.context import check_context_kernel
+from advisor.memory.convnet import check_cnn_config
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import Category, load_taxonomy
 
@@ -170,6 +171,17 @@ class EstimateReport(BaseModel):
     )
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
+    image_size: int | None = Field(
+        default=None,
+        description="an image model's input resolution in pixels (micro_batch counts images; "
+        "a CNN's seq_len is 1, a ViT's its patch tokens and class token); None for text",
+    )
+    images_per_s: float | None = Field(
+        default=None,
+        description="an image model's images per second over all data-parallel devices "
+        "(micro-batch x accumulation x data-parallel degree / step time); None for text or "
+        "without a step time",
+    )
     alternatives: list[Alternative] = Field(
         default_factory=list,
         description="other kernel choices that change whether this fits, with their peak",
@@ -310,6 +322,15 @@ def build_config(
         ) from None
 
 
+def _images_per_s(
+    spec: ModelSpec, config: TrainingConfig, step_time: StepTimeReport | None
+) -> float | None:
+    if not spec.is_image or step_time is None or step_time.seconds <= 0:
+        return None
+    b, dp = config.batch, config.layout.data_parallel
+    return b.micro_batch * b.grad_accumulation * dp / step_time.seconds
+
+
 def _carried_over(profile: HardwareProfile | None, step_time: StepTimeReport | None) -> list[str]:
     if profile is None or step_time is None or profile.efficiency is None:
         return []
@@ -351,6 +372,8 @@ def estimate_report(
     taxonomy = load_taxonomy()
     tech = taxonomy.get(config.optimizer)
     check_context_kernel(config)
+    if spec.cnn is not None:
+        check_cnn_config(spec.name, config)
     m = estimate_memory(spec, config, optimizer=tech, device=overheads)
     device_mem = profile.memory_bytes if profile else None
     device_name = profile.name if profile else None
@@ -410,6 +433,8 @@ def estimate_report(
         fits=None if device_mem is None else m.total_bytes <= device_mem,
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
+        image_size=spec.image_size,
+        images_per_s=_images_per_s(spec, config, step_time),
         alternatives=alternatives,
         steps_vs_adamw=plan_steps(
             taxonomy,
@@ -417,6 +442,7 @@ def estimate_report(
             config.task,
             m.parameters,
             regime=BatchRegime(global_batch=_global_batch(config), arch=spec.arch),
+            image=spec.is_image,
         )
         if tech.steps_vs_adamw is not None
         else None,

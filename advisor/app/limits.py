@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from advisor.config import LORA_FULL_TENSORS, LORA_MATRICES, LORA_TARGET_GROUPS
+from advisor.config import LORA_FULL_TENSORS, LORA_MATRICES, LORA_TARGET_GROUPS, Task
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec, Position
 from advisor.units import parse_length
@@ -183,6 +183,18 @@ def resolve_seq_len(
             context, or RoPE scaling asked of a model without rotary positions.
     """
     check_bound("--rope-scaling", rope_scaling)
+    if spec.cnn is not None or spec.vision is not None:
+        # An image model's "sequence" is fixed by its input: a CNN's token is an image, a
+        # ViT's tokens are its patches and the class token.
+        tokens = spec.vision.tokens if spec.vision is not None else 1
+        if text is not None or rope_scaling is not None:
+            flag = "--seq-len" if text is not None else "--rope-scaling"
+            raise UserError(
+                f"{flag} does not apply to {spec.name}, an image model "
+                f"({_image_tokens(spec, tokens)})",
+                "drop it; set the batch in images with --global-batch / --micro-batch",
+            )
+        return tokens
     limit = spec.max_position_embeddings
     learned = spec.position is Position.LEARNED
     if rope_scaling is not None and learned:
@@ -211,6 +223,37 @@ def resolve_seq_len(
             scaled = f" x {rope_scaling:g}" if rope_scaling else ""
             raise UserError(f"--seq-len {s:,} exceeds {spec.name}'s {limit:,}{scaled} {what}", hint)
     return s
+
+
+def check_cnn_flags(spec: ModelSpec, task: Task, tp: int | None, pp: int | None) -> None:
+    """Refuse what a CNN plan cannot be: adapters, tensor or pipeline parallelism.
+
+    Raises:
+        UserError: naming the flag and what to do instead.
+    """
+    if spec.cnn is None:
+        return
+    if task in (Task.LORA, Task.QLORA):
+        raise UserError(
+            f"--task {task.value} adapts transformer projections; {spec.name} is a CNN",
+            "fine-tune it fully: --task finetune",
+        )
+    if (tp or 1) > 1 or (pp or 1) > 1:
+        raise UserError(
+            f"--tp/--pp split transformer layers; {spec.name} is a CNN",
+            "drop them: it trains data-parallel (DDP, or ZeRO/FSDP sharding)",
+        )
+
+
+def _image_tokens(spec: ModelSpec, tokens: int) -> str:
+    if spec.vision is not None:
+        v = spec.vision
+        return (
+            f"{tokens} tokens per {v.image_size} px image: {v.patch_size} px patches and a "
+            "class token"
+        )
+    assert spec.cnn is not None
+    return f"one {spec.cnn.image_size} px image per sample"
 
 
 # --- --lora-targets --------------------------------------------------------------------------

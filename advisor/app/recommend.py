@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from advisor.app.environment import Environment, calibration_device, probe_environment
 from advisor.app.limits import (
     check_bound,
+    check_cnn_flags,
     check_global_batch_tokens,
     parse_lora_targets,
     resolve_seq_len,
@@ -102,6 +103,7 @@ class RecommendRequest(BaseModel):
         objective_v = _choice(Objective, objective, "--objective")
         privacy_v = _choice(Privacy, privacy, "--privacy")
         s = resolve_seq_len(spec, seq_len, rope_scaling, DEFAULT_SEQ_LEN)
+        check_cnn_flags(spec, task_v, tp, pp)
         for flag, value in (
             ("--micro-batch", micro_batch),
             ("--global-batch", global_batch),

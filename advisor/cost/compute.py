@@ -9,6 +9,7 @@ import itertools
 import math
 
 from advisor.config import Checkpointing, ContextParallelKind, Stack, Task
+from advisor.cost.convnet import conv_gemms, elementwise_bytes
 from advisor.cost.data import LayerTiming, ShapeResults
 from advisor.cost.efficiency import (
     AttentionKernel,
@@ -20,6 +21,7 @@ from advisor.cost.result import ComponentTime, Source, merge
 from advisor.cost.setting import Setting
 from advisor.cost.shape import Gemm, block_gemms
 from advisor.memory import selective_op_recompute_share
+from advisor.model.convnet import resnet_layers
 from advisor.model.spec import Arch
 
 # Elementwise and norm traffic of one block, per token, in units of (h-wide, f-wide)
@@ -124,16 +126,15 @@ def measured_gemm(s: Setting, g: Gemm) -> float | None:
 
 def layer_gemm(s: Setting) -> tuple[float, float, Source]:
     """(fwd+bwd, fwd) seconds of one block's weight GEMMs for one micro-batch."""
+    if s.spec.cnn is not None:
+        # A CNN's "layer" is its whole network, a "token" an image (advisor.cost.convnet).
+        conv, src = gemm_seconds(s, conv_gemms(resnet_layers(s.spec.cnn), s.tokens))
+        return 3 * conv, conv, src
     measured = _find_layer(s.results, s.dtype)
     if measured is not None and s.tp == 1 and s.spec.num_experts == 1:
         fb = measured.seconds_per_token * s.tokens
         fwd = measured.forward_seconds_per_token
         return fb, (fwd * s.tokens if fwd is not None else fb / 3), Source.MEASURED
-    if s.spec.cnn is not None:
-        flops = 2 * s.sh.layer_matmul_params * s.tokens / s.tp
-        e = gemm_efficiency(s.eff, s.tokens, 4096, 4096)
-        fwd = flops / (s.peak() * e) if s.peak() else 0.0
-        return 3 * fwd, fwd, Source.ANALYTIC
     fwd, src = gemm_seconds(s, block_gemms(s.spec, s.tokens, s.tp, s.ep, matrices=s.matrices))
     # dgrad and wgrad are GEMMs of the same three dimensions: twice the forward.
     return 3 * fwd, fwd, src
@@ -154,8 +155,11 @@ def attention(s: Setting) -> tuple[float, float, Source]:
     attention: ring attention its queries against every key chunk, with the causal mask
     balanced over ``2 cp`` chunks (Megatron-Core context parallelism; Dubey et al. 2024,
     sec. 3.3.2), in kernel calls on ``seq / cp``-token chunks; Ulysses every token of
-    ``heads / cp`` heads in one call on the whole sequence (Jacobs et al. 2023).
+    ``heads / cp`` heads in one call on the whole sequence (Jacobs et al. 2023). A CNN has
+    no attention.
     """
+    if s.spec.cnn is not None:
+        return 0.0, 0.0, Source.ANALYTIC
     seq, mb, cp = s.mb.seq_len, s.mb.micro_batch, s.cp
     share = 1.0 / cp
     ring = s.mb.context_parallel_kind is ContextParallelKind.RING
@@ -201,6 +205,11 @@ def attention(s: Setting) -> tuple[float, float, Source]:
 
 def elementwise(s: Setting) -> tuple[float, float, Source]:
     """(fwd+bwd, fwd) seconds of norms, residuals, rotary and activations, one block."""
+    if s.spec.cnn is not None:
+        act = 4 if s.dtype in ("fp32", "tf32") else 2
+        bw, src = s.bandwidth()
+        fwd = elementwise_bytes(resnet_layers(s.spec.cnn), s.tokens, act) / bw
+        return 3 * fwd, fwd, src
     if layer_measured(s):
         return 0.0, 0.0, Source.MEASURED  # inside the measured block
     h = s.sh.hidden

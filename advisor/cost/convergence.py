@@ -183,6 +183,7 @@ def steps_vs_adamw(
         technique: a taxonomy entry with ``steps_vs_adamw`` data (optimizers, LoRA, QLoRA).
         parameters: the model's parameter count.
         proxy: this device's convergence-calibration cache, if any.
+        image: an image classifier (:data:`IMAGE_RECIPE_OPTIMIZERS` take the same steps).
 
     Returns:
         The range with its source; ``extrapolated`` when ``parameters`` lies outside the
@@ -305,6 +306,24 @@ def _past_critical_batch(
     )
 
 
+# Image classifiers: the published ImageNet recipes are set in epochs, and each of these
+# optimizers reaches its recipe's accuracy in the same epochs at the same batch - ResNet-50
+# in 90 with SGD + momentum (He et al. 2016; Goyal et al. 2017, up to 8k), LARS (You et al.
+# 2017, to 32k) and LAMB (You et al. 2019, sec. 5); ViT with Adam(W) (Dosovitskiy et al.
+# 2021; Touvron et al. 2021) - so none needs fewer steps than AdamW. The language-model
+# step-efficiency data behind the other factors does not carry over to images.
+IMAGE_RECIPE_OPTIMIZERS = frozenset({"sgd-momentum", "nesterov", "lars", "lamb", "adamw"})
+_IMAGE_STEPS = StepsRange(
+    low=1.0,
+    central=1.0,
+    high=1.0,
+    source=StepsSource.PUBLISHED,
+    extrapolated=False,
+    notes="image recipes: the same epochs to their published accuracy (He et al. 2016; "
+    "Goyal et al. 2017; You et al. 2017, 2019; Dosovitskiy et al. 2021)",
+)
+
+
 def plan_steps(
     taxonomy: Taxonomy,
     optimizer: str,
@@ -312,6 +331,8 @@ def plan_steps(
     parameters: int,
     proxy: ConvergenceCache | None = None,
     regime: BatchRegime | None = None,
+    *,
+    image: bool = False,
 ) -> StepsRange:
     """A plan's step factor: the optimizer's, times LoRA's or QLoRA's for adapter tasks.
 
@@ -325,6 +346,8 @@ def plan_steps(
         regime: the global batch and architecture; past the critical batch the layer-wise
             methods take their large-batch factor and other optimizers centre on AdamW's
             steps (None: ordinary batches).
+        image: an image classifier: the recipe optimizers reach their published accuracy
+            in the same epochs (``_IMAGE_STEPS``) below the critical batch.
 
     Returns:
         The combined range; its source is the optimizer's unless the adapter's is not
@@ -334,9 +357,12 @@ def plan_steps(
         UserError: for an unknown optimizer id. ValueError: for an id without data.
     """
     technique = taxonomy.get(optimizer)
-    opt = steps_vs_adamw(technique, parameters, proxy)
-    if task is not Task.PRETRAIN and _pretraining_only(technique):
-        opt = _at_adamws_centre(opt)
+    if image and optimizer in IMAGE_RECIPE_OPTIMIZERS:
+        opt = _IMAGE_STEPS
+    else:
+        opt = steps_vs_adamw(technique, parameters, proxy)
+        if task is not Task.PRETRAIN and _pretraining_only(technique):
+            opt = _at_adamws_centre(opt)
     if regime is not None and task is Task.PRETRAIN:
         opt = _past_critical_batch(taxonomy, technique, opt, regime)
     adapter_id = {Task.LORA: "lora", Task.QLORA: "qlora"}.get(task)

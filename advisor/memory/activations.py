@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from advisor.config import Attention, Precision, Stack
+from advisor.memory.convnet import cnn_model_level_bytes, trunk_activation_bytes
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
 from advisor.memory.ssm import ATTENTION, MOE, SSM, mamba_mixer_bytes
-from advisor.model.spec import ModelSpec
+from advisor.model.spec import ModelSpec, VisionShape
 from advisor.model.traits import FamilyTraits, MoeKernel
 
 
@@ -118,6 +119,9 @@ def layer_activation_bytes(
         The bytes of one block on one device.
     """
     model = as_model(spec)
+    if model.convnet is not None:
+        # A CNN's one "layer" is its residual trunk; a "token" is an image.
+        return trunk_activation_bytes(model.convnet, micro_batch * seq_len, dtypes(precision))
     spec, d = model.spec, model.shape
     h, a, f = d["h"], d["a"], d["f"]
     b, s = micro_batch, seq_len
@@ -307,6 +311,8 @@ def _attention_activation_bytes(k: _Block) -> float:
         and bool(spec_value(spec, "fused_qkv", False))
         and not spec.traits.conv1d
         and not d["mla"]
+        # Without RoPE (a ViT) q and k stay views of the fused output too: nothing extra.
+        and enum_value(spec.position) == "rope"
     )
     if d["mla"]:
         eager = attention is Attention.EAGER and not selective
@@ -526,6 +532,11 @@ def model_level_activation_bytes(
     spec, d = model.spec, model.shape
     dt = dtypes(precision)
     t = b * s
+    if model.convnet is not None:
+        return cnn_model_level_bytes(model.convnet, t, dt)
+    vision = spec_value(spec, "vision", None)
+    if vision is not None:
+        return _vit_model_level(vision, b, s, d["h"], dt, frozen, head_frozen)
     total = 8 * t  # token ids (int64) for the embedding backward
     position = enum_value(spec.position)
     if position == "learned":
@@ -548,3 +559,20 @@ def model_level_activation_bytes(
     head_in = 0 if head_frozen else dt.linear_in
     total += _norm_bytes(layernorm, t, d["h"], dt.act, head_in, dt.residual, fused, frozen)
     return total
+
+
+def _vit_model_level(
+    vision: VisionShape, b: int, s: int, h: int, dt: Dtypes, frozen: bool, head_frozen: bool
+) -> int:
+    """A ViT's model level (torchvision ``VisionTransformer``, measured in
+    ``tests/memory/test_memory_vision.py``): the patch convolution keeps its input images
+    (in the compute dtype: autocast's copy) for its weight gradient; the class token's
+    concatenation and the position add keep nothing; the final LayerNorm runs over every
+    token, and the head reads the class token's row of its output: a slice of it under
+    one dtype (the slice keeps the whole output alive), autocast's own copy of the row
+    otherwise."""
+    image = b * vision.in_channels * vision.image_size**2
+    total = 0 if frozen else dt.linear_in * image
+    t = b * s
+    head_in = 0 if head_frozen else dt.linear_in * (t if dt.linear_in == dt.residual else b) * h
+    return total + _norm_bytes(True, t, h, dt.act, 0, dt.residual) + head_in

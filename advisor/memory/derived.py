@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from advisor.memory.convnet import cnn_shape_of, cnn_tensors
 from advisor.memory.matmuls import (
     Matmul,
     block_matmuls_of,
@@ -24,6 +25,7 @@ from advisor.memory.params import (
     shape_of,
 )
 from advisor.memory.ssm import block_mixers
+from advisor.model.convnet import ConvNet, resnet_layers
 from advisor.model.spec import ModelSpec
 
 
@@ -43,12 +45,23 @@ class MemoryModel:
 
     @cached_property
     def shape(self) -> Mapping[str, int]:
-        """The dimensions by short name (:func:`~advisor.memory.params.shape_of`)."""
+        """The dimensions by short name (:func:`~advisor.memory.params.shape_of`; a CNN's
+        :func:`~advisor.memory.convnet.cnn_shape_of`)."""
+        if self.spec.cnn is not None:
+            return cnn_shape_of(self.spec.cnn)
         return shape_of(self.spec)
 
     @cached_property
+    def convnet(self) -> ConvNet | None:
+        """A CNN's layers at its resolution (:func:`~advisor.model.convnet.resnet_layers`)."""
+        return resnet_layers(self.spec.cnn) if self.spec.cnn is not None else None
+
+    @cached_property
     def tensors(self) -> tuple[ParamTensor, ...]:
-        """Every parameter tensor (:func:`~advisor.memory.params.enumerate_tensors`)."""
+        """Every parameter tensor (:func:`~advisor.memory.params.enumerate_tensors`; a CNN's
+        :func:`~advisor.memory.convnet.cnn_tensors`)."""
+        if self.spec.cnn is not None:
+            return tuple(cnn_tensors(self.spec.cnn))
         return tuple(enumerate_tensors(self.spec))
 
     @cached_property

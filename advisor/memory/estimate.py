@@ -4,8 +4,9 @@ trainable parameter count; under pipeline parallelism the heaviest rank's estima
 
 from __future__ import annotations
 
-from advisor.config import ContextParallelKind, TrainingConfig
+from advisor.config import Checkpointing, ContextParallelKind, TrainingConfig
 from advisor.memory.context import check_context, rank_config
+from advisor.memory.convnet import check_cnn_config
 from advisor.memory.memo import MemoryMemo, memo_for
 from advisor.memory.pipeline import pipeline_schedule
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
@@ -68,6 +69,9 @@ def _estimate(
     """:func:`estimate_memory`, or with ``totals_only`` its three numbers alone."""
     layout = config.layout
     d = memo.model.shape
+    if memo.model.convnet is not None:
+        check_cnn_config(memo.model.spec.name, config, recompute=False)
+        config = config.with_(checkpointing=Checkpointing.NONE)
     check_layout(config, d)
     check_context(config, d, memo.model.spec)
     # A context-parallel rank runs every block, the head and the loss on its share of each

@@ -78,6 +78,18 @@ def loss_memory(
     h, V = d["h"], math.ceil(d["V"] / tensor_parallel)
     dt = dtypes(precision)
     c = dt.act
+    model = as_model(spec)
+    classes = model.spec.vision.num_classes if model.spec.vision is not None else d["V"]
+    if model.spec.vision is not None or model.convnet is not None:
+        # An image classifier (ViT, ResNet): one row of logits per image (a CNN's "token"),
+        # log-softmax keeps its fp32 output, nll the int64 labels (the head's input is the
+        # model level's).
+        images = b if model.convnet is None else t
+        return LossMemory(
+            saved_bytes=4 * images * classes + 8 * images,
+            output_bytes=c * images * classes,
+            transient_bytes=0,
+        )
     if classify:
         # A sequence classifier on the pooled first token (BertForSequenceClassification):
         # the pooler's tanh output, its two fp32 logits' log-softmax and int64 labels.

@@ -176,6 +176,14 @@ def enumerate_tensors(spec: ModelSpec) -> list[ParamTensor]:
         # pre-training NSP head is the same 2 x h): two labels.
         out.append(ParamTensor("classifier", (2, h), Role.OUTPUT, per_layer=False))
         out.append(ParamTensor("classifier_bias", (2,), Role.VECTOR, per_layer=False))
+    vision = spec_value(spec, "vision", None)
+    if vision is not None:
+        # A ViT (torchvision): "embed" is the patch projection (V = its patch width), beside
+        # it the projection's bias and the class token, and the classifier head.
+        out.append(ParamTensor("patch_bias_cls", (h,), Role.VECTOR, 2, per_layer=False))
+        classes = int(vision.num_classes)
+        out.append(ParamTensor("classifier", (classes, h), Role.OUTPUT, per_layer=False))
+        out.append(ParamTensor("classifier_bias", (classes,), Role.VECTOR, per_layer=False))
     norm_tensors = 2 if layernorm else 1
     # The block norms (weights and LayerNorm biases, every block alike) as one entry.
     block_norms = sum(1 for t in spec.block.dense if t.role == "norm")

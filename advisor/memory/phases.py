@@ -44,6 +44,7 @@ def phases_of(
     inflight: float,
     head_cache: int = 0,
     adapter_cache: int = 0,
+    worst: tuple[int, int] | None = None,
 ) -> dict[str, dict[str, int]]:
     """The tensor components alive in each phase of one step (overheads added by the caller).
 
@@ -104,7 +105,14 @@ def phases_of(
     extra["transient"] = grad_flow
     if savers.optimizer_in_backward and step_tr:
         extra["transient"] += step_tr
-    if start >= end:
+    # A CNN's sum is not linear: its (activations, gradients) at the fullest point of
+    # backward, from the layer walk (advisor.memory.convnet.backward_worst).
+    mid = (worst[0], grads if grads_persistent else worst[1]) if worst else (0, 0)
+    if worst and sum(mid) + backward_cache > max(start, end):
+        backward = {**static, "gradients": mid[1], "activations": mid[0]}
+        if cache:
+            backward["weight_cache"] = backward_cache
+    elif start >= end:
         backward = {**static, "gradients": start_grads, "activations": acts}
         if cache:
             backward["weight_cache"] = backward_cache

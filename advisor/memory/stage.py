@@ -10,6 +10,7 @@ from typing import NamedTuple
 from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
 from advisor.memory.context import exchange_bytes
+from advisor.memory.convnet import backward_worst, conv_workspace_bytes
 from advisor.memory.derived import trainable_count
 from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo
@@ -71,7 +72,18 @@ def estimate_stage(
     nvme = off_host if savers.offload.nvme else 0
     if nvme:
         notes.append("offloaded states live on NVMe (ZeRO-Infinity, Rajbhandari et al. 2021)")
-    # What is alive when.
+    # What is alive when. A CNN's one "layer" is its trunk: its backward is walked layer by
+    # layer instead (its end keeps the model level alone).
+    net = memo.model.convnet
+    worst = None
+    if net is not None and not st.zeroth:
+        worst = backward_worst(
+            net,
+            config.batch.micro_batch * config.batch.seq_len,
+            st.dt,
+            acts.model_level,
+            bd["gradients"],
+        )
     phases = phases_of(
         bd,
         config,
@@ -79,7 +91,7 @@ def estimate_stage(
         grads_persistent=grads_persistent(config),
         head_grad=st.shard(st.head_trainable * st.dt.grad, 2) if not st.zeroth else 0,
         model_level=acts.model_level,
-        per_block=acts.per_block,
+        per_block=0 if worst else acts.per_block,
         loss_tr=loss_tr,
         loss_saved=acts.loss.saved_bytes,
         grad_flow=grad_flow + fsdp_backward,
@@ -87,10 +99,14 @@ def estimate_stage(
         inflight=acts.inflight,
         head_cache=st.head_cache,
         adapter_cache=st.adapter_cache,
+        worst=worst,
     )
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
     bd["workspace"] = device.workspace_bytes
+    if net is not None and device.workspace_bytes:
+        # cuDNN's convolution scratch beside cuBLAS's (a CUDA device only).
+        bd["workspace"] += conv_workspace_bytes(net, config.batch.micro_batch, st.dt)
     # The caching allocator's slack over what it hands out (tensors and cuBLAS workspace).
     bd["allocator_reserve"] = int(
         (peak_tensors + device.workspace_bytes) * device.allocator_reserve_fraction

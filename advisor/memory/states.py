@@ -348,6 +348,9 @@ def _weight_cache(
     linear = 0
     if config.task is not Task.QLORA:
         linear = sum(t.numel * t.count for t in tensors if t.per_layer and t.shape[1:])
+        if spec.vision is not None:
+            # A ViT's patch embedding is a convolution: cast like the linears (measured).
+            linear += sum(t.numel * t.count for t in tensors if t.role is Role.EMBEDDING)
     # LoRA's adapters are linear weights too (trainable: cast, cached and saved like a
     # full model's; measured with PEFT in tests/memory/test_memory_stacks.py).
     adapter_params = sum(t.numel * t.count for t in trainable if t.per_layer)

@@ -21,6 +21,7 @@ from advisor.model.shape import (
     Norm,
     Position,
     QkNorm,
+    VisionShape,
 )
 from advisor.model.traits import FamilyTraits, ModuleLayout
 
@@ -81,6 +82,8 @@ class ShapeSource(Protocol):
     @property
     def pooler(self) -> bool: ...
     @property
+    def vision(self) -> VisionShape | None: ...
+    @property
     def gated_mlp(self) -> bool: ...
     @property
     def expert_intermediate_size(self) -> int: ...
@@ -134,6 +137,8 @@ _OUTSIDE_NAMES: dict[ModuleLayout, tuple[str, str, str, str, str]] = {
 
 
 def outside_shapes(spec: ShapeSource) -> NamedShapes:
+    if spec.vision is not None:
+        return vit_outside(spec, spec.vision)
     h, vocab = required(spec.hidden_size), required(spec.vocab_size)
     tokens, positions, types, emb_norm, final_norm = _OUTSIDE_NAMES[spec.traits.layout]
     out: NamedShapes = [(f"{tokens}.weight", (vocab, h))]
@@ -152,6 +157,23 @@ def outside_shapes(spec: ShapeSource) -> NamedShapes:
     if spec.pooler:
         out += _linear("pooler.dense", h, h, True)
     return out
+
+
+def vit_outside(spec: ShapeSource, vision: VisionShape) -> NamedShapes:
+    """A Vision Transformer's tensors outside the blocks, as torchvision's
+    ``VisionTransformer`` builds them: the patch projection (a convolution with a bias), the
+    class token, the position table (one row per token), the final LayerNorm and the
+    classifier head."""
+    h, p = required(spec.hidden_size), vision.patch_size
+    return [
+        ("conv_proj.weight", (h, vision.in_channels, p, p)),
+        ("conv_proj.bias", (h,)),
+        ("class_token", (1, 1, h)),
+        ("encoder.pos_embedding", (1, vision.tokens, h)),
+        *_norm("encoder.ln", spec, h),
+        ("heads.head.weight", (vision.num_classes, h)),
+        ("heads.head.bias", (vision.num_classes,)),
+    ]
 
 
 def _bn(name: str, c: int) -> NamedShapes:

@@ -143,6 +143,33 @@ class CnnShape(FrozenModel):
         return 4 if self.block is CnnBlock.BOTTLENECK else 1
 
 
+class VisionShape(FrozenModel):
+    """A Vision Transformer's input side (Dosovitskiy et al. 2021, "An Image is Worth 16x16
+    Words", arXiv:2010.11929, eq. 1): the image is cut into ``patch_size``-square patches,
+    each flattened (``in_channels x patch_size^2`` values) and projected to the hidden width
+    by one linear map (torchvision's ``conv_proj``, a stride-``patch_size`` convolution);
+    a learned class token is prepended and its final state feeds a ``num_classes``
+    classifier. A ViT has no vocabulary: the encoder's "token table" is that projection,
+    so the spec's ``vocab_size`` is its input width ``in_channels x patch_size^2`` and
+    ``max_position_embeddings`` the token count ``(image_size / patch_size)^2 + 1``.
+    """
+
+    image_size: int = Field(default=224, gt=0, description="training resolution (pixels)")
+    patch_size: int = Field(default=16, gt=0)
+    in_channels: int = Field(default=3, gt=0)
+    num_classes: int = Field(default=1000, gt=0)
+
+    @property
+    def patch_width(self) -> int:
+        """Values of one flattened patch: the patch embedding's input width."""
+        return self.in_channels * self.patch_size**2
+
+    @property
+    def tokens(self) -> int:
+        """Tokens per image: the patches and the class token (197 at 224 px, 16 px patches)."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
 @dataclass(frozen=True)
 class TransformerShape:
     """The integer dimensions of a transformer, typed (the memory model's ``dict`` keyed

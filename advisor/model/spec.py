@@ -65,6 +65,7 @@ from advisor.model.shape import (
     Shape,
     SsmShape,
     TransformerShape,
+    VisionShape,
 )
 from advisor.model.traits import FamilyTraits, ModuleLayout, family_traits
 
@@ -86,6 +87,7 @@ __all__ = [
     "Shape",
     "SsmShape",
     "TransformerShape",
+    "VisionShape",
 ]
 
 # NOTE: kebab-case segments of [a-z0-9], each segment may hold dots between alphanumerics
@@ -204,6 +206,12 @@ class ModelSpec(FrozenModel):
     )
 
     cnn: CnnShape | None = None
+    vision: VisionShape | None = Field(
+        default=None,
+        description="a Vision Transformer's patch embedding, class token and classifier "
+        "(an encoder): its vocab_size is the patch width and max_position_embeddings the "
+        "tokens per image, both filled from it when not stated",
+    )
     inventory: Inventory | None = Field(
         default=None,
         description="the exact parameter tensors, read from the real module on the meta "
@@ -218,6 +226,12 @@ class ModelSpec(FrozenModel):
         if not isinstance(data, dict) or data.get("arch") == Arch.CNN:
             return data
         data = dict(data)
+        vision = data.get("vision")
+        if isinstance(vision, dict):
+            vision = VisionShape(**vision)
+        if isinstance(vision, VisionShape):
+            data.setdefault("vocab_size", vision.patch_width)
+            data.setdefault("max_position_embeddings", vision.tokens)
         if data.get("traits") is None and isinstance(data.get("family"), str):
             data["traits"] = family_traits(data["family"], data.get("arch", Arch.DECODER))
         heads, hidden = data.get("num_attention_heads"), data.get("hidden_size")
@@ -269,6 +283,7 @@ class ModelSpec(FrozenModel):
                     f"experts_per_token ({self.experts_per_token}) exceeds "
                     f"num_experts ({self.num_experts})"
                 )
+            problems += self._check_vision()
             if self.arch is Arch.DECODER and (self.pooler or self.type_vocab_size):
                 problems.append("pooler and type_vocab_size are encoder (BERT) features")
             if self.learned_position_offset and self.position is not Position.LEARNED:
@@ -277,6 +292,25 @@ class ModelSpec(FrozenModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _check_vision(self) -> list[str]:
+        v = self.vision
+        if v is None:
+            return []
+        problems: list[str] = []
+        if self.arch is not Arch.ENCODER:
+            problems.append("`vision` (a ViT's patch embedding) needs arch: encoder")
+        if v.image_size % v.patch_size:
+            problems.append(
+                f"image_size {v.image_size} is not a multiple of patch_size {v.patch_size}"
+            )
+        if self.vocab_size != v.patch_width:
+            problems.append(f"a ViT's vocab_size is its patch width {v.patch_width}")
+        if self.max_position_embeddings != v.tokens:
+            problems.append(f"a ViT's max_position_embeddings is its tokens per image {v.tokens}")
+        if self.position is not Position.LEARNED or self.pooler or self.type_vocab_size:
+            problems.append("a ViT has learned positions, no pooler and no token types")
+        return problems
 
     def _non_default(self, *names: str) -> list[str]:
         # By value, not by model_fields_set: model_dump() round trips set every field.
@@ -358,6 +392,18 @@ class ModelSpec(FrozenModel):
             raise AssertionError("a CNN has no transformer blocks")
         layers = required(self.num_layers)
         return block_inventory(self, layers, self.moe_layer_count(), self.inventory)
+
+    @property
+    def is_image(self) -> bool:
+        """An image classifier: a CNN, or a Vision Transformer (batch in images)."""
+        return self.cnn is not None or self.vision is not None
+
+    @property
+    def image_size(self) -> int | None:
+        """An image model's training resolution (pixels); None for a text model."""
+        if self.cnn is not None:
+            return self.cnn.image_size
+        return self.vision.image_size if self.vision is not None else None
 
     @property
     def gated_mlp(self) -> bool:

@@ -23,6 +23,7 @@ class ModuleLayout(str, Enum):
     OPT = "opt"  # OPTDecoderLayer: q/k/v/out_proj, fc1/fc2, learned positions
     GPT2 = "gpt2"  # GPT2Block: fused c_attn, Conv1D projections, wte/wpe
     BERT = "bert"  # BertLayer: post-LN, embeddings.LayerNorm, pooler
+    VIT = "vit"  # torchvision VisionTransformer: pre-LN EncoderBlock, conv_proj, class token
 
 
 class MoeKernel(str, Enum):
@@ -118,6 +119,7 @@ FAMILY_TRAITS: dict[str, FamilyTraits] = {
     "gpt2": _GPT2,
     "opt": FamilyTraits(layout=ModuleLayout.OPT),
     "bert": FamilyTraits(layout=ModuleLayout.BERT),
+    "vit": FamilyTraits(layout=ModuleLayout.VIT),
 }
 
 

@@ -104,7 +104,8 @@ def why_not(
     what = "full fine-tuning" if base.task is Task.FINETUNE else "pretraining"
     world = ctx.workload.world_size
     expected = [(f"AdamW {what} in {base.precision.value}, no memory savers, no sharding", base)]
-    if ctx.workload.task in (Task.FINETUNE, Task.LORA, Task.QLORA):
+    # A CNN has no transformer projections to adapt.
+    if ctx.workload.task in (Task.FINETUNE, Task.LORA, Task.QLORA) and ctx.spec.cnn is None:
         expected.append(
             (
                 f"LoRA (r=16) with AdamW in {base.precision.value}",

@@ -97,6 +97,12 @@ class Recommendation(BaseModel):
     fits: bool = _d("the peak is within the usable memory (always true for a ranked plan)")
     step_time_s: float = _d("predicted seconds per optimizer step (the whole global batch)")
     tokens_per_s: float = _d("tokens per second over all devices")
+    images_per_s: float | None = _d(
+        "images per second over all devices, for an image model (global batch / step time; "
+        "a CNN's tokens_per_s counts images too, a ViT's counts its 197 tokens per image); "
+        "None for a text model",
+        default=None,
+    )
     cost_source: str = _d("where the step time comes from: measured, analytic or mixed")
     cost_components: dict[str, float] = _d("seconds per step by component")
     memory_breakdown: dict[str, int] = _d("bytes per device by memory term (weights, ...)")
@@ -200,6 +206,11 @@ class WorkloadSummary(BaseModel):
     parameters: int = _d("parameter count")
     task: str = _d("pretrain, finetune, lora or qlora")
     seq_len: int = _d("tokens per sample")
+    image_size: int | None = _d(
+        "an image model's input resolution in pixels (its samples are images, batches count "
+        "images, rows report images_per_s); None for a text model",
+        default=None,
+    )
     micro_batch: int = _d("the pick's micro-batch (the requested one when nothing fits)")
     global_batch: int = _d("samples per optimizer step")
     global_batch_tokens: int = _d("tokens per optimizer step", default=0)

@@ -222,6 +222,9 @@ def _recommendation(
         fits=True,
         step_time_s=p.cost.seconds,
         tokens_per_s=tokens / p.cost.seconds if p.cost.seconds > 0 else 0.0,
+        images_per_s=(
+            p.global_batch / p.cost.seconds if ctx.spec.is_image and p.cost.seconds > 0 else None
+        ),
         cost_source=p.cost.source,
         cost_components=p.cost.components,
         memory_breakdown=p.memory.breakdown,
@@ -261,6 +264,7 @@ def _workload_summary(ctx: Context, recs: list[Recommendation]) -> WorkloadSumma
         parameters=ctx.spec.parameter_count(),
         task=w.task.value,
         seq_len=w.seq_len,
+        image_size=ctx.spec.image_size,
         micro_batch=first.micro_batch if first else (w.micro_batch or 1),
         global_batch=b.samples,
         global_batch_tokens=b.tokens,

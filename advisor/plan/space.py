@@ -137,6 +137,15 @@ _PRETRAIN_TOKENS = [
 # Instruction fine-tuning: Alpaca trained LLaMA 7B at 128 sequences per step (Taori et al.
 # 2023); LIMA used 32-64, HF TRL/PEFT recipes 64-128.
 _FINETUNE_SAMPLES = (128, "Alpaca (Taori et al. 2023): 128 sequences per step")
+# Image models, in images: ResNet on ImageNet at 256 (He et al. 2016, sec. 3.4; the
+# reference batch of Goyal et al. 2017's scaling rule); ViT pre-training at 4096, fine-tuning
+# at 512 (Dosovitskiy et al. 2021, sec. 4.1; BiT's fine-tuning batch, Kolesnikov et al. 2020).
+_IMAGE_SAMPLES = {
+    ("cnn", True): (256, "ResNet (He et al. 2016, sec. 3.4): 256 images per step"),
+    ("cnn", False): (512, "BiT fine-tuning (Kolesnikov et al. 2020): 512 images per step"),
+    ("vit", True): (4096, "ViT pre-training (Dosovitskiy et al. 2021, sec. 4.1): 4096 images"),
+    ("vit", False): (512, "ViT fine-tuning (Dosovitskiy et al. 2021, sec. 4.1): 512 images"),
+}
 
 
 def resolve_global_batch(spec: ModelSpec, workload: Workload) -> GlobalBatch:
@@ -157,6 +166,18 @@ def resolve_global_batch(spec: ModelSpec, workload: Workload) -> GlobalBatch:
             tokens=w.global_batch * s,
             source="--global-batch",
             requested=True,
+        )
+    image = spec.is_image
+    if w.global_batch_tokens is not None and image:
+        raise UserError(
+            f"--global-batch-tokens counts tokens; {spec.name} is an image model",
+            "give the batch in images with --global-batch",
+        )
+    if image:
+        kind = "cnn" if spec.cnn is not None else "vit"
+        samples, source = _IMAGE_SAMPLES[kind, w.task is Task.PRETRAIN]
+        return GlobalBatch(
+            samples=samples, tokens=samples * s, source=f"default: {source}", requested=False
         )
     if w.global_batch_tokens is not None:
         samples = max(1, round(w.global_batch_tokens / s))
@@ -331,7 +352,11 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         ),
         layout=ParallelLayout(data_parallel=ctx.workload.world_size, sharding=Sharding.NONE),
         savers=MemorySavers(checkpointing=Checkpointing.NONE, offload=Offload.NONE),
-        kernels=Kernels(attention=default_attention(ctx), stack=ctx.workload.stack),
+        # A CNN has no attention: its plans carry eager, the one value of its space.
+        kernels=Kernels(
+            attention=Attention.EAGER if ctx.spec.cnn is not None else default_attention(ctx),
+            stack=ctx.workload.stack,
+        ),
         adapters=workload_adapters(ctx),
     )
 
@@ -457,7 +482,7 @@ def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
         tasks += [Task.LORA, Task.QLORA]
     cpu = t.device_kind is DeviceKind.CPU
     offloads = [Offload.NONE] if cpu else list(Offload)
-    return PlanSpace(
+    space = PlanSpace(
         tasks=tasks,
         optimizers=[o.id for o in optimizers],
         precisions=list(Precision),
@@ -469,6 +494,27 @@ def build_space(ctx: Context, optimizers: list[Technique]) -> PlanSpace:
         activation_offload=[False] if cpu else [False, True],
         optimizer_in_backward=[False, True],
     )
+    return image_space(ctx.spec, space)
+
+
+def image_space(spec: ModelSpec, space: PlanSpace) -> PlanSpace:
+    """An image model's dimensions: a classifier over 1000 classes has no vocabulary logits
+    to fuse; a CNN (advisor.memory.convnet) has no attention kernel to choose, no fp8
+    convolutions (Transformer Engine's fp8 covers linear layers), no adapters and no
+    transformer blocks to recompute or offload one by one, so its plans are full training
+    with BatchNorm's saved tensors, sharded or not."""
+    if spec.cnn is None and spec.vision is None:
+        return space
+    update: dict[str, Any] = {"fused_loss": [False]}
+    if spec.cnn is not None:
+        update |= {
+            "tasks": [x for x in space.tasks if x not in (Task.LORA, Task.QLORA)],
+            "precisions": [p for p in space.precisions if p is not Precision.FP8_MIXED],
+            "attentions": [Attention.EAGER],
+            "checkpointing": [Checkpointing.NONE],
+            "activation_offload": [False],
+        }
+    return space.model_copy(update=update)
 
 
 def first_order(optimizers: list[Technique]) -> list[Technique]:
@@ -562,10 +608,11 @@ def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> boo
 
     t = ctx.target
     cpu = t.device_kind is DeviceKind.CPU
+    # An image model keeps what its space has (a CNN: no recompute; no vocabulary loss).
     frugal = config.with_(
-        checkpointing=Checkpointing.FULL,
+        checkpointing=Checkpointing.NONE if ctx.spec.cnn is not None else Checkpointing.FULL,
         micro_batch=1,
-        fused_loss="fused-cross-entropy" in ctx.taxonomy,
+        fused_loss="fused-cross-entropy" in ctx.taxonomy and not ctx.spec.is_image,
     )
     offloads = [Offload.NONE]
     if host and not cpu and config.task in (Task.PRETRAIN, Task.FINETUNE):
@@ -666,9 +713,10 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
         "interconnect_gb_s": t.interconnect_gb_s,
         "task": w.task.value,
         "arch": ctx.spec.arch.value,
+        "modality": "image" if ctx.spec.is_image else "text",
         "model_params_b": ctx.spec.parameter_count() / 1e9,
         "seq_len": w.seq_len,
-        "micro_batch": w.micro_batch or 1,
+        "micro_batch": w.micro_batch or _normalisation_batch(ctx),
         "global_batch": ctx.global_batch.samples,
         "data_parallel_degree": w.world_size,
         "privacy": w.privacy.value,
@@ -686,7 +734,8 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
 
 def context_steps(ctx: Context, config: TrainingConfig) -> StepsRange:
     """The plan's steps to AdamW's loss at this model size and global batch (past the
-    critical batch the layer-wise methods' large-batch factors apply)."""
+    critical batch the layer-wise methods' large-batch factors apply; an image model's
+    recipe optimizers train in their recipe's epochs)."""
     regime = BatchRegime(global_batch=ctx.global_batch.samples, arch=ctx.spec.arch)
     return plan_steps(
         ctx.taxonomy,
@@ -695,7 +744,17 @@ def context_steps(ctx: Context, config: TrainingConfig) -> StepsRange:
         ctx.spec.parameter_count(),
         ctx.convergence,
         regime,
+        image=ctx.spec.is_image,
     )
+
+
+def _normalisation_batch(ctx: Context) -> int:
+    """The micro-batch the rules see when none is pinned: 1 for a language model (what it
+    always was); for an image model the images each device gets per step, the largest batch
+    BatchNorm can normalise over (the plan may accumulate smaller micro-batches)."""
+    if not ctx.spec.is_image:
+        return 1
+    return max(1, ctx.global_batch.samples // max(ctx.workload.world_size, 1))
 
 
 def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:

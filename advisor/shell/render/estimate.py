@@ -25,6 +25,8 @@ def render_estimate(report: EstimateReport) -> None:
 def _render_header(report: EstimateReport) -> None:
     """The configuration line and the kernel stack."""
     c = report.config
+    # A CNN (one image per "token") has no attention to name.
+    cnn = report.image_size is not None and c.batch.seq_len == 1
     layout = ""
     if (
         c.layout.tensor_parallel > 1
@@ -53,9 +55,15 @@ def _render_header(report: EstimateReport) -> None:
     common.console.print(
         f"[bold]{safe(report.model)}[/] ({format_count(report.parameters)} parameters, "
         f"{format_count(report.trainable_parameters)} trainable) — {c.task.value}, {c.optimizer}, "
-        f"{c.precision.value}, {c.kernels.attention.value} attention, "
-        f"checkpointing {c.savers.checkpointing.value}, "
-        f"micro-batch {c.batch.micro_batch} × {c.batch.seq_len} tokens"
+        f"{c.precision.value}, "
+        + ("" if cnn else f"{c.kernels.attention.value} attention, ")
+        + f"checkpointing {c.savers.checkpointing.value}, "
+        + (
+            f"micro-batch {c.batch.micro_batch} images of {report.image_size} px"
+            + (f" ({c.batch.seq_len} tokens each)" if c.batch.seq_len > 1 else "")
+            if report.image_size
+            else f"micro-batch {c.batch.micro_batch} × {c.batch.seq_len} tokens"
+        )
         + (f" × {c.batch.grad_accumulation} accumulation" if c.batch.grad_accumulation > 1 else "")
         + f", {c.layout.data_parallel} data-parallel device(s){layout}, "
         f"sharding {c.layout.sharding.value}, offload {c.savers.offload.value}"
@@ -153,10 +161,16 @@ def _render_step_and_notes(report: EstimateReport) -> None:
     """The step time with its components, then the notes."""
     if report.step_time is not None:
         st = report.step_time
-        parts = ", ".join(
-            f"{k} {format_seconds(float(v['seconds']) if isinstance(v, dict) else float(v))}"
+        seconds = {
+            k: float(v["seconds"]) if isinstance(v, dict) else float(v)
             for k, v in st.components.items()
+        }
+        parts = ", ".join(
+            f"{k} {format_seconds(v)}"
+            for k, v in seconds.items()
+            if v or report.image_size is None  # an image model has no LM head or attention
         )
-        common.console.print(f"step time {format_seconds(st.seconds)} ({st.source}): {parts}")
+        rate = f", {report.images_per_s:,.0f} images/s" if report.images_per_s else ""
+        common.console.print(f"step time {format_seconds(st.seconds)} ({st.source}){rate}: {parts}")
     for note in report.notes:
         common.console.print(f"[dim]note: {safe(note)}[/]")

@@ -66,7 +66,12 @@ def _render_header(report: RecommendReport) -> None:
     hw, wl = report.hardware, report.workload
     common.console.print(
         f"[bold]{safe(wl.model)}[/] ({format_count(wl.parameters)} parameters), {wl.task}, "
-        f"seq {wl.seq_len}, global batch {wl.global_batch} ({wl.global_batch_source}), "
+        + (
+            f"{wl.image_size} px images, global batch {wl.global_batch} images"
+            if wl.image_size
+            else f"seq {wl.seq_len}, global batch {wl.global_batch}"
+        )
+        + f" ({wl.global_batch_source}), "
         f"{wl.world_size} device(s), objective {wl.objective}"
         + (", differentially private" if wl.privacy == "dp" else "")
     )
@@ -91,18 +96,20 @@ def _render_table(report: RecommendReport, *, wide: bool) -> None:
     """The ranked table, one row per recommendation (`free` only on a wide console)."""
     from rich import box
 
+    images = report.workload.image_size is not None
+    cnn = images and report.workload.seq_len == 1  # a CNN has no attention kernel
     columns = [
         Col("#", justify="right", nowrap=True),
         Col("optimizer", ident=True),
         Col("precision", ident=True),
-        Col("attn", ident=True),
+        *(() if cnn else (Col("attn", ident=True),)),
         Col("batch", justify="right", nowrap=True),
         Col("savers, layout"),
         Col("peak", justify="right", nowrap=True),
         *((Col("free", justify="right", nowrap=True),) if wide else ()),
         Col("step", justify="right", nowrap=True),
         Col("to target", justify="right", nowrap=True),
-        Col("tokens/s", justify="right", nowrap=True),
+        Col("images/s" if images else "tokens/s", justify="right", nowrap=True),
     ]
     rows = []
     for r in report.recommendations:
@@ -111,17 +118,21 @@ def _render_table(report: RecommendReport, *, wide: bool) -> None:
                 str(r.rank),
                 r.optimizer,
                 r.precision,
-                r.attention,
+                *(() if cnn else (r.attention,)),
                 f"{r.micro_batch}×{r.grad_accumulation}",
                 ", ".join(_savers(r)) or "-",
                 format_bytes(r.peak_memory_bytes),
                 *((format_bytes(r.headroom_bytes),) if wide else ()),
                 format_seconds(r.step_time_s),
                 _to_target(r.time_to_target_rel),
-                f"{r.tokens_per_s:,.0f}" if r.tokens_per_s >= 10 else f"{r.tokens_per_s:.2g}",
+                _rate(r.images_per_s if images and r.images_per_s is not None else r.tokens_per_s),
             ]
         )
     print_table(columns, rows, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+
+
+def _rate(per_s: float) -> str:
+    return f"{per_s:,.0f}" if per_s >= 10 else f"{per_s:.2g}"
 
 
 def _savers(r: Recommendation) -> list[str]:
