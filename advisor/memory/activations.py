@@ -575,4 +575,4 @@ def _vit_model_level(
     total = 0 if frozen else dt.linear_in * image
     t = b * s
     head_in = 0 if head_frozen else dt.linear_in * (t if dt.linear_in == dt.residual else b) * h
-    return total + _norm_bytes(True, t, h, dt.act, 0, dt.residual) + head_in
+    return math.ceil(total + head_in) + _norm_bytes(True, t, h, dt.act, 0, dt.residual)

@@ -104,7 +104,7 @@ def cnn_model_level_bytes(net: ConvNet, b: int, dt: Dtypes) -> int:
         dt.linear_in * net.image_elems + 2 * c * stem.out_elems + (c + 8) * net.pool_out_elems
     )
     per_image += dt.linear_in * net.features
-    return b * per_image + 8 * stem.cout
+    return math.ceil(b * per_image) + 8 * stem.cout
 
 
 def conv_workspace_bytes(net: ConvNet, b: int, dt: Dtypes) -> int:

@@ -316,7 +316,14 @@ def estimate(
         activation_offload=activation_offload,
     )
     report = _estimate(
-        spec, settings, ac_frequency, precision, attention, hardware, device, checkpointing is None
+        spec,
+        settings,
+        ac_frequency,
+        precision,
+        attention,
+        hardware,
+        device,
+        checkpointing is None and spec.cnn is None,
     )
     if options.tokens is not None:
         from advisor.app.wholerun import estimate_with_run
