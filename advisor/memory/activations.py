@@ -59,6 +59,8 @@ def layer_activation_bytes(
     lora_dropout: bool = False,
     mask_bytes: int | None = 1,
     dropout: bool = False,
+    expert_rows: float = 1.0,
+    expert_gather: int = 1,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -111,6 +113,14 @@ def layer_activation_bytes(
             nothing) and, under eager attention, the probabilities' mask and the dropped
             probabilities the value matmul keeps (measured on BERT in
             tests/memory/test_memory_encoder.py).
+        expert_rows: an MoE block's routed rows relative to dropless balanced routing
+            (the capacity factor when padded; :func:`advisor.memory.moe.capacity_scale`).
+        expert_gather: the expert tensor-parallel degree (Megatron's
+            ``--expert-tensor-parallel-size``): each of its ranks runs the rows of its
+            whole expert tensor group, so the per-row hidden-width terms of the routed
+            experts (gathered input, weighted output, indices) are ``etp`` times what the
+            ``tensor_parallel`` split of the block leaves, while the expert-width terms
+            (split ``etp`` ways) keep it (:mod:`advisor.memory.moe`).
 
     Returns:
         The bytes of one block on one device.
@@ -139,6 +149,8 @@ def layer_activation_bytes(
         fused_norm,
         quantized,
         lora_dropout,
+        expert_rows,
+        expert_gather,
     )
     total = _norm_activation_bytes(k) + _attention_activation_bytes(k) + _mlp_activation_bytes(k)
     qd, mc = a * d["hd"], res if quantized else c
@@ -181,6 +193,8 @@ class _Block:
     fused_norm: bool
     quantized: bool
     lora_dropout: bool
+    expert_rows: float  # routed rows relative to dropless balanced routing
+    expert_gather: int  # hidden-width routed rows gathered over the expert tensor group
 
     @property
     def t(self) -> int:
@@ -341,7 +355,9 @@ def _mlp_activation_bytes(k: _Block) -> int:
     if d["Lm"]:
         gather = saved_input("gate", "up")  # the experts' first matmul saves its input
         router_fp32 = spec.traits.router_fp32_input
-        total += _moe_activation_bytes(d, t, c, mlp_bytes, gather, frozen, router_fp32)
+        total += _moe_activation_bytes(
+            d, t, c, mlp_bytes, gather, frozen, router_fp32, k.expert_rows, k.expert_gather
+        )
     else:
         total += mlp_bytes
     return total
@@ -387,6 +403,8 @@ def _moe_activation_bytes(
     gather: int,
     frozen: bool,
     router_fp32: bool,
+    expert_rows: float = 1.0,
+    expert_gather: int = 1,
 ) -> int:
     """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
 
@@ -399,10 +417,19 @@ def _moe_activation_bytes(
     input) and the top-k indices. Shared experts are one dense MLP of their summed width.
     A model with dense first layers (DeepSeek-V3) gets the average over its blocks, so
     ``num_layers x`` this figure is the whole stack.
+
+    Megatron layouts (:mod:`advisor.memory.moe`): ``expert_rows`` scales the routed terms
+    by the padded (or dropped) share of a capacity factor; ``expert_gather`` multiplies the per-row
+    hidden-width terms (gathered input, weighted output, indices) by the expert tensor
+    group's rows over the tensor split; the expert-width terms keep the tensor split (rows
+    x etp / tp, width / etp).
     """
     L, Lm, k, E, h, f, fe = d["L"], d["Lm"], d["k"], d["E"], d["h"], d["f"], d["fe"]
     per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
-    routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
+    pair_rows = (gather * t * h + (0 if frozen else c * t * h) + 16 * t) * expert_gather
+    routed = k * (per_width * fe + pair_rows)
+    if expert_rows != 1.0:
+        routed = math.ceil(routed * expert_rows)
     router = 4 * t * E + 8 * t * k
     if router_fp32:
         router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from advisor.config import Attention, Checkpointing, Precision, Stack, Task, TrainingConfig
 from advisor.memory.activations import layer_activation_bytes
+from advisor.memory.moe import activation_kwargs
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
@@ -196,5 +197,6 @@ def saved_activation_bytes(
         fused_norm=kernels.fused_norm,
         quantized=config.task is Task.QLORA,
         lora_dropout=adapters and config.adapters.lora_dropout > 0,
+        **activation_kwargs(config.layout, memo.model.shape["E"]),
     )
     return block_saves(memo, config, stage_layers, layer).per_microbatch

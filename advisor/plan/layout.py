@@ -46,8 +46,9 @@ class Layout(BaseModel):
             raise ValueError(f"tp {tp} must divide the {fast} GPUs of an NVLink domain")
         if p.virtual_stages > 1 and pp == 1:
             raise ValueError("interleaved stages need pipeline parallelism")
-        if dp % p.expert_parallel:
-            raise ValueError(f"ep {p.expert_parallel} must divide dp {dp}")
+        problem = expert_fold_problem(p)
+        if problem:
+            raise ValueError(problem)
         if dp == 1 and p.sharding is not Sharding.NONE:
             raise ValueError("sharding needs more than one data-parallel replica")
         if p.sharding is Sharding.HSDP:
@@ -86,6 +87,8 @@ class Layout(BaseModel):
             parts.append(f"pp{p.pipeline_parallel}" + (f"x{vp}" if vp > 1 else ""))
         if p.expert_parallel > 1:
             parts.append(f"ep{p.expert_parallel}")
+            if p.expert_tp != p.tensor_parallel:
+                parts.append(f"etp{p.expert_tp}")
         parts.append(f"dp{p.data_parallel}")
         if p.sharding is not Sharding.NONE:
             parts.append(p.sharding.value)
