@@ -15,6 +15,7 @@ from advisor.config import (
     Checkpointing,
     Kernels,
     MemorySavers,
+    MoeDispatcher,
     Offload,
     OptimizerImpl,
     ParallelLayout,
@@ -174,6 +175,10 @@ def build_config(
     pipeline_parallel: int = 1,
     virtual_stages: int = 1,
     expert_parallel: int = 1,
+    expert_tensor_parallel: int | None = None,
+    moe_dispatcher: str = "alltoall",
+    capacity_factor: float | None = None,
+    pad_to_capacity: bool = False,
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
     ac_frequency: int | None = None,
@@ -213,6 +218,12 @@ def build_config(
             f"invalid --ac-frequency {ac_frequency}: checkpoint every n-th block, n >= 1",
             "use 1 (every block, as full) or more (2 = every second block)",
         )
+    if pad_to_capacity and capacity_factor is None:
+        raise UserError(
+            "--pad-to-capacity pads each expert's batch to its capacity, but no "
+            "--capacity-factor is given",
+            "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
+        )
     try:
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
@@ -230,6 +241,10 @@ def build_config(
                 virtual_stages=virtual_stages,
                 expert_parallel=expert_parallel,
                 sharding=_enum(Sharding, sharding, "--sharding"),
+                expert_tensor_parallel=expert_tensor_parallel,
+                moe_dispatcher=_enum(MoeDispatcher, moe_dispatcher, "--moe-dispatcher"),
+                capacity_factor=capacity_factor,
+                pad_to_capacity=pad_to_capacity,
             ),
             savers=MemorySavers(
                 checkpointing=ckpt,

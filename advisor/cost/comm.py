@@ -6,6 +6,7 @@ HSDP); measured NCCL/gloo bandwidth where the calibration has it."""
 from __future__ import annotations
 
 from advisor.config import Checkpointing, Sharding, TrainingConfig
+from advisor.cost.moe import dispatch_volumes
 from advisor.cost.result import ComponentTime, Source
 from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
 
@@ -86,13 +87,27 @@ def tp_hidden_share(s: Setting) -> float:
 
 
 def ep_comm(s: Setting) -> float:
-    """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
-    combine, forward and backward (Lepikhin et al. 2021; Fedus et al. 2022)."""
-    if s.ep <= 1 or s.spec.num_experts <= 1:
+    """Exposed token dispatch of one MoE block, one micro-batch: dispatch and combine,
+    forward and backward (Lepikhin et al. 2021; Fedus et al. 2022), with the volumes of the
+    configured dispatcher (:func:`advisor.cost.moe.dispatch_volumes`) over the expert
+    tensor x expert group's link."""
+    if s.spec.num_experts <= 1 or s.ep * s.etp <= 1:
         return 0.0
-    per = s.tokens * s.spec.experts_per_token * s.sh.hidden * 2 * (s.ep - 1) / s.ep
-    bw, _ = link(s, s.ep * s.tp > s.node)
-    return 4 * per / bw
+    volumes = dispatch_volumes(
+        s.mb.moe_dispatcher,
+        tokens=s.tokens,
+        hidden=s.sh.hidden,
+        experts=s.spec.num_experts,
+        top_k=s.spec.experts_per_token,
+        tp=s.tp,
+        cp=1,  # NOTE: context parallelism's split of the tokens joins with its branch
+        etp=s.etp,
+        ep=s.ep,
+        act_bytes=2,
+        capacity_scale=s.mb.expert_rows,
+    )
+    bw, _ = link(s, s.ep * s.etp > s.node)
+    return 2 * sum(volumes.values()) / bw
 
 
 def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:
@@ -113,7 +128,11 @@ def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:
     ep_s = ep_comm(s) * L
     if ep_s:
         parts["expert_all_to_all"] = ComponentTime(
-            seconds=ep_s, source=Source.ANALYTIC, detail=f"EP={s.ep}"
+            seconds=ep_s,
+            source=Source.ANALYTIC,
+            detail=f"EP={s.ep}"
+            + (f" ETP={s.etp}" if s.etp != s.tp else "")
+            + f", {s.mb.moe_dispatcher.value} dispatcher",
         )
     if s.pp > 1:
         act = 4 if s.dtype in ("fp32", "tf32") else 2

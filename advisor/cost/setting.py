@@ -11,6 +11,7 @@ from typing import NamedTuple
 from advisor.config import (
     Attention,
     Checkpointing,
+    MoeDispatcher,
     Precision,
     Sharding,
     Stack,
@@ -23,6 +24,7 @@ from advisor.cost.result import Source
 from advisor.cost.shape import ModelShape, WeightMatrices
 from advisor.hardware.profiles import GpuEfficiency, HardwareProfile
 from advisor.memory import MemoryMemo, trainable_parameter_count
+from advisor.memory.moe import capacity_scale
 from advisor.model.spec import ModelSpec
 
 
@@ -55,6 +57,9 @@ class MicroBatchConfig(NamedTuple):
     pipeline_parallel: int
     virtual_stages: int
     expert_parallel: int
+    expert_tensor_parallel: int  # resolved (ParallelLayout.expert_tp)
+    moe_dispatcher: MoeDispatcher
+    expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -77,6 +82,9 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.pipeline_parallel,
         layout.virtual_stages,
         layout.expert_parallel,
+        layout.expert_tp,
+        layout.moe_dispatcher,
+        capacity_scale(layout),
     )
 
 
@@ -109,6 +117,7 @@ class Setting:
         "dtype",
         "eff",
         "ep",
+        "etp",
         "fp8",
         "hw",
         "kernel",
@@ -156,6 +165,7 @@ class Setting:
         self.v = mb.virtual_stages if mb.pipeline_parallel > 1 else 1
         self.dp = mb.data_parallel
         self.ep = min(mb.expert_parallel, max(spec.num_experts, 1))
+        self.etp = mb.expert_tensor_parallel if spec.num_experts > 1 else self.tp
         self.tokens = mb.micro_batch * mb.seq_len
         self.stage_layers, self.last_stage_layers = stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel: AttentionKernel = attention_kernel(mb, hw)

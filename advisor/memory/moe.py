@@ -21,39 +21,54 @@ from collections.abc import Mapping
 from advisor.config import MoeDispatcher, ParallelLayout
 
 
-def expert_fold_problem(layout: ParallelLayout, experts: int | None = None) -> str | None:
-    """Why Megatron-Core could not build ``layout``'s expert groups, or None.
+def expert_fold_problem(
+    layout: ParallelLayout, experts: int | None = None
+) -> tuple[str, str] | None:
+    """Why Megatron-Core could not build ``layout``'s expert groups, with what to change,
+    or None where they fold.
 
     Args:
         layout: the degrees (tensor, context, data, expert, expert tensor parallel).
         experts: the model's routed experts (None: not checked here).
 
     Returns:
-        One sentence naming the degrees that do not divide, or None where they fold.
+        ``(problem, hint)``: one sentence naming the degrees that do not divide, and the fix.
     """
     ep, etp, fold = layout.expert_parallel, layout.expert_tp, layout.expert_fold
-    if experts is not None and ep > 1 and (experts <= 1 or experts % ep):
-        what = "a dense model has no experts" if experts <= 1 else f"{experts} experts"
-        return f"expert parallelism {ep} does not divide the experts ({what})"
-    if experts is not None and experts <= 1 and layout.expert_tensor_parallel not in (None, 1):
-        return "expert tensor parallelism applies to MoE models (a dense model has no experts)"
+    if experts is not None and experts <= 1:
+        moe_only = [
+            name
+            for name, given in (
+                (f"expert parallelism {ep}", ep > 1),
+                ("expert tensor parallelism", layout.expert_tensor_parallel not in (None, 1)),
+                ("an expert capacity factor", layout.capacity_factor is not None),
+            )
+            if given
+        ]
+        if moe_only:
+            return (
+                f"{moe_only[0]} applies to MoE models, and this model has no experts",
+                "drop the MoE flags (--expert-parallel, --expert-tensor-parallel, "
+                "--capacity-factor) for a dense model",
+            )
+        return None
+    if experts is not None and experts % ep:
+        return (
+            f"expert parallelism {ep} does not divide the model's {experts} experts",
+            "Megatron splits the experts evenly over the expert-parallel ranks: pick a "
+            f"divisor of {experts}",
+        )
     if fold % (etp * ep):
         cp = layout.context_degree
         ranks = f"tp {layout.tensor_parallel}" + (f" x cp {cp}" if cp > 1 else "")
         return (
             f"expert tensor x expert parallelism {etp} x {ep} does not divide the {fold} "
-            f"ranks of a pipeline stage ({ranks} x dp {layout.data_parallel})"
+            f"ranks of a pipeline stage ({ranks} x dp {layout.data_parallel})",
+            "Megatron folds the experts over the tensor x context x data parallel ranks "
+            "(MoE parallel folding): pick --expert-parallel and --expert-tensor-parallel "
+            f"whose product divides {fold}",
         )
     return None
-
-
-def fold_hint(layout: ParallelLayout) -> str:
-    """What to change when :func:`expert_fold_problem` refuses ``layout``."""
-    return (
-        "Megatron folds the experts over tensor x context x data parallel ranks: pick an "
-        "--expert-parallel degree dividing the experts, and --expert-tensor-parallel so that "
-        f"expert tensor x expert parallel divides {layout.expert_fold}"
-    )
 
 
 def routed_rows(layout: ParallelLayout, tokens: float, top_k: int, experts: int) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from advisor.config import TrainingConfig
 from advisor.errors import UserError
 from advisor.memory.derived import MemoryModel
-from advisor.memory.moe import expert_fold_problem, fold_hint
+from advisor.memory.moe import expert_fold_problem
 from advisor.memory.params import ParamTensor, Role
 
 
@@ -30,12 +30,7 @@ def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
         )
     problem = expert_fold_problem(layout, d["E"])
     if problem:
-        raise UserError(problem, fold_hint(layout))
-    if d["E"] <= 1 and (layout.capacity_factor is not None or layout.pad_to_capacity):
-        raise UserError(
-            "an expert capacity factor applies to MoE models",
-            "drop --capacity-factor / --pad-to-capacity for a dense model",
-        )
+        raise UserError(*problem)
     if config.savers.optimizer_in_backward and config.batch.grad_accumulation > 1:
         raise UserError(
             "the optimizer step fused into backward cannot accumulate gradients",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.config import ParallelLayout, Sharding, TrainingConfig
 from advisor.errors import UserError
+from advisor.memory.moe import expert_fold_problem
 from advisor.model.spec import ModelSpec
 
 
@@ -48,7 +49,7 @@ class Layout(BaseModel):
             raise ValueError("interleaved stages need pipeline parallelism")
         problem = expert_fold_problem(p)
         if problem:
-            raise ValueError(problem)
+            raise ValueError(problem[0])
         if dp == 1 and p.sharding is not Sharding.NONE:
             raise ValueError("sharding needs more than one data-parallel replica")
         if p.sharding is Sharding.HSDP:

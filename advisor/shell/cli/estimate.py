@@ -159,6 +159,33 @@ VirtualStagesOpt = Annotated[
 ExpertParallelOpt = Annotated[
     int, typer.Option("--expert-parallel", help="Expert-parallel degree (MoE).")
 ]
+ExpertTensorParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--expert-tensor-parallel",
+        help="Tensor parallelism of the routed experts (Megatron "
+        "--expert-tensor-parallel-size). Default: --tensor-parallel where expert "
+        "parallelism folds with it, else 1.",
+    ),
+]
+MoeDispatcherOpt = Annotated[
+    str,
+    typer.Option(
+        "--moe-dispatcher",
+        help="MoE token dispatcher: alltoall, allgather or flex (DeepEP).",
+    ),
+]
+CapacityFactorOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--capacity-factor",
+        help="MoE expert capacity factor (tokens beyond it dropped). Default: dropless.",
+    ),
+]
+PadToCapacityOpt = Annotated[
+    bool,
+    typer.Option("--pad-to-capacity", help="Pad every expert's batch to its capacity."),
+]
 OptimizerInBackwardOpt = Annotated[
     bool,
     typer.Option("--optimizer-in-backward", help="Per-layer updates during backward."),
@@ -212,6 +239,10 @@ def estimate(
     pipeline_parallel: PipelineParallelOpt = 1,
     virtual_stages: VirtualStagesOpt = 1,
     expert_parallel: ExpertParallelOpt = 1,
+    expert_tensor_parallel: ExpertTensorParallelOpt = None,
+    moe_dispatcher: MoeDispatcherOpt = "alltoall",
+    capacity_factor: CapacityFactorOpt = None,
+    pad_to_capacity: PadToCapacityOpt = False,
     optimizer_in_backward: OptimizerInBackwardOpt = False,
     activation_offload: ActivationOffloadOpt = False,
     hardware: HardwareOpt = None,
@@ -240,6 +271,10 @@ def estimate(
         virtual_stages,
         expert_parallel,
     )
+    from advisor.app.limits import check_bound
+
+    check_bound("--expert-tensor-parallel", expert_tensor_parallel)
+    check_bound("--capacity-factor", capacity_factor)
     settings: dict[str, Any] = dict(
         task=task,
         optimizer=optimizer,
@@ -266,6 +301,10 @@ def estimate(
         pipeline_parallel=pipeline_parallel,
         virtual_stages=virtual_stages,
         expert_parallel=expert_parallel,
+        expert_tensor_parallel=expert_tensor_parallel,
+        moe_dispatcher=moe_dispatcher,
+        capacity_factor=capacity_factor,
+        pad_to_capacity=pad_to_capacity,
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )
