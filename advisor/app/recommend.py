@@ -90,6 +90,8 @@ class RecommendRequest(BaseModel):
         tp: int | None = None,
         pp: int | None = None,
         lora_targets: str | None = None,
+        ep: int | None = None,
+        etp: int | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
@@ -106,6 +108,8 @@ class RecommendRequest(BaseModel):
             ("--gpus", gpus),
             ("--nodes", nodes),
             ("--top", top),
+            ("--expert-parallel", ep),
+            ("--expert-tensor-parallel", etp),
         ):
             check_bound(flag, value)
         check_bound("--gpus", (gpus or 1) * nodes)
@@ -130,6 +134,8 @@ class RecommendRequest(BaseModel):
             global_batch_tokens=tokens,
             tensor_parallel=tp,
             pipeline_parallel=pp,
+            expert_parallel=ep,
+            expert_tensor_parallel=etp,
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
         )

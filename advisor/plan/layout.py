@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from advisor.config import ParallelLayout, Sharding, TrainingConfig
+from advisor.config import MoeDispatcher, ParallelLayout, Sharding, TrainingConfig
 from advisor.errors import UserError
 from advisor.memory.moe import expert_fold_problem
 from advisor.model.spec import ModelSpec
@@ -116,6 +116,8 @@ def enumerate_layouts(
     tp: int | None = None,
     pp: int | None = None,
     nvlink_domain: int | None = None,
+    ep: int | None = None,
+    etp: int | None = None,
 ) -> list[Layout]:
     """Every layout worth planning on ``world_size`` devices.
 
@@ -127,7 +129,13 @@ def enumerate_layouts(
     2024, sec. 3.3.2), interleaved two ways where the layers split into whole chunks.
     Sharding: DDP, ZeRO-1/2/3, FSDP, and HSDP across nodes; with pipeline stages only what
     the pipeline engines combine with them (Megatron's distributed optimizer = ZeRO-1,
-    torchtitan's FSDP/HSDP + PP). MoE: expert parallel over the data-parallel group.
+    torchtitan's FSDP/HSDP + PP). MoE: Megatron-Core's parallel folding re-factors the tensor
+    x data parallel ranks of a stage into expert tensor x expert x expert-data parallel
+    (megatron/core/parallel_state.py): expert tensor parallelism equal to TP (Megatron's
+    default) or 1 (the README's advice: EP over TP for the experts), and for each the
+    largest power-of-two expert degree that divides the experts and folds, and the largest
+    that also keeps the expert group in one NVLink domain (its all-to-alls run every layer);
+    with the dispatcher whose volume is the smaller (:func:`choose_dispatcher`).
 
     Args:
         spec: the model (heads, layers, experts).
@@ -137,6 +145,8 @@ def enumerate_layouts(
             tensor parallelism stays inside one.
         tp: pin the tensor-parallel degree (``--tp``).
         pp: pin the pipeline degree (``--pp``).
+        ep: pin the expert-parallel degree (``--expert-parallel``).
+        etp: pin the expert tensor-parallel degree (``--expert-tensor-parallel``).
 
     Returns:
         The layouts, each validated.
@@ -190,9 +200,10 @@ def enumerate_layouts(
             dp = rest // p
             # Interleaving needs whole layers per model chunk (Megatron-LM's check).
             vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
+            experts = _expert_layouts(spec, t, dp, fast, ep, etp)
             for v in vps:
                 for sharding, group in _shardings(dp, fast // t, p):
-                    for ep in _expert_degrees(spec, dp):
+                    for e, et in experts:
                         out.append(
                             Layout(
                                 world_size=world_size,
@@ -202,13 +213,22 @@ def enumerate_layouts(
                                     tensor_parallel=t,
                                     pipeline_parallel=p,
                                     virtual_stages=v,
-                                    expert_parallel=ep,
+                                    expert_parallel=e,
                                     sharding=sharding,
                                     shard_group=group,
+                                    expert_tensor_parallel=et,
+                                    moe_dispatcher=choose_dispatcher(spec, t, e, et or t),
                                 ),
                                 nvlink_domain=nvlink_domain,
                             )
                         )
+    if (ep is not None or etp is not None) and not out:
+        raise UserError(
+            f"no layout of {world_size} devices folds --expert-parallel {ep or 1}"
+            + (f" with --expert-tensor-parallel {etp}" if etp else ""),
+            "expert tensor x expert parallelism must divide tensor x data parallel ranks "
+            "and the expert parallelism the experts (Megatron's MoE parallel folding)",
+        )
     return out
 
 
@@ -226,11 +246,49 @@ def _shardings(dp: int, dp_in_node: int, pp: int) -> list[tuple[Sharding, int | 
     return out
 
 
-def _expert_degrees(spec: ModelSpec, dp: int) -> list[int]:
+def _expert_layouts(
+    spec: ModelSpec, tp: int, dp: int, fast: int, ep: int | None, etp: int | None
+) -> list[tuple[int, int | None]]:
+    """(expert parallel, expert tensor parallel or None for Megatron's default) pairs of a
+    stage of ``tp x dp`` ranks (see :func:`enumerate_layouts`)."""
     experts = spec.num_experts
     if experts <= 1:
-        return [1]
-    # The largest power of two dividing both the replicas and the experts (DeepSpeed-MoE,
-    # Rajbhandari et al. 2022; GShard, Lepikhin et al. 2021), and no expert parallelism.
-    best = max(e for e in _powers_of_two(min(dp, experts)) if dp % e == 0 and experts % e == 0)
-    return [1] if best == 1 else [1, best]
+        return [(1, None)] if ep in (None, 1) and etp in (None, 1) else []
+    fold = tp * dp
+    etps = [etp] if etp is not None else ([tp, 1] if tp > 1 else [1])
+    out: list[tuple[int, int | None]] = []
+    for et in etps:
+        valid = [
+            e
+            for e in _powers_of_two(experts)
+            if experts % e == 0 and fold % (et * e) == 0 and (ep is None or e == ep)
+        ]
+        if ep is not None and ep not in valid and experts % ep == 0 and fold % (et * ep) == 0:
+            valid = [ep]  # a pinned degree that is not a power of two
+        if not valid:
+            continue
+        chosen = {max(valid)}
+        inside = [e for e in valid if e * et <= fast]
+        if inside:
+            chosen.add(max(inside))
+        if ep is None and et == tp:
+            chosen.add(1)
+        for e in sorted(chosen):
+            if e == 1 and et != tp:
+                continue  # without expert parallelism the experts follow TP
+            out.append((e, None if et == tp and etp is None else et))
+    return out
+
+
+def choose_dispatcher(spec: ModelSpec, tp: int, ep: int, etp: int) -> MoeDispatcher:
+    """The dispatcher that moves fewer bytes per token: all-to-all sends ``k (ep - 1) / ep``
+    rows each way plus ``(etp - 1) k`` over the expert tensor group, all-gather ``etp x ep
+    - 1`` rows whatever ``k`` (:func:`advisor.cost.moe.dispatch_volumes`; Megatron's README:
+    all-gather for TP-only layouts or a very large top-k, all-to-all with expert
+    parallelism). DeepEP's flex dispatcher is never assumed (it needs DeepEP installed)."""
+    k = spec.experts_per_token
+    if spec.num_experts <= 1 or ep * etp == 1:
+        return MoeDispatcher.ALLTOALL
+    alltoall = k * (ep - 1) / ep + (etp - 1) * k
+    allgather = etp * ep - 1
+    return MoeDispatcher.ALLGATHER if allgather < alltoall else MoeDispatcher.ALLTOALL

@@ -89,6 +89,12 @@ class Workload(BaseModel):
     stack: Stack = Stack.HF
     tensor_parallel: int | None = Field(default=None, ge=1, description="pinned (--tp)")
     pipeline_parallel: int | None = Field(default=None, ge=1, description="pinned (--pp)")
+    expert_parallel: int | None = Field(
+        default=None, ge=1, description="pinned (--expert-parallel)"
+    )
+    expert_tensor_parallel: int | None = Field(
+        default=None, ge=1, description="pinned (--expert-tensor-parallel)"
+    )
     lora_targets: tuple[str, ...] | None = Field(
         default=None, description="what LoRA/QLoRA plans adapt (--lora-targets; None: default)"
     )
@@ -497,6 +503,8 @@ def workload_layouts(ctx: Context) -> list[Layout]:
         tp=w.tensor_parallel,
         pp=w.pipeline_parallel,
         nvlink_domain=ctx.target.nvlink_domain or None,
+        ep=w.expert_parallel,
+        etp=w.expert_tensor_parallel,
     )
 
 

@@ -70,6 +70,15 @@ NvmeOpt = Annotated[
 ]
 TpOpt = Annotated[int | None, typer.Option("--tp", help="Pin the tensor-parallel degree.")]
 PpOpt = Annotated[int | None, typer.Option("--pp", help="Pin the pipeline-parallel degree.")]
+EpOpt = Annotated[
+    int | None, typer.Option("--expert-parallel", help="Pin the expert-parallel degree (MoE).")
+]
+EtpOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--expert-tensor-parallel", help="Pin the experts' tensor-parallel degree (MoE)."
+    ),
+]
 HardwareOpt = Annotated[
     str | None,
     typer.Option("--hardware", help="Plan for a profile instead of this machine (profiles list)."),
@@ -156,6 +165,8 @@ def recommend(
     nvme: NvmeOpt = None,
     tp: TpOpt = None,
     pp: PpOpt = None,
+    expert_parallel: EpOpt = None,
+    expert_tensor_parallel: EtpOpt = None,
     hardware: HardwareOpt = None,
     gpus: GpusOpt = None,
     nodes: NodesOpt = 1,
@@ -213,6 +224,8 @@ def recommend(
         tp=tp,
         pp=pp,
         lora_targets=lora_targets,
+        ep=expert_parallel,
+        etp=expert_tensor_parallel,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})
