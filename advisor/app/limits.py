@@ -47,10 +47,14 @@ BOUNDS: dict[str, Bound] = {
     "--tp": Bound(1, 1024, "tensor parallelism stays within one NVLink domain (72)"),
     "--pp": Bound(1, 1024, "a stage holds at least one of at most ~1000 layers"),
     "--expert-parallel": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
-    "--expert-tensor-parallel": Bound(1, 1024, "an expert's matrices split like tensor parallelism"),
+    "--expert-tensor-parallel": Bound(
+        1, 1024, "an expert's matrices split like tensor parallelism"
+    ),
     "--ep": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
     "--etp": Bound(1, 1024, "an expert's matrices split like tensor parallelism"),
-    "--capacity-factor": Bound(0.01, 1024.0, "capacity factors in use are 1.0-2.0 (GShard, Switch)"),
+    "--capacity-factor": Bound(
+        0.01, 1024.0, "capacity factors in use are 1.0-2.0 (GShard, Switch)"
+    ),
     "world size": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
     "--top": Bound(1, 100_000, "100,000 configurations"),
     "--budget": Bound(1e-3, 7 * 86_400, "one week of calibration"),

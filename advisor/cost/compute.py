@@ -129,15 +129,18 @@ def layer_gemm(s: Setting) -> tuple[float, float, Source]:
         e = gemm_efficiency(s.eff, s.tokens, 4096, 4096)
         fwd = flops / (s.peak() * e) if s.peak() else 0.0
         return 3 * fwd, fwd, Source.ANALYTIC
-    fwd, src = gemm_seconds(s, block_gemms(
-        s.spec,
-        s.tokens,
-        s.tp,
-        s.ep,
-        matrices=s.matrices,
-        etp=s.etp,
-        expert_rows=s.mb.expert_rows,
-    ))
+    fwd, src = gemm_seconds(
+        s,
+        block_gemms(
+            s.spec,
+            s.tokens,
+            s.tp,
+            s.ep,
+            matrices=s.matrices,
+            etp=s.etp,
+            expert_rows=s.mb.expert_rows,
+        ),
+    )
     # dgrad and wgrad are GEMMs of the same three dimensions: twice the forward.
     return 3 * fwd, fwd, src
 

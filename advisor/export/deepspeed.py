@@ -21,6 +21,7 @@ from advisor.export.common import (
 from advisor.export.emission import Emission, EmitTarget
 from advisor.export.expression import Expressed, data_parallel_form, hsdp_degrees, world_size
 from advisor.export.hyperparams import hyperparameters_for
+from advisor.export.moe import deepspeed_moe
 
 DEEPSPEED_DOCS = "https://www.deepspeed.ai/docs/config-json/"
 # DeepSpeed's default bucket sizes (elements), written out so the file is self-describing.
@@ -218,12 +219,7 @@ def emit_deepspeed(
             "backward)",
             optimizer_in_backward=False,
         )
-    if config.layout.expert_parallel > 1:
-        notes.append(
-            f"expert parallelism {config.layout.expert_parallel} is set in the model code, not in "
-            f"this file: deepspeed.moe.layer.MoE(..., ep_size={config.layout.expert_parallel}) for "
-            "each MoE layer (Rajbhandari et al. 2022, DeepSpeed-MoE)."
-        )
+    deepspeed_moe(config, expressed, notes)
     if cpu:
         notes.append(
             "CPU plan: run with DS_ACCELERATOR=cpu (DeepSpeed's CPU accelerator, oneCCL or "

@@ -9,6 +9,7 @@ from typing import Any
 from advisor.config import (
     Attention,
     Checkpointing,
+    MoeDispatcher,
     Offload,
     Precision,
     Sharding,
@@ -126,6 +127,7 @@ def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nod
         f"# World size {world} = data {config.layout.data_parallel} x tensor "
         f"{config.layout.tensor_parallel} x "
         f"pipeline {config.layout.pipeline_parallel}.",
+        *_fold_line(config),
         "# Add your model's arguments (--num-layers --hidden-size --num-attention-heads ...),",
         "# data and schedule, then on each node:",
         f"#   torchrun --nproc_per_node {world // nodes} --nnodes {nodes} pretrain_gpt.py "
@@ -136,6 +138,17 @@ def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nod
         lines.append(f"  {flag}" if value is None else f"  {flag} {_shell_value(value)}")
     lines.append(")")
     return "\n".join(lines) + "\n"
+
+
+def _fold_line(config: TrainingConfig) -> list[str]:
+    """The MoE layers' factoring of a stage's ranks, where expert parallelism is on."""
+    p = config.layout
+    if p.expert_parallel == 1:
+        return []
+    return [
+        f"# MoE layers (parallel folding): expert tensor {p.expert_tp} x expert "
+        f"{p.expert_parallel} x expert data {p.expert_data_parallel}."
+    ]
 
 
 def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
@@ -161,8 +174,35 @@ def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
             # TP collectives overlapped with their GEMMs (Transformer Engine userbuffers), as
             # the plan's cost assumed.
             args.append(("--tp-comm-overlap", None))
-    if config.layout.expert_parallel > 1:
-        args.append(("--expert-model-parallel-size", config.layout.expert_parallel))
+    args += _megatron_moe(config)
+    return args
+
+
+def _megatron_moe(config: TrainingConfig) -> list[tuple[str, Any]]:
+    """Expert parallelism folded over tensor x context x data parallel, the experts' own
+    tensor-parallel degree, the token dispatcher and the capacity (megatron/core/
+    transformer/moe/README.md: ``--expert-model-parallel-size``,
+    ``--expert-tensor-parallel-size`` (default: the TP degree), ``--moe-token-dispatcher-type``
+    (default ``allgather``, so it is always written), ``flex`` with ``--moe-enable-deepep``,
+    ``--moe-expert-capacity-factor`` (default None: dropless) and
+    ``--moe-pad-expert-input-to-capacity``)."""
+    p = config.layout
+    moe = p.expert_parallel > 1 or p.expert_tensor_parallel is not None
+    moe = moe or p.capacity_factor is not None
+    if not moe:
+        return []
+    args: list[tuple[str, Any]] = []
+    if p.expert_parallel > 1:
+        args.append(("--expert-model-parallel-size", p.expert_parallel))
+    if p.expert_tp != p.tensor_parallel:
+        args.append(("--expert-tensor-parallel-size", p.expert_tp))
+    args.append(("--moe-token-dispatcher-type", p.moe_dispatcher.value))
+    if p.moe_dispatcher is MoeDispatcher.FLEX:
+        args.append(("--moe-enable-deepep", None))
+    if p.capacity_factor is not None:
+        args.append(("--moe-expert-capacity-factor", p.capacity_factor))
+        if p.pad_to_capacity:
+            args.append(("--moe-pad-expert-input-to-capacity", None))
     return args
 
 

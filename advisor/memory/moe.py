@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TypedDict
 
 from advisor.config import MoeDispatcher, ParallelLayout
 
@@ -114,8 +115,8 @@ def dispatch_bytes(
     - ``allgather`` (megatron/core/transformer/moe/token_dispatcher.py,
       ``MoEAllGatherTokenDispatcher``): the routing map (bool) and the probabilities (fp32)
       of the whole expert tensor x expert group are gathered and the local experts' slices
-      kept (``local_map``; ``local_probs``, the routed entries only); the gathered hidden states fill a global
-      buffer of ``etp x ep x tokens / (tp cp)`` rows.
+      kept (``local_map``; ``local_probs``, the routed entries only); the gathered hidden
+      states fill a global buffer of ``etp x ep x tokens / (tp cp)`` rows.
     - ``alltoall`` and ``flex``: the ``k`` permuted rows per token before the exchange and
       the exchanged rows after it are the buffers; their saved copies are the block count's.
     """
@@ -136,12 +137,19 @@ def dispatch_bytes(
     return math.ceil(saved * Lm / L), math.ceil(buffer)
 
 
-def activation_kwargs(layout: ParallelLayout, experts: int) -> dict[str, float]:
+class MoeActivationArgs(TypedDict, total=False):
+    """The MoE keyword arguments of :func:`~advisor.memory.activations.layer_activation_bytes`."""
+
+    expert_rows: float
+    expert_gather: int
+
+
+def activation_kwargs(layout: ParallelLayout, experts: int) -> MoeActivationArgs:
     """The MoE arguments of :func:`advisor.memory.activations.layer_activation_bytes` for
     ``layout`` (none where they are the defaults, so a dense model's memo key is unchanged)."""
+    out: MoeActivationArgs = {}
     if experts <= 1:
-        return {}
-    out: dict[str, float] = {}
+        return out
     scale = capacity_scale(layout)
     if scale != 1.0:
         out["expert_rows"] = scale

@@ -9,10 +9,10 @@ from typing import NamedTuple
 
 from advisor.config import Attention, Checkpointing, Precision, Stack, Task, TrainingConfig
 from advisor.memory.activations import layer_activation_bytes
-from advisor.memory.moe import activation_kwargs
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
+from advisor.memory.moe import activation_kwargs
 from advisor.model.blocks import Kind
 from advisor.model.spec import ModelSpec
 

@@ -114,7 +114,5 @@ def local_tensors(
     """
     tied = bool(model.spec.tie_word_embeddings)
     return tuple(
-        layout_tensors(
-            model.tensors, tp, ep, pp, stage, model.shape["L"], tied, stage_layers, etp
-        )
+        layout_tensors(model.tensors, tp, ep, pp, stage, model.shape["L"], tied, stage_layers, etp)
     )

@@ -145,9 +145,7 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     if etp == tp:
         tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers)
     else:
-        tensors = memo.call(
-            local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers, etp
-        )
+        tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers, etp)
     local_params = count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)

@@ -75,9 +75,7 @@ EpOpt = Annotated[
 ]
 EtpOpt = Annotated[
     int | None,
-    typer.Option(
-        "--expert-tensor-parallel", help="Pin the experts' tensor-parallel degree (MoE)."
-    ),
+    typer.Option("--expert-tensor-parallel", help="Pin the experts' tensor-parallel degree (MoE)."),
 ]
 HardwareOpt = Annotated[
     str | None,
