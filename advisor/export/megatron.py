@@ -183,7 +183,8 @@ def _megatron_moe(config: TrainingConfig) -> list[tuple[str, Any]]:
     tensor-parallel degree, the token dispatcher and the capacity (megatron/core/
     transformer/moe/README.md: ``--expert-model-parallel-size``,
     ``--expert-tensor-parallel-size`` (default: the TP degree), ``--moe-token-dispatcher-type``
-    (default ``allgather``, so it is always written), ``flex`` with ``--moe-enable-deepep``,
+    (default ``allgather``, so it is always written), ``flex`` with
+    ``--moe-flex-dispatcher-backend deepep`` (core v0.19; earlier ``--moe-enable-deepep``),
     ``--moe-expert-capacity-factor`` (default None: dropless) and
     ``--moe-pad-expert-input-to-capacity``)."""
     p = config.layout
@@ -198,7 +199,7 @@ def _megatron_moe(config: TrainingConfig) -> list[tuple[str, Any]]:
         args.append(("--expert-tensor-parallel-size", p.expert_tp))
     args.append(("--moe-token-dispatcher-type", p.moe_dispatcher.value))
     if p.moe_dispatcher is MoeDispatcher.FLEX:
-        args.append(("--moe-enable-deepep", None))
+        args.append(("--moe-flex-dispatcher-backend", "deepep"))
     if p.capacity_factor is not None:
         args.append(("--moe-expert-capacity-factor", p.capacity_factor))
         if p.pad_to_capacity:

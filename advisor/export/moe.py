@@ -89,10 +89,15 @@ def torchtitan_moe(
     parallelism equal to TP or 1; with ETP = TP the experts borrow data-parallel shard
     ranks (``dp_shard x cp % ep == 0``), with ETP = 1 all the TP ranks and some shard ranks
     (``ep % (cp x tp) == 0``, ``dp_shard x cp x tp % ep == 0``). Its MoE routes dropless
-    and exchanges tokens by all-to-all (no capacity factor, no all-gather dispatcher)."""
+    and exchanges tokens by all-to-all, or by DeepEP (``expert_parallel_comm_backend =
+    "deepep"``): no capacity factor, no all-gather dispatcher."""
     if not _moe_set(config):
         return
-    _dispatch_only_all_to_all(config, "torchtitan", expressed)
+    if config.layout.moe_dispatcher is MoeDispatcher.FLEX:
+        # DeepEP's fused dispatch and combine ([parallelism] expert_parallel_comm_backend).
+        parallelism["expert_parallel_comm_backend"] = "deepep"
+    else:
+        _dispatch_only_all_to_all(config, "torchtitan", expressed)
     p = expressed.config.layout
     if p.capacity_factor is not None:
         expressed.change(
