@@ -90,8 +90,8 @@ class RecommendRequest(BaseModel):
         tp: int | None = None,
         pp: int | None = None,
         lora_targets: str | None = None,
-        ep: int | None = None,
-        etp: int | None = None,
+        expert_parallel: int | None = None,
+        expert_tensor_parallel: int | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
@@ -108,8 +108,8 @@ class RecommendRequest(BaseModel):
             ("--gpus", gpus),
             ("--nodes", nodes),
             ("--top", top),
-            ("--expert-parallel", ep),
-            ("--expert-tensor-parallel", etp),
+            ("--expert-parallel", expert_parallel),
+            ("--expert-tensor-parallel", expert_tensor_parallel),
         ):
             check_bound(flag, value)
         check_bound("--gpus", (gpus or 1) * nodes)
@@ -134,8 +134,8 @@ class RecommendRequest(BaseModel):
             global_batch_tokens=tokens,
             tensor_parallel=tp,
             pipeline_parallel=pp,
-            expert_parallel=ep,
-            expert_tensor_parallel=etp,
+            expert_parallel=expert_parallel,
+            expert_tensor_parallel=expert_tensor_parallel,
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
         )

@@ -222,8 +222,8 @@ def recommend(
         tp=tp,
         pp=pp,
         lora_targets=lora_targets,
-        ep=expert_parallel,
-        etp=expert_tensor_parallel,
+        expert_parallel=expert_parallel,
+        expert_tensor_parallel=expert_tensor_parallel,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})
