@@ -61,6 +61,13 @@ class Recommendation(BaseModel):
     pipeline_parallel: int = _d("pipeline stages")
     virtual_stages: int = _d("interleaved model chunks per pipeline rank", default=1)
     expert_parallel: int = _d("MoE expert-parallel degree", default=1)
+    expert_tensor_parallel: int = _d(
+        "MoE: the routed experts' tensor-parallel degree (Megatron's default: the TP degree)",
+        default=1,
+    )
+    moe_dispatcher: str = _d(
+        "MoE token dispatcher: alltoall, allgather or flex (DeepEP)", default="alltoall"
+    )
     layout: str = _d("the parallel layout in short: tp8 pp16 dp1 ...")
     stack: str = _d("kernel stack the memory and time assume: hf or fused")
     memory_savers: list[str] = _d("technique ids of the memory savers in use")

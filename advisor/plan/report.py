@@ -212,6 +212,8 @@ def _recommendation(
         pipeline_parallel=c.layout.pipeline_parallel,
         virtual_stages=c.layout.virtual_stages,
         expert_parallel=c.layout.expert_parallel,
+        expert_tensor_parallel=c.layout.expert_tp,
+        moe_dispatcher=c.layout.moe_dispatcher.value,
         layout=p.layout.label,
         stack=c.kernels.stack.value,
         memory_savers=[t for t in p.techniques if t in MEMORY_SAVER_IDS],
