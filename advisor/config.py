@@ -346,7 +346,9 @@ class ParallelLayout(_Frozen):
         NOTE: the context-parallel work adds ``context_parallel`` to this record; the MoE
         fold reads it through this property so that both merge without a clash.
         """
-        return int(getattr(self, "context_parallel", 1))
+        # NOTE: read from the record's dict: a missing attribute goes through pydantic's
+        # slow __getattr__, and the plan search reads this for every estimate.
+        return int(self.__dict__.get("context_parallel", 1))
 
     @property
     def expert_fold(self) -> int:

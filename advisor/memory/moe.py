@@ -121,8 +121,10 @@ def dispatch_bytes(
       the exchanged rows after it are the buffers; their saved copies are the block count's.
     """
     E, k, h, L, Lm = d["E"], d["k"], d["h"], d["L"], d["Lm"]
+    if E <= 1 or not Lm:
+        return 0, 0
     etp, ep = layout.expert_tp, layout.expert_parallel
-    if E <= 1 or not Lm or etp * ep == 1:
+    if etp * ep == 1:
         return 0, 0  # no exchange: the experts loop's own copies are the block count's
     local = tokens / (layout.tensor_parallel * layout.context_degree)
     saved = 0.0

@@ -132,10 +132,11 @@ def enumerate_layouts(
     torchtitan's FSDP/HSDP + PP). MoE: Megatron-Core's parallel folding re-factors the tensor
     x data parallel ranks of a stage into expert tensor x expert x expert-data parallel
     (megatron/core/parallel_state.py): expert tensor parallelism equal to TP (Megatron's
-    default) or 1 (the README's advice: EP over TP for the experts), and for each the
-    largest power-of-two expert degree that divides the experts and folds, and the largest
-    that also keeps the expert group in one NVLink domain (its all-to-alls run every layer);
-    with the dispatcher whose volume is the smaller (:func:`choose_dispatcher`).
+    default) or 1 (the README's advice: EP over TP for the experts): for each the largest
+    power-of-two expert degree that divides the experts, folds and keeps the expert group
+    in one NVLink domain (its all-to-alls run every layer), and with ETP 1 the largest that
+    folds at all (DeepSeek-V3's EP 64 across nodes); with the dispatcher whose volume is the
+    smaller (:func:`choose_dispatcher`).
 
     Args:
         spec: the model (heads, layers, experts).
@@ -267,10 +268,12 @@ def _expert_layouts(
             valid = [ep]  # a pinned degree that is not a power of two
         if not valid:
             continue
-        chosen = {max(valid)}
         inside = [e for e in valid if e * et <= fast]
-        if inside:
-            chosen.add(max(inside))
+        chosen = {max(inside)} if inside else set()
+        # The widest expert group: with ETP 1 (its EP covers what ETP = TP's would, on
+        # the same ranks; Megatron's README prefers EP over TP for the experts).
+        if et == 1 or ep is not None or len(etps) == 1:
+            chosen.add(max(valid))
         if ep is None and et == tp:
             chosen.add(1)
         for e in sorted(chosen):
