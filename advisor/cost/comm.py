@@ -5,7 +5,7 @@ HSDP); measured NCCL/gloo bandwidth where the calibration has it."""
 
 from __future__ import annotations
 
-from advisor.config import Checkpointing, Sharding, TrainingConfig
+from advisor.config import Checkpointing, Sharding, Task, TrainingConfig
 from advisor.cost.moe import dispatch_volumes
 from advisor.cost.result import ComponentTime, Source
 from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
@@ -175,6 +175,7 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     wb, gb = weight_bytes(c.precision), grad_bytes(c.precision)
     params = s.sh.params / (s.tp * s.pp)
     grads = trainable(s, c) / (s.tp * s.pp) * gb
+    params, grads = _expert_dp_share(s, c, params, grads)
     stage = layout.sharding.zero_stage
     n = shard_group(s, c) if layout.sharding is Sharding.HSDP else s.dp
     if s.hw is None and s.cal is not None and s.cal.allreduce_gb_s:
@@ -194,6 +195,38 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     )
     src = Source.MEASURED if measured else Source.ANALYTIC
     return ComponentTime(seconds=exposed, source=src, detail=detail + ", exposed")
+
+
+def _expert_dp_share(
+    s: Setting, c: TrainingConfig, params: float, grads: float
+) -> tuple[float, float]:
+    """The parameters and gradients of one rank that its data-parallel collectives move,
+    with the routed experts as Megatron-Core and DeepSpeed-MoE reduce them: a rank holds
+    ``1 / (ep x etp)`` of the experts (not ``1 / tp``) and reduces their gradients over the
+    expert-data-parallel group only (megatron/core/parallel_state.py
+    ``_EXPERT_DATA_PARALLEL_GROUP``; DeepSpeed-MoE's expert-data-parallel groups), not over
+    all data-parallel ranks. Returned as the dense-equivalent volume over the ``dp`` ranks
+    the callers price, each part scaled by its own ring share ``(n - 1) / n``."""
+    layout = c.layout
+    if (
+        s.spec.num_experts <= 1
+        or c.task not in (Task.PRETRAIN, Task.FINETUNE)
+        or layout.sharding is Sharding.HSDP
+        or (layout.expert_parallel == 1 and s.etp == s.tp)
+    ):
+        return params, grads
+    routed = s.spec.moe_layer_count() * s.spec.num_experts * s.spec.expert_parameter_count()
+    held = routed / (layout.expert_parallel * s.etp * s.pp)
+    counted = routed / (s.tp * s.pp)
+    dp, edp = s.dp, layout.expert_data_parallel
+    share = (dp - 1) / dp if dp > 1 else 1.0
+    scale = ((edp - 1) / edp) / share if dp > 1 else 0.0
+    dense_params = params - counted
+    gb = grad_bytes(c.precision)
+    return (
+        dense_params + held * scale,
+        (dense_params + held * scale) * gb,
+    )
 
 
 def _dp_link(s: Setting, c: TrainingConfig, n: int) -> tuple[float, str, bool]:
@@ -257,5 +290,7 @@ def _dp_exposed(
         ar = 2 * share * grads / bw
         exposed = max(ar / L, ar - eta * bwd)
     if stage in (1, 2):
-        exposed += share * trainable(s, c) / (s.tp * s.pp) * wb / bw
+        # The updated parameters gathered after the step (the rank's own, experts included
+        # as _expert_dp_share counts them).
+        exposed += share * grads / grad_bytes(c.precision) * wb / bw
     return exposed, f"{'DDP' if stage == 0 else f'ZeRO-{stage}'} over {n} ranks ({name})"

@@ -242,5 +242,20 @@ def shard_group(s: Setting, c: TrainingConfig) -> int:
 
 
 def trainable_local(s: Setting, c: TrainingConfig) -> float:
-    """Trainable parameters this device steps: its TP/PP shard, then its ZeRO shard."""
-    return trainable(s, c) / (s.tp * s.pp) / shard(s, c, 1)
+    """Trainable parameters this device steps: its TP/PP shard, then its ZeRO shard; the
+    routed experts' share is ``1 / (ep x etp x pp)``, sharded over the expert-data-parallel
+    group (Megatron-Core's distributed optimizer; :mod:`advisor.memory.moe`)."""
+    whole = trainable(s, c) / (s.tp * s.pp) / shard(s, c, 1)
+    layout = c.layout
+    if (
+        s.spec.num_experts <= 1
+        or c.task not in (Task.PRETRAIN, Task.FINETUNE)
+        or (layout.expert_parallel == 1 and s.etp == s.tp)
+    ):
+        return whole
+    routed = s.spec.moe_layer_count() * s.spec.num_experts * s.spec.expert_parameter_count()
+    n = shard(s, c, 1)
+    n_expert = max(1, n * s.tp // (s.etp * layout.expert_parallel)) if n > 1 else 1
+    counted = routed / (s.tp * s.pp) / n
+    held = routed / (layout.expert_parallel * s.etp * s.pp) / n_expert
+    return whole - counted + held
