@@ -299,7 +299,7 @@ def rel_err(est: float, meas: float) -> float:
 def layer_modules(model: Any) -> list[Any]:
     """The transformer blocks of an HF causal LM (Llama/Qwen2, GPT-2, OPT)."""
     inner = getattr(model, "model", None) or getattr(model, "transformer", None)
-    inner = inner or getattr(model, "gpt_neox", None) or model
+    inner = inner or getattr(model, "gpt_neox", None) or getattr(model, "backbone", None) or model
     if hasattr(inner, "decoder"):
         inner = inner.decoder
     return list(inner.layers if hasattr(inner, "layers") else inner.h)

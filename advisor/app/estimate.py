@@ -25,7 +25,8 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import StepsRange, plan_steps
+from advisor.cost.convergence import BatchRegime, StepsRange, plan_steps
+from advisor.cost.run import RunEstimate
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind, HardwareProfile, get_hardware_profile
 from advisor.memory import (
@@ -72,6 +73,19 @@ class Alternative(BaseModel):
     total_bytes: int
     saved_bytes: int = Field(description="bytes saved against this configuration")
     fits: bool | None
+
+
+class RecomputeCase(BaseModel):
+    """The same configuration at one activation-checkpointing level (when it was unstated)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    checkpointing: Checkpointing = Field(description="none, selective or full")
+    total_bytes: int = Field(description="per-device peak memory at this level, bytes")
+    fits: bool | None = Field(description="peak <= device memory (None: no device)")
+    step_seconds: float | None = Field(
+        default=None, description="predicted step time at this level (None: not predicted)"
+    )
 
 
 class EstimateReport(BaseModel):
@@ -131,7 +145,16 @@ class EstimateReport(BaseModel):
     )
     device_memory_bytes: int | None = None
     host_memory_bytes: int | None = None
-    fits: bool | None = Field(default=None, description="peak <= device memory (None: no device)")
+    fits: bool | None = Field(
+        default=None,
+        description="peak <= device memory (None: no device). With --checkpointing unstated: "
+        "whether some level in recompute_range fits",
+    )
+    recompute_range: list[RecomputeCase] = Field(
+        default_factory=list,
+        description="with --checkpointing unstated: the peak, verdict and step time with no, "
+        "selective and full recompute (the numbers above assume none); empty when it was given",
+    )
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
     alternatives: list[Alternative] = Field(
@@ -142,6 +165,11 @@ class EstimateReport(BaseModel):
         default=None,
         description="steps to reach AdamW's loss relative to AdamW at this model size "
         "(times LoRA's/QLoRA's factor for adapter tasks); see advisor/cost/convergence.py",
+    )
+    run: RunEstimate | None = Field(
+        default=None,
+        description="the whole run under --tokens (or --epochs x --dataset-tokens): steps, "
+        "wall time, GPU-hours, energy, cost; absent without a budget",
     )
 
 
@@ -365,10 +393,42 @@ def estimate_report(
         host_fits=None if host is None or m.host_bytes == 0 else m.host_bytes <= host,
         step_time=step_time,
         alternatives=alternatives,
-        steps_vs_adamw=plan_steps(taxonomy, config.optimizer, config.task, m.parameters)
+        steps_vs_adamw=plan_steps(
+            taxonomy,
+            config.optimizer,
+            config.task,
+            m.parameters,
+            regime=BatchRegime(global_batch=_global_batch(config), arch=spec.arch),
+        )
         if tech.steps_vs_adamw is not None
         else None,
     )
+
+
+def with_recompute_range(report: EstimateReport, cases: list[RecomputeCase]) -> EstimateReport:
+    """``report`` (computed without recompute) answered as a range over ``cases``: it fits
+    when some level fits, and a note says which levels do and the step times they span."""
+    fitting = [c for c in cases if c.fits]
+    update: dict[str, Any] = {"recompute_range": cases}
+    if report.fits is False and fitting:
+        update["fits"] = True
+    times = [c.step_seconds for c in cases if c.step_seconds is not None]
+    said = (
+        "--checkpointing unstated: "
+        + (
+            "fits with " + ", ".join(c.checkpointing.value for c in fitting)
+            if fitting
+            else "does not fit at any recompute level"
+        )
+        + (
+            f"; step time {min(times):.3g}-{max(times):.3g} s across none/selective/full"
+            if len(times) > 1
+            else ""
+        )
+        + " (the figures above assume none)"
+    )
+    update["notes"] = [*report.notes, said]
+    return report.model_copy(update=update)
 
 
 def kernel_alternatives(
@@ -460,3 +520,10 @@ def check_hardware_support(
                 f"{tech.name} ({tid}) needs compute capability >= {low:g}; {where} has {cuda_cc:g}",
                 "pick another technique, or --hardware with a newer GPU",
             )
+
+
+def _global_batch(config: TrainingConfig) -> int:
+    """Samples per optimizer step of one configuration (micro-batch x accumulation x the
+    data-parallel replicas): past the critical batch the step factor changes."""
+    b = config.batch
+    return b.micro_batch * b.grad_accumulation * config.layout.data_parallel

@@ -72,6 +72,11 @@ BOUNDS: dict[str, Bound] = {
     "--global-batch-tokens": Bound(
         1, 2**40, "2^40 tokens per step, 65,000x Llama 3's 16M-token batches"
     ),
+    "--tokens": Bound(1, 10**15, "10^15 tokens, 60x Llama 3's 15T-token pre-training"),
+    "--dataset-tokens": Bound(1, 10**15, "10^15 tokens, 60x Llama 3's 15T-token corpus"),
+    "--epochs": Bound(1e-6, 100_000, "10^5 passes over the data"),
+    "--max-days": Bound(1e-3, 36_500, "a century of wall time"),
+    "--price-per-hour": Bound(1e-6, 10_000, "$10,000 per GPU-hour, 1,000x any list price"),
 }
 
 
@@ -115,6 +120,33 @@ def check_global_batch_tokens(tokens: int | None, seq_len: int) -> None:
             f"{seq_len:,} tokens, more than {_shown(b.high)} ({b.why})",
             "lower --global-batch-tokens or raise --seq-len",
         )
+
+
+_TOKEN_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_token_count(text: str, flag: str) -> int:
+    """A training-token count: ``2000000``, ``500M``, ``2B``, ``15T`` (decimal: k = 10^3,
+    M = 10^6, B = 10^9, T = 10^12, as datasets and pre-training runs state them), bounded.
+
+    Raises:
+        UserError: for text that is no positive count, or one beyond the flag's bound.
+    """
+    import re
+
+    # NOTE: at most 30 digits either side of the point: a 400-digit count is invalid input,
+    # never an OverflowError.
+    m = re.fullmatch(r"(\d{1,30}(?:\.\d{1,30})?)\s*([kKmMbBgGtT]?)", text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise UserError(
+            f"invalid {flag} {text!r}: give a positive token count",
+            f"e.g. {flag} 2B, 500M or 15T (k, M, B, T are powers of 1000)",
+        )
+    value = round(float(m.group(1)) * _TOKEN_SCALE[m.group(2).lower()])
+    if value < 1:
+        raise UserError(f"invalid {flag} {text!r}: less than one token", f"e.g. {flag} 2B")
+    check_bound(flag, value)
+    return value
 
 
 def _shown(x: float) -> str:

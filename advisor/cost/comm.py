@@ -9,6 +9,7 @@ from advisor.config import Checkpointing, Sharding, Task, TrainingConfig
 from advisor.cost.moe import dispatch_volumes
 from advisor.cost.result import ComponentTime, Source
 from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
+from advisor.hardware.profiles import DeviceKind
 
 
 def link(
@@ -86,13 +87,35 @@ def tp_hidden_share(s: Setting) -> float:
     return min(s.eff.tp_overlap.value, (s.tp - 1) / s.tp)
 
 
+# Expert-parallel all-to-alls at the bandwidth DeepEP's normal (training) kernels reach
+# (github.com/deepseek-ai/DeepEP, docs/legacy.md: H800, CX7 400 Gb/s, 4096 tokens, hidden
+# 7168, top-8, FP8 dispatch, BF16 combine): inside a node 153 GB/s dispatch and 158 GB/s
+# combine of the ~160 GB/s one-way NVLink (0.96); across nodes 43 GB/s per GPU at EP16 of
+# its 50 GB/s NIC (0.86; the EP32/EP64 figures, 58 and 51 GB/s, exceed the NIC because
+# DeepEP sends a token once per node and forwards it over NVLink, which is not priced here).
+A2A_NVLINK_SHARE = 0.96
+A2A_NIC_SHARE = 0.86
+# DeepEP/DeepSeek-V3 dispatch FP8 activations (1 byte + a 4-byte scale per 128 elements)
+# and combine in BF16 (DeepEP README; DeepSeek-V3 report, sec. 3.3).
+_FP8_DISPATCH_BYTES = 1 + 4 / 128
+
+
 def ep_comm(s: Setting) -> float:
     """Exposed token dispatch of one MoE block, one micro-batch: dispatch and combine,
-    forward and backward (Lepikhin et al. 2021; Fedus et al. 2022), with the volumes of the
-    configured dispatcher (:func:`advisor.cost.moe.dispatch_volumes`) over the expert
-    tensor x expert group's link."""
+    forward and backward (Lepikhin et al. 2021; Fedus et al. 2022).
+
+    The volumes are the configured dispatcher's (:func:`advisor.cost.moe.dispatch_volumes`:
+    all-to-all, all-gather or DeepEP's one copy per destination rank). The expert-parallel
+    exchange sends each remote row either over NVLink (EP ranks on this node: Megatron's
+    expert rank order puts ``etp`` then ``ep`` innermost) or over the NIC at the same time,
+    so each transfer takes the longer of the two, at DeepEP's measured shares of the links;
+    under FP8 the forward dispatch carries FP8 activations. The expert tensor group's
+    all-gather and reduce-scatter, and the all-gather dispatcher's ring collectives, run at
+    the link's ring bandwidth. No overlap with expert compute is priced.
+    """
     if s.spec.num_experts <= 1 or s.ep * s.etp <= 1:
         return 0.0
+    act = 4 if s.dtype in ("fp32", "tf32") else 2
     volumes = dispatch_volumes(
         s.mb.moe_dispatcher,
         tokens=s.tokens,
@@ -103,11 +126,37 @@ def ep_comm(s: Setting) -> float:
         cp=1,  # NOTE: context parallelism's split of the tokens joins with its branch
         etp=s.etp,
         ep=s.ep,
-        act_bytes=2,
+        act_bytes=act,
         capacity_scale=s.mb.expert_rows,
     )
-    bw, _ = link(s, s.ep * s.etp > s.node)
-    return 2 * sum(volumes.values()) / bw
+    if s.hw is None or s.hw.kind is DeviceKind.CPU:
+        bw, _ = link(s, s.ep * s.etp > s.node)
+        return 2 * sum(volumes.values()) / bw
+    seconds = 0.0
+    etp_volume = volumes.get("expert_tp_all_gather", 0.0)
+    etp_volume += volumes.get("expert_tp_reduce_scatter", 0.0)
+    if etp_volume:
+        seconds += 2 * etp_volume / link(s, s.etp > s.node)[0]
+    gathered = volumes.get("allgather_dispatch", 0.0) + volumes.get("reduce_scatter_combine", 0.0)
+    if gathered:
+        seconds += 2 * gathered / link(s, s.ep * s.etp > s.node)[0]
+    exchanged = volumes.get("all_to_all_dispatch", 0.0)
+    if exchanged and s.ep > 1:
+        local = max(1, min(s.ep, s.node // max(s.etp, 1)))
+        intra = s.hw.intra_node
+        inter = s.hw.inter_node
+        nvlink = (intra.bandwidth_gb_s if intra else None) or s.link_override or 25.0
+        nic = inter.bandwidth_gb_s if inter else nvlink
+        nvlink_bw = nvlink / 2 * A2A_NVLINK_SHARE * 1e9
+        nic_bw = nic / 2 * A2A_NIC_SHARE * 1e9
+        near, far = (local - 1) / (s.ep - 1), (s.ep - local) / (s.ep - 1)
+        fp8 = _FP8_DISPATCH_BYTES / act if s.fp8 else 1.0
+        # Forward dispatch and combine; backward sends the combine's and the dispatch's
+        # gradients the other way.
+        for scale in (fp8, 1.0, 1.0, 1.0):
+            v = exchanged * scale
+            seconds += max(v * near / nvlink_bw, v * far / nic_bw)
+    return seconds
 
 
 def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:

@@ -10,7 +10,12 @@ import math
 
 from advisor.config import Checkpointing, Stack, Task
 from advisor.cost.data import LayerTiming, ShapeResults
-from advisor.cost.efficiency import AttentionKernel, attention_efficiency, gemm_efficiency
+from advisor.cost.efficiency import (
+    AttentionKernel,
+    attention_efficiency,
+    gemm_efficiency,
+    split_attention,
+)
 from advisor.cost.result import ComponentTime, Source, merge
 from advisor.cost.setting import Setting
 from advisor.cost.shape import Gemm, block_gemms
@@ -179,7 +184,14 @@ def attention(s: Setting) -> tuple[float, float, Source]:
     fwd_flops = 4 * mb * seq * seq * heads * d * (0.5 if causal and not eager else 1.0)
     e = attention_efficiency(s.eff, s.kernel, seq, d, causal)
     fwd = fwd_flops / (s.peak16() * e)
-    fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
+    if split_attention(s.eff, s.kernel):
+        # Forward and backward at their own measured throughputs (the backward runs at a
+        # lower share of the peak than the forward: FlashAttention-3 paper, Figs. 5-6).
+        e_bwd = attention_efficiency(s.eff, s.kernel, seq, d, causal, backward=True)
+        bwd_factor = (_EAGER_FB if eager else _FLASH_FB) - 1.0
+        fb = fwd + bwd_factor * fwd_flops / (s.peak16() * e_bwd)
+    else:
+        fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
     if eager:
         bw, _ = s.bandwidth()
         traffic = _EAGER_SCORE_BYTES * heads * mb * seq * seq / bw

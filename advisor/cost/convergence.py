@@ -19,8 +19,14 @@ The API the recommender calls (pure: no torch, no I/O):
   (``basis: no-ratio-published``) and ``optadvise calibrate --convergence`` measured the
   optimizer (the proxy figure then sets the central value, clamped into the range). The
   proxy figure is always attached as ``proxy`` so it can be shown next to the range.
-- :func:`plan_steps` ``(taxonomy, optimizer, task, parameters, proxy=None)``: the
-  optimizer's factor times LoRA's or QLoRA's when the task is an adapter task.
+- :func:`plan_steps` ``(taxonomy, optimizer, task, parameters, proxy=None, regime=None)``:
+  the optimizer's factor times LoRA's or QLoRA's when the task is an adapter task. Past the
+  critical batch of the architecture (``regime``; :func:`critical_batch`: the rule base's
+  thresholds, carried as ``steps_vs_adamw.large_batch`` of LAMB and LARS), AdamW with its
+  usual recipe stops training stably (You et al. 2017, 2019; Goyal et al. 2017; McCandlish
+  et al. 2018): the layer-wise methods take their large-batch range, whose pessimistic end
+  is Nado et al. 2021's re-tuned AdamW/Nesterov matching them, and every other optimizer's
+  published ratio, measured at ordinary batches, is centred on AdamW's steps.
 - :func:`time_to_target_rel` ``(steps, step_time, baseline_step_time)``: steps x step time
   over the AdamW plan's step time (the plan of the same layout with AdamW).
 - :func:`objective_steps` ``(objective, steps)``: the factor an objective's score uses.
@@ -54,6 +60,7 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import Task
+from advisor.model.shape import Arch
 from advisor.rules.taxonomy import Basis, ScaleTrend, StepEfficiency, StepPoint, Taxonomy, Technique
 
 # NOTE: the rate at which a shrinking gain decays beyond the largest measured size, fitted to
@@ -230,12 +237,81 @@ def steps_vs_adamw(
     )
 
 
+class BatchRegime(BaseModel):
+    """The global batch and architecture a plan trains at: whether it is past the critical
+    batch where the layer-wise methods' large-batch factors apply."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    global_batch: int = Field(ge=1, description="samples per optimizer step")
+    arch: Arch
+
+
+def critical_batch(taxonomy: Taxonomy, arch: Arch) -> int | None:
+    """The smallest global batch (samples) from which some technique's large-batch factor
+    applies to ``arch`` (the rule base's thresholds, carried in the taxonomy), or None."""
+    found = [
+        t.steps_vs_adamw.large_batch.from_global_batch
+        for t in taxonomy.techniques
+        if t.steps_vs_adamw is not None
+        and t.steps_vs_adamw.large_batch is not None
+        and arch in t.steps_vs_adamw.large_batch.arch
+    ]
+    return min(found) if found else None
+
+
+def _past_critical_batch(
+    taxonomy: Taxonomy, technique: Technique, steps: StepsRange, regime: BatchRegime
+) -> StepsRange:
+    """The factor past the critical batch: the technique's own large-batch point where it
+    has one for this architecture; AdamW stays 1; every other published ratio was measured
+    at ordinary batches and is centred on AdamW's steps (nothing measures it here)."""
+    threshold = critical_batch(taxonomy, regime.arch)
+    if threshold is None or regime.global_batch < threshold:
+        return steps
+    data = technique.steps_vs_adamw
+    point = data.large_batch if data is not None else None
+    if point is not None and regime.arch in point.arch:
+        if regime.global_batch < point.from_global_batch:
+            return steps
+        note = (
+            f"past the critical batch ({point.from_global_batch:,} samples for "
+            f"{regime.arch.value}): the large-batch factor ({point.setting.model}, "
+            f"{point.setting.batch})"
+        )
+        return steps.model_copy(
+            update={
+                "low": point.low,
+                "central": point.central,
+                "high": point.high,
+                "source": StepsSource.PUBLISHED,
+                "notes": "; ".join(n for n in (steps.notes, note) if n),
+            }
+        )
+    if steps.source is StepsSource.BASELINE:
+        return steps
+    low, high = min(steps.low, 1.0), max(steps.high, 1.0)
+    note = (
+        f"published at ordinary batches; past the critical batch ({threshold:,} samples for "
+        f"{regime.arch.value}) centred on AdamW's steps"
+    )
+    return steps.model_copy(
+        update={
+            "low": low,
+            "central": 1.0,
+            "high": high,
+            "notes": "; ".join(n for n in (steps.notes, note) if n),
+        }
+    )
+
+
 def plan_steps(
     taxonomy: Taxonomy,
     optimizer: str,
     task: Task,
     parameters: int,
     proxy: ConvergenceCache | None = None,
+    regime: BatchRegime | None = None,
 ) -> StepsRange:
     """A plan's step factor: the optimizer's, times LoRA's or QLoRA's for adapter tasks.
 
@@ -246,6 +322,9 @@ def plan_steps(
             fine-tuning).
         parameters: the model's parameter count.
         proxy: this device's convergence-calibration cache, if any.
+        regime: the global batch and architecture; past the critical batch the layer-wise
+            methods take their large-batch factor and other optimizers centre on AdamW's
+            steps (None: ordinary batches).
 
     Returns:
         The combined range; its source is the optimizer's unless the adapter's is not
@@ -258,6 +337,8 @@ def plan_steps(
     opt = steps_vs_adamw(technique, parameters, proxy)
     if task is not Task.PRETRAIN and _pretraining_only(technique):
         opt = _at_adamws_centre(opt)
+    if regime is not None and task is Task.PRETRAIN:
+        opt = _past_critical_batch(taxonomy, technique, opt, regime)
     adapter_id = {Task.LORA: "lora", Task.QLORA: "qlora"}.get(task)
     if adapter_id is None or adapter_id not in taxonomy:
         return opt
@@ -482,6 +563,7 @@ def _proxy_figure(optimizer: str, proxy: ConvergenceCache | None) -> tuple[float
 
 __all__ = [
     "TREND_EXPONENT",
+    "BatchRegime",
     "ConvergenceCache",
     "ProxyCurvePoint",
     "ProxyResult",
@@ -490,6 +572,7 @@ __all__ = [
     "StepsRange",
     "StepsSource",
     "TimeToTarget",
+    "critical_batch",
     "objective_steps",
     "plan_steps",
     "steps_vs_adamw",

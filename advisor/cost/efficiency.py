@@ -123,19 +123,39 @@ def gemm_efficiency(eff: GpuEfficiency, m: float, n: float, k: float) -> float:
 
 
 def attention_efficiency(
-    eff: GpuEfficiency, kernel: AttentionKernel, s: int, d: int, causal: bool
+    eff: GpuEfficiency,
+    kernel: AttentionKernel,
+    s: int,
+    d: int,
+    causal: bool,
+    backward: bool = False,
 ) -> float:
-    """Share of the dense peak an attention kernel's fwd+bwd reaches at sequence ``s``,
-    head dimension ``d`` (FlashAttention-2/3 papers' kernel TFLOP/s, fitted)."""
+    """Share of the dense peak an attention kernel reaches at sequence ``s``, head dimension
+    ``d`` (FlashAttention-2/3 papers' kernel TFLOP/s, fitted): its forward+backward pass, or
+    where the entry has a backward curve (``split_attention``), its forward pass, or with
+    ``backward`` its backward pass."""
+    entry = attention_entry(eff, kernel)
+    if backward and entry.bwd_max is not None:
+        peak, s0, s0c, d0 = entry.bwd_max, entry.bwd_s0, entry.bwd_s0_causal, entry.bwd_d0
+    else:
+        peak, s0, s0c, d0 = entry.max, entry.s0, entry.s0_causal, entry.d0
+    half = (s0c if causal else s0) or 0.0
+    scale = (d / (d + d0)) / (128 / (128 + d0)) if d0 else 1.0
+    return min(peak * s / (s + half) * scale, 0.95)
+
+
+def attention_entry(eff: GpuEfficiency, kernel: AttentionKernel) -> AttentionEfficiency:
+    """The attention curve a profile carries for ``kernel`` (FA2's where it has none)."""
     table = eff.attention
     entry = table.get(kernel.value)
-    if entry is None and kernel in (AttentionKernel.FA3, AttentionKernel.CUDNN):
-        entry = table.get(AttentionKernel.FA2.value)
     if entry is None:
         entry = table.get(AttentionKernel.FA2.value) or next(iter(table.values()))
-    s0 = entry.s0_causal if causal else entry.s0
-    scale = (d / (d + entry.d0)) / (128 / (128 + entry.d0)) if entry.d0 else 1.0
-    return min(entry.max * s / (s + s0) * scale, 0.95)
+    return entry
+
+
+def split_attention(eff: GpuEfficiency, kernel: AttentionKernel) -> bool:
+    """Whether ``kernel``'s curve prices the forward and backward passes apart."""
+    return attention_entry(eff, kernel).bwd_max is not None
 
 
 def attention_kernel(config: KernelChoice, hw: HardwareProfile | None) -> AttentionKernel:

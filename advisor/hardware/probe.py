@@ -260,7 +260,12 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
             mem = _optional(nvml.nvmlDeviceGetMemoryInfo, h)
             cc_pair = _optional(nvml.nvmlDeviceGetCudaComputeCapability, h)
             cc = f"{cc_pair[0]}.{cc_pair[1]}" if cc_pair else None
-            power = _optional(nvml.nvmlDeviceGetPowerManagementLimit, h)
+            # NOTE: the enforced limit is what the board runs under (an administrator's cap
+            # included); the management limit is read where the enforced one is unsupported.
+            power = _optional_named(nvml, "nvmlDeviceGetEnforcedPowerLimit", h)
+            if not isinstance(power, (int, float)):
+                power = _optional(nvml.nvmlDeviceGetPowerManagementLimit, h)
+            draw, idle = _power_draw(nvml, h)
             links = _count_nvlinks(nvml, h)
             gpus.append(
                 GpuInfo(
@@ -274,6 +279,8 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
                     driver_version=driver,
                     cuda_driver_version=cuda,
                     power_limit_w=power / 1000 if isinstance(power, (int, float)) else None,
+                    power_draw_w=draw,
+                    idle_power_w=idle,
                     pcie_generation=_optional(nvml.nvmlDeviceGetCurrPcieLinkGeneration, h),
                     pcie_width=_optional(nvml.nvmlDeviceGetCurrPcieLinkWidth, h),
                     nvlink_links=links,
@@ -285,6 +292,24 @@ def probe_nvml(nvml: Any | None = None) -> tuple[list[GpuInfo], str | None]:
     finally:
         _optional(nvml.nvmlShutdown)
     return gpus, warning
+
+
+def _power_draw(nvml: Any, handle: Any) -> tuple[float | None, float | None]:
+    """The board's draw now (watts), and the same figure as its idle draw when the GPU ran
+    no kernel over NVML's last sample period (utilisation 0), else None."""
+    mw = _optional_named(nvml, "nvmlDeviceGetPowerUsage", handle)
+    if not isinstance(mw, (int, float)) or mw <= 0:
+        return None, None
+    draw = mw / 1000
+    rates = _optional_named(nvml, "nvmlDeviceGetUtilizationRates", handle)
+    busy = getattr(rates, "gpu", None)
+    return draw, draw if busy == 0 else None
+
+
+def _optional_named(nvml: Any, name: str, *args: Any) -> Any:
+    """:func:`_optional` for a query an older binding may not have at all."""
+    fn = getattr(nvml, name, None)
+    return None if fn is None else _optional(fn, *args)
 
 
 def _optional(fn: Callable[..., Any], *args: Any) -> Any:

@@ -92,14 +92,31 @@ class Fitted(_Frozen):
 
 
 class AttentionEfficiency(_Frozen):
-    """An attention kernel's fwd+bwd throughput as a share of the dense peak:
+    """An attention kernel's throughput as a share of the dense peak:
     ``max x s / (s + s0)`` (``s0_causal`` for causal masks), scaled by head dimension
-    ``d / (d + d0)`` relative to d = 128 (FlashAttention-2/3 papers' kernel figures)."""
+    ``d / (d + d0)`` relative to d = 128 (FlashAttention-2/3 papers' kernel figures).
+
+    Without ``bwd_max`` the curve is the forward+backward pass's (FLOPs counted as 3.5x the
+    forward's). With it, (max, s0, s0_causal, d0) are the forward pass's and the ``bwd_*``
+    fields the backward pass's, each fitted to the kernel's own forward and backward figures.
+    """
 
     max: float = Field(gt=0, le=1)
     s0: float = Field(ge=0, description="sequence length at half of max, no mask")
     s0_causal: float = Field(ge=0, description="sequence length at half of max, causal")
     d0: float = Field(default=32.0, ge=0, description="head dimension at half of max")
+    bwd_max: float | None = Field(
+        default=None, gt=0, le=1, description="backward pass's share of the peak at long s"
+    )
+    bwd_s0: float | None = Field(
+        default=None, ge=0, description="backward: sequence length at half of bwd_max, no mask"
+    )
+    bwd_s0_causal: float | None = Field(
+        default=None, ge=0, description="backward: sequence length at half of bwd_max, causal"
+    )
+    bwd_d0: float | None = Field(
+        default=None, ge=0, description="backward: head dimension at half of bwd_max"
+    )
     source: str = Field(min_length=1)
 
 
@@ -138,7 +155,9 @@ class GpuEfficiency(_Frozen):
         measurement of this one is fitted; benchmarks/gpu_fit.py says so in each source),
         else an empty string."""
         prefix = "carried over from the "
-        said = self.gemm_max.source
+        # The shape saturation is always carried over; the GEMM ceiling may name a
+        # measurement of this part (its MAMF).
+        said = self.gemm_m0.source
         if not said.startswith(prefix):
             return ""
         origin = said[len(prefix) :].split(" ", 1)[0]
@@ -371,6 +390,14 @@ class GpuInfo(_Frozen):
     driver_version: str | None = None
     cuda_driver_version: str | None = None
     power_limit_w: float | None = None
+    power_draw_w: float | None = Field(
+        default=None, description="power draw when probed, watts (NVML nvmlDeviceGetPowerUsage)"
+    )
+    idle_power_w: float | None = Field(
+        default=None,
+        description="the draw when probed while the GPU ran no kernel (NVML utilisation 0), "
+        "watts: the idle figure whole-run energy estimates use",
+    )
     pcie_generation: int | None = None
     pcie_width: int | None = None
     nvlink_links: int | None = Field(default=None, description="active NVLink links")

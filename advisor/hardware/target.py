@@ -24,6 +24,9 @@ class Target(BaseModel):
     host_memory_bytes: int = Field(description="host RAM available per device for offload")
     nvme_bytes: int = Field(default=0, description="NVMe available per device for offload")
     host_source: str = Field(default="", description="where the host figures come from")
+    host_gpus: int = Field(
+        default=1, ge=1, description="devices that share one host's RAM and NVMe (its node)"
+    )
     compute_capability: float = 0.0
     fast_bf16: bool
     fast_fp16: bool
@@ -47,6 +50,16 @@ class HostOverride(BaseModel):
 
     memory_bytes: int | None = Field(default=None, ge=0, description="host RAM per node")
     nvme_bytes: int | None = Field(default=None, ge=0, description="NVMe per node")
+
+
+def host_for(target: Target, devices: int) -> tuple[int, int]:
+    """Host RAM and NVMe per device when ``devices`` devices are planned on hosts like the
+    target's: a host is shared by as many of them as it holds (a 4-GPU g4dn.12xlarge gives
+    one planned T4 all of its 192 GiB, each of 8 planned T4s a quarter)."""
+    sharing = min(max(target.gpus_per_node, 1), target.host_gpus)
+    ram, nvme = target.host_memory_bytes * sharing, target.nvme_bytes * sharing
+    share = min(max(devices, 1), target.host_gpus)
+    return ram // share, nvme // share
 
 
 def _host_of(
@@ -102,6 +115,11 @@ def target_from_profile(
     # NOTE: a data-parallel group inside one multi-node NVLink domain never touches a NIC.
     link = _interconnect(profile, 1 if gpus * nodes <= domain else nodes)
     ram, nvme, said = _host_of(profile, gpus, host)
+    # How many devices one such host holds: the profile's host's GPUs, the planned node's
+    # under --host-memory (given per node), one where the profile gives RAM per GPU.
+    host_gpus = profile.host.gpus if profile.host is not None else 1
+    if host is not None and host.memory_bytes is not None:
+        host_gpus = max(gpus, 1)
     if kind is DeviceKind.CPU:
         ram, nvme, said = 0, 0, "none: on a CPU the device memory is the host memory"
     cc = profile.cc if kind is DeviceKind.CUDA else 0.0
@@ -113,6 +131,7 @@ def target_from_profile(
         host_memory_bytes=ram,
         nvme_bytes=nvme,
         host_source=said,
+        host_gpus=host_gpus,
         compute_capability=cc,
         fast_bf16=_fast(profile.peak_tflops.bf16, profile.peak_tflops.fp32),
         fast_fp16=_fast(profile.peak_tflops.fp16, profile.peak_tflops.fp32),
@@ -301,6 +320,7 @@ def target_from_probe(
         host_memory_bytes=node_ram // max(count, 1),
         nvme_bytes=node_nvme // max(count, 1),
         host_source=said,
+        host_gpus=max(count, 1),
         compute_capability=cc,
         fast_bf16=g.bf16 or kind is not DeviceKind.CUDA,
         fast_fp16=True,

@@ -12,7 +12,9 @@ from advisor.config import Attention, Precision, Stack
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
 from advisor.memory.params import enum_value, spec_value
+from advisor.memory.ssm import ATTENTION, MOE, SSM, mamba_mixer_bytes
 from advisor.model.spec import ModelSpec
+from advisor.model.traits import FamilyTraits, MoeKernel
 
 
 def _norm_bytes(
@@ -113,6 +115,7 @@ def layer_activation_bytes(
             nothing) and, under eager attention, the probabilities' mask and the dropped
             probabilities the value matmul keeps (measured on BERT in
             tests/memory/test_memory_encoder.py).
+
         expert_rows: an MoE block's routed rows relative to dropless balanced routing
             (the capacity factor when padded; :func:`advisor.memory.moe.capacity_scale`).
         expert_gather: the expert tensor-parallel degree (Megatron's
@@ -152,7 +155,12 @@ def layer_activation_bytes(
         expert_rows,
         expert_gather,
     )
-    total = _norm_activation_bytes(k) + _attention_activation_bytes(k) + _mlp_activation_bytes(k)
+    mixers = model.block_mixers
+    if mixers is not None:
+        total = _hybrid_activation_bytes(k, mixers)
+    else:
+        total = _norm_activation_bytes(k) + _attention_activation_bytes(k)
+        total += _mlp_activation_bytes(k)
     qd, mc = a * d["hd"], res if quantized else c
     if dropout:
         total += 2 * t * h * (mask_bytes or c)
@@ -193,8 +201,8 @@ class _Block:
     fused_norm: bool
     quantized: bool
     lora_dropout: bool
-    expert_rows: float  # routed rows relative to dropless balanced routing
-    expert_gather: int  # hidden-width routed rows gathered over the expert tensor group
+    expert_rows: float = 1.0  # routed rows relative to dropless balanced routing
+    expert_gather: int = 1  # hidden-width routed rows gathered over the expert tensor group
 
     @property
     def t(self) -> int:
@@ -258,9 +266,20 @@ def _norm_activation_bytes(k: _Block) -> int:
         # into a residual add, which saves nothing.
         total = (norm_out_attn + norm_out_mlp) * t * h
         total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
+    elif placement == "single":
+        # One norm feeds attention and the MLP side by side (Phi-1/2, Falcon-7B): its output
+        # is one tensor all the projections read, unless each casts its own copy.
+        shared = fused or (k.cl == res and not k.lora_dropout)
+        out = max(norm_out_attn, norm_out_mlp) if shared else norm_out_attn + norm_out_mlp
+        total = _norm_bytes(layernorm, t, h, c, out, res, fnorm, frozen)
     else:
         total = _norm_bytes(layernorm, t, h, c, norm_out_attn, res, fnorm, frozen)
         total += _norm_bytes(layernorm, t, h, c, norm_out_mlp, res, fnorm, frozen)
+        if bool(spec_value(spec, "parallel_residual", False)):
+            # Both norms read the block's input (GPT-NeoX, Falcon-40B): LayerNorm and the
+            # fused kernels save that one tensor; HF RMSNorm's fp32 copy is the input itself
+            # only when the residual is fp32 already, else each norm makes its own.
+            total -= res * t * h if layernorm or fnorm else (4 * t * h if res == 4 else 0)
         if placement == "sandwich":
             # Gemma 2/3 also normalise both outputs before the residual add.
             total += 2 * _norm_bytes(layernorm, t, h, c, 0, c, fnorm, frozen)
@@ -281,6 +300,11 @@ def _norm_activation_bytes(k: _Block) -> int:
         total += _norm_bytes(False, t * rows, kd // rows, c, 0, c, fnorm, frozen)
         if fp32_normalized:
             total += (4 - c) * t * (qd + kd)
+    if spec.traits.qk_l2_norm and not d["mla"]:
+        # Llama 4's weightless L2 norm of the rotated q and k (Llama4TextL2Norm): their fp32
+        # copy (the tensor itself in fp32) and an fp32 rsqrt per head and row. NoPE layers
+        # skip it; the per-block figure counts it on every block.
+        total += 4 * t * (qd + kd) + 4 * t * (a + kv)
     return total
 
 
@@ -304,7 +328,11 @@ def _attention_activation_bytes(k: _Block) -> int:
         total += _mla_activation_bytes(d, b, s, c, eager, saved_input("q"), o_in)
     elif attention is Attention.EAGER and not selective:
         total += 3 * c * t * qd  # Q, K and V expanded to all heads (copies for bmm)
-        if not spec.traits.eager_softmax_fp32 and precision not in (
+        if spec.traits.attention_sinks:
+            # gpt-oss: the softmax spans the scores and a sink column (s + 1), in the
+            # logits' dtype, after subtracting the row max, whose int64 indices are kept.
+            total += c * b * a * s * (s + 1) + 8 * b * a * s
+        elif not spec.traits.eager_softmax_fp32 and precision not in (
             Precision.AMP_FP16,
             Precision.AMP_BF16,
         ):
@@ -336,31 +364,85 @@ def _attention_activation_bytes(k: _Block) -> int:
     return total
 
 
-def _mlp_activation_bytes(k: _Block) -> int:
-    """The MLP (an MoE model's averaged over its dense and MoE blocks)."""
+def _dense_mlp_bytes(k: _Block) -> int:
+    """A dense MLP of the model's intermediate width (per routed expert: linear in it)."""
     spec, d, t, c, res = k.spec, k.d, k.t, k.dt.act, k.res
-    f, frozen, fused, quantized, saved_input = d["f"], k.frozen, k.fused, k.quantized, k.saved_input
-    total = 0
-    # MLP (per routed expert for MoE). 4-bit gate/up return the norm output's dtype.
-    mc = res if quantized else c
+    f, fused, saved_input = d["f"], k.fused, k.saved_input
+    # 4-bit gate/up return the norm output's dtype.
+    mc = res if k.quantized else c
     mlp = enum_value(spec.mlp)
     if mlp in ("gated-silu", "gated-gelu"):  # SiLU and tanh-GELU both save their input
         # hf: gate out, SiLU out, up out (+ product, down's input); fused: gate and up outs.
-        mlp_bytes = (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
-    elif mlp == "gelu":
+        return (2 if fused else 3) * mc * t * f + saved_input("down") * t * f
+    if mlp == "gelu":
         kept = 1 if fused else (4 if spec.traits.python_gelu else 1)
-        mlp_bytes = kept * mc * t * f + saved_input("down") * t * f
-    else:  # relu saves its output, which is also the next linear's input
-        mlp_bytes = mc * t * f
-    if d["Lm"]:
-        gather = saved_input("gate", "up")  # the experts' first matmul saves its input
-        router_fp32 = spec.traits.router_fp32_input
-        total += _moe_activation_bytes(
-            d, t, c, mlp_bytes, gather, frozen, router_fp32, k.expert_rows, k.expert_gather
-        )
-    else:
-        total += mlp_bytes
-    return total
+        return kept * mc * t * f + saved_input("down") * t * f
+    # relu saves its output, which is also the next linear's input; a squared ReLU
+    # (transformers ReLUSquaredActivation: square(relu(x))) keeps the square too.
+    return (2 if spec.traits.squared_relu else 1) * mc * t * f
+
+
+def _moe_bytes(k: _Block, mlp_bytes: int) -> int:
+    """One MoE block's MLP (:func:`_moe_layer_bytes` with this block's dtypes)."""
+    gather = k.saved_input("gate", "up")  # the experts' first matmul saves its input
+    return _moe_layer_bytes(
+        k.d,
+        k.t,
+        k.dt.act,
+        mlp_bytes,
+        gather,
+        k.frozen,
+        k.spec.traits,
+        expert_rows=k.expert_rows,
+        expert_gather=k.expert_gather,
+    )
+
+
+def _mlp_activation_bytes(k: _Block) -> int:
+    """The MLP; an MoE model's averaged over its dense and MoE blocks, so ``num_layers x``
+    this figure is the whole stack (DeepSeek-V3's first 3 blocks are dense)."""
+    d = k.d
+    mlp_bytes = _dense_mlp_bytes(k)
+    if not d["Lm"]:
+        return mlp_bytes
+    L, Lm = d["L"], d["Lm"]
+    return -(-((L - Lm) * mlp_bytes + Lm * _moe_bytes(k, mlp_bytes)) // L)
+
+
+def _hybrid_activation_bytes(k: _Block, mixers: tuple[tuple[int, frozenset[str]], ...]) -> int:
+    """A block of a state-space or hybrid model, averaged over its blocks: each block's
+    mixers (Mamba-2, attention, MLP, MoE), each behind its own pre-norm (Nemotron-H: one
+    per block; Mamba-2: the SSM alone)."""
+    spec, d, t, c, res, frozen = k.spec, k.d, k.t, k.dt.act, k.res, k.frozen
+    layernorm = enum_value(spec.norm) == "layernorm"
+    fnorm = k.fused or k.fused_norm
+    gated = enum_value(spec.mlp) in ("gated-silu", "gated-gelu")
+    fused_qkv = spec.traits.conv1d or bool(spec_value(spec, "fused_qkv", False)) or bool(d["mla"])
+    total = layers = 0
+    for count, kinds in mixers:
+        block = 0
+        for kind in sorted(kinds):
+            if kind == SSM and spec.ssm is not None:
+                out = k.saved_input("ssm_in")
+                body = mamba_mixer_bytes(
+                    spec.ssm, k.b, k.s, c, fused=k.fused, out_proj_in=k.saved_input("ssm_out")
+                )
+            elif kind == ATTENTION:
+                out = k.reads(("q", "k", "v"), fused_qkv)
+                body = _attention_activation_bytes(k)
+            elif kind == MOE:
+                out = k.reads(("gate", "up"), True)
+                body = _moe_bytes(k, _dense_mlp_bytes(k))
+            else:
+                one = not gated or bool(spec_value(spec, "fused_gate_up", False))
+                out = k.reads(("gate", "up"), one)
+                body = _dense_mlp_bytes(k)
+            block += _norm_bytes(layernorm, t, d["h"], c, out, res, fnorm, frozen) + body
+            if spec.traits.fp32_norm_output and not (fnorm or frozen or layernorm):
+                block += (4 - c) * t * d["h"]  # Nemotron-H's norm keeps an fp32 product
+        total += count * block
+        layers += count
+    return -(-total // max(layers, 1))
 
 
 def _mla_activation_bytes(
@@ -395,18 +477,19 @@ def _mla_activation_bytes(
     return total
 
 
-def _moe_activation_bytes(
+def _moe_layer_bytes(
     d: Mapping[str, int],
     t: int,
     c: int,
     mlp_bytes: int,
     gather: int,
     frozen: bool,
-    router_fp32: bool,
+    traits: FamilyTraits,
+    *,
     expert_rows: float = 1.0,
     expert_gather: int = 1,
 ) -> int:
-    """An MoE model's MLP activations per block, averaged over its dense and MoE blocks.
+    """One MoE block's MLP activations.
 
     transformers 5's experts loop (Qwen3MoeExperts, DeepseekV3Experts, Mixtral's) runs
     each routed token through ``experts_per_token`` experts: per token-expert pair it saves
@@ -415,27 +498,46 @@ def _moe_activation_bytes(
     (kept while the router trains), and int64 token and slot indices. The router saves
     its fp32 probabilities (softmax; DeepSeek-V3: sigmoid, after an fp32 copy of the
     input) and the top-k indices. Shared experts are one dense MLP of their summed width.
-    A model with dense first layers (DeepSeek-V3) gets the average over its blocks, so
-    ``num_layers x`` this figure is the whole stack.
 
     Megatron layouts (:mod:`advisor.memory.moe`): ``expert_rows`` scales the routed terms
-    by the padded (or dropped) share of a capacity factor; ``expert_gather`` multiplies the per-row
-    hidden-width terms (gathered input, weighted output, indices) by the expert tensor
-    group's rows over the tensor split; the expert-width terms keep the tensor split (rows
-    x etp / tp, width / etp).
+    by the padded (or dropped) share of a capacity factor; ``expert_gather`` multiplies the
+    per-row hidden-width terms (gathered input, weighted output, indices) by the expert
+    tensor group's rows over the tensor split; the expert-width terms keep the tensor split
+    (rows x etp / tp, width / etp).
     """
-    L, Lm, k, E, h, f, fe = d["L"], d["Lm"], d["k"], d["E"], d["h"], d["f"], d["fe"]
+    k, E, h, f, fe = d["k"], d["E"], d["h"], d["f"], d["fe"]
+    eg = expert_gather
     per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
-    pair_rows = (gather * t * h + (0 if frozen else c * t * h) + 16 * t) * expert_gather
-    routed = k * (per_width * fe + pair_rows)
+    if traits.moe_kernel is MoeKernel.DENSE:
+        # Llama 4: every expert runs on every token. The input repeated per expert times
+        # the scores (both kept while the router trains), the product (the first bmm's
+        # input), the expert MLP; the router keeps its fp32 sigmoid over all experts.
+        routed = E * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + c * t)
+        router = 4 * t * E + 8 * t * k
+    elif traits.moe_kernel is MoeKernel.GROUPED:
+        # Token-expert pairs sorted by expert, one grouped_mm per projection (gpt-oss,
+        # Nemotron-H). Per pair: its gathered input; the expert MLP (gpt-oss's clamped
+        # SwiGLU keeps the gate_up output, the clamped gate, sigmoid(alpha * gate), up + 1,
+        # their product and the down input: 7 expert widths); the output times its routing
+        # weight (fp32 from an fp32 router); int64 gather, weight and inverse-permutation
+        # indices (and gpt-oss's expert-bias rows).
+        expert = 7 * c * fe if traits.clamped_swiglu else per_width // t * fe
+        weight = 4 if traits.router_fp32_input else c
+        indices = 8 * (4 if traits.clamped_swiglu else 3)
+        pair = (gather * h + (0 if frozen else c * h + weight) + indices) * eg + expert
+        routed = k * t * pair + 4 * E
+        # gpt-oss softmaxes the top-k logits only; Nemotron-H takes an fp32 sigmoid of all.
+        router = (c * t * k if traits.router_topk_softmax else 4 * t * E) + 8 * t * k
+    else:
+        pair_rows = (gather * t * h + (0 if frozen else c * t * h) + 16 * t) * eg
+        routed = k * (per_width * fe + pair_rows)
+        router = 4 * t * E + 8 * t * k
     if expert_rows != 1.0:
         routed = math.ceil(routed * expert_rows)
-    router = 4 * t * E + 8 * t * k
-    if router_fp32:
+    if traits.router_fp32_input:
         router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy
     shared = per_width * fe * d["S"]
-    moe = routed + router + shared
-    return -(-((L - Lm) * mlp_bytes + Lm * moe) // L)
+    return routed + router + shared
 
 
 def model_level_activation_bytes(

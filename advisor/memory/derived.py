@@ -23,6 +23,7 @@ from advisor.memory.params import (
     lora_full_tensors,
     shape_of,
 )
+from advisor.memory.ssm import block_mixers
 from advisor.model.spec import ModelSpec
 
 
@@ -64,6 +65,11 @@ class MemoryModel:
     def saved_matmuls(self) -> tuple[Matmul, ...]:
         """The matmuls whose outputs op-level selective checkpointing saves."""
         return tuple(saved_matmuls_of(self.matmuls))
+
+    @cached_property
+    def block_mixers(self) -> tuple[tuple[int, frozenset[str]], ...] | None:
+        """The mixers of a hybrid or state-space model's blocks (:func:`block_mixers`)."""
+        return block_mixers(self.spec)
 
     @cached_property
     def recompute_share(self) -> float:

@@ -31,6 +31,7 @@ from advisor.model.shape import (
     Position,
     QkNorm,
     Shape,
+    SsmShape,
     TransformerShape,
 )
 from advisor.model.spec import ModelSpec
@@ -54,6 +55,7 @@ __all__ = [
     "Position",
     "QkNorm",
     "Shape",
+    "SsmShape",
     "TransformerShape",
     "UnsupportedModelType",
     "family_traits",

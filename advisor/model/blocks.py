@@ -223,6 +223,7 @@ def field_block(spec: ShapeSource, moe: bool = False) -> tuple[BlockTensor, ...]
         _attention(b)
         norms = {
             BlockNorms.PRE: ("input_layernorm", "post_attention_layernorm"),
+            BlockNorms.SINGLE: ("input_layernorm",),
             BlockNorms.POST: ("post_attention_layernorm", "post_feedforward_layernorm"),
             BlockNorms.SANDWICH: (
                 "input_layernorm",

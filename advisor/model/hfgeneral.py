@@ -36,8 +36,9 @@ from advisor.model.spec import (
     Norm,
     Position,
     QkNorm,
+    SsmShape,
 )
-from advisor.model.traits import family_traits
+from advisor.model.traits import FamilyTraits, family_traits
 
 # NOTE: the sequence length assumed for a model whose config states no position limit
 # (T5's relative buckets, Mamba's recurrence); say --seq-len to override it.
@@ -48,17 +49,16 @@ _HINT = "pass a Hugging Face config.json (or the model folder holding it)"
 # What the representative fields leave out, by the roles that show it (the inventory still
 # counts these tensors; their activations are what the fields do not describe).
 _ROLE_NOTES = {
-    "sinks": "attention sinks (one logit per head): parameters counted, no activations",
-    "expert_gate_up_bias": "routed experts' biases: parameters counted, activations as "
-    "bias-free experts",
+    "sinks": "attention sinks (one logit per head): counted in eager attention's softmax "
+    "(s + 1 columns); the step time prices attention without them",
     "router_bias": "the router's bias: parameters counted",
     "embed_norm": "a LayerNorm on the embeddings: parameters counted, its activations not",
     "lm_head_bias": "the LM head's bias: parameters counted",
     "relpos": "relative position biases (T5 buckets): parameters counted, the bias added to "
     "the scores not",
-    "ssm_in": "Mamba-2 mixer blocks (in_proj, depthwise conv, selective scan, gated norm, "
-    "out_proj): parameters exact; activations as an attention block of the representative "
-    "widths, not the scan's state (ssm_state_size) or conv window",
+    "ssm_in": "Mamba-2 mixer blocks: parameters and activations exact (transformers' chunked "
+    "scan, or mamba_ssm's fused kernel under the fused stack); the step time prices a mixer "
+    "as an attention block of its heads and widths",
     "cross_q": "decoder cross-attention (q/k/v/o over the encoder output): parameters "
     "counted, activations not",
 }
@@ -156,6 +156,9 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
     )
     if mla is not None:
         fields["mla"] = mla
+    ssm = _ssm_shape(raw, inv)
+    if ssm is not None:
+        fields["ssm"] = ssm
     factor = raw.attrs.get("partial_rotary_factor")
     if isinstance(factor, float) and 0 < factor < 1 and raw.rotary:
         fields["rotary_dim"] = int(head_dim * factor)
@@ -163,6 +166,39 @@ def spec_fields(raw: RawModel, inv: Inventory) -> tuple[dict[str, Any], list[str
         fields.update(_moe_fields(raw, inv, experts, moe_width, shared))
     notes += _closing_notes(raw, inv, layers, len(norms))
     return fields, notes
+
+
+def _ssm_shape(raw: RawModel, inv: Inventory) -> SsmShape | None:
+    """The Mamba-2 mixer's shape: heads, inner width, conv window and B/C width from its
+    tensors; the state size (which splits B/C into groups) and the chunk from the config.
+
+    Raises:
+        UserError: when the config's state size does not split the mixer's B/C width.
+    """
+    group = next((g for g in inv.groups if find(g, "ssm_in") is not None), None)
+    if group is None:
+        return None
+    a, conv, out = find(group, "ssm_a"), find(group, "ssm_conv"), find(group, "ssm_out")
+    if a is None or conv is None or out is None:
+        return None
+    heads, inner = a.shape[0], out.shape[1]
+    bc = (conv.shape[0] - inner) // 2  # n_groups x state_size, for B and for C
+    state = _attr_int(raw, "state_size", "ssm_state_size")
+    chunk = _attr_int(raw, "chunk_size")
+    if state is None or chunk is None or bc % state or inner % heads:
+        raise UserError(
+            f"{raw.model_type}: the Mamba mixer's widths (inner {inner}, B/C {bc}) do not "
+            f"split into {heads} heads and state size {state}",
+            _HINT,
+        )
+    return SsmShape(
+        num_heads=heads,
+        head_dim=inner // heads,
+        state_size=state,
+        n_groups=bc // state,
+        conv_kernel=conv.shape[-1],
+        chunk_size=chunk,
+    )
 
 
 def _attention_shape(
@@ -185,8 +221,7 @@ def _attention_shape(
         head_dim = head_dim or max(1, h // heads)
         kv = heads
         notes.append(
-            "no attention: the state-space mixer's activations are modelled as an "
-            "attention block of its heads and widths"
+            "no attention: the representative heads and widths are the state-space mixer's"
         )
     elif heads is None:
         raise UserError(f"{raw.model_type}: the config states no attention head count", _HINT)
@@ -292,8 +327,34 @@ def _norm_bias_fields(
         mlp_bias=(bias["up_bias"] or bias["down_bias"] or bias["gate_up_bias"]) and experts == 1,
         tie_word_embeddings=not any(t.role == "lm_head" for t in inv.outside),
         qk_norm=qk_norm,
-        block_norms=BlockNorms.SANDWICH if len(norms) == 4 else BlockNorms.PRE,
+        block_norms=_placement(len(norms), _one_norm_for_two(dom, len(norms))),
+        parallel_residual=_parallel(raw, _one_norm_for_two(dom, len(norms))),
     )
+
+
+def _one_norm_for_two(dom: InvGroup, n_norms: int) -> bool:
+    """Whether a block holds attention and an MLP behind a single norm, which both must then
+    read side by side (Phi-1/2, GPT-J, Falcon-7B). A hybrid's one-mixer blocks have one norm
+    for their one mixer (Nemotron-H)."""
+    r = roles(dom)
+    attention = any(r[n] for n in ("q", "qkv", "mla_q_a", "mla_q_b"))
+    mlp = any(r[n] for n in ("up", "gate_up", "expert_up", "expert_gate_up"))
+    return n_norms == 1 and attention and mlp
+
+
+def _placement(n_norms: int, single: bool) -> BlockNorms:
+    """The norm placement from the count of a block's norm weights."""
+    if n_norms == 4:
+        return BlockNorms.SANDWICH
+    return BlockNorms.SINGLE if single else BlockNorms.PRE
+
+
+def _parallel(raw: RawModel, single: bool) -> bool:
+    """Whether attention and the MLP read the same input side by side: the config says so
+    (GPT-NeoX ``use_parallel_residual``, Falcon ``parallel_attn``), or one norm feeds both."""
+    a = raw.attrs
+    stated = a.get("use_parallel_residual") is True or a.get("parallel_attn") is True
+    return stated or single
 
 
 def _moe_fields(
@@ -321,7 +382,7 @@ def _closing_notes(raw: RawModel, inv: Inventory, layers: int, n_norms: int) -> 
             "encoder-decoder: the encoder and decoder blocks are one stack of "
             f"{layers} blocks for activations; cross-attention activations are not modelled"
         )
-    if n_norms not in (2, 4):
+    if n_norms not in (1, 2, 4):
         notes.append(f"{n_norms} norm(s) per block: activations count the two of a pre-norm block")
     return notes
 
@@ -330,15 +391,8 @@ def behaviour_notes(raw: RawModel) -> list[str]:
     """What the config says the blocks do that no tensor shows (activations not modelled)."""
     a = raw.attrs
     out = []
-    if a.get("use_parallel_residual") is True or a.get("parallel_attn") is True:
-        out.append(
-            "attention and MLP in parallel on one residual (GPT-NeoX, Falcon, Phi): "
-            "activations are counted as a sequential block's"
-        )
     if isinstance(a.get("attention_chunk_size"), int):
         out.append("chunked local attention (Llama 4): activations as full causal attention")
-    if a.get("use_qk_norm") is True:
-        out.append("a weightless L2 norm on q and k (Llama 4): its activations are not counted")
     return out
 
 
@@ -370,7 +424,7 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
         name=name or raw.model_type,
         family=family,
         source=p.resolve().as_uri(),
-        traits=family_traits(family, fields["arch"]),
+        traits=_traits(raw, inv, family, fields["arch"]),
     )
     try:
         plain = ModelSpec.model_validate(fields)
@@ -385,6 +439,29 @@ def spec_from_raw(raw: RawModel, cfg: dict[str, Any], p: Path) -> ModelSpec:
     approximated = tuple(dict.fromkeys(approximated))
     full = inv.model_copy(update={"approximated": approximated})
     return ModelSpec.model_validate({**fields, "inventory": full})
+
+
+# transformers' activations written out in Python, op by op (activations.py
+# NewGELUActivation: 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))), which keep
+# the intermediates GPT-2's MLP keeps; the others are one torch op saving its input.
+_PYTHON_GELU = frozenset({"gelu_new"})
+
+
+def _traits(raw: RawModel, inv: Inventory, family: str, arch: Arch) -> FamilyTraits:
+    """The family's traits, with what the config states on top: a GELU written out in
+    Python, a weightless q/k norm."""
+    traits = family_traits(family, arch)
+    update: dict[str, bool] = {}
+    act = str(raw.attrs.get("act") or "").lower()
+    if act in _PYTHON_GELU and not traits.python_gelu:
+        update["python_gelu"] = True
+    if act == "relu2":
+        update["squared_relu"] = True
+    if raw.attrs.get("use_qk_norm") is True and not any(
+        t.role == "qk_norm" for g in inv.groups for t in g.tensors
+    ):
+        update["qk_l2_norm"] = True  # Llama 4: a norm with no weight, so no tensor shows it
+    return traits.model_copy(update=update) if update else traits
 
 
 def _same_tensors(spec: ModelSpec, inv: Inventory) -> bool:

@@ -244,6 +244,10 @@ def _attrs(text: Any) -> dict[str, int | float | str | bool | None]:
         "head_dim",
         "max_position_embeddings",
         "n_positions",
+        "state_size",
+        "ssm_state_size",
+        "n_groups",
+        "chunk_size",
     ):
         try:
             out[key] = scalar(getattr(text, key, None))

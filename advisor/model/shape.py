@@ -68,6 +68,37 @@ class BlockNorms(str, Enum):
     PRE = "pre"  # before attention and before the MLP: 2 (Llama, Qwen, Mistral, Phi-3)
     SANDWICH = "sandwich"  # before and after attention and MLP: 4 (Gemma 2, Gemma 3)
     POST = "post"  # after attention and after the MLP: 2 (OLMo 2)
+    # One norm whose output both attention and the MLP read, side by side on one residual:
+    # 1 (GPT-J, Phi-1/1.5/2, Falcon-7B; transformers PhiDecoderLayer, FalconDecoderLayer).
+    SINGLE = "single"
+
+
+class SsmShape(FrozenModel):
+    """A Mamba-2 mixer (Dao & Gu 2024, arXiv:2405.21060, sec. 7): in_proj to the gate z, x,
+    B, C (n_groups x state_size each) and one dt per head; a depthwise causal conv over x, B
+    and C; the chunked state-space scan; a gated RMSNorm per group; out_proj."""
+
+    num_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    state_size: int = Field(gt=0, description="N: the state per head channel")
+    n_groups: int = Field(gt=0, description="groups sharing B and C (and the gated norm's)")
+    conv_kernel: int = Field(gt=0, description="the causal conv's window")
+    chunk_size: int = Field(gt=0, description="the scan's chunk (the reference pads to it)")
+
+    @property
+    def inner(self) -> int:
+        """The mixer's inner width (num_heads x head_dim)."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv's channels: x, B and C."""
+        return self.inner + 2 * self.n_groups * self.state_size
+
+    @property
+    def in_proj(self) -> int:
+        """in_proj's output width: z, x, B, C and dt."""
+        return self.inner + self.conv_dim + self.num_heads
 
 
 class MlaShape(FrozenModel):

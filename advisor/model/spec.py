@@ -63,6 +63,7 @@ from advisor.model.shape import (
     Position,
     QkNorm,
     Shape,
+    SsmShape,
     TransformerShape,
 )
 from advisor.model.traits import FamilyTraits, ModuleLayout, family_traits
@@ -83,6 +84,7 @@ __all__ = [
     "Position",
     "QkNorm",
     "Shape",
+    "SsmShape",
     "TransformerShape",
 ]
 
@@ -104,7 +106,15 @@ _TRANSFORMER_INTS = (
 )
 _TRANSFORMER_ENUMS = ("mlp", "norm", "position")
 _TRANSFORMER_BOOLS = ("qkv_bias", "out_bias", "mlp_bias", "tie_word_embeddings")
-_DECODER_EXTRAS = ("qk_norm", "block_norms", "fused_qkv", "fused_gate_up", "mla")
+_DECODER_EXTRAS = (
+    "ssm",
+    "qk_norm",
+    "block_norms",
+    "parallel_residual",
+    "fused_qkv",
+    "fused_gate_up",
+    "mla",
+)
 _MOE_EXTRAS = ("moe_intermediate_size", "shared_experts", "dense_layers")
 
 
@@ -150,9 +160,20 @@ class ModelSpec(FrozenModel):
     tie_word_embeddings: bool = False
     qk_norm: QkNorm = QkNorm.NONE
     block_norms: BlockNorms = BlockNorms.PRE
+    parallel_residual: bool = Field(
+        default=False,
+        description="attention and the MLP both read the block's input and add to one "
+        "residual, x + attn(norm(x)) + mlp(norm(x)) (GPT-J; GPT-NeoX use_parallel_residual, "
+        "Falcon parallel_attn, Phi-1/2)",
+    )
     fused_qkv: bool = Field(default=False, description="one qkv_proj matrix (Phi-3)")
     fused_gate_up: bool = Field(default=False, description="one gate_up_proj matrix (Phi-3)")
     mla: MlaShape | None = Field(default=None, description="multi-head latent attention")
+    ssm: SsmShape | None = Field(
+        default=None,
+        description="the Mamba-2 mixer of a state-space or hybrid model (read from its "
+        "config.json; the inventory says which blocks have one)",
+    )
     rotary_dim: int | None = Field(
         default=None,
         gt=0,

@@ -25,6 +25,16 @@ class ModuleLayout(str, Enum):
     BERT = "bert"  # BertLayer: post-LN, embeddings.LayerNorm, pooler
 
 
+class MoeKernel(str, Enum):
+    """How the reference implementation runs its routed experts (transformers 5)."""
+
+    LOOP = "loop"  # a loop over experts, each on its routed tokens (Mixtral, Qwen3-MoE, DeepSeek)
+    DENSE = "dense"  # every expert on every token, weighted by a zero-outside-top-k score
+    # (Llama4TextMoe: hidden.repeat(num_experts) * router scores, one bmm per projection)
+    GROUPED = "grouped"  # token-expert pairs sorted by expert, one grouped_mm per projection,
+    # a clamped SwiGLU (GptOssExperts: gate.clamp, gate * sigmoid(alpha * gate), (up + 1))
+
+
 class FamilyTraits(FrozenModel):
     """What a family's reference implementation does beyond its shape fields."""
 
@@ -64,6 +74,34 @@ class FamilyTraits(FrozenModel):
         description="the MoE router reads an fp32 copy of the hidden states "
         "(DeepSeek-V3's F.linear(hidden.float(), ...))",
     )
+    squared_relu: bool = Field(
+        default=False,
+        description="the MLP's activation is a squared ReLU (Nemotron-H's relu2: "
+        "square(relu(x)), keeping both)",
+    )
+    moe_kernel: MoeKernel = Field(
+        default=MoeKernel.LOOP, description="how the routed experts run (MoeKernel)"
+    )
+    clamped_swiglu: bool = Field(
+        default=False,
+        description="the experts' SwiGLU clamps gate and up and adds 1 to up, with biased "
+        "expert projections (gpt-oss: GptOssExperts)",
+    )
+    router_topk_softmax: bool = Field(
+        default=False,
+        description="the router takes the top-k logits first and softmaxes only those "
+        "(gpt-oss: GptOssTopKRouter)",
+    )
+    qk_l2_norm: bool = Field(
+        default=False,
+        description="a weightless L2 norm on q and k after RoPE, in fp32 (Llama 4's "
+        "use_qk_norm: Llama4TextL2Norm)",
+    )
+    attention_sinks: bool = Field(
+        default=False,
+        description="a learned sink logit per head joins eager attention's softmax, which "
+        "then spans s + 1 columns after a max subtraction (gpt-oss: GptOssAttention)",
+    )
 
 
 _GPT2 = FamilyTraits(
@@ -94,13 +132,30 @@ def family_traits(family: str, arch: Arch | str) -> FamilyTraits:
     return FamilyTraits(**{**known.model_dump(), **quirks}) if quirks else known
 
 
-def _numerics(family: str) -> dict[str, bool]:
+def _numerics(family: str) -> dict[str, object]:
     """Quirks of a family's reference numerics. Every Gemma generation (gemma, gemma2,
-    gemma3, gemma3_text, as configs name them) and OLMo 2 keep an fp32 normalised tensor;
-    DeepSeek-V3's router casts its input to fp32."""
-    quirks: dict[str, bool] = {}
-    if family.startswith("gemma") or family == "olmo2":
+    gemma3, gemma3_text, as configs name them), OLMo 2 and gpt-oss keep an fp32 normalised
+    tensor (gpt-oss: ``(weight * hidden.float()).to(dtype)``; Nemotron-H likewise); the
+    DeepSeek-V3 and Nemotron-H routers cast their input to fp32; Llama 4, gpt-oss and
+    Nemotron-H run their experts their own way (:class:`MoeKernel`), Llama 4's eager softmax
+    stays in the compute dtype and gpt-oss's attention has sinks."""
+    quirks: dict[str, object] = {}
+    if family.startswith("gemma") or family in ("olmo2", "gptoss", "nemotronh"):
         quirks["fp32_norm_output"] = True
-    if family == "deepseekv3":
+    if family in ("deepseekv3", "nemotronh"):
         quirks["router_fp32_input"] = True
+    if family == "nemotronh":
+        # NemotronHExperts: relu2 experts on sorted token-expert pairs (grouped_mm).
+        quirks["moe_kernel"] = MoeKernel.GROUPED
+    if family.startswith("llama4"):
+        # Llama 4's eager attention runs its softmax in the compute dtype (eager_attention_
+        # forward in modeling_llama4: softmax(attn_weights, dim=-1), no fp32).
+        quirks.update(moe_kernel=MoeKernel.DENSE, eager_softmax_fp32=False)
+    if family == "gptoss":
+        quirks.update(
+            moe_kernel=MoeKernel.GROUPED,
+            attention_sinks=True,
+            clamped_swiglu=True,
+            router_topk_softmax=True,
+        )
     return quirks

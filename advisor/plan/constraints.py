@@ -43,7 +43,7 @@ class Constraints:
 
     def compatible(self, config: TrainingConfig, techniques: Sequence[str]) -> str | None:
         """Why a configuration's techniques cannot go together (None: they can)."""
-        return _compatible(self.clashes, config, techniques)
+        return _compatible(self.clashes, config, techniques, self.ctx.target.fast_bf16)
 
     def hard_constraint(self, techniques: Sequence[str]) -> str | None:
         """Why the rules exclude a plan (None: they do not)."""
@@ -81,10 +81,12 @@ def compatible(ctx: Context, config: TrainingConfig, techniques: Sequence[str]) 
 
     Builds the clash table for this one question; a search asks through its
     :class:`Constraints`, which builds it once."""
-    return _compatible(clash_table(ctx.taxonomy), config, techniques)
+    return _compatible(clash_table(ctx.taxonomy), config, techniques, ctx.target.fast_bf16)
 
 
-def _compatible(table: ClashTable, config: TrainingConfig, techniques: Sequence[str]) -> str | None:
+def _compatible(
+    table: ClashTable, config: TrainingConfig, techniques: Sequence[str], fast_bf16: bool = True
+) -> str | None:
     savers, layout = config.savers, config.layout
     present = set(techniques)
     for tid in techniques:
@@ -102,6 +104,10 @@ def _compatible(table: ClashTable, config: TrainingConfig, techniques: Sequence[
         Precision.FP8_MIXED,
     ):
         return "QLoRA computes in 16-bit over a 4-bit base by construction"
+    if config.task is Task.QLORA and fast_bf16 and config.precision in _FP16:
+        # NOTE: QLoRA computes in bf16 (Dettmers et al. 2023); fp16 compute
+        # (bnb_4bit_compute_dtype=float16) is the fallback for GPUs without bf16.
+        return "QLoRA computes in bf16 where the GPU has it; fp16 is the Volta/Turing fallback"
     if config.task is Task.LORA and config.precision is Precision.FP8_MIXED:
         return "fp8 recipes (Transformer Engine) train full layers, not adapters"
     if config.task in (Task.LORA, Task.QLORA) and (
@@ -130,6 +136,9 @@ _COMPUTE_DTYPES: dict[Precision, frozenset[str]] = {
     Precision.BF16: frozenset({"bf16"}),
     Precision.FP8_MIXED: frozenset({"fp8", "bf16"}),
 }
+
+
+_FP16 = frozenset({Precision.AMP_FP16, Precision.FP16_MIXED, Precision.FP16})
 
 
 def _compute_dtypes(precision: Precision) -> frozenset[str]:

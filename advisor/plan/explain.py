@@ -3,27 +3,35 @@ would fit when nothing does."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from advisor.config import (
     Checkpointing,
     Offload,
     ParallelLayout,
-    Precision,
     Sharding,
     Stack,
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import plan_steps
 from advisor.hardware.profiles import DeviceKind
+from advisor.hardware.target import host_for
 from advisor.plan.constraints import compatible, hard_constraint, techniques_of
 from advisor.plan.evaluator import Evaluator, Plan, memory_reason
 from advisor.plan.geometry import best_geometry
 from advisor.plan.layout import Layout
 from advisor.plan.models import Reason, Suggestion, WhyNot
-from advisor.plan.rank import Row
-from advisor.plan.space import Context, baseline_config, describe_config, estimate, host_fits
+from advisor.plan.rank import NVME_LAST_RESORT, Row
+from advisor.plan.space import (
+    Context,
+    baseline_config,
+    context_steps,
+    describe_config,
+    estimate,
+    host_fits,
+    quantized_base_precision,
+)
 from advisor.rules.engine import Decision
 from advisor.units import format_bytes
 
@@ -71,10 +79,17 @@ def plan_reasons(ctx: Context, plan: Plan, decision: Decision) -> list[Reason]:
     """The rules that moved this plan: its techniques' preferences and requirements."""
     present = set(plan.techniques)
     out = []
+    # One line per fired action, naming every technique of the plan it covers: the plan
+    # scores each action once (rules/engine.py), however many of its techniques it names.
+    named: dict[str, list[str]] = {}
     for tid in plan.techniques:
-        for rule_id, weight in decision.contributions.get(tid, []):
-            verb = "prefers" if weight > 0 else "avoids"
-            out.append(reason(ctx, rule_id, f"{verb} {tid} ({weight:+g})"))
+        for key in decision.actions_of.get(tid, []):
+            named.setdefault(key, []).append(tid)
+    for key, tids in named.items():
+        weight = decision.action_weights[key]
+        verb = "prefers" if weight > 0 else "avoids"
+        rule_id = key.rsplit("#", 1)[0]
+        out.append(reason(ctx, rule_id, f"{verb} {', '.join(tids)} ({weight:+g})"))
     for tid, rules in decision.required.items():
         if tid in present:
             out.extend(reason(ctx, r, f"requires {tid}") for r in rules)
@@ -96,10 +111,11 @@ def why_not(
                 base.with_(task=Task.LORA),
             )
         )
+        sixteen = quantized_base_precision(ctx.target)
         expected.append(
             (
-                "QLoRA (r=16, 4-bit base) with AdamW in bf16-mixed",
-                base.with_(task=Task.QLORA, precision=Precision.BF16_MIXED),
+                f"QLoRA (r=16, 4-bit base) with AdamW in {sixteen.value}",
+                base.with_(task=Task.QLORA, precision=sixteen),
             )
         )
     if "mezo" in ctx.taxonomy and ctx.workload.task is not Task.PRETRAIN:
@@ -134,10 +150,7 @@ def why_not(
 
 
 def _steps(ctx: Context, p: Plan) -> float:
-    c = p.config
-    return plan_steps(
-        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
-    ).central
+    return context_steps(ctx, p.config).central
 
 
 def _position(rows: list[Row], config: TrainingConfig) -> int | None:
@@ -186,8 +199,9 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
     base = baseline_config(ctx)
     tight = base.with_(checkpointing=Checkpointing.FULL, micro_batch=1)
     if base.kernels.stack is Stack.HF:
-        # Another kernel stack changes the verdict: the same frugal plan with FlashAttention,
-        # fused norms/activations and a fused cross-entropy (what production stacks run).
+        # Another kernel stack changes the verdict: the same frugal plan (its attention
+        # kernel kept) with fused norms/activations and a fused cross-entropy (what
+        # production stacks run).
         hf = estimate(ctx, tight)
         fused = tight.with_(stack=Stack.FUSED)
         m = estimate(ctx, fused)
@@ -195,8 +209,9 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
             out.append(
                 Suggestion(
                     change="--stack fused",
-                    detail="with the fused kernel stack (FlashAttention, fused norms and "
-                    f"cross-entropy) this fits: {format_bytes(m.total_bytes)} per device "
+                    detail="with the fused kernel stack (fused norms and cross-entropy, "
+                    f"{tight.kernels.attention.value} attention) this fits: "
+                    f"{format_bytes(m.total_bytes)} per device "
                     f"(−{format_bytes(hf.total_bytes - m.total_bytes)})",
                 )
             )
@@ -225,20 +240,31 @@ def suggestions(ctx: Context, usable: int) -> list[Suggestion]:
                 offload=Offload.OPTIMIZER_PARAMS,
             )
             m = estimate(ctx, c)
-            if m.total_bytes <= usable and host_fits(ctx, c, m) is None:
+            # Judged against the host each of the n devices would have (n T4s share their
+            # g4dn hosts four to one), not the planned devices' share of theirs.
+            ram, nvme = host_for(ctx.target, n)
+            hosts = ctx.target.model_copy(update={"host_memory_bytes": ram, "nvme_bytes": nvme})
+            if (
+                m.total_bytes <= usable
+                and host_fits(ctx.model_copy(update={"target": hosts}), c, m) is None
+            ):
+                change = (
+                    f"{n} devices with ZeRO-3 and CPU offload"
+                    if n > 1
+                    else "1 device with CPU offload (ZeRO-Offload)"
+                )
                 out.append(
                     Suggestion(
-                        change=f"{n} devices with ZeRO-3 and CPU offload",
+                        change=change,
                         detail=f"optimizer states and parameters in host RAM "
-                        f"({format_bytes(m.host_bytes)} per device), "
+                        f"({format_bytes(m.host_bytes)} of {format_bytes(ram)} per device), "
                         f"{format_bytes(m.total_bytes)} on each device; slower per step",
                     )
                 )
                 break
+    sixteen = quantized_base_precision(ctx.target)
     for task in (Task.QLORA, Task.LORA):
-        c = tight.with_(
-            task=task, precision=Precision.BF16_MIXED if task is Task.QLORA else base.precision
-        )
+        c = tight.with_(task=task, precision=sixteen if task is Task.QLORA else base.precision)
         m = estimate(ctx, c)
         if m.total_bytes <= usable:
             out.append(
@@ -305,7 +331,7 @@ def trade_note(
     i, fast = min(candidates, key=lambda x: (ttt(x[1]), x[0]))
     speedup = ttt(pick) / max(ttt(fast), 1e-30)
     if i == 0 or speedup < TRADE_MIN_SPEEDUP:
-        return ""
+        return _nvme_pick_note(ctx, pick, candidates, ttt)
     pick_parts = set(describe_config(pick.config).split(", "))
     differs = [x for x in describe_config(fast.config).split(", ") if x not in pick_parts]
     what = "plan" + (f" ({', '.join(differs[:4])})" if differs else "")
@@ -317,6 +343,12 @@ def trade_note(
         and (fast.config.task in (Task.LORA, Task.QLORA))
     ):
         why.append("full-parameter training ranks above adapters under --objective quality")
+    if fast.config.savers.offload.nvme and not pick.config.savers.offload.nvme:
+        why.append(
+            f"NVMe offload is a last resort: it ranks below plans that fit without it unless "
+            f"more than {math.exp(NVME_LAST_RESORT) - 1:.0%} faster (one assumed drive rate; "
+            "the states are written to the SSD every step)"
+        )
     if pick.peak_bytes < fast.peak_bytes:
         why.append(f"#1 needs {format_bytes(fast.peak_bytes - pick.peak_bytes)} less per device")
     net = _rule_difference(decision, pick.techniques, fast.techniques)
@@ -337,13 +369,37 @@ def trade_note(
     return f"{speedup:.2f}x faster {what} ranks #{i + 1} under {objective}: {reason_text}"
 
 
+def _nvme_pick_note(
+    ctx: Context,
+    pick: Plan,
+    candidates: list[tuple[int, Plan]],
+    ttt: Callable[[Plan], float],
+) -> str:
+    """Why an NVMe-offloading pick beats every plan without it ("" when it offloads
+    nothing to NVMe or nothing else reaches the batch)."""
+    if not pick.config.savers.offload.nvme:
+        return ""
+    others = [(i, p) for i, p in candidates if not p.config.savers.offload.nvme]
+    if not others:
+        return (
+            "#1 offloads to NVMe, the last resort: no plan without NVMe offload reaches the "
+            "global batch on this hardware"
+        )
+    j, best = min(others, key=lambda x: (ttt(x[1]), x[0]))
+    speedup = ttt(best) / max(ttt(pick), 1e-30)
+    return (
+        f"#1 offloads to NVMe, the last resort: {speedup:.2f}x faster to the target than the "
+        f"best plan without it (#{j + 1}) under {ctx.workload.objective.value}"
+    )
+
+
 def _rule_difference(
     decision: Decision, ours: Sequence[str], theirs: Sequence[str]
 ) -> list[tuple[str, float]]:
     """Per rule, how much more it scores ``ours`` than ``theirs`` (largest first, nonzero)."""
     net: dict[str, float] = {}
     for sign, techniques in ((1.0, ours), (-1.0, theirs)):
-        for tid in techniques:
-            for rule_id, weight in decision.contributions.get(tid, []):
-                net[rule_id] = net.get(rule_id, 0.0) + sign * weight
+        for key in decision.actions(techniques):  # each action once per plan
+            rule_id = key.rsplit("#", 1)[0]
+            net[rule_id] = net.get(rule_id, 0.0) + sign * decision.action_weights[key]
     return sorted(((r, w) for r, w in net.items() if w), key=lambda x: (-x[1], x[0]))

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import TrainingConfig
 from advisor.cost.convergence import StepsBand, StepsSource
+from advisor.cost.run import RunEstimate, WholeRun
 
 # NOTE: every field carries a description: `optadvise recommend --schema` is the contract
 # scripts read (tests/plan/test_report_schema.py walks it and fails on an undescribed field).
@@ -88,7 +89,10 @@ class Recommendation(BaseModel):
     cost_source: str = _d("where the step time comes from: measured, analytic or mixed")
     cost_components: dict[str, float] = _d("seconds per step by component")
     memory_breakdown: dict[str, int] = _d("bytes per device by memory term (weights, ...)")
-    rule_score: float = _d("sum of the fired rules' prefer (+weight) and avoid (-weight)")
+    rule_score: float = _d(
+        "sum of the fired rules' prefer (+weight) and avoid (-weight) actions that name its "
+        "techniques, each action counted once"
+    )
     score: float = _d(
         "the objective's score, lower is better (rows are sorted by it): "
         "log(seconds per token x steps to AdamW's loss) plus, under balanced, "
@@ -110,6 +114,11 @@ class Recommendation(BaseModel):
     steps_proxy: float | None = _d("measured-proxy ratio", default=None)
     time_to_target_rel: float | None = _d(
         "steps x step time over the same layout's AdamW plan (1 = as fast as AdamW)",
+        default=None,
+    )
+    run: RunEstimate | None = _d(
+        "the whole run under --tokens (or --epochs x --dataset-tokens): steps, wall time, "
+        "GPU-hours, energy, cost; absent without a budget",
         default=None,
     )
 
@@ -248,3 +257,8 @@ class RecommendReport(BaseModel):
     candidates_considered: int = _d("size of the plan space")
     search: SearchStats | None = _d("how much of the plan space was evaluated", default=None)
     cost_note: str = _d("where the costs come from (measured or analytic)")
+    whole_run: WholeRun | None = _d(
+        "the pick's whole run and whether it is practical: present with --tokens/--epochs, "
+        "and without them when even the shortest published fine-tune exceeds --max-days",
+        default=None,
+    )

@@ -6,6 +6,7 @@ one place to go.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,23 @@ class Row:
     plan: Plan
     score: float
     also: list[str]
+
+
+# NOTE: offloading states or parameters to NVMe (ZeRO-Infinity) is a last resort: it ranks
+# below any plan that fits without it unless its time to target is more than ~10% shorter
+# by these models. Its predicted speed rests on one assumed drive rate (cost/offload.py:
+# NVME_GB_S), it writes the optimizer states to the SSD every step, and DeepSpeed's own
+# guidance orders ZeRO-3 with offload last for speed and advises offloading only what does
+# not fit (huggingface.co/docs/transformers/deepspeed, "How to choose which ZeRO stage and
+# offloads to use for best performance"). Objectives that weigh time pay it; "memory" and
+# "quality" do not.
+NVME_LAST_RESORT = math.log(1.10)
+_TIMED = frozenset({Objective.SPEED, Objective.BALANCED, Objective.TIME_TO_TARGET})
+
+
+def last_resort_penalty(objective: Objective, plan: Plan) -> float:
+    """What an NVMe-offloading plan adds to its score under objectives that weigh time."""
+    return NVME_LAST_RESORT if objective in _TIMED and plan.config.savers.offload.nvme else 0.0
 
 
 def _quality_class(objective: Objective, plan: Plan) -> int:
@@ -60,7 +78,8 @@ def rank_plans(
                     usable,
                     p.rule_score,
                     steps[id(p)],
-                ),
+                )
+                + last_resort_penalty(objective, p),
                 p.seconds_per_token,
                 p.peak_bytes,
                 describe_config(p.config),
@@ -73,7 +92,7 @@ def rank_plans(
     rows: list[tuple[Plan, float, list[Plan]]] = []
     for *_, score, _t, _m, _d, p in scored:
         for _i, (head, _head_score, members) in enumerate(rows):
-            if _same_row(head, p):
+            if _same_row(head, p) and _same_steps(steps[id(head)], steps[id(p)]):
                 members.append(p)
                 break
         else:
@@ -117,8 +136,8 @@ def row_cutoff(
 
 def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) -> list[Plan]:
     """Drop plans another plan of the same kind (task, whether it reaches the batch, steps
-    to the target) beats or matches in time, memory and rule score at once: no objective
-    can prefer them."""
+    to the target) beats or matches in time, memory and rule score at once, without
+    offloading to NVMe where they do not: no objective can prefer them."""
     steps = steps or {}
     kinds: dict[tuple[object, bool, float], list[Plan]] = {}
     for p in plans:
@@ -134,6 +153,9 @@ def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) ->
                 b.seconds_per_token <= a.seconds_per_token
                 and b.peak_bytes <= a.peak_bytes
                 and b.rule_score >= a.rule_score
+                # NVMe offload is a last resort (NVME_LAST_RESORT): it never stands in for
+                # a plan without it.
+                and (a.config.savers.offload.nvme or not b.config.savers.offload.nvme)
                 and (
                     b.seconds_per_token < a.seconds_per_token
                     or b.peak_bytes < a.peak_bytes
@@ -143,6 +165,12 @@ def prune_dominated(plans: list[Plan], steps: dict[int, float] | None = None) ->
             ):
                 out.append(a)
     return out
+
+
+def _same_steps(a: float, b: float) -> bool:
+    # Plans that need different numbers of steps to the target do not train the same way,
+    # even at the same step time and memory (LAMB past the critical batch is not AdamW).
+    return abs(a - b) <= EQUIVALENT * max(a, b)
 
 
 def _bare_16_bit(precision: Precision) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from advisor.cost.convergence import TimeToTarget, plan_steps, time_to_target
+from advisor.cost.convergence import TimeToTarget, time_to_target
 from advisor.hardware.target import Target
 from advisor.plan.evaluator import CostFn, Evaluator, Plan
 from advisor.plan.explain import (
@@ -30,6 +30,7 @@ from advisor.plan.space import (
     QUALITY_RULE_FACTOR,
     Context,
     build_space,
+    context_steps,
     derive_facts,
     plan_step_factor,
     resolve_global_batch,
@@ -127,11 +128,7 @@ def _central_steps_of(ctx: Context) -> Callable[[Plan], float]:
         key = (p.config.optimizer, p.config.task)
         hit = memo.get(key)
         if hit is None:
-            c = p.config
-            n = ctx.spec.parameter_count()
-            hit = memo[key] = plan_steps(
-                ctx.taxonomy, c.optimizer, c.task, n, ctx.convergence
-            ).central
+            hit = memo[key] = context_steps(ctx, p.config).central
         return hit
 
     return steps
@@ -181,10 +178,7 @@ def _time_to_target(ctx: Context, p: Plan, cost_fn: CostFn) -> TimeToTarget:
     batch (only the optimizer changes)."""
     c = p.config
     base = p.cost.seconds if c.optimizer == "adamw" else cost_fn(c.with_(optimizer="adamw")).seconds
-    steps = plan_steps(
-        ctx.taxonomy, c.optimizer, c.task, ctx.spec.parameter_count(), ctx.convergence
-    )
-    return time_to_target(steps, p.cost.seconds, base)
+    return time_to_target(context_steps(ctx, c), p.cost.seconds, base)
 
 
 def _recommendation(

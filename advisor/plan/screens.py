@@ -32,8 +32,11 @@ from advisor.plan.space import (
     Context,
     PlanSpace,
     Savers,
+    default_attention,
+    default_precision,
     objective_score,
     plan_step_factor,
+    quantized_base_precision,
     workload_adapters,
 )
 from advisor.rules.candidates import ATTENTION_IDS, FUSED_LOSS_ID, config_techniques
@@ -135,14 +138,17 @@ def _close(a: float, b: float) -> bool:
 
 def reference_config(ctx: Context, space: PlanSpace, task: Task) -> TrainingConfig:
     """The plan each dimension is screened against: AdamW (or the first optimizer the space
-    has), the target's default precision, the best attention the space has, no savers."""
-    precision = Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP32
+    has), the target's default precision, the fastest attention kernel the target runs (of
+    those the space has), no savers."""
+    precision = default_precision(ctx.target)
+    if task is Task.QLORA:
+        precision = quantized_base_precision(ctx.target)
     if precision not in space.precisions:
         precision = space.precisions[0]
-    if task is Task.QLORA and precision in (Precision.FP32, Precision.TF32):
-        precision = Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP16_MIXED
     optimizer = "adamw" if "adamw" in space.optimizers else space.optimizers[0]
-    attention = Attention.FLASH if Attention.FLASH in space.attentions else space.attentions[0]
+    attention = default_attention(ctx)
+    if attention not in space.attentions:
+        attention = space.attentions[0]
     return TrainingConfig(
         task=task,
         optimizer=optimizer,

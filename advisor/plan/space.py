@@ -27,7 +27,13 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.convergence import ConvergenceCache, objective_steps, plan_steps
+from advisor.cost.convergence import (
+    BatchRegime,
+    ConvergenceCache,
+    StepsRange,
+    objective_steps,
+    plan_steps,
+)
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind
 from advisor.hardware.target import Target
@@ -41,6 +47,7 @@ from advisor.memory import (
 )
 from advisor.model.spec import ModelSpec
 from advisor.plan.layout import Layout, enumerate_layouts
+from advisor.rules.candidates import runnable_attention
 from advisor.rules.ruleset import RuleSet
 from advisor.rules.taxonomy import Order, Taxonomy, Technique
 from advisor.units import GIB
@@ -274,9 +281,35 @@ def host_fits(ctx: Context, config: TrainingConfig, m: MemoryEstimate | MemoryTo
     return None
 
 
+def default_precision(target: Target) -> Precision:
+    """The precision a plain plan trains in: bf16-mixed where bf16 is fast; fp16-mixed with
+    dynamic loss scaling on GPUs with fast fp16 and no bf16 (Volta, Turing: Micikevicius et
+    al. 2018); fp32 elsewhere."""
+    if target.fast_bf16:
+        return Precision.BF16_MIXED
+    if target.fast_fp16 and target.device_kind is not DeviceKind.CPU:
+        return Precision.FP16_MIXED
+    return Precision.FP32
+
+
+def quantized_base_precision(target: Target) -> Precision:
+    """QLoRA's compute precision: bf16 where the device has it, else fp16
+    (``bnb_4bit_compute_dtype=torch.float16``, which bitsandbytes' 4-bit matmuls accept)."""
+    return Precision.BF16_MIXED if target.fast_bf16 else Precision.FP16_MIXED
+
+
+def default_attention(ctx: Context) -> Attention:
+    """The fastest attention kernel the target runs (FlashAttention-2 from cc 8.0, the
+    memory-efficient SDPA kernel on Volta and Turing)."""
+    t = ctx.target
+    return runnable_attention(ctx.taxonomy, t.device_kind, t.compute_capability)
+
+
 def baseline_config(ctx: Context) -> TrainingConfig:
-    """AdamW, bf16-mixed (fp32 where 16-bit is slow), no memory savers, no sharding."""
-    precision = Precision.BF16_MIXED if ctx.target.fast_bf16 else Precision.FP32
+    """AdamW in the target's default precision (bf16-mixed; fp16-mixed without bf16; fp32
+    where 16-bit is slow), the fastest attention kernel it runs, no memory savers, no
+    sharding."""
+    precision = default_precision(ctx.target)
     task = (
         ctx.workload.task if ctx.workload.task in (Task.PRETRAIN, Task.FINETUNE) else Task.FINETUNE
     )
@@ -289,7 +322,7 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         ),
         layout=ParallelLayout(data_parallel=ctx.workload.world_size, sharding=Sharding.NONE),
         savers=MemorySavers(checkpointing=Checkpointing.NONE, offload=Offload.NONE),
-        kernels=Kernels(attention=Attention.FLASH, stack=ctx.workload.stack),
+        kernels=Kernels(attention=default_attention(ctx), stack=ctx.workload.stack),
         adapters=workload_adapters(ctx),
     )
 
@@ -638,10 +671,21 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
     return {k: v for k, v in facts.items() if k in declared}
 
 
+def context_steps(ctx: Context, config: TrainingConfig) -> StepsRange:
+    """The plan's steps to AdamW's loss at this model size and global batch (past the
+    critical batch the layer-wise methods' large-batch factors apply)."""
+    regime = BatchRegime(global_batch=ctx.global_batch.samples, arch=ctx.spec.arch)
+    return plan_steps(
+        ctx.taxonomy,
+        config.optimizer,
+        config.task,
+        ctx.spec.parameter_count(),
+        ctx.convergence,
+        regime,
+    )
+
+
 def plan_step_factor(ctx: Context, config: TrainingConfig) -> float:
     """The plan's steps to AdamW's loss as the objective counts them (advisor/cost/convergence.py:
     published ranges, or the measured proxy): the step time's multiplier in the score."""
-    steps = plan_steps(
-        ctx.taxonomy, config.optimizer, config.task, ctx.spec.parameter_count(), ctx.convergence
-    )
-    return objective_steps(ctx.workload.objective.value, steps)
+    return objective_steps(ctx.workload.objective.value, context_steps(ctx, config))

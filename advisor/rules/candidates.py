@@ -11,7 +11,8 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.rules.taxonomy import Category, Taxonomy
+from advisor.hardware.profiles import DeviceKind
+from advisor.rules.taxonomy import Category, Taxonomy, Technique
 
 ATTENTION_IDS = {
     Attention.EAGER: "eager-attention",
@@ -62,6 +63,38 @@ MEMORY_SAVER_IDS = frozenset(
         "gradient-accumulation",
     }
 )
+
+# The attention kernels from the fastest to the slowest (FlashAttention-2, then the
+# memory-efficient cutlass/xFormers kernel, then the math path: Dao 2023, Fig. 4): a plain
+# plan runs the first one the hardware can.
+ATTENTION_PREFERENCE = (Attention.FLASH, Attention.MEM_EFFICIENT, Attention.EAGER)
+
+
+def hardware_runs(tech: Technique, device_kind: DeviceKind, compute_capability: float) -> bool:
+    """Whether a device of this kind and compute capability meets ``tech``'s hardware
+    requirements (the taxonomy's ``requires``, read as its requirement rules read them: a
+    minimum compute capability binds on CUDA devices only)."""
+    req = tech.requires
+    if req.device_kinds and device_kind not in req.device_kinds:
+        return False
+    minimum = req.min_compute_capability
+    return not (
+        minimum is not None and device_kind is DeviceKind.CUDA and compute_capability < minimum
+    )
+
+
+def runnable_attention(
+    taxonomy: Taxonomy, device_kind: DeviceKind, compute_capability: float
+) -> Attention:
+    """The fastest attention kernel the device runs: FlashAttention-2 from compute
+    capability 8.0, the memory-efficient SDPA kernel on older CUDA GPUs (Volta, Turing: cc
+    5.0 up), the math path elsewhere."""
+    for kernel in ATTENTION_PREFERENCE:
+        tid = ATTENTION_IDS[kernel]
+        if tid not in taxonomy or hardware_runs(taxonomy.get(tid), device_kind, compute_capability):
+            return kernel
+    return Attention.EAGER
+
 
 # Techniques that appear in candidates because of the dimensions above (plus every optimizer
 # with an implementation and every precision): the memory savers, the attention kernels and

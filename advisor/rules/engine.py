@@ -10,7 +10,9 @@ Conflict semantics:
    set still produces one at run time, exclusion wins (the safe side) and the conflict is
    reported in ``Decision.conflicts``.
 3. Preferences add up: a technique's score is the sum of the weights of the fired rules that
-   prefer it minus those that avoid it.
+   prefer it minus those that avoid it. A plan's score counts each fired ``prefer``/``avoid``
+   action once, however many of the techniques it names the plan has (``prefer: [adamw-8bit,
+   optimizer-states-8bit]`` is one +3 for an 8-bit AdamW plan, not +3 per name).
 4. Rules are evaluated in id order and every output is sorted, so the decision depends on
    the facts and the rule set only, never on file order.
 
@@ -52,6 +54,13 @@ class Decision(BaseModel):
     conflicts: list[str]
     # The part of each technique's score that rules marked ``quality`` contribute.
     quality: dict[str, float] = {}
+    # Each fired prefer/avoid action ("rule-id#index") with its rule's own weight, and per
+    # technique the actions that name it: a plan scores each action once. The ranking
+    # multiplies quality rules' actions by ``quality_factor`` (:meth:`weighted`).
+    action_weights: dict[str, float] = {}
+    actions_of: dict[str, list[str]] = {}
+    quality_actions: list[str] = []
+    quality_factor: float = 1.0
 
     def weighted(self, factor: float) -> Decision:
         """The decision with quality rules' weights multiplied by ``factor`` in the scores
@@ -61,14 +70,25 @@ class Decision(BaseModel):
         scores = dict(self.scores)
         for tid, q in self.quality.items():
             scores[tid] = scores.get(tid, 0.0) + (factor - 1.0) * q
-        return self.model_copy(update={"scores": scores})
+        return self.model_copy(
+            update={"scores": scores, "quality_factor": self.quality_factor * factor}
+        )
 
     def is_allowed(self, technique: str) -> bool:
         return technique not in self.excluded
 
+    def actions(self, techniques: Sequence[str]) -> set[str]:
+        """The fired prefer/avoid actions that name any of ``techniques``."""
+        return {key for t in techniques for key in self.actions_of.get(t, ())}
+
     def score(self, techniques: Sequence[str]) -> float:
-        """Sum of the rule scores of a candidate's techniques."""
-        return sum(self.scores.get(t, 0.0) for t in techniques)
+        """A candidate's rule score: the weight of every fired prefer/avoid action that names
+        one of its techniques, each action counted once."""
+        quality = set(self.quality_actions)
+        return sum(
+            self.action_weights[k] * (self.quality_factor if k in quality else 1.0)
+            for k in sorted(self.actions(techniques))
+        )
 
 
 def requirement_condition(tech: Technique) -> Condition | None:
@@ -163,13 +183,21 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
     contributions: dict[str, list[tuple[str, float]]] = {}
     advice: list[Advice] = []
     quality: dict[str, float] = {}
+    action_weights: dict[str, float] = {}
+    actions_of: dict[str, list[str]] = {}
+    quality_actions: list[str] = []
     for lr in all_rules(ruleset, taxonomy):
         rule = lr.rule
         if not evaluate(rule.when, facts):
             continue
         fired.append(rule.id)
-        for action in rule.then:
+        for index, action in enumerate(rule.then):
             verb = action.verb
+            key = f"{rule.id}#{index}"
+            if verb in ("prefer", "avoid") and action.techniques:
+                action_weights[key] = action.score
+                if rule.quality:
+                    quality_actions.append(key)
             if verb == "advise" and action.advise:
                 advice.append(Advice(rule=rule.id, text=action.advise.strip()))
             for tid in action.techniques:
@@ -179,6 +207,7 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
                     excluded.setdefault(tid, []).append(rule.id)
                 else:
                     contributions.setdefault(tid, []).append((rule.id, action.score))
+                    actions_of.setdefault(tid, []).append(key)
                     if rule.quality:
                         quality[tid] = quality.get(tid, 0.0) + action.score
     conflicts = [
@@ -198,6 +227,9 @@ def decide(ruleset: RuleSet, taxonomy: Taxonomy, facts: Mapping[str, Scalar]) ->
         advice=advice,
         conflicts=conflicts,
         quality=dict(sorted(quality.items())),
+        action_weights=dict(sorted(action_weights.items())),
+        actions_of=dict(sorted(actions_of.items())),
+        quality_actions=sorted(quality_actions),
     )
 
 

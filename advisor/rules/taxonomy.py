@@ -50,6 +50,7 @@ from advisor.data.resources import rules_dir
 from advisor.data.yamlio import YamlError, line_of, load_yaml, yaml_error_line
 from advisor.errors import DataError, UserError
 from advisor.hardware.profiles import DeviceKind
+from advisor.model.shape import Arch
 
 TECHNIQUE_ID_PATTERN = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 
@@ -320,6 +321,34 @@ class StepPoint(_Frozen):
         return self
 
 
+class LargeBatchPoint(_Frozen):
+    """Steps to AdamW's loss relative to AdamW past the critical batch of some architectures:
+    where the global batch is so large that AdamW (or SGD) with its usual recipe stops
+    training stably, and the layer-wise methods (LARS, LAMB) were made for it. Every other
+    optimizer's published ratio was measured at ordinary batches and is centred on AdamW's
+    steps there (advisor/cost/convergence.py)."""
+
+    arch: list[Arch] = Field(min_length=1, description="the architectures it applies to")
+    from_global_batch: int = Field(
+        ge=2, description="samples per step from which it applies (the rule base's threshold)"
+    )
+    low: float = Field(gt=0)
+    central: float = Field(gt=0)
+    high: float = Field(gt=0)
+    basis: Basis
+    setting: StepSetting
+    sources: list[Citation] = Field(min_length=1)
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LargeBatchPoint:
+        if not self.low <= self.central <= self.high:
+            raise ValueError(
+                f"needs low <= central <= high, got {self.low} / {self.central} / {self.high}"
+            )
+        return self
+
+
 class StepEfficiency(_Frozen):
     """A technique's steps-to-target relative to AdamW (or, for adapters, to full
     fine-tuning), as measured points over model size (Bartoldson, Kailkhura & Blalock
@@ -328,6 +357,9 @@ class StepEfficiency(_Frozen):
     scale_trend: ScaleTrend
     points: list[StepPoint] = Field(min_length=1)
     notes: str = ""
+    large_batch: LargeBatchPoint | None = Field(
+        default=None, description="its factor past the critical batch (LARS, LAMB)"
+    )
 
     @field_validator("points")
     @classmethod

@@ -14,12 +14,15 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
-def print_json(model: BaseModel | list[BaseModel] | dict[str, object]) -> None:
-    """Print a pydantic model (or a list or dict of them) as JSON on stdout."""
+def print_json(
+    model: BaseModel | list[BaseModel] | dict[str, object], exclude: dict[str, object] | None = None
+) -> None:
+    """Print a pydantic model (or a list or dict of them) as JSON on stdout; ``exclude`` (a
+    pydantic exclude mapping) leaves fields out of a model."""
     from pydantic import BaseModel
 
     if isinstance(model, BaseModel):
-        text = model.model_dump_json(indent=2)
+        text = model.model_dump_json(indent=2, exclude=exclude)  # type: ignore[arg-type]
     elif isinstance(model, list):
         text = json.dumps([m.model_dump(mode="json") for m in model], indent=2)
     else:

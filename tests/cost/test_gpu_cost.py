@@ -64,9 +64,9 @@ def test_every_gpu_profile_has_sourced_efficiencies() -> None:
     from advisor.hardware.profiles import DeviceKind, load_hardware_profiles
 
     gpus = [p for p in load_hardware_profiles().values() if p.kind is not DeviceKind.CPU]
-    assert (
-        len(gpus) == 23
-    )  # 15 + the 2026 parts (B200, B300, GB200, GB300, H800, H20, MI325X, MI355X)
+    # 15 + the 2026 parts (B200, B300, GB200, GB300, H800, H20, MI325X, MI355X) + the
+    # free-tier T4s (colab-t4, kaggle-t4x2)
+    assert len(gpus) == 25
     for p in gpus:
         eff = p.gpu_efficiency()
         for field in ("gemm_max", "gemm_m0", "gemm_n0", "bandwidth", "overlap"):

@@ -14,6 +14,7 @@ from advisor.hardware.profiles import DeviceKind, load_hardware_profiles
 from advisor.hardware.target import (
     HostOverride,
     cpu_profile_from_probe,
+    host_for,
     target_from_probe,
     target_from_profile,
 )
@@ -114,3 +115,36 @@ def test_more_gpus_than_the_node_has_need_another_profile() -> None:
         target_from_probe(report, PROFILES, gpus=4, nodes=1, memory_budget=None)
     t = target_from_probe(report, PROFILES, gpus=None, nodes=1, memory_budget=None)
     assert t.host_memory_bytes == report.memory.effective_available_bytes // 2
+
+
+# -- the host of n devices, and the free-tier hosts ------------------------------------------
+
+
+@pytest.mark.parametrize("hw_id", ["t4", "h100-sxm-80gb", "rtx-4090", "kaggle-t4x2", "l4"])
+@pytest.mark.parametrize("planned", [1, 2, 8])
+def test_the_host_of_n_devices_is_what_planning_n_devices_gives(hw_id: str, planned: int) -> None:
+    # A g4dn.12xlarge (192 GiB, 4 T4s, aws.amazon.com/ec2/instance-types/g4/): one planned
+    # T4 has all of it, 8 planned T4s (two hosts) 48 GiB each, whatever was planned first.
+    profile = PROFILES[hw_id]
+    t = target_from_profile(profile, gpus=planned, nodes=1, memory_budget=None)
+    for n in (1, 2, 4, 8, 16):
+        direct = target_from_profile(profile, gpus=n, nodes=1, memory_budget=None)
+        assert host_for(t, n) == (direct.host_memory_bytes, direct.nvme_bytes), n
+
+
+def test_eight_t4s_have_a_quarter_of_a_g4dn_hosts_ram_each() -> None:
+    one = target_from_profile(PROFILES["t4"], gpus=1, nodes=1, memory_budget=None)
+    assert one.host_memory_bytes == 192 * GIB
+    assert host_for(one, 8)[0] == 48 * GIB and host_for(one, 2)[0] == 96 * GIB
+
+
+def test_free_tier_t4s_offload_into_their_own_small_hosts() -> None:
+    # Colab's free T4 runtime shows 12.7 GB of RAM; Kaggle's T4 x2 VM 31.36 GiB, 29 left to
+    # training; nvidia-smi/torch report 15360 MiB per T4 there (ECC on); cc 7.5, no bf16.
+    colab = target_from_profile(PROFILES["colab-t4"], gpus=1, nodes=1, memory_budget=None)
+    kaggle = target_from_profile(PROFILES["kaggle-t4x2"], gpus=2, nodes=1, memory_budget=None)
+    assert colab.host_memory_bytes == int(12.7 * GIB) and colab.nvme_bytes == 0
+    assert kaggle.host_memory_bytes == 29 * GIB // 2 and kaggle.nvme_bytes == 0
+    for t in (colab, kaggle):
+        assert t.device_memory_bytes == 15 * GIB
+        assert t.compute_capability == 7.5 and not t.fast_bf16 and t.fast_fp16

@@ -51,7 +51,7 @@ FAMILIES = [
     "deepseek-v2",
 ]
 # The families whose representative fields rebuild every tensor (no inventory carried).
-EXACT = {"gpt-neox", "gemma", "llama4", "qwen2-vl", "llava", "deepseek-v2"}
+EXACT = {"gpt-neox", "gemma", "llama4", "qwen2-vl", "llava", "deepseek-v2", "falcon"}
 _TOWERS = ("vision", "visual", "multi_modal_projector")
 
 
@@ -209,7 +209,30 @@ def _cpu_model(name: str, attn: str, dtype: str) -> Any:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 # BLOOM carries its inventory (a LayerNorm on the embeddings) but its blocks map exactly.
-@pytest.mark.parametrize("name", ["gemma", "qwen2-vl", "bloom", "deepseek-v2"])
+# GPT-NeoX, Falcon and Phi run attention and the MLP side by side (two norms on one input,
+# one norm read by both); Phi's gelu_new is GPT-2's GELU written out in Python.
+# gpt-oss (grouped experts, a clamped SwiGLU, attention sinks) and Llama 4 (every expert
+# on every token, an L2 q/k norm, a 16-bit eager softmax) run their own kernels
+# (advisor.model.traits.MoeKernel). Llama 4's NoPE layers skip the q/k norm the per-block
+# figure counts on all, and its RoPE table is complex64 (s x head_dim / 2 x 8 bytes): within
+# the MoE tolerance.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gemma",
+        "qwen2-vl",
+        "llava",
+        "bloom",
+        "deepseek-v2",
+        "gpt-neox",
+        "falcon",
+        "phi",
+        "gpt-oss",
+        "llama4",
+        "mamba2",
+        "nemotron-h",
+    ],
+)
 def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     name: str, dtype: str
 ) -> None:
@@ -231,6 +254,33 @@ def test_activations_of_exactly_mapped_families_match_saved_tensor_hooks(
     est = len(measured) * (per_block + tables)
     tol = 0.05 if spec.num_experts > 1 else 0.01
     assert est == pytest.approx(sum(measured), rel=tol), (est, sum(measured), measured)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["mamba2", "nemotron-h"])
+def test_the_mamba_scan_over_several_chunks_matches_saved_tensor_hooks(
+    name: str, dtype: str
+) -> None:
+    """transformers' chunked scan pads the sequence to whole chunks and copies the chunk
+    states once there are several (Mamba-2's chunk is 256, Nemotron-H's 128: 300 tokens make
+    2 and 3 chunks)."""
+    spec = _spec(name)
+    assert spec.ssm is not None
+    model = _cpu_model(name, "eager", dtype)
+    b, s = 1, 300
+    measured = count_layer_activations(model, b, s, spec.vocab_size)
+    precision = Precision.FP32 if dtype == "float32" else Precision.BF16
+    est = len(measured) * layer_activation_bytes(spec, b, s, Attention.EAGER, precision)
+    assert est == pytest.approx(sum(measured), rel=0.01), (est, sum(measured), measured)
+
+
+def test_the_mamba_mixer_shape_is_read_from_its_tensors_and_config() -> None:
+    ssm = _spec("nemotron-h").ssm
+    assert ssm is not None
+    # mamba_num_heads 8 x mamba_head_dim 16; 2 groups of state 16 for B and C; the conv's
+    # window; NemotronHConfig's default chunk of 128.
+    assert (ssm.num_heads, ssm.head_dim, ssm.n_groups, ssm.state_size) == (8, 16, 2, 16)
+    assert (ssm.conv_kernel, ssm.chunk_size, ssm.in_proj) == (4, 128, 2 * 128 + 2 * 32 + 8)
 
 
 # --- released configs against published counts -------------------------------------------

@@ -169,3 +169,21 @@ def test_a_rule_that_applies_nowhere_changes_nothing(
     before = decide(load(FIX / "ok"), TAX, facts)  # type: ignore[arg-type]
     after = decide(load(FIX / "ok", [tmp]), TAX, facts)  # type: ignore[arg-type]
     assert before == after
+
+
+def test_one_action_naming_two_techniques_of_a_plan_counts_once() -> None:
+    # eight-bit-states-when-memory-bound prefers [adamw-8bit, optimizer-states-8bit] with
+    # weight 3: an 8-bit AdamW plan has both techniques and used to score +6 (issue 22).
+    import yaml
+
+    from tests.paths import FIXTURES_DIR as fx
+
+    tax = load_taxonomy()
+    rules = load_rules([], technique_ids=set(tax.ids()))
+    cases = yaml.safe_load((fx / "rule_cases" / "memory-savers.yaml").read_text())
+    facts = {**cases["base"], "memory_headroom": 0.7}
+    d = decide(rules, tax, facts)
+    assert "eight-bit-states-when-memory-bound" in d.fired
+    both = d.score(["adamw-8bit", "optimizer-states-8bit"])
+    assert both == d.score(["adamw-8bit"]) == d.score(["optimizer-states-8bit"])
+    assert d.score(["adamw-8bit", "optimizer-states-8bit", "adamw"]) == both + d.score(["adamw"])

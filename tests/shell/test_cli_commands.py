@@ -196,3 +196,22 @@ def test_the_model_config_help_names_every_model_type_accepted() -> None:
     help_text = ModelConfigOpt.__metadata__[0].help
     named = set(re.findall(r"[a-z][a-z0-9_]+", help_text.split("model_type", 1)[1]))
     assert set(HF_TYPES) <= named, sorted(set(HF_TYPES) - named)
+
+
+def test_estimate_with_recompute_unstated_answers_a_range() -> None:
+    # torchtitan docs/performance.md (commit 0413364): Llama 2 70B, FSDP on 64 A100-80GB,
+    # micro-batch 2 x 4096 ran with full activation checkpointing. Given without
+    # --checkpointing, the run must not be called "does not fit": the answer is the range.
+    args = ["estimate", "--model", "llama-2-70b", "--task", "pretrain", "--hardware"]
+    args += ["a100-sxm-80gb", "--gpus", "64", "--sharding", "fsdp", "--seq-len", "4096"]
+    args += ["--micro-batch", "2", "--json"]
+    unstated = json.loads(runner.invoke(app, args).stdout)
+    levels = {c["checkpointing"]: c for c in unstated["recompute_range"]}
+    assert set(levels) == {"none", "selective", "full"}
+    assert levels["full"]["fits"] is True and levels["none"]["fits"] is False
+    assert unstated["fits"] is True
+    assert levels["full"]["step_seconds"] > levels["none"]["step_seconds"]
+    assert any("--checkpointing unstated" in n for n in unstated["notes"])
+    # Stated, the configuration is checked as given, with no range.
+    stated = json.loads(runner.invoke(app, [*args, "--checkpointing", "none"]).stdout)
+    assert stated["fits"] is False and stated["recompute_range"] == []

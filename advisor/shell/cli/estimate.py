@@ -23,6 +23,14 @@ from advisor.shell.cli.modelflags import (
     RopeScalingOpt,
     resolve_model,
 )
+from advisor.shell.cli.runflags import (
+    DatasetTokensOpt,
+    EpochsOpt,
+    MaxDaysOpt,
+    PricePerHourOpt,
+    PricesOpt,
+    TokensOpt,
+)
 
 if TYPE_CHECKING:
     from advisor.app.estimate import EstimateReport
@@ -49,10 +57,12 @@ AttentionOpt = Annotated[
     ),
 ]
 CheckpointingOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--checkpointing",
-        help="none; selective (recompute the attention core, Korthikanti et al. 2022); "
+        help="Not given: the estimate assumes none and answers with the range over none, "
+        "selective and full (recompute_range). none; selective (recompute the attention "
+        "core, Korthikanti et al. 2022); "
         "selective-layer (torchtitan: full checkpointing of every --ac-frequency-th "
         "block); selective-op (torchtitan: keep every other matmul's and the attention "
         "kernel's outputs, recompute the rest); full.",
@@ -217,7 +227,7 @@ def estimate(
     optimizer: OptimizerOpt = "adamw",
     precision: PrecisionOpt = None,
     attention: AttentionOpt = None,
-    checkpointing: CheckpointingOpt = "none",
+    checkpointing: CheckpointingOpt = None,
     ac_frequency: AcFrequencyOpt = None,
     micro_batch: MicroBatchOpt = 1,
     seq_len: SeqLenOpt = None,
@@ -247,6 +257,12 @@ def estimate(
     activation_offload: ActivationOffloadOpt = False,
     hardware: HardwareOpt = None,
     device: DeviceOpt = None,
+    tokens: TokensOpt = None,
+    epochs: EpochsOpt = None,
+    dataset_tokens: DatasetTokensOpt = None,
+    max_days: MaxDaysOpt = None,
+    price_per_hour: PricePerHourOpt = None,
+    prices: PricesOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
@@ -258,7 +274,16 @@ def estimate(
         print_schema(EstimateReport)
         return
     from advisor.app.limits import resolve_seq_len
+    from advisor.app.wholerun import RunOptions
 
+    options = RunOptions.from_flags(
+        tokens=tokens,
+        epochs=epochs,
+        dataset_tokens=dataset_tokens,
+        max_days=max_days,
+        price_per_hour=price_per_hour,
+        prices=prices,
+    )
     spec = resolve_model(model_size, model, model_config)
     _check_flags(task, lora_rank, virtual_stages, pipeline_parallel)
     _check_bounds(
@@ -280,7 +305,7 @@ def estimate(
         optimizer=optimizer,
         precision=precision or "bf16-mixed",
         attention=attention or "flash",
-        checkpointing=checkpointing,
+        checkpointing=checkpointing or "none",
         ac_frequency=ac_frequency,
         micro_batch=micro_batch,
         seq_len=resolve_seq_len(spec, seq_len, rope_scaling),
@@ -308,13 +333,24 @@ def estimate(
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )
-    report = _estimate(spec, settings, ac_frequency, precision, attention, hardware, device)
+    report = _estimate(
+        spec, settings, ac_frequency, precision, attention, hardware, device, checkpointing is None
+    )
+    if options.tokens is not None:
+        from advisor.app.wholerun import estimate_with_run
+
+        report = estimate_with_run(report, options, hardware)
     from advisor.shell import render
 
     if json_out:
-        render.print_json(report)
+        # NOTE: `run` appears only with a budget, so a report without one reads as before.
+        render.print_json(report, exclude={"run": True} if report.run is None else None)
     else:
         render.render_estimate(report)
+        if report.run is not None:
+            from advisor.shell.render.wholerun import render_estimate_run
+
+            render_estimate_run(report.run)
 
 
 def _check_flags(
@@ -367,9 +403,11 @@ def _estimate(
     attention: str | None,
     hardware: str | None,
     device: str | None,
+    unstated_recompute: bool = False,
 ) -> EstimateReport:
     """The report for the checked flags, on the --hardware profile or this machine (probed
-    once: its target and calibration serve the device checks and the step time)."""
+    once: its target and calibration serve the device checks and the step time); with
+    --checkpointing unstated, answered as the range over none, selective and full."""
     from advisor.app.environment import local_step_time, probe_environment
     from advisor.app.estimate import build_config, estimate_report
     from advisor.app.limits import check_bound
@@ -384,15 +422,36 @@ def _estimate(
     if device is None:
         # NOTE: a CPU profile or this CPU-only machine has no CUDA context to count.
         device = "cpu" if local is not None and local.device_kind.value == "cpu" else "cuda"
-    return estimate_report(
-        spec,
-        config,
-        hardware=hardware,
-        device=device,
-        host_memory_bytes=None if hardware else psutil.virtual_memory().total,
-        step_time=local_step_time(spec, config, hardware, env),
-        local_device=((f"{local.name} (probe)", local.device_memory_bytes) if local else None),
-    )
+
+    def report_for(cfg: TrainingConfig) -> EstimateReport:
+        return estimate_report(
+            spec,
+            cfg,
+            hardware=hardware,
+            device=device,
+            host_memory_bytes=None if hardware else psutil.virtual_memory().total,
+            step_time=local_step_time(spec, cfg, hardware, env),
+            local_device=((f"{local.name} (probe)", local.device_memory_bytes) if local else None),
+        )
+
+    report = report_for(config)
+    if not unstated_recompute:
+        return report
+    from advisor.app.estimate import RecomputeCase, with_recompute_range
+    from advisor.config import Checkpointing
+
+    cases = []
+    for level in (Checkpointing.NONE, Checkpointing.SELECTIVE, Checkpointing.FULL):
+        r = report if level is Checkpointing.NONE else report_for(config.with_(checkpointing=level))
+        cases.append(
+            RecomputeCase(
+                checkpointing=level,
+                total_bytes=r.total_bytes,
+                fits=r.fits,
+                step_seconds=r.step_time.seconds if r.step_time is not None else None,
+            )
+        )
+    return with_recompute_range(report, cases)
 
 
 def _config_for_device(

@@ -25,6 +25,14 @@ from advisor.shell.cli.modelflags import (
     RopeScalingOpt,
     resolve_model,
 )
+from advisor.shell.cli.runflags import (
+    DatasetTokensOpt,
+    EpochsOpt,
+    MaxDaysOpt,
+    PricePerHourOpt,
+    PricesOpt,
+    TokensOpt,
+)
 
 if TYPE_CHECKING:
     from advisor.app.recommend import RecommendRequest, RecommendRun
@@ -79,7 +87,11 @@ EtpOpt = Annotated[
 ]
 HardwareOpt = Annotated[
     str | None,
-    typer.Option("--hardware", help="Plan for a profile instead of this machine (profiles list)."),
+    typer.Option(
+        "--hardware",
+        help="Plan for a profile instead of this machine (profiles list); a,b,c compares "
+        "profiles for the same job by time and cost to finish.",
+    ),
 ]
 GpusOpt = Annotated[
     int | None, typer.Option("--gpus", help="Devices per node (default: all local GPUs, or 1).")
@@ -138,6 +150,14 @@ ForceOpt = Annotated[
         "engine can express when its file cannot set up the ranked plan (refused otherwise).",
     ),
 ]
+SortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sort",
+        help="With --hardware a,b,c: rank the hardware by time or cost to finish (default: "
+        "cost where every option has a price, else time).",
+    ),
+]
 ShowRejectedOpt = Annotated[
     bool,
     typer.Option(
@@ -180,25 +200,88 @@ def recommend(
     out: OutOpt = None,
     force: ForceOpt = False,
     show_rejected: ShowRejectedOpt = False,
+    tokens: TokensOpt = None,
+    epochs: EpochsOpt = None,
+    dataset_tokens: DatasetTokensOpt = None,
+    max_days: MaxDaysOpt = None,
+    price_per_hour: PricePerHourOpt = None,
+    prices: PricesOpt = None,
+    sort: SortOpt = None,
     rules_dir: RulesDirOpt = None,
     json_out: JsonOpt = False,
     schema: SchemaOpt = False,
 ) -> None:
     """Recommend how to train: ranked configurations with reasons, by measured cost.
 
+    --hardware a,b,c compares hardware for the same job: each option's best plan, ranked by
+    time and cost to finish (--tokens, or the shortest published fine-tune).
+
     Exit status: 0 a plan fits, 2 bad input, 3 nothing fits (the report still prints, with
     suggestions; --json says "fits": false).
     """
     not_blank("--hardware", hardware)
-    from advisor.plan import RecommendReport
-
+    compare = hardware is not None and "," in hardware
     if schema:
-        print_schema(RecommendReport)
+        from advisor.app.compare import CompareReport
+        from advisor.plan import RecommendReport
+
+        print_schema(CompareReport if compare else RecommendReport)
         return
     from advisor.app.recommend import RecommendRequest
+    from advisor.app.wholerun import RunOptions
 
     _check_flags(tp, pp, emit, out, force)
+    if sort is not None and not compare:
+        raise UserError("--sort ranks hardware options", "give --hardware a,b,c, or drop --sort")
+    if compare and (explain or show_rejected):
+        given = "--explain" if explain else "--show-rejected"
+        raise UserError(
+            f"{given} explains one ranking, and --hardware a,b,c compares several",
+            f"run one profile with --hardware NAME {given}",
+        )
+    options = RunOptions.from_flags(
+        tokens=tokens,
+        epochs=epochs,
+        dataset_tokens=dataset_tokens,
+        max_days=max_days,
+        price_per_hour=price_per_hour,
+        prices=prices,
+    )
     spec = resolve_model(model_size, model, model_config)
+    if compare:
+        from advisor.shell.cli.compare import compare_hardware
+
+        compare_hardware(
+            hardware or "",
+            spec=spec,
+            options=options,
+            sort=sort,
+            emit=emit,
+            json_out=json_out,
+            request_flags={
+                "task": task,
+                "seq_len": seq_len,
+                "micro_batch": micro_batch,
+                "global_batch": global_batch,
+                "gpus": gpus,
+                "nodes": nodes,
+                "memory_budget": memory_budget,
+                "objective": objective,
+                "privacy": privacy,
+                "sparse_features": sparse_features,
+                "stack": stack,
+                "rope_scaling": rope_scaling,
+                "global_batch_tokens": global_batch_tokens,
+                "host_memory": host_memory,
+                "nvme": nvme,
+                "tp": tp,
+                "pp": pp,
+                "lora_targets": lora_targets,
+                "calibrate": calibrate,
+            },
+            rules=rules_dirs(rules_dir) if rules_dir else None,
+        )
+        return
     request = RecommendRequest.from_flags(
         spec=spec,
         task=task,
@@ -228,7 +311,9 @@ def recommend(
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})
     run = _plan(request, calibrate, hardware, json_out)
-    report = run.report
+    from advisor.app.wholerun import finish_report
+
+    report = finish_report(run, request, options)
     if report.hardware.device_kind == "cpu":
         _note_unused_offload_flags(host_memory, nvme)
     if emit is not None and report.fits:
@@ -322,7 +407,15 @@ def _show(report: RecommendReport, *, json_out: bool, show_rejected: bool, expla
     if json_out:
         from advisor.shell.jsonout import print_json
 
-        print_json(report if show_rejected else report.model_copy(update={"rejected": []}))
+        shown = report if show_rejected else report.model_copy(update={"rejected": []})
+        # NOTE: the whole-run fields appear only where there is a run to report (a budget, or
+        # an impractical pick), so a report without them reads as before.
+        exclude: dict[str, object] = {}
+        if shown.whole_run is None:
+            exclude["whole_run"] = True
+        if all(r.run is None for r in shown.recommendations):
+            exclude["recommendations"] = {"__all__": {"run"}}
+        print_json(shown, exclude=exclude or None)
     else:
         from advisor.shell import render
 

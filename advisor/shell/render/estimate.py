@@ -125,9 +125,20 @@ def _render_verdict(report: EstimateReport) -> None:
     """Fits or not on the device, the savers that would change it, and host RAM."""
     if report.device_memory_bytes is not None:
         verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
+        if report.fits and report.total_bytes > report.device_memory_bytes:
+            # --checkpointing unstated: it fits at some recompute level, not without.
+            verdict = "[yellow]fits only with recompute[/] (below); without it"
         common.console.print(
             f"{verdict} on {report.hardware or report.device_name}: "
             f"{format_bytes(report.total_bytes)} of {format_bytes(report.device_memory_bytes)}"
+        )
+    for case in report.recompute_range:
+        verdict = "fits" if case.fits else "does not fit" if case.fits is False else "no device"
+        step = "" if case.step_seconds is None else f", step {format_seconds(case.step_seconds)}"
+        common.console.print(
+            f"--checkpointing {case.checkpointing.value}: {format_bytes(case.total_bytes)}"
+            f" ({verdict}{step})",
+            markup=False,
         )
     for alt in report.alternatives:
         verdict = "fits" if alt.fits else "does not fit"

@@ -127,7 +127,7 @@ def _render_gpus(gpus: list[GpuInfo]) -> None:
                 memory,
                 g.compute_capability or "-",
                 f"{g.driver_version or '-'} / {g.cuda_driver_version or '-'}",
-                f"{g.power_limit_w:.0f} W" if g.power_limit_w else "-",
+                _power(g.power_limit_w, g.power_draw_w, g.idle_power_w),
                 f"gen{g.pcie_generation} x{g.pcie_width}" if g.pcie_generation else "-",
                 str(g.nvlink_links) if g.nvlink_links is not None else "-",
                 _yes(g.bf16),
@@ -228,3 +228,11 @@ def render_profiles(
 
 
 # --- taxonomy and rules --------------------------------------------------------------------
+
+
+def _power(limit: float | None, draw: float | None, idle: float | None) -> str:
+    """The power limit, with the draw when probed ("idle" when the GPU ran no kernel)."""
+    text = f"{limit:.0f} W" if limit else "-"
+    if draw is not None:
+        text += f" ({draw:.0f} W {'idle' if idle is not None else 'now'})"
+    return text

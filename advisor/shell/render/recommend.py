@@ -51,6 +51,9 @@ def render_recommend(report: RecommendReport, *, explain: bool = False) -> None:
         _render_row_notes(report, wide=wide)
         best = report.recommendations[0]
         _render_steps(best)
+        from advisor.shell.render.wholerun import render_whole_run
+
+        render_whole_run(report)
         _render_best(best)
     _render_why_not_and_advice(report)
     if explain:
@@ -244,9 +247,28 @@ _SHORT = {
 }
 
 
+# Abbreviations whose full stop ends no sentence ("(e.g. Volta and Turing)" cut after "e.g."
+# left a rule's rationale mid-sentence).
+_ABBREVIATIONS = ("e.g.", "i.e.", "cf.", "vs.", "al.", "approx.", "Fig.", "Eq.", "Sec.", "No.")
+
+
 def _first_sentence(text: str) -> str:
-    head, dot, _ = text.partition(". ")
-    return head + ("." if dot else "")
+    """The first sentence: up to the first ". " outside parentheses that follows no
+    abbreviation (the whole text when there is none)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth = max(depth - 1, 0)
+        elif (
+            ch == "."
+            and depth == 0
+            and text[i + 1 : i + 2] == " "
+            and not text[: i + 1].endswith(_ABBREVIATIONS)
+        ):
+            return text[: i + 1]
+    return text
 
 
 def _fact(v: object) -> str:
