@@ -275,6 +275,27 @@ class _Frozen(BaseModel):
         return made
 
 
+class MoeDispatcher(str, Enum):
+    """How an MoE layer moves its tokens to the experts and back (Megatron-Core
+    ``--moe-token-dispatcher-type``, megatron/core/transformer/moe/token_dispatcher.py).
+
+    ``alltoall``: each rank permutes its tokens by expert and exchanges them with an
+    all-to-all over the expert-parallel group, then all-gathers them over the expert
+    tensor-parallel group (what Megatron recommends with expert parallelism).
+    ``allgather``: every rank all-gathers the hidden states of its whole expert
+    tensor x expert parallel group and keeps the tokens routed to its own experts; the
+    outputs return by a reduce-scatter (Megatron's default; best without expert
+    parallelism or with a large top-k). ``flex``: DeepEP's fused dispatch and combine
+    (``--moe-token-dispatcher-type flex --moe-enable-deepep``), which sends a token once per
+    destination rank however many of its top-k experts live there (deepseek-ai/DeepEP
+    ``Buffer.get_dispatch_layout``: ``num_tokens_per_rank``, ``is_token_in_rank``).
+    """
+
+    ALLTOALL = "alltoall"
+    ALLGATHER = "allgather"
+    FLEX = "flex"
+
+
 class BatchGeometry(_Frozen):
     """What one device processes per pass and per optimizer step."""
 
@@ -307,7 +328,6 @@ class ParallelLayout(_Frozen):
     shard_group: int | None = Field(
         default=None, ge=1, description="hsdp: devices one shard group spans (default: a node)"
     )
-
     context_parallel: int = Field(
         default=1,
         ge=1,
@@ -320,6 +340,35 @@ class ParallelLayout(_Frozen):
         "attention, Megatron p2p, torch context_parallel) or ulysses (DeepSpeed-Ulysses "
         "all-to-all)",
     )
+    expert_tensor_parallel: int | None = Field(
+        default=None,
+        ge=1,
+        description="MoE: tensor parallelism of the routed experts (Megatron "
+        "--expert-tensor-parallel-size); None: the tensor-parallel degree where it folds, "
+        "else 1",
+    )
+    moe_dispatcher: MoeDispatcher = Field(
+        default=MoeDispatcher.ALLTOALL,
+        description="MoE token dispatcher: alltoall, allgather or flex (DeepEP)",
+    )
+    capacity_factor: float | None = Field(
+        default=None,
+        gt=0,
+        description="MoE expert capacity factor (tokens beyond it are dropped); None: "
+        "dropless, Megatron's default",
+    )
+    pad_to_capacity: bool = Field(
+        default=False,
+        description="MoE: every expert's batch padded to its capacity "
+        "(--moe-pad-expert-input-to-capacity; needs a capacity factor)",
+    )
+
+    @model_validator(mode="after")
+    def _check_moe(self) -> Self:
+        if self.pad_to_capacity and self.capacity_factor is None:
+            raise ValueError("pad_to_capacity needs a capacity_factor")
+        return self
+
 
     @property
     def world_size(self) -> int:
@@ -338,6 +387,33 @@ class ParallelLayout(_Frozen):
         "with context parallel", used by its gradient buffers and distributed optimizer;
         torchtitan's ``dp_shard_cp`` mesh that FSDP shards over)."""
         return self.data_parallel * self.context_parallel
+
+    @property
+    def context_degree(self) -> int:
+        """The context-parallel degree (the MoE fold's name for ``context_parallel``)."""
+        return self.context_parallel
+
+    @property
+    def expert_fold(self) -> int:
+        """The ranks of one pipeline stage that Megatron-Core re-factors for the MoE layers:
+        tensor x context x data parallel (= expert tensor x expert x expert-data parallel;
+        megatron/core/parallel_state.py ``initialize_model_parallel``)."""
+        return self.tensor_parallel * self.context_degree * self.data_parallel
+
+    @property
+    def expert_tp(self) -> int:
+        """The routed experts' tensor-parallel degree: as set, else Megatron's default (the
+        tensor-parallel degree) where expert parallelism folds with it, else 1."""
+        if self.expert_tensor_parallel is not None:
+            return self.expert_tensor_parallel
+        tp = self.tensor_parallel
+        return tp if self.expert_fold % (tp * self.expert_parallel) == 0 else 1
+
+    @property
+    def expert_data_parallel(self) -> int:
+        """Ranks that replicate one expert shard (Megatron's expert-data-parallel group:
+        tensor x context x data / (expert tensor x expert); at least 1)."""
+        return max(1, self.expert_fold // (self.expert_tp * self.expert_parallel))
 
 
 class MemorySavers(_Frozen):
@@ -497,6 +573,10 @@ FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "shard_group": ("layout", "shard_group"),
     "context_parallel": ("layout", "context_parallel"),
     "context_parallel_kind": ("layout", "context_parallel_kind"),
+    "expert_tensor_parallel": ("layout", "expert_tensor_parallel"),
+    "moe_dispatcher": ("layout", "moe_dispatcher"),
+    "capacity_factor": ("layout", "capacity_factor"),
+    "pad_to_capacity": ("layout", "pad_to_capacity"),
 }
 
 
@@ -639,6 +719,10 @@ class TrainingConfig(_Frozen):
         context_parallel_kind: ContextParallelKind | _Keep = _KEEP,
         sharding: Sharding | _Keep = _KEEP,
         shard_group: int | _Keep | None = _KEEP,
+        expert_tensor_parallel: int | _Keep | None = _KEEP,
+        moe_dispatcher: MoeDispatcher | _Keep = _KEEP,
+        capacity_factor: float | _Keep | None = _KEEP,
+        pad_to_capacity: bool | _Keep = _KEEP,
         checkpointing: Checkpointing | _Keep = _KEEP,
         ac_frequency: int | _Keep = _KEEP,
         offload: Offload | _Keep = _KEEP,

@@ -16,6 +16,7 @@ from advisor.config import (
     ContextParallelKind,
     Kernels,
     MemorySavers,
+    MoeDispatcher,
     Offload,
     OptimizerImpl,
     ParallelLayout,
@@ -230,6 +231,10 @@ def build_config(
     expert_parallel: int = 1,
     context_parallel: int = 1,
     context_parallel_kind: str = "ring",
+    expert_tensor_parallel: int | None = None,
+    moe_dispatcher: str = "alltoall",
+    capacity_factor: float | None = None,
+    pad_to_capacity: bool = False,
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
     ac_frequency: int | None = None,
@@ -269,6 +274,12 @@ def build_config(
             f"invalid --ac-frequency {ac_frequency}: checkpoint every n-th block, n >= 1",
             "use 1 (every block, as full) or more (2 = every second block)",
         )
+    if pad_to_capacity and capacity_factor is None:
+        raise UserError(
+            "--pad-to-capacity pads each expert's batch to its capacity, but no "
+            "--capacity-factor is given",
+            "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
+        )
     try:
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
@@ -290,6 +301,10 @@ def build_config(
                     ContextParallelKind, context_parallel_kind, "--context-parallel-kind"
                 ),
                 sharding=_enum(Sharding, sharding, "--sharding"),
+                expert_tensor_parallel=expert_tensor_parallel,
+                moe_dispatcher=_enum(MoeDispatcher, moe_dispatcher, "--moe-dispatcher"),
+                capacity_factor=capacity_factor,
+                pad_to_capacity=pad_to_capacity,
             ),
             savers=MemorySavers(
                 checkpointing=ckpt,

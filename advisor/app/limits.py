@@ -50,6 +50,14 @@ BOUNDS: dict[str, Bound] = {
     "--context-parallel": Bound(
         1, 1024, "ranks per sequence: published runs use 2-32 (Llama 3: 16 at 128K tokens)"
     ),
+    "--expert-tensor-parallel": Bound(
+        1, 1024, "an expert's matrices split like tensor parallelism"
+    ),
+    "--ep": Bound(1, 65_536, "at most one device per expert (DeepSeek-V3: 256)"),
+    "--etp": Bound(1, 1024, "an expert's matrices split like tensor parallelism"),
+    "--capacity-factor": Bound(
+        0.01, 1024.0, "capacity factors in use are 1.0-2.0 (GShard, Switch)"
+    ),
     "world size": Bound(1, MAX_DEVICES, "2^20 devices, beyond the largest clusters"),
     "--top": Bound(1, 100_000, "100,000 configurations"),
     "--budget": Bound(1e-3, 7 * 86_400, "one week of calibration"),

@@ -93,6 +93,8 @@ class RecommendRequest(BaseModel):
         lora_targets: str | None = None,
         context_parallel: int | None = None,
         context_parallel_kind: str | None = None,
+        expert_parallel: int | None = None,
+        expert_tensor_parallel: int | None = None,
     ) -> RecommendRequest:
         """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
@@ -110,6 +112,8 @@ class RecommendRequest(BaseModel):
             ("--gpus", gpus),
             ("--nodes", nodes),
             ("--top", top),
+            ("--expert-parallel", expert_parallel),
+            ("--expert-tensor-parallel", expert_tensor_parallel),
         ):
             check_bound(flag, value)
         check_bound("--gpus", (gpus or 1) * nodes)
@@ -140,6 +144,8 @@ class RecommendRequest(BaseModel):
             context_parallel_kind=None
             if context_parallel_kind is None
             else _choice(ContextParallelKind, context_parallel_kind, "--context-parallel-kind"),
+            expert_parallel=expert_parallel,
+            expert_tensor_parallel=expert_tensor_parallel,
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
         )

@@ -5,7 +5,8 @@ HSDP); measured NCCL/gloo bandwidth where the calibration has it."""
 
 from __future__ import annotations
 
-from advisor.config import Checkpointing, Sharding, TrainingConfig
+from advisor.config import Checkpointing, Sharding, Task, TrainingConfig
+from advisor.cost.moe import dispatch_volumes
 from advisor.cost.result import ComponentTime, Source
 from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
 from advisor.hardware.profiles import DeviceKind
@@ -100,34 +101,61 @@ _FP8_DISPATCH_BYTES = 1 + 4 / 128
 
 
 def ep_comm(s: Setting) -> float:
-    """Exposed expert-parallel all-to-alls of one MoE block, one micro-batch: dispatch and
-    combine, forward and backward (Lepikhin et al. 2021; Fedus et al. 2022).
+    """Exposed token dispatch of one MoE block, one micro-batch: dispatch and combine,
+    forward and backward (Lepikhin et al. 2021; Fedus et al. 2022).
 
-    Each token's ``k`` expert copies go to the EP ranks uniformly: those on this rank's node
-    cross NVLink while the rest cross the NIC at the same time, so each transfer takes the
-    longer of the two (at DeepEP's measured shares of the links). Under FP8 the forward
-    dispatch carries FP8 activations. No overlap with expert compute is priced.
+    The volumes are the configured dispatcher's (:func:`advisor.cost.moe.dispatch_volumes`:
+    all-to-all, all-gather or DeepEP's one copy per destination rank). The expert-parallel
+    exchange sends each remote row either over NVLink (EP ranks on this node: Megatron's
+    expert rank order puts ``etp`` then ``ep`` innermost) or over the NIC at the same time,
+    so each transfer takes the longer of the two, at DeepEP's measured shares of the links;
+    under FP8 the forward dispatch carries FP8 activations. The expert tensor group's
+    all-gather and reduce-scatter, and the all-gather dispatcher's ring collectives, run at
+    the link's ring bandwidth. No overlap with expert compute is priced.
     """
-    if s.ep <= 1 or s.spec.num_experts <= 1:
+    if s.spec.num_experts <= 1 or s.ep * s.etp <= 1:
         return 0.0
     act = 4 if s.dtype in ("fp32", "tf32") else 2
+    volumes = dispatch_volumes(
+        s.mb.moe_dispatcher,
+        tokens=s.tokens,
+        hidden=s.sh.hidden,
+        experts=s.spec.num_experts,
+        top_k=s.spec.experts_per_token,
+        tp=s.tp,
+        cp=1,  # NOTE: context parallelism's split of the tokens joins with its branch
+        etp=s.etp,
+        ep=s.ep,
+        act_bytes=act,
+        capacity_scale=s.mb.expert_rows,
+    )
     if s.hw is None or s.hw.kind is DeviceKind.CPU:
-        per = s.tokens * s.spec.experts_per_token * s.sh.hidden * act * (s.ep - 1) / s.ep
-        bw, _ = link(s, s.ep * s.tp > s.node)
-        return 4 * per / bw
-    copies = s.tokens * s.spec.experts_per_token * s.sh.hidden
-    local = max(1, min(s.ep, s.node // max(s.tp, 1)))
-    intra = s.hw.intra_node
-    inter = s.hw.inter_node
-    nvlink = (intra.bandwidth_gb_s if intra else None) or s.link_override or 25.0
-    nic = inter.bandwidth_gb_s if inter else nvlink
-    nvlink_bw = nvlink / 2 * A2A_NVLINK_SHARE * 1e9
-    nic_bw = nic / 2 * A2A_NIC_SHARE * 1e9
+        bw, _ = link(s, s.ep * s.etp > s.node)
+        return 2 * sum(volumes.values()) / bw
     seconds = 0.0
-    for size in (_FP8_DISPATCH_BYTES if s.fp8 else act, act, act, act):
-        near = copies * size * (local - 1) / s.ep / nvlink_bw
-        far = copies * size * (s.ep - local) / s.ep / nic_bw
-        seconds += max(near, far)
+    etp_volume = volumes.get("expert_tp_all_gather", 0.0)
+    etp_volume += volumes.get("expert_tp_reduce_scatter", 0.0)
+    if etp_volume:
+        seconds += 2 * etp_volume / link(s, s.etp > s.node)[0]
+    gathered = volumes.get("allgather_dispatch", 0.0) + volumes.get("reduce_scatter_combine", 0.0)
+    if gathered:
+        seconds += 2 * gathered / link(s, s.ep * s.etp > s.node)[0]
+    exchanged = volumes.get("all_to_all_dispatch", 0.0)
+    if exchanged and s.ep > 1:
+        local = max(1, min(s.ep, s.node // max(s.etp, 1)))
+        intra = s.hw.intra_node
+        inter = s.hw.inter_node
+        nvlink = (intra.bandwidth_gb_s if intra else None) or s.link_override or 25.0
+        nic = inter.bandwidth_gb_s if inter else nvlink
+        nvlink_bw = nvlink / 2 * A2A_NVLINK_SHARE * 1e9
+        nic_bw = nic / 2 * A2A_NIC_SHARE * 1e9
+        near, far = (local - 1) / (s.ep - 1), (s.ep - local) / (s.ep - 1)
+        fp8 = _FP8_DISPATCH_BYTES / act if s.fp8 else 1.0
+        # Forward dispatch and combine; backward sends the combine's and the dispatch's
+        # gradients the other way.
+        for scale in (fp8, 1.0, 1.0, 1.0):
+            v = exchanged * scale
+            seconds += max(v * near / nvlink_bw, v * far / nic_bw)
     return seconds
 
 
@@ -149,7 +177,11 @@ def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:
     ep_s = ep_comm(s) * L
     if ep_s:
         parts["expert_all_to_all"] = ComponentTime(
-            seconds=ep_s, source=Source.ANALYTIC, detail=f"EP={s.ep}"
+            seconds=ep_s,
+            source=Source.ANALYTIC,
+            detail=f"EP={s.ep}"
+            + (f" ETP={s.etp}" if s.etp != s.tp else "")
+            + f", {s.mb.moe_dispatcher.value} dispatcher",
         )
     if s.pp > 1:
         act = 4 if s.dtype in ("fp32", "tf32") else 2
@@ -192,6 +224,7 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     wb, gb = weight_bytes(c.precision), grad_bytes(c.precision)
     params = s.sh.params / (s.tp * s.pp)
     grads = trainable(s, c) / (s.tp * s.pp) * gb
+    params, grads = _expert_dp_share(s, c, params, grads)
     stage = layout.sharding.zero_stage
     # Context-parallel ranks reduce their gradients with the data-parallel ones (each holds
     # a share of the same samples' gradient): Megatron-Core's data-parallel group "with
@@ -214,6 +247,38 @@ def data_parallel(s: Setting, c: TrainingConfig, fwd: float, bwd: float) -> Comp
     )
     src = Source.MEASURED if measured else Source.ANALYTIC
     return ComponentTime(seconds=exposed, source=src, detail=detail + ", exposed")
+
+
+def _expert_dp_share(
+    s: Setting, c: TrainingConfig, params: float, grads: float
+) -> tuple[float, float]:
+    """The parameters and gradients of one rank that its data-parallel collectives move,
+    with the routed experts as Megatron-Core and DeepSpeed-MoE reduce them: a rank holds
+    ``1 / (ep x etp)`` of the experts (not ``1 / tp``) and reduces their gradients over the
+    expert-data-parallel group only (megatron/core/parallel_state.py
+    ``_EXPERT_DATA_PARALLEL_GROUP``; DeepSpeed-MoE's expert-data-parallel groups), not over
+    all data-parallel ranks. Returned as the dense-equivalent volume over the ``dp`` ranks
+    the callers price, each part scaled by its own ring share ``(n - 1) / n``."""
+    layout = c.layout
+    if (
+        s.spec.num_experts <= 1
+        or c.task not in (Task.PRETRAIN, Task.FINETUNE)
+        or layout.sharding is Sharding.HSDP
+        or (layout.expert_parallel == 1 and s.etp == s.tp)
+    ):
+        return params, grads
+    routed = s.spec.moe_layer_count() * s.spec.num_experts * s.spec.expert_parameter_count()
+    held = routed / (layout.expert_parallel * s.etp * s.pp)
+    counted = routed / (s.tp * s.pp)
+    dp, edp = s.dp, layout.expert_data_parallel
+    share = (dp - 1) / dp if dp > 1 else 1.0
+    scale = ((edp - 1) / edp) / share if dp > 1 else 0.0
+    dense_params = params - counted
+    gb = grad_bytes(c.precision)
+    return (
+        dense_params + held * scale,
+        (dense_params + held * scale) * gb,
+    )
 
 
 def _dp_link(s: Setting, c: TrainingConfig, n: int) -> tuple[float, str, bool]:
@@ -277,5 +342,7 @@ def _dp_exposed(
         ar = 2 * share * grads / bw
         exposed = max(ar / L, ar - eta * bwd)
     if stage in (1, 2):
-        exposed += share * trainable(s, c) / (s.tp * s.pp) * wb / bw
+        # The updated parameters gathered after the step (the rank's own, experts included
+        # as _expert_dp_share counts them).
+        exposed += share * grads / grad_bytes(c.precision) * wb / bw
     return exposed, f"{'DDP' if stage == 0 else f'ZeRO-{stage}'} over {n} ranks ({name})"

@@ -135,7 +135,18 @@ def layer_gemm(s: Setting) -> tuple[float, float, Source]:
         fb = measured.seconds_per_token * s.tokens
         fwd = measured.forward_seconds_per_token
         return fb, (fwd * s.tokens if fwd is not None else fb / 3), Source.MEASURED
-    fwd, src = gemm_seconds(s, block_gemms(s.spec, s.tokens, s.tp, s.ep, matrices=s.matrices))
+    fwd, src = gemm_seconds(
+        s,
+        block_gemms(
+            s.spec,
+            s.tokens,
+            s.tp,
+            s.ep,
+            matrices=s.matrices,
+            etp=s.etp,
+            expert_rows=s.mb.expert_rows,
+        ),
+    )
     # dgrad and wgrad are GEMMs of the same three dimensions: twice the forward.
     return 3 * fwd, fwd, src
 
@@ -229,7 +240,15 @@ def fp8_casts(s: Setting) -> tuple[float, float]:
     if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
         return 0.0, 0.0
     fwd_b = bwd_b = 0.0
-    gemms = block_gemms(s.spec, s.tokens, s.tp, s.ep, matrices=s.matrices)
+    gemms = block_gemms(
+        s.spec,
+        s.tokens,
+        s.tp,
+        s.ep,
+        matrices=s.matrices,
+        etp=s.etp,
+        expert_rows=s.mb.expert_rows,
+    )
     shared_input = 0.0
     if s.tp > 1:
         # Under TP the column-parallel layers' common input (the attention and the MLP

@@ -12,6 +12,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     ContextParallelKind,
+    MoeDispatcher,
     Precision,
     Sharding,
     Stack,
@@ -25,6 +26,7 @@ from advisor.cost.result import Source
 from advisor.cost.shape import ModelShape, WeightMatrices
 from advisor.hardware.profiles import GpuEfficiency, HardwareProfile
 from advisor.memory import MemoryMemo, trainable_parameter_count
+from advisor.memory.moe import capacity_scale
 from advisor.model.spec import ModelSpec
 
 
@@ -59,6 +61,9 @@ class MicroBatchConfig(NamedTuple):
     expert_parallel: int
     context_parallel: int
     context_parallel_kind: ContextParallelKind
+    expert_tensor_parallel: int  # resolved (ParallelLayout.expert_tp)
+    moe_dispatcher: MoeDispatcher
+    expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -83,6 +88,9 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.expert_parallel,
         layout.context_parallel,
         layout.context_parallel_kind,
+        layout.expert_tp,
+        layout.moe_dispatcher,
+        capacity_scale(layout),
     )
 
 
@@ -117,6 +125,7 @@ class Setting:
         "dtype",
         "eff",
         "ep",
+        "etp",
         "fp8",
         "hw",
         "kernel",
@@ -168,6 +177,7 @@ class Setting:
         self.cp = mb.context_parallel
         self.dp_cp = self.dp * self.cp
         self.ep = min(mb.expert_parallel, max(spec.num_experts, 1))
+        self.etp = mb.expert_tensor_parallel if spec.num_experts > 1 else self.tp
         self.tokens = mb.micro_batch * mb.seq_len // self.cp
         self.stage_layers, self.last_stage_layers = stage_layers(self.sh.layers, self.pp, self.v)
         self.kernel: AttentionKernel = attention_kernel(mb, hw)
@@ -245,5 +255,20 @@ def shard_group(s: Setting, c: TrainingConfig) -> int:
 
 
 def trainable_local(s: Setting, c: TrainingConfig) -> float:
-    """Trainable parameters this device steps: its TP/PP shard, then its ZeRO shard."""
-    return trainable(s, c) / (s.tp * s.pp) / shard(s, c, 1)
+    """Trainable parameters this device steps: its TP/PP shard, then its ZeRO shard; the
+    routed experts' share is ``1 / (ep x etp x pp)``, sharded over the expert-data-parallel
+    group (Megatron-Core's distributed optimizer; :mod:`advisor.memory.moe`)."""
+    whole = trainable(s, c) / (s.tp * s.pp) / shard(s, c, 1)
+    layout = c.layout
+    if (
+        s.spec.num_experts <= 1
+        or c.task not in (Task.PRETRAIN, Task.FINETUNE)
+        or (layout.expert_parallel == 1 and s.etp == s.tp)
+    ):
+        return whole
+    routed = s.spec.moe_layer_count() * s.spec.num_experts * s.spec.expert_parameter_count()
+    n = shard(s, c, 1)
+    n_expert = max(1, n * s.tp // (s.etp * layout.expert_parallel)) if n > 1 else 1
+    counted = routed / (s.tp * s.pp) / n
+    held = routed / (layout.expert_parallel * s.etp * s.pp) / n_expert
+    return whole - counted + held

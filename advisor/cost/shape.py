@@ -84,24 +84,36 @@ def block_gemms(
     ep: int = 1,
     *,
     matrices: WeightMatrices | None = None,
+    etp: int | None = None,
+    expert_rows: float = 1.0,
 ) -> list[Gemm]:
     """The forward GEMMs of one block for ``tokens`` tokens on one TP/EP shard.
 
     Column-parallel layers split their output width by ``tp``, row-parallel ones their
     input; with sequence parallelism every GEMM still sees all ``tokens`` (Korthikanti et
-    al. 2022). Each expert of an MoE block sees ``tokens x top-k x ep / experts`` tokens.
-    ``matrices``: :func:`weight_matrices` of ``spec``, when the caller holds them already.
+    al. 2022). Routed experts split by the expert tensor-parallel degree ``etp`` (None:
+    ``tp``) and each sees the rows of its expert tensor group: ``tokens / tp x etp x top-k
+    x ep / experts`` (``tokens x top-k x ep / experts`` where ``etp == tp``), scaled by
+    ``expert_rows`` (a capacity factor's padded or dropped rows;
+    :func:`advisor.memory.moe.routed_rows`). ``matrices``: :func:`weight_matrices` of
+    ``spec``, when the caller holds them already.
     """
     out: list[Gemm] = []
     experts = max(spec.num_experts, 1)
+    etp = tp if etp is None else etp
     for n, k, row, expert in matrices if matrices is not None else weight_matrices(spec):
+        split = etp if expert else tp
         if row:
-            k = max(1, k // tp)
+            k = max(1, k // split)
         else:
-            n = max(1, n // tp)
+            n = max(1, n // split)
         if expert:
             local = max(1, experts // ep)
             m = tokens * spec.experts_per_token * ep / experts
+            if etp != tp:
+                m = m * etp / tp
+            if expert_rows != 1.0:
+                m *= expert_rows
             out.append(Gemm(m=m, n=n, k=k, count=local))
         else:
             out.append(Gemm(m=tokens, n=n, k=k, count=1.0))

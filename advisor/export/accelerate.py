@@ -19,6 +19,7 @@ from advisor.export.expression import (
     without_context_parallel,
     world_size,
 )
+from advisor.export.moe import deepspeed_moe
 
 ACCELERATE_DOCS = "https://huggingface.co/docs/accelerate/usage_guides/fsdp"
 
@@ -226,11 +227,8 @@ def _engine_notes(
             "per-parameter step in backward on sharded weights)",
             optimizer_in_backward=False,
         )
-    if config.layout.expert_parallel > 1 and distributed_type == "DEEPSPEED":
-        notes.append(
-            f"expert parallelism {config.layout.expert_parallel}: deepspeed.moe.layer.MoE(..., "
-            f"ep_size={config.layout.expert_parallel}) in the model code (Rajbhandari et al. 2022)."
-        )
+    if distributed_type == "DEEPSPEED":
+        deepspeed_moe(config, expressed, notes)
     elif config.layout.expert_parallel > 1:
         expressed.change(
             "Accelerate's FSDP and DDP have no expert parallelism: the experts are sharded or "

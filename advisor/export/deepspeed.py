@@ -34,6 +34,7 @@ from advisor.export.expression import (
     world_size,
 )
 from advisor.export.hyperparams import hyperparameters_for
+from advisor.export.moe import deepspeed_moe
 
 DEEPSPEED_DOCS = "https://www.deepspeed.ai/docs/config-json/"
 # DeepSpeed's default bucket sizes (elements), written out so the file is self-describing.
@@ -238,12 +239,7 @@ def emit_deepspeed(
             "backward)",
             optimizer_in_backward=False,
         )
-    if config.layout.expert_parallel > 1:
-        notes.append(
-            f"expert parallelism {config.layout.expert_parallel} is set in the model code, not in "
-            f"this file: deepspeed.moe.layer.MoE(..., ep_size={config.layout.expert_parallel}) for "
-            "each MoE layer (Rajbhandari et al. 2022, DeepSpeed-MoE)."
-        )
+    deepspeed_moe(config, expressed, notes)
     if cp > 1:
         # DeepSpeed-Ulysses (Jacobs et al. 2023) as DeepSpeed 0.19 runs it for Hugging Face
         # models (runtime/sequence_parallel/ulysses_sp.py, the ALST components).

@@ -10,6 +10,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     ContextParallelKind,
+    MoeDispatcher,
     Offload,
     Precision,
     Sharding,
@@ -132,6 +133,7 @@ def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nod
             if config.layout.context_parallel > 1
             else "."
         ),
+        *_fold_line(config),
         "# Add your model's arguments (--num-layers --hidden-size --num-attention-heads ...),",
         "# data and schedule, then on each node:",
         f"#   torchrun --nproc_per_node {world // nodes} --nnodes {nodes} pretrain_gpt.py "
@@ -142,6 +144,17 @@ def _script(config: TrainingConfig, args: list[tuple[str, Any]], world: int, nod
         lines.append(f"  {flag}" if value is None else f"  {flag} {_shell_value(value)}")
     lines.append(")")
     return "\n".join(lines) + "\n"
+
+
+def _fold_line(config: TrainingConfig) -> list[str]:
+    """The MoE layers' factoring of a stage's ranks, where expert parallelism is on."""
+    p = config.layout
+    if p.expert_parallel == 1:
+        return []
+    return [
+        f"# MoE layers (parallel folding): expert tensor {p.expert_tp} x expert "
+        f"{p.expert_parallel} x expert data {p.expert_data_parallel}."
+    ]
 
 
 def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
@@ -167,8 +180,6 @@ def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
             # TP collectives overlapped with their GEMMs (Transformer Engine userbuffers), as
             # the plan's cost assumed.
             args.append(("--tp-comm-overlap", None))
-    if config.layout.expert_parallel > 1:
-        args.append(("--expert-model-parallel-size", config.layout.expert_parallel))
     if config.layout.context_parallel > 1:
         # Megatron-LM's context parallelism (arguments.py --context-parallel-size, and
         # --cp-comm-type: p2p is ring attention, a2a is Ulysses' all-to-all; Transformer
@@ -176,6 +187,36 @@ def _megatron_layout(config: TrainingConfig) -> list[tuple[str, Any]]:
         args.append(("--context-parallel-size", config.layout.context_parallel))
         kind = config.layout.context_parallel_kind
         args.append(("--cp-comm-type", "p2p" if kind is ContextParallelKind.RING else "a2a"))
+    args += _megatron_moe(config)
+    return args
+
+
+def _megatron_moe(config: TrainingConfig) -> list[tuple[str, Any]]:
+    """Expert parallelism folded over tensor x context x data parallel, the experts' own
+    tensor-parallel degree, the token dispatcher and the capacity (megatron/core/
+    transformer/moe/README.md: ``--expert-model-parallel-size``,
+    ``--expert-tensor-parallel-size`` (default: the TP degree), ``--moe-token-dispatcher-type``
+    (default ``allgather``, so it is always written), ``flex`` with
+    ``--moe-flex-dispatcher-backend deepep`` (core v0.19; earlier ``--moe-enable-deepep``),
+    ``--moe-expert-capacity-factor`` (default None: dropless) and
+    ``--moe-pad-expert-input-to-capacity``)."""
+    p = config.layout
+    moe = p.expert_parallel > 1 or p.expert_tensor_parallel is not None
+    moe = moe or p.capacity_factor is not None
+    if not moe:
+        return []
+    args: list[tuple[str, Any]] = []
+    if p.expert_parallel > 1:
+        args.append(("--expert-model-parallel-size", p.expert_parallel))
+    if p.expert_tp != p.tensor_parallel:
+        args.append(("--expert-tensor-parallel-size", p.expert_tp))
+    args.append(("--moe-token-dispatcher-type", p.moe_dispatcher.value))
+    if p.moe_dispatcher is MoeDispatcher.FLEX:
+        args.append(("--moe-flex-dispatcher-backend", "deepep"))
+    if p.capacity_factor is not None:
+        args.append(("--moe-expert-capacity-factor", p.capacity_factor))
+        if p.pad_to_capacity:
+            args.append(("--moe-pad-expert-input-to-capacity", None))
     return args
 
 

@@ -28,6 +28,7 @@ from advisor.export.common import (
 from advisor.export.emission import Emission, EmitTarget
 from advisor.export.expression import Expressed, hsdp_degrees, require_gpu, world_size
 from advisor.export.hyperparams import Family, Hyperparameters, family_of, hyperparameters_for
+from advisor.export.moe import torchtitan_moe
 
 TORCHTITAN_VERSION = "torchtitan v0.2.2 (torchtitan/config/job_config.py)"
 
@@ -233,8 +234,7 @@ def _parallelism(
     """The [parallelism] table and the data-parallel (replicate, shard) degrees.
 
     Raises:
-        UserError: for virtual stages without PP, or an expert degree the shard degree does
-            not split into.
+        UserError: for virtual stages without PP.
     """
     # --- data-parallel degrees (torchtitan ParallelDims: replicate x shard x cp x tp x pp =
     # world)
@@ -307,15 +307,7 @@ def _parallelism(
             f"{config.layout.virtual_stages} virtual stages without pipeline parallelism",
             "virtual stages need pipeline_parallel > 1",
         )
-    if config.layout.expert_parallel > 1:
-        if shard % config.layout.expert_parallel:
-            raise UserError(
-                f"torchtitan's expert parallelism {config.layout.expert_parallel} must divide the "
-                f"data-parallel shard degree {shard} (ParallelDims: ep x efsdp = dp_shard)",
-                "use FSDP sharding with a shard degree that the expert degree divides",
-            )
-        parallelism["expert_parallel_degree"] = config.layout.expert_parallel
-        parallelism["expert_tensor_parallel_degree"] = config.layout.tensor_parallel
+    torchtitan_moe(config, shard, parallelism, expressed)
     return parallelism, replicate, shard
 
 

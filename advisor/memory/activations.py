@@ -62,6 +62,8 @@ def layer_activation_bytes(
     lora_dropout: bool = False,
     mask_bytes: int | None = 1,
     dropout: bool = False,
+    expert_rows: float = 1.0,
+    expert_gather: int = 1,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -115,6 +117,15 @@ def layer_activation_bytes(
             probabilities the value matmul keeps (measured on BERT in
             tests/memory/test_memory_encoder.py).
 
+        expert_rows: an MoE block's routed rows relative to dropless balanced routing
+            (the capacity factor when padded; :func:`advisor.memory.moe.capacity_scale`).
+        expert_gather: the expert tensor-parallel degree (Megatron's
+            ``--expert-tensor-parallel-size``): each of its ranks runs the rows of its
+            whole expert tensor group, so the per-row hidden-width terms of the routed
+            experts (gathered input, weighted output, indices) are ``etp`` times what the
+            ``tensor_parallel`` split of the block leaves, while the expert-width terms
+            (split ``etp`` ways) keep it (:mod:`advisor.memory.moe`).
+
     Returns:
         The bytes of one block on one device.
     """
@@ -145,6 +156,8 @@ def layer_activation_bytes(
         fused_norm,
         quantized,
         lora_dropout,
+        expert_rows,
+        expert_gather,
     )
     mixers = model.block_mixers
     if mixers is not None:
@@ -192,6 +205,8 @@ class _Block:
     fused_norm: bool
     quantized: bool
     lora_dropout: bool
+    expert_rows: float = 1.0  # routed rows relative to dropless balanced routing
+    expert_gather: int = 1  # hidden-width routed rows gathered over the expert tensor group
 
     @property
     def t(self) -> int:
@@ -376,7 +391,17 @@ def _dense_mlp_bytes(k: _Block) -> float:
 def _moe_bytes(k: _Block, mlp_bytes: float) -> float:
     """One MoE block's MLP (:func:`_moe_layer_bytes` with this block's dtypes)."""
     gather = k.saved_input("gate", "up")  # the experts' first matmul saves its input
-    return _moe_layer_bytes(k.d, k.t, k.dt.act, mlp_bytes, gather, k.frozen, k.spec.traits)
+    return _moe_layer_bytes(
+        k.d,
+        k.t,
+        k.dt.act,
+        mlp_bytes,
+        gather,
+        k.frozen,
+        k.spec.traits,
+        expert_rows=k.expert_rows,
+        expert_gather=k.expert_gather,
+    )
 
 
 def _mlp_activation_bytes(k: _Block) -> float:
@@ -467,6 +492,9 @@ def _moe_layer_bytes(
     gather: float,
     frozen: bool,
     traits: FamilyTraits,
+    *,
+    expert_rows: float = 1.0,
+    expert_gather: int = 1,
 ) -> float:
     """One MoE block's MLP activations.
 
@@ -477,8 +505,15 @@ def _moe_layer_bytes(
     (kept while the router trains), and int64 token and slot indices. The router saves
     its fp32 probabilities (softmax; DeepSeek-V3: sigmoid, after an fp32 copy of the
     input) and the top-k indices. Shared experts are one dense MLP of their summed width.
+
+    Megatron layouts (:mod:`advisor.memory.moe`): ``expert_rows`` scales the routed terms
+    by the padded (or dropped) share of a capacity factor; ``expert_gather`` multiplies the
+    per-row hidden-width terms (gathered input, weighted output, indices) by the expert
+    tensor group's rows over the tensor split; the expert-width terms keep the tensor split
+    (rows x etp / tp, width / etp).
     """
     k, E, h, f, fe = d["k"], d["E"], d["h"], d["f"], d["fe"]
+    eg = expert_gather
     per_width = mlp_bytes // f  # the MLP's bytes are linear in its width
     if traits.moe_kernel is MoeKernel.DENSE:
         # Llama 4: every expert runs on every token. The input repeated per expert times
@@ -496,13 +531,16 @@ def _moe_layer_bytes(
         expert = 7 * c * fe if traits.clamped_swiglu else per_width // t * fe
         weight = 4 if traits.router_fp32_input else c
         indices = 8 * (4 if traits.clamped_swiglu else 3)
-        pair = gather * h + expert + (0 if frozen else c * h + weight) + indices
+        pair = (gather * h + (0 if frozen else c * h + weight) + indices) * eg + expert
         routed = k * t * pair + 4 * E
         # gpt-oss softmaxes the top-k logits only; Nemotron-H takes an fp32 sigmoid of all.
         router = (c * t * k if traits.router_topk_softmax else 4 * t * E) + 8 * t * k
     else:
-        routed = k * (per_width * fe + gather * t * h + (0 if frozen else c * t * h) + 16 * t)
+        pair_rows = (gather * t * h + (0 if frozen else c * t * h) + 16 * t) * eg
+        routed = k * (per_width * fe + pair_rows)
         router = 4 * t * E + 8 * t * k
+    if expert_rows != 1.0:
+        routed = math.ceil(routed * expert_rows)
     if traits.router_fp32_input:
         router += 4 * t * h  # F.linear(hidden.float(), ...): the fp32 input copy
     shared = per_width * fe * d["S"]

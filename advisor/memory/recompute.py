@@ -12,6 +12,7 @@ from advisor.memory.activations import layer_activation_bytes
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
+from advisor.memory.moe import activation_kwargs
 from advisor.model.blocks import Kind
 from advisor.model.spec import ModelSpec
 
@@ -196,5 +197,6 @@ def saved_activation_bytes(
         fused_norm=kernels.fused_norm,
         quantized=config.task is Task.QLORA,
         lora_dropout=adapters and config.adapters.lora_dropout > 0,
+        **activation_kwargs(config.layout, memo.model.shape["E"]),
     )
     return block_saves(memo, config, stage_layers, layer).per_microbatch

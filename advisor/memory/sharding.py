@@ -10,17 +10,14 @@ from collections.abc import Iterable, Mapping
 from advisor.config import TrainingConfig
 from advisor.errors import UserError
 from advisor.memory.derived import MemoryModel
+from advisor.memory.moe import expert_fold_problem
 from advisor.memory.params import ParamTensor, Role
 
 
 def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
     """Refuse layouts the engines cannot run, with what to change."""
     layout = config.layout
-    tp, pp, ep = (
-        layout.tensor_parallel,
-        layout.pipeline_parallel,
-        layout.expert_parallel,
-    )
+    tp, pp = layout.tensor_parallel, layout.pipeline_parallel
     if tp > 1 and d["a"] % tp:
         raise UserError(
             f"tensor parallelism {tp} does not divide the {d['a']} attention heads",
@@ -31,12 +28,9 @@ def check_layout(config: TrainingConfig, d: Mapping[str, int]) -> None:
             f"pipeline parallelism {pp} exceeds the model's {d['L']} layers",
             "pick at most one pipeline stage per layer",
         )
-    if ep > 1 and (d["E"] % ep or layout.data_parallel % ep):
-        raise UserError(
-            f"expert parallelism {ep} must divide the {d['E']} experts and the "
-            f"{layout.data_parallel} data-parallel ranks",
-            "pick an expert-parallel degree dividing both (1 for dense models)",
-        )
+    problem = expert_fold_problem(layout, d["E"])
+    if problem:
+        raise UserError(*problem)
     if config.savers.optimizer_in_backward and config.batch.grad_accumulation > 1:
         raise UserError(
             "the optimizer step fused into backward cannot accumulate gradients",
@@ -53,6 +47,7 @@ def layout_tensors(
     layers: int,
     tied: bool,
     stage_layers: int,
+    etp: int | None = None,
 ) -> list[ParamTensor]:
     """The parameter tensors one device holds under the layout (before ZeRO sharding).
 
@@ -62,8 +57,12 @@ def layout_tensors(
     stage, the final norm and LM head on the last (a tied head keeps a copy of the
     embedding there, as Megatron does). Tensor parallelism splits block matrices and the
     vocabulary by ``tp`` (norms and the router are replicated); expert parallelism splits
-    the experts by ``ep``.
+    the experts by ``ep``; the routed experts' matrices split by the expert tensor-parallel
+    degree ``etp`` (None: ``tp``; Megatron ``--expert-tensor-parallel-size``), the shared
+    experts follow the dense layers' ``tp`` (megatron/core/transformer/moe/README.md,
+    "Shared Experts").
     """
+    etp = tp if etp is None else etp
     L = max(layers, 1)
     first, last = stage in ("only", "first"), stage in ("only", "last")
     out: list[ParamTensor] = []
@@ -77,11 +76,12 @@ def layout_tensors(
             # The router and MLA's latent down-projections (q_a, kv_a) are replicated
             # across tensor-parallel ranks (Megatron-Core MLASelfAttention builds
             # linear_q_down_proj / linear_kv_down_proj with parallel_mode "duplicated").
-            if len(shape) == 2 and tp > 1 and t.name not in ("router", "q_a", "kv_a"):
+            split = etp if t.expert else tp
+            if len(shape) == 2 and split > 1 and t.name not in ("router", "q_a", "kv_a"):
                 if t.row:
-                    shape = (shape[0], math.ceil(shape[1] / tp))
+                    shape = (shape[0], math.ceil(shape[1] / split))
                 else:
-                    shape = (math.ceil(shape[0] / tp), shape[1])
+                    shape = (math.ceil(shape[0] / split), shape[1])
         else:
             head_side = t.role is Role.OUTPUT or t.name == "final_norm"
             if t.role is Role.EMBEDDING:
@@ -98,7 +98,13 @@ def layout_tensors(
 
 
 def local_tensors(
-    model: MemoryModel, tp: int, ep: int, pp: int, stage: str, stage_layers: int
+    model: MemoryModel,
+    tp: int,
+    ep: int,
+    pp: int,
+    stage: str,
+    stage_layers: int,
+    etp: int | None = None,
 ) -> tuple[ParamTensor, ...]:
     """:func:`layout_tensors` of ``model``'s tensors: what one device of the layout holds.
 
@@ -108,5 +114,5 @@ def local_tensors(
     """
     tied = bool(model.spec.tie_word_embeddings)
     return tuple(
-        layout_tensors(model.tensors, tp, ep, pp, stage, model.shape["L"], tied, stage_layers)
+        layout_tensors(model.tensors, tp, ep, pp, stage, model.shape["L"], tied, stage_layers, etp)
     )

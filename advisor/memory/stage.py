@@ -14,6 +14,7 @@ from advisor.memory.convnet import backward_worst, conv_workspace_bytes
 from advisor.memory.derived import trainable_count
 from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo
+from advisor.memory.moe import activation_kwargs, dispatch_bytes
 from advisor.memory.optimizer import fused_step_on, optimizer_note
 from advisor.memory.params import Role, count, enum_value
 from advisor.memory.phases import grads_persistent, phases_of
@@ -166,7 +167,11 @@ def _activations(
         lora_dropout=adapters and config.adapters.lora_dropout > 0,
         mask_bytes=device.dropout_mask_bytes,
         dropout=config.dropout and not zeroth,
+        **activation_kwargs(config.layout, d["E"]),
     )
+    if not zeroth:
+        # Token dispatch's own saved tensors (the all-gather dispatcher's routing slices).
+        layer += dispatch_bytes(config.layout, d, b * s, dt.act)[0]
     ckpt = Checkpointing.NONE if zeroth else savers.checkpointing
     # Every block wrapped in a full checkpoint (selective-layer with frequency 1 is full).
     full_ckpt = ckpt is Checkpointing.FULL or (
@@ -348,6 +353,10 @@ def _transients(
         # quantization rebuilds (two n/64 tensors) at a time, the largest one's at most.
         n = max((t.numel for t in tensors if t.per_layer and len(t.shape) == 2), default=0)
         grad_flow += math.ceil(n * dt.act + 8 * n / 64)
+    if not zeroth:
+        # An MoE layer's dispatch buffers (permuted and exchanged rows, or the all-gather
+        # dispatcher's gathered hidden states) live through its forward and its backward.
+        grad_flow += dispatch_bytes(config.layout, d, b * s, dt.act)[1]
     bd["transient"] = max(loss_tr, step_tr, grad_flow)
     return loss_tr, step_tr, grad_flow
 

@@ -141,16 +141,27 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     d = model.shape
     tp, pp = layout.tensor_parallel, layout.pipeline_parallel
     last = stage in ("only", "last")
-    tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers)
+    etp = layout.expert_tp if model.shape["E"] > 1 else tp
+    if etp == tp:
+        tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers)
+    else:
+        tensors = memo.call(local_tensors, tp, layout.expert_parallel, pp, stage, stage_layers, etp)
     local_params = count(tensors)
     zeroth = mem.state is StateKind.SEED
     adapters = config.task in (Task.LORA, Task.QLORA)
     n, stage_zero, pipelined = _shard_group(config, notes)
+    n_expert = _expert_shard_group(layout, n, etp) if model.shape["E"] > 1 else n
 
-    def shard(x: float, from_stage: int) -> int:
+    def shard(x: float, from_stage: int, expert: float = 0.0) -> int:
         # ZeRO (Rajbhandari et al. 2020): stage 1 partitions optimizer states (and the fp32
-        # master copy), stage 2 also gradients, stage 3 also the parameters.
-        return math.ceil(x / n) if stage_zero >= from_stage else math.ceil(x)
+        # master copy), stage 2 also gradients, stage 3 also the parameters. The ``expert``
+        # part of ``x`` (routed experts' states) is partitioned over the expert-data-parallel
+        # group instead (see _expert_shard_group).
+        if stage_zero < from_stage:
+            return math.ceil(x)
+        if not expert or n_expert == n:
+            return math.ceil(x / n)
+        return math.ceil((x - expert) / n) + math.ceil(expert / n_expert)
 
     bd = dict.fromkeys(COMPONENTS, 0)
     trainable, p_t, layer_bytes = _weights(model, config, tensors, dt, shard, bd, notes)
@@ -167,7 +178,8 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     layer_trainable = sum(t.numel * t.count for t in trainable if t.per_layer)
     head_trainable = p_t - layer_trainable  # embedding / LM head / final norm of this stage
     grad_bytes = 4 if pipelined and dt.master else dt.grad  # fp32 accumulation (see above)
-    grad_full = shard(p_t_grad * grad_bytes, 2)
+    experts_t = sum(t.numel * t.count for t in trainable if t.expert)
+    grad_full = shard(p_t_grad * grad_bytes, 2, (experts_t if p_t_grad else 0) * grad_bytes)
     if config.optimizer_in_backward and not zeroth:
         # Per-layer updates (LOMO, Lv et al. 2023; GaLore, Zhao et al. 2024): each block's
         # gradients are stepped and freed as soon as they are ready: at most the block being
@@ -178,9 +190,13 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     else:
         bd["gradients"] = grad_full
     master = p_t * dt.master if not zeroth else 0
-    bd["master_weights"] = shard(master, 1)
+    bd["master_weights"] = shard(master, 1, experts_t * dt.master if master else 0)
     state_bytes = optimizer_state_bytes(mem, trainable, state_dtype_bytes=dt.state)
-    bd["optimizer_states"] = shard(state_bytes, 1)
+    expert_states = 0
+    if experts_t and n_expert != n:
+        routed = [t for t in trainable if t.expert]
+        expert_states = optimizer_state_bytes(mem, routed, state_dtype_bytes=dt.state)
+    bd["optimizer_states"] = shard(state_bytes, 1, expert_states)
     # What a paged optimizer allocates with cudaMallocManaged leaves torch's allocator (and
     # the peak); the small tensors' states and the absmax stay in it.
     paged = min(shard(paged_state_bytes(mem, trainable), 1), bd["optimizer_states"])
@@ -210,6 +226,19 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
         adapter_cache=adapter_cache,
         paged=paged,
     )
+
+
+def _expert_shard_group(layout: ParallelLayout, n: int, etp: int) -> int:
+    """The devices the routed experts' states are sharded over: Megatron's expert-data-
+    parallel group, tensor x context x data / (expert tensor x expert parallel)
+    (megatron/core/parallel_state.py; its distributed optimizer builds a separate
+    optimizer over the expert parameters and shards it over that group,
+    megatron/core/optimizer ``_get_megatron_optimizer_based_on_param_groups`` with
+    ``expert_data_parallel_group``). ``n`` is the dense states' shard group (the
+    data-parallel degree, or an HSDP shard group), whose ranks the expert fold re-factors
+    the same way."""
+    fold = n * layout.tensor_parallel * layout.context_degree
+    return max(1, fold // (etp * layout.expert_parallel))
 
 
 def _shard_group(config: StateInputs, notes: list[str]) -> tuple[int, int, bool]:
@@ -257,7 +286,7 @@ def _weights(
     config: StateInputs,
     tensors: tuple[ParamTensor, ...],
     dt: Dtypes,
-    shard: Callable[[float, int], int],
+    shard: Callable[..., int],
     bd: dict[str, int],
     notes: list[str],
 ) -> tuple[list[ParamTensor], int, int]:
@@ -317,7 +346,8 @@ def _weights(
     else:
         trainable = list(tensors)
         p_t = local_params
-        bd["weights"] = shard(local_params * dt.weight, 3)
+        routed = sum(t.numel * t.count for t in tensors if t.expert)
+        bd["weights"] = shard(local_params * dt.weight, 3, routed * dt.weight)
         layer_bytes = count(tensors, per_layer=True) * dt.weight
     return trainable, p_t, layer_bytes
 

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from advisor.config import ContextParallelKind, ParallelLayout, Sharding, TrainingConfig
+from advisor.config import (
+    ContextParallelKind,
+    MoeDispatcher,
+    ParallelLayout,
+    Sharding,
+    TrainingConfig,
+)
 from advisor.errors import UserError
+from advisor.memory.moe import expert_fold_problem
 from advisor.model.spec import ModelSpec
 
 
@@ -53,8 +60,9 @@ class Layout(BaseModel):
             raise ValueError(f"tp {tp} must divide the {fast} GPUs of an NVLink domain")
         if p.virtual_stages > 1 and pp == 1:
             raise ValueError("interleaved stages need pipeline parallelism")
-        if dp % p.expert_parallel:
-            raise ValueError(f"ep {p.expert_parallel} must divide dp {dp}")
+        problem = expert_fold_problem(p)
+        if problem:
+            raise ValueError(problem[0])
         if p.dp_cp == 1 and p.sharding is not Sharding.NONE:
             raise ValueError("sharding needs more than one data-parallel replica")
         if p.sharding is Sharding.HSDP:
@@ -96,6 +104,8 @@ class Layout(BaseModel):
             parts.append(f"cp{p.context_parallel}{kind}")
         if p.expert_parallel > 1:
             parts.append(f"ep{p.expert_parallel}")
+            if p.expert_tp != p.tensor_parallel:
+                parts.append(f"etp{p.expert_tp}")
         parts.append(f"dp{p.data_parallel}")
         if p.sharding is not Sharding.NONE:
             parts.append(p.sharding.value)
@@ -125,6 +135,8 @@ def enumerate_layouts(
     seq_len: int = 0,
     cp: int | None = None,
     cp_kind: ContextParallelKind | None = None,
+    ep: int | None = None,
+    etp: int | None = None,
 ) -> list[Layout]:
     """Every layout worth planning on ``world_size`` devices.
 
@@ -136,7 +148,14 @@ def enumerate_layouts(
     2024, sec. 3.3.2), interleaved two ways where the layers split into whole chunks.
     Sharding: DDP, ZeRO-1/2/3, FSDP, and HSDP across nodes; with pipeline stages only what
     the pipeline engines combine with them (Megatron's distributed optimizer = ZeRO-1,
-    torchtitan's FSDP/HSDP + PP). MoE: expert parallel over the data-parallel group.
+    torchtitan's FSDP/HSDP + PP). MoE: Megatron-Core's parallel folding re-factors the tensor
+    x data parallel ranks of a stage into expert tensor x expert x expert-data parallel
+    (megatron/core/parallel_state.py): expert tensor parallelism equal to TP (Megatron's
+    default) or 1 (the README's advice: EP over TP for the experts): for each the largest
+    power-of-two expert degree that divides the experts, folds and keeps the expert group
+    in one NVLink domain (its all-to-alls run every layer), and with ETP 1 the largest that
+    folds at all (DeepSeek-V3's EP 64 across nodes); with the dispatcher whose volume is the
+    smaller (:func:`choose_dispatcher`).
     Context parallel (:func:`context_degrees`): for sequences of at least
     :data:`CP_MIN_SEQ` tokens, powers of two that leave each rank at least
     :data:`CP_MIN_RANK_TOKENS` tokens, ring attention and (where the heads split) Ulysses;
@@ -153,6 +172,8 @@ def enumerate_layouts(
         seq_len: tokens per sample (decides the context-parallel degrees explored).
         cp: pin the context-parallel degree (``--context-parallel``).
         cp_kind: pin ring attention or Ulysses (``--context-parallel-kind``).
+        ep: pin the expert-parallel degree (``--expert-parallel``).
+        etp: pin the expert tensor-parallel degree (``--expert-tensor-parallel``).
 
     Returns:
         The layouts, each validated.
@@ -212,10 +233,12 @@ def enumerate_layouts(
                 dp = rest // p
                 # Interleaving needs whole layers per model chunk (Megatron-LM's check).
                 vps = [1] + ([2] if p > 1 and layers % (2 * p) == 0 else [])
+                # The experts fold over the stage's tensor x context x data ranks.
+                experts = _expert_layouts(spec, t, dp * c, fast, ep, etp)
                 for v in vps:
                     # Context-parallel ranks share the sharding of the data-parallel ones.
                     for sharding, group in _shardings(dp * c, fast // t, p):
-                        for ep in _expert_degrees(spec, dp):
+                        for e, et in experts:
                             out.append(
                                 Layout(
                                     world_size=world_size,
@@ -225,15 +248,24 @@ def enumerate_layouts(
                                         tensor_parallel=t,
                                         pipeline_parallel=p,
                                         virtual_stages=v,
-                                        expert_parallel=ep,
+                                        expert_parallel=e,
                                         context_parallel=c,
                                         context_parallel_kind=kind,
                                         sharding=sharding,
                                         shard_group=group,
+                                        expert_tensor_parallel=et,
+                                        moe_dispatcher=choose_dispatcher(spec, t, e, et or t),
                                     ),
                                     nvlink_domain=nvlink_domain,
                                 )
                             )
+    if (ep is not None or etp is not None) and not out:
+        raise UserError(
+            f"no layout of {world_size} devices folds --expert-parallel {ep or 1}"
+            + (f" with --expert-tensor-parallel {etp}" if etp else ""),
+            "expert tensor x expert parallelism must divide tensor x data parallel ranks "
+            "and the expert parallelism the experts (Megatron's MoE parallel folding)",
+        )
     return out
 
 
@@ -299,11 +331,51 @@ def _shardings(dp: int, dp_in_node: int, pp: int) -> list[tuple[Sharding, int | 
     return out
 
 
-def _expert_degrees(spec: ModelSpec, dp: int) -> list[int]:
+def _expert_layouts(
+    spec: ModelSpec, tp: int, dp: int, fast: int, ep: int | None, etp: int | None
+) -> list[tuple[int, int | None]]:
+    """(expert parallel, expert tensor parallel or None for Megatron's default) pairs of a
+    stage of ``tp x dp`` ranks (see :func:`enumerate_layouts`)."""
     experts = spec.num_experts
     if experts <= 1:
-        return [1]
-    # The largest power of two dividing both the replicas and the experts (DeepSpeed-MoE,
-    # Rajbhandari et al. 2022; GShard, Lepikhin et al. 2021), and no expert parallelism.
-    best = max(e for e in _powers_of_two(min(dp, experts)) if dp % e == 0 and experts % e == 0)
-    return [1] if best == 1 else [1, best]
+        return [(1, None)] if ep in (None, 1) and etp in (None, 1) else []
+    fold = tp * dp
+    etps = [etp] if etp is not None else ([tp, 1] if tp > 1 else [1])
+    out: list[tuple[int, int | None]] = []
+    for et in etps:
+        valid = [
+            e
+            for e in _powers_of_two(experts)
+            if experts % e == 0 and fold % (et * e) == 0 and (ep is None or e == ep)
+        ]
+        if ep is not None and ep not in valid and experts % ep == 0 and fold % (et * ep) == 0:
+            valid = [ep]  # a pinned degree that is not a power of two
+        if not valid:
+            continue
+        inside = [e for e in valid if e * et <= fast]
+        chosen = {max(inside)} if inside else set()
+        # The widest expert group: with ETP 1 (its EP covers what ETP = TP's would, on
+        # the same ranks; Megatron's README prefers EP over TP for the experts).
+        if et == 1 or ep is not None or len(etps) == 1:
+            chosen.add(max(valid))
+        if ep is None and et == tp:
+            chosen.add(1)
+        for e in sorted(chosen):
+            if e == 1 and et != tp:
+                continue  # without expert parallelism the experts follow TP
+            out.append((e, None if et == tp and etp is None else et))
+    return out
+
+
+def choose_dispatcher(spec: ModelSpec, tp: int, ep: int, etp: int) -> MoeDispatcher:
+    """The dispatcher that moves fewer bytes per token: all-to-all sends ``k (ep - 1) / ep``
+    rows each way plus ``(etp - 1) k`` over the expert tensor group, all-gather ``etp x ep
+    - 1`` rows whatever ``k`` (:func:`advisor.cost.moe.dispatch_volumes`; Megatron's README:
+    all-gather for TP-only layouts or a very large top-k, all-to-all with expert
+    parallelism). DeepEP's flex dispatcher is never assumed (it needs DeepEP installed)."""
+    k = spec.experts_per_token
+    if spec.num_experts <= 1 or ep * etp == 1:
+        return MoeDispatcher.ALLTOALL
+    alltoall = k * (ep - 1) / ep + (etp - 1) * k
+    allgather = etp * ep - 1
+    return MoeDispatcher.ALLGATHER if allgather < alltoall else MoeDispatcher.ALLTOALL

@@ -70,6 +70,13 @@ class Recommendation(BaseModel):
         "ulysses (all-to-all)",
         default="ring",
     )
+    expert_tensor_parallel: int = _d(
+        "MoE: the routed experts' tensor-parallel degree (Megatron's default: the TP degree)",
+        default=1,
+    )
+    moe_dispatcher: str = _d(
+        "MoE token dispatcher: alltoall, allgather or flex (DeepEP)", default="alltoall"
+    )
     layout: str = _d("the parallel layout in short: tp8 pp16 dp1 ...")
     stack: str = _d("kernel stack the memory and time assume: hf or fused")
     memory_savers: list[str] = _d("technique ids of the memory savers in use")

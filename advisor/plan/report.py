@@ -208,6 +208,8 @@ def _recommendation(
         expert_parallel=c.layout.expert_parallel,
         context_parallel=c.layout.context_parallel,
         context_parallel_kind=c.layout.context_parallel_kind.value,
+        expert_tensor_parallel=c.layout.expert_tp,
+        moe_dispatcher=c.layout.moe_dispatcher.value,
         layout=p.layout.label,
         stack=c.kernels.stack.value,
         memory_savers=[t for t in p.techniques if t in MEMORY_SAVER_IDS],

@@ -158,8 +158,9 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
         for lay in layouts
         if lay.parallel.data_parallel <= s.batch.samples or not s.batch.requested
     ]
+    kept = {id(lay) for lay in batch_ok}  # NOTE: by identity: a list test compares models
     for lay in layouts:
-        if lay not in batch_ok:
+        if id(lay) not in kept:
             c = lay.apply(reference_config(ctx, space, space.tasks[0]))
             s.rejected.setdefault(
                 c,

@@ -104,6 +104,12 @@ class Workload(BaseModel):
     context_parallel_kind: ContextParallelKind | None = Field(
         default=None, description="pinned (--context-parallel-kind)"
     )
+    expert_parallel: int | None = Field(
+        default=None, ge=1, description="pinned (--expert-parallel)"
+    )
+    expert_tensor_parallel: int | None = Field(
+        default=None, ge=1, description="pinned (--expert-tensor-parallel)"
+    )
     lora_targets: tuple[str, ...] | None = Field(
         default=None, description="what LoRA/QLoRA plans adapt (--lora-targets; None: default)"
     )
@@ -597,6 +603,8 @@ def workload_layouts(ctx: Context) -> list[Layout]:
         seq_len=w.seq_len,
         cp=w.context_parallel,
         cp_kind=w.context_parallel_kind,
+        ep=w.expert_parallel,
+        etp=w.expert_tensor_parallel,
     )
 
 

@@ -348,6 +348,12 @@ RELEASED: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
         "moe_intermediate_size": 768, "decoder_sparse_step": 1, "mlp_only_layers": [],
         "norm_topk_prob": True, "tie_word_embeddings": False},
+    # https://huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json
+    "qwen3-235b-a22b": _QWEN3 | {"model_type": "qwen3_moe", "hidden_size": 4096,
+        "intermediate_size": 12288, "num_hidden_layers": 94, "num_attention_heads": 64,
+        "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
+        "moe_intermediate_size": 1536, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "norm_topk_prob": True, "tie_word_embeddings": False},
     "gemma-3-1b": _GEMMA3 | {"vocab_size": 262_144, "max_position_embeddings": 32_768,
         "hidden_size": 1152, "intermediate_size": 6912, "num_hidden_layers": 26,
         "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
@@ -409,6 +415,8 @@ def test_shipped_profile_equals_its_config_and_transformers(ident: str, tmp_path
         ("mixtral-8x7b", 46.7e9, 12.9e9, 0.005),
         # Qwen3-30B-A3B model card: 30.5B total, 3.3B activated.
         ("qwen3-30b-a3b", 30.5e9, 3.3e9, 0.02),
+        # Qwen3-235B-A22B model card: 235B total, 22B activated (two digits: 3%).
+        ("qwen3-235b-a22b", 235e9, 22e9, 0.03),
         # DeepSeek-V3 technical report (arXiv:2412.19437): 671B total, 37B activated per
         # token (the 14B MTP module excluded). Stated to two digits, hence 2%.
         ("deepseek-v3", 671e9, 37e9, 0.02),

@@ -185,6 +185,33 @@ ContextParallelKindOpt = Annotated[
         "(DeepSpeed-Ulysses all-to-all).",
     ),
 ]
+ExpertTensorParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--expert-tensor-parallel",
+        help="Tensor parallelism of the routed experts (Megatron "
+        "--expert-tensor-parallel-size). Default: --tensor-parallel where expert "
+        "parallelism folds with it, else 1.",
+    ),
+]
+MoeDispatcherOpt = Annotated[
+    str,
+    typer.Option(
+        "--moe-dispatcher",
+        help="MoE token dispatcher: alltoall, allgather or flex (DeepEP).",
+    ),
+]
+CapacityFactorOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--capacity-factor",
+        help="MoE expert capacity factor (tokens beyond it dropped). Default: dropless.",
+    ),
+]
+PadToCapacityOpt = Annotated[
+    bool,
+    typer.Option("--pad-to-capacity", help="Pad every expert's batch to its capacity."),
+]
 OptimizerInBackwardOpt = Annotated[
     bool,
     typer.Option("--optimizer-in-backward", help="Per-layer updates during backward."),
@@ -240,6 +267,10 @@ def estimate(
     expert_parallel: ExpertParallelOpt = 1,
     context_parallel: ContextParallelOpt = 1,
     context_parallel_kind: ContextParallelKindOpt = "ring",
+    expert_tensor_parallel: ExpertTensorParallelOpt = None,
+    moe_dispatcher: MoeDispatcherOpt = "alltoall",
+    capacity_factor: CapacityFactorOpt = None,
+    pad_to_capacity: PadToCapacityOpt = False,
     optimizer_in_backward: OptimizerInBackwardOpt = False,
     activation_offload: ActivationOffloadOpt = False,
     hardware: HardwareOpt = None,
@@ -284,6 +315,10 @@ def estimate(
         expert_parallel,
         context_parallel,
     )
+    from advisor.app.limits import check_bound
+
+    check_bound("--expert-tensor-parallel", expert_tensor_parallel)
+    check_bound("--capacity-factor", capacity_factor)
     settings: dict[str, Any] = dict(
         task=task,
         optimizer=optimizer,
@@ -312,6 +347,10 @@ def estimate(
         expert_parallel=expert_parallel,
         context_parallel=context_parallel,
         context_parallel_kind=context_parallel_kind,
+        expert_tensor_parallel=expert_tensor_parallel,
+        moe_dispatcher=moe_dispatcher,
+        capacity_factor=capacity_factor,
+        pad_to_capacity=pad_to_capacity,
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )

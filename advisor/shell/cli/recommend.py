@@ -92,6 +92,13 @@ CpKindOpt = Annotated[
         help="Pin ring (ring attention) or ulysses (DeepSpeed-Ulysses all-to-all).",
     ),
 ]
+EpOpt = Annotated[
+    int | None, typer.Option("--expert-parallel", help="Pin the expert-parallel degree (MoE).")
+]
+EtpOpt = Annotated[
+    int | None,
+    typer.Option("--expert-tensor-parallel", help="Pin the experts' tensor-parallel degree (MoE)."),
+]
 HardwareOpt = Annotated[
     str | None,
     typer.Option(
@@ -192,6 +199,8 @@ def recommend(
     pp: PpOpt = None,
     context_parallel: CpOpt = None,
     context_parallel_kind: CpKindOpt = None,
+    expert_parallel: EpOpt = None,
+    expert_tensor_parallel: EtpOpt = None,
     hardware: HardwareOpt = None,
     gpus: GpusOpt = None,
     nodes: NodesOpt = 1,
@@ -314,6 +323,8 @@ def recommend(
         lora_targets=lora_targets,
         context_parallel=context_parallel,
         context_parallel_kind=context_parallel_kind,
+        expert_parallel=expert_parallel,
+        expert_tensor_parallel=expert_tensor_parallel,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from advisor.config import MoeDispatcher, ParallelLayout
 from advisor.shell.render import common
 from advisor.shell.render.common import bar, safe
 from advisor.units import format_bytes, format_count, format_seconds
@@ -20,6 +21,20 @@ def render_estimate(report: EstimateReport) -> None:
     _render_table(report)
     _render_verdict(report)
     _render_step_and_notes(report)
+
+
+def _moe_layout(p: ParallelLayout) -> str:
+    """The MoE parts of the layout line: expert tensor parallelism where it differs from
+    TP, a dispatcher other than all-to-all, a capacity factor."""
+    parts = []
+    if p.expert_parallel > 1 and p.expert_tp != p.tensor_parallel:
+        parts.append(f"ETP {p.expert_tp}")
+    if p.expert_parallel > 1 and p.moe_dispatcher is not MoeDispatcher.ALLTOALL:
+        parts.append(f"{p.moe_dispatcher.value} dispatcher")
+    if p.capacity_factor is not None:
+        padded = ", padded" if p.pad_to_capacity else ""
+        parts.append(f"capacity factor {p.capacity_factor:g}{padded}")
+    return "".join(f", {x}" for x in parts)
 
 
 def _render_header(report: EstimateReport) -> None:
@@ -37,6 +52,7 @@ def _render_header(report: EstimateReport) -> None:
             f", TP {c.layout.tensor_parallel} × PP {c.layout.pipeline_parallel}"
             + (f" (×{c.layout.virtual_stages} interleaved)" if c.layout.virtual_stages > 1 else "")
             + (f", EP {c.layout.expert_parallel}" if c.layout.expert_parallel > 1 else "")
+            + _moe_layout(c.layout)
         )
     if c.layout.context_parallel > 1:
         layout += (
