@@ -389,16 +389,11 @@ class ParallelLayout(_Frozen):
         return self.data_parallel * self.context_parallel
 
     @property
-    def context_degree(self) -> int:
-        """The context-parallel degree (the MoE fold's name for ``context_parallel``)."""
-        return self.context_parallel
-
-    @property
     def expert_fold(self) -> int:
         """The ranks of one pipeline stage that Megatron-Core re-factors for the MoE layers:
         tensor x context x data parallel (= expert tensor x expert x expert-data parallel;
         megatron/core/parallel_state.py ``initialize_model_parallel``)."""
-        return self.tensor_parallel * self.context_degree * self.data_parallel
+        return self.tensor_parallel * self.context_parallel * self.data_parallel
 
     @property
     def expert_tp(self) -> int:

@@ -109,7 +109,7 @@ def torchtitan_moe(
     if p.expert_parallel == 1:
         return
     tp, ep, etp = p.tensor_parallel, p.expert_parallel, p.expert_tp
-    cp = p.context_degree
+    cp = p.context_parallel
     if etp == tp:
         fits = ep % cp == 0 and (shard * cp) % ep == 0
     elif etp == 1:

@@ -60,7 +60,7 @@ def expert_fold_problem(
             f"divisor of {experts}",
         )
     if fold % (etp * ep):
-        cp = layout.context_degree
+        cp = layout.context_parallel
         ranks = f"tp {layout.tensor_parallel}" + (f" x cp {cp}" if cp > 1 else "")
         return (
             f"expert tensor x expert parallelism {etp} x {ep} does not divide the {fold} "
@@ -86,7 +86,7 @@ def routed_rows(layout: ParallelLayout, tokens: float, top_k: int, experts: int)
     num_experts`` per expert, dropped before the exchange) an expert runs at most that many
     and, padded to capacity (``--moe-pad-expert-input-to-capacity``), exactly that many.
     """
-    local = tokens / (layout.tensor_parallel * layout.context_degree)
+    local = tokens / (layout.tensor_parallel * layout.context_parallel)
     scale = capacity_scale(layout) if experts > 1 else 1.0
     return local * layout.expert_tp * top_k * scale
 
@@ -126,7 +126,7 @@ def dispatch_bytes(
     etp, ep = layout.expert_tp, layout.expert_parallel
     if etp * ep == 1:
         return 0, 0  # no exchange: the experts loop's own copies are the block count's
-    local = tokens / (layout.tensor_parallel * layout.context_degree)
+    local = tokens / (layout.tensor_parallel * layout.context_parallel)
     saved = 0.0
     if layout.moe_dispatcher is MoeDispatcher.ALLGATHER:
         group = etp * ep

@@ -237,7 +237,7 @@ def _expert_shard_group(layout: ParallelLayout, n: int, etp: int) -> int:
     ``expert_data_parallel_group``). ``n`` is the dense states' shard group (the
     data-parallel degree, or an HSDP shard group), whose ranks the expert fold re-factors
     the same way."""
-    fold = n * layout.tensor_parallel * layout.context_degree
+    fold = n * layout.tensor_parallel * layout.context_parallel
     return max(1, fold // (etp * layout.expert_parallel))
 
 
