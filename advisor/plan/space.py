@@ -731,6 +731,7 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
         "objective": w.objective.value,
         "sparse_features": w.sparse_features,
         "memory_headroom": usable_memory(t) / max(base.total_bytes, 1),
+        "sharded_memory_headroom": usable_memory(t) / max(_sharded_baseline_bytes(ctx, base), 1),
         "first_order_fits": any_first,
         "full_training_fits": full,
         "mixed_precision_fits_on_device": full and mixed_precision_fits_on_device(ctx, optimizers),
@@ -738,6 +739,20 @@ def derive_facts(ctx: Context, optimizers: list[Technique]) -> dict[str, object]
     }
     declared = set(ctx.ruleset.facts.facts)
     return {k: v for k, v in facts.items() if k in declared}
+
+
+def _sharded_baseline_bytes(ctx: Context, base: MemoryEstimate) -> int:
+    """The baseline's peak with its states sharded over every device (FSDP) and full
+    recomputation: what one device must hold of a model training the standard way at this
+    scale. On one device, the baseline's own peak."""
+    if ctx.workload.world_size == 1:
+        return base.total_bytes
+    ref = baseline_config(ctx)
+    sharded = ref.replace(
+        layout=ref.layout.updated(sharding=Sharding.FSDP),
+        savers=ref.savers.updated(checkpointing=Checkpointing.FULL),
+    )
+    return estimate(ctx, sharded).total_bytes
 
 
 def context_steps(ctx: Context, config: TrainingConfig) -> StepsRange:

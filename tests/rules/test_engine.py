@@ -181,7 +181,7 @@ def test_one_action_naming_two_techniques_of_a_plan_counts_once() -> None:
     tax = load_taxonomy()
     rules = load_rules([], technique_ids=set(tax.ids()))
     cases = yaml.safe_load((fx / "rule_cases" / "memory-savers.yaml").read_text())
-    facts = {**cases["base"], "memory_headroom": 0.7}
+    facts = {**cases["base"], "memory_headroom": 0.7, "sharded_memory_headroom": 0.7}
     d = decide(rules, tax, facts)
     assert "eight-bit-states-when-memory-bound" in d.fired
     both = d.score(["adamw-8bit", "optimizer-states-8bit"])
