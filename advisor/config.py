@@ -369,7 +369,6 @@ class ParallelLayout(_Frozen):
             raise ValueError("pad_to_capacity needs a capacity_factor")
         return self
 
-
     @property
     def world_size(self) -> int:
         """Devices the layout spans: data x tensor x pipeline x context parallel degrees."""
