@@ -123,7 +123,7 @@ def ep_comm(s: Setting) -> float:
         experts=s.spec.num_experts,
         top_k=s.spec.experts_per_token,
         tp=s.tp,
-        cp=1,  # NOTE: context parallelism's split of the tokens joins with its branch
+        cp=1,  # s.tokens is already the context-parallel rank's share (seq / cp)
         etp=s.etp,
         ep=s.ep,
         act_bytes=act,
