@@ -427,14 +427,17 @@ def test_estimate_names_the_stack_and_when_another_changes_the_verdict() -> None
     args = [
         "estimate", "--model", "gpt2", "--seq-len", "1024", "--micro-batch", "52",
         "--hardware", "a100-sxm-40gb", "--sharding", "fsdp", "--gpus", "8", "--task",
-        "pretrain",
+        "pretrain", "--checkpointing", "none",
     ]  # fmt: skip
     runner = CliRunner()
     hf = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     assert hf["stack"] == "hf" and hf["fits"] is False
     changes = {a["change"]: a for a in hf["alternatives"]}
     assert changes["the fused kernel stack"]["fits"] is True
-    assert changes["a fused linear cross-entropy"]["saved_bytes"] > 30 * 2**30
+    # About three fp32 logit-sized tensors (52 x 1024 tokens x 50,257 x 4 B each: the
+    # logits, their fp32 softmax and its gradient) that the fused loss never materialises.
+    logits = 52 * 1024 * 50_257 * 4
+    assert changes["a fused linear cross-entropy"]["saved_bytes"] > 2.9 * logits
     fused = json.loads(runner.invoke(app, [*args, "--stack", "fused", "--json"]).stdout)
     assert fused["stack"] == "fused" and fused["fits"] is True
     text = runner.invoke(app, args).stdout
