@@ -135,20 +135,22 @@ def layer_gemm(s: Setting) -> tuple[float, float, Source]:
         fb = measured.seconds_per_token * s.tokens
         fwd = measured.forward_seconds_per_token
         return fb, (fwd * s.tokens if fwd is not None else fb / 3), Source.MEASURED
-    fwd, src = gemm_seconds(
-        s,
-        block_gemms(
-            s.spec,
-            s.tokens,
-            s.tp,
-            s.ep,
-            matrices=s.matrices,
-            etp=s.etp,
-            expert_rows=s.mb.expert_rows,
-        ),
-    )
+    fwd, src = gemm_seconds(s, _block_gemms(s))
     # dgrad and wgrad are GEMMs of the same three dimensions: twice the forward.
     return 3 * fwd, fwd, src
+
+
+def _block_gemms(s: Setting) -> list[Gemm]:
+    """One block's weight GEMMs for this setting's tokens, parallel degrees and experts."""
+    return block_gemms(
+        s.spec,
+        s.tokens,
+        s.tp,
+        s.ep,
+        matrices=s.matrices,
+        etp=s.etp,
+        expert_rows=s.mb.expert_rows,
+    )
 
 
 def layer_measured(s: Setting) -> bool:
@@ -240,15 +242,7 @@ def fp8_casts(s: Setting) -> tuple[float, float]:
     if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
         return 0.0, 0.0
     fwd_b = bwd_b = 0.0
-    gemms = block_gemms(
-        s.spec,
-        s.tokens,
-        s.tp,
-        s.ep,
-        matrices=s.matrices,
-        etp=s.etp,
-        expert_rows=s.mb.expert_rows,
-    )
+    gemms = _block_gemms(s)
     shared_input = 0.0
     if s.tp > 1:
         # Under TP the column-parallel layers' common input (the attention and the MLP

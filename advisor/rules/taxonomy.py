@@ -298,6 +298,11 @@ class StepSetting(_Frozen):
     task: Task = Field(description="pretrain or finetune")
 
 
+def _check_ordered(low: float, central: float, high: float) -> None:
+    if not low <= central <= high:
+        raise ValueError(f"needs low <= central <= high, got {low} / {central} / {high}")
+
+
 class StepPoint(_Frozen):
     """Steps to reach AdamW's loss, relative to AdamW, at one model size (lower is faster).
 
@@ -316,10 +321,7 @@ class StepPoint(_Frozen):
 
     @model_validator(mode="after")
     def _ordered(self) -> StepPoint:
-        if not self.low <= self.central <= self.high:
-            raise ValueError(
-                f"needs low <= central <= high, got {self.low} / {self.central} / {self.high}"
-            )
+        _check_ordered(self.low, self.central, self.high)
         return self
 
 
@@ -344,10 +346,7 @@ class LargeBatchPoint(_Frozen):
 
     @model_validator(mode="after")
     def _ordered(self) -> LargeBatchPoint:
-        if not self.low <= self.central <= self.high:
-            raise ValueError(
-                f"needs low <= central <= high, got {self.low} / {self.central} / {self.high}"
-            )
+        _check_ordered(self.low, self.central, self.high)
         return self
 
 
