@@ -168,7 +168,7 @@ class EstimateReport(BaseModel):
     recompute_range: list[RecomputeCase] = Field(
         default_factory=list,
         description="with --checkpointing unstated: the peak, verdict and step time with no, "
-        "selective and full recompute (the numbers above assume none); empty when it was given",
+        "selective and full recompute (the figures above are at the least level that fits, or none when none fits); empty when it was given",
     )
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
@@ -465,12 +465,11 @@ def estimate_report(
 
 
 def with_recompute_range(report: EstimateReport, cases: list[RecomputeCase]) -> EstimateReport:
-    """``report`` (computed without recompute) answered as a range over ``cases``: it fits
-    when some level fits, and a note says which levels do and the step times they span."""
+    """``report`` (computed at the least recompute level that fits, or without recompute
+    when none fits) answered as a range over ``cases``: a note says which levels fit, the
+    step times they span and the level the figures are at."""
     fitting = [c for c in cases if c.fits]
-    update: dict[str, Any] = {"recompute_range": cases}
-    if report.fits is False and fitting:
-        update["fits"] = True
+    level = report.config.savers.checkpointing
     times = [c.step_seconds for c in cases if c.step_seconds is not None]
     said = (
         "--checkpointing unstated: "
@@ -484,10 +483,13 @@ def with_recompute_range(report: EstimateReport, cases: list[RecomputeCase]) -> 
             if len(times) > 1
             else ""
         )
-        + " (the figures above assume none)"
+        + (
+            f" (the figures above are at {level.value}, the least recompute that fits)"
+            if fitting
+            else " (the figures above assume none)"
+        )
     )
-    update["notes"] = [*report.notes, said]
-    return report.model_copy(update=update)
+    return report.model_copy(update={"recompute_range": cases, "notes": [*report.notes, said]})
 
 
 def kernel_alternatives(

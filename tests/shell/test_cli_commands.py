@@ -212,6 +212,11 @@ def test_estimate_with_recompute_unstated_answers_a_range() -> None:
     assert unstated["fits"] is True
     assert levels["full"]["step_seconds"] > levels["none"]["step_seconds"]
     assert any("--checkpointing unstated" in n for n in unstated["notes"])
+    # The run ran, so it had at least the recompute that fits: the central figures are
+    # full recompute's (the least level that fits here), not the no-recompute ones.
+    assert unstated["config"]["checkpointing"] == "full"
+    assert unstated["step_time"]["seconds"] == levels["full"]["step_seconds"]
+    assert unstated["total_bytes"] == levels["full"]["total_bytes"]
     # Stated, the configuration is checked as given, with no range.
     stated = json.loads(runner.invoke(app, [*args, "--checkpointing", "none"]).stdout)
     assert stated["fits"] is False and stated["recompute_range"] == []

@@ -471,8 +471,10 @@ def _estimate(
     from advisor.config import Checkpointing
 
     cases = []
+    reports = []
     for level in (Checkpointing.NONE, Checkpointing.SELECTIVE, Checkpointing.FULL):
         r = report if level is Checkpointing.NONE else report_for(config.with_(checkpointing=level))
+        reports.append(r)
         cases.append(
             RecomputeCase(
                 checkpointing=level,
@@ -481,7 +483,11 @@ def _estimate(
                 step_seconds=r.step_time.seconds if r.step_time is not None else None,
             )
         )
-    return with_recompute_range(report, cases)
+    # NOTE: a run that ran had at least the recompute that fits: its figures are the honest
+    # central answer, not the no-recompute ones (a 64k-token 7B run is priced with full
+    # recompute, which it cannot run without).
+    chosen = next((r for r, c in zip(reports, cases, strict=True) if c.fits), report)
+    return with_recompute_range(chosen, cases)
 
 
 def _config_for_device(

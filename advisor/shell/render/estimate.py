@@ -144,9 +144,6 @@ def _render_verdict(report: EstimateReport) -> None:
     """Fits or not on the device, the savers that would change it, and host RAM."""
     if report.device_memory_bytes is not None:
         verdict = "[green]fits[/]" if report.fits else "[red]does not fit[/]"
-        if report.fits and report.total_bytes > report.device_memory_bytes:
-            # --checkpointing unstated: it fits at some recompute level, not without.
-            verdict = "[yellow]fits only with recompute[/] (below); without it"
         common.console.print(
             f"{verdict} on {report.hardware or report.device_name}: "
             f"{format_bytes(report.total_bytes)} of {format_bytes(report.device_memory_bytes)}"
