@@ -168,7 +168,8 @@ class EstimateReport(BaseModel):
     recompute_range: list[RecomputeCase] = Field(
         default_factory=list,
         description="with --checkpointing unstated: the peak, verdict and step time with no, "
-        "selective and full recompute (the figures above are at the least level that fits, or none when none fits); empty when it was given",
+        "selective and full recompute (the report's figures are at the least level that "
+        "fits, or none when none fits); empty when it was given",
     )
     host_fits: bool | None = None
     step_time: StepTimeReport | None = None
