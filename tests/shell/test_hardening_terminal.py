@@ -249,3 +249,20 @@ def test_parser_usage_errors_are_one_line_exit_2(args: list[str], words: str) ->
     assert result.exit_code == 2, result.output
     assert len(lines) == 2 and lines[0].startswith("Error: ") and words in lines[0], lines
     assert lines[1].startswith("  hint: see `optadvise") and lines[1].endswith("--help`")
+
+
+def test_estimate_table_keeps_component_ids_whole_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rich shrinks every column of a table wider than the terminal; the component names are
+    # the JSON's keys, so the bar must give way before "overhead: allocator_reserve" is cut.
+    monkeypatch.setenv("COLUMNS", "80")
+    args = ["estimate", "--model", "llama-3.1-8b", "--hardware", "h100-sxm-80gb"]
+    text = runner.invoke(app, args)
+    assert text.exit_code in (0, 3), text.output
+    report = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    for key in report["overhead_breakdown"]:
+        assert f"overhead: {key}" in text.output
+    assert "…" not in "".join(
+        line.split("│")[1] for line in text.output.splitlines() if "│" in line
+    )

@@ -96,14 +96,17 @@ def _render_header(report: EstimateReport) -> None:
 def _render_table(report: EstimateReport) -> None:
     """The breakdown table (bytes, what is alive at the peak, a bar), then the phases line."""
     peak = next((p for p in report.phases if p.name == report.peak_phase), None)
+    rows = [(k, v) for k, v in report.breakdown.items() if k != "overhead"]
+    rows += [(f"overhead: {k}", v) for k, v in report.overhead_breakdown.items()]
     table = Table(title_justify="left")
-    table.add_column("component", no_wrap=True)
+    # NOTE: on a narrow terminal rich shrinks every column: the component names are ids
+    # (the JSON's keys) and keep their width; the bar gives way first.
+    names = [name for name, value in rows if value] + ["peak per device"]
+    table.add_column("component", no_wrap=True, min_width=max(len(n) for n in names))
     table.add_column("bytes", justify="right", no_wrap=True, min_width=10)
     table.add_column("at peak", justify="right", no_wrap=True, min_width=10)
     table.add_column("", no_wrap=True, max_width=24)
     total = max(report.total_bytes, 1)
-    rows = [(k, v) for k, v in report.breakdown.items() if k != "overhead"]
-    rows += [(f"overhead: {k}", v) for k, v in report.overhead_breakdown.items()]
     for name, value in rows:
         if value == 0:
             continue
