@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from advisor.app.limits import parse_lora_targets
+from advisor.app.limits import check_fp8_recipe, parse_lora_targets
 from advisor.config import (
     Adapters,
     Attention,
@@ -243,6 +243,7 @@ def build_config(
     optimizer_impl: str = "auto",
     lora_dropout: float = 0.0,
     dropout: bool = False,
+    fp8_recipe: str | None = None,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -280,6 +281,7 @@ def build_config(
             "--capacity-factor is given",
             "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
         )
+    recipe = check_fp8_recipe(fp8_recipe, precision)
     try:
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
@@ -319,6 +321,7 @@ def build_config(
                 stack=_enum(Stack, stack, "--stack"),
                 fused_loss=fused_loss,
                 fused_norm=fused_norm,
+                fp8_recipe=recipe,
             ),
             adapters=Adapters(
                 lora_rank=lora_rank,
