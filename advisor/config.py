@@ -479,7 +479,7 @@ class Kernels(_Frozen):
     fp8_recipe: Fp8Recipe | None = Field(
         default=None,
         description="the FP8 scaling recipe of an fp8-mixed plan (tensorwise, rowwise, "
-        "blockwise or delayed); absent: tensorwise",
+        "blockwise or delayed); absent: tensorwise (listed for fp8-mixed plans only)",
     )
 
     @property
@@ -659,8 +659,8 @@ class TrainingConfig(_Frozen):
             key: nested[name] if record is None else nested[record][name]
             for key, (record, name) in FLAT_FIELDS.items()
         }
-        # NOTE: the FP8 recipe is absent unless one was chosen (fp8-mixed runs tensorwise).
-        return {k: v for k, v in flat.items() if v is not None or k != "fp8_recipe"}
+        keep = flat["precision"] == Precision.FP8_MIXED and flat["fp8_recipe"] is not None
+        return flat if keep else {k: v for k, v in flat.items() if k != "fp8_recipe"}
 
     @classmethod
     def __get_pydantic_json_schema__(

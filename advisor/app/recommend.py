@@ -19,6 +19,7 @@ from advisor.app.environment import Environment, calibration_device, probe_envir
 from advisor.app.limits import (
     check_bound,
     check_cnn_flags,
+    check_fp8_recipe,
     check_global_batch_tokens,
     parse_lora_targets,
     resolve_seq_len,
@@ -91,6 +92,7 @@ class RecommendRequest(BaseModel):
         tp: int | None = None,
         pp: int | None = None,
         lora_targets: str | None = None,
+        fp8_recipe: str | None = None,
         context_parallel: int | None = None,
         context_parallel_kind: str | None = None,
         expert_parallel: int | None = None,
@@ -148,6 +150,7 @@ class RecommendRequest(BaseModel):
             expert_tensor_parallel=expert_tensor_parallel,
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
+            fp8_recipe=check_fp8_recipe(fp8_recipe, None),
         )
         _check_context_pin(spec, workload)
         return cls(
