@@ -366,6 +366,16 @@ def _microscaling(profile: HardwareProfile | None, config: TrainingConfig) -> li
     return [MICROSCALING_NOTE.format(precision=config.precision.value, peak=peak / 1e12)]
 
 
+def _fp8_recipe_note(config: TrainingConfig, step_time: StepTimeReport | None) -> list[str]:
+    """How a chosen FP8 recipe is priced (advisor/cost/fp8recipes.py); none by default."""
+    from advisor.cost.fp8recipes import RECIPE_NOTE
+
+    recipe = config.kernels.fp8_recipe
+    if config.precision is not Precision.FP8_MIXED or recipe is None or step_time is None:
+        return []
+    return [RECIPE_NOTE[recipe]]
+
+
 def estimate_report(
     spec: ModelSpec,
     config: TrainingConfig,
@@ -442,7 +452,10 @@ def estimate_report(
         paged_bytes=m.paged_bytes,
         paged_resident_bytes=residency.resident_bytes if residency else None,
         paged_host_bytes=residency.host_bytes if residency else None,
-        notes=m.notes + _carried_over(profile, step_time) + _microscaling(profile, config),
+        notes=m.notes
+        + _carried_over(profile, step_time)
+        + _microscaling(profile, config)
+        + _fp8_recipe_note(config, step_time),
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
         device_name=device_name,

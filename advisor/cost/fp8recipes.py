@@ -72,6 +72,22 @@ CAST_DETAIL: dict[Fp8Recipe, str] = {
 }
 
 
+#: What the estimate says of a chosen recipe's price (the tensorwise default says nothing).
+RECIPE_NOTE: dict[Fp8Recipe, str] = {
+    Fp8Recipe.TENSORWISE: "fp8 tensorwise: the recipe the Hopper FP8 share (gemm_fp8) was "
+    "fitted on (torchtitan, OLMo-core)",
+    Fp8Recipe.DELAYED: "fp8 delayed: the tensorwise GEMM (same per-tensor kernel), casts "
+    "without an amax pass (the scale comes from the amax history)",
+    Fp8Recipe.ROWWISE: f"fp8 rowwise: GEMMs at {GEMM_SHARE[Fp8Recipe.ROWWISE]:.2f}x the "
+    "tensorwise throughput (vLLM kernel table, benchmarks/data/fp8_recipe_gemms.yaml); "
+    "backward operands re-quantised from 16 bits and backward outputs rescaled",
+    Fp8Recipe.BLOCKWISE: "fp8 blockwise (1x128 / 128x128): GEMMs at "
+    f"{GEMM_SHARE[Fp8Recipe.BLOCKWISE]:.2f}x the tensorwise throughput (FBGEMM's H100 "
+    "block-scaled kernel, benchmarks/data/fp8_recipe_gemms.yaml; newer kernels reach "
+    "0.78-1.03x at inference shapes); casts fused per tile",
+}
+
+
 def effective_recipe(precision: Precision, recipe: Fp8Recipe | None) -> Fp8Recipe | None:
     """The recipe an ``fp8-mixed`` plan runs (tensorwise unless one is chosen); None for
     every other precision (MXFP8 and NVFP4 are priced in advisor/cost/microscaling.py).
