@@ -320,6 +320,7 @@ def plan_recommendation(
         env, calibration, note = _local_costs(req, env, target, progress, notify)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
+    _check_fp8_target(w, target)
     ctx = Context(
         spec=req.spec,
         workload=w,
@@ -332,6 +333,17 @@ def plan_recommendation(
     cost = cost_function(ctx, calibration, target.profile)
     report = build_report(ctx, cost, top=req.top, cost_note=note)
     return RecommendRun(report=report, environment=env)
+
+
+def _check_fp8_target(w: Workload, target: Target) -> None:
+    """--fp8-recipe applies to fp8-mixed plans: a device without FP8 tensor cores (no dense
+    FP8 figure in its profile) has none to apply it to."""
+    if w.fp8_recipe is None or target.profile.peak_tflops.fp8:
+        return
+    raise UserError(
+        f"--fp8-recipe applies to fp8-mixed plans, and {target.name} has no FP8 tensor cores",
+        "drop --fp8-recipe, or plan for FP8 hardware (--hardware h100-sxm-80gb, l40s, ...)",
+    )
 
 
 def _profile_target(req: RecommendRequest) -> tuple[Target, str]:

@@ -147,3 +147,23 @@ def test_recommend_runs_the_chosen_recipe_on_its_fp8_plans() -> None:
         assert ("fp8_recipe" in r) is (r["precision"] == "fp8-mixed")
         if "fp8_recipe" in r:
             assert r["fp8_recipe"] == "rowwise"
+
+
+def test_recommend_refuses_a_recipe_on_a_device_without_fp8() -> None:
+    # The A100's datasheet has no FP8 tensor-core figure: no plan there runs fp8-mixed.
+    flags = ["--model-size", "1.3B", "--hardware", "a100-sxm-80gb", "--fp8-recipe", "rowwise"]
+    result = runner.invoke(app, ["recommend", "--no-calibrate", *flags])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: ") and "FP8" in result.output
+
+
+def test_hardware_comparison_applies_the_recipe_where_fp8_runs() -> None:
+    flags = ["--model-size", "1.3B", "--hardware", "a100-sxm-80gb,h100-sxm-80gb"]
+    result = runner.invoke(
+        app, ["recommend", "--no-calibrate", "--json", *flags, "--fp8-recipe", "blockwise"]
+    )
+    assert result.exit_code == 0, result.output
+    picks = {o["hardware"]: o["pick"] for o in json.loads(result.stdout)["options"]}
+    assert "fp8_recipe" not in picks["a100-sxm-80gb"]
+    h100 = picks["h100-sxm-80gb"]
+    assert ("fp8_recipe" in h100) is (h100["precision"] == "fp8-mixed")
