@@ -182,16 +182,18 @@ def _sections(
         sections["model"] = {"converters": ["quantize.linear.mx"]}
         sections["quantize.linear.mx"] = {"recipe_name": "mxfp8_cublas", "filter_fqns": ["output"]}
     if config.precision is Precision.FP8_MIXED:
-        # Float8 all-gather and precomputed scales are tensorwise-only (torchtitan's
-        # Float8Linear config: "recommended for tensorwise scaling"; rowwise all-gathers bf16).
+        # Tensorwise is the converter's default (no recipe_name); a recipe_name may not be
+        # combined with the float8 all-gather (torchtitan's Float8LinearConverter asserts:
+        # "... together with `float8_config.recipe_name` is not supported"), which is
+        # tensorwise-only anyway: rowwise all-gathers bf16 weights.
         recipe = config.kernels.fp8_recipe
-        tensorwise = recipe in (None, Fp8Recipe.TENSORWISE)
+        named = recipe is not None and recipe is not Fp8Recipe.TENSORWISE
         sections["model"] = {"converters": ["quantize.linear.float8"]}
         sections["quantize.linear.float8"] = {
-            "enable_fsdp_float8_all_gather": shard > 1 and tensorwise,
-            "precompute_float8_dynamic_scale_for_fsdp": shard > 1 and tensorwise,
+            "enable_fsdp_float8_all_gather": shard > 1 and not named,
+            "precompute_float8_dynamic_scale_for_fsdp": shard > 1 and not named,
             "filter_fqns": ["output"],
-        } | ({} if recipe is None else {"recipe_name": recipe.value})
+        } | ({"recipe_name": recipe.value} if named and recipe is not None else {})
     return sections
 
 

@@ -54,21 +54,26 @@ def test_megatron_without_a_chosen_recipe_is_unchanged() -> None:
 
 @pytest.mark.parametrize(
     ("recipe", "runs"),
-    [("tensorwise", "tensorwise"), ("rowwise", "rowwise"), ("blockwise", "rowwise")],
+    [
+        ("tensorwise", "tensorwise"),
+        ("rowwise", "rowwise"),
+        ("blockwise", "rowwise"),
+        ("delayed", "tensorwise"),
+    ],
 )
 def test_torchtitan_float8_recipe_name(recipe: str, runs: str) -> None:
     emission = emit_torchtitan(_plan(Fp8Recipe(recipe)))
     flat = _check_torchtitan(emission.text)  # recipe_name among JobConfig's choices
     assert flat["model.converters"] == ["quantize.linear.float8"]
-    assert flat["quantize.linear.float8.recipe_name"] == runs
-    # FSDP's float8 all-gather (the plan shards over 8 ranks) is for tensorwise scaling only.
-    assert flat["quantize.linear.float8.enable_fsdp_float8_all_gather"] is (runs == "tensorwise")
     assert emission.expressed_config.kernels.fp8_recipe is Fp8Recipe(runs)
-
-
-def test_torchtitan_runs_delayed_scaling_as_tensorwise() -> None:
-    emission = emit_torchtitan(_plan(Fp8Recipe.DELAYED))
-    assert _check_torchtitan(emission.text)["quantize.linear.float8.recipe_name"] == "tensorwise"
+    if runs == "tensorwise":
+        # The converter's default; FSDP's float8 all-gather (8 shards) is tensorwise's.
+        assert "quantize.linear.float8.recipe_name" not in flat
+        assert flat["quantize.linear.float8.enable_fsdp_float8_all_gather"] is True
+    else:
+        # torchtitan asserts that a recipe_name comes without the float8 all-gather.
+        assert flat["quantize.linear.float8.recipe_name"] == runs
+        assert flat["quantize.linear.float8.enable_fsdp_float8_all_gather"] is False
 
 
 _ESTIMATE = [
