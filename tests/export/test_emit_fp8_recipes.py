@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from advisor.config import Fp8Recipe, Precision, Sharding, Task, TrainingConfig
-from advisor.export import emit_megatron, emit_torchtitan
+from advisor.export import accelerate_emission, emit_deepspeed, emit_megatron, emit_torchtitan
 from advisor.shell.cli import app
 from tests.export.test_emit_layouts import MEG_FLAGS, _check_torchtitan, _megatron_args
 
@@ -172,3 +172,27 @@ def test_hardware_comparison_applies_the_recipe_where_fp8_runs() -> None:
     assert "fp8_recipe" not in picks["a100-sxm-80gb"]
     h100 = picks["h100-sxm-80gb"]
     assert ("fp8_recipe" in h100) is (h100["precision"] == "fp8-mixed")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "says"),
+    [
+        (None, None),
+        ("tensorwise", "Float8CurrentScaling()"),
+        ("delayed", "DelayedScaling()"),
+        ("blockwise", "Float8BlockScaling()"),
+        ("rowwise", "from_recipe_name('rowwise')"),
+    ],
+)
+def test_deepspeed_and_accelerate_name_the_recipe_class(
+    recipe: str | None, says: str | None
+) -> None:
+    # Transformer Engine's recipe classes (transformer_engine.common.recipe); it has no
+    # row-wise recipe, torchao's Float8Linear has.
+    plan = _plan(None if recipe is None else Fp8Recipe(recipe))
+    for notes in (emit_deepspeed(plan).notes, accelerate_emission(plan).notes):
+        named = [n for n in notes if n.startswith(tuple(f"fp8 {r.value}" for r in Fp8Recipe))]
+        if says is None:
+            assert named == []
+        else:
+            assert len(named) == 1 and says in named[0]
