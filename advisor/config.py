@@ -194,6 +194,17 @@ class OptimizerImpl(str, Enum):
     FOREACH = "foreach"
 
 
+class Fp8Recipe(str, Enum):
+    """How ``fp8-mixed`` scales its FP8 GEMM operands: one scale per tensor (current amax, or
+    ``delayed`` from an amax history), per row (``rowwise``), or per 1x128 activation tile and
+    128x128 weight block (``blockwise``, DeepSeek-V3); priced in advisor/cost/fp8recipes.py."""
+
+    TENSORWISE = "tensorwise"
+    ROWWISE = "rowwise"
+    BLOCKWISE = "blockwise"
+    DELAYED = "delayed"
+
+
 _setattr = object.__setattr__
 # Where a frozen record keeps its hash once computed (in its ``__dict__``, beside the fields).
 _HASH = "_hash_"
@@ -465,6 +476,11 @@ class Kernels(_Frozen):
         "dependent GEMMs (torchtitan async TP, Megatron/TE --tp-comm-overlap); default: on "
         "under the fused stack, off under hf",
     )
+    fp8_recipe: Fp8Recipe | None = Field(
+        default=None,
+        description="the FP8 scaling recipe of an fp8-mixed plan (tensorwise, rowwise, "
+        "blockwise or delayed); absent: tensorwise (listed for fp8-mixed plans only)",
+    )
 
     @property
     def tp_overlapped(self) -> bool:
@@ -482,11 +498,8 @@ class Kernels(_Frozen):
 
     def with_fused_loss(self, fused_loss: bool) -> Kernels:
         """These kernels with the fused loss on or off (a memory saver the search toggles)."""
-        if fused_loss is self.fused_loss:
-            return self
-        values = self._fields()
-        values["fused_loss"] = fused_loss
-        return Kernels._made(values)
+        same = fused_loss is self.fused_loss
+        return self if same else Kernels._made(self._fields() | {"fused_loss": fused_loss})
 
 
 def _sorted_targets(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -564,6 +577,7 @@ FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "virtual_stages": ("layout", "virtual_stages"),
     "expert_parallel": ("layout", "expert_parallel"),
     "tp_comm_overlap": ("kernels", "tp_comm_overlap"),
+    "fp8_recipe": ("kernels", "fp8_recipe"),
     "shard_group": ("layout", "shard_group"),
     "context_parallel": ("layout", "context_parallel"),
     "context_parallel_kind": ("layout", "context_parallel_kind"),
@@ -641,10 +655,12 @@ class TrainingConfig(_Frozen):
     @model_serializer(mode="wrap")
     def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         nested = handler(self)
-        return {
+        flat = {
             key: nested[name] if record is None else nested[record][name]
             for key, (record, name) in FLAT_FIELDS.items()
         }
+        keep = flat["precision"] == Precision.FP8_MIXED and flat["fp8_recipe"] is not None
+        return flat if keep else {k: v for k, v in flat.items() if k != "fp8_recipe"}
 
     @classmethod
     def __get_pydantic_json_schema__(
@@ -665,16 +681,8 @@ class TrainingConfig(_Frozen):
     ) -> TrainingConfig:
         """This configuration with whole sub-records replaced."""
         d = self._fields()
-        if batch is not None:
-            d["batch"] = batch
-        if layout is not None:
-            d["layout"] = layout
-        if savers is not None:
-            d["savers"] = savers
-        if kernels is not None:
-            d["kernels"] = kernels
-        if adapters is not None:
-            d["adapters"] = adapters
+        given = dict(batch=batch, layout=layout, savers=savers, kernels=kernels, adapters=adapters)
+        d.update((k, v) for k, v in given.items() if v is not None)
         return TrainingConfig._made(d)
 
     def with_geometry(self, micro_batch: int, grad_accumulation: int) -> TrainingConfig:
@@ -684,13 +692,8 @@ class TrainingConfig(_Frozen):
         if b.micro_batch == micro_batch and b.grad_accumulation == grad_accumulation:
             return self
         d = self._fields()
-        d["batch"] = BatchGeometry._made(
-            {
-                "micro_batch": micro_batch,
-                "seq_len": self.batch.seq_len,
-                "grad_accumulation": grad_accumulation,
-            }
-        )
+        geometry = {"micro_batch": micro_batch, "seq_len": b.seq_len}
+        d["batch"] = BatchGeometry._made(geometry | {"grad_accumulation": grad_accumulation})
         return TrainingConfig._made(d)
 
     def with_(
@@ -728,6 +731,7 @@ class TrainingConfig(_Frozen):
         fused_loss: bool | _Keep = _KEEP,
         fused_norm: bool | _Keep = _KEEP,
         tp_comm_overlap: bool | _Keep | None = _KEEP,
+        fp8_recipe: Fp8Recipe | _Keep | None = _KEEP,
         lora_rank: int | _Keep = _KEEP,
         lora_dropout: float | _Keep = _KEEP,
         lora_targets: tuple[str, ...] | _Keep = _KEEP,

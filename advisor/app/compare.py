@@ -114,7 +114,10 @@ def compare_hardware(
     budget: RunBudget | None = None
     task = str(flags.get("task", "finetune"))
     for hid in names:
-        req = RecommendRequest.from_flags(spec=spec, hardware=hid, top=1, **flags)
+        mine = dict(flags)
+        if not get_hardware_profile(hid).peak_tflops.fp8:
+            mine["fp8_recipe"] = None  # --fp8-recipe applies to the FP8 options' plans only
+        req = RecommendRequest.from_flags(spec=spec, hardware=hid, top=1, **mine)
         if rules_dirs:
             req = req.model_copy(update={"rules_dirs": rules_dirs})
         report = plan_recommendation(req).report

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from advisor.app.limits import parse_lora_targets
+from advisor.app.limits import check_fp8_recipe, parse_lora_targets
 from advisor.config import (
     Adapters,
     Attention,
@@ -244,6 +244,7 @@ def build_config(
     optimizer_impl: str = "auto",
     lora_dropout: float = 0.0,
     dropout: bool = False,
+    fp8_recipe: str | None = None,
 ) -> TrainingConfig:
     """Validate flag values into a configuration.
 
@@ -281,6 +282,7 @@ def build_config(
             "--capacity-factor is given",
             "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
         )
+    recipe = check_fp8_recipe(fp8_recipe, precision)
     try:
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
@@ -320,6 +322,7 @@ def build_config(
                 stack=_enum(Stack, stack, "--stack"),
                 fused_loss=fused_loss,
                 fused_norm=fused_norm,
+                fp8_recipe=recipe,
             ),
             adapters=Adapters(
                 lora_rank=lora_rank,
@@ -362,6 +365,16 @@ def _microscaling(profile: HardwareProfile | None, config: TrainingConfig) -> li
     if config.precision not in MICROSCALING or peak is None:
         return []
     return [MICROSCALING_NOTE.format(precision=config.precision.value, peak=peak / 1e12)]
+
+
+def _fp8_recipe_note(config: TrainingConfig, step_time: StepTimeReport | None) -> list[str]:
+    """How a chosen FP8 recipe is priced (advisor/cost/fp8recipes.py); none by default."""
+    from advisor.cost.fp8recipes import RECIPE_NOTE
+
+    recipe = config.kernels.fp8_recipe
+    if config.precision is not Precision.FP8_MIXED or recipe is None or step_time is None:
+        return []
+    return [RECIPE_NOTE[recipe]]
 
 
 def estimate_report(
@@ -440,7 +453,10 @@ def estimate_report(
         paged_bytes=m.paged_bytes,
         paged_resident_bytes=residency.resident_bytes if residency else None,
         paged_host_bytes=residency.host_bytes if residency else None,
-        notes=m.notes + _carried_over(profile, step_time) + _microscaling(profile, config),
+        notes=m.notes
+        + _carried_over(profile, step_time)
+        + _microscaling(profile, config)
+        + _fp8_recipe_note(config, step_time),
         device="cpu" if on_cpu else "cuda",
         hardware=profile.id if profile else None,
         device_name=device_name,

@@ -11,7 +11,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from advisor.config import LORA_FULL_TENSORS, LORA_MATRICES, LORA_TARGET_GROUPS, Task
+from advisor.config import (
+    LORA_FULL_TENSORS,
+    LORA_MATRICES,
+    LORA_TARGET_GROUPS,
+    Fp8Recipe,
+    Precision,
+    Task,
+)
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec, Position
 from advisor.units import parse_length
@@ -306,3 +313,27 @@ def parse_lora_targets(text: str) -> tuple[str, ...]:
             "name at least one of q, k, v, o, gate, up, down (or attention, mlp, all-linear)",
         )
     return tuple(sorted(set(out)))
+
+
+def check_fp8_recipe(recipe: str | None, precision: str | None) -> Fp8Recipe | None:
+    """The ``--fp8-recipe`` flag as a recipe: valid only beside ``--precision fp8-mixed``
+    (``None`` for recommend: its plans' precision is searched, the recipe applies to the
+    fp8-mixed ones).
+
+    Raises:
+        UserError: an unknown recipe, or a recipe beside another precision.
+    """
+    if recipe is None:
+        return None
+    try:
+        value = Fp8Recipe(recipe)
+    except ValueError:
+        allowed = ", ".join(r.value for r in Fp8Recipe)
+        raise UserError(f"invalid --fp8-recipe {recipe!r}", f"use one of: {allowed}") from None
+    if precision is not None and precision != Precision.FP8_MIXED.value:
+        raise UserError(
+            f"--fp8-recipe applies to --precision fp8-mixed, not {precision!r}",
+            "give --precision fp8-mixed, or drop --fp8-recipe (mxfp8-mixed and nvfp4-mixed "
+            "scale per block by definition)",
+        )
+    return value

@@ -19,6 +19,7 @@ from advisor.app.environment import Environment, calibration_device, probe_envir
 from advisor.app.limits import (
     check_bound,
     check_cnn_flags,
+    check_fp8_recipe,
     check_global_batch_tokens,
     parse_lora_targets,
     resolve_seq_len,
@@ -91,6 +92,7 @@ class RecommendRequest(BaseModel):
         tp: int | None = None,
         pp: int | None = None,
         lora_targets: str | None = None,
+        fp8_recipe: str | None = None,
         context_parallel: int | None = None,
         context_parallel_kind: str | None = None,
         expert_parallel: int | None = None,
@@ -148,6 +150,7 @@ class RecommendRequest(BaseModel):
             expert_tensor_parallel=expert_tensor_parallel,
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
+            fp8_recipe=check_fp8_recipe(fp8_recipe, None),
         )
         _check_context_pin(spec, workload)
         return cls(
@@ -317,6 +320,7 @@ def plan_recommendation(
         env, calibration, note = _local_costs(req, env, target, progress, notify)
         if calibration is not None:
             target = _with_measured_precision(target, calibration)
+    _check_fp8_target(w, target)
     ctx = Context(
         spec=req.spec,
         workload=w,
@@ -329,6 +333,17 @@ def plan_recommendation(
     cost = cost_function(ctx, calibration, target.profile)
     report = build_report(ctx, cost, top=req.top, cost_note=note)
     return RecommendRun(report=report, environment=env)
+
+
+def _check_fp8_target(w: Workload, target: Target) -> None:
+    """--fp8-recipe applies to fp8-mixed plans: a device without FP8 tensor cores (no dense
+    FP8 figure in its profile) has none to apply it to."""
+    if w.fp8_recipe is None or target.profile.peak_tflops.fp8:
+        return
+    raise UserError(
+        f"--fp8-recipe applies to fp8-mixed plans, and {target.name} has no FP8 tensor cores",
+        "drop --fp8-recipe, or plan for FP8 hardware (--hardware h100-sxm-80gb, l40s, ...)",
+    )
 
 
 def _profile_target(req: RecommendRequest) -> tuple[Target, str]:

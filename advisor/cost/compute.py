@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from advisor.config import Checkpointing, ContextParallelKind, Stack, Task
+from advisor.config import Checkpointing, ContextParallelKind, Fp8Recipe, Stack, Task
 from advisor.cost.convnet import conv_gemms, elementwise_bytes
 from advisor.cost.data import LayerTiming, ShapeResults
 from advisor.cost.efficiency import (
@@ -17,6 +17,7 @@ from advisor.cost.efficiency import (
     gemm_efficiency,
     split_attention,
 )
+from advisor.cost.fp8recipes import CAST_BYTES, CAST_DETAIL, GEMM_SHARE, cast_bytes
 from advisor.cost.result import ComponentTime, Source, merge
 from advisor.cost.setting import Setting
 from advisor.cost.shape import Gemm, block_gemms
@@ -45,16 +46,12 @@ _EAGER_SCORE_BYTES = 60.0
 # sec. 4.1): fwd+bwd = 3.5 x forward. Eager: backward = 2 x forward.
 _FLASH_FB = 3.5
 _EAGER_FB = 3.0
-# FP8 training with dynamic (current) tensor-wise scaling casts every GEMM operand each
-# micro-step: an amax pass and a cast pass over the 16-bit tensor (read 2 + read 2 + write 1
-# bytes per element) for the input and the weight forward and the output gradient backward,
-# plus the transposed FP8 copies the backward GEMMs take (read 1 + write 1 each) (torchao
-# float8 tensorwise recipe, torchao/float8/README.md; Transformer Engine's current scaling;
-# Micikevicius et al. 2022, FP8 Formats for Deep Learning). Only the blocks' linear layers
-# run in FP8: attention, norms and the LM head stay 16-bit (torchtitan's float8 converter
-# skips `output`; Megatron's output layer is not a TE module).
-_FP8_CAST_BYTES = 5.0
-_FP8_TRANSPOSE_BYTES = 2.0
+# FP8 training casts every GEMM operand each micro-step: what each scaling recipe moves is
+# in advisor/cost/fp8recipes.py (tensorwise: an amax pass and a cast, then transposed FP8
+# copies for the backward GEMMs; torchao float8 tensorwise; Transformer Engine's current
+# scaling; Micikevicius et al. 2022). Only the blocks' linear layers run in FP8: attention,
+# norms and the LM head stay 16-bit (torchtitan's float8 converter skips `output`;
+# Megatron's output layer is not a TE module).
 
 _BACKEND = {
     AttentionKernel.EAGER: "math",
@@ -83,6 +80,8 @@ def gemm_seconds(
     fp8 = s.fp8 and low_precision and s.eff.gemm_fp8 is not None
     peak = s.peak() if low_precision else s.peak16()
     share = s.eff.gemm_fp8.value if fp8 and s.eff.gemm_fp8 is not None else 1.0
+    if fp8 and s.mb.fp8_recipe is not None:
+        share *= GEMM_SHARE[s.mb.fp8_recipe]  # relative to tensorwise (the fitted runs')
     for g in gemms:
         # Under FP8 the measured rows are FP8 GEMMs: not what a 16-bit GEMM runs at.
         measured = measured_gemm(s, g) if low_precision or not s.fp8 else None
@@ -241,24 +240,25 @@ def fp8_casts(s: Setting) -> tuple[float, float]:
     """(fwd+bwd, fwd) seconds of one block's FP8 scaling and casts, one micro-batch."""
     if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
         return 0.0, 0.0
+    recipe = s.mb.fp8_recipe or Fp8Recipe.TENSORWISE  # MXFP8/NVFP4: priced as tensorwise
+    per = CAST_BYTES[recipe]
     fwd_b = bwd_b = 0.0
     gemms = _block_gemms(s)
-    shared_input = 0.0
     if s.tp > 1:
         # Under TP the column-parallel layers' common input (the attention and the MLP
         # block input) is cast once, on its sequence shard, before the FP8 all-gather
         # (torchao float8_tensor_parallel.PrepareFloat8ModuleInput: "the float8 cast
         # happens before the all-gather ... we perform fp8 allgather only once");
-        # backward transposes the gathered FP8 copy once per module.
+        # backward transposes (or re-quantises) the gathered copy once per module.
         shared_input = 2.0 * s.tokens * s.sh.hidden
-        fwd_b += _FP8_CAST_BYTES * shared_input / s.tp
-        bwd_b += _FP8_TRANSPOSE_BYTES * shared_input
+        fwd_b += per.cast * shared_input / s.tp
+        bwd_b += per.activation_bwd * shared_input
     for g, (_n, _k, row, _expert) in zip(gemms, s.matrices, strict=True):
         mk, nk, mn = g.m * g.k * g.count, g.n * g.k * g.count, g.m * g.n * g.count
-        if s.tp > 1 and not row and not _expert:
-            mk = 0.0  # its input was cast above
-        fwd_b += _FP8_CAST_BYTES * (mk + nk)
-        bwd_b += _FP8_CAST_BYTES * mn + _FP8_TRANSPOSE_BYTES * (mk + nk + mn)
+        # Under TP a column-parallel layer's input was cast above.
+        f, b = cast_bytes(recipe, mk, nk, mn, input_cast=s.tp == 1 or row or _expert)
+        fwd_b += f
+        bwd_b += b
     bw, _ = s.bandwidth()
     return (fwd_b + bwd_b) / bw, fwd_b / bw
 
@@ -298,7 +298,7 @@ def block_terms(s: Setting, zeroth: bool, parts: dict[str, ComponentTime]) -> fl
         parts["fp8_casts"] = ComponentTime(
             seconds=(cast_fwd if zeroth else cast_fb) * L,
             source=Source.ANALYTIC,
-            detail="dynamic tensor-wise scaling, at memory bandwidth",
+            detail=CAST_DETAIL[s.mb.fp8_recipe or Fp8Recipe.TENSORWISE],
         )
     if not zeroth:
         rec = _recompute(s, (g_fwd, g_src), (a_fwd, a_src), e_fwd)

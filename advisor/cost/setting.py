@@ -12,6 +12,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     ContextParallelKind,
+    Fp8Recipe,
     MoeDispatcher,
     Precision,
     Sharding,
@@ -21,6 +22,7 @@ from advisor.config import (
 )
 from advisor.cost.data import CalibrationCache, ShapeResults
 from advisor.cost.efficiency import AttentionKernel, attention_kernel, compute_dtype, peak_flops
+from advisor.cost.fp8recipes import effective_recipe
 from advisor.cost.microscaling import block_scaled_peak
 from advisor.cost.result import Source
 from advisor.cost.shape import ModelShape, WeightMatrices
@@ -64,6 +66,7 @@ class MicroBatchConfig(NamedTuple):
     expert_tensor_parallel: int  # resolved (ParallelLayout.expert_tp)
     moe_dispatcher: MoeDispatcher
     expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
+    fp8_recipe: Fp8Recipe | None  # fp8-mixed's recipe (tensorwise by default), else None
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -91,6 +94,7 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.expert_tp,
         layout.moe_dispatcher,
         capacity_scale(layout),
+        effective_recipe(config.precision, kernels.fp8_recipe),
     )
 
 

@@ -9,7 +9,12 @@ from typing import Any
 import yaml
 
 from advisor.config import Checkpointing, Offload, Precision, Sharding, TrainingConfig
-from advisor.export.common import DEFAULT_NVME_PATH, GRADIENT_CLIPPING, common_notes
+from advisor.export.common import (
+    DEFAULT_NVME_PATH,
+    GRADIENT_CLIPPING,
+    common_notes,
+    fp8_recipe_note,
+)
 from advisor.export.deepspeed import sharding_for_stage, zero_stage
 from advisor.export.emission import Emission, EmitTarget
 from advisor.export.expression import (
@@ -90,6 +95,9 @@ def _accelerate_mixed_precision(config: TrainingConfig, notes: list[str]) -> str
             "mixed_precision fp8 needs Transformer Engine or MS-AMP installed; set the backend "
             "with `accelerate launch --fp8_backend te` or an fp8_config block."
         )
+        chosen = fp8_recipe_note(config)
+        if chosen is not None:
+            notes.append(chosen)
     return mixed
 
 

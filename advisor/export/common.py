@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 
-from advisor.config import Attention, Task, TrainingConfig
+from advisor.config import Attention, Fp8Recipe, Precision, Task, TrainingConfig
 from advisor.errors import UserError
 from advisor.export.hyperparams import Hyperparameters, family_of, hyperparameters_for
 
@@ -151,3 +151,27 @@ def plan_summary(config: TrainingConfig) -> str:
         f"sharding={config.layout.sharding.value} "
         f"offload={config.savers.offload.value}"
     )
+
+
+# Transformer Engine's recipe class per FP8 recipe (transformer_engine.common.recipe:
+# Float8CurrentScaling, DelayedScaling, Float8BlockScaling); TE has no row-wise recipe.
+_TE_FP8_RECIPE = {
+    Fp8Recipe.TENSORWISE: "Float8CurrentScaling()",
+    Fp8Recipe.DELAYED: "DelayedScaling()",
+    Fp8Recipe.BLOCKWISE: "Float8BlockScaling()",
+}
+
+
+def fp8_recipe_note(config: TrainingConfig) -> str | None:
+    """How the script runs a chosen FP8 recipe under Transformer Engine (None where the plan
+    is not fp8-mixed or chose none: the engines' own defaults then stand)."""
+    recipe = config.kernels.fp8_recipe
+    if config.precision is not Precision.FP8_MIXED or recipe is None:
+        return None
+    te = _TE_FP8_RECIPE.get(recipe)
+    if te is None:
+        return (
+            "fp8 rowwise: Transformer Engine has no row-wise recipe; run the linear layers as "
+            "torchao Float8Linear with Float8LinearConfig.from_recipe_name('rowwise')"
+        )
+    return f"fp8 {recipe.value}: pass recipe={te} to te.fp8_autocast in the script"

@@ -22,6 +22,7 @@ from advisor.export.common import (
     GRADIENT_CLIPPING,
     ZEROTH,
     common_notes,
+    fp8_recipe_note,
     parse_implementation,
     resolve_learning_rate,
 )
@@ -424,6 +425,9 @@ def _ds_precision(
         f"must run under Transformer Engine (te.Linear inside te.fp8_autocast{recipe}); bf16 "
         "is set for the rest."
     )
+    chosen = fp8_recipe_note(config)
+    if chosen is not None:
+        notes.append(chosen)
     return {"bf16": {"enabled": True}}
 
 

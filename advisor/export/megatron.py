@@ -10,6 +10,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     ContextParallelKind,
+    Fp8Recipe,
     MoeDispatcher,
     Offload,
     Precision,
@@ -298,6 +299,26 @@ def _megatron_sharding(config: TrainingConfig, nodes: int) -> list[tuple[str, An
     return out
 
 
+def _megatron_fp8_recipe(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
+    """fp8-mixed's format and recipe: Megatron-LM's --fp8-recipe {tensorwise, delayed, mxfp8,
+    blockwise} (arguments.py, _add_transformer_engine_args; default delayed). Per-tensor
+    recipes take E4M3 forward and E5M2 gradients (hybrid); TE's Float8BlockScaling is E4M3
+    throughout. TE has no row-wise recipe: the finest-grained one it runs on Hopper stands in."""
+    recipe = config.kernels.fp8_recipe
+    if recipe is None:
+        return [("--fp8-format", "hybrid")]
+    if recipe is Fp8Recipe.ROWWISE:
+        expressed.change(
+            "Megatron-LM/Transformer Engine have no row-wise FP8 recipe (--fp8-recipe "
+            "tensorwise, delayed, mxfp8 or blockwise): the nearest finer-than-tensor scaling "
+            "is blockwise (1x128 / 128x128)",
+            fp8_recipe=Fp8Recipe.BLOCKWISE,
+        )
+        recipe = Fp8Recipe.BLOCKWISE
+    fmt = "e4m3" if recipe is Fp8Recipe.BLOCKWISE else "hybrid"
+    return [("--fp8-format", fmt), ("--fp8-recipe", recipe.value)]
+
+
 def _megatron_precision(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:
     p = config.precision
     # Megatron's --bf16/--fp16 are the mixed layouts: 16-bit weights and gradients, fp32 main
@@ -309,7 +330,7 @@ def _megatron_precision(config: TrainingConfig, expressed: Expressed) -> list[tu
     if p is Precision.FP16_MIXED:
         return [("--fp16", None)]
     if p is Precision.FP8_MIXED:
-        return [("--bf16", None), ("--fp8-format", "hybrid")]
+        return [("--bf16", None), *_megatron_fp8_recipe(config, expressed)]
     if p is Precision.MXFP8_MIXED:
         # Megatron-LM's Transformer Engine arguments (arguments.py, _add_transformer_engine_args):
         # --fp8-recipe {tensorwise, delayed, mxfp8, blockwise}; MXFP8 elements are E4M3.

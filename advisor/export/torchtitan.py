@@ -10,6 +10,7 @@ from typing import Any
 from advisor.config import (
     Checkpointing,
     ContextParallelKind,
+    Fp8Recipe,
     Offload,
     Precision,
     Sharding,
@@ -181,12 +182,18 @@ def _sections(
         sections["model"] = {"converters": ["quantize.linear.mx"]}
         sections["quantize.linear.mx"] = {"recipe_name": "mxfp8_cublas", "filter_fqns": ["output"]}
     if config.precision is Precision.FP8_MIXED:
+        # Tensorwise is the converter's default (no recipe_name); a recipe_name may not be
+        # combined with the float8 all-gather (torchtitan's Float8LinearConverter asserts:
+        # "... together with `float8_config.recipe_name` is not supported"), which is
+        # tensorwise-only anyway: rowwise all-gathers bf16 weights.
+        recipe = config.kernels.fp8_recipe
+        named = recipe is not None and recipe is not Fp8Recipe.TENSORWISE
         sections["model"] = {"converters": ["quantize.linear.float8"]}
         sections["quantize.linear.float8"] = {
-            "enable_fsdp_float8_all_gather": shard > 1,
-            "precompute_float8_dynamic_scale_for_fsdp": shard > 1,
+            "enable_fsdp_float8_all_gather": shard > 1 and not named,
+            "precompute_float8_dynamic_scale_for_fsdp": shard > 1 and not named,
             "filter_fqns": ["output"],
-        }
+        } | ({"recipe_name": recipe.value} if named and recipe is not None else {})
     return sections
 
 
@@ -429,6 +436,7 @@ def _torchtitan_precision(
                 "torchtitan trains in bf16 or fp32 only (no fp16 loss scaling)",
                 precision=Precision.BF16_MIXED,
             )
+        _torchtitan_fp8_recipe(config, expressed)
         if p is Precision.NVFP4_MIXED:
             # torchtitan v0.2.2's converters: float8 and mx (MXFP8) only, no NVFP4 training.
             expressed.change(
@@ -436,6 +444,27 @@ def _torchtitan_precision(
                 "quantize.linear.mx only): the nearest it runs is MXFP8",
                 precision=Precision.MXFP8_MIXED,
             )
+
+
+def _torchtitan_fp8_recipe(config: TrainingConfig, expressed: Expressed) -> None:
+    """torchtitan's float8 converter takes recipe_name tensorwise, rowwise or
+    rowwise_with_gw_hp (Float8Linear.recipe_name): no delayed scaling and no 1x128/128x128
+    blocks; the nearest it runs stands in."""
+    recipe = config.kernels.fp8_recipe
+    if config.precision is not Precision.FP8_MIXED or recipe is None:
+        return
+    if recipe is Fp8Recipe.DELAYED:
+        expressed.change(
+            "torchtitan's float8 converter scales with the current amax only (tensorwise or "
+            "rowwise): the nearest to delayed scaling is tensorwise",
+            fp8_recipe=Fp8Recipe.TENSORWISE,
+        )
+    elif recipe is Fp8Recipe.BLOCKWISE:
+        expressed.change(
+            "torchtitan's float8 converter has no 1x128/128x128 block scaling (tensorwise or "
+            "rowwise): the nearest finer-than-tensor scaling it runs is rowwise",
+            fp8_recipe=Fp8Recipe.ROWWISE,
+        )
 
 
 def _torchtitan_offload(

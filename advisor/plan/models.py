@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from advisor.config import TrainingConfig
 from advisor.cost.convergence import StepsBand, StepsSource
@@ -79,6 +79,11 @@ class Recommendation(BaseModel):
     )
     layout: str = _d("the parallel layout in short: tp8 pp16 dp1 ...")
     stack: str = _d("kernel stack the memory and time assume: hf or fused")
+    fp8_recipe: str | None = _d(
+        "an fp8-mixed plan's FP8 scaling recipe where --fp8-recipe chose one (tensorwise, "
+        "rowwise, blockwise or delayed); absent otherwise (fp8-mixed runs tensorwise)",
+        default=None,
+    )
     memory_savers: list[str] = _d("technique ids of the memory savers in use")
     global_batch: int = _d("samples per optimizer step this plan trains with")
     global_batch_note: str = _d(
@@ -145,6 +150,13 @@ class Recommendation(BaseModel):
         "GPU-hours, energy, cost; absent without a budget",
         default=None,
     )
+
+    @model_serializer(mode="wrap")
+    def _recipe_if_chosen(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("fp8_recipe") is None:
+            out.pop("fp8_recipe", None)
+        return out
 
 
 RejectionKind = Literal["rule", "memory", "host-memory", "incompatible", "batch"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from advisor.config import Precision, TrainingConfig
 from advisor.cost.convergence import TimeToTarget, time_to_target
 from advisor.hardware.target import Target
 from advisor.plan.evaluator import CostFn, Evaluator, Plan
@@ -181,6 +182,12 @@ def _time_to_target(ctx: Context, p: Plan, cost_fn: CostFn) -> TimeToTarget:
     return time_to_target(context_steps(ctx, c), p.cost.seconds, base)
 
 
+def _fp8_recipe(c: TrainingConfig) -> str | None:
+    """The recipe of an fp8-mixed plan where one was chosen (--fp8-recipe)."""
+    recipe = c.kernels.fp8_recipe
+    return recipe.value if recipe is not None and c.precision is Precision.FP8_MIXED else None
+
+
 def _recommendation(
     ctx: Context, row: Row, rank: int, decision: Decision, cost_fn: CostFn
 ) -> Recommendation:
@@ -212,6 +219,7 @@ def _recommendation(
         moe_dispatcher=c.layout.moe_dispatcher.value,
         layout=p.layout.label,
         stack=c.kernels.stack.value,
+        fp8_recipe=_fp8_recipe(c),
         memory_savers=[t for t in p.techniques if t in MEMORY_SAVER_IDS],
         global_batch=p.global_batch,
         global_batch_note=p.batch_note,

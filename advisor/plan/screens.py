@@ -161,7 +161,9 @@ def reference_config(ctx: Context, space: PlanSpace, task: Task) -> TrainingConf
             micro_batch=ctx.workload.micro_batch or 1, seq_len=ctx.workload.seq_len
         ),
         layout=ParallelLayout(data_parallel=ctx.workload.world_size),
-        kernels=Kernels(attention=attention, stack=ctx.workload.stack),
+        kernels=Kernels(
+            attention=attention, stack=ctx.workload.stack, fp8_recipe=ctx.workload.fp8_recipe
+        ),
         adapters=workload_adapters(ctx),
     )
 

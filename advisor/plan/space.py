@@ -18,6 +18,7 @@ from advisor.config import (
     BatchGeometry,
     Checkpointing,
     ContextParallelKind,
+    Fp8Recipe,
     Kernels,
     MemorySavers,
     Offload,
@@ -112,6 +113,9 @@ class Workload(BaseModel):
     )
     lora_targets: tuple[str, ...] | None = Field(
         default=None, description="what LoRA/QLoRA plans adapt (--lora-targets; None: default)"
+    )
+    fp8_recipe: Fp8Recipe | None = Field(
+        default=None, description="the recipe fp8-mixed plans scale by (--fp8-recipe)"
     )
 
     @property
@@ -362,6 +366,7 @@ def baseline_config(ctx: Context) -> TrainingConfig:
         kernels=Kernels(
             attention=Attention.EAGER if ctx.spec.cnn is not None else default_attention(ctx),
             stack=ctx.workload.stack,
+            fp8_recipe=ctx.workload.fp8_recipe,
         ),
         adapters=workload_adapters(ctx),
     )

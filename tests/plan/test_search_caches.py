@@ -270,7 +270,10 @@ def _alternatives(field: str, value: Any) -> list[Any]:
     if isinstance(value, int):
         return [1, 2, 8]
     if value is None:
-        return {"tp_comm_overlap": [True, False], "shard_group": [2]}.get(field, [])
+        fp8 = ["tensorwise", "rowwise", "blockwise", "delayed"]
+        return {"tp_comm_overlap": [True, False], "shard_group": [2], "fp8_recipe": fp8}.get(
+            field, []
+        )
     return []
 
 
@@ -301,7 +304,8 @@ def test_a_held_memory_memo_answers_as_a_fresh_model_whatever_field_changes() ->
         opt = tax.get(base.optimizer)
         flat = base.model_dump()  # every field, sub-records' included, by its flat key
         for field in FLAT_FIELDS:
-            for value in _alternatives(field, flat[field]):
+            # NOTE: the view leaves out fp8_recipe unless an fp8-mixed plan chose one.
+            for value in _alternatives(field, flat.get(field)):
                 try:
                     changed = TrainingConfig.model_validate({**flat, field: value})
                     fresh = estimate_memory(LLAMA, changed, optimizer=opt)

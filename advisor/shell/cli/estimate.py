@@ -49,6 +49,15 @@ PrecisionOpt = Annotated[
         "nvfp4-mixed (Blackwell). Default: bf16-mixed, or fp16-mixed on a GPU without bf16.",
     ),
 ]
+Fp8RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fp8-recipe",
+        help="With --precision fp8-mixed: how FP8 operands are scaled: tensorwise (the "
+        "default, torchao's), rowwise (torchao), blockwise (DeepSeek-V3's 1x128/128x128, "
+        "TE Float8BlockScaling) or delayed (TE DelayedScaling, Megatron's default).",
+    ),
+]
 AttentionOpt = Annotated[
     str | None,
     typer.Option(
@@ -242,6 +251,7 @@ def estimate(
     task: TaskOpt = "finetune",
     optimizer: OptimizerOpt = "adamw",
     precision: PrecisionOpt = None,
+    fp8_recipe: Fp8RecipeOpt = None,
     attention: AttentionOpt = None,
     checkpointing: CheckpointingOpt = None,
     ac_frequency: AcFrequencyOpt = None,
@@ -323,6 +333,7 @@ def estimate(
         task=task,
         optimizer=optimizer,
         precision=precision or "bf16-mixed",
+        fp8_recipe=fp8_recipe,
         attention=attention or "flash",
         checkpointing=checkpointing or "none",
         ac_frequency=ac_frequency,

@@ -124,6 +124,14 @@ ObjectiveOpt = Annotated[
     ),
 ]
 PrivacyOpt = Annotated[str, typer.Option("--privacy", help="none or dp (DP-SGD).")]
+Fp8RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fp8-recipe",
+        help="The scaling recipe fp8-mixed plans run: tensorwise (the default), rowwise, "
+        "blockwise (DeepSeek-V3's 1x128/128x128) or delayed.",
+    ),
+]
 LoraTargetsOpt = Annotated[
     str | None,
     typer.Option(
@@ -208,6 +216,7 @@ def recommend(
     objective: ObjectiveOpt = "balanced",
     privacy: PrivacyOpt = "none",
     lora_targets: LoraTargetsOpt = None,
+    fp8_recipe: Fp8RecipeOpt = None,
     sparse_features: SparseFeaturesOpt = False,
     top: TopOpt = 5,
     calibrate: CalibrateOpt = None,
@@ -293,6 +302,7 @@ def recommend(
                 "tp": tp,
                 "pp": pp,
                 "lora_targets": lora_targets,
+                "fp8_recipe": fp8_recipe,
                 "calibrate": calibrate,
             },
             rules=rules_dirs(rules_dir) if rules_dir else None,
@@ -321,6 +331,7 @@ def recommend(
         tp=tp,
         pp=pp,
         lora_targets=lora_targets,
+        fp8_recipe=fp8_recipe,
         context_parallel=context_parallel,
         context_parallel_kind=context_parallel_kind,
         expert_parallel=expert_parallel,

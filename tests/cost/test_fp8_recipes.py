@@ -1,0 +1,148 @@
+"""The FP8 scaling recipes priced apart: each recipe's GEMM share against the kernel tables
+it comes from (benchmarks/data/fp8_recipe_gemms.yaml), and its cast traffic.
+
+No absolute time is asserted: GEMM time ratios between recipes are compared with the kernel
+tables' throughput ratios, cast traffic with the passes each recipe's kernels make.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from advisor.config import Checkpointing, Fp8Recipe, Precision, Stack, Task, TrainingConfig
+from advisor.cost import predict_step_time
+from advisor.cost.fp8recipes import GEMM_SHARE, cast_bytes, effective_recipe
+from advisor.hardware.profiles import get_hardware_profile
+from advisor.model import get_model_profile
+from benchmarks.fp8_recipes import fit_shares, load_rows, ratios
+
+H100 = get_hardware_profile("h100-sxm-80gb")
+LLAMA8 = get_model_profile("llama-3.1-8b")
+ROWS = load_rows()
+
+
+def _parts(
+    recipe: Fp8Recipe | None, precision: Precision = Precision.FP8_MIXED, **kw: Any
+) -> dict[str, float]:
+    config = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=precision,
+        micro_batch=2,
+        seq_len=8192,
+        stack=Stack.FUSED,
+        checkpointing=Checkpointing.SELECTIVE,
+        fp8_recipe=recipe,
+        **kw,
+    )
+    st = predict_step_time(LLAMA8, config, calibration=None, hardware=H100)
+    return {k: v.seconds for k, v in st.components.items()} | {"total": st.seconds}
+
+
+def test_every_recipe_has_a_share_cast_bytes_and_a_kernel_table_row() -> None:
+    assert set(GEMM_SHARE) == set(Fp8Recipe)
+    named = {r["recipe"] for r in ROWS}
+    assert {"tensorwise", "rowwise", "blockwise"} <= named
+    # Every row names a source the file describes, and every source has rows.
+    import yaml
+
+    from benchmarks.fp8_recipes import DATA
+
+    sources = yaml.safe_load(DATA.read_text())["sources"]
+    assert {r["source"] for r in ROWS} == set(sources)
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "blockwise"])
+def test_gemm_share_is_the_kernel_tables_ratio(recipe: str) -> None:
+    fitted = fit_shares(ROWS)["shares"][recipe]
+    assert GEMM_SHARE[Fp8Recipe(recipe)] == pytest.approx(fitted, abs=5e-4)
+
+
+def test_rowwise_share_is_within_the_tables_per_shape_spread() -> None:
+    per_shape = ratios(ROWS, "vllm-17126", "rowwise", "tensorwise")
+    assert len(per_shape) >= 2
+    assert min(per_shape) <= GEMM_SHARE[Fp8Recipe.ROWWISE] <= max(per_shape)
+
+
+def test_blockwise_share_is_within_every_published_blockwise_ratio() -> None:
+    # FBGEMM's block/row ratios at training shapes (x the rowwise share) and the H100
+    # block/tensor ratios of vLLM #49363 at inference shapes bracket the share.
+    row = GEMM_SHARE[Fp8Recipe.ROWWISE]
+    evidence = [r * row for r in ratios(ROWS, "fbgemm-2546", "blockwise", "rowwise")]
+    evidence += ratios(ROWS, "vllm-49363", "blockwise", "tensorwise")
+    assert len(evidence) >= 7
+    assert min(evidence) <= GEMM_SHARE[Fp8Recipe.BLOCKWISE] <= max(evidence)
+    # Block scaling costs GEMM throughput at training shapes (FBGEMM: 0.73-0.77 of rowwise).
+    assert GEMM_SHARE[Fp8Recipe.BLOCKWISE] < 0.8
+
+
+@pytest.mark.parametrize("recipe", ["rowwise", "blockwise", "delayed"])
+def test_gemm_time_scales_as_the_kernel_tables_throughput(recipe: str) -> None:
+    # The blocks' FP8 GEMMs take 1/share of the tensorwise time: the tables' TFLOP/s ratio.
+    tensorwise = _parts(Fp8Recipe.TENSORWISE)["forward_backward"]
+    other = _parts(Fp8Recipe(recipe))["forward_backward"]
+    table = fit_shares(ROWS)["shares"][recipe]
+    assert tensorwise / other == pytest.approx(table, abs=5e-4)
+
+
+def test_default_is_tensorwise_bit_for_bit() -> None:
+    assert _parts(None) == _parts(Fp8Recipe.TENSORWISE)
+
+
+def test_attention_and_lm_head_do_not_depend_on_the_recipe() -> None:
+    base = _parts(Fp8Recipe.TENSORWISE)
+    for recipe in Fp8Recipe:
+        parts = _parts(recipe)
+        assert parts["attention"] == base["attention"]
+        assert parts["lm_head"] == base["lm_head"]
+
+
+def test_cast_traffic_follows_the_passes_each_recipe_makes() -> None:
+    casts = {r: _parts(r)["fp8_casts"] for r in Fp8Recipe}
+    # delayed: no amax pass; blockwise: amax per tile inside the cast, but re-quantised
+    # activation copies; tensorwise: an amax pass per cast; rowwise: re-quantised backward
+    # operands and a rescale of the backward GEMMs' outputs.
+    assert (
+        casts[Fp8Recipe.DELAYED]
+        < casts[Fp8Recipe.BLOCKWISE]
+        < casts[Fp8Recipe.TENSORWISE]
+        < casts[Fp8Recipe.ROWWISE]
+    )
+
+
+@pytest.mark.parametrize(
+    ("recipe", "fwd", "bwd"),
+    [
+        # per element of input, weight and output (mk = nk = mn = 1): forward casts the input
+        # and the weight; backward casts the output gradient and makes the backward copies.
+        # tensorwise: amax (read 2) + cast (read 2, write 1) = 5 per cast; FP8 transposes 2.
+        ("tensorwise", 10.0, 5.0 + 2.0 * 3),
+        # delayed: the cast records the amax as it goes: 3 per cast; transposes 2.
+        ("delayed", 6.0, 3.0 + 2.0 * 3),
+        # rowwise: three re-quantisations from 16 bits (5 each) + the rescale of dgrad's and
+        # wgrad's outputs (read 2, write 2 each).
+        ("rowwise", 10.0, 5.0 + 5.0 * 3 + 4.0 * 2),
+        # blockwise: fused casts (3); input and gradient re-tiled 128x1 (3 each); the
+        # 128x128 weight blocks transpose exactly (2).
+        ("blockwise", 6.0, 3.0 + 3.0 + 2.0 + 3.0),
+    ],
+)
+def test_cast_bytes_per_element(recipe: str, fwd: float, bwd: float) -> None:
+    assert cast_bytes(Fp8Recipe(recipe), 1.0, 1.0, 1.0) == (fwd, bwd)
+
+
+def test_a_recipe_prices_only_fp8_mixed() -> None:
+    assert effective_recipe(Precision.FP8_MIXED, None) is Fp8Recipe.TENSORWISE
+    assert effective_recipe(Precision.MXFP8_MIXED, Fp8Recipe.ROWWISE) is None
+    assert effective_recipe(Precision.BF16_MIXED, Fp8Recipe.BLOCKWISE) is None
+    assert _parts(Fp8Recipe.ROWWISE, Precision.BF16_MIXED) == _parts(None, Precision.BF16_MIXED)
+
+
+def test_the_json_view_lists_a_chosen_recipe_of_fp8_plans_only() -> None:
+    chosen = TrainingConfig(precision=Precision.FP8_MIXED, fp8_recipe=Fp8Recipe.ROWWISE)
+    assert chosen.model_dump(mode="json")["fp8_recipe"] == "rowwise"
+    assert TrainingConfig(**chosen.model_dump(mode="json")) == chosen
+    assert "fp8_recipe" not in TrainingConfig(precision=Precision.FP8_MIXED).model_dump()
+    bf16 = TrainingConfig(precision=Precision.BF16_MIXED, fp8_recipe=Fp8Recipe.ROWWISE)
+    assert "fp8_recipe" not in bf16.model_dump()
