@@ -303,10 +303,11 @@ def _megatron_fp8_recipe(config: TrainingConfig, expressed: Expressed) -> list[t
     """fp8-mixed's format and recipe: Megatron-LM's --fp8-recipe {tensorwise, delayed, mxfp8,
     blockwise} (arguments.py, _add_transformer_engine_args; default delayed). Per-tensor
     recipes take E4M3 forward and E5M2 gradients (hybrid); TE's Float8BlockScaling is E4M3
-    throughout. TE has no row-wise recipe: the finest-grained one it runs on Hopper stands in."""
-    recipe = config.kernels.fp8_recipe
-    if recipe is None:
-        return [("--fp8-format", "hybrid")]
+    throughout. TE has no row-wise recipe: the finest-grained one it runs on Hopper stands in.
+    No recipe chosen: the plan was priced as tensorwise (current) scaling, the recipe of the
+    runs the FP8 share was fitted to, so that is what is exported, not Megatron's delayed
+    default."""
+    recipe = config.kernels.fp8_recipe or Fp8Recipe.TENSORWISE
     if recipe is Fp8Recipe.ROWWISE:
         expressed.change(
             "Megatron-LM/Transformer Engine have no row-wise FP8 recipe (--fp8-recipe "

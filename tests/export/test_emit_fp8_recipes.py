@@ -47,9 +47,12 @@ def test_megatron_has_no_rowwise_recipe_and_says_what_runs_instead() -> None:
     assert emission.expressed_config.kernels.fp8_recipe is Fp8Recipe.BLOCKWISE
 
 
-def test_megatron_without_a_chosen_recipe_is_unchanged() -> None:
-    args = dict(_megatron_args(emit_megatron(_plan(None)).text))
-    assert args["--fp8-format"] == "hybrid" and "--fp8-recipe" not in args
+def test_megatron_without_a_chosen_recipe_runs_what_was_priced() -> None:
+    # Megatron's --fp8-recipe defaults to delayed; the plan was priced as tensorwise (the
+    # recipe of the runs the FP8 share was fitted to), so the export names it.
+    emission = emit_megatron(_plan(None))
+    args = dict(_megatron_args(emission.text))
+    assert args["--fp8-format"] == "hybrid" and args["--fp8-recipe"] == "tensorwise"
 
 
 @pytest.mark.parametrize(
