@@ -126,9 +126,12 @@ def _spec(run: dict[str, Any]) -> Any:
 
     if "model" in run:
         return get_model_profile(run["model"])
-    from advisor.model.hf_config import load_hf_config
+    from advisor.model.hfmeta import spec_from_any_config
 
-    return load_hf_config(Path(__file__).parent / "data" / run["model_config"])
+    # NOTE: the same reader as `estimate --model-config` (built-in readers, else transformers
+    # on the meta device).
+    path = Path(__file__).parent / "data" / run["model_config"]
+    return spec_from_any_config(json.loads(path.read_text()), path)
 
 
 def _predicted(report: Any, measured: str) -> int:
@@ -272,7 +275,8 @@ def _commit() -> str:
 def _print(result: dict[str, Any]) -> None:
     print(f"{'run':36} {'measured':>10} {'predicted GiB':>22} {'error':>8}  fits")
     for r in result["rows"]:
-        pred = "-".join(f"{v:.1f}" for v in sorted(set(r["predicted_gib"].values())))
+        ends = sorted(r["predicted_gib"].values())
+        pred = f"{ends[0]:.1f}" if ends[0] == ends[-1] else f"{ends[0]:.1f}-{ends[-1]:.1f}"
         print(
             f"{r['id']:36} {r['measured_gib']:>7.1f} {r['measured'][:3]}"
             f" {pred:>22} {r['error']:>+8.1%}  {'yes' if r['fits'] else 'NO'}"

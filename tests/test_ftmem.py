@@ -1,0 +1,70 @@
+"""benchmarks/ftmem.py: published training-memory runs against `estimate`.
+
+The rows are published measurements (benchmarks/data/ftmem_runs.yaml); the checks compare the
+estimate with them, and check that every row says where its number comes from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.ftmem import DATA, UNITS, load_runs, main, run_all, signed_error
+
+
+def test_every_run_cites_a_source_url_and_where_in_it() -> None:
+    sources, runs = load_runs()
+    assert len(runs) >= 9 and len(sources) >= 4  # counted, so a silently emptied file fails
+    for run in runs:
+        src = sources[run["source"]]
+        assert src["url"].startswith("https://"), run["id"]
+        assert run["where"].strip(), run["id"]
+    assert {r["source"] for r in runs} == set(sources)  # no source without a run
+
+
+def test_a_broken_file_reports_every_problem_together(tmp_path: Path) -> None:
+    bad = tmp_path / "runs.yaml"
+    bad.write_text(
+        "sources:\n  s: {title: t, url: 'ftp://x'}\n"
+        "runs:\n  - {id: a, source: nope, measured: guessed, unit: MB, model: llama-2-7b}\n"
+    )
+    with pytest.raises(ValueError) as err:
+        load_runs(bad)
+    text = str(err.value)
+    for part in ("no http(s) url", "missing where", "unknown source", "measured must", "unit"):
+        assert part in text
+
+
+def test_error_is_zero_inside_an_unstated_recompute_range_else_to_the_nearer_end() -> None:
+    levels = {"none": 30 * 2**30, "selective": 25 * 2**30, "full": 20 * 2**30}
+    assert signed_error(22 * 2**30, levels) == 0.0
+    assert signed_error(40 * 2**30, levels) == pytest.approx(-0.25)
+    assert signed_error(10 * 2**30, levels) == pytest.approx(1.0)
+
+
+def test_two_published_runs_are_predicted_within_20_percent() -> None:
+    # torchao's Llama2-7B full-bf16 fused-AdamW row (51.6 GiB allocated, A100) and GaLore's
+    # single-GPU LLaMA-7B 8-bit per-layer row (22.72 GB on an RTX 4090): published figures.
+    ids = {"torchao-llama2-7b-adamw-fused", "galore-7b-bs1"}
+    result = run_all(ids)
+    assert {r["id"] for r in result["rows"]} == ids
+    _, runs = load_runs()
+    published = {r["id"]: r["value"] * UNITS[r["unit"]] / 2**30 for r in runs if r["id"] in ids}
+    for row in result["rows"]:
+        assert row["measured_gib"] == pytest.approx(published[row["id"]], abs=0.01)
+        assert abs(row["error"]) <= 0.20, row
+        assert row["fits"], row  # both ran
+    torchao = next(r for r in result["rows"] if r["id"].startswith("torchao"))
+    assert set(torchao["predicted_gib"]) == {"none", "selective", "full"}  # unstated: range
+
+
+def test_main_writes_the_date_command_and_per_source_figures(tmp_path: Path) -> None:
+    out = tmp_path / "ftmem.json"
+    main(["--only", "galore-7b-bs1", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["date"] and doc["command"].startswith("python -m benchmarks.ftmem")
+    assert set(doc["by_source"]) == {"galore-repo"}
+    assert doc["by_source"]["galore-repo"]["runs"] == 1
+    assert DATA.exists()
