@@ -250,9 +250,15 @@ def run_all(only: set[str] | None = None, path: Path = DATA) -> dict[str, Any]:
         for key in sources
         if any(r["source"] == key for r in rows)
     }
+    by_measure = {
+        kind: summarise([r for r in rows if r["measured"] == kind])
+        for kind in MEASURES
+        if any(r["measured"] == kind for r in rows)
+    }
     return {
         "rows": rows,
         "by_source": by_source,
+        "by_measure": by_measure,
         "overall": summarise(rows) if rows else {},
         "sources": {k: {"title": v["title"], "url": v["url"]} for k, v in sources.items()},
     }
@@ -282,8 +288,10 @@ def _print(result: dict[str, Any]) -> None:
             f" {pred:>22} {r['error']:>+8.1%}  {'yes' if r['fits'] else 'NO'}"
         )
     print()
-    print(f"{'source':24} {'runs':>4} {'median |err|':>12} {'bias':>7} {'within 20%':>10}  no-fit")
-    for key, s in [*result["by_source"].items(), ("ALL", result["overall"])]:
+    print(f"{'source':24} {'rows':>4} {'median |err|':>12} {'bias':>7} {'within 20%':>10}  no-fit")
+    lines = [*result["by_source"].items(), ("ALL", result["overall"])]
+    lines += [(f"measured: {k}", v) for k, v in result["by_measure"].items()]
+    for key, s in lines:
         print(
             f"{key:24} {s['runs']:>4} {s['median_abs_error']:>12.1%} {s['bias']:>+7.1%}"
             f" {s['within_20pct']:>10.0%}  {len(s['predicted_not_to_fit'])}"
