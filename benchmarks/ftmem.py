@@ -14,9 +14,11 @@ Where a run does not state its activation checkpointing the estimate is the rang
 selective and full (as `estimate` answers without --checkpointing): the error is 0 inside the
 range, else the distance to its nearer end, and the run "fits" when some level fits.
 
-A check, not a fit: nothing here feeds a constant of the memory model. Per source it reports
-the median |error|, the bias (median signed error), the share within +-20% and the runs that
-really ran but are predicted not to fit; writes benchmarks/results/ftmem.json.
+A check, not a fit: nothing here feeds a constant of the memory model. Per source and per kind
+of measurement it reports the median |error|, the bias (median signed error), the share within
++-20% and the runs that really ran but are predicted not to fit; the file's `ooms` (runs a
+source reports as out of memory) must be predicted not to fit. Writes
+benchmarks/results/ftmem.json.
 
     python -m benchmarks.ftmem                 # ~10 s; --only ID[,ID] for some rows
 """
@@ -75,6 +77,25 @@ OPTIONAL = (
     "seq_note",
     "note",
 )
+
+
+def load_ooms(path: Path = DATA) -> list[dict[str, Any]]:
+    """The runs a source reports as out of memory (``ooms``: a run's fields without
+    measured, value and unit), checked as load_runs checks runs."""
+    doc = yaml.safe_load(path.read_text())
+    ooms = doc.get("ooms") or []
+    sources = doc.get("sources") or {}
+    problems = []
+    for i, run in enumerate(ooms):
+        rid = run.get("id", f"#{i}")
+        need = [k for k in REQUIRED if k not in ("measured", "value", "unit")]
+        problems += [f"{rid}: missing {k}" for k in need if k not in run]
+        problems += [f"{rid}: unknown field {k}" for k in run if k not in REQUIRED + OPTIONAL]
+        if run.get("source") not in sources:
+            problems.append(f"{rid}: unknown source {run.get('source')!r}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return ooms
 
 
 def load_runs(path: Path = DATA) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -232,7 +253,7 @@ def run_all(only: set[str] | None = None, path: Path = DATA) -> dict[str, Any]:
     for run in runs:
         if only and run["id"] not in only:
             continue
-        measured = run["value"] * UNITS[run["unit"]]
+        measured = run["value"] * UNITS[run["unit"]]  # measured peak, bytes
         pred = predict(run)
         rows.append(
             {
@@ -255,8 +276,25 @@ def run_all(only: set[str] | None = None, path: Path = DATA) -> dict[str, Any]:
         for kind in MEASURES
         if any(r["measured"] == kind for r in rows)
     }
+    # Runs the source reports as out of memory: the estimate should not fit them (at any
+    # checkpointing level it may have used).
+    ooms = []
+    for run in load_ooms(path):
+        if only and run["id"] not in only:
+            continue
+        pred = predict({**run, "measured": "nvidia-smi"})
+        ooms.append(
+            {
+                "id": run["id"],
+                "source": run["source"],
+                "predicted_gib": {k: round(v / 2**30, 2) for k, v in pred.by_level.items()},
+                "fits": pred.fits,
+            }
+        )
     return {
         "rows": rows,
+        "ooms": ooms,
+        "oom_predicted_to_fit": [r["id"] for r in ooms if r["fits"]],
         "by_source": by_source,
         "by_measure": by_measure,
         "overall": summarise(rows) if rows else {},
@@ -287,6 +325,9 @@ def _print(result: dict[str, Any]) -> None:
             f"{r['id']:36} {r['measured_gib']:>7.1f} {r['measured'][:3]}"
             f" {pred:>22} {r['error']:>+8.1%}  {'yes' if r['fits'] else 'NO'}"
         )
+    for r in result["ooms"]:
+        pred = "-".join(f"{v:.1f}" for v in sorted(r["predicted_gib"].values()))
+        print(f"{r['id']:36} {'OOM':>10} {pred:>22} {'':>8}  {'yes' if r['fits'] else 'no'}")
     print()
     print(f"{'source':24} {'rows':>4} {'median |err|':>12} {'bias':>7} {'within 20%':>10}  no-fit")
     lines = [*result["by_source"].items(), ("ALL", result["overall"])]
@@ -296,6 +337,8 @@ def _print(result: dict[str, Any]) -> None:
             f"{key:24} {s['runs']:>4} {s['median_abs_error']:>12.1%} {s['bias']:>+7.1%}"
             f" {s['within_20pct']:>10.0%}  {len(s['predicted_not_to_fit'])}"
         )
+    n = len(result["ooms"])
+    print(f"out-of-memory runs predicted to fit: {len(result['oom_predicted_to_fit'])} of {n}")
 
 
 def main(argv: list[str] | None = None) -> None:

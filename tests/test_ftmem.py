@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ftmem import DATA, UNITS, load_runs, main, run_all, signed_error
+from benchmarks.ftmem import DATA, UNITS, load_ooms, load_runs, main, run_all, signed_error
 
 
 def test_every_run_cites_a_source_url_and_where_in_it() -> None:
@@ -22,6 +22,9 @@ def test_every_run_cites_a_source_url_and_where_in_it() -> None:
         assert src["url"].startswith("https://"), run["id"]
         assert run["where"].strip(), run["id"]
     assert {r["source"] for r in runs} == set(sources)  # no source without a run
+    ooms = load_ooms()
+    assert len(ooms) >= 10
+    assert all(o["where"].strip() and o["source"] in sources for o in ooms)
 
 
 def test_a_broken_file_reports_every_problem_together(tmp_path: Path) -> None:
@@ -59,6 +62,14 @@ def test_three_published_runs_are_predicted_within_20_percent() -> None:
         assert row["fits"], row  # both ran
     torchao = next(r for r in result["rows"] if r["id"].startswith("torchao"))
     assert set(torchao["predicted_gib"]) == {"none", "selective", "full"}  # unstated: range
+
+
+def test_a_run_the_source_reports_out_of_memory_is_predicted_not_to_fit() -> None:
+    # fms-acceleration: Llama-2-70B full fp16 fine-tuning on one A100 80GB left no train
+    # metrics and nvidia-smi at 80,837 MiB.
+    result = run_all({"fms-full-llama2-70b-1gpu-bs4-oom"})
+    assert [r["id"] for r in result["ooms"]] == ["fms-full-llama2-70b-1gpu-bs4-oom"]
+    assert result["oom_predicted_to_fit"] == []
 
 
 def test_main_writes_the_date_command_and_per_source_figures(tmp_path: Path) -> None:
