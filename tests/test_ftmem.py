@@ -81,3 +81,21 @@ def test_main_writes_the_date_command_and_per_source_figures(tmp_path: Path) -> 
     assert set(doc["by_measure"]) == {"unstated"}
     assert doc["by_source"]["galore-repo"]["runs"] == 1
     assert DATA.exists()
+
+
+@pytest.mark.heavy
+def test_allocator_recompute_replays_a_checkpointed_step() -> None:
+    # benchmarks/allocator_recompute.py on a tiny shape: the replay of a real recorded step
+    # reserves at least what it allocates, and checkpointing lowers the allocated peak.
+    from advisor.memory.allocator import CachingAllocator
+    from benchmarks.allocator_fit import record_trace
+    from benchmarks.allocator_recompute import _step
+
+    peaks = {}
+    for ckpt in (False, True):
+        params, step, weights = _step(256, 4, 128, 2, lora=False, ckpt=ckpt)
+        replay = CachingAllocator().replay(record_trace(params, step))
+        assert weights > 0
+        assert replay.peak_requested <= replay.peak_allocated <= replay.peak_reserved
+        peaks[ckpt] = replay.peak_allocated
+    assert peaks[True] < peaks[False]
