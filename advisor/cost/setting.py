@@ -12,6 +12,7 @@ from advisor.config import (
     Attention,
     Checkpointing,
     ContextParallelKind,
+    MoeBalance,
     MoeDispatcher,
     Precision,
     Sharding,
@@ -64,6 +65,9 @@ class MicroBatchConfig(NamedTuple):
     expert_tensor_parallel: int  # resolved (ParallelLayout.expert_tp)
     moe_dispatcher: MoeDispatcher
     expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
+    moe_balance: MoeBalance  # the router's load balancing (the busiest rank's excess)
+    capacity_factor: float | None
+    pad_to_capacity: bool
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -91,6 +95,9 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.expert_tp,
         layout.moe_dispatcher,
         capacity_scale(layout),
+        layout.moe_balance,
+        layout.capacity_factor,
+        layout.pad_to_capacity,
     )
 
 
