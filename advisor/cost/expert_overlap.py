@@ -39,9 +39,10 @@ plus the sampling noise of one micro-batch:
   0.72 at 1B). A rank holding ``m`` experts carries the hottest expert's excess spread over
   its ``m`` experts (the others at the mean): ``MaxVio / m``;
 - the noise: the ``R`` token-expert rows of the expert-parallel group land on ``ep`` ranks
-  multinomially; the largest of ``ep`` such counts exceeds the mean ``R / ep`` by about
-  ``sqrt(2 ln ep)`` standard deviations ``sqrt(R (1/ep)(1 - 1/ep))`` (the maximum of ``ep``
-  near-Gaussian counts; checked against sampled routing in tests/cost/test_expert_overlap.py).
+  multinomially; the largest of ``ep`` such counts exceeds the mean ``R / ep`` by the
+  expected maximum of ``ep`` standard normals, ``z = Phi^-1((ep - 0.375) / (ep + 0.25))``
+  (Blom 1958), standard deviations ``sqrt(R (1/ep)(1 - 1/ep))``; checked against sampled
+  routing in tests/cost/test_expert_overlap.py.
 
 With a capacity factor the busiest expert is capped at the capacity (``cf`` times the mean):
 padded to capacity every expert runs exactly the capacity, so no rank waits for another.
@@ -50,6 +51,7 @@ padded to capacity every expert runs exactly the capacity, so no rank waits for 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import NamedTuple
 
 from advisor.config import MoeBalance, MoeOverlap
@@ -97,7 +99,8 @@ def straggler_factor(
     local = max(1, experts // ep)
     excess = MAX_VIOLATION[balance] / local
     if rows > 0:
-        noise = math.sqrt(2 * math.log(ep)) * math.sqrt((1 - 1 / ep) * ep / rows)
+        z = NormalDist().inv_cdf((ep - 0.375) / (ep + 0.25))
+        noise = z * math.sqrt((1 - 1 / ep) * ep / rows)
         excess += noise
     factor = 1.0 + excess
     if capacity_factor is not None:
