@@ -11,9 +11,12 @@ Overlap (:class:`advisor.config.MoeOverlap`):
   Overlap: overlaps All-to-All with computation by merging FWD-BWD passes of adjacent
   microbatches"): the forward of micro-batch ``i`` runs beside the backward of micro-batch
   ``i - 1`` on a second stream, so the four all-to-alls of one forward/backward pair run
-  under that pair's compute. Only the steady state pairs: the warm-up forwards and the
-  cool-down backwards of the busiest (first) pipeline stage, ``min(A, pp)`` micro-batches,
-  run alone (one, the first forward and the last backward, without pipelining).
+  under that pair's compute. Only the steady state pairs: the first stage's warm-up
+  forwards and cool-down backwards run alone. Megatron-Core's interleaved schedule (which
+  the overlap needs with PP > 1) warms up with ``2 (pp - 1) + (v - 1) pp`` model-chunk
+  forwards on the first stage (megatron/core/pipeline_parallel/schedules.py,
+  ``forward_backward_pipelining_with_interleaving``: ``num_warmup_microbatches``), each
+  ``1 / v`` of a micro-batch; without pipelining the first forward and the last backward.
   Megatron-Core requires expert parallelism, the alltoall or flex dispatcher, no full
   recomputation and virtual pipeline stages with PP > 1 (transformer_config.py
   ``__post_init__``).
@@ -154,13 +157,18 @@ class Exposed(NamedTuple):
     unpaired: float
 
 
-def unpaired_micro_batches(overlap: MoeOverlap, accumulation: int, pp: int) -> float:
+def unpaired_micro_batches(overlap: MoeOverlap, accumulation: int, pp: int, v: int = 1) -> float:
     """Micro-batches of the busiest stage whose all-to-alls no other micro-batch's compute
     hides (module docstring): all under ``none``, the warm-up/cool-down ramp otherwise."""
     A = accumulation
     if overlap is MoeOverlap.NONE:
         return float(A)
-    ramp = pp if overlap is MoeOverlap.A2A_OVERLAP else max(1.0, pp / 2)
+    if overlap is MoeOverlap.DUALPIPE:
+        ramp = pp / 2
+    elif pp > 1:
+        ramp = (2 * (pp - 1) + (v - 1) * pp) / v
+    else:
+        ramp = 1.0
     return float(min(A, max(1.0, ramp)))
 
 
@@ -172,6 +180,7 @@ def exposed_all_to_all(
     accumulation: int,
     pp: int,
     sm_share: float,
+    v: int = 1,
 ) -> Exposed:
     """Exposed all-to-all seconds of one step on the busiest stage.
 
@@ -182,6 +191,7 @@ def exposed_all_to_all(
             what a paired micro-batch runs beside them.
         accumulation: micro-batches per step.
         pp: pipeline stages.
+        v: virtual stages (model chunks) per pipeline rank.
         sm_share: share of the SMs the communication kernels take
             (:func:`comm_sm_share`).
 
@@ -189,7 +199,7 @@ def exposed_all_to_all(
         The step's exposed seconds, the SM share's part of them, the unpaired count.
     """
     A = accumulation
-    unpaired = unpaired_micro_batches(overlap, A, pp)
+    unpaired = unpaired_micro_batches(overlap, A, pp, v)
     paired = A - unpaired
     if paired <= 0 or a2a <= 0:
         return Exposed(a2a * A, 0.0, unpaired)

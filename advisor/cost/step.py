@@ -301,7 +301,13 @@ def _overlap_all_to_all(
     hw_id = s.hw.id if s.hw is not None else None
     share = comm_sm_share(hw_id)
     ex = exposed_all_to_all(
-        overlap, a2a=part.seconds / A, compute=compute, accumulation=A, pp=s.pp, sm_share=share
+        overlap,
+        a2a=part.seconds / A,
+        compute=compute,
+        accumulation=A,
+        pp=s.pp,
+        sm_share=share,
+        v=s.v,
     )
     hidden = 1.0 - ex.seconds / part.seconds if part.seconds else 0.0
     parts["expert_all_to_all"] = ComponentTime(

@@ -152,3 +152,14 @@ def test_deepseek_v3_throughput_with_dualpipe_near_the_reported_gpu_hours() -> N
     assert per_gpu_tokens / dual["total"] == pytest.approx(published, rel=0.2)
     # Without the overlap the same layout is predicted far slower than it ran.
     assert per_gpu_tokens / none["total"] < 0.7 * published
+
+
+def test_interleaved_warm_up_runs_unpaired() -> None:
+    # Megatron-Core's interleaved schedule warms the first stage up with
+    # 2 (pp - 1) + (v - 1) pp chunk forwards (schedules.py num_warmup_microbatches): pp 4,
+    # v 2 -> 10 chunks of half a micro-batch = 5 micro-batches whose transfers run alone.
+    ex = exposed_all_to_all(
+        MoeOverlap.A2A_OVERLAP, a2a=1.0, compute=3.0, accumulation=32, pp=4, sm_share=0.15, v=2
+    )
+    assert ex.unpaired == pytest.approx(5.0)
+    assert ex.seconds == pytest.approx(5.0 + 27 * 0.15)
