@@ -22,6 +22,10 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 from typing_extensions import Self
 
+from advisor.moe_terms import MoeBalance as MoeBalance
+from advisor.moe_terms import MoeDispatcher as MoeDispatcher
+from advisor.moe_terms import MoeOverlap as MoeOverlap
+
 #: The matrices LoRA may adapt in every block, by their role (the memory model maps fused
 #: and latent projections onto them: GPT-2/Phi-3's qkv, Phi-3's gate_up, MLA's q_a/kv_a/kv_b),
 #: and the whole tensors outside the blocks that can be trained beside the adapters (PEFT's
@@ -286,27 +290,6 @@ class _Frozen(BaseModel):
         return made
 
 
-class MoeDispatcher(str, Enum):
-    """How an MoE layer moves its tokens to the experts and back (Megatron-Core
-    ``--moe-token-dispatcher-type``, megatron/core/transformer/moe/token_dispatcher.py).
-
-    ``alltoall``: each rank permutes its tokens by expert and exchanges them with an
-    all-to-all over the expert-parallel group, then all-gathers them over the expert
-    tensor-parallel group (what Megatron recommends with expert parallelism).
-    ``allgather``: every rank all-gathers the hidden states of its whole expert
-    tensor x expert parallel group and keeps the tokens routed to its own experts; the
-    outputs return by a reduce-scatter (Megatron's default; best without expert
-    parallelism or with a large top-k). ``flex``: DeepEP's fused dispatch and combine
-    (``--moe-token-dispatcher-type flex --moe-enable-deepep``), which sends a token once per
-    destination rank however many of its top-k experts live there (deepseek-ai/DeepEP
-    ``Buffer.get_dispatch_layout``: ``num_tokens_per_rank``, ``is_token_in_rank``).
-    """
-
-    ALLTOALL = "alltoall"
-    ALLGATHER = "allgather"
-    FLEX = "flex"
-
-
 class BatchGeometry(_Frozen):
     """What one device processes per pass and per optimizer step."""
 
@@ -372,6 +355,16 @@ class ParallelLayout(_Frozen):
         default=False,
         description="MoE: every expert's batch padded to its capacity "
         "(--moe-pad-expert-input-to-capacity; needs a capacity factor)",
+    )
+    moe_overlap: MoeOverlap = Field(
+        default=MoeOverlap.NONE,
+        description="MoE: what hides the expert all-to-alls under compute: none, "
+        "a2a-overlap (Megatron-Core 1F1B) or dualpipe (DeepSeek-V3)",
+    )
+    moe_balance: MoeBalance = Field(
+        default=MoeBalance.LOSS_FREE,
+        description="MoE router load balancing: loss-free (expert bias) or aux-loss; sets "
+        "the busiest expert rank's excess load",
     )
 
     @model_validator(mode="after")
@@ -585,6 +578,8 @@ FLAT_FIELDS: dict[str, tuple[str | None, str]] = {
     "moe_dispatcher": ("layout", "moe_dispatcher"),
     "capacity_factor": ("layout", "capacity_factor"),
     "pad_to_capacity": ("layout", "pad_to_capacity"),
+    "moe_overlap": ("layout", "moe_overlap"),
+    "moe_balance": ("layout", "moe_balance"),
 }
 
 
@@ -720,6 +715,8 @@ class TrainingConfig(_Frozen):
         moe_dispatcher: MoeDispatcher | _Keep = _KEEP,
         capacity_factor: float | _Keep | None = _KEEP,
         pad_to_capacity: bool | _Keep = _KEEP,
+        moe_overlap: MoeOverlap | _Keep = _KEEP,
+        moe_balance: MoeBalance | _Keep = _KEEP,
         checkpointing: Checkpointing | _Keep = _KEEP,
         ac_frequency: int | _Keep = _KEEP,
         offload: Offload | _Keep = _KEEP,

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advisor.app.limits import check_fp8_recipe, parse_lora_targets
+from advisor.app.moe_overlap import check_moe_overlap
 from advisor.config import (
     Adapters,
     Attention,
@@ -16,7 +17,9 @@ from advisor.config import (
     ContextParallelKind,
     Kernels,
     MemorySavers,
+    MoeBalance,
     MoeDispatcher,
+    MoeOverlap,
     Offload,
     OptimizerImpl,
     ParallelLayout,
@@ -236,6 +239,8 @@ def build_config(
     moe_dispatcher: str = "alltoall",
     capacity_factor: float | None = None,
     pad_to_capacity: bool = False,
+    moe_overlap: str = "none",
+    moe_balance: str = "loss-free",
     optimizer_in_backward: bool = False,
     activation_offload: bool = False,
     ac_frequency: int | None = None,
@@ -283,6 +288,16 @@ def build_config(
             "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
         )
     recipe = check_fp8_recipe(fp8_recipe, precision)
+    overlap = _enum(MoeOverlap, moe_overlap, "--moe-overlap")
+    check_moe_overlap(
+        overlap,
+        expert_parallel=expert_parallel,
+        dispatcher=_enum(MoeDispatcher, moe_dispatcher, "--moe-dispatcher"),
+        checkpointing=ckpt,
+        pipeline_parallel=pipeline_parallel,
+        virtual_stages=virtual_stages,
+        grad_accumulation=grad_accumulation,
+    )
     try:
         return TrainingConfig(
             task=_enum(Task, task, "--task"),
@@ -308,6 +323,8 @@ def build_config(
                 moe_dispatcher=_enum(MoeDispatcher, moe_dispatcher, "--moe-dispatcher"),
                 capacity_factor=capacity_factor,
                 pad_to_capacity=pad_to_capacity,
+                moe_overlap=overlap,
+                moe_balance=_enum(MoeBalance, moe_balance, "--moe-balance"),
             ),
             savers=MemorySavers(
                 checkpointing=ckpt,

@@ -6,6 +6,7 @@ HSDP); measured NCCL/gloo bandwidth where the calibration has it."""
 from __future__ import annotations
 
 from advisor.config import Checkpointing, Sharding, Task, TrainingConfig
+from advisor.cost.expert_overlap import rank_straggler
 from advisor.cost.moe import dispatch_volumes
 from advisor.cost.result import ComponentTime, Source
 from advisor.cost.setting import Setting, grad_bytes, shard_group, trainable, weight_bytes
@@ -174,14 +175,17 @@ def parallel_terms(s: Setting, parts: dict[str, ComponentTime]) -> None:
                 else "exposed"
             ),
         )
-    ep_s = ep_comm(s) * L
+    # The all-to-all ends when the busiest expert rank has received its rows.
+    straggler = rank_straggler(s)
+    ep_s = ep_comm(s) * L * straggler
     if ep_s:
         parts["expert_all_to_all"] = ComponentTime(
             seconds=ep_s,
             source=Source.ANALYTIC,
             detail=f"EP={s.ep}"
             + (f" ETP={s.etp}" if s.etp != s.tp else "")
-            + f", {s.mb.moe_dispatcher.value} dispatcher",
+            + f", {s.mb.moe_dispatcher.value} dispatcher"
+            + (f", busiest rank +{straggler - 1:.1%}" if straggler > 1 else ""),
         )
     if s.pp > 1:
         act = 4 if s.dtype in ("fp32", "tf32") else 2

@@ -17,6 +17,7 @@ from advisor.cost.efficiency import (
     gemm_efficiency,
     split_attention,
 )
+from advisor.cost.expert_overlap import imbalance_detail, rank_straggler
 from advisor.cost.fp8recipes import CAST_BYTES, CAST_DETAIL, GEMM_SHARE, cast_bytes
 from advisor.cost.result import ComponentTime, Source, merge
 from advisor.cost.setting import Setting
@@ -137,6 +138,18 @@ def layer_gemm(s: Setting) -> tuple[float, float, Source]:
     fwd, src = gemm_seconds(s, _block_gemms(s))
     # dgrad and wgrad are GEMMs of the same three dimensions: twice the forward.
     return 3 * fwd, fwd, src
+
+
+def expert_gemm_share(s: Setting) -> float:
+    """Share of one block's forward GEMM seconds that its routed experts take (0 for a
+    dense model or a block the calibration timed whole)."""
+    if s.spec.num_experts <= 1 or s.spec.cnn is not None or layer_measured(s):
+        return 0.0
+    gemms = _block_gemms(s)
+    total, _ = gemm_seconds(s, gemms)
+    routed = [g for g, m in zip(gemms, s.matrices, strict=True) if m[3]]
+    experts, _ = gemm_seconds(s, routed) if routed else (0.0, Source.ANALYTIC)
+    return experts / total if total > 0 else 0.0
 
 
 def _block_gemms(s: Setting) -> list[Gemm]:
@@ -282,6 +295,16 @@ def block_terms(s: Setting, zeroth: bool, parts: dict[str, ComponentTime]) -> fl
     if c.dp_sgd and not zeroth:
         body *= 4 / 3  # per-sample gradients redo the weight-gradient GEMMs
     parts["forward_backward"] = ComponentTime(seconds=body * L, source=g_src)
+    factor = rank_straggler(s)
+    if factor > 1.0:
+        # The expert GEMMs end when the busiest expert-parallel rank ends.
+        extra = body * expert_gemm_share(s) * (factor - 1.0) * L
+        parts["expert_imbalance"] = ComponentTime(
+            seconds=extra,
+            source=g_src,
+            detail=f"busiest of EP={s.ep} ranks routed {factor - 1:.1%} over the mean "
+            f"({imbalance_detail(s)})",
+        )
     a_fb, a_fwd, a_src = attention(s)
     parts["attention"] = ComponentTime(
         seconds=(2 * a_fwd if zeroth else a_fb) * L, source=a_src, detail=s.kernel.value

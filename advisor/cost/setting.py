@@ -13,6 +13,7 @@ from advisor.config import (
     Checkpointing,
     ContextParallelKind,
     Fp8Recipe,
+    MoeBalance,
     MoeDispatcher,
     Precision,
     Sharding,
@@ -67,6 +68,9 @@ class MicroBatchConfig(NamedTuple):
     moe_dispatcher: MoeDispatcher
     expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
     fp8_recipe: Fp8Recipe | None  # fp8-mixed's recipe (tensorwise by default), else None
+    moe_balance: MoeBalance  # the router's load balancing (the busiest rank's excess)
+    capacity_factor: float | None
+    pad_to_capacity: bool
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -95,6 +99,9 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.moe_dispatcher,
         capacity_scale(layout),
         effective_recipe(config.precision, kernels.fp8_recipe),
+        layout.moe_balance,
+        layout.capacity_factor,
+        layout.pad_to_capacity,
     )
 
 

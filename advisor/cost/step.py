@@ -4,10 +4,11 @@ copies, offload and paged transfers, data-parallel communication); and the entry
 
 from __future__ import annotations
 
-from advisor.config import Offload, TrainingConfig
+from advisor.config import MoeOverlap, Offload, TrainingConfig
 from advisor.cost import comm, compute, context, offload, optimizer
 from advisor.cost.data import CalibrationCache
 from advisor.cost.efficiency import CPU_EFFICIENCY, efficiency_for
+from advisor.cost.expert_overlap import comm_sm_share, dualpipe_bubble, exposed_all_to_all
 from advisor.cost.memo import MicroBatch, ModelMemo, Scaled, StepMemo
 from advisor.cost.result import ComponentTime, Source, StepTime
 from advisor.cost.setting import Setting, micro_batch_config
@@ -194,6 +195,7 @@ def head_on_critical_path(s: Setting, parts: dict[str, ComponentTime]) -> float:
         return 1.0
     per_layer_keys = (
         "forward_backward",
+        "expert_imbalance",
         "attention",
         "elementwise",
         "fp8_casts",
@@ -253,7 +255,20 @@ def step_terms(
     batch = c.batch
     parts, fwd, bwd, mb_seconds = micro_batches(s, zeroth, batch.grad_accumulation, held)
     A = batch.grad_accumulation
-    if s.pp > 1:
+    overlap = c.layout.moe_overlap
+    if overlap is not MoeOverlap.NONE and "expert_all_to_all" in parts and not zeroth:
+        _overlap_all_to_all(s, overlap, parts, A)
+    if s.pp > 1 and overlap is MoeOverlap.DUALPIPE and not zeroth:
+        # DeepSeek-V3 report, Table 2: F&B the overlapped pair, B a backward, W its
+        # weight-gradient GEMMs (as long as the data-gradient ones: a third of the GEMMs).
+        pair = sum(p.seconds for p in parts.values()) / A
+        wgrad = parts["forward_backward"].seconds / A / 3
+        parts["pipeline_bubble"] = ComponentTime(
+            seconds=dualpipe_bubble(s.pp, fwd, bwd, wgrad, pair),
+            source=Source.ANALYTIC,
+            detail=f"DualPipe bubble (PP/2-1)(F&B+B-3W), PP={s.pp}",
+        )
+    elif s.pp > 1:
         bubble = (s.pp - 1) / s.v * mb_seconds
         parts["pipeline_bubble"] = ComponentTime(
             seconds=bubble,
@@ -263,6 +278,45 @@ def step_terms(
     if c.savers.activation_offload and not zeroth:
         parts["activation_offload"] = offload.activation_offload(s, c, fwd, bwd)
     return parts, fwd, bwd
+
+
+# The blocks' compute of one micro-batch: what a paired micro-batch runs beside the
+# all-to-alls (advisor/cost/expert_overlap.py).
+_BLOCK_COMPUTE = (
+    "forward_backward",
+    "expert_imbalance",
+    "attention",
+    "elementwise",
+    "fp8_casts",
+    "recompute",
+)
+
+
+def _overlap_all_to_all(
+    s: Setting, overlap: MoeOverlap, parts: dict[str, ComponentTime], A: int
+) -> None:
+    """Replace the step's expert all-to-alls by what the overlap leaves exposed."""
+    part = parts["expert_all_to_all"]
+    compute = sum(parts[k].seconds for k in _BLOCK_COMPUTE if k in parts) / A
+    hw_id = s.hw.id if s.hw is not None else None
+    share = comm_sm_share(hw_id)
+    ex = exposed_all_to_all(
+        overlap,
+        a2a=part.seconds / A,
+        compute=compute,
+        accumulation=A,
+        pp=s.pp,
+        sm_share=share,
+        v=s.v,
+    )
+    hidden = 1.0 - ex.seconds / part.seconds if part.seconds else 0.0
+    parts["expert_all_to_all"] = ComponentTime(
+        seconds=ex.seconds,
+        source=part.source,
+        detail=f"{part.detail}; {overlap.value}: {hidden:.0%} hidden under the paired "
+        f"micro-batch's compute, {ex.unpaired:g} of {A} micro-batch(es) unpaired, "
+        f"{ex.sm_tax:.3g} s for the {share:.0%} of SMs the all-to-all kernels take",
+    )
 
 
 def _once_per_step(

@@ -12,6 +12,7 @@ from advisor.config import (
     ContextParallelKind,
     Fp8Recipe,
     MoeDispatcher,
+    MoeOverlap,
     Offload,
     Precision,
     Sharding,
@@ -68,6 +69,12 @@ def emit_megatron(
         )
     notes: list[str] = []
     expressed = Expressed(config)
+    if config.layout.moe_overlap is MoeOverlap.DUALPIPE and config.layout.expert_parallel > 1:
+        expressed.change(
+            "Megatron-LM has no DualPipe schedule: its nearest is the batch-level 1F1B "
+            "all-to-all overlap (--overlap-moe-expert-parallel-comm)",
+            moe_overlap=MoeOverlap.A2A_OVERLAP,
+        )
     args = _megatron_layout(config)
     args += [
         ("--micro-batch-size", config.batch.micro_batch),
@@ -218,6 +225,11 @@ def _megatron_moe(config: TrainingConfig) -> list[tuple[str, Any]]:
         args.append(("--moe-expert-capacity-factor", p.capacity_factor))
         if p.pad_to_capacity:
             args.append(("--moe-pad-expert-input-to-capacity", None))
+    if p.expert_parallel > 1 and p.moe_overlap is not MoeOverlap.NONE:
+        # Batch-level EP A2A overlap (MCore v0.14, megatron/core/transformer/moe/README.md:
+        # "--overlap-moe-expert-parallel-comm --delay-wgrad-compute"); Megatron-LM has no
+        # DualPipe, whose pairing of a forward and a backward chunk this is the nearest to.
+        args += [("--overlap-moe-expert-parallel-comm", None), ("--delay-wgrad-compute", None)]
     return args
 
 

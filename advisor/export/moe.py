@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from advisor.config import MoeDispatcher, TrainingConfig
+from advisor.config import MoeDispatcher, MoeOverlap, TrainingConfig
 from advisor.export.expression import Expressed
 
 
@@ -35,6 +35,19 @@ def _dispatch_only_all_to_all(config: TrainingConfig, engine: str, expressed: Ex
     )
 
 
+def _no_overlap_schedule(config: TrainingConfig, engine: str, expressed: Expressed) -> None:
+    """Move a plan whose all-to-alls a schedule hides to one where they wait: ``engine``
+    has neither Megatron-Core's 1F1B A2A overlap nor DualPipe."""
+    overlap = config.layout.moe_overlap
+    if overlap is MoeOverlap.NONE:
+        return
+    expressed.change(
+        f"{engine} has no {overlap.value} schedule: its all-to-alls wait for their transfers",
+        same_plan=config.layout.expert_parallel == 1,
+        moe_overlap=MoeOverlap.NONE,
+    )
+
+
 def deepspeed_moe(config: TrainingConfig, expressed: Expressed, notes: list[str]) -> None:
     """DeepSpeed-MoE (``deepspeed.moe.layer.MoE``; Rajbhandari et al. 2022): the expert
     degree and capacity are arguments of the layer in the model code, not of the JSON.
@@ -49,6 +62,7 @@ def deepspeed_moe(config: TrainingConfig, expressed: Expressed, notes: list[str]
     if not _moe_set(config):
         return
     _dispatch_only_all_to_all(config, "DeepSpeed-MoE", expressed)
+    _no_overlap_schedule(config, "DeepSpeed-MoE", expressed)
     p = expressed.config.layout
     if p.capacity_factor is not None and not p.pad_to_capacity:
         expressed.change(
@@ -98,6 +112,7 @@ def torchtitan_moe(
         parallelism["expert_parallel_comm_backend"] = "deepep"
     else:
         _dispatch_only_all_to_all(config, "torchtitan", expressed)
+    _no_overlap_schedule(config, "torchtitan", expressed)
     p = expressed.config.layout
     if p.capacity_factor is not None:
         expressed.change(

@@ -221,6 +221,23 @@ PadToCapacityOpt = Annotated[
     bool,
     typer.Option("--pad-to-capacity", help="Pad every expert's batch to its capacity."),
 ]
+MoeOverlapOpt = Annotated[
+    str,
+    typer.Option(
+        "--moe-overlap",
+        help="What hides the expert all-to-alls under compute: none, a2a-overlap "
+        "(Megatron-Core --overlap-moe-expert-parallel-comm --delay-wgrad-compute) or "
+        "dualpipe (DeepSeek-V3's DualPipe).",
+    ),
+]
+MoeBalanceOpt = Annotated[
+    str,
+    typer.Option(
+        "--moe-balance",
+        help="MoE router load balancing: loss-free (expert bias, DeepSeek-V3) or aux-loss "
+        "(load-balancing loss); prices the busiest expert rank's extra load.",
+    ),
+]
 OptimizerInBackwardOpt = Annotated[
     bool,
     typer.Option("--optimizer-in-backward", help="Per-layer updates during backward."),
@@ -281,6 +298,8 @@ def estimate(
     moe_dispatcher: MoeDispatcherOpt = "alltoall",
     capacity_factor: CapacityFactorOpt = None,
     pad_to_capacity: PadToCapacityOpt = False,
+    moe_overlap: MoeOverlapOpt = "none",
+    moe_balance: MoeBalanceOpt = "loss-free",
     optimizer_in_backward: OptimizerInBackwardOpt = False,
     activation_offload: ActivationOffloadOpt = False,
     hardware: HardwareOpt = None,
@@ -362,6 +381,8 @@ def estimate(
         moe_dispatcher=moe_dispatcher,
         capacity_factor=capacity_factor,
         pad_to_capacity=pad_to_capacity,
+        moe_overlap=moe_overlap,
+        moe_balance=moe_balance,
         optimizer_in_backward=optimizer_in_backward,
         activation_offload=activation_offload,
     )

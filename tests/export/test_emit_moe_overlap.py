@@ -1,0 +1,49 @@
+"""The all-to-all overlap in the engines' own terms: Megatron-Core's batch-level EP A2A
+overlap flags (megatron/core/transformer/moe/README.md: ``--overlap-moe-expert-parallel-comm
+--delay-wgrad-compute``), DualPipe as a stated change (Megatron-LM has none), and engines
+without either schedule moving the plan to exposed all-to-alls."""
+
+from __future__ import annotations
+
+import shlex
+
+from advisor.config import MoeOverlap, Sharding, Stack, Task, TrainingConfig
+from advisor.export import emit_megatron, emit_torchtitan
+
+
+def _config(overlap: MoeOverlap) -> TrainingConfig:
+    return TrainingConfig(
+        task=Task.PRETRAIN,
+        gpus=16,
+        expert_parallel=8,
+        micro_batch=1,
+        sharding=Sharding.ZERO1,
+        stack=Stack.FUSED,
+        moe_overlap=overlap,
+    )
+
+
+def _flags(text: str) -> set[str]:
+    body = text.split("MEGATRON_ARGS=(", 1)[1].rsplit(")", 1)[0]
+    return {shlex.split(line)[0] for line in body.strip().splitlines()}
+
+
+def test_megatron_writes_the_a2a_overlap_flags() -> None:
+    emission = emit_megatron(_config(MoeOverlap.A2A_OVERLAP), nodes=2)
+    flags = _flags(emission.text)
+    assert {"--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute"} <= flags
+    assert not emission.differs
+    plain = _flags(emit_megatron(_config(MoeOverlap.NONE), nodes=2).text)
+    assert "--overlap-moe-expert-parallel-comm" not in plain
+
+
+def test_megatron_has_no_dualpipe() -> None:
+    emission = emit_megatron(_config(MoeOverlap.DUALPIPE), nodes=2)
+    assert emission.differs and "DualPipe" in emission.reason
+    assert emission.expressed_config.layout.moe_overlap is MoeOverlap.A2A_OVERLAP
+
+
+def test_torchtitan_exposes_the_all_to_alls() -> None:
+    emission = emit_torchtitan(_config(MoeOverlap.A2A_OVERLAP), nodes=2)
+    assert emission.differs and "a2a-overlap" in emission.reason
+    assert emission.expressed_config.layout.moe_overlap is MoeOverlap.NONE
