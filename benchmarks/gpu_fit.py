@@ -330,6 +330,74 @@ def fwd_bwd_share(c: dict[str, float], s: int, d: int, causal: bool) -> float:
     return 3.5 / (1 / share("") + 2.5 / share("bwd_"))
 
 
+def _curve_share(c: dict[str, float], prefix: str, s: int, d: int, causal: bool) -> float:
+    s0 = c[prefix + ("s0_causal" if causal else "s0")]
+    d0 = c[prefix + "d0"]
+    return c[prefix + "max"] * s / (s + s0) * (d / (d + d0)) / (128 / (128 + d0))
+
+
+@functools.cache
+def a100_attention_bars() -> dict[str, Any]:
+    """Every A100 attention bar against its fitted curve: Fig. 4's FlashAttention-2 and
+    xformers fwd+bwd bars, Figs. 5-6's forward and backward bars (fitted or left out by the
+    Fig. 4 consistency check), each with the model's TFLOP/s and the relative error."""
+    data = _load("attention_kernels.yaml")
+    fa2, xf = ampere_attention(), ampere_mem_efficient()
+    table = data["a100_fa2_paper"]
+    used = {id(r) for r in consistent_pairs(table, data["fa2_a100"])}
+
+    def bar(r: dict[str, Any], model: float, **extra: Any) -> dict[str, Any]:
+        return {
+            **{k: r[k] for k in ("head_dim", "causal", "seq_len")},
+            "paper": r["tflops"],
+            "model": round(model * 312, 1),
+            "error": round(model * 312 / r["tflops"] - 1, 4),
+            **extra,
+        }
+
+    groups: dict[str, list[dict[str, Any]]] = {
+        "fig4_fa2_fwd_bwd": [
+            bar(r, fwd_bwd_share(fa2, r["seq_len"], r["head_dim"], r["causal"]))
+            for r in data["fa2_a100"]
+        ],
+        "fig4_xformers_fwd_bwd": [
+            bar(r, _curve_share(xf, "", r["seq_len"], r["head_dim"], r["causal"]))
+            for r in data["xformers_a100"]
+        ],
+    }
+    for name, prefix in (("fwd", ""), ("bwd", "bwd_")):
+        groups[f"fig{5 if name == 'fwd' else 6}_fa2_{name}"] = [
+            bar(
+                r,
+                _curve_share(fa2, prefix, r["seq_len"], r["head_dim"], r["causal"]),
+                fitted=id(r) in used,
+            )
+            for r in table["rows"]
+            if r["pass"] == name
+        ]
+    out: dict[str, Any] = {}
+    for name, rows in groups.items():
+        for label, sel in (("", rows), ("_fitted", [r for r in rows if r.get("fitted", True)])):
+            if label and all(r.get("fitted", True) for r in rows):
+                continue
+            errors = [abs(r["error"]) for r in sel]
+            out[name + label] = {
+                "bars": len(sel),
+                "median_abs_error": round(statistics.median(errors), 4),
+                "worst_abs_error": round(max(errors), 4),
+            }
+        out[name + "_bars"] = rows
+    return out
+
+
+def _bars_said(name: str) -> str:
+    s = a100_attention_bars()[name]
+    return (
+        f"{s['bars']} bars, median |error| {s['median_abs_error']:.1%},"
+        f" worst {s['worst_abs_error']:.1%}"
+    )
+
+
 @functools.cache
 def ampere_mem_efficient() -> dict[str, float]:
     """xformers' memory-efficient kernel's fwd+bwd curve on A100 (FlashAttention-2 paper,
@@ -532,9 +600,16 @@ def _efficiency(
     )
     # Forward and backward apart (FlashAttention-2 paper, Figs. 5-6, A100): the backward
     # reaches a lower share of the peak than the forward, and recompute re-runs the forward.
+    fa2_said = (
+        f"; fwd+bwd vs Fig. 4: {_bars_said('fig4_fa2_fwd_bwd')}; fitted Fig. 5 bars:"
+        f" {_bars_said('fig5_fa2_fwd_fitted')}; fitted Fig. 6 bars:"
+        f" {_bars_said('fig6_fa2_bwd_fitted')}"
+    )
     fa2_entry = AttentionEfficiency(
         **{k: round(v, 4 if "max" in k else 1) for k, v in fa2.items()},
-        source=_FA2 + ("" if gen is Generation.AMPERE else "; same share assumed on " + gen.value),
+        source=_FA2
+        + fa2_said
+        + ("" if gen is Generation.AMPERE else "; same share assumed on " + gen.value),
     )
     attention = {
         "fa2": fa2_entry,
@@ -542,6 +617,7 @@ def _efficiency(
         "mem-efficient": AttentionEfficiency(
             **{k: round(v, 4 if k == "max" else 1) for k, v in ampere_mem_efficient().items()},
             source=_XF_A100
+            + f"; {_bars_said('fig4_xformers_fwd_bwd')}"
             + ("" if gen is Generation.AMPERE else "; same share assumed on " + gen.value),
         ),
         "eager": AttentionEfficiency(
@@ -946,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         "held_out_source": HELD_OUT,
         "fitted": {k: {p: round(v, 4) for p, v in d.items()} for k, d in fit.items()},
         "flash_attention_2": {k: round(v, 4) for k, v in fa2.items()},
+        "a100_attention_bars": a100_attention_bars(),
         "hopper_gemm_shape": {k: round(v, 4) for k, v in _hopper_shape().items()},
         "hopper_bf16_gemm_kernel_curve": kernel_gemm_check(fit),
         "fit_summary": summarize(fitted),
