@@ -215,7 +215,7 @@ def attention(s: Setting) -> tuple[float, float, Source]:
     if split_attention(s.eff, s.kernel):
         # Forward and backward at their own measured throughputs (the backward runs at a
         # lower share of the peak than the forward: FlashAttention-3 paper, Figs. 5-6).
-        e_bwd = attention_efficiency(s.eff, s.kernel, seq, d, causal, backward=True)
+        e_bwd = attention_efficiency(s.eff, s.kernel, chunk, d, causal, backward=True)
         bwd_factor = (_EAGER_FB if eager else _FLASH_FB) - 1.0
         fb = fwd + bwd_factor * fwd_flops / (s.peak16() * e_bwd)
     else:
