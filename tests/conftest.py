@@ -145,6 +145,7 @@ HEAVY_FILES = {
     "test_memory_encoder.py",
     "test_memory_finetune.py",
     "test_memory_qlora.py",
+    "test_memory_lm_loss.py",
     "test_memory_architectures.py",
     "test_memory_bnb.py",
     "test_memory_checkpointing.py",

@@ -48,10 +48,12 @@ def loss_memory(
       upcasts them to fp32 and log-softmax keeps its fp32 output; nll keeps int64 targets.
       The backward allocates the fp32 gradients of the log-probabilities and of the logits
       (``8·t·V``) before casting back.
-    - ``fused`` (in-place fused cross-entropy: flash-attn ``CrossEntropyLoss`` saves logits,
-      an fp32 log-sum-exp and labels and writes the gradient into the logits' storage;
-      Megatron's vocab-parallel cross-entropy likewise): logits in the compute dtype + 4 B
-      per token, no fp32 copy, no extra gradient buffer.
+    - ``fused`` (the engines the fused stack exports to): Megatron-Core's vocab-parallel
+      cross-entropy upcasts the logits to fp32 (``calculate_logits_max``:
+      ``vocab_parallel_logits.float()``), keeps the fp32 softmax for backward and writes the
+      gradient into it in place; torchtitan's loss runs ``cross_entropy(pred.float(), ...)``.
+      Both keep 4 B per logit (measured: tests/memory/test_memory_lm_loss.py), an fp32
+      log-sum-exp and the labels; the 16-bit logits are the model output, gone once upcast.
     - fused linear cross-entropy (``fused_loss``, Liger ``LigerFusedLinearCrossEntropy``;
       Hsu et al. 2024): the logits are never materialised. Chunks of
       ``next_pow2(ceil(t / ceil(V/h)))`` tokens are projected, their loss and gradients
@@ -103,7 +105,9 @@ def loss_memory(
         # the fp32 loss per token lives until it is reduced.
         return LossMemory(saved_bytes=saved, transient_bytes=chunk * V * c + chunk * h * c + 4 * t)
     if stack is Stack.FUSED:
-        return LossMemory(saved_bytes=c * t * V + 4 * t + 8 * t, transient_bytes=0)
+        return LossMemory(
+            saved_bytes=4 * t * V + 4 * t + 8 * t, output_bytes=c * t * V, transient_bytes=0
+        )
     # NOTE: HF's ForCausalLMLoss upcasts the logits to fp32; cross-entropy's log-softmax
     # keeps its fp32 output for backward; nll_loss keeps int64 targets. The logits
     # themselves are kept by nothing autograd needs (the upcast saves nothing), so once the
