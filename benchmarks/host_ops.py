@@ -85,6 +85,9 @@ METADATA_OPS = frozenset(
         "movedim",
         "view_as",
         "_has_compatible_shallow_copy_type",
+        # AdamW's step counters are CPU tensors (capturable=False, the default): reading one
+        # with .item() launches nothing on a GPU.
+        "_local_scalar_dense",
     }
 )
 # GEMM-class and attention-class ops: what a fused (compiled or Megatron) stack still launches
@@ -182,7 +185,9 @@ def _model(family: str, layers: int, attn: str, dropout: str) -> Any:
     return model
 
 
-def _step(model: Any, batch: int, seq: int, autocast: bool = False) -> Callable[[], None]:
+def _step(
+    model: Any, batch: int, seq: int, autocast: bool = False, backward: bool = True
+) -> Callable[[], None]:
     import torch
 
     ids = torch.randint(0, VOCAB, (batch, seq))
@@ -192,8 +197,9 @@ def _step(model: Any, batch: int, seq: int, autocast: bool = False) -> Callable[
         # autocast, the backward outside it.
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
-        model.zero_grad(set_to_none=True)
+        if backward:
+            out.loss.backward()
+            model.zero_grad(set_to_none=True)
 
     return run
 
@@ -229,6 +235,8 @@ def count_model(family: str, attn: str, dropout: str, autocast: bool = False) ->
     two = _count(_step(_model(family, 2, attn, dropout), BATCH, SEQ, autocast))
     block = _minus(two, one)
     rest = _minus(one, block)
+    fwd_one = _count(_step(_model(family, 1, attn, dropout), BATCH, SEQ, autocast, False))
+    fwd_two = _count(_step(_model(family, 2, attn, dropout), BATCH, SEQ, autocast, False))
     return {
         "family": family,
         "attention": attn,
@@ -236,6 +244,8 @@ def count_model(family: str, attn: str, dropout: str, autocast: bool = False) ->
         "autocast": autocast,
         "block": _split(block),
         "rest": _split(rest),
+        "block_forward": _split(_minus(fwd_two, fwd_one)),
+        "rest_forward": _split(_minus(fwd_one, _minus(fwd_two, fwd_one))),
         "block_ops": dict(sorted(block.items())),
     }
 
@@ -297,6 +307,80 @@ def count_clip() -> dict[str, Any]:
     }
 
 
+# LoRA target sets per family: (the attention projections, every linear of the block), as
+# PEFT names the modules.
+_LORA_TARGETS = {
+    "llama": (
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    ),
+    "gpt2": (["c_attn"], ["c_attn", "c_proj", "c_fc"]),
+}
+
+
+def count_lora(family: str, autocast: bool) -> dict[str, Any]:
+    """A block's ops under PEFT LoRA (rank 8, no LoRA dropout, SDPA, the model's dropout off),
+    at two target sets: their difference over the difference in adapted matrices is the ops
+    one adapter adds, the rest the frozen block's own (its weight gradients are never made).
+    GPT-2's ``c_proj`` names both the attention output and the MLP output: 1 and 4 matrices."""
+    import peft
+    import torch
+
+    few, many = _LORA_TARGETS[family]
+    n_few, n_many = (4, 7) if family == "llama" else (1, 4)
+
+    def block(targets: list[str]) -> Counter[str]:
+        counts = []
+        for layers in (1, 2):
+            torch.manual_seed(0)
+            base = _model(family, layers, "sdpa", "none")
+            cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets)
+            model = peft.get_peft_model(base, cfg)
+            model.train()
+            counts.append(_count(_step(model, BATCH, SEQ, autocast)))
+        return _minus(counts[1], counts[0])
+
+    a, b = _split(block(few)), _split(block(many))
+    per = {k: (b[k] - a[k]) / (n_many - n_few) for k in a}
+    frozen = {k: a[k] - n_few * per[k] for k in a}
+    return {
+        "family": family,
+        "autocast": autocast,
+        "targets": [few, many],
+        "adapted_matrices": [n_few, n_many],
+        "blocks": [a, b],
+        "per_adapter": per,
+        "frozen_block": frozen,
+    }
+
+
+def count_compiled_block() -> dict[str, Any]:
+    """Kernels Inductor generates for one Llama block, forward + backward, when the block is
+    compiled (torchtitan's per-block ``torch.compile``, default mode: no CUDA graphs), and the
+    GEMM and attention calls it leaves to extern kernels (cuBLAS, SDPA). Counted with
+    Inductor's CPU backend (C++ kernels): the fusion decisions are the scheduler's, shared
+    with the Triton backend."""
+    import torch
+    from torch._inductor import metrics
+
+    torch._dynamo.reset()
+    metrics.reset()
+    torch.manual_seed(0)
+    model = _model("llama", 1, "sdpa", "none")
+    for layer in model.model.layers:
+        layer.compile()
+    _step(model, BATCH, SEQ)()
+    eager = count_model("llama", "sdpa", "none")["block"]
+    return {
+        "family": "llama",
+        "generated_kernels": metrics.generated_kernel_count,
+        "extern_gemm": eager["gemm"],
+        "extern_attention": eager["attention"],
+        "kernel": metrics.generated_kernel_count + eager["gemm"] + eager["attention"],
+        "backend": "inductor cpu (cpp)",
+    }
+
+
 def time_dispatch(family: str, rounds: int = 7, reps: int = 20) -> dict[str, Any]:
     """Seconds of host time per dispatched op: one block-sized step at 1 token of width 64
     (the kernels are negligible beside the dispatch), thread CPU time over the op count."""
@@ -348,14 +432,17 @@ def measure() -> dict[str, Any]:
         "shape": {"width": WIDTH, "heads": HEADS, "ffn": FFN, "vocab": VOCAB, "seq": SEQ},
         "note": "ATen ops dispatched by one forward (with labels: the model's own loss) and "
         "one backward, counted with a TorchDispatchMode on the CPU; block = 2 layers - 1 "
-        "layer, rest = 1 layer - block. kernel = all - views/metadata/allocations "
+        "layer, rest = 1 layer - block; block_forward: the same without the backward. "
+        "kernel = all - views/metadata/allocations "
         "(METADATA_OPS). Llama has no dropout on its hidden states (attention_dropout only, "
         "0 by default): counted without. autocast: the forward under CPU bf16 autocast "
         "(amp-bf16); the CUDA autocast op lists cast the same matmul inputs.",
         "models": models,
         "optimizers": [count_optimizer(i) for i in ("for-loop", "foreach", "fused")],
         "clip_grad_norm": count_clip(),
-        "dispatch_timing": [time_dispatch(f) for f in ("gpt2", "llama")],
+        "compiled_block": count_compiled_block(),
+        "lora": [count_lora(f, amp) for f in ("llama", "gpt2") for amp in (False, True)],
+        "dispatch_timing": [time_dispatch(f) for f in FAMILIES],
     }
 
 
@@ -376,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adamw {o['impl']:8} per tensor {o['per_tensor']} per group {o['per_group']}")
     print("clip", result["clip_grad_norm"])
     for t in result["dispatch_timing"]:
-        print(f"{t['family']}: {t['seconds_per_op_median'] * 1e6:.1f} us/op ({t['ops_per_step']} ops)")
+        print(
+            f"{t['family']}: {t['seconds_per_op_median'] * 1e6:.1f} us/op ({t['ops_per_step']} ops)"
+        )
     return 0
 
 

@@ -64,6 +64,8 @@ class MicroBatchConfig(NamedTuple):
     expert_tensor_parallel: int  # resolved (ParallelLayout.expert_tp)
     moe_dispatcher: MoeDispatcher
     expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
+    dropout: bool  # the model's own dropout (ops the host dispatches: advisor.cost.host)
+    lora_targets: tuple[str, ...]  # what LoRA adapts (adapters the host dispatches)
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -91,6 +93,8 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.expert_tp,
         layout.moe_dispatcher,
         capacity_scale(layout),
+        config.dropout,
+        config.adapters.lora_targets,
     )
 
 

@@ -4,13 +4,13 @@ copies, offload and paged transfers, data-parallel communication); and the entry
 
 from __future__ import annotations
 
-from advisor.config import Offload, TrainingConfig
-from advisor.cost import comm, compute, context, offload, optimizer
+from advisor.config import Offload, OptimizerImpl, TrainingConfig
+from advisor.cost import comm, compute, context, host, offload, optimizer
 from advisor.cost.data import CalibrationCache
 from advisor.cost.efficiency import CPU_EFFICIENCY, efficiency_for
 from advisor.cost.memo import MicroBatch, ModelMemo, Scaled, StepMemo
 from advisor.cost.result import ComponentTime, Source, StepTime
-from advisor.cost.setting import Setting, micro_batch_config
+from advisor.cost.setting import Setting, micro_batch_config, trainable_local
 from advisor.hardware.profiles import DeviceKind, HardwareProfile
 from advisor.memory import (
     fused_step_on,
@@ -100,6 +100,18 @@ def predict_step_time(
         bwd,
         optimizer_fused_step,
     )
+    if not zeroth and config.savers.offload is Offload.NONE:
+        # (an offloaded step runs on the host CPU: DeepSpeed's CPUAdam launches no kernels)
+        excess = host.with_optimizer_excess(
+            s,
+            parts.get("host_overhead"),
+            optimizer_fused_step,
+            config.kernels.optimizer_impl is OptimizerImpl.FOREACH,
+            trainable_local(s, config),
+            parts["optimizer_step"].seconds,
+        )
+        if excess is not None:
+            parts["host_overhead"] = excess
     _once_per_step(s, config, parts, zeroth, fwd, bwd, paged_traffic_bytes)
     total = sum(p.seconds for p in parts.values())
     sources = {p.source for p in parts.values() if p.seconds > 0}
@@ -179,6 +191,13 @@ def micro_batch(s: Setting, zeroth: bool) -> MicroBatch:
             )
     fwd = block_fwd * s.stage_layers + head_fwd * head_share
     total = sum(p.seconds for p in parts.values())
+    # NOTE: an eager step's host dispatches and launches every op; where that takes longer
+    # than the device's work the micro-batch takes the host's time (advisor.cost.host). The
+    # excess is its own term, outside the forward and backward compute that overlap and
+    # offload terms read.
+    waiting = host.micro_batch_excess(s, zeroth, total)
+    if waiting is not None:
+        parts["host_overhead"] = waiting
     return parts, fwd, max(total - fwd, 0.0)
 
 
