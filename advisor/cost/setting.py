@@ -65,7 +65,8 @@ class MicroBatchConfig(NamedTuple):
     moe_dispatcher: MoeDispatcher
     expert_rows: float  # routed rows relative to dropless balanced routing (capacity)
     dropout: bool  # the model's own dropout (ops the host dispatches: advisor.cost.host)
-    lora_targets: tuple[str, ...]  # what LoRA adapts (adapters the host dispatches)
+    lora_targets: tuple[str, ...]  # what LoRA adapts, under LoRA/QLoRA (the host dispatches
+    # each adapter's ops every micro-batch: advisor.cost.host); () otherwise
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -94,7 +95,7 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.moe_dispatcher,
         capacity_scale(layout),
         config.dropout,
-        config.adapters.lora_targets,
+        config.adapters.lora_targets if config.task in (Task.LORA, Task.QLORA) else (),
     )
 
 
