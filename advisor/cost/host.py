@@ -195,9 +195,10 @@ _MODEL_OPS: dict[tuple[str, str, str, bool], tuple[PassOps, PassOps]] = {
 # The per-op host cost of the dispatch (Python module code, autograd, the dispatcher),
 # seconds, per module layout: one forward + backward of each family at 1 token of width 64
 # (the kernels negligible beside the dispatch) in one thread's CPU time over the ops it
-# dispatched, on the build machine's CPU (2-core AMD EPYC; benchmarks/results/host_ops.json,
-# "dispatch_timing"). NOTE: measured on a CPU of the server class GPU hosts use, but not on a
-# GPU host: an assumption that the host CPUs of GPU nodes dispatch at this speed.
+# dispatched, on the build machine's CPU (a 2-core Intel Xeon server VM, load average ~7 from
+# other work; benchmarks/results/host_ops.json, "dispatch_timing"). NOTE: measured on a
+# server-class CPU, but not on a GPU host: an assumption that the host CPUs of GPU nodes
+# dispatch at this speed (plus the launch below, which this CPU-only measurement lacks).
 _DISPATCH_S: dict[str, float] = {
     "gpt2": 10.40e-6,
     "llama": 7.07e-6,
