@@ -287,6 +287,45 @@ def count_optimizer(impl: str) -> dict[str, Any]:
     }
 
 
+def count_bnb_optimizers() -> list[dict[str, Any]]:
+    """bitsandbytes' 8-bit optimizers (AdamW8bit, Lion8bit): ops per step, per parameter
+    tensor and per group. They loop over the tensors in Python, one blockwise update op
+    (``torch.ops.bitsandbytes.optimizer_update_8bit_blockwise``) each; 128 x 128 tensors
+    (above bitsandbytes' 4096-element ``min_8bit_size``)."""
+    import bitsandbytes as bnb
+    import torch
+
+    out = []
+    for cls in (bnb.optim.AdamW8bit, bnb.optim.Lion8bit):
+
+        def ops(n_tensors: int, cls: Any = cls) -> Counter[str]:
+            params = [torch.nn.Parameter(torch.randn(128, 128)) for _ in range(n_tensors)]
+            opt = cls(params, lr=1e-3)
+            for _ in range(2):
+                for p in params:
+                    p.grad = torch.ones_like(p)
+                opt.step()
+            for p in params:
+                p.grad = torch.ones_like(p)
+            mode, counts = _counting_mode()
+            with mode:
+                opt.step()
+            return counts
+
+        one, two = ops(1), ops(2)
+        per_tensor = _minus(two, one)
+        out.append(
+            {
+                "optimizer": cls.__name__,
+                "bitsandbytes": bnb.__version__,
+                "per_tensor": _split(per_tensor),
+                "per_group": _split(_minus(one, per_tensor)),
+                "per_tensor_ops": dict(sorted(per_tensor.items())),
+            }
+        )
+    return out
+
+
 def count_clip() -> dict[str, Any]:
     """``torch.nn.utils.clip_grad_norm_`` (foreach, the default): per tensor and fixed."""
     import torch
@@ -441,6 +480,7 @@ def measure() -> dict[str, Any]:
         "(amp-bf16); the CUDA autocast op lists cast the same matmul inputs.",
         "models": models,
         "optimizers": [count_optimizer(i) for i in ("for-loop", "foreach", "fused")],
+        "bnb_optimizers": count_bnb_optimizers(),
         "clip_grad_norm": count_clip(),
         "compiled_block": count_compiled_block(),
         "lora": [count_lora(f, amp) for f in ("llama", "gpt2") for amp in (False, True)],
@@ -451,7 +491,20 @@ def measure() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    parser.add_argument(
+        "--only-bnb",
+        action="store_true",
+        help="measure only bitsandbytes' optimizers and add them to --out's existing JSON",
+    )
     args = parser.parse_args(argv)
+    if args.only_bnb:
+        assert args.out is not None, "--only-bnb adds to the JSON named by --out"
+        result = json.loads(args.out.read_text())
+        result["bnb_optimizers"] = count_bnb_optimizers()
+        result["bnb_optimizers_date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["bnb_optimizers"], indent=1))
+        return 0
     result = measure()
     text = json.dumps(result, indent=1)
     if args.out:

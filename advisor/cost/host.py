@@ -239,6 +239,9 @@ _ADAMW_OPS: dict[str, tuple[OpCount, OpCount]] = {
         OpCount(4, 4),
     ),
 }
+# bitsandbytes' 8-bit optimizers (host_ops.json, "bnb_optimizers": AdamW8bit and Lion8bit
+# alike): a Python loop over the tensors, one blockwise update kernel each.
+_BNB_OPS = (OpCount(2, 1), OpCount(2, 2))
 _CLIP_OPS = OpCount(8, 8)
 # PEFT LoRA (host_ops.json, "lora"; SDPA, no dropout): (the frozen block's ops, the ops one
 # adapter adds), per layout and autocast; fitted exactly from two target sets (attention
@@ -373,19 +376,27 @@ def parameter_tensors(s: Setting) -> int:
     return math.ceil(in_blocks / s.pp) + _OUTSIDE_TENSORS
 
 
-def optimizer_host(s: Setting, fused: bool, foreach: bool, local_params: float) -> HostTime | None:
-    """The host's seconds of one optimizer step: AdamW's measured ops in its implementation
-    (fused, foreach or a for-loop over tensors) and, on the hf stack, Hugging Face's
-    gradient clipping; a multi-tensor op launches one kernel per 36 tensors or per 21M
-    elements, whichever needs more."""
+def optimizer_impl(fused: bool, foreach: bool, quantized: bool) -> str:
+    """Which measured implementation a step runs: bitsandbytes' 8-bit loop, torch's fused
+    kernel, foreach ops, else a for-loop over the tensors (an optimizer with neither kernel:
+    AdamW's for-loop count stands in for it)."""
+    if quantized:
+        return "bnb-8bit"
+    return "fused" if fused else ("foreach" if foreach else "for-loop")
+
+
+def optimizer_host(s: Setting, impl: str, local_params: float) -> HostTime | None:
+    """The host's seconds of one optimizer step in implementation ``impl``
+    (:func:`optimizer_impl`): its measured ops and, on the hf stack, Hugging Face's gradient
+    clipping; a multi-tensor op launches one kernel per 36 tensors or per 21M elements,
+    whichever needs more."""
     if not applies(s):
         return None
     n = parameter_tensors(s)
-    impl = "fused" if fused else ("foreach" if foreach else "for-loop")
-    per_tensor, per_group = _ADAMW_OPS[impl]
+    per_tensor, per_group = _BNB_OPS if impl == "bnb-8bit" else _ADAMW_OPS[impl]
     ops = per_group.all + per_tensor.all * n
     launches = per_group.kernel + per_tensor.kernel * n
-    if impl != "for-loop":
+    if impl in ("fused", "foreach"):
         chunks = max(
             math.ceil(n / _MULTI_TENSOR_MAX), math.ceil(local_params / _MULTI_TENSOR_ELEMENTS)
         )
@@ -417,14 +428,13 @@ def micro_batch_excess(s: Setting, zeroth: bool, device: float) -> ComponentTime
 def with_optimizer_excess(
     s: Setting,
     current: ComponentTime | None,
-    fused: bool,
-    foreach: bool,
+    impl: str,
     local_params: float,
     device: float,
 ) -> ComponentTime | None:
     """``current`` (the micro-batches' host excess, scaled to the step) plus the optimizer
     step's own: max(host, device) - device of the step that takes ``device`` seconds."""
-    h = optimizer_host(s, fused, foreach, local_params)
+    h = optimizer_host(s, impl, local_params)
     if h is None or h.seconds <= device:
         return current
     excess = h.seconds - device

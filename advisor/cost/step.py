@@ -19,7 +19,7 @@ from advisor.memory import (
     paged_residency,
 )
 from advisor.model.spec import ModelSpec
-from advisor.rules.taxonomy import Technique
+from advisor.rules.taxonomy import StateKind, Technique
 
 
 def predict_step_time(
@@ -32,6 +32,7 @@ def predict_step_time(
     optimizer_order: str = "first",
     preconditioner_interval: int | None = None,
     optimizer_fused_step: bool = True,
+    optimizer_quantized: bool = False,
     interconnect_gb_s: float | None = None,
     gpus_per_node: int | None = None,
     paged_traffic_bytes: float = 0.0,
@@ -55,6 +56,8 @@ def predict_step_time(
         optimizer_fused_step: the step runs a fused in-place kernel (one pass over the
             states; memory.fused_step_on); otherwise a foreach/for-loop step (an op per
             pass).
+        optimizer_quantized: bitsandbytes' 8-bit states: the step loops over the tensors,
+            one kernel each (the host's share, advisor.cost.host).
         interconnect_gb_s: bidirectional GB/s of the slowest link the data-parallel
             collectives cross (default: the profile's links). A value below the profile's
             intra-node link says that they leave the node.
@@ -105,8 +108,11 @@ def predict_step_time(
         excess = host.with_optimizer_excess(
             s,
             parts.get("host_overhead"),
-            optimizer_fused_step,
-            config.kernels.optimizer_impl is OptimizerImpl.FOREACH,
+            host.optimizer_impl(
+                optimizer_fused_step,
+                config.kernels.optimizer_impl is OptimizerImpl.FOREACH,
+                optimizer_quantized,
+            ),
             trainable_local(s, config),
             parts["optimizer_step"].seconds,
         )
@@ -162,6 +168,8 @@ def predict_for_optimizer(
         optimizer_fused_step=fused_step_on(optimizer.memory, kernels.stack, kernels.optimizer_impl)
         if optimizer.memory
         else True,
+        optimizer_quantized=optimizer.memory is not None
+        and optimizer.memory.state is StateKind.QUANTIZED_BLOCKWISE,
         interconnect_gb_s=interconnect_gb_s,
         gpus_per_node=gpus_per_node,
         paged_traffic_bytes=paged_traffic,

@@ -165,15 +165,20 @@ def test_the_compiled_stack_launches_fewer_ops() -> None:
 
 def test_for_loop_optimizer_steps_wait_on_the_host() -> None:
     """A for-loop step over every tensor (an optimizer without a fused or foreach kernel)
-    dispatches ~10 ops per tensor; foreach AdamW a fixed few per 36 tensors."""
+    dispatches ~10 ops per tensor; foreach AdamW a fixed few per 36 tensors; bitsandbytes'
+    8-bit optimizers one kernel per tensor."""
     llama = get_model_profile("llama-3.1-8b")
     s = _setting(llama, _config())
-    loop = host.optimizer_host(s, fused=False, foreach=False, local_params=8e9)
-    each = host.optimizer_host(s, fused=False, foreach=True, local_params=8e9)
-    assert loop is not None and each is not None
+    loop = host.optimizer_host(s, host.optimizer_impl(False, False, False), local_params=8e9)
+    each = host.optimizer_host(s, host.optimizer_impl(False, True, False), local_params=8e9)
+    bnb = host.optimizer_host(s, host.optimizer_impl(True, False, True), local_params=8e9)
+    fused = host.optimizer_host(s, host.optimizer_impl(True, False, False), local_params=8e9)
+    assert loop is not None and each is not None and bnb is not None and fused is not None
     n = host.parameter_tensors(s)
     assert n == 32 * 9 + 4  # Llama 3.1 8B: 9 tensors per block, embeddings, norm, head
     assert loop.ops >= 10 * n and each.ops < loop.ops / 3
+    # bitsandbytes' 8-bit step: one update kernel per tensor, between foreach and the loop
+    assert bnb.launches >= n and fused.ops < n / 10
 
 
 @pytest.mark.heavy
