@@ -71,6 +71,9 @@ class MicroBatchConfig(NamedTuple):
     moe_balance: MoeBalance  # the router's load balancing (the busiest rank's excess)
     capacity_factor: float | None
     pad_to_capacity: bool
+    dropout: bool  # the model's own dropout (ops the host dispatches: advisor.cost.host)
+    lora_targets: tuple[str, ...]  # what LoRA adapts, under LoRA/QLoRA (the host dispatches
+    # each adapter's ops every micro-batch: advisor.cost.host); () otherwise
 
 
 def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
@@ -102,6 +105,8 @@ def micro_batch_config(config: TrainingConfig) -> MicroBatchConfig:
         layout.moe_balance,
         layout.capacity_factor,
         layout.pad_to_capacity,
+        config.dropout,
+        config.adapters.lora_targets if config.task in (Task.LORA, Task.QLORA) else (),
     )
 
 

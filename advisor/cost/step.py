@@ -4,14 +4,14 @@ copies, offload and paged transfers, data-parallel communication); and the entry
 
 from __future__ import annotations
 
-from advisor.config import MoeOverlap, Offload, TrainingConfig
-from advisor.cost import comm, compute, context, offload, optimizer
+from advisor.config import MoeOverlap, Offload, OptimizerImpl, TrainingConfig
+from advisor.cost import comm, compute, context, host, offload, optimizer
 from advisor.cost.data import CalibrationCache
 from advisor.cost.efficiency import CPU_EFFICIENCY, efficiency_for
 from advisor.cost.expert_overlap import comm_sm_share, dualpipe_bubble, exposed_all_to_all
 from advisor.cost.memo import MicroBatch, ModelMemo, Scaled, StepMemo
 from advisor.cost.result import ComponentTime, Source, StepTime
-from advisor.cost.setting import Setting, micro_batch_config
+from advisor.cost.setting import Setting, micro_batch_config, trainable_local
 from advisor.hardware.profiles import DeviceKind, HardwareProfile
 from advisor.memory import (
     fused_step_on,
@@ -20,7 +20,7 @@ from advisor.memory import (
     paged_residency,
 )
 from advisor.model.spec import ModelSpec
-from advisor.rules.taxonomy import Technique
+from advisor.rules.taxonomy import StateKind, Technique
 
 
 def predict_step_time(
@@ -33,6 +33,7 @@ def predict_step_time(
     optimizer_order: str = "first",
     preconditioner_interval: int | None = None,
     optimizer_fused_step: bool = True,
+    optimizer_quantized: bool = False,
     interconnect_gb_s: float | None = None,
     gpus_per_node: int | None = None,
     paged_traffic_bytes: float = 0.0,
@@ -56,6 +57,8 @@ def predict_step_time(
         optimizer_fused_step: the step runs a fused in-place kernel (one pass over the
             states; memory.fused_step_on); otherwise a foreach/for-loop step (an op per
             pass).
+        optimizer_quantized: bitsandbytes' 8-bit states: the step loops over the tensors,
+            one kernel each (the host's share, advisor.cost.host).
         interconnect_gb_s: bidirectional GB/s of the slowest link the data-parallel
             collectives cross (default: the profile's links). A value below the profile's
             intra-node link says that they leave the node.
@@ -101,6 +104,21 @@ def predict_step_time(
         bwd,
         optimizer_fused_step,
     )
+    if not zeroth and config.savers.offload is Offload.NONE:
+        # (an offloaded step runs on the host CPU: DeepSpeed's CPUAdam launches no kernels)
+        excess = host.with_optimizer_excess(
+            s,
+            parts.get("host_overhead"),
+            host.optimizer_impl(
+                optimizer_fused_step,
+                config.kernels.optimizer_impl is OptimizerImpl.FOREACH,
+                optimizer_quantized,
+            ),
+            trainable_local(s, config),
+            parts["optimizer_step"].seconds,
+        )
+        if excess is not None:
+            parts["host_overhead"] = excess
     _once_per_step(s, config, parts, zeroth, fwd, bwd, paged_traffic_bytes)
     total = sum(p.seconds for p in parts.values())
     sources = {p.source for p in parts.values() if p.seconds > 0}
@@ -151,6 +169,8 @@ def predict_for_optimizer(
         optimizer_fused_step=fused_step_on(optimizer.memory, kernels.stack, kernels.optimizer_impl)
         if optimizer.memory
         else True,
+        optimizer_quantized=optimizer.memory is not None
+        and optimizer.memory.state is StateKind.QUANTIZED_BLOCKWISE,
         interconnect_gb_s=interconnect_gb_s,
         gpus_per_node=gpus_per_node,
         paged_traffic_bytes=paged_traffic,
@@ -180,6 +200,13 @@ def micro_batch(s: Setting, zeroth: bool) -> MicroBatch:
             )
     fwd = block_fwd * s.stage_layers + head_fwd * head_share
     total = sum(p.seconds for p in parts.values())
+    # NOTE: an eager step's host dispatches and launches every op; where that takes longer
+    # than the device's work the micro-batch takes the host's time (advisor.cost.host). The
+    # excess is its own term, outside the forward and backward compute that overlap and
+    # offload terms read.
+    waiting = host.micro_batch_excess(s, zeroth, total)
+    if waiting is not None:
+        parts["host_overhead"] = waiting
     return parts, fwd, max(total - fwd, 0.0)
 
 

@@ -85,6 +85,11 @@ class _Point:
     # precision keeps only 16-bit weights; per-layer steps free each layer's temporaries),
     # so a verdict taken at the bare reference alone does not carry to the savers.
     lean: tuple[int, ...] = ()
+    # What the host adds where it dispatches slower than the device computes (the
+    # host_overhead term, advisor.cost.host), kept out of ``seconds``: the reference plan's
+    # micro-batch 1 is where the host is most exposed, so its device time alone says which
+    # value is faster at the batch the ladder finds, and a value waits no longer on the host.
+    waiting: float = 0.0
 
 
 def screen(
@@ -102,6 +107,10 @@ def screen(
             h = g[0]
             same = p.clashes == h.clashes and p.steps == h.steps
             same = same and all(_close(x, y) for x, y in zip(p.lean, h.lean, strict=True))
+            # (the host's excess compared against the whole step: a few microseconds of
+            # difference in a term that is often nil must not split equal values)
+            scale = max(p.seconds + p.waiting, h.seconds + h.waiting)
+            same = same and abs(p.waiting - h.waiting) <= EQUIVALENT * scale
             if same and _close(p.memory, h.memory) and _close(p.seconds, h.seconds):
                 g.append(p)
                 break
@@ -118,6 +127,9 @@ def screen(
             and b.memory <= a.memory
             and all(x <= y for x, y in zip(b.lean, a.lean, strict=True))
             and b.seconds <= a.seconds
+            # NOTE: both the device time and the host's excess no larger: then the host's
+            # time is no larger either, and max(host, device) no larger at any batch.
+            and b.waiting <= a.waiting
             and b.rule >= a.rule
             # A value that rules out a saver (8-bit states cannot be offloaded) never
             # stands in for one that allows it.
@@ -192,12 +204,15 @@ def _point(
             else:
                 ml = s.ev.totals(leanest)
                 lean_memory.append(ml.total_bytes + ml.host_bytes // 16)
+    cost = s.ev.time(c)
+    waiting = cost.components.get("host_overhead", 0.0)
     return _Point(
         steps=plan_step_factor(s.ctx, c),
         clashes=frozenset(clashes),
         key=key,
         memory=memory,
-        seconds=s.ev.time(c).seconds,
+        seconds=cost.seconds - waiting,
+        waiting=waiting,
         rule=s.decision.score(techniques),
         simplicity=simplicity,
         lean=tuple(lean_memory),
