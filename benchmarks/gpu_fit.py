@@ -176,7 +176,7 @@ def _spec(_id: str, key: str) -> ModelSpec:
             "num_layers": g["layers"],
             "num_attention_heads": g["heads"],
             "intermediate_size": 4 * g["hidden"],
-            "vocab_size": 51200,
+            "vocab_size": g.get("vocab", 51200),
             "max_position_embeddings": 2048,
             "tie_word_embeddings": True,
             "published_parameters": None,
@@ -215,6 +215,9 @@ def measured_tokens(run: dict[str, Any], spec: ModelSpec) -> tuple[float, str]:
     """tokens/s per GPU as published, or converted from TFLOP/s with the source's formula."""
     if "tokens_per_s_per_gpu" in run:
         return float(run["tokens_per_s_per_gpu"]), "printed"
+    if "iteration_ms" in run:
+        tokens = run["batch"] * run["seq_len"]
+        return tokens / (run["iteration_ms"] / 1e3) / run["gpus"], "batch x seq / iteration / GPUs"
     x = run["reported_tflops"] * 1e12
     h, l_, s = spec.hidden_size or 0, spec.num_layers or 0, run["seq_len"]
     if run["source"] == "megatron-2021":
@@ -607,8 +610,14 @@ def run_device(run: dict[str, Any], hw: HardwareProfile) -> HardwareProfile:
             "fp8": over.get("fp8_tflops", hw.peak_tflops.fp8),
         }
     )
+    update: dict[str, Any] = {}
+    if "inter_node_gb_s" in over and hw.inter_node is not None:
+        update["inter_node"] = hw.inter_node.model_copy(
+            update={"bandwidth_gb_s": over["inter_node_gb_s"], "name": "as the source states"}
+        )
     return hw.model_copy(
         update={
+            **update,
             "peak_tflops": peak,
             "memory_bandwidth_gb_s": over.get("memory_bandwidth_gb_s", hw.memory_bandwidth_gb_s),
             "memory_gib": over.get("memory_gib", hw.memory_gib),
