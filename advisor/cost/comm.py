@@ -73,7 +73,12 @@ def tp_comm(s: Setting) -> float:
     count = 8.0 + (4 if full else 0)
     if s.fp8 and s.eff.gemm_fp8 is not None:
         count -= (2 + (2 if full else 0)) / 2
-    bw = measured_busbw(s, "all_gather", s.tp) or link(s, s.tp > s.node)[0]
+    # A TP group wider than a node enters each node through the NICs of its members there
+    # (one ring channel per NIC): min(NVLink, members per node x NIC), as for data parallelism.
+    bw = (
+        measured_busbw(s, "all_gather", s.tp)
+        or link(s, s.tp > s.node, per_node=min(s.tp, s.node))[0]
+    )
     seconds = count * per / bw
     hidden = tp_hidden_share(s)
     return seconds * (1.0 - hidden)
