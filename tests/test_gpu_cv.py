@@ -76,3 +76,21 @@ def test_tp_across_two_nodes_costs_what_vtrain_measured() -> None:
     measured = pair[1]["_measured"] / pair[0]["_measured"]
     assert measured == pytest.approx(10894 / 5178, rel=1e-3)
     assert predicted == pytest.approx(measured, rel=0.25)
+
+
+def test_nccl_latency_reproduces_the_measured_all_reduce_times() -> None:
+    # nccl-tests all_reduce_perf on 2, 4 and 8 A100s, 1 MiB to 1 GiB (vTrain's tables,
+    # benchmarks/data/nccl_allreduce_a100.yaml): the step-time model's per-collective
+    # latency is the fitted alpha, and alpha + bus bytes / bus bandwidth lands within 15% of
+    # every measured size (a 16 MiB all-reduce on 8 GPUs: 232 us, 55% of the bus rate).
+    from advisor.cost.comm import RING_LATENCY_S
+    from benchmarks.nccl_fit import fit_all, measured
+
+    data = _load("nccl_allreduce_a100.yaml")
+    fitted = fit_all(data)
+    for n, r in fitted.items():
+        assert RING_LATENCY_S[n] == pytest.approx(r["alpha_s"], rel=0.01)
+        f = 2 * (n - 1) / n
+        for size, t in measured(data, n):
+            model = RING_LATENCY_S[n] + f * size / (r["bus_gb_s"] * 1e9)
+            assert model == pytest.approx(t, rel=0.15), (n, size)
