@@ -166,25 +166,36 @@ def _spec(_id: str, key: str) -> ModelSpec:
     if run.get("model"):
         spec = get_model_profile(run["model"])
         if run.get("model_overrides"):
-            spec = spec.model_copy(update=run["model_overrides"])
+            spec = _respec(spec, run["model_overrides"])
         return spec
     g = run["gpt"]
     base = get_model_profile("gpt2")
-    return base.model_copy(
-        update={
+    return _respec(
+        base,
+        {
             "id": f"megatron-gpt-h{g['hidden']}-l{g['layers']}",
             "name": f"Megatron GPT h={g['hidden']} l={g['layers']}",
             "hidden_size": g["hidden"],
             "num_layers": g["layers"],
             "num_attention_heads": g["heads"],
+            "num_key_value_heads": g["heads"],
+            "head_dim": g["hidden"] // g["heads"],
             "intermediate_size": 4 * g["hidden"],
             "vocab_size": g.get("vocab", 51200),
             "max_position_embeddings": 2048,
             "tie_word_embeddings": True,
             "published_parameters": None,
             "published_parameters_source": None,
-        }
+        },
     )
+
+
+def _respec(base: ModelSpec, update: dict[str, Any]) -> ModelSpec:
+    """``base`` with ``update`` applied, validated afresh. NOTE: not ``model_copy``: it copies
+    the instance ``__dict__`` with the cached shapes (``ModelSpec.shape``, ``block``, counts)
+    the base computed before, so a GPT built from a gpt2 profile that a command had already
+    priced kept gpt2's matrices (found by a test that ran after the README's commands)."""
+    return ModelSpec.model_validate({**base.model_dump(), **update})
 
 
 def run_config(run: dict[str, Any]) -> TrainingConfig:
