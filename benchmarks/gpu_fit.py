@@ -7,14 +7,16 @@
                                             #     (benchmarks/gpu_cv.py, results/gpu_cv.json)
 
 Data: benchmarks/data/gpu_runs.yaml (end-to-end runs: torchtitan on A100 and H100, OLMo-core
-on H100, Megatron-LM / Narayanan et al. 2021, the Llama 3 paper) and
+on H100, Megatron-LM / Narayanan et al. 2021, vTrain's measured Megatron-DeepSpeed layouts on
+A100, the Llama 3 paper) and
 benchmarks/data/attention_kernels.yaml (FlashAttention-2/3 kernel TFLOP/s). The Llama 3
 source is held out: it is predicted, never fitted. Sources in ``CHECK_ONLY`` (none at present)
 are predicted and reported, never fitted. MosaicML
 llm-foundry's benchmark tables are not used in any way (the project owner keeps them as a
 test).
 
-The fit minimises the squared log error of predicted tokens/s per GPU with a small
+The fit minimises the squared log error of predicted tokens/s per GPU, each run weighted by
+one over its source's runs in the fit (every source counts alike), with a small
 coordinate search (no scipy): per generation, the GEMM ceiling ``gemm_max``, its token and
 width saturation (``gemm_m0``, ``gemm_n0``) and the share of compute that hides collectives
 (``overlap``); on Hopper the ceiling on the BF16 rows, then the FP8 share ``gemm_fp8`` on the
@@ -66,7 +68,7 @@ DATA = HERE / "data"
 RESULTS = HERE / "results" / "gpu_fit.json"
 HELD_OUT = "llama3-2024"
 FIT_ON = {
-    Generation.AMPERE: ("torchtitan-a100", "megatron-2021"),
+    Generation.AMPERE: ("torchtitan-a100", "megatron-2021", "vtrain-a100"),
     Generation.HOPPER: ("torchtitan-h100", "olmo-core-h100"),
 }
 # The FP8 share of the GEMM efficiency (Hopper), fitted on the FP8 rows of these sources
@@ -173,25 +175,36 @@ def _spec(_id: str, key: str) -> ModelSpec:
     if run.get("model"):
         spec = get_model_profile(run["model"])
         if run.get("model_overrides"):
-            spec = spec.model_copy(update=run["model_overrides"])
+            spec = _respec(spec, run["model_overrides"])
         return spec
     g = run["gpt"]
     base = get_model_profile("gpt2")
-    return base.model_copy(
-        update={
+    return _respec(
+        base,
+        {
             "id": f"megatron-gpt-h{g['hidden']}-l{g['layers']}",
             "name": f"Megatron GPT h={g['hidden']} l={g['layers']}",
             "hidden_size": g["hidden"],
             "num_layers": g["layers"],
             "num_attention_heads": g["heads"],
+            "num_key_value_heads": g["heads"],
+            "head_dim": g["hidden"] // g["heads"],
             "intermediate_size": 4 * g["hidden"],
-            "vocab_size": 51200,
+            "vocab_size": g.get("vocab", 51200),
             "max_position_embeddings": 2048,
             "tie_word_embeddings": True,
             "published_parameters": None,
             "published_parameters_source": None,
-        }
+        },
     )
+
+
+def _respec(base: ModelSpec, update: dict[str, Any]) -> ModelSpec:
+    """``base`` with ``update`` applied, validated afresh. NOTE: not ``model_copy``: it copies
+    the instance ``__dict__`` with the cached shapes (``ModelSpec.shape``, ``block``, counts)
+    the base computed before, so a GPT built from a gpt2 profile that a command had already
+    priced kept gpt2's matrices (found by a test that ran after the README's commands)."""
+    return ModelSpec.model_validate({**base.model_dump(), **update})
 
 
 def run_config(run: dict[str, Any]) -> TrainingConfig:
@@ -224,6 +237,9 @@ def measured_tokens(run: dict[str, Any], spec: ModelSpec) -> tuple[float, str]:
     """tokens/s per GPU as published, or converted from TFLOP/s with the source's formula."""
     if "tokens_per_s_per_gpu" in run:
         return float(run["tokens_per_s_per_gpu"]), "printed"
+    if "iteration_ms" in run:
+        tokens = run["batch"] * run["seq_len"]
+        return tokens / (run["iteration_ms"] / 1e3) / run["gpus"], "batch x seq / iteration / GPUs"
     x = run["reported_tflops"] * 1e12
     h, l_, s = spec.hidden_size or 0, spec.num_layers or 0, run["seq_len"]
     if run["source"] == "megatron-2021":
@@ -450,6 +466,20 @@ def kernel_gemm_check(fit: dict[str, dict[str, float]]) -> dict[str, Any]:
     def kern(m: int, n: int, kk: int) -> float:
         return k["max"] * m / (m + k["m0"]) * n / (n + k["n0"]) * kk / (kk + k["n0"])
 
+    amp = fit[Generation.AMPERE.value]
+    mamf = _mamf("NVIDIA A100 SXM") / (_profiles()["a100-sxm-80gb"].peak_tflops.bf16 or 312.0)
+
+    def ampere(m: int, n: int, kk: int) -> float:
+        return (
+            amp["gemm_max"]
+            * m
+            / (m + amp["gemm_m0"])
+            * n
+            / (n + amp["gemm_n0"])
+            * kk
+            / (kk + amp["gemm_n0"])
+        )
+
     shapes = [(8192, 4096, 4096), (8192, 14336, 4096), (16384, 6144, 6144), (8192, 1536, 6144)]
     return {
         "fitted": {name: round(v, 4) for name, v in k.items()},
@@ -457,6 +487,12 @@ def kernel_gemm_check(fit: dict[str, dict[str, float]]) -> dict[str, Any]:
         "share_of_peak_at": {
             f"{m}x{n}x{kk}": {"kernel": round(kern(m, n, kk), 3), "model": round(used(m, n, kk), 3)}
             for m, n, kk in shapes
+        },
+        # Ampere's ceiling and shape are all fitted end to end: its ceiling stays near the
+        # kernels' best (MAMF) and the loss lands in m0/n0; at training shapes it keeps about
+        # the share of the kernels' GEMM speed Hopper keeps (issue 23: the share is not Hopper's).
+        "ampere_model_over_mamf_at": {
+            f"{m}x{n}x{kk}": round(ampere(m, n, kk) / mamf, 3) for m, n, kk in shapes
         },
     }
 
@@ -571,7 +607,7 @@ def _efficiency(
     scale = ridge(hw) / ridge(_profiles()["a100-sxm-80gb"])
     fitted_here = gen.value in fit
     mine = fit.get(gen.value, {})
-    fit_src = "benchmarks/gpu_fit.py, least squares on " + ", ".join(
+    fit_src = "benchmarks/gpu_fit.py, least squares (each source weighted alike) on " + ", ".join(
         FIT_ON.get(gen, FIT_ON[Generation.AMPERE])
     )
     if fitted_here:
@@ -746,8 +782,14 @@ def run_device(run: dict[str, Any], hw: HardwareProfile) -> HardwareProfile:
             "fp8": over.get("fp8_tflops", hw.peak_tflops.fp8),
         }
     )
+    update: dict[str, Any] = {}
+    if "inter_node_gb_s" in over and hw.inter_node is not None:
+        update["inter_node"] = hw.inter_node.model_copy(
+            update={"bandwidth_gb_s": over["inter_node_gb_s"], "name": "as the source states"}
+        )
     return hw.model_copy(
         update={
+            **update,
             "peak_tflops": peak,
             "memory_bandwidth_gb_s": over.get("memory_bandwidth_gb_s", hw.memory_bandwidth_gb_s),
             "memory_gib": over.get("memory_gib", hw.memory_gib),
@@ -810,21 +852,42 @@ def fit_generation(
             full[gen.value] = p
         return efficiency(GENERATION[hw.id], hw, full, fa2)
 
+    weight = source_weights(runs)
+
     def loss(p: dict[str, float]) -> float:
         total = 0.0
         for run in runs:
             hw = profiles[run["device"]]
             pred = predict_run(run, with_efficiency(hw, block(p, hw)))
-            total += math.log(pred / run["_measured"]) ** 2
+            total += weight[run["id"]] * math.log(pred / run["_measured"]) ** 2
         return total
 
     if gen is Generation.AMPERE:
-        start = {"gemm_max": 0.8, "gemm_m0": 200.0, "gemm_n0": 300.0, "overlap": 0.8}
+        # Two starts, the better kept: the overlap and the GEMM constants trade off, and the
+        # multiplicative search from overlap 0.8 alone ended at its bound (0.98) with a larger
+        # loss than a start from 0.1 reaches (0.0227 against 0.0204, 2026-12-07, vTrain rows in).
         bounds = {"gemm_max": (0.3, 0.95), "overlap": (0.0, 0.98)}
-    else:
-        start = {"gemm_max": 0.7}
-        bounds = {"gemm_max": (0.3, 0.95)}
-    return coordinate_search(loss, start, bounds, rounds=40)
+        fits = [
+            coordinate_search(
+                loss,
+                {"gemm_max": 0.8, "gemm_m0": 200.0, "gemm_n0": 300.0, "overlap": overlap},
+                bounds,
+                rounds=40,
+            )
+            for overlap in (0.8, 0.1)
+        ]
+        return min(fits, key=loss)
+    return coordinate_search(loss, {"gemm_max": 0.7}, {"gemm_max": (0.3, 0.95)}, rounds=40)
+
+
+def source_weights(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each run's weight in a fit: 1 / (its source's runs in the fit), so every source
+    counts once whatever its size (vTrain's 109 layouts would otherwise outvote the 18
+    torchtitan and Megatron 2021 rows of the Ampere fit 6 to 1)."""
+    count: dict[str, int] = {}
+    for run in runs:
+        count[run["source"]] = count.get(run["source"], 0) + 1
+    return {run["id"]: 1.0 / count[run["source"]] for run in runs}
 
 
 def fit_hopper_constant(
@@ -840,6 +903,8 @@ def fit_hopper_constant(
     share ``gemm_fp8`` on the FP8 rows, or the share ``tp_overlap`` of TP collectives that
     async TP hides on the async-TP rows."""
 
+    weight = source_weights(runs)
+
     def loss(p: dict[str, float]) -> float:
         full = {**fit, Generation.HOPPER.value: {**fit[Generation.HOPPER.value], **p}}
         total = 0.0
@@ -847,7 +912,7 @@ def fit_hopper_constant(
             hw = profiles[run["device"]]
             block = efficiency(GENERATION[hw.id], hw, full, fa2)
             pred = predict_run(run, with_efficiency(hw, block))
-            total += math.log(pred / run["_measured"]) ** 2
+            total += weight[run["id"]] * math.log(pred / run["_measured"]) ** 2
         return total
 
     return coordinate_search(loss, {name: start}, {name: bounds}, rounds=40)[name]

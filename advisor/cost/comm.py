@@ -46,6 +46,27 @@ def measured_busbw(s: Setting, op: str, ranks: int) -> float | None:
     return value * 1e9 if value else None
 
 
+# NCCL all-reduce latency (the alpha of t = alpha + bus bytes / bus bandwidth) per ring size,
+# fitted by benchmarks/nccl_fit.py to nccl-tests all_reduce_perf on 2, 4 and 8 A100 SXM GPUs of
+# one node, 1 MiB to 1 GiB (benchmarks/data/nccl_allreduce_a100.yaml, from vTrain's
+# repository): median |error| 2-3% per size. Between and beyond the measured sizes, linear
+# in the ranks (a ring's latency grows with its hops). Carried to other GPUs as measured.
+RING_LATENCY_S = {2: 39.9e-6, 4: 45.8e-6, 8: 72.2e-6}
+
+
+def ring_latency(n: int) -> float:
+    """Seconds one all-reduce over ``n`` ranks costs besides its bytes (RING_LATENCY_S)."""
+    if n <= 1:
+        return 0.0
+    sizes = sorted(RING_LATENCY_S)
+    lo = max((k for k in sizes if k <= n), default=sizes[0])
+    hi = min((k for k in sizes if k > lo), default=lo)
+    if hi == lo:  # beyond the table: the last segment's slope
+        lo, hi = sizes[-2], sizes[-1]
+    a, b = RING_LATENCY_S[lo], RING_LATENCY_S[hi]
+    return max(a + (b - a) * (n - lo) / (hi - lo), 0.0)
+
+
 # --- per micro-batch ----------------------------------------------------------------------
 
 
@@ -74,8 +95,16 @@ def tp_comm(s: Setting) -> float:
     count = 8.0 + (4 if full else 0)
     if s.fp8 and s.eff.gemm_fp8 is not None:
         count -= (2 + (2 if full else 0)) / 2
-    bw = measured_busbw(s, "all_gather", s.tp) or link(s, s.tp > s.node)[0]
-    seconds = count * per / bw
+    # A TP group wider than a node enters each node through the NICs of its members there
+    # (one ring channel per NIC): min(NVLink, members per node x NIC), as for data parallelism.
+    bw = (
+        measured_busbw(s, "all_gather", s.tp)
+        or link(s, s.tp > s.node, per_node=min(s.tp, s.node))[0]
+    )
+    # Each all-gather or reduce-scatter is half an all-reduce: half its latency too
+    # (RING_LATENCY_S), which small micro-batches feel (1-16 MiB messages reach 10-55% of
+    # the large-message bus bandwidth in nccl-tests).
+    seconds = count * (per / bw + ring_latency(s.tp) / 2)
     hidden = tp_hidden_share(s)
     return seconds * (1.0 - hidden)
 

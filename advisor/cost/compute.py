@@ -40,9 +40,17 @@ _ELEMENTWISE_PASSES = {Stack.HF: (26.0, 5.0), Stack.FUSED: (8.0, 3.0)}
 #   fused: chunked/fused linear cross-entropy reads the bf16 logits chunk twice and writes
 #   its gradient in place (Liger FusedLinearCrossEntropy; torchtune chunked CE): ~6.
 LOSS_BYTES = {Stack.HF: 28.0, Stack.FUSED: 6.0}
-# Eager attention materialises scores, an fp32 softmax and their gradients: ~60 bytes per
-# score element, forward and backward (Dao et al. 2022, sec. 3; HF eager_attention_forward).
-_EAGER_SCORE_BYTES = 60.0
+# Eager attention materialises its scores: bytes moved per score element (forward and
+# backward, forward alone). HF's eager_attention_forward keeps an fp32 softmax and its
+# gradient: ~60 (Dao et al. 2022, sec. 3). Under the fused stack unfused attention is
+# Megatron's core attention (baddbmm into a 16-bit score buffer, FusedScaleMaskSoftmax with
+# 16-bit input and output, attention dropout 0.1 by default with a 1-byte CUDA mask;
+# Megatron-LM megatron/model/transformer.py CoreAttention, fused_kernels/
+# scaled_upper_triang_masked_softmax.h; vTrain's replica src/model/gpt_modeling.py):
+# forward: write S 2, softmax read 2 + write 2, dropout read 2 + write 2 + mask 1, PV read 2
+# = 13; backward: write dP 2, dV read P 2, dropout read 2 + mask 1 + write 2, softmax read
+# dP 2 + P 2 + write dS 2, dQ and dK read dS 2 + 2 = 19.
+_EAGER_SCORE_BYTES = {Stack.HF: (60.0, 20.0), Stack.FUSED: (32.0, 13.0)}
 # FlashAttention's backward does 2.5x the forward's matmul FLOPs (5 matmuls vs 2; Dao 2023,
 # sec. 4.1): fwd+bwd = 3.5 x forward. Eager: backward = 2 x forward.
 _FLASH_FB = 3.5
@@ -222,9 +230,10 @@ def attention(s: Setting) -> tuple[float, float, Source]:
         fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
     if eager:
         bw, _ = s.bandwidth()
-        traffic = _EAGER_SCORE_BYTES * heads * mb * seq * seq * share / bw
-        fb += traffic
-        fwd += traffic / 3
+        total_bytes, fwd_bytes = _EAGER_SCORE_BYTES[s.mb.stack]
+        scores = heads * mb * seq * seq * share / bw
+        fb += total_bytes * scores
+        fwd += fwd_bytes * scores
     return fb, fwd, Source.ANALYTIC
 
 
