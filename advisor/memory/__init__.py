@@ -89,8 +89,6 @@ from advisor.memory.params import (
 from advisor.memory.pipeline import inflight_block_microbatches, pipeline_split
 from advisor.memory.recompute import saved_activation_bytes, selective_op_block_bytes
 from advisor.memory.results import (
-    ALLOCATOR_SLACK,
-    ALLOCATOR_SLACK_EXPANDABLE,
     COMPONENTS,
     OVERHEAD_COMPONENTS,
     PHASES,
@@ -102,8 +100,6 @@ from advisor.memory.results import (
 from advisor.memory.stage import OFFLOAD_BUCKET_ELEMENTS
 
 __all__ = [
-    "ALLOCATOR_SLACK",
-    "ALLOCATOR_SLACK_EXPANDABLE",
     "COMPONENTS",
     "DEFAULT_LORA_TARGETS",
     "NF4_BYTES",
