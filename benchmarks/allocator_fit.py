@@ -11,7 +11,9 @@ fine-tuning, two steps each (the first creates the optimizer states).
 The fit: ``reserved = allocated x (1 + f)``, f the mean slack over the recorded steps of
 the widest shape (hidden 4096, a Llama 7B block: the slack falls as tensors grow past the
 2/20 MiB segments, so the widest shape recorded is the nearest to real models); written to
-benchmarks/results/allocator_fit.json, which advisor.memory.results.ALLOCATOR_SLACK cites.
+benchmarks/results/allocator_fit.json. Kept as a measurement: the estimate's slack is now
+advisor.memory.slack's churn model, fitted by benchmarks/allocator_grid.py (this single
+share, fitted on 2-layer 512-token steps, under-predicted fine-tuning-shaped steps).
 
     python -m benchmarks.allocator_fit            # ~2-6 min on 2 CPU cores, ~8 GB RAM
 """

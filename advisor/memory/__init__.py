@@ -39,6 +39,7 @@ The package, along the estimate's data flow (each module imports only those abov
 - :mod:`~advisor.memory.results`: the components, phases, device overheads and result types.
 - :mod:`~advisor.memory.cuda_context`: the CUDA context per GPU (SMs, lazy kernel loading).
 - :mod:`~advisor.memory.allocator`: the CUDA caching allocator's policy, replayed on traces.
+- :mod:`~advisor.memory.slack`: the allocator's slack as a share of the step's churn.
 - :mod:`~advisor.memory.dtypes`: bytes per element under each precision layout.
 - :mod:`~advisor.memory.params`: dimensions, parameter tensors, counts, LoRA's adapters.
 - :mod:`~advisor.memory.matmuls`: a block's weight matmuls, op-level SAC's recomputed share.
@@ -89,8 +90,6 @@ from advisor.memory.params import (
 from advisor.memory.pipeline import inflight_block_microbatches, pipeline_split
 from advisor.memory.recompute import saved_activation_bytes, selective_op_block_bytes
 from advisor.memory.results import (
-    ALLOCATOR_SLACK,
-    ALLOCATOR_SLACK_EXPANDABLE,
     COMPONENTS,
     OVERHEAD_COMPONENTS,
     PHASES,
@@ -102,8 +101,6 @@ from advisor.memory.results import (
 from advisor.memory.stage import OFFLOAD_BUCKET_ELEMENTS
 
 __all__ = [
-    "ALLOCATOR_SLACK",
-    "ALLOCATOR_SLACK_EXPANDABLE",
     "COMPONENTS",
     "DEFAULT_LORA_TARGETS",
     "NF4_BYTES",

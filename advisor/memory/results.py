@@ -10,16 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from advisor.config import Stack
 from advisor.units import MIB
 
-#: The caching allocator's reserved bytes beyond its allocated bytes, as a share of them:
-#: the mean slack of recorded Llama-shaped training steps (bf16, AdamW, LoRA and full,
-#: hidden 4096, a Llama 7B block) replayed through the allocator's documented policy
-#: (advisor/memory/allocator.py); benchmarks/allocator_fit.py,
-#: benchmarks/results/allocator_fit.json ("fit": "slack"). Not verified on a CUDA device.
-ALLOCATOR_SLACK = 0.0388
-
-#: The same with ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` ("slack_expandable").
-ALLOCATOR_SLACK_EXPANDABLE = 0.0243
-
 COMPONENTS: tuple[str, ...] = (
     "weights",
     "quantization_constants",
@@ -75,14 +65,12 @@ class DeviceOverheads(BaseModel):
         description="bytes per element of a dropout mask: CUDA's native_dropout keeps a bool "
         "mask; None: the dropped tensor's dtype, as the CPU kernel keeps it (measured)",
     )
-    allocator_reserve_fraction: float = Field(
-        default=ALLOCATOR_SLACK,
-        ge=0,
-        le=1,
+    caching_allocator: bool = Field(
+        default=True,
         description=(
-            "caching-allocator slack (block rounding, segment caching, fragmentation): "
-            "reserved minus allocated as a fraction of the allocated bytes (ALLOCATOR_SLACK, "
-            "fitted by benchmarks/allocator_fit.py)"
+            "whether torch's CUDA caching allocator holds the tensors: its slack (reserved "
+            "minus allocated: segment caching, fragmentation) is a share of the step's churn, "
+            "advisor.memory.slack (fitted by benchmarks/allocator_grid.py); False on a CPU"
         ),
     )
 
@@ -92,7 +80,7 @@ class DeviceOverheads(BaseModel):
         return cls(
             cuda_context_bytes=0,
             workspace_bytes=0,
-            allocator_reserve_fraction=0.0,
+            caching_allocator=False,
             dropout_mask_bytes=None,
         )
 

@@ -26,6 +26,7 @@ from advisor.memory.results import (
     MemoryTotals,
     Phase,
 )
+from advisor.memory.slack import churn_bytes, slack_share
 from advisor.memory.states import StageStates, StateInputs, stage_states
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import OptimizerMemory, StateKind, Technique
@@ -108,9 +109,13 @@ def estimate_stage(
     if net is not None and device.workspace_bytes:
         # cuDNN's convolution scratch beside cuBLAS's (a CUDA device only).
         bd["workspace"] += conv_workspace_bytes(net, config.batch.micro_batch, st.dt)
-    # The caching allocator's slack over what it hands out (tensors and cuBLAS workspace).
-    bd["allocator_reserve"] = int(
-        (peak_tensors + device.workspace_bytes) * device.allocator_reserve_fraction
+    # The caching allocator's slack: a share of the peak phase's churn (the bytes allocated
+    # and freed within the step; the cuBLAS workspace is allocated once and stays).
+    peak_parts = max(phases.values(), key=lambda p: sum(p.values()))
+    bd["allocator_reserve"] = (
+        int(churn_bytes(peak_parts, grads_resident=grads_persistent(config)) * slack_share(config))
+        if device.caching_allocator
+        else 0
     )
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
     if totals_only:

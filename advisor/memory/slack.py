@@ -1,0 +1,63 @@
+"""The caching allocator's slack (``max_memory_reserved - max_memory_allocated``) as a share
+of the step's *churn*: the bytes allocated and freed within a step.
+
+Resident storages (weights, their quantisation constants, fp32 master copies, optimizer
+states; gradients when they stay allocated across steps) are allocated once, back to back,
+and leave no holes in the allocator's segments. The holes come from the churn
+(activations, recomputed activations, logits, gradients that are freed each step,
+temporaries, gathered parameters): its blocks die in another order and with other sizes
+than the next phase asks for, and a segment is never returned to the device while any
+block of it is alive. Checkpointing's recompute allocates each block's activations again
+in the middle of backward, between gradients that stay, so it leaves about three times the
+slack per churned byte.
+
+Fitted on the allocation traces of two AdamW steps of Llama-shaped models (10 shapes,
+hidden 512-8192, 2-40 layers, 512-16k tokens per step, vocab 32k/128k; LoRA and full; with
+and without full checkpointing), traced on the meta device (real sizes, no compute; the
+smallest shape also on the CPU, identical) and replayed through the documented CUDA policy
+(advisor/memory/allocator.py): ``python -m benchmarks.allocator_grid``,
+benchmarks/results/allocator_grid.json ("fit": "default/none" and "default/full"
+churn_coefficient). Leave-one-shape-out error on max_memory_reserved: median 2.8% (max
+14%) without recompute, 6.3% (max 23%) with it. Not verified on a CUDA device in this
+repository.
+"""
+
+from __future__ import annotations
+
+from advisor.config import Checkpointing, TrainingConfig
+
+#: Slack per churned byte without recompute (benchmarks/results/allocator_grid.json,
+#: "fit" / "default/none" / "churn_coefficient").
+CHURN_SLACK = 0.0939
+
+#: Slack per churned byte when blocks are recomputed in backward ("default/full").
+CHURN_SLACK_RECOMPUTE = 0.2744
+
+#: Components allocated once and kept across steps (no holes of their own).
+RESIDENT_COMPONENTS: tuple[str, ...] = (
+    "weights",
+    "quantization_constants",
+    "master_weights",
+    "optimizer_states",
+)
+
+#: Checkpointing modes that recompute whole blocks in backward.
+_RECOMPUTING = (Checkpointing.FULL, Checkpointing.SELECTIVE_LAYER)
+
+
+def churn_bytes(phase: dict[str, int], *, grads_resident: bool) -> int:
+    """The bytes of one phase that are allocated and freed within the step.
+
+    Args:
+        phase: component -> bytes alive in the phase (tensors only, no device overheads).
+        grads_resident: whether gradients stay allocated across steps (accumulation, DDP
+            buckets, ZeRO-1/2), so they are resident rather than churn.
+    """
+    resident = RESIDENT_COMPONENTS + (("gradients",) if grads_resident else ())
+    return sum(v for k, v in phase.items() if k not in resident)
+
+
+def slack_share(config: TrainingConfig) -> float:
+    """The slack per churned byte under ``config``'s checkpointing."""
+    recompute = config.savers.checkpointing in _RECOMPUTING
+    return CHURN_SLACK_RECOMPUTE if recompute else CHURN_SLACK
