@@ -105,11 +105,11 @@ def test_a_recorded_step_replays_to_the_live_peak_it_measured() -> None:
 
 
 def test_the_slack_constants_are_the_committed_fit() -> None:
-    from advisor.memory.slack import CHURN_SLACK, CHURN_SLACK_RECOMPUTE
+    from advisor.memory.slack import CHURN_SLACK, CHURN_SLACK_RECOMPUTE_CPU
 
     fit = json.loads((ROOT / "benchmarks/results/allocator_grid.json").read_text())["fit"]
     assert fit["default/none"]["churn_coefficient"] == CHURN_SLACK
-    assert fit["default/full"]["churn_coefficient"] == CHURN_SLACK_RECOMPUTE
+    assert fit["default/full"]["churn_coefficient"] == CHURN_SLACK_RECOMPUTE_CPU
 
 
 def test_churn_slack_predicts_held_out_replays() -> None:
@@ -156,7 +156,8 @@ def test_estimate_slack_is_the_peak_phases_churn_share() -> None:
         assert e.breakdown["allocator_reserve"] == int(churn * slack_share(cfg))
         assert e.reserved_bytes - e.allocated_bytes == e.breakdown["allocator_reserve"]
         shares.append(slack_share(cfg))
-    assert 0 < shares[0] < shares[1]
+    # One share with and without recompute (slack.CHURN_SLACK_RECOMPUTE_CPU says why).
+    assert 0 < shares[0] == shares[1]
 
 
 def test_bare_context_model_against_published_readings() -> None:
