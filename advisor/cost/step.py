@@ -210,6 +210,18 @@ def micro_batch(s: Setting, zeroth: bool) -> MicroBatch:
     return parts, fwd, max(total - fwd, 0.0)
 
 
+# The blocks' compute of one micro-batch: what a paired micro-batch runs beside the
+# all-to-alls (advisor/cost/expert_overlap.py).
+_BLOCK_COMPUTE = (
+    "forward_backward",
+    "expert_imbalance",
+    "attention",
+    "elementwise",
+    "fp8_casts",
+    "recompute",
+)
+
+
 def head_on_critical_path(s: Setting, parts: dict[str, ComponentTime]) -> float:
     """Share of the LM head and loss that lengthens the busiest stage's micro-batch.
 
@@ -221,12 +233,7 @@ def head_on_critical_path(s: Setting, parts: dict[str, ComponentTime]) -> float:
     if s.pp <= 1 or s.last_stage_layers >= s.stage_layers:
         return 1.0
     per_layer_keys = (
-        "forward_backward",
-        "expert_imbalance",
-        "attention",
-        "elementwise",
-        "fp8_casts",
-        "recompute",
+        *_BLOCK_COMPUTE,
         "tensor_parallel_comm",
         "expert_all_to_all",
         "context_parallel_comm",
@@ -305,18 +312,6 @@ def step_terms(
     if c.savers.activation_offload and not zeroth:
         parts["activation_offload"] = offload.activation_offload(s, c, fwd, bwd)
     return parts, fwd, bwd
-
-
-# The blocks' compute of one micro-batch: what a paired micro-batch runs beside the
-# all-to-alls (advisor/cost/expert_overlap.py).
-_BLOCK_COMPUTE = (
-    "forward_backward",
-    "expert_imbalance",
-    "attention",
-    "elementwise",
-    "fp8_casts",
-    "recompute",
-)
 
 
 def _overlap_all_to_all(
