@@ -81,8 +81,12 @@ def record_trace(params: list[Any], step: Any) -> list[tuple[str, int, int]]:
     return events
 
 
-def _llama_step(hidden: int, layers: int, seq: int, lora: bool) -> tuple[list[Any], Any, int]:
-    """A Llama-shaped bf16 model and two AdamW steps over it; its parameter count."""
+def llama_model(
+    hidden: int, layers: int, seq: int, lora: bool, *, vocab: int = 32000, device: str = "cpu"
+) -> Any:
+    """A Llama-shaped bf16 model built on ``device`` (seed 0; GQA with 128-wide KV groups),
+    wrapped in PEFT LoRA r 16 on q, k, v, o when ``lora``: the model every allocator
+    benchmark records (allocator_fit, allocator_recompute, allocator_grid)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -93,20 +97,29 @@ def _llama_step(hidden: int, layers: int, seq: int, lora: bool) -> tuple[list[An
         num_hidden_layers=layers,
         num_attention_heads=hidden // 64,
         num_key_value_heads=hidden // 128,
-        vocab_size=32000,
+        vocab_size=vocab,
         max_position_embeddings=seq,
         attn_implementation="sdpa",
     )
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     if lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
         )
+    return model
+
+
+def _llama_step(hidden: int, layers: int, seq: int, lora: bool) -> tuple[list[Any], Any, int]:
+    """A Llama-shaped bf16 model and two AdamW steps over it; its parameter count."""
+    import torch
+
+    model = llama_model(hidden, layers, seq, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4, foreach=True)
-    ids = torch.randint(0, cfg.vocab_size, (1, seq))
+    ids = torch.randint(0, model.config.vocab_size, (1, seq))
 
     def step() -> None:
         for _ in range(2):

@@ -181,32 +181,15 @@ def _step(
     """A Llama-shaped bf16 model (LoRA r 16 on q,k,v,o or full) and two AdamW steps."""
     import torch
     import transformers.masking_utils as masking
-    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.allocator_fit import llama_model
 
     # Packed-sequence detection reads a tensor's value (.item()), which meta tensors lack;
     # the inputs here are never packed.
     masking.find_packed_sequence_indices = lambda *a, **k: None
     torch.nn.functional.scaled_dot_product_attention = _flash_sdpa
     hidden, layers, batch, seq, vocab = shape
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=int(hidden * 8 / 3) // 64 * 64,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 128,
-        vocab_size=vocab,
-        max_position_embeddings=seq,
-        attn_implementation="sdpa",
-    )
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(
-            model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-        )
+    model = llama_model(hidden, layers, seq, lora, vocab=vocab, device=device)
     if ckpt:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False, "preserve_rng_state": False}
@@ -215,7 +198,7 @@ def _step(
             model.enable_input_require_grads()
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq)).to(device)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq)).to(device)
 
     def step() -> None:
         for _ in range(2):

@@ -35,33 +35,17 @@ SHAPES = [(1024, 8, 1024, 2), (2048, 4, 1024, 2)]
 
 def _step(hidden: int, layers: int, seq: int, batch: int, lora: bool, ckpt: bool) -> Any:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=hidden,
-        intermediate_size=int(hidden * 8 / 3) // 64 * 64,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=hidden // 128,
-        vocab_size=32000,
-        max_position_embeddings=seq,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    if lora:
-        from peft import LoraConfig, get_peft_model
+    from benchmarks.allocator_fit import llama_model
 
-        model = get_peft_model(
-            model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-        )
+    model = llama_model(hidden, layers, seq, lora)
     if ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora:
             model.enable_input_require_grads()
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=True)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq))
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
 
     def step() -> None:
         for _ in range(2):
