@@ -251,7 +251,7 @@ class _Recorder:
                     prev, bytes=dict(prev["bytes"], score=prev["bytes"]["score"] - fp32_out // 2)
                 )
                 prev["fused_cast"] = True
-                prev["dtypes"] = prev["dtypes"][:-1] + ["w:score:float16"]
+                prev["dtypes"] = [*prev["dtypes"][:-1], "w:score:float16"]
                 merged[-1] = prev
                 fused_forward -= 1
                 continue
@@ -453,8 +453,8 @@ def measure_case(family: str, attn: str, mode: str, dropout: bool) -> dict[str, 
     for phase in ("forward", "backward"):
         res[f"score_bytes_per_element_{phase}"] = _sum(block, phase, "score", False) / scores
         # the head-shared mask, per batch x s x s element (divide by heads per score element)
-        res[f"mask_bytes_per_element_{phase}"] = (
-            _sum(block, phase, "mask", False) / (BATCH * SEQ * SEQ)
+        res[f"mask_bytes_per_element_{phase}"] = _sum(block, phase, "mask", False) / (
+            BATCH * SEQ * SEQ
         )
         for kind in ("hidden_h", "hidden_f"):
             res[f"{kind}_elementwise_bytes_per_token_{phase}"] = (
