@@ -39,7 +39,7 @@ counts what really runs instead of guessing pass counts:
 
     python -m benchmarks.eager_bytes --out benchmarks/results/eager_bytes.json
 
-About a minute on one thread.
+About 10 s on one thread.
 """
 
 from __future__ import annotations

@@ -109,3 +109,21 @@ def test_the_table_matches_a_fresh_measurement(
     row = HF_BYTES[(family, attention, mode, dropout)]
     for got, field in zip(row, _FIELDS, strict=True):
         assert got == pytest.approx(fresh[field], abs=5e-4), field
+
+
+@pytest.mark.heavy
+def test_every_block_moves_the_same_bytes() -> None:
+    # block = 2 layers - 1 layer holds only if each added layer adds the same ops: the third
+    # layer adds, kind by kind and phase by phase, exactly what the second did.
+    from benchmarks import eager_bytes
+
+    def totals(layers: int) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for e in eager_bytes._run("gpt2", layers, True, "eager", "amp-fp16"):
+            for kind, n in e["bytes"].items():
+                out[e["phase"], kind] = out.get((e["phase"], kind), 0) + n
+        return out
+
+    one, two, three = totals(1), totals(2), totals(3)
+    assert {k: two[k] - one.get(k, 0) for k in two} == {k: three[k] - two[k] for k in three}
+    assert two["forward", "score"] - one["forward", "score"] > 0
