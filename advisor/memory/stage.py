@@ -66,8 +66,19 @@ def estimate_stage(
     if config.dp_sgd and not st.zeroth:
         bd["per_sample_gradients"] = config.batch.micro_batch * st.p_t * st.dt.grad
         notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
+    first = stage in ("only", "first")
     acts = _activations(
-        memo, config, st, device, lora_targets, stage_layers, held_blocks, stage_io, bd, notes
+        memo,
+        config,
+        st,
+        device,
+        lora_targets,
+        first,
+        stage_layers,
+        held_blocks,
+        stage_io,
+        bd,
+        notes,
     )
     # The transient: the larger of the loss backward and the optimizer step's temporaries.
     loss_tr, step_tr, grad_flow = _transients(spec, config, st, acts.loss, stage_layers, bd)
@@ -148,6 +159,7 @@ def _activations(
     st: StageStates,
     device: DeviceOverheads,
     lora_targets: frozenset[str],
+    first: bool,
     stage_layers: int,
     held_blocks: int,
     stage_io: int,
@@ -156,7 +168,8 @@ def _activations(
 ) -> _Activations:
     """The activations and logits of one rank (``bd``'s activations, logits, recompute),
     its schedule's micro-batches in flight, its runtime's stage inputs and outputs and
-    activation offloading; notes appended."""
+    activation offloading; notes appended. ``first``: the rank runs the embedding (the
+    last rank, ``st.last``, the final norm and the LM head)."""
     savers, kernels, batch = config.savers, config.kernels, config.batch
     spec, d, dt = memo.model.spec, st.d, st.dt
     tp, last, zeroth, adapters = st.tp, st.last, st.zeroth, st.adapters
@@ -202,8 +215,10 @@ def _activations(
         kernels.fused_norm,
         adapters,
         head_frozen,
+        embedding=first,
+        head=last,
     )
-    if config.dropout and not zeroth:
+    if config.dropout and not zeroth and first:
         # The embedding output's dropout mask (its output is the first block's input).
         model_level += b * s * d["h"] * (device.dropout_mask_bytes or dt.residual)
     loss = (

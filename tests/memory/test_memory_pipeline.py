@@ -10,16 +10,28 @@ from __future__ import annotations
 
 import pytest
 
-from advisor.config import Checkpointing, Precision, Sharding, Stack, Task, TrainingConfig
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    Precision,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
 from advisor.errors import UserError
 from advisor.memory import (
     PipelineRuntime,
     estimate_memory,
     inflight_block_microbatches,
     inflight_chunk_microbatches,
+    layer_activation_bytes,
     pipeline_split,
     stage_io_bytes,
 )
+from advisor.memory.memo import memo_for
+from advisor.memory.results import MemoryEstimate
+from advisor.memory.stage import estimate_stage
 from advisor.model import load_model_profiles
 from advisor.rules.taxonomy import load_taxonomy
 
@@ -287,3 +299,51 @@ def test_the_runtime_changes_nothing_without_pipeline_parallelism() -> None:
         spec, config, optimizer=TAX["adamw"], pipeline_runtime=PipelineRuntime.TORCH
     )
     assert a.total_bytes == b.total_bytes
+
+
+def test_llama3_405b_rank1_holds_the_schedule_and_no_stage_io() -> None:
+    """The 8,192-GPU row (DP 64: 32 micro-batches per step) by hand: rank 1 keeps 141
+    block-micro-batches of one block's saves (Megatron-Core frees each stage output once
+    sent; the received input is the first block's saved input), and of the model level only
+    the RoPE cos/sin tables (2 x 8,192 x 128 bf16): the token ids stay with the embedding on
+    rank 0, the final norm with the head on rank 15."""
+    spec = load_model_profiles()["llama-3.1-405b"]
+    est = estimate_memory(spec, _llama3_405b(64, 32), optimizer=TAX["adamw"])
+    assert any("rank 1 (8 blocks) is the largest" in n for n in est.notes)
+    block = layer_activation_bytes(
+        spec, 1, 8192, Attention.FLASH, Precision.BF16_MIXED, stack=Stack.FUSED, tensor_parallel=8
+    )
+    assert est.breakdown["activations"] == 141 * block + 2 * 8192 * 128 * 2
+
+
+def test_only_the_end_stages_keep_the_embedding_ids_and_the_final_norm() -> None:
+    """Per rank of a 4-stage 1F1B pipeline of 8 blocks each: the first holds 4 micro-batches
+    and the token ids (int64 per token), a middle one 3 (then 2) and neither, the last 1 and
+    the final norm before the head (fused: its bf16 input, an fp32 rstd per row and the bf16
+    output the head saves). Every stage keeps the RoPE tables (cos and sin, head dim 128)."""
+    spec = load_model_profiles()["llama-3.1-8b"]
+    b, s, h = 1, 4096, 4096
+    config = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=Precision.BF16_MIXED,
+        stack=Stack.FUSED,
+        micro_batch=b,
+        seq_len=s,
+        grad_accumulation=8,
+        pipeline_parallel=4,
+    )
+    block = layer_activation_bytes(
+        spec, b, s, Attention.FLASH, Precision.BF16_MIXED, stack=Stack.FUSED
+    )
+    rope = 2 * s * 128 * 2
+    memo = memo_for(spec, None)
+    expected = {
+        "first": 4 * 8 * block + rope + 8 * b * s,
+        "middle": 3 * 8 * block + rope,
+        "last": 1 * 8 * block + rope + (2 * b * s * h + 4 * b * s + 2 * b * s * h),
+    }
+    held = {"first": 32, "middle": 24, "last": 8}
+    for stage, want in expected.items():
+        est = estimate_stage(memo, config, TAX["adamw"], None, frozenset(), stage, 8, held[stage])
+        assert isinstance(est, MemoryEstimate)
+        assert est.breakdown["activations"] == want, stage
