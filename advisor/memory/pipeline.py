@@ -71,7 +71,8 @@ def inflight_chunk_microbatches(
     split: tuple[tuple[int, ...], ...], rank: int, microbatches: int
 ) -> tuple[int, ...]:
     """The micro-batches each of ``rank``'s chunks has in flight (forward run, backward not
-    yet) at the peak of :func:`inflight_block_microbatches` (the first such point)."""
+    yet) at the peak of :func:`inflight_block_microbatches`: the first point that reaches
+    it, and the forwards of chunks without blocks that follow it at once."""
     return _replay(split, rank, microbatches)[1]
 
 
@@ -94,16 +95,22 @@ def _replay(
     for k in range(warmup):
         chunks[(k // group) % v] += 1
     live = sum(n * b for n, b in zip(chunks, blocks, strict=True))
-    peak, at_peak = live, tuple(chunks)
+    # The warm-up only adds: its end holds its peak. ``extend``: the last op reached the peak,
+    # so a forward of a chunk without blocks (Llama 3's embedding-only first chunk) right
+    # after it keeps the peak with one more micro-batch in flight: that point is taken.
+    peak, at_peak, extend = live, tuple(chunks), True
     for k in range(min(v * m - warmup, v * group)):
         forward = ((warmup + k) // group) % v
         chunks[forward] += 1
         live += blocks[forward]
-        if live > peak:
-            peak, at_peak = live, tuple(chunks)
+        if live > peak or (extend and blocks[forward] == 0):
+            peak, at_peak, extend = live, tuple(chunks), True
+        else:
+            extend = False
         backward = v - 1 - (k // group) % v
         chunks[backward] -= 1
         live -= blocks[backward]
+        extend = False
     return peak, at_peak
 
 

@@ -47,6 +47,12 @@ def _replay_peak(split: tuple[tuple[int, ...], ...], rank: int, m: int) -> int:
     ``Schedule1F1B`` / ``ScheduleInterleaved1F1B``). Forward ``k`` runs chunk ``(k // N) % v``;
     backward ``k`` runs the chunks in reverse, chunk ``v - 1 - (k // N) % v``.
     """
+    return _replay(split, rank, m)[0]
+
+
+def _replay(split: tuple[tuple[int, ...], ...], rank: int, m: int) -> tuple[int, tuple[int, ...]]:
+    """:func:`_replay_peak`, and each chunk's micro-batches alive at the first point that
+    reaches the peak (extended over the forwards of chunks without blocks right after it)."""
     pp, v = len(split), len(split[0])
     blocks = split[rank]
     if v == 1:
@@ -57,17 +63,28 @@ def _replay_peak(split: tuple[tuple[int, ...], ...], rank: int, m: int) -> int:
     total = v * m
     live = peak = 0
     fwd = bwd = 0
+    alive = [0] * v
+    at_peak = tuple(alive)
+    extend = True  # the last op reached the peak
 
     def forward() -> None:
-        nonlocal live, peak, fwd
-        live += blocks[(fwd // group) % v]
-        peak = max(peak, live)
+        nonlocal live, peak, fwd, at_peak, extend
+        chunk = (fwd // group) % v
+        live += blocks[chunk]
+        alive[chunk] += 1
+        if live > peak or (extend and blocks[chunk] == 0):
+            peak, at_peak, extend = live, tuple(alive), True
+        else:
+            extend = False
         fwd += 1
 
     def backward() -> None:
-        nonlocal live, bwd
-        live -= blocks[v - 1 - (bwd // group) % v]
+        nonlocal live, bwd, extend
+        chunk = v - 1 - (bwd // group) % v
+        live -= blocks[chunk]
+        alive[chunk] -= 1
         bwd += 1
+        extend = False
 
     for _ in range(warmup):
         forward()
@@ -77,7 +94,8 @@ def _replay_peak(split: tuple[tuple[int, ...], ...], rank: int, m: int) -> int:
     while bwd < total:
         backward()
     assert live == 0
-    return peak
+    assert alive == [0] * v
+    return peak, at_peak
 
 
 def test_llama3_split_has_an_embedding_only_first_chunk_and_a_head_only_last_chunk() -> None:
@@ -131,6 +149,23 @@ def test_inflight_counts_equal_a_replay_of_the_schedule(
     split = pipeline_split(layers, pp, v)
     for rank in range(pp):
         assert inflight_block_microbatches(split, rank, m) == _replay_peak(split, rank, m), rank
+
+
+@pytest.mark.parametrize(
+    ("layers", "pp", "v", "m"),
+    [
+        (126, 16, 8, 32),
+        (126, 16, 8, 16),
+        (80, 4, 1, 16),
+        (48, 2, 2, 8),
+        (60, 4, 3, 12),
+        (30, 4, 2, 8),
+    ],
+)
+def test_chunk_counts_at_the_peak_equal_the_replay(layers: int, pp: int, v: int, m: int) -> None:
+    split = pipeline_split(layers, pp, v)
+    for rank in range(pp):
+        assert inflight_chunk_microbatches(split, rank, m) == _replay(split, rank, m)[1], rank
 
 
 @pytest.mark.parametrize("layers", [32, 80, 126])
