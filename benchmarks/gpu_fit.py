@@ -60,7 +60,7 @@ from advisor.hardware.profiles import (
     HardwareProfile,
     load_hardware_profiles,
 )
-from advisor.memory import estimate_memory
+from advisor.memory import PipelineRuntime, estimate_memory
 from advisor.model import ModelSpec, get_model_profile
 from advisor.rules.taxonomy import load_taxonomy
 
@@ -818,8 +818,12 @@ def memory_check(run: dict[str, Any], hw: HardwareProfile) -> dict[str, Any]:
         # What the source ran that the time model's labels leave out (e.g. compiled blocks
         # with an unfused, fp32-upcast loss; FSDP that shards gradients, not parameters).
         config = TrainingConfig(**{**config.model_dump(), **run["memory_overrides"]})
+    # What ran the pipeline schedule: Megatron-Core (frees stage outputs once sent) unless the
+    # row says torch.distributed.pipelining (torchtitan), which keeps them and per-micro-batch
+    # receive buffers (advisor.memory.pipeline.PipelineRuntime).
+    runtime = PipelineRuntime(run.get("pipeline_runtime", PipelineRuntime.MEGATRON.value))
     try:
-        est = estimate_memory(spec, config, optimizer=_adamw())
+        est = estimate_memory(spec, config, optimizer=_adamw(), pipeline_runtime=runtime)
     except UserError as exc:
         # The source's layout as recorded here cannot be split (an assumed interleaving).
         return {"fits": None, "peak_fraction_of_device": None, "layout_error": exc.message}

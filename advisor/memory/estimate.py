@@ -7,8 +7,9 @@ from __future__ import annotations
 from advisor.config import Checkpointing, ContextParallelKind, TrainingConfig
 from advisor.memory.context import check_context, rank_config
 from advisor.memory.convnet import check_cnn_config
+from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
-from advisor.memory.pipeline import pipeline_schedule
+from advisor.memory.pipeline import PipelineRuntime, pipeline_schedule, stage_io_bytes
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
 from advisor.memory.sharding import check_layout
 from advisor.memory.stage import estimate_stage, trainable_total
@@ -24,6 +25,7 @@ def estimate_memory(
     device: DeviceOverheads | None = None,
     lora_targets: frozenset[str] | None = None,
     memo: MemoryMemo | None = None,
+    pipeline_runtime: PipelineRuntime = PipelineRuntime.MEGATRON,
 ) -> MemoryEstimate:
     """Estimate the per-device peak memory of training ``spec`` under ``config``.
 
@@ -42,6 +44,9 @@ def estimate_memory(
         lora_targets: what LoRA/QLoRA adapts (default: ``config.lora_targets``).
         memo: the caller's memo of this model's pieces, held for one search or command
             (None: a fresh one; the numbers are the same).
+        pipeline_runtime: what runs the pipeline schedule (:class:`~advisor.memory.
+            pipeline.PipelineRuntime`): Megatron-Core frees each stage output once sent;
+            torch.distributed.pipelining keeps outputs and per-micro-batch buffers.
 
     Returns:
         The estimate, with every component named (see :data:`COMPONENTS`) and every phase.
@@ -52,7 +57,15 @@ def estimate_memory(
         ValueError: when ``memo`` holds another model spec's pieces.
     """
     targets = frozenset(config.adapters.lora_targets) if lora_targets is None else lora_targets
-    m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=False)
+    m = _estimate(
+        memo_for(spec, memo),
+        config,
+        optimizer,
+        device,
+        targets,
+        pipeline_runtime,
+        totals_only=False,
+    )
     assert isinstance(m, MemoryEstimate)
     return m
 
@@ -63,6 +76,7 @@ def _estimate(
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None,
     lora_targets: frozenset[str],
+    runtime: PipelineRuntime,
     *,
     totals_only: bool,
 ) -> MemoryEstimate | MemoryTotals:
@@ -83,16 +97,28 @@ def _estimate(
             memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
         return _context_note(one, config)
-    split, held = memo.call(
-        pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
+    v, m = layout.virtual_stages, config.batch.grad_accumulation
+    split, held, chunks = memo.call(pipeline_schedule, pp, v, m)
+    # One micro-batch's hidden state as a stage sends it: the residual stream, sequence-
+    # parallel over the tensor-parallel ranks.
+    batch = config.batch
+    hidden = -(
+        -dtypes(config.precision).residual
+        * batch.micro_batch
+        * batch.seq_len
+        * d["h"]
+        // layout.tensor_parallel
     )
+    io = [stage_io_bytes(runtime, pp, v, r, m, chunks[r], hidden) for r in range(pp)]
     # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
     # are always candidates; a middle rank only when it holds more blocks or more
     # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest
     # of them, as the middle ranks differ in nothing else.
     ranks = [0, pp - 1]
-    middle = max(range(1, pp - 1), key=lambda r: (held[r], sum(split[r])), default=None)
-    if middle is not None and (held[middle] > held[0] or sum(split[middle]) > sum(split[0])):
+    middle = max(range(1, pp - 1), key=lambda r: (held[r], sum(split[r]), io[r]), default=None)
+    if middle is not None and (
+        held[middle] > held[0] or sum(split[middle]) > sum(split[0]) or io[middle] > io[0]
+    ):
         ranks.insert(1, middle)
     stages = [
         estimate_stage(
@@ -105,6 +131,7 @@ def _estimate(
             sum(split[r]),
             held[r],
             totals_only,
+            stage_io=io[r],
         )
         for r in ranks
     ]
@@ -153,6 +180,7 @@ def memory_totals(
     device: DeviceOverheads | None = None,
     lora_targets: frozenset[str] | None = None,
     memo: MemoryMemo | None = None,
+    pipeline_runtime: PipelineRuntime = PipelineRuntime.MEGATRON,
 ) -> MemoryTotals:
     """:func:`estimate_memory`'s ``total_bytes``, ``host_bytes`` and ``nvme_bytes``, the
     same numbers, without building the phases (about 40% of the work). The arguments are
@@ -162,7 +190,9 @@ def memory_totals(
     fits, thousands of times; most of those plans are never shown.
     """
     targets = frozenset(config.adapters.lora_targets) if lora_targets is None else lora_targets
-    m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=True)
+    m = _estimate(
+        memo_for(spec, memo), config, optimizer, device, targets, pipeline_runtime, totals_only=True
+    )
     assert isinstance(m, MemoryTotals)
     return m
 
