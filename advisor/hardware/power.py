@@ -44,7 +44,8 @@ def clock_share(limit_w: float, rated_w: float) -> float:
             f"power limit {limit_w:g} W: a power limit is a positive number of watts",
             hint="e.g. --power-limit 500",
         )
-    return min(1.0, limit_w / rated_w) ** (1.0 / POWER_EXPONENT)
+    share: float = min(1.0, limit_w / rated_w) ** (1.0 / POWER_EXPONENT)
+    return share
 
 
 def at_power_limit(profile: HardwareProfile, limit_w: float) -> HardwareProfile:
