@@ -52,6 +52,7 @@ from advisor.config import (
 from advisor.cost import predict_for_optimizer
 from advisor.data.resources import profiles_dir
 from advisor.errors import UserError
+from advisor.hardware.power import at_power_limit
 from advisor.hardware.profiles import (
     AttentionEfficiency,
     Fitted,
@@ -779,6 +780,10 @@ def run_device(run: dict[str, Any], hw: HardwareProfile) -> HardwareProfile:
     over = run.get("device_overrides")
     if not over:
         return hw
+    if "power_limit_w" in over:
+        # NOTE: the peaks of a board run below its rated power come from the power model
+        # (advisor/hardware/power.py), not from a figure the source states.
+        hw = at_power_limit(hw, float(over["power_limit_w"]))
     peak = hw.peak_tflops.model_copy(
         update={
             "bf16": over.get("bf16_tflops", hw.peak_tflops.bf16),
