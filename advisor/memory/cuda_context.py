@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from advisor.memory.nccl import nccl_fabric
 from advisor.memory.results import DeviceOverheads
 from advisor.units import MIB
 
@@ -108,6 +109,10 @@ def cuda_context_bytes(profile_id: str | None) -> int:
     return BARE_CONTEXT_BYTES + local_memory_bytes(gpu) + STEP_KERNEL_IMAGE_BYTES
 
 
-def gpu_overheads(profile_id: str | None) -> DeviceOverheads:
-    """A CUDA device's fixed overheads with the context of ``profile_id``'s GPU."""
-    return DeviceOverheads(cuda_context_bytes=cuda_context_bytes(profile_id))
+def gpu_overheads(profile_id: str | None, link_domain: int = 8) -> DeviceOverheads:
+    """A CUDA device's fixed overheads with the context of ``profile_id``'s GPU and its NCCL
+    fabric (``link_domain`` GPUs on its NVLink or PCIe switch; advisor.memory.nccl)."""
+    return DeviceOverheads(
+        cuda_context_bytes=cuda_context_bytes(profile_id),
+        nccl=nccl_fabric(profile_id, link_domain),
+    )

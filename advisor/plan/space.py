@@ -274,7 +274,7 @@ def overheads(target: Target) -> DeviceOverheads:
     (memory.cuda_context) on a CUDA device."""
     if target.device_kind is DeviceKind.CPU:
         return _CPU_OVERHEADS
-    return gpu_overheads(target.profile.id)
+    return gpu_overheads(target.profile.id, target.profile.link_domain())
 
 
 def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:
