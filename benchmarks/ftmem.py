@@ -216,7 +216,9 @@ def _with_rank(spec: Any, config: Any, run: dict[str, Any]) -> tuple[int, bool]:
         update={"memory": tech.memory.model_copy(update={"rank": run["optimizer_rank"]})}
     )
     profile = get_hardware_profile(run["hardware"])
-    m = estimate_memory(spec, config, optimizer=tech, device=gpu_overheads(profile.id, profile.link_domain()))
+    m = estimate_memory(
+        spec, config, optimizer=tech, device=gpu_overheads(profile.id, profile.link_domain())
+    )
     predicted = {
         "allocated": m.allocated_bytes,
         "reserved": m.reserved_bytes,

@@ -151,7 +151,10 @@ def predict_for_optimizer(
     ):
         held = memo.model(spec, hardware, calibration).memory if memo is not None else None
         totals = memory_totals(
-            spec, config, optimizer=optimizer, device=gpu_overheads(hardware.id, hardware.link_domain()),
+            spec,
+            config,
+            optimizer=optimizer,
+            device=gpu_overheads(hardware.id, hardware.link_domain()),
             memo=held,
         )
         if totals.paged_bytes:

@@ -201,12 +201,7 @@ def nccl_parts(layout: ParallelLayout, fabric: NcclFabric | None) -> dict[str, i
     if fabric is None or layout.world_size == 1:
         return {}
     domain = fabric.link_domain
-    tp, cp, dp, pp = (
-        layout.tensor_parallel,
-        layout.context_parallel,
-        layout.data_parallel,
-        layout.pipeline_parallel,
-    )
+    tp, cp, pp = layout.tensor_parallel, layout.context_parallel, layout.pipeline_parallel
     ep = layout.expert_parallel
     parts: dict[str, int] = {}
     parts["tensor"] = _collective(fabric, tp, min(tp, domain))
