@@ -68,8 +68,10 @@ class DeviceOverheads(BaseModel):
         default=32 * MIB + 1 * MIB,
         ge=0,
         description=(
-            "cuBLAS workspace (torch default on Hopper :4096:8 = 32 MiB; 8 MiB before) "
-            "plus the 1 MiB cuBLASLt workspace"
+            "torch's cuBLAS + cuBLASLt workspaces (inside its allocator); per GPU from "
+            "advisor.memory.cuda_context.blas_workspace_bytes: two (handle, stream) pairs "
+            "(forward and autograd's backward thread) x (32 MiB on compute capability 9.0, "
+            "8 MiB + 128 KiB elsewhere, + 1 MiB cuBLASLt); 33 MiB where the GPU is unknown"
         ),
     )
     dropout_mask_bytes: int | None = Field(
