@@ -7,7 +7,7 @@ the run's --hardware profile), compared with what the source measured:
 
     allocated   -> allocated_bytes (torch.cuda.max_memory_allocated)
     reserved    -> reserved_bytes  (torch.cuda.max_memory_reserved)
-    nvidia-smi  -> total_bytes     (reserved + CUDA context: the device footprint)
+    nvidia-smi  -> total_bytes     (reserved + CUDA context + NCCL: the device footprint)
     unstated    -> total_bytes
 
 Where a run does not state its activation checkpointing the estimate is the range over none,
