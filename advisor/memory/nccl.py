@@ -40,7 +40,8 @@ The figures are in ``benchmarks/data/nccl_memory.yaml`` with their sources; the 
   communicates; each has its own buffers (NCCL issue 986: "More communicators = more memory
   used", unless split with shared resources, torch's default is not). Counted: the data x
   context parallel group (gradients, ZeRO/FSDP), tensor parallelism, context parallelism,
-  pipeline neighbours and the expert all-to-all, each where its degree exceeds 1.
+  pipeline neighbours and the expert all-to-all, each where its degree exceeds 1; hybrid
+  sharding's shard and replicate groups apart.
 
 Not modelled: NCCL's proxy and host-pinned FIFOs (host memory), DeepEP/NVSHMEM buffers,
 RCCL on AMD GPUs (no published figure used: no term). No figure is verified on a GPU in
@@ -53,7 +54,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from advisor.config import MoeDispatcher, ParallelLayout
+from advisor.config import MoeDispatcher, ParallelLayout, Sharding
 from advisor.units import MIB
 
 #: The three protocols' FIFOs of one connection, bytes (NCCL src/init.cc defaults).
@@ -207,7 +208,16 @@ def nccl_parts(layout: ParallelLayout, fabric: NcclFabric | None) -> dict[str, i
     parts["tensor"] = _collective(fabric, tp, min(tp, domain))
     parts["context"] = _collective(fabric, cp, min(cp, max(domain // tp, 1)))
     dp_cp = layout.dp_cp
-    parts["data"] = _collective(fabric, dp_cp, min(dp_cp, max(domain // tp, 1)))
+    data_local = max(domain // tp, 1)
+    shard = layout.shard_group or min(dp_cp, 8)
+    if layout.sharding is Sharding.HSDP and 1 < shard < dp_cp:
+        # Hybrid sharding: a shard group (gathers, reduce-scatters) and a replicate group
+        # (all-reduce across shard groups) are two communicators (torch's 2-D device mesh).
+        parts["data"] = _collective(fabric, shard, min(shard, data_local))
+        replicate = dp_cp // shard
+        parts["replicate"] = _collective(fabric, replicate, min(replicate, data_local // shard))
+    else:
+        parts["data"] = _collective(fabric, dp_cp, min(dp_cp, data_local))
     # Pipeline neighbours: one send and one receive peer on P2P channels.
     peers = 2 if pp > 2 else 1 if pp == 2 else 0
     parts["pipeline"] = peers * P2P_CHANNELS_PER_PEER * RING_BYTES_PER_CHANNEL
@@ -231,13 +241,16 @@ def nccl_note(layout: ParallelLayout, fabric: NcclFabric | None) -> str | None:
     if not parts or fabric is None:
         return None
     each = ", ".join(f"{k} {v / MIB:.0f} MiB" for k, v in parts.items())
-    return (
-        f"NCCL buffers outside torch's allocator ({each}): {fabric.channels} ring channels x "
-        f"{RING_BYTES_PER_CHANNEL // MIB} MiB per communicator"
-        + (
-            f", NVLS {fabric.nvls_channels} channels x 2 MiB per GPU on the switch"
-            if fabric.nvls_channels
-            else ""
+    how = [
+        f"{fabric.channels} ring channels x {RING_BYTES_PER_CHANNEL // MIB} MiB per communicator"
+    ]
+    if fabric.nvls_channels:
+        how.append(f"NVLS {fabric.nvls_channels} channels x 2 MiB per GPU on the switch")
+    if "expert" in parts and layout.moe_dispatcher is MoeDispatcher.ALLTOALL:
+        how.append(
+            f"the expert all-to-all {ALLTOALL_CHANNELS_PER_PEER} channels x "
+            f"{RING_BYTES_PER_CHANNEL // MIB} MiB per NVLink peer (measured on H100)"
         )
-        + " (advisor.memory.nccl)"
+    return (
+        f"NCCL buffers outside torch's allocator ({each}): {'; '.join(how)} (advisor.memory.nccl)"
     )

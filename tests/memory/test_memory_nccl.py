@@ -110,6 +110,17 @@ def test_each_communicating_group_has_its_own_buffers() -> None:
     assert parts["pipeline"] == 2 * 2 * RING_BYTES_PER_CHANNEL
 
 
+def test_hybrid_sharding_has_a_shard_and_a_replicate_communicator() -> None:
+    from advisor.config import Sharding
+
+    a100 = nccl_fabric("a100-sxm-80gb")
+    hsdp = ParallelLayout(data_parallel=32, sharding=Sharding.HSDP, shard_group=8)
+    assert nccl_parts(hsdp, a100) == {
+        "data": 24 * RING_BYTES_PER_CHANNEL,
+        "replicate": 24 * RING_BYTES_PER_CHANNEL,
+    }
+
+
 def test_estimate_counts_nccl_outside_the_allocator_and_in_fits() -> None:
     from typer.testing import CliRunner
 
