@@ -7,7 +7,7 @@ the run's --hardware profile), compared with what the source measured:
 
     allocated   -> allocated_bytes (torch.cuda.max_memory_allocated)
     reserved    -> reserved_bytes  (torch.cuda.max_memory_reserved)
-    nvidia-smi  -> total_bytes     (reserved + CUDA context: the device footprint)
+    nvidia-smi  -> total_bytes     (reserved + CUDA context + NCCL: the device footprint)
     unstated    -> total_bytes
 
 Where a run does not state its activation checkpointing the estimate is the range over none,
@@ -216,7 +216,9 @@ def _with_rank(spec: Any, config: Any, run: dict[str, Any]) -> tuple[int, bool]:
         update={"memory": tech.memory.model_copy(update={"rank": run["optimizer_rank"]})}
     )
     profile = get_hardware_profile(run["hardware"])
-    m = estimate_memory(spec, config, optimizer=tech, device=gpu_overheads(profile.id))
+    m = estimate_memory(
+        spec, config, optimizer=tech, device=gpu_overheads(profile.id, profile.link_domain())
+    )
     predicted = {
         "allocated": m.allocated_bytes,
         "reserved": m.reserved_bytes,

@@ -107,7 +107,8 @@ class EstimateReport(BaseModel):
     stack: Stack = Field(description="the kernel stack the numbers assume (hf or fused)")
     total_bytes: int = Field(
         description="per-device peak memory: the largest phase, bytes; reserved_bytes plus "
-        "the CUDA context (what the device must hold; fits compares this)"
+        "the CUDA context and NCCL's buffers (what nvidia-smi shows; what the device must "
+        "hold; fits compares this)"
     )
     allocated_bytes: int = Field(
         description="torch.cuda.max_memory_allocated's equivalent: the peak phase's tensors "
@@ -127,7 +128,8 @@ class EstimateReport(BaseModel):
         "components alive in each and their sum"
     )
     overhead_breakdown: dict[str, int] = Field(
-        description="the fixed per-device terms: CUDA context, cuBLAS workspace, allocator reserve"
+        description="the fixed per-device terms: CUDA context, NCCL communicator buffers "
+        "(multi-GPU layouts), cuBLAS workspace, allocator reserve"
     )
     parameters: int
     active_parameters: int = Field(
@@ -414,7 +416,13 @@ def estimate_report(
     if device not in ("cuda", "cpu"):
         raise UserError(f"invalid --device {device!r}", "use cuda or cpu")
     on_cpu = device == "cpu" or (profile is not None and profile.kind is DeviceKind.CPU)
-    overheads = DeviceOverheads.cpu() if on_cpu else gpu_overheads(profile.id if profile else None)
+    overheads = (
+        DeviceOverheads.cpu()
+        if on_cpu
+        else gpu_overheads(profile.id, profile.link_domain())
+        if profile
+        else gpu_overheads(None)
+    )
     taxonomy = load_taxonomy()
     tech = taxonomy.get(config.optimizer)
     check_context_kernel(config)

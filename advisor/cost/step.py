@@ -151,7 +151,11 @@ def predict_for_optimizer(
     ):
         held = memo.model(spec, hardware, calibration).memory if memo is not None else None
         totals = memory_totals(
-            spec, config, optimizer=optimizer, device=gpu_overheads(hardware.id), memo=held
+            spec,
+            config,
+            optimizer=optimizer,
+            device=gpu_overheads(hardware.id, hardware.link_domain()),
+            memo=held,
         )
         if totals.paged_bytes:
             residency = paged_residency(

@@ -9,7 +9,7 @@ in a fixed order (:data:`COMPONENTS`)::
     activations + recompute + logits                                  (saved for backward)
     transient                                                         (loss / step temporaries)
     gathered_parameters                                               (ZeRO-3 / FSDP / offload)
-    cuda_context + workspace + allocator_reserve                      (device overheads)
+    cuda_context + nccl + workspace + allocator_reserve               (device overheads)
 
 Components that never coexist are not added: the peak is the largest of a step's phases
 (:data:`PHASES`: forward end, loss backward, layer backward, optimizer step), each the sum of
@@ -40,6 +40,7 @@ ZeRO/FSDP shard model states over the data-parallel (or, hybrid, the shard-group
 The package, along the estimate's data flow (each module imports only those above it):
 
 - :mod:`~advisor.memory.results`: the components, phases, device overheads and result types.
+- :mod:`~advisor.memory.nccl`: NCCL's communicator buffers per process group and GPU fabric.
 - :mod:`~advisor.memory.cuda_context`: the CUDA context per GPU (SMs, lazy kernel loading).
 - :mod:`~advisor.memory.allocator`: the CUDA caching allocator's policy, replayed on traces.
 - :mod:`~advisor.memory.slack`: the allocator's slack as a share of the step's churn.

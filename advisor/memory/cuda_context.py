@@ -28,6 +28,16 @@ does, and an out-of-memory error counts it. The terms and their sources:
   torch's measurement of the two modes (github.com/pytorch/pytorch/pull/86509). That
   upper end is counted: the fit test reads the whole context.
 
+**cuBLAS workspaces** (inside torch's allocator, so in allocated and reserved): torch gives
+each (cuBLAS handle, stream) pair its own workspace, ``CUBLAS_WORKSPACE_CONFIG``'s default
+``:4096:8`` = 32 MiB on compute capability 9.0 and ``:4096:2:16:8`` = 8 MiB + 128 KiB on
+every other GPU, and a 1 MiB cuBLASLt workspace per pair (``CUBLASLT_WORKSPACE_SIZE``
+default) (pytorch ``aten/src/ATen/cuda/CublasHandlePool.cpp``: ``parseChosenWorkspaceSize``,
+``parseCUDABlasLtWorkspaceSize``, ``setWorkspaceForHandle``). Handles are reserved per
+thread, and autograd runs a CUDA backward on its own device thread: a training step holds
+:data:`TRAINING_BLAS_HANDLES` pairs, the forward's (and the optimizer step's) and the
+backward's, on the default stream.
+
 Before CUDA 11.7 (eager loading) the context was over 1,000 MB (PyTorch issue 107667,
 ptrblck); every profile here runs a CUDA 12 toolchain. AMD GPUs (ROCm/HIP) have no
 published measurement the model uses: their context keeps the former 500 MiB assumption.
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from advisor.memory.nccl import nccl_fabric
 from advisor.memory.results import DeviceOverheads
 from advisor.units import MIB
 
@@ -54,13 +65,24 @@ STEP_KERNEL_IMAGE_BYTES = 666_632_192 - 287_047_680
 #: Context assumed for a GPU this table does not know (AMD, or an unnamed device).
 UNKNOWN_CONTEXT_BYTES = 500 * MIB
 
+#: torch's cuBLAS workspace per (handle, stream): ``:4096:8`` on compute capability 9.0,
+#: ``:4096:2:16:8`` elsewhere (CublasHandlePool.cpp ``parseChosenWorkspaceSize``).
+CUBLAS_WORKSPACE_SM90 = 4096 * 1024 * 8
+CUBLAS_WORKSPACE_OTHER = 4096 * 1024 * 2 + 16 * 1024 * 8
+#: torch's cuBLASLt workspace per (handle, stream) (``CUBLASLT_WORKSPACE_SIZE`` 1024 KiB).
+CUBLASLT_WORKSPACE = 1 * MIB
+#: (handle, stream) pairs of a training step: the main thread's and autograd's device thread's.
+TRAINING_BLAS_HANDLES = 2
+
 
 class GpuSms(NamedTuple):
-    """What the local-memory reservation of one GPU reads: SMs and resident threads."""
+    """What the local-memory reservation of one GPU reads: SMs and resident threads (and
+    whether it is compute capability 9.0, for torch's cuBLAS workspace)."""
 
     sms: int
     threads_per_sm: int
     source: str
+    sm90: bool = False
 
 
 _GUIDE = "CUDA C++ Programming Guide, Technical Specifications per Compute Capability"
@@ -78,11 +100,19 @@ GPU_SMS: dict[str, GpuSms] = {
     "rtx-4090": GpuSms(128, 1536, "NVIDIA Ada Lovelace whitepaper (2022): 128 SMs; " + _GUIDE),
     "l4": GpuSms(58, 1536, "NVIDIA Ada Lovelace whitepaper (2022): L4 58 SMs; " + _GUIDE),
     "l40s": GpuSms(142, 1536, "NVIDIA Ada Lovelace whitepaper (2022): 142 SMs; " + _GUIDE),
-    "h100-sxm-80gb": GpuSms(132, 2048, "NVIDIA H100 whitepaper (2022): SXM5 132 SMs; " + _GUIDE),
-    "h100-pcie-80gb": GpuSms(114, 2048, "NVIDIA H100 whitepaper (2022): PCIe 114 SMs; " + _GUIDE),
-    "h200": GpuSms(132, 2048, "NVIDIA H200 (the H100 SXM5 die, 132 SMs); " + _GUIDE),
-    "h800": GpuSms(132, 2048, "NVIDIA H800 SXM5 (the H100 SXM5 die, 132 SMs); " + _GUIDE),
-    "h20": GpuSms(78, 2048, "NVIDIA H20 (GH100, 78 SMs as deviceQuery reports); " + _GUIDE),
+    "h100-sxm-80gb": GpuSms(
+        132, 2048, "NVIDIA H100 whitepaper (2022): SXM5 132 SMs; " + _GUIDE, sm90=True
+    ),
+    "h100-pcie-80gb": GpuSms(
+        114, 2048, "NVIDIA H100 whitepaper (2022): PCIe 114 SMs; " + _GUIDE, sm90=True
+    ),
+    "h200": GpuSms(132, 2048, "NVIDIA H200 (the H100 SXM5 die, 132 SMs); " + _GUIDE, sm90=True),
+    "h800": GpuSms(
+        132, 2048, "NVIDIA H800 SXM5 (the H100 SXM5 die, 132 SMs); " + _GUIDE, sm90=True
+    ),
+    "h20": GpuSms(
+        78, 2048, "NVIDIA H20 (GH100, 78 SMs as deviceQuery reports); " + _GUIDE, sm90=True
+    ),
     "b200": GpuSms(148, 2048, "NVIDIA B200 (two dies, 148 SMs as deviceQuery reports); " + _GUIDE),
     "gb200": GpuSms(148, 2048, "NVIDIA GB200's B200 GPUs (148 SMs each); " + _GUIDE),
     "b300": GpuSms(160, 2048, "NVIDIA Blackwell Ultra technical blog (2025): 160 SMs; " + _GUIDE),
@@ -108,6 +138,22 @@ def cuda_context_bytes(profile_id: str | None) -> int:
     return BARE_CONTEXT_BYTES + local_memory_bytes(gpu) + STEP_KERNEL_IMAGE_BYTES
 
 
-def gpu_overheads(profile_id: str | None) -> DeviceOverheads:
-    """A CUDA device's fixed overheads with the context of ``profile_id``'s GPU."""
-    return DeviceOverheads(cuda_context_bytes=cuda_context_bytes(profile_id))
+def blas_workspace_bytes(profile_id: str | None) -> int:
+    """torch's cuBLAS + cuBLASLt workspaces of a training step on ``profile_id``'s GPU; a GPU
+    the table does not know keeps :class:`DeviceOverheads`' default."""
+    gpu = GPU_SMS.get(profile_id or "")
+    if gpu is None:
+        return int(DeviceOverheads.model_fields["workspace_bytes"].default)
+    cublas = CUBLAS_WORKSPACE_SM90 if gpu.sm90 else CUBLAS_WORKSPACE_OTHER
+    return TRAINING_BLAS_HANDLES * (cublas + CUBLASLT_WORKSPACE)
+
+
+def gpu_overheads(profile_id: str | None, link_domain: int = 8) -> DeviceOverheads:
+    """A CUDA device's fixed overheads with the context and cuBLAS workspaces of
+    ``profile_id``'s GPU and its NCCL fabric (``link_domain`` GPUs on its NVLink or PCIe
+    switch; advisor.memory.nccl)."""
+    return DeviceOverheads(
+        cuda_context_bytes=cuda_context_bytes(profile_id),
+        workspace_bytes=blas_workspace_bytes(profile_id),
+        nccl=nccl_fabric(profile_id, link_domain),
+    )

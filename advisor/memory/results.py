@@ -8,6 +8,7 @@ from typing import NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from advisor.config import Stack
+from advisor.memory.nccl import NcclFabric
 from advisor.units import MIB
 
 COMPONENTS: tuple[str, ...] = (
@@ -24,6 +25,7 @@ COMPONENTS: tuple[str, ...] = (
     "transient",
     "gathered_parameters",
     "cuda_context",
+    "nccl",
     "workspace",
     "allocator_reserve",
 )
@@ -32,7 +34,11 @@ COMPONENTS: tuple[str, ...] = (
 PHASES: tuple[str, ...] = ("forward_end", "loss_backward", "layer_backward", "optimizer_step")
 
 #: Components that are fixed device overheads rather than tensors of the model.
-OVERHEAD_COMPONENTS: tuple[str, ...] = ("cuda_context", "workspace", "allocator_reserve")
+OVERHEAD_COMPONENTS: tuple[str, ...] = ("cuda_context", "nccl", "workspace", "allocator_reserve")
+
+#: Overheads outside torch's caching allocator: nvidia-smi counts them, max_memory_reserved
+#: does not.
+OUTSIDE_ALLOCATOR: tuple[str, ...] = ("cuda_context", "nccl")
 
 
 class DeviceOverheads(BaseModel):
@@ -51,12 +57,21 @@ class DeviceOverheads(BaseModel):
             "advisor.memory.cuda_context.cuda_context_bytes (500 MiB where the GPU is unknown)"
         ),
     )
+    nccl: NcclFabric | None = Field(
+        default=None,
+        description=(
+            "the GPU's NCCL channel counts and link domain (advisor.memory.nccl): sizes the "
+            "communicator buffers of a multi-GPU layout; None: no NCCL term"
+        ),
+    )
     workspace_bytes: int = Field(
         default=32 * MIB + 1 * MIB,
         ge=0,
         description=(
-            "cuBLAS workspace (torch default on Hopper :4096:8 = 32 MiB; 8 MiB before) "
-            "plus the 1 MiB cuBLASLt workspace"
+            "torch's cuBLAS + cuBLASLt workspaces (inside its allocator); per GPU from "
+            "advisor.memory.cuda_context.blas_workspace_bytes: two (handle, stream) pairs "
+            "(forward and autograd's backward thread) x (32 MiB on compute capability 9.0, "
+            "8 MiB + 128 KiB elsewhere, + 1 MiB cuBLASLt); 33 MiB where the GPU is unknown"
         ),
     )
     dropout_mask_bytes: int | None = Field(
@@ -102,7 +117,8 @@ class MemoryEstimate(BaseModel):
 
     total_bytes: int = Field(
         description="per-device peak: the largest phase (peak_phase), context included: "
-        "reserved_bytes + cuda_context (what the device must hold; what a fit test reads)"
+        "reserved_bytes + cuda_context + nccl (what nvidia-smi shows; what the device must "
+        "hold; what a fit test reads)"
     )
     allocated_bytes: int = Field(
         default=0,
@@ -112,7 +128,8 @@ class MemoryEstimate(BaseModel):
     reserved_bytes: int = Field(
         default=0,
         description="torch.cuda.max_memory_reserved's equivalent: allocated_bytes plus the "
-        "caching allocator's slack (allocator_reserve); total_bytes minus the CUDA context",
+        "caching allocator's slack (allocator_reserve); total_bytes minus the CUDA context and "
+        "NCCL's buffers",
     )
     breakdown: dict[str, int] = Field(
         description="component -> full bytes, in COMPONENTS order (components of different "
@@ -139,7 +156,7 @@ class MemoryEstimate(BaseModel):
 
     @property
     def overhead_bytes(self) -> int:
-        """The fixed device overheads (context, workspace, allocator reserve) together."""
+        """The fixed device overheads (context, NCCL, workspace, allocator reserve) together."""
         return sum(self.breakdown[k] for k in OVERHEAD_COMPONENTS)
 
 

@@ -15,11 +15,13 @@ from advisor.memory.derived import trainable_count
 from advisor.memory.loss import NO_LOSS, LossMemory, loss_memory
 from advisor.memory.memo import MemoryMemo
 from advisor.memory.moe import activation_kwargs, dispatch_bytes
+from advisor.memory.nccl import nccl_bytes, nccl_note
 from advisor.memory.optimizer import fused_step_on, optimizer_note
 from advisor.memory.params import Role, count, enum_value
 from advisor.memory.phases import grads_persistent, phases_of
 from advisor.memory.recompute import block_saves
 from advisor.memory.results import (
+    OUTSIDE_ALLOCATOR,
     OVERHEAD_COMPONENTS,
     DeviceOverheads,
     MemoryEstimate,
@@ -120,6 +122,10 @@ def estimate_stage(
     )
     peak_tensors = max(sum(p.values()) for p in phases.values())
     bd["cuda_context"] = device.cuda_context_bytes
+    # NCCL's communicator buffers (driver allocations, outside torch's allocator).
+    bd["nccl"] = nccl_bytes(config.layout, device.nccl)
+    if not totals_only and (said := nccl_note(config.layout, device.nccl)):
+        notes.append(said)
     bd["workspace"] = device.workspace_bytes
     if net is not None and device.workspace_bytes:
         # cuDNN's convolution scratch beside cuBLAS's (a CUDA device only).
@@ -502,7 +508,8 @@ def _full_estimate(
         for name, parts in phases.items()
     ]
     peak = max(phase_list, key=lambda p: p.total_bytes)
-    allocated = peak.total_bytes - overheads["cuda_context"] - overheads["allocator_reserve"]
+    outside = sum(overheads[k] for k in OUTSIDE_ALLOCATOR)
+    allocated = peak.total_bytes - outside - overheads["allocator_reserve"]
     if paged:
         notes.append(
             f"paged optimizer states: {paged / 2**30:.1f} GiB in CUDA unified memory, outside "

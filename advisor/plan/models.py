@@ -94,7 +94,8 @@ class Recommendation(BaseModel):
         description="equivalent plans (same memory, time and quality) folded into this row",
     )
     peak_memory_bytes: int = _d(
-        "predicted peak memory per device, bytes: reserved_memory_bytes plus the CUDA context"
+        "predicted peak memory per device, bytes: reserved_memory_bytes plus the CUDA context "
+        "and NCCL's buffers (what nvidia-smi shows)"
     )
     allocated_memory_bytes: int = _d(
         "torch.cuda.max_memory_allocated's equivalent at the peak, bytes", default=0

@@ -270,11 +270,11 @@ _CPU_OVERHEADS = DeviceOverheads.cpu()
 
 
 def overheads(target: Target) -> DeviceOverheads:
-    """The device's fixed memory overheads: none on a CPU, the GPU's CUDA context
-    (memory.cuda_context) on a CUDA device."""
+    """The device's fixed memory overheads: none on a CPU, the GPU's CUDA context and cuBLAS
+    workspaces (memory.cuda_context) and its NCCL fabric (memory.nccl) on a CUDA device."""
     if target.device_kind is DeviceKind.CPU:
         return _CPU_OVERHEADS
-    return gpu_overheads(target.profile.id)
+    return gpu_overheads(target.profile.id, target.profile.link_domain())
 
 
 def estimate(ctx: Context, config: TrainingConfig) -> MemoryEstimate:

@@ -257,10 +257,13 @@ def test_estimate_table_keeps_component_ids_whole_at_80_columns(
     # Rich shrinks every column of a table wider than the terminal; the component names are
     # the JSON's keys, so the bar must give way before "overhead: allocator_reserve" is cut.
     monkeypatch.setenv("COLUMNS", "80")
+    # Eight GPUs: every overhead, NCCL's buffers included, is non-zero and has a row.
     args = ["estimate", "--model", "llama-3.1-8b", "--hardware", "h100-sxm-80gb"]
+    args += ["--gpus", "8", "--sharding", "fsdp"]
     text = runner.invoke(app, args)
     assert text.exit_code in (0, 3), text.output
     report = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert all(report["overhead_breakdown"].values())
     for key in report["overhead_breakdown"]:
         assert f"overhead: {key}" in text.output
     assert "…" not in "".join(
