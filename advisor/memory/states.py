@@ -408,10 +408,10 @@ def _weight_cache(
     # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
     # at the end of the forward). Transformer Engine's fp8 workspaces follow the
     # parameters' sharding.
+    notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
     every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
     if autocast:
-        notes.append("autocast keeps 16-bit copies of the linear weights")
         bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)
         if adapters:
             adapter_cache = math.ceil(adapter_params * dt.weight_cache)
