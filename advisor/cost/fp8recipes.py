@@ -97,6 +97,32 @@ GEMM_SHARE: dict[Fp8Recipe, float] = {
     Fp8Recipe.BLOCKWISE: 0.756,
 }
 
+#: The least CUDA compute capability a recipe's kernels run on, where it is above fp8-mixed's
+#: own 8.9: Transformer Engine refuses ``Float8BlockScaling`` below 9.0 ("FP8 block scaled
+#: GEMM requires compute capability 9.0 or higher", transformer_engine/pytorch/
+#: quantization.py, ``_compute_fp8_block_scaling_support``). torchao's rowwise recipe runs
+#: on Ada (PyTorch's ``_scaled_mm`` has an sm_89 row-wise kernel, RowwiseScaledMMSM89.cu).
+MIN_COMPUTE_CAPABILITY: dict[Fp8Recipe, float] = {Fp8Recipe.BLOCKWISE: 9.0}
+
+
+def recipe_refusal(recipe: Fp8Recipe | None, compute_capability: float) -> str | None:
+    """Why a device of ``compute_capability`` cannot run ``recipe`` (None: it can).
+
+    Args:
+        recipe: the chosen fp8-mixed recipe (None: the default tensorwise).
+        compute_capability: the CUDA device's (0 when unknown: not refused here).
+    """
+    if recipe is None:
+        return None
+    low = MIN_COMPUTE_CAPABILITY.get(recipe)
+    if low is None or not compute_capability or compute_capability >= low:
+        return None
+    return (
+        f"--fp8-recipe {recipe.value} needs compute capability >= {low:.1f} "
+        "(Transformer Engine's block-scaled FP8 GEMMs)"
+    )
+
+
 #: What the cost breakdown says of each recipe's casts.
 CAST_DETAIL: dict[CastScheme, str] = {
     Fp8Recipe.TENSORWISE: "dynamic tensor-wise scaling, at memory bandwidth",

@@ -115,3 +115,18 @@ def test_a_recipe_the_device_cannot_run_exits_2(recipe: str) -> None:
     r = CliRunner().invoke(app, [*args, "--fp8-recipe", recipe, "--hardware", "a100-sxm-80gb"])
     assert r.exit_code == 2
     assert "Error:" in r.output
+
+
+@pytest.mark.parametrize("command", ["estimate", "recommend"])
+def test_blockwise_needs_hopper(command: str) -> None:
+    # Transformer Engine refuses Float8BlockScaling below compute capability 9.0; the
+    # RTX 4090 (Ada, 8.9) runs the other recipes (torch's _scaled_mm has sm_89 kernels).
+    args = [command, "--model", "llama-3.2-1b", "--hardware", "rtx-4090", "--task", "pretrain"]
+    args += ["--precision", "fp8-mixed"] if command == "estimate" else ["--no-calibrate"]
+    r = CliRunner().invoke(app, [*args, "--fp8-recipe", "blockwise"])
+    assert r.exit_code == 2
+    assert "Error: --fp8-recipe blockwise needs compute capability >= 9.0" in r.output
+    assert "Traceback" not in r.output
+    if command == "estimate":
+        ok = CliRunner().invoke(app, [*args, "--fp8-recipe", "rowwise"])
+        assert ok.exit_code == 0, ok.output
