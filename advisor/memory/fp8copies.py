@@ -61,6 +61,18 @@ FP8_COPIES: dict[Fp8Recipe, Fp8Copies] = {
 }
 
 
+#: What the block-scaled precisions keep (advisor/memory/dtypes.py, microscaling_dtypes).
+MICROSCALING_NOTE = {
+    "mxfp8-mixed": "mxfp8 (Transformer Engine MXFP8BlockScaling): linear inputs saved "
+    "column-wise in MXFP8 (1 + 1/32 B/element: one E8M0 scale per 32); a row- and a "
+    "column-wise copy of each block weight (2 x (1 + 1/32) B/weight)",
+    "nvfp4-mixed": "nvfp4 (Transformer Engine NVFP4BlockScaling): 84% of the linears save "
+    "their input column-wise in NVFP4 (0.5 + 1/16 B/element: one E4M3 scale per 16) and "
+    "keep a row- and a column-wise copy of the weight (2 x (0.5 + 1/16) B/weight); the "
+    "other 16% stay bf16",
+}
+
+
 def fp8_copies_note(recipe: Fp8Recipe) -> str:
     """What the estimate says of ``recipe``'s saved inputs and weight copies."""
     c = FP8_COPIES[recipe]

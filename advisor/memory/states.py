@@ -12,7 +12,7 @@ from typing import NamedTuple
 from advisor.config import Fp8Recipe, ParallelLayout, Precision, Sharding, Task, TrainingConfig
 from advisor.memory.derived import MemoryModel, lora_tensors
 from advisor.memory.dtypes import Dtypes, dtypes
-from advisor.memory.fp8copies import fp8_copies_note
+from advisor.memory.fp8copies import MICROSCALING_NOTE, fp8_copies_note
 from advisor.memory.memo import MemoryMemo
 from advisor.memory.optimizer import memory_of, optimizer_state_bytes, paged_state_bytes
 from advisor.memory.params import (
@@ -142,6 +142,8 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     notes: list[str] = []
     if config.precision is Precision.FP8_MIXED:
         notes.append(fp8_copies_note(config.fp8_recipe or Fp8Recipe.TENSORWISE))
+    elif config.precision.value in MICROSCALING_NOTE:
+        notes.append(MICROSCALING_NOTE[config.precision.value])
     params = model.parameters
     d = model.shape
     tp, pp = layout.tensor_parallel, layout.pipeline_parallel
@@ -408,8 +410,9 @@ def _weight_cache(
     # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
     # at the end of the forward). Transformer Engine's fp8 workspaces follow the
     # parameters' sharding.
-    notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+    if config.precision not in _LOW_PRECISION_GEMMS:  # those say it per recipe (stage_states)
+        notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
     if autocast:
         bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)

@@ -105,8 +105,9 @@ def test_llama8_estimate_per_recipe(hardware: str, precision: str, recipe: str |
         None: 2 * (1 + 1 / 32) if precision == "mxfp8-mixed" else 0.84 * 2 * (0.5 + 1 / 16),
     }[recipe]
     assert cache == pytest.approx(LLAMA8_LINEAR * per_weight, abs=1)
-    if precision == "fp8-mixed":
-        assert any(recipe in n for n in out["notes"])
+    said = {"fp8-mixed": f"fp8 {recipe} (", "mxfp8-mixed": "MXFP8BlockScaling"}
+    assert any(said.get(precision, "NVFP4BlockScaling") in n for n in out["notes"])
+    assert not any("fp8: 8-bit" in n for n in out["notes"])
 
 
 @pytest.mark.parametrize("recipe", [r.value for r in Fp8Recipe])
