@@ -40,8 +40,12 @@ here by the precision; element sizes include the block scales (advisor/memory/dt
   reduction pass (2), then the cast (2 + 0.5625): 4.5625. The weight-gradient GEMM's
   inputs (the activations and the output gradients, column-wise) get a 16x16 random
   Hadamard transform before they are quantised: a second quantisation from the 16-bit
-  source with the transform in the kernel (2 + 0.5625; its amax is taken in the same
-  reduction as the row-wise one). Weights are scaled in 16x16 blocks (2D), so their
+  source with the transform in the kernel (2 + 0.5625). Its amax is taken in the same
+  reduction as the row-wise one: TE's NVFP4 quantizer (transformer_engine/pytorch/csrc/
+  quantizer.cpp) calls ``nvte_hadamard_transform_amax``, which returns the raw row-wise
+  amax and the post-transform column-wise amax from one read; the casts are priced as
+  separate reads of the source (TE fuses the transform into the column-wise cast,
+  ``hadamard_transform_cast_fusion``). Weights are scaled in 16x16 blocks (2D), so their
   column-wise copy is the transposed FP4 data and scales (0.5625 + 0.5625). Stochastic
   rounding of the gradients changes the arithmetic, not the bytes. The bf16 share of the
   layers (``NVFP4_BF16_SHARE``) casts nothing.
