@@ -23,6 +23,7 @@ from advisor.cost.fp8recipes import (
     CAST_DETAIL,
     CAST_SHARE,
     GEMM_SHARE,
+    WEIGHT_CACHED,
     cast_bytes,
     cast_scheme,
 )
@@ -291,6 +292,22 @@ def fp8_casts(s: Setting) -> tuple[float, float]:
     bw, _ = s.bandwidth()
     share = CAST_SHARE.get(recipe, 1.0)  # NVFP4's bf16 layers cast nothing
     return share * (fwd_b + bwd_b) / bw, share * fwd_b / bw
+
+
+def fp8_weight_casts(s: Setting) -> float:
+    """Seconds of one micro-batch's weight casts (forward and backward, the stage's blocks)
+    that a weight-caching recipe (:data:`~advisor.cost.fp8recipes.WEIGHT_CACHED`) pays once
+    per step instead; 0 for the others."""
+    if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
+        return 0.0
+    recipe = cast_scheme(s.mb.precision, s.mb.fp8_recipe)
+    if recipe not in WEIGHT_CACHED:
+        return 0.0
+    per = CAST_BYTES[recipe]
+    weights = sum(g.n * g.k * g.count for g in _block_gemms(s))
+    bw, _ = s.bandwidth()
+    share = CAST_SHARE.get(recipe, 1.0)
+    return share * (per.cast + per.weight_bwd) * weights / bw * s.stage_layers
 
 
 # --- one micro-batch's compute terms ----------------------------------------------------

@@ -83,6 +83,16 @@ CAST_BYTES: dict[CastScheme, CastBytes] = {
     ),
 }
 
+#: The schemes Transformer Engine runs, which cast each weight once per optimizer step, not
+#: once per micro-batch: Megatron-LM's TE layers pass ``is_first_microbatch`` to TE's
+#: ``Linear`` / ``GroupedLinear`` (megatron/core/extensions/transformer_engine.py, source
+#: code: True on a step's first micro-batch, then False), and TE reuses the cached
+#: quantised weight and its column-wise copy for the rest of the step. torchao's
+#: ``Float8Linear`` (tensorwise, rowwise) casts the weight in every forward and backward.
+WEIGHT_CACHED: frozenset[CastScheme] = frozenset(
+    {Fp8Recipe.DELAYED, Fp8Recipe.BLOCKWISE, Precision.MXFP8_MIXED, Precision.NVFP4_MIXED}
+)
+
 #: The share of the blocks' linear layers a scheme casts (NVFP4's recipe keeps ~16% in bf16).
 CAST_SHARE: dict[CastScheme, float] = {Precision.NVFP4_MIXED: 1 - NVFP4_BF16_SHARE}
 

@@ -202,3 +202,35 @@ def test_block_scaled_precisions_no_longer_borrow_the_tensorwise_casts() -> None
     # decide the mix, so the ratio to MXFP8 lies between the two per-operand ratios.
     low, high = 0.84 * (4 + 3 * _NV) / (2 + 2 * _MX), 0.84 * (6 + 2 * _NV) / (2 + 2 * _MX)
     assert low < nv / mx < high
+
+
+def _casts(recipe: Fp8Recipe, micro_batch: int, accumulation: int) -> float:
+    config = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=Precision.FP8_MIXED,
+        fp8_recipe=recipe,
+        micro_batch=micro_batch,
+        grad_accumulation=accumulation,
+        seq_len=4096,
+        stack=Stack.FUSED,
+        checkpointing=Checkpointing.SELECTIVE,
+    )
+    st = predict_step_time(LLAMA8, config, calibration=None, hardware=H100)
+    return st.components["fp8_casts"].seconds
+
+
+@pytest.mark.parametrize("recipe", list(Fp8Recipe))
+def test_te_recipes_cast_the_weights_once_per_step(recipe: Fp8Recipe) -> None:
+    # Cast traffic is linear in the tokens: c(T) = a T + W, W the weights' share. Two token
+    # counts give W = 2 c(T) - c(2T) without knowing the GEMM shapes or the bandwidth.
+    one, two = _casts(recipe, 1, 1), _casts(recipe, 2, 1)
+    weights = 2 * one - two
+    assert weights > 0
+    eight = _casts(recipe, 1, 8)
+    if recipe in (Fp8Recipe.DELAYED, Fp8Recipe.BLOCKWISE):
+        # Megatron-LM's TE layers pass is_first_microbatch: weights cast on the first
+        # micro-batch of the step only.
+        assert eight == pytest.approx(8 * one - 7 * weights, rel=1e-9)
+    else:
+        # torchao's Float8Linear casts its weight on every micro-batch.
+        assert eight == pytest.approx(8 * one, rel=1e-9)
