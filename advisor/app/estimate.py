@@ -623,6 +623,16 @@ def check_hardware_support(
                 f"{tech.name} ({tid}) needs compute capability >= {low:g}; {where} has {cuda_cc:g}",
                 "pick another technique, or --hardware with a newer GPU",
             )
+    cuda_cc = compute_capability if device_kind == "cuda" else None
+    if config.precision is Precision.FP8_MIXED and cuda_cc:
+        from advisor.cost.fp8recipes import recipe_refusal
+
+        why = recipe_refusal(config.kernels.fp8_recipe, cuda_cc)
+        if why is not None:
+            raise UserError(
+                f"{why}; {where} has {cuda_cc:g}",
+                "use --fp8-recipe tensorwise, rowwise or delayed, or --hardware with a newer GPU",
+            )
 
 
 def _global_batch(config: TrainingConfig) -> int:

@@ -338,8 +338,18 @@ def plan_recommendation(
 def _check_fp8_target(w: Workload, target: Target) -> None:
     """--fp8-recipe applies to fp8-mixed plans: a device without FP8 tensor cores (no dense
     FP8 figure in its profile) has none to apply it to."""
-    if w.fp8_recipe is None or target.profile.peak_tflops.fp8:
+    if w.fp8_recipe is None:
         return
+    if target.profile.peak_tflops.fp8:
+        from advisor.cost.fp8recipes import recipe_refusal
+
+        why = recipe_refusal(w.fp8_recipe, target.profile.cc)
+        if why is None:
+            return
+        raise UserError(
+            f"{why}; {target.name} has {target.profile.cc:g}",
+            "use --fp8-recipe tensorwise, rowwise or delayed, or plan for newer hardware",
+        )
     raise UserError(
         f"--fp8-recipe applies to fp8-mixed plans, and {target.name} has no FP8 tensor cores",
         "drop --fp8-recipe, or plan for FP8 hardware (--hardware h100-sxm-80gb, l40s, ...)",

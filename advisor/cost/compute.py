@@ -18,7 +18,15 @@ from advisor.cost.efficiency import (
     split_attention,
 )
 from advisor.cost.expert_overlap import imbalance_detail, rank_straggler
-from advisor.cost.fp8recipes import CAST_BYTES, CAST_DETAIL, GEMM_SHARE, cast_bytes
+from advisor.cost.fp8recipes import (
+    CAST_BYTES,
+    CAST_DETAIL,
+    CAST_SHARE,
+    GEMM_SHARE,
+    WEIGHT_CACHED,
+    cast_bytes,
+    cast_scheme,
+)
 from advisor.cost.hfbytes import hf_bytes
 from advisor.cost.result import ComponentTime, Source, merge
 from advisor.cost.setting import Setting
@@ -275,7 +283,7 @@ def fp8_casts(s: Setting) -> tuple[float, float]:
     """(fwd+bwd, fwd) seconds of one block's FP8 scaling and casts, one micro-batch."""
     if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
         return 0.0, 0.0
-    recipe = s.mb.fp8_recipe or Fp8Recipe.TENSORWISE  # MXFP8/NVFP4: priced as tensorwise
+    recipe = cast_scheme(s.mb.precision, s.mb.fp8_recipe) or Fp8Recipe.TENSORWISE
     per = CAST_BYTES[recipe]
     fwd_b = bwd_b = 0.0
     gemms = _block_gemms(s)
@@ -295,7 +303,24 @@ def fp8_casts(s: Setting) -> tuple[float, float]:
         fwd_b += f
         bwd_b += b
     bw, _ = s.bandwidth()
-    return (fwd_b + bwd_b) / bw, fwd_b / bw
+    share = CAST_SHARE.get(recipe, 1.0)  # NVFP4's bf16 layers cast nothing
+    return share * (fwd_b + bwd_b) / bw, share * fwd_b / bw
+
+
+def fp8_weight_casts(s: Setting) -> float:
+    """Seconds of one micro-batch's weight casts (forward and backward, the stage's blocks)
+    that a weight-caching recipe (:data:`~advisor.cost.fp8recipes.WEIGHT_CACHED`) pays once
+    per step instead; 0 for the others."""
+    if not s.fp8 or s.eff.gemm_fp8 is None or s.hw is None:
+        return 0.0
+    recipe = cast_scheme(s.mb.precision, s.mb.fp8_recipe)
+    if recipe not in WEIGHT_CACHED:
+        return 0.0
+    per = CAST_BYTES[recipe]
+    weights = sum(g.n * g.k * g.count for g in _block_gemms(s))
+    bw, _ = s.bandwidth()
+    share = CAST_SHARE.get(recipe, 1.0)
+    return share * (per.cast + per.weight_bwd) * weights / bw * s.stage_layers
 
 
 # --- one micro-batch's compute terms ----------------------------------------------------
@@ -343,7 +368,7 @@ def block_terms(s: Setting, zeroth: bool, parts: dict[str, ComponentTime]) -> fl
         parts["fp8_casts"] = ComponentTime(
             seconds=(cast_fwd if zeroth else cast_fb) * L,
             source=Source.ANALYTIC,
-            detail=CAST_DETAIL[s.mb.fp8_recipe or Fp8Recipe.TENSORWISE],
+            detail=CAST_DETAIL[cast_scheme(c.precision, c.fp8_recipe) or Fp8Recipe.TENSORWISE],
         )
     if not zeroth:
         rec = _recompute(s, (g_fwd, g_src), (a_fwd, a_src), e_fwd)

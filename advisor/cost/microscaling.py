@@ -1,9 +1,10 @@
 """The GEMM peak of the block-scaled (microscaling) precisions on Blackwell: MXFP8 and NVFP4.
 
 Kept apart from the FP8 pricing on purpose: ``mxfp8-mixed`` and ``nvfp4-mixed`` are priced
-as ``fp8-mixed`` (``compute_dtype`` answers ``fp8``: the same casts, the same FP8 share of
-the 16-bit GEMM efficiency, ``gemm_fp8``, with attention and the LM head in bf16), at the
-peak :func:`block_scaled_peak` gives instead of the FP8 one. The hook is one line in
+as ``fp8-mixed`` (``compute_dtype`` answers ``fp8``: the same FP8 share of the 16-bit GEMM
+efficiency, ``gemm_fp8``, with attention and the LM head in bf16), with their own casts
+(advisor/cost/fp8recipes.py, keyed by the precision), at the peak
+:func:`block_scaled_peak` gives instead of the FP8 one. The hook is one line in
 :meth:`advisor.cost.setting.Setting.peak`.
 
 - MXFP8 runs on Blackwell's FP8 tensor-core path: the profile's ``mxfp8`` figure (the

@@ -293,6 +293,17 @@ def step_terms(
     batch = c.batch
     parts, fwd, bwd, mb_seconds = micro_batches(s, zeroth, batch.grad_accumulation, held)
     A = batch.grad_accumulation
+    if A > 1 and "fp8_casts" in parts and not zeroth:
+        # Transformer Engine's recipes cast each weight on the step's first micro-batch
+        # only (advisor/cost/fp8recipes.py, WEIGHT_CACHED).
+        weights = compute.fp8_weight_casts(s)
+        if weights:
+            p = parts["fp8_casts"]
+            parts["fp8_casts"] = ComponentTime(
+                seconds=p.seconds - weights * (A - 1),
+                source=p.source,
+                detail=f"{p.detail}; weights cast once per step (weight caching)",
+            )
     overlap = c.layout.moe_overlap
     if overlap is not MoeOverlap.NONE and "expert_all_to_all" in parts and not zeroth:
         _overlap_all_to_all(s, overlap, parts, A)

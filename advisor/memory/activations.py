@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from advisor.config import Attention, Precision, Stack
+from advisor.config import Attention, Fp8Recipe, Precision, Stack
 from advisor.memory.convnet import cnn_model_level_bytes, trunk_activation_bytes
 from advisor.memory.derived import MemoryModel, as_model
 from advisor.memory.dtypes import Dtypes, dtypes
@@ -64,6 +64,7 @@ def layer_activation_bytes(
     dropout: bool = False,
     expert_rows: float = 1.0,
     expert_gather: int = 1,
+    fp8_recipe: Fp8Recipe | None = None,
 ) -> int:
     """Bytes one transformer block saves for backward (no checkpointing).
 
@@ -125,6 +126,8 @@ def layer_activation_bytes(
             experts (gathered input, weighted output, indices) are ``etp`` times what the
             ``tensor_parallel`` split of the block leaves, while the expert-width terms
             (split ``etp`` ways) keep it (:mod:`advisor.memory.moe`).
+        fp8_recipe: fp8-mixed's recipe: what its implementation saves of a linear's input
+            (advisor/memory/fp8copies.py; None: tensorwise).
 
     Returns:
         The bytes of one block on one device.
@@ -137,7 +140,7 @@ def layer_activation_bytes(
     h, a, f = d["h"], d["a"], d["f"]
     b, s = micro_batch, seq_len
     t = b * s
-    dt = dtypes(precision)
+    dt = dtypes(precision, fp8_recipe)
     c, res = dt.act, dt.residual
     fused = stack is Stack.FUSED
     if fused:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from advisor.config import Precision
+from advisor.config import Fp8Recipe, Precision
+from advisor.memory.fp8copies import FP8_COPIES
 
 
 @dataclass(frozen=True)
@@ -16,14 +17,18 @@ class Dtypes:
     grad: int
     master: int  # 0 when there is no fp32 master copy
     act: int  # compute (activation) dtype
-    linear_in: float  # what a linear layer saves of its input (1 under fp8)
+    linear_in: float  # what a linear layer saves of its input (per fp8 recipe: fp8copies)
     residual: int  # the residual stream (fp32 under autocast)
     state: int  # cap on optimizer state element bytes
-    weight_cache: float  # bytes per linear weight of 16-bit / fp8 copies
+    weight_cache: float  # bytes per linear weight of 16-bit / low-precision copies
 
 
-def dtypes(precision: Precision) -> Dtypes:
-    """The element sizes of ``precision``'s layout (weights, gradients, masters, compute)."""
+def dtypes(precision: Precision, fp8_recipe: Fp8Recipe | None = None) -> Dtypes:
+    """The element sizes of ``precision``'s layout (weights, gradients, masters, compute);
+    under ``fp8-mixed`` those of ``fp8_recipe``'s implementation (tensorwise by default:
+    advisor/memory/fp8copies.py)."""
+    if precision is Precision.FP8_MIXED:
+        return _FP8_TABLE[fp8_recipe or Fp8Recipe.TENSORWISE]
     return _TABLE[precision]
 
 
@@ -35,9 +40,7 @@ def _layout(precision: Precision) -> Dtypes:
     if precision in (Precision.FP16_MIXED, Precision.BF16_MIXED):
         return Dtypes(2, 2, 4, 2, 2, 2, 4, 0)
     if precision is Precision.FP8_MIXED:
-        # NOTE: Transformer Engine keeps bf16 weights plus an fp8 copy of each linear weight
-        # and saves fp8 inputs of the linear layers; everything else stays bf16.
-        return Dtypes(2, 2, 4, 2, 1, 2, 4, 1)
+        return _fp8_layout(Fp8Recipe.TENSORWISE)
     if precision in (Precision.MXFP8_MIXED, Precision.NVFP4_MIXED):
         return microscaling_dtypes(precision)
     return Dtypes(2, 2, 0, 2, 2, 2, 2, 0)  # bare fp16 / bf16
@@ -73,5 +76,13 @@ def microscaling_dtypes(precision: Precision) -> Dtypes:
     return Dtypes(2, 2, 4, 2, low * NVFP4_BYTES + NVFP4_BF16_SHARE * 2, 2, 4, low * 2 * NVFP4_BYTES)
 
 
-# One entry per precision, built once: called per phase of every estimate.
+def _fp8_layout(recipe: Fp8Recipe) -> Dtypes:
+    # bf16 weights, fp32 masters and states; the linears' saved inputs and FP8 weight copies
+    # as the recipe's implementation keeps them (advisor/memory/fp8copies.py).
+    c = FP8_COPIES[recipe]
+    return Dtypes(2, 2, 4, 2, c.linear_in, 2, 4, c.weight_cache)
+
+
+# One entry per precision (and fp8 recipe), built once: called per phase of every estimate.
 _TABLE: dict[Precision, Dtypes] = {p: _layout(p) for p in Precision}
+_FP8_TABLE: dict[Fp8Recipe, Dtypes] = {r: _fp8_layout(r) for r in Fp8Recipe}

@@ -197,6 +197,7 @@ def saved_activation_bytes(
         fused_norm=kernels.fused_norm,
         quantized=config.task is Task.QLORA,
         lora_dropout=adapters and config.adapters.lora_dropout > 0,
+        fp8_recipe=config.kernels.fp8_recipe,
         **activation_kwargs(config.layout, memo.model.shape["E"]),
     )
     return block_saves(memo, config, stage_layers, layer).per_microbatch

@@ -197,6 +197,7 @@ def _activations(
         lora_dropout=adapters and config.adapters.lora_dropout > 0,
         mask_bytes=device.dropout_mask_bytes,
         dropout=config.dropout and not zeroth,
+        fp8_recipe=config.kernels.fp8_recipe,
         **activation_kwargs(config.layout, d["E"]),
     )
     if not zeroth:

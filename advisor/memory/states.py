@@ -9,9 +9,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from advisor.config import ParallelLayout, Precision, Sharding, Task, TrainingConfig
+from advisor.config import Fp8Recipe, ParallelLayout, Precision, Sharding, Task, TrainingConfig
 from advisor.memory.derived import MemoryModel, lora_tensors
 from advisor.memory.dtypes import Dtypes, dtypes
+from advisor.memory.fp8copies import MICROSCALING_NOTE, fp8_copies_note
 from advisor.memory.memo import MemoryMemo
 from advisor.memory.optimizer import memory_of, optimizer_state_bytes, paged_state_bytes
 from advisor.memory.params import (
@@ -86,6 +87,7 @@ class StateInputs(NamedTuple):
     lora_rank: int
     optimizer_in_backward: bool
     accumulates: bool  # grad_accumulation > 1
+    fp8_recipe: Fp8Recipe | None = None  # fp8-mixed's recipe (None: tensorwise, or not fp8)
 
     @classmethod
     def of(
@@ -114,6 +116,7 @@ class StateInputs(NamedTuple):
             config.adapters.lora_rank,
             config.savers.optimizer_in_backward,
             config.batch.grad_accumulation > 1,
+            config.kernels.fp8_recipe if config.precision is Precision.FP8_MIXED else None,
         )
 
 
@@ -135,8 +138,12 @@ def stage_states(memo: MemoryMemo, config: StateInputs) -> StageStates:
     spec = model.spec
     mem, opt_id = config.mem, config.opt_id
     stage, stage_layers = config.stage, config.stage_layers
-    dt = dtypes(config.precision)
+    dt = dtypes(config.precision, config.fp8_recipe)
     notes: list[str] = []
+    if config.precision is Precision.FP8_MIXED:
+        notes.append(fp8_copies_note(config.fp8_recipe or Fp8Recipe.TENSORWISE))
+    elif config.precision.value in MICROSCALING_NOTE:
+        notes.append(MICROSCALING_NOTE[config.precision.value])
     params = model.parameters
     d = model.shape
     tp, pp = layout.tensor_parallel, layout.pipeline_parallel
@@ -352,6 +359,10 @@ def _weights(
     return trainable, p_t, layer_bytes
 
 
+#: The precisions whose blocks' GEMMs take FP8 / FP4 operands (the LM head stays bf16).
+_LOW_PRECISION_GEMMS = (Precision.FP8_MIXED, Precision.MXFP8_MIXED, Precision.NVFP4_MIXED)
+
+
 def _weight_cache(
     spec: ModelSpec,
     config: StateInputs,
@@ -389,14 +400,19 @@ def _weight_cache(
     # linear weight; measured under autocast for tied GPT-2 and OPT).
     head_role = Role.EMBEDDING if last and spec.tie_word_embeddings else Role.OUTPUT
     head = sum(t.numel * t.count for t in tensors if t.role is head_role)
+    if config.precision in _LOW_PRECISION_GEMMS:
+        # The LM head runs in bf16 under every FP8 / FP4 recipe (torchtitan converts the
+        # blocks' linears only; Megatron-LM's output layer is no TE module): no copy of it.
+        head = 0
     # NOTE: autocast casts the weights a block runs with: under ZeRO-3/FSDP the
     # gathered ones. FSDP frees its gathered copy after the block; the cast stays,
     # cached and saved for backward, so it is not divided by the shard group
     # (measured with FSDP2 over 2 gloo ranks: all blocks' unsharded bf16 copies alive
     # at the end of the forward). Transformer Engine's fp8 workspaces follow the
     # parameters' sharding.
-    notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
+    if config.precision not in _LOW_PRECISION_GEMMS:  # those say it per recipe (stage_states)
+        notes.append("autocast keeps 16-bit (fp8: 8-bit) copies of the linear weights")
     every, of_head = (linear + head) * dt.weight_cache, head * dt.weight_cache
     if autocast:
         bd["weight_cache"], head_cache = math.ceil(every), math.ceil(of_head)

@@ -146,3 +146,91 @@ def test_the_json_view_lists_a_chosen_recipe_of_fp8_plans_only() -> None:
     assert "fp8_recipe" not in TrainingConfig(precision=Precision.FP8_MIXED).model_dump()
     bf16 = TrainingConfig(precision=Precision.BF16_MIXED, fp8_recipe=Fp8Recipe.ROWWISE)
     assert "fp8_recipe" not in bf16.model_dump()
+
+
+# Bytes per element of the block-scaled formats, from their definitions (not the code's
+# constants): OCP MX v1.0: 32 elements of 8 bits + one 8-bit E8M0 scale; NVFP4: 16 E2M1
+# elements of 4 bits + one 8-bit E4M3 scale (the fp32 per-tensor scale is one per tensor).
+_MX = (32 * 8 + 8) / 8 / 32
+_NV = (16 * 4 + 8) / 8 / 16
+
+
+@pytest.mark.parametrize(
+    ("precision", "fwd", "bwd"),
+    [
+        # MXFP8: one kernel takes each 32-block's amax and casts (read 2, write 1 + 1/32):
+        # no tensor-wide amax pass; the column-wise copies of input, weight and gradient are
+        # written by the same kernel from its one read of the 16-bit tile.
+        (Precision.MXFP8_MIXED, 2 * (2 + _MX), (2 + _MX) + 3 * _MX),
+        # NVFP4: an amax pass for the per-tensor scale (read 2), then the cast (read 2,
+        # write 0.5625); the Hadamard-transformed column-wise copies of the input and of the
+        # gradient re-read the 16-bit source (2 + 0.5625 each); the weight's 16x16 blocks
+        # transpose exactly (read and write 0.5625).
+        (Precision.NVFP4_MIXED, 2 * (4 + _NV), (4 + _NV) + 2 * (2 + _NV) + 2 * _NV),
+    ],
+)
+def test_block_scaled_cast_bytes_per_element(precision: Precision, fwd: float, bwd: float) -> None:
+    assert cast_bytes(precision, 1.0, 1.0, 1.0) == pytest.approx((fwd, bwd))
+
+
+B200 = get_hardware_profile("b200")
+
+
+def _b200_casts(precision: Precision) -> float:
+    config = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=precision,
+        micro_batch=2,
+        seq_len=8192,
+        stack=Stack.FUSED,
+        checkpointing=Checkpointing.SELECTIVE,
+    )
+    st = predict_step_time(LLAMA8, config, calibration=None, hardware=B200)
+    return st.components["fp8_casts"].seconds
+
+
+def test_block_scaled_precisions_no_longer_borrow_the_tensorwise_casts() -> None:
+    fp8, mx, nv = (
+        _b200_casts(p) for p in (Precision.FP8_MIXED, Precision.MXFP8_MIXED, Precision.NVFP4_MIXED)
+    )
+    # Same GEMMs, same bandwidth (TP 1): per GEMM, tensorwise moves 5 (mk + nk) forward and
+    # 5 mn + 2 (mk + nk + mn) backward = 7 per element of each operand; MXFP8 moves
+    # (2 + 1.03125) + 1.03125 = 4.0625 per element of each: the ratio is shape-free.
+    assert mx / fp8 == pytest.approx((2 + _MX + _MX) / 7, rel=1e-9)
+    # NVFP4 per element: input and gradient (4 + 0.5625) + (2 + 0.5625) = 7.125, weight
+    # (4 + 0.5625) + 2 x 0.5625 = 5.6875; only 84% of the layers are quantised. The shapes
+    # decide the mix, so the ratio to MXFP8 lies between the two per-operand ratios.
+    low, high = 0.84 * (4 + 3 * _NV) / (2 + 2 * _MX), 0.84 * (6 + 2 * _NV) / (2 + 2 * _MX)
+    assert low < nv / mx < high
+
+
+def _casts(recipe: Fp8Recipe, micro_batch: int, accumulation: int) -> float:
+    config = TrainingConfig(
+        task=Task.PRETRAIN,
+        precision=Precision.FP8_MIXED,
+        fp8_recipe=recipe,
+        micro_batch=micro_batch,
+        grad_accumulation=accumulation,
+        seq_len=4096,
+        stack=Stack.FUSED,
+        checkpointing=Checkpointing.SELECTIVE,
+    )
+    st = predict_step_time(LLAMA8, config, calibration=None, hardware=H100)
+    return st.components["fp8_casts"].seconds
+
+
+@pytest.mark.parametrize("recipe", list(Fp8Recipe))
+def test_te_recipes_cast_the_weights_once_per_step(recipe: Fp8Recipe) -> None:
+    # Cast traffic is linear in the tokens: c(T) = a T + W, W the weights' share. Two token
+    # counts give W = 2 c(T) - c(2T) without knowing the GEMM shapes or the bandwidth.
+    one, two = _casts(recipe, 1, 1), _casts(recipe, 2, 1)
+    weights = 2 * one - two
+    assert weights > 0
+    eight = _casts(recipe, 1, 8)
+    if recipe in (Fp8Recipe.DELAYED, Fp8Recipe.BLOCKWISE):
+        # Megatron-LM's TE layers pass is_first_microbatch: weights cast on the first
+        # micro-batch of the step only.
+        assert eight == pytest.approx(8 * one - 7 * weights, rel=1e-9)
+    else:
+        # torchao's Float8Linear casts its weight on every micro-batch.
+        assert eight == pytest.approx(8 * one, rel=1e-9)
