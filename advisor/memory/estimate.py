@@ -4,14 +4,15 @@ trainable parameter count; under pipeline parallelism the heaviest rank's estima
 
 from __future__ import annotations
 
-from advisor.config import Checkpointing, ContextParallelKind, TrainingConfig
+from advisor.config import Checkpointing, ContextParallelKind, MoeOverlap, TrainingConfig
 from advisor.memory.context import check_context, rank_config
 from advisor.memory.convnet import check_cnn_config
 from advisor.memory.memo import MemoryMemo, memo_for
-from advisor.memory.pipeline import pipeline_schedule
+from advisor.memory.pipeline import dualpipe_schedule, mirror_rank, pipeline_schedule
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
 from advisor.memory.sharding import check_layout
 from advisor.memory.stage import estimate_stage, trainable_total
+from advisor.memory.states import StateInputs, stage_states
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import OptimizerMemory, Technique
 
@@ -83,9 +84,22 @@ def _estimate(
             memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
         return _context_note(one, config)
-    split, held = memo.call(
-        pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
-    )
+    dualpipe = layout.moe_overlap is MoeOverlap.DUALPIPE
+    if dualpipe:
+        split, held = memo.call(dualpipe_schedule, pp, config.batch.grad_accumulation)
+    else:
+        split, held = memo.call(
+            pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
+        )
+    names = ["first", *(["middle"] * (pp - 2)), "last"]
+
+    def copy_bytes(r: int) -> int:
+        # DualPipe's second parameter copy: the weights of the reverse direction's stage
+        # (see _dualpipe_copy).
+        if not dualpipe:
+            return 0
+        m = mirror_rank(r, pp)
+        return _dualpipe_copy(memo, config, optimizer, lora_targets, names[m], sum(split[m]))
     # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
     # are always candidates; a middle rank only when it holds more blocks or more
     # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest
@@ -105,6 +119,7 @@ def _estimate(
             sum(split[r]),
             held[r],
             totals_only,
+            copy_bytes(r),
         )
         for r in ranks
     ]
@@ -122,6 +137,32 @@ def _estimate(
         f"largest ({others})"
     )
     return _context_note(last.model_copy(update={"notes": [*last.notes, note]}), config)
+
+
+def _dualpipe_copy(
+    memo: MemoryMemo,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    lora_targets: frozenset[str],
+    stage: str,
+    stage_layers: int,
+) -> int:
+    """The bytes of DualPipe's second copy of the model parameters on one rank: the weights
+    of the stage it runs in the reverse direction, as that stage's own rank stores them.
+
+    "DualPipe requires keeping two copies of the model parameters" (DeepSeek-V3 report,
+    arXiv:2412.19437, sec. 3.2.1; Table 2: Parameter 2x). The copy is what the GEMMs read,
+    the weights in their storage dtype (bf16 in the report's run: its FP8 GEMMs cast the
+    bf16 weights per tile, sec. 3.3.1, and it keeps only the master weights, weight
+    gradients and optimizer states in fp32, sec. 3.3.3, sharded by its ZeRO-1-style
+    optimizer), split by the same tensor and expert parallelism. The report prices nothing
+    else for the copy: its gradients are accumulated with the first copy's before the
+    optimizer step, so no second gradient buffer, master or optimizer state is counted.
+    """
+    st = memo.call_with_memo(
+        stage_states, StateInputs.of(config, optimizer, lora_targets, stage, stage_layers)
+    )
+    return st.bd["weights"] + st.bd["quantization_constants"]
 
 
 def _context_note(

@@ -7,7 +7,15 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
+from advisor.config import (
+    Checkpointing,
+    MoeOverlap,
+    Offload,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
 from advisor.memory.context import exchange_bytes
 from advisor.memory.convnet import backward_worst, conv_workspace_bytes
@@ -47,10 +55,12 @@ def estimate_stage(
     stage_layers: int,
     held_blocks: int,
     totals_only: bool = False,
+    copy_bytes: int = 0,
 ) -> MemoryEstimate | MemoryTotals:
     """One pipeline rank's estimate: ``stage_layers`` blocks, ``held_blocks`` block-micro-
     batches of activations in flight (:func:`~advisor.memory.pipeline.
-    inflight_block_microbatches`; unused without pipeline parallelism)."""
+    inflight_block_microbatches`; unused without pipeline parallelism), ``copy_bytes`` of
+    DualPipe's second parameter copy (0 under any other schedule)."""
     savers = config.savers
     spec = memo.model.spec
     st = memo.call_with_memo(
@@ -58,6 +68,13 @@ def estimate_stage(
     )
     notes = list(st.notes)
     bd = dict(st.bd)
+    if copy_bytes:
+        bd["dualpipe_weights"] = copy_bytes
+        notes.append(
+            "DualPipe keeps two copies of the model parameters (DeepSeek-V3 report, "
+            "arXiv:2412.19437, sec. 3.2.1): the reverse direction's stage weights, "
+            f"{copy_bytes / 2**30:.2f} GiB in the weights' dtype (bf16 in the report)"
+        )
     device = device or DeviceOverheads()
     if config.dp_sgd and not st.zeroth:
         bd["per_sample_gradients"] = config.batch.micro_batch * st.p_t * st.dt.grad
@@ -246,6 +263,9 @@ def _stored_blocks(
     if pp > 1:
         inflight = held_blocks / stage_layers if stage_layers else 1.0
         schedule = "interleaved 1F1B" if config.layout.virtual_stages > 1 else "1F1B"
+        if config.layout.moe_overlap is MoeOverlap.DUALPIPE:
+            # PP + 1 micro-batches against 1F1B's PP (DeepSeek-V3 report, Table 2).
+            schedule = "DualPipe (PP + 1 micro-batches, DeepSeek-V3 Table 2)"
         notes.append(
             f"{schedule}: {held_blocks} block-micro-batches of activations in flight on this "
             f"rank's {stage_layers} blocks"
