@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advisor.app.limits import check_fp8_recipe, parse_lora_targets
-from advisor.app.moe_overlap import check_moe_overlap
+from advisor.app.moe_overlap import check_moe_overlap, parse_moe_balance, parse_moe_overlap
 from advisor.config import (
     Adapters,
     Attention,
@@ -17,9 +17,7 @@ from advisor.config import (
     ContextParallelKind,
     Kernels,
     MemorySavers,
-    MoeBalance,
     MoeDispatcher,
-    MoeOverlap,
     Offload,
     OptimizerImpl,
     ParallelLayout,
@@ -288,7 +286,7 @@ def build_config(
             "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
         )
     recipe = check_fp8_recipe(fp8_recipe, precision)
-    overlap = _enum(MoeOverlap, moe_overlap, "--moe-overlap")
+    overlap = parse_moe_overlap(moe_overlap)
     check_moe_overlap(
         overlap,
         expert_parallel=expert_parallel,
@@ -324,7 +322,7 @@ def build_config(
                 capacity_factor=capacity_factor,
                 pad_to_capacity=pad_to_capacity,
                 moe_overlap=overlap,
-                moe_balance=_enum(MoeBalance, moe_balance, "--moe-balance"),
+                moe_balance=parse_moe_balance(moe_balance),
             ),
             savers=MemorySavers(
                 checkpointing=ckpt,
