@@ -15,7 +15,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from advisor.app.moe_overlap import check_moe_pins, parse_moe_balance, parse_moe_overlap
 from advisor.app.environment import Environment, calibration_device, probe_environment
 from advisor.app.limits import (
     check_bound,
@@ -25,6 +24,7 @@ from advisor.app.limits import (
     parse_lora_targets,
     resolve_seq_len,
 )
+from advisor.app.moe_overlap import check_moe_pins, parse_moe_balance, parse_moe_overlap
 from advisor.config import ContextParallelKind, Stack, Task, TrainingConfig
 from advisor.cost.convergence import ConvergenceCache
 from advisor.cost.data import CalibrationCache

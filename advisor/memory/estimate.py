@@ -100,6 +100,7 @@ def _estimate(
             return 0
         m = mirror_rank(r, pp)
         return _dualpipe_copy(memo, config, optimizer, lora_targets, names[m], sum(split[m]))
+
     # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
     # are always candidates; a middle rank only when it holds more blocks or more
     # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest

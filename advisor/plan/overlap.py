@@ -30,11 +30,7 @@ def may_overlap(ctx: Context, c: TrainingConfig) -> bool:
     unpaired ramp's share shrinks with more of them (the bounds drop the all-to-all term,
     and the micro-batch is searched as under a pipeline)."""
     pin = ctx.workload.moe_overlap
-    return (
-        ctx.spec.num_experts > 1
-        and c.layout.expert_parallel > 1
-        and pin is not MoeOverlap.NONE
-    )
+    return ctx.spec.num_experts > 1 and c.layout.expert_parallel > 1 and pin is not MoeOverlap.NONE
 
 
 def overlap_options(ctx: Context, c: TrainingConfig) -> list[TrainingConfig]:

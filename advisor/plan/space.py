@@ -31,7 +31,6 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
-from advisor.cost.expert_overlap import overlap_problem
 from advisor.cost.convergence import (
     BatchRegime,
     ConvergenceCache,
@@ -39,6 +38,7 @@ from advisor.cost.convergence import (
     objective_steps,
     plan_steps,
 )
+from advisor.cost.expert_overlap import overlap_problem
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind
 from advisor.hardware.target import Target
