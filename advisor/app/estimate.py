@@ -295,6 +295,7 @@ def build_config(
         pipeline_parallel=pipeline_parallel,
         virtual_stages=virtual_stages,
         grad_accumulation=grad_accumulation,
+        precision=_enum(Precision, precision, "--precision"),
     )
     try:
         return TrainingConfig(

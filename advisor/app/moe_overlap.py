@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from advisor.config import Checkpointing, MoeBalance, MoeDispatcher, MoeOverlap
+from advisor.config import Checkpointing, MoeBalance, MoeDispatcher, MoeOverlap, Precision
 from advisor.cost.expert_overlap import overlap_problem
 from advisor.errors import UserError
 from advisor.model.spec import ModelSpec
@@ -49,6 +49,7 @@ def check_moe_overlap(
     pipeline_parallel: int,
     virtual_stages: int,
     grad_accumulation: int,
+    precision: Precision | None = None,
 ) -> None:
     """Refuse an all-to-all overlap the named schedule cannot run
     (:func:`advisor.cost.expert_overlap.overlap_problem`: Megatron-Core's assertions for
@@ -65,6 +66,7 @@ def check_moe_overlap(
         pipeline_parallel=pipeline_parallel,
         virtual_stages=virtual_stages,
         grad_accumulation=grad_accumulation,
+        precision=precision,
     )
     if problem is not None:
         raise UserError(*problem)

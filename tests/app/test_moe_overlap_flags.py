@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from advisor.app.moe_overlap import check_moe_overlap
-from advisor.config import Checkpointing, MoeDispatcher, MoeOverlap
+from advisor.config import Checkpointing, MoeDispatcher, MoeOverlap, Precision
 from advisor.errors import UserError
 
 _OK: dict[str, Any] = dict(
@@ -43,6 +43,11 @@ def test_valid_layouts_pass() -> None:
         (MoeOverlap.DUALPIPE, {"pipeline_parallel": 3, "virtual_stages": 1}, "even number"),
         (MoeOverlap.DUALPIPE, {"grad_accumulation": 7, "virtual_stages": 1}, "even number"),
         (MoeOverlap.DUALPIPE, {"virtual_stages": 2}, "one model chunk per direction"),
+        # Megatron-Core: no recompute_method/num_layers (torchtitan's per-op and
+        # every-n-th-block policies run as full there), and a bf16 or fp16 model.
+        (MoeOverlap.A2A_OVERLAP, {"checkpointing": Checkpointing.SELECTIVE_LAYER}, "selective"),
+        (MoeOverlap.A2A_OVERLAP, {"precision": Precision.FP32}, "bf16 or fp16 model"),
+        (MoeOverlap.A2A_OVERLAP, {"precision": Precision.AMP_BF16}, "bf16 or fp16 model"),
     ],
 )
 def test_unrunnable_overlap_is_a_user_error(
