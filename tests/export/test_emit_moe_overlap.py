@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 
 from advisor.config import Checkpointing, MoeOverlap, Sharding, Stack, Task, TrainingConfig
-from advisor.export import emit_megatron, emit_torchtitan
+from advisor.export import accelerate_emission, emit_megatron, emit_torchtitan, torch_emission
 
 
 def _config(overlap: MoeOverlap) -> TrainingConfig:
@@ -71,3 +71,12 @@ def test_megatron_never_writes_an_overlap_its_asserts_refuse() -> None:
     emission = emit_megatron(interleaved, nodes=2)
     assert "--overlap-moe-expert-parallel-comm" in _flags(emission.text)
     assert emission.expressed_config.layout.moe_overlap is MoeOverlap.A2A_OVERLAP
+
+
+def test_engines_without_expert_parallelism_drop_the_schedule_and_say_so() -> None:
+    fsdp = _config(MoeOverlap.A2A_OVERLAP).with_(sharding=Sharding.FSDP)
+    emission = accelerate_emission(fsdp, nodes=2)
+    assert emission.expressed_config.layout.moe_overlap is MoeOverlap.NONE
+    assert emission.differs and "a2a-overlap" in emission.reason
+    snippet = torch_emission(_config(MoeOverlap.A2A_OVERLAP))
+    assert any("a2a-overlap schedule" in n for n in snippet.notes)
