@@ -38,7 +38,6 @@ from advisor.cost.convergence import (
     objective_steps,
     plan_steps,
 )
-from advisor.cost.expert_overlap import overlap_problem
 from advisor.errors import UserError
 from advisor.hardware.profiles import DeviceKind
 from advisor.hardware.target import Target
@@ -52,7 +51,7 @@ from advisor.memory import (
     memory_totals,
 )
 from advisor.model.spec import ModelSpec
-from advisor.plan.layout import Layout, enumerate_layouts
+from advisor.plan.layout import Layout, enumerate_layouts, moe_layouts
 from advisor.rules.candidates import runnable_attention
 from advisor.rules.ruleset import RuleSet
 from advisor.rules.taxonomy import Order, Taxonomy, Technique
@@ -120,14 +119,8 @@ class Workload(BaseModel):
     fp8_recipe: Fp8Recipe | None = Field(
         default=None, description="the recipe fp8-mixed plans scale by (--fp8-recipe)"
     )
-    moe_overlap: MoeOverlap | None = Field(
-        default=None,
-        description="pinned schedule hiding the expert all-to-alls (--moe-overlap; None: "
-        "searched per plan, advisor.plan.overlap)",
-    )
-    moe_balance: MoeBalance = Field(
-        default=MoeBalance.LOSS_FREE, description="the router's load balancing (--moe-balance)"
-    )
+    moe_overlap: MoeOverlap | None = Field(default=None, description="pinned (--moe-overlap)")
+    moe_balance: MoeBalance = Field(default=MoeBalance.LOSS_FREE, description="--moe-balance")
 
     @property
     def world_size(self) -> int:
@@ -608,8 +601,7 @@ def objective_score(
 
 def workload_layouts(ctx: Context) -> list[Layout]:
     """Every layout of the workload's devices, honouring its --tp/--pp pins, with its
-    router balancing and a pinned --moe-overlap (the layouts that schedule cannot run are
-    left out: :func:`_moe_layouts`)."""
+    --moe-balance and a pinned --moe-overlap (:func:`~advisor.plan.layout.moe_layouts`)."""
     w = ctx.workload
     layouts = enumerate_layouts(
         ctx.spec,
@@ -624,54 +616,9 @@ def workload_layouts(ctx: Context) -> list[Layout]:
         ep=w.expert_parallel,
         etp=w.expert_tensor_parallel,
     )
-    return _moe_layouts(ctx, layouts)
-
-
-def _moe_layouts(ctx: Context, layouts: list[Layout]) -> list[Layout]:
-    """``layouts`` with the workload's --moe-balance and pinned --moe-overlap. A pinned
-    overlap keeps the layouts its schedule runs on (:func:`overlap_problem` with what the
-    layout decides: expert parallelism, the dispatcher, the pipeline and its interleaving;
-    recomputation and micro-batches are the plan's, checked where it is built).
-
-    Raises:
-        UserError: when the pin leaves no layout (the first layout's reason).
-    """
-    w = ctx.workload
     if ctx.spec.num_experts <= 1:
         return layouts
-    pin = w.moe_overlap
-    out: list[Layout] = []
-    first: tuple[str, str] | None = None
-    for lay in layouts:
-        p = lay.parallel
-        if pin is not None and pin is not MoeOverlap.NONE:
-            problem = overlap_problem(
-                pin,
-                expert_parallel=p.expert_parallel,
-                dispatcher=p.moe_dispatcher,
-                checkpointing=Checkpointing.NONE,
-                pipeline_parallel=p.pipeline_parallel,
-                virtual_stages=p.virtual_stages,
-                grad_accumulation=2,
-            )
-            if problem is not None:
-                first = first or problem
-                continue
-        if pin is not None or w.moe_balance is not p.moe_balance:
-            lay = lay.model_copy(
-                update={
-                    "parallel": p.updated(
-                        moe_overlap=pin or p.moe_overlap, moe_balance=w.moe_balance
-                    )
-                }
-            )
-        out.append(lay)
-    if layouts and not out and first is not None:
-        raise UserError(
-            f"no layout of {w.world_size} devices runs it: {first[0]}",
-            first[1].replace("--pipeline-parallel", "--pp") + " (or let --moe-overlap be searched)",
-        )
-    return out
+    return moe_layouts(layouts, w.moe_overlap, w.moe_balance, w.world_size)
 
 
 def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> bool:
