@@ -118,7 +118,9 @@ class EstimateReport(BaseModel):
     peak_phase: str = Field(description="the phase whose sum is total_bytes")
     breakdown: dict[str, int] = Field(
         description="component -> full bytes (phases say which coexist). `overhead` is the "
-        "sum of the named fixed terms in overhead_breakdown"
+        "sum of the named fixed terms in overhead_breakdown; `dualpipe_weights` (only under "
+        "--moe-overlap dualpipe) is DualPipe's second copy of the stage's parameters "
+        "(DeepSeek-V3 report, arXiv:2412.19437, sec. 3.2.1)"
     )
     phases: list[PhaseReport] = Field(
         description="forward_end, loss_backward, layer_backward, optimizer_step: the "

@@ -108,6 +108,15 @@ def emit_megatron(
             "TransformerConfig rejects it with pipeline parallelism or recomputation)",
             activation_offload=False,
         )
+    if expressed.config.layout.moe_overlap is MoeOverlap.A2A_OVERLAP:
+        notes.append(
+            "the EP all-to-all overlap (--overlap-moe-expert-parallel-comm "
+            "--delay-wgrad-compute) is Megatron-Core >= 0.14's; its TransformerConfig asserts "
+            "torch >= 2.6, no --moe-shared-expert-overlap and at most one MTP layer. The "
+            "step time was priced with 20 SMs kept for the communication kernels, as the "
+            "overlap's launch recipes reserve them (NVTE_FWD_LAYERNORM_SM_MARGIN=20, "
+            "NVTE_BWD_LAYERNORM_SM_MARGIN=20)."
+        )
     notes.append(hyper_note(config))
     if expressed.differs:
         notes.insert(
