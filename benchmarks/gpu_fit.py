@@ -52,6 +52,7 @@ from advisor.config import (
 from advisor.cost import predict_for_optimizer
 from advisor.data.resources import profiles_dir
 from advisor.errors import UserError
+from advisor.hardware.power import at_power_limit
 from advisor.hardware.profiles import (
     AttentionEfficiency,
     Fitted,
@@ -60,7 +61,7 @@ from advisor.hardware.profiles import (
     HardwareProfile,
     load_hardware_profiles,
 )
-from advisor.memory import estimate_memory
+from advisor.memory import PipelineRuntime, estimate_memory
 from advisor.model import ModelSpec, get_model_profile
 from advisor.rules.taxonomy import load_taxonomy
 
@@ -779,6 +780,10 @@ def run_device(run: dict[str, Any], hw: HardwareProfile) -> HardwareProfile:
     over = run.get("device_overrides")
     if not over:
         return hw
+    if "power_limit_w" in over:
+        # NOTE: the peaks of a board run below its rated power come from the power model
+        # (advisor/hardware/power.py), not from a figure the source states.
+        hw = at_power_limit(hw, float(over["power_limit_w"]))
     peak = hw.peak_tflops.model_copy(
         update={
             "bf16": over.get("bf16_tflops", hw.peak_tflops.bf16),
@@ -818,8 +823,12 @@ def memory_check(run: dict[str, Any], hw: HardwareProfile) -> dict[str, Any]:
         # What the source ran that the time model's labels leave out (e.g. compiled blocks
         # with an unfused, fp32-upcast loss; FSDP that shards gradients, not parameters).
         config = TrainingConfig(**{**config.model_dump(), **run["memory_overrides"]})
+    # What ran the pipeline schedule: Megatron-Core (frees stage outputs once sent) unless the
+    # row says torch.distributed.pipelining (torchtitan), which keeps them and per-micro-batch
+    # receive buffers (advisor.memory.pipeline.PipelineRuntime).
+    runtime = PipelineRuntime(run.get("pipeline_runtime", PipelineRuntime.MEGATRON.value))
     try:
-        est = estimate_memory(spec, config, optimizer=_adamw())
+        est = estimate_memory(spec, config, optimizer=_adamw(), pipeline_runtime=runtime)
     except UserError as exc:
         # The source's layout as recorded here cannot be split (an assumed interleaving).
         return {"fits": None, "peak_fraction_of_device": None, "layout_error": exc.message}

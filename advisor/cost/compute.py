@@ -19,6 +19,7 @@ from advisor.cost.efficiency import (
 )
 from advisor.cost.expert_overlap import imbalance_detail, rank_straggler
 from advisor.cost.fp8recipes import CAST_BYTES, CAST_DETAIL, GEMM_SHARE, cast_bytes
+from advisor.cost.hfbytes import hf_bytes
 from advisor.cost.result import ComponentTime, Source, merge
 from advisor.cost.setting import Setting
 from advisor.cost.shape import Gemm, block_gemms
@@ -26,14 +27,12 @@ from advisor.memory import selective_op_recompute_share
 from advisor.model.convnet import resnet_layers
 from advisor.model.spec import Arch
 
-# Elementwise and norm traffic of one block, per token, in units of (h-wide, f-wide)
-# activation tensors read or written, forward only (backward moves about twice that):
-#   hf: two unfused RMSNorm/LayerNorm in fp32 (cast, square, mean, rsqrt, scale: ~8 h-wide
-#   passes each), two residual adds (3 each), rotary on q and k (~4); SwiGLU as separate
-#   silu and mul kernels (~5 f-wide passes). Hugging Face LlamaRMSNorm/LlamaMLP source.
-#   fused: fused add+norm (~3 passes each), rotary inside the attention/QKV kernel, fused
-#   SwiGLU (2 reads, 1 write): Liger/Apex/TE kernels, torch.compile in torchtitan.
-_ELEMENTWISE_PASSES = {Stack.HF: (26.0, 5.0), Stack.FUSED: (8.0, 3.0)}
+# Elementwise and norm traffic of one block under the fused stack, per token, in units of
+# (h-wide, f-wide) activation tensors read or written, forward only (backward moves about
+# twice that): fused add+norm (~3 passes each), rotary inside the attention/QKV kernel, fused
+# SwiGLU (2 reads, 1 write): Liger/Apex/TE kernels, torch.compile in torchtitan. The hf stack's
+# traffic is measured op by op instead (advisor/cost/hfbytes.py, benchmarks/eager_bytes.py).
+_FUSED_PASSES = (8.0, 3.0)
 # The loss over the logits, bytes per token per vocabulary entry, forward and backward:
 #   hf: bf16 logits written, upcast to fp32 (read 2, write 4), log-softmax (read 4, write 4),
 #   gradient (write 4, downcast read 4 write 2): ~28 (transformers' ForCausalLMLoss).
@@ -41,8 +40,10 @@ _ELEMENTWISE_PASSES = {Stack.HF: (26.0, 5.0), Stack.FUSED: (8.0, 3.0)}
 #   its gradient in place (Liger FusedLinearCrossEntropy; torchtune chunked CE): ~6.
 LOSS_BYTES = {Stack.HF: 28.0, Stack.FUSED: 6.0}
 # Eager attention materialises its scores: bytes moved per score element (forward and
-# backward, forward alone). HF's eager_attention_forward keeps an fp32 softmax and its
-# gradient: ~60 (Dao et al. 2022, sec. 3). Under the fused stack unfused attention is
+# backward, forward alone). Under the hf stack they are measured (advisor/cost/hfbytes.py:
+# transformers' eager_attention_forward, its scale, additive mask, softmax, casts and dropout
+# with CUDA autocast's dtypes; e.g. GPT-2 under amp-fp16 with dropout: 33 forward, 41
+# backward, plus its fp32 mask). Under the fused stack unfused attention is
 # Megatron's core attention (baddbmm into a 16-bit score buffer, FusedScaleMaskSoftmax with
 # 16-bit input and output, attention dropout 0.1 by default with a 1-byte CUDA mask;
 # Megatron-LM megatron/model/transformer.py CoreAttention, fused_kernels/
@@ -50,7 +51,7 @@ LOSS_BYTES = {Stack.HF: 28.0, Stack.FUSED: 6.0}
 # forward: write S 2, softmax read 2 + write 2, dropout read 2 + write 2 + mask 1, PV read 2
 # = 13; backward: write dP 2, dV read P 2, dropout read 2 + mask 1 + write 2, softmax read
 # dP 2 + P 2 + write dS 2, dQ and dK read dS 2 + 2 = 19.
-_EAGER_SCORE_BYTES = {Stack.HF: (60.0, 20.0), Stack.FUSED: (32.0, 13.0)}
+_FUSED_EAGER_SCORE_BYTES = (32.0, 13.0)
 # FlashAttention's backward does 2.5x the forward's matmul FLOPs (5 matmuls vs 2; Dao 2023,
 # sec. 4.1): fwd+bwd = 3.5 x forward. Eager: backward = 2 x forward.
 _FLASH_FB = 3.5
@@ -230,7 +231,12 @@ def attention(s: Setting) -> tuple[float, float, Source]:
         fb = fwd * (_EAGER_FB if eager else _FLASH_FB)
     if eager:
         bw, _ = s.bandwidth()
-        total_bytes, fwd_bytes = _EAGER_SCORE_BYTES[s.mb.stack]
+        total_bytes, fwd_bytes = _FUSED_EAGER_SCORE_BYTES
+        if s.mb.stack is Stack.HF:
+            row = hf_bytes(s.spec.traits.layout, True, s.mb.precision, s.mb.dropout)
+            # the additive mask is one batch x s x s tensor every head of the rank reads
+            fwd_bytes = row.score_fwd + row.mask_fwd / heads
+            total_bytes = fwd_bytes + row.score_bwd + row.mask_bwd / heads
         scores = heads * mb * seq * seq * share / bw
         fb += total_bytes * scores
         fwd += fwd_bytes * scores
@@ -248,12 +254,19 @@ def elementwise(s: Setting) -> tuple[float, float, Source]:
         return 0.0, 0.0, Source.MEASURED  # inside the measured block
     h = s.sh.hidden
     f = s.spec.intermediate_size or 4 * h
-    act = 4 if s.dtype in ("fp32", "tf32") else 2
-    ph, pf = _ELEMENTWISE_PASSES[s.mb.stack]
     # Sequence parallelism splits the norm/residual work across TP ranks; the MLP
     # activation is on the TP-sharded width (Korthikanti et al. 2022, sec. 4.2.2).
-    per_token = (ph * h + pf * f * s.spec.experts_per_token) * act / s.tp
+    width_f = f * s.spec.experts_per_token
     bw, src = s.bandwidth()
+    if s.mb.stack is Stack.HF:
+        eager = s.kernel is AttentionKernel.EAGER
+        row = hf_bytes(s.spec.traits.layout, eager, s.mb.precision, s.mb.dropout)
+        fwd_b = (row.h_fwd * h + row.f_fwd * width_f) / s.tp
+        bwd_b = (row.h_bwd * h + row.f_bwd * width_f) / s.tp
+        return (fwd_b + bwd_b) * s.tokens / bw, fwd_b * s.tokens / bw, src
+    act = 4 if s.dtype in ("fp32", "tf32") else 2
+    ph, pf = _FUSED_PASSES
+    per_token = (ph * h + pf * width_f) * act / s.tp
     fwd = per_token * s.tokens / bw
     return 3 * fwd, fwd, src
 

@@ -30,9 +30,12 @@ Parallel layouts divide the per-device share: tensor parallelism with sequence p
 splits block matrices, the vocabulary and every activation by ``tp`` (Shoeybi et al. 2019;
 Korthikanti et al. 2022); pipeline parallelism places whole blocks on each model chunk
 (:func:`pipeline_split`) and each rank holds the activations its schedule keeps in flight
-(:func:`inflight_block_microbatches`: 1F1B and interleaved 1F1B, Narayanan et al. 2021);
-expert parallelism splits the experts; ZeRO/FSDP shard model states over the
-data-parallel (or, hybrid, the shard-group) degree (Rajbhandari et al. 2020; Zhao et al. 2023).
+(:func:`inflight_block_microbatches`: 1F1B and interleaved 1F1B, Narayanan et al. 2021),
+plus what its pipeline runtime keeps of stage inputs and outputs (:func:`stage_io_bytes`:
+nothing under Megatron-Core, which frees each output once sent; outputs and per-micro-batch
+receive buffers under torch.distributed.pipelining); expert parallelism splits the experts;
+ZeRO/FSDP shard model states over the data-parallel (or, hybrid, the shard-group) degree
+(Rajbhandari et al. 2020; Zhao et al. 2023).
 
 The package, along the estimate's data flow (each module imports only those above it):
 
@@ -49,7 +52,7 @@ The package, along the estimate's data flow (each module imports only those abov
 - :mod:`~advisor.memory.activations`: what a block and the model level save for backward.
 - :mod:`~advisor.memory.loss`: logits and the cross-entropy loss.
 - :mod:`~advisor.memory.recompute`: activation checkpointing modes.
-- :mod:`~advisor.memory.pipeline`: pipeline splits and in-flight micro-batches.
+- :mod:`~advisor.memory.pipeline`: pipeline splits, in-flight micro-batches, stage I/O.
 - :mod:`~advisor.memory.sharding`: layouts the engines run, the tensors a device holds.
 - :mod:`~advisor.memory.states`: a rank's weights, gradients, masters, optimizer states.
 - :mod:`~advisor.memory.phases`: what is alive in each phase of a step.
@@ -87,7 +90,13 @@ from advisor.memory.params import (
     Role,
     lora_full_tensors,
 )
-from advisor.memory.pipeline import inflight_block_microbatches, pipeline_split
+from advisor.memory.pipeline import (
+    PipelineRuntime,
+    inflight_block_microbatches,
+    inflight_chunk_microbatches,
+    pipeline_split,
+    stage_io_bytes,
+)
 from advisor.memory.recompute import saved_activation_bytes, selective_op_block_bytes
 from advisor.memory.results import (
     COMPONENTS,
@@ -119,6 +128,7 @@ __all__ = [
     "PagedResidency",
     "ParamTensor",
     "Phase",
+    "PipelineRuntime",
     "Replay",
     "Role",
     "block_matmuls",
@@ -127,6 +137,7 @@ __all__ = [
     "fused_step_on",
     "gpu_overheads",
     "inflight_block_microbatches",
+    "inflight_chunk_microbatches",
     "layer_activation_bytes",
     "lora_full_tensors",
     "lora_tensors",
@@ -141,5 +152,6 @@ __all__ = [
     "saved_activation_bytes",
     "selective_op_block_bytes",
     "selective_op_recompute_share",
+    "stage_io_bytes",
     "trainable_parameter_count",
 ]

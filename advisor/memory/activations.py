@@ -558,8 +558,17 @@ def model_level_activation_bytes(
     fused_norm: bool = False,
     frozen: bool = False,
     head_frozen: bool = False,
+    *,
+    embedding: bool = True,
+    head: bool = True,
 ) -> int:
     """Embedding indices, position ids or tables and the final norm.
+
+    ``embedding`` / ``head``: whether the device runs the embedding (token and learned
+    position ids) and the final norm before the LM head. A pipeline's first stage holds the
+    embedding and its last the final norm and head (Megatron-Core's ``pre_process`` /
+    ``post_process``, torchtitan's split sets ``tok_embeddings`` / ``norm`` to ``None``
+    elsewhere); the RoPE tables and an eager mask go to every stage's blocks.
 
     Under full checkpointing the RoPE tables are arguments of the checkpointed blocks (kept
     by reference, not saved); GPT-2 passes its eager attention mask positionally, so the
@@ -575,9 +584,9 @@ def model_level_activation_bytes(
     vision = spec_value(spec, "vision", None)
     if vision is not None:
         return _vit_model_level(vision, b, s, d["h"], dt, frozen, head_frozen)
-    total = 8 * t  # token ids (int64) for the embedding backward
+    total = 8 * t if embedding else 0  # token ids (int64) for the embedding backward
     position = enum_value(spec.position)
-    if position == "learned":
+    if position == "learned" and embedding:
         total += 8 * (s if spec.traits.position_ids_one_row else t)  # position ids (GPT-2: one row)
     elif position == "rope" and not full:
         # cos and sin, shared by all layers, as wide as the rotary part of a head: MLA
@@ -592,6 +601,8 @@ def model_level_activation_bytes(
         and stack is Stack.HF
     ):
         total += dt.act * b * s * s  # the additive causal mask
+    if not head:
+        return total
     layernorm = enum_value(spec.norm) == "layernorm"
     fused = stack is Stack.FUSED or fused_norm
     head_in = 0 if head_frozen else dt.linear_in

@@ -7,8 +7,15 @@ from __future__ import annotations
 from advisor.config import Checkpointing, ContextParallelKind, MoeOverlap, TrainingConfig
 from advisor.memory.context import check_context, rank_config
 from advisor.memory.convnet import check_cnn_config
+from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
-from advisor.memory.pipeline import dualpipe_schedule, mirror_rank, pipeline_schedule
+from advisor.memory.pipeline import (
+    PipelineRuntime,
+    dualpipe_schedule,
+    mirror_rank,
+    pipeline_schedule,
+    stage_io_bytes,
+)
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
 from advisor.memory.sharding import check_layout
 from advisor.memory.stage import estimate_stage, trainable_total
@@ -25,6 +32,7 @@ def estimate_memory(
     device: DeviceOverheads | None = None,
     lora_targets: frozenset[str] | None = None,
     memo: MemoryMemo | None = None,
+    pipeline_runtime: PipelineRuntime = PipelineRuntime.MEGATRON,
 ) -> MemoryEstimate:
     """Estimate the per-device peak memory of training ``spec`` under ``config``.
 
@@ -43,6 +51,9 @@ def estimate_memory(
         lora_targets: what LoRA/QLoRA adapts (default: ``config.lora_targets``).
         memo: the caller's memo of this model's pieces, held for one search or command
             (None: a fresh one; the numbers are the same).
+        pipeline_runtime: what runs the pipeline schedule (:class:`~advisor.memory.
+            pipeline.PipelineRuntime`): Megatron-Core frees each stage output once sent;
+            torch.distributed.pipelining keeps outputs and per-micro-batch buffers.
 
     Returns:
         The estimate, with every component named (see :data:`COMPONENTS`) and every phase.
@@ -53,7 +64,15 @@ def estimate_memory(
         ValueError: when ``memo`` holds another model spec's pieces.
     """
     targets = frozenset(config.adapters.lora_targets) if lora_targets is None else lora_targets
-    m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=False)
+    m = _estimate(
+        memo_for(spec, memo),
+        config,
+        optimizer,
+        device,
+        targets,
+        pipeline_runtime,
+        totals_only=False,
+    )
     assert isinstance(m, MemoryEstimate)
     return m
 
@@ -64,6 +83,7 @@ def _estimate(
     optimizer: Technique | OptimizerMemory,
     device: DeviceOverheads | None,
     lora_targets: frozenset[str],
+    runtime: PipelineRuntime,
     *,
     totals_only: bool,
 ) -> MemoryEstimate | MemoryTotals:
@@ -84,13 +104,13 @@ def _estimate(
             memo, config, optimizer, device, lora_targets, "only", d["L"], 0, totals_only
         )
         return _context_note(one, config)
+    v, m = layout.virtual_stages, config.batch.grad_accumulation
     dualpipe = layout.moe_overlap is MoeOverlap.DUALPIPE
     if dualpipe:
-        split, held = memo.call(dualpipe_schedule, pp, config.batch.grad_accumulation)
+        v = 1  # one chunk per direction (advisor.memory.pipeline.dualpipe_schedule)
+        split, held, chunks = memo.call(dualpipe_schedule, pp, m)
     else:
-        split, held = memo.call(
-            pipeline_schedule, pp, layout.virtual_stages, config.batch.grad_accumulation
-        )
+        split, held, chunks = memo.call(pipeline_schedule, pp, v, m)
     names = ["first", *(["middle"] * (pp - 2)), "last"]
 
     def copy_bytes(r: int) -> int:
@@ -98,16 +118,31 @@ def _estimate(
         # (see _dualpipe_copy).
         if not dualpipe:
             return 0
-        m = mirror_rank(r, pp)
-        return _dualpipe_copy(memo, config, optimizer, lora_targets, names[m], sum(split[m]))
+        mirror = mirror_rank(r, pp)
+        return _dualpipe_copy(
+            memo, config, optimizer, lora_targets, names[mirror], sum(split[mirror])
+        )
 
+    # One micro-batch's hidden state as a stage sends it: the residual stream, sequence-
+    # parallel over the tensor-parallel ranks.
+    batch = config.batch
+    hidden = -(
+        -dtypes(config.precision).residual
+        * batch.micro_batch
+        * batch.seq_len
+        * d["h"]
+        // layout.tensor_parallel
+    )
+    io = [stage_io_bytes(runtime, pp, v, r, m, chunks[r], hidden) for r in range(pp)]
     # The first rank (embedding, most micro-batches in flight) and the last (LM head, loss)
     # are always candidates; a middle rank only when it holds more blocks or more
     # block-micro-batches than the first (Llama 3's lightened first chunk): the heaviest
     # of them, as the middle ranks differ in nothing else.
     ranks = [0, pp - 1]
-    middle = max(range(1, pp - 1), key=lambda r: (held[r], sum(split[r])), default=None)
-    if middle is not None and (held[middle] > held[0] or sum(split[middle]) > sum(split[0])):
+    middle = max(range(1, pp - 1), key=lambda r: (held[r], sum(split[r]), io[r]), default=None)
+    if middle is not None and (
+        held[middle] > held[0] or sum(split[middle]) > sum(split[0]) or io[middle] > io[0]
+    ):
         ranks.insert(1, middle)
     stages = [
         estimate_stage(
@@ -120,7 +155,8 @@ def _estimate(
             sum(split[r]),
             held[r],
             totals_only,
-            copy_bytes(r),
+            stage_io=io[r],
+            copy_bytes=copy_bytes(r),
         )
         for r in ranks
     ]
@@ -195,6 +231,7 @@ def memory_totals(
     device: DeviceOverheads | None = None,
     lora_targets: frozenset[str] | None = None,
     memo: MemoryMemo | None = None,
+    pipeline_runtime: PipelineRuntime = PipelineRuntime.MEGATRON,
 ) -> MemoryTotals:
     """:func:`estimate_memory`'s ``total_bytes``, ``host_bytes`` and ``nvme_bytes``, the
     same numbers, without building the phases (about 40% of the work). The arguments are
@@ -204,7 +241,9 @@ def memory_totals(
     fits, thousands of times; most of those plans are never shown.
     """
     targets = frozenset(config.adapters.lora_targets) if lora_targets is None else lora_targets
-    m = _estimate(memo_for(spec, memo), config, optimizer, device, targets, totals_only=True)
+    m = _estimate(
+        memo_for(spec, memo), config, optimizer, device, targets, pipeline_runtime, totals_only=True
+    )
     assert isinstance(m, MemoryTotals)
     return m
 

@@ -55,12 +55,16 @@ def estimate_stage(
     stage_layers: int,
     held_blocks: int,
     totals_only: bool = False,
+    *,
+    stage_io: int = 0,
     copy_bytes: int = 0,
 ) -> MemoryEstimate | MemoryTotals:
     """One pipeline rank's estimate: ``stage_layers`` blocks, ``held_blocks`` block-micro-
     batches of activations in flight (:func:`~advisor.memory.pipeline.
-    inflight_block_microbatches`; unused without pipeline parallelism), ``copy_bytes`` of
-    DualPipe's second parameter copy (0 under any other schedule)."""
+    inflight_block_microbatches`; unused without pipeline parallelism), ``stage_io``
+    bytes of stage inputs and outputs its pipeline runtime keeps beside them
+    (:func:`~advisor.memory.pipeline.stage_io_bytes`) and ``copy_bytes`` of DualPipe's
+    second parameter copy (0 under any other schedule)."""
     savers = config.savers
     spec = memo.model.spec
     st = memo.call_with_memo(
@@ -79,8 +83,19 @@ def estimate_stage(
     if config.dp_sgd and not st.zeroth:
         bd["per_sample_gradients"] = config.batch.micro_batch * st.p_t * st.dt.grad
         notes.append("DP-SGD: per-sample gradients b x P_t (Abadi et al. 2016; Opacus)")
+    first = stage in ("only", "first")
     acts = _activations(
-        memo, config, st, device, lora_targets, stage_layers, held_blocks, bd, notes
+        memo,
+        config,
+        st,
+        device,
+        lora_targets,
+        first,
+        stage_layers,
+        held_blocks,
+        stage_io,
+        bd,
+        notes,
     )
     # The transient: the larger of the loss backward and the optimizer step's temporaries.
     loss_tr, step_tr, grad_flow = _transients(spec, config, st, acts.loss, stage_layers, bd)
@@ -161,13 +176,17 @@ def _activations(
     st: StageStates,
     device: DeviceOverheads,
     lora_targets: frozenset[str],
+    first: bool,
     stage_layers: int,
     held_blocks: int,
+    stage_io: int,
     bd: dict[str, int],
     notes: list[str],
 ) -> _Activations:
     """The activations and logits of one rank (``bd``'s activations, logits, recompute),
-    its schedule's micro-batches in flight and activation offloading; notes appended."""
+    its schedule's micro-batches in flight, its runtime's stage inputs and outputs and
+    activation offloading; notes appended. ``first``: the rank runs the embedding (the
+    last rank, ``st.last``, the final norm and the LM head)."""
     savers, kernels, batch = config.savers, config.kernels, config.batch
     spec, d, dt = memo.model.spec, st.d, st.dt
     tp, last, zeroth, adapters = st.tp, st.last, st.zeroth, st.adapters
@@ -213,8 +232,10 @@ def _activations(
         kernels.fused_norm,
         adapters,
         head_frozen,
+        embedding=first,
+        head=last,
     )
-    if config.dropout and not zeroth:
+    if config.dropout and not zeroth and first:
         # The embedding output's dropout mask (its output is the first block's input).
         model_level += b * s * d["h"] * (device.dropout_mask_bytes or dt.residual)
     loss = (
@@ -234,6 +255,15 @@ def _activations(
     inflight, per_block, stored_blocks, host_activations = _stored_blocks(
         memo, config, st, layer, stage_layers, held_blocks, bd, notes
     )
+    if stage_io and not zeroth:
+        # NOTE: torch.distributed.pipelining's kept stage outputs and receive buffers
+        # (advisor.memory.pipeline.stage_io_bytes): alive through the whole step like the
+        # model-level tensors (a middle stage's sum does not change as micro-batches flow).
+        model_level += stage_io
+        notes.append(
+            f"torch.distributed.pipelining: {stage_io / 2**30:.2f} GiB of stage outputs and "
+            "per-micro-batch receive buffers kept (Megatron-Core frees each output once sent)"
+        )
     bd["activations"] = stored_blocks + (0 if zeroth else model_level)
     bd["logits"] = loss.saved_bytes + loss.output_bytes
     return _Activations(model_level, per_block, inflight, loss, host_activations)

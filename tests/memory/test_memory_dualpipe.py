@@ -60,11 +60,12 @@ def test_activations_in_flight_are_pp_plus_one_against_one_f_one_b_pp(pp: int) -
     # one stage, when a step runs at least that many micro-batches.
     model = MemoryModel(PROFILES["deepseek-v3"])
     split = pipeline_split(61, pp)
-    _split, held = dualpipe_schedule(model, pp, 4 * pp)
+    _split, held, chunks = dualpipe_schedule(model, pp, 4 * pp)
     first = inflight_block_microbatches(split, 0, 4 * pp)
     assert first == pp * sum(split[0])
     for r in range(pp):
         assert held[r] == (pp + 1) * sum(split[r])
+        assert chunks[r] == (pp + 1,)
 
 
 def test_dualpipe_needs_more_memory_than_one_f_one_b() -> None:
