@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from advisor.app.limits import check_fp8_recipe, parse_lora_targets
-from advisor.app.moe_overlap import check_moe_overlap
+from advisor.app.moe_overlap import check_moe_overlap, parse_moe_balance, parse_moe_overlap
 from advisor.config import (
     Adapters,
     Attention,
@@ -17,9 +17,7 @@ from advisor.config import (
     ContextParallelKind,
     Kernels,
     MemorySavers,
-    MoeBalance,
     MoeDispatcher,
-    MoeOverlap,
     Offload,
     OptimizerImpl,
     ParallelLayout,
@@ -121,7 +119,9 @@ class EstimateReport(BaseModel):
     peak_phase: str = Field(description="the phase whose sum is total_bytes")
     breakdown: dict[str, int] = Field(
         description="component -> full bytes (phases say which coexist). `overhead` is the "
-        "sum of the named fixed terms in overhead_breakdown"
+        "sum of the named fixed terms in overhead_breakdown; `dualpipe_weights` (only under "
+        "--moe-overlap dualpipe) is DualPipe's second copy of the stage's parameters "
+        "(DeepSeek-V3 report, arXiv:2412.19437, sec. 3.2.1)"
     )
     phases: list[PhaseReport] = Field(
         description="forward_end, loss_backward, layer_backward, optimizer_step: the "
@@ -290,7 +290,7 @@ def build_config(
             "give --capacity-factor (e.g. 1.0) or drop --pad-to-capacity",
         )
     recipe = check_fp8_recipe(fp8_recipe, precision)
-    overlap = _enum(MoeOverlap, moe_overlap, "--moe-overlap")
+    overlap = parse_moe_overlap(moe_overlap)
     check_moe_overlap(
         overlap,
         expert_parallel=expert_parallel,
@@ -299,6 +299,7 @@ def build_config(
         pipeline_parallel=pipeline_parallel,
         virtual_stages=virtual_stages,
         grad_accumulation=grad_accumulation,
+        precision=_enum(Precision, precision, "--precision"),
     )
     try:
         return TrainingConfig(
@@ -326,7 +327,7 @@ def build_config(
                 capacity_factor=capacity_factor,
                 pad_to_capacity=pad_to_capacity,
                 moe_overlap=overlap,
-                moe_balance=_enum(MoeBalance, moe_balance, "--moe-balance"),
+                moe_balance=parse_moe_balance(moe_balance),
             ),
             savers=MemorySavers(
                 checkpointing=ckpt,

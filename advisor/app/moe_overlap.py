@@ -1,9 +1,43 @@
-"""What a schedule that hides the expert all-to-alls needs, checked on the user's flags."""
+"""What a schedule that hides the expert all-to-alls needs, checked on the user's flags
+(``estimate`` on its explicit layout, ``recommend`` on what it pins before the search)."""
 
 from __future__ import annotations
 
-from advisor.config import Checkpointing, MoeDispatcher, MoeOverlap
+from typing import TypeVar
+
+from advisor.config import Checkpointing, MoeBalance, MoeDispatcher, MoeOverlap, Precision
+from advisor.cost.expert_overlap import overlap_problem
 from advisor.errors import UserError
+from advisor.model.spec import ModelSpec
+
+
+def parse_moe_overlap(value: str, flag: str = "--moe-overlap") -> MoeOverlap:
+    """The ``--moe-overlap`` value.
+
+    Raises:
+        UserError: naming the allowed values.
+    """
+    return _enum(MoeOverlap, value, flag)
+
+
+def parse_moe_balance(value: str, flag: str = "--moe-balance") -> MoeBalance:
+    """The ``--moe-balance`` value.
+
+    Raises:
+        UserError: naming the allowed values.
+    """
+    return _enum(MoeBalance, value, flag)
+
+
+_E = TypeVar("_E", MoeOverlap, MoeBalance)
+
+
+def _enum(kind: type[_E], value: str, flag: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(v.value for v in kind)
+        raise UserError(f"invalid {flag} {value!r}", f"use one of: {allowed}") from None
 
 
 def check_moe_overlap(
@@ -15,45 +49,69 @@ def check_moe_overlap(
     pipeline_parallel: int,
     virtual_stages: int,
     grad_accumulation: int,
+    precision: Precision | None = None,
 ) -> None:
-    """Refuse an all-to-all overlap the named schedule cannot run.
-
-    ``a2a-overlap``: Megatron-Core's ``TransformerConfig.__post_init__`` asserts expert
-    parallelism, the alltoall or flex dispatcher, no full recomputation, and virtual
-    pipeline stages when PP > 1. ``dualpipe``: DeepSeek-V3's DualPipe (arXiv:2412.19437,
-    sec. 3.2.1) "only requires that the pipeline stages and micro-batches be divisible by 2".
+    """Refuse an all-to-all overlap the named schedule cannot run
+    (:func:`advisor.cost.expert_overlap.overlap_problem`: Megatron-Core's assertions for
+    ``a2a-overlap``, DeepSeek-V3's for ``dualpipe``).
 
     Raises:
         UserError: naming what is missing.
     """
-    if overlap is MoeOverlap.NONE:
+    problem = overlap_problem(
+        overlap,
+        expert_parallel=expert_parallel,
+        dispatcher=dispatcher,
+        checkpointing=checkpointing,
+        pipeline_parallel=pipeline_parallel,
+        virtual_stages=virtual_stages,
+        grad_accumulation=grad_accumulation,
+        precision=precision,
+    )
+    if problem is not None:
+        raise UserError(*problem)
+
+
+def check_moe_pins(
+    overlap: MoeOverlap | None,
+    spec: ModelSpec,
+    *,
+    expert_parallel: int | None,
+    pipeline_parallel: int | None,
+) -> None:
+    """Refuse, before ``recommend``'s search, a pinned ``--moe-overlap`` that no plan can run:
+    a model without routed experts, or the pinned ``--expert-parallel``/``--pp`` that the
+    schedule refuses (the same words as ``estimate``). What the pins leave open (layouts,
+    recomputation, micro-batches) the search keeps to what the schedule runs.
+
+    Raises:
+        UserError: naming what is missing.
+    """
+    if overlap is None or overlap is MoeOverlap.NONE:
         return
     flag = f"--moe-overlap {overlap.value}"
-    if expert_parallel < 2:
+    if spec.num_experts <= 1:
         raise UserError(
-            f"{flag} hides expert-parallel all-to-alls, but --expert-parallel is 1",
-            "give --expert-parallel 2 or more, or drop --moe-overlap",
+            f"{flag} hides expert-parallel all-to-alls, but {spec.name} has no routed experts",
+            "drop --moe-overlap (it applies to mixture-of-experts models)",
         )
-    if overlap is MoeOverlap.A2A_OVERLAP:
-        if dispatcher is MoeDispatcher.ALLGATHER:
-            raise UserError(
-                f"{flag} runs with the alltoall or flex dispatcher only (Megatron-Core)",
-                "use --moe-dispatcher alltoall or flex",
-            )
-        if checkpointing is Checkpointing.FULL:
-            raise UserError(
-                f"{flag} cannot run with full recomputation (Megatron-Core)",
-                "use --checkpointing selective or none",
-            )
-        if pipeline_parallel > 1 and virtual_stages < 2:
-            raise UserError(
-                f"{flag} with pipeline parallelism needs virtual stages (Megatron-Core)",
-                "give --virtual-stages 2 or more",
-            )
-        return
-    if pipeline_parallel < 2 or pipeline_parallel % 2 or grad_accumulation % 2:
-        raise UserError(
-            f"{flag} needs an even number of pipeline stages (2 or more) and of "
-            f"micro-batches, got {pipeline_parallel} and {grad_accumulation}",
-            "give an even --pipeline-parallel and --grad-accumulation",
+    if expert_parallel is not None and expert_parallel < 2:
+        check_moe_overlap(
+            overlap,
+            expert_parallel=expert_parallel,
+            dispatcher=MoeDispatcher.ALLTOALL,
+            checkpointing=Checkpointing.NONE,
+            pipeline_parallel=2,
+            virtual_stages=1 if overlap is MoeOverlap.DUALPIPE else 2,
+            grad_accumulation=2,
+        )
+    if overlap is MoeOverlap.DUALPIPE and pipeline_parallel is not None:
+        check_moe_overlap(
+            overlap,
+            expert_parallel=2,
+            dispatcher=MoeDispatcher.ALLTOALL,
+            checkpointing=Checkpointing.NONE,
+            pipeline_parallel=pipeline_parallel,
+            virtual_stages=1,
+            grad_accumulation=2,
         )

@@ -24,6 +24,7 @@ from advisor.app.limits import (
     parse_lora_targets,
     resolve_seq_len,
 )
+from advisor.app.moe_overlap import check_moe_pins, parse_moe_balance, parse_moe_overlap
 from advisor.config import ContextParallelKind, Stack, Task, TrainingConfig
 from advisor.cost.convergence import ConvergenceCache
 from advisor.cost.data import CalibrationCache
@@ -97,6 +98,8 @@ class RecommendRequest(BaseModel):
         context_parallel_kind: str | None = None,
         expert_parallel: int | None = None,
         expert_tensor_parallel: int | None = None,
+        moe_overlap: str | None = None,
+        moe_balance: str = "loss-free",
     ) -> RecommendRequest:
         """Parse and check every flag; the defaults are `optadvise recommend`'s.
 
@@ -127,6 +130,8 @@ class RecommendRequest(BaseModel):
         _check_plan_flags(
             global_batch, global_batch_tokens, micro_batch, gpus, nodes, tp, pp, context_parallel
         )
+        overlap = None if moe_overlap is None else parse_moe_overlap(moe_overlap)
+        check_moe_pins(overlap, spec, expert_parallel=expert_parallel, pipeline_parallel=pp)
         tokens = _tokens(global_batch_tokens) if global_batch_tokens is not None else None
         check_global_batch_tokens(tokens, s)
         workload = Workload(
@@ -151,6 +156,8 @@ class RecommendRequest(BaseModel):
             stack=_choice(Stack, stack, "--stack"),
             lora_targets=None if lora_targets is None else parse_lora_targets(lora_targets),
             fp8_recipe=check_fp8_recipe(fp8_recipe, None),
+            moe_overlap=overlap,
+            moe_balance=parse_moe_balance(moe_balance),
         )
         _check_context_pin(spec, workload)
         return cls(

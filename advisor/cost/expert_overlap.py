@@ -57,7 +57,14 @@ import math
 from statistics import NormalDist
 from typing import NamedTuple
 
-from advisor.config import MoeBalance, MoeOverlap
+from advisor.config import (
+    Checkpointing,
+    MoeBalance,
+    MoeDispatcher,
+    MoeOverlap,
+    Precision,
+    TrainingConfig,
+)
 from advisor.cost.setting import Setting
 from advisor.memory.cuda_context import GPU_SMS
 
@@ -71,6 +78,110 @@ MAX_VIOLATION: dict[MoeBalance, float] = {
 COMM_SMS = 20
 #: SMs of a GPU with no entry in GPU_SMS (the H100 SXM5's 132).
 _DEFAULT_SMS = 132
+
+
+def overlap_problem(
+    overlap: MoeOverlap,
+    *,
+    expert_parallel: int,
+    dispatcher: MoeDispatcher,
+    checkpointing: Checkpointing,
+    pipeline_parallel: int,
+    virtual_stages: int,
+    grad_accumulation: int,
+    precision: Precision | None = None,
+) -> tuple[str, str] | None:
+    """Why the named schedule cannot run this layout (what is wrong, a hint), or None.
+
+    ``a2a-overlap``: Megatron-Core's ``TransformerConfig.__post_init__`` asserts expert
+    parallelism, the alltoall or flex dispatcher, no full recomputation and no
+    recomputation method or layer count (so none of torchtitan's per-op or every-n-th-block
+    policies, which Megatron can only run as full recomputation), a bf16 or fp16 model
+    (not fp32 weights: no fp32/tf32 or autocast plan; ``precision`` None skips the test),
+    and virtual pipeline stages when PP > 1. ``dualpipe``: DeepSeek-V3's DualPipe (arXiv:2412.19437,
+    sec. 3.2.1) "only requires that the pipeline stages and micro-batches be divisible by 2";
+    it runs its own two-direction schedule of one chunk per direction (no interleaved
+    virtual stages). Both hide expert-parallel all-to-alls: they need EP > 1.
+    """
+    if overlap is MoeOverlap.NONE:
+        return None
+    flag = f"--moe-overlap {overlap.value}"
+    if expert_parallel < 2:
+        return (
+            f"{flag} hides expert-parallel all-to-alls, but --expert-parallel is 1",
+            "give --expert-parallel 2 or more, or drop --moe-overlap",
+        )
+    if overlap is MoeOverlap.A2A_OVERLAP:
+        if dispatcher is MoeDispatcher.ALLGATHER:
+            return (
+                f"{flag} runs with the alltoall or flex dispatcher only (Megatron-Core)",
+                "use --moe-dispatcher alltoall or flex",
+            )
+        if checkpointing is Checkpointing.FULL:
+            return (
+                f"{flag} cannot run with full recomputation (Megatron-Core)",
+                "use --checkpointing selective or none",
+            )
+        if checkpointing in (Checkpointing.SELECTIVE_OP, Checkpointing.SELECTIVE_LAYER):
+            return (
+                f"{flag} runs with Megatron-Core's selective recomputation or none, not "
+                f"{checkpointing.value} (Megatron runs it as full recomputation)",
+                "use --checkpointing selective or none",
+            )
+        if precision is not None and precision not in _SIXTEEN_BIT_MODELS:
+            return (
+                f"{flag} needs a bf16 or fp16 model (Megatron-Core), not {precision.value}",
+                "use --precision bf16-mixed, fp16-mixed or fp8-mixed",
+            )
+        if pipeline_parallel > 1 and virtual_stages < 2:
+            return (
+                f"{flag} with pipeline parallelism needs virtual stages (Megatron-Core)",
+                "give --virtual-stages 2 or more",
+            )
+        return None
+    if pipeline_parallel < 2 or pipeline_parallel % 2 or grad_accumulation % 2:
+        return (
+            f"{flag} needs an even number of pipeline stages (2 or more) and of "
+            f"micro-batches, got {pipeline_parallel} and {grad_accumulation}",
+            "give an even --pipeline-parallel and --grad-accumulation",
+        )
+    if virtual_stages > 1:
+        return (
+            f"{flag} runs one model chunk per direction (DeepSeek-V3's two-direction "
+            "schedule), not interleaved virtual stages",
+            "drop --virtual-stages",
+        )
+    return None
+
+
+def config_overlap_problem(config: TrainingConfig) -> tuple[str, str] | None:
+    """:func:`overlap_problem` of a configuration's own overlap."""
+    p = config.layout
+    return overlap_problem(
+        p.moe_overlap,
+        expert_parallel=p.expert_parallel,
+        dispatcher=p.moe_dispatcher,
+        checkpointing=config.savers.checkpointing,
+        pipeline_parallel=p.pipeline_parallel,
+        virtual_stages=p.virtual_stages,
+        grad_accumulation=config.batch.grad_accumulation,
+        precision=config.precision,
+    )
+
+
+#: Precisions whose model Megatron-Core holds in bf16 or fp16 (``--bf16``/``--fp16``, the
+#: FP8 and block-scaled recipes on top of bf16 weights): what its A2A overlap asserts.
+_SIXTEEN_BIT_MODELS = frozenset(
+    {
+        Precision.BF16_MIXED,
+        Precision.FP16_MIXED,
+        Precision.FP8_MIXED,
+        Precision.MXFP8_MIXED,
+        Precision.NVFP4_MIXED,
+        Precision.BF16,
+        Precision.FP16,
+    }
+)
 
 
 def straggler_factor(

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from advisor.config import Checkpointing, Offload, Precision, Sharding, TrainingConfig
+from advisor.config import Checkpointing, MoeOverlap, Offload, Precision, Sharding, TrainingConfig
 from advisor.export.common import (
     DEFAULT_NVME_PATH,
     GRADIENT_CLIPPING,
@@ -240,8 +240,14 @@ def _engine_notes(
     elif config.layout.expert_parallel > 1:
         expressed.change(
             "Accelerate's FSDP and DDP have no expert parallelism: the experts are sharded or "
-            "replicated like any other weight",
+            "replicated like any other weight"
+            + (
+                f" (and no {config.layout.moe_overlap.value} schedule)"
+                if config.layout.moe_overlap is not MoeOverlap.NONE
+                else ""
+            ),
             expert_parallel=1,
+            moe_overlap=MoeOverlap.NONE,
         )
 
 

@@ -19,6 +19,7 @@ from advisor.config import (
     Task,
     TrainingConfig,
 )
+from advisor.cost.expert_overlap import config_overlap_problem
 from advisor.errors import UserError
 from advisor.export.common import GRADIENT_CLIPPING, ZEROTH, hyper_note
 from advisor.export.emission import Emission, EmitTarget
@@ -69,13 +70,8 @@ def emit_megatron(
         )
     notes: list[str] = []
     expressed = Expressed(config)
-    if config.layout.moe_overlap is MoeOverlap.DUALPIPE and config.layout.expert_parallel > 1:
-        expressed.change(
-            "Megatron-LM has no DualPipe schedule: its nearest is the batch-level 1F1B "
-            "all-to-all overlap (--overlap-moe-expert-parallel-comm)",
-            moe_overlap=MoeOverlap.A2A_OVERLAP,
-        )
-    args = _megatron_layout(config)
+    _megatron_overlap(config, expressed)
+    args = _megatron_layout(config.with_(moe_overlap=expressed.config.layout.moe_overlap))
     args += [
         ("--micro-batch-size", config.batch.micro_batch),
         (
@@ -111,6 +107,15 @@ def emit_megatron(
             "this export does not write Megatron-LM's activation CPU offloading (its "
             "TransformerConfig rejects it with pipeline parallelism or recomputation)",
             activation_offload=False,
+        )
+    if expressed.config.layout.moe_overlap is MoeOverlap.A2A_OVERLAP:
+        notes.append(
+            "the EP all-to-all overlap (--overlap-moe-expert-parallel-comm "
+            "--delay-wgrad-compute) is Megatron-Core >= 0.14's; its TransformerConfig asserts "
+            "torch >= 2.6, no --moe-shared-expert-overlap and at most one MTP layer. The "
+            "step time was priced with 20 SMs kept for the communication kernels, as the "
+            "overlap's launch recipes reserve them (NVTE_FWD_LAYERNORM_SM_MARGIN=20, "
+            "NVTE_BWD_LAYERNORM_SM_MARGIN=20)."
         )
     notes.append(hyper_note(config))
     if expressed.differs:
@@ -231,6 +236,40 @@ def _megatron_moe(config: TrainingConfig) -> list[tuple[str, Any]]:
         # DualPipe, whose pairing of a forward and a backward chunk this is the nearest to.
         args += [("--overlap-moe-expert-parallel-comm", None), ("--delay-wgrad-compute", None)]
     return args
+
+
+def _megatron_overlap(config: TrainingConfig, expressed: Expressed) -> None:
+    """The all-to-all overlap Megatron-LM can run: its batch-level A2A overlap
+    (``--overlap-moe-expert-parallel-comm``) where the plan, with the recomputation this
+    export writes (torchtitan's per-op and every-n-th-block policies become full), passes
+    Megatron-Core's assertions (:func:`advisor.cost.expert_overlap.overlap_problem`); it is
+    the nearest to DualPipe, which Megatron-LM has not. Otherwise the all-to-alls wait."""
+    p = config.layout
+    if p.moe_overlap is MoeOverlap.NONE or p.expert_parallel < 2:
+        return
+    recompute = config.savers.checkpointing
+    if recompute in (Checkpointing.SELECTIVE_OP, Checkpointing.SELECTIVE_LAYER):
+        recompute = Checkpointing.FULL
+    probe = config.with_(moe_overlap=MoeOverlap.A2A_OVERLAP, checkpointing=recompute)
+    problem = config_overlap_problem(probe)
+    if problem is None:
+        if p.moe_overlap is MoeOverlap.DUALPIPE:
+            expressed.change(
+                "Megatron-LM has no DualPipe schedule: its nearest is the batch-level 1F1B "
+                "all-to-all overlap (--overlap-moe-expert-parallel-comm)",
+                moe_overlap=MoeOverlap.A2A_OVERLAP,
+            )
+        return
+    what = problem[0].removeprefix("--moe-overlap a2a-overlap ")
+    expressed.change(
+        (
+            "Megatron-LM has no DualPipe schedule, and its batch-level all-to-all overlap "
+            if p.moe_overlap is MoeOverlap.DUALPIPE
+            else "Megatron-LM's batch-level all-to-all overlap "
+        )
+        + f"{what}: the all-to-alls wait for their transfers",
+        moe_overlap=MoeOverlap.NONE,
+    )
 
 
 def _megatron_recompute(config: TrainingConfig, expressed: Expressed) -> list[tuple[str, Any]]:

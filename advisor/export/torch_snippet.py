@@ -10,7 +10,15 @@ import textwrap
 from importlib import resources
 from typing import Any
 
-from advisor.config import Attention, Checkpointing, Precision, Sharding, Task, TrainingConfig
+from advisor.config import (
+    Attention,
+    Checkpointing,
+    MoeOverlap,
+    Precision,
+    Sharding,
+    Task,
+    TrainingConfig,
+)
 from advisor.export.common import (
     GRADIENT_CLIPPING,
     ZEROTH,
@@ -154,6 +162,13 @@ def _plan_notes(config: TrainingConfig, zeroth: bool, notes: list[str]) -> None:
             + (f", context {cp}" if cp > 1 else "")
             + ") is not in this "
             "single-process snippet: use --emit torchtitan or --emit megatron for it."
+            + (
+                f" Its {config.layout.moe_overlap.value} schedule for the expert all-to-alls "
+                "is Megatron-LM's (--emit megatron) or DeepSeek's DualPipe, not torch's."
+                if config.layout.moe_overlap is not MoeOverlap.NONE
+                and config.layout.expert_parallel > 1
+                else ""
+            )
         )
     notes.append(hyper_note(config))
     if config.dp_sgd:

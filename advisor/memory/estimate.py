@@ -4,15 +4,22 @@ trainable parameter count; under pipeline parallelism the heaviest rank's estima
 
 from __future__ import annotations
 
-from advisor.config import Checkpointing, ContextParallelKind, TrainingConfig
+from advisor.config import Checkpointing, ContextParallelKind, MoeOverlap, TrainingConfig
 from advisor.memory.context import check_context, rank_config
 from advisor.memory.convnet import check_cnn_config
 from advisor.memory.dtypes import dtypes
 from advisor.memory.memo import MemoryMemo, memo_for
-from advisor.memory.pipeline import PipelineRuntime, pipeline_schedule, stage_io_bytes
+from advisor.memory.pipeline import (
+    PipelineRuntime,
+    dualpipe_schedule,
+    mirror_rank,
+    pipeline_schedule,
+    stage_io_bytes,
+)
 from advisor.memory.results import DeviceOverheads, MemoryEstimate, MemoryTotals
 from advisor.memory.sharding import check_layout
 from advisor.memory.stage import estimate_stage, trainable_total
+from advisor.memory.states import StateInputs, stage_states
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import OptimizerMemory, Technique
 
@@ -98,7 +105,24 @@ def _estimate(
         )
         return _context_note(one, config)
     v, m = layout.virtual_stages, config.batch.grad_accumulation
-    split, held, chunks = memo.call(pipeline_schedule, pp, v, m)
+    dualpipe = layout.moe_overlap is MoeOverlap.DUALPIPE
+    if dualpipe:
+        v = 1  # one chunk per direction (advisor.memory.pipeline.dualpipe_schedule)
+        split, held, chunks = memo.call(dualpipe_schedule, pp, m)
+    else:
+        split, held, chunks = memo.call(pipeline_schedule, pp, v, m)
+    names = ["first", *(["middle"] * (pp - 2)), "last"]
+
+    def copy_bytes(r: int) -> int:
+        # DualPipe's second parameter copy: the weights of the reverse direction's stage
+        # (see _dualpipe_copy).
+        if not dualpipe:
+            return 0
+        mirror = mirror_rank(r, pp)
+        return _dualpipe_copy(
+            memo, config, optimizer, lora_targets, names[mirror], sum(split[mirror])
+        )
+
     # One micro-batch's hidden state as a stage sends it: the residual stream, sequence-
     # parallel over the tensor-parallel ranks.
     batch = config.batch
@@ -132,6 +156,7 @@ def _estimate(
             held[r],
             totals_only,
             stage_io=io[r],
+            copy_bytes=copy_bytes(r),
         )
         for r in ranks
     ]
@@ -149,6 +174,32 @@ def _estimate(
         f"largest ({others})"
     )
     return _context_note(last.model_copy(update={"notes": [*last.notes, note]}), config)
+
+
+def _dualpipe_copy(
+    memo: MemoryMemo,
+    config: TrainingConfig,
+    optimizer: Technique | OptimizerMemory,
+    lora_targets: frozenset[str],
+    stage: str,
+    stage_layers: int,
+) -> int:
+    """The bytes of DualPipe's second copy of the model parameters on one rank: the weights
+    of the stage it runs in the reverse direction, as that stage's own rank stores them.
+
+    "DualPipe requires keeping two copies of the model parameters" (DeepSeek-V3 report,
+    arXiv:2412.19437, sec. 3.2.1; Table 2: Parameter 2x). The copy is what the GEMMs read,
+    the weights in their storage dtype (bf16 in the report's run: its FP8 GEMMs cast the
+    bf16 weights per tile, sec. 3.3.1, and it keeps only the master weights, weight
+    gradients and optimizer states in fp32, sec. 3.3.3, sharded by its ZeRO-1-style
+    optimizer), split by the same tensor and expert parallelism. The report prices nothing
+    else for the copy: its gradients are accumulated with the first copy's before the
+    optimizer step, so no second gradient buffer, master or optimizer state is counted.
+    """
+    st = memo.call_with_memo(
+        stage_states, StateInputs.of(config, optimizer, lora_targets, stage, stage_layers)
+    )
+    return st.bd["weights"] + st.bd["quantization_constants"]
 
 
 def _context_note(

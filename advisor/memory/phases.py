@@ -66,8 +66,14 @@ def phases_of(
     autocast = config.precision in (Precision.AMP_FP16, Precision.AMP_BF16)
     static = {
         k: bd[k]
-        for k in ("weights", "quantization_constants", "master_weights", "optimizer_states")
-        if bd[k]
+        for k in (
+            "weights",
+            "quantization_constants",
+            "dualpipe_weights",
+            "master_weights",
+            "optimizer_states",
+        )
+        if bd.get(k)
     }
     if bd["weight_cache"] and not autocast:
         static["weight_cache"] = bd["weight_cache"]

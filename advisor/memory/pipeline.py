@@ -190,3 +190,36 @@ def pipeline_schedule(
     split = pipeline_split(model.shape["L"], pp, v)
     replays = [_replay(split, r, microbatches) for r in range(pp)]
     return split, tuple(p for p, _ in replays), tuple(c for _, c in replays)
+
+
+#: Micro-batches of one stage's activations DualPipe keeps in flight beyond 1F1B's ``PP``
+#: (DeepSeek-V3 report, arXiv:2412.19437, Table 2: activation memory ``PP + 1`` against
+#: 1F1B's ``PP``, per device).
+DUALPIPE_EXTRA_INFLIGHT = 1
+
+
+def dualpipe_schedule(
+    model: MemoryModel, pp: int, microbatches: int
+) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...], tuple[tuple[int, ...], ...]]:
+    """DualPipe's split, each rank's block-micro-batches and its chunk's micro-batches in
+    flight (as :func:`pipeline_schedule`).
+
+    DualPipe (DeepSeek-V3 report, arXiv:2412.19437, sec. 3.2.1) feeds micro-batches from
+    both ends of the pipeline: rank ``r`` runs stage ``r`` of the forward direction and
+    stage ``PP - 1 - r`` of the reverse one, which is why it keeps two copies of the
+    parameters (:func:`mirror_rank`). Its Table 2 puts the activations of every device at
+    ``PP + 1`` micro-batches of a stage against 1F1B's ``PP``; with fewer micro-batches per
+    step than that, all of them. The split is 1F1B's (one chunk per direction).
+    """
+    split = pipeline_split(model.shape["L"], pp, 1)
+    held = min(max(microbatches, 1), pp + DUALPIPE_EXTRA_INFLIGHT)
+    return (
+        split,
+        tuple(held * sum(split[r]) for r in range(pp)),
+        tuple((held,) for _ in range(pp)),
+    )
+
+
+def mirror_rank(rank: int, pp: int) -> int:
+    """The stage of DualPipe's reverse direction that ``rank`` also holds: ``PP - 1 - r``."""
+    return pp - 1 - rank

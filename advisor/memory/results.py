@@ -30,6 +30,11 @@ COMPONENTS: tuple[str, ...] = (
     "allocator_reserve",
 )
 
+#: Components an estimate names only when a schedule keeps them (after :data:`COMPONENTS`
+#: in the breakdown, absent otherwise): DualPipe's second copy of the model parameters
+#: (DeepSeek-V3 report, arXiv:2412.19437, sec. 3.2.1 and Table 2; advisor.memory.pipeline).
+SCHEDULE_COMPONENTS: tuple[str, ...] = ("dualpipe_weights",)
+
 #: The phases of one training step whose largest sum is the peak, in step order.
 PHASES: tuple[str, ...] = ("forward_end", "loss_backward", "layer_backward", "optimizer_step")
 
@@ -132,8 +137,10 @@ class MemoryEstimate(BaseModel):
         "NCCL's buffers",
     )
     breakdown: dict[str, int] = Field(
-        description="component -> full bytes, in COMPONENTS order (components of different "
-        "phases never all coexist, so the sum may exceed total_bytes)"
+        description="component -> full bytes, in COMPONENTS order, then any of "
+        "SCHEDULE_COMPONENTS the schedule keeps (dualpipe_weights: DualPipe's second copy of "
+        "the stage's parameters); components of different phases never all coexist, so the "
+        "sum may exceed total_bytes"
     )
     phases: list[Phase] = Field(default_factory=list, description="each phase of the step")
     peak_phase: str = Field(default="", description="the phase whose sum is total_bytes")

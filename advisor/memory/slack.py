@@ -47,6 +47,7 @@ RESIDENT_COMPONENTS: tuple[str, ...] = (
     "quantization_constants",
     "master_weights",
     "optimizer_states",
+    "dualpipe_weights",
 )
 
 

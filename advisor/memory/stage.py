@@ -7,7 +7,15 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from advisor.config import Checkpointing, Offload, Sharding, Stack, Task, TrainingConfig
+from advisor.config import (
+    Checkpointing,
+    MoeOverlap,
+    Offload,
+    Sharding,
+    Stack,
+    Task,
+    TrainingConfig,
+)
 from advisor.memory.activations import layer_activation_bytes, model_level_activation_bytes
 from advisor.memory.context import exchange_bytes
 from advisor.memory.convnet import backward_worst, conv_workspace_bytes
@@ -51,12 +59,14 @@ def estimate_stage(
     totals_only: bool = False,
     *,
     stage_io: int = 0,
+    copy_bytes: int = 0,
 ) -> MemoryEstimate | MemoryTotals:
     """One pipeline rank's estimate: ``stage_layers`` blocks, ``held_blocks`` block-micro-
     batches of activations in flight (:func:`~advisor.memory.pipeline.
-    inflight_block_microbatches`; unused without pipeline parallelism) and ``stage_io``
+    inflight_block_microbatches`; unused without pipeline parallelism), ``stage_io``
     bytes of stage inputs and outputs its pipeline runtime keeps beside them
-    (:func:`~advisor.memory.pipeline.stage_io_bytes`)."""
+    (:func:`~advisor.memory.pipeline.stage_io_bytes`) and ``copy_bytes`` of DualPipe's
+    second parameter copy (0 under any other schedule)."""
     savers = config.savers
     spec = memo.model.spec
     st = memo.call_with_memo(
@@ -64,6 +74,13 @@ def estimate_stage(
     )
     notes = list(st.notes)
     bd = dict(st.bd)
+    if copy_bytes:
+        bd["dualpipe_weights"] = copy_bytes
+        notes.append(
+            "DualPipe keeps two copies of the model parameters (DeepSeek-V3 report, "
+            "arXiv:2412.19437, sec. 3.2.1): the reverse direction's stage weights, "
+            f"{copy_bytes / 2**30:.2f} GiB in the weights' dtype (bf16 in the report)"
+        )
     device = device or DeviceOverheads()
     if config.dp_sgd and not st.zeroth:
         bd["per_sample_gradients"] = config.batch.micro_batch * st.p_t * st.dt.grad
@@ -283,6 +300,9 @@ def _stored_blocks(
     if pp > 1:
         inflight = held_blocks / stage_layers if stage_layers else 1.0
         schedule = "interleaved 1F1B" if config.layout.virtual_stages > 1 else "1F1B"
+        if config.layout.moe_overlap is MoeOverlap.DUALPIPE:
+            # PP + 1 micro-batches against 1F1B's PP (DeepSeek-V3 report, Table 2).
+            schedule = "DualPipe (PP + 1 micro-batches, DeepSeek-V3 Table 2)"
         notes.append(
             f"{schedule}: {held_blocks} block-micro-batches of activations in flight on this "
             f"rank's {stage_layers} blocks"

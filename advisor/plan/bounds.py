@@ -14,8 +14,10 @@ import functools
 from typing import Protocol
 
 from advisor.config import Checkpointing, Offload, TrainingConfig
+from advisor.cost.expert_overlap import comm_sm_share
 from advisor.plan.evaluator import Evaluator
 from advisor.plan.ladders import adds_no_time, leanest_rung, saver_ids
+from advisor.plan.overlap import may_overlap
 from advisor.plan.space import Context, Savers
 from advisor.rules.engine import Decision
 
@@ -89,6 +91,12 @@ class LadderBounds:
         except ValueError:
             return None
         bubble = cost.components.get("pipeline_bubble", 0.0)
+        if may_overlap(self.s.ctx, top):
+            # A schedule may hide the all-to-alls at the plan's geometry (advisor.plan.overlap),
+            # all but the share of the SMs their kernels take from the compute they run
+            # under (advisor.cost.expert_overlap.exposed_all_to_all: at least a2a x share).
+            share = comm_sm_share(self.s.ctx.target.profile.id)
+            bubble += cost.components.get("expert_all_to_all", 0.0) * (1 - share)
         # Paged optimizer states cost PCIe time only where the peak leaves them too little
         # room (memory.paged_residency): a leaner geometry may not page at all.
         paged = cost.components.get("paged_states", 0.0)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from advisor.config import TrainingConfig
 from advisor.plan.evaluator import Evaluator
+from advisor.plan.overlap import may_overlap, with_best_overlap
 from advisor.plan.space import GlobalBatch
 
 
@@ -81,6 +82,7 @@ def best_geometry(
     if fixed_micro is not None:
         return _fixed_geometry(ev, with_geometry, fixed_micro, per, note, dp, batch, in_backward)
 
+    overlapped = may_overlap(ev.ctx, config)
     choices = _divisors(per)
     if in_backward:
         # Per-layer updates step as soon as a gradient exists: no accumulation (Lv et al. 2023).
@@ -96,8 +98,9 @@ def best_geometry(
     if in_backward and fitting[-1] != per:
         # The largest micro-batch that fits, as the whole per-replica batch.
         candidates = [fitting[-1]]
-    elif exhaustive or layout.pipeline_parallel > 1:
-        # More micro-batches shrink the pipeline bubble, (p - 1) / m (Narayanan et al. 2021).
+    elif exhaustive or layout.pipeline_parallel > 1 or overlapped:
+        # More micro-batches shrink the pipeline bubble, (p - 1) / m (Narayanan et al. 2021),
+        # and the share of micro-batches whose all-to-alls run unpaired (advisor.plan.overlap).
         candidates = fitting if exhaustive else fitting[-6:]
     else:
         # Without a pipeline, time per token does not grow with the micro-batch (per-sample
@@ -106,7 +109,7 @@ def best_geometry(
         candidates = fitting[-1:]
     if smallest:
         candidates = fitting[:1]
-    descend = layout.pipeline_parallel > 1 and not exhaustive and not smallest
+    descend = (layout.pipeline_parallel > 1 or overlapped) and not exhaustive and not smallest
     if descend:
         # Time per token is unimodal in the micro-batch under a pipeline: per-sample compute
         # falls with it, the bubble's share (p - 1) / m grows with it (Narayanan et al.
@@ -148,6 +151,10 @@ def _fixed_geometry(
     c = with_geometry(fixed_micro, acc)
     if not ev.fits(c):
         return None
+    best = with_best_overlap(ev, c)
+    if best is None:
+        return None
+    c = best
     total = fixed_micro * acc * dp
     exact = total == batch.samples
     why = note
@@ -170,14 +177,20 @@ def _fastest(
     dp: int,
     batch: GlobalBatch,
     descend: bool,
-) -> tuple[TrainingConfig, Geometry]:
+) -> tuple[TrainingConfig, Geometry] | None:
     """The candidate micro-batch with the least time per token (``descend``: walked from
     the largest down, ending at the first that is slower)."""
     in_backward = with_geometry.config.savers.optimizer_in_backward
     best: tuple[float, TrainingConfig, Geometry] | None = None
     for mb in candidates:
         acc = _acc(per, mb, in_backward)
-        c = with_geometry(mb, acc)
+        # The schedule hiding the expert all-to-alls, chosen at this geometry (it decides
+        # what DualPipe and Megatron-Core's overlap can run: even micro-batches, no full
+        # recomputation): advisor.plan.overlap.
+        overlapped = with_best_overlap(ev, with_geometry(mb, acc))
+        if overlapped is None:
+            continue
+        c = overlapped
         total = mb * acc * dp
         per_token = ev.time(c).seconds / (total * c.batch.seq_len)
         exact = total == batch.samples
@@ -201,7 +214,8 @@ def _fastest(
             best = (per_token, c, g)  # no slower: the smaller one, as ascending order picks
         elif best is None or per_token < best[0] * (1 - 1e-9):
             best = (per_token, c, g)
-    assert best is not None
+    if best is None:
+        return None  # a pinned --moe-overlap runs none of the candidates
     return best[1], best[2]
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from advisor.config import (
+    Checkpointing,
     ContextParallelKind,
+    MoeBalance,
     MoeDispatcher,
+    MoeOverlap,
     ParallelLayout,
     Sharding,
     TrainingConfig,
 )
+from advisor.cost.expert_overlap import overlap_problem
 from advisor.errors import UserError
 from advisor.memory.moe import expert_fold_problem
 from advisor.model.spec import ModelSpec
@@ -379,3 +383,48 @@ def choose_dispatcher(spec: ModelSpec, tp: int, ep: int, etp: int) -> MoeDispatc
     alltoall = k * (ep - 1) / ep + (etp - 1) * k
     allgather = etp * ep - 1
     return MoeDispatcher.ALLGATHER if allgather < alltoall else MoeDispatcher.ALLTOALL
+
+
+def moe_layouts(
+    layouts: list[Layout],
+    pin: MoeOverlap | None,
+    balance: MoeBalance,
+    world_size: int,
+) -> list[Layout]:
+    """An MoE model's ``layouts`` with the router's ``balance`` (``--moe-balance``) and a
+    pinned ``--moe-overlap``. A pin keeps the layouts its schedule runs on
+    (:func:`~advisor.cost.expert_overlap.overlap_problem` on what a layout decides: expert
+    parallelism, the dispatcher, the pipeline and its interleaving; recomputation, precision
+    and micro-batches are the plan's, checked where it is built, advisor.plan.overlap).
+
+    Raises:
+        UserError: when the pin leaves no layout (the first layout's reason).
+    """
+    out: list[Layout] = []
+    first: tuple[str, str] | None = None
+    for lay in layouts:
+        p = lay.parallel
+        if pin is not None and pin is not MoeOverlap.NONE:
+            problem = overlap_problem(
+                pin,
+                expert_parallel=p.expert_parallel,
+                dispatcher=p.moe_dispatcher,
+                checkpointing=Checkpointing.NONE,
+                pipeline_parallel=p.pipeline_parallel,
+                virtual_stages=p.virtual_stages,
+                grad_accumulation=2,
+            )
+            if problem is not None:
+                first = first or problem
+                continue
+        if pin is not None or balance is not p.moe_balance:
+            overlap = p.moe_overlap if pin is None else pin
+            parallel = p.updated(moe_overlap=overlap, moe_balance=balance)
+            lay = lay.model_copy(update={"parallel": parallel})
+        out.append(lay)
+    if layouts and not out and first is not None:
+        raise UserError(
+            f"no layout of {world_size} devices runs it: {first[0]}",
+            first[1].replace("--pipeline-parallel", "--pp") + " (or let --moe-overlap be searched)",
+        )
+    return out

@@ -77,6 +77,18 @@ class Recommendation(BaseModel):
     moe_dispatcher: str = _d(
         "MoE token dispatcher: alltoall, allgather or flex (DeepEP)", default="alltoall"
     )
+    moe_overlap: str | None = _d(
+        "MoE with expert parallelism: what hides the expert all-to-alls, none, a2a-overlap "
+        "(Megatron-Core's batch-level overlap) or dualpipe (DeepSeek-V3's DualPipe), searched "
+        "unless --moe-overlap pins it; absent for plans without expert parallelism",
+        default=None,
+    )
+    moe_overlap_reason: str | None = _d(
+        "why the plan uses its moe_overlap: the exposed all-to-all seconds per step and each "
+        "other schedule's step time relative to it (or why it cannot run or does not fit); "
+        "absent with moe_overlap",
+        default=None,
+    )
     layout: str = _d("the parallel layout in short: tp8 pp16 dp1 ...")
     stack: str = _d("kernel stack the memory and time assume: hf or fused")
     fp8_recipe: str | None = _d(
@@ -155,8 +167,9 @@ class Recommendation(BaseModel):
     @model_serializer(mode="wrap")
     def _recipe_if_chosen(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         out: dict[str, Any] = handler(self)
-        if out.get("fp8_recipe") is None:
-            out.pop("fp8_recipe", None)
+        for key in ("fp8_recipe", "moe_overlap", "moe_overlap_reason"):
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
 

@@ -20,6 +20,7 @@ from advisor.plan.geometry import best_geometry, per_replica_batch
 from advisor.plan.ladders import all_savers, leanest_rung, saver_ladder, selective_saves
 from advisor.plan.layout import Layout
 from advisor.plan.models import Rejection
+from advisor.plan.overlap import may_overlap
 from advisor.plan.space import (
     Context,
     Objective,
@@ -402,6 +403,7 @@ class PlanSearch:
         if (
             top.savers.optimizer_in_backward
             or top.layout.pipeline_parallel > 1
+            or may_overlap(self.ctx, top)  # nor when all-to-alls may be hidden
             or self.allowed(top) is None
         ):
             return False

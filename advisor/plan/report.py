@@ -24,6 +24,7 @@ from advisor.plan.models import (
     SearchStats,
     WorkloadSummary,
 )
+from advisor.plan.overlap import overlap_reason
 from advisor.plan.rank import Row, rank_plans, row_cutoff
 from advisor.plan.search import search
 from advisor.plan.space import (
@@ -217,6 +218,7 @@ def _recommendation(
         context_parallel_kind=c.layout.context_parallel_kind.value,
         expert_tensor_parallel=c.layout.expert_tp,
         moe_dispatcher=c.layout.moe_dispatcher.value,
+        **_overlap_fields(ctx, p),
         layout=p.layout.label,
         stack=c.kernels.stack.value,
         fp8_recipe=_fp8_recipe(c),
@@ -244,6 +246,15 @@ def _recommendation(
         config=c,
         **_time_to_target(ctx, p, cost_fn).model_dump(exclude={"steps_notes"}),
     )
+
+
+def _overlap_fields(ctx: Context, p: Plan) -> dict[str, str]:
+    """The plan's all-to-all overlap and why (advisor.plan.overlap); nothing without
+    expert parallelism."""
+    why = overlap_reason(ctx, p.evaluator, p.config)
+    if why is None:
+        return {}
+    return {"moe_overlap": p.config.layout.moe_overlap.value, "moe_overlap_reason": why}
 
 
 def _hardware_summary(t: Target, usable: int) -> HardwareSummary:

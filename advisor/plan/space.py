@@ -21,6 +21,8 @@ from advisor.config import (
     Fp8Recipe,
     Kernels,
     MemorySavers,
+    MoeBalance,
+    MoeOverlap,
     Offload,
     ParallelLayout,
     Precision,
@@ -49,7 +51,7 @@ from advisor.memory import (
     memory_totals,
 )
 from advisor.model.spec import ModelSpec
-from advisor.plan.layout import Layout, enumerate_layouts
+from advisor.plan.layout import Layout, enumerate_layouts, moe_layouts
 from advisor.rules.candidates import runnable_attention
 from advisor.rules.ruleset import RuleSet
 from advisor.rules.taxonomy import Order, Taxonomy, Technique
@@ -117,6 +119,8 @@ class Workload(BaseModel):
     fp8_recipe: Fp8Recipe | None = Field(
         default=None, description="the recipe fp8-mixed plans scale by (--fp8-recipe)"
     )
+    moe_overlap: MoeOverlap | None = Field(default=None, description="pinned (--moe-overlap)")
+    moe_balance: MoeBalance = Field(default=MoeBalance.LOSS_FREE, description="--moe-balance")
 
     @property
     def world_size(self) -> int:
@@ -596,9 +600,10 @@ def objective_score(
 
 
 def workload_layouts(ctx: Context) -> list[Layout]:
-    """Every layout of the workload's devices, honouring its --tp/--pp pins."""
+    """Every layout of the workload's devices, honouring its --tp/--pp pins, with its
+    --moe-balance and a pinned --moe-overlap (:func:`~advisor.plan.layout.moe_layouts`)."""
     w = ctx.workload
-    return enumerate_layouts(
+    layouts = enumerate_layouts(
         ctx.spec,
         world_size=w.world_size,
         gpus_per_node=max(w.gpus, 1),
@@ -611,6 +616,9 @@ def workload_layouts(ctx: Context) -> list[Layout]:
         ep=w.expert_parallel,
         etp=w.expert_tensor_parallel,
     )
+    if ctx.spec.num_experts <= 1:
+        return layouts
+    return moe_layouts(layouts, w.moe_overlap, w.moe_balance, w.world_size)
 
 
 def _frugal_fits(ctx: Context, config: TrainingConfig, host: bool = True) -> bool:

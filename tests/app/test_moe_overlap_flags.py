@@ -1,7 +1,8 @@
 """``--moe-overlap`` refuses what the named schedule cannot run: Megatron-Core's
 TransformerConfig assertions for the batch-level EP A2A overlap (expert parallelism, the
 alltoall or flex dispatcher, no full recomputation, virtual stages with PP > 1) and
-DualPipe's even pipeline stages and micro-batches (DeepSeek-V3 report, sec. 3.2.1)."""
+DualPipe's even pipeline stages and micro-batches (DeepSeek-V3 report, sec. 3.2.1) and its
+one chunk per direction; ``recommend`` refuses a pin no plan can run, exit 2."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from advisor.app.moe_overlap import check_moe_overlap
-from advisor.config import Checkpointing, MoeDispatcher, MoeOverlap
+from advisor.config import Checkpointing, MoeDispatcher, MoeOverlap, Precision
 from advisor.errors import UserError
 
 _OK: dict[str, Any] = dict(
@@ -25,7 +26,10 @@ _OK: dict[str, Any] = dict(
 
 def test_valid_layouts_pass() -> None:
     for overlap in MoeOverlap:
-        check_moe_overlap(overlap, **_OK)
+        # DualPipe runs one chunk per direction (no interleaving), Megatron-Core's overlap
+        # needs interleaving with PP > 1.
+        v = 1 if overlap is MoeOverlap.DUALPIPE else 2
+        check_moe_overlap(overlap, **(_OK | {"virtual_stages": v}))
 
 
 @pytest.mark.parametrize(
@@ -36,8 +40,14 @@ def test_valid_layouts_pass() -> None:
         (MoeOverlap.A2A_OVERLAP, {"dispatcher": MoeDispatcher.ALLGATHER}, "alltoall or flex"),
         (MoeOverlap.A2A_OVERLAP, {"checkpointing": Checkpointing.FULL}, "full recomputation"),
         (MoeOverlap.A2A_OVERLAP, {"virtual_stages": 1}, "virtual stages"),
-        (MoeOverlap.DUALPIPE, {"pipeline_parallel": 3}, "even number"),
-        (MoeOverlap.DUALPIPE, {"grad_accumulation": 7}, "even number"),
+        (MoeOverlap.DUALPIPE, {"pipeline_parallel": 3, "virtual_stages": 1}, "even number"),
+        (MoeOverlap.DUALPIPE, {"grad_accumulation": 7, "virtual_stages": 1}, "even number"),
+        (MoeOverlap.DUALPIPE, {"virtual_stages": 2}, "one model chunk per direction"),
+        # Megatron-Core: no recompute_method/num_layers (torchtitan's per-op and
+        # every-n-th-block policies run as full there), and a bf16 or fp16 model.
+        (MoeOverlap.A2A_OVERLAP, {"checkpointing": Checkpointing.SELECTIVE_LAYER}, "selective"),
+        (MoeOverlap.A2A_OVERLAP, {"precision": Precision.FP32}, "bf16 or fp16 model"),
+        (MoeOverlap.A2A_OVERLAP, {"precision": Precision.AMP_BF16}, "bf16 or fp16 model"),
     ],
 )
 def test_unrunnable_overlap_is_a_user_error(

@@ -18,6 +18,7 @@ from advisor.shell.cli.common import (
     rules_dirs,
     user_path,
 )
+from advisor.shell.cli.estimate import MoeBalanceOpt
 from advisor.shell.cli.modelflags import (
     ModelConfigOpt,
     ModelOpt,
@@ -98,6 +99,14 @@ EpOpt = Annotated[
 EtpOpt = Annotated[
     int | None,
     typer.Option("--expert-tensor-parallel", help="Pin the experts' tensor-parallel degree (MoE)."),
+]
+MoeOverlapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--moe-overlap",
+        help="Pin what hides the expert all-to-alls: none, a2a-overlap or dualpipe "
+        "(default: searched per layout; see estimate --help).",
+    ),
 ]
 HardwareOpt = Annotated[
     str | None,
@@ -209,6 +218,8 @@ def recommend(
     context_parallel_kind: CpKindOpt = None,
     expert_parallel: EpOpt = None,
     expert_tensor_parallel: EtpOpt = None,
+    moe_overlap: MoeOverlapOpt = None,
+    moe_balance: MoeBalanceOpt = "loss-free",
     hardware: HardwareOpt = None,
     gpus: GpusOpt = None,
     nodes: NodesOpt = 1,
@@ -304,6 +315,8 @@ def recommend(
                 "lora_targets": lora_targets,
                 "fp8_recipe": fp8_recipe,
                 "calibrate": calibrate,
+                "moe_overlap": moe_overlap,
+                "moe_balance": moe_balance,
             },
             rules=rules_dirs(rules_dir) if rules_dir else None,
         )
@@ -336,6 +349,8 @@ def recommend(
         context_parallel_kind=context_parallel_kind,
         expert_parallel=expert_parallel,
         expert_tensor_parallel=expert_tensor_parallel,
+        moe_overlap=moe_overlap,
+        moe_balance=moe_balance,
     )
     if rules_dir:
         request = request.model_copy(update={"rules_dirs": rules_dirs(rules_dir)})

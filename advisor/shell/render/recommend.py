@@ -185,6 +185,8 @@ def _render_best(best: Recommendation) -> None:
         )
         if reason.sources:
             common.console.print(f"    [dim]{escape('; '.join(reason.sources))}[/]")
+    if best.moe_overlap_reason:
+        common.console.print(f"  • MoE all-to-all overlap {escape(best.moe_overlap_reason)}")
     common.console.print(
         f"\n[bold]Memory of #1[/] per device ({format_bytes(best.peak_memory_bytes)}):"
     )
