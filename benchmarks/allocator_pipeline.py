@@ -29,7 +29,7 @@ The last column of the grid is a per-tensor-parallel-rank block of Llama 3 405B 
 which would split it and the norms 8 ways), so its activation mix is heavier in hidden-size
 tensors than the real run's.
 
-    python -m benchmarks.allocator_pipeline     # ~1-3 min on one CPU thread
+    python -m benchmarks.allocator_pipeline     # ~30 s on one CPU thread, <1 GB RAM
 """
 
 from __future__ import annotations
