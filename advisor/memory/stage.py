@@ -36,7 +36,7 @@ from advisor.memory.results import (
     MemoryTotals,
     Phase,
 )
-from advisor.memory.slack import churn_bytes, slack_share
+from advisor.memory.slack import churn_bytes, pipeline_churn_bytes, slack_share
 from advisor.memory.states import StageStates, StateInputs, stage_states
 from advisor.model.spec import ModelSpec
 from advisor.rules.taxonomy import OptimizerMemory, StateKind, Technique
@@ -150,11 +150,16 @@ def estimate_stage(
     # The caching allocator's slack: a share of the peak phase's churn (the bytes allocated
     # and freed within the step; the cuBLAS workspace is allocated once and stays).
     peak_parts = max(phases.values(), key=lambda p: sum(p.values()))
-    bd["allocator_reserve"] = (
-        int(churn_bytes(peak_parts, grads_resident=grads_persistent(config)) * slack_share(config))
-        if device.caching_allocator
-        else 0
+    # Under a pipeline schedule, of one micro-batch's activations only
+    # (advisor.memory.slack.pipeline_churn_bytes).
+    churn = pipeline_churn_bytes(
+        churn_bytes(peak_parts, grads_resident=grads_persistent(config)),
+        peak_parts.get("activations", 0),
+        bd["activations"],
+        acts.model_level,
+        acts.inflight,
     )
+    bd["allocator_reserve"] = int(churn * slack_share(config)) if device.caching_allocator else 0
     overheads = {k: bd[k] for k in OVERHEAD_COMPONENTS}
     if totals_only:
         # What a fit test reads (memory_totals): every phase carries the same overheads, so
