@@ -100,7 +100,7 @@ def search(
             time_evaluations=0,
         )
     aliases: dict[tuple[str, str], list[str]] = {}
-    cores_by_task = {t: screen_cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
+    cores_by_task = {t: _screened_cores(s, t, layouts, aliases, exhaustive) for t in space.tasks}
     chosen = _chosen_layouts(s, layouts, cores_by_task, aliases, exhaustive)
     _walk_ladders(s, cores_by_task, chosen)
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
@@ -174,6 +174,47 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
                 ),
             )
     return batch_ok
+
+
+def _screened_cores(
+    s: PlanSearch,
+    task: Task,
+    layouts: list[Layout],
+    aliases: dict[tuple[str, str], list[str]],
+    exhaustive: bool,
+) -> list[TrainingConfig]:
+    """The cores screened at the first layout, and at the first of each other
+    expert-parallel degree: a core is left out only where it is no better at each.
+
+    Expert parallelism gives each rank's experts the tokens of every rank of its group
+    (Lepikhin et al. 2021, GShard), so the expert GEMMs grow with its degree and a verdict
+    at one degree does not carry to another (Qwen3-30B-A3B on 8 x H100: fp8 is slower than
+    bf16 at dp8 and micro-batch 1, faster at ep8; benchmarks/search_exhaustive.py). The
+    equal values folded at the first layout stay its "also" unless another degree keeps them.
+    """
+    cores = screen_cores(s, task, layouts[0], aliases, exhaustive)
+    if exhaustive:
+        return cores
+    seen = {layouts[0].parallel.expert_parallel}
+    keys = {_core_key(c) for c in cores}
+    for lay in layouts[1:]:
+        ep = lay.parallel.expert_parallel
+        if ep in seen:
+            continue
+        seen.add(ep)
+        for c in screen_cores(s, task, lay, {}, exhaustive):
+            if _core_key(c) not in keys:
+                keys.add(_core_key(c))
+                cores.append(layouts[0].apply(c))
+    kept = {v for k in keys for v in k}
+    for (t, _value), folded in aliases.items():
+        if t == task.value:
+            folded[:] = [v for v in folded if v not in kept]
+    return cores
+
+
+def _core_key(c: TrainingConfig) -> tuple[str, str, str]:
+    return (c.optimizer, c.precision.value, c.kernels.attention.value)
 
 
 def _chosen_layouts(
