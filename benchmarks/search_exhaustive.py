@@ -25,9 +25,9 @@ from advisor.config import Attention, Precision, Task
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
 from advisor.model import get_model_profile, resolve_model_size
+from advisor.plan.evaluator import CostFn
 from advisor.plan.rank import rank_plans, row_cutoff
 from advisor.plan.search import search
-from advisor.plan.evaluator import CostFn
 from advisor.plan.space import (
     Context,
     Objective,
