@@ -100,9 +100,12 @@ def search(
             time_evaluations=0,
         )
     aliases: dict[tuple[str, str], list[str]] = {}
-    cores_by_task = {t: _screened_cores(s, t, layouts, aliases, exhaustive) for t in space.tasks}
+    only_at: dict[tuple[str, str, str], set[int]] = {}
+    cores_by_task = {
+        t: _screened_cores(s, t, layouts, aliases, exhaustive, only_at) for t in space.tasks
+    }
     chosen = _chosen_layouts(s, layouts, cores_by_task, aliases, exhaustive)
-    _walk_ladders(s, cores_by_task, chosen)
+    _walk_ladders(s, cores_by_task, chosen, only_at)
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
     if s.bounded:
         notes.append(
@@ -182,9 +185,12 @@ def _screened_cores(
     layouts: list[Layout],
     aliases: dict[tuple[str, str], list[str]],
     exhaustive: bool,
+    only_at: dict[tuple[str, str, str], set[int]],
 ) -> list[TrainingConfig]:
     """The cores screened at the first layout, and at the first of each other
-    expert-parallel degree: a core is left out only where it is no better at each.
+    expert-parallel degree: a core is left out only where it is no better at each, and a
+    core the first layout's screen left out is walked only on the layouts of the degrees
+    that kept it (``only_at``: the degrees, by the core's optimizer, precision, attention).
 
     Expert parallelism gives each rank's experts the tokens of every rank of its group
     (Lepikhin et al. 2021, GShard), so the expert GEMMs grow with its degree and a verdict
@@ -203,8 +209,12 @@ def _screened_cores(
             continue
         seen.add(ep)
         for c in screen_cores(s, task, lay, {}, exhaustive):
-            if _core_key(c) not in keys:
-                keys.add(_core_key(c))
+            key = _core_key(c)
+            if key in only_at:
+                only_at[key].add(ep)
+            elif key not in keys:
+                keys.add(key)
+                only_at[key] = {ep}
                 cores.append(layouts[0].apply(c))
     kept = {v for k in keys for v in k}
     for (t, _value), folded in aliases.items():
@@ -241,12 +251,20 @@ def _chosen_layouts(
 
 
 def _walk_ladders(
-    s: PlanSearch, cores_by_task: dict[Task, list[TrainingConfig]], chosen: list[Layout]
+    s: PlanSearch,
+    cores_by_task: dict[Task, list[TrainingConfig]],
+    chosen: list[Layout],
+    only_at: dict[tuple[str, str, str], set[int]],
 ) -> None:
     """Walk every core's ladder on every chosen layout, cheapest bound first, so that the
     rows fill early and the rest is cut."""
     ladders = [
-        (core, layout) for cores in cores_by_task.values() for layout in chosen for core in cores
+        (core, layout)
+        for cores in cores_by_task.values()
+        for layout in chosen
+        for core in cores
+        if layout.parallel.expert_parallel
+        in only_at.get(_core_key(core), {layout.parallel.expert_parallel})
     ]
     bounds = [s.bound(core, layout) for core, layout in ladders]
     # NOTE: the layout screen's plans on layouts not chosen stay in the ranking: each was
