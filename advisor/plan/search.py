@@ -100,11 +100,12 @@ def search(
             time_evaluations=0,
         )
     aliases: dict[tuple[str, str], list[str]] = {}
-    only_at: dict[tuple[str, str, str], set[int]] = {}
-    cores_by_task = {
-        t: _screened_cores(s, t, layouts, aliases, exhaustive, only_at) for t in space.tasks
-    }
+    cores_by_task = {t: screen_cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
     chosen = _chosen_layouts(s, layouts, cores_by_task, aliases, exhaustive)
+    only_at: dict[tuple[str, str, str], set[str]] = {}
+    if not exhaustive:
+        for t, cores in cores_by_task.items():
+            cores += _expert_parallel_cores(s, t, layouts[0], chosen, cores, aliases, only_at)
     _walk_ladders(s, cores_by_task, chosen, only_at)
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
     if s.bounded:
@@ -179,48 +180,43 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
     return batch_ok
 
 
-def _screened_cores(
+def _expert_parallel_cores(
     s: PlanSearch,
     task: Task,
-    layouts: list[Layout],
+    first: Layout,
+    chosen: list[Layout],
+    cores: list[TrainingConfig],
     aliases: dict[tuple[str, str], list[str]],
-    exhaustive: bool,
-    only_at: dict[tuple[str, str, str], set[int]],
+    only_at: dict[tuple[str, str, str], set[str]],
 ) -> list[TrainingConfig]:
-    """The cores screened at the first layout, and at the first of each other
-    expert-parallel degree: a core is left out only where it is no better at each, and a
-    core the first layout's screen left out is walked only on the layouts of the degrees
-    that kept it (``only_at``: the degrees, by the core's optimizer, precision, attention).
+    """The cores the screen at the first layout left out that the same screen keeps at a
+    chosen layout of another expert-parallel degree; each is walked on the chosen layouts
+    that keep it only (``only_at``: their labels, by the core's optimizer, precision and
+    attention), and leaves the first layout's "also" lists.
 
     Expert parallelism gives each rank's experts the tokens of every rank of its group
     (Lepikhin et al. 2021, GShard), so the expert GEMMs grow with its degree and a verdict
     at one degree does not carry to another (Qwen3-30B-A3B on 8 x H100: fp8 is slower than
-    bf16 at dp8 and micro-batch 1, faster at ep8; benchmarks/search_exhaustive.py). The
-    equal values folded at the first layout stay its "also" unless another degree keeps them.
+    bf16 at dp8 and micro-batch 1, faster at ep8; benchmarks/search_exhaustive.py).
     """
-    cores = screen_cores(s, task, layouts[0], aliases, exhaustive)
-    if exhaustive:
-        return cores
-    seen = {layouts[0].parallel.expert_parallel}
     keys = {_core_key(c) for c in cores}
-    for lay in layouts[1:]:
-        ep = lay.parallel.expert_parallel
-        if ep in seen:
+    extra: list[TrainingConfig] = []
+    for lay in chosen:
+        if lay.parallel.expert_parallel == first.parallel.expert_parallel:
             continue
-        seen.add(ep)
-        for c in screen_cores(s, task, lay, {}, exhaustive):
+        for c in screen_cores(s, task, lay, {}, False):
             key = _core_key(c)
-            if key in only_at:
-                only_at[key].add(ep)
-            elif key not in keys:
-                keys.add(key)
-                only_at[key] = {ep}
-                cores.append(layouts[0].apply(c))
-    kept = {v for k in keys for v in k}
+            if key in keys:
+                continue
+            if key not in only_at:
+                only_at[key] = set()
+                extra.append(first.apply(c))
+            only_at[key].add(lay.label)
+    kept = {v for c in extra for v in _core_key(c)}
     for (t, _value), folded in aliases.items():
         if t == task.value:
             folded[:] = [v for v in folded if v not in kept]
-    return cores
+    return extra
 
 
 def _core_key(c: TrainingConfig) -> tuple[str, str, str]:
@@ -254,17 +250,16 @@ def _walk_ladders(
     s: PlanSearch,
     cores_by_task: dict[Task, list[TrainingConfig]],
     chosen: list[Layout],
-    only_at: dict[tuple[str, str, str], set[int]],
+    only_at: dict[tuple[str, str, str], set[str]],
 ) -> None:
-    """Walk every core's ladder on every chosen layout, cheapest bound first, so that the
-    rows fill early and the rest is cut."""
+    """Walk every core's ladder on every chosen layout (a core in ``only_at`` on the layouts
+    named there), cheapest bound first, so that the rows fill early and the rest is cut."""
     ladders = [
         (core, layout)
         for cores in cores_by_task.values()
         for layout in chosen
         for core in cores
-        if layout.parallel.expert_parallel
-        in only_at.get(_core_key(core), {layout.parallel.expert_parallel})
+        if layout.label in only_at.get(_core_key(core), {layout.label})
     ]
     bounds = [s.bound(core, layout) for core, layout in ladders]
     # NOTE: the layout screen's plans on layouts not chosen stay in the ranking: each was
