@@ -181,9 +181,18 @@ class PlanSearch:
         out: list[Plan] = []
         fitted_on_device = host_fitted = False
         best_exact = float("inf")  # the fastest plan found that reaches the global batch
+        # A device plan that reaches the global batch paying nothing for memory (no
+        # recomputation or activation offload, the whole per-replica batch or the largest
+        # micro-batch it asks for fitting at once): offloading the optimizer then frees
+        # memory nothing needs and only adds PCIe traffic and a host step, so the ladder
+        # stops (any edge the model gives it there is within its own error).
+        device_unbound = False
+        fixed = self.ctx.workload.micro_batch
         for level in levels:
             off = level[0].offload
             best, hint = float("inf"), None
+            if off is not Offload.NONE and device_unbound and not memory_first:
+                break
             if off is not Offload.NONE and not off.nvme and fitted_on_device and not memory_first:
                 # Offload where nothing fits on the device (Ren et al. 2021), or where it
                 # may be faster than what does: moving the optimizer states off frees the
@@ -217,10 +226,26 @@ class PlanSearch:
                             p = q
                 if p is None:
                     continue
+                if (
+                    off is not Offload.NONE
+                    and fitted_on_device
+                    and not memory_first
+                    and p.seconds_per_token >= best_exact * (1 - EQUIVALENT)
+                ):
+                    # After a device fit an offload plan is kept only where it is faster:
+                    # less device memory alone does not pay for host RAM, PCIe traffic and
+                    # a host optimizer step.
+                    continue
                 out.append(p)
                 self.plans.append(p)
                 # Only a plan that reaches the global batch ends the search for savers.
                 fitted_on_device = fitted_on_device or (off is Offload.NONE and p.exact_batch)
+                device_unbound = device_unbound or (
+                    off is Offload.NONE
+                    and p.exact_batch
+                    and adds_no_time(rung)
+                    and max(p.largest_fit, p.config.batch.micro_batch) >= (fixed or per)
+                )
                 host_fitted = host_fitted or (
                     off is not Offload.NONE and not off.nvme and p.exact_batch
                 )
