@@ -25,18 +25,20 @@ from advisor.config import Attention, Precision, Task
 from advisor.hardware.profiles import get_hardware_profile
 from advisor.hardware.target import target_from_profile
 from advisor.model import get_model_profile, resolve_model_size
+from advisor.plan.evaluator import CostFn
 from advisor.plan.rank import rank_plans, row_cutoff
 from advisor.plan.search import search
 from advisor.plan.space import (
     Context,
     Objective,
+    PlanSpace,
     Workload,
     build_space,
     derive_facts,
     resolve_global_batch,
     usable_memory,
 )
-from advisor.rules.engine import decide
+from advisor.rules.engine import Decision, decide
 from advisor.rules.ruleset import load_rules
 from advisor.rules.taxonomy import load_taxonomy
 
@@ -45,6 +47,8 @@ PRECISIONS = [Precision.BF16_MIXED, Precision.FP8_MIXED, Precision.FP16_MIXED, P
 # Multi-GPU cases multiply the space by every layout: fewer values per dimension there.
 FEW_OPTIMIZERS = ["adamw", "adamw-8bit", "adafactor"]
 FEW_PRECISIONS = [Precision.BF16_MIXED, Precision.FP8_MIXED]
+# MoE cases also multiply it by the expert-parallel layouts and their overlap modes.
+MOE_OPTIMIZERS = ["adamw", "adamw-8bit"]
 # (name, model, task, hardware, gpus per node, nodes, optimizers, precisions)
 GRID = [
     ("gpt2-pretrain-a100x1", "gpt2", Task.PRETRAIN, "a100-sxm-80gb", 1, 1, OPTIMIZERS, PRECISIONS),
@@ -55,6 +59,11 @@ GRID = [
      FEW_PRECISIONS),
     ("70b-pretrain-h100x8x2", "70B", Task.PRETRAIN, "h100-sxm-80gb", 8, 2, FEW_OPTIMIZERS,
      FEW_PRECISIONS),
+    # Mixture of experts: expert-parallel layouts and the all-to-all overlap modes (issue 23).
+    ("qwen3moe-pretrain-h100x8", "qwen3-30b-a3b", Task.PRETRAIN, "h100-sxm-80gb", 8, 1,
+     MOE_OPTIMIZERS, FEW_PRECISIONS),
+    ("qwen3moe-pretrain-h100x8x2", "qwen3-30b-a3b", Task.PRETRAIN, "h100-sxm-80gb", 8, 2,
+     ["adamw"], [Precision.BF16_MIXED]),
 ]  # fmt: skip
 TOLERANCE = 0.02
 TOP = 5  # the rows `recommend` shows by default (its branch and bound keeps them exact)
@@ -64,8 +73,7 @@ def _spec(model: str) -> Any:
     return get_model_profile(model) if not model[0].isdigit() else resolve_model_size(model)
 
 
-def run_case(
-    name: str,
+def case_inputs(
     model: str,
     task: Task,
     hw: str,
@@ -73,8 +81,9 @@ def run_case(
     nodes: int,
     optimizer_ids: list[str],
     precisions: list[Precision],
-) -> dict[str, Any]:
-    """Both searches on one case."""
+) -> tuple[Context, Decision, CostFn, PlanSpace]:
+    """What both searches of one case run on: the context, the rules' decision, the
+    step-time model and the narrowed plan space."""
     taxonomy = load_taxonomy()
     rules = load_rules([], technique_ids=set(taxonomy.ids()))
     profile = get_hardware_profile(hw)
@@ -93,8 +102,24 @@ def run_case(
             "attentions": [Attention.FLASH, Attention.EAGER],
         }
     )
-    cost = cost_function(ctx, None, profile)
-    usable = usable_memory(target)
+    return ctx, decision, cost_function(ctx, None, profile), space
+
+
+def run_case(
+    name: str,
+    model: str,
+    task: Task,
+    hw: str,
+    gpus: int,
+    nodes: int,
+    optimizer_ids: list[str],
+    precisions: list[Precision],
+) -> dict[str, Any]:
+    """Both searches on one case."""
+    ctx, decision, cost, space = case_inputs(
+        model, task, hw, gpus, nodes, optimizer_ids, precisions
+    )
+    usable = usable_memory(ctx.target)
     out: dict[str, Any] = {
         "case": name,
         "world_size": gpus * nodes,

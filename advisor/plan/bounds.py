@@ -86,21 +86,7 @@ class LadderBounds:
     def seconds(self, rung: Savers) -> float | None:
         """Time per token of the rung at the whole batch, without the pipeline bubble."""
         top = rung.apply(self.base).with_geometry(self.top_mb, 1)
-        try:
-            cost = self.s.ev.time(top)
-        except ValueError:
-            return None
-        bubble = cost.components.get("pipeline_bubble", 0.0)
-        if may_overlap(self.s.ctx, top):
-            # A schedule may hide the all-to-alls at the plan's geometry (advisor.plan.overlap),
-            # all but the share of the SMs their kernels take from the compute they run
-            # under (advisor.cost.expert_overlap.exposed_all_to_all: at least a2a x share).
-            share = comm_sm_share(self.s.ctx.target.profile.id)
-            bubble += cost.components.get("expert_all_to_all", 0.0) * (1 - share)
-        # Paged optimizer states cost PCIe time only where the peak leaves them too little
-        # room (memory.paged_residency): a leaner geometry may not page at all.
-        paged = cost.components.get("paged_states", 0.0)
-        return (cost.seconds - bubble - paged) / (self.top_mb * self.dp * self.base.batch.seq_len)
+        return top_seconds(self.s.ctx, self.s.ev, top, self.dp)
 
     def rule(self, rung: Savers) -> float:
         hit = self._rules.get(rung)
@@ -186,6 +172,31 @@ class LadderBounds:
             min(p for _, p in terms),
             max(self.rule(r) for r in self.rungs),
         )
+
+
+def top_seconds(ctx: Context, ev: Evaluator, top: TrainingConfig, dp: int) -> float | None:
+    """A lower bound on the time per token of ``top``'s rung at any micro-batch, ``top``
+    being the rung at the whole per-replica batch as one micro-batch: per-token compute and
+    exposed communication do not grow with the micro-batch, the pipeline bubble does
+    (Narayanan et al. 2021) and is left out, as are the all-to-alls a schedule may hide and
+    paged optimizer states (None where the step-time model cannot price it). ``dp``: the
+    layout's data-parallel degree."""
+    try:
+        cost = ev.time(top)
+    except ValueError:
+        return None
+    bubble = cost.components.get("pipeline_bubble", 0.0)
+    if may_overlap(ctx, top):
+        # A schedule may hide the all-to-alls at the plan's geometry (advisor.plan.overlap),
+        # all but the share of the SMs their kernels take from the compute they run
+        # under (advisor.cost.expert_overlap.exposed_all_to_all: at least a2a x share).
+        share = comm_sm_share(ctx.target.profile.id)
+        bubble += cost.components.get("expert_all_to_all", 0.0) * (1 - share)
+    # Paged optimizer states cost PCIe time only where the peak leaves them too little
+    # room (memory.paged_residency): a leaner geometry may not page at all.
+    paged = cost.components.get("paged_states", 0.0)
+    tokens = top.batch.micro_batch * dp * top.batch.seq_len
+    return (cost.seconds - bubble - paged) / tokens
 
 
 class Unpriced(Exception):

@@ -187,11 +187,14 @@ def _fastest(
         # The schedule hiding the expert all-to-alls, chosen at this geometry (it decides
         # what DualPipe and Megatron-Core's overlap can run: even micro-batches, no full
         # recomputation): advisor.plan.overlap.
-        overlapped = with_best_overlap(ev, with_geometry(mb, acc))
+        total = mb * acc * dp
+        # A geometry whose every schedule is bounded slower than the best one so far is
+        # not timed under each (its step, less what a schedule could hide).
+        beat = None if best is None else best[0] * total * with_geometry.config.batch.seq_len
+        overlapped = with_best_overlap(ev, with_geometry(mb, acc), beat)
         if overlapped is None:
             continue
         c = overlapped
-        total = mb * acc * dp
         per_token = ev.time(c).seconds / (total * c.batch.seq_len)
         exact = total == batch.samples
         why = note

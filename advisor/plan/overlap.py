@@ -8,7 +8,7 @@ advisor/memory/pipeline.py DualPipe's memory) and keeps the fastest that fits, u
 from __future__ import annotations
 
 from advisor.config import MoeOverlap, TrainingConfig
-from advisor.cost.expert_overlap import config_overlap_problem
+from advisor.cost.expert_overlap import comm_sm_share, config_overlap_problem
 from advisor.plan.evaluator import EQUIVALENT, Evaluator
 from advisor.plan.space import Context
 
@@ -51,20 +51,46 @@ def overlap_options(ctx: Context, c: TrainingConfig) -> list[TrainingConfig]:
     return out
 
 
-def with_best_overlap(ev: Evaluator, c: TrainingConfig) -> TrainingConfig | None:
+def with_best_overlap(
+    ev: Evaluator, c: TrainingConfig, beat: float | None = None
+) -> TrainingConfig | None:
     """``c`` under the overlap that makes its step the fastest among those that fit
     (:func:`overlap_options`; a schedule that saves less than the models' resolution,
     :data:`EQUIVALENT`, loses to a simpler one). ``c`` itself was found to fit; None when
-    a pinned overlap cannot run it."""
+    a pinned overlap cannot run it.
+
+    ``beat``: a step time the caller keeps only a faster geometry against. Where the
+    simplest schedule's step, less all it could hide (:func:`hideable_seconds`), is still
+    slower, no schedule beats it: the others are not timed and the simplest is returned.
+    """
     best: TrainingConfig | None = None
     best_t = 0.0
-    for cm in overlap_options(ev.ctx, c):
+    options = overlap_options(ev.ctx, c)
+    for i, cm in enumerate(options):
         if cm is not c and not ev.fits(cm):
             continue
         t = ev.time(cm).seconds
         if best is None or t < best_t * (1 - EQUIVALENT):
             best, best_t = cm, t
+        bounded = i == 0 and beat is not None and len(options) > 1
+        if bounded and t - hideable_seconds(ev, cm) > (beat or 0.0) * (1 + 1e-9):
+            return best
     return best
+
+
+def hideable_seconds(ev: Evaluator, c: TrainingConfig) -> float:
+    """The most of ``c``'s step another overlap schedule could take off: its pipeline
+    bubble (DualPipe fills it from both ends), its expert all-to-alls but the share of the
+    SMs their kernels take from the compute they hide under
+    (advisor.cost.expert_overlap.exposed_all_to_all: at least a2a x share), and paged
+    optimizer states (as :func:`advisor.plan.bounds.top_seconds` bounds a rung)."""
+    parts = ev.time(c).components
+    share = comm_sm_share(ev.ctx.target.profile.id)
+    return (
+        parts.get("pipeline_bubble", 0.0)
+        + parts.get("expert_all_to_all", 0.0) * (1 - share)
+        + parts.get("paged_states", 0.0)
+    )
 
 
 def overlap_reason(ctx: Context, ev: Evaluator, c: TrainingConfig) -> str | None:

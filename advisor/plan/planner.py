@@ -13,11 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from advisor.config import Checkpointing, Offload, TrainingConfig
-from advisor.plan.bounds import NOTHING_FITS, LadderBounds
+from advisor.plan.bounds import NOTHING_FITS, LadderBounds, top_seconds
 from advisor.plan.constraints import Constraints, reject, techniques_of
 from advisor.plan.evaluator import EQUIVALENT, CostFn, Evaluator, Plan, memory_reason
 from advisor.plan.geometry import best_geometry, per_replica_batch
-from advisor.plan.ladders import all_savers, leanest_rung, saver_ladder, selective_saves
+from advisor.plan.ladders import (
+    adds_no_time,
+    all_savers,
+    leanest_rung,
+    saver_ladder,
+    selective_saves,
+)
 from advisor.plan.layout import Layout
 from advisor.plan.models import Rejection
 from advisor.plan.overlap import may_overlap
@@ -174,13 +180,31 @@ class PlanSearch:
         per, _ = per_replica_batch(self.batch, layout.parallel.data_parallel)
         out: list[Plan] = []
         fitted_on_device = host_fitted = False
+        best_exact = float("inf")  # the fastest plan found that reaches the global batch
+        # A device plan that reaches the global batch paying nothing for memory (no
+        # recomputation or activation offload, the whole per-replica batch or the largest
+        # micro-batch it asks for fitting at once): offloading the optimizer then frees
+        # memory nothing needs and only adds PCIe traffic and a host step, so the ladder
+        # stops (any edge the model gives it there is within its own error).
+        device_unbound = False
+        fixed = self.ctx.workload.micro_batch
         for level in levels:
             off = level[0].offload
-            if off is not Offload.NONE and fitted_on_device and not memory_first:
-                break  # offload only when nothing fits on the device (Ren et al. 2021)
-            if off.nvme and host_fitted and not memory_first:
-                break  # NVMe only when host RAM is not enough
             best, hint = float("inf"), None
+            if off is not Offload.NONE and device_unbound and not memory_first:
+                break
+            if off is not Offload.NONE and not off.nvme and fitted_on_device and not memory_first:
+                # Offload where nothing fits on the device (Ren et al. 2021), or where it
+                # may be faster than what does: moving the optimizer states off frees the
+                # memory recomputation would buy back (Qwen3-30B-A3B on 8 x H100: ep8 dp8
+                # ZeRO-2 with the optimizer offloaded, no recomputation, beats op-level SAC
+                # on the device by 30%; benchmarks/search_exhaustive.py). Walked only where
+                # the level's bound could beat the device plan, its rungs against it.
+                if self._level_no_better(base, level, per, per_layer, best_exact):
+                    break
+                best = best_exact
+            if off.nvme and (host_fitted or fitted_on_device) and not memory_first:
+                break  # NVMe only when neither the device nor host RAM is enough
             for rung in level:
                 if rung.checkpointing is Checkpointing.SELECTIVE and not selective_saves(
                     self.ctx, base
@@ -202,16 +226,34 @@ class PlanSearch:
                             p = q
                 if p is None:
                     continue
+                if (
+                    off is not Offload.NONE
+                    and fitted_on_device
+                    and not memory_first
+                    and p.seconds_per_token >= best_exact * (1 - EQUIVALENT)
+                ):
+                    # After a device fit an offload plan is kept only where it is faster:
+                    # less device memory alone does not pay for host RAM, PCIe traffic and
+                    # a host optimizer step.
+                    continue
                 out.append(p)
                 self.plans.append(p)
                 # Only a plan that reaches the global batch ends the search for savers.
                 fitted_on_device = fitted_on_device or (off is Offload.NONE and p.exact_batch)
+                device_unbound = device_unbound or (
+                    off is Offload.NONE
+                    and p.exact_batch
+                    and adds_no_time(rung)
+                    and max(p.largest_fit, p.config.batch.micro_batch) >= (fixed or per)
+                )
                 host_fitted = host_fitted or (
                     off is not Offload.NONE and not off.nvme and p.exact_batch
                 )
                 if memory_first:
                     continue
                 best = min(best, p.seconds_per_token)
+                if p.exact_batch:
+                    best_exact = min(best_exact, p.seconds_per_token)
                 # Once the whole per-replica batch is one micro-batch, more savers only slow
                 # it down. (Rungs that cannot beat the best even at that batch are skipped by
                 # the bound above; a rung that does not improve says nothing about the next:
@@ -357,8 +399,9 @@ class PlanSearch:
     def walked(
         self, base: TrainingConfig, per: int, dp: int, ladder: list[list[Savers]]
     ) -> tuple[list[list[Savers]], bool]:
-        """The offload levels the ladder walks (see _levels): offload only when no device
-        plan reaches the global batch, NVMe only when no host-offload plan does; a level's
+        """The offload levels the ladder may walk (see _levels): host offload always (after
+        a device plan reaches the global batch only where its bound beats that plan, which
+        is not known here), NVMe only when no device or host-offload plan does; a level's
         leanest rung that is allowed and fits settles it. Also whether one does: then the
         ladder surely finds a plan that reaches the global batch."""
         fixed = self.ctx.workload.micro_batch
@@ -370,7 +413,7 @@ class PlanSearch:
         micro = fixed or 1
         for level in ladder:
             off = level[0].offload
-            if (off is not Offload.NONE and on_device) or (off.nvme and on_host):
+            if off.nvme and (on_host or on_device):
                 break
             walked.append(level)
             lean = self.rung(leanest_rung(level), False).apply(base)
@@ -393,6 +436,24 @@ class PlanSearch:
     def per_layer_options(self) -> tuple[bool, ...]:
         """Whether the ladder's rungs are walked without per-layer updates, and with."""
         return (False, True) if self.in_backward else (False,)
+
+    def _level_no_better(
+        self, base: TrainingConfig, level: list[Savers], per: int, per_layer: bool, best: float
+    ) -> bool:
+        """Whether no rung of an offload level can beat ``best`` seconds per token: its
+        fastest rungs (no recomputation, no activation offload; ladders.adds_no_time) at
+        the whole per-replica batch, less what a micro-batch schedule may hide
+        (bounds.top_seconds), are no faster. False where a rung cannot be priced."""
+        fixed = self.ctx.workload.micro_batch
+        top_mb = per if fixed is None else fixed * -(-per // fixed)
+        fast = [r for r in level if adds_no_time(r)]
+        times = []
+        for r in fast:
+            top = self.rung(r, per_layer).apply(base).with_geometry(top_mb, 1)
+            times.append(top_seconds(self.ctx, self.ev, top, base.layout.data_parallel))
+        if not times or any(t is None for t in times):
+            return False
+        return min(t for t in times if t is not None) >= best * (1 - EQUIVALENT)
 
     def _no_better(self, cfg: TrainingConfig, per: int, best: float) -> bool:
         """Whether a rung cannot beat ``best`` seconds per token even at the whole

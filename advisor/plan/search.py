@@ -102,7 +102,11 @@ def search(
     aliases: dict[tuple[str, str], list[str]] = {}
     cores_by_task = {t: screen_cores(s, t, layouts[0], aliases, exhaustive) for t in space.tasks}
     chosen = _chosen_layouts(s, layouts, cores_by_task, aliases, exhaustive)
-    _walk_ladders(s, cores_by_task, chosen)
+    only_at: dict[tuple[str, str, str], set[str]] = {}
+    if not exhaustive:
+        for t, cores in cores_by_task.items():
+            cores += _expert_parallel_cores(s, t, layouts[0], chosen, cores, aliases, only_at)
+    _walk_ladders(s, cores_by_task, chosen, only_at)
     plans = [replace(p, aliases=_aliases_of(p, aliases)) for p in s.plans]
     if s.bounded:
         notes.append(
@@ -176,6 +180,49 @@ def _within_batch(ctx: Context, s: PlanSearch, layouts: list[Layout]) -> list[La
     return batch_ok
 
 
+def _expert_parallel_cores(
+    s: PlanSearch,
+    task: Task,
+    first: Layout,
+    chosen: list[Layout],
+    cores: list[TrainingConfig],
+    aliases: dict[tuple[str, str], list[str]],
+    only_at: dict[tuple[str, str, str], set[str]],
+) -> list[TrainingConfig]:
+    """The cores the screen at the first layout left out that the same screen keeps at a
+    chosen layout of another expert-parallel degree; each is walked on the chosen layouts
+    that keep it only (``only_at``: their labels, by the core's optimizer, precision and
+    attention), and leaves the first layout's "also" lists.
+
+    Expert parallelism gives each rank's experts the tokens of every rank of its group
+    (Lepikhin et al. 2021, GShard), so the expert GEMMs grow with its degree and a verdict
+    at one degree does not carry to another (Qwen3-30B-A3B on 8 x H100: fp8 is slower than
+    bf16 at dp8 and micro-batch 1, faster at ep8; benchmarks/search_exhaustive.py).
+    """
+    keys = {_core_key(c) for c in cores}
+    extra: list[TrainingConfig] = []
+    for lay in chosen:
+        if lay.parallel.expert_parallel == first.parallel.expert_parallel:
+            continue
+        for c in screen_cores(s, task, lay, {}, False):
+            key = _core_key(c)
+            if key in keys:
+                continue
+            if key not in only_at:
+                only_at[key] = set()
+                extra.append(first.apply(c))
+            only_at[key].add(lay.label)
+    kept = {v for c in extra for v in _core_key(c)}
+    for (t, _value), folded in aliases.items():
+        if t == task.value:
+            folded[:] = [v for v in folded if v not in kept]
+    return extra
+
+
+def _core_key(c: TrainingConfig) -> tuple[str, str, str]:
+    return (c.optimizer, c.precision.value, c.kernels.attention.value)
+
+
 def _chosen_layouts(
     s: PlanSearch,
     layouts: list[Layout],
@@ -200,12 +247,19 @@ def _chosen_layouts(
 
 
 def _walk_ladders(
-    s: PlanSearch, cores_by_task: dict[Task, list[TrainingConfig]], chosen: list[Layout]
+    s: PlanSearch,
+    cores_by_task: dict[Task, list[TrainingConfig]],
+    chosen: list[Layout],
+    only_at: dict[tuple[str, str, str], set[str]],
 ) -> None:
-    """Walk every core's ladder on every chosen layout, cheapest bound first, so that the
-    rows fill early and the rest is cut."""
+    """Walk every core's ladder on every chosen layout (a core in ``only_at`` on the layouts
+    named there), cheapest bound first, so that the rows fill early and the rest is cut."""
     ladders = [
-        (core, layout) for cores in cores_by_task.values() for layout in chosen for core in cores
+        (core, layout)
+        for cores in cores_by_task.values()
+        for layout in chosen
+        for core in cores
+        if layout.label in only_at.get(_core_key(core), {layout.label})
     ]
     bounds = [s.bound(core, layout) for core, layout in ladders]
     # NOTE: the layout screen's plans on layouts not chosen stay in the ranking: each was

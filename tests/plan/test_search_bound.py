@@ -7,7 +7,8 @@ walks every ladder (``cutoff=None``). A row's ``also`` may name fewer equivalent
 plan that ties a shown row in time and memory but ranks below it on rules or steps to
 target may sit in a cut ladder (the report says so in a note). The scenarios span the
 objectives the bound applies to, offload levels, pipelines, adapters, per-layer updates, a
-pinned micro-batch and small models whose fastest rung is the fused loss.
+pinned micro-batch, small models whose fastest rung is the fused loss, and a mixture of
+experts.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     ),
     "125m-pretrain-2-l4-speed": dict(
         spec="125M", task="pretrain", hardware="l4", gpus=2, objective="speed"
+    ),
+    # Mixture of experts: expert-parallel layouts, their overlap modes, the optimizer
+    # offloaded after a device plan fits (tests/plan/test_offload_after_fit.py).
+    "qwen3-30b-a3b-pretrain-8-h100-speed": dict(
+        spec="qwen3-30b-a3b", task="pretrain", hardware="h100-sxm-80gb", gpus=8, objective="speed"
     ),
     "405b-pretrain-16x8-h100": dict(
         spec="llama-3.1-405b", task="pretrain", hardware="h100-sxm-80gb", gpus=8, nodes=16
