@@ -53,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.host_ops import METADATA_OPS
+from benchmarks.host_ops import METADATA_OPS, tiny_hf_model
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "eager_bytes.json"
@@ -313,64 +313,21 @@ def _autocast_mode(low: Any) -> tuple[Any, Callable[[], None]]:
 
 
 def _model(family: str, layers: int, dropout: bool, attn: str, dtype: Any) -> Any:
-    import transformers as tf
-
-    if family == "gpt2":
-        p = 0.1 if dropout else 0.0  # GPT2Config defaults: attn/resid/embd_pdrop 0.1
-        cfg: Any = tf.GPT2Config(
-            n_embd=WIDTH,
-            n_head=HEADS,
-            n_inner=FFN,
-            n_layer=layers,
-            n_positions=POSITIONS,
-            vocab_size=VOCAB,
-            resid_pdrop=p,
-            embd_pdrop=p,
-            attn_pdrop=p,
-        )
-        cls: Any = tf.GPT2LMHeadModel
-    elif family == "opt":
-        p = 0.1 if dropout else 0.0  # OPTConfig defaults: dropout and attention_dropout 0.1
-        cfg = tf.OPTConfig(
-            hidden_size=WIDTH,
-            num_attention_heads=HEADS,
-            ffn_dim=FFN,
-            num_hidden_layers=layers,
-            vocab_size=VOCAB,
-            max_position_embeddings=POSITIONS,
-            word_embed_proj_dim=WIDTH,
-            dropout=p,
-            attention_dropout=p,
-            activation_dropout=0.0,
-        )
-        cls = tf.OPTForCausalLM
-    elif family == "bert":
-        p = 0.1 if dropout else 0.0  # BertConfig defaults: hidden and attention dropout 0.1
-        cfg = tf.BertConfig(
-            hidden_size=WIDTH,
-            num_attention_heads=HEADS,
-            intermediate_size=FFN,
-            num_hidden_layers=layers,
-            vocab_size=VOCAB,
-            max_position_embeddings=POSITIONS,
-            hidden_dropout_prob=p,
-            attention_probs_dropout_prob=p,
-        )
-        cls = tf.BertForMaskedLM
-    else:
-        cfg = tf.LlamaConfig(  # Llama: attention_dropout 0.0 by default, no hidden dropout
-            hidden_size=WIDTH,
-            num_attention_heads=HEADS,
-            num_key_value_heads=HEADS,
-            intermediate_size=FFN,
-            num_hidden_layers=layers,
-            vocab_size=VOCAB,
-            max_position_embeddings=POSITIONS,
-        )
-        cls = tf.LlamaForCausalLM
-    cfg._attn_implementation = attn
-    model = cls(cfg).to(dtype)
-    model.train()
+    # The families' default dropout, 0.1 on the hidden states and the attention
+    # probabilities (GPT2Config, OPTConfig, BertConfig); Llama has none by default.
+    p = 0.1 if dropout and family != "llama" else 0.0
+    model = tiny_hf_model(
+        family,
+        layers,
+        attn,
+        width=WIDTH,
+        heads=HEADS,
+        ffn=FFN,
+        vocab=VOCAB,
+        positions=POSITIONS,
+        hidden_dropout=p,
+        attention_dropout=p,
+    ).to(dtype)
     for p_ in model.parameters():
         assert (p_.numel() % TOKENS) != 0, "a weight would read as per-token"
     return model

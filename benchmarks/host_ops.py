@@ -120,22 +120,33 @@ def _counting_mode() -> tuple[Any, Counter[str]]:
     return _Count(), counts
 
 
-def _model(family: str, layers: int, attn: str, dropout: str) -> Any:
-    """A random-weight model; ``dropout`` is ``none``, ``all`` (the families' 0.1 on the
-    hidden states and the attention probabilities) or ``hidden`` (0.1 on the hidden states
-    only: what SDPA's fused kernels launch on a GPU, where the attention dropout runs inside
-    the kernel; CPU SDPA falls back to the math path when the attention dropout is on)."""
+def tiny_hf_model(
+    family: str,
+    layers: int,
+    attn: str,
+    *,
+    width: int,
+    heads: int,
+    ffn: int,
+    vocab: int,
+    positions: int,
+    hidden_dropout: float,
+    attention_dropout: float,
+) -> Any:
+    """A random-weight ``transformers`` model of ``family`` (gpt2, llama, opt, bert) in
+    training mode, with ``attn`` as its attention implementation; also what
+    benchmarks/eager_bytes.py measures. Llama has no hidden-state dropout."""
     import transformers as tf
 
-    p = 0.1 if dropout != "none" else 0.0
-    pa = 0.1 if dropout == "all" else 0.0
+    p, pa = hidden_dropout, attention_dropout
     if family == "gpt2":
         cfg: Any = tf.GPT2Config(
-            n_embd=WIDTH,
-            n_head=HEADS,
+            n_embd=width,
+            n_head=heads,
+            n_inner=ffn,
             n_layer=layers,
-            n_positions=SEQ,
-            vocab_size=VOCAB,
+            n_positions=positions,
+            vocab_size=vocab,
             resid_pdrop=p,
             embd_pdrop=p,
             attn_pdrop=pa,
@@ -143,25 +154,25 @@ def _model(family: str, layers: int, attn: str, dropout: str) -> Any:
         cls: Any = tf.GPT2LMHeadModel
     elif family == "llama":
         cfg = tf.LlamaConfig(
-            hidden_size=WIDTH,
-            num_attention_heads=HEADS,
-            num_key_value_heads=HEADS,
-            intermediate_size=FFN,
+            hidden_size=width,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            intermediate_size=ffn,
             num_hidden_layers=layers,
-            vocab_size=VOCAB,
-            max_position_embeddings=SEQ,
+            vocab_size=vocab,
+            max_position_embeddings=positions,
             attention_dropout=pa,
         )
         cls = tf.LlamaForCausalLM
     elif family == "opt":
         cfg = tf.OPTConfig(
-            hidden_size=WIDTH,
-            num_attention_heads=HEADS,
-            ffn_dim=FFN,
+            hidden_size=width,
+            num_attention_heads=heads,
+            ffn_dim=ffn,
             num_hidden_layers=layers,
-            vocab_size=VOCAB,
-            max_position_embeddings=SEQ,
-            word_embed_proj_dim=WIDTH,
+            vocab_size=vocab,
+            max_position_embeddings=positions,
+            word_embed_proj_dim=width,
             dropout=p,
             attention_dropout=pa,
             activation_dropout=0.0,
@@ -169,12 +180,12 @@ def _model(family: str, layers: int, attn: str, dropout: str) -> Any:
         cls = tf.OPTForCausalLM
     elif family == "bert":
         cfg = tf.BertConfig(
-            hidden_size=WIDTH,
-            num_attention_heads=HEADS,
-            intermediate_size=FFN,
+            hidden_size=width,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
             num_hidden_layers=layers,
-            vocab_size=VOCAB,
-            max_position_embeddings=SEQ,
+            vocab_size=vocab,
+            max_position_embeddings=positions,
             hidden_dropout_prob=p,
             attention_probs_dropout_prob=pa,
         )
@@ -185,6 +196,25 @@ def _model(family: str, layers: int, attn: str, dropout: str) -> Any:
     model = cls(cfg)
     model.train()
     return model
+
+
+def _model(family: str, layers: int, attn: str, dropout: str) -> Any:
+    """A random-weight model; ``dropout`` is ``none``, ``all`` (the families' 0.1 on the
+    hidden states and the attention probabilities) or ``hidden`` (0.1 on the hidden states
+    only: what SDPA's fused kernels launch on a GPU, where the attention dropout runs inside
+    the kernel; CPU SDPA falls back to the math path when the attention dropout is on)."""
+    return tiny_hf_model(
+        family,
+        layers,
+        attn,
+        width=WIDTH,
+        heads=HEADS,
+        ffn=FFN,  # GPT-2's default inner width, 4 x WIDTH
+        vocab=VOCAB,
+        positions=SEQ,
+        hidden_dropout=0.1 if dropout != "none" else 0.0,
+        attention_dropout=0.1 if dropout == "all" else 0.0,
+    )
 
 
 def _step(
