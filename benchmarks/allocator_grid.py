@@ -211,9 +211,13 @@ def _step(
     return [*model.parameters(), *model.buffers()], step
 
 
-def _record(shape: tuple[int, int, int, int, int], lora: bool, ckpt: bool, device: str) -> Any:
-    """One row: the trace of a step on ``device`` replayed both ways, split at its peak."""
-    params, step = _step(shape, lora, ckpt, device)
+def trace_and_replay(params: list[Any], step: Any) -> tuple[dict[str, Any], Any, Any, float, int]:
+    """Trace ``step`` (``params`` are the resident storages), replay the trace through the
+    default and the ``expandable_segments`` allocator, and split it at its peak: (the split,
+    the default replay, the expandable replay, the tracing seconds, the trace's events). The split's
+    ``peak_allocated`` is the allocator's own count (a large block is handed out whole when
+    less than 1 MiB would remain; the rounded-size peak is kept as ``peak_rounded``), and its
+    ``churn`` is what of that is not resident."""
     n_params = len({p.untyped_storage()._cdata for p in params})
     t0 = time.perf_counter()
     events = record_trace(params, step)
@@ -223,11 +227,15 @@ def _record(shape: tuple[int, int, int, int, int], lora: bool, ckpt: bool, devic
     split = split_at_peak(events, n_params)
     default = CachingAllocator().replay(events)
     expandable = CachingAllocator(expandable_segments=True).replay(events)
-    # The allocator's own count (a large block is handed out whole when less than 1 MiB
-    # would remain); the churn is what of it is not resident.
     split["peak_rounded"] = split.pop("peak_allocated")
     split["peak_allocated"] = default.peak_allocated
     split["churn"] = default.peak_allocated - split["resident"]
+    return split, default, expandable, secs, len(events)
+
+
+def _record(shape: tuple[int, int, int, int, int], lora: bool, ckpt: bool, device: str) -> Any:
+    """One row: the trace of a step on ``device`` replayed both ways, split at its peak."""
+    split, default, expandable, secs, n_events = trace_and_replay(*_step(shape, lora, ckpt, device))
     hidden, layers, batch, seq, vocab = shape
     return {
         "shape": f"h{hidden}-l{layers}-b{batch}-s{seq}-v{vocab}",
@@ -239,7 +247,7 @@ def _record(shape: tuple[int, int, int, int, int], lora: bool, ckpt: bool, devic
         "task": "lora" if lora else "full",
         "checkpointing": "full" if ckpt else "none",
         "device": device,
-        "events": len(events),
+        "events": n_events,
         "record_s": round(secs, 1),
         **split,
         "peak_reserved": default.peak_reserved,

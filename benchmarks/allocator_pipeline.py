@@ -38,15 +38,13 @@ import gc
 import json
 import platform
 import statistics
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from advisor.memory.allocator import CachingAllocator
 from advisor.memory.pipeline import inflight_block_microbatches, pipeline_split
 from advisor.memory.slack import CHURN_SLACK
-from benchmarks.allocator_grid import _flash_sdpa, record_trace, split_at_peak
+from benchmarks.allocator_grid import _flash_sdpa, trace_and_replay
 
 RESULTS = Path(__file__).parent / "results" / "allocator_pipeline.json"
 
@@ -174,19 +172,7 @@ def _stage(name: str, blocks: int, v: int, pp: int, m: int, device: str = "meta"
 
 def _record(name: str, blocks: int, v: int, pp: int, m: int) -> dict[str, Any]:
     """One row: trace, replay, split at the peak."""
-    params, step = _stage(name, blocks, v, pp, m)
-    n_params = len({p.untyped_storage()._cdata for p in params})
-    t0 = time.perf_counter()
-    events = record_trace(params, step)
-    secs = time.perf_counter() - t0
-    del params, step
-    gc.collect()
-    split = split_at_peak(events, n_params)
-    replay = CachingAllocator().replay(events)
-    expandable = CachingAllocator(expandable_segments=True).replay(events)
-    split["peak_rounded"] = split.pop("peak_allocated")
-    split["peak_allocated"] = replay.peak_allocated
-    split["churn"] = replay.peak_allocated - split["resident"]
+    split, replay, expandable, secs, n_events = trace_and_replay(*_stage(name, blocks, v, pp, m))
     slack = replay.peak_reserved - replay.peak_allocated
     inflight = inflight_block_microbatches(pipeline_split(blocks * v * pp, pp, v), 0, m)
     hidden, heads, kv, head_dim, ffn, tokens = BLOCKS[name]
@@ -204,7 +190,7 @@ def _record(name: str, blocks: int, v: int, pp: int, m: int) -> dict[str, Any]:
         "pp": pp,
         "microbatches": m,
         "inflight_block_microbatches": inflight,
-        "events": len(events),
+        "events": n_events,
         "record_s": round(secs, 1),
         **split,
         "peak_reserved": replay.peak_reserved,
